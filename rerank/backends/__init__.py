@@ -1,0 +1,1 @@
+"""Model backends: turn prompts into logits, log-probabilities or text (transformers, vLLM, OpenAI-compatible)."""

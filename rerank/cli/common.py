@@ -1,0 +1,40 @@
+"""Options shared by every subcommand, so the conventions are defined once."""
+
+from __future__ import annotations
+
+import argparse
+
+from rerank.config import apply_overrides, load_yaml
+
+
+def add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding datasets by name (default: $RERANK_DATA or ~/.cache/rerank/data)",
+    )
+
+
+def add_dataset(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root")
+    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    p.add_argument(
+        "--max-queries",
+        type=int,
+        default=None,
+        help="keep the first N queries in sorted query-id order; metrics are over those N only",
+    )
+    add_data_root(p)
+
+
+def add_reranker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reranker", default=None, help="registered reranker method (e.g. cross-encoder, first)")
+    p.add_argument("--model", default=None, help="model name or path for the reranker / dense retriever")
+    p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
+    p.add_argument("--reranker-config", default=None, help="YAML file of reranker options")
+    p.add_argument("--reranker-set", action="append", default=[], metavar="KEY=VALUE", help="override one reranker option")
+
+
+def reranker_options(args: argparse.Namespace) -> dict:
+    opts = load_yaml(args.reranker_config) if args.reranker_config else {}
+    return apply_overrides(opts, args.reranker_set)

@@ -1,0 +1,55 @@
+"""``rerank eval``: retrieve (or read a run), optionally rerank, score, and write a result folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rerank.cli.common import add_dataset, add_reranker, reranker_options
+from rerank.config import apply_overrides, load_yaml
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a first stage (and reranker) on a dataset")
+    add_dataset(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--retriever", help="first-stage retriever (e.g. bm25, pyserini)")
+    src.add_argument("--first-stage", metavar="RUN", help="rerank this TREC run instead of retrieving")
+    p.add_argument("--retriever-config", default=None, help="YAML file of retriever options (e.g. k1, b, stemmer)")
+    p.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE", help="override one retriever option")
+    add_reranker(p)
+    p.add_argument("--top-k", type=int, default=100, help="rerank this many first-stage candidates (default 100)")
+    p.add_argument("--depth", type=int, default=1000, help="first-stage retrieval depth (default 1000)")
+    p.add_argument("-m", "--measure", action="append", default=None, help="ir-measures name (repeatable)")
+    p.add_argument("--rel-level", type=int, default=None, help="min grade counted relevant for binary measures")
+    p.add_argument("--output", required=True, help="result folder (run.trec, metrics.json, report.md)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rerank.eval.metrics import DEFAULT_MEASURES
+    from rerank.eval.pipeline import EvalConfig, run_eval
+    from rerank.eval.report import summary_line
+
+    ropts = load_yaml(args.retriever_config) if args.retriever_config else {}
+    cfg = EvalConfig(
+        dataset=args.dataset,
+        output=args.output,
+        split=args.split,
+        data_root=args.data_root,
+        retriever=args.retriever,
+        retriever_options=apply_overrides(ropts, args.retriever_set),
+        first_stage=args.first_stage,
+        reranker=args.reranker,
+        model=args.model,
+        backend=args.backend,
+        reranker_options=reranker_options(args),
+        top_k=args.top_k,
+        depth=args.depth,
+        max_queries=args.max_queries,
+        measures=tuple(args.measure) if args.measure else DEFAULT_MEASURES,
+        rel_level=args.rel_level,
+    )
+    metrics = run_eval(cfg)
+    print(summary_line(metrics) + f" -> {Path(args.output) / 'metrics.json'}")
+    return 0

@@ -1,0 +1,137 @@
+"""Resolve ``--dataset`` (a path or a registered name under the data root) into a lazily loaded BEIR folder."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from rerank.data.io import find_file, iter_corpus, read_corpus, read_qrels, read_queries
+from rerank.data.registry import DatasetInfo, get_dataset_info
+from rerank.errors import DatasetNotFoundError
+from rerank.types import Document, Qrels, Query
+from rerank.utils.files import sha256_file
+
+__all__ = ["Dataset", "default_data_root", "resolve_dataset"]
+
+
+def default_data_root() -> Path:
+    """``$RERANK_DATA``, else ``$XDG_CACHE_HOME/rerank/data`` (``~/.cache/rerank/data``)."""
+    env = os.environ.get("RERANK_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "rerank" / "data"
+
+
+def cache_root() -> Path:
+    """Where derived artefacts (BM25 indexes, embeddings) are cached: ``$RERANK_CACHE`` or ``~/.cache/rerank``."""
+    env = os.environ.get("RERANK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "rerank"
+
+
+class Dataset:
+    """A BEIR-layout folder; files are read on first use and kept."""
+
+    def __init__(self, root: str | Path, name: str | None = None, info: DatasetInfo | None = None) -> None:
+        self.root = Path(root)
+        self.name = name or self.root.name
+        self.info = info if info is not None else get_dataset_info(self.name)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, root={str(self.root)!r})"
+
+    @property
+    def rel_level(self) -> int:
+        """Minimum grade that counts as relevant for binary measures."""
+        return self.info.rel_level if self.info else 1
+
+    @property
+    def corpus_path(self) -> Path:
+        return find_file(self.root / "corpus.jsonl")
+
+    @property
+    def queries_path(self) -> Path:
+        return find_file(self.root / "queries.jsonl")
+
+    def qrels_path(self, split: str) -> Path:
+        qdir = self.root / "qrels"
+        for name in (f"{split}.tsv", f"{split}.txt", f"{split}.trec"):
+            for cand in (qdir / name, qdir / f"{name}.gz"):
+                if cand.exists():
+                    return cand
+        have = sorted(p.name for p in qdir.glob("*")) if qdir.is_dir() else []
+        raise DatasetNotFoundError(f"{self.name}: no qrels for split {split!r} in {qdir} (found: {have or 'none'})")
+
+    def splits(self) -> list[str]:
+        qdir = self.root / "qrels"
+        return sorted({p.name.split(".")[0] for p in qdir.glob("*")}) if qdir.is_dir() else []
+
+    @functools.cached_property
+    def corpus(self) -> dict[str, Document]:
+        return read_corpus(self.corpus_path)
+
+    def iter_corpus(self):  # noqa: ANN201 - generator of Document
+        """Stream the corpus without keeping it (for encoders over big corpora)."""
+        return iter_corpus(self.corpus_path)
+
+    @functools.cached_property
+    def queries(self) -> dict[str, Query]:
+        return read_queries(self.queries_path)
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one Dataset per folder, cached for its lifetime
+    def qrels(self, split: str = "test") -> Qrels:
+        return read_qrels(self.qrels_path(split))
+
+    def split_queries(self, split: str = "test", max_queries: int | None = None) -> dict[str, Query]:
+        """Queries judged in ``split``, in sorted id order, optionally only the first ``max_queries``.
+
+        A judged query absent from ``queries.jsonl`` is an error (it could never be retrieved).
+        """
+        qrels = self.qrels(split)
+        missing = [q for q in qrels if q not in self.queries]
+        if missing:
+            raise DatasetNotFoundError(
+                f"{self.name}: {len(missing)} judged queries of split {split!r} are not in {self.queries_path} "
+                f"(e.g. {missing[:3]})"
+            )
+        qids = sorted(qrels)
+        if max_queries is not None:
+            qids = qids[:max_queries]
+        return {q: self.queries[q] for q in qids}
+
+    @functools.cached_property
+    def corpus_hash(self) -> str:
+        """SHA-256 of the corpus file: the key for every cache derived from the corpus."""
+        return sha256_file(self.corpus_path)
+
+
+def resolve_dataset(name_or_path: str | Path, data_root: str | Path | None = None, download: bool = True) -> Dataset:
+    """A dataset from an existing path, or a registered/plain name under ``data_root``.
+
+    A registered BEIR dataset that is absent locally is downloaded (verified, atomic) when ``download`` is true and
+    the network allows; otherwise the error says where to put the files.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return Dataset(path)
+    name = str(name_or_path)
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    local = root / name
+    if local.is_dir():
+        return Dataset(local, name=name)
+    info = get_dataset_info(name)
+    if info is not None and info.url and download:
+        from rerank.data.download import download_dataset
+
+        return Dataset(download_dataset(info, root), name=name, info=info)
+    if os.sep in name or name.startswith("."):
+        raise DatasetNotFoundError(f"dataset folder {path} does not exist")
+    hint = f" (registered; no public download: place its BEIR folder at {local})" if info else ""
+    raise DatasetNotFoundError(
+        f"dataset {name!r} not found: no folder {local}{hint}. Pass a path, or put a BEIR folder "
+        f"(corpus.jsonl, queries.jsonl, qrels/<split>.tsv) there; set the data root with --data-root or RERANK_DATA."
+    )

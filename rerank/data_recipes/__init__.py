@@ -1,0 +1,1 @@
+"""Data recipes that build training data (hard negatives, teacher labels, synthetic queries)."""

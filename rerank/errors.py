@@ -1,0 +1,27 @@
+"""Exceptions with enough context for a user to fix their input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RerankError(Exception):
+    """Base class for errors the toolkit reports to users (the CLI prints them without a traceback)."""
+
+
+class DataFormatError(RerankError, ValueError):
+    """Malformed input data; names the file and (1-based) line."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class ConfigError(RerankError, ValueError):
+    """Invalid configuration: unknown key, bad value, missing required option."""
+
+
+class DatasetNotFoundError(RerankError, FileNotFoundError):
+    """A dataset is neither present locally nor downloadable."""

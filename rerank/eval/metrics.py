@@ -1,0 +1,75 @@
+"""trec_eval-exact metrics through ir-measures (pytrec_eval backend).
+
+Conventions, stated once so reports can say them:
+
+* Keys are ir-measures' canonical names (``nDCG@10``, ``RR@10``, ``R@100``, ``AP``, ``P@10``, ``Judged@10``). With a
+  relevance level (TREC DL: binary measures at grade >= 2) binary measures are named as ir-measures prints them,
+  e.g. ``AP(rel=2)``; nDCG always uses the graded judgements.
+* Every query in the qrels is evaluated; a qrels query absent from the run scores 0 on every measure (trec_eval
+  ``-c``). Run queries without judgements are ignored. Ties are broken by doc id, as trec_eval does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import ir_measures
+
+from rerank.errors import ConfigError
+from rerank.types import Qrels, Run
+
+__all__ = ["DEFAULT_MEASURES", "MetricResult", "evaluate_run", "parse_measures"]
+
+DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP", "P@10", "Judged@10")
+BINARY_MEASURES = {"AP", "R", "RR", "P", "SetP", "SetR", "SetF", "Success", "Rprec", "NumRelRet", "BPM"}
+
+
+@dataclass
+class MetricResult:
+    """Aggregate (mean) and per-query values, plus which qrels queries the run lacked."""
+
+    aggregate: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    num_queries: int
+    missing_queries: list[str] = field(default_factory=list)
+
+
+def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, ir_measures.Measure]]:
+    """Parse measure names; binary measures get ``rel=rel_level`` when it is above 1."""
+    out = []
+    for name in names:
+        try:
+            m = ir_measures.parse_measure(name)
+        except (ValueError, NameError, SyntaxError) as e:
+            raise ConfigError(f"unknown measure {name!r}: {e}") from None
+        if rel_level > 1 and m.NAME in BINARY_MEASURES and "rel" in m.SUPPORTED_PARAMS and "rel" not in m.params:
+            m = m(rel=rel_level)
+        out.append((str(m), m))
+    return out
+
+
+def evaluate_run(
+    run: Run,
+    qrels: Qrels,
+    measures: Sequence[str] = DEFAULT_MEASURES,
+    rel_level: int = 1,
+) -> MetricResult:
+    """Score ``run`` against ``qrels``; the mean is over all qrels queries (missing ones count 0)."""
+    parsed = parse_measures(measures, rel_level)
+    by_measure = {m: name for name, m in parsed}
+    qids = sorted(qrels)
+    per_query: dict[str, dict[str, float]] = {q: {name: 0.0 for name, _ in parsed} for q in qids}
+    qrels_list = [
+        ir_measures.Qrel(q, d, int(g)) for q in qids for d, g in qrels[q].items()
+    ]
+    run_list = [
+        ir_measures.ScoredDoc(q, d, float(s)) for q in qids if q in run for d, s in run[q]
+    ]
+    if run_list:
+        for metric in ir_measures.iter_calc([m for _, m in parsed], qrels_list, run_list):
+            per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
+    n = len(qids)
+    aggregate = {name: (sum(per_query[q][name] for q in qids) / n if n else 0.0) for name, _ in parsed}
+    missing = [q for q in qids if not run.get(q)]
+    return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)

@@ -1,0 +1,203 @@
+"""``rerank eval``: dataset -> first stage -> (reranker) -> metrics -> report, written atomically.
+
+Ranking conventions (also stated in ``report.md``):
+
+* A first-stage run is ordered as trec_eval orders it (score descending, ties by doc id descending) and its top-k is
+  taken in that order.
+* When reranking, ``run.trec`` holds the reranked top-k followed by the rest of the first-stage list in its order,
+  with rank-derived scores (``len - rank + 1``) so trec_eval reproduces exactly this order; the rerankers' own scores
+  are in ``scores.jsonl``. Without a reranker, ``run.trec`` is the first-stage run with its own scores.
+* Documents of a given run that are not in the corpus cannot be reranked: they are reported, kept after the
+  reranked top-k, and counted in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rerank.data.datasets import Dataset, resolve_dataset
+from rerank.data.io import read_run, write_run
+from rerank.errors import ConfigError
+from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run
+from rerank.eval.report import render_report
+from rerank.heads.base import Reranker
+from rerank.retrieval.base import FirstStage, build_retriever
+from rerank.types import Candidate, Qrels, Query, Run
+from rerank.utils.files import atomic_write, write_json
+
+__all__ = ["EvalConfig", "run_eval", "rerank_run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``rerank eval`` needs; serialised into ``metrics.json``."""
+
+    dataset: str
+    output: str | None = None
+    split: str = "test"
+    data_root: str | None = None
+    retriever: str | None = None
+    retriever_options: dict[str, Any] = field(default_factory=dict)
+    first_stage: str | None = None
+    reranker: str | None = None
+    model: str | None = None
+    backend: str = "transformers"
+    reranker_options: dict[str, Any] = field(default_factory=dict)
+    top_k: int = 100
+    depth: int = 1000
+    max_queries: int | None = None
+    measures: Sequence[str] = DEFAULT_MEASURES
+    rel_level: int | None = None
+    batch_queries: int = 8
+
+
+def _select(run: Run, qids: Sequence[str]) -> Run:
+    return {q: run[q] for q in qids if q in run}
+
+
+def rerank_run(
+    reranker: Reranker,
+    queries: dict[str, Query],
+    run: Run,
+    corpus: dict[str, Any],
+    top_k: int,
+    batch_queries: int = 8,
+    progress: bool = True,
+) -> tuple[Run, dict[str, list[tuple[str, float]]], dict[str, list[str]]]:
+    """Rerank each query's top-``top_k`` candidates; returns (final run, reranker scores, unknown doc ids)."""
+    final: Run = {}
+    scores: dict[str, list[tuple[str, float]]] = {}
+    unknown: dict[str, list[str]] = {}
+    qids = [q for q in queries if run.get(q)]
+    bar = tqdm(total=len(qids), desc="rerank", unit="q", disable=not progress)
+    for start in range(0, len(qids), batch_queries):
+        chunk = qids[start : start + batch_queries]
+        cand_lists: list[list[Candidate]] = []
+        for q in chunk:
+            head = run[q][:top_k]
+            missing = [d for d, _ in head if d not in corpus]
+            if missing:
+                unknown[q] = missing
+            cand_lists.append([Candidate(corpus[d], s) for d, s in head if d in corpus])
+        results = reranker.rerank_batch([queries[q] for q in chunk], cand_lists)
+        for q, res in zip(chunk, results, strict=True):
+            head_ids = [r.doc.id for r in res.results]
+            tail = unknown.get(q, []) + [d for d, _ in run[q][top_k:]]
+            order = head_ids + tail
+            n = len(order)
+            final[q] = [(d, float(n - i)) for i, d in enumerate(order)]
+            scores[q] = [(r.doc.id, r.score) for r in res.results]
+        bar.update(len(chunk))
+    bar.close()
+    return final, scores, unknown
+
+
+def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``."""
+    if (cfg.retriever is None) == (cfg.first_stage is None):
+        raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
+    if cfg.top_k < 1:
+        raise ConfigError("--top-k must be >= 1")
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    dataset: Dataset = resolve_dataset(cfg.dataset, cfg.data_root)
+    queries = dataset.split_queries(cfg.split, cfg.max_queries)
+    qrels_all = dataset.qrels(cfg.split)
+    qrels: Qrels = {q: qrels_all[q] for q in queries}
+    rel_level = cfg.rel_level if cfg.rel_level is not None else dataset.rel_level
+    timing["load_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    first_stage_desc: dict[str, Any]
+    if cfg.first_stage is not None:
+        run = _select(read_run(cfg.first_stage), list(queries))
+        first_stage_desc = {"name": "run", "path": str(cfg.first_stage)}
+    else:
+        retriever: FirstStage = build_retriever(cfg.retriever, dataset, **cfg.retriever_options)  # type: ignore[arg-type]
+        run = retriever.retrieve(queries, k=max(cfg.depth, cfg.top_k))
+        first_stage_desc = retriever.describe()
+    if dataset.info is not None and dataset.info.ignore_identical_ids:
+        run = {q: [(d, s) for d, s in lst if d != q] for q, lst in run.items()}
+    timing["first_stage_s"] = time.perf_counter() - t
+
+    corpus_ids_unknown: dict[str, list[str]] = {}
+    rerank_scores: dict[str, list[tuple[str, float]]] | None = None
+    reranker_desc: dict[str, Any] | None = None
+    final = run
+    if reranker is None and cfg.reranker is not None:
+        t = time.perf_counter()
+        reranker = Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
+        timing["reranker_load_s"] = time.perf_counter() - t
+    if reranker is not None:
+        t = time.perf_counter()
+        final, rerank_scores, corpus_ids_unknown = rerank_run(
+            reranker, queries, run, dataset.corpus, cfg.top_k, cfg.batch_queries, progress
+        )
+        timing["rerank_s"] = time.perf_counter() - t
+        reranker_desc = {**reranker.describe(), "model": cfg.model, "backend": cfg.backend}
+    elif cfg.first_stage is not None:
+        corpus = dataset.corpus
+        for q, lst in run.items():
+            missing = [d for d, _ in lst if d not in corpus]
+            if missing:
+                corpus_ids_unknown[q] = missing
+
+    t = time.perf_counter()
+    result = evaluate_run(final, qrels, cfg.measures, rel_level)
+    timing["metrics_s"] = time.perf_counter() - t
+    timing["total_s"] = time.perf_counter() - t0
+    n_reranked = sum(1 for q in queries if run.get(q))
+
+    metrics: dict[str, Any] = {
+        "dataset": dataset.name,
+        "split": cfg.split,
+        "first_stage": first_stage_desc,
+        "reranker": reranker_desc,
+        "metrics": result.aggregate,
+        "per_query": result.per_query,
+        "num_queries": result.num_queries,
+        "missing_queries": result.missing_queries,
+        "rel_level": rel_level,
+        "unknown_doc_ids": {
+            "count": sum(len(v) for v in corpus_ids_unknown.values()),
+            "examples": {q: v[:5] for q, v in list(corpus_ids_unknown.items())[:5]},
+        },
+        "timing_s": timing,
+        "throughput": {
+            "queries_per_s": (n_reranked / timing["rerank_s"]) if timing.get("rerank_s") else None,
+        },
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+    }
+    if reranker is not None:
+        metrics["parse"] = reranker.stats.as_dict()
+    if corpus_ids_unknown:
+        log.warning(
+            "%d doc ids in the first-stage run are not in the corpus (e.g. %s); they were not reranked",
+            metrics["unknown_doc_ids"]["count"],
+            next(iter(corpus_ids_unknown.values()))[:3],
+        )
+    if cfg.output:
+        out = Path(cfg.output)
+        out.mkdir(parents=True, exist_ok=True)
+        tag = cfg.reranker or (cfg.retriever or "run")
+        write_run(final, out / "run.trec", tag=tag)
+        if cfg.retriever is not None:
+            write_run(run, out / "first_stage.trec", tag=cfg.retriever)
+        if rerank_scores is not None:
+            with atomic_write(out / "scores.jsonl") as f:
+                for q in sorted(rerank_scores):
+                    f.write(json.dumps({"qid": q, "scores": rerank_scores[q]}) + "\n")
+        write_json(metrics, out / "metrics.json")
+        with atomic_write(out / "report.md") as f:
+            f.write(render_report(metrics))
+    return metrics

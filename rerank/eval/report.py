@@ -1,0 +1,56 @@
+"""Human-readable ``report.md`` for one evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render_report", "summary_line"]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line for the end of a CLI run."""
+    m = metrics["metrics"]
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in list(m.items())[:4])
+    return f"{metrics['dataset']}/{metrics['split']} ({metrics['num_queries']} queries): {shown}"
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    """Markdown: setup, aggregate metrics, conventions, timing and parse statistics."""
+    fs = metrics["first_stage"]
+    rr = metrics.get("reranker")
+    lines = [
+        f"# {metrics['dataset']} ({metrics['split']})",
+        "",
+        f"- first stage: `{fs.get('name')}`" + (f" ({fs['path']})" if fs.get("path") else ""),
+        f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend')}`" if rr else "- reranker: none",
+        f"- queries: {metrics['num_queries']} (mean over all judged queries; "
+        f"{len(metrics['missing_queries'])} absent from the run count as 0)",
+        f"- relevance level for binary measures: >= {metrics['rel_level']} (nDCG uses graded judgements)",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics["metrics"].items()]
+    lines += ["", "## Timing", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k.removesuffix('_s')} | {v:.2f} |" for k, v in metrics["timing_s"].items()]
+    if metrics.get("parse"):
+        p = metrics["parse"]
+        lines += [
+            "",
+            "## Model outputs",
+            "",
+            f"{p['outputs']} outputs, {p['parse_failures']} failed to parse, {p['repaired']} repaired.",
+        ]
+    unk = metrics.get("unknown_doc_ids", {})
+    if unk.get("count"):
+        lines += ["", f"{unk['count']} doc ids in the first-stage run are not in the corpus (not reranked)."]
+    lines += [
+        "",
+        "Ties are broken by doc id as trec_eval does; metrics computed with ir-measures (pytrec_eval).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,13 @@
+"""Reranker heads behind one interface: :class:`Reranker`, constructed by registered method name."""
+
+from rerank.heads.base import Reranker, RerankerConfig, RerankStats
+from rerank.heads.registry import available_rerankers, get_reranker_class, register_reranker
+
+__all__ = [
+    "Reranker",
+    "RerankerConfig",
+    "RerankStats",
+    "available_rerankers",
+    "get_reranker_class",
+    "register_reranker",
+]

@@ -1,0 +1,137 @@
+"""The one reranker interface every head implements (and the remote client, and the RAG adapters).
+
+A head implements :meth:`Reranker.score_candidates` (one query) and may override
+:meth:`Reranker.score_batch` to batch across queries. The base class handles input normalisation, stable sorting,
+``top_k``, and the bookkeeping of LLM-output parse failures that ``metrics.json`` reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+from rerank.config import from_dict, to_dict
+from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
+
+__all__ = ["Reranker", "RerankerConfig", "RerankStats", "DocInput", "as_candidates"]
+
+DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
+
+
+@dataclass
+class RerankerConfig:
+    """Options shared by every head; heads subclass this with their own typed fields."""
+
+    batch_size: int = 16
+
+
+@dataclass
+class RerankStats:
+    """How many model outputs a head produced, how many failed to parse, and how many were repaired."""
+
+    outputs: int = 0
+    parse_failures: int = 0
+    repaired: int = 0
+    failure_examples: list[str] = dataclasses.field(default_factory=list)
+
+    def record(self, *, failed: bool = False, repaired: bool = False, example: str | None = None) -> None:
+        self.outputs += 1
+        self.parse_failures += int(failed)
+        self.repaired += int(repaired)
+        if (failed or repaired) and example is not None and len(self.failure_examples) < 5:
+            self.failure_examples.append(example[:300])
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
+    """Normalise user input: strings get ids ``"0".."n-1"`` (their input positions)."""
+    out: list[Candidate] = []
+    for i, d in enumerate(docs):
+        if isinstance(d, Candidate):
+            out.append(d)
+        elif isinstance(d, Document):
+            out.append(Candidate(d))
+        elif isinstance(d, str):
+            out.append(Candidate(Document(str(i), d)))
+        elif isinstance(d, Mapping):
+            doc = Document(str(d.get("id", d.get("_id", i))), str(d["text"]), str(d.get("title") or ""))
+            score = d.get("score")
+            out.append(Candidate(doc, None if score is None else float(score)))
+        else:
+            raise TypeError(f"documents must be str, Document, Candidate or mapping, got {type(d).__name__}")
+    ids = [c.doc.id for c in out]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate document ids in one reranking request")
+    return out
+
+
+class Reranker(ABC):
+    """Rerank candidate documents for a query; construct with :meth:`Reranker.load` by method name."""
+
+    method: ClassVar[str] = ""
+    config_class: ClassVar[type[RerankerConfig]] = RerankerConfig
+
+    def __init__(self, config: RerankerConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.stats = RerankStats()
+
+    @staticmethod
+    def load(method: str, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
+        """Build the registered head ``method`` on ``model`` with ``backend``; options fill its typed config."""
+        from rerank.heads.registry import get_reranker_class
+
+        cls = get_reranker_class(method)
+        return cls.from_options(model=model, backend=backend, **options)
+
+    @classmethod
+    def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
+        """Default construction: typed config from ``options``. Model-backed heads override this."""
+        return cls(from_dict(cls.config_class, options, where=f"{cls.method or cls.__name__} options"))
+
+    @abstractmethod
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        """Scores aligned with ``candidates``; higher is better. Listwise heads return position-derived scores."""
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Score many queries; heads that can batch across queries override this."""
+        return [self.score_candidates(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
+
+    def rerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
+        """Rank ``docs`` for ``query``; every input doc appears once (``top_k`` truncates the returned list)."""
+        return self.rerank_batch([query], [docs], top_k=top_k)[0]
+
+    def rerank_batch(
+        self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
+    ) -> list[RankedResult]:
+        """Rank several queries' candidate lists at once."""
+        if len(queries) != len(docs_lists):
+            raise ValueError(f"{len(queries)} queries but {len(docs_lists)} document lists")
+        qs = [q if isinstance(q, Query) else Query(str(i), q) for i, q in enumerate(queries)]
+        cands = [as_candidates(d) for d in docs_lists]
+        todo = [i for i, c in enumerate(cands) if c]
+        scores: list[list[float]] = [[] for _ in cands]
+        if todo:
+            for i, s in zip(todo, self.score_batch([qs[i] for i in todo], [cands[i] for i in todo]), strict=True):
+                scores[i] = s
+        results = []
+        for q, c, s in zip(qs, cands, scores, strict=True):
+            if len(s) != len(c):
+                raise RuntimeError(f"{type(self).__name__} returned {len(s)} scores for {len(c)} documents")
+            order = sorted(range(len(c)), key=lambda j: -s[j])  # stable: ties keep input order
+            ranked = [
+                ScoredDocument(c[j].doc, float(s[j]), r, c[j].score) for r, j in enumerate(order, 1)
+            ]
+            results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        """What produced a ranking (method, model, backend, typed config) for ``metrics.json``."""
+        return {"method": self.method, "config": to_dict(self.config)}
+
+    def close(self) -> None:
+        """Release model resources (backends with servers or GPU memory override this)."""

@@ -1,0 +1,63 @@
+"""The first-stage interface and its explicit name registry (``--retriever NAME``)."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rerank.errors import ConfigError
+from rerank.types import Query, Run
+
+if TYPE_CHECKING:
+    from rerank.data.datasets import Dataset
+
+__all__ = ["FirstStage", "register_retriever", "build_retriever", "available_retrievers"]
+
+
+class FirstStage(ABC):
+    """Retrieve a ranked candidate list per query from a corpus."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    @abstractmethod
+    def from_dataset(cls, dataset: Dataset, **options: Any) -> FirstStage:
+        """Build (or load from cache) the retriever over ``dataset``'s corpus; options fill its typed config."""
+
+    @abstractmethod
+    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
+        """Top-``k`` (doc id, score) per query id, best first (ties by doc id descending, as trec_eval)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Name and configuration, recorded in ``metrics.json``."""
+        return {"name": self.name}
+
+
+_REGISTRY: dict[str, str | type[FirstStage]] = {}
+
+
+def register_retriever(name: str, target: str | type[FirstStage]) -> None:
+    """Register ``name`` -> ``"module:Class"`` (imported on first use)."""
+    _REGISTRY[name] = target
+
+
+def available_retrievers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _resolve(name: str) -> type[FirstStage]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown retriever {name!r}; known retrievers: {', '.join(available_retrievers())}")
+    target = _REGISTRY[name]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = target
+    return target
+
+
+def build_retriever(name: str, dataset: Dataset, **options: Any) -> FirstStage:
+    """Construct the registered retriever ``name`` over ``dataset``."""
+    return _resolve(name).from_dataset(dataset, **options)

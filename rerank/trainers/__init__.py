@@ -1,0 +1,1 @@
+"""Training: SFT -> GRPO for reranker heads, and retriever trainers."""

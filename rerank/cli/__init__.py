@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "eval": "rerank.cli.eval_cmd",
     "evaluate": "rerank.cli.evaluate_cmd",
     "rank": "rerank.cli.rank_cmd",
+    "train": "rerank.cli.train_cmd",
 }
 
 

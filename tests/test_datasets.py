@@ -59,7 +59,7 @@ class _Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> _Server:
         self.thread.start()
@@ -215,7 +215,8 @@ def test_subfolder_of_a_shared_archive(tmp_path: Path, monkeypatch: pytest.Monke
     body = buf.getvalue()
     for forum in ("android", "gis"):
         name = f"cqadupstack/{forum}"
-        info = DatasetInfo(name=name, url=f"{registry.BEIR_BASE_URL}/cqadupstack.zip", md5=hashlib.md5(body).hexdigest())
+        url = f"{registry.BEIR_BASE_URL}/cqadupstack.zip"
+        info = DatasetInfo(name=name, url=url, md5=hashlib.md5(body).hexdigest())
         monkeypatch.setitem(DATASETS, name, info)
     with _Server({"cqadupstack.zip": body}) as srv:
         monkeypatch.setenv("RERANK_BEIR_URL", srv.url)

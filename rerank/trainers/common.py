@@ -97,7 +97,7 @@ def training_kwargs(cfg: CommonTrainConfig, output: Path, has_dev: bool) -> dict
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
         weight_decay=cfg.weight_decay,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -108,12 +108,13 @@ def training_kwargs(cfg: CommonTrainConfig, output: Path, has_dev: bool) -> dict
         report_to=list(cfg.report_to),
         use_cpu=cpu,
         bf16=cfg.bf16 and not cpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=cfg.eval_steps if evaluate else None,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+    if cfg.gradient_checkpointing:
+        kw["gradient_checkpointing"] = True
     if evaluate:
         if cfg.eval_steps != cfg.save_steps:
             raise ConfigError("eval_steps must equal save_steps so the best checkpoint can be kept")

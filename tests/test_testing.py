@@ -243,6 +243,9 @@ def test_tiny_beir_reads_and_lines_up(tiny_beir_dir: Path) -> None:
                 doc = ds.corpus[docid]
                 # grade 2: key in the title and twice in the text; grade 1: once in the text; grade 0: never
                 assert _count(key, f"{doc.title} {doc.text}") == {2: 3, 1: 1, 0: 0}[grade]
+                # every judged doc, the hard negative included, has the topic words: only the key separates them
+                topics = [w for w in ds.queries[qid].text.split() if w != key]
+                assert all(_count(t, doc.text) >= 1 for t in topics)
             holders = {d for d, doc in ds.corpus.items() if _count(key, f"{doc.title} {doc.text}")}
             assert holders == {d for d, g in judged.items() if g > 0}
     assert seen == set(ds.queries)

@@ -95,7 +95,7 @@ def tiny_bert(path: str | Path, num_labels: int | None = None, seed: int = 0) ->
 
 
 def tiny_sentence_transformer(path: str | Path, seed: int = 0) -> Path:
-    """Write a SentenceTransformer folder (tiny BERT + mean pooling) to ``path``, loadable by ``SentenceTransformer``."""
+    """Write a SentenceTransformer folder (tiny BERT + mean pooling) to ``path``; return it."""
     import tempfile
 
     from sentence_transformers import SentenceTransformer

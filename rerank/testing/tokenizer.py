@@ -69,7 +69,8 @@ def _bpe_training_text() -> list[str]:
 # Qwen2's pre-tokenizer regex: digits one per piece, contractions, letter runs with one leading non-letter, ...
 # transformers 5 rebuilds any tokenizer of a `qwen2` model with exactly this pipeline, so we train with it too.
 QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 

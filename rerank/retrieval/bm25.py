@@ -145,11 +145,23 @@ class BM25Retriever(FirstStage):
         docs, scores = self.model.retrieve(
             tokens, k=k, n_threads=self.config.n_threads, show_progress=self.config.show_progress
         )
-        names = self.doc_ids[docs]
+        return self._to_run(qids, docs, scores)
+
+    def _to_run(self, qids: list[str], docs: np.ndarray, scores: np.ndarray) -> Run:
+        """bm25s' score-sorted arrays -> a Run; only rows with tied scores need :func:`sort_ranking`'s id order."""
+        names = self.doc_ids[docs].tolist()
+        values = scores.tolist()
+        nonzero = scores != 0
+        tied = ((scores[:, 1:] == scores[:, :-1]) & nonzero[:, 1:]).any(axis=1).tolist()
+        # sorted descending, non-negative scores put the zero-score non-matches at the end of each row
+        counts = np.count_nonzero(scores, axis=1).tolist() if (scores >= 0).all() else None
         run: Run = {}
         for i, qid in enumerate(qids):
-            keep = scores[i] != 0
-            run[qid] = sort_ranking(list(zip(names[i][keep].tolist(), scores[i][keep].tolist())))
+            if counts is not None:
+                pairs = list(zip(names[i][: counts[i]], values[i][: counts[i]]))
+            else:
+                pairs = [(d, s) for d, s in zip(names[i], values[i]) if s != 0]
+            run[qid] = sort_ranking(pairs) if tied[i] else pairs
         return run
 
     def describe(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ one label), ``tiny_st_dir`` (SentenceTransformer), ``tiny_beir_dir`` (synthetic 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -122,7 +123,9 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
         capsys.readouterr()
         try:
             rc = main([str(a) for a in args])
-        except SystemExit as e:
+        except SystemExit as e:  # argparse errors, --help, --version
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
             rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         out, err = capsys.readouterr()
         return int(rc or 0), out, err

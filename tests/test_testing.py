@@ -47,6 +47,9 @@ def test_labels_and_verdicts_are_single_tokens(tok) -> None:
         assert len(tok.encode(" " + word, add_special_tokens=False)) == 1, " " + word
     ids = [tok.encode(c, add_special_tokens=False)[0] for c in string.ascii_uppercase]
     assert len(set(ids)) == 26
+    # listwise identifiers stay separate from their brackets (FIRST reads the logit right after "[")
+    assert tok.tokenize("[B] > [A]") == ["[", "B", "]", "Ġ>", "Ġ[", "A", "]"]
+    assert tok.tokenize("(C)") == ["(", "C", ")"]
 
 
 def test_special_and_reasoning_tokens(tok) -> None:
@@ -105,6 +108,30 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path / "model.safetensors"))
+
+
+_TRICKY = (
+    "Query 10: is [A] > [B]?\n\n yes  no (the) \"Great\" it's DON'T <|im_start|>x<|im_end|> "
+    "<think>ok</think><answer>7</answer> 2024 \u00dcn\u00efcode [10] > [2]\t end"
+)
+
+
+@pytest.mark.parametrize("folder", ["tiny_llm_dir", "tiny_llama_dir"])
+def test_saved_tokenizer_reloads_identically(folder: str, tok, request: pytest.FixtureRequest) -> None:
+    from transformers import AutoTokenizer
+
+    # transformers 5 rebuilds a qwen2 model's tokenizer with Qwen2's own pipeline: ours must be that pipeline
+    loaded = AutoTokenizer.from_pretrained(request.getfixturevalue(folder))
+    assert type(loaded).__name__.removesuffix("Fast") == "Qwen2Tokenizer"
+    assert loaded.encode(_TRICKY) == tok.encode(_TRICKY)
+    assert loaded.decode(loaded.encode(_TRICKY), skip_special_tokens=True) == _TRICKY.replace(
+        "<|im_start|>", ""
+    ).replace("<|im_end|>", "")
+    msgs = [{"role": "user", "content": "rank [A] [B]"}, {"role": "assistant", "content": "[B] > [A]"}]
+    enc = loaded.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert loaded.decode([i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]) == "[B] > [A]<|im_end|>"
+    config = json.loads((request.getfixturevalue(folder) / "tokenizer_config.json").read_text())
+    assert "extra_special_tokens" not in config  # transformers 4 cannot read v5's list form
 
 
 def test_tiny_llm_loads_and_generates(tiny_llm_dir: Path) -> None:
@@ -216,6 +243,9 @@ def test_tiny_beir_reads_and_lines_up(tiny_beir_dir: Path) -> None:
                 doc = ds.corpus[docid]
                 # grade 2: key in the title and twice in the text; grade 1: once in the text; grade 0: never
                 assert _count(key, f"{doc.title} {doc.text}") == {2: 3, 1: 1, 0: 0}[grade]
+                # every judged doc, the hard negative included, has the topic words: only the key separates them
+                topics = [w for w in ds.queries[qid].text.split() if w != key]
+                assert all(_count(t, doc.text) >= 1 for t in topics)
             holders = {d for d, doc in ds.corpus.items() if _count(key, f"{doc.title} {doc.text}")}
             assert holders == {d for d, g in judged.items() if g > 0}
     assert seen == set(ds.queries)

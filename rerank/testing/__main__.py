@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rerank.testing.synthetic import make_tiny_beir
 
         splits = tuple(s for s in args.splits.split(",") if s)
-        out = make_tiny_beir(args.dir, num_docs=args.num_docs, num_queries=args.num_queries, splits=splits, seed=args.seed)
+        out = make_tiny_beir(
+            args.dir, num_docs=args.num_docs, num_queries=args.num_queries, splits=splits, seed=args.seed
+        )
     print(out)
     return 0
 

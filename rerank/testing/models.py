@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerank.testing.tokenizer import IM_END, build_tokenizer, build_wordpiece_tokenizer
+from rerank.testing.tokenizer import IM_END, build_tokenizer, build_wordpiece_tokenizer, save_portable
 
 __all__ = ["LLM_ARCHS", "tiny_llm", "tiny_bert", "tiny_sentence_transformer"]
 
@@ -62,7 +62,7 @@ def tiny_llm(
         eos_token_id=[im_end_id, eos_id], pad_token_id=tok.pad_token_id, bos_token_id=None, do_sample=False
     )
     model.save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
+    save_portable(tok, path)
     return path
 
 
@@ -90,12 +90,12 @@ def tiny_bert(path: str | Path, num_labels: int | None = None, seed: int = 0) ->
         torch.manual_seed(seed)
         model = cls(config).to(torch.float32)
     model.save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
+    save_portable(tok, path)
     return path
 
 
 def tiny_sentence_transformer(path: str | Path, seed: int = 0) -> Path:
-    """Write a SentenceTransformer folder (tiny BERT + mean pooling) to ``path``, loadable by ``SentenceTransformer``."""
+    """Write a SentenceTransformer folder (tiny BERT + mean pooling) to ``path``; return it."""
     import tempfile
 
     from sentence_transformers import SentenceTransformer

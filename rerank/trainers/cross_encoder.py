@@ -58,7 +58,9 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
         raise ConfigError(f"cross-encoder loss must be one of {list(CE_LOSSES)}, got {loss_name!r}")
     if cfg.lora.enabled:
         raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
-    model = CrossEncoder(cfg.model, num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
+    from rerank.models import resolve_model_path
+
+    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
     loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
             "lambdaloss": losses.LambdaLoss}[loss_name](model)
     evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None

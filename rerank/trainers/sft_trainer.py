@@ -20,7 +20,7 @@ from rerank.trainers.base import TrainContext
 from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
 from rerank.trainers.data import load_training_data
 
-__all__ = ["SFTTrainConfig", "SFTTrainer", "sft", "LM_LOSSES"]
+__all__ = ["SFTTrainConfig", "SFTTrainer", "LM_LOSSES", "load_causal_lm", "save_final"]
 
 LM_LOSSES = ("lm", "lm+ranknet", "lm+listnet", "lm+lambdarank")
 
@@ -55,6 +55,9 @@ def load_causal_lm(path: str, cpu: bool) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rerank.models import resolve_model_path
+
+    path = resolve_model_path(path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -140,10 +143,3 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "selected_by": "dev loss" if dev_ds is not None else "last step"}
 
-
-def sft(config: SFTTrainConfig | dict[str, Any] | str | Path, output: str | Path, data_root: str | None = None,
-        resume: bool = False) -> dict[str, Any]:
-    """Python API of ``rerank train sft``: a config object, a dict or a YAML path; writes the model to ``output``."""
-    from rerank.trainers.api import run_trainer
-
-    return run_trainer("sft", config, output, data_root, resume)

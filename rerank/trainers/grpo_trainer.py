@@ -22,7 +22,7 @@ from rerank.trainers.base import TrainContext
 from rerank.trainers.common import CommonTrainConfig, cpu_only, resume_arg, training_kwargs
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
-from rerank.trainers.sft import load_causal_lm, save_final
+from rerank.trainers.sft_trainer import load_causal_lm, save_final
 
 __all__ = ["GRPOTrainConfig", "GRPOTrainer", "HEAD_DEFAULTS", "reward_function"]
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.errors import ConfigError
 from rerank.heads.base import RerankStats
 from rerank.heads.listwise import passage_texts
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
@@ -45,11 +46,11 @@ class GroupRankConfig(LLMHeadConfig):
 
     def __post_init__(self) -> None:
         if self.group_size < 1 or self.repeats < 1 or self.max_new_tokens < 1:
-            raise ValueError("group_size, repeats and max_new_tokens must be >= 1")
+            raise ConfigError("group_size, repeats and max_new_tokens must be >= 1")
         if not 0.0 <= self.fusion_weight <= 1.0:
-            raise ValueError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
+            raise ConfigError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
 
 
 @dataclass

@@ -44,9 +44,9 @@ class SlidingWindowConfig(LLMHeadConfig):
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.stride < 1 or self.depth < 1:
-            raise ValueError("window, stride and depth must be >= 1")
+            raise ConfigError("window, stride and depth must be >= 1")
         if self.stride > self.window:
-            raise ValueError(f"stride ({self.stride}) > window ({self.window}) would skip candidates")
+            raise ConfigError(f"stride ({self.stride}) > window ({self.window}) would skip candidates")
 
 
 @dataclass

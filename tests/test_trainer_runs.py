@@ -67,7 +67,7 @@ def test_kill_and_resume_matches_uninterrupted(work: Path, monkeypatch: pytest.M
     monkeypatch.setattr(trl.SFTTrainer, "training_step", dies_at_step_3)
     with pytest.raises(Killed):
         sft(_cfg(work), work / "resumed")
-    assert sorted(p.name for p in (work / "resumed" / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert sorted(p.name for p in (work / "resumed" / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
     monkeypatch.setattr(trl.SFTTrainer, "training_step", original)
     resumed = sft(_cfg(work), work / "resumed", resume=True)
     assert resumed["global_step"] == 6

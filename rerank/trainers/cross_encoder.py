@@ -72,7 +72,8 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(train, loss_name), loss=loss,
                                   evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=resume_arg(output, resume))
-    model.save(str(output), safe_serialization=True)
+    if trainer.is_world_process_zero():
+        model.save(str(output), safe_serialization=True)
     dev_metrics = evaluator(model) if evaluator is not None else {}
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,

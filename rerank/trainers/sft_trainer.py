@@ -68,6 +68,9 @@ def load_causal_lm(path: str, cpu: bool) -> tuple[Any, Any]:
 
 def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path) -> None:
     """Write the complete model to ``output``: LoRA merged (adapter kept in ``adapter/``) or the full weights."""
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
     model = trainer.model
     tok = trainer.processing_class
     if cfg.lora.enabled:

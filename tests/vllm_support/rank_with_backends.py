@@ -1,0 +1,177 @@
+"""Run inside the vLLM venv: the same prompts through the ``vllm`` backend and the ``openai`` backend on a real server.
+
+Usage: ``python rank_with_backends.py SPEC.json OUT.json``. SPEC holds the model folder, token-id prompts, the ids
+to score, generation settings and an optional ranking task (head method, queries, documents). OUT gets, per
+backend, the log-probs, greedy generations, rankings (when the head is registered) and timings; the main test
+suite compares them with the transformers backend. ``vllm serve`` is started on a free loopback port and stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SERVED_NAME = "tiny"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def exercise(backend: Any, spec: dict[str, Any], load_s: float) -> dict[str, Any]:
+    """Log-probs and greedy generations of the spec's prompts, timed."""
+    from rerank.backends.base import GenerationConfig
+
+    t = time.perf_counter()
+    logprobs = backend.next_token_logprobs(spec["prompts"], spec["token_ids"])
+    lp_s = time.perf_counter() - t
+    t = time.perf_counter()
+    gen = backend.generate(spec["gen_prompts"], GenerationConfig(**spec["generation"]))
+    gen_s = time.perf_counter() - t
+    return {
+        "logprobs": logprobs,
+        "generate": gen,
+        "calls": dict(backend.calls),
+        "describe": {k: v for k, v in backend.describe().items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "seconds": {"load": load_s, "logprobs": lp_s, "generate": gen_s},
+    }
+
+
+def rank(head: Any, spec: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    """Ranked (doc id, score) lists per query id from a head."""
+    from rerank.types import Query
+
+    task = spec["rank"]
+    queries = [Query(qid, text) for qid, text in task["queries"].items()]
+    docs = [[{"id": d, "text": task["docs"][d]} for d in task["candidates"][q.id]] for q in queries]
+    results = head.rerank_batch(queries, docs)
+    return {r.query.id: [[s.doc.id, s.score] for s in r.ranked] for r in results}
+
+
+def build(backend: str, model: str, spec: dict[str, Any], options: dict[str, Any]) -> tuple[Any, Any, float]:
+    """(head or None, backend, seconds): the head via ``Reranker.load`` when registered, else the bare backend."""
+    from rerank.backends.registry import build_backend
+    from rerank.heads.base import Reranker
+    from rerank.heads.registry import available_rerankers
+
+    method = (spec.get("rank") or {}).get("method")
+    t = time.perf_counter()
+    if method and method in available_rerankers():
+        head = Reranker.load(method, model=model, backend=backend, backend_options=options, **spec["rank"]["options"])
+        return head, head.backend, time.perf_counter() - t
+    return None, build_backend(backend, model, **options), time.perf_counter() - t
+
+
+def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
+    """In-process ``vllm.LLM`` through the registered ``vllm`` backend."""
+    options = {"dtype": "float32", "enforce_eager": True, "max_model_len": spec["max_model_len"]}
+    head, backend, load_s = build("vllm", spec["model"], spec, options)
+    try:
+        out = exercise(backend, spec, load_s)
+        out["rank"] = rank(head, spec) if head is not None else None
+        return out
+    finally:
+        backend.close()
+
+
+def start_server(spec: dict[str, Any], log_path: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start ``vllm serve`` (its OpenAI API server module) on a free loopback port; wait for /health."""
+    import httpx
+
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", spec["model"], "--served-model-name", SERVED_NAME,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", str(spec["max_model_len"]),
+    ]  # fmt: skip
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    t = time.perf_counter()
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process by the caller
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = t + float(spec.get("server_timeout_s", 240))
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}; log: {log_path}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, f"{url}/v1", time.perf_counter() - t
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise RuntimeError(f"vllm serve not healthy after {spec.get('server_timeout_s', 240)} s; log: {log_path}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, SIGKILL after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_openai(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    """A real ``vllm serve`` on loopback through the registered ``openai`` backend (token-id prompts)."""
+    from rerank.errors import RerankError
+
+    proc, base_url, start_s = start_server(spec, log_path)
+    try:
+        options = {"base_url": base_url, "tokenizer": spec["model"], "timeout": 60.0}
+        head, backend, load_s = build("openai", SERVED_NAME, spec, options)
+        out = exercise(backend, spec, load_s)
+        out["seconds"]["server_start"] = start_s
+        out["rank"] = rank(head, spec) if head is not None else None
+        # Without vLLM's extensions only the server's top-N text-keyed log-probs exist: the rarest id must raise.
+        from rerank.backends.registry import build_backend
+
+        plain = build_backend("openai", SERVED_NAME, **options, extensions=False)
+        try:
+            plain.next_token_logprobs(spec["prompts"][:1], [spec["rare_token_id"]])
+            out["plain_rare"] = "no error"
+        except RerankError as e:
+            out["plain_rare"] = f"RerankError: {e}"
+        out["plain_top"] = plain.next_token_logprobs(spec["prompts"][:1], [spec["top_token_id"]])
+        plain.close()
+        backend.close()
+        return out
+    finally:
+        stop_server(proc)
+
+
+def main() -> int:
+    spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    import vllm
+
+    result: dict[str, Any] = {"vllm_version": vllm.__version__}
+    t = time.perf_counter()
+    result["vllm"] = run_vllm(spec)
+    result["openai"] = run_openai(spec, out_path.with_suffix(".server.log"))
+    result["seconds_total"] = time.perf_counter() - t
+    out_path.write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

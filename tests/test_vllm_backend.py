@@ -242,3 +242,19 @@ def test_rankings_match_transformers(vllm_run: tuple[dict, dict], sharp_llm_dir:
         assert [d for d, _ in got[qid]] == [d for d, _ in ranked]
         for (_, s_got), (_, s_ref) in zip(got[qid], ranked):
             assert abs(s_got - s_ref) <= 2 * LOGPROB_ATOL
+
+
+@pytest.mark.parametrize("backend", ["vllm", "openai"])
+def test_seeded_sampling_is_reproducible(vllm_run: tuple[dict, dict], backend: str) -> None:
+    first, again, other = vllm_run[1][backend]["sampled"]
+    assert first == again
+    assert first != other, "seeds 5 and 6 gave the same samples for every prompt: the seed is not reaching vLLM"
+
+
+def test_vllm_options_reach_the_engine(vllm_run: tuple[dict, dict]) -> None:
+    out = vllm_run[1]["vllm"]
+    assert out["describe"]["resolved_dtype"] == "torch.float32"
+    assert out["describe"]["resolved_max_model_len"] == MAX_MODEL_LEN
+    assert out["describe"]["enforce_eager"] is True
+    assert out["max_num_seqs"] == 8  # engine_args passed through
+    assert out["wrong_device"].startswith("ConfigError: vllm backend: device 'cuda' is not this vLLM build's device")

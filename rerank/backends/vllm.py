@@ -156,6 +156,7 @@ class VLLMBackend(Backend):
             **to_dict(self.config),
             "vllm_version": vllm.__version__,
             "resolved_dtype": str(self.llm.llm_engine.model_config.dtype),
+            "resolved_max_model_len": int(self.llm.llm_engine.model_config.max_model_len),
         }
 
     def close(self) -> None:

@@ -43,9 +43,14 @@ def exercise(backend: Any, spec: dict[str, Any], load_s: float) -> dict[str, Any
     t = time.perf_counter()
     gen = backend.generate(spec["gen_prompts"], GenerationConfig(**spec["generation"]))
     gen_s = time.perf_counter() - t
+    sampled = [
+        backend.generate(spec["gen_prompts"], GenerationConfig(max_new_tokens=12, temperature=1.0, seed=seed))
+        for seed in (5, 5, 6)
+    ]
     return {
         "logprobs": logprobs,
         "generate": gen,
+        "sampled": sampled,
         "calls": dict(backend.calls),
         "describe": {k: v for k, v in backend.describe().items() if isinstance(v, (str, int, float, bool, type(None)))},
         "seconds": {"load": load_s, "logprobs": lp_s, "generate": gen_s},
@@ -79,11 +84,27 @@ def build(backend: str, model: str, spec: dict[str, Any], options: dict[str, Any
 
 def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
     """In-process ``vllm.LLM`` through the registered ``vllm`` backend."""
-    options = {"dtype": "float32", "enforce_eager": True, "max_model_len": spec["max_model_len"]}
+    from rerank.backends.registry import build_backend
+    from rerank.errors import ConfigError
+
+    options = {
+        "dtype": "float32",
+        "tokenizer": spec["model"],
+        "enforce_eager": True,
+        "max_model_len": spec["max_model_len"],
+        "engine_args": {"max_num_seqs": 8},
+    }
+    try:
+        build_backend("vllm", spec["model"], device="cuda")
+        wrong_device = "no error"
+    except ConfigError as e:
+        wrong_device = f"ConfigError: {e}"
     head, backend, load_s = build("vllm", spec["model"], spec, options)
     try:
         out = exercise(backend, spec, load_s)
         out["rank"] = rank(head, spec) if head is not None else None
+        out["wrong_device"] = wrong_device
+        out["max_num_seqs"] = backend.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         return out
     finally:
         backend.close()

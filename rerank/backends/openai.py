@@ -73,6 +73,7 @@ class OpenAIBackend(Backend):
     """Batched, concurrent ``POST {base_url}/completions`` requests; greedy decoding unless a temperature is given."""
 
     name = "openai"
+    config_class = OpenAIBackendConfig
 
     def __init__(self, model: str, tokenizer: Any, config: OpenAIBackendConfig) -> None:
         super().__init__()

@@ -49,6 +49,7 @@ class VLLMBackend(Backend):
     """A ``vllm.LLM`` engine driven with ``TokensPrompt`` inputs; greedy decoding unless a temperature is given."""
 
     name = "vllm"
+    config_class = VLLMBackendConfig
 
     def __init__(self, llm: Any, tokenizer: Any, config: VLLMBackendConfig, model_name: str | None = None) -> None:
         super().__init__()

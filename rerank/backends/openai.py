@@ -123,7 +123,7 @@ class OpenAIBackend(Backend):
         raise AssertionError("unreachable")
 
     def _choices(self, prompts: Sequence[Sequence[int]], fields: dict[str, Any]) -> list[dict[str, Any]]:
-        """Send prompts ``batch_size`` per request, ``concurrency`` requests at a time; one choice per prompt, in order."""
+        """Send prompts ``batch_size`` per request, ``concurrency`` at a time; one choice per prompt, in order."""
         check_prompts(prompts)
         if self.config.prompt_format == "token_ids":
             sent: list[Any] = [[int(t) for t in p] for p in prompts]

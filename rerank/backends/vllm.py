@@ -33,7 +33,7 @@ MAX_LOGPROB_IDS = 128
 
 @dataclass
 class VLLMBackendConfig:
-    """Options of the vLLM backend; ``engine_args`` passes any other ``vllm.LLM`` keyword (e.g. tensor_parallel_size)."""
+    """vLLM backend options; ``engine_args`` passes any other ``vllm.LLM`` keyword (e.g. tensor_parallel_size)."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None

@@ -2,8 +2,8 @@
 
 Usage: ``python rank_with_backends.py SPEC.json OUT.json``. SPEC holds the model folder, token-id prompts, the ids
 to score, generation settings and an optional ranking task (head method, queries, documents). OUT gets, per
-backend, the log-probs, greedy generations, rankings (when the head is registered) and timings; the main test
-suite compares them with the transformers backend. ``vllm serve`` is started on a free loopback port and stopped.
+backend, the log-probs, greedy generations, rankings (through the spec's head) and timings; the main test
+suite compares them with the transformers backend. ``vllm serve`` is started on a free loopback port (while the in-process engine runs) and stopped.
 """
 
 from __future__ import annotations
@@ -65,21 +65,18 @@ def rank(head: Any, spec: dict[str, Any]) -> dict[str, list[list[Any]]]:
     queries = [Query(qid, text) for qid, text in task["queries"].items()]
     docs = [[{"id": d, "text": task["docs"][d]} for d in task["candidates"][q.id]] for q in queries]
     results = head.rerank_batch(queries, docs)
-    return {r.query.id: [[s.doc.id, s.score] for s in r.ranked] for r in results}
+    return {r.query.id: [[s.doc.id, s.score] for s in r.results] for r in results}
 
 
 def build(backend: str, model: str, spec: dict[str, Any], options: dict[str, Any]) -> tuple[Any, Any, float]:
-    """(head or None, backend, seconds): the head via ``Reranker.load`` when registered, else the bare backend."""
-    from rerank.backends.registry import build_backend
+    """(head, its backend, seconds to build): the spec's head via ``Reranker.load`` with ``backend_options``."""
     from rerank.heads.base import Reranker
-    from rerank.heads.registry import available_rerankers
 
-    method = (spec.get("rank") or {}).get("method")
     t = time.perf_counter()
-    if method and method in available_rerankers():
-        head = Reranker.load(method, model=model, backend=backend, backend_options=options, **spec["rank"]["options"])
-        return head, head.backend, time.perf_counter() - t
-    return None, build_backend(backend, model, **options), time.perf_counter() - t
+    head = Reranker.load(
+        spec["rank"]["method"], model=model, backend=backend, backend_options=options, **spec["rank"]["options"]
+    )
+    return head, head.backend, time.perf_counter() - t
 
 
 def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +99,7 @@ def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
     head, backend, load_s = build("vllm", spec["model"], spec, options)
     try:
         out = exercise(backend, spec, load_s)
-        out["rank"] = rank(head, spec) if head is not None else None
+        out["rank"] = rank(head, spec)
         out["wrong_device"] = wrong_device
         out["max_num_seqs"] = backend.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         return out
@@ -110,10 +107,8 @@ def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
         backend.close()
 
 
-def start_server(spec: dict[str, Any], log_path: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    """Start ``vllm serve`` (its OpenAI API server module) on a free loopback port; wait for /health."""
-    import httpx
-
+def launch_server(spec: dict[str, Any], log_path: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start ``vllm serve`` (its OpenAI API server module) on a free loopback port; returns without waiting."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -122,22 +117,26 @@ def start_server(spec: dict[str, Any], log_path: Path) -> tuple[subprocess.Popen
         "--dtype", "float32", "--enforce-eager", "--max-model-len", str(spec["max_model_len"]),
     ]  # fmt: skip
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    t = time.perf_counter()
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process by the caller
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = t + float(spec.get("server_timeout_s", 240))
-    while time.perf_counter() < deadline:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", time.perf_counter()
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, started: float, timeout_s: float, log_path: Path) -> float:
+    """Poll ``/health`` until it answers 200; seconds since launch. Raises if the server dies or times out."""
+    import httpx
+
+    while time.perf_counter() < started + timeout_s:
         if proc.poll() is not None:
             raise RuntimeError(f"vllm serve exited with {proc.returncode}; log: {log_path}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, f"{url}/v1", time.perf_counter() - t
+                return time.perf_counter() - started
         except httpx.TransportError:
             pass
         time.sleep(0.5)
     stop_server(proc)
-    raise RuntimeError(f"vllm serve not healthy after {spec.get('server_timeout_s', 240)} s; log: {log_path}")
+    raise RuntimeError(f"vllm serve not healthy {timeout_s} s after launch; log: {log_path}")
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
@@ -152,17 +151,18 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_openai(spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
-    """A real ``vllm serve`` on loopback through the registered ``openai`` backend (token-id prompts)."""
+def run_openai(spec: dict[str, Any], server: tuple[subprocess.Popen[bytes], str, float], log_path: Path) -> dict:
+    """The launched ``vllm serve`` on loopback through the registered ``openai`` backend (token-id prompts)."""
     from rerank.errors import RerankError
 
-    proc, base_url, start_s = start_server(spec, log_path)
+    proc, url, started = server
     try:
-        options = {"base_url": base_url, "tokenizer": spec["model"], "timeout": 60.0}
+        start_s = wait_healthy(proc, url, started, float(spec.get("server_timeout_s", 300)), log_path)
+        options = {"base_url": f"{url}/v1", "tokenizer": spec["model"], "timeout": 60.0}
         head, backend, load_s = build("openai", SERVED_NAME, spec, options)
         out = exercise(backend, spec, load_s)
         out["seconds"]["server_start"] = start_s
-        out["rank"] = rank(head, spec) if head is not None else None
+        out["rank"] = rank(head, spec)
         # Without vLLM's extensions only the server's top-N text-keyed log-probs exist: the rarest id must raise.
         from rerank.backends.registry import build_backend
 
@@ -187,8 +187,14 @@ def main() -> int:
 
     result: dict[str, Any] = {"vllm_version": vllm.__version__}
     t = time.perf_counter()
-    result["vllm"] = run_vllm(spec)
-    result["openai"] = run_openai(spec, out_path.with_suffix(".server.log"))
+    log_path = out_path.with_suffix(".server.log")
+    server = launch_server(spec, log_path)  # starts while the in-process engine runs (two cores, two processes)
+    try:
+        result["vllm"] = run_vllm(spec)
+    except BaseException:
+        stop_server(server[0])
+        raise
+    result["openai"] = run_openai(spec, server, log_path)
     result["seconds_total"] = time.perf_counter() - t
     out_path.write_text(json.dumps(result), encoding="utf-8")
     return 0

@@ -27,7 +27,7 @@ GENERATED_TEXT = "yes it is relevant"
 
 def fake_logprob(prompt: list[int], token_id: int) -> float:
     """The scripted log-prob of ``token_id`` after ``prompt`` (distinct per prompt and id)."""
-    return -(1.0 + (sum(prompt) % 7) + token_id / 1000.0)
+    return -(1.0 + (sum(prompt) * (token_id + 3)) % 89 / 10.0 + token_id / 1000.0)
 
 
 class FakeServer:
@@ -305,3 +305,26 @@ def test_cli_base_url_fills_backend_options() -> None:
                          "--reranker-set", "backend_options.top_logprobs=5"])  # fmt: skip
     assert reranker_options(args) == {"backend_options": {"top_logprobs": 5, "base_url": "http://127.0.0.1:9/v1"}}
     assert reranker_options(p.parse_args([])) == {}
+
+
+def test_cli_rank_with_openai_backend(server: FakeServer, tok_dir: Path, tmp_path: Path, run_cli: Any) -> None:
+    """``rerank rank --backend openai --base-url``: the scores are the server's log P(yes) - log P(no) per prompt."""
+    docs = ["solar panels make power", "cats eat fish", "the market fell", "a panel of judges"]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"qid": "q1", "query": "how do solar panels work", "docs": docs}) + "\n")
+    out = tmp_path / "out.jsonl"
+    rc, stdout, stderr = run_cli(
+        "rank", "--reranker", "yes-no", "--model", "served-name", "--backend", "openai", "--base-url", server.url,
+        "--reranker-set", f"backend_options.tokenizer={tok_dir}", "--input", inp, "--output", out,
+    )  # fmt: skip
+    assert rc == 0, stderr
+    ranking = json.loads(out.read_text())["ranking"]
+    bodies = [b for _, b in server.requests]
+    assert bodies and all(b["model"] == "served-name" for b in bodies)
+    pos, neg = bodies[0]["logprob_token_ids"]
+    expected = sorted(
+        fake_logprob(p, pos) - fake_logprob(p, neg) for b in bodies for p in b["prompt"]
+    )
+    assert len(expected) == len(docs) and len(set(expected)) == len(docs)  # distinct: the order is decided
+    assert sorted(d["score"] for d in ranking) == pytest.approx(expected)
+    assert [d["score"] for d in ranking] == sorted((d["score"] for d in ranking), reverse=True)

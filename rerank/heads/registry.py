@@ -39,3 +39,5 @@ def get_reranker_class(name: str) -> type[Reranker]:
         target = getattr(importlib.import_module(module), attr)
         _REGISTRY[name] = target
     return target  # type: ignore[return-value]
+
+register_reranker("remote", "rerank.client:RemoteReranker")

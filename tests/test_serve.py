@@ -169,7 +169,10 @@ def test_bad_requests_answer_json_errors_without_traces(client: httpx.Client) ->
     assert_error(post("/v1/rerank", json={"query": "x", "documents": [{"title": "no text"}]}), 422)
     assert_error(post("/v1/rerank", json={"query": "x", "documents": ["a"], "top_n": 0}), 422)
     assert_error(post("/v1/rerank", json={"query": 5, "documents": ["a"]}), 422)
-    assert_error(post("/v1/rerank", json=["not", "an", "object"]), 422)
+    body = assert_error(post("/v1/rerank", json=["not", "an", "object"]), 422)
+    assert "JSON object" in body["message"]
+    no_type = post("/v1/rerank", content=b'{"query": "x", "documents": ["a"]}', headers={"content-type": "text/plain"})
+    assert "Content-Type: application/json" in assert_error(no_type, 422)["message"]
     assert_error(client.get("/v1/rerank"), 405)
     assert_error(client.get("/nope"), 404, "not_found")
 

@@ -72,6 +72,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         if e.get("type") == "missing" and loc == "":
             parts.append("request body is required")
+        elif loc == "" and e.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+            parts.append("request body must be a JSON object sent with Content-Type: application/json")
         elif e.get("type") == "extra_forbidden":
             parts.append(f"unknown field {loc!r}")
         else:

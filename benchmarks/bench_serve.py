@@ -9,7 +9,8 @@ The batching gain is the throughput ratio dynamic / baseline at each concurrency
 Default model: a BERT cross-encoder of the shape of all-MiniLM-L6-v2 / cross-encoder/ms-marco-MiniLM-L-6-v2
 (6 layers, 384 hidden, 12 heads, 1536 FFN) with seeded random weights and a WordPiece vocabulary of the benchmark's
 words (one token per word): the per-batch cost of a real MiniLM cross-encoder, meaningless scores, no files needed. ``--reranker/--model`` serve any
-registered head instead. Last line: one JSON object.
+registered head instead; ``--cost-model sleep`` serves a reranker that sleeps ``--sleep-fixed-ms`` per model call plus
+``--sleep-per-doc-ms`` per document (an accelerator-like cost that batching amortises). Last line: one JSON object.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_serve.py --concurrency 1 8 32 --seconds 6
 """
@@ -95,16 +96,49 @@ class MiniLMCrossEncoder(Reranker):
         return {"method": self.method, "model": "MiniLM-L6-shaped BERT cross-encoder, random weights", "device": self.device}
 
 
+class SleepCostReranker(Reranker):
+    """Word-overlap scores with a sleep of ``fixed_ms + per_doc_ms * docs`` per model call: an accelerator-like cost
+    (a fixed launch/transfer cost that batching amortises), which isolates how well the server merges requests."""
+
+    method = "bench-sleep-cost"
+
+    def __init__(self, fixed_ms: float, per_doc_ms: float) -> None:
+        super().__init__()
+        self.fixed_ms = fixed_ms
+        self.per_doc_ms = per_doc_ms
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return self.score_batch([query], [candidates])[0]
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        n = sum(len(c) for c in candidate_lists)
+        time.sleep((self.fixed_ms + self.per_doc_ms * n) / 1000.0)
+        out = []
+        for q, cands in zip(queries, candidate_lists):
+            words = set(q.text.split())
+            out.append([float(sum(w in words for w in c.doc.text.split())) for c in cands])
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "fixed_ms": self.fixed_ms, "per_doc_ms": self.per_doc_ms}
+
+
+def build_reranker(args: argparse.Namespace) -> Reranker:
+    """The reranker a server child serves: a registered head, or one of the two cost models."""
+    if args.reranker:
+        return Reranker.load(args.reranker, model=args.model, backend=args.backend)
+    if args.cost_model == "sleep":
+        return SleepCostReranker(args.sleep_fixed_ms, args.sleep_per_doc_ms)
+    return MiniLMCrossEncoder()
+
+
 def serve(args: argparse.Namespace) -> None:
     """Child process: load the reranker and serve it with the given batching settings."""
     import uvicorn
 
     from rerank.serve import ServeConfig, create_app
 
-    if args.reranker:
-        reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend)
-    else:
-        reranker = MiniLMCrossEncoder()
+    reranker = build_reranker(args)
     cfg = ServeConfig(
         port=args.port, max_batch_size=args.serve_batch, max_wait_ms=args.max_wait_ms, max_queue=1024,
         timeout_s=300, model_name=json.dumps(reranker.describe()),
@@ -180,7 +214,8 @@ def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
     """Start a server child with ``max_batch`` requests per model call; return it and its URL once healthy."""
     port = free_port()
     cmd = [sys.executable, __file__, "--_serve", "--port", str(port), "--serve-batch", str(max_batch),
-           "--max-wait-ms", str(args.max_wait_ms), "--backend", args.backend]
+           "--max-wait-ms", str(args.max_wait_ms), "--backend", args.backend, "--cost-model", args.cost_model,
+           "--sleep-fixed-ms", str(args.sleep_fixed_ms), "--sleep-per-doc-ms", str(args.sleep_per_doc_ms)]
     if args.reranker:
         cmd += ["--reranker", args.reranker] + (["--model", args.model] if args.model else [])
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -204,6 +239,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reranker", default=None, help="serve this registered head instead of the MiniLM cost model")
     p.add_argument("--model", default=None)
+    p.add_argument("--cost-model", choices=["minilm", "sleep"], default="minilm", help="when no --reranker is given")
+    p.add_argument("--sleep-fixed-ms", type=float, default=20.0, help="sleep cost model: per model call")
+    p.add_argument("--sleep-per-doc-ms", type=float, default=0.5, help="sleep cost model: per document")
     p.add_argument("--backend", default="transformers")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=6.0, help="measurement time per level")
@@ -257,7 +295,10 @@ def main() -> None:
 
     print(json.dumps({
         "bench": "serve",
-        "reranker": args.reranker or "MiniLM-L6-shaped BERT cross-encoder (random weights)",
+        "reranker": args.reranker or {
+            "minilm": "MiniLM-L6-shaped BERT cross-encoder (random weights)",
+            "sleep": f"sleep cost model ({args.sleep_fixed_ms:g} ms/call + {args.sleep_per_doc_ms:g} ms/doc)",
+        }[args.cost_model],
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

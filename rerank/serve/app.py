@@ -170,7 +170,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             raise ApiError(500, "model_error", "the reranker returned an incomplete or non-finite ranking")
         return result
 
-    async def cohere(body: CohereRerankRequest, version: str) -> dict[str, Any]:
+    async def cohere(body: CohereRerankRequest, version: str) -> JSONResponse:
         docs = [(d, "") if isinstance(d, str) else (d.text, d.title or "") for d in body.documents]
         result = await rank(body.query, candidates(body.query, docs))
         ranked = result.results if body.top_n is None else result.results[: body.top_n]
@@ -181,20 +181,20 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             if body.return_documents:
                 entry["document"] = _document_out(body.documents[i], version)
             out.append(entry)
-        return {"id": str(uuid.uuid4()), "results": out, "meta": {"api_version": {"version": version}}}
+        return JSONResponse({"id": str(uuid.uuid4()), "results": out, "meta": {"api_version": {"version": version}}})
 
     @app.post("/v1/rerank", dependencies=[Depends(require_auth)])
-    async def rerank_v1(body: CohereRerankRequest) -> dict[str, Any]:
+    async def rerank_v1(body: CohereRerankRequest) -> JSONResponse:
         """Cohere v1 rerank: documents as strings or objects (objects echo back whole with ``return_documents``)."""
         return await cohere(body, "1")
 
     @app.post("/v2/rerank", dependencies=[Depends(require_auth)])
-    async def rerank_v2(body: CohereRerankRequest) -> dict[str, Any]:
+    async def rerank_v2(body: CohereRerankRequest) -> JSONResponse:
         """Cohere v2 rerank: returned documents are ``{"text": ...}``."""
         return await cohere(body, "2")
 
     @app.post("/rerank", dependencies=[Depends(require_auth)])
-    async def rerank_tei(body: TeiRerankRequest) -> list[dict[str, Any]]:
+    async def rerank_tei(body: TeiRerankRequest) -> JSONResponse:
         """TEI rerank: ``[{index, score, text?}]`` best first."""
         result = await rank(body.query, candidates(body.query, [(t, "") for t in body.texts]))
         out = []
@@ -204,7 +204,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             if body.return_text:
                 entry["text"] = body.texts[i]
             out.append(entry)
-        return out
+        return JSONResponse(out)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import ir_measures
 
 from rerank.errors import ConfigError
-from rerank.types import Qrels, Run
+from rerank.types import Qrels, Run, sort_ranking
 
 __all__ = ["DEFAULT_MEASURES", "MetricResult", "evaluate_run", "parse_measures"]
 
@@ -63,8 +63,13 @@ def evaluate_run(
     qrels_list = [
         ir_measures.Qrel(q, d, int(g)) for q in qids for d, g in qrels[q].items()
     ]
+    # Rank in trec_eval's order, then score by rank: ir-measures' RR@k and Judged@k providers break ties by doc id
+    # ascending, unlike trec_eval, so no measure may see a tie.
     run_list = [
-        ir_measures.ScoredDoc(q, d, float(s)) for q in qids if q in run for d, s in run[q]
+        ir_measures.ScoredDoc(q, d, float(-rank))
+        for q in qids
+        if q in run
+        for rank, (d, _) in enumerate(sort_ranking(run[q]))
     ]
     if run_list:
         for metric in ir_measures.iter_calc([m for _, m in parsed], qrels_list, run_list):

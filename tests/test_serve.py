@@ -25,7 +25,7 @@ from rerank.cli.serve_cmd import serve_config
 from rerank.data.io import read_run, write_jsonl, write_qrels, write_run
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads.base import Reranker
-from rerank.heads.registry import register_reranker
+from rerank.heads.registry import available_rerankers, register_reranker
 from rerank.serve import ServeConfig, create_app
 from rerank.types import Document
 
@@ -467,3 +467,35 @@ def test_rerank_serve_cli_errors() -> None:
         [sys.executable, "-m", "rerank", "serve", "--reranker", "no-such-head"], env=env, capture_output=True, text=True
     )
     assert r.returncode == 2 and "unknown reranker 'no-such-head'" in r.stderr and "remote" in r.stderr
+
+
+def test_tiny_cross_encoder_served_equals_in_process(tiny_bert_dir: Path) -> None:
+    """The real cross-encoder head (tiny random BERT) behind the server: same order and scores as in process."""
+    if "cross-encoder" not in available_rerankers():
+        pytest.skip("the cross-encoder head is not on this branch yet")
+    from rerank.testing.tokenizer import corpus_lines
+
+    lines = [ln for ln in corpus_lines() if ln.strip()]
+    docs, queries = lines[:12], lines[12:18]
+    rr = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
+    want = {q: [(int(r.doc.id), r.score) for r in rr.rerank(q, docs).results] for q in queries}
+
+    async def go(u: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=u, timeout=60) as c:
+            return await asyncio.gather(*[c.post("/v2/rerank", json={"query": q, "documents": docs}) for q in queries])
+
+    with running(rr, ServeConfig(max_batch_size=8, max_wait_ms=200)) as u:
+        resps = asyncio.run(go(u))
+        text = httpx.get(f"{u}/metrics").text
+    assert metric_values(text, "rerank_batch_size_count")[""] < len(queries)  # merged into shared model calls
+    for q, r in zip(queries, resps):
+        got = [(x["index"], x["relevance_score"]) for x in r.json()["results"]]
+        assert sorted(i for i, _ in got) == list(range(len(docs)))
+        scores = dict(got)
+        for i, s in want[q]:
+            assert scores[i] == pytest.approx(s, rel=1e-4, abs=1e-5)
+        # order equal up to near-ties (batched padding may move scores by float rounding)
+        ws = [s for _, s in want[q]]
+        gaps_ok = all(abs(a - b) > 1e-4 for a, b in zip(ws, ws[1:]))
+        if gaps_ok:
+            assert [i for i, _ in got] == [i for i, _ in want[q]]

@@ -1,7 +1,8 @@
 """Benchmark ``rerank serve``: throughput and p50/p99 latency vs concurrency, and the dynamic-batching gain.
 
 The server runs in a subprocess (so the load generator does not share its interpreter) on a free 127.0.0.1 port;
-closed-loop asyncio clients send Cohere ``/v1/rerank`` requests (one query, ``--docs`` documents of ``--doc-words``
+closed-loop asyncio clients (one kept-alive connection each, pre-encoded requests: a light load generator) send
+Cohere ``/v1/rerank`` requests (one query, ``--docs`` documents of ``--doc-words``
 words) for ``--seconds`` per concurrency level. Two server settings are measured in the same run: dynamic batching
 (``--max-batch-size``, ``--max-wait-ms``) and the baseline ``max_batch_size=1`` (one request per model call).
 The batching gain is the throughput ratio dynamic / baseline at each concurrency.
@@ -163,40 +164,77 @@ def make_requests(n: int, docs: int, words: int, seed: int = 0) -> list[dict[str
     ]
 
 
-def batch_stats(text: str) -> tuple[float, float]:
-    vals = {}
+def server_stats(text: str) -> dict[str, float]:
+    """Cumulative batch-size and server-side /v1/rerank latency sums and counts from /metrics."""
+    names = {
+        "rerank_batch_size_sum": "bsum",
+        "rerank_batch_size_count": "bcount",
+        'rerank_request_latency_seconds_sum{endpoint="/v1/rerank"}': "lsum",
+        'rerank_request_latency_seconds_count{endpoint="/v1/rerank"}': "lcount",
+    }
+    vals = dict.fromkeys(names.values(), 0.0)
     for line in text.splitlines():
-        for name in ("rerank_batch_size_sum", "rerank_batch_size_count"):
-            if line.startswith(name + " "):
-                vals[name] = float(line.split()[1])
-    return vals.get("rerank_batch_size_sum", 0.0), vals.get("rerank_batch_size_count", 0.0)
+        name, _, value = line.rpartition(" ")
+        if name in names:
+            vals[names[name]] = float(value)
+    return vals
 
 
-async def level(base: str, concurrency: int, seconds: float, reqs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` clients send requests back to back for ``seconds``."""
+def encode_requests(reqs: list[dict[str, Any]], port: int) -> list[bytes]:
+    """Pre-encoded HTTP/1.1 keep-alive POSTs, so the load generator spends little CPU per request."""
+    out = []
+    for r in reqs:
+        body = json.dumps(r).encode()
+        head = (
+            f"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        out.append(head.encode() + body)
+    return out
+
+
+async def post_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one pre-encoded request on a kept-alive connection; read the whole response; return its status."""
+    writer.write(request)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+async def level(base: str, concurrency: int, seconds: float, reqs: list[bytes]) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` clients, one connection each, send requests back to back for ``seconds``."""
     lat: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as c:
-        s0, n0 = batch_stats((await c.get("/metrics")).text)
+    host, port = base.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=base, timeout=300) as c:
+        m0 = server_stats((await c.get("/metrics")).text)
         start = time.perf_counter()
         deadline = start + seconds
 
         async def worker(k: int) -> None:
             nonlocal errors
+            reader, writer = await asyncio.open_connection(host, int(port))
             i = k
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                r = await c.post("/v1/rerank", json=reqs[i % len(reqs)])
-                if r.status_code == 200:
-                    lat.append(time.perf_counter() - t)
-                else:
-                    errors += 1
-                i += concurrency
+            try:
+                while time.perf_counter() < deadline:
+                    t = time.perf_counter()
+                    if await post_raw(reader, writer, reqs[i % len(reqs)]) == 200:
+                        lat.append(time.perf_counter() - t)
+                    else:
+                        errors += 1
+                    i += concurrency
+            finally:
+                writer.close()
 
         await asyncio.gather(*[worker(k) for k in range(concurrency)])
         elapsed = time.perf_counter() - start
-        s1, n1 = batch_stats((await c.get("/metrics")).text)
+        m1 = server_stats((await c.get("/metrics")).text)
     lat.sort()
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
     return {
@@ -206,7 +244,8 @@ async def level(base: str, concurrency: int, seconds: float, reqs: list[dict[str
         "throughput_rps": round(len(lat) / elapsed, 2),
         "p50_ms": round(1000 * q[49], 1),
         "p99_ms": round(1000 * q[98], 1),
-        "mean_batch_size": round((s1 - s0) / max(n1 - n0, 1), 2),
+        "mean_batch_size": round((m1["bsum"] - m0["bsum"]) / max(m1["bcount"] - m0["bcount"], 1), 2),
+        "server_mean_ms": round(1000 * (m1["lsum"] - m0["lsum"]) / max(m1["lcount"] - m0["lcount"], 1), 1),
     }
 
 
@@ -258,17 +297,18 @@ def main() -> None:
     if args._serve:
         serve(args)
         return
-    reqs = make_requests(256, args.docs, args.doc_words)
+    payloads = make_requests(256, args.docs, args.doc_words)
     servers = {"dynamic": start_server(args, args.max_batch_size), "batch1": start_server(args, 1)}
+    encoded = {mode: encode_requests(payloads, int(base.rsplit(":", 1)[1])) for mode, (_, base) in servers.items()}
     results: dict[str, list[dict[str, Any]]] = {"dynamic": [], "batch1": []}
     try:
         for mode, (_, base) in servers.items():
-            asyncio.run(level(base, max(args.concurrency), args.warmup, reqs))
+            asyncio.run(level(base, max(args.concurrency), args.warmup, encoded[mode]))
         # interleave the two settings level by level, so drifting machine load hits both alike
         for rnd in range(args.rounds):
             for c in args.concurrency:
                 for mode, (_, base) in servers.items():
-                    r = asyncio.run(level(base, c, args.seconds, reqs))
+                    r = asyncio.run(level(base, c, args.seconds, encoded[mode]))
                     r.update(mode=mode, round=rnd)
                     print(json.dumps(r), flush=True)
                     results[mode].append(r)
@@ -285,6 +325,7 @@ def main() -> None:
             "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 1),
             "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 1),
             "mean_batch_size": round(statistics.median(r["mean_batch_size"] for r in rs), 2),
+            "server_mean_ms": round(statistics.median(r["server_mean_ms"] for r in rs), 1),
             "requests": sum(r["requests"] for r in rs),
         }
 

@@ -2,18 +2,20 @@
 
 The server runs in a subprocess (so the load generator does not share its interpreter) on a free 127.0.0.1 port;
 closed-loop asyncio clients (one kept-alive connection each, pre-encoded requests: a light load generator) send
-Cohere ``/v1/rerank`` requests (one query, ``--docs`` documents of ``--doc-words``
-words) for ``--seconds`` per concurrency level. Two server settings are measured in the same run: dynamic batching
+Cohere ``/v1/rerank`` requests (one query, ``--docs`` documents of ``--doc-words`` words) for ``--seconds`` per
+concurrency level. Two server settings are measured in the same run: dynamic batching
 (``--max-batch-size``, ``--max-wait-ms``) and the baseline ``max_batch_size=1`` (one request per model call).
 The batching gain is the throughput ratio dynamic / baseline at each concurrency.
 
 Default model: a BERT cross-encoder of the shape of all-MiniLM-L6-v2 / cross-encoder/ms-marco-MiniLM-L-6-v2
 (6 layers, 384 hidden, 12 heads, 1536 FFN) with seeded random weights and a WordPiece vocabulary of the benchmark's
-words (one token per word): the per-batch cost of a real MiniLM cross-encoder, meaningless scores, no files needed. ``--reranker/--model`` serve any
-registered head instead; ``--cost-model sleep`` serves a reranker that sleeps ``--sleep-fixed-ms`` per model call plus
-``--sleep-per-doc-ms`` per document (an accelerator-like cost that batching amortises). Last line: one JSON object.
+words (one token per word): the per-batch cost of a real MiniLM cross-encoder, meaningless scores, no files needed.
+``--reranker/--model`` serve any registered head instead; ``--cost-model sleep`` serves a reranker that sleeps
+``--sleep-fixed-ms`` per model call plus ``--sleep-per-doc-ms`` per document (an accelerator-like cost that batching
+amortises). Last line: one JSON object.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_serve.py --concurrency 1 8 32 --seconds 6
+    OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --cost-model sleep --concurrency 1 8 32 --seconds 10 --docs 8
+    OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --concurrency 1 8 32 --seconds 20 --docs 4 --doc-words 20
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class MiniLMCrossEncoder(Reranker):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method, "model": "MiniLM-L6-shaped BERT cross-encoder, random weights", "device": self.device}
+        model = "MiniLM-L6-shaped BERT cross-encoder, random weights"
+        return {"method": self.method, "model": model, "device": self.device}
 
 
 class SleepCostReranker(Reranker):
@@ -289,7 +292,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=8, help="documents per request")
     p.add_argument("--doc-words", type=int, default=40)
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--_serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--serve-batch", type=int, default=32, help=argparse.SUPPRESS)

@@ -54,7 +54,9 @@ class RemoteReranker(Reranker):
         super().__init__(config)
         key = self.config.api_key if self.config.api_key is not None else os.environ.get("RERANK_API_KEY") or None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers)
+        self._client = httpx.Client(
+            base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers
+        )
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> RemoteReranker:

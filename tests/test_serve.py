@@ -186,10 +186,12 @@ def test_size_limits() -> None:
     cfg = ServeConfig(max_docs=5, max_doc_chars=50, max_body_bytes=4000)
     with running(OverlapReranker(), cfg) as u, httpx.Client(base_url=u) as c:
         assert c.post("/v1/rerank", json={"query": "a", "documents": ["a"] * 5}).status_code == 200
-        body = assert_error(c.post("/v1/rerank", json={"query": "a", "documents": ["a"] * 6}), 413, "too_many_documents")
+        r = c.post("/v1/rerank", json={"query": "a", "documents": ["a"] * 6})
+        body = assert_error(r, 413, "too_many_documents")
         assert "5" in body["message"]
         assert_error(c.post("/rerank", json={"query": "a", "texts": ["a"] * 6}), 413, "too_many_documents")
-        body = assert_error(c.post("/v2/rerank", json={"query": "a", "documents": ["ok", "x" * 51]}), 413, "text_too_long")
+        r = c.post("/v2/rerank", json={"query": "a", "documents": ["ok", "x" * 51]})
+        body = assert_error(r, 413, "text_too_long")
         assert "document 1" in body["message"]
         long_title = {"text": "x" * 30, "title": "y" * 30}
         assert_error(c.post("/v1/rerank", json={"query": "a", "documents": [long_title]}), 413, "text_too_long")
@@ -213,7 +215,8 @@ def test_model_failure_is_isolated_and_hidden() -> None:
 
     async def go(u: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=u, timeout=30) as c:
-            reqs = [c.post("/v1/rerank", json={"query": q, "documents": DOCS}) for q in [QUERIES[0], "FAIL me", QUERIES[1]]]
+            queries = [QUERIES[0], "FAIL me", QUERIES[1]]
+            reqs = [c.post("/v1/rerank", json={"query": q, "documents": DOCS}) for q in queries]
             return await asyncio.gather(*reqs)
 
     with running(rr, cfg) as u:
@@ -222,6 +225,32 @@ def test_model_failure_is_isolated_and_hidden() -> None:
     assert [(r["index"], r["relevance_score"]) for r in ok1.json()["results"]] == local_ranking(QUERIES[0], DOCS)
     assert [(r["index"], r["relevance_score"]) for r in ok2.json()["results"]] == local_ranking(QUERIES[1], DOCS)
     assert max(rr.batch_sizes) == 3  # the three were one batch, then retried one by one
+
+
+class _NaNReranker(OverlapReranker):
+    def score_batch(self, queries: list, candidate_lists: list) -> list[list[float]]:
+        return [[float("nan")] * len(c) for c in candidate_lists]
+
+
+class _BrokenIdsReranker(OverlapReranker):
+    """A buggy head that renames documents: the response code hits an unexpected error."""
+
+    def rerank_batch(self, queries, docs_lists, top_k=None):  # type: ignore[no-untyped-def]
+        results = super().rerank_batch(queries, docs_lists, top_k)
+        for res in results:
+            res.results = [type(r)(Document("not-an-index", r.doc.text), r.score, r.rank) for r in res.results]
+        return results
+
+
+def test_buggy_heads_answer_500_json_without_traces() -> None:
+    req = {"query": "a", "documents": ["a", "b"]}
+    with running(_NaNReranker()) as u:
+        assert_error(httpx.post(f"{u}/v1/rerank", json=req), 500, "model_error")
+    with running(_BrokenIdsReranker()) as u:
+        r = httpx.post(f"{u}/v1/rerank", json=req)
+        assert_error(r, 500, "internal")
+        assert "not-an-index" not in r.text
+        assert httpx.get(f"{u}/health").status_code == 200
 
 
 def test_bearer_auth() -> None:
@@ -247,7 +276,8 @@ def test_queue_full_answers_429_and_health_stays_responsive() -> None:
 
     async def go(u: str) -> tuple[list[httpx.Response], float]:
         async with httpx.AsyncClient(base_url=u, timeout=30) as c:
-            tasks = [asyncio.create_task(c.post("/v1/rerank", json={"query": "a", "documents": ["a"]})) for _ in range(8)]
+            req = {"query": "a", "documents": ["a"]}
+            tasks = [asyncio.create_task(c.post("/v1/rerank", json=req)) for _ in range(8)]
             deadline = time.monotonic() + 10
             while sum(t.done() for t in tasks) < 5:  # the five rejections come back at once
                 assert time.monotonic() < deadline
@@ -469,10 +499,11 @@ def test_rerank_serve_cli_errors() -> None:
     assert r.returncode == 2 and "unknown reranker 'no-such-head'" in r.stderr and "remote" in r.stderr
 
 
-def test_tiny_cross_encoder_served_equals_in_process(tiny_bert_dir: Path) -> None:
+def test_tiny_cross_encoder_served_equals_in_process(request: pytest.FixtureRequest) -> None:
     """The real cross-encoder head (tiny random BERT) behind the server: same order and scores as in process."""
     if "cross-encoder" not in available_rerankers():
         pytest.skip("the cross-encoder head is not on this branch yet")
+    tiny_bert_dir = request.getfixturevalue("tiny_bert_dir")
     from rerank.testing.tokenizer import corpus_lines
 
     lines = [ln for ln in corpus_lines() if ln.strip()]

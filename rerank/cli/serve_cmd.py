@@ -29,7 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="require 'Authorization: Bearer KEY' on /rerank and /metrics (default: $RERANK_API_KEY, else no auth)",
     )
     p.add_argument("--max-batch-size", type=int, default=32, help="requests merged into one model call (default 32)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5 ms)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits to fill (default 0: requests arriving while the model is busy still merge)",
+    )
     p.add_argument("--max-queue", type=int, default=256, help="requests accepted at once; more get 429 (default 256)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout; answers 504 (default 30 s)")
     p.add_argument("--max-docs", type=int, default=1000, help="documents per request; more get 413 (default 1000)")

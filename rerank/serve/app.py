@@ -109,7 +109,9 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     app.state.batcher = batcher
     app.state.reranker = reranker
 
-    def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    def error_response(
+        status: int, error_type: str, message: str, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
         metrics.errors.labels(error_type).inc()
         return JSONResponse({"message": message, "error_type": error_type}, status_code=status, headers=headers)
 
@@ -152,7 +154,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         for i, (text, title) in enumerate(docs):
             n = len(text) + len(title)
             if n > cfg.max_doc_chars:
-                raise ApiError(413, "text_too_long", f"document {i} has {n} characters; the limit is {cfg.max_doc_chars}")
+                msg = f"document {i} has {n} characters; the limit is {cfg.max_doc_chars}"
+                raise ApiError(413, "text_too_long", msg)
         return [Candidate(Document(str(i), text, title)) for i, (text, title) in enumerate(docs)]
 
     async def rank(query: str, cands: list[Candidate]) -> RankedResult:

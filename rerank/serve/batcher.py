@@ -56,7 +56,7 @@ class Batcher:
         reranker: Reranker,
         *,
         max_batch_size: int = 32,
-        max_wait_s: float = 0.005,
+        max_wait_s: float = 0.0,
         max_queue: int = 256,
         metrics: ServeMetrics | None = None,
     ) -> None:

@@ -15,7 +15,7 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 256
     timeout_s: float = 30.0
     max_docs: int = 1000

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "rerank.cli.evaluate_cmd",
     "rank": "rerank.cli.rank_cmd",
     "train": "rerank.cli.train_cmd",
+    "index": "rerank.cli.index_cmd",
     "serve": "rerank.cli.serve_cmd",
 }
 

@@ -522,11 +522,12 @@ def test_tiny_cross_encoder_served_equals_in_process(request: pytest.FixtureRequ
     for q, r in zip(queries, resps):
         got = [(x["index"], x["relevance_score"]) for x in r.json()["results"]]
         assert sorted(i for i, _ in got) == list(range(len(docs)))
-        scores = dict(got)
-        for i, s in want[q]:
-            assert scores[i] == pytest.approx(s, rel=1e-4, abs=1e-5)
-        # order equal up to near-ties (batched padding may move scores by float rounding)
-        ws = [s for _, s in want[q]]
-        gaps_ok = all(abs(a - b) > 1e-4 for a, b in zip(ws, ws[1:]))
-        if gaps_ok:
+        local = dict(want[q])
+        for i, s in got:
+            assert s == pytest.approx(local[i], rel=1e-5, abs=1e-6)
+        # the tiny random model leaves gaps of ~1e-6 between scores and merged batches pad differently (~1e-8), so the
+        # served order must agree with the in-process scores up to that rounding, and exactly where scores match
+        assert all(a >= b for (_, a), (_, b) in zip(got, got[1:]))
+        assert all(local[i] >= local[j] - 1e-6 for (i, _), (j, _) in zip(got, got[1:]))
+        if all(s == local[i] for i, s in got):
             assert [i for i, _ in got] == [i for i, _ in want[q]]

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from rerank.errors import ConfigError, RerankError
+from rerank.errors import RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
 
@@ -62,8 +62,6 @@ class RemoteReranker(Reranker):
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> RemoteReranker:
         """``model`` (if given) is sent as the request's ``model`` field; the server's backend is its own."""
         if model is not None:
-            if options.get("model") not in (None, model):
-                raise ConfigError(f"remote: model given twice ({model!r} and {options['model']!r})")
             options = {**options, "model": model}
         return super().from_options(**options)  # type: ignore[return-value]
 

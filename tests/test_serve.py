@@ -320,7 +320,11 @@ def test_timeout_answers_504() -> None:
         r = c.post("/v1/rerank", json={"query": "a", "documents": ["a"]})
         assert time.perf_counter() - t0 < 0.7
         assert_error(r, 504, "timeout")
-        time.sleep(0.7)  # the abandoned call finishes; the service keeps working
+        from rerank.client import RemoteRerankError
+
+        with pytest.raises(RemoteRerankError, match="unreachable"):  # the client's own timeout
+            Reranker.load("remote", base_url=u, timeout=0.1).rerank("a", ["a"])
+        time.sleep(1.0)  # the abandoned calls finish; the service keeps working
         h = c.get("/health").json()
         assert h["in_flight"] == 0
 
@@ -386,6 +390,8 @@ def test_remote_reranker_round_trip_equals_local(url: str) -> None:
     want = local.rerank_batch(QUERIES, docs_lists)
     for g, w in zip(got, want):
         assert [(r.doc.id, r.score, r.rank) for r in g.results] == [(r.doc.id, r.score, r.rank) for r in w.results]
+    serial = Reranker.load("remote", base_url=url, max_concurrency=1, model="any-name").rerank_batch(QUERIES, docs_lists)
+    assert [g.doc_ids for g in serial] == [w.doc_ids for w in want]
     top = remote.rerank(QUERIES[0], DOCS, top_k=2)
     assert top.doc_ids == local.rerank(QUERIES[0], DOCS, top_k=2).doc_ids
     assert "api_key" not in json.dumps(remote.describe())
@@ -413,6 +419,10 @@ def test_pipeline_swaps_local_for_remote_by_configuration(url: str, tmp_path: Pa
 
 def test_remote_reranker_reports_server_errors() -> None:
     from rerank.client import RemoteRerankError
+    from rerank.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="base_url"):
+        Reranker.load("remote", base_url="127.0.0.1:8000")
 
     with running(OverlapReranker(), ServeConfig(api_key="k", max_docs=2)) as u:
         with pytest.raises(RemoteRerankError, match="401"):

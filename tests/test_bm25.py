@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import bm25s
+import numpy as np
 import pytest
 
 from rerank.cli import main as cli_main
@@ -208,3 +209,19 @@ def test_scifact_ndcg10_matches_pyserini(tmp_path: Path, cache: Path) -> None:
     assert metrics["num_queries"] == 300
     assert abs(metrics["metrics"]["nDCG@10"] - PYSERINI_SCIFACT_NDCG10) < 0.01, metrics["metrics"]
     assert metrics["first_stage"]["name"] == "bm25" and metrics["first_stage"]["cache_hit"] is False
+
+
+@pytest.mark.parametrize("low", [0, -3])
+def test_run_conversion_matches_sort_ranking_on_tie_heavy_arrays(low: int) -> None:
+    rng = np.random.default_rng(low + 7)
+    ids = [f"doc{i:03d}" for i in range(60)]
+    r = BM25Retriever(None, ids, BM25Config(), Path("unused"), cache_hit=False)  # type: ignore[arg-type]
+    docs = np.stack([rng.permutation(60)[:40] for _ in range(25)])
+    scores = rng.integers(low, 4, size=docs.shape).astype(np.float32) / 2
+    order = np.argsort(-scores, axis=1, kind="stable")  # bm25s' form: by score, ties in arbitrary (doc) order
+    docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
+    qids = [f"q{i}" for i in range(len(docs))]
+    run = r._to_run(qids, docs, scores)
+    for i, q in enumerate(qids):
+        expected = sort_ranking([(ids[d], float(s)) for d, s in zip(docs[i], scores[i]) if s != 0])
+        assert run[q] == expected

@@ -107,7 +107,8 @@ def ratio(res: dict[str, dict[str, Any]], ours: str, base: str) -> dict[str, flo
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-root", default=None,
+                   help="default: $RERANK_SHARED_DATA, else ../shared/data beside the repo, else /work/shared/data")
     p.add_argument("--dataset", default="scifact")
     p.add_argument("--split", default="test")
     p.add_argument("--k", type=int, nargs="+", default=[100, 1000], help="retrieval depths")
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--metric-docs", type=int, default=100)
     args = p.parse_args(argv)
 
-    root = Path(args.data_root)
+    root = Path(args.data_root or os.environ.get("RERANK_SHARED_DATA") or REPO.parent / "shared" / "data")
+    if args.data_root is None and not root.is_dir():
+        root = Path("/work/shared/data")
     dataset = resolve_dataset(args.dataset, root, download=False)
     queries = dataset.split_queries(args.split)
     qids = list(queries)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import ir_measures
 
 from rerank.errors import ConfigError
-from rerank.types import Qrels, Run
+from rerank.types import Qrels, Run, sort_ranking
 
 __all__ = ["DEFAULT_MEASURES", "MetricResult", "evaluate_run", "parse_measures"]
 
@@ -60,9 +60,13 @@ def evaluate_run(
     by_measure = {m: name for name, m in parsed}
     qids = sorted(qrels)
     per_query: dict[str, dict[str, float]] = {q: {name: 0.0 for name, _ in parsed} for q in qids}
-    # dict-of-dicts is pytrec_eval's native form: ~2x faster than lists of Qrel/ScoredDoc tuples
+    # dict-of-dicts is pytrec_eval's native form (~2x faster than lists of tuples). Scores are replaced by trec_eval's
+    # rank order: ir-measures' RR@k and Judged@k providers break ties by doc id ascending, unlike trec_eval, so no
+    # measure may see a tie.
     qrels_dict = {q: {d: int(g) for d, g in qrels[q].items()} for q in qids}
-    run_dict = {q: {d: float(s) for d, s in run[q]} for q in qids if run.get(q)}
+    run_dict = {
+        q: {d: float(-rank) for rank, (d, _) in enumerate(sort_ranking(run[q]))} for q in qids if run.get(q)
+    }
     if run_dict:
         for metric in ir_measures.iter_calc([m for _, m in parsed], qrels_dict, run_dict):
             per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)

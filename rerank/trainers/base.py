@@ -1,0 +1,119 @@
+"""What every ``rerank train TRAINER`` shares: strict configs with ``--set`` overrides, a registry of trainers by
+name, and the run record (config, git hash, versions) saved next to the model.
+
+A trainer is a class with a ``config_class`` (a dataclass with a required ``model`` field: the starting model) and
+a ``train(config, ctx)`` method; it is registered by explicit name in the built-in block below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from rerank.config import apply_overrides, from_dict, load_yaml, to_dict
+from rerank.errors import ConfigError
+from rerank.utils.files import write_json
+
+__all__ = [
+    "TrainContext",
+    "Trainer",
+    "register_trainer",
+    "get_trainer",
+    "available_trainers",
+    "load_train_config",
+    "save_run_record",
+    "git_hash",
+]
+
+
+@dataclass
+class TrainContext:
+    """Where a run writes, where datasets are found, and whether to resume from the last checkpoint."""
+
+    output: Path
+    data_root: str | None = None
+    resume: bool = False
+
+
+class Trainer(Protocol):
+    config_class: ClassVar[type]
+
+    def train(self, config: Any, ctx: TrainContext) -> dict[str, Any]: ...
+
+
+_REGISTRY: dict[str, str | type] = {}
+
+
+def register_trainer(name: str, target: str | type) -> None:
+    _REGISTRY[name] = target
+
+
+def available_trainers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_trainer(name: str) -> Trainer:
+    """The registered trainer ``name`` (an instance); unknown names raise listing the known ones."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown trainer {name!r}; known trainers: {', '.join(available_trainers()) or '(none)'}")
+    target = _REGISTRY[name]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = target
+    return target()  # type: ignore[operator,return-value]
+
+
+def load_train_config(config_class: type, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """YAML file + ``key=value`` overrides -> the trainer's typed config; unknown keys raise naming the key."""
+    raw = load_yaml(path) if path else {}
+    raw = apply_overrides(raw, list(overrides))
+    cfg = from_dict(config_class, raw, where=str(path) if path else "config")
+    if not getattr(cfg, "model", None):
+        raise ConfigError(f"{path or 'config'}: the starting model is required (key 'model', or --set model=PATH)")
+    return cfg
+
+
+def git_hash() -> str | None:
+    """The commit of the rerank checkout (plus '-dirty'), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if h.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        return h.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``rerank_train.json`` (trainer, config, git hash, versions) into ``output``."""
+    import torch
+    import transformers
+
+    from rerank import __version__
+
+    record = {
+        "trainer": trainer,
+        "config": to_dict(config),
+        "git_hash": git_hash(),
+        "rerank_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "command": sys.argv,
+        **(extra or {}),
+    }
+    path = Path(output) / "rerank_train.json"
+    write_json(record, path)
+    return path
+
+
+# built-in trainers

@@ -1,0 +1,94 @@
+"""The eval pipeline and `rerank rank` with a reranker: order of the final run, scores, parse stats, CLI files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rerank.cli import main
+from rerank.data.io import read_run, write_jsonl, write_qrels, write_run
+from rerank.errors import ConfigError
+from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.registry import register_reranker
+from rerank.types import Candidate, Query
+
+
+class LengthReranker(Reranker):
+    """Scores a document by its text length (longest first): deterministic and unlike any first-stage order."""
+
+    method = "test-length"
+    config_class = RerankerConfig
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        self.stats.record(failed=len(candidates) == 3, example="three docs")
+        return [float(len(c.doc.text)) for c in candidates]
+
+
+register_reranker("test-length", LengthReranker)
+
+
+@pytest.fixture()
+def beir(tmp_path: Path) -> Path:
+    root = tmp_path / "mini"
+    docs = [{"_id": f"d{i}", "title": "", "text": "x" * (i + 1)} for i in range(8)]
+    write_jsonl(docs, root / "corpus.jsonl")
+    write_jsonl([{"_id": "q1", "text": "one"}, {"_id": "q2", "text": "two"}, {"_id": "q3", "text": "three"}],
+                root / "queries.jsonl")
+    write_qrels({"q1": {"d7": 1}, "q2": {"d0": 2}, "q3": {"d1": 1}}, root / "qrels" / "test.tsv", beir=True)
+    # first stage: shortest first, so the reranker reverses the head of each list
+    write_run({"q1": [(f"d{i}", 10.0 - i) for i in range(8)], "q2": [(f"d{i}", 10.0 - i) for i in range(8)]},
+              root / "run.trec")
+    return root
+
+
+def test_reranked_run_keeps_tail_and_counts_missing_queries(beir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    metrics = run_eval(
+        EvalConfig(dataset=str(beir), first_stage=str(beir / "run.trec"), reranker="test-length", top_k=3,
+                   output=str(out)),
+        progress=False,
+    )
+    run = read_run(out / "run.trec")
+    # top-3 of the first stage (d0,d1,d2) reversed by length, then d3..d7 in first-stage order
+    assert [d for d, _ in run["q1"]] == ["d2", "d1", "d0", "d3", "d4", "d5", "d6", "d7"]
+    assert metrics["missing_queries"] == ["q3"]
+    assert metrics["num_queries"] == 3
+    assert metrics["per_query"]["q3"]["nDCG@10"] == 0.0
+    assert metrics["parse"]["outputs"] == 2 and metrics["parse"]["parse_failures"] == 2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"] == metrics["metrics"]
+    assert saved["reranker"]["method"] == "test-length"
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert scores[0]["qid"] == "q1" and scores[0]["scores"][0] == ["d2", 3.0]
+    assert "test-length" in (out / "report.md").read_text()
+
+
+def test_max_queries_and_unknown_reranker(beir: Path, tmp_path: Path) -> None:
+    m = run_eval(EvalConfig(dataset=str(beir), first_stage=str(beir / "run.trec"), max_queries=1), progress=False)
+    assert list(m["per_query"]) == ["q1"] and m["num_queries"] == 1
+    with pytest.raises(ConfigError, match="known rerankers: .*test-length"):
+        run_eval(EvalConfig(dataset=str(beir), first_stage=str(beir / "run.trec"), reranker="nope"), progress=False)
+
+
+def test_unknown_doc_ids_are_reported(beir: Path, tmp_path: Path) -> None:
+    write_run({"q1": [("ghost", 11.0)] + [(f"d{i}", 10.0 - i) for i in range(8)]}, tmp_path / "r.trec")
+    m = run_eval(EvalConfig(dataset=str(beir), first_stage=str(tmp_path / "r.trec"), reranker="test-length", top_k=4),
+                 progress=False)
+    assert m["unknown_doc_ids"]["count"] == 1
+    assert m["unknown_doc_ids"]["examples"] == {"q1": ["ghost"]}
+
+
+def test_rank_cli_jsonl_and_trec(beir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = tmp_path / "in.jsonl"
+    write_jsonl([{"query": {"id": "a", "text": "hi"}, "docs": ["bb", "a", {"id": "z", "text": "cccc"}]}], inp)
+    assert main(["rank", "--reranker", "test-length", "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 0
+    rec = json.loads((tmp_path / "o.jsonl").read_text())
+    assert [d["id"] for d in rec["ranking"]] == ["z", "d0", "d1"]
+    assert main(["rank", "--reranker", "test-length", "--first-stage", str(beir / "run.trec"), "--dataset", str(beir),
+                 "--top-k", "2", "--output", str(tmp_path / "o.trec")]) == 0
+    assert [d for d, _ in read_run(tmp_path / "o.trec")["q2"]][:3] == ["d1", "d0", "d2"]
+    assert main(["rank", "--reranker", "nope", "--input", str(inp), "--output", str(tmp_path / "x.trec")]) == 2
+    assert "unknown reranker 'nope'" in capsys.readouterr().err

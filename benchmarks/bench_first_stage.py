@@ -40,6 +40,7 @@ import Stemmer  # noqa: E402
 from rerank.data.datasets import resolve_dataset  # noqa: E402
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures  # noqa: E402
 from rerank.retrieval.bm25 import BM25Config, BM25Retriever  # noqa: E402
+from rerank.types import sort_ranking  # noqa: E402
 
 
 def raw_bm25s_build(dataset, cfg: BM25Config) -> tuple[bm25s.BM25, np.ndarray]:
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- metrics -------------------------------------------------------------------------------------------------
     srun, sqrels = synthetic_run(args.metric_queries, args.metric_docs)
     measures = [m for _, m in parse_measures(DEFAULT_MEASURES)]
-    srun_dict = {q: dict(lst) for q, lst in srun.items()}  # ir-measures' own dict-of-dicts form, built untimed
+    # ir-measures' own dict-of-dicts form, built untimed, with trec_eval's order as scores (as evaluate_run does:
+    # ir-measures' RR/Judged providers would otherwise break the synthetic run's ties differently)
+    srun_dict = {q: {d: float(-r) for r, (d, _) in enumerate(sort_ranking(lst))} for q, lst in srun.items()}
     res = race(
         {
             "evaluate_run": lambda: evaluate_run(srun, sqrels, DEFAULT_MEASURES),

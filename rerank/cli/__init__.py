@@ -16,6 +16,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 COMMANDS: dict[str, str] = {
     "eval": "rerank.cli.eval_cmd",
     "evaluate": "rerank.cli.evaluate_cmd",
+    "leaderboard": "rerank.cli.leaderboard_cmd",
     "rank": "rerank.cli.rank_cmd",
     "train": "rerank.cli.train_cmd",
 }

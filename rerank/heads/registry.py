@@ -39,3 +39,12 @@ def get_reranker_class(name: str) -> type[Reranker]:
         target = getattr(importlib.import_module(module), attr)
         _REGISTRY[name] = target
     return target  # type: ignore[return-value]
+
+
+# built-in heads
+register_reranker("cross-encoder", "rerank.heads.cross_encoder:CrossEncoderReranker")
+register_reranker("yes-no", "rerank.heads.yes_no:YesNoReranker")
+register_reranker("erank", "rerank.heads.erank:ERankReranker")
+register_reranker("listwise", "rerank.heads.listwise:ListwiseReranker")
+register_reranker("first", "rerank.heads.first:FirstReranker")
+register_reranker("grouprank", "rerank.heads.grouprank:GroupRankReranker")

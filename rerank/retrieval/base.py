@@ -66,3 +66,5 @@ def build_retriever(name: str, dataset: Dataset, **options: Any) -> FirstStage:
 # built-in retrievers
 register_retriever("bm25", "rerank.retrieval.bm25:BM25Retriever")
 register_retriever("pyserini", "rerank.retrieval.pyserini:PyseriniBM25")
+register_retriever("dense", "rerank.retrieval.dense:DenseRetriever")
+register_retriever("hybrid", "rerank.retrieval.hybrid:HybridRetriever")

@@ -1,0 +1,75 @@
+"""GGUF checkpoints -> a normal Hugging Face folder, converted once and cached by the file's SHA-256.
+
+``--model path.gguf`` (or a directory holding exactly one ``.gguf``) is de-quantised by transformers
+(``from_pretrained(dir, gguf_file=...)``, needs the ``gguf`` package) and saved as safetensors under
+``cache_root()/gguf/<sha256>/``; later runs load that folder directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rerank.data.datasets import cache_root
+from rerank.errors import ConfigError
+from rerank.utils.files import sha256_file
+
+__all__ = ["find_gguf_file", "gguf_to_hf", "resolve_model_path"]
+
+log = logging.getLogger(__name__)
+
+
+def find_gguf_file(model: str | Path) -> Path | None:
+    """The GGUF file ``model`` names (a ``.gguf`` file or a directory with exactly one), else ``None``."""
+    path = Path(model)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"GGUF file {path} does not exist")
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        files = sorted(path.glob("*.gguf"))
+        if len(files) > 1:
+            raise ConfigError(f"{path} holds {len(files)} .gguf files ({', '.join(f.name for f in files)}); name one")
+        if files:
+            return files[0]
+    return None
+
+
+def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Convert ``gguf_file`` to a safetensors HF folder (model + tokenizer), cached by content hash."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf"
+    target = root / sha256_file(gguf_file)
+    if (target / "config.json").exists():
+        return target
+    log.info("converting %s to a Hugging Face folder at %s (once)", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    model.hf_quantizer = None  # weights are de-quantised; save them as plain tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"converted from {gguf_file.resolve()}\n", encoding="utf-8")
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: str) -> str:
+    """``model`` unchanged, unless it names a GGUF file: then the path of its cached HF conversion."""
+    gguf = find_gguf_file(model)
+    return str(gguf_to_hf(gguf)) if gguf is not None else model

@@ -1,0 +1,187 @@
+"""The default backend: a Hugging Face causal LM run in-process (CPU or GPU), batched with left padding.
+
+Prompts are token ids; batches are formed from length-sorted prompts (less padding) and results are returned in
+input order. Left padding keeps every prompt's last token at the last position; position ids are derived from the
+attention mask, so a padded batch gives the same log-probs as each prompt alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.gguf import resolve_model_path
+from rerank.config import from_dict, to_dict
+
+__all__ = ["TransformersBackend", "TransformersBackendConfig", "resolve_device", "resolve_dtype"]
+
+
+@dataclass
+class TransformersBackendConfig:
+    """Options of the transformers backend (``max_length`` = longest prompt accepted, None = the model's limit)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str | None = None
+    batch_size: int = 8
+    max_length: int | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on a GPU that supports it, float32 otherwise."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TransformersBackend(Backend):
+    """``AutoModelForCausalLM`` + tokenizer; safetensors only, no remote code unless asked."""
+
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, config: TransformersBackendConfig | None = None,
+                 model_name: str | None = None) -> None:
+        super().__init__()
+        self.config = config or TransformersBackendConfig()
+        self.model = model.eval()
+        self._tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token")
+        self.pad_id = int(pad)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        self.max_length = self.config.max_length or limit
+
+    @classmethod
+    def from_options(cls, model: str | None, **options: Any) -> TransformersBackend:
+        """Load ``model`` (hub name, folder, ``.gguf`` file or a folder with one) with typed options."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = from_dict(TransformersBackendConfig, options, where="transformers backend options")
+        if not model:
+            raise ValueError("the transformers backend needs --model (a name, folder or .gguf file)")
+        path = resolve_model_path(model)
+        device = resolve_device(cfg.device)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        lm = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=resolve_dtype(cfg.dtype, device),
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        ).to(device)
+        return cls(lm, tokenizer, cfg, model_name=model)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def _check_length(self, prompt: Sequence[int], extra: int = 0) -> None:
+        if not prompt:
+            raise ValueError("empty prompt")
+        if self.max_length is not None and len(prompt) + extra > self.max_length:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens (+{extra} to generate) exceeds max_length {self.max_length}; "
+                "lower the head's max_doc_tokens"
+            )
+
+    def _pad_left(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logprobs"] += 1
+        for p in prompts:
+            self._check_length(p)
+        wanted = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)
+        out: list[list[float]] = [[] for _ in prompts]
+        for batch in _length_batches([len(p) for p in prompts], self.config.batch_size):
+            ids, mask = self._pad_left([prompts[i] for i in batch])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False
+            ).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1).index_select(-1, wanted).cpu()
+            for row, i in enumerate(batch):
+                out[i] = logprobs[row].tolist()
+        return out
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        self.calls["generate"] += 1
+        for p in prompts:
+            self._check_length(p, config.max_new_tokens)
+        sample = config.temperature > 0
+        gen = HFGenerationConfig(
+            max_new_tokens=config.max_new_tokens,
+            do_sample=sample,
+            temperature=config.temperature if sample else None,
+            top_p=config.top_p if sample else None,
+            top_k=None,
+            eos_token_id=self.model.generation_config.eos_token_id or self._tokenizer.eos_token_id,
+            pad_token_id=self.pad_id,
+            stop_strings=list(config.stop) or None,
+        )
+        if sample:
+            torch.manual_seed(config.seed)
+        out: list[str] = [""] * len(prompts)
+        for batch in _length_batches([len(p) for p in prompts], self.config.batch_size):
+            ids, mask = self._pad_left([prompts[i] for i in batch])
+            seqs = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=gen, tokenizer=self._tokenizer
+            )
+            for row, i in enumerate(batch):
+                text = self._tokenizer.decode(seqs[row, ids.shape[1] :], skip_special_tokens=True)
+                out[i] = _cut_at_stop(text, config.stop)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_name, **to_dict(self.config),
+                "resolved_dtype": str(next(self.model.parameters()).dtype), "resolved_device": str(self.device)}
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Text before the first stop string (stop strings are not returned, as in OpenAI/vLLM)."""
+    cut = len(text)
+    for s in stop:
+        j = text.find(s)
+        if j != -1:
+            cut = min(cut, j)
+    return text[:cut]

@@ -1,0 +1,128 @@
+"""cross-encoder: ``AutoModelForSequenceClassification`` over (query, document) pairs, batched and length-sorted.
+
+All pairs of a batch of queries are tokenised once (documents truncated to ``max_length``, never the query), sorted
+by length so each forward batch carries little padding, and scored in one pass. One label -> that logit; two labels
+-> ``two_label_score`` (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1)); ``sigmoid`` maps the
+score to (0, 1) (rank-preserving). Scores equal sentence-transformers ``CrossEncoder.predict`` on the same model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from rerank.backends.gguf import resolve_model_path
+from rerank.backends.transformers import resolve_device, resolve_dtype
+from rerank.config import from_dict, to_dict
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.types import Candidate, Query
+
+__all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]
+
+
+@dataclass
+class CrossEncoderConfig(RerankerConfig):
+    """Cross-encoder options."""
+
+    batch_size: int = 32
+    max_length: int = 512
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str | None = None
+    two_label_score: Literal["diff", "positive", "softmax"] = "diff"
+    sigmoid: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("batch_size must be >= 1 and max_length >= 8")
+
+
+class CrossEncoderReranker(Reranker):
+    """Sequence-classification relevance model (no Backend: it is not a causal LM)."""
+
+    method = "cross-encoder"
+    config_class: ClassVar[type[RerankerConfig]] = CrossEncoderConfig
+
+    def __init__(self, config: CrossEncoderConfig | None = None, model: Any = None, tokenizer: Any = None,
+                 model_name: str | None = None) -> None:
+        super().__init__(config)
+        if model is None or tokenizer is None:
+            raise ValueError("cross-encoder: give a model and its tokenizer (or use Reranker.load)")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = next(model.parameters()).device
+        self.num_labels = int(model.config.num_labels)
+        if self.num_labels not in (1, 2):
+            raise ValueError(f"cross-encoder: expected a model with 1 or 2 labels, got {self.num_labels}")
+
+    @classmethod
+    def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        cfg = from_dict(CrossEncoderConfig, options, where="cross-encoder options")
+        if backend != "transformers":
+            raise ValueError(f"cross-encoder runs on the transformers backend only, not {backend!r}")
+        if not model:
+            raise ValueError("cross-encoder: --model is required")
+        path = resolve_model_path(model)
+        device = resolve_device(cfg.device)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        net = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        ).to(device)
+        return cls(cfg, net, tok, model_name=model)
+
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Scores of (query, document) text pairs, in input order."""
+        cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]
+        if not pairs:
+            return []
+        enc = self.tokenizer(
+            [q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=cfg.max_length
+        )
+        features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(pairs))]
+        order = sorted(range(len(pairs)), key=lambda i: -len(features[i]["input_ids"]))
+        out = [0.0] * len(pairs)
+        with torch.inference_mode():
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                batch = self.tokenizer.pad([features[i] for i in idx], return_tensors="pt")
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
+                for i, s in zip(idx, self._reduce(logits).tolist(), strict=True):
+                    out[i] = s
+        return out
+
+    def _reduce(self, logits: torch.Tensor) -> torch.Tensor:
+        cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]
+        if self.num_labels == 1:
+            score = logits[:, 0]
+        elif cfg.two_label_score == "diff":
+            score = logits[:, 1] - logits[:, 0]
+        elif cfg.two_label_score == "positive":
+            score = logits[:, 1]
+        else:
+            score = torch.softmax(logits, dim=-1)[:, 1]
+        return torch.sigmoid(score) if cfg.sigmoid else score
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return self.score_pairs([(query.text, c.doc.full_text()) for c in candidates])
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        pairs = [(q.text, c.doc.full_text()) for q, cs in zip(queries, candidate_lists, strict=True) for c in cs]
+        flat = self.score_pairs(pairs)
+        out, i = [], 0
+        for cs in candidate_lists:
+            out.append(flat[i : i + len(cs)])
+            i += len(cs)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "config": to_dict(self.config), "model": self.model_name,
+                "num_labels": self.num_labels, "device": str(self.device)}
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,160 @@
+"""ERank: pointwise 0-10 integer relevance read from the answer-token probabilities.
+
+The prompt ends with the answer tag (``<answer>``) as assistant prefix, so the next tokens are the integer.
+P(s) is the probability of the integer's whole token sequence *and* of the answer closing after it: in Qwen/SmolLM
+tokenizers "10" is "1","0", so P(10) = P("1")·P("0"|"1") and P(1) = P("1")·P(end|"1") where end is the token that
+opens the closing tag (or eos). This needs a second forward on prompt+"1" (batched), one backend call per prefix
+depth. Score (``scoring``): ``paper`` = s·P(s) for the predicted integer s (ERank §3.2: the generated integer; here the
+argmax, or the integer generated in reasoning mode), or ``expectation`` = Σ s·P(s).
+
+Reasoning mode generates ``<think>…</think><answer>`` within ``max_reasoning_tokens``; an output that does not reach
+``<answer>`` is closed by appending the missing tags (counted as repaired); an answer that is not an integer in 0-10
+is a parse failure (counted) and falls back to the argmax integer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from rerank.backends.base import GenerationConfig
+from rerank.heads.base import RerankerConfig
+from rerank.heads.llm import LLMHeadConfig
+from rerank.heads.pointwise import PointwiseLLMReranker, continuation_ids
+from rerank.types import Candidate, Query
+
+__all__ = ["ERankConfig", "ERankReranker", "IntegerDistribution"]
+
+SCORES = range(0, 11)
+_INT = re.compile(r"\s*(\d+)")
+
+
+@dataclass
+class ERankConfig(LLMHeadConfig):
+    """ERank options: ``scoring`` paper (s·P(s)) or expectation (Σ s·P(s)); optional reasoning within a token budget."""
+
+    scoring: Literal["paper", "expectation"] = "paper"
+    reasoning: bool = False
+    max_reasoning_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_reasoning_tokens < 1:
+            raise ValueError("max_reasoning_tokens must be >= 1")
+
+
+class IntegerDistribution:
+    """Token sequences of the integers 0-10 after the answer tag, and the prefix contexts needed to score them."""
+
+    def __init__(self, tokenizer: object, context: str, close: str) -> None:
+        self.seqs = {s: tuple(continuation_ids(tokenizer, context, str(s))) for s in SCORES}
+        if close:
+            self.end = {s: continuation_ids(tokenizer, context + str(s), close)[0] for s in SCORES}
+        else:
+            eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+            self.end = {s: int(eos) for s in SCORES}
+        prefixes = {seq[:k] for seq in self.seqs.values() for k in range(len(seq))}
+        self.needed: dict[tuple[int, ...], list[int]] = {}
+        for ctx in sorted(prefixes, key=len):
+            ids = {seq[len(ctx)] for seq in self.seqs.values() if len(seq) > len(ctx) and seq[: len(ctx)] == ctx}
+            ids |= {self.end[s] for s, seq in self.seqs.items() if seq == ctx}
+            self.needed[ctx] = sorted(ids)
+        self.depths = sorted({len(c) for c in self.needed})
+
+    def probabilities(self, logprobs: dict[tuple[int, ...], dict[int, float]]) -> list[float]:
+        """P(s) for s = 0..10 from log-probs read at each context (context -> token id -> log-prob)."""
+        out = []
+        for s in SCORES:
+            seq = self.seqs[s]
+            lp = sum(logprobs[seq[:k]][seq[k]] for k in range(len(seq)))
+            if seq in self.needed:  # the integer's tokens are a prefix of another integer's: it must end here
+                lp += logprobs[seq][self.end[s]]
+            out.append(math.exp(lp))
+        return out
+
+
+class ERankReranker(PointwiseLLMReranker):
+    """0-10 integer relevance from answer-token probabilities (multi-token integers handled exactly)."""
+
+    method = "erank"
+    config_class: ClassVar[type[RerankerConfig]] = ERankConfig
+    default_template = "erank"
+
+    def __init__(self, config: ERankConfig | None = None, **kwargs: object) -> None:
+        cfg = config if config is not None else ERankConfig()
+        if cfg.reasoning and not cfg.template:
+            self.default_template = "erank_reasoning"
+        super().__init__(cfg, **kwargs)  # type: ignore[arg-type]
+        self._dist: IntegerDistribution | None = None
+
+    @property
+    def distribution(self) -> IntegerDistribution:
+        """Integer token sequences for this tokenizer and template (computed once)."""
+        if self._dist is None:
+            answer_open = str(self.template.extra.get("answer_open", "<answer>"))
+            context = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+            ) + answer_open
+            self._dist = IntegerDistribution(self.tokenizer, context, str(self.template.extra.get("answer_close", "")))
+        return self._dist
+
+    def integer_probabilities(self, prompts: list[list[int]]) -> list[list[float]]:
+        """P(0..10) per prompt (each ending at the answer tag): one backend call per prefix depth."""
+        dist = self.distribution
+        read: list[dict[tuple[int, ...], dict[int, float]]] = [{} for _ in prompts]
+        for depth in dist.depths:
+            ctxs = [c for c in dist.needed if len(c) == depth]
+            jobs = [(i, c) for i in range(len(prompts)) for c in ctxs]
+            wanted = sorted({t for c in ctxs for t in dist.needed[c]})
+            values = self.backend.next_token_logprobs([prompts[i] + list(c) for i, c in jobs], wanted)
+            for (i, c), v in zip(jobs, values, strict=True):
+                read[i][c] = dict(zip(wanted, v, strict=True))
+        return [dist.probabilities(r) for r in read]
+
+    def _reason(self, messages: list[list[dict[str, str]]]) -> tuple[list[list[int]], list[int | None]]:
+        """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers."""
+        extra = self.template.extra
+        think_close = str(extra.get("think_close", "</think>"))
+        answer_open = str(extra.get("answer_open", "<answer>"))
+        answer_close = str(extra.get("answer_close", "</answer>"))
+        prefix = self.template.assistant_prefix
+        gen = GenerationConfig(max_new_tokens=self.config.max_reasoning_tokens, stop=(answer_close,) if answer_close else ())  # type: ignore[attr-defined]
+        texts = self.backend.generate([self.prompt_ids(m, prefix) for m in messages], gen)
+        prompts, parsed = [], []
+        for m, text in zip(messages, texts, strict=True):
+            j = text.find(answer_open)
+            value: int | None = None
+            if j >= 0:
+                reasoning = text[: j + len(answer_open)]
+                match = _INT.match(text[j + len(answer_open) :])
+                value = int(match.group(1)) if match else None
+                ok = value is not None and value in SCORES
+                self.stats.record(failed=not ok, example=None if ok else text)
+                value = value if ok else None
+            else:
+                k = text.find(think_close)
+                reasoning = (text[: k + len(think_close)] if k >= 0 else text + think_close) + answer_open
+                self.stats.record(repaired=True, example=text)
+            prompts.append(self.prompt_ids(m, prefix + reasoning))
+            parsed.append(value)
+        return prompts, parsed
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        cfg: ERankConfig = self.config  # type: ignore[assignment]
+        messages = self.flat_messages(queries, candidate_lists)
+        flat: list[float] = []
+        for idx in self.chunks(len(messages)):
+            chunk = [messages[i] for i in idx]
+            if cfg.reasoning:
+                prompts, generated = self._reason(chunk)
+            else:
+                prompts = [self.prompt_ids(m, self.template.assistant_prefix) for m in chunk]
+                generated = [None] * len(chunk)
+            for probs, gen_s in zip(self.integer_probabilities(prompts), generated, strict=True):
+                if cfg.scoring == "expectation":
+                    flat.append(sum(s * p for s, p in zip(SCORES, probs)))
+                else:
+                    s = gen_s if gen_s is not None else max(SCORES, key=lambda k: probs[k])
+                    flat.append(s * probs[s])
+        return self.split(flat, candidate_lists)

@@ -1,0 +1,50 @@
+"""yes-no: pointwise relevance = log P("yes") - log P("no") at the answer position (one forward per pair).
+
+The answer words are template options (``positive`` / ``negative``); their token ids are those the tokenizer gives
+the word right after the generation prompt (and the template's assistant prefix), i.e. the answer's first token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rerank.heads.base import RerankerConfig
+from rerank.heads.llm import LLMHeadConfig
+from rerank.heads.pointwise import PointwiseLLMReranker, continuation_ids
+from rerank.types import Candidate, Query
+
+__all__ = ["YesNoConfig", "YesNoReranker"]
+
+
+@dataclass
+class YesNoConfig(LLMHeadConfig):
+    """yes-no options (see :class:`LLMHeadConfig`); the answer words live in the template."""
+
+
+class YesNoReranker(PointwiseLLMReranker):
+    """Score = log P(positive word) - log P(negative word) as the first answer token."""
+
+    method = "yes-no"
+    config_class: ClassVar[type[RerankerConfig]] = YesNoConfig
+    default_template = "yes_no"
+
+    def answer_token_ids(self) -> tuple[int, int]:
+        """First token ids of the positive and negative answer words after the generation prompt."""
+        context = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        ) + self.template.assistant_prefix
+        pos = continuation_ids(self.tokenizer, context, str(self.template.extra.get("positive", "yes")))[0]
+        neg = continuation_ids(self.tokenizer, context, str(self.template.extra.get("negative", "no")))[0]
+        if pos == neg:
+            raise ValueError("the positive and negative answer words start with the same token")
+        return pos, neg
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        pos, neg = self.answer_token_ids()
+        prompts = [self.prompt_ids(m, self.template.assistant_prefix) for m in self.flat_messages(queries, candidate_lists)]
+        flat: list[float] = []
+        for idx in self.chunks(len(prompts)):
+            for lp_pos, lp_neg in self.backend.next_token_logprobs([prompts[i] for i in idx], [pos, neg]):
+                flat.append(lp_pos - lp_neg)
+        return self.split(flat, candidate_lists)

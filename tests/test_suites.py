@@ -175,3 +175,18 @@ def test_dl19_suite_reproduces_anserini_bm25(dl19_dir: Path, tmp_path: Path, run
     assert rc == 0, se
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["mean"]["nDCG@10"] == pytest.approx(0.5058, abs=5e-5)
+
+
+def test_bright_offline_without_local_copy_says_where_to_put_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match=r"xlangai/BRIGHT.*<data-root>/bright"):
+        bright_dataset("biology", data_root=tmp_path / "empty", cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c" / "biology").exists()  # nothing half-written
+
+
+def test_bright_found_under_data_root(tmp_path: Path) -> None:
+    make_bright_fixture(tmp_path / "data" / "bright", subsets=("aops",))
+    ds = bright_dataset("aops", data_root=tmp_path / "data", cache_dir=tmp_path / "c")
+    assert json.loads((ds.root / "source.json").read_text())["source"] == str((tmp_path / "data" / "bright").resolve())

@@ -330,7 +330,7 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
         nq = sum(v["num_queries"] for v in rc.values())
         rows_out.append({
             "name": r.name, "first_stage": r.retriever, "reranker": r.reranker, "backend": r.backend if r.reranker
-            else None, "model": r.model, "columns": values, "average": avg,
+            else None, "model": r.model or r.retriever_options.get("model"), "columns": values, "average": avg,
             "queries_per_s": (nq / secs) if secs > 0 else None, "note": r.note,
         })
     published = load_published() if cfg.published else []

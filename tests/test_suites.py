@@ -15,8 +15,10 @@ from rerank.data.io import read_qrels, write_jsonl, write_qrels, write_run
 from rerank.errors import ConfigError
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.eval.suites import bright_dataset, suite_entries
+from rerank.heads.base import Reranker
+from rerank.heads.registry import register_reranker
 from rerank.retrieval.base import FirstStage, register_retriever
-from rerank.types import Query, Run
+from rerank.types import Candidate, Query, Run
 
 
 class OverlapRetriever(FirstStage):
@@ -42,6 +44,23 @@ class OverlapRetriever(FirstStage):
 
 
 register_retriever("test-overlap", OverlapRetriever)
+
+
+class CountingReranker(Reranker):
+    """Reverses the first-stage order; counts instances (a suite must load its reranker once)."""
+
+    method = "test-counting"
+    instances = 0
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        CountingReranker.instances += 1
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return [float(i) for i in range(len(candidates))]
+
+
+register_reranker("test-counting", CountingReranker)
 
 
 def _parquet(rows: list[dict[str, Any]], path: Path) -> None:
@@ -131,6 +150,19 @@ def test_eval_suite_bright_cli_summary(bright_src: Path, tmp_path: Path, run_cli
     assert summary["mean"]["nDCG@10"] == pytest.approx(sum(per) / 2)
     assert "mean (2 datasets)" in (out / "summary.md").read_text()
     assert "suite bright (2 datasets)" in so
+    CountingReranker.instances = 0
+    rc, so, se = run_cli("eval", "--suite", "bright", "--datasets", "biology,pony", "--bright-source", bright_src,
+                         "--retriever", "test-overlap", "--reranker", "test-counting", "--top-k", "2",
+                         "--output", tmp_path / "rr")
+    assert rc == 0, se
+    assert CountingReranker.instances == 1
+    for n in ("biology", "pony"):
+        m = json.loads((tmp_path / "rr" / n / "metrics.json").read_text())
+        assert m["reranker"]["method"] == "test-counting"
+        first = [line.split()[2] for line in (out / n / "run.trec").read_text().splitlines() if line[0] == "1"]
+        reranked = [line.split()[2] for line in (tmp_path / "rr" / n / "run.trec").read_text().splitlines()
+                    if line[0] == "1"]
+        assert reranked[:2] == first[:2][::-1] and reranked[2:] == first[2:]
 
 
 def test_suite_cli_errors(bright_src: Path, tmp_path: Path, run_cli) -> None:

@@ -387,7 +387,8 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
         f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
         f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
-        "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded.",
+        "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
+        "where a column gives a precomputed run, its first-stage time is reading that run file.",
         "",
         "Columns:",
         "",

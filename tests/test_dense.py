@@ -13,14 +13,13 @@ import torch
 
 from rerank.errors import ConfigError, RerankError
 from rerank.retrieval.base import FirstStage, build_retriever, register_retriever
-from rerank.retrieval.dense import BiEncoder, DenseRetriever, EncoderSettings, pool
+from rerank.retrieval.dense import BiEncoder, DenseRetriever, pool
 from rerank.retrieval.hybrid import interpolate_fuse, minmax_normalize, rrf_fuse
 from rerank.retrieval.index import (
     DenseIndex,
     IndexConfig,
     build_faiss,
     doc_encoding_key,
-    embedding_cache_dir,
     encode_corpus,
     encode_corpus_cached,
 )

@@ -61,6 +61,7 @@ class TransformersBackend(Backend):
     """``AutoModelForCausalLM`` + tokenizer; safetensors only, no remote code unless asked."""
 
     name = "transformers"
+    config_class = TransformersBackendConfig
 
     def __init__(self, model: Any, tokenizer: Any, config: TransformersBackendConfig | None = None,
                  model_name: str | None = None) -> None:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "rank": "rerank.cli.rank_cmd",
     "train": "rerank.cli.train_cmd",
     "index": "rerank.cli.index_cmd",
+    "serve": "rerank.cli.serve_cmd",
 }
 
 

@@ -87,7 +87,7 @@ def unit_rng(seed: int, unit: str) -> random.Random:
 
 
 def validate_row(row: dict[str, Any], where: str = "row") -> None:
-    """Check one row against the training schema; raises :class:`ConfigError`-free ``DataFormatError`` on mistakes."""
+    """Check one row against the training schema (``rerank.trainers.data``); a mistake raises ``DataFormatError``."""
     for key, tp in (("qid", str), ("query", str), ("candidates", list), ("labels", list)):
         if not isinstance(row.get(key), tp):
             raise DataFormatError(where, None, f"field {key!r} must be a {tp.__name__}")
@@ -104,8 +104,10 @@ def validate_row(row: dict[str, Any], where: str = "row") -> None:
         ids.append(c["id"])
     if len(set(ids)) != n:
         raise DataFormatError(where, None, "duplicate candidate ids")
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in row["labels"]):
-        raise DataFormatError(where, None, "labels must be integers")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in row["labels"]):
+        raise DataFormatError(where, None, "labels must be non-negative integers (graded relevance)")
+    if not row["query"].strip():
+        raise DataFormatError(where, None, "empty query")
     if "teacher_ranking" in row and sorted(row["teacher_ranking"]) != sorted(ids):
         raise DataFormatError(where, None, "teacher_ranking must be a permutation of the candidate ids")
     if "teacher_scores" in row and len(row["teacher_scores"]) != n:

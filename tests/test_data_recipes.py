@@ -344,3 +344,22 @@ def test_scifact_hard_negatives_bm25_window(scifact_dir: Path, tmp_path: Path) -
     pos = {c["id"] for c, g in zip(rows[0]["candidates"], rows[0]["labels"], strict=True) if g}
     assert [c["id"] for c in rows[0]["candidates"] if c["id"] not in pos] == [d for d, _ in run[2:50]
                                                                                if d not in pos][:7]
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"labels": [1]}, "2 candidates but 1 labels"),
+    ({"labels": [1, -1]}, "non-negative"),
+    ({"teacher_ranking": ["a", "a"]}, "permutation"),
+    ({"teacher_scores": [1.0]}, "align"),
+    ({"extra": 1}, "unknown field"),
+    ({"query": " "}, "empty query"),
+])
+def test_row_schema_errors(bad: dict[str, Any], msg: str) -> None:
+    from rerank.data_recipes.base import validate_row
+    from rerank.errors import DataFormatError
+
+    row = {"qid": "q", "query": "x", "candidates": [{"id": "a", "text": "t"}, {"id": "b", "text": "u"}],
+           "labels": [1, 0]}
+    validate_row(row)
+    with pytest.raises(DataFormatError, match=msg):
+        validate_row({**row, **bad})

@@ -127,6 +127,13 @@ def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tm
     rc, out, _ = run_cli(*args)
     assert rc == 0 and "2 cells run, 4 reused" in out
 
+    cfg["rows"][1]["top_k"] = 4
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    rc, out, _ = run_cli(*args, "--only-cached")
+    assert rc == 0 and "0 cells run, 4 reused" in out and "'overlap > shortest' x 'tiny' not run" in out
+    assert "not run (no cached result" in md.read_text()
+    assert not (res / "overlap_shortest" / "tiny" / "cell.json").read_text().count('"top_k": 4')
+
     rc, out, _ = run_cli(*args, "--force")
     assert rc == 0 and "6 cells run, 0 reused" in out
 

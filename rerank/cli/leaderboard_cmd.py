@@ -13,6 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", default=None,
                    help="where cells are written and reused (default: <cache>/leaderboard/<name>, outside the repo)")
     p.add_argument("--force", action="store_true", help="rerun every cell even if its config hash matches")
+    p.add_argument("--only-cached", action="store_true",
+                   help="run nothing: build the leaderboard from cells already computed (others are listed as not run)")
     p.add_argument("--output-md", default=None,
                    help="Markdown leaderboard path; the plot is written beside it as .png "
                    "(default: <results-dir>/leaderboard.md)")
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.leaderboard import run_leaderboard
 
     report = run_leaderboard(args.config, data_root=args.data_root, results_dir=args.results_dir, force=args.force,
-                             output_md=args.output_md)
+                             output_md=args.output_md, only_cached=args.only_cached)
     ran = sum(1 for d in report["cells"].values() for c in d.values() if not c["reused"])
     reused = sum(1 for d in report["cells"].values() for c in d.values() if c["reused"])
     print(f"leaderboard {report['name']!r}: {ran} cells run, {reused} reused -> {report['markdown']}, "

@@ -237,8 +237,14 @@ def run_leaderboard(
     force: bool = False,
     output_md: str | Path | None = None,
     progress: bool = True,
+    only_cached: bool = False,
 ) -> dict[str, Any]:
-    """Run (or reuse) every cell, then write ``leaderboard.json``, the Markdown leaderboard and its PNG plot."""
+    """Run (or reuse) every cell, then write ``leaderboard.json``, the Markdown leaderboard and its PNG plot.
+
+    ``only_cached``: run nothing; cells without results of the same hash are listed as not run.
+    """
+    if only_cached and force:
+        raise ConfigError("--only-cached and --force contradict each other")
     cfg, cfg_path = load_config(config_path)
     results = Path(results_dir) if results_dir is not None else cache_root() / "leaderboard" / _slug(cfg.name)
     results.mkdir(parents=True, exist_ok=True)
@@ -269,6 +275,9 @@ def run_leaderboard(
                     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
                     log.info("reusing %s / %s (hash %s)", row.name, col.label, h)
             reused = metrics is not None
+            if metrics is None and only_cached:
+                notes.append(f"cell '{row.name}' x '{col.label}' not run (no cached result for its config)")
+                continue
             if metrics is None:
                 if reranker is None and row.reranker is not None:
                     from rerank.heads.base import Reranker

@@ -16,7 +16,7 @@ from rerank.errors import ConfigError
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.eval.suites import bright_dataset, suite_entries
 from rerank.heads.base import Reranker
-from rerank.heads.registry import register_reranker
+from rerank.heads.registry import get_reranker_class, register_reranker
 from rerank.retrieval.base import FirstStage, register_retriever
 from rerank.types import Candidate, Query, Run
 
@@ -54,7 +54,7 @@ class CountingReranker(Reranker):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        CountingReranker.instances += 1
+        type(self).instances += 1
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return [float(i) for i in range(len(candidates))]
@@ -150,12 +150,13 @@ def test_eval_suite_bright_cli_summary(bright_src: Path, tmp_path: Path, run_cli
     assert summary["mean"]["nDCG@10"] == pytest.approx(sum(per) / 2)
     assert "mean (2 datasets)" in (out / "summary.md").read_text()
     assert "suite bright (2 datasets)" in so
-    CountingReranker.instances = 0
+    counting = get_reranker_class("test-counting")  # this module may be imported twice (as a test and a helper)
+    counting.instances = 0
     rc, so, se = run_cli("eval", "--suite", "bright", "--datasets", "biology,pony", "--bright-source", bright_src,
                          "--retriever", "test-overlap", "--reranker", "test-counting", "--top-k", "2",
                          "--output", tmp_path / "rr")
     assert rc == 0, se
-    assert CountingReranker.instances == 1
+    assert counting.instances == 1
     for n in ("biology", "pony"):
         m = json.loads((tmp_path / "rr" / n / "metrics.json").read_text())
         assert m["reranker"]["method"] == "test-counting"

@@ -363,3 +363,23 @@ def test_row_schema_errors(bad: dict[str, Any], msg: str) -> None:
     validate_row(row)
     with pytest.raises(DataFormatError, match=msg):
         validate_row({**row, **bad})
+
+
+def test_recipes_with_real_heads_on_tiny_models(tiny_beir_dir: Path, tiny_bert_dir: Path, tiny_llm_dir: Path,
+                                               tmp_path: Path) -> None:
+    """The registered heads and the transformers backend drive the recipes end to end (tiny random models)."""
+    src = {"dataset": str(tiny_beir_dir), "split": "train", "max_queries": 3}
+    fs = {"retriever": "test-overlap", "depth": 10}
+    m = build(_hn(tiny_beir_dir, source=src, false_negative_filter={"scorer": "reranker", "reranker": "cross-encoder",
+                                                                     "model": str(tiny_bert_dir), "margin": -100.0}),
+              tmp_path / "hn", progress=False)
+    assert m["counts"]["rows"] == 3 and m["source"]["false_negatives_filtered"] == 0  # margin -100 keeps all
+    m = build({"recipe": "teacher_labels", "mode": "erank", "source": src, "first_stage": fs, "candidates": 4,
+               "teacher": {"reranker": "erank", "model": str(tiny_llm_dir)}}, tmp_path / "er", progress=False)
+    rows = read_rows(tmp_path / "er" / "data.jsonl")
+    assert len(rows) == 3 and all(0 <= s <= 10 and s == int(s) for r in rows for s in r["teacher_scores"])
+    m = build({"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "max_docs": 3, "min_query_words": 1,
+               "dedup_jaccard": 1.0, "generator": {"model": str(tiny_llm_dir), "max_new_tokens": 6}},
+              tmp_path / "qs", progress=False)
+    assert m["counts"]["units"] == 3 and m["source"]["generator"]["backend"] == "transformers"
+    assert m["counts"]["rows"] + sum(m["source"]["dropped_queries"].values()) == 3

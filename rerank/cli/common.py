@@ -15,8 +15,10 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_dataset(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root")
+def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argparse._ActionsContainer | None = None) -> None:
+    (group or p).add_argument(
+        "--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root"
+    )
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     p.add_argument(
         "--max-queries",

@@ -21,7 +21,7 @@ from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import read_run
 from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, unit_rng
 from rerank.errors import ConfigError
-from rerank.types import Candidate, Document, Query, Run, sort_ranking
+from rerank.types import Candidate, Document, Run, sort_ranking
 
 __all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe"]
 

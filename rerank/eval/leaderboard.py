@@ -378,7 +378,7 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         "## Measured",
         "",
         "| # | system | first stage | reranker | backend | model | "
-        + " | ".join(c["label"] for c in cols) + f" | avg | queries/s |",
+        + " | ".join(c["label"] for c in cols) + " | avg | queries/s |",
         "|---|---|---|---|---|---|" + "---|" * (len(cols) + 2),
     ]
     for i, r in enumerate(report["rows"], 1):

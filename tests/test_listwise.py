@@ -23,7 +23,6 @@ from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindo
 from rerank.heads.permutation import format_permutation, identifiers, parse_permutation, record_parse
 from rerank.heads.registry import get_reranker_class
 from rerank.heads.sliding_window import sliding_window_rerank, window_plan
-from rerank.types import Document
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

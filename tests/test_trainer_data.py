@@ -123,3 +123,14 @@ def test_bad_data_fails_before_model_loads(tmp_path: Path) -> None:
         sft({"model": str(tmp_path / "no-such-model"), "head": "erank", "data": {"path": str(p)}}, tmp_path / "o")
     assert main(["train", "sft", "--output", str(tmp_path / "o2"), "--set", "model=/nonexistent",
                  "--set", f"data.path={p}"]) == 2
+
+
+@pytest.mark.parametrize("name", ["tiny-erank-sft", "tiny-erank-grpo", "tiny-first-sft", "tiny-first-grpo",
+                                  "tiny-grouprank-sft", "tiny-grouprank-grpo", "scifact-cross-encoder"])
+def test_example_configs_load(repo_root: Path, name: str) -> None:
+    from rerank.trainers.grpo_trainer import GRPOTrainConfig
+    from rerank.trainers.sft_trainer import SFTTrainConfig
+
+    cls = GRPOTrainConfig if name.endswith("grpo") else SFTTrainConfig
+    cfg = load_train_config(cls, repo_root / "configs" / "examples" / f"{name}.yaml", ["model=some/model"])
+    assert cfg.data.beir and cfg.model == "some/model"

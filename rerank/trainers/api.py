@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.config import from_dict
+from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext, get_trainer, load_train_config, save_run_record
 
 __all__ = ["run_trainer"]
@@ -19,7 +20,8 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
         cfg = load_train_config(trainer.config_class, config)
     elif isinstance(config, dict):
         cfg = from_dict(trainer.config_class, config, where=f"{name} config")
-        cfg = load_train_config(trainer.config_class, None, []) if not getattr(cfg, "model", None) else cfg
+        if not getattr(cfg, "model", None):
+            raise ConfigError(f"{name} config: the starting model is required (key 'model')")
     else:
         cfg = config
     out = Path(output)

@@ -70,13 +70,12 @@ class RankingSFTTrainer(SFTTrainer):
     def ranking_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """The ranking loss of the batch's windows from one forward over their prompts."""
         ids, att = inputs["rank_input_ids"], inputs["rank_attention_mask"]
-        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        position_ids = (att.cumsum(-1) - 1).clamp(min=0)
+        position_ids = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at each prompt's start
         out = model(input_ids=ids, attention_mask=att, position_ids=position_ids, use_cache=False,
                     logits_to_keep=1)
-        del pos
         n = inputs["rank_ranks"].shape[1]
-        logits = out.logits[:, -1, :].float()[:, self.identifier_ids[:n].to(logits_device(out))]
+        last = out.logits[:, -1, :].float()
+        logits = last[:, self.identifier_ids[:n].to(last.device)]
         return self.ranking_fn(logits, inputs["rank_ranks"], inputs["rank_mask"])
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -94,7 +93,3 @@ class RankingSFTTrainer(SFTTrainer):
             loss, outputs = result
             return loss + self.ranking_weight * rank, outputs
         return result + self.ranking_weight * rank
-
-
-def logits_device(out: Any) -> torch.device:
-    return out.logits.device

@@ -113,12 +113,15 @@ def test_sft_lowers_loss_and_grpo_updates(task_dir: Path, head: str) -> None:
 def test_grpo_beats_its_sft_start(task_dir: Path, head: str) -> None:
     """The full claim: GRPO raises the mean reward and beats its own SFT start on held-out nDCG@10.
 
-    Measured (docs/benchmarks.md, "Training (issue 4)"): with these tiny random models the SFT stage learns the
-    output format but not the key-word relevance within this budget, and GRPO does not beat it; the test states
-    the claim and is left failing-if-run rather than weakened."""
+    Measured on 2026-11-27 (docs/benchmarks.md, "Training (issue 4)"): this FAILS for all three heads — the tiny
+    random models learn the output format in SFT but not the key-word relevance within this budget, and 12 GRPO
+    steps do not beat SFT (ERank 0.6049 -> 0.5985 nDCG@10; FIRST's reward stays 0; GroupRank's reward falls).
+    The claim is stated, not weakened, and marked slow because it does not hold at CI size."""
     _, r2, sft_out, grpo_out = _sft_then_grpo(task_dir, head)
     assert r2["global_step"] == HEADS[head][1]["max_steps"]
-    assert r2["last_logged_reward"] > r2["first_logged_reward"]
+    rewards = r2["logged_rewards"]  # one mean per step (logging_steps=1); compare the first and last thirds
+    third = max(1, len(rewards) // 3)
+    assert sum(rewards[-third:]) / third > sum(rewards[:third]) / third
     heldout = _heldout(task_dir)
     opts = {"template": str(task_dir / f"{head}.yaml"), "max_doc_tokens": 40, **HEADS[head][2]}
     ndcg_sft = mean_ndcg(str(sft_out), head, heldout, **opts)

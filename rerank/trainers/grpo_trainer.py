@@ -163,6 +163,6 @@ class GRPOTrainer:
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                 "first_logged_reward": rewards[0] if rewards else None,
-                "last_logged_reward": rewards[-1] if rewards else None,
+                "last_logged_reward": rewards[-1] if rewards else None, "logged_rewards": rewards,
                 "best_checkpoint": trainer.state.best_model_checkpoint,
                 "selected_by": "dev reward" if dev_rows else "last step"}

@@ -69,7 +69,7 @@ def test_hf_dataset_rows_and_duplicate_qids(tmp_path: Path) -> None:
 def test_dev_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     rows = [_ex(f"q{i}") for i in range(20)]
     a_train, a_dev = split_dev(rows, 0.2, seed=3)
-    b_train, b_dev = split_dev(rows, 0.2, seed=3)
+    _, b_dev = split_dev(rows, 0.2, seed=3)
     _, c_dev = split_dev(rows, 0.2, seed=4)
     assert [r["qid"] for r in a_dev] == [r["qid"] for r in b_dev] and len(a_dev) == 4
     assert {r["qid"] for r in a_dev} != {r["qid"] for r in c_dev}

@@ -184,7 +184,7 @@ def test_accelerate_two_processes(work: Path, repo_root: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                         "-m", "rerank", "train", "sft", "--config", str(cfg), "--output", str(out)],
-                       env=env, capture_output=True, text=True, timeout=600)
+                       check=False, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2

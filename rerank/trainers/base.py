@@ -22,12 +22,12 @@ from rerank.utils.registry import Registry
 __all__ = [
     "TrainContext",
     "Trainer",
-    "register_trainer",
-    "get_trainer",
     "available_trainers",
-    "load_train_config",
-    "save_run_record",
+    "get_trainer",
     "git_hash",
+    "load_train_config",
+    "register_trainer",
+    "save_run_record",
 ]
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
-__all__ = ["LoraOptions", "CommonTrainConfig", "training_kwargs", "last_checkpoint", "HEADS", "cpu_only"]
+__all__ = ["HEADS", "CommonTrainConfig", "LoraOptions", "cpu_only", "last_checkpoint", "training_kwargs"]
 
 HEADS = ("erank", "yes-no", "listwise", "first", "grouprank", "cross-encoder")
 
@@ -89,30 +89,30 @@ def training_kwargs(cfg: CommonTrainConfig, output: Path, has_dev: bool) -> dict
     """TrainingArguments keywords for ``cfg``: schedule, checkpoints, evaluation on dev, devices, reporting."""
     cpu = cpu_only(cfg)
     evaluate = has_dev and cfg.eval_steps > 0
-    kw: dict[str, Any] = dict(
-        output_dir=str(output / "checkpoints"),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
-        weight_decay=cfg.weight_decay,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=list(cfg.report_to),
-        use_cpu=cpu,
-        bf16=cfg.bf16 and not cpu,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=cfg.eval_steps if evaluate else None,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    kw: dict[str, Any] = {
+        "output_dir": str(output / "checkpoints"),
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "warmup_steps": cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
+        "weight_decay": cfg.weight_decay,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "logging_steps": cfg.logging_steps,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "report_to": list(cfg.report_to),
+        "use_cpu": cpu,
+        "bf16": cfg.bf16 and not cpu,
+        "eval_strategy": "steps" if evaluate else "no",
+        "eval_steps": cfg.eval_steps if evaluate else None,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
     if cfg.gradient_checkpointing:
         kw["gradient_checkpointing"] = True
     if evaluate:

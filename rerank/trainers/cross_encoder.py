@@ -14,7 +14,7 @@ from typing import Any
 from rerank.errors import ConfigError
 from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
 
-__all__ = ["train_cross_encoder", "CE_LOSSES"]
+__all__ = ["CE_LOSSES", "train_cross_encoder"]
 
 CE_LOSSES = ("bce", "listnet", "lambdaloss")
 
@@ -51,8 +51,12 @@ def _evaluator(dev: list[dict[str, Any]]) -> Any:
 def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict[str, Any]],
                         dev: list[dict[str, Any]], output: Path, resume: bool) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` as a one-label cross-encoder on ``train``; save the best (dev nDCG@10) to ``output``."""
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder import losses
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+        losses,
+    )
 
     if loss_name not in CE_LOSSES:
         raise ConfigError(f"cross-encoder loss must be one of {list(CE_LOSSES)}, got {loss_name!r}")

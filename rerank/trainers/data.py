@@ -24,12 +24,12 @@ from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
     "DataConfig",
-    "validate_example",
-    "load_examples",
-    "split_dev",
     "build_from_beir",
+    "load_examples",
     "load_training_data",
+    "split_dev",
     "teacher_order",
+    "validate_example",
 ]
 
 _OPTIONAL = {"teacher_ranking", "teacher_scores", "reasoning"}
@@ -159,7 +159,7 @@ def split_dev(examples: list[dict[str, Any]], fraction: float, seed: int, dev_ma
         return list(examples), []
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_dev = max(1, int(round(fraction * len(examples))))
+    n_dev = max(1, round(fraction * len(examples)))
     if dev_max is not None:
         n_dev = min(n_dev, dev_max)
     dev_idx = set(order[:n_dev])

@@ -17,7 +17,7 @@ from trl import SFTTrainer
 from rerank.errors import ConfigError
 from rerank.trainers.ranking_losses import lambdarank, listnet, weighted_ranknet
 
-__all__ = ["RankingSFTTrainer", "RANKING", "DEFAULT_WEIGHTS"]
+__all__ = ["DEFAULT_WEIGHTS", "RANKING", "RankingSFTTrainer"]
 
 RANKING = {"ranknet": weighted_ranknet, "listnet": listnet, "lambdarank": lambdarank}
 DEFAULT_WEIGHTS = {"ranknet": 10.0, "listnet": 0.1, "lambdarank": 1.0}

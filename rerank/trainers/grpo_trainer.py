@@ -24,7 +24,7 @@ from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
 from rerank.trainers.sft_trainer import load_causal_lm, save_final
 
-__all__ = ["GRPOTrainConfig", "GRPOTrainer", "HEAD_DEFAULTS", "reward_function"]
+__all__ = ["HEAD_DEFAULTS", "GRPOTrainConfig", "GRPOTrainer", "reward_function"]
 
 # (num_generations, learning_rate) per head; ERank and GroupRank from their papers, the others GroupRank's.
 HEAD_DEFAULTS: dict[str, tuple[int, float]] = {

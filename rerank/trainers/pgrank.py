@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gumbel_topk_sample", "plackett_luce_log_prob", "ndcg_of_rankings", "pgrank_loss"]
+__all__ = ["gumbel_topk_sample", "ndcg_of_rankings", "pgrank_loss", "plackett_luce_log_prob"]
 
 
 def gumbel_topk_sample(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["weighted_ranknet", "listnet", "lambdarank", "RANKING_LOSSES"]
+__all__ = ["RANKING_LOSSES", "lambdarank", "listnet", "weighted_ranknet"]
 
 
 def _pairs(ranks: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

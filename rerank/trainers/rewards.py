@@ -17,16 +17,16 @@ from dataclasses import dataclass
 
 __all__ = [
     "RewardConfig",
+    "erank_listwise_rewards",
+    "format_validity",
+    "grouprank_reward",
+    "js_divergence",
     "ndcg_at_k",
+    "ranking_from_scores",
+    "rbo",
+    "reasonrank_reward",
     "recall_at_k",
     "reciprocal_rank",
-    "rbo",
-    "format_validity",
-    "js_divergence",
-    "erank_listwise_rewards",
-    "grouprank_reward",
-    "reasonrank_reward",
-    "ranking_from_scores",
 ]
 
 

@@ -20,7 +20,7 @@ from rerank.trainers.base import TrainContext
 from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
 from rerank.trainers.data import load_training_data
 
-__all__ = ["SFTTrainConfig", "SFTTrainer", "LM_LOSSES", "load_causal_lm", "save_final"]
+__all__ = ["LM_LOSSES", "SFTTrainConfig", "SFTTrainer", "load_causal_lm", "save_final"]
 
 LM_LOSSES = ("lm", "lm+ranknet", "lm+listnet", "lm+lambdarank")
 
@@ -129,8 +129,8 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
     extra: dict[str, Any] = {}
     if ranking:
         trainer_cls = RankingSFTTrainer
-        extra = dict(ranking_loss=cfg.loss.split("+", 1)[1], ranking_weight=cfg.ranking_weight,
-                     identifier_token_ids=task.identifier_token_ids())
+        extra = {"ranking_loss": cfg.loss.split("+", 1)[1], "ranking_weight": cfg.ranking_weight,
+                 "identifier_token_ids": task.identifier_token_ids()}
     else:
         from trl import SFTTrainer as TRLSFTTrainer
 

@@ -15,7 +15,7 @@ from typing import Any
 from rerank.errors import ConfigError
 from rerank.trainers.tasks.base import Task
 
-__all__ = ["Task", "build_task", "TASKS"]
+__all__ = ["TASKS", "Task", "build_task"]
 
 TASKS: dict[str, str] = {
     "erank": "rerank.trainers.tasks.erank:ERankTask",

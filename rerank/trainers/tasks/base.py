@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from rerank.prompts import PromptTemplate, load_template
 from rerank.trainers.rewards import RewardConfig
 
-__all__ = ["Task", "Parsed"]
+__all__ = ["Parsed", "Task"]
 
 
 @dataclass

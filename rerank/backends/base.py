@@ -29,6 +29,7 @@ class Backend(ABC):
     """A causal LM behind a uniform interface. ``calls`` counts model invocations (one per batched forward/generate)."""
 
     name: str = ""
+    config_class: type | None = None  # the typed options of ``from_options`` (a dataclass)
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {"next_token_logprobs": 0, "generate": 0}

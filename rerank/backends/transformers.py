@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from rerank.backends.base import Backend, GenerationConfig
-from rerank.backends.gguf import resolve_model_path
+from rerank.models import resolve_model_path
 from rerank.config import from_dict, to_dict
 
 __all__ = ["TransformersBackend", "TransformersBackendConfig", "resolve_device", "resolve_dtype"]
@@ -61,6 +61,7 @@ class TransformersBackend(Backend):
     """``AutoModelForCausalLM`` + tokenizer; safetensors only, no remote code unless asked."""
 
     name = "transformers"
+    config_class = TransformersBackendConfig
 
     def __init__(self, model: Any, tokenizer: Any, config: TransformersBackendConfig | None = None,
                  model_name: str | None = None) -> None:

@@ -77,18 +77,25 @@ def _require(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts
     raise DataFormatError(path, lineno, f"missing required field {names}")
 
 
-def iter_corpus(path: str | Path) -> Iterator[Document]:
-    """Stream a BEIR ``corpus.jsonl`` (``_id``, ``text``, optional ``title``)."""
+def _iter_corpus_lines(path: str | Path) -> Iterator[tuple[int, Document]]:
     for lineno, obj in iter_jsonl(path):
         doc_id = _require(obj, "_id", path, lineno, "id", "docid")
         text = _require(obj, "text", path, lineno, "contents")
-        yield Document(id=str(doc_id), text=str(text), title=str(obj.get("title") or ""))
+        yield lineno, Document(id=str(doc_id), text=str(text), title=str(obj.get("title") or ""))
+
+
+def iter_corpus(path: str | Path) -> Iterator[Document]:
+    """Stream a BEIR ``corpus.jsonl`` (``_id``, ``text``, optional ``title``)."""
+    for _, doc in _iter_corpus_lines(path):
+        yield doc
 
 
 def read_corpus(path: str | Path) -> dict[str, Document]:
     """Read a whole corpus into memory; an empty corpus or a duplicate id is an error."""
     corpus: dict[str, Document] = {}
-    for doc in iter_corpus(path):
+    for lineno, doc in _iter_corpus_lines(path):
+        if doc.id in corpus:
+            raise DataFormatError(path, lineno, f"duplicate document id {doc.id!r}")
         corpus[doc.id] = doc
     if not corpus:
         raise DataFormatError(path, None, "empty corpus: no documents found")
@@ -196,7 +203,7 @@ def format_run(run: Run, tag: str = "rerank") -> Iterator[str]:
     """TREC run lines in the run's own order (ranks 1..n)."""
     for qid in sorted(run):
         for rank, (docid, score) in enumerate(run[qid], 1):
-            yield f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n"
+            yield f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n"  # shortest exact repr: ties stay ties
 
 
 def write_run(run: Run, path: str | Path, tag: str = "rerank") -> None:
@@ -247,6 +254,8 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
                     raise DataFormatError(path, lineno, f"docs[{i}] has no 'text'")
                 did = str(d.get("id", d.get("_id", d.get("docid", f"d{i}"))))
                 score = d.get("score")
+                if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                    raise DataFormatError(path, lineno, f"docs[{i}].score must be a number, got {score!r}")
                 docs.append((Document(did, str(text), str(d.get("title") or "")), None if score is None else float(score)))
             else:
                 raise DataFormatError(path, lineno, f"docs[{i}] must be a string or an object")

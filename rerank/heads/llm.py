@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rerank.backends.base import Backend
-from rerank.backends.registry import build_backend
+from rerank.backends.registry import backend_accepts, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.prompts import PromptTemplate, load_template
@@ -21,7 +21,11 @@ __all__ = ["LLMHeadConfig", "LLMReranker"]
 
 @dataclass
 class LLMHeadConfig(RerankerConfig):
-    """Options every LLM head has. ``template`` is a shipped template name or a path ('' = the head's default)."""
+    """Options every LLM head has. ``template`` is a shipped template name or a path ('' = the head's default).
+
+    ``batch_size`` is the number of prompts per backend call and, for backends that batch themselves (transformers,
+    openai), their batch size too; ``backend_options`` go to the backend's own typed config.
+    """
 
     template: str = ""
     max_doc_tokens: int = 300
@@ -54,6 +58,8 @@ class LLMReranker(Reranker):
             opts.setdefault("dtype", cfg.dtype)
             if cfg.device is not None:
                 opts.setdefault("device", cfg.device)
+            if backend_accepts(backend_name, "batch_size"):
+                opts.setdefault("batch_size", cfg.batch_size)  # one batch size: the head's is the model's
             backend = build_backend(backend_name, model, **opts)
         self.backend = backend
         self.model_name = model

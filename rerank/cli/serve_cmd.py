@@ -1,0 +1,82 @@
+"""``rerank serve``: load a registered reranker and serve it over HTTP (Cohere v1/v2 and TEI ``/rerank``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from rerank.cli.common import add_reranker, reranker_options
+from rerank.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rerank.serve import ServeConfig
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a reranker over HTTP with dynamic batching")
+    add_reranker(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /rerank and /metrics (default: $RERANK_API_KEY, else no auth)",
+    )
+    p.add_argument("--max-batch-size", type=int, default=32, help="requests merged into one model call (default 32)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits to fill (default 0: requests arriving while the model is busy still merge)",
+    )
+    p.add_argument("--max-queue", type=int, default=256, help="requests accepted at once; more get 429 (default 256)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout; answers 504 (default 30 s)")
+    p.add_argument("--max-docs", type=int, default=1000, help="documents per request; more get 413 (default 1000)")
+    p.add_argument("--max-doc-chars", type=int, default=20_000, help="characters per document/query (default 20000)")
+    p.set_defaults(func=run)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The service options of parsed ``rerank serve`` arguments (``--api-key`` falls back to $RERANK_API_KEY)."""
+    from rerank.serve import ServeConfig
+
+    api_key = args.api_key if args.api_key is not None else (os.environ.get("RERANK_API_KEY") or None)
+    return ServeConfig(
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout_s,
+        max_docs=args.max_docs,
+        max_doc_chars=args.max_doc_chars,
+        model_name=args.model,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rerank.heads.base import Reranker
+    from rerank.serve import create_app
+
+    if not args.reranker:
+        raise ConfigError("rerank serve needs --reranker METHOD")
+    cfg = serve_config(args)
+    if cfg.host not in _LOOPBACK and cfg.api_key is None:
+        log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
+    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
+    app = create_app(reranker, cfg)
+    log.info("serving %s (%s) on http://%s:%d", args.reranker, args.model or "-", cfg.host, cfg.port)
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False, server_header=False)
+    finally:
+        reranker.close()
+    return 0

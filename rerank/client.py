@@ -1,0 +1,106 @@
+"""``RemoteReranker``: the :class:`~rerank.heads.base.Reranker` interface over HTTP, so a pipeline swaps a local
+head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``) by configuration::
+
+    rr = Reranker.load("remote", base_url="http://127.0.0.1:8000", api_key="...")
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rerank.errors import RerankError
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.types import Candidate, Query
+
+__all__ = ["RemoteReranker", "RemoteRerankerConfig", "RemoteRerankError"]
+
+
+class RemoteRerankError(RerankError):
+    """The server answered an error status (or could not be reached); the message carries its JSON message."""
+
+
+@dataclass
+class RemoteRerankerConfig(RerankerConfig):
+    """Server address, bearer token (default ``$RERANK_API_KEY``), timeout, and parallel requests in ``score_batch``."""
+
+    base_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    timeout: float = 60.0
+    max_concurrency: int = 8
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+
+
+class RemoteReranker(Reranker):
+    """Score candidates by POSTing them to a rerank server's ``/v1/rerank``; rankings equal the server's model."""
+
+    method = "remote"
+    config_class = RemoteRerankerConfig
+    config: RemoteRerankerConfig
+
+    def __init__(self, config: RemoteRerankerConfig | None = None) -> None:
+        super().__init__(config)
+        key = self.config.api_key if self.config.api_key is not None else os.environ.get("RERANK_API_KEY") or None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(
+            base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers
+        )
+
+    @classmethod
+    def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> RemoteReranker:
+        """``model`` (if given) is sent as the request's ``model`` field; the server's backend is its own."""
+        if model is not None:
+            options = {**options, "model": model}
+        return super().from_options(**options)  # type: ignore[return-value]
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        """One request; returns the server's scores aligned with ``candidates``."""
+        docs: list[Any] = [
+            {"text": c.doc.text, "title": c.doc.title} if c.doc.title else c.doc.text for c in candidates
+        ]
+        body: dict[str, Any] = {"query": query.text, "documents": docs}
+        if self.config.model is not None:
+            body["model"] = self.config.model
+        try:
+            resp = self._client.post("/v1/rerank", json=body)
+        except httpx.HTTPError as e:
+            raise RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}") from None
+        if resp.status_code != 200:
+            try:
+                msg = resp.json().get("message", resp.text)
+            except ValueError:
+                msg = resp.text
+            raise RemoteRerankError(f"rerank server {self.config.base_url} answered {resp.status_code}: {msg}")
+        scores: list[float | None] = [None] * len(candidates)
+        for r in resp.json()["results"]:
+            scores[int(r["index"])] = float(r["relevance_score"])
+        if any(s is None for s in scores):
+            raise RemoteRerankError(f"rerank server {self.config.base_url} returned an incomplete ranking")
+        return scores  # type: ignore[return-value]
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Send the queries as parallel requests (the server batches them into model calls)."""
+        if len(queries) <= 1 or self.config.max_concurrency == 1:
+            return super().score_batch(queries, candidate_lists)
+        with ThreadPoolExecutor(min(self.config.max_concurrency, len(queries))) as pool:
+            return list(pool.map(self.score_candidates, queries, candidate_lists))
+
+    def describe(self) -> dict[str, Any]:
+        """Method, server address and model; the API key is never included."""
+        return {"method": self.method, "base_url": self.config.base_url, "model": self.config.model}
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()

@@ -1,0 +1,71 @@
+"""FIRST (Reddy et al., 2024): a listwise ranking from the logits of the first generated identifier.
+
+The prompt labels passages ``[A]``, ``[B]``, … and ends with the assistant's answer opened by ``[``. One forward
+pass per window gives the next-token log-probabilities of the identifier tokens ``A``..(A+window-1); the window is
+ordered by them, highest first. Nothing is generated: the head only ever calls ``next_token_logprobs``.
+Windows of different queries at the same sliding step share a backend call (``batch_size`` prompts a call).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rerank.backends.base import Backend
+from rerank.errors import ConfigError
+from rerank.heads.listwise import SlidingWindowConfig, SlidingWindowHead
+from rerank.heads.permutation import identifiers
+
+__all__ = ["FirstReranker"]
+
+
+class FirstReranker(SlidingWindowHead):
+    """Single-token listwise reranking; letters scheme only (each identifier one token, at most 26 a window)."""
+
+    method = "first"
+    config_class: ClassVar[type] = SlidingWindowConfig
+    default_template = "first"
+
+    def __init__(
+        self,
+        config: SlidingWindowConfig | None = None,
+        backend: Backend | None = None,
+        model: str | None = None,
+        backend_name: str = "transformers",
+    ) -> None:
+        super().__init__(config, backend=backend, model=model, backend_name=backend_name)
+        if self.scheme != "letters":
+            raise ConfigError(f"first: template {self.template.path} must use identifiers: letters, not {self.scheme!r}")
+        if not self.template.assistant_prefix.endswith("["):
+            raise ConfigError(f"first: template {self.template.path} must set assistant_prefix ending with '['")
+        self._token_ids: list[int] | None = None
+
+    def identifier_token_ids(self) -> list[int]:
+        """Token ids of ``A``..(A+window-1) as they follow ``[`` (one token each, all distinct)."""
+        if self._token_ids is None:
+            tok = self.tokenizer
+            base = tok.encode("[", add_special_tokens=False)
+            ids = []
+            for letter in identifiers("letters", self.config.window):  # type: ignore[attr-defined]
+                full = tok.encode("[" + letter, add_special_tokens=False)
+                if len(full) == len(base) + 1 and full[: len(base)] == base:
+                    ids.append(full[-1])
+                    continue
+                alone = tok.encode(letter, add_special_tokens=False)
+                if len(alone) != 1:
+                    raise ConfigError(f"first: identifier {letter!r} is not a single token in this tokenizer")
+                ids.append(alone[0])
+            if len(set(ids)) != len(ids):
+                raise ConfigError("first: identifier letters map to the same token in this tokenizer")
+            self._token_ids = ids
+        return self._token_ids
+
+    def rank_prompts(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
+        token_ids = self.identifier_token_ids()
+        perms: list[list[int]] = []
+        for chunk in self._chunks(list(range(len(prompts)))):
+            rows = self.backend.next_token_logprobs([prompts[k] for k in chunk], token_ids)
+            for k, row in zip(chunk, rows, strict=True):
+                logits = row[: sizes[k]]
+                perms.append(sorted(range(sizes[k]), key=lambda j: -logits[j]))  # stable: ties keep input order
+                self.stats.record()
+        return perms

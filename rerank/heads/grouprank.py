@@ -1,0 +1,229 @@
+"""GroupRank (AQ-MedAI, 2025; inference as in AQ-MedAI/Diver): groupwise 0-10 scoring, repeated and fused.
+
+Candidates are shuffled (seeded, per query) into groups of ``group_size``; the model writes
+``<reason>…</reason><answer>{"[1]": 5, …}</answer>`` for each group. The grouping is repeated ``repeats`` times with
+new shuffles and each document's scores are averaged, then divided by 10. The JSON is parsed leniently (single
+quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids missing from the answer scored 0);
+an answer with no score at all scores every document of its group 0. Both cases are counted in ``stats``.
+
+Final score = ``fusion_weight`` · rerank + (1 − ``fusion_weight``) · retriever, the retriever score min-max
+normalised per query (the rerank score is already on [0, 1]). ``fusion_weight: 1.0`` disables fusion, and so do
+documents without first-stage scores (logged once per query).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rerank.backends.base import Backend, GenerationConfig
+from rerank.errors import ConfigError
+from rerank.heads.base import RerankStats
+from rerank.heads.listwise import passage_texts
+from rerank.heads.llm import LLMHeadConfig, LLMReranker
+from rerank.types import Candidate, Query
+
+__all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "parse_group_scores", "minmax"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GroupRankConfig(LLMHeadConfig):
+    """GroupRank options; greedy by default (the paper samples with temperature 0.3, top_p 0.8)."""
+
+    group_size: int = 10
+    repeats: int = 2
+    seed: int = 0
+    fusion_weight: float = 0.6
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1 or self.repeats < 1 or self.max_new_tokens < 1:
+            raise ConfigError("group_size, repeats and max_new_tokens must be >= 1")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise ConfigError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class GroupScores:
+    """Scores (0-10) for the ``n`` documents of one group, and what parsing had to fix."""
+
+    scores: list[float]
+    failed: bool = False
+    fixes: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> bool:
+        return not self.failed and bool(self.fixes)
+
+
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*(?:```|$)", re.DOTALL)
+_PAIR = re.compile(r"""["']?\[?\s*(\d+)\s*\]?["']?\s*:\s*["']?(-?\d+(?:\.\d+)?)""")
+
+
+def _loads(text: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScores:
+    """Read the ``<answer>`` JSON of one group of ``n`` documents leniently; see the module docstring."""
+    fixes: list[str] = []
+    m = _ANSWER.search(text)
+    if m is None:
+        body = text
+        fixes.append("no <answer> tag")
+    else:
+        body = m.group(1)
+        if "</answer>" not in text[m.start() :]:
+            fixes.append("unclosed <answer>")
+    fence = _FENCE.search(body)
+    if fence is not None:
+        body = fence.group(1)
+    start = body.find("{")
+    obj_text = body[start:] if start >= 0 else "{" + body
+    if start < 0:
+        fixes.append("missing '{'")
+    end = obj_text.rfind("}")
+    if end < 0:
+        obj_text += "}"
+        fixes.append("missing '}'")
+    else:
+        obj_text = obj_text[: end + 1]
+    obj = _loads(obj_text)
+    if obj is None:
+        fixed = re.sub(r",\s*}", "}", obj_text.replace("'", '"'))
+        obj = _loads(fixed)
+        if obj is not None:
+            fixes.append("quotes/trailing comma")
+    if obj is None:
+        pairs = _PAIR.findall(obj_text)
+        if pairs:
+            fixes.append("invalid JSON, pairs read by pattern")
+        obj = {k: v for k, v in pairs}
+    scores: list[float | None] = [None] * n
+    for key, value in obj.items():
+        km = re.fullmatch(r"\s*\[?\s*(\d+)\s*\]?\s*", str(key))
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            fixes.append(f"non-numeric score {value!r}")
+            continue
+        if km is None or not 1 <= int(km.group(1)) <= n:
+            fixes.append(f"unknown id {key!r}")
+            continue
+        i = int(km.group(1)) - 1
+        if scores[i] is not None:
+            fixes.append(f"duplicate id {key!r}")
+            continue
+        if not 0.0 <= v <= max_score:
+            fixes.append(f"score {v} clipped")
+            v = min(max(v, 0.0), max_score)
+        scores[i] = v
+    if all(s is None for s in scores):
+        return GroupScores([0.0] * n, failed=True, fixes=fixes)
+    missing = sum(s is None for s in scores)
+    if missing:
+        fixes.append(f"{missing} ids missing, scored 0")
+    return GroupScores([0.0 if s is None else s for s in scores], fixes=fixes)
+
+
+def minmax(values: list[float]) -> list[float]:
+    """Min-max normalise to [0, 1]; a constant list maps to zeros (it carries no ordering)."""
+    lo, hi = min(values), max(values)
+    return [0.0] * len(values) if hi == lo else [(v - lo) / (hi - lo) for v in values]
+
+
+class GroupRankReranker(LLMReranker):
+    """Groupwise scoring of shuffled groups, averaged over repeated groupings, fused with the retriever score."""
+
+    method = "grouprank"
+    config_class: ClassVar[type] = GroupRankConfig
+    default_template = "grouprank"
+
+    def __init__(
+        self,
+        config: GroupRankConfig | None = None,
+        backend: Backend | None = None,
+        model: str | None = None,
+        backend_name: str = "transformers",
+    ) -> None:
+        super().__init__(config, backend=backend, model=model, backend_name=backend_name)
+
+    def groups(self, query: Query, n: int) -> list[list[int]]:
+        """The ``repeats`` groupings of candidate indices: seeded by (seed, query) so a query's groups never depend
+        on which other queries share its batch."""
+        cfg: GroupRankConfig = self.config  # type: ignore[assignment]
+        rng = random.Random(f"{cfg.seed}\x00{query.id}\x00{query.text}")
+        out: list[list[int]] = []
+        for _ in range(cfg.repeats):
+            order = list(range(n))
+            rng.shuffle(order)
+            out.extend(order[i : i + cfg.group_size] for i in range(0, n, cfg.group_size))
+        return out
+
+    def _prompt(self, query: str, texts: list[str]) -> list[int]:
+        passages = [{"id": str(i + 1), "text": t} for i, t in enumerate(texts)]
+        messages = self.template.messages(query=query, num=len(texts), passages=passages)
+        return self.prompt_ids(messages, self.template.assistant_prefix)
+
+    def rerank_scores(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Average group score / 10 per document, before fusion."""
+        cfg: GroupRankConfig = self.config  # type: ignore[assignment]
+        jobs: list[tuple[int, list[int], list[int]]] = []  # (query index, group's candidate indices, prompt)
+        for qi, (q, cands) in enumerate(zip(queries, candidate_lists, strict=True)):
+            qtext = self.truncate(q.text, cfg.max_query_tokens)
+            texts = passage_texts(self, cands, cfg.max_doc_tokens)
+            for group in self.groups(q, len(cands)):
+                jobs.append((qi, group, self._prompt(qtext, [texts[j] for j in group])))
+        sums = [[0.0] * len(c) for c in candidate_lists]
+        counts = [[0] * len(c) for c in candidate_lists]
+        gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               seed=cfg.seed)
+        size = max(1, cfg.batch_size)
+        for b in range(0, len(jobs), size):
+            chunk = jobs[b : b + size]
+            outputs = self.backend.generate([p for _, _, p in chunk], gen)
+            for (qi, group, _), text in zip(chunk, outputs, strict=True):
+                parsed = parse_group_scores(text, len(group))
+                _record(self.stats, parsed, text)
+                for j, s in zip(group, parsed.scores, strict=True):
+                    sums[qi][j] += s
+                    counts[qi][j] += 1
+        return [[s / c / 10.0 for s, c in zip(ss, cc, strict=True)] for ss, cc in zip(sums, counts, strict=True)]
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        cfg: GroupRankConfig = self.config  # type: ignore[assignment]
+        out = []
+        for q, cands, rr in zip(queries, candidate_lists, self.rerank_scores(queries, candidate_lists), strict=True):
+            w = cfg.fusion_weight
+            if w >= 1.0:
+                out.append(rr)
+                continue
+            if any(c.score is None for c in cands):
+                log.info("grouprank: query %s has documents without first-stage scores; fusion disabled", q.id)
+                out.append(rr)
+                continue
+            ret = minmax([float(c.score) for c in cands])  # type: ignore[arg-type]
+            out.append([w * r + (1.0 - w) * s for r, s in zip(rr, ret, strict=True)])
+        return out
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return self.score_batch([query], [candidates])[0]
+
+
+def _record(stats: RerankStats, parsed: GroupScores, text: str) -> None:
+    stats.record(failed=parsed.failed, repaired=parsed.repaired, example=text)

@@ -1,0 +1,117 @@
+"""Identifier schemes of listwise prompts and robust parsing of generated permutations.
+
+Two schemes: ``numbers`` (``[1] > [2]``, RankGPT / RankZephyr) and ``letters`` (``[A] > [B]``, FIRST: each
+identifier is one token). Parsing never fails the ranking: ids the model forgot are appended in their input order,
+duplicates and unknown ids are dropped, and every repair or failure is reported so ``metrics.json`` can count them.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Literal
+
+from rerank.errors import ConfigError
+from rerank.heads.base import RerankStats
+
+__all__ = [
+    "Scheme",
+    "SCHEMES",
+    "identifiers",
+    "format_permutation",
+    "ParsedPermutation",
+    "parse_permutation",
+    "record_parse",
+]
+
+Scheme = Literal["numbers", "letters"]
+SCHEMES: tuple[str, ...] = ("numbers", "letters")
+_LETTERS = string.ascii_uppercase
+
+_BRACKETED = re.compile(r"\[\s*([A-Za-z]|\d+)\s*\]")
+_BARE = {"numbers": re.compile(r"(?<![\w.])(\d+)(?![\w.])"), "letters": re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")}
+
+
+def check_scheme(scheme: str, window: int | None = None) -> Scheme:
+    """Validate a scheme name (and that ``window`` ids fit it: letters allow at most 26)."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"identifier scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+    if scheme == "letters" and window is not None and window > len(_LETTERS):
+        raise ConfigError(f"window {window} is larger than the 26 identifiers of the 'letters' scheme")
+    return scheme  # type: ignore[return-value]
+
+
+def identifiers(scheme: str, n: int) -> list[str]:
+    """The ``n`` identifiers of a scheme without brackets: ``1..n`` or ``A..``."""
+    check_scheme(scheme, n)
+    return [str(i + 1) for i in range(n)] if scheme == "numbers" else list(_LETTERS[:n])
+
+
+def format_permutation(scheme: str, order: list[int]) -> str:
+    """The canonical answer string, e.g. ``[2] > [1] > [3]``, for local indices ``order``."""
+    ids = identifiers(scheme, len(order))
+    return " > ".join(f"[{ids[i]}]" for i in order)
+
+
+@dataclass
+class ParsedPermutation:
+    """A complete permutation of ``range(n)`` recovered from model text, with what had to be fixed."""
+
+    order: list[int]
+    failed: bool = False
+    missing: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    unbracketed: bool = False
+
+    @property
+    def repaired(self) -> bool:
+        return not self.failed and bool(self.missing or self.duplicates or self.unknown or self.unbracketed)
+
+
+def _index(token: str, scheme: str, n: int) -> int | None:
+    if scheme == "numbers":
+        if not token.isdigit():
+            return None
+        i = int(token) - 1
+    else:
+        if len(token) != 1 or not token.isalpha():
+            return None
+        i = ord(token.upper()) - ord("A")
+    return i if 0 <= i < n else None
+
+
+def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
+    """Parse ``text`` into a permutation of ``n`` local indices (input order for anything the model left out).
+
+    Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``, ``C > A``) are read and
+    the output counts as repaired. No valid id at all is a failure (the window keeps its input order).
+    """
+    check_scheme(scheme)
+    tokens = _BRACKETED.findall(text)
+    unbracketed = False
+    if not tokens:
+        tokens = _BARE[scheme].findall(text)
+        unbracketed = bool(tokens)
+    seen: set[int] = set()
+    order: list[int] = []
+    duplicates = unknown = 0
+    for tok in tokens:
+        i = _index(tok, scheme, n)
+        if i is None:
+            unknown += 1
+        elif i in seen:
+            duplicates += 1
+        else:
+            seen.add(i)
+            order.append(i)
+    if not order:
+        return ParsedPermutation(list(range(n)), failed=True, missing=n, unknown=unknown)
+    missing = [i for i in range(n) if i not in seen]
+    return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed)
+
+
+def record_parse(stats: RerankStats, parsed: ParsedPermutation, text: str) -> None:
+    """Count one model output in ``stats`` (failed / repaired, with the text as an example)."""
+    stats.record(failed=parsed.failed, repaired=parsed.repaired, example=text)

@@ -1,0 +1,51 @@
+"""LangChain document compressor backed by any rerank :class:`Reranker` (extra ``langchain``: langchain-core)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from langchain_core.callbacks import Callbacks
+    from langchain_core.documents import BaseDocumentCompressor
+    from langchain_core.documents import Document as LCDocument
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError("rerank.integrations.langchain needs langchain-core: pip install 'rerank[langchain]'") from e
+
+from pydantic import ConfigDict
+
+from rerank.heads.base import Reranker
+from rerank.types import Document
+
+__all__ = ["RerankCompressor"]
+
+
+class RerankCompressor(BaseDocumentCompressor):
+    """Reorders retrieved documents with a reranker and keeps the best ``top_n``.
+
+    Each returned document gets ``metadata["relevance_score"]`` (the reranker's score) and ``metadata["rerank_rank"]``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    reranker: Any
+    top_n: int | None = 3
+
+    @classmethod
+    def load(cls, method: str, model: str | None = None, top_n: int | None = 3, **options: Any) -> RerankCompressor:
+        """Build the reranker by registered method name, as ``Reranker.load`` does."""
+        return cls(reranker=Reranker.load(method, model=model, **options), top_n=top_n)
+
+    def compress_documents(
+        self, documents: Sequence[LCDocument], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[LCDocument]:
+        if not documents:
+            return []
+        docs = [Document(str(i), d.page_content) for i, d in enumerate(documents)]
+        result = self.reranker.rerank(query, docs, top_k=self.top_n)
+        out = []
+        for r in result.results:
+            src = documents[int(r.doc.id)]
+            meta = {**src.metadata, "relevance_score": r.score, "rerank_rank": r.rank}
+            out.append(LCDocument(page_content=src.page_content, metadata=meta, id=src.id))
+        return out

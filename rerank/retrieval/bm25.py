@@ -1,0 +1,241 @@
+"""BM25 over a dataset's corpus with ``bm25s`` (the embedded default first stage, ``--retriever bm25``).
+
+Defaults follow Lucene/Anserini's BM25 (``method="lucene"``, k1=0.9, b=0.4) over title + text with English
+(Snowball) stemming and no stopword list: on SciFact test this gives nDCG@10 0.6792 against pyserini's 0.6789
+(English stopwords ``"en"`` give 0.6762, no stemming 0.6569).
+
+The index is cached on disk at ``cache_root()/bm25/<corpus sha256>-<config hash>``; it is built in a temporary
+folder and renamed into place, so a cache entry is either complete or absent. Documents that share no term with a
+query score exactly 0 under ``lucene``/``atire``/``robertson`` and are not returned, as with Lucene.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from rerank.config import from_dict, to_dict
+from rerank.data.datasets import cache_root
+from rerank.errors import ConfigError, DataFormatError
+from rerank.retrieval.base import FirstStage
+from rerank.types import Query, Run, sort_ranking
+from rerank.utils.files import hash_obj, write_json
+
+if TYPE_CHECKING:
+    from rerank.data.datasets import Dataset
+
+__all__ = ["BM25Config", "BM25Retriever", "index_cache_path"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the on-disk layout written by ``_build`` changes, so old cache entries are not read.
+_CACHE_FORMAT = 1
+_DOC_IDS = "doc_ids.json"
+_META = "rerank_meta.json"
+
+
+@dataclass
+class BM25Config:
+    """BM25 options; ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords`` and ``include_title`` key the index cache."""
+
+    k1: float = 0.9
+    b: float = 0.4
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
+    stemmer: str | None = "english"
+    stopwords: str | None = None
+    include_title: bool = True
+    n_threads: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k1 < 0:
+            raise ValueError(f"k1 must be >= 0, got {self.k1}")
+        if not 0.0 <= self.b <= 1.0:
+            raise ValueError(f"b must be in [0, 1], got {self.b}")
+        if self.n_threads < -1:
+            raise ValueError(f"n_threads must be -1 (all cores), 0 (no thread pool) or a positive count, got {self.n_threads}")
+        if self.stemmer is not None and self.stemmer not in Stemmer.algorithms():
+            raise ValueError(f"unknown stemmer {self.stemmer!r}; PyStemmer knows: {', '.join(Stemmer.algorithms())}")
+        if self.stopwords is not None:
+            bm25s.tokenization.Tokenizer(stopwords=self.stopwords)  # raises ValueError naming the supported lists
+
+    def index_key(self) -> dict[str, Any]:
+        """The options that change the index (retrieval-time options excluded), plus the bm25s version."""
+        return {
+            "k1": self.k1,
+            "b": self.b,
+            "method": self.method,
+            "stemmer": self.stemmer,
+            "stopwords": self.stopwords,
+            "include_title": self.include_title,
+            "bm25s": bm25s.__version__,
+            "format": _CACHE_FORMAT,
+        }
+
+
+def index_cache_path(dataset: Dataset, config: BM25Config) -> Path:
+    """Where the index of ``dataset``'s corpus under ``config`` is cached."""
+    return cache_root() / "bm25" / f"{dataset.corpus_hash}-{hash_obj(config.index_key())}"
+
+
+class BM25Retriever(FirstStage):
+    """Lucene-style BM25 with bm25s, over title + text, cached on disk per corpus and parameters."""
+
+    name: ClassVar[str] = "bm25"
+
+    def __init__(
+        self, model: bm25s.BM25, doc_ids: list[str], config: BM25Config, cache_path: Path, cache_hit: bool
+    ) -> None:
+        self.model = model
+        self.doc_ids = np.asarray(doc_ids, dtype=object)
+        self.config = config
+        self.cache_path = cache_path
+        self.cache_hit = cache_hit
+        self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, **options: Any) -> BM25Retriever:
+        """Load the cached index of ``dataset``'s corpus, or build and cache it; ``options`` fill :class:`BM25Config`."""
+        config = from_dict(BM25Config, options, where="bm25")
+        path = index_cache_path(dataset, config)
+        if (path / _META).is_file():
+            log.info("bm25 index cache hit: loading %s", path)
+            model = bm25s.BM25.load(str(path), show_progress=config.show_progress)
+            with open(path / _DOC_IDS, encoding="utf-8") as f:
+                doc_ids = json.load(f)
+            return cls(model, doc_ids, config, path, cache_hit=True)
+        log.info("bm25 index cache miss: building the index of %s into %s", dataset.corpus_path, path)
+        model, doc_ids = _build(dataset, config, path)
+        return cls(model, doc_ids, config, path, cache_hit=False)
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_ids)
+
+    def tokenize_queries(self, texts: list[str]) -> list[list[str]]:
+        """Queries as token strings, analysed exactly as the corpus was (lowercase, stopwords, stemmer)."""
+        return bm25s.tokenize(
+            texts,
+            stopwords=self.config.stopwords,
+            stemmer=self._stemmer,
+            return_ids=False,
+            show_progress=self.config.show_progress,
+        )
+
+    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
+        """Top-``k`` (capped at the corpus size) per query, in trec_eval order; zero-score non-matches dropped."""
+        if k < 1:
+            raise ConfigError(f"retrieval depth k must be >= 1, got {k}")
+        qids = list(queries)
+        if not qids:
+            return {}
+        k = min(k, self.num_docs)
+        tokens = self.tokenize_queries([queries[q].text for q in qids])
+        docs, scores = self.model.retrieve(
+            tokens, k=k, n_threads=self.config.n_threads, show_progress=self.config.show_progress
+        )
+        return self._to_run(qids, docs, scores)
+
+    def _to_run(self, qids: list[str], docs: np.ndarray, scores: np.ndarray) -> Run:
+        """bm25s' score-sorted arrays -> a Run in trec_eval order, zero-score non-matches dropped.
+
+        bm25s sorts by score but leaves ties in arbitrary order, so each run of equal scores is put in
+        :func:`sort_ranking`'s order (doc id descending); rows without ties are already in that order.
+        """
+        keep = scores != 0
+        if (scores < 0).any():  # robertson's negative idf: move zero-score non-matches behind negative matches
+            order = np.argsort(np.where(keep, -scores, np.inf), axis=1, kind="stable")
+            docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
+        counts = np.count_nonzero(keep, axis=1).tolist()
+        names = self.doc_ids[docs]
+        tie = scores[:, 1:] == scores[:, :-1]  # tie[i, j]: pairs j and j + 1 of row i have equal scores
+        has_tie = tie.any(axis=1).tolist()
+        run: Run = {}
+        for i, qid in enumerate(qids):
+            c = counts[i]
+            pairs = list(zip(names[i, :c].tolist(), scores[i, :c].tolist()))
+            if has_tie[i] and c > 1:
+                for a, b in _runs_of_ties(np.flatnonzero(tie[i, : c - 1]).tolist()):
+                    pairs[a:b] = sort_ranking(pairs[a:b])
+            run[qid] = pairs
+        return run
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": to_dict(self.config),
+            "cache_path": str(self.cache_path),
+            "cache_hit": self.cache_hit,
+            "num_docs": self.num_docs,
+            "bm25s_version": bm25s.__version__,
+        }
+
+
+def _runs_of_ties(ties: list[int]) -> list[tuple[int, int]]:
+    """Slices ``[a, b)`` of equal scores, from the sorted positions ``j`` where pair ``j`` ties pair ``j + 1``."""
+    out: list[tuple[int, int]] = []
+    for j in ties:
+        if out and out[-1][1] == j + 1:
+            out[-1] = (out[-1][0], j + 2)
+        else:
+            out.append((j, j + 2))
+    return out
+
+
+def _corpus_texts(dataset: Dataset, include_title: bool) -> tuple[list[str], list[str]]:
+    """Stream the corpus into (doc ids, texts to index); a duplicate id is an error naming the file."""
+    doc_ids: list[str] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+    for doc in dataset.iter_corpus():
+        if doc.id in seen:
+            raise DataFormatError(dataset.corpus_path, None, f"duplicate document id {doc.id!r}")
+        seen.add(doc.id)
+        doc_ids.append(doc.id)
+        texts.append(doc.full_text() if include_title else doc.text)
+    if not doc_ids:
+        raise DataFormatError(dataset.corpus_path, None, "empty corpus: no documents found")
+    return doc_ids, texts
+
+
+def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25, list[str]]:
+    """Tokenize and index the corpus, save it into a temporary folder and rename that into ``path``."""
+    doc_ids, texts = _corpus_texts(dataset, config.include_title)
+    stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
+    tokens = bm25s.tokenize(texts, stopwords=config.stopwords, stemmer=stemmer, show_progress=config.show_progress)
+    del texts
+    model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
+    model.index(tokens, show_progress=config.show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        model.save(str(tmp), show_progress=config.show_progress)
+        with open(tmp / _DOC_IDS, "w", encoding="utf-8") as f:
+            json.dump(doc_ids, f)
+        write_json(
+            {"corpus": str(dataset.corpus_path), "corpus_sha256": dataset.corpus_hash, "num_docs": len(doc_ids),
+             "index": config.index_key()},
+            tmp / _META,
+        )
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / _META).is_file():
+                raise
+            log.info("bm25 index %s was written concurrently; keeping that copy", path)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return model, doc_ids

@@ -1,0 +1,597 @@
+"""Bi-encoder over any Hugging Face encoder, saved and loaded as sentence-transformers folders.
+
+A :class:`BiEncoder` embeds queries and documents with CLS, mean or last-token pooling (the last *real* token, for
+either padding side), optional L2 normalisation, per-side text prefixes and maximum lengths. Queries and documents
+share one transformer unless :meth:`BiEncoder.untie` gives documents their own copy (ADORE trains the query side only).
+
+Saved layout (loads with ``SentenceTransformer(path)``)::
+
+    modules.json  config_sentence_transformers.json (prompts: query / document)  rerank_biencoder.json
+    0_Transformer/ (weights as safetensors, tokenizer, sentence_bert_config.json)  1_Pooling/  [2_Normalize/]
+
+An untied model is a folder with ``biencoder.json`` naming two such folders, ``query_encoder/`` and ``doc_encoder/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rerank.errors import ConfigError, RerankError
+from rerank.models import resolve_model_path
+from rerank.retrieval.base import FirstStage
+from rerank.utils.files import write_json
+
+__all__ = ["BiEncoder", "EncoderSettings", "DenseConfig", "DenseRetriever", "Pooling", "pool", "DUAL_MANIFEST"]
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["cls", "mean", "last"]
+Side = Literal["query", "doc"]
+DUAL_MANIFEST = "biencoder.json"
+SETTINGS_FILE = "rerank_biencoder.json"
+_ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EncoderSettings:
+    """How texts become vectors; everything here changes the embeddings and so is part of the cache key."""
+
+    pooling: Pooling = "mean"
+    normalize: bool = False
+    query_prefix: str = ""
+    doc_prefix: str = ""
+    query_max_length: int = 512
+    doc_max_length: int = 512
+    lowercase: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in _ST_POOLING:
+            raise ConfigError(f"pooling must be one of {sorted(_ST_POOLING)}, got {self.pooling!r}")
+        if self.query_max_length < 1 or self.doc_max_length < 1:
+            raise ConfigError("query_max_length and doc_max_length must be >= 1")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token states ``[B, T, H]`` into ``[B, H]``; ``last`` takes the last unmasked token whatever the padding side."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if mode == "last":
+        seq_len = attention_mask.shape[1]
+        last = seq_len - 1 - attention_mask.flip(1).to(torch.int64).argmax(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ConfigError(f"unknown pooling {mode!r}; known: cls, mean, last")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise RerankError(f"{path}: invalid JSON: {e}") from None
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _model_max_length(tokenizer: Any, config: Any) -> int:
+    """The tokenizer's limit, capped by the model's position table, 512 when neither says."""
+    candidates = [int(tokenizer.model_max_length)] if tokenizer.model_max_length < 1_000_000 else []
+    if getattr(config, "max_position_embeddings", None):
+        candidates.append(int(config.max_position_embeddings))
+    return min(candidates) if candidates else 512
+
+
+def _is_causal_lm(config: Any) -> bool:
+    """Sentence-transformers' rule for a plain checkpoint: a ``*ForCausalLM`` architecture gets last-token pooling."""
+    archs = getattr(config, "architectures", None) or []
+    return bool(archs) and archs[0].endswith("ForCausalLM") and getattr(config, "is_causal", True)
+
+
+class BiEncoder(torch.nn.Module):
+    """Query and document encoder; ``encode_*`` give numpy at inference and grad-carrying tensors in train mode."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        settings: EncoderSettings | None = None,
+        doc_model: torch.nn.Module | None = None,
+        doc_tokenizer: Any | None = None,
+        name_or_path: str = "",
+    ) -> None:
+        super().__init__()
+        self.query_model = model
+        self.doc_model = doc_model if doc_model is not None else model
+        self.query_tokenizer = tokenizer
+        self.doc_tokenizer = doc_tokenizer if doc_tokenizer is not None else tokenizer
+        self.settings = settings if settings is not None else EncoderSettings()
+        self.name_or_path = name_or_path
+        for tok in {id(self.query_tokenizer): self.query_tokenizer, id(self.doc_tokenizer): self.doc_tokenizer}.values():
+            if tok.pad_token is None:
+                if tok.eos_token is None:
+                    raise RerankError(f"{name_or_path}: tokenizer has neither a pad nor an eos token to pad with")
+                tok.pad_token = tok.eos_token
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def tied(self) -> bool:
+        """Whether queries and documents share one transformer."""
+        return self.doc_model is self.query_model
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.query_model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.query_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.doc_model.parameters()).dtype
+
+    def untie(self) -> BiEncoder:
+        """Give documents their own copy of the transformer (the query side can then train alone)."""
+        if self.tied:
+            self.doc_model = copy.deepcopy(self.query_model)
+        return self
+
+    def _side(self, side: Side) -> tuple[torch.nn.Module, Any, int, str]:
+        s = self.settings
+        if side == "query":
+            return self.query_model, self.query_tokenizer, s.query_max_length, s.query_prefix
+        if side == "doc":
+            return self.doc_model, self.doc_tokenizer, s.doc_max_length, s.doc_prefix
+        raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
+
+    def _prepare(self, texts: Sequence[str], side: Side) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts, not a single string")
+        prefix = self._side(side)[3]
+        out = [prefix + t for t in texts]
+        return [t.lower() for t in out] if self.settings.lowercase else out
+
+    # ------------------------------------------------------------------ encoding
+    def tokenize(self, texts: Sequence[str], side: Side) -> dict[str, torch.Tensor]:
+        """Prefixed, truncated, padded model inputs for one side (for trainers that tokenize in a collator)."""
+        _, tok, max_len, _ = self._side(side)
+        enc = tok(self._prepare(texts, side), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        return dict(enc)
+
+    def forward_features(self, features: dict[str, torch.Tensor], side: Side) -> torch.Tensor:
+        """Pooled (and normalised) embeddings ``[B, dim]`` of tokenized inputs, with autograd when enabled."""
+        model = self._side(side)[0]
+        dev = next(model.parameters()).device
+        feats = {k: v.to(dev) for k, v in features.items()}
+        hidden = model(**feats).last_hidden_state
+        emb = pool(hidden, feats["attention_mask"], self.settings.pooling)
+        return torch.nn.functional.normalize(emb, p=2, dim=-1) if self.settings.normalize else emb
+
+    def embed(self, texts: Sequence[str], side: Side) -> torch.Tensor:
+        """One forward pass over ``texts`` as a tensor with autograd (training batches)."""
+        return self.forward_features(self.tokenize(texts, side), side)
+
+    def forward(self, texts: Sequence[str], side: Side = "query") -> torch.Tensor:
+        return self.embed(texts, side)
+
+    def encode_queries(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray | torch.Tensor:
+        """Query embeddings: float32 numpy ``[n, dim]`` at inference, a grad-carrying tensor in train mode."""
+        return self._encode(texts, "query", batch_size, progress)
+
+    def encode_docs(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray | torch.Tensor:
+        """Document embeddings: float32 numpy ``[n, dim]`` at inference, a grad-carrying tensor in train mode."""
+        return self._encode(texts, "doc", batch_size, progress)
+
+    def _encode(self, texts: Sequence[str], side: Side, batch_size: int, progress: bool) -> np.ndarray | torch.Tensor:
+        model = self._side(side)[0]
+        if model.training and torch.is_grad_enabled():
+            return self.embed(texts, side)
+        return self.encode_numpy(texts, side, batch_size, progress)
+
+    def encode_numpy(
+        self,
+        texts: Sequence[str],
+        side: Side,
+        batch_size: int = 64,
+        progress: bool = False,
+        desc: str | None = None,
+        bar: Any | None = None,
+    ) -> np.ndarray:
+        """Inference encoding: tokenize once, batch by token length (longest first), pad per batch, keep input order.
+
+        ``bar``: an outer tqdm bar to advance per batch instead of opening one.
+        """
+        if batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        model, tok, max_len, _ = self._side(side)
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        enc = tok(self._prepare(texts, side), truncation=True, max_length=max_len, padding=False)
+        input_ids: list[list[int]] = enc["input_ids"]
+        type_ids: list[list[int]] | None = enc.get("token_type_ids") if "token_type_ids" in tok.model_input_names else None
+        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")
+        pad_id = tok.pad_token_id
+        left = tok.padding_side == "left"
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=n, desc=desc or f"encode {side}s", unit=side, disable=not progress)
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                width = int(lengths[idx[0]])
+                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                types = torch.zeros((len(idx), width), dtype=torch.long) if type_ids is not None else None
+                for row, i in enumerate(idx):
+                    length = int(lengths[i])
+                    sl = slice(width - length, width) if left else slice(0, length)
+                    ids[row, sl] = torch.tensor(input_ids[i])
+                    mask[row, sl] = 1
+                    if types is not None:
+                        types[row, sl] = torch.tensor(type_ids[i])
+                feats = {"input_ids": ids, "attention_mask": mask}
+                if types is not None:
+                    feats["token_type_ids"] = types
+                emb = self.forward_features(feats, side)
+                out[idx] = emb.float().cpu().numpy()
+                bar.update(len(idx))
+        if own_bar:
+            bar.close()
+        return out
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self, side: Side = "doc") -> str:
+        """SHA-256 of one side's weights (as float32, so storage dtype does not matter) and tokenizer.
+
+        The model part of index manifests and embedding-cache keys; independent of where or how the folder was saved.
+        """
+        model, tok, _, _ = self._side(side)
+        h = hashlib.sha256()
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            t = t.detach().cpu()
+            t = t.float() if t.is_floating_point() else t
+            h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+            h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:  # its JSON minus the run-time truncation/padding state
+            spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        else:
+            spec = tok.get_vocab()
+        h.update(json.dumps(spec, sort_keys=True).encode())
+        h.update(f"pad={tok.pad_token_id}".encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """Model path, tying and settings (for manifests and ``metrics.json``)."""
+        return {"model": self.name_or_path, "tied": self.tied, "dim": self.dim, **dataclasses.asdict(self.settings)}
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | Path) -> Path:
+        """Write a sentence-transformers folder (or two, with ``biencoder.json``, when untied); replaces ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            if self.tied:
+                self._save_st(tmp, self.query_model, self.query_tokenizer)
+            else:
+                self._save_st(tmp / "query_encoder", self.query_model, self.query_tokenizer)
+                self._save_st(tmp / "doc_encoder", self.doc_model, self.doc_tokenizer)
+                write_json(
+                    {"format": "rerank-biencoder", "version": 1, "query_encoder": "query_encoder",
+                     "doc_encoder": "doc_encoder", "settings": dataclasses.asdict(self.settings)},
+                    tmp / DUAL_MANIFEST,
+                )
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+                os.replace(path, old / "x")
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    def _save_st(self, folder: Path, model: torch.nn.Module, tokenizer: Any) -> None:
+        s = self.settings
+        tdir = folder / "0_Transformer"
+        model.save_pretrained(tdir, safe_serialization=True)
+        tokenizer.save_pretrained(tdir)
+        write_json({"max_seq_length": s.doc_max_length, "do_lower_case": s.lowercase}, tdir / "sentence_bert_config.json")
+        pooling_cfg: dict[str, Any] = {"word_embedding_dimension": int(model.config.hidden_size)}
+        for mode, key in _ST_POOLING.items():
+            pooling_cfg[key] = mode == s.pooling
+        pooling_cfg.update({"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+        write_json(pooling_cfg, folder / "1_Pooling" / "config.json")
+        modules = [
+            {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if s.normalize:
+            write_json({}, folder / "2_Normalize" / "config.json")
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        write_json(modules, folder / "modules.json")
+        write_json(
+            {"prompts": {"query": s.query_prefix, "document": s.doc_prefix}, "default_prompt_name": None,
+             "similarity_fn_name": "cosine" if s.normalize else "dot"},
+            folder / "config_sentence_transformers.json",
+        )
+        write_json({"format": "rerank-biencoder-settings", "version": 1, **dataclasses.asdict(s)}, folder / SETTINGS_FILE)
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | Path,
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        query_prefix: str | None = None,
+        doc_prefix: str | None = None,
+        query_max_length: int | None = None,
+        doc_max_length: int | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> BiEncoder:
+        """Load a sentence-transformers folder, an untied ``biencoder.json`` folder, or a plain HF encoder.
+
+        Settings come from the folder (pooling, Normalize module, prompts, max length); explicit arguments override.
+        A plain checkpoint gets mean pooling (last-token for ``*ForCausalLM`` architectures) and no normalisation.
+        """
+        path = resolve_model_path(name_or_path)
+        torch_dtype = _resolve_dtype(dtype)
+        root = Path(path)
+        if (root / DUAL_MANIFEST).is_file():
+            manifest = _read_json(root / DUAL_MANIFEST)
+            try:
+                qpath, dpath = root / manifest["query_encoder"], root / manifest["doc_encoder"]
+            except KeyError as e:
+                raise RerankError(f"{root / DUAL_MANIFEST}: missing key {e}") from None
+            qmodel, qtok, qset = _load_side(qpath, torch_dtype)
+            dmodel, dtok, dset = _load_side(dpath, torch_dtype)
+            base = {**qset, **{k: v for k, v in dset.items() if k.startswith("doc_")}}
+            base.update(manifest.get("settings") or {})
+        else:
+            qmodel, qtok, base = _load_side(root if root.exists() else path, torch_dtype)
+            dmodel, dtok = None, None
+        explicit = {
+            "pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
+            "query_max_length": query_max_length, "doc_max_length": doc_max_length,
+        }
+        base.update({k: v for k, v in explicit.items() if v is not None})
+        fields = {f.name for f in dataclasses.fields(EncoderSettings)}
+        settings = EncoderSettings(**{k: v for k, v in base.items() if k in fields})
+        enc = cls(qmodel, qtok, settings, dmodel, dtok, name_or_path=str(name_or_path))
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        enc.to(dev)
+        enc.eval()
+        return enc
+
+
+def _load_side(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """One encoder: (model, tokenizer, settings read from its folder)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    root = Path(path)
+    settings: dict[str, Any] = {}
+    model_dir: str | Path = path
+    st_max_len: int | None = None
+    if (root / "modules.json").is_file():
+        modules = _read_json(root / "modules.json")
+        kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
+        unsupported = [m["type"] for m in modules if m["type"].rsplit(".", 1)[-1] not in ("Transformer", "Pooling", "Normalize")]
+        if unsupported or "Transformer" not in kinds:
+            raise RerankError(
+                f"{root / 'modules.json'}: only Transformer -> Pooling -> [Normalize] models are supported; "
+                f"found {[m['type'] for m in modules]}"
+            )
+        model_dir = root / kinds["Transformer"]["path"] if kinds["Transformer"]["path"] else root
+        sb = Path(model_dir) / "sentence_bert_config.json"
+        if sb.is_file():
+            sbc = _read_json(sb)
+            st_max_len = sbc.get("max_seq_length")
+            settings["lowercase"] = bool(sbc.get("do_lower_case", False))
+        settings["normalize"] = "Normalize" in kinds
+        if "Pooling" in kinds:
+            settings["pooling"] = _read_st_pooling(root / kinds["Pooling"]["path"] / "config.json")
+        cst = root / "config_sentence_transformers.json"
+        if cst.is_file():
+            prompts = _read_json(cst).get("prompts") or {}
+            settings["query_prefix"] = prompts.get("query", "")
+            settings["doc_prefix"] = prompts.get("document", prompts.get("passage", ""))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        kwargs: dict[str, Any] = {"trust_remote_code": False}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = AutoModel.from_pretrained(str(model_dir), **kwargs)
+    except OSError as e:
+        raise RerankError(f"cannot load encoder {path}: {e}") from None
+    max_len = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model.config)
+    settings.setdefault("pooling", "last" if _is_causal_lm(model.config) else "mean")
+    settings.setdefault("query_max_length", max_len)
+    settings.setdefault("doc_max_length", max_len)
+    if (root / SETTINGS_FILE).is_file():
+        saved = _read_json(root / SETTINGS_FILE)
+        settings.update({k: saved[k] for k in ("query_max_length", "doc_max_length") if k in saved})
+    return model, tokenizer, settings
+
+
+def _read_st_pooling(path: Path) -> str:
+    """Our pooling name from a sentence-transformers Pooling config (legacy booleans or the newer ``pooling_mode``)."""
+    cfg = _read_json(path)
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        active = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+        names = {v: k for k, v in _ST_POOLING.items()}
+        modes = [names.get(a, a) for a in active] or ["mean"]
+        mode = modes[0] if len(modes) == 1 else tuple(modes)
+    else:
+        mode = {"lasttoken": "last"}.get(mode, mode) if isinstance(mode, str) else tuple(mode)
+    if isinstance(mode, tuple) or mode not in _ST_POOLING:
+        raise RerankError(f"{path}: pooling {mode!r} is not supported (cls, mean, lasttoken)")
+    if cfg.get("include_prompt") is False:
+        raise RerankError(f"{path}: include_prompt=false (prompt tokens excluded from pooling) is not supported")
+    return mode
+
+
+# ---------------------------------------------------------------------- first stage
+
+
+@dataclass
+class DenseConfig:
+    """Options of ``--retriever dense`` (``--retriever-set KEY=VALUE``); ``None`` means: as the model/index says."""
+
+    model: str | None = None
+    index: str | None = None
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    query_prefix: str | None = None
+    doc_prefix: str | None = None
+    query_max_length: int | None = None
+    doc_max_length: int | None = None
+    batch_size: int = 64
+    device: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    cache: bool = True
+    shard_size: int = 8192
+    ef_search: int | None = None
+    nprobe: int | None = None
+    progress: bool = True
+
+
+_ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
+
+
+def _encoder_overrides(cfg: DenseConfig, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """Encoder settings: explicit options, else the index's recorded ones; an explicit doc-side value must match it."""
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in _ENCODER_KEYS if getattr(cfg, k) is not None}
+    if manifest is None:
+        return out
+    recorded = manifest.get("encoder", {})
+    for k in _ENCODER_KEYS:
+        if k not in recorded:
+            continue
+        if k in out and k not in ("query_prefix", "query_max_length") and out[k] != recorded[k]:
+            raise RerankError(
+                f"index {cfg.index}: built with {k}={recorded[k]!r}, but {k}={out[k]!r} was given; rebuild the index "
+                f"or drop the option"
+            )
+        out.setdefault(k, recorded[k])
+    if cfg.dtype is None and recorded.get("dtype") in _DTYPES:
+        cfg.dtype = recorded["dtype"]
+    return out
+
+
+def _tmp_work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="rerank-emb-"))
+
+
+class DenseRetriever(FirstStage):
+    """Bi-encoder first stage over a FAISS index: a saved ``--index`` folder, or the corpus encoded (cached) into flat IP."""
+
+    name = "dense"
+
+    def __init__(self, encoder: BiEncoder, index: Any, config: DenseConfig) -> None:
+        self.encoder = encoder
+        self.index = index
+        self.config = config
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, **options: Any) -> DenseRetriever:
+        from rerank.config import from_dict
+
+        return cls.from_config(dataset, from_dict(DenseConfig, options, "retriever options"))
+
+    @classmethod
+    def from_config(cls, dataset: Any, cfg: DenseConfig) -> DenseRetriever:
+        """Load the encoder and the index (saved, or built from cached embeddings) for ``dataset``."""
+        from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached, set_search_params
+
+        manifest = DenseIndex.read_manifest(cfg.index) if cfg.index else None
+        model = cfg.model or (manifest or {}).get("model")
+        if not model:
+            raise ConfigError("the dense retriever needs a model (--model M or --retriever-set model=M) or an --index")
+        encoder = BiEncoder.load(
+            model, device=cfg.device, dtype=cfg.dtype, **_encoder_overrides(cfg, manifest)
+        )
+        if cfg.index:
+            index = DenseIndex.load(
+                cfg.index,
+                corpus_sha256=dataset.corpus_hash,
+                corpus_ids=dataset.corpus.keys(),
+                model_hash=encoder.fingerprint("doc"),
+                dim=encoder.dim,
+            )
+        else:
+            work = None if cfg.cache else _tmp_work_dir()
+            try:
+                emb = encode_corpus_cached(
+                    encoder, dataset, cfg.cache, work, cfg.shard_size, cfg.batch_size, cfg.progress
+                )
+                index = DenseIndex.build(emb, encoder, IndexConfig("flat"), model=str(model))
+                if work is not None:
+                    index.embeddings = np.array(index.embeddings)
+            finally:
+                if work is not None:
+                    shutil.rmtree(work, ignore_errors=True)
+        set_search_params(index.index, cfg.ef_search, cfg.nprobe)
+        return cls(encoder, index, cfg)
+
+    def retrieve(self, queries: Any, k: int) -> dict[str, list[tuple[str, float]]]:
+        from rerank.types import sort_ranking
+
+        qids = list(queries)
+        emb = self.encoder.encode_numpy(
+            [queries[q].text for q in qids], "query", self.config.batch_size, self.config.progress, "encode queries"
+        )
+        hits = self.index.search(emb, k)
+        return {q: sort_ranking(h) for q, h in zip(qids, hits, strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        m = self.index.manifest
+        return {
+            "name": self.name,
+            "model": str(self.config.model or m.get("model")),
+            "index": self.config.index,
+            "index_type": m.get("index_type"),
+            "num_docs": m.get("num_docs"),
+            "model_hash": m.get("model_hash"),
+            "encoder": dataclasses.asdict(self.encoder.settings),
+            "ef_search": self.config.ef_search,
+            "nprobe": self.config.nprobe,
+        }

@@ -1,0 +1,116 @@
+"""Hybrid first stage: a sparse retriever (BM25 by default) and the dense retriever, fused per query.
+
+Fusion rules (pure functions, usable on any runs):
+
+* ``rrf``: score(d) = sum over runs of 1 / (k + rank(d)), rank 1-based in trec_eval order; a run that lacks d adds 0
+  (Cormack et al., 2009; k = 60).
+* ``interpolate``: each run's scores min-max normalised per query to [0, 1] (all-equal scores become 1), then
+  alpha * dense + (1 - alpha) * sparse; a document missing from one run gets 0 for that run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rerank.errors import ConfigError
+from rerank.retrieval.base import FirstStage, build_retriever
+from rerank.retrieval.dense import DenseConfig, DenseRetriever
+from rerank.types import Query, Run, sort_ranking
+
+__all__ = ["HybridConfig", "HybridRetriever", "rrf_fuse", "interpolate_fuse", "minmax_normalize"]
+
+
+def minmax_normalize(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Scores mapped to [0, 1] by (s - min) / (max - min); all-equal scores map to 1."""
+    if not pairs:
+        return {}
+    scores = [s for _, s in pairs]
+    lo, hi = min(scores), max(scores)
+    if hi == lo:
+        return {d: 1.0 for d, _ in pairs}
+    return {d: (s - lo) / (hi - lo) for d, s in pairs}
+
+
+def rrf_fuse(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
+    """Reciprocal-rank fusion of ``runs``; each ranked list is put in trec_eval order first, ``depth`` cuts the result."""
+    if k < 0:
+        raise ConfigError(f"rrf_k must be >= 0, got {k}")
+    fused: Run = {}
+    for q in sorted({q for run in runs for q in run}):
+        acc: dict[str, float] = {}
+        for run in runs:
+            for rank, (d, _) in enumerate(sort_ranking(run.get(q, [])), start=1):
+                acc[d] = acc.get(d, 0.0) + 1.0 / (k + rank)
+        fused[q] = sort_ranking(list(acc.items()))[:depth]
+    return fused
+
+
+def interpolate_fuse(dense: Run, sparse: Run, alpha: float = 0.5, depth: int | None = None) -> Run:
+    """``alpha * minmax(dense) + (1 - alpha) * minmax(sparse)`` per query (missing documents count 0)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    fused: Run = {}
+    for q in sorted(set(dense) | set(sparse)):
+        nd, ns = minmax_normalize(dense.get(q, [])), minmax_normalize(sparse.get(q, []))
+        docs = set(nd) | set(ns)
+        fused[q] = sort_ranking([(d, alpha * nd.get(d, 0.0) + (1 - alpha) * ns.get(d, 0.0)) for d in docs])[:depth]
+    return fused
+
+
+@dataclass
+class HybridConfig(DenseConfig):
+    """Dense options plus the fusion and the sparse retriever (``sparse`` is a registered retriever name)."""
+
+    fusion: Literal["rrf", "interpolate"] = "rrf"
+    rrf_k: int = 60
+    alpha: float = 0.5
+    depth: int | None = None
+    sparse: str = "bm25"
+    sparse_options: dict[str, Any] = field(default_factory=dict)
+
+
+class HybridRetriever(FirstStage):
+    """Fuse a sparse first stage (BM25 by default) with the dense retriever by RRF or score interpolation."""
+
+    name = "hybrid"
+
+    def __init__(self, sparse: FirstStage, dense: DenseRetriever, config: HybridConfig) -> None:
+        self.sparse = sparse
+        self.dense = dense
+        self.config = config
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, **options: Any) -> HybridRetriever:
+        from rerank.config import from_dict
+
+        cfg = from_dict(HybridConfig, options, "retriever options")
+        if cfg.sparse in ("hybrid", "dense"):
+            raise ConfigError(f"retriever options.sparse: {cfg.sparse!r} cannot be the sparse side of hybrid")
+        if cfg.fusion == "interpolate" and not 0.0 <= cfg.alpha <= 1.0:
+            raise ConfigError(f"retriever options.alpha: must be in [0, 1], got {cfg.alpha}")
+        if cfg.depth is not None and cfg.depth < 1:
+            raise ConfigError("retriever options.depth: must be >= 1")
+        dense_cfg = DenseConfig(**{f: getattr(cfg, f) for f in DenseConfig.__dataclass_fields__})
+        sparse = build_retriever(cfg.sparse, dataset, **cfg.sparse_options)
+        return cls(sparse, DenseRetriever.from_config(dataset, dense_cfg), cfg)
+
+    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
+        depth = max(self.config.depth or k, k)
+        sparse_run = self.sparse.retrieve(queries, depth)
+        dense_run = self.dense.retrieve(queries, depth)
+        if self.config.fusion == "rrf":
+            return rrf_fuse([sparse_run, dense_run], self.config.rrf_k, k)
+        return interpolate_fuse(dense_run, sparse_run, self.config.alpha, k)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fusion": self.config.fusion,
+            "rrf_k": self.config.rrf_k if self.config.fusion == "rrf" else None,
+            "alpha": self.config.alpha if self.config.fusion == "interpolate" else None,
+            "depth": self.config.depth,
+            "sparse": self.sparse.describe(),
+            "dense": self.dense.describe(),
+        }

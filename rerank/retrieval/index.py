@@ -1,0 +1,450 @@
+"""FAISS indexes over corpus embeddings: resumable, cached encoding and self-checking saved folders.
+
+Encoding writes one ``.npy`` shard per ``shard_size`` documents, each atomically, into a work folder; an interrupted
+run resumes after the last complete shard. The work folder is the embedding cache entry
+``cache_root()/embeddings/<key>/`` where the key hashes (doc-encoder weights, corpus sha256, encoder settings), so a
+second evaluation of the same model on the same corpus reads the embeddings instead of encoding.
+
+Saved index folder::
+
+    manifest.json   model, model hash, corpus sha256, dim, encoder settings, index type and parameters
+    index.faiss     the FAISS index (inner product)
+    embeddings.npy  float32 [num_docs, dim], row i is ids[i]
+    ids.json        document ids in row order
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from rerank.errors import ConfigError, RerankError
+from rerank.types import Document
+from rerank.utils.files import atomic_write, hash_obj, write_json
+
+if TYPE_CHECKING:
+    import faiss
+
+    from rerank.retrieval.dense import BiEncoder
+
+__all__ = [
+    "IndexConfig",
+    "DenseIndex",
+    "EmbeddingSet",
+    "build_faiss",
+    "doc_text",
+    "doc_encoding_key",
+    "embedding_cache_dir",
+    "encode_corpus",
+    "encode_corpus_cached",
+]
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "rerank-dense-index"
+EMB_FORMAT = "rerank-embeddings"
+TITLE_SEP = " "
+
+
+@dataclass
+class IndexConfig:
+    """FAISS index type and parameters (inner-product metric throughout)."""
+
+    index_type: Literal["flat", "hnsw", "ivfpq"] = "flat"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    nlist: int | None = None
+    pq_m: int | None = None
+    pq_nbits: int = 8
+    nprobe: int = 16
+
+
+@dataclass
+class EmbeddingSet:
+    """Document ids and their embedding matrix (row i is ``ids[i]``), as produced by :func:`encode_corpus`."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+
+def doc_text(doc: Document) -> str:
+    """The text a dense encoder reads for a document: title and body joined by a space (as BEIR/MTEB)."""
+    return doc.full_text(TITLE_SEP).strip()
+
+
+def doc_encoding_key(encoder: BiEncoder, corpus_sha256: str) -> dict[str, Any]:
+    """Everything that determines the document embeddings: doc-encoder hash, corpus hash, settings, dtype."""
+    s = encoder.settings
+    return {
+        "model_hash": encoder.fingerprint("doc"),
+        "corpus_sha256": corpus_sha256,
+        "pooling": s.pooling,
+        "normalize": s.normalize,
+        "doc_prefix": s.doc_prefix,
+        "doc_max_length": s.doc_max_length,
+        "lowercase": s.lowercase,
+        "title_sep": TITLE_SEP,
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+    }
+
+
+def embedding_cache_dir(key: dict[str, Any], root: str | Path | None = None) -> Path:
+    """``<cache_root>/embeddings/<hash of key>``."""
+    if root is None:
+        from rerank.data.datasets import cache_root
+
+        root = cache_root()
+    return Path(root) / "embeddings" / hash_obj(key)
+
+
+def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    chunk: list[Document] = []
+    for d in docs:
+        chunk.append(d)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    with atomic_write(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
+    mpath = work_dir / "manifest.json"
+    if not mpath.is_file():
+        return None
+    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    if manifest.get("key") != key:
+        return None
+    ids = json.loads((work_dir / "ids.json").read_text(encoding="utf-8"))
+    emb = np.load(work_dir / "embeddings.npy", mmap_mode="r")
+    if emb.shape != (len(ids), manifest["dim"]):
+        raise RerankError(f"{work_dir}: embeddings {emb.shape} do not match {len(ids)} ids x dim {manifest['dim']}")
+    return EmbeddingSet(ids, emb, manifest, work_dir / "embeddings.npy")
+
+
+def encode_corpus(
+    encoder: BiEncoder,
+    docs: Iterable[Document],
+    work_dir: str | Path,
+    key: dict[str, Any],
+    shard_size: int = 8192,
+    batch_size: int = 64,
+    progress: bool = True,
+    num_docs: int | None = None,
+) -> EmbeddingSet:
+    """Encode ``docs`` into ``work_dir`` shard by shard; resumes after the last complete shard, reuses a finished one.
+
+    ``key`` identifies the encoding (see :func:`doc_encoding_key`); shards written under another key are discarded.
+    """
+    if shard_size < 1:
+        raise ConfigError("shard_size must be >= 1")
+    work_dir = Path(work_dir)
+    done = _load_complete(work_dir, key)
+    if done is not None:
+        log.info("embeddings found in %s (%d docs); not re-encoding", work_dir, len(done.ids))
+        return done
+    shards = work_dir / "shards"
+    state_path = work_dir / "partial.json"
+    state = {"key": key, "shard_size": shard_size}
+    if state_path.is_file() and json.loads(state_path.read_text(encoding="utf-8")) != state:
+        log.info("%s holds shards of another encoding; starting over", work_dir)
+        shutil.rmtree(shards, ignore_errors=True)
+    shards.mkdir(parents=True, exist_ok=True)
+    write_json(state, state_path)
+
+    from tqdm.auto import tqdm
+
+    ids: list[str] = []
+    seen: set[str] = set()
+    shard_files: list[Path] = []
+    resumed = 0
+    bar = tqdm(total=num_docs, desc="encode corpus", unit="doc", disable=not progress)
+    for i, chunk in enumerate(_chunks(docs, shard_size)):
+        for d in chunk:
+            if d.id in seen:
+                raise RerankError(f"duplicate document id {d.id!r} in the corpus")
+            seen.add(d.id)
+            ids.append(d.id)
+        spath = shards / f"{i:06d}.npy"
+        if spath.is_file():
+            arr = np.load(spath, mmap_mode="r")
+            if arr.shape[0] == len(chunk):
+                resumed += len(chunk)
+                shard_files.append(spath)
+                bar.update(len(chunk))
+                continue
+        emb = encoder.encode_numpy([doc_text(d) for d in chunk], "doc", batch_size, bar=bar)
+        _save_npy(emb, spath)
+        shard_files.append(spath)
+    bar.close()
+    if resumed:
+        log.info("resumed: %d of %d documents were already encoded in %s", resumed, len(ids), shards)
+    if not ids:
+        raise RerankError("the corpus is empty: nothing to encode")
+
+    dim = encoder.dim
+    tmp = work_dir / ".embeddings.npy.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
+    row = 0
+    for spath in shard_files:
+        arr = np.load(spath)
+        out[row : row + len(arr)] = arr
+        row += len(arr)
+    out.flush()
+    del out
+    os.replace(tmp, work_dir / "embeddings.npy")
+    with atomic_write(work_dir / "ids.json") as f:
+        json.dump(ids, f)
+    manifest = {
+        "format": EMB_FORMAT, "version": 1, "key": key, "dim": dim, "num_docs": len(ids),
+        "model": encoder.name_or_path, "resumed_docs": resumed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(manifest, work_dir / "manifest.json")
+    shutil.rmtree(shards, ignore_errors=True)
+    state_path.unlink(missing_ok=True)
+    path = work_dir / "embeddings.npy"
+    return EmbeddingSet(ids, np.load(path, mmap_mode="r"), manifest, path)
+
+
+def encode_corpus_cached(
+    encoder: BiEncoder,
+    dataset: Any,
+    cache: bool = True,
+    work_dir: str | Path | None = None,
+    shard_size: int = 8192,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> EmbeddingSet:
+    """Embeddings of ``dataset``'s corpus, from the cache when possible (else encoded into ``work_dir``)."""
+    key = doc_encoding_key(encoder, dataset.corpus_hash)
+    if cache:
+        target = embedding_cache_dir(key)
+    elif work_dir is not None:
+        target = Path(work_dir)
+    else:
+        raise ConfigError("cache=False needs a work_dir to encode into")
+    n = len(dataset.corpus) if "corpus" in vars(dataset) else None  # known only if already read
+    return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, n)
+
+
+def _auto_pq_m(dim: int) -> int:
+    for m in range(min(64, dim), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def build_faiss(embeddings: np.ndarray, cfg: IndexConfig) -> faiss.Index:
+    """An inner-product FAISS index of type ``cfg.index_type`` holding ``embeddings`` (trained if needed)."""
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n, dim = x.shape
+    if cfg.index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif cfg.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.hnsw.efSearch = cfg.ef_search
+    elif cfg.index_type == "ivfpq":
+        nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        pq_m = cfg.pq_m or _auto_pq_m(dim)
+        if dim % pq_m:
+            raise ConfigError(f"pq_m={pq_m} must divide the embedding dimension {dim}")
+        need = max(nlist, 2**cfg.pq_nbits)
+        if n < need:
+            raise RerankError(
+                f"ivfpq needs at least {need} documents to train (nlist={nlist}, pq_nbits={cfg.pq_nbits}); the corpus "
+                f"has {n}: use --index-type flat or hnsw, or lower --nlist / --pq-nbits"
+            )
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.nprobe = cfg.nprobe
+    else:
+        raise ConfigError(f"unknown index type {cfg.index_type!r}; known: flat, hnsw, ivfpq")
+    index.add(x)
+    return index
+
+
+def set_search_params(index: faiss.Index, ef_search: int | None = None, nprobe: int | None = None) -> None:
+    """Set HNSW ``efSearch`` / IVF ``nprobe`` on a loaded index (an option the index type lacks is an error)."""
+    import faiss
+
+    if ef_search is not None:
+        if not isinstance(index, faiss.IndexHNSW):
+            raise ConfigError("ef_search applies to hnsw indexes only")
+        index.hnsw.efSearch = ef_search
+    if nprobe is not None:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            raise ConfigError("nprobe applies to ivfpq indexes only")
+        ivf.nprobe = nprobe
+
+
+class DenseIndex:
+    """A FAISS index with its id map, embeddings and manifest; :meth:`load` checks them against corpus and model."""
+
+    def __init__(self, index: faiss.Index, ids: Sequence[str], embeddings: np.ndarray, manifest: dict[str, Any]) -> None:
+        if index.ntotal != len(ids) or embeddings.shape[0] != len(ids):
+            raise RerankError(
+                f"index holds {index.ntotal} vectors and {embeddings.shape[0]} embeddings for {len(ids)} ids"
+            )
+        self.index = index
+        self.ids = list(ids)
+        self.embeddings = embeddings
+        self.manifest = manifest
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @classmethod
+    def build(
+        cls, emb: EmbeddingSet, encoder: BiEncoder, cfg: IndexConfig | None = None, model: str | None = None
+    ) -> DenseIndex:
+        """Index ``emb`` (encoded by ``encoder``) with the FAISS type of ``cfg``."""
+        cfg = cfg or IndexConfig()
+        index = build_faiss(emb.embeddings, cfg)
+        key = emb.manifest["key"]
+        manifest = {
+            "format": INDEX_FORMAT,
+            "version": 1,
+            "model": model or encoder.name_or_path,
+            "model_hash": key["model_hash"],
+            "corpus_sha256": key["corpus_sha256"],
+            "num_docs": len(emb.ids),
+            "dim": int(emb.embeddings.shape[1]),
+            "metric": "inner_product",
+            "encoder": {**dataclasses.asdict(encoder.settings), "dtype": key["dtype"], "title_sep": key["title_sep"]},
+            "index_type": cfg.index_type,
+            "index_params": dataclasses.asdict(cfg),
+            "embedding_key": hash_obj(key),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return cls(index, emb.ids, emb.embeddings, manifest)
+
+    def save(self, path: str | Path, embeddings_source: str | Path | None = None) -> Path:
+        """Write the folder (manifest last, so a folder with a manifest is complete); links the embeddings if it can."""
+        import faiss
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "manifest.json").unlink(missing_ok=True)
+        tmp = path / ".index.faiss.tmp"
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, path / "index.faiss")
+        target = path / "embeddings.npy"
+        src = Path(embeddings_source) if embeddings_source is not None else None
+        if src is not None and src.resolve() != target.resolve():
+            tmp = path / ".embeddings.npy.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+        elif src is None:
+            _save_npy(np.asarray(self.embeddings, dtype=np.float32), target)
+        with atomic_write(path / "ids.json") as f:
+            json.dump(self.ids, f)
+        write_json(self.manifest, path / "manifest.json")
+        return path
+
+    @staticmethod
+    def read_manifest(path: str | Path) -> dict[str, Any]:
+        """The manifest of a saved index folder (an incomplete folder is an error)."""
+        mpath = Path(path) / "manifest.json"
+        if not mpath.is_file():
+            raise RerankError(f"{path} is not a complete dense index folder: no manifest.json (rebuild with rerank index)")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RerankError(f"{mpath}: invalid JSON: {e}") from None
+        if manifest.get("format") != INDEX_FORMAT:
+            raise RerankError(f"{mpath}: not a {INDEX_FORMAT} manifest (format={manifest.get('format')!r})")
+        return manifest
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        corpus_sha256: str | None = None,
+        corpus_ids: Iterable[str] | None = None,
+        model_hash: str | None = None,
+        dim: int | None = None,
+    ) -> DenseIndex:
+        """Load a saved folder; a corpus, id-map, dimension or model that does not match raises :class:`RerankError`."""
+        import faiss
+
+        path = Path(path)
+        manifest = cls.read_manifest(path)
+        for name in ("index.faiss", "embeddings.npy", "ids.json"):
+            if not (path / name).is_file():
+                raise RerankError(f"{path}: missing {name}; rebuild the index with rerank index")
+        ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        index = faiss.read_index(str(path / "index.faiss"))
+        emb = np.load(path / "embeddings.npy", mmap_mode="r")
+        if len(ids) != manifest["num_docs"] or index.ntotal != len(ids) or emb.shape[0] != len(ids):
+            raise RerankError(
+                f"{path}: id map has {len(ids)} ids, index {index.ntotal} vectors, embeddings {emb.shape[0]} rows, "
+                f"manifest says {manifest['num_docs']} documents: the folder is inconsistent; rebuild it"
+            )
+        if index.d != manifest["dim"] or emb.shape[1] != manifest["dim"]:
+            raise RerankError(f"{path}: index dim {index.d} / embeddings dim {emb.shape[1]} != manifest dim {manifest['dim']}")
+        if dim is not None and dim != manifest["dim"]:
+            raise RerankError(f"{path}: index dimension {manifest['dim']} does not match the model's dimension {dim}")
+        if corpus_ids is not None:
+            have, want = set(ids), set(corpus_ids)
+            if have != want:
+                raise RerankError(
+                    f"{path}: the index's document ids do not match the corpus: {len(want - have)} corpus ids missing "
+                    f"from the index (e.g. {sorted(want - have)[:3]}), {len(have - want)} index ids not in the corpus "
+                    f"(e.g. {sorted(have - want)[:3]})"
+                )
+        if corpus_sha256 is not None and corpus_sha256 != manifest["corpus_sha256"]:
+            raise RerankError(
+                f"{path}: built for a corpus with sha256 {manifest['corpus_sha256'][:12]}…, this corpus has "
+                f"{corpus_sha256[:12]}…: the embeddings are stale; rebuild the index"
+            )
+        if model_hash is not None and model_hash != manifest["model_hash"]:
+            raise RerankError(
+                f"{path}: built with model {manifest['model']!r} (weights hash {manifest['model_hash'][:12]}…), but the "
+                f"document encoder given has hash {model_hash[:12]}…: use the same model or rebuild the index"
+            )
+        return cls(index, ids, emb, manifest)
+
+    def search(self, query_embeddings: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (doc id, inner product) per query row, best first (FAISS's -1 fillers dropped)."""
+        q = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise RerankError(f"query embeddings have shape {q.shape}; the index has dimension {self.dim}")
+        k = min(k, len(self.ids))
+        if k < 1 or q.shape[0] == 0:
+            return [[] for _ in range(q.shape[0])]
+        scores, idx = self.index.search(q, k)
+        return [
+            [(self.ids[j], float(s)) for j, s in zip(row_i, row_s, strict=True) if j >= 0]
+            for row_i, row_s in zip(idx, scores, strict=True)
+        ]

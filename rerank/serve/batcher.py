@@ -1,0 +1,185 @@
+"""Dynamic batching: requests that arrive together are merged into one ``Reranker.rerank_batch`` call.
+
+One asyncio task collects pending requests (up to ``max_batch_size``, waiting at most ``max_wait_s`` after the
+oldest one arrived) and runs the model in a single worker thread, so the event loop keeps answering ``/health``,
+``/metrics`` and new requests while the model computes. Requests that pile up while the model is busy form the
+next batch. The number of accepted, unanswered requests is bounded by ``max_queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from rerank.heads.base import Reranker
+from rerank.serve.metrics import ServeMetrics
+from rerank.types import Candidate, Query, RankedResult
+
+__all__ = ["Batcher", "QueueFullError", "RequestTimeoutError", "ServiceClosedError", "ModelError"]
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The bounded queue is full; the client should retry later."""
+
+
+class RequestTimeoutError(Exception):
+    """The request was not answered within its timeout."""
+
+
+class ServiceClosedError(Exception):
+    """The batcher is not running (starting up or shutting down)."""
+
+
+class ModelError(Exception):
+    """The reranker raised while scoring this request."""
+
+
+@dataclass
+class _Item:
+    query: str
+    candidates: list[Candidate]
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Queue reranking requests and run them through ``reranker`` in merged batches on one worker thread."""
+
+    def __init__(
+        self,
+        reranker: Reranker,
+        *,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.0,
+        max_queue: int = 256,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        self.reranker = reranker
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._pending: deque[_Item] = deque()
+        self._in_flight = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests accepted and not yet answered (queued or being scored)."""
+        return self._in_flight
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start the collector task and the model thread (call from the serving event loop)."""
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-model")
+        self._task = asyncio.create_task(self._run(), name="rerank-batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting, fail queued requests with :class:`ServiceClosedError`, and release the model thread."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(ServiceClosedError("server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def submit(self, query: str, candidates: list[Candidate], timeout_s: float) -> RankedResult:
+        """Rank ``candidates`` for ``query`` in the next batch; raises on a full queue, timeout or model error."""
+        if not self.running or self._wakeup is None:
+            raise ServiceClosedError("server is not accepting requests")
+        if self._in_flight >= self.max_queue:
+            raise QueueFullError(f"queue is full ({self.max_queue} requests in flight)")
+        item = _Item(query, candidates, asyncio.get_running_loop().create_future())
+        self._in_flight += 1
+        self._gauge()
+        self._pending.append(item)
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(f"request not answered within {timeout_s:g} s") from None
+        finally:
+            try:
+                self._pending.remove(item)  # timed out or cancelled before its batch started
+            except ValueError:
+                pass
+            self._in_flight -= 1
+            self._gauge()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self._in_flight)
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._pending[0].arrived + self.max_wait_s
+            while len(self._pending) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch_size))]
+            if batch:
+                await self._execute(loop, batch)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._score, batch)
+        except Exception as e:  # noqa: BLE001 - isolate the failing request, answer the others
+            log.warning("batch of %d failed (%s: %s)", len(batch), type(e).__name__, e)
+            if len(batch) == 1:
+                self._fail(batch[0], e)
+            else:
+                for item in batch:
+                    await self._execute(loop, [item])
+            return
+        self._observe(batch, time.perf_counter() - start)
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _score(self, batch: list[_Item]) -> list[RankedResult]:
+        queries = [Query(str(i), it.query) for i, it in enumerate(batch)]
+        return self.reranker.rerank_batch(queries, [it.candidates for it in batch])
+
+    def _observe(self, batch: list[_Item], seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_docs.observe(sum(len(it.candidates) for it in batch))
+            self.metrics.batch_latency.observe(seconds)
+
+    @staticmethod
+    def _fail(item: _Item, error: Exception) -> None:
+        log.error("reranker failed on a request: %s: %s", type(error).__name__, error, exc_info=error)
+        if not item.future.done():
+            item.future.set_exception(ModelError(f"{type(error).__name__}"))

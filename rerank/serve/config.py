@@ -1,0 +1,37 @@
+"""Typed options of the reranking HTTP service (``rerank serve``), validated once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServeConfig"]
+
+
+@dataclass
+class ServeConfig:
+    """Where the service listens, how it batches, and the limits that protect it from oversized or excess load."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_size: int = 32
+    max_wait_ms: float = 0.0
+    max_queue: int = 256
+    timeout_s: float = 30.0
+    max_docs: int = 1000
+    max_doc_chars: int = 20_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue", "max_docs", "max_doc_chars", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must be a non-empty string or None")

@@ -1,0 +1,102 @@
+"""Pure-ASGI middleware of the service: request metrics for every response, and a request-body size limit."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Collection
+
+from starlette.exceptions import HTTPException
+
+from rerank.serve.metrics import ServeMetrics
+
+__all__ = ["MetricsMiddleware", "BodyLimitMiddleware"]
+
+
+class MetricsMiddleware:
+    """Count every response by endpoint and status and time it (unknown paths are labelled ``other``)."""
+
+    def __init__(self, app: Callable, metrics: ServeMetrics, endpoints: Collection[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.endpoints = frozenset(endpoints)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive`` mid-stream; an HTTPException so that body parsers re-raise it unchanged."""
+
+
+class BodyLimitMiddleware:
+    """Answer 413 (JSON body) when a request body exceeds ``limit`` bytes, by header or by streamed count."""
+
+    def __init__(self, app: Callable, limit: int, on_error: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_error = on_error
+
+    async def _reject(self, send: Callable) -> None:
+        if self.on_error is not None:
+            self.on_error("payload_too_large")
+        body = json.dumps(
+            {"message": f"request body exceeds {self.limit} bytes", "error_type": "payload_too_large"}
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await self._reject(send)
+                    return
+        received = 0
+        started = False
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(413, f"request body exceeds {self.limit} bytes")
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)

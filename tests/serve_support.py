@@ -1,0 +1,71 @@
+"""Test support for ``tests/test_serve.py``: a deterministic word-overlap reranker (optionally slow or failing).
+
+Run as a script it registers the reranker as ``test-overlap`` and runs the real ``rerank`` CLI, so tests can start
+``rerank serve --reranker test-overlap`` in a subprocess: ``PYTHONPATH=. python tests/serve_support.py serve ...``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.types import Candidate, Query
+
+_TOKEN = re.compile(r"\w+")
+
+
+@dataclass
+class OverlapConfig(RerankerConfig):
+    """``delay_s`` + ``per_doc_s`` × documents of sleep per model call; ``scale`` multiplies every score."""
+
+    delay_s: float = 0.0
+    per_doc_s: float = 0.0
+    scale: float = 1.0
+
+
+def overlap_score(query: str, text: str) -> float:
+    """Share of document tokens that occur in the query (deterministic, ties possible)."""
+    q = set(_TOKEN.findall(query.lower()))
+    d = _TOKEN.findall(text.lower())
+    return sum(t in q for t in d) / (1 + len(d))
+
+
+class OverlapReranker(Reranker):
+    """Scores by word overlap; records the size of every model call; a query containing FAIL raises."""
+
+    method = "test-overlap"
+    config_class = OverlapConfig
+    config: OverlapConfig
+
+    def __init__(self, config: OverlapConfig | None = None) -> None:
+        super().__init__(config)
+        self.batch_sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return self.score_batch([query], [candidates])[0]
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        with self._lock:
+            self.batch_sizes.append(len(queries))
+        cost = self.config.delay_s + self.config.per_doc_s * sum(len(c) for c in candidate_lists)
+        if cost > 0:
+            time.sleep(cost)
+        if any("FAIL" in q.text for q in queries):
+            raise RuntimeError("secret-internal-detail: scoring exploded")
+        return [
+            [self.config.scale * overlap_score(q.text, c.doc.full_text()) for c in cands]
+            for q, cands in zip(queries, candidate_lists, strict=True)
+        ]
+
+
+if __name__ == "__main__":
+    from rerank.cli import main
+    from rerank.heads.registry import register_reranker
+
+    register_reranker("test-overlap", OverlapReranker)
+    sys.exit(main(sys.argv[1:]))

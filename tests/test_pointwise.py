@@ -305,6 +305,12 @@ def test_erank_and_yes_no_end_to_end_on_tiny_llm(tiny_llm: Path, tok) -> None:  
         p[1] = math.exp(lp0[digit[1]] + lp1[end])
         assert r.score == pytest.approx(sum(s * q for s, q in p.items()), rel=1e-4)
     assert head.describe()["backend"]["backend"] == "transformers"
+    reasoning = Reranker.load("erank", model=str(tiny_llm), reasoning=True, max_reasoning_tokens=3)
+    res = reasoning.rerank("what is a cat?", docs)
+    assert sorted(res.doc_ids) == ["0", "1", "2"] and all(0.0 <= r.score <= 10.0 for r in res.results)
+    assert reasoning.stats.outputs == 3  # a random model never writes <answer> in 3 tokens: every output repaired
+    assert reasoning.stats.repaired + reasoning.stats.parse_failures >= 1
+    assert reasoning.backend.calls["generate"] == 1  # type: ignore[attr-defined]
 
     yn = Reranker.load("yes-no", model=str(tiny_llm), batch_size=8)
     res = yn.rerank("what is a cat?", docs)

@@ -24,7 +24,7 @@ from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.registry import register_reranker
 from rerank.types import Candidate, Query
-from tests.test_suites import OverlapRetriever  # noqa: F401 - registers the "test-overlap" first stage
+from tests.test_suites import OverlapRetriever
 
 
 def _overlap(q: str, t: str) -> int:
@@ -189,21 +189,20 @@ def test_teacher_labels_erank_first_grouprank(tiny_beir_dir: Path, tmp_path: Pat
         by_q.setdefault(r["qid"].split("#")[0], []).extend(zip(r["candidates"], r["teacher_scores"], strict=True))
     for qid, items in by_q.items():
         q = ds.queries[qid].text
-        ids = [c["id"] for c, _ in items]
-        base_order = [c["id"] for c in sorted((c for c, _ in items), key=lambda c: -c.get("score", 0.0))]
-        sp = {d: min(10, _overlap(q, ds.corpus[d].full_text())) for d in ids}
-        sl = {d: -len(ds.corpus[d].text) for d in ids}
-
-        def rank(scores: dict[str, float], d: str) -> int:
-            # candidate order as the recipe sees it (first stage order, positives appended) breaks ties
-            return 1 + sum(1 for e in ids if scores[e] > scores[d] or (scores[e] == scores[d]
-                                                                      and order.index(e) < order.index(d)))
-
+        # candidate order as the recipe sees it (first-stage order, positives appended) breaks score ties
         order = _recipe_candidate_order(ds, qid, base, qrels)
-        assert sorted(order) == sorted(ids) and base_order  # same candidate set
+        assert sorted(order) == sorted(c["id"] for c, _ in items)  # the same candidate set, regrouped
+        sp = {d: min(10, _overlap(q, ds.corpus[d].full_text())) for d in order}
+        sl = {d: -len(ds.corpus[d].text) for d in order}
         for c, v in items:
             d = c["id"]
-            assert v == pytest.approx(-0.5 * math.log(rank(sp, d)) - 0.5 * math.log(rank(sl, d)))
+            assert v == pytest.approx(-0.5 * math.log(_rank(sp, d, order)) - 0.5 * math.log(_rank(sl, d, order)))
+
+
+def _rank(scores: dict[str, float], d: str, order: list[str]) -> int:
+    """1-based rank of ``d`` by score, ties in ``order``."""
+    return 1 + sum(1 for e in order if scores[e] > scores[d] or (scores[e] == scores[d]
+                                                                 and order.index(e) < order.index(d)))
 
 
 def _recipe_candidate_order(ds: Any, qid: str, base: dict[str, Any], qrels: dict) -> list[str]:
@@ -262,7 +261,7 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
               "first_stage": {"retriever": "test-overlap", "depth": 10}, "num_negatives": 2}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    rc, out, err = run_cli("data", "build", path, "--output", tmp_path / "o")
+    rc, _out, err = run_cli("data", "build", path, "--output", tmp_path / "o")
     assert rc == 0, err
     rows = read_rows(tmp_path / "o" / "data.jsonl")
     ds = resolve_dataset(tiny_beir_dir)
@@ -283,8 +282,8 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
                     "zeta eta theta", "x"])
     backend = ScriptedBackend(build_tokenizer(), generate_fn=lambda p: next(answers))
     recipe_obj = QuerySynthesisRecipe(cfg, backend=backend)
-    m = build({"recipe": "query_synthesis", **{"dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
-                                              "max_docs": 5, "min_doc_chars": 10}},
+    m = build({"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+                                              "max_docs": 5, "min_doc_chars": 10},
               tmp_path / "d", progress=False, recipe_obj=recipe_obj)
     assert [r["query"] for r in read_rows(tmp_path / "d" / "data.jsonl")] == ["alpha beta gamma delta",
                                                                              "zeta eta theta"]

@@ -28,15 +28,15 @@ from rerank.errors import ConfigError, DataFormatError
 from rerank.utils.files import atomic_write, hash_obj, write_json
 
 __all__ = [
-    "SourceSpec",
     "FirstStageSpec",
     "ModelSpec",
     "Recipe",
+    "SourceSpec",
     "build",
-    "validate_row",
-    "read_rows",
     "load_hf_dataset",
+    "read_rows",
     "unit_rng",
+    "validate_row",
 ]
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ written to ``leaderboard.json`` and listed in the Markdown.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import os
@@ -33,13 +34,13 @@ from rerank.utils.files import atomic_write, hash_obj, write_json
 
 __all__ = [
     "ColumnSpec",
-    "RowSpec",
     "LeaderboardConfig",
+    "RowSpec",
     "load_config",
     "load_published",
     "randomization_test",
-    "run_leaderboard",
     "render_markdown",
+    "run_leaderboard",
 ]
 
 log = logging.getLogger(__name__)
@@ -268,8 +269,6 @@ def run_leaderboard(
             cell_file = out / "cell.json"
             metrics = None
             if not force and cell_file.exists() and (out / "metrics.json").exists():
-                import json
-
                 saved = json.loads(cell_file.read_text(encoding="utf-8"))
                 if saved.get("hash") == h:
                     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -372,13 +371,13 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
     lines = [
         f"# Leaderboard: {report['name']}",
         "",
-        f"Generated {report['generated']} on {report['machine']} by "
-        f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries).",
+        (f"Generated {report['generated']} on {report['machine']} by "
+         f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries)."),
         "",
         "## Measured",
         "",
         "| # | system | first stage | reranker | backend | model | "
-        + " | ".join(c["label"] for c in cols) + f" | avg | queries/s |",
+        + " | ".join(c["label"] for c in cols) + " | avg | queries/s |",
         "|---|---|---|---|---|---|" + "---|" * (len(cols) + 2),
     ]
     for i, r in enumerate(report["rows"], 1):
@@ -393,11 +392,11 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         )
     lines += [
         "",
-        f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
-        f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
-        f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
-        "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
-        "where a column gives a precomputed run, its first-stage time is reading that run file.",
+        (f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
+         f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
+         f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
+         "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
+         "where a column gives a precomputed run, its first-stage time is reading that run file."),
         "",
         "Columns:",
         "",
@@ -415,8 +414,8 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
     if report["published"]:
         full = {c["dataset"] for c in cols if not c["max_queries"]}
         lines += ["", "## Published reference figures (not measured here)", "",
-                  "Reported by the cited sources, under their own setups; shown for orientation, not ranked with "
-                  "the measured rows.", "",
+                  ("Reported by the cited sources, under their own setups; shown for orientation, not ranked with "
+                   "the measured rows."), "",
                   "| system (published) | kind | model | first stage | dataset | measure | value | source |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in report["published"]:

@@ -241,7 +241,7 @@ def test_resume_after_interruption_gives_the_same_data(tiny_beir_dir: Path, tmp_
     rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "o")
     assert rc == 2 and "--resume" in err
     OverlapTeacher.calls = -10**9  # no more failures
-    rc, out, err = run_cli("data", "build", path, "--output", tmp_path / "o", "--resume")
+    rc, _out, err = run_cli("data", "build", path, "--output", tmp_path / "o", "--resume")
     assert rc == 0, err
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["resumed_units"] == 4

@@ -118,7 +118,7 @@ def bench_cross_encoder(args: argparse.Namespace) -> dict:
 
 
 def bench_llm_heads(args: argparse.Namespace) -> dict:
-    from rerank.backends.gguf import resolve_model_path
+    from rerank.models import resolve_model_path
     from rerank.models import smollm2_gguf_path
 
     model = resolve_model_path(str(smollm2_gguf_path()))

@@ -41,3 +41,5 @@ def build_backend(name: str, model: str | None, **options: Any) -> Backend:
 
 # built-in backends
 register_backend("transformers", "rerank.backends.transformers:TransformersBackend")
+register_backend("vllm", "rerank.backends.vllm:VLLMBackend")
+register_backend("openai", "rerank.backends.openai:OpenAIBackend")

@@ -110,3 +110,5 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
 
 
 # built-in trainers
+register_trainer("sft", "rerank.trainers.sft_trainer:SFTTrainer")
+register_trainer("grpo", "rerank.trainers.grpo_trainer:GRPOTrainer")

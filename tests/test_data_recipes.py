@@ -346,12 +346,13 @@ def test_scifact_hard_negatives_bm25_window(scifact_dir: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("bad, msg", [
-    ({"labels": [1]}, "2 candidates but 1 labels"),
+    ({"labels": [1]}, "aligned with candidates"),
     ({"labels": [1, -1]}, "non-negative"),
-    ({"teacher_ranking": ["a", "a"]}, "permutation"),
-    ({"teacher_scores": [1.0]}, "align"),
+    ({"teacher_ranking": ["a", "a"]}, "distinct candidate ids"),
+    ({"teacher_ranking": ["a"]}, "permutation"),
+    ({"teacher_scores": [1.0]}, "aligned"),
     ({"extra": 1}, "unknown field"),
-    ({"query": " "}, "empty query"),
+    ({"query": " "}, "non-empty"),
 ])
 def test_row_schema_errors(bad: dict[str, Any], msg: str) -> None:
     from rerank.data_recipes.base import validate_row
@@ -382,3 +383,25 @@ def test_recipes_with_real_heads_on_tiny_models(tiny_beir_dir: Path, tiny_bert_d
               tmp_path / "qs", progress=False)
     assert m["counts"]["units"] == 3 and m["source"]["generator"]["backend"] == "transformers"
     assert m["counts"]["rows"] + sum(m["source"]["dropped_queries"].values()) == 3
+
+
+@pytest.mark.shared_data
+def test_scifact_recipe_output_trains_a_cross_encoder(scifact_dir: Path, tmp_path: Path, run_cli) -> None:
+    """The SciFact hard-negative recipe's JSONL feeds `rerank train sft` (tiny cross-encoder, 3 steps)."""
+    from rerank.heads.base import Reranker
+    from rerank.testing import tiny_bert
+
+    data = tmp_path / "hn"
+    rc, _, err = run_cli("data", "build", "scifact-hard-negatives", "--output", data,
+                         "--set", f"source.dataset={scifact_dir}", "--set", "source.max_queries=24",
+                         "--set", "false_negative_filter=null", "--set", "num_negatives=3")
+    assert rc == 0, err
+    model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
+    cfg = {"model": str(model), "head": "cross-encoder", "loss": "bce", "max_length": 64, "batch_size": 8,
+           "max_steps": 3, "save_steps": 3, "eval_steps": 3, "learning_rate": 1e-4,
+           "data": {"path": str(data / "data.jsonl"), "dev_fraction": 0.25}}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = run_cli("train", "sft", "--config", tmp_path / "sft.yaml", "--output", tmp_path / "ce")
+    assert rc == 0, err
+    ranked = Reranker.load("cross-encoder", model=str(tmp_path / "ce")).rerank("q", ["a b", "c d"])
+    assert len(ranked.results) == 2

@@ -268,9 +268,12 @@ def run_leaderboard(
             out = results / _slug(row.name) / _slug(col.label)
             cell_file = out / "cell.json"
             metrics = None
+            saved = None
             if not force and cell_file.exists() and (out / "metrics.json").exists():
                 saved = json.loads(cell_file.read_text(encoding="utf-8"))
-                if saved.get("hash") == h:
+                if saved.get("hash") != h:
+                    saved = None
+                else:
                     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
                     log.info("reusing %s / %s (hash %s)", row.name, col.label, h)
             reused = metrics is not None
@@ -285,9 +288,14 @@ def run_leaderboard(
                                              **row.reranker_options)
                 ecfg.output = str(out)
                 log.info("running %s / %s", row.name, col.label)
+                load0 = os.getloadavg()[0]
                 metrics = run_eval(ecfg, reranker=reranker, progress=progress)
-                write_json({"hash": h, "row": to_dict(row), "column": to_dict(col)}, cell_file)
-            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out)}
+                saved = {"hash": h, "row": to_dict(row), "column": to_dict(col),
+                         "load_avg_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count()}
+                write_json(saved, cell_file)
+            load = saved.get("load_avg_1min") if saved else None
+            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out),
+                                          "load_avg_1min": load}
         if reranker is not None:
             reranker.close()
     report = _assemble(cfg, cells, notes)
@@ -406,6 +414,12 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         runs = ", ".join(f"{k} = `{v}`" for k, v in c["runs"].items())
         lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}"
                      + (f"; precomputed runs: {runs}" if runs else "") + (f". {c['note']}" if c["note"] else ""))
+    loads = [x["load_avg_1min"] for d in report["cells"].values() for x in d.values() if x.get("load_avg_1min")]
+    if loads:
+        hi = max(max(x) for x in loads)
+        lines += ["", f"Machine load while cells ran: 1-minute load average up to {hi:.1f} on {os.cpu_count()} "
+                  "CPU(s) (per cell in `leaderboard.json`); queries/s measured under different loads are not "
+                  "comparable."]
     row_notes = [f"- {r['name']}: {r['note']}" for r in report["rows"] if r["note"]]
     if row_notes or report["notes"]:
         lines += ["", "Notes:", "", *row_notes, *(f"- {n}" for n in report["notes"])]

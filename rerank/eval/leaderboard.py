@@ -371,6 +371,10 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _qps(v: float | None) -> str:
+    return "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.3g}")
+
+
 def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: str | None) -> str:
     """The leaderboard as Markdown: measured table, cost, notes, published figures, pairwise p-values."""
     m = report["measure"]
@@ -396,7 +400,7 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         model = f"`{Path(r['model']).name}`" if r["model"] else "—"
         lines.append(
             f"| {i} | {r['name']} | {r['first_stage']} | {r['reranker'] or '—'} | {r['backend'] or '—'} | {model} | "
-            + " | ".join(cells) + f" | {_fmt(r['average'])} | {_fmt(r['queries_per_s'], 1)} |"
+            + " | ".join(cells) + f" | {_fmt(r['average'])} | {_qps(r['queries_per_s'])} |"
         )
     lines += [
         "",

@@ -24,7 +24,7 @@ from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.registry import register_reranker
 from rerank.types import Candidate, Query
-from tests.test_suites import OverlapRetriever  # noqa: F401 - registers the "test-overlap" first stage
+from tests.test_suites import OverlapRetriever
 
 
 def _overlap(q: str, t: str) -> int:
@@ -189,21 +189,20 @@ def test_teacher_labels_erank_first_grouprank(tiny_beir_dir: Path, tmp_path: Pat
         by_q.setdefault(r["qid"].split("#")[0], []).extend(zip(r["candidates"], r["teacher_scores"], strict=True))
     for qid, items in by_q.items():
         q = ds.queries[qid].text
-        ids = [c["id"] for c, _ in items]
-        base_order = [c["id"] for c in sorted((c for c, _ in items), key=lambda c: -c.get("score", 0.0))]
-        sp = {d: min(10, _overlap(q, ds.corpus[d].full_text())) for d in ids}
-        sl = {d: -len(ds.corpus[d].text) for d in ids}
-
-        def rank(scores: dict[str, float], d: str) -> int:
-            # candidate order as the recipe sees it (first stage order, positives appended) breaks ties
-            return 1 + sum(1 for e in ids if scores[e] > scores[d] or (scores[e] == scores[d]
-                                                                      and order.index(e) < order.index(d)))
-
+        # candidate order as the recipe sees it (first-stage order, positives appended) breaks score ties
         order = _recipe_candidate_order(ds, qid, base, qrels)
-        assert sorted(order) == sorted(ids) and base_order  # same candidate set
+        assert sorted(order) == sorted(c["id"] for c, _ in items)  # the same candidate set, regrouped
+        sp = {d: min(10, _overlap(q, ds.corpus[d].full_text())) for d in order}
+        sl = {d: -len(ds.corpus[d].text) for d in order}
         for c, v in items:
             d = c["id"]
-            assert v == pytest.approx(-0.5 * math.log(rank(sp, d)) - 0.5 * math.log(rank(sl, d)))
+            assert v == pytest.approx(-0.5 * math.log(_rank(sp, d, order)) - 0.5 * math.log(_rank(sl, d, order)))
+
+
+def _rank(scores: dict[str, float], d: str, order: list[str]) -> int:
+    """1-based rank of ``d`` by score, ties in ``order``."""
+    return 1 + sum(1 for e in order if scores[e] > scores[d] or (scores[e] == scores[d]
+                                                                 and order.index(e) < order.index(d)))
 
 
 def _recipe_candidate_order(ds: Any, qid: str, base: dict[str, Any], qrels: dict) -> list[str]:
@@ -242,7 +241,7 @@ def test_resume_after_interruption_gives_the_same_data(tiny_beir_dir: Path, tmp_
     rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "o")
     assert rc == 2 and "--resume" in err
     OverlapTeacher.calls = -10**9  # no more failures
-    rc, out, err = run_cli("data", "build", path, "--output", tmp_path / "o", "--resume")
+    rc, _out, err = run_cli("data", "build", path, "--output", tmp_path / "o", "--resume")
     assert rc == 0, err
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["resumed_units"] == 4
@@ -262,7 +261,7 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
               "first_stage": {"retriever": "test-overlap", "depth": 10}, "num_negatives": 2}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    rc, out, err = run_cli("data", "build", path, "--output", tmp_path / "o")
+    rc, _out, err = run_cli("data", "build", path, "--output", tmp_path / "o")
     assert rc == 0, err
     rows = read_rows(tmp_path / "o" / "data.jsonl")
     ds = resolve_dataset(tiny_beir_dir)
@@ -283,8 +282,8 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
                     "zeta eta theta", "x"])
     backend = ScriptedBackend(build_tokenizer(), generate_fn=lambda p: next(answers))
     recipe_obj = QuerySynthesisRecipe(cfg, backend=backend)
-    m = build({"recipe": "query_synthesis", **{"dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
-                                              "max_docs": 5, "min_doc_chars": 10}},
+    m = build({"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+                                              "max_docs": 5, "min_doc_chars": 10},
               tmp_path / "d", progress=False, recipe_obj=recipe_obj)
     assert [r["query"] for r in read_rows(tmp_path / "d" / "data.jsonl")] == ["alpha beta gamma delta",
                                                                              "zeta eta theta"]
@@ -347,12 +346,13 @@ def test_scifact_hard_negatives_bm25_window(scifact_dir: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("bad, msg", [
-    ({"labels": [1]}, "2 candidates but 1 labels"),
+    ({"labels": [1]}, "aligned with candidates"),
     ({"labels": [1, -1]}, "non-negative"),
-    ({"teacher_ranking": ["a", "a"]}, "permutation"),
-    ({"teacher_scores": [1.0]}, "align"),
+    ({"teacher_ranking": ["a", "a"]}, "distinct candidate ids"),
+    ({"teacher_ranking": ["a"]}, "permutation"),
+    ({"teacher_scores": [1.0]}, "aligned"),
     ({"extra": 1}, "unknown field"),
-    ({"query": " "}, "empty query"),
+    ({"query": " "}, "non-empty"),
 ])
 def test_row_schema_errors(bad: dict[str, Any], msg: str) -> None:
     from rerank.data_recipes.base import validate_row
@@ -383,3 +383,25 @@ def test_recipes_with_real_heads_on_tiny_models(tiny_beir_dir: Path, tiny_bert_d
               tmp_path / "qs", progress=False)
     assert m["counts"]["units"] == 3 and m["source"]["generator"]["backend"] == "transformers"
     assert m["counts"]["rows"] + sum(m["source"]["dropped_queries"].values()) == 3
+
+
+@pytest.mark.shared_data
+def test_scifact_recipe_output_trains_a_cross_encoder(scifact_dir: Path, tmp_path: Path, run_cli) -> None:
+    """The SciFact hard-negative recipe's JSONL feeds `rerank train sft` (tiny cross-encoder, 3 steps)."""
+    from rerank.heads.base import Reranker
+    from rerank.testing import tiny_bert
+
+    data = tmp_path / "hn"
+    rc, _, err = run_cli("data", "build", "scifact-hard-negatives", "--output", data,
+                         "--set", f"source.dataset={scifact_dir}", "--set", "source.max_queries=24",
+                         "--set", "false_negative_filter=null", "--set", "num_negatives=3")
+    assert rc == 0, err
+    model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
+    cfg = {"model": str(model), "head": "cross-encoder", "loss": "bce", "max_length": 64, "batch_size": 8,
+           "max_steps": 3, "save_steps": 3, "eval_steps": 3, "learning_rate": 1e-4,
+           "data": {"path": str(data / "data.jsonl"), "dev_fraction": 0.25}}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = run_cli("train", "sft", "--config", tmp_path / "sft.yaml", "--output", tmp_path / "ce")
+    assert rc == 0, err
+    ranked = Reranker.load("cross-encoder", model=str(tmp_path / "ce")).rerank("q", ["a b", "c d"])
+    assert len(ranked.results) == 2

@@ -114,6 +114,8 @@ def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tm
     assert "skipped: required path(s) absent" in text and "a test reranker" in text
     assert (md.parent / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![nDCG@10 vs cost](lb.png)" in text
+    cell = json.loads((res / "overlap" / "tiny" / "cell.json").read_text())
+    assert len(cell["load_avg_1min"]) == 2 and "Machine load while cells ran" in text
 
     before = (res / "overlap" / "tiny" / "metrics.json").stat().st_mtime_ns
     rc, out, _ = run_cli(*args)

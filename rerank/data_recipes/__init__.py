@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RECIPES", "RECIPE_DIR", "shipped_recipes", "recipe_path"]
+__all__ = ["RECIPES", "RECIPE_DIR", "recipe_path", "shipped_recipes"]
 
 # kind -> "module:Class" (imported on use)
 RECIPES: dict[str, str] = {

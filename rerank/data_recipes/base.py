@@ -28,15 +28,15 @@ from rerank.errors import ConfigError, DataFormatError
 from rerank.utils.files import atomic_write, hash_obj, write_json
 
 __all__ = [
-    "SourceSpec",
     "FirstStageSpec",
     "ModelSpec",
     "Recipe",
+    "SourceSpec",
     "build",
-    "validate_row",
-    "read_rows",
     "load_hf_dataset",
+    "read_rows",
     "unit_rng",
+    "validate_row",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,34 +87,14 @@ def unit_rng(seed: int, unit: str) -> random.Random:
 
 
 def validate_row(row: dict[str, Any], where: str = "row") -> None:
-    """Check one row against the training schema (``rerank.trainers.data``); a mistake raises ``DataFormatError``."""
-    for key, tp in (("qid", str), ("query", str), ("candidates", list), ("labels", list)):
-        if not isinstance(row.get(key), tp):
-            raise DataFormatError(where, None, f"field {key!r} must be a {tp.__name__}")
-    n = len(row["candidates"])
-    if n == 0 or len(row["labels"]) != n:
-        raise DataFormatError(where, None, f"{n} candidates but {len(row['labels'])} labels")
-    ids = []
-    for c in row["candidates"]:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("text"), str):
-            raise DataFormatError(where, None, "each candidate needs string 'id' and 'text'")
-        unknown = set(c) - {"id", "text", "title", "score"}
-        if unknown:
-            raise DataFormatError(where, None, f"unknown candidate key(s) {sorted(unknown)}")
-        ids.append(c["id"])
-    if len(set(ids)) != n:
-        raise DataFormatError(where, None, "duplicate candidate ids")
-    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in row["labels"]):
-        raise DataFormatError(where, None, "labels must be non-negative integers (graded relevance)")
-    if not row["query"].strip():
-        raise DataFormatError(where, None, "empty query")
-    if "teacher_ranking" in row and sorted(row["teacher_ranking"]) != sorted(ids):
+    """Check one row against the trainers' schema (:func:`rerank.trainers.data.validate_example`), plus: a
+    ``teacher_ranking`` written by a recipe ranks every candidate. A mistake raises ``DataFormatError``."""
+    from rerank.trainers.data import validate_example
+
+    validate_example(row, where, None)
+    ids = [str(c["id"]) for c in row["candidates"]]
+    if "teacher_ranking" in row and sorted(map(str, row["teacher_ranking"])) != sorted(ids):
         raise DataFormatError(where, None, "teacher_ranking must be a permutation of the candidate ids")
-    if "teacher_scores" in row and len(row["teacher_scores"]) != n:
-        raise DataFormatError(where, None, "teacher_scores must align with candidates")
-    unknown = set(row) - {"qid", "query", "candidates", "labels", "teacher_ranking", "teacher_scores", "reasoning"}
-    if unknown:
-        raise DataFormatError(where, None, f"unknown field(s) {sorted(unknown)}")
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

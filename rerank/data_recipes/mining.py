@@ -294,7 +294,7 @@ class TeacherLabelsRecipe(_OverRun):
         """The ERank target: an integer 0-10 (``round`` for 0-10 teachers, ``minmax`` rescales per query)."""
         if self.config.score_map == "minmax":
             lo, hi = min(all_scores), max(all_scores)
-            return int(round(10 * (s - lo) / (hi - lo))) if hi > lo else 5
+            return round(10 * (s - lo) / (hi - lo)) if hi > lo else 5
         if not -0.5 <= s <= 10.5:
             raise ConfigError(f"erank labels: teacher score {s} for query {unit} is outside 0-10; "
                               f"use score_map: minmax for teachers on another scale")

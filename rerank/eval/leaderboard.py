@@ -12,6 +12,7 @@ written to ``leaderboard.json`` and listed in the Markdown.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import os
@@ -33,13 +34,13 @@ from rerank.utils.files import atomic_write, hash_obj, write_json
 
 __all__ = [
     "ColumnSpec",
-    "RowSpec",
     "LeaderboardConfig",
+    "RowSpec",
     "load_config",
     "load_published",
     "randomization_test",
-    "run_leaderboard",
     "render_markdown",
+    "run_leaderboard",
 ]
 
 log = logging.getLogger(__name__)
@@ -267,11 +268,12 @@ def run_leaderboard(
             out = results / _slug(row.name) / _slug(col.label)
             cell_file = out / "cell.json"
             metrics = None
+            saved = None
             if not force and cell_file.exists() and (out / "metrics.json").exists():
-                import json
-
                 saved = json.loads(cell_file.read_text(encoding="utf-8"))
-                if saved.get("hash") == h:
+                if saved.get("hash") != h:
+                    saved = None
+                else:
                     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
                     log.info("reusing %s / %s (hash %s)", row.name, col.label, h)
             reused = metrics is not None
@@ -286,9 +288,14 @@ def run_leaderboard(
                                              **row.reranker_options)
                 ecfg.output = str(out)
                 log.info("running %s / %s", row.name, col.label)
+                load0 = os.getloadavg()[0]
                 metrics = run_eval(ecfg, reranker=reranker, progress=progress)
-                write_json({"hash": h, "row": to_dict(row), "column": to_dict(col)}, cell_file)
-            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out)}
+                saved = {"hash": h, "row": to_dict(row), "column": to_dict(col),
+                         "load_avg_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count()}
+                write_json(saved, cell_file)
+            load = saved.get("load_avg_1min") if saved else None
+            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out),
+                                          "load_avg_1min": load}
         if reranker is not None:
             reranker.close()
     report = _assemble(cfg, cells, notes)
@@ -364,6 +371,10 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _qps(v: float | None) -> str:
+    return "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.3g}")
+
+
 def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: str | None) -> str:
     """The leaderboard as Markdown: measured table, cost, notes, published figures, pairwise p-values."""
     m = report["measure"]
@@ -372,8 +383,8 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
     lines = [
         f"# Leaderboard: {report['name']}",
         "",
-        f"Generated {report['generated']} on {report['machine']} by "
-        f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries).",
+        (f"Generated {report['generated']} on {report['machine']} by "
+         f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries)."),
         "",
         "## Measured",
         "",
@@ -389,15 +400,15 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         model = f"`{Path(r['model']).name}`" if r["model"] else "—"
         lines.append(
             f"| {i} | {r['name']} | {r['first_stage']} | {r['reranker'] or '—'} | {r['backend'] or '—'} | {model} | "
-            + " | ".join(cells) + f" | {_fmt(r['average'])} | {_fmt(r['queries_per_s'], 1)} |"
+            + " | ".join(cells) + f" | {_fmt(r['average'])} | {_qps(r['queries_per_s'])} |"
         )
     lines += [
         "",
-        f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
-        f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
-        f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
-        "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
-        "where a column gives a precomputed run, its first-stage time is reading that run file.",
+        (f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
+         f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
+         f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
+         "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
+         "where a column gives a precomputed run, its first-stage time is reading that run file."),
         "",
         "Columns:",
         "",
@@ -407,6 +418,12 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         runs = ", ".join(f"{k} = `{v}`" for k, v in c["runs"].items())
         lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}"
                      + (f"; precomputed runs: {runs}" if runs else "") + (f". {c['note']}" if c["note"] else ""))
+    loads = [x["load_avg_1min"] for d in report["cells"].values() for x in d.values() if x.get("load_avg_1min")]
+    if loads:
+        hi = max(max(x) for x in loads)
+        lines += ["", f"Machine load while cells ran: 1-minute load average up to {hi:.1f} on {os.cpu_count()} "
+                  "CPU(s) (per cell in `leaderboard.json`); queries/s measured under different loads are not "
+                  "comparable."]
     row_notes = [f"- {r['name']}: {r['note']}" for r in report["rows"] if r["note"]]
     if row_notes or report["notes"]:
         lines += ["", "Notes:", "", *row_notes, *(f"- {n}" for n in report["notes"])]
@@ -415,8 +432,8 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
     if report["published"]:
         full = {c["dataset"] for c in cols if not c["max_queries"]}
         lines += ["", "## Published reference figures (not measured here)", "",
-                  "Reported by the cited sources, under their own setups; shown for orientation, not ranked with "
-                  "the measured rows.", "",
+                  ("Reported by the cited sources, under their own setups; shown for orientation, not ranked with "
+                   "the measured rows."), "",
                   "| system (published) | kind | model | first stage | dataset | measure | value | source |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in report["published"]:

@@ -32,13 +32,13 @@ from rerank.heads.base import Reranker
 from rerank.utils.files import atomic_write, write_json
 
 __all__ = [
-    "BRIGHT_SUBSETS",
     "BRIGHT_LONG_SUBSETS",
+    "BRIGHT_SUBSETS",
     "SUITES",
     "SuiteEntry",
     "bright_dataset",
-    "suite_entries",
     "run_suite",
+    "suite_entries",
     "summarize",
 ]
 
@@ -116,7 +116,7 @@ def _iter_hub(config: str, subset: str) -> Iterator[dict[str, Any]]:
         raise DatasetNotFoundError(f"loading BRIGHT from the hub needs `datasets` ({e})") from None
     try:
         ds = datasets.load_dataset(BRIGHT_HUB_ID, config, split=subset)
-    except Exception as e:  # offline, unknown split: say where to put the files instead
+    except Exception as e:  # noqa: BLE001 - offline, unknown split...: say where to put the files instead
         raise DatasetNotFoundError(
             f"BRIGHT {config}/{subset}: could not load {BRIGHT_HUB_ID} from the hub ({type(e).__name__}: {e}). "
             f"Offline, put the dataset's files under <data-root>/bright (documents/, examples/, long_documents/)."
@@ -202,8 +202,7 @@ def _write_bright_folder(
                 unknown = [g for g in gold if g not in doc_ids]
                 if unknown:
                     raise DatasetNotFoundError(f"{where}: query {qid} has gold ids not in the corpus: {unknown[:3]}")
-                for g in dict.fromkeys(gold):
-                    fr.write(f"{qid}\t{g}\t1\n")
+                fr.writelines(f"{qid}\t{g}\t1\n" for g in dict.fromkeys(gold))
                 for x in dict.fromkeys(str(e) for e in (row.get("excluded_ids") or [])):
                     if x != "N/A" and x not in gold:
                         fx.write(f"{qid}\t{x}\n")

@@ -117,3 +117,7 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
 
 
 # built-in trainers
+register_trainer("contrastive", "rerank.trainers.contrastive:ContrastiveTrainer")
+register_trainer("star", "rerank.trainers.star:StarTrainer")
+register_trainer("adore", "rerank.trainers.adore:AdoreTrainer")
+register_trainer("pgrank", "rerank.trainers.pgrank:PGRankTrainer")

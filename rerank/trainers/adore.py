@@ -115,9 +115,12 @@ class AdoreTrainer(RetrieverTrainer):
         n_global = len(qids) * self.dist.world
         total = q_emb.sum() * 0.0
         appended = 0
+        mrr = 0.0
         for i, q in enumerate(qids):
             rel = set(self.data.positives[q])
             ids = [d for d, _ in hits[i]]
+            first = next((r for r, d in enumerate(ids[:10], 1) if d in rel), None)
+            mrr += 1.0 / first if first else 0.0
             missing = [d for d in self.data.positives[q] if d not in set(ids)]
             appended += len(missing)
             ids += missing
@@ -125,4 +128,5 @@ class AdoreTrainer(RetrieverTrainer):
             docs = self.doc_emb[[self.doc_row[d] for d in ids]].to(q_emb.device)
             scores = cfg.scale * docs @ q_emb[i]
             total = total + adore_query_loss(scores, labels, cfg.metric_cut)
-        return total / n_global, {"retrieved_queries": float(len(qids)), "appended_positives": float(appended)}
+        return total / n_global, {"retrieved_queries": float(len(qids)), "appended_positives": float(appended),
+                                  "mrr@10": mrr / n_global}

@@ -349,7 +349,7 @@ class RetrieverTrainer:
         """Fixed document embeddings for training (``embed_docs``) and dev search."""
         self.index = index
         self.doc_row = {d: i for i, d in enumerate(index.ids)}
-        self.doc_emb = torch.from_numpy(np.ascontiguousarray(index.embeddings, dtype=np.float32))
+        self.doc_emb = torch.from_numpy(np.array(index.embeddings, dtype=np.float32, copy=True))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimiser updates."""

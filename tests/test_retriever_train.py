@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -224,12 +225,16 @@ def test_star_two_processes_match_one(tiny_st_dir: Path, beir: Path, tmp_path: P
     env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1", "RERANK_CACHE": str(tmp_path / "cache")}
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "rerank", "train", "star", "--output", str(one), *sets], env=env, check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=300)
     two = tmp_path / "two"
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_addr", "127.0.0.1", "--master_port", str(port),
                         "-m", "rerank", "train", "star", "--output", str(two), *sets,
                         "--set", f"negatives_file={one / 'negatives.json'}"],
-                       env=env, capture_output=True, text=True)
+                       env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = log_of(one), log_of(two)
     assert json.loads((two / "train_summary.json").read_text())["world_size"] == 2

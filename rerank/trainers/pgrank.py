@@ -20,7 +20,12 @@ from rerank.trainers.base import TrainContext
 from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, mine_dense_negatives
 
 __all__ = [
-    "gumbel_topk_sample", "plackett_luce_log_prob", "ndcg_of_rankings", "pgrank_loss", "PGRankConfig", "PGRankTrainer",
+    "PGRankConfig",
+    "PGRankTrainer",
+    "gumbel_topk_sample",
+    "ndcg_of_rankings",
+    "pgrank_loss",
+    "plackett_luce_log_prob",
 ]
 
 

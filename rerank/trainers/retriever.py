@@ -44,14 +44,14 @@ from rerank.trainers.base import TrainContext
 from rerank.utils.files import atomic_write, write_json
 
 __all__ = [
+    "Dist",
     "RetrieverTrainConfig",
     "RetrieverTrainer",
     "TrainData",
-    "Dist",
-    "publish_model",
-    "mine_dense_negatives",
-    "load_negatives",
     "latest_checkpoint",
+    "load_negatives",
+    "mine_dense_negatives",
+    "publish_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
     if not usable:
         raise RerankError(f"{ds.name}/{cfg.split}: no query has a positive (grade >= {rel}); nothing to train on")
     perm = [usable[i] for i in np.random.default_rng([cfg.seed, 7]).permutation(len(usable))]
-    n_dev = int(round(cfg.dev_fraction * len(usable)))
+    n_dev = round(cfg.dev_fraction * len(usable))
     if cfg.dev_fraction > 0 and len(usable) >= 2:
         n_dev = min(max(n_dev, 1), len(usable) - 1)
     else:

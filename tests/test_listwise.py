@@ -16,51 +16,21 @@ import pytest
 from rerank.backends.base import GenerationConfig
 from rerank.backends.scripted import ScriptedBackend
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankStats
+from rerank.heads.base import Reranker, RerankStats, as_candidates
 from rerank.heads.first import FirstReranker
 from rerank.heads.grouprank import GroupRankConfig, GroupRankReranker, minmax, parse_group_scores
-from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig
+from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig, passage_texts
 from rerank.heads.permutation import format_permutation, identifiers, parse_permutation, record_parse
 from rerank.heads.registry import get_reranker_class
 from rerank.heads.sliding_window import sliding_window_rerank, window_plan
-from rerank.types import Document
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from rerank.testing import build_tokenizer, tiny_llm
+from rerank.types import Query
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A tiny byte-level BPE with digits split one by one (as in Qwen/SmolLM) and a ChatML chat template."""
-    try:
-        from rerank.testing import build_tokenizer  # type: ignore[attr-defined]
-
-        return build_tokenizer()
-    except ImportError:
-        pass
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    corpus = [
-        "Below are passages, each labelled with an identifier in brackets. Order them by relevance to the query.",
-        "[1] > [2] > [3] [A] > [B] > [C] search query passage document score answer reason json",
-        "This passage is about a topic. <reason> because </reason> <answer> {\"[1]\": 5} </answer>",
-    ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
-    hf.chat_template = CHATML
-    return hf
+    """The tiny Qwen2-style BPE of rerank.testing (digits one token each, letters and brackets single tokens)."""
+    return build_tokenizer()
 
 
 # Seven documents a..g in first-stage order; the hidden relevance the oracle uses differs from that order.
@@ -401,8 +371,6 @@ def test_grouprank_averages_repeats_and_counts_failures(tokenizer):
 
 def test_grouprank_groups_seeded_and_cover(tokenizer):
     backend = ScriptedBackend(tokenizer, generate_fn=lambda p: "")
-    from rerank.types import Query
-
     q = Query("q1", "text")
     g0 = GroupRankReranker(GroupRankConfig(group_size=4, repeats=3, seed=0), backend=backend).groups(q, 10)
     g0b = GroupRankReranker(GroupRankConfig(group_size=4, repeats=3, seed=0), backend=backend).groups(q, 10)
@@ -430,3 +398,43 @@ def test_grouprank_config_errors():
             Reranker.load("grouprank", model="x", **bad)
     assert minmax([3.0, 3.0]) == [0.0, 0.0] and minmax([1.0, 3.0, 2.0]) == [0.0, 1.0, 0.5]
     assert not math.isnan(minmax([5.0])[0])
+
+
+# ---------------------------------------------------------------- end to end on a tiny random LLM (transformers)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny_llm(tmp_path_factory.mktemp("tiny-llm") / "m", seed=3)
+
+
+def test_first_end_to_end_matches_manual_forward(tiny_dir):
+    import torch
+
+    head = Reranker.load("first", model=str(tiny_dir), window=8, stride=4, device="cpu")
+    assert isinstance(head, FirstReranker)
+    dl = [{"id": f"p{i}", "text": f"passage {i} about the {w} of things", "score": 9.0 - i}
+          for i, w in enumerate(["cost", "size", "age", "colour", "weight", "speed"])]
+    res = head.rerank("what is the speed of things", dl)
+    assert sorted(res.doc_ids) == sorted(d["id"] for d in dl)
+    assert head.backend.calls == {"next_token_logprobs": 1, "generate": 0}
+    # the same window by hand: one forward, logits of A..F at the position after "["
+    prompt = head._prompt("what is the speed of things", passage_texts(head, as_candidates(dl), 300))
+    assert head.tokenizer.decode(prompt).endswith("<|im_start|>assistant\n[")
+    with torch.inference_mode():
+        logits = head.backend.model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    letter_ids = head.identifier_token_ids()[:6]
+    expected = sorted(range(6), key=lambda j: -float(logits[letter_ids[j]]))
+    assert res.doc_ids == [f"p{j}" for j in expected]
+
+
+def test_listwise_and_grouprank_end_to_end(tiny_dir):
+    dl = [{"id": f"p{i}", "text": f"passage {i} about things", "score": 9.0 - i} for i in range(5)]
+    lw = Reranker.load("listwise", model=str(tiny_dir), window=4, stride=2, device="cpu")
+    res = lw.rerank("things", dl)
+    assert sorted(res.doc_ids) == sorted(d["id"] for d in dl)
+    assert lw.backend.calls["generate"] == 2 and lw.stats.outputs == 2
+    gr = Reranker.load("grouprank", model=str(tiny_dir), group_size=3, repeats=2, max_new_tokens=8, device="cpu")
+    res = gr.rerank("things", dl)
+    assert sorted(res.doc_ids) == sorted(d["id"] for d in dl)
+    assert gr.stats.outputs == 4  # 2 groups (3 + 2) x 2 repeats, each output counted

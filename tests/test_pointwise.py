@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from rerank.backends.base import GenerationConfig
-from rerank.backends.gguf import find_gguf_file, gguf_to_hf, resolve_model_path
+from rerank.backends.gguf import find_gguf_file, gguf_to_hf
+from rerank.models import resolve_model_path
 from rerank.backends.registry import build_backend
 from rerank.backends.scripted import ScriptedBackend
 from rerank.errors import ConfigError

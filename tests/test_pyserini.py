@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -35,14 +34,6 @@ def _have_pyserini() -> bool:
 needs_pyserini = pytest.mark.skipif(
     not _have_pyserini(), reason="pyserini extra or Java missing: pip install 'rerank[pyserini]' and a Java 11+ JRE"
 )
-
-
-def shared_data() -> Path | None:
-    """``$RERANK_SHARED_DATA``, else ``../shared/data`` beside the repo, else ``/work/shared/data``."""
-    env = os.environ.get("RERANK_SHARED_DATA")
-    cands = [Path(env)] if env else []
-    cands += [Path(__file__).resolve().parents[1].parent / "shared" / "data", Path("/work/shared/data")]
-    return next((p for p in cands if (p / "scifact" / "corpus.jsonl").is_file()), None)
 
 
 def write_beir(root: Path, docs: list[dict]) -> Dataset:
@@ -138,12 +129,9 @@ def test_include_title_false_builds_another_index(tiny: Dataset) -> None:
 
 @needs_pyserini
 @pytest.mark.shared_data
-def test_scifact_ndcg10_matches_pyserini_reference(tmp_path: Path, cache: Path) -> None:
-    data = shared_data()
-    if data is None:
-        pytest.skip("../shared/data/scifact not found (set RERANK_SHARED_DATA)")
+def test_scifact_ndcg10_matches_pyserini_reference(scifact_dir: Path, tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "out"
-    assert cli_main(["eval", "--dataset", str(data / "scifact"), "--retriever", "pyserini", "--depth", "100",
+    assert cli_main(["eval", "--dataset", str(scifact_dir), "--retriever", "pyserini", "--depth", "100",
                      "--output", str(out), "--retriever-set", "show_progress=false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_queries"] == 300

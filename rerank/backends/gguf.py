@@ -17,7 +17,7 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError
 from rerank.utils.files import sha256_file
 
-__all__ = ["find_gguf_file", "gguf_to_hf", "resolve_model_path"]
+__all__ = ["find_gguf_file", "gguf_to_hf"]
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,3 @@ def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def resolve_model_path(model: str) -> str:
-    """``model`` unchanged, unless it names a GGUF file: then the path of its cached HF conversion."""
-    gguf = find_gguf_file(model)
-    return str(gguf_to_hf(gguf)) if gguf is not None else model

@@ -3,37 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from rerank.errors import ConfigError
+from rerank.utils.registry import Registry
 
 if TYPE_CHECKING:
     from rerank.backends.base import Backend
 
-__all__ = ["register_backend", "build_backend", "backend_class", "backend_accepts", "available_backends"]
+__all__ = ["register_backend", "build_backend", "backend_class", "backend_accepts", "available_backends", "BACKENDS"]
 
-_REGISTRY: dict[str, str | type] = {}
+BACKENDS: Registry[type[Backend]] = Registry("backend")
 
 
 def register_backend(name: str, target: str | type) -> None:
-    _REGISTRY[name] = target
+    BACKENDS.register(name, target)
 
 
 def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKENDS.names()
 
 
 def backend_class(name: str) -> type[Backend]:
     """The class registered as ``name`` (imported on first use); unknown names raise listing the known ones."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown backend {name!r}; known backends: {', '.join(available_backends()) or '(none)'}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-        _REGISTRY[name] = target
-    return target  # type: ignore[return-value]
+    return BACKENDS.get(name)
 
 
 def backend_accepts(name: str, option: str) -> bool:
@@ -49,3 +41,5 @@ def build_backend(name: str, model: str | None, **options: Any) -> Backend:
 
 # built-in backends
 register_backend("transformers", "rerank.backends.transformers:TransformersBackend")
+register_backend("vllm", "rerank.backends.vllm:VLLMBackend")
+register_backend("openai", "rerank.backends.openai:OpenAIBackend")

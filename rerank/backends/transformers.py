@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from rerank.backends.base import Backend, GenerationConfig
-from rerank.backends.gguf import resolve_model_path
+from rerank.models import resolve_model_path
 from rerank.config import from_dict, to_dict
 
 __all__ = ["TransformersBackend", "TransformersBackendConfig", "resolve_device", "resolve_dtype"]

@@ -14,8 +14,10 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 
 # subcommand name -> module under rerank.cli (explicit; the order is the order of `rerank --help`)
 COMMANDS: dict[str, str] = {
+    "data": "rerank.cli.data_cmd",
     "eval": "rerank.cli.eval_cmd",
     "evaluate": "rerank.cli.evaluate_cmd",
+    "leaderboard": "rerank.cli.leaderboard_cmd",
     "rank": "rerank.cli.rank_cmd",
     "train": "rerank.cli.train_cmd",
     "index": "rerank.cli.index_cmd",

@@ -15,8 +15,10 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_dataset(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root")
+def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argparse._ActionsContainer | None = None) -> None:
+    (group or p).add_argument(
+        "--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root"
+    )
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     p.add_argument(
         "--max-queries",
@@ -31,10 +33,14 @@ def add_reranker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reranker", default=None, help="registered reranker method (e.g. cross-encoder, first)")
     p.add_argument("--model", default=None, help="model name or path for the reranker / dense retriever")
     p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
+    p.add_argument("--base-url", default=None, help="server URL for --backend openai (e.g. http://127.0.0.1:8000/v1)")
     p.add_argument("--reranker-config", default=None, help="YAML file of reranker options")
     p.add_argument("--reranker-set", action="append", default=[], metavar="KEY=VALUE", help="override one reranker option")
 
 
 def reranker_options(args: argparse.Namespace) -> dict:
     opts = load_yaml(args.reranker_config) if args.reranker_config else {}
-    return apply_overrides(opts, args.reranker_set)
+    opts = apply_overrides(opts, args.reranker_set)
+    if getattr(args, "base_url", None):
+        opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}
+    return opts

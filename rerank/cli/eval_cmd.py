@@ -12,8 +12,13 @@ from rerank.errors import ConfigError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a first stage (and reranker) on a dataset")
-    add_dataset(p)
-    src = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    add_dataset(p, required=False, group=which)
+    which.add_argument("--suite", choices=("beir", "bright", "dl"), help="evaluate on every dataset of a suite")
+    p.add_argument("--datasets", default=None, help="with --suite: comma-separated subset (default: the whole suite)")
+    p.add_argument("--bright-source", default=None, help="with --suite bright: folder in the xlangai/BRIGHT layout")
+    p.add_argument("--long-documents", action="store_true", help="with --suite bright: the long-document corpus")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--retriever", help="first-stage retriever (e.g. bm25, pyserini)")
     src.add_argument("--first-stage", metavar="RUN", help="rerank this TREC run instead of retrieving")
     p.add_argument("--retriever-config", default=None, help="YAML file of retriever options (e.g. k1, b, stemmer)")
@@ -24,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=1000, help="first-stage retrieval depth (default 1000)")
     p.add_argument("-m", "--measure", action="append", default=None, help="ir-measures name (repeatable)")
     p.add_argument("--rel-level", type=int, default=None, help="min grade counted relevant for binary measures")
-    p.add_argument("--output", required=True, help="result folder (run.trec, metrics.json, report.md)")
+    p.add_argument("--output", required=True, help="result folder (run.trec, metrics.json, report.md; with --suite one sub-folder per dataset)")
     p.set_defaults(func=run)
 
 
@@ -43,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
         if "model" in ropts and ropts["model"] != model:
             raise ConfigError(f"--model {model} conflicts with retriever option model={ropts['model']}")
         ropts["model"], model = model, None  # without a reranker, --model is the retriever's model
+    if args.suite is None and (args.datasets or args.bright_source or args.long_documents):
+        raise ConfigError("--datasets, --bright-source and --long-documents need --suite")
     cfg = EvalConfig(
-        dataset=args.dataset,
+        dataset=args.dataset or "",
         output=args.output,
         split=args.split,
         data_root=args.data_root,
@@ -61,6 +68,16 @@ def run(args: argparse.Namespace) -> int:
         measures=tuple(args.measure) if args.measure else DEFAULT_MEASURES,
         rel_level=args.rel_level,
     )
+    if args.suite is not None:
+        from rerank.eval.suites import run_suite
+
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
+        summary = run_suite(args.suite, cfg, args.output, names, bright_source=args.bright_source,
+                            long_documents=args.long_documents)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in list(summary["mean"].items())[:4])
+        print(f"suite {args.suite} ({summary['num_datasets']} datasets) mean: {shown} -> "
+              f"{Path(args.output) / 'summary.json'}")
+        return 0
     metrics = run_eval(cfg)
     print(summary_line(metrics) + f" -> {Path(args.output) / 'metrics.json'}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rerank.data.io import find_file, iter_corpus, read_corpus, read_qrels, read_queries
 from rerank.data.registry import DatasetInfo, get_dataset_info
-from rerank.errors import DatasetNotFoundError
+from rerank.errors import DataFormatError, DatasetNotFoundError
 from rerank.types import Document, Qrels, Query
 from rerank.utils.files import sha256_file
 
@@ -102,6 +102,26 @@ class Dataset:
         if max_queries is not None:
             qids = qids[:max_queries]
         return {q: self.queries[q] for q in qids}
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one Dataset per folder, cached for its lifetime
+    def excluded_ids(self, split: str = "test") -> dict[str, set[str]]:
+        """Doc ids to drop from each query's ranking before scoring (BRIGHT's ``excluded_ids``): ``excluded/{split}.tsv``.
+
+        Lines are ``query-id<TAB>doc-id``; a folder without that file excludes nothing.
+        """
+        path = self.root / "excluded" / f"{split}.tsv"
+        out: dict[str, set[str]] = {}
+        if not path.exists():
+            return out
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 2:
+                    raise DataFormatError(path, lineno, f"expected 'query-id<TAB>doc-id', got {len(parts)} fields")
+                out.setdefault(parts[0], set()).add(parts[1])
+        return out
 
     @functools.cached_property
     def corpus_hash(self) -> str:

@@ -47,6 +47,30 @@ _register(
     )
 )
 
+# TREC DL 2020 passage and MS MARCO passage dev (small) in the same local reranking form as dl19-bm25-top100:
+# queries.jsonl, qrels/{split}.tsv, the candidate pool as corpus.jsonl and the Anserini BM25 run bm25_top100.trec.
+# Topics/qrels: castorini/anserini-tools (topics.dl20.txt + qrels.dl20-passage.txt; topics/qrels
+# msmarco-passage.dev-subset). BM25 (k1=0.9 b=0.4) references: pyserini 2CR msmarco-v1-passage.
+_register(
+    DatasetInfo(
+        name="dl20-bm25-top100",
+        splits=("test",),
+        rel_level=2,
+        num_test_queries=54,
+        reference={"bm25_ndcg@10": 0.4796},
+        description="TREC DL 2020 passage, Anserini BM25 top-100 candidates with text (reranking form).",
+    )
+)
+_register(
+    DatasetInfo(
+        name="msmarco-dev-bm25-top100",
+        splits=("dev",),
+        rel_level=1,
+        num_test_queries=6980,
+        reference={"bm25_rr@10": 0.1840},
+        description="MS MARCO passage dev (small, 6,980 queries, MRR@10), Anserini BM25 top-100 (reranking form).",
+    )
+)
 
 # The public BEIR datasets (beir-cellar/beir README, "Available Datasets": every row marked public, with its zip and
 # md5). Doc counts: lines of each corpus.jsonl (TensorFlow Datasets' BEIR catalogue); test queries: BEIR's table.

@@ -128,6 +128,9 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
         first_stage_desc = retriever.describe()
     if dataset.info is not None and dataset.info.ignore_identical_ids:
         run = {q: [(d, s) for d, s in lst if d != q] for q, lst in run.items()}
+    excluded = dataset.excluded_ids(cfg.split)
+    if excluded:  # BRIGHT: excluded ids leave the ranking before reranking and scoring
+        run = {q: [(d, s) for d, s in lst if d not in excluded.get(q, ())] for q, lst in run.items()}
     timing["first_stage_s"] = time.perf_counter() - t
 
     corpus_ids_unknown: dict[str, list[str]] = {}

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from rerank.backends.gguf import resolve_model_path
+from rerank.models import resolve_model_path
 from rerank.backends.transformers import resolve_device, resolve_dtype
 from rerank.config import from_dict, to_dict
 from rerank.heads.base import Reranker, RerankerConfig

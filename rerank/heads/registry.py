@@ -5,40 +5,31 @@ Entries point at ``module:Class`` so that importing the registry does not import
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from rerank.errors import ConfigError
+from rerank.utils.registry import Registry
 
 if TYPE_CHECKING:
     from rerank.heads.base import Reranker
 
-__all__ = ["register_reranker", "get_reranker_class", "available_rerankers"]
+__all__ = ["register_reranker", "get_reranker_class", "available_rerankers", "RERANKERS"]
 
-_REGISTRY: dict[str, str | type] = {}
+RERANKERS: Registry[type[Reranker]] = Registry("reranker")
 
 
 def register_reranker(name: str, target: str | type) -> None:
     """Register ``name`` -> ``"module:Class"`` (or a class). Re-registering a name replaces it."""
-    _REGISTRY[name] = target
+    RERANKERS.register(name, target)
 
 
 def available_rerankers() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(_REGISTRY)
+    return RERANKERS.names()
 
 
 def get_reranker_class(name: str) -> type[Reranker]:
     """Resolve a registered method name; an unknown name raises, listing the known ones."""
-    if name not in _REGISTRY:
-        known = ", ".join(available_rerankers()) or "(none)"
-        raise ConfigError(f"unknown reranker {name!r}; known rerankers: {known}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-        _REGISTRY[name] = target
-    return target  # type: ignore[return-value]
+    return RERANKERS.get(name)
 
 
 # built-in heads

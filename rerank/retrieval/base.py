@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rerank.errors import ConfigError
 from rerank.types import Query, Run
+from rerank.utils.registry import Registry
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -35,32 +34,21 @@ class FirstStage(ABC):
         return {"name": self.name}
 
 
-_REGISTRY: dict[str, str | type[FirstStage]] = {}
+RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever")
 
 
 def register_retriever(name: str, target: str | type[FirstStage]) -> None:
     """Register ``name`` -> ``"module:Class"`` (imported on first use)."""
-    _REGISTRY[name] = target
+    RETRIEVERS.register(name, target)
 
 
 def available_retrievers() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _resolve(name: str) -> type[FirstStage]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown retriever {name!r}; known retrievers: {', '.join(available_retrievers())}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-        _REGISTRY[name] = target
-    return target
+    return RETRIEVERS.names()
 
 
 def build_retriever(name: str, dataset: Dataset, **options: Any) -> FirstStage:
     """Construct the registered retriever ``name`` over ``dataset``."""
-    return _resolve(name).from_dataset(dataset, **options)
+    return RETRIEVERS.get(name).from_dataset(dataset, **options)
 
 
 # built-in retrievers

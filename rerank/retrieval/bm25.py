@@ -148,20 +148,27 @@ class BM25Retriever(FirstStage):
         return self._to_run(qids, docs, scores)
 
     def _to_run(self, qids: list[str], docs: np.ndarray, scores: np.ndarray) -> Run:
-        """bm25s' score-sorted arrays -> a Run; only rows with tied scores need :func:`sort_ranking`'s id order."""
-        names = self.doc_ids[docs].tolist()
-        values = scores.tolist()
-        nonzero = scores != 0
-        tied = ((scores[:, 1:] == scores[:, :-1]) & nonzero[:, 1:]).any(axis=1).tolist()
-        # sorted descending, non-negative scores put the zero-score non-matches at the end of each row
-        counts = np.count_nonzero(scores, axis=1).tolist() if (scores >= 0).all() else None
+        """bm25s' score-sorted arrays -> a Run in trec_eval order, zero-score non-matches dropped.
+
+        bm25s sorts by score but leaves ties in arbitrary order, so each run of equal scores is put in
+        :func:`sort_ranking`'s order (doc id descending); rows without ties are already in that order.
+        """
+        keep = scores != 0
+        if (scores < 0).any():  # robertson's negative idf: move zero-score non-matches behind negative matches
+            order = np.argsort(np.where(keep, -scores, np.inf), axis=1, kind="stable")
+            docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
+        counts = np.count_nonzero(keep, axis=1).tolist()
+        names = self.doc_ids[docs]
+        tie = scores[:, 1:] == scores[:, :-1]  # tie[i, j]: pairs j and j + 1 of row i have equal scores
+        has_tie = tie.any(axis=1).tolist()
         run: Run = {}
         for i, qid in enumerate(qids):
-            if counts is not None:
-                pairs = list(zip(names[i][: counts[i]], values[i][: counts[i]]))
-            else:
-                pairs = [(d, s) for d, s in zip(names[i], values[i]) if s != 0]
-            run[qid] = sort_ranking(pairs) if tied[i] else pairs
+            c = counts[i]
+            pairs = list(zip(names[i, :c].tolist(), scores[i, :c].tolist()))
+            if has_tie[i] and c > 1:
+                for a, b in _runs_of_ties(np.flatnonzero(tie[i, : c - 1]).tolist()):
+                    pairs[a:b] = sort_ranking(pairs[a:b])
+            run[qid] = pairs
         return run
 
     def describe(self) -> dict[str, Any]:
@@ -173,6 +180,17 @@ class BM25Retriever(FirstStage):
             "num_docs": self.num_docs,
             "bm25s_version": bm25s.__version__,
         }
+
+
+def _runs_of_ties(ties: list[int]) -> list[tuple[int, int]]:
+    """Slices ``[a, b)`` of equal scores, from the sorted positions ``j`` where pair ``j`` ties pair ``j + 1``."""
+    out: list[tuple[int, int]] = []
+    for j in ties:
+        if out and out[-1][1] == j + 1:
+            out[-1] = (out[-1][0], j + 2)
+        else:
+            out.append((j, j + 2))
+    return out
 
 
 def _corpus_texts(dataset: Dataset, include_title: bool) -> tuple[list[str], list[str]]:

@@ -244,7 +244,6 @@ class BiEncoder(torch.nn.Module):
         order = np.argsort(-lengths, kind="stable")
         pad_id = tok.pad_token_id
         left = tok.padding_side == "left"
-        dev = next(model.parameters()).device
         own_bar = bar is None
         if own_bar:
             bar = tqdm(total=n, desc=desc or f"encode {side}s", unit=side, disable=not progress)

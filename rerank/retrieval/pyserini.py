@@ -142,7 +142,6 @@ def _openai_placeholder() -> Iterator[None]:
 
 def _lucene_searcher_class() -> Any:
     """pyserini's ``LuceneSearcher`` (imports pyserini and starts the JVM in this process on first use)."""
-    check_pyserini()
     try:
         with _openai_placeholder():
             from pyserini.search.lucene import LuceneSearcher

@@ -7,7 +7,6 @@ a ``train(config, ctx)`` method; it is registered by explicit name in the built-
 
 from __future__ import annotations
 
-import importlib
 import platform
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 from rerank.config import apply_overrides, from_dict, load_yaml, to_dict
 from rerank.errors import ConfigError
 from rerank.utils.files import write_json
+from rerank.utils.registry import Registry
 
 __all__ = [
     "TrainContext",
@@ -46,27 +46,20 @@ class Trainer(Protocol):
     def train(self, config: Any, ctx: TrainContext) -> dict[str, Any]: ...
 
 
-_REGISTRY: dict[str, str | type] = {}
+TRAINERS: Registry[type] = Registry("trainer")
 
 
 def register_trainer(name: str, target: str | type) -> None:
-    _REGISTRY[name] = target
+    TRAINERS.register(name, target)
 
 
 def available_trainers() -> list[str]:
-    return sorted(_REGISTRY)
+    return TRAINERS.names()
 
 
 def get_trainer(name: str) -> Trainer:
     """The registered trainer ``name`` (an instance); unknown names raise listing the known ones."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown trainer {name!r}; known trainers: {', '.join(available_trainers()) or '(none)'}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-        _REGISTRY[name] = target
-    return target()  # type: ignore[operator,return-value]
+    return TRAINERS.get(name)()
 
 
 def load_train_config(config_class: type, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
@@ -117,6 +110,8 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
 
 
 # built-in trainers
+register_trainer("sft", "rerank.trainers.sft_trainer:SFTTrainer")
+register_trainer("grpo", "rerank.trainers.grpo_trainer:GRPOTrainer")
 register_trainer("contrastive", "rerank.trainers.contrastive:ContrastiveTrainer")
 register_trainer("star", "rerank.trainers.star:StarTrainer")
 register_trainer("adore", "rerank.trainers.adore:AdoreTrainer")

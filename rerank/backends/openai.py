@@ -1,0 +1,231 @@
+"""Any OpenAI-compatible *completions* endpoint (``vllm serve``, SGLang, TGI, OpenAI) as a backend, over httpx.
+
+``--model`` is the served model name; the tokenizer (chat template, token ids) is loaded locally from the
+``tokenizer`` option (a folder or hub id; default: the model name). Prompts are sent as token-id arrays (the
+completions API accepts them), or as decoded text with ``prompt_format: text`` for servers that do not.
+
+Log-probs of requested token ids (``max_tokens=1``, greedy):
+
+- with ``extensions: true`` (default) the request also carries vLLM's ``logprob_token_ids`` (the server returns
+  the exact log-softmax of exactly those ids at the first generated position), ``return_tokens_as_token_ids``
+  (log-prob keys are ``token_id:N``, so tokens that decode to the same text stay apart) and ``return_token_ids``
+  (generated ids, decoded locally like the other backends). Ids are sent ``top_logprobs`` at a time, because
+  vLLM checks their count against its ``--max-logprobs`` (default 20).
+- servers without those extensions (set ``extensions: false`` if they reject unknown fields) only return the top
+  ``top_logprobs`` entries (OpenAI caps it at 5, vLLM at ``--max-logprobs``), keyed by token text. A requested id
+  is read from them only when it is in that top list and its text is unambiguous in the vocabulary; otherwise the
+  call raises a :class:`~rerank.errors.RerankError` naming the id. Nothing is ever guessed or floored.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
+from rerank.backends.vllm import MAX_LOGPROB_IDS
+from rerank.config import from_dict, to_dict
+from rerank.errors import ConfigError, RerankError
+
+__all__ = ["OpenAIBackend", "OpenAIBackendConfig"]
+
+TOKEN_ID_PREFIX = "token_id:"
+
+
+@dataclass
+class OpenAIBackendConfig:
+    """Options of the OpenAI-compatible backend. ``api_key`` defaults to ``$OPENAI_API_KEY`` (none if unset)."""
+
+    base_url: str = ""
+    api_key: str | None = None
+    tokenizer: str | None = None
+    prompt_format: Literal["token_ids", "text"] = "token_ids"
+    extensions: bool = True
+    top_logprobs: int = 20
+    timeout: float = 120.0
+    concurrency: int = 4
+    batch_size: int = 16
+    max_retries: int = 2
+    dtype: str = "auto"
+    device: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise ConfigError("openai backend: base_url is required (e.g. --base-url http://127.0.0.1:8000/v1)")
+        for key in ("top_logprobs", "concurrency", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"openai backend: {key} must be >= 1, got {getattr(self, key)}")
+        if self.max_retries < 0 or self.timeout <= 0:
+            raise ConfigError("openai backend: max_retries must be >= 0 and timeout > 0")
+        if self.dtype != "auto" or self.device is not None:
+            raise ConfigError("openai backend: dtype and device are chosen by the server; leave them unset")
+
+
+class OpenAIBackend(Backend):
+    """Batched, concurrent ``POST {base_url}/completions`` requests; greedy decoding unless a temperature is given."""
+
+    name = "openai"
+    config_class = OpenAIBackendConfig
+
+    def __init__(self, model: str, tokenizer: Any, config: OpenAIBackendConfig) -> None:
+        super().__init__()
+        self.model = model
+        self._tokenizer = tokenizer
+        self.config = config
+        self.api_key = config.api_key if config.api_key is not None else os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.client = httpx.Client(base_url=config.base_url.rstrip("/") + "/", headers=headers, timeout=config.timeout)
+        self._text_to_ids: dict[str, list[int]] | None = None
+        self.requests = 0
+
+    @classmethod
+    def from_options(cls, model: str | None, **options: Any) -> OpenAIBackend:
+        """Connect to ``base_url`` serving ``model``; the tokenizer loads from ``tokenizer`` (default: ``model``)."""
+        cfg = from_dict(OpenAIBackendConfig, options, where="openai backend options")
+        if not model:
+            raise ConfigError("the openai backend needs --model (the served model name)")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model, trust_remote_code=cfg.trust_remote_code)
+        return cls(model, tokenizer, cfg)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One completions request; retries transport errors, 429 and 5xx with exponential back-off."""
+        for attempt in range(self.config.max_retries + 1):
+            last = attempt == self.config.max_retries
+            try:
+                response = self.client.post("completions", json=payload)
+            except httpx.TransportError as e:
+                if last:
+                    raise RerankError(f"openai backend: {self.config.base_url} unreachable: {e}") from None
+            else:
+                self.requests += 1
+                if response.status_code == 200:
+                    return response.json()
+                if last or not (response.status_code == 429 or response.status_code >= 500):
+                    raise RerankError(
+                        f"openai backend: {self.config.base_url}/completions answered {response.status_code}: "
+                        f"{response.text[:500]}"
+                    )
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _choices(self, prompts: Sequence[Sequence[int]], fields: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send prompts ``batch_size`` per request, ``concurrency`` at a time; one choice per prompt, in order."""
+        check_prompts(prompts)
+        if self.config.prompt_format == "token_ids":
+            sent: list[Any] = [[int(t) for t in p] for p in prompts]
+        else:
+            sent = [self._tokenizer.decode(list(p), skip_special_tokens=False) for p in prompts]
+        size = self.config.batch_size
+        batches = [sent[i : i + size] for i in range(0, len(sent), size)]
+
+        def run(batch: list[Any]) -> list[dict[str, Any]]:
+            body = self._post({"model": self.model, "prompt": batch, "n": 1, **fields})
+            choices = sorted(body.get("choices", []), key=lambda c: c.get("index", 0))
+            if len(choices) != len(batch):
+                raise RerankError(f"openai backend: sent {len(batch)} prompts, got {len(choices)} choices")
+            return choices
+
+        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(batches))) as pool:
+            return [c for batch_choices in pool.map(run, batches) for c in batch_choices]
+
+    def _vocab_text(self) -> dict[str, list[int]]:
+        """Decoded text -> token ids over the whole vocabulary (to map text-keyed log-probs back to ids)."""
+        if self._text_to_ids is None:
+            table: dict[str, list[int]] = {}
+            for t in range(len(self._tokenizer)):
+                table.setdefault(self._tokenizer.decode([t]), []).append(t)
+            self._text_to_ids = table
+        return self._text_to_ids
+
+    def _parse_logprobs(self, choice: dict[str, Any], wanted: Sequence[int], prompt_index: int) -> dict[int, float]:
+        """Log-probs of ``wanted`` from one choice's first position; raises if one is absent or ambiguous."""
+        lp = choice.get("logprobs") or {}
+        tops = lp.get("top_logprobs") or []
+        entries: dict[str, float] = dict(tops[0]) if tops and tops[0] else {}
+        if lp.get("tokens") and lp.get("token_logprobs"):
+            entries.setdefault(lp["tokens"][0], lp["token_logprobs"][0])
+        by_id: dict[int, float] = {}
+        by_text: dict[str, float] = {}
+        for key, value in entries.items():
+            if key.startswith(TOKEN_ID_PREFIX) and key[len(TOKEN_ID_PREFIX) :].isdigit():
+                by_id[int(key[len(TOKEN_ID_PREFIX) :])] = float(value)
+            else:
+                by_text[key] = float(value)
+        out: dict[int, float] = {}
+        for t in wanted:
+            if t in by_id:
+                out[t] = by_id[t]
+                continue
+            text = self._tokenizer.decode([t])
+            if text in by_text:
+                same = self._vocab_text().get(text, [t])
+                if len(same) > 1:
+                    raise RerankError(
+                        f"openai backend: the server keys log-probs by text and token id {t} decodes to {text!r} "
+                        f"like ids {same}; use a server that honours return_tokens_as_token_ids (vLLM)"
+                    )
+                out[t] = by_text[text]
+                continue
+            raise RerankError(
+                f"openai backend: token id {t} ({text!r}) is not among the {len(entries)} log-probs the server "
+                f"returned for prompt {prompt_index}; servers return only their top-N (top_logprobs="
+                f"{self.config.top_logprobs}). Use vLLM with extensions: true for exact ids, or raise top_logprobs "
+                "up to the server's cap"
+            )
+        return out
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logprobs"] += 1
+        wanted = unique_ids(token_ids, len(self._tokenizer))
+        base = {"max_tokens": 1, "temperature": 0.0, "logprobs": self.config.top_logprobs}
+        step = min(self.config.top_logprobs, MAX_LOGPROB_IDS) if self.config.extensions else len(wanted)
+        found: list[dict[int, float]] = [{} for _ in prompts]
+        for start in range(0, len(wanted), step):
+            chunk = wanted[start : start + step]
+            fields = dict(base)
+            if self.config.extensions:
+                fields.update(logprob_token_ids=chunk, return_tokens_as_token_ids=True)
+            for i, choice in enumerate(self._choices(prompts, fields)):
+                found[i].update(self._parse_logprobs(choice, chunk, i))
+        return [[row[int(t)] for t in token_ids] for row in found]
+
+    def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        self.calls["generate"] += 1
+        fields: dict[str, Any] = {
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "seed": config.seed,
+        }
+        if config.stop:
+            fields["stop"] = list(config.stop)
+        if self.config.extensions:
+            fields["return_token_ids"] = True
+        texts = []
+        for choice in self._choices(prompts, fields):
+            ids = choice.get("token_ids")
+            text = self._tokenizer.decode(ids, skip_special_tokens=True) if ids is not None else choice.get("text", "")
+            texts.append(cut_at_stop(text, config.stop))
+        return texts
+
+    def describe(self) -> dict[str, Any]:
+        desc = to_dict(self.config)
+        desc["api_key"] = "***" if self.api_key else None
+        return {"backend": self.name, "model": self.model, **desc}
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,36 @@
+"""``rerank leaderboard --config FILE.yaml``: run (or reuse) a rows x datasets matrix and write the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+
+from rerank.cli.common import add_data_root
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leaderboard", help="run a (first stage, reranker, model) x datasets matrix into a leaderboard")
+    p.add_argument("--config", required=True, help="leaderboard YAML (columns, rows; see configs/examples)")
+    p.add_argument("--results-dir", default=None,
+                   help="where cells are written and reused (default: <cache>/leaderboard/<name>, outside the repo)")
+    p.add_argument("--force", action="store_true", help="rerun every cell even if its config hash matches")
+    p.add_argument("--only-cached", action="store_true",
+                   help="run nothing: build the leaderboard from cells already computed (others are listed as not run)")
+    p.add_argument("--output-md", default=None,
+                   help="Markdown leaderboard path; the plot is written beside it as .png "
+                   "(default: <results-dir>/leaderboard.md)")
+    add_data_root(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rerank.eval.leaderboard import run_leaderboard
+
+    report = run_leaderboard(args.config, data_root=args.data_root, results_dir=args.results_dir, force=args.force,
+                             output_md=args.output_md, only_cached=args.only_cached)
+    ran = sum(1 for d in report["cells"].values() for c in d.values() if not c["reused"])
+    reused = sum(1 for d in report["cells"].values() for c in d.values() if c["reused"])
+    print(f"leaderboard {report['name']!r}: {ran} cells run, {reused} reused -> {report['markdown']}, "
+          f"{report['plot']}")
+    for n in report["notes"]:
+        print(f"note: {n}")
+    return 0

@@ -1,0 +1,285 @@
+"""The recipe runner: strict recipe configs, per-unit resumable output, atomic finalisation and a manifest.
+
+Every recipe turns *units* (source queries, or documents for query synthesis) into training rows of the trainer
+schema ``{"qid", "query", "candidates": [{"id", "text", "title"?, "score"?}], "labels": [int], "teacher_ranking"?,
+"teacher_scores"?, "reasoning"?}``. While running, each finished unit is appended (and flushed) as one line
+``{"unit", "rows"}`` to ``progress.jsonl``; an interrupted build continues with ``resume=True`` from the units done
+(a torn last line is dropped). At the end ``data.jsonl`` and ``manifest.json`` (source, recipe hash, counts) are
+written atomically and the progress file is removed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tqdm.auto import tqdm
+
+from rerank.config import from_dict, to_dict
+from rerank.errors import ConfigError, DataFormatError
+from rerank.utils.files import atomic_write, hash_obj, write_json
+
+__all__ = [
+    "SourceSpec",
+    "FirstStageSpec",
+    "ModelSpec",
+    "Recipe",
+    "build",
+    "validate_row",
+    "read_rows",
+    "load_hf_dataset",
+    "unit_rng",
+]
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = "rerank-train-v1"
+
+
+@dataclass
+class SourceSpec:
+    """Where units come from: a dataset (registered name or BEIR folder), its split, optionally the first N queries."""
+
+    dataset: str
+    split: str = "train"
+    max_queries: int | None = None
+
+
+@dataclass
+class FirstStageSpec:
+    """A registered retriever (with options), or a TREC run file; ``depth`` candidates per query."""
+
+    retriever: str | None = None
+    run: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    depth: int = 100
+
+    def __post_init__(self) -> None:
+        if (self.retriever is None) == (self.run is None):
+            raise ValueError("first_stage needs exactly one of 'retriever' or 'run'")
+
+
+@dataclass
+class ModelSpec:
+    """A registered reranker on a model and backend."""
+
+    reranker: str
+    model: str | None = None
+    backend: str = "transformers"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Any:
+        from rerank.heads.base import Reranker
+
+        return Reranker.load(self.reranker, model=self.model, backend=self.backend, **self.options)
+
+
+def unit_rng(seed: int, unit: str) -> random.Random:
+    """A random generator that depends only on (seed, unit), so a resumed build makes the same choices."""
+    return random.Random(f"{seed}:{unit}")
+
+
+def validate_row(row: dict[str, Any], where: str = "row") -> None:
+    """Check one row against the training schema (``rerank.trainers.data``); a mistake raises ``DataFormatError``."""
+    for key, tp in (("qid", str), ("query", str), ("candidates", list), ("labels", list)):
+        if not isinstance(row.get(key), tp):
+            raise DataFormatError(where, None, f"field {key!r} must be a {tp.__name__}")
+    n = len(row["candidates"])
+    if n == 0 or len(row["labels"]) != n:
+        raise DataFormatError(where, None, f"{n} candidates but {len(row['labels'])} labels")
+    ids = []
+    for c in row["candidates"]:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("text"), str):
+            raise DataFormatError(where, None, "each candidate needs string 'id' and 'text'")
+        unknown = set(c) - {"id", "text", "title", "score"}
+        if unknown:
+            raise DataFormatError(where, None, f"unknown candidate key(s) {sorted(unknown)}")
+        ids.append(c["id"])
+    if len(set(ids)) != n:
+        raise DataFormatError(where, None, "duplicate candidate ids")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in row["labels"]):
+        raise DataFormatError(where, None, "labels must be non-negative integers (graded relevance)")
+    if not row["query"].strip():
+        raise DataFormatError(where, None, "empty query")
+    if "teacher_ranking" in row and sorted(row["teacher_ranking"]) != sorted(ids):
+        raise DataFormatError(where, None, "teacher_ranking must be a permutation of the candidate ids")
+    if "teacher_scores" in row and len(row["teacher_scores"]) != n:
+        raise DataFormatError(where, None, "teacher_scores must align with candidates")
+    unknown = set(row) - {"qid", "query", "candidates", "labels", "teacher_ranking", "teacher_scores", "reasoning"}
+    if unknown:
+        raise DataFormatError(where, None, f"unknown field(s) {sorted(unknown)}")
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate a recipe's ``data.jsonl``."""
+    from rerank.data.io import iter_jsonl
+
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        validate_row(row, f"{path}:{lineno}")
+        rows.append(row)
+    return rows
+
+
+def load_hf_dataset(path: str | Path) -> Any:
+    """The rows as a Hugging Face ``datasets.Dataset`` (JSON loader)."""
+    import datasets
+
+    return datasets.load_dataset("json", data_files=str(path), split="train")
+
+
+class Recipe(ABC):
+    """One recipe kind: a typed config, the ordered units, and rows per unit."""
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, data_root: str | None = None) -> None:
+        self.config = config
+        self.data_root = data_root
+
+    @abstractmethod
+    def units(self) -> list[str]:
+        """Unit keys in processing order (query ids, or document ids for query synthesis)."""
+
+    @abstractmethod
+    def rows_for(self, unit: str) -> list[dict[str, Any]]:
+        """Training rows for one unit (may be empty: the unit is recorded as skipped)."""
+
+    def restore(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Re-establish state from rows already written (e.g. the de-duplication set) before resuming."""
+
+    def source(self) -> dict[str, Any]:
+        """What the data came from, for the manifest."""
+        return {}
+
+    def close(self) -> None:
+        """Release models."""
+
+
+def _recipe_class(kind: str) -> type[Recipe]:
+    from rerank.data_recipes import RECIPES
+
+    if kind not in RECIPES:
+        raise ConfigError(f"unknown recipe {kind!r}; recipes: {', '.join(sorted(RECIPES))}")
+    import importlib
+
+    module, _, attr = RECIPES[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _read_progress(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Completed units from ``progress.jsonl``; returns them and the byte length of the intact prefix."""
+    done: list[dict[str, Any]] = []
+    good = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                done.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good += len(raw)
+    return done, good
+
+
+def build(
+    recipe: dict[str, Any],
+    output: str | Path,
+    data_root: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    recipe_obj: Recipe | None = None,
+) -> dict[str, Any]:
+    """Run ``recipe`` (a parsed YAML mapping with a ``recipe`` kind) into ``output``; returns the manifest."""
+    spec = dict(recipe)
+    kind = spec.pop("recipe", None)
+    if not kind:
+        raise ConfigError("a recipe needs a 'recipe' key naming its kind")
+    cls = _recipe_class(str(kind))
+    config = from_dict(cls.config_class, spec, where=f"recipe {kind}")
+    rhash = hash_obj({"recipe": kind, **to_dict(config)})
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    prog, meta_path = out / "progress.jsonl", out / "progress.meta.json"
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if resume and old.get("recipe_hash") == rhash:
+            log.info("%s is already complete (recipe hash %s)", out, rhash)
+            return old
+        if not resume or old.get("recipe_hash") != rhash:
+            raise ConfigError(f"{out} already holds a finished build (recipe hash {old.get('recipe_hash')}); "
+                              f"choose another --output or remove it")
+    done_units: list[dict[str, Any]] = []
+    if prog.exists():
+        if not resume:
+            raise ConfigError(f"{out} holds an unfinished build; pass --resume to continue it or remove the folder")
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        if meta.get("recipe_hash") != rhash:
+            raise ConfigError(f"{out}: the unfinished build is of another recipe (hash {meta.get('recipe_hash')} "
+                              f"vs {rhash}); remove the folder to start again")
+        done_units, good = _read_progress(prog)
+        with open(prog, "r+b") as f:  # drop a torn last line
+            f.truncate(good)
+    else:
+        write_json({"recipe_hash": rhash, "recipe": kind}, meta_path)
+    r = recipe_obj if recipe_obj is not None else cls(config, data_root)
+    try:
+        units = r.units()
+        if len(set(units)) != len(units):
+            raise ConfigError(f"recipe {kind}: duplicate unit keys")
+        done = {d["unit"] for d in done_units}
+        r.restore(row for d in done_units for row in d["rows"])
+        todo = [u for u in units if u not in done]
+        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"data {kind}", unit="unit",
+                   disable=not progress)
+        with open(prog, "a", encoding="utf-8") as f:
+            for u in todo:
+                rows = r.rows_for(u)
+                for i, row in enumerate(rows):
+                    validate_row(row, f"recipe {kind}, unit {u}, row {i}")
+                f.write(json.dumps({"unit": u, "rows": rows}, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                done_units.append({"unit": u, "rows": rows})
+                bar.update(1)
+        bar.close()
+        source = r.source()
+    finally:
+        r.close()
+    order = {u: i for i, u in enumerate(units)}
+    done_units.sort(key=lambda d: order.get(d["unit"], len(order)))
+    rows = [row for d in done_units for row in d["rows"]]
+    with atomic_write(out / "data.jsonl") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    manifest = {
+        "recipe": kind,
+        "recipe_hash": rhash,
+        "config": to_dict(config),
+        "source": source,
+        "schema": SCHEMA_VERSION,
+        "data": "data.jsonl",
+        "counts": {
+            "units": len(units),
+            "units_without_rows": sum(1 for d in done_units if not d["rows"]),
+            "rows": len(rows),
+            "candidates": sum(len(x["candidates"]) for x in rows),
+            "positive_labels": sum(1 for x in rows for g in x["labels"] if g > 0),
+        },
+        "resumed_units": len(done),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(manifest, manifest_path)
+    prog.unlink()
+    meta_path.unlink(missing_ok=True)
+    return manifest

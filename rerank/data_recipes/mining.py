@@ -1,0 +1,311 @@
+"""Hard-negative mining and teacher labelling over a first-stage run of a dataset's queries.
+
+* ``hard_negatives``: positives from the qrels; negatives from first-stage ranks ``window`` (1-based, inclusive),
+  minus judged positives, optionally minus likely false negatives: a candidate the filter model scores above
+  ``min(positive scores) - margin`` is dropped (RocketQA-style denoising). The filter is a registered reranker
+  (a cross-encoder) or a bi-encoder (sentence-transformers cosine).
+* ``teacher_labels``: the first-stage top-``candidates`` (judged positives added if missing) labelled by teachers:
+  ``erank`` integer 0-10 labels from a pointwise teacher, ``first`` the listwise teacher's permutation
+  (``teacher_ranking``), ``grouprank`` groups of ``group_size`` with ``teacher_scores`` =
+  -0.5*ln(pointwise rank) - 0.5*ln(listwise rank), and ``scores`` the raw teacher scores. ``labels`` are always the
+  qrels grades (0 when unjudged).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rerank.data.datasets import Dataset, resolve_dataset
+from rerank.data.io import read_run
+from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, unit_rng
+from rerank.errors import ConfigError
+from rerank.types import Candidate, Document, Run, sort_ranking
+
+__all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe"]
+
+
+def _cand(doc: Document, score: float | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"id": doc.id, "text": doc.text}
+    if doc.title:
+        c["title"] = doc.title
+    if score is not None:
+        c["score"] = float(score)
+    return c
+
+
+class _OverRun(Recipe):
+    """Shared: dataset, queries of a split, qrels and a first-stage run computed once."""
+
+    def _setup(self, source: SourceSpec, first_stage: FirstStageSpec) -> None:
+        self.dataset: Dataset = resolve_dataset(source.dataset, self.data_root)
+        self.queries = self.dataset.split_queries(source.split, source.max_queries)
+        self.qrels = self.dataset.qrels(source.split)
+        self._fs = first_stage
+        self._run: Run | None = None
+
+    @property
+    def run(self) -> Run:
+        if self._run is None:
+            fs = self._fs
+            if fs.run is not None:
+                full = read_run(fs.run)
+                self._run = {q: sort_ranking(full.get(q, []))[: fs.depth] for q in self.queries}
+            else:
+                from rerank.retrieval.base import build_retriever
+
+                retriever = build_retriever(fs.retriever, self.dataset, **fs.options)  # type: ignore[arg-type]
+                self._run = retriever.retrieve(self.queries, k=fs.depth)
+        return self._run
+
+    def units(self) -> list[str]:
+        return list(self.queries)
+
+    def source(self) -> dict[str, Any]:
+        fs = self._fs
+        return {
+            "dataset": self.dataset.name,
+            "root": str(self.dataset.root),
+            "split": self.config.source.split,
+            "corpus_sha256": self.dataset.corpus_hash,
+            "queries": len(self.queries),
+            "first_stage": {"retriever": fs.retriever, "run": fs.run, "options": fs.options, "depth": fs.depth},
+        }
+
+    def positives(self, qid: str, min_grade: int = 1) -> list[str]:
+        return [d for d, g in sorted(self.qrels.get(qid, {}).items()) if g >= min_grade and d in self.dataset.corpus]
+
+
+@dataclass
+class FilterSpec:
+    """False-negative filter: drop a candidate scored above ``min(positive scores) - margin``."""
+
+    scorer: Literal["reranker", "bi-encoder"] = "reranker"
+    model: str | None = None
+    reranker: str = "cross-encoder"
+    backend: str = "transformers"
+    options: dict[str, Any] = field(default_factory=dict)
+    margin: float = 0.0
+
+
+@dataclass
+class HardNegativesConfig:
+    source: SourceSpec
+    first_stage: FirstStageSpec
+    window: list[int] = field(default_factory=lambda: [1, 100])
+    num_negatives: int = 7
+    sampling: Literal["top", "random"] = "top"
+    min_positive_grade: int = 1
+    false_negative_filter: FilterSpec | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.window) != 2 or not 1 <= self.window[0] <= self.window[1]:
+            raise ValueError(f"window must be [start, end] 1-based ranks with start <= end, got {self.window}")
+        if self.num_negatives < 1:
+            raise ValueError("num_negatives must be >= 1")
+
+
+class _BiEncoderScorer:
+    """Cosine similarity of a sentence-transformers bi-encoder (normalised embeddings)."""
+
+    def __init__(self, model: str) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        try:  # registered packaged models (e.g. all-MiniLM-L6-v2) resolve to their installed folder
+            from rerank.models import resolve_model_path
+
+            model = resolve_model_path(model)
+        except ImportError:
+            pass
+        self.model = SentenceTransformer(model, device="cpu", trust_remote_code=False)
+
+    def scores(self, query: str, docs: list[Document]) -> list[float]:
+        q = self.model.encode([query], normalize_embeddings=True, convert_to_numpy=True)
+        d = self.model.encode([x.full_text() for x in docs], normalize_embeddings=True, convert_to_numpy=True)
+        return [float(v) for v in (d @ q[0])]
+
+
+class HardNegativesRecipe(_OverRun):
+    """Positives + mined hard negatives per training query."""
+
+    kind = "hard_negatives"
+    config_class = HardNegativesConfig
+
+    def __init__(self, config: HardNegativesConfig, data_root: str | None = None) -> None:
+        super().__init__(config, data_root)
+        self._setup(config.source, config.first_stage)
+        self._scorer: Any = None
+        self.filtered = 0
+
+    def _filter_scores(self, qid: str, docs: list[Document]) -> list[float]:
+        f = self.config.false_negative_filter
+        if self._scorer is None:
+            if f.scorer == "bi-encoder":
+                if not f.model:
+                    raise ConfigError("false_negative_filter: the bi-encoder scorer needs 'model'")
+                self._scorer = _BiEncoderScorer(f.model)
+            else:
+                self._scorer = ModelSpec(f.reranker, f.model, f.backend, f.options).load()
+        q = self.queries[qid]
+        if isinstance(self._scorer, _BiEncoderScorer):
+            return self._scorer.scores(q.text, docs)
+        return self._scorer.score_candidates(q, [Candidate(d) for d in docs])
+
+    def rows_for(self, unit: str) -> list[dict[str, Any]]:
+        cfg = self.config
+        corpus = self.dataset.corpus
+        pos = self.positives(unit, cfg.min_positive_grade)
+        if not pos:
+            return []
+        judged_pos = {d for d, g in self.qrels.get(unit, {}).items() if g >= 1}
+        ranked = sort_ranking(self.run.get(unit, []))
+        lo, hi = cfg.window
+        window = [(d, s) for d, s in ranked[lo - 1 : hi] if d not in judged_pos and d in corpus]
+        if cfg.false_negative_filter is not None and window:
+            docs = [corpus[d] for d in pos] + [corpus[d] for d, _ in window]
+            scores = self._filter_scores(unit, docs)
+            threshold = min(scores[: len(pos)]) - cfg.false_negative_filter.margin
+            keep = [w for w, s in zip(window, scores[len(pos) :], strict=True) if s <= threshold]
+            self.filtered += len(window) - len(keep)
+            window = keep
+        if cfg.sampling == "random":
+            rng = unit_rng(cfg.seed, unit)
+            negs = sorted(rng.sample(window, min(cfg.num_negatives, len(window))), key=lambda x: window.index(x))
+        else:
+            negs = window[: cfg.num_negatives]
+        if not negs:
+            return []
+        fs_scores = dict(ranked)
+        cands = [_cand(corpus[d], fs_scores.get(d)) for d in pos] + [_cand(corpus[d], s) for d, s in negs]
+        labels = [int(self.qrels[unit][d]) for d in pos] + [0] * len(negs)
+        return [{"qid": unit, "query": self.queries[unit].text, "candidates": cands, "labels": labels}]
+
+    def source(self) -> dict[str, Any]:
+        return {**super().source(), "false_negatives_filtered": self.filtered}
+
+    def close(self) -> None:
+        if self._scorer is not None and hasattr(self._scorer, "close"):
+            self._scorer.close()
+
+
+@dataclass
+class TeacherLabelsConfig:
+    source: SourceSpec
+    first_stage: FirstStageSpec
+    mode: Literal["erank", "first", "grouprank", "scores"]
+    teacher: ModelSpec | None = None
+    pointwise_teacher: ModelSpec | None = None
+    listwise_teacher: ModelSpec | None = None
+    candidates: int = 20
+    include_positives: bool = True
+    score_map: Literal["round", "minmax"] = "round"
+    group_size: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode == "grouprank":
+            if self.pointwise_teacher is None or self.listwise_teacher is None:
+                raise ValueError("mode grouprank needs pointwise_teacher and listwise_teacher")
+            if self.group_size < 2:
+                raise ValueError("group_size must be >= 2")
+        elif self.teacher is None:
+            raise ValueError(f"mode {self.mode} needs 'teacher'")
+        if self.candidates < 2:
+            raise ValueError("candidates must be >= 2")
+
+
+def _ranks(ids: list[str], scores: list[float]) -> dict[str, int]:
+    """1-based ranks by score, ties in input order (as the reranker interface sorts)."""
+    order = sorted(range(len(ids)), key=lambda j: -scores[j])
+    return {ids[j]: r for r, j in enumerate(order, 1)}
+
+
+class TeacherLabelsRecipe(_OverRun):
+    """Candidate lists labelled by teacher rerankers, for ERank / FIRST / GroupRank SFT."""
+
+    kind = "teacher_labels"
+    config_class = TeacherLabelsConfig
+
+    def __init__(self, config: TeacherLabelsConfig, data_root: str | None = None) -> None:
+        super().__init__(config, data_root)
+        self._setup(config.source, config.first_stage)
+        self._models: dict[str, Any] = {}
+
+    def _model(self, role: str) -> Any:
+        if role not in self._models:
+            self._models[role] = getattr(self.config, role).load()
+        return self._models[role]
+
+    def _candidates(self, unit: str) -> list[Document]:
+        corpus = self.dataset.corpus
+        ids = [d for d, _ in sort_ranking(self.run.get(unit, [])) if d in corpus][: self.config.candidates]
+        if self.config.include_positives:
+            missing = [d for d in self.positives(unit) if d not in ids]
+            if missing:  # replace the lowest-ranked candidates so the list keeps its size
+                keep = max(0, self.config.candidates - len(missing))
+                ids = ids[:keep] + missing
+        return [corpus[d] for d in ids]
+
+    def _scores(self, role: str, unit: str, docs: list[Document]) -> list[float]:
+        res = self._model(role).rerank(self.queries[unit], [Candidate(d) for d in docs])
+        by_id = {r.doc.id: r.score for r in res.results}
+        return [float(by_id[d.id]) for d in docs]
+
+    def rows_for(self, unit: str) -> list[dict[str, Any]]:
+        cfg = self.config
+        docs = self._candidates(unit)
+        if len(docs) < 2:
+            return []
+        q = self.queries[unit].text
+        grades = self.qrels.get(unit, {})
+        fs = dict(self.run.get(unit, []))
+        ids = [d.id for d in docs]
+        cands = [_cand(d, fs.get(d.id)) for d in docs]
+        labels = [int(grades.get(d, 0)) for d in ids]
+        if cfg.mode == "grouprank":
+            sp = self._scores("pointwise_teacher", unit, docs)
+            sl = self._scores("listwise_teacher", unit, docs)
+            rp, rl = _ranks(ids, sp), _ranks(ids, sl)
+            value = {d: -0.5 * math.log(rp[d]) - 0.5 * math.log(rl[d]) for d in ids}
+            order = list(range(len(docs)))
+            unit_rng(cfg.seed, unit).shuffle(order)
+            rows = []
+            for g, start in enumerate(range(0, len(order), cfg.group_size)):
+                idx = order[start : start + cfg.group_size]
+                if len(idx) < 2:
+                    continue
+                rows.append({"qid": f"{unit}#g{g}", "query": q, "candidates": [cands[j] for j in idx],
+                             "labels": [labels[j] for j in idx], "teacher_scores": [value[ids[j]] for j in idx]})
+            return rows
+        scores = self._scores("teacher", unit, docs)
+        row: dict[str, Any] = {"qid": unit, "query": q, "candidates": cands, "labels": labels}
+        if cfg.mode == "erank":
+            row["teacher_scores"] = [self._to_0_10(s, scores, unit) for s in scores]
+        elif cfg.mode == "first":
+            row["teacher_ranking"] = [ids[j] for j in sorted(range(len(ids)), key=lambda j: -scores[j])]
+            row["teacher_scores"] = scores
+        else:
+            row["teacher_scores"] = scores
+        return [row]
+
+    def _to_0_10(self, s: float, all_scores: list[float], unit: str) -> int:
+        """The ERank target: an integer 0-10 (``round`` for 0-10 teachers, ``minmax`` rescales per query)."""
+        if self.config.score_map == "minmax":
+            lo, hi = min(all_scores), max(all_scores)
+            return int(round(10 * (s - lo) / (hi - lo))) if hi > lo else 5
+        if not -0.5 <= s <= 10.5:
+            raise ConfigError(f"erank labels: teacher score {s} for query {unit} is outside 0-10; "
+                              f"use score_map: minmax for teachers on another scale")
+        return int(min(10, max(0, round(s))))
+
+    def source(self) -> dict[str, Any]:
+        roles = ("pointwise_teacher", "listwise_teacher") if self.config.mode == "grouprank" else ("teacher",)
+        from rerank.config import to_dict
+
+        return {**super().source(), "teachers": {r: to_dict(getattr(self.config, r)) for r in roles}}
+
+    def close(self) -> None:
+        for m in self._models.values():
+            m.close()

@@ -1,0 +1,175 @@
+"""Query synthesis for unlabeled corpora: an LLM (any registered backend) writes a query per document.
+
+Documents are sampled (seeded) from the corpus; each generated query is cleaned (first line, quotes and a leading
+``Query:`` removed), then de-duplicated: exact duplicates after normalisation and near-duplicates whose word-set
+Jaccard similarity with an already kept query reaches ``dedup_jaccard`` are dropped. Each kept query becomes a row
+with its source document as the positive (label 1) and, when a first stage is given, negatives from its ranks
+``negative_window`` for that query (the source document excluded; label 0).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rerank.data.datasets import resolve_dataset
+from rerank.data_recipes.base import FirstStageSpec, Recipe, unit_rng
+from rerank.types import Document, Query, sort_ranking
+
+__all__ = ["QuerySynthesisRecipe", "clean_query", "normalise"]
+
+
+@dataclass
+class GeneratorSpec:
+    """The LLM: a model on a registered backend, a prompt template, decoding options."""
+
+    model: str | None = None
+    backend: str = "transformers"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    template: str = "query_synthesis"
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    max_doc_tokens: int = 256
+
+
+@dataclass
+class QuerySynthesisConfig:
+    dataset: str
+    generator: GeneratorSpec
+    max_docs: int = 100
+    min_doc_chars: int = 50
+    dedup_jaccard: float = 0.8
+    min_query_words: int = 2
+    first_stage: FirstStageSpec | None = None
+    negative_window: list[int] = field(default_factory=lambda: [1, 30])
+    num_negatives: int = 7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dedup_jaccard <= 1:
+            raise ValueError("dedup_jaccard must be in (0, 1]")
+        if len(self.negative_window) != 2 or not 1 <= self.negative_window[0] <= self.negative_window[1]:
+            raise ValueError(f"negative_window must be [start, end] 1-based ranks, got {self.negative_window}")
+
+
+def clean_query(text: str) -> str:
+    """First non-empty line, without a ``Query:`` label or surrounding quotes."""
+    line = next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
+    line = re.sub(r"^(search\s+)?query\s*:\s*", "", line, flags=re.IGNORECASE)
+    return line.strip().strip("\"'`“”").strip()
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+class QuerySynthesisRecipe(Recipe):
+    """Synthetic (query, positive document, negatives) rows from an unlabeled corpus."""
+
+    kind = "query_synthesis"
+    config_class = QuerySynthesisConfig
+
+    def __init__(self, config: QuerySynthesisConfig, data_root: str | None = None, backend: Any = None) -> None:
+        super().__init__(config, data_root)
+        self.dataset = resolve_dataset(config.dataset, data_root)
+        self._backend = backend
+        self._template = None
+        self._retriever = None
+        self.kept: list[set[str]] = []
+        self.kept_norm: set[str] = set()
+        self.dropped = {"empty_or_short": 0, "duplicate": 0, "near_duplicate": 0}
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            from rerank.backends.registry import build_backend
+
+            g = self.config.generator
+            self._backend = build_backend(g.backend, g.model, **g.backend_options)
+        return self._backend
+
+    def units(self) -> list[str]:
+        docs = [d.id for d in self.dataset.corpus.values() if len(d.full_text()) >= self.config.min_doc_chars]
+        rng = unit_rng(self.config.seed, "sample")
+        return sorted(rng.sample(docs, min(self.config.max_docs, len(docs))))
+
+    def restore(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._keep(row["query"])
+
+    def _keep(self, q: str) -> None:
+        self.kept_norm.add(normalise(q))
+        self.kept.append(set(normalise(q).split()))
+
+    def _duplicate(self, q: str) -> str | None:
+        n = normalise(q)
+        if len(n.split()) < self.config.min_query_words:
+            return "empty_or_short"
+        if n in self.kept_norm:
+            return "duplicate"
+        words = set(n.split())
+        for other in self.kept:
+            if len(words & other) / len(words | other) >= self.config.dedup_jaccard:
+                return "near_duplicate"
+        return None
+
+    def _generate(self, doc: Document) -> str:
+        from rerank.backends.base import GenerationConfig
+        from rerank.prompts import load_template
+
+        g = self.config.generator
+        if self._template is None:
+            self._template = load_template(g.template)
+        tok = self.backend.tokenizer
+        ids = tok.encode(doc.full_text(), add_special_tokens=False)
+        text = tok.decode(ids[: g.max_doc_tokens], skip_special_tokens=True) if len(ids) > g.max_doc_tokens \
+            else doc.full_text()
+        messages = self._template.messages(document=text)
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt_ids = tok.encode(prompt + self._template.assistant_prefix, add_special_tokens=False)
+        gen = GenerationConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                               seed=self.config.seed)
+        return self.backend.generate([prompt_ids], gen)[0]
+
+    def rows_for(self, unit: str) -> list[dict[str, Any]]:
+        doc = self.dataset.corpus[unit]
+        q = clean_query(self._generate(doc))
+        why = self._duplicate(q)
+        if why is not None:
+            self.dropped[why] += 1
+            return []
+        self._keep(q)
+        cands = [{"id": doc.id, "text": doc.text, **({"title": doc.title} if doc.title else {})}]
+        labels = [1]
+        fs = self.config.first_stage
+        if fs is not None:
+            if self._retriever is None:
+                from rerank.retrieval.base import build_retriever
+
+                if fs.retriever is None:
+                    raise ValueError("query synthesis negatives need a first_stage retriever (a run cannot know "
+                                     "synthetic queries)")
+                self._retriever = build_retriever(fs.retriever, self.dataset, **fs.options)
+            qid = f"synth-{unit}"
+            ranked = sort_ranking(self._retriever.retrieve({qid: Query(qid, q)}, k=fs.depth).get(qid, []))
+            lo, hi = self.config.negative_window
+            negs = [(d, s) for d, s in ranked[lo - 1 : hi] if d != unit][: self.config.num_negatives]
+            for d, s in negs:
+                nd = self.dataset.corpus[d]
+                cands.append({"id": nd.id, "text": nd.text, **({"title": nd.title} if nd.title else {}),
+                              "score": float(s)})
+                labels.append(0)
+        return [{"qid": f"synth-{unit}", "query": q, "candidates": cands, "labels": labels}]
+
+    def source(self) -> dict[str, Any]:
+        g = self.config.generator
+        return {"dataset": self.dataset.name, "root": str(self.dataset.root),
+                "corpus_sha256": self.dataset.corpus_hash,
+                "generator": {"model": g.model, "backend": g.backend, "template": g.template},
+                "dropped_queries": dict(self.dropped)}
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()

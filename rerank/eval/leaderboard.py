@@ -1,0 +1,471 @@
+"""``rerank leaderboard``: a matrix of (first stage, reranker, backend, model) rows x dataset columns.
+
+Each cell is one :func:`rerank.eval.pipeline.run_eval` written to ``<results>/<row>/<column>/`` with a ``cell.json``
+holding the cell's config hash; a later run reuses a cell whose hash matches (unless ``force``). The Markdown
+leaderboard shows measured rows (primary measure per column, the average over the columns marked ``in_average``,
+queries/s) and, in a separate table, published reference figures from ``published.yaml``. Significance: a paired
+two-sided randomization test (sign flips of per-query differences) of every measured row against the first row that
+has the column, on the queries both cells scored; ``†`` marks p < ``significance.p``. All pairwise p-values are
+written to ``leaderboard.json`` and listed in the Markdown.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rerank.config import from_dict, load_yaml, to_dict
+from rerank.data.datasets import cache_root, resolve_dataset
+from rerank.errors import ConfigError
+from rerank.eval.metrics import DEFAULT_MEASURES
+from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.utils.files import atomic_write, hash_obj, write_json
+
+__all__ = [
+    "ColumnSpec",
+    "RowSpec",
+    "LeaderboardConfig",
+    "load_config",
+    "load_published",
+    "randomization_test",
+    "run_leaderboard",
+    "render_markdown",
+]
+
+log = logging.getLogger(__name__)
+PUBLISHED_PATH = Path(__file__).with_name("published.yaml")
+
+
+@dataclass
+class ColumnSpec:
+    """A dataset column: which dataset, which slice of it, and precomputed first-stage runs by retriever name."""
+
+    label: str
+    dataset: str
+    split: str = "test"
+    max_queries: int | None = None
+    top_k: int = 100
+    depth: int = 1000
+    runs: dict[str, str] = field(default_factory=dict)
+    in_average: bool = True
+    note: str = ""
+
+
+@dataclass
+class RowSpec:
+    """A system: first stage (+ optional reranker on a backend and model); ``columns`` limits where it runs."""
+
+    name: str
+    retriever: str
+    retriever_options: dict[str, Any] = field(default_factory=dict)
+    reranker: str | None = None
+    model: str | None = None
+    backend: str = "transformers"
+    reranker_options: dict[str, Any] = field(default_factory=dict)
+    top_k: int | None = None
+    columns: list[str] | None = None
+    requires: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class SignificanceSpec:
+    p: float = 0.05
+    samples: int = 10000
+    seed: int = 0
+
+
+@dataclass
+class LeaderboardConfig:
+    name: str
+    columns: list[ColumnSpec]
+    rows: list[RowSpec]
+    measure: str = "nDCG@10"
+    significance: SignificanceSpec = field(default_factory=SignificanceSpec)
+    published: bool = True
+
+
+def _package_dir(name: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{{pkg:{name}}}: package {name!r} is not installed")
+    return str(next(iter(spec.submodule_search_locations)))
+
+
+def _expand(value: str, config_dir: Path) -> str:
+    """Expand ``{cache}``, ``{config_dir}``, ``{pkg:NAME}`` (an installed package's folder) and ``~``."""
+    value = value.replace("{cache}", str(cache_root())).replace("{config_dir}", str(config_dir))
+    value = re.sub(r"\{pkg:([A-Za-z0-9_.]+)\}", lambda m: _package_dir(m.group(1)), value)
+    return os.path.expanduser(value)
+
+
+def load_config(path: str | Path) -> tuple[LeaderboardConfig, Path]:
+    """Read and validate a leaderboard YAML; placeholders (see :func:`_expand`) expand in ``model`` and ``requires``."""
+    path = Path(path)
+    cfg = from_dict(LeaderboardConfig, load_yaml(path), where=str(path))
+    labels = [c.label for c in cfg.columns]
+    if len(set(labels)) != len(labels) or not labels:
+        raise ConfigError(f"{path}: column labels must be unique and non-empty, got {labels}")
+    names = [r.name for r in cfg.rows]
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"{path}: row names must be unique and non-empty, got {names}")
+    for r in cfg.rows:
+        bad = [c for c in (r.columns or []) if c not in labels]
+        if bad:
+            raise ConfigError(f"{path}: row {r.name!r} names unknown column(s) {bad}; columns: {labels}")
+        requires = []
+        for p in r.requires:
+            try:
+                requires.append(_expand(p, path.parent.resolve()))
+            except ConfigError as e:  # an absent package skips the row (with this note) instead of the board
+                requires.append(str(e))
+        if r.model:
+            try:
+                r.model = _expand(r.model, path.parent.resolve())
+            except ConfigError as e:
+                requires.append(str(e))
+        r.requires = requires
+    return cfg, path
+
+
+def load_published(path: str | Path = PUBLISHED_PATH) -> list[dict[str, Any]]:
+    """Published reference entries (name, kind, model, first_stage, figures, source)."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    entries = data.get("entries", [])
+    for e in entries:
+        missing = [k for k in ("name", "figures", "source") if k not in e]
+        if missing:
+            raise ConfigError(f"{path}: published entry {e.get('name')!r} lacks {missing}")
+    return entries
+
+
+def randomization_test(a: list[float], b: list[float], samples: int = 10000, seed: int = 0) -> float:
+    """Two-sided paired randomization test of mean(a) = mean(b): p = (#|flipped mean| >= |observed| + 1)/(samples + 1)."""
+    if len(a) != len(b):
+        raise ValueError("paired samples must have equal length")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size == 0:
+        return 1.0
+    observed = abs(d.mean())
+    rng = np.random.default_rng(seed)
+    hits = 0
+    chunk = max(1, min(samples, 2_000_000 // max(1, d.size)))
+    done = 0
+    while done < samples:
+        n = min(chunk, samples - done)
+        signs = rng.integers(0, 2, size=(n, d.size), dtype=np.int8) * 2 - 1
+        hits += int((np.abs((signs * d).mean(axis=1)) >= observed - 1e-12).sum())
+        done += n
+    return (hits + 1) / (samples + 1)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def _stamp(path: Path) -> list[Any]:
+    """Size/mtime of a file or of the files of a folder (one level deep): cheap change detection."""
+    if path.is_file():
+        st = path.stat()
+        return [path.name, st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        return sorted(_stamp(p) for p in path.iterdir() if p.is_file())
+    return []
+
+
+def _cell_config(row: RowSpec, col: ColumnSpec, dataset_root: Path) -> EvalConfig:
+    first_stage = str(dataset_root / col.runs[row.retriever]) if row.retriever in col.runs else None
+    return EvalConfig(
+        dataset=str(dataset_root),
+        split=col.split,
+        retriever=None if first_stage else row.retriever,
+        retriever_options=dict(row.retriever_options) if not first_stage else {},
+        first_stage=first_stage,
+        reranker=row.reranker,
+        model=row.model,
+        backend=row.backend,
+        reranker_options=dict(row.reranker_options),
+        top_k=row.top_k or col.top_k,
+        depth=col.depth,
+        max_queries=col.max_queries,
+        measures=DEFAULT_MEASURES,
+    )
+
+
+def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
+    from rerank import __version__
+
+    key = {k: v for k, v in to_dict(cfg).items() if k != "output"}
+    key["measures"] = list(cfg.measures)
+    stamps = {"dataset": _stamp(dataset_root) + _stamp(dataset_root / "qrels"), "version": __version__}
+    if cfg.model and Path(cfg.model).exists():
+        stamps["model"] = _stamp(Path(cfg.model))
+    return hash_obj({"config": key, "stamps": stamps})
+
+
+def _cell_summary(metrics: dict[str, Any], measure: str) -> dict[str, Any]:
+    t = metrics["timing_s"]
+    n = metrics["num_queries"]
+    secs = t.get("first_stage_s", 0.0) + t.get("rerank_s", 0.0)
+    per_query = {q: v.get(measure, 0.0) for q, v in metrics["per_query"].items()}
+    return {
+        "value": metrics["metrics"].get(measure),
+        "per_query": per_query,
+        "num_queries": n,
+        "seconds": secs,
+        "queries_per_s": (n / secs) if secs > 0 else None,
+        "parse": metrics.get("parse"),
+    }
+
+
+def run_leaderboard(
+    config_path: str | Path,
+    data_root: str | Path | None = None,
+    results_dir: str | Path | None = None,
+    force: bool = False,
+    output_md: str | Path | None = None,
+    progress: bool = True,
+    only_cached: bool = False,
+) -> dict[str, Any]:
+    """Run (or reuse) every cell, then write ``leaderboard.json``, the Markdown leaderboard and its PNG plot.
+
+    ``only_cached``: run nothing; cells without results of the same hash are listed as not run.
+    """
+    if only_cached and force:
+        raise ConfigError("--only-cached and --force contradict each other")
+    cfg, cfg_path = load_config(config_path)
+    results = Path(results_dir) if results_dir is not None else cache_root() / "leaderboard" / _slug(cfg.name)
+    results.mkdir(parents=True, exist_ok=True)
+    if cfg.measure not in DEFAULT_MEASURES:
+        raise ConfigError(f"leaderboard measure {cfg.measure!r} must be one of {', '.join(DEFAULT_MEASURES)}")
+    roots = {c.label: resolve_dataset(c.dataset, data_root).root.resolve() for c in cfg.columns}
+    cells: dict[str, dict[str, dict[str, Any]]] = {r.name: {} for r in cfg.rows}
+    notes: list[str] = []
+    for row in cfg.rows:
+        missing = [p for p in row.requires if not Path(p).exists()]
+        if missing:
+            notes.append(f"row '{row.name}' skipped: required path(s) absent: {', '.join(missing)}")
+            continue
+        reranker = None
+        for col in cfg.columns:
+            if row.columns is not None and col.label not in row.columns:
+                continue
+            ecfg = _cell_config(row, col, roots[col.label])
+            h = _cell_hash(ecfg, roots[col.label])
+            out = results / _slug(row.name) / _slug(col.label)
+            cell_file = out / "cell.json"
+            metrics = None
+            if not force and cell_file.exists() and (out / "metrics.json").exists():
+                import json
+
+                saved = json.loads(cell_file.read_text(encoding="utf-8"))
+                if saved.get("hash") == h:
+                    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+                    log.info("reusing %s / %s (hash %s)", row.name, col.label, h)
+            reused = metrics is not None
+            if metrics is None and only_cached:
+                notes.append(f"cell '{row.name}' x '{col.label}' not run (no cached result for its config)")
+                continue
+            if metrics is None:
+                if reranker is None and row.reranker is not None:
+                    from rerank.heads.base import Reranker
+
+                    reranker = Reranker.load(row.reranker, model=row.model, backend=row.backend,
+                                             **row.reranker_options)
+                ecfg.output = str(out)
+                log.info("running %s / %s", row.name, col.label)
+                metrics = run_eval(ecfg, reranker=reranker, progress=progress)
+                write_json({"hash": h, "row": to_dict(row), "column": to_dict(col)}, cell_file)
+            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out)}
+        if reranker is not None:
+            reranker.close()
+    report = _assemble(cfg, cells, notes)
+    write_json(report, results / "leaderboard.json")
+    md_path = Path(output_md) if output_md is not None else results / "leaderboard.md"
+    png_path = md_path.with_suffix(".png")
+    _plot(cfg, cells, png_path)
+    with atomic_write(md_path) as f:
+        f.write(render_markdown(report, cfg_path, png_path.name))
+    report["markdown"] = str(md_path)
+    report["plot"] = str(png_path)
+    return report
+
+
+def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]], notes: list[str]) -> dict:
+    sig = cfg.significance
+    rows_out = []
+    pairwise: dict[str, list[dict[str, Any]]] = {}
+    for col in cfg.columns:
+        have = [r.name for r in cfg.rows if col.label in cells.get(r.name, {})]
+        pairs = []
+        for i, a in enumerate(have):
+            for b in have[i + 1 :]:
+                ca, cb = cells[a][col.label]["per_query"], cells[b][col.label]["per_query"]
+                common = sorted(set(ca) & set(cb))
+                p = randomization_test([ca[q] for q in common], [cb[q] for q in common], sig.samples, sig.seed)
+                pairs.append({"a": a, "b": b, "queries": len(common), "p": p})
+        pairwise[col.label] = pairs
+    avg_cols = [c.label for c in cfg.columns if c.in_average]
+    for r in cfg.rows:
+        rc = cells.get(r.name, {})
+        if not rc:
+            continue
+        base = {c.label: next((n for n in cells if c.label in cells[n]), None) for c in cfg.columns}
+        values = {}
+        for col in cfg.columns:
+            if col.label not in rc:
+                continue
+            b = base[col.label]
+            p = None
+            if b is not None and b != r.name:
+                p = next(x["p"] for x in pairwise[col.label] if {x["a"], x["b"]} == {b, r.name})
+            values[col.label] = {"value": rc[col.label]["value"], "p_vs_baseline": p, "baseline": b,
+                                 "significant": p is not None and p < sig.p}
+        avg = (sum(rc[c]["value"] for c in avg_cols) / len(avg_cols)) if avg_cols and all(c in rc for c in avg_cols) \
+            else None
+        secs = sum(v["seconds"] for v in rc.values())
+        nq = sum(v["num_queries"] for v in rc.values())
+        rows_out.append({
+            "name": r.name, "first_stage": r.retriever, "reranker": r.reranker, "backend": r.backend if r.reranker
+            else None, "model": r.model or r.retriever_options.get("model"), "columns": values, "average": avg,
+            "queries_per_s": (nq / secs) if secs > 0 else None, "note": r.note,
+        })
+    published = load_published() if cfg.published else []
+    return {
+        "name": cfg.name,
+        "measure": cfg.measure,
+        "columns": [to_dict(c) for c in cfg.columns],
+        "average_over": avg_cols,
+        "rows": rows_out,
+        "cells": {r: {c: {k: v for k, v in x.items() if k != "per_query"} for c, x in d.items()}
+                  for r, d in cells.items()},
+        "pairwise": pairwise,
+        "significance": to_dict(sig),
+        "published": published,
+        "notes": notes,
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
+    }
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: str | None) -> str:
+    """The leaderboard as Markdown: measured table, cost, notes, published figures, pairwise p-values."""
+    m = report["measure"]
+    cols = report["columns"]
+    sig = report["significance"]
+    lines = [
+        f"# Leaderboard: {report['name']}",
+        "",
+        f"Generated {report['generated']} on {report['machine']} by "
+        f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries).",
+        "",
+        "## Measured",
+        "",
+        "| # | system | first stage | reranker | backend | model | "
+        + " | ".join(c["label"] for c in cols) + " | avg | queries/s |",
+        "|---|---|---|---|---|---|" + "---|" * (len(cols) + 2),
+    ]
+    for i, r in enumerate(report["rows"], 1):
+        cells = []
+        for c in cols:
+            v = r["columns"].get(c["label"])
+            cells.append("—" if v is None else _fmt(v["value"]) + (" †" if v["significant"] else ""))
+        model = f"`{Path(r['model']).name}`" if r["model"] else "—"
+        lines.append(
+            f"| {i} | {r['name']} | {r['first_stage']} | {r['reranker'] or '—'} | {r['backend'] or '—'} | {model} | "
+            + " | ".join(cells) + f" | {_fmt(r['average'])} | {_fmt(r['queries_per_s'], 1)} |"
+        )
+    lines += [
+        "",
+        f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
+        f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
+        f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
+        "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
+        "where a column gives a precomputed run, its first-stage time is reading that run file.",
+        "",
+        "Columns:",
+        "",
+    ]
+    for c in cols:
+        sl = f"first {c['max_queries']} queries" if c["max_queries"] else "all queries"
+        runs = ", ".join(f"{k} = `{v}`" for k, v in c["runs"].items())
+        lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}"
+                     + (f"; precomputed runs: {runs}" if runs else "") + (f". {c['note']}" if c["note"] else ""))
+    row_notes = [f"- {r['name']}: {r['note']}" for r in report["rows"] if r["note"]]
+    if row_notes or report["notes"]:
+        lines += ["", "Notes:", "", *row_notes, *(f"- {n}" for n in report["notes"])]
+    if plot_name:
+        lines += ["", f"![{m} vs cost]({plot_name})"]
+    if report["published"]:
+        full = {c["dataset"] for c in cols if not c["max_queries"]}
+        lines += ["", "## Published reference figures (not measured here)", "",
+                  "Reported by the cited sources, under their own setups; shown for orientation, not ranked with "
+                  "the measured rows.", "",
+                  "| system (published) | kind | model | first stage | dataset | measure | value | source |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in report["published"]:
+            for f in e["figures"]:
+                here = " (a column here)" if f["dataset"] in full else ""
+                lines.append(f"| *{e['name']}* | {e.get('kind', '')} | {e.get('model') or '—'} | "
+                             f"{e.get('first_stage') or '—'} | {f['dataset']}{here} | {f['measure']} | "
+                             f"{f['value']:.4f} | {e['source']} |")
+    pw = [(c, p) for c, ps in report["pairwise"].items() for p in ps]
+    if pw:
+        lines += ["", "## Pairwise significance (p-values)", "", "| column | row A | row B | queries | p |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c} | {p['a']} | {p['b']} | {p['queries']} | {p['p']:.4f} |" for c, p in pw]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _plot(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
+    markers = "osD^v<>px*"
+    order = [r.name for r in cfg.rows]
+    for j, col in enumerate(cfg.columns):
+        xs, ys, idx = [], [], []
+        for i, name in enumerate(order, 1):
+            c = cells.get(name, {}).get(col.label)
+            if c is None or c["value"] is None or not c["seconds"]:
+                continue
+            xs.append(1000.0 * c["seconds"] / max(1, c["num_queries"]))
+            ys.append(c["value"])
+            idx.append(i)
+        if not xs:
+            continue
+        ax.scatter(xs, ys, marker=markers[j % len(markers)], label=col.label, s=40)
+        for x, y, i in zip(xs, ys, idx, strict=True):
+            ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per query (first stage + rerank, log scale)")
+    ax.set_ylabel(cfg.measure)
+    ax.set_title(f"{cfg.name}: {cfg.measure} vs cost (numbers = table rows)")
+    ax.grid(True, alpha=0.3)
+    if ax.collections:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)

@@ -1,0 +1,311 @@
+"""Evaluation suites: many datasets, one reranker, one result folder per dataset and a summary (mean over datasets).
+
+* ``beir``: the registered public BEIR test sets (downloaded and verified on first use, see ``rerank.data.registry``).
+* ``bright``: the 12 BRIGHT subsets, read from the public dataset's layout (``documents/``, ``long_documents/``,
+  ``examples/`` parquet files, as in the ``xlangai/BRIGHT`` hub repository) in a local folder, or from the hub through
+  HF ``datasets`` when online. Each subset is converted once into a BEIR folder (cached) whose ``excluded/test.tsv``
+  lists every example's ``excluded_ids``; the eval pipeline removes those from the ranking before reranking and
+  scoring, as BRIGHT does. With ``long_documents`` the corpus is the long-document config and the gold ids are
+  ``gold_ids_long``.
+* ``dl``: TREC DL19/DL20 passage and MS MARCO dev in their local reranking form (queries, qrels, candidate pool as
+  ``corpus.jsonl`` and the BM25 run ``bm25_top100.trec``): without ``--retriever`` the folder's run is reranked.
+  DL judging: graded nDCG, binary measures at relevance >= 2; MS MARCO dev reports RR@10 (MRR@10).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve_dataset
+from rerank.data.registry import DATASETS
+from rerank.errors import ConfigError, DatasetNotFoundError
+from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.heads.base import Reranker
+from rerank.utils.files import atomic_write, write_json
+
+__all__ = [
+    "BRIGHT_SUBSETS",
+    "BRIGHT_LONG_SUBSETS",
+    "SUITES",
+    "SuiteEntry",
+    "bright_dataset",
+    "suite_entries",
+    "run_suite",
+    "summarize",
+]
+
+log = logging.getLogger(__name__)
+
+BRIGHT_HUB_ID = "xlangai/BRIGHT"
+BRIGHT_SUBSETS: tuple[str, ...] = (
+    "biology",
+    "earth_science",
+    "economics",
+    "psychology",
+    "robotics",
+    "stackoverflow",
+    "sustainable_living",
+    "leetcode",
+    "pony",
+    "aops",
+    "theoremqa_questions",
+    "theoremqa_theorems",
+)
+# long_documents exists for the StackExchange subsets and pony only (BRIGHT paper, Table 1)
+BRIGHT_LONG_SUBSETS: tuple[str, ...] = BRIGHT_SUBSETS[:7] + ("pony",)
+
+_BEIR_SUITE = tuple(n for n, i in DATASETS.items() if i.url and "/" not in n and n not in ("msmarco", "cqadupstack"))
+_DL_SUITE = ("dl19-bm25-top100", "dl20-bm25-top100")
+# run files looked for, in order, in a reranking-form folder when no retriever is given
+RUN_FILES = ("bm25_top100.trec", "run.trec")
+
+SUITES: dict[str, tuple[str, ...]] = {"beir": _BEIR_SUITE, "bright": BRIGHT_SUBSETS, "dl": _DL_SUITE}
+# extra registered members a suite accepts by name beyond its default list
+_SUITE_EXTRA: dict[str, tuple[str, ...]] = {
+    "beir": tuple(n for n in DATASETS if n.startswith("cqadupstack/")),
+    "dl": ("msmarco-dev-bm25-top100",),
+}
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One dataset of a suite: how to resolve it and which split / first-stage run it is scored with."""
+
+    name: str
+    dataset: Dataset
+    split: str = "test"
+    first_stage: str | None = None
+
+
+# ---------------------------------------------------------------- BRIGHT
+
+
+def _bright_source_dir(data_root: str | Path | None) -> Path | None:
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    for name in ("bright", "BRIGHT"):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _iter_local(source: Path, config: str, subset: str) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    files = sorted((source / config).glob(f"{subset}-*.parquet"))
+    if not files:
+        raise DatasetNotFoundError(
+            f"BRIGHT folder {source}: no {config}/{subset}-*.parquet (expected the xlangai/BRIGHT layout: "
+            f"documents/, long_documents/, examples/ with one parquet file set per subset)"
+        )
+    for f in files:
+        yield from pq.read_table(f).to_pylist()
+
+
+def _iter_hub(config: str, subset: str) -> Iterator[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets is in the train extra
+        raise DatasetNotFoundError(f"loading BRIGHT from the hub needs `datasets` ({e})") from None
+    try:
+        ds = datasets.load_dataset(BRIGHT_HUB_ID, config, split=subset)
+    except Exception as e:  # offline, unknown split: say where to put the files instead
+        raise DatasetNotFoundError(
+            f"BRIGHT {config}/{subset}: could not load {BRIGHT_HUB_ID} from the hub ({type(e).__name__}: {e}). "
+            f"Offline, put the dataset's files under <data-root>/bright (documents/, examples/, long_documents/)."
+        ) from None
+    yield from ds
+
+
+def _field(row: dict[str, Any], key: str, where: str) -> Any:
+    if key not in row or row[key] is None:
+        raise DatasetNotFoundError(f"{where}: row without {key!r} (fields: {sorted(row)})")
+    return row[key]
+
+
+def bright_dataset(
+    subset: str,
+    source: str | Path | None = None,
+    long_documents: bool = False,
+    query_config: str = "examples",
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> Dataset:
+    """One BRIGHT subset as a BEIR folder (converted once and cached), with its excluded ids.
+
+    ``source``: a folder in the hub layout; default ``<data_root>/bright``, else the hub (``xlangai/BRIGHT``).
+    ``query_config``: ``examples`` (the original queries) or a reasoning-augmented config such as ``gpt4_reason``.
+    """
+    if subset not in BRIGHT_SUBSETS:
+        raise ConfigError(f"unknown BRIGHT subset {subset!r}; subsets: {', '.join(BRIGHT_SUBSETS)}")
+    if long_documents and subset not in BRIGHT_LONG_SUBSETS:
+        raise ConfigError(f"BRIGHT {subset!r} has no long_documents; those with: {', '.join(BRIGHT_LONG_SUBSETS)}")
+    src = Path(source).expanduser() if source is not None else _bright_source_dir(data_root)
+    doc_config = "long_documents" if long_documents else "documents"
+    if src is not None:
+        stamp_files = sorted(
+            str(p) + f":{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for cfg in (doc_config, query_config)
+            for p in (src / cfg).glob(f"{subset}-*.parquet")
+        )
+        stamp = {"source": str(src.resolve()), "files": stamp_files}
+    else:
+        stamp = {"source": f"hub:{BRIGHT_HUB_ID}"}
+    stamp.update(subset=subset, documents=doc_config, queries=query_config, format=1)
+    name = f"bright/{subset}" + ("-long" if long_documents else "") + ("" if query_config == "examples" else f"-{query_config}")
+    base = Path(cache_dir) if cache_dir is not None else cache_root() / "bright"
+    folder = base / name.split("/", 1)[1]
+    current = json.loads((folder / "source.json").read_text()) if (folder / "source.json").exists() else None
+    if current != stamp or not (folder / "DONE").exists():
+        rows_docs = _iter_local(src, doc_config, subset) if src is not None else _iter_hub(doc_config, subset)
+        rows_q = list(_iter_local(src, query_config, subset) if src is not None else _iter_hub(query_config, subset))
+        _write_bright_folder(folder, rows_docs, rows_q, long_documents, f"BRIGHT {query_config}/{subset}")
+        write_json(stamp, folder / "source.json")
+        (folder / "DONE").write_text("ok\n", encoding="utf-8")
+    return Dataset(folder, name=name)
+
+
+def _write_bright_folder(
+    folder: Path, docs: Iterator[dict[str, Any]], examples: list[dict[str, Any]], long_documents: bool, where: str
+) -> None:
+    gold_key = "gold_ids_long" if long_documents else "gold_ids"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bright-", dir=folder.parent))
+    try:
+        (tmp / "qrels").mkdir()
+        (tmp / "excluded").mkdir()
+        doc_ids: set[str] = set()
+        with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as f:
+            for row in docs:
+                did = str(_field(row, "id", where))
+                if did in doc_ids:
+                    raise DatasetNotFoundError(f"{where}: duplicate document id {did!r}")
+                doc_ids.add(did)
+                f.write(json.dumps({"_id": did, "title": "", "text": str(_field(row, "content", where))}) + "\n")
+        with (
+            open(tmp / "queries.jsonl", "w", encoding="utf-8") as fq,
+            open(tmp / "qrels" / "test.tsv", "w", encoding="utf-8") as fr,
+            open(tmp / "excluded" / "test.tsv", "w", encoding="utf-8") as fx,
+        ):
+            fr.write("query-id\tcorpus-id\tscore\n")
+            for row in examples:
+                qid = str(_field(row, "id", where))
+                fq.write(json.dumps({"_id": qid, "text": str(_field(row, "query", where))}) + "\n")
+                gold = [str(g) for g in _field(row, gold_key, where)]
+                unknown = [g for g in gold if g not in doc_ids]
+                if unknown:
+                    raise DatasetNotFoundError(f"{where}: query {qid} has gold ids not in the corpus: {unknown[:3]}")
+                for g in dict.fromkeys(gold):
+                    fr.write(f"{qid}\t{g}\t1\n")
+                for x in dict.fromkeys(str(e) for e in (row.get("excluded_ids") or [])):
+                    if x != "N/A" and x not in gold:
+                        fx.write(f"{qid}\t{x}\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- suites
+
+
+def _find_run_file(ds: Dataset) -> str | None:
+    for name in RUN_FILES:
+        if (ds.root / name).exists():
+            return str(ds.root / name)
+    return None
+
+
+def suite_entries(
+    suite: str,
+    names: Sequence[str] | None = None,
+    data_root: str | Path | None = None,
+    bright_source: str | Path | None = None,
+    long_documents: bool = False,
+) -> list[SuiteEntry]:
+    """Resolve a suite's datasets (all of its default list when ``names`` is empty); unknown names raise."""
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
+    allowed = SUITES[suite] + _SUITE_EXTRA.get(suite, ())
+    chosen = list(names) if names else list(SUITES[suite])
+    bad = [n for n in chosen if n not in allowed]
+    if bad:
+        raise ConfigError(f"suite {suite!r} has no dataset(s) {bad}; its datasets: {', '.join(allowed)}")
+    if long_documents and suite != "bright":
+        raise ConfigError("--long-documents applies to the bright suite only")
+    out = []
+    for n in chosen:
+        if suite == "bright":
+            out.append(SuiteEntry(n, bright_dataset(n, bright_source, long_documents, data_root=data_root)))
+            continue
+        ds = resolve_dataset(n, data_root)
+        split = "dev" if n == "msmarco-dev-bm25-top100" else "test"
+        out.append(SuiteEntry(n, ds, split, _find_run_file(ds) if suite == "dl" else None))
+    return out
+
+
+def summarize(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean of every measure over the datasets (each dataset weighs the same, as the papers report)."""
+    measures = [m for m in next(iter(per_dataset.values()))["metrics"]] if per_dataset else []
+    common = [m for m in measures if all(m in d["metrics"] for d in per_dataset.values())]
+    mean = {m: sum(d["metrics"][m] for d in per_dataset.values()) / len(per_dataset) for m in common}
+    return {
+        "datasets": {n: {"metrics": d["metrics"], "num_queries": d["num_queries"]} for n, d in per_dataset.items()},
+        "mean": mean,
+        "num_datasets": len(per_dataset),
+    }
+
+
+def _render_summary(suite: str, summary: dict[str, Any]) -> str:
+    measures = list(summary["mean"])
+    lines = [f"# Suite `{suite}`", "", "| dataset | queries | " + " | ".join(measures) + " |",
+             "|---|---|" + "---|" * len(measures)]
+    for n, d in summary["datasets"].items():
+        lines.append(f"| {n} | {d['num_queries']} | " + " | ".join(f"{d['metrics'][m]:.4f}" for m in measures) + " |")
+    lines.append(f"| **mean ({summary['num_datasets']} datasets)** | | "
+                 + " | ".join(f"**{summary['mean'][m]:.4f}**" for m in measures) + " |")
+    lines += ["", "The mean weighs every dataset equally (macro average over datasets).", ""]
+    return "\n".join(lines)
+
+
+def run_suite(
+    suite: str,
+    base: EvalConfig,
+    output: str | Path,
+    names: Sequence[str] | None = None,
+    reranker: Reranker | None = None,
+    bright_source: str | Path | None = None,
+    long_documents: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``base`` (retriever / reranker settings) on every dataset of ``suite``; writes ``summary.json/.md``."""
+    if base.first_stage is not None:
+        raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
+    entries = suite_entries(suite, names, base.data_root, bright_source, long_documents)
+    if reranker is None and base.reranker is not None:
+        reranker = Reranker.load(base.reranker, model=base.model, backend=base.backend, **base.reranker_options)
+    out = Path(output)
+    results: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        first_stage = e.first_stage if base.retriever is None else None
+        if base.retriever is None and first_stage is None:
+            raise ConfigError(f"{e.name}: no first-stage run in {e.dataset.root} ({', '.join(RUN_FILES)}); "
+                              f"give --retriever")
+        cfg = replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
+                      output=str(out / e.name.replace("/", "__")))
+        log.info("suite %s: %s", suite, e.name)
+        results[e.name] = run_eval(cfg, reranker=reranker, progress=progress)
+    summary = {"suite": suite, **summarize(results)}
+    write_json(summary, out / "summary.json")
+    with atomic_write(out / "summary.md") as f:
+        f.write(_render_summary(suite, summary))
+    return summary

@@ -1,0 +1,28 @@
+"""The Python entry points ``rerank.trainers.sft(...)`` / ``grpo(...)``: the same path as ``rerank train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rerank.config import from_dict
+from rerank.trainers.base import TrainContext, get_trainer, load_train_config, save_run_record
+
+__all__ = ["run_trainer"]
+
+
+def run_trainer(name: str, config: Any, output: str | Path, data_root: str | None = None,
+                resume: bool = False) -> dict[str, Any]:
+    """Train with the registered trainer ``name``; ``config`` is its config object, a dict or a YAML path."""
+    trainer = get_trainer(name)
+    if isinstance(config, (str, Path)):
+        cfg = load_train_config(trainer.config_class, config)
+    elif isinstance(config, dict):
+        cfg = from_dict(trainer.config_class, config, where=f"{name} config")
+        cfg = load_train_config(trainer.config_class, None, []) if not getattr(cfg, "model", None) else cfg
+    else:
+        cfg = config
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_record(out, name, cfg)
+    return trainer.train(cfg, TrainContext(output=out, data_root=data_root, resume=resume))

@@ -1,0 +1,85 @@
+"""Cross-encoder SFT through sentence-transformers' ``CrossEncoderTrainer``: pointwise BCE or a listwise loss.
+
+``loss``: ``bce`` (pointwise, labels binarised at grade >= 1), ``listnet`` or ``lambdaloss`` (listwise over each
+query's candidates with graded labels). Model selection keeps the checkpoint with the best dev nDCG@10 (from
+sentence-transformers' reranking evaluator over the dev queries' candidates). The output folder is a plain
+``AutoModelForSequenceClassification`` folder (one label) that ``rerank eval --reranker cross-encoder`` loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rerank.errors import ConfigError
+from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
+
+__all__ = ["train_cross_encoder", "CE_LOSSES"]
+
+CE_LOSSES = ("bce", "listnet", "lambdaloss")
+
+
+def _text(c: dict[str, Any]) -> str:
+    return f"{c['title']}\n{c['text']}" if c.get("title") else c["text"]
+
+
+def _dataset(examples: list[dict[str, Any]], loss: str) -> Any:
+    import datasets
+
+    if loss == "bce":
+        rows = [{"query": e["query"], "document": _text(c), "label": float(lab >= 1)}
+                for e in examples for c, lab in zip(e["candidates"], e["labels"], strict=True)]
+        return datasets.Dataset.from_list(rows)
+    return datasets.Dataset.from_list([
+        {"query": e["query"], "docs": [_text(c) for c in e["candidates"]], "labels": [float(x) for x in e["labels"]]}
+        for e in examples
+    ])
+
+
+def _evaluator(dev: list[dict[str, Any]]) -> Any:
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    samples = []
+    for e in dev:
+        pos = [_text(c) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
+        neg = [_text(c) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
+        if pos:
+            samples.append({"query": e["query"], "positive": pos, "negative": neg})
+    return CrossEncoderRerankingEvaluator(samples, at_k=10, name="dev", show_progress_bar=False) if samples else None
+
+
+def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict[str, Any]],
+                        dev: list[dict[str, Any]], output: Path, resume: bool) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` as a one-label cross-encoder on ``train``; save the best (dev nDCG@10) to ``output``."""
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder import losses
+
+    if loss_name not in CE_LOSSES:
+        raise ConfigError(f"cross-encoder loss must be one of {list(CE_LOSSES)}, got {loss_name!r}")
+    if cfg.lora.enabled:
+        raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
+    from rerank.models import resolve_model_path
+
+    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
+    loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
+            "lambdaloss": losses.LambdaLoss}[loss_name](model)
+    evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
+    kw = training_kwargs(cfg, output, has_dev=evaluator is not None)
+    if evaluator is not None:
+        kw.update(metric_for_best_model="eval_dev_ndcg@10", greater_is_better=True)
+        kw["eval_strategy"] = "steps"
+    args = CrossEncoderTrainingArguments(**kw)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(train, loss_name), loss=loss,
+                                  evaluator=evaluator)
+    result = trainer.train(resume_from_checkpoint=resume_arg(output, resume))
+    model.save(str(output), safe_serialization=True)
+    dev_metrics = evaluator(model) if evaluator is not None else {}
+    return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+            "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,
+            "selected_by": "dev nDCG@10" if evaluator is not None else "last step"}
+
+
+def _cpu(cfg: CommonTrainConfig) -> bool:
+    from rerank.trainers.common import cpu_only
+
+    return cpu_only(cfg)

@@ -1,0 +1,101 @@
+"""ERank task pieces: one prompt per (query, document); target ``<answer>s</answer>`` with s in 0-10.
+
+SFT target s: the example's ``teacher_scores`` (rounded, clipped to 0-10) if given, else the graded label scaled to
+0-10 by the example's top grade. With ``reasoning: true`` the prompt is ERank's reasoning template and the target
+is ``<think>reasoning</think><answer>s</answer>`` (the example's ``reasoning`` text). GRPO: every row carries its
+query id, grade and the SFT model's reference score; the reward pools the rollouts of a query
+(:func:`rerank.trainers.rewards.erank_listwise_rewards`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any, ClassVar
+
+from rerank.trainers.rewards import erank_listwise_rewards
+from rerank.trainers.tasks.base import Parsed, Task
+
+__all__ = ["ERankTask", "target_scores"]
+
+REASONING_TOKENS = 256  # generation budget for the reasoning text in GRPO rollouts
+_INT = re.compile(r"\s*(\d+)\s*$")
+
+
+def target_scores(example: dict[str, Any]) -> list[int]:
+    """0-10 targets: teacher scores if present, else labels scaled by the example's top grade."""
+    if example.get("teacher_scores"):
+        return [int(min(10, max(0, round(s)))) for s in example["teacher_scores"]]
+    top = max(example["labels"])
+    return [int(round(10 * g / top)) if top > 0 else 0 for g in example["labels"]]
+
+
+class ERankTask(Task):
+    """Pointwise 0-10 integer relevance."""
+
+    default_template: ClassVar[str] = "erank"
+
+    def __init__(self, tokenizer: Any, cfg: Any) -> None:
+        if getattr(cfg, "reasoning", False) and not cfg.template:
+            self.default_template = "erank_reasoning"
+        super().__init__(tokenizer, cfg)
+        extra = self.template.extra
+        self.answer_open = str(extra.get("answer_open", "<answer>"))
+        self.answer_close = str(extra.get("answer_close", "</answer>"))
+        self.think_close = str(extra.get("think_close", ""))
+
+    def doc_text(self, cand: dict[str, Any]) -> str:
+        full = f"{cand['title']}\n{cand['text']}" if cand.get("title") else cand["text"]
+        return self.truncate(full, self.cfg.max_doc_tokens)
+
+    def prompt(self, example: dict[str, Any], j: int) -> str:
+        msgs = self.template.messages(query=self.query_text(example), document=self.doc_text(example["candidates"][j]))
+        return self.render(msgs)
+
+    def completion(self, score: int, reasoning: str = "") -> str:
+        head = f"{reasoning}{self.think_close}{self.answer_open}" if self.think_close else ""
+        return f"{head}{score}{self.answer_close}"
+
+    def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        targets = target_scores(example)
+        reasoning = example.get("reasoning", "") if self.think_close else ""
+        return [{"prompt": self.prompt(example, j), "completion": self.completion(s, reasoning)}
+                for j, s in enumerate(targets)]
+
+    def grpo_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"prompt": self.prompt(example, j), "qid": example["qid"], "label": int(g), "reference": 0.0}
+                for j, g in enumerate(example["labels"])]
+
+    def parse(self, text: str, row: dict[str, Any]) -> Parsed:
+        """``s</answer>`` after the answer tag (reasoning mode: the first ``<answer>s</answer>``); s in 0-10."""
+        body = text
+        if self.think_close:
+            j = text.find(self.answer_open)
+            if j < 0:
+                return Parsed(valid=False)
+            body = text[j + len(self.answer_open):]
+        k = body.find(self.answer_close) if self.answer_close else len(body)
+        if k < 0:
+            return Parsed(valid=False)
+        m = _INT.match(body[:k])
+        if m is None or not 0 <= int(m.group(1)) <= 10:
+            return Parsed(valid=False)
+        return Parsed(valid=True, scores=[float(m.group(1))])
+
+    def rewards(self, completions: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        parsed = [self.safe_parse(c, r) for c, r in zip(completions, rows, strict=True)]
+        by_query: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(rows):
+            by_query[r["qid"]].append(i)
+        out = [0.0] * len(rows)
+        for idx in by_query.values():
+            scores = [parsed[i].scores[0] if parsed[i].valid and parsed[i].scores else None for i in idx]
+            rs = erank_listwise_rewards(scores, [rows[i]["label"] for i in idx], [rows[i]["reference"] for i in idx],
+                                        self.reward_config)
+            for i, v in zip(idx, rs, strict=True):
+                out[i] = v
+        return out
+
+    def max_completion_tokens(self) -> int:
+        n = len(self.tokenizer.encode(self.completion(10), add_special_tokens=False)) + 2
+        return n + (REASONING_TOKENS if self.think_close else 0)

@@ -1,0 +1,70 @@
+"""GroupRank task pieces: a group of passages -> ``<reason>…</reason><answer>{"[1]": s, …}</answer>``.
+
+SFT target scores (0-10): ``teacher_scores`` (rounded, clipped) if given, else the graded labels scaled by the
+example's top grade; the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
+:func:`rerank.trainers.rewards.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1 for
+invalid JSON, −0.5 for bad tags). Parsing is the head's own lenient
+:func:`rerank.heads.grouprank.parse_group_scores`; an answer it had to repair as JSON counts as invalid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from rerank.heads.grouprank import parse_group_scores
+from rerank.trainers.rewards import format_validity, grouprank_reward
+from rerank.trainers.tasks.base import Parsed, Task
+from rerank.trainers.tasks.erank import target_scores
+
+__all__ = ["GroupRankTask"]
+
+_JSON_FIXES = ("invalid JSON", "quotes/trailing comma", "missing '{'", "missing '}'", "non-numeric")
+
+
+class GroupRankTask(Task):
+    """Groupwise 0-10 scoring."""
+
+    default_template: ClassVar[str] = "grouprank"
+
+    def group_prompt(self, example: dict[str, Any], group: list[int]) -> str:
+        passages = [{"id": str(k + 1), "text": self.doc_text(example["candidates"][j])} for k, j in enumerate(group)]
+        return self.render(self.template.messages(query=self.query_text(example), num=len(group), passages=passages))
+
+    @staticmethod
+    def target(scores: list[int], reasoning: str = "") -> str:
+        answer = json.dumps({f"[{k + 1}]": s for k, s in enumerate(scores)})
+        return f"<reason>{reasoning}</reason>\n<answer>{answer}</answer>"
+
+    def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        targets = target_scores(example)
+        return [{"prompt": self.group_prompt(example, g),
+                 "completion": self.target([targets[j] for j in g], example.get("reasoning", ""))}
+                for g in self.windows(example, self.cfg.window)]
+
+    def grpo_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"prompt": self.group_prompt(example, g), "ids": [example["candidates"][j]["id"] for j in g],
+                 "gold": [float(example["labels"][j]) for j in g]}
+                for g in self.windows(example, self.cfg.window)]
+
+    def parse(self, text: str, row: dict[str, Any]) -> Parsed:
+        full = self.template.assistant_prefix + text
+        tags_ok = format_validity(full, "<answer>", "</answer>") == 1.0
+        if not tags_ok:
+            return Parsed(valid=False)
+        g = parse_group_scores(full, len(row["ids"]))
+        if g.failed or any(f.startswith(_JSON_FIXES) for f in g.fixes):
+            return Parsed(valid=False, order=[])  # tags fine, JSON not: ``order=[]`` marks "tags ok"
+        return Parsed(valid=True, scores=g.scores)
+
+    def rewards(self, completions: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        out = []
+        for c, r in zip(completions, rows, strict=True):
+            p = self.safe_parse(c, r)
+            gold = dict(zip(r["ids"], r["gold"], strict=True))
+            pred = dict(zip(r["ids"], p.scores, strict=True)) if p.valid and p.scores is not None else None
+            out.append(grouprank_reward(pred, gold, tags_ok=p.valid or p.order is not None, config=self.reward_config))
+        return out
+
+    def max_completion_tokens(self) -> int:
+        return len(self.tokenizer.encode(self.target([10] * self.cfg.window), add_special_tokens=False)) + 8

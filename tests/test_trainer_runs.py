@@ -1,0 +1,189 @@
+"""Trainer mechanics: kill-and-resume matches an uninterrupted run, LoRA merge + adapter, 2-process accelerate,
+the cross-encoder path, FIRST's ranking loss, and GRPO's format penalty instead of exceptions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerank.data.io import write_jsonl
+from rerank.testing import synthetic_ranking_examples, tiny_llm
+from rerank.trainers import sft
+
+ERANK_TPL = ('name: erank-tiny\nuser: "Q: {{ query }}\\nD: {{ document }}\\nScore 0-10:"\n'
+             'assistant_prefix: "<answer>"\nanswer_open: "<answer>"\nanswer_close: "</answer>"\n')
+FIRST_TPL = ('name: first-tiny\nidentifiers: letters\nassistant_prefix: "["\n'
+             'user: "Q: {{ query }}\\n{% for p in passages %}[{{ p.id }}] {{ p.text }}\\n{% endfor %}Rank {{ num }}:"\n')
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("runs")
+    tiny_llm(d / "llm", seed=0)
+    write_jsonl(synthetic_ranking_examples(12, num_candidates=4, seed=3), d / "train.jsonl")
+    (d / "erank.yaml").write_text(ERANK_TPL)
+    (d / "first.yaml").write_text(FIRST_TPL)
+    return d
+
+
+def _cfg(work: Path, **over: Any) -> dict[str, Any]:
+    cfg = {"model": str(work / "llm"), "head": "erank", "template": str(work / "erank.yaml"), "max_doc_tokens": 24,
+           "data": {"path": str(work / "train.jsonl"), "dev_fraction": 0.0}, "batch_size": 4, "max_steps": 6,
+           "save_steps": 2, "logging_steps": 1, "learning_rate": 1e-3}
+    cfg.update(over)
+    return cfg
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _losses(out: Path) -> dict[int, float]:
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def test_kill_and_resume_matches_uninterrupted(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trl
+    from safetensors.torch import load_file
+
+    full = sft(_cfg(work), work / "full")
+    assert full["global_step"] == 6
+
+    original = trl.SFTTrainer.training_step
+
+    def dies_at_step_3(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.state.global_step == 3:
+            raise Killed("simulated crash after step 3")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", dies_at_step_3)
+    with pytest.raises(Killed):
+        sft(_cfg(work), work / "resumed")
+    assert sorted(p.name for p in (work / "resumed" / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", original)
+    resumed = sft(_cfg(work), work / "resumed", resume=True)
+    assert resumed["global_step"] == 6
+    a, b = _losses(work / "full"), _losses(work / "resumed")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:  # same batches in the same order -> the same per-step losses
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5)
+    wa = load_file(str(work / "full" / "model.safetensors"))
+    wb = load_file(str(work / "resumed" / "model.safetensors"))
+    assert all((wa[k] - wb[k]).abs().max() < 1e-4 for k in wa)
+    with pytest.raises(Exception, match="no checkpoint"):
+        sft(_cfg(work), work / "fresh", resume=True)
+
+
+def test_lora_merged_with_adapter_kept(work: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = work / "lora"
+    r = sft(_cfg(work, max_steps=2, lora={"enabled": True, "r": 4, "alpha": 8}), out)
+    assert r["global_step"] == 2
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(str(out))  # a plain model: LoRA merged
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    record = json.loads((out / "rerank_train.json").read_text())
+    assert record["config"]["lora"]["r"] == 4 and "git_hash" in record
+
+
+def test_first_ranking_loss_is_added(work: Path) -> None:
+    out = work / "first"
+    r = sft(_cfg(work, head="first", template=str(work / "first.yaml"), window=4, max_steps=2, batch_size=2), out)
+    assert r["global_step"] == 2
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "ranknet_loss" in h]
+    assert logged and all(h["ranknet_loss"] > 0 for h in logged)
+
+
+def test_grpo_unparseable_completions_get_the_format_penalty(work: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from rerank.config import from_dict
+    from rerank.trainers.grpo_trainer import GRPOTrainConfig, reward_function
+    from rerank.trainers.tasks import build_task
+
+    tok = AutoTokenizer.from_pretrained(str(work / "llm"))
+    for head, extra in (("erank", {}), ("first", {"template": str(work / "first.yaml"), "window": 4}),
+                        ("grouprank", {"window": 4}), ("listwise", {"window": 4}), ("yes-no", {})):
+        cfg = from_dict(GRPOTrainConfig, {**_cfg(work, head=head, batch_size=8, num_generations=4), **extra})
+        if head not in ("erank",):
+            cfg.template = extra.get("template", "")
+        task = build_task(head, tok, cfg)
+        ex = synthetic_ranking_examples(1, num_candidates=4, seed=9)[0]
+        rows = task.grpo_rows(ex)
+        cols = [k for k in rows[0] if k != "prompt"]
+        fn = reward_function(task, cols)
+        garbage = ["", "\x00}{", "<answer>{\"[1]\": 'x'</answer>", "[Z] > [Q]", "11</answer>"]
+        for text in garbage:
+            kwargs = {k: [r[k] for r in rows] for k in cols}
+            out = fn(prompts=[r["prompt"] for r in rows], completions=[text] * len(rows), **kwargs)
+            assert len(out) == len(rows) and all(v <= 0.0 for v in out), (head, text, out)
+
+
+def test_good_completions_score_higher_than_bad(work: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from rerank.config import from_dict
+    from rerank.trainers.grpo_trainer import GRPOTrainConfig
+    from rerank.trainers.tasks import build_task
+
+    tok = AutoTokenizer.from_pretrained(str(work / "llm"))
+    ex = synthetic_ranking_examples(1, num_candidates=4, seed=9)[0]
+    cfg = from_dict(GRPOTrainConfig, _cfg(work, head="grouprank", template="", window=4, batch_size=8))
+    task = build_task("grouprank", tok, cfg)
+    row = task.grpo_rows(ex)[0]
+    gold = {f"[{k + 1}]": int(g * 5) for k, g in enumerate(row["gold"])}
+    worst = {f"[{k + 1}]": int((2 - g) * 5) for k, g in enumerate(row["gold"])}
+    good = task.rewards([f"<reason>x</reason><answer>{json.dumps(gold)}</answer>"], [row])[0]
+    bad = task.rewards([f"<reason>x</reason><answer>{json.dumps(worst)}</answer>"], [row])[0]
+    assert good > bad > -0.1
+    assert task.rewards(["<answer>{not json</answer>"], [row])[0] == pytest.approx(-0.1)
+    assert task.rewards(["no tags at all"], [row])[0] == pytest.approx(-0.5)
+    cfg = from_dict(GRPOTrainConfig, _cfg(work, head="erank", batch_size=10))
+    task = build_task("erank", tok, cfg)
+    rows = [{"prompt": "", "qid": "q", "label": g, "reference": 0.0} for g in (2, 0, 0)]
+    assert task.rewards(["9</answer>", "1</answer>", "0</answer>"], rows)[0] == pytest.approx(1.0)
+    assert task.rewards(["1</answer>", "9</answer>", "0</answer>"], rows)[1] < -0.5
+
+
+def test_cross_encoder_sft_tiny(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    from rerank.heads.base import Reranker
+    from rerank.testing import tiny_bert
+
+    model = tiny_bert(tmp_path / "bert1", num_labels=1, seed=0)
+    write_jsonl(synthetic_ranking_examples(10, num_candidates=4, seed=4), tmp_path / "t.jsonl")
+    for loss in ("bce", "listnet"):
+        out = tmp_path / f"ce-{loss}"
+        r = sft({"model": str(model), "head": "cross-encoder", "loss": loss, "max_length": 64, "batch_size": 4,
+                 "max_steps": 3, "save_steps": 3, "learning_rate": 1e-4, "eval_steps": 3,
+                 "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.3}}, out)
+        assert r["global_step"] == 3 and r["selected_by"] == "dev nDCG@10"
+        ranked = Reranker.load("cross-encoder", model=str(out)).rerank("q", ["a b", "c d"])
+        assert len(ranked.results) == 2
+
+
+def test_accelerate_two_processes(work: Path, repo_root: Path) -> None:
+    cfg = work / "acc.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(_cfg(work, max_steps=2, batch_size=2, save_steps=2)))
+    out = work / "acc"
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "-m", "rerank", "train", "sft", "--config", str(cfg), "--output", str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (out / "model.safetensors").is_file()
+    assert '"world_size": 2' in p.stdout or "world_size" not in p.stdout

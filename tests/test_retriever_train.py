@@ -106,6 +106,11 @@ def test_star_mines_once_reuses_file_and_checks_corpus(tiny_st_dir: Path, beir: 
         assert 0 < len(docs) <= 20 and not {d for d in docs if qrels[q].get(d, 0) >= 1}
     first, last = first_last([h["loss"] for h in log_of(out)])
     assert last < first
+    record = json.loads((out / "rerank_train.json").read_text())
+    assert record["trainer"] == "star" and "git_hash" in record and record["config"]["negatives_depth"] == 20
+    # ADORE+STAR: ADORE starts from the STAR output
+    train("adore", out, beir, tmp_path / "adore-star", max_steps=1, top_k=20)
+    assert not BiEncoder.load(tmp_path / "adore-star").tied
     # the negatives file is reusable; one mined for another corpus is refused
     out2 = tmp_path / "s2"
     train("star", tiny_st_dir, beir, out2, max_steps=1, negatives_file=str(out / "negatives.json"))
@@ -160,6 +165,10 @@ def test_pgrank_trainer_raises_sampled_ndcg(tiny_st_dir: Path, beir: Path, tmp_p
     util = [h["utility"] for h in log_of(out)]
     first, last = first_last(util, 4)
     assert last > first, util
+    dense = tmp_path / "pd"
+    train("pgrank", tiny_st_dir, beir, dense, max_steps=1, num_candidates=8, negatives_from="dense",
+          train_doc_encoder=False)
+    assert len(log_of(dense)) == 1 and 0.0 <= log_of(dense)[0]["utility"] <= 1.0
 
 
 def test_resume_after_kill_matches_uninterrupted(tiny_st_dir: Path, beir: Path, tmp_path: Path,
@@ -186,6 +195,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_st_dir: Path, beir: Path, 
         train("contrastive", tiny_st_dir, beir, killed, **opts)
     res = train("contrastive", tiny_st_dir, beir, killed, resume=True, **opts)
     assert res["steps"] == 7 and res["steps_this_run"] == 3
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-00000006", "step-00000007"]
     a, b = log_of(full), log_of(killed)
     assert [h["step"] for h in b] == list(range(1, 8))
     assert [h["qids"] for h in a] == [h["qids"] for h in b]

@@ -40,7 +40,7 @@ from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.errors import ConfigError, RerankError
 from rerank.retrieval.dense import BiEncoder
 from rerank.retrieval.index import doc_text
-from rerank.trainers.base import TrainContext
+from rerank.trainers.base import TrainContext, save_run_record
 from rerank.utils.files import atomic_write, write_json
 
 __all__ = [
@@ -418,6 +418,8 @@ class RetrieverTrainer:
         out = Path(ctx.output)
         self.output = out
         torch.manual_seed(cfg.seed)
+        if self.dist.main and not (out / "rerank_train.json").is_file():
+            save_run_record(out, self.name, cfg)
         self.data = load_train_data(cfg, ctx.data_root)
         if self.dist.main:
             write_json({"split": cfg.split, "skipped_no_positive": self.data.skipped,

@@ -112,3 +112,7 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
 # built-in trainers
 register_trainer("sft", "rerank.trainers.sft_trainer:SFTTrainer")
 register_trainer("grpo", "rerank.trainers.grpo_trainer:GRPOTrainer")
+register_trainer("contrastive", "rerank.trainers.contrastive:ContrastiveTrainer")
+register_trainer("star", "rerank.trainers.star:StarTrainer")
+register_trainer("adore", "rerank.trainers.adore:AdoreTrainer")
+register_trainer("pgrank", "rerank.trainers.pgrank:PGRankTrainer")

@@ -1,0 +1,132 @@
+"""ADORE (Zhan et al., SIGIR 2021): the query encoder trained alone against a fixed document index.
+
+The starting model's document encoder embeds the corpus once into a FAISS flat inner-product index (or ``index``
+names a folder built by ``rerank index`` with that model; a corpus, id, dimension or model mismatch is an error).
+The index is never rebuilt or written during training. Each step encodes the batch's queries with the current query
+encoder, retrieves their top-``top_k`` from the index, appends the positives that were not retrieved, and applies
+RankNet over (positive, negative) pairs weighted by ``|1/r_pos − 1/r_neg|`` (ΔMRR), with ``1/r = 0`` beyond
+``metric_cut``; ranks are positions in the retrieved list. Scores are ``scale``·q·d against the fixed document
+embeddings. The saved model holds separate query and document encoders (the latter unchanged). ``ADORE+STAR``:
+start from a STAR output (``model: STAR_OUTPUT``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rerank.errors import ConfigError
+from rerank.trainers.base import TrainContext
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer
+
+__all__ = ["AdoreConfig", "AdoreTrainer", "adore_query_loss"]
+
+
+@dataclass
+class AdoreConfig(RetrieverTrainConfig):
+    """ADORE options on top of the shared ones (DRhard: lr 5e-6, batch 32, top 200, cut 200)."""
+
+    lr: float = 5e-6
+    batch_size: int = 32
+    top_k: int = 200
+    metric_cut: int | None = 200
+    index: str | None = None
+    train_doc_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_doc_encoder:
+            raise ConfigError("ADORE trains the query encoder only: train_doc_encoder must be false")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.metric_cut is not None and self.metric_cut < 1:
+            raise ConfigError(f"metric_cut must be >= 1 or null, got {self.metric_cut}")
+
+
+def adore_query_loss(scores: torch.Tensor, labels: torch.Tensor, metric_cut: int | None) -> torch.Tensor:
+    """ΔMRR-weighted RankNet of one ranked list: mean over (pos, neg) pairs of ``w·log(1 + exp(s_neg − s_pos))``.
+
+    ``scores`` [n] in list order (position i has rank i + 1); ``labels`` [n] bool.
+    """
+    n = scores.shape[0]
+    inv = 1.0 / torch.arange(1, n + 1, dtype=scores.dtype, device=scores.device)
+    if metric_cut is not None:
+        inv[metric_cut:] = 0.0
+    pos, neg = labels.nonzero().squeeze(1), (~labels).nonzero().squeeze(1)
+    if len(pos) == 0 or len(neg) == 0:
+        return scores.sum() * 0.0
+    weight = (inv[pos].unsqueeze(1) - inv[neg].unsqueeze(0)).abs()
+    pair = torch.nn.functional.softplus(scores[neg].unsqueeze(0) - scores[pos].unsqueeze(1))
+    return (weight * pair).sum() / (len(pos) * len(neg))
+
+
+class AdoreTrainer(RetrieverTrainer):
+    """``rerank train adore``."""
+
+    name = "adore"
+    config_class = AdoreConfig
+
+    def setup(self, cfg: AdoreConfig, ctx: TrainContext) -> None:
+        from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached
+
+        ds = self.data.dataset
+        enc = self.encoder
+        doc_hash = enc.fingerprint("doc")
+        if cfg.index:
+            path = cfg.index
+        else:
+            path = str(self.output / "index")
+
+            def build() -> None:
+                from pathlib import Path
+
+                if (Path(path) / "manifest.json").is_file():
+                    return
+                saved, enc.settings = enc.settings, self.save_settings
+                try:
+                    emb = encode_corpus_cached(enc, ds, batch_size=cfg.encode_batch_size, progress=cfg.progress)
+                finally:
+                    enc.settings = saved
+                DenseIndex.build(emb, enc, IndexConfig("flat"), model=cfg.model).save(path, emb.path)
+
+            if self.dist.main:
+                build()
+            self.dist.barrier()
+        self.use_index(DenseIndex.load(
+            path, corpus_sha256=ds.corpus_hash, corpus_ids=ds.corpus.keys(), model_hash=doc_hash, dim=enc.dim
+        ))
+        self.index_path = path
+        self.searches = 0
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"searches": self.searches}
+
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.searches = int(extra.get("searches", 0))
+
+    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg: AdoreConfig = self.cfg  # type: ignore[assignment]
+        q_emb = self.embed_queries(qids)
+        hits = self.index.search(q_emb.detach().float().cpu().numpy(), cfg.top_k)
+        self.searches += 1
+        n_global = len(qids) * self.dist.world
+        total = q_emb.sum() * 0.0
+        appended = 0
+        mrr = 0.0
+        for i, q in enumerate(qids):
+            rel = set(self.data.positives[q])
+            ids = [d for d, _ in hits[i]]
+            first = next((r for r, d in enumerate(ids[:10], 1) if d in rel), None)
+            mrr += 1.0 / first if first else 0.0
+            missing = [d for d in self.data.positives[q] if d not in set(ids)]
+            appended += len(missing)
+            ids += missing
+            labels = torch.tensor([d in rel for d in ids])
+            docs = self.doc_emb[[self.doc_row[d] for d in ids]].to(q_emb.device)
+            scores = cfg.scale * docs @ q_emb[i]
+            total = total + adore_query_loss(scores, labels, cfg.metric_cut)
+        return total / n_global, {"retrieved_queries": float(len(qids)), "appended_positives": float(appended),
+                                  "mrr@10": mrr / n_global}

@@ -1,0 +1,128 @@
+"""Contrastive bi-encoder training: InfoNCE over in-batch and BM25 hard negatives, optional MarginMSE distillation.
+
+Each query brings one positive (drawn among its positives) and ``hard_negatives`` negatives drawn from BM25's
+top-``negatives_depth`` minus its positives. Every query is scored against every document of the global batch
+(all processes' documents, gathered); documents that are positives of the query other than its drawn one are masked.
+Loss: cross-entropy of ``scale``·score towards the drawn positive. With ``distill_model`` (a cross-encoder loaded
+through the registered ``cross-encoder`` head) MarginMSE is added: the squared difference between the student's
+margin ``s(q,pos) − s(q,neg)`` and the teacher's, weighted by ``distill_weight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rerank.errors import ConfigError
+from rerank.retrieval.index import doc_text
+from rerank.trainers.base import TrainContext
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer
+
+__all__ = ["ContrastiveConfig", "ContrastiveTrainer", "draw_negatives"]
+
+
+@dataclass
+class ContrastiveConfig(RetrieverTrainConfig):
+    """Contrastive options on top of the shared ones."""
+
+    scale: float = 20.0
+    hard_negatives: int = 1
+    negatives_depth: int = 30
+    distill_model: str | None = None
+    distill_weight: float = 1.0
+    distill_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hard_negatives < 0:
+            raise ConfigError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.distill_model and self.hard_negatives < 1:
+            raise ConfigError("distill_model (MarginMSE) needs hard_negatives >= 1: margins are positive - negative")
+
+
+def draw_negatives(
+    rng: np.random.Generator, pool: list[str], n: int, exclude: set[str], corpus_ids: list[str]
+) -> list[str]:
+    """``n`` distinct negatives from ``pool``; when it runs short, random corpus documents not in ``exclude``."""
+    out = [pool[i] for i in rng.permutation(len(pool))[:n]] if pool else []
+    taken = set(out) | exclude
+    while len(out) < n:
+        d = corpus_ids[int(rng.integers(len(corpus_ids)))]
+        if d not in taken:
+            out.append(d)
+            taken.add(d)
+    return out
+
+
+class ContrastiveTrainer(RetrieverTrainer):
+    """``rerank train contrastive``."""
+
+    name = "contrastive"
+    config_class = ContrastiveConfig
+
+    def setup(self, cfg: ContrastiveConfig, ctx: TrainContext) -> None:
+        self.corpus_ids = sorted(self.data.dataset.corpus)
+        self.negatives: dict[str, list[str]] = {}
+        if cfg.hard_negatives:
+            run = self.bm25_run(self.data.train_qids, cfg.negatives_depth)
+            self.negatives = {q: [d for d in run[q] if d not in set(self.data.positives[q])] for q in run}
+        self.teacher: Any = None
+        if cfg.distill_model:
+            from rerank.heads.base import Reranker
+
+            self.teacher = Reranker.load("cross-encoder", model=cfg.distill_model, batch_size=cfg.distill_batch_size)
+
+    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg: ContrastiveConfig = self.cfg  # type: ignore[assignment]
+        pos_ids: list[str] = []
+        neg_ids: list[list[str]] = []
+        # the draws of every query of the global batch are made on every process (same rng), so a query's draw does
+        # not depend on how the batch is split across processes
+        global_qids = self.batch_qids(step)
+        draws: dict[str, tuple[str, list[str]]] = {}
+        for q in global_qids:
+            pos = self.data.positives[q]
+            p = pos[int(rng.integers(len(pos)))]
+            negs = draw_negatives(rng, self.negatives.get(q, []), cfg.hard_negatives, set(pos), self.corpus_ids)
+            draws[q] = (p, negs)
+        for q in qids:
+            pos_ids.append(draws[q][0])
+            neg_ids.append(draws[q][1])
+        local_docs = pos_ids + [d for negs in neg_ids for d in negs]
+        q_emb = self.embed_queries(qids)
+        d_local = self.embed_docs(local_docs)
+        d_all = self.dist.gather(d_local)
+        all_ids = self.dist.gather_list(local_docs)
+        n_local = len(local_docs)
+        offset = self.dist.rank * n_local
+        scores = cfg.scale * q_emb @ d_all.T
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        for i, q in enumerate(qids):
+            pos = set(self.data.positives[q])
+            for j, d in enumerate(all_ids):
+                if d in pos and j != offset + i:
+                    mask[i, j] = True
+        scores = scores.masked_fill(mask, float("-inf"))
+        target = torch.arange(len(qids), device=scores.device) + offset
+        n_global = len(global_qids)
+        ce = torch.nn.functional.cross_entropy(scores, target, reduction="sum") / n_global
+        stats: dict[str, float] = {"infonce": ce.item()}
+        loss = ce
+        if self.teacher is not None:
+            qtext = [self.data.queries[q] for q in qids]
+            corpus = self.data.dataset.corpus
+            pairs = [(qtext[i], doc_text(corpus[pos_ids[i]])) for i in range(len(qids))]
+            pairs += [(qtext[i], doc_text(corpus[d])) for i in range(len(qids)) for d in neg_ids[i]]
+            t = torch.tensor(self.teacher.score_pairs(pairs), dtype=scores.dtype)
+            h = cfg.hard_negatives
+            t_pos, t_neg = t[: len(qids)], t[len(qids) :].view(len(qids), h)
+            raw = cfg.scale * q_emb @ d_local.T
+            s_pos = raw[torch.arange(len(qids)), torch.arange(len(qids))]
+            s_neg = torch.stack([raw[i, len(qids) + i * h : len(qids) + (i + 1) * h] for i in range(len(qids))])
+            mse = ((s_pos.unsqueeze(1) - s_neg) - (t_pos.unsqueeze(1) - t_neg)).pow(2).mean(1).sum() / n_global
+            stats["margin_mse"] = mse.item()
+            loss = loss + cfg.distill_weight * mse
+        return loss, stats

@@ -1,0 +1,115 @@
+"""STAR (Zhan et al., SIGIR 2021): static hard negatives plus in-batch random negatives, DRhard's pairwise loss.
+
+Hard negatives are mined once, before training, by the warm-start model: its top-``negatives_depth`` (FAISS flat
+inner product over the corpus) minus the positives. They are written to ``OUTPUT/negatives.json`` (corpus hash and
+model recorded) and can be reused by another run with ``negatives_file``. Each query of a batch brings one
+positive and one hard negative drawn at random from its list; every other document of the global batch (the other
+queries' positives and hard negatives, all processes) is a negative too, except documents relevant to the query.
+Loss: for each (query, negative) pair the two-way softmax cross-entropy of the positive against that negative,
+``log(1 + exp(s_neg − s_pos))``, averaged over all valid pairs of the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rerank.errors import ConfigError, RerankError
+from rerank.retrieval.dense import BiEncoder
+from rerank.trainers.base import TrainContext
+from rerank.trainers.contrastive import draw_negatives
+from rerank.trainers.retriever import (
+    RetrieverTrainConfig,
+    RetrieverTrainer,
+    load_negatives,
+    mine_dense_negatives,
+    save_negatives,
+)
+
+__all__ = ["StarConfig", "StarTrainer", "star_pair_loss"]
+
+
+@dataclass
+class StarConfig(RetrieverTrainConfig):
+    """STAR options on top of the shared ones."""
+
+    negatives_depth: int = 200
+    negatives_file: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.negatives_depth < 1:
+            raise ConfigError(f"negatives_depth must be >= 1, got {self.negatives_depth}")
+
+
+def star_pair_loss(scores: torch.Tensor, pos_index: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum over valid (query, negative) pairs of ``softplus(s_neg − s_pos)``, and the number of pairs.
+
+    ``scores`` [Q, D]; ``pos_index`` [Q] column of each query's positive; ``valid`` [Q, D] marks the negatives.
+    """
+    s_pos = scores.gather(1, pos_index.unsqueeze(1))
+    pair = torch.nn.functional.softplus(scores - s_pos)
+    return (pair * valid).sum(), int(valid.sum().item())
+
+
+class StarTrainer(RetrieverTrainer):
+    """``rerank train star``."""
+
+    name = "star"
+    config_class = StarConfig
+
+    def setup(self, cfg: StarConfig, ctx: TrainContext) -> None:
+        self.corpus_ids = sorted(self.data.dataset.corpus)
+        qids = self.data.train_qids
+        if cfg.negatives_file:
+            self.negatives = load_negatives(cfg.negatives_file, self.data, qids)
+            return
+        path = self.output / "negatives.json"
+
+        def mine() -> None:
+            if path.is_file():
+                try:
+                    load_negatives(path, self.data, qids)
+                    return
+                except RerankError as e:
+                    raise RerankError(f"{path} exists but does not fit this run ({e}); remove it") from None
+            warm = BiEncoder.load(cfg.model, device=cfg.device)
+            negs = mine_dense_negatives(warm, self.data, qids, cfg.negatives_depth + 50, cfg.encode_batch_size,
+                                        cfg.progress)
+            negs = {q: v[: cfg.negatives_depth] for q, v in negs.items()}
+            save_negatives(path, negs, {
+                "model": cfg.model, "model_hash": warm.fingerprint("doc"), "corpus_sha256": self.data.dataset.corpus_hash,
+                "depth": cfg.negatives_depth, "split": cfg.split,
+            })
+
+        if self.dist.main:
+            mine()
+        self.dist.barrier()
+        self.negatives = load_negatives(path, self.data, qids)
+
+    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg: StarConfig = self.cfg  # type: ignore[assignment]
+        draws: dict[str, tuple[str, str]] = {}
+        for q in self.batch_qids(step):
+            pos = self.data.positives[q]
+            p = pos[int(rng.integers(len(pos)))]
+            n = draw_negatives(rng, self.negatives[q], 1, set(pos), self.corpus_ids)[0]
+            draws[q] = (p, n)
+        local_docs = [draws[q][0] for q in qids] + [draws[q][1] for q in qids]
+        q_emb = self.embed_queries(qids)
+        d_all = self.dist.gather(self.embed_docs(local_docs))
+        all_ids = self.dist.gather_list(local_docs)
+        scores = cfg.scale * q_emb @ d_all.T
+        offset = self.dist.rank * len(local_docs)
+        pos_index = torch.arange(len(qids), device=scores.device) + offset
+        valid = torch.ones_like(scores)
+        for i, q in enumerate(qids):
+            rel = set(self.data.positives[q])
+            for j, d in enumerate(all_ids):
+                if d in rel:
+                    valid[i, j] = 0.0
+        total, n_pairs = star_pair_loss(scores, pos_index, valid)
+        n_global = self.dist.sum(n_pairs)
+        return total / max(n_global, 1.0), {"pairs": float(n_pairs)}

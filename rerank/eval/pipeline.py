@@ -147,7 +147,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
             reranker, queries, run, dataset.corpus, cfg.top_k, cfg.batch_queries, progress
         )
         timing["rerank_s"] = time.perf_counter() - t
-        reranker_desc = {**reranker.describe(), "model": cfg.model, "backend": cfg.backend}
+        reranker_desc = {**reranker.describe(), "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
     elif cfg.first_stage is not None:
         corpus = dataset.corpus
         for q, lst in run.items():

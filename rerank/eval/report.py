@@ -26,7 +26,7 @@ def render_report(metrics: dict[str, Any]) -> str:
         f"# {metrics['dataset']} ({metrics['split']})",
         "",
         f"- first stage: `{fs.get('name')}`" + (f" ({fs['path']})" if fs.get("path") else ""),
-        f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend')}`" if rr else "- reranker: none",
+        f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend_name')}`" if rr else "- reranker: none",
         f"- queries: {metrics['num_queries']} (mean over all judged queries; "
         f"{len(metrics['missing_queries'])} absent from the run count as 0)",
         f"- relevance level for binary measures: >= {metrics['rel_level']} (nDCG uses graded judgements)",

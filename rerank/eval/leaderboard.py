@@ -459,7 +459,7 @@ def _plot(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]], p
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
     markers = "osD^v<>px*"
-    order = [r.name for r in cfg.rows]
+    order = [r.name for r in cfg.rows if cells.get(r.name)]  # numbered as the measured table
     for j, col in enumerate(cfg.columns):
         xs, ys, idx = [], [], []
         for i, name in enumerate(order, 1):

@@ -349,6 +349,12 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
             else None, "model": r.model or r.retriever_options.get("model"), "columns": values, "average": avg,
             "queries_per_s": (nq / secs) if secs > 0 else None, "note": r.note,
         })
+    for rname, d in cells.items():
+        for cname, c in d.items():
+            p = c.get("parse") or {}
+            if p.get("parse_failures"):
+                notes.append(f"'{rname}' x '{cname}': {p['parse_failures']} of {p['outputs']} model outputs failed "
+                             "to parse (scored as the head's documented fallback)")
     published = load_published() if cfg.published else []
     return {
         "name": cfg.name,
@@ -459,7 +465,7 @@ def _plot(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]], p
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
     markers = "osD^v<>px*"
-    order = [r.name for r in cfg.rows]
+    order = [r.name for r in cfg.rows if cells.get(r.name)]  # numbered as the measured table
     for j, col in enumerate(cfg.columns):
         xs, ys, idx = [], [], []
         for i, name in enumerate(order, 1):

@@ -8,14 +8,32 @@ Windows of different queries at the same sliding step share a backend call (``ba
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rerank.backends.base import Backend
 from rerank.errors import ConfigError
 from rerank.heads.listwise import SlidingWindowConfig, SlidingWindowHead
 from rerank.heads.permutation import identifiers
 
-__all__ = ["FirstReranker"]
+__all__ = ["FirstReranker", "identifier_token_ids"]
+
+
+def identifier_token_ids(tokenizer: Any, window: int) -> list[int]:
+    """Token ids of the letters ``A``.. as they follow ``[``; each must be one distinct token (FIRST reads them)."""
+    base = tokenizer.encode("[", add_special_tokens=False)
+    ids = []
+    for letter in identifiers("letters", window):
+        full = tokenizer.encode("[" + letter, add_special_tokens=False)
+        if len(full) == len(base) + 1 and full[: len(base)] == base:
+            ids.append(full[-1])
+            continue
+        alone = tokenizer.encode(letter, add_special_tokens=False)
+        if len(alone) != 1:
+            raise ConfigError(f"first: identifier {letter!r} is not a single token in this tokenizer")
+        ids.append(alone[0])
+    if len(set(ids)) != len(ids):
+        raise ConfigError("first: identifier letters map to the same token in this tokenizer")
+    return ids
 
 
 class FirstReranker(SlidingWindowHead):
@@ -40,23 +58,9 @@ class FirstReranker(SlidingWindowHead):
         self._token_ids: list[int] | None = None
 
     def identifier_token_ids(self) -> list[int]:
-        """Token ids of ``A``..(A+window-1) as they follow ``[`` (one token each, all distinct)."""
+        """Token ids of ``A``.. as they follow ``[`` (read at the first output position), computed once."""
         if self._token_ids is None:
-            tok = self.tokenizer
-            base = tok.encode("[", add_special_tokens=False)
-            ids = []
-            for letter in identifiers("letters", self.config.window):  # type: ignore[attr-defined]
-                full = tok.encode("[" + letter, add_special_tokens=False)
-                if len(full) == len(base) + 1 and full[: len(base)] == base:
-                    ids.append(full[-1])
-                    continue
-                alone = tok.encode(letter, add_special_tokens=False)
-                if len(alone) != 1:
-                    raise ConfigError(f"first: identifier {letter!r} is not a single token in this tokenizer")
-                ids.append(alone[0])
-            if len(set(ids)) != len(ids):
-                raise ConfigError("first: identifier letters map to the same token in this tokenizer")
-            self._token_ids = ids
+            self._token_ids = identifier_token_ids(self.tokenizer, self.config.window)  # type: ignore[attr-defined]
         return self._token_ids
 
     def rank_prompts(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage
 from rerank.types import Query, Run, sort_ranking
-from rerank.utils.files import hash_obj, write_json
+from rerank.utils.files import publish_dir, hash_obj, write_json
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -228,13 +227,8 @@ def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25
              "index": config.index_key()},
             tmp / _META,
         )
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / _META).is_file():
-                raise
+        if not publish_dir(tmp, path, _META):
             log.info("bm25 index %s was written concurrently; keeping that copy", path)
-            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

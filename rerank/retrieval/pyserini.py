@@ -40,7 +40,7 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.retrieval.base import FirstStage
 from rerank.types import Query, Run, sort_ranking
-from rerank.utils.files import hash_obj, write_json
+from rerank.utils.files import publish_dir, hash_obj, write_json
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -253,13 +253,8 @@ def _build(dataset: Dataset, config: PyseriniConfig, path: Path) -> None:
              "index": config.index_key()},
             tmp / _META,
         )
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / _META).is_file():
-                raise
+        if not publish_dir(tmp, path, _META):
             log.info("pyserini index %s was written concurrently; keeping that copy", path)
-            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,12 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj"]
+__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir"]
 
 
 @contextlib.contextmanager
@@ -51,3 +52,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def hash_obj(obj: Any) -> str:
     """Stable short hash of a JSON-serialisable object (config hashes, cache keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
+    """Rename the fully written folder ``tmp`` to ``path`` (atomic on one filesystem).
+
+    If another process published ``path`` first (its ``marker`` file exists), keep that copy, delete ``tmp`` and
+    return False; any other failure raises.
+    """
+    tmp, path = Path(tmp), Path(path)
+    try:
+        os.rename(tmp, path)
+        return True
+    except OSError:
+        if not (path / marker).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rerank.errors import ConfigError
-from rerank.heads.permutation import identifiers
+from rerank.heads.first import identifier_token_ids
 from rerank.trainers.tasks.listwise import ListwiseTask
 
 __all__ = ["FirstTask"]
@@ -29,21 +29,7 @@ class FirstTask(ListwiseTask):
 
     def identifier_token_ids(self) -> list[int]:
         """Token ids of ``A``.. as they follow ``[`` (the ids the FIRST head reads); each must be one token."""
-        tok = self.tokenizer
-        base = tok.encode("[", add_special_tokens=False)
-        ids = []
-        for letter in identifiers("letters", self.cfg.window):
-            full = tok.encode("[" + letter, add_special_tokens=False)
-            if len(full) == len(base) + 1 and full[: len(base)] == base:
-                ids.append(full[-1])
-                continue
-            alone = tok.encode(letter, add_special_tokens=False)
-            if len(alone) != 1:
-                raise ConfigError(f"first: identifier {letter!r} is not a single token in this tokenizer")
-            ids.append(alone[0])
-        if len(set(ids)) != len(ids):
-            raise ConfigError("first: identifier letters map to the same token in this tokenizer")
-        return ids
+        return identifier_token_ids(self.tokenizer, self.cfg.window)
 
     def extra_sft_columns(self, example: dict[str, Any], window: list[int], order: list[int]) -> dict[str, Any]:
         ranks = [0] * len(window)

@@ -57,7 +57,7 @@ _register(
         splits=("test",),
         rel_level=2,
         num_test_queries=54,
-        reference={"bm25_ndcg@10": 0.4796},
+        reference={"bm25_ndcg@10": 0.4796},  # Anserini docs/regressions/regressions-dl20-passage.md, BM25 default
         description="TREC DL 2020 passage, Anserini BM25 top-100 candidates with text (reranking form).",
     )
 )
@@ -67,7 +67,7 @@ _register(
         splits=("dev",),
         rel_level=1,
         num_test_queries=6980,
-        reference={"bm25_rr@10": 0.1840},
+        reference={"bm25_rr@10": 0.1840},  # Anserini MS MARCO passage regressions (ANCHORS.md: BM25 MRR@10 0.184)
         description="MS MARCO passage dev (small, 6,980 queries, MRR@10), Anserini BM25 top-100 (reranking form).",
     )
 )

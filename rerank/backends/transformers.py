@@ -14,8 +14,9 @@ from typing import Any, Literal
 import torch
 
 from rerank.backends.base import Backend, GenerationConfig
-from rerank.models import resolve_model_path
+from rerank.backends.util import cut_at_stop
 from rerank.config import from_dict, to_dict
+from rerank.models import resolve_model_path
 
 __all__ = ["TransformersBackend", "TransformersBackendConfig", "resolve_device", "resolve_dtype"]
 
@@ -165,7 +166,7 @@ class TransformersBackend(Backend):
             )
             for row, i in enumerate(batch):
                 text = self._tokenizer.decode(seqs[row, ids.shape[1] :], skip_special_tokens=True)
-                out[i] = _cut_at_stop(text, config.stop)
+                out[i] = cut_at_stop(text, config.stop)
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -176,13 +177,3 @@ class TransformersBackend(Backend):
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Text before the first stop string (stop strings are not returned, as in OpenAI/vLLM)."""
-    cut = len(text)
-    for s in stop:
-        j = text.find(s)
-        if j != -1:
-            cut = min(cut, j)
-    return text[:cut]

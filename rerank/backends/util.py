@@ -1,4 +1,4 @@
-"""Small helpers shared by the vLLM and OpenAI-compatible backends (prompt checks, requested ids, stop strings)."""
+"""Small helpers shared by the backends (prompt checks, requested ids, stop strings)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -16,13 +17,13 @@ import torch
 
 from rerank.backends.base import GenerationConfig
 from rerank.backends.gguf import find_gguf_file, gguf_to_hf
-from rerank.models import resolve_model_path
 from rerank.backends.registry import build_backend
 from rerank.backends.scripted import ScriptedBackend
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker
 from rerank.heads.erank import ERankConfig, ERankReranker
 from rerank.heads.yes_no import YesNoConfig, YesNoReranker
+from rerank.models import resolve_model_path
 from rerank.types import Candidate, Document, Query
 
 CHATML = (
@@ -392,6 +393,24 @@ def test_cross_encoder_matches_sentence_transformers(tiny_bert: dict[int, Path])
     lists = [[Candidate(Document(str(i), d)) for i, d in enumerate(PAIRS_D)]] * 2
     both = head.score_batch(q, lists)
     assert both[1] == pytest.approx(head.score_candidates(q[1], lists[1]), abs=1e-5)
+
+
+def test_cross_encoder_max_length_defaults_to_the_models_own(tiny_bert: dict[int, Path], tmp_path: Path) -> None:
+    """Unset, the head scores at the tokenizer's model_max_length (as sentence-transformers does), capped at 512."""
+    from transformers import AutoTokenizer
+
+    assert Reranker.load("cross-encoder", model=str(tiny_bert[1])).max_length == 512  # MiniLM tokenizer: 512
+    short = tmp_path / "short"
+    shutil.copytree(tiny_bert[1], short)
+    tok = AutoTokenizer.from_pretrained(short)
+    tok.model_max_length = 48
+    tok.save_pretrained(short)
+    head = Reranker.load("cross-encoder", model=str(short))
+    assert head.max_length == 48 and head.describe()["max_length"] == 48
+    long_doc = [(PAIRS_Q, PAIRS_D[1])]
+    at48 = Reranker.load("cross-encoder", model=str(tiny_bert[1]), max_length=48).score_pairs(long_doc)
+    assert head.score_pairs(long_doc) == pytest.approx(at48, abs=1e-6)
+    assert Reranker.load("cross-encoder", model=str(short), max_length=64).max_length == 64
 
 
 # ---------------------------------------------------------------- GGUF

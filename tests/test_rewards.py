@@ -16,10 +16,13 @@ from rerank.trainers.rewards import (
     grouprank_reward,
     js_divergence,
     ndcg_at_k,
+    permutation_reward,
     rbo,
     reasonrank_reward,
     recall_at_k,
     reciprocal_rank,
+    tie_aware_ndcg_at_k,
+    tie_aware_recall_at_k,
 )
 
 L3 = math.log2(3)
@@ -114,3 +117,40 @@ def test_losses_prefer_teacher_order_and_respect_mask(loss) -> None:  # noqa: AN
     loss(good, ranks, mask).backward()
     assert good.grad[0, 3].item() == 0.0
     assert good.grad[0, 0].item() < 0  # raising the best candidate lowers the loss
+
+
+def test_tie_aware_ndcg_and_recall_by_hand() -> None:
+    labels = {"a": 2, "b": 1, "c": 0}
+    ideal = 2 + 1 / L3
+    # no ties: the plain metric
+    assert tie_aware_ndcg_at_k({"a": 3, "b": 2, "c": 1}, labels) == pytest.approx(1.0)
+    # all tied: mean gain 1 at each of the three positions, whatever order the map lists them in
+    flat = (1 + 1 / L3 + 0.5) / ideal
+    assert tie_aware_ndcg_at_k({"a": 0, "b": 0, "c": 0}, labels) == pytest.approx(flat)
+    assert tie_aware_ndcg_at_k({"c": 0, "b": 0, "a": 0}, labels) == pytest.approx(flat)
+    # a tied pair after a clear winner: b first, then the mean of a and c (gain 1) over positions 2 and 3
+    assert tie_aware_ndcg_at_k({"b": 5, "a": 1, "c": 1}, labels) == pytest.approx((1 + 1 / L3 + 0.5) / ideal)
+    # a tie cut by k=2: 1 of the 2 positions left, so each of a (relevant) and c counts one half
+    assert tie_aware_recall_at_k({"b": 5, "a": 1, "c": 1}, labels, k=2) == pytest.approx((1 + 0.5) / 2)
+    assert tie_aware_recall_at_k({"b": 5, "a": 1, "c": 1}, labels, k=3) == pytest.approx(1.0)
+
+
+def test_grouprank_reward_does_not_depend_on_the_order_of_tied_docs() -> None:
+    gold = {"a": 0, "b": 2, "c": 0}
+    assert grouprank_reward({"a": 0, "b": 0, "c": 0}, gold, True) == pytest.approx(
+        grouprank_reward({"c": 0, "b": 0, "a": 0}, gold, True))
+    flat = grouprank_reward({"a": 0, "b": 0, "c": 0}, gold, True)
+    assert grouprank_reward({"a": 0, "b": 9, "c": 0}, gold, True) > flat
+
+
+def test_permutation_reward_zero_or_repaired() -> None:
+    ids, labels, teacher = ["a", "b", "c"], {"b": 1}, ["b", "a", "c"]
+    complete = reasonrank_reward(["b", "a", "c"], labels, teacher, 3)
+    assert permutation_reward(["b", "a", "c"], ids, labels, teacher) == pytest.approx(complete)
+    assert permutation_reward(["b"], ids, labels, teacher) == 0.0  # ReasonRank: wrong count earns 0
+    assert permutation_reward(None, ids, labels, teacher) == -1.0
+    cfg = RewardConfig(repair_incomplete=True, missing_penalty=0.3)
+    # "b" then the missing a, c in window order: the same ranking as the complete one, less 0.3 x 2/3
+    assert permutation_reward(["b"], ids, labels, teacher, cfg) == pytest.approx(complete - 0.2)
+    worse = reasonrank_reward(["c", "a", "b"], labels, teacher, 3) - 0.3 / 3
+    assert permutation_reward(["c", "a"], ids, labels, teacher, cfg) == pytest.approx(worse)

@@ -1,8 +1,9 @@
 """Proof that the shared trainer learns: SFT then GRPO of tiny LLM heads on the synthetic key-word task.
 
-For each LLM head (ERank, FIRST, GroupRank): SFT lowers the loss and changes the weights; GRPO from the SFT output
-raises the mean reward and its nDCG@10 on held-out synthetic queries (ranked by the inference head, as
-``rerank eval`` would) beats the SFT starting point's. Short test templates keep prompts small so the tiny models
+For each LLM head (ERank, FIRST, GroupRank): SFT lowers the loss and changes the weights, and GRPO from the SFT output
+updates it. For ERank and GroupRank, in CI, GRPO also raises the mean reward and its nDCG@10 on held-out synthetic
+queries (ranked by the inference head, as ``rerank eval`` would) beats the SFT starting point's; for FIRST that claim
+does not hold at this size and is a (failing) slow test. Short test templates keep prompts small so the tiny models
 learn within the CI budget (the template is an ordinary config option).
 """
 
@@ -39,8 +40,9 @@ TEMPLATES = {
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("learn")
     tiny_llm(d / "llm", seed=0)
-    write_jsonl(synthetic_ranking_examples(48, num_candidates=6, seed=1), d / "train.jsonl")
-    write_jsonl(synthetic_ranking_examples(16, num_candidates=6, seed=2), d / "heldout.jsonl")
+    for n in sorted({cfg[3] for cfg in HEADS.values()}):
+        write_jsonl(synthetic_ranking_examples(n, num_candidates=6, seed=1), d / f"train-{n}.jsonl")
+    write_jsonl(synthetic_ranking_examples(32, num_candidates=6, seed=2), d / "heldout.jsonl")
     for name, text in TEMPLATES.items():
         (d / f"{name}.yaml").write_text(text)
     return d
@@ -57,31 +59,40 @@ def _weights_changed(a: Path, b: Path) -> bool:
     return any(not (wa[k] == wb[k]).all() for k in wa)
 
 
-HEADS = {
-    # head: (sft overrides, grpo overrides, head options for evaluation)
+HEADS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]] = {
+    # head: (sft overrides, grpo overrides, head options for evaluation, number of training queries).
+    # ERank: 100 SFT steps learn the format and some relevance (held-out nDCG@10 ~0.66); GRPO needs several whole
+    # queries per step (batch 120 = 4 queries x 6 documents x G=5) for its pooled reward to carry signal.
     "erank": (
-        {"learning_rate": 3e-3, "max_steps": 40, "batch_size": 8},
-        {"learning_rate": 2e-5, "max_steps": 12, "batch_size": 30, "num_generations": 5},
+        {"learning_rate": 3e-3, "max_steps": 100, "batch_size": 8},
+        {"learning_rate": 3e-5, "max_steps": 30, "batch_size": 120, "num_generations": 5, "temperature": 1.0},
         {"scoring": "expectation"},
+        200,
     ),
+    # The window heads see one prompt per query: 300 SFT steps over 2,500 queries (< 1 epoch, so nothing is
+    # memorised) learn some relevance (held-out nDCG@10 ~0.67); 8 rollouts at temperature 1.0.
     "first": (
-        {"learning_rate": 3e-3, "max_steps": 40, "batch_size": 4, "window": 6},
-        {"learning_rate": 2e-5, "max_steps": 12, "batch_size": 8, "num_generations": 4, "window": 6},
+        {"learning_rate": 1e-3, "max_steps": 300, "batch_size": 8, "window": 6},
+        {"learning_rate": 3e-5, "max_steps": 30, "batch_size": 64, "num_generations": 8, "window": 6,
+         "temperature": 1.0, "rewards": {"repair_incomplete": True}},
         {"window": 6, "stride": 3},
+        2500,
     ),
     "grouprank": (
-        {"learning_rate": 3e-3, "max_steps": 80, "batch_size": 4, "window": 6},
-        {"learning_rate": 2e-5, "max_steps": 12, "batch_size": 8, "num_generations": 4, "window": 6},
+        {"learning_rate": 1e-3, "max_steps": 300, "batch_size": 8, "window": 6},
+        {"learning_rate": 1e-4, "max_steps": 30, "batch_size": 64, "num_generations": 8, "window": 6,
+         "temperature": 1.0},
         {"group_size": 6, "repeats": 1, "fusion_weight": 1.0, "max_new_tokens": 64},
+        2500,
     ),
 }
 
 
 def _sft_then_grpo(task_dir: Path, head: str, grpo_steps: int | None = None) -> tuple[dict, dict, Path, Path]:
-    sft_over, grpo_over, _ = HEADS[head]
+    sft_over, grpo_over, _, n_train = HEADS[head]
     grpo_over = dict(grpo_over, **({"max_steps": grpo_steps} if grpo_steps else {}))
     common = {"head": head, "template": str(task_dir / f"{head}.yaml"), "max_doc_tokens": 40,
-              "data": {"path": str(task_dir / "train.jsonl"), "dev_fraction": 0.0}, "save_steps": 1000,
+              "data": {"path": str(task_dir / f"train-{n_train}.jsonl"), "dev_fraction": 0.0}, "save_steps": 1000,
               "logging_steps": 5}
     sft_out = task_dir / f"{head}-sft"
     if not (sft_out / "model.safetensors").exists():
@@ -89,8 +100,7 @@ def _sft_then_grpo(task_dir: Path, head: str, grpo_steps: int | None = None) -> 
         (sft_out / "result.json").write_text(json.dumps(r1))
     r1 = json.loads((sft_out / "result.json").read_text())
     grpo_out = task_dir / f"{head}-grpo-{grpo_over['max_steps']}"
-    # sampling at 0.7 (the heads' papers use 0.3-1.0): tiny SFT models break their format too often at 1.0
-    r2 = grpo({**common, **grpo_over, "model": str(sft_out), "logging_steps": 1, "temperature": 0.7}, grpo_out)
+    r2 = grpo({**common, **grpo_over, "model": str(sft_out), "logging_steps": 1}, grpo_out)
     return r1, r2, sft_out, grpo_out
 
 
@@ -108,18 +118,12 @@ def test_sft_lowers_loss_and_grpo_updates(task_dir: Path, head: str) -> None:
     assert r2["first_logged_reward"] is not None and r2["first_logged_reward"] == r2["first_logged_reward"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("head", sorted(HEADS))
-def test_grpo_beats_its_sft_start(task_dir: Path, head: str) -> None:
-    """The full claim: GRPO raises the mean reward and beats its own SFT start on held-out nDCG@10.
-
-    Measured on 2026-11-27 (docs/benchmarks.md, "Training (issue 4)"): this FAILS for all three heads — the tiny
-    random models learn the output format in SFT but not the key-word relevance within this budget, and 12 GRPO
-    steps do not beat SFT (ERank 0.6049 -> 0.5985 nDCG@10; FIRST's reward stays 0; GroupRank's reward falls).
-    The claim is stated, not weakened, and marked slow because it does not hold at CI size."""
+def _assert_grpo_beats_sft(task_dir: Path, head: str) -> None:
+    """GRPO runs its steps, its mean logged reward rises (last third of the steps vs the first third) and the
+    GRPO model's held-out nDCG@10 beats its own SFT start's."""
     _, r2, sft_out, grpo_out = _sft_then_grpo(task_dir, head)
     assert r2["global_step"] == HEADS[head][1]["max_steps"]
-    rewards = r2["logged_rewards"]  # one mean per step (logging_steps=1); compare the first and last thirds
+    rewards = r2["logged_rewards"]  # one mean per step (logging_steps=1)
     third = max(1, len(rewards) // 3)
     assert sum(rewards[-third:]) / third > sum(rewards[:third]) / third
     heldout = _heldout(task_dir)
@@ -128,3 +132,20 @@ def test_grpo_beats_its_sft_start(task_dir: Path, head: str) -> None:
     ndcg_grpo = mean_ndcg(str(grpo_out), head, heldout, **opts)
     print(f"{head}: nDCG@10 SFT {ndcg_sft:.4f} -> GRPO {ndcg_grpo:.4f}")
     assert ndcg_grpo > ndcg_sft
+
+
+@pytest.mark.parametrize("head", ["erank", "grouprank"])
+def test_grpo_beats_its_sft_start(task_dir: Path, head: str) -> None:
+    """The full claim, in CI: GRPO on the head's reward beats its SFT start on 32 held-out synthetic queries
+    (ERank: pooled listwise-derived reward; GroupRank: nDCG + Recall + JS; figures in docs/benchmarks.md,
+    "Training (issue 4)")."""
+    _assert_grpo_beats_sft(task_dir, head)
+
+
+@pytest.mark.slow
+def test_first_grpo_beats_its_sft_start(task_dir: Path) -> None:
+    """The same claim for FIRST does NOT hold at this size (measured 2026-11-27, docs/benchmarks.md): the tiny
+    model's sampled permutations mostly repeat ids, and GRPO on them (repaired or not, lr 3e-5 to 2e-4) leaves the
+    first-identifier logits' ranking flat or worse (0.6734 -> 0.6729 at these settings). Stated, not weakened;
+    slow because it fails."""
+    _assert_grpo_beats_sft(task_dir, "first")

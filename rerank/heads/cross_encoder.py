@@ -27,7 +27,7 @@ class CrossEncoderConfig(RerankerConfig):
     """Cross-encoder options."""
 
     batch_size: int = 32
-    max_length: int = 512
+    max_length: int = 0  # 0: the model's own limit (its tokenizer's model_max_length, at most 512)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None
     two_label_score: Literal["diff", "positive", "softmax"] = "diff"
@@ -35,8 +35,8 @@ class CrossEncoderConfig(RerankerConfig):
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_length < 8:
-            raise ValueError("batch_size must be >= 1 and max_length >= 8")
+        if self.batch_size < 1 or (self.max_length and self.max_length < 8):
+            raise ValueError("batch_size must be >= 1 and max_length 0 (the model's own) or >= 8")
 
 
 class CrossEncoderReranker(Reranker):
@@ -55,6 +55,9 @@ class CrossEncoderReranker(Reranker):
         self.model_name = model_name
         self.device = next(model.parameters()).device
         self.num_labels = int(model.config.num_labels)
+        own = int(getattr(tokenizer, "model_max_length", 0) or 0)
+        # like sentence-transformers' CrossEncoder: a model trained at 256 tokens is scored at 256, not at 512
+        self.max_length: int = self.config.max_length or min(own or 512, 512)  # type: ignore[attr-defined]
         if self.num_labels not in (1, 2):
             raise ValueError(f"cross-encoder: expected a model with 1 or 2 labels, got {self.num_labels}")
 
@@ -82,7 +85,7 @@ class CrossEncoderReranker(Reranker):
         if not pairs:
             return []
         enc = self.tokenizer(
-            [q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=cfg.max_length
+            [q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=self.max_length
         )
         features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(pairs))]
         order = sorted(range(len(pairs)), key=lambda i: -len(features[i]["input_ids"]))
@@ -122,7 +125,7 @@ class CrossEncoderReranker(Reranker):
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "config": to_dict(self.config), "model": self.model_name,
-                "num_labels": self.num_labels, "device": str(self.device)}
+                "num_labels": self.num_labels, "max_length": self.max_length, "device": str(self.device)}
 
     def close(self) -> None:
         self.model = None

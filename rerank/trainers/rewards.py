@@ -22,11 +22,14 @@ __all__ = [
     "grouprank_reward",
     "js_divergence",
     "ndcg_at_k",
+    "permutation_reward",
     "ranking_from_scores",
     "rbo",
     "reasonrank_reward",
     "recall_at_k",
     "reciprocal_rank",
+    "tie_aware_ndcg_at_k",
+    "tie_aware_recall_at_k",
 ]
 
 
@@ -43,6 +46,8 @@ class RewardConfig:
     invalid_json_penalty: float = -0.1
     bad_tags_penalty: float = -0.5
     wrong_count_reward: float = 0.0
+    repair_incomplete: bool = False
+    missing_penalty: float = 1.0
     bad_format_penalty: float = -1.0
     erank_negative_above_positive_penalty: float = -1.0
     erank_scale: float = 10.0
@@ -63,6 +68,42 @@ def ndcg_at_k(ranking: Sequence[str], labels: Mapping[str, float], k: int = 10) 
     if ideal <= 0:
         return 0.0
     return _dcg([max(labels.get(d, 0.0), 0.0) for d in ranking[:k]]) / ideal
+
+
+def tie_aware_ndcg_at_k(scores: Mapping[str, float], labels: Mapping[str, float], k: int = 10) -> float:
+    """nDCG@k of a score map, tie-aware (McSherry & Najork, 2008): the expectation over every order of tied docs, so
+    the value never depends on the order in which tied documents were listed (an all-equal map scores as random)."""
+    ideal = _dcg(sorted((g for g in labels.values() if g > 0), reverse=True)[:k])
+    if ideal <= 0:
+        return 0.0
+    groups: dict[float, list[float]] = {}
+    for d, s in scores.items():
+        groups.setdefault(float(s), []).append(max(labels.get(d, 0.0), 0.0))
+    dcg, start = 0.0, 0
+    for s in sorted(groups, reverse=True):
+        gains = groups[s]
+        discount = sum(1 / math.log2(i + 2) for i in range(start, min(start + len(gains), k)))
+        dcg += sum(gains) / len(gains) * discount
+        start += len(gains)
+    return dcg / ideal
+
+
+def tie_aware_recall_at_k(scores: Mapping[str, float], labels: Mapping[str, float], k: int = 10,
+                          rel_threshold: int = 1) -> float:
+    """Expected Recall@k of a score map over every order of tied docs (a tied group cut by k counts pro rata)."""
+    relevant = {d for d, g in labels.items() if g >= rel_threshold}
+    if not relevant:
+        return 0.0
+    groups: dict[float, list[str]] = {}
+    for d, s in scores.items():
+        groups.setdefault(float(s), []).append(d)
+    found, start = 0.0, 0
+    for s in sorted(groups, reverse=True):
+        docs = groups[s]
+        inside = max(0, min(start + len(docs), k) - start)
+        found += sum(d in relevant for d in docs) * inside / len(docs)
+        start += len(docs)
+    return found / len(relevant)
 
 
 def recall_at_k(ranking: Sequence[str], labels: Mapping[str, float], k: int = 10, rel_threshold: int = 1) -> float:
@@ -173,7 +214,9 @@ def grouprank_reward(
     config: RewardConfig | None = None,
 ) -> float:
     """GroupRank: nDCG@k + 0.2·Recall@k + 0.1·(1 − JS(P‖Q)) when tags and JSON are valid; −0.1 for invalid JSON
-    (``predicted is None`` with good tags); −0.5 for bad tags. Docs missing from ``predicted`` score 0.
+    (``predicted is None`` with good tags); −0.5 for bad tags. Docs missing from ``predicted`` score 0. nDCG and
+    Recall are tie-aware (expected over the orders of tied scores), so equal scores earn a random order's value,
+    not the luck of the order the group was listed in.
     """
     cfg = config or RewardConfig()
     if not tags_ok:
@@ -182,11 +225,10 @@ def grouprank_reward(
         return cfg.invalid_json_penalty
     ids = list(gold)
     pred = {d: float(predicted.get(d, 0.0)) for d in ids}
-    ranking = ranking_from_scores(pred)
     js = js_divergence([pred[d] for d in ids], [float(gold[d]) for d in ids])
     return (
-        ndcg_at_k(ranking, gold, cfg.k)
-        + cfg.recall_weight * recall_at_k(ranking, gold, cfg.k, cfg.rel_threshold)
+        tie_aware_ndcg_at_k(pred, gold, cfg.k)
+        + cfg.recall_weight * tie_aware_recall_at_k(pred, gold, cfg.k, cfg.rel_threshold)
         + cfg.js_weight * (1.0 - js)
     )
 
@@ -211,3 +253,26 @@ def reasonrank_reward(
         + cfg.recall_weight * recall_at_k(ranking, labels, cfg.k, cfg.rel_threshold)
         + cfg.rbo_weight * rbo(ranking, teacher, cfg.rbo_p)
     )
+
+
+def permutation_reward(
+    written: Sequence[str] | None,
+    ids: Sequence[str],
+    labels: Mapping[str, float],
+    teacher: Sequence[str],
+    config: RewardConfig | None = None,
+) -> float:
+    """Reward of a generated permutation of the window ``ids`` (``written``: the distinct ids the model wrote, in its
+    order; ``None`` when it wrote none). Complete: :func:`reasonrank_reward`. Incomplete (ids missing or repeated):
+    ``wrong_count_reward`` (ReasonRank's 0), or with ``repair_incomplete`` the reward of the ranking the inference
+    heads would use (missing ids appended in window order) minus ``missing_penalty`` × the missing fraction, which
+    still credits a good top of the list (the part FIRST reads).
+    """
+    cfg = config or RewardConfig()
+    if written is None:
+        return cfg.bad_format_penalty
+    n = len(ids)
+    if len(written) == n or not cfg.repair_incomplete:
+        return reasonrank_reward(list(written), labels, teacher, n, cfg)
+    repaired = list(written) + [d for d in ids if d not in set(written)]
+    return reasonrank_reward(repaired, labels, teacher, n, cfg) - cfg.missing_penalty * (n - len(written)) / n

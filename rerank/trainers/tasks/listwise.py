@@ -4,7 +4,8 @@ Candidates are shuffled (seeded per query) and cut into windows of ``window``; t
 teacher order (teacher ranking, else teacher scores, else labels) written in the template's identifier scheme
 (``[2] > [1] > …``), minus the template's assistant prefix. GRPO reward: ReasonRank-style
 (:func:`rerank.trainers.rewards.reasonrank_reward`: nDCG@10 + 0.2·Recall@10 + 0.1·RBO vs the teacher; 0 when the
-ids are not exactly the window's; the format penalty when no id can be read). Parsing is the heads' own
+ids are not exactly the window's, or with ``rewards.repair_incomplete`` the repaired ranking's reward minus a missing-id
+penalty; the format penalty when no id can be read). Parsing is the heads' own
 :func:`rerank.heads.permutation.parse_permutation`.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 
 from rerank.heads.permutation import check_scheme, format_permutation, identifiers, parse_permutation
 from rerank.trainers.data import teacher_order
-from rerank.trainers.rewards import reasonrank_reward
+from rerank.trainers.rewards import permutation_reward
 from rerank.trainers.tasks.base import Parsed, Task
 
 __all__ = ["ListwiseTask"]
@@ -82,7 +83,7 @@ class ListwiseTask(Task):
             p = self.safe_parse(c, r)
             ranking = None if p.order is None else [r["ids"][k] for k in p.order]
             labels = {k: float(v) for k, v in json.loads(r["labels_json"]).items()}
-            out.append(reasonrank_reward(ranking, labels, r["teacher"], len(r["ids"]), self.reward_config))
+            out.append(permutation_reward(ranking, r["ids"], labels, r["teacher"], self.reward_config))
         return out
 
     def max_completion_tokens(self) -> int:

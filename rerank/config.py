@@ -6,6 +6,7 @@ Unknown keys are errors that name the key, so a typo never silently falls back t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,8 @@ from rerank.errors import ConfigError
 __all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict"]
 
 T = TypeVar("T")
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -98,6 +101,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads exponents without a dot ("1e-4") as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

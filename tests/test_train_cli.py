@@ -58,5 +58,11 @@ def test_unknown_key_and_missing_model(tmp_path: Path, capsys: pytest.CaptureFix
         load_train_config(EchoConfig, None, ["steps=2"])
     with pytest.raises(ConfigError, match="expected an integer"):
         load_train_config(EchoConfig, None, ["model=x", "steps=abc"])
+    # YAML 1.1 reads "1e-4" (no dot) as a string; a float field still takes it, and still refuses words
+    assert load_train_config(EchoConfig, None, ["model=x", "lr=1e-4"]).lr == 1e-4
+    cfg.write_text("model: m0\nlr: 3E-5\n")
+    assert load_train_config(EchoConfig, cfg, []).lr == 3e-5
+    with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
+        load_train_config(EchoConfig, None, ["model=x", "lr=fast"])
     assert main(["train", "no-such", "--output", str(tmp_path / "o")]) == 2
     assert "unknown trainer 'no-such'" in capsys.readouterr().err

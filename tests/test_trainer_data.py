@@ -87,6 +87,32 @@ def test_build_from_beir_with_bm25_negatives(tiny_beir_dir: Path) -> None:
         assert len({c["id"] for c in ex["candidates"]}) == len(ex["candidates"])
 
 
+def test_bm25_negatives_top_or_random_from_the_window(tiny_beir_dir: Path) -> None:
+    """'top' takes the highest-ranked non-positives; 'random' draws (seeded) from the whole BM25 window."""
+    from rerank.data.datasets import resolve_dataset
+    from rerank.retrieval.base import build_retriever
+
+    def negatives(mode: str, seed: int = 0) -> dict[str, set[str]]:
+        cfg = DataConfig(beir=str(tiny_beir_dir), split="train", negatives_per_positive=1, bm25_depth=20,
+                         negatives=mode, dev_fraction=0.0, seed=seed)
+        return {ex["qid"]: {c["id"] for c, g in zip(ex["candidates"], ex["labels"], strict=True) if g <= 0}
+                for ex in load_training_data(cfg)[0]}
+
+    ds = resolve_dataset(str(tiny_beir_dir))
+    qrels, queries = ds.qrels("train"), ds.split_queries("train")
+    run = build_retriever("bm25", ds).retrieve({q: queries[q] for q in queries}, 20)
+    top, rand = negatives("top"), negatives("random")
+    assert rand == negatives("random") and rand != negatives("random", seed=1)
+    for qid, negs in top.items():
+        n_pos = sum(g > 0 for g in qrels[qid].values())
+        window = [d for d, _ in run[qid] if qrels[qid].get(d, 0) <= 0]
+        assert negs == set(window[: len(negs)]) and len(negs) == min(len(window), n_pos)
+        assert rand[qid] <= set(window) and len(rand[qid]) == len(negs)
+    assert any(rand[q] != top[q] for q in top)
+    with pytest.raises(ConfigError, match="data.negatives must be"):
+        DataConfig(beir="x", negatives="hardest")  # type: ignore[arg-type]
+
+
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     from rerank.trainers.grpo_trainer import GRPOTrainConfig
     from rerank.trainers.sft_trainer import SFTTrainConfig

@@ -18,7 +18,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rerank.errors import ConfigError, DataFormatError
 
@@ -47,6 +47,7 @@ class DataConfig:
     bm25_depth: int = 30
     max_candidates: int = 20
     max_queries: int | None = None
+    negatives: Literal["top", "random"] = "top"
     dev_fraction: float = 0.1
     dev_max: int | None = 50
     seed: int = 0
@@ -56,6 +57,8 @@ class DataConfig:
             raise ConfigError("data: give exactly one of 'path' (JSONL / HF dataset) or 'beir' (dataset to build from)")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if self.negatives not in ("top", "random"):
+            raise ConfigError(f"data.negatives must be 'top' or 'random', got {self.negatives!r}")
         if self.negatives_per_positive < 0 or self.bm25_depth < 1 or self.max_candidates < 2:
             raise ConfigError("data: negatives_per_positive >= 0, bm25_depth >= 1 and max_candidates >= 2 required")
 
@@ -175,12 +178,15 @@ def build_from_beir(
     max_candidates: int = 20,
     max_queries: int | None = None,
     seed: int = 0,
+    negatives: str = "top",
 ) -> list[dict[str, Any]]:
     """Examples from a BEIR dataset: judged positives from qrels plus BM25 hard negatives mined on the fly.
 
     Each query gets its positives (grade > 0) and up to ``negatives_per_positive`` BM25 top-``bm25_depth`` documents
-    per positive that are not positives (judged-0 documents count as negatives), capped at ``max_candidates``;
-    candidates are shuffled (seeded) so position carries no label.
+    per positive that are not positives (judged-0 documents count as negatives), capped at ``max_candidates``:
+    the highest-ranked ones (``negatives="top"``) or a seeded random draw from the window (``"random"``: with little
+    data, only-the-hardest negatives teach a small model that lexical overlap means "not relevant").
+    Candidates are shuffled (seeded) so position carries no label.
     """
     from rerank.data.datasets import resolve_dataset
     from rerank.retrieval.base import build_retriever
@@ -204,7 +210,8 @@ def build_from_beir(
             continue
         negs = [d for d, _ in run.get(q, []) if judged.get(d, 0) <= 0 and d in corpus]
         n_neg = min(len(negs), negatives_per_positive * len(pos), max(0, max_candidates - len(pos)))
-        ids = pos[:max_candidates] + negs[:n_neg]
+        chosen = rng.sample(negs, n_neg) if negatives == "random" else negs[:n_neg]
+        ids = pos[:max_candidates] + chosen
         rng.shuffle(ids)
         out.append({
             "qid": q,
@@ -224,7 +231,7 @@ def load_training_data(cfg: DataConfig, data_root: str | None = None
             examples = examples[: cfg.max_queries]
     else:
         examples = build_from_beir(cfg.beir, data_root, cfg.split, cfg.negatives_per_positive, cfg.bm25_depth,
-                                   cfg.max_candidates, cfg.max_queries, cfg.seed)
+                                   cfg.max_candidates, cfg.max_queries, cfg.seed, cfg.negatives)
     return split_dev(examples, cfg.dev_fraction, cfg.seed, cfg.dev_max)
 
 

@@ -184,8 +184,8 @@ def build_from_beir(
 
     Each query gets its positives (grade > 0) and up to ``negatives_per_positive`` BM25 top-``bm25_depth`` documents
     per positive that are not positives (judged-0 documents count as negatives), capped at ``max_candidates``:
-    the highest-ranked ones (``negatives="top"``) or a seeded random draw from the window (``"random"``: with little
-    data, only-the-hardest negatives teach a small model that lexical overlap means "not relevant").
+    the highest-ranked ones (``negatives="top"``, the hardest) or a seeded random draw from the window
+    (``"random"``, easier on average).
     Candidates are shuffled (seeded) so position carries no label.
     """
     from rerank.data.datasets import resolve_dataset

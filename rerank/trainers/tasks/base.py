@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from rerank.prompts import PromptTemplate, load_template
 from rerank.trainers.rewards import RewardConfig
 
-__all__ = ["Parsed", "Task"]
+__all__ = ["Parsed", "PointwiseTask", "Task"]
 
 
 @dataclass
@@ -80,3 +80,16 @@ class Task:
             return self.parse(text, row)
         except Exception:  # noqa: BLE001 - a completion must never stop a run; it earns the format penalty
             return Parsed(valid=False)
+
+
+class PointwiseTask(Task):
+    """One prompt per (query, document), the document as title and text on separate lines (ERank, yes-no)."""
+
+    def doc_text(self, cand: dict[str, Any]) -> str:
+        full = f"{cand['title']}\n{cand['text']}" if cand.get("title") else cand["text"]
+        return self.truncate(full, self.cfg.max_doc_tokens)
+
+    def prompt(self, example: dict[str, Any], j: int) -> str:
+        """The rendered prompt for the example's ``j``-th candidate."""
+        msgs = self.template.messages(query=self.query_text(example), document=self.doc_text(example["candidates"][j]))
+        return self.render(msgs)

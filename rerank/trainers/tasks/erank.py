@@ -14,7 +14,7 @@ from collections import defaultdict
 from typing import Any, ClassVar
 
 from rerank.trainers.rewards import erank_listwise_rewards
-from rerank.trainers.tasks.base import Parsed, Task
+from rerank.trainers.tasks.base import Parsed, PointwiseTask
 
 __all__ = ["ERankTask", "target_scores"]
 
@@ -30,7 +30,7 @@ def target_scores(example: dict[str, Any]) -> list[int]:
     return [round(10 * g / top) if top > 0 else 0 for g in example["labels"]]
 
 
-class ERankTask(Task):
+class ERankTask(PointwiseTask):
     """Pointwise 0-10 integer relevance."""
 
     default_template: ClassVar[str] = "erank"
@@ -43,14 +43,6 @@ class ERankTask(Task):
         self.answer_open = str(extra.get("answer_open", "<answer>"))
         self.answer_close = str(extra.get("answer_close", "</answer>"))
         self.think_close = str(extra.get("think_close", ""))
-
-    def doc_text(self, cand: dict[str, Any]) -> str:
-        full = f"{cand['title']}\n{cand['text']}" if cand.get("title") else cand["text"]
-        return self.truncate(full, self.cfg.max_doc_tokens)
-
-    def prompt(self, example: dict[str, Any], j: int) -> str:
-        msgs = self.template.messages(query=self.query_text(example), document=self.doc_text(example["candidates"][j]))
-        return self.render(msgs)
 
     def completion(self, score: int, reasoning: str = "") -> str:
         head = f"{reasoning}{self.think_close}{self.answer_open}" if self.think_close else ""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from rerank.trainers.tasks.base import Parsed, Task
+from rerank.trainers.tasks.base import Parsed, PointwiseTask
 
 __all__ = ["YesNoTask"]
 
 
-class YesNoTask(Task):
+class YesNoTask(PointwiseTask):
     """Pointwise yes/no relevance."""
 
     default_template: ClassVar[str] = "yes_no"
@@ -22,14 +22,6 @@ class YesNoTask(Task):
         super().__init__(tokenizer, cfg)
         self.positive = str(self.template.extra.get("positive", "yes"))
         self.negative = str(self.template.extra.get("negative", "no"))
-
-    def doc_text(self, cand: dict[str, Any]) -> str:
-        full = f"{cand['title']}\n{cand['text']}" if cand.get("title") else cand["text"]
-        return self.truncate(full, self.cfg.max_doc_tokens)
-
-    def prompt(self, example: dict[str, Any], j: int) -> str:
-        msgs = self.template.messages(query=self.query_text(example), document=self.doc_text(example["candidates"][j]))
-        return self.render(msgs)
 
     def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
         thr = self.reward_config.rel_threshold

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -19,17 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _shared_data() -> Path:
-    env = os.environ.get("RERANK_SHARED_DATA")
-    cand = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return cand if cand.is_dir() else Path("/work/shared/data")
+from rerank.testing import require_shared_data
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="all-MiniLM-L6-v2", help="sentence-transformers folder or packaged name")
-    ap.add_argument("--dataset", default=str(_shared_data() / "scifact"), help="BEIR folder (corpus + queries)")
+    ap.add_argument("--dataset", default=None, help="BEIR folder (corpus + queries); default ../shared/data/scifact")
     ap.add_argument("--docs", type=int, default=1000, help="encode the first N corpus documents")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=None, help="token limit for both (default: the model's)")
@@ -52,8 +47,7 @@ def main() -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from rerank.data.io import iter_corpus, read_queries
-    from rerank.data.io import find_file
+    from rerank.data.io import find_file, iter_corpus, read_queries
     from rerank.models import resolve_model_path
     from rerank.retrieval.dense import BiEncoder
     from rerank.retrieval.index import DenseIndex, IndexConfig, build_faiss, doc_text
@@ -61,7 +55,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    root = Path(args.dataset)
+    root = Path(args.dataset) if args.dataset else require_shared_data() / "scifact"
     docs = []
     for d in iter_corpus(find_file(root / "corpus.jsonl")):
         docs.append(d)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,18 +35,12 @@ from rerank.heads.grouprank import GroupRankConfig, GroupRankReranker
 from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig, passage_texts
 from rerank.heads.sliding_window import window_plan
 from rerank.models import resolve_model_path, smollm2_gguf_path
+from rerank.testing import require_shared_data
 from rerank.types import Candidate, Query
-
-def shared_data() -> Path:
-    env = os.environ.get("RERANK_SHARED_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return here if here.exists() else Path("/work/shared/data")
 
 
 def load_dl19(n_queries: int, top: int) -> tuple[list[Query], list[list[Candidate]]]:
-    root = shared_data() / "dl19-bm25-top100"
+    root = require_shared_data() / "dl19-bm25-top100"
     queries = read_queries(root / "queries.jsonl")
     run = read_run(root / "bm25_top100.trec")
     corpus = read_corpus(root / "corpus.jsonl")

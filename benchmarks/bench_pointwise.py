@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -24,19 +23,12 @@ import torch
 from rerank.data.datasets import Dataset
 from rerank.data.io import read_run
 from rerank.heads.base import Reranker
+from rerank.testing import require_shared_data
 from rerank.types import Candidate, Query
 
 
-def shared_data() -> Path:
-    env = os.environ.get("RERANK_SHARED_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return here if here.exists() else Path("/work/shared/data")
-
-
 def dl19_pairs(limit_queries: int, per_query: int) -> list[tuple[Query, list[Candidate]]]:
-    root = shared_data() / "dl19-bm25-top100"
+    root = require_shared_data() / "dl19-bm25-top100"
     ds = Dataset(root)
     run = read_run(root / "bm25_top100.trec")
     queries = ds.split_queries("test", limit_queries)
@@ -118,8 +110,7 @@ def bench_cross_encoder(args: argparse.Namespace) -> dict:
 
 
 def bench_llm_heads(args: argparse.Namespace) -> dict:
-    from rerank.models import resolve_model_path
-    from rerank.models import smollm2_gguf_path
+    from rerank.models import resolve_model_path, smollm2_gguf_path
 
     model = resolve_model_path(str(smollm2_gguf_path()))
     groups = dl19_pairs(args.llm_queries, args.llm_docs)

@@ -24,19 +24,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from rerank.testing import shared_data_path  # noqa: E402
+
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_path() -> Path | None:
-    """``$RERANK_SHARED_DATA``, else ``<repo>/../shared/data``, else ``/work/shared/data``; None when none exists."""
-    env = os.environ.get("RERANK_SHARED_DATA")
-    candidates = [Path(env).expanduser()] if env else [REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")]
-    for cand in candidates:
-        if cand.is_dir():
-            return cand
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -587,19 +587,13 @@ def test_cli_index_ivfpq_and_encoder_flags(encoder_dir: Path, tiny_beir_dir: Pat
 # ---------------------------------------------------------------------- real data
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("RERANK_SHARED_DATA")
-    cand = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return cand if cand.is_dir() else Path("/work/shared/data")
-
-
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_minilm_scifact_reproduces_mteb(tmp_path: Path) -> None:
+def test_minilm_scifact_reproduces_mteb(shared_data: Path, tmp_path: Path) -> None:
     from rerank.eval.pipeline import EvalConfig, run_eval
     from rerank.models import minilm_path
 
-    scifact = _shared_data() / "scifact"
+    scifact = shared_data / "scifact"
     if not scifact.is_dir():
         pytest.skip(f"shared data not found at {scifact}")
     try:

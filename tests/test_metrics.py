@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -162,18 +161,6 @@ def test_evaluate_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 # --- `rerank eval --first-stage` on TREC DL 2019 (../shared/data) --------------------------------------------------
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The shared evaluation data: $RERANK_SHARED_DATA, ../shared/data beside the repo, or /work/shared/data."""
-    candidates = [Path(__file__).resolve().parents[1].parent / "shared" / "data", Path("/work/shared/data")]
-    if os.environ.get("RERANK_SHARED_DATA"):
-        candidates.insert(0, Path(os.environ["RERANK_SHARED_DATA"]))
-    for c in candidates:
-        if (c / "dl19-bm25-top100" / "bm25_top100.trec").is_file():
-            return c
-    pytest.skip(f"shared data not found (looked in {', '.join(map(str, candidates))})")
 
 
 @pytest.mark.shared_data

@@ -5,6 +5,7 @@ Models are random: they exercise code paths, they do not rank well until trained
 """
 
 from rerank.testing.models import LLM_ARCHS, tiny_bert, tiny_llm, tiny_sentence_transformer
+from rerank.testing.paths import require_shared_data, shared_data_path
 from rerank.testing.synthetic import TaskGenerator, make_tiny_beir, synthetic_ranking_examples
 from rerank.testing.tokenizer import build_tokenizer, build_wordpiece_tokenizer, chat_template, corpus_lines
 
@@ -16,6 +17,8 @@ __all__ = [
     "chat_template",
     "corpus_lines",
     "make_tiny_beir",
+    "require_shared_data",
+    "shared_data_path",
     "synthetic_ranking_examples",
     "tiny_bert",
     "tiny_llm",

@@ -40,6 +40,7 @@ import Stemmer  # noqa: E402
 from rerank.data.datasets import resolve_dataset  # noqa: E402
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures  # noqa: E402
 from rerank.retrieval.bm25 import BM25Config, BM25Retriever  # noqa: E402
+from rerank.testing import require_shared_data  # noqa: E402
 from rerank.types import sort_ranking  # noqa: E402
 
 
@@ -119,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--metric-docs", type=int, default=100)
     args = p.parse_args(argv)
 
-    root = Path(args.data_root or os.environ.get("RERANK_SHARED_DATA") or REPO.parent / "shared" / "data")
-    if args.data_root is None and not root.is_dir():
-        root = Path("/work/shared/data")
+    root = Path(args.data_root) if args.data_root else require_shared_data()
     dataset = resolve_dataset(args.dataset, root, download=False)
     queries = dataset.split_queries(args.split)
     qids = list(queries)

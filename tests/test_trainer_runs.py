@@ -161,7 +161,7 @@ def test_cross_encoder_sft_tiny(tmp_path: Path, tiny_bert_dir: Path) -> None:
 
     model = tiny_bert(tmp_path / "bert1", num_labels=1, seed=0)
     write_jsonl(synthetic_ranking_examples(10, num_candidates=4, seed=4), tmp_path / "t.jsonl")
-    for loss in ("bce", "listnet"):
+    for loss in ("bce", "listnet", "mnrl"):
         out = tmp_path / f"ce-{loss}"
         r = sft({"model": str(model), "head": "cross-encoder", "loss": loss, "max_length": 64, "batch_size": 4,
                  "max_steps": 3, "save_steps": 3, "learning_rate": 1e-4, "eval_steps": 3,
@@ -169,6 +169,29 @@ def test_cross_encoder_sft_tiny(tmp_path: Path, tiny_bert_dir: Path) -> None:
         assert r["global_step"] == 3 and r["selected_by"] == "dev nDCG@10"
         ranked = Reranker.load("cross-encoder", model=str(out)).rerank("q", ["a b", "c d"])
         assert len(ranked.results) == 2
+
+
+def test_cross_encoder_contrastive_rows() -> None:
+    """mnrl rows: one per positive, its own query's negatives only, n_neg of them (repeats only when short)."""
+    from rerank.trainers.cross_encoder import _contrastive_rows
+
+    def cand(i: int) -> dict[str, str]:
+        return {"id": f"d{i}", "text": f"doc {i}", "title": ""}
+
+    examples = [
+        {"query": "q1", "candidates": [cand(i) for i in range(8)], "labels": [2, 0, 1, 0, 0, 0, 0, 0]},
+        {"query": "q2", "candidates": [cand(i) for i in range(10, 12)], "labels": [0, 1]},
+        {"query": "q3", "candidates": [cand(20)], "labels": [1]},
+    ]
+    rows = _contrastive_rows(examples, 4, seed=0)
+    assert [(r["query"], r["positive"]) for r in rows] == [("q1", "doc 0"), ("q1", "doc 2"), ("q2", "doc 11")]
+    q1_negs = {f"doc {i}" for i in (1, 3, 4, 5, 6, 7)}
+    for r in rows[:2]:
+        negs = [r[f"negative_{i}"] for i in range(1, 5)]
+        assert len(set(negs)) == 4 and set(negs) <= q1_negs
+    assert [rows[2][f"negative_{i}"] for i in range(1, 5)] == ["doc 10"] * 4
+    assert "negative_5" not in rows[0]
+    assert _contrastive_rows(examples, 4, seed=0) == rows
 
 
 def test_accelerate_two_processes(work: Path, repo_root: Path) -> None:

@@ -1,13 +1,18 @@
 """Cross-encoder SFT through sentence-transformers' ``CrossEncoderTrainer``: pointwise BCE or a listwise loss.
 
 ``loss``: ``bce`` (pointwise, labels binarised at grade >= 1), ``listnet`` or ``lambdaloss`` (listwise over each
-query's candidates with graded labels). Model selection keeps the checkpoint with the best dev nDCG@10 (from
+query's candidates with graded labels), or ``mnrl`` (sentence-transformers' ``MultipleNegativesRankingLoss``: one row
+per positive with ``data.negatives_per_positive`` of its query's negatives, softmax cross-entropy over the positive,
+those hard negatives and 4 in-batch negatives on raw scores: the localized contrastive estimation of Gao et al. 2021).
+On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
+learns to rank (docs/benchmarks.md, "Training"). Model selection keeps the checkpoint with the best dev nDCG@10 (from
 sentence-transformers' reranking evaluator over the dev queries' candidates). The output folder is a plain
 ``AutoModelForSequenceClassification`` folder (one label) that ``rerank eval --reranker cross-encoder`` loads.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +21,40 @@ from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwarg
 
 __all__ = ["CE_LOSSES", "train_cross_encoder"]
 
-CE_LOSSES = ("bce", "listnet", "lambdaloss")
+CE_LOSSES = ("bce", "listnet", "lambdaloss", "mnrl")
 
 
 def _text(c: dict[str, Any]) -> str:
     return f"{c['title']}\n{c['text']}" if c.get("title") else c["text"]
 
 
-def _dataset(examples: list[dict[str, Any]], loss: str) -> Any:
+def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int) -> list[dict[str, str]]:
+    """One row per positive: the query, the positive and ``n_neg`` of its query's negatives (seeded draw).
+
+    A query with fewer negatives than ``n_neg`` repeats some (drawn with replacement); one with none gives no rows.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for e in examples:
+        pos = [c for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
+        neg = [_text(c) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
+        if not neg:
+            continue
+        for p in pos:
+            drawn = rng.sample(neg, n_neg) if len(neg) >= n_neg else [rng.choice(neg) for _ in range(n_neg)]
+            rows.append({"query": e["query"], "positive": _text(p),
+                         **{f"negative_{i + 1}": d for i, d in enumerate(drawn)}})
+    return rows
+
+
+def _dataset(examples: list[dict[str, Any]], loss: str, n_neg: int = 4, seed: int = 0) -> Any:
     import datasets
 
+    if loss == "mnrl":
+        rows = _contrastive_rows(examples, n_neg, seed)
+        if not rows:
+            raise ConfigError("loss 'mnrl' needs queries with at least one positive and one negative candidate")
+        return datasets.Dataset.from_list(rows)
     if loss == "bce":
         rows = [{"query": e["query"], "document": _text(c), "label": float(lab >= 1)}
                 for e in examples for c, lab in zip(e["candidates"], e["labels"], strict=True)]
@@ -65,15 +94,28 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
     from rerank.models import resolve_model_path
 
     model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
-    loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
-            "lambdaloss": losses.LambdaLoss}[loss_name](model)
+    if loss_name == "mnrl" and cfg.data.negatives_per_positive < 1:
+        raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
+    if loss_name == "mnrl":
+        import torch
+
+        # raw scores into the softmax (LCE); the library's default sigmoid x 10 squashes them
+        loss = losses.MultipleNegativesRankingLoss(model, num_negatives=4, scale=1.0, activation_fn=torch.nn.Identity())
+    else:
+        loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
+                "lambdaloss": losses.LambdaLoss}[loss_name](model)
     evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
     kw = training_kwargs(cfg, output, has_dev=evaluator is not None)
     if evaluator is not None:
         kw.update(metric_for_best_model="eval_dev_ndcg@10", greater_is_better=True)
         kw["eval_strategy"] = "steps"
+    if loss_name == "mnrl":
+        from sentence_transformers.training_args import BatchSamplers
+
+        # in-batch negatives must not be another copy of a row's own query or positive
+        kw["batch_sampler"] = BatchSamplers.NO_DUPLICATES
     args = CrossEncoderTrainingArguments(**kw)
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(train, loss_name), loss=loss,
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed), loss=loss,
                                   evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=resume_arg(output, resume))
     if trainer.is_world_process_zero():

@@ -4,7 +4,7 @@ LLM heads train on prompt-completion pairs (the head's task piece renders the pr
 target: ERank ``<answer>s</answer>``, listwise/FIRST the teacher permutation, GroupRank the JSON score map, yes-no
 yes/no) with the loss on the completion only. FIRST adds a ranking loss on the first-identifier logits
 (``loss: lm+ranknet``, see :mod:`rerank.trainers.first`). The cross-encoder trains through sentence-transformers'
-``CrossEncoderTrainer`` (``loss: bce | listnet | lambdaloss``). LoRA (``lora.enabled``) is merged into the saved
+``CrossEncoderTrainer`` (``loss: bce | listnet | lambdaloss | mnrl``). LoRA (``lora.enabled``) is merged into the saved
 weights by default, with the adapter kept in ``OUTPUT/adapter``. Model selection: lowest dev loss (LLM heads) or
 best dev nDCG@10 (cross-encoder), evaluated every ``eval_steps`` (0 = no selection, the last step is kept).
 """
@@ -28,7 +28,7 @@ LM_LOSSES = ("lm", "lm+ranknet", "lm+listnet", "lm+lambdarank")
 @dataclass
 class SFTTrainConfig(CommonTrainConfig):
     """SFT options. ``loss``: LLM heads ``lm`` (FIRST also ``lm+ranknet|lm+listnet|lm+lambdarank``); cross-encoder
-    ``bce|listnet|lambdaloss``. ``ranking_weight`` scales FIRST's ranking loss (default ×10 RankNet, ×0.1 ListNet,
+    ``bce|listnet|lambdaloss|mnrl``. ``ranking_weight`` scales FIRST's ranking loss (default ×10 RankNet, ×0.1 ListNet,
     ×1 LambdaRank, as rank_llm's training script)."""
 
     loss: str = ""

@@ -3,7 +3,8 @@
 ``loss``: ``bce`` (pointwise, labels binarised at grade >= 1), ``listnet`` or ``lambdaloss`` (listwise over each
 query's candidates with graded labels), or ``mnrl`` (sentence-transformers' ``MultipleNegativesRankingLoss``: one row
 per positive with ``data.negatives_per_positive`` of its query's negatives, softmax cross-entropy over the positive,
-those hard negatives and 4 in-batch negatives on raw scores: the localized contrastive estimation of Gao et al. 2021).
+those hard negatives and 4 in-batch negatives, scores as sigmoid x 10, the library's defaults; the localized
+contrastive estimation of Gao et al. 2021 plus in-batch negatives).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
 learns to rank (docs/benchmarks.md, "Training"). Model selection keeps the checkpoint with the best dev nDCG@10 (from
 sentence-transformers' reranking evaluator over the dev queries' candidates). The output folder is a plain
@@ -96,14 +97,8 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
     model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
     if loss_name == "mnrl" and cfg.data.negatives_per_positive < 1:
         raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
-    if loss_name == "mnrl":
-        import torch
-
-        # raw scores into the softmax (LCE); the library's default sigmoid x 10 squashes them
-        loss = losses.MultipleNegativesRankingLoss(model, num_negatives=4, scale=1.0, activation_fn=torch.nn.Identity())
-    else:
-        loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
-                "lambdaloss": losses.LambdaLoss}[loss_name](model)
+    loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss, "lambdaloss": losses.LambdaLoss,
+            "mnrl": losses.MultipleNegativesRankingLoss}[loss_name](model)
     evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
     kw = training_kwargs(cfg, output, has_dev=evaluator is not None)
     if evaluator is not None:

@@ -127,6 +127,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_train_config(SFTTrainConfig, None, ["model=m"])
     with pytest.raises(ConfigError, match="only head 'first'"):
         load_train_config(SFTTrainConfig, None, ["model=m", "data.path=x", "loss=lm+ranknet"])
+    with pytest.raises(ConfigError, match="needs data.negatives_per_positive >= 1"):
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=mnrl",
+                                                 "data.beir=scifact", "data.negatives_per_positive=0"])
     with pytest.raises(ConfigError, match=r"config.head: must be one of"):
         load_train_config(SFTTrainConfig, None, ["model=m", "data.path=x", "head=nope"])
     with pytest.raises(ConfigError, match="multiple of num_generations"):

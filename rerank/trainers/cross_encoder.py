@@ -48,7 +48,7 @@ def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int) -> 
     return rows
 
 
-def _dataset(examples: list[dict[str, Any]], loss: str, n_neg: int = 4, seed: int = 0) -> Any:
+def _dataset(examples: list[dict[str, Any]], loss: str, n_neg: int, seed: int) -> Any:
     import datasets
 
     if loss == "mnrl":
@@ -95,8 +95,6 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
     from rerank.models import resolve_model_path
 
     model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
-    if loss_name == "mnrl" and cfg.data.negatives_per_positive < 1:
-        raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
     loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss, "lambdaloss": losses.LambdaLoss,
             "mnrl": losses.MultipleNegativesRankingLoss}[loss_name](model)
     evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
@@ -110,8 +108,8 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
         # in-batch negatives must not be another copy of a row's own query or positive
         kw["batch_sampler"] = BatchSamplers.NO_DUPLICATES
     args = CrossEncoderTrainingArguments(**kw)
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed), loss=loss,
-                                  evaluator=evaluator)
+    train_ds = _dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=resume_arg(output, resume))
     if trainer.is_world_process_zero():
         model.save(str(output), safe_serialization=True)

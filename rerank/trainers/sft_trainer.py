@@ -44,6 +44,8 @@ class SFTTrainConfig(CommonTrainConfig):
 
             if self.loss not in CE_LOSSES:
                 raise ConfigError(f"loss for the cross-encoder must be one of {list(CE_LOSSES)}, got {self.loss!r}")
+            if self.loss == "mnrl" and self.data.negatives_per_positive < 1:
+                raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
         elif self.loss not in LM_LOSSES:
             raise ConfigError(f"loss must be one of {list(LM_LOSSES)}, got {self.loss!r}")
         elif self.loss != "lm" and self.head != "first":

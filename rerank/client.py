@@ -7,6 +7,7 @@ head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,19 +21,32 @@ from rerank.types import Candidate, Query
 __all__ = ["RemoteReranker", "RemoteRerankerConfig", "RemoteRerankError"]
 
 
+_RETRY_STATUS = (429, 502, 503)
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
+    """Seconds to wait before the next try: the server's ``Retry-After`` (in seconds, at most 60), else ``default``."""
+    try:
+        return min(max(float(resp.headers.get("Retry-After", "")), 0.0), 60.0)
+    except ValueError:
+        return default
+
+
 class RemoteRerankError(RerankError):
     """The server answered an error status (or could not be reached); the message carries its JSON message."""
 
 
 @dataclass
 class RemoteRerankerConfig(RerankerConfig):
-    """Server address, bearer token (default ``$RERANK_API_KEY``), timeout, and parallel requests in ``score_batch``."""
+    """Server address, bearer token (default ``$RERANK_API_KEY``), timeout, parallel requests in ``score_batch``, and
+    retries of a busy server (429, 502, 503 or a refused connection; ``Retry-After`` honoured, else 0.5 s doubling)."""
 
     base_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
     timeout: float = 60.0
     max_concurrency: int = 8
     model: str | None = None
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -41,6 +55,8 @@ class RemoteRerankerConfig(RerankerConfig):
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
 
 class RemoteReranker(Reranker):
@@ -73,22 +89,38 @@ class RemoteReranker(Reranker):
         body: dict[str, Any] = {"query": query.text, "documents": docs}
         if self.config.model is not None:
             body["model"] = self.config.model
-        try:
-            resp = self._client.post("/v1/rerank", json=body)
-        except httpx.HTTPError as e:
-            raise RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}") from None
+        resp = self._post(body)
         if resp.status_code != 200:
             try:
                 msg = resp.json().get("message", resp.text)
             except ValueError:
                 msg = resp.text
-            raise RemoteRerankError(f"rerank server {self.config.base_url} answered {resp.status_code}: {msg}")
+            tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
+            raise RemoteRerankError(f"rerank server {self.config.base_url} answered {resp.status_code}{tries}: {msg}")
         scores: list[float | None] = [None] * len(candidates)
         for r in resp.json()["results"]:
             scores[int(r["index"])] = float(r["relevance_score"])
         if any(s is None for s in scores):
             raise RemoteRerankError(f"rerank server {self.config.base_url} returned an incomplete ranking")
         return scores  # type: ignore[return-value]
+
+    def _post(self, body: dict[str, Any]) -> httpx.Response:
+        """POST ``/v1/rerank``, retrying a busy or not-yet-listening server ``max_retries`` times."""
+        for attempt in range(self.config.max_retries + 1):
+            last = attempt == self.config.max_retries
+            try:
+                resp = self._client.post("/v1/rerank", json=body)
+            except httpx.ConnectError as e:
+                if last:
+                    raise RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}") from None
+                time.sleep(0.5 * 2**attempt)
+                continue
+            except httpx.HTTPError as e:  # a read timeout is not retried: the server may still be working on it
+                raise RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}") from None
+            if last or resp.status_code not in _RETRY_STATUS:
+                return resp
+            time.sleep(_retry_after(resp, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Send the queries as parallel requests (the server batches them into model calls)."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -541,3 +542,37 @@ def test_tiny_cross_encoder_served_equals_in_process(request: pytest.FixtureRequ
         assert all(local[i] >= local[j] - 1e-6 for (i, _), (j, _) in zip(got, got[1:]))
         if all(s == local[i] for i, s in got):
             assert [i for i, _ in got] == [i for i, _ in want[q]]
+
+
+def test_remote_reranker_retries_a_busy_server() -> None:
+    """429 / 503 are retried (``Retry-After`` honoured) up to ``max_retries``; other errors are not retried."""
+    from rerank.client import RemoteRerankError
+
+    def client(statuses: list[int], **options: Any) -> tuple[Any, list[int]]:
+        calls: list[int] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            status = statuses[min(len(calls), len(statuses) - 1)]
+            calls.append(status)
+            if status != 200:
+                return httpx.Response(status, headers={"Retry-After": "0"}, json={"message": "busy"})
+            n = len(json.loads(request.content)["documents"])
+            return httpx.Response(200, json={"results": [{"index": i, "relevance_score": -i} for i in range(n)]})
+
+        rr = Reranker.load("remote", **options)
+        rr._client = httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler))
+        return rr, calls
+
+    rr, calls = client([429, 503, 200])
+    assert rr.rerank("q", ["a", "b"]).doc_ids == ["0", "1"]
+    assert calls == [429, 503, 200]
+    rr, calls = client([429], max_retries=1)
+    with pytest.raises(RemoteRerankError, match=r"429 \(after 2 attempts\): busy"):
+        rr.rerank("q", ["a"])
+    assert calls == [429, 429]
+    rr, calls = client([413])
+    with pytest.raises(RemoteRerankError, match="413: busy"):
+        rr.rerank("q", ["a"])
+    assert calls == [413]
+    with pytest.raises(ValueError, match="max_retries"):
+        Reranker.load("remote", max_retries=-1)

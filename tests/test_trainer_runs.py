@@ -171,6 +171,33 @@ def test_cross_encoder_sft_tiny(tmp_path: Path, tiny_bert_dir: Path) -> None:
         assert len(ranked.results) == 2
 
 
+def test_bf16_is_honoured_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bf16: true`` on a CPU-only run trains under torch's bfloat16 autocast (it used to be dropped silently)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from rerank.testing import tiny_bert
+
+    seen: list[bool] = []
+    forward = BertForSequenceClassification.forward
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", recording)
+    model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
+    write_jsonl(synthetic_ranking_examples(8, num_candidates=4, seed=5), tmp_path / "t.jsonl")
+    for bf16 in (False, True):
+        seen.clear()
+        r = sft({"model": str(model), "head": "cross-encoder", "loss": "mnrl", "max_length": 64, "batch_size": 4,
+                 "max_steps": 2, "save_steps": 2, "use_cpu": True, "bf16": bf16,
+                 "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.0}}, tmp_path / f"ce-{bf16}")
+        assert r["global_step"] == 2
+        assert seen and set(seen) == {bf16}
+
+
 def test_cross_encoder_contrastive_rows() -> None:
     """mnrl rows: one per positive, its own query's negatives only, n_neg of them (repeats only when short)."""
     from rerank.trainers.cross_encoder import _contrastive_rows

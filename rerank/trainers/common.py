@@ -107,7 +107,7 @@ def training_kwargs(cfg: CommonTrainConfig, output: Path, has_dev: bool) -> dict
         "data_seed": cfg.seed,
         "report_to": list(cfg.report_to),
         "use_cpu": cpu,
-        "bf16": cfg.bf16 and not cpu,
+        "bf16": cfg.bf16,  # on CPU: torch's bfloat16 autocast (fast where the CPU has avx512_bf16 / AMX)
         "eval_strategy": "steps" if evaluate else "no",
         "eval_steps": cfg.eval_steps if evaluate else None,
         "dataloader_num_workers": 0,

@@ -146,6 +146,7 @@ def test_grpo_beats_its_sft_start(task_dir: Path, head: str) -> None:
 def test_first_grpo_beats_its_sft_start(task_dir: Path) -> None:
     """The same claim for FIRST does NOT hold at this size (measured 2026-11-27, docs/benchmarks.md): the tiny
     model's sampled permutations mostly repeat ids, and GRPO on them (repaired or not, lr 3e-5 to 2e-4) leaves the
-    first-identifier logits' ranking flat or worse (0.6734 -> 0.6729 at these settings). Stated, not weakened;
+    first-identifier logits' ranking flat or worse (0.6734 -> 0.6729 at these settings; a random order scores 0.628,
+    and a 4-layer model's SFT leaves FIRST's RankNet term at its equal-logits value too). Stated, not weakened;
     slow because it fails."""
     _assert_grpo_beats_sft(task_dir, "first")

@@ -198,6 +198,44 @@ def test_bf16_is_honoured_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert seen and set(seen) == {bf16}
 
 
+def test_mnrl_in_batch_negatives_set_the_forward_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``in_batch_negatives`` k: each mnrl step scores every row against its positive, its hard negatives and k other
+    rows' documents (one forward per column: 1 + negatives_per_positive + k), and k = 0 (which the library itself
+    cannot draw) runs without in-batch negatives; it is refused for any other loss."""
+    from transformers import BertForSequenceClassification
+
+    from rerank.errors import ConfigError
+    from rerank.testing import tiny_bert
+    from rerank.trainers.base import load_train_config
+    from rerank.trainers.sft_trainer import SFTTrainConfig
+
+    calls: list[int] = []
+    forward = BertForSequenceClassification.forward
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            calls.append(int(kwargs["input_ids"].shape[0]))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", recording)
+    model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
+    write_jsonl(synthetic_ranking_examples(8, num_candidates=4, seed=5), tmp_path / "t.jsonl")
+    for k in (0, 2):
+        calls.clear()
+        r = sft({"model": str(model), "head": "cross-encoder", "loss": "mnrl", "in_batch_negatives": k,
+                 "max_length": 64, "batch_size": 4, "max_steps": 1, "save_steps": 1, "use_cpu": True,
+                 "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.0, "negatives_per_positive": 2}},
+                tmp_path / f"ce-{k}")
+        assert r["global_step"] == 1
+        assert calls == [4] * (1 + 2 + k)
+    with pytest.raises(ConfigError, match="in_batch_negatives is an option of"):
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=bce", "data.path=x",
+                                                 "in_batch_negatives=2"])
+    with pytest.raises(ConfigError, match="in_batch_negatives must be >= 0"):
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=mnrl", "data.path=x",
+                                                 "in_batch_negatives=-1"])
+
+
 def test_cross_encoder_contrastive_rows() -> None:
     """mnrl rows: one per positive, its own query's negatives only, n_neg of them (repeats only when short)."""
     from rerank.trainers.cross_encoder import _contrastive_rows

@@ -3,8 +3,8 @@
 ``loss``: ``bce`` (pointwise, labels binarised at grade >= 1), ``listnet`` or ``lambdaloss`` (listwise over each
 query's candidates with graded labels), or ``mnrl`` (sentence-transformers' ``MultipleNegativesRankingLoss``: one row
 per positive with ``data.negatives_per_positive`` of its query's negatives, softmax cross-entropy over the positive,
-those hard negatives and 4 in-batch negatives, scores as sigmoid x 10, the library's defaults; the localized
-contrastive estimation of Gao et al. 2021 plus in-batch negatives).
+those hard negatives and ``in_batch_negatives`` other rows' documents (default 4), scores as sigmoid x 10, the
+library's defaults; the localized contrastive estimation of Gao et al. 2021, plus in-batch negatives when > 0).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
 learns to rank (docs/benchmarks.md, "Training"). Model selection keeps the checkpoint with the best dev nDCG@10 (from
 sentence-transformers' reranking evaluator over the dev queries' candidates). The output folder is a plain
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
 from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
+
+if TYPE_CHECKING:
+    from rerank.trainers.sft_trainer import SFTTrainConfig
 
 __all__ = ["CE_LOSSES", "train_cross_encoder"]
 
@@ -78,7 +81,7 @@ def _evaluator(dev: list[dict[str, Any]]) -> Any:
     return CrossEncoderRerankingEvaluator(samples, at_k=10, name="dev", show_progress_bar=False) if samples else None
 
 
-def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict[str, Any]],
+def train_cross_encoder(cfg: SFTTrainConfig, loss_name: str, train: list[dict[str, Any]],
                         dev: list[dict[str, Any]], output: Path, resume: bool) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` as a one-label cross-encoder on ``train``; save the best (dev nDCG@10) to ``output``."""
     from sentence_transformers.cross_encoder import (
@@ -95,8 +98,11 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
     from rerank.models import resolve_model_path
 
     model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
-    loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss, "lambdaloss": losses.LambdaLoss,
-            "mnrl": losses.MultipleNegativesRankingLoss}[loss_name](model)
+    if loss_name == "mnrl":
+        loss = _mnrl_class(losses.MultipleNegativesRankingLoss)(model, num_negatives=cfg.in_batch_negatives)
+    else:
+        loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
+                "lambdaloss": losses.LambdaLoss}[loss_name](model)
     evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
     kw = training_kwargs(cfg, output, has_dev=evaluator is not None)
     if evaluator is not None:
@@ -117,6 +123,17 @@ def train_cross_encoder(cfg: CommonTrainConfig, loss_name: str, train: list[dict
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,
             "selected_by": "dev nDCG@10" if evaluator is not None else "last step"}
+
+
+def _mnrl_class(base: type) -> type:
+    """sentence-transformers' MNRL, where ``num_negatives=0`` means no in-batch negatives (the library cannot draw 0)."""
+
+    class MNRL(base):  # type: ignore[misc, valid-type]
+        def get_in_batch_negatives(self, anchors: list[str], candidates: list[list[str]]) -> Any:
+            if self.num_negatives:
+                yield from super().get_in_batch_negatives(anchors, candidates)
+
+    return MNRL
 
 
 def _cpu(cfg: CommonTrainConfig) -> bool:

@@ -1,10 +1,10 @@
 """Proof that the shared trainer learns: SFT then GRPO of tiny LLM heads on the synthetic key-word task.
 
 For each LLM head (ERank, FIRST, GroupRank): SFT lowers the loss and changes the weights, and GRPO from the SFT output
-updates it. For ERank and GroupRank, in CI, GRPO also raises the mean reward and its nDCG@10 on held-out synthetic
+updates it. For ERank, in CI, GRPO also raises the mean reward and its nDCG@10 on 300 fresh held-out synthetic
 queries (ranked by the inference head, as ``rerank eval`` would) beats the SFT starting point's. FIRST's SFT learns
-the first identifier (checked in CI), but GRPO's gain over it does not hold on 300 fresh queries: a (failing) slow
-test. Short test templates keep prompts small so the tiny models
+the first identifier (checked in CI). For GroupRank and FIRST, GRPO's gain seen on 32 queries does not hold on the
+300: (failing) slow tests. Short test templates keep prompts small so the tiny models
 learn within the CI budget (the template is an ordinary config option).
 """
 
@@ -147,12 +147,18 @@ def _assert_grpo_beats_sft(task_dir: Path, head: str, heldout: str = "heldout") 
     assert ndcg_grpo > ndcg_sft
 
 
-@pytest.mark.parametrize("head", ["erank", "grouprank"])
-def test_grpo_beats_its_sft_start(task_dir: Path, head: str) -> None:
-    """The full claim, in CI: GRPO on the head's reward beats its SFT start on 32 held-out synthetic queries
-    (ERank: pooled listwise-derived reward; GroupRank: nDCG + Recall + JS; figures in docs/benchmarks.md,
-    "Training (issue 4)")."""
-    _assert_grpo_beats_sft(task_dir, head)
+def test_erank_grpo_beats_its_sft_start(task_dir: Path) -> None:
+    """The full claim, in CI, for ERank: GRPO on its pooled listwise-derived reward beats its SFT start on 300 fresh
+    held-out synthetic queries (0.6741 -> 0.7526 measured; figures in docs/benchmarks.md, "Training (issue 4)")."""
+    _assert_grpo_beats_sft(task_dir, "erank", heldout="heldout-300")
+
+
+@pytest.mark.slow
+def test_grouprank_grpo_beats_its_sft_start(task_dir: Path) -> None:
+    """The same claim for GroupRank does NOT hold on 300 fresh queries (measured 2026-11-28 on CI's own run): the
+    reward rises and the 32 test queries show a gain (0.6647 -> 0.7151), but on 300 queries GRPO is below its SFT
+    start (0.6238 -> 0.6130). Stated, not weakened; slow because it fails."""
+    _assert_grpo_beats_sft(task_dir, "grouprank", heldout="heldout-300")
 
 
 @pytest.mark.slow

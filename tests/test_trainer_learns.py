@@ -93,19 +93,27 @@ HEADS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]] = {
 }
 
 
-def _sft_then_grpo(task_dir: Path, head: str, grpo_steps: int | None = None) -> tuple[dict, dict, Path, Path]:
-    sft_over, grpo_over, _, n_train = HEADS[head]
-    grpo_over = dict(grpo_over, **({"max_steps": grpo_steps} if grpo_steps else {}))
-    common = {"head": head, "template": str(task_dir / f"{head}.yaml"), "max_doc_tokens": 40,
-              "data": {"path": str(task_dir / f"train-{n_train}.jsonl"), "dev_fraction": 0.0}, "save_steps": 1000,
-              "logging_steps": 5}
+def _common(task_dir: Path, head: str) -> dict[str, Any]:
+    n_train = HEADS[head][3]
+    return {"head": head, "template": str(task_dir / f"{head}.yaml"), "max_doc_tokens": 40,
+            "data": {"path": str(task_dir / f"train-{n_train}.jsonl"), "dev_fraction": 0.0}, "save_steps": 1000,
+            "logging_steps": 5}
+
+
+def _sft_once(task_dir: Path, head: str) -> tuple[dict, Path]:
+    """The head's SFT from the random tiny model, trained once per module and reused by every test."""
     sft_out = task_dir / f"{head}-sft"
     if not (sft_out / "model.safetensors").exists():
-        r1 = sft({**common, **sft_over, "model": str(task_dir / "llm")}, sft_out)
+        r1 = sft({**_common(task_dir, head), **HEADS[head][0], "model": str(task_dir / "llm")}, sft_out)
         (sft_out / "result.json").write_text(json.dumps(r1))
-    r1 = json.loads((sft_out / "result.json").read_text())
+    return json.loads((sft_out / "result.json").read_text()), sft_out
+
+
+def _sft_then_grpo(task_dir: Path, head: str, grpo_steps: int | None = None) -> tuple[dict, dict, Path, Path]:
+    grpo_over = dict(HEADS[head][1], **({"max_steps": grpo_steps} if grpo_steps else {}))
+    r1, sft_out = _sft_once(task_dir, head)
     grpo_out = task_dir / f"{head}-grpo-{grpo_over['max_steps']}"
-    r2 = grpo({**common, **grpo_over, "model": str(sft_out), "logging_steps": 1}, grpo_out)
+    r2 = grpo({**_common(task_dir, head), **grpo_over, "model": str(sft_out), "logging_steps": 1}, grpo_out)
     return r1, r2, sft_out, grpo_out
 
 
@@ -126,20 +134,20 @@ def test_sft_lowers_loss_and_grpo_updates(task_dir: Path, head: str) -> None:
 def test_first_sft_learns_the_first_identifier(task_dir: Path) -> None:
     """FIRST's SFT (LM + weighted RankNet on the first-identifier logits) ranks held-out synthetic queries far above a
     random order of their 6 candidates (nDCG@10 0.628 in expectation; 0.84 measured), as the FIRST head ranks them."""
-    _sft_then_grpo(task_dir, "first", grpo_steps=2)
+    _, sft_out = _sft_once(task_dir, "first")
     opts = {"template": str(task_dir / "first.yaml"), "max_doc_tokens": 40, **HEADS["first"][2]}
-    assert mean_ndcg(str(task_dir / "first-sft"), "first", _heldout(task_dir), **opts) > 0.75
+    assert mean_ndcg(str(sft_out), "first", _heldout(task_dir), **opts) > 0.75
 
 
-def _assert_grpo_beats_sft(task_dir: Path, head: str, heldout: str = "heldout") -> None:
+def _assert_grpo_beats_sft(task_dir: Path, head: str) -> None:
     """GRPO runs its steps, its mean logged reward rises (last third of the steps vs the first third) and the
-    GRPO model's held-out nDCG@10 beats its own SFT start's."""
+    GRPO model's nDCG@10 on the 300 fresh held-out queries beats its own SFT start's."""
     _, r2, sft_out, grpo_out = _sft_then_grpo(task_dir, head)
     assert r2["global_step"] == HEADS[head][1]["max_steps"]
     rewards = r2["logged_rewards"]  # one mean per step (logging_steps=1)
     third = max(1, len(rewards) // 3)
     assert sum(rewards[-third:]) / third > sum(rewards[:third]) / third
-    queries = _heldout(task_dir, heldout)
+    queries = _heldout(task_dir, "heldout-300")
     opts = {"template": str(task_dir / f"{head}.yaml"), "max_doc_tokens": 40, **HEADS[head][2]}
     ndcg_sft = mean_ndcg(str(sft_out), head, queries, **opts)
     ndcg_grpo = mean_ndcg(str(grpo_out), head, queries, **opts)
@@ -150,7 +158,7 @@ def _assert_grpo_beats_sft(task_dir: Path, head: str, heldout: str = "heldout") 
 def test_erank_grpo_beats_its_sft_start(task_dir: Path) -> None:
     """The full claim, in CI, for ERank: GRPO on its pooled listwise-derived reward beats its SFT start on 300 fresh
     held-out synthetic queries (0.6741 -> 0.7526 measured; figures in docs/benchmarks.md, "Training (issue 4)")."""
-    _assert_grpo_beats_sft(task_dir, "erank", heldout="heldout-300")
+    _assert_grpo_beats_sft(task_dir, "erank")
 
 
 @pytest.mark.slow
@@ -158,7 +166,7 @@ def test_grouprank_grpo_beats_its_sft_start(task_dir: Path) -> None:
     """The same claim for GroupRank does NOT hold on 300 fresh queries (measured 2026-11-28 on CI's own run): the
     reward rises and the 32 test queries show a gain (0.6647 -> 0.7151), but on 300 queries GRPO is below its SFT
     start (0.6238 -> 0.6130). Stated, not weakened; slow because it fails."""
-    _assert_grpo_beats_sft(task_dir, "grouprank", heldout="heldout-300")
+    _assert_grpo_beats_sft(task_dir, "grouprank")
 
 
 @pytest.mark.slow
@@ -168,4 +176,4 @@ def test_first_grpo_beats_its_sft_start(task_dir: Path) -> None:
     the reward, and the 32 queries even show a gain (0.8356 -> 0.8463), but on 300 queries the first-identifier
     ranking does not move (0.8279 -> 0.8266): the reward gains are in the rest of the permutation, which FIRST does not
     read. Stated, not weakened; slow because it fails."""
-    _assert_grpo_beats_sft(task_dir, "first", heldout="heldout-300")
+    _assert_grpo_beats_sft(task_dir, "first")

@@ -33,6 +33,9 @@ def test_plackett_luce_probabilities_sum_to_one() -> None:
     by_hand = math.exp(1.1) / z * math.exp(0.3) / (z - math.exp(1.1)) * 1.0 / (1.0 + math.exp(-0.2))
     got = plackett_luce_log_prob(s, torch.tensor([[[2, 0, 3, 1]]])).exp().item()
     assert got == pytest.approx(by_hand, rel=1e-5)
+    steps = plackett_luce_log_prob(s, torch.tensor([[[2, 0, 3, 1]]]), per_step=True).exp()[0, 0].tolist()
+    assert steps == pytest.approx([math.exp(1.1) / z, math.exp(0.3) / (z - math.exp(1.1)),
+                                   1.0 / (1.0 + math.exp(-0.2)), 1.0], rel=1e-5)
 
 
 def test_gumbel_topk_samples_follow_plackett_luce() -> None:

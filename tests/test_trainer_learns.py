@@ -175,5 +175,6 @@ def test_first_grpo_beats_its_sft_start(task_dir: Path) -> None:
     docs/benchmarks.md). From the SFT start that has learnt the first identifier (0.84 on the 32 queries) GRPO raises
     the reward, and the 32 queries even show a gain (0.8356 -> 0.8463), but on 300 queries the first-identifier
     ranking does not move (0.8279 -> 0.8266): the reward gains are in the rest of the permutation, which FIRST does not
-    read. Stated, not weakened; slow because it fails."""
+    read. GRPO on FIRST's own ranking (``rollout: plackett-luce``) does not beat it either (2026-11-28, sixth session:
+    0.8092-0.8317 over 14 settings). Stated, not weakened; slow because it fails."""
     _assert_grpo_beats_sft(task_dir, "first")

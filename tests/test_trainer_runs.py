@@ -4,6 +4,7 @@ the cross-encoder path, FIRST's ranking loss, and GRPO's format penalty instead 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -279,3 +280,66 @@ def test_accelerate_two_processes(work: Path, repo_root: Path) -> None:
     assert (out / "model.safetensors").is_file()
     # 12 queries x 4 candidates = 48 rows; 2 processes x batch 2 = 4 rows a step -> 12 steps an epoch
     assert state["epoch"] == pytest.approx(2 / 12), state["epoch"]
+
+
+def test_first_plackett_luce_rollouts_score_first_logits(work: Path) -> None:
+    """FIRST's Plackett-Luce GRPO: each rollout is a complete permutation the FIRST task parses, only its identifier
+    tokens are in the loss mask, and the loss path's per-token log-probabilities equal the rollout's and an
+    independent PL computation from the unpadded prompt's first-position logits."""
+    import torch
+
+    from rerank.config import from_dict
+    from rerank.trainers.base import TrainContext
+    from rerank.trainers.grpo_trainer import GRPOTrainConfig, GRPOTrainer
+    from rerank.trainers.tasks import build_task
+
+    cfg = from_dict(GRPOTrainConfig, _cfg(work, head="first", template=str(work / "first.yaml"), window=4,
+                                          batch_size=8, num_generations=4, rollout="plackett-luce",
+                                          temperature=0.7, max_steps=2))
+    trainer = GRPOTrainer().build(cfg, TrainContext(output=work / "pl"))
+    task = build_task("first", trainer.processing_class, cfg)
+    rows = [r for ex in synthetic_ranking_examples(2, num_candidates=4, seed=3) for r in task.grpo_rows(ex)]
+    prompts = [r["prompt"] for r in rows for _ in range(3)]
+    torch.manual_seed(0)
+    out = trainer._plackett_luce_rollout(prompts, trainer)
+    tok = trainer.processing_class
+    id_tokens = task.identifier_token_ids()
+    model = trainer.model.eval()
+    for i, prompt in enumerate(prompts):
+        comp, mask, lps = out["completion_ids"][i], out["env_mask"][i], out["logprobs"][i]
+        parsed = task.parse(tok.decode(comp, skip_special_tokens=True), rows[i // 3])
+        assert parsed.valid and sorted(parsed.order) == [0, 1, 2, 3]
+        assert [t for t, m in zip(comp, mask, strict=True) if m] == [id_tokens[k] for k in parsed.order]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([out["prompt_ids"][i]])).logits[0, -1, id_tokens].float() / 0.7
+        expect = [float(logits[k] - torch.logsumexp(logits[parsed.order[j:]], 0))
+                  for j, k in enumerate(parsed.order)]
+        assert [lp for lp, m in zip(lps, mask, strict=True) if m] == pytest.approx(expect, abs=1e-4)
+    width = max(map(len, out["prompt_ids"]))
+    clen = max(map(len, out["completion_ids"]))
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (clen - len(c))
+                        for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)])
+    att = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (clen - len(c))
+                        for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)])
+    with torch.no_grad():
+        logps, ent, _ = trainer._get_per_token_logps_and_entropies(model, ids, att, clen, batch_size=5,
+                                                                   compute_entropy=True)
+    for i, (lps, mask) in enumerate(zip(out["logprobs"], out["env_mask"], strict=True)):
+        got = [float(logps[i, t]) for t, m in enumerate(mask) if m]
+        assert got == pytest.approx([lp for lp, m in zip(lps, mask, strict=True) if m], abs=1e-4)
+        assert float(ent[i, next(t for t, m in enumerate(mask) if m)]) > 0
+    r = GRPOTrainer().train(cfg, TrainContext(output=work / "pl-run"))
+    assert r["global_step"] == 2 and all(math.isfinite(v) for v in r["logged_rewards"])
+
+
+@pytest.mark.parametrize("over", [{"head": "erank"}, {"use_vllm": True}])
+def test_plackett_luce_rollout_needs_first_without_vllm(work: Path, over: dict[str, Any]) -> None:
+    from rerank.config import from_dict
+    from rerank.errors import ConfigError
+    from rerank.trainers.grpo_trainer import GRPOTrainConfig
+
+    base = _cfg(work, head="first", template=str(work / "first.yaml"), window=4, batch_size=8, num_generations=4,
+                rollout="plackett-luce")
+    with pytest.raises(ConfigError, match="plackett-luce"):
+        from_dict(GRPOTrainConfig, {**base, **over})

@@ -5,6 +5,13 @@ For each window the prompt (ending at ``[``, exactly as the FIRST head reads it)
 the identifier tokens ``A``..  at its last position are scored against the teacher ranks with
 :mod:`rerank.trainers.ranking_losses`: weighted RankNet (pair weight 1/(r_i + r_j), ×10 by default), ListNet
 (×0.1) or LambdaRank (×1) — the weights of rank_llm's training script. Total loss = LM loss + weight · ranking loss.
+
+GRPO with ``rollout: plackett-luce`` trains the ranking FIRST reads instead of the generated text: each rollout is a
+permutation drawn from a Plackett–Luce policy over the first-identifier logits (Gumbel top-k, as PG-Rank samples), and
+each identifier of the written permutation gets its placement's PL log-probability as its token log-probability, so
+TRL's GRPO loss (ratios, clipping, KL to the reference) applies unchanged. With generated rollouts the first
+identifier is one token of ~22 in the policy gradient and the rest of the permutation, which FIRST never reads, takes
+the gains.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from trl import SFTTrainer
+from trl import GRPOTrainer, SFTTrainer
 
 from rerank.errors import ConfigError
+from rerank.heads.permutation import format_permutation, identifiers
+from rerank.trainers.pgrank import gumbel_topk_sample, plackett_luce_log_prob
 from rerank.trainers.ranking_losses import lambdarank, listnet, weighted_ranknet
 
-__all__ = ["DEFAULT_WEIGHTS", "RANKING", "RankingSFTTrainer"]
+__all__ = ["DEFAULT_WEIGHTS", "RANKING", "PlackettLuceGRPOTrainer", "RankingSFTTrainer", "first_position_logits"]
 
 RANKING = {"ranknet": weighted_ranknet, "listnet": listnet, "lambdarank": lambdarank}
 DEFAULT_WEIGHTS = {"ranknet": 10.0, "listnet": 0.1, "lambdarank": 1.0}
@@ -50,6 +59,14 @@ class _RankingCollator:
         return batch
 
 
+def first_position_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Float logits (B, vocab) at the last position of left-padded prompts (ending at ``[``), as the FIRST head reads."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at each prompt
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                logits_to_keep=1)
+    return out.logits[:, -1, :].float()
+
+
 class RankingSFTTrainer(SFTTrainer):
     """``SFTTrainer`` + a ranking loss on the first-identifier logits (``ranking_loss`` = ranknet|listnet|lambdarank)."""
 
@@ -69,12 +86,8 @@ class RankingSFTTrainer(SFTTrainer):
 
     def ranking_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """The ranking loss of the batch's windows from one forward over their prompts."""
-        ids, att = inputs["rank_input_ids"], inputs["rank_attention_mask"]
-        position_ids = (att.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at each prompt's start
-        out = model(input_ids=ids, attention_mask=att, position_ids=position_ids, use_cache=False,
-                    logits_to_keep=1)
         n = inputs["rank_ranks"].shape[1]
-        last = out.logits[:, -1, :].float()
+        last = first_position_logits(model, inputs["rank_input_ids"], inputs["rank_attention_mask"])
         logits = last[:, self.identifier_ids[:n].to(last.device)]
         return self.ranking_fn(logits, inputs["rank_ranks"], inputs["rank_mask"])
 
@@ -93,3 +106,99 @@ class RankingSFTTrainer(SFTTrainer):
             loss, outputs = result
             return loss + self.ranking_weight * rank, outputs
         return result + self.ranking_weight * rank
+
+
+class PlackettLuceGRPOTrainer(GRPOTrainer):
+    """TRL's ``GRPOTrainer`` whose policy is FIRST's ranking: PL(first-identifier logits / T) over the window.
+
+    Rollouts come through TRL's ``rollout_func``: one forward per prompt, a Gumbel-top-k permutation written as
+    ``A] > [C] > …]`` (the prompt already ends at ``[``) plus EOS; only identifier tokens are in the loss mask.
+    ``_get_per_token_logps_and_entropies`` returns each identifier's placement log-probability (and the entropy of
+    that placement's distribution) for the policy, the old policy and the reference alike.
+    """
+
+    def __init__(self, *args: Any, identifier_token_ids: list[int], window_sizes: dict[str, int], scheme: str,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, rollout_func=self._plackett_luce_rollout, **kwargs)
+        tok = self.processing_class
+        self.identifier_ids = torch.tensor(identifier_token_ids, dtype=torch.long)
+        self._local = {t: k for k, t in enumerate(identifier_token_ids)}
+        self.window_sizes = window_sizes
+        a, b = identifiers(scheme, 2)
+        text = format_permutation(scheme, [0, 1])
+        sep = text[text.index(a) + len(a) : text.index(b)]
+        self._sep = tok.encode(sep, add_special_tokens=False)
+        self._close = tok.encode(text[text.index(b) + len(b) :], add_special_tokens=False)
+        if tok.eos_token_id is None:
+            raise ConfigError("plackett-luce rollouts need a tokenizer with an EOS token")
+        self._eos = int(tok.eos_token_id)
+        clash = set(self._local) & {*self._sep, *self._close, self._eos, tok.pad_token_id}
+        if clash:
+            raise ConfigError(f"plackett-luce: identifier tokens {sorted(clash)} also occur in the separators")
+
+    def _window_size(self, prompt: str) -> int:
+        if prompt not in self.window_sizes:
+            raise KeyError(f"plackett-luce rollout: a prompt that is not one of the training rows: {prompt[:80]!r}")
+        return self.window_sizes[prompt]
+
+    def _plackett_luce_rollout(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
+        """One PL draw per prompt (TRL repeats each prompt ``num_generations`` times)."""
+        tok = self.processing_class
+        prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
+        width = max(map(len, prompt_ids))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos
+        ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(prompt_ids):
+            ids[i, width - len(p):] = torch.tensor(p)
+            att[i, width - len(p):] = 1
+        device = self.accelerator.device
+        with torch.no_grad(), self.accelerator.autocast():
+            logits = first_position_logits(self.model, ids.to(device), att.to(device))
+        completion_ids, logprobs, env_mask = [], [], []
+        for i, prompt in enumerate(prompts):
+            n = self._window_size(prompt)
+            s = logits[i, self.identifier_ids[:n].to(logits.device)].unsqueeze(0)
+            order = gumbel_topk_sample(s, 1, temperature=self.temperature)
+            lp = plackett_luce_log_prob(s, order, self.temperature, per_step=True)[0, 0].tolist()
+            c, lps, mask = [], [], []
+            for k, j in enumerate(order[0, 0].tolist()):
+                tail = self._sep if k < n - 1 else self._close
+                c += [int(self.identifier_ids[j]), *tail]
+                lps += [lp[k]] + [0.0] * len(tail)
+                mask += [1] + [0] * len(tail)
+            completion_ids.append(c + [self._eos])
+            logprobs.append(lps + [0.0])
+            env_mask.append(mask + [0])
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs,
+                "env_mask": env_mask}
+
+    def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                           logits_to_keep: int, batch_size: int | None = None,
+                                           compute_entropy: bool = False, compute_aux_loss: bool = False,
+                                           **_multimodal: Any) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """Each identifier token's PL placement log-probability under ``model``; 0 at the separators (masked)."""
+        prompt, prompt_mask = input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep]
+        completion = input_ids[:, -logits_to_keep:].tolist()
+        batch_size = batch_size or input_ids.size(0)
+        with self.accelerator.autocast():
+            logits = torch.cat([first_position_logits(model, prompt[b : b + batch_size], prompt_mask[b : b + batch_size])
+                                for b in range(0, prompt.size(0), batch_size)])
+        logps = torch.zeros(input_ids.size(0), logits_to_keep, device=logits.device)
+        entropies = torch.zeros_like(logps) if compute_entropy else None
+        for b, row in enumerate(completion):
+            pos = [t for t, tok in enumerate(row) if tok in self._local]
+            order = [self._local[row[t]] for t in pos]
+            n = len(order)
+            if sorted(order) != list(range(n)):
+                raise ValueError(f"plackett-luce: completion {b} is not a permutation of its window's identifiers")
+            s = logits[b, self.identifier_ids[:n].to(logits.device)]
+            ranking = torch.tensor(order, device=logits.device)
+            logps[b, pos] = plackett_luce_log_prob(s.unsqueeze(0), ranking.view(1, 1, n), self.temperature,
+                                                   per_step=True)[0, 0]
+            if entropies is not None:
+                with torch.no_grad():
+                    ranked = s[ranking] / self.temperature
+                    h = [torch.special.entr(torch.softmax(ranked[k:], -1)).sum() for k in range(n)]
+                    entropies[b, pos] = torch.stack(h)
+        return logps, entropies, None

@@ -8,7 +8,8 @@ temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are 
 once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a
 multiple of (documents per query × G). ERank's reference score t (for negatives below every positive) is the
 starting (SFT) model's greedy answer (``erank_reference: model``) or 0 (``zero``). Model selection: highest mean dev
-reward every ``eval_steps`` (0 = keep the last step).
+reward every ``eval_steps`` (0 = keep the last step). FIRST may take ``rollout: plackett-luce``: rollouts drawn from its
+first-identifier logits instead of generated text (:class:`rerank.trainers.first.PlackettLuceGRPOTrainer`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class GRPOTrainConfig(CommonTrainConfig):
     max_completion_length: int = 0
     rewards: RewardConfig = field(default_factory=RewardConfig)
     erank_reference: Literal["model", "zero"] = "model"
+    rollout: Literal["generate", "plackett-luce"] = "generate"
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
     log_completions: bool = False
@@ -62,6 +64,11 @@ class GRPOTrainConfig(CommonTrainConfig):
         self.num_generations = self.num_generations or g
         if self.learning_rate is None:
             self.learning_rate = lr
+        if self.rollout == "plackett-luce":
+            if self.head != "first":
+                raise ConfigError("rollout 'plackett-luce' samples FIRST's first-identifier ranking; it needs head 'first'")
+            if self.use_vllm:
+                raise ConfigError("rollout 'plackett-luce' scores prompts with the training model; use_vllm does not apply")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2 (GRPO compares rollouts of one prompt)")
         if self.batch_size % self.num_generations:
@@ -115,7 +122,8 @@ class GRPOTrainer:
 
     config_class = GRPOTrainConfig
 
-    def train(self, config: GRPOTrainConfig, ctx: TrainContext) -> dict[str, Any]:
+    def build(self, config: GRPOTrainConfig, ctx: TrainContext) -> Any:
+        """The configured TRL trainer (rows, rewards and rollouts wired), ready to ``train``."""
         import datasets
         from trl import GRPOConfig
         from trl import GRPOTrainer as TRLGRPOTrainer
@@ -149,7 +157,16 @@ class GRPOTrainer:
             log_completions=config.log_completions,
         )
         tok.padding_side = "left"
-        trainer = TRLGRPOTrainer(
+        trainer_class: Any = TRLGRPOTrainer
+        extra: dict[str, Any] = {}
+        if config.rollout == "plackett-luce":
+            from rerank.trainers.first import PlackettLuceGRPOTrainer
+
+            trainer_class = PlackettLuceGRPOTrainer
+            extra = {"identifier_token_ids": task.identifier_token_ids(), "scheme": task.scheme,
+                     "window_sizes": {r["prompt"]: len(r["ids"]) for r in rows + dev_rows}}
+        trainer = trainer_class(
+            **extra,
             model=model,
             reward_funcs=[reward_function(task, columns)],
             args=args,
@@ -158,6 +175,10 @@ class GRPOTrainer:
             processing_class=tok,
             peft_config=config.lora.peft_config() if config.lora.enabled else None,
         )
+        return trainer
+
+    def train(self, config: GRPOTrainConfig, ctx: TrainContext) -> dict[str, Any]:
+        trainer = self.build(config, ctx)
         result = trainer.train(resume_from_checkpoint=resume_arg(ctx.output, ctx.resume))
         save_final(trainer, config, ctx.output)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
@@ -165,4 +186,4 @@ class GRPOTrainer:
                 "first_logged_reward": rewards[0] if rewards else None,
                 "last_logged_reward": rewards[-1] if rewards else None, "logged_rewards": rewards,
                 "best_checkpoint": trainer.state.best_model_checkpoint,
-                "selected_by": "dev reward" if dev_rows else "last step"}
+                "selected_by": "dev reward" if trainer.eval_dataset is not None else "last step"}

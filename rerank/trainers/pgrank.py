@@ -46,9 +46,11 @@ def gumbel_topk_sample(
 
 
 def plackett_luce_log_prob(
-    scores: torch.Tensor, rankings: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None
+    scores: torch.Tensor, rankings: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None,
+    per_step: bool = False,
 ) -> torch.Tensor:
-    """log PL(ranking | scores / temperature) of the top-k prefix: (B, n), (B, M, k) -> (B, M).
+    """log PL(ranking | scores / temperature) of the top-k prefix: (B, n), (B, M, k) -> (B, M), or with ``per_step``
+    each placement's term (B, M, k) (FIRST's GRPO scores them as per-token log-probabilities).
 
     log π = Σ_i [ s_σ(i) − log Σ_{j not yet placed} exp(s_j) ]; the denominators come from a reversed logcumsumexp
     over the ranked prefix plus the mass of the candidates left unranked.
@@ -66,7 +68,8 @@ def plackett_luce_log_prob(
     rev = torch.flip(torch.logcumsumexp(torch.flip(chosen, [-1]), dim=-1), [-1])
     if rest is not None:
         rev = torch.logaddexp(rev, rest.expand_as(rev))
-    return (chosen - rev).sum(-1)
+    steps = chosen - rev
+    return steps if per_step else steps.sum(-1)
 
 
 def ndcg_of_rankings(rankings: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> torch.Tensor:

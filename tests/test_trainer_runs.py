@@ -229,9 +229,12 @@ def test_mnrl_in_batch_negatives_set_the_forward_passes(tmp_path: Path, monkeypa
                 tmp_path / f"ce-{k}")
         assert r["global_step"] == 1
         assert calls == [4] * (1 + 2 + k)
-    with pytest.raises(ConfigError, match="in_batch_negatives is an option of"):
-        load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=bce", "data.path=x",
-                                                 "in_batch_negatives=2"])
+    for k in (2, 4):  # the default value too: set with another loss it would do nothing
+        with pytest.raises(ConfigError, match="in_batch_negatives is an option of"):
+            load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=bce", "data.path=x",
+                                                     f"in_batch_negatives={k}"])
+    unset = load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=mnrl", "data.path=x"])
+    assert unset.in_batch_negatives == 4
     with pytest.raises(ConfigError, match="in_batch_negatives must be >= 0"):
         load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=mnrl", "data.path=x",
                                                  "in_batch_negatives=-1"])

@@ -30,12 +30,12 @@ class SFTTrainConfig(CommonTrainConfig):
     """SFT options. ``loss``: LLM heads ``lm`` (FIRST also ``lm+ranknet|lm+listnet|lm+lambdarank``); cross-encoder
     ``bce|listnet|lambdaloss|mnrl``. ``ranking_weight`` scales FIRST's ranking loss (default ×10 RankNet, ×0.1 ListNet,
     ×1 LambdaRank, as rank_llm's training script). ``in_batch_negatives``: for ``mnrl``, how many other rows'
-    documents each positive is also scored against (sentence-transformers' default 4; each costs one more forward
-    pass per row, so it sets the cross-encoder's training time with the hard negatives)."""
+    documents each positive is also scored against (unset: sentence-transformers' default 4; each costs one more
+    forward pass per row, so it sets the cross-encoder's training time with the hard negatives)."""
 
     loss: str = ""
     ranking_weight: float | None = None
-    in_batch_negatives: int = 4
+    in_batch_negatives: int | None = None
     reasoning: bool = False
 
     def __post_init__(self) -> None:
@@ -49,10 +49,12 @@ class SFTTrainConfig(CommonTrainConfig):
                 raise ConfigError(f"loss for the cross-encoder must be one of {list(CE_LOSSES)}, got {self.loss!r}")
             if self.loss == "mnrl" and self.data.negatives_per_positive < 1:
                 raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
+        if self.in_batch_negatives is not None and (self.head, self.loss) != ("cross-encoder", "mnrl"):
+            raise ConfigError("in_batch_negatives is an option of the cross-encoder's loss 'mnrl' only")
+        if (self.head, self.loss) == ("cross-encoder", "mnrl"):
+            self.in_batch_negatives = 4 if self.in_batch_negatives is None else self.in_batch_negatives
             if self.in_batch_negatives < 0:
                 raise ConfigError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
-        if self.in_batch_negatives != 4 and (self.head, self.loss) != ("cross-encoder", "mnrl"):
-            raise ConfigError("in_batch_negatives is an option of the cross-encoder's loss 'mnrl' only")
         if self.head == "cross-encoder":
             return
         if self.loss not in LM_LOSSES:

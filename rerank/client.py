@@ -7,7 +7,6 @@ head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -17,19 +16,12 @@ import httpx
 from rerank.errors import RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
+from rerank.utils.http import post_with_retries
 
 __all__ = ["RemoteReranker", "RemoteRerankerConfig", "RemoteRerankError"]
 
 
 _RETRY_STATUS = (429, 502, 503)
-
-
-def _retry_after(resp: httpx.Response, default: float) -> float:
-    """Seconds to wait before the next try: the server's ``Retry-After`` (in seconds, at most 60), else ``default``."""
-    try:
-        return min(max(float(resp.headers.get("Retry-After", "")), 0.0), 60.0)
-    except ValueError:
-        return default
 
 
 class RemoteRerankError(RerankError):
@@ -105,22 +97,13 @@ class RemoteReranker(Reranker):
         return scores  # type: ignore[return-value]
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
-        """POST ``/v1/rerank``, retrying a busy or not-yet-listening server ``max_retries`` times."""
-        for attempt in range(self.config.max_retries + 1):
-            last = attempt == self.config.max_retries
-            try:
-                resp = self._client.post("/v1/rerank", json=body)
-            except httpx.ConnectError as e:
-                if last:
-                    raise RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}") from None
-                time.sleep(0.5 * 2**attempt)
-                continue
-            except httpx.HTTPError as e:  # a read timeout is not retried: the server may still be working on it
-                raise RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}") from None
-            if last or resp.status_code not in _RETRY_STATUS:
-                return resp
-            time.sleep(_retry_after(resp, 0.5 * 2**attempt))
-        raise AssertionError("unreachable")
+        """POST ``/v1/rerank``, retrying a busy or not-yet-listening server ``max_retries`` times (a read timeout is
+        not retried: the server may still be working on it)."""
+        return post_with_retries(
+            self._client, "/v1/rerank", body, max_retries=self.config.max_retries,
+            retry_status=lambda status: status in _RETRY_STATUS, retry_errors=(httpx.ConnectError,),
+            unreachable=lambda e: RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}"),
+        )
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Send the queries as parallel requests (the server batches them into model calls)."""

@@ -576,3 +576,24 @@ def test_remote_reranker_retries_a_busy_server() -> None:
     assert calls == [413]
     with pytest.raises(ValueError, match="max_retries"):
         Reranker.load("remote", max_retries=-1)
+
+
+@pytest.mark.parametrize(("error", "attempts"), [(httpx.ConnectError, 3), (httpx.ReadTimeout, 1)])
+def test_remote_reranker_retries_a_refused_connection_not_a_timeout(error: type, attempts: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection (a server still starting) is retried; a read timeout is not (the server may still be
+    working on the request); both end in an 'unreachable' error naming the server."""
+    from rerank.client import RemoteRerankError
+
+    monkeypatch.setattr("rerank.utils.http.time.sleep", lambda s: None)
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise error("scripted", request=request)
+
+    rr = Reranker.load("remote", max_retries=2)
+    rr._client = httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler))
+    with pytest.raises(RemoteRerankError, match="http://127.0.0.1:8000 unreachable: scripted"):
+        rr.rerank("q", ["a"])
+    assert len(calls) == attempts

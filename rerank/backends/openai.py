@@ -20,7 +20,6 @@ Log-probs of requested token ids (``max_tokens=1``, greedy):
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, RerankError
+from rerank.utils.http import post_with_retries
 
 __all__ = ["OpenAIBackend", "OpenAIBackendConfig"]
 
@@ -82,9 +82,13 @@ class OpenAIBackend(Backend):
         self.config = config
         self.api_key = config.api_key if config.api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.client = httpx.Client(base_url=config.base_url.rstrip("/") + "/", headers=headers, timeout=config.timeout)
+        self.requests = 0  # HTTP responses received, retried ones included
+        self.client = httpx.Client(base_url=config.base_url.rstrip("/") + "/", headers=headers, timeout=config.timeout,
+                                   event_hooks={"response": [self._count_response]})
         self._text_to_ids: dict[str, list[int]] | None = None
-        self.requests = 0
+
+    def _count_response(self, response: httpx.Response) -> None:
+        self.requests += 1
 
     @classmethod
     def from_options(cls, model: str | None, **options: Any) -> OpenAIBackend:
@@ -103,24 +107,15 @@ class OpenAIBackend(Backend):
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One completions request; retries transport errors, 429 and 5xx with exponential back-off."""
-        for attempt in range(self.config.max_retries + 1):
-            last = attempt == self.config.max_retries
-            try:
-                response = self.client.post("completions", json=payload)
-            except httpx.TransportError as e:
-                if last:
-                    raise RerankError(f"openai backend: {self.config.base_url} unreachable: {e}") from None
-            else:
-                self.requests += 1
-                if response.status_code == 200:
-                    return response.json()
-                if last or not (response.status_code == 429 or response.status_code >= 500):
-                    raise RerankError(
-                        f"openai backend: {self.config.base_url}/completions answered {response.status_code}: "
-                        f"{response.text[:500]}"
-                    )
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        response = post_with_retries(
+            self.client, "completions", payload, max_retries=self.config.max_retries,
+            retry_status=lambda status: status == 429 or status >= 500, retry_errors=(httpx.TransportError,),
+            unreachable=lambda e: RerankError(f"openai backend: {self.config.base_url} unreachable: {e}"),
+        )
+        if response.status_code != 200:
+            raise RerankError(f"openai backend: {self.config.base_url}/completions answered {response.status_code}: "
+                              f"{response.text[:500]}")
+        return response.json()
 
     def _choices(self, prompts: Sequence[Sequence[int]], fields: dict[str, Any]) -> list[dict[str, Any]]:
         """Send prompts ``batch_size`` per request, ``concurrency`` at a time; one choice per prompt, in order."""

@@ -120,6 +120,9 @@ class PlackettLuceGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, identifier_token_ids: list[int], window_sizes: dict[str, int], scheme: str,
                  **kwargs: Any) -> None:
         super().__init__(*args, rollout_func=self._plackett_luce_rollout, **kwargs)
+        if self.aux_loss_enabled:
+            raise ConfigError("plackett-luce rollouts score one position per prompt; a MoE router's aux loss is not "
+                              "supported with them")
         tok = self.processing_class
         self.identifier_ids = torch.tensor(identifier_token_ids, dtype=torch.long)
         self._local = {t: k for k, t in enumerate(identifier_token_ids)}

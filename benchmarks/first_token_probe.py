@@ -22,6 +22,7 @@ import torch
 
 from rerank.testing import synthetic_ranking_examples, tiny_llm
 from rerank.trainers.base import load_train_config
+from rerank.trainers.first import first_position_logits, left_pad
 from rerank.trainers.ranking_losses import weighted_ranknet
 from rerank.trainers.sft_trainer import SFTTrainConfig, load_causal_lm
 from rerank.trainers.tasks import build_task
@@ -76,15 +77,8 @@ def main() -> None:
     held = rows(synthetic_ranking_examples(200, num_candidates=6, seed=2))
 
     def logits_of(rs: list[Row]) -> torch.Tensor:
-        width = max(len(p) for p, _, _ in rs)
-        ids = torch.full((len(rs), width), tok.pad_token_id)
-        att = torch.zeros((len(rs), width), dtype=torch.long)
-        for i, (p, _, _) in enumerate(rs):
-            ids[i, width - len(p):] = torch.tensor(p)
-            att[i, width - len(p):] = 1
-        out = model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=False, logits_to_keep=1)
-        return out.logits[:, -1, :][:, id_tokens].float()
+        ids, att = left_pad([p for p, _, _ in rs], tok.pad_token_id)
+        return first_position_logits(model, ids, att)[:, id_tokens]
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:

@@ -26,11 +26,24 @@ from rerank.heads.permutation import format_permutation, identifiers
 from rerank.trainers.pgrank import gumbel_topk_sample, plackett_luce_log_prob
 from rerank.trainers.ranking_losses import lambdarank, listnet, weighted_ranknet
 
-__all__ = ["DEFAULT_WEIGHTS", "RANKING", "PlackettLuceGRPOTrainer", "RankingSFTTrainer", "first_position_logits"]
+__all__ = ["DEFAULT_WEIGHTS", "RANKING", "PlackettLuceGRPOTrainer", "RankingSFTTrainer", "first_position_logits",
+           "left_pad"]
 
 RANKING = {"ranknet": weighted_ranknet, "listnet": listnet, "lambdarank": lambdarank}
 DEFAULT_WEIGHTS = {"ranknet": 10.0, "listnet": 0.1, "lambdarank": 1.0}
 _EXTRA = ("rank_prompt_ids", "rank_ranks")
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> left-padded ``input_ids`` and ``attention_mask`` (B, longest), so every prompt ends at the
+    last position, where FIRST reads the first identifier."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, p in enumerate(seqs):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        att[i, width - len(p):] = 1
+    return ids, att
 
 
 class _RankingCollator:
@@ -44,15 +57,11 @@ class _RankingCollator:
         prompts = [list(e["rank_prompt_ids"]) for e in examples]
         ranks = [list(e["rank_ranks"]) for e in examples]
         batch = self.base([{k: v for k, v in e.items() if k not in _EXTRA} for e in examples])
-        width = max(map(len, prompts))
+        ids, att = left_pad(prompts, self.pad_id)
         n = max(map(len, ranks))
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(prompts), width), dtype=torch.long)
         rk = torch.full((len(ranks), n), n + 1, dtype=torch.long)
         mask = torch.zeros((len(ranks), n), dtype=torch.bool)
-        for i, (p, r) in enumerate(zip(prompts, ranks, strict=True)):
-            ids[i, width - len(p):] = torch.tensor(p)
-            att[i, width - len(p):] = 1
+        for i, r in enumerate(ranks):
             rk[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = True
         batch.update(rank_input_ids=ids, rank_attention_mask=att, rank_ranks=rk, rank_mask=mask)
@@ -148,13 +157,7 @@ class PlackettLuceGRPOTrainer(GRPOTrainer):
         """One PL draw per prompt (TRL repeats each prompt ``num_generations`` times)."""
         tok = self.processing_class
         prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
-        width = max(map(len, prompt_ids))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos
-        ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for i, p in enumerate(prompt_ids):
-            ids[i, width - len(p):] = torch.tensor(p)
-            att[i, width - len(p):] = 1
+        ids, att = left_pad(prompt_ids, int(tok.pad_token_id if tok.pad_token_id is not None else self._eos))
         device = self.accelerator.device
         with torch.no_grad(), self.accelerator.autocast():
             logits = first_position_logits(self.model, ids.to(device), att.to(device))

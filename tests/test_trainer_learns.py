@@ -1,11 +1,10 @@
 """Proof that the shared trainer learns: SFT then GRPO of tiny LLM heads on the synthetic key-word task.
 
-For each LLM head (ERank, FIRST, GroupRank): SFT lowers the loss and changes the weights, and GRPO from the SFT output
-updates it. For ERank, in CI, GRPO also raises the mean reward and its nDCG@10 on 300 fresh held-out synthetic
-queries (ranked by the inference head, as ``rerank eval`` would) beats the SFT starting point's. FIRST's SFT learns
-the first identifier, and GRPO on FIRST's own ranking beats an earlier checkpoint of that SFT (both in CI). For
-GroupRank, GRPO's gain seen on 32 queries does not hold on the 300: a (failing) slow test. Short test templates keep
-prompts small so the tiny models learn within the CI budget (the template is an ordinary config option).
+For each LLM head (ERank, FIRST, GroupRank), in CI: SFT lowers the loss and changes the weights, GRPO from the SFT
+output updates it, and GRPO raises the mean reward and beats its SFT start's nDCG@10 on 300 fresh held-out synthetic
+queries (ranked by the inference head, as ``rerank eval`` would). FIRST's and GroupRank's GRPO start from a checkpoint
+of their SFT run that has not converged, on queries the SFT never saw (GRPO_FROM). Short test templates keep prompts
+small so the tiny models learn within the CI budget (the template is an ordinary config option).
 """
 
 from __future__ import annotations
@@ -30,9 +29,11 @@ TEMPLATES = {
         'name: first-tiny\nidentifiers: letters\nassistant_prefix: "["\n'
         'user: "Q: {{ query }}\\n{% for p in passages %}[{{ p.id }}] {{ p.text }}\\n{% endfor %}Rank {{ num }}:"\n'
     ),
+    # The id follows its passage: under causal attention only a token after the passage can summarise it, and the tiny
+    # 2-layer model learns GroupRank's per-id scores from that layout (id first: 0.76 after the same SFT).
     "grouprank": (
         'name: grouprank-tiny\n'
-        'user: "Q: {{ query }}\\n{% for p in passages %}[{{ p.id }}] {{ p.text }}\\n{% endfor %}Score {{ num }}:"\n'
+        'user: "Q: {{ query }}\\n{% for p in passages %}{{ p.text }} [{{ p.id }}]\\n{% endfor %}Score {{ num }}:"\n'
     ),
 }
 
@@ -85,13 +86,15 @@ HEADS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]] = {
         {"window": 6, "stride": 3},
         2500,
     ),
-    # GroupRank: 300 SFT steps x 8 (< 1 epoch) learn some relevance (held-out nDCG@10 ~0.66); GRPO sharpens it.
+    # GroupRank: its per-id relevance is learnt only past a transition (as FIRST's first identifier): 1,000 SFT steps
+    # x 16 over 20,000 queries (one epoch of 16,000) reach held-out nDCG@10 0.91, 500 x 16 stay at chance. GRPO starts
+    # from the step-750 checkpoint (0.84) on fresh queries (GRPO_FROM).
     "grouprank": (
-        {"learning_rate": 1e-3, "max_steps": 300, "batch_size": 8, "window": 6},
+        {"learning_rate": 1e-3, "max_steps": 1000, "batch_size": 16, "window": 6, "save_steps": 250},
         {"learning_rate": 1e-4, "max_steps": 30, "batch_size": 64, "num_generations": 8, "window": 6,
          "temperature": 1.0},
         {"group_size": 6, "repeats": 1, "fusion_weight": 1.0, "max_new_tokens": 64},
-        2500,
+        20000,
     ),
 }
 
@@ -99,8 +102,9 @@ HEADS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]] = {
 # head: (the GRPO start inside the SFT output folder, the GRPO training file); default: the SFT model, the SFT's data.
 # FIRST's SFT at 300 steps has fitted its first-identifier labels, and GRPO from it does not gain on fresh queries (on
 # the SFT's own queries it raises the reward and lowers held-out nDCG: docs/benchmarks.md, "Training", sixth session);
-# from the same run's step-200 checkpoint, on 800 fresh queries, it does.
-GRPO_FROM: dict[str, tuple[str, str]] = {"first": ("checkpoints/checkpoint-200", "grpo-fresh")}
+# from the same run's step-200 checkpoint, on 800 fresh queries, it does. GroupRank's likewise starts mid-transition.
+GRPO_FROM: dict[str, tuple[str, str]] = {"first": ("checkpoints/checkpoint-200", "grpo-fresh"),
+                                         "grouprank": ("checkpoints/checkpoint-750", "grpo-fresh")}
 
 
 def _common(task_dir: Path, head: str) -> dict[str, Any]:
@@ -177,11 +181,10 @@ def test_erank_grpo_beats_its_sft_start(task_dir: Path) -> None:
     _assert_grpo_beats_sft(task_dir, "erank")
 
 
-@pytest.mark.slow
 def test_grouprank_grpo_beats_its_sft_start(task_dir: Path) -> None:
-    """The same claim for GroupRank does NOT hold on 300 fresh queries (measured 2026-11-28 on CI's own run): the
-    reward rises and the 32 test queries show a gain (0.6647 -> 0.7151), but on 300 queries GRPO is below its SFT
-    start (0.6238 -> 0.6130). Stated, not weakened; slow because it fails."""
+    """The same claim for GroupRank, in CI: GRPO on its group reward, 30 steps on 800 queries the SFT never saw, from
+    the SFT run's step-750 checkpoint: 0.8398 -> 0.8681 (measured 2026-12-04; docs/benchmarks.md, "Training", seventh
+    session)."""
     _assert_grpo_beats_sft(task_dir, "grouprank")
 
 

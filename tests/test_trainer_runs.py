@@ -199,6 +199,30 @@ def test_bf16_is_honoured_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert seen and set(seen) == {bf16}
 
 
+def test_mnrl_batches_hold_no_duplicate_texts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mnrl trains with sentence-transformers' NO_DUPLICATES sampler (an in-batch negative must not be a copy of a
+    row's own query or positive); bce keeps the library's default sampler."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
+
+    from rerank.testing import tiny_bert
+
+    samplers: list[Any] = []
+    init = CrossEncoderTrainer.__init__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        samplers.append(kwargs["args"].batch_sampler)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(CrossEncoderTrainer, "__init__", recording)
+    model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
+    write_jsonl(synthetic_ranking_examples(8, num_candidates=4, seed=5), tmp_path / "t.jsonl")
+    for loss in ("mnrl", "bce"):
+        sft({"model": str(model), "head": "cross-encoder", "loss": loss, "max_length": 64, "batch_size": 4,
+             "max_steps": 1, "save_steps": 1, "use_cpu": True,
+             "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.0}}, tmp_path / f"ce-{loss}")
+    assert [str(getattr(s, "value", s)) for s in samplers] == ["no_duplicates", "batch_sampler"]
+
+
 def test_mnrl_in_batch_negatives_set_the_forward_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``in_batch_negatives`` k: each mnrl step scores every row against its positive, its hard negatives and k other
     rows' documents (one forward per column: 1 + negatives_per_positive + k), and k = 0 (which the library itself

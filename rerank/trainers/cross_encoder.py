@@ -109,10 +109,9 @@ def train_cross_encoder(cfg: SFTTrainConfig, loss_name: str, train: list[dict[st
         kw.update(metric_for_best_model="eval_dev_ndcg@10", greater_is_better=True)
         kw["eval_strategy"] = "steps"
     if loss_name == "mnrl":
-        from sentence_transformers.training_args import BatchSamplers
-
-        # in-batch negatives must not be another copy of a row's own query or positive
-        kw["batch_sampler"] = BatchSamplers.NO_DUPLICATES
+        # in-batch negatives must not be another copy of a row's own query or positive; sentence-transformers takes
+        # the sampler's name (BatchSamplers.NO_DUPLICATES), whose import path moved in version 6
+        kw["batch_sampler"] = "no_duplicates"
     args = CrossEncoderTrainingArguments(**kw)
     train_ds = _dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator)

@@ -20,6 +20,10 @@ from rerank.testing import synthetic_ranking_examples, tiny_llm
 from rerank.trainers import grpo, sft
 from rerank.trainers.evaluate import mean_ndcg
 
+# The first test of a head trains its SFT (GroupRank's 1,000 steps x 16 take ~11 min on one CI core), beyond the
+# project's 900 s per-test guard against hangs.
+pytestmark = pytest.mark.timeout(1800)
+
 TEMPLATES = {
     "erank": (
         'name: erank-tiny\nuser: "Q: {{ query }}\\nD: {{ document }}\\nScore 0-10:"\n'

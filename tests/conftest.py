@@ -27,6 +27,8 @@ import torch  # noqa: E402
 from rerank.testing import shared_data_path  # noqa: E402
 
 torch.set_num_threads(1)
+# Same run, same result: an op without a deterministic kernel raises instead of varying (tests/test_determinism.py).
+torch.use_deterministic_algorithms(True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -156,6 +156,6 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,
-            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "logged_losses": losses, "best_checkpoint": trainer.state.best_model_checkpoint,
             "selected_by": "dev loss" if dev_ds is not None else "last step"}
 

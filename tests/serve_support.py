@@ -40,6 +40,7 @@ class OverlapReranker(Reranker):
     method = "test-overlap"
     config_class = OverlapConfig
     config: OverlapConfig
+    independent_scores = True
 
     def __init__(self, config: OverlapConfig | None = None) -> None:
         super().__init__(config)

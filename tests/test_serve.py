@@ -206,7 +206,7 @@ def test_size_limits() -> None:
         assert_error(c.post("/v1/rerank", content=chunks(), headers={"content-type": "application/json"}), 413)
         errors = metric_values(c.get("/metrics").text, "rerank_errors_total")
         assert errors['{error_type="payload_too_large"}'] == 2
-        assert errors['{error_type="text_too_long"}'] == 4
+        assert errors['{error_type="text_too_long"}'] == 3
 
 
 def test_model_failure_is_isolated_and_hidden() -> None:

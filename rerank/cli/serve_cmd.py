@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch-size", type=int, default=32, help="requests merged into one model call (default 32)")
     p.add_argument(
+        "--max-batch-docs",
+        type=int,
+        default=1024,
+        help="documents merged into one model call; a larger request still runs alone (default 1024)",
+    )
+    p.add_argument(
         "--max-wait-ms",
         type=float,
         default=0.0,
@@ -77,6 +83,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         port=args.port,
         api_key=api_key,
         max_batch_size=args.max_batch_size,
+        max_batch_docs=args.max_batch_docs,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,

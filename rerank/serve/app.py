@@ -162,6 +162,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         max_batch_size=cfg.max_batch_size,
         max_wait_s=cfg.max_wait_ms / 1000.0,
         max_queue=cfg.max_queue,
+        max_batch_docs=cfg.max_batch_docs,
         metrics=metrics,
     )
     model_name = cfg.model_name or reranker.describe().get("model") or reranker.method or type(reranker).__name__

@@ -1,7 +1,7 @@
 """Dynamic batching: requests that arrive together are merged into one ``Reranker.rerank_batch`` call.
 
-One asyncio task collects pending requests (up to ``max_batch_size``, waiting at most ``max_wait_s`` after the
-oldest one arrived) and runs the model in a single worker thread, so the event loop keeps answering ``/health``,
+One asyncio task collects pending requests (up to ``max_batch_size`` requests and ``max_batch_docs`` documents,
+waiting at most ``max_wait_s`` after the oldest one arrived) and runs the model in a single worker thread, so the event loop keeps answering ``/health``,
 ``/metrics`` and new requests while the model computes. Requests that pile up while the model is busy form the
 next batch, lowest ``priority`` first (Cohere's: 0 is the highest), then in arrival order. The number of accepted,
 unanswered requests is bounded by ``max_queue``. A request whose caller stops waiting (its client disconnected, or its
@@ -66,10 +66,12 @@ class Batcher:
         max_batch_size: int = 32,
         max_wait_s: float = 0.0,
         max_queue: int = 256,
+        max_batch_docs: int = 1024,
         metrics: ServeMetrics | None = None,
     ) -> None:
         self.reranker = reranker
         self.max_batch_size = max_batch_size
+        self.max_batch_docs = max_batch_docs
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.metrics = metrics
@@ -159,7 +161,7 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = min(it.arrived for it in self._pending) + self.max_wait_s
-            while len(self._pending) < self.max_batch_size:
+            while len(self._pending) < self.max_batch_size and self._pending_docs() < self.max_batch_docs:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -168,11 +170,26 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            self._pending.sort(key=lambda it: (it.priority, it.seq))
-            batch = self._pending[: self.max_batch_size]
-            del self._pending[: self.max_batch_size]
+            batch = self._next_batch()
             if batch:
                 await self._execute(loop, batch)
+
+    def _pending_docs(self) -> int:
+        return sum(len(it.candidates) for it in self._pending)
+
+    def _next_batch(self) -> list[_Item]:
+        """Lowest priority value first, then oldest: up to ``max_batch_size`` requests and ``max_batch_docs``
+        documents (a request larger than that alone still forms a batch)."""
+        self._pending.sort(key=lambda it: (it.priority, it.seq))
+        n, docs = 0, 0
+        for it in self._pending:
+            if n and (n >= self.max_batch_size or docs + len(it.candidates) > self.max_batch_docs):
+                break
+            n += 1
+            docs += len(it.candidates)
+        batch = self._pending[:n]
+        del self._pending[:n]
+        return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         start = time.perf_counter()

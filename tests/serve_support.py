@@ -20,11 +20,13 @@ _TOKEN = re.compile(r"\w+")
 
 @dataclass
 class OverlapConfig(RerankerConfig):
-    """``delay_s`` + ``per_doc_s`` × documents of sleep per model call; ``scale`` multiplies every score."""
+    """``delay_s`` + ``per_doc_s`` × documents of sleep per model call; ``scale`` multiplies every score;
+    ``doc_words`` (if > 0) is how many words of a document the head reads (a server cuts or splits by it)."""
 
     delay_s: float = 0.0
     per_doc_s: float = 0.0
     scale: float = 1.0
+    doc_words: int = 0
 
 
 def overlap_score(query: str, text: str) -> float:
@@ -45,7 +47,11 @@ class OverlapReranker(Reranker):
     def __init__(self, config: OverlapConfig | None = None) -> None:
         super().__init__(config)
         self.batch_sizes: list[int] = []
+        self.queries: list[str] = []
         self._lock = threading.Lock()
+
+    def document_token_limit(self, query: str) -> int | None:
+        return self.config.doc_words or None
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]
@@ -53,6 +59,7 @@ class OverlapReranker(Reranker):
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         with self._lock:
             self.batch_sizes.append(len(queries))
+            self.queries.extend(q.text for q in queries)
         cost = self.config.delay_s + self.config.per_doc_s * sum(len(c) for c in candidate_lists)
         if cost > 0:
             time.sleep(cost)

@@ -325,8 +325,12 @@ async def overload(base: str, clients: int, seconds: float, reqs: list[bytes]) -
             writer.close()
 
     await asyncio.gather(*[worker(k) for k in range(clients)])
+
     def pct(xs: list[float], q: int) -> float:
-        return round(1000 * statistics.quantiles(sorted(xs), n=100, method="inclusive")[q - 1], 1) if len(xs) > 1 else 0.0
+        if len(xs) < 2:
+            return 0.0
+        return round(1000 * statistics.quantiles(sorted(xs), n=100, method="inclusive")[q - 1], 1)
+
     return {"clients": clients, "served": len(served), "rejected_429": len(rejected),
             "share_429": round(len(rejected) / max(1, len(served) + len(rejected)), 3),
             "served_p50_ms": pct(served, 50), "served_p99_ms": pct(served, 99),
@@ -343,7 +347,8 @@ def slow_clients(base: str, n: int = 300) -> dict[str, Any]:
     """``n`` connections that stall mid-request (half in the headers, half before the body), then a real request."""
     port = int(base.rsplit(":", 1)[1])
     partial = f"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty".encode()
-    no_body = b"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"
+    no_body = (b"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 5000\r\n\r\n{")
     t0 = time.perf_counter()
     socks = []
     for i in range(n):

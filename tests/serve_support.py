@@ -7,10 +7,14 @@ Run as a script it registers the reranker as ``test-overlap`` and runs the real 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import httpx
 
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -69,6 +73,20 @@ class OverlapReranker(Reranker):
             [self.config.scale * overlap_score(q.text, c.doc.full_text()) for c in cands]
             for q, cands in zip(queries, candidate_lists, strict=True)
         ]
+
+
+def wait_until_healthy(base: str, proc: subprocess.Popen, timeout_s: float, output: Callable[[], str]) -> None:
+    """Poll ``base``/health until it answers 200; fail with ``output()`` if ``proc`` exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, output()
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "rerank serve did not come up"
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

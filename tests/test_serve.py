@@ -36,7 +36,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from serve_support import OverlapConfig, OverlapReranker  # noqa: E402
+from serve_support import OverlapConfig, OverlapReranker, wait_until_healthy  # noqa: E402
 
 register_reranker("test-overlap", OverlapReranker)
 
@@ -76,7 +76,9 @@ def running(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[s
         thread.join(timeout=20)
 
 
-def local_ranking(query: str, docs: list, raw: bool = False, reranker: Reranker | None = None) -> list[tuple[int, float]]:
+def local_ranking(
+    query: str, docs: list, raw: bool = False, reranker: Reranker | None = None
+) -> list[tuple[int, float]]:
     """(input index, relevance) best first from the in-process reranker; ``raw``: its own scores instead."""
     rr = reranker or OverlapReranker()
     res = rr.rerank(query, docs).results
@@ -394,6 +396,8 @@ def test_remote_reranker_round_trip_equals_local(url: str) -> None:
     assert [g.doc_ids for g in serial] == [w.doc_ids for w in want]
     top = remote.rerank(QUERIES[0], DOCS, top_k=2)
     assert top.doc_ids == local.rerank(QUERIES[0], DOCS, top_k=2).doc_ids
+    relevance = Reranker.load("remote", base_url=url, raw_scores=False).rerank(QUERIES[0], DOCS)  # another server's way
+    assert [(int(r.doc.id), r.score) for r in relevance.results] == local_ranking(QUERIES[0], DOCS)
     assert "api_key" not in json.dumps(remote.describe())
     remote.close()
 
@@ -478,16 +482,7 @@ def test_rerank_serve_cli_subprocess(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rerank serve did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(base, proc, 30, lambda: proc.communicate()[0])
         auth = {"Authorization": "Bearer envkey"}
         r = httpx.post(f"{base}/v1/rerank", json={"query": QUERIES[0], "documents": DOCS}, headers=auth)
         assert r.status_code == 200, r.text
@@ -629,7 +624,8 @@ def test_every_documented_field_is_accepted_and_null_means_unset(client: httpx.C
     body = client.post("/v2/rerank", json=v2).json()
     assert body["model"] == "test-overlap" and body["meta"]["billed_units"]["search_units"] == 1
     assert body["meta"]["api_version"] == {"version": "2", "is_experimental": False}
-    for path, bad, field in [("/v2/rerank", {**v2, "top_n": 0}, "top_n"), ("/v2/rerank", {**v2, "priority": -1}, "priority"),
+    for path, bad, field in [("/v2/rerank", {**v2, "top_n": 0}, "top_n"),
+                             ("/v2/rerank", {**v2, "priority": -1}, "priority"),
                              ("/v1/rerank", {**v1, "max_chunks_per_doc": "5"}, "max_chunks_per_doc"),
                              ("/v1/rerank", {**v1, "rank_fields": []}, "rank_fields"),
                              ("/rerank", {**tei, "truncation_direction": "up"}, "truncation_direction"),
@@ -669,7 +665,8 @@ def test_document_budgets_tokens_passages_and_direction() -> None:
     docs = ["a b c d e f bm25 ranking", "bm25 x y z", "nothing here at all"]
     with running(rr) as u, httpx.Client(base_url=u) as c:
         cut = c.post("/v2/rerank", json={"query": q, "documents": docs, "max_tokens_per_doc": 3}).json()
-        assert [(x["index"], x["relevance_score"]) for x in cut["results"]] == local_ranking(q, ["a b c", "bm25 x y", "nothing here at"])
+        want = local_ranking(q, ["a b c", "bm25 x y", "nothing here at"])
+        assert [(x["index"], x["relevance_score"]) for x in cut["results"]] == want
         chunks = c.post("/v1/rerank", json={"query": q, "documents": docs, "max_chunks_per_doc": 2}).json()
         best = [max(rr.relevance([overlap(q, p)])[0] for p in ps) for ps in
                 (["a b c d", "e f bm25 ranking"], ["bm25 x y z"], ["nothing here at all"])]

@@ -44,7 +44,8 @@ def test_cohere_sdk_client_v1(url: str) -> None:
     assert [(r.index, r.relevance_score) for r in top.results] == want
     assert [r.document.text for r in top.results] == [DOCS[i] for i, _ in want]
     objs = [{"title": d.split()[0], "body": d, "url": f"u{i}"} for i, d in enumerate(DOCS)]
-    ranked = co.rerank(model="m", query=QUERIES[2], documents=objs, rank_fields=["title", "body"], return_documents=True)
+    ranked = co.rerank(model="m", query=QUERIES[2], documents=objs, rank_fields=["title", "body"],
+                       return_documents=True)
     texts = [f"title: {o['title']}\nbody: {o['body']}" for o in objs]
     assert [(r.index, r.relevance_score) for r in ranked.results] == local_ranking(QUERIES[2], texts)
     assert ranked.results[0].document.url == objs[ranked.results[0].index]["url"]  # v1 echoes the whole object

@@ -21,6 +21,11 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from serve_support import wait_until_healthy  # noqa: E402
+
 FD_LIMIT = 512
 
 
@@ -48,16 +53,7 @@ def server(args: list[str], log: Path, fd_limit: int | None = None, entry: str =
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rerank serve did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
         yield base
         assert proc.poll() is None, "the server died:\n" + log.read_text()[-3000:]
     finally:

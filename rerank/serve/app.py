@@ -52,6 +52,9 @@ _HTTP_ERROR_TYPES = {
 }
 
 
+_NOT_AN_OBJECT = "request body must be a JSON object sent with Content-Type: application/json"
+
+
 class ApiError(Exception):
     """An error answered as ``{"message", "error_type"}`` with an HTTP status (and optional headers)."""
 
@@ -89,7 +92,7 @@ def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
     """Decode and validate a JSON request body: 400 names invalid UTF-8 (byte offset), bad JSON (line, column) or a
     lone surrogate (field, character); 422 names the invalid or unknown fields."""
     if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-        raise ApiError(422, "invalid_request", "request body must be a JSON object sent with Content-Type: application/json")
+        raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
     if not body:
         raise ApiError(422, "invalid_request", "request body is required")
     try:
@@ -102,7 +105,7 @@ def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
     except json.JSONDecodeError as e:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ApiError(422, "invalid_request", "request body must be a JSON object sent with Content-Type: application/json")
+        raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
     if where := _first_surrogate(data, ""):
         raise ApiError(400, "invalid_text", f"lone UTF-16 surrogate in {where}: text must be valid Unicode")
     try:
@@ -255,7 +258,9 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     ) -> list[tuple[int, float, float]]:
         try:
             if budget.needs_tokens:  # the head's tokenizer: on the model thread
-                passages = await batcher.run_in_model_thread(lambda: make_passages(reranker, query, docs, budget, names))
+                passages = await batcher.run_in_model_thread(
+                    lambda: make_passages(reranker, query, docs, budget, names)
+                )
             else:
                 passages = make_passages(reranker, query, docs, budget, names)
         except TextTooLong as e:
@@ -322,10 +327,16 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
                 entry["raw_score"] = raw
             if body.return_documents:
                 d = body.documents[i]
-                entry["document"] = {"text": d} if isinstance(d, str) else (d if version == "1" else {"text": docs[i][0]})
+                if isinstance(d, str) or version != "1":
+                    entry["document"] = {"text": d if isinstance(d, str) else docs[i][0]}
+                else:
+                    entry["document"] = d
             out.append(entry)
         n_units = max(1, math.ceil(len(docs) / 100))
-        meta = {"api_version": {"version": version, "is_experimental": False}, "billed_units": {"search_units": n_units}}
+        meta = {
+            "api_version": {"version": version, "is_experimental": False},
+            "billed_units": {"search_units": n_units},
+        }
         return JSONResponse(
             {"id": str(uuid.uuid4()), "results": out, "meta": meta, "model": model_name}, headers=model_header
         )

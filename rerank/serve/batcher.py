@@ -1,10 +1,10 @@
 """Dynamic batching: requests that arrive together are merged into one ``Reranker.rerank_batch`` call.
 
 One asyncio task collects pending requests (up to ``max_batch_size`` requests and ``max_batch_docs`` documents,
-waiting at most ``max_wait_s`` after the oldest one arrived) and runs the model in a single worker thread, so the event loop keeps answering ``/health``,
-``/metrics`` and new requests while the model computes. Requests that pile up while the model is busy form the
-next batch, lowest ``priority`` first (Cohere's: 0 is the highest), then in arrival order. The number of accepted,
-unanswered requests is bounded by ``max_queue``. A request whose caller stops waiting (its client disconnected, or its
+waiting at most ``max_wait_s`` after the oldest one arrived) and runs the model in a single worker thread, so the
+event loop keeps answering ``/health``, ``/metrics`` and new requests while the model computes. Requests that pile
+up while the model is busy form the next batch, lowest ``priority`` first (Cohere's: 0 is the highest), then in
+arrival order. The number of accepted, unanswered requests is bounded by ``max_queue``. A request whose caller stops waiting (its client disconnected, or its
 timeout passed) leaves the queue at once, so abandoned work is never scored.
 """
 

@@ -12,8 +12,9 @@ class ServeConfig:
     """Where the service listens, how it batches, and the limits that protect it from oversized or excess load.
 
     ``max_batch_docs`` caps the documents of one model call (requests merge up to it), so the work in flight when
-    clients leave stays small. ``max_docs`` is the most documents (passages) one model call scores for a request: a larger request is scored in
-    parts of ``max_docs`` when the head's scores are independent of the list, else refused (413).
+    clients leave stays small. ``max_docs`` is the most documents (passages) one model call scores for a request: a
+    larger request is scored in parts of ``max_docs`` when the head's scores are independent of the list, else
+    refused (413).
     ``read_timeout_s`` bounds how long a client may take to send one request; ``max_connections`` caps open
     connections (lowered to stay under the process's file limit); ``workers`` server processes share the port.
     """

@@ -121,6 +121,8 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
         def on_response_complete(self) -> None:
             self._disarm()
             super().on_response_complete()
+            if self.conn.trailing_data[0] and self.conn.their_state not in _DONE_STATES:
+                self._arm()  # a pipelined request, partly received already, gets its own deadline
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

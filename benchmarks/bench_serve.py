@@ -1,4 +1,4 @@
-"""Benchmark ``rerank serve``: throughput and p50/p99 latency vs concurrency, and the dynamic-batching gain.
+"""Benchmark ``rerank serve``: throughput and p50/p99 latency vs concurrency, the dynamic-batching gain, and faults.
 
 The server runs in a subprocess (so the load generator does not share its interpreter) on a free 127.0.0.1 port;
 closed-loop asyncio clients (one kept-alive connection each, pre-encoded requests: a light load generator) send
@@ -12,10 +12,18 @@ Default model: a BERT cross-encoder of the shape of all-MiniLM-L6-v2 / cross-enc
 words (one token per word): the per-batch cost of a real MiniLM cross-encoder, meaningless scores, no files needed.
 ``--reranker/--model`` serve any registered head instead; ``--cost-model sleep`` serves a reranker that sleeps
 ``--sleep-fixed-ms`` per model call plus ``--sleep-per-doc-ms`` per document (an accelerator-like cost that batching
-amortises). Last line: one JSON object.
+amortises).
+
+Fault scenarios (``--scenarios``, all by default), each on a fresh server of the same model with default settings
+unless said: ``overload`` (``--max-queue 8``, 64 closed-loop clients: the share answered 429 and how fast, against the
+p99 of those served); ``slow`` (``ulimit -n 512``, ``--read-timeout-s 2``: 300 connections that stall mid-request,
+then a real request's latency, and how long until the server has closed the stalled ones); ``abandoned`` (150
+requests whose clients leave after 0.5 s, then a fresh request's latency; the baseline is 150 × one request's
+latency, what scoring them all would cost). Last line: one JSON object.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --cost-model sleep --concurrency 1 8 32 --seconds 10 --docs 8
     OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --concurrency 1 8 32 --seconds 20 --docs 4 --doc-words 20
+    OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --scenarios overload slow abandoned --docs 32
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import json
 import os
 import platform
 import random
+import resource
 import socket
 import statistics
 import subprocess
@@ -137,17 +146,21 @@ def build_reranker(args: argparse.Namespace) -> Reranker:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Child process: load the reranker and serve it with the given batching settings."""
-    import uvicorn
+    """Child process: load the reranker and serve it with the given batching settings (and ``--serve-set`` ones)."""
+    import logging
 
     from rerank.serve import ServeConfig, create_app
+    from rerank.serve.server import install_log_limits
+    from rerank.serve.server import serve as run_server
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_limits()
     reranker = build_reranker(args)
-    cfg = ServeConfig(
-        port=args.port, max_batch_size=args.serve_batch, max_wait_ms=args.max_wait_ms, max_queue=1024,
-        timeout_s=300, model_name=json.dumps(reranker.describe()),
-    )
-    uvicorn.run(create_app(reranker, cfg), host="127.0.0.1", port=args.port, log_level="warning")
+    options = dict(max_queue=1024, timeout_s=300)
+    options.update(json.loads(args.serve_set))
+    cfg = ServeConfig(port=args.port, max_batch_size=args.serve_batch, max_wait_ms=args.max_wait_ms,
+                      model_name=json.dumps(reranker.describe()), **options)
+    run_server(lambda: create_app(reranker, cfg), cfg)
 
 
 def free_port() -> int:
@@ -252,15 +265,23 @@ async def level(base: str, concurrency: int, seconds: float, reqs: list[bytes]) 
     }
 
 
-def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen, str]:
-    """Start a server child with ``max_batch`` requests per model call; return it and its URL once healthy."""
+def start_server(
+    args: argparse.Namespace, max_batch: int, serve_set: dict[str, Any] | None = None, fd_limit: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start a server child with ``max_batch`` requests per model call (``serve_set``: other ServeConfig fields,
+    ``fd_limit``: its ``ulimit -n``); return it and its URL once healthy."""
     port = free_port()
     cmd = [sys.executable, __file__, "--_serve", "--port", str(port), "--serve-batch", str(max_batch),
+           "--serve-set", json.dumps(serve_set or {}),
            "--max-wait-ms", str(args.max_wait_ms), "--backend", args.backend, "--cost-model", args.cost_model,
            "--sleep-fixed-ms", str(args.sleep_fixed_ms), "--sleep-per-doc-ms", str(args.sleep_per_doc_ms)]
     if args.reranker:
         cmd += ["--reranker", args.reranker] + (["--model", args.model] if args.model else [])
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+    def limit() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limit)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:
@@ -275,6 +296,99 @@ def start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
             proc.terminate()
             raise SystemExit("server did not start")
         time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+async def overload(base: str, clients: int, seconds: float, reqs: list[bytes]) -> dict[str, Any]:
+    """``clients`` closed-loop clients against a small queue: how many answers are 429, and how fast they come."""
+    host, port = base.removeprefix("http://").split(":")
+    served: list[float] = []
+    rejected: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(k: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        i = k
+        try:
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                status = await post_raw(reader, writer, reqs[i % len(reqs)])
+                (served if status == 200 else rejected).append(time.perf_counter() - t)
+                if status == 429:
+                    await asyncio.sleep(0.05)  # a polite client backs off a little
+                i += clients
+        finally:
+            writer.close()
+
+    await asyncio.gather(*[worker(k) for k in range(clients)])
+
+    def pct(xs: list[float], q: int) -> float:
+        if len(xs) < 2:
+            return 0.0
+        return round(1000 * statistics.quantiles(sorted(xs), n=100, method="inclusive")[q - 1], 1)
+
+    return {"clients": clients, "served": len(served), "rejected_429": len(rejected),
+            "share_429": round(len(rejected) / max(1, len(served) + len(rejected)), 3),
+            "served_p50_ms": pct(served, 50), "served_p99_ms": pct(served, 99),
+            "rejected_p50_ms": pct(rejected, 50), "rejected_p99_ms": pct(rejected, 99)}
+
+
+def timed_post(base: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, float]:
+    t = time.perf_counter()
+    status = httpx.post(f"{base}/v1/rerank", json=body, timeout=timeout).status_code
+    return status, round(time.perf_counter() - t, 3)
+
+
+def slow_clients(base: str, n: int = 300) -> dict[str, Any]:
+    """``n`` connections that stall mid-request (half in the headers, half before the body), then a real request."""
+    port = int(base.rsplit(":", 1)[1])
+    partial = f"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty".encode()
+    no_body = (b"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 5000\r\n\r\n{")
+    t0 = time.perf_counter()
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(partial if i % 2 else no_body)
+        socks.append(s)
+    status, real = timed_post(base, {"query": "a b", "documents": ["a", "b"]}, timeout=30)
+    closed = 0
+    for s in socks:
+        s.settimeout(max(0.1, t0 + 15 - time.perf_counter()))
+        try:
+            while s.recv(4096):
+                pass
+            closed += 1
+        except OSError:
+            pass
+        s.close()
+    return {"stalled": n, "real_status": status, "real_request_s": real, "stalled_closed": closed,
+            "all_closed_after_s": round(time.perf_counter() - t0, 2)}
+
+
+def abandoned(base: str, payloads: list[dict[str, Any]], n: int = 150) -> dict[str, Any]:
+    """``n`` requests whose clients leave after 0.5 s, then a fresh request; one request's latency as the unit."""
+    port = int(base.rsplit(":", 1)[1])
+    _, one = timed_post(base, payloads[0])
+    raw = encode_requests(payloads[:1], port)[0]
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(raw)
+        socks.append(s)
+    time.sleep(0.5)
+    for s in socks:
+        s.close()
+    status, fresh = timed_post(base, payloads[1])
+    text = httpx.get(f"{base}/metrics").text
+    vals = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+    return {"abandoned_requests": n, "one_request_s": one, "all_scored_estimate_s": round(n * one, 1),
+            "fresh_status": status, "fresh_request_s": fresh, "dropped": int(vals.get("rerank_abandoned_total", 0)),
+            "scored_requests": int(vals.get("rerank_batch_size_sum", 0)) - 2}
 
 
 def main() -> None:
@@ -293,14 +407,66 @@ def main() -> None:
     p.add_argument("--doc-words", type=int, default=40)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
+    p.add_argument("--scenarios", nargs="+", choices=["load", "overload", "slow", "abandoned"],
+                   default=["load", "overload", "slow", "abandoned"])
+    p.add_argument("--overload-seconds", type=float, default=10.0)
     p.add_argument("--_serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--serve-batch", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--serve-set", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._serve:
         serve(args)
         return
     payloads = make_requests(256, args.docs, args.doc_words)
+    out: dict[str, Any] = {"bench": "serve"}
+    if "load" in args.scenarios:
+        out.update(load_sweep(args, payloads))
+    faults: dict[str, Any] = {}
+    if "overload" in args.scenarios:
+        proc, base = start_server(args, args.max_batch_size, {"max_queue": 8})
+        try:
+            encoded = encode_requests(payloads, int(base.rsplit(":", 1)[1]))
+            faults["overload"] = {"max_queue": 8, **asyncio.run(overload(base, 64, args.overload_seconds, encoded))}
+        finally:
+            stop(proc)
+        print(json.dumps(faults["overload"]), flush=True)
+    if "slow" in args.scenarios:
+        proc, base = start_server(args, args.max_batch_size, {"read_timeout_s": 2.0}, fd_limit=512)
+        try:
+            faults["slow_clients"] = {"ulimit_n": 512, "read_timeout_s": 2.0, **slow_clients(base)}
+        finally:
+            stop(proc)
+        print(json.dumps(faults["slow_clients"]), flush=True)
+    if "abandoned" in args.scenarios:
+        proc, base = start_server(args, args.max_batch_size)
+        try:
+            faults["abandoned"] = abandoned(base, payloads)
+        finally:
+            stop(proc)
+        print(json.dumps(faults["abandoned"]), flush=True)
+    import torch
+
+    out.update({
+        "reranker": args.reranker or {
+            "minilm": "MiniLM-L6-shaped BERT cross-encoder (random weights)",
+            "sleep": f"sleep cost model ({args.sleep_fixed_ms:g} ms/call + {args.sleep_per_doc_ms:g} ms/doc)",
+        }[args.cost_model],
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "docs_per_request": args.docs,
+        "doc_words": args.doc_words,
+        "max_wait_ms": args.max_wait_ms,
+        "max_batch_size": args.max_batch_size,
+        **faults,
+    })
+    print(json.dumps(out))
+
+
+def load_sweep(args: argparse.Namespace, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Closed-loop levels against dynamic batching and batch 1, interleaved level by level."""
     servers = {"dynamic": start_server(args, args.max_batch_size), "batch1": start_server(args, 1)}
     encoded = {mode: encode_requests(payloads, int(base.rsplit(":", 1)[1])) for mode, (_, base) in servers.items()}
     results: dict[str, list[dict[str, Any]]] = {"dynamic": [], "batch1": []}
@@ -317,8 +483,7 @@ def main() -> None:
                     results[mode].append(r)
     finally:
         for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop(proc)
 
     def summary(mode: str, c: int) -> dict[str, Any]:
         rs = [r for r in results[mode] if r["concurrency"] == c]
@@ -335,30 +500,15 @@ def main() -> None:
     dynamic = [summary("dynamic", c) for c in args.concurrency]
     single = [summary("batch1", c) for c in args.concurrency]
     gain = {str(d["concurrency"]): round(d["throughput_rps"] / s["throughput_rps"], 3) for d, s in zip(dynamic, single)}
-    import torch
-
-    print(json.dumps({
-        "bench": "serve",
-        "reranker": args.reranker or {
-            "minilm": "MiniLM-L6-shaped BERT cross-encoder (random weights)",
-            "sleep": f"sleep cost model ({args.sleep_fixed_ms:g} ms/call + {args.sleep_per_doc_ms:g} ms/doc)",
-        }[args.cost_model],
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "docs_per_request": args.docs,
-        "doc_words": args.doc_words,
-        "max_wait_ms": args.max_wait_ms,
+    return {
         "dynamic": dynamic,
         "batch1": single,
         "batching_gain": gain,
         "batching_gain_at_max_concurrency": gain[str(max(args.concurrency))],
-        "max_batch_size": args.max_batch_size,
         "rounds": args.rounds,
         "seconds_per_level": args.seconds,
         "errors": sum(r["errors"] for rs in results.values() for r in rs),
-    }))
+    }
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ class RemoteRerankError(RerankError):
 
 @dataclass
 class RemoteRerankerConfig(RerankerConfig):
-    """Server address, bearer token (default ``$RERANK_API_KEY``), timeout, parallel requests in ``score_batch``, and
-    retries of a busy server (429, 502, 503 or a refused connection; ``Retry-After`` honoured, else 0.5 s doubling)."""
+    """Server address, bearer token (default ``$RERANK_API_KEY``), timeout, parallel requests in ``score_batch``,
+    retries of a busy server (429, 502, 503 or a refused connection; ``Retry-After`` honoured, else 0.5 s doubling),
+    and ``raw_scores``: ask for the head's own scores (``rerank serve``'s extension of Cohere's API; set it false for
+    another Cohere-compatible server, whose ``relevance_score`` is then the score)."""
 
     base_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
@@ -39,6 +41,7 @@ class RemoteRerankerConfig(RerankerConfig):
     max_concurrency: int = 8
     model: str | None = None
     max_retries: int = 3
+    raw_scores: bool = True
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -52,7 +55,8 @@ class RemoteRerankerConfig(RerankerConfig):
 
 
 class RemoteReranker(Reranker):
-    """Score candidates by POSTing them to a rerank server's ``/v1/rerank``; rankings equal the server's model."""
+    """Score candidates by POSTing them to a rerank server's ``/v1/rerank``; rankings and scores equal the server's
+    model's (``raw_scores`` asks ``rerank serve`` for the head's own scores besides the [0, 1] relevance)."""
 
     method = "remote"
     config_class = RemoteRerankerConfig
@@ -79,6 +83,8 @@ class RemoteReranker(Reranker):
             {"text": c.doc.text, "title": c.doc.title} if c.doc.title else c.doc.text for c in candidates
         ]
         body: dict[str, Any] = {"query": query.text, "documents": docs}
+        if self.config.raw_scores:
+            body["raw_scores"] = True
         if self.config.model is not None:
             body["model"] = self.config.model
         resp = self._post(body)
@@ -90,8 +96,8 @@ class RemoteReranker(Reranker):
             tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
             raise RemoteRerankError(f"rerank server {self.config.base_url} answered {resp.status_code}{tries}: {msg}")
         scores: list[float | None] = [None] * len(candidates)
-        for r in resp.json()["results"]:
-            scores[int(r["index"])] = float(r["relevance_score"])
+        for r in resp.json()["results"]:  # the head's own score where the server gives it (rerank serve does)
+            scores[int(r["index"])] = float(r.get("raw_score", r["relevance_score"]))
         if any(s is None for s in scores):
             raise RemoteRerankError(f"rerank server {self.config.base_url} returned an incomplete ranking")
         return scores  # type: ignore[return-value]

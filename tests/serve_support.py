@@ -7,10 +7,14 @@ Run as a script it registers the reranker as ``test-overlap`` and runs the real 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import httpx
 
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -20,11 +24,13 @@ _TOKEN = re.compile(r"\w+")
 
 @dataclass
 class OverlapConfig(RerankerConfig):
-    """``delay_s`` + ``per_doc_s`` × documents of sleep per model call; ``scale`` multiplies every score."""
+    """``delay_s`` + ``per_doc_s`` × documents of sleep per model call; ``scale`` multiplies every score;
+    ``doc_words`` (if > 0) is how many words of a document the head reads (a server cuts or splits by it)."""
 
     delay_s: float = 0.0
     per_doc_s: float = 0.0
     scale: float = 1.0
+    doc_words: int = 0
 
 
 def overlap_score(query: str, text: str) -> float:
@@ -40,11 +46,16 @@ class OverlapReranker(Reranker):
     method = "test-overlap"
     config_class = OverlapConfig
     config: OverlapConfig
+    independent_scores = True
 
     def __init__(self, config: OverlapConfig | None = None) -> None:
         super().__init__(config)
         self.batch_sizes: list[int] = []
+        self.queries: list[str] = []
         self._lock = threading.Lock()
+
+    def document_token_limit(self, query: str) -> int | None:
+        return self.config.doc_words or None
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]
@@ -52,6 +63,7 @@ class OverlapReranker(Reranker):
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         with self._lock:
             self.batch_sizes.append(len(queries))
+            self.queries.extend(q.text for q in queries)
         cost = self.config.delay_s + self.config.per_doc_s * sum(len(c) for c in candidate_lists)
         if cost > 0:
             time.sleep(cost)
@@ -61,6 +73,20 @@ class OverlapReranker(Reranker):
             [self.config.scale * overlap_score(q.text, c.doc.full_text()) for c in cands]
             for q, cands in zip(queries, candidate_lists, strict=True)
         ]
+
+
+def wait_until_healthy(base: str, proc: subprocess.Popen, timeout_s: float, output: Callable[[], str]) -> None:
+    """Poll ``base``/health until it answers 200; fail with ``output()`` if ``proc`` exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, output()
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "rerank serve did not come up"
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads.base import Reranker
 from rerank.heads.registry import available_rerankers, register_reranker
 from rerank.serve import ServeConfig, create_app
+from rerank.serve.server import uvicorn_config
 from rerank.types import Document
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from serve_support import OverlapConfig, OverlapReranker  # noqa: E402
+from serve_support import OverlapConfig, OverlapReranker, wait_until_healthy  # noqa: E402
 
 register_reranker("test-overlap", OverlapReranker)
 
@@ -59,8 +60,8 @@ DOCS = [
 @contextlib.contextmanager
 def running(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[str]:
     """Serve ``create_app(reranker, config)`` with uvicorn in a thread on a free 127.0.0.1 port; yield its URL."""
-    app = create_app(reranker, config or ServeConfig())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    cfg = config or ServeConfig()
+    server = uvicorn.Server(uvicorn_config(create_app(reranker, cfg), cfg, port=0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -75,10 +76,14 @@ def running(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[s
         thread.join(timeout=20)
 
 
-def local_ranking(query: str, docs: list) -> list[tuple[int, float]]:
-    """(input index, score) best first from the in-process reranker."""
-    res = OverlapReranker().rerank(query, docs)
-    return [(int(r.doc.id), r.score) for r in res.results]
+def local_ranking(
+    query: str, docs: list, raw: bool = False, reranker: Reranker | None = None
+) -> list[tuple[int, float]]:
+    """(input index, relevance) best first from the in-process reranker; ``raw``: its own scores instead."""
+    rr = reranker or OverlapReranker()
+    res = rr.rerank(query, docs).results
+    scores = [r.score for r in res]
+    return [(int(r.doc.id), s) for r, s in zip(res, scores if raw else rr.relevance(scores))]
 
 
 def assert_error(resp: httpx.Response, status: int, error_type: str | None = None) -> dict:
@@ -152,7 +157,7 @@ def test_document_objects_rank_title_and_echo_fields(client: httpx.Client) -> No
 
 def test_tei_shape(client: httpx.Client) -> None:
     raw = client.post("/rerank", json={"query": QUERIES[2], "texts": DOCS, "raw_scores": True}).json()
-    assert [(r["index"], r["score"]) for r in raw] == local_ranking(QUERIES[2], DOCS)
+    assert [(r["index"], r["score"]) for r in raw] == local_ranking(QUERIES[2], DOCS, raw=True)
     assert all("text" not in r for r in raw)
     sig = client.post("/rerank", json={"query": QUERIES[2], "texts": DOCS, "return_text": True}).json()
     assert [r["index"] for r in sig] == [r["index"] for r in raw]
@@ -187,13 +192,9 @@ def test_size_limits() -> None:
     cfg = ServeConfig(max_docs=5, max_doc_chars=50, max_body_bytes=4000)
     with running(OverlapReranker(), cfg) as u, httpx.Client(base_url=u) as c:
         assert c.post("/v1/rerank", json={"query": "a", "documents": ["a"] * 5}).status_code == 200
-        r = c.post("/v1/rerank", json={"query": "a", "documents": ["a"] * 6})
-        body = assert_error(r, 413, "too_many_documents")
-        assert "5" in body["message"]
-        assert_error(c.post("/rerank", json={"query": "a", "texts": ["a"] * 6}), 413, "too_many_documents")
         r = c.post("/v2/rerank", json={"query": "a", "documents": ["ok", "x" * 51]})
         body = assert_error(r, 413, "text_too_long")
-        assert "document 1" in body["message"]
+        assert "documents[1]" in body["message"]
         long_title = {"text": "x" * 30, "title": "y" * 30}
         assert_error(c.post("/v1/rerank", json={"query": "a", "documents": [long_title]}), 413, "text_too_long")
         assert_error(c.post("/v1/rerank", json={"query": "q" * 51, "documents": ["a"]}), 413, "text_too_long")
@@ -207,7 +208,7 @@ def test_size_limits() -> None:
         assert_error(c.post("/v1/rerank", content=chunks(), headers={"content-type": "application/json"}), 413)
         errors = metric_values(c.get("/metrics").text, "rerank_errors_total")
         assert errors['{error_type="payload_too_large"}'] == 2
-        assert errors['{error_type="too_many_documents"}'] == 2
+        assert errors['{error_type="text_too_long"}'] == 3
 
 
 def test_model_failure_is_isolated_and_hidden() -> None:
@@ -395,6 +396,8 @@ def test_remote_reranker_round_trip_equals_local(url: str) -> None:
     assert [g.doc_ids for g in serial] == [w.doc_ids for w in want]
     top = remote.rerank(QUERIES[0], DOCS, top_k=2)
     assert top.doc_ids == local.rerank(QUERIES[0], DOCS, top_k=2).doc_ids
+    relevance = Reranker.load("remote", base_url=url, raw_scores=False).rerank(QUERIES[0], DOCS)  # another server's way
+    assert [(int(r.doc.id), r.score) for r in relevance.results] == local_ranking(QUERIES[0], DOCS)
     assert "api_key" not in json.dumps(remote.describe())
     remote.close()
 
@@ -425,13 +428,13 @@ def test_remote_reranker_reports_server_errors() -> None:
     with pytest.raises(ConfigError, match="base_url"):
         Reranker.load("remote", base_url="127.0.0.1:8000")
 
-    with running(OverlapReranker(), ServeConfig(api_key="k", max_docs=2)) as u:
+    with running(OverlapReranker(), ServeConfig(api_key="k", max_doc_chars=5)) as u:
         with pytest.raises(RemoteRerankError, match="401"):
             Reranker.load("remote", base_url=u).rerank("q", ["a"])
         ok = Reranker.load("remote", base_url=u, api_key="k")
         assert ok.rerank("a", ["a", "b"]).doc_ids == ["0", "1"]
-        with pytest.raises(RemoteRerankError, match="413.*limit is 2"):
-            ok.rerank("q", ["a", "b", "c"])
+        with pytest.raises(RemoteRerankError, match="413.*limit is 5"):
+            ok.rerank("q", ["a", "b", "c" * 6])
         os.environ["RERANK_API_KEY"] = "k"
         try:
             assert Reranker.load("remote", base_url=u).rerank("b", ["a", "b"]).doc_ids == ["1", "0"]
@@ -446,12 +449,14 @@ def test_cli_flags_map_to_serve_config(monkeypatch: pytest.MonkeyPatch) -> None:
     argv = [
         "serve", "--reranker", "x", "--model", "m", "--host", "0.0.0.0", "--port", "9", "--api-key", "k",
         "--max-batch-size", "3", "--max-wait-ms", "7.5", "--max-queue", "70", "--timeout-s", "2",
-        "--max-docs", "11", "--max-doc-chars", "12",
+        "--max-docs", "11", "--max-doc-chars", "12", "--max-batch-docs", "13", "--read-timeout-s", "4",
+        "--max-connections", "15", "--workers", "2",
     ]
     cfg = serve_config(build_parser().parse_args(argv))
     assert cfg == ServeConfig(
         host="0.0.0.0", port=9, api_key="k", max_batch_size=3, max_wait_ms=7.5, max_queue=70, timeout_s=2.0,
-        max_docs=11, max_doc_chars=12, model_name="m",
+        max_docs=11, max_doc_chars=12, model_name="m", max_batch_docs=13, read_timeout_s=4.0, max_connections=15,
+        workers=2,
     )
     monkeypatch.setenv("RERANK_API_KEY", "from-env")
     assert serve_config(build_parser().parse_args(["serve", "--reranker", "x"])).api_key == "from-env"
@@ -477,24 +482,19 @@ def test_rerank_serve_cli_subprocess(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "rerank serve did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(base, proc, 30, lambda: proc.communicate()[0])
         auth = {"Authorization": "Bearer envkey"}
         r = httpx.post(f"{base}/v1/rerank", json={"query": QUERIES[0], "documents": DOCS}, headers=auth)
         assert r.status_code == 200, r.text
-        assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == [
-            (i, 2.0 * s) for i, s in local_ranking(QUERIES[0], DOCS)
-        ]
+        scaled = OverlapReranker(OverlapConfig(scale=2.0))
+        assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == local_ranking(
+            QUERIES[0], DOCS, reranker=scaled
+        )
         assert_error(httpx.post(f"{base}/v1/rerank", json={"query": "a", "documents": ["a"]}), 401)
-        assert_error(httpx.post(f"{base}/v1/rerank", json={"query": "a", "documents": ["a"] * 8}, headers=auth), 413)
+        eight = httpx.post(f"{base}/v1/rerank", json={"query": QUERIES[1], "documents": DOCS + ["faiss"]}, headers=auth)
+        assert [x["index"] for x in eight.json()["results"]] == [  # --max-docs 7: scored in two parts, merged
+            i for i, _ in local_ranking(QUERIES[1], DOCS + ["faiss"])
+        ]
         assert httpx.get(f"{base}/health").json()["method"] == "test-overlap"
     finally:
         proc.terminate()
@@ -520,7 +520,7 @@ def test_tiny_cross_encoder_served_equals_in_process(request: pytest.FixtureRequ
     lines = [ln for ln in corpus_lines() if ln.strip()]
     docs, queries = lines[:12], lines[12:18]
     rr = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
-    want = {q: [(int(r.doc.id), r.score) for r in rr.rerank(q, docs).results] for q in queries}
+    want = {q: local_ranking(q, docs, reranker=rr) for q in queries}
 
     async def go(u: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=u, timeout=60) as c:
@@ -597,3 +597,245 @@ def test_remote_reranker_retries_a_refused_connection_not_a_timeout(error: type,
     with pytest.raises(RemoteRerankError, match="http://127.0.0.1:8000 unreachable: scripted"):
         rr.rerank("q", ["a"])
     assert len(calls) == attempts
+
+
+# ---------------------------------------------------------------- protocol fidelity: every documented field
+
+
+def test_every_documented_field_is_accepted_and_null_means_unset(client: httpx.Client) -> None:
+    """Cohere v1 (query, documents, model, top_n, rank_fields, return_documents, max_chunks_per_doc), Cohere v2
+    (model, query, documents, top_n, max_tokens_per_doc, priority) and TEI (query, texts, raw_scores, return_text,
+    truncate, truncation_direction; model and top_n as the rerankers library sends them)."""
+    objs = [{"text": d} for d in DOCS]
+    v1 = {"model": "rerank-english-v3.0", "query": QUERIES[0], "documents": objs, "top_n": 7, "rank_fields": ["text"],
+          "return_documents": False, "max_chunks_per_doc": 10}
+    v2 = {"model": "rerank-v3.5", "query": QUERIES[0], "documents": DOCS, "top_n": 7, "max_tokens_per_doc": 4096,
+          "priority": 0}
+    tei = {"query": QUERIES[0], "texts": DOCS, "raw_scores": False, "return_text": False, "truncate": True,
+           "truncation_direction": "Right", "model": "BAAI/bge-reranker-base", "top_n": 7}
+    want = [i for i, _ in local_ranking(QUERIES[0], DOCS)]
+    for path, body, key in [("/v1/rerank", v1, "results"), ("/v2/rerank", v2, "results"), ("/rerank", tei, None)]:
+        for b in (body, {k: (None if k not in ("query", "documents", "texts") else v) for k, v in body.items()}):
+            r = client.post(path, json=b)
+            assert r.status_code == 200, (path, b, r.text)
+            results = r.json()[key] if key else r.json()
+            assert [x["index"] for x in results] == want
+            assert r.headers["x-model-id"] == "test-overlap"
+    body = client.post("/v2/rerank", json=v2).json()
+    assert body["model"] == "test-overlap" and body["meta"]["billed_units"]["search_units"] == 1
+    assert body["meta"]["api_version"] == {"version": "2", "is_experimental": False}
+    for path, bad, field in [("/v2/rerank", {**v2, "top_n": 0}, "top_n"),
+                             ("/v2/rerank", {**v2, "priority": -1}, "priority"),
+                             ("/v1/rerank", {**v1, "max_chunks_per_doc": "5"}, "max_chunks_per_doc"),
+                             ("/v1/rerank", {**v1, "rank_fields": []}, "rank_fields"),
+                             ("/rerank", {**tei, "truncation_direction": "up"}, "truncation_direction"),
+                             ("/rerank", {**tei, "truncate": "yes"}, "truncate")]:
+        assert field in assert_error(client.post(path, json=bad), 422, "invalid_request")["message"]
+
+
+def test_relevance_is_calibrated_and_raw_scores_are_kept(client: httpx.Client) -> None:
+    body = client.post("/v1/rerank", json={"query": QUERIES[1], "documents": DOCS, "raw_scores": True}).json()
+    assert [(r["index"], r["relevance_score"]) for r in body["results"]] == local_ranking(QUERIES[1], DOCS)
+    assert [(r["index"], r["raw_score"]) for r in body["results"]] == local_ranking(QUERIES[1], DOCS, raw=True)
+    assert all(0.0 <= r["relevance_score"] <= 1.0 for r in body["results"])
+    plain = client.post("/v2/rerank", json={"query": QUERIES[1], "documents": DOCS}).json()
+    assert all("raw_score" not in r for r in plain["results"])
+
+
+def test_rank_fields_rank_the_named_fields_in_order(client: httpx.Client) -> None:
+    objs = [{"title": f"t{i}", "author": "bm25 ranking" if i == 5 else "anon", "text": d, "n": i}
+            for i, d in enumerate(DOCS)]
+    r = client.post("/v1/rerank", json={"query": QUERIES[0], "documents": objs, "rank_fields": ["author", "n"],
+                                        "return_documents": True}).json()
+    texts = [f"author: {o['author']}\nn: {o['n']}" for o in objs]
+    assert [(x["index"], x["relevance_score"]) for x in r["results"]] == local_ranking(QUERIES[0], texts)
+    assert r["results"][0]["index"] == 5 and r["results"][0]["document"] == objs[5]
+    missing = client.post("/v1/rerank", json={"query": "q", "documents": [{"text": "a"}], "rank_fields": ["author"]})
+    assert "documents[0] has none of the rank_fields" in assert_error(missing, 422)["message"]
+    no_text = client.post("/v1/rerank", json={"query": "q", "documents": [{"body": "a"}]})
+    assert "documents[0] needs a string 'text'" in assert_error(no_text, 422)["message"]
+
+
+def test_document_budgets_tokens_passages_and_direction() -> None:
+    """``max_tokens_per_doc`` cuts each document; ``max_chunks_per_doc`` scores up to that many passages of what the
+    head reads (here 4 words) and keeps the best; TEI ``truncation_direction: Left`` keeps a long text's end and
+    ``truncate: false`` refuses a text longer than the head reads."""
+    rr = OverlapReranker(OverlapConfig(doc_words=4))
+    q = "bm25 ranking"
+    docs = ["a b c d e f bm25 ranking", "bm25 x y z", "nothing here at all"]
+    with running(rr) as u, httpx.Client(base_url=u) as c:
+        cut = c.post("/v2/rerank", json={"query": q, "documents": docs, "max_tokens_per_doc": 3}).json()
+        want = local_ranking(q, ["a b c", "bm25 x y", "nothing here at"])
+        assert [(x["index"], x["relevance_score"]) for x in cut["results"]] == want
+        chunks = c.post("/v1/rerank", json={"query": q, "documents": docs, "max_chunks_per_doc": 2}).json()
+        best = [max(rr.relevance([overlap(q, p)])[0] for p in ps) for ps in
+                (["a b c d", "e f bm25 ranking"], ["bm25 x y z"], ["nothing here at all"])]
+        assert [(x["index"], x["relevance_score"]) for x in chunks["results"]] == sorted(
+            enumerate(best), key=lambda t: -t[1])
+        one = c.post("/v1/rerank", json={"query": q, "documents": docs, "max_chunks_per_doc": 1}).json()
+        assert [x["index"] for x in one["results"]] == [1, 0, 2]  # only "a b c d" of the first document is read
+        left = c.post("/rerank", json={"query": q, "texts": docs, "truncation_direction": "Left", "raw_scores": True})
+        assert [(x["index"], x["score"]) for x in left.json()] == local_ranking(
+            q, ["e f bm25 ranking", "bm25 x y z", "nothing here at all"], raw=True)
+        refused = c.post("/rerank", json={"query": q, "texts": docs, "truncate": False})
+        assert "texts[0] has 8 tokens" in assert_error(refused, 413, "text_too_long")["message"]
+        assert c.post("/rerank", json={"query": q, "texts": docs[1:], "truncate": False}).status_code == 200
+
+
+def overlap(query: str, text: str) -> float:
+    from serve_support import overlap_score
+
+    return overlap_score(query, text)
+
+
+def test_oversized_requests_are_scored_in_parts_and_merged() -> None:
+    """Above ``max_docs`` a pointwise head scores the documents in parts (each part one queued request) and the
+    ranking is merged; a head whose scores depend on the whole list answers 413; the byte limit still holds."""
+    rr = OverlapReranker()
+    docs = DOCS * 3
+    with running(rr, ServeConfig(max_docs=4, max_body_bytes=3000)) as u, httpx.Client(base_url=u) as c:
+        r = c.post("/v1/rerank", json={"query": QUERIES[0], "documents": docs})
+        assert [(x["index"], x["relevance_score"]) for x in r.json()["results"]] == local_ranking(QUERIES[0], docs)
+        docs_hist = metric_values(c.get("/metrics").text, "rerank_batch_documents_sum")[""]
+        assert docs_hist == len(docs)
+        assert max(rr.batch_sizes) >= 2  # the parts were queued together and merged into model calls
+        big = json.dumps({"query": "a", "documents": ["a" * 20] * 200}).encode()
+        assert_error(c.post("/v1/rerank", content=big, headers={"content-type": "application/json"}), 413,
+                     "payload_too_large")
+
+    class Listwise(OverlapReranker):
+        independent_scores = False
+
+    with running(Listwise(), ServeConfig(max_docs=4)) as u:
+        r = httpx.post(f"{u}/v1/rerank", json={"query": "a", "documents": ["a"] * 5})
+        assert "ranks a list as a whole" in assert_error(r, 413, "too_many_documents")["message"]
+
+
+def test_invalid_utf8_and_lone_surrogates_answer_400_naming_the_problem(client: httpx.Client) -> None:
+    hdr = {"content-type": "application/json"}
+    latin1 = b'{"query": "a", "documents": ["ok", "caf' + bytes([0xE9]) + b'"]}'
+    msg = assert_error(client.post("/v1/rerank", content=latin1, headers=hdr), 400, "invalid_utf8")["message"]
+    assert "byte 0xe9 at offset 39" in msg
+    encoded_surrogate = b'{"query": "a", "texts": ["x' + bytes([0xED, 0xA0, 0x80]) + b'"]}'
+    assert_error(client.post("/rerank", content=encoded_surrogate, headers=hdr), 400, "invalid_utf8")
+    escaped = b'{"query": "a", "documents": ["ok", "ab\\ud800c"]}'  # valid UTF-8, valid JSON, not valid text
+    msg = assert_error(client.post("/v2/rerank", content=escaped, headers=hdr), 400, "invalid_text")["message"]
+    assert "documents[1] character 2" in msg and "\\ud800" in msg
+    in_query = b'{"query": "\\udfff", "texts": ["a"]}'
+    assert "query character 0" in assert_error(client.post("/rerank", content=in_query, headers=hdr), 400)["message"]
+    pair = b'{"query": "caf\\u00e9 \\ud83d\\ude00", "documents": ["caf\\u00e9"]}'  # an escaped surrogate pair is fine
+    assert client.post("/v1/rerank", content=pair, headers=hdr).status_code == 200
+
+
+def test_auth_is_checked_before_the_body_is_read_and_no_docs_routes() -> None:
+    with running(OverlapReranker(), ServeConfig(api_key="s3cret")) as u:
+        port = int(u.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100000\r\n\r\n{\"query\"")  # a body that never comes
+            s.settimeout(3)
+            head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 401") and b"www-authenticate: Bearer" in head
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert_error(httpx.get(f"{u}{path}"), 401)
+            assert_error(httpx.get(f"{u}{path}", headers={"Authorization": "Bearer s3cret"}), 404)
+        assert httpx.get(f"{u}/health").status_code == 200
+
+
+def test_priority_orders_a_busy_queue() -> None:
+    """Cohere v2 ``priority``: with the model busy, a priority-0 request queued after a priority-5 one runs first."""
+    rr = OverlapReranker(OverlapConfig(delay_s=0.3))
+
+    async def go(u: str) -> None:
+        async with httpx.AsyncClient(base_url=u, timeout=30) as c:
+            busy = asyncio.create_task(c.post("/v2/rerank", json={"query": "busy", "documents": ["a"]}))
+            await asyncio.sleep(0.1)
+            low = asyncio.create_task(c.post("/v2/rerank", json={"query": "low", "documents": ["a"], "priority": 5}))
+            await asyncio.sleep(0.05)
+            high = asyncio.create_task(c.post("/v2/rerank", json={"query": "high", "documents": ["a"], "priority": 0}))
+            assert all(r.status_code == 200 for r in await asyncio.gather(busy, low, high))
+
+    with running(rr, ServeConfig(max_batch_size=1)) as u:
+        asyncio.run(go(u))
+    assert rr.queries == ["busy", "high", "low"]
+
+
+def test_max_batch_docs_caps_one_model_call() -> None:
+    rr = OverlapReranker(OverlapConfig(delay_s=0.05))
+    cfg = ServeConfig(max_batch_size=32, max_batch_docs=10, max_wait_ms=100)
+
+    async def go(u: str) -> None:
+        async with httpx.AsyncClient(base_url=u, timeout=30) as c:
+            reqs = [c.post("/v1/rerank", json={"query": QUERIES[0], "documents": DOCS[:4]}) for _ in range(9)]
+            assert all(r.status_code == 200 for r in await asyncio.gather(*reqs))
+
+    with running(rr, cfg) as u:
+        asyncio.run(go(u))
+        text = httpx.get(f"{u}/metrics").text
+    assert max(rr.batch_sizes) == 2  # 2 x 4 documents fit in 10, 3 x 4 do not
+    assert metric_values(text, "rerank_batch_documents_bucket")['{le="10.0"}'] == len(rr.batch_sizes)
+
+
+def test_connection_cap_answers_503_and_frees_slots() -> None:
+    from rerank.serve.server import connection_cap
+
+    assert connection_cap(10**9) < 10**9 or resource_unlimited()
+    with running(OverlapReranker(), ServeConfig(max_connections=5)) as u:
+        port = int(u.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        extra.settimeout(3)
+        assert extra.recv(4096).startswith(b"HTTP/1.1 503")
+        extra.close()
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        assert httpx.post(f"{u}/v1/rerank", json={"query": "a", "documents": ["a"]}).status_code == 200
+
+
+def resource_unlimited() -> bool:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] == resource.RLIM_INFINITY
+
+
+def test_rate_limited_log_lines() -> None:
+    import logging
+
+    from rerank.serve.server import RateLimitFilter
+
+    f = RateLimitFilter(interval=60)
+    records = [logging.LogRecord("x", logging.WARNING, "", 0, "closed %d", (i,), None) for i in range(100)]
+    passed = [r for r in records if f.filter(r)]
+    assert len(passed) == 1
+    other = logging.LogRecord("x", logging.WARNING, "", 0, "another event", (), None)
+    assert f.filter(other)
+    f.interval = 0.0
+    late = logging.LogRecord("x", logging.WARNING, "", 0, "closed %d", (7,), None)
+    assert f.filter(late) and "99 similar messages" in late.getMessage()
+
+
+def test_head_relevance_mappings(tiny_bert_dir: Path) -> None:
+    """Each head's calibration: cross-encoder logit -> sigmoid (probabilities kept), yes-no log-odds -> sigmoid,
+    ERank 0-10 -> /10, listwise and FIRST positions -> /n, GroupRank already in [0, 1]."""
+    from rerank.heads.erank import ERankReranker
+    from rerank.heads.first import FirstReranker
+    from rerank.heads.grouprank import GroupRankReranker
+    from rerank.heads.listwise import ListwiseReranker
+    from rerank.heads.yes_no import YesNoReranker
+
+    ce = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
+    assert ce.relevance([0.0, 2.0, -800.0]) == pytest.approx([0.5, 1 / (1 + math.exp(-2.0)), 0.0])
+    assert Reranker.load("cross-encoder", model=str(tiny_bert_dir), sigmoid=True).relevance([0.25]) == [0.25]
+    assert ce.independent_scores and ce.document_token_limit("one two") < ce.max_length
+
+    def bare(cls: type) -> Any:  # the mappings read no model state
+        return object.__new__(cls)
+
+    assert bare(YesNoReranker).relevance([0.0, math.log(3)]) == pytest.approx([0.5, 0.75])  # P(yes)=3 P(no)
+    assert bare(ERankReranker).relevance([0.0, 7.2, 10.0]) == pytest.approx([0.0, 0.72, 1.0])
+    for cls in (ListwiseReranker, FirstReranker):
+        assert bare(cls).relevance([4.0, 1.0, 3.0, 2.0]) == [1.0, 0.25, 0.75, 0.5]
+        assert not cls.independent_scores
+    assert bare(GroupRankReranker).relevance([0.3, 1.0]) == [0.3, 1.0] and not GroupRankReranker.independent_scores
+    assert YesNoReranker.independent_scores and ERankReranker.independent_scores

@@ -26,9 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key",
         default=None,
-        help="require 'Authorization: Bearer KEY' on /rerank and /metrics (default: $RERANK_API_KEY, else no auth)",
+        help="require 'Authorization: Bearer KEY' on every route but /health (default and recommended: "
+        "$RERANK_API_KEY, which stays out of the process list and shell history; else no auth)",
     )
     p.add_argument("--max-batch-size", type=int, default=32, help="requests merged into one model call (default 32)")
+    p.add_argument(
+        "--max-batch-docs",
+        type=int,
+        default=1024,
+        help="documents merged into one model call; a larger request still runs alone (default 1024)",
+    )
     p.add_argument(
         "--max-wait-ms",
         type=float,
@@ -37,8 +44,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-queue", type=int, default=256, help="requests accepted at once; more get 429 (default 256)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout; answers 504 (default 30 s)")
-    p.add_argument("--max-docs", type=int, default=1000, help="documents per request; more get 413 (default 1000)")
+    p.add_argument(
+        "--max-docs",
+        type=int,
+        default=1000,
+        help="documents scored per model call for one request; a pointwise head scores more in parts and merges them, "
+        "a listwise head answers 413 (default 1000)",
+    )
     p.add_argument("--max-doc-chars", type=int, default=20_000, help="characters per document/query (default 20000)")
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=10.0,
+        help="a client must send a whole request (headers and body) within this time, else 408 (default 10 s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="open connections per worker, lowered to fit the file limit (ulimit -n); more get 503 (default 1024)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own copy of the model and batching queue (default 1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,31 +83,43 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         port=args.port,
         api_key=api_key,
         max_batch_size=args.max_batch_size,
+        max_batch_docs=args.max_batch_docs,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,
         max_docs=args.max_docs,
         max_doc_chars=args.max_doc_chars,
         model_name=args.model,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
+        workers=args.workers,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from rerank.heads.base import Reranker
+    from rerank.heads.registry import get_reranker_class
     from rerank.serve import create_app
+    from rerank.serve.server import install_log_limits, serve
 
     if not args.reranker:
         raise ConfigError("rerank serve needs --reranker METHOD")
     cfg = serve_config(args)
+    get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
     if cfg.host not in _LOOPBACK and cfg.api_key is None:
-        log.warning("serving on %s without --api-key: anyone who can reach this address can use the model", cfg.host)
-    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
-    app = create_app(reranker, cfg)
+        log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)
+    install_log_limits()
+
+    def load() -> Reranker:
+        return Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
+
     log.info("serving %s (%s) on http://%s:%d", args.reranker, args.model or "-", cfg.host, cfg.port)
+    if cfg.workers > 1:  # each worker process loads its own copy of the model
+        serve(lambda: create_app(load(), cfg), cfg, workers=cfg.workers)
+        return 0
+    reranker = load()  # before the port opens, so a bad model fails first
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False, server_header=False)
+        serve(lambda: create_app(reranker, cfg), cfg)
     finally:
         reranker.close()
     return 0

@@ -8,6 +8,7 @@ A head implements :meth:`Reranker.score_candidates` (one query) and may override
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, ClassVar, Union
 from rerank.config import from_dict, to_dict
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
-__all__ = ["Reranker", "RerankerConfig", "RerankStats", "DocInput", "as_candidates"]
+__all__ = ["Reranker", "RerankerConfig", "RerankStats", "DocInput", "as_candidates", "sigmoid"]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
 
@@ -48,6 +49,14 @@ class RerankStats:
         return dataclasses.asdict(self)
 
 
+def sigmoid(x: float) -> float:
+    """The logistic function, without overflow for large negative ``x``."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
 def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
     """Normalise user input: strings get ids ``"0".."n-1"`` (their input positions)."""
     out: list[Candidate] = []
@@ -75,6 +84,9 @@ class Reranker(ABC):
 
     method: ClassVar[str] = ""
     config_class: ClassVar[type[RerankerConfig]] = RerankerConfig
+    #: True when a document's score does not depend on the other documents of its list (pointwise heads): a server
+    #: may then score an oversized list in parts, or a long document by passages, and merge by score.
+    independent_scores: ClassVar[bool] = False
 
     def __init__(self, config: RerankerConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -128,6 +140,15 @@ class Reranker(ABC):
             ]
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """One list's raw scores mapped to relevance in [0, 1] (order kept), what Cohere clients expect. Default: the
+        logistic sigmoid, reading the score as a logit; heads whose scores mean something else override this."""
+        return [sigmoid(s) for s in scores]
+
+    def document_token_limit(self, query: str) -> int | None:
+        """Tokens of one document the head reads alongside ``query`` (the rest is cut); None when it has no limit."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What produced a ranking (method, model, backend, typed config) for ``metrics.json``."""

@@ -8,6 +8,7 @@ score to (0, 1) (rank-preserving). Scores equal sentence-transformers ``CrossEnc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -44,6 +45,7 @@ class CrossEncoderReranker(Reranker):
 
     method = "cross-encoder"
     config_class: ClassVar[type[RerankerConfig]] = CrossEncoderConfig
+    independent_scores = True
 
     def __init__(self, config: CrossEncoderConfig | None = None, model: Any = None, tokenizer: Any = None,
                  model_name: str | None = None) -> None:
@@ -122,6 +124,19 @@ class CrossEncoderReranker(Reranker):
             out.append(flat[i : i + len(cs)])
             i += len(cs)
         return out
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Scores that are probabilities already (``sigmoid``, two-label ``softmax``) stay; a logit (one label,
+        ``diff``, ``positive``) goes through the sigmoid: for ``diff`` that is exactly P(label 1)."""
+        cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]
+        if cfg.sigmoid or (self.num_labels == 2 and cfg.two_label_score == "softmax"):
+            return [min(max(float(s), 0.0), 1.0) for s in scores]
+        return super().relevance(scores)
+
+    def document_token_limit(self, query: str) -> int | None:
+        """``max_length`` less the query's tokens and the pair's three special tokens (documents are cut, not
+        queries)."""
+        return max(1, self.max_length - len(self.tokenizer.encode(query, add_special_tokens=False)) - 3)
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "config": to_dict(self.config), "model": self.model_name,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -79,6 +80,7 @@ class ERankReranker(PointwiseLLMReranker):
 
     method = "erank"
     config_class: ClassVar[type[RerankerConfig]] = ERankConfig
+    independent_scores = True
     default_template = "erank"
 
     def __init__(self, config: ERankConfig | None = None, **kwargs: object) -> None:
@@ -139,6 +141,10 @@ class ERankReranker(PointwiseLLMReranker):
             prompts.append(self.prompt_ids(m, prefix + reasoning))
             parsed.append(value)
         return prompts, parsed
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Both scorings lie in [0, 10] (s·P(s), or the expected integer): divided by 10."""
+        return [min(max(float(s) / 10.0, 0.0), 1.0) for s in scores]
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: ERankConfig = self.config  # type: ignore[assignment]

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -223,6 +224,10 @@ class GroupRankReranker(LLMReranker):
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Scores are group scores / 10, possibly fused with min-max retriever scores: already in [0, 1]."""
+        return [min(max(float(s), 0.0), 1.0) for s in scores]
 
 
 def _record(stats: RerankStats, parsed: GroupScores, text: str) -> None:

@@ -9,6 +9,7 @@ Windows of different queries at the same sliding step go to the backend together
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -112,6 +113,11 @@ class SlidingWindowHead(LLMReranker):
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Scores are positions (n for the first of n, 1 for the last): divided by n, so the first scores 1."""
+        n = len(scores)
+        return [min(max(float(s) / n, 0.0), 1.0) for s in scores]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "identifiers": self.scheme}

@@ -81,6 +81,10 @@ class LLMReranker(Reranker):
             return text
         return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
+    def document_token_limit(self, query: str) -> int | None:
+        """``max_doc_tokens``: each document is cut to it before the prompt is rendered."""
+        return self.config.max_doc_tokens  # type: ignore[attr-defined]
+
     def prompt_ids(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> list[int]:
         """Token ids of the chat-templated prompt with the generation prompt, plus an assistant prefix."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -6,6 +6,7 @@ the word right after the generation prompt (and the template's assistant prefix)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ class YesNoReranker(PointwiseLLMReranker):
 
     method = "yes-no"
     config_class: ClassVar[type[RerankerConfig]] = YesNoConfig
+    independent_scores = True
     default_template = "yes_no"
 
     def answer_token_ids(self) -> tuple[int, int]:
@@ -39,6 +41,10 @@ class YesNoReranker(PointwiseLLMReranker):
         if pos == neg:
             raise ValueError("the positive and negative answer words start with the same token")
         return pos, neg
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """P(positive) / (P(positive) + P(negative)), which is the sigmoid of the log-odds score."""
+        return super().relevance(scores)
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         pos, neg = self.answer_token_ids()

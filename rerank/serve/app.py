@@ -1,39 +1,48 @@
 """The FastAPI app behind ``rerank serve``: Cohere v1/v2 and TEI ``/rerank`` shapes, health, Prometheus metrics.
 
-Every error answers a JSON body ``{"message", "error_type"}`` and never a stack trace: 400 malformed JSON,
-401 missing/wrong bearer token, 413 too many documents / too-long text / body too large, 422 invalid or empty request,
-429 queue full, 500 reranker failure, 503 not ready / shutting down, 504 request timeout. Scores are the reranker's
-own (Cohere ``relevance_score``); TEI's ``raw_scores=false`` maps them through a sigmoid, as TEI does.
+Every error answers a JSON body ``{"message", "error_type"}`` and never a stack trace: 400 malformed JSON, invalid
+UTF-8 or a lone surrogate (the message names where); 401 missing/wrong bearer token (checked on the headers, before
+the body is read); 413 too long text / body too large / too many documents for a head that must see them together;
+422 invalid request (naming the field); 429 queue full; 500 reranker failure; 503 not ready / shutting down;
+504 request timeout. ``relevance_score`` (Cohere) and TEI's ``score`` are the head's calibrated relevance in [0, 1]
+(:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_scores: true`` adds (Cohere ``raw_score``) or returns (TEI) the
+head's own score. A request whose client disconnects while it waits is dropped before it is scored.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import json
 import logging
 import math
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Union
+from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rerank.heads.base import Reranker
 from rerank.serve.batcher import Batcher, ModelError, QueueFullError, RequestTimeoutError, ServiceClosedError
 from rerank.serve.config import ServeConfig
+from rerank.serve.documents import Budget, Passages, TextTooLong, make_passages, merge
 from rerank.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from rerank.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
-from rerank.serve.schemas import CohereRerankRequest, DocumentObject, TeiRerankRequest
-from rerank.types import Candidate, Document, RankedResult
+from rerank.serve.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from rerank.serve.schemas import CohereRerankRequest, TeiRerankRequest
 
 __all__ = ["create_app", "ApiError"]
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 ENDPOINTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/health", "/metrics")
+OPEN_PATHS = ("/health",)
 _HTTP_ERROR_TYPES = {
     401: "unauthorized",
     404: "not_found",
@@ -41,6 +50,9 @@ _HTTP_ERROR_TYPES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+
+_NOT_AN_OBJECT = "request body must be a JSON object sent with Content-Type: application/json"
 
 
 class ApiError(Exception):
@@ -54,32 +66,94 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+class _Abandoned(Exception):
+    """The client went away (disconnected, or stalled past the read timeout): nobody reads an answer."""
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+def _first_surrogate(value: Any, path: str) -> str | None:
+    """Where the first lone surrogate in the parsed JSON ``value`` is (``documents[3] character 5``), if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"{path or 'body'} character {e.start} (\\u{ord(value[e.start]):04x})"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and (hit := _first_surrogate(key, f"{path}.<key>" if path else "<key>")):
+            return hit
+        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+        if hit := _first_surrogate(item, sub):
+            return hit
+    return None
+
+
+def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
+    """Decode and validate a JSON request body: 400 names invalid UTF-8 (byte offset), bad JSON (line, column) or a
+    lone surrogate (field, character); 422 names the invalid or unknown fields."""
+    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
+    if not body:
+        raise ApiError(422, "invalid_request", "request body is required")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "invalid_utf8", f"request body is not valid UTF-8: byte 0x{body[e.start]:02x} at offset "
+                       f"{e.start} ({e.reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
+    if where := _first_surrogate(data, ""):
+        raise ApiError(400, "invalid_text", f"lone UTF-16 surrogate in {where}: text must be valid Unicode")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(422, "invalid_request", _validation_message(e)) from None
+
+
+def _validation_message(exc: ValidationError) -> str:
     errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        first = next(e for e in errors if e.get("type") == "json_invalid")
-        detail = (first.get("ctx") or {}).get("error", "")
-        return 400, "invalid_json", f"request body is not valid JSON{': ' + str(detail) if detail else ''}"
     parts = []
     for e in errors[:3]:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-        if e.get("type") == "missing" and loc == "":
-            parts.append("request body is required")
-        elif loc == "" and e.get("type") in ("model_attributes_type", "dict_type", "model_type"):
-            parts.append("request body must be a JSON object sent with Content-Type: application/json")
-        elif e.get("type") == "extra_forbidden":
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.get("loc", ())).lstrip(".")
+        if e.get("type") == "extra_forbidden":
             parts.append(f"unknown field {loc!r}")
+        elif e.get("type") == "missing":
+            parts.append(f"{loc}: field required")
         else:
             parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid value')}")
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    return 422, "invalid_request", "; ".join(parts) + more
+    return "; ".join(parts) + more
+
+
+def _cohere_docs(body: CohereRerankRequest) -> list[tuple[str, str]]:
+    """``(text, title)`` per Cohere document: a string; an object's ``rank_fields`` as ``field: value`` lines in the
+    order given; else an object's ``text`` (with ``title`` prepended by the head, as for any document)."""
+    out = []
+    for i, d in enumerate(body.documents):
+        if isinstance(d, str):
+            out.append((d, ""))
+        elif body.rank_fields:
+            lines = [f"{f}: {_field_text(d[f])}" for f in body.rank_fields if f in d]
+            if not lines:
+                raise ApiError(422, "invalid_request", f"documents[{i}] has none of the rank_fields {body.rank_fields}")
+            out.append(("\n".join(lines), ""))
+        else:
+            text, title = d.get("text"), d.get("title")
+            if not isinstance(text, str):
+                raise ApiError(422, "invalid_request", f"documents[{i}] needs a string 'text' field (or send "
+                               "rank_fields naming the fields to rank)")
+            if title is not None and not isinstance(title, str):
+                raise ApiError(422, "invalid_request", f"documents[{i}].title must be a string")
+            out.append((text, title or ""))
+    return out
+
+
+def _field_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI:
@@ -91,9 +165,11 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         max_batch_size=cfg.max_batch_size,
         max_wait_s=cfg.max_wait_ms / 1000.0,
         max_queue=cfg.max_queue,
+        max_batch_docs=cfg.max_batch_docs,
         metrics=metrics,
     )
     model_name = cfg.model_name or reranker.describe().get("model") or reranker.method or type(reranker).__name__
+    model_header = {"x-model-id": str(model_name).encode("ascii", "replace").decode()}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -103,64 +179,132 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="rerank", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # no /docs, /redoc or /openapi.json: the API is Cohere's and TEI's, documented in docs/serve.md
+    app = FastAPI(title="rerank", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = cfg
     app.state.metrics = metrics
     app.state.batcher = batcher
     app.state.reranker = reranker
 
+    def count_error(error_type: str) -> None:
+        metrics.errors.labels(error_type).inc()
+
     def error_response(
         status: int, error_type: str, message: str, headers: dict[str, str] | None = None
     ) -> JSONResponse:
-        metrics.errors.labels(error_type).inc()
+        count_error(error_type)
         return JSONResponse({"message": message, "error_type": error_type}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.error_type, exc.message, exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(*_validation_message(exc))
-
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, error_type, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(_Abandoned)
+    async def _abandoned(_: Request, exc: _Abandoned) -> Response:
+        metrics.abandoned.inc()
+        return Response(status_code=499)  # never sent: the connection is gone
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return error_response(500, "internal", "internal server error")
 
-    app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes, on_error=lambda t: metrics.errors.labels(t).inc())
+    app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes, on_error=count_error)
+    app.add_middleware(AuthMiddleware, api_key=cfg.api_key, open_paths=OPEN_PATHS, on_error=count_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
 
-    def require_auth(request: Request) -> None:
-        if cfg.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), cfg.api_key.encode())
-        if not ok:
-            raise ApiError(401, "unauthorized", "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+    async def read(request: Request, model: type[M]) -> M:
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            raise _Abandoned() from None
+        return parse_body(body, request.headers.get("content-type", ""), model)
 
-    def candidates(query: str, docs: list[tuple[str, str]]) -> list[Candidate]:
+    async def unless_abandoned(request: Request, work: Awaitable[T]) -> T:
+        """Await ``work`` unless the client disconnects first; then cancel it (queued requests leave the queue)."""
+        job = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not job.done():
+                job.cancel()
+            watch.cancel()
+        if not job.done() or job.cancelled():
+            raise _Abandoned()
+        return job.result()
+
+    async def rank(
+        request: Request, query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
+    ) -> list[tuple[int, float, float]]:
+        """``(document index, raw score, relevance)`` best first, for every document."""
         if not docs:
-            raise ApiError(422, "invalid_request", "documents must not be empty")
-        if len(docs) > cfg.max_docs:
-            raise ApiError(413, "too_many_documents", f"{len(docs)} documents; the limit is {cfg.max_docs} per request")
+            raise ApiError(422, "invalid_request", f"{names} must not be empty")
         if len(query) > cfg.max_doc_chars:
             raise ApiError(413, "text_too_long", f"query has {len(query)} characters; the limit is {cfg.max_doc_chars}")
         for i, (text, title) in enumerate(docs):
-            n = len(text) + len(title)
-            if n > cfg.max_doc_chars:
-                msg = f"document {i} has {n} characters; the limit is {cfg.max_doc_chars}"
+            if len(text) + len(title) > cfg.max_doc_chars:
+                msg = f"{names}[{i}] has {len(text) + len(title)} characters; the limit is {cfg.max_doc_chars}"
                 raise ApiError(413, "text_too_long", msg)
-        return [Candidate(Document(str(i), text, title)) for i, (text, title) in enumerate(docs)]
+        return await unless_abandoned(request, _passages_and_scores(query, docs, budget, priority, names))
 
-    async def rank(query: str, cands: list[Candidate]) -> RankedResult:
+    async def _passages_and_scores(
+        query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
+    ) -> list[tuple[int, float, float]]:
         try:
-            result = await batcher.submit(query, cands, cfg.timeout_s)
+            if budget.needs_tokens:  # the head's tokenizer: on the model thread
+                passages = await batcher.run_in_model_thread(
+                    lambda: make_passages(reranker, query, docs, budget, names)
+                )
+            else:
+                passages = make_passages(reranker, query, docs, budget, names)
+        except TextTooLong as e:
+            raise ApiError(413, "text_too_long", str(e)) from None
+        except ServiceClosedError as e:
+            raise ApiError(503, "unavailable", str(e)) from None
+        return await _score_parts(query, passages, _parts(passages), priority)
+
+    def _parts(passages: Passages) -> list[range]:
+        n = len(passages.candidates)
+        if n <= cfg.max_docs:
+            return [range(n)]
+        if not reranker.independent_scores:
+            raise ApiError(413, "too_many_documents", f"{n} documents (passages); the limit is {cfg.max_docs} per "
+                           f"request for {reranker.method or 'this reranker'}, which ranks a list as a whole")
+        return [range(k, min(k + cfg.max_docs, n)) for k in range(0, n, cfg.max_docs)]
+
+    async def _score_parts(
+        query: str, passages: Passages, parts: list[range], priority: int
+    ) -> list[tuple[int, float, float]]:
+        if len(parts) > 1:
+            try:
+                batcher.check_capacity(len(parts))
+            except QueueFullError as e:
+                raise ApiError(429, "overloaded", str(e), {"Retry-After": "1"}) from None
+        cands = passages.candidates
+        results = await asyncio.gather(
+            *[_submit(query, [cands[k] for k in part], priority) for part in parts]
+        )
+        raw = [0.0] * len(cands)
+        rel = [0.0] * len(cands)
+        for part, result in zip(parts, results, strict=True):
+            if len(result.results) != len(part) or not all(math.isfinite(r.score) for r in result.results):
+                raise ApiError(500, "model_error", "the reranker returned an incomplete or non-finite ranking")
+            by_id = {r.doc.id: r.score for r in result.results}
+            part_raw = [by_id[cands[k].doc.id] for k in part]
+            part_rel = reranker.relevance(part_raw)
+            for k, r, v in zip(part, part_raw, part_rel, strict=True):
+                raw[k], rel[k] = r, v
+        return merge(passages, raw, rel)
+
+    async def _submit(query: str, cands: list, priority: int) -> Any:
+        try:
+            return await batcher.submit(query, cands, cfg.timeout_s, priority)
         except QueueFullError as e:
             raise ApiError(429, "overloaded", str(e), {"Retry-After": "1"}) from None
         except RequestTimeoutError as e:
@@ -169,45 +313,58 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             raise ApiError(503, "unavailable", str(e)) from None
         except ModelError as e:
             raise ApiError(500, "model_error", f"the reranker failed on this request ({e})") from None
-        if len(result.results) != len(cands) or not all(math.isfinite(r.score) for r in result.results):
-            raise ApiError(500, "model_error", "the reranker returned an incomplete or non-finite ranking")
-        return result
 
-    async def cohere(body: CohereRerankRequest, version: str) -> JSONResponse:
-        docs = [(d, "") if isinstance(d, str) else (d.text, d.title or "") for d in body.documents]
-        result = await rank(body.query, candidates(body.query, docs))
-        ranked = result.results if body.top_n is None else result.results[: body.top_n]
+    async def cohere(request: Request, version: str) -> JSONResponse:
+        body = await read(request, CohereRerankRequest)
+        docs = _cohere_docs(body)
+        budget = Budget(max_tokens=body.max_tokens_per_doc, max_chunks=body.max_chunks_per_doc)
+        scored = await rank(request, body.query, docs, budget, body.priority or 0, "documents")
+        ranked = scored if body.top_n is None else scored[: body.top_n]
         out = []
-        for sd in ranked:
-            i = int(sd.doc.id)
-            entry: dict[str, Any] = {"index": i, "relevance_score": sd.score}
+        for i, raw, rel in ranked:
+            entry: dict[str, Any] = {"index": i, "relevance_score": rel}
+            if body.raw_scores:
+                entry["raw_score"] = raw
             if body.return_documents:
-                entry["document"] = _document_out(body.documents[i], version)
+                d = body.documents[i]
+                if isinstance(d, str) or version != "1":
+                    entry["document"] = {"text": d if isinstance(d, str) else docs[i][0]}
+                else:
+                    entry["document"] = d
             out.append(entry)
-        return JSONResponse({"id": str(uuid.uuid4()), "results": out, "meta": {"api_version": {"version": version}}})
+        n_units = max(1, math.ceil(len(docs) / 100))
+        meta = {
+            "api_version": {"version": version, "is_experimental": False},
+            "billed_units": {"search_units": n_units},
+        }
+        return JSONResponse(
+            {"id": str(uuid.uuid4()), "results": out, "meta": meta, "model": model_name}, headers=model_header
+        )
 
-    @app.post("/v1/rerank", dependencies=[Depends(require_auth)])
-    async def rerank_v1(body: CohereRerankRequest) -> JSONResponse:
+    @app.post("/v1/rerank")
+    async def rerank_v1(request: Request) -> JSONResponse:
         """Cohere v1 rerank: documents as strings or objects (objects echo back whole with ``return_documents``)."""
-        return await cohere(body, "1")
+        return await cohere(request, "1")
 
-    @app.post("/v2/rerank", dependencies=[Depends(require_auth)])
-    async def rerank_v2(body: CohereRerankRequest) -> JSONResponse:
+    @app.post("/v2/rerank")
+    async def rerank_v2(request: Request) -> JSONResponse:
         """Cohere v2 rerank: returned documents are ``{"text": ...}``."""
-        return await cohere(body, "2")
+        return await cohere(request, "2")
 
-    @app.post("/rerank", dependencies=[Depends(require_auth)])
-    async def rerank_tei(body: TeiRerankRequest) -> JSONResponse:
+    @app.post("/rerank")
+    async def rerank_tei(request: Request) -> JSONResponse:
         """TEI rerank: ``[{index, score, text?}]`` best first."""
-        result = await rank(body.query, candidates(body.query, [(t, "") for t in body.texts]))
+        body = await read(request, TeiRerankRequest)
+        keep = "end" if (body.truncation_direction or "right").lower() == "left" else "start"
+        budget = Budget(keep=keep, truncate=body.truncate is not False)
+        scored = await rank(request, body.query, [(t, "") for t in body.texts], budget, 0, "texts")
         out = []
-        for sd in result.results:
-            i = int(sd.doc.id)
-            entry: dict[str, Any] = {"index": i, "score": sd.score if body.raw_scores else _sigmoid(sd.score)}
+        for i, raw, rel in scored if body.top_n is None else scored[: body.top_n]:
+            entry: dict[str, Any] = {"index": i, "score": raw if body.raw_scores else rel}
             if body.return_text:
                 entry["text"] = body.texts[i]
             out.append(entry)
-        return JSONResponse(out)
+        return JSONResponse(out, headers=model_header)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -220,11 +377,12 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
                 "method": reranker.method,
                 "in_flight": batcher.in_flight,
                 "max_queue": cfg.max_queue,
+                "pid": os.getpid(),
             },
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", dependencies=[Depends(require_auth)])
+    @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition of this instance's metrics."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -232,9 +390,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     return app
 
 
-def _document_out(doc: Union[str, DocumentObject], version: str) -> dict[str, Any]:
-    if isinstance(doc, str):
-        return {"text": doc}
-    if version == "1":
-        return doc.model_dump(exclude_none=True)
-    return {"text": doc.text}
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (ASGI ``http.disconnect``); the body must have been read already."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

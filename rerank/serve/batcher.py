@@ -1,19 +1,23 @@
 """Dynamic batching: requests that arrive together are merged into one ``Reranker.rerank_batch`` call.
 
-One asyncio task collects pending requests (up to ``max_batch_size``, waiting at most ``max_wait_s`` after the
-oldest one arrived) and runs the model in a single worker thread, so the event loop keeps answering ``/health``,
-``/metrics`` and new requests while the model computes. Requests that pile up while the model is busy form the
-next batch. The number of accepted, unanswered requests is bounded by ``max_queue``.
+One asyncio task collects pending requests (up to ``max_batch_size`` requests and ``max_batch_docs`` documents,
+waiting at most ``max_wait_s`` after the oldest one arrived) and runs the model in a single worker thread, so the
+event loop keeps answering ``/health``, ``/metrics`` and new requests while the model computes. Requests that pile
+up while the model is busy form the next batch, lowest ``priority`` first (Cohere's: 0 is the highest), then in
+arrival order. The number of accepted, unanswered requests is bounded by ``max_queue``. A request whose caller stops waiting (its client disconnected, or its
+timeout passed) leaves the queue at once, so abandoned work is never scored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rerank.heads.base import Reranker
 from rerank.serve.metrics import ServeMetrics
@@ -22,6 +26,8 @@ from rerank.types import Candidate, Query, RankedResult
 __all__ = ["Batcher", "QueueFullError", "RequestTimeoutError", "ServiceClosedError", "ModelError"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_SEQ = itertools.count()
 
 
 class QueueFullError(Exception):
@@ -40,12 +46,14 @@ class ModelError(Exception):
     """The reranker raised while scoring this request."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     query: str
     candidates: list[Candidate]
     future: asyncio.Future
+    priority: int = 0
     arrived: float = field(default_factory=time.monotonic)
+    seq: int = field(default_factory=lambda: next(_SEQ))
 
 
 class Batcher:
@@ -58,14 +66,16 @@ class Batcher:
         max_batch_size: int = 32,
         max_wait_s: float = 0.0,
         max_queue: int = 256,
+        max_batch_docs: int = 1024,
         metrics: ServeMetrics | None = None,
     ) -> None:
         self.reranker = reranker
         self.max_batch_size = max_batch_size
+        self.max_batch_docs = max_batch_docs
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.metrics = metrics
-        self._pending: deque[_Item] = deque()
+        self._pending: list[_Item] = []
         self._in_flight = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -96,20 +106,33 @@ class Batcher:
                 pass
             self._task = None
         while self._pending:
-            item = self._pending.popleft()
+            item = self._pending.pop()
             if not item.future.done():
                 item.future.set_exception(ServiceClosedError("server is shutting down"))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def submit(self, query: str, candidates: list[Candidate], timeout_s: float) -> RankedResult:
-        """Rank ``candidates`` for ``query`` in the next batch; raises on a full queue, timeout or model error."""
+    async def run_in_model_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the model thread (work that uses the head's tokenizer, which is not safe to share)."""
+        if not self.running or self._executor is None:
+            raise ServiceClosedError("server is not accepting requests")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def check_capacity(self, n: int = 1) -> None:
+        """Raise :class:`QueueFullError` unless ``n`` more requests fit in the queue."""
+        if self._in_flight + n > self.max_queue:
+            raise QueueFullError(f"queue is full ({self.max_queue} requests in flight)")
+
+    async def submit(
+        self, query: str, candidates: list[Candidate], timeout_s: float, priority: int = 0
+    ) -> RankedResult:
+        """Rank ``candidates`` for ``query`` in a coming batch; raises on a full queue, timeout or model error.
+        Cancelling the caller (a disconnected client) takes the request out of the queue."""
         if not self.running or self._wakeup is None:
             raise ServiceClosedError("server is not accepting requests")
-        if self._in_flight >= self.max_queue:
-            raise QueueFullError(f"queue is full ({self.max_queue} requests in flight)")
-        item = _Item(query, candidates, asyncio.get_running_loop().create_future())
+        self.check_capacity()
+        item = _Item(query, candidates, asyncio.get_running_loop().create_future(), priority)
         self._in_flight += 1
         self._gauge()
         self._pending.append(item)
@@ -137,8 +160,8 @@ class Batcher:
             while not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            deadline = self._pending[0].arrived + self.max_wait_s
-            while len(self._pending) < self.max_batch_size:
+            deadline = min(it.arrived for it in self._pending) + self.max_wait_s
+            while len(self._pending) < self.max_batch_size and self._pending_docs() < self.max_batch_docs:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -147,9 +170,26 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch_size))]
+            batch = self._next_batch()
             if batch:
                 await self._execute(loop, batch)
+
+    def _pending_docs(self) -> int:
+        return sum(len(it.candidates) for it in self._pending)
+
+    def _next_batch(self) -> list[_Item]:
+        """Lowest priority value first, then oldest: up to ``max_batch_size`` requests and ``max_batch_docs``
+        documents (a request larger than that alone still forms a batch)."""
+        self._pending.sort(key=lambda it: (it.priority, it.seq))
+        n, docs = 0, 0
+        for it in self._pending:
+            if n and (n >= self.max_batch_size or docs + len(it.candidates) > self.max_batch_docs):
+                break
+            n += 1
+            docs += len(it.candidates)
+        batch = self._pending[:n]
+        del self._pending[:n]
+        return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         start = time.perf_counter()

@@ -32,6 +32,9 @@ class ServeMetrics:
         )
         self.batch_latency = Histogram("rerank_batch_latency_seconds", "Wall time of one model call", registry=r)
         self.errors = Counter("rerank_errors", "Error responses by error type", ["error_type"], registry=r)
+        self.abandoned = Counter(
+            "rerank_abandoned", "Requests dropped because their client disconnected before the answer", registry=r
+        )
         self.queue_depth = Gauge("rerank_queue_depth", "Requests accepted and not yet answered", registry=r)
 
     def render(self) -> bytes:

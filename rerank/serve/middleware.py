@@ -1,7 +1,9 @@
-"""Pure-ASGI middleware of the service: request metrics for every response, and a request-body size limit."""
+"""Pure-ASGI middleware of the service: request metrics for every response, bearer-token authentication checked on
+the headers (before any body byte is read), and a request-body size limit."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import Callable, Collection
@@ -10,7 +12,15 @@ from starlette.exceptions import HTTPException
 
 from rerank.serve.metrics import ServeMetrics
 
-__all__ = ["MetricsMiddleware", "BodyLimitMiddleware"]
+__all__ = ["MetricsMiddleware", "BodyLimitMiddleware", "AuthMiddleware", "send_json"]
+
+
+async def send_json(send: Callable, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Answer a whole JSON response through the raw ASGI ``send``."""
+    data = json.dumps(body).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": data})
 
 
 class MetricsMiddleware:
@@ -57,12 +67,8 @@ class BodyLimitMiddleware:
     async def _reject(self, send: Callable) -> None:
         if self.on_error is not None:
             self.on_error("payload_too_large")
-        body = json.dumps(
-            {"message": f"request body exceeds {self.limit} bytes", "error_type": "payload_too_large"}
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        msg = {"message": f"request body exceeds {self.limit} bytes", "error_type": "payload_too_large"}
+        await send_json(send, 413, msg)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -100,3 +106,31 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._reject(send)
+
+
+class AuthMiddleware:
+    """With an ``api_key``, answer 401 to any request without ``Authorization: Bearer <api_key>`` (compared in
+    constant time) except on ``open_paths``, from the headers alone: an unauthenticated body is never read."""
+
+    def __init__(
+        self, app: Callable, api_key: str | None, open_paths: Collection[str], on_error: Callable[[str], None]
+    ) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key is not None else None
+        self.open_paths = frozenset(open_paths)
+        self.on_error = on_error
+
+    def _authorized(self, scope: dict) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key or b"")
+        return False
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.key is None or scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        self.on_error("unauthorized")
+        msg = {"message": "missing or invalid bearer token", "error_type": "unauthorized"}
+        await send_json(send, 401, msg, [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])

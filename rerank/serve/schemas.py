@@ -1,44 +1,63 @@
 """Request bodies of the rerank endpoints: Cohere v1/v2 (``/v1/rerank``, ``/v2/rerank``) and TEI (``/rerank``).
 
-Unknown fields are rejected (422 naming the field) rather than silently ignored.
+Every field those APIs document is accepted (Cohere rerank v1 and v2, TEI ``/rerank``), plus the ones real clients
+send beyond them (``model`` and ``top_n`` from the ``rerankers`` TEI provider; ``raw_scores`` on Cohere bodies, this
+server's way to return the head's own score too). ``null`` means "not given" for every optional field, since the
+Cohere SDK sends ``null`` for arguments left unset. Unknown fields are rejected (422 naming the field), so a typo such
+as ``topn`` is not silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DocumentObject", "CohereRerankRequest", "TeiRerankRequest"]
+__all__ = ["CohereRerankRequest", "TeiRerankRequest", "RerankOptions"]
 
-
-class DocumentObject(BaseModel):
-    """A document given as an object: ``text`` is ranked, ``title`` (optional) is prepended; other fields echo back."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    text: str
-    title: Union[str, None] = None
+# Cohere documents: a string, or an object whose fields are strings (``text`` ranked unless ``rank_fields`` says
+# which fields to rank); other JSON values in an object are ranked as their JSON text.
+CohereDocument = Union[str, dict[str, Any]]
 
 
-class CohereRerankRequest(BaseModel):
-    """Cohere's rerank request; ``model`` is accepted for client compatibility (this server serves one model)."""
+class RerankOptions(BaseModel):
+    """Fields of both API families: the served model's name (accepted, not checked) and how many results to return."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Union[str, None] = None
+    top_n: Union[int, None] = Field(default=None, ge=1)
+
+
+class CohereRerankRequest(RerankOptions):
+    """Cohere rerank v1 and v2. ``max_tokens_per_doc`` cuts each document to that many tokens (v2);
+    ``max_chunks_per_doc`` scores up to that many passages of a document and keeps the best (v1); ``rank_fields``
+    names the fields of object documents to rank, in order (v1); ``priority`` orders a busy queue, lower first (v2)."""
 
     query: str
-    documents: list[Union[str, DocumentObject]]
-    top_n: Union[int, None] = Field(default=None, ge=1)
-    return_documents: bool = False
-    model: Union[str, None] = None
+    documents: list[CohereDocument]
+    return_documents: Union[bool, None] = None
+    rank_fields: Union[list[str], None] = None
+    max_chunks_per_doc: Union[int, None] = Field(default=None, ge=1)
+    max_tokens_per_doc: Union[int, None] = Field(default=None, ge=1)
+    priority: Union[int, None] = Field(default=None, ge=0)
+    raw_scores: Union[bool, None] = None
+
+    @field_validator("rank_fields")
+    @classmethod
+    def _nonempty_fields(cls, v: Union[list[str], None]) -> Union[list[str], None]:
+        if v is not None and (not v or any(not f for f in v)):
+            raise ValueError("rank_fields must be a non-empty list of field names")
+        return v
 
 
-class TeiRerankRequest(BaseModel):
-    """Text-Embeddings-Inference's rerank request; ``raw_scores=false`` maps scores through a sigmoid as TEI does."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
+class TeiRerankRequest(RerankOptions):
+    """Text-Embeddings-Inference ``/rerank``. ``truncate`` (default true here, as TEI's ``--auto-truncate``): false
+    answers 413 for a text longer than the head reads; ``truncation_direction`` Left keeps a long text's end."""
 
     query: str
     texts: list[str]
-    raw_scores: bool = False
-    return_text: bool = False
+    raw_scores: Union[bool, None] = None
+    return_text: Union[bool, None] = None
+    truncate: Union[bool, None] = None
+    truncation_direction: Union[Literal["Left", "Right", "left", "right"], None] = None

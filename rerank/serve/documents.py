@@ -1,0 +1,105 @@
+"""From a request's documents to what the head scores, and back: per-request token budgets, passages, parts.
+
+A request's documents become *passages*: each document cut to ``max_tokens`` tokens (Cohere ``max_tokens_per_doc``),
+cut from the left to what the head reads (TEI ``truncation_direction: Left``), or split into at most ``max_chunks``
+windows of what the head reads (Cohere ``max_chunks_per_doc``; the document scores as its best passage, as Cohere
+does). Tokens are the head's own tokenizer's (``reranker.tokenizer`` when it is a fast tokenizer, which gives
+character offsets), else whitespace-separated words. Passages beyond the server's per-call limit are scored in parts
+when the head's scores are independent of the list (``Reranker.independent_scores``) and merged by score.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rerank.heads.base import Reranker
+from rerank.types import Candidate, Document
+
+__all__ = ["Budget", "Passages", "make_passages", "merge", "TextTooLong"]
+
+_WORD = re.compile(r"\S+")
+
+
+class TextTooLong(ValueError):
+    """A text is longer than the head reads and the request asked not to truncate (TEI ``truncate: false``)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per-request document options: a token cap, a passage count, which end a cut keeps, and whether to cut."""
+
+    max_tokens: int | None = None
+    max_chunks: int | None = None
+    keep: Literal["start", "end"] = "start"
+    truncate: bool = True
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether documents must be tokenised (the default budget passes them through untouched)."""
+        return self.max_tokens is not None or self.max_chunks is not None or self.keep == "end" or not self.truncate
+
+
+def token_spans(reranker: Reranker, text: str) -> list[tuple[int, int]]:
+    """Character spans of ``text``'s tokens under the head's fast tokenizer, else of its whitespace words."""
+    tokenizer: Any = getattr(reranker, "tokenizer", None)
+    if tokenizer is not None and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"] if b > a]
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+@dataclass
+class Passages:
+    """The candidates to score (``candidates[k]`` is a passage of document ``owner[k]``) for ``n_docs`` documents."""
+
+    candidates: list[Candidate]
+    owner: list[int]
+    n_docs: int
+
+
+def make_passages(
+    reranker: Reranker, query: str, docs: Sequence[tuple[str, str]], budget: Budget, names: str = "documents"
+) -> Passages:
+    """Apply ``budget`` to ``docs`` (``(text, title)`` pairs); run where the head's tokenizer may be used (the
+    model thread: fast tokenizers are not safe to share between threads). Raises :class:`TextTooLong`."""
+    limit = reranker.document_token_limit(query) if budget.needs_tokens else None
+    cands: list[Candidate] = []
+    owner: list[int] = []
+    for i, (text, title) in enumerate(docs):
+        pieces = [text]
+        if budget.needs_tokens:
+            spans = token_spans(reranker, text)
+            if not budget.truncate and limit is not None and len(spans) > limit:
+                raise TextTooLong(
+                    f"{names}[{i}] has {len(spans)} tokens and the model reads at most {limit} with this query; "
+                    "send truncate: true to cut it"
+                )
+            if budget.max_tokens is not None and len(spans) > budget.max_tokens:
+                spans = spans[: budget.max_tokens]
+            window = limit if limit is not None else len(spans)
+            if budget.max_chunks is not None and window:
+                spans_list = [spans[k : k + window] for k in range(0, len(spans), window)][: budget.max_chunks]
+            elif budget.keep == "end" and limit is not None and len(spans) > limit:
+                spans_list = [spans[-limit:]]
+            else:
+                spans_list = [spans]
+            pieces = [text[s[0][0] : s[-1][1]] if s else "" for s in spans_list] or [""]
+        for piece in pieces:
+            cands.append(Candidate(Document(str(len(cands)), piece, title)))
+            owner.append(i)
+    return Passages(cands, owner, len(docs))
+
+
+def merge(passages: Passages, raw: Sequence[float], relevance: Sequence[float]) -> list[tuple[int, float, float]]:
+    """``(document index, raw score, relevance)`` best first: each document scores as its best passage; ties keep
+    input order, as :meth:`Reranker.rerank_batch` does."""
+    best: list[tuple[float, float] | None] = [None] * passages.n_docs
+    for k, i in enumerate(passages.owner):
+        cur = best[i]
+        if cur is None or raw[k] > cur[0]:
+            best[i] = (raw[k], relevance[k])
+    scored = [(i, b[0], b[1]) for i, b in enumerate(best) if b is not None]
+    return sorted(scored, key=lambda t: -t[1])

@@ -1,0 +1,214 @@
+"""Running the app: uvicorn's h11 protocol with a read deadline and a connection cap, rate-limited logs, workers.
+
+uvicorn closes idle keep-alive connections but has no limit on how long a client may take to send a request, nor on
+how many connections it holds, so clients that open connections and stall (slowloris) pin file descriptors until
+the process cannot accept anyone. :func:`guarded_protocol` adds both: a connection must deliver a whole request
+(headers and body) within ``read_timeout_s`` of its first byte (or of opening), else it is answered 408 and closed;
+above ``max_connections`` open connections (capped below the process's file limit) a new one is answered 503 and
+closed at once. Repeated log lines (a flood of such events) pass at most once per key and interval, with a count of
+those held back. ``workers > 1`` forks that many server processes sharing one listening socket, each with the model
+and its own batching queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from rerank.serve.config import ServeConfig
+
+__all__ = ["RateLimitFilter", "guarded_protocol", "uvicorn_config", "connection_cap", "serve", "install_log_limits"]
+
+log = logging.getLogger(__name__)
+
+FD_RESERVE = 64  # descriptors kept free for the model, log files and the listening socket
+_DONE_STATES = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+
+class RateLimitFilter(logging.Filter):
+    """Let a record through at most once per ``interval`` seconds per (logger, level, message template); the next
+    one that passes says how many were held back meanwhile."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[tuple[str, int, str], float] = {}
+        self._held: dict[tuple[str, int, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar messages in the last {now - last:.0f} s not shown)"
+        if record.exc_info and held:
+            record.exc_info = None  # a repeat: the first one carried the trace
+        return True
+
+
+def install_log_limits(interval: float = 10.0) -> None:
+    """Rate-limit every record that reaches the root logger's handlers (uvicorn's and asyncio's propagate there)."""
+    limiter = RateLimitFilter(interval)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(limiter)
+
+
+def connection_cap(requested: int) -> int:
+    """``requested`` open connections, lowered to stay ``FD_RESERVE`` descriptors under the process's file limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested
+    return max(1, min(requested, soft - FD_RESERVE))
+
+
+def _raw_response(status: int, reason: str, extra: bytes = b"") -> bytes:
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n".encode()
+        + extra
+        + b"content-length: 0\r\n\r\n"
+    )
+
+
+_TIMEOUT_408 = _raw_response(408, "Request Timeout")
+_BUSY_503 = _raw_response(503, "Service Unavailable", b"retry-after: 1\r\n")
+
+
+def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a request read deadline and a cap on open connections (see the module doc)."""
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._deadline: Any = None
+            if len(self.connections) > max_connections:
+                log.warning("connection refused: %d connections open (the cap)", max_connections)
+                transport.write(_BUSY_503)
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(read_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def data_received(self, data: bytes) -> None:
+            self._arm()
+            super().data_received(data)
+            if self.conn.their_state in _DONE_STATES:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._disarm()
+            super().on_response_complete()
+            if self.conn.trailing_data[0] and self.conn.their_state not in _DONE_STATES:
+                self._arm()  # a pipelined request, partly received already, gets its own deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            log.warning("closed a connection that sent no complete request within %g s", read_timeout_s)
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                if not cycle.response_started:
+                    self.transport.write(_TIMEOUT_408)
+                cycle.disconnected = True  # the app's receive() answers http.disconnect, its send() is a no-op
+                cycle.message_event.set()
+            elif self.conn.our_state is h11.IDLE:
+                self.transport.write(_TIMEOUT_408)
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app: Any, cfg: ServeConfig, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn settings of the service: guarded protocol, no access log, no server header, logging left to the
+    caller (uvicorn's loggers propagate to the root logger)."""
+    options: dict[str, Any] = dict(
+        host=cfg.host, port=cfg.port, http=guarded_protocol(cfg.read_timeout_s, connection_cap(cfg.max_connections)),
+        log_config=None, access_log=False, server_header=False, timeout_keep_alive=5, lifespan="on",
+    )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> None:
+    """Serve ``make_app()`` on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing one
+    listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM and, if
+    a worker dies, stops the others and exits 1 (leave restarts to the supervisor: systemd, Kubernetes, ...)."""
+    if workers <= 1:
+        uvicorn.Server(uvicorn_config(make_app(), cfg)).run()
+        return
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((cfg.host, cfg.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                uvicorn.Server(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
+            except BaseException as e:  # noqa: BLE001 - a worker reports and exits; the parent sees the status
+                log.error("worker %d failed: %s: %s", os.getpid(), type(e).__name__, e)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    log.info("serving with %d worker processes: %s", workers, ", ".join(map(str, children)))
+
+    def stop(signum: int, _frame: Any) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    failed = False
+    alive = set(children)
+    while alive:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        alive.discard(pid)
+        if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM) and not failed:
+            log.error("worker %d exited with status %d; stopping the others", pid, os.waitstatus_to_exitcode(status))
+            failed = True
+            stop(signal.SIGTERM, None)
+    if failed:
+        raise SystemExit(1)

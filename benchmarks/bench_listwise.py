@@ -30,10 +30,10 @@ import torch
 
 from rerank.backends.registry import build_backend
 from rerank.data.io import read_corpus, read_queries, read_run
-from rerank.heads.first import FirstReranker
-from rerank.heads.grouprank import GroupRankConfig, GroupRankReranker
-from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig, passage_texts
-from rerank.heads.sliding_window import window_plan
+from rerank.heads.sliding_window import SlidingWindowConfig, passage_texts, window_plan
+from rerank.methods.first.head import FirstReranker
+from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker
+from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
 from rerank.models import resolve_model_path, smollm2_gguf_path
 from rerank.testing import require_shared_data
 from rerank.types import Candidate, Query
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for q, c in zip(queries, cands):
         texts = passage_texts(first, c[: cfg.depth], cfg.max_doc_tokens)
         for s, e in window_plan(len(c), cfg.window, cfg.stride, cfg.depth):
-            prompts.append(first._prompt(first.truncate(q.text, cfg.max_query_tokens), texts[s:e]))
+            prompts.append(first.encode(first._prompt(first.truncate(q.text, cfg.max_query_tokens), texts[s:e])))
     model = backend.model
 
     @torch.inference_mode()

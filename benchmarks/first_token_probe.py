@@ -1,6 +1,6 @@
 """Can a tiny LLM learn FIRST's first-identifier choice on the synthetic key-word task, and with how much data?
 
-Plain PyTorch on the FIRST task's own prompts (``rerank.trainers.tasks.first`` with the short test template of
+Plain PyTorch on the FIRST task's own prompts (``rerank.methods.first.task`` with the short test template of
 tests/test_trainer_learns.py): cross-entropy on the teacher's top identifier at the position after ``[``
 (``--loss ce``) or FIRST's weighted RankNet (``--loss ranknet``), nothing else. Prints the held-out (200 queries)
 top-1 accuracy and nDCG@10 of the first-identifier logits every ``--eval-every`` steps; a random order scores ~0.63.
@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from rerank.methods.first.training import first_position_logits, left_pad
 from rerank.testing import synthetic_ranking_examples, tiny_llm
 from rerank.trainers.base import load_train_config
-from rerank.trainers.first import first_position_logits, left_pad
 from rerank.trainers.ranking_losses import weighted_ranknet
 from rerank.trainers.sft_trainer import SFTTrainConfig, load_causal_lm
-from rerank.trainers.tasks import build_task
+from rerank.trainers.task import build_task
 
 TEMPLATE = (
     'name: first-tiny\nidentifiers: letters\nassistant_prefix: "["\n'

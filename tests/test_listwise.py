@@ -17,12 +17,12 @@ from rerank.backends.base import GenerationConfig
 from rerank.backends.scripted import ScriptedBackend
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankStats, as_candidates
-from rerank.heads.first import FirstReranker
-from rerank.heads.grouprank import GroupRankConfig, GroupRankReranker, minmax, parse_group_scores
-from rerank.heads.listwise import ListwiseConfig, ListwiseReranker, SlidingWindowConfig, passage_texts
 from rerank.heads.permutation import format_permutation, identifiers, parse_permutation, record_parse
 from rerank.heads.registry import get_reranker_class
-from rerank.heads.sliding_window import sliding_window_rerank, window_plan
+from rerank.heads.sliding_window import SlidingWindowConfig, passage_texts, sliding_window_rerank, window_plan
+from rerank.methods.first.head import FirstReranker
+from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker, minmax, parse_group_scores
+from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
 from rerank.testing import build_tokenizer, tiny_llm
 from rerank.types import Query
 
@@ -385,7 +385,7 @@ def test_grouprank_groups_seeded_and_cover(tokenizer):
 def test_grouprank_no_first_stage_scores_disables_fusion(tokenizer, caplog):
     backend = RecordingBackend(tokenizer, generate_fn=group_oracle(lambda n: GROUP_REL[n]))
     head = GroupRankReranker(GroupRankConfig(group_size=4, repeats=1, temperature=0.3, top_p=0.8), backend=backend)
-    with caplog.at_level(logging.INFO, logger="rerank.heads.grouprank"):
+    with caplog.at_level(logging.INFO, logger="rerank.methods.grouprank.head"):
         res = head.rerank("q", [f"doc zq{n}q" for n in "abcd"])
     assert [r.score for r in res.results] == pytest.approx([0.9, 0.7, 0.5, 0.2])
     assert "fusion disabled" in caplog.text
@@ -419,7 +419,7 @@ def test_first_end_to_end_matches_manual_forward(tiny_dir):
     assert sorted(res.doc_ids) == sorted(d["id"] for d in dl)
     assert head.backend.calls == {"next_token_logprobs": 1, "generate": 0}
     # the same window by hand: one forward, logits of A..F at the position after "["
-    prompt = head._prompt("what is the speed of things", passage_texts(head, as_candidates(dl), 300))
+    prompt = head.encode(head.window_prompt(Query("0", "what is the speed of things"), as_candidates(dl)))
     assert head.tokenizer.decode(prompt).endswith("<|im_start|>assistant\n[")
     with torch.inference_mode():
         logits = head.backend.model(input_ids=torch.tensor([prompt])).logits[0, -1]

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from rerank.trainers.pgrank import gumbel_topk_sample, ndcg_of_rankings, pgrank_loss, plackett_luce_log_prob
+from rerank.methods.pgrank.loss import ndcg_of_rankings, pgrank_loss
+from rerank.trainers.plackett_luce import gumbel_topk_sample, plackett_luce_log_prob
 
 SCORES = [0.3, -0.2, 1.1, 0.0]
 LABELS = torch.tensor([[1.0, 0.0, 2.0, 0.0]])

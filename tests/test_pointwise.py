@@ -21,8 +21,8 @@ from rerank.backends.registry import build_backend
 from rerank.backends.scripted import ScriptedBackend
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker
-from rerank.heads.erank import ERankConfig, ERankReranker
-from rerank.heads.yes_no import YesNoConfig, YesNoReranker
+from rerank.methods.erank.head import ERankConfig, ERankReranker
+from rerank.methods.yes_no.head import YesNoConfig, YesNoReranker
 from rerank.models import resolve_model_path
 from rerank.types import Candidate, Document, Query
 
@@ -169,9 +169,9 @@ def test_yes_no_orders_by_logprob_difference(tok) -> None:  # noqa: ANN001
 
 
 def test_yes_no_answer_words_are_template_options(tok, tmp_path: Path) -> None:  # noqa: ANN001
-    from rerank.prompts import TEMPLATE_DIR
+    from rerank.prompts import shipped_templates
 
-    text = (TEMPLATE_DIR / "yes_no.yaml").read_text().replace('positive: "yes"', 'positive: "true"').replace(
+    text = shipped_templates()["yes_no"].read_text().replace('positive: "yes"', 'positive: "true"').replace(
         'negative: "no"', 'negative: "false"')
     (tmp_path / "tf.yaml").write_text(text)
     seen = []

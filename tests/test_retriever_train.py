@@ -173,7 +173,7 @@ def test_pgrank_trainer_raises_sampled_ndcg(tiny_st_dir: Path, beir: Path, tmp_p
 
 def test_resume_after_kill_matches_uninterrupted(tiny_st_dir: Path, beir: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from rerank.trainers.contrastive import ContrastiveTrainer
+    from rerank.methods.contrastive.trainer import ContrastiveTrainer
 
     opts = {"max_steps": 7, "checkpoint_every": 2, "lr": 1e-3, "disable_dropout": False}
     full = tmp_path / "full"

@@ -8,17 +8,16 @@ import pytest
 import torch
 
 from rerank.eval.metrics import evaluate_run
+from rerank.methods.erank.reward import erank_listwise_rewards
+from rerank.methods.grouprank.reward import grouprank_reward
+from rerank.methods.listwise.reward import permutation_reward, reasonrank_reward
 from rerank.trainers.ranking_losses import lambdarank, listnet, weighted_ranknet
 from rerank.trainers.rewards import (
     RewardConfig,
-    erank_listwise_rewards,
     format_validity,
-    grouprank_reward,
     js_divergence,
     ndcg_at_k,
-    permutation_reward,
     rbo,
-    reasonrank_reward,
     recall_at_k,
     reciprocal_rank,
     tie_aware_ndcg_at_k,

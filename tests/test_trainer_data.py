@@ -125,13 +125,15 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_train_config(SFTTrainConfig, None, ["model=m", "data.paht=x"])
     with pytest.raises(ConfigError, match="training data is required"):
         load_train_config(SFTTrainConfig, None, ["model=m"])
-    with pytest.raises(ConfigError, match="only head 'first'"):
+    with pytest.raises(ConfigError, match=r"loss for erank must be one of \['lm'\]"):
         load_train_config(SFTTrainConfig, None, ["model=m", "data.path=x", "loss=lm+ranknet"])
     with pytest.raises(ConfigError, match="needs data.negatives_per_positive >= 1"):
         load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=mnrl",
                                                  "data.beir=scifact", "data.negatives_per_positive=0"])
-    with pytest.raises(ConfigError, match=r"config.head: must be one of"):
+    with pytest.raises(ConfigError, match=r"unknown reranker 'nope'; known: cross-encoder, yes-no, erank"):
         load_train_config(SFTTrainConfig, None, ["model=m", "data.path=x", "head=nope"])
+    with pytest.raises(ConfigError, match=r"grpo trains the generative LLM heads .*'cross-encoder' trains with 'sft'"):
+        load_train_config(GRPOTrainConfig, None, ["model=m", "data.path=x", "head=cross-encoder"])
     with pytest.raises(ConfigError, match="multiple of num_generations"):
         load_train_config(GRPOTrainConfig, None, ["model=m", "data.path=x", "batch_size=7"])
     g = load_train_config(GRPOTrainConfig, None, ["model=m", "data.path=x", "batch_size=10"])

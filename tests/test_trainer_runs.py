@@ -110,7 +110,7 @@ def test_grpo_unparseable_completions_get_the_format_penalty(work: Path) -> None
 
     from rerank.config import from_dict
     from rerank.trainers.grpo_trainer import GRPOTrainConfig, reward_function
-    from rerank.trainers.tasks import build_task
+    from rerank.trainers.task import build_task
 
     tok = AutoTokenizer.from_pretrained(str(work / "llm"))
     for head, extra in (("erank", {}), ("first", {"template": str(work / "first.yaml"), "window": 4}),
@@ -135,7 +135,7 @@ def test_good_completions_score_higher_than_bad(work: Path) -> None:
 
     from rerank.config import from_dict
     from rerank.trainers.grpo_trainer import GRPOTrainConfig
-    from rerank.trainers.tasks import build_task
+    from rerank.trainers.task import build_task
 
     tok = AutoTokenizer.from_pretrained(str(work / "llm"))
     ex = synthetic_ranking_examples(1, num_candidates=4, seed=9)[0]
@@ -266,7 +266,7 @@ def test_mnrl_in_batch_negatives_set_the_forward_passes(tmp_path: Path, monkeypa
 
 def test_cross_encoder_contrastive_rows() -> None:
     """mnrl rows: one per positive, its own query's negatives only, n_neg of them (repeats only when short)."""
-    from rerank.trainers.cross_encoder import _contrastive_rows
+    from rerank.methods.cross_encoder.train import _contrastive_rows
 
     def cand(i: int) -> dict[str, str]:
         return {"id": f"d{i}", "text": f"doc {i}", "title": ""}
@@ -318,7 +318,7 @@ def test_first_plackett_luce_rollouts_score_first_logits(work: Path) -> None:
     from rerank.config import from_dict
     from rerank.trainers.base import TrainContext
     from rerank.trainers.grpo_trainer import GRPOTrainConfig, GRPOTrainer
-    from rerank.trainers.tasks import build_task
+    from rerank.trainers.task import build_task
 
     cfg = from_dict(GRPOTrainConfig, _cfg(work, head="first", template=str(work / "first.yaml"), window=4,
                                           batch_size=8, num_generations=4, rollout="plackett-luce",

@@ -4,16 +4,15 @@
   minus judged positives, optionally minus likely false negatives: a candidate the filter model scores above
   ``min(positive scores) - margin`` is dropped (RocketQA-style denoising). The filter is a registered reranker
   (a cross-encoder) or a bi-encoder (sentence-transformers cosine).
-* ``teacher_labels``: the first-stage top-``candidates`` (judged positives added if missing) labelled by teachers:
-  ``erank`` integer 0-10 labels from a pointwise teacher, ``first`` the listwise teacher's permutation
-  (``teacher_ranking``), ``grouprank`` groups of ``group_size`` with ``teacher_scores`` =
-  -0.5*ln(pointwise rank) - 0.5*ln(listwise rank), and ``scores`` the raw teacher scores. ``labels`` are always the
-  qrels grades (0 when unjudged).
+* ``teacher_labels``: the first-stage top-``candidates`` (judged positives added if missing) labelled by teachers.
+  ``mode`` is a method with a teacher-label mode (its package's ``teacher.py``: ``erank`` integer 0-10 labels from a
+  pointwise teacher, ``first`` the listwise teacher's permutation (``teacher_ranking``), ``grouprank`` groups of
+  ``group_size`` with ``teacher_scores`` = -0.5*ln(pointwise rank) - 0.5*ln(listwise rank)), or ``scores``: the raw
+  teacher scores. ``labels`` are always the qrels grades (0 when unjudged).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSp
 from rerank.errors import ConfigError
 from rerank.types import Candidate, Document, Run, sort_ranking
 
-__all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe"]
+__all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe", "rank_positions", "teacher_modes"]
 
 
 def _cand(doc: Document, score: float | None = None) -> dict[str, Any]:
@@ -190,11 +189,24 @@ class HardNegativesRecipe(_OverRun):
             self._scorer.close()
 
 
+def teacher_modes() -> list[str]:
+    """The ``mode`` values of ``teacher_labels``: every method with a teacher-label mode, and ``scores``."""
+    from rerank.methods import method_names
+
+    return [*method_names(teacher_labels=True), "scores"]
+
+
+def _roles(mode: str) -> tuple[str, ...]:
+    from rerank.methods import get_method
+
+    return ("teacher",) if mode == "scores" else get_method(mode).teacher_roles
+
+
 @dataclass
 class TeacherLabelsConfig:
     source: SourceSpec
     first_stage: FirstStageSpec
-    mode: Literal["erank", "first", "grouprank", "scores"]
+    mode: str
     teacher: ModelSpec | None = None
     pointwise_teacher: ModelSpec | None = None
     listwise_teacher: ModelSpec | None = None
@@ -205,18 +217,18 @@ class TeacherLabelsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode == "grouprank":
-            if self.pointwise_teacher is None or self.listwise_teacher is None:
-                raise ValueError("mode grouprank needs pointwise_teacher and listwise_teacher")
-            if self.group_size < 2:
-                raise ValueError("group_size must be >= 2")
-        elif self.teacher is None:
-            raise ValueError(f"mode {self.mode} needs 'teacher'")
+        if self.mode not in teacher_modes():
+            raise ValueError(f"mode must be one of {teacher_modes()}, got {self.mode!r}")
+        missing = [r for r in _roles(self.mode) if getattr(self, r) is None]
+        if missing:
+            raise ValueError(f"mode {self.mode} needs {' and '.join(repr(r) for r in missing)}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2")
         if self.candidates < 2:
             raise ValueError("candidates must be >= 2")
 
 
-def _ranks(ids: list[str], scores: list[float]) -> dict[str, int]:
+def rank_positions(ids: list[str], scores: list[float]) -> dict[str, int]:
     """1-based ranks by score, ties in input order (as the reranker interface sorts)."""
     order = sorted(range(len(ids)), key=lambda j: -scores[j])
     return {ids[j]: r for r, j in enumerate(order, 1)}
@@ -248,63 +260,31 @@ class TeacherLabelsRecipe(_OverRun):
                 ids = ids[:keep] + missing
         return [corpus[d] for d in ids]
 
-    def _scores(self, role: str, unit: str, docs: list[Document]) -> list[float]:
+    def scores(self, role: str, unit: str, docs: list[Document]) -> list[float]:
+        """The teacher ``role``'s scores of ``docs`` for query ``unit``, aligned with ``docs``."""
         res = self._model(role).rerank(self.queries[unit], [Candidate(d) for d in docs])
         by_id = {r.doc.id: r.score for r in res.results}
         return [float(by_id[d.id]) for d in docs]
 
     def rows_for(self, unit: str) -> list[dict[str, Any]]:
-        cfg = self.config
         docs = self._candidates(unit)
         if len(docs) < 2:
             return []
-        q = self.queries[unit].text
         grades = self.qrels.get(unit, {})
         fs = dict(self.run.get(unit, []))
-        ids = [d.id for d in docs]
-        cands = [_cand(d, fs.get(d.id)) for d in docs]
-        labels = [int(grades.get(d, 0)) for d in ids]
-        if cfg.mode == "grouprank":
-            sp = self._scores("pointwise_teacher", unit, docs)
-            sl = self._scores("listwise_teacher", unit, docs)
-            rp, rl = _ranks(ids, sp), _ranks(ids, sl)
-            value = {d: -0.5 * math.log(rp[d]) - 0.5 * math.log(rl[d]) for d in ids}
-            order = list(range(len(docs)))
-            unit_rng(cfg.seed, unit).shuffle(order)
-            rows = []
-            for g, start in enumerate(range(0, len(order), cfg.group_size)):
-                idx = order[start : start + cfg.group_size]
-                if len(idx) < 2:
-                    continue
-                rows.append({"qid": f"{unit}#g{g}", "query": q, "candidates": [cands[j] for j in idx],
-                             "labels": [labels[j] for j in idx], "teacher_scores": [value[ids[j]] for j in idx]})
-            return rows
-        scores = self._scores("teacher", unit, docs)
-        row: dict[str, Any] = {"qid": unit, "query": q, "candidates": cands, "labels": labels}
-        if cfg.mode == "erank":
-            row["teacher_scores"] = [self._to_0_10(s, scores, unit) for s in scores]
-        elif cfg.mode == "first":
-            row["teacher_ranking"] = [ids[j] for j in sorted(range(len(ids)), key=lambda j: -scores[j])]
-            row["teacher_scores"] = scores
-        else:
-            row["teacher_scores"] = scores
-        return [row]
+        row: dict[str, Any] = {"qid": unit, "query": self.queries[unit].text,
+                               "candidates": [_cand(d, fs.get(d.id)) for d in docs],
+                               "labels": [int(grades.get(d.id, 0)) for d in docs]}
+        if self.config.mode == "scores":
+            return [{**row, "teacher_scores": self.scores("teacher", unit, docs)}]
+        from rerank.methods import get_method, resolve
 
-    def _to_0_10(self, s: float, all_scores: list[float], unit: str) -> int:
-        """The ERank target: an integer 0-10 (``round`` for 0-10 teachers, ``minmax`` rescales per query)."""
-        if self.config.score_map == "minmax":
-            lo, hi = min(all_scores), max(all_scores)
-            return round(10 * (s - lo) / (hi - lo)) if hi > lo else 5
-        if not -0.5 <= s <= 10.5:
-            raise ConfigError(f"erank labels: teacher score {s} for query {unit} is outside 0-10; "
-                              f"use score_map: minmax for teachers on another scale")
-        return int(min(10, max(0, round(s))))
+        return resolve(get_method(self.config.mode).teacher_labels)(self, unit, docs, row)  # type: ignore[arg-type]
 
     def source(self) -> dict[str, Any]:
-        roles = ("pointwise_teacher", "listwise_teacher") if self.config.mode == "grouprank" else ("teacher",)
         from rerank.config import to_dict
 
-        return {**super().source(), "teachers": {r: to_dict(getattr(self.config, r)) for r in roles}}
+        return {**super().source(), "teachers": {r: to_dict(getattr(self.config, r)) for r in _roles(self.config.mode)}}
 
     def close(self) -> None:
         for m in self._models.values():

@@ -1,33 +1,37 @@
 """Shared plumbing of the LLM heads: typed options, backend construction, prompt building and truncation in tokens.
 
-Prompts are rendered from template files (``rerank/prompts/templates``) into chat messages, passed through the
-model's chat template with the generation prompt, and tokenised once. Documents are truncated (in tokens) before
-rendering, so the instruction and the chat template's tail are never cut.
+Prompts are rendered from template files (each method's own, ``rerank/methods/<name>/*.yaml``) into chat messages,
+passed through the model's chat template with the generation prompt plus the template's assistant prefix, and
+tokenised once. Documents are truncated (in tokens) before rendering, so the instruction and the chat template's tail
+are never cut. The training tasks render their prompts with these same methods (a head on a
+:class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was trained on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rerank.backends.base import Backend
+from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.registry import backend_accepts, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.prompts import PromptTemplate, load_template
 
-__all__ = ["LLMHeadConfig", "LLMReranker"]
+__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend"]
 
 
 @dataclass
 class LLMHeadConfig(RerankerConfig):
-    """Options every LLM head has. ``template`` is a shipped template name or a path ('' = the head's default).
+    """Options every LLM head has. ``template``: a shipped template name, a path, or the template itself as a mapping
+    (as a trained model's ``rerank.json`` records it); '' = the method's default.
 
     ``batch_size`` is the number of prompts per backend call and, for backends that batch themselves (transformers,
     openai), their batch size too; ``backend_options`` go to the backend's own typed config.
     """
 
-    template: str = ""
+    template: str | dict[str, Any] = ""
     max_doc_tokens: int = 300
     max_query_tokens: int = 128
     batch_size: int = 8
@@ -36,11 +40,30 @@ class LLMHeadConfig(RerankerConfig):
     backend_options: dict[str, Any] = field(default_factory=dict)
 
 
+class PromptOnlyBackend(Backend):
+    """A tokenizer and no model: a head on it renders prompts and runs nothing (the training tasks use it)."""
+
+    name = "prompt-only"
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__()
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        raise RuntimeError("a prompt-only backend renders prompts; it has no model to score them")
+
+    def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        raise RuntimeError("a prompt-only backend renders prompts; it has no model to generate with")
+
+
 class LLMReranker(Reranker):
     """Base for heads that drive a :class:`~rerank.backends.base.Backend`."""
 
     config_class: ClassVar[type[RerankerConfig]] = LLMHeadConfig
-    default_template: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -63,12 +86,18 @@ class LLMReranker(Reranker):
             backend = build_backend(backend_name, model, **opts)
         self.backend = backend
         self.model_name = model
-        self.template: PromptTemplate = load_template(cfg.template or self.default_template)
+        self.template: PromptTemplate = load_template(cfg.template or self.default_template())
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
         return cls(cfg, model=model, backend_name=backend)  # type: ignore[arg-type]
+
+    def default_template(self) -> str:
+        """The template used when the config names none: the method's first shipped template."""
+        from rerank.methods import get_method
+
+        return get_method(self.method).default_template
 
     @property
     def tokenizer(self) -> Any:
@@ -85,16 +114,24 @@ class LLMReranker(Reranker):
         """``max_doc_tokens``: each document is cut to it before the prompt is rendered."""
         return self.config.max_doc_tokens  # type: ignore[attr-defined]
 
-    def prompt_ids(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> list[int]:
-        """Token ids of the chat-templated prompt with the generation prompt, plus an assistant prefix."""
+    def render(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+        """The chat-templated prompt text with the generation prompt, plus an assistant prefix."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer.encode(text + assistant_prefix, add_special_tokens=False)
+        return text + assistant_prefix
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt (no special tokens added: the chat template has them)."""
+        return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def prompt_ids(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> list[int]:
+        """Token ids of :meth:`render`."""
+        return self.encode(self.render(messages, assistant_prefix))
 
     def describe(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "config": to_dict(self.config),
-            "template": self.template.path,
+            "template": self.template.path or self.template.name,
             "backend": self.backend.describe(),
         }
 

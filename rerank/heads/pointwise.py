@@ -40,11 +40,14 @@ class PointwiseLLMReranker(LLMReranker):
             for c in candidates
         ]
 
-    def flat_messages(
-        self, queries: list[Query], candidate_lists: list[list[Candidate]]
-    ) -> list[list[dict[str, str]]]:
-        """All pairs of a batch, query-major."""
-        return [m for q, c in zip(queries, candidate_lists, strict=True) for m in self.pair_messages(q, c)]
+    def pair_prompts(self, query: Query, candidates: list[Candidate]) -> list[str]:
+        """The rendered prompt per candidate (chat template + the template's assistant prefix): what the head scores
+        and what training (:mod:`rerank.trainers.task`) trains on."""
+        return [self.render(m, self.template.assistant_prefix) for m in self.pair_messages(query, candidates)]
+
+    def flat_prompts(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[str]:
+        """All pairs' rendered prompts of a batch, query-major."""
+        return [p for q, c in zip(queries, candidate_lists, strict=True) for p in self.pair_prompts(q, c)]
 
     def chunks(self, n: int) -> list[range]:
         """Index ranges of at most ``batch_size`` prompts (one backend call each)."""
@@ -53,7 +56,7 @@ class PointwiseLLMReranker(LLMReranker):
 
     @staticmethod
     def split(flat: Sequence[float], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
-        """Undo :meth:`flat_messages`: flat scores back into per-query lists."""
+        """Undo :meth:`flat_prompts`: flat scores back into per-query lists."""
         out, i = [], 0
         for c in candidate_lists:
             out.append([float(x) for x in flat[i : i + len(c)]])

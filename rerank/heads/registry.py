@@ -1,12 +1,14 @@
 """Explicit name -> implementation registry for rerankers (no routing by model-path substrings).
 
-Entries point at ``module:Class`` so that importing the registry does not import torch or any head.
+The names are the reranker methods of :mod:`rerank.methods` (each method's ``head``) plus ``remote`` (the client of a
+``rerank serve`` endpoint). Entries point at ``module:Class`` so importing the registry imports no torch or head.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rerank.methods import all_methods
 from rerank.utils.registry import Registry
 
 if TYPE_CHECKING:
@@ -32,11 +34,8 @@ def get_reranker_class(name: str) -> type[Reranker]:
     return RERANKERS.get(name)
 
 
-# built-in heads
-register_reranker("cross-encoder", "rerank.heads.cross_encoder:CrossEncoderReranker")
-register_reranker("yes-no", "rerank.heads.yes_no:YesNoReranker")
-register_reranker("erank", "rerank.heads.erank:ERankReranker")
-register_reranker("listwise", "rerank.heads.listwise:ListwiseReranker")
-register_reranker("first", "rerank.heads.first:FirstReranker")
-register_reranker("grouprank", "rerank.heads.grouprank:GroupRankReranker")
+# every reranker method's head, then the client of a served reranker
+for _method in all_methods().values():
+    if _method.head is not None:
+        register_reranker(_method.name, _method.head)
 register_reranker("remote", "rerank.client:RemoteReranker")

@@ -1,4 +1,5 @@
-"""Bottom-to-top sliding window over the top of a ranked list (RankGPT / RankZephyr / FIRST inference).
+"""Bottom-to-top sliding window over the top of a ranked list (RankGPT / RankZephyr / FIRST inference), and the
+window-based LLM head both listwise and FIRST build on.
 
 A listwise model sees at most ``window`` candidates at once. The window starts at the bottom of the top-``depth``
 list and moves up by ``stride`` positions; each window's permutation is applied in place before the next window,
@@ -10,11 +11,23 @@ call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
+from rerank.backends.base import Backend
 from rerank.errors import ConfigError
+from rerank.heads.llm import LLMHeadConfig, LLMReranker
+from rerank.heads.permutation import Scheme, check_scheme, identifiers
+from rerank.types import Candidate, Query
 
-__all__ = ["window_plan", "sliding_window_rerank", "WindowRanker"]
+__all__ = [
+    "SlidingWindowConfig",
+    "SlidingWindowHead",
+    "WindowRanker",
+    "passage_texts",
+    "sliding_window_rerank",
+    "window_plan",
+]
 
 T = TypeVar("T")
 
@@ -75,3 +88,97 @@ def sliding_window_rerank(
             start, end = plans[i][step]
             orders[i][start:end] = [items[j] for j in perm]
     return orders
+
+
+def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: int) -> list[str]:
+    """Each candidate's title and text on one line, truncated to ``max_tokens`` tokens (the instruction never is)."""
+    return [head.truncate(" ".join(c.doc.full_text(" ").split()), max_tokens) for c in candidates]
+
+
+@dataclass
+class SlidingWindowConfig(LLMHeadConfig):
+    """Sliding-window options: ``window`` passages per prompt, moving up by ``stride`` over the top ``depth``."""
+
+    window: int = 20
+    stride: int = 10
+    depth: int = 100
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.stride < 1 or self.depth < 1:
+            raise ConfigError("window, stride and depth must be >= 1")
+        if self.stride > self.window:
+            raise ConfigError(f"stride ({self.stride}) > window ({self.window}) would skip candidates")
+
+
+class SlidingWindowHead(LLMReranker):
+    """Shared machinery of the window-based listwise heads; subclasses rank one step's windows."""
+
+    config_class: ClassVar[type] = SlidingWindowConfig
+
+    def __init__(
+        self,
+        config: SlidingWindowConfig | None = None,
+        backend: Backend | None = None,
+        model: str | None = None,
+        backend_name: str = "transformers",
+    ) -> None:
+        super().__init__(config, backend=backend, model=model, backend_name=backend_name)
+        cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
+        scheme = self.template.extra.get("identifiers", "numbers")
+        try:
+            self.scheme: Scheme = check_scheme(scheme, cfg.window)
+        except ConfigError as e:
+            raise ConfigError(f"{self.method}: template {self.template.path}: {e}") from None
+
+    def _prompt(self, query: str, texts: list[str]) -> str:
+        """The rendered prompt of one window from the already truncated query and passage texts."""
+        ids = identifiers(self.scheme, len(texts))
+        passages = [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
+        messages = self.template.messages(query=query, num=len(texts), passages=passages)
+        return self.render(messages, self.template.assistant_prefix)
+
+    def window_prompt(self, query: Query, candidates: list[Candidate]) -> str:
+        """The rendered prompt of one window holding ``candidates`` in this order (query and passages truncated as
+        :meth:`score_batch` truncates them): what the head ranks and what training trains on."""
+        cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
+        return self._prompt(self.truncate(query.text, cfg.max_query_tokens),
+                            passage_texts(self, candidates, cfg.max_doc_tokens))
+
+    def _chunks(self, items: list[Any]) -> list[list[Any]]:
+        size = max(1, self.config.batch_size)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def rank_prompts(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
+        """Permutations (local indices, best first) for window prompts holding ``sizes`` passages each."""
+        raise NotImplementedError
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
+        qtexts = [self.truncate(q.text, cfg.max_query_tokens) for q in queries]
+        texts = [passage_texts(self, c[: cfg.depth], cfg.max_doc_tokens) for c in candidate_lists]
+
+        def rank_windows(batch: list[tuple[int, list[int]]]) -> list[list[int]]:
+            prompts = [self.encode(self._prompt(qtexts[qi], [texts[qi][j] for j in window])) for qi, window in batch]
+            return self.rank_prompts(prompts, [len(w) for _, w in batch])
+
+        orders = sliding_window_rerank(
+            [list(range(len(c))) for c in candidate_lists], rank_windows, cfg.window, cfg.stride, cfg.depth
+        )
+        scores: list[list[float]] = []
+        for order in orders:
+            s = [0.0] * len(order)
+            for pos, j in enumerate(order):
+                s[j] = float(len(order) - pos)
+            scores.append(s)
+        return scores
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return self.score_batch([query], [candidates])[0]
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Scores are positions (n for the first of n, 1 for the last): divided by n, so the first scores 1."""
+        n = len(scores)
+        return [min(max(float(s) / n, 0.0), 1.0) for s in scores]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "identifiers": self.scheme}

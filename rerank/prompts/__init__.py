@@ -1,11 +1,14 @@
-"""Prompts are data: YAML template files shipped in ``rerank/prompts/templates`` or given by path.
+"""Prompts are data: YAML template files shipped in the method packages (``rerank/methods/<name>/*.yaml``), a file
+given by path, or a template given inline as a mapping (how a trained model's ``rerank.json`` stores it).
 
 A template has a ``system`` and a ``user`` Jinja2 text and optional extra fields a head reads (e.g. the identifier
-scheme). ``load_template("first")`` loads the shipped ``first.yaml``; a path loads that file instead.
+scheme). ``load_template("first")`` loads the shipped ``first.yaml``; a path loads that file instead. The shipped
+names are every method's templates plus the data recipes' ones in ``rerank/prompts/templates``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,11 @@ import yaml
 
 from rerank.errors import ConfigError
 
-__all__ = ["PromptTemplate", "load_template", "available_templates", "TEMPLATE_DIR"]
+__all__ = ["PromptTemplate", "load_template", "available_templates", "shipped_templates", "TEMPLATE_DIR"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+_KNOWN = ("name", "system", "user", "assistant_prefix")
 
 
 @dataclass
@@ -43,29 +47,57 @@ class PromptTemplate:
             raise ConfigError(f"prompt template {self.name!r}: {e}") from None
         return msgs
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole template as a mapping (``load_template`` of it gives an equal template, without ``path``)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.system is not None:
+            out["system"] = self.system
+        out["user"] = self.user
+        out["assistant_prefix"] = self.assistant_prefix
+        out.update(self.extra)
+        return out
+
+
+def shipped_templates() -> dict[str, Path]:
+    """Shipped template name -> file: every method's templates and the data recipes' ones."""
+    from rerank.methods import template_files
+
+    out = {p.stem: p for p in sorted(TEMPLATE_DIR.glob("*.yaml"))}
+    out.update(template_files())
+    return out
+
 
 def available_templates() -> list[str]:
-    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
+    """Names of the shipped templates, sorted."""
+    return sorted(shipped_templates())
 
 
-def load_template(name_or_path: str | Path) -> PromptTemplate:
-    """Load a shipped template by name, or any template file by path."""
-    path = Path(name_or_path)
+def _from_mapping(data: Mapping[str, Any], where: str, path: str | None) -> PromptTemplate:
+    if "user" not in data:
+        raise ConfigError(f"prompt template {where} has no 'user' text")
+    return PromptTemplate(
+        name=str(data.get("name", Path(where).stem)),
+        user=str(data["user"]),
+        system=data.get("system"),
+        assistant_prefix=str(data.get("assistant_prefix", "")),
+        extra={k: v for k, v in data.items() if k not in _KNOWN},
+        path=path,
+    )
+
+
+def load_template(spec: str | Path | Mapping[str, Any]) -> PromptTemplate:
+    """Load a shipped template by name, any template file by path, or an inline template mapping."""
+    if isinstance(spec, Mapping):
+        return _from_mapping(spec, str(spec.get("name", "inline template")), None)
+    path = Path(spec)
     if not path.suffix:
-        path = TEMPLATE_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown prompt template {name_or_path!r}; shipped: {', '.join(available_templates())}")
+        shipped = shipped_templates()
+        if str(spec) not in shipped:
+            raise ConfigError(f"unknown prompt template {str(spec)!r}; shipped: {', '.join(sorted(shipped))}")
+        path = shipped[str(spec)]
     elif not path.exists():
         raise ConfigError(f"prompt template file {path} does not exist")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if "user" not in data:
-        raise ConfigError(f"prompt template {path} has no 'user' text")
-    known = {"name", "user", "system", "assistant_prefix"}
-    return PromptTemplate(
-        name=str(data.get("name", path.stem)),
-        user=data["user"],
-        system=data.get("system"),
-        assistant_prefix=str(data.get("assistant_prefix", "")),
-        extra={k: v for k, v in data.items() if k not in known},
-        path=str(path),
-    )
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"prompt template {path}: expected a mapping")
+    return _from_mapping(data, str(path), str(path))

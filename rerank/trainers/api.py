@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerank.config import from_dict
-from rerank.errors import ConfigError
-from rerank.trainers.base import TrainContext, get_trainer, load_train_config, save_run_record
+from rerank.trainers.base import TrainContext, build_train_config, get_trainer, load_train_config, save_run_record
 
 __all__ = ["run_trainer"]
 
@@ -19,9 +17,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     if isinstance(config, (str, Path)):
         cfg = load_train_config(trainer.config_class, config)
     elif isinstance(config, dict):
-        cfg = from_dict(trainer.config_class, config, where=f"{name} config")
-        if not getattr(cfg, "model", None):
-            raise ConfigError(f"{name} config: the starting model is required (key 'model')")
+        cfg = build_train_config(trainer.config_class, config, where=f"{name} config")
     else:
         cfg = config
     out = Path(output)

@@ -2,7 +2,8 @@
 name, and the run record (config, git hash, versions) saved next to the model.
 
 A trainer is a class with a ``config_class`` (a dataclass with a required ``model`` field: the starting model) and
-a ``train(config, ctx)`` method; it is registered by explicit name in the built-in block below.
+a ``train(config, ctx)`` method. The registered names are the shared reranker trainers ``sft`` and ``grpo`` plus
+every method of :mod:`rerank.methods` that has its own trainer (the retrievers), under the method's name.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from rerank.config import apply_overrides, from_dict, load_yaml, to_dict
 from rerank.errors import ConfigError
+from rerank.methods import all_methods
 from rerank.utils.files import write_json
 from rerank.utils.registry import Registry
 
@@ -25,6 +27,7 @@ __all__ = [
     "available_trainers",
     "get_trainer",
     "git_hash",
+    "build_train_config",
     "load_train_config",
     "register_trainer",
     "save_run_record",
@@ -62,14 +65,23 @@ def get_trainer(name: str) -> Trainer:
     return TRAINERS.get(name)()
 
 
+def build_train_config(config_class: type, raw: dict[str, Any], where: str = "config") -> Any:
+    """A mapping -> the trainer's typed config; unknown keys raise naming the key (a former key name names its
+    replacement), and the starting model is required."""
+    from rerank.trainers.common import check_renamed_keys
+
+    check_renamed_keys(config_class, raw, where)
+    cfg = from_dict(config_class, raw, where=where)
+    if not getattr(cfg, "model", None):
+        raise ConfigError(f"{where}: the starting model is required (key 'model', or --set model=PATH)")
+    return cfg
+
+
 def load_train_config(config_class: type, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """YAML file + ``key=value`` overrides -> the trainer's typed config; unknown keys raise naming the key."""
+    """YAML file + ``key=value`` overrides -> the trainer's typed config (see :func:`build_train_config`)."""
     raw = load_yaml(path) if path else {}
     raw = apply_overrides(raw, list(overrides))
-    cfg = from_dict(config_class, raw, where=str(path) if path else "config")
-    if not getattr(cfg, "model", None):
-        raise ConfigError(f"{path or 'config'}: the starting model is required (key 'model', or --set model=PATH)")
-    return cfg
+    return build_train_config(config_class, raw, str(path) if path else "config")
 
 
 def git_hash() -> str | None:
@@ -109,10 +121,9 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
     return path
 
 
-# built-in trainers
+# the shared reranker trainers, then every method's own trainer under the method's name
 register_trainer("sft", "rerank.trainers.sft_trainer:SFTTrainer")
 register_trainer("grpo", "rerank.trainers.grpo_trainer:GRPOTrainer")
-register_trainer("contrastive", "rerank.trainers.contrastive:ContrastiveTrainer")
-register_trainer("star", "rerank.trainers.star:StarTrainer")
-register_trainer("adore", "rerank.trainers.adore:AdoreTrainer")
-register_trainer("pgrank", "rerank.trainers.pgrank:PGRankTrainer")
+for _method in all_methods().values():
+    if _method.trainer is not None:
+        register_trainer(_method.name, _method.trainer)

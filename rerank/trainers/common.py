@@ -1,22 +1,97 @@
-"""Options every reranker trainer shares (schedule, checkpoints, LoRA, devices) and their mapping to TrainingArguments.
+"""The one training vocabulary: the schedule every trainer takes (reranker and retriever alike), in the names of
+Hugging Face's ``TrainingArguments`` / TRL, and its mapping onto them; the reranker trainers' shared options.
 
 Checkpoints go to ``OUTPUT/checkpoints/checkpoint-STEP`` every ``save_steps``; ``--resume`` continues from the last
 one (the HF Trainer restores optimizer, scheduler, RNG and the data position, so the data order matches an
-uninterrupted run). The final model is written to ``OUTPUT`` itself.
+uninterrupted run). A fresh run into a folder that holds checkpoints is refused (resume it or use a new folder). The
+final model is written to ``OUTPUT/model``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
-__all__ = ["HEADS", "CommonTrainConfig", "LoraOptions", "cpu_only", "last_checkpoint", "training_kwargs"]
+__all__ = [
+    "RENAMED_KEYS",
+    "CommonTrainConfig",
+    "LoraOptions",
+    "TrainSchedule",
+    "check_renamed_keys",
+    "cpu_only",
+    "last_checkpoint",
+    "resume_arg",
+    "training_kwargs",
+]
 
-HEADS = ("erank", "yes-no", "listwise", "first", "grouprank", "cross-encoder")
+# keys of the retrievers' former own vocabulary -> the key that replaced it
+RENAMED_KEYS: dict[str, str] = {
+    "lr": "learning_rate",
+    "warmup_steps": "warmup_ratio (a fraction of the total steps)",
+    "checkpoint_every": "save_steps",
+    "eval_every": "eval_steps",
+    "keep_checkpoints": "save_total_limit",
+}
+
+
+@dataclass
+class TrainSchedule:
+    """The schedule every ``rerank train`` trainer takes: steps, optimiser, checkpoints, evaluation, devices.
+
+    ``batch_size`` is per device (the global batch is batch_size x processes x grad_accum); ``max_steps`` -1 trains
+    ``epochs`` epochs; ``eval_steps`` 0 evaluates never (no model selection, the last step is kept), else it must
+    equal ``save_steps`` so the best checkpoint can be kept; ``use_cpu`` unset = when no GPU is visible.
+    """
+
+    renamed_keys: ClassVar[Mapping[str, str]] = RENAMED_KEYS
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    eval_steps: int = 0
+    logging_steps: int = 10
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    use_cpu: bool | None = None
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_steps < 0:
+            raise ConfigError(f"eval_steps must be >= 0 (0: no evaluation), got {self.eval_steps}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps must be >= 1 (or -1: train 'epochs' epochs), got {self.max_steps}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError(f"save_total_limit must be >= 1 or null (keep all), got {self.save_total_limit}")
+
+
+def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -> None:
+    """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use."""
+    renamed = getattr(config_class, "renamed_keys", {})
+    for key in raw:
+        if key in renamed:
+            raise ConfigError(f"{where}: key {key!r} is now {renamed[key]!r} (one vocabulary for every trainer)")
 
 
 @dataclass
@@ -38,45 +113,32 @@ class LoraOptions:
 
 
 @dataclass
-class CommonTrainConfig:
-    """Fields shared by ``sft`` and ``grpo``; ``head`` picks the task pieces (prompt, target, parser)."""
+class CommonTrainConfig(TrainSchedule):
+    """Fields shared by ``sft`` and ``grpo``; ``head`` is the reranker method trained (its task: prompts, targets,
+    parser, rewards)."""
 
     model: str = ""
-    head: Literal["erank", "yes-no", "listwise", "first", "grouprank", "cross-encoder"] = "erank"
+    head: str = "erank"
     data: DataConfig = field(default_factory=lambda: DataConfig(path="-"))
     template: str = ""
     max_doc_tokens: int = 64
     max_query_tokens: int = 32
     window: int = 10
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
     max_length: int = 1024
     lora: LoraOptions = field(default_factory=LoraOptions)
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    eval_steps: int = 0
-    logging_steps: int = 10
-    seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    use_cpu: bool | None = None
-    bf16: bool = False
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"head must be one of {list(HEADS)}, got {self.head!r}")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.save_steps < 1 or self.window < 2:
-            raise ConfigError("batch_size, grad_accum, save_steps >= 1 and window >= 2 required")
+        from rerank.methods import get_method
+
+        super().__post_init__()
+        get_method(self.head, kind="reranker")
+        if self.window < 2:
+            raise ConfigError(f"window must be >= 2, got {self.window}")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
 
 
-def cpu_only(cfg: CommonTrainConfig) -> bool:
+def cpu_only(cfg: TrainSchedule) -> bool:
     """``use_cpu`` as configured, or automatically when no CUDA device is visible."""
     if cfg.use_cpu is not None:
         return cfg.use_cpu
@@ -85,7 +147,7 @@ def cpu_only(cfg: CommonTrainConfig) -> bool:
     return not torch.cuda.is_available()
 
 
-def training_kwargs(cfg: CommonTrainConfig, output: Path, has_dev: bool) -> dict[str, Any]:
+def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str, Any]:
     """TrainingArguments keywords for ``cfg``: schedule, checkpoints, evaluation on dev, devices, reporting."""
     cpu = cpu_only(cfg)
     evaluate = has_dev and cfg.eval_steps > 0
@@ -99,6 +161,7 @@ def training_kwargs(cfg: CommonTrainConfig, output: Path, has_dev: bool) -> dict
         "gradient_accumulation_steps": cfg.grad_accum,
         "warmup_steps": cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
         "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
         "save_total_limit": cfg.save_total_limit,
@@ -131,10 +194,14 @@ def last_checkpoint(output: Path) -> str | None:
 
 
 def resume_arg(output: Path, resume: bool) -> str | None:
-    """The checkpoint to resume from; ``--resume`` without a checkpoint is an error, not a silent fresh start."""
-    if not resume:
-        return None
+    """The checkpoint to resume from. ``--resume`` without a checkpoint is an error, not a silent fresh start, and a
+    fresh run into a folder holding checkpoints is refused, not mixed with them."""
     ckpt = last_checkpoint(output)
+    if not resume:
+        if ckpt is not None:
+            raise ConfigError(f"{output} already holds checkpoints ({Path(ckpt).name}); pass --resume to continue "
+                              f"that run, or use a new --output")
+        return None
     if ckpt is None:
         raise ConfigError(f"--resume: no checkpoint under {output / 'checkpoints'}")
     return ckpt

@@ -1,15 +1,15 @@
 """``rerank train grpo``: GRPO on ranking rewards for the LLM heads, on TRL's ``GRPOTrainer``.
 
-The head's task piece turns each training example into prompts (ERank and yes-no: one per document; listwise, FIRST
-and GroupRank: one per window / group) plus the state the reward needs, and scores completions through
-:mod:`rerank.trainers.rewards`; a completion that cannot be parsed earns the format penalty, never an exception.
+The method's task turns each training example into prompts (ERank and yes-no: one per document; listwise, FIRST
+and GroupRank: one per window / group) plus the state the reward needs, and scores completions with the method's
+reward (``rerank/methods/<name>/reward.py``); a completion that cannot be parsed earns the format penalty, never an exception.
 Defaults follow ANCHORS.md: ERank G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank 8 rollouts, lr 1e-5, β=0.001,
 temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major (queries shuffled
 once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a
 multiple of (documents per query × G). ERank's reference score t (for negatives below every positive) is the
 starting (SFT) model's greedy answer (``erank_reference: model``) or 0 (``zero``). Model selection: highest mean dev
 reward every ``eval_steps`` (0 = keep the last step). FIRST may take ``rollout: plackett-luce``: rollouts drawn from its
-first-identifier logits instead of generated text (:class:`rerank.trainers.first.PlackettLuceGRPOTrainer`).
+first-identifier logits instead of generated text (:class:`rerank.methods.first.training.PlackettLuceGRPOTrainer`).
 """
 
 from __future__ import annotations
@@ -25,21 +25,13 @@ from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
 from rerank.trainers.sft_trainer import load_causal_lm, save_final
 
-__all__ = ["HEAD_DEFAULTS", "GRPOTrainConfig", "GRPOTrainer", "reward_function"]
-
-# (num_generations, learning_rate) per head; ERank and GroupRank from their papers, the others GroupRank's.
-HEAD_DEFAULTS: dict[str, tuple[int, float]] = {
-    "erank": (5, 1e-6),
-    "grouprank": (8, 1e-5),
-    "first": (8, 1e-5),
-    "listwise": (8, 1e-5),
-    "yes-no": (8, 1e-5),
-}
+__all__ = ["GRPOTrainConfig", "GRPOTrainer", "reward_function"]
 
 
 @dataclass
 class GRPOTrainConfig(CommonTrainConfig):
-    """GRPO options; ``num_generations`` 0 and ``learning_rate`` unset take the head's defaults (HEAD_DEFAULTS)."""
+    """GRPO options; ``num_generations`` 0 and ``learning_rate`` unset take the method's GRPO defaults (its
+    descriptor's ``grpo``: ERank G=5, lr 1e-6; GroupRank, and the others, 8 rollouts, lr 1e-5)."""
 
     learning_rate: float | None = None  # type: ignore[assignment]
     num_generations: int = 0
@@ -57,13 +49,18 @@ class GRPOTrainConfig(CommonTrainConfig):
     log_completions: bool = False
 
     def __post_init__(self) -> None:
+        from rerank.methods import get_method, method_names
+
         super().__post_init__()
-        if self.head == "cross-encoder":
-            raise ConfigError("grpo trains generative LLM heads; the cross-encoder trains with 'sft'")
-        g, lr = HEAD_DEFAULTS[self.head]
-        self.num_generations = self.num_generations or g
+        method = get_method(self.head)
+        if method.grpo is None or not method.trains_with("grpo"):
+            raise ConfigError(f"grpo trains the generative LLM heads ({', '.join(method_names(trains_with='grpo'))}); "
+                              f"{self.head!r} trains with 'sft'")
+        self.num_generations = self.num_generations or method.grpo.num_generations
         if self.learning_rate is None:
-            self.learning_rate = lr
+            self.learning_rate = method.grpo.learning_rate
+        if self.erank_reference != "model" and self.head != "erank":
+            raise ConfigError("erank_reference is an option of head 'erank' only")
         if self.rollout == "plackett-luce":
             if self.head != "first":
                 raise ConfigError("rollout 'plackett-luce' samples FIRST's first-identifier ranking; it needs head 'first'")
@@ -97,26 +94,6 @@ def grpo_rows(task: Any, examples: list[dict[str, Any]], seed: int) -> list[dict
     return [row for i in order for row in task.grpo_rows(examples[i])]
 
 
-def erank_references(model: Any, tok: Any, task: Any, rows: list[dict[str, Any]], batch: int = 16) -> None:
-    """Fill each row's ``reference`` with the starting model's greedy 0-10 answer (0 when it is malformed)."""
-    import torch
-
-    tok.padding_side = "left"
-    model.eval()
-    cap = task.max_completion_tokens()
-    for b in range(0, len(rows), batch):
-        chunk = rows[b : b + batch]
-        enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc.to(model.device), max_new_tokens=cap, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for r, t in zip(chunk, texts, strict=True):
-            p = task.safe_parse(t, r)
-            r["reference"] = p.scores[0] if p.valid and p.scores else 0.0
-    model.train()
-
-
 class GRPOTrainer:
     """The registered ``grpo`` trainer."""
 
@@ -128,15 +105,14 @@ class GRPOTrainer:
         from trl import GRPOConfig
         from trl import GRPOTrainer as TRLGRPOTrainer
 
-        from rerank.trainers.tasks import build_task
+        from rerank.trainers.task import build_task
 
         train, dev = load_training_data(config.data, ctx.data_root)
         model, tok = load_causal_lm(config.model, cpu_only(config))
         task = build_task(config.head, tok, config)
         rows = grpo_rows(task, train, config.seed)
         dev_rows = grpo_rows(task, dev, config.seed) if dev and config.eval_steps > 0 else []
-        if config.head == "erank" and config.erank_reference == "model":
-            erank_references(model, tok, task, rows + dev_rows)
+        task.prepare_grpo_rows(model, rows + dev_rows)
         columns = [k for k in rows[0] if k != "prompt"]
         kw = training_kwargs(config, ctx.output, has_dev=bool(dev_rows))
         if dev_rows:
@@ -157,15 +133,8 @@ class GRPOTrainer:
             log_completions=config.log_completions,
         )
         tok.padding_side = "left"
-        trainer_class: Any = TRLGRPOTrainer
-        extra: dict[str, Any] = {}
-        if config.rollout == "plackett-luce":
-            from rerank.trainers.first import PlackettLuceGRPOTrainer
-
-            trainer_class = PlackettLuceGRPOTrainer
-            extra = {"identifier_token_ids": task.identifier_token_ids(), "scheme": task.scheme,
-                     "window_sizes": {r["prompt"]: len(r["ids"]) for r in rows + dev_rows}}
-        trainer = trainer_class(
+        trainer_class, extra = task.grpo_trainer(config, rows + dev_rows)
+        trainer = (trainer_class or TRLGRPOTrainer)(
             **extra,
             model=model,
             reward_funcs=[reward_function(task, columns)],

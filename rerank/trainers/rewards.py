@@ -1,4 +1,5 @@
-"""Ranking rewards for GRPO: pure functions of a predicted ranking / scores and the gold labels.
+"""The pieces ranking rewards are made of (the methods' GRPO rewards live in their packages, ``reward.py``): pure
+functions of a predicted ranking / scores and the gold labels, and the reward constants (:class:`RewardConfig`).
 
 Conventions (stated once, used everywhere):
 
@@ -17,15 +18,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "RewardConfig",
-    "erank_listwise_rewards",
     "format_validity",
-    "grouprank_reward",
     "js_divergence",
     "ndcg_at_k",
-    "permutation_reward",
     "ranking_from_scores",
     "rbo",
-    "reasonrank_reward",
     "recall_at_k",
     "reciprocal_rank",
     "tie_aware_ndcg_at_k",
@@ -170,109 +167,3 @@ def js_divergence(p: Sequence[float], q: Sequence[float], eps: float = 1e-12) ->
         return sum(x * math.log2(x / max(y, eps)) for x, y in zip(a, b, strict=True) if x > 0)
 
     return 0.5 * kl(pn, m) + 0.5 * kl(qn, m)
-
-
-def erank_listwise_rewards(
-    scores: Sequence[float | None],
-    labels: Sequence[float],
-    reference: Sequence[float],
-    config: RewardConfig | None = None,
-) -> list[float]:
-    """ERank's listwise-derived reward for the pooled N×G rollouts of one query.
-
-    ``scores[i]`` is rollout i's parsed 0–10 score (``None`` if malformed), ``labels[i]`` its document's grade and
-    ``reference[i]`` the SFT model's score for that document. All valid rollouts are ranked together by score
-    (competition ranking: equal scores share the better rank). A relevant rollout earns 1/rank. An irrelevant
-    rollout scoring at or above the lowest-scored relevant rollout gets the large penalty; one below every relevant
-    rollout gets -((s - t) / scale)^2, pulling it toward the SFT reference. Malformed output gets the format penalty.
-    """
-    cfg = config or RewardConfig()
-    n = len(scores)
-    if not (len(labels) == n == len(reference)):
-        raise ValueError("scores, labels and reference must have the same length")
-    valid = [s for s in scores if s is not None]
-    pos_scores = [s for s, g in zip(scores, labels, strict=True) if s is not None and g >= cfg.rel_threshold]
-    lowest_pos = min(pos_scores) if pos_scores else None
-    rewards = []
-    for s, g, t in zip(scores, labels, reference, strict=True):
-        if s is None:
-            rewards.append(cfg.bad_format_penalty)
-        elif g >= cfg.rel_threshold:
-            rank = 1 + sum(1 for o in valid if o > s)
-            rewards.append(1.0 / rank)
-        elif lowest_pos is not None and s >= lowest_pos:
-            rewards.append(cfg.erank_negative_above_positive_penalty)
-        else:
-            rewards.append(-(((s - t) / cfg.erank_scale) ** 2))
-    return rewards
-
-
-def grouprank_reward(
-    predicted: Mapping[str, float] | None,
-    gold: Mapping[str, float],
-    tags_ok: bool,
-    config: RewardConfig | None = None,
-) -> float:
-    """GroupRank: nDCG@k + 0.2·Recall@k + 0.1·(1 − JS(P‖Q)) when tags and JSON are valid; −0.1 for invalid JSON
-    (``predicted is None`` with good tags); −0.5 for bad tags. Docs missing from ``predicted`` score 0. nDCG and
-    Recall are tie-aware (expected over the orders of tied scores), so equal scores earn a random order's value,
-    not the luck of the order the group was listed in.
-    """
-    cfg = config or RewardConfig()
-    if not tags_ok:
-        return cfg.bad_tags_penalty
-    if predicted is None:
-        return cfg.invalid_json_penalty
-    ids = list(gold)
-    pred = {d: float(predicted.get(d, 0.0)) for d in ids}
-    js = js_divergence([pred[d] for d in ids], [float(gold[d]) for d in ids])
-    return (
-        tie_aware_ndcg_at_k(pred, gold, cfg.k)
-        + cfg.recall_weight * tie_aware_recall_at_k(pred, gold, cfg.k, cfg.rel_threshold)
-        + cfg.js_weight * (1.0 - js)
-    )
-
-
-def reasonrank_reward(
-    ranking: Sequence[str] | None,
-    labels: Mapping[str, float],
-    teacher: Sequence[str],
-    expected_count: int,
-    config: RewardConfig | None = None,
-) -> float:
-    """ReasonRank-style: nDCG@k + 0.2·Recall@k + 0.1·RBO(vs teacher); 0 when the id count is wrong; −1 for a bad
-    format (``ranking is None``).
-    """
-    cfg = config or RewardConfig()
-    if ranking is None:
-        return cfg.bad_format_penalty
-    if len(ranking) != expected_count or len(set(ranking)) != len(ranking):
-        return cfg.wrong_count_reward
-    return (
-        ndcg_at_k(ranking, labels, cfg.k)
-        + cfg.recall_weight * recall_at_k(ranking, labels, cfg.k, cfg.rel_threshold)
-        + cfg.rbo_weight * rbo(ranking, teacher, cfg.rbo_p)
-    )
-
-
-def permutation_reward(
-    written: Sequence[str] | None,
-    ids: Sequence[str],
-    labels: Mapping[str, float],
-    teacher: Sequence[str],
-    config: RewardConfig | None = None,
-) -> float:
-    """Reward of a generated permutation of the window ``ids`` (``written``: the distinct ids the model wrote, in its
-    order; ``None`` when it wrote none). Complete: :func:`reasonrank_reward`. Incomplete (ids missing or repeated):
-    ``wrong_count_reward`` (ReasonRank's 0), or with ``repair_incomplete`` the reward of the ranking the inference
-    heads would use (missing ids appended in window order) minus ``missing_penalty`` × the missing fraction, which
-    still credits a good top of the list (the part FIRST reads).
-    """
-    cfg = config or RewardConfig()
-    if written is None:
-        return cfg.bad_format_penalty
-    n = len(ids)
-    if len(written) == n or not cfg.repair_incomplete:
-        return reasonrank_reward(list(written), labels, teacher, n, cfg)
-    repaired = list(written) + [d for d in ids if d not in set(written)]
-    return reasonrank_reward(repaired, labels, teacher, n, cfg) - cfg.missing_penalty * (n - len(written)) / n

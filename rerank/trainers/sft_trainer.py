@@ -1,10 +1,10 @@
 """``rerank train sft``: supervised training of any head on the one training schema, on TRL's ``SFTTrainer``.
 
-LLM heads train on prompt-completion pairs (the head's task piece renders the prompt with its template and the
-target: ERank ``<answer>s</answer>``, listwise/FIRST the teacher permutation, GroupRank the JSON score map, yes-no
-yes/no) with the loss on the completion only. FIRST adds a ranking loss on the first-identifier logits
-(``loss: lm+ranknet``, see :mod:`rerank.trainers.first`). The cross-encoder trains through sentence-transformers'
-``CrossEncoderTrainer`` (``loss: bce | listnet | lambdaloss | mnrl``). LoRA (``lora.enabled``) is merged into the saved
+LLM heads train on prompt-completion pairs (the method's task renders the prompt with the method's own inference head
+and gives the target: ERank ``<answer>s</answer>``, listwise/FIRST the teacher permutation, GroupRank the JSON score
+map, yes-no yes/no) with the loss on the completion only. FIRST adds a ranking loss on the first-identifier logits
+(``loss: lm+ranknet``, see :mod:`rerank.methods.first.training`). A method with its own SFT (the cross-encoder,
+through sentence-transformers' ``CrossEncoderTrainer``, ``loss: bce | listnet | lambdaloss | mnrl``) runs that. LoRA (``lora.enabled``) is merged into the saved
 weights by default, with the adapter kept in ``OUTPUT/adapter``. Model selection: lowest dev loss (LLM heads) or
 best dev nDCG@10 (cross-encoder), evaluated every ``eval_steps`` (0 = no selection, the last step is kept).
 """
@@ -20,18 +20,17 @@ from rerank.trainers.base import TrainContext
 from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
 from rerank.trainers.data import load_training_data
 
-__all__ = ["LM_LOSSES", "SFTTrainConfig", "SFTTrainer", "load_causal_lm", "save_final"]
-
-LM_LOSSES = ("lm", "lm+ranknet", "lm+listnet", "lm+lambdarank")
+__all__ = ["SFTTrainConfig", "SFTTrainer", "load_causal_lm", "save_final"]
 
 
 @dataclass
 class SFTTrainConfig(CommonTrainConfig):
-    """SFT options. ``loss``: LLM heads ``lm`` (FIRST also ``lm+ranknet|lm+listnet|lm+lambdarank``); cross-encoder
-    ``bce|listnet|lambdaloss|mnrl``. ``ranking_weight`` scales FIRST's ranking loss (default ×10 RankNet, ×0.1 ListNet,
-    ×1 LambdaRank, as rank_llm's training script). ``in_batch_negatives``: for ``mnrl``, how many other rows'
-    documents each positive is also scored against (unset: sentence-transformers' default 4; each costs one more
-    forward pass per row, so it sets the cross-encoder's training time with the hard negatives)."""
+    """SFT options. ``loss``: one of the method's SFT losses (its first the default): LLM heads ``lm`` (FIRST also
+    ``lm+ranknet|lm+listnet|lm+lambdarank``, default ``lm+ranknet``); cross-encoder ``bce|listnet|lambdaloss|mnrl``.
+    ``ranking_weight`` scales FIRST's ranking loss (default ×10 RankNet, ×0.1 ListNet, ×1 LambdaRank, as rank_llm's
+    training script). ``in_batch_negatives``: for ``mnrl``, how many other rows' documents each positive is also
+    scored against (unset: sentence-transformers' default 4; each costs one more forward pass per row, so it sets the
+    cross-encoder's training time with the hard negatives). ``reasoning``: ERank's reasoning targets."""
 
     loss: str = ""
     ranking_weight: float | None = None
@@ -39,28 +38,27 @@ class SFTTrainConfig(CommonTrainConfig):
     reasoning: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.loss:
-            self.loss = {"cross-encoder": "bce", "first": "lm+ranknet"}.get(self.head, "lm")
-        if self.head == "cross-encoder":
-            from rerank.trainers.cross_encoder import CE_LOSSES
+        from rerank.methods import get_method, method_names
 
-            if self.loss not in CE_LOSSES:
-                raise ConfigError(f"loss for the cross-encoder must be one of {list(CE_LOSSES)}, got {self.loss!r}")
-            if self.loss == "mnrl" and self.data.negatives_per_positive < 1:
-                raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
-        if self.in_batch_negatives is not None and (self.head, self.loss) != ("cross-encoder", "mnrl"):
+        super().__post_init__()
+        method = get_method(self.head)
+        if not method.trains_with("sft"):
+            raise ConfigError(f"sft does not train {self.head!r}; it trains: {', '.join(method_names(trains_with='sft'))}")
+        self.loss = self.loss or method.sft_losses[0]
+        if self.loss not in method.sft_losses:
+            raise ConfigError(f"loss for {self.head} must be one of {list(method.sft_losses)}, got {self.loss!r}")
+        if self.loss == "mnrl" and self.data.negatives_per_positive < 1:
+            raise ConfigError("loss 'mnrl' needs data.negatives_per_positive >= 1 (hard negatives in each row)")
+        if self.in_batch_negatives is not None and self.loss != "mnrl":
             raise ConfigError("in_batch_negatives is an option of the cross-encoder's loss 'mnrl' only")
-        if (self.head, self.loss) == ("cross-encoder", "mnrl"):
+        if self.loss == "mnrl":
             self.in_batch_negatives = 4 if self.in_batch_negatives is None else self.in_batch_negatives
             if self.in_batch_negatives < 0:
                 raise ConfigError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
-        if self.head == "cross-encoder":
-            return
-        if self.loss not in LM_LOSSES:
-            raise ConfigError(f"loss must be one of {list(LM_LOSSES)}, got {self.loss!r}")
-        elif self.loss != "lm" and self.head != "first":
-            raise ConfigError(f"loss {self.loss!r} reads first-identifier logits: only head 'first' has them")
+        if self.ranking_weight is not None and not self.loss.startswith("lm+"):
+            raise ConfigError(f"ranking_weight scales a ranking loss (lm+ranknet|listnet|lambdarank), not {self.loss!r}")
+        if self.reasoning and self.head != "erank":
+            raise ConfigError("reasoning (reasoning targets) is an option of head 'erank' only")
 
 
 def load_causal_lm(path: str, cpu: bool) -> tuple[Any, Any]:
@@ -112,21 +110,22 @@ class SFTTrainer:
     config_class = SFTTrainConfig
 
     def train(self, config: SFTTrainConfig, ctx: TrainContext) -> dict[str, Any]:
-        train, dev = load_training_data(config.data, ctx.data_root)
-        if config.head == "cross-encoder":
-            from rerank.trainers.cross_encoder import train_cross_encoder
+        from rerank.methods import get_method, resolve
 
-            return train_cross_encoder(config, config.loss, train, dev, ctx.output, ctx.resume)
+        train, dev = load_training_data(config.data, ctx.data_root)
+        method = get_method(config.head)
+        if method.sft is not None:
+            return resolve(method.sft)(config, train, dev, ctx)
         return _train_lm(config, train, dev, ctx)
 
 
 def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
               ctx: TrainContext) -> dict[str, Any]:
     from trl import SFTConfig
+    from trl import SFTTrainer as TRLSFTTrainer
 
     from rerank.trainers.common import cpu_only
-    from rerank.trainers.first import RankingSFTTrainer
-    from rerank.trainers.tasks import build_task
+    from rerank.trainers.task import build_task
 
     model, tok = load_causal_lm(cfg.model, cpu_only(cfg))
     task = build_task(cfg.head, tok, cfg)
@@ -135,20 +134,10 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
     kw = training_kwargs(cfg, ctx.output, has_dev=dev_ds is not None)
     if dev_ds is not None:
         kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
-    ranking = cfg.loss != "lm"
+    trainer_cls, extra = task.sft_trainer(cfg)
     args = SFTConfig(**kw, max_length=cfg.max_length, completion_only_loss=True, packing=False,
-                     dataset_num_proc=None, remove_unused_columns=not ranking)
-    trainer_cls: Any
-    extra: dict[str, Any] = {}
-    if ranking:
-        trainer_cls = RankingSFTTrainer
-        extra = {"ranking_loss": cfg.loss.split("+", 1)[1], "ranking_weight": cfg.ranking_weight,
-                 "identifier_token_ids": task.identifier_token_ids()}
-    else:
-        from trl import SFTTrainer as TRLSFTTrainer
-
-        trainer_cls = TRLSFTTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+                     dataset_num_proc=None, remove_unused_columns=trainer_cls is None)
+    trainer = (trainer_cls or TRLSFTTrainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                           processing_class=tok, peft_config=cfg.lora.peft_config() if cfg.lora.enabled else None,
                           **extra)
     result = trainer.train(resume_from_checkpoint=resume_arg(ctx.output, ctx.resume))

@@ -2,9 +2,9 @@
 
 SFT target scores (0-10): ``teacher_scores`` (rounded, clipped) if given, else the graded labels scaled by the
 example's top grade; the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
-:func:`rerank.trainers.rewards.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1 for
+:func:`rerank.methods.grouprank.reward.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1 for
 invalid JSON, −0.5 for bad tags). Parsing is the head's own lenient
-:func:`rerank.heads.grouprank.parse_group_scores`; an answer it had to repair as JSON counts as invalid JSON.
+:func:`rerank.methods.grouprank.head.parse_group_scores`; an answer it had to repair as JSON counts as invalid JSON.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from rerank.heads.grouprank import parse_group_scores
-from rerank.trainers.rewards import format_validity, grouprank_reward
-from rerank.trainers.tasks.base import Parsed, Task
-from rerank.trainers.tasks.erank import target_scores
+from rerank.methods.grouprank.head import parse_group_scores
+from rerank.methods.grouprank.reward import grouprank_reward
+from rerank.trainers.rewards import format_validity
+from rerank.trainers.task import Parsed, Task, target_scores
 
 __all__ = ["GroupRankTask"]
 
@@ -25,11 +25,16 @@ _JSON_FIXES = ("invalid JSON", "quotes/trailing comma", "missing '{'", "missing 
 class GroupRankTask(Task):
     """Groupwise 0-10 scoring."""
 
-    default_template: ClassVar[str] = "grouprank"
+    method: ClassVar[str] = "grouprank"
+
+    @classmethod
+    def head_options(cls, cfg: Any) -> dict[str, Any]:
+        """The group size the model trains on is the head's group size."""
+        return {**super().head_options(cfg), "group_size": cfg.window}
 
     def group_prompt(self, example: dict[str, Any], group: list[int]) -> str:
-        passages = [{"id": str(k + 1), "text": self.doc_text(example["candidates"][j])} for k, j in enumerate(group)]
-        return self.render(self.template.messages(query=self.query_text(example), num=len(group), passages=passages))
+        """The head's rendered prompt for the example's candidates ``group`` (in that order)."""
+        return self.head.group_prompt(self.query(example), self.candidates(example, group))  # type: ignore[attr-defined]
 
     @staticmethod
     def target(scores: list[int], reasoning: str = "") -> str:

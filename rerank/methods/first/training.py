@@ -23,7 +23,7 @@ from trl import GRPOTrainer, SFTTrainer
 
 from rerank.errors import ConfigError
 from rerank.heads.permutation import format_permutation, identifiers
-from rerank.trainers.pgrank import gumbel_topk_sample, plackett_luce_log_prob
+from rerank.trainers.plackett_luce import gumbel_topk_sample, plackett_luce_log_prob
 from rerank.trainers.ranking_losses import lambdarank, listnet, weighted_ranknet
 
 __all__ = ["DEFAULT_WEIGHTS", "RANKING", "PlackettLuceGRPOTrainer", "RankingSFTTrainer", "first_position_logits",

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 from rerank.backends.base import Backend
 from rerank.errors import ConfigError
-from rerank.heads.listwise import SlidingWindowConfig, SlidingWindowHead
 from rerank.heads.permutation import identifiers
+from rerank.heads.sliding_window import SlidingWindowConfig, SlidingWindowHead
 
 __all__ = ["FirstReranker", "identifier_token_ids"]
 
@@ -41,7 +41,6 @@ class FirstReranker(SlidingWindowHead):
 
     method = "first"
     config_class: ClassVar[type] = SlidingWindowConfig
-    default_template = "first"
 
     def __init__(
         self,

@@ -14,18 +14,16 @@ sentence-transformers' reranking evaluator over the dev queries' candidates). Th
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
-from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
+from rerank.trainers.common import cpu_only, resume_arg, training_kwargs
 
 if TYPE_CHECKING:
+    from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["CE_LOSSES", "train_cross_encoder"]
-
-CE_LOSSES = ("bce", "listnet", "lambdaloss", "mnrl")
+__all__ = ["train_cross_encoder"]
 
 
 def _text(c: dict[str, Any]) -> str:
@@ -81,9 +79,9 @@ def _evaluator(dev: list[dict[str, Any]]) -> Any:
     return CrossEncoderRerankingEvaluator(samples, at_k=10, name="dev", show_progress_bar=False) if samples else None
 
 
-def train_cross_encoder(cfg: SFTTrainConfig, loss_name: str, train: list[dict[str, Any]],
-                        dev: list[dict[str, Any]], output: Path, resume: bool) -> dict[str, Any]:
-    """Fine-tune ``cfg.model`` as a one-label cross-encoder on ``train``; save the best (dev nDCG@10) to ``output``."""
+def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
+                        ctx: TrainContext) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` as a one-label cross-encoder on ``train``; save the best (dev nDCG@10) to the output."""
     from sentence_transformers.cross_encoder import (
         CrossEncoder,
         CrossEncoderTrainer,
@@ -91,13 +89,12 @@ def train_cross_encoder(cfg: SFTTrainConfig, loss_name: str, train: list[dict[st
         losses,
     )
 
-    if loss_name not in CE_LOSSES:
-        raise ConfigError(f"cross-encoder loss must be one of {list(CE_LOSSES)}, got {loss_name!r}")
+    loss_name, output = cfg.loss, ctx.output
     if cfg.lora.enabled:
         raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
     from rerank.models import resolve_model_path
 
-    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if _cpu(cfg) else None)
+    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if cpu_only(cfg) else None)
     if loss_name == "mnrl":
         loss = _mnrl_class(losses.MultipleNegativesRankingLoss)(model, num_negatives=cfg.in_batch_negatives)
     else:
@@ -115,7 +112,7 @@ def train_cross_encoder(cfg: SFTTrainConfig, loss_name: str, train: list[dict[st
     args = CrossEncoderTrainingArguments(**kw)
     train_ds = _dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator)
-    result = trainer.train(resume_from_checkpoint=resume_arg(output, resume))
+    result = trainer.train(resume_from_checkpoint=resume_arg(output, ctx.resume))
     if trainer.is_world_process_zero():
         model.save(str(output), safe_serialization=True)
     dev_metrics = evaluator(model) if evaluator is not None else {}
@@ -133,9 +130,3 @@ def _mnrl_class(base: type) -> type:
                 yield from super().get_in_batch_negatives(anchors, candidates)
 
     return MNRL
-
-
-def _cpu(cfg: CommonTrainConfig) -> bool:
-    from rerank.trainers.common import cpu_only
-
-    return cpu_only(cfg)

@@ -29,7 +29,6 @@ class YesNoReranker(PointwiseLLMReranker):
     method = "yes-no"
     config_class: ClassVar[type[RerankerConfig]] = YesNoConfig
     independent_scores = True
-    default_template = "yes_no"
 
     def answer_token_ids(self) -> tuple[int, int]:
         """First token ids of the positive and negative answer words after the generation prompt."""
@@ -48,7 +47,7 @@ class YesNoReranker(PointwiseLLMReranker):
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         pos, neg = self.answer_token_ids()
-        prompts = [self.prompt_ids(m, self.template.assistant_prefix) for m in self.flat_messages(queries, candidate_lists)]
+        prompts = [self.encode(p) for p in self.flat_prompts(queries, candidate_lists)]
         flat: list[float] = []
         for idx in self.chunks(len(prompts)):
             for lp_pos, lp_neg in self.backend.next_token_logprobs([prompts[i] for i in idx], [pos, neg]):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from rerank.errors import ConfigError, RerankError
+from rerank.methods.contrastive.trainer import draw_negatives
 from rerank.retrieval.dense import BiEncoder
 from rerank.trainers.base import TrainContext
-from rerank.trainers.contrastive import draw_negatives
 from rerank.trainers.retriever import (
     RetrieverTrainConfig,
     RetrieverTrainer,

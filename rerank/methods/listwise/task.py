@@ -3,7 +3,7 @@
 Candidates are shuffled (seeded per query) and cut into windows of ``window``; the SFT target is the window's
 teacher order (teacher ranking, else teacher scores, else labels) written in the template's identifier scheme
 (``[2] > [1] > …``), minus the template's assistant prefix. GRPO reward: ReasonRank-style
-(:func:`rerank.trainers.rewards.reasonrank_reward`: nDCG@10 + 0.2·Recall@10 + 0.1·RBO vs the teacher; 0 when the
+(:func:`rerank.methods.listwise.reward.reasonrank_reward`: nDCG@10 + 0.2·Recall@10 + 0.1·RBO vs the teacher; 0 when the
 ids are not exactly the window's, or with ``rewards.repair_incomplete`` the repaired ranking's reward minus a missing-id
 penalty; the format penalty when no id can be read). Parsing is the heads' own
 :func:`rerank.heads.permutation.parse_permutation`.
@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from rerank.heads.permutation import check_scheme, format_permutation, identifiers, parse_permutation
+from rerank.heads.permutation import format_permutation, parse_permutation
+from rerank.methods.listwise.reward import permutation_reward
 from rerank.trainers.data import teacher_order
-from rerank.trainers.rewards import permutation_reward
-from rerank.trainers.tasks.base import Parsed, Task
+from rerank.trainers.task import Parsed, Task
 
 __all__ = ["ListwiseTask"]
 
@@ -25,16 +25,20 @@ __all__ = ["ListwiseTask"]
 class ListwiseTask(Task):
     """Full-permutation listwise ranking of windows."""
 
-    default_template: ClassVar[str] = "listwise"
+    method: ClassVar[str] = "listwise"
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)
-        self.scheme = check_scheme(str(self.template.extra.get("identifiers", "numbers")), cfg.window)
+        self.scheme = self.head.scheme  # type: ignore[attr-defined]
+
+    @classmethod
+    def head_options(cls, cfg: Any) -> dict[str, Any]:
+        """The window the model trains on is the head's window; the stride half of it."""
+        return {**super().head_options(cfg), "window": cfg.window, "stride": max(1, cfg.window // 2)}
 
     def window_prompt(self, example: dict[str, Any], window: list[int]) -> str:
-        ids = identifiers(self.scheme, len(window))
-        passages = [{"id": i, "text": self.doc_text(example["candidates"][j])} for i, j in zip(ids, window, strict=True)]
-        return self.render(self.template.messages(query=self.query_text(example), num=len(window), passages=passages))
+        """The head's rendered prompt for the example's candidates ``window`` (in that order)."""
+        return self.head.window_prompt(self.query(example), self.candidates(example, window))  # type: ignore[attr-defined]
 
     @staticmethod
     def window_order(example: dict[str, Any], window: list[int]) -> list[int]:

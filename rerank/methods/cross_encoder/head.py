@@ -14,10 +14,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from rerank.models import resolve_model_path
 from rerank.backends.transformers import resolve_device, resolve_dtype
 from rerank.config import from_dict, to_dict
 from rerank.heads.base import Reranker, RerankerConfig
+from rerank.models import resolve_model_path
 from rerank.types import Candidate, Query
 
 __all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]

@@ -4,7 +4,7 @@ SFT target s: the example's ``teacher_scores`` (rounded, clipped to 0-10) if giv
 0-10 by the example's top grade. With ``reasoning: true`` the prompt is ERank's reasoning template and the target
 is ``<think>reasoning</think><answer>s</answer>`` (the example's ``reasoning`` text). GRPO: every row carries its
 query id, grade and the SFT model's reference score; the reward pools the rollouts of a query
-(:func:`rerank.trainers.rewards.erank_listwise_rewards`).
+(:func:`rerank.methods.erank.reward.erank_listwise_rewards`).
 """
 
 from __future__ import annotations
@@ -13,36 +13,30 @@ import re
 from collections import defaultdict
 from typing import Any, ClassVar
 
-from rerank.trainers.rewards import erank_listwise_rewards
-from rerank.trainers.tasks.base import Parsed, PointwiseTask
+from rerank.methods.erank.reward import erank_listwise_rewards
+from rerank.trainers.task import Parsed, PointwiseTask, target_scores
 
-__all__ = ["ERankTask", "target_scores"]
+__all__ = ["ERankTask"]
 
 REASONING_TOKENS = 256  # generation budget for the reasoning text in GRPO rollouts
 _INT = re.compile(r"\s*(\d+)\s*$")
 
 
-def target_scores(example: dict[str, Any]) -> list[int]:
-    """0-10 targets: teacher scores if present, else labels scaled by the example's top grade."""
-    if example.get("teacher_scores"):
-        return [int(min(10, max(0, round(s)))) for s in example["teacher_scores"]]
-    top = max(example["labels"])
-    return [round(10 * g / top) if top > 0 else 0 for g in example["labels"]]
-
-
 class ERankTask(PointwiseTask):
     """Pointwise 0-10 integer relevance."""
 
-    default_template: ClassVar[str] = "erank"
+    method: ClassVar[str] = "erank"
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
-        if getattr(cfg, "reasoning", False) and not cfg.template:
-            self.default_template = "erank_reasoning"
         super().__init__(tokenizer, cfg)
         extra = self.template.extra
         self.answer_open = str(extra.get("answer_open", "<answer>"))
         self.answer_close = str(extra.get("answer_close", "</answer>"))
         self.think_close = str(extra.get("think_close", ""))
+
+    @classmethod
+    def head_options(cls, cfg: Any) -> dict[str, Any]:
+        return {**super().head_options(cfg), "reasoning": bool(getattr(cfg, "reasoning", False))}
 
     def completion(self, score: int, reasoning: str = "") -> str:
         head = f"{reasoning}{self.think_close}{self.answer_open}" if self.think_close else ""
@@ -91,3 +85,26 @@ class ERankTask(PointwiseTask):
     def max_completion_tokens(self) -> int:
         n = len(self.tokenizer.encode(self.completion(10), add_special_tokens=False)) + 2
         return n + (REASONING_TOKENS if self.think_close else 0)
+
+    def prepare_grpo_rows(self, model: Any, rows: list[dict[str, Any]], batch: int = 16) -> None:
+        """``erank_reference: model``: each row's ``reference`` (the score t negatives are pulled toward) is the
+        starting model's greedy 0-10 answer, 0 when it is malformed; ``zero`` leaves 0."""
+        import torch
+
+        if self.cfg.erank_reference != "model":
+            return
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        model.eval()
+        cap = self.max_completion_tokens()
+        for b in range(0, len(rows), batch):
+            chunk = rows[b : b + batch]
+            enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(**enc.to(model.device), max_new_tokens=cap, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for r, t in zip(chunk, texts, strict=True):
+                p = self.safe_parse(t, r)
+                r["reference"] = p.scores[0] if p.valid and p.scores else 0.0
+        model.train()

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.errors import ConfigError
 from rerank.heads.base import RerankStats
-from rerank.heads.listwise import passage_texts
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
+from rerank.heads.sliding_window import passage_texts
 from rerank.types import Candidate, Query
 
 __all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "parse_group_scores", "minmax"]
@@ -153,7 +153,6 @@ class GroupRankReranker(LLMReranker):
 
     method = "grouprank"
     config_class: ClassVar[type] = GroupRankConfig
-    default_template = "grouprank"
 
     def __init__(
         self,
@@ -176,10 +175,18 @@ class GroupRankReranker(LLMReranker):
             out.extend(order[i : i + cfg.group_size] for i in range(0, n, cfg.group_size))
         return out
 
-    def _prompt(self, query: str, texts: list[str]) -> list[int]:
+    def _prompt(self, query: str, texts: list[str]) -> str:
+        """The rendered prompt of one group from the already truncated query and passage texts."""
         passages = [{"id": str(i + 1), "text": t} for i, t in enumerate(texts)]
         messages = self.template.messages(query=query, num=len(texts), passages=passages)
-        return self.prompt_ids(messages, self.template.assistant_prefix)
+        return self.render(messages, self.template.assistant_prefix)
+
+    def group_prompt(self, query: Query, candidates: list[Candidate]) -> str:
+        """The rendered prompt of one group holding ``candidates`` in this order (query and passages truncated as
+        :meth:`rerank_scores` truncates them): what the head scores and what training trains on."""
+        cfg: GroupRankConfig = self.config  # type: ignore[assignment]
+        return self._prompt(self.truncate(query.text, cfg.max_query_tokens),
+                            passage_texts(self, candidates, cfg.max_doc_tokens))
 
     def rerank_scores(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Average group score / 10 per document, before fusion."""
@@ -189,7 +196,7 @@ class GroupRankReranker(LLMReranker):
             qtext = self.truncate(q.text, cfg.max_query_tokens)
             texts = passage_texts(self, cands, cfg.max_doc_tokens)
             for group in self.groups(q, len(cands)):
-                jobs.append((qi, group, self._prompt(qtext, [texts[j] for j in group])))
+                jobs.append((qi, group, self.encode(self._prompt(qtext, [texts[j] for j in group]))))
         sums = [[0.0] * len(c) for c in candidate_lists]
         counts = [[0] * len(c) for c in candidate_lists]
         gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -81,14 +81,14 @@ class ERankReranker(PointwiseLLMReranker):
     method = "erank"
     config_class: ClassVar[type[RerankerConfig]] = ERankConfig
     independent_scores = True
-    default_template = "erank"
 
     def __init__(self, config: ERankConfig | None = None, **kwargs: object) -> None:
-        cfg = config if config is not None else ERankConfig()
-        if cfg.reasoning and not cfg.template:
-            self.default_template = "erank_reasoning"
-        super().__init__(cfg, **kwargs)  # type: ignore[arg-type]
+        super().__init__(config if config is not None else ERankConfig(), **kwargs)  # type: ignore[arg-type]
         self._dist: IntegerDistribution | None = None
+
+    def default_template(self) -> str:
+        """``erank``, or ``erank_reasoning`` in reasoning mode."""
+        return "erank_reasoning" if self.config.reasoning else "erank"  # type: ignore[attr-defined]
 
     @property
     def distribution(self) -> IntegerDistribution:
@@ -114,17 +114,16 @@ class ERankReranker(PointwiseLLMReranker):
                 read[i][c] = dict(zip(wanted, v, strict=True))
         return [dist.probabilities(r) for r in read]
 
-    def _reason(self, messages: list[list[dict[str, str]]]) -> tuple[list[list[int]], list[int | None]]:
+    def _reason(self, prompts: list[str]) -> tuple[list[list[int]], list[int | None]]:
         """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers."""
         extra = self.template.extra
         think_close = str(extra.get("think_close", "</think>"))
         answer_open = str(extra.get("answer_open", "<answer>"))
         answer_close = str(extra.get("answer_close", "</answer>"))
-        prefix = self.template.assistant_prefix
         gen = GenerationConfig(max_new_tokens=self.config.max_reasoning_tokens, stop=(answer_close,) if answer_close else ())  # type: ignore[attr-defined]
-        texts = self.backend.generate([self.prompt_ids(m, prefix) for m in messages], gen)
-        prompts, parsed = [], []
-        for m, text in zip(messages, texts, strict=True):
+        texts = self.backend.generate([self.encode(p) for p in prompts], gen)
+        out, parsed = [], []
+        for prompt, text in zip(prompts, texts, strict=True):
             j = text.find(answer_open)
             value: int | None = None
             if j >= 0:
@@ -138,9 +137,9 @@ class ERankReranker(PointwiseLLMReranker):
                 k = text.find(think_close)
                 reasoning = (text[: k + len(think_close)] if k >= 0 else text + think_close) + answer_open
                 self.stats.record(repaired=True, example=text)
-            prompts.append(self.prompt_ids(m, prefix + reasoning))
+            out.append(self.encode(prompt + reasoning))
             parsed.append(value)
-        return prompts, parsed
+        return out, parsed
 
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """Both scorings lie in [0, 10] (s·P(s), or the expected integer): divided by 10."""
@@ -148,14 +147,14 @@ class ERankReranker(PointwiseLLMReranker):
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: ERankConfig = self.config  # type: ignore[assignment]
-        messages = self.flat_messages(queries, candidate_lists)
+        texts = self.flat_prompts(queries, candidate_lists)
         flat: list[float] = []
-        for idx in self.chunks(len(messages)):
-            chunk = [messages[i] for i in idx]
+        for idx in self.chunks(len(texts)):
+            chunk = [texts[i] for i in idx]
             if cfg.reasoning:
                 prompts, generated = self._reason(chunk)
             else:
-                prompts = [self.prompt_ids(m, self.template.assistant_prefix) for m in chunk]
+                prompts = [self.encode(p) for p in chunk]
                 generated = [None] * len(chunk)
             for probs, gen_s in zip(self.integer_probabilities(prompts), generated, strict=True):
                 if cfg.scoring == "expectation":

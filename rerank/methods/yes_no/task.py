@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from rerank.trainers.tasks.base import Parsed, PointwiseTask
+from rerank.trainers.task import Parsed, PointwiseTask
 
 __all__ = ["YesNoTask"]
 
@@ -16,7 +16,7 @@ __all__ = ["YesNoTask"]
 class YesNoTask(PointwiseTask):
     """Pointwise yes/no relevance."""
 
-    default_template: ClassVar[str] = "yes_no"
+    method: ClassVar[str] = "yes-no"
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)

@@ -1,0 +1,16 @@
+"""cross-encoder: a sequence-classification relevance model over (query, document) pairs; SFT through
+sentence-transformers' ``CrossEncoderTrainer`` (``bce | listnet | lambdaloss | mnrl``)."""
+
+from rerank.methods.base import Method
+
+METHOD = Method(
+    name="cross-encoder",
+    kind="reranker",
+    package=__name__,
+    summary="AutoModelForSequenceClassification logit over (query, document) pairs",
+    head="rerank.methods.cross_encoder.head:CrossEncoderReranker",
+    sft="rerank.methods.cross_encoder.train:train_cross_encoder",
+    sft_losses=("bce", "listnet", "lambdaloss", "mnrl"),
+    pipeline_tag="text-ranking",
+    library_name="sentence-transformers",
+)

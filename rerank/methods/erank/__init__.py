@@ -1,0 +1,18 @@
+"""ERank: pointwise 0-10 integer relevance from the answer-token probabilities; SFT on teacher integers, GRPO on
+ERank's pooled listwise-derived reward (G=5, lr 1e-6 as the paper)."""
+
+from rerank.methods.base import GRPODefaults, Method
+
+METHOD = Method(
+    name="erank",
+    kind="reranker",
+    package=__name__,
+    summary="pointwise LLM: 0-10 integer relevance read from the answer-token probabilities",
+    head="rerank.methods.erank.head:ERankReranker",
+    task="rerank.methods.erank.task:ERankTask",
+    sft_losses=("lm",),
+    grpo=GRPODefaults(num_generations=5, learning_rate=1e-6),
+    teacher_labels="rerank.methods.erank.teacher:label_rows",
+    templates=("erank.yaml", "erank_reasoning.yaml"),
+    pipeline_tag="text-generation",
+)

@@ -1,0 +1,142 @@
+"""What the shared SFT / GRPO trainers ask of an LLM method: its training task (``rerank/methods/<name>/task.py``).
+
+A task turns a training example into (a) ``sft_rows``: prompt + target completion rows, (b) ``grpo_rows``: prompts
+with the state its reward needs, (c) ``parse(text, row)``: a completion -> scores or a permutation and whether it was
+well-formed, and ``rewards(completions, rows)`` for GRPO. Prompts are never rebuilt here: the task holds the
+method's own inference head on a :class:`~rerank.heads.llm.PromptOnlyBackend` and renders every prompt with the
+head's prompt methods, so what a model trains on is what it is asked at inference (tests/test_prompt_equality.py).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rerank.config import from_dict
+from rerank.errors import ConfigError
+from rerank.heads.llm import LLMReranker, PromptOnlyBackend
+from rerank.prompts import PromptTemplate
+from rerank.trainers.rewards import RewardConfig
+from rerank.types import Candidate, Document, Query
+
+__all__ = ["Parsed", "PointwiseTask", "Task", "build_task", "target_scores"]
+
+
+@dataclass
+class Parsed:
+    """A parsed completion: per-document scores (aligned with the row's documents) and/or a ranking of local
+    indices, and whether the output was well-formed (a malformed one gets the format penalty)."""
+
+    valid: bool
+    scores: list[float] | None = None
+    order: list[int] | None = None
+
+
+def target_scores(example: dict[str, Any]) -> list[int]:
+    """0-10 targets: teacher scores if present (rounded, clipped), else labels scaled by the example's top grade."""
+    if example.get("teacher_scores"):
+        return [int(min(10, max(0, round(s)))) for s in example["teacher_scores"]]
+    top = max(example["labels"])
+    return [round(10 * g / top) if top > 0 else 0 for g in example["labels"]]
+
+
+class Task:
+    """Shared plumbing: the method's head (prompt rendering), example -> query / candidates, seeded windows.
+
+    Subclasses set ``method`` (the registered method name) and implement the row builders, parser and rewards.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, tokenizer: Any, cfg: Any) -> None:
+        from rerank.heads.registry import get_reranker_class
+
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        head_cls = get_reranker_class(self.method)
+        options = self.head_options(cfg)
+        head_cfg = from_dict(head_cls.config_class, options, where=f"{self.method} head options")
+        self.head: LLMReranker = head_cls(head_cfg, backend=PromptOnlyBackend(tokenizer))  # type: ignore[call-arg]
+        self.template: PromptTemplate = self.head.template
+        self.reward_config: RewardConfig = getattr(cfg, "rewards", None) or RewardConfig()
+
+    @classmethod
+    def head_options(cls, cfg: Any) -> dict[str, Any]:
+        """The inference head's options that shape the prompts this task trains on (saved in ``rerank.json``)."""
+        out: dict[str, Any] = {"max_doc_tokens": cfg.max_doc_tokens, "max_query_tokens": cfg.max_query_tokens}
+        if cfg.template:
+            out["template"] = cfg.template
+        return out
+
+    @staticmethod
+    def query(example: dict[str, Any]) -> Query:
+        return Query(str(example["qid"]), example["query"])
+
+    @staticmethod
+    def candidates(example: dict[str, Any], idx: list[int]) -> list[Candidate]:
+        """The example's candidates ``idx`` (in that order) as the head's input type."""
+        out = []
+        for j in idx:
+            c = example["candidates"][j]
+            out.append(Candidate(Document(str(c["id"]), c["text"], c.get("title") or ""), c.get("score")))
+        return out
+
+    def windows(self, example: dict[str, Any], size: int) -> list[list[int]]:
+        """Candidate indices cut into groups of ``size`` after a seeded shuffle (per query), for window prompts."""
+        idx = list(range(len(example["candidates"])))
+        random.Random(f"{self.cfg.seed}\x00{example['qid']}").shuffle(idx)
+        return [idx[i : i + size] for i in range(0, len(idx), size) if len(idx[i : i + size]) >= 2]
+
+    def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def grpo_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def parse(self, text: str, row: dict[str, Any]) -> Parsed:
+        raise NotImplementedError
+
+    def rewards(self, completions: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        raise NotImplementedError
+
+    def max_completion_tokens(self) -> int:
+        """A bound on a well-formed completion's length in tokens (the GRPO generation cap)."""
+        raise NotImplementedError
+
+    def prepare_grpo_rows(self, model: Any, rows: list[dict[str, Any]]) -> None:
+        """Fill GRPO row state that needs the starting model (ERank's reference scores); most methods need none."""
+
+    def sft_trainer(self, cfg: Any) -> tuple[type | None, dict[str, Any]]:
+        """A TRL ``SFTTrainer`` subclass and its extra keywords when the method's loss needs one (None: TRL's own)."""
+        return None, {}
+
+    def grpo_trainer(self, cfg: Any, rows: list[dict[str, Any]]) -> tuple[type | None, dict[str, Any]]:
+        """A TRL ``GRPOTrainer`` subclass and its extra keywords for the configured rollouts (None: TRL's own)."""
+        return None, {}
+
+    def safe_parse(self, text: str, row: dict[str, Any]) -> Parsed:
+        """``parse`` that never raises: anything unexpected is a malformed completion."""
+        try:
+            return self.parse(text, row)
+        except Exception:  # noqa: BLE001 - a completion must never stop a run; it earns the format penalty
+            return Parsed(valid=False)
+
+
+class PointwiseTask(Task):
+    """One prompt per (query, document) (ERank, yes-no)."""
+
+    def prompt(self, example: dict[str, Any], j: int) -> str:
+        """The head's rendered prompt for the example's ``j``-th candidate."""
+        return self.head.pair_prompts(self.query(example), self.candidates(example, [j]))[0]  # type: ignore[attr-defined]
+
+
+def build_task(head: str, tokenizer: Any, cfg: Any) -> Task:
+    """The training task of LLM method ``head`` for ``tokenizer``; a method without one raises, listing those with."""
+    from rerank.methods import get_method, method_names, resolve
+
+    method = get_method(head, kind="reranker")
+    if method.task is None:
+        raise ConfigError(f"method {head!r} has no LLM training task; methods with one: "
+                          f"{', '.join(n for n in method_names('reranker') if get_method(n).task)}")
+    return resolve(method.task)(tokenizer, cfg)

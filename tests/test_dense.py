@@ -185,24 +185,35 @@ def test_saved_decoder_folder_loads_in_sentence_transformers(tmp_path: Path) -> 
     np.testing.assert_allclose(st.encode_document(TEXTS), enc.encode_docs(TEXTS), atol=1e-5)
 
 
-def test_untied_model_saves_two_encoders(encoder_dir: Path, tmp_path: Path) -> None:
+def test_untied_model_is_a_sentence_transformers_router(encoder_dir: Path, tmp_path: Path) -> None:
+    """An untied bi-encoder saves one folder (sentence-transformers' Router: a query and a document route, each with
+    its own max length) that SentenceTransformer(path) loads with our embeddings on both sides, and that loads back."""
     from sentence_transformers import SentenceTransformer
 
-    enc = BiEncoder.load(encoder_dir, normalize=True, device="cpu").untie()
+    enc = BiEncoder.load(encoder_dir, normalize=True, query_prefix="query: ", doc_prefix="passage: ",
+                         query_max_length=6, doc_max_length=12, device="cpu").untie()
     assert not enc.tied
     with torch.no_grad():
         w = enc.query_model.embeddings.word_embeddings.weight
         w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))  # only the query side changes
     out = enc.save(tmp_path / "dual")
-    assert json.loads((out / "biencoder.json").read_text())["doc_encoder"] == "doc_encoder"
+    router = json.loads((out / "router_config.json").read_text())
+    assert set(router["structure"]) == {"query", "document"}
     loaded = BiEncoder.load(out, device="cpu")
     assert not loaded.tied and loaded.settings == enc.settings
     assert loaded.fingerprint("doc") == enc.fingerprint("doc") != loaded.fingerprint("query")
     np.testing.assert_allclose(loaded.encode_queries(TEXTS), enc.encode_queries(TEXTS), atol=1e-6)
     np.testing.assert_allclose(loaded.encode_docs(TEXTS), enc.encode_docs(TEXTS), atol=1e-6)
     assert not np.allclose(loaded.encode_queries(TEXTS), loaded.encode_docs(TEXTS), atol=1e-3)
-    st_doc = SentenceTransformer(str(out / "doc_encoder"), device="cpu")
-    np.testing.assert_allclose(st_doc.encode_document(TEXTS), enc.encode_docs(TEXTS), atol=1e-5)
+    st = SentenceTransformer(str(out), device="cpu")
+    long = [t + " and many more words after it so that both sides truncate" for t in TEXTS]
+    np.testing.assert_allclose(st.encode_query(long), enc.encode_queries(long), atol=1e-5)
+    np.testing.assert_allclose(st.encode_document(long), enc.encode_docs(long), atol=1e-5)
+    # a Router folder written by sentence-transformers itself loads in the BiEncoder with the same embeddings
+    st.save(str(tmp_path / "by-st"))
+    again = BiEncoder.load(tmp_path / "by-st", device="cpu")
+    np.testing.assert_allclose(again.encode_queries(long), st.encode_query(long), atol=1e-5)
+    np.testing.assert_allclose(again.encode_docs(long), st.encode_document(long), atol=1e-5)
 
 
 def test_unsupported_st_module_is_an_error(encoder_dir: Path, tmp_path: Path) -> None:

@@ -4,12 +4,14 @@ A :class:`BiEncoder` embeds queries and documents with CLS, mean or last-token p
 either padding side), optional L2 normalisation, per-side text prefixes and maximum lengths. Queries and documents
 share one transformer unless :meth:`BiEncoder.untie` gives documents their own copy (ADORE trains the query side only).
 
-Saved layout (loads with ``SentenceTransformer(path)``)::
+Saved layout (loads with ``SentenceTransformer(path)``, embeddings equal to ours: tests/test_dense.py)::
 
     modules.json  config_sentence_transformers.json (prompts: query / document)  rerank_biencoder.json
     0_Transformer/ (weights as safetensors, tokenizer, sentence_bert_config.json)  1_Pooling/  [2_Normalize/]
 
-An untied model is a folder with ``biencoder.json`` naming two such folders, ``query_encoder/`` and ``doc_encoder/``.
+An untied model is sentence-transformers' ``Router``: ``router_config.json`` with a ``query`` and a ``document`` route,
+``{query,document}_0_Transformer/`` and ``{query,document}_1_Pooling/`` (each side with its own max length), then
+``[1_Normalize/]``; ``SentenceTransformer(path).encode_query`` / ``encode_document`` take the two sides.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage
 from rerank.utils.files import write_json
 
-__all__ = ["BiEncoder", "EncoderSettings", "DenseConfig", "DenseRetriever", "Pooling", "pool", "DUAL_MANIFEST"]
+__all__ = ["BiEncoder", "EncoderSettings", "DenseConfig", "DenseRetriever", "Pooling", "pool"]
 
 log = logging.getLogger(__name__)
 
 Pooling = Literal["cls", "mean", "last"]
 Side = Literal["query", "doc"]
-DUAL_MANIFEST = "biencoder.json"
+ROUTER_CONFIG = "router_config.json"
 SETTINGS_FILE = "rerank_biencoder.json"
 _ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -196,8 +198,10 @@ class BiEncoder(torch.nn.Module):
         """One forward pass over ``texts`` as a tensor with autograd (training batches)."""
         return self.forward_features(self.tokenize(texts, side), side)
 
-    def forward(self, texts: Sequence[str], side: Side = "query") -> torch.Tensor:
-        return self.embed(texts, side)
+    def forward(self, queries: Sequence[str], docs: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training step's query and document embeddings in one call, with autograd (one forward of a wrapped,
+        e.g. distributed, model per step); ``docs`` empty gives ``None`` for the documents."""
+        return self.embed(queries, "query"), (self.embed(docs, "doc") if len(docs) else None)
 
     def encode_queries(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
@@ -300,21 +304,13 @@ class BiEncoder(torch.nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
-        """Write a sentence-transformers folder (or two, with ``biencoder.json``, when untied); replaces ``path``."""
+        """Write a sentence-transformers folder (``SentenceTransformer(path)`` loads it; untied: a ``Router`` with a
+        ``query`` and a ``document`` route); replaces ``path`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            if self.tied:
-                self._save_st(tmp, self.query_model, self.query_tokenizer)
-            else:
-                self._save_st(tmp / "query_encoder", self.query_model, self.query_tokenizer)
-                self._save_st(tmp / "doc_encoder", self.doc_model, self.doc_tokenizer)
-                write_json(
-                    {"format": "rerank-biencoder", "version": 1, "query_encoder": "query_encoder",
-                     "doc_encoder": "doc_encoder", "settings": dataclasses.asdict(self.settings)},
-                    tmp / DUAL_MANIFEST,
-                )
+            self.save_into(tmp)
             if path.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
                 os.replace(path, old / "x")
@@ -327,24 +323,32 @@ class BiEncoder(torch.nn.Module):
             raise
         return path
 
-    def _save_st(self, folder: Path, model: torch.nn.Module, tokenizer: Any) -> None:
+    def save_into(self, folder: str | Path) -> None:
+        """Write the sentence-transformers files into ``folder`` (created if needed; other files there are kept)."""
+        folder = Path(folder)
         s = self.settings
-        tdir = folder / "0_Transformer"
-        model.save_pretrained(tdir, safe_serialization=True)
-        tokenizer.save_pretrained(tdir)
-        write_json({"max_seq_length": s.doc_max_length, "do_lower_case": s.lowercase}, tdir / "sentence_bert_config.json")
-        pooling_cfg: dict[str, Any] = {"word_embedding_dimension": int(model.config.hidden_size)}
-        for mode, key in _ST_POOLING.items():
-            pooling_cfg[key] = mode == s.pooling
-        pooling_cfg.update({"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
-        write_json(pooling_cfg, folder / "1_Pooling" / "config.json")
-        modules = [
-            {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
+        modules: list[dict[str, Any]] = []
+        if self.tied:
+            _save_transformer(folder / "0_Transformer", self.query_model, self.query_tokenizer, s.doc_max_length, s)
+            _save_pooling(folder / "1_Pooling", self.query_model, s.pooling)
+            modules += [_module(0, "0_Transformer", "Transformer"), _module(1, "1_Pooling", "Pooling")]
+        else:
+            routes = {"query": (self.query_model, self.query_tokenizer, s.query_max_length),
+                      "document": (self.doc_model, self.doc_tokenizer, s.doc_max_length)}
+            types, structure = {}, {}
+            for route, (model, tok, max_len) in routes.items():
+                _save_transformer(folder / f"{route}_0_Transformer", model, tok, max_len, s)
+                _save_pooling(folder / f"{route}_1_Pooling", model, s.pooling)
+                types.update({f"{route}_0_Transformer": f"{_ST_MODULES}.Transformer",
+                              f"{route}_1_Pooling": f"{_ST_MODULES}.Pooling"})
+                structure[route] = [f"{route}_0_Transformer", f"{route}_1_Pooling"]
+            write_json({"types": types, "structure": structure,
+                        "parameters": {"default_route": "document", "allow_empty_key": True, "route_mappings": {}}},
+                       folder / ROUTER_CONFIG)
+            modules.append(_module(0, "", "Router"))
         if s.normalize:
-            write_json({}, folder / "2_Normalize" / "config.json")
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            write_json({}, folder / f"{len(modules)}_Normalize" / "config.json")
+            modules.append(_module(len(modules), f"{len(modules)}_Normalize", "Normalize"))
         write_json(modules, folder / "modules.json")
         write_json(
             {"prompts": {"query": s.query_prefix, "document": s.doc_prefix}, "default_prompt_name": None,
@@ -367,26 +371,19 @@ class BiEncoder(torch.nn.Module):
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> BiEncoder:
-        """Load a sentence-transformers folder, an untied ``biencoder.json`` folder, or a plain HF encoder.
+        """Load a sentence-transformers folder (an untied one as a query/document ``Router``) or a plain HF encoder.
 
-        Settings come from the folder (pooling, Normalize module, prompts, max length); explicit arguments override.
+        Settings come from the folder (pooling, Normalize module, prompts, max lengths); explicit arguments override.
         A plain checkpoint gets mean pooling (last-token for ``*ForCausalLM`` architectures) and no normalisation.
         """
         path = resolve_model_path(name_or_path)
         torch_dtype = _resolve_dtype(dtype)
         root = Path(path)
-        if (root / DUAL_MANIFEST).is_file():
-            manifest = _read_json(root / DUAL_MANIFEST)
-            try:
-                qpath, dpath = root / manifest["query_encoder"], root / manifest["doc_encoder"]
-            except KeyError as e:
-                raise RerankError(f"{root / DUAL_MANIFEST}: missing key {e}") from None
-            qmodel, qtok, qset = _load_side(qpath, torch_dtype)
-            dmodel, dtok, dset = _load_side(dpath, torch_dtype)
-            base = {**qset, **{k: v for k, v in dset.items() if k.startswith("doc_")}}
-            base.update(manifest.get("settings") or {})
+        if (root / "modules.json").is_file():
+            (qmodel, qtok), doc, base = _load_st_folder(root, torch_dtype)
+            dmodel, dtok = doc if doc is not None else (None, None)
         else:
-            qmodel, qtok, base = _load_side(root if root.exists() else path, torch_dtype)
+            qmodel, qtok, base = _load_plain(root if root.exists() else path, torch_dtype)
             dmodel, dtok = None, None
         explicit = {
             "pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
@@ -402,52 +399,115 @@ class BiEncoder(torch.nn.Module):
         return enc
 
 
-def _load_side(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """One encoder: (model, tokenizer, settings read from its folder)."""
-    from transformers import AutoModel, AutoTokenizer
+_ST_MODULES = "sentence_transformers.models"
 
-    root = Path(path)
-    settings: dict[str, Any] = {}
-    model_dir: str | Path = path
-    st_max_len: int | None = None
-    if (root / "modules.json").is_file():
-        modules = _read_json(root / "modules.json")
-        kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
-        unsupported = [m["type"] for m in modules if m["type"].rsplit(".", 1)[-1] not in ("Transformer", "Pooling", "Normalize")]
-        if unsupported or "Transformer" not in kinds:
-            raise RerankError(
-                f"{root / 'modules.json'}: only Transformer -> Pooling -> [Normalize] models are supported; "
-                f"found {[m['type'] for m in modules]}"
-            )
-        model_dir = root / kinds["Transformer"]["path"] if kinds["Transformer"]["path"] else root
-        sb = Path(model_dir) / "sentence_bert_config.json"
-        if sb.is_file():
-            sbc = _read_json(sb)
-            st_max_len = sbc.get("max_seq_length")
-            settings["lowercase"] = bool(sbc.get("do_lower_case", False))
-        settings["normalize"] = "Normalize" in kinds
-        if "Pooling" in kinds:
-            settings["pooling"] = _read_st_pooling(root / kinds["Pooling"]["path"] / "config.json")
-        cst = root / "config_sentence_transformers.json"
-        if cst.is_file():
-            prompts = _read_json(cst).get("prompts") or {}
-            settings["query_prefix"] = prompts.get("query", "")
-            settings["doc_prefix"] = prompts.get("document", prompts.get("passage", ""))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-        kwargs: dict[str, Any] = {"trust_remote_code": False}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        model = AutoModel.from_pretrained(str(model_dir), **kwargs)
-    except OSError as e:
-        raise RerankError(f"cannot load encoder {path}: {e}") from None
-    max_len = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model.config)
-    settings.setdefault("pooling", "last" if _is_causal_lm(model.config) else "mean")
-    settings.setdefault("query_max_length", max_len)
-    settings.setdefault("doc_max_length", max_len)
+
+def _module(idx: int, path: str, kind: str) -> dict[str, Any]:
+    return {"idx": idx, "name": str(idx), "path": path, "type": f"{_ST_MODULES}.{kind}"}
+
+
+def _save_transformer(folder: Path, model: torch.nn.Module, tokenizer: Any, max_len: int, s: EncoderSettings) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    write_json({"max_seq_length": max_len, "do_lower_case": s.lowercase}, folder / "sentence_bert_config.json")
+
+
+def _save_pooling(folder: Path, model: torch.nn.Module, pooling: str) -> None:
+    cfg: dict[str, Any] = {"word_embedding_dimension": int(model.config.hidden_size)}
+    for mode, key in _ST_POOLING.items():
+        cfg[key] = mode == pooling
+    cfg.update({"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+    write_json(cfg, folder / "config.json")
+
+
+def _kind(type_name: str) -> str:
+    return type_name.rsplit(".", 1)[-1]
+
+
+def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, Any], tuple[Any, Any] | None, dict[str, Any]]:
+    """A sentence-transformers folder: Transformer -> Pooling -> [Normalize], or a Router of a ``query`` and a
+    ``document`` route of that shape followed by [Normalize]. Returns (query side, document side or None, settings)."""
+    modules = _read_json(root / "modules.json")
+    kinds = [_kind(m["type"]) for m in modules]
+    settings: dict[str, Any] = {"normalize": "Normalize" in kinds}
+    if kinds and kinds[0] == "Router":
+        if any(k != "Normalize" for k in kinds[1:]):
+            raise RerankError(f"{root / 'modules.json'}: only Router -> [Normalize] is supported after a Router; "
+                              f"found {[m['type'] for m in modules]}")
+        rdir = root / modules[0]["path"] if modules[0]["path"] else root
+        cfg_file = rdir / ROUTER_CONFIG if (rdir / ROUTER_CONFIG).is_file() else rdir / "config.json"
+        router = _read_json(cfg_file)
+        structure, types = router.get("structure", {}), router.get("types", {})
+        if set(structure) != {"query", "document"} or router.get("parameters", {}).get("route_mappings"):
+            raise RerankError(f"{cfg_file}: only a Router with exactly a 'query' and a 'document' route is supported; "
+                              f"found routes {sorted(structure)}")
+        sides = {}
+        for route in ("query", "document"):
+            sides[route] = _load_pipeline(rdir, [(mid, _kind(types[mid])) for mid in structure[route]], dtype, root)
+        (qm, qt, qset), (dm, dt, dset) = sides["query"], sides["document"]
+        if qset["pooling"] != dset["pooling"]:
+            raise RerankError(f"{cfg_file}: the query and document routes pool differently "
+                              f"({qset['pooling']} / {dset['pooling']}); one pooling for both sides is supported")
+        settings["normalize"] = settings["normalize"] or (qset["normalize"] and dset["normalize"])
+        settings.update(pooling=qset["pooling"], lowercase=qset["lowercase"], query_max_length=qset["max_length"],
+                        doc_max_length=dset["max_length"])
+        query, doc = (qm, qt), (dm, dt)
+    else:
+        m, t, side = _load_pipeline(root, [(m["path"], k) for m, k in zip(modules, kinds, strict=True)], dtype, root)
+        settings.update(pooling=side["pooling"], lowercase=side["lowercase"], query_max_length=side["max_length"],
+                        doc_max_length=side["max_length"])
+        settings["normalize"] = settings["normalize"] or side["normalize"]
+        query, doc = (m, t), None
+    cst = root / "config_sentence_transformers.json"
+    if cst.is_file():
+        prompts = _read_json(cst).get("prompts") or {}
+        settings["query_prefix"] = prompts.get("query", "")
+        settings["doc_prefix"] = prompts.get("document", prompts.get("passage", ""))
     if (root / SETTINGS_FILE).is_file():
         saved = _read_json(root / SETTINGS_FILE)
         settings.update({k: saved[k] for k in ("query_max_length", "doc_max_length") if k in saved})
+    return query, doc, settings
+
+
+def _load_pipeline(base: Path, parts: list[tuple[str, str]], dtype: torch.dtype | None,
+                   root: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """One encoder from its modules ``[(path under base, kind)]``: Transformer -> Pooling -> [Normalize]."""
+    kinds = [k for _, k in parts]
+    if kinds[:1] != ["Transformer"] or any(k not in ("Pooling", "Normalize") for k in kinds[1:]):
+        raise RerankError(f"{root}: only Transformer -> Pooling -> [Normalize] models are supported; found {kinds}")
+    tpath = base / parts[0][0] if parts[0][0] else base
+    model, tok, side = _load_plain(tpath, dtype)
+    side["normalize"] = "Normalize" in kinds
+    pool_parts = [p for p, k in parts if k == "Pooling"]
+    if pool_parts:
+        side["pooling"] = _read_st_pooling(base / pool_parts[0] / "config.json")
+    return model, tok, side
+
+
+def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """An HF encoder folder (or hub id): model, tokenizer, and what it says about pooling, case and max length."""
+    from transformers import AutoModel, AutoTokenizer
+
+    settings: dict[str, Any] = {}
+    st_max_len: int | None = None
+    sb = Path(path) / "sentence_bert_config.json"
+    if sb.is_file():
+        sbc = _read_json(sb)
+        st_max_len = sbc.get("max_seq_length")
+        settings["lowercase"] = bool(sbc.get("do_lower_case", False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        kwargs: dict[str, Any] = {"trust_remote_code": False}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = AutoModel.from_pretrained(str(path), **kwargs)
+    except OSError as e:
+        raise RerankError(f"cannot load encoder {path}: {e}") from None
+    settings.setdefault("lowercase", False)
+    settings["max_length"] = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model.config)
+    settings["pooling"] = "last" if _is_causal_lm(model.config) else "mean"
+    settings["normalize"] = False
+    settings["query_max_length"] = settings["doc_max_length"] = settings["max_length"]
     return model, tokenizer, settings
 
 

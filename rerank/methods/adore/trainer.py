@@ -1,7 +1,8 @@
 """ADORE (Zhan et al., SIGIR 2021): the query encoder trained alone against a fixed document index.
 
-The starting model's document encoder embeds the corpus once into a FAISS flat inner-product index (or ``index``
-names a folder built by ``rerank index`` with that model; a corpus, id, dimension or model mismatch is an error).
+The starting model's document encoder embeds the corpus once into a FAISS flat inner-product index (``OUTPUT/index``;
+or ``index`` names a folder built by ``rerank index`` with that model; a corpus, id, dimension or model mismatch is an
+error).
 The index is never rebuilt or written during training. Each step encodes the batch's queries with the current query
 encoder, retrieves their top-``top_k`` from the index, appends the positives that were not retrieved, and applies
 RankNet over (positive, negative) pairs weighted by ``|1/r_pos − 1/r_neg|`` (ΔMRR), with ``1/r = 0`` beyond
@@ -13,14 +14,14 @@ start from a STAR output (``model: STAR_OUTPUT``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch
 
 __all__ = ["AdoreConfig", "AdoreTrainer", "adore_query_loss"]
 
@@ -29,7 +30,7 @@ __all__ = ["AdoreConfig", "AdoreTrainer", "adore_query_loss"]
 class AdoreConfig(RetrieverTrainConfig):
     """ADORE options on top of the shared ones (DRhard: lr 5e-6, batch 32, top 200, cut 200)."""
 
-    lr: float = 5e-6
+    learning_rate: float = 5e-6
     batch_size: int = 32
     top_k: int = 200
     metric_cut: int | None = 200
@@ -78,41 +79,25 @@ class AdoreTrainer(RetrieverTrainer):
         if cfg.index:
             path = cfg.index
         else:
-            path = str(self.output / "index")
+            path = str(Path(ctx.output) / "index")
 
             def build() -> None:
-                from pathlib import Path
-
                 if (Path(path) / "manifest.json").is_file():
                     return
-                saved, enc.settings = enc.settings, self.save_settings
-                try:
+                with self.saved_settings(enc):
                     emb = encode_corpus_cached(enc, ds, batch_size=cfg.encode_batch_size, progress=cfg.progress)
-                finally:
-                    enc.settings = saved
                 DenseIndex.build(emb, enc, IndexConfig("flat"), model=cfg.model).save(path, emb.path)
 
-            if self.dist.main:
-                build()
-            self.dist.barrier()
+            self.main_first(build, "build ADORE's document index")
         self.use_index(DenseIndex.load(
             path, corpus_sha256=ds.corpus_hash, corpus_ids=ds.corpus.keys(), model_hash=doc_hash, dim=enc.dim
         ))
-        self.index_path = path
-        self.searches = 0
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"searches": self.searches}
-
-    def load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.searches = int(extra.get("searches", 0))
-
-    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: AdoreConfig = self.cfg  # type: ignore[assignment]
-        q_emb = self.embed_queries(qids)
+        qids = batch.qids
+        q_emb, _ = self.embed(model, qids)
         hits = self.index.search(q_emb.detach().float().cpu().numpy(), cfg.top_k)
-        self.searches += 1
-        n_global = len(qids) * self.dist.world
         total = q_emb.sum() * 0.0
         appended = 0
         mrr = 0.0
@@ -128,5 +113,5 @@ class AdoreTrainer(RetrieverTrainer):
             docs = self.doc_emb[[self.doc_row[d] for d in ids]].to(q_emb.device)
             scores = cfg.scale * docs @ q_emb[i]
             total = total + adore_query_loss(scores, labels, cfg.metric_cut)
-        return total / n_global, {"retrieved_queries": float(len(qids)), "appended_positives": float(appended),
-                                  "mrr@10": mrr / n_global}
+        return total / len(qids), {"retrieved_queries": float(len(qids)), "appended_positives": float(appended),
+                                   "mrr@10": mrr / len(qids)}

@@ -3,6 +3,7 @@
 Each query brings one positive (drawn among its positives) and ``hard_negatives`` negatives drawn from BM25's
 top-``negatives_depth`` minus its positives. Every query is scored against every document of the global batch
 (all processes' documents, gathered); documents that are positives of the query other than its drawn one are masked.
+Runs on the shared retriever machinery (:mod:`rerank.trainers.retriever`, transformers' ``Trainer``).
 Loss: cross-entropy of ``scale``·score towards the drawn positive. With ``distill_model`` (a cross-encoder loaded
 through the registered ``cross-encoder`` head) MarginMSE is added: the squared difference between the student's
 margin ``s(q,pos) − s(q,neg)`` and the teacher's, weighted by ``distill_weight``.
@@ -19,7 +20,7 @@ import torch
 from rerank.errors import ConfigError
 from rerank.retrieval.index import doc_text
 from rerank.trainers.base import TrainContext
-from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch
 
 __all__ = ["ContrastiveConfig", "ContrastiveTrainer", "draw_negatives"]
 
@@ -75,29 +76,20 @@ class ContrastiveTrainer(RetrieverTrainer):
 
             self.teacher = Reranker.load("cross-encoder", model=cfg.distill_model, batch_size=cfg.distill_batch_size)
 
-    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: ContrastiveConfig = self.cfg  # type: ignore[assignment]
+        qids = batch.qids
         pos_ids: list[str] = []
         neg_ids: list[list[str]] = []
-        # the draws of every query of the global batch are made on every process (same rng), so a query's draw does
-        # not depend on how the batch is split across processes
-        global_qids = self.batch_qids(step)
-        draws: dict[str, tuple[str, list[str]]] = {}
-        for q in global_qids:
+        for q, rng in zip(qids, batch.rngs, strict=True):
             pos = self.data.positives[q]
-            p = pos[int(rng.integers(len(pos)))]
-            negs = draw_negatives(rng, self.negatives.get(q, []), cfg.hard_negatives, set(pos), self.corpus_ids)
-            draws[q] = (p, negs)
-        for q in qids:
-            pos_ids.append(draws[q][0])
-            neg_ids.append(draws[q][1])
+            pos_ids.append(pos[int(rng.integers(len(pos)))])
+            neg_ids.append(draw_negatives(rng, self.negatives.get(q, []), cfg.hard_negatives, set(pos), self.corpus_ids))
         local_docs = pos_ids + [d for negs in neg_ids for d in negs]
-        q_emb = self.embed_queries(qids)
-        d_local = self.embed_docs(local_docs)
-        d_all = self.dist.gather(d_local)
-        all_ids = self.dist.gather_list(local_docs)
-        n_local = len(local_docs)
-        offset = self.dist.rank * n_local
+        q_emb, d_local = self.embed(model, qids, local_docs)
+        d_all = batch.gather(d_local)
+        all_ids = batch.gather_list(local_docs)
+        offset = batch.rank * len(local_docs)
         scores = cfg.scale * q_emb @ d_all.T
         mask = torch.zeros_like(scores, dtype=torch.bool)
         for i, q in enumerate(qids):
@@ -107,8 +99,7 @@ class ContrastiveTrainer(RetrieverTrainer):
                     mask[i, j] = True
         scores = scores.masked_fill(mask, float("-inf"))
         target = torch.arange(len(qids), device=scores.device) + offset
-        n_global = len(global_qids)
-        ce = torch.nn.functional.cross_entropy(scores, target, reduction="sum") / n_global
+        ce = torch.nn.functional.cross_entropy(scores, target)
         stats: dict[str, float] = {"infonce": ce.item()}
         loss = ce
         if self.teacher is not None:
@@ -116,13 +107,13 @@ class ContrastiveTrainer(RetrieverTrainer):
             corpus = self.data.dataset.corpus
             pairs = [(qtext[i], doc_text(corpus[pos_ids[i]])) for i in range(len(qids))]
             pairs += [(qtext[i], doc_text(corpus[d])) for i in range(len(qids)) for d in neg_ids[i]]
-            t = torch.tensor(self.teacher.score_pairs(pairs), dtype=scores.dtype)
+            t = torch.tensor(self.teacher.score_pairs(pairs), dtype=scores.dtype, device=scores.device)
             h = cfg.hard_negatives
             t_pos, t_neg = t[: len(qids)], t[len(qids) :].view(len(qids), h)
             raw = cfg.scale * q_emb @ d_local.T
             s_pos = raw[torch.arange(len(qids)), torch.arange(len(qids))]
             s_neg = torch.stack([raw[i, len(qids) + i * h : len(qids) + (i + 1) * h] for i in range(len(qids))])
-            mse = ((s_pos.unsqueeze(1) - s_neg) - (t_pos.unsqueeze(1) - t_neg)).pow(2).mean(1).sum() / n_global
+            mse = ((s_pos.unsqueeze(1) - s_neg) - (t_pos.unsqueeze(1) - t_neg)).pow(2).mean(1).mean()
             stats["margin_mse"] = mse.item()
             loss = loss + cfg.distill_weight * mse
         return loss, stats

@@ -4,21 +4,17 @@ expected nDCG@k under a Plackett–Luce policy over each query's candidate score
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from rerank.errors import ConfigError
 from rerank.methods.pgrank.loss import pgrank_loss
-from rerank.retrieval.dense import BiEncoder
 from rerank.trainers.base import TrainContext
-from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, mine_dense_negatives
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch, mine_dense_negatives
 
 __all__ = ["PGRankConfig", "PGRankTrainer"]
-
-
-# ---------------------------------------------------------------------- the trainer
 
 
 @dataclass
@@ -58,11 +54,9 @@ class PGRankTrainer(RetrieverTrainer):
         if cfg.negatives_from == "bm25":
             pool = self.bm25_run(qids, depth)
         else:
-            def mine() -> dict[str, list[str]]:
-                warm = BiEncoder.load(cfg.model, device=cfg.device)
-                return mine_dense_negatives(warm, self.data, qids, depth, cfg.encode_batch_size, cfg.progress)
-
-            pool = self.dist.broadcast(mine() if self.dist.main else None)
+            pool = self.main_first(lambda: mine_dense_negatives(self.start_encoder(), self.data, qids, depth,
+                                                                cfg.encode_batch_size, cfg.progress),
+                                   "mine PG-Rank's candidates")
         corpus_ids = sorted(self.data.dataset.corpus)
         self.candidates: dict[str, list[str]] = {}
         for q in qids:
@@ -83,8 +77,9 @@ class PGRankTrainer(RetrieverTrainer):
                     seen.add(d)
             self.candidates[q] = cands
 
-    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: PGRankConfig = self.cfg  # type: ignore[assignment]
+        qids = batch.qids
         n = cfg.num_candidates
         flat: list[str] = []
         mask = torch.zeros(len(qids), n, dtype=torch.bool)
@@ -94,11 +89,14 @@ class PGRankTrainer(RetrieverTrainer):
             mask[i, : len(cands)] = True
             labels[i, : len(cands)] = torch.tensor([float(self.data.grades[q].get(d, 0)) for d in cands])
             flat += cands + [cands[0]] * (n - len(cands))
-        q_emb = self.embed_queries(qids)
-        d_emb = self.embed_docs(flat).view(len(qids), n, -1).to(q_emb.device)
+        q_emb, d_emb = self.embed(model, qids, flat)
+        d_emb = d_emb.view(len(qids), n, -1).to(q_emb.device)
         scores = cfg.scale * torch.einsum("bd,bnd->bn", q_emb, d_emb)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        loss, utility = pgrank_loss(scores, labels.to(scores.device), cfg.num_samples, cfg.ndcg_k, cfg.temperature,
-                                    gen, mask.to(scores.device))
-        share = len(qids) / (len(qids) * self.dist.world)
-        return loss * share, {"utility": utility.item() * share}
+        losses, utility = [], []
+        for i, rng in enumerate(batch.rngs):  # each query's samples from its own generator (split-independent)
+            gen = torch.Generator(device=scores.device).manual_seed(int(rng.integers(2**62)))
+            li, ui = pgrank_loss(scores[i : i + 1], labels[i : i + 1].to(scores.device), cfg.num_samples, cfg.ndcg_k,
+                                 cfg.temperature, gen, mask[i : i + 1].to(scores.device))
+            losses.append(li)
+            utility.append(float(ui))
+        return torch.stack(losses).mean(), {"utility": sum(utility) / len(utility)}

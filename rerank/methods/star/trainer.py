@@ -12,17 +12,18 @@ Loss: for each (query, negative) pair the two-way softmax cross-entropy of the p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from rerank.errors import ConfigError, RerankError
 from rerank.methods.contrastive.trainer import draw_negatives
-from rerank.retrieval.dense import BiEncoder
 from rerank.trainers.base import TrainContext
 from rerank.trainers.retriever import (
     RetrieverTrainConfig,
     RetrieverTrainer,
+    StepBatch,
     load_negatives,
     mine_dense_negatives,
     save_negatives,
@@ -66,7 +67,7 @@ class StarTrainer(RetrieverTrainer):
         if cfg.negatives_file:
             self.negatives = load_negatives(cfg.negatives_file, self.data, qids)
             return
-        path = self.output / "negatives.json"
+        path = Path(ctx.output) / "negatives.json"
 
         def mine() -> None:
             if path.is_file():
@@ -75,7 +76,7 @@ class StarTrainer(RetrieverTrainer):
                     return
                 except RerankError as e:
                     raise RerankError(f"{path} exists but does not fit this run ({e}); remove it") from None
-            warm = BiEncoder.load(cfg.model, device=cfg.device)
+            warm = self.start_encoder()
             negs = mine_dense_negatives(warm, self.data, qids, cfg.negatives_depth + 50, cfg.encode_batch_size,
                                         cfg.progress)
             negs = {q: v[: cfg.negatives_depth] for q, v in negs.items()}
@@ -84,25 +85,23 @@ class StarTrainer(RetrieverTrainer):
                 "depth": cfg.negatives_depth, "split": cfg.split,
             })
 
-        if self.dist.main:
-            mine()
-        self.dist.barrier()
+        self.main_first(mine, "mine STAR's negatives")
         self.negatives = load_negatives(path, self.data, qids)
 
-    def loss(self, qids: list[str], rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: StarConfig = self.cfg  # type: ignore[assignment]
-        draws: dict[str, tuple[str, str]] = {}
-        for q in self.batch_qids(step):
+        qids = batch.qids
+        pos_ids, neg_ids = [], []
+        for q, rng in zip(qids, batch.rngs, strict=True):
             pos = self.data.positives[q]
-            p = pos[int(rng.integers(len(pos)))]
-            n = draw_negatives(rng, self.negatives[q], 1, set(pos), self.corpus_ids)[0]
-            draws[q] = (p, n)
-        local_docs = [draws[q][0] for q in qids] + [draws[q][1] for q in qids]
-        q_emb = self.embed_queries(qids)
-        d_all = self.dist.gather(self.embed_docs(local_docs))
-        all_ids = self.dist.gather_list(local_docs)
+            pos_ids.append(pos[int(rng.integers(len(pos)))])
+            neg_ids.append(draw_negatives(rng, self.negatives[q], 1, set(pos), self.corpus_ids)[0])
+        local_docs = pos_ids + neg_ids
+        q_emb, d_local = self.embed(model, qids, local_docs)
+        d_all = batch.gather(d_local)
+        all_ids = batch.gather_list(local_docs)
         scores = cfg.scale * q_emb @ d_all.T
-        offset = self.dist.rank * len(local_docs)
+        offset = batch.rank * len(local_docs)
         pos_index = torch.arange(len(qids), device=scores.device) + offset
         valid = torch.ones_like(scores)
         for i, q in enumerate(qids):
@@ -111,5 +110,5 @@ class StarTrainer(RetrieverTrainer):
                 if d in rel:
                     valid[i, j] = 0.0
         total, n_pairs = star_pair_loss(scores, pos_index, valid)
-        n_global = self.dist.sum(n_pairs)
-        return total / max(n_global, 1.0), {"pairs": float(n_pairs)}
+        n_global = batch.sum(n_pairs)
+        return total * batch.world / max(n_global, 1.0), {"pairs": float(n_pairs)}

@@ -403,5 +403,5 @@ def test_scifact_recipe_output_trains_a_cross_encoder(scifact_dir: Path, tmp_pat
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(cfg))
     rc, _, err = run_cli("train", "sft", "--config", tmp_path / "sft.yaml", "--output", tmp_path / "ce")
     assert rc == 0, err
-    ranked = Reranker.load("cross-encoder", model=str(tmp_path / "ce")).rerank("q", ["a b", "c d"])
+    ranked = Reranker.load(str(tmp_path / "ce" / "model")).rerank("q", ["a b", "c d"])
     assert len(ranked.results) == 2

@@ -133,7 +133,7 @@ def _common(task_dir: Path, head: str) -> dict[str, Any]:
 def _sft_once(task_dir: Path, head: str) -> tuple[dict, Path]:
     """The head's SFT from the random tiny model, trained once per module and reused by every test."""
     sft_out = task_dir / f"{head}-sft"
-    if not (sft_out / "model.safetensors").exists():
+    if not (sft_out / "model" / "model.safetensors").exists():
         r1 = sft({**_common(task_dir, head), **HEADS[head][0], "model": str(task_dir / "llm")}, sft_out)
         (sft_out / "result.json").write_text(json.dumps(r1))
     return json.loads((sft_out / "result.json").read_text()), sft_out
@@ -144,7 +144,7 @@ def _sft_then_grpo(task_dir: Path, head: str, grpo_steps: int | None = None) -> 
     grpo_over = dict(HEADS[head][1], **({"max_steps": grpo_steps} if grpo_steps else {}))
     r1, sft_out = _sft_once(task_dir, head)
     start_in, data_name = GRPO_FROM.get(head, ("", ""))
-    start = sft_out / start_in if start_in else sft_out
+    start = sft_out / start_in if start_in else sft_out / "model"
     common = _common(task_dir, head)
     if data_name:
         common["data"] = {"path": str(task_dir / f"{data_name}.jsonl"), "dev_fraction": 0.0}
@@ -163,7 +163,7 @@ def test_sft_lowers_loss_and_grpo_updates(task_dir: Path, head: str) -> None:
     assert r1["last_logged_loss"] < 0.67 * r1["first_logged_loss"]
     assert _weights_changed(task_dir / "llm", start)
     assert r2["global_step"] == 2
-    assert _weights_changed(start, grpo_out)
+    assert _weights_changed(start, grpo_out / "model")
     assert r2["first_logged_reward"] is not None and r2["first_logged_reward"] == r2["first_logged_reward"]
 
 
@@ -172,7 +172,7 @@ def test_first_sft_learns_the_first_identifier(task_dir: Path) -> None:
     random order of their 6 candidates (nDCG@10 0.628 in expectation; 0.84 measured), as the FIRST head ranks them."""
     _, sft_out = _sft_once(task_dir, "first")
     opts = {"template": str(task_dir / "first.yaml"), "max_doc_tokens": 40, **HEADS["first"][2]}
-    assert mean_ndcg(str(sft_out), "first", _heldout(task_dir), **opts) > 0.75
+    assert mean_ndcg(str(sft_out / "model"), "first", _heldout(task_dir), **opts) > 0.75
 
 
 _EVALS: dict[tuple[str, str], list[float]] = {}
@@ -206,7 +206,7 @@ def _assert_grpo_beats_sft(task_dir: Path, head: str) -> None:
     rewards = r2["logged_rewards"]  # one mean per step (logging_steps=1)
     third = max(1, len(rewards) // 3)
     assert sum(rewards[-third:]) / third > sum(rewards[:third]) / third
-    _judge(task_dir, head, start, grpo_out)
+    _judge(task_dir, head, start, grpo_out / "model")
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
@@ -216,7 +216,7 @@ def test_the_judge_rejects_a_noop_grpo(task_dir: Path, head: str, tmp_path: Path
 
     _, sft_out = _sft_once(task_dir, head)
     start_in = GRPO_FROM.get(head, ("", ""))[0]
-    start = sft_out / start_in if start_in else sft_out
+    start = sft_out / start_in if start_in else sft_out / "model"
     noop = tmp_path / "noop-grpo"
     shutil.copytree(start, noop)
     _EVALS[(str(noop), head)] = list(_per_query(task_dir, start, head))  # a copy ranks as its start does

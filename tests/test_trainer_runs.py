@@ -76,8 +76,8 @@ def test_kill_and_resume_matches_uninterrupted(work: Path, monkeypatch: pytest.M
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in a:  # same batches in the same order -> the same per-step losses
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5)
-    wa = load_file(str(work / "full" / "model.safetensors"))
-    wb = load_file(str(work / "resumed" / "model.safetensors"))
+    wa = load_file(str(work / "full" / "model" / "model.safetensors"))
+    wb = load_file(str(work / "resumed" / "model" / "model.safetensors"))
     assert all((wa[k] - wb[k]).abs().max() < 1e-4 for k in wa)
     with pytest.raises(Exception, match="no checkpoint"):
         sft(_cfg(work), work / "fresh", resume=True)
@@ -89,8 +89,8 @@ def test_lora_merged_with_adapter_kept(work: Path) -> None:
     out = work / "lora"
     r = sft(_cfg(work, max_steps=2, lora={"enabled": True, "r": 4, "alpha": 8}), out)
     assert r["global_step"] == 2
-    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model.safetensors").is_file()
-    model = AutoModelForCausalLM.from_pretrained(str(out))  # a plain model: LoRA merged
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model" / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"))  # a plain model: LoRA merged
     assert not any("lora" in n for n, _ in model.named_parameters())
     record = json.loads((out / "rerank_train.json").read_text())
     assert record["config"]["lora"]["r"] == 4 and "git_hash" in record
@@ -168,7 +168,7 @@ def test_cross_encoder_sft_tiny(tmp_path: Path, tiny_bert_dir: Path) -> None:
                  "max_steps": 3, "save_steps": 3, "learning_rate": 1e-4, "eval_steps": 3,
                  "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.3}}, out)
         assert r["global_step"] == 3 and r["selected_by"] == "dev nDCG@10"
-        ranked = Reranker.load("cross-encoder", model=str(out)).rerank("q", ["a b", "c d"])
+        ranked = Reranker.load("cross-encoder", model=str(out / "model")).rerank("q", ["a b", "c d"])
         assert len(ranked.results) == 2
 
 
@@ -304,7 +304,7 @@ def test_accelerate_two_processes(work: Path, repo_root: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
-    assert (out / "model.safetensors").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
     # 12 queries x 4 candidates = 48 rows; 2 processes x batch 2 = 4 rows a step -> 12 steps an epoch
     assert state["epoch"] == pytest.approx(2 / 12), state["epoch"]
 

@@ -30,7 +30,9 @@ def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argpar
 
 
 def add_reranker(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reranker", default=None, help="registered reranker method (e.g. cross-encoder, first)")
+    p.add_argument("--reranker", default=None,
+                   help="registered reranker method (e.g. cross-encoder, first); default: the method a trained "
+                        "--model folder records in its rerank.json")
     p.add_argument("--model", default=None, help="model name or path for the reranker / dense retriever")
     p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
     p.add_argument("--base-url", default=None, help="server URL for --backend openai (e.g. http://127.0.0.1:8000/v1)")
@@ -44,3 +46,14 @@ def reranker_options(args: argparse.Namespace) -> dict:
     if getattr(args, "base_url", None):
         opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}
     return opts
+
+
+def method_from_model(args: argparse.Namespace) -> dict | None:
+    """Fill ``args.reranker`` from a trained ``--model`` folder's ``rerank.json`` when no ``--reranker`` is given;
+    returns that record (None when ``--model`` is not such a folder)."""
+    from rerank.methods.record import read_record
+
+    record = read_record(getattr(args, "model", None))
+    if record is not None and args.reranker is None and record.get("kind") == "reranker":
+        args.reranker = record["method"]
+    return record

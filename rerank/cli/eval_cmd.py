@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rerank.cli.common import add_dataset, add_reranker, reranker_options
+from rerank.cli.common import add_dataset, add_reranker, method_from_model, reranker_options
 from rerank.config import apply_overrides, load_yaml
 from rerank.errors import ConfigError
 
@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.report import summary_line
 
     ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set)
+    record = method_from_model(args)
+    if record is not None and record.get("kind") == "retriever" and args.retriever is None and args.first_stage is None:
+        args.retriever = "dense"  # a trained retriever folder is the dense first stage's model
     model = args.model
     if args.index is not None:
         if args.retriever is None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rerank.cli.common import add_data_root, add_reranker, reranker_options
+from rerank.cli.common import add_data_root, add_reranker, method_from_model, reranker_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from rerank.types import Candidate
     from rerank.utils.files import atomic_write
 
+    method_from_model(args)
     if args.reranker is None:
-        raise ConfigError("rerank rank needs --reranker METHOD")
+        raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker folder (with rerank.json)")
     reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
     if args.input:
         records = read_query_docs_jsonl(args.input)

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from rerank.cli.common import add_reranker, reranker_options
+from rerank.cli.common import add_reranker, method_from_model, reranker_options
 from rerank.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from rerank.serve import create_app
     from rerank.serve.server import install_log_limits, serve
 
+    method_from_model(args)
     if not args.reranker:
-        raise ConfigError("rerank serve needs --reranker METHOD")
+        raise ConfigError("rerank serve needs --reranker METHOD, or --model a trained reranker folder (with rerank.json)")
     cfg = serve_config(args)
     get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
     if cfg.host not in _LOOPBACK and cfg.api_key is None:

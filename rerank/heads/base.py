@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 from rerank.config import from_dict, to_dict
+from rerank.errors import ConfigError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
 __all__ = ["Reranker", "RerankerConfig", "RerankStats", "DocInput", "as_candidates", "sigmoid"]
@@ -93,10 +94,27 @@ class Reranker(ABC):
         self.stats = RerankStats()
 
     @staticmethod
-    def load(method: str, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
-        """Build the registered head ``method`` on ``model`` with ``backend``; options fill its typed config."""
-        from rerank.heads.registry import get_reranker_class
+    def load(method: str | None = None, model: str | None = None, backend: str = "transformers",
+             **options: Any) -> Reranker:
+        """Build a reranker: the registered method ``method`` on ``model``, or a trained model folder on its own
+        (``Reranker.load("path/to/model")``), whose ``rerank.json`` names the method and the options it was trained
+        with (prompt template included); options given here fill the typed config over those."""
+        from rerank.heads.registry import available_rerankers, get_reranker_class
+        from rerank.methods.record import read_record
 
+        if method is not None and model is None and method not in available_rerankers() and read_record(method):
+            method, model = None, method
+        record = read_record(model)
+        if record is not None:
+            if record.get("kind") != "reranker":
+                raise ConfigError(f"{model} is a trained {record.get('kind')} ({record['method']}), not a reranker; "
+                                  f"use it as a first stage (--retriever dense --model {model})")
+            if method is not None and method != record["method"]:
+                raise ConfigError(f"{model} was trained as {record['method']!r}; load it with that method or none")
+            method = record["method"]
+            options = {**record.get("options", {}), **options}
+        if method is None:
+            raise ConfigError("give a registered method name or a trained model folder (one holding rerank.json)")
         cls = get_reranker_class(method)
         return cls.from_options(model=model, backend=backend, **options)
 

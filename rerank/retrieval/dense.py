@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from rerank.errors import ConfigError, RerankError
 from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage
-from rerank.utils.files import write_json
+from rerank.utils.files import staged_dir, write_json
 
 __all__ = ["BiEncoder", "EncoderSettings", "DenseConfig", "DenseRetriever", "Pooling", "pool"]
 
@@ -307,20 +306,8 @@ class BiEncoder(torch.nn.Module):
         """Write a sentence-transformers folder (``SentenceTransformer(path)`` loads it; untied: a ``Router`` with a
         ``query`` and a ``document`` route); replaces ``path`` atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with staged_dir(path) as tmp:
             self.save_into(tmp)
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.replace(path, old / "x")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     def save_into(self, folder: str | Path) -> None:

@@ -23,7 +23,7 @@ from rerank.trainers.base import TrainContext
 from rerank.trainers.common import CommonTrainConfig, cpu_only, resume_arg, training_kwargs
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
-from rerank.trainers.sft_trainer import load_causal_lm, save_final
+from rerank.trainers.sft_trainer import load_causal_lm, save_final, selection_metrics
 
 __all__ = ["GRPOTrainConfig", "GRPOTrainer", "reward_function"]
 
@@ -144,12 +144,15 @@ class GRPOTrainer:
             processing_class=tok,
             peft_config=config.lora.peft_config() if config.lora.enabled else None,
         )
+        self.task = task
         return trainer
 
     def train(self, config: GRPOTrainConfig, ctx: TrainContext) -> dict[str, Any]:
         trainer = self.build(config, ctx)
         result = trainer.train(resume_from_checkpoint=resume_arg(ctx.output, ctx.resume))
-        save_final(trainer, config, ctx.output)
+        dev = trainer.eval_dataset
+        metrics, note = selection_metrics(trainer, "dev mean reward", len(dev) if dev is not None else 0)
+        save_final(trainer, config, ctx.output, "grpo", self.task.record_options(), metrics, note)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                 "first_logged_reward": rewards[0] if rewards else None,

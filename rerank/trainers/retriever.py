@@ -43,9 +43,10 @@ from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.errors import ConfigError, RerankError
 from rerank.retrieval.dense import BiEncoder
 from rerank.retrieval.index import doc_text
+from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
 from rerank.trainers.common import TrainSchedule, cpu_only, resume_arg, training_kwargs
-from rerank.utils.files import atomic_write, write_json
+from rerank.utils.files import atomic_write, staged_dir, write_json
 
 __all__ = [
     "RetrieverTrainConfig",
@@ -510,8 +511,14 @@ class RetrieverTrainer:
         }
         trainer.accelerator.wait_for_everyone()
         if main:
-            with self.saved_settings(enc):
-                enc.save(out / "model")
+            metrics = {"dev nDCG@10": best["ndcg@10"], "dev R@100": best["recall@100"],
+                       "selected step": best["step"]} if best is not None else None
+            note = (f"Measured by the trainer on its dev split ({len(self.data.dev_qids)} queries carved from the "
+                    f"training queries with the seed), for model selection.")
+            with staged_dir(out / "model") as tmp:
+                self.save_model(enc, tmp)
+                write_model_artifacts(tmp, method=self.name, trainer=self.name, config=cfg, metrics=metrics,
+                                      metrics_note=note)
             with atomic_write(out / "train_log.jsonl") as f:
                 for h in history:
                     f.write(json.dumps(h) + "\n")

@@ -77,21 +77,38 @@ def load_causal_lm(path: str, cpu: bool) -> tuple[Any, Any]:
     return model, tok
 
 
-def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path) -> None:
-    """Write the complete model to ``output``: LoRA merged (adapter kept in ``adapter/``) or the full weights."""
+def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path, trainer_name: str, options: dict[str, Any],
+               metrics: dict[str, Any] | None = None, note: str = "") -> None:
+    """Write the final model to ``OUTPUT/model`` (LoRA merged, its adapter kept beside it in ``OUTPUT/adapter``) with
+    its ``rerank.json`` and model card; checkpoints stay in ``OUTPUT/checkpoints``, never in the model folder."""
+    from rerank.trainers.artifacts import write_model_artifacts
+    from rerank.utils.files import staged_dir
+
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return
     model = trainer.model
     tok = trainer.processing_class
     if cfg.lora.enabled:
-        model.save_pretrained(str(output / "adapter"), safe_serialization=True)
-        if cfg.lora.merge:
-            model = model.merge_and_unload()
-        else:
+        with staged_dir(output / "adapter") as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        if not cfg.lora.merge:
             return
-    model.save_pretrained(str(output), safe_serialization=True)
-    tok.save_pretrained(str(output))
+        model = model.merge_and_unload()
+    with staged_dir(output / "model") as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        write_model_artifacts(tmp, method=cfg.head, trainer=trainer_name, config=cfg, options=options,
+                              metrics=metrics, metrics_note=note)
+
+
+def selection_metrics(trainer: Any, name: str, dev_size: int) -> tuple[dict[str, Any] | None, str]:
+    """The model-card entry of a run that selected its checkpoint on dev (None when it did not evaluate)."""
+    if trainer.state.best_metric is None:
+        return None, ""
+    return ({name: float(trainer.state.best_metric), "selected step": trainer.state.best_global_step},
+            f"Measured by the trainer on its dev split ({dev_size} rows carved from the training data with the seed), "
+            f"for model selection; the model is the checkpoint with the best value.")
 
 
 def sft_dataset(task: Any, examples: list[dict[str, Any]]) -> Any:
@@ -141,7 +158,8 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
                           processing_class=tok, peft_config=cfg.lora.peft_config() if cfg.lora.enabled else None,
                           **extra)
     result = trainer.train(resume_from_checkpoint=resume_arg(ctx.output, ctx.resume))
-    save_final(trainer, cfg, ctx.output)
+    metrics, note = selection_metrics(trainer, "dev loss", len(dev_ds) if dev_ds is not None else 0)
+    save_final(trainer, cfg, ctx.output, "sft", task.record_options(), metrics, note)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "first_logged_loss": losses[0] if losses else None, "last_logged_loss": losses[-1] if losses else None,

@@ -63,11 +63,23 @@ class Task:
 
     @classmethod
     def head_options(cls, cfg: Any) -> dict[str, Any]:
-        """The inference head's options that shape the prompts this task trains on (saved in ``rerank.json``)."""
+        """The inference head's options that shape the prompts this task trains on (saved in ``rerank.json``). The
+        template: the configured one, else the starting model's own when its ``rerank.json`` records one for this
+        method (GRPO from an SFT output keeps the SFT's prompt), else the method's default."""
+        from rerank.methods.record import read_record
+
         out: dict[str, Any] = {"max_doc_tokens": cfg.max_doc_tokens, "max_query_tokens": cfg.max_query_tokens}
+        record = read_record(cfg.model) if not cfg.template else None
         if cfg.template:
             out["template"] = cfg.template
+        elif record is not None and record.get("method") == cls.method and record.get("options", {}).get("template"):
+            out["template"] = record["options"]["template"]
         return out
+
+    def record_options(self) -> dict[str, Any]:
+        """The head options a trained model's ``rerank.json`` records: :meth:`head_options` with the template in
+        full (so the model's prompts do not depend on the toolkit's shipped files)."""
+        return {**self.head_options(self.cfg), "template": self.template.to_dict()}
 
     @staticmethod
     def query(example: dict[str, Any]) -> Query:

@@ -7,8 +7,9 @@ those hard negatives and ``in_batch_negatives`` other rows' documents (default 4
 library's defaults; the localized contrastive estimation of Gao et al. 2021, plus in-batch negatives when > 0).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
 learns to rank (docs/benchmarks.md, "Training"). Model selection keeps the checkpoint with the best dev nDCG@10 (from
-sentence-transformers' reranking evaluator over the dev queries' candidates). The output folder is a plain
-``AutoModelForSequenceClassification`` folder (one label) that ``rerank eval --reranker cross-encoder`` loads.
+sentence-transformers' reranking evaluator over the dev queries' candidates). ``OUTPUT/model`` is a plain
+``AutoModelForSequenceClassification`` folder (one label, ``rerank.json`` and a model card beside the weights) that
+``Reranker.load`` and sentence-transformers' ``CrossEncoder`` load.
 """
 
 from __future__ import annotations
@@ -113,9 +114,18 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     train_ds = _dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=resume_arg(output, ctx.resume))
-    if trainer.is_world_process_zero():
-        model.save(str(output), safe_serialization=True)
     dev_metrics = evaluator(model) if evaluator is not None else {}
+    if trainer.is_world_process_zero():
+        from rerank.trainers.artifacts import write_model_artifacts
+        from rerank.utils.files import staged_dir
+
+        note = (f"Measured by the trainer on its dev split ({len(dev)} queries carved from the training data with the "
+                f"seed; sentence-transformers' reranking evaluator over their candidates), for model selection.")
+        with staged_dir(output / "model") as tmp:
+            model.save(str(tmp), safe_serialization=True)
+            write_model_artifacts(tmp, method="cross-encoder", trainer="sft", config=cfg,
+                                  options={"max_length": cfg.max_length}, metrics=dev_metrics or None,
+                                  metrics_note=note)
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,
             "selected_by": "dev nDCG@10" if evaluator is not None else "last step"}

@@ -1,0 +1,156 @@
+"""What every trainer leaves in ``OUTPUT/model`` beside the weights: ``rerank.json`` (method, head options, the full
+prompt template) and a model card ``README.md`` (Hub metadata, method, base model, the training config, the data,
+the trainer's own evaluation, how to use it).
+
+Nothing written here holds an absolute path of the training machine: a local path is recorded relative to the working
+directory when it lies under it, else by its last component (a hub id or a packaged model name is kept as given).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rerank.config import to_dict
+from rerank.methods import get_method
+from rerank.methods.record import RECORD_FILE, record_payload
+from rerank.utils.files import atomic_write, write_json
+
+__all__ = ["portable", "scrub_paths", "write_model_artifacts"]
+
+
+def portable(value: str) -> str:
+    """``value`` without the training machine's layout: an absolute path becomes relative to the working directory
+    (when under it) or its last component; anything else is kept as written."""
+    if not value or not os.path.isabs(value):
+        return value
+    path = Path(value)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
+def scrub_paths(obj: Any) -> Any:
+    """``obj`` (a plain config dict) with every absolute path string made :func:`portable`."""
+    if isinstance(obj, dict):
+        return {k: scrub_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [scrub_paths(v) for v in obj]
+    return portable(obj) if isinstance(obj, str) else obj
+
+
+def _data_text(config: dict[str, Any]) -> str:
+    data = config.get("data")
+    if isinstance(data, dict):
+        if data.get("path"):
+            return f"Training examples from `{data['path']}` (the rerank training schema)."
+        return (f"Built from the BEIR dataset `{data.get('beir')}` (split `{data.get('split')}`): qrels positives and "
+                f"BM25 hard negatives, as configured under `data` below.")
+    return f"The judged queries of `{config.get('dataset')}` (split `{config.get('split', 'train')}`)."
+
+
+def _use_text(method: Any) -> str:
+    if method.kind == "retriever":
+        return """```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/to/model")
+queries = model.encode_query(["what is bm25?"])
+documents = model.encode_document(["BM25 is a ranking function ..."])
+```
+
+```bash
+rerank eval --dataset scifact --retriever dense --model path/to/model --output runs/eval
+```
+"""
+    extra = ""
+    if method.name == "cross-encoder":
+        extra = """
+```python
+from sentence_transformers import CrossEncoder
+
+scores = CrossEncoder("path/to/model").predict([("what is bm25?", "BM25 is a ranking function ...")])
+```
+"""
+    return f"""```python
+from rerank import Reranker
+
+reranker = Reranker.load("path/to/model")  # the method and its prompt come from rerank.json
+result = reranker.rerank("what is bm25?", ["BM25 is a ranking function ...", "Paris is in France."])
+```
+
+```bash
+rerank rank --model path/to/model --input queries_docs.jsonl --output ranked.jsonl
+rerank eval --dataset scifact --retriever bm25 --model path/to/model --output runs/eval
+```
+{extra}"""
+
+
+def write_model_artifacts(
+    model_dir: Path,
+    *,
+    method: str,
+    trainer: str,
+    config: Any,
+    options: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    metrics_note: str = "",
+) -> None:
+    """Write ``rerank.json`` and the model card into ``model_dir`` (the folder the weights are already in).
+
+    ``options``: the inference head's options the model was trained with (the template as a full mapping);
+    ``metrics``: what the trainer measured on its dev split for model selection (None: it did not evaluate).
+    """
+    m = get_method(method)
+    cfg = scrub_paths(to_dict(config))
+    base = str(cfg.get("model", ""))
+    write_json(record_payload(method, m.kind, options or {}, trainer, base), model_dir / RECORD_FILE)
+    meta: dict[str, Any] = {"base_model": base, "library_name": m.library_name,
+                            "tags": ["rerank", m.kind, method, f"rerank-train-{trainer}"]}
+    if m.pipeline_tag:
+        meta["pipeline_tag"] = m.pipeline_tag
+    if metrics:
+        evaluation = "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items())
+        evaluation = f"{metrics_note}\n\n{evaluation}" if metrics_note else evaluation
+    else:
+        evaluation = ("The trainer did not evaluate this model (no dev split or `eval_steps: 0`); evaluate it with "
+                      "`rerank eval` (below).")
+    card = f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {method} {m.kind}, trained with rerank
+
+## Method
+
+`{method}`: {m.summary}. Trained with `rerank train {trainer}`; `rerank.json` holds the method and the options it was
+trained with (the prompt template in full), so `rerank` loads it without being told the method.
+
+## Base model
+
+`{base}`
+
+## Data
+
+{_data_text(cfg)}
+
+## Training configuration
+
+```yaml
+{yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True).strip()}
+```
+
+## Evaluation
+
+{evaluation}
+
+## Use
+
+{_use_text(m).strip()}
+"""
+    with atomic_write(model_dir / "README.md") as f:
+        f.write(card)

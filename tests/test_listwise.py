@@ -19,7 +19,7 @@ from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankStats, as_candidates
 from rerank.heads.permutation import format_permutation, identifiers, parse_permutation, record_parse
 from rerank.heads.registry import get_reranker_class
-from rerank.heads.sliding_window import SlidingWindowConfig, passage_texts, sliding_window_rerank, window_plan
+from rerank.heads.sliding_window import SlidingWindowConfig, sliding_window_rerank, window_plan
 from rerank.methods.first.head import FirstReranker
 from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker, minmax, parse_group_scores
 from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker

@@ -201,6 +201,32 @@ def test_dl_suite_uses_the_folder_run_and_rel_level_2(tmp_path: Path, run_cli) -
     assert json.loads((out / "summary.json").read_text())["num_datasets"] == 2
 
 
+def test_dl_suite_runs_the_members_present_and_names_the_missing(tmp_path: Path, run_cli) -> None:
+    """With only DL19 under the data root, ``--suite dl`` evaluates DL19 and says in one line that DL20 is missing;
+    naming DL20 in --datasets requires it (a one-line error, exit 2)."""
+    _dl_folder(tmp_path / "data", "dl19-bm25-top100")
+    out = tmp_path / "o"
+    rc, so, se = run_cli("eval", "--suite", "dl", "--data-root", tmp_path / "data", "--output", out)
+    assert rc == 0, se
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_datasets"] == 1 and list(summary["datasets"]) == ["dl19-bm25-top100"]
+    assert summary["missing"] == ["dl20-bm25-top100"]
+    assert "not found, skipped: dl20-bm25-top100" in so and len(so.strip().splitlines()) == 1
+    rc, _, se = run_cli("eval", "--suite", "dl", "--datasets", "dl19-bm25-top100,dl20-bm25-top100",
+                        "--data-root", tmp_path / "data", "--output", tmp_path / "o2")
+    assert rc == 2 and "dataset 'dl20-bm25-top100' not found" in se and len(se.strip().splitlines()) == 1
+    rc, _, se = run_cli("eval", "--suite", "dl", "--data-root", tmp_path / "empty", "--output", tmp_path / "o3")
+    assert rc == 2 and "none of its datasets was found" in se
+
+
+def test_eval_has_no_default_first_stage(tmp_path: Path, run_cli) -> None:
+    """README: ``rerank eval`` needs --retriever or --first-stage; without one it is a one-line error, exit 2."""
+    _dl_folder(tmp_path / "data", "dl19-bm25-top100")
+    rc, so, se = run_cli("eval", "--dataset", tmp_path / "data" / "dl19-bm25-top100", "--output", tmp_path / "o")
+    assert rc == 2 and se.strip() == "error: give exactly one of --retriever NAME or --first-stage RUN"
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
 @pytest.mark.shared_data
 def test_dl19_suite_reproduces_anserini_bm25(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
     rc, _, se = run_cli("eval", "--suite", "dl", "--datasets", "dl19-bm25-top100", "--data-root", dl19_dir.parent,

@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     add_dataset(p, required=False, group=which)
     which.add_argument("--suite", choices=("beir", "bright", "dl"), help="evaluate on every dataset of a suite")
-    p.add_argument("--datasets", default=None, help="with --suite: comma-separated subset (default: the whole suite)")
+    p.add_argument("--datasets", default=None,
+                   help="with --suite: comma-separated members, each required (default: the suite's members that are "
+                        "found; the missing ones are named and skipped)")
     p.add_argument("--bright-source", default=None, help="with --suite bright: folder in the xlangai/BRIGHT layout")
     p.add_argument("--long-documents", action="store_true", help="with --suite bright: the long-document corpus")
     src = p.add_mutually_exclusive_group()
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_suite(args.suite, cfg, args.output, names, bright_source=args.bright_source,
                             long_documents=args.long_documents)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in list(summary["mean"].items())[:4])
-        print(f"suite {args.suite} ({summary['num_datasets']} datasets) mean: {shown} -> "
+        skipped = f"; not found, skipped: {', '.join(summary['missing'])}" if summary["missing"] else ""
+        print(f"suite {args.suite} ({summary['num_datasets']} datasets) mean: {shown}{skipped} -> "
               f"{Path(args.output) / 'summary.json'}")
         return 0
     metrics = run_eval(cfg)

@@ -10,6 +10,9 @@
 * ``dl``: TREC DL19/DL20 passage and MS MARCO dev in their local reranking form (queries, qrels, candidate pool as
   ``corpus.jsonl`` and the BM25 run ``bm25_top100.trec``): without ``--retriever`` the folder's run is reranked.
   DL judging: graded nDCG, binary measures at relevance >= 2; MS MARCO dev reports RR@10 (MRR@10).
+
+A suite run without ``--datasets`` evaluates the members it finds and names the missing ones (a warning, and
+``missing`` in ``summary.json``); a member named in ``--datasets`` must exist.
 """
 
 from __future__ import annotations
@@ -230,8 +233,11 @@ def suite_entries(
     data_root: str | Path | None = None,
     bright_source: str | Path | None = None,
     long_documents: bool = False,
+    missing: list[str] | None = None,
 ) -> list[SuiteEntry]:
-    """Resolve a suite's datasets (all of its default list when ``names`` is empty); unknown names raise."""
+    """Resolve a suite's datasets; unknown names raise. Without ``names`` (the suite's default list) a member that is
+    not found is skipped and its name appended to ``missing`` (none found at all raises); a member named in
+    ``names`` must be found."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
     allowed = SUITES[suite] + _SUITE_EXTRA.get(suite, ())
@@ -242,13 +248,24 @@ def suite_entries(
     if long_documents and suite != "bright":
         raise ConfigError("--long-documents applies to the bright suite only")
     out = []
+    skipped: list[tuple[str, str]] = []
     for n in chosen:
-        if suite == "bright":
-            out.append(SuiteEntry(n, bright_dataset(n, bright_source, long_documents, data_root=data_root)))
+        try:
+            if suite == "bright":
+                out.append(SuiteEntry(n, bright_dataset(n, bright_source, long_documents, data_root=data_root)))
+                continue
+            ds = resolve_dataset(n, data_root)
+        except DatasetNotFoundError as e:
+            if names:
+                raise
+            skipped.append((n, str(e)))
             continue
-        ds = resolve_dataset(n, data_root)
         split = "dev" if n == "msmarco-dev-bm25-top100" else "test"
         out.append(SuiteEntry(n, ds, split, _find_run_file(ds) if suite == "dl" else None))
+    if not out:
+        raise DatasetNotFoundError(f"suite {suite!r}: none of its datasets was found; first: {skipped[0][1]}")
+    if missing is not None:
+        missing.extend(n for n, _ in skipped)
     return out
 
 
@@ -289,7 +306,11 @@ def run_suite(
     """Evaluate ``base`` (retriever / reranker settings) on every dataset of ``suite``; writes ``summary.json/.md``."""
     if base.first_stage is not None:
         raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
-    entries = suite_entries(suite, names, base.data_root, bright_source, long_documents)
+    missing: list[str] = []
+    entries = suite_entries(suite, names, base.data_root, bright_source, long_documents, missing)
+    if missing:
+        log.warning("suite %s: %s not found under the data root, skipped (name them with --datasets to require them)",
+                    suite, ", ".join(missing))
     if reranker is None and base.reranker is not None:
         reranker = Reranker.load(base.reranker, model=base.model, backend=base.backend, **base.reranker_options)
     out = Path(output)
@@ -303,7 +324,7 @@ def run_suite(
                       output=str(out / e.name.replace("/", "__")))
         log.info("suite %s: %s", suite, e.name)
         results[e.name] = run_eval(cfg, reranker=reranker, progress=progress)
-    summary = {"suite": suite, **summarize(results)}
+    summary = {"suite": suite, **summarize(results), "missing": missing}
     write_json(summary, out / "summary.json")
     with atomic_write(out / "summary.md") as f:
         f.write(_render_summary(suite, summary))

@@ -24,9 +24,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
 
 from rerank import Reranker
+from rerank.methods import method_names
 from rerank.testing import build_tokenizer, tiny_bert
 
-HEADS = ["cross-encoder", "yes-no", "erank", "first", "listwise", "grouprank"]
+HEADS = method_names("reranker")
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int, iters: int) -> float:

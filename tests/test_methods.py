@@ -1,0 +1,89 @@
+"""One method, one package: every registry is derived from the method descriptors of ``rerank.methods``, each
+descriptor's pieces resolve to the right classes, unknown names raise listing the known ones, and reading the
+registries imports no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rerank.errors import ConfigError
+from rerank.methods import METHOD_PACKAGES, all_methods, get_method, method_names, resolve, template_files
+
+
+def test_every_package_declares_one_method_whose_pieces_resolve() -> None:
+    methods = all_methods()
+    assert len(methods) == len(METHOD_PACKAGES)
+    for name, m in methods.items():
+        assert m.package == f"rerank.methods.{METHOD_PACKAGES[list(methods).index(name)]}"
+        assert m.kind in ("reranker", "retriever")
+        if m.head:
+            assert resolve(m.head).method == name
+        if m.task:
+            assert resolve(m.task).method == name and m.head and m.sft_losses
+        if m.sft:
+            assert callable(resolve(m.sft)) and m.sft_losses
+        if m.trainer:
+            assert resolve(m.trainer).name == name and m.kind == "retriever"
+        if m.teacher_labels:
+            assert callable(resolve(m.teacher_labels))
+        for t in m.templates:
+            assert (m.folder / t).is_file(), (name, t)
+        assert (m.kind == "reranker") == (m.head is not None)
+
+
+def test_registries_are_derived_from_the_descriptors() -> None:
+    from rerank.data_recipes.mining import teacher_modes
+    from rerank.heads.registry import available_rerankers
+    from rerank.prompts import available_templates, load_template
+    from rerank.trainers.base import available_trainers
+
+    rerankers = method_names("reranker")
+    assert sorted(available_rerankers()) == sorted([*rerankers, "remote"])
+    assert sorted(available_trainers()) == sorted(["sft", "grpo", *method_names("retriever")])
+    assert method_names(trains_with="sft") == rerankers
+    assert method_names(trains_with="grpo") == ["yes-no", "erank", "listwise", "first", "grouprank"]
+    assert teacher_modes() == ["erank", "first", "grouprank", "scores"]
+    assert set(template_files()) <= set(available_templates())
+    for name in template_files():
+        assert load_template(name).user  # every shipped template loads by name
+    erank = get_method("erank")
+    assert (erank.grpo.num_generations, erank.grpo.learning_rate) == (5, 1e-6)
+    assert get_method("first").sft_losses[0] == "lm+ranknet" and get_method("cross-encoder").sft_losses[0] == "bce"
+
+
+def test_unknown_names_raise_listing_the_known_ones() -> None:
+    from rerank.heads.base import Reranker
+    from rerank.trainers.base import get_trainer
+    from rerank.trainers.task import build_task
+
+    with pytest.raises(ConfigError, match="unknown method 'nope'; known: cross-encoder, yes-no, erank"):
+        get_method("nope")
+    with pytest.raises(ConfigError, match="unknown retriever 'erank'; known: contrastive, star, adore, pgrank"):
+        get_method("erank", kind="retriever")
+    with pytest.raises(ConfigError, match="unknown reranker 'nope'; known rerankers: .*grouprank"):
+        Reranker.load("nope")
+    with pytest.raises(ConfigError, match="unknown trainer 'nope'; known trainers: adore, contrastive, grpo"):
+        get_trainer("nope")
+    with pytest.raises(ConfigError, match="'cross-encoder' has no LLM training task; methods with one: yes-no"):
+        build_task("cross-encoder", None, None)
+    with pytest.raises(ConfigError, match="unknown prompt template 'nope'; shipped: erank, erank_reasoning"):
+        from rerank.prompts import load_template
+
+        load_template("nope")
+
+
+def test_reading_the_registries_imports_no_torch(repo_root: Path) -> None:
+    code = ("import sys\n"
+            "from rerank.methods import all_methods\n"
+            "from rerank.heads.registry import available_rerankers\n"
+            "from rerank.trainers.base import available_trainers\n"
+            "from rerank.data_recipes.mining import teacher_modes\n"
+            "from rerank.prompts import available_templates\n"
+            "all_methods(); available_rerankers(); available_trainers(); teacher_modes(); available_templates()\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr

@@ -280,3 +280,9 @@ def test_star_two_processes_match_one(tiny_st_dir: Path, beir: Path, tmp_path: P
     np.testing.assert_allclose([h["loss"] for h in a], [h["loss"] for h in b], rtol=1e-4)
     wa, wb = weights(one / "model"), weights(two / "model")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["contrastive", "star", "adore", "pgrank"])
+def test_example_configs_use_the_one_vocabulary(repo_root: Path, name: str) -> None:
+    cfg = load_train_config(get_trainer(name).config_class, repo_root / "configs" / "examples" / f"scifact-{name}.yaml")
+    assert cfg.eval_steps == cfg.save_steps == 11 and cfg.warmup_ratio == 0.1 and cfg.learning_rate == 2e-5

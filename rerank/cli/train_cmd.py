@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a reranker or retriever (sft, grpo, contrastive, star, adore, pgrank, …)")
     p.add_argument("trainer", help="registered trainer name")
     p.add_argument("--config", default=None, help="YAML config; the starting model is the key 'model'")
-    p.add_argument("--output", required=True, help="output folder (the trained model, checkpoints, run record)")
+    p.add_argument("--output", required=True,
+                   help="run folder: OUTPUT/model (the trained model, its card and rerank.json), "
+                        "OUTPUT/checkpoints/checkpoint-N, the run record rerank_train.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted keys for nested options)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")

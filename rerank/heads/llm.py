@@ -131,7 +131,7 @@ class LLMReranker(Reranker):
         return {
             "method": self.method,
             "config": to_dict(self.config),
-            "template": self.template.path or self.template.name,
+            "template": self.template.source,
             "backend": self.backend.describe(),
         }
 

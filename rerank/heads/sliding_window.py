@@ -128,7 +128,7 @@ class SlidingWindowHead(LLMReranker):
         try:
             self.scheme: Scheme = check_scheme(scheme, cfg.window)
         except ConfigError as e:
-            raise ConfigError(f"{self.method}: template {self.template.path}: {e}") from None
+            raise ConfigError(f"{self.method}: template {self.template.source}: {e}") from None
 
     def _prompt(self, query: str, texts: list[str]) -> str:
         """The rendered prompt of one window from the already truncated query and passage texts."""

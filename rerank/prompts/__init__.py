@@ -47,6 +47,11 @@ class PromptTemplate:
             raise ConfigError(f"prompt template {self.name!r}: {e}") from None
         return msgs
 
+    @property
+    def source(self) -> str:
+        """Where the template came from, for messages: its file, or its name when it was given inline."""
+        return self.path or f"{self.name!r} (inline)"
+
     def to_dict(self) -> dict[str, Any]:
         """The whole template as a mapping (``load_template`` of it gives an equal template, without ``path``)."""
         out: dict[str, Any] = {"name": self.name}

@@ -46,7 +46,7 @@ class ListwiseReranker(SlidingWindowHead):
         super().__init__(cfg, backend=backend, model=model, backend_name=backend_name)
         if cfg.identifiers and self.scheme != cfg.identifiers:
             raise ConfigError(
-                f"listwise: identifiers={cfg.identifiers!r} but template {self.template.path} uses {self.scheme!r}"
+                f"listwise: identifiers={cfg.identifiers!r} but template {self.template.source} uses {self.scheme!r}"
             )
         self._caps: dict[int, int] = {}
 

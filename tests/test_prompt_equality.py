@@ -114,7 +114,8 @@ def test_training_prompts_are_the_inference_prompts(tok: Any, variant: str) -> N
                 served = _inference_prompts(task, tok, query, _window_docs(task, example, window, query))
             else:
                 served = _inference_prompts(task, tok, query, task.candidates(example, list(range(WINDOW))))
-            assert len(trained) == (1 if windowed else WINDOW) and trained == served, (variant, type(cfg).__name__, kind)
+            assert len(trained) == (1 if windowed else WINDOW), (variant, kind)
+            assert trained == served, (variant, type(cfg).__name__, kind)
             if method == "first" and kind == "sft":
                 assert [r["rank_prompt_ids"] for r in rows] == served
             text = tok.decode(served[0])

@@ -1,5 +1,6 @@
 """Retriever trainers (contrastive, STAR, ADORE, PG-Rank) on a tiny model and a synthetic BEIR folder: they learn,
-select on dev, resume exactly, run on two processes as on one, and write OUTPUT/model, a sentence-transformers folder."""
+select on dev, resume exactly, run on two processes as on one, and write OUTPUT/model, a sentence-transformers
+folder."""
 
 from __future__ import annotations
 

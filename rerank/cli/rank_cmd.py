@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     method_from_model(args)
     if args.reranker is None:
-        raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker folder (with rerank.json)")
+        raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
     if args.input:
         records = read_query_docs_jsonl(args.input)

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     method_from_model(args)
     if not args.reranker:
-        raise ConfigError("rerank serve needs --reranker METHOD, or --model a trained reranker folder (with rerank.json)")
+        raise ConfigError("rerank serve needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     cfg = serve_config(args)
     get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
     if cfg.host not in _LOOPBACK and cfg.api_key is None:

@@ -2,7 +2,8 @@
 
 The method's task turns each training example into prompts (ERank and yes-no: one per document; listwise, FIRST
 and GroupRank: one per window / group) plus the state the reward needs, and scores completions with the method's
-reward (``rerank/methods/<name>/reward.py``); a completion that cannot be parsed earns the format penalty, never an exception.
+reward (``rerank/methods/<name>/reward.py``); a completion that cannot be parsed earns the format penalty, never an
+exception.
 Defaults follow ANCHORS.md: ERank G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank 8 rollouts, lr 1e-5, β=0.001,
 temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major (queries shuffled
 once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a

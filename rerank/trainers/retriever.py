@@ -381,7 +381,8 @@ class RetrieverTrainer:
         self.doc_row = {d: i for i, d in enumerate(index.ids)}
         self.doc_emb = torch.from_numpy(np.array(index.embeddings, dtype=np.float32, copy=True))
 
-    def embed(self, model: Any, qids: Sequence[str], docs: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def embed(self, model: Any, qids: Sequence[str],
+              docs: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embeddings of queries ``qids`` and documents ``docs`` (ids) in one forward of ``model``; with fixed
         documents, theirs come from the index."""
         corpus = self.data.dataset.corpus

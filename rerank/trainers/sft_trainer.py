@@ -4,8 +4,9 @@ LLM heads train on prompt-completion pairs (the method's task renders the prompt
 and gives the target: ERank ``<answer>s</answer>``, listwise/FIRST the teacher permutation, GroupRank the JSON score
 map, yes-no yes/no) with the loss on the completion only. FIRST adds a ranking loss on the first-identifier logits
 (``loss: lm+ranknet``, see :mod:`rerank.methods.first.training`). A method with its own SFT (the cross-encoder,
-through sentence-transformers' ``CrossEncoderTrainer``, ``loss: bce | listnet | lambdaloss | mnrl``) runs that. LoRA (``lora.enabled``) is merged into the saved
-weights by default, with the adapter kept in ``OUTPUT/adapter``. Model selection: lowest dev loss (LLM heads) or
+through sentence-transformers' ``CrossEncoderTrainer``, ``loss: bce | listnet | lambdaloss | mnrl``) runs that.
+LoRA (``lora.enabled``) is merged into the saved weights by default, with the adapter kept in ``OUTPUT/adapter``; the
+model goes to ``OUTPUT/model`` with its ``rerank.json`` and model card. Model selection: lowest dev loss (LLM heads) or
 best dev nDCG@10 (cross-encoder), evaluated every ``eval_steps`` (0 = no selection, the last step is kept).
 """
 
@@ -43,7 +44,8 @@ class SFTTrainConfig(CommonTrainConfig):
         super().__post_init__()
         method = get_method(self.head)
         if not method.trains_with("sft"):
-            raise ConfigError(f"sft does not train {self.head!r}; it trains: {', '.join(method_names(trains_with='sft'))}")
+            trained = ", ".join(method_names(trains_with="sft"))
+            raise ConfigError(f"sft does not train {self.head!r}; it trains: {trained}")
         self.loss = self.loss or method.sft_losses[0]
         if self.loss not in method.sft_losses:
             raise ConfigError(f"loss for {self.head} must be one of {list(method.sft_losses)}, got {self.loss!r}")
@@ -56,7 +58,8 @@ class SFTTrainConfig(CommonTrainConfig):
             if self.in_batch_negatives < 0:
                 raise ConfigError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
         if self.ranking_weight is not None and not self.loss.startswith("lm+"):
-            raise ConfigError(f"ranking_weight scales a ranking loss (lm+ranknet|listnet|lambdarank), not {self.loss!r}")
+            raise ConfigError(f"ranking_weight scales a ranking loss (lm+ranknet|listnet|lambdarank), "
+                              f"not {self.loss!r}")
         if self.reasoning and self.head != "erank":
             raise ConfigError("reasoning (reasoning targets) is an option of head 'erank' only")
 

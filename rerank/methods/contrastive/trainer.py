@@ -84,7 +84,8 @@ class ContrastiveTrainer(RetrieverTrainer):
         for q, rng in zip(qids, batch.rngs, strict=True):
             pos = self.data.positives[q]
             pos_ids.append(pos[int(rng.integers(len(pos)))])
-            neg_ids.append(draw_negatives(rng, self.negatives.get(q, []), cfg.hard_negatives, set(pos), self.corpus_ids))
+            pool = self.negatives.get(q, [])
+            neg_ids.append(draw_negatives(rng, pool, cfg.hard_negatives, set(pos), self.corpus_ids))
         local_docs = pos_ids + [d for negs in neg_ids for d in negs]
         q_emb, d_local = self.embed(model, qids, local_docs)
         d_all = batch.gather(d_local)

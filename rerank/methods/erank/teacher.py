@@ -25,7 +25,8 @@ def to_0_10(s: float, all_scores: list[float], score_map: str, unit: str) -> int
     return int(min(10, max(0, round(s))))
 
 
-def label_rows(recipe: TeacherLabelsRecipe, unit: str, docs: list[Document], row: dict[str, Any]) -> list[dict[str, Any]]:
+def label_rows(recipe: TeacherLabelsRecipe, unit: str, docs: list[Document],
+               row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row: ``teacher_scores`` = the teacher's score of each candidate mapped to 0-10."""
     scores = recipe.scores("teacher", unit, docs)
     return [{**row, "teacher_scores": [to_0_10(s, scores, recipe.config.score_map, unit) for s in scores]}]

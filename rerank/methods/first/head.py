@@ -51,7 +51,8 @@ class FirstReranker(SlidingWindowHead):
     ) -> None:
         super().__init__(config, backend=backend, model=model, backend_name=backend_name)
         if self.scheme != "letters":
-            raise ConfigError(f"first: template {self.template.source} must use identifiers: letters, not {self.scheme!r}")
+            raise ConfigError(f"first: template {self.template.source} must use identifiers: letters, "
+                              f"not {self.scheme!r}")
         if not self.template.assistant_prefix.endswith("["):
             raise ConfigError(f"first: template {self.template.source} must set assistant_prefix ending with '['")
         self._token_ids: list[int] | None = None

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 __all__ = ["label_rows"]
 
 
-def label_rows(recipe: TeacherLabelsRecipe, unit: str, docs: list[Document], row: dict[str, Any]) -> list[dict[str, Any]]:
+def label_rows(recipe: TeacherLabelsRecipe, unit: str, docs: list[Document],
+               row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row: ``teacher_ranking`` (ids by teacher score, ties in input order) and ``teacher_scores``."""
     scores = recipe.scores("teacher", unit, docs)
     ranking = [docs[j].id for j in sorted(range(len(docs)), key=lambda j: -scores[j])]

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["label_rows"]
 
 
-def label_rows(recipe: TeacherLabelsRecipe, unit: str, docs: list[Document], row: dict[str, Any]) -> list[dict[str, Any]]:
+def label_rows(recipe: TeacherLabelsRecipe, unit: str, docs: list[Document],
+               row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per group of at least 2 documents (``qid`` ``UNIT#gN``) with its documents' ``teacher_scores``."""
     from rerank.data_recipes.mining import rank_positions
 

@@ -81,7 +81,8 @@ class StarTrainer(RetrieverTrainer):
                                         cfg.progress)
             negs = {q: v[: cfg.negatives_depth] for q, v in negs.items()}
             save_negatives(path, negs, {
-                "model": cfg.model, "model_hash": warm.fingerprint("doc"), "corpus_sha256": self.data.dataset.corpus_hash,
+                "model": cfg.model, "model_hash": warm.fingerprint("doc"),
+                "corpus_sha256": self.data.dataset.corpus_hash,
                 "depth": cfg.negatives_depth, "split": cfg.split,
             })
 

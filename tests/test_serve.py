@@ -818,11 +818,11 @@ def test_rate_limited_log_lines() -> None:
 def test_head_relevance_mappings(tiny_bert_dir: Path) -> None:
     """Each head's calibration: cross-encoder logit -> sigmoid (probabilities kept), yes-no log-odds -> sigmoid,
     ERank 0-10 -> /10, listwise and FIRST positions -> /n, GroupRank already in [0, 1]."""
-    from rerank.heads.erank import ERankReranker
-    from rerank.heads.first import FirstReranker
-    from rerank.heads.grouprank import GroupRankReranker
-    from rerank.heads.listwise import ListwiseReranker
-    from rerank.heads.yes_no import YesNoReranker
+    from rerank.methods.erank.head import ERankReranker
+    from rerank.methods.first.head import FirstReranker
+    from rerank.methods.grouprank.head import GroupRankReranker
+    from rerank.methods.listwise.head import ListwiseReranker
+    from rerank.methods.yes_no.head import YesNoReranker
 
     ce = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
     assert ce.relevance([0.0, 2.0, -800.0]) == pytest.approx([0.5, 1 / (1 + math.exp(-2.0)), 0.0])

@@ -1,6 +1,6 @@
 """Which one-epoch recipe makes an all-MiniLM-L6-v2-initialised cross-encoder rank SciFact? A loss/lr/pooling sweep.
 
-Diagnostic behind the ``scifact-cross-encoder`` example's choice of loss (docs/benchmarks.md, "Training"). Two steps:
+Diagnostic behind the ``scifact-cross-encoder`` example's choice of loss (docs/results.md). Two steps:
 
 * ``prep`` (this machine, needs ``rerank`` and ``../shared/data``): builds the training examples exactly as the
   example config does (qrels positives + 4 BM25 negatives per positive from the top-100, ``top`` or ``random``, the

@@ -8,7 +8,7 @@ not converged, on queries the SFT never saw (GRPO_FROM). Short test templates ke
 learn within the CI budget (the template is an ordinary config option).
 
 ``RERANK_LEARN_SEED`` (default 0) seeds everything here: the tiny model's initial weights, the synthetic data and the
-trainers. The claims are checked on seeds 0, 1 and 2 (docs/benchmarks.md gives each seed's figures); CI runs seed 0.
+trainers. The claims are checked on seeds 0, 1 and 2 (docs/results.md, "Learning claims"); CI runs seed 0.
 A mutation check (``test_the_judge_rejects_a_noop_grpo``) shows the judge fails when GRPO changes nothing.
 """
 
@@ -117,7 +117,7 @@ HEADS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]] = {
 
 # head: (the GRPO start inside the SFT output folder, the GRPO training file); default: the SFT model, the SFT's data.
 # FIRST's SFT at 300 steps has fitted its first-identifier labels, and GRPO from it does not gain on fresh queries (on
-# the SFT's own queries it raises the reward and lowers held-out nDCG: docs/benchmarks.md, "Training", sixth session);
+# the SFT's own queries it raises the reward and lowers held-out nDCG: docs/results.md, "Learning claims");
 # from the same run's step-200 checkpoint, on 800 fresh queries, it does. GroupRank's likewise starts mid-transition.
 GRPO_FROM: dict[str, tuple[str, str]] = {"first": ("checkpoints/checkpoint-200", "grpo-fresh"),
                                          "grouprank": ("checkpoints/checkpoint-750", "grpo-fresh")}
@@ -226,21 +226,20 @@ def test_the_judge_rejects_a_noop_grpo(task_dir: Path, head: str, tmp_path: Path
 
 def test_erank_grpo_beats_its_sft_start(task_dir: Path) -> None:
     """The full claim, in CI, for ERank: GRPO on its pooled listwise-derived reward beats its SFT start on 300 fresh
-    held-out synthetic queries (0.6741 -> 0.7526 measured; figures in docs/benchmarks.md, "Training (issue 4)")."""
+    held-out synthetic queries (0.6741 -> 0.7526 measured; docs/results.md, "Learning claims")."""
     _assert_grpo_beats_sft(task_dir, "erank")
 
 
 def test_grouprank_grpo_beats_its_sft_start(task_dir: Path) -> None:
     """The same claim for GroupRank, in CI: GRPO on its group reward, 30 steps on 800 queries the SFT never saw, from
-    the SFT run's step-750 checkpoint: 0.8398 -> 0.8681 (measured 2026-12-04; docs/benchmarks.md, "Training", seventh
-    session)."""
+    the SFT run's step-750 checkpoint: 0.8398 -> 0.8681 (measured 2026-12-04; docs/results.md, "Learning claims")."""
     _assert_grpo_beats_sft(task_dir, "grouprank")
 
 
 def test_first_grpo_beats_its_sft_start(task_dir: Path) -> None:
     """The same claim for FIRST, in CI, with GRPO on FIRST's own ranking (``rollout: plackett-luce``: permutations
     drawn from the first-identifier logits), 60 steps on 800 queries the SFT never saw, from the SFT run's step-200
-    checkpoint: 0.8012 -> 0.8103, reward 1.001 -> 1.004 (measured 2026-11-28; docs/benchmarks.md, "Training", sixth
-    session). From the converged 300-step SFT GRPO does not gain (0.8092-0.8317 against 0.8279 over 14 settings),
-    and generated rollouts do not gain from the checkpoint either (0.7961)."""
+    checkpoint: 0.8012 -> 0.8103, reward 1.001 -> 1.004 (measured 2026-11-28; docs/results.md, "Learning claims").
+    From the converged 300-step SFT GRPO does not gain (0.8092-0.8317 against 0.8279 over 14 settings), and generated
+    rollouts do not gain from the checkpoint either (0.7961)."""
     _assert_grpo_beats_sft(task_dir, "first")

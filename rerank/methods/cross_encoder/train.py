@@ -6,7 +6,7 @@ per positive with ``data.negatives_per_positive`` of its query's negatives, soft
 those hard negatives and ``in_batch_negatives`` other rows' documents (default 4), scores as sigmoid x 10, the
 library's defaults; the localized contrastive estimation of Gao et al. 2021, plus in-batch negatives when > 0).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
-learns to rank (docs/benchmarks.md, "Training"). Model selection keeps the checkpoint with the best dev nDCG@10 (from
+learns to rank (docs/results.md). Model selection keeps the checkpoint with the best dev nDCG@10 (from
 sentence-transformers' reranking evaluator over the dev queries' candidates). ``OUTPUT/model`` is a plain
 ``AutoModelForSequenceClassification`` folder (one label, ``rerank.json`` and a model card beside the weights) that
 ``Reranker.load`` and sentence-transformers' ``CrossEncoder`` load.

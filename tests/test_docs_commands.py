@@ -25,8 +25,9 @@ tiny fixtures through :data:`SUBSTITUTIONS` (one table, nothing else is rewritte
 Benchmark commands (``python benchmarks/NAME.py …``) are parsed only: the script's ``main`` runs up to its
 ``parse_args``, which must accept the documented arguments, and stops there.
 
-Python blocks are compiled (syntax only). Links ``[text](path)`` and repository paths named in the text
-(``docs/….md``, ``configs/….yaml``, ``benchmarks/….py``, ``tests/….py``) must exist.
+Python blocks are compiled (syntax only). Links ``[text](path#heading)`` must reach an existing file (and heading),
+and repository paths named in the text (``docs/….md``, ``configs/….yaml``, ``benchmarks/….py``, ``tests/….py``) must
+exist.
 """
 
 from __future__ import annotations
@@ -414,15 +415,25 @@ def test_python_blocks_compile() -> None:
             compile(block, f"{path.relative_to(REPO)} python block {i + 1}", "exec")
 
 
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (lower case, punctuation dropped, spaces to hyphens)."""
+    heads = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_relative_links_and_named_paths_exist() -> None:
     missing = []
     for path in DOC_FILES:
         text = path.read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"[a-z]+:", target):
                 continue
-            if not (path.parent / target.split("#", 1)[0]).exists():
+            file, _, anchor = target.partition("#")
+            dest = path.parent / file if file else path
+            if not dest.exists():
                 missing.append(f"{path.relative_to(REPO)}: link {target}")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                missing.append(f"{path.relative_to(REPO)}: link {target}: no such heading")
         for named in REPO_PATH.findall(text):
             if not (REPO / named).exists():
                 missing.append(f"{path.relative_to(REPO)}: names {named}")

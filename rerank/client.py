@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from rerank.config import secret_field
 from rerank.errors import RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -36,7 +37,7 @@ class RemoteRerankerConfig(RerankerConfig):
     another Cohere-compatible server, whose ``relevance_score`` is then the score)."""
 
     base_url: str = "http://127.0.0.1:8000"
-    api_key: str | None = None
+    api_key: str | None = secret_field()
     timeout: float = 60.0
     max_concurrency: int = 8
     model: str | None = None

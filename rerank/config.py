@@ -1,6 +1,9 @@
 """Typed, strict configuration: YAML files + ``--set key=value`` overrides -> dataclasses.
 
-Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+Unknown keys are errors that name the key, so a typo never silently falls back to a default. Secrets (API keys) are
+fields made with :func:`secret_field`: :func:`to_dict`, which every writer of a config uses (``metrics.json``, run
+records, leaderboard cells, model folders), writes them as ``<redacted>``, and so it does any option named in
+:data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``).
 """
 
 from __future__ import annotations
@@ -15,22 +18,40 @@ from typing import Any, TypeVar
 
 import yaml
 
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, DataFormatError
 
-__all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict"]
+__all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "SECRET_KEYS", "REDACTED"]
 
 T = TypeVar("T")
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
+#: what a secret is written as
+REDACTED = "<redacted>"
+#: option names that are secret wherever they appear, also inside untyped mappings; every :func:`secret_field` is
+#: named here (tests/test_bad_input.py checks the typed configs that have one)
+SECRET_KEYS = frozenset({"api_key"})
+
+
+def secret_field(default: Any = None) -> Any:
+    """A dataclass field holding a secret (API key, token): left out of ``repr`` and written as :data:`REDACTED`."""
+    return dataclasses.field(default=default, repr=False, metadata={"secret": True})
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (an empty file is an empty mapping)."""
+    """Read a YAML mapping (an empty file is an empty mapping; a leading byte-order mark is allowed).
+
+    A syntax error is a :class:`DataFormatError` naming the file and line, on one line.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:  # bytes: PyYAML detects the encoding and drops a BOM
             data = yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise DataFormatError(path, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise DataFormatError(path, None, "invalid YAML: " + " ".join(str(e).split())) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -122,7 +143,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(sorted(fields))}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    secret = _secret_fields(cls) | SECRET_KEYS
+    kwargs = {}
+    for k, v in data.items():
+        try:
+            kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+        except ConfigError:
+            if k in secret:  # the message would quote the value
+                raise ConfigError(f"{where}.{k}: expected a string") from None
+            raise
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -131,15 +160,25 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _secret_fields(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj) if f.metadata.get("secret")}
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass config as a plain JSON-serialisable dict (for ``metrics.json`` and saved configs)."""
+    """A dataclass config as a plain JSON-serialisable dict (for ``metrics.json`` and saved configs), with every
+    secret (a :func:`secret_field`, or a mapping key in :data:`SECRET_KEYS`) that is set written as ``<redacted>``."""
+    def hide(value: Any) -> Any:
+        return None if value is None else REDACTED
+
     def conv(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            secret = _secret_fields(v) | SECRET_KEYS
+            return {f.name: hide(getattr(v, f.name)) if f.name in secret else conv(getattr(v, f.name))
+                    for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): conv(x) for k, x in v.items()}
+        if isinstance(v, Mapping):
+            return {str(k): hide(x) if k in SECRET_KEYS else conv(x) for k, x in v.items()}
         if isinstance(v, Path):
             return str(v)
         return v

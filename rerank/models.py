@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from rerank.errors import ConfigError, RerankError
 
-__all__ = ["minilm_path", "packaged_model_path", "resolve_model_path", "smollm2_gguf_path", "PACKAGED_MODELS"]
+__all__ = [
+    "check_model_path",
+    "minilm_path",
+    "packaged_model_path",
+    "resolve_model_path",
+    "smollm2_gguf_path",
+    "PACKAGED_MODELS",
+]
 
 # exact model name -> (import name, pip requirement); each package exposes get_model_path() -> its model folder
 _FOLDER_PACKAGES: dict[str, tuple[str, str]] = {
@@ -43,9 +52,56 @@ def minilm_path() -> Path:
     return packaged_model_path("all-MiniLM-L6-v2")
 
 
+# files one of which every model folder we load holds: transformers (config.json), sentence-transformers
+# (modules.json), a PEFT adapter (adapter_config.json), an untied bi-encoder (biencoder.json)
+_MODEL_FILES = ("config.json", "modules.json", "adapter_config.json", "biencoder.json")
+# a Hugging Face hub id: "name" or "owner/name" (letters, digits, '-', '_', '.'; no leading '-' or '.')
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)?[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in _MODEL_FILES)
+
+
+def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
+    """Fail fast, before any expensive work, when ``name_or_path`` cannot be a model to load here.
+
+    Accepted: a registered packaged model, a folder holding one of ``_MODEL_FILES`` or a ``.gguf``, a ``.gguf`` file, and a hub id (``owner/name``) unless the hub is offline
+    (``HF_HUB_OFFLINE=1``) and it is not in the local cache. Anything else raises a one-line :class:`ConfigError`.
+    """
+    name = str(name_or_path)
+    if name in PACKAGED_MODELS:
+        packaged_model_path(name)
+        return
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ConfigError(f"{what} {name} is a file, not a model: give the folder holding config.json "
+                              f"(or a .gguf file)")
+        return
+    if path.is_dir():
+        if not any((path / f).is_file() for f in _MODEL_FILES) and not any(path.glob("*.gguf")):
+            raise ConfigError(f"{what} {name} is a folder without a model in it (no {', '.join(_MODEL_FILES)} "
+                              f"or .gguf file); give the folder the model was saved to")
+        return
+    if not _HUB_ID.fullmatch(name) or name.startswith(("./", "../", "~")):
+        raise ConfigError(f"{what} {name} does not exist (neither a folder nor a Hugging Face hub id)")
+    if _hub_offline() and not _in_hub_cache(name):
+        raise ConfigError(f"{what} {name} is not a local folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1) "
+                          f"with no cached copy; give a model folder or a packaged model")
+
+
 def resolve_model_path(name_or_path: str | Path) -> str:
     """What a loader should open for ``--model``: a registered packaged model's folder, a GGUF file (or a folder
-    holding one) converted once to a cached HF folder, or else the argument unchanged (a folder or a hub id)."""
+    holding one) converted once to a cached HF folder, or else the argument unchanged (a folder or a hub id).
+    A model that cannot exist raises (:func:`check_model_path`)."""
+    check_model_path(name_or_path)
     name = str(name_or_path)
     path = packaged_model_path(name) if name in PACKAGED_MODELS else Path(name).expanduser()
     if path.exists() or path.suffix == ".gguf":

@@ -199,7 +199,8 @@ def test_query_docs_bad_entries(tmp_path: Path) -> None:
             ([{"id": "a"}], r"docs\[0\] has no 'text'"),
             ([1], r"docs\[0\] must be a string or an object"),
             ([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], "duplicate document ids"),
-            ([{"text": "x", "score": "high"}], r"docs\[0\].score must be a number"),
+            ([{"text": "x", "score": "high"}], r"docs\[0\].score must be a finite number"),
+            ([{"text": "x", "score": float("nan")}], r"docs\[0\].score must be a finite number"),
         ]
     ):
         path = _write(tmp_path / f"in{i}.jsonl", _jsonl({"query": "q", "docs": ["ok"]}, {"query": "q", "docs": docs}))

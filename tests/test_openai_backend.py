@@ -257,7 +257,7 @@ def test_api_key_from_env_or_option(server: FakeServer, tok_dir: Path, monkeypat
     backend = make(server, tok_dir)
     backend.next_token_logprobs(prompts_for(backend, ["a"]), [4])
     assert server.requests[-1][0]["Authorization"] == "Bearer env-key"
-    assert backend.describe()["api_key"] == "***"
+    assert backend.describe()["api_key"] == "<redacted>"
     make(server, tok_dir, api_key="opt-key").generate(prompts_for(backend, ["a"]), GenerationConfig())
     assert server.requests[-1][0]["Authorization"] == "Bearer opt-key"
     monkeypatch.delenv("OPENAI_API_KEY")

@@ -417,7 +417,9 @@ def test_cross_encoder_max_length_defaults_to_the_models_own(tiny_bert: dict[int
 
 
 def test_gguf_resolution_rules(tmp_path: Path) -> None:
-    assert find_gguf_file(tmp_path) is None and resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert find_gguf_file(tmp_path) is None
+    with pytest.raises(ConfigError, match="folder without a model"):
+        resolve_model_path(str(tmp_path))
     (tmp_path / "a.gguf").write_bytes(b"GGUF-a")
     assert find_gguf_file(tmp_path) == tmp_path / "a.gguf"
     (tmp_path / "b.gguf").write_bytes(b"GGUF-b")

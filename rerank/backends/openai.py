@@ -30,7 +30,7 @@ import httpx
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
-from rerank.config import from_dict, to_dict
+from rerank.config import REDACTED, from_dict, secret_field, to_dict
 from rerank.errors import ConfigError, RerankError
 from rerank.utils.http import post_with_retries
 
@@ -44,7 +44,7 @@ class OpenAIBackendConfig:
     """Options of the OpenAI-compatible backend. ``api_key`` defaults to ``$OPENAI_API_KEY`` (none if unset)."""
 
     base_url: str = ""
-    api_key: str | None = None
+    api_key: str | None = secret_field()
     tokenizer: str | None = None
     prompt_format: Literal["token_ids", "text"] = "token_ids"
     extensions: bool = True
@@ -219,7 +219,7 @@ class OpenAIBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         desc = to_dict(self.config)
-        desc["api_key"] = "***" if self.api_key else None
+        desc["api_key"] = REDACTED if self.api_key else None  # also when it came from $OPENAI_API_KEY
         return {"backend": self.name, "model": self.model, **desc}
 
     def close(self) -> None:

@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from rerank.config import apply_overrides, load_yaml
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (checked when the command line is parsed)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
 
 
 def add_data_root(p: argparse.ArgumentParser) -> None:
@@ -15,17 +34,31 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_max_queries(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-queries",
+        type=positive_int,
+        default=None,
+        help="keep the first N >= 1 queries in sorted query-id order; metrics are over those N only",
+    )
+
+
+def add_allow_duplicates(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-duplicates",
+        choices=("last", "max"),
+        default=None,
+        help="a (query, document) pair judged twice in the qrels is an error naming both lines; with this, keep "
+        "the last grade or the max grade instead",
+    )
+
+
 def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argparse._ActionsContainer | None = None) -> None:
     (group or p).add_argument(
         "--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root"
     )
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
-    p.add_argument(
-        "--max-queries",
-        type=int,
-        default=None,
-        help="keep the first N queries in sorted query-id order; metrics are over those N only",
-    )
+    add_max_queries(p)
     add_data_root(p)
 
 
@@ -37,7 +70,9 @@ def add_reranker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
     p.add_argument("--base-url", default=None, help="server URL for --backend openai (e.g. http://127.0.0.1:8000/v1)")
     p.add_argument("--reranker-config", default=None, help="YAML file of reranker options")
-    p.add_argument("--reranker-set", action="append", default=[], metavar="KEY=VALUE", help="override one reranker option")
+    p.add_argument("--reranker-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one reranker option (an API key is better given as $RERANK_API_KEY or "
+                   "$OPENAI_API_KEY: a command line is visible to every user of the machine)")
 
 
 def reranker_options(args: argparse.Namespace) -> dict:
@@ -57,3 +92,12 @@ def method_from_model(args: argparse.Namespace) -> dict | None:
     if record is not None and args.reranker is None and record.get("kind") == "reranker":
         args.reranker = record["method"]
     return record
+
+
+def check_reranker_model(reranker: str | None, model: str | None, backend: str) -> None:
+    """Before any expensive work: ``--model`` must be a model this machine can load, unless it names a model on a
+    server (``--reranker remote``, ``--backend openai``)."""
+    from rerank.models import check_model_path
+
+    if model and reranker != "remote" and backend != "openai":
+        check_model_path(model)

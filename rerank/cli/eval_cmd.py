@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rerank.cli.common import add_dataset, add_reranker, method_from_model, reranker_options
+from rerank.cli.common import (
+    add_allow_duplicates,
+    add_dataset,
+    add_reranker,
+    check_reranker_model,
+    method_from_model,
+    positive_int,
+    reranker_options,
+)
 from rerank.config import apply_overrides, load_yaml
 from rerank.errors import ConfigError
 
@@ -27,11 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE", help="override one retriever option")
     p.add_argument("--index", default=None, help="saved dense index folder (from rerank index) for --retriever dense/hybrid")
     add_reranker(p)
-    p.add_argument("--top-k", type=int, default=100, help="rerank this many first-stage candidates (default 100)")
-    p.add_argument("--depth", type=int, default=1000, help="first-stage retrieval depth (default 1000)")
-    p.add_argument("-m", "--measure", action="append", default=None, help="ir-measures name (repeatable)")
-    p.add_argument("--rel-level", type=int, default=None, help="min grade counted relevant for binary measures")
-    p.add_argument("--output", required=True, help="result folder (run.trec, metrics.json, report.md; with --suite one sub-folder per dataset)")
+    p.add_argument("--top-k", type=positive_int, default=100,
+                   help="rerank this many first-stage candidates (default 100)")
+    p.add_argument("--depth", type=positive_int, default=1000, help="first-stage retrieval depth (default 1000)")
+    p.add_argument("-m", "--measure", action="append", default=None,
+                   help="measure, ir-measures (nDCG@10) or trec_eval (ndcg_cut_10) name (repeatable)")
+    p.add_argument("--rel-level", type=positive_int, default=None,
+                   help="min grade counted relevant for binary measures")
+    add_allow_duplicates(p)
+    p.add_argument("--output", required=True,
+                   help="result folder (run.trec, metrics.json, report.md, …; files of an earlier run there are "
+                   "replaced or removed; with --suite one sub-folder per dataset)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         ropts["model"], model = model, None  # without a reranker, --model is the retriever's model
     if args.suite is None and (args.datasets or args.bright_source or args.long_documents):
         raise ConfigError("--datasets, --bright-source and --long-documents need --suite")
+    check_reranker_model(args.reranker, model, args.backend)
+    if ropts.get("model"):
+        from rerank.models import check_model_path
+
+        check_model_path(str(ropts["model"]), "the retriever's model")
+    if args.index is not None and not Path(args.index).is_dir():
+        raise ConfigError(f"--index {args.index} is not a folder; build one with `rerank index`")
     cfg = EvalConfig(
         dataset=args.dataset or "",
         output=args.output,
@@ -72,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         max_queries=args.max_queries,
         measures=tuple(args.measure) if args.measure else DEFAULT_MEASURES,
         rel_level=args.rel_level,
+        qrels_duplicates=args.allow_duplicates or "error",
     )
     if args.suite is not None:
         from rerank.eval.suites import run_suite

@@ -5,25 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 
+from rerank.cli.common import add_allow_duplicates, positive_int
 from rerank.data.io import read_qrels, read_run
-from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run
+from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a TREC run against qrels")
-    p.add_argument("--run", required=True, help="TREC run file (6 columns, .gz accepted)")
+    p.add_argument("--run", required=True,
+                   help="run file: TREC (6 columns) or MS MARCO (qid docid rank, as Pyserini writes); .gz accepted")
     p.add_argument("--qrels", required=True, help="qrels in TREC (4 columns) or BEIR TSV (3 columns) form")
-    p.add_argument("-m", "--measure", action="append", default=None, help="ir-measures name (repeatable)")
-    p.add_argument("--rel-level", type=int, default=1, help="min grade counted relevant for binary measures")
+    p.add_argument("-m", "--measure", action="append", default=None,
+                   help="measure, ir-measures (nDCG@10, RR@10) or trec_eval (ndcg_cut_10, recip_rank, map) name; "
+                   "results are keyed by the ir-measures name (repeatable)")
+    p.add_argument("--rel-level", type=positive_int, default=1, help="min grade counted relevant for binary measures")
+    add_allow_duplicates(p)
     p.add_argument("--per-query", action="store_true", help="also print per-query values")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_run(
-        read_run(args.run), read_qrels(args.qrels), args.measure or DEFAULT_MEASURES, args.rel_level
-    )
+    measures = args.measure or DEFAULT_MEASURES
+    parse_measures(measures, args.rel_level)  # a misspelt measure fails before the files are read
+    qrels = read_qrels(args.qrels, args.allow_duplicates or "error")
+    result = evaluate_run(read_run(args.run), qrels, measures, args.rel_level)
     if args.json:
         out = {"metrics": result.aggregate, "num_queries": result.num_queries, "missing_queries": result.missing_queries}
         if args.per_query:

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rerank.cli.common import add_data_root
+from rerank.cli.common import add_data_root, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +21,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_root(p)
     g = p.add_argument_group("index")
     g.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat", help="FAISS index (default flat IP)")
-    g.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (default 32)")
-    g.add_argument("--ef-construction", type=int, default=200, help="HNSW build beam (default 200)")
-    g.add_argument("--ef-search", type=int, default=128, help="HNSW search beam stored in the index (default 128)")
-    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default min(4*sqrt(n), n/39))")
-    g.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantizers, must divide dim (default <= 64)")
-    g.add_argument("--pq-nbits", type=int, default=8, help="bits per PQ code (default 8)")
-    g.add_argument("--nprobe", type=int, default=16, help="IVF lists probed at search (default 16)")
+    g.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (default 32)")
+    g.add_argument("--ef-construction", type=positive_int, default=200, help="HNSW build beam (default 200)")
+    g.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search beam stored in the index (default 128)")
+    g.add_argument("--nlist", type=positive_int, default=None, help="IVF lists (default min(4*sqrt(n), n/39))")
+    g.add_argument("--pq-m", type=positive_int, default=None, help="PQ sub-quantizers, must divide dim (default <= 64)")
+    g.add_argument("--pq-nbits", type=positive_int, default=8, help="bits per PQ code (default 8)")
+    g.add_argument("--nprobe", type=positive_int, default=16, help="IVF lists probed at search (default 16)")
     e = p.add_argument_group("encoder (default: as the model folder says)")
     e.add_argument("--pooling", choices=["cls", "mean", "last"], default=None)
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
     e.add_argument("--query-prefix", default=None, help="text put before each query (recorded for search)")
     e.add_argument("--doc-prefix", default=None, help="text put before each document")
-    e.add_argument("--query-max-length", type=int, default=None, help="query token limit (recorded for search)")
-    e.add_argument("--doc-max-length", type=int, default=None, help="document token limit")
-    e.add_argument("--batch-size", type=int, default=64, help="documents per forward pass (default 64)")
+    e.add_argument("--query-max-length", type=positive_int, default=None, help="query token limit (recorded for search)")
+    e.add_argument("--doc-max-length", type=positive_int, default=None, help="document token limit")
+    e.add_argument("--batch-size", type=positive_int, default=64, help="documents per forward pass (default 64)")
     e.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="model dtype")
-    e.add_argument("--shard-size", type=int, default=8192, help="documents per resumable shard (default 8192)")
+    e.add_argument("--shard-size", type=positive_int, default=8192, help="documents per resumable shard (default 8192)")
     e.add_argument(
         "--no-cache", action="store_true",
         help="encode into OUTPUT/.encoding instead of the shared embedding cache (still resumable)",
@@ -49,10 +49,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
+    from rerank.models import check_model_path
     from rerank.retrieval.dense import BiEncoder
     from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached
 
     t0 = time.perf_counter()
+    check_model_path(args.model)
+    cfg = IndexConfig(
+        index_type=args.index_type, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+        ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, nprobe=args.nprobe,
+    )
     dataset = resolve_dataset(args.dataset, args.data_root)
     encoder = BiEncoder.load(
         args.model,
@@ -72,10 +78,6 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, progress=not args.no_progress,
     )
     t_enc = time.perf_counter() - t0
-    cfg = IndexConfig(
-        index_type=args.index_type, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
-        ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, nprobe=args.nprobe,
-    )
     model = Path(args.model).resolve() if Path(args.model).exists() else args.model
     index = DenseIndex.build(emb, encoder, cfg, model=str(model))
     index.save(out, embeddings_source=emb.path)

@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from rerank.cli.common import add_data_root, add_reranker, method_from_model, reranker_options
+from rerank.cli.common import (
+    add_data_root,
+    add_max_queries,
+    add_reranker,
+    check_reranker_model,
+    method_from_model,
+    positive_int,
+    reranker_options,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records')
     src.add_argument("--first-stage", metavar="RUN", help="TREC run to rerank (needs --dataset for the texts)")
     p.add_argument("--dataset", default=None, help="dataset (path or name) holding the corpus and queries of --first-stage")
-    p.add_argument("--max-queries", type=int, default=None, help="only the first N queries in sorted id order")
+    add_max_queries(p)
     add_data_root(p)
     add_reranker(p)
-    p.add_argument("--top-k", type=int, default=100, help="rerank this many candidates per query (default 100)")
+    p.add_argument("--top-k", type=positive_int, default=100,
+                   help="rerank this many candidates per query (default 100)")
     p.add_argument("--output", required=True, help="output file: .trec (run) or .jsonl (ranked documents with scores)")
     p.set_defaults(func=run)
 
@@ -35,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     method_from_model(args)
     if args.reranker is None:
         raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
-    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
+    if args.first_stage and not args.dataset:
+        raise ConfigError("--first-stage needs --dataset (the corpus and queries it refers to)")
+    check_reranker_model(args.reranker, args.model, args.backend)
+    # the input is read (and checked) before the model loads
     if args.input:
         records = read_query_docs_jsonl(args.input)
         records.sort(key=lambda r: r[0].id)
@@ -44,6 +56,16 @@ def run(args: argparse.Namespace) -> int:
         queries = {q.id: q for q, _ in records}
         if len(queries) != len(records):
             raise ConfigError(f"{args.input}: query ids must be unique (give each record a 'qid' or query id)")
+    else:
+        ds = resolve_dataset(args.dataset, args.data_root)
+        run_in = read_run(args.first_stage)
+        qids = sorted(q for q in run_in if q in ds.queries)
+        if args.max_queries is not None:
+            qids = qids[: args.max_queries]
+        queries = {q: ds.queries[q] for q in qids}
+        corpus = ds.corpus
+    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
+    if args.input:
         final = {}
         detail = {}
         for start in range(0, len(records), 8):
@@ -57,15 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 final[q.id] = [(d, float(len(order) - i)) for i, d in enumerate(order)]
                 detail[q.id] = res
     else:
-        if not args.dataset:
-            raise ConfigError("--first-stage needs --dataset (the corpus and queries it refers to)")
-        ds = resolve_dataset(args.dataset, args.data_root)
-        run_in = read_run(args.first_stage)
-        qids = sorted(q for q in run_in if q in ds.queries)
-        if args.max_queries is not None:
-            qids = qids[: args.max_queries]
-        queries = {q: ds.queries[q] for q in qids}
-        final, _scores, _unknown = rerank_run(reranker, queries, run_in, ds.corpus, args.top_k)
+        final, _scores, _unknown = rerank_run(reranker, queries, run_in, corpus, args.top_k)
         detail = None
     out = Path(args.output)
     if out.suffix == ".jsonl":

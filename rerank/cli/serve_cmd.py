@@ -7,7 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from rerank.cli.common import add_reranker, method_from_model, reranker_options
+from rerank.cli.common import add_reranker, check_reranker_model, method_from_model, positive_int, reranker_options
 from rerank.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,10 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="require 'Authorization: Bearer KEY' on every route but /health (default and recommended: "
         "$RERANK_API_KEY, which stays out of the process list and shell history; else no auth)",
     )
-    p.add_argument("--max-batch-size", type=int, default=32, help="requests merged into one model call (default 32)")
+    p.add_argument("--max-batch-size", type=positive_int, default=32,
+                   help="requests merged into one model call (default 32)")
     p.add_argument(
         "--max-batch-docs",
-        type=int,
+        type=positive_int,
         default=1024,
         help="documents merged into one model call; a larger request still runs alone (default 1024)",
     )
@@ -42,16 +43,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="how long a batch waits to fill (default 0: requests arriving while the model is busy still merge)",
     )
-    p.add_argument("--max-queue", type=int, default=256, help="requests accepted at once; more get 429 (default 256)")
+    p.add_argument("--max-queue", type=positive_int, default=256,
+                   help="requests accepted at once; more get 429 (default 256)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout; answers 504 (default 30 s)")
     p.add_argument(
         "--max-docs",
-        type=int,
+        type=positive_int,
         default=1000,
         help="documents scored per model call for one request; a pointwise head scores more in parts and merges them, "
         "a listwise head answers 413 (default 1000)",
     )
-    p.add_argument("--max-doc-chars", type=int, default=20_000, help="characters per document/query (default 20000)")
+    p.add_argument("--max-doc-chars", type=positive_int, default=20_000,
+                   help="characters per document/query (default 20000)")
     p.add_argument(
         "--read-timeout-s",
         type=float,
@@ -60,13 +63,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=positive_int,
         default=1024,
         help="open connections per worker, lowered to fit the file limit (ulimit -n); more get 503 (default 1024)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="server processes sharing the port, each with its own copy of the model and batching queue (default 1)",
     )
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("rerank serve needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     cfg = serve_config(args)
     get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
+    check_reranker_model(args.reranker, args.model, args.backend)
     if cfg.host not in _LOOPBACK and cfg.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)
     install_log_limits()

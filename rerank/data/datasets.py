@@ -6,13 +6,13 @@ import functools
 import os
 from pathlib import Path
 
-from rerank.data.io import find_file, iter_corpus, read_corpus, read_qrels, read_queries
+from rerank.data.io import Duplicates, find_file, iter_corpus, iter_lines, read_corpus, read_qrels, read_queries
 from rerank.data.registry import DatasetInfo, get_dataset_info
-from rerank.errors import DataFormatError, DatasetNotFoundError
+from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
 from rerank.types import Document, Qrels, Query
 from rerank.utils.files import sha256_file
 
-__all__ = ["Dataset", "default_data_root", "resolve_dataset"]
+__all__ = ["Dataset", "check_max_queries", "default_data_root", "resolve_dataset"]
 
 
 def default_data_root() -> Path:
@@ -34,12 +34,17 @@ def cache_root() -> Path:
 
 
 class Dataset:
-    """A BEIR-layout folder; files are read on first use and kept."""
+    """A BEIR-layout folder; files are read on first use and kept. ``qrels_duplicates``: what reading its qrels does
+    with a pair judged twice (see :func:`~rerank.data.io.read_qrels`)."""
 
-    def __init__(self, root: str | Path, name: str | None = None, info: DatasetInfo | None = None) -> None:
+    def __init__(
+        self, root: str | Path, name: str | None = None, info: DatasetInfo | None = None,
+        qrels_duplicates: Duplicates = "error",
+    ) -> None:
         self.root = Path(root)
         self.name = name or self.root.name
         self.info = info if info is not None else get_dataset_info(self.name)
+        self.qrels_duplicates: Duplicates = qrels_duplicates
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, root={str(self.root)!r})"
@@ -84,13 +89,14 @@ class Dataset:
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 - one Dataset per folder, cached for its lifetime
     def qrels(self, split: str = "test") -> Qrels:
-        return read_qrels(self.qrels_path(split))
+        return read_qrels(self.qrels_path(split), self.qrels_duplicates)
 
     def split_queries(self, split: str = "test", max_queries: int | None = None) -> dict[str, Query]:
         """Queries judged in ``split``, in sorted id order, optionally only the first ``max_queries``.
 
         A judged query absent from ``queries.jsonl`` is an error (it could never be retrieved).
         """
+        check_max_queries(max_queries)
         qrels = self.qrels(split)
         missing = [q for q in qrels if q not in self.queries]
         if missing:
@@ -113,14 +119,13 @@ class Dataset:
         out: dict[str, set[str]] = {}
         if not path.exists():
             return out
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) != 2:
-                    raise DataFormatError(path, lineno, f"expected 'query-id<TAB>doc-id', got {len(parts)} fields")
-                out.setdefault(parts[0], set()).add(parts[1])
+        for lineno, line in iter_lines(path):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise DataFormatError(path, lineno, f"expected 'query-id<TAB>doc-id', got {len(parts)} fields")
+            out.setdefault(parts[0], set()).add(parts[1])
         return out
 
     @functools.cached_property
@@ -129,7 +134,17 @@ class Dataset:
         return sha256_file(self.corpus_path)
 
 
-def resolve_dataset(name_or_path: str | Path, data_root: str | Path | None = None, download: bool = True) -> Dataset:
+def check_max_queries(max_queries: int | None) -> None:
+    """``max_queries`` is None (all queries) or at least 1; anything else would silently score fewer queries."""
+    if max_queries is not None and (isinstance(max_queries, bool) or not isinstance(max_queries, int)
+                                    or max_queries < 1):
+        raise ConfigError(f"--max-queries must be an integer >= 1 (or left out for all queries), got {max_queries!r}")
+
+
+def resolve_dataset(
+    name_or_path: str | Path, data_root: str | Path | None = None, download: bool = True,
+    qrels_duplicates: Duplicates = "error",
+) -> Dataset:
     """A dataset from an existing path, or a registered/plain name under ``data_root``.
 
     A registered BEIR dataset that is absent locally is downloaded (verified, atomic) when ``download`` is true and
@@ -137,17 +152,17 @@ def resolve_dataset(name_or_path: str | Path, data_root: str | Path | None = Non
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return Dataset(path)
+        return Dataset(path, qrels_duplicates=qrels_duplicates)
     name = str(name_or_path)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     local = root / name
     if local.is_dir():
-        return Dataset(local, name=name)
+        return Dataset(local, name=name, qrels_duplicates=qrels_duplicates)
     info = get_dataset_info(name)
     if info is not None and info.url and download:
         from rerank.data.download import download_dataset
 
-        return Dataset(download_dataset(info, root), name=name, info=info)
+        return Dataset(download_dataset(info, root), name=name, info=info, qrels_duplicates=qrels_duplicates)
     if os.sep in name or name.startswith("."):
         raise DatasetNotFoundError(f"dataset folder {path} does not exist")
     hint = f" (registered; no public download: place its BEIR folder at {local})" if info else ""

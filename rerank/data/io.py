@@ -1,26 +1,33 @@
 """Readers and writers for the IR formats our users have on disk.
 
-BEIR folders (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``), TREC run files (6 columns), qrels in TREC
-(4 columns) or BEIR TSV (3 columns + header) form, and JSONL of ``{"query", "docs"}``. Every reader streams, accepts
-``.gz``, and raises :class:`~rerank.errors.DataFormatError` naming the file and line of a malformed record.
+BEIR folders (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``), TREC run files (6 columns, or the 3-column
+``qid docid rank`` MS MARCO form Pyserini writes), qrels in TREC (4 columns) or BEIR TSV (3 columns + header) form,
+and JSONL of ``{"query", "docs"}``. Every reader streams, accepts ``.gz`` and a leading UTF-8 byte-order mark, and
+raises :class:`~rerank.errors.DataFormatError` naming the file and line of anything it cannot read exactly: undecodable
+bytes, a corrupt or truncated ``.gz``, a control character in a whitespace-separated field, a malformed record, and a
+record given twice (a qrels pair, a query or document id, a run's document) -- an id twice is ambiguous, so it is never
+resolved silently.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from rerank.errors import DataFormatError
 from rerank.types import Document, Qrels, Query, Run, sort_ranking
 from rerank.utils.files import atomic_write
 
 __all__ = [
+    "DUPLICATE_POLICIES",
     "open_text",
+    "iter_lines",
     "iter_jsonl",
     "iter_corpus",
     "read_corpus",
@@ -34,13 +41,23 @@ __all__ = [
     "find_file",
 ]
 
+#: What ``read_qrels`` does with a (query, document) pair judged twice: ``error`` (default), keep the ``last``
+#: grade, or the ``max`` grade.
+DUPLICATE_POLICIES = ("error", "last", "max")
+Duplicates = Literal["error", "last", "max"]
+
+_BOM = "\ufeff"
+_GZIP_MAGIC = b"\x1f\x8b"
+# C0 controls but tab, line feed and carriage return (separators), and DEL: never part of an id, a grade or a score
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
 
 def open_text(path: str | Path) -> IO[str]:
-    """Open a text file for reading, transparently decompressing ``.gz``."""
+    """Open a text file for reading (``.gz`` decompressed, a leading byte-order mark dropped)."""
     path = Path(path)
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def find_file(path: str | Path) -> Path:
@@ -54,19 +71,59 @@ def find_file(path: str | Path) -> Path:
     raise FileNotFoundError(f"neither {path} nor {gz} exists")
 
 
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(1-based line number, line without its line ending)`` of a text file, ``.gz`` decompressed.
+
+    A leading UTF-8 byte-order mark is dropped. Bytes that are not UTF-8, a file named ``.gz`` that is not gzip, and
+    a corrupt or truncated gzip stream raise :class:`DataFormatError` naming the file and the line.
+    """
+    path = Path(path)
+    gz = path.suffix == ".gz"
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    hint = ("this is gzip data: name the file *.gz" if lineno == 1 and raw.startswith(_GZIP_MAGIC)
+                            else "save the file as UTF-8")
+                    raise DataFormatError(path, lineno, f"invalid UTF-8 at byte {e.start + 1} of the line ({hint})")\
+                        from None
+                if lineno == 1 and line.startswith(_BOM):
+                    line = line[1:]
+                yield lineno, line.rstrip("\r\n")
+    except gzip.BadGzipFile as e:
+        raise DataFormatError(path, lineno + 1, f"not a valid gzip file ({e}); if it is plain text, drop the .gz")\
+            from None
+    except EOFError:
+        raise DataFormatError(path, lineno + 1, "truncated gzip file: the compressed data ends here") from None
+    except zlib.error as e:
+        raise DataFormatError(path, lineno + 1, f"corrupt gzip data ({e})") from None
+
+
+def _fields(path: Path, lineno: int, line: str) -> list[str]:
+    """The whitespace-separated fields of one line of a TREC-style file; a control character is an error."""
+    bad = _CONTROL.search(line)
+    if bad:
+        raise DataFormatError(path, lineno, f"control character {bad.group()!r} in the line")
+    return line.split()
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` for each non-blank line; bad JSON or a non-object is an error."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise DataFormatError(path, lineno, "invalid JSON: nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _require(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts: str) -> Any:
@@ -77,16 +134,55 @@ def _require(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts
     raise DataFormatError(path, lineno, f"missing required field {names}")
 
 
+def _id(value: Any, what: str, path: str | Path, lineno: int) -> str:
+    """An id field: a non-empty string or an integer without whitespace (run and qrels files could not hold it)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataFormatError(path, lineno, f"{what} must be a string or an integer, got {json.dumps(value)[:40]}")
+    text = str(value)
+    if not text or any(c.isspace() for c in text) or _CONTROL.search(text):
+        raise DataFormatError(path, lineno, f"{what} {text!r} is empty or holds whitespace or control characters")
+    return text
+
+
+def _text(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts: str) -> str:
+    value = _require(obj, key, path, lineno, *alts)
+    if not isinstance(value, str):
+        raise DataFormatError(path, lineno, f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _duplicate(path: str | Path, lineno: int, what: str, first: int | None, hint: str = "") -> DataFormatError:
+    where = f" (first at line {first})" if first is not None else ""
+    return DataFormatError(path, lineno, f"duplicate {what}{where}{'; ' + hint if hint else ''}")
+
+
+def _first_line(lines: Iterable[tuple[int, Any]], match: Callable[[Any], bool]) -> int | None:
+    """Line number of the first record that ``match``es (re-reads a file only to report a duplicate)."""
+    return next((lineno for lineno, rec in lines if match(rec)), None)
+
+
 def _iter_corpus_lines(path: str | Path) -> Iterator[tuple[int, Document]]:
     for lineno, obj in iter_jsonl(path):
-        doc_id = _require(obj, "_id", path, lineno, "id", "docid")
-        text = _require(obj, "text", path, lineno, "contents")
-        yield lineno, Document(id=str(doc_id), text=str(text), title=str(obj.get("title") or ""))
+        doc_id = _id(_require(obj, "_id", path, lineno, "id", "docid"), "document id", path, lineno)
+        text = _text(obj, "text", path, lineno, "contents")
+        title = obj.get("title")
+        if title is not None and not isinstance(title, str):
+            raise DataFormatError(path, lineno, f"field 'title' must be a string, got {type(title).__name__}")
+        yield lineno, Document(id=doc_id, text=text, title=title or "")
+
+
+def _corpus_duplicate(path: str | Path, lineno: int, doc_id: str) -> DataFormatError:
+    first = _first_line(_iter_corpus_lines(path), lambda d: d.id == doc_id)
+    return _duplicate(path, lineno, f"document id {doc_id!r}", first)
 
 
 def iter_corpus(path: str | Path) -> Iterator[Document]:
-    """Stream a BEIR ``corpus.jsonl`` (``_id``, ``text``, optional ``title``)."""
-    for _, doc in _iter_corpus_lines(path):
+    """Stream a BEIR ``corpus.jsonl`` (``_id``, ``text``, optional ``title``); a duplicate id is an error."""
+    seen: set[str] = set()
+    for lineno, doc in _iter_corpus_lines(path):
+        if doc.id in seen:
+            raise _corpus_duplicate(path, lineno, doc.id)
+        seen.add(doc.id)
         yield doc
 
 
@@ -95,36 +191,47 @@ def read_corpus(path: str | Path) -> dict[str, Document]:
     corpus: dict[str, Document] = {}
     for lineno, doc in _iter_corpus_lines(path):
         if doc.id in corpus:
-            raise DataFormatError(path, lineno, f"duplicate document id {doc.id!r}")
+            raise _corpus_duplicate(path, lineno, doc.id)
         corpus[doc.id] = doc
     if not corpus:
         raise DataFormatError(path, None, "empty corpus: no documents found")
     return corpus
 
 
-def read_queries(path: str | Path) -> dict[str, Query]:
-    """Read BEIR ``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text`` (TREC topics)."""
-    path = Path(path)
-    queries: dict[str, Query] = {}
+def _iter_query_lines(path: Path) -> Iterator[tuple[int, Query]]:
     if ".tsv" in path.suffixes:
-        with open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t", 1)
-                if len(parts) != 2:
-                    raise DataFormatError(path, lineno, "expected 'query-id<TAB>text'")
-                queries[parts[0]] = Query(parts[0], parts[1])
+        for lineno, line in iter_lines(path):
+            if not line.strip():
+                continue
+            parts = line.split("\t", 1)
+            if len(parts) != 2:
+                raise DataFormatError(path, lineno, "expected 'query-id<TAB>text'")
+            yield lineno, Query(_id(parts[0], "query id", path, lineno), parts[1])
     else:
         for lineno, obj in iter_jsonl(path):
-            qid = str(_require(obj, "_id", path, lineno, "id", "qid"))
-            queries[qid] = Query(qid, str(_require(obj, "text", path, lineno, "query")))
+            qid = _id(_require(obj, "_id", path, lineno, "id", "qid"), "query id", path, lineno)
+            yield lineno, Query(qid, _text(obj, "text", path, lineno, "query"))
+
+
+def read_queries(path: str | Path) -> dict[str, Query]:
+    """Read BEIR ``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text`` (TREC topics).
+
+    A query id given twice is an error naming both lines.
+    """
+    path = Path(path)
+    queries: dict[str, Query] = {}
+    lines: dict[str, int] = {}
+    for lineno, query in _iter_query_lines(path):
+        if query.id in queries:
+            raise _duplicate(path, lineno, f"query id {query.id!r}", lines[query.id])
+        queries[query.id] = query
+        lines[query.id] = lineno
     if not queries:
         raise DataFormatError(path, None, "no queries found")
     return queries
 
 
-def _parse_grade(value: str, path: str | Path, lineno: int) -> int:
+def _parse_grade(value: str, path: str | Path, lineno: int, header_hint: bool) -> int:
     try:
         return int(value)
     except ValueError:
@@ -134,52 +241,81 @@ def _parse_grade(value: str, path: str | Path, lineno: int) -> int:
             f = math.nan
         if f.is_integer():
             return int(f)
-        raise DataFormatError(path, lineno, f"relevance grade {value!r} is not an integer") from None
+        hint = " (a BEIR header line starts with 'query-id')" if header_hint else ""
+        raise DataFormatError(path, lineno, f"relevance grade {value!r} is not an integer{hint}") from None
 
 
-def read_qrels(path: str | Path) -> Qrels:
+def read_qrels(path: str | Path, duplicates: Duplicates = "error") -> Qrels:
     """Read qrels in TREC form (``qid iter docid grade``) or BEIR form (``query-id corpus-id score`` + header).
 
-    The form is detected per file from the column count of the first data line.
+    The form is detected per file from the column count of the first data line. A (query, document) pair judged
+    twice is an error naming both lines, unless ``duplicates`` is ``last`` (the later grade wins) or ``max``.
     """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {duplicates!r}")
+    path = Path(path)
     qrels: Qrels = {}
+    first_line: dict[tuple[str, str], int] = {}
     ncols: int | None = None
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if ncols is None:
-                ncols = len(parts)
-                if ncols not in (3, 4):
-                    raise DataFormatError(
-                        path, lineno, f"qrels need 3 (BEIR) or 4 (TREC) columns, found {ncols}"
-                    )
-                if ncols == 3 and parts[0].lower() in ("query-id", "query_id", "qid"):
-                    continue  # BEIR header
-            if len(parts) != ncols:
-                raise DataFormatError(path, lineno, f"expected {ncols} columns, found {len(parts)}")
-            qid, docid, grade = (parts[0], parts[1], parts[2]) if ncols == 3 else (parts[0], parts[2], parts[3])
-            qrels.setdefault(qid, {})[docid] = _parse_grade(grade, path, lineno)
+    for lineno, line in iter_lines(path):
+        parts = _fields(path, lineno, line)
+        if not parts:
+            continue
+        first = ncols is None
+        if ncols is None:
+            ncols = len(parts)
+            if ncols not in (3, 4):
+                raise DataFormatError(path, lineno, f"qrels need 3 (BEIR) or 4 (TREC) columns, found {ncols}")
+            if ncols == 3 and parts[0].lower() in ("query-id", "query_id", "qid"):
+                continue  # BEIR header
+        if len(parts) != ncols:
+            raise DataFormatError(path, lineno, f"expected {ncols} columns, found {len(parts)}")
+        qid, docid, grade = (parts[0], parts[1], parts[2]) if ncols == 3 else (parts[0], parts[2], parts[3])
+        value = _parse_grade(grade, path, lineno, first and ncols == 3)
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            if duplicates == "error":
+                raise _duplicate(
+                    path, lineno, f"judgement of document {docid!r} for query {qid!r}", first_line[(qid, docid)],
+                    "keep one grade with --allow-duplicates last|max",
+                )
+            if duplicates == "max":
+                value = max(value, judged[docid])
+        else:
+            first_line[(qid, docid)] = lineno
+        judged[docid] = value
     if not qrels:
         raise DataFormatError(path, None, "no relevance judgements found")
     return qrels
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a 6-column TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
+    """Read a TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
 
-    A document listed twice for one query is an error (trec_eval would silently count it twice).
+    The 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score ``-rank``; its
+    rank must be a positive integer, unique within a query. The form is detected from the first line's column
+    count. A document listed twice for one query is an error (trec_eval would silently count it twice).
     """
+    path = Path(path)
     run: Run = {}
     seen: dict[str, dict[str, int]] = {}
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataFormatError(path, lineno, f"TREC run lines need 6 columns, found {len(parts)}")
+    ranks: dict[str, dict[int, int]] = {}
+    ncols: int | None = None
+    for lineno, line in iter_lines(path):
+        parts = _fields(path, lineno, line)
+        if not parts:
+            continue
+        if ncols is None:
+            ncols = len(parts)
+            if ncols not in (3, 6):
+                raise DataFormatError(
+                    path, lineno, f"run lines need 6 columns (TREC: qid Q0 docid rank score tag) or 3 (MS MARCO: "
+                    f"qid docid rank), found {ncols}"
+                )
+        if len(parts) != ncols:
+            form = "TREC run lines need 6" if ncols == 6 else "MS MARCO run lines need 3"
+            raise DataFormatError(path, lineno, f"{form} columns, found {len(parts)}")
+        if ncols == 6:
             qid, _, docid, _, score, _ = parts
             try:
                 value = float(score)
@@ -187,13 +323,22 @@ def read_run(path: str | Path) -> Run:
                 raise DataFormatError(path, lineno, f"score {score!r} is not a number") from None
             if math.isnan(value):
                 raise DataFormatError(path, lineno, "score is NaN")
-            first = seen.setdefault(qid, {})
-            if docid in first:
-                raise DataFormatError(
-                    path, lineno, f"duplicate document {docid!r} for query {qid!r} (first at line {first[docid]})"
-                )
-            first[docid] = lineno
-            run.setdefault(qid, []).append((docid, value))
+        else:
+            qid, docid, rank_text = parts
+            rank = int(rank_text) if rank_text.isdigit() and rank_text.isascii() else 0
+            if rank < 1:
+                raise DataFormatError(path, lineno, f"rank {rank_text!r} is not a positive integer (MS MARCO run: "
+                                      "qid docid rank)")
+            at = ranks.setdefault(qid, {})
+            if rank in at:
+                raise _duplicate(path, lineno, f"rank {rank} for query {qid!r}", at[rank])
+            at[rank] = lineno
+            value = float(-rank)
+        first = seen.setdefault(qid, {})
+        if docid in first:
+            raise _duplicate(path, lineno, f"document {docid!r} for query {qid!r}", first[docid])
+        first[docid] = lineno
+        run.setdefault(qid, []).append((docid, value))
     if not run:
         raise DataFormatError(path, None, "empty run: no lines found")
     return {qid: sort_ranking(pairs) for qid, pairs in run.items()}
@@ -229,6 +374,14 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
+def _score(value: Any, where: str, path: str | Path, lineno: int) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataFormatError(path, lineno, f"{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Document, float | None]]]]:
     """Read plain JSONL of ``{"query": str|{"id","text"}, "docs": [str | {"id"?, "text", "title"?, "score"?}]}``.
 
@@ -238,9 +391,12 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
     for lineno, obj in iter_jsonl(path):
         q = _require(obj, "query", path, lineno)
         if isinstance(q, dict):
-            query = Query(str(q.get("id", q.get("_id", f"q{lineno}"))), str(_require(q, "text", path, lineno)))
+            qid = _id(q.get("id", q.get("_id", f"q{lineno}")), "query id", path, lineno)
+            query = Query(qid, _text(q, "text", path, lineno))
+        elif isinstance(q, str):
+            query = Query(_id(obj.get("qid", f"q{lineno}"), "qid", path, lineno), q)
         else:
-            query = Query(str(obj.get("qid", f"q{lineno}")), str(q))
+            raise DataFormatError(path, lineno, "'query' must be a string or an object")
         docs_raw = _require(obj, "docs", path, lineno)
         if not isinstance(docs_raw, list):
             raise DataFormatError(path, lineno, "'docs' must be a list")
@@ -252,11 +408,13 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
                 text = d.get("text", d.get("contents"))
                 if text is None:
                     raise DataFormatError(path, lineno, f"docs[{i}] has no 'text'")
-                did = str(d.get("id", d.get("_id", d.get("docid", f"d{i}"))))
-                score = d.get("score")
-                if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-                    raise DataFormatError(path, lineno, f"docs[{i}].score must be a number, got {score!r}")
-                docs.append((Document(did, str(text), str(d.get("title") or "")), None if score is None else float(score)))
+                if not isinstance(text, str):
+                    raise DataFormatError(path, lineno, f"docs[{i}].text must be a string")
+                did = _id(d.get("id", d.get("_id", d.get("docid", f"d{i}"))), f"docs[{i}] id", path, lineno)
+                title = d.get("title")
+                if title is not None and not isinstance(title, str):
+                    raise DataFormatError(path, lineno, f"docs[{i}].title must be a string")
+                docs.append((Document(did, text, title or ""), _score(d.get("score"), f"docs[{i}].score", path, lineno)))
             else:
                 raise DataFormatError(path, lineno, f"docs[{i}] must be a string or an object")
         ids = [d.id for d, _ in docs]

@@ -10,6 +10,7 @@ written atomically and the progress file is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, DataFormatError
+from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, write_json
 
 __all__ = [
@@ -64,6 +66,15 @@ class FirstStageSpec:
     def __post_init__(self) -> None:
         if (self.retriever is None) == (self.run is None):
             raise ValueError("first_stage needs exactly one of 'retriever' or 'run'")
+        if self.depth < 1:
+            raise ValueError(f"first_stage depth must be >= 1, got {self.depth}")
+
+    def check(self) -> None:
+        """Before the build starts: the run file exists, and a retriever's model can be loaded."""
+        if self.run is not None and not Path(self.run).is_file():
+            raise ConfigError(f"first_stage run {self.run} does not exist")
+        if self.options.get("model"):
+            check_model_path(str(self.options["model"]), "first_stage model")
 
 
 @dataclass
@@ -75,10 +86,25 @@ class ModelSpec:
     backend: str = "transformers"
     options: dict[str, Any] = field(default_factory=dict)
 
+    def check(self) -> None:
+        """Before the build starts: the model can be loaded here (a served one, remote or openai, is not checked)."""
+        if self.model and self.reranker != "remote" and self.backend != "openai":
+            check_model_path(self.model, f"{self.reranker} model")
+
     def load(self) -> Any:
         from rerank.heads.base import Reranker
 
         return Reranker.load(self.reranker, model=self.model, backend=self.backend, **self.options)
+
+
+def _check_models(config: Any) -> None:
+    """Call ``check()`` on every part of a recipe's config that has one (model specs, the first stage), so a missing
+    model or run file fails before any retrieval or mining."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        if callable(getattr(config, "check", None)):
+            config.check()
+        for f in dataclasses.fields(config):
+            _check_models(getattr(config, f.name))
 
 
 def unit_rng(seed: int, unit: str) -> random.Random:
@@ -186,6 +212,7 @@ def build(
         raise ConfigError("a recipe needs a 'recipe' key naming its kind")
     cls = _recipe_class(str(kind))
     config = from_dict(cls.config_class, spec, where=f"recipe {kind}")
+    _check_models(config)
     rhash = hash_obj({"recipe": kind, **to_dict(config)})
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import read_run
 from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, unit_rng
 from rerank.errors import ConfigError
+from rerank.models import check_model_path
 from rerank.types import Candidate, Document, Run, sort_ranking
 
 __all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe", "rank_positions", "teacher_modes"]
@@ -86,6 +87,12 @@ class FilterSpec:
     backend: str = "transformers"
     options: dict[str, Any] = field(default_factory=dict)
     margin: float = 0.0
+
+    def check(self) -> None:
+        """Before the build starts: the filter's model can be loaded here."""
+        if self.scorer == "bi-encoder" or (self.reranker != "remote" and self.backend != "openai"):
+            if self.model:
+                check_model_path(self.model, "false_negative_filter model")
 
 
 @dataclass

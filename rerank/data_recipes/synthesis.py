@@ -33,6 +33,13 @@ class GeneratorSpec:
     temperature: float = 0.0
     max_doc_tokens: int = 256
 
+    def check(self) -> None:
+        """Before the build starts: the generator's model can be loaded here (a served one, openai, is not checked)."""
+        if self.model and self.backend != "openai":
+            from rerank.models import check_model_path
+
+            check_model_path(self.model, "generator model")
+
 
 @dataclass
 class QuerySynthesisConfig:

@@ -26,10 +26,11 @@ import numpy as np
 import yaml
 
 from rerank.config import from_dict, load_yaml, to_dict
-from rerank.data.datasets import cache_root, resolve_dataset
+from rerank.data.datasets import cache_root, check_max_queries, resolve_dataset
 from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES
 from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, write_json
 
 __all__ = [
@@ -61,6 +62,11 @@ class ColumnSpec:
     in_average: bool = True
     note: str = ""
 
+    def __post_init__(self) -> None:
+        check_max_queries(self.max_queries)
+        if self.top_k < 1 or self.depth < 1:
+            raise ValueError(f"column {self.label!r}: top_k and depth must be >= 1")
+
 
 @dataclass
 class RowSpec:
@@ -77,6 +83,10 @@ class RowSpec:
     columns: list[str] | None = None
     requires: list[str] = field(default_factory=list)
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"row {self.name!r}: top_k must be >= 1")
 
 
 @dataclass
@@ -252,11 +262,21 @@ def run_leaderboard(
     if cfg.measure not in DEFAULT_MEASURES:
         raise ConfigError(f"leaderboard measure {cfg.measure!r} must be one of {', '.join(DEFAULT_MEASURES)}")
     roots = {c.label: resolve_dataset(c.dataset, data_root).root.resolve() for c in cfg.columns}
+    for col in cfg.columns:  # every input is checked before the first cell runs
+        for name, run_file in col.runs.items():
+            if not (roots[col.label] / run_file).is_file():
+                raise ConfigError(f"column {col.label!r}: the {name} run {roots[col.label] / run_file} does not exist")
+    runnable = [r for r in cfg.rows if all(Path(p).exists() for p in r.requires)]
+    for row in runnable:
+        if row.reranker is not None and row.reranker != "remote" and row.backend != "openai" and row.model:
+            check_model_path(row.model, f"row {row.name!r}: model")
+        if row.retriever_options.get("model"):
+            check_model_path(str(row.retriever_options["model"]), f"row {row.name!r}: retriever model")
     cells: dict[str, dict[str, dict[str, Any]]] = {r.name: {} for r in cfg.rows}
     notes: list[str] = []
     for row in cfg.rows:
-        missing = [p for p in row.requires if not Path(p).exists()]
-        if missing:
+        if row not in runnable:
+            missing = [p for p in row.requires if not Path(p).exists()]
             notes.append(f"row '{row.name}' skipped: required path(s) absent: {', '.join(missing)}")
             continue
         reranker = None

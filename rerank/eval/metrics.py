@@ -2,6 +2,7 @@
 
 Conventions, stated once so reports can say them:
 
+* Measures are named in ir-measures' (``nDCG@10``) or trec_eval's (``ndcg_cut_10``, ``recip_rank``, ``map``) spelling.
 * Keys are ir-measures' canonical names (``nDCG@10``, ``RR@10``, ``R@100``, ``AP``, ``P@10``, ``Judged@10``). With a
   relevance level (TREC DL: binary measures at grade >= 2) binary measures are named as ir-measures prints them,
   e.g. ``AP(rel=2)``; nDCG always uses the graded judgements.
@@ -35,18 +36,38 @@ class MetricResult:
     missing_queries: list[str] = field(default_factory=list)
 
 
-def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, ir_measures.Measure]]:
-    """Parse measure names; binary measures get ``rel=rel_level`` when it is above 1."""
-    out = []
-    for name in names:
+def _parse_one(name: str, rel_level: int) -> list[ir_measures.Measure]:
+    """An ir-measures name (``nDCG@10``), else a trec_eval name (``ndcg_cut_10``, ``ndcg_cut.10,20``, ``recip_rank``,
+    ``map``, ``P_10``, ``recall_100``), which may stand for several measures."""
+    try:
+        m = ir_measures.parse_measure(name)
+    except (ValueError, NameError, SyntaxError, TypeError):
         try:
-            m = ir_measures.parse_measure(name)
-        except (ValueError, NameError, SyntaxError) as e:
-            raise ConfigError(f"unknown measure {name!r}: {e}") from None
-        if rel_level > 1 and m.NAME in BINARY_MEASURES and "rel" in m.SUPPORTED_PARAMS and "rel" not in m.params:
-            m = m(rel=rel_level)
-        out.append((str(m), m))
-    return out
+            found = list(ir_measures.parse_trec_measure(name))
+        except (ValueError, NameError, SyntaxError, TypeError, KeyError):
+            raise ConfigError(
+                f"unknown measure {name!r}: give an ir-measures name (nDCG@10, RR@10, AP, R@100, P@10) or a trec_eval "
+                f"one (ndcg_cut_10, recip_rank, map, recall_100, P_10)"
+            ) from None
+        # trec_eval's -l applies to every binary measure, including those its parser pins to rel=1 (num_rel_ret)
+        return [x(rel=rel_level) if rel_level > 1 and x.params.get("rel") == 1 else _binary(x, rel_level) for x in found]
+    return [_binary(m, rel_level)]
+
+
+def _binary(m: ir_measures.Measure, rel_level: int) -> ir_measures.Measure:
+    if rel_level > 1 and m.NAME in BINARY_MEASURES and "rel" in m.SUPPORTED_PARAMS and "rel" not in m.params:
+        return m(rel=rel_level)
+    return m
+
+
+def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, ir_measures.Measure]]:
+    """Parse measure names (ir-measures or trec_eval spelling) into (canonical ir-measures name, measure), without
+    repeats; binary measures get ``rel=rel_level`` when it is above 1."""
+    out: dict[str, ir_measures.Measure] = {}
+    for name in names:
+        for m in _parse_one(name, rel_level):
+            out.setdefault(str(m), m)
+    return list(out.items())
 
 
 def evaluate_run(

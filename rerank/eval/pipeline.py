@@ -9,6 +9,12 @@ Ranking conventions (also stated in ``report.md``):
   are in ``scores.jsonl``. Without a reranker, ``run.trec`` is the first-stage run with its own scores.
 * Documents of a given run that are not in the corpus cannot be reranked: they are reported, kept after the
   reranked top-k, and counted in ``metrics.json``.
+
+Everything is checked before the expensive work: the config's numbers, the measures, the dataset's queries and
+qrels, a given first-stage run, and the reranker (built, options and model) all come before the first stage
+retrieves. The result folder holds the files of one run only: ``metrics.json`` is removed first and written last
+(it marks a complete run), and the other files this command writes (:data:`OUTPUT_FILES`) that this run does not
+write are removed; other files in the folder are left alone. Secrets in the config are written as ``<redacted>``.
 """
 
 from __future__ import annotations
@@ -23,17 +29,21 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rerank.data.datasets import Dataset, resolve_dataset
-from rerank.data.io import read_run, write_run
+from rerank.config import to_dict
+from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
+from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
 from rerank.errors import ConfigError
-from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run
+from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker
 from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["EvalConfig", "run_eval", "rerank_run"]
+__all__ = ["EvalConfig", "OUTPUT_FILES", "run_eval", "rerank_run"]
+
+#: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
+OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,22 @@ class EvalConfig:
     measures: Sequence[str] = DEFAULT_MEASURES
     rel_level: int | None = None
     batch_queries: int = 8
+    qrels_duplicates: str = "error"
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "depth", "batch_queries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        check_max_queries(self.max_queries)
+        if self.rel_level is not None and (not isinstance(self.rel_level, int) or self.rel_level < 1):
+            raise ConfigError(f"rel-level must be an integer >= 1, got {self.rel_level!r}")
+        if self.qrels_duplicates not in DUPLICATE_POLICIES:
+            raise ConfigError(f"qrels_duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, "
+                              f"got {self.qrels_duplicates!r}")
+        if isinstance(self.measures, str):
+            raise ConfigError(f"measures must be a list of names, got the string {self.measures!r}")
+        parse_measures(self.measures)
 
 
 def _select(run: Run, qids: Sequence[str]) -> Run:
@@ -75,6 +101,8 @@ def rerank_run(
     progress: bool = True,
 ) -> tuple[Run, dict[str, list[tuple[str, float]]], dict[str, list[str]]]:
     """Rerank each query's top-``top_k`` candidates; returns (final run, reranker scores, unknown doc ids)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     final: Run = {}
     scores: dict[str, list[tuple[str, float]]] = {}
     unknown: dict[str, list[str]] = {}
@@ -106,21 +134,27 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``."""
     if (cfg.retriever is None) == (cfg.first_stage is None):
         raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
-    if cfg.top_k < 1:
-        raise ConfigError("--top-k must be >= 1")
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
-    dataset: Dataset = resolve_dataset(cfg.dataset, cfg.data_root)
+    dataset: Dataset = resolve_dataset(cfg.dataset, cfg.data_root, qrels_duplicates=cfg.qrels_duplicates)  # type: ignore[arg-type]
     queries = dataset.split_queries(cfg.split, cfg.max_queries)
     qrels_all = dataset.qrels(cfg.split)
     qrels: Qrels = {q: qrels_all[q] for q in queries}
     rel_level = cfg.rel_level if cfg.rel_level is not None else dataset.rel_level
+    given_run = read_run(cfg.first_stage) if cfg.first_stage is not None else None
+    if reranker is not None or cfg.reranker is not None:
+        dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0
+
+    if reranker is None and cfg.reranker is not None:  # before retrieval: a bad option or model fails in seconds
+        t = time.perf_counter()
+        reranker = Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
+        timing["reranker_load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     first_stage_desc: dict[str, Any]
-    if cfg.first_stage is not None:
-        run = _select(read_run(cfg.first_stage), list(queries))
+    if given_run is not None:
+        run = _select(given_run, list(queries))
         first_stage_desc = {"name": "run", "path": str(cfg.first_stage)}
     else:
         retriever: FirstStage = build_retriever(cfg.retriever, dataset, **cfg.retriever_options)  # type: ignore[arg-type]
@@ -137,10 +171,6 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     rerank_scores: dict[str, list[tuple[str, float]]] | None = None
     reranker_desc: dict[str, Any] | None = None
     final = run
-    if reranker is None and cfg.reranker is not None:
-        t = time.perf_counter()
-        reranker = Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
-        timing["reranker_load_s"] = time.perf_counter() - t
     if reranker is not None:
         t = time.perf_counter()
         final, rerank_scores, corpus_ids_unknown = rerank_run(
@@ -179,7 +209,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
         "throughput": {
             "queries_per_s": (n_reranked / timing["rerank_s"]) if timing.get("rerank_s") else None,
         },
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "config": to_dict(cfg),
     }
     if reranker is not None:
         metrics["parse"] = reranker.stats.as_dict()
@@ -190,17 +220,32 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
             next(iter(corpus_ids_unknown.values()))[:3],
         )
     if cfg.output:
-        out = Path(cfg.output)
-        out.mkdir(parents=True, exist_ok=True)
-        tag = cfg.reranker or (cfg.retriever or "run")
-        write_run(final, out / "run.trec", tag=tag)
-        if cfg.retriever is not None:
-            write_run(run, out / "first_stage.trec", tag=cfg.retriever)
-        if rerank_scores is not None:
-            with atomic_write(out / "scores.jsonl") as f:
-                for q in sorted(rerank_scores):
-                    f.write(json.dumps({"qid": q, "scores": rerank_scores[q]}) + "\n")
-        write_json(metrics, out / "metrics.json")
-        with atomic_write(out / "report.md") as f:
-            f.write(render_report(metrics))
+        _write_outputs(Path(cfg.output), cfg, metrics, final, run, rerank_scores)
     return metrics
+
+
+def _write_outputs(
+    out: Path, cfg: EvalConfig, metrics: dict[str, Any], final: Run, run: Run,
+    rerank_scores: dict[str, list[tuple[str, float]]] | None,
+) -> None:
+    """Write this run's files; ``metrics.json`` (the mark of a complete run) goes first and comes back last, and the
+    command's files this run does not write are removed, so no file of an earlier run is left beside the new ones."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"run.trec", "report.md", "metrics.json"}
+    if cfg.retriever is not None:
+        written.add("first_stage.trec")
+    if rerank_scores is not None:
+        written.add("scores.jsonl")
+    (out / "metrics.json").unlink(missing_ok=True)
+    for name in set(OUTPUT_FILES) - written:
+        (out / name).unlink(missing_ok=True)
+    write_run(final, out / "run.trec", tag=cfg.reranker or (cfg.retriever or "run"))
+    if cfg.retriever is not None:
+        write_run(run, out / "first_stage.trec", tag=cfg.retriever)
+    if rerank_scores is not None:
+        with atomic_write(out / "scores.jsonl") as f:
+            for q in sorted(rerank_scores):
+                f.write(json.dumps({"qid": q, "scores": rerank_scores[q]}) + "\n")
+    with atomic_write(out / "report.md") as f:
+        f.write(render_report(metrics))
+    write_json(metrics, out / "metrics.json")

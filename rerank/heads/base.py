@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -56,6 +56,14 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+def _as_list(items: Any, name: str) -> list[Any]:
+    """``items`` as a list; a string, a mapping or a set is a mistake (it would be ranked character by character,
+    by key, or in no stable order), and so is anything that is not iterable."""
+    if isinstance(items, (str, bytes, Mapping, AbstractSet)) or not isinstance(items, Iterable):
+        raise TypeError(f"{name} must be a list (or another sequence), got {type(items).__name__}")
+    return list(items)
 
 
 def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
@@ -133,16 +141,22 @@ class Reranker(ABC):
 
     def rerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
         """Rank ``docs`` for ``query``; every input doc appears once (``top_k`` truncates the returned list)."""
-        return self.rerank_batch([query], [docs], top_k=top_k)[0]
+        return self.rerank_batch([query], [_as_list(docs, "docs")], top_k=top_k)[0]
 
     def rerank_batch(
         self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
     ) -> list[RankedResult]:
         """Rank several queries' candidate lists at once."""
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None (all documents), got {top_k!r}")
+        queries, docs_lists = _as_list(queries, "queries"), _as_list(docs_lists, "docs_lists")
         if len(queries) != len(docs_lists):
             raise ValueError(f"{len(queries)} queries but {len(docs_lists)} document lists")
+        for q in queries:
+            if not isinstance(q, (str, Query)):
+                raise TypeError(f"a query must be a str or a Query, got {type(q).__name__}")
         qs = [q if isinstance(q, Query) else Query(str(i), q) for i, q in enumerate(queries)]
-        cands = [as_candidates(d) for d in docs_lists]
+        cands = [as_candidates(_as_list(d, "docs")) for d in docs_lists]
         todo = [i for i, c in enumerate(cands) if c]
         scores: list[list[float]] = [[] for _ in cands]
         if todo:

@@ -70,6 +70,12 @@ class IndexConfig:
     pq_nbits: int = 8
     nprobe: int = 16
 
+    def __post_init__(self) -> None:
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_nbits", "nprobe"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"index option {name} must be >= 1, got {value}")
+
 
 @dataclass
 class EmbeddingSet:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rerank.config import secret_field
+
 __all__ = ["ServeConfig"]
 
 
@@ -21,7 +23,7 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_key: str | None = secret_field()
     max_batch_size: int = 32
     max_batch_docs: int = 1024
     max_wait_ms: float = 0.0

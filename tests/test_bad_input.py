@@ -1,0 +1,493 @@
+"""Bad input, faults and secrets (issue 18): each case a new user hit, reproduced, now a clear error or the right
+result. Numbers are on the real TREC DL19 BM25 top-100 run (nDCG@10 0.5058, as Anserini)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rerank.cli import main
+from rerank.config import REDACTED, SECRET_KEYS, from_dict, load_yaml, to_dict
+from rerank.data.datasets import Dataset, resolve_dataset
+from rerank.data.io import iter_jsonl, read_corpus, read_qrels, read_queries, read_run, write_qrels
+from rerank.errors import ConfigError, DataFormatError
+from rerank.eval.pipeline import EvalConfig, rerank_run, run_eval
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.registry import register_reranker
+from rerank.types import Candidate, Query
+
+BOM = b"\xef\xbb\xbf"
+DL19_BM25_NDCG10 = 0.5058  # Anserini's figure for this run (data README)
+SECRET = "sk-test-5e1f7c0a9b"
+
+
+class LengthReranker(Reranker):
+    """Scores shorter documents higher: deterministic and model-free."""
+
+    method = "test-bad-input-length"
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return [-float(len(c.doc.text)) for c in candidates]
+
+
+register_reranker(LengthReranker.method, LengthReranker)
+
+
+def _bom(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(BOM + src.read_bytes())
+    return dst
+
+
+def _ndcg(run_cli, run: Path, qrels: Path, *extra: str) -> dict:  # noqa: ANN001
+    rc, out, err = run_cli("evaluate", "--run", run, "--qrels", qrels, "-m", "nDCG@10", "--json", *extra)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def _one_line_error(rc: int, err: str, *needles: str) -> None:
+    """Exit 2, one line on stderr (progress bars aside), no traceback, every needle named."""
+    lines = [ln for ln in err.strip().splitlines() if "error" in ln]
+    assert rc == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+# --- a byte-order mark changes nothing ----------------------------------------------------------------------------
+
+
+def test_bom_in_run_or_qrels_gives_the_same_numbers(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    run, qrels = dl19_dir / "bm25_top100.trec", dl19_dir / "qrels" / "test.tsv"
+    base = _ndcg(run_cli, run, qrels)
+    assert round(base["metrics"]["nDCG@10"], 4) == DL19_BM25_NDCG10 and base["num_queries"] == 43
+    trec_qrels = tmp_path / "qrels.txt"
+    write_qrels(read_qrels(qrels), trec_qrels)
+    gz_run = tmp_path / "bom.trec.gz"
+    gz_run.write_bytes(gzip.compress(BOM + run.read_bytes()))
+    cases = {
+        "run (was 0.5053)": (_bom(run, tmp_path / "bom.trec"), qrels),
+        "BEIR qrels (was a misleading grade error)": (run, _bom(qrels, tmp_path / "bom.tsv")),
+        "TREC qrels (was 0.4943 over 44 queries)": (run, _bom(trec_qrels, tmp_path / "bom.txt")),
+        "gzipped run": (gz_run, qrels),
+    }
+    for name, (r, q) in cases.items():
+        assert _ndcg(run_cli, r, q) == base, name
+
+
+def test_bom_in_every_file_of_a_dataset(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    ds = tmp_path / "bom-copy" / dl19_dir.name  # same name: same registry entry (binary measures at grade 2)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        _bom(dl19_dir / name, ds / name)
+    run = _bom(dl19_dir / "bm25_top100.trec", tmp_path / "run.trec")
+    for folder, first_stage, out in ((dl19_dir, dl19_dir / "bm25_top100.trec", "plain"), (ds, run, "bom")):
+        rc, _, err = run_cli("eval", "--dataset", folder, "--first-stage", first_stage, "--output", tmp_path / out,
+                             "--reranker", LengthReranker.method, "--top-k", "10", "--max-queries", "5")
+        assert rc == 0, err
+    plain, bom = (json.loads((tmp_path / o / "metrics.json").read_text()) for o in ("plain", "bom"))
+    assert bom["per_query"] == plain["per_query"] and bom["unknown_doc_ids"]["count"] == 0
+    assert (tmp_path / "plain" / "scores.jsonl").read_text() == (tmp_path / "bom" / "scores.jsonl").read_text()
+
+
+def test_bom_in_tsv_queries_training_jsonl_and_yaml(tmp_path: Path) -> None:
+    assert read_queries(_write(tmp_path / "topics.tsv", BOM + b"1\tone\n2\ttwo\n")) == {
+        "1": Query("1", "one"), "2": Query("2", "two")}
+    rows = [{"qid": "q", "query": "x", "candidates": [{"id": "a", "text": "t"}], "labels": [1]}]
+    path = _write(tmp_path / "train.jsonl", BOM + json.dumps(rows[0]).encode() + b"\n")
+    assert [o for _, o in iter_jsonl(path)] == rows  # the trainers' reader
+    assert load_yaml(_write(tmp_path / "c.yaml", BOM + b"top_k: 5\nname: x\n")) == {"top_k": 5, "name": "x"}
+    excluded = _write(tmp_path / "ds" / "excluded" / "test.tsv", BOM + b"q1\td1\r\n")
+    assert Dataset(excluded.parents[1]).excluded_ids("test") == {"q1": {"d1"}}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# --- duplicates are errors naming both lines ------------------------------------------------------------------------
+
+
+def test_duplicate_qrels_pair_names_both_lines_or_keeps_last_or_max(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    run, qrels = dl19_dir / "bm25_top100.trec", dl19_dir / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.endswith("\t3"))  # a grade-3 judgement, judged again as 1
+    qid, docid, _ = lines[at].split("\t")
+    dup = _write(tmp_path / "dup.tsv", "\n".join([*lines, f"{qid}\t{docid}\t1", ""]).encode())
+    rc, _, err = run_cli("evaluate", "--run", run, "--qrels", dup)
+    _one_line_error(rc, err, f"{dup}:{len(lines) + 1}:", f"first at line {at + 1}", repr(docid), "--allow-duplicates")
+    with pytest.raises(DataFormatError, match=f"first at line {at + 1}") as e:
+        read_qrels(dup)
+    assert e.value.line == len(lines) + 1
+    # last: the later grade wins; max: the higher one (each equals the qrels edited by hand)
+    values = {}
+    for policy, kept in (("last", "1"), ("max", "3")):
+        edited = _write(tmp_path / f"{policy}.tsv", "\n".join([*lines[:at], f"{qid}\t{docid}\t{kept}",
+                                                                 *lines[at + 1 :], ""]).encode())
+        values[policy] = _ndcg(run_cli, run, dup, "--allow-duplicates", policy)
+        assert values[policy] == _ndcg(run_cli, run, edited)
+    assert values["last"] != values["max"]
+    assert read_qrels(dup, "last")[qid][docid] == 1 and read_qrels(dup, "max")[qid][docid] == 3
+    # rerank eval takes the same option for a dataset's qrels
+    ds = tmp_path / "ds"
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (ds / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dl19_dir / name, ds / name)
+    _write(ds / "qrels" / "test.tsv", dup.read_bytes())
+    rc, _, err = run_cli("eval", "--dataset", ds, "--first-stage", run, "--output", tmp_path / "o")
+    _one_line_error(rc, err, f"first at line {at + 1}")
+    rc, _, err = run_cli("eval", "--dataset", ds, "--first-stage", run, "--output", tmp_path / "o", "-m", "nDCG@10",
+                         "--allow-duplicates", "max")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["metrics"] == \
+        _ndcg(run_cli, run, tmp_path / "max.tsv")["metrics"]
+
+
+def test_duplicate_query_and_document_ids_name_both_lines(tmp_path: Path) -> None:
+    q = _write(tmp_path / "queries.jsonl", b'{"_id": "1", "text": "a"}\n{"_id": "2", "text": "b"}\n'
+               b'{"_id": "1", "text": "later text"}\n')
+    with pytest.raises(DataFormatError, match=r"queries.jsonl:3: duplicate query id '1' \(first at line 1\)"):
+        read_queries(q)
+    tsv = _write(tmp_path / "topics.tsv", b"7\ta\n\n7\tb\n")
+    with pytest.raises(DataFormatError, match=r"topics.tsv:3: duplicate query id '7' \(first at line 1\)"):
+        read_queries(tsv)
+    c = _write(tmp_path / "corpus.jsonl", b'{"_id": "d", "text": "a"}\n{"_id": "e", "text": "b"}\n'
+               b'{"_id": "d", "text": "c"}\n')
+    for reader in (read_corpus, lambda p: list(Dataset(p.parent).iter_corpus())):
+        with pytest.raises(DataFormatError, match=r"corpus.jsonl:3: duplicate document id 'd' \(first at line 1\)"):
+            reader(c)
+
+
+# --- formats trec_eval users have ---------------------------------------------------------------------------------
+
+
+def test_msmarco_run_and_trec_eval_measure_names(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    run, qrels = read_run(dl19_dir / "bm25_top100.trec"), dl19_dir / "qrels" / "test.tsv"
+    msmarco = tmp_path / "run.msmarco.tsv"  # what Pyserini writes with --output-format msmarco
+    msmarco.write_text("".join(f"{q}\t{d}\t{r}\n" for q in run for r, (d, _) in enumerate(run[q], 1)))
+    ours = ["nDCG@10", "RR", "AP", "P@10", "R@100"]
+    trec = ["ndcg_cut_10", "recip_rank", "map", "P_10", "recall_100"]
+    a = _ndcg(run_cli, dl19_dir / "bm25_top100.trec", qrels, *(x for m in ours for x in ("-m", m)))
+    b = _ndcg(run_cli, msmarco, qrels, *(x for m in trec for x in ("-m", m)))
+    assert a == b and round(b["metrics"]["nDCG@10"], 4) == DL19_BM25_NDCG10
+    assert list(b["metrics"]) == ["nDCG@10", "RR", "AP", "P@10", "R@100"]  # one spelling in results
+    for bad, match in (("q1\td1\t0\n", "rank '0' is not a positive integer"),
+                       ("q1\td1\t1\nq1\td2\t1\n", r"duplicate rank 1 for query 'q1' \(first at line 1\)"),
+                       ("q1\td1\t1\nq1 Q0 d2 2 1.0 t\n", "MS MARCO run lines need 3 columns, found 6")):
+        with pytest.raises(DataFormatError, match=match):
+            read_run(_write(tmp_path / "bad.tsv", bad.encode()))
+    rc, _, err = run_cli("evaluate", "--run", msmarco, "--qrels", qrels, "-m", "ndcg_cutt_10")
+    _one_line_error(rc, err, "unknown measure 'ndcg_cutt_10'")
+
+
+# --- numbers are validated up front -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("eval", "--max-queries", "-1"),  # scored 42 of 43 queries
+        ("eval", "--max-queries", "0"),  # wrote nDCG 0.0 over 0 queries, exit 0
+        ("eval", "--top-k", "0"),
+        ("eval", "--depth", "0"),
+        ("rank", "--top-k", "0"),  # wrote empty rankings, exit 0
+        ("rank", "--max-queries", "0"),
+        ("evaluate", "--rel-level", "0"),
+        ("serve", "--max-queue", "0"),
+        ("index", "--batch-size", "-2"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors(args: tuple[str, ...], dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    command, flag, value = args
+    rest = {
+        "eval": ["--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec", "--output", tmp_path / "o"],
+        "rank": ["--input", tmp_path / "in.jsonl", "--reranker", LengthReranker.method, "--output", tmp_path / "o.trec"],
+        "evaluate": ["--run", dl19_dir / "bm25_top100.trec", "--qrels", dl19_dir / "qrels" / "test.tsv"],
+        "serve": ["--reranker", LengthReranker.method],
+        "index": ["--model", "m", "--dataset", dl19_dir, "--output", tmp_path / "i"],
+    }[command]
+    rc, out, err = run_cli(command, *rest, flag, value)
+    _one_line_error(rc, err, f"argument {flag}: must be >= 1, got {value}")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.trec").exists()
+
+
+def test_api_numbers_and_docs_are_validated(dl19_dir: Path) -> None:
+    rr = LengthReranker()
+    assert rr.rerank("q", ["aaa", "b", "cc"]).doc_ids == ["1", "2", "0"]
+    assert rr.rerank("q", ("aaa", "b"), top_k=None).doc_ids == ["1", "0"]
+    assert rr.rerank("q", (d for d in ["aaa", "b"]), top_k=1).doc_ids == ["1"]
+    with pytest.raises(TypeError, match="docs must be a list"):
+        rr.rerank("q", docs="abc")  # ranked three one-character documents
+    for bad in ({"a": 1}, {"a", "b"}, 3):
+        with pytest.raises(TypeError, match="docs must be a list"):
+            rr.rerank("q", bad)
+    with pytest.raises(TypeError, match="queries must be a list"):
+        rr.rerank_batch("qq", [["a"], ["b"]])
+    for top_k in (-1, 0, 1.5, True):  # -1 dropped the last document
+        with pytest.raises(ValueError, match="top_k must be an integer >= 1 or None"):
+            rr.rerank("q", ["a", "b"], top_k=top_k)
+    ds = resolve_dataset(dl19_dir)
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="max-queries must be an integer >= 1"):
+            ds.split_queries("test", bad)
+        with pytest.raises(ConfigError, match=">= 1"):
+            EvalConfig(dataset=str(dl19_dir), max_queries=bad)
+        with pytest.raises(ConfigError, match="top-k must be an integer >= 1"):
+            EvalConfig(dataset=str(dl19_dir), top_k=bad)
+        with pytest.raises(ConfigError, match="top_k must be an integer >= 1"):
+            rerank_run(rr, {}, {}, {}, bad)
+    with pytest.raises(ConfigError, match="measures must be a list"):
+        EvalConfig(dataset="x", measures="nDCG@10")
+    with pytest.raises(ConfigError, match="unknown measure"):
+        EvalConfig(dataset="x", measures=["nDCG@1O"])
+    assert len(ds.split_queries("test", 42)) == 42
+
+
+# --- everything is checked before expensive work; one-line errors everywhere --------------------------------------
+
+
+@pytest.fixture
+def no_retrieval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retrieval fails the test if it starts: a check that should have come first did not."""
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the first stage ran before the inputs were checked")
+
+    monkeypatch.setattr("rerank.eval.pipeline.build_retriever", boom)
+    monkeypatch.setattr("rerank.retrieval.base.build_retriever", boom)
+
+
+def test_bad_model_or_option_fails_before_retrieval(
+    dl19_dir: Path, tiny_bert_dir: Path, tmp_path: Path, run_cli, no_retrieval: None
+) -> None:
+    common = ("eval", "--dataset", dl19_dir, "--retriever", "bm25", "--output", tmp_path / "o", "--reranker",
+              "cross-encoder")
+    cases = [
+        (("--model", tmp_path / "nonexistent"), "does not exist"),
+        (("--model", dl19_dir / "queries.jsonl"), "is a file, not a model"),
+        (("--model", tmp_path), "folder without a model"),
+        (("--model", "owner/not-cached-model"), "hub is offline"),
+        (("--model", tiny_bert_dir, "--reranker-set", "bogus=1"), "unknown key 'bogus'"),
+        (("--model", tiny_bert_dir, "--reranker-set", "batch_size=zero"), "expected an integer"),
+    ]
+    for extra, needle in cases:
+        rc, _, err = run_cli(*common, *extra)
+        _one_line_error(rc, err, needle)
+    assert not (tmp_path / "o" / "metrics.json").exists()
+    rc, _, err = run_cli("rank", "--input", tmp_path / "absent.jsonl", "--reranker", "cross-encoder", "--model",
+                         tmp_path / "nonexistent", "--output", tmp_path / "r.trec")
+    _one_line_error(rc, err, "nonexistent does not exist")
+    rc, _, err = run_cli("index", "--model", dl19_dir / "corpus.jsonl", "--dataset", dl19_dir, "--output",
+                         tmp_path / "i")
+    _one_line_error(rc, err, "is a file, not a model")
+    rc, _, err = run_cli("serve", "--reranker", "cross-encoder", "--model", tmp_path / "nonexistent")
+    _one_line_error(rc, err, "does not exist")
+
+
+def test_data_build_checks_models_before_mining(tiny_beir_dir: Path, tmp_path: Path, run_cli, no_retrieval: None) -> None:
+    import yaml
+
+    recipe = {"recipe": "hard_negatives", "source": {"dataset": str(tiny_beir_dir), "split": "train"},
+              "first_stage": {"retriever": "bm25", "depth": 20},
+              "false_negative_filter": {"scorer": "reranker", "model": str(tmp_path / "no-such-model")}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "o")
+    _one_line_error(rc, err, "false_negative_filter model", "no-such-model does not exist")
+    recipe["false_negative_filter"] = None
+    recipe["first_stage"] = {"run": str(tmp_path / "absent.trec")}
+    path.write_text(yaml.safe_dump(recipe))
+    rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "o2")
+    _one_line_error(rc, err, "absent.trec does not exist")
+
+
+@pytest.mark.parametrize("kind", ["not gzip", "truncated gzip", "bad bytes"])
+def test_broken_files_are_one_line_errors_naming_the_file(dl19_dir: Path, tmp_path: Path, run_cli, kind: str) -> None:
+    raw = (dl19_dir / "bm25_top100.trec").read_bytes()
+    if kind == "not gzip":
+        run, needle = _write(tmp_path / "run.trec.gz", raw), f"{tmp_path / 'run.trec.gz'}:1: not a valid gzip file"
+    elif kind == "truncated gzip":
+        run, needle = _write(tmp_path / "run.trec.gz", gzip.compress(raw)[:20000]), "truncated gzip file"
+    else:
+        cut = raw.index(b"\n", 5000) + 1
+        run, needle = _write(tmp_path / "run.trec", raw[:cut] + b"\xff" + raw[cut:]), "invalid UTF-8"
+    for command in (("evaluate", "--run", run, "--qrels", dl19_dir / "qrels" / "test.tsv"),
+                    ("eval", "--dataset", dl19_dir, "--first-stage", run, "--output", tmp_path / "o")):
+        rc, _, err = run_cli(*command)
+        _one_line_error(rc, err, str(run), needle)
+    with pytest.raises(DataFormatError) as e:
+        read_run(run)
+    assert e.value.path == str(run) and e.value.line is not None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("evaluate", "--run", "{tmp}/absent.trec", "--qrels", "{tmp}/absent.tsv"),
+        ("eval", "--dataset", "{tmp}/absent", "--first-stage", "{tmp}/r.trec", "--output", "{tmp}/o"),
+        ("rank", "--input", "{tmp}/bad.yaml", "--reranker", LengthReranker.method, "--output", "{tmp}/o.trec"),
+        ("leaderboard", "--config", "{tmp}/bad.yaml"),
+        ("data", "build", "{tmp}/bad.yaml"),
+        ("train", "sft", "--config", "{tmp}/bad.yaml", "--output", "{tmp}/t"),
+        ("index", "--model", "{tmp}/absent", "--dataset", "{tmp}", "--output", "{tmp}/i"),
+        ("serve", "--reranker", "no-such-method"),
+    ],
+)
+def test_every_command_reports_bad_input_in_one_line(command: tuple[str, ...], tmp_path: Path, run_cli,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path / "bad.yaml", b"a: [1, 2\nb: 3\n")
+    args = [a.format(tmp=tmp_path) for a in command]
+    rc, _, err = run_cli(*args)
+    _one_line_error(rc, err)
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    # --debug, or RERANK_DEBUG=1, shows the traceback instead (here: the exception leaves main)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whichever error the command raises
+        main(["--debug", *args])
+    monkeypatch.setenv("RERANK_DEBUG", "1")
+    with pytest.raises(Exception):  # noqa: B017, PT011
+        main(args)
+
+
+def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.yaml", b"top_k: 5\nlist: [1, 2\nname: x\n")
+    with pytest.raises(DataFormatError) as e:
+        load_yaml(path)
+    assert e.value.path == str(path) and e.value.line == 3 and "\n" not in str(e.value)
+    with pytest.raises(DataFormatError, match="invalid YAML"):
+        load_yaml(_write(tmp_path / "bin.yaml", b"a: \xff\xfe\n"))
+
+
+# --- secrets never reach a file -----------------------------------------------------------------------------------
+
+
+def _grep_tree(root: Path, needle: str) -> list[Path]:
+    """Every file under ``root`` (hidden ones too) whose bytes contain ``needle``."""
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def test_secret_options_are_redacted_in_configs() -> None:
+    from rerank.backends.openai import OpenAIBackendConfig
+    from rerank.client import RemoteRerankerConfig
+    from rerank.serve import ServeConfig
+
+    for cfg in (RemoteRerankerConfig(api_key=SECRET), OpenAIBackendConfig(base_url="http://x", api_key=SECRET),
+                ServeConfig(api_key=SECRET)):
+        secret_fields = {f for f in cfg.__dataclass_fields__.values() if f.metadata.get("secret")}
+        assert {f.name for f in secret_fields} <= SECRET_KEYS and secret_fields  # marked, and named in SECRET_KEYS
+        assert SECRET not in repr(cfg) and to_dict(cfg)["api_key"] == REDACTED
+    assert to_dict(RemoteRerankerConfig())["api_key"] is None  # an absent key stays visibly absent
+    nested = {"backend_options": {"api_key": SECRET, "base_url": "http://x"}, "rows": [{"api_key": SECRET}]}
+    assert SECRET not in json.dumps(to_dict(nested))
+    with pytest.raises(ConfigError) as e:  # a bad value is not echoed either
+        from_dict(RemoteRerankerConfig, {"api_key": [SECRET]})
+    assert SECRET not in str(e.value)
+
+
+def test_secret_reaches_the_server_but_no_file_or_log(
+    dl19_dir: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """eval, rank, leaderboard and a data build with the remote reranker's api_key: the server requires the key (so
+    it was used), and no file any of them wrote, and no log line, holds it."""
+    import yaml
+
+    from rerank.serve import ServeConfig
+    from tests.serve_support import OverlapReranker
+    from tests.test_serve import running
+
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    run_file = dl19_dir / "bm25_top100.trec"
+    with running(OverlapReranker(), ServeConfig(api_key=SECRET)) as url:
+        remote = ("--reranker", "remote", "--reranker-set", f"base_url={url}", "--reranker-set", f"api_key={SECRET}")
+        rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", run_file, "--output", out / "eval",
+                             "--top-k", "5", "--max-queries", "3", *remote)
+        assert rc == 0, err
+        rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", run_file, "--output", out / "denied",
+                             "--top-k", "5", "--max-queries", "3", *remote[:4])
+        assert rc == 2 and "401" in err  # without the key the server refuses: the key above was really sent
+        monkeypatch.setenv("RERANK_API_KEY", SECRET)  # the recommended way: not on the command line
+        rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", run_file, "--output", out / "env",
+                             "--top-k", "5", "--max-queries", "2", *remote[:4])
+        assert rc == 0, err
+        monkeypatch.delenv("RERANK_API_KEY")
+        inp = _write(tmp_path / "in.jsonl", b'{"query": "what is bm25", "docs": ["bm25 ranks", "other"]}\n')
+        for suffix in ("trec", "jsonl"):
+            rc, _, err = run_cli("rank", "--input", inp, "--output", out / f"ranked.{suffix}", *remote)
+            assert rc == 0, err
+        board = {"name": "secret board", "measure": "nDCG@10", "published": False,
+                 "columns": [{"label": "dl19", "dataset": str(dl19_dir), "max_queries": 2, "top_k": 5,
+                              "runs": {"bm25": "bm25_top100.trec"}}],
+                 "rows": [{"name": "remote", "retriever": "bm25", "reranker": "remote",
+                           "reranker_options": {"base_url": url, "api_key": SECRET}}]}
+        _write(tmp_path / "lb.yaml", yaml.safe_dump(board).encode())
+        rc, _, err = run_cli("leaderboard", "--config", tmp_path / "lb.yaml", "--results-dir", out / "lb")
+        assert rc == 0, err
+        recipe = {"recipe": "teacher_labels", "mode": "scores", "candidates": 4,
+                  "source": {"dataset": str(dl19_dir), "split": "test", "max_queries": 2},
+                  "first_stage": {"run": str(run_file), "depth": 4},
+                  "teacher": {"reranker": "remote", "options": {"base_url": url, "api_key": SECRET}}}
+        _write(tmp_path / "recipe.yaml", yaml.safe_dump(recipe).encode())
+        rc, _, err = run_cli("data", "build", tmp_path / "recipe.yaml", "--output", out / "data")
+        assert rc == 0, err
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert {Path("eval/metrics.json"), Path("eval/scores.jsonl"), Path("lb/remote/dl19/cell.json"),
+            Path("data/manifest.json"), Path("ranked.jsonl")} <= set(written), written
+    assert _grep_tree(out, SECRET) == []
+    assert _grep_tree(tmp_path / "out", REDACTED)  # the key's place is marked, not silently dropped
+    assert SECRET not in caplog.text
+
+
+def test_serve_reads_the_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rerank.cli import build_parser
+    from rerank.cli.serve_cmd import serve_config
+
+    monkeypatch.setenv("RERANK_API_KEY", SECRET)
+    cfg = serve_config(build_parser().parse_args(["serve", "--reranker", "x"]))
+    assert cfg.api_key == SECRET and SECRET not in repr(cfg) and SECRET not in json.dumps(to_dict(cfg))
+
+
+# --- an output folder holds one run's files -----------------------------------------------------------------------
+
+
+def test_rerun_into_a_folder_leaves_no_stale_files(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    out = tmp_path / "o"
+    common = ("eval", "--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec", "--output", out,
+              "--max-queries", "3")
+    rc, _, err = run_cli(*common, "--reranker", LengthReranker.method, "--top-k", "10")
+    assert rc == 0, err
+    assert (out / "scores.jsonl").is_file()
+    (out / "notes.txt").write_text("mine")  # not the command's: left alone
+    rc, _, err = run_cli(*common)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt", "report.md", "run.trec"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reranker"] is None and read_run(out / "run.trec") == {
+        q: v for q, v in read_run(dl19_dir / "bm25_top100.trec").items() if q in metrics["per_query"]}
+    # a run that fails (here: its reranker's server is down) leaves the earlier complete run as it was
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, _, err = run_cli(*common, "--reranker", "remote", "--reranker-set", "base_url=http://127.0.0.1:9",
+                         "--reranker-set", "max_retries=0")
+    assert rc == 2 and "unreachable" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_run_eval_api_writes_the_same_set(dl19_dir: Path, tmp_path: Path) -> None:
+    cfg = EvalConfig(dataset=str(dl19_dir), first_stage=str(dl19_dir / "bm25_top100.trec"), max_queries=2,
+                     reranker=LengthReranker.method, top_k=5, output=str(tmp_path))
+    run_eval(cfg)
+    assert (tmp_path / "scores.jsonl").exists()
+    cfg.reranker = None
+    run_eval(cfg)
+    assert not (tmp_path / "scores.jsonl").exists()
+
+
+def test_base_reranker_config_rejects_unknown_options() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        Reranker.load(LengthReranker.method, bogus=1)
+    assert isinstance(Reranker.load(LengthReranker.method).config, RerankerConfig)

@@ -38,14 +38,39 @@ def secret_field(default: Any = None) -> Any:
     return dataclasses.field(default=default, repr=False, metadata={"secret": True})
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges; later keys may override it
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            seen = first.get(key)
+        except TypeError:  # an unhashable key: the base constructor reports it
+            continue
+        if seen is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen})", key_node.start_mark
+            )
+        first[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (an empty file is an empty mapping; a leading byte-order mark is allowed).
 
-    A syntax error is a :class:`DataFormatError` naming the file and line, on one line.
+    A syntax error or a key given twice is a :class:`DataFormatError` naming the file and line, on one line.
     """
     try:
         with open(path, "rb") as f:  # bytes: PyYAML detects the encoding and drops a BOM
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = " ".join(str(x) for x in (e.context, e.problem) if x)

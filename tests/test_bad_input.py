@@ -182,6 +182,11 @@ def test_msmarco_run_and_trec_eval_measure_names(dl19_dir: Path, tmp_path: Path,
                        ("q1\td1\t1\nq1 Q0 d2 2 1.0 t\n", "MS MARCO run lines need 3 columns, found 6")):
         with pytest.raises(DataFormatError, match=match):
             read_run(_write(tmp_path / "bad.tsv", bad.encode()))
+    # a 4- or 6-column line cut after 3 fields must not read as the 3-column form: those are tab-separated
+    with pytest.raises(DataFormatError, match="MS MARCO runs are tab-separated"):
+        read_run(_write(tmp_path / "cut.trec", b"264014 Q0 5611210"))
+    with pytest.raises(DataFormatError, match="BEIR qrels are tab-separated"):
+        read_qrels(_write(tmp_path / "cut.txt", b"19335 0 1017759"))
     rc, _, err = run_cli("evaluate", "--run", msmarco, "--qrels", qrels, "-m", "ndcg_cutt_10")
     _one_line_error(rc, err, "unknown measure 'ndcg_cutt_10'")
 

@@ -54,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         if args.max_queries is not None:
             records = records[: args.max_queries]
         queries = {q.id: q for q, _ in records}
-        if len(queries) != len(records):
-            raise ConfigError(f"{args.input}: query ids must be unique (give each record a 'qid' or query id)")
     else:
         ds = resolve_dataset(args.dataset, args.data_root)
         run_in = read_run(args.first_stage)

@@ -6,7 +6,16 @@ import functools
 import os
 from pathlib import Path
 
-from rerank.data.io import Duplicates, find_file, iter_corpus, iter_lines, read_corpus, read_qrels, read_queries
+from rerank.data.io import (
+    Duplicates,
+    find_file,
+    iter_corpus,
+    iter_lines,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    split_fields,
+)
 from rerank.data.registry import DatasetInfo, get_dataset_info
 from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
 from rerank.types import Document, Qrels, Query
@@ -120,9 +129,9 @@ class Dataset:
         if not path.exists():
             return out
         for lineno, line in iter_lines(path):
-            if not line.strip():
+            parts = split_fields(path, lineno, line)
+            if not parts:
                 continue
-            parts = line.split("\t")
             if len(parts) != 2:
                 raise DataFormatError(path, lineno, f"expected 'query-id<TAB>doc-id', got {len(parts)} fields")
             out.setdefault(parts[0], set()).add(parts[1])

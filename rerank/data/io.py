@@ -28,6 +28,7 @@ __all__ = [
     "DUPLICATE_POLICIES",
     "open_text",
     "iter_lines",
+    "split_fields",
     "iter_jsonl",
     "iter_corpus",
     "read_corpus",
@@ -48,6 +49,9 @@ Duplicates = Literal["error", "last", "max"]
 
 _BOM = "\ufeff"
 _GZIP_MAGIC = b"\x1f\x8b"
+# the 3-column forms are tab-separated: a line of 3 space-separated fields is more likely a 4- or 6-column line cut
+# short than a record
+_THREE_COLUMNS = "{form} are tab-separated ({cols}); this line has 3 fields and no tab"
 # C0 controls but tab, line feed and carriage return (separators), and DEL: never part of an id, a grade or a score
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -102,7 +106,7 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
         raise DataFormatError(path, lineno + 1, f"corrupt gzip data ({e})") from None
 
 
-def _fields(path: Path, lineno: int, line: str) -> list[str]:
+def split_fields(path: str | Path, lineno: int, line: str) -> list[str]:
     """The whitespace-separated fields of one line of a TREC-style file; a control character is an error."""
     bad = _CONTROL.search(line)
     if bad:
@@ -113,7 +117,7 @@ def _fields(path: Path, lineno: int, line: str) -> list[str]:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` for each non-blank line; bad JSON or a non-object is an error."""
     for lineno, line in iter_lines(path):
-        if not line.strip():
+        if not line.strip(" \t"):  # blank; other whitespace (form feed, U+001C, ...) is an error below
             continue
         try:
             obj = json.loads(line)
@@ -201,6 +205,9 @@ def read_corpus(path: str | Path) -> dict[str, Document]:
 def _iter_query_lines(path: Path) -> Iterator[tuple[int, Query]]:
     if ".tsv" in path.suffixes:
         for lineno, line in iter_lines(path):
+            bad = _CONTROL.search(line)
+            if bad:
+                raise DataFormatError(path, lineno, f"control character {bad.group()!r} in the line")
             if not line.strip():
                 continue
             parts = line.split("\t", 1)
@@ -246,7 +253,7 @@ def _parse_grade(value: str, path: str | Path, lineno: int, header_hint: bool) -
 
 
 def read_qrels(path: str | Path, duplicates: Duplicates = "error") -> Qrels:
-    """Read qrels in TREC form (``qid iter docid grade``) or BEIR form (``query-id corpus-id score`` + header).
+    """Read qrels in TREC form (``qid iter docid grade``) or BEIR form (``query-id<TAB>corpus-id<TAB>score`` + header).
 
     The form is detected per file from the column count of the first data line. A (query, document) pair judged
     twice is an error naming both lines, unless ``duplicates`` is ``last`` (the later grade wins) or ``max``.
@@ -258,7 +265,7 @@ def read_qrels(path: str | Path, duplicates: Duplicates = "error") -> Qrels:
     first_line: dict[tuple[str, str], int] = {}
     ncols: int | None = None
     for lineno, line in iter_lines(path):
-        parts = _fields(path, lineno, line)
+        parts = split_fields(path, lineno, line)
         if not parts:
             continue
         first = ncols is None
@@ -270,6 +277,8 @@ def read_qrels(path: str | Path, duplicates: Duplicates = "error") -> Qrels:
                 continue  # BEIR header
         if len(parts) != ncols:
             raise DataFormatError(path, lineno, f"expected {ncols} columns, found {len(parts)}")
+        if ncols == 3 and "\t" not in line:
+            raise DataFormatError(path, lineno, _THREE_COLUMNS.format(form="BEIR qrels", cols="query-id corpus-id score"))
         qid, docid, grade = (parts[0], parts[1], parts[2]) if ncols == 3 else (parts[0], parts[2], parts[3])
         value = _parse_grade(grade, path, lineno, first and ncols == 3)
         judged = qrels.setdefault(qid, {})
@@ -292,8 +301,8 @@ def read_qrels(path: str | Path, duplicates: Duplicates = "error") -> Qrels:
 def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
 
-    The 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score ``-rank``; its
-    rank must be a positive integer, unique within a query. The form is detected from the first line's column
+    The tab-separated 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score
+    ``-rank``; its rank must be a positive integer, unique within a query. The form is detected from the first line's column
     count. A document listed twice for one query is an error (trec_eval would silently count it twice).
     """
     path = Path(path)
@@ -302,7 +311,7 @@ def read_run(path: str | Path) -> Run:
     ranks: dict[str, dict[int, int]] = {}
     ncols: int | None = None
     for lineno, line in iter_lines(path):
-        parts = _fields(path, lineno, line)
+        parts = split_fields(path, lineno, line)
         if not parts:
             continue
         if ncols is None:
@@ -324,6 +333,8 @@ def read_run(path: str | Path) -> Run:
             if math.isnan(value):
                 raise DataFormatError(path, lineno, "score is NaN")
         else:
+            if "\t" not in line:
+                raise DataFormatError(path, lineno, _THREE_COLUMNS.format(form="MS MARCO runs", cols="qid docid rank"))
             qid, docid, rank_text = parts
             rank = int(rank_text) if rank_text.isdigit() and rank_text.isascii() else 0
             if rank < 1:
@@ -385,9 +396,11 @@ def _score(value: Any, where: str, path: str | Path, lineno: int) -> float | Non
 def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Document, float | None]]]]:
     """Read plain JSONL of ``{"query": str|{"id","text"}, "docs": [str | {"id"?, "text", "title"?, "score"?}]}``.
 
-    Missing ids are filled with the line number (``q{line}``) and position (``d{i}``).
+    Missing ids are filled with the line number (``q{line}``) and position (``d{i}``); a query id given twice is an
+    error naming both lines.
     """
     out: list[tuple[Query, list[tuple[Document, float | None]]]] = []
+    lines: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
         q = _require(obj, "query", path, lineno)
         if isinstance(q, dict):
@@ -420,5 +433,8 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
         ids = [d.id for d, _ in docs]
         if len(set(ids)) != len(ids):
             raise DataFormatError(path, lineno, "duplicate document ids in 'docs'")
+        if query.id in lines:
+            raise _duplicate(path, lineno, f"query id {query.id!r}", lines[query.id])
+        lines[query.id] = lineno
         out.append((query, docs))
     return out

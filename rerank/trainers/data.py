@@ -144,14 +144,16 @@ def load_examples(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         raise DataFormatError(p, None, "training data not found")
     where = f"{p} row" if p.is_dir() else p
-    out = [validate_example(obj, where, line) for line, obj in _rows(p)]
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for line, obj in _rows(p):
+        ex = validate_example(obj, where, line)
+        if ex["qid"] in seen:
+            raise DataFormatError(where, line, f"duplicate qid {ex['qid']!r} (first at line {seen[ex['qid']]})")
+        seen[ex["qid"]] = line
+        out.append(ex)
     if not out:
         raise DataFormatError(p, None, "no training examples")
-    seen: set[str] = set()
-    for i, ex in enumerate(out):
-        if ex["qid"] in seen:
-            raise DataFormatError(where, i + 1, f"duplicate qid {ex['qid']!r}")
-        seen.add(ex["qid"])
     return out
 
 

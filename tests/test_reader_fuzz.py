@@ -358,3 +358,25 @@ def test_every_byte_of_a_gzip_stream_flipped(fmt: Fmt, workdir: Path) -> None:
         except DataFormatError as e:
             kinds.add(str(e).split(": ", 1)[1].split(" ")[0])
     assert {"corrupt", "not"} <= kinds, kinds  # zlib's errors and a bad header both reached the reader's message
+
+
+@FUZZ
+@given(fmt=st.sampled_from(LINE_FORMATS), block=st.integers(1, 64), pos=st.integers(0, 10**6),
+       insert=st.sampled_from([b"", b"\xff", b"\x01", b"\r\n", b"\xef\xbb\xbf"]), gz=st.booleans())
+def test_lines_do_not_depend_on_the_block_size(fmt: Fmt, block: int, pos: int, insert: bytes, gz: bool) -> None:
+    """iter_lines decodes a block at a time: any block size gives the same lines, and the same error line."""
+    from rerank.data.io import iter_lines
+
+    def read(size: int) -> Any:
+        try:
+            return list(iter_lines(path, controls=True, block_size=size))
+        except DataFormatError as e:
+            return str(e)
+
+    data = b"\xef\xbb\xbf" + fmt.seed
+    pos %= len(data) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("f.gz" if gz else "f")
+        raw = data[:pos] + insert + data[pos:]
+        path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
+        assert read(block) == read(1 << 20)

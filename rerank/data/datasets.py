@@ -14,7 +14,6 @@ from rerank.data.io import (
     read_corpus,
     read_qrels,
     read_queries,
-    split_fields,
 )
 from rerank.data.registry import DatasetInfo, get_dataset_info
 from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
@@ -128,8 +127,8 @@ class Dataset:
         out: dict[str, set[str]] = {}
         if not path.exists():
             return out
-        for lineno, line in iter_lines(path):
-            parts = split_fields(path, lineno, line)
+        for lineno, line in iter_lines(path, controls=True):
+            parts = line.split()
             if not parts:
                 continue
             if len(parts) != 2:

@@ -72,8 +72,9 @@ def _in_hub_cache(repo_id: str) -> bool:
 def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
     """Fail fast, before any expensive work, when ``name_or_path`` cannot be a model to load here.
 
-    Accepted: a registered packaged model, a folder holding one of ``_MODEL_FILES`` or a ``.gguf``, a ``.gguf`` file, and a hub id (``owner/name``) unless the hub is offline
-    (``HF_HUB_OFFLINE=1``) and it is not in the local cache. Anything else raises a one-line :class:`ConfigError`.
+    Accepted: a registered packaged model, a folder holding one of ``_MODEL_FILES`` or a ``.gguf``, a ``.gguf``
+    file, and a hub id (``owner/name``) unless the hub is offline (``HF_HUB_OFFLINE=1``) and it is not in the local
+    cache. Anything else raises a one-line :class:`ConfigError`.
     """
     name = str(name_or_path)
     if name in PACKAGED_MODELS:
@@ -93,8 +94,8 @@ def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
     if not _HUB_ID.fullmatch(name) or name.startswith(("./", "../", "~")):
         raise ConfigError(f"{what} {name} does not exist (neither a folder nor a Hugging Face hub id)")
     if _hub_offline() and not _in_hub_cache(name):
-        raise ConfigError(f"{what} {name} is not a local folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1) "
-                          f"with no cached copy; give a model folder or a packaged model")
+        raise ConfigError(f"{what} {name} is not a local folder, and the Hugging Face hub is offline "
+                          f"(HF_HUB_OFFLINE=1) with no cached copy; give a model folder or a packaged model")
 
 
 def resolve_model_path(name_or_path: str | Path) -> str:

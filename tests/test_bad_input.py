@@ -212,7 +212,8 @@ def test_bad_numbers_are_one_line_errors(args: tuple[str, ...], dl19_dir: Path, 
     command, flag, value = args
     rest = {
         "eval": ["--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec", "--output", tmp_path / "o"],
-        "rank": ["--input", tmp_path / "in.jsonl", "--reranker", LengthReranker.method, "--output", tmp_path / "o.trec"],
+        "rank": ["--input", tmp_path / "in.jsonl", "--reranker", LengthReranker.method,
+                 "--output", tmp_path / "o.trec"],
         "evaluate": ["--run", dl19_dir / "bm25_top100.trec", "--qrels", dl19_dir / "qrels" / "test.tsv"],
         "serve": ["--reranker", LengthReranker.method],
         "index": ["--model", "m", "--dataset", dl19_dir, "--output", tmp_path / "i"],
@@ -295,7 +296,9 @@ def test_bad_model_or_option_fails_before_retrieval(
     _one_line_error(rc, err, "does not exist")
 
 
-def test_data_build_checks_models_before_mining(tiny_beir_dir: Path, tmp_path: Path, run_cli, no_retrieval: None) -> None:
+def test_data_build_checks_models_before_mining(
+    tiny_beir_dir: Path, tmp_path: Path, run_cli, no_retrieval: None
+) -> None:
     import yaml
 
     recipe = {"recipe": "hard_negatives", "source": {"dataset": str(tiny_beir_dir), "split": "train"},

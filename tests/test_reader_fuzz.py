@@ -169,7 +169,8 @@ class Outcome:
             self.value = fmt.normalize(fmt.read(self.path))
         except DataFormatError as e:  # anything else fails the test with its traceback
             assert e.path in (str(self.path), f"{self.path} row"), (e.path, self.path)
-            whole_file = any(w in str(e) for w in ("empty", "no queries", "no relevance", "no training", "invalid YAML"))
+            whole_file = any(w in str(e) for w in ("empty", "no queries", "no relevance", "no training",
+                                                    "invalid YAML"))
             assert e.line is not None or whole_file, str(e)
             self.error = e
 

@@ -460,8 +460,11 @@ def test_cli_flags_map_to_serve_config(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setenv("RERANK_API_KEY", "from-env")
     assert serve_config(build_parser().parse_args(["serve", "--reranker", "x"])).api_key == "from-env"
-    with pytest.raises(ValueError, match="max_queue"):
-        serve_config(build_parser().parse_args(["serve", "--reranker", "x", "--max-queue", "0"]))
+    with pytest.raises(SystemExit) as e:  # refused when the command line is parsed (one line, exit 2)
+        build_parser().parse_args(["serve", "--reranker", "x", "--max-queue", "0"])
+    assert e.value.code == 2
+    with pytest.raises(ValueError, match="max_queue"):  # and by the typed config itself
+        ServeConfig(max_queue=0)
 
 
 def _free_port() -> int:

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat", help="FAISS index (default flat IP)")
     g.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (default 32)")
     g.add_argument("--ef-construction", type=positive_int, default=200, help="HNSW build beam (default 200)")
-    g.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search beam stored in the index (default 128)")
+    g.add_argument("--ef-search", type=positive_int, default=128,
+                   help="HNSW search beam stored in the index (default 128)")
     g.add_argument("--nlist", type=positive_int, default=None, help="IVF lists (default min(4*sqrt(n), n/39))")
     g.add_argument("--pq-m", type=positive_int, default=None, help="PQ sub-quantizers, must divide dim (default <= 64)")
     g.add_argument("--pq-nbits", type=positive_int, default=8, help="bits per PQ code (default 8)")
@@ -33,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
     e.add_argument("--query-prefix", default=None, help="text put before each query (recorded for search)")
     e.add_argument("--doc-prefix", default=None, help="text put before each document")
-    e.add_argument("--query-max-length", type=positive_int, default=None, help="query token limit (recorded for search)")
+    e.add_argument("--query-max-length", type=positive_int, default=None,
+                   help="query token limit (recorded for search)")
     e.add_argument("--doc-max-length", type=positive_int, default=None, help="document token limit")
     e.add_argument("--batch-size", type=positive_int, default=64, help="documents per forward pass (default 64)")
     e.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")

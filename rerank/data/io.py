@@ -294,7 +294,8 @@ def _iter_qrels(path: Path) -> Iterator[tuple[int, str, str, int]]:
         if len(parts) != ncols:
             raise DataFormatError(path, lineno, f"expected {ncols} columns, found {len(parts)}")
         if ncols == 3 and "\t" not in line:
-            raise DataFormatError(path, lineno, _THREE_COLUMNS.format(form="BEIR qrels", cols="query-id corpus-id score"))
+            raise DataFormatError(path, lineno,
+                                  _THREE_COLUMNS.format(form="BEIR qrels", cols="query-id corpus-id score"))
         grade = parts[grade_col]
         value = int(grade) if grade.isdigit() and grade.isascii() else _parse_grade(grade, path, lineno, first)
         yield lineno, parts[0], parts[doc_col], value
@@ -331,8 +332,8 @@ def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
 
     The tab-separated 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score
-    ``-rank``; its rank must be a positive integer, unique within a query. The form is detected from the first line's column
-    count. A document listed twice for one query is an error (trec_eval would silently count it twice).
+    ``-rank``; its rank must be a positive integer, unique within a query. The form is detected from the first line's
+    column count. A document listed twice for one query is an error (trec_eval would silently count it twice).
     """
     path = Path(path)
     run: Run = {}
@@ -456,7 +457,8 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
                 title = d.get("title")
                 if title is not None and not isinstance(title, str):
                     raise DataFormatError(path, lineno, f"docs[{i}].title must be a string")
-                docs.append((Document(did, text, title or ""), _score(d.get("score"), f"docs[{i}].score", path, lineno)))
+                score = _score(d.get("score"), f"docs[{i}].score", path, lineno)
+                docs.append((Document(did, text, title or ""), score))
             else:
                 raise DataFormatError(path, lineno, f"docs[{i}] must be a string or an object")
         ids = [d.id for d, _ in docs]

@@ -50,7 +50,8 @@ def _parse_one(name: str, rel_level: int) -> list[ir_measures.Measure]:
                 f"one (ndcg_cut_10, recip_rank, map, recall_100, P_10)"
             ) from None
         # trec_eval's -l applies to every binary measure, including those its parser pins to rel=1 (num_rel_ret)
-        return [x(rel=rel_level) if rel_level > 1 and x.params.get("rel") == 1 else _binary(x, rel_level) for x in found]
+        return [x(rel=rel_level) if rel_level > 1 and x.params.get("rel") == 1 else _binary(x, rel_level)
+                for x in found]
     return [_binary(m, rel_level)]
 
 

@@ -136,7 +136,9 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
         raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
-    dataset: Dataset = resolve_dataset(cfg.dataset, cfg.data_root, qrels_duplicates=cfg.qrels_duplicates)  # type: ignore[arg-type]
+    dataset: Dataset = resolve_dataset(
+        cfg.dataset, cfg.data_root, qrels_duplicates=cfg.qrels_duplicates  # type: ignore[arg-type]
+    )
     queries = dataset.split_queries(cfg.split, cfg.max_queries)
     qrels_all = dataset.qrels(cfg.split)
     qrels: Qrels = {q: qrels_all[q] for q in queries}

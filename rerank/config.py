@@ -20,7 +20,9 @@ import yaml
 
 from rerank.errors import ConfigError, DataFormatError
 
-__all__ = ["load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "SECRET_KEYS", "REDACTED"]
+__all__ = [
+    "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "SECRET_KEYS", "REDACTED",
+]
 
 T = TypeVar("T")
 
@@ -183,6 +185,16 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         raise ConfigError(f"{where}: {e}") from None
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def without_secrets(value: Any) -> Any:
+    """``value`` (mappings and lists, recursively) without the keys in :data:`SECRET_KEYS`: for records that are
+    read back as options (a model folder's ``rerank.json``), where a placeholder would be taken for a key."""
+    if isinstance(value, Mapping):
+        return {k: without_secrets(v) for k, v in value.items() if k not in SECRET_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [without_secrets(v) for v in value]
+    return value
 
 
 def _secret_fields(obj: Any) -> set[str]:

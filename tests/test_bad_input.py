@@ -397,6 +397,25 @@ def test_secret_options_are_redacted_in_configs() -> None:
     assert SECRET not in str(e.value)
 
 
+def test_model_folders_and_run_records_hold_no_secret(tmp_path: Path) -> None:
+    """A trained model's ``rerank.json`` leaves an API key out (it would be read back as the key), and the training
+    run record writes it redacted."""
+    from rerank.methods.record import read_record
+    from rerank.trainers.artifacts import write_model_artifacts
+    from rerank.trainers.base import save_run_record
+    from rerank.trainers.data import DataConfig
+
+    options = {"max_doc_tokens": 64, "backend_options": {"api_key": SECRET, "base_url": "http://127.0.0.1:9/v1"}}
+    config = {"model": "base", "head": "yes-no", "data": DataConfig(path="x.jsonl"), "head_options": options}
+    write_model_artifacts(tmp_path / "model", method="yes-no", trainer="sft", config=config, options=options)
+    save_run_record(tmp_path, "sft", config)
+    assert _grep_tree(tmp_path, SECRET) == []
+    assert read_record(tmp_path / "model")["options"] == {"max_doc_tokens": 64,
+                                                          "backend_options": {"base_url": "http://127.0.0.1:9/v1"}}
+    record = json.loads((tmp_path / "rerank_train.json").read_text())
+    assert record["config"]["head_options"]["backend_options"]["api_key"] == REDACTED
+
+
 def test_secret_reaches_the_server_but_no_file_or_log(
     dl19_dir: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,10 +18,12 @@ _FORMAT = "rerank-model"
 
 
 def record_payload(method: str, kind: str, options: dict[str, Any], trainer: str, base_model: str) -> dict[str, Any]:
-    """The content of ``rerank.json`` (``options`` are the head's options, the template as a full mapping)."""
+    """The content of ``rerank.json`` (``options`` are the head's options, the template as a full mapping; an API key
+    among them is left out: it belongs to whoever runs the model, not to the model)."""
     from rerank import __version__
+    from rerank.config import without_secrets
 
-    return {"format": _FORMAT, "version": 1, "method": method, "kind": kind, "options": options,
+    return {"format": _FORMAT, "version": 1, "method": method, "kind": kind, "options": without_secrets(options),
             "trained_with": {"trainer": trainer, "base_model": base_model, "rerank_version": __version__}}
 
 

@@ -255,6 +255,22 @@ def test_api_numbers_and_docs_are_validated(dl19_dir: Path) -> None:
     assert len(ds.split_queries("test", 42)) == 42
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "match"),
+    [
+        ("listwise", {"window": 0}, "window, stride and depth must be >= 1"),
+        ("first", {"window": 20, "stride": 30}, r"stride \(30\) > window \(20\) would skip candidates"),
+        ("erank", {"max_doc_tokens": 0}, "max_doc_tokens must be >= 1"),  # cut every document to nothing
+        ("yes-no", {"max_query_tokens": -1}, "max_query_tokens must be >= 1"),  # dropped the query's last token
+        ("grouprank", {"group_size": 0}, "group_size, repeats and max_new_tokens must be >= 1"),
+        ("cross-encoder", {"batch_size": 0}, "batch_size must be >= 1"),
+    ],
+)
+def test_head_numbers_are_checked_before_the_model_loads(method: str, options: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):  # the options fail first: no model is needed to find out
+        Reranker.load(method, model="/no/such/model", **options)
+
+
 # --- everything is checked before expensive work; one-line errors everywhere --------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.registry import backend_accepts, build_backend
 from rerank.config import from_dict, to_dict
+from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.prompts import PromptTemplate, load_template
 
@@ -38,6 +39,12 @@ class LLMHeadConfig(RerankerConfig):
     dtype: str = "auto"
     device: str | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("max_doc_tokens", "max_query_tokens", "batch_size"):  # a cut to <= 0 tokens drops the text
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 class PromptOnlyBackend(Backend):

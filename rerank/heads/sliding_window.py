@@ -104,6 +104,7 @@ class SlidingWindowConfig(LLMHeadConfig):
     depth: int = 100
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.window < 1 or self.stride < 1 or self.depth < 1:
             raise ConfigError("window, stride and depth must be >= 1")
         if self.stride > self.window:

@@ -41,6 +41,7 @@ class ERankConfig(LLMHeadConfig):
     max_reasoning_tokens: int = 256
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_reasoning_tokens < 1:
             raise ValueError("max_reasoning_tokens must be >= 1")
 

@@ -46,6 +46,7 @@ class GroupRankConfig(LLMHeadConfig):
     max_new_tokens: int = 512
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.group_size < 1 or self.repeats < 1 or self.max_new_tokens < 1:
             raise ConfigError("group_size, repeats and max_new_tokens must be >= 1")
         if not 0.0 <= self.fusion_weight <= 1.0:

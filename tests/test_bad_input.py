@@ -248,6 +248,10 @@ def test_api_numbers_and_docs_are_validated(dl19_dir: Path) -> None:
             EvalConfig(dataset=str(dl19_dir), top_k=bad)
         with pytest.raises(ConfigError, match="top_k must be an integer >= 1"):
             rerank_run(rr, {}, {}, {}, bad)
+    from rerank.trainers.data import DataConfig
+
+    with pytest.raises(ConfigError, match="data.max_queries must be >= 1"):
+        DataConfig(path="train.jsonl", max_queries=-1)
     with pytest.raises(ConfigError, match="measures must be a list"):
         EvalConfig(dataset="x", measures="nDCG@10")
     with pytest.raises(ConfigError, match="unknown measure"):

@@ -61,6 +61,8 @@ class DataConfig:
             raise ConfigError(f"data.negatives must be 'top' or 'random', got {self.negatives!r}")
         if self.negatives_per_positive < 0 or self.bm25_depth < 1 or self.max_candidates < 2:
             raise ConfigError("data: negatives_per_positive >= 0, bm25_depth >= 1 and max_candidates >= 2 required")
+        if self.max_queries is not None and self.max_queries < 1:  # a slice [:-1] or [:0] would drop queries silently
+            raise ConfigError(f"data.max_queries must be >= 1 (or unset for all), got {self.max_queries}")
 
 
 def _num(x: Any) -> bool:

@@ -352,6 +352,11 @@ def test_broken_files_are_one_line_errors_naming_the_file(dl19_dir: Path, tmp_pa
     with pytest.raises(DataFormatError) as e:
         read_run(run)
     assert e.value.path == str(run) and e.value.line is not None
+    if kind == "truncated gzip":  # the line after the last one the cut stream still holds whole
+        import zlib
+
+        whole_lines = zlib.decompressobj(31).decompress(run.read_bytes()).count(b"\n")
+        assert e.value.line == whole_lines + 1 and whole_lines > 1000
 
 
 @pytest.mark.parametrize(

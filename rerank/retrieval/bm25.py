@@ -193,14 +193,10 @@ def _runs_of_ties(ties: list[int]) -> list[tuple[int, int]]:
 
 
 def _corpus_texts(dataset: Dataset, include_title: bool) -> tuple[list[str], list[str]]:
-    """Stream the corpus into (doc ids, texts to index); a duplicate id is an error naming the file."""
+    """Stream the corpus into (doc ids, texts to index); a duplicate id is an error naming both lines (the reader's)."""
     doc_ids: list[str] = []
     texts: list[str] = []
-    seen: set[str] = set()
     for doc in dataset.iter_corpus():
-        if doc.id in seen:
-            raise DataFormatError(dataset.corpus_path, None, f"duplicate document id {doc.id!r}")
-        seen.add(doc.id)
         doc_ids.append(doc.id)
         texts.append(doc.full_text() if include_title else doc.text)
     if not doc_ids:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from train_support import make_checkpoint
 
 from rerank.cli import main
 from rerank.errors import ConfigError
@@ -39,6 +40,7 @@ def test_train_cli_overrides_and_record(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: m0\nlr: 0.5\n")
     out = tmp_path / "out"
+    make_checkpoint(out, 2)  # --resume needs a complete checkpoint (tests/test_train_restarts.py)
     rc = main(["train", "test-echo", "--config", str(cfg), "--output", str(out), "--set", "steps=7",
                "--set", "model=m1", "--data-root", "/d", "--resume"])
     assert rc == 0

@@ -1,4 +1,5 @@
-"""``rerank train TRAINER --config FILE.yaml --output DIR [--set key=value …] [--data-root DIR] [--resume]``."""
+"""``rerank train TRAINER --config FILE.yaml --output DIR [--set key=value …] [--data-root DIR]
+[--resume | --overwrite]``."""
 
 from __future__ import annotations
 
@@ -17,21 +18,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "OUTPUT/checkpoints/checkpoint-N, the run record rerank_train.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted keys for nested options)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --output from its newest complete checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --output (removes its model, adapter, checkpoints and run files)")
     add_data_root(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from rerank.trainers.api import run_trainer
+    from rerank.trainers.base import get_trainer, load_train_config
 
-    from rerank.trainers.base import TrainContext, get_trainer, load_train_config, save_run_record
-
-    trainer = get_trainer(args.trainer)
-    cfg = load_train_config(trainer.config_class, args.config, args.overrides)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_run_record(out, args.trainer, cfg)
-    result = trainer.train(cfg, TrainContext(output=out, data_root=args.data_root, resume=args.resume))
-    print(json.dumps({"trainer": args.trainer, "output": str(out), **(result or {})}, default=str))
+    cfg = load_train_config(get_trainer(args.trainer).config_class, args.config, args.overrides)
+    result = run_trainer(args.trainer, cfg, args.output, args.data_root, args.resume, args.overwrite)
+    print(json.dumps({"trainer": args.trainer, "output": args.output, **(result or {})}, default=str))
     return 0

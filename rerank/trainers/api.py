@@ -11,8 +11,14 @@ __all__ = ["run_trainer"]
 
 
 def run_trainer(name: str, config: Any, output: str | Path, data_root: str | None = None,
-                resume: bool = False) -> dict[str, Any]:
-    """Train with the registered trainer ``name``; ``config`` is its config object, a dict or a YAML path."""
+                resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train with the registered trainer ``name``; ``config`` is its config object, a dict or a YAML path.
+
+    An ``output`` holding a trained model or checkpoints is continued (``resume``), replaced (``overwrite``) or
+    refused, before anything is written (:func:`rerank.trainers.resume.prepare_output`).
+    """
+    from rerank.trainers.resume import prepare_output
+
     trainer = get_trainer(name)
     if isinstance(config, (str, Path)):
         cfg = load_train_config(trainer.config_class, config)
@@ -21,6 +27,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     else:
         cfg = config
     out = Path(output)
+    prepare_output(out, resume, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     save_run_record(out, name, cfg)
     return trainer.train(cfg, TrainContext(output=out, data_root=data_root, resume=resume))

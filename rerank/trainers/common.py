@@ -1,10 +1,9 @@
 """The one training vocabulary: the schedule every trainer takes (reranker and retriever alike), in the names of
 Hugging Face's ``TrainingArguments`` / TRL, and its mapping onto them; the reranker trainers' shared options.
 
-Checkpoints go to ``OUTPUT/checkpoints/checkpoint-STEP`` every ``save_steps``; ``--resume`` continues from the last
-one (the HF Trainer restores optimizer, scheduler, RNG and the data position, so the data order matches an
-uninterrupted run). A fresh run into a folder that holds checkpoints is refused (resume it or use a new folder). The
-final model is written to ``OUTPUT/model``.
+Checkpoints go to ``OUTPUT/checkpoints/checkpoint-STEP`` every ``save_steps``; restarts (``--resume``,
+``--overwrite``, complete checkpoints, the loss over all steps) are :mod:`rerank.trainers.resume`. The final model is
+written to ``OUTPUT/model``.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ __all__ = [
     "TrainSchedule",
     "check_renamed_keys",
     "cpu_only",
-    "last_checkpoint",
-    "resume_arg",
     "training_kwargs",
 ]
 
@@ -183,25 +180,3 @@ def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str
             raise ConfigError("eval_steps must equal save_steps so the best checkpoint can be kept")
         kw.update(load_best_model_at_end=True)
     return kw
-
-
-def last_checkpoint(output: Path) -> str | None:
-    """The newest ``checkpoint-N`` under ``OUTPUT/checkpoints`` (None when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    d = output / "checkpoints"
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
-
-
-def resume_arg(output: Path, resume: bool) -> str | None:
-    """The checkpoint to resume from. ``--resume`` without a checkpoint is an error, not a silent fresh start, and a
-    fresh run into a folder holding checkpoints is refused, not mixed with them."""
-    ckpt = last_checkpoint(output)
-    if not resume:
-        if ckpt is not None:
-            raise ConfigError(f"{output} already holds checkpoints ({Path(ckpt).name}); pass --resume to continue "
-                              f"that run, or use a new --output")
-        return None
-    if ckpt is None:
-        raise ConfigError(f"--resume: no checkpoint under {output / 'checkpoints'}")
-    return ckpt

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import CommonTrainConfig, cpu_only, resume_arg, training_kwargs
+from rerank.trainers.common import CommonTrainConfig, cpu_only, training_kwargs
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
 from rerank.trainers.sft_trainer import load_causal_lm, save_final, selection_metrics
@@ -150,7 +150,9 @@ class GRPOTrainer:
 
     def train(self, config: GRPOTrainConfig, ctx: TrainContext) -> dict[str, Any]:
         trainer = self.build(config, ctx)
-        result = trainer.train(resume_from_checkpoint=resume_arg(ctx.output, ctx.resume))
+        from rerank.trainers.resume import fit, resume_arg
+
+        result = fit(trainer, resume_arg(ctx.output, ctx.resume))
         dev = trainer.eval_dataset
         metrics, note = selection_metrics(trainer, "dev mean reward", len(dev) if dev is not None else 0)
         save_final(trainer, config, ctx.output, "grpo", self.task.record_options(), metrics, note)

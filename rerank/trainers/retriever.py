@@ -45,7 +45,8 @@ from rerank.retrieval.dense import BiEncoder
 from rerank.retrieval.index import doc_text
 from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import TrainSchedule, cpu_only, resume_arg, training_kwargs
+from rerank.trainers.common import TrainSchedule, cpu_only, training_kwargs
+from rerank.trainers.resume import fit, resume_arg
 from rerank.utils.files import atomic_write, staged_dir, write_json
 
 __all__ = [
@@ -494,7 +495,7 @@ class RetrieverTrainer:
         start_step = 0
         if resume_from is not None:
             start_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        result = fit(trainer, resume_from)
         enc = trainer.accelerator.unwrap_model(trainer.model)
         history = [h for h in trainer.state.log_history if "loss" in h]
         dev_history = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"], "recall@100": h["eval_recall@100"]}

@@ -18,7 +18,7 @@ from typing import Any
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import CommonTrainConfig, resume_arg, training_kwargs
+from rerank.trainers.common import CommonTrainConfig, training_kwargs
 from rerank.trainers.data import load_training_data
 
 __all__ = ["SFTTrainConfig", "SFTTrainer", "load_causal_lm", "save_final"]
@@ -160,7 +160,9 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
     trainer = (trainer_cls or TRLSFTTrainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                           processing_class=tok, peft_config=cfg.lora.peft_config() if cfg.lora.enabled else None,
                           **extra)
-    result = trainer.train(resume_from_checkpoint=resume_arg(ctx.output, ctx.resume))
+    from rerank.trainers.resume import fit, resume_arg
+
+    result = fit(trainer, resume_arg(ctx.output, ctx.resume))
     metrics, note = selection_metrics(trainer, "dev loss", len(dev_ds) if dev_ds is not None else 0)
     save_final(trainer, cfg, ctx.output, "sft", task.record_options(), metrics, note)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

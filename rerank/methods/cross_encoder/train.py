@@ -18,7 +18,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
-from rerank.trainers.common import cpu_only, resume_arg, training_kwargs
+from rerank.trainers.common import cpu_only, training_kwargs
 
 if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
@@ -113,7 +113,9 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     args = CrossEncoderTrainingArguments(**kw)
     train_ds = _dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator)
-    result = trainer.train(resume_from_checkpoint=resume_arg(output, ctx.resume))
+    from rerank.trainers.resume import fit, resume_arg
+
+    result = fit(trainer, resume_arg(output, ctx.resume))
     dev_metrics = evaluator(model) if evaluator is not None else {}
     if trainer.is_world_process_zero():
         from rerank.trainers.artifacts import write_model_artifacts

@@ -1,0 +1,246 @@
+"""Restarts of ``rerank train``: what a run folder may hold before a run, which checkpoint a resume takes, and the
+training loss over every step of a resumed run. Every trainer (sft, grpo, the retrievers) goes through these.
+
+* A folder holding a trained model (``model/``, ``adapter/``) or checkpoints is continued (``--resume``), replaced
+  (``--overwrite``: the run's own files are removed, nothing else) or refused, before any file is written.
+* ``--resume`` takes the newest *complete* checkpoint: a save cut short (a killed process, a full disk) leaves a
+  partial one, which is skipped with a warning naming what it lacks, and removed (the resumed run writes it again).
+* The summary's ``train_loss`` is the mean over all steps of the run: the running sum travels in each checkpoint's
+  ``trainer_state.json`` (:class:`LossLedger`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from rerank.errors import ConfigError
+
+__all__ = [
+    "RUN_FILES",
+    "LossLedger",
+    "checkpoint_problems",
+    "fit",
+    "last_checkpoint",
+    "prepare_output",
+    "resume_arg",
+]
+
+log = logging.getLogger(__name__)
+
+# what ``rerank train`` writes into OUTPUT (the retrievers' data files included); ``--overwrite`` removes these, with
+# the hidden staging leftovers of a write cut short (``.model.XXXX``), and nothing else
+RUN_FILES = ("model", "adapter", "checkpoints", "rerank_train.json", "train_log.jsonl", "train_summary.json",
+             "queries.json", "negatives.json", "index")
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def _main_process() -> bool:
+    """True on the one process (rank 0) that removes files; every process of a ``torchrun`` run checks the same."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """The ``checkpoint-N`` folders under ``OUTPUT/checkpoints``, newest (highest N) first."""
+    found = []
+    for path in (output / "checkpoints").glob("checkpoint-*"):
+        m = _CHECKPOINT.fullmatch(path.name)
+        if m and path.is_dir():
+            found.append((int(m.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` is not whole, or None: its header must parse and the file must have the
+    8 + header + data bytes the header promises."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                return f"{path.name} is cut short (no whole header)"
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        return f"{path.name} is unreadable ({type(e).__name__})"
+    if size != 8 + n + end:
+        return f"{path.name} has {size} bytes, its header promises {8 + n + end}"
+    return None
+
+
+def _archive_problem(path: Path) -> str | None:
+    """Why the ``torch.save`` file ``path`` (a zip archive) is not whole, or None: its central directory must be at
+    the end (a write cut short leaves none) and name members that lie within the file."""
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as z:
+            if any(i.header_offset + i.compress_size > size for i in z.infolist()):
+                return f"{path.name} is cut short"
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        return f"{path.name} is not a whole archive ({type(e).__name__})"
+    return None
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """What ``ckpt`` (``OUTPUT/checkpoints/checkpoint-N``) lacks to resume from; empty when it is complete.
+
+    Complete: ``trainer_state.json`` (the trainer writes it last) parses with ``global_step`` N; every weights file
+    (``*.safetensors`` anywhere in the folder, and every shard an index names) has a whole header and the size it
+    promises; ``optimizer.pt`` and ``scheduler.pt`` are whole archives; the RNG state is there and whole.
+    """
+    problems: list[str] = []
+    m = _CHECKPOINT.fullmatch(ckpt.name)
+    step = int(m.group(1)) if m else None
+    try:
+        recorded = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
+        if recorded != step:
+            problems.append(f"trainer_state.json records step {recorded}")
+    except FileNotFoundError:
+        problems.append("no trainer_state.json")
+    except (OSError, ValueError, AttributeError):
+        problems.append("trainer_state.json does not parse")
+    weights = sorted(ckpt.rglob("*.safetensors"))
+    for index in sorted(ckpt.rglob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            problems.append(f"{index.name} does not parse")
+            continue
+        missing = sorted(s for s in shards if not (index.parent / s).is_file())
+        problems += [f"no shard {s} (named by {index.name})" for s in missing]
+    if not weights:
+        problems.append("no weights (*.safetensors)")
+    problems += [p for w in weights if (p := _safetensors_problem(w))]
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not (ckpt / name).is_file():
+            problems.append(f"no {name}")
+        elif p := _archive_problem(ckpt / name):
+            problems.append(p)
+    rng = sorted(ckpt.glob("rng_state*.pth"))
+    if not rng:
+        problems.append("no RNG state (rng_state.pth)")
+    problems += [p for r in rng if (p := _archive_problem(r))]
+    return problems
+
+
+def last_checkpoint(output: Path, drop_partial: bool = False) -> str | None:
+    """The newest complete ``checkpoint-N`` under ``OUTPUT/checkpoints`` (None when there is none). A newer partial one
+    is skipped with a warning naming what it lacks; ``drop_partial`` also removes it when an older complete one is
+    found (the run resumed from that one writes it again, and a stale half folder would confuse the trainer's
+    rotation of old checkpoints)."""
+    partial: list[tuple[Path, list[str]]] = []
+    found = None
+    for _step, ckpt in _checkpoints(output):
+        problems = checkpoint_problems(ckpt)
+        if not problems:
+            found = ckpt
+            break
+        partial.append((ckpt, problems))
+    remove = drop_partial and found is not None and _main_process()
+    for ckpt, problems in partial:
+        log.warning("%s is incomplete (%s): %s", ckpt, "; ".join(problems),
+                    f"removed, resuming from {found.name}" if remove and found else "skipped")
+        if remove:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return str(found) if found is not None else None
+
+
+def resume_arg(output: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from: the newest complete one. ``--resume`` without a complete checkpoint is an error,
+    not a silent fresh start, and a fresh run into a folder holding checkpoints is refused, not mixed with them."""
+    if not resume:
+        found = _checkpoints(output)
+        if found:
+            raise ConfigError(f"{output} already holds checkpoints ({found[0][1].name}); pass --resume to continue "
+                              f"that run, --overwrite to replace it, or use a new --output")
+        return None
+    ckpt = last_checkpoint(output, drop_partial=True)
+    if ckpt is None:
+        found = _checkpoints(output)
+        what = f"none of {', '.join(p.name for _, p in found)} is complete" if found else "none found"
+        raise ConfigError(f"--resume: no checkpoint to resume from under {output / 'checkpoints'} ({what})")
+    return ckpt
+
+
+def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+    """Check the run folder before anything is written or loaded: a folder holding a trained model or checkpoints is
+    continued (``resume``, which needs a complete checkpoint), replaced (``overwrite``: the files of
+    :data:`RUN_FILES` removed, nothing else) or refused."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run in --output, or replace it")
+    if overwrite:
+        if _main_process():
+            for name in RUN_FILES:
+                for path in [output / name, *output.glob(f".{name}.*")]:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    elif path.exists() or path.is_symlink():
+                        path.unlink()
+        return
+    if resume:
+        resume_arg(output, True)
+        return
+    held = [name + "/" for name in ("model", "adapter") if (output / name).is_dir()]
+    held += [f"checkpoints/{p.name}" for _, p in _checkpoints(output)[:1]]
+    if held:
+        raise ConfigError(f"{output} already holds a training run ({', '.join(held)}); pass --resume to continue it, "
+                          f"--overwrite to replace it, or use a new --output")
+
+
+class LossLedger(TrainerCallback, ExportableState):
+    """Keeps the sum of the training loss over every step in each checkpoint's ``trainer_state.json``, so a resumed
+    run reports the mean over all its steps, not only the resumed ones.
+
+    The sum is the trainer's own running total (``Trainer._total_loss_scalar``), restored when training resumes; a
+    checkpoint step is also a logging step, so no loss accumulated between two logs is left out of a checkpoint.
+    """
+
+    def __init__(self, trainer: Any = None) -> None:
+        self.trainer = trainer
+        self.first_step = 0  # the first step the sum covers (> 0: resumed from a checkpoint without a ledger)
+
+    def state(self) -> dict[str, Any]:
+        total = float(getattr(self.trainer, "_total_loss_scalar", 0.0))
+        return {"args": {}, "attributes": {"loss_sum": total, "first_step": self.first_step}}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.global_step:
+            return
+        kept = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if not isinstance(kept, dict):
+            log.warning("the checkpoint holds no loss sum (written by an older rerank): train_loss covers the steps "
+                        "after step %d only", state.global_step)
+            self.first_step = state.global_step
+            return
+        self.trainer._total_loss_scalar = float(kept["attributes"]["loss_sum"])
+        self.first_step = int(kept["attributes"]["first_step"])
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            control.should_log = True
+
+    def mean(self) -> float:
+        """The mean training loss over the steps the sum covers (every step of the run)."""
+        steps = self.trainer.state.global_step - self.first_step
+        return float(self.trainer._total_loss_scalar) / max(steps, 1)
+
+
+def fit(trainer: Any, checkpoint: str | None) -> Any:
+    """``trainer.train()`` from ``checkpoint`` (None: from the start) with a :class:`LossLedger`; the result's
+    ``training_loss`` (and ``metrics['train_loss']``) is the mean over every step of the run, resumed or not."""
+    ledger = LossLedger(trainer)
+    trainer.add_callback(ledger)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    loss = ledger.mean()
+    return result._replace(training_loss=loss, metrics={**(result.metrics or {}), "train_loss": loss})

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from rerank.backends.base import Backend, GenerationConfig
-from rerank.backends.util import cut_at_stop
+from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
 from rerank.config import from_dict, to_dict
 from rerank.models import resolve_model_path
 
@@ -89,14 +89,17 @@ class TransformersBackend(Backend):
             raise ValueError("the transformers backend needs --model (a name, folder or .gguf file)")
         path = resolve_model_path(model)
         device = resolve_device(cfg.device)
+        check_causal_lm(model, architectures(path, cfg.trust_remote_code))
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(
+        lm, info = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=resolve_dtype(cfg.dtype, device),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
-        ).to(device)
-        return cls(lm, tokenizer, cfg, model_name=model)
+            output_loading_info=True,
+        )
+        check_no_new_weights(model, info, "an LLM reranker needs a causal LM checkpoint with its language-model head")
+        return cls(lm.to(device), tokenizer, cfg, model_name=model)
 
     @property
     def tokenizer(self) -> Any:

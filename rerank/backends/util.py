@@ -1,10 +1,68 @@
-"""Small helpers shared by the backends (prompt checks, requested ids, stop strings)."""
+"""Small helpers shared by the backends (prompt checks, requested ids, stop strings, what kind of model a folder
+holds)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["cut_at_stop", "check_prompts", "unique_ids"]
+from rerank.errors import ConfigError
+
+__all__ = [
+    "ALLOW_NEW_HEAD",
+    "architectures",
+    "check_causal_lm",
+    "check_classifier",
+    "check_no_new_weights",
+    "check_prompts",
+    "cut_at_stop",
+    "unique_ids",
+]
+
+_LM_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+ALLOW_NEW_HEAD = "pass --allow-new-head (option allow_new_head) to start from it anyway"
+
+
+def architectures(path: str, trust_remote_code: bool = False) -> list[str]:
+    """The architectures the model config at ``path`` records (``config.json``'s ``architectures``; may be empty)."""
+    from transformers import AutoConfig
+
+    return list(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or [])
+
+
+def check_causal_lm(shown: str, archs: Sequence[str]) -> None:
+    """An LLM head needs a causal language model: a sequence-classification checkpoint (a cross-encoder) or a model
+    without a causal language-model head (a bare or masked-LM encoder) is refused, never given a new random head."""
+    names = ", ".join(archs)
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ConfigError(f"{shown} is a sequence-classification checkpoint ({names}), not a causal language model; "
+                          f"use --reranker cross-encoder")
+    if archs and not any(a.endswith(_LM_HEADS) for a in archs):
+        raise ConfigError(f"{shown} has no causal language-model head ({names}); an LLM reranker needs a causal LM "
+                          f"(…ForCausalLM), a bare encoder's would be new and random")
+
+
+def check_classifier(shown: str, archs: Sequence[str]) -> None:
+    """A cross-encoder is a ``…ForSequenceClassification`` checkpoint; anything else (a bare encoder, a causal LM)
+    would get a new, random classification head, so it is refused (the fix: :data:`ALLOW_NEW_HEAD`)."""
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return
+    kind = ", ".join(archs) or "no architecture recorded"
+    if any(a.endswith(_LM_HEADS) for a in archs):
+        raise ConfigError(f"{shown} is a causal language model ({kind}), not a sequence-classification checkpoint; "
+                          f"rank with an LLM reranker (e.g. --reranker yes-no), or {ALLOW_NEW_HEAD}")
+    raise ConfigError(f"{shown} is not a sequence-classification checkpoint ({kind}): its classification head would "
+                      f"be new and random; load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
+
+
+def check_no_new_weights(shown: str, info: Mapping[str, Any], fix: str) -> None:
+    """Refuse a model whose loading left weights newly initialised (``output_loading_info``'s ``missing_keys``): its
+    scores would be random. ``fix`` says what to do instead."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(f"{shown}: {', '.join(missing[:3])}{more} are not in the checkpoint and would start "
+                          f"random; {fix}")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

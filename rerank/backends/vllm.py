@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from rerank.backends.base import Backend, GenerationConfig
-from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
+from rerank.backends.util import architectures, check_causal_lm, check_prompts, cut_at_stop, unique_ids
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 
@@ -65,6 +66,8 @@ class VLLMBackend(Backend):
         cfg = from_dict(VLLMBackendConfig, options, where="vllm backend options")
         if not model:
             raise ConfigError("the vllm backend needs --model (a hub id or a folder)")
+        if Path(model).is_dir():  # a folder is checked before the engine starts; a hub id is vLLM's to fetch
+            check_causal_lm(model, architectures(model, cfg.trust_remote_code))
         try:
             import vllm
             from vllm.platforms import current_platform

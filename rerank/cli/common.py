@@ -73,11 +73,16 @@ def add_reranker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reranker-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one reranker option (an API key is better given as $RERANK_API_KEY or "
                    "$OPENAI_API_KEY: a command line is visible to every user of the machine)")
+    p.add_argument("--allow-new-head", action="store_true",
+                   help="cross-encoder: accept a --model without a trained classification head (a bare encoder); "
+                        "the new head starts random (the option allow_new_head)")
 
 
 def reranker_options(args: argparse.Namespace) -> dict:
     opts = load_yaml(args.reranker_config) if args.reranker_config else {}
     opts = apply_overrides(opts, args.reranker_set)
+    if getattr(args, "allow_new_head", False):
+        opts["allow_new_head"] = True
     if getattr(args, "base_url", None):
         opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}
     return opts

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from rerank.backends.transformers import resolve_device, resolve_dtype
+from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
 from rerank.config import from_dict, to_dict
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.models import resolve_model_path
@@ -34,6 +35,7 @@ class CrossEncoderConfig(RerankerConfig):
     two_label_score: Literal["diff", "positive", "softmax"] = "diff"
     sigmoid: bool = False
     trust_remote_code: bool = False
+    allow_new_head: bool = False  # accept a model without a trained classification head (it starts random)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.max_length and self.max_length < 8):
@@ -74,12 +76,19 @@ class CrossEncoderReranker(Reranker):
             raise ValueError("cross-encoder: --model is required")
         path = resolve_model_path(model)
         device = resolve_device(cfg.device)
+        archs = architectures(path, cfg.trust_remote_code)
+        if not cfg.allow_new_head:
+            check_classifier(f"cross-encoder: {model}", archs)
+        # a new head (allow_new_head on a bare encoder) has one label, as sentence-transformers' CrossEncoder builds it
+        new_head = {} if any(a.endswith("ForSequenceClassification") for a in archs) else {"num_labels": 1}
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        net = AutoModelForSequenceClassification.from_pretrained(
+        net, info = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=True,
-        ).to(device)
-        return cls(cfg, net, tok, model_name=model)
+            use_safetensors=True, output_loading_info=True, **new_head,
+        )
+        if not cfg.allow_new_head:
+            check_no_new_weights(f"cross-encoder: {model}", info, f"load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
+        return cls(cfg, net.to(device), tok, model_name=model)
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Scores of (query, document) text pairs, in input order."""

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from train_support import erank_workdir
 
 from rerank.data.io import write_jsonl
-from rerank.testing import synthetic_ranking_examples, tiny_llm
+from rerank.testing import synthetic_ranking_examples
 from rerank.trainers import grpo, sft
 
-ERANK_TPL = ('name: erank-tiny\nuser: "Q: {{ query }}\\nD: {{ document }}\\nScore 0-10:"\n'
-             'assistant_prefix: "<answer>"\nanswer_open: "<answer>"\nanswer_close: "</answer>"\n')
 
 
 def test_deterministic_algorithms_are_on() -> None:
@@ -26,11 +25,7 @@ def test_deterministic_algorithms_are_on() -> None:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("det")
-    tiny_llm(d / "llm", seed=0)
-    write_jsonl(synthetic_ranking_examples(12, num_candidates=4, seed=5), d / "train.jsonl")
-    (d / "erank.yaml").write_text(ERANK_TPL)
-    return d
+    return erank_workdir(tmp_path_factory.mktemp("det"), data_seed=5)
 
 
 def _weights(out: Path) -> dict[str, Any]:

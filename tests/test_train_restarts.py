@@ -20,18 +20,16 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from train_support import make_checkpoint
+from train_support import erank_workdir, make_checkpoint
 
 from rerank.data.io import write_jsonl
 from rerank.errors import ConfigError
-from rerank.testing import synthetic_ranking_examples, tiny_llm
+from rerank.testing import synthetic_ranking_examples
 from rerank.trainers.api import run_trainer
 from rerank.trainers.base import TrainContext, register_trainer
 from rerank.trainers.resume import checkpoint_problems, last_checkpoint, prepare_output, resume_arg
 
 SUPPORT = Path(__file__).with_name("train_support.py")
-ERANK_TPL = ('name: erank-tiny\nuser: "Q: {{ query }}\\nD: {{ document }}\\nScore 0-10:"\n'
-             'assistant_prefix: "<answer>"\nanswer_open: "<answer>"\nanswer_close: "</answer>"\n')
 
 
 # ---------------------------------------------------------------------------------------------- complete checkpoints
@@ -171,11 +169,7 @@ def test_resume_into_a_folder_without_a_complete_checkpoint_writes_nothing(tmp_p
 # ---------------------------------------------------------------------------------------------- kill -9 and resume
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("restarts")
-    tiny_llm(d / "llm", seed=0)
-    write_jsonl(synthetic_ranking_examples(12, num_candidates=4, seed=3), d / "train.jsonl")
-    (d / "erank.yaml").write_text(ERANK_TPL)
-    return d
+    return erank_workdir(tmp_path_factory.mktemp("restarts"), data_seed=3)
 
 
 def _killed(point: str, args: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -12,23 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from train_support import erank_workdir
 
 from rerank.data.io import write_jsonl
-from rerank.testing import synthetic_ranking_examples, tiny_llm
+from rerank.testing import synthetic_ranking_examples
 from rerank.trainers import sft
 
-ERANK_TPL = ('name: erank-tiny\nuser: "Q: {{ query }}\\nD: {{ document }}\\nScore 0-10:"\n'
-             'assistant_prefix: "<answer>"\nanswer_open: "<answer>"\nanswer_close: "</answer>"\n')
 FIRST_TPL = ('name: first-tiny\nidentifiers: letters\nassistant_prefix: "["\n'
              'user: "Q: {{ query }}\\n{% for p in passages %}[{{ p.id }}] {{ p.text }}\\n{% endfor %}Rank {{ num }}:"\n')
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("runs")
-    tiny_llm(d / "llm", seed=0)
-    write_jsonl(synthetic_ranking_examples(12, num_candidates=4, seed=3), d / "train.jsonl")
-    (d / "erank.yaml").write_text(ERANK_TPL)
+    d = erank_workdir(tmp_path_factory.mktemp("runs"), data_seed=3)
     (d / "first.yaml").write_text(FIRST_TPL)
     return d
 

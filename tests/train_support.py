@@ -18,6 +18,22 @@ from pathlib import Path
 from typing import Any
 
 
+ERANK_TPL = ('name: erank-tiny\nuser: "Q: {{ query }}\\nD: {{ document }}\\nScore 0-10:"\n'
+             'assistant_prefix: "<answer>"\nanswer_open: "<answer>"\nanswer_close: "</answer>"\n')
+
+
+def erank_workdir(folder: Path, data_seed: int) -> Path:
+    """``folder`` with a tiny Qwen2 (``llm``, seed 0), 12 synthetic ranking examples of 4 candidates (``train.jsonl``,
+    drawn with ``data_seed``) and a tiny ERank template (``erank.yaml``): a few seconds of SFT or GRPO."""
+    from rerank.data.io import write_jsonl
+    from rerank.testing import synthetic_ranking_examples, tiny_llm
+
+    tiny_llm(folder / "llm", seed=0)
+    write_jsonl(synthetic_ranking_examples(12, num_candidates=4, seed=data_seed), folder / "train.jsonl")
+    (folder / "erank.yaml").write_text(ERANK_TPL)
+    return folder
+
+
 def make_checkpoint(output: Path, step: int) -> Path:
     """A complete ``OUTPUT/checkpoints/checkpoint-STEP`` with the files a trainer writes (tiny contents)."""
     import torch

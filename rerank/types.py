@@ -54,12 +54,14 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class ScoredDocument:
-    """One entry of a reranked list: the document, the reranker's score and its 1-based rank."""
+    """One entry of a reranked list: the document, the reranker's score and its 1-based rank. ``metadata`` holds what
+    the head adds about this score (a long document scored by passages: which passage, ``long_docs`` in the README)."""
 
     doc: Document
     score: float
     rank: int
     first_stage_score: float | None = None
+    metadata: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:

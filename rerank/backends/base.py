@@ -39,6 +39,12 @@ class Backend(ABC):
     def tokenizer(self) -> Any:
         """A Hugging Face tokenizer (chat template, encode/decode) matching the model."""
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens a prompt plus what is generated after it may take (the model's context); heads fit their prompts
+        to it. None: unknown, prompts are not fitted."""
+        return None
+
     @abstractmethod
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
         """For each prompt, log P(next token = t) for each ``t`` in ``token_ids`` (log-softmax over the vocabulary).

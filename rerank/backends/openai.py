@@ -41,7 +41,9 @@ TOKEN_ID_PREFIX = "token_id:"
 
 @dataclass
 class OpenAIBackendConfig:
-    """Options of the OpenAI-compatible backend. ``api_key`` defaults to ``$OPENAI_API_KEY`` (none if unset)."""
+    """Options of the OpenAI-compatible backend. ``api_key`` defaults to ``$OPENAI_API_KEY`` (none if unset).
+    ``max_model_len``: the served model's context in tokens (vLLM's ``--max-model-len``); heads fit their prompts to
+    it, and without it they cannot (a too-long prompt is then the server's error)."""
 
     base_url: str = ""
     api_key: str | None = secret_field()
@@ -56,8 +58,11 @@ class OpenAIBackendConfig:
     dtype: str = "auto"
     device: str | None = None
     trust_remote_code: bool = False
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"openai backend: max_model_len must be >= 1, got {self.max_model_len}")
         if not self.base_url:
             raise ConfigError("openai backend: base_url is required (e.g. --base-url http://127.0.0.1:8000/v1)")
         for key in ("top_logprobs", "concurrency", "batch_size"):
@@ -104,6 +109,11 @@ class OpenAIBackend(Backend):
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        """The ``max_model_len`` option (None: unknown, prompts are not fitted)."""
+        return self.config.max_model_len
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One completions request; retries transport errors, 429 and 5xx with exponential back-off."""

@@ -22,9 +22,11 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, tokenizer: Any, logprobs_fn: LogprobFn | None = None, generate_fn: GenerateFn | None = None):
+    def __init__(self, tokenizer: Any, logprobs_fn: LogprobFn | None = None, generate_fn: GenerateFn | None = None,
+                 context_length: int | None = None):
         super().__init__()
         self._tokenizer = tokenizer
+        self._context_length = context_length
         self.logprobs_fn = logprobs_fn
         self.generate_fn = generate_fn
         self.log: list[tuple[str, str]] = []  # (kind, decoded prompt), one entry per prompt
@@ -32,6 +34,16 @@ class ScriptedBackend(Backend):
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        """The context given at construction (None: prompts are not fitted); longer prompts are refused."""
+        return self._context_length
+
+    def _check(self, ids: Sequence[int], extra: int) -> None:
+        if self._context_length is not None and len(ids) + extra > self._context_length:
+            raise ValueError(f"prompt of {len(ids)} tokens (+{extra} to generate) exceeds the context "
+                             f"{self._context_length}")
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -42,6 +54,7 @@ class ScriptedBackend(Backend):
         self.calls["next_token_logprobs"] += 1
         out = []
         for p in prompts:
+            self._check(p, 0)
             text = self._decode(p)
             self.log.append(("next_token_logprobs", text))
             values = list(self.logprobs_fn(text, token_ids))
@@ -56,6 +69,7 @@ class ScriptedBackend(Backend):
         self.calls["generate"] += 1
         out = []
         for p in prompts:
+            self._check(p, config.max_new_tokens)
             text = self._decode(p)
             self.log.append(("generate", text))
             out.append(self.generate_fn(text))

@@ -105,6 +105,11 @@ class TransformersBackend(Backend):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    @property
+    def context_length(self) -> int | None:
+        """``max_length``: the option, else the model's ``max_position_embeddings``."""
+        return self.max_length
+
     def _check_length(self, prompt: Sequence[int], extra: int = 0) -> None:
         if not prompt:
             raise ValueError("empty prompt")

@@ -108,6 +108,11 @@ class VLLMBackend(Backend):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    @property
+    def context_length(self) -> int | None:
+        """The engine's ``max_model_len`` (the option, else the model's own)."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
     def _prompts(self, prompts: Sequence[Sequence[int]]) -> list[Any]:
         from vllm.inputs import TokensPrompt
 

@@ -85,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
             for qid in sorted(final):
                 if detail is not None:
                     res = detail[qid]
-                    docs = [{"id": r.doc.id, "score": r.score, "rank": r.rank, "text": r.doc.text} for r in res.results]
+                    docs = [{"id": r.doc.id, "score": r.score, "rank": r.rank, "text": r.doc.text,
+                             **({"metadata": r.metadata} if r.metadata else {})} for r in res.results]
                 else:
                     docs = [{"id": d, "rank": i + 1} for i, (d, _) in enumerate(final[qid])]
                 f.write(json.dumps({"qid": qid, "query": queries[qid].text, "ranking": docs}, ensure_ascii=False) + "\n")
     else:
         write_run(final, out, tag=args.reranker)
     stats = reranker.stats
+    fitted = (f"; {stats.fitted_prompts} prompts fitted to the context, {stats.shortened_passages} passages "
+              f"shortened" if stats.fitted_prompts else "")
     print(f"ranked {len(final)} queries with {args.reranker} -> {out} "
-          f"({stats.outputs} model outputs, {stats.parse_failures} parse failures, {stats.repaired} repaired)")
+          f"({stats.outputs} model outputs, {stats.parse_failures} parse failures, {stats.repaired} repaired{fitted})")
     return 0

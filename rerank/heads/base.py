@@ -32,12 +32,18 @@ class RerankerConfig:
 
 @dataclass
 class RerankStats:
-    """How many model outputs a head produced, how many failed to parse, and how many were repaired."""
+    """How many model outputs a head produced, how many failed to parse, and how many were repaired; and how many
+    prompts had to be fitted to the model's context (``fitted_prompts``), with how many passages of them were cut
+    below ``max_doc_tokens`` (``shortened_passages``, one per passage per prompt) and how many queries below
+    ``max_query_tokens`` (``shortened_queries``)."""
 
     outputs: int = 0
     parse_failures: int = 0
     repaired: int = 0
     failure_examples: list[str] = dataclasses.field(default_factory=list)
+    fitted_prompts: int = 0
+    shortened_passages: int = 0
+    shortened_queries: int = 0
 
     def record(self, *, failed: bool = False, repaired: bool = False, example: str | None = None) -> None:
         self.outputs += 1
@@ -139,6 +145,13 @@ class Reranker(ABC):
         """Score many queries; heads that can batch across queries override this."""
         return [self.score_candidates(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
 
+    def score_with_metadata(
+        self, queries: list[Query], candidate_lists: list[list[Candidate]]
+    ) -> tuple[list[list[float]], list[list[dict[str, Any] | None]] | None]:
+        """:meth:`score_batch` plus, per candidate, what the head adds about its score (None: nothing). Heads that
+        score long documents by passages override this to name the passage that scored."""
+        return self.score_batch(queries, candidate_lists), None
+
     def rerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
         """Rank ``docs`` for ``query``; every input doc appears once (``top_k`` truncates the returned list)."""
         return self.rerank_batch([query], [_as_list(docs, "docs")], top_k=top_k)[0]
@@ -159,16 +172,23 @@ class Reranker(ABC):
         cands = [as_candidates(_as_list(d, "docs")) for d in docs_lists]
         todo = [i for i, c in enumerate(cands) if c]
         scores: list[list[float]] = [[] for _ in cands]
+        meta: list[list[dict[str, Any] | None]] = [[None] * len(c) for c in cands]
         if todo:
-            for i, s in zip(todo, self.score_batch([qs[i] for i in todo], [cands[i] for i in todo]), strict=True):
+            got, got_meta = self.score_with_metadata([qs[i] for i in todo], [cands[i] for i in todo])
+            for k, (i, s) in enumerate(zip(todo, got, strict=True)):
                 scores[i] = s
+                if got_meta is not None:
+                    if len(got_meta[k]) != len(s):
+                        raise RuntimeError(f"{type(self).__name__} returned {len(got_meta[k])} metadata entries for "
+                                           f"{len(s)} scores")
+                    meta[i] = got_meta[k]
         results = []
-        for q, c, s in zip(qs, cands, scores, strict=True):
+        for q, c, s, m in zip(qs, cands, scores, meta, strict=True):
             if len(s) != len(c):
                 raise RuntimeError(f"{type(self).__name__} returned {len(s)} scores for {len(c)} documents")
             order = sorted(range(len(c)), key=lambda j: -s[j])  # stable: ties keep input order
             ranked = [
-                ScoredDocument(c[j].doc, float(s[j]), r, c[j].score) for r, j in enumerate(order, 1)
+                ScoredDocument(c[j].doc, float(s[j]), r, c[j].score, m[j]) for r, j in enumerate(order, 1)
             ]
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results

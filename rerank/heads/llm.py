@@ -1,15 +1,20 @@
-"""Shared plumbing of the LLM heads: typed options, backend construction, prompt building and truncation in tokens.
+"""Shared plumbing of the LLM heads: typed options, backend construction, prompt building, fitting to the context.
 
 Prompts are rendered from template files (each method's own, ``rerank/methods/<name>/*.yaml``) into chat messages,
 passed through the model's chat template with the generation prompt plus the template's assistant prefix, and
-tokenised once. Documents are truncated (in tokens) before rendering, so the instruction and the chat template's tail
-are never cut. The training tasks render their prompts with these same methods (a head on a
-:class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was trained on.
+tokenised once. User text (query, documents) first has its special-token strings neutralised
+(:func:`rerank.heads.text.neutralise`) and is cut to ``max_query_tokens`` / ``max_doc_tokens`` tokens, so the
+instruction and the chat template's tail are never cut. A prompt that still exceeds the backend's context (less the
+tokens to generate) is fitted (:meth:`LLMReranker.fit`): the query to at most half the room left for text, then one
+per-passage token cap for that prompt, the largest that fits. The training tasks render their prompts with these
+same methods (a head on a :class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was
+trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,9 +23,26 @@ from rerank.backends.registry import backend_accepts, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, load_template
 
-__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend"]
+__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "token_cap"]
+
+#: Renders a prompt's text from the (prepared) query and passage texts.
+Render = Callable[[str, list[str]], str]
+
+
+def token_cap(lengths: Sequence[int], room: int) -> int:
+    """The largest per-passage cap ``b`` with ``sum(min(l, b)) <= room``: passages shorter than their share keep all of
+    it and leave the rest to the longer ones."""
+    left, remaining = room, len(lengths)
+    for n in sorted(lengths):
+        if n * remaining <= left:
+            left -= n
+            remaining -= 1
+        else:
+            return left // remaining
+    return max(lengths, default=0)
 
 
 @dataclass
@@ -116,6 +138,68 @@ class LLMReranker(Reranker):
         if len(ids) <= max_tokens:
             return text
         return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+
+    def prepare(self, text: str, max_tokens: int) -> str:
+        """User text as a prompt holds it: special-token strings neutralised, then cut to ``max_tokens`` tokens."""
+        return self.truncate(neutralise(text, self.tokenizer), max_tokens)
+
+    def fit(self, query: str, passages: list[str], render: Render, reserve: int = 0) -> tuple[str, list[int]]:
+        """The prompt ``render(query, passages)`` (text and token ids) fitted to the backend's context less
+        ``reserve`` tokens (what will be generated or appended after it).
+
+        ``query`` and ``passages`` come from :meth:`prepare`. When the prompt is too long, the query is cut until all
+        its copies take at most half the room the template leaves, then every passage is cut to one token cap, the
+        largest with which the prompt fits (shorter passages keep all their tokens). A template that leaves no room
+        for one token a passage is a :class:`ConfigError` (a setting, never a document, is at fault).
+        """
+        text = render(query, passages)
+        ids = self.encode(text)
+        limit = self.backend.context_length
+        if limit is None or len(ids) + reserve <= limit:
+            return text, ids
+        empty = [""] * len(passages)
+        base = len(self.encode(render("", empty)))
+        free = limit - reserve - base
+        if free < 2 * max(1, len(passages)):
+            raise ConfigError(
+                f"{self.method}: the model's context of {limit} tokens cannot hold this prompt: its template takes "
+                f"{base} tokens with {len(passages)} passage(s) and {reserve} more are generated; lower window / "
+                "group_size or the generation budget, or use a model with a longer context"
+            )
+        self.stats.fitted_prompts += 1
+        if len(self.encode(render(query, empty))) - base > free // 2:
+            q_ids = self.tokenizer.encode(query, add_special_tokens=False)
+
+            def head(k: int) -> str:
+                return self.tokenizer.decode(q_ids[:k], skip_special_tokens=True)
+
+            lo, hi = 0, len(q_ids) - 1  # the longest query prefix whose copies take at most half the room
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if len(self.encode(render(head(mid), empty))) - base <= free // 2:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            query = head(lo)
+            self.stats.shortened_queries += 1
+        room = limit - reserve - len(self.encode(render(query, empty)))
+        p_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in passages]
+        cap = max(1, token_cap([len(p) for p in p_ids], room))
+        while True:
+            cut = [self.tokenizer.decode(p[:cap], skip_special_tokens=True) if len(p) > cap else t
+                   for p, t in zip(p_ids, passages, strict=True)]
+            text = render(query, cut)
+            ids = self.encode(text)
+            over = len(ids) + reserve - limit
+            if over <= 0:
+                break
+            if cap == 1:
+                raise ConfigError(f"{self.method}: the prompt does not fit the model's context of {limit} tokens even "
+                                  "with one token a passage; lower window / group_size or the generation budget")
+            capped = sum(len(p) > cap for p in p_ids) or 1
+            cap = max(1, cap - max(1, math.ceil(over / capped)))
+        self.stats.shortened_passages += sum(len(p) > cap for p in p_ids)
+        return text, ids
 
     def document_token_limit(self, query: str) -> int | None:
         """``max_doc_tokens``: each document is cut to it before the prompt is rendered."""

@@ -1,8 +1,10 @@
 """Identifier schemes of listwise prompts and robust parsing of generated permutations.
 
 Two schemes: ``numbers`` (``[1] > [2]``, RankGPT / RankZephyr) and ``letters`` (``[A] > [B]``, FIRST: each
-identifier is one token). Parsing never fails the ranking: ids the model forgot are appended in their input order,
-duplicates and unknown ids are dropped, and every repair or failure is reported so ``metrics.json`` can count them.
+identifier is one token). Parsing reads the model's final answer: the last line that forms a ranking (two ids joined
+by ``>``), so a ranking quoted from a passage on an earlier line is not read (that counts as a repair). It never fails
+the ranking: ids the model forgot are appended in their input order, duplicates and unknown ids are dropped, and
+every repair or failure is reported so ``metrics.json`` can count them.
 """
 
 from __future__ import annotations
@@ -64,10 +66,13 @@ class ParsedPermutation:
     duplicates: int = 0
     unknown: int = 0
     unbracketed: bool = False
+    skipped_rankings: int = 0
 
     @property
     def repaired(self) -> bool:
-        return not self.failed and bool(self.missing or self.duplicates or self.unknown or self.unbracketed)
+        return not self.failed and bool(
+            self.missing or self.duplicates or self.unknown or self.unbracketed or self.skipped_rankings
+        )
 
 
 def _index(token: str, scheme: str, n: int) -> int | None:
@@ -82,18 +87,32 @@ def _index(token: str, scheme: str, n: int) -> int | None:
     return i if 0 <= i < n else None
 
 
+def _tokens(text: str, scheme: str) -> tuple[list[str], bool]:
+    """The ids written in ``text``: bracketed ones, else bare ones (then ``True``: unbracketed)."""
+    tokens = _BRACKETED.findall(text)
+    if tokens:
+        return tokens, False
+    tokens = _BARE[scheme].findall(text)
+    return tokens, bool(tokens)
+
+
+def _forms_ranking(line: str, n: int, scheme: str) -> bool:
+    """Whether ``line`` is a ranking: at least two distinct valid ids joined by ``>`` (one id when ``n`` is 1)."""
+    valid = {i for i in (_index(t, scheme, n) for t in _tokens(line, scheme)[0]) if i is not None}
+    return len(valid) >= min(2, n) and (n == 1 or ">" in line)
+
+
 def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     """Parse ``text`` into a permutation of ``n`` local indices (input order for anything the model left out).
 
-    Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``, ``C > A``) are read and
-    the output counts as repaired. No valid id at all is a failure (the window keeps its input order).
+    The last line that forms a ranking is read (earlier ones are skipped and counted as a repair); without one the
+    whole text is. Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``,
+    ``C > A``) are read and the output counts as repaired. No valid id at all is a failure (the window keeps its
+    input order).
     """
     check_scheme(scheme)
-    tokens = _BRACKETED.findall(text)
-    unbracketed = False
-    if not tokens:
-        tokens = _BARE[scheme].findall(text)
-        unbracketed = bool(tokens)
+    rankings = [line for line in text.splitlines() if _forms_ranking(line, n, scheme)]
+    tokens, unbracketed = _tokens(rankings[-1] if rankings else text, scheme)
     seen: set[int] = set()
     order: list[int] = []
     duplicates = unknown = 0
@@ -109,7 +128,8 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     if not order:
         return ParsedPermutation(list(range(n)), failed=True, missing=n, unknown=unknown)
     missing = [i for i in range(n) if i not in seen]
-    return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed)
+    return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed,
+                             max(0, len(rankings) - 1))
 
 
 def record_parse(stats: RerankStats, parsed: ParsedPermutation, text: str) -> None:

@@ -1,20 +1,39 @@
 """Shared plumbing of the pointwise LLM heads (yes-no, ERank): one prompt per (query, document) pair.
 
 Pairs from all queries of a batch are flattened, sent to the backend in chunks of ``batch_size`` prompts, and the
-scores are split back per query. Documents and queries are truncated in tokens before rendering, so the
-instruction and the chat template's tail are always intact.
+scores are split back per query. Queries and documents are prepared (special strings neutralised, cut in tokens)
+before rendering, so the instruction and the chat template's tail are always intact, and each prompt is fitted to the
+backend's context less what the head appends after it (:meth:`PointwiseLLMReranker.reserve`). Long documents are
+read as ``long_docs`` says (:mod:`rerank.heads.passages`): cut, or scored by passages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rerank.errors import ConfigError
-from rerank.heads.llm import LLMReranker
+from rerank.heads.llm import LLMHeadConfig, LLMReranker
+from rerank.heads.passages import LongDocs, check_long_docs, score_by_passages
 from rerank.types import Candidate, Query
 
-__all__ = ["PointwiseLLMReranker", "continuation_ids"]
+__all__ = ["PointwiseConfig", "PointwiseLLMReranker", "continuation_ids"]
+
+
+@dataclass
+class PointwiseConfig(LLMHeadConfig):
+    """Options of the pointwise LLM heads: ``long_docs`` (``truncate`` | ``maxp`` | ``firstp`` | ``sump``) with
+    passages of ``passage_tokens`` tokens every ``stride`` (at most ``max_doc_tokens``; see
+    :mod:`rerank.heads.passages`)."""
+
+    long_docs: LongDocs = "truncate"
+    passage_tokens: int = 200
+    stride: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_long_docs(self, self.max_doc_tokens)
 
 
 def continuation_ids(tokenizer: Any, context: str, continuation: str) -> list[int]:
@@ -29,25 +48,37 @@ def continuation_ids(tokenizer: Any, context: str, continuation: str) -> list[in
 
 
 class PointwiseLLMReranker(LLMReranker):
-    """Base of heads that score each (query, document) pair independently from one prompt."""
+    """Base of heads that score each (query, document) pair independently from one prompt; subclasses implement
+    :meth:`score_passages` (the scores of the candidates as given)."""
 
-    def pair_messages(self, query: Query, candidates: list[Candidate]) -> list[list[dict[str, str]]]:
-        """Chat messages per candidate, with the query and each document truncated to their token limits."""
-        cfg = self.config
-        q = self.truncate(query.text, cfg.max_query_tokens)  # type: ignore[attr-defined]
-        return [
-            self.template.messages(query=q, document=self.truncate(c.doc.full_text(), cfg.max_doc_tokens))  # type: ignore[attr-defined]
-            for c in candidates
-        ]
+    independent_scores = True
+
+    def reserve(self) -> int:
+        """Tokens the head appends to or generates after a pair prompt (the prompt is fitted to the context less
+        these)."""
+        return 0
+
+    def _render_pair(self, query: str, documents: list[str]) -> str:
+        messages = self.template.messages(query=query, document=documents[0])
+        return self.render(messages, self.template.assistant_prefix)
+
+    def pair_inputs(self, query: Query, candidates: list[Candidate]) -> list[tuple[str, list[int]]]:
+        """The rendered prompt per candidate (chat template + the template's assistant prefix) and its token ids,
+        query and document prepared and the prompt fitted to the context."""
+        cfg: PointwiseConfig = self.config  # type: ignore[assignment]
+        q = self.prepare(query.text, cfg.max_query_tokens)
+        reserve = self.reserve()
+        return [self.fit(q, [self.prepare(c.doc.full_text(), cfg.max_doc_tokens)], self._render_pair, reserve)
+                for c in candidates]
 
     def pair_prompts(self, query: Query, candidates: list[Candidate]) -> list[str]:
-        """The rendered prompt per candidate (chat template + the template's assistant prefix): what the head scores
-        and what training (:mod:`rerank.trainers.task`) trains on."""
-        return [self.render(m, self.template.assistant_prefix) for m in self.pair_messages(query, candidates)]
+        """The rendered prompt per candidate: what the head scores and what training (:mod:`rerank.trainers.task`)
+        trains on."""
+        return [text for text, _ in self.pair_inputs(query, candidates)]
 
-    def flat_prompts(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[str]:
-        """All pairs' rendered prompts of a batch, query-major."""
-        return [p for q, c in zip(queries, candidate_lists, strict=True) for p in self.pair_prompts(q, c)]
+    def flat_inputs(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[tuple[str, list[int]]]:
+        """All pairs' prompts (text, token ids) of a batch, query-major."""
+        return [p for q, c in zip(queries, candidate_lists, strict=True) for p in self.pair_inputs(q, c)]
 
     def chunks(self, n: int) -> list[range]:
         """Index ranges of at most ``batch_size`` prompts (one backend call each)."""
@@ -56,12 +87,25 @@ class PointwiseLLMReranker(LLMReranker):
 
     @staticmethod
     def split(flat: Sequence[float], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
-        """Undo :meth:`flat_prompts`: flat scores back into per-query lists."""
+        """Undo :meth:`flat_inputs`: flat scores back into per-query lists."""
         out, i = [], 0
         for c in candidate_lists:
             out.append([float(x) for x in flat[i : i + len(c)]])
             i += len(c)
         return out
+
+    def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Scores of the candidates as given (each cut to ``max_doc_tokens``)."""
+        raise NotImplementedError
+
+    def score_with_metadata(
+        self, queries: list[Query], candidate_lists: list[list[Candidate]]
+    ) -> tuple[list[list[float]], list[list[dict[str, Any] | None]] | None]:
+        """Document scores under ``long_docs`` (by passages: which passage scored, in the metadata)."""
+        return score_by_passages(self.score_passages, self.tokenizer, queries, candidate_lists, self.config)
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        return self.score_with_metadata(queries, candidate_lists)[0]
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]

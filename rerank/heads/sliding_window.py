@@ -91,8 +91,9 @@ def sliding_window_rerank(
 
 
 def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: int) -> list[str]:
-    """Each candidate's title and text on one line, truncated to ``max_tokens`` tokens (the instruction never is)."""
-    return [head.truncate(" ".join(c.doc.full_text(" ").split()), max_tokens) for c in candidates]
+    """Each candidate's title and text on one line, prepared (special strings neutralised) and cut to ``max_tokens``
+    tokens (the instruction never is)."""
+    return [head.prepare(" ".join(c.doc.full_text(" ").split()), max_tokens) for c in candidates]
 
 
 @dataclass
@@ -138,12 +139,20 @@ class SlidingWindowHead(LLMReranker):
         messages = self.template.messages(query=query, num=len(texts), passages=passages)
         return self.render(messages, self.template.assistant_prefix)
 
+    def reserve(self, size: int) -> int:
+        """Tokens generated after a window prompt of ``size`` passages (the prompt is fitted to the context less
+        these)."""
+        return 0
+
+    def _fitted(self, query: str, texts: list[str]) -> tuple[str, list[int]]:
+        return self.fit(query, texts, self._prompt, self.reserve(len(texts)))
+
     def window_prompt(self, query: Query, candidates: list[Candidate]) -> str:
-        """The rendered prompt of one window holding ``candidates`` in this order (query and passages truncated as
-        :meth:`score_batch` truncates them): what the head ranks and what training trains on."""
+        """The rendered prompt of one window holding ``candidates`` in this order (query and passages prepared and
+        fitted as :meth:`score_batch` does): what the head ranks and what training trains on."""
         cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
-        return self._prompt(self.truncate(query.text, cfg.max_query_tokens),
-                            passage_texts(self, candidates, cfg.max_doc_tokens))
+        return self._fitted(self.prepare(query.text, cfg.max_query_tokens),
+                            passage_texts(self, candidates, cfg.max_doc_tokens))[0]
 
     def _chunks(self, items: list[Any]) -> list[list[Any]]:
         size = max(1, self.config.batch_size)
@@ -155,11 +164,11 @@ class SlidingWindowHead(LLMReranker):
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
-        qtexts = [self.truncate(q.text, cfg.max_query_tokens) for q in queries]
+        qtexts = [self.prepare(q.text, cfg.max_query_tokens) for q in queries]
         texts = [passage_texts(self, c[: cfg.depth], cfg.max_doc_tokens) for c in candidate_lists]
 
         def rank_windows(batch: list[tuple[int, list[int]]]) -> list[list[int]]:
-            prompts = [self.encode(self._prompt(qtexts[qi], [texts[qi][j] for j in window])) for qi, window in batch]
+            prompts = [self._fitted(qtexts[qi], [texts[qi][j] for j in window])[1] for qi, window in batch]
             return self.rank_prompts(prompts, [len(w) for _, w in batch])
 
         orders = sliding_window_rerank(

@@ -10,17 +10,15 @@ when the head's scores are independent of the list (``Reranker.independent_score
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from rerank.heads.base import Reranker
+from rerank.heads.text import token_spans
 from rerank.types import Candidate, Document
 
 __all__ = ["Budget", "Passages", "make_passages", "merge", "TextTooLong"]
-
-_WORD = re.compile(r"\S+")
 
 
 class TextTooLong(ValueError):
@@ -40,15 +38,6 @@ class Budget:
     def needs_tokens(self) -> bool:
         """Whether documents must be tokenised (the default budget passes them through untouched)."""
         return self.max_tokens is not None or self.max_chunks is not None or self.keep == "end" or not self.truncate
-
-
-def token_spans(reranker: Reranker, text: str) -> list[tuple[int, int]]:
-    """Character spans of ``text``'s tokens under the head's fast tokenizer, else of its whitespace words."""
-    tokenizer: Any = getattr(reranker, "tokenizer", None)
-    if tokenizer is not None and getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(int(a), int(b)) for a, b in enc["offset_mapping"] if b > a]
-    return [m.span() for m in _WORD.finditer(text)]
 
 
 @dataclass
@@ -71,7 +60,7 @@ def make_passages(
     for i, (text, title) in enumerate(docs):
         pieces = [text]
         if budget.needs_tokens:
-            spans = token_spans(reranker, text)
+            spans = token_spans(getattr(reranker, "tokenizer", None), text)
             if not budget.truncate and limit is not None and len(spans) > limit:
                 raise TextTooLong(
                     f"{names}[{i}] has {len(spans)} tokens and the model reads at most {limit} with this query; "

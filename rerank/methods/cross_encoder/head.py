@@ -1,9 +1,14 @@
 """cross-encoder: ``AutoModelForSequenceClassification`` over (query, document) pairs, batched and length-sorted.
 
-All pairs of a batch of queries are tokenised once (documents truncated to ``max_length``, never the query), sorted
-by length so each forward batch carries little padding, and scored in one pass. One label -> that logit; two labels
--> ``two_label_score`` (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1)); ``sigmoid`` maps the
-score to (0, 1) (rank-preserving). Scores equal sentence-transformers ``CrossEncoder.predict`` on the same model.
+All pairs of a batch of queries are tokenised once, sorted by length so each forward batch carries little padding,
+and scored in one pass. A pair longer than ``max_length`` is cut as sentence-transformers cuts it (``longest_first``:
+the longer of query and document loses tokens first, so a long document is cut and a long query keeps at most half
+the pair); the query is first cut to ``max_query_tokens``. Special-token strings in the texts (``[SEP]``, …) are
+neutralised, so a text can never end its segment. One label -> that logit; two labels -> ``two_label_score``
+(diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1)); ``sigmoid`` maps the score to (0, 1)
+(rank-preserving). Scores equal sentence-transformers ``CrossEncoder.predict`` on the same model for every query of
+at most ``max_query_tokens`` tokens. Long documents can be scored by passages (``long_docs``,
+:mod:`rerank.heads.passages`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import torch
 from rerank.backends.transformers import resolve_device, resolve_dtype
 from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
 from rerank.config import from_dict, to_dict
+from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.passages import LongDocs, check_long_docs, score_by_passages
+from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
 from rerank.types import Candidate, Query
 
@@ -26,20 +34,28 @@ __all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]
 
 @dataclass
 class CrossEncoderConfig(RerankerConfig):
-    """Cross-encoder options."""
+    """Cross-encoder options; ``long_docs``, ``passage_tokens`` and ``stride`` as for the pointwise LLM heads
+    (:mod:`rerank.heads.passages`)."""
 
     batch_size: int = 32
     max_length: int = 0  # 0: the model's own limit (its tokenizer's model_max_length, at most 512)
+    max_query_tokens: int = 256
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None
     two_label_score: Literal["diff", "positive", "softmax"] = "diff"
     sigmoid: bool = False
     trust_remote_code: bool = False
     allow_new_head: bool = False  # accept a model without a trained classification head (it starts random)
+    long_docs: LongDocs = "truncate"
+    passage_tokens: int = 200
+    stride: int = 100
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.max_length and self.max_length < 8):
             raise ValueError("batch_size must be >= 1 and max_length 0 (the model's own) or >= 8")
+        if self.max_query_tokens < 1:
+            raise ConfigError("max_query_tokens must be >= 1")
+        check_long_docs(self, self.max_length - 3 if self.max_length else None)
 
 
 class CrossEncoderReranker(Reranker):
@@ -64,6 +80,7 @@ class CrossEncoderReranker(Reranker):
         self.max_length: int = self.config.max_length or min(own or 512, 512)  # type: ignore[attr-defined]
         if self.num_labels not in (1, 2):
             raise ValueError(f"cross-encoder: expected a model with 1 or 2 labels, got {self.num_labels}")
+        check_long_docs(self.config, self.max_length - 3)
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
@@ -90,13 +107,25 @@ class CrossEncoderReranker(Reranker):
             check_no_new_weights(f"cross-encoder: {model}", info, f"load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
         return cls(cfg, net.to(device), tok, model_name=model)
 
+    def query_text(self, query: str) -> str:
+        """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens."""
+        text = neutralise(query, self.tokenizer)
+        spans = token_spans(self.tokenizer, text)
+        limit = self.config.max_query_tokens  # type: ignore[attr-defined]
+        return text[: spans[limit - 1][1]] if len(spans) > limit else text
+
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Scores of (query, document) text pairs, in input order."""
         cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]
         if not pairs:
             return []
+        queries: dict[str, str] = {}
+        for q, _ in pairs:
+            if q not in queries:
+                queries[q] = self.query_text(q)
         enc = self.tokenizer(
-            [q for q, _ in pairs], [d for _, d in pairs], truncation="only_second", max_length=self.max_length
+            [queries[q] for q, _ in pairs], [neutralise(d, self.tokenizer) for _, d in pairs],
+            truncation="longest_first", max_length=self.max_length,
         )
         features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(pairs))]
         order = sorted(range(len(pairs)), key=lambda i: -len(features[i]["input_ids"]))
@@ -123,9 +152,10 @@ class CrossEncoderReranker(Reranker):
         return torch.sigmoid(score) if cfg.sigmoid else score
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
-        return self.score_pairs([(query.text, c.doc.full_text()) for c in candidates])
+        return self.score_batch([query], [candidates])[0]
 
-    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+    def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Scores of the candidates as given (each pair cut to ``max_length``)."""
         pairs = [(q.text, c.doc.full_text()) for q, cs in zip(queries, candidate_lists, strict=True) for c in cs]
         flat = self.score_pairs(pairs)
         out, i = [], 0
@@ -133,6 +163,15 @@ class CrossEncoderReranker(Reranker):
             out.append(flat[i : i + len(cs)])
             i += len(cs)
         return out
+
+    def score_with_metadata(
+        self, queries: list[Query], candidate_lists: list[list[Candidate]]
+    ) -> tuple[list[list[float]], list[list[dict[str, Any] | None]] | None]:
+        """Document scores under ``long_docs`` (by passages: which passage scored, in the metadata)."""
+        return score_by_passages(self.score_passages, self.tokenizer, queries, candidate_lists, self.config)
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        return self.score_with_metadata(queries, candidate_lists)[0]
 
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """Scores that are probabilities already (``sigmoid``, two-label ``softmax``) stay; a logit (one label,
@@ -143,9 +182,11 @@ class CrossEncoderReranker(Reranker):
         return super().relevance(scores)
 
     def document_token_limit(self, query: str) -> int | None:
-        """``max_length`` less the query's tokens and the pair's three special tokens (documents are cut, not
-        queries)."""
-        return max(1, self.max_length - len(self.tokenizer.encode(query, add_special_tokens=False)) - 3)
+        """``max_length`` less the pair's three special tokens and the query's tokens (at most half of the rest, rounded
+        up: all a long query keeps under ``longest_first``)."""
+        room = self.max_length - 3
+        q = len(self.tokenizer.encode(self.query_text(query), add_special_tokens=False))
+        return max(1, room - min(q, (room + 1) // 2))
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "config": to_dict(self.config), "model": self.model_name,

@@ -7,9 +7,11 @@ opens the closing tag (or eos). This needs a second forward on prompt+"1" (batch
 depth. Score (``scoring``): ``paper`` = s·P(s) for the predicted integer s (ERank §3.2: the generated integer; here the
 argmax, or the integer generated in reasoning mode), or ``expectation`` = Σ s·P(s).
 
-Reasoning mode generates ``<think>…</think><answer>`` within ``max_reasoning_tokens``; an output that does not reach
-``<answer>`` is closed by appending the missing tags (counted as repaired); an answer that is not an integer in 0-10
-is a parse failure (counted) and falls back to the argmax integer.
+Reasoning mode generates ``<think>…</think><answer>`` within ``max_reasoning_tokens``. The answer read is the last
+``<answer>`` after the reasoning closes (``</think>``); an ``<answer>`` inside the reasoning (e.g. quoted from the
+document) is never read. An output whose reasoning does not close, or that closes without an answer, is closed by
+appending the missing tags (counted as repaired; so is an answer after an ``<answer>`` inside the reasoning); an answer
+that is not an integer in 0-10 is a parse failure (counted) and falls back to the argmax integer.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from typing import ClassVar, Literal
 
 from rerank.backends.base import GenerationConfig
 from rerank.heads.base import RerankerConfig
-from rerank.heads.llm import LLMHeadConfig
-from rerank.heads.pointwise import PointwiseLLMReranker, continuation_ids
+from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
 from rerank.types import Candidate, Query
 
 __all__ = ["ERankConfig", "ERankReranker", "IntegerDistribution"]
@@ -33,7 +34,7 @@ _INT = re.compile(r"\s*(\d+)")
 
 
 @dataclass
-class ERankConfig(LLMHeadConfig):
+class ERankConfig(PointwiseConfig):
     """ERank options: ``scoring`` paper (s·P(s)) or expectation (Σ s·P(s)); optional reasoning within a token budget."""
 
     scoring: Literal["paper", "expectation"] = "paper"
@@ -81,7 +82,6 @@ class ERankReranker(PointwiseLLMReranker):
 
     method = "erank"
     config_class: ClassVar[type[RerankerConfig]] = ERankConfig
-    independent_scores = True
 
     def __init__(self, config: ERankConfig | None = None, **kwargs: object) -> None:
         super().__init__(config if config is not None else ERankConfig(), **kwargs)  # type: ignore[arg-type]
@@ -115,27 +115,42 @@ class ERankReranker(PointwiseLLMReranker):
                 read[i][c] = dict(zip(wanted, v, strict=True))
         return [dist.probabilities(r) for r in read]
 
-    def _reason(self, prompts: list[str]) -> tuple[list[list[int]], list[int | None]]:
-        """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers."""
+    def _tags(self) -> tuple[str, str, str]:
         extra = self.template.extra
-        think_close = str(extra.get("think_close", "</think>"))
-        answer_open = str(extra.get("answer_open", "<answer>"))
-        answer_close = str(extra.get("answer_close", "</answer>"))
+        return (str(extra.get("think_close", "</think>")), str(extra.get("answer_open", "<answer>")),
+                str(extra.get("answer_close", "</answer>")))
+
+    def reserve(self) -> int:
+        """The integer's tokens read after the prompt; in reasoning mode also the reasoning budget, the closing tags
+        and a margin for re-tokenising the generated text."""
+        digits = max(len(seq) for seq in self.distribution.seqs.values())
+        if not self.config.reasoning:  # type: ignore[attr-defined]
+            return digits
+        think_close, answer_open, _ = self._tags()
+        tags = len(self.tokenizer.encode(think_close + answer_open, add_special_tokens=False))
+        return self.config.max_reasoning_tokens + tags + digits + 16  # type: ignore[attr-defined]
+
+    def _reason(self, prompts: list[tuple[str, list[int]]]) -> tuple[list[list[int]], list[int | None]]:
+        """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers."""
+        think_close, answer_open, answer_close = self._tags()
         gen = GenerationConfig(max_new_tokens=self.config.max_reasoning_tokens, stop=(answer_close,) if answer_close else ())  # type: ignore[attr-defined]
-        texts = self.backend.generate([self.encode(p) for p in prompts], gen)
+        texts = self.backend.generate([ids for _, ids in prompts], gen)
         out, parsed = [], []
-        for prompt, text in zip(prompts, texts, strict=True):
-            j = text.find(answer_open)
+        for (prompt, _), text in zip(prompts, texts, strict=True):
+            k = text.rfind(think_close)
+            final = text[k + len(think_close) :] if k >= 0 else ""
+            j = final.rfind(answer_open)
             value: int | None = None
             if j >= 0:
-                reasoning = text[: j + len(answer_open)]
-                match = _INT.match(text[j + len(answer_open) :])
+                end = k + len(think_close) + j + len(answer_open)
+                reasoning = text[:end]
+                match = _INT.match(text[end:])
                 value = int(match.group(1)) if match else None
                 ok = value is not None and value in SCORES
-                self.stats.record(failed=not ok, example=None if ok else text)
+                deviated = answer_open in text[:k] or final.count(answer_open) > 1
+                self.stats.record(failed=not ok, repaired=ok and deviated, example=None if ok and not deviated else text)
                 value = value if ok else None
-            else:
-                k = text.find(think_close)
+            else:  # the reasoning never closed or no answer followed it: any <answer> so far is not the final one
                 reasoning = (text[: k + len(think_close)] if k >= 0 else text + think_close) + answer_open
                 self.stats.record(repaired=True, example=text)
             out.append(self.encode(prompt + reasoning))
@@ -146,16 +161,16 @@ class ERankReranker(PointwiseLLMReranker):
         """Both scorings lie in [0, 10] (s·P(s), or the expected integer): divided by 10."""
         return [min(max(float(s) / 10.0, 0.0), 1.0) for s in scores]
 
-    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+    def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: ERankConfig = self.config  # type: ignore[assignment]
-        texts = self.flat_prompts(queries, candidate_lists)
+        inputs = self.flat_inputs(queries, candidate_lists)
         flat: list[float] = []
-        for idx in self.chunks(len(texts)):
-            chunk = [texts[i] for i in idx]
+        for idx in self.chunks(len(inputs)):
+            chunk = [inputs[i] for i in idx]
             if cfg.reasoning:
                 prompts, generated = self._reason(chunk)
             else:
-                prompts = [self.encode(p) for p in chunk]
+                prompts = [ids for _, ids in chunk]
                 generated = [None] * len(chunk)
             for probs, gen_s in zip(self.integer_probabilities(prompts), generated, strict=True):
                 if cfg.scoring == "expectation":

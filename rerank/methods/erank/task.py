@@ -53,10 +53,12 @@ class ERankTask(PointwiseTask):
                 for j, g in enumerate(example["labels"])]
 
     def parse(self, text: str, row: dict[str, Any]) -> Parsed:
-        """``s</answer>`` after the answer tag (reasoning mode: the first ``<answer>s</answer>``); s in 0-10."""
+        """``s</answer>`` after the answer tag (reasoning mode: the last ``<answer>s</answer>`` after ``</think>``, as
+        the head reads it, never one inside the reasoning); s in 0-10."""
         body = text
         if self.think_close:
-            j = text.find(self.answer_open)
+            k = text.rfind(self.think_close)
+            j = text.rfind(self.answer_open, k + len(self.think_close)) if k >= 0 else -1
             if j < 0:
                 return Parsed(valid=False)
             body = text[j + len(self.answer_open):]

@@ -2,7 +2,9 @@
 
 Candidates are shuffled (seeded, per query) into groups of ``group_size``; the model writes
 ``<reason>…</reason><answer>{"[1]": 5, …}</answer>`` for each group. The grouping is repeated ``repeats`` times with
-new shuffles and each document's scores are averaged, then divided by 10. The JSON is parsed leniently (single
+new shuffles and each document's scores are averaged, then divided by 10. The answer read is the model's final one:
+the last ``<answer>`` after the reasoning closes (an ``<answer>`` inside ``<reason>``, e.g. quoted from a passage, is
+ignored; several answers, or an unclosed ``<reason>``, count as repairs). The JSON is parsed leniently (single
 quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids missing from the answer scored 0);
 an answer with no score at all scores every document of its group 0. Both cases are counted in ``stats``.
 
@@ -69,6 +71,7 @@ class GroupScores:
 
 
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
+_REASON_OPEN, _REASON_CLOSE = "<reason>", "</reason>"
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*(?:```|$)", re.DOTALL)
 _PAIR = re.compile(r"""["']?\[?\s*(\d+)\s*\]?["']?\s*:\s*["']?(-?\d+(?:\.\d+)?)""")
 
@@ -84,13 +87,22 @@ def _loads(text: str) -> dict[str, Any] | None:
 def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScores:
     """Read the ``<answer>`` JSON of one group of ``n`` documents leniently; see the module docstring."""
     fixes: list[str] = []
-    m = _ANSWER.search(text)
-    if m is None:
-        body = text
+    close = text.rfind(_REASON_CLOSE)
+    final = text[close + len(_REASON_CLOSE) :] if close >= 0 else text
+    if close >= 0 and _ANSWER.search(text[:close]) is not None:
+        fixes.append("<answer> inside <reason> ignored")
+    elif close < 0 and _REASON_OPEN in text and _ANSWER.search(text) is not None:
+        fixes.append("unclosed <reason>")
+    answers = list(_ANSWER.finditer(final))
+    if not answers:
+        body = final
         fixes.append("no <answer> tag")
     else:
+        m = answers[-1]
         body = m.group(1)
-        if "</answer>" not in text[m.start() :]:
+        if len(answers) > 1:
+            fixes.append(f"{len(answers)} <answer> blocks, the last read")
+        if "</answer>" not in final[m.start() :]:
             fixes.append("unclosed <answer>")
     fence = _FENCE.search(body)
     if fence is not None:
@@ -182,22 +194,26 @@ class GroupRankReranker(LLMReranker):
         messages = self.template.messages(query=query, num=len(texts), passages=passages)
         return self.render(messages, self.template.assistant_prefix)
 
+    def _fitted(self, query: str, texts: list[str]) -> tuple[str, list[int]]:
+        """The group prompt fitted to the context less the generation budget (``max_new_tokens``)."""
+        return self.fit(query, texts, self._prompt, self.config.max_new_tokens)  # type: ignore[attr-defined]
+
     def group_prompt(self, query: Query, candidates: list[Candidate]) -> str:
-        """The rendered prompt of one group holding ``candidates`` in this order (query and passages truncated as
-        :meth:`rerank_scores` truncates them): what the head scores and what training trains on."""
+        """The rendered prompt of one group holding ``candidates`` in this order (query and passages prepared and
+        fitted as :meth:`rerank_scores` does): what the head scores and what training trains on."""
         cfg: GroupRankConfig = self.config  # type: ignore[assignment]
-        return self._prompt(self.truncate(query.text, cfg.max_query_tokens),
-                            passage_texts(self, candidates, cfg.max_doc_tokens))
+        return self._fitted(self.prepare(query.text, cfg.max_query_tokens),
+                            passage_texts(self, candidates, cfg.max_doc_tokens))[0]
 
     def rerank_scores(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Average group score / 10 per document, before fusion."""
         cfg: GroupRankConfig = self.config  # type: ignore[assignment]
         jobs: list[tuple[int, list[int], list[int]]] = []  # (query index, group's candidate indices, prompt)
         for qi, (q, cands) in enumerate(zip(queries, candidate_lists, strict=True)):
-            qtext = self.truncate(q.text, cfg.max_query_tokens)
+            qtext = self.prepare(q.text, cfg.max_query_tokens)
             texts = passage_texts(self, cands, cfg.max_doc_tokens)
             for group in self.groups(q, len(cands)):
-                jobs.append((qi, group, self.encode(self._prompt(qtext, [texts[j] for j in group]))))
+                jobs.append((qi, group, self._fitted(qtext, [texts[j] for j in group])[1]))
         sums = [[0.0] * len(c) for c in candidate_lists]
         counts = [[0] * len(c) for c in candidate_lists]
         gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -63,6 +63,10 @@ class ListwiseReranker(SlidingWindowHead):
             self._caps[size] = max(1, len(full) - len(head))
         return self._caps[size]
 
+    def reserve(self, size: int) -> int:
+        """The generation cap of a window of ``size`` passages."""
+        return self.max_new_tokens(size)
+
     def rank_prompts(self, prompts: list[list[int]], sizes: list[int]) -> list[list[int]]:
         # windows with the same size share a cap, so group them to keep generation capped per window
         by_size: dict[int, list[int]] = {}

@@ -11,16 +11,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from rerank.heads.base import RerankerConfig
-from rerank.heads.llm import LLMHeadConfig
-from rerank.heads.pointwise import PointwiseLLMReranker, continuation_ids
+from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
 from rerank.types import Candidate, Query
 
 __all__ = ["YesNoConfig", "YesNoReranker"]
 
 
 @dataclass
-class YesNoConfig(LLMHeadConfig):
-    """yes-no options (see :class:`LLMHeadConfig`); the answer words live in the template."""
+class YesNoConfig(PointwiseConfig):
+    """yes-no options (see :class:`PointwiseConfig`); the answer words live in the template."""
 
 
 class YesNoReranker(PointwiseLLMReranker):
@@ -28,7 +27,6 @@ class YesNoReranker(PointwiseLLMReranker):
 
     method = "yes-no"
     config_class: ClassVar[type[RerankerConfig]] = YesNoConfig
-    independent_scores = True
 
     def answer_token_ids(self) -> tuple[int, int]:
         """First token ids of the positive and negative answer words after the generation prompt."""
@@ -45,9 +43,9 @@ class YesNoReranker(PointwiseLLMReranker):
         """P(positive) / (P(positive) + P(negative)), which is the sigmoid of the log-odds score."""
         return super().relevance(scores)
 
-    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+    def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         pos, neg = self.answer_token_ids()
-        prompts = [self.encode(p) for p in self.flat_prompts(queries, candidate_lists)]
+        prompts = [ids for _, ids in self.flat_inputs(queries, candidate_lists)]
         flat: list[float] = []
         for idx in self.chunks(len(prompts)):
             for lp_pos, lp_neg in self.backend.next_token_logprobs([prompts[i] for i in idx], [pos, neg]):

@@ -1,0 +1,82 @@
+"""Long documents for heads whose scores are independent per document (cross-encoder, yes-no, ERank): ``long_docs``.
+
+``truncate`` (default) reads a document's start, as far as the head reads. ``maxp``, ``firstp`` and ``sump`` split
+each document's text into overlapping windows of ``passage_tokens`` tokens (the head's tokenizer), one every
+``stride`` tokens, score each window as a document of its own (the document's title kept in front), and give the
+document its best passage's score (``maxp``, Dai & Callan 2019), its first passage's (``firstp``) or their sum
+(``sump``). The result keeps one entry per input document; its metadata names the passage that scored
+(``{"passage": {"index", "start", "end"}, "passages": n}``, character offsets into the document's text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from rerank.errors import ConfigError
+from rerank.heads.text import passage_windows, token_spans
+from rerank.types import Candidate, Document, Query
+
+__all__ = ["LongDocs", "LONG_DOCS", "check_long_docs", "score_by_passages"]
+
+LongDocs = Literal["truncate", "maxp", "firstp", "sump"]
+LONG_DOCS: tuple[str, ...] = ("truncate", "maxp", "firstp", "sump")
+
+ScoreFn = Callable[[list[Query], list[list[Candidate]]], list[list[float]]]
+Metadata = list[list[dict[str, Any] | None]]
+
+
+def check_long_docs(cfg: Any, reads: int | None = None) -> None:
+    """Validate ``long_docs``, ``passage_tokens`` and ``stride`` of a head's config (``reads``: the most tokens of a
+    passage the head reads, which a passage must not exceed)."""
+    if cfg.long_docs not in LONG_DOCS:
+        raise ConfigError(f"long_docs must be one of {list(LONG_DOCS)}, got {cfg.long_docs!r}")
+    if cfg.passage_tokens < 1 or not 1 <= cfg.stride <= cfg.passage_tokens:
+        raise ConfigError(f"passage_tokens must be >= 1 and stride in 1..passage_tokens, got {cfg.passage_tokens} "
+                          f"and {cfg.stride}")
+    if cfg.long_docs != "truncate" and reads is not None and cfg.passage_tokens > reads:
+        raise ConfigError(f"passage_tokens ({cfg.passage_tokens}) is more than the head reads of a document "
+                          f"({reads} tokens); lower it or raise the head's document budget")
+
+
+def score_by_passages(
+    score: ScoreFn, tokenizer: Any, queries: list[Query], candidate_lists: list[list[Candidate]], cfg: Any
+) -> tuple[list[list[float]], Metadata | None]:
+    """Scores per input document under ``cfg.long_docs``, scoring with ``score`` (the head's own, over candidates);
+    metadata per document (None for ``truncate``)."""
+    if cfg.long_docs == "truncate":
+        return score(queries, candidate_lists), None
+    passage_lists: list[list[Candidate]] = []
+    owners: list[list[tuple[int, int, tuple[int, int], int]]] = []  # (document, passage index, span, passages)
+    for cands in candidate_lists:
+        plist, own = [], []
+        for i, c in enumerate(cands):
+            windows = passage_windows(token_spans(tokenizer, c.doc.text), cfg.passage_tokens, cfg.stride)
+            for k, (a, b) in enumerate(windows[:1] if cfg.long_docs == "firstp" else windows):
+                plist.append(Candidate(Document(f"{c.doc.id}#{k}", c.doc.text[a:b], c.doc.title), c.score))
+                own.append((i, k, (a, b), len(windows)))
+        passage_lists.append(plist)
+        owners.append(own)
+    passage_scores = score(queries, passage_lists)
+    scores: list[list[float]] = []
+    metadata: Metadata = []
+    for cands, own, ps in zip(candidate_lists, owners, passage_scores, strict=True):
+        best: list[tuple[float, int, tuple[int, int], int] | None] = [None] * len(cands)
+        total = [0.0] * len(cands)
+        for (i, k, span, n), s in zip(own, ps, strict=True):
+            total[i] += s
+            cur = best[i]
+            if cur is None or s > cur[0]:
+                best[i] = (s, k, span, n)
+        row, meta = [], []
+        for i in range(len(cands)):
+            s, k, (a, b), n = best[i]  # type: ignore[misc]
+            if cfg.long_docs == "sump":
+                row.append(total[i])
+                meta.append({"passages": n})
+            else:
+                row.append(s)
+                meta.append({"passage": {"index": k, "start": a, "end": b}, "passages": n})
+        scores.append(row)
+        metadata.append(meta)
+    return scores, metadata

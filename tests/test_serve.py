@@ -842,3 +842,29 @@ def test_head_relevance_mappings(tiny_bert_dir: Path) -> None:
         assert not cls.independent_scores
     assert bare(GroupRankReranker).relevance([0.3, 1.0]) == [0.3, 1.0] and not GroupRankReranker.independent_scores
     assert YesNoReranker.independent_scores and ERankReranker.independent_scores
+
+
+@pytest.mark.parametrize("method", ["cross-encoder", "yes-no", "listwise"])
+def test_a_20000_character_query_is_served(method: str, request: pytest.FixtureRequest) -> None:
+    """A query at the server's character limit (20,000) is ranked, as in process, by the cross-encoder (whose pair is
+    cut longest-first) and the LLM heads (whose prompts are fitted), with and without per-document token budgets."""
+    from rerank.testing.tokenizer import corpus_lines
+
+    model = request.getfixturevalue("tiny_bert_dir" if method == "cross-encoder" else "tiny_llm_dir")
+    options = {"window": 4, "stride": 2} if method == "listwise" else {}
+    rr = Reranker.load(method, model=str(model), device="cpu", **options)
+    query = (" ".join(corpus_lines()) * 3)[:20_000]
+    docs = corpus_lines()[:5]
+    want = local_ranking(query, docs, reranker=rr)
+    with running(rr) as u, httpx.Client(base_url=u, timeout=120) as c:
+        r = c.post("/v2/rerank", json={"query": query, "documents": docs})
+        assert r.status_code == 200, r.text
+        got = [(x["index"], x["relevance_score"]) for x in r.json()["results"]]
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-5, abs=1e-6)
+        budget = c.post("/v2/rerank", json={"query": query, "documents": docs, "max_tokens_per_doc": 8,
+                                            "max_chunks_per_doc": 2})
+        assert budget.status_code == 200, budget.text
+        assert sorted(x["index"] for x in budget.json()["results"]) == list(range(5))
+        too_long = c.post("/v2/rerank", json={"query": query + "x", "documents": docs})
+        assert_error(too_long, 413, "text_too_long")

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated: list[int] = []  # tokens each generate() output actually has (EOS can end a permutation early)
     raw_generate = backend.generate
 
-    def counting_generate(prompts, config):  # noqa: ANN001, ANN202
+    def counting_generate(prompts, config):
         texts = raw_generate(prompts, config)
         generated.extend(len(backend.tokenizer.encode(t, add_special_tokens=False)) for t in texts)
         return texts
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for q, c in zip(queries, cands):
         texts = passage_texts(first, c[: cfg.depth], cfg.max_doc_tokens)
         for s, e in window_plan(len(c), cfg.window, cfg.stride, cfg.depth):
-            prompts.append(first.encode(first._prompt(first.truncate(q.text, cfg.max_query_tokens), texts[s:e])))
+            prompts.append(first.window_inputs(first.prepare(q.text, cfg.max_query_tokens), texts[s:e])[1])
     model = backend.model
 
     @torch.inference_mode()

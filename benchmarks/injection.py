@@ -87,10 +87,10 @@ def main() -> None:
                 if plain is not None:
                     same += rank_of(head, q, with_text(cands, j, plain), target)[1] == ids
             rows.append({"head": name, "attack": attack, "mean_move": statistics.mean(moves),
-                         "max_up": max(moves), "max_down": -min(moves), "moved_up": sum(m > 0 for m in moves),
+                         "min_move": min(moves), "max_move": max(moves), "moved_up": sum(m > 0 for m in moves),
                          "queries": len(moves), "same_as_plain_text": None if plain is None else same})
-            print(f"{name:14s} {attack:16s} mean move {rows[-1]['mean_move']:+6.2f}  up in {rows[-1]['moved_up']}/"
-                  f"{len(moves)}  max up {rows[-1]['max_up']:+d}  max down {rows[-1]['max_down']:+d}  "
+            print(f"{name:14s} {attack:16s} mean move {rows[-1]['mean_move']:+6.2f}  range [{min(moves):+d}, "
+                  f"{max(moves):+d}]  up in {rows[-1]['moved_up']}/{len(moves)}  "
                   f"same as plain text: {'-' if plain is None else f'{same}/{len(moves)}'}", flush=True)
         head.close()
     print(json.dumps({"model": args.model, "queries": len(data), "top_k": args.top_k, "target": args.target,

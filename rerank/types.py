@@ -12,13 +12,13 @@ from operator import itemgetter
 from typing import Any
 
 __all__ = [
-    "Query",
-    "Document",
     "Candidate",
-    "ScoredDocument",
+    "Document",
+    "Qrels",
+    "Query",
     "RankedResult",
     "Run",
-    "Qrels",
+    "ScoredDocument",
     "sort_ranking",
 ]
 

@@ -54,7 +54,7 @@ from rerank.types import Candidate
 REL = {"a": 2, "b": 5, "c": 3, "d": 7, "e": 4, "f": 6}
 TARGET = "a"  # the least relevant document carries the attack
 ATTACKS = {"instruction": INSTRUCTION, "fake answer": FAKE, "control strings": CONTROL}
-_LINE = re.compile(r"^\[(\w+)\]\.? [^\n]*?zq(\w+?)q", re.M)
+_LINE = re.compile(r"^\[(\w+)\]\.? [^\n]*?zq(\w+?)q", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def grouprank_model(prompt: str) -> str:
     return f"<reason>judged.{quote}</reason>\n<answer>{answer}</answer>"
 
 
-def first_model(tok: Any):  # noqa: ANN201
+def first_model(tok: Any):
     def fn(prompt: str, token_ids: Sequence[int]) -> list[float]:
         ids = window_ids(prompt)
         rank = {i: k for k, i in enumerate(order(prompt, ids))}
@@ -133,7 +133,7 @@ def doc_name(prompt: str) -> str:
     return re.search(r"zq(\w)q", user_part(prompt).split("Passage:" if "Passage:" in prompt else "Document:")[-1])[1]
 
 
-def yes_no_model(tok: Any):  # noqa: ANN201
+def yes_no_model(tok: Any):
     def fn(prompt: str, ids: Sequence[int]) -> list[float]:
         if fooled(prompt):
             return [0.0, -20.0]
@@ -142,7 +142,7 @@ def yes_no_model(tok: Any):  # noqa: ANN201
     return fn
 
 
-def erank_model(tok: Any):  # noqa: ANN201
+def erank_model(tok: Any):
     def fn(prompt: str, ids: Sequence[int]) -> list[float]:
         tail = prompt.rsplit("<answer>", 1)[1]
         want = {"": {"1": 0.95}, "1": {"0": 0.95}} if fooled(prompt) else {"": {str(REL[doc_name(prompt)]): 0.9}}
@@ -189,7 +189,7 @@ def test_attacks_move_the_target_by_zero_ranks_on_a_gullible_model(tok: Any, met
 @pytest.mark.parametrize("method", list(SCRIPTED))
 def test_without_neutralisation_the_same_model_is_fooled(tok: Any, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gullible model does obey real control tokens: the zero moves above are the heads' doing."""
-    import rerank.heads.llm as llm
+    from rerank.heads import llm
 
     monkeypatch.setattr(llm, "neutralise", lambda text, tokenizer: text)
     assert target_rank(SCRIPTED[method](tok), CONTROL) == 1

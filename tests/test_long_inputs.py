@@ -39,7 +39,7 @@ from rerank.testing import build_tokenizer, build_wordpiece_tokenizer, corpus_li
 REL = {"a": 1, "b": 5, "c": 3, "d": 7, "e": 2, "f": 6, "g": 4}
 FILLER = " ".join(corpus_lines()[:40])  # a few thousand tokens of ordinary English
 LONG_QUERY = (" ".join(corpus_lines()) * 3)[:20_000]
-_LINE = re.compile(r"^\[(\w+)\]\.? [^\n]*?zq(\w+?)q", re.M)
+_LINE = re.compile(r"^\[(\w+)\]\.? [^\n]*?zq(\w+?)q", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def group_oracle(prompt: str) -> str:
     return f"<reason>judged</reason><answer>{{{body}}}</answer>"
 
 
-def letter_logits(tok: Any):  # noqa: ANN201
+def letter_logits(tok: Any):
     def fn(prompt: str, token_ids: Sequence[int]) -> list[float]:
         ids = window_docs(prompt)
         return [float(REL[ids[x]]) if x in ids else -30.0 for x in (tok.decode([t]) for t in token_ids)]
@@ -170,7 +170,7 @@ def test_a_template_that_cannot_fit_is_a_config_error(tok: Any) -> None:
         head.rerank("q", long_docs())
 
 
-def yes_no_fn(tok: Any):  # noqa: ANN201
+def yes_no_fn(tok: Any):
     yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
 
     def fn(prompt: str, ids: Sequence[int]) -> list[float]:
@@ -181,7 +181,7 @@ def yes_no_fn(tok: Any):  # noqa: ANN201
     return fn
 
 
-def erank_fn(tok: Any):  # noqa: ANN201
+def erank_fn(tok: Any):
     def fn(prompt: str, ids: Sequence[int]) -> list[float]:
         if prompt.rsplit("<answer>", 1)[1]:  # after "1": the answer does not continue
             return [-30.0] * len(ids)
@@ -359,7 +359,7 @@ def test_rank_and_eval_cli_take_a_20000_character_query(tmp_path: Path, run_cli:
     write_jsonl(docs, ds / "corpus.jsonl")
     write_jsonl([{"_id": "q1", "text": query}], ds / "queries.jsonl")
     write_qrels({"q1": {"d3": 1}}, ds / "qrels" / "test.tsv", beir=True)
-    rc, out, err = run_cli("eval", "--dataset", ds, "--retriever", "bm25", "--retriever-set", "show_progress=false",
+    rc, _, err = run_cli("eval", "--dataset", ds, "--retriever", "bm25", "--retriever-set", "show_progress=false",
                            "--reranker", "cross-encoder", "--model", tiny_bert_dir, "--top-k", "10", "--output",
                            tmp_path / "eval")
     assert rc == 0, err

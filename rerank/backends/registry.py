@@ -10,7 +10,7 @@ from rerank.utils.registry import Registry
 if TYPE_CHECKING:
     from rerank.backends.base import Backend
 
-__all__ = ["register_backend", "build_backend", "backend_class", "backend_accepts", "available_backends", "BACKENDS"]
+__all__ = ["BACKENDS", "available_backends", "backend_accepts", "backend_class", "build_backend", "register_backend"]
 
 BACKENDS: Registry[type[Backend]] = Registry("backend")
 

@@ -26,7 +26,7 @@ from rerank.backends.util import architectures, check_causal_lm, check_prompts, 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 
-__all__ = ["VLLMBackend", "VLLMBackendConfig", "MAX_LOGPROB_IDS"]
+__all__ = ["MAX_LOGPROB_IDS", "VLLMBackend", "VLLMBackendConfig"]
 
 MAX_LOGPROB_IDS = 128
 """vLLM's per-request limit on ``logprob_token_ids`` (``vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS``)."""

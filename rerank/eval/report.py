@@ -46,11 +46,9 @@ def render_report(metrics: dict[str, Any]) -> str:
             f"{p['outputs']} outputs, {p['parse_failures']} failed to parse, {p['repaired']} repaired.",
         ]
         if p.get("fitted_prompts"):
-            lines += [
-                "",
-                f"{p['fitted_prompts']} prompts were fitted to the model's context: {p['shortened_passages']} passages "
-                f"cut below max_doc_tokens, {p['shortened_queries']} queries below max_query_tokens.",
-            ]
+            fitted = (f"{p['fitted_prompts']} prompts were fitted to the model's context: {p['shortened_passages']} "
+                      f"passages cut below max_doc_tokens, {p['shortened_queries']} queries below max_query_tokens.")
+            lines += ["", fitted]
     unk = metrics.get("unknown_doc_ids", {})
     if unk.get("count"):
         lines += ["", f"{unk['count']} doc ids in the first-stage run are not in the corpus (not reranked)."]

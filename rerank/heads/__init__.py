@@ -4,9 +4,9 @@ from rerank.heads.base import Reranker, RerankerConfig, RerankStats
 from rerank.heads.registry import available_rerankers, get_reranker_class, register_reranker
 
 __all__ = [
+    "RerankStats",
     "Reranker",
     "RerankerConfig",
-    "RerankStats",
     "available_rerankers",
     "get_reranker_class",
     "register_reranker",

@@ -18,7 +18,7 @@ from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
-__all__ = ["Reranker", "RerankerConfig", "RerankStats", "DocInput", "as_candidates", "sigmoid"]
+__all__ = ["DocInput", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "sigmoid"]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
 

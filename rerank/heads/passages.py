@@ -17,7 +17,7 @@ from rerank.errors import ConfigError
 from rerank.heads.text import passage_windows, token_spans
 from rerank.types import Candidate, Document, Query
 
-__all__ = ["LongDocs", "LONG_DOCS", "check_long_docs", "score_by_passages"]
+__all__ = ["LONG_DOCS", "LongDocs", "check_long_docs", "score_by_passages"]
 
 LongDocs = Literal["truncate", "maxp", "firstp", "sump"]
 LONG_DOCS: tuple[str, ...] = ("truncate", "maxp", "firstp", "sump")

@@ -18,11 +18,11 @@ from rerank.errors import ConfigError
 from rerank.heads.base import RerankStats
 
 __all__ = [
-    "Scheme",
     "SCHEMES",
-    "identifiers",
-    "format_permutation",
     "ParsedPermutation",
+    "Scheme",
+    "format_permutation",
+    "identifiers",
     "parse_permutation",
     "record_parse",
 ]

@@ -14,7 +14,7 @@ from rerank.utils.registry import Registry
 if TYPE_CHECKING:
     from rerank.heads.base import Reranker
 
-__all__ = ["register_reranker", "get_reranker_class", "available_rerankers", "RERANKERS"]
+__all__ = ["RERANKERS", "available_rerankers", "get_reranker_class", "register_reranker"]
 
 RERANKERS: Registry[type[Reranker]] = Registry("reranker")
 

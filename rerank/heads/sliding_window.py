@@ -144,15 +144,17 @@ class SlidingWindowHead(LLMReranker):
         these)."""
         return 0
 
-    def _fitted(self, query: str, texts: list[str]) -> tuple[str, list[int]]:
+    def window_inputs(self, query: str, texts: list[str]) -> tuple[str, list[int]]:
+        """The window prompt (text, token ids) from the prepared query and passage texts, fitted to the context less
+        :meth:`reserve`."""
         return self.fit(query, texts, self._prompt, self.reserve(len(texts)))
 
     def window_prompt(self, query: Query, candidates: list[Candidate]) -> str:
         """The rendered prompt of one window holding ``candidates`` in this order (query and passages prepared and
         fitted as :meth:`score_batch` does): what the head ranks and what training trains on."""
         cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
-        return self._fitted(self.prepare(query.text, cfg.max_query_tokens),
-                            passage_texts(self, candidates, cfg.max_doc_tokens))[0]
+        return self.window_inputs(self.prepare(query.text, cfg.max_query_tokens),
+                                  passage_texts(self, candidates, cfg.max_doc_tokens))[0]
 
     def _chunks(self, items: list[Any]) -> list[list[Any]]:
         size = max(1, self.config.batch_size)
@@ -168,7 +170,7 @@ class SlidingWindowHead(LLMReranker):
         texts = [passage_texts(self, c[: cfg.depth], cfg.max_doc_tokens) for c in candidate_lists]
 
         def rank_windows(batch: list[tuple[int, list[int]]]) -> list[list[int]]:
-            prompts = [self._fitted(qtexts[qi], [texts[qi][j] for j in window])[1] for qi, window in batch]
+            prompts = [self.window_inputs(qtexts[qi], [texts[qi][j] for j in window])[1] for qi, window in batch]
             return self.rank_prompts(prompts, [len(w) for _, w in batch])
 
         orders = sliding_window_rerank(

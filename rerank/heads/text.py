@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["special_strings", "neutralise", "token_spans", "passage_windows"]
+__all__ = ["neutralise", "passage_windows", "special_strings", "token_spans"]
 
 _WORD = re.compile(r"\S+")
 _MARKUP = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")

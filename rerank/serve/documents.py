@@ -18,7 +18,7 @@ from rerank.heads.base import Reranker
 from rerank.heads.text import token_spans
 from rerank.types import Candidate, Document
 
-__all__ = ["Budget", "Passages", "make_passages", "merge", "TextTooLong"]
+__all__ = ["Budget", "Passages", "TextTooLong", "make_passages", "merge"]
 
 
 class TextTooLong(ValueError):

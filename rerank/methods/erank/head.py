@@ -29,7 +29,7 @@ from rerank.types import Candidate, Query
 
 __all__ = ["ERankConfig", "ERankReranker", "IntegerDistribution"]
 
-SCORES = range(0, 11)
+SCORES = range(11)
 _INT = re.compile(r"\s*(\d+)")
 
 

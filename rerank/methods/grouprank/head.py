@@ -30,7 +30,7 @@ from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.sliding_window import passage_texts
 from rerank.types import Candidate, Query
 
-__all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "parse_group_scores", "minmax"]
+__all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "minmax", "parse_group_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +194,17 @@ class GroupRankReranker(LLMReranker):
         messages = self.template.messages(query=query, num=len(texts), passages=passages)
         return self.render(messages, self.template.assistant_prefix)
 
-    def _fitted(self, query: str, texts: list[str]) -> tuple[str, list[int]]:
-        """The group prompt fitted to the context less the generation budget (``max_new_tokens``)."""
+    def group_inputs(self, query: str, texts: list[str]) -> tuple[str, list[int]]:
+        """The group prompt (text, token ids) from the prepared query and passage texts, fitted to the context less
+        the generation budget (``max_new_tokens``)."""
         return self.fit(query, texts, self._prompt, self.config.max_new_tokens)  # type: ignore[attr-defined]
 
     def group_prompt(self, query: Query, candidates: list[Candidate]) -> str:
         """The rendered prompt of one group holding ``candidates`` in this order (query and passages prepared and
         fitted as :meth:`rerank_scores` does): what the head scores and what training trains on."""
         cfg: GroupRankConfig = self.config  # type: ignore[assignment]
-        return self._fitted(self.prepare(query.text, cfg.max_query_tokens),
-                            passage_texts(self, candidates, cfg.max_doc_tokens))[0]
+        return self.group_inputs(self.prepare(query.text, cfg.max_query_tokens),
+                                 passage_texts(self, candidates, cfg.max_doc_tokens))[0]
 
     def rerank_scores(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Average group score / 10 per document, before fusion."""
@@ -213,7 +214,7 @@ class GroupRankReranker(LLMReranker):
             qtext = self.prepare(q.text, cfg.max_query_tokens)
             texts = passage_texts(self, cands, cfg.max_doc_tokens)
             for group in self.groups(q, len(cands)):
-                jobs.append((qi, group, self._fitted(qtext, [texts[j] for j in group])[1]))
+                jobs.append((qi, group, self.group_inputs(qtext, [texts[j] for j in group])[1]))
         sums = [[0.0] * len(c) for c in candidate_lists]
         counts = [[0] * len(c) for c in candidate_lists]
         gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,

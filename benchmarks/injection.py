@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rerank.data.datasets import Dataset
-from rerank.data.io import read_run
+from bench_pointwise import dl19_pairs
+
 from rerank.heads.base import Reranker
-from rerank.testing import require_shared_data, tiny_bert, tiny_llm
+from rerank.testing import tiny_bert, tiny_llm
 from rerank.testing.adversarial import ATTACKS
 from rerank.types import Candidate, Document, Query
 
@@ -31,14 +31,6 @@ HEAD_OPTIONS = {
     "cross-encoder": {}, "yes-no": {}, "erank": {}, "listwise": {}, "first": {},
     "grouprank": {"max_new_tokens": 64},
 }
-
-
-def candidates(n_queries: int, top_k: int) -> list[tuple[Query, list[Candidate]]]:
-    root = require_shared_data() / "dl19-bm25-top100"
-    ds = Dataset(root)
-    run = read_run(root / "bm25_top100.trec")
-    queries = ds.split_queries("test", n_queries)
-    return [(q, [Candidate(ds.corpus[d], s) for d, s in run[qid][:top_k]]) for qid, q in queries.items()]
 
 
 def with_text(cands: list[Candidate], j: int, extra: str) -> list[Candidate]:
@@ -61,7 +53,7 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=10, help="BM25 position (1-based) of the attacked document")
     ap.add_argument("--heads", default=",".join(HEAD_OPTIONS))
     args = ap.parse_args()
-    data = candidates(args.queries, args.top_k)
+    data = dl19_pairs(args.queries, args.top_k)
     tmp = Path(tempfile.mkdtemp(prefix="injection-"))
     bert = tiny_bert(tmp / "bert", num_labels=1, seed=0)
     if args.model == "tiny":

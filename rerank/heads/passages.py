@@ -17,7 +17,7 @@ from rerank.errors import ConfigError
 from rerank.heads.text import passage_windows, token_spans
 from rerank.types import Candidate, Document, Query
 
-__all__ = ["LONG_DOCS", "LongDocs", "check_long_docs", "score_by_passages"]
+__all__ = ["LONG_DOCS", "LongDocs", "ScoresByPassages", "check_long_docs", "score_by_passages"]
 
 LongDocs = Literal["truncate", "maxp", "firstp", "sump"]
 LONG_DOCS: tuple[str, ...] = ("truncate", "maxp", "firstp", "sump")
@@ -80,3 +80,25 @@ def score_by_passages(
         scores.append(row)
         metadata.append(meta)
     return scores, metadata
+
+
+class ScoresByPassages:
+    """Mixin of the heads with independent scores: :meth:`score_batch` and :meth:`score_with_metadata` score the
+    documents under the config's ``long_docs`` with the head's :meth:`score_passages` (put it before the head's base
+    class)."""
+
+    config: Any
+    tokenizer: Any
+
+    def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Scores of the candidates as given (each cut to what the head reads)."""
+        raise NotImplementedError
+
+    def score_with_metadata(
+        self, queries: list[Query], candidate_lists: list[list[Candidate]]
+    ) -> tuple[list[list[float]], Metadata | None]:
+        """Document scores under ``long_docs`` (by passages: which passage scored, in the metadata)."""
+        return score_by_passages(self.score_passages, self.tokenizer, queries, candidate_lists, self.config)
+
+    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        return self.score_with_metadata(queries, candidate_lists)[0]

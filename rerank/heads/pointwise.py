@@ -15,7 +15,7 @@ from typing import Any
 
 from rerank.errors import ConfigError
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
-from rerank.heads.passages import LongDocs, check_long_docs, score_by_passages
+from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.types import Candidate, Query
 
 __all__ = ["PointwiseConfig", "PointwiseLLMReranker", "continuation_ids"]
@@ -47,7 +47,7 @@ def continuation_ids(tokenizer: Any, context: str, continuation: str) -> list[in
     return full[len(base) :]
 
 
-class PointwiseLLMReranker(LLMReranker):
+class PointwiseLLMReranker(ScoresByPassages, LLMReranker):
     """Base of heads that score each (query, document) pair independently from one prompt; subclasses implement
     :meth:`score_passages` (the scores of the candidates as given)."""
 
@@ -93,19 +93,6 @@ class PointwiseLLMReranker(LLMReranker):
             out.append([float(x) for x in flat[i : i + len(c)]])
             i += len(c)
         return out
-
-    def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
-        """Scores of the candidates as given (each cut to ``max_doc_tokens``)."""
-        raise NotImplementedError
-
-    def score_with_metadata(
-        self, queries: list[Query], candidate_lists: list[list[Candidate]]
-    ) -> tuple[list[list[float]], list[list[dict[str, Any] | None]] | None]:
-        """Document scores under ``long_docs`` (by passages: which passage scored, in the metadata)."""
-        return score_by_passages(self.score_passages, self.tokenizer, queries, candidate_lists, self.config)
-
-    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
-        return self.score_with_metadata(queries, candidate_lists)[0]
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]

@@ -24,7 +24,7 @@ from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
-from rerank.heads.passages import LongDocs, check_long_docs, score_by_passages
+from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
 from rerank.types import Candidate, Query
@@ -58,7 +58,7 @@ class CrossEncoderConfig(RerankerConfig):
         check_long_docs(self, self.max_length - 3 if self.max_length else None)
 
 
-class CrossEncoderReranker(Reranker):
+class CrossEncoderReranker(ScoresByPassages, Reranker):
     """Sequence-classification relevance model (no Backend: it is not a causal LM)."""
 
     method = "cross-encoder"
@@ -163,15 +163,6 @@ class CrossEncoderReranker(Reranker):
             out.append(flat[i : i + len(cs)])
             i += len(cs)
         return out
-
-    def score_with_metadata(
-        self, queries: list[Query], candidate_lists: list[list[Candidate]]
-    ) -> tuple[list[list[float]], list[list[dict[str, Any] | None]] | None]:
-        """Document scores under ``long_docs`` (by passages: which passage scored, in the metadata)."""
-        return score_by_passages(self.score_passages, self.tokenizer, queries, candidate_lists, self.config)
-
-    def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
-        return self.score_with_metadata(queries, candidate_lists)[0]
 
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """Scores that are probabilities already (``sigmoid``, two-label ``softmax``) stay; a logit (one label,

@@ -187,7 +187,8 @@ def test_attacks_move_the_target_by_zero_ranks_on_a_gullible_model(tok: Any, met
 
 
 @pytest.mark.parametrize("method", list(SCRIPTED))
-def test_without_neutralisation_the_same_model_is_fooled(tok: Any, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_neutralisation_the_same_model_is_fooled(tok: Any, method: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The gullible model does obey real control tokens: the zero moves above are the heads' doing."""
     from rerank.heads import llm
 

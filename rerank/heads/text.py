@@ -5,8 +5,8 @@ as they stand they become real control tokens and can close the user turn or for
 passes user text through :func:`neutralise` before rendering, so the rendered prompt *text* holds no special string
 the user wrote: that covers every backend (token ids from the local tokenizer, or text sent to a server that
 tokenises it) and the training tasks, which render with the heads. Markup-like added tokens that are not flagged
-special (``<think>``, ``</answer>``, ``<tool_call>``: ``<…>`` or ``[…]`` without spaces) are treated the same way, so
-a document cannot write the answer tags a head's template and parser use as the model's own tokens. A string is
+special (``<think>``, ``</answer>``, ``<tool_call>``: ``<…>`` or ``[…]`` without spaces) are treated the same
+way, so a document cannot write the answer tags a head's template and parser use as the model's own tokens. A string is
 defanged by a space after its first character (``<|im_end|>`` -> ``< |im_end|>``), which keeps it readable and makes
 it ordinary text.
 """

@@ -148,7 +148,8 @@ class ERankReranker(PointwiseLLMReranker):
                 value = int(match.group(1)) if match else None
                 ok = value is not None and value in SCORES
                 deviated = answer_open in text[:k] or final.count(answer_open) > 1
-                self.stats.record(failed=not ok, repaired=ok and deviated, example=None if ok and not deviated else text)
+                self.stats.record(failed=not ok, repaired=ok and deviated,
+                                  example=None if ok and not deviated else text)
                 value = value if ok else None
             else:  # the reasoning never closed or no answer followed it: any <answer> so far is not the final one
                 reasoning = (text[: k + len(think_close)] if k >= 0 else text + think_close) + answer_open

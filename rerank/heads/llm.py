@@ -134,7 +134,7 @@ class LLMReranker(Reranker):
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """Cut ``text`` to at most ``max_tokens`` tokens of the model's tokenizer (whole tokens, decoded back)."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = self.encode(text)
         if len(ids) <= max_tokens:
             return text
         return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
@@ -168,7 +168,7 @@ class LLMReranker(Reranker):
             )
         self.stats.fitted_prompts += 1
         if len(self.encode(render(query, empty))) - base > free // 2:
-            q_ids = self.tokenizer.encode(query, add_special_tokens=False)
+            q_ids = self.encode(query)
 
             def head(k: int) -> str:
                 return self.tokenizer.decode(q_ids[:k], skip_special_tokens=True)
@@ -183,7 +183,7 @@ class LLMReranker(Reranker):
             query = head(lo)
             self.stats.shortened_queries += 1
         room = limit - reserve - len(self.encode(render(query, empty)))
-        p_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in passages]
+        p_ids = [self.encode(p) for p in passages]
         cap = max(1, token_cap([len(p) for p in p_ids], room))
         while True:
             cut = [self.tokenizer.decode(p[:cap], skip_special_tokens=True) if len(p) > cap else t
@@ -211,8 +211,9 @@ class LLMReranker(Reranker):
         return text + assistant_prefix
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of a rendered prompt (no special tokens added: the chat template has them)."""
-        return self.tokenizer.encode(prompt, add_special_tokens=False)
+        """Token ids of a rendered prompt or a piece of one (no special tokens added: the chat template has them; no
+        warning for a text longer than the model: prompts are fitted to it)."""
+        return self.tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
 
     def prompt_ids(self, messages: list[dict[str, str]], assistant_prefix: str = "") -> list[int]:
         """Token ids of :meth:`render`."""

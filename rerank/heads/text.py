@@ -75,7 +75,7 @@ def neutralise(text: str, tokenizer: Any) -> str:
 def token_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:
     """Character spans of ``text``'s tokens under a fast tokenizer (offsets), else of its whitespace words."""
     if tokenizer is not None and getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return [(int(a), int(b)) for a, b in enc["offset_mapping"] if b > a]
     return [m.span() for m in _WORD.finditer(text)]
 

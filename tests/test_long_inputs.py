@@ -435,3 +435,26 @@ def test_eval_runs_to_the_end_with_long_documents(method: str, data: str, eval_e
     parse = metrics["parse"]
     assert parse["fitted_prompts"] >= 2 and parse["shortened_passages"] >= 20, parse
     assert "passages cut below max_doc_tokens" in (out / "report.md").read_text()
+
+
+def test_openai_backend_fits_prompts_to_max_model_len(tmp_path: Path) -> None:
+    """``max_model_len`` is the served model's context: prompts sent (token ids) plus ``max_tokens`` fit it."""
+    from test_openai_backend import FakeServer
+    from transformers import AutoTokenizer
+
+    from rerank.backends.registry import build_backend
+
+    build_tokenizer(tmp_path)
+    server = FakeServer(AutoTokenizer.from_pretrained(tmp_path))
+    try:
+        with pytest.raises(ConfigError, match="max_model_len must be >= 1"):
+            build_backend("openai", "served", base_url=server.url, tokenizer=str(tmp_path), max_model_len=0)
+        backend = build_backend("openai", "served", base_url=server.url, tokenizer=str(tmp_path), max_model_len=600)
+        assert backend.context_length == 600
+        head = ListwiseReranker(ListwiseConfig(window=4, stride=2), backend=backend)
+        head.rerank(LONG_QUERY, long_docs())
+        sent = [(p, body["max_tokens"]) for _, body in server.requests for p in body["prompt"]]
+        assert len(sent) == 3 and all(len(p) + m <= 600 for p, m in sent)
+        assert head.stats.fitted_prompts == 3
+    finally:
+        server.close()

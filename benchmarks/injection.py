@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_pointwise import dl19_pairs
-
 from rerank.heads.base import Reranker
 from rerank.testing import tiny_bert, tiny_llm
 from rerank.testing.adversarial import ATTACKS
@@ -53,6 +51,8 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=10, help="BM25 position (1-based) of the attacked document")
     ap.add_argument("--heads", default=",".join(HEAD_OPTIONS))
     args = ap.parse_args()
+    from bench_pointwise import dl19_pairs  # this script's folder: DL19 (query, BM25 top-k) pairs
+
     data = dl19_pairs(args.queries, args.top_k)
     tmp = Path(tempfile.mkdtemp(prefix="injection-"))
     bert = tiny_bert(tmp / "bert", num_labels=1, seed=0)

@@ -410,9 +410,9 @@ def long_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.shared_data
 @pytest.mark.parametrize("method", ["listwise", "first", "grouprank"])
-@pytest.mark.parametrize("data", ["scifact", "dl19", "long10k"])
+@pytest.mark.parametrize("data", [pytest.param("scifact", marks=pytest.mark.shared_data),
+                                  pytest.param("dl19", marks=pytest.mark.shared_data), "long10k"])
 def test_eval_runs_to_the_end_with_long_documents(method: str, data: str, eval_env: Any, long_corpus: Path,
                                                   request: pytest.FixtureRequest, run_cli: Any) -> None:
     if data == "scifact":

@@ -394,19 +394,14 @@ def eval_env(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BEIR folder of 40 documents of 10,000 characters and 3 queries."""
-    from rerank.data.io import write_jsonl, write_qrels
+    """A synthetic BEIR folder of 40 documents of 10,000 characters and 3 test queries
+    (``python -m rerank.testing tiny-beir DIR --num-docs 40 --num-queries 3 --splits test --doc-chars 10000``)."""
+    from rerank.testing import make_tiny_beir
 
-    lines = corpus_lines()
-    root = tmp_path_factory.mktemp("long10k") / "long10k"
-    docs = []
-    for i in range(40):
-        text = " ".join(lines[(i * 7 + k) % len(lines)] for k in range(400))[:10_000]
-        docs.append({"_id": f"d{i}", "title": f"document {i}", "text": text})
-    assert all(len(d["text"]) == 10_000 for d in docs)
-    write_jsonl(docs, root / "corpus.jsonl")
-    write_jsonl([{"_id": f"q{i}", "text": lines[i * 7]} for i in range(3)], root / "queries.jsonl")
-    write_qrels({f"q{i}": {f"d{i}": 1} for i in range(3)}, root / "qrels" / "test.tsv", beir=True)
+    root = make_tiny_beir(tmp_path_factory.mktemp("long10k") / "long10k", num_docs=40, num_queries=3,
+                          splits=("test",), doc_chars=10_000)
+    docs = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    assert len(docs) == 40 and all(len(d["text"]) == 10_000 for d in docs)
     return root
 
 

@@ -271,6 +271,20 @@ def test_tiny_beir_is_deterministic(tiny_beir_dir: Path, tmp_path: Path) -> None
         make_tiny_beir(tmp_path / "small", num_docs=10, num_queries=5)
 
 
+def test_tiny_beir_documents_of_a_fixed_length(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    """``--doc-chars N``: every text is N characters, starting with the document's own words (its grade kept)."""
+    assert cli_module.main(["tiny-beir", str(tmp_path / "long"), "--doc-chars", "3000"]) == 0
+    short, long = Dataset(tiny_beir_dir).corpus, Dataset(tmp_path / "long").corpus
+    assert long.keys() == short.keys()
+    for i, d in long.items():
+        assert len(d.text) == 3000 and d.text.startswith(short[i].text + " ") and d.title == short[i].title
+    assert (tmp_path / "long" / "qrels" / "test.tsv").read_bytes() == (tiny_beir_dir / "qrels/test.tsv").read_bytes()
+    cut = make_tiny_beir(tmp_path / "cut", num_docs=30, num_queries=5, doc_chars=40)
+    assert {len(d.text) for d in Dataset(cut).corpus.values()} == {40}
+    with pytest.raises(ValueError, match="doc_chars must be >= 1"):
+        make_tiny_beir(tmp_path / "bad", doc_chars=0)
+
+
 def test_synthetic_ranking_examples() -> None:
     examples = synthetic_ranking_examples(12, num_candidates=6, seed=3)
     assert len(examples) == 12

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-queries", type=int, default=30)
     p.add_argument("--splits", default="train,dev,test", help="comma-separated qrels splits (default: train,dev,test)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--doc-chars", type=int, default=None, help="pad or cut every document's text to N characters")
     return parser
 
 
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         splits = tuple(s for s in args.splits.split(",") if s)
         out = make_tiny_beir(
-            args.dir, num_docs=args.num_docs, num_queries=args.num_queries, splits=splits, seed=args.seed
+            args.dir, num_docs=args.num_docs, num_queries=args.num_queries, splits=splits, seed=args.seed,
+            doc_chars=args.doc_chars,
         )
     print(out)
     return 0

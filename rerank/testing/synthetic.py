@@ -73,14 +73,19 @@ def make_tiny_beir(
     num_queries: int = 30,
     splits: Sequence[str] = ("train", "dev", "test"),
     seed: int = 0,
+    doc_chars: int | None = None,
 ) -> Path:
     """Write a synthetic BEIR folder (corpus.jsonl, queries.jsonl, qrels/{split}.tsv; grades 0-2) to ``path``.
 
     Queries are dealt to the splits in turn (q000 to the first split, q001 to the second, ...); every query has one
     grade-2, one grade-1 and one judged grade-0 document, so ``num_docs`` must be at least ``3 * num_queries``.
+    ``doc_chars``: every document's text is exactly that long (its words, then ordinary English sentences to fill,
+    cut at the length): long documents for the heads that fit prompts or score passages.
     """
     if num_queries < 1 or not splits:
         raise ValueError("make_tiny_beir needs at least one query and one split")
+    if doc_chars is not None and doc_chars < 1:
+        raise ValueError(f"doc_chars must be >= 1, got {doc_chars}")
     if num_docs < 3 * num_queries:
         raise ValueError(f"num_docs={num_docs} is too small: each of {num_queries} queries needs 3 judged documents")
     gen = TaskGenerator(seed)
@@ -105,6 +110,11 @@ def make_tiny_beir(
     for slot in slots:
         title, text = gen.document(None)
         docs[slot] = {"_id": f"d{slot:0{width}d}", "title": title, "text": text}
+    if doc_chars is not None:
+        lines = corpus_lines()
+        for slot, doc in docs.items():
+            fill = " ".join(lines[(slot * 7 + k) % len(lines)] for k in range(doc_chars // 16 + 1))
+            doc["text"] = f"{doc['text']} {fill}"[:doc_chars]
     path = Path(path)
     (path / "qrels").mkdir(parents=True, exist_ok=True)
     write_jsonl((docs[s] for s in sorted(docs)), path / "corpus.jsonl")

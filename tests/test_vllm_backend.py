@@ -218,6 +218,7 @@ def test_vllm_options_reach_the_engine(vllm_run: tuple[dict, dict]) -> None:
     out = vllm_run[1]["vllm"]
     assert out["describe"]["resolved_dtype"] == "torch.float32"
     assert out["describe"]["resolved_max_model_len"] == MAX_MODEL_LEN
+    assert out["context_length"] == MAX_MODEL_LEN  # what the heads fit their prompts to
     assert out["describe"]["enforce_eager"] is True
     assert out["max_num_seqs"] == 8  # engine_args passed through
     assert out["wrong_device"].startswith("ConfigError: vllm backend: device 'cuda' is not this vLLM build's device")

@@ -52,6 +52,7 @@ def exercise(backend: Any, spec: dict[str, Any], load_s: float) -> dict[str, Any
         "generate": gen,
         "sampled": sampled,
         "calls": dict(backend.calls),
+        "context_length": backend.context_length,
         "describe": {k: v for k, v in backend.describe().items() if isinstance(v, (str, int, float, bool, type(None)))},
         "seconds": {"load": load_s, "logprobs": lp_s, "generate": gen_s},
     }

@@ -357,8 +357,8 @@ def test_rank_and_eval_cli_take_a_20000_character_query(tmp_path: Path, run_cli:
         (rec,) = [json.loads(line) for line in (tmp_path / f"{method}.jsonl").read_text().splitlines()]
         assert len(rec["query"]) > 20_000 and len(rec["ranking"]) == 6
         assert all("metadata" not in d for d in rec["ranking"])
-    rc, _, err = run_cli("rank", "--reranker", "cross-encoder", "--model", tiny_bert_dir, "--input", tmp_path / "in.jsonl",
-                         "--output", tmp_path / "maxp.jsonl", "--reranker-set", "long_docs=maxp",
+    rc, _, err = run_cli("rank", "--reranker", "cross-encoder", "--model", tiny_bert_dir, "--input",
+                         tmp_path / "in.jsonl", "--output", tmp_path / "maxp.jsonl", "--reranker-set", "long_docs=maxp",
                          "--reranker-set", "passage_tokens=8", "--reranker-set", "stride=4")
     assert rc == 0, err
     (rec,) = [json.loads(line) for line in (tmp_path / "maxp.jsonl").read_text().splitlines()]

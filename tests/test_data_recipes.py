@@ -212,6 +212,54 @@ def _recipe_candidate_order(ds: Any, qid: str, base: dict[str, Any], qrels: dict
     return ids[: base["candidates"] - len(missing)] + missing if missing else ids
 
 
+def test_teacher_labels_first_stage_scores_and_synthetic_queries(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    """``mode: first_stage`` stores the first stage's own scores as teacher scores (a positive from beyond the run
+    gets the list's lowest); ``source.queries`` labels another build's queries, judged by that file's labels, and never
+    reads the dataset's qrels."""
+    ds = resolve_dataset(tiny_beir_dir)
+    base = {"recipe": "teacher_labels", "mode": "first_stage",
+            "first_stage": {"retriever": "test-overlap", "depth": 5}, "candidates": 5}
+    build({**base, "source": {"dataset": str(tiny_beir_dir), "split": "train"}}, tmp_path / "fs", progress=False)
+    rows = read_rows(tmp_path / "fs" / "data.jsonl")
+    assert rows
+    for row in rows:
+        run = dict(OverlapRetriever.from_dataset(ds).retrieve({row["qid"]: ds.queries[row["qid"]]}, 5)[row["qid"]])
+        known = [run[c["id"]] for c in row["candidates"] if c["id"] in run]
+        assert row["teacher_scores"] == [run.get(c["id"], min(known)) for c in row["candidates"]]
+
+    synth = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "max_docs": 6, "min_doc_chars": 10,
+             "generator": {"kind": "sentence"}}
+    build(synth, tmp_path / "q", progress=False)
+    queries = read_rows(tmp_path / "q" / "data.jsonl")
+    assert queries and all(r["query"] in ds.corpus[r["candidates"][0]["id"]].text for r in queries)
+    no_qrels = tmp_path / "corpus-only"
+    no_qrels.mkdir()
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (no_qrels / name).write_text((tiny_beir_dir / name).read_text())
+    build({**base, "source": {"dataset": str(no_qrels), "queries": str(tmp_path / "q" / "data.jsonl")}},
+          tmp_path / "sq", progress=False)
+    labelled = read_rows(tmp_path / "sq" / "data.jsonl")
+    assert [r["qid"] for r in labelled] == [r["qid"] for r in queries]
+    for row, q in zip(labelled, queries, strict=True):
+        src = q["candidates"][0]["id"]
+        assert row["query"] == q["query"] and src in [c["id"] for c in row["candidates"]]
+        assert row["labels"] == [int(c["id"] == src) for c in row["candidates"]]
+    with pytest.raises(ConfigError, match="does not exist"):
+        build({**base, "source": {"dataset": str(no_qrels), "queries": str(tmp_path / "none.jsonl")}},
+              tmp_path / "x", progress=False)
+
+
+def test_pick_sentence() -> None:
+    import random
+
+    from rerank.data_recipes.synthesis import pick_sentence
+
+    text = "Short one. This sentence has exactly seven words in it! Another fitting sentence here, with six? Tiny."
+    picks = {pick_sentence(text, random.Random(s)) for s in range(20)}
+    assert picks == {"This sentence has exactly seven words in it!", "Another fitting sentence here, with six?"}
+    assert pick_sentence("Too short. Also.", random.Random(0)) == ""
+
+
 def test_erank_round_rejects_off_scale_teacher(tiny_beir_dir: Path, tmp_path: Path) -> None:
     r = {"recipe": "teacher_labels", "mode": "erank", "source": {"dataset": str(tiny_beir_dir), "split": "train"},
          "first_stage": {"retriever": "test-overlap", "depth": 5}, "candidates": 5,

@@ -47,11 +47,21 @@ SCHEMA_VERSION = "rerank-train-v1"
 
 @dataclass
 class SourceSpec:
-    """Where units come from: a dataset (registered name or BEIR folder), its split, optionally the first N queries."""
+    """Where units come from: a dataset (registered name or BEIR folder), its split, optionally the first N queries.
+
+    ``queries``: instead of the split, the queries of another build's ``data.jsonl`` (e.g. synthetic queries from
+    ``query_synthesis``), with their rows' labels as the judgements; the dataset then gives only the corpus (its
+    qrels are never read)."""
 
     dataset: str
     split: str = "train"
     max_queries: int | None = None
+    queries: str | None = None
+
+    def check(self) -> None:
+        """Before the build starts: a ``queries`` file exists."""
+        if self.queries is not None and not Path(self.queries).is_file():
+            raise ConfigError(f"source queries {self.queries} does not exist")
 
 
 @dataclass

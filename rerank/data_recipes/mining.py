@@ -7,8 +7,11 @@
 * ``teacher_labels``: the first-stage top-``candidates`` (judged positives added if missing) labelled by teachers.
   ``mode`` is a method with a teacher-label mode (its package's ``teacher.py``: ``erank`` integer 0-10 labels from a
   pointwise teacher, ``first`` the listwise teacher's permutation (``teacher_ranking``), ``grouprank`` groups of
-  ``group_size`` with ``teacher_scores`` = -0.5*ln(pointwise rank) - 0.5*ln(listwise rank)), or ``scores``: the raw
-  teacher scores. ``labels`` are always the qrels grades (0 when unjudged).
+  ``group_size`` with ``teacher_scores`` = -0.5*ln(pointwise rank) - 0.5*ln(listwise rank)), ``scores``: the raw
+  teacher scores, or ``first_stage``: the first stage's own scores as teacher scores (e.g. a hybrid with
+  ``fusion: interpolate``, whose scores are normalised fusions; a candidate the run does not score, a positive added
+  from beyond its depth, gets the list's lowest score). ``labels`` are always the qrels grades (0 when unjudged), or
+  with ``source.queries`` the labels of that file's rows.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from rerank.data.io import read_run
 from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, unit_rng
 from rerank.errors import ConfigError
 from rerank.models import check_model_path
-from rerank.types import Candidate, Document, Run, sort_ranking
+from rerank.types import Candidate, Document, Qrels, Query, Run, sort_ranking
 
 __all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe", "rank_positions", "teacher_modes"]
 
@@ -35,13 +38,29 @@ def _cand(doc: Document, score: float | None = None) -> dict[str, Any]:
     return c
 
 
+def _rows_queries(path: str, max_queries: int | None) -> tuple[dict[str, Query], Qrels]:
+    """The queries of a built ``data.jsonl`` and their rows' labels as qrels (first ``max_queries`` rows)."""
+    from rerank.data_recipes.base import read_rows
+
+    rows = read_rows(path)[:max_queries]
+    queries = {r["qid"]: Query(r["qid"], r["query"]) for r in rows}
+    if len(queries) != len(rows):
+        raise ConfigError(f"source queries {path}: duplicate qids")
+    qrels = {r["qid"]: {str(c["id"]): int(g) for c, g in zip(r["candidates"], r["labels"], strict=True) if g > 0}
+             for r in rows}
+    return queries, qrels
+
+
 class _OverRun(Recipe):
     """Shared: dataset, queries of a split, qrels and a first-stage run computed once."""
 
     def _setup(self, source: SourceSpec, first_stage: FirstStageSpec) -> None:
         self.dataset: Dataset = resolve_dataset(source.dataset, self.data_root)
-        self.queries = self.dataset.split_queries(source.split, source.max_queries)
-        self.qrels = self.dataset.qrels(source.split)
+        if source.queries is not None:
+            self.queries, self.qrels = _rows_queries(source.queries, source.max_queries)
+        else:
+            self.queries = self.dataset.split_queries(source.split, source.max_queries)
+            self.qrels = self.dataset.qrels(source.split)
         self._fs = first_stage
         self._run: Run | None = None
 
@@ -200,12 +219,14 @@ def teacher_modes() -> list[str]:
     """The ``mode`` values of ``teacher_labels``: every method with a teacher-label mode, and ``scores``."""
     from rerank.methods import method_names
 
-    return [*method_names(teacher_labels=True), "scores"]
+    return [*method_names(teacher_labels=True), "scores", "first_stage"]
 
 
 def _roles(mode: str) -> tuple[str, ...]:
     from rerank.methods import get_method
 
+    if mode == "first_stage":
+        return ()
     return ("teacher",) if mode == "scores" else get_method(mode).teacher_roles
 
 
@@ -284,6 +305,10 @@ class TeacherLabelsRecipe(_OverRun):
                                "labels": [int(grades.get(d.id, 0)) for d in docs]}
         if self.config.mode == "scores":
             return [{**row, "teacher_scores": self.scores("teacher", unit, docs)}]
+        if self.config.mode == "first_stage":
+            known = [fs[d.id] for d in docs if d.id in fs]
+            floor = min(known) if known else 0.0
+            return [{**row, "teacher_scores": [float(fs.get(d.id, floor)) for d in docs]}]
         from rerank.methods import get_method, resolve
 
         return resolve(get_method(self.config.mode).teacher_labels)(self, unit, docs, row)  # type: ignore[arg-type]

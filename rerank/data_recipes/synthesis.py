@@ -1,4 +1,5 @@
-"""Query synthesis for unlabeled corpora: an LLM (any registered backend) writes a query per document.
+"""Query synthesis for unlabeled corpora: an LLM (any registered backend) writes a query per document, or
+(``generator.kind: sentence``) one of the document's sentences is the query.
 
 Documents are sampled (seeded) from the corpus; each generated query is cleaned (first line, quotes and a leading
 ``Query:`` removed), then de-duplicated: exact duplicates after normalisation and near-duplicates whose word-set
@@ -12,19 +13,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rerank.data.datasets import resolve_dataset
 from rerank.data_recipes.base import FirstStageSpec, Recipe, unit_rng
 from rerank.types import Document, Query, sort_ranking
 
-__all__ = ["QuerySynthesisRecipe", "clean_query", "normalise"]
+__all__ = ["QuerySynthesisRecipe", "clean_query", "normalise", "pick_sentence"]
 
 
 @dataclass
 class GeneratorSpec:
-    """The LLM: a model on a registered backend, a prompt template, decoding options."""
+    """The LLM: a model on a registered backend, a prompt template, decoding options. ``kind: sentence`` needs no
+    model: the query is one sentence of the document (4-40 words) drawn with the seed, the inverse cloze task of
+    Lee et al. (2019) with the sentence left in the document."""
 
+    kind: Literal["llm", "sentence"] = "llm"
     model: str | None = None
     backend: str = "transformers"
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -35,7 +39,7 @@ class GeneratorSpec:
 
     def check(self) -> None:
         """Before the build starts: the generator's model can be loaded here (a served one, openai, is not checked)."""
-        if self.model and self.backend != "openai":
+        if self.kind == "llm" and self.model and self.backend != "openai":
             from rerank.models import check_model_path
 
             check_model_path(self.model, "generator model")
@@ -66,6 +70,13 @@ def clean_query(text: str) -> str:
     line = next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
     line = re.sub(r"^(search\s+)?query\s*:\s*", "", line, flags=re.IGNORECASE)
     return line.strip().strip("\"'`“”").strip()
+
+
+def pick_sentence(text: str, rng: Any, min_words: int = 4, max_words: int = 40) -> str:
+    """A sentence of ``text`` with ``min_words``-``max_words`` words, drawn with ``rng`` ('' when there is none)."""
+    sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
+    fit = [x for x in sentences if min_words <= len(x.split()) <= max_words]
+    return rng.choice(fit) if fit else ""
 
 
 def normalise(text: str) -> str:
@@ -127,6 +138,8 @@ class QuerySynthesisRecipe(Recipe):
         from rerank.prompts import load_template
 
         g = self.config.generator
+        if g.kind == "sentence":
+            return pick_sentence(doc.text, unit_rng(self.config.seed, doc.id))
         if self._template is None:
             self._template = load_template(g.template)
         tok = self.backend.tokenizer
@@ -174,7 +187,7 @@ class QuerySynthesisRecipe(Recipe):
         g = self.config.generator
         return {"dataset": self.dataset.name, "root": str(self.dataset.root),
                 "corpus_sha256": self.dataset.corpus_hash,
-                "generator": {"model": g.model, "backend": g.backend, "template": g.template},
+                "generator": {"kind": g.kind, "model": g.model, "backend": g.backend, "template": g.template},
                 "dropped_queries": dict(self.dropped)}
 
     def close(self) -> None:

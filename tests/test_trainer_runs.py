@@ -366,3 +366,89 @@ def test_plackett_luce_rollout_needs_first_without_vllm(work: Path, over: dict[s
                 rollout="plackett-luce")
     with pytest.raises(ConfigError, match="plackett-luce"):
         from_dict(GRPOTrainConfig, {**base, **over})
+
+
+def _with_teacher(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Teacher scores that follow the labels (grade + 0.1 * position, so no two tie)."""
+    return [{**e, "teacher_scores": [g + 0.1 * i for i, g in enumerate(e["labels"])]} for e in examples]
+
+
+def test_cross_encoder_distillation_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """margin-mse and listwise-kl train on teacher scores (one forward per pair of each row: listwise-kl scores
+    group_size candidates per query, margin-mse 1 + negatives_per_positive), save a loadable model, and a row without
+    teacher scores fails before any model is loaded."""
+    from transformers import BertForSequenceClassification
+
+    from rerank.errors import ConfigError
+    from rerank.heads.base import Reranker
+    from rerank.testing import tiny_bert
+
+    pairs: list[int] = []
+    forward = BertForSequenceClassification.forward
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            pairs.append(int(kwargs["input_ids"].shape[0]))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", recording)
+    model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
+    examples = synthetic_ranking_examples(8, num_candidates=6, seed=4)
+    write_jsonl(_with_teacher(examples), tmp_path / "t.jsonl")
+    base = {"model": str(model), "head": "cross-encoder", "max_length": 64, "batch_size": 4, "max_steps": 2,
+            "save_steps": 2, "use_cpu": True, "learning_rate": 1e-4}
+    for loss, extra, per_step in (("listwise-kl", {"group_size": 4, "distill_temperature": 0.5}, 4 * 4),
+                                  ("margin-mse", {"positive_bonus": 1.0}, 4 * 3)):
+        pairs.clear()
+        out = tmp_path / loss
+        r = sft({**base, **extra, "loss": loss,
+                 "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.0, "negatives_per_positive": 2}}, out)
+        assert r["global_step"] == 2 and sum(pairs) == per_step * 2
+        assert len(Reranker.load("cross-encoder", model=str(out / "model")).rerank("q", ["a b", "c d"]).results) == 2
+    write_jsonl(examples, tmp_path / "plain.jsonl")
+    monkeypatch.setattr("sentence_transformers.cross_encoder.CrossEncoder.__init__",
+                        lambda *a, **k: pytest.fail("the model was loaded before the data was checked"))
+    with pytest.raises(ConfigError, match="no 'teacher_scores'"):
+        sft({**base, "loss": "listwise-kl", "data": {"path": str(tmp_path / "plain.jsonl"), "dev_fraction": 0.0}},
+            tmp_path / "bad")
+
+
+def test_cross_encoder_distillation_rows() -> None:
+    """Targets = teacher / temperature + bonus for judged positives; a listwise group keeps every positive; the
+    margin-mse row's first document is a judged positive, else the teacher's best."""
+    import random
+
+    from rerank.methods.cross_encoder.train import _distill_rows, _group
+
+    def cand(i: int) -> dict[str, str]:
+        return {"id": f"d{i}", "text": f"doc {i}", "title": ""}
+
+    e1 = {"query": "q1", "candidates": [cand(i) for i in range(6)], "labels": [0, 0, 1, 0, 0, 0],
+          "teacher_scores": [0.9, 0.1, 0.5, 0.3, 0.2, 0.0]}
+    e2 = {"query": "q2", "candidates": [cand(i) for i in range(3)], "labels": [0, 0, 0],
+          "teacher_scores": [0.2, 0.8, 0.4]}
+    kl = _distill_rows([e1, e2], "listwise-kl", 2, 0, 0.5, 1.0, seed=0)
+    assert kl[0]["labels"] == pytest.approx([1.8, 0.2, 2.0, 0.6, 0.4, 0.0]) and len(kl[0]["docs"]) == 6
+    for seed in range(5):
+        idx = _group(e1, 3, random.Random(seed))
+        assert len(idx) == 3 and 2 in idx and idx == sorted(idx)
+    mm = _distill_rows([e1, e2], "margin-mse", 2, 0, 1.0, 0.0, seed=0)
+    assert mm[0]["positive"] == "doc 2" and mm[1]["positive"] == "doc 1"
+    assert mm[0]["label"][0] == pytest.approx(0.5) and len(mm[0]["label"]) == 3
+    assert {mm[1]["negative_1"], mm[1]["negative_2"]} == {"doc 0", "doc 2"}
+
+
+def test_distillation_options_belong_to_distillation_losses() -> None:
+    from rerank.errors import ConfigError
+    from rerank.trainers.base import load_train_config
+    from rerank.trainers.sft_trainer import SFTTrainConfig
+
+    base = ["model=m", "head=cross-encoder", "data.path=x"]
+    with pytest.raises(ConfigError, match="positive_bonus is an option of the cross-encoder's distillation"):
+        load_train_config(SFTTrainConfig, None, [*base, "loss=mnrl", "positive_bonus=1"])
+    with pytest.raises(ConfigError, match="group_size is an option of loss 'listwise-kl'"):
+        load_train_config(SFTTrainConfig, None, [*base, "loss=margin-mse", "group_size=4"])
+    with pytest.raises(ConfigError, match="distill_temperature must be > 0"):
+        load_train_config(SFTTrainConfig, None, [*base, "loss=listwise-kl", "distill_temperature=0"])
+    cfg = load_train_config(SFTTrainConfig, None, [*base, "loss=listwise-kl"])
+    assert (cfg.group_size, cfg.distill_temperature, cfg.positive_bonus) == (0, 1.0, 0.0)

@@ -31,12 +31,19 @@ class SFTTrainConfig(CommonTrainConfig):
     ``ranking_weight`` scales FIRST's ranking loss (default ×10 RankNet, ×0.1 ListNet, ×1 LambdaRank, as rank_llm's
     training script). ``in_batch_negatives``: for ``mnrl``, how many other rows' documents each positive is also
     scored against (unset: sentence-transformers' default 4; each costs one more forward pass per row, so it sets the
-    cross-encoder's training time with the hard negatives). ``reasoning``: ERank's reasoning targets."""
+    cross-encoder's training time with the hard negatives). ``reasoning``: ERank's reasoning targets.
+    The cross-encoder's distillation losses (``margin-mse``, ``listwise-kl``) learn from the rows' ``teacher_scores``:
+    targets = teacher score / ``distill_temperature`` + ``positive_bonus`` for a judged positive (label >= 1);
+    ``group_size`` (``listwise-kl``): candidates per query, judged positives kept and the rest drawn with the seed
+    (0 = all); ``margin-mse`` pairs each query's best candidate with ``data.negatives_per_positive`` others."""
 
     loss: str = ""
     ranking_weight: float | None = None
     in_batch_negatives: int | None = None
     reasoning: bool = False
+    group_size: int | None = None
+    distill_temperature: float | None = None
+    positive_bonus: float | None = None
 
     def __post_init__(self) -> None:
         from rerank.methods import get_method, method_names
@@ -57,6 +64,25 @@ class SFTTrainConfig(CommonTrainConfig):
             self.in_batch_negatives = 4 if self.in_batch_negatives is None else self.in_batch_negatives
             if self.in_batch_negatives < 0:
                 raise ConfigError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        distill = {"group_size": self.group_size, "distill_temperature": self.distill_temperature,
+                   "positive_bonus": self.positive_bonus}
+        if self.loss not in ("margin-mse", "listwise-kl"):
+            given = [k for k, v in distill.items() if v is not None]
+            if given:
+                raise ConfigError(f"{given[0]} is an option of the cross-encoder's distillation losses "
+                                  f"(margin-mse, listwise-kl), not of loss {self.loss!r}")
+        else:
+            self.group_size = 0 if self.group_size is None else self.group_size
+            self.distill_temperature = 1.0 if self.distill_temperature is None else self.distill_temperature
+            self.positive_bonus = 0.0 if self.positive_bonus is None else self.positive_bonus
+            if self.group_size < 0 or self.group_size == 1:
+                raise ConfigError(f"group_size must be 0 (all candidates) or >= 2, got {self.group_size}")
+            if self.distill_temperature <= 0:
+                raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+            if self.group_size and self.loss != "listwise-kl":
+                raise ConfigError("group_size is an option of loss 'listwise-kl'")
+            if self.loss == "margin-mse" and self.data.negatives_per_positive < 1:
+                raise ConfigError("loss 'margin-mse' needs data.negatives_per_positive >= 1 (documents per row)")
         if self.ranking_weight is not None and not self.loss.startswith("lm+"):
             raise ConfigError(f"ranking_weight scales a ranking loss (lm+ranknet|listnet|lambdarank), "
                               f"not {self.loss!r}")

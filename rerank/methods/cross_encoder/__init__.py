@@ -1,5 +1,6 @@
 """cross-encoder: a sequence-classification relevance model over (query, document) pairs; SFT through
-sentence-transformers' ``CrossEncoderTrainer`` (``bce | listnet | lambdaloss | mnrl``)."""
+sentence-transformers' ``CrossEncoderTrainer`` (``bce | listnet | lambdaloss | mnrl``, and ``margin-mse | listwise-kl`` distilling
+teacher scores)."""
 
 from rerank.methods.base import Method
 
@@ -10,7 +11,7 @@ METHOD = Method(
     summary="AutoModelForSequenceClassification logit over (query, document) pairs",
     head="rerank.methods.cross_encoder.head:CrossEncoderReranker",
     sft="rerank.methods.cross_encoder.train:train_cross_encoder",
-    sft_losses=("bce", "listnet", "lambdaloss", "mnrl"),
+    sft_losses=("bce", "listnet", "lambdaloss", "mnrl", "margin-mse", "listwise-kl"),
     pipeline_tag="text-ranking",
     library_name="sentence-transformers",
 )

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["train_cross_encoder"]
+__all__ = ["DISTILL_LOSSES", "train_cross_encoder"]
+
+#: the losses that learn from the rows' ``teacher_scores`` (knowledge distillation)
+DISTILL_LOSSES = ("margin-mse", "listwise-kl")
 
 
 def _text(c: dict[str, Any]) -> str:
@@ -50,9 +53,65 @@ def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int) -> 
     return rows
 
 
-def _dataset(examples: list[dict[str, Any]], loss: str, n_neg: int, seed: int) -> Any:
+def _targets(e: dict[str, Any], temperature: float, bonus: float) -> list[float]:
+    """Teacher scores / ``temperature``, plus ``bonus`` for each judged positive (label >= 1)."""
+    return [t / temperature + (bonus if lab >= 1 else 0.0)
+            for t, lab in zip(e["teacher_scores"], e["labels"], strict=True)]
+
+
+def _group(e: dict[str, Any], size: int, rng: random.Random) -> list[int]:
+    """Candidate indices of a listwise row: all, or ``size`` of them (every judged positive kept, the rest drawn)."""
+    n = len(e["candidates"])
+    if not size or n <= size:
+        return list(range(n))
+    pos = [i for i, lab in enumerate(e["labels"]) if lab >= 1][:size]
+    rest = [i for i in range(n) if i not in set(pos)]
+    return sorted(pos + rng.sample(rest, size - len(pos)))
+
+
+def _distill_rows(examples: list[dict[str, Any]], loss: str, n_neg: int, size: int, temperature: float,
+                  bonus: float, seed: int) -> list[dict[str, Any]]:
+    """Rows for the teacher-score losses. ``listwise-kl``: one row per query, ``size`` candidates (0: all) and their
+    targets. ``margin-mse``: one row per query, its best candidate (a judged positive if any, else the teacher's top)
+    and ``n_neg`` others drawn with the seed, with the targets whose differences the student's margins regress on."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for e in examples:
+        target = _targets(e, temperature, bonus)
+        if loss == "listwise-kl":
+            idx = _group(e, size, rng)
+            rows.append({"query": e["query"], "docs": [_text(e["candidates"][i]) for i in idx],
+                         "labels": [target[i] for i in idx]})
+            continue
+        best = max(range(len(target)), key=lambda i: (e["labels"][i] >= 1, target[i]))
+        others = [i for i in range(len(target)) if i != best]
+        if not others:
+            continue
+        drawn = rng.sample(others, n_neg) if len(others) >= n_neg else [rng.choice(others) for _ in range(n_neg)]
+        rows.append({"query": e["query"], "positive": _text(e["candidates"][best]),
+                     **{f"negative_{j + 1}": _text(e["candidates"][i]) for j, i in enumerate(drawn)},
+                     "label": [target[best], *(target[i] for i in drawn)]})
+    return rows
+
+
+def _check_teacher_scores(examples: list[dict[str, Any]], loss: str) -> None:
+    missing = [e["qid"] for e in examples if e.get("teacher_scores") is None]
+    if missing:
+        raise ConfigError(f"loss {loss!r} distils teacher scores: {len(missing)} training rows have no "
+                          f"'teacher_scores' (e.g. qid {missing[0]!r}); build them with the teacher_labels recipe")
+
+
+def _dataset(examples: list[dict[str, Any]], cfg: SFTTrainConfig) -> Any:
     import datasets
 
+    loss, n_neg, seed = cfg.loss, cfg.data.negatives_per_positive, cfg.seed
+    if loss in DISTILL_LOSSES:
+        _check_teacher_scores(examples, loss)
+        rows = _distill_rows(examples, loss, n_neg, cfg.group_size, cfg.distill_temperature, cfg.positive_bonus,
+                             seed)
+        if not rows:
+            raise ConfigError(f"loss {loss!r} needs queries with at least two candidates")
+        return datasets.Dataset.from_list(rows)
     if loss == "mnrl":
         rows = _contrastive_rows(examples, n_neg, seed)
         if not rows:
@@ -95,12 +154,14 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
     from rerank.models import resolve_model_path
 
-    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length, device="cpu" if cpu_only(cfg) else None)
+    train_ds = _dataset(train, cfg)  # before the model: a row without teacher scores fails in seconds
+    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length,
+                         device="cpu" if cpu_only(cfg) else None)
     if loss_name == "mnrl":
         loss = _mnrl_class(losses.MultipleNegativesRankingLoss)(model, num_negatives=cfg.in_batch_negatives)
     else:
-        loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss,
-                "lambdaloss": losses.LambdaLoss}[loss_name](model)
+        loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss, "listwise-kl": losses.ListNetLoss,
+                "margin-mse": losses.MarginMSELoss, "lambdaloss": losses.LambdaLoss}[loss_name](model)
     evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
     kw = training_kwargs(cfg, output, has_dev=evaluator is not None)
     if evaluator is not None:
@@ -111,7 +172,6 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         # the sampler's name (BatchSamplers.NO_DUPLICATES), whose import path moved in version 6
         kw["batch_sampler"] = "no_duplicates"
     args = CrossEncoderTrainingArguments(**kw)
-    train_ds = _dataset(train, loss_name, cfg.data.negatives_per_positive, cfg.seed)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator)
     from rerank.trainers.resume import fit, resume_arg
 

@@ -219,26 +219,32 @@ def test_mnrl_uses_the_no_duplicates_batch_sampler(tmp_path: Path, monkeypatch: 
     assert samplers == ["no_duplicates", "batch_sampler"]  # BatchSamplers is a str enum
 
 
+def _training_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch size of every training-mode forward of a BERT cross-encoder, appended as they run."""
+    from transformers import BertForSequenceClassification
+
+    sizes: list[int] = []
+    forward = BertForSequenceClassification.forward
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            sizes.append(int(kwargs["input_ids"].shape[0]))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", recording)
+    return sizes
+
+
 def test_mnrl_in_batch_negatives_set_the_forward_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``in_batch_negatives`` k: each mnrl step scores every row against its positive, its hard negatives and k other
     rows' documents (one forward per column: 1 + negatives_per_positive + k), and k = 0 (which the library itself
     cannot draw) runs without in-batch negatives; it is refused for any other loss."""
-    from transformers import BertForSequenceClassification
-
     from rerank.errors import ConfigError
     from rerank.testing import tiny_bert
     from rerank.trainers.base import load_train_config
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-    calls: list[int] = []
-    forward = BertForSequenceClassification.forward
-
-    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.training:
-            calls.append(int(kwargs["input_ids"].shape[0]))
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(BertForSequenceClassification, "forward", recording)
+    calls = _training_forwards(monkeypatch)
     model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
     write_jsonl(synthetic_ranking_examples(8, num_candidates=4, seed=5), tmp_path / "t.jsonl")
     for k in (0, 2):
@@ -377,21 +383,11 @@ def test_cross_encoder_distillation_losses(tmp_path: Path, monkeypatch: pytest.M
     """margin-mse and listwise-kl train on teacher scores (one forward per pair of each row: listwise-kl scores
     group_size candidates per query, margin-mse 1 + negatives_per_positive), save a loadable model, and a row without
     teacher scores fails before any model is loaded."""
-    from transformers import BertForSequenceClassification
-
     from rerank.errors import ConfigError
     from rerank.heads.base import Reranker
     from rerank.testing import tiny_bert
 
-    pairs: list[int] = []
-    forward = BertForSequenceClassification.forward
-
-    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.training:
-            pairs.append(int(kwargs["input_ids"].shape[0]))
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(BertForSequenceClassification, "forward", recording)
+    pairs = _training_forwards(monkeypatch)
     model = tiny_bert(tmp_path / "bert", num_labels=1, seed=0)
     examples = synthetic_ranking_examples(8, num_candidates=6, seed=4)
     write_jsonl(_with_teacher(examples), tmp_path / "t.jsonl")

@@ -66,3 +66,14 @@ def test_distill_cross_encoder_chain(repo_root: Path, data_root: Path, tmp_path:
 
     again = _chain(repo_root, data_root, out, tmp_path)  # finished steps are kept, nothing is redone
     assert again.returncode == 0 and "training is done" in again.stdout
+
+
+def test_distilled_rows_wait_for_their_model(repo_root: Path) -> None:
+    """The leaderboards' distilled rows name the chain's model folder and run only once it exists."""
+    from rerank.eval.leaderboard import load_config
+
+    for name in ("configs/distill/leaderboard-distill.yaml", "configs/examples/leaderboard-cpu.yaml"):
+        cfg, _ = load_config(repo_root / name)
+        rows = [r for r in cfg.rows if "distilled" in r.name]
+        assert rows and all(r.reranker == "cross-encoder" and r.requires == [r.model] for r in rows)
+        assert all(r.model.endswith("models/distill-cross-encoder/model") for r in rows)

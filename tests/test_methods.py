@@ -51,7 +51,7 @@ def test_registries_are_derived_from_the_descriptors() -> None:
     assert all(TRAINERS.get(n) is resolve(get_method(n).trainer) for n in method_names("retriever"))
     assert method_names(trains_with="sft") == rerankers
     assert method_names(trains_with="grpo") == ["yes-no", "erank", "listwise", "first", "grouprank"]
-    assert teacher_modes() == ["erank", "first", "grouprank", "scores"]
+    assert teacher_modes() == ["erank", "first", "grouprank", "scores", "first_stage"]
     assert set(template_files()) <= set(available_templates())
     for name in template_files():
         assert load_template(name).user  # every shipped template loads by name

@@ -9,7 +9,7 @@ set -euo pipefail
 out=${1:?usage: examples/distill-cross-encoder.sh OUT [--set KEY=VALUE ...]}
 shift
 root=${RERANK_DATA:-../shared/data}
-cfg=${RERANK_DISTILL_CONFIGS:-$(cd "$(dirname "$0")/.." && pwd)/configs/distill}
+cfg=$(cd "$(dirname "$0")/.." && pwd)/configs/distill
 data=$out/data
 
 build() {  # build OUTPUT_NAME RECIPE [--set ...]: a finished build is kept, an unfinished one continues

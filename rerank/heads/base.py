@@ -193,6 +193,10 @@ class Reranker(ABC):
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results
 
+    def prepare(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
+        """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads
+        whose document side does not depend on the query (the bi-encoder) embed them here, once. Default: nothing."""
+
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """One list's raw scores mapped to relevance in [0, 1] (order kept), what Cohere clients expect. Default: the
         logistic sigmoid, reading the score as a logit; heads whose scores mean something else override this."""

@@ -33,6 +33,7 @@ METHOD_PACKAGES: tuple[str, ...] = (
     "listwise",
     "first",
     "grouprank",
+    "bi_encoder",
     "contrastive",
     "star",
     "adore",

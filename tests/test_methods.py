@@ -51,7 +51,7 @@ def test_registries_are_derived_from_the_descriptors() -> None:
     assert all(TRAINERS.get(n) is resolve(get_method(n).trainer) for n in method_names("retriever"))
     inference_only = {"bi-encoder"}  # rerankers without a training path (train an embedding model as a retriever)
     assert method_names(trains_with="sft") == [n for n in rerankers if n not in inference_only]
-    assert method_names(trains_with="grpo") == ["yes-no", "erank", "listwise", "first", "grouprank"]
+    assert method_names(trains_with="grpo") == ["yes-no", "erank", "listwise", "first", "grouprank", "qwen3-reranker"]
     assert teacher_modes() == ["erank", "first", "grouprank", "scores"]
     assert set(template_files()) <= set(available_templates())
     for name in template_files():

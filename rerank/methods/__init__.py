@@ -34,6 +34,7 @@ METHOD_PACKAGES: tuple[str, ...] = (
     "first",
     "grouprank",
     "bi_encoder",
+    "qwen3_reranker",
     "contrastive",
     "star",
     "adore",

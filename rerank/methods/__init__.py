@@ -35,6 +35,8 @@ METHOD_PACKAGES: tuple[str, ...] = (
     "grouprank",
     "bi_encoder",
     "qwen3_reranker",
+    "monot5",
+    "duot5",
     "contrastive",
     "star",
     "adore",

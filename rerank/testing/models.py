@@ -9,9 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerank.testing.tokenizer import IM_END, build_tokenizer, build_wordpiece_tokenizer, save_portable
+from rerank.testing.tokenizer import (
+    IM_END,
+    build_t5_tokenizer,
+    build_tokenizer,
+    build_wordpiece_tokenizer,
+    save_portable,
+)
 
-__all__ = ["LLM_ARCHS", "tiny_llm", "tiny_bert", "tiny_sentence_transformer"]
+__all__ = ["LLM_ARCHS", "tiny_llm", "tiny_bert", "tiny_sentence_transformer", "tiny_t5"]
 
 LLM_ARCHS = ("qwen2", "llama")
 
@@ -113,4 +119,23 @@ def tiny_sentence_transformer(path: str | Path, seed: int = 0) -> Path:
         pooling = models.Pooling(dim_fn(), pooling_mode="mean")
         st = SentenceTransformer(modules=[word, pooling], device="cpu")
         st.save(str(path), safe_serialization=True)
+    return path
+
+
+def tiny_t5(path: str | Path, seed: int = 0) -> Path:
+    """Write a random tiny T5 (encoder-decoder, 2 + 2 layers) with the T5-like Unigram tokenizer to ``path``; return
+    it. It loads with ``AutoModelForSeq2SeqLM``, as monoT5 / duoT5 checkpoints do."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    path = Path(path)
+    tok = build_t5_tokenizer()
+    config = T5Config(vocab_size=len(tok), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+    model.save_pretrained(str(path), safe_serialization=True)
+    save_portable(tok, path)
     return path

@@ -76,7 +76,7 @@ def test_unknown_names_raise_listing_the_known_ones() -> None:
         get_trainer("nope")
     with pytest.raises(ConfigError, match="'cross-encoder' has no LLM training task; methods with one: yes-no"):
         build_task("cross-encoder", None, None)
-    with pytest.raises(ConfigError, match="unknown prompt template 'nope'; shipped: erank, erank_reasoning"):
+    with pytest.raises(ConfigError, match="unknown prompt template 'nope'; shipped: duot5, erank, erank_reasoning"):
         from rerank.prompts import load_template
 
         load_template("nope")

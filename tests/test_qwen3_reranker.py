@@ -84,7 +84,8 @@ def test_tiny_qwen2_relevance_is_softmax_over_no_yes_logits(tiny_llm_dir: Path) 
 def test_cli_eval_on_dl19(tiny_llm_dir: Path, dl19_dir: Path, tmp_path: Path, run_cli: Any) -> None:
     rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec",
                          "--reranker", "qwen3-reranker", "--model", tiny_llm_dir, "--top-k", "3", "--max-queries", "1",
-                         "--reranker-set", "instruction=Find passages that answer the question", "--output", tmp_path / "out")
+                         "--reranker-set", "instruction=Find passages that answer the question",
+                         "--output", tmp_path / "out")
     assert rc == 0, err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["reranker"]["method"] == "qwen3-reranker"

@@ -37,6 +37,7 @@ METHOD_PACKAGES: tuple[str, ...] = (
     "qwen3_reranker",
     "monot5",
     "duot5",
+    "setwise",
     "contrastive",
     "star",
     "adore",

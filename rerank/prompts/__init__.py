@@ -2,8 +2,9 @@
 given by path, or a template given inline as a mapping (how a trained model's ``rerank.json`` stores it).
 
 A template has a ``system`` and a ``user`` Jinja2 text and optional extra fields a head reads (e.g. the identifier
-scheme), which the texts may use as variables. ``load_template("first")`` loads the shipped ``first.yaml``; a path loads that file instead. The shipped
-names are every method's templates plus the data recipes' ones in ``rerank/prompts/templates``.
+scheme), which the texts may use as variables. ``load_template("first")`` loads the shipped ``first.yaml``; a path
+loads that file instead. The shipped names are every method's templates plus the data recipes' ones in
+``rerank/prompts/templates``.
 """
 
 from __future__ import annotations

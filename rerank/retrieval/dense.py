@@ -38,7 +38,8 @@ from rerank.retrieval.base import FirstStage
 from rerank.utils.files import staged_dir, write_json
 
 __all__ = [
-    "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "load_encoder", "Pooling", "pool",
+    "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "load_encoder", "Pooling",
+    "pool",
 ]
 
 log = logging.getLogger(__name__)

@@ -234,7 +234,8 @@ def encode_corpus(
 
 
 def cached_corpus_embeddings(encoder: BiEncoder, corpus_sha256: str) -> EmbeddingSet | None:
-    """The corpus embeddings :func:`encode_corpus_cached` wrote for ``encoder``, or None when they are not (all) there."""
+    """The corpus embeddings :func:`encode_corpus_cached` wrote for ``encoder``, or None when they are not (all)
+    there."""
     key = doc_encoding_key(encoder, corpus_sha256)
     return _load_complete(embedding_cache_dir(key), key)
 

@@ -1,4 +1,5 @@
-"""``python -m rerank.testing {tiny-llm,tiny-bert,tiny-st,tiny-t5,tiny-beir} DIR``: write a tiny model or dataset folder."""
+"""``python -m rerank.testing {tiny-llm,tiny-bert,tiny-st,tiny-t5,tiny-beir} DIR``: write a tiny model or dataset
+folder."""
 
 from __future__ import annotations
 

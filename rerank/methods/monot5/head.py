@@ -68,7 +68,9 @@ class Seq2SeqReranker(Reranker):
             raise ConfigError(f"{cls.method} runs on the transformers backend only, not {backend!r}")
         if not model:
             raise ConfigError(f"{cls.method}: --model is required")
-        s2s = TransformersSeq2Seq.load(model, cfg.dtype, cfg.device, cfg.trust_remote_code)  # type: ignore[attr-defined]
+        s2s = TransformersSeq2Seq.load(
+            model, cfg.dtype, cfg.device, cfg.trust_remote_code  # type: ignore[attr-defined]
+        )
         return cls(cfg, s2s, model_name=model)  # type: ignore[arg-type]
 
     @property

@@ -31,7 +31,8 @@ class Qwen3Reranker(YesNoReranker):
         super().__init__(*args, **kwargs)
         instruction = self.config.instruction  # type: ignore[attr-defined]
         if instruction:
-            self.template = dataclasses.replace(self.template, extra={**self.template.extra, "instruction": instruction})
+            extra = {**self.template.extra, "instruction": instruction}
+            self.template = dataclasses.replace(self.template, extra=extra)
 
 
 class Qwen3RerankerTask(YesNoTask):

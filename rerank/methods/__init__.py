@@ -38,6 +38,7 @@ METHOD_PACKAGES: tuple[str, ...] = (
     "monot5",
     "duot5",
     "setwise",
+    "colbert",
     "contrastive",
     "star",
     "adore",

@@ -18,7 +18,10 @@ from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
-__all__ = ["DocInput", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "sigmoid"]
+__all__ = [
+    "DocInput", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model", "sigmoid",
+    "split_scores",
+]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
 
@@ -62,6 +65,25 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+def split_scores(flat: Sequence[float], candidate_lists: Sequence[Sequence[Any]]) -> list[list[float]]:
+    """Scores of all candidates of a batch, query-major, back into one list per query."""
+    out, i = [], 0
+    for c in candidate_lists:
+        out.append([float(x) for x in flat[i : i + len(c)]])
+        i += len(c)
+    return out
+
+
+def check_local_model(method: str, backend: str, model: str | None) -> str:
+    """The model of a head that loads its own network in process (no LLM backend): ``--backend`` must be
+    transformers and ``--model`` given."""
+    if backend != "transformers":
+        raise ConfigError(f"{method} runs on the transformers backend only, not {backend!r}")
+    if not model:
+        raise ConfigError(f"{method}: --model is required")
+    return model
 
 
 def _as_list(items: Any, name: str) -> list[Any]:

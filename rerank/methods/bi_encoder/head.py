@@ -18,7 +18,7 @@ import numpy as np
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, sigmoid
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, sigmoid
 from rerank.retrieval.dense import BiEncoder, EncoderOptions, load_encoder
 from rerank.types import Candidate, Query
 
@@ -61,10 +61,7 @@ class BiEncoderReranker(Reranker):
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
         cfg = from_dict(BiEncoderConfig, options, where="bi-encoder options")
-        if backend != "transformers":
-            raise ConfigError(f"bi-encoder runs on the transformers backend only, not {backend!r}")
-        if not model:
-            raise ConfigError("bi-encoder: --model is required")
+        model = check_local_model(cls.method, backend, model)
         return cls(cfg, load_encoder(model, cfg), model_name=model)
 
     def _embed_docs(self, texts: list[str]) -> np.ndarray:

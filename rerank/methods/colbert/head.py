@@ -22,7 +22,7 @@ import torch
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.types import Candidate, Query
 
 __all__ = ["ColBERTConfig", "ColBERTEncoder", "ColBERTReranker", "maxsim"]
@@ -173,10 +173,7 @@ class ColBERTReranker(Reranker):
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
         cfg = from_dict(ColBERTConfig, options, where="colbert options")
-        if backend != "transformers":
-            raise ConfigError(f"colbert runs on the transformers backend only, not {backend!r}")
-        if not model:
-            raise ConfigError("colbert: --model is required")
+        model = check_local_model(cls.method, backend, model)
         return cls(cfg, ColBERTEncoder.load(model, cfg.dtype, cfg.device), model_name=model)
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
@@ -194,11 +191,7 @@ class ColBERTReranker(Reranker):
             qs = q_emb[[pairs[i][0] for i in idx]]
             for i, s in zip(idx, maxsim(qs, d_emb, df["score_mask"].to(enc.device)).tolist(), strict=True):
                 flat[i] = float(s)
-        out, at = [], 0
-        for cs in candidate_lists:
-            out.append(flat[at : at + len(cs)])
-            at += len(cs)
-        return out
+        return split_scores(flat, candidate_lists)
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]

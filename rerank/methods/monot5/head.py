@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.methods.monot5.seq2seq import Seq2SeqModel, TransformersSeq2Seq
 from rerank.prompts import PromptTemplate, load_template
 from rerank.types import Candidate, Query
@@ -64,10 +64,7 @@ class Seq2SeqReranker(Reranker):
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
-        if backend != "transformers":
-            raise ConfigError(f"{cls.method} runs on the transformers backend only, not {backend!r}")
-        if not model:
-            raise ConfigError(f"{cls.method}: --model is required")
+        model = check_local_model(cls.method, backend, model)
         s2s = TransformersSeq2Seq.load(
             model, cfg.dtype, cfg.device, cfg.trust_remote_code  # type: ignore[attr-defined]
         )
@@ -136,12 +133,7 @@ class MonoT5Reranker(Seq2SeqReranker):
         for q, cs in zip(queries, candidate_lists, strict=True):
             qt = self.truncate(q.text, cfg.max_query_tokens)
             inputs += [self.encode(query=qt, document=self.truncate(c.doc.full_text(), cfg.max_doc_tokens)) for c in cs]
-        flat = self.log_p_true(inputs)
-        out, i = [], 0
-        for cs in candidate_lists:
-            out.append(flat[i : i + len(cs)])
-            i += len(cs)
-        return out
+        return split_scores(self.log_p_true(inputs), candidate_lists)
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]

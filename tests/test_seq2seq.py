@@ -101,3 +101,37 @@ def test_cli_eval_on_dl19(method: str, tiny_t5_dir: Path, dl19_dir: Path, tmp_pa
     assert rc == 0, err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["reranker"]["method"] == method and metrics["num_queries"] == 1
+
+
+@pytest.mark.parametrize("method", ["monot5", "duot5"])
+def test_sft_lowers_the_loss_and_trains_on_the_heads_inputs(method: str, tiny_t5_dir: Path, tmp_path: Path) -> None:
+    from rerank.data.io import write_jsonl
+    from rerank.methods.monot5.train import duot5_rows, monot5_rows
+    from rerank.testing import synthetic_ranking_examples
+    from rerank.trainers import sft
+    from rerank.types import Candidate, Document, Query
+
+    examples = synthetic_ranking_examples(6, num_candidates=4, seed=4)
+    write_jsonl(examples, tmp_path / "t.jsonl")
+    out = tmp_path / method
+    r = sft({"model": str(tiny_t5_dir), "head": method, "max_doc_tokens": 24, "batch_size": 4, "max_steps": 8,
+             "save_steps": 8, "logging_steps": 1, "learning_rate": 3e-3,
+             "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.0}}, out)
+    assert r["global_step"] == 8
+    state = json.loads((out / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0]
+    trained = Reranker.load(str(out / "model"))  # rerank.json names the method and its options
+    assert trained.method == method and trained.config.max_doc_tokens == 24  # type: ignore[attr-defined]
+    recorder = ScriptedSeq2Seq(trained.tokenizer, lambda text, ids: [0.0, -1.0])  # type: ignore[attr-defined]
+    head = type(trained)(trained.config, recorder)  # type: ignore[call-arg]
+    ex = examples[0]
+    cands = [Candidate(Document(str(j), c["text"], c.get("title") or "")) for j, c in enumerate(ex["candidates"])]
+    sent: list[list[int]] = []
+    real = recorder.first_step_logprobs
+    recorder.first_step_logprobs = lambda inputs, ids: (sent.extend(list(map(list, inputs))), real(inputs, ids))[1]
+    head.rerank(Query("q", ex["query"]), cands)
+    rows = monot5_rows(head, [ex]) if method == "monot5" else duot5_rows(head, [ex], 8)
+    assert rows and all(row["input_ids"] in sent for row in rows)
+    if method == "monot5":
+        assert [row["input_ids"] for row in rows] == sent

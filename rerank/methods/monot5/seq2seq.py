@@ -10,7 +10,7 @@ from typing import Any
 
 from rerank.errors import ConfigError
 
-__all__ = ["Seq2SeqModel", "ScriptedSeq2Seq", "TransformersSeq2Seq"]
+__all__ = ["PromptOnlySeq2Seq", "Seq2SeqModel", "ScriptedSeq2Seq", "TransformersSeq2Seq"]
 
 
 class Seq2SeqModel(ABC):
@@ -113,3 +113,12 @@ class ScriptedSeq2Seq(Seq2SeqModel):
             self.log.append(text)
             out.append([float(v) for v in self.fn(text, token_ids)])
         return out
+
+
+class PromptOnlySeq2Seq(Seq2SeqModel):
+    """A tokenizer and no model: a head on it builds encoder inputs (training renders its rows with the head)."""
+
+    name = "prompt-only"
+
+    def first_step_logprobs(self, inputs: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        raise RuntimeError("a prompt-only seq2seq model builds inputs; it has no model to score them")

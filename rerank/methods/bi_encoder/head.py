@@ -64,6 +64,11 @@ class BiEncoderReranker(Reranker):
         model = check_local_model(cls.method, backend, model)
         return cls(cfg, load_encoder(model, cfg), model_name=model)
 
+    @property
+    def tokenizer(self) -> Any:
+        """The document side's tokenizer (what :meth:`document_token_limit` counts in)."""
+        return self.encoder.doc_tokenizer
+
     def _embed_docs(self, texts: list[str]) -> np.ndarray:
         cfg: BiEncoderConfig = self.config  # type: ignore[assignment]
         self.encoded_docs += len(texts)

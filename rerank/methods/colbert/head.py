@@ -176,6 +176,11 @@ class ColBERTReranker(Reranker):
         model = check_local_model(cls.method, backend, model)
         return cls(cfg, ColBERTEncoder.load(model, cfg.dtype, cfg.device), model_name=model)
 
+    @property
+    def tokenizer(self) -> Any:
+        """The encoder's tokenizer (what :meth:`document_token_limit` counts in)."""
+        return self.encoder.tokenizer
+
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: ColBERTConfig = self.config  # type: ignore[assignment]
         enc = self.encoder

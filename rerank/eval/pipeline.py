@@ -175,7 +175,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     final = run
     if reranker is not None:
         t = time.perf_counter()
-        reranker.prepare(dataset, {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]})
+        reranker.prepare_corpus(dataset, {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]})
         final, rerank_scores, corpus_ids_unknown = rerank_run(
             reranker, queries, run, dataset.corpus, cfg.top_k, cfg.batch_queries, progress
         )

@@ -215,7 +215,7 @@ class Reranker(ABC):
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results
 
-    def prepare(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
+    def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads
         whose document side does not depend on the query (the bi-encoder) embed them here, once. Default: nothing."""
 

@@ -3,8 +3,8 @@
 Queries and documents are embedded with :class:`~rerank.retrieval.dense.BiEncoder` (the same pooling, prefixes,
 maximum lengths and document text as ``--retriever dense``), so reranking a candidate list gives each candidate the
 score dense retrieval over the corpus would. Within one call every distinct document is embedded once. In ``rerank
-eval`` (:meth:`BiEncoderReranker.prepare`) the candidates' embeddings are read from (or written to) the dense
-retriever's embedding cache of the whole corpus when that cache exists or the candidates are at least half the
+eval`` (:meth:`BiEncoderReranker.prepare_corpus`) the candidates' embeddings are read from (or written to) the
+dense retriever's embedding cache of the whole corpus when that cache exists or the candidates are at least half the
 corpus; otherwise only the candidates are embedded, once for the run.
 """
 
@@ -56,7 +56,7 @@ class BiEncoderReranker(Reranker):
         self.encoder = encoder
         self.model_name = model_name
         self.encoded_docs = 0  # documents embedded by this head (the corpus cache's are not counted)
-        self._prepared: dict[str, np.ndarray] = {}  # doc text -> embedding, filled by prepare()
+        self._prepared: dict[str, np.ndarray] = {}  # doc text -> embedding, filled by prepare_corpus()
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
@@ -74,7 +74,7 @@ class BiEncoderReranker(Reranker):
         self.encoded_docs += len(texts)
         return self.encoder.encode_numpy(texts, "doc", cfg.batch_size)
 
-    def prepare(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
+    def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Embed the documents ``eval`` will rerank before it starts: from the corpus embedding cache when it exists
         or the candidates are at least half the corpus (then it is written), else only the candidates."""
         from rerank.retrieval.index import cached_corpus_embeddings, doc_text, encode_corpus_cached

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
+from rerank.heads.text import neutralise
 from rerank.methods.monot5.seq2seq import Seq2SeqModel, TransformersSeq2Seq
 from rerank.prompts import PromptTemplate, load_template
 from rerank.types import Candidate, Query
@@ -87,7 +88,9 @@ class Seq2SeqReranker(Reranker):
         return ids[0], ids[1]
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """``text`` cut to ``max_tokens`` tokens (whole tokens, decoded back)."""
+        """User ``text`` as the input holds it: special-token strings neutralised (a ``</s>`` in a document must not
+        end the input), then cut to ``max_tokens`` tokens (whole tokens, decoded back)."""
+        text = neutralise(text, self.tokenizer)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 

@@ -72,15 +72,20 @@ class SetwiseReranker(LLMReranker):
         return self._label_ids
 
     def set_prompt(self, query: str, texts: list[str]) -> list[int]:
-        """Token ids of the prompt showing ``texts`` (already truncated) as passages A, B, ..."""
-        passages = [{"label": lab, "text": t} for lab, t in zip(self.labels, texts, strict=False)]
-        return self.prompt_ids(self.template.messages(query=query, passages=passages), self.template.assistant_prefix)
+        """Token ids of the prompt showing ``texts`` (prepared: neutralised and cut) as passages A, B, ..., fitted
+        to the backend's context."""
+
+        def render(q: str, ps: list[str]) -> str:
+            passages = [{"label": lab, "text": t} for lab, t in zip(self.labels, ps, strict=False)]
+            return self.render(self.template.messages(query=q, passages=passages), self.template.assistant_prefix)
+
+        return self.fit(query, texts, render)[1]
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: SetwiseConfig = self.config  # type: ignore[assignment]
         ids = self.label_ids()
-        qtexts = [self.truncate(q.text, cfg.max_query_tokens) for q in queries]
-        dtexts = [[self.truncate(c.doc.full_text(), cfg.max_doc_tokens) for c in cs] for cs in candidate_lists]
+        qtexts = [self.prepare(q.text, cfg.max_query_tokens) for q in queries]
+        dtexts = [[self.prepare(c.doc.full_text(), cfg.max_doc_tokens) for c in cs] for cs in candidate_lists]
         sorts: dict[int, Sort] = {}
         asked: dict[int, list[int]] = {}
         orders: dict[int, list[int]] = {}

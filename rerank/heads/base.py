@@ -7,8 +7,10 @@ A head implements :meth:`Reranker.score_candidates` (one query) and may override
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ __all__ = [
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
+_LOCKS_GUARD = threading.Lock()  # creates each reranker's call lock once
 
 
 @dataclass
@@ -124,6 +127,8 @@ class Reranker(ABC):
     #: True when a document's score does not depend on the other documents of its list (pointwise heads): a server
     #: may then score an oversized list in parts, or a long document by passages, and merge by score.
     independent_scores: ClassVar[bool] = False
+    #: False when concurrent ``arerank`` calls may run side by side (the remote reranker's HTTP client).
+    serialise_calls: ClassVar[bool] = True
 
     def __init__(self, config: RerankerConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -214,6 +219,25 @@ class Reranker(ABC):
             ]
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results
+
+    async def arerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
+        """:meth:`rerank` for asyncio code: the same ranking, computed without blocking the event loop."""
+        return (await self.arerank_batch([query], [_as_list(docs, "docs")], top_k=top_k))[0]
+
+    async def arerank_batch(
+        self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
+    ) -> list[RankedResult]:
+        """:meth:`rerank_batch` in a worker thread; concurrent calls on one in-process model run one at a time (a
+        model and its fast tokenizer are not thread-safe), the remote reranker's run side by side."""
+        return await asyncio.to_thread(self._rerank_batch_serialised, queries, docs_lists, top_k)
+
+    def _rerank_batch_serialised(self, queries: Any, docs_lists: Any, top_k: int | None) -> list[RankedResult]:
+        if not self.serialise_calls:
+            return self.rerank_batch(queries, docs_lists, top_k=top_k)
+        with _LOCKS_GUARD:
+            lock = self.__dict__.setdefault("_call_lock", threading.Lock())
+        with lock:
+            return self.rerank_batch(queries, docs_lists, top_k=top_k)
 
     def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads

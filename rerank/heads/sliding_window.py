@@ -108,8 +108,10 @@ class SlidingWindowConfig(LLMHeadConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.window < 1 or self.stride < 1 or self.depth < 1 or self.passes < 1:
-            raise ConfigError("window, stride, depth and passes must be >= 1")
+        if self.window < 1 or self.stride < 1 or self.depth < 1:
+            raise ConfigError("window, stride and depth must be >= 1")
+        if self.passes < 1:
+            raise ConfigError(f"passes must be >= 1, got {self.passes}")
         if self.stride > self.window:
             raise ConfigError(f"stride ({self.stride}) > window ({self.window}) would skip candidates")
 

@@ -61,6 +61,7 @@ class RemoteReranker(Reranker):
 
     method = "remote"
     config_class = RemoteRerankerConfig
+    serialise_calls = False  # the server batches concurrent requests; the HTTP client is thread-safe
     config: RemoteRerankerConfig
 
     def __init__(self, config: RemoteRerankerConfig | None = None) -> None:

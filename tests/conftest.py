@@ -2,8 +2,9 @@
 
 Fixtures: ``repo_root``, ``shared_data`` (``../shared/data`` or ``$RERANK_SHARED_DATA``, else a visible skip),
 ``scifact_dir``, ``dl19_dir``, ``tiny_llm_dir`` (Qwen2), ``tiny_llama_dir``, ``tiny_bert_dir`` (cross-encoder,
-one label), ``tiny_st_dir`` (SentenceTransformer), ``tiny_beir_dir`` (synthetic BEIR), and ``run_cli`` (runs
-``rerank.cli.main`` in-process and returns ``(rc, stdout, stderr)``). Tiny models are built once per session.
+one label), ``tiny_st_dir`` (SentenceTransformer), ``tiny_t5_dir`` (seq2seq), ``tiny_beir_dir`` (synthetic BEIR),
+and ``run_cli`` (runs ``rerank.cli.main`` in-process and returns ``(rc, stdout, stderr)``). Tiny models are built once
+per session.
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ def tiny_st_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rerank.testing import tiny_sentence_transformer
 
     return tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-st") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny T5 (seq2seq) folder with the T5-like Unigram tokenizer, seed 0."""
+    from rerank.testing import tiny_t5
+
+    return tiny_t5(tmp_path_factory.mktemp("tiny-t5") / "model", seed=0)
 
 
 @pytest.fixture(scope="session")

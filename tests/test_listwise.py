@@ -438,3 +438,15 @@ def test_listwise_and_grouprank_end_to_end(tiny_dir):
     res = gr.rerank("things", dl)
     assert sorted(res.doc_ids) == sorted(d["id"] for d in dl)
     assert gr.stats.outputs == 4  # 2 groups (3 + 2) x 2 repeats, each output counted
+
+
+def test_listwise_passes_start_from_the_previous_order(tokenizer):
+    # pass 2 from d f a b c g e: [3:7] b c g e -> b g c e; [1:5] f a b g -> f b g a; [0:3] d f b stays
+    backend = RecordingBackend(tokenizer, generate_fn=oracle_permutation)
+    head = ListwiseReranker(ListwiseConfig(window=4, stride=2, passes=2), backend=backend)
+    assert head.rerank("q", docs()).doc_ids == ["d", "f", "b", "g", "a", "c", "e"]
+    assert backend.calls["generate"] == 6
+    head = ListwiseReranker(ListwiseConfig(window=4, stride=2, passes=3), backend=backend)
+    assert head.rerank("q", docs()).doc_ids == sorted(REL, key=lambda n: -REL[n])  # a third pass sorts it fully
+    with pytest.raises(ConfigError, match="passes must be >= 1"):
+        ListwiseConfig(passes=0)

@@ -125,4 +125,4 @@ def test_training_prompts_are_the_inference_prompts(tok: Any, variant: str) -> N
 
 def test_every_llm_method_is_covered() -> None:
     """The methods with an LLM training task are exactly the generative heads (a new one joins this test by itself)."""
-    assert set(LLM_METHODS) == {"yes-no", "erank", "listwise", "first", "grouprank"}
+    assert set(LLM_METHODS) == {"yes-no", "erank", "listwise", "first", "grouprank", "qwen3-reranker"}

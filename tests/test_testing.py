@@ -17,6 +17,7 @@ import torch
 from rerank.data import Dataset
 from rerank.eval.metrics import evaluate_run
 from rerank.testing import (
+    build_t5_tokenizer,
     build_tokenizer,
     make_tiny_beir,
     synthetic_ranking_examples,
@@ -311,6 +312,22 @@ def test_cli_writes_folders(tmp_path: Path) -> None:
     assert cli_module.main(["tiny-llm", str(tmp_path / "llm"), "--arch", "llama", "--seed", "2"]) == 0
     cfg = json.loads((tmp_path / "llm" / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["head_dim"] == 64
+    assert cli_module.main(["tiny-t5", str(tmp_path / "t5"), "--seed", "0"]) == 0
+    assert json.loads((tmp_path / "t5" / "config.json").read_text())["architectures"] == ["T5ForConditionalGeneration"]
+
+
+def test_tiny_t5_tokenizer_is_t5_like(tiny_t5_dir: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    ids = tok("Query: a cat Document: true Relevant:")["input_ids"]
+    assert ids[-1] == 1 and tok.convert_ids_to_tokens(ids[:2]) == ["\u2581Query:", "\u2581a"]
+    assert [len(tok.encode(w, add_special_tokens=False)) for w in ("true", "false")] == [1, 1]
+    assert tok.decode(ids, skip_special_tokens=True) == "Query: a cat Document: true Relevant:"
+    again = build_t5_tokenizer()
+    assert again.get_vocab() == tok.get_vocab()
+    assert AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir).config.decoder_start_token_id == 0
 
 
 def test_cli_runs_as_module(tmp_path: Path, repo_root: Path) -> None:

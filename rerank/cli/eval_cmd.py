@@ -42,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="measure, ir-measures (nDCG@10) or trec_eval (ndcg_cut_10) name (repeatable)")
     p.add_argument("--rel-level", type=positive_int, default=None,
                    help="min grade counted relevant for binary measures")
+    p.add_argument("--no-llm-cache", action="store_true",
+                   help="call the LLM for every prompt (default: answers are cached by model, prompt and options)")
+    p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
+                   help="append every LLM prompt and raw response (and whether it was cached) to this file")
     add_allow_duplicates(p)
     p.add_argument("--output", required=True,
                    help="result folder (run.trec, metrics.json, report.md, …; files of an earlier run there are "
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         measures=tuple(args.measure) if args.measure else DEFAULT_MEASURES,
         rel_level=args.rel_level,
         qrels_duplicates=args.allow_duplicates or "error",
+        llm_cache=not args.no_llm_cache,
+        log_llm_io=args.log_llm_io,
     )
     if args.suite is not None:
         from rerank.eval.suites import run_suite

@@ -70,6 +70,8 @@ class EvalConfig:
     rel_level: int | None = None
     batch_queries: int = 8
     qrels_duplicates: str = "error"
+    llm_cache: bool = True  # LLM heads' calls are cached (rerank.backends.cache); a re-run makes no model calls
+    log_llm_io: str | None = None  # JSONL of every LLM prompt and raw response
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_queries"):
@@ -150,7 +152,10 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
 
     if reranker is None and cfg.reranker is not None:  # before retrieval: a bad option or model fails in seconds
         t = time.perf_counter()
-        reranker = Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
+        from rerank.backends.cache import llm_cache_scope
+
+        with llm_cache_scope(cfg.llm_cache, cfg.log_llm_io):
+            reranker = Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
         timing["reranker_load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -175,6 +180,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     final = run
     if reranker is not None:
         t = time.perf_counter()
+        reranker.prepare_corpus(dataset, {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]})
         final, rerank_scores, corpus_ids_unknown = rerank_run(
             reranker, queries, run, dataset.corpus, cfg.top_k, cfg.batch_queries, progress
         )

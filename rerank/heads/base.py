@@ -7,8 +7,10 @@ A head implements :meth:`Reranker.score_candidates` (one query) and may override
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
@@ -18,9 +20,13 @@ from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
-__all__ = ["DocInput", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "sigmoid"]
+__all__ = [
+    "DocInput", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model", "sigmoid",
+    "split_scores",
+]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
+_LOCKS_GUARD = threading.Lock()  # creates each reranker's call lock once
 
 
 @dataclass
@@ -64,6 +70,25 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
+def split_scores(flat: Sequence[float], candidate_lists: Sequence[Sequence[Any]]) -> list[list[float]]:
+    """Scores of all candidates of a batch, query-major, back into one list per query."""
+    out, i = [], 0
+    for c in candidate_lists:
+        out.append([float(x) for x in flat[i : i + len(c)]])
+        i += len(c)
+    return out
+
+
+def check_local_model(method: str, backend: str, model: str | None) -> str:
+    """The model of a head that loads its own network in process (no LLM backend): ``--backend`` must be
+    transformers and ``--model`` given."""
+    if backend != "transformers":
+        raise ConfigError(f"{method} runs on the transformers backend only, not {backend!r}")
+    if not model:
+        raise ConfigError(f"{method}: --model is required")
+    return model
+
+
 def _as_list(items: Any, name: str) -> list[Any]:
     """``items`` as a list; a string, a mapping or a set is a mistake (it would be ranked character by character,
     by key, or in no stable order), and so is anything that is not iterable."""
@@ -102,6 +127,8 @@ class Reranker(ABC):
     #: True when a document's score does not depend on the other documents of its list (pointwise heads): a server
     #: may then score an oversized list in parts, or a long document by passages, and merge by score.
     independent_scores: ClassVar[bool] = False
+    #: False when concurrent ``arerank`` calls may run side by side (the remote reranker's HTTP client).
+    serialise_calls: ClassVar[bool] = True
 
     def __init__(self, config: RerankerConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -192,6 +219,29 @@ class Reranker(ABC):
             ]
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results
+
+    async def arerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
+        """:meth:`rerank` for asyncio code: the same ranking, computed without blocking the event loop."""
+        return (await self.arerank_batch([query], [_as_list(docs, "docs")], top_k=top_k))[0]
+
+    async def arerank_batch(
+        self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
+    ) -> list[RankedResult]:
+        """:meth:`rerank_batch` in a worker thread; concurrent calls on one in-process model run one at a time (a
+        model and its fast tokenizer are not thread-safe), the remote reranker's run side by side."""
+        return await asyncio.to_thread(self._rerank_batch_serialised, queries, docs_lists, top_k)
+
+    def _rerank_batch_serialised(self, queries: Any, docs_lists: Any, top_k: int | None) -> list[RankedResult]:
+        if not self.serialise_calls:
+            return self.rerank_batch(queries, docs_lists, top_k=top_k)
+        with _LOCKS_GUARD:
+            lock = self.__dict__.setdefault("_call_lock", threading.Lock())
+        with lock:
+            return self.rerank_batch(queries, docs_lists, top_k=top_k)
+
+    def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
+        """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads
+        whose document side does not depend on the query (the bi-encoder) embed them here, once. Default: nothing."""
 
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """One list's raw scores mapped to relevance in [0, 1] (order kept), what Cohere clients expect. Default: the

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.cache import maybe_cached
 from rerank.backends.registry import backend_accepts, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
@@ -112,7 +113,7 @@ class LLMReranker(Reranker):
                 opts.setdefault("device", cfg.device)
             if backend_accepts(backend_name, "batch_size"):
                 opts.setdefault("batch_size", cfg.batch_size)  # one batch size: the head's is the model's
-            backend = build_backend(backend_name, model, **opts)
+            backend = maybe_cached(build_backend(backend_name, model, **opts), model)
         self.backend = backend
         self.model_name = model
         self.template: PromptTemplate = load_template(cfg.template or self.default_template())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank.errors import ConfigError
+from rerank.heads.base import split_scores
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.types import Candidate, Query
@@ -88,11 +89,7 @@ class PointwiseLLMReranker(ScoresByPassages, LLMReranker):
     @staticmethod
     def split(flat: Sequence[float], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Undo :meth:`flat_inputs`: flat scores back into per-query lists."""
-        out, i = [], 0
-        for c in candidate_lists:
-            out.append([float(x) for x in flat[i : i + len(c)]])
-            i += len(c)
-        return out
+        return split_scores(flat, candidate_lists)
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]

@@ -98,16 +98,20 @@ def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: in
 
 @dataclass
 class SlidingWindowConfig(LLMHeadConfig):
-    """Sliding-window options: ``window`` passages per prompt, moving up by ``stride`` over the top ``depth``."""
+    """Sliding-window options: ``window`` passages per prompt, moving up by ``stride`` over the top ``depth``;
+    ``passes`` sweeps, each starting from the order the previous one left (rank_llm's multi-pass)."""
 
     window: int = 20
     stride: int = 10
     depth: int = 100
+    passes: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.window < 1 or self.stride < 1 or self.depth < 1:
             raise ConfigError("window, stride and depth must be >= 1")
+        if self.passes < 1:
+            raise ConfigError(f"passes must be >= 1, got {self.passes}")
         if self.stride > self.window:
             raise ConfigError(f"stride ({self.stride}) > window ({self.window}) would skip candidates")
 
@@ -173,9 +177,9 @@ class SlidingWindowHead(LLMReranker):
             prompts = [self.window_inputs(qtexts[qi], [texts[qi][j] for j in window])[1] for qi, window in batch]
             return self.rank_prompts(prompts, [len(w) for _, w in batch])
 
-        orders = sliding_window_rerank(
-            [list(range(len(c))) for c in candidate_lists], rank_windows, cfg.window, cfg.stride, cfg.depth
-        )
+        orders = [list(range(len(c))) for c in candidate_lists]
+        for _ in range(cfg.passes):
+            orders = sliding_window_rerank(orders, rank_windows, cfg.window, cfg.stride, cfg.depth)
         scores: list[list[float]] = []
         for order in orders:
             s = [0.0] * len(order)

@@ -41,11 +41,25 @@ class RerankCompressor(BaseDocumentCompressor):
     ) -> Sequence[LCDocument]:
         if not documents:
             return []
-        docs = [Document(str(i), d.page_content) for i, d in enumerate(documents)]
-        result = self.reranker.rerank(query, docs, top_k=self.top_n)
-        out = []
-        for r in result.results:
-            src = documents[int(r.doc.id)]
-            meta = {**src.metadata, "relevance_score": r.score, "rerank_rank": r.rank}
-            out.append(LCDocument(page_content=src.page_content, metadata=meta, id=src.id))
-        return out
+        return _ranked(documents, self.reranker.rerank(query, _docs(documents), top_k=self.top_n))
+
+    async def acompress_documents(
+        self, documents: Sequence[LCDocument], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[LCDocument]:
+        """:meth:`compress_documents` through the reranker's ``arerank`` (the event loop is not blocked)."""
+        if not documents:
+            return []
+        return _ranked(documents, await self.reranker.arerank(query, _docs(documents), top_k=self.top_n))
+
+
+def _docs(documents: Sequence[LCDocument]) -> list[Document]:
+    return [Document(str(i), d.page_content) for i, d in enumerate(documents)]
+
+
+def _ranked(documents: Sequence[LCDocument], result: Any) -> list[LCDocument]:
+    out = []
+    for r in result.results:
+        src = documents[int(r.doc.id)]
+        meta = {**src.metadata, "relevance_score": r.score, "rerank_rank": r.rank}
+        out.append(LCDocument(page_content=src.page_content, metadata=meta, id=src.id))
+    return out

@@ -35,10 +35,26 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if query_bundle is None:
-            raise ValueError("RerankNodePostprocessor needs the query (query_bundle or query_str)")
         if not nodes:
             return []
-        docs = [Document(str(i), n.node.get_content(metadata_mode=MetadataMode.EMBED)) for i, n in enumerate(nodes)]
-        result = self.reranker.rerank(query_bundle.query_str, docs, top_k=self.top_n)
+        result = self.reranker.rerank(_query(query_bundle), _docs(nodes), top_k=self.top_n)
         return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.score) for r in result.results]
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """:meth:`_postprocess_nodes` through the reranker's ``arerank`` (the event loop is not blocked)."""
+        if not nodes:
+            return []
+        result = await self.reranker.arerank(_query(query_bundle), _docs(nodes), top_k=self.top_n)
+        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.score) for r in result.results]
+
+
+def _query(query_bundle: QueryBundle | None) -> str:
+    if query_bundle is None:
+        raise ValueError("RerankNodePostprocessor needs the query (query_bundle or query_str)")
+    return query_bundle.query_str
+
+
+def _docs(nodes: list[NodeWithScore]) -> list[Document]:
+    return [Document(str(i), n.node.get_content(metadata_mode=MetadataMode.EMBED)) for i, n in enumerate(nodes)]

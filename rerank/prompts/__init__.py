@@ -2,8 +2,9 @@
 given by path, or a template given inline as a mapping (how a trained model's ``rerank.json`` stores it).
 
 A template has a ``system`` and a ``user`` Jinja2 text and optional extra fields a head reads (e.g. the identifier
-scheme). ``load_template("first")`` loads the shipped ``first.yaml``; a path loads that file instead. The shipped
-names are every method's templates plus the data recipes' ones in ``rerank/prompts/templates``.
+scheme), which the texts may use as variables. ``load_template("first")`` loads the shipped ``first.yaml``; a path
+loads that file instead. The shipped names are every method's templates plus the data recipes' ones in
+``rerank/prompts/templates``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class PromptTemplate:
     path: str | None = None
 
     def messages(self, **variables: Any) -> list[dict[str, str]]:
-        """Render to chat messages (missing variables are errors, not empty strings)."""
+        """Render to chat messages (missing variables are errors, not empty strings). The template's own extra fields
+        are variables too (e.g. ``{{ instruction }}`` with an ``instruction:`` default); given variables win."""
+        variables = {**self.extra, **variables}
         try:
             msgs = []
             if self.system:

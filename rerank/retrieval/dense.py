@@ -37,7 +37,10 @@ from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage
 from rerank.utils.files import staged_dir, write_json
 
-__all__ = ["BiEncoder", "EncoderSettings", "DenseConfig", "DenseRetriever", "Pooling", "pool"]
+__all__ = [
+    "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "load_encoder", "Pooling",
+    "pool",
+]
 
 log = logging.getLogger(__name__)
 
@@ -520,20 +523,27 @@ def _read_st_pooling(path: Path) -> str:
 
 
 @dataclass
-class DenseConfig:
-    """Options of ``--retriever dense`` (``--retriever-set KEY=VALUE``); ``None`` means: as the model/index says."""
+class EncoderOptions:
+    """How to load a bi-encoder (the dense retriever's and the bi-encoder reranker's options); ``None`` means: as the
+    model (or the index) says."""
 
-    model: str | None = None
-    index: str | None = None
     pooling: Pooling | None = None
     normalize: bool | None = None
     query_prefix: str | None = None
     doc_prefix: str | None = None
     query_max_length: int | None = None
     doc_max_length: int | None = None
-    batch_size: int = 64
     device: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+
+
+@dataclass
+class DenseConfig(EncoderOptions):
+    """Options of ``--retriever dense`` (``--retriever-set KEY=VALUE``); ``None`` means: as the model/index says."""
+
+    model: str | None = None
+    index: str | None = None
+    batch_size: int = 64
     cache: bool = True
     shard_size: int = 8192
     ef_search: int | None = None
@@ -544,7 +554,7 @@ class DenseConfig:
 _ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
 
 
-def _encoder_overrides(cfg: DenseConfig, manifest: dict[str, Any] | None) -> dict[str, Any]:
+def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None) -> dict[str, Any]:
     """Encoder settings: explicit options, else the index's recorded ones; an explicit doc-side value must match it."""
     out: dict[str, Any] = {k: getattr(cfg, k) for k in _ENCODER_KEYS if getattr(cfg, k) is not None}
     if manifest is None:
@@ -562,6 +572,11 @@ def _encoder_overrides(cfg: DenseConfig, manifest: dict[str, Any] | None) -> dic
     if cfg.dtype is None and recorded.get("dtype") in _DTYPES:
         cfg.dtype = recorded["dtype"]
     return out
+
+
+def load_encoder(model: str, options: EncoderOptions, manifest: dict[str, Any] | None = None) -> BiEncoder:
+    """The bi-encoder ``model`` with ``options`` over its own settings (and an index manifest's, when given)."""
+    return BiEncoder.load(model, device=options.device, dtype=options.dtype, **_encoder_overrides(options, manifest))
 
 
 def _tmp_work_dir() -> Path:
@@ -593,9 +608,7 @@ class DenseRetriever(FirstStage):
         model = cfg.model or (manifest or {}).get("model")
         if not model:
             raise ConfigError("the dense retriever needs a model (--model M or --retriever-set model=M) or an --index")
-        encoder = BiEncoder.load(
-            model, device=cfg.device, dtype=cfg.dtype, **_encoder_overrides(cfg, manifest)
-        )
+        encoder = load_encoder(model, cfg, manifest)
         if cfg.index:
             index = DenseIndex.load(
                 cfg.index,

@@ -45,6 +45,7 @@ __all__ = [
     "build_faiss",
     "doc_text",
     "doc_encoding_key",
+    "cached_corpus_embeddings",
     "embedding_cache_dir",
     "encode_corpus",
     "encode_corpus_cached",
@@ -230,6 +231,13 @@ def encode_corpus(
     state_path.unlink(missing_ok=True)
     path = work_dir / "embeddings.npy"
     return EmbeddingSet(ids, np.load(path, mmap_mode="r"), manifest, path)
+
+
+def cached_corpus_embeddings(encoder: BiEncoder, corpus_sha256: str) -> EmbeddingSet | None:
+    """The corpus embeddings :func:`encode_corpus_cached` wrote for ``encoder``, or None when they are not (all)
+    there."""
+    key = doc_encoding_key(encoder, corpus_sha256)
+    return _load_complete(embedding_cache_dir(key), key)
 
 
 def encode_corpus_cached(

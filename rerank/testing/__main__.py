@@ -1,4 +1,5 @@
-"""``python -m rerank.testing {tiny-llm,tiny-bert,tiny-st,tiny-beir} DIR``: write a tiny model or dataset folder."""
+"""``python -m rerank.testing {tiny-llm,tiny-bert,tiny-st,tiny-t5,tiny-beir} DIR``: write a tiny model or dataset
+folder."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, default=None, help="1 for a cross-encoder; omit for a bare encoder")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("tiny-st", help="SentenceTransformer folder: tiny BERT + mean pooling")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("tiny-t5", help="random tiny T5 (seq2seq, for monot5 / duot5) + T5-like Unigram tokenizer")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("tiny-beir", help="synthetic BEIR dataset (key-word relevance, grades 0-2)")
@@ -49,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rerank.testing.models import tiny_sentence_transformer
 
         out = tiny_sentence_transformer(args.dir, seed=args.seed)
+    elif args.what == "tiny-t5":
+        from rerank.testing.models import tiny_t5
+
+        out = tiny_t5(args.dir, seed=args.seed)
     else:
         from rerank.testing.synthetic import make_tiny_beir
 

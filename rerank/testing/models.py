@@ -9,9 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerank.testing.tokenizer import IM_END, build_tokenizer, build_wordpiece_tokenizer, save_portable
+from rerank.testing.tokenizer import (
+    IM_END,
+    build_t5_tokenizer,
+    build_tokenizer,
+    build_wordpiece_tokenizer,
+    save_portable,
+)
 
-__all__ = ["LLM_ARCHS", "tiny_llm", "tiny_bert", "tiny_sentence_transformer"]
+__all__ = ["LLM_ARCHS", "tiny_llm", "tiny_bert", "tiny_colbert", "tiny_sentence_transformer", "tiny_t5"]
 
 LLM_ARCHS = ("qwen2", "llama")
 
@@ -113,4 +119,58 @@ def tiny_sentence_transformer(path: str | Path, seed: int = 0) -> Path:
         pooling = models.Pooling(dim_fn(), pooling_mode="mean")
         st = SentenceTransformer(modules=[word, pooling], device="cpu")
         st.save(str(path), safe_serialization=True)
+    return path
+
+
+def tiny_t5(path: str | Path, seed: int = 0) -> Path:
+    """Write a random tiny T5 (encoder-decoder, 2 + 2 layers) with the T5-like Unigram tokenizer to ``path``; return
+    it. It loads with ``AutoModelForSeq2SeqLM``, as monoT5 / duoT5 checkpoints do."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    path = Path(path)
+    tok = build_t5_tokenizer()
+    config = T5Config(vocab_size=len(tok), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+    model.save_pretrained(str(path), safe_serialization=True)
+    save_portable(tok, path)
+    return path
+
+
+def tiny_colbert(path: str | Path, seed: int = 0, dim: int = 32) -> Path:
+    """Write a random tiny ColBERT in PyLate's folder layout to ``path``: a tiny BERT whose tokenizer has the ``[Q] ``
+    and ``[D] `` prefix tokens (``0_Transformer``), a bias-free Dense projection to ``dim`` (``1_Dense``), and
+    ``config_sentence_transformers.json`` with the lengths, query expansion and a punctuation skiplist."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    from rerank.utils.files import write_json
+
+    path = Path(path)
+    tok = build_wordpiece_tokenizer()
+    tok.add_tokens(["[Q] ", "[D] "])
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+        linear = torch.nn.Linear(64, dim, bias=False)
+    model.save_pretrained(str(path / "0_Transformer"), safe_serialization=True)
+    save_portable(tok, path / "0_Transformer")
+    write_json({"max_seq_length": 180, "do_lower_case": False}, path / "0_Transformer" / "sentence_bert_config.json")
+    (path / "1_Dense").mkdir(parents=True, exist_ok=True)
+    write_json({"in_features": 64, "out_features": dim, "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity"}, path / "1_Dense" / "config.json")
+    save_file({"linear.weight": linear.weight.detach().contiguous()}, str(path / "1_Dense" / "model.safetensors"))
+    write_json([{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}], path / "modules.json")
+    write_json({"query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 32, "document_length": 180,
+                "do_query_expansion": True, "attend_to_expansion_tokens": False,
+                "skiplist_words": list(".,!?;:"), "similarity_fn_name": "MaxSim"},
+               path / "config_sentence_transformers.json")
     return path

@@ -1,7 +1,8 @@
 """Tokenizers trained in code on the built-in English text, so tests never need a model hub.
 
 ``build_tokenizer`` gives a Qwen/SmolLM-like byte-level BPE (digits one per token, ChatML chat template with
-generation markers); ``build_wordpiece_tokenizer`` gives a BERT WordPiece tokenizer for the tiny encoders.
+generation markers); ``build_wordpiece_tokenizer`` gives a BERT WordPiece tokenizer for the tiny encoders;
+``build_t5_tokenizer`` a T5-like Unigram (metaspace, ``</s>`` appended, ``<pad>`` id 0) for the tiny T5.
 Training is deterministic and takes well under a second; results are cached per process.
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "chat_template",
     "build_tokenizer",
     "build_wordpiece_tokenizer",
+    "build_t5_tokenizer",
     "save_portable",
 ]
 
@@ -229,6 +231,44 @@ def build_wordpiece_tokenizer(save_dir: str | Path | None = None) -> PreTrainedT
         vocab_file = Path(tmp) / "vocab.txt"
         vocab_file.write_text("\n".join(_wordpiece_vocab()) + "\n", encoding="utf-8")
         tok = BertTokenizerFast(str(vocab_file), do_lower_case=True, model_max_length=512)
+    if save_dir is not None:
+        save_portable(tok, save_dir)
+    return tok
+
+
+T5_WORDS = 600
+# monoT5 / duoT5 prompt words and answers: whole pieces, as in T5's own vocabulary
+_T5_FORCED = ["Query:", "Document:", "Document0:", "Document1:", "Relevant:", "true", "false"]
+
+
+def build_t5_tokenizer(save_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """A T5-like Unigram tokenizer: ``<pad>`` 0, ``</s>`` 1 (appended to every input), ``<unk>`` 2, the corpus's most
+    frequent words (and the monoT5 prompt words) as ``▁word`` pieces scored by log frequency, single characters last.
+    Built from counts, not trained, so it is deterministic."""
+    import collections
+    import math
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    counts = collections.Counter(w for line in corpus_lines() for w in line.split())
+    for w in _T5_FORCED:
+        counts[w] += 1000
+    words = sorted(counts, key=lambda w: (-counts[w], w))[:T5_WORDS]
+    total = sum(counts[w] for w in words)
+    vocab: dict[str, float] = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0, "\u2581": -3.0}
+    for w in words:
+        vocab.setdefault("\u2581" + w, math.log(counts[w] / total))
+    for c in sorted({c for line in corpus_lines() for c in line} | set(string.printable.strip())):
+        vocab.setdefault(c, -20.0)
+    tk = Tokenizer(models.Unigram(list(vocab.items()), unk_id=2))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                  model_max_length=512)
     if save_dir is not None:
         save_portable(tok, save_dir)
     return tok

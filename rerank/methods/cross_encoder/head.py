@@ -23,7 +23,7 @@ from rerank.backends.transformers import resolve_device, resolve_dtype
 from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.base import Reranker, RerankerConfig, split_scores
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
@@ -157,12 +157,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
     def score_passages(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Scores of the candidates as given (each pair cut to ``max_length``)."""
         pairs = [(q.text, c.doc.full_text()) for q, cs in zip(queries, candidate_lists, strict=True) for c in cs]
-        flat = self.score_pairs(pairs)
-        out, i = [], 0
-        for cs in candidate_lists:
-            out.append(flat[i : i + len(cs)])
-            i += len(cs)
-        return out
+        return split_scores(self.score_pairs(pairs), candidate_lists)
 
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """Scores that are probabilities already (``sigmoid``, two-label ``softmax``) stay; a logit (one label,

@@ -1,0 +1,169 @@
+"""A persistent cache of LLM calls, and a log of every prompt and raw response.
+
+:class:`CachingBackend` wraps any backend: each prompt's answer (the requested log-probabilities, or a greedy
+generation) is stored in SQLite (``<cache_root>/llm-calls.sqlite``) under a key of the model's fingerprint (the SHA-256
+of its weight, config and tokenizer files; a served model's name and address), the backend's options, the prompt's
+token ids and the request (token ids, or the decoding options). Sampled generations (temperature > 0) are never
+cached. Only misses reach the model, so a re-run of a cached evaluation makes no model calls (``calls`` counts the
+wrapped backend's). ``log_path`` appends one JSON line per prompt: the decoded prompt, the raw response, and whether
+it came from the cache.
+
+``rerank eval`` (and so the leaderboard) wraps the LLM heads' backends by default (``--no-llm-cache`` turns it off,
+``--log-llm-io FILE.jsonl`` writes the log); ``serve`` and the Python API do not unless :func:`llm_cache_scope` asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rerank.backends.base import Backend, GenerationConfig
+
+__all__ = ["CachingBackend", "llm_cache_scope", "maybe_cached", "model_fingerprint"]
+
+_SCOPE: contextvars.ContextVar[tuple[bool, str | None] | None] = contextvars.ContextVar("llm_cache", default=None)
+_WEIGHTS = ("*.safetensors", "*.gguf", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@contextlib.contextmanager
+def llm_cache_scope(enabled: bool = True, log_path: str | None = None) -> Iterator[None]:
+    """LLM heads built inside the ``with`` block get a cached (and, with ``log_path``, logged) backend."""
+    token = _SCOPE.set((enabled, log_path))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def _db(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path), check_same_thread=False)
+    con.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stamp TEXT NOT NULL, sha256 TEXT NOT NULL)")
+    return con
+
+
+def model_fingerprint(model: str, con: sqlite3.Connection | None = None) -> str:
+    """SHA-256 over a local model's weight, config and tokenizer files (each file's hash remembered by path, size
+    and mtime); a name that is not a local path (a served model) is its own fingerprint."""
+    from rerank.models import resolve_model_path
+
+    p = Path(resolve_model_path(model))
+    if not p.exists():
+        return f"name:{model}"
+    files = [p] if p.is_file() else sorted({f for pat in _WEIGHTS for f in p.glob(pat)})
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        row = con.execute("SELECT stamp, sha256 FROM files WHERE path = ?", (str(f.resolve()),)).fetchone() if con \
+            else None
+        if row is not None and row[0] == stamp:
+            digest = row[1]
+        else:
+            fh = hashlib.sha256()
+            with open(f, "rb") as fp:
+                for chunk in iter(lambda: fp.read(1 << 20), b""):
+                    fh.update(chunk)
+            digest = fh.hexdigest()
+            if con is not None:
+                with con:
+                    con.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (str(f.resolve()), stamp, digest))
+        h.update(f"{f.name}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+class CachingBackend(Backend):
+    """``inner`` with a persistent per-prompt answer cache and an optional JSONL log of every prompt and response."""
+
+    def __init__(self, inner: Backend, model: str, path: str | Path, log_path: str | None = None,
+                 use_cache: bool = True) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+        self.calls = inner.calls  # the model's own calls: a cached re-run leaves them at zero
+        self.use_cache = use_cache
+        self.hits = 0
+        self._con = _db(Path(path))
+        self._lock = threading.Lock()
+        desc = {k: v for k, v in inner.describe().items() if not k.startswith("resolved_")}
+        self._base = {"model": model_fingerprint(model, self._con), "backend": desc}
+        self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed in close()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.inner.tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        return self.inner.context_length
+
+    def _key(self, kind: str, prompt: Sequence[int], request: Any) -> str:
+        blob = json.dumps({**self._base, "kind": kind, "prompt": list(prompt), "request": request}, sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _run(self, kind: str, prompts: Sequence[Sequence[int]], request: Any, cacheable: bool,
+             compute: Any) -> list[Any]:
+        keys = [self._key(kind, p, request) for p in prompts]
+        found: dict[int, Any] = {}
+        if self.use_cache and cacheable:
+            with self._lock:
+                for i, k in enumerate(keys):
+                    row = self._con.execute("SELECT value FROM calls WHERE key = ?", (k,)).fetchone()
+                    if row is not None:
+                        found[i] = json.loads(row[0])
+        todo = [i for i in range(len(prompts)) if i not in found]
+        fresh = dict(zip(todo, compute([prompts[i] for i in todo]), strict=True)) if todo else {}
+        if self.use_cache and cacheable and fresh:
+            with self._lock, self._con:
+                self._con.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?)",
+                                      [(keys[i], json.dumps(v)) for i, v in fresh.items()])
+        self.hits += len(found)
+        out = [found[i] if i in found else fresh[i] for i in range(len(prompts))]
+        if self._log is not None:
+            for p, v, i in zip(prompts, out, range(len(prompts)), strict=True):
+                line = {"kind": kind, "prompt": self.tokenizer.decode(list(p), skip_special_tokens=False),
+                        "request": request, "response": v, "cached": i in found}
+                self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._log.flush()
+        return out
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        return self._run("next_token_logprobs", prompts, list(token_ids), True,
+                         lambda ps: self.inner.next_token_logprobs(ps, token_ids))
+
+    def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        return self._run("generate", prompts, dataclasses.asdict(config), config.temperature == 0.0,
+                         lambda ps: self.inner.generate(ps, config))
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "llm_cache": self.use_cache, "llm_cache_hits": self.hits}
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._con.close()
+        self.inner.close()
+
+
+def maybe_cached(backend: Backend, model: str | None) -> Backend:
+    """``backend`` wrapped by :class:`CachingBackend` when built inside an enabled :func:`llm_cache_scope`."""
+    scope = _SCOPE.get()
+    if scope is None or model is None or isinstance(backend, CachingBackend):
+        return backend
+    enabled, log_path = scope
+    if not enabled and log_path is None:
+        return backend
+    from rerank.data.datasets import cache_root
+
+    return CachingBackend(backend, model, cache_root() / "llm-calls.sqlite", log_path, use_cache=enabled)

@@ -1,0 +1,41 @@
+"""Qwen3-Reranker: the yes-no head on its own template; ``instruction`` (non-empty) replaces the template's default
+task instruction ("Given a web search query, retrieve relevant passages that answer the query")."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rerank.heads.base import RerankerConfig
+from rerank.methods.yes_no.head import YesNoConfig, YesNoReranker
+from rerank.methods.yes_no.task import YesNoTask
+
+__all__ = ["Qwen3Reranker", "Qwen3RerankerConfig", "Qwen3RerankerTask"]
+
+
+@dataclass
+class Qwen3RerankerConfig(YesNoConfig):
+    """yes-no options plus the ``<Instruct>`` text ('' = the template's)."""
+
+    instruction: str = ""
+
+
+class Qwen3Reranker(YesNoReranker):
+    """Score = log P(yes) - log P(no) after Qwen3-Reranker's prompt; :meth:`relevance` is the model card's P(yes)."""
+
+    method = "qwen3-reranker"
+    config_class: ClassVar[type[RerankerConfig]] = Qwen3RerankerConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        instruction = self.config.instruction  # type: ignore[attr-defined]
+        if instruction:
+            extra = {**self.template.extra, "instruction": instruction}
+            self.template = dataclasses.replace(self.template, extra=extra)
+
+
+class Qwen3RerankerTask(YesNoTask):
+    """Training rows of the Qwen3-Reranker prompt (the yes/no targets and reward of yes-no)."""
+
+    method: ClassVar[str] = "qwen3-reranker"

@@ -4,7 +4,7 @@ Fixtures: ``repo_root``, ``shared_data`` (``../shared/data`` or ``$RERANK_SHARED
 ``scifact_dir``, ``dl19_dir``, ``tiny_llm_dir`` (Qwen2), ``tiny_llama_dir``, ``tiny_bert_dir`` (cross-encoder,
 one label), ``tiny_st_dir`` (SentenceTransformer), ``tiny_t5_dir`` (seq2seq), ``tiny_beir_dir`` (synthetic BEIR),
 and ``run_cli`` (runs ``rerank.cli.main`` in-process and returns ``(rc, stdout, stderr)``). Tiny models are built once
-per session.
+per session. ``RERANK_CACHE`` (indexes, embeddings, LLM calls) is a temporary folder of the run unless set.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "RERANK_CACHE" not in os.environ:  # indexes, embeddings and LLM calls of this run only, never the user's cache
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["RERANK_CACHE"] = tempfile.mkdtemp(prefix="rerank-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["RERANK_CACHE"], True)
 
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402

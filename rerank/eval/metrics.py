@@ -15,10 +15,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import islice
+from operator import itemgetter
 
 import ir_measures
-import numpy as np
 import pytrec_eval
 
 from rerank.errors import ConfigError
@@ -112,10 +112,12 @@ def evaluate_run(
             results = _pytrec_eval(qrels_dict, {request for request, _, _ in specs.values()}, level, run_dict)
             plain = [(name, key) for name, (_, key, cut) in specs.items() if cut is None]
             cut = [(name, key, c) for name, (_, key, c) in specs.items() if c is not None]
+            plain_names, plain_values = [n for n, _ in plain], itemgetter(*[key for _, key in plain]) if plain else None
             for q, values in results.items():
                 row = per_query[q]
-                for name, key in plain:
-                    row[name] = values[key]
+                if plain_values is not None:
+                    got = plain_values(values)
+                    row.update(zip(plain_names, got if len(plain) > 1 else (got,)))
                 for name, key, c in cut:  # RR@k: the reciprocal rank of a first relevant document within the top k
                     v = values[key]
                     row[name] = v if v > 0 and round(1.0 / v) <= c else 0.0
@@ -128,7 +130,7 @@ def evaluate_run(
             for metric in ir_measures.iter_calc([m for _, m in other], qrels_dict, ranked):
                 per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
     n = len(qids)
-    aggregate = {name: (sum(per_query[q][name] for q in qids) / n if n else 0.0) for name, _ in parsed}
+    aggregate = {name: (sum(map(itemgetter(name), per_query.values())) / n if n else 0.0) for name in names}
     missing = [q for q in qids if not run.get(q)]
     return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)
 
@@ -168,35 +170,22 @@ def _pytrec_eval(qrels: Qrels, wanted: set[str], level: int, run: dict[str, dict
 def _judged_at(run: dict[str, dict[str, float]], qrels: Qrels, k: int) -> dict[str, float]:
     """ir-measures' ``Judged@k``: the share of judged documents among the top ``min(k, len)`` in trec_eval order.
 
-    Only the top-k *set* matters: the k-th largest score comes from a row-wise partition (scores padded per chunk of
-    queries), and each judged document is in the set when it scores above it; a query whose k-th score is shared
-    beyond the top k settles that tie by doc id, as trec_eval orders."""
+    Only the top-k *set* matters. When a list's first k scores all beat the rest (a list in score order without a tie
+    at the k-th place: every run we read or produce), it is those k, checked with C-level ``min``/``max`` rather than a
+    sort. Otherwise it is the documents above the k-th largest score and, among those tied with it, the largest doc
+    ids (trec_eval's tie order)."""
     out: dict[str, float] = {}
-    qs = [q for q in run if qrels.get(q)]
-    for a in range(0, len(qs), 1024):
-        chunk = qs[a:a + 1024]
-        rows = [run[q] for q in chunk]
-        lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        width = int(lens.max())
-        flat = np.fromiter(chain.from_iterable(map(dict.values, rows)), dtype=np.float64, count=int(lens.sum()))
-        scores = np.full((len(rows), width), -np.inf)
-        scores[np.repeat(np.arange(len(rows)), lens), np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)] = flat
-        kk = min(k, width)
-        kth = np.partition(scores, width - kk, axis=1)[:, width - kk]
-        boundary_tie = (scores >= kth[:, None]).sum(1) > kk
-        # each query's judged documents' scores (NaN: not retrieved), compared with its k-th score all at once
-        judged = [qrels[q] for q in chunk]
-        n_judged = np.fromiter(map(len, judged), dtype=np.int64, count=len(judged))
-        js = np.fromiter(chain.from_iterable(map(row.get, jq, repeat(np.nan, len(jq))) for row, jq in zip(rows, judged)),
-                         dtype=np.float64, count=int(n_judged.sum()))
-        starts = np.cumsum(n_judged) - n_judged
-        in_top = np.add.reduceat((js >= np.repeat(kth, n_judged)).astype(np.int64), starts)
-        retrieved = np.add.reduceat((~np.isnan(js)).astype(np.int64), starts)
-        values = np.where(lens <= k, retrieved / lens, in_top / k).tolist()
-        for i in np.flatnonzero(boundary_tie & (lens > k)).tolist():  # the k-th score is shared beyond the top k:
-            row, s = rows[i], kth[i]  # trec_eval keeps the largest doc ids among the tied
-            above = [d for d, v in row.items() if v > s]
-            top = above + heapq.nlargest(k - len(above), [d for d, v in row.items() if v == s])
-            values[i] = sum(d in judged[i] for d in top) / k
-        out.update(zip(chunk, values))
+    for q, row in run.items():
+        judged = qrels.get(q)
+        if not judged:
+            continue
+        if len(row) <= k:
+            out[q] = sum(map(row.__contains__, judged)) / len(row)
+        elif max(islice(row.values(), k, None)) < min(islice(row.values(), k)):
+            out[q] = sum(map(judged.__contains__, islice(row, k))) / k
+        else:
+            kth = sorted(row.values(), reverse=True)[k - 1]
+            above = [d for d, v in row.items() if v > kth]
+            top = above + heapq.nlargest(k - len(above), [d for d, v in row.items() if v == kth])
+            out[q] = sum(map(judged.__contains__, top)) / k
     return out

@@ -28,7 +28,7 @@ from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage
-from rerank.types import Query, Run, sort_ranking
+from rerank.types import ArrayRanking, Query, Run, sort_ranking
 from rerank.utils.files import publish_dir, hash_obj, write_json
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ class BM25Retriever(FirstStage):
         """bm25s' score-sorted arrays -> a Run in trec_eval order, zero-score non-matches dropped.
 
         bm25s sorts by score but leaves ties in arbitrary order, so each run of equal scores is put in
-        :func:`sort_ranking`'s order (doc id descending); rows without ties are already in that order.
+        :func:`sort_ranking`'s order (doc id descending); rows without ties are already in that order. Each list is an
+        :class:`~rerank.types.ArrayRanking` over the arrays: no Python pair is built per hit.
         """
         keep = scores != 0
         if (scores < 0).any():  # robertson's negative idf: move zero-score non-matches behind negative matches
@@ -163,11 +164,13 @@ class BM25Retriever(FirstStage):
         run: Run = {}
         for i, qid in enumerate(qids):
             c = counts[i]
-            pairs = list(zip(names[i, :c].tolist(), scores[i, :c].tolist()))
+            row_names, row_scores = names[i, :c], scores[i, :c]
             if has_tie[i] and c > 1:
+                order = np.arange(c)
                 for a, b in _runs_of_ties(np.flatnonzero(tie[i, : c - 1]).tolist()):
-                    pairs[a:b] = sort_ranking(pairs[a:b])
-            run[qid] = pairs
+                    order[a:b] = a + row_names[a:b].argsort()[::-1]  # ids descending (they are unique)
+                row_names, row_scores = row_names[order], row_scores[order]
+            run[qid] = ArrayRanking(row_names, row_scores)
         return run
 
     def describe(self) -> dict[str, Any]:

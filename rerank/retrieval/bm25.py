@@ -157,20 +157,23 @@ class BM25Retriever(FirstStage):
         if (scores < 0).any():  # robertson's negative idf: move zero-score non-matches behind negative matches
             order = np.argsort(np.where(keep, -scores, np.inf), axis=1, kind="stable")
             docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
-        counts = np.count_nonzero(keep, axis=1).tolist()
+        counts = np.count_nonzero(keep, axis=1)
         names = self.doc_ids[docs]
-        tie = scores[:, 1:] == scores[:, :-1]  # tie[i, j]: pairs j and j + 1 of row i have equal scores
-        has_tie = tie.any(axis=1).tolist()
+        # tie[i, j]: kept documents j and j + 1 of row i have equal scores
+        tie = (scores[:, 1:] == scores[:, :-1]) & (np.arange(scores.shape[1] - 1) < (counts - 1)[:, None])
+        if tie.any():  # each group of tied documents, all rows at once, gets its doc ids in descending order
+            member = np.zeros(scores.shape, dtype=bool)
+            member[:, :-1] |= tie
+            member[:, 1:] |= tie
+            rows, cols = np.nonzero(member)
+            starts = np.ones(len(rows), dtype=bool)
+            starts[1:] = ~((rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1] + 1) & tie[rows[1:], cols[1:] - 1])
+            _, id_rank = np.unique(names[rows, cols], return_inverse=True)
+            perm = np.lexsort((-id_rank.ravel(), np.cumsum(starts)))
+            names[rows, cols] = names[rows[perm], cols[perm]]  # scores are equal within a group: they stay
         run: Run = {}
-        for i, qid in enumerate(qids):
-            c = counts[i]
-            row_names, row_scores = names[i, :c], scores[i, :c]
-            if has_tie[i] and c > 1:
-                order = np.arange(c)
-                for a, b in _runs_of_ties(np.flatnonzero(tie[i, : c - 1]).tolist()):
-                    order[a:b] = a + row_names[a:b].argsort()[::-1]  # ids descending (they are unique)
-                row_names, row_scores = row_names[order], row_scores[order]
-            run[qid] = ArrayRanking(row_names, row_scores)
+        for i, (qid, c) in enumerate(zip(qids, counts.tolist())):
+            run[qid] = ArrayRanking(names[i, :c], scores[i, :c])
         return run
 
     def describe(self) -> dict[str, Any]:
@@ -182,17 +185,6 @@ class BM25Retriever(FirstStage):
             "num_docs": self.num_docs,
             "bm25s_version": bm25s.__version__,
         }
-
-
-def _runs_of_ties(ties: list[int]) -> list[tuple[int, int]]:
-    """Slices ``[a, b)`` of equal scores, from the sorted positions ``j`` where pair ``j`` ties pair ``j + 1``."""
-    out: list[tuple[int, int]] = []
-    for j in ties:
-        if out and out[-1][1] == j + 1:
-            out[-1] = (out[-1][0], j + 2)
-        else:
-            out.append((j, j + 2))
-    return out
 
 
 def _corpus_texts(dataset: Dataset, include_title: bool) -> tuple[list[str], list[str]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from operator import itemgetter
 
 import ir_measures
@@ -85,9 +84,9 @@ def evaluate_run(
 
     trec_eval's measures go to pytrec_eval in one call per relevance level, fed the run's own scores (trec_eval
     orders by score, ties by doc id descending, as :func:`sort_ranking` does); ``RR@k`` is cut from its reciprocal
-    rank and ``Judged@k`` counted over the top k found with numpy, so the whole costs about one pytrec_eval call. Any
-    other measure goes through ir-measures, on scores replaced by the trec_eval rank (its RR/Judged providers break
-    ties by doc id ascending).
+    rank and ``Judged@k`` counted against the k-th largest score, so the whole costs little more than one pytrec_eval
+    call. Any other measure goes through ir-measures, on scores replaced by the trec_eval rank (its RR/Judged
+    providers break ties by doc id ascending).
     """
     parsed = parse_measures(measures, rel_level)
     names = [name for name, _ in parsed]
@@ -170,9 +169,8 @@ def _pytrec_eval(qrels: Qrels, wanted: set[str], level: int, run: dict[str, dict
 def _judged_at(run: dict[str, dict[str, float]], qrels: Qrels, k: int) -> dict[str, float]:
     """ir-measures' ``Judged@k``: the share of judged documents among the top ``min(k, len)`` in trec_eval order.
 
-    Only the top-k *set* matters. When a list's first k scores all beat the rest (a list in score order without a tie
-    at the k-th place: every run we read or produce), it is those k, checked with C-level ``min``/``max`` rather than a
-    sort. Otherwise it is the documents above the k-th largest score and, among those tied with it, the largest doc
+    Only the top-k *set* matters: the documents scoring at least the k-th largest score (a float sort, linear on a
+    list already in score order), unless that score is shared beyond the top k; then, among the tied, the largest doc
     ids (trec_eval's tie order)."""
     out: dict[str, float] = {}
     for q, row in run.items():
@@ -181,10 +179,12 @@ def _judged_at(run: dict[str, dict[str, float]], qrels: Qrels, k: int) -> dict[s
             continue
         if len(row) <= k:
             out[q] = sum(map(row.__contains__, judged)) / len(row)
-        elif max(islice(row.values(), k, None)) < min(islice(row.values(), k)):
-            out[q] = sum(map(judged.__contains__, islice(row, k))) / k
+            continue
+        scores = sorted(row.values(), reverse=True)
+        kth = scores[k - 1]
+        if scores[k] < kth:
+            out[q] = sum(1 for v in map(row.get, judged) if v is not None and v >= kth) / k
         else:
-            kth = sorted(row.values(), reverse=True)[k - 1]
             above = [d for d, v in row.items() if v > kth]
             top = above + heapq.nlargest(k - len(above), [d for d, v in row.items() if v == kth])
             out[q] = sum(map(judged.__contains__, top)) / k

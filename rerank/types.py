@@ -7,11 +7,15 @@ ir-measures and pytrec_eval without copies.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
+
+import numpy as np
 
 __all__ = [
+    "ArrayRanking",
     "Candidate",
     "Document",
     "Qrels",
@@ -84,8 +88,47 @@ class RankedResult:
         return self.results if k is None else self.results[:k]
 
 
-# qid -> ranked list of (doc id, score), best first.
-Run = dict[str, list[tuple[str, float]]]
+class ArrayRanking(Sequence[tuple[str, float]]):
+    """A ranked list held as two numpy arrays (doc ids, scores), read as (doc id, score) pairs.
+
+    A first stage returns it so that retrieving 1000 documents a query builds no Python pair per hit; the pairs are
+    made when read (iteration zips the arrays in C). It compares equal to a list of the same pairs."""
+
+    __slots__ = ("ids", "scores")
+
+    def __init__(self, ids: np.ndarray, scores: np.ndarray) -> None:
+        if len(ids) != len(scores):
+            raise ValueError(f"{len(ids)} doc ids but {len(scores)} scores")
+        self.ids, self.scores = ids, scores
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        return zip(self.ids.tolist(), self.scores.tolist())
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, float]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[str, float]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[str, float] | list[tuple[str, float]]:
+        if isinstance(i, slice):
+            return list(zip(self.ids[i].tolist(), self.scores[i].tolist()))
+        return str(self.ids[i]), float(self.scores[i])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ArrayRanking({list(self)!r})"
+
+
+# qid -> ranked list of (doc id, score), best first: a list, or an ArrayRanking from a first stage.
+Run = dict[str, Sequence[tuple[str, float]]]
 # qid -> doc id -> graded relevance.
 Qrels = dict[str, dict[str, int]]
 

@@ -15,7 +15,7 @@ from rerank.data.datasets import Dataset
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval import build_retriever
 from rerank.retrieval.bm25 import BM25Config, BM25Retriever, index_cache_path
-from rerank.types import Query, sort_ranking
+from rerank.types import ArrayRanking, Query, sort_ranking
 
 PYSERINI_SCIFACT_NDCG10 = 0.6789  # pyserini BM25 flat, k1=0.9 b=0.4 (../shared/data/README.md)
 
@@ -213,3 +213,13 @@ def test_run_conversion_matches_sort_ranking_on_tie_heavy_arrays(low: int) -> No
     for i, q in enumerate(qids):
         expected = sort_ranking([(ids[d], float(s)) for d, s in zip(docs[i], scores[i]) if s != 0])
         assert run[q] == expected
+
+
+def test_array_ranking_reads_as_its_list() -> None:
+    pairs = [("d3", 2.5), ("d1", 1.0), ("d2", 0.5)]
+    r = ArrayRanking(np.asarray([d for d, _ in pairs], dtype=object), np.asarray([s for _, s in pairs], np.float32))
+    assert len(r) == 3 and list(r) == pairs and r == pairs and pairs == r and r != pairs[:2]
+    assert r[0] == ("d3", 2.5) and r[-1] == ("d2", 0.5) and r[1:] == pairs[1:] and r[:0] == []
+    assert dict(r) == dict(pairs) and sort_ranking(r) == pairs
+    with pytest.raises(ValueError, match="2 doc ids but 3 scores"):
+        ArrayRanking(np.asarray(["a", "b"], dtype=object), np.zeros(3))

@@ -92,3 +92,18 @@ def test_rank_cli_jsonl_and_trec(beir: Path, tmp_path: Path, capsys: pytest.Capt
     assert [d for d, _ in read_run(tmp_path / "o.trec")["q2"]][:3] == ["d1", "d0", "d2"]
     assert main(["rank", "--reranker", "nope", "--input", str(inp), "--output", str(tmp_path / "x.trec")]) == 2
     assert "unknown reranker 'nope'" in capsys.readouterr().err
+
+
+def test_retriever_run_is_written_once(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    """Without a reranker run.trec is the retriever's run and no copy is written; with one, first_stage.trec keeps
+    the retriever's order beside the reranked run.trec (and a later plain run removes it)."""
+    out = tmp_path / "out"
+    common = dict(dataset=str(tiny_beir_dir), retriever="bm25", retriever_options={"show_progress": False}, top_k=3,
+                  depth=10, output=str(out))
+    run_eval(EvalConfig(**common, reranker="test-length"), progress=False)
+    first, reranked = read_run(out / "first_stage.trec"), read_run(out / "run.trec")
+    assert first.keys() == reranked.keys() and first != reranked
+    assert all({d for d, _ in first[q]} == {d for d, _ in reranked[q]} for q in first)
+    run_eval(EvalConfig(**common), progress=False)
+    assert not (out / "first_stage.trec").exists() and not (out / "scores.jsonl").exists()
+    assert read_run(out / "run.trec") == first

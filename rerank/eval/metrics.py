@@ -12,10 +12,13 @@ Conventions, stated once so reports can say them:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import ir_measures
+import pytrec_eval
 
 from rerank.errors import ConfigError
 from rerank.types import Qrels, Run, sort_ranking
@@ -77,22 +80,112 @@ def evaluate_run(
     measures: Sequence[str] = DEFAULT_MEASURES,
     rel_level: int = 1,
 ) -> MetricResult:
-    """Score ``run`` against ``qrels``; the mean is over all qrels queries (missing ones count 0)."""
+    """Score ``run`` against ``qrels``; the mean is over all qrels queries (missing ones count 0).
+
+    trec_eval's measures go to pytrec_eval in one call per relevance level, fed the run's own scores (trec_eval
+    orders by score, ties by doc id descending, as :func:`sort_ranking` does); ``RR@k`` is cut from its reciprocal
+    rank and ``Judged@k`` counted against the k-th largest score, so the whole costs little more than one pytrec_eval
+    call. Any other measure goes through ir-measures, on scores replaced by the trec_eval rank (its RR/Judged
+    providers break ties by doc id ascending).
+    """
     parsed = parse_measures(measures, rel_level)
-    by_measure = {m: name for name, m in parsed}
+    names = [name for name, _ in parsed]
     qids = sorted(qrels)
-    per_query: dict[str, dict[str, float]] = {q: {name: 0.0 for name, _ in parsed} for q in qids}
-    # dict-of-dicts is pytrec_eval's native form (~2x faster than lists of tuples). Scores are replaced by trec_eval's
-    # rank order: ir-measures' RR@k and Judged@k providers break ties by doc id ascending, unlike trec_eval, so no
-    # measure may see a tie.
-    qrels_dict = {q: {d: int(g) for d, g in qrels[q].items()} for q in qids}
-    run_dict = {
-        q: {d: float(-rank) for rank, (d, _) in enumerate(sort_ranking(run[q]))} for q in qids if run.get(q)
-    }
-    if run_dict:
-        for metric in ir_measures.iter_calc([m for _, m in parsed], qrels_dict, run_dict):
-            per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
+    per_query: dict[str, dict[str, float]] = {q: dict.fromkeys(names, 0.0) for q in qids}
+    qrels_dict = {q: qrels[q] for q in qids}
+    lists = {q: run[q] for q in qids if run.get(q)}
+    trec: dict[int, dict[str, tuple[str, str, int | None]]] = {}  # relevance level -> name -> (measure, key, RR cut)
+    judged: dict[str, int] = {}
+    other: list[tuple[str, ir_measures.Measure]] = []
+    for name, m in parsed:
+        spec = _trec_spec(m)
+        if spec is not None:  # nDCG does not depend on the relevance level: it joins the binary measures' call
+            trec.setdefault(rel_level if m.NAME == "nDCG" else int(m.params.get("rel", 1)), {})[name] = spec
+        elif _is_judged_at(m):
+            judged[name] = m.params["cutoff"]
+        else:
+            other.append((name, m))
+    if lists:
+        run_dict = {q: dict(lst) for q, lst in lists.items()}
+        for level, specs in trec.items():
+            results = _pytrec_eval(qrels_dict, {request for request, _, _ in specs.values()}, level, run_dict)
+            plain = [(name, key) for name, (_, key, cut) in specs.items() if cut is None]
+            cut = [(name, key, c) for name, (_, key, c) in specs.items() if c is not None]
+            plain_names, plain_values = [n for n, _ in plain], itemgetter(*[key for _, key in plain]) if plain else None
+            for q, values in results.items():
+                row = per_query[q]
+                if plain_values is not None:
+                    got = plain_values(values)
+                    row.update(zip(plain_names, got if len(plain) > 1 else (got,)))
+                for name, key, c in cut:  # RR@k: the reciprocal rank of a first relevant document within the top k
+                    v = values[key]
+                    row[name] = v if v > 0 and round(1.0 / v) <= c else 0.0
+        for name, k in judged.items():
+            for q, v in _judged_at(run_dict, qrels_dict, k).items():
+                per_query[q][name] = v
+        if other:
+            by_measure = {m: name for name, m in other}
+            ranked = {q: {d: float(-rank) for rank, (d, _) in enumerate(sort_ranking(lst))} for q, lst in lists.items()}
+            for metric in ir_measures.iter_calc([m for _, m in other], qrels_dict, ranked):
+                per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
     n = len(qids)
-    aggregate = {name: (sum(per_query[q][name] for q in qids) / n if n else 0.0) for name, _ in parsed}
+    aggregate = {name: (sum(map(itemgetter(name), per_query.values())) / n if n else 0.0) for name in names}
     missing = [q for q in qids if not run.get(q)]
     return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)
+
+
+#: ir-measures name -> (trec_eval measure with a cutoff, without one); RR's cutoff is applied to ``recip_rank``
+_TREC_NAMES = {"nDCG": ("ndcg_cut", "ndcg"), "P": ("P", None), "R": ("recall", None), "AP": ("map_cut", "map"),
+               "RR": (None, "recip_rank")}
+
+
+def _trec_spec(m: ir_measures.Measure) -> tuple[str, str, int | None] | None:
+    """(pytrec_eval measure, its result key, RR cutoff) for a measure pytrec_eval computes as ir-measures does."""
+    if m.NAME not in _TREC_NAMES or not set(m.params) <= {"cutoff", "rel"} or (m.NAME == "nDCG" and "rel" in m.params):
+        return None
+    with_cut, without = _TREC_NAMES[m.NAME]
+    cutoff = m.params.get("cutoff")
+    if m.NAME == "RR":
+        return "recip_rank", "recip_rank", (int(cutoff) if cutoff is not None else None)
+    if cutoff is None:
+        return (without, without, None) if without else None
+    return f"{with_cut}.{int(cutoff)}", f"{with_cut}_{int(cutoff)}", None
+
+
+def _is_judged_at(m: ir_measures.Measure) -> bool:
+    return m.NAME == "Judged" and set(m.params) == {"cutoff"} and isinstance(m.params["cutoff"], int)
+
+
+def _pytrec_eval(qrels: Qrels, wanted: set[str], level: int, run: dict[str, dict[str, float]]) -> dict:
+    """pytrec_eval on the qrels as given; grades or scores of other number types (numpy's) are converted first."""
+    try:
+        return pytrec_eval.RelevanceEvaluator(qrels, wanted, relevance_level=level).evaluate(run)
+    except TypeError:
+        qrels = {q: {d: int(g) for d, g in j.items()} for q, j in qrels.items()}
+        run = {q: {d: float(s) for d, s in r.items()} for q, r in run.items()}
+        return pytrec_eval.RelevanceEvaluator(qrels, wanted, relevance_level=level).evaluate(run)
+
+
+def _judged_at(run: dict[str, dict[str, float]], qrels: Qrels, k: int) -> dict[str, float]:
+    """ir-measures' ``Judged@k``: the share of judged documents among the top ``min(k, len)`` in trec_eval order.
+
+    Only the top-k *set* matters: the documents scoring at least the k-th largest score (a float sort, linear on a
+    list already in score order), unless that score is shared beyond the top k; then, among the tied, the largest doc
+    ids (trec_eval's tie order)."""
+    out: dict[str, float] = {}
+    for q, row in run.items():
+        judged = qrels.get(q)
+        if not judged:
+            continue
+        if len(row) <= k:
+            out[q] = sum(map(row.__contains__, judged)) / len(row)
+            continue
+        scores = sorted(row.values(), reverse=True)
+        kth = scores[k - 1]
+        if scores[k] < kth:
+            out[q] = sum(1 for v in map(row.get, judged) if v is not None and v >= kth) / k
+        else:
+            above = [d for d, v in row.items() if v > kth]
+            top = above + heapq.nlargest(k - len(above), [d for d, v in row.items() if v == kth])
+            out[q] = sum(map(judged.__contains__, top)) / k
+    return out

@@ -6,7 +6,8 @@ Ranking conventions (also stated in ``report.md``):
   taken in that order.
 * When reranking, ``run.trec`` holds the reranked top-k followed by the rest of the first-stage list in its order,
   with rank-derived scores (``len - rank + 1``) so trec_eval reproduces exactly this order; the rerankers' own scores
-  are in ``scores.jsonl``. Without a reranker, ``run.trec`` is the first-stage run with its own scores.
+  are in ``scores.jsonl``, and a retriever's own run is kept in ``first_stage.trec``. Without a reranker,
+  ``run.trec`` is the first-stage run with its own scores (written once: there is no ``first_stage.trec`` copy).
 * Documents of a given run that are not in the corpus cannot be reranked: they are reported, kept after the
   reranked top-k, and counted in ``metrics.json``.
 
@@ -240,15 +241,15 @@ def _write_outputs(
     command's files this run does not write are removed, so no file of an earlier run is left beside the new ones."""
     out.mkdir(parents=True, exist_ok=True)
     written = {"run.trec", "report.md", "metrics.json"}
-    if cfg.retriever is not None:
-        written.add("first_stage.trec")
     if rerank_scores is not None:
         written.add("scores.jsonl")
+        if cfg.retriever is not None:  # without a reranker run.trec is this run: it is not written twice
+            written.add("first_stage.trec")
     (out / "metrics.json").unlink(missing_ok=True)
     for name in set(OUTPUT_FILES) - written:
         (out / name).unlink(missing_ok=True)
     write_run(final, out / "run.trec", tag=cfg.reranker or (cfg.retriever or "run"))
-    if cfg.retriever is not None:
+    if "first_stage.trec" in written:
         write_run(run, out / "first_stage.trec", tag=cfg.retriever)
     if rerank_scores is not None:
         with atomic_write(out / "scores.jsonl") as f:

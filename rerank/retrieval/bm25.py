@@ -28,7 +28,7 @@ from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage
-from rerank.types import Query, Run, sort_ranking
+from rerank.types import ArrayRanking, Query, Run, sort_ranking
 from rerank.utils.files import publish_dir, hash_obj, write_json
 
 if TYPE_CHECKING:
@@ -150,24 +150,30 @@ class BM25Retriever(FirstStage):
         """bm25s' score-sorted arrays -> a Run in trec_eval order, zero-score non-matches dropped.
 
         bm25s sorts by score but leaves ties in arbitrary order, so each run of equal scores is put in
-        :func:`sort_ranking`'s order (doc id descending); rows without ties are already in that order.
+        :func:`sort_ranking`'s order (doc id descending); rows without ties are already in that order. Each list is an
+        :class:`~rerank.types.ArrayRanking` over the arrays: no Python pair is built per hit.
         """
         keep = scores != 0
         if (scores < 0).any():  # robertson's negative idf: move zero-score non-matches behind negative matches
             order = np.argsort(np.where(keep, -scores, np.inf), axis=1, kind="stable")
             docs, scores = np.take_along_axis(docs, order, 1), np.take_along_axis(scores, order, 1)
-        counts = np.count_nonzero(keep, axis=1).tolist()
+        counts = np.count_nonzero(keep, axis=1)
         names = self.doc_ids[docs]
-        tie = scores[:, 1:] == scores[:, :-1]  # tie[i, j]: pairs j and j + 1 of row i have equal scores
-        has_tie = tie.any(axis=1).tolist()
+        # tie[i, j]: kept documents j and j + 1 of row i have equal scores
+        tie = (scores[:, 1:] == scores[:, :-1]) & (np.arange(scores.shape[1] - 1) < (counts - 1)[:, None])
+        if tie.any():  # each group of tied documents, all rows at once, gets its doc ids in descending order
+            member = np.zeros(scores.shape, dtype=bool)
+            member[:, :-1] |= tie
+            member[:, 1:] |= tie
+            rows, cols = np.nonzero(member)
+            starts = np.ones(len(rows), dtype=bool)
+            starts[1:] = ~((rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1] + 1) & tie[rows[1:], cols[1:] - 1])
+            _, id_rank = np.unique(names[rows, cols], return_inverse=True)
+            perm = np.lexsort((-id_rank.ravel(), np.cumsum(starts)))
+            names[rows, cols] = names[rows[perm], cols[perm]]  # scores are equal within a group: they stay
         run: Run = {}
-        for i, qid in enumerate(qids):
-            c = counts[i]
-            pairs = list(zip(names[i, :c].tolist(), scores[i, :c].tolist()))
-            if has_tie[i] and c > 1:
-                for a, b in _runs_of_ties(np.flatnonzero(tie[i, : c - 1]).tolist()):
-                    pairs[a:b] = sort_ranking(pairs[a:b])
-            run[qid] = pairs
+        for i, (qid, c) in enumerate(zip(qids, counts.tolist())):
+            run[qid] = ArrayRanking(names[i, :c], scores[i, :c])
         return run
 
     def describe(self) -> dict[str, Any]:
@@ -179,17 +185,6 @@ class BM25Retriever(FirstStage):
             "num_docs": self.num_docs,
             "bm25s_version": bm25s.__version__,
         }
-
-
-def _runs_of_ties(ties: list[int]) -> list[tuple[int, int]]:
-    """Slices ``[a, b)`` of equal scores, from the sorted positions ``j`` where pair ``j`` ties pair ``j + 1``."""
-    out: list[tuple[int, int]] = []
-    for j in ties:
-        if out and out[-1][1] == j + 1:
-            out[-1] = (out[-1][0], j + 2)
-        else:
-            out.append((j, j + 2))
-    return out
 
 
 def _corpus_texts(dataset: Dataset, include_title: bool) -> tuple[list[str], list[str]]:

@@ -21,8 +21,8 @@ from rerank.errors import ConfigError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
 __all__ = [
-    "DocInput", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model", "sigmoid",
-    "split_scores",
+    "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model",
+    "position_scores", "sigmoid", "split_scores",
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
@@ -77,6 +77,24 @@ def split_scores(flat: Sequence[float], candidate_lists: Sequence[Sequence[Any]]
         out.append([float(x) for x in flat[i : i + len(c)]])
         i += len(c)
     return out
+
+
+def position_scores(order: Sequence[int], n: int) -> list[float]:
+    """Scores of ``n`` candidates from a ranking ``order`` of their indices: n for the first, 1 for the n-th, 0 for a
+    candidate the order leaves out."""
+    scores = [0.0] * n
+    for pos, j in enumerate(order):
+        scores[j] = float(n - pos)
+    return scores
+
+
+class PositionScored:
+    """Mixin for rerankers whose scores are positions (:func:`position_scores`)."""
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Scores are positions (n for the first of n, 1 for the last): divided by n, so the first scores 1."""
+        n = len(scores)
+        return [min(max(float(s) / n, 0.0), 1.0) for s in scores]
 
 
 def check_local_model(method: str, backend: str, model: str | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from rerank.backends.base import Backend
 from rerank.errors import ConfigError
+from rerank.heads.base import PositionScored, position_scores
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.permutation import Scheme, check_scheme, identifiers
 from rerank.types import Candidate, Query
@@ -116,7 +117,7 @@ class SlidingWindowConfig(LLMHeadConfig):
             raise ConfigError(f"stride ({self.stride}) > window ({self.window}) would skip candidates")
 
 
-class SlidingWindowHead(LLMReranker):
+class SlidingWindowHead(PositionScored, LLMReranker):
     """Shared machinery of the window-based listwise heads; subclasses rank one step's windows."""
 
     config_class: ClassVar[type] = SlidingWindowConfig
@@ -180,21 +181,10 @@ class SlidingWindowHead(LLMReranker):
         orders = [list(range(len(c))) for c in candidate_lists]
         for _ in range(cfg.passes):
             orders = sliding_window_rerank(orders, rank_windows, cfg.window, cfg.stride, cfg.depth)
-        scores: list[list[float]] = []
-        for order in orders:
-            s = [0.0] * len(order)
-            for pos, j in enumerate(order):
-                s[j] = float(len(order) - pos)
-            scores.append(s)
-        return scores
+        return [position_scores(order, len(order)) for order in orders]
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]
-
-    def relevance(self, scores: Sequence[float]) -> list[float]:
-        """Scores are positions (n for the first of n, 1 for the last): divided by n, so the first scores 1."""
-        n = len(scores)
-        return [min(max(float(s) / n, 0.0), 1.0) for s in scores]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "identifiers": self.scheme}

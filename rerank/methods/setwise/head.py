@@ -9,12 +9,11 @@ backend call. ``forward_passes`` counts the prompts scored (the method's efficie
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from rerank.errors import ConfigError
-from rerank.heads.base import RerankerConfig
+from rerank.heads.base import PositionScored, RerankerConfig, position_scores
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.pointwise import continuation_ids
 from rerank.methods.setwise.sorting import Sort, bubblesort, heapsort
@@ -44,7 +43,7 @@ class SetwiseConfig(LLMHeadConfig):
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
 
 
-class SetwiseReranker(LLMReranker):
+class SetwiseReranker(PositionScored, LLMReranker):
     """Heapsort or bubble sort over sets, each set's best passage picked by label log-probabilities."""
 
     method = "setwise"
@@ -109,20 +108,10 @@ class SetwiseReranker(LLMReranker):
                 for qi, lps in zip(chunk, self.backend.next_token_logprobs(prompts, ids), strict=True):
                     lps = lps[: len(asked[qi])]
                     advance(qi, max(range(len(lps)), key=lambda j: (lps[j], -j)))
-        out = []
-        for qi, cs in enumerate(candidate_lists):
-            score = [0.0] * len(cs)
-            for rank, j in enumerate(orders[qi]):
-                score[j] = float(len(cs) - rank)
-            out.append(score)
-        return out
+        return [position_scores(orders[qi], len(cs)) for qi, cs in enumerate(candidate_lists)]
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         return self.score_batch([query], [candidates])[0]
-
-    def relevance(self, scores: Sequence[float]) -> list[float]:
-        """Scores are positions (n for the first of n): divided by n, so the first scores 1."""
-        return [min(max(float(s) / len(scores), 0.0), 1.0) for s in scores]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "forward_passes": self.forward_passes}

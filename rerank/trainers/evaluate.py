@@ -52,6 +52,7 @@ def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict
 
     from rerank.config import from_dict
     from rerank.heads.permutation import format_permutation
+    from rerank.methods.first.training import first_position_logits
     from rerank.trainers.grpo_trainer import GRPOTrainConfig
     from rerank.trainers.plackett_luce import gumbel_topk_sample
     from rerank.trainers.sft_trainer import load_causal_lm
@@ -62,7 +63,7 @@ def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict
     tok.padding_side = "left"
     task = build_task(cfg.head, tok, cfg)
     rows = [task.grpo_rows(e) for e in examples]
-    ref = load_causal_lm(reference_model, cpu=True)[0] if reference_model else model
+    ref = load_causal_lm(reference_model, cpu=True)[0] if reference_model not in (None, model_dir) else model
     task.prepare_grpo_rows(ref, [r for rs in rows for r in rs])
     model.eval()
     cap = cfg.max_completion_length or task.max_completion_tokens()
@@ -74,8 +75,6 @@ def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict
             enc = tok([r["prompt"]], return_tensors="pt", add_special_tokens=False)
             with torch.no_grad():
                 if cfg.rollout == "plackett-luce":
-                    from rerank.methods.first.training import first_position_logits
-
                     logits = first_position_logits(model, enc["input_ids"], enc["attention_mask"])[0]
                     ids = torch.tensor(task.identifier_token_ids()[: len(r["ids"])])
                     orders = gumbel_topk_sample(logits[ids].unsqueeze(0), samples, temperature=cfg.temperature,

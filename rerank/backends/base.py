@@ -11,18 +11,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerank.backends.grammar import Grammar
+
 __all__ = ["Backend", "GenerationConfig"]
 
 
 @dataclass
 class GenerationConfig:
-    """Decoding options; greedy by default so rankings are deterministic."""
+    """Decoding options; greedy by default so rankings are deterministic. ``constraint``: generate only answers of
+    this grammar (constrained decoding, :mod:`rerank.backends.grammar`), on backends that can
+    (:meth:`Backend.constraint_error`)."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     stop: Sequence[str] = ()
+    constraint: Grammar | None = None
+
+    def request(self) -> dict[str, Any]:
+        """The options as JSON-able data (the LLM cache key and log): the constraint in its JSON form, left out when
+        there is none."""
+        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                               "top_p": self.top_p, "seed": self.seed, "stop": list(self.stop)}
+        if self.constraint is not None:
+            out["constraint"] = self.constraint.to_dict()
+        return out
 
 
 class Backend(ABC):
@@ -55,6 +69,24 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
         """Decoded continuation text per prompt (special tokens removed)."""
+
+    def constraint_error(self) -> str | None:
+        """Why this backend cannot generate under a grammar (``GenerationConfig.constraint``); None when it can."""
+        return f"the {self.name or type(self).__name__} backend cannot constrain generation"
+
+    def check_constraint(self, config: GenerationConfig) -> None:
+        """Raise a one-line :class:`~rerank.errors.ConfigError` when ``config`` asks for a constraint this backend
+        cannot enforce."""
+        if config.constraint is not None:
+            error = self.constraint_error()
+            if error is not None:
+                from rerank.errors import ConfigError
+
+                raise ConfigError(f"constrained decoding: {error}")
+
+    def log_parse(self, response: str, outcome: dict[str, Any]) -> None:
+        """How the caller parsed ``response`` (one of this backend's generations): a backend that logs its calls
+        adds it to that response's log line. Default: nothing."""
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}

@@ -6,7 +6,9 @@ of its weight, config and tokenizer files; a served model's name and address), t
 token ids and the request (token ids, or the decoding options). Sampled generations (temperature > 0) are never
 cached. Only misses reach the model, so a re-run of a cached evaluation makes no model calls (``calls`` counts the
 wrapped backend's). ``log_path`` appends one JSON line per prompt: the decoded prompt, the raw response, and whether
-it came from the cache.
+it came from the cache; a generation's line also says how the head parsed it (``parse``: ``{"outcome": "clean" |
+"repaired" | "failed", "fixes": [...]}``, what had to be repaired; null when no head parsed it). Generation lines are
+written once their parse is known, in the order they were generated.
 
 ``rerank eval`` (and so the leaderboard) wraps the LLM heads' backends by default (``--no-llm-cache`` turns it off,
 ``--log-llm-io FILE.jsonl`` writes the log); ``serve`` and the Python API do not unless :func:`llm_cache_scope` asks.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -97,6 +98,7 @@ class CachingBackend(Backend):
         desc = {k: v for k, v in inner.describe().items() if not k.startswith("resolved_")}
         self._base = {"model": model_fingerprint(model, self._con), "backend": desc}
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed in close()
+        self._pending: list[dict[str, Any]] = []  # generation lines waiting for their parse outcome
 
     @property
     def tokenizer(self) -> Any:
@@ -106,6 +108,9 @@ class CachingBackend(Backend):
     def context_length(self) -> int | None:
         return self.inner.context_length
 
+    def constraint_error(self) -> str | None:
+        return self.inner.constraint_error()
+
     def _key(self, kind: str, prompt: Sequence[int], request: Any) -> str:
         blob = json.dumps({**self._base, "kind": kind, "prompt": list(prompt), "request": request}, sort_keys=True,
                           default=str)
@@ -113,6 +118,7 @@ class CachingBackend(Backend):
 
     def _run(self, kind: str, prompts: Sequence[Sequence[int]], request: Any, cacheable: bool,
              compute: Any) -> list[Any]:
+        self._flush()
         keys = [self._key(kind, p, request) for p in prompts]
         found: dict[int, Any] = {}
         if self.use_cache and cacheable:
@@ -133,22 +139,52 @@ class CachingBackend(Backend):
             for p, v, i in zip(prompts, out, range(len(prompts)), strict=True):
                 line = {"kind": kind, "prompt": self.tokenizer.decode(list(p), skip_special_tokens=False),
                         "request": request, "response": v, "cached": i in found}
-                self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+                if kind == "generate":
+                    self._pending.append(line)
+                else:
+                    self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
             self._log.flush()
         return out
+
+    def log_parse(self, response: str, outcome: dict[str, Any]) -> None:
+        """Attach ``outcome`` to the oldest pending generation line with this response, then write the lines whose
+        parse is known."""
+        line = next((x for x in self._pending if "parse" not in x and x["response"] == response), None)
+        if line is None:
+            return
+        line["parse"] = outcome
+        while self._pending and "parse" in self._pending[0]:
+            self._write(self._pending.pop(0))
+        if self._log is not None:
+            self._log.flush()
+
+    def _write(self, line: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def _flush(self) -> None:
+        """Write every pending generation line (``parse`` null where no head reported one)."""
+        for line in self._pending:
+            line.setdefault("parse", None)
+            self._write(line)
+        self._pending.clear()
+        if self._log is not None:
+            self._log.flush()
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
         return self._run("next_token_logprobs", prompts, list(token_ids), True,
                          lambda ps: self.inner.next_token_logprobs(ps, token_ids))
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
-        return self._run("generate", prompts, dataclasses.asdict(config), config.temperature == 0.0,
+        self.inner.check_constraint(config)
+        return self._run("generate", prompts, config.request(), config.temperature == 0.0,
                          lambda ps: self.inner.generate(ps, config))
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "llm_cache": self.use_cache, "llm_cache_hits": self.hits}
 
     def close(self) -> None:
+        self._flush()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -208,7 +208,12 @@ class OpenAIBackend(Backend):
                 found[i].update(self._parse_logprobs(choice, chunk, i))
         return [[row[int(t)] for t in token_ids] for row in found]
 
+    def constraint_error(self) -> str | None:
+        return ("the openai backend cannot constrain generation (a completions server enforces no permutation or "
+                "token budget); use --backend transformers or vllm, or leave constrained off")
+
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        self.check_constraint(config)
         self.calls["generate"] += 1
         fields: dict[str, Any] = {
             "max_tokens": config.max_new_tokens,

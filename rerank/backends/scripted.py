@@ -64,6 +64,7 @@ class ScriptedBackend(Backend):
         return out
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        self.check_constraint(config)
         if self.generate_fn is None:
             raise RuntimeError("ScriptedBackend has no generate_fn")
         self.calls["generate"] += 1

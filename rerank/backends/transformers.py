@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
 from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
 from rerank.config import from_dict, to_dict
 from rerank.models import resolve_model_path
@@ -56,6 +57,34 @@ def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def apply_allowed(scores: torch.Tensor, allowed: Any) -> None:
+    """Set every logit of the 1-d ``scores`` to -inf except at the ``allowed`` token ids (a numpy array)."""
+    keep = torch.as_tensor(allowed, device=scores.device)
+    keep = keep[keep < scores.shape[-1]]
+    kept = scores[keep].clone()
+    scores.fill_(float("-inf"))
+    scores[keep] = kept
+
+
+class GrammarLogitsProcessor:
+    """A transformers logits processor: each row of a left-padded batch generates only its grammar's answers."""
+
+    def __init__(self, runs: list[ConstrainedDecoding], prompt_width: int) -> None:
+        self.runs = runs
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.prompt_width:
+            last = input_ids[:, -1].tolist()
+            for run, token in zip(self.runs, last, strict=True):
+                run.advance(token)
+        for row, run in enumerate(self.runs):
+            allowed = run.allowed()
+            if allowed is not None:
+                apply_allowed(scores[row], allowed)
+        return scores
 
 
 class TransformersBackend(Backend):
@@ -146,31 +175,49 @@ class TransformersBackend(Backend):
                 out[i] = logprobs[row].tolist()
         return out
 
+    def constraint_error(self) -> str | None:
+        """None: any grammar is enforced by a logits processor."""
+        return None
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
         from transformers import GenerationConfig as HFGenerationConfig
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         self.calls["generate"] += 1
         for p in prompts:
             self._check_length(p, config.max_new_tokens)
         sample = config.temperature > 0
+        constrained = config.constraint is not None
+        eos = self.model.generation_config.eos_token_id or self._tokenizer.eos_token_id
         gen = HFGenerationConfig(
             max_new_tokens=config.max_new_tokens,
             do_sample=sample,
-            temperature=config.temperature if sample else None,
-            top_p=config.top_p if sample else None,
+            temperature=config.temperature if sample and not constrained else None,
+            top_p=config.top_p if sample and not constrained else None,
             top_k=None,
-            eos_token_id=self.model.generation_config.eos_token_id or self._tokenizer.eos_token_id,
+            eos_token_id=eos,
             pad_token_id=self.pad_id,
             stop_strings=list(config.stop) or None,
         )
+        automaton = None
+        if config.constraint is not None:
+            automaton = compile_grammar(config.constraint, self._tokenizer, eos_token_ids(self._tokenizer, eos))
+            check_budget(automaton.min_tokens(), config.max_new_tokens)
         if sample:
             torch.manual_seed(config.seed)
         out: list[str] = [""] * len(prompts)
         for batch in _length_batches([len(p) for p in prompts], self.config.batch_size):
             ids, mask = self._pad_left([prompts[i] for i in batch])
+            processors = LogitsProcessorList()
+            if automaton is not None:  # the grammar first, then temperature and top-p over what it allows
+                runs = [ConstrainedDecoding(automaton, config.max_new_tokens) for _ in batch]
+                processors.append(GrammarLogitsProcessor(runs, ids.shape[1]))
+                if sample:
+                    processors.extend([TemperatureLogitsWarper(config.temperature), TopPLogitsWarper(config.top_p)])
             seqs = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=gen, tokenizer=self._tokenizer
+                input_ids=ids, attention_mask=mask, generation_config=gen, tokenizer=self._tokenizer,
+                logits_processor=processors,
             )
             for row, i in enumerate(batch):
                 text = self._tokenizer.decode(seqs[row, ids.shape[1] :], skip_special_tokens=True)

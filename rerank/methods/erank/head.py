@@ -11,7 +11,10 @@ Reasoning mode generates ``<think>…</think><answer>`` within ``max_reasoning_t
 ``<answer>`` after the reasoning closes (``</think>``); an ``<answer>`` inside the reasoning (e.g. quoted from the
 document) is never read. An output whose reasoning does not close, or that closes without an answer, is closed by
 appending the missing tags (counted as repaired; so is an answer after an ``<answer>`` inside the reasoning); an answer
-that is not an integer in 0-10 is a parse failure (counted) and falls back to the argmax integer.
+that is not an integer in 0-10 is a parse failure (counted) and falls back to the argmax integer. With
+``constrained: true`` (reasoning mode only: without reasoning nothing is generated, and the score is read from the
+probabilities of exactly the integers 0-10) the generation is restricted to free reasoning without ``<answer>``, then
+``</think><answer>``, an integer 0-10 and ``</answer>``, closed within ``max_reasoning_tokens``; it then always parses.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rerank.backends.base import GenerationConfig
+from rerank.backends.grammar import Exact, FreeText, Grammar, OneOf
+from rerank.errors import ConfigError
 from rerank.heads.base import RerankerConfig
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
 from rerank.types import Candidate, Query
@@ -35,16 +40,21 @@ _INT = re.compile(r"\s*(\d+)")
 
 @dataclass
 class ERankConfig(PointwiseConfig):
-    """ERank options: ``scoring`` paper (s·P(s)) or expectation (Σ s·P(s)); optional reasoning within a token budget."""
+    """ERank options: ``scoring`` paper (s·P(s)) or expectation (Σ s·P(s)); optional reasoning within a token budget;
+    ``constrained``: the reasoning generation writes only answers in the template's format (transformers or vllm)."""
 
     scoring: Literal["paper", "expectation"] = "paper"
     reasoning: bool = False
     max_reasoning_tokens: int = 256
+    constrained: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_reasoning_tokens < 1:
             raise ValueError("max_reasoning_tokens must be >= 1")
+        if self.constrained and not self.reasoning:
+            raise ConfigError("erank: constrained applies to reasoning: true (without reasoning nothing is generated: "
+                              "the score is read from the probabilities of the integers 0-10, always valid)")
 
 
 class IntegerDistribution:
@@ -130,10 +140,19 @@ class ERankReranker(PointwiseLLMReranker):
         tags = len(self.tokenizer.encode(think_close + answer_open, add_special_tokens=False))
         return self.config.max_reasoning_tokens + tags + digits + 16  # type: ignore[attr-defined]
 
+    def grammar(self) -> Grammar:
+        """The reasoning-mode answer: reasoning without an answer tag, the closing tag, ``<answer>``, an integer
+        0-10, ``</answer>`` (after the template's assistant prefix)."""
+        think_close, answer_open, answer_close = self._tags()
+        return Grammar((FreeText(think_close, (answer_open,)), Exact(answer_open), OneOf(tuple(map(str, SCORES))),
+                        Exact(answer_close)), self.template.assistant_prefix)
+
     def _reason(self, prompts: list[tuple[str, list[int]]]) -> tuple[list[list[int]], list[int | None]]:
         """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers."""
         think_close, answer_open, answer_close = self._tags()
-        gen = GenerationConfig(max_new_tokens=self.config.max_reasoning_tokens, stop=(answer_close,) if answer_close else ())  # type: ignore[attr-defined]
+        gen = GenerationConfig(max_new_tokens=self.config.max_reasoning_tokens,  # type: ignore[attr-defined]
+                               stop=(answer_close,) if answer_close else (),
+                               constraint=self.grammar() if self.constrained else None)
         texts = self.backend.generate([ids for _, ids in prompts], gen)
         out, parsed = [], []
         for (prompt, _), text in zip(prompts, texts, strict=True):
@@ -141,19 +160,26 @@ class ERankReranker(PointwiseLLMReranker):
             final = text[k + len(think_close) :] if k >= 0 else ""
             j = final.rfind(answer_open)
             value: int | None = None
+            fixes: list[str] = []
             if j >= 0:
                 end = k + len(think_close) + j + len(answer_open)
                 reasoning = text[:end]
                 match = _INT.match(text[end:])
                 value = int(match.group(1)) if match else None
                 ok = value is not None and value in SCORES
-                deviated = answer_open in text[:k] or final.count(answer_open) > 1
-                self.stats.record(failed=not ok, repaired=ok and deviated,
-                                  example=None if ok and not deviated else text)
+                if answer_open in text[:k]:
+                    fixes.append(f"{answer_open} inside the reasoning ignored")
+                if final.count(answer_open) > 1:
+                    fixes.append(f"{final.count(answer_open)} {answer_open} after the reasoning, the last read")
+                if not ok:
+                    fixes.append("the answer is not an integer in 0-10: the most probable integer scores")
+                self.record_output(text, failed=not ok, fixes=fixes)
                 value = value if ok else None
             else:  # the reasoning never closed or no answer followed it: any <answer> so far is not the final one
                 reasoning = (text[: k + len(think_close)] if k >= 0 else text + think_close) + answer_open
-                self.stats.record(repaired=True, example=text)
+                fixes.append(f"no {answer_open} after the reasoning: " +
+                             (f"{answer_open} appended" if k >= 0 else f"{think_close}{answer_open} appended"))
+                self.record_output(text, failed=False, fixes=fixes)
             out.append(self.encode(prompt + reasoning))
             parsed.append(value)
         return out, parsed

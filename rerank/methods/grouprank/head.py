@@ -8,6 +8,11 @@ ignored; several answers, or an unclosed ``<reason>``, count as repairs). The JS
 quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids missing from the answer scored 0);
 an answer with no score at all scores every document of its group 0. Both cases are counted in ``stats``.
 
+With ``constrained: true`` generation is restricted to the template's answer format (:func:`grouprank_grammar`:
+``<reason>`` free text without ``<answer>`` ``</reason>``, then ``<answer>`` and a JSON object with the keys
+``"[1]"``..``"[n]"`` in order and integer scores 0-10), and the reasoning is closed early enough for the answer to fit
+``max_new_tokens``; every output then parses without repair.
+
 Final score = ``fusion_weight`` · rerank + (1 − ``fusion_weight``) · retriever, the retriever score min-max
 normalised per query (the rerank score is already on [0, 1]). ``fusion_weight: 1.0`` disables fusion, and so do
 documents without first-stage scores (logged once per query).
@@ -24,20 +29,21 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.grammar import Exact, FreeText, Grammar, OneOf
 from rerank.errors import ConfigError
-from rerank.heads.base import RerankStats
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.sliding_window import passage_texts
 from rerank.types import Candidate, Query
 
-__all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "minmax", "parse_group_scores"]
+__all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "grouprank_grammar", "minmax", "parse_group_scores"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GroupRankConfig(LLMHeadConfig):
-    """GroupRank options; greedy by default (the paper samples with temperature 0.3, top_p 0.8)."""
+    """GroupRank options; greedy by default (the paper samples with temperature 0.3, top_p 0.8). ``constrained``:
+    generate only answers in the template's format (transformers or vllm backend)."""
 
     group_size: int = 10
     repeats: int = 2
@@ -46,6 +52,7 @@ class GroupRankConfig(LLMHeadConfig):
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 512
+    constrained: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,6 +162,19 @@ def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScore
     return GroupScores([0.0 if s is None else s for s in scores], fixes=fixes)
 
 
+def grouprank_grammar(n: int, prefix: str = "", max_score: int = 10) -> Grammar:
+    """The answer language of a group of ``n``: ``<reason>…</reason>`` (no ``<answer>`` inside), ``<answer>`` and
+    ``{"[1]": s, …, "[n]": s}`` with integers 0..``max_score``, ``</answer>``; a newline is optional between the tags
+    and around the JSON (as the template's example writes it). ``prefix``: what the prompt already ends with."""
+    scores = OneOf(tuple(str(v) for v in range(max_score + 1)))
+    newline = OneOf(("\n", ""))
+    segs: list[Any] = [Exact("<reason>"), FreeText("</reason>", ("<answer>",)), newline, Exact("<answer>"), newline]
+    for k in range(n):
+        segs += [Exact(("{" if k == 0 else ", ") + f'"[{k + 1}]": '), scores]
+    segs += [Exact("}"), newline, Exact("</answer>")]
+    return Grammar(tuple(segs), prefix)
+
+
 def minmax(values: list[float]) -> list[float]:
     """Min-max normalise to [0, 1]; a constant list maps to zeros (it carries no ordering)."""
     lo, hi = min(values), max(values)
@@ -217,18 +237,25 @@ class GroupRankReranker(LLMReranker):
                 jobs.append((qi, group, self.group_inputs(qtext, [texts[j] for j in group])[1]))
         sums = [[0.0] * len(c) for c in candidate_lists]
         counts = [[0] * len(c) for c in candidate_lists]
-        gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               seed=cfg.seed)
+        by_size: dict[int, list[tuple[int, list[int], list[int]]]] = {}  # groups of one size share a grammar
+        for job in jobs:
+            by_size.setdefault(len(job[1]), []).append(job)
         size = max(1, cfg.batch_size)
-        for b in range(0, len(jobs), size):
-            chunk = jobs[b : b + size]
-            outputs = self.backend.generate([p for _, _, p in chunk], gen)
-            for (qi, group, _), text in zip(chunk, outputs, strict=True):
-                parsed = parse_group_scores(text, len(group))
-                _record(self.stats, parsed, text)
-                for j, s in zip(group, parsed.scores, strict=True):
-                    sums[qi][j] += s
-                    counts[qi][j] += 1
+        for n, members in by_size.items():
+            gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   seed=cfg.seed,
+                                   constraint=grouprank_grammar(n, self.template.assistant_prefix)
+                                   if cfg.constrained else None)
+            for b in range(0, len(members), size):
+                chunk = members[b : b + size]
+                outputs = self.backend.generate([p for _, _, p in chunk], gen)
+                for (qi, group, _), text in zip(chunk, outputs, strict=True):
+                    parsed = parse_group_scores(text, len(group))
+                    fixes = [*parsed.fixes, "no score read: the group scores 0"] if parsed.failed else parsed.fixes
+                    self.record_output(text, failed=parsed.failed, fixes=fixes)
+                    for j, s in zip(group, parsed.scores, strict=True):
+                        sums[qi][j] += s
+                        counts[qi][j] += 1
         return [[s / c / 10.0 for s, c in zip(ss, cc, strict=True)] for ss, cc in zip(sums, counts, strict=True)]
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
@@ -253,7 +280,3 @@ class GroupRankReranker(LLMReranker):
     def relevance(self, scores: Sequence[float]) -> list[float]:
         """Scores are group scores / 10, possibly fused with min-max retriever scores: already in [0, 1]."""
         return [min(max(float(s), 0.0), 1.0) for s in scores]
-
-
-def _record(stats: RerankStats, parsed: GroupScores, text: str) -> None:
-    stats.record(failed=parsed.failed, repaired=parsed.repaired, example=text)

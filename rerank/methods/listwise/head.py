@@ -4,7 +4,9 @@ The model reads a window of passages labelled ``[1]..[n]`` (``numbers``) or ``[A
 scheme comes from the template) and writes the permutation, e.g. ``[2] > [1] > [3]``. Decoding is greedy and
 ``max_new_tokens`` is capped at the canonical permutation's length in tokens, so a window never generates more than
 its answer needs. Output is parsed robustly (:mod:`rerank.heads.permutation`); repairs and failures are counted.
-Windows of different queries at the same sliding step go to the backend together (``batch_size`` prompts a call).
+With ``constrained: true`` generation is restricted to exactly that answer format (each identifier once, bracketed,
+joined by `` > ``; :mod:`rerank.backends.grammar`), so every output parses as it stands. Windows of different queries
+at the same sliding step go to the backend together (``batch_size`` prompts a call).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.grammar import Grammar, compile_grammar, eos_token_ids
 from rerank.errors import ConfigError
-from rerank.heads.permutation import check_scheme, format_permutation, parse_permutation, record_parse
+from rerank.heads.permutation import check_scheme, format_permutation, parse_permutation, permutation_grammar
 from rerank.heads.sliding_window import SlidingWindowConfig, SlidingWindowHead
 
 __all__ = ["ListwiseConfig", "ListwiseReranker"]
@@ -22,9 +25,11 @@ __all__ = ["ListwiseConfig", "ListwiseReranker"]
 
 @dataclass
 class ListwiseConfig(SlidingWindowConfig):
-    """``identifiers``: ``numbers`` or ``letters`` picks the default template; '' = the template's own scheme."""
+    """``identifiers``: ``numbers`` or ``letters`` picks the default template; '' = the template's own scheme.
+    ``constrained``: generate only valid permutations (transformers or vllm backend)."""
 
     identifiers: str = ""
+    constrained: bool = False
 
 
 class ListwiseReranker(SlidingWindowHead):
@@ -55,13 +60,22 @@ class ListwiseReranker(SlidingWindowHead):
         return "listwise-letters" if self.config.identifiers == "letters" else "listwise"  # type: ignore[attr-defined]
 
     def max_new_tokens(self, size: int) -> int:
-        """Tokens of the canonical permutation of ``size`` passages (after the template's assistant prefix)."""
+        """Tokens of the canonical permutation of ``size`` passages (after the template's assistant prefix); when
+        constrained, at least the fewest tokens that spell a valid answer."""
         if size not in self._caps:
             prefix = self.template.assistant_prefix
             full = self.tokenizer.encode(prefix + format_permutation(self.scheme, list(range(size))), add_special_tokens=False)
             head = self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
-            self._caps[size] = max(1, len(full) - len(head))
+            cap = max(1, len(full) - len(head))
+            if self.constrained:
+                cap = max(cap, compile_grammar(self.grammar(size), self.tokenizer, eos_token_ids(self.tokenizer))
+                          .min_tokens())
+            self._caps[size] = cap
         return self._caps[size]
+
+    def grammar(self, size: int) -> Grammar:
+        """The answer format of a window of ``size`` passages, after the template's assistant prefix."""
+        return permutation_grammar(self.scheme, size, self.template.assistant_prefix)
 
     def reserve(self, size: int) -> int:
         """The generation cap of a window of ``size`` passages."""
@@ -74,13 +88,14 @@ class ListwiseReranker(SlidingWindowHead):
             by_size.setdefault(size, []).append(k)
         out: dict[int, list[int]] = {}
         for size, members in by_size.items():
-            gen = GenerationConfig(max_new_tokens=self.max_new_tokens(size), temperature=0.0)
+            gen = GenerationConfig(max_new_tokens=self.max_new_tokens(size), temperature=0.0,
+                                   constraint=self.grammar(size) if self.constrained else None)
             for chunk in self._chunks(members):
                 texts = self.backend.generate([prompts[k] for k in chunk], gen)
                 for k, text in zip(chunk, texts, strict=True):
                     full = self.template.assistant_prefix + text
                     parsed = parse_permutation(full, size, self.scheme)
-                    record_parse(self.stats, parsed, full)
+                    self.record_output(text, failed=parsed.failed, fixes=parsed.fixes, example=full)
                     out[k] = parsed.order
         return [out[k] for k in range(len(prompts))]
 

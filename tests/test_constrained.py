@@ -243,8 +243,38 @@ def test_backends_that_cannot_constrain_refuse(tiny_llm_dir: Path) -> None:
     openai = OpenAIBackend("m", tok, OpenAIBackendConfig(base_url="http://127.0.0.1:9/v1"))
     with pytest.raises(ConfigError, match="grouprank: constrained: true, but the openai backend cannot constrain"):
         GroupRankReranker(GroupRankConfig(constrained=True), backend=openai)
+    from types import SimpleNamespace
+
+    from rerank.backends.vllm import VLLMBackend, VLLMBackendConfig
+
+    engine = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: len(tok))))
+    plain_vllm = VLLMBackend(engine, tok, VLLMBackendConfig())  # an engine started without the grammar processor
+    with pytest.raises(ConfigError, match="start it with the backend option constrained_decoding: true"):
+        plain_vllm.generate([[1]], GenerationConfig(constraint=permutation_grammar("numbers", 2)))
+    assert VLLMBackend(engine, tok, VLLMBackendConfig(constrained_decoding=True)).constraint_error() is None
     with pytest.raises(ConfigError, match="erank: constrained applies to reasoning: true"):
         Reranker.load("erank", model=str(tiny_llm_dir), constrained=True)
+
+
+def test_vllm_engine_gets_the_grammar_processor_when_a_head_is_constrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A constrained head starts its vLLM engine with constrained_decoding (an unconstrained one does not)."""
+    import rerank.heads.llm as llm
+
+    seen: list[dict[str, Any]] = []
+
+    class Constraining(ScriptedBackend):
+        def constraint_error(self) -> str | None:
+            return None
+
+    def fake_build(name: str, model: str, **options: Any) -> Any:
+        seen.append({"name": name, **options})
+        return Constraining(build_tokenizer())
+
+    monkeypatch.setattr(llm, "build_backend", fake_build)
+    Reranker.load("listwise", model="m", backend="vllm", constrained=True)
+    Reranker.load("listwise", model="m", backend="vllm")
+    Reranker.load("grouprank", model="m", backend="transformers", constrained=True)
+    assert [s.get("constrained_decoding") for s in seen] == [True, None, None]
 
 
 def _one_line_error(rc: int, err: str, needle: str) -> None:

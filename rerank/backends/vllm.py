@@ -155,9 +155,9 @@ class VLLMBackend(Backend):
                 "option constrained_decoding: true")
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        self.check_constraint(config)
         from vllm import SamplingParams
 
-        self.check_constraint(config)
         self.calls["generate"] += 1
         extra = None
         if config.constraint is not None:

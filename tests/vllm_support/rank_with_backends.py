@@ -90,6 +90,7 @@ def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
         "tokenizer": spec["model"],
         "enforce_eager": True,
         "max_model_len": spec["max_model_len"],
+        "constrained_decoding": True,
         "engine_args": {"max_num_seqs": 8},
     }
     try:
@@ -101,11 +102,27 @@ def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         out = exercise(backend, spec, load_s)
         out["rank"] = rank(head, spec)
+        out["constrained"] = constrained(backend, spec)
         out["wrong_device"] = wrong_device
         out["max_num_seqs"] = backend.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         return out
     finally:
         backend.close()
+
+
+def constrained(backend: Any, spec: dict[str, Any]) -> list[list[str]]:
+    """Greedy and sampled generations of the spec's prompts under each of its grammars (constrained decoding)."""
+    from rerank.backends.base import GenerationConfig
+    from rerank.backends.grammar import Grammar
+
+    out = []
+    for case in spec["constrained"]:
+        grammar = Grammar.from_dict(case["grammar"])
+        for temperature in (0.0, 1.0):
+            config = GenerationConfig(max_new_tokens=case["max_new_tokens"], temperature=temperature, seed=3,
+                                      constraint=grammar)
+            out.append(backend.generate(spec["gen_prompts"], config))
+    return out
 
 
 def launch_server(spec: dict[str, Any], log_path: Path) -> tuple[subprocess.Popen[bytes], str, float]:

@@ -49,7 +49,7 @@ def test_registries_are_derived_from_the_descriptors() -> None:
     assert all(get_reranker_class(n) is resolve(get_method(n).head) for n in rerankers)
     assert {"sft", "grpo", *method_names("retriever")} <= set(available_trainers())
     assert all(TRAINERS.get(n) is resolve(get_method(n).trainer) for n in method_names("retriever"))
-    inference_only = {"bi-encoder", "setwise", "colbert"}  # rerankers without a training path (yet)
+    inference_only = {"bi-encoder", "setwise", "colbert", "bge-reranker-v2-gemma"}  # no training path (yet)
     assert method_names(trains_with="sft") == [n for n in rerankers if n not in inference_only]
     assert method_names(trains_with="grpo") == ["yes-no", "erank", "listwise", "first", "grouprank", "qwen3-reranker"]
     assert teacher_modes() == ["erank", "first", "grouprank", "scores", "first_stage"]
@@ -76,7 +76,7 @@ def test_unknown_names_raise_listing_the_known_ones() -> None:
         get_trainer("nope")
     with pytest.raises(ConfigError, match="'cross-encoder' has no LLM training task; methods with one: yes-no"):
         build_task("cross-encoder", None, None)
-    with pytest.raises(ConfigError, match="unknown prompt template 'nope'; shipped: duot5, erank, erank_reasoning"):
+    with pytest.raises(ConfigError, match="unknown prompt template 'nope'; shipped: bge_reranker_v2_gemma, duot5, erank"):
         from rerank.prompts import load_template
 
         load_template("nope")

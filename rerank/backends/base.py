@@ -44,6 +44,7 @@ class Backend(ABC):
 
     name: str = ""
     config_class: type | None = None  # the typed options of ``from_options`` (a dataclass)
+    gives_logits: bool = False  # whether :meth:`next_token_logits` is available
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {"next_token_logprobs": 0, "generate": 0}
@@ -65,6 +66,13 @@ class Backend(ABC):
 
         One call is one forward pass per prompt over the whole prompt (batched); no tokens are generated.
         """
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        """For each prompt, the raw logit of each ``t`` in ``token_ids`` at the next position (before any
+        normalisation: what a head that scores by one token's logit reads). Only where :attr:`gives_logits`."""
+        from rerank.errors import ConfigError
+
+        raise ConfigError(f"the {self.name or type(self).__name__} backend gives log-probabilities, not raw logits")
 
     @abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:

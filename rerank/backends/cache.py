@@ -175,6 +175,14 @@ class CachingBackend(Backend):
         return self._run("next_token_logprobs", prompts, list(token_ids), True,
                          lambda ps: self.inner.next_token_logprobs(ps, token_ids))
 
+    @property
+    def gives_logits(self) -> bool:  # type: ignore[override]
+        return self.inner.gives_logits
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        return self._run("next_token_logits", prompts, list(token_ids), True,
+                         lambda ps: self.inner.next_token_logits(ps, token_ids))
+
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
         self.inner.check_constraint(config)
         return self._run("generate", prompts, config.request(), config.temperature == 0.0,

@@ -21,6 +21,7 @@ class ScriptedBackend(Backend):
     """Returns ``logprobs_fn(prompt_text, token_ids)`` and ``generate_fn(prompt_text)``; records every prompt."""
 
     name = "scripted"
+    gives_logits = True
 
     def __init__(self, tokenizer: Any, logprobs_fn: LogprobFn | None = None, generate_fn: GenerateFn | None = None,
                  context_length: int | None = None):
@@ -49,19 +50,27 @@ class ScriptedBackend(Backend):
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logprobs"] += 1
+        return self._scripted("next_token_logprobs", prompts, token_ids)
+
+    def _scripted(self, kind: str, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
         if self.logprobs_fn is None:
             raise RuntimeError("ScriptedBackend has no logprobs_fn")
-        self.calls["next_token_logprobs"] += 1
         out = []
         for p in prompts:
             self._check(p, 0)
             text = self._decode(p)
-            self.log.append(("next_token_logprobs", text))
+            self.log.append((kind, text))
             values = list(self.logprobs_fn(text, token_ids))
             if len(values) != len(token_ids):
                 raise ValueError(f"logprobs_fn returned {len(values)} values for {len(token_ids)} token ids")
             out.append([float(v) for v in values])
         return out
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        """``logprobs_fn``'s values read as raw logits (the test double scripts both alike)."""
+        self.calls["next_token_logits"] = self.calls.get("next_token_logits", 0) + 1
+        return self._scripted("next_token_logits", prompts, token_ids)
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
         self.check_constraint(config)

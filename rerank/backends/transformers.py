@@ -92,6 +92,7 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     config_class = TransformersBackendConfig
+    gives_logits = True
 
     def __init__(self, model: Any, tokenizer: Any, config: TransformersBackendConfig | None = None,
                  model_name: str | None = None) -> None:
@@ -158,8 +159,9 @@ class TransformersBackend(Backend):
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logprobs"] += 1
+    def _last_position(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                       normalise: bool) -> list[list[float]]:
+        """The logits (``normalise``: log-softmax) of ``token_ids`` after each prompt; one batched forward."""
         for p in prompts:
             self._check_length(p)
         wanted = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)
@@ -169,11 +171,19 @@ class TransformersBackend(Backend):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False
-            ).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1).index_select(-1, wanted).cpu()
+            ).logits[:, -1, :].float()
+            values = (torch.log_softmax(logits, dim=-1) if normalise else logits).index_select(-1, wanted).cpu()
             for row, i in enumerate(batch):
-                out[i] = logprobs[row].tolist()
+                out[i] = values[row].tolist()
         return out
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logprobs"] += 1
+        return self._last_position(prompts, token_ids, normalise=True)
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logits"] = self.calls.get("next_token_logits", 0) + 1
+        return self._last_position(prompts, token_ids, normalise=False)
 
     def constraint_error(self) -> str | None:
         """None: any grammar is enforced by a logits processor."""

@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from rerank.backends.grammar import EXTRA_KEY, ConstrainedDecoding, Grammar, compile_grammar
+
+try:
+    from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+except ImportError:  # without vLLM the module still imports (API docs); only a vLLM engine ever builds the class
+    AdapterLogitsProcessor = object  # type: ignore[assignment,misc]
 
 __all__ = ["GrammarLogitsProcessor"]
 
@@ -30,7 +33,7 @@ class GrammarLogitsProcessor(AdapterLogitsProcessor):
         self._tokenizer: Any = None
 
     @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
+    def validate_params(cls, sampling_params: Any) -> None:
         spec = (sampling_params.extra_args or {}).get(EXTRA_KEY)
         if spec is not None:
             Grammar.from_dict(spec["grammar"])
@@ -49,7 +52,7 @@ class GrammarLogitsProcessor(AdapterLogitsProcessor):
             )
         return self._tokenizer
 
-    def new_req_logits_processor(self, params: SamplingParams) -> Any:
+    def new_req_logits_processor(self, params: Any) -> Any:
         spec = (params.extra_args or {}).get(EXTRA_KEY)
         if spec is None:
             return None

@@ -166,22 +166,29 @@ class LLMReranker(Reranker):
         """User text as a prompt holds it: special-token strings neutralised, then cut to ``max_tokens`` tokens."""
         return self.truncate(neutralise(text, self.tokenizer), max_tokens)
 
-    def fit(self, query: str, passages: list[str], render: Render, reserve: int = 0) -> tuple[str, list[int]]:
+    def fit(self, query: str, passages: list[str], render: Render, reserve: int = 0,
+            tokenize: Callable[[str, list[str]], list[int]] | None = None) -> tuple[str, list[int]]:
         """The prompt ``render(query, passages)`` (text and token ids) fitted to the backend's context less
         ``reserve`` tokens (what will be generated or appended after it).
 
         ``query`` and ``passages`` come from :meth:`prepare`. When the prompt is too long, the query is cut until all
         its copies take at most half the room the template leaves, then every passage is cut to one token cap, the
         largest with which the prompt fits (shorter passages keep all their tokens). A template that leaves no room
-        for one token a passage is a :class:`ConfigError` (a setting, never a document, is at fault).
+        for one token a passage is a :class:`ConfigError` (a setting, never a document, is at fault). ``tokenize``
+        gives a prompt's token ids from its query and passages when they are not the rendered text's (a head that
+        tokenises the pieces of its prompt apart); by default ``encode(render(...))``.
         """
+
+        def ids_of(q: str, ps: list[str]) -> list[int]:
+            return tokenize(q, ps) if tokenize is not None else self.encode(render(q, ps))
+
         text = render(query, passages)
-        ids = self.encode(text)
+        ids = ids_of(query, passages)
         limit = self.backend.context_length
         if limit is None or len(ids) + reserve <= limit:
             return text, ids
         empty = [""] * len(passages)
-        base = len(self.encode(render("", empty)))
+        base = len(ids_of("", empty))
         free = limit - reserve - base
         if free < 2 * max(1, len(passages)):
             raise ConfigError(
@@ -190,7 +197,7 @@ class LLMReranker(Reranker):
                 "group_size or the generation budget, or use a model with a longer context"
             )
         self.stats.fitted_prompts += 1
-        if len(self.encode(render(query, empty))) - base > free // 2:
+        if len(ids_of(query, empty)) - base > free // 2:
             q_ids = self.encode(query)
 
             def head(k: int) -> str:
@@ -199,20 +206,20 @@ class LLMReranker(Reranker):
             lo, hi = 0, len(q_ids) - 1  # the longest query prefix whose copies take at most half the room
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if len(self.encode(render(head(mid), empty))) - base <= free // 2:
+                if len(ids_of(head(mid), empty)) - base <= free // 2:
                     lo = mid
                 else:
                     hi = mid - 1
             query = head(lo)
             self.stats.shortened_queries += 1
-        room = limit - reserve - len(self.encode(render(query, empty)))
+        room = limit - reserve - len(ids_of(query, empty))
         p_ids = [self.encode(p) for p in passages]
         cap = max(1, token_cap([len(p) for p in p_ids], room))
         while True:
             cut = [self.tokenizer.decode(p[:cap], skip_special_tokens=True) if len(p) > cap else t
                    for p, t in zip(p_ids, passages, strict=True)]
             text = render(query, cut)
-            ids = self.encode(text)
+            ids = ids_of(query, cut)
             over = len(ids) + reserve - limit
             if over <= 0:
                 break

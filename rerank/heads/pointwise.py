@@ -9,7 +9,7 @@ read as ``long_docs`` says (:mod:`rerank.heads.passages`): cut, or scored by pas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,13 @@ class PointwiseLLMReranker(ScoresByPassages, LLMReranker):
         cfg: PointwiseConfig = self.config  # type: ignore[assignment]
         q = self.prepare(query.text, cfg.max_query_tokens)
         reserve = self.reserve()
-        return [self.fit(q, [self.prepare(c.doc.full_text(), cfg.max_doc_tokens)], self._render_pair, reserve)
+        return [self.fit(q, [self.prepare(c.doc.full_text(), cfg.max_doc_tokens)], self._render_pair, reserve,
+                         self.pair_token_ids)
                 for c in candidates]
+
+    #: token ids of a pair prompt from its query and document when they are not the rendered text's (a head that
+    #: tokenises its prompt's pieces apart overrides this with a method); None: the rendered text's.
+    pair_token_ids: Callable[[str, list[str]], list[int]] | None = None
 
     def pair_prompts(self, query: Query, candidates: list[Candidate]) -> list[str]:
         """The rendered prompt per candidate: what the head scores and what training (:mod:`rerank.trainers.task`)

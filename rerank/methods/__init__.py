@@ -35,6 +35,7 @@ METHOD_PACKAGES: tuple[str, ...] = (
     "grouprank",
     "bi_encoder",
     "qwen3_reranker",
+    "bge_reranker_v2_gemma",
     "monot5",
     "duot5",
     "setwise",

@@ -50,6 +50,14 @@ class PromptTemplate:
             raise ConfigError(f"prompt template {self.name!r}: {e}") from None
         return msgs
 
+    def render_text(self, source: str, **variables: Any) -> str:
+        """Render one more Jinja2 text of the template (e.g. a piece of a prompt a head tokenises apart) with the
+        template's extra fields and ``variables``, as :meth:`messages` renders ``user``."""
+        try:
+            return _ENV.from_string(source).render(**{**self.extra, **variables})
+        except jinja2.UndefinedError as e:
+            raise ConfigError(f"prompt template {self.name!r}: {e}") from None
+
     @property
     def source(self) -> str:
         """Where the template came from, for messages: its file, or its name when it was given inline."""

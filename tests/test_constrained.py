@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from rerank.backends.base import GenerationConfig
 from rerank.backends.cache import CachingBackend
@@ -171,16 +170,7 @@ def test_vocabulary_strings_spell_decoded_text() -> None:
 @pytest.fixture(scope="module")
 def sharp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 with weights x10, so greedy outputs vary (at the default scale they are newlines)."""
-    from transformers import AutoModelForCausalLM
-
-    path = tiny_llm(tmp_path_factory.mktemp("sharp") / "m", seed=5)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(10.0)
-    model.save_pretrained(path, safe_serialization=True)
-    return path
+    return tiny_llm(tmp_path_factory.mktemp("sharp") / "m", seed=5, weight_scale=10.0)
 
 
 QUERIES = ["what do cats eat", "how do solar panels work", "who wrote the odyssey"]

@@ -66,26 +66,15 @@ def chat_prompt(tokenizer: Any, text: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sharp_llm_dir(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen2 with every non-norm weight x10 (std 0.2 instead of 0.02).
+def sharp_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 of seed 0 with every non-norm weight x10 (std 0.2 instead of 0.02).
 
     At std 0.02 next-token distributions are nearly uniform and greedy decoding emits newlines forever, which would
     make the generation comparison vacuous; sharper weights give varied continuations and clear score gaps.
     """
-    import shutil
+    from rerank.testing import tiny_llm
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = tmp_path_factory.mktemp("sharp-qwen2") / "model"
-    shutil.copytree(tiny_llm_dir, path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.float32)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.mul_(10.0)
-    model.save_pretrained(path, safe_serialization=True)
-    return path
+    return tiny_llm(tmp_path_factory.mktemp("sharp-qwen2") / "model", arch="qwen2", seed=0, weight_scale=10.0)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ trained on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,12 @@ class LLMReranker(Reranker):
         from rerank.methods import get_method
 
         return get_method(self.method).default_template
+
+    def override_template_field(self, name: str, value: str) -> None:
+        """Replace the template's extra field ``name`` (a variable its texts use) by ``value`` unless it is empty:
+        an option such as an instruction or a question that stands in for the template's default."""
+        if value:
+            self.template = dataclasses.replace(self.template, extra={**self.template.extra, name: value})
 
     @property
     def constrained(self) -> bool:

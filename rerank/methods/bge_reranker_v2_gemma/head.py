@@ -13,7 +13,6 @@ FlagEmbedding's ``prompt`` argument does. The raw logit needs a backend that giv
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,9 +41,7 @@ class BGEGemmaReranker(PointwiseLLMReranker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.config.prompt:  # type: ignore[attr-defined]
-            extra = {**self.template.extra, "prompt": self.config.prompt}  # type: ignore[attr-defined]
-            self.template = dataclasses.replace(self.template, extra=extra)
+        self.override_template_field("prompt", self.config.prompt)  # type: ignore[attr-defined]
         pieces = self.template.extra.get("pieces")
         if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
             raise ConfigError(f"{self.method}: template {self.template.source} needs `pieces`, a list of texts")

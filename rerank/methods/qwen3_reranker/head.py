@@ -3,7 +3,6 @@ task instruction ("Given a web search query, retrieve relevant passages that ans
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,10 +28,7 @@ class Qwen3Reranker(YesNoReranker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        instruction = self.config.instruction  # type: ignore[attr-defined]
-        if instruction:
-            extra = {**self.template.extra, "instruction": instruction}
-            self.template = dataclasses.replace(self.template, extra=extra)
+        self.override_template_field("instruction", self.config.instruction)  # type: ignore[attr-defined]
 
 
 class Qwen3RerankerTask(YesNoTask):

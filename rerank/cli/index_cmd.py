@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=positive_int, default=64, help="documents per forward pass (default 64)")
     e.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="model dtype")
+    e.add_argument("--runtime", choices=["torch", "onnx", "openvino"], default="torch",
+                   help="what runs the encoder on the CPU: torch (default), onnx (ONNX Runtime) or openvino; the "
+                        "export is cached (pip install 'rerank[onnx]' / 'rerank[openvino]')")
+    e.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: dynamic int8 quantization (runtime onnx only; embeddings move a little)")
     e.add_argument("--shard-size", type=positive_int, default=8192, help="documents per resumable shard (default 8192)")
     e.add_argument(
         "--no-cache", action="store_true",
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         doc_max_length=args.doc_max_length,
         device=args.device,
         dtype=args.dtype,
+        runtime=args.runtime,
+        quantize=args.quantize,
     )
     out = Path(args.output)
     work = out / ".encoding"

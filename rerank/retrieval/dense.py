@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from rerank.errors import ConfigError, RerankError
 from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage
+from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model, hash_weights
 from rerank.utils.files import staged_dir, write_json
 
 __all__ = [
@@ -134,6 +135,9 @@ class BiEncoder(torch.nn.Module):
         self.doc_tokenizer = doc_tokenizer if doc_tokenizer is not None else tokenizer
         self.settings = settings if settings is not None else EncoderSettings()
         self.name_or_path = name_or_path
+        self.runtime: tuple[str, str] = ("torch", "none")  # (runtime, quantize) of inference (encode_numpy)
+        self.runners: dict[str, Runner] = {}  # side -> compiled forward, when the runtime is not torch
+        self.load_spec: tuple[str, dict[str, Any]] | None = None  # how load() built it: data-parallel workers rebuild
         for tok in {id(self.query_tokenizer): self.query_tokenizer, id(self.doc_tokenizer): self.doc_tokenizer}.values():
             if tok.pad_token is None:
                 if tok.eos_token is None:
@@ -192,9 +196,34 @@ class BiEncoder(torch.nn.Module):
         model = self._side(side)[0]
         dev = next(model.parameters()).device
         feats = {k: v.to(dev) for k, v in features.items()}
-        hidden = model(**feats).last_hidden_state
-        emb = pool(hidden, feats["attention_mask"], self.settings.pooling)
+        return self._pool(model(**feats).last_hidden_state, feats["attention_mask"])
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        emb = pool(hidden, attention_mask, self.settings.pooling)
         return torch.nn.functional.normalize(emb, p=2, dim=-1) if self.settings.normalize else emb
+
+    def _infer(self, features: dict[str, torch.Tensor], side: Side) -> torch.Tensor:
+        """Inference embeddings of tokenized inputs: the compiled runtime's hidden states when there is one."""
+        runner = self.runners.get(side)
+        if runner is None:
+            return self.forward_features(features, side)
+        return self._pool(runner(features), features["attention_mask"])
+
+    def compile(self, runtime: Runtime = "torch", quantize: Quantize = "none") -> BiEncoder:
+        """Run inference (:meth:`encode_numpy`) on ``runtime`` (:mod:`rerank.runtime`); training stays on torch."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        check_runtime(runtime, quantize, str(self.device), dtype)
+        self.runners = {}
+        for side in ("query", "doc"):
+            model, tok, _, _ = self._side(side)  # type: ignore[arg-type]
+            if side == "doc" and self.tied and "query" in self.runners:
+                self.runners["doc"] = self.runners["query"]
+            else:
+                runner = compile_model(model, tok, "feature-extraction", runtime, quantize)
+                if runner is not None:
+                    self.runners[side] = runner
+        self.runtime = (runtime, quantize)
+        return self
 
     def embed(self, texts: Sequence[str], side: Side) -> torch.Tensor:
         """One forward pass over ``texts`` as a tensor with autograd (training batches)."""
@@ -270,7 +299,7 @@ class BiEncoder(torch.nn.Module):
                 feats = {"input_ids": ids, "attention_mask": mask}
                 if types is not None:
                     feats["token_type_ids"] = types
-                emb = self.forward_features(feats, side)
+                emb = self._infer(feats, side)
                 out[idx] = emb.float().cpu().numpy()
                 bar.update(len(idx))
         if own_bar:
@@ -285,12 +314,7 @@ class BiEncoder(torch.nn.Module):
         """
         model, tok, _, _ = self._side(side)
         h = hashlib.sha256()
-        for name, t in sorted(model.state_dict().items()):
-            h.update(name.encode())
-            t = t.detach().cpu()
-            t = t.float() if t.is_floating_point() else t
-            h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-            h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        hash_weights(h, model)
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is not None:  # its JSON minus the run-time truncation/padding state
             spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
@@ -301,8 +325,10 @@ class BiEncoder(torch.nn.Module):
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
-        """Model path, tying and settings (for manifests and ``metrics.json``)."""
-        return {"model": self.name_or_path, "tied": self.tied, "dim": self.dim, **dataclasses.asdict(self.settings)}
+        """Model path, tying, settings and a runtime other than torch (for manifests and ``metrics.json``)."""
+        runtime = {} if self.runtime == ("torch", "none") else {"runtime": self.runtime[0], "quantize": self.runtime[1]}
+        return {"model": self.name_or_path, "tied": self.tied, "dim": self.dim, **dataclasses.asdict(self.settings),
+                **runtime}
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
@@ -360,12 +386,19 @@ class BiEncoder(torch.nn.Module):
         doc_max_length: int | None = None,
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
+        runtime: Runtime = "torch",
+        quantize: Quantize = "none",
     ) -> BiEncoder:
         """Load a sentence-transformers folder (an untied one as a query/document ``Router``) or a plain HF encoder.
 
         Settings come from the folder (pooling, Normalize module, prompts, max lengths); explicit arguments override.
         A plain checkpoint gets mean pooling (last-token for ``*ForCausalLM`` architectures) and no normalisation.
+        ``runtime`` / ``quantize``: what runs inference (:meth:`compile`).
         """
+        spec = {"pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
+                "query_max_length": query_max_length, "doc_max_length": doc_max_length, "device": device,
+                "dtype": dtype if dtype is None or isinstance(dtype, str) else str(dtype).removeprefix("torch."),
+                "runtime": runtime, "quantize": quantize}
         path = resolve_model_path(name_or_path)
         torch_dtype = _resolve_dtype(dtype)
         root = Path(path)
@@ -383,9 +416,11 @@ class BiEncoder(torch.nn.Module):
         fields = {f.name for f in dataclasses.fields(EncoderSettings)}
         settings = EncoderSettings(**{k: v for k, v in base.items() if k in fields})
         enc = cls(qmodel, qtok, settings, dmodel, dtok, name_or_path=str(name_or_path))
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = device or ("cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
         enc.to(dev)
         enc.eval()
+        enc.compile(runtime, quantize)
+        enc.load_spec = (str(name_or_path), spec)
         return enc
 
 
@@ -535,6 +570,11 @@ class EncoderOptions:
     doc_max_length: int | None = None
     device: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    runtime: Runtime = "torch"
+    quantize: Quantize = "none"
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime, self.quantize, self.device, self.dtype)
 
 
 @dataclass
@@ -576,7 +616,8 @@ def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None) -> 
 
 def load_encoder(model: str, options: EncoderOptions, manifest: dict[str, Any] | None = None) -> BiEncoder:
     """The bi-encoder ``model`` with ``options`` over its own settings (and an index manifest's, when given)."""
-    return BiEncoder.load(model, device=options.device, dtype=options.dtype, **_encoder_overrides(options, manifest))
+    return BiEncoder.load(model, device=options.device, dtype=options.dtype, runtime=options.runtime,
+                          quantize=options.quantize, **_encoder_overrides(options, manifest))
 
 
 def _tmp_work_dir() -> Path:

@@ -94,9 +94,12 @@ def doc_text(doc: Document) -> str:
 
 
 def doc_encoding_key(encoder: BiEncoder, corpus_sha256: str) -> dict[str, Any]:
-    """Everything that determines the document embeddings: doc-encoder hash, corpus hash, settings, dtype."""
+    """Everything that determines the document embeddings: doc-encoder hash, corpus hash, settings, dtype, and the
+    runtime when it is not torch (torch's keys are those of before runtimes existed, so their caches stay valid)."""
     s = encoder.settings
+    runtime = {} if encoder.runtime == ("torch", "none") else {"runtime": list(encoder.runtime)}
     return {
+        **runtime,
         "model_hash": encoder.fingerprint("doc"),
         "corpus_sha256": corpus_sha256,
         "pooling": s.pooling,

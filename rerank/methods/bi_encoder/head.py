@@ -35,6 +35,7 @@ class BiEncoderConfig(RerankerConfig, EncoderOptions):
     corpus_cache: bool = True
 
     def __post_init__(self) -> None:
+        EncoderOptions.__post_init__(self)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.similarity not in ("dot", "cosine"):

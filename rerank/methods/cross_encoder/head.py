@@ -8,7 +8,8 @@ neutralised, so a text can never end its segment. One label -> that logit; two l
 (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1)); ``sigmoid`` maps the score to (0, 1)
 (rank-preserving). Scores equal sentence-transformers ``CrossEncoder.predict`` on the same model for every query of
 at most ``max_query_tokens`` tokens. Long documents can be scored by passages (``long_docs``,
-:mod:`rerank.heads.passages`).
+:mod:`rerank.heads.passages`). ``runtime`` (``torch`` | ``onnx`` | ``openvino``) and ``quantize`` (``none`` | ``int8``,
+onnx only) pick what runs the forward pass on the CPU (:mod:`rerank.runtime`); tokenisation and batching stay these.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rerank.heads.base import Reranker, RerankerConfig, split_scores
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
+from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model
 from rerank.types import Candidate, Query
 
 __all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]
@@ -35,7 +37,7 @@ __all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]
 @dataclass
 class CrossEncoderConfig(RerankerConfig):
     """Cross-encoder options; ``long_docs``, ``passage_tokens`` and ``stride`` as for the pointwise LLM heads
-    (:mod:`rerank.heads.passages`)."""
+    (:mod:`rerank.heads.passages`); ``runtime`` and ``quantize`` as :mod:`rerank.runtime` says."""
 
     batch_size: int = 32
     max_length: int = 0  # 0: the model's own limit (its tokenizer's model_max_length, at most 512)
@@ -49,8 +51,11 @@ class CrossEncoderConfig(RerankerConfig):
     long_docs: LongDocs = "truncate"
     passage_tokens: int = 200
     stride: int = 100
+    runtime: Runtime = "torch"
+    quantize: Quantize = "none"
 
     def __post_init__(self) -> None:
+        check_runtime(self.runtime, self.quantize, self.device, self.dtype)
         if self.batch_size < 1 or (self.max_length and self.max_length < 8):
             raise ValueError("batch_size must be >= 1 and max_length 0 (the model's own) or >= 8")
         if self.max_query_tokens < 1:
@@ -66,13 +71,14 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
     independent_scores = True
 
     def __init__(self, config: CrossEncoderConfig | None = None, model: Any = None, tokenizer: Any = None,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, runner: Runner | None = None) -> None:
         super().__init__(config)
         if model is None or tokenizer is None:
             raise ValueError("cross-encoder: give a model and its tokenizer (or use Reranker.load)")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.runner = runner  # the compiled forward (runtime onnx / openvino); None: the torch model runs
         self.device = next(model.parameters()).device
         self.num_labels = int(model.config.num_labels)
         own = int(getattr(tokenizer, "model_max_length", 0) or 0)
@@ -92,7 +98,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         if not model:
             raise ValueError("cross-encoder: --model is required")
         path = resolve_model_path(model)
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device if cfg.runtime == "torch" else cfg.device or "cpu")
         archs = architectures(path, cfg.trust_remote_code)
         if not cfg.allow_new_head:
             check_classifier(f"cross-encoder: {model}", archs)
@@ -105,7 +111,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         )
         if not cfg.allow_new_head:
             check_no_new_weights(f"cross-encoder: {model}", info, f"load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
-        return cls(cfg, net.to(device), tok, model_name=model)
+        net = net.to(device)
+        return cls(cfg, net, tok, model_name=model,
+                   runner=compile_model(net, tok, "sequence-classification", cfg.runtime, cfg.quantize))
 
     def query_text(self, query: str) -> str:
         """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens."""
@@ -134,7 +142,10 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 batch = self.tokenizer.pad([features[i] for i in idx], return_tensors="pt")
-                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
+                if self.runner is not None:
+                    logits = self.runner(batch)
+                else:
+                    logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
                 for i, s in zip(idx, self._reduce(logits).tolist(), strict=True):
                     out[i] = s
         return out
@@ -176,7 +187,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "config": to_dict(self.config), "model": self.model_name,
-                "num_labels": self.num_labels, "max_length": self.max_length, "device": str(self.device)}
+                "num_labels": self.num_labels, "max_length": self.max_length, "device": str(self.device),
+                **({"runtime": self.runner.describe()} if self.runner is not None else {})}
 
     def close(self) -> None:
         self.model = None
+        self.runner = None

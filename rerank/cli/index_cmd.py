@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-cache", action="store_true",
         help="encode into OUTPUT/.encoding instead of the shared embedding cache (still resumable)",
     )
+    e.add_argument("--workers", type=positive_int, default=1,
+                   help="encoding processes, each with its own copy of the model and cores/N threads (with GPUs: one "
+                        "per GPU); the embeddings are those of one process (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     work = out / ".encoding"
     emb = encode_corpus_cached(
         encoder, dataset, cache=not args.no_cache, work_dir=work, shard_size=args.shard_size,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        batch_size=args.batch_size, progress=not args.no_progress, workers=args.workers,
     )
     t_enc = time.perf_counter() - t0
     model = Path(args.model).resolve() if Path(args.model).exists() else args.model

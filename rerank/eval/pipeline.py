@@ -11,6 +11,9 @@ Ranking conventions (also stated in ``report.md``):
 * Documents of a given run that are not in the corpus cannot be reranked: they are reported, kept after the
   reranked top-k, and counted in ``metrics.json``.
 
+``workers`` > 1 reranks in that many processes (:mod:`rerank.parallel`), each loading its own copy of the reranker,
+with the query chunks of one process, so the run and the scores are the same as with one.
+
 Everything is checked before the expensive work: the config's numbers, the measures, the dataset's queries and
 qrels, a given first-stage run, and the reranker (built, options and model) all come before the first stage
 retrieves. The result folder holds the files of one run only: ``metrics.json`` is removed first and written last
@@ -20,8 +23,10 @@ write are removed; other files in the folder are left alone. Secrets in the conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Set as AbstractSet
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,9 +41,10 @@ from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
 from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 from rerank.eval.report import render_report
-from rerank.heads.base import Reranker
+from rerank.heads.base import Reranker, RerankStats
+from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever
-from rerank.types import Candidate, Qrels, Query, Run
+from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
 __all__ = ["EvalConfig", "OUTPUT_FILES", "run_eval", "rerank_run"]
@@ -73,9 +79,10 @@ class EvalConfig:
     qrels_duplicates: str = "error"
     llm_cache: bool = True  # LLM heads' calls are cached (rerank.backends.cache); a re-run makes no model calls
     log_llm_io: str | None = None  # JSONL of every LLM prompt and raw response
+    workers: int = 1  # reranking processes, each with its own copy of the reranker (rerank.parallel)
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "depth", "batch_queries"):
+        for name in ("top_k", "depth", "batch_queries", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
@@ -94,23 +101,30 @@ def _select(run: Run, qids: Sequence[str]) -> Run:
     return {q: run[q] for q in qids if q in run}
 
 
+def _ranked(results: list[RankedResult]) -> list[list[tuple[str, float]]]:
+    return [[(r.doc.id, r.score) for r in res.results] for res in results]
+
+
 def rerank_run(
-    reranker: Reranker,
+    reranker: Reranker | WorkerPool,
     queries: dict[str, Query],
     run: Run,
     corpus: dict[str, Any],
     top_k: int,
     batch_queries: int = 8,
     progress: bool = True,
+    stats: RerankStats | None = None,
 ) -> tuple[Run, dict[str, list[tuple[str, float]]], dict[str, list[str]]]:
-    """Rerank each query's top-``top_k`` candidates; returns (final run, reranker scores, unknown doc ids)."""
+    """Rerank each query's top-``top_k`` candidates, ``batch_queries`` queries per call; returns (final run, reranker
+    scores, unknown doc ids). ``reranker`` may be a pool of reranker workers (:func:`reranker_pool`): the same
+    chunks are scored there, in parallel, and their parse statistics added to ``stats``."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     final: Run = {}
     scores: dict[str, list[tuple[str, float]]] = {}
     unknown: dict[str, list[str]] = {}
     qids = [q for q in queries if run.get(q)]
-    bar = tqdm(total=len(qids), desc="rerank", unit="q", disable=not progress)
+    chunks: list[tuple[list[str], list[list[Candidate]]]] = []
     for start in range(0, len(qids), batch_queries):
         chunk = qids[start : start + batch_queries]
         cand_lists: list[list[Candidate]] = []
@@ -120,17 +134,58 @@ def rerank_run(
             if missing:
                 unknown[q] = missing
             cand_lists.append([Candidate(corpus[d], s) for d, s in head if d in corpus])
-        results = reranker.rerank_batch([queries[q] for q in chunk], cand_lists)
-        for q, res in zip(chunk, results, strict=True):
-            head_ids = [r.doc.id for r in res.results]
+        chunks.append((chunk, cand_lists))
+
+    def finish(chunk: list[str], ranked: list[list[tuple[str, float]]]) -> None:
+        for q, res in zip(chunk, ranked, strict=True):
             tail = unknown.get(q, []) + [d for d, _ in run[q][top_k:]]
-            order = head_ids + tail
+            order = [d for d, _ in res] + tail
             n = len(order)
             final[q] = [(d, float(n - i)) for i, d in enumerate(order)]
-            scores[q] = [(r.doc.id, r.score) for r in res.results]
-        bar.update(len(chunk))
+            scores[q] = res
+
+    bar = tqdm(total=len(qids), desc="rerank", unit="q", disable=not progress)
+    if isinstance(reranker, WorkerPool):
+        outs = reranker.map(_rerank_chunk, [([queries[q] for q in c], cl) for c, cl in chunks],
+                            done=lambda i: bar.update(len(chunks[i][0])))
+        for (chunk, _), (ranked, chunk_stats) in zip(chunks, outs, strict=True):
+            finish(chunk, ranked)
+            if stats is not None:
+                stats.merge(chunk_stats)
+    else:
+        for chunk, cand_lists in chunks:
+            finish(chunk, _ranked(reranker.rerank_batch([queries[q] for q in chunk], cand_lists)))
+            bar.update(len(chunk))
     bar.close()
     return final, scores, unknown
+
+
+def load_reranker(cfg: EvalConfig) -> Reranker:
+    """The reranker ``cfg`` names, its LLM calls cached (and logged) as ``cfg`` says."""
+    from rerank.backends.cache import llm_cache_scope
+
+    with llm_cache_scope(cfg.llm_cache, cfg.log_llm_io):
+        return Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
+
+
+def _rerank_chunk(reranker: Reranker, chunk: tuple[list[Query], list[list[Candidate]]]
+                  ) -> tuple[list[list[tuple[str, float]]], RerankStats]:
+    """A worker's part of :func:`rerank_run`: one chunk's rankings and the parse statistics it added."""
+    reranker.stats = RerankStats()
+    return _ranked(reranker.rerank_batch(*chunk)), reranker.stats
+
+
+def _prepare(reranker: Reranker, job: tuple[EvalConfig, AbstractSet[str]]) -> dict[str, Any]:
+    """A worker's :meth:`Reranker.prepare_corpus` (it reads the dataset itself), then its description."""
+    cfg, doc_ids = job
+    dataset = resolve_dataset(cfg.dataset, cfg.data_root, qrels_duplicates=cfg.qrels_duplicates)  # type: ignore[arg-type]
+    reranker.prepare_corpus(dataset, doc_ids)
+    return reranker.describe()
+
+
+def reranker_pool(cfg: EvalConfig) -> WorkerPool:
+    """``cfg.workers`` processes, each holding :func:`load_reranker` (``cfg``)."""
+    return WorkerPool(cfg.workers, load_reranker, (cfg,))
 
 
 def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool = True) -> dict[str, Any]:
@@ -151,13 +206,24 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0
 
-    if reranker is None and cfg.reranker is not None:  # before retrieval: a bad option or model fails in seconds
-        t = time.perf_counter()
-        from rerank.backends.cache import llm_cache_scope
+    if cfg.workers > 1 and reranker is not None:
+        raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
+    with contextlib.ExitStack() as stack:
+        pool: WorkerPool | None = None
+        if cfg.reranker is not None and reranker is None:  # before retrieval: a bad option or model fails in seconds
+            t = time.perf_counter()
+            if cfg.workers > 1:
+                pool = stack.enter_context(reranker_pool(cfg))
+            else:
+                reranker = load_reranker(cfg)
+            timing["reranker_load_s"] = time.perf_counter() - t
+        return _evaluate(cfg, dataset, queries, qrels, rel_level, given_run, reranker, pool, timing, t0, progress)
 
-        with llm_cache_scope(cfg.llm_cache, cfg.log_llm_io):
-            reranker = Reranker.load(cfg.reranker, model=cfg.model, backend=cfg.backend, **cfg.reranker_options)
-        timing["reranker_load_s"] = time.perf_counter() - t
+
+def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrels: Qrels, rel_level: int,
+              given_run: Run | None, reranker: Reranker | None, pool: WorkerPool | None, timing: dict[str, float],
+              t0: float, progress: bool) -> dict[str, Any]:
+    """:func:`run_eval` once the dataset is read and the reranker (or its worker pool) is loaded."""
 
     t = time.perf_counter()
     first_stage_desc: dict[str, Any]
@@ -179,14 +245,23 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     rerank_scores: dict[str, list[tuple[str, float]]] | None = None
     reranker_desc: dict[str, Any] | None = None
     final = run
-    if reranker is not None:
+    stats = RerankStats()
+    if reranker is not None or pool is not None:
         t = time.perf_counter()
-        reranker.prepare_corpus(dataset, {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]})
+        doc_ids = {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]}
+        if pool is not None:
+            desc = pool.broadcast(_prepare, (cfg, doc_ids))[0]
+        else:
+            reranker.prepare_corpus(dataset, doc_ids)  # type: ignore[union-attr]
+            desc = reranker.describe()  # type: ignore[union-attr]
         final, rerank_scores, corpus_ids_unknown = rerank_run(
-            reranker, queries, run, dataset.corpus, cfg.top_k, cfg.batch_queries, progress
+            pool if pool is not None else reranker, queries, run, dataset.corpus, cfg.top_k,  # type: ignore[arg-type]
+            cfg.batch_queries, progress, stats,
         )
         timing["rerank_s"] = time.perf_counter() - t
-        reranker_desc = {**reranker.describe(), "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
+        reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
+        if pool is not None:
+            reranker_desc["workers"] = {"processes": pool.workers, "threads_each": pool.threads}
     elif cfg.first_stage is not None:
         corpus = dataset.corpus
         for q, lst in run.items():
@@ -222,6 +297,8 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     }
     if reranker is not None:
         metrics["parse"] = reranker.stats.as_dict()
+    elif pool is not None:
+        metrics["parse"] = stats.as_dict()
     if corpus_ids_unknown:
         log.warning(
             "%d doc ids in the first-stage run are not in the corpus (e.g. %s); they were not reranked",

@@ -58,6 +58,13 @@ class RerankStats:
         if (failed or repaired) and example is not None and len(self.failure_examples) < 5:
             self.failure_examples.append(example[:300])
 
+    def merge(self, other: RerankStats) -> None:
+        """Add ``other``'s counts (another process's) to these; failure examples up to five in all."""
+        for f in dataclasses.fields(self):
+            if f.name != "failure_examples":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.failure_examples.extend(other.failure_examples[: 5 - len(self.failure_examples)])
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

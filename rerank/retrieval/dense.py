@@ -39,8 +39,8 @@ from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_mod
 from rerank.utils.files import staged_dir, write_json
 
 __all__ = [
-    "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "load_encoder", "Pooling",
-    "pool",
+    "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "encoder_pool", "load_encoder",
+    "Pooling", "pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -260,14 +260,17 @@ class BiEncoder(torch.nn.Module):
         progress: bool = False,
         desc: str | None = None,
         bar: Any | None = None,
+        pool: Any | None = None,
     ) -> np.ndarray:
         """Inference encoding: tokenize once, batch by token length (longest first), pad per batch, keep input order.
 
-        ``bar``: an outer tqdm bar to advance per batch instead of opening one.
+        ``bar``: an outer tqdm bar to advance per batch instead of opening one. ``pool``: a
+        :class:`~rerank.parallel.WorkerPool` of this encoder's copies (:func:`encoder_pool`) that encodes the same
+        batches, so the embeddings are those of one process.
         """
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
-        model, tok, max_len, _ = self._side(side)
+        _, tok, max_len, _ = self._side(side)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
@@ -277,34 +280,49 @@ class BiEncoder(torch.nn.Module):
         type_ids: list[list[int]] | None = enc.get("token_type_ids") if "token_type_ids" in tok.model_input_names else None
         lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")
-        pad_id = tok.pad_token_id
-        left = tok.padding_side == "left"
+        batches = [order[start : start + batch_size] for start in range(0, n, batch_size)]
         own_bar = bar is None
         if own_bar:
             bar = tqdm(total=n, desc=desc or f"encode {side}s", unit=side, disable=not progress)
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                width = int(lengths[idx[0]])
-                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                types = torch.zeros((len(idx), width), dtype=torch.long) if type_ids is not None else None
-                for row, i in enumerate(idx):
-                    length = int(lengths[i])
-                    sl = slice(width - length, width) if left else slice(0, length)
-                    ids[row, sl] = torch.tensor(input_ids[i])
-                    mask[row, sl] = 1
-                    if types is not None:
-                        types[row, sl] = torch.tensor(type_ids[i])
-                feats = {"input_ids": ids, "attention_mask": mask}
-                if types is not None:
-                    feats["token_type_ids"] = types
-                emb = self._infer(feats, side)
-                out[idx] = emb.float().cpu().numpy()
+
+        def inputs(idx: np.ndarray) -> tuple[list[list[int]], list[list[int]] | None]:
+            return [input_ids[i] for i in idx], None if type_ids is None else [type_ids[i] for i in idx]
+
+        if pool is None:
+            for idx in batches:
+                out[idx] = self.embed_ids(*inputs(idx), side)
                 bar.update(len(idx))
+        else:  # tasks of whole batches, about four per worker so a slow one does not hold the end
+            per_task = max(1, -(-len(batches) // (4 * pool.workers)))
+            tasks = [batches[i : i + per_task] for i in range(0, len(batches), per_task)]
+            results = pool.map(_encode_task, [(side, [inputs(idx) for idx in task]) for task in tasks],
+                               done=lambda i: bar.update(sum(len(idx) for idx in tasks[i])))
+            for task, embs in zip(tasks, results, strict=True):
+                for idx, emb in zip(task, embs, strict=True):
+                    out[idx] = emb
         if own_bar:
             bar.close()
         return out
+
+    def embed_ids(self, input_ids: list[list[int]], type_ids: list[list[int]] | None, side: Side) -> np.ndarray:
+        """Float32 embeddings of one batch of token ids, padded to its longest row on the tokenizer's side."""
+        tok = self._side(side)[1]
+        width = max(len(x) for x in input_ids)
+        left = tok.padding_side == "left"
+        ids = torch.full((len(input_ids), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+        types = torch.zeros((len(input_ids), width), dtype=torch.long) if type_ids is not None else None
+        for row, seq in enumerate(input_ids):
+            sl = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, sl] = torch.tensor(seq)
+            mask[row, sl] = 1
+            if types is not None:
+                types[row, sl] = torch.tensor(type_ids[row])  # type: ignore[index]
+        feats = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            feats["token_type_ids"] = types
+        with torch.inference_mode():
+            return self._infer(feats, side).float().cpu().numpy()
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self, side: Side = "doc") -> str:
@@ -422,6 +440,26 @@ class BiEncoder(torch.nn.Module):
         enc.compile(runtime, quantize)
         enc.load_spec = (str(name_or_path), spec)
         return enc
+
+
+def _load_for_worker(name_or_path: str, spec: dict[str, Any]) -> BiEncoder:
+    return BiEncoder.load(name_or_path, **spec)
+
+
+def _encode_task(encoder: BiEncoder, task: tuple[str, list[tuple[list[list[int]], list[list[int]] | None]]]
+                 ) -> list[np.ndarray]:
+    side, batches = task
+    return [encoder.embed_ids(ids, types, side) for ids, types in batches]  # type: ignore[arg-type]
+
+
+def encoder_pool(encoder: BiEncoder, workers: int) -> Any:
+    """A :class:`~rerank.parallel.WorkerPool` of ``workers`` copies of ``encoder`` (each loaded as it was), for
+    :meth:`BiEncoder.encode_numpy`'s ``pool``."""
+    from rerank.parallel import WorkerPool
+
+    if encoder.load_spec is None:
+        raise ConfigError("workers need an encoder made by BiEncoder.load (each worker loads its own copy)")
+    return WorkerPool(workers, _load_for_worker, encoder.load_spec)
 
 
 _ST_MODULES = "sentence_transformers.models"

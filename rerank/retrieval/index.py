@@ -15,6 +15,7 @@ Saved index folder::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -151,36 +152,10 @@ def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
     return EmbeddingSet(ids, emb, manifest, work_dir / "embeddings.npy")
 
 
-def encode_corpus(
-    encoder: BiEncoder,
-    docs: Iterable[Document],
-    work_dir: str | Path,
-    key: dict[str, Any],
-    shard_size: int = 8192,
-    batch_size: int = 64,
-    progress: bool = True,
-    num_docs: int | None = None,
-) -> EmbeddingSet:
-    """Encode ``docs`` into ``work_dir`` shard by shard; resumes after the last complete shard, reuses a finished one.
-
-    ``key`` identifies the encoding (see :func:`doc_encoding_key`); shards written under another key are discarded.
-    """
-    if shard_size < 1:
-        raise ConfigError("shard_size must be >= 1")
-    work_dir = Path(work_dir)
-    done = _load_complete(work_dir, key)
-    if done is not None:
-        log.info("embeddings found in %s (%d docs); not re-encoding", work_dir, len(done.ids))
-        return done
-    shards = work_dir / "shards"
-    state_path = work_dir / "partial.json"
-    state = {"key": key, "shard_size": shard_size}
-    if state_path.is_file() and json.loads(state_path.read_text(encoding="utf-8")) != state:
-        log.info("%s holds shards of another encoding; starting over", work_dir)
-        shutil.rmtree(shards, ignore_errors=True)
-    shards.mkdir(parents=True, exist_ok=True)
-    write_json(state, state_path)
-
+def _encode_shards(encoder: BiEncoder, docs: Iterable[Document], shards: Path, shard_size: int, batch_size: int,
+                   progress: bool, num_docs: int | None, pool: Any | None) -> tuple[list[str], list[Path], int]:
+    """Encode ``docs`` shard by shard into ``shards``, skipping complete shards (resumption); returns the ids in order,
+    the shard files, and how many documents were resumed."""
     from tqdm.auto import tqdm
 
     ids: list[str] = []
@@ -202,10 +177,54 @@ def encode_corpus(
                 shard_files.append(spath)
                 bar.update(len(chunk))
                 continue
-        emb = encoder.encode_numpy([doc_text(d) for d in chunk], "doc", batch_size, bar=bar)
+        emb = encoder.encode_numpy([doc_text(d) for d in chunk], "doc", batch_size, bar=bar, pool=pool)
         _save_npy(emb, spath)
         shard_files.append(spath)
     bar.close()
+    return ids, shard_files, resumed
+
+
+def encode_corpus(
+    encoder: BiEncoder,
+    docs: Iterable[Document],
+    work_dir: str | Path,
+    key: dict[str, Any],
+    shard_size: int = 8192,
+    batch_size: int = 64,
+    progress: bool = True,
+    num_docs: int | None = None,
+    workers: int = 1,
+) -> EmbeddingSet:
+    """Encode ``docs`` into ``work_dir`` shard by shard; resumes after the last complete shard, reuses a finished one.
+
+    ``key`` identifies the encoding (see :func:`doc_encoding_key`); shards written under another key are discarded.
+    ``workers`` > 1: that many processes with a copy of the encoder each (:func:`~rerank.retrieval.dense.encoder_pool`)
+    encode each shard's batches, started only when there is something to encode (the embeddings are one process's).
+    """
+    if shard_size < 1:
+        raise ConfigError("shard_size must be >= 1")
+    work_dir = Path(work_dir)
+    done = _load_complete(work_dir, key)
+    if done is not None:
+        log.info("embeddings found in %s (%d docs); not re-encoding", work_dir, len(done.ids))
+        return done
+    shards = work_dir / "shards"
+    state_path = work_dir / "partial.json"
+    state = {"key": key, "shard_size": shard_size}
+    if state_path.is_file() and json.loads(state_path.read_text(encoding="utf-8")) != state:
+        log.info("%s holds shards of another encoding; starting over", work_dir)
+        shutil.rmtree(shards, ignore_errors=True)
+    shards.mkdir(parents=True, exist_ok=True)
+    write_json(state, state_path)
+
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1:
+            from rerank.retrieval.dense import encoder_pool
+
+            pool = stack.enter_context(encoder_pool(encoder, workers))
+        ids, shard_files, resumed = _encode_shards(encoder, docs, shards, shard_size, batch_size, progress, num_docs,
+                                                   pool)
     if resumed:
         log.info("resumed: %d of %d documents were already encoded in %s", resumed, len(ids), shards)
     if not ids:
@@ -251,8 +270,10 @@ def encode_corpus_cached(
     shard_size: int = 8192,
     batch_size: int = 64,
     progress: bool = True,
+    workers: int = 1,
 ) -> EmbeddingSet:
-    """Embeddings of ``dataset``'s corpus, from the cache when possible (else encoded into ``work_dir``)."""
+    """Embeddings of ``dataset``'s corpus, from the cache when possible (else encoded into ``work_dir``, by
+    ``workers`` processes when > 1)."""
     key = doc_encoding_key(encoder, dataset.corpus_hash)
     if cache:
         target = embedding_cache_dir(key)
@@ -261,7 +282,7 @@ def encode_corpus_cached(
     else:
         raise ConfigError("cache=False needs a work_dir to encode into")
     n = len(dataset.corpus) if "corpus" in vars(dataset) else None  # known only if already read
-    return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, n)
+    return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, n, workers)
 
 
 def _auto_pq_m(dim: int) -> int:

@@ -1,0 +1,89 @@
+"""Data-parallel workers (rerank.parallel): ``rerank eval --workers 2`` and ``rerank index --workers 2`` give the bytes
+of one process (run, scores, embeddings), a worker's error reaches the user as one line, and the per-worker shares of
+threads and GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank.errors import ConfigError
+from rerank.heads.base import RerankStats
+from rerank.parallel import thread_share, worker_devices
+
+
+def test_eval_with_two_workers_writes_the_bytes_of_one(tiny_beir_dir: Path, tiny_bert_dir: Path, tmp_path: Path,
+                                                       run_cli) -> None:  # noqa: ANN001
+    import json
+
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        rc, _, err = run_cli("eval", "--dataset", tiny_beir_dir, "--retriever", "bm25", "--reranker", "cross-encoder",
+                             "--model", tiny_bert_dir, "--top-k", "20", "--reranker-set", "batch_size=4",
+                             "--workers", workers, "--output", out)
+        assert rc == 0, err
+        outs[workers] = out
+    for name in ("run.trec", "scores.jsonl"):
+        assert (outs[1] / name).read_bytes() == (outs[2] / name).read_bytes(), name
+    metrics = json.loads((outs[2] / "metrics.json").read_text())
+    assert metrics["reranker"]["workers"] == {"processes": 2, "threads_each": thread_share(2)}
+    assert metrics["num_queries"] == 10 and metrics["config"]["workers"] == 2  # more queries than one chunk (8)
+
+
+def test_a_worker_error_is_one_line(tiny_beir_dir: Path, tiny_bert_dir: Path, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    rc, _, err = run_cli("eval", "--dataset", tiny_beir_dir, "--retriever", "bm25", "--reranker", "cross-encoder",
+                         "--model", tiny_bert_dir, "--reranker-set", "max_query_tokens=0", "--workers", "2",
+                         "--output", tmp_path / "bad")
+    assert rc == 2 and "max_query_tokens must be >= 1" in err and "Traceback" not in err
+
+
+def test_index_with_two_workers_encodes_the_bytes_of_one(tiny_beir_dir: Path, tiny_st_dir: Path, tmp_path: Path,
+                                                         run_cli, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from rerank.parallel import WorkerPool
+
+    mapped = []
+    real_map = WorkerPool.map
+    monkeypatch.setattr(WorkerPool, "map", lambda self, fn, items, done=None: mapped.append(fn.__name__) or
+                        real_map(self, fn, items, done))
+    for workers in (1, 2):
+        rc, _, err = run_cli("index", "--model", tiny_st_dir, "--dataset", tiny_beir_dir, "--output",
+                             tmp_path / f"ix{workers}", "--no-cache", "--no-progress", "--batch-size", "16",
+                             "--workers", workers)
+        assert rc == 0, err
+    assert mapped == ["_encode_task"]  # the second run's shard went to the workers
+    one, two = (np.load(tmp_path / f"ix{w}" / "embeddings.npy") for w in (1, 2))
+    assert one.shape == (200, 64) and one.tobytes() == two.tobytes()
+
+
+def test_thread_and_gpu_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rerank import parallel
+
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 16)
+    assert [thread_share(n) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_devices(3) == [None, None, None]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert worker_devices(2) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert worker_devices(2) == ["3", "5"]
+    with pytest.raises(ConfigError, match="one GPU per worker, but 2 are visible"):
+        worker_devices(3)
+
+
+def test_stats_of_workers_add_up() -> None:
+    a, b = RerankStats(), RerankStats()
+    for i in range(4):
+        a.record(failed=True, example=f"a{i}")
+    b.record(repaired=True, example="b")
+    b.record()
+    b.fitted_prompts = 3
+    a.merge(b)
+    assert (a.outputs, a.parse_failures, a.repaired, a.fitted_prompts) == (6, 4, 1, 3)
+    assert a.failure_examples == ["a0", "a1", "a2", "a3", "b"]

@@ -191,6 +191,15 @@ def test_abandoned_requests_are_not_scored(tmp_path: Path, tiny_bert_dir: Path) 
           f"{seconds:.2f} s; scored {scored:.0f}, abandoned {abandoned:.0f}")
 
 
+def test_one_server_uses_every_core_unless_told(tmp_path: Path) -> None:
+    """A server sizes its threads to the machine whatever ``OMP_NUM_THREADS`` (1 here) says; ``--threads`` sets them."""
+    from rerank.parallel import usable_cores
+
+    for args, want in (([], usable_cores()), (["--threads", "3"], 3)):
+        with server(["--reranker", "test-overlap", *args], tmp_path / "serve.log") as base:
+            assert httpx.get(f"{base}/health").json()["threads"] == want
+
+
 def test_workers_share_the_port(tmp_path: Path) -> None:
     """``--workers 2``: two processes answer on one port; SIGTERM to the parent stops both."""
     log = tmp_path / "serve.log"
@@ -202,6 +211,9 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
                 pids.add(c.get(f"{base}/health").json()["pid"])
                 assert _real_request(base)[0] == 200
         assert len(pids) == 2, pids
+        from rerank.parallel import thread_share
+
+        assert httpx.get(f"{base}/health").json()["threads"] == thread_share(2)  # the cores shared out
     for pid in pids:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -73,6 +73,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="server processes sharing the port, each with its own copy of the model and batching queue (default 1)",
     )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch (and ONNX Runtime / OpenVINO) threads per server process (default: the usable cores divided by "
+        "--workers, whatever OMP_NUM_THREADS says: a server uses the whole machine)",
+    )
     p.set_defaults(func=run)
 
 
@@ -102,6 +109,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 def run(args: argparse.Namespace) -> int:
     from rerank.heads.base import Reranker
     from rerank.heads.registry import get_reranker_class
+    from rerank.parallel import thread_share
     from rerank.serve import create_app
     from rerank.serve.server import install_log_limits, serve
 
@@ -115,10 +123,16 @@ def run(args: argparse.Namespace) -> int:
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)
     install_log_limits()
 
-    def load() -> Reranker:
+    threads = args.threads or thread_share(cfg.workers)
+
+    def load() -> Reranker:  # in each worker process: its share of the cores, then its copy of the model
+        import torch
+
+        torch.set_num_threads(threads)
         return Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
 
-    log.info("serving %s (%s) on http://%s:%d", args.reranker, args.model or "-", cfg.host, cfg.port)
+    log.info("serving %s (%s) on http://%s:%d, %d process(es) of %d thread(s)", args.reranker, args.model or "-",
+             cfg.host, cfg.port, cfg.workers, threads)
     if cfg.workers > 1:  # each worker process loads its own copy of the model
         serve(lambda: create_app(load(), cfg), cfg, workers=cfg.workers)
         return 0

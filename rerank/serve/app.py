@@ -170,6 +170,9 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     )
     model_name = cfg.model_name or reranker.describe().get("model") or reranker.method or type(reranker).__name__
     model_header = {"x-model-id": str(model_name).encode("ascii", "replace").decode()}
+    import torch
+
+    threads = torch.get_num_threads()  # this process's model threads (rerank serve --threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -378,6 +381,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
                 "in_flight": batcher.in_flight,
                 "max_queue": cfg.max_queue,
                 "pid": os.getpid(),
+                "threads": threads,
             },
             status_code=200 if ready else 503,
         )

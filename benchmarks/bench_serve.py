@@ -5,7 +5,11 @@ closed-loop asyncio clients (one kept-alive connection each, pre-encoded request
 Cohere ``/v1/rerank`` requests (one query, ``--docs`` documents of ``--doc-words`` words) for ``--seconds`` per
 concurrency level. Two server settings are measured in the same run: dynamic batching
 (``--max-batch-size``, ``--max-wait-ms``) and the baseline ``max_batch_size=1`` (one request per model call).
-The batching gain is the throughput ratio dynamic / baseline at each concurrency.
+The batching gain is the throughput ratio dynamic / baseline at each concurrency. The servers size their threads as
+``rerank serve`` does (the usable cores / ``--server-workers``, whatever ``OMP_NUM_THREADS`` says; ``--server-threads``
+sets them) and ``--server-workers N`` forks N server processes. ``--in-process`` also measures, in the same run and
+with the same total threads, the reranker called directly on the same requests, one request per call (what a program
+without a server gets) and ``--max-batch-size`` requests per call: each level's throughput is given against both.
 
 Default model: a BERT cross-encoder of the shape of all-MiniLM-L6-v2 / cross-encoder/ms-marco-MiniLM-L-6-v2
 (6 layers, 384 hidden, 12 heads, 1536 FFN) with seeded random weights and a WordPiece vocabulary of the benchmark's
@@ -24,6 +28,8 @@ latency, what scoring them all would cost). Last line: one JSON object.
     OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --cost-model sleep --concurrency 1 8 32 --seconds 10 --docs 8
     OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --concurrency 1 8 32 --seconds 20 --docs 4 --doc-words 20
     OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --scenarios overload slow abandoned --docs 32
+    python benchmarks/bench_serve.py --scenarios load --in-process --concurrency 1 8 32 --seconds 10 --docs 20 \
+        --doc-words 40 [--server-workers 2]
 """
 
 from __future__ import annotations
@@ -155,12 +161,44 @@ def serve(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_log_limits()
-    reranker = build_reranker(args)
     options = dict(max_queue=1024, timeout_s=300)
     options.update(json.loads(args.serve_set))
     cfg = ServeConfig(port=args.port, max_batch_size=args.serve_batch, max_wait_ms=args.max_wait_ms,
-                      model_name=json.dumps(reranker.describe()), **options)
-    run_server(lambda: create_app(reranker, cfg), cfg)
+                      workers=args.server_workers, **options)
+
+    def app() -> Any:  # in each server process, as rerank serve does: its share of the cores, then the model
+        import torch
+
+        torch.set_num_threads(server_threads(args))
+        return create_app(build_reranker(args), cfg)
+
+    run_server(app, cfg, workers=args.server_workers)
+
+
+def server_threads(args: argparse.Namespace) -> int:
+    from rerank.parallel import thread_share
+
+    return args.server_threads or thread_share(args.server_workers)
+
+
+def in_process(args: argparse.Namespace, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reranker called directly for ``--seconds`` on the same requests, with the servers' total threads: one
+    request per call, and ``--max-batch-size`` requests per call."""
+    import torch
+
+    torch.set_num_threads(server_threads(args) * args.server_workers)
+    reranker = build_reranker(args)
+    reranker.rerank(payloads[0]["query"], payloads[0]["documents"])  # warm-up
+    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    for name, per_call in (("one_per_call", 1), ("batched", args.max_batch_size)):
+        done, i, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            reqs = [payloads[(i + k) % len(payloads)] for k in range(per_call)]
+            reranker.rerank_batch([r["query"] for r in reqs], [r["documents"] for r in reqs])
+            done, i = done + per_call, i + per_call
+        out[f"{name}_rps"] = round(done / (time.perf_counter() - start), 2)
+    reranker.close()
+    return out
 
 
 def free_port() -> int:
@@ -274,7 +312,8 @@ def start_server(
     cmd = [sys.executable, __file__, "--_serve", "--port", str(port), "--serve-batch", str(max_batch),
            "--serve-set", json.dumps(serve_set or {}),
            "--max-wait-ms", str(args.max_wait_ms), "--backend", args.backend, "--cost-model", args.cost_model,
-           "--sleep-fixed-ms", str(args.sleep_fixed_ms), "--sleep-per-doc-ms", str(args.sleep_per_doc_ms)]
+           "--sleep-fixed-ms", str(args.sleep_fixed_ms), "--sleep-per-doc-ms", str(args.sleep_per_doc_ms),
+           "--server-workers", str(args.server_workers), "--server-threads", str(args.server_threads or 0)]
     if args.reranker:
         cmd += ["--reranker", args.reranker] + (["--model", args.model] if args.model else [])
     def limit() -> None:
@@ -410,6 +449,11 @@ def main() -> None:
     p.add_argument("--scenarios", nargs="+", choices=["load", "overload", "slow", "abandoned"],
                    default=["load", "overload", "slow", "abandoned"])
     p.add_argument("--overload-seconds", type=float, default=10.0)
+    p.add_argument("--server-workers", type=int, default=1, help="server processes (rerank serve --workers)")
+    p.add_argument("--server-threads", type=int, default=0,
+                   help="threads per server process (default 0: the usable cores / --server-workers)")
+    p.add_argument("--in-process", action="store_true",
+                   help="also measure the reranker called directly (one request per call, and batched)")
     p.add_argument("--_serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--serve-batch", type=int, default=32, help=argparse.SUPPRESS)
@@ -422,6 +466,12 @@ def main() -> None:
     out: dict[str, Any] = {"bench": "serve"}
     if "load" in args.scenarios:
         out.update(load_sweep(args, payloads))
+        if args.in_process:  # after the servers stopped, so it has the machine to itself as they had
+            base = out["in_process"] = in_process(args, payloads)
+            for d in out["dynamic"]:
+                d["vs_in_process_one_per_call"] = round(d["throughput_rps"] / base["one_per_call_rps"], 3)
+                d["vs_in_process_batched"] = round(d["throughput_rps"] / base["batched_rps"], 3)
+            print(json.dumps({"in_process": base}), flush=True)
     faults: dict[str, Any] = {}
     if "overload" in args.scenarios:
         proc, base = start_server(args, args.max_batch_size, {"max_queue": 8})
@@ -453,7 +503,8 @@ def main() -> None:
             "sleep": f"sleep cost model ({args.sleep_fixed_ms:g} ms/call + {args.sleep_per_doc_ms:g} ms/doc)",
         }[args.cost_model],
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
+        "server_threads": server_threads(args),
+        "server_workers": args.server_workers,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "docs_per_request": args.docs,

@@ -209,7 +209,7 @@ class BiEncoder(torch.nn.Module):
             return self.forward_features(features, side)
         return self._pool(runner(features), features["attention_mask"])
 
-    def compile(self, runtime: Runtime = "torch", quantize: Quantize = "none") -> BiEncoder:
+    def use_runtime(self, runtime: Runtime = "torch", quantize: Quantize = "none") -> BiEncoder:
         """Run inference (:meth:`encode_numpy`) on ``runtime`` (:mod:`rerank.runtime`); training stays on torch."""
         dtype = str(self.dtype).removeprefix("torch.")
         check_runtime(runtime, quantize, str(self.device), dtype)
@@ -411,7 +411,7 @@ class BiEncoder(torch.nn.Module):
 
         Settings come from the folder (pooling, Normalize module, prompts, max lengths); explicit arguments override.
         A plain checkpoint gets mean pooling (last-token for ``*ForCausalLM`` architectures) and no normalisation.
-        ``runtime`` / ``quantize``: what runs inference (:meth:`compile`).
+        ``runtime`` / ``quantize``: what runs inference (:meth:`use_runtime`).
         """
         spec = {"pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
                 "query_max_length": query_max_length, "doc_max_length": doc_max_length, "device": device,
@@ -437,7 +437,7 @@ class BiEncoder(torch.nn.Module):
         dev = device or ("cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
         enc.to(dev)
         enc.eval()
-        enc.compile(runtime, quantize)
+        enc.use_runtime(runtime, quantize)
         enc.load_spec = (str(name_or_path), spec)
         return enc
 

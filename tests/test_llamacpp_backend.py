@@ -39,7 +39,7 @@ F16_KV_ATOL = 0.1
 # de-quantised float32 weights: 0.46 nats measured at most (0.24 among each prompt's 10 likeliest tokens), the top
 # token the same. An id or position mixed up costs several nats on this sharpened model.
 Q4_ATOL = 1.0
-MIN_TAU = 0.6
+MIN_TAU = 0.8  # measured: 0.94, 0.97, 0.97 on the three queries, top-5 overlap 5 of 5
 
 QUERIES = ["how do solar panels make electricity", "what do cats eat"]
 DOCS = [
@@ -87,52 +87,56 @@ def test_missing_package_is_one_line_naming_the_extra(tmp_path: Path, run_cli: A
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_tiny_gguf_tokenizer_reads_back_and_is_cached(tiny_llm_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tokenizer the llamacpp backend builds prompts with: read from the GGUF file as the original tokenises,
+    then loaded from the cache without reading the GGUF again."""
+    from transformers import AutoTokenizer
+
+    from rerank.backends.gguf import gguf_tokenizer
+    from rerank.testing import tiny_gguf
+
+    gguf = tiny_gguf(tiny_llm_dir, tmp_path / "tiny.gguf")
+    original = AutoTokenizer.from_pretrained(tiny_llm_dir)
+    text = "<|im_start|>user\nWhat do cats eat? 42 <think> Café<|im_end|>"
+    first = gguf_tokenizer(gguf, tmp_path / "tok")
+    assert first.encode(text) == original.encode(text) and first.chat_template == original.chat_template
+    real = AutoTokenizer.from_pretrained
+
+    def no_gguf(*args: Any, **kwargs: Any) -> Any:
+        assert "gguf_file" not in kwargs, "the cached tokenizer was not used"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", no_gguf)
+    assert gguf_tokenizer(gguf, tmp_path / "tok").encode(text) == original.encode(text)
+
+
 # ---------------------------------------------------------------- tiny GGUF models
 
 
-@pytest.fixture(scope="module")
-def sharp_qwen2(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen2 with every non-norm weight x10: sharp next-token distributions, varied greedy text and clear
-    score gaps (at the initial std 0.02 every distribution is nearly uniform and the comparisons would be vacuous)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = tmp_path_factory.mktemp("sharp-qwen2") / "model"
-    shutil.copytree(tiny_llm_dir, path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.float32)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.mul_(10.0)
-    model.save_pretrained(path, safe_serialization=True)
-    return path
-
-
-def _pair(sharp_qwen2: Path, tmp_path_factory: pytest.TempPathFactory, qtype: str) -> tuple[Any, Any]:
+def _pair(sharp_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory, qtype: str) -> tuple[Any, Any]:
     """(llamacpp backend on the ``qtype`` GGUF, transformers backend on that GGUF's float32 de-quantisation)."""
     from rerank.backends.gguf import gguf_to_hf
     from rerank.testing import tiny_gguf
 
     root = tmp_path_factory.mktemp(f"gguf-{qtype}")
-    gguf = tiny_gguf(sharp_qwen2, root / f"tiny-{qtype}.gguf", qtype)
+    gguf = tiny_gguf(sharp_llm_dir, root / f"tiny-{qtype}.gguf", qtype)
     reference = build_backend("transformers", str(gguf_to_hf(gguf, root / "hf")), dtype="float32", device="cpu")
     return build_backend("llamacpp", str(gguf), n_ctx=1024, n_threads=1, kv_cache_type="f32"), reference
 
 
 @pytest.fixture(scope="module")
-def f32_pair(sharp_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+def f32_pair(sharp_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     if not HAVE_LLAMA_CPP:
         pytest.skip("llama-cpp-python is not installed (pip install 'rerank[llamacpp]'; builds from source)")
-    return _pair(sharp_qwen2, tmp_path_factory, "F32")
+    return _pair(sharp_llm_dir, tmp_path_factory, "F32")
 
 
 @pytest.fixture(scope="module")
-def q4_pair(sharp_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+def q4_pair(sharp_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     if not HAVE_LLAMA_CPP:
         pytest.skip("llama-cpp-python is not installed (pip install 'rerank[llamacpp]'; builds from source)")
-    return _pair(sharp_qwen2, tmp_path_factory, "Q4_1")
+    return _pair(sharp_llm_dir, tmp_path_factory, "Q4_1")
 
 
 def chat_prompts(tok: Any) -> list[list[int]]:
@@ -165,6 +169,10 @@ def test_f32_logprobs_match_transformers(f32_pair: tuple[Any, Any]) -> None:
         ours.next_token_logprobs(chat_prompts(reference.tokenizer)[:1], [ours.n_vocab])
     with pytest.raises(ValueError, match="exceeds n_ctx 1024"):
         ours.next_token_logprobs([[5] * 1025], [5])
+    bad = Path(ours.model_name).with_name("bad.gguf")
+    bad.write_bytes(b"GGUF-not-a-model")
+    with pytest.raises(ConfigError, match="llama.cpp cannot read"):
+        build_backend("llamacpp", str(bad))
     default_kv = build_backend("llamacpp", ours.model_name, n_ctx=1024, n_threads=1)
     assert max_logprob_diff(default_kv, reference) < F16_KV_ATOL
     default_kv.close()
@@ -304,7 +312,7 @@ def test_smollm2_first_ranks_dl19_as_transformers(smollm2_pair: tuple[Any, Any],
     taus = [kendalltau([a.index(d) for d in b], range(len(b))).statistic for a, b in zip(*orders, strict=True)]
     top5 = [len(set(a[:5]) & set(b[:5])) for a, b in zip(*orders, strict=True)]
     print(f"kendall tau {taus}, top-5 overlap {top5}")
-    assert min(taus) >= MIN_TAU and min(top5) >= 3
+    assert min(taus) >= MIN_TAU and min(top5) >= 4
     assert orders[0] != [[c.doc.id for c in cs] for cs in cands]  # it reranked
 
 

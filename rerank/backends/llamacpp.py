@@ -2,7 +2,7 @@
 
 The GGUF file's own weights are used as they are (Q4_1, Q8_0, ...): nothing is de-quantised, unlike
 ``--backend transformers``, which converts a GGUF to float32 once. Heads still build prompts with a Hugging Face
-tokenizer, read from the same GGUF file (``AutoTokenizer.from_pretrained(..., gguf_file=...)``), and pass token ids:
+tokenizer, read from the same GGUF file (:func:`rerank.backends.gguf.gguf_tokenizer`, cached), and pass token ids:
 llama.cpp never tokenises text here, so a special-token string in a document stays the text the heads neutralised
 it to. On load, llama.cpp's own tokenisation of a probe is compared with that tokenizer's; a mismatch is an error,
 since ids meaning other tokens would rank silently wrong.
@@ -16,6 +16,8 @@ decoded text holds a stop string, and the text is decoded as the transformers ba
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
 import weakref
 from collections.abc import Sequence
@@ -30,7 +32,7 @@ from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_CTX", "LlamaCppBackend", "LlamaCppBackendConfig", "gguf_context_length"]
+__all__ = ["DEFAULT_MAX_CTX", "LlamaCppBackend", "LlamaCppBackendConfig"]
 
 DEFAULT_MAX_CTX = 8192
 """Context allocated when ``n_ctx`` is unset: the model's training context, at most this (the KV cache of a 128k
@@ -69,19 +71,27 @@ class LlamaCppBackendConfig:
             raise ConfigError(f"device {self.device!r}: this backend runs on the CPU")
 
 
-def gguf_context_length(path: str | Path) -> int | None:
-    """The training context the GGUF file records (``<architecture>.context_length``), or None."""
-    from gguf import GGUFReader
+def _trained_context(llama_cpp: Any, gguf: Path) -> int | None:
+    """The context length the GGUF file records (``<architecture>.context_length``), read by llama.cpp from the
+    file's metadata without loading the weights."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # as Llama(verbose=False) does: no load log
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        raise ConfigError(f"llama.cpp cannot read {gguf} (not a GGUF model it supports)")
+    try:
+        buf = ctypes.create_string_buffer(64)
 
-    fields = GGUFReader(str(path)).fields
+        def meta(key: str) -> str | None:
+            found = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf)) >= 0
+            return buf.value.decode() if found else None
 
-    def value(key: str) -> Any:
-        field = fields.get(key)
-        return None if field is None else field.contents()
-
-    arch = value("general.architecture")
-    length = value(f"{arch}.context_length") if arch else None
-    return int(length) if length else None
+        arch = meta("general.architecture")
+        value = meta(f"{arch}.context_length") if arch else None
+        return int(value) if value and value.isdigit() else None
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 def _gguf_file(model: str) -> Path:
@@ -144,14 +154,18 @@ class LlamaCppBackend(Backend):
             raise ConfigError(f"the llamacpp backend needs llama-cpp-python with llama.cpp's vocab API (0.3.7 or "
                               f"newer); installed: {llama_cpp.__version__}")
         import torch
-        from transformers import AutoTokenizer
+
+        from rerank.backends.gguf import gguf_tokenizer
 
         threads = cfg.n_threads or torch.get_num_threads()
-        n_ctx = cfg.n_ctx or min(gguf_context_length(gguf) or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         kv = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[cfg.kv_cache_type]
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                              type_k=kv, type_v=kv, logits_all=False, verbose=False)
+
+        def load(n_ctx: int) -> Any:
+            return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   type_k=kv, type_v=kv, logits_all=False, verbose=False)
+
+        llm = load(cfg.n_ctx or min(_trained_context(llama_cpp, gguf) or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX))
+        tokenizer = gguf_tokenizer(gguf)
         return cls(llm, tokenizer, cfg, model_name=model, threads=threads)
 
     @property

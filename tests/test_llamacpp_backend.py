@@ -114,6 +114,15 @@ def test_tiny_gguf_tokenizer_reads_back_and_is_cached(tiny_llm_dir: Path, tmp_pa
 # ---------------------------------------------------------------- tiny GGUF models
 
 
+@pytest.fixture(scope="module")
+def sharp_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 of seed 0 with every non-norm weight x10: sharp next-token distributions, varied greedy text
+    and clear score gaps (at the initial std 0.02 the comparisons would be vacuous)."""
+    from rerank.testing import tiny_llm
+
+    return tiny_llm(tmp_path_factory.mktemp("sharp-qwen2") / "model", arch="qwen2", seed=0, weight_scale=10.0)
+
+
 def _pair(sharp_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory, qtype: str) -> tuple[Any, Any]:
     """(llamacpp backend on the ``qtype`` GGUF, transformers backend on that GGUF's float32 de-quantisation)."""
     from rerank.backends.gguf import gguf_to_hf
@@ -179,6 +188,17 @@ def test_f32_logprobs_match_transformers(f32_pair: tuple[Any, Any]) -> None:
 
 
 @needs_llama_cpp
+def test_raw_logits_match_transformers(f32_pair: tuple[Any, Any]) -> None:
+    ours, reference = f32_pair
+    assert ours.gives_logits
+    prompts = chat_prompts(reference.tokenizer)
+    ids = [5, 17, 300, len(reference.tokenizer) - 1]
+    got, want = ours.next_token_logits(prompts, ids), reference.next_token_logits(prompts, ids)
+    assert max(abs(a - b) for r1, r2 in zip(got, want, strict=True) for a, b in zip(r1, r2, strict=True)) < F32_ATOL
+    assert max(abs(v) for row in want for v in row) > 1.0  # raw logits, not log-probabilities near 0
+
+
+@needs_llama_cpp
 def test_q4_1_logprobs_are_close_to_the_dequantised_model(q4_pair: tuple[Any, Any]) -> None:
     assert max_logprob_diff(*q4_pair) < Q4_ATOL
 
@@ -197,11 +217,20 @@ def test_greedy_generation_matches_transformers(f32_pair: tuple[Any, Any]) -> No
         reference.generate(prompts, GenerationConfig(max_new_tokens=16, stop=[stop]))
     sampled = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=3)
     assert ours.generate(prompts, sampled) == ours.generate(prompts, sampled)  # the seed fixes the sample
+    assert ours.generate(prompts, sampled) != ours.generate(prompts, GenerationConfig(max_new_tokens=8,
+                                                                                      temperature=1.0, seed=4))
+    nucleus_of_one = GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=1e-9, seed=5)
+    assert ours.generate(prompts, nucleus_of_one) == ours.generate(prompts, GenerationConfig(max_new_tokens=8))
 
 
 HEAD_OPTIONS: dict[str, dict[str, Any]] = {
-    "yes-no": {}, "erank": {}, "setwise": {}, "first": {"window": 6, "stride": 3},
+    "yes-no": {}, "erank": {}, "setwise": {}, "bge-reranker-v2-gemma": {}, "first": {"window": 6, "stride": 3},
     "listwise": {"window": 6, "stride": 3}, "grouprank": {"group_size": 3, "repeats": 1, "max_new_tokens": 12},
+}
+CONSTRAINED_OPTIONS: dict[str, dict[str, Any]] = {
+    "listwise": {"window": 6, "stride": 3, "constrained": True},
+    "grouprank": {"group_size": 3, "repeats": 1, "max_new_tokens": 40, "constrained": True},
+    "erank": {"reasoning": True, "max_reasoning_tokens": 16, "constrained": True},
 }
 
 
@@ -221,6 +250,27 @@ def test_heads_rank_as_on_transformers(f32_pair: tuple[Any, Any], method: str) -
     orders, unparsed = runs[0]
     identity = [str(i) for i in range(len(DOCS))]
     assert unparsed if method in ("listwise", "grouprank") else all(o != identity for o in orders)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("method", list(CONSTRAINED_OPTIONS))
+def test_constrained_generation_matches_transformers(f32_pair: tuple[Any, Any], method: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the answer grammar both backends write the same tokens, and every answer parses."""
+    from rerank.heads.registry import get_reranker_class
+
+    cls = get_reranker_class(method.removesuffix("-reasoning"))
+    runs = []
+    for backend in f32_pair:
+        written: list[str] = []
+        real = backend.generate
+        monkeypatch.setattr(backend, "generate", lambda ps, c, real=real, written=written: written.extend(
+            out := real(ps, c)) or out)
+        head = cls(cls.config_class(**CONSTRAINED_OPTIONS[method]), backend=backend)  # type: ignore[call-arg]
+        orders = [head.rerank(q, DOCS).doc_ids for q in QUERIES]
+        assert head.stats.parse_failures == 0 and head.stats.repaired == 0 and written
+        runs.append((orders, written))
+    assert runs[0] == runs[1]
 
 
 @needs_llama_cpp

@@ -8,10 +8,11 @@ it to. On load, llama.cpp's own tokenisation of a probe is compared with that to
 since ids meaning other tokens would rank silently wrong.
 
 Every prompt is evaluated from an empty KV cache, one at a time (same prompt, same numbers, whatever ran before).
-Log-probabilities are the log-softmax (float64) of the last position's logits. Generation samples with llama.cpp's
-sampler: greedy at temperature 0, else temperature and top-p only (no top-k, min-p or repeat penalty) from
-``GenerationConfig.seed``; it stops at the model's end-of-generation tokens, at ``max_new_tokens``, or once the
-decoded text holds a stop string, and the text is decoded as the transformers backend decodes it.
+Log-probabilities are the log-softmax (float64) of the last position's logits. Generation decodes token by token
+from those logits: greedy at temperature 0, else temperature and top-p sampling from ``GenerationConfig.seed`` (per
+prompt, as vLLM's per-request seed); a constraint (constrained decoding) masks each step's logits to what its grammar
+allows first. It stops at the model's end-of-generation tokens, at ``max_new_tokens``, or once the decoded text holds
+a stop string; the text is decoded as the transformers backend decodes it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
 from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
@@ -112,6 +114,7 @@ class LlamaCppBackend(Backend):
 
     name = "llamacpp"
     config_class = LlamaCppBackendConfig
+    gives_logits = True
 
     def __init__(self, llm: Any, tokenizer: Any, config: LlamaCppBackendConfig, model_name: str | None = None,
                  threads: int = 1) -> None:
@@ -127,7 +130,12 @@ class LlamaCppBackend(Backend):
         # freed before the interpreter tears modules down (llama-cpp-python's own __del__ fails that late)
         self._free = weakref.finalize(self, llm.close)
         self.n_vocab = int(llm.n_vocab())
-        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        # the ids that end a generation: llama.cpp's end-of-generation tokens (end of sequence, end of turn, ...)
+        # and the tokenizer's end of sequence
+        eog = [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        self._eos = eos_token_ids(tokenizer, eog)
+        self._eog = frozenset(self._eos)
         if len(tokenizer) > self.n_vocab:
             raise ConfigError(f"{model_name}: the tokenizer has {len(tokenizer)} tokens, the model {self.n_vocab}")
         ours = tokenizer.encode(_PROBE, add_special_tokens=False)
@@ -190,15 +198,14 @@ class LlamaCppBackend(Backend):
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (size {self.n_vocab})")
         return ids
 
-    def _last_logprobs(self) -> np.ndarray:
-        """Log-softmax over the vocabulary of the last evaluated position's logits (float64)."""
+    def _last_logits(self) -> np.ndarray:
+        """The last evaluated position's logits over the vocabulary (float64 copy)."""
         pointer = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
-        top = float(logits.max())
-        return logits - (top + math.log(float(np.exp(logits - top).sum())))
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logprobs"] += 1
+    def _last_position(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                       normalise: bool) -> list[list[float]]:
+        """The logits (``normalise``: log-softmax) of ``token_ids`` after each prompt, each from an empty cache."""
         check_prompts(prompts)
         unique_ids(token_ids, self.n_vocab)
         wanted = [int(t) for t in token_ids]
@@ -207,33 +214,72 @@ class LlamaCppBackend(Backend):
             self._check_length(p, 0)
             self.llm.reset()
             self.llm.eval(self._ids(p))
-            logprobs = self._last_logprobs()
-            out.append([float(logprobs[t]) for t in wanted])
+            values = self._last_logits()
+            if normalise:
+                top = float(values.max())
+                values = values - (top + math.log(float(np.exp(values - top).sum())))
+            out.append([float(values[t]) for t in wanted])
         return out
 
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logprobs"] += 1
+        return self._last_position(prompts, token_ids, normalise=True)
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logits"] = self.calls.get("next_token_logits", 0) + 1
+        return self._last_position(prompts, token_ids, normalise=False)
+
+    def constraint_error(self) -> str | None:
+        """None: a grammar masks the logits of every decoding step."""
+        return None
+
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
+        self.check_constraint(config)
         self.calls["generate"] += 1
         check_prompts(prompts)
-        sample = config.temperature > 0
+        automaton = None
+        if config.constraint is not None:
+            automaton = compile_grammar(config.constraint, self._tokenizer, self._eos)
+            check_budget(automaton.min_tokens(), config.max_new_tokens)
         texts = []
         for p in prompts:
             self._check_length(p, config.max_new_tokens)
             ids = self._ids(p)
+            run = ConstrainedDecoding(automaton, config.max_new_tokens) if automaton is not None else None
+            rng = np.random.default_rng(config.seed)
             self.llm.reset()
-            self.llm.set_seed(config.seed)
+            self.llm.eval(ids)
             new: list[int] = []
-            if config.max_new_tokens > 0:
-                for token in self.llm.generate(ids, temp=config.temperature if sample else 0.0, top_k=0,
-                                               top_p=config.top_p if sample else 1.0, min_p=0.0, typical_p=1.0,
-                                               repeat_penalty=1.0, reset=True):
-                    if self._lib.llama_vocab_is_eog(self._vocab, token):
-                        break
-                    new.append(int(token))
-                    if len(new) >= config.max_new_tokens or (config.stop and any(
-                            s in self._decode(new) for s in config.stop)):
-                        break
+            while len(new) < config.max_new_tokens:
+                token = self._next_token(run, config, rng)
+                if token in self._eog:
+                    break
+                new.append(token)
+                if run is not None:
+                    run.advance(token)
+                if config.stop and any(s in self._decode(new) for s in config.stop):
+                    break
+                self.llm.eval([token])
             texts.append(cut_at_stop(self._decode(new), config.stop))
         return texts
+
+    def _next_token(self, run: ConstrainedDecoding | None, config: GenerationConfig, rng: np.random.Generator) -> int:
+        """The token after the last evaluated position: the grammar's mask first, then greedy, or temperature and
+        top-p sampling (the smallest set of likeliest tokens whose probability reaches ``top_p``)."""
+        logits = self._last_logits()
+        allowed = run.allowed() if run is not None else None
+        if allowed is not None:
+            masked = np.full_like(logits, -np.inf)
+            masked[allowed] = logits[allowed]
+            logits = masked
+        if config.temperature <= 0:
+            return int(np.argmax(logits))
+        scaled = logits / config.temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs, kind="stable")
+        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), config.top_p)) + 1]
+        return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)

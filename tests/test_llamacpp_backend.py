@@ -199,6 +199,18 @@ def test_raw_logits_match_transformers(f32_pair: tuple[Any, Any]) -> None:
 
 
 @needs_llama_cpp
+def test_calls_from_several_threads_get_each_prompts_own_numbers(f32_pair: tuple[Any, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ours, reference = f32_pair
+    prompts = chat_prompts(reference.tokenizer)
+    alone = [ours.next_token_logprobs([p], [5, 17])[0] for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: ours.next_token_logprobs([p], [5, 17])[0], prompts * 3))
+    assert together == alone * 3
+
+
+@needs_llama_cpp
 def test_q4_1_logprobs_are_close_to_the_dequantised_model(q4_pair: tuple[Any, Any]) -> None:
     assert max_logprob_diff(*q4_pair) < Q4_ATOL
 

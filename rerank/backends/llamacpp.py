@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ class LlamaCppBackend(Backend):
         self.config = config
         self.model_name = model_name
         self.threads = threads
+        self._lock = threading.Lock()  # one llama.cpp context: one prompt at a time, whichever thread asks
         # freed before the interpreter tears modules down (llama-cpp-python's own __del__ fails that late)
         self._free = weakref.finalize(self, llm.close)
         self.n_vocab = int(llm.n_vocab())
@@ -212,9 +214,10 @@ class LlamaCppBackend(Backend):
         out = []
         for p in prompts:
             self._check_length(p, 0)
-            self.llm.reset()
-            self.llm.eval(self._ids(p))
-            values = self._last_logits()
+            with self._lock:
+                self.llm.reset()
+                self.llm.eval(self._ids(p))
+                values = self._last_logits()
             if normalise:
                 top = float(values.max())
                 values = values - (top + math.log(float(np.exp(values - top).sum())))
@@ -244,24 +247,29 @@ class LlamaCppBackend(Backend):
         texts = []
         for p in prompts:
             self._check_length(p, config.max_new_tokens)
-            ids = self._ids(p)
             run = ConstrainedDecoding(automaton, config.max_new_tokens) if automaton is not None else None
-            rng = np.random.default_rng(config.seed)
-            self.llm.reset()
-            self.llm.eval(ids)
-            new: list[int] = []
-            while len(new) < config.max_new_tokens:
-                token = self._next_token(run, config, rng)
-                if token in self._eog:
-                    break
-                new.append(token)
-                if run is not None:
-                    run.advance(token)
-                if config.stop and any(s in self._decode(new) for s in config.stop):
-                    break
-                self.llm.eval([token])
+            with self._lock:
+                new = self._decode_tokens(self._ids(p), config, run)
             texts.append(cut_at_stop(self._decode(new), config.stop))
         return texts
+
+    def _decode_tokens(self, ids: list[int], config: GenerationConfig, run: ConstrainedDecoding | None) -> list[int]:
+        """The token ids generated after the prompt ``ids`` (end-of-generation token excluded)."""
+        rng = np.random.default_rng(config.seed)
+        self.llm.reset()
+        self.llm.eval(ids)
+        new: list[int] = []
+        while len(new) < config.max_new_tokens:
+            token = self._next_token(run, config, rng)
+            if token in self._eog:
+                break
+            new.append(token)
+            if run is not None:
+                run.advance(token)
+            if config.stop and any(s in self._decode(new) for s in config.stop):
+                break
+            self.llm.eval([token])
+        return new
 
     def _next_token(self, run: ConstrainedDecoding | None, config: GenerationConfig, rng: np.random.Generator) -> int:
         """The token after the last evaluated position: the grammar's mask first, then greedy, or temperature and

@@ -51,9 +51,9 @@ class LlamaCppBackendConfig:
     ``n_ctx``: tokens of context (prompt plus generated); unset = the model's training context, at most
     :data:`DEFAULT_MAX_CTX`. ``n_threads``: CPU threads; unset = torch's intra-op thread count (``OMP_NUM_THREADS``),
     so one variable sizes both backends. ``kv_cache_type``: llama.cpp's default ``f16`` halves the KV cache and
-    moves log-probs slightly; ``f32`` computes as the transformers backend does (to ~1e-4 on F32 weights). ``dtype`` and
-    ``device`` exist because every LLM head passes them: the GGUF file's quantisation is the weights' type and this
-    backend runs on the CPU.
+    moves log-probs slightly; ``f32`` computes as the transformers backend does (to ~1e-4 on F32 weights).
+    ``dtype`` and ``device`` exist because every LLM head passes them: the GGUF file's quantisation is the weights'
+    type and this backend runs on the CPU.
     """
 
     n_ctx: int | None = None
@@ -169,12 +169,9 @@ class LlamaCppBackend(Backend):
 
         threads = cfg.n_threads or torch.get_num_threads()
         kv = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[cfg.kv_cache_type]
-
-        def load(n_ctx: int) -> Any:
-            return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                   type_k=kv, type_v=kv, logits_all=False, verbose=False)
-
-        llm = load(cfg.n_ctx or min(_trained_context(llama_cpp, gguf) or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX))
+        n_ctx = cfg.n_ctx or min(_trained_context(llama_cpp, gguf) or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                              type_k=kv, type_v=kv, logits_all=False, verbose=False)
         tokenizer = gguf_tokenizer(gguf)
         return cls(llm, tokenizer, cfg, model_name=model, threads=threads)
 

@@ -13,6 +13,7 @@ from rerank.errors import ConfigError, RerankError
 
 __all__ = [
     "check_model_path",
+    "local_model_path",
     "minilm_path",
     "packaged_model_path",
     "resolve_model_path",
@@ -98,19 +99,27 @@ def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
                           f"(HF_HUB_OFFLINE=1) with no cached copy; give a model folder or a packaged model")
 
 
+def local_model_path(name_or_path: str | Path) -> Path | None:
+    """The files ``--model`` names on this machine, as they are (a packaged model's folder or GGUF file, a folder, a
+    ``.gguf`` file; nothing converted), or None for a hub id. A model that cannot exist raises
+    (:func:`check_model_path`)."""
+    check_model_path(name_or_path)
+    name = str(name_or_path)
+    path = packaged_model_path(name) if name in PACKAGED_MODELS else Path(name).expanduser()
+    return path if path.exists() or path.suffix == ".gguf" else None
+
+
 def resolve_model_path(name_or_path: str | Path) -> str:
     """What a loader should open for ``--model``: a registered packaged model's folder, a GGUF file (or a folder
     holding one) converted once to a cached HF folder, or else the argument unchanged (a folder or a hub id).
     A model that cannot exist raises (:func:`check_model_path`)."""
-    check_model_path(name_or_path)
-    name = str(name_or_path)
-    path = packaged_model_path(name) if name in PACKAGED_MODELS else Path(name).expanduser()
-    if path.exists() or path.suffix == ".gguf":
-        from rerank.backends.gguf import find_gguf_file, gguf_to_hf
+    path = local_model_path(name_or_path)
+    if path is None:
+        return str(name_or_path)
+    from rerank.backends.gguf import find_gguf_file, gguf_to_hf
 
-        gguf = find_gguf_file(str(path))
-        return str(gguf_to_hf(gguf)) if gguf is not None else str(path)
-    return name
+    gguf = find_gguf_file(str(path))
+    return str(gguf_to_hf(gguf)) if gguf is not None else str(path)
 
 
 def _package_dir(package: str, pip_name: str) -> Path:

@@ -60,6 +60,23 @@ def test_hits_misses_and_log(tok: Any, tmp_path: Path) -> None:
     assert inner.calls["next_token_logprobs"] == 4
 
 
+def test_a_gguf_model_is_fingerprinted_by_its_own_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint hashes the .gguf file itself: no de-quantised copy is made just to name the model (the
+    llamacpp backend never needs one)."""
+    import rerank.backends.gguf as gguf_mod
+
+    def no_conversion(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("fingerprinting converted the GGUF")
+
+    monkeypatch.setattr(gguf_mod, "gguf_to_hf", no_conversion)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF-one")
+    fp = model_fingerprint(str(gguf))
+    assert model_fingerprint(str(tmp_path)) != f"name:{tmp_path}"  # the folder holding it is hashed too
+    gguf.write_bytes(b"GGUF-two")
+    assert model_fingerprint(str(gguf)) != fp
+
+
 def test_eval_rerun_makes_no_model_calls(tiny_llm_dir: Path, dl19_dir: Path, tmp_path: Path, run_cli: Any,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))

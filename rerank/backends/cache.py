@@ -54,11 +54,12 @@ def _db(path: Path) -> sqlite3.Connection:
 
 def model_fingerprint(model: str, con: sqlite3.Connection | None = None) -> str:
     """SHA-256 over a local model's weight, config and tokenizer files (each file's hash remembered by path, size
-    and mtime); a name that is not a local path (a served model) is its own fingerprint."""
-    from rerank.models import resolve_model_path
+    and mtime; a GGUF model's own file, never its de-quantised copy); a name that is not a local path (a served
+    model) is its own fingerprint."""
+    from rerank.models import local_model_path
 
-    p = Path(resolve_model_path(model))
-    if not p.exists():
+    p = local_model_path(model)
+    if p is None or not p.exists():
         return f"name:{model}"
     files = [p] if p.is_file() else sorted({f for pat in _WEIGHTS for f in p.glob(pat)})
     h = hashlib.sha256()

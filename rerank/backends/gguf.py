@@ -2,7 +2,8 @@
 
 ``--model path.gguf`` (or a directory holding exactly one ``.gguf``) is de-quantised by transformers
 (``from_pretrained(dir, gguf_file=...)``, needs the ``gguf`` package) and saved as safetensors under
-``cache_root()/gguf/<sha256>/``; later runs load that folder directly.
+``cache_root()/gguf/<sha256>/``; later runs load that folder directly. :func:`gguf_tokenizer` converts only the
+tokenizer (for ``--backend llamacpp``, which runs the file itself), cached the same way.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError
 from rerank.utils.files import sha256_file
 
-__all__ = ["find_gguf_file", "gguf_to_hf"]
+__all__ = ["find_gguf_file", "gguf_to_hf", "gguf_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,37 @@ def find_gguf_file(model: str | Path) -> Path | None:
     return None
 
 
+def _save_atomically(target: Path, save: Any) -> None:
+    """Run ``save(folder)`` into a temporary folder beside ``target``, then move it to ``target`` (another process
+    that finished first keeps its copy)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_tokenizer(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Any:
+    """The Hugging Face tokenizer stored in ``gguf_file`` (vocabulary, merges, special tokens, chat template), read
+    by transformers once and cached by the file's SHA-256 under ``cache_root()/gguf-tokenizer/``."""
+    from transformers import AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf-tokenizer"
+    target = root / sha256_file(gguf_file)
+    if (target / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    _save_atomically(target, tokenizer.save_pretrained)
+    return tokenizer
+
+
 def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Convert ``gguf_file`` to a safetensors HF folder (model + tokenizer), cached by content hash."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,17 +86,11 @@ def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Pa
     model.hf_quantizer = None  # weights are de-quantised; save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"converted from {gguf_file.resolve()}\n", encoding="utf-8")
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "SOURCE").write_text(f"converted from {gguf_file.resolve()}\n", encoding="utf-8")
+
+    _save_atomically(target, save)
     return target

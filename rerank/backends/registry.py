@@ -43,3 +43,4 @@ def build_backend(name: str, model: str | None, **options: Any) -> Backend:
 register_backend("transformers", "rerank.backends.transformers:TransformersBackend")
 register_backend("vllm", "rerank.backends.vllm:VLLMBackend")
 register_backend("openai", "rerank.backends.openai:OpenAIBackend")
+register_backend("llamacpp", "rerank.backends.llamacpp:LlamaCppBackend")

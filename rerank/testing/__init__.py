@@ -5,6 +5,7 @@ from the shell.
 Models are random: they exercise code paths, they do not rank well until trained on the synthetic task.
 """
 
+from rerank.testing.gguf import tiny_gguf
 from rerank.testing.models import LLM_ARCHS, tiny_bert, tiny_colbert, tiny_llm, tiny_sentence_transformer, tiny_t5
 from rerank.testing.paths import require_shared_data, shared_data_path
 from rerank.testing.synthetic import TaskGenerator, make_tiny_beir, synthetic_ranking_examples
@@ -30,6 +31,7 @@ __all__ = [
     "synthetic_ranking_examples",
     "tiny_bert",
     "tiny_colbert",
+    "tiny_gguf",
     "tiny_llm",
     "tiny_sentence_transformer",
     "tiny_t5",

@@ -175,12 +175,25 @@ def _rerank_chunk(reranker: Reranker, chunk: tuple[list[Query], list[list[Candid
     return _ranked(reranker.rerank_batch(*chunk)), reranker.stats
 
 
-def _prepare(reranker: Reranker, job: tuple[EvalConfig, AbstractSet[str]]) -> dict[str, Any]:
-    """A worker's :meth:`Reranker.prepare_corpus` (it reads the dataset itself), then its description."""
+def _prepare(reranker: Reranker, job: tuple[EvalConfig, AbstractSet[str]]) -> None:
+    """A worker's :meth:`Reranker.prepare_corpus` (it reads the dataset itself)."""
     cfg, doc_ids = job
     dataset = resolve_dataset(cfg.dataset, cfg.data_root, qrels_duplicates=cfg.qrels_duplicates)  # type: ignore[arg-type]
     reranker.prepare_corpus(dataset, doc_ids)
+
+
+def _describe(reranker: Reranker, _: Any) -> dict[str, Any]:
+    """A worker's :meth:`Reranker.describe`, taken after reranking (it counts the run's LLM cache hits)."""
     return reranker.describe()
+
+
+def _pooled_description(descs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' descriptions as one: the first worker's, with the LLM cache hits of all of them."""
+    desc = dict(descs[0])
+    backends = [d.get("backend") for d in descs]
+    if all(isinstance(b, dict) and "llm_cache_hits" in b for b in backends):
+        desc["backend"] = {**backends[0], "llm_cache_hits": sum(b["llm_cache_hits"] for b in backends)}
+    return desc
 
 
 def reranker_pool(cfg: EvalConfig) -> WorkerPool:
@@ -250,14 +263,15 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         t = time.perf_counter()
         doc_ids = {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]}
         if pool is not None:
-            desc = pool.broadcast(_prepare, (cfg, doc_ids))[0]
+            pool.broadcast(_prepare, (cfg, doc_ids))
         else:
             reranker.prepare_corpus(dataset, doc_ids)  # type: ignore[union-attr]
-            desc = reranker.describe()  # type: ignore[union-attr]
         final, rerank_scores, corpus_ids_unknown = rerank_run(
             pool if pool is not None else reranker, queries, run, dataset.corpus, cfg.top_k,  # type: ignore[arg-type]
             cfg.batch_queries, progress, stats,
         )
+        desc = (_pooled_description(pool.broadcast(_describe, None)) if pool is not None
+                else reranker.describe())  # type: ignore[union-attr]
         timing["rerank_s"] = time.perf_counter() - t
         reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
         if pool is not None:

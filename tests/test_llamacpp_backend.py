@@ -15,7 +15,6 @@ and say why. With it:
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,12 @@ from rerank.backends.base import GenerationConfig
 from rerank.backends.registry import available_backends, build_backend
 from rerank.errors import ConfigError
 
-HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+try:
+    import llama_cpp  # noqa: F401
+
+    HAVE_LLAMA_CPP = True
+except ImportError:  # not installed, or installed without its library
+    HAVE_LLAMA_CPP = False
 needs_llama_cpp = pytest.mark.skipif(
     not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed (pip install 'rerank[llamacpp]'; builds from source)"
 )

@@ -1,1 +1,2 @@
-"""Model backends: turn prompts into logits, log-probabilities or text (transformers, vLLM, OpenAI-compatible)."""
+"""Model backends: turn prompts into logits, log-probabilities or text (transformers, vLLM, llama.cpp,
+OpenAI-compatible)."""

@@ -210,7 +210,7 @@ class OpenAIBackend(Backend):
 
     def constraint_error(self) -> str | None:
         return ("the openai backend cannot constrain generation (a completions server enforces no permutation or "
-                "token budget); use --backend transformers or vllm, or leave constrained off")
+                "token budget); use --backend transformers, vllm or llamacpp, or leave constrained off")
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> list[str]:
         self.check_constraint(config)

@@ -41,7 +41,8 @@ _INT = re.compile(r"\s*(\d+)")
 @dataclass
 class ERankConfig(PointwiseConfig):
     """ERank options: ``scoring`` paper (s·P(s)) or expectation (Σ s·P(s)); optional reasoning within a token budget;
-    ``constrained``: the reasoning generation writes only answers in the template's format (transformers or vllm)."""
+    ``constrained``: the reasoning generation writes only answers in the template's format (transformers, vllm or
+    llamacpp)."""
 
     scoring: Literal["paper", "expectation"] = "paper"
     reasoning: bool = False

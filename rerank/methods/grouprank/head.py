@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class GroupRankConfig(LLMHeadConfig):
     """GroupRank options; greedy by default (the paper samples with temperature 0.3, top_p 0.8). ``constrained``:
-    generate only answers in the template's format (transformers or vllm backend)."""
+    generate only answers in the template's format (transformers, vllm or llamacpp backend)."""
 
     group_size: int = 10
     repeats: int = 2

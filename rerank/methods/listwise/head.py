@@ -26,7 +26,7 @@ __all__ = ["ListwiseConfig", "ListwiseReranker"]
 @dataclass
 class ListwiseConfig(SlidingWindowConfig):
     """``identifiers``: ``numbers`` or ``letters`` picks the default template; '' = the template's own scheme.
-    ``constrained``: generate only valid permutations (transformers or vllm backend)."""
+    ``constrained``: generate only valid permutations (transformers, vllm or llamacpp backend)."""
 
     identifiers: str = ""
     constrained: bool = False

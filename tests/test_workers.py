@@ -87,3 +87,15 @@ def test_stats_of_workers_add_up() -> None:
     a.merge(b)
     assert (a.outputs, a.parse_failures, a.repaired, a.fitted_prompts) == (6, 4, 1, 3)
     assert a.failure_examples == ["a0", "a1", "a2", "a3", "b"]
+
+
+def test_pooled_description_sums_each_workers_counters() -> None:
+    """The workers' descriptions merge into the first's, with forward passes and LLM cache hits summed."""
+    from rerank.eval.pipeline import _pooled_description
+
+    descs = [{"method": "setwise", "forward_passes": 3, "backend": {"name": "t", "llm_cache_hits": 2}},
+             {"method": "setwise", "forward_passes": 5, "backend": {"name": "t", "llm_cache_hits": 4}}]
+    merged = _pooled_description(descs)
+    assert merged == {"method": "setwise", "forward_passes": 8, "backend": {"name": "t", "llm_cache_hits": 6}}
+    assert descs[0] == {"method": "setwise", "forward_passes": 3, "backend": {"name": "t", "llm_cache_hits": 2}}
+    assert _pooled_description([{"method": "yes-no"}, {"method": "yes-no"}]) == {"method": "yes-no"}

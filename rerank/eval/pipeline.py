@@ -26,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Set as AbstractSet
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,8 +188,11 @@ def _describe(reranker: Reranker, _: Any) -> dict[str, Any]:
 
 
 def _pooled_description(descs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The workers' descriptions as one: the first worker's, with the LLM cache hits of all of them."""
+    """The workers' descriptions as one: the first worker's, with its counters (setwise forward passes, LLM cache
+    hits) summed over all of them, as each worker counts only its own chunks."""
     desc = dict(descs[0])
+    if all("forward_passes" in d for d in descs):
+        desc["forward_passes"] = sum(d["forward_passes"] for d in descs)
     backends = [d.get("backend") for d in descs]
     if all(isinstance(b, dict) and "llm_cache_hits" in b for b in backends):
         desc["backend"] = {**backends[0], "llm_cache_hits": sum(b["llm_cache_hits"] for b in backends)}

@@ -3,10 +3,20 @@
 Prompts are token ids; batches are formed from length-sorted prompts (less padding) and results are returned in
 input order. Left padding keeps every prompt's last token at the last position; position ids are derived from the
 attention mask, so a padded batch gives the same log-probs as each prompt alone.
+
+With ``prefix_cache`` (default on), log-prob calls whose prompts share a long token prefix (a pointwise head's
+instruction and query, one prompt per document) run that prefix once and reuse its KV cache for every prompt
+(:mod:`rerank.backends.prefix`): the rest of each prompt is left-padded *after* the prefix, with the attention mask
+and position ids continuing from it, so every prompt reads the same tokens at the same positions as without reuse.
+Models whose cache is not a plain growing per-layer cache (sliding-window or linear-attention layers) run whole
+prompts (logged once).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,22 +25,27 @@ import torch
 
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
+from rerank.backends.prefix import PrefixStore, prefix_groups
 from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
 from rerank.config import from_dict, to_dict
 from rerank.models import resolve_model_path
 
 __all__ = ["TransformersBackend", "TransformersBackendConfig", "resolve_device", "resolve_dtype"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TransformersBackendConfig:
-    """Options of the transformers backend (``max_length`` = longest prompt accepted, None = the model's limit)."""
+    """Options of the transformers backend (``max_length`` = longest prompt accepted, None = the model's limit;
+    ``prefix_cache``: run the common token prefix of scored prompts once and reuse its KV cache)."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None
     batch_size: int = 8
     max_length: int | None = None
     trust_remote_code: bool = False
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -108,6 +123,10 @@ class TransformersBackend(Backend):
         self.pad_id = int(pad)
         limit = getattr(model.config, "max_position_embeddings", None)
         self.max_length = self.config.max_length or limit
+        self._reuse = self.config.prefix_cache
+        self._prefixes: PrefixStore[Any] = PrefixStore()
+        # transformers 5.x names the KV-cache argument ``cache``; earlier versions ``past_key_values``
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
     def from_options(cls, model: str | None, **options: Any) -> TransformersBackend:
@@ -158,22 +177,77 @@ class TransformersBackend(Backend):
             mask[row, width - len(p) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def _last_values(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, wanted: torch.Tensor,
+                     normalise: bool, cache: Any = None) -> torch.Tensor:
+        """The logits (``normalise``: log-softmax) at each row's last position, for the ``wanted`` ids (on the CPU);
+        ``cache``: a prefix's KV."""
+        past = {self._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **past
+        ).logits[:, -1, :].float()
+        return (torch.log_softmax(logits, dim=-1) if normalise else logits).index_select(-1, wanted).cpu()
+
+    def _prefix_kv(self, prefix: Sequence[int], rows: int) -> tuple[Any, int] | None:
+        """A KV cache holding at least the first ``n`` tokens of ``prefix`` and that ``n``: a stored one when that is
+        cheaper for ``rows`` prompts, else ``prefix`` run now (and stored). Never to be mutated: copy it first. None
+        when the model's cache cannot be reused (reuse is then off for this backend)."""
+        hit = self._prefixes.best(prefix, rows)
+        if hit is not None:
+            return hit[1], hit[2]
+        try:
+            from transformers.cache_utils import DynamicLayer
+        except ImportError:  # transformers < 4.56: no per-layer cache objects to check
+            DynamicLayer = None  # noqa: N806
+        out = self.model(input_ids=torch.tensor([list(prefix)], device=self.device), use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        layers = getattr(cache, "layers", None)
+        if DynamicLayer is None or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            log.warning("transformers backend: this model's KV cache (%s) cannot be shared across prompts; "
+                        "prefix_cache is off and prompts run whole", type(cache).__name__)
+            self._reuse = False
+            return None
+        self._prefixes.add(prefix, cache)
+        return cache, len(prefix)
+
+    def _score_shared(self, prompts: Sequence[Sequence[int]], group: list[int], shared: int, wanted: torch.Tensor,
+                      normalise: bool, out: list[list[float]]) -> bool:
+        """Score the prompts ``group`` whose first ``shared`` tokens are common, running those once; False (nothing
+        scored) when the model's cache cannot be reused."""
+        found = self._prefix_kv(prompts[group[0]][:shared], len(group))
+        if found is None:
+            return False
+        base, n = found
+        for batch in _length_batches([len(prompts[i]) - n for i in group], self.config.batch_size):
+            rows = [group[k] for k in batch]
+            cache = copy.deepcopy(base)
+            if cache.get_seq_length() > n:
+                cache.crop(n - cache.get_seq_length())  # a negative count removes that many tokens (every version)
+            cache.batch_repeat_interleave(len(rows))
+            ids, mask = self._pad_left([prompts[i][n:] for i in rows])
+            positions = n + (mask.cumsum(-1) - 1).clamp(min=0)
+            full = torch.cat([torch.ones((len(rows), n), dtype=mask.dtype, device=self.device), mask], dim=1)
+            values = self._last_values(ids, full, positions, wanted, normalise, cache)
+            for row, i in enumerate(rows):
+                out[i] = values[row].tolist()
+        return True
+
     @torch.inference_mode()
     def _last_position(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
                        normalise: bool) -> list[list[float]]:
-        """The logits (``normalise``: log-softmax) of ``token_ids`` after each prompt; one batched forward."""
+        """The logits (``normalise``: log-softmax) of ``token_ids`` after each prompt, batched (a shared prefix once)."""
         for p in prompts:
             self._check_length(p)
         wanted = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)
         out: list[list[float]] = [[] for _ in prompts]
-        for batch in _length_batches([len(p) for p in prompts], self.config.batch_size):
-            ids, mask = self._pad_left([prompts[i] for i in batch])
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False
-            ).logits[:, -1, :].float()
-            values = (torch.log_softmax(logits, dim=-1) if normalise else logits).index_select(-1, wanted).cpu()
-            for row, i in enumerate(batch):
+        whole: list[int] = []
+        for group, shared in prefix_groups(prompts) if self._reuse else [(list(range(len(prompts))), 0)]:
+            if not (shared and self._reuse and self._score_shared(prompts, group, shared, wanted, normalise, out)):
+                whole.extend(group)
+        for batch in _length_batches([len(prompts[i]) for i in whole], self.config.batch_size):
+            rows = [whole[k] for k in batch]
+            ids, mask = self._pad_left([prompts[i] for i in rows])
+            values = self._last_values(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), wanted, normalise)
+            for row, i in enumerate(rows):
                 out[i] = values[row].tolist()
         return out
 
@@ -239,6 +313,7 @@ class TransformersBackend(Backend):
                 "resolved_dtype": str(next(self.model.parameters()).dtype), "resolved_device": str(self.device)}
 
     def close(self) -> None:
+        self._prefixes.clear()
         self.model = None  # type: ignore[assignment]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -167,3 +167,14 @@ def test_head_scores_equal_without_reuse(tiny_llm_dir: Path, method: str, option
         assert [r.metadata for r in sorted(g.results, key=lambda r: r.doc.id)] == \
             [r.metadata for r in sorted(w.results, key=lambda r: r.doc.id)]
     assert sum(b * n for b, n in shapes_on) < 0.8 * sum(b * n for b, n in shapes_off)  # fewer tokens run
+
+
+def test_vllm_prefix_cache_is_one_option() -> None:
+    """vLLM's own prefix caching is the ``prefix_cache`` option (tests/test_vllm_backend.py checks it reaches the
+    engine); the same switch through ``engine_args`` is refused rather than silently overridden."""
+    from rerank.backends.vllm import VLLMBackendConfig
+    from rerank.errors import ConfigError
+
+    assert VLLMBackendConfig().prefix_cache is True
+    with pytest.raises(ConfigError, match="prefix_cache option"):
+        build_backend("vllm", "some/model", engine_args={"enable_prefix_caching": False})

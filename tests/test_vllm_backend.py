@@ -230,4 +230,5 @@ def test_vllm_options_reach_the_engine(vllm_run: tuple[dict, dict]) -> None:
     assert out["context_length"] == MAX_MODEL_LEN  # what the heads fit their prompts to
     assert out["describe"]["enforce_eager"] is True
     assert out["max_num_seqs"] == 8  # engine_args passed through
+    assert out["prefix_caching"] is True  # prefix_cache (default on): the rankings above ran with it
     assert out["wrong_device"].startswith("ConfigError: vllm backend: device 'cuda' is not this vLLM build's device")

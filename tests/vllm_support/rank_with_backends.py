@@ -105,6 +105,7 @@ def run_vllm(spec: dict[str, Any]) -> dict[str, Any]:
         out["constrained"] = constrained(backend, spec)
         out["wrong_device"] = wrong_device
         out["max_num_seqs"] = backend.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        out["prefix_caching"] = backend.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
         return out
     finally:
         backend.close()

@@ -1,10 +1,11 @@
 """Project-wide pytest setup: offline, single-threaded, and session-wide tiny models / datasets built in code.
 
 Fixtures: ``repo_root``, ``shared_data`` (``../shared/data`` or ``$RERANK_SHARED_DATA``, else a visible skip),
-``scifact_dir``, ``dl19_dir``, ``tiny_llm_dir`` (Qwen2), ``tiny_llama_dir``, ``tiny_bert_dir`` (cross-encoder,
-one label), ``tiny_st_dir`` (SentenceTransformer), ``tiny_t5_dir`` (seq2seq), ``tiny_beir_dir`` (synthetic BEIR),
-and ``run_cli`` (runs ``rerank.cli.main`` in-process and returns ``(rc, stdout, stderr)``). Tiny models are built once
-per session. ``RERANK_CACHE`` (indexes, embeddings, LLM calls) is a temporary folder of the run unless set.
+``scifact_dir``, ``dl19_dir``, ``tiny_llm_dir`` (Qwen2), ``sharp_llm_dir`` (that Qwen2 with sharper weights),
+``tiny_llama_dir``, ``tiny_bert_dir`` (cross-encoder, one label), ``tiny_st_dir`` (SentenceTransformer),
+``tiny_t5_dir`` (seq2seq), ``tiny_beir_dir`` (synthetic BEIR), and ``run_cli`` (runs ``rerank.cli.main``
+in-process and returns ``(rc, stdout, stderr)``). Tiny models are built once per session. ``RERANK_CACHE``
+(indexes, embeddings, LLM calls) is a temporary folder of the run unless set.
 """
 
 from __future__ import annotations
@@ -82,6 +83,18 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rerank.testing import tiny_llm
 
     return tiny_llm(tmp_path_factory.mktemp("tiny-qwen2") / "model", arch="qwen2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sharp_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 of seed 0 with every non-norm weight x10 (std 0.2 instead of 0.02).
+
+    At std 0.02 next-token distributions are nearly uniform and greedy decoding emits newlines forever, which would
+    make generation comparisons vacuous; sharper weights give varied continuations and clear score gaps.
+    """
+    from rerank.testing import tiny_llm
+
+    return tiny_llm(tmp_path_factory.mktemp("sharp-qwen2") / "model", arch="qwen2", seed=0, weight_scale=10.0)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from typing import Any
 
 import pytest
 
@@ -448,3 +449,94 @@ def test_listwise_passes_start_from_the_previous_order(tokenizer):
     assert head.rerank("q", docs()).doc_ids == sorted(REL, key=lambda n: -REL[n])  # a third pass sorts it fully
     with pytest.raises(ConfigError, match="passes must be >= 1"):
         ListwiseConfig(passes=0)
+
+
+# ---------------------------------------------------------------- many queries in lock-step rank as each alone
+
+# candidate lists of different lengths: 3, 1, 2, 1 and 3 sliding steps at window 4, stride 2
+LOCKSTEP_LISTS = [NAMES, list("gfe"), list("cadbg"), ["b"], NAMES[::-1]]
+LOCKSTEP_QUERIES = [Query(f"q{i}", f"query number {i}") for i in range(len(LOCKSTEP_LISTS))]
+
+
+def scripted_head(method: str, tokenizer):
+    """(head, backend) of ``method`` on a scripted oracle backend, batch large enough for one call per step."""
+    if method == "first":
+        backend = ScriptedBackend(tokenizer, logprobs_fn=letter_logits(tokenizer))
+        return FirstReranker(SlidingWindowConfig(window=4, stride=2, batch_size=16), backend=backend), backend
+    if method == "listwise":
+        backend = ScriptedBackend(tokenizer, generate_fn=oracle_permutation)
+        return ListwiseReranker(ListwiseConfig(window=4, stride=2, batch_size=16), backend=backend), backend
+    backend = ScriptedBackend(tokenizer, generate_fn=group_oracle(lambda n: REL[n]))
+    return GroupRankReranker(GroupRankConfig(group_size=3, repeats=2, batch_size=16), backend=backend), backend
+
+
+def ranked(results) -> list[list[tuple[str, float]]]:
+    return [[(r.doc.id, r.score) for r in res.results] for res in results]
+
+
+@pytest.mark.parametrize("method", ["first", "listwise", "grouprank"])
+def test_lockstep_batch_ranks_as_each_query_alone_scripted(tokenizer, method):
+    alone, alone_backend = scripted_head(method, tokenizer)
+    expected = [alone.rerank(q, docs(names)) for q, names in zip(LOCKSTEP_QUERIES, LOCKSTEP_LISTS)]
+    together, backend = scripted_head(method, tokenizer)
+    got = together.rerank_batch(LOCKSTEP_QUERIES, [docs(names) for names in LOCKSTEP_LISTS])
+    assert ranked(got) == ranked(expected)
+    assert sorted(backend.log) == sorted(alone_backend.log)  # the very same prompts, only batched differently
+    assert sum(backend.calls.values()) < sum(alone_backend.calls.values())
+    if method == "first":
+        assert backend.calls["next_token_logprobs"] == 3  # one forward call per sliding step, all queries together
+    if method != "grouprank":
+        assert ranked(got)[0][0][0] == "d"  # the oracle's best, from the bottom window to the top
+
+
+def record_outputs(backend) -> dict[tuple[int, ...], Any]:
+    """Wrap ``backend``'s two calls to record each prompt's output (token ids -> log-probs or text)."""
+    seen: dict[tuple[int, ...], Any] = {}
+    logprobs, generate = backend.next_token_logprobs, backend.generate
+
+    def rec_logprobs(prompts, token_ids):
+        out = logprobs(prompts, token_ids)
+        seen.update(zip(map(tuple, prompts), out))
+        return out
+
+    def rec_generate(prompts, config):
+        out = generate(prompts, config)
+        seen.update(zip(map(tuple, prompts), out))
+        return out
+
+    backend.next_token_logprobs, backend.generate = rec_logprobs, rec_generate
+    return seen
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("first", {"window": 4, "stride": 2}),
+    ("listwise", {"window": 4, "stride": 2}),
+    ("grouprank", {"group_size": 3, "repeats": 1, "max_new_tokens": 12}),
+])
+def test_lockstep_batch_ranks_as_each_query_alone_tiny_llm(sharp_llm_dir, method, options):
+    """One padded batch per sliding step (left padding; a batch's common prefix run once) gives every prompt the same
+    greedy text, the same log-probs within 1e-4 and so the same rankings as each query alone, on a real (tiny) model
+    whose outputs vary."""
+    head = Reranker.load(method, model=str(sharp_llm_dir), device="cpu", dtype="float32", batch_size=16, **options)
+    words = "sun cat rain stock panel meat light market judge city".split()
+    lists = [[{"id": f"{q}-{i}", "text": f"{words[(3 * q + i) % 10]} passage {i} on {words[(q + 2 * i) % 10]}",
+               "score": float(-i)} for i in range(n)] for q, n in enumerate([6, 3, 1, 5])]
+    queries = [Query(f"q{i}", f"what about the {words[i]}") for i in range(len(lists))]
+    batched_out = record_outputs(head.backend)
+    expected = [head.rerank(q, lst) for q, lst in zip(queries, lists)]
+    calls_alone = sum(head.backend.calls.values())
+    alone_out = dict(batched_out)
+    batched_out.clear()
+    got = head.rerank_batch(queries, lists)
+    assert ranked(got) == ranked(expected)
+    assert sum(head.backend.calls.values()) - calls_alone < calls_alone  # fewer, larger model calls
+    assert alone_out.keys() == batched_out.keys()
+    for prompt, want in alone_out.items():
+        if isinstance(want, str):
+            assert batched_out[prompt] == want
+        else:
+            assert max(abs(a - b) for a, b in zip(batched_out[prompt], want)) < 1e-4
+    if method == "first":
+        assert any(res.doc_ids != [d["id"] for d in lst] for res, lst in zip(expected, lists))  # the model reordered
+    else:
+        assert len({t for t in alone_out.values() if t.strip()}) > 1  # varied, non-empty generations

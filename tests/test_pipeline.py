@@ -107,3 +107,20 @@ def test_retriever_run_is_written_once(tiny_beir_dir: Path, tmp_path: Path) -> N
     run_eval(EvalConfig(**common), progress=False)
     assert not (out / "first_stage.trec").exists() and not (out / "scores.jsonl").exists()
     assert read_run(out / "run.trec") == first
+
+
+@pytest.mark.parametrize(("batch_queries", "calls"), [(8, 2), (1, 4)])
+def test_eval_runs_window_heads_in_lockstep(beir: Path, tmp_path: Path, batch_queries: int, calls: int) -> None:
+    """``rerank eval`` gives the head ``batch_queries`` queries at once, so a window head advances their sliding windows
+    together: FIRST makes one backend call per sliding step for the whole chunk."""
+    from rerank.backends.scripted import ScriptedBackend
+    from rerank.heads.sliding_window import SlidingWindowConfig
+    from rerank.methods.first.head import FirstReranker
+    from rerank.testing import build_tokenizer
+
+    backend = ScriptedBackend(build_tokenizer(), logprobs_fn=lambda p, ids: [float(-i) for i in range(len(ids))])
+    head = FirstReranker(SlidingWindowConfig(window=4, stride=2), backend=backend)
+    run_eval(EvalConfig(dataset=str(beir), first_stage=str(beir / "run.trec"), top_k=6, batch_queries=batch_queries,
+                        output=str(tmp_path / "out")), reranker=head, progress=False)
+    # q1 and q2 (q3 has no run): top-6 in windows [2,6) then [0,4), two sliding steps each
+    assert len(backend.log) == 4 and backend.calls["next_token_logprobs"] == calls

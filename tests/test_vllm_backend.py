@@ -66,18 +66,6 @@ def chat_prompt(tokenizer: Any, text: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sharp_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen2 of seed 0 with every non-norm weight x10 (std 0.2 instead of 0.02).
-
-    At std 0.02 next-token distributions are nearly uniform and greedy decoding emits newlines forever, which would
-    make the generation comparison vacuous; sharper weights give varied continuations and clear score gaps.
-    """
-    from rerank.testing import tiny_llm
-
-    return tiny_llm(tmp_path_factory.mktemp("sharp-qwen2") / "model", arch="qwen2", seed=0, weight_scale=10.0)
-
-
-@pytest.fixture(scope="module")
 def vllm_run(sharp_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
     """(spec, results): runs the vLLM-venv script once for the module; skips when that venv is absent."""
     python = vllm_python()

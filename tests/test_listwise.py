@@ -514,7 +514,7 @@ def record_outputs(backend) -> dict[tuple[int, ...], Any]:
     ("grouprank", {"group_size": 3, "repeats": 1, "max_new_tokens": 12}),
 ])
 def test_lockstep_batch_ranks_as_each_query_alone_tiny_llm(sharp_llm_dir, method, options):
-    """One padded batch per sliding step (left padding; a batch's common prefix run once) gives every prompt the same
+    """One padded batch per sliding step (a batch's common prefix run once) gives every prompt the same
     greedy text, the same log-probs within 1e-4 and so the same rankings as each query alone, on a real (tiny) model
     whose outputs vary."""
     head = Reranker.load(method, model=str(sharp_llm_dir), device="cpu", dtype="float32", batch_size=16, **options)

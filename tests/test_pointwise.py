@@ -98,11 +98,17 @@ def manual_logprobs(model, prompt: list[int]) -> torch.Tensor:  # noqa: ANN001
     return torch.log_softmax(logits.float(), -1)
 
 
-def test_transformers_backend_matches_manual_forward_with_mixed_lengths(tiny_llm: Path, tok) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("lm_head_hook", [True, False])
+def test_transformers_backend_matches_manual_forward_with_mixed_lengths(tiny_llm: Path, tok,  # noqa: ANN001
+                                                                         lm_head_hook: bool) -> None:
+    """Right-padded batches without a padding mask read each prompt's own last token: through the hook that narrows
+    the LM head's input to it, or (a model without a separate output-embedding module) from the kept positions."""
     backend = build_backend("transformers", str(tiny_llm), batch_size=3, device="cpu")
+    if not lm_head_hook:
+        backend.model.get_output_embeddings = lambda: None  # type: ignore[method-assign]
     texts = ["a", "the cat sat on the mat and the cat", "query", "is a cat relevant to the passage?", "mat mat"]
     prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
-    assert len({len(p) for p in prompts}) >= 4  # mixed lengths: left padding matters
+    assert len({len(p) for p in prompts}) >= 4  # mixed lengths: padding matters
     ids = [5, 17, 42, 100]
     batched = backend.next_token_logprobs(prompts, ids)
     assert backend.calls["next_token_logprobs"] == 1

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from rerank.backends.prefix import MIN_PREFIX, PrefixStore, common_prefix, prefix_groups
+from rerank.backends.prefix import MIN_PREFIX, PrefixStore, attention_weight, common_prefix, prefix_groups
 from rerank.backends.registry import build_backend
 from rerank.backends.transformers import TransformersBackend, TransformersBackendConfig
 from rerank.heads.base import Reranker
@@ -40,6 +40,27 @@ def test_prefix_groups_by_hand() -> None:
     short = list(range(MIN_PREFIX - 1))
     assert prefix_groups([short + [1] * 20, short + [2] * 20]) == [([0, 1], 0)]
     assert prefix_groups([]) == []
+
+
+def test_prefix_groups_weigh_attention(tiny_llm_dir: Path) -> None:
+    """After a cached prefix the rest of a prompt attends through an explicit mask (all pairs, not the causal half):
+    with SmolLM2's sizes a 90-token instruction + query before 130-token documents is worth sharing, a 100-token
+    instruction before 2,200-token FIRST windows is not."""
+    from transformers import LlamaConfig
+
+    smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
+    w = attention_weight(smollm2)
+    assert w == pytest.approx(4 * 576 / (2 * (576 * 64 * 15 + 576 * 576 + 3 * 576 * 1536)))
+    instruction = list(range(100, 190))
+    docs = [instruction + [7 + i] * (120 + i) for i in range(8)]
+    assert prefix_groups(docs, attention=w) == [(list(range(8)), 90)]
+    windows = [list(range(100, 200)) + [7 + i] * (2100 + 50 * i) for i in range(3)]
+    assert prefix_groups(windows) == [([0, 1, 2], 100)]  # tokens alone would share it
+    assert prefix_groups(windows, attention=w) == [([0, 1, 2], 0)]
+    from transformers import AutoConfig
+
+    assert attention_weight(AutoConfig.from_pretrained(tiny_llm_dir)) > 0
+    assert attention_weight(object()) == 0.0  # a config without the sizes: tokens only
 
 
 def test_prefix_store_cost_rule_and_lru() -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["MIN_PREFIX", "PrefixStore", "common_prefix", "prefix_groups"]
+__all__ = ["MIN_PREFIX", "PrefixStore", "attention_weight", "common_prefix", "prefix_groups"]
 
 #: A shared prefix shorter than this many tokens is not worth a separate forward (prompts run whole).
 MIN_PREFIX = 16
@@ -32,26 +32,46 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def prefix_groups(prompts: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX) -> list[tuple[list[int], int]]:
+def attention_weight(config: Any) -> float:
+    """The cost of one (query, key) pair of attention relative to one token through a layer's projections and MLP:
+    ``4 d / (2 (q, k, v, o and gated-MLP weights))`` from a transformers model config; 0 when it lacks the sizes."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        d, f, h = int(config.hidden_size), int(config.intermediate_size), int(config.num_attention_heads)
+    except (AttributeError, TypeError):
+        return 0.0
+    kv = int(getattr(config, "num_key_value_heads", None) or h)
+    hd = int(getattr(config, "head_dim", None) or d // h)
+    linear = 2 * (d * hd * (h + 2 * kv) + h * hd * d + 3 * d * f)
+    return 4 * h * hd / linear
+
+
+def prefix_groups(prompts: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX,
+                  attention: float = 0.0) -> list[tuple[list[int], int]]:
     """Partition prompt indices into ``(indices, prefix_length)`` groups; a group's first ``prefix_length`` tokens are
     common to its prompts and run once (0: its prompts run whole).
 
     Prompts are sorted by their tokens, so prompts with long common prefixes are neighbours; a run of neighbours is
-    split at its weakest link whenever the parts cost fewer tokens than the whole (a group of ``g`` prompts with prefix
-    ``p`` costs its tokens less ``(g - 1) * p``). A prefix always leaves each prompt at least one token of its own.
+    split at its weakest link whenever the parts cost less than the whole. Cost counts tokens plus ``attention`` (see
+    :func:`attention_weight`) per attended (query, key) pair: a whole prompt of ``L`` tokens attends causally to
+    ``L**2 / 2`` pairs, while the rest ``s`` of a prompt after a cached prefix ``p`` attends through an explicit mask,
+    which computes all ``s * (p + s)`` pairs. So a short shared prefix before long prompts (FIRST's instruction before
+    its window) is not worth it, and the instruction and query before short documents is. A prefix always leaves each
+    prompt at least one token of its own.
     """
     order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
     links = [common_prefix(prompts[order[k]], prompts[order[k + 1]]) for k in range(len(order) - 1)]
     lengths = [len(prompts[i]) for i in order]
 
-    def cost(a: int, b: int) -> tuple[int, int]:
-        total = sum(lengths[a:b])
+    def cost(a: int, b: int) -> tuple[float, int]:
+        whole = sum(n + attention * n * n / 2 for n in lengths[a:b])
         if b - a < 2:
-            return total, 0
+            return whole, 0
         p = min(min(links[a : b - 1]), min(lengths[a:b]) - 1)
-        return (total - (b - a - 1) * p, p) if p >= min_prefix else (total, 0)
+        shared = p + attention * p * p / 2 + sum(n - p + attention * (n - p) * n for n in lengths[a:b])
+        return (shared, p) if p >= min_prefix and shared < whole else (whole, 0)
 
-    def split(a: int, b: int) -> tuple[int, list[tuple[int, int, int]]]:
+    def split(a: int, b: int) -> tuple[float, list[tuple[int, int, int]]]:
         whole, p = cost(a, b)
         if b - a < 2:
             return whole, [(a, b, p)]

@@ -27,7 +27,7 @@ import torch
 
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
-from rerank.backends.prefix import PrefixStore, prefix_groups
+from rerank.backends.prefix import PrefixStore, attention_weight, prefix_groups
 from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
 from rerank.config import from_dict, to_dict
 from rerank.models import resolve_model_path
@@ -127,6 +127,7 @@ class TransformersBackend(Backend):
         self.max_length = self.config.max_length or limit
         self._reuse = self.config.prefix_cache
         self._prefixes: PrefixStore[Any] = PrefixStore()
+        self._attention = attention_weight(model.config)
         # transformers 5.x names the KV-cache argument ``cache``; earlier versions ``past_key_values``
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -257,7 +258,8 @@ class TransformersBackend(Backend):
         wanted = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)
         out: list[list[float]] = [[] for _ in prompts]
         whole: list[int] = []
-        for group, shared in prefix_groups(prompts) if self._reuse else [(list(range(len(prompts))), 0)]:
+        groups = prefix_groups(prompts, attention=self._attention) if self._reuse else [(list(range(len(prompts))), 0)]
+        for group, shared in groups:
             if not (shared and self._reuse and self._score_shared(prompts, group, shared, wanted, normalise, out)):
                 whole.extend(group)
         for batch in _length_batches([len(prompts[i]) for i in whole], self.config.batch_size):

@@ -5,7 +5,10 @@ input order. Log-prob batches are right-padded and run without a padding mask: u
 sees the pads after it, so each row computes exactly what it computes alone, and attention keeps its causal kernel
 (an explicit mask makes it compute every block, twice the causal work: a left-padded batch of three 2,200-token
 FIRST windows took 1.4x as long as the three alone on CPU, a right-padded one 1.1x). Each row's logits are read at its
-own last token. Generation is left-padded (what ``generate`` needs), position ids derived from the attention mask.
+own last token. On a CPU a log-prob batch holds at most :data:`CPU_BATCH_TOKENS` tokens (long prompts run one at a
+time: they gain nothing from a shared forward there). Generation is left-padded (what ``generate`` needs), position
+ids derived from the attention mask; its batches are never split by tokens (a decoding step of many prompts costs
+little more than one).
 
 With ``prefix_cache`` (default on), log-prob calls whose prompts share a long token prefix (a pointwise head's
 instruction and query, one prompt per document) run that prefix once and reuse its KV cache for every prompt
@@ -70,10 +73,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+#: On a CPU a log-prob batch holds at most this many tokens, padding included: long prompts gain nothing from sharing a
+#: forward (their matrix products are already large) and lose to padding (on the 2-core box three ~2,300-token FIRST
+#: windows took 1.2x their time alone as one batch; eight ~220-token prompts 0.95x).
+CPU_BATCH_TOKENS = 2048
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), at most ``batch_size`` a batch and, with
+    ``max_tokens``, at most that many tokens padded to the batch's longest (a longer prompt still runs alone)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (
+            max_tokens is None or (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens
+        ):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def apply_allowed(scores: torch.Tensor, allowed: Any) -> None:
@@ -128,6 +145,7 @@ class TransformersBackend(Backend):
         self._reuse = self.config.prefix_cache
         self._prefixes: PrefixStore[Any] = PrefixStore()
         self._attention = attention_weight(model.config)
+        self._batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else None
         # transformers 5.x names the KV-cache argument ``cache``; earlier versions ``past_key_values``
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -238,7 +256,7 @@ class TransformersBackend(Backend):
         if found is None:
             return False
         base, n = found
-        for batch in _length_batches([len(prompts[i]) - n for i in group], self.config.batch_size):
+        for batch in _length_batches([len(prompts[i]) - n for i in group], self.config.batch_size, self._batch_tokens):
             rows = [group[k] for k in batch]
             cache = copy.deepcopy(base)
             if cache.get_seq_length() > n:
@@ -262,7 +280,7 @@ class TransformersBackend(Backend):
         for group, shared in groups:
             if not (shared and self._reuse and self._score_shared(prompts, group, shared, wanted, normalise, out)):
                 whole.extend(group)
-        for batch in _length_batches([len(prompts[i]) for i in whole], self.config.batch_size):
+        for batch in _length_batches([len(prompts[i]) for i in whole], self.config.batch_size, self._batch_tokens):
             rows = [whole[k] for k in batch]
             values = self._last_values([prompts[i] for i in rows], wanted, normalise)
             for row, i in enumerate(rows):

@@ -82,6 +82,8 @@ def _backends(model_dir: Path, batch_size: int = 3) -> tuple[TransformersBackend
     off = build_backend("transformers", str(model_dir), dtype="float32", device="cpu", batch_size=batch_size,
                         prefix_cache=False)
     assert on.config.prefix_cache and not off.config.prefix_cache  # type: ignore[attr-defined]
+    # batch as on a GPU, so the forward shapes below are known (on a CPU prompts of unlike lengths run apart)
+    on._batching = {"max_tokens": None, "min_fill": 0.0}  # type: ignore[attr-defined]
     return on, off  # type: ignore[return-value]
 
 

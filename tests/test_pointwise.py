@@ -488,17 +488,19 @@ def test_smollm2_gguf_converts_and_scores(tmp_path: Path) -> None:
 
 
 def test_cpu_logprob_batches_hold_at_most_a_token_budget(tiny_llm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a CPU long prompts run one at a time (a shared forward gains nothing there and pads), short ones together."""
+    """On a CPU long prompts run one at a time (a shared forward gains nothing there and pads), short ones of similar
+    length together."""
     from rerank.backends import transformers as tb
 
     assert tb._length_batches([100, 1500, 200, 1100, 300], 8, 2048) == [[1], [3], [4, 2, 0]]
     assert tb._length_batches([100, 1500, 200, 1100, 300], 2) == [[1, 3], [4, 2], [0]]
+    assert tb._length_batches([100, 95, 300, 290, 200], 8, min_fill=0.9) == [[2, 3], [4], [0, 1]]
     monkeypatch.setattr(tb, "CPU_BATCH_TOKENS", 64)  # the tiny model's context is 512: a budget it can exceed
     backend = build_backend("transformers", str(tiny_llm), batch_size=8, device="cpu", prefix_cache=False)
     shapes: list[tuple[int, ...]] = []
     forward = backend.model.forward
     backend.model.forward = lambda *a, **k: shapes.append(tuple(k["input_ids"].shape)) or forward(*a, **k)
     long = [[5 + i] * 40 for i in range(2)]
-    short = [[9] * 20, [9] * 30]
+    short = [[9] * 26, [9] * 30, [9] * 10]  # 10 tokens is less than 85% of 30: a batch of its own
     backend.next_token_logprobs(long + short, [1, 2])
-    assert sorted(shapes) == [(1, 40), (1, 40), (2, 30)]
+    assert sorted(shapes) == [(1, 10), (1, 40), (1, 40), (2, 30)]

@@ -5,10 +5,9 @@ input order. Log-prob batches are right-padded and run without a padding mask: u
 sees the pads after it, so each row computes exactly what it computes alone, and attention keeps its causal kernel
 (an explicit mask makes it compute every block, twice the causal work: a left-padded batch of three 2,200-token
 FIRST windows took 1.4x as long as the three alone on CPU, a right-padded one 1.1x). Each row's logits are read at its
-own last token. On a CPU a log-prob batch holds at most :data:`CPU_BATCH_TOKENS` tokens (long prompts run one at a
-time: they gain nothing from a shared forward there). Generation is left-padded (what ``generate`` needs), position
-ids derived from the attention mask; its batches are never split by tokens (a decoding step of many prompts costs
-little more than one).
+own last token. On a CPU a log-prob batch holds at most :data:`CPU_BATCH_TOKENS` tokens and only prompts of similar
+length (:data:`CPU_MIN_FILL`): long prompts run one at a time, since they gain nothing from a shared forward there.
+Generation is left-padded (what ``generate`` needs), position ids derived from the attention mask.
 
 With ``prefix_cache`` (default on), log-prob calls whose prompts share a long token prefix (a pointwise head's
 instruction and query, one prompt per document) run that prefix once and reuse its KV cache for every prompt
@@ -73,21 +72,27 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-#: On a CPU a log-prob batch holds at most this many tokens, padding included: long prompts gain nothing from sharing a
-#: forward (their matrix products are already large) and lose to padding (on the 2-core box three ~2,300-token FIRST
-#: windows took 1.2x their time alone as one batch; eight ~220-token prompts 0.95x).
+#: On a CPU a log-prob batch holds at most ``CPU_BATCH_TOKENS`` tokens, padding included, and a prompt joins a batch
+#: only when it is at least ``CPU_MIN_FILL`` of the batch's longest: a shared forward gains little there (its matrix
+#: products are large already) and padding is pure cost. On the 2-core box three ~2,300-token FIRST windows took 1.2x
+#: their time alone as one batch; SmolLM2 yes-no over 30 DL19 passages (160-320 tokens, batches of 8) ran 1.2x faster
+#: with these limits than padded to each batch's longest.
 CPU_BATCH_TOKENS = 2048
+CPU_MIN_FILL = 0.85
 
 
-def _length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), at most ``batch_size`` a batch and, with
-    ``max_tokens``, at most that many tokens padded to the batch's longest (a longer prompt still runs alone)."""
+def _length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None,
+                    min_fill: float = 0.0) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first): at most ``batch_size`` a batch, with
+    ``max_tokens`` at most that many tokens padded to the batch's longest, and each at least ``min_fill`` times the
+    longest's length (a prompt that fits none of these starts a batch of its own)."""
     batches: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if batches and len(batches[-1]) < batch_size and (
-            max_tokens is None or (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < batch_size and lengths[i] >= min_fill * lengths[last[0]] and (
+            max_tokens is None or (len(last) + 1) * lengths[last[0]] <= max_tokens
         ):
-            batches[-1].append(i)
+            last.append(i)
         else:
             batches.append([i])
     return batches
@@ -145,7 +150,8 @@ class TransformersBackend(Backend):
         self._reuse = self.config.prefix_cache
         self._prefixes: PrefixStore[Any] = PrefixStore()
         self._attention = attention_weight(model.config)
-        self._batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else None
+        cpu = self.device.type == "cpu"
+        self._batching = {"max_tokens": CPU_BATCH_TOKENS if cpu else None, "min_fill": CPU_MIN_FILL if cpu else 0.0}
         # transformers 5.x names the KV-cache argument ``cache``; earlier versions ``past_key_values``
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -256,7 +262,7 @@ class TransformersBackend(Backend):
         if found is None:
             return False
         base, n = found
-        for batch in _length_batches([len(prompts[i]) - n for i in group], self.config.batch_size, self._batch_tokens):
+        for batch in _length_batches([len(prompts[i]) - n for i in group], self.config.batch_size, **self._batching):
             rows = [group[k] for k in batch]
             cache = copy.deepcopy(base)
             if cache.get_seq_length() > n:
@@ -280,7 +286,7 @@ class TransformersBackend(Backend):
         for group, shared in groups:
             if not (shared and self._reuse and self._score_shared(prompts, group, shared, wanted, normalise, out)):
                 whole.extend(group)
-        for batch in _length_batches([len(prompts[i]) for i in whole], self.config.batch_size, self._batch_tokens):
+        for batch in _length_batches([len(prompts[i]) for i in whole], self.config.batch_size, **self._batching):
             rows = [whole[k] for k in batch]
             values = self._last_values([prompts[i] for i in rows], wanted, normalise)
             for row, i in enumerate(rows):

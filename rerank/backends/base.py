@@ -13,7 +13,7 @@ from typing import Any
 
 from rerank.backends.grammar import Grammar
 
-__all__ = ["Backend", "GenerationConfig"]
+__all__ = ["Backend", "GenerationConfig", "LogitsBackend"]
 
 
 @dataclass
@@ -101,3 +101,23 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free resources (servers, GPU memory)."""
+
+
+class LogitsBackend(Backend):
+    """A backend that reads the model's whole next-token distribution: log-probabilities and raw logits both come
+    from :meth:`_last_position`, which a subclass implements."""
+
+    gives_logits = True
+
+    @abstractmethod
+    def _last_position(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                       normalise: bool) -> list[list[float]]:
+        """The logits (``normalise``: log-softmax over the vocabulary) of ``token_ids`` after each prompt."""
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logprobs"] += 1
+        return self._last_position(prompts, token_ids, normalise=True)
+
+    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        self.calls["next_token_logits"] = self.calls.get("next_token_logits", 0) + 1
+        return self._last_position(prompts, token_ids, normalise=False)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.base import GenerationConfig, LogitsBackend
 from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
 from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.config import from_dict, to_dict
@@ -110,12 +110,11 @@ def _gguf_file(model: str) -> Path:
     return gguf
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LogitsBackend):
     """A ``llama_cpp.Llama`` on a GGUF file, driven with token ids; one prompt at a time from an empty KV cache."""
 
     name = "llamacpp"
     config_class = LlamaCppBackendConfig
-    gives_logits = True
 
     def __init__(self, llm: Any, tokenizer: Any, config: LlamaCppBackendConfig, model_name: str | None = None,
                  threads: int = 1) -> None:
@@ -220,14 +219,6 @@ class LlamaCppBackend(Backend):
                 values = values - (top + math.log(float(np.exp(values - top).sum())))
             out.append([float(values[t]) for t in wanted])
         return out
-
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logprobs"] += 1
-        return self._last_position(prompts, token_ids, normalise=True)
-
-    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logits"] = self.calls.get("next_token_logits", 0) + 1
-        return self._last_position(prompts, token_ids, normalise=False)
 
     def constraint_error(self) -> str | None:
         """None: a grammar masks the logits of every decoding step."""

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from rerank.backends.base import Backend, GenerationConfig
+from rerank.backends.base import GenerationConfig, LogitsBackend
 from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
 from rerank.backends.prefix import PrefixStore, attention_weight, prefix_groups
 from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
@@ -126,12 +126,11 @@ class GrammarLogitsProcessor:
         return scores
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LogitsBackend):
     """``AutoModelForCausalLM`` + tokenizer; safetensors only, no remote code unless asked."""
 
     name = "transformers"
     config_class = TransformersBackendConfig
-    gives_logits = True
 
     def __init__(self, model: Any, tokenizer: Any, config: TransformersBackendConfig | None = None,
                  model_name: str | None = None) -> None:
@@ -292,14 +291,6 @@ class TransformersBackend(Backend):
             for row, i in enumerate(rows):
                 out[i] = values[row].tolist()
         return out
-
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logprobs"] += 1
-        return self._last_position(prompts, token_ids, normalise=True)
-
-    def next_token_logits(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
-        self.calls["next_token_logits"] = self.calls.get("next_token_logits", 0) + 1
-        return self._last_position(prompts, token_ids, normalise=False)
 
     def constraint_error(self) -> str | None:
         """None: any grammar is enforced by a logits processor."""

@@ -261,8 +261,16 @@ async def post_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return status
 
 
-async def level(base: str, concurrency: int, seconds: float, reqs: list[bytes]) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` clients, one connection each, send requests back to back for ``seconds``."""
+def median_or_none(values: list[float | None], digits: int) -> float | None:
+    """The rounded median, or None where a value is missing (several server processes)."""
+    return None if None in values else round(statistics.median(values), digits)
+
+
+async def level(base: str, concurrency: int, seconds: float, reqs: list[bytes], one_process: bool = True
+                ) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` clients, one connection each, send requests back to back for ``seconds``.
+    The server's batch statistics (``/metrics`` before and after) only for ``one_process``: with several server
+    processes each scrape reads whichever process answers, so their differences mean nothing (None)."""
     lat: list[float] = []
     errors = 0
     host, port = base.removeprefix("http://").split(":")
@@ -298,8 +306,10 @@ async def level(base: str, concurrency: int, seconds: float, reqs: list[bytes]) 
         "throughput_rps": round(len(lat) / elapsed, 2),
         "p50_ms": round(1000 * q[49], 1),
         "p99_ms": round(1000 * q[98], 1),
-        "mean_batch_size": round((m1["bsum"] - m0["bsum"]) / max(m1["bcount"] - m0["bcount"], 1), 2),
-        "server_mean_ms": round(1000 * (m1["lsum"] - m0["lsum"]) / max(m1["lcount"] - m0["lcount"], 1), 1),
+        "mean_batch_size": round((m1["bsum"] - m0["bsum"]) / max(m1["bcount"] - m0["bcount"], 1), 2)
+        if one_process else None,
+        "server_mean_ms": round(1000 * (m1["lsum"] - m0["lsum"]) / max(m1["lcount"] - m0["lcount"], 1), 1)
+        if one_process else None,
     }
 
 
@@ -528,7 +538,7 @@ def load_sweep(args: argparse.Namespace, payloads: list[dict[str, Any]]) -> dict
         for rnd in range(args.rounds):
             for c in args.concurrency:
                 for mode, (_, base) in servers.items():
-                    r = asyncio.run(level(base, c, args.seconds, encoded[mode]))
+                    r = asyncio.run(level(base, c, args.seconds, encoded[mode], args.server_workers == 1))
                     r.update(mode=mode, round=rnd)
                     print(json.dumps(r), flush=True)
                     results[mode].append(r)
@@ -543,8 +553,8 @@ def load_sweep(args: argparse.Namespace, payloads: list[dict[str, Any]]) -> dict
             "throughput_rps": round(statistics.median(r["throughput_rps"] for r in rs), 2),
             "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 1),
             "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 1),
-            "mean_batch_size": round(statistics.median(r["mean_batch_size"] for r in rs), 2),
-            "server_mean_ms": round(statistics.median(r["server_mean_ms"] for r in rs), 1),
+            "mean_batch_size": median_or_none([r["mean_batch_size"] for r in rs], 2),
+            "server_mean_ms": median_or_none([r["server_mean_ms"] for r in rs], 1),
             "requests": sum(r["requests"] for r in rs),
         }
 

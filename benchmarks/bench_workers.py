@@ -15,7 +15,7 @@ each command's wall time (process start, model loading and the workers' start-up
 reranking stage alone (``timing_s.rerank_s``). Outputs are checked byte-identical across contenders (run.trec,
 scores.jsonl, embeddings.npy). Last line: one JSON object with the ratios.
 
-    python benchmarks/bench_workers.py --parts ce --queries 20 --top-k 20 --repeats 3
+    python benchmarks/bench_workers.py --parts ce --queries 32 --top-k 20 --repeats 3
     python benchmarks/bench_workers.py --parts dense --docs 1000 --repeats 3
 """
 
@@ -145,7 +145,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ce-model", default=None)
-    p.add_argument("--queries", type=int, default=20)
+    p.add_argument("--queries", type=int, default=32)
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--docs", type=int, default=1000)

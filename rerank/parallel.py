@@ -95,8 +95,6 @@ class WorkerPool:
     worker. Use as a context manager (the processes stop at exit). ``build`` and ``fn`` must be module-level
     functions (they are pickled by name)."""
 
-    IN_FLIGHT = 2  # chunks queued per worker, so a worker never waits for its next one
-
     def __init__(self, workers: int, build: Callable[..., Any], build_args: Sequence[Any] = ()) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -141,11 +139,10 @@ class WorkerPool:
         out: list[Any] = [None] * len(todo)
         waiting = len(todo)
         todo.reverse()
-        for w in range(self.workers):
-            for _ in range(self.IN_FLIGHT):
-                if todo:
-                    i, item = todo.pop()
-                    self._tasks[w].put((i, fn, item))
+        for w in range(self.workers):  # one item each: the next goes to whichever finishes first, so no item waits
+            if todo:                   # behind another in a busy worker's queue while a worker stands idle
+                i, item = todo.pop()
+                self._tasks[w].put((i, fn, item))
         while waiting:
             w, i, value = self._get()
             out[i] = value

@@ -99,3 +99,33 @@ def test_pooled_description_sums_each_workers_counters() -> None:
     assert merged == {"method": "setwise", "forward_passes": 8, "backend": {"name": "t", "llm_cache_hits": 6}}
     assert descs[0] == {"method": "setwise", "forward_passes": 3, "backend": {"name": "t", "llm_cache_hits": 2}}
     assert _pooled_description([{"method": "yes-no"}, {"method": "yes-no"}]) == {"method": "yes-no"}
+
+
+def _no_state() -> None:
+    return None
+
+
+def _wait_for_partner(state: None, item: tuple[int, str]) -> int:
+    """Item 0 waits (up to 60 s) for item 1's marker file; item 1 writes it."""
+    import time
+
+    i, folder = item
+    marker = Path(folder) / "one-done"
+    if i == 1:
+        marker.write_text("1")
+        return i
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("item 1 never ran: it was queued behind item 0")
+        time.sleep(0.05)
+    return i
+
+
+def test_no_item_waits_behind_a_busy_worker_while_another_is_idle(tmp_path: Path) -> None:
+    """Two items, two workers: each gets one, so item 1 runs while item 0 is still working (queued behind item 0 in
+    the same worker, it would never run and item 0 would time out)."""
+    from rerank.parallel import WorkerPool
+
+    with WorkerPool(2, _no_state) as pool:
+        assert pool.map(_wait_for_partner, [(0, str(tmp_path)), (1, str(tmp_path))]) == [0, 1]

@@ -292,8 +292,8 @@ class BiEncoder(torch.nn.Module):
             for idx in batches:
                 out[idx] = self.embed_ids(*inputs(idx), side)
                 bar.update(len(idx))
-        else:  # tasks of whole batches, about four per worker so a slow one does not hold the end
-            per_task = max(1, -(-len(batches) // (4 * pool.workers)))
+        else:  # tasks of whole batches, longest first, about sixteen per worker, so the last ones are short
+            per_task = max(1, -(-len(batches) // (16 * pool.workers)))
             tasks = [batches[i : i + per_task] for i in range(0, len(batches), per_task)]
             results = pool.map(_encode_task, [(side, [inputs(idx) for idx in task]) for task in tasks],
                                done=lambda i: bar.update(sum(len(idx) for idx in tasks[i])))

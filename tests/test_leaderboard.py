@@ -150,3 +150,16 @@ def test_leaderboard_config_errors(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"name": "x", "columns": [{"label": "a", "dataset": "a", "topk": 3}], "rows": []}))
     with pytest.raises(ConfigError, match="unknown key 'topk'"):
         load_config(bad)
+    for row, message in (({"interpolate": 0.5}, "interpolate needs a reranker"),
+                         ({"reranker": "cross-encoder", "interpolate": 2}, "interpolate must be a number in")):
+        bad.write_text(yaml.safe_dump({"name": "x", "columns": [{"label": "a", "dataset": "a"}],
+                                       "rows": [{"name": "r", "retriever": "bm25", **row}]}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(bad)
+
+
+def test_a_row_interpolates_the_reranker_with_its_first_stage(tmp_path: Path) -> None:
+    from rerank.eval.leaderboard import ColumnSpec, RowSpec, _cell_config
+
+    row = RowSpec(name="ce+bm25", retriever="bm25", reranker="cross-encoder", model="m", interpolate=0.3)
+    assert _cell_config(row, ColumnSpec(label="a", dataset="a"), tmp_path).interpolate == 0.3

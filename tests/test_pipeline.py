@@ -124,3 +124,36 @@ def test_eval_runs_window_heads_in_lockstep(beir: Path, tmp_path: Path, batch_qu
                         output=str(tmp_path / "out")), reranker=head, progress=False)
     # q1 and q2 (q3 has no run): top-6 in windows [2,6) then [0,4), two sliding steps each
     assert len(backend.log) == 4 and backend.calls["next_token_logprobs"] == calls
+
+
+def test_interpolate_orders_the_top_k_by_both_scores(beir: Path, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    """alpha x minmax(reranker) + (1 - alpha) x minmax(first stage) over the top 4; alpha 1 is the reranker's order,
+    0 the first stage's; 0.4 here is neither (d0..d3: first stage 1, .989, .978, 0; lengths 0, 1/3, 2/3, 1)."""
+    write_run({"q1": [("d0", 10.0), ("d1", 9.9), ("d2", 9.8), ("d3", 1.0), ("d4", 0.5)]}, tmp_path / "fs.trec")
+
+    def order(alpha: float | None) -> list[str]:
+        out = tmp_path / f"out-{alpha}"
+        run_eval(EvalConfig(dataset=str(beir), first_stage=str(tmp_path / "fs.trec"), reranker="test-length",
+                            top_k=4, interpolate=alpha, output=str(out)), progress=False)
+        return [d for d, _ in read_run(out / "run.trec")["q1"]]
+
+    assert order(None) == ["d3", "d2", "d1", "d0", "d4"]
+    assert order(1.0) == ["d3", "d2", "d1", "d0", "d4"]
+    assert order(0.0) == ["d0", "d1", "d2", "d3", "d4"]
+    assert order(0.4) == ["d2", "d1", "d0", "d3", "d4"]
+    out = tmp_path / "out-0.4"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["interpolate"] == 0.4
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert dict(next(r["scores"] for r in rows if r["qid"] == "q1")) == {"d0": 1.0, "d1": 2.0, "d2": 3.0, "d3": 4.0}
+
+    code, _, err = run_cli("eval", "--dataset", str(beir), "--first-stage", str(tmp_path / "fs.trec"),
+                           "--reranker", "test-length", "--top-k", "4", "--interpolate", "0.4",
+                           "--output", str(tmp_path / "cli"))
+    assert code == 0, err
+    assert [d for d, _ in read_run(tmp_path / "cli" / "run.trec")["q1"]] == ["d2", "d1", "d0", "d3", "d4"]
+    for bad, message in ((["--reranker", "test-length", "--interpolate", "1.5"], "interpolate must be a number"),
+                         (["--interpolate", "0.5"], "interpolate weighs a reranker's scores")):
+        code, _, err = run_cli("eval", "--dataset", str(beir), "--first-stage", str(tmp_path / "fs.trec"), *bad,
+                               "--output", str(tmp_path / "bad"))
+        assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="reranking processes, each with its own copy of the reranker and cores/N threads (with GPUs: "
                         "one per GPU); the run and scores are those of one process (default 1)")
+    p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
+                   help="order the reranked top-k by ALPHA x the reranker's scores + (1 - ALPHA) x the first stage's, "
+                        "each min-max normalised per query (default: the reranker's order alone)")
     add_allow_duplicates(p)
     p.add_argument("--output", required=True,
                    help="result folder (run.trec, metrics.json, report.md, …; files of an earlier run there are "
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         llm_cache=not args.no_llm_cache,
         log_llm_io=args.log_llm_io,
         workers=args.workers,
+        interpolate=args.interpolate,
     )
     if args.suite is not None:
         from rerank.eval.suites import run_suite

@@ -29,7 +29,7 @@ from rerank.config import from_dict, load_yaml, to_dict
 from rerank.data.datasets import cache_root, check_max_queries, resolve_dataset
 from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES
-from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.eval.pipeline import EvalConfig, check_interpolate, run_eval
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, write_json
 
@@ -80,6 +80,7 @@ class RowSpec:
     backend: str = "transformers"
     reranker_options: dict[str, Any] = field(default_factory=dict)
     top_k: int | None = None
+    interpolate: float | None = None  # the reranker's weight against the first stage's scores (rerank eval --interpolate)
     columns: list[str] | None = None
     requires: list[str] = field(default_factory=list)
     note: str = ""
@@ -87,6 +88,9 @@ class RowSpec:
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"row {self.name!r}: top_k must be >= 1")
+        if self.interpolate is not None and self.reranker is None:
+            raise ValueError(f"row {self.name!r}: interpolate needs a reranker")
+        check_interpolate(self.interpolate)
 
 
 @dataclass
@@ -209,6 +213,7 @@ def _cell_config(row: RowSpec, col: ColumnSpec, dataset_root: Path) -> EvalConfi
         backend=row.backend,
         reranker_options=dict(row.reranker_options),
         top_k=row.top_k or col.top_k,
+        interpolate=row.interpolate,
         depth=col.depth,
         max_queries=col.max_queries,
         measures=DEFAULT_MEASURES,

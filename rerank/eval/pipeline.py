@@ -80,6 +80,7 @@ class EvalConfig:
     llm_cache: bool = True  # LLM heads' calls are cached (rerank.backends.cache); a re-run makes no model calls
     log_llm_io: str | None = None  # JSONL of every LLM prompt and raw response
     workers: int = 1  # reranking processes, each with its own copy of the reranker (rerank.parallel)
+    interpolate: float | None = None  # weight of the reranker's scores against the first stage's (rerank_run)
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_queries", "workers"):
@@ -87,6 +88,9 @@ class EvalConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         check_max_queries(self.max_queries)
+        check_interpolate(self.interpolate)
+        if self.interpolate is not None and self.reranker is None:
+            raise ConfigError("interpolate weighs a reranker's scores against the first stage's: give a reranker")
         if self.rel_level is not None and (not isinstance(self.rel_level, int) or self.rel_level < 1):
             raise ConfigError(f"rel-level must be an integer >= 1, got {self.rel_level!r}")
         if self.qrels_duplicates not in DUPLICATE_POLICIES:
@@ -95,6 +99,13 @@ class EvalConfig:
         if isinstance(self.measures, str):
             raise ConfigError(f"measures must be a list of names, got the string {self.measures!r}")
         parse_measures(self.measures)
+
+
+def check_interpolate(alpha: float | None) -> None:
+    """``interpolate`` is None or a number in [0, 1]."""
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"interpolate must be a number in [0, 1], got {alpha!r}")
 
 
 def _select(run: Run, qids: Sequence[str]) -> Run:
@@ -114,12 +125,21 @@ def rerank_run(
     batch_queries: int = 8,
     progress: bool = True,
     stats: RerankStats | None = None,
+    interpolate: float | None = None,
 ) -> tuple[Run, dict[str, list[tuple[str, float]]], dict[str, list[str]]]:
     """Rerank each query's top-``top_k`` candidates, ``batch_queries`` queries per call; returns (final run, reranker
     scores, unknown doc ids). ``reranker`` may be a pool of reranker workers (:func:`reranker_pool`): the same
-    chunks are scored there, in parallel, and their parse statistics added to ``stats``."""
+    chunks are scored there, in parallel, and their parse statistics added to ``stats``.
+
+    ``interpolate`` (alpha in [0, 1]): the top-k are ordered by ``alpha * minmax(reranker score) + (1 - alpha) *
+    minmax(first-stage score)`` per query instead of by the reranker alone (score interpolation: a reranker that is
+    good but not better than its first stage everywhere keeps what the first stage knew); the returned reranker
+    scores stay the reranker's own."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
+    check_interpolate(interpolate)
+    if interpolate is not None:
+        from rerank.retrieval.hybrid import interpolate_fuse
     final: Run = {}
     scores: dict[str, list[tuple[str, float]]] = {}
     unknown: dict[str, list[str]] = {}
@@ -139,7 +159,13 @@ def rerank_run(
     def finish(chunk: list[str], ranked: list[list[tuple[str, float]]]) -> None:
         for q, res in zip(chunk, ranked, strict=True):
             tail = unknown.get(q, []) + [d for d, _ in run[q][top_k:]]
-            order = [d for d, _ in res] + tail
+            if interpolate is None:
+                head = [d for d, _ in res]
+            else:
+                first = dict(run[q][:top_k])
+                fused = interpolate_fuse({q: res}, {q: [(d, first[d]) for d, _ in res]}, interpolate)
+                head = [d for d, _ in fused[q]]
+            order = head + tail
             n = len(order)
             final[q] = [(d, float(n - i)) for i, d in enumerate(order)]
             scores[q] = res
@@ -271,7 +297,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             reranker.prepare_corpus(dataset, doc_ids)  # type: ignore[union-attr]
         final, rerank_scores, corpus_ids_unknown = rerank_run(
             pool if pool is not None else reranker, queries, run, dataset.corpus, cfg.top_k,  # type: ignore[arg-type]
-            cfg.batch_queries, progress, stats,
+            cfg.batch_queries, progress, stats, cfg.interpolate,
         )
         desc = (_pooled_description(pool.broadcast(_describe, None)) if pool is not None
                 else reranker.describe())  # type: ignore[union-attr]

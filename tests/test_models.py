@@ -27,3 +27,28 @@ def test_resolve_model_path(tmp_path: Path, tiny_llm_dir: Path, monkeypatch: pyt
     assert (Path(minilm) / "config.json").is_file()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert resolve_model_path("MiniLM") == "MiniLM"  # exact names only, no substring routing
+
+
+def test_a_gguf_conversion_keeps_a_finished_copy_only(tmp_path: Path) -> None:
+    """A conversion that loses the race to another process keeps that process's folder when it is complete (its
+    marker file is there) and raises when what stands there is not a finished conversion."""
+    from rerank.backends.gguf import _save_atomically
+
+    def save(folder: Path) -> None:
+        (folder / "config.json").write_text("{}", encoding="utf-8")
+        (folder / "mine").write_text("x", encoding="utf-8")
+
+    _save_atomically(tmp_path / "fresh", save, "config.json")
+    assert (tmp_path / "fresh" / "mine").is_file()
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "config.json").write_text("{}", encoding="utf-8")
+    (finished / "theirs").write_text("x", encoding="utf-8")
+    _save_atomically(finished, save, "config.json")
+    assert (finished / "theirs").is_file() and not (finished / "mine").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "partial").write_text("x", encoding="utf-8")
+    with pytest.raises(OSError):
+        _save_atomically(broken, save, "config.json")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left

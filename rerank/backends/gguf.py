@@ -9,7 +9,6 @@ tokenizer (for ``--backend llamacpp``, which runs the file itself), cached the s
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError
-from rerank.utils.files import sha256_file
+from rerank.utils.files import publish_dir, sha256_file
 
 __all__ = ["find_gguf_file", "gguf_to_hf", "gguf_tokenizer"]
 
@@ -40,18 +39,15 @@ def find_gguf_file(model: str | Path) -> Path | None:
     return None
 
 
-def _save_atomically(target: Path, save: Any) -> None:
-    """Run ``save(folder)`` into a temporary folder beside ``target``, then move it to ``target`` (another process
-    that finished first keeps its copy)."""
+def _save_atomically(target: Path, save: Any, marker: str) -> None:
+    """Run ``save(folder)`` into a temporary folder beside ``target``, then publish it as ``target``
+    (:func:`~rerank.utils.files.publish_dir`: another process whose copy, with its ``marker`` file, landed first keeps
+    it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.exists():
-                raise
+        publish_dir(tmp, target, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -67,7 +63,7 @@ def gguf_tokenizer(gguf_file: str | Path, cache_dir: str | Path | None = None) -
     if (target / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    _save_atomically(target, tokenizer.save_pretrained)
+    _save_atomically(target, tokenizer.save_pretrained, "tokenizer_config.json")
     return tokenizer
 
 
@@ -92,5 +88,5 @@ def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Pa
         tokenizer.save_pretrained(folder)
         (folder / "SOURCE").write_text(f"converted from {gguf_file.resolve()}\n", encoding="utf-8")
 
-    _save_atomically(target, save)
+    _save_atomically(target, save, "config.json")
     return target

@@ -80,7 +80,7 @@ class RowSpec:
     backend: str = "transformers"
     reranker_options: dict[str, Any] = field(default_factory=dict)
     top_k: int | None = None
-    interpolate: float | None = None  # the reranker's weight against the first stage's scores (rerank eval --interpolate)
+    interpolate: float | None = None  # the reranker's weight against the first stage's (rerank eval --interpolate)
     columns: list[str] | None = None
     requires: list[str] = field(default_factory=list)
     note: str = ""

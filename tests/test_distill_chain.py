@@ -121,5 +121,9 @@ def test_distilled_rows_wait_for_their_model(repo_root: Path) -> None:
     for name in ("configs/distill/leaderboard-distill.yaml", "configs/examples/leaderboard-cpu.yaml"):
         cfg, _ = load_config(repo_root / name)
         rows = [r for r in cfg.rows if "distilled" in r.name]
-        assert rows and all(r.reranker == "cross-encoder" and r.requires == [r.model] for r in rows)
-        assert all(r.model.endswith("models/distill-cross-encoder/model") for r in rows)
+        assert rows and all(r.requires == [r.model] for r in rows)
+        assert all((r.reranker, r.model.rsplit("/models/", 1)[1]) in {("cross-encoder", "distill-cross-encoder/model"),
+                                                                       ("erank", "distill-smollm2/model")}
+                   for r in rows)
+    cfg, _ = load_config(repo_root / "configs/examples/leaderboard-cpu.yaml")
+    assert any(r.reranker == "erank" and "distilled" in r.name for r in cfg.rows)

@@ -504,3 +504,21 @@ def test_cpu_logprob_batches_hold_at_most_a_token_budget(tiny_llm: Path, monkeyp
     short = [[9] * 26, [9] * 30, [9] * 10]  # 10 tokens is less than 85% of 30: a batch of its own
     backend.next_token_logprobs(long + short, [1, 2])
     assert sorted(shapes) == [(1, 10), (1, 40), (1, 40), (2, 30)]
+
+
+def test_cpu_generation_batches_keep_the_same_token_budget(tiny_llm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation on a CPU is batched under the log-prob limits too (long windows one at a time), and a prompt
+    generates the same text whichever batch it lands in."""
+    from rerank.backends import transformers as tb
+
+    prompts = [[5 + i] * 40 for i in range(2)] + [[9] * 26, [9] * 30]
+    greedy = GenerationConfig(max_new_tokens=4)
+    alone = [build_backend("transformers", str(tiny_llm), batch_size=1, device="cpu").generate([p], greedy)[0]
+             for p in prompts]
+    monkeypatch.setattr(tb, "CPU_BATCH_TOKENS", 64)
+    backend = build_backend("transformers", str(tiny_llm), batch_size=8, device="cpu")
+    shapes: list[tuple[int, ...]] = []
+    generate = backend.model.generate
+    backend.model.generate = lambda *a, **k: shapes.append(tuple(k["input_ids"].shape)) or generate(*a, **k)
+    assert backend.generate(prompts, greedy) == alone
+    assert sorted(shapes) == [(1, 40), (1, 40), (2, 30)]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rerank.errors import ConfigError
-from rerank.eval.leaderboard import load_config, load_published, randomization_test
+from rerank.eval.leaderboard import load_config, load_published, model_label, randomization_test
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.registry import register_reranker
 from rerank.types import Candidate, Query
@@ -163,3 +163,11 @@ def test_a_row_interpolates_the_reranker_with_its_first_stage(tmp_path: Path) ->
 
     row = RowSpec(name="ce+bm25", retriever="bm25", reranker="cross-encoder", model="m", interpolate=0.3)
     assert _cell_config(row, ColumnSpec(label="a", dataset="a"), tmp_path).interpolate == 0.3
+
+
+def test_a_trained_model_is_named_by_its_training_folder() -> None:
+    """A training output's ``…/NAME/model`` shows as ``NAME/model``; other models by their own name."""
+    assert model_label("/root/.cache/rerank/models/scifact-cross-encoder/model") == "scifact-cross-encoder/model"
+    assert model_label("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert model_label("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+    assert model_label("model") == "model"

@@ -39,6 +39,7 @@ __all__ = [
     "RowSpec",
     "load_config",
     "load_published",
+    "model_label",
     "randomization_test",
     "render_markdown",
     "run_leaderboard",
@@ -406,6 +407,13 @@ def _qps(v: float | None) -> str:
     return "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.3g}")
 
 
+def model_label(model: str) -> str:
+    """A model's name for the table: its folder, with the folder above when it is a training output's ``model``
+    (``scifact-cross-encoder/model`` says which training; ``model`` alone says nothing)."""
+    path = Path(model)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" and path.parent.name else path.name
+
+
 def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: str | None) -> str:
     """The leaderboard as Markdown: measured table, cost, notes, published figures, pairwise p-values."""
     m = report["measure"]
@@ -428,7 +436,7 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         for c in cols:
             v = r["columns"].get(c["label"])
             cells.append("—" if v is None else _fmt(v["value"]) + (" †" if v["significant"] else ""))
-        model = f"`{Path(r['model']).name}`" if r["model"] else "—"
+        model = f"`{model_label(r['model'])}`" if r["model"] else "—"
         lines.append(
             f"| {i} | {r['name']} | {r['first_stage']} | {r['reranker'] or '—'} | {r['backend'] or '—'} | {model} | "
             + " | ".join(cells) + f" | {_fmt(r['average'])} | {_qps(r['queries_per_s'])} |"

@@ -9,19 +9,10 @@
 set -euo pipefail
 out=${1:?usage: examples/distill-cross-encoder.sh OUT [--set KEY=VALUE ...]}
 shift
-root=${RERANK_DATA:-../shared/data}
 here=$(cd "$(dirname "$0")" && pwd)
 cfg=$(cd "$here/.." && pwd)/configs/distill
 
 bash "$here/distill-data.sh" "$out/data" ce "$cfg/ce-labels.yaml"
 
-again=()
-if [ -d "$out/model" ]; then
-  echo "$out/model exists: training is done"
-  exit 0
-elif compgen -G "$out/checkpoints/checkpoint-*" > /dev/null; then
-  again=(--resume)
-fi
-rerank train sft --config "$cfg/ce-train.yaml" --data-root "$root" --output "$out" \
-  --set "data.path=$out/data/ce-train.jsonl" "${again[@]}" "$@"
+bash "$here/train-stage.sh" sft "$cfg/ce-train.yaml" "$out" --set "data.path=$out/data/ce-train.jsonl" "$@"
 echo "model: $out/model"

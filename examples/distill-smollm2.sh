@@ -20,28 +20,13 @@ while [ $# -gt 0 ]; do
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
-root=${RERANK_DATA:-../shared/data}
 here=$(cd "$(dirname "$0")" && pwd)
 cfg=$(cd "$here/.." && pwd)/configs/distill
 train=$out/data/erank-train.jsonl
 
 bash "$here/distill-data.sh" "$out/data" erank "$cfg/erank-labels.yaml"
 
-stage() {  # stage KIND CONFIG OUTPUT [--set ...]: a finished stage (OUTPUT/model) is kept, an interrupted one resumes
-  local kind=$1 config=$2 dir=$3
-  shift 3
-  if [ -d "$dir/model" ]; then
-    echo "$dir/model exists: $kind is done"
-    return
-  fi
-  local again=()
-  if compgen -G "$dir/checkpoints/checkpoint-*" > /dev/null; then
-    again=(--resume)
-  fi
-  rerank train "$kind" --config "$config" --data-root "$root" --output "$dir" --set "data.path=$train" \
-    "${again[@]}" "$@"
-}
-
-stage sft "$cfg/smollm2-erank-sft.yaml" "$out/sft" "${sft[@]}"
-stage grpo "$cfg/smollm2-erank-grpo.yaml" "$out" --set "model=$out/sft/model" "${grpo[@]}"
+bash "$here/train-stage.sh" sft "$cfg/smollm2-erank-sft.yaml" "$out/sft" --set "data.path=$train" "${sft[@]}"
+bash "$here/train-stage.sh" grpo "$cfg/smollm2-erank-grpo.yaml" "$out" --set "data.path=$train" \
+  --set "model=$out/sft/model" "${grpo[@]}"
 echo "model: $out/model"

@@ -513,8 +513,8 @@ def test_cpu_generation_batches_keep_the_same_token_budget(tiny_llm: Path, monke
 
     prompts = [[5 + i] * 40 for i in range(2)] + [[9] * 26, [9] * 30]
     greedy = GenerationConfig(max_new_tokens=4)
-    alone = [build_backend("transformers", str(tiny_llm), batch_size=1, device="cpu").generate([p], greedy)[0]
-             for p in prompts]
+    one = build_backend("transformers", str(tiny_llm), batch_size=1, device="cpu")
+    alone = [one.generate([p], greedy)[0] for p in prompts]
     monkeypatch.setattr(tb, "CPU_BATCH_TOKENS", 64)
     backend = build_backend("transformers", str(tiny_llm), batch_size=8, device="cpu")
     shapes: list[tuple[int, ...]] = []

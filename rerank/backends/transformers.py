@@ -74,11 +74,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-#: On a CPU a log-prob batch holds at most ``CPU_BATCH_TOKENS`` tokens, padding included, and a prompt joins a batch
-#: only when it is at least ``CPU_MIN_FILL`` of the batch's longest: a shared forward gains little there (its matrix
-#: products are large already) and padding is pure cost. On the 2-core box three ~2,300-token FIRST windows took 1.2x
-#: their time alone as one batch; SmolLM2 yes-no over 30 DL19 passages (160-320 tokens, batches of 8) ran 1.2x faster
-#: with these limits than padded to each batch's longest.
+#: On a CPU a log-prob or generation batch holds at most ``CPU_BATCH_TOKENS`` tokens, padding included, and a prompt
+#: joins a batch only when it is at least ``CPU_MIN_FILL`` of the batch's longest: a shared forward gains little there
+#: (its matrix products are large already) and padding is pure cost. On the 2-core box three ~2,300-token FIRST
+#: windows took 1.2x their time alone as one batch; SmolLM2 yes-no over 30 DL19 passages (160-320 tokens, batches of
+#: 8) ran 1.2x faster with these limits than padded to each batch's longest.
 CPU_BATCH_TOKENS = 2048
 CPU_MIN_FILL = 0.85
 

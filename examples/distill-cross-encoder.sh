@@ -7,7 +7,11 @@
 # SciFact test are never read. Every step is resumable: run the same command again after an interruption; finished
 # steps are kept.
 set -euo pipefail
-out=${1:?usage: examples/distill-cross-encoder.sh OUT [--set KEY=VALUE ...]}
+if [ $# -lt 1 ]; then
+  echo "usage: examples/distill-cross-encoder.sh OUT [--set KEY=VALUE ...]" >&2
+  exit 2
+fi
+out=$1
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 cfg=$(cd "$here/.." && pwd)/configs/distill

@@ -7,9 +7,11 @@
 # $RERANK_DATA, else ../shared/data; DL19 qrels and SciFact test are never read. A finished build is kept and an
 # unfinished one continues, so running it again after an interruption redoes nothing.
 set -euo pipefail
-data=${1:?usage: examples/distill-data.sh DATA TAG LABELS_CONFIG}
-tag=${2:?usage: examples/distill-data.sh DATA TAG LABELS_CONFIG}
-labels=${3:?usage: examples/distill-data.sh DATA TAG LABELS_CONFIG}
+if [ $# -ne 3 ]; then
+  echo "usage: examples/distill-data.sh DATA TAG LABELS_CONFIG" >&2
+  exit 2
+fi
+data=$1 tag=$2 labels=$3
 root=${RERANK_DATA:-../shared/data}
 cfg=$(cd "$(dirname "$0")/.." && pwd)/configs/distill
 

@@ -10,13 +10,22 @@
 # interruption; finished steps are kept, a training run continues from its last checkpoint.
 set -euo pipefail
 usage="usage: examples/distill-smollm2.sh OUT [--sft KEY=VALUE ...] [--grpo KEY=VALUE ...]"
-out=${1:?$usage}
+if [ $# -lt 1 ]; then
+  echo "$usage" >&2
+  exit 2
+fi
+out=$1
 shift
 sft=() grpo=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --sft) sft+=(--set "${2:?$usage}"); shift 2 ;;
-    --grpo) grpo+=(--set "${2:?$usage}"); shift 2 ;;
+    --sft | --grpo)
+      if [ $# -lt 2 ]; then
+        echo "$usage" >&2
+        exit 2
+      fi
+      if [ "$1" = --sft ]; then sft+=(--set "$2"); else grpo+=(--set "$2"); fi
+      shift 2 ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done

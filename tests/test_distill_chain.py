@@ -111,8 +111,17 @@ def test_distill_smollm2_chain(repo_root: Path, data_root: Path, tmp_path: Path,
     again = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *args)
     assert again.returncode == 0 and all(f"{model} exists: training is done" in again.stdout
                                          for model in (out / "sft" / "model", out / "model"))
-    bad = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", str(out), "--lr", "1")
-    assert bad.returncode == 2 and "usage" in bad.stderr
+    for wrong in ((str(out), "--lr", "1"), (str(out), "--sft"), ()):
+        bad = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *wrong)
+        assert bad.returncode == 2 and bad.stderr.startswith("usage:") and len(bad.stderr.splitlines()) == 1
+
+
+def test_chain_scripts_refuse_missing_arguments(repo_root: Path, data_root: Path, tmp_path: Path) -> None:
+    """Every chain script answers missing arguments with its one-line usage and exit 2, before any work."""
+    for name in ("distill-cross-encoder.sh", "distill-data.sh", "train-stage.sh"):
+        bad = _script(repo_root, data_root, tmp_path, name)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"usage: examples/{name} ")
+        assert len(bad.stderr.splitlines()) == 1 and not (tmp_path / "cache").exists()
 
 
 def test_distilled_rows_wait_for_their_model(repo_root: Path) -> None:

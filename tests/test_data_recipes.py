@@ -64,7 +64,7 @@ register_reranker("test-short", ShortTeacher)
 
 
 def _doc_words(prompt: str) -> list[str]:
-    return prompt.split("Document:", 1)[1].split()
+    return prompt.split("Passage:", 1)[1].split()  # the query_synthesis template labels the document "Passage:"
 
 
 class EchoBackend(ScriptedBackend):
@@ -304,6 +304,11 @@ def test_resume_after_interruption_gives_the_same_data(tiny_beir_dir: Path, tmp_
 
 def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path, run_cli) -> None:
     assert clean_query('Query: "why do bees hum?"\nextra') == "why do bees hum?"
+    # the labels small models put before a question go, nested or not; a question that merely starts alike stays
+    assert clean_query("Question: 1. What do bees eat?") == "What do bees eat?"
+    assert clean_query('The question is: "why do bees hum?') == "why do bees hum?"
+    assert clean_query("Questionable claims about bees") == "Questionable claims about bees"
+    assert clean_query("what is 1. in a list") == "what is 1. in a list"
     recipe = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir),
               "generator": {"backend": "test-echo", "max_new_tokens": 8}, "max_docs": 12, "min_doc_chars": 10,
               "first_stage": {"retriever": "test-overlap", "depth": 10}, "num_negatives": 2}

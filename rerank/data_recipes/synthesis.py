@@ -65,11 +65,16 @@ class QuerySynthesisConfig:
             raise ValueError(f"negative_window must be [start, end] 1-based ranks, got {self.negative_window}")
 
 
+_LABEL = re.compile(r"^(?:(?:the\s+)?(?:search\s+)?(?:query|question)(?:\s+is)?\s*:|\d+[.)]\s)\s*", re.IGNORECASE)
+
+
 def clean_query(text: str) -> str:
-    """First non-empty line, without a ``Query:`` label or surrounding quotes."""
+    """First non-empty line, without the labels small models put before it (``Query:``, ``Question:``, ``The
+    question is:``, a list number ``1.``) or surrounding quotes."""
     line = next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
-    line = re.sub(r"^(search\s+)?query\s*:\s*", "", line, flags=re.IGNORECASE)
-    return line.strip().strip("\"'`“”").strip()
+    while (bare := _LABEL.sub("", line, count=1).strip().strip("\"'`“”").strip()) != line:
+        line = bare
+    return line
 
 
 def pick_sentence(text: str, rng: Any, min_words: int = 4, max_words: int = 40) -> str:

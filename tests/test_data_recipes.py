@@ -458,3 +458,20 @@ def test_scifact_recipe_output_trains_a_cross_encoder(scifact_dir: Path, tmp_pat
     assert rc == 0, err
     ranked = Reranker.load(str(tmp_path / "ce" / "model")).rerank("q", ["a b", "c d"])
     assert len(ranked.results) == 2
+
+
+def test_distill_llm_queries_config_builds(repo_root: Path, tiny_beir_dir: Path, tmp_path: Path, run_cli) -> None:
+    """configs/distill/llm-queries.yaml as shipped (the shipped query_synthesis template, its cleaning and filters) on
+    a tiny corpus, with the echo backend standing in for SmolLM2: one question row per kept document, no qrels."""
+    config = repo_root / "configs" / "distill" / "llm-queries.yaml"
+    rc, _out, err = run_cli("data", "build", config, "--output", tmp_path / "q", "--set", f"dataset={tiny_beir_dir}",
+                            "--set", "generator.backend=test-echo", "--set", "generator.model=null",
+                            "--set", "max_docs=6", "--set", "min_doc_chars=10")
+    assert rc == 0, err
+    rows = read_rows(tmp_path / "q" / "data.jsonl")
+    ds = resolve_dataset(tiny_beir_dir)
+    assert rows and len(rows) <= 6
+    for row in rows:
+        src = row["qid"].removeprefix("synth-")
+        assert row["labels"] == [1] and row["candidates"][0]["id"] == src
+        assert row["query"] == " ".join(ds.corpus[src].full_text().split()[:3]).strip("\"'`“”")

@@ -9,24 +9,19 @@
 # OUT. DL19 qrels and SciFact test are never read. Every step is resumable: run the same command again after an
 # interruption; finished steps are kept, a training run continues from its last checkpoint.
 set -euo pipefail
-usage="usage: examples/distill-smollm2.sh OUT [--sft KEY=VALUE ...] [--grpo KEY=VALUE ...]"
-if [ $# -lt 1 ]; then
-  echo "$usage" >&2
+usage() {
+  echo "usage: examples/distill-smollm2.sh OUT [--sft KEY=VALUE ...] [--grpo KEY=VALUE ...]" >&2
   exit 2
-fi
+}
+[ $# -ge 1 ] || usage
 out=$1
 shift
 sft=() grpo=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --sft | --grpo)
-      if [ $# -lt 2 ]; then
-        echo "$usage" >&2
-        exit 2
-      fi
-      if [ "$1" = --sft ]; then sft+=(--set "$2"); else grpo+=(--set "$2"); fi
-      shift 2 ;;
-    *) echo "$usage" >&2; exit 2 ;;
+    --sft) [ $# -ge 2 ] || usage; sft+=(--set "$2"); shift 2 ;;
+    --grpo) [ $# -ge 2 ] || usage; grpo+=(--set "$2"); shift 2 ;;
+    *) usage ;;
   esac
 done
 here=$(cd "$(dirname "$0")" && pwd)

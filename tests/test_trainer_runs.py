@@ -1,5 +1,5 @@
 """Trainer mechanics: kill-and-resume matches an uninterrupted run, LoRA merge + adapter, 2-process accelerate,
-the cross-encoder path, FIRST's ranking loss, and GRPO's format penalty instead of exceptions."""
+the cross-encoder path, FIRST's ranking loss (read from the LM forward), and GRPO's format penalty instead of exceptions."""
 
 from __future__ import annotations
 
@@ -99,6 +99,32 @@ def test_first_ranking_loss_is_added(work: Path) -> None:
     state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "ranknet_loss" in h]
     assert logged and all(h["ranknet_loss"] > 0 for h in logged)
+
+
+def test_first_ranking_loss_reads_the_lm_forward(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranking loss takes the identifier logits from the LM forward's hidden state, and they equal a separate
+    forward over the prompts (so the step does one forward, not two)."""
+    import torch
+
+    from rerank.methods.first import training
+
+    original = training.RankingSFTTrainer.ranking_loss
+    shared: list[float] = []
+
+    def checked(self: Any, model: Any, inputs: dict[str, Any], hidden: Any = None) -> Any:
+        loss = original(self, model, inputs, hidden)
+        if hidden is not None:
+            with torch.no_grad():
+                separate = original(self, model, inputs, None)
+            assert float(loss) == pytest.approx(float(separate), rel=1e-4, abs=1e-5)
+            shared.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(training.RankingSFTTrainer, "ranking_loss", checked)
+    r = sft(_cfg(work, head="first", template=str(work / "first.yaml"), window=4, max_steps=2, batch_size=2),
+            work / "first-shared")
+    assert r["global_step"] == 2
+    assert len(shared) == 2 and all(v > 0 for v in shared)
 
 
 def test_grpo_unparseable_completions_get_the_format_penalty(work: Path) -> None:

@@ -5,6 +5,9 @@ For each window the prompt (ending at ``[``, exactly as the FIRST head reads it)
 the identifier tokens ``A``..  at its last position are scored against the teacher ranks with
 :mod:`rerank.trainers.ranking_losses`: weighted RankNet (pair weight 1/(r_i + r_j), ×10 by default), ListNet
 (×0.1) or LambdaRank (×1) — the weights of rank_llm's training script. Total loss = LM loss + weight · ranking loss.
+Where every row's tokenised prompt + completion starts with exactly the tokens of that prompt (the usual case), the
+identifier logits are read from the LM forward's hidden state at the prompt's last token instead of a second forward
+over the prompts, which halves the cost of a step; the logits are the same either way.
 
 GRPO with ``rollout: plackett-luce`` trains the ranking FIRST reads instead of the generated text: each rollout is a
 permutation drawn from a Plackett–Luce policy over the first-identifier logits (Gumbel top-k, as PG-Rank samples), and
@@ -76,6 +79,23 @@ def first_position_logits(model: Any, input_ids: torch.Tensor, attention_mask: t
     return out.logits[:, -1, :].float()
 
 
+def _causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside ``model`` (a PEFT wrapper is looked through)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                     "logits_scaling")
+
+
+def _plain_logits(model: Any, accelerator: Any) -> bool:
+    """Whether the model's logits are its LM head applied to the last hidden state, with nothing after it."""
+    lm = _causal_lm(accelerator.unwrap_model(model))
+    text = lm.config.get_text_config()
+    return (all(getattr(text, k, None) in (None, 1.0) for k in _LOGIT_TRANSFORMS)
+            and lm.get_output_embeddings() is not None and hasattr(lm, "base_model") and lm.base_model is not lm)
+
+
 class RankingSFTTrainer(SFTTrainer):
     """``SFTTrainer`` + a ranking loss on the first-identifier logits (``ranking_loss`` = ranknet|listnet|lambdarank)."""
 
@@ -93,22 +113,66 @@ class RankingSFTTrainer(SFTTrainer):
         pad = self.processing_class.pad_token_id
         self.data_collator = _RankingCollator(self.data_collator, int(pad if pad is not None else 0))
 
-    def ranking_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        """The ranking loss of the batch's windows from one forward over their prompts."""
+    def ranking_loss(self, model: Any, inputs: dict[str, Any], hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """The ranking loss of the batch's windows: from ``hidden`` (the LM forward's hidden state at each prompt's
+        last token) when given, else from one forward over their prompts."""
         n = inputs["rank_ranks"].shape[1]
-        last = first_position_logits(model, inputs["rank_input_ids"], inputs["rank_attention_mask"])
-        logits = last[:, self.identifier_ids[:n].to(last.device)]
+        ids = self.identifier_ids[:n]
+        if hidden is None:
+            last = first_position_logits(model, inputs["rank_input_ids"], inputs["rank_attention_mask"])
+            logits = last[:, ids.to(last.device)]
+        else:
+            head = _causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings()
+            ids = ids.to(head.weight.device)
+            logits = hidden.to(head.weight.dtype) @ head.weight[ids].T
+            if head.bias is not None:
+                logits = logits + head.bias[ids]
+            logits = logits.float()
         return self.ranking_fn(logits, inputs["rank_ranks"], inputs["rank_mask"])
+
+    def _prompt_ends(self, inputs: dict[str, Any], extra: dict[str, Any]) -> list[int] | None:
+        """Per row, the position of the prompt's last token in the LM batch, if every row's LM sequence starts with
+        exactly its ranking prompt's tokens (else None: the ranking loss then runs its own forward)."""
+        labels = inputs.get("labels")
+        if labels is None or labels.shape[0] != extra["rank_input_ids"].shape[0]:
+            return None
+        ends = []
+        for b in range(labels.shape[0]):
+            target = (labels[b] != -100).nonzero()
+            if target.numel() == 0:
+                return None
+            start = int(target[0])
+            prompt = extra["rank_input_ids"][b][extra["rank_attention_mask"][b].bool()]
+            seq = inputs["input_ids"][b]
+            if start != prompt.numel() or start == 0 or not torch.equal(seq[:start].cpu(), prompt.cpu()):
+                return None
+            ends.append(start - 1)
+        return ends
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         extra = {k: inputs.pop(k) for k in ("rank_input_ids", "rank_attention_mask", "rank_ranks", "rank_mask")
                  if k in inputs}
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
         if not extra:
-            return result
-        rank = self.ranking_loss(model, extra)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                         num_items_in_batch=num_items_in_batch)
+        ends = self._prompt_ends(inputs, extra) if _plain_logits(model, self.accelerator) else None
+        captured: list[torch.Tensor] = []
+        handle = None
+        if ends is not None:
+            backbone = _causal_lm(self.accelerator.unwrap_model(model)).base_model
+            handle = backbone.register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
+        try:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+        finally:
+            if handle is not None:
+                handle.remove()
+        hidden = None
+        if ends is not None and len(captured) == 1:
+            rows = torch.arange(len(ends), device=captured[0].device)
+            hidden = captured[0][rows, torch.tensor(ends, device=captured[0].device)]
+        rank = self.ranking_loss(model, extra, hidden)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode][f"{self.ranking_name}_loss"].append(float(rank.detach()))
         if return_outputs:

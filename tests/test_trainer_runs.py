@@ -373,7 +373,12 @@ def test_first_plackett_luce_rollouts_score_first_logits(work: Path) -> None:
     rows = [r for ex in synthetic_ranking_examples(2, num_candidates=4, seed=3) for r in task.grpo_rows(ex)]
     prompts = [r["prompt"] for r in rows for _ in range(3)]
     torch.manual_seed(0)
+    rows_run: list[int] = []
+    hook = trainer.model.register_forward_hook(lambda _m, args, kwargs, _o: rows_run.append(len(kwargs["input_ids"])),
+                                               with_kwargs=True)
     out = trainer._plackett_luce_rollout(prompts, trainer)
+    hook.remove()
+    assert rows_run == [len(rows)]  # one forward row per distinct prompt, not per rollout
     tok = trainer.processing_class
     id_tokens = task.identifier_token_ids()
     model = trainer.model.eval()
@@ -394,9 +399,14 @@ def test_first_plackett_luce_rollouts_score_first_logits(work: Path) -> None:
                         for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)])
     att = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (clen - len(c))
                         for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)])
+    rows_run.clear()
+    hook = trainer.model.register_forward_hook(lambda _m, args, kwargs, _o: rows_run.append(len(kwargs["input_ids"])),
+                                               with_kwargs=True)
     with torch.no_grad():
         logps, ent, _ = trainer._get_per_token_logps_and_entropies(model, ids, att, clen, batch_size=5,
                                                                    compute_entropy=True)
+    hook.remove()
+    assert sum(rows_run) == len(rows)
     for i, (lps, mask) in enumerate(zip(out["logprobs"], out["env_mask"], strict=True)):
         got = [float(logps[i, t]) for t, m in enumerate(mask) if m]
         assert got == pytest.approx([lp for lp, m in zip(lps, mask, strict=True) if m], abs=1e-4)

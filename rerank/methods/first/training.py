@@ -49,6 +49,21 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, att
 
 
+def _unique_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the distinct (ids, mask) rows, first occurrence each, and each row's index among them: GRPO repeats
+    every prompt ``num_generations`` times and FIRST's policy reads only the prompt, so one forward per distinct
+    prompt gives every rollout's logits."""
+    index: dict[tuple[int, ...], int] = {}
+    keep: list[int] = []
+    inverse: list[int] = []
+    for i, row in enumerate(torch.cat([ids, mask], dim=1).tolist()):
+        k = index.setdefault(tuple(row), len(index))
+        if k == len(keep):
+            keep.append(i)
+        inverse.append(k)
+    return torch.tensor(keep, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
+
+
 class _RankingCollator:
     """Wraps TRL's collator: pops the ranking columns and adds them as left-padded tensors."""
 
@@ -184,7 +199,7 @@ class RankingSFTTrainer(SFTTrainer):
 class PlackettLuceGRPOTrainer(GRPOTrainer):
     """TRL's ``GRPOTrainer`` whose policy is FIRST's ranking: PL(first-identifier logits / T) over the window.
 
-    Rollouts come through TRL's ``rollout_func``: one forward per prompt, a Gumbel-top-k permutation written as
+    Rollouts come through TRL's ``rollout_func``: one forward per distinct prompt, a Gumbel-top-k permutation as
     ``A] > [C] > …]`` (the prompt already ends at ``[``) plus EOS; only identifier tokens are in the loss mask.
     ``_get_per_token_logps_and_entropies`` returns each identifier's placement log-probability (and the entropy of
     that placement's distribution) for the policy, the old policy and the reference alike.
@@ -223,8 +238,9 @@ class PlackettLuceGRPOTrainer(GRPOTrainer):
         prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
         ids, att = left_pad(prompt_ids, int(tok.pad_token_id if tok.pad_token_id is not None else self._eos))
         device = self.accelerator.device
+        uniq, inverse = _unique_rows(ids, att)
         with torch.no_grad(), self.accelerator.autocast():
-            logits = first_position_logits(self.model, ids.to(device), att.to(device))
+            logits = first_position_logits(self.model, ids[uniq].to(device), att[uniq].to(device))[inverse.to(device)]
         completion_ids, logprobs, env_mask = [], [], []
         for i, prompt in enumerate(prompts):
             n = self._window_size(prompt)
@@ -251,9 +267,11 @@ class PlackettLuceGRPOTrainer(GRPOTrainer):
         prompt, prompt_mask = input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep]
         completion = input_ids[:, -logits_to_keep:].tolist()
         batch_size = batch_size or input_ids.size(0)
+        uniq, inverse = _unique_rows(prompt, prompt_mask)
+        prompt, prompt_mask = prompt[uniq.to(prompt.device)], prompt_mask[uniq.to(prompt.device)]
         with self.accelerator.autocast():
             logits = torch.cat([first_position_logits(model, prompt[b : b + batch_size], prompt_mask[b : b + batch_size])
-                                for b in range(0, prompt.size(0), batch_size)])
+                                for b in range(0, prompt.size(0), batch_size)])[inverse.to(prompt.device)]
         logps = torch.zeros(input_ids.size(0), logits_to_keep, device=logits.device)
         entropies = torch.zeros_like(logps) if compute_entropy else None
         for b, row in enumerate(completion):

@@ -127,6 +127,22 @@ def test_first_ranking_loss_reads_the_lm_forward(work: Path, monkeypatch: pytest
     assert len(shared) == 2 and all(v > 0 for v in shared)
 
 
+def test_first_ranking_loss_under_gradient_accumulation(work: Path) -> None:
+    """Two micro-batches of one accumulated into a step move the weights as one batch of two does (the ranking loss
+    is averaged over the accumulation, like the LM loss)."""
+    from safetensors.torch import load_file
+
+    base = _cfg(work, head="first", template=str(work / "first.yaml"), window=4, max_steps=1, save_steps=1,
+                learning_rate=1e-2)
+    sft({**base, "batch_size": 2}, work / "first-b2")
+    sft({**base, "batch_size": 1, "grad_accum": 2}, work / "first-b1x2")
+    start = load_file(str(work / "llm" / "model.safetensors"))
+    a = load_file(str(work / "first-b2" / "model" / "model.safetensors"))
+    b = load_file(str(work / "first-b1x2" / "model" / "model.safetensors"))
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-3  # the step moved the weights
+    assert all(float((a[k] - b[k]).abs().max()) < 1e-4 for k in a)
+
+
 def test_grpo_unparseable_completions_get_the_format_penalty(work: Path) -> None:
     from transformers import AutoTokenizer
 

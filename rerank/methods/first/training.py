@@ -19,6 +19,7 @@ the gains.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ from rerank.trainers.ranking_losses import lambdarank, listnet, weighted_ranknet
 
 __all__ = ["DEFAULT_WEIGHTS", "RANKING", "PlackettLuceGRPOTrainer", "RankingSFTTrainer", "first_position_logits",
            "left_pad"]
+
+log = logging.getLogger(__name__)
 
 RANKING = {"ranknet": weighted_ranknet, "listnet": listnet, "lambdarank": lambdarank}
 DEFAULT_WEIGHTS = {"ranknet": 10.0, "listnet": 0.1, "lambdarank": 1.0}
@@ -125,6 +128,7 @@ class RankingSFTTrainer(SFTTrainer):
         self.ranking_name = ranking_loss
         self.ranking_weight = DEFAULT_WEIGHTS[ranking_loss] if ranking_weight is None else ranking_weight
         self.identifier_ids = torch.tensor(identifier_token_ids, dtype=torch.long)
+        self._warned_second_forward = False
         pad = self.processing_class.pad_token_id
         self.data_collator = _RankingCollator(self.data_collator, int(pad if pad is not None else 0))
 
@@ -172,6 +176,10 @@ class RankingSFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                          num_items_in_batch=num_items_in_batch)
         ends = self._prompt_ends(inputs, extra) if _plain_logits(model, self.accelerator) else None
+        if ends is None and not self._warned_second_forward:
+            self._warned_second_forward = True
+            log.info("FIRST ranking loss: a second forward over the prompts (the LM batch does not start with each "
+                     "prompt's tokens, or the model transforms its logits)")
         captured: list[torch.Tensor] = []
         handle = None
         if ends is not None:
@@ -188,6 +196,8 @@ class RankingSFTTrainer(SFTTrainer):
             rows = torch.arange(len(ends), device=captured[0].device)
             hidden = captured[0][rows, torch.tensor(ends, device=captured[0].device)]
         rank = self.ranking_loss(model, extra, hidden)
+        if num_items_in_batch is not None:  # the LM loss is already a share of the accumulated step; so is this
+            rank = rank / self.current_gradient_accumulation_steps
         mode = "train" if self.model.training else "eval"
         self._metrics[mode][f"{self.ranking_name}_loss"].append(float(rank.detach()))
         if return_outputs:

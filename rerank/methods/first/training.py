@@ -196,10 +196,10 @@ class RankingSFTTrainer(SFTTrainer):
             rows = torch.arange(len(ends), device=captured[0].device)
             hidden = captured[0][rows, torch.tensor(ends, device=captured[0].device)]
         rank = self.ranking_loss(model, extra, hidden)
-        if num_items_in_batch is not None:  # the LM loss is already a share of the accumulated step; so is this
-            rank = rank / self.current_gradient_accumulation_steps
         mode = "train" if self.model.training else "eval"
         self._metrics[mode][f"{self.ranking_name}_loss"].append(float(rank.detach()))
+        if num_items_in_batch is not None:  # the LM loss is already a share of the accumulated step; so is this
+            rank = rank / self.current_gradient_accumulation_steps
         if return_outputs:
             loss, outputs = result
             return loss + self.ranking_weight * rank, outputs

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Distil SmolLM2-135M-Instruct into an ERank reranker on real text, SFT then GRPO; the model lands in OUT/model.
+# Distil SmolLM2-135M-Instruct into a FIRST reranker on real text, SFT then GRPO; the model lands in OUT/model.
 #   examples/distill-smollm2.sh OUT [--sft KEY=VALUE ...] [--grpo KEY=VALUE ...]
 # (--sft / --grpo options go to that stage's training run as --set KEY=VALUE, e.g. --sft bf16=true on a GPU.)
 # Data (examples/distill-data.sh, read from $RERANK_DATA, else ../shared/data): SciFact train queries with their qrels
-# and sentence-as-query (ICT) queries over SciFact documents and over the DL19 passage pool, each query's hybrid
-# BM25 + all-MiniLM-L6-v2 top 8 labelled 0-10 by the all-MiniLM-L6-v2 bi-encoder (configs/distill/erank-labels.yaml).
-# SFT: configs/distill/smollm2-erank-sft.yaml into OUT/sft; GRPO from OUT/sft/model: smollm2-erank-grpo.yaml into
+# and sentence-as-query (ICT) queries over SciFact documents and over the DL19 passage pool, each query's BM25 top 20
+# ordered by the all-MiniLM-L6-v2 bi-encoder (configs/distill/first-labels.yaml).
+# SFT: configs/distill/smollm2-first-sft.yaml into OUT/sft; GRPO from OUT/sft/model: smollm2-first-grpo.yaml into
 # OUT. DL19 qrels and SciFact test are never read. Every step is resumable: run the same command again after an
 # interruption; finished steps are kept, a training run continues from its last checkpoint.
 set -euo pipefail
@@ -26,11 +26,11 @@ while [ $# -gt 0 ]; do
 done
 here=$(cd "$(dirname "$0")" && pwd)
 cfg=$(cd "$here/.." && pwd)/configs/distill
-train=$out/data/erank-train.jsonl
+train=$out/data/first-train.jsonl
 
-bash "$here/distill-data.sh" "$out/data" erank "$cfg/erank-labels.yaml"
+bash "$here/distill-data.sh" "$out/data" first "$cfg/first-labels.yaml"
 
-bash "$here/train-stage.sh" sft "$cfg/smollm2-erank-sft.yaml" "$out/sft" --set "data.path=$train" "${sft[@]}"
-bash "$here/train-stage.sh" grpo "$cfg/smollm2-erank-grpo.yaml" "$out" --set "data.path=$train" \
+bash "$here/train-stage.sh" sft "$cfg/smollm2-first-sft.yaml" "$out/sft" --set "data.path=$train" "${sft[@]}"
+bash "$here/train-stage.sh" grpo "$cfg/smollm2-first-grpo.yaml" "$out" --set "data.path=$train" \
   --set "model=$out/sft/model" "${grpo[@]}"
 echo "model: $out/model"

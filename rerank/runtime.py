@@ -183,8 +183,10 @@ class Runner:
         else:
             import openvino as ov
 
+            # float32 as exported: on CPUs with bfloat16 units (avx512_bf16, AMX) OpenVINO would otherwise run bf16
             compiled = ov.Core().compile_model(str(path), "CPU", {
                 "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                "INFERENCE_PRECISION_HINT": "f32",
             })
             self._request = compiled.create_infer_request()
 

@@ -5,6 +5,7 @@ to 127.0.0.1 only."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import signal
@@ -155,24 +156,27 @@ def test_stalled_connections_do_not_starve_real_clients(tmp_path: Path) -> None:
 
 
 def test_abandoned_requests_are_not_scored(tmp_path: Path, tiny_bert_dir: Path) -> None:
-    """150 requests to the tiny cross-encoder (64 documents each, about 10 s of scoring in all) whose clients leave
-    after 0.5 s: the server drops them from its queue, and a fresh request is answered within 5 s."""
+    """150 to 240 requests to the tiny cross-encoder (128 documents each; as many as make 15 s of scoring on this
+    machine, within the server's queue of 256) whose clients leave after 0.5 s: the server drops them from its queue,
+    and a fresh request is answered within 5 s."""
     from rerank.testing.tokenizer import corpus_lines
 
     lines = [ln for ln in corpus_lines() if ln.strip()]
-    docs = [" ".join(lines[i : i + 6]) for i in range(64)]
+    docs = [" ".join(lines[i : i + 6]) for i in range(128)]
     log = tmp_path / "serve.log"
     with server(["--reranker", "cross-encoder", "--model", str(tiny_bert_dir)], log, entry="cli") as base:
         port = int(base.rsplit(":", 1)[1])
-        t = time.perf_counter()
-        single = httpx.post(f"{base}/v1/rerank", json={"query": lines[100], "documents": docs}, timeout=60)
-        per_request = time.perf_counter() - t
-        assert single.status_code == 200
+        for _ in range(2):  # the second is timed: warm
+            t = time.perf_counter()
+            single = httpx.post(f"{base}/v1/rerank", json={"query": lines[100], "documents": docs}, timeout=60)
+            per_request = time.perf_counter() - t
+            assert single.status_code == 200
+        n = min(240, max(150, math.ceil(15.0 / per_request)))
         body = json.dumps({"query": lines[200], "documents": docs}).encode()
         request = (f"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         clients = []
-        for _ in range(150):
+        for _ in range(n):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             s.sendall(request)
             clients.append(s)
@@ -185,9 +189,9 @@ def test_abandoned_requests_are_not_scored(tmp_path: Path, tiny_bert_dir: Path) 
         text = httpx.get(f"{base}/metrics").text
     scored = next(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("rerank_batch_size_sum"))
     abandoned = next(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("rerank_abandoned_total"))
-    assert abandoned >= 100 and scored < 60, (abandoned, scored)
-    assert 150 * per_request > 2 * 5.0, f"the abandoned work ({150 * per_request:.1f} s) is too small to test this"
-    print(f"one request {per_request:.3f} s (150: ~{150 * per_request:.0f} s); fresh request after 150 abandoned: "
+    assert abandoned >= 2 * n / 3 and scored < 60 + 2, (n, abandoned, scored)  # + the two timed requests
+    assert n * per_request > 2 * 5.0, f"the abandoned work ({n * per_request:.1f} s) is too small to test this"
+    print(f"one request {per_request:.3f} s ({n}: ~{n * per_request:.0f} s); fresh request after {n} abandoned: "
           f"{seconds:.2f} s; scored {scored:.0f}, abandoned {abandoned:.0f}")
 
 

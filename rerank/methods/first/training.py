@@ -52,19 +52,11 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, att
 
 
-def _unique_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the distinct (ids, mask) rows, first occurrence each, and each row's index among them: GRPO repeats
-    every prompt ``num_generations`` times and FIRST's policy reads only the prompt, so one forward per distinct
-    prompt gives every rollout's logits."""
-    index: dict[tuple[int, ...], int] = {}
-    keep: list[int] = []
-    inverse: list[int] = []
-    for i, row in enumerate(torch.cat([ids, mask], dim=1).tolist()):
-        k = index.setdefault(tuple(row), len(index))
-        if k == len(keep):
-            keep.append(i)
-        inverse.append(k)
-    return torch.tensor(keep, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
+def _unique_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct (ids, mask) rows and each row's index among them: GRPO repeats every prompt ``num_generations``
+    times and FIRST's policy reads only the prompt, so one forward per distinct prompt gives every rollout's logits."""
+    rows, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+    return rows[:, : ids.size(1)], rows[:, ids.size(1) :], inverse
 
 
 class _RankingCollator:
@@ -106,9 +98,8 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplie
                      "logits_scaling")
 
 
-def _plain_logits(model: Any, accelerator: Any) -> bool:
-    """Whether the model's logits are its LM head applied to the last hidden state, with nothing after it."""
-    lm = _causal_lm(accelerator.unwrap_model(model))
+def _plain_logits(lm: Any) -> bool:
+    """Whether the causal LM's logits are its LM head applied to the last hidden state, with nothing after it."""
     text = lm.config.get_text_config()
     return (all(getattr(text, k, None) in (None, 1.0) for k in _LOGIT_TRANSFORMS)
             and lm.get_output_embeddings() is not None and hasattr(lm, "base_model") and lm.base_model is not lm)
@@ -163,7 +154,7 @@ class RankingSFTTrainer(SFTTrainer):
             start = int(target[0])
             prompt = extra["rank_input_ids"][b][extra["rank_attention_mask"][b].bool()]
             seq = inputs["input_ids"][b]
-            if start != prompt.numel() or start == 0 or not torch.equal(seq[:start].cpu(), prompt.cpu()):
+            if start != prompt.numel() or start == 0 or not torch.equal(seq[:start], prompt.to(seq.device)):
                 return None
             ends.append(start - 1)
         return ends
@@ -175,7 +166,8 @@ class RankingSFTTrainer(SFTTrainer):
         if not extra:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                          num_items_in_batch=num_items_in_batch)
-        ends = self._prompt_ends(inputs, extra) if _plain_logits(model, self.accelerator) else None
+        lm = _causal_lm(self.accelerator.unwrap_model(model))
+        ends = self._prompt_ends(inputs, extra) if _plain_logits(lm) else None
         if ends is None and not self._warned_second_forward:
             self._warned_second_forward = True
             log.info("FIRST ranking loss: a second forward over the prompts (the LM batch does not start with each "
@@ -183,8 +175,7 @@ class RankingSFTTrainer(SFTTrainer):
         captured: list[torch.Tensor] = []
         handle = None
         if ends is not None:
-            backbone = _causal_lm(self.accelerator.unwrap_model(model)).base_model
-            handle = backbone.register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
+            handle = lm.base_model.register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
         try:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
@@ -248,9 +239,9 @@ class PlackettLuceGRPOTrainer(GRPOTrainer):
         prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
         ids, att = left_pad(prompt_ids, int(tok.pad_token_id if tok.pad_token_id is not None else self._eos))
         device = self.accelerator.device
-        uniq, inverse = _unique_rows(ids, att)
+        ids, att, inverse = _unique_rows(ids, att)
         with torch.no_grad(), self.accelerator.autocast():
-            logits = first_position_logits(self.model, ids[uniq].to(device), att[uniq].to(device))[inverse.to(device)]
+            logits = first_position_logits(self.model, ids.to(device), att.to(device))[inverse.to(device)]
         completion_ids, logprobs, env_mask = [], [], []
         for i, prompt in enumerate(prompts):
             n = self._window_size(prompt)
@@ -277,8 +268,7 @@ class PlackettLuceGRPOTrainer(GRPOTrainer):
         prompt, prompt_mask = input_ids[:, :-logits_to_keep], attention_mask[:, :-logits_to_keep]
         completion = input_ids[:, -logits_to_keep:].tolist()
         batch_size = batch_size or input_ids.size(0)
-        uniq, inverse = _unique_rows(prompt, prompt_mask)
-        prompt, prompt_mask = prompt[uniq.to(prompt.device)], prompt_mask[uniq.to(prompt.device)]
+        prompt, prompt_mask, inverse = _unique_rows(prompt, prompt_mask)
         with self.accelerator.autocast():
             logits = torch.cat([first_position_logits(model, prompt[b : b + batch_size], prompt_mask[b : b + batch_size])
                                 for b in range(0, prompt.size(0), batch_size)])[inverse.to(prompt.device)]

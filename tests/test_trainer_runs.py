@@ -517,3 +517,44 @@ def test_distillation_options_belong_to_distillation_losses() -> None:
         load_train_config(SFTTrainConfig, None, [*base, "loss=listwise-kl", "distill_temperature=0"])
     cfg = load_train_config(SFTTrainConfig, None, [*base, "loss=listwise-kl"])
     assert (cfg.group_size, cfg.distill_temperature, cfg.positive_bonus) == (0, 1.0, 0.0)
+
+
+
+def test_window_order_first_stage_keeps_the_data_order(work: Path) -> None:
+    """``window_order: first_stage`` cuts windows in the data's (first-stage) order and puts candidates without a
+    first-stage score (qrels positives the recipe appends) at seeded places, so the last passage is no tell; the
+    SFT target is the teacher's order either way; ``shuffled`` (the default) reorders; an unknown order is an error."""
+    from transformers import AutoTokenizer
+
+    from rerank.config import from_dict
+    from rerank.errors import ConfigError
+    from rerank.trainers.data import teacher_order
+    from rerank.trainers.sft_trainer import SFTTrainConfig
+    from rerank.trainers.task import build_task
+
+    tok = AutoTokenizer.from_pretrained(str(work / "llm"))
+    ex = synthetic_ranking_examples(1, num_candidates=8, seed=4)[0]
+    for j, c in enumerate(ex["candidates"]):
+        c["score"] = float(100 - j)
+    del ex["candidates"][-1]["score"]  # a positive the first stage missed, appended last as the recipe does
+
+    def task(order: str) -> Any:
+        cfg = from_dict(SFTTrainConfig, _cfg(work, head="first", template=str(work / "first.yaml"), window=8,
+                                             window_order=order))
+        return build_task("first", tok, cfg)
+
+    stage, shuffled = task("first_stage"), task("shuffled")
+    assert shuffled.cfg.window_order == from_dict(SFTTrainConfig, _cfg(work)).window_order  # the default
+    got = stage.windows(ex, 8)[0]
+    assert sorted(got) == list(range(8)) and [j for j in got if j != 7] == list(range(7))
+    assert shuffled.windows(ex, 8)[0] != list(range(8))
+    places = {stage.windows({**ex, "qid": f"q{q}"}, 8)[0].index(7) for q in range(8)}
+    assert len(places) > 1  # seeded per query, not always last
+    rank = {j: r for r, j in enumerate(teacher_order(ex), 1)}
+    row = stage.sft_rows(ex)[0]
+    assert row["rank_ranks"] == [rank[j] for j in got]
+    # with no first-stage scores at all, the data's order as it is
+    bare = {**ex, "candidates": [{k: v for k, v in c.items() if k != "score"} for c in ex["candidates"]]}
+    assert stage.windows(bare, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ConfigError, match="window_order"):
+        from_dict(SFTTrainConfig, _cfg(work, head="first", window_order="bm25"))

@@ -95,9 +95,22 @@ class Task:
         return out
 
     def windows(self, example: dict[str, Any], size: int) -> list[list[int]]:
-        """Candidate indices cut into groups of ``size`` after a seeded shuffle (per query), for window prompts."""
-        idx = list(range(len(example["candidates"])))
-        random.Random(f"{self.cfg.seed}\x00{example['qid']}").shuffle(idx)
+        """Candidate indices cut into groups of ``size`` in the configured ``window_order``.
+
+        ``shuffled``: a seeded shuffle per query. ``first_stage``: the order the data lists the candidates (a
+        first-stage ranking, as ``rerank data build`` writes it), except that candidates the first stage did not
+        return (no ``score``: qrels positives added by ``include_positives``, appended at the end) go to seeded random
+        places, so a window's last passage is not a tell; with no scores at all, the data's order as it is."""
+        n = len(example["candidates"])
+        rng = random.Random(f"{self.cfg.seed}\x00{example['qid']}")
+        if self.cfg.window_order == "first_stage":
+            scored = [j for j in range(n) if example["candidates"][j].get("score") is not None]
+            idx = scored if scored else list(range(n))
+            for j in (j for j in range(n) if scored and example["candidates"][j].get("score") is None):
+                idx.insert(rng.randint(0, len(idx)), j)
+        else:
+            idx = list(range(n))
+            rng.shuffle(idx)
         return [idx[i : i + size] for i in range(0, len(idx), size) if len(idx[i : i + size]) >= 2]
 
     def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:

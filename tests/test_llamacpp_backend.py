@@ -1,7 +1,7 @@
 """The llama.cpp backend (``--backend llamacpp``) against the transformers backend on the same GGUF weights.
 
-Without ``llama-cpp-python`` (the extra ``llamacpp``; it builds llama.cpp from source, so CI does not install it)
-only the checks that need no model run (registration, options, the one-line error naming the extra); the rest skip
+Without ``llama-cpp-python`` (the extra ``llamacpp``, built from source; CI installs it from
+``requirements/llamacpp.txt``) only the checks that need no model run (registration, options, the one-line error naming the extra); the rest skip
 and say why. With it:
 
 * a tiny Qwen2 written as an F32 GGUF (``rerank.testing.gguf``): llama.cpp and transformers read identical weights,

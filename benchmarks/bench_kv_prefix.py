@@ -42,7 +42,8 @@ from bench_listwise import load_dl19  # noqa: E402  (the DL19 lists bench_listwi
 #: Qwen3-Reranker's own template cannot run on SmolLM2 (its tokenizer merges "\n\n" with "yes").
 INSTRUCTION = ("Given a web search query, retrieve relevant passages that answer the query. A passage is relevant "
                "when it states the answer or facts from which the answer follows; a passage on the same topic that "
-               "does not answer the question is not relevant, and neither is one that only repeats the query.")
+               "does not answer the question is not relevant, and neither is one that only repeats the query. "
+               "Judge each passage by what it says, not by its source or style.")
 
 
 R = TypeVar("R")

@@ -1,8 +1,8 @@
 """The llama.cpp backend (``--backend llamacpp``) against the transformers backend on the same GGUF weights.
 
 Without ``llama-cpp-python`` (the extra ``llamacpp``, built from source; CI installs it from
-``requirements/llamacpp.txt``) only the checks that need no model run (registration, options, the one-line error naming the extra); the rest skip
-and say why. With it:
+``requirements/llamacpp.txt``) only the checks that need no model run (registration, options, the one-line error
+naming the extra); the rest skip and say why. With it:
 
 * a tiny Qwen2 written as an F32 GGUF (``rerank.testing.gguf``): llama.cpp and transformers read identical weights,
   so log-probs agree within :data:`F32_ATOL`, greedy text is identical and every head ranks identically;

@@ -158,6 +158,35 @@ def test_false_negative_filters(tiny_beir_dir: Path, tiny_st_dir: Path, tmp_path
     assert expected and got.keys() == expected.keys() and all(got[q] == expected[q] for q in got)
 
 
+def test_bi_encoder_filter_encodes_each_document_once(tiny_st_dir: Path) -> None:
+    """Overlapping windows: a document already scored is not re-encoded, scores equal a fresh encoding, and the
+    memo stays within its bound (least recently used dropped)."""
+    from sentence_transformers import SentenceTransformer
+
+    from rerank.data_recipes.mining import _BiEncoderScorer
+    from rerank.types import Document
+
+    docs = [Document(f"d{i}", f"document {i} about topic {i % 3}", f"title {i}") for i in range(6)]
+    scorer = _BiEncoderScorer(str(tiny_st_dir), max_cached=4)
+    encoded: list[str] = []
+    real = scorer.model.encode
+
+    def spy(texts: list[str], **kw: Any) -> Any:
+        encoded.extend(texts)
+        return real(texts, **kw)
+
+    scorer.model.encode = spy
+    ref = SentenceTransformer(str(tiny_st_dir), device="cpu")
+    for query, idx in (("topic one", [0, 1, 2]), ("topic two", [1, 2, 3]), ("topic one", [2, 0, 3, 0])):
+        got = scorer.scores(query, [docs[i] for i in idx])
+        emb = ref.encode([query] + [docs[i].full_text() for i in idx], normalize_embeddings=True)
+        assert got == pytest.approx([float(v) for v in emb[1:] @ emb[0]], abs=1e-5)
+    texts = [t for t in encoded if t.startswith("title")]
+    assert sorted(texts) == sorted(docs[i].full_text() for i in range(4))  # d0..d3 once each
+    scorer.scores("topic", [docs[4], docs[5]])
+    assert len(scorer._docs) == 4 and "d1" not in scorer._docs and {"d4", "d5", "d0", "d3"} == set(scorer._docs)
+
+
 def test_teacher_labels_erank_first_grouprank(tiny_beir_dir: Path, tmp_path: Path) -> None:
     base = {"recipe": "teacher_labels", "source": {"dataset": str(tiny_beir_dir), "split": "train"},
             "first_stage": {"retriever": "test-overlap", "depth": 12}, "candidates": 6}

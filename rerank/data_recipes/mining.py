@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import read_run
@@ -133,9 +136,12 @@ class HardNegativesConfig:
 
 
 class _BiEncoderScorer:
-    """Cosine similarity of a sentence-transformers bi-encoder (normalised embeddings)."""
+    """Cosine similarity of a sentence-transformers bi-encoder (normalised embeddings).
 
-    def __init__(self, model: str) -> None:
+    Mined windows overlap across queries (on SciFact train each abstract recurs ~8 times), so document embeddings are
+    kept by id, the least recently used dropped past ``max_cached`` (100k 384-d vectors: ~150 MB)."""
+
+    def __init__(self, model: str, max_cached: int = 100_000) -> None:
         from sentence_transformers import SentenceTransformer
 
         try:  # registered packaged models (e.g. all-MiniLM-L6-v2) resolve to their installed folder
@@ -145,11 +151,23 @@ class _BiEncoderScorer:
         except ImportError:
             pass
         self.model = SentenceTransformer(model, device="cpu", trust_remote_code=False)
+        self.max_cached = max_cached
+        self._docs: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def scores(self, query: str, docs: list[Document]) -> list[float]:
-        q = self.model.encode([query], normalize_embeddings=True, convert_to_numpy=True)
-        d = self.model.encode([x.full_text() for x in docs], normalize_embeddings=True, convert_to_numpy=True)
-        return [float(v) for v in (d @ q[0])]
+        q = self.model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+        new = list(dict.fromkeys(x.id for x in docs if x.id not in self._docs))
+        if new:
+            text = {x.id: x.full_text() for x in docs}
+            emb = self.model.encode([text[i] for i in new], normalize_embeddings=True, convert_to_numpy=True)
+            self._docs.update(zip(new, emb, strict=True))
+        out = []
+        for x in docs:
+            self._docs.move_to_end(x.id)
+            out.append(float(self._docs[x.id] @ q))
+        while len(self._docs) > self.max_cached:
+            self._docs.popitem(last=False)
+        return out
 
 
 class HardNegativesRecipe(_OverRun):

@@ -156,10 +156,10 @@ class _BiEncoderScorer:
 
     def scores(self, query: str, docs: list[Document]) -> list[float]:
         q = self.model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
-        new = list(dict.fromkeys(x.id for x in docs if x.id not in self._docs))
+        new = {x.id: x for x in docs if x.id not in self._docs}
         if new:
-            text = {x.id: x.full_text() for x in docs}
-            emb = self.model.encode([text[i] for i in new], normalize_embeddings=True, convert_to_numpy=True)
+            emb = self.model.encode([x.full_text() for x in new.values()], normalize_embeddings=True,
+                                    convert_to_numpy=True)
             self._docs.update(zip(new, emb, strict=True))
         out = []
         for x in docs:

@@ -171,3 +171,41 @@ def test_a_trained_model_is_named_by_its_training_folder() -> None:
     assert model_label("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert model_label("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
     assert model_label("model") == "model"
+
+
+def test_leaderboard_workers_rank_as_one_process_and_share_the_cache(tiny_beir_dir: Path, tiny_bert_dir: Path,
+                                                                     tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    """``--workers 2`` reranks each cell in two processes: the run of one process, recorded per cell and in the
+    Markdown; the cell hash leaves the count out, so a later run with any count reuses the cell."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_beir_dir, data / "tiny")
+    cfg_path = tmp_path / "lb.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "name": "workers", "published": False, "significance": {"samples": 200},
+        "columns": [{"label": "tiny", "dataset": "tiny", "top_k": 10}],
+        "rows": [{"name": "bm25", "retriever": "bm25"},
+                 {"name": "bm25 > ce", "retriever": "bm25", "reranker": "cross-encoder", "model": str(tiny_bert_dir),
+                  "reranker_options": {"batch_size": 4}}],
+    }), encoding="utf-8")
+    outs = {}
+    for workers in (1, 2):
+        res = tmp_path / f"w{workers}"
+        rc, out, err = run_cli("leaderboard", "--config", cfg_path, "--data-root", data, "--results-dir", res,
+                               "--output-md", res / "lb.md", "--workers", workers)
+        assert rc == 0 and "2 cells run, 0 reused" in out, err
+        outs[workers] = res
+    ce = Path("bm25_ce") / "tiny"
+    assert (outs[1] / ce / "run.trec").read_bytes() == (outs[2] / ce / "run.trec").read_bytes()
+    assert json.loads((outs[2] / ce / "cell.json").read_text())["workers"] == 2
+    assert json.loads((outs[2] / "bm25" / "tiny" / "cell.json").read_text())["workers"] == 1  # no reranker: no pool
+    pooled = json.loads((outs[2] / ce / "metrics.json").read_text())
+    assert pooled["reranker"]["workers"]["processes"] == 2
+    assert pooled["config"]["llm_cache"] is False  # timed model calls, as the one-process path (no cache scope)
+    assert "Reranked in worker processes" in (outs[2] / "lb.md").read_text()
+    assert "worker processes" not in (outs[1] / "lb.md").read_text()
+    rc, out, err = run_cli("leaderboard", "--config", cfg_path, "--data-root", data, "--results-dir", outs[2],
+                           "--output-md", outs[2] / "lb.md")
+    assert rc == 0 and "0 cells run, 2 reused" in out, err
+    assert "bm25 > ce (2)" in (outs[2] / "lb.md").read_text()  # a reused cell keeps the count it ran with
+    rc, _, err = run_cli("leaderboard", "--config", cfg_path, "--data-root", data, "--workers", "0")
+    assert rc == 2 and "Traceback" not in err

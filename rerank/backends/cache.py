@@ -10,8 +10,9 @@ it came from the cache; a generation's line also says how the head parsed it (``
 "repaired" | "failed", "fixes": [...]}``, what had to be repaired; null when no head parsed it). Generation lines are
 written once their parse is known, in the order they were generated.
 
-``rerank eval`` (and so the leaderboard) wraps the LLM heads' backends by default (``--no-llm-cache`` turns it off,
-``--log-llm-io FILE.jsonl`` writes the log); ``serve`` and the Python API do not unless :func:`llm_cache_scope` asks.
+``rerank eval`` wraps the LLM heads' backends by default (``--no-llm-cache`` turns it off, ``--log-llm-io
+FILE.jsonl`` writes the log); ``rerank leaderboard`` (its cells are cached whole, and timed), ``serve`` and the Python
+API do not unless :func:`llm_cache_scope` asks.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rerank.cli.common import add_data_root
+from rerank.cli.common import add_data_root, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-md", default=None,
                    help="Markdown leaderboard path; the plot is written beside it as .png "
                    "(default: <results-dir>/leaderboard.md)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="reranking processes per cell, as rerank eval --workers (the same rankings; a cached cell is "
+                   "reused whatever count it ran with; default 1)")
     add_data_root(p)
     p.set_defaults(func=run)
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.leaderboard import run_leaderboard
 
     report = run_leaderboard(args.config, data_root=args.data_root, results_dir=args.results_dir, force=args.force,
-                             output_md=args.output_md, only_cached=args.only_cached)
+                             output_md=args.output_md, only_cached=args.only_cached, workers=args.workers)
     ran = sum(1 for d in report["cells"].values() for c in d.values() if not c["reused"])
     reused = sum(1 for d in report["cells"].values() for c in d.values() if c["reused"])
     print(f"leaderboard {report['name']!r}: {ran} cells run, {reused} reused -> {report['markdown']}, "

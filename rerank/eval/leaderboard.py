@@ -255,13 +255,18 @@ def run_leaderboard(
     output_md: str | Path | None = None,
     progress: bool = True,
     only_cached: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run (or reuse) every cell, then write ``leaderboard.json``, the Markdown leaderboard and its PNG plot.
 
-    ``only_cached``: run nothing; cells without results of the same hash are listed as not run.
+    ``only_cached``: run nothing; cells without results of the same hash are listed as not run. ``workers`` > 1:
+    each reranking cell reranks in that many processes (``rerank eval --workers``: the same run and scores as one, so
+    the cell hash does not include it and a cell is reused whatever the count it ran with); recorded per cell.
     """
     if only_cached and force:
         raise ConfigError("--only-cached and --force contradict each other")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     cfg, cfg_path = load_config(config_path)
     results = Path(results_dir) if results_dir is not None else cache_root() / "leaderboard" / _slug(cfg.name)
     results.mkdir(parents=True, exist_ok=True)
@@ -307,7 +312,10 @@ def run_leaderboard(
                 notes.append(f"cell '{row.name}' x '{col.label}' not run (no cached result for its config)")
                 continue
             if metrics is None:
-                if reranker is None and row.reranker is not None:
+                if row.reranker is not None and workers > 1:
+                    ecfg.workers = workers  # after the hash: the run does not depend on it
+                    ecfg.llm_cache = False  # as in one process: a cell's queries/s are its model calls' own
+                elif reranker is None and row.reranker is not None:
                     from rerank.heads.base import Reranker
 
                     reranker = Reranker.load(row.reranker, model=row.model, backend=row.backend,
@@ -317,11 +325,12 @@ def run_leaderboard(
                 load0 = os.getloadavg()[0]
                 metrics = run_eval(ecfg, reranker=reranker, progress=progress)
                 saved = {"hash": h, "row": to_dict(row), "column": to_dict(col),
-                         "load_avg_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count()}
+                         "load_avg_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count(),
+                         "workers": ecfg.workers}
                 write_json(saved, cell_file)
             load = saved.get("load_avg_1min") if saved else None
             cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out),
-                                          "load_avg_1min": load}
+                                          "load_avg_1min": load, "workers": (saved or {}).get("workers", 1)}
         if reranker is not None:
             reranker.close()
     report = _assemble(cfg, cells, notes)
@@ -463,6 +472,14 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         lines += ["", f"Machine load while cells ran: 1-minute load average up to {hi:.1f} on {os.cpu_count()} "
                   "CPU(s) (per cell in `leaderboard.json`); queries/s measured under different loads are not "
                   "comparable."]
+    pooled: dict[str, int] = {}
+    for rname, d in report["cells"].items():
+        for x in d.values():
+            if x.get("workers", 1) > 1:
+                pooled[rname] = max(pooled.get(rname, 1), x["workers"])
+    if pooled:
+        lines += ["", "Reranked in worker processes (`--workers`: the rankings of one process; queries/s counts them "
+                  "all): " + "; ".join(f"{r} ({n})" for r, n in pooled.items()) + "."]
     row_notes = [f"- {r['name']}: {r['note']}" for r in report["rows"] if r["note"]]
     if row_notes or report["notes"]:
         lines += ["", "Notes:", "", *row_notes, *(f"- {n}" for n in report["notes"])]

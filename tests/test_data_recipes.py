@@ -373,6 +373,40 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
     assert backend.calls["generate"] == 5
 
 
+def test_query_synthesis_consistency_filter(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    """consistency_k keeps a query only when the first stage finds its source document in the top k."""
+    from rerank.testing import build_tokenizer
+
+    spec = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+            "max_docs": 8, "min_doc_chars": 10, "first_stage": {"retriever": "test-overlap", "depth": 5},
+            "num_negatives": 2, "consistency_k": 1}
+    cfg = from_dict(QuerySynthesisConfig, {k: v for k, v in spec.items() if k != "recipe"})
+    written: list[str] = []
+
+    def answer(prompt: str) -> str:  # even calls: the document's own words; odd calls: words in no document
+        i = len(written)
+        written.append(" ".join(_doc_words(prompt)[:12]) if i % 2 == 0 else f"zq{i} zr{i} zs{i}")
+        return written[-1]
+
+    recipe = QuerySynthesisRecipe(cfg, backend=ScriptedBackend(build_tokenizer(), generate_fn=answer))
+    units = recipe.units()
+    m = build(spec, tmp_path / "o", progress=False, recipe_obj=recipe)
+    rows = read_rows(tmp_path / "o" / "data.jsonl")
+    retriever = OverlapRetriever.from_dataset(resolve_dataset(tiny_beir_dir))
+    found = [u for u, q in zip(units, written, strict=True)
+             if retriever.retrieve({"q": Query("q", q)}, 1)["q"][0][0] == u]
+    assert [r["candidates"][0]["id"] for r in rows] == found
+    assert 0 < len(found) < len(units)  # the document's own words find it; words in no document do not
+    assert m["source"]["dropped_queries"]["inconsistent"] == len(units) - len(rows)
+    assert m["source"]["consistency_k"] == 1
+    assert all(r["labels"] == [1, 0, 0] for r in rows)
+    with pytest.raises(ValueError, match="consistency_k needs a first_stage retriever"):
+        from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"}, "consistency_k": 1})
+    with pytest.raises(ValueError, match="consistency_k must be in"):
+        from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"}, "consistency_k": 6,
+                                         "first_stage": {"retriever": "test-overlap", "depth": 5}})
+
+
 def test_data_cli_lists_recipes(run_cli) -> None:
     rc, out, _ = run_cli("data", "recipes")
     assert rc == 0 and "scifact-hard-negatives" in out

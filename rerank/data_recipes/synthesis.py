@@ -3,9 +3,11 @@
 
 Documents are sampled (seeded) from the corpus; each generated query is cleaned (first line, quotes and a leading
 ``Query:`` removed), then de-duplicated: exact duplicates after normalisation and near-duplicates whose word-set
-Jaccard similarity with an already kept query reaches ``dedup_jaccard`` are dropped. Each kept query becomes a row
-with its source document as the positive (label 1) and, when a first stage is given, negatives from its ranks
-``negative_window`` for that query (the source document excluded; label 0).
+Jaccard similarity with an already kept query reaches ``dedup_jaccard`` are dropped. With ``consistency_k`` a query
+is kept only when the first stage ranks its source document within its top k (the round-trip consistency filter of
+Promptagator and InPars: a query that does not find its own document is more likely noise than a hard query). Each
+kept query becomes a row with its source document as the positive (label 1) and, when a first stage is given,
+negatives from its ranks ``negative_window`` for that query (the source document excluded; label 0).
 """
 
 from __future__ import annotations
@@ -56,11 +58,18 @@ class QuerySynthesisConfig:
     first_stage: FirstStageSpec | None = None
     negative_window: list[int] = field(default_factory=lambda: [1, 30])
     num_negatives: int = 7
+    consistency_k: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.dedup_jaccard <= 1:
             raise ValueError("dedup_jaccard must be in (0, 1]")
+        if self.consistency_k is not None:
+            if self.first_stage is None or self.first_stage.retriever is None:
+                raise ValueError("consistency_k needs a first_stage retriever to find each query's source document")
+            if not 1 <= self.consistency_k <= self.first_stage.depth:
+                raise ValueError(f"consistency_k must be in [1, first_stage depth {self.first_stage.depth}], "
+                                 f"got {self.consistency_k}")
         if len(self.negative_window) != 2 or not 1 <= self.negative_window[0] <= self.negative_window[1]:
             raise ValueError(f"negative_window must be [start, end] 1-based ranks, got {self.negative_window}")
 
@@ -103,6 +112,8 @@ class QuerySynthesisRecipe(Recipe):
         self.kept: list[set[str]] = []
         self.kept_norm: set[str] = set()
         self.dropped = {"empty_or_short": 0, "duplicate": 0, "near_duplicate": 0}
+        if config.consistency_k is not None:
+            self.dropped["inconsistent"] = 0
 
     @property
     def backend(self) -> Any:
@@ -165,20 +176,16 @@ class QuerySynthesisRecipe(Recipe):
         if why is not None:
             self.dropped[why] += 1
             return []
+        qid = f"synth-{unit}"
+        ranked = self._first_stage(qid, q)
+        k = self.config.consistency_k
+        if k is not None and unit not in [d for d, _ in ranked[:k]]:
+            self.dropped["inconsistent"] += 1
+            return []
         self._keep(q)
         cands = [{"id": doc.id, "text": doc.text, **({"title": doc.title} if doc.title else {})}]
         labels = [1]
-        fs = self.config.first_stage
-        if fs is not None:
-            if self._retriever is None:
-                from rerank.retrieval.base import build_retriever
-
-                if fs.retriever is None:
-                    raise ValueError("query synthesis negatives need a first_stage retriever (a run cannot know "
-                                     "synthetic queries)")
-                self._retriever = build_retriever(fs.retriever, self.dataset, **fs.options)
-            qid = f"synth-{unit}"
-            ranked = sort_ranking(self._retriever.retrieve({qid: Query(qid, q)}, k=fs.depth).get(qid, []))
+        if self.config.first_stage is not None:
             lo, hi = self.config.negative_window
             negs = [(d, s) for d, s in ranked[lo - 1 : hi] if d != unit][: self.config.num_negatives]
             for d, s in negs:
@@ -186,13 +193,28 @@ class QuerySynthesisRecipe(Recipe):
                 cands.append({"id": nd.id, "text": nd.text, **({"title": nd.title} if nd.title else {}),
                               "score": float(s)})
                 labels.append(0)
-        return [{"qid": f"synth-{unit}", "query": q, "candidates": cands, "labels": labels}]
+        return [{"qid": qid, "query": q, "candidates": cands, "labels": labels}]
+
+    def _first_stage(self, qid: str, q: str) -> list[tuple[str, float]]:
+        """The first stage's ranking for the synthetic query, best first ([] without a first stage)."""
+        fs = self.config.first_stage
+        if fs is None:
+            return []
+        if self._retriever is None:
+            from rerank.retrieval.base import build_retriever
+
+            if fs.retriever is None:
+                raise ValueError("query synthesis negatives need a first_stage retriever (a run cannot know "
+                                 "synthetic queries)")
+            self._retriever = build_retriever(fs.retriever, self.dataset, **fs.options)
+        return sort_ranking(self._retriever.retrieve({qid: Query(qid, q)}, k=fs.depth).get(qid, []))
 
     def source(self) -> dict[str, Any]:
         g = self.config.generator
         return {"dataset": self.dataset.name, "root": str(self.dataset.root),
                 "corpus_sha256": self.dataset.corpus_hash,
                 "generator": {"kind": g.kind, "model": g.model, "backend": g.backend, "template": g.template},
+                **({"consistency_k": self.config.consistency_k} if self.config.consistency_k else {}),
                 "dropped_queries": dict(self.dropped)}
 
     def close(self) -> None:

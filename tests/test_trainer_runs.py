@@ -140,7 +140,10 @@ def test_first_ranking_loss_under_gradient_accumulation(work: Path) -> None:
     a = load_file(str(work / "first-b2" / "model" / "model.safetensors"))
     b = load_file(str(work / "first-b1x2" / "model" / "model.safetensors"))
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-3  # the step moved the weights
-    assert all(float((a[k] - b[k]).abs().max()) < 1e-4 for k in a)
+    # Adam's first step moves a weight by about +-lr (1e-2), so a ranking loss weighted differently under accumulation
+    # flips gradient signs and leaves differences of 2e-2; float noise between one padded batch of two and two batches
+    # of one stays below 2e-4 (Intel Xeon and AMD EPYC kernels differ there), hence the 1e-3 bound
+    assert all(float((a[k] - b[k]).abs().max()) < 1e-3 for k in a)
 
 
 def test_grpo_unparseable_completions_get_the_format_penalty(work: Path) -> None:

@@ -405,6 +405,9 @@ def test_query_synthesis_consistency_filter(tiny_beir_dir: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="consistency_k must be in"):
         from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"}, "consistency_k": 6,
                                          "first_stage": {"retriever": "test-overlap", "depth": 5}})
+    with pytest.raises(ValueError, match="not a run"):  # refused with the config, before any generation
+        from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"},
+                                         "first_stage": {"run": "bm25.trec"}})
 
 
 def test_data_cli_lists_recipes(run_cli) -> None:

@@ -64,8 +64,11 @@ class QuerySynthesisConfig:
     def __post_init__(self) -> None:
         if not 0 < self.dedup_jaccard <= 1:
             raise ValueError("dedup_jaccard must be in (0, 1]")
+        if self.first_stage is not None and self.first_stage.retriever is None:
+            raise ValueError("query synthesis needs a first_stage retriever, not a run (a run cannot know synthetic "
+                             "queries)")
         if self.consistency_k is not None:
-            if self.first_stage is None or self.first_stage.retriever is None:
+            if self.first_stage is None:
                 raise ValueError("consistency_k needs a first_stage retriever to find each query's source document")
             if not 1 <= self.consistency_k <= self.first_stage.depth:
                 raise ValueError(f"consistency_k must be in [1, first_stage depth {self.first_stage.depth}], "
@@ -203,9 +206,6 @@ class QuerySynthesisRecipe(Recipe):
         if self._retriever is None:
             from rerank.retrieval.base import build_retriever
 
-            if fs.retriever is None:
-                raise ValueError("query synthesis negatives need a first_stage retriever (a run cannot know "
-                                 "synthetic queries)")
             self._retriever = build_retriever(fs.retriever, self.dataset, **fs.options)
         return sort_ranking(self._retriever.retrieve({qid: Query(qid, q)}, k=fs.depth).get(qid, []))
 

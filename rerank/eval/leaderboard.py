@@ -29,7 +29,7 @@ from rerank.config import from_dict, load_yaml, to_dict
 from rerank.data.datasets import cache_root, check_max_queries, resolve_dataset
 from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES
-from rerank.eval.pipeline import EvalConfig, check_interpolate, run_eval
+from rerank.eval.pipeline import EvalConfig, check_interpolate, check_positive_int, run_eval
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, write_json
 
@@ -265,8 +265,7 @@ def run_leaderboard(
     """
     if only_cached and force:
         raise ConfigError("--only-cached and --force contradict each other")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    check_positive_int(workers, "workers")
     cfg, cfg_path = load_config(config_path)
     results = Path(results_dir) if results_dir is not None else cache_root() / "leaderboard" / _slug(cfg.name)
     results.mkdir(parents=True, exist_ok=True)

@@ -84,9 +84,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("top_k", "depth", "batch_queries", "workers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+            check_positive_int(getattr(self, name), name.replace("_", "-"))
         check_max_queries(self.max_queries)
         check_interpolate(self.interpolate)
         if self.interpolate is not None and self.reranker is None:
@@ -99,6 +97,12 @@ class EvalConfig:
         if isinstance(self.measures, str):
             raise ConfigError(f"measures must be a list of names, got the string {self.measures!r}")
         parse_measures(self.measures)
+
+
+def check_positive_int(value: Any, name: str) -> None:
+    """``value`` is an int >= 1 (a bool is not); ``name`` is how the error names it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def check_interpolate(alpha: float | None) -> None:
@@ -135,8 +139,7 @@ def rerank_run(
     minmax(first-stage score)`` per query instead of by the reranker alone (score interpolation: a reranker that is
     good but not better than its first stage everywhere keeps what the first stage knew); the returned reranker
     scores stay the reranker's own."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
+    check_positive_int(top_k, "top_k")
     check_interpolate(interpolate)
     if interpolate is not None:
         from rerank.retrieval.hybrid import interpolate_fuse

@@ -192,6 +192,27 @@ def test_f32_logprobs_match_transformers(f32_pair: tuple[Any, Any]) -> None:
 
 
 @needs_llama_cpp
+def test_repack_defaults_off_on_amx_cpus_and_can_be_set(q4_pair: tuple[Any, Any]) -> None:
+    """llama.cpp's AMX matrix product segfaults on a Q4_1 batch (ggml-org/llama.cpp#20824); unset, ``repack`` is
+    off exactly where llama.cpp reports AMX, so test_q4_1_logprobs_are_close_to_the_dequantised_model runs there."""
+    import llama_cpp
+
+    from rerank.backends.llamacpp import _cpu_has_amx
+
+    ours, reference = q4_pair
+    assert ours.describe()["resolved_repack"] is (not _cpu_has_amx(llama_cpp))
+    for repack in (False, True):  # loading only: a batch with AMX tiles could crash this process
+        loaded = build_backend("llamacpp", ours.model_name, n_ctx=64, n_threads=1, repack=repack)
+        assert loaded.describe()["resolved_repack"] is repack and loaded.describe()["repack"] is repack
+        loaded.close()
+    without = build_backend("llamacpp", ours.model_name, n_ctx=1024, n_threads=1, kv_cache_type="f32", repack=False)
+    assert max_logprob_diff(without, reference) < Q4_ATOL
+    without.close()
+    with pytest.raises(ConfigError, match="repack"):
+        build_backend("llamacpp", ours.model_name, repack="no")
+
+
+@needs_llama_cpp
 def test_raw_logits_match_transformers(f32_pair: tuple[Any, Any]) -> None:
     ours, reference = f32_pair
     assert ours.gives_logits

@@ -52,6 +52,10 @@ class LlamaCppBackendConfig:
     :data:`DEFAULT_MAX_CTX`. ``n_threads``: CPU threads; unset = torch's intra-op thread count (``OMP_NUM_THREADS``),
     so one variable sizes both backends. ``kv_cache_type``: llama.cpp's default ``f16`` halves the KV cache and
     moves log-probs slightly; ``f32`` computes as the transformers backend does (to ~1e-4 on F32 weights).
+    ``repack``: whether llama.cpp may move quantised weights into its CPU-specific layouts (its "extra buffer types":
+    AVX2/AVX-512 repacking, Intel AMX tiles), as its ``--no-repack`` flag turns off; unset = on, except on a CPU
+    with AMX, where llama.cpp's AMX matrix product crashes the process (ggml-org/llama.cpp#20824: a segmentation
+    fault on the first multi-token batch of a Q4_1 model) and the plain AVX-512 kernels are used instead.
     ``dtype`` and ``device`` exist because every LLM head passes them: the GGUF file's quantisation is the weights'
     type and this backend runs on the CPU.
     """
@@ -59,6 +63,7 @@ class LlamaCppBackendConfig:
     n_ctx: int | None = None
     n_threads: int | None = None
     kv_cache_type: Literal["f16", "f32"] = "f16"
+    repack: bool | None = None
     dtype: str = "auto"
     device: str | None = None
 
@@ -95,6 +100,42 @@ def _trained_context(llama_cpp: Any, gguf: Path) -> int | None:
         return int(value) if value and value.isdigit() else None
     finally:
         llama_cpp.llama_model_free(model)
+
+
+def _cpu_has_amx(llama_cpp: Any) -> bool:
+    """Whether the llama.cpp build runs Intel AMX kernels on this CPU (its system info reports ``AMX_INT8 = 1``)."""
+    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _load(llama_cpp: Any, repack: bool, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(**kwargs)`` with llama.cpp's ``use_extra_bufts`` model parameter set to ``repack``.
+
+    ``Llama`` takes no argument for it and loads the weights in its constructor, so the defaults it starts from are
+    swapped for the call (under a lock: one load at a time swaps them)."""
+    import llama_cpp.llama as llama_module
+
+    lib = llama_module.llama_cpp
+    if "use_extra_bufts" not in dict(lib.llama_model_params._fields_):
+        if not repack:
+            raise ConfigError("repack: false needs llama-cpp-python whose llama.cpp has the use_extra_bufts model "
+                              f"parameter; installed: {llama_cpp.__version__}")
+        return llama_cpp.Llama(**kwargs)
+    defaults = lib.llama_model_default_params
+
+    def with_repack() -> Any:
+        params = defaults()
+        params.use_extra_bufts = repack
+        return params
+
+    with _LOAD_LOCK:
+        lib.llama_model_default_params = with_repack
+        try:
+            return llama_cpp.Llama(**kwargs)
+        finally:
+            lib.llama_model_default_params = defaults
 
 
 def _gguf_file(model: str) -> Path:
@@ -169,8 +210,9 @@ class LlamaCppBackend(LogitsBackend):
         threads = cfg.n_threads or torch.get_num_threads()
         kv = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[cfg.kv_cache_type]
         n_ctx = cfg.n_ctx or min(_trained_context(llama_cpp, gguf) or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                              type_k=kv, type_v=kv, logits_all=False, verbose=False)
+        repack = cfg.repack if cfg.repack is not None else not _cpu_has_amx(llama_cpp)
+        llm = _load(llama_cpp, repack, model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
+                    n_threads_batch=threads, type_k=kv, type_v=kv, logits_all=False, verbose=False)
         tokenizer = gguf_tokenizer(gguf)
         return cls(llm, tokenizer, cfg, model_name=model, threads=threads)
 
@@ -285,7 +327,7 @@ class LlamaCppBackend(LogitsBackend):
 
         return {"backend": self.name, "model": self.model_name, **to_dict(self.config),
                 "llama_cpp_version": llama_cpp.__version__, "resolved_n_ctx": self.context_length,
-                "resolved_threads": self.threads}
+                "resolved_threads": self.threads, "resolved_repack": bool(self.llm.model_params.use_extra_bufts)}
 
     def close(self) -> None:
         self._free()

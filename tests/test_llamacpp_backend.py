@@ -192,7 +192,8 @@ def test_f32_logprobs_match_transformers(f32_pair: tuple[Any, Any]) -> None:
 
 
 @needs_llama_cpp
-def test_repack_defaults_off_on_amx_cpus_and_can_be_set(q4_pair: tuple[Any, Any]) -> None:
+def test_repack_defaults_off_on_amx_cpus_and_can_be_set(q4_pair: tuple[Any, Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """llama.cpp's AMX matrix product segfaults on a Q4_1 batch (ggml-org/llama.cpp#20824); unset, ``repack`` is
     off exactly where llama.cpp reports AMX, so test_q4_1_logprobs_are_close_to_the_dequantised_model runs there."""
     import llama_cpp
@@ -210,6 +211,15 @@ def test_repack_defaults_off_on_amx_cpus_and_can_be_set(q4_pair: tuple[Any, Any]
     without.close()
     with pytest.raises(ConfigError, match="repack"):
         build_backend("llamacpp", ours.model_name, repack="no")
+    import llama_cpp.llama as llama_module
+
+    class OldParams:  # a llama.cpp without the parameter: repack off cannot be honoured, so it is refused
+        _fields_ = [(name, kind) for name, kind in llama_module.llama_cpp.llama_model_params._fields_
+                    if name != "use_extra_bufts"]
+
+    monkeypatch.setattr(llama_module.llama_cpp, "llama_model_params", OldParams)
+    with pytest.raises(ConfigError, match="repack off .* use_extra_bufts"):
+        build_backend("llamacpp", ours.model_name, n_ctx=64, n_threads=1, repack=False)
 
 
 @needs_llama_cpp

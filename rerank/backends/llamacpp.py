@@ -120,8 +120,9 @@ def _load(llama_cpp: Any, repack: bool, **kwargs: Any) -> Any:
     lib = llama_module.llama_cpp
     if "use_extra_bufts" not in dict(lib.llama_model_params._fields_):
         if not repack:
-            raise ConfigError("repack: false needs llama-cpp-python whose llama.cpp has the use_extra_bufts model "
-                              f"parameter; installed: {llama_cpp.__version__}")
+            raise ConfigError("repack off (set, or the default on a CPU with AMX, whose llama.cpp kernels crash) "
+                              "needs llama-cpp-python whose llama.cpp has the use_extra_bufts model parameter; "
+                              f"installed: {llama_cpp.__version__}")
         return llama_cpp.Llama(**kwargs)
     defaults = lib.llama_model_default_params
 
@@ -327,7 +328,7 @@ class LlamaCppBackend(LogitsBackend):
 
         return {"backend": self.name, "model": self.model_name, **to_dict(self.config),
                 "llama_cpp_version": llama_cpp.__version__, "resolved_n_ctx": self.context_length,
-                "resolved_threads": self.threads, "resolved_repack": bool(self.llm.model_params.use_extra_bufts)}
+                "resolved_threads": self.threads, "resolved_repack": bool(getattr(self.llm.model_params, "use_extra_bufts", True))}
 
     def close(self) -> None:
         self._free()

@@ -91,6 +91,7 @@ def assert_error(resp: httpx.Response, status: int, error_type: str | None = Non
     assert resp.headers["content-type"].startswith("application/json")
     body = resp.json()
     assert isinstance(body["message"], str) and body["message"]
+    assert body["error"] == body["message"]  # TEI's field (huggingface_hub reads it), Cohere's field
     if error_type is not None:
         assert body["error_type"] == error_type, body
     assert "Traceback" not in resp.text and 'File "' not in resp.text and "secret-internal" not in resp.text
@@ -183,7 +184,13 @@ def test_bad_requests_answer_json_errors_without_traces(client: httpx.Client) ->
     body = assert_error(post("/v1/rerank", json=["not", "an", "object"]), 422)
     assert "JSON object" in body["message"]
     no_type = post("/v1/rerank", content=b'{"query": "x", "documents": ["a"]}', headers={"content-type": "text/plain"})
-    assert "Content-Type: application/json" in assert_error(no_type, 422)["message"]
+    assert "Content-Type: application/json" in assert_error(no_type, 415, "unsupported_media_type")["message"]
+    deep = b'{"query": "x", "documents": [{"text": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"
+    assert "nested too deeply" in assert_error(post("/rerank", content=deep, headers=hdr), 400, "invalid_json")["message"]
+    nested = b'{"query": "x", "documents": [{"text": "a", "x": ' + b"[" * 980 + b"]" * 980 + b"}]}"
+    assert post("/v1/rerank", content=nested, headers=hdr).status_code in (200, 400, 422)  # parsed or refused, no 500
+    big_int = b'{"query": "x", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}"
+    assert "digits" in assert_error(post("/v1/rerank", content=big_int, headers=hdr), 400, "invalid_json")["message"]
     assert_error(client.get("/v1/rerank"), 405)
     assert_error(client.get("/nope"), 404, "not_found")
 
@@ -192,12 +199,27 @@ def test_size_limits() -> None:
     cfg = ServeConfig(max_docs=5, max_doc_chars=50, max_body_bytes=4000)
     with running(OverlapReranker(), cfg) as u, httpx.Client(base_url=u) as c:
         assert c.post("/v1/rerank", json={"query": "a", "documents": ["a"] * 5}).status_code == 200
-        r = c.post("/v2/rerank", json={"query": "a", "documents": ["ok", "x" * 51]})
-        body = assert_error(r, 413, "text_too_long")
-        assert "documents[1]" in body["message"]
-        long_title = {"text": "x" * 30, "title": "y" * 30}
-        assert_error(c.post("/v1/rerank", json={"query": "a", "documents": [long_title]}), 413, "text_too_long")
+        # a document over max_doc_chars is cut to it (Cohere truncates long documents) and the response says so
+        long_doc = "b " * 20 + "a " * 20  # 80 characters: the first 50 hold 20 b's and 5 a's
+        r = c.post("/v2/rerank", json={"query": "a", "documents": ["ok", long_doc], "return_documents": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert "documents 1 had more than 50 characters" in body["meta"]["warnings"][0]
+        got = {x["index"]: x["relevance_score"] for x in body["results"]}
+        assert got[1] == pytest.approx(local_ranking("a", [long_doc[:50]])[0][1])
+        assert body["results"][0]["document"] == {"text": long_doc}  # the document echoes whole
+        assert "warnings" not in c.post("/v2/rerank", json={"query": "a", "documents": ["ok"]}).json()["meta"]
+        left = c.post("/rerank", json={"query": "a", "texts": [long_doc], "truncation_direction": "Left"}).json()
+        assert left[0]["score"] == pytest.approx(local_ranking("a", [long_doc[-50:]])[0][1])  # TEI Left: the end
+        refused = c.post("/rerank", json={"query": "a", "texts": ["ok", "x" * 51], "truncate": False})
+        assert "texts[1] has 51 characters" in assert_error(refused, 413, "text_too_long")["message"]
+        long_title = {"text": "x" * 30, "title": "y" * 30}  # the text is cut to what the title leaves
+        assert c.post("/v1/rerank", json={"query": "a", "documents": [long_title]}).status_code == 200
+        title_only = {"text": "x", "title": "y" * 51}
+        assert_error(c.post("/v1/rerank", json={"query": "a", "documents": [title_only]}), 413, "text_too_long")
         assert_error(c.post("/v1/rerank", json={"query": "q" * 51, "documents": ["a"]}), 413, "text_too_long")
+        cut = metric_values(c.get("/metrics").text, "rerank_documents_cut_total")[""]
+        assert cut == 3
         huge = json.dumps({"query": "a", "documents": ["a"] * 2000}).encode()
         assert_error(c.post("/v1/rerank", content=huge, headers={"content-type": "application/json"}), 413)
 
@@ -270,6 +292,12 @@ def test_bearer_auth() -> None:
         assert c.post("/v2/rerank", json=req, headers=good).status_code == 200
         assert c.get("/metrics", headers=good).status_code == 200
         assert c.get("/health").status_code == 200  # open for load balancers
+        assert "model" not in c.get("/health").json()  # which names no model: /info does, behind the key
+        assert_error(c.get("/info"), 401)
+        info = c.get("/info", headers=good).json()
+        assert info["model_id"] == "test-overlap" and info["model_type"] == {
+            "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
+        assert info["max_client_batch_size"] == 1000 * 256 and info["auto_truncate"] is True
 
 
 def test_queue_full_answers_429_and_health_stays_responsive() -> None:
@@ -434,7 +462,7 @@ def test_remote_reranker_reports_server_errors() -> None:
         ok = Reranker.load("remote", base_url=u, api_key="k")
         assert ok.rerank("a", ["a", "b"]).doc_ids == ["0", "1"]
         with pytest.raises(RemoteRerankError, match="413.*limit is 5"):
-            ok.rerank("q", ["a", "b", "c" * 6])
+            ok.rerank("q" * 6, ["a", "b"])
         os.environ["RERANK_API_KEY"] = "k"
         try:
             assert Reranker.load("remote", base_url=u).rerank("b", ["a", "b"]).doc_ids == ["1", "0"]
@@ -452,6 +480,8 @@ def test_cli_flags_map_to_serve_config(monkeypatch: pytest.MonkeyPatch) -> None:
         "--max-docs", "11", "--max-doc-chars", "12", "--max-batch-docs", "13", "--read-timeout-s", "4",
         "--max-connections", "15", "--workers", "2",
     ]
+    named = serve_config(build_parser().parse_args(argv + ["--served-model-name", "my-reranker"]))
+    assert named.model_name == "my-reranker"
     cfg = serve_config(build_parser().parse_args(argv))
     assert cfg == ServeConfig(
         host="0.0.0.0", port=9, api_key="k", max_batch_size=3, max_wait_ms=7.5, max_queue=70, timeout_s=2.0,
@@ -712,6 +742,12 @@ def test_oversized_requests_are_scored_in_parts_and_merged() -> None:
     with running(Listwise(), ServeConfig(max_docs=4)) as u:
         r = httpx.post(f"{u}/v1/rerank", json={"query": "a", "documents": ["a"] * 5})
         assert "ranks a list as a whole" in assert_error(r, 413, "too_many_documents")["message"]
+
+    with running(OverlapReranker(), ServeConfig(max_docs=3, max_queue=4)) as u:  # 7 parts never fit a queue of 4
+        r = httpx.post(f"{u}/rerank", json={"query": "a", "texts": ["a"] * 20})
+        assert "7 model calls of 3; the queue holds 4" in assert_error(r, 413, "too_many_documents")["message"]
+        assert "retry-after" not in r.headers
+        assert httpx.post(f"{u}/rerank", json={"query": "a", "texts": ["a"] * 12}).status_code == 200
 
 
 def test_invalid_utf8_and_lone_surrogates_answer_400_naming_the_problem(client: httpx.Client) -> None:

@@ -66,6 +66,9 @@ def test_cohere_sdk_client_v2(url: str) -> None:
                     max_tokens_per_doc=3)  # the first document is cut to "x y z": the second ranks first
     assert [r.index for r in cut.results] == [1, 0]
     assert cut.results[1].relevance_score == local_ranking("bm25 ranking", ["x y z"])[0][1]
+    page = "bm25 ranking " * 2000  # 26,000 characters: cut to the server's 20,000, not refused
+    long = co.rerank(model="m", query="bm25 ranking", documents=["cats", page])
+    assert [r.index for r in long.results] == [1, 0] and "documents 1" in long.meta.warnings[0]
 
 
 def test_langchain_cohere_rerank_in_a_compression_retriever(url: str) -> None:
@@ -112,3 +115,17 @@ def test_llamaindex_tei_rerank_postprocessor(url: str) -> None:
         nodes = [NodeWithScore(node=TextNode(text=d, id_=str(i)), score=0.0) for i, d in enumerate(DOCS)]
         got = post.postprocess_nodes(nodes, query_str=q)
         assert [(int(n.node.id_), n.score) for n in got] == local_ranking(q, DOCS)[:4]
+
+
+def test_huggingface_hub_inference_client_reads_tei_info_and_errors(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # HF_HUB_OFFLINE=1 (the tests' setting) blocks loopback too
+
+    client = InferenceClient(model=url, token=KEY, provider="hf-inference")
+    assert client.health_check()
+    info = client.get_endpoint_info()
+    assert info["model_id"] == "served-overlap" and "reranker" in info["model_type"]
+    with pytest.raises(HfHubHTTPError, match="unauthorized|invalid bearer token"):
+        InferenceClient(model=url, token="wrong", provider="hf-inference").get_endpoint_info()

@@ -54,7 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a listwise head answers 413 (default 1000)",
     )
     p.add_argument("--max-doc-chars", type=positive_int, default=20_000,
-                   help="characters per document/query (default 20000)")
+                   help="characters read of a document (a longer one is cut; TEI's truncate: false refuses it) and "
+                   "the most a query may have (default 20000)")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model name responses, x-model-id and /info report (default: --model as given)")
     p.add_argument(
         "--read-timeout-s",
         type=float,
@@ -99,7 +102,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         timeout_s=args.timeout_s,
         max_docs=args.max_docs,
         max_doc_chars=args.max_doc_chars,
-        model_name=args.model,
+        model_name=args.served_model_name or args.model,
         read_timeout_s=args.read_timeout_s,
         max_connections=args.max_connections,
         workers=args.workers,

@@ -1,10 +1,14 @@
 """The FastAPI app behind ``rerank serve``: Cohere v1/v2 and TEI ``/rerank`` shapes, health, Prometheus metrics.
 
-Every error answers a JSON body ``{"message", "error_type"}`` and never a stack trace: 400 malformed JSON, invalid
+Every error answers a JSON body ``{"message", "error", "error_type"}`` (``message`` is Cohere's field, ``error``
+TEI's, the same text) and never a stack trace: 400 malformed JSON (nested too deeply, a number too long), invalid
 UTF-8 or a lone surrogate (the message names where); 401 missing/wrong bearer token (checked on the headers, before
-the body is read); 413 too long text / body too large / too many documents for a head that must see them together;
-422 invalid request (naming the field); 429 queue full; 500 reranker failure; 503 not ready / shutting down;
-504 request timeout. ``relevance_score`` (Cohere) and TEI's ``score`` are the head's calibrated relevance in [0, 1]
+the body is read); 413 too long text (a query, or a document when truncation is refused) / body too large / too
+many documents for a head that must see them together or for the queue; 415 a body that is not sent as JSON; 422
+invalid request (naming the field); 429 queue full; 500 reranker failure; 503 not ready / shutting down; 504 request
+timeout. A document longer than ``max_doc_chars`` is cut to that many characters (its start, or its end for TEI's
+``truncation_direction: Left``) unless TEI's ``truncate: false`` refuses it; Cohere responses say so in
+``meta.warnings``. ``relevance_score`` (Cohere) and TEI's ``score`` are the head's calibrated relevance in [0, 1]
 (:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_scores: true`` adds (Cohere ``raw_score``) or returns (TEI) the
 head's own score. A request whose client disconnects while it waits is dropped before it is scored.
 """
@@ -17,7 +21,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -27,12 +31,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from rerank import __version__
 from rerank.heads.base import Reranker
 from rerank.serve.batcher import Batcher, ModelError, QueueFullError, RequestTimeoutError, ServiceClosedError
 from rerank.serve.config import ServeConfig
 from rerank.serve.documents import Budget, Passages, TextTooLong, make_passages, merge
 from rerank.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from rerank.serve.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from rerank.serve.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware, error_body
 from rerank.serve.schemas import CohereRerankRequest, TeiRerankRequest
 
 __all__ = ["create_app", "ApiError"]
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
-ENDPOINTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/health", "/metrics")
+ENDPOINTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/info", "/health", "/metrics")
 OPEN_PATHS = ("/health",)
 _HTTP_ERROR_TYPES = {
     401: "unauthorized",
@@ -56,7 +61,7 @@ _NOT_AN_OBJECT = "request body must be a JSON object sent with Content-Type: app
 
 
 class ApiError(Exception):
-    """An error answered as ``{"message", "error_type"}`` with an HTTP status (and optional headers)."""
+    """An error answered as ``{"message", "error", "error_type"}`` with an HTTP status (and optional headers)."""
 
     def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -89,10 +94,12 @@ def _first_surrogate(value: Any, path: str) -> str | None:
 
 
 def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
-    """Decode and validate a JSON request body: 400 names invalid UTF-8 (byte offset), bad JSON (line, column) or a
-    lone surrogate (field, character); 422 names the invalid or unknown fields."""
-    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-        raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
+    """Decode and validate a JSON request body: 415 a body sent as another media type; 400 names invalid UTF-8 (byte
+    offset), bad JSON (line, column; too deep; a number too long) or a lone surrogate (field, character); 422 names
+    the invalid or unknown fields."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type not in ("application/json", ""):
+        raise ApiError(415, "unsupported_media_type", f"{_NOT_AN_OBJECT} (got {media_type!r})")
     if not body:
         raise ApiError(422, "invalid_request", "request body is required")
     try:
@@ -100,16 +107,22 @@ def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
     except UnicodeDecodeError as e:
         raise ApiError(400, "invalid_utf8", f"request body is not valid UTF-8: byte 0x{body[e.start]:02x} at offset "
                        f"{e.start} ({e.reason})") from None
+    too_deep = ApiError(400, "invalid_json", "request body is not valid JSON: nested too deeply")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:  # JSONDecodeError (line, column), or an integer beyond Python's digit limit
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
-    if where := _first_surrogate(data, ""):
-        raise ApiError(400, "invalid_text", f"lone UTF-16 surrogate in {where}: text must be valid Unicode")
     try:
+        where = _first_surrogate(data, "")
+        if where:
+            raise ApiError(400, "invalid_text", f"lone UTF-16 surrogate in {where}: text must be valid Unicode")
         return model.model_validate(data)
+    except RecursionError:
+        raise too_deep from None
     except ValidationError as e:
         raise ApiError(422, "invalid_request", _validation_message(e)) from None
 
@@ -196,7 +209,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         status: int, error_type: str, message: str, headers: dict[str, str] | None = None
     ) -> JSONResponse:
         count_error(error_type)
-        return JSONResponse({"message": message, "error_type": error_type}, status_code=status, headers=headers)
+        return JSONResponse(error_body(message, error_type), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -214,7 +227,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        log.error("unhandled error: %s: %s", type(exc).__name__, exc)  # Starlette re-raises: uvicorn logs the trace
         return error_response(500, "internal", "internal server error")
 
     app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes, on_error=count_error)
@@ -244,17 +257,41 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
 
     async def rank(
         request: Request, query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
-    ) -> list[tuple[int, float, float]]:
-        """``(document index, raw score, relevance)`` best first, for every document."""
+    ) -> tuple[list[tuple[int, float, float]], list[int]]:
+        """``(document index, raw score, relevance)`` best first, for every document; and the indices of the
+        documents cut to ``max_doc_chars``."""
         if not docs:
             raise ApiError(422, "invalid_request", f"{names} must not be empty")
-        if len(query) > cfg.max_doc_chars:
-            raise ApiError(413, "text_too_long", f"query has {len(query)} characters; the limit is {cfg.max_doc_chars}")
+        limit = cfg.max_doc_chars
+        if len(query) > limit:
+            raise ApiError(413, "text_too_long", f"query has {len(query)} characters; the limit is {limit}")
+        docs, cut = _cut_documents(docs, budget, names)
+        if cut:
+            metrics.documents_cut.inc(len(cut))
+            log.info("cut %d document(s) longer than %d characters (--max-doc-chars) to %d", len(cut), limit, limit)
+        return await unless_abandoned(request, _passages_and_scores(query, docs, budget, priority, names)), cut
+
+    def _cut_documents(
+        docs: list[tuple[str, str]], budget: Budget, names: str
+    ) -> tuple[list[tuple[str, str]], list[int]]:
+        """Documents over ``max_doc_chars`` (title included) cut to it on the side a truncation keeps: more than any
+        head reads, so only ``max_chunks_per_doc`` passages beyond it are lost. 413 where truncation is refused or
+        the title alone is over the limit."""
+        limit = cfg.max_doc_chars
+        out, cut = list(docs), []
         for i, (text, title) in enumerate(docs):
-            if len(text) + len(title) > cfg.max_doc_chars:
-                msg = f"{names}[{i}] has {len(text) + len(title)} characters; the limit is {cfg.max_doc_chars}"
-                raise ApiError(413, "text_too_long", msg)
-        return await unless_abandoned(request, _passages_and_scores(query, docs, budget, priority, names))
+            over = len(text) + len(title) - limit
+            if over <= 0:
+                continue
+            if len(title) > limit:
+                raise ApiError(413, "text_too_long", f"{names}[{i}] has a title of {len(title)} characters; the limit "
+                               f"is {limit}")
+            if not budget.truncate:
+                raise ApiError(413, "text_too_long", f"{names}[{i}] has {len(text) + len(title)} characters; the "
+                               f"limit is {limit} (send truncate: true to cut it)")
+            out[i] = (text[over:] if budget.keep == "end" else text[: len(text) - over], title)
+            cut.append(i)
+        return out, cut
 
     async def _passages_and_scores(
         query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
@@ -284,6 +321,9 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     async def _score_parts(
         query: str, passages: Passages, parts: list[range], priority: int
     ) -> list[tuple[int, float, float]]:
+        if len(parts) > cfg.max_queue:  # could never fit: a permanent 413, not a 429 to retry
+            raise ApiError(413, "too_many_documents", f"{len(passages.candidates)} documents (passages) need "
+                           f"{len(parts)} model calls of {cfg.max_docs}; the queue holds {cfg.max_queue}")
         if len(parts) > 1:
             try:
                 batcher.check_capacity(len(parts))
@@ -321,7 +361,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         body = await read(request, CohereRerankRequest)
         docs = _cohere_docs(body)
         budget = Budget(max_tokens=body.max_tokens_per_doc, max_chunks=body.max_chunks_per_doc)
-        scored = await rank(request, body.query, docs, budget, body.priority or 0, "documents")
+        scored, cut = await rank(request, body.query, docs, budget, body.priority or 0, "documents")
         ranked = scored if body.top_n is None else scored[: body.top_n]
         out = []
         for i, raw, rel in ranked:
@@ -336,10 +376,15 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
                     entry["document"] = d
             out.append(entry)
         n_units = max(1, math.ceil(len(docs) / 100))
-        meta = {
+        meta: dict[str, Any] = {
             "api_version": {"version": version, "is_experimental": False},
             "billed_units": {"search_units": n_units},
         }
+        if cut:
+            meta["warnings"] = [
+                (f"documents {', '.join(map(str, cut))} had more than {cfg.max_doc_chars} characters and were cut "
+                 f"to their first {cfg.max_doc_chars} (the server's --max-doc-chars)")
+            ]
         return JSONResponse(
             {"id": str(uuid.uuid4()), "results": out, "meta": meta, "model": model_name}, headers=model_header
         )
@@ -360,7 +405,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         body = await read(request, TeiRerankRequest)
         keep = "end" if (body.truncation_direction or "right").lower() == "left" else "start"
         budget = Budget(keep=keep, truncate=body.truncate is not False)
-        scored = await rank(request, body.query, [(t, "") for t in body.texts], budget, 0, "texts")
+        scored, _ = await rank(request, body.query, [(t, "") for t in body.texts], budget, 0, "texts")
         out = []
         for i, raw, rel in scored if body.top_n is None else scored[: body.top_n]:
             entry: dict[str, Any] = {"index": i, "score": raw if body.raw_scores else rel}
@@ -369,14 +414,37 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             out.append(entry)
         return JSONResponse(out, headers=model_header)
 
+    @app.get("/info")
+    async def info() -> JSONResponse:
+        """TEI's ``/info``: the served model and the limits clients size their requests to."""
+        described = reranker.describe()
+        limit = reranker.document_token_limit("")
+        return JSONResponse(
+            {
+                "model_id": model_name,
+                "model_sha": None,
+                "model_dtype": str(described.get("config", {}).get("dtype", "float32")),
+                "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+                "max_concurrent_requests": cfg.max_queue,
+                "max_input_length": limit if limit is not None else cfg.max_doc_chars,
+                "max_batch_requests": cfg.max_batch_size,
+                "max_client_batch_size": cfg.max_docs * (cfg.max_queue if reranker.independent_scores else 1),
+                "auto_truncate": True,
+                "tokenization_workers": 1,
+                "version": __version__,
+                "method": reranker.method,
+            },
+            headers=model_header,
+        )
+
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Liveness and readiness (unauthenticated, for load balancers): 200 while the batcher runs, else 503."""
+        """Liveness and readiness (unauthenticated, for load balancers): 200 while the batcher runs, else 503. It names
+        no model (``/info`` does, behind the key)."""
         ready = batcher.running
         return JSONResponse(
             {
                 "status": "ok" if ready else "unavailable",
-                "model": model_name,
                 "method": reranker.method,
                 "in_flight": batcher.in_flight,
                 "max_queue": cfg.max_queue,

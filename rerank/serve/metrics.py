@@ -35,6 +35,9 @@ class ServeMetrics:
         self.abandoned = Counter(
             "rerank_abandoned", "Requests dropped because their client disconnected before the answer", registry=r
         )
+        self.documents_cut = Counter(
+            "rerank_documents_cut", "Documents cut to --max-doc-chars before scoring", registry=r
+        )
         self.queue_depth = Gauge("rerank_queue_depth", "Requests accepted and not yet answered", registry=r)
 
     def render(self) -> bytes:

@@ -12,7 +12,12 @@ from starlette.exceptions import HTTPException
 
 from rerank.serve.metrics import ServeMetrics
 
-__all__ = ["MetricsMiddleware", "BodyLimitMiddleware", "AuthMiddleware", "send_json"]
+__all__ = ["MetricsMiddleware", "BodyLimitMiddleware", "AuthMiddleware", "error_body", "send_json"]
+
+
+def error_body(message: str, error_type: str) -> dict[str, str]:
+    """Every error's JSON body: ``message`` is the field Cohere clients read, ``error`` TEI's, the same text."""
+    return {"message": message, "error": message, "error_type": error_type}
 
 
 async def send_json(send: Callable, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -67,8 +72,7 @@ class BodyLimitMiddleware:
     async def _reject(self, send: Callable) -> None:
         if self.on_error is not None:
             self.on_error("payload_too_large")
-        msg = {"message": f"request body exceeds {self.limit} bytes", "error_type": "payload_too_large"}
-        await send_json(send, 413, msg)
+        await send_json(send, 413, error_body(f"request body exceeds {self.limit} bytes", "payload_too_large"))
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -132,5 +136,5 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         self.on_error("unauthorized")
-        msg = {"message": "missing or invalid bearer token", "error_type": "unauthorized"}
+        msg = error_body("missing or invalid bearer token", "unauthorized")
         await send_json(send, 401, msg, [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])

@@ -541,6 +541,18 @@ def test_rerank_serve_cli_errors() -> None:
         [sys.executable, "-m", "rerank", "serve", "--reranker", "no-such-head"], env=env, capture_output=True, text=True
     )
     assert r.returncode == 2 and "unknown reranker 'no-such-head'" in r.stderr and "remote" in r.stderr
+    cmd = [sys.executable, str(HERE / "serve_support.py"), "serve", "--reranker", "test-overlap"]
+    bad = subprocess.run(cmd + ["--reranker-set", "foo=1", "--workers", "2", "--port", str(_free_port())], env=env,
+                         capture_output=True, text=True, timeout=60)  # checked before any worker starts
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "unknown key 'foo'" in bad.stderr and "serving" not in bad.stderr
+    with socket.socket() as busy:  # a port in use: one line, exit 2, before the model loads
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        taken = subprocess.run(cmd + ["--port", str(port)], env=env, capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr, taken.stderr
+    assert taken.stderr.strip().count("\n") == 0
 
 
 def test_tiny_cross_encoder_served_equals_in_process(request: pytest.FixtureRequest) -> None:

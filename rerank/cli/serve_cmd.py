@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING
 
 from rerank.cli.common import add_reranker, check_reranker_model, method_from_model, positive_int, reranker_options
+from rerank.config import from_dict
 from rerank.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -109,6 +111,17 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     )
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, before a model loads, an address this process cannot listen on (in use, or not this machine's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.heads.base import Reranker
     from rerank.heads.registry import get_reranker_class
@@ -116,12 +129,16 @@ def run(args: argparse.Namespace) -> int:
     from rerank.serve import create_app
     from rerank.serve.server import install_log_limits, serve
 
-    method_from_model(args)
+    record = method_from_model(args)
     if not args.reranker:
         raise ConfigError("rerank serve needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     cfg = serve_config(args)
-    get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
+    cls = get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
     check_reranker_model(args.reranker, args.model, args.backend)
+    options = reranker_options(args)
+    trained = record.get("options", {}) if record is not None and record.get("kind") == "reranker" else {}
+    from_dict(cls.config_class, {**trained, **options}, where=f"{args.reranker} options")  # before any model loads
+    check_port(cfg.host, cfg.port)
     if cfg.host not in _LOOPBACK and cfg.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)
     install_log_limits()
@@ -132,14 +149,15 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
-        return Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
+        return Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
 
-    log.info("serving %s (%s) on http://%s:%d, %d process(es) of %d thread(s)", args.reranker, args.model or "-",
-             cfg.host, cfg.port, cfg.workers, threads)
+    where = f"{args.reranker} ({args.model or '-'}) on http://{cfg.host}:{cfg.port}"
     if cfg.workers > 1:  # each worker process loads its own copy of the model
+        log.info("starting %s: %d processes of %d thread(s)", where, cfg.workers, threads)
         serve(lambda: create_app(load(), cfg), cfg, workers=cfg.workers)
         return 0
     reranker = load()  # before the port opens, so a bad model fails first
+    log.info("serving %s, %d thread(s)", where, threads)
     try:
         serve(lambda: create_app(reranker, cfg), cfg)
     finally:

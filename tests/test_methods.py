@@ -72,6 +72,16 @@ def test_unknown_names_raise_listing_the_known_ones() -> None:
         get_method("erank", kind="retriever")
     with pytest.raises(ConfigError, match="unknown reranker 'nope'; known rerankers: .*grouprank"):
         Reranker.load("nope")
+    with pytest.raises(ConfigError, match="unknown reranker 'cross-encodr'; known rerankers"):  # before the model
+        Reranker.load("cross-encodr", model="/no/such/model")
+    with pytest.raises(ConfigError, match="/no/such/model is neither a trained model folder .* known methods: "):
+        Reranker.load("/no/such/model")
+    with pytest.raises(ConfigError, match=r"cross-encoder needs a model \(model=\.\.\. in Python"):
+        Reranker.load("cross-encoder")
+    with pytest.raises(ConfigError, match="unknown backend 'foo'; known backends: .*transformers"):
+        Reranker.load("cross-encoder", model="m", backend="foo")
+    with pytest.raises(ConfigError, match="cross-encoder runs on the transformers backend only, not 'vllm'"):
+        Reranker.load("cross-encoder", model="m", backend="vllm")
     with pytest.raises(ConfigError, match="unknown trainer 'nope'; known trainers: adore, contrastive, grpo"):
         get_trainer("nope")
     with pytest.raises(ConfigError, match="'cross-encoder' has no LLM training task; methods with one: yes-no"):

@@ -14,6 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from rerank.config import from_dict, to_dict
@@ -108,9 +109,13 @@ def check_local_model(method: str, backend: str, model: str | None) -> str:
     """The model of a head that loads its own network in process (no LLM backend): ``--backend`` must be
     transformers and ``--model`` given."""
     if backend != "transformers":
+        from rerank.backends.registry import available_backends
+
+        if backend not in available_backends():
+            raise ConfigError(f"unknown backend {backend!r}; known backends: {', '.join(available_backends())}")
         raise ConfigError(f"{method} runs on the transformers backend only, not {backend!r}")
     if not model:
-        raise ConfigError(f"{method}: --model is required")
+        raise ConfigError(f"{method} needs a model (model=... in Python, --model on the command line)")
     return model
 
 
@@ -170,6 +175,11 @@ class Reranker(ABC):
 
         if method is not None and model is None and method not in available_rerankers() and read_record(method):
             method, model = None, method
+        if method is not None and method not in available_rerankers():
+            if model is None and ("/" in method or Path(method).exists()):
+                raise ConfigError(f"{method} is neither a trained model folder (one holding rerank.json) nor a "
+                                  f"registered method; known methods: {', '.join(available_rerankers())}")
+            get_reranker_class(method)  # raises: unknown name, listing the known ones
         record = read_record(model)
         if record is not None:
             if record.get("kind") != "reranker":

@@ -24,7 +24,7 @@ from rerank.backends.transformers import resolve_device, resolve_dtype
 from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, split_scores
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
@@ -93,11 +93,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         cfg = from_dict(CrossEncoderConfig, options, where="cross-encoder options")
-        if backend != "transformers":
-            raise ValueError(f"cross-encoder runs on the transformers backend only, not {backend!r}")
-        if not model:
-            raise ValueError("cross-encoder: --model is required")
-        path = resolve_model_path(model)
+        path = resolve_model_path(check_local_model(cls.method, backend, model))
         device = resolve_device(cfg.device if cfg.runtime == "torch" else cfg.device or "cpu")
         archs = architectures(path, cfg.trust_remote_code)
         if not cfg.allow_new_head:

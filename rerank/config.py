@@ -1,6 +1,8 @@
 """Typed, strict configuration: YAML files + ``--set key=value`` overrides -> dataclasses.
 
-Unknown keys are errors that name the key, so a typo never silently falls back to a default. Secrets (API keys) are
+Unknown keys are errors that name the key, so a typo never silently falls back to a default; an error about a key a
+``--set`` override gave names that override (``--set foo=1: unknown key 'foo' …``), not the file. A number option
+must be finite (``.nan`` / ``.inf`` pass no range check, so they are refused where they are read). Secrets (API keys) are
 fields made with :func:`secret_field`: :func:`to_dict`, which every writer of a config uses (``metrics.json``, run
 records, leaderboard cells, model folders), writes them as ``<redacted>``, and so it does any option named in
 :data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``).
@@ -9,6 +11,7 @@ records, leaderboard cells, model folders), writes them as ``<redacted>``, and s
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -21,7 +24,8 @@ import yaml
 from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
-    "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "SECRET_KEYS", "REDACTED",
+    "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
+    "SECRET_KEYS", "REDACTED",
 ]
 
 T = TypeVar("T")
@@ -86,22 +90,50 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested mapping, returning a copy."""
-    out = dict(config)
+class _Overridden(dict):  # type: ignore[type-arg]
+    """A config mapping that remembers which of its keys an override gave: key -> the override as typed
+    (``--set lr=1``), so an error about that key names the override instead of the file."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(data or {})
+        self.given: dict[str, str] = dict(getattr(data, "given", {}))
+
+
+def override_source(data: Mapping[str, Any], key: str) -> str | None:
+    """The override (``--set key=value``, as typed) that gave ``key`` of ``data``, or None when it came from elsewhere
+    (a file); ``data`` being what :func:`apply_overrides` returned, or a mapping nested in it."""
+    given = getattr(data, "given", None)
+    return given.get(key) if isinstance(given, dict) else None
+
+
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested mapping, returning a copy.
+
+    The copy remembers which keys each override gave (:func:`override_source`), so :func:`from_dict` blames an unknown
+    key or a bad value on ``{flag} a.b=value`` rather than on the file the rest came from (a key in
+    :data:`SECRET_KEYS` shown as ``{flag} api_key=<redacted>``).
+    """
+    out = _Overridden(config)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"{flag} expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
         parts = key.strip().split(".")
+        source = f"{flag} {key}={REDACTED}" if SECRET_KEYS.intersection(parts) else f"{flag} {item}"  # as errors show it
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            problem = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+            raise ConfigError(f"{source}: invalid YAML value: {problem or ' '.join(str(e).split())}") from None
+        node = out
         for p in parts[:-1]:
             child = node.get(p)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[p] = child
+            if not isinstance(child, dict):  # the override makes this mapping: its name is the override's too
+                node.given[p] = source
+            node[p] = child = _Overridden(child if isinstance(child, dict) else None)
             node = child
         node[parts[-1]] = value
+        node.given[parts[-1]] = source
     return out
 
 
@@ -150,10 +182,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads exponents without a dot ("1e-4") as strings
+            value = float(value)  # YAML 1.1 reads exponents without a dot ("1e-4") as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):  # NaN passes every range check (each comparison is false), inf most
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -162,29 +200,31 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise :class:`ConfigError` naming
+    ``where`` (the file), or the ``--set`` override that gave the key (:func:`apply_overrides`)."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(sorted(fields))}"
+            f"{override_source(data, unknown[0]) or where}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: "
+            f"{', '.join(sorted(fields))}"
         )
     secret = _secret_fields(cls) | SECRET_KEYS
     kwargs = {}
     for k, v in data.items():
+        at = override_source(data, k) or f"{where}.{k}"
         try:
-            kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+            kwargs[k] = _coerce(v, hints[k], at)
         except ConfigError:
             if k in secret:  # the message would quote the value
-                raise ConfigError(f"{where}.{k}: expected a string") from None
+                raise ConfigError(f"{at}: expected a string") from None
             raise
     try:
         return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:  # a check of the dataclass itself: "lr must be > 0, got -1" names its key
+        named = re.match(r"\w+", str(e))
+        raise ConfigError(f"{(override_source(data, named.group()) if named else None) or where}: {e}") from None
 
 
 def without_secrets(value: Any) -> Any:

@@ -95,6 +95,27 @@ def test_tiny_colbert_equals_a_manual_computation(colbert_dir: Path) -> None:
     assert head.relevance([res.results[0].score])[0] <= 1.0
 
 
+def test_special_token_strings_in_text_are_data(colbert_dir: Path) -> None:
+    """``[SEP]``, ``[MASK]`` or a prefix token (``[Q] ``, ``[d] ``) written in a query or document are text, not
+    control or prefix tokens."""
+    from rerank.methods.colbert.head import ColBERTEncoder
+    from rerank.testing.adversarial import BERT_CONTROL, BERT_CONTROL_AS_TEXT
+
+    enc = ColBERTEncoder.load(str(colbert_dir), device="cpu")
+    tok = enc.tokenizer
+    assert tok.sep_token_id in tok(BERT_CONTROL)["input_ids"]
+    for side in ("query", "doc"):
+        ids = enc.tokenize([f"a cat {BERT_CONTROL} [Q] x [d] y"], side, 64)["input_ids"][0].tolist()
+        assert ids.count(tok.sep_token_id) == 1 and ids.count(tok.cls_token_id) == 1
+        assert [ids.count(enc.prefix_ids[s]) for s in ("query", "doc")] == [side == "query", side == "doc"]
+        n = len(tok(f"a cat {BERT_CONTROL_AS_TEXT} [ Q] x [ d] y")["input_ids"]) + 1  # and the prefix token
+        assert ids.count(tok.mask_token_id) == (64 - n if side == "query" else 0)  # query expansion only
+    head = Reranker.load("colbert", model=str(colbert_dir), device="cpu")
+    attacked = head.rerank(f"a cat {BERT_CONTROL}", ["the cat sat", f"a dog {BERT_CONTROL}"])
+    plain = head.rerank(f"a cat {BERT_CONTROL_AS_TEXT}", ["the cat sat", f"a dog {BERT_CONTROL_AS_TEXT}"])
+    assert [r.score for r in attacked.results] == [r.score for r in plain.results]
+
+
 def test_wrong_folders_are_clear_errors(tiny_bert_dir: Path, tiny_st_dir: Path, colbert_dir: Path) -> None:
     with pytest.raises(ConfigError, match="no modules.json"):
         Reranker.load("colbert", model=str(tiny_bert_dir))

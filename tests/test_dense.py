@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -143,6 +144,36 @@ def test_normalisation_and_prefixes(encoder_dir: Path) -> None:
     a, b = short.encode_docs([TEXTS[0], TEXTS[0] + " and more words"])
     np.testing.assert_allclose(a, b, atol=1e-6)  # both cut to the same 4 tokens
     assert not np.allclose(a, raw.encode_docs([TEXTS[0]])[0], atol=1e-4)
+
+
+def test_special_token_strings_in_text_are_data(encoder_dir: Path) -> None:
+    """A query or document holding ``[SEP]``/``[CLS]``/``[MASK]`` is tokenised as that text, never as the control
+    tokens (it gave id 102 for [SEP] in all-MiniLM-L6-v2), on every path: inference, training batches, prefixes."""
+    from rerank.testing.adversarial import BERT_CONTROL, BERT_CONTROL_AS_TEXT
+
+    enc = BiEncoder.load(encoder_dir, query_prefix="query: ", device="cpu")
+    tok = enc.doc_tokenizer
+    special = {tok.sep_token_id, tok.cls_token_id, tok.mask_token_id}
+    assert special.issubset(tok(BERT_CONTROL)["input_ids"])  # the raw string does hold control tokens
+    for side in ("query", "doc"):
+        ids = enc.tokenize([f"virus {BERT_CONTROL} cells"], side)["input_ids"][0].tolist()
+        assert ids.count(tok.cls_token_id) == 1 and ids.count(tok.sep_token_id) == 1  # the ones the tokenizer adds
+        assert tok.mask_token_id not in ids
+        assert ids == enc.tokenize([f"virus {BERT_CONTROL_AS_TEXT} cells"], side)["input_ids"][0].tolist()
+    np.testing.assert_array_equal(enc.encode_docs([BERT_CONTROL, "x"]), enc.encode_docs([BERT_CONTROL_AS_TEXT, "x"]))
+    np.testing.assert_array_equal(enc.encode_queries([BERT_CONTROL]), enc.encode_queries([BERT_CONTROL_AS_TEXT]))
+    assert enc._prepare(["[SEP]"], "query") == ["query: [ SEP]"]  # the configured prefix is kept as it is
+
+
+def test_embedding_cache_key_covers_the_text_handling(encoder_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embeddings cached (or indexed) before special-token strings were neutralised differ for texts holding one:
+    the model hash in the cache key and the index manifest covers how text is given to the tokenizer."""
+    from rerank.retrieval import dense
+
+    enc = BiEncoder.load(encoder_dir, device="cpu")
+    key = doc_encoding_key(enc, "corpus")
+    monkeypatch.setattr(dense, "_TEXT_HANDLING", "as-written")
+    assert doc_encoding_key(enc, "corpus")["model_hash"] != key["model_hash"]
 
 
 def test_train_mode_returns_tensors_with_grad(encoder_dir: Path) -> None:
@@ -389,7 +420,7 @@ def test_index_mismatches_are_clear_errors(
     _build_index(encoder_dir, corpus_dir, idx)
     ok = DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), progress=False)
     assert ok.describe()["model"] == str(encoder_dir)
-    with pytest.raises(RerankError, match="weights hash"):
+    with pytest.raises(RerankError, match="fingerprint .*another model, or an index built by an earlier rerank"):
         DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), model=str(encoder_dir2), progress=False)
     with pytest.raises(RerankError, match="built with normalize=False"):
         DenseRetriever.from_dataset(Dataset(corpus_dir), index=str(idx), normalize=True, progress=False)
@@ -447,6 +478,62 @@ def test_interpolation_fusion_math() -> None:
     assert fused == pytest.approx({"d1": 0.25, "d2": 0.125, "d3": 0.75, "d4": 0.0})
     with pytest.raises(ConfigError):
         interpolate_fuse(dense, sparse, alpha=1.5)
+
+
+def test_interpolation_with_infinite_and_huge_scores() -> None:
+    """trec_eval reads ``-inf``/``+inf`` scores; fused they gave NaN (inf / inf) and a garbage order, as did +-1e308
+    (max - min overflows)."""
+    inf = math.inf
+    assert minmax_normalize([("a", inf), ("b", 4.0), ("c", 2.0), ("d", -inf)]) == pytest.approx(
+        {"a": 1.0, "b": 2 / 3, "c": 1 / 3, "d": 0.0})
+    assert minmax_normalize([("a", 3.0), ("b", -inf), ("c", 1.0)]) == {"a": 1.0, "b": 0.0, "c": 0.5}
+    assert minmax_normalize([("a", 3.0), ("b", inf), ("c", 1.0)]) == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert minmax_normalize([("a", 7.0), ("b", -inf)]) == {"a": 1.0, "b": 0.0}
+    assert minmax_normalize([("a", -inf), ("b", inf)]) == {"a": 0.0, "b": 1.0}
+    assert minmax_normalize([("a", -inf), ("b", -inf)]) == {"a": 1.0, "b": 1.0}  # all equal
+    assert minmax_normalize([("a", 1e308), ("b", -1e308), ("c", 0.0), ("d", 5e307)]) == {
+        "a": 1.0, "b": 0.0, "c": 0.5, "d": 0.75}
+    assert minmax_normalize([("a", -1.7e308), ("b", 1.7e308)]) == {"a": 0.0, "b": 1.0}
+    dense = {"q": [("d1", 0.9), ("d2", 0.5), ("d3", 0.1), ("d4", 0.3)]}
+    sparse = {"q": [("d1", -inf), ("d2", 3.0), ("d3", inf), ("d4", 2.0)]}
+    fused = interpolate_fuse(dense, sparse, alpha=0.5)["q"]
+    assert all(math.isfinite(s) for _, s in fused)
+    # sparse: d3 1, d2 2/3, d4 1/3, d1 0; dense: d1 1, d2 0.5, d4 0.25, d3 0
+    assert fused == [("d2", pytest.approx(7 / 12)), ("d3", 0.5), ("d1", 0.5), ("d4", pytest.approx(7 / 24))]  # tie: id desc
+    huge = interpolate_fuse({"q": [("a", 1.0), ("b", 0.0)]}, {"q": [("a", -1e308), ("b", 1e308), ("c", 0.0)]}, 0.25)
+    assert huge["q"] == [("b", 0.75), ("c", 0.375), ("a", 0.25)]
+    with pytest.raises(ValueError, match="query 'q', document 'd2': score is NaN"):
+        interpolate_fuse(dense, {"q": [("d1", 1.0), ("d2", math.nan)]})
+
+
+class _FixedStage(FirstStage):
+    """A first stage that returns a fixed run (cut to k)."""
+
+    name = "fixed-test"
+
+    def __init__(self, run: dict[str, list[tuple[str, float]]]) -> None:
+        self.run = run
+
+    @classmethod
+    def from_dataset(cls, dataset: object, **options: object) -> _FixedStage:
+        raise NotImplementedError
+
+    def retrieve(self, queries: dict[str, Query], k: int) -> dict[str, list[tuple[str, float]]]:
+        return {q: self.run[q][:k] for q in queries}
+
+
+def test_hybrid_interpolation_places_infinite_scores() -> None:
+    from rerank.retrieval.hybrid import HybridConfig, HybridRetriever
+
+    inf = math.inf
+    sparse = _FixedStage({"q": [("s-top", inf), ("both", 2.0), ("s-low", 1.0), ("s-bottom", -inf)]})
+    dense = _FixedStage({"q": [("both", 1e308), ("d-mid", 0.0), ("d-low", -1e308)]})
+    hy = HybridRetriever(sparse, dense, HybridConfig(fusion="interpolate", alpha=0.5))  # type: ignore[arg-type]
+    ranked = hy.retrieve({"q": Query("q", "x")}, 10)["q"]
+    assert all(math.isfinite(s) for _, s in ranked)
+    # sparse: s-top 1, both 2/3, s-low 1/3, s-bottom 0; dense: both 1, d-mid 0.5, d-low 0
+    assert [d for d, _ in ranked] == ["both", "s-top", "d-mid", "s-low", "s-bottom", "d-low"]
+    assert dict(ranked)["both"] == pytest.approx(5 / 6)
 
 
 class _KeywordStage(FirstStage):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,63 @@ def test_duplicate_corpus_id_names_line(tmp_path: Path) -> None:
     path = _write(tmp_path / "corpus.jsonl", _jsonl(*docs))
     with _raises_at(path, 3, "duplicate document id 'a'"):
         read_corpus(path)
+
+
+@pytest.mark.parametrize("grade", ["4294967295", "2147483648", "-2147483649", str(2**63), "1e10", "99999999999"])
+def test_grade_outside_32_bits_names_line(tmp_path: Path, grade: str) -> None:
+    """pytrec_eval reads grades as a C int: beyond it a query silently scores 0 (4294967295) or it crashes."""
+    for name, text in (("q.tsv", f"query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t{grade}\n"),
+                       ("q.txt", f"q1 0 d1 1\nq1 0 d2 {grade}\n")):
+        path = _write(tmp_path / name, text)
+        line = 3 if name == "q.tsv" else 2
+        with _raises_at(path, line, f"relevance grade '{grade}' is outside the signed 32-bit range"):
+            read_qrels(path)
+
+
+def test_grade_range_limits_are_read(tmp_path: Path) -> None:
+    path = _write(tmp_path / "q.txt", "q1 0 d1 2147483647\nq1 0 d2 -2147483648\nq1 0 d3 999999999\nq1 0 d4 1e3\n")
+    assert read_qrels(path) == {"q1": {"d1": 2**31 - 1, "d2": -(2**31), "d3": 999999999, "d4": 1000}}
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    ("name", "first", "second", "reader"),
+    [
+        ("run.trec", "q1 Q0 a 1 3 t\nq1 Q0 b 2 2 t\n", "q2 Q0 a 1 3 t\n", read_run),
+        ("qrels.txt", "q1 0 a 1\nq1 0 b 0\n", "q2 0 a 1\n", read_qrels),
+        ("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\ta\t1\nq1\tb\t0\n", "q2\ta\t1\n", read_qrels),
+        ("topics.tsv", "q1\tfirst query\nq3\tthird\n", "q2\tsecond query\n", read_queries),
+    ],
+)
+def test_byte_order_mark_inside_a_file_names_line(tmp_path: Path, gz: bool, name: str, first: str, second: str,
+                                                  reader: Callable[[Path], dict]) -> None:
+    """Two files each saved with a BOM and joined with ``cat``: the second BOM would start a query id."""
+    path = _write(tmp_path / (name + (".gz" if gz else "")), "\ufeff" + first + "\ufeff" + second)
+    with _raises_at(path, first.count("\n") + 1, "byte-order mark"):
+        reader(path)
+    ok = _write(tmp_path / ("ok-" + name), "\ufeff" + first + second)  # at the very start it is dropped
+    assert "q2" in reader(ok)
+
+
+def test_byte_order_mark_inside_a_jsonl_names_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "queries.jsonl", "\ufeff" + _jsonl({"_id": "1", "text": "a"}) + "\ufeff"
+                  + _jsonl({"_id": "2", "text": "b"}))
+    with _raises_at(path, 2, "BOM"):
+        read_queries(path)
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t ", "\u3000"])
+def test_query_without_text_names_line(tmp_path: Path, text: str) -> None:
+    jsonl = _write(tmp_path / "queries.jsonl", _jsonl({"_id": "1", "text": "ok"}, {"_id": "2", "text": text}))
+    with _raises_at(jsonl, 2, "query '2' has no text"):
+        read_queries(jsonl)
+    tsv = _write(tmp_path / "topics.tsv", f"1\tok\n2\t{text}\n")
+    with _raises_at(tsv, 2, "query '2' has no text"):
+        read_queries(tsv)
+    for i, query in enumerate([text, {"id": "q9", "text": text}]):
+        path = _write(tmp_path / f"in{i}.jsonl", _jsonl({"query": "ok", "docs": ["d"]}, {"query": query, "docs": ["d"]}))
+        with _raises_at(path, 2, "has no text"):
+            read_query_docs_jsonl(path)
+    # a document's text may be empty (a title-only document)
+    corpus = _write(tmp_path / "corpus.jsonl", _jsonl({"_id": "d1", "title": "T", "text": text}))
+    assert read_corpus(corpus)["d1"].text == text

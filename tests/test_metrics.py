@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytrec_eval
 
@@ -121,6 +123,64 @@ def test_run_only_queries_are_ignored_and_missing_count_zero() -> None:
     assert extra.missing_queries == ["q2"]
     empty = evaluate_run({}, qrels, ["nDCG@10", "AP"])
     assert empty.aggregate == {"nDCG@10": 0.0, "AP": 0.0}
+
+
+MEASURES = ["nDCG@10", "AP", "RR@10", "Judged@10", "P@1"]
+
+
+@pytest.mark.parametrize(
+    ("run", "qrels", "match"),
+    [
+        ({"q": [("a", 2.0), ("b", math.nan), ("c", 1.0)]}, {"q": {"a": 1}}, "query 'q', document 'b': score is NaN"),
+        ({"q": [("a", 2.0), ("b", 1.0), ("a", 0.5)]}, {"q": {"a": 1}}, "query 'q': document 'a' is listed twice"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": 1, "b": 0.5}}, "query 'q', document 'b': relevance grade 0.5 is not an int"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": np.float64(1.5)}}, "document 'a': relevance grade 1.5 is not an integer"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": math.nan}}, "document 'a': relevance grade nan is not an integer"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": "1"}}, "document 'a': relevance grade '1' is not an integer"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": 1, "b": 4294967295}}, "document 'b': relevance grade 4294967295 is outside"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": 2**31}}, "relevance grade 2147483648 is outside the signed 32-bit range"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": 2**63}}, "relevance grade 9223372036854775808 is outside"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": np.int64(-(2**40))}}, "relevance grade -1099511627776 is outside"),
+    ],
+)
+def test_invalid_input_is_a_value_error_naming_query_and_document(run: Run, qrels: Qrels, match: str) -> None:
+    """Input pytrec_eval would misread (a NaN ranked anywhere, 0.5 cut to 0, a grade wrapped around) is refused."""
+    with pytest.raises(ValueError, match=match):
+        evaluate_run(run, qrels, MEASURES)
+
+
+@pytest.mark.parametrize(
+    ("run", "qrels", "match"),
+    [
+        ({1: [("a", 1.0)]}, {1: {"a": 1}}, "qrels: query id 1 is int, not a string"),
+        ({1: [("a", 1.0)]}, {"1": {"a": 1}}, "run: query id 1 is int, not a string"),  # would never match "1"
+        ({"q": [(7, 1.0)]}, {"q": {7: 1}}, "query 'q': document id 7 is int, not a string"),
+        ({"q": [("a", 2.0), ("b", "high")]}, {"q": {"a": 1}}, "query 'q', document 'b': score 'high' is not a number"),
+    ],
+)
+def test_wrong_types_are_a_type_error_naming_query_and_document(run: Run, qrels: Qrels, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        evaluate_run(run, qrels, MEASURES)
+
+
+def test_other_number_types_give_the_same_numbers() -> None:
+    """Integral float and numpy grades, numpy scores, ints at the signed 32-bit limits are read as they are."""
+    run, qrels = _random_case(4)
+    want = evaluate_run(run, qrels, MEASURES).per_query
+    as_numpy = {q: [(d, np.float32(s)) for d, s in lst] for q, lst in run.items()}
+    floats = {q: {d: float(g) for d, g in j.items()} for q, j in qrels.items()}
+    numpy_ints = {q: {d: np.int64(g) for d, g in j.items()} for q, j in qrels.items()}
+    assert evaluate_run(as_numpy, floats, MEASURES).per_query == want
+    assert evaluate_run(run, numpy_ints, MEASURES).per_query == want
+    top = {"q": {"a": 2**31 - 1, "b": -(2**31), "c": 0}}
+    assert evaluate_run({"q": [("a", 1.0), ("b", 2.0)]}, top, ["P@1", "RR"]).aggregate == {"P@1": 0.0, "RR": 0.5}
+
+
+def test_infinite_scores_rank_first_and_last() -> None:
+    qrels = {"q": {"a": 1, "b": 1}}
+    run = {"q": [("z", math.inf), ("a", 5.0), ("b", -math.inf), ("c", 1.0)]}
+    res = evaluate_run(run, qrels, ["RR", "P@1", "AP", "Judged@2"]).aggregate
+    assert res == pytest.approx({"RR": 0.5, "P@1": 0.0, "AP": (1 / 2 + 2 / 4) / 2, "Judged@2": 0.5})
 
 
 # --- `rerank evaluate` ------------------------------------------------------------------------------------------------

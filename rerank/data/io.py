@@ -4,9 +4,10 @@ BEIR folders (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``), TREC 
 ``qid docid rank`` MS MARCO form Pyserini writes), qrels in TREC (4 columns) or BEIR TSV (3 columns + header) form,
 and JSONL of ``{"query", "docs"}``. Every reader streams, accepts ``.gz`` and a leading UTF-8 byte-order mark, and
 raises :class:`~rerank.errors.DataFormatError` naming the file and line of anything it cannot read exactly: undecodable
-bytes, a corrupt or truncated ``.gz``, a control character in a whitespace-separated field, a malformed record, and a
-record given twice (a qrels pair, a query or document id, a run's document) -- an id twice is ambiguous, so it is never
-resolved silently.
+bytes, a corrupt or truncated ``.gz``, a control character or a byte-order mark after the file's start (two files
+joined with ``cat``) in a whitespace-separated format, a malformed record, a relevance grade outside the signed 32-bit
+range trec_eval reads, a query without text, and a record given twice (a qrels pair, a query or document id, a run's
+document) -- an id twice is ambiguous, so it is never resolved silently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from rerank.utils.files import atomic_write
 
 __all__ = [
     "DUPLICATE_POLICIES",
+    "GRADE_MAX",
+    "GRADE_MIN",
     "open_text",
     "iter_lines",
     "iter_jsonl",
@@ -54,6 +57,10 @@ _THREE_COLUMNS = "{form} are tab-separated ({cols}); this line has 3 fields and 
 # C0 controls but tab, line feed and carriage return (separators), and DEL: never part of an id, a grade or a score
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NOT_CONTROL = bytes(b for b in range(256) if not _CONTROL.match(chr(b)))
+_MID_BOM = ("byte-order mark (U+FEFF) in the line: only the very start of a file may hold one (files joined with cat? "
+            "remove it)")
+#: relevance grades trec_eval (pytrec_eval) reads exactly: a C int; outside it a query's measures are silently wrong
+GRADE_MIN, GRADE_MAX = -(2**31), 2**31 - 1
 
 
 def open_text(path: str | Path) -> IO[str]:
@@ -94,10 +101,11 @@ def iter_lines(
     """Yield ``(1-based line number, line without its line ending)`` of a text file, ``.gz`` decompressed.
 
     A leading UTF-8 byte-order mark is dropped. Bytes that are not UTF-8, a file named ``.gz`` that is not gzip, and
-    a corrupt or truncated gzip stream raise :class:`DataFormatError` naming the file and the line, and so does a
-    control character (C0 but tab, line feed and carriage return; DEL) when ``controls`` is true: in the
-    whitespace-separated formats it would silently become part of an id. Lines end at ``\\n`` only (a ``\\r``
-    before it is dropped); the file is decoded a block at a time.
+    a corrupt or truncated gzip stream raise :class:`DataFormatError` naming the file and the line, and so do a
+    control character (C0 but tab, line feed and carriage return; DEL) and a byte-order mark anywhere but at the
+    file's start (two files joined with ``cat``) when ``controls`` is true: in the whitespace-separated formats either
+    would silently become part of an id. Lines end at ``\\n`` only (a ``\\r`` before it is dropped); the file is
+    decoded a block at a time.
     """
     path = Path(path)
     lineno = 0
@@ -123,13 +131,11 @@ def iter_lines(
                 lines = (text[:-1] if text.endswith("\n") else text).split("\n")
                 if "\r" in text:
                     lines = [line.rstrip("\r") for line in lines]
-                # a control byte is never part of a multi-byte UTF-8 character; deleting every other byte (C speed)
-                # finds one far faster than a regular expression
-                bad = _CONTROL.search(text) if controls and block.translate(None, _NOT_CONTROL) else None
-                if bad:  # the lines before it first, so an earlier error is reported first
-                    n = text.count("\n", 0, bad.start())
+                bad = _bad_character(text, block) if controls else None
+                if bad is not None:  # the lines before it first, so an earlier error is reported first
+                    n = text.count("\n", 0, bad[0])
                     yield from zip(range(lineno + 1, lineno + 1 + n), lines[:n])
-                    raise DataFormatError(path, lineno + n + 1, f"control character {bad.group()!r} in the line")
+                    raise DataFormatError(path, lineno + n + 1, bad[1])
                 yield from zip(range(lineno + 1, lineno + 1 + len(lines)), lines)
                 lineno += len(lines)
     except gzip.BadGzipFile as e:
@@ -140,6 +146,17 @@ def iter_lines(
             from None
     except zlib.error as e:
         raise DataFormatError(path, lineno + 1, f"corrupt gzip data ({e})") from None
+
+
+def _bad_character(text: str, block: bytes) -> tuple[int, str] | None:
+    """(offset in ``text``, message) of its first control character or byte-order mark, if it holds one."""
+    # a control byte is never part of a multi-byte UTF-8 character; deleting every other byte (C speed) finds one far
+    # faster than a regular expression
+    control = _CONTROL.search(text) if block.translate(None, _NOT_CONTROL) else None
+    bom = text.find(_BOM)
+    if control is not None and (bom < 0 or control.start() < bom):
+        return control.start(), f"control character {control.group()!r} in the line"
+    return (bom, _MID_BOM) if bom >= 0 else None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -238,17 +255,25 @@ def _iter_query_lines(path: Path) -> Iterator[tuple[int, Query]]:
             parts = line.split("\t", 1)
             if len(parts) != 2:
                 raise DataFormatError(path, lineno, "expected 'query-id<TAB>text'")
-            yield lineno, Query(_id(parts[0], "query id", path, lineno), parts[1])
+            qid = _id(parts[0], "query id", path, lineno)
+            yield lineno, Query(qid, _query_text(parts[1], qid, path, lineno))
     else:
         for lineno, obj in iter_jsonl(path):
             qid = _id(_require(obj, "_id", path, lineno, "id", "qid"), "query id", path, lineno)
-            yield lineno, Query(qid, _text(obj, "text", path, lineno, "query"))
+            yield lineno, Query(qid, _query_text(_text(obj, "text", path, lineno, "query"), qid, path, lineno))
+
+
+def _query_text(text: str, qid: str, path: str | Path, lineno: int) -> str:
+    """A query's text, which must hold more than whitespace (a document's may be empty; a query's never ranks)."""
+    if not text.strip():
+        raise DataFormatError(path, lineno, f"query {qid!r} has no text (empty or only whitespace)")
+    return text
 
 
 def read_queries(path: str | Path) -> dict[str, Query]:
     """Read BEIR ``queries.jsonl`` (``_id``, ``text``) or a TSV of ``qid<TAB>text`` (TREC topics).
 
-    A query id given twice is an error naming both lines.
+    A query id given twice is an error naming both lines; so is a query whose text is empty or only whitespace.
     """
     path = Path(path)
     queries: dict[str, Query] = {}
@@ -264,17 +289,22 @@ def read_queries(path: str | Path) -> dict[str, Query]:
 
 
 def _parse_grade(value: str, path: str | Path, lineno: int, header_hint: bool) -> int:
+    """An integral grade (``1``, ``+1``, ``1.0``, ``1e0``) in trec_eval's signed 32-bit range."""
     try:
-        return int(value)
+        grade = int(value)
     except ValueError:
         try:
             f = float(value)
         except ValueError:
             f = math.nan
-        if f.is_integer():
-            return int(f)
-        hint = " (a BEIR header line starts with 'query-id')" if header_hint else ""
-        raise DataFormatError(path, lineno, f"relevance grade {value!r} is not an integer{hint}") from None
+        if not f.is_integer():
+            hint = " (a BEIR header line starts with 'query-id')" if header_hint else ""
+            raise DataFormatError(path, lineno, f"relevance grade {value!r} is not an integer{hint}") from None
+        grade = int(f)
+    if not GRADE_MIN <= grade <= GRADE_MAX:
+        raise DataFormatError(path, lineno, f"relevance grade {value!r} is outside the signed 32-bit range "
+                              f"[{GRADE_MIN}, {GRADE_MAX}] trec_eval reads")
+    return grade
 
 
 def _iter_qrels(path: Path) -> Iterator[tuple[int, str, str, int]]:
@@ -299,7 +329,8 @@ def _iter_qrels(path: Path) -> Iterator[tuple[int, str, str, int]]:
             raise DataFormatError(path, lineno,
                                   _THREE_COLUMNS.format(form="BEIR qrels", cols="query-id corpus-id score"))
         grade = parts[grade_col]
-        value = int(grade) if grade.isdigit() and grade.isascii() else _parse_grade(grade, path, lineno, first)
+        fast = grade.isdigit() and grade.isascii() and len(grade) < 10  # at most 999999999: in range
+        value = int(grade) if fast else _parse_grade(grade, path, lineno, first)
         yield lineno, parts[0], parts[doc_col], value
 
 
@@ -428,8 +459,8 @@ def _score(value: Any, where: str, path: str | Path, lineno: int) -> float | Non
 def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Document, float | None]]]]:
     """Read plain JSONL of ``{"query": str|{"id","text"}, "docs": [str | {"id"?, "text", "title"?, "score"?}]}``.
 
-    Missing ids are filled with the line number (``q{line}``) and position (``d{i}``); a query id given twice is an
-    error naming both lines.
+    Missing ids are filled with the line number (``q{line}``) and position (``d{i}``); a query id given twice and a
+    query without text (empty or only whitespace) are errors naming the line.
     """
     out: list[tuple[Query, list[tuple[Document, float | None]]]] = []
     lines: dict[str, int] = {}
@@ -437,9 +468,10 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
         q = _require(obj, "query", path, lineno)
         if isinstance(q, dict):
             qid = _id(q.get("id", q.get("_id", f"q{lineno}")), "query id", path, lineno)
-            query = Query(qid, _text(q, "text", path, lineno))
+            query = Query(qid, _query_text(_text(q, "text", path, lineno), qid, path, lineno))
         elif isinstance(q, str):
-            query = Query(_id(obj.get("qid", f"q{lineno}"), "qid", path, lineno), q)
+            qid = _id(obj.get("qid", f"q{lineno}"), "qid", path, lineno)
+            query = Query(qid, _query_text(q, qid, path, lineno))
         else:
             raise DataFormatError(path, lineno, "'query' must be a string or an object")
         docs_raw = _require(obj, "docs", path, lineno)

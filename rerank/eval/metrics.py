@@ -8,18 +8,25 @@ Conventions, stated once so reports can say them:
   e.g. ``AP(rel=2)``; nDCG always uses the graded judgements.
 * Every query in the qrels is evaluated; a qrels query absent from the run scores 0 on every measure (trec_eval
   ``-c``). Run queries without judgements are ignored. Ties are broken by doc id, as trec_eval does.
+* Input trec_eval would misread is a ``ValueError`` naming the query (and document): a document listed twice in one
+  query's ranking, a NaN score, a grade that is not an integer or lies outside the signed 32-bit range; an id that is
+  not a string or a score that is not a number is a ``TypeError``. Integral floats and numpy integers are grades;
+  ``±inf`` scores rank first / last.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 
 import ir_measures
 import pytrec_eval
 
+from rerank.data.io import GRADE_MAX, GRADE_MIN
 from rerank.errors import ConfigError
 from rerank.types import Qrels, Run, sort_ranking
 
@@ -86,14 +93,20 @@ def evaluate_run(
     orders by score, ties by doc id descending, as :func:`sort_ranking` does); ``RR@k`` is cut from its reciprocal
     rank and ``Judged@k`` counted against the k-th largest score, so the whole costs little more than one pytrec_eval
     call. Any other measure goes through ir-measures, on scores replaced by the trec_eval rank (its RR/Judged
-    providers break ties by doc id ascending).
+    providers break ties by doc id ascending). Input that trec_eval would misread raises ``ValueError`` (or, for a
+    wrong type, ``TypeError``) naming the query and document (see the module notes).
     """
     parsed = parse_measures(measures, rel_level)
     names = [name for name, _ in parsed]
+    _check_ids(qrels, "qrels")
     qids = sorted(qrels)
-    per_query: dict[str, dict[str, float]] = {q: dict.fromkeys(names, 0.0) for q in qids}
+    zeros = dict.fromkeys(names, 0.0)
+    per_query: dict[str, dict[str, float]] = {q: zeros.copy() for q in qids}
     qrels_dict = {q: qrels[q] for q in qids}
+    _check_grades(qrels_dict)
     lists = {q: run[q] for q in qids if run.get(q)}
+    if len(lists) < len(run):  # queries the qrels lack: an int id among them would silently never match
+        _check_ids(run, "run")
     trec: dict[int, dict[str, tuple[str, str, int | None]]] = {}  # relevance level -> name -> (measure, key, RR cut)
     judged: dict[str, int] = {}
     other: list[tuple[str, ir_measures.Measure]] = []
@@ -106,7 +119,7 @@ def evaluate_run(
         else:
             other.append((name, m))
     if lists:
-        run_dict = {q: dict(lst) for q, lst in lists.items()}
+        run_dict = _run_rows(lists)
         for level, specs in trec.items():
             results = _pytrec_eval(qrels_dict, {request for request, _, _ in specs.values()}, level, run_dict)
             plain = [(name, key) for name, (_, key, cut) in specs.items() if cut is None]
@@ -130,7 +143,7 @@ def evaluate_run(
                 per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
     n = len(qids)
     aggregate = {name: (sum(map(itemgetter(name), per_query.values())) / n if n else 0.0) for name in names}
-    missing = [q for q in qids if not run.get(q)]
+    missing = [q for q in qids if q not in lists]
     return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)
 
 
@@ -156,13 +169,109 @@ def _is_judged_at(m: ir_measures.Measure) -> bool:
     return m.NAME == "Judged" and set(m.params) == {"cutoff"} and isinstance(m.params["cutoff"], int)
 
 
+def _check_ids(mapping: Iterable[object], what: str) -> None:
+    """Query ids are strings (trec_eval's are; an int id would never match a string one)."""
+    if set(map(type, mapping)) <= {str}:
+        return
+    for q in mapping:
+        if not isinstance(q, str):
+            raise TypeError(f"{what}: query id {q!r} is {type(q).__name__}, not a string")
+
+
+def _grade(q: str, d: object, g: object) -> int:
+    """Grade ``g`` of document ``d`` for query ``q`` as an int: it must be integral and in the signed 32-bit range."""
+    try:
+        value = int(g)  # type: ignore[call-overload]
+        integral = value == g
+    except (TypeError, ValueError, OverflowError):
+        integral = False
+    shown = repr(g) if isinstance(g, (str, bytes)) else str(g)  # numpy's repr is np.float64(0.5)
+    if not integral:
+        raise ValueError(f"qrels: query {q!r}, document {d!r}: relevance grade {shown} is not an integer")
+    if not GRADE_MIN <= value <= GRADE_MAX:
+        raise ValueError(f"qrels: query {q!r}, document {d!r}: relevance grade {shown} is outside the signed 32-bit "
+                         f"range [{GRADE_MIN}, {GRADE_MAX}] trec_eval reads")
+    return value
+
+
+def _grade_ok(g: object) -> bool:
+    """Whether ``g`` is an integral grade in the signed 32-bit range (without naming where it is)."""
+    if type(g) is int:
+        return GRADE_MIN <= g <= GRADE_MAX
+    try:
+        _grade("", "", g)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_grades(qrels: Mapping[str, Mapping[str, object]]) -> None:
+    """Every grade integral and within trec_eval's signed 32-bit range (0.5 would be truncated, and beyond the range
+    pytrec_eval silently scores 0, or crashes): the distinct grades are checked, and only when one fails are the
+    judgements scanned to name it. A grade of another number type that is equal to one checked (``1.0``, numpy's
+    ``1``) is converted where pytrec_eval refuses it (:func:`_pytrec_eval`)."""
+    try:
+        distinct = set(chain.from_iterable(map(dict.values, qrels.values())))  # type: ignore[arg-type]
+    except TypeError:  # not dicts, or an unhashable grade
+        distinct = None
+    if distinct is not None and all(map(_grade_ok, distinct)):
+        return
+    for q, judged in qrels.items():
+        for d, g in judged.items():
+            _grade(q, d, g)
+
+
+def _run_rows(lists: Mapping[str, Sequence[tuple[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each ranked list as the ``{doc id: score}`` pytrec_eval takes; a document listed twice (the dicts hold fewer
+    entries than the lists) or a NaN score (the sum of the scores, each row's taken while it is in cache, is NaN) is a
+    ``ValueError`` naming the query and document, a score that is not a number a ``TypeError``. ``+inf`` with
+    ``-inf`` also sums to NaN: the scan that names the document finds none and lets them pass."""
+    rows: dict[str, dict[str, float]] = {}
+    total = 0.0
+    try:
+        for q, lst in lists.items():
+            rows[q] = row = dict(lst)
+            total = sum(row.values(), total)
+    except TypeError:  # a score that does not add up: the scan below names it
+        rows, total = {q: dict(lst) for q, lst in lists.items()}, math.nan
+    if sum(map(len, rows.values())) != sum(map(len, lists.values())):
+        for q, lst in lists.items():
+            if len(rows[q]) != len(lst):
+                _raise_duplicate(q, lst)
+    if math.isnan(total):
+        for q, lst in lists.items():
+            for d, s in lst:
+                try:
+                    nan = math.isnan(s)
+                except TypeError:
+                    raise TypeError(f"run: query {q!r}, document {d!r}: score {s!r} is not a number") from None
+                if nan:
+                    raise ValueError(f"run: query {q!r}, document {d!r}: score is NaN")
+    return rows
+
+
+def _raise_duplicate(q: str, lst: Sequence[tuple[str, float]]) -> None:
+    seen: set[str] = set()
+    for d, _ in lst:
+        if d in seen:
+            raise ValueError(f"run: query {q!r}: document {d!r} is listed twice")
+        seen.add(d)
+
+
 def _pytrec_eval(qrels: Qrels, wanted: set[str], level: int, run: dict[str, dict[str, float]]) -> dict:
-    """pytrec_eval on the qrels as given; grades or scores of other number types (numpy's) are converted first."""
+    """pytrec_eval on the qrels as given; grades or scores of other number types (numpy's) are converted first (the
+    grades were checked by :func:`_check_grades`); a document id that is not a string is a ``TypeError``."""
     try:
         return pytrec_eval.RelevanceEvaluator(qrels, wanted, relevance_level=level).evaluate(run)
     except TypeError:
-        qrels = {q: {d: int(g) for d, g in j.items()} for q, j in qrels.items()}
+        qrels = {q: {d: _grade(q, d, g) for d, g in j.items()} for q, j in qrels.items()}
         run = {q: {d: float(s) for d, s in r.items()} for q, r in run.items()}
+        for what, table in (("qrels", qrels), ("run", run)):
+            for q, docs in table.items():
+                for d in docs:
+                    if not isinstance(d, str):
+                        raise TypeError(f"{what}: query {q!r}: document id {d!r} is {type(d).__name__}, "
+                                        "not a string") from None
         return pytrec_eval.RelevanceEvaluator(qrels, wanted, relevance_level=level).evaluate(run)
 
 

@@ -1,7 +1,9 @@
 """Bi-encoder over any Hugging Face encoder, saved and loaded as sentence-transformers folders.
 
 A :class:`BiEncoder` embeds queries and documents with CLS, mean or last-token pooling (the last *real* token, for
-either padding side), optional L2 normalisation, per-side text prefixes and maximum lengths. Queries and documents
+either padding side), optional L2 normalisation, per-side text prefixes and maximum lengths. Query and document text
+is data: its special-token strings (``[SEP]``, ``</s>``) are neutralised (:func:`rerank.heads.text.neutralise`) before
+tokenisation, as every reranker head does, so they never become control tokens. Queries and documents
 share one transformer unless :meth:`BiEncoder.untie` gives documents their own copy (ADORE trains the query side only).
 
 Saved layout (loads with ``SentenceTransformer(path)``, embeddings equal to ours: tests/test_dense.py)::
@@ -33,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rerank.errors import ConfigError, RerankError
+from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model, hash_weights
@@ -51,6 +54,9 @@ ROUTER_CONFIG = "router_config.json"
 SETTINGS_FILE = "rerank_biencoder.json"
 _ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# how text reaches the tokenizer, part of the fingerprint: embeddings (caches, indexes) made before special-token
+# strings were neutralised differ for texts holding one, so they must not be reused
+_TEXT_HANDLING = "special-strings-neutralised"
 
 
 @dataclass
@@ -178,11 +184,14 @@ class BiEncoder(torch.nn.Module):
         raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
 
     def _prepare(self, texts: Sequence[str], side: Side) -> list[str]:
+        """The side's prefix + each text (lowercased when the model is uncased) with its special-token strings
+        neutralised: user text is data, never ``[SEP]`` or ``</s>``; the configured prefix is kept as it is."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not a single string")
-        prefix = self._side(side)[3]
-        out = [prefix + t for t in texts]
-        return [t.lower() for t in out] if self.settings.lowercase else out
+        _, tok, _, prefix = self._side(side)
+        if self.settings.lowercase:  # first: lowercasing could make a special string ("<PAD>" -> "<pad>")
+            prefix, texts = prefix.lower(), [t.lower() for t in texts]
+        return [prefix + neutralise(t, tok) for t in texts]
 
     # ------------------------------------------------------------------ encoding
     def tokenize(self, texts: Sequence[str], side: Side) -> dict[str, torch.Tensor]:
@@ -326,7 +335,8 @@ class BiEncoder(torch.nn.Module):
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self, side: Side = "doc") -> str:
-        """SHA-256 of one side's weights (as float32, so storage dtype does not matter) and tokenizer.
+        """SHA-256 of one side's weights (as float32, so storage dtype does not matter), tokenizer, and how text is
+        given to it (special-token strings neutralised).
 
         The model part of index manifests and embedding-cache keys; independent of where or how the folder was saved.
         """
@@ -340,6 +350,7 @@ class BiEncoder(torch.nn.Module):
             spec = tok.get_vocab()
         h.update(json.dumps(spec, sort_keys=True).encode())
         h.update(f"pad={tok.pad_token_id}".encode())
+        h.update(f"text={_TEXT_HANDLING}".encode())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:

@@ -5,11 +5,16 @@ Fusion rules (pure functions, usable on any runs):
 * ``rrf``: score(d) = sum over runs of 1 / (k + rank(d)), rank 1-based in trec_eval order; a run that lacks d adds 0
   (Cormack et al., 2009; k = 60).
 * ``interpolate``: each run's scores min-max normalised per query to [0, 1] (all-equal scores become 1), then
-  alpha * dense + (1 - alpha) * sparse; a document missing from one run gets 0 for that run.
+  alpha * dense + (1 - alpha) * sparse; a document missing from one run gets 0 for that run. An infinite score (which
+  trec_eval and :func:`~rerank.data.io.read_run` accept) counts as one finite score range beyond the finite scores:
+  ``-inf`` normalises to 0 and ranks below every finite score of its run, ``+inf`` to 1 and above them; scores near
+  the float limits (``±1e308``) normalise without overflow. A NaN score is a ``ValueError`` naming the query and
+  document.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,14 +28,39 @@ __all__ = ["HybridConfig", "HybridRetriever", "rrf_fuse", "interpolate_fuse", "m
 
 
 def minmax_normalize(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """Scores mapped to [0, 1] by (s - min) / (max - min); all-equal scores map to 1."""
+    """Scores mapped to [0, 1] by (s - min) / (max - min); all-equal scores map to 1.
+
+    ``-inf`` maps to 0 and ``+inf`` to 1, each as if one finite score range (1 when the finite scores are all equal)
+    beyond the finite scores, which keep their order strictly between; a NaN score is a ``ValueError``.
+    """
     if not pairs:
         return {}
-    scores = [s for _, s in pairs]
-    lo, hi = min(scores), max(scores)
-    if hi == lo:
-        return {d: 1.0 for d, _ in pairs}
-    return {d: (s - lo) / (hi - lo) for d, s in pairs}
+    finite = [s for _, s in pairs if math.isfinite(s)]
+    if len(finite) < len(pairs):
+        for d, s in pairs:
+            if math.isnan(s):
+                raise ValueError(f"document {d!r}: score is NaN")
+    below = len(finite) < len(pairs) and any(s == -math.inf for _, s in pairs)
+    above = len(finite) < len(pairs) and any(s == math.inf for _, s in pairs)
+    if not finite:  # only infinities: all equal (1), or -inf 0 and +inf 1
+        return {d: 0.0 if below and above and s < 0 else 1.0 for d, s in pairs}
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    if span == math.inf:  # both near the float limits: halve before subtracting (exact but for subnormals)
+        lo, hi, span, half = lo / 2, hi / 2, hi / 2 - lo / 2, 0.5
+    else:
+        half = 1.0
+    out: dict[str, float] = {}
+    for d, s in pairs:
+        if s == math.inf:
+            out[d] = 1.0
+        elif s == -math.inf:
+            out[d] = 0.0
+        elif span == 0:  # all finite scores equal: 1, or between the infinities present
+            out[d] = 1.0 if not above else (0.5 if below else 0.0)
+        else:
+            out[d] = ((s * half - lo) / span + below) / (1 + below + above)
+    return out
 
 
 def rrf_fuse(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
@@ -48,12 +78,16 @@ def rrf_fuse(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
 
 
 def interpolate_fuse(dense: Run, sparse: Run, alpha: float = 0.5, depth: int | None = None) -> Run:
-    """``alpha * minmax(dense) + (1 - alpha) * minmax(sparse)`` per query (missing documents count 0)."""
+    """``alpha * minmax(dense) + (1 - alpha) * minmax(sparse)`` per query (missing documents count 0; infinite
+    scores as :func:`minmax_normalize` places them); a NaN score is a ``ValueError`` naming the query and document."""
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
     fused: Run = {}
     for q in sorted(set(dense) | set(sparse)):
-        nd, ns = minmax_normalize(dense.get(q, [])), minmax_normalize(sparse.get(q, []))
+        try:
+            nd, ns = minmax_normalize(dense.get(q, [])), minmax_normalize(sparse.get(q, []))
+        except ValueError as e:
+            raise ValueError(f"query {q!r}, {e}") from None
         docs = set(nd) | set(ns)
         fused[q] = sort_ranking([(d, alpha * nd.get(d, 0.0) + (1 - alpha) * ns.get(d, 0.0)) for d in docs])[:depth]
     return fused

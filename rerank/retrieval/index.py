@@ -78,6 +78,12 @@ class IndexConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"index option {name} must be >= 1, got {value}")
 
+    def check_dim(self, dim: int) -> None:
+        """The options that depend on the embedding dimension alone, checked as soon as the model is loaded (before
+        the corpus is encoded): an ``ivfpq`` ``pq_m`` must divide ``dim``."""
+        if self.index_type == "ivfpq" and self.pq_m is not None:
+            _check_pq_m(self.pq_m, dim)
+
 
 @dataclass
 class EmbeddingSet:
@@ -285,6 +291,14 @@ def encode_corpus_cached(
     return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, n, workers)
 
 
+def _check_pq_m(pq_m: int, dim: int) -> None:
+    """PQ splits each embedding into ``pq_m`` equal parts: ``pq_m`` must divide ``dim`` (the error lists those that
+    do, up to 64)."""
+    if dim % pq_m:
+        divisors = [str(m) for m in range(1, min(64, dim) + 1) if dim % m == 0]
+        raise ConfigError(f"pq_m={pq_m} must divide the embedding dimension {dim} (e.g. {', '.join(divisors)})")
+
+
 def _auto_pq_m(dim: int) -> int:
     for m in range(min(64, dim), 0, -1):
         if dim % m == 0:
@@ -307,8 +321,7 @@ def build_faiss(embeddings: np.ndarray, cfg: IndexConfig) -> faiss.Index:
     elif cfg.index_type == "ivfpq":
         nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
         pq_m = cfg.pq_m or _auto_pq_m(dim)
-        if dim % pq_m:
-            raise ConfigError(f"pq_m={pq_m} must divide the embedding dimension {dim}")
+        _check_pq_m(pq_m, dim)
         need = max(nlist, 2**cfg.pq_nbits)
         if n < need:
             raise RerankError(
@@ -468,8 +481,9 @@ class DenseIndex:
             )
         if model_hash is not None and model_hash != manifest["model_hash"]:
             raise RerankError(
-                f"{path}: built with model {manifest['model']!r} (weights hash {manifest['model_hash'][:12]}…), but the "
-                f"document encoder given has hash {model_hash[:12]}…: use the same model or rebuild the index"
+                f"{path}: built with model {manifest['model']!r} (fingerprint {manifest['model_hash'][:12]}…: weights, "
+                f"tokenizer and text handling), but the document encoder given has {model_hash[:12]}…: another model, "
+                "or an index built by an earlier rerank; use the same model or rebuild the index"
             )
         return cls(index, ids, emb, manifest)
 

@@ -7,12 +7,16 @@ the mask token to ``query_length``, those positions taking part in MaxSim), ``at
 ``skiplist_words`` (document tokens left out of MaxSim, punctuation by default). PyLate itself does not install here
 (it pins older sentence-transformers, transformers and a CUDA torch), so this is an own implementation of its
 scoring; :func:`maxsim` is tested against hand-computed values. A Stanford-ColBERT checkpoint (``artifact.metadata``)
-is not read.
+is not read. Query and document text is data: its special-token strings (``[SEP]``, ``[MASK]``) are neutralised
+(:func:`rerank.heads.text.neutralise`) before tokenisation, as every head does, and so are the prefix tokens
+(``[Q]``, ``[D]``, in any case: PyLate adds them as plain tokens with a trailing space, which the tokenizer matches in
+normalised text).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ import torch
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
+from rerank.heads.text import neutralise
 from rerank.types import Candidate, Query
 
 __all__ = ["ColBERTConfig", "ColBERTEncoder", "ColBERTReranker", "maxsim"]
@@ -75,6 +80,22 @@ class ColBERTEncoder(torch.nn.Module):
             self.prefix_ids[side] = int(tid)
         skip = settings.get("skiplist_words") or []
         self.skip_ids = {i for w in skip for i in tokenizer.encode(w, add_special_tokens=False)[:1]}
+        prefixes = sorted({settings[k].strip() for k in ("query_prefix", "document_prefix")} - {""}, key=len,
+                          reverse=True)
+        self._prefix_strings = re.compile("|".join(map(re.escape, prefixes)), re.IGNORECASE) if prefixes else None
+
+    def prepare(self, text: str) -> str:
+        """User ``text`` as the model reads it: special-token strings and the prefix tokens' strings defanged (a space
+        after the first character, ``[Q]`` -> ``[ Q]``), so none becomes a control or prefix token."""
+        text = neutralise(text, self.tokenizer)
+        pattern = self._prefix_strings
+        for _ in range(8):
+            if pattern is None or pattern.search(text) is None:
+                return text
+            text = pattern.sub(lambda m: f"{m.group()[0]} {m.group()[1:]}", text)
+        while pattern.search(text) is not None:
+            text = pattern.sub("", text)
+        return text
 
     @classmethod
     def load(cls, model: str, dtype: str = "auto", device: str | None = None) -> ColBERTEncoder:
@@ -122,10 +143,11 @@ class ColBERTEncoder(torch.nn.Module):
         return next(self.transformer.parameters()).device
 
     def tokenize(self, texts: Sequence[str], side: Literal["query", "doc"], length: int) -> dict[str, torch.Tensor]:
-        """Ids (first token, the side's prefix token, the text cut to fit ``length``) and the attention mask; queries
-        with expansion are padded with the mask token to ``length``. Also ``score_mask``: the tokens MaxSim uses."""
+        """Ids (first token, the side's prefix token, the text cut to fit ``length``, its special-token strings
+        neutralised) and the attention mask; queries with expansion are padded with the mask token to ``length``. Also
+        ``score_mask``: the tokens MaxSim uses."""
         tok = self.tokenizer
-        enc = tok(list(texts), truncation=True, max_length=length - 1, padding=False)
+        enc = tok([self.prepare(t) for t in texts], truncation=True, max_length=length - 1, padding=False)
         rows = [[ids[0], self.prefix_ids[side], *ids[1:]] for ids in enc["input_ids"]]
         expand = side == "query" and self.settings["do_query_expansion"]
         width = length if expand else max(len(r) for r in rows)

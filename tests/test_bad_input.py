@@ -543,3 +543,264 @@ def test_base_reranker_config_rejects_unknown_options() -> None:
     with pytest.raises(ConfigError, match="unknown key 'bogus'"):
         Reranker.load(LengthReranker.method, bogus=1)
     assert isinstance(Reranker.load(LengthReranker.method).config, RerankerConfig)
+
+
+# --- paths are checked before the work, and errors name the option (newcomer walk-through) -------------------------
+
+
+def _not_writable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make folder ``path`` read-only; as root (who writes anyway) the permission check is told so instead."""
+    import os
+
+    path.chmod(0o500)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr("rerank.cli.common.os.access",
+                            lambda p, mode: False if Path(p) == path else real(p, mode))
+
+
+@pytest.fixture
+def no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoding a corpus fails the test: a check that should have come first did not."""
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the corpus was encoded before the options were checked")
+
+    monkeypatch.setattr("rerank.retrieval.index.encode_corpus_cached", boom)
+
+
+def test_unwritable_output_fails_before_the_work(dl19_dir: Path, tiny_beir_dir: Path, tmp_path: Path, run_cli,
+                                                  monkeypatch: pytest.MonkeyPatch, no_retrieval: None) -> None:
+    """Each was found after the work as a raw OS error (eval reranked everything, then `[Errno 17] File exists`;
+    rank printed a temporary file's name)."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    qd = tmp_path / "qd.jsonl"
+    qd.write_text(json.dumps({"query": "q", "docs": ["a", "bb"]}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"recipe: hard_negatives\nsource: {{dataset: {tiny_beir_dir}, split: train}}\n")
+    train_cfg = tmp_path / "t.yaml"
+    train_cfg.write_text("model: all-MiniLM-L6-v2\nhead: cross-encoder\ndata: {beir: scifact}\n")
+    first_stage = dl19_dir / "bm25_top100.trec"
+    folder_commands = {
+        "eval": ("eval", "--dataset", dl19_dir, "--first-stage", first_stage, "--reranker", LengthReranker.method),
+        "eval --retriever": ("eval", "--dataset", dl19_dir, "--retriever", "bm25"),
+        "train": ("train", "sft", "--config", train_cfg),
+        "data build": ("data", "build", recipe),
+        "index": ("index", "--model", "all-MiniLM-L6-v2", "--dataset", tiny_beir_dir),
+    }
+    for name, command in folder_commands.items():
+        rc, _, err = run_cli(*command, "--output", afile)
+        _one_line_error(rc, err, f"--output {afile} is a file; give a folder")
+        rc, _, err = run_cli(*command, "--output", afile / "sub")
+        _one_line_error(rc, err, f"--output {afile / 'sub'}: {afile} is a file")
+    rank = ("rank", "--input", qd, "--reranker", LengthReranker.method)
+    rc, _, err = run_cli(*rank, "--output", tmp_path)
+    _one_line_error(rc, err, f"--output {tmp_path} is a folder; give a file name")
+    assert ".tmp" not in err
+    rc, _, err = run_cli("leaderboard", "--config", train_cfg, "--results-dir", afile)
+    _one_line_error(rc, err, f"--results-dir {afile} is a file")
+    rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", first_stage, "--output", tmp_path / "o",
+                         "--log-llm-io", tmp_path)
+    _one_line_error(rc, err, f"--log-llm-io {tmp_path} is a folder")
+    with pytest.raises(ConfigError, match=f"output {afile} is a file; give a folder"):  # the API, before it reads
+        run_eval(EvalConfig(dataset=str(dl19_dir), first_stage=str(first_stage), output=str(afile)))
+    assert afile.read_text() == "mine"
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _not_writable(locked, monkeypatch)
+    try:
+        rc, _, err = run_cli(*folder_commands["eval"], "--output", locked / "new" / "deeper")
+        _one_line_error(rc, err, f"--output {locked / 'new' / 'deeper'} cannot be created: {locked} is not writable")
+        rc, _, err = run_cli(*folder_commands["eval"], "--output", locked)
+        _one_line_error(rc, err, f"--output {locked} is not writable")
+        rc, _, err = run_cli(*rank, "--output", locked / "r.trec")
+        _one_line_error(rc, err, f"--output {locked / 'r.trec'}", "is not writable")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (("rank", "--input", "{tmp}/nope.jsonl", "--reranker", LengthReranker.method, "--output", "{tmp}/o.trec"),
+         "--input"),
+        (("rank", "--first-stage", "{tmp}/nope.trec", "--dataset", "{dl19}", "--reranker", LengthReranker.method,
+          "--output", "{tmp}/o.trec"), "--first-stage"),
+        (("eval", "--dataset", "{dl19}", "--first-stage", "{tmp}/nope.trec", "--output", "{tmp}/o"), "--first-stage"),
+        (("eval", "--dataset", "{dl19}", "--first-stage", "{run}", "--reranker", LengthReranker.method,
+          "--reranker-config", "{tmp}/nope.yaml", "--output", "{tmp}/o"), "--reranker-config"),
+        (("eval", "--dataset", "{dl19}", "--retriever", "bm25", "--retriever-config", "{tmp}/nope.yaml",
+          "--output", "{tmp}/o"), "--retriever-config"),
+        (("evaluate", "--run", "{tmp}/nope.trec", "--qrels", "{qrels}"), "--run"),
+        (("evaluate", "--run", "{run}", "--qrels", "{tmp}/nope.tsv"), "--qrels"),
+        (("train", "sft", "--config", "{tmp}/nope.yaml", "--output", "{tmp}/t"), "--config"),
+        (("leaderboard", "--config", "{tmp}/nope.yaml"), "--config"),
+    ],
+)
+def test_missing_input_files_name_the_option(command: tuple[str, ...], option: str, dl19_dir: Path, tmp_path: Path,
+                                             run_cli, no_retrieval: None) -> None:
+    """Was `error: [Errno 2] No such file or directory: 'nope.jsonl'`, naming no option."""
+    names = {"tmp": tmp_path, "dl19": dl19_dir, "run": dl19_dir / "bm25_top100.trec",
+             "qrels": dl19_dir / "qrels" / "test.tsv"}
+    args = [a.format(**names) for a in command]
+    missing = next(a for a in args if "nope" in a)
+    rc, _, err = run_cli(*args)
+    _one_line_error(rc, err, f"{option} {missing} does not exist")
+    args[args.index(missing)] = str(tmp_path)
+    rc, _, err = run_cli(*args)
+    _one_line_error(rc, err, f"{option} {tmp_path} is a folder; give a file")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_run_of_another_dataset_is_an_error_and_a_partial_one_a_warning(
+    dl19_dir: Path, scifact_dir: Path, tmp_path: Path, run_cli, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DL19's run on SciFact scored nDCG@10 0.0 over 300 queries, exit 0 (rank wrote an empty file)."""
+    dl19_run = dl19_dir / "bm25_top100.trec"
+    rc, _, err = run_cli("eval", "--dataset", scifact_dir, "--first-stage", dl19_run, "--output", tmp_path / "e",
+                         "--reranker", LengthReranker.method)
+    _one_line_error(rc, err, f"--first-stage {dl19_run} shares no query id with the 300 test queries of dataset "
+                    f"scifact", "1037798")
+    assert not (tmp_path / "e").exists()
+    rc, _, err = run_cli("rank", "--first-stage", dl19_run, "--dataset", scifact_dir, "--reranker",
+                         LengthReranker.method, "--output", tmp_path / "r.trec")
+    _one_line_error(rc, err, f"--first-stage {dl19_run} shares no query id with the 1109 queries of dataset scifact")
+    assert not (tmp_path / "r.trec").exists()
+
+    run = read_run(dl19_run)
+    first, kept = min(run), sorted(run)[1:3]  # the first query (sorted) has no ranking; 2 of the first 3 do
+    partial = tmp_path / "partial.trec"
+    partial.write_text("".join(f"{q} Q0 {d} {i + 1} {s} x\n" for q in kept for i, (d, s) in enumerate(run[q])))
+    caplog.set_level(logging.WARNING, logger="rerank")
+    rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", partial, "--max-queries", "3",
+                         "--output", tmp_path / "p")
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert metrics["num_queries"] == 3 and metrics["missing_queries"] == [first]
+    assert metrics["per_query"][first]["nDCG@10"] == 0.0
+    assert (f"1 of the first 3 test queries of dataset {dl19_dir.name} (--max-queries 3) have no ranking in "
+            f"--first-stage {partial}") in caplog.text
+    caplog.clear()
+    mixed = tmp_path / "mixed.trec"  # two DL19 queries and one SciFact query ranking SciFact documents
+    mixed.write_text(partial.read_text() + "1 Q0 31715818 1 2.0 x\n1 Q0 14717500 2 1.0 x\n")
+    rc, _, err = run_cli("rank", "--first-stage", mixed, "--dataset", scifact_dir, "--reranker",
+                         LengthReranker.method, "--output", tmp_path / "m.trec")
+    assert rc == 0, err
+    assert f"2 of the 3 queries of --first-stage {mixed} are not in dataset scifact" in caplog.text
+    assert set(read_run(tmp_path / "m.trec")) == {"1"}
+
+
+def _trained_folder(path: Path, method: str, kind: str = "reranker") -> Path:
+    """A model folder as training writes it: model files (here a stand-in config.json) and its rerank.json."""
+    from rerank.methods.record import record_payload
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "rerank.json").write_text(json.dumps(record_payload(method, kind, {}, "sft", "base")))
+    return path
+
+
+def test_model_without_reranker_says_what_is_missing(
+    dl19_dir: Path, tiny_beir_dir: Path, tmp_path: Path, run_cli
+) -> None:
+    """`--retriever bm25 --model M` said `bm25: unknown key 'model' for BM25Config`; a training run folder said the
+    retriever's model is a folder without a model in it."""
+    trained = _trained_folder(tmp_path / "run" / "model", LengthReranker.method)
+    (tmp_path / "run" / "rerank_train.json").write_text("{}")
+    bm25 = ("eval", "--dataset", tiny_beir_dir, "--retriever", "bm25", "--max-queries", "2")
+    rc, _, err = run_cli(*bm25, "--model", "all-MiniLM-L6-v2", "--output", tmp_path / "o")
+    _one_line_error(rc, err, "--model needs --reranker METHOD (or a trained reranker folder with rerank.json); "
+                             "bm25 takes no model")
+    rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec",
+                         "--model", "all-MiniLM-L6-v2", "--output", tmp_path / "o")
+    _one_line_error(rc, err, "--model needs --reranker METHOD", "a --first-stage run takes no model")
+    for command in (bm25, ("rank", "--input", tmp_path / "absent.jsonl")):
+        rc, _, err = run_cli(*command, "--model", tmp_path / "run", "--output", tmp_path / "o.trec")
+        _one_line_error(rc, err, f"--model {tmp_path / 'run'} is a training run folder", f"--model {trained}")
+    assert not (tmp_path / "o").exists()
+    # a trained reranker folder needs no --reranker: its rerank.json names the method
+    rc, _, err = run_cli(*bm25, "--model", trained, "--top-k", "5", "--output", tmp_path / "ok")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["reranker"]["model"] == str(trained)
+
+
+def test_rank_output_names_input_combinations_and_help(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
+    """`--output ranked.txt` and `ranked.jsonl.gz` silently wrote plain TREC text; --dataset with --input was
+    silently ignored; the help spoke of metrics and a dense retriever."""
+    qd = tmp_path / "qd.jsonl"
+    qd.write_text("".join(json.dumps({"query": {"id": f"q{i}", "text": "q"}, "docs": ["aaa", "b", "cc"]}) + "\n"
+                          for i in range(2)))
+    rank = ("rank", "--input", qd, "--reranker", LengthReranker.method)
+    for name in ("ranked.txt", "ranked.gz", "ranked", "ranked.trec.zip", ".trec"):
+        rc, _, err = run_cli(*rank, "--output", tmp_path / name)
+        _one_line_error(rc, err, f"--output {tmp_path / name}: name the file .trec", ".jsonl", ".gz")
+        assert not (tmp_path / name).exists()
+    for name in ("r.trec", "r.trec.gz", "r.jsonl", "r.jsonl.gz"):
+        rc, _, err = run_cli(*rank, "--output", tmp_path / name)
+        assert rc == 0, err
+    assert read_run(tmp_path / "r.trec.gz") == read_run(tmp_path / "r.trec")
+    assert gzip.decompress((tmp_path / "r.trec.gz").read_bytes()) == (tmp_path / "r.trec").read_bytes()
+    assert [o for _, o in iter_jsonl(tmp_path / "r.jsonl.gz")] == [o for _, o in iter_jsonl(tmp_path / "r.jsonl")]
+    for extra, named in ((("--dataset", dl19_dir), "--dataset"), (("--data-root", tmp_path), "--data-root")):
+        rc, _, err = run_cli(*rank, *extra, "--output", tmp_path / "x.trec")
+        _one_line_error(rc, err, f"{named} would be ignored: --input holds the queries and documents itself")
+    rc, out, _ = run_cli("rank", "--help")
+    assert rc == 0 and "metric" not in out and "dense" not in out and "rerank only the first N" in out
+
+
+def test_closed_stdout_ends_quietly(dl19_dir: Path, tmp_path: Path) -> None:
+    """`rerank evaluate … --per-query | head -5` printed a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from rerank.cli import BROKEN_PIPE
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerank", "evaluate", "--run", str(dl19_dir / "bm25_top100.trec"), "--qrels",
+         str(dl19_dir / "qrels" / "test.tsv"), "--per-query"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader leaves before the first line is written (as `head` does after its lines)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == BROKEN_PIPE, err
+    assert err == "", err
+
+
+def test_log_shows_our_info_and_only_warnings_of_other_libraries() -> None:
+    """faiss's loader logged 11 INFO lines (a ModuleNotFoundError among them) on every dense eval and index."""
+    import io
+
+    from rerank.cli import log_handler
+
+    for verbose, expected in ((False, ["INFO rerank.retrieval.index: ours", "WARNING faiss.loader: theirs, warned"]),
+                              (True, ["INFO rerank.retrieval.index: ours", "INFO faiss.loader: theirs",
+                                      "WARNING faiss.loader: theirs, warned"])):
+        stream = io.StringIO()
+        handler = log_handler(verbose, stream)
+        for name, level, msg in (("rerank.retrieval.index", logging.INFO, "ours"),
+                                 ("faiss.loader", logging.INFO, "theirs"),
+                                 ("faiss.loader", logging.WARNING, "theirs, warned")):
+            record = logging.LogRecord(name, level, __file__, 1, msg, None, None)
+            if handler.filter(record):
+                handler.emit(record)
+        assert stream.getvalue().splitlines() == expected
+
+
+def test_index_pq_m_is_checked_before_encoding(tiny_st_dir: Path, tiny_beir_dir: Path, tmp_path: Path, run_cli,
+                                               no_encoding: None) -> None:
+    """`--index-type ivfpq --pq-m 7` was refused only after the whole corpus was encoded."""
+    from rerank.retrieval.dense import BiEncoder
+
+    dim = BiEncoder.load(str(tiny_st_dir), device="cpu").dim
+    assert dim % 7
+    rc, _, err = run_cli("index", "--model", tiny_st_dir, "--dataset", tiny_beir_dir, "--output", tmp_path / "i",
+                         "--index-type", "ivfpq", "--pq-m", "7", "--no-progress")
+    _one_line_error(rc, err, f"pq_m=7 must divide the embedding dimension {dim}")
+    assert not (tmp_path / "i").exists()
+    # a pq_m that divides it reaches the encoding (here: the fixture's failure)
+    with pytest.raises(AssertionError, match="encoded before"):
+        main(["index", "--model", str(tiny_st_dir), "--dataset", str(tiny_beir_dir), "--output", str(tmp_path / "i"),
+              "--index-type", "ivfpq", "--pq-m", str(dim // 2), "--no-progress"])

@@ -224,3 +224,28 @@ def test_subfolder_of_a_shared_archive(tmp_path: Path, monkeypatch: pytest.Monke
         assert ds.corpus["a"].text == "android"
         assert resolve_dataset("cqadupstack/gis", tmp_path).corpus["a"].text == "gis"
         assert srv.requests == ["/cqadupstack.zip"]
+
+
+def test_a_failed_download_creates_no_data_root(
+    tiny_info: DatasetInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offline `rerank eval --dataset scifact --data-root /tmp/x/noroot/deep` left /tmp/x/noroot/deep behind."""
+    with _Server({}) as srv:  # 404: the download fails
+        monkeypatch.setenv("RERANK_BEIR_URL", srv.url)
+        with pytest.raises(DatasetNotFoundError, match="404"):
+            resolve_dataset(NAME, tmp_path / "noroot" / "deep")
+    assert _leftovers(tmp_path) == []
+    body = _fixture_zip(top="other")  # verified, but unpacks to the wrong folder: the folders it made go again
+    monkeypatch.setitem(DATASETS, NAME, DatasetInfo(name=NAME, url=tiny_info.url, md5=hashlib.md5(body).hexdigest()))
+    with _Server({f"{NAME}.zip": body}) as srv:
+        monkeypatch.setenv("RERANK_BEIR_URL", srv.url)
+        with pytest.raises(RerankError, match="no top-level folder"):
+            resolve_dataset(NAME, tmp_path / "noroot" / "deep")
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_download_creates_the_data_root_it_needs(tiny_info: DatasetInfo, server: _Server, tmp_path: Path) -> None:
+    root = tmp_path / "new" / "deep"
+    ds = resolve_dataset(NAME, root)
+    assert ds.root == root / NAME and sorted(ds.corpus) == ["d0", "d1", "d2"]
+    assert _leftovers(root) == [NAME] and _leftovers(tmp_path) == ["new"]  # no temporary zip left in an ancestor

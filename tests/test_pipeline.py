@@ -30,6 +30,19 @@ class LengthReranker(Reranker):
 register_reranker("test-length", LengthReranker)
 
 
+class NaNReranker(LengthReranker):
+    """Scores the longest document NaN (what a float16 overflow gives)."""
+
+    method = "test-nan"
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        scores = super().score_candidates(query, candidates)
+        return [float("nan") if s == max(scores) else s for s in scores]
+
+
+register_reranker("test-nan", NaNReranker)
+
+
 @pytest.fixture()
 def beir(tmp_path: Path) -> Path:
     root = tmp_path / "mini"
@@ -157,3 +170,11 @@ def test_interpolate_orders_the_top_k_by_both_scores(beir: Path, tmp_path: Path,
         code, _, err = run_cli("eval", "--dataset", str(beir), "--first-stage", str(tmp_path / "fs.trec"), *bad,
                                "--output", str(tmp_path / "bad"))
         assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_reranker_scores_are_an_error_not_an_arbitrary_order(beir: Path, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    rc, _, err = run_cli("eval", "--dataset", beir, "--first-stage", beir / "run.trec", "--reranker", "test-nan",
+                         "--top-k", "3", "--output", tmp_path / "nan")
+    assert rc == 2 and "Traceback" not in err and err.count("error:") == 1, err  # (and the progress bar)
+    assert "scored 1 of 3 documents of query 'q1' NaN (e.g. 'd2')" in err and "dtype=float32" in err
+    assert not (tmp_path / "nan" / "run.trec").exists()

@@ -2,6 +2,9 @@
 
 Errors a user can fix (bad input, a missing file or model, an invalid option) print one line, ``error: …`` naming
 the thing and the fix, and exit with status 2; ``--debug`` (or ``RERANK_DEBUG=1``) shows the traceback instead.
+Output piped into a reader that stops early (``rerank evaluate … | head``) ends the command quietly, with the
+status a shell gives a process that SIGPIPE ended (141). The log shows our own INFO messages, and only the warnings
+and errors of other libraries (``-v``: everything, from DEBUG up).
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from rerank.errors import RerankError
 
-__all__ = ["main", "build_parser", "COMMANDS", "USAGE_ERROR"]
+__all__ = ["main", "build_parser", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE"]
 
 #: exit status of every error the user can fix (as argparse uses for bad arguments)
 USAGE_ERROR = 2
+#: exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended
+BROKEN_PIPE = 141
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 # subcommand name -> module under rerank.cli (explicit; the order is the order of `rerank --help`)
 COMMANDS: dict[str, str] = {
@@ -70,16 +77,67 @@ def _user_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.filename is not None
 
 
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    """A log filter: our own records at any level, other libraries' from WARNING up (faiss's loader alone logs 11
+    INFO lines on every import)."""
+    return record.levelno >= logging.WARNING or record.name == "rerank" or record.name.startswith("rerank.")
+
+
+def log_handler(verbose: bool, stream: object = None) -> logging.Handler:
+    """The stderr handler of the command line: every record with ``verbose``, else :func:`_ours_or_warning`."""
+    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if not verbose:
+        handler.addFilter(_ours_or_warning)
+    return handler
+
+
+def _configure_logging(verbose: bool) -> None:
+    """As :func:`logging.basicConfig`: only when the root logger has no handler yet (an embedding program's win)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(log_handler(verbose))
+        root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``rerank … | head`` after head exits); False when that
+    cannot be told (stdout is not a file descriptor, no ``poll`` on this platform)."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_broken_pipe() -> int:
+    """Point stdout at /dev/null (so the interpreter's last flush does not fail again) and return
+    :data:`BROKEN_PIPE`."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rerank`` console script; user errors print one line and exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("RERANK_DEBUG", "").strip().lower() in ("1", "true", "yes")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
+        return rc
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         if debug:
             raise

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from rerank.config import apply_overrides, load_yaml
+from rerank.errors import ConfigError
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -34,13 +37,11 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_max_queries(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--max-queries",
-        type=positive_int,
-        default=None,
-        help="keep the first N >= 1 queries in sorted query-id order; metrics are over those N only",
-    )
+def add_max_queries(
+    p: argparse.ArgumentParser,
+    help_text: str = "keep the first N >= 1 queries in sorted query-id order; metrics are over those N only",
+) -> None:
+    p.add_argument("--max-queries", type=positive_int, default=None, help=help_text)
 
 
 def add_allow_duplicates(p: argparse.ArgumentParser) -> None:
@@ -62,11 +63,14 @@ def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argpar
     add_data_root(p)
 
 
-def add_reranker(p: argparse.ArgumentParser) -> None:
+def add_reranker(
+    p: argparse.ArgumentParser,
+    model_help: str = "reranker model: name or path (a trained reranker's folder needs no --reranker)",
+) -> None:
     p.add_argument("--reranker", default=None,
                    help="registered reranker method (e.g. cross-encoder, first); default: the method a trained "
                         "--model folder records in its rerank.json")
-    p.add_argument("--model", default=None, help="model name or path for the reranker / dense retriever")
+    p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--backend", default="transformers", help="model backend (default: transformers)")
     p.add_argument("--base-url", default=None, help="server URL for --backend openai (e.g. http://127.0.0.1:8000/v1)")
     p.add_argument("--reranker-config", default=None, help="YAML file of reranker options")
@@ -79,6 +83,9 @@ def add_reranker(p: argparse.ArgumentParser) -> None:
 
 
 def reranker_options(args: argparse.Namespace) -> dict:
+    """The reranker's options: ``--reranker-config``, then ``--reranker-set``, ``--allow-new-head``, ``--base-url``."""
+    if args.reranker_config:
+        check_input_file(args.reranker_config, "--reranker-config")
     opts = load_yaml(args.reranker_config) if args.reranker_config else {}
     opts = apply_overrides(opts, args.reranker_set)
     if getattr(args, "allow_new_head", False):
@@ -91,9 +98,13 @@ def reranker_options(args: argparse.Namespace) -> dict:
 def method_from_model(args: argparse.Namespace) -> dict | None:
     """Fill ``args.reranker`` from a trained ``--model`` folder's ``rerank.json`` when no ``--reranker`` is given;
     returns that record (None when ``--model`` is not such a folder)."""
-    from rerank.methods.record import read_record
+    from rerank.methods.record import RECORD_FILE, read_record
 
-    record = read_record(getattr(args, "model", None))
+    model = getattr(args, "model", None)
+    record = read_record(model)
+    if record is None and model is not None and (Path(model).expanduser() / "model" / RECORD_FILE).is_file():
+        raise ConfigError(f"--model {model} is a training run folder; give the trained model in it: "
+                          f"--model {Path(model) / 'model'}")
     if record is not None and args.reranker is None and record.get("kind") == "reranker":
         args.reranker = record["method"]
     return record
@@ -106,3 +117,45 @@ def check_reranker_model(reranker: str | None, model: str | None, backend: str) 
 
     if model and reranker != "remote" and backend != "openai":
         check_model_path(model)
+
+
+def check_input_file(path: str | os.PathLike[str], option: str) -> None:
+    """Before any work: the file ``option`` names exists and is a file (else a one-line error naming ``option``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file")
+    if not p.exists():
+        raise ConfigError(f"{option} {path} does not exist")
+
+
+def _check_creatable(path: Path, shown: str | os.PathLike[str], option: str) -> None:
+    """``path`` (a folder, existing or not) is one this process can write into, or create and write into."""
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{option} {shown}: {path} is a broken link")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {shown}: {existing} is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            raise ConfigError(f"{option} {shown} is not writable")
+        raise ConfigError(f"{option} {shown} cannot be created: {existing} is not writable")
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str = "--output") -> None:
+    """Before any work: ``path`` is a folder this process can write into, or can create (else a one-line error
+    naming ``option``); nothing is created."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {path} is a file; give a folder")
+    _check_creatable(p, path, option)
+
+
+def check_output_file(path: str | os.PathLike[str], option: str = "--output") -> None:
+    """Before any work: ``path`` can be written as a file (it is not a folder, and its folder is writable or can be
+    created), else a one-line error naming ``option``; nothing is created."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    _check_creatable(p.parent, path, option)

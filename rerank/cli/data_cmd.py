@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rerank.cli.common import add_data_root
+from rerank.cli.common import add_data_root, check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,9 @@ def run_build(args: argparse.Namespace) -> int:
     from rerank.data_recipes.base import build
 
     path = recipe_path(args.recipe)
-    recipe = apply_overrides(load_yaml(path), args.overrides)
     out = args.output or str(cache_root() / "data" / path.stem)
+    check_output_dir(out)
+    recipe = apply_overrides(load_yaml(path), args.overrides)
     manifest = build(recipe, out, data_root=args.data_root, resume=args.resume)
     c = manifest["counts"]
     print(f"{manifest['recipe']}: {c['rows']} rows ({c['candidates']} candidates) from {c['units']} units "

@@ -9,6 +9,9 @@ from rerank.cli.common import (
     add_allow_duplicates,
     add_dataset,
     add_reranker,
+    check_input_file,
+    check_output_dir,
+    check_output_file,
     check_reranker_model,
     method_from_model,
     positive_int,
@@ -34,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retriever-config", default=None, help="YAML file of retriever options (e.g. k1, b, stemmer)")
     p.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE", help="override one retriever option")
     p.add_argument("--index", default=None, help="saved dense index folder (from rerank index) for --retriever dense/hybrid")
-    add_reranker(p)
+    add_reranker(p, "model name or path: the reranker's (a trained reranker's folder needs no --reranker) or, "
+                    "without a reranker, the dense or hybrid --retriever's (a trained retriever's folder needs no "
+                    "--retriever)")
     p.add_argument("--top-k", type=positive_int, default=100,
                    help="rerank this many first-stage candidates (default 100)")
     p.add_argument("--depth", type=positive_int, default=1000, help="first-stage retrieval depth (default 1000)")
@@ -59,11 +64,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _retriever_takes_model(name: str) -> bool | None:
+    """Whether the registered retriever ``name`` takes a ``model`` option: its config dataclass (the ``config``
+    argument of its ``__init__``) has a ``model`` field. None when that cannot be told (no such annotation)."""
+    import dataclasses
+    import typing
+
+    from rerank.retrieval.base import RETRIEVERS
+
+    cls = RETRIEVERS.get(name)  # an unknown name raises listing the known ones
+    try:
+        config_class = typing.get_type_hints(cls.__init__).get("config")
+    except (NameError, TypeError):
+        return None
+    if config_class is None or not dataclasses.is_dataclass(config_class):
+        return None
+    return "model" in {f.name for f in dataclasses.fields(config_class)}
+
+
+def _model_without_reranker(args: argparse.Namespace) -> str:
+    """Why ``--model`` without ``--reranker`` (and not a trained model folder) cannot be what the user meant, or ""
+    when it is the dense first stage's model."""
+    fix = "--model needs --reranker METHOD (or a trained reranker folder with rerank.json)"
+    if args.first_stage is not None:
+        return f"{fix}; a --first-stage run takes no model"
+    if args.retriever is not None and _retriever_takes_model(args.retriever) is False:
+        return f"{fix}; {args.retriever} takes no model"
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.eval.metrics import DEFAULT_MEASURES
     from rerank.eval.pipeline import EvalConfig, run_eval
     from rerank.eval.report import summary_line
 
+    check_output_dir(args.output)
+    if args.log_llm_io is not None:
+        check_output_file(args.log_llm_io, "--log-llm-io")
+    for option, path in (("--first-stage", args.first_stage), ("--retriever-config", args.retriever_config)):
+        if path is not None:
+            check_input_file(path, option)
     ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set)
     record = method_from_model(args)
     if record is not None and record.get("kind") == "retriever" and args.retriever is None and args.first_stage is None:
@@ -73,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         if args.retriever is None:
             raise ConfigError("--index needs --retriever dense or hybrid")
         ropts["index"] = args.index
+    if args.reranker is None and model is not None:
+        problem = _model_without_reranker(args)
+        if problem:
+            raise ConfigError(problem)
     if args.retriever is not None and args.reranker is None and model is not None:
         if "model" in ropts and ropts["model"] != model:
             raise ConfigError(f"--model {model} conflicts with retriever option model={ropts['model']}")

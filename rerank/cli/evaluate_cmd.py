@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rerank.cli.common import add_allow_duplicates, positive_int
+from rerank.cli.common import add_allow_duplicates, check_input_file, positive_int
 from rerank.data.io import read_qrels, read_run
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 
@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     measures = args.measure or DEFAULT_MEASURES
     parse_measures(measures, args.rel_level)  # a misspelt measure fails before the files are read
+    check_input_file(args.run, "--run")
+    check_input_file(args.qrels, "--qrels")
     qrels = read_qrels(args.qrels, args.allow_duplicates or "error")
     result = evaluate_run(read_run(args.run), qrels, measures, args.rel_level)
     if args.json:

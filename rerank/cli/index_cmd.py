@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rerank.cli.common import add_data_root, positive_int
+from rerank.cli.common import add_data_root, check_output_dir, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached
 
     t0 = time.perf_counter()
+    check_output_dir(args.output)
     check_model_path(args.model)
     cfg = IndexConfig(
         index_type=args.index_type, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         quantize=args.quantize,
     )
+    cfg.check_dim(encoder.dim)  # before the corpus is encoded
     out = Path(args.output)
     work = out / ".encoding"
     emb = encode_corpus_cached(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rerank.cli.common import add_data_root, positive_int
+from rerank.cli.common import add_data_root, check_input_file, check_output_dir, check_output_file, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rerank.eval.leaderboard import run_leaderboard
 
+    check_input_file(args.config, "--config")
+    if args.results_dir is not None:
+        check_output_dir(args.results_dir, "--results-dir")
+    if args.output_md is not None:
+        check_output_file(args.output_md, "--output-md")
     report = run_leaderboard(args.config, data_root=args.data_root, results_dir=args.results_dir, force=args.force,
                              output_md=args.output_md, only_cached=args.only_cached, workers=args.workers)
     ran = sum(1 for d in report["cells"].values() for c in d.values() if not c["reused"])

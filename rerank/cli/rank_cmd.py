@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
+import io
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from rerank.cli.common import (
     add_data_root,
     add_max_queries,
     add_reranker,
+    check_input_file,
+    check_output_file,
     check_reranker_model,
     method_from_model,
     positive_int,
     reranker_options,
 )
+
+log = logging.getLogger(__name__)
+
+#: what ``--output`` may be named: a TREC run or JSONL of ranked documents, each optionally gzipped
+OUTPUT_SUFFIXES = (".trec", ".jsonl", ".trec.gz", ".jsonl.gz")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,30 +36,69 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records')
     src.add_argument("--first-stage", metavar="RUN", help="TREC run to rerank (needs --dataset for the texts)")
     p.add_argument("--dataset", default=None, help="dataset (path or name) holding the corpus and queries of --first-stage")
-    add_max_queries(p)
+    add_max_queries(p, "rerank only the first N >= 1 queries in sorted query-id order")
     add_data_root(p)
     add_reranker(p)
     p.add_argument("--top-k", type=positive_int, default=100,
                    help="rerank this many candidates per query (default 100)")
-    p.add_argument("--output", required=True, help="output file: .trec (run) or .jsonl (ranked documents with scores)")
+    p.add_argument("--output", required=True,
+                   help="output file: .trec (TREC run) or .jsonl (ranked documents with scores); add .gz to gzip it")
     p.set_defaults(func=run)
+
+
+def output_kind(path: str | Path) -> tuple[str, bool]:
+    """``(".trec" or ".jsonl", gzipped)`` for an ``--output`` name; any other name is a one-line error."""
+    from rerank.errors import ConfigError
+
+    name = Path(path).name
+    for suffix in OUTPUT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix.removesuffix(".gz"), suffix.endswith(".gz")
+    raise ConfigError(f"--output {path}: name the file .trec (a TREC run) or .jsonl (ranked documents with scores), "
+                      f"optionally with .gz")
+
+
+@contextlib.contextmanager
+def _open_output(path: Path, gzipped: bool) -> Iterator[TextIO]:
+    """A text file written atomically to ``path``, gzip-compressed when ``gzipped`` (no name or time in the header,
+    so the same ranking gives the same bytes)."""
+    from rerank.utils.files import atomic_write
+
+    if not gzipped:
+        with atomic_write(path) as f:
+            yield f
+        return
+    with atomic_write(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as f:
+        yield f
 
 
 def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
-    from rerank.data.io import read_query_docs_jsonl, read_run, write_run
+    from rerank.data.io import format_run, read_query_docs_jsonl, read_run
     from rerank.errors import ConfigError
-    from rerank.eval.pipeline import rerank_run
+    from rerank.eval.pipeline import check_run_overlap, rerank_run
     from rerank.heads.base import Reranker
     from rerank.types import Candidate
-    from rerank.utils.files import atomic_write
 
+    out = Path(args.output)
+    check_output_file(out)
+    kind, gzipped = output_kind(out)
+    ignored = [o for o, v in (("--dataset", args.dataset), ("--data-root", args.data_root)) if v is not None]
+    if args.input and ignored:
+        raise ConfigError(f"{' and '.join(ignored)} would be ignored: --input holds the queries and documents itself "
+                          f"(they are for --first-stage)")
+    if args.first_stage and not args.dataset:
+        raise ConfigError("--first-stage needs --dataset (the corpus and queries it refers to)")
     method_from_model(args)
     if args.reranker is None:
         raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
-    if args.first_stage and not args.dataset:
-        raise ConfigError("--first-stage needs --dataset (the corpus and queries it refers to)")
     check_reranker_model(args.reranker, args.model, args.backend)
+    options = reranker_options(args)
+    if args.input:
+        check_input_file(args.input, "--input")
+    else:
+        check_input_file(args.first_stage, "--first-stage")
     # the input is read (and checked) before the model loads
     if args.input:
         records = read_query_docs_jsonl(args.input)
@@ -57,12 +109,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         ds = resolve_dataset(args.dataset, args.data_root)
         run_in = read_run(args.first_stage)
+        check_run_overlap(run_in, ds.queries, f"--first-stage {args.first_stage}",
+                          f"the {len(ds.queries)} queries of dataset {ds.name}")
         qids = sorted(q for q in run_in if q in ds.queries)
+        if len(qids) < len(run_in):
+            unknown = sorted(q for q in run_in if q not in ds.queries)
+            log.warning("%d of the %d queries of --first-stage %s are not in dataset %s (e.g. %s): they are skipped",
+                        len(unknown), len(run_in), args.first_stage, ds.name, ", ".join(unknown[:3]))
         if args.max_queries is not None:
             qids = qids[: args.max_queries]
         queries = {q: ds.queries[q] for q in qids}
         corpus = ds.corpus
-    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **reranker_options(args))
+    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
     if args.input:
         final = {}
         detail = {}
@@ -79,9 +137,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         final, _scores, _unknown = rerank_run(reranker, queries, run_in, corpus, args.top_k)
         detail = None
-    out = Path(args.output)
-    if out.suffix == ".jsonl":
-        with atomic_write(out) as f:
+    with _open_output(out, gzipped) as f:
+        if kind == ".jsonl":
             for qid in sorted(final):
                 if detail is not None:
                     res = detail[qid]
@@ -89,9 +146,10 @@ def run(args: argparse.Namespace) -> int:
                              **({"metadata": r.metadata} if r.metadata else {})} for r in res.results]
                 else:
                     docs = [{"id": d, "rank": i + 1} for i, (d, _) in enumerate(final[qid])]
-                f.write(json.dumps({"qid": qid, "query": queries[qid].text, "ranking": docs}, ensure_ascii=False) + "\n")
-    else:
-        write_run(final, out, tag=args.reranker)
+                f.write(json.dumps({"qid": qid, "query": queries[qid].text, "ranking": docs}, ensure_ascii=False)
+                        + "\n")
+        else:
+            f.writelines(format_run(final, tag=args.reranker))
     stats = reranker.stats
     fitted = (f"; {stats.fitted_prompts} prompts fitted to the context, {stats.shortened_passages} passages "
               f"shortened" if stats.fitted_prompts else "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rerank.cli.common import add_data_root
+from rerank.cli.common import add_data_root, check_input_file, check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rerank.models import check_model_path
     from rerank.trainers.api import run_trainer
     from rerank.trainers.base import get_trainer, load_train_config
 
-    cfg = load_train_config(get_trainer(args.trainer).config_class, args.config, args.overrides)
+    trainer = get_trainer(args.trainer)
+    check_output_dir(args.output)
+    if args.config is not None:
+        check_input_file(args.config, "--config")
+    cfg = load_train_config(trainer.config_class, args.config, args.overrides)
+    check_model_path(cfg.model, "model")  # the config key (or --set model=…); before any data is read or mined
     result = run_trainer(args.trainer, cfg, args.output, args.data_root, args.resume, args.overwrite)
     print(json.dumps({"trainer": args.trainer, "output": args.output, **(result or {})}, default=str))
     return 0

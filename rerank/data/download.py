@@ -1,7 +1,8 @@
 """Download a registered dataset archive: streamed, md5-verified, extracted and renamed into place atomically.
 
 A dataset folder under the data root therefore either is complete or does not exist; an interrupted or corrupt
-download leaves nothing behind. ``$RERANK_BEIR_URL`` replaces the base of every registered URL (mirrors, tests).
+download leaves nothing behind, not even a data root that did not exist before. ``$RERANK_BEIR_URL`` replaces the
+base of every registered URL (mirrors, tests).
 """
 
 from __future__ import annotations
@@ -79,11 +80,20 @@ def _safe_extract(archive: Path, dest: Path) -> None:
         zf.extractall(dest)
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path``, or its closest ancestor that exists (the folder that creating ``path`` writes into)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def download_dataset(info: DatasetInfo, data_root: str | Path) -> Path:
     """Download, verify and unpack ``info``'s archive into ``data_root``; returns ``data_root / info.name``.
 
-    The zip is streamed to a temporary file in ``data_root``, its md5 checked against the registry, extracted into a
-    temporary folder and renamed into place, so a failure at any step leaves no partial dataset folder.
+    The zip is streamed to a temporary file in ``data_root`` (or, while it does not exist, in its closest existing
+    ancestor: the same file system, and no folder is created before the download succeeds), its md5 checked against
+    the registry, extracted into a temporary folder and renamed into place, so a failure at any step leaves no
+    partial dataset folder and no new data root.
     """
     data_root = Path(data_root).expanduser()
     url = dataset_url(info)
@@ -91,11 +101,16 @@ def download_dataset(info: DatasetInfo, data_root: str | Path) -> Path:
         raise DatasetNotFoundError(f"dataset {info.name!r}: only http(s) downloads are supported, got {url}")
     folder = _archive_folder(url)
     final = data_root / info.name
-    data_root.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{folder}.", suffix=".zip.part", dir=data_root)
+    parent = _nearest_existing(data_root)
+    if not parent.is_dir():
+        raise DatasetNotFoundError(f"dataset {info.name!r}: the data root {data_root} cannot be created, {parent} is "
+                                   f"a file; choose the folder with --data-root or RERANK_DATA")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{folder}.", suffix=".zip.part", dir=parent)
     os.close(fd)
     tmp_zip = Path(tmp_name)
     tmp_dir: Path | None = None
+    new_dirs = [p for p in (data_root, *data_root.parents) if not p.exists()]  # deepest first
+    done = False
     try:
         log.info("downloading %s from %s", info.name, url)
         try:
@@ -112,6 +127,7 @@ def download_dataset(info: DatasetInfo, data_root: str | Path) -> Path:
                 f"checksum mismatch for {url}: expected md5 {info.md5}, got {actual}; the download was deleted. "
                 f"Retry, or install it by hand: {_manual_hint(info, url, data_root)}"
             )
+        data_root.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".extract", dir=data_root))
         try:
             _safe_extract(tmp_zip, tmp_dir)
@@ -126,11 +142,16 @@ def download_dataset(info: DatasetInfo, data_root: str | Path) -> Path:
             if not (data_root / folder).is_dir():
                 raise
             log.info("%s appeared while downloading (another process); using it", data_root / folder)
+        done = True
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_zip.unlink()
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not done:  # a failed unpack leaves no data root it made (only empty folders go)
+            for new in new_dirs:
+                with contextlib.suppress(OSError):
+                    new.rmdir()
     if not final.is_dir():
         raise DatasetNotFoundError(f"{url} was unpacked to {data_root / folder} but holds no folder {final}")
     return final

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from rerank.config import to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, RerankError
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker, RerankStats
@@ -47,7 +47,7 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["EvalConfig", "OUTPUT_FILES", "run_eval", "rerank_run"]
+__all__ = ["EvalConfig", "OUTPUT_FILES", "check_run_overlap", "run_eval", "rerank_run"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -112,6 +112,35 @@ def check_interpolate(alpha: float | None) -> None:
         raise ConfigError(f"interpolate must be a number in [0, 1], got {alpha!r}")
 
 
+def _examples(ids: Collection[str], n: int = 3) -> str:
+    """The first ``n`` of ``ids`` in sorted order, for a message (``a, b, c, …``)."""
+    return ", ".join(sorted(ids)[:n]) + (", …" if len(ids) > n else "")
+
+
+def check_run_overlap(run: Run, query_ids: Collection[str], run_name: str, queries_name: str) -> None:
+    """A first-stage run ranking none of ``query_ids`` cannot be right (every metric would be 0, every output ranking
+    empty): raise naming both, with example ids of each. ``run_name``: how the run is named (``--first-stage R``);
+    ``queries_name``: the queries (``the 300 test queries of dataset scifact``)."""
+    if not any(q in run for q in query_ids):
+        raise ConfigError(
+            f"{run_name} shares no query id with {queries_name} (the run's ids: {_examples(run)}; the dataset's: "
+            f"{_examples(query_ids)}): is it a run over another dataset?"
+        )
+
+
+def _check_given_run(run: Run, queries: dict[str, Query], cfg: EvalConfig, dataset: Dataset) -> None:
+    """The given first-stage run ranks at least one evaluated query (else an error); the evaluated queries it does not
+    rank are counted as 0, and the log says so."""
+    first = "first " if cfg.max_queries is not None else ""
+    kept = f" (--max-queries {cfg.max_queries})" if cfg.max_queries is not None else ""
+    what = f"the {first}{len(queries)} {cfg.split} queries of dataset {dataset.name}{kept}"
+    check_run_overlap(run, queries, f"--first-stage {cfg.first_stage}", what)
+    absent = [q for q in queries if q not in run]
+    if absent:
+        log.warning("%d of %s have no ranking in --first-stage %s (e.g. %s): they count as 0 in every measure",
+                    len(absent), what, cfg.first_stage, _examples(absent))
+
+
 def _select(run: Run, qids: Sequence[str]) -> Run:
     return {q: run[q] for q in qids if q in run}
 
@@ -161,6 +190,11 @@ def rerank_run(
 
     def finish(chunk: list[str], ranked: list[list[tuple[str, float]]]) -> None:
         for q, res in zip(chunk, ranked, strict=True):
+            nan = [d for d, s in res if s != s]
+            if nan:  # NaN compares false both ways: the order it gave would be arbitrary
+                raise RerankError(f"the reranker scored {len(nan)} of {len(res)} documents of query {q!r} NaN (e.g. "
+                                  f"{nan[0]!r}), so its ranking is undefined: a float16 overflow? try "
+                                  "--reranker-set dtype=float32")
             tail = unknown.get(q, []) + [d for d, _ in run[q][top_k:]]
             if interpolate is None:
                 head = [d for d, _ in res]
@@ -237,6 +271,8 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``."""
     if (cfg.retriever is None) == (cfg.first_stage is None):
         raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
+    if cfg.output and Path(cfg.output).exists() and not Path(cfg.output).is_dir():
+        raise ConfigError(f"output {cfg.output} is a file; give a folder")
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     dataset: Dataset = resolve_dataset(
@@ -247,6 +283,8 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     qrels: Qrels = {q: qrels_all[q] for q in queries}
     rel_level = cfg.rel_level if cfg.rel_level is not None else dataset.rel_level
     given_run = read_run(cfg.first_stage) if cfg.first_stage is not None else None
+    if given_run is not None:
+        _check_given_run(given_run, queries, cfg, dataset)
     if reranker is not None or cfg.reranker is not None:
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0

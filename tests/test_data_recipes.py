@@ -329,6 +329,14 @@ def test_resume_after_interruption_gives_the_same_data(tiny_beir_dir: Path, tmp_
     # another recipe cannot resume this folder; a finished folder is not overwritten
     rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "fresh", "--set", "candidates=5")
     assert rc == 2 and "finished build" in err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.jsonl").write_text('{"my": "rows"}\n')  # a file no build wrote is never replaced
+    rc, _, err = run_cli("data", "build", path, "--output", mine)
+    assert rc == 2 and "no build there wrote" in err and (mine / "data.jsonl").read_text() == '{"my": "rows"}\n'
+    rc, _, err = run_cli("data", "build", path, "--output", tmp_path / "nothing",
+                         "--set", f"source.dataset={tmp_path / 'no-such-dataset'}")
+    assert rc == 2 and not (tmp_path / "nothing").exists()  # a missing source: nothing written
 
 
 def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path, run_cli) -> None:

@@ -67,7 +67,7 @@ def _example() -> dict[str, Any]:
 
 def _configs(method: str, **extra: Any) -> list[Any]:
     base = {"model": "m", "head": method, "data": {"path": "x"}, "max_doc_tokens": 12, "max_query_tokens": 6,
-            "window": WINDOW, **extra}
+            **({"window": WINDOW} if get_method(method).windowed else {}), **extra}
     out = [from_dict(SFTTrainConfig, base)]
     if get_method(method).grpo is not None and "reasoning" not in extra:
         out.append(from_dict(GRPOTrainConfig, {**base, "batch_size": 8, "num_generations": 4}))
@@ -105,7 +105,7 @@ def test_training_prompts_are_the_inference_prompts(tok: Any, variant: str) -> N
     query = Query(example["qid"], example["query"])
     for cfg in _configs(method, **extra):
         task = build_task(method, tok, cfg)
-        windowed = method in ("listwise", "first", "grouprank")
+        windowed = get_method(method).windowed
         for kind in ("sft", "grpo"):
             rows = task.sft_rows(example) if kind == "sft" else task.grpo_rows(example)
             trained = [tok.encode(r["prompt"], add_special_tokens=False) for r in rows]

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from train_support import erank_workdir, make_checkpoint
+from train_support import erank_workdir, make_checkpoint, stand_in_model
 
 from rerank.data.io import write_jsonl
 from rerank.errors import ConfigError
@@ -127,7 +128,7 @@ def _finished_run(out: Path) -> None:
 
 def test_a_finished_run_is_refused_replaced_or_resumed(tmp_path: Path, run_cli) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: m0\n")
+    cfg.write_text(f"model: {stand_in_model(tmp_path / 'm0')}\n")
     out = tmp_path / "out"
     _finished_run(out)
     before = sorted(p.name for p in out.iterdir())
@@ -149,6 +150,7 @@ def test_a_finished_run_is_refused_replaced_or_resumed(tmp_path: Path, run_cli) 
     rc, _, err = run_cli("train", "test-restart-note", "--config", cfg, "--output", out, "--resume")
     assert rc == 0, err
     assert json.loads((out / "ran.json").read_text()) == {"resume": True}
+    assert not (out / ".model.k2j3x").exists()  # a killed save's staged folder is cleared by the resume
     assert json.loads((out / "rerank_train.json").read_text())["trainer"] == "test-restart-note"
 
     rc, _, err = run_cli("train", "test-restart-note", "--config", cfg, "--output", out, "--overwrite")
@@ -161,7 +163,8 @@ def test_a_finished_run_is_refused_replaced_or_resumed(tmp_path: Path, run_cli) 
 def test_resume_into_a_folder_without_a_complete_checkpoint_writes_nothing(tmp_path: Path, run_cli) -> None:
     out = tmp_path / "out"
     (make_checkpoint(out, 2) / "trainer_state.json").unlink()
-    rc, _, err = run_cli("train", "test-restart-note", "--set", "model=m0", "--output", out, "--resume")
+    rc, _, err = run_cli("train", "test-restart-note", "--set", f"model={stand_in_model(tmp_path / 'm0')}",
+                         "--output", out, "--resume")
     assert rc == 2 and "none of checkpoint-2 is complete" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # no run record written
 
@@ -284,3 +287,31 @@ def test_cross_encoder_resume_reports_the_loss_over_all_steps(tmp_path: Path, ti
     resumed = run_trainer("sft", cfg, tmp_path / "stopped", resume=True)
     assert resumed["global_step"] == 5 and resumed["train_loss"] == full["train_loss"]
     _same_weights(tmp_path / "full" / "model", tmp_path / "stopped" / "model")
+
+
+def test_resume_from_the_last_step_trains_no_step_past_it(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """A run killed while writing its final model leaves a checkpoint at max_steps: --resume loads it and writes the
+    model (transformers alone would train a step past the end when max_steps falls inside an epoch)."""
+    write_jsonl(synthetic_ranking_examples(10, num_candidates=4, seed=4), tmp_path / "t.jsonl")
+    cfg = {"model": str(tiny_bert_dir), "head": "cross-encoder", "loss": "bce", "max_length": 64, "batch_size": 4,
+           "max_steps": 4, "save_steps": 2, "logging_steps": 1, "learning_rate": 1e-4,
+           "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.0}}
+    full = run_trainer("sft", cfg, tmp_path / "full")
+    assert full["global_step"] == 4 and (tmp_path / "full" / "checkpoints" / "checkpoint-4").is_dir()
+    import shutil
+
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "model")  # killed while the final model was written
+    resumed = run_trainer("sft", cfg, tmp_path / "cut", resume=True)
+    assert resumed["global_step"] == 4 and resumed["train_loss"] == full["train_loss"]
+    _same_weights(tmp_path / "full" / "model", tmp_path / "cut" / "model")
+    record = json.loads((tmp_path / "cut" / "rerank_train.json").read_text())
+    assert record["config"]["max_steps"] == 4 and len(record["resumed"]) == 1  # the run's record, and the resume
+
+    shutil.rmtree(tmp_path / "cut" / "model")
+    for change, named in (({"learning_rate": 1e-3}, "learning_rate: 0.0001 -> 0.001"),
+                          ({"loss": "listnet"}, 'loss: "bce" -> "listnet"')):
+        with pytest.raises(ConfigError, match=f"--resume: the config differs from the run's .*{re.escape(named)}"):
+            run_trainer("sft", {**cfg, **change}, tmp_path / "cut", resume=True)
+    with pytest.raises(ConfigError, match="holds a 'sft' run, not 'contrastive'"):
+        run_trainer("contrastive", {"model": str(tiny_bert_dir), "dataset": "x"}, tmp_path / "cut", resume=True)

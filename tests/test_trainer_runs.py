@@ -3,6 +3,7 @@ the cross-encoder path, FIRST's ranking loss (read from the LM forward), and GRP
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -434,7 +435,7 @@ def test_first_plackett_luce_rollouts_score_first_logits(work: Path) -> None:
     assert r["global_step"] == 2 and all(math.isfinite(v) for v in r["logged_rewards"])
 
 
-@pytest.mark.parametrize("over", [{"head": "erank"}, {"use_vllm": True}])
+@pytest.mark.parametrize("over", [{"head": "erank", "window": 10}, {"use_vllm": True}])
 def test_plackett_luce_rollout_needs_first_without_vllm(work: Path, over: dict[str, Any]) -> None:
     from rerank.config import from_dict
     from rerank.errors import ConfigError
@@ -560,3 +561,62 @@ def test_window_order_first_stage_keeps_the_data_order(work: Path) -> None:
     assert stage.windows(bare, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     with pytest.raises(ConfigError, match="window_order"):
         from_dict(SFTTrainConfig, _cfg(work, head="first", window_order="bm25"))
+
+
+def test_grpo_epsilon_clips_only_with_several_iterations_per_generation(work: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With num_iterations 1 every step is on-policy (ratio 1): the clip range changes nothing. With 2, the second
+    step reuses the batch under moved weights, so a tight clip range gives other weights than a loose one. (The
+    tiny random model's completions would all earn the format penalty, so a reward by completion length gives the
+    rollouts of a prompt different advantages.)"""
+    from safetensors.torch import load_file
+
+    from rerank.config import from_dict
+    from rerank.errors import ConfigError
+    from rerank.trainers import grpo_trainer
+    from rerank.trainers.api import run_trainer
+    from rerank.trainers.grpo_trainer import GRPOTrainConfig
+
+    def by_length(task: Any, columns: list[str]) -> Any:
+        def reward(prompts: list[str], completions: list[Any], **kwargs: Any) -> list[float]:
+            return [float(len(c) % 5) for c in completions]
+        return reward
+
+    monkeypatch.setattr(grpo_trainer, "reward_function", by_length)
+
+    def weights(name: str, **over: Any) -> dict[str, Any]:
+        cfg = _cfg(work, batch_size=10, num_generations=5, max_steps=2, save_steps=2, learning_rate=5e-3,
+                   temperature=1.0, **over)
+        run_trainer("grpo", cfg, work / name)
+        return load_file(str(work / name / "model" / "model.safetensors"))
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return all(bool((a[k] == b[k]).all()) for k in a)
+
+    assert same(weights("eps-wide", epsilon=0.5), weights("eps-tight", epsilon=1e-4))
+    assert not same(weights("mu2-wide", epsilon=0.5, num_iterations=2),
+                    weights("mu2-tight", epsilon=1e-4, num_iterations=2))
+    for bad in ({"num_iterations": 0}, {"epsilon": 0.0}):
+        with pytest.raises(ConfigError, match="num_iterations|epsilon"):
+            from_dict(GRPOTrainConfig, _cfg(work, batch_size=10, num_generations=5, **bad))
+    if importlib.util.find_spec("vllm") is None:  # refused before the data is read or the model loaded
+        cfg = _cfg(work, batch_size=10, num_generations=5, use_vllm=True, data={"path": str(work / "nope.jsonl")})
+        with pytest.raises(ConfigError, match="use_vllm needs vLLM in this environment"):
+            run_trainer("grpo", cfg, work / "no-vllm")
+
+
+def test_sft_examples_longer_than_max_length_are_named(work: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """TRL drops the examples whose target max_length cuts off: none left is an error saying so (torch's was
+    "num_samples=0"), some dropped a warning with the count."""
+    from types import SimpleNamespace
+
+    from rerank.errors import ConfigError
+    from rerank.trainers.api import run_trainer
+    from rerank.trainers.sft_trainer import _check_fits
+
+    with pytest.raises(ConfigError, match="every training example is longer than max_length=16 tokens"):
+        run_trainer("sft", _cfg(work, max_length=16), work / "too-short")
+    assert not (work / "too-short" / "model").exists()
+    with caplog.at_level("WARNING", logger="rerank.trainers.sft_trainer"):
+        _check_fits([1, 2, 3], 5, SimpleNamespace(max_length=99))
+    assert "2 of 5 training examples are longer than max_length=99 tokens and were dropped" in caplog.text

@@ -34,6 +34,14 @@ def erank_workdir(folder: Path, data_seed: int) -> Path:
     return folder
 
 
+def stand_in_model(folder: Path) -> Path:
+    """A folder that passes ``rerank train``'s check of its starting model (a ``config.json``), for trainers that
+    load no model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
 def make_checkpoint(output: Path, step: int) -> Path:
     """A complete ``OUTPUT/checkpoints/checkpoint-STEP`` with the files a trainer writes (tiny contents)."""
     import torch

@@ -225,9 +225,11 @@ def build(
     _check_models(config)
     rhash = hash_obj({"recipe": kind, **to_dict(config)})
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     prog, meta_path = out / "progress.jsonl", out / "progress.meta.json"
     manifest_path = out / "manifest.json"
+    if (out / "data.jsonl").exists() and not manifest_path.exists() and not prog.exists():
+        raise ConfigError(f"{out} holds a data.jsonl that no build there wrote (no manifest.json); choose another "
+                          "--output, or move that file")
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if resume and old.get("recipe_hash") == rhash:
@@ -247,13 +249,14 @@ def build(
         done_units, good = _read_progress(prog)
         with open(prog, "r+b") as f:  # drop a torn last line
             f.truncate(good)
-    else:
-        write_json({"recipe_hash": rhash, "recipe": kind}, meta_path)
     r = recipe_obj if recipe_obj is not None else cls(config, data_root)
     try:
-        units = r.units()
+        units = r.units()  # reads the recipe's sources: a missing dataset fails here, before anything is written
         if len(set(units)) != len(units):
             raise ConfigError(f"recipe {kind}: duplicate unit keys")
+        if not prog.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            write_json({"recipe_hash": rhash, "recipe": kind}, meta_path)
         done = {d["unit"] for d in done_units}
         r.restore(row for d in done_units for row in d["rows"])
         todo = [u for u in units if u not in done]

@@ -38,7 +38,8 @@ class Method:
     ``sft_losses``: the accepted SFT ``loss`` values, the first the default. ``grpo``: present when GRPO trains the
     method. ``teacher_labels``: the data recipe's teacher-label mode of the method (``(recipe, unit, docs, row) ->
     rows``) and ``teacher_roles`` the teacher models it needs. ``templates``: prompt files in the package, the
-    first the head's default. ``pipeline_tag`` / ``library_name``: the model card's Hub metadata.
+    first the head's default. ``windowed``: its training task cuts candidates into windows (``window``,
+    ``window_order``). ``pipeline_tag`` / ``library_name``: the model card's Hub metadata.
     """
 
     name: str
@@ -54,6 +55,7 @@ class Method:
     teacher_labels: str | None = None
     teacher_roles: tuple[str, ...] = ("teacher",)
     templates: tuple[str, ...] = ()
+    windowed: bool = False
     pipeline_tag: str | None = None
     library_name: str = "transformers"
 

@@ -14,10 +14,12 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
                 resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train with the registered trainer ``name``; ``config`` is its config object, a dict or a YAML path.
 
-    An ``output`` holding a trained model or checkpoints is continued (``resume``), replaced (``overwrite``) or
-    refused, before anything is written (:func:`rerank.trainers.resume.prepare_output`).
+    An ``output`` holding a trained model or checkpoints is continued (``resume``: with the config it was started
+    with, :func:`~rerank.trainers.resume.check_same_run`), replaced (``overwrite``) or refused, before anything is
+    written (:func:`rerank.trainers.resume.prepare_output`).
     """
-    from rerank.trainers.resume import prepare_output
+    from rerank.config import to_dict
+    from rerank.trainers.resume import check_same_run, prepare_output
 
     trainer = get_trainer(name)
     if isinstance(config, (str, Path)):
@@ -28,6 +30,15 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
         cfg = config
     out = Path(output)
     prepare_output(out, resume, overwrite)
+    previous = check_same_run(out, name, to_dict(cfg)) if resume else None
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    save_run_record(out, name, cfg)
-    return trainer.train(cfg, TrainContext(output=out, data_root=data_root, resume=resume))
+    record = save_run_record(out, name, cfg, previous=previous)
+    try:
+        return trainer.train(cfg, TrainContext(output=out, data_root=data_root, resume=resume))
+    except BaseException:
+        if previous is None and not any((out / n).exists() for n in ("checkpoints", "model", "adapter")):
+            record.unlink(missing_ok=True)  # a run that failed before its first checkpoint leaves no record behind
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise

@@ -97,13 +97,21 @@ def git_hash() -> str | None:
         return None
 
 
-def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``rerank_train.json`` (trainer, config, git hash, versions) into ``output``."""
+def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[str, Any] | None = None,
+                    previous: dict[str, Any] | None = None) -> Path:
+    """Write ``rerank_train.json`` (trainer, config, git hash, versions) into ``output``; a resumed run keeps the
+    ``previous`` record and adds its own command and versions under ``resumed``."""
     import torch
     import transformers
 
     from rerank import __version__
 
+    path = Path(output) / "rerank_train.json"
+    if previous is not None:
+        resumed = {"command": sys.argv, "git_hash": git_hash(), "rerank_version": __version__,
+                   "torch": torch.__version__, "transformers": transformers.__version__}
+        write_json({**previous, "resumed": [*previous.get("resumed", []), resumed]}, path)
+        return path
     record = {
         "trainer": trainer,
         "config": to_dict(config),
@@ -116,7 +124,6 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
         "command": sys.argv,
         **(extra or {}),
     }
-    path = Path(output) / "rerank_train.json"
     write_json(record, path)
     return path
 

@@ -8,12 +8,15 @@ written to ``OUTPUT/model``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from rerank.config import override_source
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
@@ -30,6 +33,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # keys of the retrievers' former own vocabulary -> the key that replaced it
+#: ``report_to`` integrations -> the packages any one of which it needs (transformers fails on the first step else)
+_REPORTERS: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",), "clearml": ("clearml",), "trackio": ("trackio",),
+}
+
 RENAMED_KEYS: dict[str, str] = {
     "lr": "learning_rate",
     "warmup_steps": "warmup_ratio (a fraction of the total steps)",
@@ -69,6 +78,10 @@ class TrainSchedule:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # NaN passes every range check below
+                raise ConfigError(f"{name} must be a finite number, got {value}")
         for name in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -84,26 +97,35 @@ class TrainSchedule:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be >= 1 or null (keep all), got {self.save_total_limit}")
+        if self.eval_steps and self.eval_steps != self.save_steps:
+            raise ConfigError(f"eval_steps ({self.eval_steps}) must equal save_steps ({self.save_steps}) so the best "
+                              "checkpoint can be kept (or 0: no evaluation)")
+        for name in self.report_to:
+            needs = _REPORTERS.get(name, ())
+            if needs and not any(importlib.util.find_spec(pkg) for pkg in needs):
+                raise ConfigError(f"report_to {name!r} needs the package {needs[0]!r}, which is not installed "
+                                  f"(pip install {needs[0]}, or report_to: [none])")
 
 
 def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -> None:
-    """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use."""
+    """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use, and
+    ``where`` (the file) or the ``--set`` override that gave it."""
     renamed = getattr(config_class, "renamed_keys", {})
     for key in raw:
         if key in renamed:
-            raise ConfigError(f"{where}: key {key!r} is now {renamed[key]!r} (one vocabulary for every trainer)")
+            raise ConfigError(f"{override_source(raw, key) or where}: key {key!r} is now {renamed[key]!r} (one "
+                              "vocabulary for every trainer)")
 
 
 @dataclass
 class LoraOptions:
-    """PEFT LoRA; merged into the saved weights by default, the adapter kept beside them in ``adapter/``."""
+    """PEFT LoRA: merged into the saved model (``model/``), the adapter kept beside it in ``adapter/``."""
 
     enabled: bool = False
     r: int = 32
     alpha: int = 64
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    merge: bool = True
 
     def peft_config(self) -> Any:
         from peft import LoraConfig
@@ -129,12 +151,18 @@ class CommonTrainConfig(TrainSchedule):
     lora: LoraOptions = field(default_factory=LoraOptions)
 
     def __post_init__(self) -> None:
-        from rerank.methods import get_method
+        from rerank.methods import all_methods, get_method
 
         super().__post_init__()
         get_method(self.head, kind="reranker")
         if self.window < 2:
             raise ConfigError(f"window must be >= 2, got {self.window}")
+        if not get_method(self.head).windowed:
+            for name, default in (("window", 10), ("window_order", "shuffled")):
+                if getattr(self, name) != default:
+                    windowed = ", ".join(n for n, m in all_methods().items() if m.windowed)
+                    raise ConfigError(f"{name} is an option of the heads that train on windows ({windowed}), not "
+                                      f"{self.head!r}")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
 
@@ -191,7 +219,5 @@ def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str
     if cfg.gradient_checkpointing:
         kw["gradient_checkpointing"] = True
     if evaluate:
-        if cfg.eval_steps != cfg.save_steps:
-            raise ConfigError("eval_steps must equal save_steps so the best checkpoint can be kept")
         kw.update(load_best_model_at_end=True)
     return kw

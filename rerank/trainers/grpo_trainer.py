@@ -7,7 +7,10 @@ exception.
 Defaults follow ANCHORS.md: ERank G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank 8 rollouts, lr 1e-5, β=0.001,
 temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major (queries shuffled
 once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a
-multiple of (documents per query × G). ERank's reference score t (for negatives below every positive) is the
+multiple of (documents per query × G). ``num_iterations`` (μ, default 1)
+optimisation steps reuse each generation batch; the ratio against the generating policy, clipped to 1 ± ``epsilon``,
+differs from 1 only when μ > 1 (with μ = 1 every step is on-policy and ``epsilon`` has nothing to clip). ERank's
+reference score t (for negatives below every positive) is the
 starting (SFT) model's greedy answer (``erank_reference: model``) or 0 (``zero``). Model selection: highest mean dev
 reward every ``eval_steps`` (0 = keep the last step). FIRST may take ``rollout: plackett-luce``: rollouts drawn from its
 first-identifier logits instead of generated text (:class:`rerank.methods.first.training.PlackettLuceGRPOTrainer`).
@@ -15,6 +18,7 @@ first-identifier logits instead of generated text (:class:`rerank.methods.first.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +42,7 @@ class GRPOTrainConfig(CommonTrainConfig):
     num_generations: int = 0
     beta: float = 0.001
     epsilon: float = 0.2
+    num_iterations: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
@@ -67,6 +72,10 @@ class GRPOTrainConfig(CommonTrainConfig):
                 raise ConfigError("rollout 'plackett-luce' samples FIRST's first-identifier ranking; it needs head 'first'")
             if self.use_vllm:
                 raise ConfigError("rollout 'plackett-luce' scores prompts with the training model; use_vllm does not apply")
+        if self.num_iterations < 1:
+            raise ConfigError(f"num_iterations must be >= 1, got {self.num_iterations}")
+        if not 0 < self.epsilon < 1:
+            raise ConfigError(f"epsilon (the clip range) must be in (0, 1), got {self.epsilon}")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2 (GRPO compares rollouts of one prompt)")
         if self.batch_size % self.num_generations:
@@ -108,6 +117,9 @@ class GRPOTrainer:
 
         from rerank.trainers.task import build_task
 
+        if config.use_vllm and importlib.util.find_spec("vllm") is None:  # before any data or model work
+            raise ConfigError("use_vllm needs vLLM in this environment (pip install vllm, on a CUDA machine); "
+                              "leave it false to generate with transformers")
         train, dev = load_training_data(config.data, ctx.data_root)
         model, tok = load_causal_lm(config.model, cpu_only(config))
         task = build_task(config.head, tok, config)
@@ -123,6 +135,7 @@ class GRPOTrainer:
             num_generations=config.num_generations,
             beta=config.beta,
             epsilon=config.epsilon,
+            num_iterations=config.num_iterations,
             temperature=config.temperature,
             top_p=config.top_p,
             loss_type=config.loss_type,

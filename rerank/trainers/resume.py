@@ -28,6 +28,7 @@ from rerank.errors import ConfigError
 __all__ = [
     "RUN_FILES",
     "LossLedger",
+    "check_same_run",
     "checkpoint_problems",
     "fit",
     "last_checkpoint",
@@ -173,6 +174,46 @@ def resume_arg(output: Path, resume: bool) -> str | None:
     return ckpt
 
 
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two JSON-like configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{where}.{key}" if where else str(key)
+            if key not in old or key not in new:
+                out.append(f"{sub}: {'absent' if key not in old else json.dumps(old[key])} -> "
+                           f"{'absent' if key not in new else json.dumps(new[key])}")
+            else:
+                out += _differences(old[key], new[key], sub)
+        return out
+    return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def check_same_run(output: Path, trainer: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """``--resume`` continues the run recorded in ``OUTPUT/rerank_train.json``: another trainer or any other config
+    value is refused, naming what differs (weights trained under two configs would be neither run's). Returns the
+    record (None when the folder has none)."""
+    path = output / "rerank_train.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: {path} does not parse ({e}); resume needs the run's record") from None
+    if not isinstance(record, dict) or "trainer" not in record or "config" not in record:
+        log.warning("%s names no trainer and config: --resume cannot check it continues the same run", path)
+        return None
+    if record["trainer"] != trainer:
+        raise ConfigError(f"--resume: {output} holds a {record.get('trainer')!r} run, not {trainer!r}; resume it with "
+                          f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
+    diffs = _differences(record.get("config", {}), json.loads(json.dumps(config)))
+    if diffs:
+        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        raise ConfigError(f"--resume: the config differs from the run's ({path.name}): {'; '.join(diffs[:4])}{more}; "
+                          "resume with the run's config, or start again with --overwrite")
+    return record
+
+
 def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     """Check the run folder before anything is written or loaded: a folder holding a trained model or checkpoints is
     continued (``resume``, which needs a complete checkpoint), replaced (``overwrite``: the files of
@@ -190,6 +231,10 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
         return
     if resume:
         resume_arg(output, True)
+        if _main_process():  # staged model folders a killed save left: the resumed run writes its own
+            for name in ("model", "adapter"):
+                for path in output.glob(f".{name}.*"):
+                    shutil.rmtree(path, ignore_errors=True)
         return
     held = [name + "/" for name in ("model", "adapter") if (output / name).is_dir()]
     held += [f"checkpoints/{p.name}" for _, p in _checkpoints(output)[:1]]
@@ -238,9 +283,34 @@ class LossLedger(TrainerCallback, ExportableState):
 
 def fit(trainer: Any, checkpoint: str | None) -> Any:
     """``trainer.train()`` from ``checkpoint`` (None: from the start) with a :class:`LossLedger`; the result's
-    ``training_loss`` (and ``metrics['train_loss']``) is the mean over every step of the run, resumed or not."""
+    ``training_loss`` (and ``metrics['train_loss']``) is the mean over every step of the run, resumed or not.
+    A checkpoint at ``max_steps`` (a run killed while writing its final model) is loaded, not trained on:
+    transformers would run one step past the end when ``max_steps`` falls inside an epoch."""
     ledger = LossLedger(trainer)
     trainer.add_callback(ledger)
+    if checkpoint is not None and 0 < trainer.args.max_steps <= _checkpoint_step(checkpoint):
+        return _finished(trainer, checkpoint, ledger)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     loss = ledger.mean()
     return result._replace(training_loss=loss, metrics={**(result.metrics or {}), "train_loss": loss})
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
+
+def _finished(trainer: Any, checkpoint: str, ledger: LossLedger) -> Any:
+    """The end of a run whose last checkpoint is its last step: its weights and state, the best checkpoint where
+    the run selects one (as the trainer's own end of training does), and the loss over every step."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer._load_from_checkpoint(checkpoint)
+    trainer._total_loss_scalar = 0.0
+    ledger.on_train_begin(trainer.args, trainer.state, trainer.control)
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        trainer._load_best_model()
+    log.info("%s is the run's last step (%d): nothing left to train", Path(checkpoint).name, trainer.state.global_step)
+    loss = ledger.mean()
+    return TrainOutput(trainer.state.global_step, loss, {"train_loss": loss})

@@ -12,6 +12,7 @@ best dev nDCG@10 (cross-encoder), evaluated every ``eval_steps`` (0 = no selecti
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
 from rerank.trainers.common import CommonTrainConfig, training_kwargs
 from rerank.trainers.data import load_training_data
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SFTTrainConfig", "SFTTrainer", "load_causal_lm", "save_final"]
 
@@ -121,14 +124,24 @@ def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path, trainer_name:
     if cfg.lora.enabled:
         with staged_dir(output / "adapter") as tmp:
             model.save_pretrained(str(tmp), safe_serialization=True)
-        if not cfg.lora.merge:
-            return
         model = model.merge_and_unload()
     with staged_dir(output / "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         write_model_artifacts(tmp, method=cfg.head, trainer=trainer_name, config=cfg, options=options,
                               metrics=metrics, metrics_note=note)
+
+
+def _check_fits(kept: Any, given: int, cfg: Any) -> None:
+    """TRL drops the examples whose target ``max_length`` cuts off entirely: none left is an error saying why (not
+    torch's "num_samples=0"), some dropped a warning with the count."""
+    left = len(kept) if kept is not None else given
+    if left == 0:
+        raise ConfigError(f"every training example is longer than max_length={cfg.max_length} tokens (prompt and "
+                          "target): raise max_length, or lower max_doc_tokens / the window")
+    if left < given:
+        log.warning("%d of %d training examples are longer than max_length=%d tokens and were dropped", given - left,
+                    given, cfg.max_length)
 
 
 def selection_metrics(trainer: Any, name: str, dev_size: int) -> tuple[dict[str, Any] | None, str]:
@@ -186,6 +199,7 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
     trainer = (trainer_cls or TRLSFTTrainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                           processing_class=tok, peft_config=cfg.lora.peft_config() if cfg.lora.enabled else None,
                           **extra)
+    _check_fits(trainer.train_dataset, len(train_ds), cfg)
     from rerank.trainers.resume import fit, resume_arg
 
     result = fit(trainer, resume_arg(ctx.output, ctx.resume))

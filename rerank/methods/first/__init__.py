@@ -14,5 +14,6 @@ METHOD = Method(
     grpo=GRPODefaults(num_generations=8, learning_rate=1e-5),
     teacher_labels="rerank.methods.first.teacher:label_rows",
     templates=("first.yaml",),
+    windowed=True,
     pipeline_tag="text-generation",
 )

@@ -15,5 +15,6 @@ METHOD = Method(
     teacher_labels="rerank.methods.grouprank.teacher:label_rows",
     teacher_roles=("pointwise_teacher", "listwise_teacher"),
     templates=("grouprank.yaml",),
+    windowed=True,
     pipeline_tag="text-generation",
 )

@@ -13,5 +13,6 @@ METHOD = Method(
     sft_losses=("lm",),
     grpo=GRPODefaults(num_generations=8, learning_rate=1e-5),
     templates=("listwise.yaml", "listwise-letters.yaml"),
+    windowed=True,
     pipeline_tag="text-generation",
 )

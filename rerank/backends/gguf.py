@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError
-from rerank.utils.files import publish_dir, sha256_file
+from rerank.utils.files import publish_dir, sha256_file, temp_dir
 
 __all__ = ["find_gguf_file", "gguf_to_hf", "gguf_tokenizer"]
 
@@ -44,7 +43,7 @@ def _save_atomically(target: Path, save: Any, marker: str) -> None:
     (:func:`~rerank.utils.files.publish_dir`: another process whose copy, with its ``marker`` file, landed first keeps
     it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temp_dir(target.parent, prefix=f".{target.name}.")
     try:
         save(tmp)
         publish_dir(tmp, target, marker)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from rerank.data.registry import DATASETS
 from rerank.errors import ConfigError, DatasetNotFoundError
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads.base import Reranker
-from rerank.utils.files import atomic_write, write_json
+from rerank.utils.files import atomic_write, temp_dir, write_json
 
 __all__ = [
     "BRIGHT_LONG_SUBSETS",
@@ -180,7 +179,7 @@ def _write_bright_folder(
 ) -> None:
     gold_key = "gold_ids_long" if long_documents else "gold_ids"
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bright-", dir=folder.parent))
+    tmp = temp_dir(folder.parent, prefix=".bright-")
     try:
         (tmp / "qrels").mkdir()
         (tmp / "excluded").mkdir()

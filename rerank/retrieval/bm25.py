@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage
 from rerank.types import ArrayRanking, Query, Run, sort_ranking
-from rerank.utils.files import publish_dir, hash_obj, write_json
+from rerank.utils.files import hash_obj, publish_dir, temp_dir, write_json
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -208,7 +207,7 @@ def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25
     model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
     model.index(tokens, show_progress=config.show_progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         model.save(str(tmp), show_progress=config.show_progress)
         with open(tmp / _DOC_IDS, "w", encoding="utf-8") as f:

@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.retrieval.base import FirstStage
 from rerank.types import Query, Run, sort_ranking
-from rerank.utils.files import publish_dir, hash_obj, write_json
+from rerank.utils.files import hash_obj, publish_dir, temp_dir, write_json
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -231,7 +230,7 @@ def _write_collection(dataset: Dataset, config: PyseriniConfig, folder: Path) ->
 def _build(dataset: Dataset, config: PyseriniConfig, path: Path) -> None:
     """Index the corpus with pyserini's Lucene indexer in a temporary folder, then rename it into ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         num_docs = _write_collection(dataset, config, tmp / "collection")
         cmd = [

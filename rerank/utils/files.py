@@ -7,12 +7,28 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir", "staged_dir"]
+__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir", "staged_dir", "temp_dir"]
+
+
+def _umask() -> int:
+    """The process's umask (read without a lasting change)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """A new temporary folder under ``parent`` that is published by a rename: made with the mode an ordinary
+    ``mkdir`` gets (``0o777`` less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
 
 
 @contextlib.contextmanager
@@ -21,7 +37,11 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    try:  # the mode of the file replaced, else an ordinary new file's (mkstemp's 0o600 would hide results)
+        try:
+            os.fchmod(fd, path.stat().st_mode & 0o7777)
+        except FileNotFoundError:
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -33,15 +53,28 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def _open_private_modes(folder: Path) -> None:
+    """Give files and folders under ``folder`` that their writer left owner-only (transformers writes
+    ``model.safetensors`` 0o600) the modes of ordinary new ones; modes that let others in already are kept."""
+    mask = _umask()
+    for p in folder.rglob("*"):
+        if p.is_symlink():
+            continue
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if mode & 0o077 == 0:
+            p.chmod((0o777 if p.is_dir() else 0o666 | (mode & 0o111)) & ~mask)
+
+
 @contextlib.contextmanager
 def staged_dir(path: str | Path) -> Iterator[Path]:
     """Build a folder in a temporary sibling and move it to ``path`` only on success (an older ``path`` is replaced),
     so a reader never sees a half-written folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_dir(path.parent, prefix=f".{path.name}.")
     try:
         yield tmp
+        _open_private_modes(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / "x")

@@ -1,0 +1,52 @@
+"""Atomic writes publish files and folders with the modes an ordinary write gives (the umask's), not the owner-only
+modes of ``mkstemp`` / ``mkdtemp``: a model folder or a result written by one user must be readable where an
+ordinary file would be (a serving container, a teammate on shared storage)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rerank.utils.files import atomic_write, staged_dir, temp_dir, write_json
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_files_and_folders_follow_the_umask(tmp_path: Path, umask_022: None) -> None:
+    write_json({"a": 1}, tmp_path / "metrics.json")
+    assert _mode(tmp_path / "metrics.json") == 0o644
+    with staged_dir(tmp_path / "model") as d:
+        (d / "w.bin").write_bytes(b"x")
+        (d / "model.safetensors").write_bytes(b"x")
+        (d / "model.safetensors").chmod(0o600)  # as transformers writes it
+        (d / "sub").mkdir(mode=0o700)
+    assert _mode(tmp_path / "model") == 0o755 and _mode(tmp_path / "model" / "sub") == 0o755
+    assert _mode(tmp_path / "model" / "model.safetensors") == 0o644
+    assert _mode(temp_dir(tmp_path, prefix=".t.")) == 0o755
+    os.umask(0o077)  # a private umask stays private
+    write_json({"a": 2}, tmp_path / "private.json")
+    assert _mode(tmp_path / "private.json") == 0o600
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "run.trec"
+    path.write_text("old\n")
+    path.chmod(0o640)
+    with atomic_write(path) as f:
+        f.write("new\n")
+    assert path.read_text() == "new\n" and _mode(path) == 0o640

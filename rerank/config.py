@@ -25,6 +25,7 @@ from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
+    "layered",
     "SECRET_KEYS", "REDACTED",
 ]
 
@@ -97,6 +98,13 @@ class _Overridden(dict):  # type: ignore[type-arg]
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         super().__init__(data or {})
         self.given: dict[str, str] = dict(getattr(data, "given", {}))
+
+
+def layered(base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` over ``base`` (a shallow merge), still naming the overrides that gave ``data``'s keys."""
+    out = _Overridden({**base, **data})
+    out.given = dict(getattr(data, "given", {}))
+    return out
 
 
 def override_source(data: Mapping[str, Any], key: str) -> str | None:

@@ -728,19 +728,22 @@ def test_model_without_reranker_says_what_is_missing(
 
 
 def test_rank_output_names_input_combinations_and_help(dl19_dir: Path, tmp_path: Path, run_cli) -> None:
-    """`--output ranked.txt` and `ranked.jsonl.gz` silently wrote plain TREC text; --dataset with --input was
-    silently ignored; the help spoke of metrics and a dense retriever."""
+    """`ranked.jsonl.gz` silently wrote plain TREC text: .gz now gzips, .jsonl is JSON lines whatever the case, any
+    other name (run.txt, as Anserini names runs) a TREC run, a .json name or a bare .gz refused; --dataset with
+    --input was silently ignored; the help spoke of metrics and a dense retriever."""
     qd = tmp_path / "qd.jsonl"
     qd.write_text("".join(json.dumps({"query": {"id": f"q{i}", "text": "q"}, "docs": ["aaa", "b", "cc"]}) + "\n"
                           for i in range(2)))
     rank = ("rank", "--input", qd, "--reranker", LengthReranker.method)
-    for name in ("ranked.txt", "ranked.gz", "ranked", "ranked.trec.zip", ".trec"):
+    for name, said in (("ranked.json", "name it .jsonl"), (".gz", "give the file a name")):
         rc, _, err = run_cli(*rank, "--output", tmp_path / name)
-        _one_line_error(rc, err, f"--output {tmp_path / name}: name the file .trec", ".jsonl", ".gz")
+        _one_line_error(rc, err, f"--output {tmp_path / name}: {said}")
         assert not (tmp_path / name).exists()
-    for name in ("r.trec", "r.trec.gz", "r.jsonl", "r.jsonl.gz"):
+    for name in ("r.trec", "r.trec.gz", "r.jsonl", "r.jsonl.gz", "run.bm25.txt", "R.JSONL"):
         rc, _, err = run_cli(*rank, "--output", tmp_path / name)
         assert rc == 0, err
+    assert read_run(tmp_path / "run.bm25.txt") == read_run(tmp_path / "r.trec")
+    assert [o for _, o in iter_jsonl(tmp_path / "R.JSONL")] == [o for _, o in iter_jsonl(tmp_path / "r.jsonl")]
     assert read_run(tmp_path / "r.trec.gz") == read_run(tmp_path / "r.trec")
     assert gzip.decompress((tmp_path / "r.trec.gz").read_bytes()) == (tmp_path / "r.trec").read_bytes()
     assert [o for _, o in iter_jsonl(tmp_path / "r.jsonl.gz")] == [o for _, o in iter_jsonl(tmp_path / "r.jsonl")]
@@ -775,14 +778,17 @@ def test_log_shows_our_info_and_only_warnings_of_other_libraries() -> None:
 
     from rerank.cli import log_handler
 
-    for verbose, expected in ((False, ["INFO rerank.retrieval.index: ours", "WARNING faiss.loader: theirs, warned"]),
+    ready = "INFO uvicorn.error: Uvicorn running on http://127.0.0.1:8000"  # the server's lifecycle stays visible
+    for verbose, expected in ((False, ["INFO rerank.retrieval.index: ours", "WARNING faiss.loader: theirs, warned",
+                                       ready]),
                               (True, ["INFO rerank.retrieval.index: ours", "INFO faiss.loader: theirs",
-                                      "WARNING faiss.loader: theirs, warned"])):
+                                      "WARNING faiss.loader: theirs, warned", ready])):
         stream = io.StringIO()
         handler = log_handler(verbose, stream)
         for name, level, msg in (("rerank.retrieval.index", logging.INFO, "ours"),
                                  ("faiss.loader", logging.INFO, "theirs"),
-                                 ("faiss.loader", logging.WARNING, "theirs, warned")):
+                                 ("faiss.loader", logging.WARNING, "theirs, warned"),
+                                 ("uvicorn.error", logging.INFO, "Uvicorn running on http://127.0.0.1:8000")):
             record = logging.LogRecord(name, level, __file__, 1, msg, None, None)
             if handler.filter(record):
                 handler.emit(record)
@@ -804,3 +810,21 @@ def test_index_pq_m_is_checked_before_encoding(tiny_st_dir: Path, tiny_beir_dir:
     with pytest.raises(AssertionError, match="encoded before"):
         main(["index", "--model", str(tiny_st_dir), "--dataset", str(tiny_beir_dir), "--output", str(tmp_path / "i"),
               "--index-type", "ivfpq", "--pq-m", str(dim // 2), "--no-progress"])
+
+
+def test_override_errors_name_their_option_and_evaluate_checks_the_run_overlap(dl19_dir: Path, tmp_path: Path,
+                                                                               run_cli) -> None:
+    """--reranker-set / --retriever-set mistakes were reported as '--set …' (an option those commands lack); rerank
+    evaluate of a run over other queries than the qrels printed zeros and exit 0."""
+    qd = tmp_path / "qd.jsonl"
+    qd.write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
+    rc, _, err = run_cli("rank", "--input", qd, "--reranker", LengthReranker.method, "--reranker-set", "fooo=1",
+                         "--output", tmp_path / "r.trec")
+    _one_line_error(rc, err, "--reranker-set fooo=1: unknown key 'fooo'")
+    rc, _, err = run_cli("eval", "--dataset", dl19_dir, "--retriever", "bm25", "--retriever-set", "k1=[1",
+                         "--output", tmp_path / "e")
+    _one_line_error(rc, err, "--retriever-set k1=[1: invalid YAML value")
+    other = tmp_path / "other.trec"
+    other.write_text("x1 Q0 d1 1 2.0 r\n")
+    rc, _, err = run_cli("evaluate", "--run", other, "--qrels", dl19_dir / "qrels" / "test.tsv")
+    _one_line_error(rc, err, f"--run {other} shares no query id with the 43 judged queries of --qrels")

@@ -43,6 +43,33 @@ def test_new_files_and_folders_follow_the_umask(tmp_path: Path, umask_022: None)
     assert _mode(tmp_path / "private.json") == 0o600
 
 
+def test_modes_are_best_effort_and_the_umask_is_read_without_changing_it(
+        tmp_path: Path, umask_022: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses chmod (or a platform without fchmod) still gets the result; reading the umask from
+    several threads leaves it as it was."""
+    import threading
+
+    from rerank.utils import files
+
+    os.umask(0o077)
+    threads = [threading.Thread(target=lambda: [files._umask() for _ in range(2000)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert os.umask(0o022) == 0o077 and files._umask() == 0o022
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    monkeypatch.setattr(os, "chmod", refuse)
+    write_json({"kept": True}, tmp_path / "m.json")
+    with staged_dir(tmp_path / "model") as d:
+        (d / "w").write_text("x")
+    assert (tmp_path / "m.json").read_text().startswith("{") and (tmp_path / "model" / "w").read_text() == "x"
+
+
 def test_a_replaced_file_keeps_its_mode(tmp_path: Path, umask_022: None) -> None:
     path = tmp_path / "run.trec"
     path.write_text("old\n")

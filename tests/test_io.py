@@ -306,6 +306,12 @@ def test_byte_order_mark_inside_a_file_names_line(tmp_path: Path, gz: bool, name
     assert "q2" in reader(ok)
 
 
+def test_a_zero_width_no_break_space_inside_a_line_is_text(tmp_path: Path) -> None:
+    """U+FEFF inside a query's text (web text has it) is not a joined file: only one starting a line is."""
+    path = _write(tmp_path / "topics.tsv", "1\tzero\ufeffwidth query\n2\tplain\n")
+    assert read_queries(path)["1"].text == "zero\ufeffwidth query"
+
+
 def test_byte_order_mark_inside_a_jsonl_names_line(tmp_path: Path) -> None:
     path = _write(tmp_path / "queries.jsonl", "\ufeff" + _jsonl({"_id": "1", "text": "a"}) + "\ufeff"
                   + _jsonl({"_id": "2", "text": "b"}))

@@ -298,6 +298,7 @@ def test_bearer_auth() -> None:
         assert info["model_id"] == "test-overlap" and info["model_type"] == {
             "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
         assert info["max_client_batch_size"] == 1000 * 256 and info["auto_truncate"] is True
+        assert info["max_input_length"] is None  # tokens, and this head reads whole texts (never characters)
 
 
 def test_queue_full_answers_429_and_health_stays_responsive() -> None:

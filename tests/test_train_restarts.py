@@ -315,3 +315,12 @@ def test_resume_from_the_last_step_trains_no_step_past_it(tmp_path: Path, tiny_b
             run_trainer("sft", {**cfg, **change}, tmp_path / "cut", resume=True)
     with pytest.raises(ConfigError, match="holds a 'sft' run, not 'contrastive'"):
         run_trainer("contrastive", {"model": str(tiny_bert_dir), "dataset": "x"}, tmp_path / "cut", resume=True)
+
+    # a record from an older rerank: an option removed since (lora.merge) and one added since, at its default (seed)
+    path = tmp_path / "cut" / "rerank_train.json"
+    old = json.loads(path.read_text())
+    old["config"]["lora"]["merge"] = True
+    del old["config"]["seed"]
+    path.write_text(json.dumps(old))
+    longer = run_trainer("sft", {**cfg, "max_steps": 6}, tmp_path / "cut", resume=True)  # how long may change
+    assert longer["global_step"] == 6 and len(json.loads(path.read_text())["resumed"]) == 2

@@ -80,7 +80,8 @@ def _user_error(error: BaseException) -> bool:
 def _ours_or_warning(record: logging.LogRecord) -> bool:
     """A log filter: our own records at any level, other libraries' from WARNING up (faiss's loader alone logs 11
     INFO lines on every import)."""
-    return record.levelno >= logging.WARNING or record.name == "rerank" or record.name.startswith("rerank.")
+    return (record.levelno >= logging.WARNING or record.name == "rerank" or record.name.startswith("rerank.")
+            or record.name == "uvicorn.error")  # the server's lifecycle: running on, startup complete, shutdown
 
 
 def log_handler(verbose: bool, stream: object = None) -> logging.Handler:

@@ -87,12 +87,25 @@ def reranker_options(args: argparse.Namespace) -> dict:
     if args.reranker_config:
         check_input_file(args.reranker_config, "--reranker-config")
     opts = load_yaml(args.reranker_config) if args.reranker_config else {}
-    opts = apply_overrides(opts, args.reranker_set)
+    opts = apply_overrides(opts, args.reranker_set, flag="--reranker-set")
     if getattr(args, "allow_new_head", False):
         opts["allow_new_head"] = True
     if getattr(args, "base_url", None):
         opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}
     return opts
+
+
+def check_reranker_options(method: str, model: str | None, options: dict) -> None:
+    """Before any model loads: ``options`` (over the options a trained ``model`` folder records) fit ``method``'s
+    typed config; a mistake names the ``--reranker-set`` override or the ``--reranker-config`` file."""
+    from rerank.config import from_dict, layered
+    from rerank.heads.registry import get_reranker_class
+    from rerank.methods.record import read_record
+
+    cls = get_reranker_class(method)
+    record = read_record(model)
+    trained = record.get("options", {}) if record is not None and record.get("kind") == "reranker" else {}
+    from_dict(cls.config_class, layered(trained, options), where=f"{method} options")
 
 
 def method_from_model(args: argparse.Namespace) -> dict | None:

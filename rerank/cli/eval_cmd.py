@@ -13,6 +13,7 @@ from rerank.cli.common import (
     check_output_dir,
     check_output_file,
     check_reranker_model,
+    check_reranker_options,
     method_from_model,
     positive_int,
     reranker_options,
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--first-stage", args.first_stage), ("--retriever-config", args.retriever_config)):
         if path is not None:
             check_input_file(path, option)
-    ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set)
+    ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set,
+                            flag="--retriever-set")
     record = method_from_model(args)
     if record is not None and record.get("kind") == "retriever" and args.retriever is None and args.first_stage is None:
         args.retriever = "dense"  # a trained retriever folder is the dense first stage's model
@@ -124,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     if args.suite is None and (args.datasets or args.bright_source or args.long_documents):
         raise ConfigError("--datasets, --bright-source and --long-documents need --suite")
     check_reranker_model(args.reranker, model, args.backend)
+    options = reranker_options(args)
+    if args.reranker is not None:
+        check_reranker_options(args.reranker, model, options)
     if ropts.get("model"):
         from rerank.models import check_model_path
 
@@ -141,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         reranker=args.reranker,
         model=model,
         backend=args.backend,
-        reranker_options=reranker_options(args),
+        reranker_options=options,
         top_k=args.top_k,
         depth=args.depth,
         max_queries=args.max_queries,

@@ -30,8 +30,12 @@ def run(args: argparse.Namespace) -> int:
     parse_measures(measures, args.rel_level)  # a misspelt measure fails before the files are read
     check_input_file(args.run, "--run")
     check_input_file(args.qrels, "--qrels")
+    from rerank.eval.pipeline import check_run_overlap
+
     qrels = read_qrels(args.qrels, args.allow_duplicates or "error")
-    result = evaluate_run(read_run(args.run), qrels, measures, args.rel_level)
+    run = read_run(args.run)
+    check_run_overlap(run, qrels, f"--run {args.run}", f"the {len(qrels)} judged queries of --qrels {args.qrels}")
+    result = evaluate_run(run, qrels, measures, args.rel_level)
     if args.json:
         out = {"metrics": result.aggregate, "num_queries": result.num_queries, "missing_queries": result.missing_queries}
         if args.per_query:

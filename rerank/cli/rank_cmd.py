@@ -19,6 +19,7 @@ from rerank.cli.common import (
     check_input_file,
     check_output_file,
     check_reranker_model,
+    check_reranker_options,
     method_from_model,
     positive_int,
     reranker_options,
@@ -27,7 +28,6 @@ from rerank.cli.common import (
 log = logging.getLogger(__name__)
 
 #: what ``--output`` may be named: a TREC run or JSONL of ranked documents, each optionally gzipped
-OUTPUT_SUFFIXES = (".trec", ".jsonl", ".trec.gz", ".jsonl.gz")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,20 +42,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=positive_int, default=100,
                    help="rerank this many candidates per query (default 100)")
     p.add_argument("--output", required=True,
-                   help="output file: .trec (TREC run) or .jsonl (ranked documents with scores); add .gz to gzip it")
+                   help="output file: NAME.jsonl (ranked documents with scores, JSON lines) or any other name, such "
+                   "as run.trec or run.txt (a TREC run); add .gz to gzip either")
     p.set_defaults(func=run)
 
 
 def output_kind(path: str | Path) -> tuple[str, bool]:
-    """``(".trec" or ".jsonl", gzipped)`` for an ``--output`` name; any other name is a one-line error."""
+    """``(".trec" or ".jsonl", gzipped)`` for an ``--output`` name: ``.jsonl`` is JSON lines, any other name a TREC
+    run (``run.txt``, ``run.trec``, as other tools name runs); ``.gz`` gzips either. ``.json`` (JSON lines meant?)
+    and a bare ``.gz`` are one-line errors."""
     from rerank.errors import ConfigError
 
-    name = Path(path).name
-    for suffix in OUTPUT_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return suffix.removesuffix(".gz"), suffix.endswith(".gz")
-    raise ConfigError(f"--output {path}: name the file .trec (a TREC run) or .jsonl (ranked documents with scores), "
-                      f"optionally with .gz")
+    name = Path(path).name.lower()
+    gzipped = name.endswith(".gz")
+    stem = name.removesuffix(".gz")
+    if not stem:
+        raise ConfigError(f"--output {path}: give the file a name, e.g. ranked.trec.gz")
+    if stem.endswith(".json"):
+        raise ConfigError(f"--output {path}: name it .jsonl for ranked documents with scores (JSON lines), or "
+                          ".trec for a TREC run")
+    return (".jsonl" if stem.endswith(".jsonl") else ".trec"), gzipped
 
 
 @contextlib.contextmanager
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     check_reranker_model(args.reranker, args.model, args.backend)
     options = reranker_options(args)
+    check_reranker_options(args.reranker, args.model, options)
     if args.input:
         check_input_file(args.input, "--input")
     else:

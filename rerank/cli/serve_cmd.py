@@ -8,8 +8,14 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from rerank.cli.common import add_reranker, check_reranker_model, method_from_model, positive_int, reranker_options
-from rerank.config import from_dict
+from rerank.cli.common import (
+    add_reranker,
+    check_reranker_model,
+    check_reranker_options,
+    method_from_model,
+    positive_int,
+    reranker_options,
+)
 from rerank.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -129,15 +135,14 @@ def run(args: argparse.Namespace) -> int:
     from rerank.serve import create_app
     from rerank.serve.server import install_log_limits, serve
 
-    record = method_from_model(args)
+    method_from_model(args)
     if not args.reranker:
         raise ConfigError("rerank serve needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     cfg = serve_config(args)
-    cls = get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
+    get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
     check_reranker_model(args.reranker, args.model, args.backend)
     options = reranker_options(args)
-    trained = record.get("options", {}) if record is not None and record.get("kind") == "reranker" else {}
-    from_dict(cls.config_class, {**trained, **options}, where=f"{args.reranker} options")  # before any model loads
+    check_reranker_options(args.reranker, args.model, options)  # before any model loads or worker starts
     check_port(cfg.host, cfg.port)
     if cfg.host not in _LOOPBACK and cfg.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)

@@ -153,7 +153,13 @@ def _bad_character(text: str, block: bytes) -> tuple[int, str] | None:
     # a control byte is never part of a multi-byte UTF-8 character; deleting every other byte (C speed) finds one far
     # faster than a regular expression
     control = _CONTROL.search(text) if block.translate(None, _NOT_CONTROL) else None
-    bom = text.find(_BOM)
+    # a byte-order mark that starts a line (``text`` starts at one): where ``cat`` joined a second file; inside a
+    # line it is a zero-width no-break space of the text itself
+    if text.startswith(_BOM):
+        bom = 0
+    else:
+        joined = text.find("\n" + _BOM)
+        bom = joined + 1 if joined >= 0 else -1
     if control is not None and (bom < 0 or control.start() < bom):
         return control.start(), f"control character {control.group()!r} in the line"
     return (bom, _MID_BOM) if bom >= 0 else None

@@ -426,7 +426,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
                 "model_dtype": str(described.get("config", {}).get("dtype", "float32")),
                 "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
                 "max_concurrent_requests": cfg.max_queue,
-                "max_input_length": limit if limit is not None else cfg.max_doc_chars,
+                "max_input_length": limit,  # tokens of a document the head reads; null: it has no such limit
                 "max_batch_requests": cfg.max_batch_size,
                 "max_client_batch_size": cfg.max_docs * (cfg.max_queue if reranker.independent_scores else 1),
                 "auto_truncate": True,

@@ -18,8 +18,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     with, :func:`~rerank.trainers.resume.check_same_run`), replaced (``overwrite``) or refused, before anything is
     written (:func:`rerank.trainers.resume.prepare_output`).
     """
-    from rerank.config import to_dict
-    from rerank.trainers.resume import check_same_run, prepare_output
+    from rerank.trainers.resume import _main_process, check_same_run, prepare_output
 
     trainer = get_trainer(name)
     if isinstance(config, (str, Path)):
@@ -30,14 +29,15 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
         cfg = config
     out = Path(output)
     prepare_output(out, resume, overwrite)
-    previous = check_same_run(out, name, to_dict(cfg)) if resume else None
+    previous = check_same_run(out, name, cfg) if resume else None
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    record = save_run_record(out, name, cfg, previous=previous)
+    main = _main_process()  # every process of a torchrun run checks; one writes
+    record = save_run_record(out, name, cfg, previous=previous) if main else out / "rerank_train.json"
     try:
         return trainer.train(cfg, TrainContext(output=out, data_root=data_root, resume=resume))
     except BaseException:
-        if previous is None and not any((out / n).exists() for n in ("checkpoints", "model", "adapter")):
+        if main and previous is None and not any((out / n).exists() for n in ("checkpoints", "model", "adapter")):
             record.unlink(missing_ok=True)  # a run that failed before its first checkpoint leaves no record behind
             if created and not any(out.iterdir()):
                 out.rmdir()

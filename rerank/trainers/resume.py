@@ -11,6 +11,7 @@ training loss over every step of a resumed run. Every trainer (sft, grpo, the re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from rerank.config import to_dict
 from rerank.errors import ConfigError
 
 __all__ = [
@@ -174,25 +176,55 @@ def resume_arg(output: Path, resume: bool) -> str | None:
     return ckpt
 
 
-def _differences(old: Any, new: Any, where: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs between two JSON-like configs."""
+#: options a resumed run may change: they say how long to train and what to log, not what the weights learn from
+RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "save_total_limit", "logging_steps", "report_to"})
+_NO_DEFAULT = object()
+
+
+def _default_at(config: Any, path: list[str]) -> Any:
+    """The dataclass default of the option at ``path`` in ``config`` (as its record writes it), or ``_NO_DEFAULT``."""
+    value = config
+    for i, key in enumerate(path):
+        fields = {f.name: f for f in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else {}
+        if key not in fields:
+            return _NO_DEFAULT
+        if i == len(path) - 1:
+            f = fields[key]
+            if f.default is not dataclasses.MISSING:
+                return json.loads(json.dumps(f.default))
+            if f.default_factory is not dataclasses.MISSING:
+                made = f.default_factory()
+                return json.loads(json.dumps(to_dict(made) if dataclasses.is_dataclass(made) else made))
+            return _NO_DEFAULT
+        value = getattr(value, key)
+    return _NO_DEFAULT
+
+
+def _differences(old: Any, new: Any, config: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for every option whose value differs between the run's recorded config and ``new`` (both
+    JSON-like). An option the record lacks (added since) counts as its default; one the config lacks (removed since)
+    is no longer an option and is skipped."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
-            sub = f"{where}.{key}" if where else str(key)
-            if key not in old or key not in new:
-                out.append(f"{sub}: {'absent' if key not in old else json.dumps(old[key])} -> "
-                           f"{'absent' if key not in new else json.dumps(new[key])}")
+            if key not in new:
+                continue
+            sub = (*path, str(key))
+            if key not in old:
+                default = _default_at(config, list(sub))
+                if default is _NO_DEFAULT or default != new[key]:
+                    out.append(f"{'.'.join(sub)}: absent -> {json.dumps(new[key])}")
             else:
-                out += _differences(old[key], new[key], sub)
+                out += _differences(old[key], new[key], config, sub)
         return out
-    return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]
+    return [] if old == new else [f"{'.'.join(path)}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-def check_same_run(output: Path, trainer: str, config: dict[str, Any]) -> dict[str, Any] | None:
-    """``--resume`` continues the run recorded in ``OUTPUT/rerank_train.json``: another trainer or any other config
-    value is refused, naming what differs (weights trained under two configs would be neither run's). Returns the
-    record (None when the folder has none)."""
+def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | None:
+    """``--resume`` continues the run recorded in ``OUTPUT/rerank_train.json``: another trainer or another value of
+    an option that shapes the weights is refused, naming what differs (weights trained under two configs would be
+    neither run's); the options of :data:`RESUMABLE_CHANGES` (how long, what to log) may change, with a warning.
+    Returns the record (None when the folder has none)."""
     path = output / "rerank_train.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -206,7 +238,11 @@ def check_same_run(output: Path, trainer: str, config: dict[str, Any]) -> dict[s
     if record["trainer"] != trainer:
         raise ConfigError(f"--resume: {output} holds a {record.get('trainer')!r} run, not {trainer!r}; resume it with "
                           f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
-    diffs = _differences(record.get("config", {}), json.loads(json.dumps(config)))
+    diffs = _differences(record.get("config", {}), json.loads(json.dumps(to_dict(config))), config)
+    allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
+    if allowed:
+        log.warning("--resume with %s (the learning-rate schedule follows the new length)", "; ".join(allowed))
+    diffs = [d for d in diffs if d not in allowed]
     if diffs:
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
         raise ConfigError(f"--resume: the config differs from the run's ({path.name}): {'; '.join(diffs[:4])}{more}; "

@@ -16,18 +16,44 @@ from typing import IO, Any
 __all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir", "staged_dir", "temp_dir"]
 
 
-def _umask() -> int:
-    """The process's umask (read without a lasting change)."""
+def _read_umask() -> int:
+    """The process's umask: from /proc where there is one (no change to it, so no race between threads), else by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_START_UMASK = _read_umask()  # at import (one thread), for systems without /proc
+
+
+def _umask() -> int:
+    """The current umask where /proc tells it, else the one the process had when this module was imported."""
+    return _read_umask() if os.path.exists("/proc/self/status") else _START_UMASK
+
+
+def _chmod(path: str | Path | int, mode: int) -> None:
+    """Set ``mode`` where the platform and file system allow it (no ``fchmod`` on Windows, ``EPERM`` on some mounts):
+    a mode is a courtesy to other readers, never a reason to lose a result."""
+    with contextlib.suppress(OSError, AttributeError, NotImplementedError):
+        if isinstance(path, int):
+            os.fchmod(path, mode)
+        else:
+            os.chmod(path, mode)
 
 
 def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
     """A new temporary folder under ``parent`` that is published by a rename: made with the mode an ordinary
     ``mkdir`` gets (``0o777`` less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
-    tmp.chmod(0o777 & ~_umask())
+    _chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 
@@ -39,9 +65,10 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:  # the mode of the file replaced, else an ordinary new file's (mkstemp's 0o600 would hide results)
         try:
-            os.fchmod(fd, path.stat().st_mode & 0o7777)
-        except FileNotFoundError:
-            os.fchmod(fd, 0o666 & ~_umask())
+            perms = path.stat().st_mode & 0o7777
+        except OSError:
+            perms = 0o666 & ~_umask()
+        _chmod(fd, perms)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -62,7 +89,7 @@ def _open_private_modes(folder: Path) -> None:
             continue
         mode = stat.S_IMODE(p.stat().st_mode)
         if mode & 0o077 == 0:
-            p.chmod((0o777 if p.is_dir() else 0o666 | (mode & 0o111)) & ~mask)
+            _chmod(p, (0o777 if p.is_dir() else 0o666 | (mode & 0o111)) & ~mask)
 
 
 @contextlib.contextmanager

@@ -175,4 +175,4 @@ def test_bad_runtime_options_are_one_line_errors(ce_dir: Path, tiny_beir_dir: Pa
     rc, _, err = run_cli("eval", "--dataset", tiny_beir_dir, "--retriever", "bm25", "--reranker", "cross-encoder",
                          "--model", ce_dir, "--reranker-set", "runtime=tensorrt", "--output",
                          tiny_beir_dir.parent / "bad-runtime")
-    assert rc == 2 and "runtime: must be one of" in err and "Traceback" not in err
+    assert rc == 2 and "--reranker-set runtime=tensorrt: must be one of" in err and "Traceback" not in err

@@ -145,9 +145,9 @@ def _check_creatable(path: Path, shown: str | os.PathLike[str], option: str) -> 
     """``path`` (a folder, existing or not) is one this process can write into, or create and write into."""
     if path.is_symlink() and not path.exists():
         raise ConfigError(f"{option} {shown}: {path} is a broken link")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    from rerank.utils.files import nearest_existing
+
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise ConfigError(f"{option} {shown}: {existing} is a file, so no folder can be made under it")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -27,8 +27,6 @@ from rerank.cli.common import (
 
 log = logging.getLogger(__name__)
 
-#: what ``--output`` may be named: a TREC run or JSONL of ranked documents, each optionally gzipped
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rank", help="rerank candidates and write the ranking (TREC run or JSONL)")

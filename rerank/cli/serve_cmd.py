@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 from typing import TYPE_CHECKING
 
 from rerank.cli.common import (
@@ -119,13 +118,12 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def check_port(host: str, port: int) -> None:
     """Refuse, before a model loads, an address this process cannot listen on (in use, or not this machine's)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    from rerank.serve.server import bound_socket
+
+    try:
+        bound_socket(host, port).close()
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from rerank.data.registry import DatasetInfo
 from rerank.errors import DatasetNotFoundError, RerankError
+from rerank.utils.files import nearest_existing
 
 __all__ = ["download_dataset", "dataset_url"]
 
@@ -80,13 +81,6 @@ def _safe_extract(archive: Path, dest: Path) -> None:
         zf.extractall(dest)
 
 
-def _nearest_existing(path: Path) -> Path:
-    """``path``, or its closest ancestor that exists (the folder that creating ``path`` writes into)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def download_dataset(info: DatasetInfo, data_root: str | Path) -> Path:
     """Download, verify and unpack ``info``'s archive into ``data_root``; returns ``data_root / info.name``.
 
@@ -101,7 +95,7 @@ def download_dataset(info: DatasetInfo, data_root: str | Path) -> Path:
         raise DatasetNotFoundError(f"dataset {info.name!r}: only http(s) downloads are supported, got {url}")
     folder = _archive_folder(url)
     final = data_root / info.name
-    parent = _nearest_existing(data_root)
+    parent = nearest_existing(data_root)
     if not parent.is_dir():
         raise DatasetNotFoundError(f"dataset {info.name!r}: the data root {data_root} cannot be created, {parent} is "
                                    f"a file; choose the folder with --data-root or RERANK_DATA")

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["neutralise", "passage_windows", "special_strings", "token_spans"]
+__all__ = ["defang", "neutralise", "passage_windows", "special_strings", "token_spans"]
 
 _WORD = re.compile(r"\S+")
 _MARKUP = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
@@ -57,10 +57,13 @@ def _defang(match: re.Match[str]) -> str:
 
 
 def neutralise(text: str, tokenizer: Any) -> str:
-    """``text`` with every special-token string of ``tokenizer`` defanged (a space after its first character),
-    repeated until none is left (defanging one string cannot hide another for long; after 8 passes any rest is
-    deleted)."""
-    pattern = _pattern(tokenizer)
+    """``text`` with every special-token string of ``tokenizer`` defanged (:func:`defang`)."""
+    return defang(text, _pattern(tokenizer))
+
+
+def defang(text: str, pattern: re.Pattern[str] | None) -> str:
+    """``text`` with every match of ``pattern`` defanged (a space after its first character), repeated until none is
+    left (defanging one string cannot hide another for long; after 8 passes any rest is deleted)."""
     if pattern is None:
         return text
     for _ in range(8):

@@ -28,7 +28,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rerank.serve.config import ServeConfig
 
-__all__ = ["RateLimitFilter", "guarded_protocol", "uvicorn_config", "connection_cap", "serve", "install_log_limits"]
+__all__ = ["RateLimitFilter", "bound_socket", "guarded_protocol", "uvicorn_config", "connection_cap", "serve",
+           "install_log_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,19 @@ def uvicorn_config(app: Any, cfg: ServeConfig, **overrides: Any) -> uvicorn.Conf
     return uvicorn.Config(app, **options)
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` as uvicorn binds one (``SO_REUSEADDR``: a port in TIME_WAIT is free);
+    ``OSError`` where this process cannot listen there (in use, or not this machine's address)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> None:
     """Serve ``make_app()`` on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing one
     listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM and, if
@@ -164,10 +178,7 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> No
     if workers <= 1:
         uvicorn.Server(uvicorn_config(make_app(), cfg)).run()
         return
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.host, cfg.port))
+    sock = bound_socket(cfg.host, cfg.port)
     sock.listen(2048)
     sock.set_inheritable(True)
     children: list[int] = []

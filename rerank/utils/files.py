@@ -13,12 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir", "staged_dir", "temp_dir"]
+__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir", "staged_dir", "temp_dir",
+           "nearest_existing"]
 
 
-def _read_umask() -> int:
-    """The process's umask: from /proc where there is one (no change to it, so no race between threads), else by
-    setting and restoring it."""
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its closest ancestor that exists (the folder that creating ``path`` writes into)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _proc_umask() -> int | None:
+    """The process's umask as /proc reports it (read without changing it, so no race between threads), or None
+    where there is no /proc."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -26,17 +34,25 @@ def _read_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    mask = os.umask(0o022)
-    os.umask(mask)
+    return None
+
+
+def _import_umask() -> int:
+    """The umask at import (one thread yet): from /proc, else by setting and restoring it."""
+    mask = _proc_umask()
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
 
 
-_START_UMASK = _read_umask()  # at import (one thread), for systems without /proc
+_START_UMASK = _import_umask()
 
 
 def _umask() -> int:
     """The current umask where /proc tells it, else the one the process had when this module was imported."""
-    return _read_umask() if os.path.exists("/proc/self/status") else _START_UMASK
+    mask = _proc_umask()
+    return _START_UMASK if mask is None else mask
 
 
 def _chmod(path: str | Path | int, mode: int) -> None:

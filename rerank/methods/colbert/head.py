@@ -27,7 +27,7 @@ import torch
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
-from rerank.heads.text import neutralise
+from rerank.heads.text import defang, neutralise
 from rerank.types import Candidate, Query
 
 __all__ = ["ColBERTConfig", "ColBERTEncoder", "ColBERTReranker", "maxsim"]
@@ -87,15 +87,7 @@ class ColBERTEncoder(torch.nn.Module):
     def prepare(self, text: str) -> str:
         """User ``text`` as the model reads it: special-token strings and the prefix tokens' strings defanged (a space
         after the first character, ``[Q]`` -> ``[ Q]``), so none becomes a control or prefix token."""
-        text = neutralise(text, self.tokenizer)
-        pattern = self._prefix_strings
-        for _ in range(8):
-            if pattern is None or pattern.search(text) is None:
-                return text
-            text = pattern.sub(lambda m: f"{m.group()[0]} {m.group()[1:]}", text)
-        while pattern.search(text) is not None:
-            text = pattern.sub("", text)
-        return text
+        return defang(neutralise(text, self.tokenizer), self._prefix_strings)
 
     @classmethod
     def load(cls, model: str, dtype: str = "auto", device: str | None = None) -> ColBERTEncoder:

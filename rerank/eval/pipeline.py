@@ -123,7 +123,7 @@ def check_run_overlap(run: Run, query_ids: Collection[str], run_name: str, queri
     ``queries_name``: the queries (``the 300 test queries of dataset scifact``)."""
     if not any(q in run for q in query_ids):
         raise ConfigError(
-            f"{run_name} shares no query id with {queries_name} (the run's ids: {_examples(run)}; the dataset's: "
+            f"{run_name} shares no query id with {queries_name} (the run's ids: {_examples(run)}; the queries' ids: "
             f"{_examples(query_ids)}): is it a run over another dataset?"
         )
 

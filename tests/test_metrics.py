@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -164,13 +165,15 @@ def test_wrong_types_are_a_type_error_naming_query_and_document(run: Run, qrels:
 
 
 def test_other_number_types_give_the_same_numbers() -> None:
-    """Integral float and numpy grades, numpy scores, ints at the signed 32-bit limits are read as they are."""
+    """Integral float and numpy grades, numpy and Decimal scores, ints at the signed 32-bit limits are read as they are."""
     run, qrels = _random_case(4)
     want = evaluate_run(run, qrels, MEASURES).per_query
     as_numpy = {q: [(d, np.float32(s)) for d, s in lst] for q, lst in run.items()}
     floats = {q: {d: float(g) for d, g in j.items()} for q, j in qrels.items()}
     numpy_ints = {q: {d: np.int64(g) for d, g in j.items()} for q, j in qrels.items()}
     assert evaluate_run(as_numpy, floats, MEASURES).per_query == want
+    as_decimal = {q: [(d, Decimal(repr(s))) for d, s in lst] for q, lst in run.items()}  # does not add to a float
+    assert evaluate_run(as_decimal, qrels, MEASURES).per_query == want
     assert evaluate_run(run, numpy_ints, MEASURES).per_query == want
     top = {"q": {"a": 2**31 - 1, "b": -(2**31), "c": 0}}
     assert evaluate_run({"q": [("a", 1.0), ("b", 2.0)]}, top, ["P@1", "RR"]).aggregate == {"P@1": 0.0, "RR": 0.5}

@@ -119,7 +119,7 @@ def evaluate_run(
         else:
             other.append((name, m))
     if lists:
-        run_dict = _run_rows(lists)
+        run_dict, judged_values = _run_rows(lists, qrels_dict, judged)
         for level, specs in trec.items():
             results = _pytrec_eval(qrels_dict, {request for request, _, _ in specs.values()}, level, run_dict)
             plain = [(name, key) for name, (_, key, cut) in specs.items() if cut is None]
@@ -133,8 +133,8 @@ def evaluate_run(
                 for name, key, c in cut:  # RR@k: the reciprocal rank of a first relevant document within the top k
                     v = values[key]
                     row[name] = v if v > 0 and round(1.0 / v) <= c else 0.0
-        for name, k in judged.items():
-            for q, v in _judged_at(run_dict, qrels_dict, k).items():
+        for name, values in judged_values.items():
+            for q, v in values.items():
                 per_query[q][name] = v
         if other:
             by_measure = {m: name for name, m in other}
@@ -221,19 +221,27 @@ def _check_grades(qrels: Mapping[str, Mapping[str, object]]) -> None:
             _grade(q, d, g)
 
 
-def _run_rows(lists: Mapping[str, Sequence[tuple[str, float]]]) -> dict[str, dict[str, float]]:
-    """Each ranked list as the ``{doc id: score}`` pytrec_eval takes; a document listed twice (the dicts hold fewer
-    entries than the lists) or a NaN score (the sum of the scores, each row's taken while it is in cache, is NaN) is a
-    ``ValueError`` naming the query and document, a score that is not a number a ``TypeError``. ``+inf`` with
-    ``-inf`` also sums to NaN: the scan that names the document finds none and lets them pass."""
+def _run_rows(lists: Mapping[str, Sequence[tuple[str, float]]], qrels: Qrels,
+              judged: Mapping[str, int]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each ranked list as the ``{doc id: score}`` pytrec_eval takes, and each ``Judged@k`` of ``judged`` (name -> k)
+    per query, computed while the row is in cache (a second pass over 10k+ rows costs half again: it is memory-bound).
+
+    A document listed twice (the dicts hold fewer entries than the lists) or a NaN score (the sum of the scores is
+    NaN) is a ``ValueError`` naming the query and document, a score that is not a number a ``TypeError``. ``+inf``
+    with ``-inf`` also sums to NaN: the scan that names the document finds none and lets them pass."""
     rows: dict[str, dict[str, float]] = {}
+    shares: dict[str, dict[str, float]] = {name: {} for name in judged}
     total = 0.0
     try:
         for q, lst in lists.items():
             rows[q] = row = dict(lst)
             total = sum(row.values(), total)
-    except TypeError:  # a score that does not add up: the scan below names it
-        rows, total = {q: dict(lst) for q, lst in lists.items()}, math.nan
+            relevant = qrels.get(q)
+            if relevant:
+                for name, k in judged.items():
+                    shares[name][q] = _judged_share(row, relevant, k)
+    except TypeError:  # a score that does not add up or compare: the scan below names it, or it is another number
+        rows, total, shares = {q: dict(lst) for q, lst in lists.items()}, math.nan, {}
     if sum(map(len, rows.values())) != sum(map(len, lists.values())):
         for q, lst in lists.items():
             if len(rows[q]) != len(lst):
@@ -247,7 +255,10 @@ def _run_rows(lists: Mapping[str, Sequence[tuple[str, float]]]) -> dict[str, dic
                     raise TypeError(f"run: query {q!r}, document {d!r}: score {s!r} is not a number") from None
                 if nan:
                     raise ValueError(f"run: query {q!r}, document {d!r}: score is NaN")
-    return rows
+    if len(shares) < len(judged):  # the scores passed the scan but not the sum: another number type (Decimal)
+        shares = {name: {q: _judged_share(row, qrels[q], k) for q, row in rows.items() if qrels.get(q)}
+                  for name, k in judged.items()}
+    return rows, shares
 
 
 def _raise_duplicate(q: str, lst: Sequence[tuple[str, float]]) -> None:
@@ -275,26 +286,19 @@ def _pytrec_eval(qrels: Qrels, wanted: set[str], level: int, run: dict[str, dict
         return pytrec_eval.RelevanceEvaluator(qrels, wanted, relevance_level=level).evaluate(run)
 
 
-def _judged_at(run: dict[str, dict[str, float]], qrels: Qrels, k: int) -> dict[str, float]:
-    """ir-measures' ``Judged@k``: the share of judged documents among the top ``min(k, len)`` in trec_eval order.
+def _judged_share(row: dict[str, float], judged: Mapping[str, object], k: int) -> float:
+    """ir-measures' ``Judged@k`` of one query: the share of judged documents among the top ``min(k, len)`` of ``row``
+    in trec_eval order.
 
     Only the top-k *set* matters: the documents scoring at least the k-th largest score (a float sort, linear on a
     list already in score order), unless that score is shared beyond the top k; then, among the tied, the largest doc
     ids (trec_eval's tie order)."""
-    out: dict[str, float] = {}
-    for q, row in run.items():
-        judged = qrels.get(q)
-        if not judged:
-            continue
-        if len(row) <= k:
-            out[q] = sum(map(row.__contains__, judged)) / len(row)
-            continue
-        scores = sorted(row.values(), reverse=True)
-        kth = scores[k - 1]
-        if scores[k] < kth:
-            out[q] = sum(1 for v in map(row.get, judged) if v is not None and v >= kth) / k
-        else:
-            above = [d for d, v in row.items() if v > kth]
-            top = above + heapq.nlargest(k - len(above), [d for d, v in row.items() if v == kth])
-            out[q] = sum(map(judged.__contains__, top)) / k
-    return out
+    if len(row) <= k:
+        return sum(map(row.__contains__, judged)) / len(row)
+    scores = sorted(row.values(), reverse=True)
+    kth = scores[k - 1]
+    if scores[k] < kth:
+        return sum(1 for v in map(row.get, judged) if v is not None and v >= kth) / k
+    above = [d for d, v in row.items() if v > kth]
+    top = above + heapq.nlargest(k - len(above), [d for d, v in row.items() if v == kth])
+    return sum(map(judged.__contains__, top)) / k

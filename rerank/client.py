@@ -7,6 +7,7 @@ head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,11 @@ class RemoteReranker(Reranker):
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         """One request; returns the server's scores aligned with ``candidates``."""
+        return self._request(query, candidates)[0]
+
+    def _request(self, query: Query, candidates: list[Candidate]) -> tuple[list[float], list[float]]:
+        """One request: the server's scores (the head's own where it gives them) and relevance, aligned with
+        ``candidates``."""
         docs: list[Any] = [
             {"text": c.doc.text, "title": c.doc.title} if c.doc.title else c.doc.text for c in candidates
         ]
@@ -98,11 +104,13 @@ class RemoteReranker(Reranker):
             tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
             raise RemoteRerankError(f"rerank server {self.config.base_url} answered {resp.status_code}{tries}: {msg}")
         scores: list[float | None] = [None] * len(candidates)
+        rel: list[float] = [0.0] * len(candidates)
         for r in resp.json()["results"]:  # the head's own score where the server gives it (rerank serve does)
-            scores[int(r["index"])] = float(r.get("raw_score", r["relevance_score"]))
+            i = int(r["index"])
+            scores[i], rel[i] = float(r.get("raw_score", r["relevance_score"])), float(r["relevance_score"])
         if any(s is None for s in scores):
             raise RemoteRerankError(f"rerank server {self.config.base_url} returned an incomplete ranking")
-        return scores  # type: ignore[return-value]
+        return scores, rel  # type: ignore[return-value]
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
         """POST ``/v1/rerank``, retrying a busy or not-yet-listening server ``max_retries`` times (a read timeout is
@@ -110,15 +118,44 @@ class RemoteReranker(Reranker):
         return post_with_retries(
             self._client, "/v1/rerank", body, max_retries=self.config.max_retries,
             retry_status=lambda status: status in _RETRY_STATUS, retry_errors=(httpx.ConnectError,),
-            unreachable=lambda e: RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}"),
+            unreachable=self._transport_error,
         )
+
+    def _transport_error(self, e: httpx.HTTPError) -> RemoteRerankError:
+        """A request that got no answer: a read timeout (the server took longer than ``timeout``) is not a server that
+        cannot be reached."""
+        if isinstance(e, httpx.ReadTimeout):
+            return RemoteRerankError(f"rerank server {self.config.base_url} did not answer within timeout="
+                                     f"{self.config.timeout:g} s (raise the reranker's timeout option for long "
+                                     "requests; a timed-out request is not retried)")
+        return RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}")
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Send the queries as parallel requests (the server batches them into model calls)."""
+        return self.score_with_metadata(queries, candidate_lists)[0]
+
+    def score_with_metadata(
+        self, queries: list[Query], candidate_lists: list[list[Candidate]]
+    ) -> tuple[list[list[float]], list[list[dict[str, Any] | None]]]:
+        """:meth:`score_batch`, each document's metadata holding the server's ``relevance``."""
         if len(queries) <= 1 or self.config.max_concurrency == 1:
-            return super().score_batch(queries, candidate_lists)
-        with ThreadPoolExecutor(min(self.config.max_concurrency, len(queries))) as pool:
-            return list(pool.map(self.score_candidates, queries, candidate_lists))
+            got = [self._request(q, c) for q, c in zip(queries, candidate_lists, strict=True)]
+        else:
+            with ThreadPoolExecutor(min(self.config.max_concurrency, len(queries))) as pool:
+                got = list(pool.map(self._request, queries, candidate_lists))
+        return [s for s, _ in got], [[{"relevance": r} for r in rel] for _, rel in got]
+
+    def list_relevance(self, scores: Sequence[float], metadata: Sequence[dict[str, Any] | None]) -> list[float]:
+        """The server's relevance of each document (read from the metadata :meth:`score_with_metadata` gives)."""
+        return [m["relevance"] if m else 0.0 for m in metadata]
+
+    def relevance(self, scores: Sequence[float]) -> list[float]:
+        """Scores asked without ``raw_scores`` are the server's relevance already; a remote head's raw scores cannot
+        be mapped here (each ranked document carries the server's: ``ScoredDocument.relevance``)."""
+        if self.config.raw_scores:
+            raise ValueError("a remote reranker's raw scores have no relevance mapping on the client: read "
+                             "ScoredDocument.relevance (the server's), or load it with raw_scores=False")
+        return [min(max(float(s), 0.0), 1.0) for s in scores]
 
     def describe(self) -> dict[str, Any]:
         """Method, server address and model; the API key is never included."""

@@ -59,13 +59,16 @@ class Candidate:
 @dataclass(frozen=True, slots=True)
 class ScoredDocument:
     """One entry of a reranked list: the document, the reranker's score and its 1-based rank. ``metadata`` holds what
-    the head adds about this score (a long document scored by passages: which passage, ``long_docs`` in the README)."""
+    the head adds about this score (a long document scored by passages: which passage, ``long_docs`` in the README);
+    ``relevance`` is the score mapped to [0, 1] over the whole list (``Reranker.relevance``, what Cohere clients get),
+    so it stays right after a ``top_k`` cut."""
 
     doc: Document
     score: float
     rank: int
     first_stage_score: float | None = None
     metadata: dict[str, Any] | None = None
+    relevance: float | None = None
 
     @property
     def id(self) -> str:

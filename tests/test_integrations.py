@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.base import Reranker, RerankerConfig, sigmoid
 from rerank.types import Candidate, Query
 
 
@@ -32,8 +32,12 @@ def test_langchain_compressor() -> None:
     comp = RerankCompressor(reranker=OverlapReranker(), top_n=2)
     out = comp.compress_documents(docs, "bm25 ranking search")
     assert [d.metadata["src"] for d in out] == [2, 1]
-    assert out[0].metadata["relevance_score"] == 3.0 and out[0].metadata["rerank_rank"] == 1
+    assert out[0].metadata["rerank_score"] == 3.0 and out[0].metadata["rerank_rank"] == 1
+    assert out[0].metadata["relevance_score"] == pytest.approx(sigmoid(3.0))  # [0, 1], as langchain-cohere's
     assert comp.compress_documents([], "q") == []
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="top_n"):
+            RerankCompressor(reranker=OverlapReranker(), top_n=bad)
 
 
 def test_llamaindex_postprocessor() -> None:
@@ -46,9 +50,11 @@ def test_llamaindex_postprocessor() -> None:
     post = RerankNodePostprocessor(reranker=OverlapReranker(), top_n=3)
     out = post.postprocess_nodes(nodes, query_str="bm25 ranking search")
     assert [n.node.node_id for n in out] == ["n2", "n1", "n0"]
-    assert [n.score for n in out] == [3.0, 2.0, 0.0]
+    assert [n.score for n in out] == pytest.approx([sigmoid(3.0), sigmoid(2.0), sigmoid(0.0)])
     with pytest.raises(ValueError, match="needs the query"):
         post.postprocess_nodes(nodes)
+    with pytest.raises(ValueError, match="top_n"):
+        RerankNodePostprocessor(reranker=OverlapReranker(), top_n=0)
 
 
 class SlowOverlap(OverlapReranker):

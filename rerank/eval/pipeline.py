@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from rerank.config import to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
-from rerank.errors import ConfigError, RerankError
+from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker, RerankStats
@@ -189,12 +189,7 @@ def rerank_run(
         chunks.append((chunk, cand_lists))
 
     def finish(chunk: list[str], ranked: list[list[tuple[str, float]]]) -> None:
-        for q, res in zip(chunk, ranked, strict=True):
-            nan = [d for d, s in res if s != s]
-            if nan:  # NaN compares false both ways: the order it gave would be arbitrary
-                raise RerankError(f"the reranker scored {len(nan)} of {len(res)} documents of query {q!r} NaN (e.g. "
-                                  f"{nan[0]!r}), so its ranking is undefined: a float16 overflow? try "
-                                  "--reranker-set dtype=float32")
+        for q, res in zip(chunk, ranked, strict=True):  # a NaN score is refused by Reranker.rerank_batch
             tail = unknown.get(q, []) + [d for d, _ in run[q][top_k:]]
             if interpolate is None:
                 head = [d for d, _ in res]

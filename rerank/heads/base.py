@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
+import numbers
+import operator
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from rerank.config import from_dict, to_dict
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, RerankError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
 _LOCKS_GUARD = threading.Lock()  # creates each reranker's call lock once
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,26 +131,86 @@ def _as_list(items: Any, name: str) -> list[Any]:
     return list(items)
 
 
+def _check_top_k(top_k: Any) -> int | None:
+    """``top_k`` as an int >= 1 (numpy integers included), or None for all documents."""
+    if top_k is None:
+        return None
+    try:
+        value = None if isinstance(top_k, bool) else operator.index(top_k)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"top_k must be an integer >= 1 or None (all documents), got {top_k!r}")
+    return value
+
+
 def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
-    """Normalise user input: strings get ids ``"0".."n-1"`` (their input positions)."""
+    """Normalise user input: strings get ids ``"0".."n-1"`` (their input positions). A text, title or id of the wrong
+    type, a mapping without ``text``, a NaN or non-numeric first-stage score, or an id given twice is an error naming
+    the document (``None`` would otherwise be ranked as the text "None", a NaN score order nothing)."""
     out: list[Candidate] = []
     for i, d in enumerate(docs):
         if isinstance(d, Candidate):
-            out.append(d)
+            _check_document(d.doc, i)
+            score = _first_stage_score(d.score, i, d.doc.id)
+            out.append(d if score is d.score else Candidate(d.doc, score))
         elif isinstance(d, Document):
+            _check_document(d, i)
             out.append(Candidate(d))
         elif isinstance(d, str):
             out.append(Candidate(Document(str(i), d)))
         elif isinstance(d, Mapping):
-            doc = Document(str(d.get("id", d.get("_id", i))), str(d["text"]), str(d.get("title") or ""))
-            score = d.get("score")
-            out.append(Candidate(doc, None if score is None else float(score)))
+            out.append(_mapping_candidate(d, i))
         else:
-            raise TypeError(f"documents must be str, Document, Candidate or mapping, got {type(d).__name__}")
+            raise TypeError(f"documents[{i}]: documents must be str, Document, Candidate or mapping, "
+                            f"got {type(d).__name__}")
     ids = [c.doc.id for c in out]
     if len(set(ids)) != len(ids):
-        raise ValueError("duplicate document ids in one reranking request")
+        seen: set[str] = set()
+        for i, doc_id in enumerate(ids):
+            if doc_id in seen:
+                hint = (" (plain strings get their positions as ids: give every document an id, or none)"
+                        if any(isinstance(d, str) for d in docs) else "")
+                raise ValueError(f"documents[{i}]: document id {doc_id!r} is given twice in one request{hint}")
+            seen.add(doc_id)
     return out
+
+
+def _check_document(doc: Any, i: int) -> None:
+    if not isinstance(doc, Document):
+        raise TypeError(f"documents[{i}]: a Candidate's doc must be a Document, got {type(doc).__name__}")
+    for name in ("id", "text", "title"):
+        value = getattr(doc, name)
+        if not isinstance(value, str):
+            raise TypeError(f"documents[{i}] (id {doc.id!r}): {name} must be a string, got {type(value).__name__}")
+
+
+def _mapping_candidate(d: Mapping[str, Any], i: int) -> Candidate:
+    """A ``{"id"/"_id", "text", "title", "score"}`` mapping as a Candidate; an int id is read as its string."""
+    doc_id = d.get("id", d.get("_id", str(i)))
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+        raise TypeError(f"documents[{i}]: id must be a string or an integer, got {type(doc_id).__name__}")
+    if "text" not in d:
+        raise ValueError(f"documents[{i}] (id {doc_id!r}): a document mapping needs a 'text' key "
+                         f"(it has {', '.join(map(repr, d)) or 'none'})")
+    text, title = d["text"], d.get("title") or ""
+    for name, value in (("text", text), ("title", title)):
+        if not isinstance(value, str):
+            raise TypeError(f"documents[{i}] (id {doc_id!r}): {name} must be a string, got {type(value).__name__}")
+    doc = Document(str(doc_id), text, title)
+    return Candidate(doc, _first_stage_score(d.get("score"), i, doc.id))
+
+
+def _first_stage_score(score: Any, i: int, doc_id: str) -> float | None:
+    """A first-stage score as a float (None: unknown); ±inf is defined wherever scores are fused, NaN orders nothing."""
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, numbers.Real):
+        raise TypeError(f"documents[{i}] (id {doc_id!r}): first-stage score {score!r} is not a number")
+    value = float(score)
+    if math.isnan(value):
+        raise ValueError(f"documents[{i}] (id {doc_id!r}): first-stage score is NaN")
+    return value
 
 
 class Reranker(ABC):
@@ -221,9 +285,21 @@ class Reranker(ABC):
     def rerank_batch(
         self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
     ) -> list[RankedResult]:
-        """Rank several queries' candidate lists at once."""
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None (all documents), got {top_k!r}")
+        """Rank several queries' candidate lists at once. Calls from several threads on one in-process model run one
+        at a time (a model, its forward hooks and its fast tokenizer are not thread-safe); the remote reranker's run
+        side by side. Model outputs that failed to parse or were repaired in the call are logged as a warning (the
+        running counts: :attr:`stats`)."""
+        if not self.serialise_calls:
+            return self._rerank_batch(queries, docs_lists, top_k)
+        with _LOCKS_GUARD:
+            lock = self.__dict__.setdefault("_call_lock", threading.RLock())
+        with lock:
+            return self._rerank_batch(queries, docs_lists, top_k)
+
+    def _rerank_batch(
+        self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None
+    ) -> list[RankedResult]:
+        top_k = _check_top_k(top_k)
         queries, docs_lists = _as_list(queries, "queries"), _as_list(docs_lists, "docs_lists")
         if len(queries) != len(docs_lists):
             raise ValueError(f"{len(queries)} queries but {len(docs_lists)} document lists")
@@ -235,6 +311,7 @@ class Reranker(ABC):
         todo = [i for i, c in enumerate(cands) if c]
         scores: list[list[float]] = [[] for _ in cands]
         meta: list[list[dict[str, Any] | None]] = [[None] * len(c) for c in cands]
+        before = (self.stats.outputs, self.stats.parse_failures, self.stats.repaired, len(self.stats.failure_examples))
         if todo:
             got, got_meta = self.score_with_metadata([qs[i] for i in todo], [cands[i] for i in todo])
             for k, (i, s) in enumerate(zip(todo, got, strict=True)):
@@ -244,16 +321,34 @@ class Reranker(ABC):
                         raise RuntimeError(f"{type(self).__name__} returned {len(got_meta[k])} metadata entries for "
                                            f"{len(s)} scores")
                     meta[i] = got_meta[k]
+        self._warn_parse_failures(*before)
         results = []
         for q, c, s, m in zip(qs, cands, scores, meta, strict=True):
             if len(s) != len(c):
                 raise RuntimeError(f"{type(self).__name__} returned {len(s)} scores for {len(c)} documents")
+            if any(map(math.isnan, s)):  # NaN compares false both ways: the order it gave would be arbitrary
+                nan = [c[j].doc.id for j, v in enumerate(s) if math.isnan(v)]
+                raise RerankError(f"the reranker scored {len(nan)} of {len(s)} documents of query {q.id!r} NaN (e.g. "
+                                  f"{nan[0]!r}), so its ranking is undefined: a float16 overflow? try dtype=float32 "
+                                  "(--reranker-set dtype=float32)")
+            rel = self.list_relevance(s, m) if s else []
             order = sorted(range(len(c)), key=lambda j: -s[j])  # stable: ties keep input order
             ranked = [
-                ScoredDocument(c[j].doc, float(s[j]), r, c[j].score, m[j]) for r, j in enumerate(order, 1)
+                ScoredDocument(c[j].doc, float(s[j]), r, c[j].score, m[j], float(rel[j]))
+                for r, j in enumerate(order, 1)
             ]
             results.append(RankedResult(q, ranked if top_k is None else ranked[:top_k]))
         return results
+
+    def _warn_parse_failures(self, outputs: int, failures: int, repaired: int, examples: int) -> None:
+        """Log the model outputs of one call that failed to parse or were repaired (heads say how they repair)."""
+        st = self.stats
+        failed, fixed = st.parse_failures - failures, st.repaired - repaired
+        if failed or fixed:
+            shown = st.failure_examples[examples:examples + 1]
+            log.warning("%s: %d of %d model outputs failed to parse and %d were repaired in this call (how each head "
+                        "repairs: docs/backends.md)%s", self.method or type(self).__name__, failed,
+                        st.outputs - outputs, fixed, f"; first: {shown[0][:120]!r}" if shown else "")
 
     async def arerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
         """:meth:`rerank` for asyncio code: the same ranking, computed without blocking the event loop."""
@@ -264,24 +359,23 @@ class Reranker(ABC):
     ) -> list[RankedResult]:
         """:meth:`rerank_batch` in a worker thread; concurrent calls on one in-process model run one at a time (a
         model and its fast tokenizer are not thread-safe), the remote reranker's run side by side."""
-        return await asyncio.to_thread(self._rerank_batch_serialised, queries, docs_lists, top_k)
-
-    def _rerank_batch_serialised(self, queries: Any, docs_lists: Any, top_k: int | None) -> list[RankedResult]:
-        if not self.serialise_calls:
-            return self.rerank_batch(queries, docs_lists, top_k=top_k)
-        with _LOCKS_GUARD:
-            lock = self.__dict__.setdefault("_call_lock", threading.Lock())
-        with lock:
-            return self.rerank_batch(queries, docs_lists, top_k=top_k)
+        return await asyncio.to_thread(self.rerank_batch, queries, docs_lists, top_k)
 
     def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads
         whose document side does not depend on the query (the bi-encoder) embed them here, once. Default: nothing."""
 
     def relevance(self, scores: Sequence[float]) -> list[float]:
-        """One list's raw scores mapped to relevance in [0, 1] (order kept), what Cohere clients expect. Default: the
-        logistic sigmoid, reading the score as a logit; heads whose scores mean something else override this."""
+        """One whole list's raw scores mapped to relevance in [0, 1] (order kept), what Cohere clients expect: give all
+        of a query's scores, not a ``top_k`` cut (position scores are read against the list's length); each ranked
+        document carries its own as ``ScoredDocument.relevance``. Default: the logistic sigmoid, reading the score as a
+        logit; heads whose scores mean something else override this."""
         return [sigmoid(s) for s in scores]
+
+    def list_relevance(self, scores: Sequence[float], metadata: Sequence[dict[str, Any] | None]) -> list[float]:
+        """Relevance of one query's scored documents; ``metadata`` is what the head returned beside the scores (the
+        remote reranker reads the server's relevance there). Default: :meth:`relevance` of the scores."""
+        return self.relevance(scores)
 
     def document_token_limit(self, query: str) -> int | None:
         """Tokens of one document the head reads alongside ``query`` (the rest is cut); None when it has no limit."""

@@ -12,7 +12,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("rerank.integrations.langchain needs langchain-core: pip install 'rerank[langchain]'") from e
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from rerank.heads.base import Reranker
 from rerank.types import Document
@@ -23,13 +23,15 @@ __all__ = ["RerankCompressor"]
 class RerankCompressor(BaseDocumentCompressor):
     """Reorders retrieved documents with a reranker and keeps the best ``top_n``.
 
-    Each returned document gets ``metadata["relevance_score"]`` (the reranker's score) and ``metadata["rerank_rank"]``.
+    Each returned document gets ``metadata["relevance_score"]`` (the reranker's relevance in [0, 1], as
+    langchain-cohere's reranker gives it), ``metadata["rerank_score"]`` (the head's raw score) and
+    ``metadata["rerank_rank"]``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     reranker: Any
-    top_n: int | None = 3
+    top_n: int | None = Field(default=3, ge=1)
 
     @classmethod
     def load(cls, method: str, model: str | None = None, top_n: int | None = 3, **options: Any) -> RerankCompressor:
@@ -60,6 +62,6 @@ def _ranked(documents: Sequence[LCDocument], result: Any) -> list[LCDocument]:
     out = []
     for r in result.results:
         src = documents[int(r.doc.id)]
-        meta = {**src.metadata, "relevance_score": r.score, "rerank_rank": r.rank}
+        meta = {**src.metadata, "relevance_score": r.relevance, "rerank_score": r.score, "rerank_rank": r.rank}
         out.append(LCDocument(page_content=src.page_content, metadata=meta, id=src.id))
     return out

@@ -18,10 +18,12 @@ __all__ = ["RerankNodePostprocessor"]
 
 
 class RerankNodePostprocessor(BaseNodePostprocessor):
-    """Reorders retrieved nodes with a reranker; each node's score becomes the reranker's score."""
+    """Reorders retrieved nodes with a reranker; each node's score becomes the reranker's relevance in [0, 1] (as
+    LlamaIndex's Cohere and sentence-transformers rerankers set it), so a score threshold means the same for any
+    head."""
 
     reranker: Any = Field(description="a rerank.Reranker")
-    top_n: int | None = Field(default=3, description="keep this many nodes (None keeps all)")
+    top_n: int | None = Field(default=3, ge=1, description="keep this many nodes (None keeps all)")
 
     @classmethod
     def class_name(cls) -> str:
@@ -38,7 +40,7 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         result = self.reranker.rerank(_query(query_bundle), _docs(nodes), top_k=self.top_n)
-        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.score) for r in result.results]
+        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.relevance) for r in result.results]
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -47,7 +49,7 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         result = await self.reranker.arerank(_query(query_bundle), _docs(nodes), top_k=self.top_n)
-        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.score) for r in result.results]
+        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.relevance) for r in result.results]
 
 
 def _query(query_bundle: QueryBundle | None) -> str:

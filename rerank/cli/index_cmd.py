@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
     from rerank.models import check_model_path
     from rerank.retrieval.dense import BiEncoder
-    from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached
+    from rerank.retrieval.index import DenseIndex, IndexConfig, check_index_folder, encode_corpus_cached
 
     t0 = time.perf_counter()
     check_output_dir(args.output)
+    check_index_folder(Path(args.output))  # saving replaces the folder: refuse one holding other files first
     check_model_path(args.model)
     cfg = IndexConfig(
         index_type=args.index_type, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,

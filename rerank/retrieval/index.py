@@ -11,6 +11,9 @@ Saved index folder::
     index.faiss     the FAISS index (inner product)
     embeddings.npy  float32 [num_docs, dim], row i is ids[i]
     ids.json        document ids in row order
+
+The folder is written beside its place and swapped in whole, so an older index there stays loadable until then.
+Processes encoding into one work folder take turns on its ``.lock`` file (advisory ``flock``, POSIX).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from rerank.errors import ConfigError, RerankError
+from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.types import Document
-from rerank.utils.files import atomic_write, hash_obj, write_json
+from rerank.utils.files import atomic_write, file_lock, hash_obj, staged_dir, write_json
 
 if TYPE_CHECKING:
     import faiss
@@ -40,13 +43,14 @@ if TYPE_CHECKING:
     from rerank.retrieval.dense import BiEncoder
 
 __all__ = [
-    "IndexConfig",
     "DenseIndex",
     "EmbeddingSet",
+    "IndexConfig",
     "build_faiss",
-    "doc_text",
-    "doc_encoding_key",
     "cached_corpus_embeddings",
+    "check_index_folder",
+    "doc_encoding_key",
+    "doc_text",
     "embedding_cache_dir",
     "encode_corpus",
     "encode_corpus_cached",
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "rerank-dense-index"
 EMB_FORMAT = "rerank-embeddings"
 TITLE_SEP = " "
+LOCK_NAME = ".lock"  # in a work folder: held while a process encodes into it
 
 
 @dataclass
@@ -206,6 +211,10 @@ def encode_corpus(
     ``key`` identifies the encoding (see :func:`doc_encoding_key`); shards written under another key are discarded.
     ``workers`` > 1: that many processes with a copy of the encoder each (:func:`~rerank.retrieval.dense.encoder_pool`)
     encode each shard's batches, started only when there is something to encode (the embeddings are one process's).
+
+    Processes sharing ``work_dir`` (two builds on one cache) take turns on its lock file (advisory, POSIX:
+    :func:`~rerank.utils.files.file_lock`): a second one waits, then reads the first's embeddings. A build that fails
+    before writing any shard, or on a malformed corpus (whose fix changes the key), removes what it put in ``work_dir``.
     """
     if shard_size < 1:
         raise ConfigError("shard_size must be >= 1")
@@ -214,6 +223,29 @@ def encode_corpus(
     if done is not None:
         log.info("embeddings found in %s (%d docs); not re-encoding", work_dir, len(done.ids))
         return done
+
+    def waiting() -> None:
+        log.info("another process is encoding into %s; waiting for it to finish", work_dir)
+
+    with file_lock(work_dir / LOCK_NAME, on_wait=waiting):
+        done = _load_complete(work_dir, key)  # written by the process this one waited for
+        if done is not None:
+            log.info("embeddings found in %s (%d docs), written by another process; not re-encoding", work_dir,
+                     len(done.ids))
+            return done
+        try:
+            return _encode_and_publish(encoder, docs, work_dir, key, shard_size, batch_size, progress, num_docs,
+                                       workers)
+        except BaseException as e:
+            _drop_unusable(work_dir, corpus_error=isinstance(e, DataFormatError))
+            raise
+
+
+def _encode_and_publish(encoder: BiEncoder, docs: Iterable[Document], work_dir: Path, key: dict[str, Any],
+                        shard_size: int, batch_size: int, progress: bool, num_docs: int | None,
+                        workers: int) -> EmbeddingSet:
+    """The body of :func:`encode_corpus`, run under its lock: encode (resuming) into ``work_dir/shards``, join the
+    shards into ``embeddings.npy`` through a temporary file of this process's own, write ``manifest.json`` last."""
     shards = work_dir / "shards"
     state_path = work_dir / "partial.json"
     state = {"key": key, "shard_size": shard_size}
@@ -237,16 +269,8 @@ def encode_corpus(
         raise RerankError("the corpus is empty: nothing to encode")
 
     dim = encoder.dim
-    tmp = work_dir / ".embeddings.npy.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
-    row = 0
-    for spath in shard_files:
-        arr = np.load(spath)
-        out[row : row + len(arr)] = arr
-        row += len(arr)
-    out.flush()
-    del out
-    os.replace(tmp, work_dir / "embeddings.npy")
+    path = work_dir / "embeddings.npy"
+    _join_shards(shard_files, len(ids), dim, path)
     with atomic_write(work_dir / "ids.json") as f:
         json.dump(ids, f)
     manifest = {
@@ -257,8 +281,38 @@ def encode_corpus(
     write_json(manifest, work_dir / "manifest.json")
     shutil.rmtree(shards, ignore_errors=True)
     state_path.unlink(missing_ok=True)
-    path = work_dir / "embeddings.npy"
     return EmbeddingSet(ids, np.load(path, mmap_mode="r"), manifest, path)
+
+
+def _join_shards(shard_files: Sequence[Path], rows: int, dim: int, path: Path) -> None:
+    """Write the shards, in order, as one float32 ``[rows, dim]`` ``.npy`` at ``path`` (atomically, one shard in
+    memory at a time); shards that do not add up to that shape are an error, not a corrupt file."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+    with atomic_write(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        written = 0
+        for spath in shard_files:
+            arr = np.load(spath)
+            if arr.ndim != 2 or arr.shape[1] != dim:
+                raise RerankError(f"{spath}: shard of shape {arr.shape}, expected rows of dimension {dim}")
+            f.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+            written += arr.shape[0]
+        if written != rows:
+            raise RerankError(f"{path.parent}: the shards hold {written} rows for {rows} documents")
+
+
+def _drop_unusable(work_dir: Path, corpus_error: bool) -> None:
+    """After a failed build: remove the shards, state and lock file from ``work_dir`` (and the folder if that empties
+    it) when nothing there can be resumed: no shard was written, or the corpus is malformed (fixing it changes its
+    hash, hence the key). Shards of a sound corpus are kept for the next run to resume."""
+    shards = work_dir / "shards"
+    if not corpus_error and any(shards.glob("*.npy")):
+        return
+    shutil.rmtree(shards, ignore_errors=True)
+    (work_dir / "partial.json").unlink(missing_ok=True)
+    (work_dir / LOCK_NAME).unlink(missing_ok=True)  # a waiter notices and locks a new file
+    with contextlib.suppress(OSError):
+        work_dir.rmdir()
 
 
 def cached_corpus_embeddings(encoder: BiEncoder, corpus_sha256: str) -> EmbeddingSet | None:
@@ -353,6 +407,27 @@ def set_search_params(index: faiss.Index, ef_search: int | None = None, nprobe: 
         ivf.nprobe = nprobe
 
 
+INDEX_FILES = ("manifest.json", "index.faiss", "embeddings.npy", "ids.json")
+
+
+def check_index_folder(path: Path) -> None:
+    """:meth:`DenseIndex.save` replaces the whole folder: refuse one holding anything but an index's files, a
+    ``--no-cache`` work folder (``.encoding``) and hidden ``*.tmp`` leftovers, rather than delete someone's files."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RerankError(f"{path} is a file, not an index folder")
+    own = (*INDEX_FILES, ".encoding")
+    foreign = sorted(p.name for p in path.iterdir()
+                     if p.name not in own and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise RerankError(
+            f"{path} holds {', '.join(foreign[:3])}{more}, not part of a dense index: saving an index replaces the "
+            "whole folder, so give a new or empty folder (or an index folder to replace)"
+        )
+
+
 class DenseIndex:
     """A FAISS index with its id map, embeddings and manifest; :meth:`load` checks them against corpus and model."""
 
@@ -396,30 +471,28 @@ class DenseIndex:
         return cls(index, emb.ids, emb.embeddings, manifest)
 
     def save(self, path: str | Path, embeddings_source: str | Path | None = None) -> Path:
-        """Write the folder (manifest last, so a folder with a manifest is complete); links the embeddings if it can."""
+        """Write the folder in a temporary sibling and swap it in whole (:func:`~rerank.utils.files.staged_dir`), so an
+        index already at ``path`` stays loadable until the new one is complete; links the embeddings if it can."""
         import faiss
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "manifest.json").unlink(missing_ok=True)
-        tmp = path / ".index.faiss.tmp"
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path / "index.faiss")
-        target = path / "embeddings.npy"
+        if path.is_symlink():  # replace the folder it names, keep the link
+            path = path.resolve()
+        check_index_folder(path)
         src = Path(embeddings_source) if embeddings_source is not None else None
-        if src is not None and src.resolve() != target.resolve():
-            tmp = path / ".embeddings.npy.tmp"
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
-        elif src is None:
-            _save_npy(np.asarray(self.embeddings, dtype=np.float32), target)
-        with atomic_write(path / "ids.json") as f:
-            json.dump(self.ids, f)
-        write_json(self.manifest, path / "manifest.json")
+        with staged_dir(path) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            target = tmp / "embeddings.npy"
+            if src is not None:
+                try:
+                    os.link(src, target)
+                except OSError:
+                    shutil.copyfile(src, target)
+            else:
+                _save_npy(np.asarray(self.embeddings, dtype=np.float32), target)
+            with atomic_write(tmp / "ids.json") as f:
+                json.dump(self.ids, f)
+            write_json(self.manifest, tmp / "manifest.json")
         return path
 
     @staticmethod

@@ -9,12 +9,21 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "sha256_file", "hash_obj", "publish_dir", "staged_dir", "temp_dir",
-           "nearest_existing"]
+__all__ = [
+    "atomic_write",
+    "file_lock",
+    "hash_obj",
+    "nearest_existing",
+    "publish_dir",
+    "sha256_file",
+    "staged_dir",
+    "temp_dir",
+    "write_json",
+]
 
 
 def nearest_existing(path: Path) -> Path:
@@ -166,3 +175,47 @@ def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         return False
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created, with its folder, if absent) for the ``with`` block, so
+    that processes sharing a cache entry take turns; ``on_wait`` is called once if another process holds it.
+
+    The lock is advisory (it only orders processes that take it too) and POSIX only: where there is no ``fcntl``
+    (Windows) it locks nothing; on NFS it is as good as the client's ``flock``. A holder may delete the lock file (to
+    clean up): a waiter then finds that the file it locked is no longer ``path`` and locks the new one. The lock is
+    released when the block ends, or by the system when the process dies, so a crash never leaves it held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks here (Windows): nothing to take
+        yield
+        return
+    path = Path(path)
+    waited = False
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access: others' files lock too
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)  # the holder deleted this lock file: lock the one now at ``path``
+    try:
+        yield
+    finally:
+        os.close(fd)

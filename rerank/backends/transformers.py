@@ -34,9 +34,10 @@ from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_g
 from rerank.backends.prefix import PrefixStore, attention_weight, prefix_groups
 from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
 from rerank.config import from_dict, to_dict
+from rerank.errors import ConfigError
 from rerank.models import resolve_model_path
 
-__all__ = ["TransformersBackend", "TransformersBackendConfig", "resolve_device", "resolve_dtype"]
+__all__ = ["TransformersBackend", "TransformersBackendConfig", "position_limit", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,49 @@ class TransformersBackendConfig:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
+    """``None`` -> CUDA when available, else CPU. A named device must exist here, else a one-line :class:`ConfigError`
+    before any model loads (torch itself fails later, with an assertion deep in ``.to()`` or a list of every device
+    type it knows)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device!r} is unknown; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        available = mps is not None and mps.is_available()
+    else:
+        module = getattr(torch, dev.type, None)  # torch.cuda, torch.xpu, ...: a type without one cannot run a model
+        available = callable(getattr(module, "is_available", None)) and bool(module.is_available())
+    if not available:
+        why = "torch.cuda.is_available() is False" if dev.type == "cuda" else f"this torch build cannot use {dev.type}"
+        raise ConfigError(f"device {device!r} is not available here ({why}); use device cpu")
+    count = getattr(getattr(torch, dev.type, None), "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise ConfigError(f"device {device!r} is not available here: {count()} {dev.type} device(s), "
+                          f"{dev.type}:0 to {dev.type}:{count() - 1}")
+    return dev
+
+
+def position_limit(model: Any) -> int | None:
+    """The longest input (in tokens, special ones included) ``model``'s position embeddings can encode; None when it
+    has no fixed limit.
+
+    A learned position table of ``n`` rows holds ``n`` positions, less ``padding_idx + 1`` where positions start after
+    the padding index (RoBERTa, XLM-R, MPNet: 514 rows, padding index 1 -> 512, the tokenizers' ``model_max_length``);
+    no table (relative positions, as DeBERTa-v2) -> None; a model without the usual ``embeddings.position_embeddings``
+    (rotary ones) -> ``config.max_position_embeddings``."""
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", ...)
+    if isinstance(table, torch.nn.Embedding):
+        return table.num_embeddings - (table.padding_idx + 1 if table.padding_idx is not None else 0)
+    if table is None:
+        return None
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rerank.errors import ConfigError
 from rerank.types import Query, Run
 from rerank.utils.registry import Registry
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
 
-__all__ = ["FirstStage", "register_retriever", "build_retriever", "available_retrievers"]
+__all__ = ["FirstStage", "Queries", "available_retrievers", "build_retriever", "register_retriever", "retrieve_args"]
+
+#: What :meth:`FirstStage.retrieve` takes as queries: ``{query id: Query}`` (the run is keyed by the mapping's ids),
+#: ``{query id: text}``, or a sequence of :class:`~rerank.types.Query` with distinct ids.
+Queries = Mapping[str, Query | str] | Iterable[Query]
 
 
 class FirstStage(ABC):
@@ -26,12 +32,66 @@ class FirstStage(ABC):
         """Build (or load from cache) the retriever over ``dataset``'s corpus; options fill its typed config."""
 
     @abstractmethod
-    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
-        """Top-``k`` (doc id, score) per query id, best first (ties by doc id descending, as trec_eval)."""
+    def retrieve(self, queries: Queries, k: int) -> Run:
+        """Top-``k`` (doc id, score) per query id, best first (ties by doc id descending, as trec_eval). ``queries``
+        as :data:`Queries` says, ``k`` an integer >= 1: implementations check both with :func:`retrieve_args`."""
 
     def describe(self) -> dict[str, Any]:
         """Name and configuration, recorded in ``metrics.json``."""
         return {"name": self.name}
+
+
+def retrieve_args(queries: Any, k: Any) -> tuple[Mapping[str, Query], int]:
+    """``retrieve``'s arguments checked and made uniform (``{query id: Query}`` and an ``int``), so every retriever
+    takes the same forms and a wrong one is a one-line ``TypeError`` / ``ValueError`` naming the argument instead of
+    a failure deep in the index. ``k`` may be any integer type (``operator.index``: numpy integers too), not a bool
+    or float."""
+    if isinstance(k, bool):
+        raise TypeError(f"k (the retrieval depth) must be an integer >= 1, got {k!r}")
+    try:
+        depth = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k (the retrieval depth) must be an integer >= 1, got {k!r} ({type(k).__name__})") from None
+    if depth < 1:
+        raise ConfigError(f"retrieval depth k must be >= 1, got {depth}")
+    return _queries(queries), depth
+
+
+def _queries(queries: Any) -> Mapping[str, Query]:
+    """``queries`` (any :data:`Queries` form) as a ``{query id: Query}`` dict, in the order given."""
+    forms = "a {query id: Query or text} mapping or a list of Query"
+    if isinstance(queries, Mapping):
+        converted: dict[str, Query] = {}
+        for qid, q in queries.items():
+            if not isinstance(qid, str):
+                raise TypeError(f"queries: query id {qid!r} must be a string, got {type(qid).__name__}")
+            if isinstance(q, str):
+                q = Query(qid, q)
+            elif not isinstance(q, Query):
+                raise TypeError(f"queries[{qid!r}] must be a Query or the query text, got {type(q).__name__}")
+            _check_text(q, f"queries[{qid!r}]")
+            converted[qid] = q
+        return converted
+    if isinstance(queries, (str, bytes, Query)) or not isinstance(queries, Iterable):
+        hint = " (wrap a single Query in a list)" if isinstance(queries, Query) else ""
+        raise TypeError(f"queries must be {forms}, got {type(queries).__name__}{hint}")
+    out: dict[str, Query] = {}
+    for i, q in enumerate(queries):
+        if not isinstance(q, Query):
+            raise TypeError(f"queries[{i}] must be a Query, got {type(q).__name__} (texts go in a {{query id: text}} "
+                            "mapping)")
+        if not isinstance(q.id, str):
+            raise TypeError(f"queries[{i}]: query id {q.id!r} must be a string, got {type(q.id).__name__}")
+        _check_text(q, f"queries[{i}]")
+        if q.id in out:
+            raise ValueError(f"queries: query id {q.id!r} appears twice (a run holds one ranking per id)")
+        out[q.id] = q
+    return out
+
+
+def _check_text(query: Query, where: str) -> None:
+    if not isinstance(query.text, str):
+        raise TypeError(f"{where}: query text must be a string, got {type(query.text).__name__}")
 
 
 RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever")

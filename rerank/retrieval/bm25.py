@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -25,9 +24,9 @@ import Stemmer
 
 from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
-from rerank.errors import ConfigError, DataFormatError
-from rerank.retrieval.base import FirstStage
-from rerank.types import ArrayRanking, Query, Run, sort_ranking
+from rerank.errors import DataFormatError
+from rerank.retrieval.base import FirstStage, Queries, retrieve_args
+from rerank.types import ArrayRanking, Run, sort_ranking
 from rerank.utils.files import hash_obj, publish_dir, temp_dir, write_json
 
 if TYPE_CHECKING:
@@ -131,10 +130,9 @@ class BM25Retriever(FirstStage):
             show_progress=self.config.show_progress,
         )
 
-    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
+    def retrieve(self, queries: Queries, k: int) -> Run:
         """Top-``k`` (capped at the corpus size) per query, in trec_eval order; zero-score non-matches dropped."""
-        if k < 1:
-            raise ConfigError(f"retrieval depth k must be >= 1, got {k}")
+        queries, k = retrieve_args(queries, k)
         qids = list(queries)
         if not qids:
             return {}

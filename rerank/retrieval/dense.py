@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rerank.backends.transformers import position_limit, resolve_device
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
-from rerank.retrieval.base import FirstStage
+from rerank.retrieval.base import FirstStage, Queries, retrieve_args
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model, hash_weights
 from rerank.utils.files import staged_dir, write_json
 
@@ -108,12 +109,29 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
-def _model_max_length(tokenizer: Any, config: Any) -> int:
+def _model_max_length(tokenizer: Any, model: torch.nn.Module) -> int:
     """The tokenizer's limit, capped by the model's position table, 512 when neither says."""
     candidates = [int(tokenizer.model_max_length)] if tokenizer.model_max_length < 1_000_000 else []
-    if getattr(config, "max_position_embeddings", None):
-        candidates.append(int(config.max_position_embeddings))
+    limit = position_limit(model)
+    if limit is not None:
+        candidates.append(limit)
     return min(candidates) if candidates else 512
+
+
+def _check_max_lengths(settings: EncoderSettings, explicit: dict[str, Any], query_model: torch.nn.Module,
+                       doc_model: torch.nn.Module) -> EncoderSettings:
+    """``settings`` with each side's max length within its model's position limit: an explicit one beyond it is a
+    one-line :class:`ConfigError` (it would fail at the first long text), a folder's own is capped."""
+    fixed = {}
+    for key, model in (("query_max_length", query_model), ("doc_max_length", doc_model)):
+        limit, value = position_limit(model), getattr(settings, key)
+        if limit is None or value <= limit:
+            continue
+        if explicit.get(key) is not None:
+            raise ConfigError(f"{key} {value} exceeds this model's limit of {limit} tokens (its position embeddings); "
+                              f"use {key} <= {limit}")
+        fixed[key] = limit
+    return dataclasses.replace(settings, **fixed) if fixed else settings
 
 
 def _is_causal_lm(config: Any) -> bool:
@@ -430,6 +448,8 @@ class BiEncoder(torch.nn.Module):
                 "runtime": runtime, "quantize": quantize}
         path = resolve_model_path(name_or_path)
         torch_dtype = _resolve_dtype(dtype)
+        dev = resolve_device(device) if device else torch.device(
+            "cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
         root = Path(path)
         if (root / "modules.json").is_file():
             (qmodel, qtok), doc, base = _load_st_folder(root, torch_dtype)
@@ -444,8 +464,8 @@ class BiEncoder(torch.nn.Module):
         base.update({k: v for k, v in explicit.items() if v is not None})
         fields = {f.name for f in dataclasses.fields(EncoderSettings)}
         settings = EncoderSettings(**{k: v for k, v in base.items() if k in fields})
+        settings = _check_max_lengths(settings, explicit, qmodel, dmodel if dmodel is not None else qmodel)
         enc = cls(qmodel, qtok, settings, dmodel, dtok, name_or_path=str(name_or_path))
-        dev = device or ("cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
         enc.to(dev)
         enc.eval()
         enc.use_runtime(runtime, quantize)
@@ -578,7 +598,7 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.M
     except OSError as e:
         raise RerankError(f"cannot load encoder {path}: {e}") from None
     settings.setdefault("lowercase", False)
-    settings["max_length"] = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model.config)
+    settings["max_length"] = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model)
     settings["pooling"] = "last" if _is_causal_lm(model.config) else "mean"
     settings["normalize"] = False
     settings["query_max_length"] = settings["doc_max_length"] = settings["max_length"]
@@ -722,10 +742,13 @@ class DenseRetriever(FirstStage):
         set_search_params(index.index, cfg.ef_search, cfg.nprobe)
         return cls(encoder, index, cfg)
 
-    def retrieve(self, queries: Any, k: int) -> dict[str, list[tuple[str, float]]]:
+    def retrieve(self, queries: Queries, k: int) -> dict[str, list[tuple[str, float]]]:
         from rerank.types import sort_ranking
 
+        queries, k = retrieve_args(queries, k)
         qids = list(queries)
+        if not qids:
+            return {}
         emb = self.encoder.encode_numpy(
             [queries[q].text for q in qids], "query", self.config.batch_size, self.config.progress, "encode queries"
         )

@@ -14,53 +14,17 @@ Fusion rules (pure functions, usable on any runs):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rerank.errors import ConfigError
-from rerank.retrieval.base import FirstStage, build_retriever
+from rerank.retrieval.base import FirstStage, Queries, build_retriever, retrieve_args
 from rerank.retrieval.dense import DenseConfig, DenseRetriever
-from rerank.types import Query, Run, sort_ranking
+from rerank.types import Run, sort_ranking
+from rerank.utils.scores import minmax_normalize
 
 __all__ = ["HybridConfig", "HybridRetriever", "rrf_fuse", "interpolate_fuse", "minmax_normalize"]
-
-
-def minmax_normalize(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """Scores mapped to [0, 1] by (s - min) / (max - min); all-equal scores map to 1.
-
-    ``-inf`` maps to 0 and ``+inf`` to 1, each as if one finite score range (1 when the finite scores are all equal)
-    beyond the finite scores, which keep their order strictly between; a NaN score is a ``ValueError``.
-    """
-    if not pairs:
-        return {}
-    finite = [s for _, s in pairs if math.isfinite(s)]
-    if len(finite) < len(pairs):
-        for d, s in pairs:
-            if math.isnan(s):
-                raise ValueError(f"document {d!r}: score is NaN")
-    below = len(finite) < len(pairs) and any(s == -math.inf for _, s in pairs)
-    above = len(finite) < len(pairs) and any(s == math.inf for _, s in pairs)
-    if not finite:  # only infinities: all equal (1), or -inf 0 and +inf 1
-        return {d: 0.0 if below and above and s < 0 else 1.0 for d, s in pairs}
-    lo, hi = min(finite), max(finite)
-    span = hi - lo
-    if span == math.inf:  # both near the float limits: halve before subtracting (exact but for subnormals)
-        lo, hi, span, half = lo / 2, hi / 2, hi / 2 - lo / 2, 0.5
-    else:
-        half = 1.0
-    out: dict[str, float] = {}
-    for d, s in pairs:
-        if s == math.inf:
-            out[d] = 1.0
-        elif s == -math.inf:
-            out[d] = 0.0
-        elif span == 0:  # all finite scores equal: 1, or between the infinities present
-            out[d] = 1.0 if not above else (0.5 if below else 0.0)
-        else:
-            out[d] = ((s * half - lo) / span + below) / (1 + below + above)
-    return out
 
 
 def rrf_fuse(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
@@ -130,7 +94,8 @@ class HybridRetriever(FirstStage):
         sparse = build_retriever(cfg.sparse, dataset, **cfg.sparse_options)
         return cls(sparse, DenseRetriever.from_config(dataset, dense_cfg), cfg)
 
-    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
+    def retrieve(self, queries: Queries, k: int) -> Run:
+        queries, k = retrieve_args(queries, k)
         depth = max(self.config.depth or k, k)
         sparse_run = self.sparse.retrieve(queries, depth)
         dense_run = self.dense.retrieve(queries, depth)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from rerank.backends.transformers import resolve_device, resolve_dtype
+from rerank.backends.transformers import position_limit, resolve_device, resolve_dtype
 from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
@@ -40,7 +40,7 @@ class CrossEncoderConfig(RerankerConfig):
     (:mod:`rerank.heads.passages`); ``runtime`` and ``quantize`` as :mod:`rerank.runtime` says."""
 
     batch_size: int = 32
-    max_length: int = 0  # 0: the model's own limit (its tokenizer's model_max_length, at most 512)
+    max_length: int = 0  # 0: the model's own (its tokenizer's model_max_length, at most 512 and its position limit)
     max_query_tokens: int = 256
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None
@@ -63,6 +63,21 @@ class CrossEncoderConfig(RerankerConfig):
         check_long_docs(self, self.max_length - 3 if self.max_length else None)
 
 
+def pair_length(max_length: int, model: Any, tokenizer: Any) -> int:
+    """The pair length scored: ``max_length`` when set (a one-line :class:`ConfigError` when the model's position
+    embeddings cannot encode that many tokens: it would fail at the first long pair), else the tokenizer's
+    ``model_max_length`` as sentence-transformers' CrossEncoder takes it (a model trained at 256 tokens is scored at
+    256), at most 512 and the model's limit."""
+    limit = position_limit(model)
+    if max_length:
+        if limit is not None and max_length > limit:
+            raise ConfigError(f"cross-encoder: max_length {max_length} exceeds this model's limit of {limit} tokens "
+                              f"(its position embeddings); use max_length <= {limit}, or 0 for the model's own")
+        return max_length
+    own = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    return min(own or 512, 512, limit or 512)
+
+
 class CrossEncoderReranker(ScoresByPassages, Reranker):
     """Sequence-classification relevance model (no Backend: it is not a causal LM)."""
 
@@ -81,9 +96,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         self.runner = runner  # the compiled forward (runtime onnx / openvino); None: the torch model runs
         self.device = next(model.parameters()).device
         self.num_labels = int(model.config.num_labels)
-        own = int(getattr(tokenizer, "model_max_length", 0) or 0)
-        # like sentence-transformers' CrossEncoder: a model trained at 256 tokens is scored at 256, not at 512
-        self.max_length: int = self.config.max_length or min(own or 512, 512)  # type: ignore[attr-defined]
+        self.max_length: int = pair_length(self.config.max_length, model, tokenizer)  # type: ignore[attr-defined]
         if self.num_labels not in (1, 2):
             raise ValueError(f"cross-encoder: expected a model with 1 or 2 labels, got {self.num_labels}")
         check_long_docs(self.config, self.max_length - 3)
@@ -107,9 +120,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         )
         if not cfg.allow_new_head:
             check_no_new_weights(f"cross-encoder: {model}", info, f"load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
-        net = net.to(device)
-        return cls(cfg, net, tok, model_name=model,
-                   runner=compile_model(net, tok, "sequence-classification", cfg.runtime, cfg.quantize))
+        head = cls(cfg, net.to(device), tok, model_name=model)  # checks max_length before any export
+        head.runner = compile_model(head.model, tok, "sequence-classification", cfg.runtime, cfg.quantize)
+        return head
 
     def query_text(self, query: str) -> str:
         """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens."""

@@ -2,8 +2,10 @@
 
 Two schemes: ``numbers`` (``[1] > [2]``, RankGPT / RankZephyr) and ``letters`` (``[A] > [B]``, FIRST: each
 identifier is one token). Parsing reads the model's final answer: the last line that forms a ranking (two ids joined
-by ``>``), so a ranking quoted from a passage on an earlier line is not read (that counts as a repair). It never fails
-the ranking: ids the model forgot are appended in their input order, duplicates and unknown ids are dropped, and
+by ``>``), so a ranking quoted from a passage on an earlier line is not read (that counts as a repair). Without such a
+line the ids are read from the whole text (a repair), if it names at least two distinct valid ids: a lone id, as in a
+refusal ("I cannot rank these 5 passages."), is no ranking, and the output is a failure (the window keeps its input
+order). Otherwise ids the model forgot are appended in their input order, duplicates and unknown ids are dropped, and
 every repair or failure is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer
 format as a grammar, for constrained decoding (then no repair is ever needed).
 """
@@ -68,6 +70,7 @@ class ParsedPermutation:
     unknown: int = 0
     unbracketed: bool = False
     skipped_rankings: int = 0
+    no_ranking_line: bool = False
 
     @property
     def repaired(self) -> bool:
@@ -77,8 +80,12 @@ class ParsedPermutation:
     def fixes(self) -> list[str]:
         """What parsing had to do, in words (empty: the output was a clean permutation)."""
         if self.failed:
+            if self.missing < len(self.order):  # one valid id, outside any ranking line
+                return ["no ranking: one valid identifier outside a ranking line; the window keeps its input order"]
             return ["no valid identifier: the window keeps its input order"]
         out = []
+        if self.no_ranking_line:
+            out.append("no ranking line: identifiers read from the text")
         if self.skipped_rankings:
             out.append(f"{self.skipped_rankings} earlier ranking line(s) skipped, the last read")
         if self.unbracketed:
@@ -123,13 +130,15 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     """Parse ``text`` into a permutation of ``n`` local indices (input order for anything the model left out).
 
     The last line that forms a ranking is read (earlier ones are skipped and counted as a repair); without one the
-    whole text is. Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``,
-    ``C > A``) are read and the output counts as repaired. No valid id at all is a failure (the window keeps its
-    input order).
+    whole text is, as a repair, and needs as many distinct valid ids as a ranking line (two; one when ``n`` is 1),
+    so a refusal naming one number is not taken for a ranking. Bracketed ids (``[3]``, ``[C]``) are read first; if
+    there are none, bare ids (``3 > 1``, ``C > A``) are read and the output counts as repaired. Too few valid ids is
+    a failure (the window keeps its input order).
     """
     check_scheme(scheme)
     rankings = [line for line in text.splitlines() if _forms_ranking(line, n, scheme)]
     tokens, unbracketed = _tokens(rankings[-1] if rankings else text, scheme)
+    no_line = not rankings
     seen: set[int] = set()
     order: list[int] = []
     duplicates = unknown = 0
@@ -142,11 +151,12 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
         else:
             seen.add(i)
             order.append(i)
-    if not order:
-        return ParsedPermutation(list(range(n)), failed=True, missing=n, unknown=unknown)
+    if not order or len(order) < min(2, n):
+        return ParsedPermutation(list(range(n)), failed=True, missing=n - len(order), unknown=unknown,
+                                 no_ranking_line=no_line)
     missing = [i for i in range(n) if i not in seen]
     return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed,
-                             max(0, len(rankings) - 1))
+                             max(0, len(rankings) - 1), no_line)
 
 
 def permutation_grammar(scheme: str, n: int, prefix: str = "") -> Grammar:

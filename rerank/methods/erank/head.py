@@ -38,6 +38,18 @@ SCORES = range(11)
 _INT = re.compile(r"\s*(\d+)")
 
 
+def _answer_integer(answer: str, close: str) -> int | None:
+    """The integer the answer (the text after the answer tag) opens with, or None: it must be followed by whitespace,
+    the closing tag ``close`` or the end of the text, so "7.5", "0.9" or "7/10" are not read as 7, 0 or 7."""
+    match = _INT.match(answer)
+    if match is None:
+        return None
+    rest = answer[match.end() :]
+    if rest and not rest[0].isspace() and not (close and rest.startswith(close)):
+        return None
+    return int(match.group(1))
+
+
 @dataclass
 class ERankConfig(PointwiseConfig):
     """ERank options: ``scoring`` paper (s·P(s)) or expectation (Σ s·P(s)); optional reasoning within a token budget;
@@ -165,8 +177,7 @@ class ERankReranker(PointwiseLLMReranker):
             if j >= 0:
                 end = k + len(think_close) + j + len(answer_open)
                 reasoning = text[:end]
-                match = _INT.match(text[end:])
-                value = int(match.group(1)) if match else None
+                value = _answer_integer(text[end:], answer_close)
                 ok = value is not None and value in SCORES
                 if answer_open in text[:k]:
                     fixes.append(f"{answer_open} inside the reasoning ignored")

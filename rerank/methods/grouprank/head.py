@@ -5,8 +5,10 @@ Candidates are shuffled (seeded, per query) into groups of ``group_size``; the m
 new shuffles and each document's scores are averaged, then divided by 10. The answer read is the model's final one:
 the last ``<answer>`` after the reasoning closes (an ``<answer>`` inside ``<reason>``, e.g. quoted from a passage, is
 ignored; several answers, or an unclosed ``<reason>``, count as repairs). The JSON is parsed leniently (single
-quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids missing from the answer scored 0);
-an answer with no score at all scores every document of its group 0. Both cases are counted in ``stats``.
+quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids missing from the answer scored 0;
+a score that is not a finite number — NaN, Infinity, ``true`` — and an id repeated after its first score are dropped,
+that id scoring 0); an answer with no usable score scores every document of its group 0. Both cases are counted in
+``stats``.
 
 With ``constrained: true`` generation is restricted to the template's answer format (:func:`grouprank_grammar`:
 ``<reason>`` free text without ``<answer>`` ``</reason>``, then ``<answer>`` and a JSON object with the keys
@@ -14,7 +16,8 @@ With ``constrained: true`` generation is restricted to the template's answer for
 ``max_new_tokens``; every output then parses without repair.
 
 Final score = ``fusion_weight`` · rerank + (1 − ``fusion_weight``) · retriever, the retriever score min-max
-normalised per query (the rerank score is already on [0, 1]). ``fusion_weight: 1.0`` disables fusion, and so do
+normalised per query as hybrid interpolation does (``+inf`` -> 1, ``-inf`` -> 0; the rerank score is already on
+[0, 1]). ``fusion_weight: 1.0`` disables fusion, and so do
 documents without first-stage scores (logged once per query).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -34,6 +38,7 @@ from rerank.errors import ConfigError
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.sliding_window import passage_texts
 from rerank.types import Candidate, Query
+from rerank.utils.scores import minmax_normalize
 
 __all__ = ["GroupRankConfig", "GroupRankReranker", "GroupScores", "grouprank_grammar", "minmax", "parse_group_scores"]
 
@@ -83,12 +88,32 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*(?:```|$)", re.DOTALL)
 _PAIR = re.compile(r"""["']?\[?\s*(\d+)\s*\]?["']?\s*:\s*["']?(-?\d+(?:\.\d+)?)""")
 
 
-def _loads(text: str) -> dict[str, Any] | None:
+def _loads(text: str) -> list[tuple[str, Any]] | None:
+    """The key-value pairs of a JSON object in ``text``, in order and with repeated keys kept (``json.loads`` would
+    keep only a key's last value), or None when ``text`` is not a JSON object."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)  # the outermost object closes last
+        return dict(pairs)
+
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=hook)
     except json.JSONDecodeError:
         return None
-    return obj if isinstance(obj, dict) else None
+    return objects[-1] if isinstance(obj, dict) else None
+
+
+def _score(value: Any) -> float | None:
+    """A finite number (or numeric string) as a float; None for anything else: a bool (JSON ``true`` is not 1), NaN,
+    infinity, text or a nested value."""
+    if isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScores:
@@ -134,14 +159,13 @@ def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScore
         pairs = _PAIR.findall(obj_text)
         if pairs:
             fixes.append("invalid JSON, pairs read by pattern")
-        obj = {k: v for k, v in pairs}
+        obj = list(pairs)
     scores: list[float | None] = [None] * n
-    for key, value in obj.items():
+    for key, value in obj:
         km = re.fullmatch(r"\s*\[?\s*(\d+)\s*\]?\s*", str(key))
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            fixes.append(f"non-numeric score {value!r}")
+        v = _score(value)
+        if v is None:
+            fixes.append(f"non-numeric or non-finite score {value!r}")
             continue
         if km is None or not 1 <= int(km.group(1)) <= n:
             fixes.append(f"unknown id {key!r}")
@@ -176,9 +200,13 @@ def grouprank_grammar(n: int, prefix: str = "", max_score: int = 10) -> Grammar:
 
 
 def minmax(values: list[float]) -> list[float]:
-    """Min-max normalise to [0, 1]; a constant list maps to zeros (it carries no ordering)."""
-    lo, hi = min(values), max(values)
-    return [0.0] * len(values) if hi == lo else [(v - lo) / (hi - lo) for v in values]
+    """Min-max normalise to [0, 1] as hybrid interpolation does (:func:`~rerank.utils.scores.minmax_normalize`:
+    ``+inf`` -> 1, ``-inf`` -> 0, finite scores in order between), so an infinite first-stage score cannot make the
+    fusion NaN; a constant list maps to zeros (it carries no ordering)."""
+    if not values or all(v == values[0] for v in values):
+        return [0.0] * len(values)
+    norm = minmax_normalize([(str(i), v) for i, v in enumerate(values)])
+    return [norm[str(i)] for i in range(len(values))]
 
 
 class GroupRankReranker(LLMReranker):

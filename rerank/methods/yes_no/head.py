@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rerank.backends.base import Backend
 from rerank.heads.base import RerankerConfig
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
 from rerank.types import Candidate, Query
@@ -27,6 +28,24 @@ class YesNoReranker(PointwiseLLMReranker):
 
     method = "yes-no"
     config_class: ClassVar[type[RerankerConfig]] = YesNoConfig
+
+    def __init__(
+        self,
+        config: YesNoConfig | None = None,
+        backend: Backend | None = None,
+        model: str | None = None,
+        backend_name: str = "transformers",
+    ) -> None:
+        """Load the head and check at once that the tokenizer gives the answer words their own first tokens after
+        the prompt (a tokenizer that merges them with the prompt's last token would otherwise fail only at the first
+        rerank, after the model loaded)."""
+        super().__init__(config, backend=backend, model=model, backend_name=backend_name)
+        try:
+            self.answer_token_ids()
+        except ValueError:  # ConfigError (merged tokens) or the same first token for both words
+            if backend is None:  # the head built the backend: release it
+                self.close()
+            raise
 
     def answer_token_ids(self) -> tuple[int, int]:
         """First token ids of the positive and negative answer words after the generation prompt."""

@@ -123,6 +123,9 @@ def test_wrong_folders_are_clear_errors(tiny_bert_dir: Path, tiny_st_dir: Path, 
         Reranker.load("colbert", model=str(tiny_st_dir))
     with pytest.raises(ConfigError, match="transformers backend only"):
         Reranker.load("colbert", model=str(colbert_dir), backend="vllm")
+    for name in ("query_length", "document_length"):  # loaded, it failed on the first long text (a tensor-size error)
+        with pytest.raises(ConfigError, match=f"colbert: {name} 1024 exceeds this model's limit of 512 tokens"):
+            Reranker.load("colbert", model=str(colbert_dir), **{name: 1024})
 
 
 def test_cli_eval_on_dl19(colbert_dir: Path, dl19_dir: Path, tmp_path: Path, run_cli: Any) -> None:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from rerank.config import from_dict, to_dict
+from rerank.backends.transformers import position_limit
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.text import defang, neutralise
@@ -183,6 +184,11 @@ class ColBERTReranker(Reranker):
         cfg: ColBERTConfig = self.config  # type: ignore[assignment]
         self.query_length = int(cfg.query_length or encoder.settings["query_length"])
         self.document_length = int(cfg.document_length or encoder.settings["document_length"])
+        limit = position_limit(getattr(encoder, "transformer", None))  # a scripted encoder has none
+        for name in ("query_length", "document_length"):
+            if limit is not None and getattr(self, name) > limit:
+                raise ConfigError(f"colbert: {name} {getattr(self, name)} exceeds this model's limit of {limit} tokens "
+                                  f"(its position embeddings); use {name} <= {limit}")
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:

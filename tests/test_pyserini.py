@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rerank.retrieval.pyserini as ps
@@ -125,6 +126,9 @@ def test_include_title_false_builds_another_index(tiny: Dataset) -> None:
     r = build_retriever("pyserini", tiny, show_progress=False, include_title=False)
     assert not r.cache_hit
     assert r.retrieve({"t": Query("t", "facts")}, 5)["t"] == []
+    assert r.retrieve({"t": "facts"}, np.int64(5)) == {"t": []}  # the forms every retriever takes (retrieve_args)
+    with pytest.raises(TypeError, match="k .the retrieval depth. must be an integer"):
+        r.retrieve({"t": "facts"}, 5.0)
 
 
 @needs_pyserini

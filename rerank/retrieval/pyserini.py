@@ -27,7 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError, RerankError
-from rerank.retrieval.base import FirstStage
-from rerank.types import Query, Run, sort_ranking
+from rerank.retrieval.base import FirstStage, Queries, retrieve_args
+from rerank.types import Run, sort_ranking
 from rerank.utils.files import hash_obj, publish_dir, temp_dir, write_json
 
 if TYPE_CHECKING:
@@ -184,10 +184,9 @@ class PyseriniBM25(FirstStage):
         searcher.set_bm25(config.k1, config.b)
         return cls(searcher, num_docs, config, path, cache_hit)
 
-    def retrieve(self, queries: Mapping[str, Query], k: int) -> Run:
+    def retrieve(self, queries: Queries, k: int) -> Run:
         """Top-``k`` (capped at the corpus size) per query from Lucene, re-ordered as trec_eval orders ties."""
-        if k < 1:
-            raise ConfigError(f"retrieval depth k must be >= 1, got {k}")
+        queries, k = retrieve_args(queries, k)
         qids = list(queries)
         k = min(k, self.num_docs)
         if self.config.threads > 1 and qids:

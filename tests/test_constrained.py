@@ -377,3 +377,21 @@ def test_eval_log_llm_io_has_parse_outcomes(tiny_llm_dir: Path, dl19_dir: Path, 
     assert all(x["parse"] == {"outcome": "clean", "fixes": []} for x in constrained)
     metrics = json.loads((tmp_path / "constrained" / "metrics.json").read_text())
     assert metrics["reranker"]["config"]["constrained"] is True
+
+
+def test_rank_log_llm_io_and_relevance(tiny_llm_dir: Path, dl19_dir: Path, tmp_path: Path, run_cli: Any) -> None:
+    """rank logs the prompts and parse outcomes as eval does (without caching answers), and its JSONL gives each
+    document's [0, 1] relevance beside the raw score."""
+    rc, out, err = run_cli("rank", "--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec", "--top-k",
+                           "4", "--max-queries", "2", "--model", tiny_llm_dir, "--reranker", "listwise",
+                           "--output", tmp_path / "ranked.jsonl", "--log-llm-io", tmp_path / "io.jsonl")
+    assert rc == 0, err
+    lines = [json.loads(x) for x in (tmp_path / "io.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(x["parse"]["outcome"] == "failed" and not x["cached"] for x in lines)
+    assert "2 model outputs, 2 parse failures" in out
+    (tmp_path / "in.jsonl").write_text(json.dumps({"query": "bm25", "docs": ["a b", "c", "d e f"]}) + "\n")
+    rc, _, err = run_cli("rank", "--input", tmp_path / "in.jsonl", "--model", tiny_llm_dir, "--reranker", "first",
+                         "--output", tmp_path / "first.jsonl")
+    assert rc == 0, err
+    ranking = json.loads((tmp_path / "first.jsonl").read_text())["ranking"]
+    assert [d["relevance"] for d in ranking] == [1.0, 2 / 3, 1 / 3]  # position n..1 over n

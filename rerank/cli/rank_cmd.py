@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True,
                    help="output file: NAME.jsonl (ranked documents with scores, JSON lines) or any other name, such "
                    "as run.trec or run.txt (a TREC run); add .gz to gzip either")
+    p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
+                   help="append every LLM prompt and raw response, with how it was parsed, to this file (LLM heads)")
     p.set_defaults(func=run)
 
 
@@ -78,6 +80,7 @@ def _open_output(path: Path, gzipped: bool) -> Iterator[TextIO]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rerank.backends.cache import llm_cache_scope
     from rerank.data.datasets import resolve_dataset
     from rerank.data.io import format_run, read_query_docs_jsonl, read_run
     from rerank.errors import ConfigError
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output_file(out)
+    if args.log_llm_io is not None:
+        check_output_file(args.log_llm_io, "--log-llm-io")
     kind, gzipped = output_kind(out)
     ignored = [o for o, v in (("--dataset", args.dataset), ("--data-root", args.data_root)) if v is not None]
     if args.input and ignored:
@@ -125,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
             qids = qids[: args.max_queries]
         queries = {q: ds.queries[q] for q in qids}
         corpus = ds.corpus
-    reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
+    with llm_cache_scope(enabled=False, log_path=args.log_llm_io):  # no cache: only the log, when asked for
+        reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
     if args.input:
         final = {}
         detail = {}
@@ -147,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
             for qid in sorted(final):
                 if detail is not None:
                     res = detail[qid]
-                    docs = [{"id": r.doc.id, "score": r.score, "rank": r.rank, "text": r.doc.text,
+                    docs = [{"id": r.doc.id, "score": r.score, "relevance": r.relevance, "rank": r.rank,
+                             "text": r.doc.text,
                              **({"metadata": r.metadata} if r.metadata else {})} for r in res.results]
                 else:
                     docs = [{"id": d, "rank": i + 1} for i, (d, _) in enumerate(final[qid])]

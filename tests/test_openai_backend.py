@@ -328,3 +328,9 @@ def test_cli_rank_with_openai_backend(server: FakeServer, tok_dir: Path, tmp_pat
     assert len(expected) == len(docs) and len(set(expected)) == len(docs)  # distinct: the order is decided
     assert sorted(d["score"] for d in ranking) == pytest.approx(expected)
     assert [d["score"] for d in ranking] == sorted((d["score"] for d in ranking), reverse=True)
+    for extra in ([], ["--reranker-set", f"backend_options.tokenizer={tmp_path / 'no-such-tokenizer'}"]):
+        rc, _, stderr = run_cli(  # a tokenizer that cannot load (the hub is offline in tests): one line, not a traceback
+            "rank", "--reranker", "yes-no", "--model", "org/served-name", "--backend", "openai", "--base-url",
+            server.url, *extra, "--input", inp, "--output", out,
+        )  # fmt: skip
+        assert rc == 2 and "openai backend: cannot load the tokenizer" in stderr and "Traceback" not in stderr

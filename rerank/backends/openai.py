@@ -103,7 +103,15 @@ class OpenAIBackend(Backend):
             raise ConfigError("the openai backend needs --model (the served model name)")
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model, trust_remote_code=cfg.trust_remote_code)
+        source = cfg.tokenizer or model
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:  # not a folder, an unreachable or offline hub, no tokenizer files in it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            given = "backend_options.tokenizer" if cfg.tokenizer else "--model (the tokenizer defaults to it)"
+            raise ConfigError(f"openai backend: cannot load the tokenizer {source!r} from {given}: {first[:200]}; "
+                              "give backend_options.tokenizer=FOLDER holding the served model's tokenizer files"
+                              ) from None
         return cls(model, tokenizer, cfg)
 
     @property

@@ -103,7 +103,7 @@ def local_model_path(name_or_path: str | Path) -> Path | None:
     """The files ``--model`` names on this machine, as they are (a packaged model's folder or GGUF file, a folder, a
     ``.gguf`` file; nothing converted), or None for a hub id. A model that cannot exist raises
     (:func:`check_model_path`)."""
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, "model")  # the CLI checked its --model by that name before
     name = str(name_or_path)
     path = packaged_model_path(name) if name in PACKAGED_MODELS else Path(name).expanduser()
     return path if path.exists() or path.suffix == ".gguf" else None

@@ -128,3 +128,10 @@ def test_parse_failures_of_a_call_are_logged(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.WARNING, logger="rerank.heads.base"):
         OverlapReranker().rerank("q", ["a", "b"])
     assert caplog.text == ""
+
+
+def test_python_errors_name_the_argument_not_a_cli_flag(tmp_path: Path) -> None:
+    from rerank.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model .*no-such-model does not exist"):
+        Reranker.load("cross-encoder", model=str(tmp_path / "no-such-model"))

@@ -209,3 +209,29 @@ def test_leaderboard_workers_rank_as_one_process_and_share_the_cache(tiny_beir_d
     assert "bm25 > ce (2)" in (outs[2] / "lb.md").read_text()  # a reused cell keeps the count it ran with
     rc, _, err = run_cli("leaderboard", "--config", cfg_path, "--data-root", data, "--workers", "0")
     assert rc == 2 and "Traceback" not in err
+
+
+def test_cell_hash_follows_inputs_outside_the_dataset_folder_level(tmp_path: Path, tiny_beir_dir: Path) -> None:
+    """A precomputed run in a subfolder (or elsewhere), excluded ids and a retriever's model folder are stamped: a
+    changed file reruns the cell instead of reusing a stale number."""
+    from rerank.eval.leaderboard import _cell_hash
+    from rerank.eval.pipeline import EvalConfig
+
+    data = tmp_path / "tiny"
+    shutil.copytree(tiny_beir_dir, data)
+    (data / "runs").mkdir()
+    run = data / "runs" / "bm25.trec"
+    run.write_text("q1 Q0 d1 1 2.0 t\n")
+    model = tmp_path / "enc"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = EvalConfig(dataset=str(data), first_stage=str(run))
+    dense = EvalConfig(dataset=str(data), retriever="dense", retriever_options={"model": str(model)})
+    before = _cell_hash(cfg, data), _cell_hash(dense, data)
+    run.write_text("q1 Q0 d2 1 2.0 t\nq1 Q0 d1 2 1.0 t\n")
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    assert _cell_hash(cfg, data) != before[0] and _cell_hash(dense, data) != before[1]
+    (data / "excluded").mkdir()
+    changed = _cell_hash(cfg, data)
+    (data / "excluded" / "test.tsv").write_text("q1\td1\n")
+    assert _cell_hash(cfg, data) != changed

@@ -226,9 +226,15 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
 
     key = {k: v for k, v in to_dict(cfg).items() if k != "output"}
     key["measures"] = list(cfg.measures)
-    stamps = {"dataset": _stamp(dataset_root) + _stamp(dataset_root / "qrels"), "version": __version__}
-    if cfg.model and Path(cfg.model).exists():
-        stamps["model"] = _stamp(Path(cfg.model))
+    stamps: dict[str, Any] = {
+        "dataset": _stamp(dataset_root) + _stamp(dataset_root / "qrels") + _stamp(dataset_root / "excluded"),
+        "version": __version__,
+    }
+    if cfg.first_stage:  # a precomputed run may live in a subfolder, or outside the dataset
+        stamps["first_stage"] = _stamp(Path(cfg.first_stage))
+    for name, model in (("model", cfg.model), ("retriever_model", cfg.retriever_options.get("model"))):
+        if model and Path(str(model)).exists():
+            stamps[name] = _stamp(Path(str(model)))
     return hash_obj({"config": key, "stamps": stamps})
 
 

@@ -101,6 +101,29 @@ def test_queries_tsv(tmp_path: Path, name: str) -> None:
     assert read_queries(path) == {"1": Query("1", "what is x"), "2": Query("2", "tab\tinside")}
 
 
+def test_records_whose_id_fields_disagree_are_refused(tmp_path: Path) -> None:
+    """A table export's row number beside the real id ('id': 0, 'docid': '1215116') silently became the id."""
+    corpus = _write(tmp_path / "corpus.jsonl", _jsonl({"_id": "5", "id": 5, "text": "x"},
+                                                      {"id": 0, "docid": "1215116", "text": "y"}))
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:2: fields 'id' \(0\) and 'docid' \(\"1215116\"\) "
+                                              "disagree: which is the document id"):
+        read_corpus(corpus)
+    queries = _write(tmp_path / "queries.jsonl", _jsonl({"_id": "a", "qid": "b", "text": "x"}))
+    with pytest.raises(DataFormatError, match="queries.jsonl:1: fields '_id' .* and 'qid' .* disagree"):
+        read_queries(queries)
+
+
+def test_a_dataset_folder_may_hold_queries_tsv(tmp_path: Path) -> None:
+    from rerank.data.datasets import Dataset
+
+    root = tmp_path / "mine"
+    root.mkdir()
+    _write(root / "queries.tsv", "q1\twhat is x\n")
+    assert Dataset(root).queries == {"q1": Query("q1", "what is x")}
+    with pytest.raises(FileNotFoundError, match="holds no queries.jsonl or queries.tsv"):
+        _ = Dataset(tmp_path / "other").queries
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_qrels_beir_and_trec_are_detected(tmp_path: Path, gz: bool) -> None:
     suffix = ".gz" if gz else ""

@@ -9,7 +9,7 @@ import pytest
 
 from rerank.cli import main
 from rerank.data.io import read_run, write_jsonl, write_qrels, write_run
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.registry import register_reranker
@@ -92,6 +92,27 @@ def test_unknown_doc_ids_are_reported(beir: Path, tmp_path: Path) -> None:
                  progress=False)
     assert m["unknown_doc_ids"]["count"] == 1
     assert m["unknown_doc_ids"]["examples"] == {"q1": ["ghost"]}
+
+
+def test_rank_cli_reports_unknown_doc_ids(beir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_run({"q1": [("ghost", 11.0)] + [(f"d{i}", 10.0 - i) for i in range(8)]}, tmp_path / "r.trec")
+    assert main(["rank", "--reranker", "test-length", "--first-stage", str(tmp_path / "r.trec"), "--dataset",
+                 str(beir), "--top-k", "4", "--output", str(tmp_path / "o.trec")]) == 0
+    assert "1 doc ids of --first-stage" in caplog.text and "'ghost'" in caplog.text
+
+
+def test_qrels_naming_no_corpus_document_is_an_error(beir: Path, tmp_path: Path) -> None:
+    """Qrels whose ids match no corpus document (another id field, a prefix) made every measure a silent 0."""
+    write_qrels({"q1": {"D7": 1}, "q2": {"D0": 2}}, beir / "qrels" / "test.tsv", beir=True)
+    for cfg in (EvalConfig(dataset=str(beir), first_stage=str(beir / "run.trec")),
+                EvalConfig(dataset=str(beir), first_stage=str(beir / "run.trec"), reranker="test-length", top_k=3)):
+        with pytest.raises(DataFormatError, match=r"none of the 2 documents it judges \(e.g. \['D0', 'D7'\]\) is in "
+                                                  r"corpus.jsonl"):
+            run_eval(cfg, progress=False)
+    write_qrels({"q1": {"d7": 1}, "q2": {"D0": 2}}, beir / "qrels" / "test.tsv", beir=True)  # one real id: a score
+    write_run({"q1": [("d0", 1.0)], "q2": [("d1", 1.0)]}, tmp_path / "r.trec")
+    m = run_eval(EvalConfig(dataset=str(beir), first_stage=str(tmp_path / "r.trec")), progress=False)
+    assert m["metrics"]["nDCG@10"] == 0.0
 
 
 def test_rank_cli_jsonl_and_trec(beir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,8 +146,12 @@ def run(args: argparse.Namespace) -> int:
                 final[q.id] = [(d, float(len(order) - i)) for i, d in enumerate(order)]
                 detail[q.id] = res
     else:
-        final, _scores, _unknown = rerank_run(reranker, queries, run_in, corpus, args.top_k)
+        final, _scores, unknown = rerank_run(reranker, queries, run_in, corpus, args.top_k)
         detail = None
+        if unknown:
+            log.warning("%d doc ids of --first-stage %s are not in dataset %s's corpus (e.g. %s): they were not "
+                        "reranked and follow the reranked ones", sum(map(len, unknown.values())), args.first_stage,
+                        ds.name, next(iter(unknown.values()))[:3])
     with _open_output(out, gzipped) as f:
         if kind == ".jsonl":
             for qid in sorted(final):

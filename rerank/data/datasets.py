@@ -68,7 +68,14 @@ class Dataset:
 
     @property
     def queries_path(self) -> Path:
-        return find_file(self.root / "queries.jsonl")
+        """``queries.jsonl``, else ``queries.tsv`` (``qid<TAB>text`` lines), either possibly gzipped."""
+        try:
+            return find_file(self.root / "queries.jsonl")
+        except FileNotFoundError:
+            try:
+                return find_file(self.root / "queries.tsv")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{self.root} holds no queries.jsonl or queries.tsv (nor either .gz)") from None
 
     def qrels_path(self, split: str) -> Path:
         qdir = self.root / "qrels"

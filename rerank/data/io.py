@@ -189,6 +189,16 @@ def _require(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts
     raise DataFormatError(path, lineno, f"missing required field {names}")
 
 
+def _record_id(obj: dict[str, Any], keys: tuple[str, ...], what: str, path: str | Path, lineno: int) -> str:
+    """The id of a JSONL record from the first of ``keys`` it holds; two of them holding different ids is an error
+    (a table export's row number beside the real id would otherwise silently become the id)."""
+    present = [(k, obj[k]) for k in keys if obj.get(k) is not None]
+    if len({str(v) for _, v in present}) > 1:
+        shown = " and ".join(f"{k!r} ({json.dumps(v)[:40]})" for k, v in present)
+        raise DataFormatError(path, lineno, f"fields {shown} disagree: which is the {what}? keep one of them")
+    return _id(_require(obj, keys[0], path, lineno, *keys[1:]), what, path, lineno)
+
+
 def _id(value: Any, what: str, path: str | Path, lineno: int) -> str:
     """An id field: a non-empty string or an integer without whitespace (run and qrels files could not hold it)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -218,7 +228,7 @@ def _first_line(lines: Iterable[tuple[int, Any]], match: Callable[[Any], bool]) 
 
 def _iter_corpus_lines(path: str | Path) -> Iterator[tuple[int, Document]]:
     for lineno, obj in iter_jsonl(path):
-        doc_id = _id(_require(obj, "_id", path, lineno, "id", "docid"), "document id", path, lineno)
+        doc_id = _record_id(obj, ("_id", "id", "docid"), "document id", path, lineno)
         text = _text(obj, "text", path, lineno, "contents")
         title = obj.get("title")
         if title is not None and not isinstance(title, str):
@@ -265,7 +275,7 @@ def _iter_query_lines(path: Path) -> Iterator[tuple[int, Query]]:
             yield lineno, Query(qid, _query_text(parts[1], qid, path, lineno))
     else:
         for lineno, obj in iter_jsonl(path):
-            qid = _id(_require(obj, "_id", path, lineno, "id", "qid"), "query id", path, lineno)
+            qid = _record_id(obj, ("_id", "id", "qid"), "query id", path, lineno)
             yield lineno, Query(qid, _query_text(_text(obj, "text", path, lineno, "query"), qid, path, lineno))
 
 

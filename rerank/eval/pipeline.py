@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from rerank.config import to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker, RerankStats
@@ -348,6 +348,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             if missing:
                 corpus_ids_unknown[q] = missing
 
+    _check_judged_in_corpus(final, qrels, dataset, cfg.split)
     t = time.perf_counter()
     result = evaluate_run(final, qrels, cfg.measures, rel_level)
     timing["metrics_s"] = time.perf_counter() - t
@@ -387,6 +388,22 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
     if cfg.output:
         _write_outputs(Path(cfg.output), cfg, metrics, final, run, rerank_scores)
     return metrics
+
+
+def _check_judged_in_corpus(run: Run, qrels: Qrels, dataset: Dataset, split: str) -> None:
+    """A run holding no judged document at all is checked against the corpus: when none of the judged documents is
+    in it, qrels and corpus name documents differently (every measure would be a silent 0), an error. The usual run
+    holds a judged document in its first query, so the check costs nothing there."""
+    if not any(d in qrels.get(q, ()) for q, lst in run.items() for d, _ in lst) and any(run.values()):
+        judged = {d for docs in qrels.values() for d in docs}
+        if not judged:
+            return
+        corpus_ids = set(dataset.corpus) if "corpus" in vars(dataset) else {d.id for d in dataset.iter_corpus()}
+        if judged.isdisjoint(corpus_ids):
+            raise DataFormatError(dataset.qrels_path(split), None, f"none of the {len(judged)} documents it judges "
+                                  f"(e.g. {sorted(judged)[:3]}) is in {dataset.corpus_path.name} (e.g. "
+                                  f"{sorted(corpus_ids)[:3]}): the two name documents differently, and every measure "
+                                  "would be 0")
 
 
 def _write_outputs(

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from rerank.config import secret_field
+from rerank.config import redact_url, secret_field
 from rerank.errors import RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -102,14 +102,14 @@ class RemoteReranker(Reranker):
             except ValueError:
                 msg = resp.text
             tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
-            raise RemoteRerankError(f"rerank server {self.config.base_url} answered {resp.status_code}{tries}: {msg}")
+            raise RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} answered {resp.status_code}{tries}: {msg}")
         scores: list[float | None] = [None] * len(candidates)
         rel: list[float] = [0.0] * len(candidates)
         for r in resp.json()["results"]:  # the head's own score where the server gives it (rerank serve does)
             i = int(r["index"])
             scores[i], rel[i] = float(r.get("raw_score", r["relevance_score"])), float(r["relevance_score"])
         if any(s is None for s in scores):
-            raise RemoteRerankError(f"rerank server {self.config.base_url} returned an incomplete ranking")
+            raise RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} returned an incomplete ranking")
         return scores, rel  # type: ignore[return-value]
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
@@ -125,10 +125,10 @@ class RemoteReranker(Reranker):
         """A request that got no answer: a read timeout (the server took longer than ``timeout``) is not a server that
         cannot be reached."""
         if isinstance(e, httpx.ReadTimeout):
-            return RemoteRerankError(f"rerank server {self.config.base_url} did not answer within timeout="
+            return RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} did not answer within timeout="
                                      f"{self.config.timeout:g} s (raise the reranker's timeout option for long "
                                      "requests; a timed-out request is not retried)")
-        return RemoteRerankError(f"rerank server {self.config.base_url} unreachable: {e}")
+        return RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} unreachable: {e}")
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Send the queries as parallel requests (the server batches them into model calls)."""

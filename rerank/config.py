@@ -26,7 +26,7 @@ from rerank.errors import ConfigError, DataFormatError
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
     "layered",
-    "SECRET_KEYS", "REDACTED",
+    "SECRET_KEYS", "REDACTED", "redact_url",
 ]
 
 T = TypeVar("T")
@@ -38,6 +38,15 @@ REDACTED = "<redacted>"
 #: option names that are secret wherever they appear, also inside untyped mappings; every :func:`secret_field` is
 #: named here (tests/test_bad_input.py checks the typed configs that have one)
 SECRET_KEYS = frozenset({"api_key"})
+#: a key that looks like a secret (a misspelt ``api-key``, a ``token``): its value is not quoted in an error either
+_SECRET_LIKE = re.compile(r"api[-_ ]?key|token|secret|passw", re.IGNORECASE)
+#: the password of a URL's ``user:password@`` part
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):([^/@\s]+)@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it written as ``<redacted>``."""
+    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text) if "@" in text else text
 
 
 def secret_field(default: Any = None) -> Any:
@@ -127,7 +136,8 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
             raise ConfigError(f"{flag} expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        source = f"{flag} {key}={REDACTED}" if SECRET_KEYS.intersection(parts) else f"{flag} {item}"  # as errors show it
+        secret = SECRET_KEYS.intersection(parts) or any(map(_SECRET_LIKE.search, parts))
+        source = f"{flag} {key}={REDACTED}" if secret else f"{flag} {redact_url(item)}"  # as errors show it
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
@@ -251,7 +261,8 @@ def _secret_fields(obj: Any) -> set[str]:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass config as a plain JSON-serialisable dict (for ``metrics.json`` and saved configs), with every
-    secret (a :func:`secret_field`, or a mapping key in :data:`SECRET_KEYS`) that is set written as ``<redacted>``."""
+    secret (a :func:`secret_field`, or a mapping key in :data:`SECRET_KEYS`) that is set written as ``<redacted>``, and so
+    the password of a ``user:password@`` URL."""
     def hide(value: Any) -> Any:
         return None if value is None else REDACTED
 
@@ -266,5 +277,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
             return {str(k): hide(x) if k in SECRET_KEYS else conv(x) for k, x in v.items()}
         if isinstance(v, Path):
             return str(v)
+        if isinstance(v, str):
+            return redact_url(v)
         return v
     return conv(obj)

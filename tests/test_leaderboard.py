@@ -235,3 +235,21 @@ def test_cell_hash_follows_inputs_outside_the_dataset_folder_level(tmp_path: Pat
     changed = _cell_hash(cfg, data)
     (data / "excluded" / "test.tsv").write_text("q1\td1\n")
     assert _cell_hash(cfg, data) != changed
+
+
+def test_pkg_placeholder_finds_subpackages_without_importing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``{pkg:a.b}`` imported package ``a`` (running its code) to find ``b``; now nothing is imported."""
+    import sys
+
+    from rerank.eval.leaderboard import _package_dir
+
+    pkg = tmp_path / "loud_pkg_xyz"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _package_dir("loud_pkg_xyz.sub") == str(pkg / "sub")
+    assert not (tmp_path / "ran").exists() and "loud_pkg_xyz" not in sys.modules
+    for bad in ("loud_pkg_xyz.nope", "no_such_package_xyz.sub", "loud_pkg_xyz..sub"):
+        with pytest.raises(ConfigError, match="is not installed"):
+            _package_dir(bad)

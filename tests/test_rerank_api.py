@@ -135,3 +135,31 @@ def test_python_errors_name_the_argument_not_a_cli_flag(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"^model .*no-such-model does not exist"):
         Reranker.load("cross-encoder", model=str(tmp_path / "no-such-model"))
+
+
+def test_a_model_folder_cannot_choose_what_runs_or_where_data_goes(tiny_bert_dir: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A downloaded folder's rerank.json setting trust_remote_code ran the folder's own code; one naming the remote
+    reranker and a base_url sent queries, documents and $RERANK_API_KEY to that host."""
+    import json
+    import shutil
+
+    from rerank.errors import ConfigError
+    from rerank.methods.record import read_record
+
+    folder = tmp_path / "downloaded"
+    shutil.copytree(tiny_bert_dir, folder)
+    record = {"format": "rerank-model", "version": 1, "method": "cross-encoder", "kind": "reranker",
+              "options": {"max_length": 64, "trust_remote_code": True, "backend_options": {"base_url": "http://x"}}}
+    (folder / "rerank.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="rerank.methods.record"):
+        assert read_record(folder)["options"] == {"max_length": 64, "backend_options": {}}
+        read_record(folder)
+    assert caplog.text.count("sets trust_remote_code, backend_options.base_url, which only the user may choose") == 1
+    (folder / "rerank.json").write_text(json.dumps({**record, "options": {"max_length": 64, "trust_remote_code": True}}))
+    rr = Reranker.load(str(folder), allow_new_head=True)
+    assert rr.config.trust_remote_code is False and rr.config.max_length == 64
+    (folder / "rerank.json").write_text(json.dumps({**record, "method": "remote",
+                                                    "options": {"base_url": "http://attacker"}}))
+    with pytest.raises(ConfigError, match="a model folder cannot name the remote reranker"):
+        Reranker.load(str(folder))

@@ -57,9 +57,13 @@ def model_fingerprint(model: str, con: sqlite3.Connection | None = None) -> str:
     """SHA-256 over a local model's weight, config and tokenizer files (each file's hash remembered by path, size
     and mtime; a GGUF model's own file, never its de-quantised copy); a name that is not a local path (a served
     model) is its own fingerprint."""
+    from rerank.errors import ConfigError
     from rerank.models import local_model_path
 
-    p = local_model_path(model)
+    try:
+        p = local_model_path(model)
+    except ConfigError:  # a served model's name, not a local model (offline, a hub id is checked against the cache)
+        p = None
     if p is None or not p.exists():
         return f"name:{model}"
     files = [p] if p.is_file() else sorted({f for pat in _WEIGHTS for f in p.glob(pat)})

@@ -30,7 +30,7 @@ import httpx
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
-from rerank.config import REDACTED, from_dict, secret_field, to_dict
+from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict
 from rerank.errors import ConfigError, RerankError
 from rerank.utils.http import post_with_retries
 
@@ -128,10 +128,10 @@ class OpenAIBackend(Backend):
         response = post_with_retries(
             self.client, "completions", payload, max_retries=self.config.max_retries,
             retry_status=lambda status: status == 429 or status >= 500, retry_errors=(httpx.TransportError,),
-            unreachable=lambda e: RerankError(f"openai backend: {self.config.base_url} unreachable: {e}"),
+            unreachable=lambda e: RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e}"),
         )
         if response.status_code != 200:
-            raise RerankError(f"openai backend: {self.config.base_url}/completions answered {response.status_code}: "
+            raise RerankError(f"openai backend: {redact_url(self.config.base_url)}/completions answered {response.status_code}: "
                               f"{response.text[:500]}")
         return response.json()
 

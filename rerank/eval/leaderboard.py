@@ -112,12 +112,18 @@ class LeaderboardConfig:
 
 
 def _package_dir(name: str) -> str:
+    """The folder of installed package ``name`` (dotted: a subpackage), found without importing anything (a config
+    naming ``{pkg:a.b}`` must not run package ``a``'s code)."""
     import importlib.util
+    from importlib.machinery import PathFinder
 
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"{{pkg:{name}}}: package {name!r} is not installed")
-    return str(next(iter(spec.submodule_search_locations)))
+    search: list[str] | None = None
+    for i, part in enumerate(name.split(".")):  # a top-level find_spec imports nothing; a dotted one its parents
+        spec = (importlib.util.find_spec(part) if i == 0 else PathFinder.find_spec(part, search)) if part else None
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"{{pkg:{name}}}: package {name!r} is not installed")
+        search = list(spec.submodule_search_locations)
+    return str(search[0])  # type: ignore[index]
 
 
 def _expand(value: str, config_dir: Path) -> str:

@@ -591,7 +591,7 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.M
         settings["lowercase"] = bool(sbc.get("do_lower_case", False))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-        kwargs: dict[str, Any] = {"trust_remote_code": False}
+        kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}  # never unpickle weights
         if dtype is not None:
             kwargs["dtype"] = dtype
         model = AutoModel.from_pretrained(str(path), **kwargs)

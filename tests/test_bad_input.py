@@ -423,8 +423,8 @@ def test_secret_options_are_redacted_in_configs() -> None:
 
 
 def test_model_folders_and_run_records_hold_no_secret(tmp_path: Path) -> None:
-    """A trained model's ``rerank.json`` leaves an API key out (it would be read back as the key), and the training
-    run record writes it redacted."""
+    """A trained model's ``rerank.json`` leaves an API key and a server address out (the key would be read back as the
+    key; where requests go is the user's to choose), and the training run record writes the key redacted."""
     from rerank.methods.record import read_record
     from rerank.trainers.artifacts import write_model_artifacts
     from rerank.trainers.base import save_run_record
@@ -435,8 +435,8 @@ def test_model_folders_and_run_records_hold_no_secret(tmp_path: Path) -> None:
     write_model_artifacts(tmp_path / "model", method="yes-no", trainer="sft", config=config, options=options)
     save_run_record(tmp_path, "sft", config)
     assert _grep_tree(tmp_path, SECRET) == []
-    assert read_record(tmp_path / "model")["options"] == {"max_doc_tokens": 64,
-                                                          "backend_options": {"base_url": "http://127.0.0.1:9/v1"}}
+    assert read_record(tmp_path / "model")["options"] == {"max_doc_tokens": 64, "backend_options": {}}
+    assert "127.0.0.1:9" not in (tmp_path / "model" / "rerank.json").read_text()
     record = json.loads((tmp_path / "rerank_train.json").read_text())
     assert record["config"]["head_options"]["backend_options"]["api_key"] == REDACTED
 

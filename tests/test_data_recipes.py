@@ -549,3 +549,89 @@ def test_distill_llm_queries_config_builds(repo_root: Path, tiny_beir_dir: Path,
         src = row["qid"].removeprefix("synth-")
         assert row["labels"] == [1] and row["candidates"][0]["id"] == src
         assert row["query"] == " ".join(ds.corpus[src].full_text().split()[:3]).strip("\"'`“”")
+
+
+def _split_answer(prompt: str) -> str:
+    """A deterministic query per document: its first word alone (too short, dropped) or its first six words."""
+    words = _doc_words(prompt)
+    return words[0] if len(words[0]) % 2 else " ".join(words[:6])
+
+
+def _interrupting(after: int) -> Any:
+    """``_split_answer`` that raises KeyboardInterrupt on generation ``after + 1`` (a Ctrl-C mid-build)."""
+    calls = [0]
+
+    def answer(prompt: str) -> str:
+        calls[0] += 1
+        if calls[0] > after:
+            raise KeyboardInterrupt("simulated interruption")
+        return _split_answer(prompt)
+
+    return answer
+
+
+def test_recipes_keep_per_unit_counts_to_restore(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    """Each unit's share of the manifest counts (dropped queries, filtered false negatives) is kept with it, and
+    adding those back gives a recipe the counts of the units it did not build itself."""
+    from rerank.data_recipes.mining import HardNegativesConfig, HardNegativesRecipe
+    from rerank.testing import build_tokenizer
+
+    spec = {"dataset": str(tiny_beir_dir), "generator": {"backend": "x"}, "max_docs": 10, "min_doc_chars": 10}
+    cfg = from_dict(QuerySynthesisConfig, spec)
+    built = QuerySynthesisRecipe(cfg, backend=ScriptedBackend(build_tokenizer(), generate_fn=_split_answer))
+    stats = []
+    for u in built.units():
+        built.rows_for(u)
+        stats.append(built.unit_stats(u))
+    assert built.dropped["empty_or_short"] > 0
+    fresh = QuerySynthesisRecipe(cfg, backend=ScriptedBackend(build_tokenizer(), generate_fn=_split_answer))
+    fresh.restore_stats(s for s in stats if s)
+    assert fresh.dropped == built.dropped
+
+    f = {"scorer": "reranker", "reranker": "test-overlap-10", "backend": "none", "margin": 2.0}
+    hn = {k: v for k, v in _hn(tiny_beir_dir, false_negative_filter=f).items() if k != "recipe"}
+    OverlapTeacher.calls = -10**9
+    mined = HardNegativesRecipe(from_dict(HardNegativesConfig, hn))
+    stats = []
+    for u in mined.units():
+        mined.rows_for(u)
+        stats.append(mined.unit_stats(u))
+    assert mined.filtered > 0 and sum(s.get("false_negatives_filtered", 0) for s in stats) == mined.filtered
+    other = HardNegativesRecipe(from_dict(HardNegativesConfig, hn))
+    other.restore_stats(stats)
+    assert other.filtered == mined.filtered
+
+
+@pytest.mark.skipif(not hasattr(__import__("rerank.data_recipes.base", fromlist=["Recipe"]).Recipe, "restore_stats"),
+                    reason="needs the progress hook of rerank/data_recipes/base.py (Recipe.unit_stats/restore_stats)")
+def test_resumed_build_reports_the_counts_of_the_whole_build(tiny_beir_dir: Path, tmp_path: Path) -> None:
+    """After an interruption, --resume reported the filtered / dropped counts of the resumed part only."""
+    from rerank.testing import build_tokenizer
+
+    f = {"scorer": "reranker", "reranker": "test-overlap-10", "backend": "none", "margin": 2.0,
+         "options": {"fail_after": 3}}
+    spec = _hn(tiny_beir_dir, false_negative_filter=f)
+    OverlapTeacher.calls = -10**9
+    whole = build(spec, tmp_path / "hn-whole", progress=False)
+    OverlapTeacher.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        build(spec, tmp_path / "hn", progress=False)
+    OverlapTeacher.calls = -10**9
+    m = build(spec, tmp_path / "hn", resume=True, progress=False)
+    assert m["resumed_units"] == 3
+    assert m["source"]["false_negatives_filtered"] == whole["source"]["false_negatives_filtered"] > 0
+
+    qs = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"}, "max_docs": 10,
+          "min_doc_chars": 10}
+    cfg = from_dict(QuerySynthesisConfig, {k: v for k, v in qs.items() if k != "recipe"})
+
+    def recipe(answer: Any) -> QuerySynthesisRecipe:
+        return QuerySynthesisRecipe(cfg, backend=ScriptedBackend(build_tokenizer(), generate_fn=answer))
+
+    whole = build(qs, tmp_path / "qs-whole", progress=False, recipe_obj=recipe(_split_answer))
+    with pytest.raises(KeyboardInterrupt):
+        build(qs, tmp_path / "qs", progress=False, recipe_obj=recipe(_interrupting(5)))
+    m = build(qs, tmp_path / "qs", resume=True, progress=False, recipe_obj=recipe(_split_answer))
+    assert m["resumed_units"] == 5 and m["counts"] == whole["counts"]
+    assert m["source"]["dropped_queries"] == whole["source"]["dropped_queries"]
+    assert sum(m["source"]["dropped_queries"].values()) + m["counts"]["rows"] == m["counts"]["units"]

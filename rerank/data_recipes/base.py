@@ -17,7 +17,7 @@ import logging
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -172,6 +172,13 @@ class Recipe(ABC):
     def restore(self, rows: Iterable[dict[str, Any]]) -> None:
         """Re-establish state from rows already written (e.g. the de-duplication set) before resuming."""
 
+    def unit_stats(self, unit: str) -> dict[str, int]:
+        """Counts ``unit`` added to the manifest's ``source`` (filtered, dropped), kept with its rows in the progress."""
+        return {}
+
+    def restore_stats(self, stats: Iterable[Mapping[str, int]]) -> None:
+        """Add back the :meth:`unit_stats` of the units an interrupted build finished, before resuming."""
+
     def source(self) -> dict[str, Any]:
         """What the data came from, for the manifest."""
         return {}
@@ -259,6 +266,7 @@ def build(
             write_json({"recipe_hash": rhash, "recipe": kind}, meta_path)
         done = {d["unit"] for d in done_units}
         r.restore(row for d in done_units for row in d["rows"])
+        r.restore_stats(d["stats"] for d in done_units if d.get("stats"))
         todo = [u for u in units if u not in done]
         bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"data {kind}", unit="unit",
                    disable=not progress)
@@ -267,7 +275,9 @@ def build(
                 rows = r.rows_for(u)
                 for i, row in enumerate(rows):
                     validate_row(row, f"recipe {kind}, unit {u}, row {i}")
-                f.write(json.dumps({"unit": u, "rows": rows}, ensure_ascii=False) + "\n")
+                stats = r.unit_stats(u)
+                f.write(json.dumps({"unit": u, "rows": rows, **({"stats": stats} if stats else {})},
+                                   ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
                 done_units.append({"unit": u, "rows": rows})

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from rerank.data.io import read_run
 from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, unit_rng
 from rerank.errors import ConfigError
 from rerank.models import check_model_path
+from rerank.trainers.data import has_content
 from rerank.types import Candidate, Document, Qrels, Query, Run, sort_ranking
 
 __all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe", "rank_positions", "teacher_modes"]
@@ -95,8 +97,13 @@ class _OverRun(Recipe):
             "first_stage": {"retriever": fs.retriever, "run": fs.run, "options": fs.options, "depth": fs.depth},
         }
 
+    def usable(self, doc_id: str) -> bool:
+        """Whether ``doc_id`` is in the corpus with text to score (an empty document is no training candidate)."""
+        doc = self.dataset.corpus.get(doc_id)
+        return doc is not None and has_content(doc.text, doc.title or "")
+
     def positives(self, qid: str, min_grade: int = 1) -> list[str]:
-        return [d for d, g in sorted(self.qrels.get(qid, {}).items()) if g >= min_grade and d in self.dataset.corpus]
+        return [d for d, g in sorted(self.qrels.get(qid, {}).items()) if g >= min_grade and self.usable(d)]
 
 
 @dataclass
@@ -112,9 +119,14 @@ class FilterSpec:
 
     def check(self) -> None:
         """Before the build starts: the filter's model can be loaded here."""
-        if self.scorer == "bi-encoder" or (self.reranker != "remote" and self.backend != "openai"):
-            if self.model:
-                check_model_path(self.model, "false_negative_filter model")
+        local = self.scorer == "bi-encoder" or (self.reranker != "remote" and self.backend != "openai")
+        if local and self.model:
+            check_model_path(self.model, "false_negative_filter model")
+        if self.scorer == "bi-encoder" and self.model:
+            from rerank.models import resolve_model_path
+            from rerank.trainers.common import check_safetensors
+
+            check_safetensors(resolve_model_path(self.model), "false_negative_filter model")
 
 
 @dataclass
@@ -150,7 +162,12 @@ class _BiEncoderScorer:
             model = resolve_model_path(model)
         except ImportError:
             pass
-        self.model = SentenceTransformer(model, device="cpu", trust_remote_code=False)
+        from rerank.trainers.common import check_safetensors
+
+        check_safetensors(model, "false_negative_filter model")
+        # safetensors only: a pickled pytorch_model.bin is never unpickled
+        self.model = SentenceTransformer(model, device="cpu", trust_remote_code=False,
+                                         model_kwargs={"use_safetensors": True})
         self.max_cached = max_cached
         self._docs: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -181,6 +198,7 @@ class HardNegativesRecipe(_OverRun):
         self._setup(config.source, config.first_stage)
         self._scorer: Any = None
         self.filtered = 0
+        self._unit_filtered: dict[str, int] = {}
 
     def _filter_scores(self, qid: str, docs: list[Document]) -> list[float]:
         f = self.config.false_negative_filter
@@ -205,13 +223,14 @@ class HardNegativesRecipe(_OverRun):
         judged_pos = {d for d, g in self.qrels.get(unit, {}).items() if g >= 1}
         ranked = sort_ranking(self.run.get(unit, []))
         lo, hi = cfg.window
-        window = [(d, s) for d, s in ranked[lo - 1 : hi] if d not in judged_pos and d in corpus]
+        window = [(d, s) for d, s in ranked[lo - 1 : hi] if d not in judged_pos and self.usable(d)]
         if cfg.false_negative_filter is not None and window:
             docs = [corpus[d] for d in pos] + [corpus[d] for d, _ in window]
             scores = self._filter_scores(unit, docs)
             threshold = min(scores[: len(pos)]) - cfg.false_negative_filter.margin
             keep = [w for w, s in zip(window, scores[len(pos) :], strict=True) if s <= threshold]
             self.filtered += len(window) - len(keep)
+            self._unit_filtered[unit] = len(window) - len(keep)
             window = keep
         if cfg.sampling == "random":
             rng = unit_rng(cfg.seed, unit)
@@ -224,6 +243,15 @@ class HardNegativesRecipe(_OverRun):
         cands = [_cand(corpus[d], fs_scores.get(d)) for d in pos] + [_cand(corpus[d], s) for d, s in negs]
         labels = [int(self.qrels[unit][d]) for d in pos] + [0] * len(negs)
         return [{"qid": unit, "query": self.queries[unit].text, "candidates": cands, "labels": labels}]
+
+    def unit_stats(self, unit: str) -> dict[str, int]:
+        """What ``unit`` added to the manifest's counts (kept with its rows, so a resumed build can add it back)."""
+        n = self._unit_filtered.pop(unit, 0)
+        return {"false_negatives_filtered": n} if n else {}
+
+    def restore_stats(self, stats: Iterable[Mapping[str, int]]) -> None:
+        """Add back the counts of the units an interrupted build finished (:meth:`unit_stats`)."""
+        self.filtered += sum(int(s.get("false_negatives_filtered", 0)) for s in stats)
 
     def source(self) -> dict[str, Any]:
         return {**super().source(), "false_negatives_filtered": self.filtered}
@@ -298,7 +326,7 @@ class TeacherLabelsRecipe(_OverRun):
 
     def _candidates(self, unit: str) -> list[Document]:
         corpus = self.dataset.corpus
-        ids = [d for d, _ in sort_ranking(self.run.get(unit, [])) if d in corpus][: self.config.candidates]
+        ids = [d for d, _ in sort_ranking(self.run.get(unit, [])) if self.usable(d)][: self.config.candidates]
         if self.config.include_positives:
             missing = [d for d in self.positives(unit) if d not in ids]
             if missing:  # replace the lowest-ranked candidates so the list keeps its size

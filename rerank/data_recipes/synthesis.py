@@ -13,12 +13,13 @@ negatives from its ranks ``negative_window`` for that query (the source document
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rerank.data.datasets import resolve_dataset
 from rerank.data_recipes.base import FirstStageSpec, Recipe, unit_rng
+from rerank.trainers.data import has_content
 from rerank.types import Document, Query, sort_ranking
 
 __all__ = ["QuerySynthesisRecipe", "clean_query", "normalise", "pick_sentence"]
@@ -117,6 +118,7 @@ class QuerySynthesisRecipe(Recipe):
         self.dropped = {"empty_or_short": 0, "duplicate": 0, "near_duplicate": 0}
         if config.consistency_k is not None:
             self.dropped["inconsistent"] = 0
+        self._unit_dropped: dict[str, str] = {}
 
     @property
     def backend(self) -> Any:
@@ -128,13 +130,30 @@ class QuerySynthesisRecipe(Recipe):
         return self._backend
 
     def units(self) -> list[str]:
-        docs = [d.id for d in self.dataset.corpus.values() if len(d.full_text()) >= self.config.min_doc_chars]
+        docs = [d.id for d in self.dataset.corpus.values()
+                if len(d.full_text()) >= self.config.min_doc_chars and has_content(d.text, d.title or "")]
         rng = unit_rng(self.config.seed, "sample")
         return sorted(rng.sample(docs, min(self.config.max_docs, len(docs))))
 
     def restore(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             self._keep(row["query"])
+
+    def unit_stats(self, unit: str) -> dict[str, int]:
+        """What ``unit`` added to ``dropped_queries`` (kept with its rows, so a resumed build can add it back)."""
+        why = self._unit_dropped.pop(unit, None)
+        return {why: 1} if why is not None else {}
+
+    def restore_stats(self, stats: Iterable[Mapping[str, int]]) -> None:
+        """Add back the drops of the units an interrupted build finished (:meth:`unit_stats`)."""
+        for s in stats:
+            for why, n in s.items():
+                self.dropped[why] = self.dropped.get(why, 0) + int(n)
+
+    def _drop(self, unit: str, why: str) -> list[dict[str, Any]]:
+        self.dropped[why] += 1
+        self._unit_dropped[unit] = why
+        return []
 
     def _keep(self, q: str) -> None:
         self.kept_norm.add(normalise(q))
@@ -177,20 +196,20 @@ class QuerySynthesisRecipe(Recipe):
         q = clean_query(self._generate(doc))
         why = self._duplicate(q)
         if why is not None:
-            self.dropped[why] += 1
-            return []
+            return self._drop(unit, why)
         qid = f"synth-{unit}"
         ranked = self._first_stage(qid, q)
         k = self.config.consistency_k
         if k is not None and unit not in [d for d, _ in ranked[:k]]:
-            self.dropped["inconsistent"] += 1
-            return []
+            return self._drop(unit, "inconsistent")
         self._keep(q)
         cands = [{"id": doc.id, "text": doc.text, **({"title": doc.title} if doc.title else {})}]
         labels = [1]
         if self.config.first_stage is not None:
             lo, hi = self.config.negative_window
-            negs = [(d, s) for d, s in ranked[lo - 1 : hi] if d != unit][: self.config.num_negatives]
+            corpus = self.dataset.corpus
+            negs = [(d, s) for d, s in ranked[lo - 1 : hi]
+                    if d != unit and has_content(corpus[d].text, corpus[d].title or "")][: self.config.num_negatives]
             for d, s in negs:
                 nd = self.dataset.corpus[d]
                 cands.append({"id": nd.id, "text": nd.text, **({"title": nd.title} if nd.title else {}),

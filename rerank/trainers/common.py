@@ -25,7 +25,9 @@ __all__ = [
     "CommonTrainConfig",
     "LoraOptions",
     "TrainSchedule",
+    "check_dev_split",
     "check_renamed_keys",
+    "check_safetensors",
     "cpu_only",
     "training_kwargs",
 ]
@@ -72,12 +74,14 @@ class TrainSchedule:
     eval_steps: int = 0
     logging_steps: int = 10
     seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["none"])
+    report_to: list[str] | str = field(default_factory=lambda: ["none"])  # one name: a one-element list
     use_cpu: bool | None = None
     bf16: bool = False
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # --set report_to=wandb
+            self.report_to = [self.report_to]
         for name in ("epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):  # NaN passes every range check below
@@ -165,6 +169,27 @@ class CommonTrainConfig(TrainSchedule):
                                       f"{self.head!r}")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
+        if self.eval_steps > 0 and self.data.dev_fraction == 0:
+            raise ConfigError(f"eval_steps {self.eval_steps} selects the model on the dev split, but "
+                              "data.dev_fraction is 0 (no dev split): set data.dev_fraction > 0, or eval_steps: 0 to "
+                              "keep the last step")
+
+
+def check_dev_split(cfg: TrainSchedule, dev: list[Any]) -> None:
+    """``eval_steps`` > 0 needs dev rows to select the model on: none (too few examples to carve any) is an error."""
+    if cfg.eval_steps > 0 and not dev:
+        raise ConfigError(f"eval_steps {cfg.eval_steps} selects the model on the dev split, but the split is empty "
+                          "(too few training examples to carve one): add examples, or set eval_steps: 0 to keep the "
+                          "last step")
+
+
+def check_safetensors(path: str | Path, what: str) -> None:
+    """A local model folder must hold ``.safetensors`` weights: pickled ones (``pytorch_model.bin``) are never loaded
+    (unpickling can run code), so a folder with only those is a one-line :class:`ConfigError`."""
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.rglob("*.safetensors")):
+        raise ConfigError(f"{what} {path} holds no .safetensors weights (a pickled pytorch_model.bin is not loaded: "
+                          "it can run code); convert the weights to safetensors")
 
 
 def cpu_only(cfg: TrainSchedule) -> bool:

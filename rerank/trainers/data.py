@@ -14,6 +14,7 @@ Every row is validated before training starts; an error names the file and line 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from rerank.errors import ConfigError, DataFormatError
 __all__ = [
     "DataConfig",
     "build_from_beir",
+    "has_content",
     "load_examples",
     "load_training_data",
     "split_dev",
@@ -34,6 +36,7 @@ __all__ = [
 
 _OPTIONAL = {"teacher_ranking", "teacher_scores", "reasoning"}
 _KNOWN = {"qid", "query", "candidates", "labels", *_OPTIONAL}
+_CANDIDATE_KEYS = ("id", "text", "title", "score")
 
 
 @dataclass
@@ -66,7 +69,28 @@ class DataConfig:
 
 
 def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A finite number (JSON's NaN / Infinity literals and bools are not)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _grade(x: Any) -> bool:
+    """A non-negative integral number a float holds exactly (``2`` or ``2.0``; not NaN, an infinity or 10**30)."""
+    if not _num(x) or x < 0:
+        return False
+    try:
+        return float(x).is_integer() and float(x) == x
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def has_content(text: str, title: str = "") -> bool:
+    """Whether a document has any text to score (its text or its title is not blank)."""
+    return bool(text.strip() or title.strip())
 
 
 def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, Any]:
@@ -92,10 +116,15 @@ def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, 
     for i, c in enumerate(cands):
         if not isinstance(c, Mapping) or c.get("id") is None or not isinstance(c.get("text"), str):
             raise fail(f"candidates[{i}] must be an object with 'id' and a string 'text'")
+        extra = sorted(k for k, v in c.items() if k not in _CANDIDATE_KEYS and v is not None)
+        if extra:
+            raise fail(f"candidates[{i}]: unknown field {extra[0]!r}; known fields: {', '.join(_CANDIDATE_KEYS)}")
         cand = {"id": str(c["id"]), "text": c["text"], "title": str(c.get("title") or "")}
+        if not has_content(cand["text"], cand["title"]):
+            raise fail(f"candidates[{i}] ({cand['id']!r}) has an empty 'text' (and no title)")
         if c.get("score") is not None:
             if not _num(c["score"]):
-                raise fail(f"candidates[{i}].score must be a number, got {c['score']!r}")
+                raise fail(f"candidates[{i}].score must be a finite number, got {c['score']!r}")
             cand["score"] = float(c["score"])
         out_cands.append(cand)
     ids = [c["id"] for c in out_cands]
@@ -104,7 +133,7 @@ def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, 
     labels = obj["labels"]
     if not isinstance(labels, list) or len(labels) != len(cands):
         raise fail(f"'labels' must be a list aligned with candidates ({len(cands)} entries)")
-    if not all(_num(v) and float(v) == int(v) and v >= 0 for v in labels):
+    if not all(_grade(v) for v in labels):
         raise fail("'labels' must be non-negative integers (graded relevance)")
     out: dict[str, Any] = {"qid": str(obj["qid"]), "query": obj["query"], "candidates": out_cands,
                            "labels": [int(v) for v in labels]}
@@ -116,8 +145,10 @@ def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, 
         out["teacher_ranking"] = tr
     if obj.get("teacher_scores") is not None:
         ts = obj["teacher_scores"]
-        if not isinstance(ts, list) or len(ts) != len(cands) or not all(_num(v) for v in ts):
+        if not isinstance(ts, list) or len(ts) != len(cands):
             raise fail("'teacher_scores' must be numbers aligned with candidates")
+        if not all(_num(v) for v in ts):
+            raise fail("'teacher_scores' must be finite numbers")
         out["teacher_scores"] = [float(v) for v in ts]
     if obj.get("reasoning") is not None:
         if not isinstance(obj["reasoning"], str):
@@ -205,14 +236,18 @@ def build_from_beir(
         raise DataFormatError(ds.qrels_path(split), None, "no query with a positive judgement")
     run = build_retriever("bm25", ds).retrieve({q: queries[q] for q in qids}, bm25_depth)
     corpus = ds.corpus
+
+    def usable(d: str) -> bool:  # in the corpus, with text to score (an empty document is no training candidate)
+        return d in corpus and has_content(corpus[d].text, corpus[d].title or "")
+
     rng = random.Random(seed)
     out = []
     for q in qids:
         judged = qrels[q]
-        pos = [d for d, g in sorted(judged.items()) if g > 0 and d in corpus]
+        pos = [d for d, g in sorted(judged.items()) if g > 0 and usable(d)]
         if not pos:
             continue
-        negs = [d for d, _ in run.get(q, []) if judged.get(d, 0) <= 0 and d in corpus]
+        negs = [d for d, _ in run.get(q, []) if judged.get(d, 0) <= 0 and usable(d)]
         n_neg = min(len(negs), negatives_per_positive * len(pos), max(0, max_candidates - len(pos)))
         chosen = rng.sample(negs, n_neg) if negatives == "random" else negs[:n_neg]
         ids = pos[:max_candidates] + chosen

@@ -19,7 +19,7 @@ from typing import Any
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import CommonTrainConfig, training_kwargs
+from rerank.trainers.common import CommonTrainConfig, check_dev_split, training_kwargs
 from rerank.trainers.data import load_training_data
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,14 @@ class SFTTrainer:
     config_class = SFTTrainConfig
 
     def train(self, config: SFTTrainConfig, ctx: TrainContext) -> dict[str, Any]:
+        from transformers import set_seed
+
         from rerank.methods import get_method, resolve
 
         train, dev = load_training_data(config.data, ctx.data_root)
+        check_dev_split(config, dev)
+        # seeded before any model is built: a new head, or LoRA's adapter weights, are drawn from the RNG
+        set_seed(config.seed)
         method = get_method(config.head)
         if method.sft is not None:
             return resolve(method.sft)(config, train, dev, ctx)

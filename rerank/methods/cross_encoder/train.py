@@ -14,11 +14,13 @@ sentence-transformers' reranking evaluator over the dev queries' candidates). ``
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
-from rerank.trainers.common import cpu_only, training_kwargs
+from rerank.heads.text import neutralise
+from rerank.trainers.common import check_safetensors, cpu_only, training_kwargs
 
 if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
@@ -26,29 +28,52 @@ if TYPE_CHECKING:
 
 __all__ = ["DISTILL_LOSSES", "train_cross_encoder"]
 
+log = logging.getLogger(__name__)
+
 #: the losses that learn from the rows' ``teacher_scores`` (knowledge distillation)
 DISTILL_LOSSES = ("margin-mse", "listwise-kl")
 
 
-def _text(c: dict[str, Any]) -> str:
-    return f"{c['title']}\n{c['text']}" if c.get("title") else c["text"]
+def _clean(text: str, tokenizer: Any) -> str:
+    """``text`` as inference feeds it to the model: special-token strings defanged (``tokenizer`` None: as given)."""
+    return neutralise(text, tokenizer) if tokenizer is not None else text
 
 
-def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int) -> list[dict[str, str]]:
+def _text(c: dict[str, Any], tokenizer: Any = None) -> str:
+    """A candidate as the scored pair holds it: ``title\ntext`` (the document's ``full_text``), neutralised."""
+    return _clean(f"{c['title']}\n{c['text']}" if c.get("title") else c["text"], tokenizer)
+
+
+def skipped_queries(examples: list[dict[str, Any]], loss: str) -> dict[str, int]:
+    """How many queries give ``loss`` no row: without a judged positive or without a negative (``mnrl``), with one
+    candidate (``margin-mse``); the other losses use every query."""
+    if loss == "mnrl":
+        no_pos = sum(1 for e in examples if not any(lab >= 1 for lab in e["labels"]))
+        no_neg = sum(1 for e in examples if any(lab >= 1 for lab in e["labels"]) and min(e["labels"]) >= 1)
+        return {"skipped_no_positive": no_pos, "skipped_no_negative": no_neg}
+    if loss == "margin-mse":
+        return {"skipped_one_candidate": sum(1 for e in examples if len(e["candidates"]) < 2)}
+    return {}
+
+
+def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int, tokenizer: Any = None
+                      ) -> list[dict[str, str]]:
     """One row per positive: the query, the positive and ``n_neg`` of its query's negatives (seeded draw).
 
-    A query with fewer negatives than ``n_neg`` repeats some (drawn with replacement); one with none gives no rows.
+    A query with fewer negatives than ``n_neg`` repeats some (drawn with replacement); one with none, or with no
+    positive, gives no rows (counted by :func:`skipped_queries`). Texts are neutralised with ``tokenizer``.
     """
     rng = random.Random(seed)
     rows = []
     for e in examples:
         pos = [c for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
-        neg = [_text(c) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
+        neg = [_text(c, tokenizer) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
         if not neg:
             continue
+        query = _clean(e["query"], tokenizer)
         for p in pos:
             drawn = rng.sample(neg, n_neg) if len(neg) >= n_neg else [rng.choice(neg) for _ in range(n_neg)]
-            rows.append({"query": e["query"], "positive": _text(p),
+            rows.append({"query": query, "positive": _text(p, tokenizer),
                          **{f"negative_{i + 1}": d for i, d in enumerate(drawn)}})
     return rows
 
@@ -70,17 +95,19 @@ def _group(e: dict[str, Any], size: int, rng: random.Random) -> list[int]:
 
 
 def _distill_rows(examples: list[dict[str, Any]], loss: str, n_neg: int, size: int, temperature: float,
-                  bonus: float, seed: int) -> list[dict[str, Any]]:
+                  bonus: float, seed: int, tokenizer: Any = None) -> list[dict[str, Any]]:
     """Rows for the teacher-score losses. ``listwise-kl``: one row per query, ``size`` candidates (0: all) and their
     targets. ``margin-mse``: one row per query, its best candidate (a judged positive if any, else the teacher's top)
-    and ``n_neg`` others drawn with the seed, with the targets whose differences the student's margins regress on."""
+    and ``n_neg`` others drawn with the seed, with the targets whose differences the student's margins regress on
+    (a query with one candidate gives none, counted by :func:`skipped_queries`). Texts neutralised with ``tokenizer``."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for e in examples:
         target = _targets(e, temperature, bonus)
+        query = _clean(e["query"], tokenizer)
         if loss == "listwise-kl":
             idx = _group(e, size, rng)
-            rows.append({"query": e["query"], "docs": [_text(e["candidates"][i]) for i in idx],
+            rows.append({"query": query, "docs": [_text(e["candidates"][i], tokenizer) for i in idx],
                          "labels": [target[i] for i in idx]})
             continue
         best = max(range(len(target)), key=lambda i: (e["labels"][i] >= 1, target[i]))
@@ -88,8 +115,8 @@ def _distill_rows(examples: list[dict[str, Any]], loss: str, n_neg: int, size: i
         if not others:
             continue
         drawn = rng.sample(others, n_neg) if len(others) >= n_neg else [rng.choice(others) for _ in range(n_neg)]
-        rows.append({"query": e["query"], "positive": _text(e["candidates"][best]),
-                     **{f"negative_{j + 1}": _text(e["candidates"][i]) for j, i in enumerate(drawn)},
+        rows.append({"query": query, "positive": _text(e["candidates"][best], tokenizer),
+                     **{f"negative_{j + 1}": _text(e["candidates"][i], tokenizer) for j, i in enumerate(drawn)},
                      "label": [target[best], *(target[i] for i in drawn)]})
     return rows
 
@@ -101,41 +128,57 @@ def _check_teacher_scores(examples: list[dict[str, Any]], loss: str) -> None:
                           f"'teacher_scores' (e.g. qid {missing[0]!r}); build them with the teacher_labels recipe")
 
 
-def _dataset(examples: list[dict[str, Any]], cfg: SFTTrainConfig) -> Any:
+def _warn_skipped(skipped: dict[str, int], total: int, what: str) -> None:
+    """One warning with the counts of ``skipped`` (queries that gave ``what`` nothing), when there are any."""
+    parts = [f"{n} {key.removeprefix('skipped_').replace('_', ' ')}" for key, n in skipped.items() if n]
+    if parts:
+        log.warning("%s: %d of %d queries skipped (%s)", what, sum(skipped.values()), total, ", ".join(parts))
+
+
+def _dataset(examples: list[dict[str, Any]], cfg: SFTTrainConfig, tokenizer: Any = None) -> Any:
+    """The training rows of ``cfg.loss`` (texts neutralised with ``tokenizer``); skipped queries are warned of."""
     import datasets
 
     loss, n_neg, seed = cfg.loss, cfg.data.negatives_per_positive, cfg.seed
+    _warn_skipped(skipped_queries(examples, loss), len(examples), f"loss {loss!r} training rows")
     if loss in DISTILL_LOSSES:
         _check_teacher_scores(examples, loss)
         rows = _distill_rows(examples, loss, n_neg, cfg.group_size, cfg.distill_temperature, cfg.positive_bonus,
-                             seed)
+                             seed, tokenizer)
         if not rows:
             raise ConfigError(f"loss {loss!r} needs queries with at least two candidates")
         return datasets.Dataset.from_list(rows)
     if loss == "mnrl":
-        rows = _contrastive_rows(examples, n_neg, seed)
+        rows = _contrastive_rows(examples, n_neg, seed, tokenizer)
         if not rows:
             raise ConfigError("loss 'mnrl' needs queries with at least one positive and one negative candidate")
         return datasets.Dataset.from_list(rows)
     if loss == "bce":
-        rows = [{"query": e["query"], "document": _text(c), "label": float(lab >= 1)}
+        rows = [{"query": _clean(e["query"], tokenizer), "document": _text(c, tokenizer), "label": float(lab >= 1)}
                 for e in examples for c, lab in zip(e["candidates"], e["labels"], strict=True)]
         return datasets.Dataset.from_list(rows)
     return datasets.Dataset.from_list([
-        {"query": e["query"], "docs": [_text(c) for c in e["candidates"]], "labels": [float(x) for x in e["labels"]]}
+        {"query": _clean(e["query"], tokenizer), "docs": [_text(c, tokenizer) for c in e["candidates"]],
+         "labels": [float(x) for x in e["labels"]]}
         for e in examples
     ])
 
 
-def _evaluator(dev: list[dict[str, Any]]) -> Any:
-    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
-
+def _dev_samples(dev: list[dict[str, Any]], tokenizer: Any = None) -> list[dict[str, Any]]:
+    """The reranking evaluator's samples: the dev queries with a judged positive (the others are warned of)."""
     samples = []
     for e in dev:
-        pos = [_text(c) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
-        neg = [_text(c) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
+        pos = [_text(c, tokenizer) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
+        neg = [_text(c, tokenizer) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
         if pos:
-            samples.append({"query": e["query"], "positive": pos, "negative": neg})
+            samples.append({"query": _clean(e["query"], tokenizer), "positive": pos, "negative": neg})
+    _warn_skipped({"skipped_no_positive": len(dev) - len(samples)}, len(dev), "dev evaluation")
+    return samples
+
+
+def _evaluator(samples: list[dict[str, Any]]) -> Any:
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
     return CrossEncoderRerankingEvaluator(samples, at_k=10, name="dev", show_progress_bar=False) if samples else None
 
 
@@ -148,21 +191,38 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         CrossEncoderTrainingArguments,
         losses,
     )
+    from transformers import AutoTokenizer, set_seed
+
+    from rerank.backends.transformers import position_limit
+    from rerank.models import resolve_model_path
 
     loss_name, output = cfg.loss, ctx.output
     if cfg.lora.enabled:
         raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
-    from rerank.models import resolve_model_path
-
-    train_ds = _dataset(train, cfg)  # before the model: a row without teacher scores fails in seconds
-    model = CrossEncoder(resolve_model_path(cfg.model), num_labels=1, max_length=cfg.max_length,
-                         device="cpu" if cpu_only(cfg) else None)
+    path = resolve_model_path(cfg.model)
+    check_safetensors(path, "model")
+    # the texts as inference sees them (special-token strings neutralised); before the model: a row without teacher
+    # scores, or a dev split without a positive, fails in seconds
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    train_ds = _dataset(train, cfg, tokenizer)
+    skipped = skipped_queries(train, loss_name)
+    samples = _dev_samples(dev, tokenizer) if cfg.eval_steps > 0 else []
+    if cfg.eval_steps > 0 and not samples:
+        raise ConfigError(f"eval_steps {cfg.eval_steps} selects the model on dev nDCG@10, but none of the "
+                          f"{len(dev)} dev queries has a judged positive: set eval_steps: 0 to keep the last step")
+    set_seed(cfg.seed)  # a new classifier head (a bi-encoder start) is drawn from the RNG: seeded, it is reproducible
+    model = CrossEncoder(path, num_labels=1, max_length=cfg.max_length, device="cpu" if cpu_only(cfg) else None,
+                         model_kwargs={"use_safetensors": True})
+    limit = position_limit(model.model)  # the rule inference loads the model by (head.pair_length)
+    if limit is not None and cfg.max_length > limit:
+        raise ConfigError(f"max_length {cfg.max_length} exceeds this model's limit of {limit} tokens (its position "
+                          f"embeddings): the trained model could not be loaded; use max_length <= {limit}")
     if loss_name == "mnrl":
         loss = _mnrl_class(losses.MultipleNegativesRankingLoss)(model, num_negatives=cfg.in_batch_negatives)
     else:
         loss = {"bce": losses.BinaryCrossEntropyLoss, "listnet": losses.ListNetLoss, "listwise-kl": losses.ListNetLoss,
                 "margin-mse": losses.MarginMSELoss, "lambdaloss": losses.LambdaLoss}[loss_name](model)
-    evaluator = _evaluator(dev) if cfg.eval_steps > 0 else None
+    evaluator = _evaluator(samples)
     kw = training_kwargs(cfg, output, has_dev=evaluator is not None)
     if evaluator is not None:
         kw.update(metric_for_best_model="eval_dev_ndcg@10", greater_is_better=True)
@@ -190,7 +250,8 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
                                   metrics_note=note)
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,
-            "selected_by": "dev nDCG@10" if evaluator is not None else "last step"}
+            "selected_by": "dev nDCG@10" if evaluator is not None else "last step", **skipped,
+            **({"dev_skipped_no_positive": len(dev) - len(samples)} if evaluator is not None else {})}
 
 
 def _mnrl_class(base: type) -> type:

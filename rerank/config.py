@@ -241,8 +241,21 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # a check of the dataclass itself: "lr must be > 0, got -1" names its key
-        named = re.match(r"\w+", str(e))
-        raise ConfigError(f"{(override_source(data, named.group()) if named else None) or where}: {e}") from None
+        raise ConfigError(f"{_blamed_override(data, str(e)) or where}: {e}") from None
+
+
+def _blamed_override(data: Mapping[str, Any], message: str) -> str | None:
+    """The override that gave a key an error ``message`` is about: its leading word, else the first key an override
+    gave that the message names as a whole word (``ndcg_k must be >= 1 and temperature > 0``); None when none is."""
+    named = re.match(r"\w+", message)
+    if named and (source := override_source(data, named.group())):
+        return source
+    given = getattr(data, "given", None)
+    if not isinstance(given, dict) or not given:
+        return None
+    hits = [(m.start(), key) for key in given
+            if (m := re.search(rf"(?<![\w.'-]){re.escape(str(key))}(?![\w'-])", message))]
+    return given[min(hits)[1]] if hits else None
 
 
 def without_secrets(value: Any) -> Any:

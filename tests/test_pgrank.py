@@ -80,3 +80,26 @@ def test_needs_two_samples_and_masks_padding() -> None:
     mask = torch.tensor([[True, True, False]])
     draws = gumbel_topk_sample(torch.zeros(1, 3), 100, k=2, mask=mask, generator=torch.Generator().manual_seed(0))
     assert set(draws.flatten().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_masked_log_prob_is_finite_and_equals_the_unpadded_one(k: int) -> None:
+    """Padding (a corpus smaller than num_candidates): masked placements contribute 0, so the log-probability, the
+    logged loss and the gradient are those of the unpadded list."""
+    s = torch.tensor([[0.3, -0.2, 1.1, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, False, False]])
+    rankings = gumbel_topk_sample(s, 16, k, 0.7, torch.Generator().manual_seed(3), mask)
+    padded = plackett_luce_log_prob(s, rankings, 0.7, mask)
+    assert torch.isfinite(padded).all()
+    short = s[:, :3].detach().clone().requires_grad_(True)
+    plain = plackett_luce_log_prob(short, rankings[..., : min(k, 3)], 0.7)
+    torch.testing.assert_close(padded, plain)
+    steps = plackett_luce_log_prob(s, rankings, 0.7, mask, per_step=True)
+    assert torch.isfinite(steps).all() and (steps[..., 3:] == 0).all()
+    padded.sum().backward()
+    plain.sum().backward()
+    torch.testing.assert_close(s.grad[:, :3], short.grad)
+    assert (s.grad[:, 3:] == 0).all()
+    labels = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0]])
+    loss, _ = pgrank_loss(s, labels, num_samples=8, k=k, mask=mask, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)

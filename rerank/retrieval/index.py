@@ -49,6 +49,7 @@ __all__ = [
     "build_faiss",
     "cached_corpus_embeddings",
     "check_index_folder",
+    "doc_encoder_settings",
     "doc_encoding_key",
     "doc_text",
     "embedding_cache_dir",
@@ -122,6 +123,36 @@ def doc_encoding_key(encoder: BiEncoder, corpus_sha256: str) -> dict[str, Any]:
         "title_sep": TITLE_SEP,
         "dtype": str(encoder.dtype).removeprefix("torch."),
     }
+
+
+#: the document-side settings an index manifest's ``encoder`` block records, and the ``rerank index`` flag of each
+DOC_SETTING_FLAGS: dict[str, str | None] = {
+    "pooling": "--pooling", "normalize": "--normalize", "doc_prefix": "--doc-prefix",
+    "doc_max_length": "--doc-max-length", "lowercase": None, "dtype": "--dtype", "title_sep": None,
+}
+
+
+def doc_encoder_settings(encoder: BiEncoder) -> dict[str, Any]:
+    """How ``encoder`` turns documents into vectors, as an index manifest's ``encoder`` block records it (pooling,
+    normalisation, prefix, max length, lowercasing, dtype, title separator): what :meth:`DenseIndex.load` compares."""
+    s = encoder.settings
+    return {"pooling": s.pooling, "normalize": s.normalize, "doc_prefix": s.doc_prefix,
+            "doc_max_length": s.doc_max_length, "lowercase": s.lowercase,
+            "dtype": str(encoder.dtype).removeprefix("torch."), "title_sep": TITLE_SEP}
+
+
+def _rebuild_flags(settings: dict[str, Any]) -> str:
+    """``rerank index`` flags that give ``settings`` (those that have a flag)."""
+    import shlex
+
+    flags = []
+    for k, v in settings.items():
+        flag = DOC_SETTING_FLAGS.get(k)
+        if flag == "--normalize":
+            flags.append("--normalize" if v else "--no-normalize")
+        elif flag is not None:
+            flags.append(f"{flag} {shlex.quote(str(v))}")
+    return " ".join(flags)
 
 
 def embedding_cache_dir(key: dict[str, Any], root: str | Path | None = None) -> Path:
@@ -518,8 +549,11 @@ class DenseIndex:
         corpus_ids: Iterable[str] | None = None,
         model_hash: str | None = None,
         dim: int | None = None,
+        encoder: dict[str, Any] | None = None,
     ) -> DenseIndex:
-        """Load a saved folder; a corpus, id-map, dimension or model that does not match raises :class:`RerankError`."""
+        """Load a saved folder; a corpus, id-map, dimension or model that does not match raises :class:`RerankError`,
+        and so do document-encoder settings (``encoder``, as :func:`doc_encoder_settings` gives them) other than those
+        the manifest records."""
         import faiss
 
         path = Path(path)
@@ -558,6 +592,8 @@ class DenseIndex:
                 f"tokenizer and text handling), but the document encoder given has {model_hash[:12]}…: another model, "
                 "or an index built by an earlier rerank; use the same model or rebuild the index"
             )
+        if encoder is not None:
+            _check_encoder_settings(path, manifest, encoder)
         return cls(index, ids, emb, manifest)
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
@@ -573,3 +609,21 @@ class DenseIndex:
             [(self.ids[j], float(s)) for j, s in zip(row_i, row_s, strict=True) if j >= 0]
             for row_i, row_s in zip(idx, scores, strict=True)
         ]
+
+
+def _check_encoder_settings(path: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Refuse an index whose manifest records document-encoder settings other than ``expected``, in one line naming
+    each differing setting and the ``rerank index`` command that rebuilds it."""
+    recorded = manifest.get("encoder")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    diff = {k: v for k, v in expected.items() if recorded.get(k, "<not recorded>") != v}
+    if not diff:
+        return
+    shown = ", ".join(f"{k}={recorded.get(k, '<not recorded>')!r} (the model: {v!r})" for k, v in diff.items())
+    flags = _rebuild_flags(diff)
+    raise RerankError(
+        f"{path}: built with other document-encoder settings than the model's: {shown}; its embeddings do not match "
+        f"the model's documents: rebuild it with `rerank index --model {manifest.get('model')}"
+        f"{' ' + flags if flags else ''}` (the model's own settings)"
+    )
+

@@ -36,20 +36,30 @@ def plackett_luce_log_prob(
     each placement's term (B, M, k) (FIRST's GRPO scores them as per-token log-probabilities).
 
     log π = Σ_i [ s_σ(i) − log Σ_{j not yet placed} exp(s_j) ]; the denominators come from a reversed logcumsumexp
-    over the ranked prefix plus the mass of the candidates left unranked.
+    over the ranked prefix plus the mass of the candidates left unranked (summed directly, not as total − prefix). With ``mask``, masked candidates (padding)
+    carry no mass and a placement of one contributes 0, so a padded list has the log-probability of the unpadded one.
     """
     logits = scores / temperature
+    b, m, k = rankings.shape
+    placed = None
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
-    b, m, k = rankings.shape
+        placed = mask.unsqueeze(1).expand(b, m, mask.shape[-1]).gather(-1, rankings)
     expanded = logits.unsqueeze(1).expand(b, m, logits.shape[-1])
     chosen = expanded.gather(-1, rankings)
-    total = torch.logsumexp(expanded, dim=-1, keepdim=True)
-    # mass of everything not in the prefix: log(exp(total) - Σ exp(chosen)); exact when k == n (then -inf)
-    prefix_mass = torch.logsumexp(chosen, dim=-1, keepdim=True)
-    rest = total + torch.log1p(-torch.exp(prefix_mass - total).clamp(max=1.0 - 1e-12)) if k < logits.shape[-1] else None
     rev = torch.flip(torch.logcumsumexp(torch.flip(chosen, [-1]), dim=-1), [-1])
-    if rest is not None:
+    if k < logits.shape[-1]:  # add the mass of the candidates left unranked (none: -inf, and no gradient)
+        left = torch.ones_like(expanded, dtype=torch.bool).scatter(-1, rankings, False)
+        if mask is not None:
+            left &= mask.unsqueeze(1)
+        any_left = left.any(-1, keepdim=True)
+        safe = torch.where(left, expanded, torch.zeros((), dtype=expanded.dtype, device=expanded.device))
+        rest = torch.logsumexp(safe.masked_fill(~left & any_left, float("-inf")), dim=-1, keepdim=True)
+        rest = rest.masked_fill(~any_left, float("-inf"))
         rev = torch.logaddexp(rev, rest.expand_as(rev))
-    steps = chosen - rev
+    if placed is None:
+        steps = chosen - rev
+    else:  # a masked placement is -inf - (-inf): count it as 0 (and keep the gradient finite)
+        zero = torch.zeros((), dtype=chosen.dtype, device=chosen.device)
+        steps = torch.where(placed, torch.where(placed, chosen, zero) - torch.where(placed, rev, zero), zero)
     return steps if per_step else steps.sum(-1)

@@ -14,7 +14,10 @@
   averaged gradient is the one-process gradient of the global batch.
 * Selection (``eval_steps`` > 0 and a dev split): nDCG@10 on dev (candidates: BM25 top-``dev_depth`` plus the
   positives, scored by the current model; with fixed documents, a search of the whole corpus) at the start and every
-  ``eval_steps``; the best checkpoint is loaded at the end. Without it the last step is kept.
+  ``eval_steps``; the best checkpoint is loaded at the end. When no checkpoint beats the starting model (step 0),
+  the best checkpoint is still the model, with a warning, and ``train_summary.json`` says so (``start``,
+  ``improved_on_start: false``). A resumed run does not evaluate its resume step again. Without selection the last
+  step is kept.
 * ``train_doc_encoder: false`` unties the encoders and trains the query side only: documents keep the starting
   model's embeddings (the cached corpus encoding, also what ``rerank eval`` reuses), so a step encodes no documents
   and dev selection searches the whole corpus.
@@ -324,6 +327,16 @@ def _hf_trainer(method: RetrieverTrainer, **kwargs: Any) -> Any:
     return _Trainer(**kwargs)
 
 
+def _dev_history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dev evaluations of ``log_history``, one per step (the first kept: a resumed run may evaluate its resume
+    step again)."""
+    out: dict[int, dict[str, Any]] = {}
+    for h in log_history:
+        if "eval_ndcg@10" in h and h["step"] not in out:
+            out[h["step"]] = {"step": h["step"], "ndcg@10": h["eval_ndcg@10"], "recall@100": h["eval_recall@100"]}
+    return sorted(out.values(), key=lambda d: d["step"])
+
+
 class RetrieverTrainer:
     """The shared trainer; a method sets ``name`` / ``config_class`` and implements :meth:`loss` (and :meth:`setup`)."""
 
@@ -332,6 +345,10 @@ class RetrieverTrainer:
     trains_docs: bool = True
 
     # ------------------------------------------------------------------ hooks
+    def check(self, cfg: Any) -> None:
+        """Checks of the method's own inputs (files, models) that fail fast, before the data is read or anything is
+        written."""
+
     def setup(self, cfg: Any, ctx: TrainContext) -> None:
         """Method-specific preparation after the model and data are loaded (mining, indexes)."""
 
@@ -448,12 +465,14 @@ class RetrieverTrainer:
         self.cfg, self.ctx = cfg, ctx
         out = Path(ctx.output)
         resume_from = resume_arg(out, ctx.resume)
+        self.check(cfg)
         self.data = load_train_data(cfg, ctx.data_root)
         selecting = bool(self.data.dev_qids) and cfg.eval_steps > 0
         kw = training_kwargs(cfg, out, has_dev=selecting)
         kw.update(remove_unused_columns=False, label_names=[], disable_tqdm=not cfg.progress)
         if selecting:
-            kw.update(metric_for_best_model="eval_ndcg@10", greater_is_better=True, eval_on_start=True)
+            # the starting model's dev score (step 0); a resumed run has it in the checkpoint's history already
+            kw.update(metric_for_best_model="eval_ndcg@10", greater_is_better=True, eval_on_start=resume_from is None)
         self.args = TrainingArguments(**kw)
         main = self.args.process_index == 0
         if main:
@@ -498,16 +517,25 @@ class RetrieverTrainer:
         result = fit(trainer, resume_from)
         enc = trainer.accelerator.unwrap_model(trainer.model)
         history = [h for h in trainer.state.log_history if "loss" in h]
-        dev_history = [{"step": h["step"], "ndcg@10": h["eval_ndcg@10"], "recall@100": h["eval_recall@100"]}
-                       for h in trainer.state.log_history if "eval_ndcg@10" in h]
+        dev_history = _dev_history(trainer.state.log_history)
         best = None
         if trainer.state.best_model_checkpoint:
             best = next(d for d in dev_history if d["step"] == trainer.state.best_global_step)
+        start_dev = next((d for d in dev_history if d["step"] == 0), None)
+        improved = None if best is None or start_dev is None else best["ndcg@10"] > start_dev["ndcg@10"]
+        if improved is False and main:
+            log.warning(
+                "training did not improve on the starting model on dev: nDCG@10 %.4f at step 0 (the starting model), "
+                "%.4f at the best checkpoint (step %d); that checkpoint is kept as the model (selection is among "
+                "checkpoints): the starting model %s scores better there (train_summary.json: improved_on_start "
+                "false)", start_dev["ndcg@10"], best["ndcg@10"], best["step"], cfg.model,
+            )
         summary = {
             "global_step": trainer.state.global_step, "steps_this_run": trainer.state.global_step - start_step,
             "train_loss": result.training_loss, "train_queries": len(self.data.train_qids),
             "dev_queries": len(self.data.dev_qids), "skipped_no_positive": len(self.data.skipped),
             "best": best, "best_checkpoint": trainer.state.best_model_checkpoint,
+            "start": start_dev, "improved_on_start": improved,
             "selected_by": "dev nDCG@10" if best is not None else "last step",
             "final_loss": history[-1]["loss"] if history else None, "world_size": self.args.world_size,
         }
@@ -515,8 +543,12 @@ class RetrieverTrainer:
         if main:
             metrics = {"dev nDCG@10": best["ndcg@10"], "dev R@100": best["recall@100"],
                        "selected step": best["step"]} if best is not None else None
+            if metrics is not None and start_dev is not None:
+                metrics["starting model dev nDCG@10"] = start_dev["ndcg@10"]
             note = (f"Measured by the trainer on its dev split ({len(self.data.dev_qids)} queries carved from the "
                     f"training queries with the seed), for model selection.")
+            if improved is False:
+                note += " No checkpoint improved on the starting model's dev nDCG@10; the best checkpoint was kept."
             with staged_dir(out / "model") as tmp:
                 self.save_model(enc, tmp)
                 write_model_artifacts(tmp, method=self.name, trainer=self.name, config=cfg, metrics=metrics,

@@ -1,8 +1,8 @@
 """ADORE (Zhan et al., SIGIR 2021): the query encoder trained alone against a fixed document index.
 
 The starting model's document encoder embeds the corpus once into a FAISS flat inner-product index (``OUTPUT/index``;
-or ``index`` names a folder built by ``rerank index`` with that model; a corpus, id, dimension or model mismatch is an
-error).
+or ``index`` names a folder built by ``rerank index`` with that model; a corpus, id, dimension, model or
+document-encoder setting (pooling, normalisation, prefix, max length, dtype) that differs is an error).
 The index is never rebuilt or written during training. Each step encodes the batch's queries with the current query
 encoder, retrieves their top-``top_k`` from the index, appends the positives that were not retrieved, and applies
 RankNet over (positive, negative) pairs weighted by ``|1/r_pos − 1/r_neg|`` (ΔMRR), with ``1/r = 0`` beyond
@@ -40,7 +40,7 @@ class AdoreConfig(RetrieverTrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.train_doc_encoder:
-            raise ConfigError("ADORE trains the query encoder only: train_doc_encoder must be false")
+            raise ConfigError("train_doc_encoder must be false: ADORE trains the query encoder only (documents keep the index's embeddings)")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.metric_cut is not None and self.metric_cut < 1:
@@ -71,11 +71,13 @@ class AdoreTrainer(RetrieverTrainer):
     config_class = AdoreConfig
 
     def setup(self, cfg: AdoreConfig, ctx: TrainContext) -> None:
-        from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached
+        from rerank.retrieval.index import DenseIndex, IndexConfig, doc_encoder_settings, encode_corpus_cached
 
         ds = self.data.dataset
         enc = self.encoder
         doc_hash = enc.fingerprint("doc")
+        with self.saved_settings(enc):  # the starting model's own settings: what its documents are encoded with
+            doc_settings = doc_encoder_settings(enc)
         if cfg.index:
             path = cfg.index
         else:
@@ -90,7 +92,8 @@ class AdoreTrainer(RetrieverTrainer):
 
             self.main_first(build, "build ADORE's document index")
         self.use_index(DenseIndex.load(
-            path, corpus_sha256=ds.corpus_hash, corpus_ids=ds.corpus.keys(), model_hash=doc_hash, dim=enc.dim
+            path, corpus_sha256=ds.corpus_hash, corpus_ids=ds.corpus.keys(), model_hash=doc_hash, dim=enc.dim,
+            encoder=doc_settings,
         ))
 
     def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:

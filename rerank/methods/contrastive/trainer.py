@@ -6,7 +6,9 @@ top-``negatives_depth`` minus its positives. Every query is scored against every
 Runs on the shared retriever machinery (:mod:`rerank.trainers.retriever`, transformers' ``Trainer``).
 Loss: cross-entropy of ``scale``·score towards the drawn positive. With ``distill_model`` (a cross-encoder loaded
 through the registered ``cross-encoder`` head) MarginMSE is added: the squared difference between the student's
-margin ``s(q,pos) − s(q,neg)`` and the teacher's, weighted by ``distill_weight``.
+margin ``s(q,pos) − s(q,neg)`` and the teacher's, weighted by ``distill_weight`` (1.0). ``distill_model`` is
+loaded before any data work and must be a cross-encoder with a trained head; ``distill_weight`` or
+``distill_batch_size`` without it is an error.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rerank.retrieval.index import doc_text
 from rerank.trainers.base import TrainContext
 from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch
 
-__all__ = ["ContrastiveConfig", "ContrastiveTrainer", "draw_negatives"]
+__all__ = ["ContrastiveConfig", "ContrastiveTrainer", "draw_negatives", "load_teacher"]
 
 
 @dataclass
@@ -33,15 +35,50 @@ class ContrastiveConfig(RetrieverTrainConfig):
     hard_negatives: int = 1
     negatives_depth: int = 30
     distill_model: str | None = None
-    distill_weight: float = 1.0
-    distill_batch_size: int = 32
+    distill_weight: float | None = None  # 1.0 with distill_model; set without it: an error
+    distill_batch_size: int | None = None  # 32 with distill_model; set without it: an error
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hard_negatives < 0:
             raise ConfigError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
-        if self.distill_model and self.hard_negatives < 1:
-            raise ConfigError("distill_model (MarginMSE) needs hard_negatives >= 1: margins are positive - negative")
+        if not self.distill_model:
+            for name in ("distill_weight", "distill_batch_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} is set but distill_model is not: it applies to MarginMSE distillation "
+                                      f"only; give distill_model (a cross-encoder) or drop {name}")
+            return
+        if self.hard_negatives < 1:
+            raise ConfigError("hard_negatives must be >= 1 with distill_model (MarginMSE): margins are positive - "
+                              "negative")
+        self.distill_weight = 1.0 if self.distill_weight is None else self.distill_weight
+        self.distill_batch_size = 32 if self.distill_batch_size is None else self.distill_batch_size
+        if self.distill_weight < 0:
+            raise ConfigError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if self.distill_batch_size < 1:
+            raise ConfigError(f"distill_batch_size must be >= 1, got {self.distill_batch_size}")
+
+
+def load_teacher(model: str, batch_size: int) -> Any:
+    """The MarginMSE teacher: ``model`` as a cross-encoder with a trained head; anything else is a one-line
+    :class:`ConfigError` naming the option ``distill_model``."""
+    from rerank.backends.util import ALLOW_NEW_HEAD, architectures
+    from rerank.heads.base import Reranker
+    from rerank.models import check_model_path, resolve_model_path
+
+    check_model_path(model, "distill_model")
+    try:
+        archs = architectures(resolve_model_path(model))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"distill_model {model}: cannot read its model config: {' '.join(str(e).split())}") from None
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ConfigError(f"distill_model {model} is not a cross-encoder ({', '.join(archs) or 'no architecture'}): "
+                          "MarginMSE needs a trained sequence-classification checkpoint as its teacher")
+    try:
+        return Reranker.load("cross-encoder", model=model, batch_size=batch_size)
+    except ConfigError as e:  # its hint names reranking's --allow-new-head, which training has no use for
+        msg = str(e).replace(f", or {ALLOW_NEW_HEAD}", "").replace(ALLOW_NEW_HEAD, "")
+        raise ConfigError(f"distill_model: {msg} (a teacher needs its trained head)") from None
 
 
 def draw_negatives(
@@ -64,17 +101,19 @@ class ContrastiveTrainer(RetrieverTrainer):
     name = "contrastive"
     config_class = ContrastiveConfig
 
+    teacher: Any = None
+
+    def check(self, cfg: ContrastiveConfig) -> None:
+        """Load ``distill_model`` (the teacher) before any data work, so a wrong one fails at once."""
+        if cfg.distill_model:
+            self.teacher = load_teacher(cfg.distill_model, int(cfg.distill_batch_size or 32))
+
     def setup(self, cfg: ContrastiveConfig, ctx: TrainContext) -> None:
         self.corpus_ids = sorted(self.data.dataset.corpus)
         self.negatives: dict[str, list[str]] = {}
         if cfg.hard_negatives:
             run = self.bm25_run(self.data.train_qids, cfg.negatives_depth)
             self.negatives = {q: [d for d in run[q] if d not in set(self.data.positives[q])] for q in run}
-        self.teacher: Any = None
-        if cfg.distill_model:
-            from rerank.heads.base import Reranker
-
-            self.teacher = Reranker.load("cross-encoder", model=cfg.distill_model, batch_size=cfg.distill_batch_size)
 
     def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: ContrastiveConfig = self.cfg  # type: ignore[assignment]
@@ -116,5 +155,5 @@ class ContrastiveTrainer(RetrieverTrainer):
             s_neg = torch.stack([raw[i, len(qids) + i * h : len(qids) + (i + 1) * h] for i in range(len(qids))])
             mse = ((s_pos.unsqueeze(1) - s_neg) - (t_pos.unsqueeze(1) - t_neg)).pow(2).mean(1).mean()
             stats["margin_mse"] = mse.item()
-            loss = loss + cfg.distill_weight * mse
+            loss = loss + float(cfg.distill_weight or 0.0) * mse
         return loss, stats

@@ -38,8 +38,10 @@ class PGRankConfig(RetrieverTrainConfig):
             raise ConfigError(f"num_candidates must be >= 2, got {self.num_candidates}")
         if self.num_samples < 2:
             raise ConfigError(f"num_samples must be >= 2 (leave-one-out baseline), got {self.num_samples}")
-        if self.ndcg_k < 1 or self.temperature <= 0:
-            raise ConfigError("ndcg_k must be >= 1 and temperature > 0")
+        if self.ndcg_k < 1:
+            raise ConfigError(f"ndcg_k must be >= 1, got {self.ndcg_k}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
 class PGRankTrainer(RetrieverTrainer):

@@ -253,3 +253,34 @@ def test_pkg_placeholder_finds_subpackages_without_importing(tmp_path: Path, mon
     for bad in ("loud_pkg_xyz.nope", "no_such_package_xyz.sub", "loud_pkg_xyz..sub"):
         with pytest.raises(ConfigError, match="is not installed"):
             _package_dir(bad)
+
+
+def test_a_cell_killed_after_its_metrics_is_not_reused(board: tuple[Path, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed between writing metrics.json and cell.json left the old cell.json (the old config's hash) beside
+    the new metrics: the old config's next run reused the other config's number."""
+    import rerank.eval.leaderboard as lb
+
+    cfg_path, data = board
+    res = tmp_path / "results"
+    lb.run_leaderboard(cfg_path, data_root=data, results_dir=res, progress=False)
+    metrics = res / "overlap_shortest" / "tiny" / "metrics.json"
+    first = json.loads(metrics.read_text())["metrics"]
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["rows"][1]["top_k"] = 2
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    real = lb.run_eval
+
+    def killed_after_metrics(ecfg, **kw):  # noqa: ANN001, ANN202 - run_eval's signature
+        out = real(ecfg, **kw)
+        if ecfg.top_k == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(lb, "run_eval", killed_after_metrics)
+    with pytest.raises(KeyboardInterrupt):
+        lb.run_leaderboard(changed, data_root=data, results_dir=res, progress=False)
+    assert json.loads(metrics.read_text())["config"]["top_k"] == 2
+    lb.run_leaderboard(cfg_path, data_root=data, results_dir=res, progress=False)
+    assert json.loads(metrics.read_text())["metrics"] == first

@@ -332,6 +332,7 @@ def run_leaderboard(
                     reranker = Reranker.load(row.reranker, model=row.model, backend=row.backend,
                                              **row.reranker_options)
                 ecfg.output = str(out)
+                cell_file.unlink(missing_ok=True)  # a kill before the new one is written must not pair it with new metrics
                 log.info("running %s / %s", row.name, col.label)
                 load0 = os.getloadavg()[0]
                 metrics = run_eval(ecfg, reranker=reranker, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -342,6 +343,24 @@ def test_default_queue_accepts_64_concurrent_requests() -> None:
 
     with running(rr) as u:
         assert asyncio.run(go(u)) == [200] * 64
+
+
+def test_window_head_past_its_depth_says_so(tiny_llm_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A window head orders a list's top ``depth``; documents past it kept their input order with scores that looked
+    like the model's. The Cohere response and the log now say how many were not reranked, and /metrics counts them."""
+    rr = Reranker.load("first", model=str(tiny_llm_dir), depth=5, window=3, stride=2)
+    docs = [f"passage number {i} about topic {i % 3}" for i in range(8)]
+    with running(rr) as u, httpx.Client(base_url=u, timeout=60) as c:
+        body = c.post("/v2/rerank", json={"query": "topic 1", "documents": docs}).json()
+        assert [r["index"] for r in body["results"]][5:] == [5, 6, 7]
+        assert body["meta"]["warnings"] == [
+            "3 of 8 documents (passages) past the first 5 were not reranked: they follow in their input order (first "
+            "orders the top 5; the server's --reranker-set depth=N ranks more)"]
+        assert "warnings" not in c.post("/v2/rerank", json={"query": "q", "documents": docs[:5]}).json()["meta"]
+        assert metric_values(c.get("/metrics").text, "rerank_documents_unranked_total")[""] == 3
+    with caplog.at_level(logging.WARNING, logger="rerank.heads.sliding_window"):
+        rr.rerank("topic 1", docs)
+    assert "1 of 1 lists hold more than depth=5 documents (up to 8)" in caplog.text
 
 
 def test_timeout_answers_504() -> None:

@@ -377,6 +377,10 @@ class Reranker(ABC):
         remote reranker reads the server's relevance there). Default: :meth:`relevance` of the scores."""
         return self.relevance(scores)
 
+    def ranked_depth(self) -> int | None:
+        """How many of a list's documents the head orders (the rest follow in their input order); None: all."""
+        return None
+
     def document_token_limit(self, query: str) -> int | None:
         """Tokens of one document the head reads alongside ``query`` (the rest is cut); None when it has no limit."""
         return None

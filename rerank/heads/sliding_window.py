@@ -10,6 +10,8 @@ call.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -21,6 +23,7 @@ from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.permutation import Scheme, check_scheme, identifiers
 from rerank.types import Candidate, Query
 
+log = logging.getLogger(__name__)
 __all__ = [
     "SlidingWindowConfig",
     "SlidingWindowHead",
@@ -169,8 +172,17 @@ class SlidingWindowHead(PositionScored, LLMReranker):
         """Permutations (local indices, best first) for window prompts holding ``sizes`` passages each."""
         raise NotImplementedError
 
+    def ranked_depth(self) -> int | None:
+        """The windows cover a list's top ``depth``; documents below it keep their input order after them."""
+        return self.config.depth  # type: ignore[attr-defined, no-any-return]
+
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         cfg: SlidingWindowConfig = self.config  # type: ignore[assignment]
+        longer = [len(c) for c in candidate_lists if len(c) > cfg.depth]
+        if longer:
+            log.warning("%s: %d of %d lists hold more than depth=%d documents (up to %d): those past the first %d keep "
+                        "their input order below the reranked ones (--reranker-set depth=N ranks more)",
+                        self.method, len(longer), len(candidate_lists), cfg.depth, max(longer), cfg.depth)
         qtexts = [self.prepare(q.text, cfg.max_query_tokens) for q in queries]
         texts = [passage_texts(self, c[: cfg.depth], cfg.max_doc_tokens) for c in candidate_lists]
 

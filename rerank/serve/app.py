@@ -257,9 +257,9 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
 
     async def rank(
         request: Request, query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
-    ) -> tuple[list[tuple[int, float, float]], list[int]]:
-        """``(document index, raw score, relevance)`` best first, for every document; and the indices of the
-        documents cut to ``max_doc_chars``."""
+    ) -> tuple[list[tuple[int, float, float]], list[str]]:
+        """``(document index, raw score, relevance)`` best first, for every document; and warnings for the client:
+        documents cut to ``max_doc_chars``, passages past what the head orders (a window head's ``depth``)."""
         if not docs:
             raise ApiError(422, "invalid_request", f"{names} must not be empty")
         limit = cfg.max_doc_chars
@@ -269,7 +269,17 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         if cut:
             metrics.documents_cut.inc(len(cut))
             log.info("cut %d document(s) longer than %d characters (--max-doc-chars) to %d", len(cut), limit, limit)
-        return await unless_abandoned(request, _passages_and_scores(query, docs, budget, priority, names)), cut
+        scored, n = await unless_abandoned(request, _passages_and_scores(query, docs, budget, priority, names))
+        warnings = [f"{names} {', '.join(map(str, cut))} had more than {limit} characters and were cut to their first "
+                    f"{limit} (the server's --max-doc-chars)"] if cut else []
+        depth = reranker.ranked_depth()
+        if depth is not None and n > depth:
+            metrics.documents_unranked.inc(n - depth)
+            warnings.append(f"{n - depth} of {n} {names} (passages) past the first {depth} were not reranked: they "
+                            f"follow in their input order ({reranker.method} orders the top {depth}; the server's "
+                            f"--reranker-set depth=N ranks more)")
+            log.warning(warnings[-1])
+        return scored, warnings
 
     def _cut_documents(
         docs: list[tuple[str, str]], budget: Budget, names: str
@@ -295,7 +305,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
 
     async def _passages_and_scores(
         query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
-    ) -> list[tuple[int, float, float]]:
+    ) -> tuple[list[tuple[int, float, float]], int]:
+        """The scored documents, and how many passages the head was given."""
         try:
             if budget.needs_tokens:  # the head's tokenizer: on the model thread
                 passages = await batcher.run_in_model_thread(
@@ -307,7 +318,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             raise ApiError(413, "text_too_long", str(e)) from None
         except ServiceClosedError as e:
             raise ApiError(503, "unavailable", str(e)) from None
-        return await _score_parts(query, passages, _parts(passages), priority)
+        return await _score_parts(query, passages, _parts(passages), priority), len(passages.candidates)
 
     def _parts(passages: Passages) -> list[range]:
         n = len(passages.candidates)
@@ -361,7 +372,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         body = await read(request, CohereRerankRequest)
         docs = _cohere_docs(body)
         budget = Budget(max_tokens=body.max_tokens_per_doc, max_chunks=body.max_chunks_per_doc)
-        scored, cut = await rank(request, body.query, docs, budget, body.priority or 0, "documents")
+        scored, warnings = await rank(request, body.query, docs, budget, body.priority or 0, "documents")
         ranked = scored if body.top_n is None else scored[: body.top_n]
         out = []
         for i, raw, rel in ranked:
@@ -380,11 +391,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             "api_version": {"version": version, "is_experimental": False},
             "billed_units": {"search_units": n_units},
         }
-        if cut:
-            meta["warnings"] = [
-                (f"documents {', '.join(map(str, cut))} had more than {cfg.max_doc_chars} characters and were cut "
-                 f"to their first {cfg.max_doc_chars} (the server's --max-doc-chars)")
-            ]
+        if warnings:
+            meta["warnings"] = warnings
         return JSONResponse(
             {"id": str(uuid.uuid4()), "results": out, "meta": meta, "model": model_name}, headers=model_header
         )

@@ -38,6 +38,10 @@ class ServeMetrics:
         self.documents_cut = Counter(
             "rerank_documents_cut", "Documents cut to --max-doc-chars before scoring", registry=r
         )
+        self.documents_unranked = Counter(
+            "rerank_documents_unranked", "Documents (passages) past a window head's depth, left in input order",
+            registry=r,
+        )
         self.queue_depth = Gauge("rerank_queue_depth", "Requests accepted and not yet answered", registry=r)
 
     def render(self) -> bytes:

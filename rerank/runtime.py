@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rerank.errors import ConfigError
-from rerank.utils.files import hash_obj, write_json
+from rerank.utils.files import hash_obj, sweep_stale, write_json
 
 __all__ = ["QUANTIZE", "RUNTIMES", "Runner", "check_runtime", "compile_model", "hash_weights", "onnx_cache_dir"]
 
@@ -121,6 +121,7 @@ def _export(model: torch.nn.Module, kind: str, names: tuple[str, ...], path: Pat
     output = OUTPUTS[kind]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[output] = {0: "batch"} if kind == "sequence-classification" else {0: "batch", 1: "sequence"}
+    sweep_stale(path.parent, f".{path.name}.")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with torch.no_grad():
@@ -139,6 +140,7 @@ def _quantize(src: Path, path: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    sweep_stale(path.parent, f".{path.name}.")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,

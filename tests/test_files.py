@@ -77,3 +77,33 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path, umask_022: None) -> None
     with atomic_write(path) as f:
         f.write("new\n")
     assert path.read_text() == "new\n" and _mode(path) == 0o640
+
+
+def test_leftovers_of_killed_processes_are_swept(tmp_path: Path) -> None:
+    """A killed conversion or index build left its staging folder (0.5 GB for SmolLM2) for good: the next one made
+    beside it removes those of processes that are gone, once they are old enough; a live process's stays."""
+    import subprocess
+    import sys
+
+    from rerank.utils.files import STALE_AGE_S, sweep_stale, temp_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    old = os.path.getmtime(tmp_path) - STALE_AGE_S - 10
+    stale_dir = tmp_path / f".model.{dead}-abc123"
+    (stale_dir / "sub").mkdir(parents=True)
+    stale_file = tmp_path / f".model.onnx.{dead}.tmp"
+    stale_file.write_text("partial")
+    fresh = tmp_path / f".model.{int(dead) + 1 if int(dead) + 1 != os.getpid() else int(dead) + 2}-new"
+    fresh.mkdir()
+    live = tmp_path / f".model.{os.getpid()}-mine"
+    live.mkdir()
+    other = tmp_path / ".other.123-x"
+    other.mkdir()
+    for p in (stale_dir, stale_file, live, other):
+        os.utime(p, (old, old))
+    made = temp_dir(tmp_path, prefix=".model.")
+    assert made.name.startswith(f".model.{os.getpid()}-")
+    sweep_stale(tmp_path, ".model.onnx.")
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert fresh.exists() and live.exists() and other.exists()  # too young / alive / another prefix

@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +23,7 @@ __all__ = [
     "publish_dir",
     "sha256_file",
     "staged_dir",
+    "sweep_stale",
     "temp_dir",
     "write_json",
 ]
@@ -74,12 +77,58 @@ def _chmod(path: str | Path | int, mode: int) -> None:
             os.chmod(path, mode)
 
 
+#: how old a killed process's leftover must be before :func:`sweep_stale` removes it: a process on another machine
+#: sharing the folder may hold the same pid, but not for this long without touching its staging folder
+STALE_AGE_S = 3600.0
+
+
 def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
-    """A new temporary folder under ``parent`` that is published by a rename: made with the mode an ordinary
-    ``mkdir`` gets (``0o777`` less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    """A new temporary folder under ``parent`` that is published by a rename: named ``{prefix}{pid}-…`` (what a killed
+    run leaves is swept by the next: :func:`sweep_stale`), made with the mode an ordinary ``mkdir`` gets (``0o777``
+    less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
+    sweep_stale(parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=suffix, dir=parent))
     _chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def sweep_stale(parent: str | Path, prefix: str) -> None:
+    """Remove what killed processes left under ``parent``: entries named ``{prefix}{pid}-…`` or ``{prefix}{pid}.…``
+    whose process is gone and that are older than :data:`STALE_AGE_S` (a 0.5 GB half-converted model stayed for
+    good). Best-effort: an entry that cannot be inspected or removed is left."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for p in entries:
+        m = _PID_NAME.match(p.name[len(prefix):]) if p.name.startswith(prefix) else None
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        try:
+            if now - p.lstat().st_mtime < STALE_AGE_S:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+
+
+_PID_NAME = re.compile(r"(\d+)[-.]")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's)
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -163,3 +163,16 @@ def test_a_model_folder_cannot_choose_what_runs_or_where_data_goes(tiny_bert_dir
                                                     "options": {"base_url": "http://attacker"}}))
     with pytest.raises(ConfigError, match="a model folder cannot name the remote reranker"):
         Reranker.load(str(folder))
+
+
+def test_a_new_cross_encoder_head_is_the_same_every_load(tiny_st_dir: Path) -> None:
+    """allow_new_head on a bare encoder drew a different random head each load: two runs of one command differed
+    (and each exported a new ONNX cache entry). The caller's random state is left as it was."""
+    import torch
+
+    enc = next(p for p in tiny_st_dir.rglob("config.json")).parent
+    state = torch.get_rng_state()
+    a = Reranker.load("cross-encoder", model=str(enc), allow_new_head=True).rerank("q", ["a b", "c d e"])
+    b = Reranker.load("cross-encoder", model=str(enc), allow_new_head=True).rerank("q", ["a b", "c d e"])
+    assert [(r.id, r.score) for r in a.results] == [(r.id, r.score) for r in b.results]
+    assert torch.equal(torch.get_rng_state(), state)

@@ -114,10 +114,12 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         # a new head (allow_new_head on a bare encoder) has one label, as sentence-transformers' CrossEncoder builds it
         new_head = {} if any(a.endswith("ForSequenceClassification") for a in archs) else {"num_labels": 1}
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        net, info = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=True, output_loading_info=True, **new_head,
-        )
+        with torch.random.fork_rng(devices=[]):  # a new head is drawn the same every load (and the ONNX cache reused)
+            torch.manual_seed(0)
+            net, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=True, output_loading_info=True, **new_head,
+            )
         if not cfg.allow_new_head:
             check_no_new_weights(f"cross-encoder: {model}", info, f"load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
         head = cls(cfg, net.to(device), tok, model_name=model)  # checks max_length before any export

@@ -176,3 +176,9 @@ def test_a_new_cross_encoder_head_is_the_same_every_load(tiny_st_dir: Path) -> N
     b = Reranker.load("cross-encoder", model=str(enc), allow_new_head=True).rerank("q", ["a b", "c d e"])
     assert [(r.id, r.score) for r in a.results] == [(r.id, r.score) for r in b.results]
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_an_empty_query_is_an_error() -> None:
+    for query in ("", "  \n", Query("q7", " ")):
+        with pytest.raises(ValueError, match="query 0 is empty"):
+            OverlapReranker().rerank(query, ["a"])

@@ -219,6 +219,8 @@ def test_size_limits() -> None:
         title_only = {"text": "x", "title": "y" * 51}
         assert_error(c.post("/v1/rerank", json={"query": "a", "documents": [title_only]}), 413, "text_too_long")
         assert_error(c.post("/v1/rerank", json={"query": "q" * 51, "documents": ["a"]}), 413, "text_too_long")
+        for path, body in (("/v2/rerank", {"query": " ", "documents": ["a"]}), ("/rerank", {"query": "", "texts": ["a"]})):
+            assert "query must not be empty" in assert_error(c.post(path, json=body), 422)["message"]
         cut = metric_values(c.get("/metrics").text, "rerank_documents_cut_total")[""]
         assert cut == 3
         huge = json.dumps({"query": "a", "documents": ["a"] * 2000}).encode()

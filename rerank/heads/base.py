@@ -303,9 +303,11 @@ class Reranker(ABC):
         queries, docs_lists = _as_list(queries, "queries"), _as_list(docs_lists, "docs_lists")
         if len(queries) != len(docs_lists):
             raise ValueError(f"{len(queries)} queries but {len(docs_lists)} document lists")
-        for q in queries:
+        for i, q in enumerate(queries):
             if not isinstance(q, (str, Query)):
                 raise TypeError(f"a query must be a str or a Query, got {type(q).__name__}")
+            if not (q if isinstance(q, str) else q.text).strip():
+                raise ValueError(f"query {i} is empty: there is nothing to rank the documents against")
         qs = [q if isinstance(q, Query) else Query(str(i), q) for i, q in enumerate(queries)]
         cands = [as_candidates(_as_list(d, "docs")) for d in docs_lists]
         todo = [i for i, c in enumerate(cands) if c]

@@ -28,6 +28,13 @@ class RerankOptions(BaseModel):
     model: Union[str, None] = None
     top_n: Union[int, None] = Field(default=None, ge=1)
 
+    @field_validator("query", check_fields=False)
+    @classmethod
+    def _query_has_text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query must not be empty: there is nothing to rank the documents against")
+        return v
+
 
 class CohereRerankRequest(RerankOptions):
     """Cohere rerank v1 and v2. ``max_tokens_per_doc`` cuts each document to that many tokens (v2);

@@ -163,3 +163,8 @@ def test_schedule_reporting_and_window_options_are_checked_with_the_config() -> 
         assert getattr(from_dict(SFTTrainConfig, {**base, "head": "first", key: value}), key) == value
     with pytest.raises(ConfigError, match="unknown key 'merge'"):
         from_dict(SFTTrainConfig, {**base, "lora": {"enabled": True, "merge": False}})
+    for lora, match in (({"r": 0}, r"lora.r must be >= 1"), ({"alpha": 0}, r"lora.alpha must be > 0"),
+                        ({"dropout": 1.0}, r"lora.dropout must be in \[0, 1\)"),
+                        ({"target_modules": []}, "lora.target_modules must be a non-empty list")):
+        with pytest.raises(ConfigError, match=match):  # peft refused these only after the model loaded, or never
+            from_dict(SFTTrainConfig, {**base, "lora": {"enabled": True, **lora}})

@@ -131,6 +131,17 @@ class LoraOptions:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
+    def __post_init__(self) -> None:
+        """Values peft would refuse only after the model loaded (or not at all: a dropout of 1 zeroes every update)."""
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise ConfigError("lora.target_modules must be a non-empty list of module names")
+
     def peft_config(self) -> Any:
         from peft import LoraConfig
 

@@ -453,3 +453,23 @@ def test_openai_backend_fits_prompts_to_max_model_len(tmp_path: Path) -> None:
         assert head.stats.fitted_prompts == 3
     finally:
         server.close()
+
+
+def test_pointwise_document_limit_follows_the_query_and_context(tiny_llm_dir: Path) -> None:
+    """A pointwise LLM head's document_token_limit was max_doc_tokens whatever the query: with a long query the
+    prompt was fitted and the document cut further, so a server's truncate: false passed a document whose end the
+    model never read. The limit now is what the prompt holds with that query: a document of the limit fits whole,
+    a few tokens more are cut."""
+    from rerank import Reranker
+
+    rr = Reranker.load("yes-no", model=str(tiny_llm_dir), backend_options={"max_length": 400})
+    tok = rr.tokenizer
+    text_ids = tok.encode(" ".join(["alpha beta"] * 400), add_special_tokens=False)
+    assert rr.document_token_limit("short query") == rr.config.max_doc_tokens
+    for query in ("word " * 100, "word " * 2000):
+        limit = rr.document_token_limit(query)
+        assert limit < rr.config.max_doc_tokens
+        for extra, cut in ((0, 0), (3, 1)):
+            rr.stats.shortened_passages = 0
+            rr.rerank(query, [tok.decode(text_ids[: limit + extra])])
+            assert rr.stats.shortened_passages == cut, (len(query), limit, extra)

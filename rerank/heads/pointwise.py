@@ -59,6 +59,26 @@ class PointwiseLLMReranker(ScoresByPassages, LLMReranker):
         these)."""
         return 0
 
+    def document_token_limit(self, query: str) -> int | None:
+        """Tokens of a document the prompt holds with ``query``: ``max_doc_tokens``, less what fitting the prompt to
+        the model's context cuts (as :meth:`fit` does: the query keeps at most half the room the template leaves, a
+        document the rest), so a server's ``truncate: false`` and passage chunks follow what the model reads."""
+        cfg: PointwiseConfig = self.config  # type: ignore[assignment]
+        context = self.backend.context_length
+        if context is None:
+            return cfg.max_doc_tokens
+
+        def length(q: str, doc: str) -> int:
+            ids = self.pair_token_ids(q, [doc]) if self.pair_token_ids is not None else self.encode(
+                self._render_pair(q, [doc]))
+            return len(ids)
+
+        base = length("", "")
+        free = context - self.reserve() - base
+        query_tokens = length(self.prepare(query, cfg.max_query_tokens), "") - base
+        room = free - min(query_tokens, free // 2)
+        return max(1, min(cfg.max_doc_tokens, room))
+
     def _render_pair(self, query: str, documents: list[str]) -> str:
         messages = self.template.messages(query=query, document=documents[0])
         return self.render(messages, self.template.assistant_prefix)

@@ -6,6 +6,8 @@ the word right after the generation prompt (and the template's assistant prefix)
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -15,7 +17,13 @@ from rerank.heads.base import RerankerConfig
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
 from rerank.types import Candidate, Query
 
-__all__ = ["YesNoConfig", "YesNoReranker"]
+__all__ = ["LOW_ANSWER_MASS", "YesNoConfig", "YesNoReranker"]
+
+log = logging.getLogger(__name__)
+
+#: below this mean probability of the two answer words at the answer position, the head warns (once per reranker):
+#: the model does not answer with them, and their log-odds rank by noise
+LOW_ANSWER_MASS = 0.1
 
 
 @dataclass
@@ -40,6 +48,7 @@ class YesNoReranker(PointwiseLLMReranker):
         the prompt (a tokenizer that merges them with the prompt's last token would otherwise fail only at the first
         rerank, after the model loaded)."""
         super().__init__(config, backend=backend, model=model, backend_name=backend_name)
+        self._warned_answer_mass = False
         try:
             self.answer_token_ids()
         except ValueError:  # ConfigError (merged tokens) or the same first token for both words
@@ -66,7 +75,16 @@ class YesNoReranker(PointwiseLLMReranker):
         pos, neg = self.answer_token_ids()
         prompts = [ids for _, ids in self.flat_inputs(queries, candidate_lists)]
         flat: list[float] = []
+        mass = 0.0
         for idx in self.chunks(len(prompts)):
             for lp_pos, lp_neg in self.backend.next_token_logprobs([prompts[i] for i in idx], [pos, neg]):
                 flat.append(lp_pos - lp_neg)
+                mass += math.exp(min(lp_pos, 0.0)) + math.exp(min(lp_neg, 0.0))
+        if prompts and mass / len(prompts) < LOW_ANSWER_MASS and not getattr(self, "_warned_answer_mass", False):
+            self._warned_answer_mass = True
+            words = (self.template.extra.get("positive", "yes"), self.template.extra.get("negative", "no"))
+            log.warning("%s: the answer words %r / %r take %.1f%% of the model's next-token probability on average: "
+                        "it answers in other words (e.g. capitalised), so the scores are log-odds of rare tokens; set "
+                        "the template's positive / negative words to what the model writes", self.method, *words,
+                        100 * mass / len(prompts))
         return self.split(flat, candidate_lists)

@@ -109,20 +109,9 @@ def doc_text(doc: Document) -> str:
 def doc_encoding_key(encoder: BiEncoder, corpus_sha256: str) -> dict[str, Any]:
     """Everything that determines the document embeddings: doc-encoder hash, corpus hash, settings, dtype, and the
     runtime when it is not torch (torch's keys are those of before runtimes existed, so their caches stay valid)."""
-    s = encoder.settings
     runtime = {} if encoder.runtime == ("torch", "none") else {"runtime": list(encoder.runtime)}
-    return {
-        **runtime,
-        "model_hash": encoder.fingerprint("doc"),
-        "corpus_sha256": corpus_sha256,
-        "pooling": s.pooling,
-        "normalize": s.normalize,
-        "doc_prefix": s.doc_prefix,
-        "doc_max_length": s.doc_max_length,
-        "lowercase": s.lowercase,
-        "title_sep": TITLE_SEP,
-        "dtype": str(encoder.dtype).removeprefix("torch."),
-    }
+    return {**runtime, "model_hash": encoder.fingerprint("doc"), "corpus_sha256": corpus_sha256,
+            **doc_encoder_settings(encoder)}
 
 
 #: the document-side settings an index manifest's ``encoder`` block records, and the ``rerank index`` flag of each

@@ -277,8 +277,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             metrics.documents_unranked.inc(n - depth)
             warnings.append(f"{n - depth} of {n} {names} (passages) past the first {depth} were not reranked: they "
                             f"follow in their input order ({reranker.method} orders the top {depth}; the server's "
-                            f"--reranker-set depth=N ranks more)")
-            log.warning(warnings[-1])
+                            f"--reranker-set depth=N ranks more)")  # the head logs it too
         return scored, warnings
 
     def _cut_documents(

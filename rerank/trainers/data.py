@@ -80,12 +80,7 @@ def _num(x: Any) -> bool:
 
 def _grade(x: Any) -> bool:
     """A non-negative integral number a float holds exactly (``2`` or ``2.0``; not NaN, an infinity or 10**30)."""
-    if not _num(x) or x < 0:
-        return False
-    try:
-        return float(x).is_integer() and float(x) == x
-    except OverflowError:  # an int beyond the float range
-        return False
+    return _num(x) and x >= 0 and float(x).is_integer() and float(x) == x  # _num: float(x) cannot overflow
 
 
 def has_content(text: str, title: str = "") -> bool:

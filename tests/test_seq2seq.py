@@ -137,6 +137,24 @@ def test_sft_lowers_the_loss_and_trains_on_the_heads_inputs(method: str, tiny_t5
         assert [row["input_ids"] for row in rows] == sent
 
 
+def test_sft_selects_on_the_dev_split(tiny_t5_dir: Path, tmp_path: Path) -> None:
+    """eval_steps > 0 used to be ignored by the seq2seq trainers (the last step was kept, the dev split unused)."""
+    from rerank.data.io import write_jsonl
+    from rerank.testing import synthetic_ranking_examples
+    from rerank.trainers import sft
+
+    write_jsonl(synthetic_ranking_examples(8, num_candidates=4, seed=4), tmp_path / "t.jsonl")
+    out = tmp_path / "m"
+    r = sft({"model": str(tiny_t5_dir), "head": "monot5", "max_doc_tokens": 24, "batch_size": 4, "max_steps": 4,
+             "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "learning_rate": 3e-3,
+             "data": {"path": str(tmp_path / "t.jsonl"), "dev_fraction": 0.25}}, out)
+    assert r["selected_by"] == "dev loss" and r["best_checkpoint"] is not None
+    state = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+    assert len(evals) == 2 and state["best_metric"] == min(evals)
+    assert "dev loss" in (out / "model" / "README.md").read_text()
+
+
 def test_an_eos_string_in_a_document_does_not_end_the_input(tok: Any) -> None:
     model = ScriptedSeq2Seq(tok, lambda text, ids: [0.0, -1.0])
     head = MonoT5Reranker(MonoT5Config(), model)

@@ -100,6 +100,17 @@ def test_eval_steps_without_a_dev_split_is_an_error(tmp_path: Path, tiny_bert_di
                 data={"path": str(tmp_path / "nopos.jsonl"), "dev_fraction": 0.5}), tmp_path / "out2")
 
 
+def test_grpo_with_eval_steps_and_an_empty_dev_split_is_an_error(tmp_path: Path) -> None:
+    """GRPO kept the last step without a word when the split carved no dev query; it fails before the model loads."""
+    from rerank.trainers import grpo
+
+    write_jsonl(synthetic_ranking_examples(1, num_candidates=4, seed=5), tmp_path / "one.jsonl")
+    cfg = {"model": str(tmp_path / "no-model"), "head": "first", "max_steps": 1, "save_steps": 1, "eval_steps": 1,
+           "use_cpu": True, "data": {"path": str(tmp_path / "one.jsonl"), "dev_fraction": 0.5}}
+    with pytest.raises(ConfigError, match="eval_steps 1 .*the split is empty"):
+        grpo(cfg, tmp_path / "out")
+
+
 def test_report_to_takes_one_name(tmp_path: Path) -> None:
     cfg = from_dict(SFTTrainConfig, {**_ce(tmp_path, tmp_path / "t.jsonl"), "report_to": "none"})
     assert cfg.report_to == ["none"]

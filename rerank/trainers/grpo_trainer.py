@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import CommonTrainConfig, cpu_only, training_kwargs
+from rerank.trainers.common import CommonTrainConfig, check_dev_split, cpu_only, training_kwargs
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
 from rerank.trainers.sft_trainer import load_causal_lm, save_final, selection_metrics
@@ -121,6 +121,7 @@ class GRPOTrainer:
             raise ConfigError("use_vllm needs vLLM in this environment (pip install vllm, on a CUDA machine); "
                               "leave it false to generate with transformers")
         train, dev = load_training_data(config.data, ctx.data_root)
+        check_dev_split(config, dev)
         model, tok = load_causal_lm(config.model, cpu_only(config))
         task = build_task(config.head, tok, config)
         rows = grpo_rows(task, train, config.seed)

@@ -72,44 +72,62 @@ def duot5_rows(head: Seq2SeqReranker, examples: list[dict[str, Any]], negatives:
     return rows
 
 
-def _train(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], ctx: TrainContext) -> dict[str, Any]:
+def _train(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
+           ctx: TrainContext) -> dict[str, Any]:
+    """Fine-tune on ``train``; with ``eval_steps`` > 0 the checkpoint with the lowest loss on ``dev``'s rows is
+    kept (as the LLM heads' SFT selects)."""
     import datasets
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from rerank.models import resolve_model_path
     from rerank.trainers.common import cpu_only, training_kwargs
     from rerank.trainers.resume import fit, resume_arg
-    from rerank.trainers.sft_trainer import save_final
+    from rerank.trainers.sft_trainer import save_final, selection_metrics
 
     if cfg.lora.enabled:
         raise ConfigError(f"lora is for the LLM heads; {method} is fine-tuned in full")
     path = resolve_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     head = _head(method, cfg, tok)
-    rows = monot5_rows(head, train) if method == "monot5" else duot5_rows(head, train, cfg.data.negatives_per_positive)
+    def build(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if method == "monot5":
+            return monot5_rows(head, examples)
+        return duot5_rows(head, examples, cfg.data.negatives_per_positive)
+
+    rows = build(train)
     if not rows:
         raise ConfigError(f"{method}: no training rows (duot5 needs queries with a positive and a negative candidate)")
+    dev_rows = build(dev) if dev and cfg.eval_steps > 0 else []
+    if cfg.eval_steps > 0 and not dev_rows:
+        raise ConfigError(f"eval_steps {cfg.eval_steps} selects the model on the dev split, but its queries give no "
+                          f"{method} rows (duot5 needs a positive and a negative candidate): set eval_steps: 0 to keep "
+                          "the last step")
     model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True)
     if cpu_only(cfg):
         model = model.to("cpu")
-    args = TrainingArguments(**training_kwargs(cfg, ctx.output, has_dev=False))
-    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+    kw = training_kwargs(cfg, ctx.output, has_dev=bool(dev_rows))
+    if dev_rows:
+        kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
+    trainer = Trainer(model=model, args=TrainingArguments(**kw), train_dataset=datasets.Dataset.from_list(rows),
+                      eval_dataset=datasets.Dataset.from_list(dev_rows) if dev_rows else None,
                       data_collator=DataCollatorForSeq2Seq(tok, model=model), processing_class=tok)
     result = fit(trainer, resume_arg(ctx.output, ctx.resume))
     options = {"template": head.template.to_dict(), "max_doc_tokens": cfg.max_doc_tokens,
                "max_query_tokens": cfg.max_query_tokens}
-    save_final(trainer, cfg, ctx.output, "sft", options)
+    metrics, note = selection_metrics(trainer, "dev loss", len(dev_rows))
+    save_final(trainer, cfg, ctx.output, "sft", options, metrics, note)
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss, "rows": len(rows),
-            "selected_by": "last step"}
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "selected_by": "dev loss" if dev_rows else "last step"}
 
 
 def train_monot5(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
                  ctx: TrainContext) -> dict[str, Any]:
     """Fine-tune a T5 checkpoint as monoT5 (true / false per pair); the model goes to ``OUTPUT/model``."""
-    return _train("monot5", cfg, train, ctx)
+    return _train("monot5", cfg, train, dev, ctx)
 
 
 def train_duot5(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
                 ctx: TrainContext) -> dict[str, Any]:
     """Fine-tune a T5 checkpoint as duoT5 (true / false per ordered (positive, negative) pair)."""
-    return _train("duot5", cfg, train, ctx)
+    return _train("duot5", cfg, train, dev, ctx)

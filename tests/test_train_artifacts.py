@@ -171,3 +171,14 @@ def test_retriever_artifacts(tiny_st_dir: Path, tiny_beir_dir: Path, tmp_path: P
                          "--retriever-set", "progress=false")
     assert rc == 0, err
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["first_stage"]["name"] == "dense"
+
+
+@pytest.mark.parametrize(("max_steps", "shown"), [(40, False), (-1, True)])
+def test_the_card_shows_epochs_only_when_they_set_the_schedule(tmp_path: Path, max_steps: int, shown: bool) -> None:
+    """With max_steps set, epochs are not what ran: the card used to show the default ``epochs: 1.0`` beside them."""
+    from rerank.trainers.artifacts import write_model_artifacts
+
+    config = {"model": "base", "head": "cross-encoder", "epochs": 1.0, "max_steps": max_steps}
+    write_model_artifacts(tmp_path, method="cross-encoder", trainer="sft", config=config)
+    trained = yaml.safe_load(card(tmp_path)[1].split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert ("epochs" in trained) is shown and trained["max_steps"] == max_steps

@@ -107,6 +107,8 @@ def write_model_artifacts(
     """
     m = get_method(method)
     cfg = scrub_paths(to_dict(config))
+    if isinstance(cfg.get("max_steps"), int) and cfg["max_steps"] > 0:  # max_steps overrides epochs: the card
+        cfg.pop("epochs", None)  # shows the schedule that ran, not a default nobody used
     base = str(cfg.get("model", ""))
     write_json(record_payload(method, m.kind, options or {}, trainer, base), model_dir / RECORD_FILE)
     meta: dict[str, Any] = {"base_model": base, "library_name": m.library_name,

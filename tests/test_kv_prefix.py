@@ -177,8 +177,9 @@ def test_head_scores_equal_without_reuse(tiny_llm_dir: Path, method: str, option
     rng = random.Random(1)
     queries = ["how do solar panels make power", "what do cats eat on a quiet monday"]
     doc_lists = [_docs(rng, 5), _docs(rng, 3)]
+    passages = {} if long_docs == "truncate" else {"passage_tokens": 24, "stride": 12}  # truncate reads no passages
     common = dict(model=str(tiny_llm_dir), device="cpu", dtype="float32", batch_size=3, long_docs=long_docs,
-                  max_doc_tokens=48, passage_tokens=24, stride=12, **options)
+                  max_doc_tokens=48, **passages, **options)
     on = Reranker.load(method, **common)
     off = Reranker.load(method, backend_options={"prefix_cache": False}, **common)
     assert off.backend.config.prefix_cache is False  # type: ignore[attr-defined]

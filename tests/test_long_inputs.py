@@ -253,7 +253,7 @@ def relevant_past_first_window(word: str) -> list[str]:
 @pytest.mark.parametrize("method", ["yes-no", "erank", "cross-encoder"])
 def test_maxp_finds_the_relevant_passage_past_the_first_window(tok: Any, method: str) -> None:
     def head(mode: str) -> tuple[Reranker, str]:
-        opts = {"long_docs": mode, "passage_tokens": 48, "stride": 24}
+        opts = {"long_docs": mode, **({"passage_tokens": 48, "stride": 24} if mode != "truncate" else {})}
         if method == "cross-encoder":
             return keyword_cross_encoder(**opts)
         return POINTWISE[method](tok, None, max_doc_tokens=64, **opts), "zqrelq"

@@ -28,9 +28,18 @@ Metadata = list[list[dict[str, Any] | None]]
 
 def check_long_docs(cfg: Any, reads: int | None = None) -> None:
     """Validate ``long_docs``, ``passage_tokens`` and ``stride`` of a head's config (``reads``: the most tokens of a
-    passage the head reads, which a passage must not exceed)."""
+    passage the head reads, which a passage must not exceed); passage settings other than their defaults need a
+    passage mode (``truncate`` reads no passages, so they would do nothing)."""
     if cfg.long_docs not in LONG_DOCS:
         raise ConfigError(f"long_docs must be one of {list(LONG_DOCS)}, got {cfg.long_docs!r}")
+    if cfg.long_docs == "truncate":
+        changed = [f"{name}={getattr(cfg, name)}" for name in ("passage_tokens", "stride")
+                   if getattr(cfg, name) != getattr(type(cfg), name)]
+        if changed:
+            many = len(changed) > 1
+            raise ConfigError(f"{' and '.join(changed)} {'apply' if many else 'applies'} only when documents are "
+                              f"scored by passages: set long_docs to maxp, firstp or sump, or remove "
+                              f"{'them' if many else 'it'}")
     if cfg.passage_tokens < 1 or not 1 <= cfg.stride <= cfg.passage_tokens:
         raise ConfigError(f"passage_tokens must be >= 1 and stride in 1..passage_tokens, got {cfg.passage_tokens} "
                           f"and {cfg.stride}")

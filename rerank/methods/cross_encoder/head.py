@@ -99,6 +99,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         self.max_length: int = pair_length(self.config.max_length, model, tokenizer)  # type: ignore[attr-defined]
         if self.num_labels not in (1, 2):
             raise ValueError(f"cross-encoder: expected a model with 1 or 2 labels, got {self.num_labels}")
+        if self.num_labels == 1 and self.config.two_label_score != CrossEncoderConfig.two_label_score:  # type: ignore[attr-defined]
+            raise ConfigError(f"cross-encoder: two_label_score={self.config.two_label_score} applies to a model with "  # type: ignore[attr-defined]
+                              f"two labels; {model_name or 'this model'} has one (its logit is the score): remove it")
         check_long_docs(self.config, self.max_length - 3)
 
     @classmethod

@@ -1,8 +1,9 @@
 """What the bi-encoder trainers (contrastive, STAR, ADORE, PG-Rank) share, on Hugging Face's ``Trainer``.
 
 * Data: the judged queries of ``split`` (default ``train``); queries without any positive (grade >= the dataset's
-  relevance level) are reported in ``queries.json`` and the log and skipped, never trained with a zero loss. A dev
-  split (``dev_fraction`` of the rest, drawn with ``seed``) is held out for model selection.
+  relevance level) are reported in ``queries.json`` and the log and skipped, never trained with a zero loss. With
+  ``eval_steps`` > 0 a dev split (``dev_fraction`` of the rest, default 0.1, drawn with ``seed``) is held out for
+  model selection; with ``eval_steps`` 0 every query trains (a ``dev_fraction`` > 0 there is an error).
 * The loop is transformers' ``Trainer`` with the schedule every trainer takes (:class:`TrainSchedule`: AdamW,
   linear warmup and decay, gradient clipping, ``bf16``, logging, ``OUTPUT/checkpoints/checkpoint-N`` with optimizer,
   scheduler, RNG and data position, ``--resume``, several processes with ``torchrun`` / ``accelerate launch``). A
@@ -12,15 +13,16 @@
 * Several processes: ``batch_size`` is per process; document embeddings are all-gathered with their gradients, so
   every query sees the whole global batch's documents as negatives, and each process's loss is scaled so that the
   averaged gradient is the one-process gradient of the global batch.
-* Selection (``eval_steps`` > 0 and a dev split): nDCG@10 on dev (candidates: BM25 top-``dev_depth`` plus the
-  positives, scored by the current model; with fixed documents, a search of the whole corpus) at the start and every
-  ``eval_steps``; the best checkpoint is loaded at the end. When no checkpoint beats the starting model (step 0),
-  the best checkpoint is still the model, with a warning, and ``train_summary.json`` says so (``start``,
-  ``improved_on_start: false``). A resumed run does not evaluate its resume step again. Without selection the last
-  step is kept.
+* Selection (``eval_steps`` > 0; a dev split that came out empty is an error before the model loads): nDCG@10 on
+  dev (candidates: BM25 top-``dev_depth`` plus the positives, scored by the current model; with fixed documents, a
+  search of the whole corpus) at the start and every ``eval_steps``; the best checkpoint is loaded at the end. When
+  no checkpoint beats the starting model (step 0), the best checkpoint is still the model, with a warning, and
+  ``train_summary.json`` says so (``start``, ``improved_on_start: false``). A resumed run does not evaluate its
+  resume step again. Without selection the last step is kept.
 * ``train_doc_encoder: false`` unties the encoders and trains the query side only: documents keep the starting
   model's embeddings (the cached corpus encoding, also what ``rerank eval`` reuses), so a step encodes no documents
-  and dev selection searches the whole corpus.
+  and dev selection searches the whole corpus; ``doc_max_length`` and ``dev_depth`` are then unused, and a value
+  other than their default is an error (as ``dev_depth`` is with ``eval_steps`` 0).
 * Outputs: ``OUTPUT/model`` (a sentence-transformers folder, untied models as a query/document ``Router``; training
   uses the configured max lengths, the saved model keeps the starting model's settings), ``train_log.jsonl`` (one
   line per logging step: loss and the method's statistics), ``train_summary.json`` (with the dev history) and
@@ -48,7 +50,7 @@ from rerank.retrieval.dense import BiEncoder
 from rerank.retrieval.index import doc_text
 from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import TrainSchedule, cpu_only, training_kwargs
+from rerank.trainers.common import TrainSchedule, check_dev_split, cpu_only, training_kwargs
 from rerank.trainers.resume import fit, resume_arg
 from rerank.utils.files import atomic_write, staged_dir, write_json
 
@@ -57,6 +59,7 @@ __all__ = [
     "RetrieverTrainer",
     "StepBatch",
     "TrainData",
+    "field_default",
     "load_negatives",
     "mine_dense_negatives",
     "save_negatives",
@@ -67,10 +70,22 @@ log = logging.getLogger(__name__)
 NEGATIVES_FORMAT = "rerank-negatives"
 
 
+def field_default(config: Any, name: str) -> Any:
+    """The dataclass default of option ``name`` in ``config``'s class (a subclass may override its parent's)."""
+    f = next(f for f in dataclasses.fields(config) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
 @dataclass
 class RetrieverTrainConfig(TrainSchedule):
     """Options every retriever trainer takes: the schedule (:class:`TrainSchedule`, retriever defaults), the data,
-    the encoder's training lengths and dev selection (trainers add their own fields)."""
+    the encoder's training lengths and dev selection (trainers add their own fields). An option a combination never
+    reads (``dev_fraction`` or ``dev_depth`` without ``eval_steps``, document options with fixed documents) is an
+    error, not silently ignored."""
+
+    #: how errors about options unused with fixed document embeddings name the cause, and the way out
+    fixed_docs_cause: ClassVar[str] = "with train_doc_encoder: false"
+    fixed_docs_fix: ClassVar[str] = ", or set train_doc_encoder: true"
 
     learning_rate: float = 2e-5
     batch_size: int = 16
@@ -80,7 +95,7 @@ class RetrieverTrainConfig(TrainSchedule):
     model: str = ""
     dataset: str = ""
     split: str = "train"
-    dev_fraction: float = 0.1
+    dev_fraction: float | None = None  # 0.1 with eval_steps > 0, else 0 (a dev split serves selection only)
     query_max_length: int = 64
     doc_max_length: int = 256
     scale: float = 1.0
@@ -92,13 +107,40 @@ class RetrieverTrainConfig(TrainSchedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.dev_fraction < 1.0:
+        if self.dev_fraction is not None and not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
         for name in ("query_max_length", "doc_max_length", "dev_depth", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gradient_checkpointing:
             raise ConfigError("gradient_checkpointing is not available to the retriever trainers")
+        self._check_dev_selection()
+        if not self.train_doc_encoder:
+            unused = {"doc_max_length": "documents keep the starting model's embeddings, encoded with its own settings",
+                      "dev_depth": "dev selection searches the whole corpus, not BM25 candidates"}
+            for name, what in unused.items():
+                value = getattr(self, name)
+                if value != field_default(self, name):
+                    raise ConfigError(f"{name} {value} is unused {self.fixed_docs_cause} ({what}): drop "
+                                      f"{name}{self.fixed_docs_fix}")
+
+    def _check_dev_selection(self) -> None:
+        """Resolve ``dev_fraction`` (None: 0.1 with selection, else 0) and refuse a dev option selection never uses,
+        or selection without a dev split; the same rule as the reranker trainers'."""
+        if self.dev_fraction is None:
+            self.dev_fraction = 0.1 if self.eval_steps > 0 else 0.0
+        if self.eval_steps == 0:
+            if self.dev_fraction > 0:
+                raise ConfigError(f"dev_fraction {self.dev_fraction} holds training queries out for dev selection, "
+                                  "but eval_steps is 0 (no selection: they would never be used): set eval_steps "
+                                  "(equal to save_steps) to select on dev, or drop dev_fraction to train on every "
+                                  "query")
+            if self.dev_depth != field_default(self, "dev_depth"):
+                raise ConfigError(f"dev_depth {self.dev_depth} is unused with eval_steps 0 (no dev selection): drop "
+                                  "dev_depth, or set eval_steps (equal to save_steps) to select on dev")
+        elif self.dev_fraction == 0:
+            raise ConfigError(f"eval_steps {self.eval_steps} selects the model on the dev split, but dev_fraction is "
+                              "0 (no dev split): set dev_fraction > 0, or eval_steps: 0 to keep the last step")
 
 
 @dataclass
@@ -147,8 +189,9 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
     if not usable:
         raise RerankError(f"{ds.name}/{cfg.split}: no query has a positive (grade >= {rel}); nothing to train on")
     perm = [usable[i] for i in np.random.default_rng([cfg.seed, 7]).permutation(len(usable))]
-    n_dev = round(cfg.dev_fraction * len(usable))
-    if cfg.dev_fraction > 0 and len(usable) >= 2:
+    fraction = cfg.dev_fraction or 0.0
+    n_dev = round(fraction * len(usable))
+    if fraction > 0 and len(usable) >= 2:
         n_dev = min(max(n_dev, 1), len(usable) - 1)
     else:
         n_dev = 0
@@ -467,7 +510,8 @@ class RetrieverTrainer:
         resume_from = resume_arg(out, ctx.resume)
         self.check(cfg)
         self.data = load_train_data(cfg, ctx.data_root)
-        selecting = bool(self.data.dev_qids) and cfg.eval_steps > 0
+        check_dev_split(cfg, self.data.dev_qids)
+        selecting = cfg.eval_steps > 0
         kw = training_kwargs(cfg, out, has_dev=selecting)
         kw.update(remove_unused_columns=False, label_names=[], disable_tqdm=not cfg.progress)
         if selecting:
@@ -506,7 +550,7 @@ class RetrieverTrainer:
                 q: bm[q] + [d for d in self.data.positives[q] if d not in set(bm[q])] for q in self.data.dev_qids
             }
         elif not selecting and main:
-            log.info("no dev selection (dev_fraction or eval_steps 0): the last step's model is kept")
+            log.info("no dev selection (eval_steps 0): the last step's model is kept")
 
         trainer = _hf_trainer(self, model=self.encoder, args=self.args, train_dataset=_Rows(len(self.data.train_qids)),
                               eval_dataset=_Rows(len(self.data.dev_qids)) if selecting else None,

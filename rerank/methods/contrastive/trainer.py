@@ -22,14 +22,14 @@ import torch
 from rerank.errors import ConfigError
 from rerank.retrieval.index import doc_text
 from rerank.trainers.base import TrainContext
-from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch, field_default
 
 __all__ = ["ContrastiveConfig", "ContrastiveTrainer", "draw_negatives", "load_teacher"]
 
 
 @dataclass
 class ContrastiveConfig(RetrieverTrainConfig):
-    """Contrastive options on top of the shared ones."""
+    """Contrastive options on top of the shared ones; ``negatives_depth`` (BM25's depth) needs ``hard_negatives``."""
 
     scale: float = 20.0
     hard_negatives: int = 1
@@ -42,6 +42,9 @@ class ContrastiveConfig(RetrieverTrainConfig):
         super().__post_init__()
         if self.hard_negatives < 0:
             raise ConfigError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.hard_negatives == 0 and self.negatives_depth != field_default(self, "negatives_depth"):
+            raise ConfigError(f"negatives_depth {self.negatives_depth} is unused with hard_negatives: 0 (no BM25 "
+                              "negatives are drawn): drop negatives_depth, or set hard_negatives >= 1")
         if not self.distill_model:
             for name in ("distill_weight", "distill_batch_size"):
                 if getattr(self, name) is not None:

@@ -24,6 +24,7 @@ from rerank.trainers.retriever import (
     RetrieverTrainConfig,
     RetrieverTrainer,
     StepBatch,
+    field_default,
     load_negatives,
     mine_dense_negatives,
     save_negatives,
@@ -34,7 +35,8 @@ __all__ = ["StarConfig", "StarTrainer", "star_pair_loss"]
 
 @dataclass
 class StarConfig(RetrieverTrainConfig):
-    """STAR options on top of the shared ones."""
+    """STAR options on top of the shared ones; ``negatives_depth`` is the mining depth, so it cannot go with
+    ``negatives_file``."""
 
     negatives_depth: int = 200
     negatives_file: str | None = None
@@ -43,6 +45,10 @@ class StarConfig(RetrieverTrainConfig):
         super().__post_init__()
         if self.negatives_depth < 1:
             raise ConfigError(f"negatives_depth must be >= 1, got {self.negatives_depth}")
+        if self.negatives_file and self.negatives_depth != field_default(self, "negatives_depth"):
+            raise ConfigError(f"negatives_depth {self.negatives_depth} is unused with negatives_file (its negatives "
+                              "were mined to the file's own depth): drop negatives_depth, or drop negatives_file to "
+                              "mine them again")
 
 
 def star_pair_loss(scores: torch.Tensor, pos_index: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -49,3 +49,31 @@ def test_erank_reasoning_budget_needs_reasoning() -> None:
     with pytest.raises(ConfigError, match="max_reasoning_tokens=16 applies to reasoning: true"):
         from_dict(ERankConfig, {"max_reasoning_tokens": 16}, where="erank options")
     assert from_dict(ERankConfig, {"max_reasoning_tokens": 16, "reasoning": True}, where="x").max_reasoning_tokens == 16
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"alpha": 0.3}, "alpha=0.3 applies to fusion: interpolate, not rrf"),
+    ({"fusion": "interpolate", "rrf_k": 10}, "rrf_k=10 applies to fusion: rrf, not interpolate"),
+])
+def test_hybrid_refuses_the_other_fusions_parameter(options: dict[str, Any], match: str) -> None:
+    """RRF ignored ``alpha``, interpolation ``rrf_k``."""
+    from rerank.retrieval.hybrid import HybridConfig
+
+    with pytest.raises(ConfigError, match=match):
+        from_dict(HybridConfig, options, "retriever options")
+    assert from_dict(HybridConfig, {"fusion": "interpolate", "alpha": 0.3}, "x").alpha == 0.3
+    assert from_dict(HybridConfig, {"rrf_k": 10}, "x").rrf_k == 10
+
+
+@pytest.mark.parametrize("cls_name", ["DenseConfig", "HybridConfig"])
+def test_dense_index_refuses_encoding_options(cls_name: str) -> None:
+    """A saved index is loaded as it is: ``cache`` and ``shard_size`` (of encoding the corpus) were ignored."""
+    from rerank.retrieval.dense import DenseConfig
+    from rerank.retrieval.hybrid import HybridConfig
+
+    cls = {"DenseConfig": DenseConfig, "HybridConfig": HybridConfig}[cls_name]
+    with pytest.raises(ConfigError, match="cache=False applies only when the corpus is encoded"):
+        from_dict(cls, {"index": "idx", "cache": False}, "retriever options")
+    with pytest.raises(ConfigError, match="shard_size=5 applies only when the corpus is encoded"):
+        from_dict(cls, {"index": "idx", "shard_size": 5}, "retriever options")
+    assert from_dict(cls, {"cache": False, "shard_size": 5}, "x").shard_size == 5

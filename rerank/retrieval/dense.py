@@ -659,6 +659,17 @@ class DenseConfig(EncoderOptions):
     nprobe: int | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.index:  # a saved index is searched as it is: no corpus is encoded, so nothing is cached or sharded
+            changed = [f"{name}={getattr(self, name)}" for name in ("cache", "shard_size")
+                       if getattr(self, name) != getattr(DenseConfig, name)]
+            if changed:
+                many = len(changed) > 1
+                raise ConfigError(f"{' and '.join(changed)} {'apply' if many else 'applies'} only when the corpus is "
+                                  f"encoded (no index): the index {self.index} is loaded as saved; remove "
+                                  f"{'them' if many else 'it'} or the index")
+
 
 _ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
 

@@ -68,6 +68,14 @@ class HybridConfig(DenseConfig):
     sparse: str = "bm25"
     sparse_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unused = "alpha" if self.fusion == "rrf" else "rrf_k"  # each fusion reads only its own parameter
+        if getattr(self, unused) != getattr(HybridConfig, unused):
+            other = "interpolate" if self.fusion == "rrf" else "rrf"
+            raise ConfigError(f"{unused}={getattr(self, unused)} applies to fusion: {other}, not {self.fusion}: set "
+                              f"fusion: {other}, or remove it")
+
 
 class HybridRetriever(FirstStage):
     """Fuse a sparse first stage (BM25 by default) with the dense retriever by RRF or score interpolation."""

@@ -35,6 +35,7 @@ __all__ = [
     "Recipe",
     "SourceSpec",
     "build",
+    "changed_options",
     "load_hf_dataset",
     "read_rows",
     "unit_rng",
@@ -58,6 +59,11 @@ class SourceSpec:
     max_queries: int | None = None
     queries: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.queries is not None and self.split != SourceSpec.split:
+            raise ValueError(f"split {self.split!r} is not read with 'queries' (the queries and their labels come from "
+                             "that file, the dataset gives only the corpus): remove split")
+
     def check(self) -> None:
         """Before the build starts: a ``queries`` file exists."""
         if self.queries is not None and not Path(self.queries).is_file():
@@ -78,6 +84,9 @@ class FirstStageSpec:
             raise ValueError("first_stage needs exactly one of 'retriever' or 'run'")
         if self.depth < 1:
             raise ValueError(f"first_stage depth must be >= 1, got {self.depth}")
+        if self.run is not None and self.options:
+            raise ValueError("options apply to a first_stage retriever; a run file is read as it is: remove options "
+                             f"({', '.join(map(str, self.options))}) or give a retriever instead of the run")
 
     def check(self) -> None:
         """Before the build starts: the run file exists, and a retriever's model can be loaded."""
@@ -105,6 +114,17 @@ class ModelSpec:
         from rerank.heads.base import Reranker
 
         return Reranker.load(self.reranker, model=self.model, backend=self.backend, **self.options)
+
+
+def changed_options(config: Any, names: Iterable[str]) -> list[str]:
+    """Those of the fields ``names`` of dataclass instance ``config`` that differ from their defaults: the options a
+    user set (to refuse them where the setting in force does not read them)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def default(f: dataclasses.Field[Any]) -> Any:
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+    return [name for name in names if getattr(config, name) != default(fields[name])]
 
 
 def _check_models(config: Any) -> None:

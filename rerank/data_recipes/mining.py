@@ -25,7 +25,7 @@ import numpy as np
 
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import read_run
-from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, unit_rng
+from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, changed_options, unit_rng
 from rerank.errors import ConfigError
 from rerank.models import check_model_path
 from rerank.trainers.data import has_content
@@ -87,11 +87,11 @@ class _OverRun(Recipe):
         return list(self.queries)
 
     def source(self) -> dict[str, Any]:
-        fs = self._fs
+        fs, src = self._fs, self.config.source
         return {
             "dataset": self.dataset.name,
             "root": str(self.dataset.root),
-            "split": self.config.source.split,
+            **({"split": src.split} if src.queries is None else {"queries_from": src.queries}),  # what was read
             "corpus_sha256": self.dataset.corpus_hash,
             "queries": len(self.queries),
             "first_stage": {"retriever": fs.retriever, "run": fs.run, "options": fs.options, "depth": fs.depth},
@@ -116,6 +116,14 @@ class FilterSpec:
     backend: str = "transformers"
     options: dict[str, Any] = field(default_factory=dict)
     margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.scorer == "bi-encoder":  # a sentence-transformers model of its own: no reranker, backend or options
+            changed = changed_options(self, ("reranker", "backend", "options"))
+            if changed:
+                raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to scorer: "
+                                 "reranker; the bi-encoder scorer loads 'model' as a sentence-transformers model: "
+                                 f"remove {'them' if len(changed) > 1 else 'it'} or set scorer: reranker")
 
     def check(self) -> None:
         """Before the build starts: the filter's model can be loaded here."""
@@ -145,6 +153,9 @@ class HardNegativesConfig:
             raise ValueError(f"window must be [start, end] 1-based ranks with start <= end, got {self.window}")
         if self.num_negatives < 1:
             raise ValueError("num_negatives must be >= 1")
+        if self.sampling == "top" and self.seed != HardNegativesConfig.seed:
+            raise ValueError(f"seed={self.seed} applies to sampling: random (sampling: top takes the window's best "
+                             "negatives, with nothing drawn): set sampling: random, or remove seed")
 
 
 class _BiEncoderScorer:
@@ -268,6 +279,12 @@ def teacher_modes() -> list[str]:
     return [*method_names(teacher_labels=True), "scores", "first_stage"]
 
 
+_ROLES = ("teacher", "pointwise_teacher", "listwise_teacher")
+#: the options of ``teacher_labels`` that only some modes read, and those modes (the methods' ``teacher.py``)
+_MODE_OPTIONS: dict[str, tuple[str, ...]] = {"score_map": ("erank",), "group_size": ("grouprank",),
+                                             "seed": ("grouprank",)}
+
+
 def _roles(mode: str) -> tuple[str, ...]:
     from rerank.methods import get_method
 
@@ -296,6 +313,17 @@ class TeacherLabelsConfig:
         missing = [r for r in _roles(self.mode) if getattr(self, r) is None]
         if missing:
             raise ValueError(f"mode {self.mode} needs {' and '.join(repr(r) for r in missing)}")
+        unused = [r for r in _ROLES if r not in _roles(self.mode) and getattr(self, r) is not None]
+        if unused:
+            raise ValueError(f"{' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} not used by mode "
+                             f"{self.mode} (it uses {' and '.join(_roles(self.mode)) or 'no teacher'}): remove "
+                             f"{'them' if len(unused) > 1 else 'it'}")
+        changed = changed_options(self, [name for name, modes in _MODE_OPTIONS.items() if self.mode not in modes])
+        if changed:
+            many = len(changed) > 1
+            only = "; ".join(f"{name} only by mode {' or '.join(_MODE_OPTIONS[name])}" for name in changed)
+            raise ValueError(f"{', '.join(changed)} {'are' if many else 'is'} not read by mode {self.mode} ({only}): "
+                             f"remove {'them' if many else 'it'}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2")
         if self.candidates < 2:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from rerank.data.datasets import resolve_dataset
-from rerank.data_recipes.base import FirstStageSpec, Recipe, unit_rng
+from rerank.data_recipes.base import FirstStageSpec, Recipe, changed_options, unit_rng
 from rerank.trainers.data import has_content
 from rerank.types import Document, Query, sort_ranking
 
@@ -39,6 +39,14 @@ class GeneratorSpec:
     max_new_tokens: int = 32
     temperature: float = 0.0
     max_doc_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.kind == "sentence":  # the query is a sentence of the document: no model is loaded or prompted
+            changed = changed_options(self, [f.name for f in fields(self) if f.name != "kind"])
+            if changed:
+                raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to kind: llm; "
+                                 "kind: sentence uses no model: remove "
+                                 f"{'them' if len(changed) > 1 else 'it'} or set kind: llm")
 
     def check(self) -> None:
         """Before the build starts: the generator's model can be loaded here (a served one, openai, is not checked)."""
@@ -76,6 +84,12 @@ class QuerySynthesisConfig:
                                  f"got {self.consistency_k}")
         if len(self.negative_window) != 2 or not 1 <= self.negative_window[0] <= self.negative_window[1]:
             raise ValueError(f"negative_window must be [start, end] 1-based ranks, got {self.negative_window}")
+        if self.first_stage is None:  # negatives are drawn from the first stage's ranking of each query
+            changed = changed_options(self, ("negative_window", "num_negatives"))
+            if changed:
+                raise ValueError(f"{' and '.join(changed)} {'need' if len(changed) > 1 else 'needs'} a first_stage "
+                                 "retriever (negatives come from its ranking): add first_stage or remove "
+                                 f"{'them' if len(changed) > 1 else 'it'}")
 
 
 _LABEL = re.compile(r"^(?:(?:the\s+)?(?:search\s+)?(?:query|question)(?:\s+is)?\s*:|\d+[.)]\s)\s*", re.IGNORECASE)

@@ -7,8 +7,13 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rerank.cli.common import add_data_root, check_output_dir, positive_int
+from rerank.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rerank.retrieval.index import IndexConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +25,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="index folder to write (manifest, index.faiss, embeddings, ids)")
     add_data_root(p)
     g = p.add_argument_group("index")
-    g.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat", help="FAISS index (default flat IP)")
-    g.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (default 32)")
-    g.add_argument("--ef-construction", type=positive_int, default=200, help="HNSW build beam (default 200)")
-    g.add_argument("--ef-search", type=positive_int, default=128,
-                   help="HNSW search beam stored in the index (default 128)")
-    g.add_argument("--nlist", type=positive_int, default=None, help="IVF lists (default min(4*sqrt(n), n/39))")
-    g.add_argument("--pq-m", type=positive_int, default=None, help="PQ sub-quantizers, must divide dim (default <= 64)")
-    g.add_argument("--pq-nbits", type=positive_int, default=8, help="bits per PQ code (default 8)")
-    g.add_argument("--nprobe", type=positive_int, default=16, help="IVF lists probed at search (default 16)")
+    g.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat",
+                   help="FAISS index (default flat IP); each of the options below applies to one type only")
+    # unset (None) unless given, so one given for an index type that does not read it is refused
+    g.add_argument("--hnsw-m", type=positive_int, default=None, help="hnsw: links per node (default 32)")
+    g.add_argument("--ef-construction", type=positive_int, default=None, help="hnsw: build beam (default 200)")
+    g.add_argument("--ef-search", type=positive_int, default=None,
+                   help="hnsw: search beam stored in the index (default 128)")
+    g.add_argument("--nlist", type=positive_int, default=None, help="ivfpq: IVF lists (default min(4*sqrt(n), n/39))")
+    g.add_argument("--pq-m", type=positive_int, default=None,
+                   help="ivfpq: PQ sub-quantizers, must divide dim (default <= 64)")
+    g.add_argument("--pq-nbits", type=positive_int, default=None, help="ivfpq: bits per PQ code (default 8)")
+    g.add_argument("--nprobe", type=positive_int, default=None, help="ivfpq: IVF lists probed at search (default 16)")
     e = p.add_argument_group("encoder (default: as the model folder says)")
     e.add_argument("--pooling", choices=["cls", "mean", "last"], default=None)
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
@@ -57,20 +65,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def index_config(args: argparse.Namespace) -> IndexConfig:
+    """The index options given on the command line; one the ``--index-type`` does not read is an error naming it."""
+    from rerank.retrieval.index import INDEX_TYPE_OPTIONS, IndexConfig
+
+    given = {name: getattr(args, name) for name in IndexConfig.__dataclass_fields__
+             if name != "index_type" and getattr(args, name) is not None}
+    unused = [name for name in given if name not in INDEX_TYPE_OPTIONS[args.index_type]]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        users = sorted({t for t, names in INDEX_TYPE_OPTIONS.items() for name in unused if name in names})
+        raise ConfigError(f"{flags} appl{'ies' if len(unused) == 1 else 'y'} to --index-type {' / '.join(users)} "
+                          f"only, not {args.index_type}: drop {'it' if len(unused) == 1 else 'them'} or change "
+                          "--index-type")
+    return IndexConfig(index_type=args.index_type, **given)
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
     from rerank.models import check_model_path
     from rerank.retrieval.dense import BiEncoder
-    from rerank.retrieval.index import DenseIndex, IndexConfig, check_index_folder, encode_corpus_cached
+    from rerank.retrieval.index import DenseIndex, check_index_folder, encode_corpus_cached
 
     t0 = time.perf_counter()
     check_output_dir(args.output)
+    cfg = index_config(args)
     check_index_folder(Path(args.output))  # saving replaces the folder: refuse one holding other files first
     check_model_path(args.model)
-    cfg = IndexConfig(
-        index_type=args.index_type, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
-        ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, nprobe=args.nprobe,
-    )
     dataset = resolve_dataset(args.dataset, args.data_root)
     encoder = BiEncoder.load(
         args.model,

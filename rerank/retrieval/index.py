@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from rerank.retrieval.dense import BiEncoder
 
 __all__ = [
+    "INDEX_TYPE_OPTIONS",
     "DenseIndex",
     "EmbeddingSet",
     "IndexConfig",
@@ -65,9 +66,18 @@ TITLE_SEP = " "
 LOCK_NAME = ".lock"  # in a work folder: held while a process encodes into it
 
 
+#: the :class:`IndexConfig` options each index type reads; the others must keep their defaults
+INDEX_TYPE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "flat": (),
+    "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
+    "ivfpq": ("nlist", "pq_m", "pq_nbits", "nprobe"),
+}
+
+
 @dataclass
 class IndexConfig:
-    """FAISS index type and parameters (inner-product metric throughout)."""
+    """FAISS index type and parameters (inner-product metric throughout). An option the index type does not read
+    (:data:`INDEX_TYPE_OPTIONS`) set to other than its default is an error, not a value silently dropped."""
 
     index_type: Literal["flat", "hnsw", "ivfpq"] = "flat"
     hnsw_m: int = 32
@@ -83,6 +93,17 @@ class IndexConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"index option {name} must be >= 1, got {value}")
+        if self.index_type not in INDEX_TYPE_OPTIONS:
+            raise ConfigError(f"unknown index type {self.index_type!r}; known: {', '.join(INDEX_TYPE_OPTIONS)}")
+        for f in dataclasses.fields(self):
+            if f.name != "index_type" and f.name not in self.options() and getattr(self, f.name) != f.default:
+                users = [t for t, names in INDEX_TYPE_OPTIONS.items() if f.name in names]
+                raise ConfigError(f"index option {f.name}={getattr(self, f.name)} applies to {' and '.join(users)} "
+                                  f"indexes only, and this one is {self.index_type}: drop it")
+
+    def options(self) -> dict[str, Any]:
+        """The options this index type reads, with their values (what an index manifest records)."""
+        return {name: getattr(self, name) for name in INDEX_TYPE_OPTIONS[self.index_type]}
 
     def check_dim(self, dim: int) -> None:
         """The options that depend on the embedding dimension alone, checked as soon as the model is loaded (before
@@ -484,7 +505,7 @@ class DenseIndex:
             "metric": "inner_product",
             "encoder": {**dataclasses.asdict(encoder.settings), "dtype": key["dtype"], "title_sep": key["title_sep"]},
             "index_type": cfg.index_type,
-            "index_params": dataclasses.asdict(cfg),
+            "index_params": cfg.options(),
             "embedding_key": hash_obj(key),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

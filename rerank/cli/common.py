@@ -58,7 +58,8 @@ def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argpar
     (group or p).add_argument(
         "--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root"
     )
-    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    p.add_argument("--split", default="test",
+                   help="qrels split to evaluate (default: test; a suite scores each dataset on its own split)")
     add_max_queries(p)
     add_data_root(p)
 

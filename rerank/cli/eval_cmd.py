@@ -21,6 +21,11 @@ from rerank.cli.common import (
 from rerank.config import apply_overrides, load_yaml
 from rerank.errors import ConfigError
 
+TOP_K = 100  # --top-k when not given
+DEPTH = 1000  # --depth when not given
+SPLIT = "test"  # --split when not given
+BACKEND = "transformers"  # --backend when not given
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a first stage (and reranker) on a dataset")
@@ -41,9 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_reranker(p, "model name or path: the reranker's (a trained reranker's folder needs no --reranker) or, "
                     "without a reranker, the dense or hybrid --retriever's (a trained retriever's folder needs no "
                     "--retriever)")
-    p.add_argument("--top-k", type=positive_int, default=100,
-                   help="rerank this many first-stage candidates (default 100)")
-    p.add_argument("--depth", type=positive_int, default=1000, help="first-stage retrieval depth (default 1000)")
+    p.add_argument("--top-k", type=positive_int, default=None,
+                   help=f"with a reranker: rerank this many first-stage candidates (default {TOP_K})")
+    p.add_argument("--depth", type=positive_int, default=None,
+                   help=f"with --retriever: how many documents it retrieves per query (default {DEPTH})")
     p.add_argument("-m", "--measure", action="append", default=None,
                    help="measure, ir-measures (nDCG@10) or trec_eval (ndcg_cut_10) name (repeatable)")
     p.add_argument("--rel-level", type=positive_int, default=None,
@@ -52,9 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="call the LLM for every prompt (default: answers are cached by model, prompt and options)")
     p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
                    help="append every LLM prompt and raw response (and whether it was cached) to this file")
-    p.add_argument("--workers", type=positive_int, default=1,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="reranking processes, each with its own copy of the reranker and cores/N threads (with GPUs: "
-                        "one per GPU); the run and scores are those of one process (default 1)")
+                        "one per GPU); the run and scores are those of one process (default 1; a --suite starts them "
+                        "once and shares them over its datasets)")
     p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
                    help="order the reranked top-k by ALPHA x the reranker's scores + (1 - ALPHA) x the first stage's, "
                         "each min-max normalised per query (default: the reranker's order alone)")
@@ -62,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True,
                    help="result folder (run.trec, metrics.json, report.md, …; files of an earlier run there are "
                    "replaced or removed; with --suite one sub-folder per dataset)")
-    p.set_defaults(func=run)
+    # unset (None) until run(): an option given without the thing it configures is refused, even at its default
+    p.set_defaults(func=run, backend=None, split=None)
 
 
 def _retriever_takes_model(name: str) -> bool | None:
@@ -94,6 +102,50 @@ def _model_without_reranker(args: argparse.Namespace) -> str:
     return ""
 
 
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """Those of ``flags`` (flag -> dest) given on the command line: unset options are None, False or []."""
+    return [flag for flag, dest in flags.items() if getattr(args, dest) not in (None, False, [])]
+
+
+#: the options that configure a reranker (flag -> argparse dest)
+RERANKER_FLAGS = {
+    "--backend": "backend", "--base-url": "base_url", "--reranker-config": "reranker_config",
+    "--reranker-set": "reranker_set", "--allow-new-head": "allow_new_head", "--top-k": "top_k",
+    "--workers": "workers", "--no-llm-cache": "no_llm_cache", "--log-llm-io": "log_llm_io",
+}
+#: the options that configure a --retriever first stage (flag -> argparse dest)
+RETRIEVER_FLAGS = {"--retriever-config": "retriever_config", "--retriever-set": "retriever_set", "--depth": "depth"}
+
+
+def check_unused_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an option that this command would accept and then ignore: reranker options without a
+    reranker, retriever options without ``--retriever``, ``--split`` with ``--suite``."""
+    if args.reranker is None:
+        given = _given(args, RERANKER_FLAGS)
+        if given:
+            them = "it" if len(given) == 1 else "them"
+            raise ConfigError(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} a reranker and none is "
+                              f"given: add --reranker METHOD --model MODEL (or a trained reranker folder as --model), "
+                              f"or drop {them}")
+    if args.retriever is None:
+        given = _given(args, RETRIEVER_FLAGS)
+        if given:
+            if args.first_stage is not None:
+                why = f"--first-stage {args.first_stage} is read as it is, nothing is retrieved"
+            elif args.suite is not None:
+                why = f"--suite {args.suite} without --retriever reranks each dataset folder's own run"
+            else:
+                why = "they configure the --retriever first stage"
+            raise ConfigError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --retriever NAME: {why}; "
+                              "drop " + ("it" if len(given) == 1 else "them"))
+    if args.reranker is not None and args.depth is not None and args.depth < (args.top_k or TOP_K):
+        raise ConfigError(f"--depth {args.depth} is below --top-k {args.top_k or TOP_K}: the reranker reranks the "
+                          f"first --top-k of the --depth retrieved; give --top-k {args.depth} or a larger --depth")
+    if args.suite is not None and args.split is not None:
+        raise ConfigError(f"--split does not apply to --suite: the suite scores each dataset on its own split (test; "
+                          f"msmarco-dev-bm25-top100: dev); drop --split {args.split}")
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.eval.metrics import DEFAULT_MEASURES
     from rerank.eval.pipeline import EvalConfig, run_eval
@@ -102,14 +154,16 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output)
     if args.log_llm_io is not None:
         check_output_file(args.log_llm_io, "--log-llm-io")
+    record = method_from_model(args)
+    if record is not None and record.get("kind") == "retriever" and args.retriever is None and args.first_stage is None:
+        args.retriever = "dense"  # a trained retriever folder is the dense first stage's model
+    check_unused_options(args)
     for option, path in (("--first-stage", args.first_stage), ("--retriever-config", args.retriever_config)):
         if path is not None:
             check_input_file(path, option)
     ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set,
                             flag="--retriever-set")
-    record = method_from_model(args)
-    if record is not None and record.get("kind") == "retriever" and args.retriever is None and args.first_stage is None:
-        args.retriever = "dense"  # a trained retriever folder is the dense first stage's model
+    backend = args.backend or BACKEND
     model = args.model
     if args.index is not None:
         if args.retriever is None:
@@ -125,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         ropts["model"], model = model, None  # without a reranker, --model is the retriever's model
     if args.suite is None and (args.datasets or args.bright_source or args.long_documents):
         raise ConfigError("--datasets, --bright-source and --long-documents need --suite")
-    check_reranker_model(args.reranker, model, args.backend)
+    check_reranker_model(args.reranker, model, backend)
     options = reranker_options(args)
     if args.reranker is not None:
         check_reranker_options(args.reranker, model, options)
@@ -138,24 +192,24 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         dataset=args.dataset or "",
         output=args.output,
-        split=args.split,
+        split=args.split or SPLIT,
         data_root=args.data_root,
         retriever=args.retriever,
         retriever_options=ropts,
         first_stage=args.first_stage,
         reranker=args.reranker,
         model=model,
-        backend=args.backend,
+        backend=backend,
         reranker_options=options,
-        top_k=args.top_k,
-        depth=args.depth,
+        top_k=args.top_k or TOP_K,
+        depth=args.depth or DEPTH,
         max_queries=args.max_queries,
         measures=tuple(args.measure) if args.measure else DEFAULT_MEASURES,
         rel_level=args.rel_level,
         qrels_duplicates=args.allow_duplicates or "error",
         llm_cache=not args.no_llm_cache,
         log_llm_io=args.log_llm_io,
-        workers=args.workers,
+        workers=args.workers or 1,
         interpolate=args.interpolate,
     )
     if args.suite is not None:

@@ -262,10 +262,32 @@ def reranker_pool(cfg: EvalConfig) -> WorkerPool:
     return WorkerPool(cfg.workers, load_reranker, (cfg,))
 
 
-def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``."""
+def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
+    """Refuse settings of ``cfg`` this run would ignore: the reranker's without a reranker (``has_reranker``: one is
+    named or given), retriever options with a ``first_stage`` run."""
+    if not has_reranker:
+        unused = [name for name, value in (("model", cfg.model), ("reranker_options", cfg.reranker_options),
+                                           ("log_llm_io", cfg.log_llm_io)) if value]
+        unused += ["workers"] if cfg.workers > 1 else []
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} configure a reranker and none is given: set reranker (or pass "
+                              "a loaded one) or leave them unset")
+    if cfg.first_stage is not None and cfg.retriever_options:
+        raise ConfigError(f"retriever_options configure a retriever; the first_stage run {cfg.first_stage} is read as "
+                          "it is: leave them unset")
+
+
+def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``.
+
+    ``reranker``: a loaded reranker to use instead of loading ``cfg.reranker``, or a pool of them
+    (:func:`reranker_pool`, as a suite shares one over its datasets)."""
     if (cfg.retriever is None) == (cfg.first_stage is None):
         raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
+    _check_used(cfg, reranker is not None or cfg.reranker is not None)
+    given_pool = reranker if isinstance(reranker, WorkerPool) else None
+    if given_pool is not None:
+        reranker = None
     if cfg.output and Path(cfg.output).exists() and not Path(cfg.output).is_dir():
         raise ConfigError(f"output {cfg.output} is a file; give a folder")
     t0 = time.perf_counter()
@@ -280,15 +302,15 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | None = None, progress: bool =
     given_run = read_run(cfg.first_stage) if cfg.first_stage is not None else None
     if given_run is not None:
         _check_given_run(given_run, queries, cfg, dataset)
-    if reranker is not None or cfg.reranker is not None:
+    if reranker is not None or given_pool is not None or cfg.reranker is not None:
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0
 
     if cfg.workers > 1 and reranker is not None:
         raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
     with contextlib.ExitStack() as stack:
-        pool: WorkerPool | None = None
-        if cfg.reranker is not None and reranker is None:  # before retrieval: a bad option or model fails in seconds
+        pool = given_pool
+        if cfg.reranker is not None and reranker is None and pool is None:  # before retrieval: a bad option or model fails in seconds
             t = time.perf_counter()
             if cfg.workers > 1:
                 pool = stack.enter_context(reranker_pool(cfg))
@@ -310,7 +332,8 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         first_stage_desc = {"name": "run", "path": str(cfg.first_stage)}
     else:
         retriever: FirstStage = build_retriever(cfg.retriever, dataset, **cfg.retriever_options)  # type: ignore[arg-type]
-        run = retriever.retrieve(queries, k=max(cfg.depth, cfg.top_k))
+        reranking = reranker is not None or pool is not None  # it needs top_k candidates; else depth is the run's
+        run = retriever.retrieve(queries, k=max(cfg.depth, cfg.top_k) if reranking else cfg.depth)
         first_stage_desc = retriever.describe()
     if dataset.info is not None and dataset.info.ignore_identical_ids:
         run = {q: [(d, s) for d, s in lst if d != q] for q, lst in run.items()}

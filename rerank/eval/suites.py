@@ -17,6 +17,7 @@ A suite run without ``--datasets`` evaluates the members it finds and names the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,8 +30,9 @@ from typing import Any
 from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve_dataset
 from rerank.data.registry import DATASETS
 from rerank.errors import ConfigError, DatasetNotFoundError
-from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.eval.pipeline import EvalConfig, load_reranker, reranker_pool, run_eval
 from rerank.heads.base import Reranker
+from rerank.parallel import WorkerPool
 from rerank.utils.files import atomic_write, temp_dir, write_json
 
 __all__ = [
@@ -69,6 +71,7 @@ _DL_SUITE = ("dl19-bm25-top100", "dl20-bm25-top100")
 # run files looked for, in order, in a reranking-form folder when no retriever is given
 RUN_FILES = ("bm25_top100.trec", "run.trec")
 
+SPLIT = "test"  # the split of every suite member but msmarco-dev-bm25-top100 (dev)
 SUITES: dict[str, tuple[str, ...]] = {"beir": _BEIR_SUITE, "bright": BRIGHT_SUBSETS, "dl": _DL_SUITE}
 # extra registered members a suite accepts by name beyond its default list
 _SUITE_EXTRA: dict[str, tuple[str, ...]] = {
@@ -259,7 +262,7 @@ def suite_entries(
                 raise
             skipped.append((n, str(e)))
             continue
-        split = "dev" if n == "msmarco-dev-bm25-top100" else "test"
+        split = "dev" if n == "msmarco-dev-bm25-top100" else SPLIT
         out.append(SuiteEntry(n, ds, split, _find_run_file(ds) if suite == "dl" else None))
     if not out:
         raise DatasetNotFoundError(f"suite {suite!r}: none of its datasets was found; first: {skipped[0][1]}")
@@ -302,27 +305,41 @@ def run_suite(
     long_documents: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``base`` (retriever / reranker settings) on every dataset of ``suite``; writes ``summary.json/.md``."""
+    """Evaluate ``base`` (retriever / reranker settings) on every dataset of ``suite``; writes ``summary.json/.md``.
+
+    The reranker is loaded once for every dataset as ``rerank eval`` loads it (its LLM calls cached and logged as
+    ``base`` says; with ``base.workers`` > 1 in that many processes). Each dataset is scored on its own split, so
+    ``base.split`` must be left at its default."""
     if base.first_stage is not None:
         raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
+    if base.split != SPLIT:
+        raise ConfigError(f"split {base.split!r} does not apply to a suite: it scores each dataset on its own split "
+                          f"(test; msmarco-dev-bm25-top100: dev); leave split unset")
+    if base.retriever is None and base.retriever_options:
+        raise ConfigError("retriever options configure a retriever: without one a suite reranks each dataset "
+                          "folder's own run; give --retriever or drop them")
+    if reranker is not None and base.workers > 1:
+        raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
     missing: list[str] = []
     entries = suite_entries(suite, names, base.data_root, bright_source, long_documents, missing)
     if missing:
         log.warning("suite %s: %s not found under the data root, skipped (name them with --datasets to require them)",
                     suite, ", ".join(missing))
-    if reranker is None and base.reranker is not None:
-        reranker = Reranker.load(base.reranker, model=base.model, backend=base.backend, **base.reranker_options)
     out = Path(output)
     results: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        first_stage = e.first_stage if base.retriever is None else None
-        if base.retriever is None and first_stage is None:
-            raise ConfigError(f"{e.name}: no first-stage run in {e.dataset.root} ({', '.join(RUN_FILES)}); "
-                              f"give --retriever")
-        cfg = replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
-                      output=str(out / e.name.replace("/", "__")))
-        log.info("suite %s: %s", suite, e.name)
-        results[e.name] = run_eval(cfg, reranker=reranker, progress=progress)
+    with contextlib.ExitStack() as stack:
+        shared: Reranker | WorkerPool | None = reranker
+        if reranker is None and base.reranker is not None:  # loaded once for every dataset, as rerank eval loads it
+            shared = stack.enter_context(reranker_pool(base)) if base.workers > 1 else load_reranker(base)
+        for e in entries:
+            first_stage = e.first_stage if base.retriever is None else None
+            if base.retriever is None and first_stage is None:
+                raise ConfigError(f"{e.name}: no first-stage run in {e.dataset.root} ({', '.join(RUN_FILES)}); "
+                                  f"give --retriever")
+            cfg = replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
+                          output=str(out / e.name.replace("/", "__")))
+            log.info("suite %s: %s", suite, e.name)
+            results[e.name] = run_eval(cfg, reranker=shared, progress=progress)
     summary = {"suite": suite, **summarize(results), "missing": missing}
     write_json(summary, out / "summary.json")
     with atomic_write(out / "summary.md") as f:

@@ -16,8 +16,9 @@ __all__ = ["MetricsMiddleware", "BodyLimitMiddleware", "AuthMiddleware", "error_
 
 
 def error_body(message: str, error_type: str) -> dict[str, str]:
-    """Every error's JSON body: ``message`` is the field Cohere clients read, ``error`` TEI's, the same text."""
-    return {"message": message, "error": message, "error_type": error_type}
+    """Every error's JSON body: ``message`` is the field Cohere clients read, ``error`` TEI's, ``detail`` Jina's (and
+    FastAPI's), the same text."""
+    return {"message": message, "error": message, "detail": message, "error_type": error_type}
 
 
 async def send_json(send: Callable, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:

@@ -1,17 +1,18 @@
 """Running the app: uvicorn's h11 protocol with a read deadline and a connection cap, rate-limited logs, workers.
 
 uvicorn closes idle keep-alive connections but has no limit on how long a client may take to send a request, nor on
-how many connections it holds, so clients that open connections and stall (slowloris) pin file descriptors until
-the process cannot accept anyone. :func:`guarded_protocol` adds both: a connection must deliver a whole request
-(headers and body) within ``read_timeout_s`` of its first byte (or of opening), else it is answered 408 and closed;
-above ``max_connections`` open connections (capped below the process's file limit) a new one is answered 503 and
-closed at once. Repeated log lines (a flood of such events) pass at most once per key and interval, with a count of
-those held back. ``workers > 1`` forks that many server processes sharing one listening socket, each with the model
-and its own batching queue.
+how many connections it holds, so clients that open connections and stall (slowloris) pin file descriptors until the
+process cannot accept anyone. :func:`guarded_protocol` adds both: a connection must deliver a whole request (headers
+and body) within ``read_timeout_s`` of its first byte (or of opening), else it is answered 408 and closed; above
+``max_connections`` open connections (capped below the process's file limit) a new one is answered 503 and closed at
+once. Both answers carry the JSON error body every error has, naming the limit. Repeated log lines (a flood of such
+events) pass at most once per key and interval, with a count of those held back. ``workers > 1`` forks that many
+server processes sharing one listening socket, each with the model and its own batching queue.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -27,6 +28,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rerank.serve.config import ServeConfig
+from rerank.serve.middleware import error_body
 
 __all__ = ["RateLimitFilter", "bound_socket", "guarded_protocol", "uvicorn_config", "connection_cap", "serve",
            "install_log_limits"]
@@ -78,20 +80,32 @@ def connection_cap(requested: int) -> int:
     return max(1, min(requested, soft - FD_RESERVE))
 
 
-def _raw_response(status: int, reason: str, extra: bytes = b"") -> bytes:
+def _raw_response(status: int, reason: str, error_type: str, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 error response written straight to the socket (no app involved), with the JSON body every
+    error has (:func:`~rerank.serve.middleware.error_body`) and its length; the connection closes after it."""
+    body = json.dumps(error_body(message, error_type)).encode()
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n".encode()
         + extra
-        + b"content-length: 0\r\n\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
     )
-
-
-_TIMEOUT_408 = _raw_response(408, "Request Timeout")
-_BUSY_503 = _raw_response(503, "Service Unavailable", b"retry-after: 1\r\n")
 
 
 def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a request read deadline and a cap on open connections (see the module doc)."""
+
+    timeout_408 = _raw_response(
+        408, "Request Timeout", "read_timeout",
+        f"the whole request (headers and body) did not arrive within {read_timeout_s:g} s (the server's "
+        "--read-timeout-s)",
+    )
+    busy_503 = _raw_response(
+        503, "Service Unavailable", "too_many_connections",
+        f"too many open connections: this server holds at most {max_connections} (its --max-connections, or fewer "
+        "under a low file limit); retry shortly",
+        b"retry-after: 1\r\n",
+    )
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -99,7 +113,7 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
             self._deadline: Any = None
             if len(self.connections) > max_connections:
                 log.warning("connection refused: %d connections open (the cap)", max_connections)
-                transport.write(_BUSY_503)
+                transport.write(busy_503)
                 transport.close()
                 return
             self._arm()
@@ -137,11 +151,11 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 if not cycle.response_started:
-                    self.transport.write(_TIMEOUT_408)
+                    self.transport.write(timeout_408)
                 cycle.disconnected = True  # the app's receive() answers http.disconnect, its send() is a no-op
                 cycle.message_event.set()
             elif self.conn.our_state is h11.IDLE:
-                self.transport.write(_TIMEOUT_408)
+                self.transport.write(timeout_408)
             self.transport.close()
 
     return GuardedH11Protocol

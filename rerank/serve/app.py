@@ -1,16 +1,19 @@
 """The FastAPI app behind ``rerank serve``: Cohere v1/v2 and TEI ``/rerank`` shapes, health, Prometheus metrics.
 
-Every error answers a JSON body ``{"message", "error", "error_type"}`` (``message`` is Cohere's field, ``error``
-TEI's, the same text) and never a stack trace: 400 malformed JSON (nested too deeply, a number too long), invalid
-UTF-8 or a lone surrogate (the message names where); 401 missing/wrong bearer token (checked on the headers, before
-the body is read); 413 too long text (a query, or a document when truncation is refused) / body too large / too
-many documents for a head that must see them together or for the queue; 415 a body that is not sent as JSON; 422
-invalid request (naming the field); 429 queue full; 500 reranker failure; 503 not ready / shutting down; 504 request
-timeout. A document longer than ``max_doc_chars`` is cut to that many characters (its start, or its end for TEI's
-``truncation_direction: Left``) unless TEI's ``truncate: false`` refuses it; Cohere responses say so in
-``meta.warnings``. ``relevance_score`` (Cohere) and TEI's ``score`` are the head's calibrated relevance in [0, 1]
-(:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_scores: true`` adds (Cohere ``raw_score``) or returns (TEI) the
-head's own score. A request whose client disconnects while it waits is dropped before it is scored.
+Every error answers a JSON body ``{"message", "error", "detail", "error_type"}`` (``message`` is Cohere's field,
+``error`` TEI's, ``detail`` Jina's, the same text) and never a stack trace: 400 malformed JSON (nested too deeply, a
+number too long), invalid UTF-8 or a lone surrogate (the message names where); 401 missing/wrong bearer token
+(checked on the headers, before the body is read); 413 too long text (a query, or a document when truncation is
+refused) / body too large / too many documents for a head that must see them together or for the queue; 415 a body
+that is not sent as JSON; 422 invalid request (naming the field); 429 queue full; 500 reranker failure; 503 not
+ready / shutting down; 504 request timeout. A document longer than ``max_doc_chars`` is cut to that many characters
+(its start, or its end for TEI's ``truncation_direction: Left``) unless TEI's ``truncate: false`` refuses it; Cohere
+responses say so in ``meta.warnings``. ``relevance_score`` (Cohere) and TEI's ``score`` are the head's calibrated
+relevance in [0, 1] (:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_scores: true`` adds (Cohere
+``raw_score``) or returns (TEI) the head's own score. Cohere responses carry Jina's ``usage`` (``prompt_tokens`` =
+``total_tokens``: the query's and the scored passages' tokens under the head's tokenizer,
+:func:`~rerank.serve.documents.token_counter`). A request whose client disconnects while it waits is dropped before
+it is scored.
 """
 
 from __future__ import annotations
@@ -33,9 +36,16 @@ from starlette.requests import ClientDisconnect
 
 from rerank import __version__
 from rerank.heads.base import Reranker
-from rerank.serve.batcher import Batcher, ModelError, QueueFullError, RequestTimeoutError, ServiceClosedError
+from rerank.serve.batcher import (
+    Batcher,
+    ModelError,
+    QueueFullError,
+    RequestTimeoutError,
+    Scored,
+    ServiceClosedError,
+)
 from rerank.serve.config import ServeConfig
-from rerank.serve.documents import Budget, Passages, TextTooLong, make_passages, merge
+from rerank.serve.documents import Budget, Passages, TextTooLong, make_passages, merge, token_counter
 from rerank.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from rerank.serve.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware, error_body
 from rerank.serve.schemas import CohereRerankRequest, TeiRerankRequest
@@ -61,7 +71,7 @@ _NOT_AN_OBJECT = "request body must be a JSON object sent with Content-Type: app
 
 
 class ApiError(Exception):
-    """An error answered as ``{"message", "error", "error_type"}`` with an HTTP status (and optional headers)."""
+    """An error answered as :func:`~rerank.serve.middleware.error_body` with an HTTP status (and optional headers)."""
 
     def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -128,18 +138,61 @@ def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
 
 
 def _validation_message(exc: ValidationError) -> str:
+    """Up to three of pydantic's errors as one line, each naming its field (a validator's message as it wrote it)."""
     errors = exc.errors()
     parts = []
     for e in errors[:3]:
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.get("loc", ())).lstrip(".")
+        cause = e.get("ctx", {}).get("error")
         if e.get("type") == "extra_forbidden":
             parts.append(f"unknown field {loc!r}")
         elif e.get("type") == "missing":
             parts.append(f"{loc}: field required")
+        elif e.get("type") == "value_error" and cause is not None:  # a validator's own words, not pydantic's prefix
+            text = str(cause)
+            parts.append(text if not loc or text.startswith(loc) else f"{loc}: {text}")
         else:
             parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid value')}")
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(parts) + more
+
+
+def model_dtype(reranker: Reranker, described: dict[str, Any]) -> str:
+    """TEI's ``model_dtype`` for ``/info``: ``int8`` for a model run ONNX-quantized; the parameters' dtype of the torch
+    model the head runs in this process (``float32``, ``bfloat16``, ...); the dtype its backend reports as resolved
+    (vLLM); else the head's ``dtype`` option where it names one; else ``unknown`` (llama.cpp, a remote server)."""
+    import torch
+
+    layer: list[Any] = [reranker]
+    for _ in range(4):  # the head's model, its encoder, its backend's model, a cache's inner backend's model
+        found = []
+        for obj in layer:
+            runners = [getattr(obj, "runner", None), *(getattr(obj, "runners", None) or {}).values()]
+            if any(getattr(r, "quantize", "none") == "int8" for r in runners):
+                return "int8"
+            if isinstance(obj, torch.nn.Module):
+                param = next(obj.parameters(), None)
+                if param is not None:
+                    return str(param.dtype).removeprefix("torch.")
+            found += [v for name in ("model", "encoder", "backend", "inner")
+                      if (v := getattr(obj, name, None)) is not None and not isinstance(v, str)]
+        layer = found
+    resolved = _find_key(described, "resolved_dtype")
+    if resolved:
+        return str(resolved).removeprefix("torch.")
+    option = described.get("config", {}).get("dtype")
+    return str(option) if option and option != "auto" else "unknown"
+
+
+def _find_key(value: Any, key: str) -> Any:
+    """The first value of ``key`` in nested dicts (depth first), or None."""
+    if isinstance(value, dict):
+        if value.get(key) is not None:
+            return value[key]
+        for v in value.values():
+            if (hit := _find_key(v, key)) is not None:
+                return hit
+    return None
 
 
 def _cohere_docs(body: CohereRerankRequest) -> list[tuple[str, str]]:
@@ -180,6 +233,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         max_queue=cfg.max_queue,
         max_batch_docs=cfg.max_batch_docs,
         metrics=metrics,
+        count_tokens=token_counter(reranker),
     )
     model_name = cfg.model_name or reranker.describe().get("model") or reranker.method or type(reranker).__name__
     model_header = {"x-model-id": str(model_name).encode("ascii", "replace").decode()}
@@ -256,10 +310,12 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         return job.result()
 
     async def rank(
-        request: Request, query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
-    ) -> tuple[list[tuple[int, float, float]], list[str]]:
-        """``(document index, raw score, relevance)`` best first, for every document; and warnings for the client:
-        documents cut to ``max_doc_chars``, passages past what the head orders (a window head's ``depth``)."""
+        request: Request, query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str,
+        count: bool = False,
+    ) -> tuple[list[tuple[int, float, float]], list[str], int | None]:
+        """``(document index, raw score, relevance)`` best first, for every document; warnings for the client:
+        documents cut to ``max_doc_chars``, passages past what the head orders (a window head's ``depth``); and with
+        ``count``, the tokens of the query and of the passages handed to the head (None where not counted)."""
         if not docs:
             raise ApiError(422, "invalid_request", f"{names} must not be empty")
         limit = cfg.max_doc_chars
@@ -269,7 +325,9 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         if cut:
             metrics.documents_cut.inc(len(cut))
             log.info("cut %d document(s) longer than %d characters (--max-doc-chars) to %d", len(cut), limit, limit)
-        scored, n = await unless_abandoned(request, _passages_and_scores(query, docs, budget, priority, names))
+        scored, n, tokens = await unless_abandoned(
+            request, _passages_and_scores(query, docs, budget, priority, names, count)
+        )
         warnings = [f"{names} {', '.join(map(str, cut))} had more than {limit} characters and were cut to their first "
                     f"{limit} (the server's --max-doc-chars)"] if cut else []
         depth = reranker.ranked_depth()
@@ -278,7 +336,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             warnings.append(f"{n - depth} of {n} {names} (passages) past the first {depth} were not reranked: they "
                             f"follow in their input order ({reranker.method} orders the top {depth}; the server's "
                             f"--reranker-set depth=N ranks more)")  # the head logs it too
-        return scored, warnings
+        return scored, warnings, tokens
 
     def _cut_documents(
         docs: list[tuple[str, str]], budget: Budget, names: str
@@ -303,9 +361,10 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         return out, cut
 
     async def _passages_and_scores(
-        query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str
-    ) -> tuple[list[tuple[int, float, float]], int]:
-        """The scored documents, and how many passages the head was given."""
+        query: str, docs: list[tuple[str, str]], budget: Budget, priority: int, names: str, count: bool
+    ) -> tuple[list[tuple[int, float, float]], int, int | None]:
+        """The scored documents, how many passages the head was given, and (with ``count``) their and the query's
+        tokens."""
         try:
             if budget.needs_tokens:  # the head's tokenizer: on the model thread
                 passages = await batcher.run_in_model_thread(
@@ -317,7 +376,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             raise ApiError(413, "text_too_long", str(e)) from None
         except ServiceClosedError as e:
             raise ApiError(503, "unavailable", str(e)) from None
-        return await _score_parts(query, passages, _parts(passages), priority), len(passages.candidates)
+        scored, tokens = await _score_parts(query, passages, _parts(passages), priority, count)
+        return scored, len(passages.candidates), tokens
 
     def _parts(passages: Passages) -> list[range]:
         n = len(passages.candidates)
@@ -329,8 +389,10 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         return [range(k, min(k + cfg.max_docs, n)) for k in range(0, n, cfg.max_docs)]
 
     async def _score_parts(
-        query: str, passages: Passages, parts: list[range], priority: int
-    ) -> list[tuple[int, float, float]]:
+        query: str, passages: Passages, parts: list[range], priority: int, count: bool
+    ) -> tuple[list[tuple[int, float, float]], int | None]:
+        """Score each part of the passages as its own request; merge them; with ``count``, the tokens of the query
+        (counted with the first part) and of every passage."""
         if len(parts) > cfg.max_queue:  # could never fit: a permanent 413, not a 429 to retry
             raise ApiError(413, "too_many_documents", f"{len(passages.candidates)} documents (passages) need "
                            f"{len(parts)} model calls of {cfg.max_docs}; the queue holds {cfg.max_queue}")
@@ -340,12 +402,16 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             except QueueFullError as e:
                 raise ApiError(429, "overloaded", str(e), {"Retry-After": "1"}) from None
         cands = passages.candidates
-        results = await asyncio.gather(
-            *[_submit(query, [cands[k] for k in part], priority) for part in parts]
+
+        def texts(j: int, part: range) -> list[str] | None:
+            return ([query] if j == 0 else []) + [cands[k].doc.full_text() for k in part] if count else None
+
+        answers = await asyncio.gather(
+            *[_submit(query, [cands[k] for k in part], priority, texts(j, part)) for j, part in enumerate(parts)]
         )
         raw = [0.0] * len(cands)
         rel = [0.0] * len(cands)
-        for part, result in zip(parts, results, strict=True):
+        for part, (result, _) in zip(parts, answers, strict=True):
             if len(result.results) != len(part) or not all(math.isfinite(r.score) for r in result.results):
                 raise ApiError(500, "model_error", "the reranker returned an incomplete or non-finite ranking")
             by_id = {r.doc.id: r.score for r in result.results}
@@ -353,11 +419,13 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             part_rel = reranker.relevance(part_raw)
             for k, r, v in zip(part, part_raw, part_rel, strict=True):
                 raw[k], rel[k] = r, v
-        return merge(passages, raw, rel)
+        counts = [a.tokens for a in answers]
+        tokens = sum(c for c in counts if c is not None) if count and None not in counts else None
+        return merge(passages, raw, rel), tokens
 
-    async def _submit(query: str, cands: list, priority: int) -> Any:
+    async def _submit(query: str, cands: list, priority: int, count: list[str] | None) -> Scored:
         try:
-            return await batcher.submit(query, cands, cfg.timeout_s, priority)
+            return await batcher.submit(query, cands, cfg.timeout_s, priority, count)
         except QueueFullError as e:
             raise ApiError(429, "overloaded", str(e), {"Retry-After": "1"}) from None
         except RequestTimeoutError as e:
@@ -371,7 +439,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         body = await read(request, CohereRerankRequest)
         docs = _cohere_docs(body)
         budget = Budget(max_tokens=body.max_tokens_per_doc, max_chunks=body.max_chunks_per_doc)
-        scored, warnings = await rank(request, body.query, docs, budget, body.priority or 0, "documents")
+        scored, warnings, tokens = await rank(request, body.query, docs, budget, body.priority or 0, "documents",
+                                              count=True)
         ranked = scored if body.top_n is None else scored[: body.top_n]
         out = []
         for i, raw, rel in ranked:
@@ -392,9 +461,10 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         }
         if warnings:
             meta["warnings"] = warnings
-        return JSONResponse(
-            {"id": str(uuid.uuid4()), "results": out, "meta": meta, "model": model_name}, headers=model_header
-        )
+        answer: dict[str, Any] = {"id": str(uuid.uuid4()), "results": out, "meta": meta, "model": model_name}
+        if tokens is not None:  # Jina's and Infinity's field (their clients read it); Cohere's SDKs ignore it
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(answer, headers=model_header)
 
     @app.post("/v1/rerank")
     async def rerank_v1(request: Request) -> JSONResponse:
@@ -412,7 +482,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         body = await read(request, TeiRerankRequest)
         keep = "end" if (body.truncation_direction or "right").lower() == "left" else "start"
         budget = Budget(keep=keep, truncate=body.truncate is not False)
-        scored, _ = await rank(request, body.query, [(t, "") for t in body.texts], budget, 0, "texts")
+        scored, _, _ = await rank(request, body.query, [(t, "") for t in body.texts], budget, 0, "texts")
         out = []
         for i, raw, rel in scored if body.top_n is None else scored[: body.top_n]:
             entry: dict[str, Any] = {"index": i, "score": raw if body.raw_scores else rel}
@@ -430,7 +500,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             {
                 "model_id": model_name,
                 "model_sha": None,
-                "model_dtype": str(described.get("config", {}).get("dtype", "float32")),
+                "model_dtype": model_dtype(reranker, described),
                 "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
                 "max_concurrent_requests": cfg.max_queue,
                 "max_input_length": limit,  # tokens of a document the head reads; null: it has no such limit
@@ -444,7 +514,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             headers=model_header,
         )
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         """Liveness and readiness (unauthenticated, for load balancers): 200 while the batcher runs, else 503. It names
         no model (``/info`` does, behind the key)."""

@@ -4,8 +4,11 @@ One asyncio task collects pending requests (up to ``max_batch_size`` requests an
 waiting at most ``max_wait_s`` after the oldest one arrived) and runs the model in a single worker thread, so the
 event loop keeps answering ``/health``, ``/metrics`` and new requests while the model computes. Requests that pile
 up while the model is busy form the next batch, lowest ``priority`` first (Cohere's: 0 is the highest), then in
-arrival order. The number of accepted, unanswered requests is bounded by ``max_queue``. A request whose caller stops waiting (its client disconnected, or its
-timeout passed) leaves the queue at once, so abandoned work is never scored.
+arrival order. The number of accepted, unanswered requests is bounded by ``max_queue``. A request whose caller stops
+waiting (its client disconnected, or its timeout passed) leaves the queue at once, so abandoned work is never scored.
+A request may ask for texts' tokens to be counted (a response's ``usage``): they are counted on the model thread, in
+the same job as its batch, since the head's tokenizer is not safe to share and a separate job would queue behind the
+next batch.
 """
 
 from __future__ import annotations
@@ -14,20 +17,22 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from rerank.heads.base import Reranker
 from rerank.serve.metrics import ServeMetrics
 from rerank.types import Candidate, Query, RankedResult
 
-__all__ = ["Batcher", "QueueFullError", "RequestTimeoutError", "ServiceClosedError", "ModelError"]
+__all__ = ["Batcher", "ModelError", "QueueFullError", "RequestTimeoutError", "Scored", "ServiceClosedError",
+           "TokenCounter"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SEQ = itertools.count()
+TokenCounter = Callable[[Sequence[str]], list[int]]
 
 
 class QueueFullError(Exception):
@@ -46,12 +51,20 @@ class ModelError(Exception):
     """The reranker raised while scoring this request."""
 
 
+class Scored(NamedTuple):
+    """A request's ranking and the tokens of the texts it asked to count (None: none asked, or counting failed)."""
+
+    result: RankedResult
+    tokens: int | None
+
+
 @dataclass(eq=False)
 class _Item:
     query: str
     candidates: list[Candidate]
     future: asyncio.Future
     priority: int = 0
+    count: Sequence[str] | None = None
     arrived: float = field(default_factory=time.monotonic)
     seq: int = field(default_factory=lambda: next(_SEQ))
 
@@ -68,8 +81,10 @@ class Batcher:
         max_queue: int = 256,
         max_batch_docs: int = 1024,
         metrics: ServeMetrics | None = None,
+        count_tokens: TokenCounter | None = None,
     ) -> None:
         self.reranker = reranker
+        self.count_tokens = count_tokens
         self.max_batch_size = max_batch_size
         self.max_batch_docs = max_batch_docs
         self.max_wait_s = max_wait_s
@@ -125,14 +140,16 @@ class Batcher:
             raise QueueFullError(f"queue is full ({self.max_queue} requests in flight)")
 
     async def submit(
-        self, query: str, candidates: list[Candidate], timeout_s: float, priority: int = 0
-    ) -> RankedResult:
-        """Rank ``candidates`` for ``query`` in a coming batch; raises on a full queue, timeout or model error.
-        Cancelling the caller (a disconnected client) takes the request out of the queue."""
+        self, query: str, candidates: list[Candidate], timeout_s: float, priority: int = 0,
+        count: Sequence[str] | None = None,
+    ) -> Scored:
+        """Rank ``candidates`` for ``query`` in a coming batch, and count the tokens of the texts ``count`` (with the
+        ``count_tokens`` the batcher was given); raises on a full queue, timeout or model error. Cancelling the
+        caller (a disconnected client) takes the request out of the queue."""
         if not self.running or self._wakeup is None:
             raise ServiceClosedError("server is not accepting requests")
         self.check_capacity()
-        item = _Item(query, candidates, asyncio.get_running_loop().create_future(), priority)
+        item = _Item(query, candidates, asyncio.get_running_loop().create_future(), priority, count)
         self._in_flight += 1
         self._gauge()
         self._pending.append(item)
@@ -208,9 +225,31 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result(result)
 
-    def _score(self, batch: list[_Item]) -> list[RankedResult]:
+    def _score(self, batch: list[_Item]) -> list[Scored]:
         queries = [Query(str(i), it.query) for i, it in enumerate(batch)]
-        return self.reranker.rerank_batch(queries, [it.candidates for it in batch])
+        results = self.reranker.rerank_batch(queries, [it.candidates for it in batch])
+        return [Scored(r, t) for r, t in zip(results, self._tokens(batch), strict=True)]
+
+    def _tokens(self, batch: list[_Item]) -> list[int | None]:
+        """Per request, the tokens of its ``count`` texts, in one tokenizer call for the batch; None for a request
+        that asked for none, and for all where counting fails (logged: a count must not fail a scored request)."""
+        texts = [t for it in batch if it.count is not None for t in it.count]
+        if self.count_tokens is None or not any(it.count is not None for it in batch):
+            return [None] * len(batch)
+        try:
+            counts = self.count_tokens(texts) if texts else []
+        except Exception as e:  # noqa: BLE001 - the ranking stands; the response goes without a usage count
+            log.warning("token count failed (%s: %s); responses go without usage", type(e).__name__, e)
+            return [None] * len(batch)
+        out: list[int | None] = []
+        k = 0
+        for it in batch:
+            if it.count is None:
+                out.append(None)
+                continue
+            out.append(sum(counts[k : k + len(it.count)]))
+            k += len(it.count)
+        return out
 
     def _observe(self, batch: list[_Item], seconds: float) -> None:
         if self.metrics is not None:

@@ -6,19 +6,21 @@ windows of what the head reads (Cohere ``max_chunks_per_doc``; the document scor
 does). Tokens are the head's own tokenizer's (``reranker.tokenizer`` when it is a fast tokenizer, which gives
 character offsets), else whitespace-separated words. Passages beyond the server's per-call limit are scored in parts
 when the head's scores are independent of the list (``Reranker.independent_scores``) and merged by score.
+:func:`token_counter` counts texts' tokens for a response's ``usage``: the head's tokenizer's tokens (any Hugging Face
+tokenizer, no special tokens), else whitespace-separated words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rerank.heads.base import Reranker
 from rerank.heads.text import token_spans
 from rerank.types import Candidate, Document
 
-__all__ = ["Budget", "Passages", "TextTooLong", "make_passages", "merge"]
+__all__ = ["Budget", "Passages", "TextTooLong", "make_passages", "merge", "token_counter"]
 
 
 class TextTooLong(ValueError):
@@ -92,3 +94,23 @@ def merge(passages: Passages, raw: Sequence[float], relevance: Sequence[float]) 
             best[i] = (raw[k], relevance[k])
     scored = [(i, b[0], b[1]) for i, b in enumerate(best) if b is not None]
     return sorted(scored, key=lambda t: -t[1])
+
+
+def token_counter(reranker: Reranker) -> Callable[[Sequence[str]], list[int]]:
+    """A function counting each text's tokens as the head's tokenizer does (no special tokens), or its
+    whitespace-separated words for a head without a tokenizer (``remote``). Call it where the tokenizer may be used
+    (the model thread)."""
+    try:
+        tokenizer: Any = getattr(reranker, "tokenizer", None)
+    except Exception:  # noqa: BLE001 - a head whose tokenizer cannot be had counts words
+        tokenizer = None
+    if tokenizer is None or not callable(tokenizer):
+        return lambda texts: [len(token_spans(None, t)) for t in texts]
+
+    def count(texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    return count

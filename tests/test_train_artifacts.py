@@ -74,7 +74,8 @@ def test_cross_encoder_sft_artifacts(tmp_path: Path, tmp_path_factory: pytest.Te
     body = check_card(out / "model", "cross-encoder", "sentence-transformers", "text-ranking", evaluated=True)
     assert "t.jsonl" in body and "CrossEncoder(" in body
     record = json.loads((out / "model" / "rerank.json").read_text())
-    assert (record["method"], record["kind"], record["options"]) == ("cross-encoder", "reranker", {"max_length": 64})
+    assert (record["method"], record["kind"], record["options"]) == (  # the query cut it trained with, as it loads
+        "cross-encoder", "reranker", {"max_length": 64, "max_query_tokens": 256})
     pairs = [("what causes rain", "warm moist air rises"), ("what causes rain", "the bank raised rates")]
     ours = Reranker.load(str(out / "model"))
     st = CrossEncoder(str(out / "model"), device="cpu")

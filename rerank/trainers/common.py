@@ -8,6 +8,7 @@ written to ``OUTPUT/model``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -26,9 +27,11 @@ __all__ = [
     "LoraOptions",
     "TrainSchedule",
     "check_dev_split",
+    "check_negatives_per_positive",
     "check_renamed_keys",
     "check_safetensors",
     "cpu_only",
+    "option_default",
     "training_kwargs",
 ]
 
@@ -55,7 +58,7 @@ class TrainSchedule:
     """The schedule every ``rerank train`` trainer takes: steps, optimiser, checkpoints, evaluation, devices.
 
     ``batch_size`` is per device (the global batch is batch_size x processes x grad_accum); ``max_steps`` -1 trains
-    ``epochs`` epochs; ``eval_steps`` 0 evaluates never (no model selection, the last step is kept), else it must
+    ``epochs`` epochs (``max_steps`` > 0 sets the schedule and ``epochs`` is not used, as in transformers); ``eval_steps`` 0 evaluates never (no model selection, the last step is kept), else it must
     equal ``save_steps`` so the best checkpoint can be kept; ``use_cpu`` unset = when no GPU is visible.
     """
 
@@ -121,6 +124,16 @@ def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -
                               "vocabulary for every trainer)")
 
 
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default value (its factory's product for a mutable one)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def option_default(obj: Any, name: str) -> Any:
+    """The dataclass default of ``obj``'s field ``name`` (the config class's own, which a subclass may change)."""
+    return _field_default(next(f for f in dataclasses.fields(obj) if f.name == name))
+
+
 @dataclass
 class LoraOptions:
     """PEFT LoRA: merged into the saved model (``model/``), the adapter kept beside it in ``adapter/``."""
@@ -132,7 +145,13 @@ class LoraOptions:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def __post_init__(self) -> None:
-        """Values peft would refuse only after the model loaded (or not at all: a dropout of 1 zeroes every update)."""
+        """Values peft would refuse only after the model loaded (or not at all: a dropout of 1 zeroes every update),
+        and LoRA settings given while ``enabled`` is false (nothing reads them: the model is fine-tuned in full)."""
+        if not self.enabled:
+            for f in dataclasses.fields(self):
+                if f.name != "enabled" and getattr(self, f.name) != _field_default(f):
+                    raise ConfigError(f"lora.{f.name} is set but lora.enabled is false (the model is fine-tuned in "
+                                      f"full and no LoRA option is read): set lora.enabled: true, or drop lora.{f.name}")
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -152,14 +171,16 @@ class LoraOptions:
 @dataclass
 class CommonTrainConfig(TrainSchedule):
     """Fields shared by ``sft`` and ``grpo``; ``head`` is the reranker method trained (its task: prompts, targets,
-    parser, rewards)."""
+    parser, rewards). ``max_query_tokens`` unset: 32, or for the cross-encoder its inference head's own default (the
+    query is cut as that head cuts it). ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to
+    select on), else 0 (every query trains)."""
 
     model: str = ""
     head: str = "erank"
     data: DataConfig = field(default_factory=lambda: DataConfig(path="-"))
     template: str = ""
     max_doc_tokens: int = 64
-    max_query_tokens: int = 32
+    max_query_tokens: int | None = None
     window: int = 10
     window_order: Literal["shuffled", "first_stage"] = "shuffled"  # see Task.windows
     max_length: int = 1024
@@ -180,10 +201,42 @@ class CommonTrainConfig(TrainSchedule):
                                       f"{self.head!r}")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
+        if self.max_query_tokens is None:
+            self.max_query_tokens = _query_tokens_default(self.head)
+        for name in ("max_doc_tokens", "max_query_tokens"):  # a cut to <= 0 tokens drops the text
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data.dev_fraction is None:
+            self.data.dev_fraction = 0.1 if self.eval_steps > 0 else 0.0
+        elif self.data.dev_fraction > 0 and self.eval_steps == 0:
+            raise ConfigError(f"data.dev_fraction {self.data.dev_fraction} holds queries out for model selection, but "
+                              "eval_steps is 0 (no selection, the last step is kept): they would never be used; set "
+                              "eval_steps (equal to save_steps) to select on them, or data.dev_fraction: 0 (or leave "
+                              "it unset) to train on every query")
         if self.eval_steps > 0 and self.data.dev_fraction == 0:
             raise ConfigError(f"eval_steps {self.eval_steps} selects the model on the dev split, but "
                               "data.dev_fraction is 0 (no dev split): set data.dev_fraction > 0, or eval_steps: 0 to "
                               "keep the last step")
+
+
+def _query_tokens_default(head: str) -> int:
+    """The ``max_query_tokens`` of an unset option: the cross-encoder's inference head's own (it cuts the query, the
+    pair's ``max_length`` bounds the rest; before the option was read, training cut no query), else 32."""
+    if head == "cross-encoder":
+        from rerank.methods.cross_encoder.head import CrossEncoderConfig
+
+        return int(CrossEncoderConfig.max_query_tokens)
+    return 32
+
+
+def check_negatives_per_positive(cfg: CommonTrainConfig, reads: bool, what: str) -> None:
+    """``data.negatives_per_positive`` with ``data.path``: a value other than its default where nothing reads it (the
+    examples are used as the file holds them; with ``beir`` it also sets how many negatives are mined) is an error."""
+    data = cfg.data
+    if data.path and not reads and data.negatives_per_positive != option_default(data, "negatives_per_positive"):
+        raise ConfigError(f"data.negatives_per_positive is not read by {what} with data.path (the candidates are used "
+                          "as the file lists them; it is read by the cross-encoder's losses mnrl and margin-mse, by "
+                          "duot5, and when building from data.beir): drop it")
 
 
 def check_dev_split(cfg: TrainSchedule, dev: list[Any]) -> None:
@@ -222,6 +275,8 @@ def cpu_has_native_bf16() -> bool:
 def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str, Any]:
     """TrainingArguments keywords for ``cfg``: schedule, checkpoints, evaluation on dev, devices, reporting."""
     cpu = cpu_only(cfg)
+    if cfg.max_steps > 0 and cfg.epochs != option_default(cfg, "epochs"):
+        log.warning("max_steps %d sets the schedule; epochs %s is not used", cfg.max_steps, cfg.epochs)
     if cpu and cfg.bf16 and not cpu_has_native_bf16():
         log.warning("bf16 on this CPU (no avx512_bf16 or AMX) emulates bfloat16 arithmetic: training runs many times "
                     "slower than in float32 (a MiniLM cross-encoder: ~10x the CPU time on an AVX2 CPU); "

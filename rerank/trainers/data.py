@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
+    "BEIR_ONLY",
     "DataConfig",
     "build_from_beir",
     "has_content",
@@ -39,9 +40,15 @@ _KNOWN = {"qid", "query", "candidates", "labels", *_OPTIONAL}
 _CANDIDATE_KEYS = ("id", "text", "title", "score")
 
 
+#: the options that build examples from a BEIR dataset (``beir``); a file (``path``) is used as it is
+BEIR_ONLY = ("split", "bm25_depth", "max_candidates", "negatives")
+
+
 @dataclass
 class DataConfig:
-    """Where training examples come from: a file/HF dataset (``path``) or a BEIR dataset built inline (``beir``)."""
+    """Where training examples come from: a file/HF dataset (``path``) or a BEIR dataset built inline (``beir``:
+    ``split``, ``bm25_depth``, ``max_candidates``, ``negatives`` and ``negatives_per_positive`` say how).
+    ``dev_fraction`` unset (None) is decided by the trainer's config: 0.1 with ``eval_steps`` > 0, else 0."""
 
     path: str = ""
     beir: str = ""
@@ -51,15 +58,23 @@ class DataConfig:
     max_candidates: int = 20
     max_queries: int | None = None
     negatives: Literal["top", "random"] = "top"
-    dev_fraction: float = 0.1
+    dev_fraction: float | None = None
     dev_max: int | None = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
         if bool(self.path) == bool(self.beir):
             raise ConfigError("data: give exactly one of 'path' (JSONL / HF dataset) or 'beir' (dataset to build from)")
-        if not 0.0 <= self.dev_fraction < 1.0:
+        if self.dev_fraction is not None and not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if self.path:
+            defaults = {f.name: f.default for f in fields(self)}
+            for name in BEIR_ONLY:
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(f"data.{name} is an option of data.beir (building examples from a BEIR "
+                                      f"dataset); data.path's examples are used as the file holds them: drop "
+                                      f"data.{name} (on the command line, replace the whole block: "
+                                      f"--set 'data={{path: {self.path}}}')")
         if self.negatives not in ("top", "random"):
             raise ConfigError(f"data.negatives must be 'top' or 'random', got {self.negatives!r}")
         if self.negatives_per_positive < 0 or self.bm25_depth < 1 or self.max_candidates < 2:
@@ -266,7 +281,7 @@ def load_training_data(cfg: DataConfig, data_root: str | None = None
     else:
         examples = build_from_beir(cfg.beir, data_root, cfg.split, cfg.negatives_per_positive, cfg.bm25_depth,
                                    cfg.max_candidates, cfg.max_queries, cfg.seed, cfg.negatives)
-    return split_dev(examples, cfg.dev_fraction, cfg.seed, cfg.dev_max)
+    return split_dev(examples, cfg.dev_fraction or 0.0, cfg.seed, cfg.dev_max)
 
 
 def teacher_order(example: Mapping[str, Any]) -> list[int]:

@@ -3,7 +3,8 @@
 The method's task turns each training example into prompts (ERank and yes-no: one per document; listwise, FIRST
 and GroupRank: one per window / group) plus the state the reward needs, and scores completions with the method's
 reward (``rerank/methods/<name>/reward.py``); a completion that cannot be parsed earns the format penalty, never an
-exception.
+exception. Prompts longer than ``max_length`` tokens are dropped before the model loads (a warning gives the count; none
+left is an error), as SFT drops its too-long examples.
 Defaults follow ANCHORS.md: ERank G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank 8 rollouts, lr 1e-5, β=0.001,
 temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major (queries shuffled
 once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a
@@ -19,18 +20,28 @@ first-identifier logits instead of generated text (:class:`rerank.methods.first.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import CommonTrainConfig, check_dev_split, cpu_only, training_kwargs
+from rerank.trainers.common import (
+    CommonTrainConfig,
+    check_dev_split,
+    check_negatives_per_positive,
+    cpu_only,
+    option_default,
+    training_kwargs,
+)
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
-from rerank.trainers.sft_trainer import load_causal_lm, save_final, selection_metrics
+from rerank.trainers.sft_trainer import load_causal_lm, load_tokenizer, save_final, selection_metrics
 
-__all__ = ["GRPOTrainConfig", "GRPOTrainer", "reward_function"]
+__all__ = ["GRPOTrainConfig", "GRPOTrainer", "check_reward_options", "fit_prompts", "reward_function"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +83,17 @@ class GRPOTrainConfig(CommonTrainConfig):
                 raise ConfigError("rollout 'plackett-luce' samples FIRST's first-identifier ranking; it needs head 'first'")
             if self.use_vllm:
                 raise ConfigError("rollout 'plackett-luce' scores prompts with the training model; use_vllm does not apply")
+            if self.top_p != option_default(self, "top_p"):
+                raise ConfigError("top_p is not read by rollout 'plackett-luce' (it samples the whole ranking from the "
+                                  "first-identifier logits / temperature): drop top_p, or set temperature")
+            if self.max_completion_length != option_default(self, "max_completion_length"):
+                raise ConfigError("max_completion_length is not read by rollout 'plackett-luce' (each rollout is a "
+                                  "whole permutation of the window, never generated or cut): drop it")
+        if not self.use_vllm and self.vllm_mode != option_default(self, "vllm_mode"):
+            raise ConfigError("vllm_mode is an option of use_vllm: true (with use_vllm false transformers generates): "
+                              "set use_vllm: true, or drop vllm_mode")
+        check_reward_options(self.head, self.rewards)
+        check_negatives_per_positive(self, False, "grpo")
         if self.num_iterations < 1:
             raise ConfigError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not 0 < self.epsilon < 1:
@@ -83,6 +105,34 @@ class GRPOTrainConfig(CommonTrainConfig):
                               f"({self.num_generations})")
 
 
+def check_reward_options(head: str, rewards: RewardConfig) -> None:
+    """A ``rewards`` option the head's reward does not read (its task's ``reward_fields``, declared beside the reward
+    code), set to other than its default, is an error listing the options that head does read."""
+    from rerank.methods import get_method, resolve
+
+    read = resolve(get_method(head).task).reward_fields  # type: ignore[arg-type]
+    for f in fields(rewards):
+        if f.name not in read and getattr(rewards, f.name) != f.default:
+            raise ConfigError(f"rewards.{f.name} is not read by the reward of head {head!r} (it reads "
+                              f"{', '.join(sorted(read))}): drop rewards.{f.name}")
+
+
+def fit_prompts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, split: str) -> list[dict[str, Any]]:
+    """The rows whose prompt fits ``max_length`` tokens (counted as TRL tokenises a prompt); those longer are dropped
+    with a warning giving the count (as SFT drops its too-long examples), and none left is an error."""
+    if not rows:
+        return rows
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows])["input_ids"]]
+    kept = [r for r, n in zip(rows, lengths, strict=True) if n <= max_length]
+    if not kept:
+        raise ConfigError(f"every {split} prompt is longer than max_length={max_length} tokens (the longest has "
+                          f"{max(lengths)}): raise max_length, or lower max_doc_tokens / max_query_tokens / the window")
+    if len(kept) < len(rows):
+        log.warning("%d of %d %s prompts are longer than max_length=%d tokens and were dropped",
+                    len(rows) - len(kept), len(rows), split, max_length)
+    return kept
+
+
 def reward_function(task: Any, columns: list[str]) -> Any:
     """A TRL reward function: rebuilds each completion's row from the dataset columns and asks the task."""
 
@@ -92,7 +142,7 @@ def reward_function(task: Any, columns: list[str]) -> Any:
         try:
             return [float(r) for r in task.rewards(texts, rows)]
         except Exception:  # noqa: BLE001 - never stop a run on a reward bug in one batch: penalise and go on
-            return [float(task.reward_config.bad_format_penalty)] * len(texts)
+            return [float(task.failure_reward())] * len(texts)
 
     return ranking_reward
 
@@ -122,10 +172,12 @@ class GRPOTrainer:
                               "leave it false to generate with transformers")
         train, dev = load_training_data(config.data, ctx.data_root)
         check_dev_split(config, dev)
-        model, tok = load_causal_lm(config.model, cpu_only(config))
+        tok = load_tokenizer(config.model)
         task = build_task(config.head, tok, config)
-        rows = grpo_rows(task, train, config.seed)
+        rows = fit_prompts(grpo_rows(task, train, config.seed), tok, config.max_length, "training")
         dev_rows = grpo_rows(task, dev, config.seed) if dev and config.eval_steps > 0 else []
+        dev_rows = fit_prompts(dev_rows, tok, config.max_length, "dev")
+        model, tok = load_causal_lm(config.model, cpu_only(config), tokenizer=tok)
         task.prepare_grpo_rows(model, rows + dev_rows)
         columns = [k for k in rows[0] if k != "prompt"]
         kw = training_kwargs(config, ctx.output, has_dev=bool(dev_rows))

@@ -19,12 +19,18 @@ from typing import Any
 
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import CommonTrainConfig, check_dev_split, training_kwargs
+from rerank.trainers.common import (
+    CommonTrainConfig,
+    check_dev_split,
+    check_negatives_per_positive,
+    option_default,
+    training_kwargs,
+)
 from rerank.trainers.data import load_training_data
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SFTTrainConfig", "SFTTrainer", "load_causal_lm", "save_final"]
+__all__ = ["SFTTrainConfig", "SFTTrainer", "load_causal_lm", "load_tokenizer", "save_final"]
 
 
 @dataclass
@@ -91,20 +97,51 @@ class SFTTrainConfig(CommonTrainConfig):
                               f"not {self.loss!r}")
         if self.reasoning and self.head != "erank":
             raise ConfigError("reasoning (reasoning targets) is an option of head 'erank' only")
+        self._check_head_options()
+        # read with data.path by: the contrastive / margin losses' rows (cross-encoder), duoT5's pairs
+        check_negatives_per_positive(self, self.head == "duot5" or self.loss in ("mnrl", "margin-mse"),
+                                     f"head {self.head!r} with loss {self.loss!r}")
+
+    def _check_head_options(self) -> None:
+        """Options this head's SFT does not read, set to other than their defaults, are errors saying what bounds its
+        input instead (a cross-encoder has no prompt and cuts the pair to ``max_length``; monoT5 / duoT5 cut the query
+        and each document to ``max_query_tokens`` / ``max_doc_tokens``)."""
+        if self.head == "cross-encoder":
+            if self.template:
+                raise ConfigError("template is not an option of head 'cross-encoder': it reads the (query, document) "
+                                  "pair, with no prompt; drop template")
+            if self.max_doc_tokens != option_default(self, "max_doc_tokens"):
+                raise ConfigError("max_doc_tokens is not an option of head 'cross-encoder': the document is cut with "
+                                  "the pair to max_length tokens (the query first to max_query_tokens); drop "
+                                  "max_doc_tokens, or set max_length")
+        if self.head in ("monot5", "duot5") and self.max_length != option_default(self, "max_length"):
+            raise ConfigError(f"max_length is not an option of head {self.head!r}: its input is bounded by "
+                              "max_query_tokens and max_doc_tokens (the query and each document are cut to them); "
+                              "drop max_length")
 
 
-def load_causal_lm(path: str, cpu: bool) -> tuple[Any, Any]:
-    """The model and tokenizer of a starting point (safetensors, no remote code; float32 on CPU)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of a starting point (no remote code; its EOS pads when it has no pad token)."""
+    from transformers import AutoTokenizer
 
     from rerank.models import resolve_model_path
 
-    path = resolve_model_path(path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if cpu else "auto",
+    return tok
+
+
+def load_causal_lm(path: str, cpu: bool, tokenizer: Any = None) -> tuple[Any, Any]:
+    """The model and tokenizer of a starting point (safetensors, no remote code; float32 on CPU); ``tokenizer``: one
+    already loaded with :func:`load_tokenizer` (so a trainer can check its prompts before the model loads)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rerank.models import resolve_model_path
+
+    tok = tokenizer if tokenizer is not None else load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch.float32 if cpu else "auto",
                                                  trust_remote_code=False, use_safetensors=True)
     return model, tok
 

@@ -44,10 +44,13 @@ def target_scores(example: dict[str, Any]) -> list[int]:
 class Task:
     """Shared plumbing: the method's head (prompt rendering), example -> query / candidates, seeded windows.
 
-    Subclasses set ``method`` (the registered method name) and implement the row builders, parser and rewards.
+    Subclasses set ``method`` (the registered method name) and implement the row builders, parser and rewards, and
+    declare in ``reward_fields`` the :class:`RewardConfig` options their reward reads (beside the reward code): a GRPO
+    config setting any other is refused.
     """
 
     method: ClassVar[str] = ""
+    reward_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         from rerank.heads.registry import get_reranker_class
@@ -129,6 +132,11 @@ class Task:
     def max_completion_tokens(self) -> int:
         """A bound on a well-formed completion's length in tokens (the GRPO generation cap)."""
         raise NotImplementedError
+
+    def failure_reward(self) -> float:
+        """The reward of a batch whose reward raised (a bug, never a completion's fault): the method's penalty for an
+        unreadable completion."""
+        return float(self.reward_config.bad_format_penalty)
 
     def prepare_grpo_rows(self, model: Any, rows: list[dict[str, Any]]) -> None:
         """Fill GRPO row state that needs the starting model (ERank's reference scores); most methods need none."""

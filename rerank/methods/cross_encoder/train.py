@@ -6,7 +6,8 @@ per positive with ``data.negatives_per_positive`` of its query's negatives, soft
 those hard negatives and ``in_batch_negatives`` other rows' documents (default 4), scores as sigmoid x 10, the
 library's defaults; the localized contrastive estimation of Gao et al. 2021, plus in-batch negatives when > 0).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
-learns to rank (docs/results.md). Model selection keeps the checkpoint with the best dev nDCG@10 (from
+learns to rank (docs/results.md). Queries are cut to ``max_query_tokens`` by the inference head's own rule (and
+recorded in ``rerank.json``), so the pairs trained on are the pairs scored. Model selection keeps the checkpoint with the best dev nDCG@10 (from
 sentence-transformers' reranking evaluator over the dev queries' candidates). ``OUTPUT/model`` is a plain
 ``AutoModelForSequenceClassification`` folder (one label, ``rerank.json`` and a model card beside the weights) that
 ``Reranker.load`` and sentence-transformers' ``CrossEncoder`` load.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["DISTILL_LOSSES", "train_cross_encoder"]
+__all__ = ["DISTILL_LOSSES", "PairTexts", "train_cross_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +36,33 @@ log = logging.getLogger(__name__)
 DISTILL_LOSSES = ("margin-mse", "listwise-kl")
 
 
-def _clean(text: str, tokenizer: Any) -> str:
-    """``text`` as inference feeds it to the model: special-token strings defanged (``tokenizer`` None: as given)."""
-    return neutralise(text, tokenizer) if tokenizer is not None else text
+class PairTexts:
+    """Queries and documents as the inference head puts them in its pairs: special-token strings neutralised, the
+    query cut to ``max_query_tokens`` tokens by the head's own ``query_text`` (what training reads is what inference
+    reads; the pair is then cut to ``max_length`` by the same ``longest_first`` rule)."""
+
+    def __init__(self, tokenizer: Any, max_query_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.config = SimpleNamespace(max_query_tokens=max_query_tokens)  # what the head's query_text reads
+
+    def query(self, text: str) -> str:
+        from rerank.methods.cross_encoder.head import CrossEncoderReranker
+
+        return CrossEncoderReranker.query_text(self, text)  # type: ignore[arg-type]
+
+    def document(self, text: str) -> str:
+        return neutralise(text, self.tokenizer)
 
 
-def _text(c: dict[str, Any], tokenizer: Any = None) -> str:
+def _query(text: str, texts: PairTexts | None) -> str:
+    """A query as the pair holds it (``texts`` None: as given)."""
+    return texts.query(text) if texts is not None else text
+
+
+def _text(c: dict[str, Any], texts: PairTexts | None = None) -> str:
     """A candidate as the scored pair holds it: ``title\ntext`` (the document's ``full_text``), neutralised."""
-    return _clean(f"{c['title']}\n{c['text']}" if c.get("title") else c["text"], tokenizer)
+    doc = f"{c['title']}\n{c['text']}" if c.get("title") else c["text"]
+    return texts.document(doc) if texts is not None else doc
 
 
 def skipped_queries(examples: list[dict[str, Any]], loss: str) -> dict[str, int]:
@@ -56,24 +77,24 @@ def skipped_queries(examples: list[dict[str, Any]], loss: str) -> dict[str, int]
     return {}
 
 
-def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int, tokenizer: Any = None
+def _contrastive_rows(examples: list[dict[str, Any]], n_neg: int, seed: int, texts: PairTexts | None = None
                       ) -> list[dict[str, str]]:
     """One row per positive: the query, the positive and ``n_neg`` of its query's negatives (seeded draw).
 
     A query with fewer negatives than ``n_neg`` repeats some (drawn with replacement); one with none, or with no
-    positive, gives no rows (counted by :func:`skipped_queries`). Texts are neutralised with ``tokenizer``.
+    positive, gives no rows (counted by :func:`skipped_queries`). Texts as ``texts`` puts them in the pairs.
     """
     rng = random.Random(seed)
     rows = []
     for e in examples:
         pos = [c for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
-        neg = [_text(c, tokenizer) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
+        neg = [_text(c, texts) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
         if not neg:
             continue
-        query = _clean(e["query"], tokenizer)
+        query = _query(e["query"], texts)
         for p in pos:
             drawn = rng.sample(neg, n_neg) if len(neg) >= n_neg else [rng.choice(neg) for _ in range(n_neg)]
-            rows.append({"query": query, "positive": _text(p, tokenizer),
+            rows.append({"query": query, "positive": _text(p, texts),
                          **{f"negative_{i + 1}": d for i, d in enumerate(drawn)}})
     return rows
 
@@ -95,19 +116,19 @@ def _group(e: dict[str, Any], size: int, rng: random.Random) -> list[int]:
 
 
 def _distill_rows(examples: list[dict[str, Any]], loss: str, n_neg: int, size: int, temperature: float,
-                  bonus: float, seed: int, tokenizer: Any = None) -> list[dict[str, Any]]:
+                  bonus: float, seed: int, texts: PairTexts | None = None) -> list[dict[str, Any]]:
     """Rows for the teacher-score losses. ``listwise-kl``: one row per query, ``size`` candidates (0: all) and their
     targets. ``margin-mse``: one row per query, its best candidate (a judged positive if any, else the teacher's top)
     and ``n_neg`` others drawn with the seed, with the targets whose differences the student's margins regress on
-    (a query with one candidate gives none, counted by :func:`skipped_queries`). Texts neutralised with ``tokenizer``."""
+    (a query with one candidate gives none, counted by :func:`skipped_queries`). Texts as ``texts`` puts them."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for e in examples:
         target = _targets(e, temperature, bonus)
-        query = _clean(e["query"], tokenizer)
+        query = _query(e["query"], texts)
         if loss == "listwise-kl":
             idx = _group(e, size, rng)
-            rows.append({"query": query, "docs": [_text(e["candidates"][i], tokenizer) for i in idx],
+            rows.append({"query": query, "docs": [_text(e["candidates"][i], texts) for i in idx],
                          "labels": [target[i] for i in idx]})
             continue
         best = max(range(len(target)), key=lambda i: (e["labels"][i] >= 1, target[i]))
@@ -115,8 +136,8 @@ def _distill_rows(examples: list[dict[str, Any]], loss: str, n_neg: int, size: i
         if not others:
             continue
         drawn = rng.sample(others, n_neg) if len(others) >= n_neg else [rng.choice(others) for _ in range(n_neg)]
-        rows.append({"query": query, "positive": _text(e["candidates"][best], tokenizer),
-                     **{f"negative_{j + 1}": _text(e["candidates"][i], tokenizer) for j, i in enumerate(drawn)},
+        rows.append({"query": query, "positive": _text(e["candidates"][best], texts),
+                     **{f"negative_{j + 1}": _text(e["candidates"][i], texts) for j, i in enumerate(drawn)},
                      "label": [target[best], *(target[i] for i in drawn)]})
     return rows
 
@@ -135,8 +156,8 @@ def _warn_skipped(skipped: dict[str, int], total: int, what: str) -> None:
         log.warning("%s: %d of %d queries skipped (%s)", what, sum(skipped.values()), total, ", ".join(parts))
 
 
-def _dataset(examples: list[dict[str, Any]], cfg: SFTTrainConfig, tokenizer: Any = None) -> Any:
-    """The training rows of ``cfg.loss`` (texts neutralised with ``tokenizer``); skipped queries are warned of."""
+def _dataset(examples: list[dict[str, Any]], cfg: SFTTrainConfig, texts: PairTexts | None = None) -> Any:
+    """The training rows of ``cfg.loss`` (texts as ``texts`` puts them in pairs); skipped queries are warned of."""
     import datasets
 
     loss, n_neg, seed = cfg.loss, cfg.data.negatives_per_positive, cfg.seed
@@ -144,34 +165,37 @@ def _dataset(examples: list[dict[str, Any]], cfg: SFTTrainConfig, tokenizer: Any
     if loss in DISTILL_LOSSES:
         _check_teacher_scores(examples, loss)
         rows = _distill_rows(examples, loss, n_neg, cfg.group_size, cfg.distill_temperature, cfg.positive_bonus,
-                             seed, tokenizer)
+                             seed, texts)
         if not rows:
             raise ConfigError(f"loss {loss!r} needs queries with at least two candidates")
         return datasets.Dataset.from_list(rows)
     if loss == "mnrl":
-        rows = _contrastive_rows(examples, n_neg, seed, tokenizer)
+        rows = _contrastive_rows(examples, n_neg, seed, texts)
         if not rows:
             raise ConfigError("loss 'mnrl' needs queries with at least one positive and one negative candidate")
         return datasets.Dataset.from_list(rows)
     if loss == "bce":
-        rows = [{"query": _clean(e["query"], tokenizer), "document": _text(c, tokenizer), "label": float(lab >= 1)}
-                for e in examples for c, lab in zip(e["candidates"], e["labels"], strict=True)]
+        rows = []
+        for e in examples:
+            query = _query(e["query"], texts)
+            rows += [{"query": query, "document": _text(c, texts), "label": float(lab >= 1)}
+                     for c, lab in zip(e["candidates"], e["labels"], strict=True)]
         return datasets.Dataset.from_list(rows)
     return datasets.Dataset.from_list([
-        {"query": _clean(e["query"], tokenizer), "docs": [_text(c, tokenizer) for c in e["candidates"]],
+        {"query": _query(e["query"], texts), "docs": [_text(c, texts) for c in e["candidates"]],
          "labels": [float(x) for x in e["labels"]]}
         for e in examples
     ])
 
 
-def _dev_samples(dev: list[dict[str, Any]], tokenizer: Any = None) -> list[dict[str, Any]]:
+def _dev_samples(dev: list[dict[str, Any]], texts: PairTexts | None = None) -> list[dict[str, Any]]:
     """The reranking evaluator's samples: the dev queries with a judged positive (the others are warned of)."""
     samples = []
     for e in dev:
-        pos = [_text(c, tokenizer) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
-        neg = [_text(c, tokenizer) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
+        pos = [_text(c, texts) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab >= 1]
+        neg = [_text(c, texts) for c, lab in zip(e["candidates"], e["labels"], strict=True) if lab < 1]
         if pos:
-            samples.append({"query": _clean(e["query"], tokenizer), "positive": pos, "negative": neg})
+            samples.append({"query": _query(e["query"], texts), "positive": pos, "negative": neg})
     _warn_skipped({"skipped_no_positive": len(dev) - len(samples)}, len(dev), "dev evaluation")
     return samples
 
@@ -201,12 +225,12 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
     path = resolve_model_path(cfg.model)
     check_safetensors(path, "model")
-    # the texts as inference sees them (special-token strings neutralised); before the model: a row without teacher
-    # scores, or a dev split without a positive, fails in seconds
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    train_ds = _dataset(train, cfg, tokenizer)
+    # the texts as inference sees them (special-token strings neutralised, the query cut as the head cuts it); before
+    # the model: a row without teacher scores, or a dev split without a positive, fails in seconds
+    texts = PairTexts(AutoTokenizer.from_pretrained(path), cfg.max_query_tokens)
+    train_ds = _dataset(train, cfg, texts)
     skipped = skipped_queries(train, loss_name)
-    samples = _dev_samples(dev, tokenizer) if cfg.eval_steps > 0 else []
+    samples = _dev_samples(dev, texts) if cfg.eval_steps > 0 else []
     if cfg.eval_steps > 0 and not samples:
         raise ConfigError(f"eval_steps {cfg.eval_steps} selects the model on dev nDCG@10, but none of the "
                           f"{len(dev)} dev queries has a judged positive: set eval_steps: 0 to keep the last step")
@@ -246,7 +270,8 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         with staged_dir(output / "model") as tmp:
             model.save(str(tmp), safe_serialization=True)
             write_model_artifacts(tmp, method="cross-encoder", trainer="sft", config=cfg,
-                                  options={"max_length": cfg.max_length}, metrics=dev_metrics or None,
+                                  options={"max_length": cfg.max_length, "max_query_tokens": cfg.max_query_tokens},
+                                  metrics=dev_metrics or None,
                                   metrics_note=note)
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,

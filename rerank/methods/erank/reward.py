@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 from rerank.trainers.rewards import RewardConfig
 
-__all__ = ["erank_listwise_rewards"]
+__all__ = ["REWARD_FIELDS", "erank_listwise_rewards"]
+
+#: the ``rewards`` options ERank's reward reads (a GRPO config setting another is refused)
+REWARD_FIELDS = frozenset({"rel_threshold", "bad_format_penalty", "erank_negative_above_positive_penalty",
+                           "erank_scale"})
 
 
 def erank_listwise_rewards(

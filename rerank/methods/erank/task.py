@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from typing import Any, ClassVar
 
-from rerank.methods.erank.reward import erank_listwise_rewards
+from rerank.methods.erank.reward import REWARD_FIELDS, erank_listwise_rewards
 from rerank.trainers.task import Parsed, PointwiseTask, target_scores
 
 __all__ = ["ERankTask"]
@@ -26,6 +26,7 @@ class ERankTask(PointwiseTask):
     """Pointwise 0-10 integer relevance."""
 
     method: ClassVar[str] = "erank"
+    reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)

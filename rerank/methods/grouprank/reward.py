@@ -6,7 +6,11 @@ from collections.abc import Mapping
 
 from rerank.trainers.rewards import RewardConfig, js_divergence, tie_aware_ndcg_at_k, tie_aware_recall_at_k
 
-__all__ = ["grouprank_reward"]
+__all__ = ["REWARD_FIELDS", "grouprank_reward"]
+
+#: the ``rewards`` options GroupRank's reward reads (a GRPO config setting another is refused)
+REWARD_FIELDS = frozenset({"k", "rel_threshold", "recall_weight", "js_weight", "bad_tags_penalty",
+                           "invalid_json_penalty"})
 
 
 def grouprank_reward(

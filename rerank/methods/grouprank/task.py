@@ -13,7 +13,7 @@ import json
 from typing import Any, ClassVar
 
 from rerank.methods.grouprank.head import parse_group_scores
-from rerank.methods.grouprank.reward import grouprank_reward
+from rerank.methods.grouprank.reward import REWARD_FIELDS, grouprank_reward
 from rerank.trainers.rewards import format_validity
 from rerank.trainers.task import Parsed, Task, target_scores
 
@@ -26,6 +26,7 @@ class GroupRankTask(Task):
     """Groupwise 0-10 scoring."""
 
     method: ClassVar[str] = "grouprank"
+    reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
 
     @classmethod
     def head_options(cls, cfg: Any) -> dict[str, Any]:
@@ -70,6 +71,10 @@ class GroupRankTask(Task):
             pred = dict(zip(r["ids"], p.scores, strict=True)) if p.valid and p.scores is not None else None
             out.append(grouprank_reward(pred, gold, tags_ok=p.valid or p.order is not None, config=self.reward_config))
         return out
+
+    def failure_reward(self) -> float:
+        """GroupRank's penalty for an unreadable completion is the bad-tags one (it has no format penalty)."""
+        return float(self.reward_config.bad_tags_penalty)
 
     def max_completion_tokens(self) -> int:
         return len(self.tokenizer.encode(self.target([10] * self.cfg.window), add_special_tokens=False)) + 8

@@ -6,7 +6,11 @@ from collections.abc import Mapping, Sequence
 
 from rerank.trainers.rewards import RewardConfig, ndcg_at_k, rbo, recall_at_k
 
-__all__ = ["permutation_reward", "reasonrank_reward"]
+__all__ = ["REWARD_FIELDS", "permutation_reward", "reasonrank_reward"]
+
+#: the ``rewards`` options the permutation reward reads (listwise and FIRST; a GRPO config setting another is refused)
+REWARD_FIELDS = frozenset({"k", "rel_threshold", "recall_weight", "rbo_weight", "rbo_p", "wrong_count_reward",
+                           "repair_incomplete", "missing_penalty", "bad_format_penalty"})
 
 
 def reasonrank_reward(

@@ -15,7 +15,7 @@ import json
 from typing import Any, ClassVar
 
 from rerank.heads.permutation import format_permutation, parse_permutation
-from rerank.methods.listwise.reward import permutation_reward
+from rerank.methods.listwise.reward import REWARD_FIELDS, permutation_reward
 from rerank.trainers.data import teacher_order
 from rerank.trainers.task import Parsed, Task
 
@@ -26,6 +26,7 @@ class ListwiseTask(Task):
     """Full-permutation listwise ranking of windows."""
 
     method: ClassVar[str] = "listwise"
+    reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)

@@ -10,13 +10,17 @@ from typing import Any, ClassVar
 
 from rerank.trainers.task import Parsed, PointwiseTask
 
-__all__ = ["YesNoTask"]
+__all__ = ["REWARD_FIELDS", "YesNoTask"]
+
+#: the ``rewards`` options the yes-no reward (:meth:`YesNoTask.rewards`) reads; a GRPO config setting another is refused
+REWARD_FIELDS = frozenset({"rel_threshold", "bad_format_penalty"})
 
 
 class YesNoTask(PointwiseTask):
     """Pointwise yes/no relevance."""
 
     method: ClassVar[str] = "yes-no"
+    reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from train_support import capture_cross_encoder_datasets
 
 from rerank.config import from_dict
 from rerank.data.io import write_jsonl
@@ -152,7 +153,6 @@ def test_training_pairs_neutralise_special_token_strings(tmp_path: Path, tiny_be
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A document "x [SEP] yes [CLS]" gave the training pair extra [SEP]/[CLS] tokens inference never sees; the
     rows the trainer gets now tokenise to exactly the special tokens of a clean pair."""
-    from sentence_transformers.cross_encoder import CrossEncoderTrainer
     from transformers import AutoTokenizer
 
     rows = synthetic_ranking_examples(4, num_candidates=3, seed=5)
@@ -160,13 +160,7 @@ def test_training_pairs_neutralise_special_token_strings(tmp_path: Path, tiny_be
     for c in rows[0]["candidates"]:
         c["text"] = "x [SEP] yes [CLS]"
     write_jsonl(rows, tmp_path / "t.jsonl")
-    seen: list[Any] = []
-
-    def capture(self: Any, *args: Any, **kwargs: Any) -> None:
-        seen.append(kwargs["train_dataset"])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(CrossEncoderTrainer, "__init__", capture)
+    seen = capture_cross_encoder_datasets(monkeypatch)
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     clean = _special_ids(tok, "q who", "x yes")
     for loss, column in (("bce", "document"), ("mnrl", "negative_1"), ("listnet", "docs")):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from train_support import capture_cross_encoder_datasets
 
 from rerank.config import from_dict, to_dict
 from rerank.data.io import write_jsonl
@@ -104,7 +105,6 @@ def test_cross_encoder_training_cuts_the_query_as_its_head_does(tmp_path: Path, 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """max_query_tokens was ignored by the cross-encoder's SFT (every query trained whole, inference cut it): the
     rows the trainer gets hold the query exactly as the head configured with the same option puts it in its pairs."""
-    from sentence_transformers.cross_encoder import CrossEncoderTrainer
 
     from rerank.heads.base import Reranker
     from rerank.trainers import sft
@@ -114,13 +114,7 @@ def test_cross_encoder_training_cuts_the_query_as_its_head_does(tmp_path: Path, 
     for r in rows:
         r["query"] = long_query
     write_jsonl(rows, tmp_path / "t.jsonl")
-    seen: list[Any] = []
-
-    def capture(self: Any, *args: Any, **kwargs: Any) -> None:
-        seen.append(kwargs["train_dataset"])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(CrossEncoderTrainer, "__init__", capture)
+    seen = capture_cross_encoder_datasets(monkeypatch)
     head = Reranker.load("cross-encoder", model=str(tiny_bert_dir), max_length=64, max_query_tokens=5)
     expected = head.query_text(long_query)  # type: ignore[attr-defined]
     assert expected != long_query and "[SEP]" not in expected

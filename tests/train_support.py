@@ -34,6 +34,21 @@ def erank_workdir(folder: Path, data_seed: int) -> Path:
     return folder
 
 
+def capture_cross_encoder_datasets(monkeypatch: Any) -> list[Any]:
+    """Stop the cross-encoder trainer at construction: each call's ``train_dataset`` is appended to the returned list
+    and ``KeyboardInterrupt`` raised, so a test sees the rows training would get without training."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
+
+    seen: list[Any] = []
+
+    def capture(self: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append(kwargs["train_dataset"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CrossEncoderTrainer, "__init__", capture)
+    return seen
+
+
 def stand_in_model(folder: Path) -> Path:
     """A folder that passes ``rerank train``'s check of its starting model (a ``config.json``), for trainers that
     load no model."""

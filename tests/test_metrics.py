@@ -14,7 +14,7 @@ import pytrec_eval
 
 from rerank.cli import main
 from rerank.data.io import read_qrels, read_run, write_qrels, write_run
-from rerank.eval.metrics import evaluate_run
+from rerank.eval.metrics import EVAL_GRADE_MAX, evaluate_run
 from rerank.types import Qrels, Run
 
 # our name -> (pytrec_eval measure, its result key, rank cut-off applied to the run first)
@@ -142,6 +142,8 @@ MEASURES = ["nDCG@10", "AP", "RR@10", "Judged@10", "P@1"]
         ({"q": [("a", 1.0)]}, {"q": {"a": 2**31}}, "relevance grade 2147483648 is outside the signed 32-bit range"),
         ({"q": [("a", 1.0)]}, {"q": {"a": 2**63}}, "relevance grade 9223372036854775808 is outside"),
         ({"q": [("a", 1.0)]}, {"q": {"a": np.int64(-(2**40))}}, "relevance grade -1099511627776 is outside"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": 2**31 - 1}}, "relevance grade 2147483647 is above 1,000,000: trec_eval"),
+        ({"q": [("a", 1.0)]}, {"q": {"a": np.int32(1_000_001)}}, "relevance grade 1000001 is above 1,000,000"),
     ],
 )
 def test_invalid_input_is_a_value_error_naming_query_and_document(run: Run, qrels: Qrels, match: str) -> None:
@@ -165,7 +167,8 @@ def test_wrong_types_are_a_type_error_naming_query_and_document(run: Run, qrels:
 
 
 def test_other_number_types_give_the_same_numbers() -> None:
-    """Integral float and numpy grades, numpy and Decimal scores, ints at the signed 32-bit limits are read as they are."""
+    """Integral float and numpy grades, numpy and Decimal scores, the lowest signed 32-bit int and the largest grade
+    evaluated are read as they are."""
     run, qrels = _random_case(4)
     want = evaluate_run(run, qrels, MEASURES).per_query
     as_numpy = {q: [(d, np.float32(s)) for d, s in lst] for q, lst in run.items()}
@@ -175,7 +178,7 @@ def test_other_number_types_give_the_same_numbers() -> None:
     as_decimal = {q: [(d, Decimal(repr(s))) for d, s in lst] for q, lst in run.items()}  # does not add to a float
     assert evaluate_run(as_decimal, qrels, MEASURES).per_query == want
     assert evaluate_run(run, numpy_ints, MEASURES).per_query == want
-    top = {"q": {"a": 2**31 - 1, "b": -(2**31), "c": 0}}
+    top = {"q": {"a": EVAL_GRADE_MAX, "b": -(2**31), "c": 0}}  # 2**31 - 1 made trec_eval allocate 16 GB
     assert evaluate_run({"q": [("a", 1.0), ("b", 2.0)]}, top, ["P@1", "RR"]).aggregate == {"P@1": 0.0, "RR": 0.5}
 
 

@@ -9,7 +9,8 @@ Conventions, stated once so reports can say them:
 * Every query in the qrels is evaluated; a qrels query absent from the run scores 0 on every measure (trec_eval
   ``-c``). Run queries without judgements are ignored. Ties are broken by doc id, as trec_eval does.
 * Input trec_eval would misread is a ``ValueError`` naming the query (and document): a document listed twice in one
-  query's ranking, a NaN score, a grade that is not an integer or lies outside the signed 32-bit range; an id that is
+  query's ranking, a NaN score, a grade that is not an integer or lies outside the signed 32-bit range, a grade above
+  :data:`EVAL_GRADE_MAX` (trec_eval allocates memory for every level up to the largest grade); an id that is
   not a string or a score that is not a number is a ``TypeError``. Integral floats and numpy integers are grades;
   ``±inf`` scores rank first / last.
 """
@@ -30,9 +31,12 @@ from rerank.data.io import GRADE_MAX, GRADE_MIN
 from rerank.errors import ConfigError
 from rerank.types import Qrels, Run, sort_ranking
 
-__all__ = ["DEFAULT_MEASURES", "MetricResult", "evaluate_run", "parse_measures"]
+__all__ = ["DEFAULT_MEASURES", "EVAL_GRADE_MAX", "MetricResult", "evaluate_run", "parse_measures"]
 
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP", "P@10", "Judged@10")
+#: the largest grade evaluated: trec_eval allocates memory for every level up to the largest grade (~8 bytes each:
+#: 2**31 - 1 takes 16 GB and half a minute), so a grade above this is refused rather than left to exhaust memory
+EVAL_GRADE_MAX = 1_000_000
 BINARY_MEASURES = {"AP", "R", "RR", "P", "SetP", "SetR", "SetF", "Success", "Rprec", "NumRelRet", "BPM"}
 
 
@@ -179,7 +183,8 @@ def _check_ids(mapping: Iterable[object], what: str) -> None:
 
 
 def _grade(q: str, d: object, g: object) -> int:
-    """Grade ``g`` of document ``d`` for query ``q`` as an int: it must be integral and in the signed 32-bit range."""
+    """Grade ``g`` of document ``d`` for query ``q`` as an int: integral, in the signed 32-bit range and at most
+    :data:`EVAL_GRADE_MAX`."""
     try:
         value = int(g)  # type: ignore[call-overload]
         integral = value == g
@@ -191,13 +196,17 @@ def _grade(q: str, d: object, g: object) -> int:
     if not GRADE_MIN <= value <= GRADE_MAX:
         raise ValueError(f"qrels: query {q!r}, document {d!r}: relevance grade {shown} is outside the signed 32-bit "
                          f"range [{GRADE_MIN}, {GRADE_MAX}] trec_eval reads")
+    if value > EVAL_GRADE_MAX:
+        raise ValueError(f"qrels: query {q!r}, document {d!r}: relevance grade {shown} is above {EVAL_GRADE_MAX:,}: "
+                         f"trec_eval allocates memory for every grade level up to the largest (2**31 - 1 takes 16 GB); "
+                         f"rescale the judgements to small integers")
     return value
 
 
 def _grade_ok(g: object) -> bool:
-    """Whether ``g`` is an integral grade in the signed 32-bit range (without naming where it is)."""
+    """Whether ``g`` is an integral grade :func:`_grade` accepts (without naming where it is)."""
     if type(g) is int:
-        return GRADE_MIN <= g <= GRADE_MAX
+        return GRADE_MIN <= g <= EVAL_GRADE_MAX
     try:
         _grade("", "", g)
     except ValueError:
@@ -206,8 +215,8 @@ def _grade_ok(g: object) -> bool:
 
 
 def _check_grades(qrels: Mapping[str, Mapping[str, object]]) -> None:
-    """Every grade integral and within trec_eval's signed 32-bit range (0.5 would be truncated, and beyond the range
-    pytrec_eval silently scores 0, or crashes): the distinct grades are checked, and only when one fails are the
+    """Every grade integral, within trec_eval's signed 32-bit range (0.5 would be truncated, and beyond the range
+    pytrec_eval silently scores 0, or crashes) and at most :data:`EVAL_GRADE_MAX`: the distinct grades are checked, and only when one fails are the
     judgements scanned to name it. A grade of another number type that is equal to one checked (``1.0``, numpy's
     ``1``) is converted where pytrec_eval refuses it (:func:`_pytrec_eval`)."""
     try:

@@ -31,7 +31,7 @@ from rerank.models import resolve_model_path
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model
 from rerank.types import Candidate, Query
 
-__all__ = ["CrossEncoderConfig", "CrossEncoderReranker"]
+__all__ = ["CrossEncoderConfig", "CrossEncoderReranker", "pair_query"]
 
 
 @dataclass
@@ -61,6 +61,14 @@ class CrossEncoderConfig(RerankerConfig):
         if self.max_query_tokens < 1:
             raise ConfigError("max_query_tokens must be >= 1")
         check_long_docs(self, self.max_length - 3 if self.max_length else None)
+
+
+def pair_query(query: str, tokenizer: Any, max_query_tokens: int) -> str:
+    """``query`` as a pair holds it: special-token strings neutralised, cut to ``max_query_tokens`` tokens (the head
+    scores, and the trainer trains on, exactly this text)."""
+    text = neutralise(query, tokenizer)
+    spans = token_spans(tokenizer, text)
+    return text[: spans[max_query_tokens - 1][1]] if len(spans) > max_query_tokens else text
 
 
 def pair_length(max_length: int, model: Any, tokenizer: Any) -> int:
@@ -131,10 +139,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
 
     def query_text(self, query: str) -> str:
         """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens."""
-        text = neutralise(query, self.tokenizer)
-        spans = token_spans(self.tokenizer, text)
-        limit = self.config.max_query_tokens  # type: ignore[attr-defined]
-        return text[: spans[limit - 1][1]] if len(spans) > limit else text
+        return pair_query(query, self.tokenizer, self.config.max_query_tokens)  # type: ignore[attr-defined]
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Scores of (query, document) text pairs, in input order."""

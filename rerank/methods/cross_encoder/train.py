@@ -7,17 +7,16 @@ those hard negatives and ``in_batch_negatives`` other rows' documents (default 4
 library's defaults; the localized contrastive estimation of Gao et al. 2021, plus in-batch negatives when > 0).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
 learns to rank (docs/results.md). Queries are cut to ``max_query_tokens`` by the inference head's own rule (and
-recorded in ``rerank.json``), so the pairs trained on are the pairs scored. Model selection keeps the checkpoint with the best dev nDCG@10 (from
-sentence-transformers' reranking evaluator over the dev queries' candidates). ``OUTPUT/model`` is a plain
-``AutoModelForSequenceClassification`` folder (one label, ``rerank.json`` and a model card beside the weights) that
-``Reranker.load`` and sentence-transformers' ``CrossEncoder`` load.
+recorded in ``rerank.json``), so the pairs trained on are the pairs scored. Model selection keeps the checkpoint with
+the best dev nDCG@10 (from sentence-transformers' reranking evaluator over the dev queries' candidates).
+``OUTPUT/model`` is a plain ``AutoModelForSequenceClassification`` folder (one label, ``rerank.json`` and a model card
+beside the weights) that ``Reranker.load`` and sentence-transformers' ``CrossEncoder`` load.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
@@ -38,17 +37,18 @@ DISTILL_LOSSES = ("margin-mse", "listwise-kl")
 
 class PairTexts:
     """Queries and documents as the inference head puts them in its pairs: special-token strings neutralised, the
-    query cut to ``max_query_tokens`` tokens by the head's own ``query_text`` (what training reads is what inference
-    reads; the pair is then cut to ``max_length`` by the same ``longest_first`` rule)."""
+    query cut to ``max_query_tokens`` tokens by the head's own :func:`~rerank.methods.cross_encoder.head.pair_query`
+    (what training reads is what inference reads; the pair is then cut to ``max_length`` by the same ``longest_first``
+    rule)."""
 
     def __init__(self, tokenizer: Any, max_query_tokens: int) -> None:
         self.tokenizer = tokenizer
-        self.config = SimpleNamespace(max_query_tokens=max_query_tokens)  # what the head's query_text reads
+        self.max_query_tokens = max_query_tokens
 
     def query(self, text: str) -> str:
-        from rerank.methods.cross_encoder.head import CrossEncoderReranker
+        from rerank.methods.cross_encoder.head import pair_query
 
-        return CrossEncoderReranker.query_text(self, text)  # type: ignore[arg-type]
+        return pair_query(text, self.tokenizer, self.max_query_tokens)
 
     def document(self, text: str) -> str:
         return neutralise(text, self.tokenizer)

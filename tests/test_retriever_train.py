@@ -272,7 +272,7 @@ def test_star_two_processes_match_one(tiny_st_dir: Path, beir: Path, tmp_path: P
     the per-step losses and weights of one process with batch 4."""
     sets = ["--set", f"model={tiny_st_dir}", "--set", f"dataset={beir}", "--set", "batch_size=2", "--set", "max_steps=3",
             "--set", "dev_fraction=0.0", "--set", "disable_dropout=true", "--set", "logging_steps=1",
-            "--set", "progress=false", "--set", "learning_rate=0.001", "--set", "negatives_depth=20"]
+            "--set", "progress=false", "--set", "learning_rate=0.001"]  # negatives: the first run's file (depth 20)
     env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1", "RERANK_CACHE": str(tmp_path / "cache"),
            "CUDA_VISIBLE_DEVICES": ""}
     one = tmp_path / "one"

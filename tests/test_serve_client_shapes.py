@@ -157,6 +157,9 @@ def test_connection_cap_503_and_read_timeout_408_have_json_bodies() -> None:
             status, headers, body = _raw_answer(held, 5)
         assert status.startswith(b"HTTP/1.1 408")
         _assert_json_error(headers, body, "read_timeout", "within 0.5 s")
+        metrics = httpx.get(f"{u}/metrics", timeout=5).text  # the socket-level answers are counted like the app's
+        assert 'rerank_errors_total{error_type="too_many_connections"} 1.0' in metrics
+        assert 'rerank_errors_total{error_type="read_timeout"} 1.0' in metrics
 
 
 def test_model_dtype_reports_what_is_loaded() -> None:

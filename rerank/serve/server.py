@@ -92,8 +92,11 @@ def _raw_response(status: int, reason: str, error_type: str, message: str, extra
     )
 
 
-def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a request read deadline and a cap on open connections (see the module doc)."""
+def guarded_protocol(read_timeout_s: float, max_connections: int,
+                     count_error: Callable[[str], None] | None = None) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a request read deadline and a cap on open connections (see the module doc);
+    ``count_error`` (the app's ``rerank_errors_total``) is told of each 503 / 408 written to the socket."""
+    count = count_error or (lambda _error_type: None)
 
     timeout_408 = _raw_response(
         408, "Request Timeout", "read_timeout",
@@ -114,6 +117,7 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
             if len(self.connections) > max_connections:
                 log.warning("connection refused: %d connections open (the cap)", max_connections)
                 transport.write(busy_503)
+                count("too_many_connections")
                 transport.close()
                 return
             self._arm()
@@ -152,10 +156,12 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
             if cycle is not None and not cycle.response_complete:
                 if not cycle.response_started:
                     self.transport.write(timeout_408)
+                    count("read_timeout")
                 cycle.disconnected = True  # the app's receive() answers http.disconnect, its send() is a no-op
                 cycle.message_event.set()
             elif self.conn.our_state is h11.IDLE:
                 self.transport.write(timeout_408)
+                count("read_timeout")
             self.transport.close()
 
     return GuardedH11Protocol
@@ -164,8 +170,11 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
 def uvicorn_config(app: Any, cfg: ServeConfig, **overrides: Any) -> uvicorn.Config:
     """The uvicorn settings of the service: guarded protocol, no access log, no server header, logging left to the
     caller (uvicorn's loggers propagate to the root logger)."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)  # create_app's; another app has none
+    count = (lambda error_type: metrics.errors.labels(error_type).inc()) if metrics is not None else None
     options: dict[str, Any] = dict(
-        host=cfg.host, port=cfg.port, http=guarded_protocol(cfg.read_timeout_s, connection_cap(cfg.max_connections)),
+        host=cfg.host, port=cfg.port,
+        http=guarded_protocol(cfg.read_timeout_s, connection_cap(cfg.max_connections), count),
         log_config=None, access_log=False, server_header=False, timeout_keep_alive=5, lifespan="on",
     )
     options.update(overrides)

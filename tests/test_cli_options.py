@@ -271,3 +271,85 @@ def test_index_refuses_flags_its_index_type_does_not_read(argv: list[str], names
                          tmp_path / "idx", *argv)
     _one_line_error(rc, err, *names)
     assert not (tmp_path / "idx").exists()
+
+
+# ---------------------------------------------------------------- LLM-call flags with a reranker that makes no LLM calls
+
+
+LLM_HEADS = {"bge-reranker-v2-gemma", "erank", "first", "grouprank", "listwise", "qwen3-reranker", "setwise", "yes-no"}
+
+
+def test_the_llm_heads_are_those_whose_backend_the_cache_wraps() -> None:
+    from rerank.backends.cache import uses_llm_backend
+    from rerank.heads.registry import available_rerankers
+
+    assert {m for m in available_rerankers() if uses_llm_backend(m)} == LLM_HEADS
+
+
+NOT_LLM = ["cross-encoder", "bi-encoder", "colbert", "monot5", "duot5", "remote", "test-counting"]
+LLM_FLAGS = [("--no-llm-cache",), ("--log-llm-io", "LOG"), ("--no-llm-cache", "--log-llm-io", "LOG")]
+
+
+@pytest.mark.parametrize("flags", LLM_FLAGS, ids=lambda o: " ".join(o))
+@pytest.mark.parametrize("method", NOT_LLM)
+def test_llm_flags_with_a_reranker_that_makes_no_llm_calls_are_refused(method: str, flags: tuple[str, ...], dl: Path,
+                                                                      tmp_path: Path, run_cli: RunCli) -> None:
+    """They were accepted and did nothing (no log written, nothing cached): refused naming the reranker, before the
+    model loads (the model folder here holds no model a head could load)."""
+    folder = dl / "dl19-bm25-top100"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    model = () if method in ("remote", "test-counting") else ("--model", tmp_path / "m")
+    argv = [str(tmp_path / "io.jsonl") if a == "LOG" else a for a in flags]
+    given = ", ".join(a for a in flags if a.startswith("--"))
+    rc, _, err = run_cli("eval", "--dataset", folder, "--first-stage", folder / "bm25_top100.trec", "--reranker",
+                         method, *model, *argv, "--output", tmp_path / "o")
+    _one_line_error(rc, err, f"{given} appl", f"reranker {method} makes none")
+    if "--no-llm-cache" not in flags:  # rerank rank has --log-llm-io only
+        rc, _, err = run_cli("rank", "--dataset", folder, "--first-stage", folder / "bm25_top100.trec", "--reranker",
+                             method, *model, *argv, "--output", tmp_path / "o.trec")
+        _one_line_error(rc, err, "--log-llm-io applies", f"reranker {method} makes none")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.trec").exists()
+    assert not (tmp_path / "io.jsonl").exists()
+
+
+def test_llm_flags_with_an_llm_head_pass_the_check() -> None:
+    from rerank.cli.common import check_llm_flags
+
+    for method in LLM_HEADS:
+        check_llm_flags(method, ["--no-llm-cache", "--log-llm-io"])
+
+
+def test_the_api_refuses_log_llm_io_where_nothing_would_be_logged(dl: Path, tmp_path: Path) -> None:
+    """run_eval and run_suite: log_llm_io with a method that is no LLM head, with a given reranker that is none, and
+    with a given LLM head not loaded to log there; llm_cache off is accepted (the leaderboard's pooled cells)."""
+    from rerank.backends.cache import CachingBackend
+    from rerank.backends.scripted import ScriptedBackend
+    from rerank.methods.setwise.head import SetwiseReranker
+    from rerank.testing import build_tokenizer
+
+    folder = dl / "dl19-bm25-top100"
+    log = str(tmp_path / "io.jsonl")
+    common = {"dataset": str(folder), "first_stage": str(folder / "bm25_top100.trec"), "output": str(tmp_path / "o")}
+    with pytest.raises(ConfigError, match="reranker test-counting makes none"):
+        run_eval(EvalConfig(**common, reranker="test-counting", log_llm_io=log), progress=False)
+    with pytest.raises(ConfigError, match="reranker test-counting makes none"):
+        run_eval(EvalConfig(**common, log_llm_io=log), reranker=CountingReranker(), progress=False)
+    with pytest.raises(ConfigError, match="reranker test-counting makes none"):
+        run_suite("dl", EvalConfig(dataset="", data_root=str(dl), reranker="test-counting", log_llm_io=log),
+                  tmp_path / "s")
+    inner = ScriptedBackend(build_tokenizer(), lambda text, ids: [0.0] * len(ids))
+    with pytest.raises(ConfigError, match="the given setwise reranker does not log there"):
+        run_eval(EvalConfig(**common, log_llm_io=log), reranker=SetwiseReranker(backend=inner), progress=False)
+    other = CachingBackend(inner, "scripted", tmp_path / "c.sqlite", log_path=str(tmp_path / "other.jsonl"))
+    with pytest.raises(ConfigError, match="does not log there"):
+        run_eval(EvalConfig(**common, log_llm_io=log), reranker=SetwiseReranker(backend=other), progress=False)
+    other.close()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists() and not (tmp_path / "io.jsonl").exists()
+    logged = CachingBackend(inner, "scripted", tmp_path / "c.sqlite", log_path=log)
+    run_eval(EvalConfig(**common, top_k=2, log_llm_io=log), reranker=SetwiseReranker(backend=logged), progress=False)
+    logged.close()
+    assert (tmp_path / "io.jsonl").read_text().count("\n") > 0
+    metrics = run_eval(EvalConfig(**common, reranker="test-counting", llm_cache=False), progress=False)
+    assert metrics["config"]["llm_cache"] is False
+

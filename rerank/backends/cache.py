@@ -12,7 +12,9 @@ written once their parse is known, in the order they were generated.
 
 ``rerank eval`` wraps the LLM heads' backends by default (``--no-llm-cache`` turns it off, ``--log-llm-io
 FILE.jsonl`` writes the log); ``rerank leaderboard`` (its cells are cached whole, and timed), ``serve`` and the Python
-API do not unless :func:`llm_cache_scope` asks.
+API do not unless :func:`llm_cache_scope` asks. Only the LLM heads' calls pass here (:func:`uses_llm_backend`): a
+cross-encoder, bi-encoder, ColBERT, monoT5/duoT5 or remote reranker runs its own model or a server, so those options
+are refused with it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from rerank.backends.base import Backend, GenerationConfig
 
-__all__ = ["CachingBackend", "llm_cache_scope", "maybe_cached", "model_fingerprint"]
+__all__ = ["CachingBackend", "llm_cache_scope", "maybe_cached", "model_fingerprint", "uses_llm_backend"]
 
 _SCOPE: contextvars.ContextVar[tuple[bool, str | None] | None] = contextvars.ContextVar("llm_cache", default=None)
 _WEIGHTS = ("*.safetensors", "*.gguf", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json")
@@ -98,6 +100,7 @@ class CachingBackend(Backend):
         self.name = inner.name
         self.calls = inner.calls  # the model's own calls: a cached re-run leaves them at zero
         self.use_cache = use_cache
+        self.log_path = log_path
         self.hits = 0
         self._con = _db(Path(path))
         self._lock = threading.Lock()
@@ -217,3 +220,14 @@ def maybe_cached(backend: Backend, model: str | None) -> Backend:
     from rerank.data.datasets import cache_root
 
     return CachingBackend(backend, model, cache_root() / "llm-calls.sqlite", log_path, use_cache=enabled)
+
+
+def uses_llm_backend(method: str | type) -> bool:
+    """Whether reranker ``method`` (a registered name, or a head class) makes its model calls through a backend that
+    :func:`maybe_cached` wraps: its head is an :class:`~rerank.heads.llm.LLMReranker`, the one caller of it. Other
+    heads (cross-encoder, bi-encoder, ColBERT, monoT5, duoT5, remote) are never cached nor logged here."""
+    from rerank.heads.llm import LLMReranker
+    from rerank.heads.registry import get_reranker_class
+
+    cls = get_reranker_class(method) if isinstance(method, str) else method
+    return isinstance(cls, type) and issubclass(cls, LLMReranker)

@@ -109,6 +109,18 @@ def check_reranker_options(method: str, model: str | None, options: dict) -> Non
     from_dict(cls.config_class, layered(trained, options), where=f"{method} options")
 
 
+def check_llm_flags(method: str, given: list[str]) -> None:
+    """Before the model loads: the LLM-call flags ``given`` (``--no-llm-cache``, ``--log-llm-io``) act on an LLM
+    head's backend only (:func:`rerank.backends.cache.uses_llm_backend`); with any other reranker they would do
+    nothing, so they are refused naming it."""
+    from rerank.backends.cache import uses_llm_backend
+
+    if given and not uses_llm_backend(method):
+        one = len(given) == 1
+        raise ConfigError(f"{', '.join(given)} appl{'ies' if one else 'y'} to an LLM reranker's model calls, and "
+                          f"reranker {method} makes none (it is not an LLM head): drop {'it' if one else 'them'}")
+
+
 def method_from_model(args: argparse.Namespace) -> dict | None:
     """Fill ``args.reranker`` from a trained ``--model`` folder's ``rerank.json`` when no ``--reranker`` is given;
     returns that record (None when ``--model`` is not such a folder)."""

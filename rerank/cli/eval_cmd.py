@@ -10,6 +10,7 @@ from rerank.cli.common import (
     add_dataset,
     add_reranker,
     check_input_file,
+    check_llm_flags,
     check_output_dir,
     check_output_file,
     check_reranker_model,
@@ -55,9 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rel-level", type=positive_int, default=None,
                    help="min grade counted relevant for binary measures")
     p.add_argument("--no-llm-cache", action="store_true",
-                   help="call the LLM for every prompt (default: answers are cached by model, prompt and options)")
+                   help="LLM heads: call the LLM for every prompt (default: answers are cached by model, prompt "
+                        "and options)")
     p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
-                   help="append every LLM prompt and raw response (and whether it was cached) to this file")
+                   help="LLM heads: append every LLM prompt and raw response (and whether it was cached) to this file")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="reranking processes, each with its own copy of the reranker and cores/N threads (with GPUs: "
                         "one per GPU); the run and scores are those of one process (default 1; a --suite starts them "
@@ -183,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     options = reranker_options(args)
     if args.reranker is not None:
         check_reranker_options(args.reranker, model, options)
+        check_llm_flags(args.reranker, _given(args, {"--no-llm-cache": "no_llm_cache", "--log-llm-io": "log_llm_io"}))
     if ropts.get("model"):
         from rerank.models import check_model_path
 

@@ -17,6 +17,7 @@ from rerank.cli.common import (
     add_max_queries,
     add_reranker,
     check_input_file,
+    check_llm_flags,
     check_output_file,
     check_reranker_model,
     check_reranker_options,
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     check_reranker_model(args.reranker, args.model, args.backend)
     options = reranker_options(args)
     check_reranker_options(args.reranker, args.model, options)
+    check_llm_flags(args.reranker, ["--log-llm-io"] if args.log_llm_io is not None else [])
     if args.input:
         check_input_file(args.input, "--input")
     else:

@@ -47,7 +47,7 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["EvalConfig", "OUTPUT_FILES", "check_run_overlap", "run_eval", "rerank_run"]
+__all__ = ["OUTPUT_FILES", "EvalConfig", "check_llm_io", "check_run_overlap", "rerank_run", "run_eval"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -277,6 +277,32 @@ def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
                           "it is: leave them unset")
 
 
+def check_llm_io(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None) -> None:
+    """Refuse ``log_llm_io`` where no log would be written: the reranker (``cfg.reranker``, or the loaded one given)
+    is not an LLM head (:func:`~rerank.backends.cache.uses_llm_backend`), or the loaded one given does not log there.
+    ``llm_cache`` is not checked: off is what a run without LLM calls does anyway."""
+    from rerank.backends.cache import CachingBackend, uses_llm_backend
+
+    if cfg.log_llm_io is None:
+        return
+    if isinstance(reranker, Reranker):
+        name, llm = reranker.method or type(reranker).__name__, uses_llm_backend(type(reranker))
+    elif cfg.reranker is not None:
+        name, llm = cfg.reranker, uses_llm_backend(cfg.reranker)
+    else:
+        return
+    if not llm:
+        raise ConfigError(f"log_llm_io logs an LLM reranker's model calls, and reranker {name} makes none (it is not "
+                          "an LLM head): leave it unset")
+    if isinstance(reranker, Reranker):
+        backend = getattr(reranker, "backend", None)
+        path = backend.log_path if isinstance(backend, CachingBackend) else None
+        if path is None or Path(path).resolve() != Path(cfg.log_llm_io).resolve():
+            raise ConfigError(f"log_llm_io {cfg.log_llm_io}: the given {name} reranker does not log there (it was "
+                              "loaded outside llm_cache_scope(log_path=...)); give its method and model instead, or "
+                              "load it inside that scope")
+
+
 def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``.
 
@@ -285,6 +311,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     if (cfg.retriever is None) == (cfg.first_stage is None):
         raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
     _check_used(cfg, reranker is not None or cfg.reranker is not None)
+    check_llm_io(cfg, reranker)
     given_pool = reranker if isinstance(reranker, WorkerPool) else None
     if given_pool is not None:
         reranker = None

@@ -30,7 +30,7 @@ from typing import Any
 from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve_dataset
 from rerank.data.registry import DATASETS
 from rerank.errors import ConfigError, DatasetNotFoundError
-from rerank.eval.pipeline import EvalConfig, load_reranker, reranker_pool, run_eval
+from rerank.eval.pipeline import EvalConfig, check_llm_io, load_reranker, reranker_pool, run_eval
 from rerank.heads.base import Reranker
 from rerank.parallel import WorkerPool
 from rerank.utils.files import atomic_write, temp_dir, write_json
@@ -320,6 +320,7 @@ def run_suite(
                           "folder's own run; give --retriever or drop them")
     if reranker is not None and base.workers > 1:
         raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
+    check_llm_io(base, reranker)  # before the reranker loads
     missing: list[str] = []
     entries = suite_entries(suite, names, base.data_root, bright_source, long_documents, missing)
     if missing:

@@ -353,3 +353,72 @@ def test_the_api_refuses_log_llm_io_where_nothing_would_be_logged(dl: Path, tmp_
     metrics = run_eval(EvalConfig(**common, reranker="test-counting", llm_cache=False), progress=False)
     assert metrics["config"]["llm_cache"] is False
 
+
+# ---------------------------------------------------------------- a suite's shared reranker: each dataset's own counts
+
+
+@pytest.fixture(scope="module")
+def scripted_tokenizer() -> Any:
+    from rerank.testing import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _cached_head(kind: str, tokenizer: Any, cache: Path) -> Any:
+    """A setwise (forward passes) or listwise (parse repairs) head on a scripted backend whose calls are cached."""
+    from rerank.backends.cache import CachingBackend
+    from rerank.backends.scripted import ScriptedBackend
+    from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
+    from rerank.methods.setwise.head import SetwiseConfig, SetwiseReranker
+
+    if kind == "setwise":
+        inner = ScriptedBackend(tokenizer, lambda text, ids: [-float(i) for i in range(len(ids))])
+        return SetwiseReranker(SetwiseConfig(set_size=2, top_k=3),
+                               backend=CachingBackend(inner, "scripted", cache))
+    inner = ScriptedBackend(tokenizer, generate_fn=lambda text: "[2] > [1]")  # each answer repaired
+    return ListwiseReranker(ListwiseConfig(window=3, stride=2), backend=CachingBackend(inner, "scripted", cache))
+
+
+def _counts(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"parse": metrics["parse"], "forward_passes": metrics["reranker"].get("forward_passes"),
+            "llm_cache_hits": metrics["reranker"]["backend"]["llm_cache_hits"]}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("kind", ["setwise", "listwise"])
+def test_each_dataset_of_a_suite_reports_its_own_counts(kind: str, workers: int, dl: Path, tmp_path: Path,
+                                                        scripted_tokenizer: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reranker shared by a suite's datasets kept counting: the second dataset's metrics.json reported the
+    forward passes, parse repairs and LLM cache hits of both. Each run is made twice on its own cache, so the second
+    one's calls are cache hits."""
+    from rerank.eval import pipeline
+
+    d20 = _dl_folder(dl, "dl20-bm25-top100")
+    (d20 / "queries.jsonl").write_text('{"_id": "q1", "text": "c"}\n{"_id": "q2", "text": "d"}\n')  # its own prompts
+    cache: list[Path] = []
+    monkeypatch.setattr(pipeline, "WorkerPool", InlinePool)
+    monkeypatch.setattr(pipeline, "load_reranker", lambda cfg: _cached_head(kind, scripted_tokenizer, cache[0]))
+
+    def given() -> Any:
+        return _cached_head(kind, scripted_tokenizer, cache[0]) if workers == 1 else None
+
+    method = {"reranker": kind} if workers > 1 else {}
+    cache.append(tmp_path / "suite.sqlite")
+    for _ in range(2):
+        run_suite("dl", EvalConfig(dataset="", data_root=str(dl), workers=workers, **method), tmp_path / "suite",
+                  reranker=given(), progress=False)
+    first = json.loads((tmp_path / "suite" / "dl19-bm25-top100" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "suite" / "dl20-bm25-top100" / "metrics.json").read_text())
+    cache[0] = tmp_path / "solo.sqlite"
+    solo_cfg = EvalConfig(dataset=str(d20), first_stage=str(d20 / "bm25_top100.trec"), workers=workers, **method)
+    for _ in range(2):
+        solo = run_eval(solo_cfg, reranker=given(), progress=False)
+    assert _counts(second) == _counts(solo)
+    assert _counts(first)["llm_cache_hits"] > 0 and _counts(first)["parse"]["outputs"] == _counts(solo)["parse"][
+        "outputs"]  # both datasets made their calls (the same number), all from the cache
+    if kind == "setwise":
+        assert solo["reranker"]["forward_passes"] == solo["reranker"]["backend"]["llm_cache_hits"] > 0
+    else:
+        assert solo["parse"]["repaired"] == solo["parse"]["outputs"] == solo["reranker"]["backend"][
+            "llm_cache_hits"] > 0

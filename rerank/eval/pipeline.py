@@ -14,6 +14,9 @@ Ranking conventions (also stated in ``report.md``):
 ``workers`` > 1 reranks in that many processes (:mod:`rerank.parallel`), each loading its own copy of the reranker,
 with the query chunks of one process, so the run and the scores are the same as with one.
 
+A reranker given (or shared by a suite's datasets) keeps counting over its life; ``metrics.json`` reports what this
+run counted: its parse statistics and the :data:`COUNTERS` of its description (forward passes, LLM cache hits).
+
 Everything is checked before the expensive work: the config's numbers, the measures, the dataset's queries and
 qrels, a given first-stage run, and the reranker (built, options and model) all come before the first stage
 retrieves. The result folder holds the files of one run only: ``metrics.json`` is removed first and written last
@@ -27,7 +30,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +50,7 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["OUTPUT_FILES", "EvalConfig", "check_llm_io", "check_run_overlap", "rerank_run", "run_eval"]
+__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_llm_io", "check_run_overlap", "rerank_run", "run_eval"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -245,15 +248,58 @@ def _describe(reranker: Reranker, _: Any) -> dict[str, Any]:
     return reranker.describe()
 
 
+#: the counters a reranker's :meth:`~Reranker.describe` reports (key paths): setwise forward passes, LLM cache hits.
+#: They run over the reranker's life; a run reports its own part (:func:`_counted_since`).
+COUNTERS: tuple[tuple[str, ...], ...] = (("forward_passes",), ("backend", "llm_cache_hits"))
+
+
+def _counter(desc: dict[str, Any], path: tuple[str, ...]) -> int | None:
+    """The counter at ``path`` of a description, None when it has none."""
+    value: Any = desc
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _with_counter(desc: dict[str, Any], path: tuple[str, ...], value: int) -> dict[str, Any]:
+    """A copy of ``desc`` with the counter at ``path`` set to ``value`` (``desc`` and its sub-dicts unchanged)."""
+    head, *rest = path
+    return {**desc, head: _with_counter(desc[head], tuple(rest), value) if rest else value}
+
+
 def _pooled_description(descs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The workers' descriptions as one: the first worker's, with its counters (setwise forward passes, LLM cache
-    hits) summed over all of them, as each worker counts only its own chunks."""
+    """The workers' descriptions as one: the first worker's, with its :data:`COUNTERS` summed over all of them, as
+    each worker counts only its own chunks."""
     desc = dict(descs[0])
-    if all("forward_passes" in d for d in descs):
-        desc["forward_passes"] = sum(d["forward_passes"] for d in descs)
-    backends = [d.get("backend") for d in descs]
-    if all(isinstance(b, dict) and "llm_cache_hits" in b for b in backends):
-        desc["backend"] = {**backends[0], "llm_cache_hits": sum(b["llm_cache_hits"] for b in backends)}
+    for path in COUNTERS:
+        values = [_counter(d, path) for d in descs]
+        if all(v is not None for v in values):
+            desc = _with_counter(desc, path, sum(values))  # type: ignore[arg-type]
+    return desc
+
+
+@contextlib.contextmanager
+def _counting_into(reranker: Reranker, stats: RerankStats) -> Iterator[None]:
+    """Inside the block ``reranker`` records its parse statistics into ``stats`` (one run's); after it, its running
+    counts (:attr:`Reranker.stats`) go on with them added."""
+    running, reranker.stats = reranker.stats, stats
+    try:
+        yield
+    finally:
+        running.merge(stats)
+        reranker.stats = running
+
+
+def _counted_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` with each of its :data:`COUNTERS` less its value in ``before``: what one run counted, when the
+    reranker (a suite's, a leaderboard row's) ran before it."""
+    desc = after
+    for path in COUNTERS:
+        start, end = _counter(before, path), _counter(after, path)
+        if start is not None and end is not None:
+            desc = _with_counter(desc, path, end - start)
     return desc
 
 
@@ -377,16 +423,22 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
     if reranker is not None or pool is not None:
         t = time.perf_counter()
         doc_ids = {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]}
-        if pool is not None:
-            pool.broadcast(_prepare, (cfg, doc_ids))
-        else:
-            reranker.prepare_corpus(dataset, doc_ids)  # type: ignore[union-attr]
-        final, rerank_scores, corpus_ids_unknown = rerank_run(
-            pool if pool is not None else reranker, queries, run, dataset.corpus, cfg.top_k,  # type: ignore[arg-type]
-            cfg.batch_queries, progress, stats, cfg.interpolate,
-        )
-        desc = (_pooled_description(pool.broadcast(_describe, None)) if pool is not None
-                else reranker.describe())  # type: ignore[union-attr]
+
+        def describe() -> dict[str, Any]:
+            return (_pooled_description(pool.broadcast(_describe, None)) if pool is not None
+                    else reranker.describe())  # type: ignore[union-attr]
+
+        before = describe()  # a shared reranker (a suite's) has counted earlier runs: this run reports its own
+        with _counting_into(reranker, stats) if pool is None else contextlib.nullcontext():  # type: ignore[arg-type]
+            if pool is not None:
+                pool.broadcast(_prepare, (cfg, doc_ids))
+            else:
+                reranker.prepare_corpus(dataset, doc_ids)  # type: ignore[union-attr]
+            final, rerank_scores, corpus_ids_unknown = rerank_run(
+                pool if pool is not None else reranker, queries, run, dataset.corpus,  # type: ignore[arg-type]
+                cfg.top_k, cfg.batch_queries, progress, stats, cfg.interpolate,
+            )
+        desc = _counted_since(before, describe())
         timing["rerank_s"] = time.perf_counter() - t
         reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
         if pool is not None:
@@ -425,10 +477,8 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         },
         "config": to_dict(cfg),
     }
-    if reranker is not None:
-        metrics["parse"] = reranker.stats.as_dict()
-    elif pool is not None:
-        metrics["parse"] = stats.as_dict()
+    if reranker is not None or pool is not None:
+        metrics["parse"] = stats.as_dict()  # this run's outputs only
     if corpus_ids_unknown:
         log.warning(
             "%d doc ids in the first-stage run are not in the corpus (e.g. %s); they were not reranked",

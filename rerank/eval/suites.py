@@ -308,8 +308,9 @@ def run_suite(
     """Evaluate ``base`` (retriever / reranker settings) on every dataset of ``suite``; writes ``summary.json/.md``.
 
     The reranker is loaded once for every dataset as ``rerank eval`` loads it (its LLM calls cached and logged as
-    ``base`` says; with ``base.workers`` > 1 in that many processes). Each dataset is scored on its own split, so
-    ``base.split`` must be left at its default."""
+    ``base`` says; with ``base.workers`` > 1 in that many processes); each dataset's ``metrics.json`` counts that
+    dataset's outputs, forward passes and cache hits only. Each dataset is scored on its own split, so ``base.split``
+    must be left at its default."""
     if base.first_stage is not None:
         raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
     if base.split != SPLIT:

@@ -36,6 +36,7 @@ __all__ = [
     "SourceSpec",
     "build",
     "changed_options",
+    "check_reranker",
     "load_hf_dataset",
     "read_rows",
     "unit_rng",
@@ -105,6 +106,9 @@ class ModelSpec:
     backend: str = "transformers"
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_reranker(self.reranker)
+
     def check(self) -> None:
         """Before the build starts: the model can be loaded here (a served one, remote or openai, is not checked)."""
         if self.model and self.reranker != "remote" and self.backend != "openai":
@@ -114,6 +118,15 @@ class ModelSpec:
         from rerank.heads.base import Reranker
 
         return Reranker.load(self.reranker, model=self.model, backend=self.backend, **self.options)
+
+
+def check_reranker(name: str) -> None:
+    """A reranker name the registry knows, checked when the config is read (not when the model loads, after the data
+    work); an unknown one raises the registry's error listing the known names."""
+    from rerank.heads.registry import available_rerankers, get_reranker_class
+
+    if name not in available_rerankers():
+        get_reranker_class(name)  # raises "unknown reranker ...; known rerankers: ..."
 
 
 def changed_options(config: Any, names: Iterable[str]) -> list[str]:
@@ -202,6 +215,12 @@ class Recipe(ABC):
     def source(self) -> dict[str, Any]:
         """What the data came from, for the manifest."""
         return {}
+
+    @classmethod
+    def record(cls, config: Any) -> dict[str, Any]:
+        """The config as the manifest records it: every option, unless a recipe leaves out those its settings do not
+        read (defaults that would suggest they were used)."""
+        return to_dict(config)
 
     def close(self) -> None:
         """Release models."""
@@ -315,7 +334,7 @@ def build(
     manifest = {
         "recipe": kind,
         "recipe_hash": rhash,
-        "config": to_dict(config),
+        "config": cls.record(config),
         "source": source,
         "schema": SCHEMA_VERSION,
         "data": "data.jsonl",

@@ -25,7 +25,15 @@ import numpy as np
 
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import read_run
-from rerank.data_recipes.base import FirstStageSpec, ModelSpec, Recipe, SourceSpec, changed_options, unit_rng
+from rerank.data_recipes.base import (
+    FirstStageSpec,
+    ModelSpec,
+    Recipe,
+    SourceSpec,
+    changed_options,
+    check_reranker,
+    unit_rng,
+)
 from rerank.errors import ConfigError
 from rerank.models import check_model_path
 from rerank.trainers.data import has_content
@@ -124,6 +132,8 @@ class FilterSpec:
                 raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to scorer: "
                                  "reranker; the bi-encoder scorer loads 'model' as a sentence-transformers model: "
                                  f"remove {'them' if len(changed) > 1 else 'it'} or set scorer: reranker")
+        else:
+            check_reranker(self.reranker)
 
     def check(self) -> None:
         """Before the build starts: the filter's model can be loaded here."""

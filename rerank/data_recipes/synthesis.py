@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from rerank.config import to_dict
 from rerank.data.datasets import resolve_dataset
 from rerank.data_recipes.base import FirstStageSpec, Recipe, changed_options, unit_rng
 from rerank.trainers.data import has_content
@@ -47,6 +48,10 @@ class GeneratorSpec:
                 raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to kind: llm; "
                                  "kind: sentence uses no model: remove "
                                  f"{'them' if len(changed) > 1 else 'it'} or set kind: llm")
+
+    def recorded(self) -> dict[str, Any]:
+        """The options this kind reads, for the manifest: ``kind: sentence`` reads none but its kind (no model)."""
+        return {"kind": self.kind} if self.kind == "sentence" else to_dict(self)
 
     def check(self) -> None:
         """Before the build starts: the generator's model can be loaded here (a served one, openai, is not checked)."""
@@ -242,11 +247,22 @@ class QuerySynthesisRecipe(Recipe):
             self._retriever = build_retriever(fs.retriever, self.dataset, **fs.options)
         return sort_ranking(self._retriever.retrieve({qid: Query(qid, q)}, k=fs.depth).get(qid, []))
 
+    @classmethod
+    def record(cls, config: QuerySynthesisConfig) -> dict[str, Any]:
+        """The config without the options its settings do not read: the LLM's with ``kind: sentence``, the negatives'
+        without a ``first_stage``."""
+        out = to_dict(config)
+        out["generator"] = config.generator.recorded()
+        if config.first_stage is None:
+            del out["negative_window"], out["num_negatives"]
+        return out
+
     def source(self) -> dict[str, Any]:
         g = self.config.generator
+        llm = {"model": g.model, "backend": g.backend, "template": g.template} if g.kind == "llm" else {}
         return {"dataset": self.dataset.name, "root": str(self.dataset.root),
                 "corpus_sha256": self.dataset.corpus_hash,
-                "generator": {"kind": g.kind, "model": g.model, "backend": g.backend, "template": g.template},
+                "generator": {"kind": g.kind, **llm},
                 **({"consistency_k": self.config.consistency_k} if self.config.consistency_k else {}),
                 "dropped_queries": dict(self.dropped)}
 

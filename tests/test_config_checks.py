@@ -13,6 +13,7 @@ from rerank.data_recipes.base import build
 from rerank.data_recipes.mining import HardNegativesConfig, TeacherLabelsConfig
 from rerank.data_recipes.synthesis import QuerySynthesisConfig, QuerySynthesisRecipe
 from rerank.errors import ConfigError
+from rerank.trainers.sft_trainer import SFTTrainConfig
 
 
 # ------------------------------------------------------------------------------------- 1. query synthesis manifest
@@ -49,3 +50,23 @@ def test_unknown_teacher_reranker_is_refused_when_the_config_is_read(tmp_path: P
         from_dict(HardNegativesConfig, {"source": {"dataset": "d"}, "first_stage": {"retriever": "bm25"},
                                         "false_negative_filter": {"reranker": "nope"}})
     from_dict(TeacherLabelsConfig, {**base, "listwise_teacher": {"reranker": "remote"}})  # served: registered too
+
+
+# ------------------------------------------------------------------------------------------------ 3. LoRA at config
+@pytest.mark.parametrize("head", ["cross-encoder", "monot5", "duot5"])
+def test_lora_refused_at_config_time_for_full_fine_tune_heads(head: str) -> None:
+    raw = {"model": "m", "head": head, "data": {"path": "train.jsonl"}, "lora": {"enabled": True}}
+    with pytest.raises(ConfigError, match=f"^config: lora is for the LLM heads; {head} is fine-tuned in full: drop "
+                                          "lora.enabled$"):
+        from_dict(SFTTrainConfig, raw)
+    assert not from_dict(SFTTrainConfig, {**raw, "lora": {"enabled": False}}).lora.enabled
+
+
+def test_lora_follows_the_trainers_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal reads the method's own SFT module (``SUPPORTS_LORA``), not the head's name; LLM heads take LoRA."""
+    import rerank.methods.monot5.train as t5
+
+    raw = {"model": "m", "head": "monot5", "data": {"path": "train.jsonl"}, "lora": {"enabled": True}}
+    monkeypatch.setattr(t5, "SUPPORTS_LORA", True)
+    assert from_dict(SFTTrainConfig, raw).lora.enabled
+    assert from_dict(SFTTrainConfig, {**raw, "head": "erank"}).lora.enabled

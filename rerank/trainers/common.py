@@ -9,6 +9,7 @@ written to ``OUTPUT/model``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import logging
 import math
@@ -33,6 +34,7 @@ __all__ = [
     "cpu_only",
     "option_default",
     "training_kwargs",
+    "trains_lora",
 ]
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,8 @@ class CommonTrainConfig(TrainSchedule):
 
         super().__post_init__()
         get_method(self.head, kind="reranker")
+        if self.lora.enabled and not trains_lora(self.head):
+            raise ConfigError(f"lora is for the LLM heads; {self.head} is fine-tuned in full: drop lora.enabled")
         if self.window < 2:
             raise ConfigError(f"window must be >= 2, got {self.window}")
         if not get_method(self.head).windowed:
@@ -217,6 +221,18 @@ class CommonTrainConfig(TrainSchedule):
             raise ConfigError(f"eval_steps {self.eval_steps} selects the model on the dev split, but "
                               "data.dev_fraction is 0 (no dev split): set data.dev_fraction > 0, or eval_steps: 0 to "
                               "keep the last step")
+
+
+def trains_lora(head: str) -> bool:
+    """Whether the trainer of reranker method ``head`` applies ``lora``: the shared LLM trainers do (TRL's
+    ``peft_config``); a method with its own SFT function (its descriptor's ``sft``) only where that function's module
+    declares ``SUPPORTS_LORA = True``."""
+    from rerank.methods import get_method
+
+    sft = get_method(head).sft
+    if sft is None:
+        return True
+    return bool(getattr(importlib.import_module(sft.partition(":")[0]), "SUPPORTS_LORA", False))
 
 
 def _query_tokens_default(head: str) -> int:

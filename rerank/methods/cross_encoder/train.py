@@ -27,9 +27,13 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["DISTILL_LOSSES", "PairTexts", "train_cross_encoder"]
+__all__ = ["DISTILL_LOSSES", "SUPPORTS_LORA", "PairTexts", "train_cross_encoder"]
 
 log = logging.getLogger(__name__)
+
+#: this SFT fine-tunes the whole model: ``lora.enabled`` is refused when the config is read
+#: (:func:`rerank.trainers.common.trains_lora`)
+SUPPORTS_LORA = False
 
 #: the losses that learn from the rows' ``teacher_scores`` (knowledge distillation)
 DISTILL_LOSSES = ("margin-mse", "listwise-kl")
@@ -221,8 +225,6 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     from rerank.models import resolve_model_path
 
     loss_name, output = cfg.loss, ctx.output
-    if cfg.lora.enabled:
-        raise ConfigError("lora is for the LLM heads; the cross-encoder is fine-tuned in full")
     path = resolve_model_path(cfg.model)
     check_safetensors(path, "model")
     # the texts as inference sees them (special-token strings neutralised, the query cut as the head cuts it); before

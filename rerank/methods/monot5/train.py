@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["duot5_rows", "monot5_rows", "train_duot5", "train_monot5"]
+__all__ = ["SUPPORTS_LORA", "duot5_rows", "monot5_rows", "train_duot5", "train_monot5"]
+
+#: monoT5 / duoT5 SFT fine-tunes the whole model: ``lora.enabled`` is refused when the config is read
+#: (:func:`rerank.trainers.common.trains_lora`)
+SUPPORTS_LORA = False
 
 
 def _text(c: dict[str, Any]) -> str:
@@ -84,8 +88,6 @@ def _train(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     from rerank.trainers.resume import fit, resume_arg
     from rerank.trainers.sft_trainer import save_final, selection_metrics
 
-    if cfg.lora.enabled:
-        raise ConfigError(f"lora is for the LLM heads; {method} is fine-tuned in full")
     path = resolve_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     head = _head(method, cfg, tok)

@@ -72,11 +72,15 @@ def test_lora_refused_at_config_time_for_full_fine_tune_heads(head: str) -> None
 
 
 def test_lora_follows_the_trainers_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The refusal reads the method's own SFT module (``SUPPORTS_LORA``), not the head's name; LLM heads take LoRA."""
-    import rerank.methods.monot5.train as t5
+    """The refusal reads the method's registry entry (``lora``), not the head's name; LLM heads take LoRA."""
+    import dataclasses
 
+    import rerank.methods
+
+    real = rerank.methods.get_method
+    monkeypatch.setattr(rerank.methods, "get_method", lambda name, kind=None: (
+        dataclasses.replace(real(name, kind), lora=True) if name == "monot5" else real(name, kind)))
     raw = {"model": "m", "head": "monot5", "data": {"path": "train.jsonl"}, "lora": {"enabled": True}}
-    monkeypatch.setattr(t5, "SUPPORTS_LORA", True)
     assert from_dict(SFTTrainConfig, raw).lora.enabled
     assert from_dict(SFTTrainConfig, {**raw, "head": "erank"}).lora.enabled
 

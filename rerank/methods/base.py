@@ -39,7 +39,9 @@ class Method:
     method. ``teacher_labels``: the data recipe's teacher-label mode of the method (``(recipe, unit, docs, row) ->
     rows``) and ``teacher_roles`` the teacher models it needs. ``templates``: prompt files in the package, the
     first the head's default. ``windowed``: its training task cuts candidates into windows (``window``,
-    ``window_order``). ``pipeline_tag`` / ``library_name``: the model card's Hub metadata.
+    ``window_order``). ``lora``: its SFT takes the ``lora`` options (the shared LLM trainers do; a method whose own
+    ``sft`` fine-tunes in full says False, and ``lora.enabled`` is refused for it). ``pipeline_tag`` /
+    ``library_name``: the model card's Hub metadata.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Method:
     teacher_roles: tuple[str, ...] = ("teacher",)
     templates: tuple[str, ...] = ()
     windowed: bool = False
+    lora: bool = True
     pipeline_tag: str | None = None
     library_name: str = "transformers"
 

@@ -9,7 +9,6 @@ written to ``OUTPUT/model``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import logging
 import math
@@ -224,15 +223,11 @@ class CommonTrainConfig(TrainSchedule):
 
 
 def trains_lora(head: str) -> bool:
-    """Whether the trainer of reranker method ``head`` applies ``lora``: the shared LLM trainers do (TRL's
-    ``peft_config``); a method with its own SFT function (its descriptor's ``sft``) only where that function's module
-    declares ``SUPPORTS_LORA = True``."""
+    """Whether the trainer of reranker method ``head`` applies ``lora`` (its registry entry's ``lora``: the shared LLM
+    trainers pass it to TRL as ``peft_config``; a method's own full fine-tuning does not)."""
     from rerank.methods import get_method
 
-    sft = get_method(head).sft
-    if sft is None:
-        return True
-    return bool(getattr(importlib.import_module(sft.partition(":")[0]), "SUPPORTS_LORA", False))
+    return get_method(head).lora
 
 
 def _query_tokens_default(head: str) -> int:

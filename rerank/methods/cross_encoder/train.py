@@ -27,13 +27,9 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["DISTILL_LOSSES", "SUPPORTS_LORA", "PairTexts", "train_cross_encoder"]
+__all__ = ["DISTILL_LOSSES", "PairTexts", "train_cross_encoder"]
 
 log = logging.getLogger(__name__)
-
-#: this SFT fine-tunes the whole model: ``lora.enabled`` is refused when the config is read
-#: (:func:`rerank.trainers.common.trains_lora`)
-SUPPORTS_LORA = False
 
 #: the losses that learn from the rows' ``teacher_scores`` (knowledge distillation)
 DISTILL_LOSSES = ("margin-mse", "listwise-kl")

@@ -9,6 +9,7 @@ METHOD = Method(
     package=__name__,
     summary="seq2seq (T5) pairwise over the top-k: sym-sum of P(d_i more relevant than d_j)",
     sft="rerank.methods.monot5.train:train_duot5",
+    lora=False,
     sft_losses=("ce",),
     head="rerank.methods.duot5.head:DuoT5Reranker",
     templates=("duot5.yaml",),

@@ -9,6 +9,7 @@ METHOD = Method(
     package=__name__,
     summary='seq2seq (T5) pointwise: log P("true") vs "false" at the first decoder step',
     sft="rerank.methods.monot5.train:train_monot5",
+    lora=False,
     sft_losses=("ce",),
     head="rerank.methods.monot5.head:MonoT5Reranker",
     templates=("monot5.yaml",),

@@ -19,11 +19,7 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["SUPPORTS_LORA", "duot5_rows", "monot5_rows", "train_duot5", "train_monot5"]
-
-#: monoT5 / duoT5 SFT fine-tunes the whole model: ``lora.enabled`` is refused when the config is read
-#: (:func:`rerank.trainers.common.trains_lora`)
-SUPPORTS_LORA = False
+__all__ = ["duot5_rows", "monot5_rows", "train_duot5", "train_monot5"]
 
 
 def _text(c: dict[str, Any]) -> str:

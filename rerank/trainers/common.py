@@ -319,7 +319,7 @@ def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str
         "disable_tqdm": True,
     }
     if cfg.gradient_checkpointing:
-        kw["gradient_checkpointing"] = True
+        kw["activation_checkpointing"] = True  # transformers 5: gradient_checkpointing is its deprecated alias
     if evaluate:
         kw.update(load_best_model_at_end=True)
     return kw

@@ -57,7 +57,11 @@ def test_grpo_drops_prompts_longer_than_max_length(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="rerank.trainers.grpo_trainer"):
         kept = fit_prompts(rows, tok, limit, "training")
     assert [r["k"] for r in kept] == [1, 2]
-    assert f"1 of 3 training prompts are longer than max_length={limit} tokens and were dropped" in caplog.messages
+    assert (f"1 of 3 training prompts are longer than max_length={limit} tokens: 1 queries (1 prompts) were dropped"
+            in caplog.messages)
+    # one query's rows share a batch and pool their rewards (ERank): a too-long prompt drops its whole query
+    pooled = [{"prompt": "a b c d e f g h i j", "qid": "q1"}, {"prompt": "a", "qid": "q1"}, {"prompt": "a", "qid": "q2"}]
+    assert [r["qid"] for r in fit_prompts(pooled, tok, limit, "training")] == ["q2"]
     with pytest.raises(ConfigError, match=r"every training prompt is longer than max_length=1 tokens .* raise "
                                           "max_length"):
         fit_prompts(rows[:2], tok, 1, "training")

@@ -118,18 +118,22 @@ def check_reward_options(head: str, rewards: RewardConfig) -> None:
 
 
 def fit_prompts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, split: str) -> list[dict[str, Any]]:
-    """The rows whose prompt fits ``max_length`` tokens (counted as TRL tokenises a prompt); those longer are dropped
-    with a warning giving the count (as SFT drops its too-long examples), and none left is an error."""
+    """The rows whose prompt fits ``max_length`` tokens (counted as TRL tokenises a prompt); a query with a longer
+    prompt is dropped whole (rows of one ``qid`` share a batch and their rewards pool over the query, as ERank's do),
+    with a warning giving the counts (as SFT drops its too-long examples); none left is an error."""
     if not rows:
         return rows
     lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows])["input_ids"]]
-    kept = [r for r, n in zip(rows, lengths, strict=True) if n <= max_length]
+    keys = [r.get("qid", i) for i, r in enumerate(rows)]  # rows without a query id stand alone
+    too_long = {k for k, n in zip(keys, lengths, strict=True) if n > max_length}
+    kept = [r for r, k in zip(rows, keys, strict=True) if k not in too_long]
     if not kept:
         raise ConfigError(f"every {split} prompt is longer than max_length={max_length} tokens (the longest has "
                           f"{max(lengths)}): raise max_length, or lower max_doc_tokens / max_query_tokens / the window")
     if len(kept) < len(rows):
-        log.warning("%d of %d %s prompts are longer than max_length=%d tokens and were dropped",
-                    len(rows) - len(kept), len(rows), split, max_length)
+        log.warning("%d of %d %s prompts are longer than max_length=%d tokens: %d queries (%d prompts) were dropped",
+                    sum(n > max_length for n in lengths), len(rows), split, max_length, len(too_long),
+                    len(rows) - len(kept))
     return kept
 
 

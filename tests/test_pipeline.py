@@ -115,6 +115,16 @@ def test_qrels_naming_no_corpus_document_is_an_error(beir: Path, tmp_path: Path)
     assert m["metrics"]["nDCG@10"] == 0.0
 
 
+def test_a_grade_trec_eval_cannot_hold_fails_before_retrieval(beir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grade above the evaluated bound used to fail in the metrics, after retrieval and reranking had run."""
+    import rerank.eval.pipeline as pipeline
+
+    write_qrels({"q1": {"d0": 2_000_000}}, beir / "qrels" / "test.tsv", beir=True)
+    monkeypatch.setattr(pipeline, "build_retriever", lambda *a, **k: pytest.fail("retrieval ran"))
+    with pytest.raises(ConfigError, match="query 'q1', document 'd0': relevance grade 2000000 is above 1,000,000"):
+        run_eval(EvalConfig(dataset=str(beir), retriever="bm25"), progress=False)
+
+
 def test_rank_cli_jsonl_and_trec(beir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = tmp_path / "in.jsonl"
     write_jsonl([{"query": {"id": "a", "text": "hi"}, "docs": ["bb", "a", {"id": "z", "text": "cccc"}]}], inp)

@@ -31,7 +31,7 @@ from rerank.data.io import GRADE_MAX, GRADE_MIN
 from rerank.errors import ConfigError
 from rerank.types import Qrels, Run, sort_ranking
 
-__all__ = ["DEFAULT_MEASURES", "EVAL_GRADE_MAX", "MetricResult", "evaluate_run", "parse_measures"]
+__all__ = ["DEFAULT_MEASURES", "EVAL_GRADE_MAX", "MetricResult", "check_qrels", "evaluate_run", "parse_measures"]
 
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP", "P@10", "Judged@10")
 #: the largest grade evaluated: trec_eval allocates memory for every level up to the largest grade (~8 bytes each:
@@ -173,6 +173,13 @@ def _is_judged_at(m: ir_measures.Measure) -> bool:
     return m.NAME == "Judged" and set(m.params) == {"cutoff"} and isinstance(m.params["cutoff"], int)
 
 
+def check_qrels(qrels: Qrels) -> None:
+    """The checks :func:`evaluate_run` makes of ``qrels`` (string query ids, integral grades trec_eval can hold), for
+    callers that want them before expensive work: the same ``TypeError`` / ``ValueError`` naming the judgement."""
+    _check_ids(qrels, "qrels")
+    _check_grades(qrels)
+
+
 def _check_ids(mapping: Iterable[object], what: str) -> None:
     """Query ids are strings (trec_eval's are; an int id would never match a string one)."""
     if set(map(type, mapping)) <= {str}:
@@ -216,9 +223,9 @@ def _grade_ok(g: object) -> bool:
 
 def _check_grades(qrels: Mapping[str, Mapping[str, object]]) -> None:
     """Every grade integral, within trec_eval's signed 32-bit range (0.5 would be truncated, and beyond the range
-    pytrec_eval silently scores 0, or crashes) and at most :data:`EVAL_GRADE_MAX`: the distinct grades are checked, and only when one fails are the
-    judgements scanned to name it. A grade of another number type that is equal to one checked (``1.0``, numpy's
-    ``1``) is converted where pytrec_eval refuses it (:func:`_pytrec_eval`)."""
+    pytrec_eval silently scores 0, or crashes) and at most :data:`EVAL_GRADE_MAX`: the distinct grades are checked,
+    and only when one fails are the judgements scanned to name it. A grade of another number type that is equal to
+    one checked (``1.0``, numpy's ``1``) is converted where pytrec_eval refuses it (:func:`_pytrec_eval`)."""
     try:
         distinct = set(chain.from_iterable(map(dict.values, qrels.values())))  # type: ignore[arg-type]
     except TypeError:  # not dicts, or an unhashable grade

@@ -42,7 +42,7 @@ from rerank.config import to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
 from rerank.errors import ConfigError, DataFormatError
-from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
+from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker, RerankStats
 from rerank.parallel import WorkerPool
@@ -371,6 +371,10 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     queries = dataset.split_queries(cfg.split, cfg.max_queries)
     qrels_all = dataset.qrels(cfg.split)
     qrels: Qrels = {q: qrels_all[q] for q in queries}
+    try:  # a grade trec_eval cannot hold fails here, not after retrieval and reranking
+        check_qrels(qrels)
+    except ValueError as e:
+        raise ConfigError(f"dataset {cfg.dataset}: {e}") from None
     rel_level = cfg.rel_level if cfg.rel_level is not None else dataset.rel_level
     given_run = read_run(cfg.first_stage) if cfg.first_stage is not None else None
     if given_run is not None:
@@ -383,7 +387,8 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
         raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
     with contextlib.ExitStack() as stack:
         pool = given_pool
-        if cfg.reranker is not None and reranker is None and pool is None:  # before retrieval: a bad option or model fails in seconds
+        # before retrieval: a bad option or model fails in seconds
+        if cfg.reranker is not None and reranker is None and pool is None:
             t = time.perf_counter()
             if cfg.workers > 1:
                 pool = stack.enter_context(reranker_pool(cfg))

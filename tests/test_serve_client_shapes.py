@@ -176,3 +176,31 @@ def test_model_dtype_reports_what_is_loaded() -> None:
     assert model_dtype(SimpleNamespace(), {"config": {"dtype": "bfloat16"}}) == "bfloat16"
     assert model_dtype(SimpleNamespace(), {"config": {"dtype": "auto"}}) == "unknown"
     assert model_dtype(OverlapReranker(), OverlapReranker().describe()) == "unknown"
+
+
+def test_tokens_are_counted_beside_the_model_with_a_tokenizer_of_their_own(tiny_bert_dir: Path) -> None:
+    """Counting ran on the model thread, adding a second tokenisation of every request to the model's critical path;
+    it runs on a thread of its own, with its own copy of the tokenizer (a fast tokenizer is not safe to share)."""
+    import asyncio
+    import threading
+
+    rr = Reranker.load("cross-encoder", model=str(tiny_bert_dir), device="cpu")
+    count = token_counter(rr)
+    threads: list[str] = []
+
+    def recording(texts: object) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return count(texts)  # type: ignore[arg-type]
+
+    async def go() -> object:
+        b = Batcher(rr, count_tokens=recording)
+        await b.start()
+        try:
+            return await b.submit("bm25", [Candidate(Document("0", "ranking function"))], 10, count=["bm25", "ranking"])
+        finally:
+            await b.stop()
+
+    scored = asyncio.run(go())
+    assert scored.tokens == sum(len(rr.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ["bm25", "ranking"])
+    assert threads and all(t.startswith("rerank-count") for t in threads)
+    assert count.__closure__ is not None and all(c.cell_contents is not rr.tokenizer for c in count.__closure__)

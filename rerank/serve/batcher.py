@@ -6,9 +6,9 @@ event loop keeps answering ``/health``, ``/metrics`` and new requests while the 
 up while the model is busy form the next batch, lowest ``priority`` first (Cohere's: 0 is the highest), then in
 arrival order. The number of accepted, unanswered requests is bounded by ``max_queue``. A request whose caller stops
 waiting (its client disconnected, or its timeout passed) leaves the queue at once, so abandoned work is never scored.
-A request may ask for texts' tokens to be counted (a response's ``usage``): they are counted on the model thread, in
-the same job as its batch, since the head's tokenizer is not safe to share and a separate job would queue behind the
-next batch.
+A request may ask for texts' tokens to be counted (a response's ``usage``): a counting thread of its own (with its own
+copy of the tokenizer, see :func:`~rerank.serve.documents.token_counter`) counts a batch's texts while the model
+thread scores it, so counting adds no time to the model's critical path.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._counter: ThreadPoolExecutor | None = None
 
     @property
     def in_flight(self) -> int:
@@ -109,6 +110,7 @@ class Batcher:
         """Start the collector task and the model thread (call from the serving event loop)."""
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-model")
+        self._counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-count")
         self._task = asyncio.create_task(self._run(), name="rerank-batcher")
 
     async def stop(self) -> None:
@@ -124,9 +126,10 @@ class Batcher:
             item = self._pending.pop()
             if not item.future.done():
                 item.future.set_exception(ServiceClosedError("server is shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        for pool in (self._executor, self._counter):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._counter = None
 
     async def run_in_model_thread(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the model thread (work that uses the head's tokenizer, which is not safe to share)."""
@@ -210,6 +213,7 @@ class Batcher:
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         start = time.perf_counter()
+        counting = loop.run_in_executor(self._counter, self._tokens, batch)  # beside the model, not before it
         try:
             results = await loop.run_in_executor(self._executor, self._score, batch)
         except Exception as e:  # noqa: BLE001 - isolate the failing request, answer the others
@@ -221,14 +225,14 @@ class Batcher:
                     await self._execute(loop, [item])
             return
         self._observe(batch, time.perf_counter() - start)
-        for item, result in zip(batch, results, strict=True):
+        tokens = await counting
+        for item, result, n in zip(batch, results, tokens, strict=True):
             if not item.future.done():
-                item.future.set_result(result)
+                item.future.set_result(Scored(result, n))
 
-    def _score(self, batch: list[_Item]) -> list[Scored]:
+    def _score(self, batch: list[_Item]) -> list[RankedResult]:
         queries = [Query(str(i), it.query) for i, it in enumerate(batch)]
-        results = self.reranker.rerank_batch(queries, [it.candidates for it in batch])
-        return [Scored(r, t) for r, t in zip(results, self._tokens(batch), strict=True)]
+        return self.reranker.rerank_batch(queries, [it.candidates for it in batch])
 
     def _tokens(self, batch: list[_Item]) -> list[int | None]:
         """Per request, the tokens of its ``count`` texts, in one tokenizer call for the batch; None for a request

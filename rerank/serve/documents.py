@@ -12,6 +12,8 @@ tokenizer, no special tokens), else whitespace-separated words.
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +23,8 @@ from rerank.heads.text import token_spans
 from rerank.types import Candidate, Document
 
 __all__ = ["Budget", "Passages", "TextTooLong", "make_passages", "merge", "token_counter"]
+
+log = logging.getLogger(__name__)
 
 
 class TextTooLong(ValueError):
@@ -98,13 +102,22 @@ def merge(passages: Passages, raw: Sequence[float], relevance: Sequence[float]) 
 
 def token_counter(reranker: Reranker) -> Callable[[Sequence[str]], list[int]]:
     """A function counting each text's tokens as the head's tokenizer does (no special tokens), or its
-    whitespace-separated words for a head without a tokenizer (``remote``). Call it where the tokenizer may be used
-    (the model thread)."""
+    whitespace-separated words for a head without a tokenizer (``remote``). It holds its own copy of the tokenizer
+    (a fast tokenizer is not safe to share with the model thread), so it runs on a thread of its own, one call at a
+    time."""
     try:
         tokenizer: Any = getattr(reranker, "tokenizer", None)
     except Exception:  # noqa: BLE001 - a head whose tokenizer cannot be had counts words
         tokenizer = None
-    if tokenizer is None or not callable(tokenizer):
+    if tokenizer is not None and callable(tokenizer):
+        try:
+            tokenizer = copy.deepcopy(tokenizer)
+        except Exception as e:  # noqa: BLE001 - said once at start: usage then counts words
+            log.warning("the tokenizer cannot be copied for counting (%s: %s); usage counts words", type(e).__name__, e)
+            tokenizer = None
+    else:
+        tokenizer = None
+    if tokenizer is None:
         return lambda texts: [len(token_spans(None, t)) for t in texts]
 
     def count(texts: Sequence[str]) -> list[int]:

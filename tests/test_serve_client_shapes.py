@@ -201,6 +201,7 @@ def test_tokens_are_counted_beside_the_model_with_a_tokenizer_of_their_own(tiny_
             await b.stop()
 
     scored = asyncio.run(go())
-    assert scored.tokens == sum(len(rr.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ["bm25", "ranking"])
+    want = sum(len(rr.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ["bm25", "ranking"])
+    assert scored.tokens == want  # type: ignore[attr-defined]
     assert threads and all(t.startswith("rerank-count") for t in threads)
     assert count.__closure__ is not None and all(c.cell_contents is not rr.tokenizer for c in count.__closure__)

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from rerank.config import redact_url, secret_field
+from rerank.config import changed_options, redact_url, secret_field
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -54,9 +54,9 @@ class RemoteRerankerConfig(RerankerConfig):
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.batch_size != RerankerConfig.batch_size:
-            raise ValueError(f"batch_size={self.batch_size} does nothing for the remote reranker: the server batches "
-                             "with its own settings (remove it; max_concurrency sets the parallel requests)")
+        if changed_options(self, ("batch_size",)):
+            raise ConfigError(f"batch_size={self.batch_size} is not read by the remote reranker (the server batches "
+                              "with its own settings; max_concurrency sets the parallel requests): drop it")
 
 
 class RemoteReranker(Reranker):
@@ -81,7 +81,7 @@ class RemoteReranker(Reranker):
         """``model`` (if given) is sent as the request's ``model`` field; the server's backend is its own, so naming
         another backend here is an error."""
         if backend != "transformers":
-            raise ConfigError(f"the remote reranker uses the server's backend; remove backend={backend!r} (choose the "
+            raise ConfigError(f"the remote reranker uses the server's backend; drop backend={backend!r} (choose the "
                               "backend where the server runs: rerank serve --backend ...)")
         if model is not None:
             options = {**options, "model": model}

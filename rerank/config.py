@@ -5,7 +5,9 @@ Unknown keys are errors that name the key, so a typo never silently falls back t
 must be finite (``.nan`` / ``.inf`` pass no range check, so they are refused where they are read). Secrets (API keys) are
 fields made with :func:`secret_field`: :func:`to_dict`, which every writer of a config uses (``metrics.json``, run
 records, leaderboard cells, model folders), writes them as ``<redacted>``, and so it does any option named in
-:data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``).
+:data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``). An option the setting in
+force does not read is refused where it differs from its dataclass default (:func:`option_default`,
+:func:`changed_options`), with a one-line :class:`ConfigError` saying "drop" it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +27,7 @@ from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
-    "layered",
+    "layered", "option_default", "changed_options",
     "SECRET_KEYS", "REDACTED", "redact_url",
 ]
 
@@ -256,6 +258,22 @@ def _blamed_override(data: Mapping[str, Any], message: str) -> str | None:
     hits = [(m.start(), key) for key in given
             if (m := re.search(rf"(?<![\w.'-]){re.escape(str(key))}(?![\w'-])", message))]
     return given[min(hits)[1]] if hits else None
+
+
+def option_default(obj: Any, name: str) -> Any:
+    """The dataclass default of field ``name`` of ``obj`` (an instance or a class: its own class, whose default may
+    differ from a parent's), a fresh product of the factory for a mutable one; ``dataclasses.MISSING`` if required."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        raise KeyError(f"{cls.__name__} has no option {name!r}")
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def changed_options(obj: Any, names: Iterable[str]) -> list[str]:
+    """Those of the options ``names`` of dataclass instance ``obj`` that differ from their :func:`option_default`: the
+    options a user set (so a setting that does not read them can refuse them, rather than ignore them)."""
+    return [name for name in names if getattr(obj, name) != option_default(obj, name)]
 
 
 def without_secrets(value: Any) -> Any:

@@ -15,9 +15,9 @@ from rerank.errors import ConfigError
 
 def test_remote_refuses_a_backend_and_a_batch_size() -> None:
     """The server's backend and batching are its own: the remote client dropped both silently."""
-    with pytest.raises(ConfigError, match="remote reranker uses the server's backend; remove backend='no-such'"):
+    with pytest.raises(ConfigError, match="remote reranker uses the server's backend; drop backend='no-such'"):
         Reranker.load("remote", backend="no-such")
-    with pytest.raises(ConfigError, match="batch_size=1 does nothing for the remote reranker"):
+    with pytest.raises(ConfigError, match="batch_size=1 is not read by the remote reranker"):
         Reranker.load("remote", batch_size=1)
     Reranker.load("remote", base_url="http://127.0.0.1:9", backend="transformers", max_concurrency=2).close()
 

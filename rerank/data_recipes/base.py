@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from rerank.config import from_dict, to_dict
+from rerank.config import changed_options, from_dict, to_dict
 from rerank.errors import ConfigError, DataFormatError
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, write_json
@@ -61,9 +61,9 @@ class SourceSpec:
     queries: str | None = None
 
     def __post_init__(self) -> None:
-        if self.queries is not None and self.split != SourceSpec.split:
+        if self.queries is not None and changed_options(self, ("split",)):
             raise ValueError(f"split {self.split!r} is not read with 'queries' (the queries and their labels come from "
-                             "that file, the dataset gives only the corpus): remove split")
+                             "that file, the dataset gives only the corpus): drop split")
 
     def check(self) -> None:
         """Before the build starts: a ``queries`` file exists."""
@@ -86,7 +86,7 @@ class FirstStageSpec:
         if self.depth < 1:
             raise ValueError(f"first_stage depth must be >= 1, got {self.depth}")
         if self.run is not None and self.options:
-            raise ValueError("options apply to a first_stage retriever; a run file is read as it is: remove options "
+            raise ValueError("options apply to a first_stage retriever; a run file is read as it is: drop options "
                              f"({', '.join(map(str, self.options))}) or give a retriever instead of the run")
 
     def check(self) -> None:
@@ -127,17 +127,6 @@ def check_reranker(name: str) -> None:
 
     if name not in available_rerankers():
         get_reranker_class(name)  # raises "unknown reranker ...; known rerankers: ..."
-
-
-def changed_options(config: Any, names: Iterable[str]) -> list[str]:
-    """Those of the fields ``names`` of dataclass instance ``config`` that differ from their defaults: the options a
-    user set (to refuse them where the setting in force does not read them)."""
-    fields = {f.name: f for f in dataclasses.fields(config)}
-
-    def default(f: dataclasses.Field[Any]) -> Any:
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-
-    return [name for name in names if getattr(config, name) != default(fields[name])]
 
 
 def _check_models(config: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rerank.config import changed_options
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import read_run
 from rerank.data_recipes.base import (
@@ -30,7 +31,6 @@ from rerank.data_recipes.base import (
     ModelSpec,
     Recipe,
     SourceSpec,
-    changed_options,
     check_reranker,
     unit_rng,
 )
@@ -131,7 +131,7 @@ class FilterSpec:
             if changed:
                 raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to scorer: "
                                  "reranker; the bi-encoder scorer loads 'model' as a sentence-transformers model: "
-                                 f"remove {'them' if len(changed) > 1 else 'it'} or set scorer: reranker")
+                                 f"drop {'them' if len(changed) > 1 else 'it'} or set scorer: reranker")
         else:
             check_reranker(self.reranker)
 
@@ -163,9 +163,9 @@ class HardNegativesConfig:
             raise ValueError(f"window must be [start, end] 1-based ranks with start <= end, got {self.window}")
         if self.num_negatives < 1:
             raise ValueError("num_negatives must be >= 1")
-        if self.sampling == "top" and self.seed != HardNegativesConfig.seed:
+        if self.sampling == "top" and changed_options(self, ("seed",)):
             raise ValueError(f"seed={self.seed} applies to sampling: random (sampling: top takes the window's best "
-                             "negatives, with nothing drawn): set sampling: random, or remove seed")
+                             "negatives, with nothing drawn): set sampling: random, or drop seed")
 
 
 class _BiEncoderScorer:
@@ -326,14 +326,14 @@ class TeacherLabelsConfig:
         unused = [r for r in _ROLES if r not in _roles(self.mode) and getattr(self, r) is not None]
         if unused:
             raise ValueError(f"{' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} not used by mode "
-                             f"{self.mode} (it uses {' and '.join(_roles(self.mode)) or 'no teacher'}): remove "
+                             f"{self.mode} (it uses {' and '.join(_roles(self.mode)) or 'no teacher'}): drop "
                              f"{'them' if len(unused) > 1 else 'it'}")
         changed = changed_options(self, [name for name, modes in _MODE_OPTIONS.items() if self.mode not in modes])
         if changed:
             many = len(changed) > 1
             only = "; ".join(f"{name} only by mode {' or '.join(_MODE_OPTIONS[name])}" for name in changed)
             raise ValueError(f"{', '.join(changed)} {'are' if many else 'is'} not read by mode {self.mode} ({only}): "
-                             f"remove {'them' if many else 'it'}")
+                             f"drop {'them' if many else 'it'}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2")
         if self.candidates < 2:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rerank.config import changed_options
 from rerank.errors import ConfigError
 from rerank.retrieval.base import FirstStage, Queries, build_retriever, retrieve_args
 from rerank.retrieval.dense import DenseConfig, DenseRetriever
@@ -71,10 +72,10 @@ class HybridConfig(DenseConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         unused = "alpha" if self.fusion == "rrf" else "rrf_k"  # each fusion reads only its own parameter
-        if getattr(self, unused) != getattr(HybridConfig, unused):
+        if changed_options(self, (unused,)):
             other = "interpolate" if self.fusion == "rrf" else "rrf"
             raise ConfigError(f"{unused}={getattr(self, unused)} applies to fusion: {other}, not {self.fusion}: set "
-                              f"fusion: {other}, or remove it")
+                              f"fusion: {other}, or drop it")
 
 
 class HybridRetriever(FirstStage):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from rerank.config import changed_options
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.types import Document
 from rerank.utils.files import atomic_write, file_lock, hash_obj, staged_dir, write_json
@@ -95,11 +96,13 @@ class IndexConfig:
                 raise ConfigError(f"index option {name} must be >= 1, got {value}")
         if self.index_type not in INDEX_TYPE_OPTIONS:
             raise ConfigError(f"unknown index type {self.index_type!r}; known: {', '.join(INDEX_TYPE_OPTIONS)}")
-        for f in dataclasses.fields(self):
-            if f.name != "index_type" and f.name not in self.options() and getattr(self, f.name) != f.default:
-                users = [t for t, names in INDEX_TYPE_OPTIONS.items() if f.name in names]
-                raise ConfigError(f"index option {f.name}={getattr(self, f.name)} applies to {' and '.join(users)} "
-                                  f"indexes only, and this one is {self.index_type}: drop it")
+        changed = changed_options(self, [f.name for f in dataclasses.fields(self)
+                                         if f.name != "index_type" and f.name not in self.options()])
+        if changed:
+            name = changed[0]
+            users = [t for t, names in INDEX_TYPE_OPTIONS.items() if name in names]
+            raise ConfigError(f"index option {name}={getattr(self, name)} applies to {' and '.join(users)} indexes "
+                              f"only, and this one is {self.index_type}: drop it")
 
     def options(self) -> dict[str, Any]:
         """The options this index type reads, with their values (what an index manifest records)."""
@@ -439,12 +442,12 @@ def set_search_params(index: faiss.Index, ef_search: int | None = None, nprobe: 
 
     if ef_search is not None:
         if not isinstance(index, faiss.IndexHNSW):
-            raise ConfigError("ef_search applies to hnsw indexes only")
+            raise ConfigError("ef_search applies to hnsw indexes only, and this one is not: drop it")
         index.hnsw.efSearch = ef_search
     if nprobe is not None:
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is None:
-            raise ConfigError("nprobe applies to ivfpq indexes only")
+            raise ConfigError("nprobe applies to ivfpq indexes only, and this one is not: drop it")
         ivf.nprobe = nprobe
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from rerank.config import override_source
+from rerank.config import changed_options, option_default, override_source
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
@@ -125,16 +125,6 @@ def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -
                               "vocabulary for every trainer)")
 
 
-def _field_default(f: dataclasses.Field[Any]) -> Any:
-    """A dataclass field's default value (its factory's product for a mutable one)."""
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def option_default(obj: Any, name: str) -> Any:
-    """The dataclass default of ``obj``'s field ``name`` (the config class's own, which a subclass may change)."""
-    return _field_default(next(f for f in dataclasses.fields(obj) if f.name == name))
-
-
 @dataclass
 class LoraOptions:
     """PEFT LoRA: merged into the saved model (``model/``), the adapter kept beside it in ``adapter/``."""
@@ -149,10 +139,10 @@ class LoraOptions:
         """Values peft would refuse only after the model loaded (or not at all: a dropout of 1 zeroes every update),
         and LoRA settings given while ``enabled`` is false (nothing reads them: the model is fine-tuned in full)."""
         if not self.enabled:
-            for f in dataclasses.fields(self):
-                if f.name != "enabled" and getattr(self, f.name) != _field_default(f):
-                    raise ConfigError(f"lora.{f.name} is set but lora.enabled is false (the model is fine-tuned in "
-                                      f"full and no LoRA option is read): set lora.enabled: true, or drop lora.{f.name}")
+            changed = changed_options(self, [f.name for f in dataclasses.fields(self) if f.name != "enabled"])
+            if changed:
+                raise ConfigError(f"lora.{changed[0]} is set but lora.enabled is false (the model is fine-tuned in "
+                                  f"full and no LoRA option is read): set lora.enabled: true, or drop lora.{changed[0]}")
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -197,11 +187,11 @@ class CommonTrainConfig(TrainSchedule):
         if self.window < 2:
             raise ConfigError(f"window must be >= 2, got {self.window}")
         if not get_method(self.head).windowed:
-            for name, default in (("window", 10), ("window_order", "shuffled")):
-                if getattr(self, name) != default:
-                    windowed = ", ".join(n for n, m in all_methods().items() if m.windowed)
-                    raise ConfigError(f"{name} is an option of the heads that train on windows ({windowed}), not "
-                                      f"{self.head!r}")
+            changed = changed_options(self, ("window", "window_order"))
+            if changed:
+                windowed = ", ".join(n for n, m in all_methods().items() if m.windowed)
+                raise ConfigError(f"{changed[0]} is an option of the heads that train on windows ({windowed}), not "
+                                  f"{self.head!r}: drop it")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
         if self.max_query_tokens is None:
@@ -214,8 +204,8 @@ class CommonTrainConfig(TrainSchedule):
         elif self.data.dev_fraction > 0 and self.eval_steps == 0:
             raise ConfigError(f"data.dev_fraction {self.data.dev_fraction} holds queries out for model selection, but "
                               "eval_steps is 0 (no selection, the last step is kept): they would never be used; set "
-                              "eval_steps (equal to save_steps) to select on them, or data.dev_fraction: 0 (or leave "
-                              "it unset) to train on every query")
+                              "eval_steps (equal to save_steps) to select on them, or drop data.dev_fraction (or set it "
+                              "to 0) to train on every query")
         if self.eval_steps > 0 and self.data.dev_fraction == 0:
             raise ConfigError(f"eval_steps {self.eval_steps} selects the model on the dev split, but "
                               "data.dev_fraction is 0 (no dev split): set data.dev_fraction > 0, or eval_steps: 0 to "
@@ -236,7 +226,7 @@ def _query_tokens_default(head: str) -> int:
     if head == "cross-encoder":
         from rerank.methods.cross_encoder.head import CrossEncoderConfig
 
-        return int(CrossEncoderConfig.max_query_tokens)
+        return int(option_default(CrossEncoderConfig, "max_query_tokens"))
     return 32
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rerank.config import changed_options
 from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -68,13 +69,12 @@ class DataConfig:
         if self.dev_fraction is not None and not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"data.dev_fraction must be in [0, 1), got {self.dev_fraction}")
         if self.path:
-            defaults = {f.name: f.default for f in fields(self)}
-            for name in BEIR_ONLY:
-                if getattr(self, name) != defaults[name]:
-                    raise ConfigError(f"data.{name} is an option of data.beir (building examples from a BEIR "
-                                      f"dataset); data.path's examples are used as the file holds them: drop "
-                                      f"data.{name} (on the command line, replace the whole block: "
-                                      f"--set 'data={{path: {self.path}}}')")
+            changed = changed_options(self, BEIR_ONLY)
+            if changed:
+                raise ConfigError(f"data.{changed[0]} is an option of data.beir (building examples from a BEIR "
+                                  f"dataset); data.path's examples are used as the file holds them: drop "
+                                  f"data.{changed[0]} (on the command line, replace the whole block: "
+                                  f"--set 'data={{path: {self.path}}}')")
         if self.negatives not in ("top", "random"):
             raise ConfigError(f"data.negatives must be 'top' or 'random', got {self.negatives!r}")
         if self.negatives_per_positive < 0 or self.bm25_depth < 1 or self.max_candidates < 2:

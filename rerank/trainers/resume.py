@@ -24,7 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from rerank.config import to_dict
+from rerank.config import option_default, to_dict
 from rerank.errors import ConfigError
 
 __all__ = [
@@ -185,17 +185,14 @@ def _default_at(config: Any, path: list[str]) -> Any:
     """The dataclass default of the option at ``path`` in ``config`` (as its record writes it), or ``_NO_DEFAULT``."""
     value = config
     for i, key in enumerate(path):
-        fields = {f.name: f for f in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else {}
-        if key not in fields:
+        names = {f.name for f in dataclasses.fields(value)} if dataclasses.is_dataclass(value) else set()
+        if key not in names:
             return _NO_DEFAULT
         if i == len(path) - 1:
-            f = fields[key]
-            if f.default is not dataclasses.MISSING:
-                return json.loads(json.dumps(f.default))
-            if f.default_factory is not dataclasses.MISSING:
-                made = f.default_factory()
-                return json.loads(json.dumps(to_dict(made) if dataclasses.is_dataclass(made) else made))
-            return _NO_DEFAULT
+            default = option_default(value, key)
+            if default is dataclasses.MISSING:
+                return _NO_DEFAULT
+            return json.loads(json.dumps(to_dict(default) if dataclasses.is_dataclass(default) else default))
         value = getattr(value, key)
     return _NO_DEFAULT
 

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from rerank.config import option_default
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.errors import ConfigError, RerankError
 from rerank.retrieval.dense import BiEncoder
@@ -69,11 +70,8 @@ log = logging.getLogger(__name__)
 
 NEGATIVES_FORMAT = "rerank-negatives"
 
-
-def field_default(config: Any, name: str) -> Any:
-    """The dataclass default of option ``name`` in ``config``'s class (a subclass may override its parent's)."""
-    f = next(f for f in dataclasses.fields(config) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+#: :func:`rerank.config.option_default` under the name the retriever trainers (contrastive, star) import from here
+field_default = option_default
 
 
 @dataclass
@@ -120,7 +118,7 @@ class RetrieverTrainConfig(TrainSchedule):
                       "dev_depth": "dev selection searches the whole corpus, not BM25 candidates"}
             for name, what in unused.items():
                 value = getattr(self, name)
-                if value != field_default(self, name):
+                if value != option_default(self, name):
                     raise ConfigError(f"{name} {value} is unused {self.fixed_docs_cause} ({what}): drop "
                                       f"{name}{self.fixed_docs_fix}")
 
@@ -135,7 +133,7 @@ class RetrieverTrainConfig(TrainSchedule):
                                   "but eval_steps is 0 (no selection: they would never be used): set eval_steps "
                                   "(equal to save_steps) to select on dev, or drop dev_fraction to train on every "
                                   "query")
-            if self.dev_depth != field_default(self, "dev_depth"):
+            if self.dev_depth != option_default(self, "dev_depth"):
                 raise ConfigError(f"dev_depth {self.dev_depth} is unused with eval_steps 0 (no dev selection): drop "
                                   "dev_depth, or set eval_steps (equal to save_steps) to select on dev")
         elif self.dev_fraction == 0:

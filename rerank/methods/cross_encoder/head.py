@@ -22,7 +22,7 @@ import torch
 
 from rerank.backends.transformers import position_limit, resolve_device, resolve_dtype
 from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
-from rerank.config import from_dict, to_dict
+from rerank.config import changed_options, from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
@@ -107,9 +107,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         self.max_length: int = pair_length(self.config.max_length, model, tokenizer)  # type: ignore[attr-defined]
         if self.num_labels not in (1, 2):
             raise ValueError(f"cross-encoder: expected a model with 1 or 2 labels, got {self.num_labels}")
-        if self.num_labels == 1 and self.config.two_label_score != CrossEncoderConfig.two_label_score:  # type: ignore[attr-defined]
+        if self.num_labels == 1 and changed_options(self.config, ("two_label_score",)):
             raise ConfigError(f"cross-encoder: two_label_score={self.config.two_label_score} applies to a model with "  # type: ignore[attr-defined]
-                              f"two labels; {model_name or 'this model'} has one (its logit is the score): remove it")
+                              f"two labels; {model_name or 'this model'} has one (its logit is the score): drop it")
         check_long_docs(self.config, self.max_length - 3)
 
     @classmethod

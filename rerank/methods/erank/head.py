@@ -27,6 +27,7 @@ from typing import ClassVar, Literal
 
 from rerank.backends.base import GenerationConfig
 from rerank.backends.grammar import Exact, FreeText, Grammar, OneOf
+from rerank.config import changed_options
 from rerank.errors import ConfigError
 from rerank.heads.base import RerankerConfig
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
@@ -65,9 +66,9 @@ class ERankConfig(PointwiseConfig):
         super().__post_init__()
         if self.max_reasoning_tokens < 1:
             raise ValueError("max_reasoning_tokens must be >= 1")
-        if self.max_reasoning_tokens != ERankConfig.max_reasoning_tokens and not self.reasoning:
+        if changed_options(self, ("max_reasoning_tokens",)) and not self.reasoning:
             raise ConfigError(f"erank: max_reasoning_tokens={self.max_reasoning_tokens} applies to reasoning: true "
-                              "(without reasoning nothing is generated): set reasoning: true, or remove it")
+                              "(without reasoning nothing is generated): set reasoning: true, or drop it")
         if self.constrained and not self.reasoning:
             raise ConfigError("erank: constrained applies to reasoning: true (without reasoning nothing is generated: "
                               "the score is read from the probabilities of the integers 0-10, always valid)")

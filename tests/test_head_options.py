@@ -121,7 +121,7 @@ T = {"reranker": "cross-encoder", "model": "m"}
     ("first", {"teacher": T, "score_map": "minmax"}, "score_map is not read by mode first"),
     ("erank", {"teacher": T, "group_size": 4}, r"group_size is not read by mode erank \(group_size only by mode grou"),
     ("scores", {"teacher": T, "seed": 3}, "seed is not read by mode scores"),
-    ("erank", {"teacher": T, "listwise_teacher": {"reranker": "no-such-reranker"}},
+    ("erank", {"teacher": T, "listwise_teacher": {"reranker": "listwise", "model": "m"}},
      r"listwise_teacher is not used by mode erank \(it uses teacher\)"),
     ("first_stage", {"teacher": T}, r"teacher is not used by mode first_stage \(it uses no teacher\)"),
     ("grouprank", {"pointwise_teacher": T, "listwise_teacher": T, "teacher": T}, "teacher is not used by mode grou"),
@@ -152,7 +152,7 @@ def test_first_stage_run_refuses_retriever_options(kind: str) -> None:
 HARD = {"recipe": "hard_negatives", "source": {"dataset": "scifact"}, "first_stage": {"retriever": "bm25"}}
 
 
-@pytest.mark.parametrize("option", [{"reranker": "no-such-reranker"}, {"backend": "no-such-backend"},
+@pytest.mark.parametrize("option", [{"reranker": "yes-no"}, {"backend": "no-such-backend"},
                                     {"options": {"bogus": 1}}])
 def test_bi_encoder_filter_refuses_reranker_options(option: dict[str, Any]) -> None:
     """The bi-encoder filter loads ``model`` with sentence-transformers: the reranker scorer's options were ignored."""

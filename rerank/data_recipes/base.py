@@ -35,7 +35,6 @@ __all__ = [
     "Recipe",
     "SourceSpec",
     "build",
-    "changed_options",
     "check_reranker",
     "load_hf_dataset",
     "read_rows",

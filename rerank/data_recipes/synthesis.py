@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from rerank.config import to_dict
+from rerank.config import changed_options, to_dict
 from rerank.data.datasets import resolve_dataset
-from rerank.data_recipes.base import FirstStageSpec, Recipe, changed_options, unit_rng
+from rerank.data_recipes.base import FirstStageSpec, Recipe, unit_rng
 from rerank.trainers.data import has_content
 from rerank.types import Document, Query, sort_ranking
 

@@ -31,7 +31,6 @@ __all__ = [
     "check_renamed_keys",
     "check_safetensors",
     "cpu_only",
-    "option_default",
     "training_kwargs",
     "trains_lora",
 ]

@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from rerank.config import changed_options, option_default
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
 from rerank.trainers.common import (
@@ -32,7 +33,6 @@ from rerank.trainers.common import (
     check_dev_split,
     check_negatives_per_positive,
     cpu_only,
-    option_default,
     training_kwargs,
 )
 from rerank.trainers.data import load_training_data
@@ -111,10 +111,10 @@ def check_reward_options(head: str, rewards: RewardConfig) -> None:
     from rerank.methods import get_method, resolve
 
     read = resolve(get_method(head).task).reward_fields  # type: ignore[arg-type]
-    for f in fields(rewards):
-        if f.name not in read and getattr(rewards, f.name) != f.default:
-            raise ConfigError(f"rewards.{f.name} is not read by the reward of head {head!r} (it reads "
-                              f"{', '.join(sorted(read))}): drop rewards.{f.name}")
+    unread = changed_options(rewards, [f.name for f in fields(rewards) if f.name not in read])
+    if unread:
+        raise ConfigError(f"rewards.{unread[0]} is not read by the reward of head {head!r} (it reads "
+                          f"{', '.join(sorted(read))}): drop rewards.{unread[0]}")
 
 
 def fit_prompts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, split: str) -> list[dict[str, Any]]:

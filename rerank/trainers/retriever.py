@@ -60,7 +60,6 @@ __all__ = [
     "RetrieverTrainer",
     "StepBatch",
     "TrainData",
-    "field_default",
     "load_negatives",
     "mine_dense_negatives",
     "save_negatives",
@@ -70,8 +69,6 @@ log = logging.getLogger(__name__)
 
 NEGATIVES_FORMAT = "rerank-negatives"
 
-#: :func:`rerank.config.option_default` under the name the retriever trainers (contrastive, star) import from here
-field_default = option_default
 
 
 @dataclass

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rerank.config import option_default
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
 from rerank.trainers.common import (
     CommonTrainConfig,
     check_dev_split,
     check_negatives_per_positive,
-    option_default,
     training_kwargs,
 )
 from rerank.trainers.data import load_training_data

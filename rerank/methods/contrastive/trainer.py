@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from rerank.config import option_default
 from rerank.errors import ConfigError
 from rerank.retrieval.index import doc_text
 from rerank.trainers.base import TrainContext
-from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch, field_default
+from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch
 
 __all__ = ["ContrastiveConfig", "ContrastiveTrainer", "draw_negatives", "load_teacher"]
 
@@ -42,7 +43,7 @@ class ContrastiveConfig(RetrieverTrainConfig):
         super().__post_init__()
         if self.hard_negatives < 0:
             raise ConfigError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
-        if self.hard_negatives == 0 and self.negatives_depth != field_default(self, "negatives_depth"):
+        if self.hard_negatives == 0 and self.negatives_depth != option_default(self, "negatives_depth"):
             raise ConfigError(f"negatives_depth {self.negatives_depth} is unused with hard_negatives: 0 (no BM25 "
                               "negatives are drawn): drop negatives_depth, or set hard_negatives >= 1")
         if not self.distill_model:

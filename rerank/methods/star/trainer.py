@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rerank.config import option_default
 from rerank.errors import ConfigError, RerankError
 from rerank.methods.contrastive.trainer import draw_negatives
 from rerank.trainers.base import TrainContext
@@ -24,7 +25,6 @@ from rerank.trainers.retriever import (
     RetrieverTrainConfig,
     RetrieverTrainer,
     StepBatch,
-    field_default,
     load_negatives,
     mine_dense_negatives,
     save_negatives,
@@ -45,7 +45,7 @@ class StarConfig(RetrieverTrainConfig):
         super().__post_init__()
         if self.negatives_depth < 1:
             raise ConfigError(f"negatives_depth must be >= 1, got {self.negatives_depth}")
-        if self.negatives_file and self.negatives_depth != field_default(self, "negatives_depth"):
+        if self.negatives_file and self.negatives_depth != option_default(self, "negatives_depth"):
             raise ConfigError(f"negatives_depth {self.negatives_depth} is unused with negatives_file (its negatives "
                               "were mined to the file's own depth): drop negatives_depth, or drop negatives_file to "
                               "mine them again")

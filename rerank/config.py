@@ -40,8 +40,9 @@ REDACTED = "<redacted>"
 #: option names that are secret wherever they appear, also inside untyped mappings; every :func:`secret_field` is
 #: named here (tests/test_bad_input.py checks the typed configs that have one)
 SECRET_KEYS = frozenset({"api_key"})
-#: a key that looks like a secret (a misspelt ``api-key``, a ``token``): its value is not quoted in an error either
-_SECRET_LIKE = re.compile(r"api[-_ ]?key|token|secret|passw", re.IGNORECASE)
+#: a key that looks like a secret (a misspelt ``api-key``, a ``token``, ``hf_token``): its value is not quoted in an
+#: error either; token counts (``max_doc_tokens``, ``max_new_tokens``) and ``tokenizer`` are not secrets
+_SECRET_LIKE = re.compile(r"api[-_ ]?key|token(?!s|iz)|secret|passw", re.IGNORECASE)
 #: the password of a URL's ``user:password@`` part
 _URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):([^/@\s]+)@")
 

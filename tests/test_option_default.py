@@ -68,3 +68,13 @@ def test_unread_option_refusals_say_drop(cls_path: str, options: dict[str, objec
     module, name = cls_path.split(":")
     with pytest.raises(ConfigError, match=message):
         from_dict(getattr(importlib.import_module(module), name), options)
+
+
+@pytest.mark.parametrize(("key", "shown"), [("max_doc_tokens", True), ("max_new_tokens", True), ("tokenizer", True),
+                                            ("hf_token", False), ("api-key", False), ("db_password", False)])
+def test_only_secret_like_overrides_are_redacted(key: str, shown: bool) -> None:
+    """A token count read as a secret showed ``--set max_doc_tokens=<redacted>`` in every refusal naming it."""
+    from rerank.config import apply_overrides, override_source
+
+    cfg = apply_overrides({}, [f"{key}=7"])
+    assert (override_source(cfg, key) == f"--set {key}=7") is shown

@@ -74,7 +74,7 @@ class LlamaCppBackendConfig:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
         if self.dtype != "auto":
             raise ConfigError(f"dtype {self.dtype!r}: the GGUF file's quantisation is the weights' "
-                              "type; leave dtype unset (auto)")
+                              "type; drop dtype (auto)")
         if self.device not in (None, "cpu"):
             raise ConfigError(f"device {self.device!r}: this backend runs on the CPU")
 

@@ -71,7 +71,7 @@ class OpenAIBackendConfig:
         if self.max_retries < 0 or self.timeout <= 0:
             raise ConfigError("openai backend: max_retries must be >= 0 and timeout > 0")
         if self.dtype != "auto" or self.device is not None:
-            raise ConfigError("openai backend: dtype and device are chosen by the server; leave them unset")
+            raise ConfigError("openai backend: dtype and device are chosen by the server; drop them")
 
 
 class OpenAIBackend(Backend):

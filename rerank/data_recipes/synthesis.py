@@ -46,7 +46,7 @@ class GeneratorSpec:
             changed = changed_options(self, [f.name for f in fields(self) if f.name != "kind"])
             if changed:
                 raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to kind: llm; "
-                                 "kind: sentence uses no model: remove "
+                                 "kind: sentence uses no model: drop "
                                  f"{'them' if len(changed) > 1 else 'it'} or set kind: llm")
 
     def recorded(self) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class QuerySynthesisConfig:
             changed = changed_options(self, ("negative_window", "num_negatives"))
             if changed:
                 raise ValueError(f"{' and '.join(changed)} {'need' if len(changed) > 1 else 'needs'} a first_stage "
-                                 "retriever (negatives come from its ranking): add first_stage or remove "
+                                 "retriever (negatives come from its ranking): add first_stage or drop "
                                  f"{'them' if len(changed) > 1 else 'it'}")
 
 

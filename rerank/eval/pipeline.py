@@ -317,10 +317,10 @@ def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
         unused += ["workers"] if cfg.workers > 1 else []
         if unused:
             raise ConfigError(f"{', '.join(unused)} configure a reranker and none is given: set reranker (or pass "
-                              "a loaded one) or leave them unset")
+                              "a loaded one) or drop them")
     if cfg.first_stage is not None and cfg.retriever_options:
         raise ConfigError(f"retriever_options configure a retriever; the first_stage run {cfg.first_stage} is read as "
-                          "it is: leave them unset")
+                          "it is: drop them")
 
 
 def check_llm_io(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None) -> None:
@@ -339,7 +339,7 @@ def check_llm_io(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None)
         return
     if not llm:
         raise ConfigError(f"log_llm_io logs an LLM reranker's model calls, and reranker {name} makes none (it is not "
-                          "an LLM head): leave it unset")
+                          "an LLM head): drop it")
     if isinstance(reranker, Reranker):
         backend = getattr(reranker, "backend", None)
         path = backend.log_path if isinstance(backend, CachingBackend) else None

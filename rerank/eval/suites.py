@@ -315,7 +315,7 @@ def run_suite(
         raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
     if base.split != SPLIT:
         raise ConfigError(f"split {base.split!r} does not apply to a suite: it scores each dataset on its own split "
-                          f"(test; msmarco-dev-bm25-top100: dev); leave split unset")
+                          f"(test; msmarco-dev-bm25-top100: dev); drop split")
     if base.retriever is None and base.retriever_options:
         raise ConfigError("retriever options configure a retriever: without one a suite reranks each dataset "
                           "folder's own run; give --retriever or drop them")

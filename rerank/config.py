@@ -27,7 +27,7 @@ from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
-    "layered", "option_default", "changed_options",
+    "layered", "option_default", "changed_options", "refuse_changed",
     "SECRET_KEYS", "REDACTED", "redact_url",
 ]
 
@@ -275,6 +275,16 @@ def changed_options(obj: Any, names: Iterable[str]) -> list[str]:
     """Those of the options ``names`` of dataclass instance ``obj`` that differ from their :func:`option_default`: the
     options a user set (so a setting that does not read them can refuse them, rather than ignore them)."""
     return [name for name in names if getattr(obj, name) != option_default(obj, name)]
+
+
+def refuse_changed(obj: Any, names: Iterable[str], when: str, otherwise: str) -> None:
+    """A one-line :class:`ConfigError` when any of ``names`` differs from its default although it is read only
+    ``when``: it names each with its value and says to do ``otherwise`` or drop it."""
+    changed = [f"{name}={getattr(obj, name)}" for name in changed_options(obj, names)]
+    if changed:
+        many = len(changed) > 1
+        raise ConfigError(f"{' and '.join(changed)} {'apply' if many else 'applies'} only {when}: {otherwise}, or "
+                          f"drop {'them' if many else 'it'}")
 
 
 def without_secrets(value: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from rerank.config import changed_options
+from rerank.config import refuse_changed
 from rerank.errors import ConfigError
 from rerank.heads.text import passage_windows, token_spans
 from rerank.types import Candidate, Document, Query
@@ -34,12 +34,8 @@ def check_long_docs(cfg: Any, reads: int | None = None) -> None:
     if cfg.long_docs not in LONG_DOCS:
         raise ConfigError(f"long_docs must be one of {list(LONG_DOCS)}, got {cfg.long_docs!r}")
     if cfg.long_docs == "truncate":
-        changed = [f"{name}={getattr(cfg, name)}" for name in changed_options(cfg, ("passage_tokens", "stride"))]
-        if changed:
-            many = len(changed) > 1
-            raise ConfigError(f"{' and '.join(changed)} {'apply' if many else 'applies'} only when documents are "
-                              f"scored by passages: set long_docs to maxp, firstp or sump, or drop "
-                              f"{'them' if many else 'it'}")
+        refuse_changed(cfg, ("passage_tokens", "stride"), "when documents are scored by passages",
+                       "set long_docs to maxp, firstp or sump")
     if cfg.passage_tokens < 1 or not 1 <= cfg.stride <= cfg.passage_tokens:
         raise ConfigError(f"passage_tokens must be >= 1 and stride in 1..passage_tokens, got {cfg.passage_tokens} "
                           f"and {cfg.stride}")

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rerank.backends.transformers import position_limit, resolve_device
-from rerank.config import changed_options
+from rerank.config import refuse_changed
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
@@ -663,12 +663,8 @@ class DenseConfig(EncoderOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.index:  # a saved index is searched as it is: no corpus is encoded, so nothing is cached or sharded
-            changed = [f"{name}={getattr(self, name)}" for name in changed_options(self, ("cache", "shard_size"))]
-            if changed:
-                many = len(changed) > 1
-                raise ConfigError(f"{' and '.join(changed)} {'apply' if many else 'applies'} only when the corpus is "
-                                  f"encoded (no index): the index {self.index} is loaded as saved; drop "
-                                  f"{'them' if many else 'it'} or the index")
+            refuse_changed(self, ("cache", "shard_size"), f"when the corpus is encoded (the index {self.index} is "
+                           "loaded as saved)", "drop the index")
 
 
 _ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")

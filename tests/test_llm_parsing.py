@@ -72,6 +72,8 @@ def test_grouprank_nan_answer_ranks_and_counts(tok: Any) -> None:
     ("I'm sorry, but I can't help with ranking these 3 passages.", 3, "numbers"),
     ("I am sorry, but I cannot rank these passages. I think they are all fine.", 10, "letters"),  # 'I' is an id
     ("Passage 4 is about cats.", 5, "numbers"),
+    ("Sorry, I cannot rank [4] and [2]: both are empty.", 5, "numbers"),  # two ids moved [4] and [2] to the top
+    ("I'm unable to compare [C], [A] and [B].", 4, "letters"),
 ])
 def test_listwise_refusal_is_a_failure(text: str, n: int, scheme: str) -> None:
     p = parse_permutation(text, n, scheme)

@@ -3,8 +3,9 @@
 Two schemes: ``numbers`` (``[1] > [2]``, RankGPT / RankZephyr) and ``letters`` (``[A] > [B]``, FIRST: each
 identifier is one token). Parsing reads the model's final answer: the last line that forms a ranking (two ids joined
 by ``>``), so a ranking quoted from a passage on an earlier line is not read (that counts as a repair). Without such a
-line the ids are read from the whole text (a repair), if it names at least two distinct valid ids: a lone id, as in a
-refusal ("I cannot rank these 5 passages."), is no ranking, and the output is a failure (the window keeps its input
+line the ids are read from the whole text (a repair), if it names at least two distinct valid ids and does not refuse:
+a lone id, as in a refusal ("I cannot rank these 5 passages."), is no ranking, nor is prose that says it cannot rank
+("Sorry, I cannot rank [4] and [7]: they are empty"), and the output is a failure (the window keeps its input
 order). Otherwise ids the model forgot are appended in their input order, duplicates and unknown ids are dropped, and
 every repair or failure is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer
 format as a grammar, for constrained decoding (then no repair is ever needed).
@@ -34,6 +35,9 @@ Scheme = Literal["numbers", "letters"]
 SCHEMES: tuple[str, ...] = ("numbers", "letters")
 _LETTERS = string.ascii_uppercase
 
+#: prose that declines to rank (without a ranking line, its ids are not a ranking)
+_REFUSAL = re.compile(r"\b(?:cannot|can ?not|can't|can’t|unable to|won't|won’t|will not|sorry|apologi[sz]e)\b",
+                      re.IGNORECASE)
 _BRACKETED = re.compile(r"\[\s*([A-Za-z]|\d+)\s*\]")
 _BARE = {"numbers": re.compile(r"(?<![\w.])(\d+)(?![\w.])"), "letters": re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")}
 
@@ -131,7 +135,8 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
 
     The last line that forms a ranking is read (earlier ones are skipped and counted as a repair); without one the
     whole text is, as a repair, and needs as many distinct valid ids as a ranking line (two; one when ``n`` is 1),
-    so a refusal naming one number is not taken for a ranking. Bracketed ids (``[3]``, ``[C]``) are read first; if
+    so a refusal naming one number is not taken for a ranking, and prose that says it cannot rank (``cannot``,
+    ``unable to``, ``sorry``, …) is none either, whatever ids it names. Bracketed ids (``[3]``, ``[C]``) are read first; if
     there are none, bare ids (``3 > 1``, ``C > A``) are read and the output counts as repaired. Too few valid ids is
     a failure (the window keeps its input order).
     """
@@ -151,7 +156,7 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
         else:
             seen.add(i)
             order.append(i)
-    if not order or len(order) < min(2, n):
+    if not order or len(order) < min(2, n) or (no_line and n > 1 and _REFUSAL.search(text)):
         return ParsedPermutation(list(range(n)), failed=True, missing=n - len(order), unknown=unknown,
                                  no_ranking_line=no_line)
     missing = [i for i in range(n) if i not in seen]

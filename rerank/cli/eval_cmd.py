@@ -19,13 +19,8 @@ from rerank.cli.common import (
     positive_int,
     reranker_options,
 )
-from rerank.config import apply_overrides, load_yaml
+from rerank.config import apply_overrides, load_yaml, option_default
 from rerank.errors import ConfigError
-
-TOP_K = 100  # --top-k when not given
-DEPTH = 1000  # --depth when not given
-SPLIT = "test"  # --split when not given
-BACKEND = "transformers"  # --backend when not given
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,9 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "without a reranker, the dense or hybrid --retriever's (a trained retriever's folder needs no "
                     "--retriever)")
     p.add_argument("--top-k", type=positive_int, default=None,
-                   help=f"with a reranker: rerank this many first-stage candidates (default {TOP_K})")
+                   help="with a reranker: rerank this many first-stage candidates (default 100)")
     p.add_argument("--depth", type=positive_int, default=None,
-                   help=f"with --retriever: how many documents it retrieves per query (default {DEPTH})")
+                   help="with --retriever: how many documents it retrieves per query (default 1000)")
     p.add_argument("-m", "--measure", action="append", default=None,
                    help="measure, ir-measures (nDCG@10) or trec_eval (ndcg_cut_10) name (repeatable)")
     p.add_argument("--rel-level", type=positive_int, default=None,
@@ -122,6 +117,8 @@ RETRIEVER_FLAGS = {"--retriever-config": "retriever_config", "--retriever-set": 
 def check_unused_options(args: argparse.Namespace) -> None:
     """Refuse, before any work, an option that this command would accept and then ignore: reranker options without a
     reranker, retriever options without ``--retriever``, ``--split`` with ``--suite``."""
+    from rerank.eval.pipeline import EvalConfig
+
     if args.reranker is None:
         given = _given(args, RERANKER_FLAGS)
         if given:
@@ -140,8 +137,9 @@ def check_unused_options(args: argparse.Namespace) -> None:
                 why = "they configure the --retriever first stage"
             raise ConfigError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --retriever NAME: {why}; "
                               "drop " + ("it" if len(given) == 1 else "them"))
-    if args.reranker is not None and args.depth is not None and args.depth < (args.top_k or TOP_K):
-        raise ConfigError(f"--depth {args.depth} is below --top-k {args.top_k or TOP_K}: the reranker reranks the "
+    top_k = args.top_k or option_default(EvalConfig, "top_k")
+    if args.reranker is not None and args.depth is not None and args.depth < top_k:
+        raise ConfigError(f"--depth {args.depth} is below --top-k {top_k}: the reranker reranks the "
                           f"first --top-k of the --depth retrieved; give --top-k {args.depth} or a larger --depth")
     if args.suite is not None and args.split is not None:
         raise ConfigError(f"--split does not apply to --suite: the suite scores each dataset on its own split (test; "
@@ -165,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             check_input_file(path, option)
     ropts = apply_overrides(load_yaml(args.retriever_config) if args.retriever_config else {}, args.retriever_set,
                             flag="--retriever-set")
-    backend = args.backend or BACKEND
+    backend = args.backend or option_default(EvalConfig, "backend")
     model = args.model
     if args.index is not None:
         if args.retriever is None:
@@ -195,7 +193,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         dataset=args.dataset or "",
         output=args.output,
-        split=args.split or SPLIT,
         data_root=args.data_root,
         retriever=args.retriever,
         retriever_options=ropts,
@@ -204,16 +201,16 @@ def run(args: argparse.Namespace) -> int:
         model=model,
         backend=backend,
         reranker_options=options,
-        top_k=args.top_k or TOP_K,
-        depth=args.depth or DEPTH,
         max_queries=args.max_queries,
         measures=tuple(args.measure) if args.measure else DEFAULT_MEASURES,
         rel_level=args.rel_level,
         qrels_duplicates=args.allow_duplicates or "error",
         llm_cache=not args.no_llm_cache,
         log_llm_io=args.log_llm_io,
-        workers=args.workers or 1,
         interpolate=args.interpolate,
+        # unset on the command line: EvalConfig's own defaults
+        **{k: v for k, v in (("split", args.split), ("top_k", args.top_k), ("depth", args.depth),
+                             ("workers", args.workers)) if v is not None},
     )
     if args.suite is not None:
         from rerank.eval.suites import run_suite

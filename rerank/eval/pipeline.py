@@ -50,7 +50,8 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_llm_io", "check_run_overlap", "rerank_run", "run_eval"]
+__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_overlap",
+           "rerank_run", "run_eval"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -323,6 +324,13 @@ def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
                           "it is: drop them")
 
 
+def check_given_reranker(cfg: EvalConfig, reranker: Reranker | WorkerPool | None) -> None:
+    """A loaded reranker given with ``workers`` > 1 is refused: the workers load their own copies from the method and
+    model, not from an object in this process."""
+    if isinstance(reranker, Reranker) and cfg.workers > 1:
+        raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
+
+
 def check_llm_io(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None) -> None:
     """Refuse ``log_llm_io`` where no log would be written: the reranker (``cfg.reranker``, or the loaded one given)
     is not an LLM head (:func:`~rerank.backends.cache.uses_llm_backend`), or the loaded one given does not log there.
@@ -357,6 +365,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     if (cfg.retriever is None) == (cfg.first_stage is None):
         raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
     _check_used(cfg, reranker is not None or cfg.reranker is not None)
+    check_given_reranker(cfg, reranker)
     check_llm_io(cfg, reranker)
     given_pool = reranker if isinstance(reranker, WorkerPool) else None
     if given_pool is not None:
@@ -383,8 +392,6 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0
 
-    if cfg.workers > 1 and reranker is not None:
-        raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
     with contextlib.ExitStack() as stack:
         pool = given_pool
         # before retrieval: a bad option or model fails in seconds

@@ -27,10 +27,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rerank.config import changed_options
 from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve_dataset
 from rerank.data.registry import DATASETS
 from rerank.errors import ConfigError, DatasetNotFoundError
-from rerank.eval.pipeline import EvalConfig, check_llm_io, load_reranker, reranker_pool, run_eval
+from rerank.eval.pipeline import (
+    EvalConfig,
+    check_given_reranker,
+    check_llm_io,
+    load_reranker,
+    reranker_pool,
+    run_eval,
+)
 from rerank.heads.base import Reranker
 from rerank.parallel import WorkerPool
 from rerank.utils.files import atomic_write, temp_dir, write_json
@@ -313,14 +321,13 @@ def run_suite(
     must be left at its default."""
     if base.first_stage is not None:
         raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
-    if base.split != SPLIT:
+    if changed_options(base, ("split",)):  # each member is scored on its own split
         raise ConfigError(f"split {base.split!r} does not apply to a suite: it scores each dataset on its own split "
                           f"(test; msmarco-dev-bm25-top100: dev); drop split")
     if base.retriever is None and base.retriever_options:
         raise ConfigError("retriever options configure a retriever: without one a suite reranks each dataset "
                           "folder's own run; give --retriever or drop them")
-    if reranker is not None and base.workers > 1:
-        raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
+    check_given_reranker(base, reranker)
     check_llm_io(base, reranker)  # before the reranker loads
     missing: list[str] = []
     entries = suite_entries(suite, names, base.data_root, bright_source, long_documents, missing)

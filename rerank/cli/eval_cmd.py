@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bright-source", default=None, help="with --suite bright: folder in the xlangai/BRIGHT layout")
     p.add_argument("--long-documents", action="store_true", help="with --suite bright: the long-document corpus")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--retriever", help="first-stage retriever (e.g. bm25, pyserini)")
+    src.add_argument("--retriever", help="first-stage retriever (e.g. bm25, pyserini); without it or --first-stage, "
+                                         "the dataset folder's own run (bm25_top100.trec or run.trec; an irds: "
+                                         "dataset's scoreddocs are its run.trec) is the first stage")
     src.add_argument("--first-stage", metavar="RUN", help="rerank this TREC run instead of retrieving")
     p.add_argument("--retriever-config", default=None, help="YAML file of retriever options (e.g. k1, b, stemmer)")
     p.add_argument("--retriever-set", action="append", default=[], metavar="KEY=VALUE", help="override one retriever option")
@@ -94,7 +96,9 @@ def _model_without_reranker(args: argparse.Namespace) -> str:
     fix = "--model needs --reranker METHOD (or a trained reranker folder with rerank.json)"
     if args.first_stage is not None:
         return f"{fix}; a --first-stage run takes no model"
-    if args.retriever is not None and _retriever_takes_model(args.retriever) is False:
+    if args.retriever is None:
+        return f"{fix}; without --retriever the dataset folder's own run is read, and it takes no model"
+    if _retriever_takes_model(args.retriever) is False:
         return f"{fix}; {args.retriever} takes no model"
     return ""
 

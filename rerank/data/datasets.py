@@ -1,4 +1,5 @@
-"""Resolve ``--dataset`` (a path or a registered name under the data root) into a lazily loaded BEIR folder."""
+"""Resolve ``--dataset`` (a path, a registered name under the data root, or ``irds:ID``) into a lazily loaded BEIR
+folder."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import os
 from pathlib import Path
 
+from rerank.data import irds
 from rerank.data.io import (
     Duplicates,
     find_file,
@@ -160,16 +162,23 @@ def resolve_dataset(
     name_or_path: str | Path, data_root: str | Path | None = None, download: bool = True,
     qrels_duplicates: Duplicates = "error",
 ) -> Dataset:
-    """A dataset from an existing path, or a registered/plain name under ``data_root``.
+    """A dataset from an existing path, ``irds:ID`` (an ir_datasets dataset: :mod:`rerank.data.irds`), or a
+    registered/plain name under ``data_root``.
 
     A registered BEIR dataset that is absent locally is downloaded (verified, atomic) when ``download`` is true and
-    the network allows; otherwise the error says where to put the files.
+    the network allows, and an ``irds:`` one converted; otherwise the error says where to put the files.
     """
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    if isinstance(name_or_path, str) and name_or_path.startswith(irds.PREFIX):
+        folder, name, info = irds.load_irds(name_or_path[len(irds.PREFIX):], root, convert=download)
+        return Dataset(folder, name=name, info=info, qrels_duplicates=qrels_duplicates)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        converted = irds.converted_info(path)  # a converted irds: folder given by its path keeps its name and grading
+        if converted is not None:
+            return Dataset(path, name=converted[0], info=converted[1], qrels_duplicates=qrels_duplicates)
         return Dataset(path, qrels_duplicates=qrels_duplicates)
     name = str(name_or_path)
-    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     local = root / name
     if local.is_dir():
         return Dataset(local, name=name, qrels_duplicates=qrels_duplicates)
@@ -183,5 +192,6 @@ def resolve_dataset(
     hint = f" (registered; no public download: place its BEIR folder at {local})" if info else ""
     raise DatasetNotFoundError(
         f"dataset {name!r} not found: no folder {local}{hint}. Pass a path, or put a BEIR folder "
-        f"(corpus.jsonl, queries.jsonl, qrels/<split>.tsv) there; set the data root with --data-root or RERANK_DATA."
+        f"(corpus.jsonl, queries.jsonl, qrels/<split>.tsv) there, or give an ir_datasets id as irds:ID; set the data "
+        "root with --data-root or RERANK_DATA."
     )

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Collection, Iterator, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,19 @@ def _check_given_run(run: Run, queries: dict[str, Query], cfg: EvalConfig, datas
     if absent:
         log.warning("%d of %s have no ranking in --first-stage %s (e.g. %s): they count as 0 in every measure",
                     len(absent), what, cfg.first_stage, _examples(absent))
+
+
+def _check_ranked(run: Run, cfg: EvalConfig, reranking: bool) -> None:
+    """A given run that scores every document of each query the same ranks nothing (MS MARCO's top-1000 candidate
+    files, an ir_datasets dataset's unscored scoreddocs): its order is doc ids', so the log says so, and when a
+    reranker takes fewer than its candidates, how many to take."""
+    if not any(len(v) > 1 for v in run.values()) or any(len({s for _, s in v}) > 1 for v in run.values()):
+        return
+    deepest = max(len(v) for v in run.values())
+    fix = (f"; --top-k {cfg.top_k} reranks an arbitrary {cfg.top_k} of each query's up to {deepest} candidates: give "
+           f"--top-k {deepest}" if reranking and cfg.top_k < deepest else "")
+    log.warning("--first-stage %s scores every document of a query the same: its order is trec_eval's tie order (doc "
+                "id descending), not a ranking%s", cfg.first_stage, fix)
 
 
 def _select(run: Run, qids: Sequence[str]) -> Run:
@@ -309,9 +322,24 @@ def reranker_pool(cfg: EvalConfig) -> WorkerPool:
     return WorkerPool(cfg.workers, load_reranker, (cfg,))
 
 
+EXACTLY_ONE = "give exactly one of --retriever NAME or --first-stage RUN"
+
+
+def folder_run(dataset: Dataset) -> str:
+    """The first-stage run a dataset folder holds (the first of :data:`~rerank.eval.suites.RUN_FILES` in it, as
+    ``--suite dl`` reranks), for an evaluation given no first stage; none there is the error asking for one."""
+    from rerank.eval.suites import RUN_FILES  # suites imports this module
+
+    for name in RUN_FILES:
+        if (dataset.root / name).is_file():
+            return str(dataset.root / name)
+    raise ConfigError(f"{EXACTLY_ONE} (dataset {dataset.name} holds no first-stage run of its own: "
+                      f"{' or '.join(RUN_FILES)} in {dataset.root})")
+
+
 def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
     """Refuse settings of ``cfg`` this run would ignore: the reranker's without a reranker (``has_reranker``: one is
-    named or given), retriever options with a ``first_stage`` run."""
+    named or given), retriever options without a retriever (a ``first_stage`` run, or the dataset folder's own)."""
     if not has_reranker:
         unused = [name for name, value in (("model", cfg.model), ("reranker_options", cfg.reranker_options),
                                            ("log_llm_io", cfg.log_llm_io)) if value]
@@ -319,9 +347,10 @@ def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
         if unused:
             raise ConfigError(f"{', '.join(unused)} configure a reranker and none is given: set reranker (or pass "
                               "a loaded one) or drop them")
-    if cfg.first_stage is not None and cfg.retriever_options:
-        raise ConfigError(f"retriever_options configure a retriever; the first_stage run {cfg.first_stage} is read as "
-                          "it is: drop them")
+    if cfg.retriever is None and cfg.retriever_options:
+        read = (f"the first_stage run {cfg.first_stage} is read as it is" if cfg.first_stage is not None
+                else "without one the dataset folder's own run is read as it is")
+        raise ConfigError(f"retriever_options configure a retriever; {read}: drop them")
 
 
 def check_given_reranker(cfg: EvalConfig, reranker: Reranker | WorkerPool | None) -> None:
@@ -361,9 +390,10 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``.
 
     ``reranker``: a loaded reranker to use instead of loading ``cfg.reranker``, or a pool of them
-    (:func:`reranker_pool`, as a suite shares one over its datasets)."""
-    if (cfg.retriever is None) == (cfg.first_stage is None):
-        raise ConfigError("give exactly one of --retriever NAME or --first-stage RUN")
+    (:func:`reranker_pool`, as a suite shares one over its datasets). With neither ``retriever`` nor ``first_stage``
+    the dataset folder's own run (:func:`folder_run`) is the first stage, recorded as ``first_stage``."""
+    if cfg.retriever is not None and cfg.first_stage is not None:
+        raise ConfigError(EXACTLY_ONE)
     _check_used(cfg, reranker is not None or cfg.reranker is not None)
     check_given_reranker(cfg, reranker)
     check_llm_io(cfg, reranker)
@@ -377,6 +407,9 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     dataset: Dataset = resolve_dataset(
         cfg.dataset, cfg.data_root, qrels_duplicates=cfg.qrels_duplicates  # type: ignore[arg-type]
     )
+    if cfg.retriever is None and cfg.first_stage is None:
+        cfg = replace(cfg, first_stage=folder_run(dataset))
+        log.info("first stage: %s, the dataset folder's own run (--retriever NAME retrieves instead)", cfg.first_stage)
     queries = dataset.split_queries(cfg.split, cfg.max_queries)
     qrels_all = dataset.qrels(cfg.split)
     qrels: Qrels = {q: qrels_all[q] for q in queries}
@@ -386,9 +419,11 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
         raise ConfigError(f"dataset {cfg.dataset}: {e}") from None
     rel_level = cfg.rel_level if cfg.rel_level is not None else dataset.rel_level
     given_run = read_run(cfg.first_stage) if cfg.first_stage is not None else None
+    reranking = reranker is not None or given_pool is not None or cfg.reranker is not None
     if given_run is not None:
         _check_given_run(given_run, queries, cfg, dataset)
-    if reranker is not None or given_pool is not None or cfg.reranker is not None:
+        _check_ranked(given_run, cfg, reranking)
+    if reranking:
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0
 

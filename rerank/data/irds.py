@@ -1,0 +1,216 @@
+"""``--dataset irds:ID``: any ir_datasets dataset (https://ir-datasets.com), converted once into a cached BEIR folder.
+
+``resolve_dataset("irds:msmarco-passage/trec-dl-2019/judged")`` loads the dataset with ``ir_datasets`` (installed with
+``pip install 'rerank[irds]'``; it downloads its source files itself into its own cache, ``$IR_DATASETS_HOME``,
+default ``~/.ir_datasets``) and writes ``<data root>/irds/<ID, '/' as '__'>``:
+
+- ``queries.jsonl``: every query's ``default_text()`` (for TREC topics, the title);
+- ``qrels/test.tsv``: the judgements, integer grades. The split is always ``test`` (an ir_datasets id names its split
+  itself), which is ``rerank eval``'s default ``--split``; elsewhere (training, recipes) pass split ``test``;
+- with scoreddocs (the dataset's own first-stage run), the reranking form of ``dl19-bm25-top100``: ``corpus.jsonl``
+  holds the documents the scoreddocs name, and ``run.trec`` the scoreddocs (ranked by score, ties as trec_eval orders
+  them), which ``rerank eval`` reranks when given no ``--retriever``; without scoreddocs, the whole corpus;
+- ``irds.json``: the id, the ir_datasets version, the form and the counts; its presence marks a complete folder.
+
+A document's ``title`` is its ``title`` field (else empty) and its ``text`` its ``text`` field, else its
+``default_text()`` less a leading copy of the title (``msmarco-document``'s is ``title body``: the title is not read
+twice). The folder is built beside its final place and renamed into it, so an interrupted conversion leaves nothing
+half-written; later calls read it without ir_datasets. Delete the folder to convert again (a new ir_datasets version).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rerank.data.io import write_run
+from rerank.data.registry import DatasetInfo
+from rerank.errors import ConfigError, DatasetNotFoundError
+from rerank.types import sort_ranking
+from rerank.utils.files import publish_dir, temp_dir, write_json
+
+__all__ = ["MANIFEST", "PREFIX", "SPLIT", "converted_info", "irds_folder", "load_irds"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "irds:"
+#: the file that marks a complete converted folder
+MANIFEST = "irds.json"
+#: the one qrels split a converted folder holds
+SPLIT = "test"
+INSTALL = "pip install 'rerank[irds]'"
+CATALOGUE = "https://ir-datasets.com"
+
+
+def irds_folder(dataset_id: str, data_root: Path) -> Path:
+    """Where ``irds:dataset_id`` is cached under ``data_root``; an id that could leave that folder is refused."""
+    segments = dataset_id.split("/")
+    if not dataset_id or any(s in ("", ".", "..") for s in segments) or "\\" in dataset_id or "\0" in dataset_id:
+        raise ConfigError(f"dataset {PREFIX}{dataset_id}: not an ir_datasets id (like "
+                          f"msmarco-passage/trec-dl-2019/judged; the catalogue: {CATALOGUE})")
+    return data_root / "irds" / dataset_id.replace("/", "__")
+
+
+def converted_info(folder: Path) -> tuple[str, DatasetInfo] | None:
+    """The ``irds:ID`` name and judging conventions of a converted folder, None when ``folder`` is not one."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    name = PREFIX + str(manifest["id"])
+    return name, DatasetInfo(name=name, splits=(SPLIT,), rel_level=int(manifest.get("rel_level", 1)),
+                             description=f"ir_datasets {manifest['id']}, converted by rerank ({manifest['form']})")
+
+
+def load_irds(dataset_id: str, data_root: Path, convert: bool = True) -> tuple[Path, str, DatasetInfo]:
+    """The cached folder of ``irds:dataset_id`` (converted now when absent and ``convert``), its name and info."""
+    folder = irds_folder(dataset_id, data_root)
+    if folder.is_dir():
+        found = converted_info(folder)
+        if found is None:
+            raise DatasetNotFoundError(f"{folder} exists but holds no {MANIFEST} (not a converted {PREFIX} dataset): "
+                                       f"remove it to convert {PREFIX}{dataset_id} there")
+        return folder, *found
+    if not convert:
+        raise DatasetNotFoundError(f"dataset {PREFIX}{dataset_id} is not converted yet (no {folder}), and downloads "
+                                   "are off: resolve it with downloads on once")
+    _convert(_load(dataset_id), dataset_id, folder)
+    found = converted_info(folder)
+    assert found is not None  # _convert published it
+    return folder, *found
+
+
+def _load(dataset_id: str) -> Any:
+    """The ir_datasets dataset ``dataset_id``, checked to have what an evaluation needs; one-line errors otherwise."""
+    try:
+        import ir_datasets
+    except ImportError:
+        raise ConfigError(f"dataset {PREFIX}{dataset_id} needs ir_datasets: {INSTALL}") from None
+    try:
+        ds = ir_datasets.load(dataset_id)
+    except KeyError:
+        raise DatasetNotFoundError(f"dataset {PREFIX}{dataset_id}: ir_datasets has no dataset {dataset_id!r}; "
+                                   f"the ids are listed at {CATALOGUE}") from None
+    missing = [what for what, has in (("queries", ds.has_queries()), ("qrels", ds.has_qrels()),
+                                      ("documents", ds.has_docs())) if not has]
+    if missing:
+        raise ConfigError(f"dataset {PREFIX}{dataset_id} has no {' and no '.join(missing)}: an evaluation needs "
+                          f"queries, qrels and documents; pick an id that has them ({CATALOGUE})")
+    return ds
+
+
+def _convert(ds: Any, dataset_id: str, folder: Path) -> None:
+    """Write ``ds`` as a BEIR folder in a temporary sibling of ``folder`` and rename it into place."""
+    import ir_datasets
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(folder.parent, prefix=f".{folder.name}.")
+    try:
+        log.info("converting ir_datasets %s into %s (once; ir_datasets downloads its files into $IR_DATASETS_HOME)",
+                 dataset_id, folder)
+        counts = {"queries": _write_lines(tmp / "queries.jsonl", (
+            json.dumps({"_id": q.query_id, "text": q.default_text()}, ensure_ascii=False) for q in ds.queries_iter()))}
+        (tmp / "qrels").mkdir()
+        counts["qrels"] = _write_lines(tmp / "qrels" / f"{SPLIT}.tsv", (
+            f"{r.query_id}\t{r.doc_id}\t{int(r.relevance)}" for r in ds.qrels_iter()), "query-id\tcorpus-id\tscore")
+        extra: dict[str, Any] = {}
+        if ds.has_scoreddocs():
+            form = "reranking"
+            run_counts, extra["scoreddocs_ranked"] = _write_reranking_form(ds, dataset_id, tmp)
+            counts.update(run_counts)
+        else:
+            form = "full corpus"
+            counts["docs"] = _write_lines(tmp / "corpus.jsonl", (_doc_line(d) for d in ds.docs_iter()))
+        write_json({"id": dataset_id, "ir_datasets_version": ir_datasets.__version__, "form": form, "split": SPLIT,
+                    "rel_level": _rel_level(ds), "counts": counts, **extra}, tmp / MANIFEST)
+        if not publish_dir(tmp, folder, MANIFEST):
+            log.info("%s was converted meanwhile by another process: using that copy", folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_reranking_form(ds: Any, dataset_id: str, tmp: Path) -> tuple[dict[str, int], bool]:
+    """``run.trec`` from the scoreddocs and ``corpus.jsonl`` with the documents it names; their counts, and whether
+    the scoreddocs rank (False: every query's scores are equal, as MS MARCO's top-1000 files give none)."""
+    run: dict[str, dict[str, float]] = {}
+    n = repeated = 0
+    for sd in ds.scoreddocs_iter():
+        n += 1
+        ranking = run.setdefault(sd.query_id, {})
+        if sd.doc_id in ranking:
+            repeated += 1
+            ranking[sd.doc_id] = max(ranking[sd.doc_id], float(sd.score))
+        else:
+            ranking[sd.doc_id] = float(sd.score)
+    if repeated:
+        log.warning("%s: %d scoreddocs name a document already listed for their query; each is kept once, with its "
+                    "highest score", dataset_id, repeated)
+    scored = not run or any(len(set(r.values())) > 1 for r in run.values())
+    if not scored:
+        deepest = max(len(r) for r in run.values())
+        log.warning("%s: the scoreddocs carry no scores (all equal for every query), so run.trec orders each query's "
+                    "%d candidates by doc id (trec_eval's tie order), not by rank: rerank all of them (--top-k %d)",
+                    dataset_id, deepest, deepest)
+    write_run({q: sort_ranking(list(r.items())) for q, r in run.items()}, tmp / "run.trec", tag="irds")
+    wanted = {d for r in run.values() for d in r}
+    docs = _get_docs(ds, wanted)
+    absent = sorted(wanted - docs.keys())
+    if absent:
+        log.warning("%s: %d of the %d documents its scoreddocs name are not in its documents (e.g. %s): they stay in "
+                    "run.trec, and rerank eval counts them as unknown doc ids", dataset_id, len(absent), len(wanted),
+                    ", ".join(absent[:3]))
+    written = _write_lines(tmp / "corpus.jsonl", (_doc_line(docs[d]) for d in sorted(docs)))
+    counts = {"scoreddocs": n - repeated, "run_queries": len(run), "docs": written, "docs_missing": len(absent)}
+    return counts, scored
+
+
+def _get_docs(ds: Any, doc_ids: set[str]) -> dict[str, Any]:
+    """The documents of ``doc_ids`` that ``ds`` has: looked up in its docs store, else by one pass over its docs."""
+    try:
+        store = ds.docs_store()
+    except (AttributeError, NotImplementedError):
+        return {d.doc_id: d for d in ds.docs_iter() if d.doc_id in doc_ids}
+    return store.get_many(doc_ids)
+
+
+def _doc_line(doc: Any) -> str:
+    """A document as a BEIR corpus line: ``title`` field, and ``text`` field else ``default_text()`` less the title."""
+    fields = getattr(doc, "_fields", ())
+    title = doc.title if "title" in fields and isinstance(doc.title, str) else ""
+    if "text" in fields and isinstance(doc.text, str):
+        text = doc.text
+    else:
+        text = doc.default_text()
+        if title and text.startswith(title):
+            text = text[len(title):].lstrip()
+    return json.dumps({"_id": doc.doc_id, "title": title, "text": text}, ensure_ascii=False)
+
+
+def _write_lines(path: Path, lines: Iterable[str], header: str | None = None) -> int:
+    """Write ``lines`` (and a ``header`` first) to ``path``; how many lines, the header not counted."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        if header is not None:
+            f.write(header + "\n")
+        for line in lines:
+            f.write(line + "\n")
+            n += 1
+    return n
+
+
+def _rel_level(ds: Any) -> int:
+    """The grade binary measures count as relevant: the ``rel=N`` of the dataset's official measures (TREC DL's
+    ``RR(rel=2)``, as ``dl19-bm25-top100`` is judged), else 1."""
+    try:
+        measures = ds.documentation().get("official_measures") or []
+    except (AttributeError, KeyError, OSError):
+        return 1
+    levels = {int(m) for x in measures for m in re.findall(r"\brel=(\d+)", str(x))}
+    return levels.pop() if len(levels) == 1 else 1
+

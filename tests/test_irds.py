@@ -270,3 +270,16 @@ def test_eval_reranks_a_plain_folder_run_else_asks_for_a_first_stage(tmp_path: P
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
     rc, _, err = run_cli("eval", "--dataset", folder, "--model", "m", "--output", tmp_path / "o3")
     assert rc == 2 and "without --retriever the dataset folder's own run is read, and it takes no model" in err
+
+
+def test_beir_ids_keep_beirs_identical_ids_rule(tmp_path: Path) -> None:
+    """irds:beir/arguana and beir/quora are scored as BEIR scores them (a document that is the query is dropped), as
+    the registered arguana/quora are; other ids are not."""
+    for dataset_id, rule in (("beir/arguana", True), ("beir/quora/test", True), ("beir/scifact/test", False),
+                             ("msmarco-passage/trec-dl-2019/judged", False)):
+        folder = tmp_path / dataset_id.replace("/", "__")
+        folder.mkdir()
+        (folder / irds.MANIFEST).write_text(json.dumps({"id": dataset_id, "form": "full corpus", "rel_level": 1}))
+        found = irds.converted_info(folder)
+        assert found is not None and found[0] == f"irds:{dataset_id}"
+        assert found[1].ignore_identical_ids is rule, dataset_id

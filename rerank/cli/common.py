@@ -56,7 +56,8 @@ def add_allow_duplicates(p: argparse.ArgumentParser) -> None:
 
 def add_dataset(p: argparse.ArgumentParser, required: bool = True, group: argparse._ActionsContainer | None = None) -> None:
     (group or p).add_argument(
-        "--dataset", required=required, help="a BEIR-layout folder, or a dataset name under the data root"
+        "--dataset", required=required,
+        help="a BEIR-layout folder, a dataset name under the data root, or irds:ID (an ir_datasets id)",
     )
     p.add_argument("--split", default="test",
                    help="qrels split to evaluate (default: test; a suite scores each dataset on its own split)")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.data.io import write_run
-from rerank.data.registry import DatasetInfo
+from rerank.data.registry import IGNORE_IDENTICAL_IDS, DatasetInfo
 from rerank.errors import ConfigError, DatasetNotFoundError
 from rerank.types import sort_ranking
 from rerank.utils.files import publish_dir, temp_dir, write_json
@@ -63,7 +63,10 @@ def converted_info(folder: Path) -> tuple[str, DatasetInfo] | None:
         return None
     manifest = json.loads(path.read_text(encoding="utf-8"))
     name = PREFIX + str(manifest["id"])
+    parts = str(manifest["id"]).split("/")
+    beir_rule = len(parts) > 1 and parts[0] == "beir" and parts[1] in IGNORE_IDENTICAL_IDS  # BEIR's own convention
     return name, DatasetInfo(name=name, splits=(SPLIT,), rel_level=int(manifest.get("rel_level", 1)),
+                             ignore_identical_ids=beir_rule,
                              description=f"ir_datasets {manifest['id']}, converted by rerank ({manifest['form']})")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BEIR_BASE_URL", "DatasetInfo", "DATASETS", "get_dataset_info"]
+__all__ = ["BEIR_BASE_URL", "DATASETS", "IGNORE_IDENTICAL_IDS", "DatasetInfo", "get_dataset_info"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ _BEIR: dict[str, tuple[str, tuple[str, ...], int, int | None, float | None, floa
     "scifact": ("5f7d1de60b170fc8027bb7898e2efca1", ("train", "test"), 5183, 300, 0.6789, 0.6647),
 }
 # BEIR's evaluation drops a retrieved doc whose id equals the query id; it matters where queries are corpus docs.
-_IGNORE_IDENTICAL_IDS = {"arguana", "quora"}
+IGNORE_IDENTICAL_IDS = {"arguana", "quora"}
 _NOTES = {
     "msmarco": "BEIR evaluates MS MARCO on its dev split (6,980 queries; use --split dev).",
     "cqadupstack": "12 StackExchange forums, each a BEIR folder inside the zip: use --dataset cqadupstack/FORUM "
@@ -111,7 +111,7 @@ for _name, (_md5, _splits, _docs, _nq, _flat, _multi) in _BEIR.items():
             splits=_splits,
             url=f"{BEIR_BASE_URL}/{_name}.zip",
             md5=_md5,
-            ignore_identical_ids=_name in _IGNORE_IDENTICAL_IDS,
+            ignore_identical_ids=_name in IGNORE_IDENTICAL_IDS,
             num_docs=_docs,
             num_test_queries=_nq,
             reference={k: v for k, v in _ref.items() if v is not None},

@@ -284,3 +284,23 @@ def test_a_cell_killed_after_its_metrics_is_not_reused(board: tuple[Path, Path],
     assert json.loads(metrics.read_text())["config"]["top_k"] == 2
     lb.run_leaderboard(cfg_path, data_root=data, results_dir=res, progress=False)
     assert json.loads(metrics.read_text())["metrics"] == first
+
+
+def test_placeholders_expand_in_a_retriever_model(tmp_path: Path) -> None:
+    """A trained retriever's folder is named as a reranker's model is: ``{cache}`` / ``{config_dir}`` expand in
+    ``retriever_options.model``, and an absent package there skips the row with the reason."""
+    cfg = {"name": "b", "columns": [{"label": "c", "dataset": "tiny"}],
+           "rows": [{"name": "trained dense", "retriever": "dense",
+                     "retriever_options": {"model": "{cache}/models/r/model"}, "requires": ["{cache}/models/r/model"]},
+                    {"name": "local", "retriever": "dense", "retriever_options": {"model": "{config_dir}/m"}},
+                    {"name": "absent", "retriever": "dense", "retriever_options": {"model": "{pkg:no_such_pkg_xyz}/m"}}]}
+    path = tmp_path / "lb.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    loaded, _ = load_config(path)
+    rows = {r.name: r for r in loaded.rows}
+    from rerank.data.datasets import cache_root
+
+    assert rows["trained dense"].retriever_options["model"] == str(cache_root() / "models" / "r" / "model")
+    assert rows["trained dense"].requires == [str(cache_root() / "models" / "r" / "model")]
+    assert rows["local"].retriever_options["model"] == str(tmp_path.resolve() / "m")
+    assert "no_such_pkg_xyz" in rows["absent"].requires[0]

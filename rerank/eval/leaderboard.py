@@ -134,7 +134,8 @@ def _expand(value: str, config_dir: Path) -> str:
 
 
 def load_config(path: str | Path) -> tuple[LeaderboardConfig, Path]:
-    """Read and validate a leaderboard YAML; placeholders (see :func:`_expand`) expand in ``model`` and ``requires``."""
+    """Read and validate a leaderboard YAML; placeholders (see :func:`_expand`) expand in ``model``,
+    ``retriever_options.model`` and ``requires``."""
     path = Path(path)
     cfg = from_dict(LeaderboardConfig, load_yaml(path), where=str(path))
     labels = [c.label for c in cfg.columns]
@@ -156,6 +157,11 @@ def load_config(path: str | Path) -> tuple[LeaderboardConfig, Path]:
         if r.model:
             try:
                 r.model = _expand(r.model, path.parent.resolve())
+            except ConfigError as e:
+                requires.append(str(e))
+        if isinstance(r.retriever_options.get("model"), str):  # a trained retriever's folder, as a reranker's model
+            try:
+                r.retriever_options["model"] = _expand(r.retriever_options["model"], path.parent.resolve())
             except ConfigError as e:
                 requires.append(str(e))
         r.requires = requires

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="encode a corpus into a dense FAISS index (for --retriever dense)")
     p.add_argument("--model", required=True, help="bi-encoder: sentence-transformers folder, HF model, or packaged name")
-    p.add_argument("--dataset", required=True, help="a BEIR-layout folder, or a dataset name under the data root")
+    p.add_argument("--dataset", required=True,
+                   help="a BEIR-layout folder, a dataset name under the data root, or irds:ID (an ir_datasets id)")
     p.add_argument("--output", required=True, help="index folder to write (manifest, index.faiss, embeddings, ids)")
     add_data_root(p)
     g = p.add_argument_group("index")

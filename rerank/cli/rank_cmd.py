@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records')
     src.add_argument("--first-stage", metavar="RUN", help="TREC run to rerank (needs --dataset for the texts)")
-    p.add_argument("--dataset", default=None, help="dataset (path or name) holding the corpus and queries of --first-stage")
+    p.add_argument("--dataset", default=None,
+                   help="dataset holding the corpus and queries of --first-stage: a BEIR-layout folder, a dataset "
+                   "name under the data root, or irds:ID (an ir_datasets id)")
     add_max_queries(p, "rerank only the first N >= 1 queries in sorted query-id order")
     add_data_root(p)
     add_reranker(p)
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
     from rerank.data.io import format_run, read_query_docs_jsonl, read_run
     from rerank.errors import ConfigError
-    from rerank.eval.pipeline import check_run_overlap, rerank_run
+    from rerank.eval.pipeline import check_ranked, check_run_overlap, rerank_run
     from rerank.heads.base import Reranker
     from rerank.types import Candidate
 
@@ -123,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         run_in = read_run(args.first_stage)
         check_run_overlap(run_in, ds.queries, f"--first-stage {args.first_stage}",
                           f"the {len(ds.queries)} queries of dataset {ds.name}")
+        check_ranked(run_in, f"--first-stage {args.first_stage}", args.top_k)
         qids = sorted(q for q in run_in if q in ds.queries)
         if len(qids) < len(run_in):
             unknown = sorted(q for q in run_in if q not in ds.queries)

@@ -82,7 +82,12 @@ class _OverRun(Recipe):
         if self._run is None:
             fs = self._fs
             if fs.run is not None:
+                from rerank.eval.pipeline import check_ranked
+
                 full = read_run(fs.run)
+                check_ranked(full, f"first_stage.run {fs.run}",
+                             cut=f"the recipe's rank cuts over it (first_stage.depth {fs.depth}, {self._cut()}) pick "
+                             "arbitrary candidates: give a run that scores its candidates, or a first_stage retriever")
                 self._run = {q: sort_ranking(full.get(q, []))[: fs.depth] for q in self.queries}
             else:
                 from rerank.retrieval.base import build_retriever
@@ -90,6 +95,10 @@ class _OverRun(Recipe):
                 retriever = build_retriever(fs.retriever, self.dataset, **fs.options)  # type: ignore[arg-type]
                 self._run = retriever.retrieve(self.queries, k=fs.depth)
         return self._run
+
+    def _cut(self) -> str:
+        """The recipe's own cut of each query's first-stage ranking, as its config names it."""
+        return "its own cut"
 
     def units(self) -> list[str]:
         return list(self.queries)
@@ -235,6 +244,9 @@ class HardNegativesRecipe(_OverRun):
             return self._scorer.scores(q.text, docs)
         return self._scorer.score_candidates(q, [Candidate(d) for d in docs])
 
+    def _cut(self) -> str:
+        return f"window {self.config.window}"
+
     def rows_for(self, unit: str) -> list[dict[str, Any]]:
         cfg = self.config
         corpus = self.dataset.corpus
@@ -361,6 +373,9 @@ class TeacherLabelsRecipe(_OverRun):
         if role not in self._models:
             self._models[role] = getattr(self.config, role).load()
         return self._models[role]
+
+    def _cut(self) -> str:
+        return f"candidates {self.config.candidates}"
 
     def _candidates(self, unit: str) -> list[Document]:
         corpus = self.dataset.corpus

@@ -50,8 +50,8 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_overlap",
-           "rerank_run", "run_eval"]
+__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_ranked",
+           "check_run_overlap", "rerank_run", "run_eval"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -145,17 +145,21 @@ def _check_given_run(run: Run, queries: dict[str, Query], cfg: EvalConfig, datas
                     len(absent), what, cfg.first_stage, _examples(absent))
 
 
-def _check_ranked(run: Run, cfg: EvalConfig, reranking: bool) -> None:
-    """A given run that scores every document of each query the same ranks nothing (MS MARCO's top-1000 candidate
-    files, an ir_datasets dataset's unscored scoreddocs): its order is doc ids', so the log says so, and when a
-    reranker takes fewer than its candidates, how many to take."""
+def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None = None) -> bool:
+    """Whether ``run`` ranks: one that scores every document of each query the same ranks nothing (MS MARCO's
+    top-1000 candidate files, an ir_datasets dataset's unscored scoreddocs), its order being doc ids', so the log says
+    so, naming it ``what`` (``--first-stage RUN``), and what taking its first candidates does: with a reranker's
+    ``top_k`` below its candidates, how many to take; else ``cut``, when given (a recipe's depth or window).
+    ``rerank eval``, ``rerank rank`` and the recipes over a run all check with it."""
     if not any(len(v) > 1 for v in run.values()) or any(len({s for _, s in v}) > 1 for v in run.values()):
-        return
+        return True
     deepest = max(len(v) for v in run.values())
-    fix = (f"; --top-k {cfg.top_k} reranks an arbitrary {cfg.top_k} of each query's up to {deepest} candidates: give "
-           f"--top-k {deepest}" if reranking and cfg.top_k < deepest else "")
-    log.warning("--first-stage %s scores every document of a query the same: its order is trec_eval's tie order (doc "
-                "id descending), not a ranking%s", cfg.first_stage, fix)
+    if top_k is not None and top_k < deepest:
+        cut = (f"--top-k {top_k} reranks an arbitrary {top_k} of each query's up to {deepest} candidates: give "
+               f"--top-k {deepest}")
+    log.warning("%s scores every document of a query the same: its order is trec_eval's tie order (doc id "
+                "descending), not a ranking%s", what, f"; {cut}" if cut else "")
+    return False
 
 
 def _select(run: Run, qids: Sequence[str]) -> Run:
@@ -422,7 +426,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     reranking = reranker is not None or given_pool is not None or cfg.reranker is not None
     if given_run is not None:
         _check_given_run(given_run, queries, cfg, dataset)
-        _check_ranked(given_run, cfg, reranking)
+        check_ranked(given_run, f"--first-stage {cfg.first_stage}", cfg.top_k if reranking else None)
     if reranking:
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     timing["load_s"] = time.perf_counter() - t0

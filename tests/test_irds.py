@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -283,3 +284,219 @@ def test_beir_ids_keep_beirs_identical_ids_rule(tmp_path: Path) -> None:
         found = irds.converted_info(folder)
         assert found is not None and found[0] == f"irds:{dataset_id}"
         assert found[1].ignore_identical_ids is rule, dataset_id
+
+
+BROKEN, MISSING_FILE, NEEDS_IJSON = f"{PREFIX}/broken", f"{PREFIX}/missing-file", f"{PREFIX}/needs-ijson"
+WS_QUERY, WS_QRELS_DOC, WS_DOC = f"{PREFIX}/ws-query", f"{PREFIX}/ws-qrels-doc", f"{PREFIX}/ws-doc"
+
+
+@pytest.fixture(scope="module")
+def faulty(registered: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Register datasets whose reading fails as ir_datasets fails (a download, a missing file, an optional package)
+    and datasets whose ids hold whitespace."""
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import (
+        BaseDocs,
+        BaseQrels,
+        BaseQueries,
+        GenericDoc,
+        GenericQuery,
+        TrecQrel,
+        TsvDocs,
+        TsvQueries,
+    )
+    from ir_datasets.util import LocalDownload
+
+    class Docs(BaseDocs):
+        def __init__(self, docs: list[GenericDoc], fail: Any = None) -> None:
+            self._docs, self._fail = docs, fail
+
+        def docs_iter(self) -> Any:
+            if self._fail is not None:
+                self._fail()
+            return iter(self._docs)
+
+        def docs_cls(self) -> type:
+            return GenericDoc
+
+    class Queries(BaseQueries):
+        def __init__(self, ids: list[str]) -> None:
+            self._ids = ids
+
+        def queries_iter(self) -> Any:
+            return iter([GenericQuery(q, "cat food") for q in self._ids])
+
+    class Qrels(BaseQrels):
+        def __init__(self, pairs: list[tuple[str, str]]) -> None:
+            self._pairs = pairs
+
+        def qrels_iter(self) -> Any:
+            return iter([TrecQrel(q, d, 1, "0") for q, d in self._pairs])
+
+        def qrels_defs(self) -> dict[int, str]:
+            return {}
+
+    def download_failed() -> None:  # what ir_datasets' Download raises when every mirror fails
+        raise RuntimeError("All download sources failed", [("mirror-1", ConnectionError("no network")),
+                                                           ("mirror-2", ConnectionError("name not resolved"))])
+
+    docs = [GenericDoc("d1", "cat food"), GenericDoc("d2", "dog walks")]
+    ok_queries, ok_qrels = Queries(["q1"]), Qrels([("q1", "d1")])
+    src = tmp_path_factory.mktemp("faulty")
+    for name, parts in (
+        (BROKEN, (Docs(docs, download_failed), ok_queries, ok_qrels)),
+        (MISSING_FILE, (TsvDocs(LocalDownload(src / "absent.tsv")), ok_queries, ok_qrels)),
+        (NEEDS_IJSON, (Docs(docs, ir_datasets.lazy_libs.ijson), ok_queries, ok_qrels)),
+        (WS_QUERY, (Docs(docs), TsvQueries(LocalDownload(_write(src / "q.tsv", ["q 1\tcat food"]))), ok_qrels)),
+        (WS_QRELS_DOC, (Docs(docs), ok_queries, Qrels([("q1", "d\t1")]))),
+        (WS_DOC, (Docs([*docs, GenericDoc("d\n3", "weather")]), ok_queries, ok_qrels)),
+    ):
+        ir_datasets.registry.register(name, Dataset(*parts))
+
+
+def test_ir_datasets_failures_are_one_line_errors(faulty: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  run_cli) -> None:
+    """A download that fails, a file not placed, a missing optional package: one-line errors saying what to do, and
+    no folder left behind."""
+    from ir_datasets import lazy_libs
+
+    with pytest.raises(DatasetNotFoundError, match=r"irds:\S+/broken: ir_datasets could not download or read its files "
+                       r"\(All download sources failed: no network; name not resolved\)\. .*\$IR_DATASETS_HOME "
+                       rf"\(now {tmp_path / 'ir_datasets_home'};") as e:
+        resolve_dataset(f"irds:{BROKEN}", tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DatasetNotFoundError, match=r"could not download or read its files \(.*absent\.tsv"):
+        resolve_dataset(f"irds:{MISSING_FILE}", tmp_path)
+    monkeypatch.setitem(sys.modules, "ijson", None)  # not installed, whatever this machine has
+    monkeypatch.delitem(lazy_libs._cache, "ijson", raising=False)
+    with pytest.raises(ConfigError, match=r"needs an optional package to read it \(This dataset requires ijson\. "
+                       r".*\): pip install ijson$"):
+        resolve_dataset(f"irds:{NEEDS_IJSON}", tmp_path)
+    assert list((tmp_path / "irds").iterdir()) == []  # each temporary folder is removed
+    rc, _, err = run_cli("eval", "--dataset", f"irds:{BROKEN}", "--data-root", tmp_path, "--retriever", "bm25",
+                         "--output", tmp_path / "o")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "All download sources failed" in err
+
+
+def test_a_data_root_that_cannot_be_written_is_named(registered: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "irds").write_text("")  # as a read-only data root, the irds folder cannot be made
+    with pytest.raises(ConfigError, match=rf"is converted under the data root {tmp_path}, and {tmp_path / 'irds'} "
+                       r"cannot be written there \(.*\): choose another data root with --data-root or RERANK_DATA"):
+        resolve_dataset(f"irds:{FULL}", tmp_path)
+
+
+@pytest.mark.parametrize(("dataset_id", "what"), [(WS_QUERY, "query id 'q 1'"), (WS_QRELS_DOC, "doc id 'd\\t1'"),
+                                                  (WS_DOC, "doc id 'd\\n3'")])
+def test_ids_with_whitespace_are_refused(faulty: None, tmp_path: Path, dataset_id: str, what: str) -> None:
+    """qrels.tsv and run.trec split on whitespace: such an id would convert into files that cannot be read back."""
+    with pytest.raises(ConfigError, match=rf"irds:{dataset_id}: {re.escape(what)} holds whitespace"):
+        resolve_dataset(f"irds:{dataset_id}", tmp_path)
+    assert list((tmp_path / "irds").iterdir()) == []
+
+
+class TitleThenBody(NamedTuple):
+    doc_id: str
+    title: str
+    body: str
+
+    def default_text(self) -> str:
+        return f"{self.title}\n{self.body}"
+
+
+class BodyOnly(NamedTuple):
+    """``default_text`` is the body alone, which may start as the title does."""
+
+    doc_id: str
+    title: str
+    body: str
+
+    def default_text(self) -> str:
+        return self.body
+
+
+class PlainDoc:
+    """A document with fields but no NamedTuple ``_replace``."""
+
+    _fields = ("doc_id", "title", "body")
+
+    def __init__(self, title: str, text: str) -> None:
+        self.doc_id, self.title, self._text = "d1", title, text
+
+    def default_text(self) -> str:
+        return self._text
+
+
+def test_the_title_is_stripped_only_where_default_text_leads_with_it() -> None:
+    def text(doc: Any) -> str:
+        return json.loads(irds._doc_line(doc))["text"]
+
+    assert text(TitleThenBody("d1", "Cat", "food is tasty")) == "food is tasty"
+    assert text(TitleBodyDoc("d1", "Cat", "Cat food")) == "Cat food"  # "Cat Cat food": one title goes
+    assert text(BodyOnly("d1", "Cat", "Cat food is tasty")) == "Cat food is tasty"
+    assert text(BodyOnly("d1", "Cat", "Catalogue")) == "Catalogue"
+    assert text(PlainDoc("Cat", "Cat food is tasty")) == "food is tasty"  # no _replace: a whitespace boundary
+    assert text(PlainDoc("Cat", "Catalogue of cats")) == "Catalogue of cats"
+
+
+class _Measures:
+    def __init__(self, measures: list[str]) -> None:
+        self.measures = measures
+
+    def documentation(self) -> dict[str, Any]:
+        return {"official_measures": self.measures}
+
+
+def test_rel_level_only_when_every_binary_official_measure_names_it(caplog: pytest.LogCaptureFixture) -> None:
+    assert irds._rel_level(_Measures(["nDCG@10", "RR(rel=2)", "AP(rel=2)", "R(rel=2)@1000"]), "x") == 2
+    assert irds._rel_level(_Measures(["nDCG@10", "Judged@10"]), "x") == 1
+    assert irds._rel_level(_Measures(["nDCG@10", "RR@10", "AP"]), "x") == 1
+    assert "relevance levels" not in caplog.text
+    assert irds._rel_level(_Measures(["nDCG@10", "RR@10", "P(rel=2)@10"]), "x") == 1  # RR@10 would count at 2
+    assert "different relevance levels (RR@10 at 1, P(rel=2)@10 at 2): binary measures count grades >= 1" in caplog.text
+
+
+def _unranked(root: Path) -> tuple[Path, Path]:
+    """A dataset folder and a run over it that scores every candidate of a query the same."""
+    folder = _folder(root / "ds", None)
+    run = root / "unranked.trec"
+    write_run({q: [(f"p{i}", 0.0) for i in range(4)] for q in ("q1", "q2")}, run)
+    return folder, run
+
+
+def test_rank_warns_of_an_unranked_first_stage(tmp_path: Path, run_cli, caplog: pytest.LogCaptureFixture) -> None:
+    folder, run = _unranked(tmp_path)
+    rc, _, err = run_cli("rank", "--first-stage", run, "--dataset", folder, "--reranker", "test-irds-length",
+                         "--top-k", "2", "--output", tmp_path / "out.trec")
+    assert rc == 0, err
+    assert (f"--first-stage {run} scores every document of a query the same: its order is trec_eval's tie order"
+            in caplog.text)
+    assert "--top-k 2 reranks an arbitrary 2 of each query's up to 4 candidates: give --top-k 4" in caplog.text
+
+
+def test_recipes_warn_of_an_unranked_first_stage_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from rerank.config import from_dict
+    from rerank.data_recipes.mining import (
+        HardNegativesConfig,
+        HardNegativesRecipe,
+        TeacherLabelsConfig,
+        TeacherLabelsRecipe,
+    )
+
+    folder, run = _unranked(tmp_path)
+    source = {"dataset": str(folder), "split": "test"}
+    mined = HardNegativesRecipe(from_dict(HardNegativesConfig, {
+        "source": source, "first_stage": {"run": str(run), "depth": 3}, "window": [1, 2], "num_negatives": 1}))
+    assert len(mined.run["q1"]) == 3
+    assert f"first_stage.run {run} scores every document of a query the same" in caplog.text
+    assert "rank cuts over it (first_stage.depth 3, window [1, 2]) pick arbitrary candidates" in caplog.text
+    caplog.clear()
+    labelled = TeacherLabelsRecipe(from_dict(TeacherLabelsConfig, {
+        "source": source, "first_stage": {"run": str(run)}, "mode": "first_stage", "candidates": 2}))
+    assert len(labelled.run["q1"]) == 4 and "(first_stage.depth 100, candidates 2)" in caplog.text
+
+
+def test_dataset_help_names_irds(run_cli) -> None:
+    for command in ("index", "rank"):
+        rc, out, _ = run_cli(command, "--help")
+        assert rc == 0 and "irds:ID" in " ".join(out.split()), command

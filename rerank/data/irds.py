@@ -13,18 +13,23 @@ default ``~/.ir_datasets``) and writes ``<data root>/irds/<ID, '/' as '__'>``:
 - ``irds.json``: the id, the ir_datasets version, the form and the counts; its presence marks a complete folder.
 
 A document's ``title`` is its ``title`` field (else empty) and its ``text`` its ``text`` field, else its
-``default_text()`` less a leading copy of the title (``msmarco-document``'s is ``title body``: the title is not read
-twice). The folder is built beside its final place and renamed into it, so an interrupted conversion leaves nothing
-half-written; later calls read it without ir_datasets. Delete the folder to convert again (a new ir_datasets version).
+``default_text()`` less a leading copy of the title when ``default_text()`` is the title, a separator and the rest
+(``msmarco-document``'s is ``title body``: the title is not read twice). Query and document ids holding whitespace
+are refused (the qrels and TREC run files cannot hold them), as are ir_datasets' failures to download a file or
+import an optional package, each as a one-line error. The folder is built beside its final place and renamed into it,
+so an interrupted conversion leaves nothing half-written; later calls read it without ir_datasets. Delete the folder to
+convert again (a new ir_datasets version).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,8 @@ MANIFEST = "irds.json"
 SPLIT = "test"
 INSTALL = "pip install 'rerank[irds]'"
 CATALOGUE = "https://ir-datasets.com"
+#: an id holding any of these cannot be written to a qrels or TREC run file (whitespace-separated columns)
+_WHITESPACE = re.compile(r"\s")
 
 
 def irds_folder(dataset_id: str, data_root: Path) -> Path:
@@ -95,12 +102,14 @@ def _load(dataset_id: str) -> Any:
     except ImportError:
         raise ConfigError(f"dataset {PREFIX}{dataset_id} needs ir_datasets: {INSTALL}") from None
     try:
-        ds = ir_datasets.load(dataset_id)
+        with _irds_errors(dataset_id):
+            ds = ir_datasets.load(dataset_id)
     except KeyError:
         raise DatasetNotFoundError(f"dataset {PREFIX}{dataset_id}: ir_datasets has no dataset {dataset_id!r}; "
                                    f"the ids are listed at {CATALOGUE}") from None
-    missing = [what for what, has in (("queries", ds.has_queries()), ("qrels", ds.has_qrels()),
-                                      ("documents", ds.has_docs())) if not has]
+    with _irds_errors(dataset_id):
+        missing = [what for what, has in (("queries", ds.has_queries()), ("qrels", ds.has_qrels()),
+                                          ("documents", ds.has_docs())) if not has]
     if missing:
         raise ConfigError(f"dataset {PREFIX}{dataset_id} has no {' and no '.join(missing)}: an evaluation needs "
                           f"queries, qrels and documents; pick an id that has them ({CATALOGUE})")
@@ -111,26 +120,37 @@ def _convert(ds: Any, dataset_id: str, folder: Path) -> None:
     """Write ``ds`` as a BEIR folder in a temporary sibling of ``folder`` and rename it into place."""
     import ir_datasets
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(folder.parent, prefix=f".{folder.name}.")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(folder.parent, prefix=f".{folder.name}.")
+    except OSError as e:
+        root = folder.parent.parent
+        raise ConfigError(f"dataset {PREFIX}{dataset_id} is converted under the data root {root}, and {folder.parent} "
+                          f"cannot be written there ({_one_line(e)}): choose another data root with --data-root or "
+                          "RERANK_DATA") from None
     try:
         log.info("converting ir_datasets %s into %s (once; ir_datasets downloads its files into $IR_DATASETS_HOME)",
                  dataset_id, folder)
         counts = {"queries": _write_lines(tmp / "queries.jsonl", (
-            json.dumps({"_id": q.query_id, "text": q.default_text()}, ensure_ascii=False) for q in ds.queries_iter()))}
+            json.dumps({"_id": _checked_id(dataset_id, "query", q.query_id), "text": q.default_text()},
+                       ensure_ascii=False) for q in _guarded(dataset_id, ds.queries_iter)))}
         (tmp / "qrels").mkdir()
         counts["qrels"] = _write_lines(tmp / "qrels" / f"{SPLIT}.tsv", (
-            f"{r.query_id}\t{r.doc_id}\t{int(r.relevance)}" for r in ds.qrels_iter()), "query-id\tcorpus-id\tscore")
+            f"{_checked_id(dataset_id, 'query', r.query_id)}\t{_checked_id(dataset_id, 'doc', r.doc_id)}\t"
+            f"{int(r.relevance)}" for r in _guarded(dataset_id, ds.qrels_iter)), "query-id\tcorpus-id\tscore")
         extra: dict[str, Any] = {}
-        if ds.has_scoreddocs():
+        with _irds_errors(dataset_id):
+            has_scoreddocs = ds.has_scoreddocs()
+        if has_scoreddocs:
             form = "reranking"
             run_counts, extra["scoreddocs_ranked"] = _write_reranking_form(ds, dataset_id, tmp)
             counts.update(run_counts)
         else:
             form = "full corpus"
-            counts["docs"] = _write_lines(tmp / "corpus.jsonl", (_doc_line(d) for d in ds.docs_iter()))
+            counts["docs"] = _write_lines(tmp / "corpus.jsonl", (
+                _doc_line(d) for d in _checked_docs(dataset_id, _guarded(dataset_id, ds.docs_iter))))
         write_json({"id": dataset_id, "ir_datasets_version": ir_datasets.__version__, "form": form, "split": SPLIT,
-                    "rel_level": _rel_level(ds), "counts": counts, **extra}, tmp / MANIFEST)
+                    "rel_level": _rel_level(ds, dataset_id), "counts": counts, **extra}, tmp / MANIFEST)
         if not publish_dir(tmp, folder, MANIFEST):
             log.info("%s was converted meanwhile by another process: using that copy", folder)
     except BaseException:
@@ -143,9 +163,10 @@ def _write_reranking_form(ds: Any, dataset_id: str, tmp: Path) -> tuple[dict[str
     the scoreddocs rank (False: every query's scores are equal, as MS MARCO's top-1000 files give none)."""
     run: dict[str, dict[str, float]] = {}
     n = repeated = 0
-    for sd in ds.scoreddocs_iter():
+    for sd in _guarded(dataset_id, ds.scoreddocs_iter):
         n += 1
-        ranking = run.setdefault(sd.query_id, {})
+        ranking = run.setdefault(_checked_id(dataset_id, "query", sd.query_id), {})
+        _checked_id(dataset_id, "doc", sd.doc_id)
         if sd.doc_id in ranking:
             repeated += 1
             ranking[sd.doc_id] = max(ranking[sd.doc_id], float(sd.score))
@@ -162,7 +183,7 @@ def _write_reranking_form(ds: Any, dataset_id: str, tmp: Path) -> tuple[dict[str
                     dataset_id, deepest, deepest)
     write_run({q: sort_ranking(list(r.items())) for q, r in run.items()}, tmp / "run.trec", tag="irds")
     wanted = {d for r in run.values() for d in r}
-    docs = _get_docs(ds, wanted)
+    docs = _get_docs(ds, wanted, dataset_id)
     absent = sorted(wanted - docs.keys())
     if absent:
         log.warning("%s: %d of the %d documents its scoreddocs name are not in its documents (e.g. %s): they stay in "
@@ -173,17 +194,20 @@ def _write_reranking_form(ds: Any, dataset_id: str, tmp: Path) -> tuple[dict[str
     return counts, scored
 
 
-def _get_docs(ds: Any, doc_ids: set[str]) -> dict[str, Any]:
+def _get_docs(ds: Any, doc_ids: set[str], dataset_id: str) -> dict[str, Any]:
     """The documents of ``doc_ids`` that ``ds`` has: looked up in its docs store, else by one pass over its docs."""
     try:
-        store = ds.docs_store()
+        with _irds_errors(dataset_id):
+            store = ds.docs_store()
     except (AttributeError, NotImplementedError):
-        return {d.doc_id: d for d in ds.docs_iter() if d.doc_id in doc_ids}
-    return store.get_many(doc_ids)
+        return {d.doc_id: d for d in _guarded(dataset_id, ds.docs_iter) if d.doc_id in doc_ids}
+    with _irds_errors(dataset_id):
+        return store.get_many(doc_ids)
 
 
 def _doc_line(doc: Any) -> str:
-    """A document as a BEIR corpus line: ``title`` field, and ``text`` field else ``default_text()`` less the title."""
+    """A document as a BEIR corpus line: ``title`` field, and ``text`` field else ``default_text()``, less the title
+    where ``default_text()`` is the title, a separator and the rest (a text merely starting as its title keeps it)."""
     fields = getattr(doc, "_fields", ())
     title = doc.title if "title" in fields and isinstance(doc.title, str) else ""
     if "text" in fields and isinstance(doc.text, str):
@@ -191,8 +215,80 @@ def _doc_line(doc: Any) -> str:
     else:
         text = doc.default_text()
         if title and text.startswith(title):
-            text = text[len(title):].lstrip()
+            rest = text[len(title):]
+            if hasattr(doc, "_replace"):  # a NamedTuple: the title is in default_text when it changes without it
+                leading = rest.strip() == doc._replace(title="").default_text().strip()
+            else:
+                leading = not rest or rest[0].isspace()
+            if leading:
+                text = rest.strip()
     return json.dumps({"_id": doc.doc_id, "title": title, "text": text}, ensure_ascii=False)
+
+
+def _checked_id(dataset_id: str, kind: str, item_id: str) -> str:
+    """``item_id``, a ``kind`` (query or doc) id of the dataset, refused when it holds whitespace (a space, tab or
+    newline), which the qrels and TREC run files, whitespace-separated, cannot hold."""
+    if _WHITESPACE.search(item_id):
+        raise ConfigError(f"dataset {PREFIX}{dataset_id}: {kind} id {item_id!r} holds whitespace, which qrels and TREC "
+                          "run files cannot hold: rerank cannot convert this dataset")
+    return item_id
+
+
+def _checked_docs(dataset_id: str, docs: Iterable[Any]) -> Iterator[Any]:
+    """``docs``, each doc id checked by :func:`_checked_id`."""
+    for doc in docs:
+        _checked_id(dataset_id, "doc", doc.doc_id)
+        yield doc
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line: ir_datasets' 'All download sources failed' lists each source's error."""
+    args = error.args
+    if isinstance(error, RuntimeError) and len(args) == 2 and isinstance(args[1], list):
+        causes = "; ".join(str(e) for _, e in (x for x in args[1] if isinstance(x, tuple) and len(x) == 2))
+        text = f"{args[0]}: {causes}" if causes else str(args[0])
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def _irds_errors(dataset_id: str) -> Iterator[None]:
+    """Turn what ir_datasets raises while loading a dataset's files into one-line errors: a package it lacks
+    (ImportError, naming what to install) and a file it cannot download or read (RuntimeError, OSError)."""
+    try:
+        yield
+    except ImportError as e:
+        package = re.search(r"requires ([\w.-]+)", str(e))
+        install = f"pip install {package.group(1).rstrip('.')}" if package else "install the package it names"
+        raise ConfigError(f"dataset {PREFIX}{dataset_id}: ir_datasets needs an optional package to read it "
+                          f"({_one_line(e)}): {install}") from None
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, (DatasetNotFoundError, NotImplementedError, RecursionError)):  # ours, or not a file's
+            raise
+        raise DatasetNotFoundError(
+            f"dataset {PREFIX}{dataset_id}: ir_datasets could not download or read its files ({_one_line(e)}). Check "
+            f"the network, or place the files by hand where ir_datasets looks for them, under $IR_DATASETS_HOME "
+            f"(now {_irds_home()}; the dataset's page at {CATALOGUE} lists each file and where it goes)") from None
+
+
+def _irds_home() -> str:
+    """Where ir_datasets keeps its files: ``$IR_DATASETS_HOME``, default ``~/.ir_datasets``."""
+    return os.environ.get("IR_DATASETS_HOME") or str(Path("~/.ir_datasets").expanduser())
+
+
+def _guarded(dataset_id: str, items: Any) -> Iterator[Any]:
+    """Iterate ``items()`` (an ir_datasets iterator method), its calls under :func:`_irds_errors`: only what
+    ir_datasets raises is translated, not what the loop body does with each item."""
+    with _irds_errors(dataset_id):
+        it = iter(items())
+    while True:
+        with _irds_errors(dataset_id):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
 
 
 def _write_lines(path: Path, lines: Iterable[str], header: str | None = None) -> int:
@@ -207,13 +303,27 @@ def _write_lines(path: Path, lines: Iterable[str], header: str | None = None) ->
     return n
 
 
-def _rel_level(ds: Any) -> int:
-    """The grade binary measures count as relevant: the ``rel=N`` of the dataset's official measures (TREC DL's
-    ``RR(rel=2)``, as ``dl19-bm25-top100`` is judged), else 1."""
+def _rel_level(ds: Any, dataset_id: str) -> int:
+    """The grade binary measures count as relevant: N when every binary official measure of the dataset (RR, AP, P,
+    R, Success, …: :data:`~rerank.eval.metrics.BINARY_MEASURES`) names the same ``rel=N`` (TREC DL's ``RR(rel=2)``,
+    ``AP(rel=2)``, as ``dl19-bm25-top100`` is judged), else 1 (one without ``rel=`` counts from 1); nDCG's graded gain
+    needs no level."""
+    from rerank.eval.metrics import BINARY_MEASURES
+
     try:
-        measures = ds.documentation().get("official_measures") or []
+        with _irds_errors(dataset_id):
+            measures = ds.documentation().get("official_measures") or []
     except (AttributeError, KeyError, OSError):
         return 1
-    levels = {int(m) for x in measures for m in re.findall(r"\brel=(\d+)", str(x))}
-    return levels.pop() if len(levels) == 1 else 1
-
+    levels: dict[str, int] = {}
+    for measure in map(str, measures):
+        name = re.match(r"\s*(\w+)", measure)
+        if name is not None and name.group(1) in BINARY_MEASURES:
+            rel = re.search(r"\brel=(\d+)", measure)
+            levels[measure] = int(rel.group(1)) if rel else 1
+    if len(set(levels.values())) > 1:
+        log.warning("%s: its official binary measures name different relevance levels (%s): binary measures count "
+                    "grades >= 1 (--rel-level N sets another)", dataset_id,
+                    ", ".join(f"{m} at {n}" for m, n in levels.items()))
+        return 1
+    return next(iter(levels.values()), 1)

@@ -61,10 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rerank.testing.synthetic import make_tiny_beir
 
         splits = tuple(s for s in args.splits.split(",") if s)
-        out = make_tiny_beir(
-            args.dir, num_docs=args.num_docs, num_queries=args.num_queries, splits=splits, seed=args.seed,
-            doc_chars=args.doc_chars,
-        )
+        if args.num_docs < 3 * args.num_queries:
+            build_parser().error(f"--num-docs {args.num_docs} is too small for --num-queries {args.num_queries}: "
+                                 f"each query needs 3 judged documents, so give --num-docs {3 * args.num_queries} or "
+                                 "more")
+        try:
+            out = make_tiny_beir(
+                args.dir, num_docs=args.num_docs, num_queries=args.num_queries, splits=splits, seed=args.seed,
+                doc_chars=args.doc_chars,
+            )
+        except ValueError as e:  # the other argument checks of make_tiny_beir (no split, doc_chars < 1, ...)
+            build_parser().error(str(e))
     print(out)
     return 0
 

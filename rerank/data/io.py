@@ -26,6 +26,7 @@ from rerank.types import Document, Qrels, Query, Run, sort_ranking
 from rerank.utils.files import atomic_write
 
 __all__ = [
+    "DUPLICATES_FIX",
     "DUPLICATE_POLICIES",
     "GRADE_MAX",
     "GRADE_MIN",
@@ -48,6 +49,9 @@ __all__ = [
 #: grade, or the ``max`` grade.
 DUPLICATE_POLICIES = ("error", "last", "max")
 Duplicates = Literal["error", "last", "max"]
+#: the fix a duplicate judgement's error names (the eval commands' flag); callers that take the policy from another
+#: option (the trainers' ``qrels_duplicates`` key) replace it with theirs
+DUPLICATES_FIX = "keep one grade with --allow-duplicates last|max"
 
 _BOM = "\ufeff"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -368,7 +372,7 @@ def read_qrels(path: str | Path, duplicates: Duplicates = "error") -> Qrels:
             if duplicates == "error":
                 first = _first_line(((ln, (q, d)) for ln, q, d, _ in _iter_qrels(path)), (qid, docid).__eq__)
                 raise _duplicate(path, lineno, f"judgement of document {docid!r} for query {qid!r}", first,
-                                 "keep one grade with --allow-duplicates last|max")
+                                 DUPLICATES_FIX)
             if duplicates == "max":
                 value = max(value, judged[docid])
         judged[docid] = value

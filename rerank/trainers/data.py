@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerank.config import changed_options
+from rerank.data.io import DUPLICATE_POLICIES, DUPLICATES_FIX
 from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -42,13 +43,14 @@ _CANDIDATE_KEYS = ("id", "text", "title", "score")
 
 
 #: the options that build examples from a BEIR dataset (``beir``); a file (``path``) is used as it is
-BEIR_ONLY = ("split", "bm25_depth", "max_candidates", "negatives")
+BEIR_ONLY = ("split", "bm25_depth", "max_candidates", "negatives", "qrels_duplicates")
 
 
 @dataclass
 class DataConfig:
     """Where training examples come from: a file/HF dataset (``path``) or a BEIR dataset built inline (``beir``:
-    ``split``, ``bm25_depth``, ``max_candidates``, ``negatives`` and ``negatives_per_positive`` say how).
+    ``split``, ``bm25_depth``, ``max_candidates``, ``negatives`` and ``negatives_per_positive`` say how;
+    ``qrels_duplicates`` what a (query, document) pair judged twice does: ``error``, keep the ``last`` or ``max``).
     ``dev_fraction`` unset (None) is decided by the trainer's config: 0.1 with ``eval_steps`` > 0, else 0."""
 
     path: str = ""
@@ -59,6 +61,7 @@ class DataConfig:
     max_candidates: int = 20
     max_queries: int | None = None
     negatives: Literal["top", "random"] = "top"
+    qrels_duplicates: Literal["error", "last", "max"] = "error"
     dev_fraction: float | None = None
     dev_max: int | None = 50
     seed: int = 0
@@ -77,6 +80,9 @@ class DataConfig:
                                   f"--set 'data={{path: {self.path}}}')")
         if self.negatives not in ("top", "random"):
             raise ConfigError(f"data.negatives must be 'top' or 'random', got {self.negatives!r}")
+        if self.qrels_duplicates not in DUPLICATE_POLICIES:
+            raise ConfigError(f"data.qrels_duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, "
+                              f"got {self.qrels_duplicates!r}")
         if self.negatives_per_positive < 0 or self.bm25_depth < 1 or self.max_candidates < 2:
             raise ConfigError("data: negatives_per_positive >= 0, bm25_depth >= 1 and max_candidates >= 2 required")
         if self.max_queries is not None and self.max_queries < 1:  # a slice [:-1] or [:0] would drop queries silently
@@ -224,6 +230,7 @@ def build_from_beir(
     max_queries: int | None = None,
     seed: int = 0,
     negatives: str = "top",
+    qrels_duplicates: Literal["error", "last", "max"] = "error",
 ) -> list[dict[str, Any]]:
     """Examples from a BEIR dataset: judged positives from qrels plus BM25 hard negatives mined on the fly.
 
@@ -231,13 +238,20 @@ def build_from_beir(
     per positive that are not positives (judged-0 documents count as negatives), capped at ``max_candidates``:
     the highest-ranked ones (``negatives="top"``, the hardest) or a seeded random draw from the window
     (``"random"``, easier on average).
-    Candidates are shuffled (seeded) so position carries no label.
+    Candidates are shuffled (seeded) so position carries no label. A (query, document) pair judged twice is an error
+    naming ``data.qrels_duplicates`` unless ``qrels_duplicates`` is ``last`` or ``max``.
     """
     from rerank.data.datasets import resolve_dataset
     from rerank.retrieval.base import build_retriever
 
-    ds = resolve_dataset(name, data_root)
-    qrels = ds.qrels(split)
+    ds = resolve_dataset(name, data_root, qrels_duplicates=qrels_duplicates)
+    try:
+        qrels = ds.qrels(split)
+    except DataFormatError as e:
+        if DUPLICATES_FIX not in str(e):
+            raise
+        raise ConfigError(str(e).replace(DUPLICATES_FIX, "keep one grade with data.qrels_duplicates: last|max (or "
+                                         "--set data.qrels_duplicates=max)")) from None
     queries = ds.split_queries(split)
     qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
     if max_queries is not None:
@@ -280,7 +294,8 @@ def load_training_data(cfg: DataConfig, data_root: str | None = None
             examples = examples[: cfg.max_queries]
     else:
         examples = build_from_beir(cfg.beir, data_root, cfg.split, cfg.negatives_per_positive, cfg.bm25_depth,
-                                   cfg.max_candidates, cfg.max_queries, cfg.seed, cfg.negatives)
+                                   cfg.max_candidates, cfg.max_queries, cfg.seed, cfg.negatives,
+                                   cfg.qrels_duplicates)
     return split_dev(examples, cfg.dev_fraction or 0.0, cfg.seed, cfg.dev_max)
 
 

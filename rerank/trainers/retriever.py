@@ -1,6 +1,7 @@
 """What the bi-encoder trainers (contrastive, STAR, ADORE, PG-Rank) share, on Hugging Face's ``Trainer``.
 
-* Data: the judged queries of ``split`` (default ``train``); queries without any positive (grade >= the dataset's
+* Data: the judged queries of ``split`` (default ``train``; a (query, document) pair judged twice is an error unless
+  ``qrels_duplicates`` is ``last`` or ``max``); queries without any positive (grade >= the dataset's
   relevance level) are reported in ``queries.json`` and the log and skipped, never trained with a zero loss. With
   ``eval_steps`` > 0 a dev split (``dev_fraction`` of the rest, default 0.1, drawn with ``seed``) is held out for
   model selection; with ``eval_steps`` 0 every query trains (a ``dev_fraction`` > 0 there is an error).
@@ -12,10 +13,13 @@
   ``(seed, global step, query)``, so the draws depend neither on how a batch is split over processes nor on a resume.
 * Several processes: ``batch_size`` is per process; document embeddings are all-gathered with their gradients, so
   every query sees the whole global batch's documents as negatives, and each process's loss is scaled so that the
-  averaged gradient is the one-process gradient of the global batch.
+  averaged gradient is the one-process gradient of the global batch (when the training queries fill whole global
+  batches: accelerate fills a last partial one by repeating queries; and with dropout off, each process drawing its
+  own masks).
 * Selection (``eval_steps`` > 0; a dev split that came out empty is an error before the model loads): nDCG@10 on
-  dev (candidates: BM25 top-``dev_depth`` plus the positives, scored by the current model; with fixed documents, a
-  search of the whole corpus) at the start and every ``eval_steps``; the best checkpoint is loaded at the end. When
+  dev (candidates: BM25 top-``dev_depth`` plus the judged positives, scored by the current model, so no recall is
+  reported: it would be 1 by construction; with fixed documents, a search of the whole corpus, with R@100) at the
+  start and every ``eval_steps``; the best checkpoint is loaded at the end. When
   no checkpoint beats the starting model (step 0), the best checkpoint is still the model, with a warning, and
   ``train_summary.json`` says so (``start``, ``improved_on_start: false``). A resumed run does not evaluate its
   resume step again. Without selection the last step is kept.
@@ -46,7 +50,8 @@ import torch
 
 from rerank.config import option_default
 from rerank.data.datasets import Dataset, resolve_dataset
-from rerank.errors import ConfigError, RerankError
+from rerank.data.io import DUPLICATE_POLICIES, DUPLICATES_FIX, Duplicates
+from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
 from rerank.retrieval.dense import BiEncoder
 from rerank.retrieval.index import doc_text
 from rerank.trainers.artifacts import write_model_artifacts
@@ -56,19 +61,23 @@ from rerank.trainers.resume import fit, resume_arg
 from rerank.utils.files import atomic_write, staged_dir, write_json
 
 __all__ = [
+    "NEGATIVES_SHAPE",
     "RetrieverTrainConfig",
     "RetrieverTrainer",
     "StepBatch",
     "TrainData",
     "load_negatives",
     "mine_dense_negatives",
+    "read_negatives_file",
     "save_negatives",
 ]
 
 log = logging.getLogger(__name__)
 
 NEGATIVES_FORMAT = "rerank-negatives"
-
+#: the shape of a negatives file's content, as errors name it
+NEGATIVES_SHAPE = ('{"format": "rerank-negatives", "negatives": {"QUERY_ID": ["DOC_ID", ...]}} '
+                   "(document ids, best first)")
 
 
 @dataclass
@@ -90,6 +99,7 @@ class RetrieverTrainConfig(TrainSchedule):
     model: str = ""
     dataset: str = ""
     split: str = "train"
+    qrels_duplicates: Duplicates = "error"
     dev_fraction: float | None = None  # 0.1 with eval_steps > 0, else 0 (a dev split serves selection only)
     query_max_length: int = 64
     doc_max_length: int = 256
@@ -104,6 +114,9 @@ class RetrieverTrainConfig(TrainSchedule):
         super().__post_init__()
         if self.dev_fraction is not None and not 0.0 <= self.dev_fraction < 1.0:
             raise ConfigError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if self.qrels_duplicates not in DUPLICATE_POLICIES:
+            raise ConfigError(f"qrels_duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, "
+                              f"got {self.qrels_duplicates!r}")
         for name in ("query_max_length", "doc_max_length", "dev_depth", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -155,9 +168,19 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
     """Judged queries of ``cfg.split``; no-positive queries reported and dropped; dev carved with ``cfg.seed``."""
     if not cfg.dataset:
         raise ConfigError("the training dataset is required (key 'dataset', or --set dataset=NAME_OR_PATH)")
-    ds = resolve_dataset(cfg.dataset, data_root)
+    ds = resolve_dataset(cfg.dataset, data_root, qrels_duplicates=cfg.qrels_duplicates)
+    try:
+        ds.qrels_path(cfg.split)
+    except DatasetNotFoundError as e:
+        raise ConfigError(f"{e}: set the key split (or --set split=NAME) to the split to train on") from None
+    try:
+        qrels = ds.qrels(cfg.split)
+    except DataFormatError as e:
+        if DUPLICATES_FIX not in str(e):
+            raise
+        raise ConfigError(str(e).replace(DUPLICATES_FIX, "keep one grade with the key qrels_duplicates: last|max "
+                                         "(or --set qrels_duplicates=max)")) from None
     queries = ds.split_queries(cfg.split)
-    qrels = ds.qrels(cfg.split)
     corpus_ids = ds.corpus.keys()
     rel = ds.rel_level
     grades: dict[str, dict[str, int]] = {}
@@ -218,21 +241,52 @@ def save_negatives(path: Path, negatives: dict[str, list[str]], meta: dict[str, 
     write_json({"format": NEGATIVES_FORMAT, "version": 1, **meta, "negatives": negatives}, path)
 
 
-def load_negatives(path: str | Path, data: TrainData, qids: Sequence[str]) -> dict[str, list[str]]:
-    """Read a negatives file; one mined for another corpus, or missing some training query, is an error."""
+def read_negatives_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a negatives file, its ``format`` and the shape of ``negatives`` checked: one line naming the
+    file (and the query) and the expected shape otherwise."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise RerankError(f"{path}: cannot read negatives file: {e}") from None
+    except (OSError, ValueError) as e:
+        raise DataFormatError(path, None, f"cannot read negatives file: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict) or raw.get("format") != NEGATIVES_FORMAT:
-        raise RerankError(f"{path}: not a {NEGATIVES_FORMAT} file")
+        raise DataFormatError(path, None, f"not a {NEGATIVES_FORMAT} file: expected {NEGATIVES_SHAPE}")
+    negs = raw.get("negatives")
+    if not isinstance(negs, dict):
+        raise DataFormatError(path, None, f"'negatives' is {_kind(negs)}, not an object of query id -> document "
+                                          f"ids: expected {NEGATIVES_SHAPE}")
+    for q, docs in negs.items():
+        if not isinstance(docs, list):
+            raise DataFormatError(path, None, f"query {q!r}: its negatives are {_kind(docs)}, not a list of document "
+                                              f"ids: expected {NEGATIVES_SHAPE}")
+        for i, d in enumerate(docs):
+            if not isinstance(d, str):
+                raise DataFormatError(path, None, f"query {q!r}: negative {i} is {_kind(d)}, not a document id "
+                                                  f"(ids only, no scores): expected {NEGATIVES_SHAPE}")
+    return raw
+
+
+def _kind(x: Any) -> str:
+    """How an error names a JSON value that has the wrong type: its type and a short excerpt."""
+    text = json.dumps(x, default=str)
+    return f"{type(x).__name__ if x is not None else 'null'} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def load_negatives(path: str | Path, data: TrainData, qids: Sequence[str],
+                   report: bool = True) -> dict[str, list[str]]:
+    """Read a negatives file (:data:`NEGATIVES_SHAPE`) for the training queries ``qids``, their positives dropped.
+
+    A file of another shape, mined for another corpus, missing a training query or naming a document outside the
+    corpus is an error; queries left with no negative (an empty list, or positives only) draw theirs at random from
+    the corpus, which ``report`` warns of with the count."""
+    path = Path(path)
+    raw = read_negatives_file(path)
     if raw.get("corpus_sha256") != data.dataset.corpus_hash:
         raise RerankError(
             f"{path}: mined for a corpus with sha256 {str(raw.get('corpus_sha256'))[:12]}…, but the training corpus "
             f"has {data.dataset.corpus_hash[:12]}…; mine again (drop negatives_file)"
         )
-    negs = raw.get("negatives") or {}
+    negs = raw["negatives"]
     missing = [q for q in qids if q not in negs]
     if missing:
         raise RerankError(f"{path}: no negatives for {len(missing)} training queries (e.g. {missing[:3]})")
@@ -240,7 +294,20 @@ def load_negatives(path: str | Path, data: TrainData, qids: Sequence[str]) -> di
     bad = [d for q in qids for d in negs[q] if d not in corpus]
     if bad:
         raise RerankError(f"{path}: {len(bad)} negative ids are not in the corpus (e.g. {bad[:3]})")
-    return {q: list(negs[q]) for q in qids}
+    out: dict[str, list[str]] = {}
+    dropped = 0
+    for q in qids:
+        pos = set(data.positives[q])
+        out[q] = [d for d in negs[q] if d not in pos]
+        dropped += len(negs[q]) - len(out[q])
+    empty = [q for q in qids if not out[q]]
+    if report and dropped:
+        log.warning("%s: %d listed negatives are positives of their query and were dropped", path, dropped)
+    if report and empty:
+        log.warning("%s: %d of %d training queries have no usable negative (an empty list, or only their positives: "
+                    "%s%s); their hard negative is drawn at random from the corpus", path, len(empty), len(qids),
+                    ", ".join(empty[:3]), " …" if len(empty) > 3 else "")
+    return out
 
 
 @dataclass
@@ -371,7 +438,9 @@ def _dev_history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for h in log_history:
         if "eval_ndcg@10" in h and h["step"] not in out:
-            out[h["step"]] = {"step": h["step"], "ndcg@10": h["eval_ndcg@10"], "recall@100": h["eval_recall@100"]}
+            out[h["step"]] = {"step": h["step"], "ndcg@10": h["eval_ndcg@10"]}
+            if "eval_recall@100" in h:
+                out[h["step"]]["recall@100"] = h["eval_recall@100"]
     return sorted(out.values(), key=lambda d: d["step"])
 
 
@@ -471,9 +540,16 @@ class RetrieverTrainer:
         loaded = BiEncoder.load(folder, device="cpu")
         enc.load_state_dict(loaded.state_dict(), strict=True)
 
+    def dev_candidates(self) -> str:
+        """What the dev nDCG@10 ranks (the summary, the log and the model card name it)."""
+        if not self.trains_docs:
+            return "a search of the whole corpus"
+        return f"BM25's top-{self.cfg.dev_depth} plus the judged positives of each dev query"
+
     def dev_metrics(self, enc: BiEncoder) -> dict[str, float]:
-        """nDCG@10 and R@100 of the dev queries: with fixed documents a top-100 search of the corpus, else the model's
-        scores over BM25 top-``dev_depth`` plus the positives of each dev query."""
+        """nDCG@10 of the dev queries and, with fixed documents, R@100: with fixed documents a top-100 search of the
+        corpus, else the model's scores over BM25 top-``dev_depth`` plus the positives of each dev query (no recall
+        there: the positives are among the candidates, so it would be 1 by construction)."""
         from rerank.eval.metrics import evaluate_run
 
         qids = self.data.dev_qids
@@ -492,8 +568,12 @@ class RetrieverTrainer:
                 scores = dvec[[row[d] for d in cands[q]]] @ qvec[qi]
                 run[q] = [(d, float(s)) for d, s in zip(cands[q], scores, strict=True)]
         qrels = {q: self.data.grades[q] for q in qids}
-        agg = evaluate_run(run, qrels, ("nDCG@10", "R@100"), self.data.dataset.rel_level).aggregate
-        return {"ndcg@10": agg["nDCG@10"], "recall@100": agg["R@100"]}
+        measures = ("nDCG@10",) if self.trains_docs else ("nDCG@10", "R@100")
+        agg = evaluate_run(run, qrels, measures, self.data.dataset.rel_level).aggregate
+        out = {"ndcg@10": agg["nDCG@10"]}
+        if not self.trains_docs:
+            out["recall@100"] = agg["R@100"]
+        return out
 
     # ------------------------------------------------------------------ the run
     def train(self, cfg: RetrieverTrainConfig, ctx: TrainContext) -> dict[str, Any]:
@@ -514,12 +594,17 @@ class RetrieverTrainer:
             kw.update(metric_for_best_model="eval_ndcg@10", greater_is_better=True, eval_on_start=resume_from is None)
         self.args = TrainingArguments(**kw)
         main = self.args.process_index == 0
+        n_train, world = len(self.data.train_qids), self.args.world_size
+        if n_train < cfg.batch_size * world:
+            held = f" ({len(self.data.dev_qids)} held out for dev by dev_fraction)" if self.data.dev_qids else ""
+            raise ConfigError(f"{n_train} training queries{held} cannot fill one batch of batch_size {cfg.batch_size} "
+                              f"x {world} process{'es' if world > 1 else ''}: lower batch_size (per process)")
+        if world > 1 and n_train % (cfg.batch_size * world) and main:
+            log.info("%d training queries do not fill whole global batches of %d: accelerate fills the last batch of "
+                     "each epoch by repeating queries", n_train, cfg.batch_size * world)
         if main:
             write_json({"split": cfg.split, "skipped_no_positive": self.data.skipped,
                         "train": self.data.train_qids, "dev": self.data.dev_qids}, out / "queries.json")
-        if len(self.data.train_qids) < cfg.batch_size * self.args.world_size:
-            raise RerankError(f"{len(self.data.train_qids)} training queries cannot fill one batch of "
-                              f"{cfg.batch_size} x {self.args.world_size} processes")
 
         device = "cpu" if cpu_only(cfg) else None
         start = BiEncoder.load(cfg.model, device=device)
@@ -544,6 +629,9 @@ class RetrieverTrainer:
             self._dev_candidates = {
                 q: bm[q] + [d for d in self.data.positives[q] if d not in set(bm[q])] for q in self.data.dev_qids
             }
+            if main:
+                log.info("dev selection: nDCG@10 over %s (not a search of the corpus; no recall is reported: the "
+                         "positives are among the candidates)", self.dev_candidates())
         elif not selecting and main:
             log.info("no dev selection (eval_steps 0): the last step's model is kept")
 
@@ -563,11 +651,13 @@ class RetrieverTrainer:
         start_dev = next((d for d in dev_history if d["step"] == 0), None)
         improved = None if best is None or start_dev is None else best["ndcg@10"] > start_dev["ndcg@10"]
         if improved is False and main:
+            tie = best["ndcg@10"] == start_dev["ndcg@10"]
             log.warning(
                 "training did not improve on the starting model on dev: nDCG@10 %.4f at step 0 (the starting model), "
                 "%.4f at the best checkpoint (step %d); that checkpoint is kept as the model (selection is among "
-                "checkpoints): the starting model %s scores better there (train_summary.json: improved_on_start "
-                "false)", start_dev["ndcg@10"], best["ndcg@10"], best["step"], cfg.model,
+                "checkpoints): the starting model %s %s (train_summary.json: improved_on_start false)",
+                start_dev["ndcg@10"], best["ndcg@10"], best["step"], cfg.model,
+                "scores the same there" if tie else "scores better there",
             )
         summary = {
             "global_step": trainer.state.global_step, "steps_this_run": trainer.state.global_step - start_step,
@@ -576,16 +666,26 @@ class RetrieverTrainer:
             "best": best, "best_checkpoint": trainer.state.best_model_checkpoint,
             "start": start_dev, "improved_on_start": improved,
             "selected_by": "dev nDCG@10" if best is not None else "last step",
+            "dev_candidates": self.dev_candidates() if selecting else None,
             "final_loss": history[-1]["loss"] if history else None, "world_size": self.args.world_size,
         }
         trainer.accelerator.wait_for_everyone()
         if main:
-            metrics = {"dev nDCG@10": best["ndcg@10"], "dev R@100": best["recall@100"],
-                       "selected step": best["step"]} if best is not None else None
+            metrics = None
+            if best is not None:
+                metrics = {"dev nDCG@10": best["ndcg@10"]}
+                if "recall@100" in best:
+                    metrics["dev R@100"] = best["recall@100"]
+                metrics["selected step"] = best["step"]
             if metrics is not None and start_dev is not None:
                 metrics["starting model dev nDCG@10"] = start_dev["ndcg@10"]
             note = (f"Measured by the trainer on its dev split ({len(self.data.dev_qids)} queries carved from the "
-                    f"training queries with the seed), for model selection.")
+                    f"training queries with the seed), for model selection")
+            if self.trains_docs:
+                note += (f": nDCG@10 over {self.dev_candidates()}, not a search of the corpus (the positives are "
+                         "always among the candidates, so it is not comparable to a retrieval nDCG@10).")
+            else:
+                note += f": nDCG@10 and R@100 over {self.dev_candidates()}."
             if improved is False:
                 note += " No checkpoint improved on the starting model's dev nDCG@10; the best checkpoint was kept."
             with staged_dir(out / "model") as tmp:

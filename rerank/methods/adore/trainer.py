@@ -2,7 +2,8 @@
 
 The starting model's document encoder embeds the corpus once into a FAISS flat inner-product index (``OUTPUT/index``;
 or ``index`` names a folder built by ``rerank index`` with that model; a corpus, id, dimension, model or
-document-encoder setting (pooling, normalisation, prefix, max length, dtype) that differs is an error).
+document-encoder setting (pooling, normalisation, prefix, max length, dtype) that differs is an error, the model and
+the settings naming the ``rerank index`` command that rebuilds it).
 The index is never rebuilt or written during training. Each step encodes the batch's queries with the current query
 encoder, retrieves their top-``top_k`` from the index, appends the positives that were not retrieved, and applies
 RankNet over (positive, negative) pairs weighted by ``|1/r_pos − 1/r_neg|`` (ΔMRR), with ``1/r = 0`` beyond
@@ -13,13 +14,15 @@ start from a STAR output (``model: STAR_OUTPUT``).
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, RerankError
 from rerank.trainers.base import TrainContext
 from rerank.trainers.retriever import RetrieverTrainConfig, RetrieverTrainer, StepBatch
 
@@ -95,10 +98,31 @@ class AdoreTrainer(RetrieverTrainer):
                 DenseIndex.build(emb, enc, IndexConfig("flat"), model=cfg.model).save(path, emb.path)
 
             self.main_first(build, "build ADORE's document index")
+        self.check_index_model(path, doc_hash, cfg, ctx)
         self.use_index(DenseIndex.load(
             path, corpus_sha256=ds.corpus_hash, corpus_ids=ds.corpus.keys(), model_hash=doc_hash, dim=enc.dim,
             encoder=doc_settings,
         ))
+
+    @staticmethod
+    def check_index_model(path: str, doc_hash: str, cfg: AdoreConfig, ctx: TrainContext) -> None:
+        """Refuse an index built with another model than the starting one, naming the ``rerank index`` command that
+        builds the right one (the other mismatches: :meth:`DenseIndex.load`)."""
+        try:
+            manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # DenseIndex.load names what the folder lacks
+        recorded = manifest.get("model_hash") if isinstance(manifest, dict) else None
+        if recorded is None or recorded == doc_hash:
+            return
+        root = f" --data-root {shlex.quote(str(ctx.data_root))}" if ctx.data_root else ""
+        other = ", or drop index to build one into OUTPUT/index" if cfg.index else ""
+        raise RerankError(
+            f"{path}: built with model {manifest.get('model')!r} (fingerprint {str(recorded)[:12]}…), not the "
+            f"starting model {cfg.model!r} ({doc_hash[:12]}…), whose document embeddings ADORE trains against: "
+            f"rebuild it with `rerank index --model {shlex.quote(cfg.model)} --dataset {shlex.quote(cfg.dataset)}"
+            f"{root} --output {shlex.quote(str(path))}`{other}"
+        )
 
     def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: AdoreConfig = self.cfg  # type: ignore[assignment]

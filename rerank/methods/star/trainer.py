@@ -1,8 +1,10 @@
 """STAR (Zhan et al., SIGIR 2021): static hard negatives plus in-batch random negatives, DRhard's pairwise loss.
 
 Hard negatives are mined once, before training, by the warm-start model: its top-``negatives_depth`` (FAISS flat
-inner product over the corpus) minus the positives. They are written to ``OUTPUT/negatives.json`` (corpus hash and
-model recorded) and can be reused by another run with ``negatives_file``. Each query of a batch brings one
+inner product over the corpus) minus the positives. They are written to ``OUTPUT/negatives.json`` (corpus hash,
+model fingerprint and depth recorded) and can be reused by another run with ``negatives_file``. A run into a folder
+whose ``negatives.json`` was mined with another model or depth (or does not fit its corpus and queries) mines again,
+saying why; a ``--resume`` keeps the run's negatives, so there such a file is an error. Each query of a batch brings one
 positive and one hard negative drawn at random from its list; every other document of the global batch (the other
 queries' positives and hard negatives, all processes) is a negative too, except documents relevant to the query.
 Loss: for each (query, negative) pair the two-way softmax cross-entropy of the positive against that negative,
@@ -11,6 +13,7 @@ Loss: for each (query, negative) pair the two-way softmax cross-entropy of the p
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,13 @@ from rerank.trainers.retriever import (
     StepBatch,
     load_negatives,
     mine_dense_negatives,
+    read_negatives_file,
     save_negatives,
 )
 
 __all__ = ["StarConfig", "StarTrainer", "star_pair_loss"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +73,21 @@ class StarTrainer(RetrieverTrainer):
     name = "star"
     config_class = StarConfig
 
+    def misfit(self, path: Path, cfg: StarConfig, model_hash: str) -> str | None:
+        """Why the mined negatives in ``path`` cannot serve this run (another starting model or depth, another corpus,
+        a training query missing, a malformed file), or None when they can."""
+        try:
+            raw = read_negatives_file(path)
+            if raw.get("model_hash") != model_hash:
+                return (f"mined with model {raw.get('model')!r} (fingerprint {str(raw.get('model_hash'))[:12]}…), not "
+                        f"the starting model {cfg.model!r} ({model_hash[:12]}…)")
+            if raw.get("depth") != cfg.negatives_depth:
+                return f"mined to depth {raw.get('depth')}, not negatives_depth {cfg.negatives_depth}"
+            load_negatives(path, self.data, self.data.train_qids, report=False)
+        except RerankError as e:
+            return str(e).removeprefix(f"{path}: ")
+        return None
+
     def setup(self, cfg: StarConfig, ctx: TrainContext) -> None:
         self.corpus_ids = sorted(self.data.dataset.corpus)
         qids = self.data.train_qids
@@ -74,20 +95,27 @@ class StarTrainer(RetrieverTrainer):
             self.negatives = load_negatives(cfg.negatives_file, self.data, qids)
             return
         path = Path(ctx.output) / "negatives.json"
+        model_hash = self.encoder.fingerprint("doc")  # the starting model's (setup runs before any step or resume)
+        if ctx.resume and path.is_file():
+            why = self.misfit(path, cfg, model_hash)
+            if why is not None:
+                raise RerankError(f"{path}: {why}; a --resume trains on the negatives its run started with: resume "
+                                  "with that starting model, or start again with --overwrite")
 
         def mine() -> None:
             if path.is_file():
-                try:
-                    load_negatives(path, self.data, qids)
+                why = self.misfit(path, cfg, model_hash)
+                if why is None:
+                    if self.args.process_index == 0:
+                        log.info("%s: reusing the negatives mined with this starting model and depth", path)
                     return
-                except RerankError as e:
-                    raise RerankError(f"{path} exists but does not fit this run ({e}); remove it") from None
+                log.warning("%s: %s; mining the negatives again", path, why)
             warm = self.start_encoder()
             negs = mine_dense_negatives(warm, self.data, qids, cfg.negatives_depth + 50, cfg.encode_batch_size,
                                         cfg.progress)
             negs = {q: v[: cfg.negatives_depth] for q, v in negs.items()}
             save_negatives(path, negs, {
-                "model": cfg.model, "model_hash": warm.fingerprint("doc"),
+                "model": cfg.model, "model_hash": model_hash,
                 "corpus_sha256": self.data.dataset.corpus_hash,
                 "depth": cfg.negatives_depth, "split": cfg.split,
             })

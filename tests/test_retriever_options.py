@@ -76,14 +76,14 @@ def test_an_empty_dev_split_is_refused_before_the_model_loads(tmp_path: Path,
 
 @pytest.mark.parametrize("name", RETRIEVERS)
 def test_example_configs_load_and_record_a_resumable_dev_fraction(repo_root: Path, tmp_path: Path, name: str) -> None:
-    """The shipped examples (dev_fraction 0.1, eval_steps 11) load; the run record holds the resolved value, and the
+    """The shipped examples (dev_fraction 0.1, eval_steps 23) load; the run record holds the resolved value, and the
     same config resumes (the record's config builds the same config back)."""
     from rerank.trainers.base import save_run_record
     from rerank.trainers.resume import check_same_run
 
     cls = get_trainer(name).config_class
     cfg = load_train_config(cls, repo_root / "configs" / "examples" / f"scifact-{name}.yaml")
-    assert cfg.dev_fraction == 0.1 and cfg.eval_steps == 11
+    assert cfg.dev_fraction == 0.1 and cfg.eval_steps == 23
     bare = build_train_config(cls, {"model": "m"})
     assert from_dict(cls, to_dict(bare)) == bare and to_dict(bare)["dev_fraction"] == 0.0
     save_run_record(tmp_path, name, bare)

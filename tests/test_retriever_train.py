@@ -298,7 +298,8 @@ def test_star_two_processes_match_one(tiny_st_dir: Path, beir: Path, tmp_path: P
 @pytest.mark.parametrize("name", ["contrastive", "star", "adore", "pgrank"])
 def test_example_configs_use_the_one_vocabulary(repo_root: Path, name: str) -> None:
     cfg = load_train_config(get_trainer(name).config_class, repo_root / "configs" / "examples" / f"scifact-{name}.yaml")
-    assert cfg.eval_steps == cfg.save_steps == 11 and cfg.warmup_ratio == 0.1 and cfg.learning_rate == 2e-5
+    assert cfg.eval_steps == cfg.save_steps == 23 and cfg.epochs == 10 and cfg.warmup_ratio == 0.1
+    assert cfg.learning_rate == 2e-5
 
 
 # ---------------------------------------------------------------------------------------------- 1. ADORE's index

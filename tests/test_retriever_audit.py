@@ -265,3 +265,17 @@ def test_dev_candidates_label_with_fixed_documents() -> None:
     trainer = RetrieverTrainer()
     trainer.trains_docs = False
     assert trainer.dev_candidates() == "a search of the whole corpus"
+
+
+@pytest.mark.parametrize(("rank", "printed"), [("0", True), ("1", False)])
+def test_only_rank_0_prints_the_training_summary(tiny_st_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 run_cli, rank: str, printed: bool) -> None:
+    """Under torchrun every rank finishes ``rerank train`` with the same result; the JSON line is printed once."""
+    from rerank.trainers import api
+
+    monkeypatch.setattr(api, "run_trainer", lambda *a, **k: {"best": {"step": 3}})
+    monkeypatch.setenv("RANK", rank)
+    rc, out, err = run_cli("train", "contrastive", "--set", f"model={tiny_st_dir}", "--set", "dataset=x",
+                           "--output", tmp_path / "out")
+    assert rc == 0, err
+    assert ('"best"' in out) is printed

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.models import check_model_path
     from rerank.trainers.api import run_trainer
     from rerank.trainers.base import get_trainer, load_train_config
+    from rerank.trainers.resume import main_process
 
     trainer = get_trainer(args.trainer)
     check_output_dir(args.output)
@@ -39,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(trainer.config_class, args.config, args.overrides)
     check_model_path(cfg.model, "model")  # the config key (or --set model=…); before any data is read or mined
     result = run_trainer(args.trainer, cfg, args.output, args.data_root, args.resume, args.overwrite)
+    if not main_process():  # under torchrun every rank returns the same result: rank 0 prints it once
+        return 0
     print(json.dumps({"trainer": args.trainer, "output": args.output, **(result or {})}, default=str))
     return 0

@@ -42,7 +42,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     written (:func:`rerank.trainers.resume.prepare_output`). A run that fails or is stopped (Ctrl-C, SIGTERM) before
     its first checkpoint removes its run record (and an empty ``checkpoints/``), so the folder takes a plain run again.
     """
-    from rerank.trainers.resume import _checkpoints, _main_process, check_same_run, prepare_output
+    from rerank.trainers.resume import _checkpoints, check_same_run, main_process, prepare_output
 
     trainer = get_trainer(name)
     if isinstance(config, (str, Path)):
@@ -56,7 +56,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     previous = check_same_run(out, name, cfg) if resume else None
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    main = _main_process()  # every process of a torchrun run checks; one writes
+    main = main_process()  # every process of a torchrun run checks; one writes
     record = save_run_record(out, name, cfg, previous=previous) if main else out / "rerank_train.json"
     try:
         with _sigterm_exits():

@@ -34,6 +34,7 @@ __all__ = [
     "checkpoint_problems",
     "fit",
     "last_checkpoint",
+    "main_process",
     "prepare_output",
     "resume_arg",
 ]
@@ -48,7 +49,7 @@ RUN_FILES = ("model", "adapter", "checkpoints", "rerank_train.json", "train_log.
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
-def _main_process() -> bool:
+def main_process() -> bool:
     """True on the one process (rank 0) that removes files; every process of a ``torchrun`` run checks the same."""
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -150,7 +151,7 @@ def last_checkpoint(output: Path, drop_partial: bool = False) -> str | None:
             found = ckpt
             break
         partial.append((ckpt, problems))
-    remove = drop_partial and found is not None and _main_process()
+    remove = drop_partial and found is not None and main_process()
     for ckpt, problems in partial:
         log.warning("%s is incomplete (%s): %s", ckpt, "; ".join(problems),
                     f"removed, resuming from {found.name}" if remove and found else "skipped")
@@ -254,7 +255,7 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run in --output, or replace it")
     if overwrite:
-        if _main_process():
+        if main_process():
             for name in RUN_FILES:
                 for path in [output / name, *output.glob(f".{name}.*")]:
                     if path.is_dir() and not path.is_symlink():
@@ -264,7 +265,7 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
         return
     if resume:
         resume_arg(output, True)
-        if _main_process():  # staged model folders a killed save left: the resumed run writes its own
+        if main_process():  # staged model folders a killed save left: the resumed run writes its own
             for name in ("model", "adapter"):
                 for path in output.glob(f".{name}.*"):
                     shutil.rmtree(path, ignore_errors=True)

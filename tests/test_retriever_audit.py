@@ -279,3 +279,15 @@ def test_only_rank_0_prints_the_training_summary(tiny_st_dir: Path, tmp_path: Pa
                            "--output", tmp_path / "out")
     assert rc == 0, err
     assert ('"best"' in out) is printed
+
+
+def test_recipes_name_a_fix_they_have_for_a_repeated_judgement(beir: Path, tmp_path: Path) -> None:
+    """``rerank data build`` has no duplicates option: its error says to keep one line, not to pass a flag."""
+    from rerank.data_recipes.base import build
+
+    data, _, _ = _with_duplicate(beir, tmp_path / "dup")
+    recipe = {"recipe": "hard_negatives", "source": {"dataset": str(data), "split": "train"},
+              "first_stage": {"retriever": "bm25", "depth": 10}, "window": [1, 10], "num_negatives": 2}
+    with pytest.raises(ConfigError, match="duplicate judgement .*keep one of its lines") as e:
+        build(recipe, tmp_path / "o", progress=False)
+    assert "--allow-duplicates" not in str(e.value) and "\n" not in str(e.value)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rerank.data import irds
 from rerank.data.io import (
+    DUPLICATES_FIX,
     Duplicates,
     find_file,
     iter_corpus,
@@ -55,6 +56,8 @@ class Dataset:
         self.name = name or self.root.name
         self.info = info if info is not None else get_dataset_info(self.name)
         self.qrels_duplicates: Duplicates = qrels_duplicates
+        #: the fix a repeated judgement's error names, worded for the caller (a trainer's key); None: read_qrels' flag
+        self.duplicates_fix: str | None = None
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, root={str(self.root)!r})"
@@ -96,7 +99,7 @@ class Dataset:
     def corpus(self) -> dict[str, Document]:
         return read_corpus(self.corpus_path)
 
-    def iter_corpus(self):  # noqa: ANN201 - generator of Document
+    def iter_corpus(self):
         """Stream the corpus without keeping it (for encoders over big corpora)."""
         return iter_corpus(self.corpus_path)
 
@@ -104,9 +107,14 @@ class Dataset:
     def queries(self) -> dict[str, Query]:
         return read_queries(self.queries_path)
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one Dataset per folder, cached for its lifetime
+    @functools.cache  # noqa: B019 - one Dataset per folder, cached for its lifetime
     def qrels(self, split: str = "test") -> Qrels:
-        return read_qrels(self.qrels_path(split), self.qrels_duplicates)
+        try:
+            return read_qrels(self.qrels_path(split), self.qrels_duplicates)
+        except DataFormatError as e:
+            if self.duplicates_fix is None or DUPLICATES_FIX not in str(e):
+                raise
+            raise ConfigError(str(e).replace(DUPLICATES_FIX, self.duplicates_fix)) from None
 
     def split_queries(self, split: str = "test", max_queries: int | None = None) -> dict[str, Query]:
         """Queries judged in ``split``, in sorted id order, optionally only the first ``max_queries``.
@@ -126,7 +134,7 @@ class Dataset:
             qids = qids[:max_queries]
         return {q: self.queries[q] for q in qids}
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one Dataset per folder, cached for its lifetime
+    @functools.cache  # noqa: B019 - one Dataset per folder, cached for its lifetime
     def excluded_ids(self, split: str = "test") -> dict[str, set[str]]:
         """Doc ids to drop from each query's ranking before scoring (BRIGHT's ``excluded_ids``): ``excluded/{split}.tsv``.
 

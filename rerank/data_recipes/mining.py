@@ -69,6 +69,7 @@ class _OverRun(Recipe):
 
     def _setup(self, source: SourceSpec, first_stage: FirstStageSpec) -> None:
         self.dataset: Dataset = resolve_dataset(source.dataset, self.data_root)
+        self.dataset.duplicates_fix = "keep one of its lines (a recipe reads each judgement once)"
         if source.queries is not None:
             self.queries, self.qrels = _rows_queries(source.queries, source.max_queries)
         else:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerank.config import changed_options
-from rerank.data.io import DUPLICATE_POLICIES, DUPLICATES_FIX
+from rerank.data.io import DUPLICATE_POLICIES
 from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -245,13 +245,8 @@ def build_from_beir(
     from rerank.retrieval.base import build_retriever
 
     ds = resolve_dataset(name, data_root, qrels_duplicates=qrels_duplicates)
-    try:
-        qrels = ds.qrels(split)
-    except DataFormatError as e:
-        if DUPLICATES_FIX not in str(e):
-            raise
-        raise ConfigError(str(e).replace(DUPLICATES_FIX, "keep one grade with data.qrels_duplicates: last|max (or "
-                                         "--set data.qrels_duplicates=max)")) from None
+    ds.duplicates_fix = "keep one grade with data.qrels_duplicates: last|max (or --set data.qrels_duplicates=max)"
+    qrels = ds.qrels(split)
     queries = ds.split_queries(split)
     qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
     if max_queries is not None:

@@ -50,7 +50,7 @@ import torch
 
 from rerank.config import option_default
 from rerank.data.datasets import Dataset, resolve_dataset
-from rerank.data.io import DUPLICATE_POLICIES, DUPLICATES_FIX, Duplicates
+from rerank.data.io import DUPLICATE_POLICIES, Duplicates
 from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
 from rerank.retrieval.dense import BiEncoder
 from rerank.retrieval.index import doc_text
@@ -169,17 +169,12 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
     if not cfg.dataset:
         raise ConfigError("the training dataset is required (key 'dataset', or --set dataset=NAME_OR_PATH)")
     ds = resolve_dataset(cfg.dataset, data_root, qrels_duplicates=cfg.qrels_duplicates)
+    ds.duplicates_fix = "keep one grade with the key qrels_duplicates: last|max (or --set qrels_duplicates=max)"
     try:
         ds.qrels_path(cfg.split)
     except DatasetNotFoundError as e:
         raise ConfigError(f"{e}: set the key split (or --set split=NAME) to the split to train on") from None
-    try:
-        qrels = ds.qrels(cfg.split)
-    except DataFormatError as e:
-        if DUPLICATES_FIX not in str(e):
-            raise
-        raise ConfigError(str(e).replace(DUPLICATES_FIX, "keep one grade with the key qrels_duplicates: last|max "
-                                         "(or --set qrels_duplicates=max)")) from None
+    qrels = ds.qrels(cfg.split)
     queries = ds.split_queries(cfg.split)
     corpus_ids = ds.corpus.keys()
     rel = ds.rel_level

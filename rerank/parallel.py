@@ -6,7 +6,8 @@ Runtime / OpenVINO, which follow torch's count) or, when CUDA is visible, its ow
 i gets device i, so N may not exceed the GPU count). Work is handed out in chunks that are the same units of
 computation as in one process (the same query chunks, the same encoding batches), so the results are identical to
 one process's; chunks go to whichever worker is free. An error in a worker (its model fails to load, a chunk raises)
-is raised in the parent as the same exception when it can be pickled, a worker that dies is reported.
+is raised in the parent as the same exception when it can be pickled, a worker that dies is reported, and a worker
+whose parent died exits once it is idle.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from rerank.errors import ConfigError, RerankError
 __all__ = ["WorkerPool", "usable_cores", "thread_share", "worker_devices"]
 
 _STATE: Any = None  # the worker's state (built once by its build function)
+#: how often an idle worker checks that its parent is alive: a parent killed without closing the pool (``kill -9``, the
+#: OOM killer, a SIGTERM to it alone) would otherwise leave its workers, each holding a model, running for ever
+PARENT_POLL_S = 1.0
 
 
 def usable_cores() -> int:
@@ -67,8 +71,14 @@ def _worker(index: int, threads: int, device: str | None, build: Callable[..., A
         results.put((index, -1, "error", _picklable(e)))
         return
     results.put((index, -1, "ready", None))
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=PARENT_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent was killed (SIGKILL, a plain SIGTERM): nobody will ask again
+                return
+            continue
         if task is None:
             return
         i, fn, item = task

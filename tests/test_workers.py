@@ -129,3 +129,46 @@ def test_no_item_waits_behind_a_busy_worker_while_another_is_idle(tmp_path: Path
 
     with WorkerPool(2, _no_state) as pool:
         assert pool.map(_wait_for_partner, [(0, str(tmp_path)), (1, str(tmp_path))]) == [0, 1]
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """A parent killed without closing its pool (``kill -9``, the OOM killer) leaves no worker behind: each idle worker
+    sees it is orphaned and exits (they used to wait on their task queue for ever, each holding its model)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, time\n"
+        "from rerank.parallel import WorkerPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(2, os.getpid)\n"
+        "    print(' '.join(str(p.pid) for p in pool._procs), flush=True)\n"
+        "    time.sleep(120)\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+
+        def alive(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+
+        deadline = time.monotonic() + 20
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in pids if alive(p)]
+        for p in left:
+            os.kill(p, signal.SIGKILL)
+        assert not left, "workers outlived their killed parent"
+    finally:
+        parent.kill()

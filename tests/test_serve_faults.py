@@ -228,3 +228,47 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
             time.sleep(0.1)
         else:
             pytest.fail(f"worker {pid} still running after the parent stopped")
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """``--workers 2`` with the parent killed outright (``kill -9``, the OOM killer: no signal is forwarded): the
+    workers stop by themselves and free the port, so a supervisor's restart can bind it (they used to serve on)."""
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("RERANK_API_KEY", None)
+    cmd = [sys.executable, str(HERE / "serve_support.py"), "serve", "--port", str(port), "--reranker", "test-overlap",
+           "--workers", "2"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    pids: set[int] = set()
+    try:
+        wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            with httpx.Client(timeout=5) as c:
+                pids.add(c.get(f"{base}/health").json()["pid"])
+        assert len(pids) == 2, pids
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        left = set(pids)
+        while left and time.monotonic() < deadline:
+            for pid in list(left):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    left.discard(pid)
+            time.sleep(0.2)
+        assert not left, "workers kept serving after their parent was killed:\n" + log.read_text()[-2000:]
+        with socket.socket() as s:  # the port is free again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    finally:
+        proc.kill()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

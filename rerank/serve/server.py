@@ -19,6 +19,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -194,10 +195,29 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: how often a forked worker checks that the parent still runs
+PARENT_POLL_S = 1.0
+
+
+def _stop_with_parent(parent: int) -> None:
+    """In a forked worker: SIGTERM itself (uvicorn's graceful stop) once ``parent`` is gone. A parent killed without
+    forwarding its signal (``kill -9``, the OOM killer) would otherwise leave its workers serving on the port, so
+    the supervisor's restart could not bind it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        log.error("worker %d: the parent process %d is gone; stopping", os.getpid(), parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="rerank-parent-watch", daemon=True).start()
+
+
 def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> None:
     """Serve ``make_app()`` on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing one
     listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM and, if
-    a worker dies, stops the others and exits 1 (leave restarts to the supervisor: systemd, Kubernetes, ...)."""
+    a worker dies, stops the others and exits 1 (leave restarts to the supervisor: systemd, Kubernetes, ...); a
+    worker whose parent was killed stops by itself."""
     if workers <= 1:
         uvicorn.Server(uvicorn_config(make_app(), cfg)).run()
         return
@@ -205,12 +225,14 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> No
     sock.listen(2048)
     sock.set_inheritable(True)
     children: list[int] = []
+    parent = os.getpid()
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _stop_with_parent(parent)
                 uvicorn.Server(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
             except BaseException as e:  # noqa: BLE001 - a worker reports and exits; the parent sees the status
                 log.error("worker %d failed: %s: %s", os.getpid(), type(e).__name__, e)

@@ -304,3 +304,26 @@ def test_placeholders_expand_in_a_retriever_model(tmp_path: Path) -> None:
     assert rows["trained dense"].requires == [str(cache_root() / "models" / "r" / "model")]
     assert rows["local"].retriever_options["model"] == str(tmp_path.resolve() / "m")
     assert "no_such_pkg_xyz" in rows["absent"].requires[0]
+
+
+def test_cell_hash_follows_file_contents_not_their_times(tmp_path: Path, tiny_beir_dir: Path) -> None:
+    """A dataset copied again in place (same bytes, new mtimes) keeps its cells; the same size with other bytes
+    reruns them."""
+    import os
+
+    from rerank.eval.leaderboard import _cell_hash
+    from rerank.eval.pipeline import EvalConfig
+
+    data = tmp_path / "tiny"
+    shutil.copytree(tiny_beir_dir, data)
+    cfg = EvalConfig(dataset=str(data), retriever="bm25")
+    before = _cell_hash(cfg, data)
+    corpus = data / "corpus.jsonl"
+    st = corpus.stat()
+    os.utime(corpus, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert _cell_hash(cfg, data) == before
+    text = corpus.read_text()
+    i = text.index('"text": "') + len('"text": "')
+    corpus.write_text(text[:i] + ("X" if text[i] != "X" else "Y") + text[i + 1:])
+    assert corpus.stat().st_size == st.st_size
+    assert _cell_hash(cfg, data) != before

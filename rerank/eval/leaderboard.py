@@ -31,7 +31,7 @@ from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES
 from rerank.eval.pipeline import EvalConfig, check_interpolate, check_positive_int, run_eval
 from rerank.models import check_model_path
-from rerank.utils.files import atomic_write, hash_obj, write_json
+from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
 
 __all__ = [
     "ColumnSpec",
@@ -203,11 +203,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
+#: file content hashes of this process, by resolved path -> (size, mtime_ns, sha256): each file is read once per change
+_HASHES: dict[str, tuple[int, int, str]] = {}
+
+
 def _stamp(path: Path) -> list[Any]:
-    """Size/mtime of a file or of the files of a folder (one level deep): cheap change detection."""
+    """Name and content hash of a file, or of the files of a folder (one level deep): a copy of the same files (a
+    dataset downloaded or copied again, a model moved) keeps its cells, a changed file reruns them. Hashes are
+    remembered by size and mtime within the process."""
     if path.is_file():
         st = path.stat()
-        return [path.name, st.st_size, st.st_mtime_ns]
+        key = str(path.resolve())
+        seen = _HASHES.get(key)
+        if seen is None or seen[:2] != (st.st_size, st.st_mtime_ns):
+            seen = _HASHES[key] = (st.st_size, st.st_mtime_ns, sha256_file(path))
+        return [path.name, seen[2]]
     if path.is_dir():
         return sorted(_stamp(p) for p in path.iterdir() if p.is_file())
     return []

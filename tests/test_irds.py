@@ -185,7 +185,7 @@ def test_an_interrupted_conversion_leaves_nothing(registered: dict[str, str], tm
     def fail(doc: Any) -> str:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(irds, "_doc_line", fail)  # after queries and qrels are written
+    monkeypatch.setattr(irds, "_doc_record", fail)  # after queries and qrels are written
     with pytest.raises(RuntimeError, match="interrupted"):
         resolve_dataset(f"irds:{FULL}", tmp_path)
     assert list((tmp_path / "irds").iterdir()) == []  # neither the folder nor its temporary sibling
@@ -429,7 +429,7 @@ class PlainDoc:
 
 def test_the_title_is_stripped_only_where_default_text_leads_with_it() -> None:
     def text(doc: Any) -> str:
-        return json.loads(irds._doc_line(doc))["text"]
+        return irds._doc_record(doc)["text"]
 
     assert text(TitleThenBody("d1", "Cat", "food is tasty")) == "food is tasty"
     assert text(TitleBodyDoc("d1", "Cat", "Cat food")) == "Cat food"  # "Cat Cat food": one title goes

@@ -85,9 +85,9 @@ def _open_output(path: Path, gzipped: bool) -> Iterator[TextIO]:
 def run(args: argparse.Namespace) -> int:
     from rerank.backends.cache import llm_cache_scope
     from rerank.data.datasets import resolve_dataset
-    from rerank.data.io import format_run, read_query_docs_jsonl, read_run
+    from rerank.data.io import check_ranked, format_run, read_query_docs_jsonl, read_run
     from rerank.errors import ConfigError
-    from rerank.eval.pipeline import check_ranked, check_run_overlap, rerank_run
+    from rerank.eval.pipeline import check_run_overlap, rerank_run
     from rerank.heads.base import Reranker
     from rerank.types import Candidate
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import re
 import zlib
@@ -38,12 +39,15 @@ __all__ = [
     "read_queries",
     "read_qrels",
     "read_run",
+    "check_ranked",
     "write_run",
     "write_qrels",
     "write_jsonl",
     "read_query_docs_jsonl",
     "find_file",
 ]
+
+log = logging.getLogger(__name__)
 
 #: What ``read_qrels`` does with a (query, document) pair judged twice: ``error`` (default), keep the ``last``
 #: grade, or the ``max`` grade.
@@ -438,6 +442,23 @@ def read_run(path: str | Path) -> Run:
     return {qid: sort_ranking(pairs) for qid, pairs in run.items()}
 
 
+def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None = None) -> bool:
+    """Whether ``run`` ranks: one that scores every document of each query the same ranks nothing (MS MARCO's
+    top-1000 candidate files, an ir_datasets dataset's unscored scoreddocs), its order being doc ids', so the log says
+    so, naming it ``what`` (``--first-stage RUN``), and what taking its first candidates does: with a reranker's
+    ``top_k`` below its candidates, how many to take; else ``cut``, when given (a recipe's depth or window).
+    ``rerank eval``, ``rerank rank``, the recipes over a run and the ``irds:`` conversion all check with it."""
+    if not any(len(v) > 1 for v in run.values()) or any(len({s for _, s in v}) > 1 for v in run.values()):
+        return True
+    deepest = max(len(v) for v in run.values())
+    if top_k is not None and top_k < deepest:
+        cut = (f"--top-k {top_k} reranks an arbitrary {top_k} of each query's up to {deepest} candidates: give "
+               f"--top-k {deepest}")
+    log.warning("%s scores every document of a query the same: its order is trec_eval's tie order (doc id "
+                "descending), not a ranking%s", what, f"; {cut}" if cut else "")
+    return False
+
+
 def format_run(run: Run, tag: str = "rerank") -> Iterator[str]:
     """TREC run lines in the run's own order (ranks 1..n)."""
     for qid in sorted(run):
@@ -461,11 +482,14 @@ def write_qrels(qrels: Qrels, path: str | Path, beir: bool = False) -> None:
                 f.write(f"{qid}\t{docid}\t{grade}\n" if beir else f"{qid} 0 {docid} {grade}\n")
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Write JSON lines atomically."""
+def write_jsonl(records: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write JSON lines atomically; how many records were written."""
+    n = 0
     with atomic_write(path) as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
 def _score(value: Any, where: str, path: str | Path, lineno: int) -> float | None:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rerank.data.io import write_run
+from rerank.data.io import check_ranked, write_jsonl, write_run
 from rerank.data.registry import IGNORE_IDENTICAL_IDS, DatasetInfo
 from rerank.errors import ConfigError, DatasetNotFoundError
 from rerank.types import sort_ranking
@@ -131,9 +131,9 @@ def _convert(ds: Any, dataset_id: str, folder: Path) -> None:
     try:
         log.info("converting ir_datasets %s into %s (once; ir_datasets downloads its files into $IR_DATASETS_HOME)",
                  dataset_id, folder)
-        counts = {"queries": _write_lines(tmp / "queries.jsonl", (
-            json.dumps({"_id": _checked_id(dataset_id, "query", q.query_id), "text": q.default_text()},
-                       ensure_ascii=False) for q in _guarded(dataset_id, ds.queries_iter)))}
+        counts = {"queries": write_jsonl((
+            {"_id": _checked_id(dataset_id, "query", q.query_id), "text": q.default_text()}
+            for q in _guarded(dataset_id, ds.queries_iter)), tmp / "queries.jsonl")}
         (tmp / "qrels").mkdir()
         counts["qrels"] = _write_lines(tmp / "qrels" / f"{SPLIT}.tsv", (
             f"{_checked_id(dataset_id, 'query', r.query_id)}\t{_checked_id(dataset_id, 'doc', r.doc_id)}\t"
@@ -147,8 +147,9 @@ def _convert(ds: Any, dataset_id: str, folder: Path) -> None:
             counts.update(run_counts)
         else:
             form = "full corpus"
-            counts["docs"] = _write_lines(tmp / "corpus.jsonl", (
-                _doc_line(d) for d in _checked_docs(dataset_id, _guarded(dataset_id, ds.docs_iter))))
+            counts["docs"] = write_jsonl((
+                _doc_record(d) for d in _checked_docs(dataset_id, _guarded(dataset_id, ds.docs_iter))),
+                tmp / "corpus.jsonl")
         write_json({"id": dataset_id, "ir_datasets_version": ir_datasets.__version__, "form": form, "split": SPLIT,
                     "rel_level": _rel_level(ds, dataset_id), "counts": counts, **extra}, tmp / MANIFEST)
         if not publish_dir(tmp, folder, MANIFEST):
@@ -175,13 +176,12 @@ def _write_reranking_form(ds: Any, dataset_id: str, tmp: Path) -> tuple[dict[str
     if repeated:
         log.warning("%s: %d scoreddocs name a document already listed for their query; each is kept once, with its "
                     "highest score", dataset_id, repeated)
-    scored = not run or any(len(set(r.values())) > 1 for r in run.values())
-    if not scored:
-        deepest = max(len(r) for r in run.values())
-        log.warning("%s: the scoreddocs carry no scores (all equal for every query), so run.trec orders each query's "
-                    "%d candidates by doc id (trec_eval's tie order), not by rank: rerank all of them (--top-k %d)",
-                    dataset_id, deepest, deepest)
-    write_run({q: sort_ranking(list(r.items())) for q, r in run.items()}, tmp / "run.trec", tag="irds")
+    ranked = {q: sort_ranking(list(r.items())) for q, r in run.items()}
+    deepest = max(map(len, ranked.values()), default=0)
+    scored = check_ranked(ranked, f"{dataset_id}'s run.trec (its scoreddocs)",
+                          cut=f"they carry no scores, so rerank all of each query's up to {deepest} candidates "
+                          f"(--top-k {deepest})")
+    write_run(ranked, tmp / "run.trec", tag="irds")
     wanted = {d for r in run.values() for d in r}
     docs = _get_docs(ds, wanted, dataset_id)
     absent = sorted(wanted - docs.keys())
@@ -189,7 +189,7 @@ def _write_reranking_form(ds: Any, dataset_id: str, tmp: Path) -> tuple[dict[str
         log.warning("%s: %d of the %d documents its scoreddocs name are not in its documents (e.g. %s): they stay in "
                     "run.trec, and rerank eval counts them as unknown doc ids", dataset_id, len(absent), len(wanted),
                     ", ".join(absent[:3]))
-    written = _write_lines(tmp / "corpus.jsonl", (_doc_line(docs[d]) for d in sorted(docs)))
+    written = write_jsonl((_doc_record(docs[d]) for d in sorted(docs)), tmp / "corpus.jsonl")
     counts = {"scoreddocs": n - repeated, "run_queries": len(run), "docs": written, "docs_missing": len(absent)}
     return counts, scored
 
@@ -205,8 +205,8 @@ def _get_docs(ds: Any, doc_ids: set[str], dataset_id: str) -> dict[str, Any]:
         return store.get_many(doc_ids)
 
 
-def _doc_line(doc: Any) -> str:
-    """A document as a BEIR corpus line: ``title`` field, and ``text`` field else ``default_text()``, less the title
+def _doc_record(doc: Any) -> dict[str, str]:
+    """A document as a BEIR corpus record: ``title`` field, and ``text`` field else ``default_text()``, less the title
     where ``default_text()`` is the title, a separator and the rest (a text merely starting as its title keeps it)."""
     fields = getattr(doc, "_fields", ())
     title = doc.title if "title" in fields and isinstance(doc.title, str) else ""
@@ -222,7 +222,7 @@ def _doc_line(doc: Any) -> str:
                 leading = not rest or rest[0].isspace()
             if leading:
                 text = rest.strip()
-    return json.dumps({"_id": doc.doc_id, "title": title, "text": text}, ensure_ascii=False)
+    return {"_id": doc.doc_id, "title": title, "text": text}
 
 
 def _checked_id(dataset_id: str, kind: str, item_id: str) -> str:

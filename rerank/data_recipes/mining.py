@@ -25,7 +25,7 @@ import numpy as np
 
 from rerank.config import changed_options
 from rerank.data.datasets import Dataset, resolve_dataset
-from rerank.data.io import read_run
+from rerank.data.io import check_ranked, read_run
 from rerank.data_recipes.base import (
     FirstStageSpec,
     ModelSpec,
@@ -83,8 +83,6 @@ class _OverRun(Recipe):
         if self._run is None:
             fs = self._fs
             if fs.run is not None:
-                from rerank.eval.pipeline import check_ranked
-
                 full = read_run(fs.run)
                 check_ranked(full, f"first_stage.run {fs.run}",
                              cut=f"the recipe's rank cuts over it (first_stage.depth {fs.depth}, {self._cut()}) pick "

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from rerank.config import to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
-from rerank.data.io import DUPLICATE_POLICIES, read_run, write_run
+from rerank.data.io import DUPLICATE_POLICIES, check_ranked, read_run, write_run
 from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
@@ -50,8 +50,8 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_ranked",
-           "check_run_overlap", "rerank_run", "run_eval"]
+__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_overlap",
+           "rerank_run", "run_eval"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -143,23 +143,6 @@ def _check_given_run(run: Run, queries: dict[str, Query], cfg: EvalConfig, datas
     if absent:
         log.warning("%d of %s have no ranking in --first-stage %s (e.g. %s): they count as 0 in every measure",
                     len(absent), what, cfg.first_stage, _examples(absent))
-
-
-def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None = None) -> bool:
-    """Whether ``run`` ranks: one that scores every document of each query the same ranks nothing (MS MARCO's
-    top-1000 candidate files, an ir_datasets dataset's unscored scoreddocs), its order being doc ids', so the log says
-    so, naming it ``what`` (``--first-stage RUN``), and what taking its first candidates does: with a reranker's
-    ``top_k`` below its candidates, how many to take; else ``cut``, when given (a recipe's depth or window).
-    ``rerank eval``, ``rerank rank`` and the recipes over a run all check with it."""
-    if not any(len(v) > 1 for v in run.values()) or any(len({s for _, s in v}) > 1 for v in run.values()):
-        return True
-    deepest = max(len(v) for v in run.values())
-    if top_k is not None and top_k < deepest:
-        cut = (f"--top-k {top_k} reranks an arbitrary {top_k} of each query's up to {deepest} candidates: give "
-               f"--top-k {deepest}")
-    log.warning("%s scores every document of a query the same: its order is trec_eval's tie order (doc id "
-                "descending), not a ranking%s", what, f"; {cut}" if cut else "")
-    return False
 
 
 def _select(run: Run, qids: Sequence[str]) -> Run:

@@ -268,14 +268,15 @@ def _kind(x: Any) -> str:
 
 
 def load_negatives(path: str | Path, data: TrainData, qids: Sequence[str],
-                   report: bool = True) -> dict[str, list[str]]:
-    """Read a negatives file (:data:`NEGATIVES_SHAPE`) for the training queries ``qids``, their positives dropped.
+                   raw: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Read a negatives file (:data:`NEGATIVES_SHAPE`) for the training queries ``qids``, their positives dropped
+    (``raw``: its content, when :func:`read_negatives_file` has read it already).
 
     A file of another shape, mined for another corpus, missing a training query or naming a document outside the
     corpus is an error; queries left with no negative (an empty list, or positives only) draw theirs at random from
-    the corpus, which ``report`` warns of with the count."""
+    the corpus, which is warned of with the count."""
     path = Path(path)
-    raw = read_negatives_file(path)
+    raw = read_negatives_file(path) if raw is None else raw
     if raw.get("corpus_sha256") != data.dataset.corpus_hash:
         raise RerankError(
             f"{path}: mined for a corpus with sha256 {str(raw.get('corpus_sha256'))[:12]}…, but the training corpus "
@@ -296,9 +297,9 @@ def load_negatives(path: str | Path, data: TrainData, qids: Sequence[str],
         out[q] = [d for d in negs[q] if d not in pos]
         dropped += len(negs[q]) - len(out[q])
     empty = [q for q in qids if not out[q]]
-    if report and dropped:
+    if dropped:
         log.warning("%s: %d listed negatives are positives of their query and were dropped", path, dropped)
-    if report and empty:
+    if empty:
         log.warning("%s: %d of %d training queries have no usable negative (an empty list, or only their positives: "
                     "%s%s); their hard negative is drawn at random from the corpus", path, len(empty), len(qids),
                     ", ".join(empty[:3]), " …" if len(empty) > 3 else "")

@@ -75,7 +75,7 @@ class StarTrainer(RetrieverTrainer):
 
     def misfit(self, path: Path, cfg: StarConfig, model_hash: str) -> str | None:
         """Why the mined negatives in ``path`` cannot serve this run (another starting model or depth, another corpus,
-        a training query missing, a malformed file), or None when they can."""
+        a training query missing, a malformed file), or None when they can: then they are this run's negatives."""
         try:
             raw = read_negatives_file(path)
             if raw.get("model_hash") != model_hash:
@@ -83,7 +83,7 @@ class StarTrainer(RetrieverTrainer):
                         f"the starting model {cfg.model!r} ({model_hash[:12]}…)")
             if raw.get("depth") != cfg.negatives_depth:
                 return f"mined to depth {raw.get('depth')}, not negatives_depth {cfg.negatives_depth}"
-            load_negatives(path, self.data, self.data.train_qids, report=False)
+            self.negatives = load_negatives(path, self.data, self.data.train_qids, raw)
         except RerankError as e:
             return str(e).removeprefix(f"{path}: ")
         return None
@@ -96,6 +96,7 @@ class StarTrainer(RetrieverTrainer):
             return
         path = Path(ctx.output) / "negatives.json"
         model_hash = self.encoder.fingerprint("doc")  # the starting model's (setup runs before any step or resume)
+        self.negatives = None  # set by misfit() when the file in OUTPUT serves this run, each file read once
         if ctx.resume and path.is_file():
             why = self.misfit(path, cfg, model_hash)
             if why is not None:
@@ -103,6 +104,8 @@ class StarTrainer(RetrieverTrainer):
                                   "with that starting model, or start again with --overwrite")
 
         def mine() -> None:
+            if self.negatives is not None:  # the resumed run's own, checked above
+                return
             if path.is_file():
                 why = self.misfit(path, cfg, model_hash)
                 if why is None:
@@ -121,7 +124,8 @@ class StarTrainer(RetrieverTrainer):
             })
 
         self.main_first(mine, "mine STAR's negatives")
-        self.negatives = load_negatives(path, self.data, qids)
+        if self.negatives is None:  # mined now, or checked by the main process only
+            self.negatives = load_negatives(path, self.data, qids)
 
     def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: StarConfig = self.cfg  # type: ignore[assignment]

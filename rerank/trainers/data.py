@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerank.config import changed_options
-from rerank.data.io import DUPLICATE_POLICIES
+from rerank.data.io import DUPLICATE_POLICIES, Duplicates
 from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -61,7 +61,7 @@ class DataConfig:
     max_candidates: int = 20
     max_queries: int | None = None
     negatives: Literal["top", "random"] = "top"
-    qrels_duplicates: Literal["error", "last", "max"] = "error"
+    qrels_duplicates: Duplicates = "error"
     dev_fraction: float | None = None
     dev_max: int | None = 50
     seed: int = 0
@@ -230,7 +230,7 @@ def build_from_beir(
     max_queries: int | None = None,
     seed: int = 0,
     negatives: str = "top",
-    qrels_duplicates: Literal["error", "last", "max"] = "error",
+    qrels_duplicates: Duplicates = "error",
 ) -> list[dict[str, Any]]:
     """Examples from a BEIR dataset: judged positives from qrels plus BM25 hard negatives mined on the fly.
 

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rerank.cli.common import (
     add_data_root,
@@ -26,7 +26,19 @@ from rerank.cli.common import (
     reranker_options,
 )
 
+if TYPE_CHECKING:
+    from rerank.heads.base import Reranker
+    from rerank.types import Candidate, Document, Query, RankedResult
+
+    #: the documents after the reranked ones, in their input order: id, and the document (None: not in the corpus)
+    Tail = list[tuple[str, Document | None]]
+    #: a query, the candidates the reranker orders, the tail
+    Job = tuple[Query, list[Candidate], Tail]
+
 log = logging.getLogger(__name__)
+
+#: queries per ``rerank_batch`` call
+BATCH_QUERIES = 8
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,10 +53,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_root(p)
     add_reranker(p)
     p.add_argument("--top-k", type=positive_int, default=100,
-                   help="rerank this many candidates per query (default 100)")
+                   help="rerank this many candidates per query (default 100); the rest follow, in their input order")
     p.add_argument("--output", required=True,
-                   help="output file: NAME.jsonl (ranked documents with scores, JSON lines) or any other name, such "
-                   "as run.trec or run.txt (a TREC run); add .gz to gzip either")
+                   help="output file: NAME.jsonl (JSON lines, one record per query ranking every candidate: id, rank, "
+                   "the reranker's score and relevance, text; candidates past --top-k follow with score and "
+                   "relevance null) or any other name, such as run.trec or run.txt (a TREC run of the same order, "
+                   "scored n for the first of n); add .gz to gzip either")
     p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
                    help="append every LLM prompt and raw response, with how it was parsed, to this file (LLM heads)")
     p.set_defaults(func=run)
@@ -87,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
     from rerank.data.io import check_ranked, format_run, read_query_docs_jsonl, read_run
     from rerank.errors import ConfigError
-    from rerank.eval.pipeline import check_run_overlap, rerank_run
+    from rerank.eval.pipeline import check_run_overlap
     from rerank.heads.base import Reranker
     from rerank.types import Candidate
 
@@ -119,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         records.sort(key=lambda r: r[0].id)
         if args.max_queries is not None:
             records = records[: args.max_queries]
-        queries = {q.id: q for q, _ in records}
+        jobs = [(q, [Candidate(d, s) for d, s in docs[: args.top_k]], [(d.id, d) for d, _ in docs[args.top_k :]])
+                for q, docs in records]
     else:
         ds = resolve_dataset(args.dataset, args.data_root)
         run_in = read_run(args.first_stage)
@@ -133,47 +148,77 @@ def run(args: argparse.Namespace) -> int:
                         len(unknown), len(run_in), args.first_stage, ds.name, ", ".join(unknown[:3]))
         if args.max_queries is not None:
             qids = qids[: args.max_queries]
-        queries = {q: ds.queries[q] for q in qids}
-        corpus = ds.corpus
+        jobs, missing = _first_stage_jobs({q: ds.queries[q] for q in qids}, run_in, ds.corpus, args.top_k)
+        if missing:
+            log.warning("%d doc ids of --first-stage %s are not in dataset %s's corpus (e.g. %s): they are not "
+                        "reranked and follow the reranked ones", sum(map(len, missing.values())), args.first_stage,
+                        ds.name, next(iter(missing.values()))[:3])
     with llm_cache_scope(enabled=False, log_path=args.log_llm_io):  # no cache: only the log, when asked for
         reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
-    if args.input:
-        final = {}
-        detail = {}
-        for start in range(0, len(records), 8):
-            chunk = records[start : start + 8]
-            results = reranker.rerank_batch(
-                [q for q, _ in chunk],
-                [[Candidate(d, s) for d, s in docs[: args.top_k]] for _, docs in chunk],
-            )
-            for (q, docs), res in zip(chunk, results, strict=True):
-                order = res.doc_ids + [d.id for d, _ in docs[args.top_k :]]
-                final[q.id] = [(d, float(len(order) - i)) for i, d in enumerate(order)]
-                detail[q.id] = res
-    else:
-        final, _scores, unknown = rerank_run(reranker, queries, run_in, corpus, args.top_k)
-        detail = None
-        if unknown:
-            log.warning("%d doc ids of --first-stage %s are not in dataset %s's corpus (e.g. %s): they were not "
-                        "reranked and follow the reranked ones", sum(map(len, unknown.values())), args.first_stage,
-                        ds.name, next(iter(unknown.values()))[:3])
+    rankings = _rerank_jobs(reranker, jobs)
     with _open_output(out, gzipped) as f:
         if kind == ".jsonl":
-            for qid in sorted(final):
-                if detail is not None:
-                    res = detail[qid]
-                    docs = [{"id": r.doc.id, "score": r.score, "relevance": r.relevance, "rank": r.rank,
-                             "text": r.doc.text,
-                             **({"metadata": r.metadata} if r.metadata else {})} for r in res.results]
-                else:
-                    docs = [{"id": d, "rank": i + 1} for i, (d, _) in enumerate(final[qid])]
-                f.write(json.dumps({"qid": qid, "query": queries[qid].text, "ranking": docs}, ensure_ascii=False)
-                        + "\n")
+            for qid in sorted(rankings):
+                res, tail = rankings[qid]
+                f.write(json.dumps({"qid": qid, "query": res.query.text, "ranking": _jsonl_ranking(res, tail)},
+                                   ensure_ascii=False) + "\n")
         else:
-            f.writelines(format_run(final, tag=args.reranker))
+            f.writelines(format_run({qid: _run_order(res, tail) for qid, (res, tail) in rankings.items()},
+                                    tag=args.reranker))
     stats = reranker.stats
     fitted = (f"; {stats.fitted_prompts} prompts fitted to the context, {stats.shortened_passages} passages "
               f"shortened" if stats.fitted_prompts else "")
-    print(f"ranked {len(final)} queries with {args.reranker} -> {out} "
+    print(f"ranked {len(rankings)} queries with {args.reranker} -> {out} "
           f"({stats.outputs} model outputs, {stats.parse_failures} parse failures, {stats.repaired} repaired{fitted})")
     return 0
+
+
+def _first_stage_jobs(queries: dict[str, Query], run: dict[str, list[tuple[str, float]]], corpus: dict[str, Document],
+                      top_k: int) -> tuple[list[Job], dict[str, list[str]]]:
+    """One job per query of ``queries`` with candidates in ``run``: its first ``top_k`` that ``corpus`` holds are
+    reranked, those it lacks follow them, then the rest of the run (as ``rerank eval`` orders them); also returns
+    the ids missing from the corpus per query."""
+    from rerank.types import Candidate
+
+    jobs: list[Job] = []
+    unknown: dict[str, list[str]] = {}
+    for qid, query in queries.items():
+        if not run.get(qid):
+            continue
+        head = run[qid][:top_k]
+        missing = [d for d, _ in head if d not in corpus]
+        if missing:
+            unknown[qid] = missing
+        tail = [(d, None) for d in missing] + [(d, corpus.get(d)) for d, _ in run[qid][top_k:]]
+        jobs.append((query, [Candidate(corpus[d], s) for d, s in head if d in corpus], tail))
+    return jobs, unknown
+
+
+def _rerank_jobs(reranker: Reranker, jobs: list[Job]) -> dict[str, tuple[RankedResult, Tail]]:
+    """Each job's candidates reranked, ``BATCH_QUERIES`` queries per call, keyed by query id with the job's tail."""
+    from tqdm.auto import tqdm
+
+    rankings: dict[str, tuple[RankedResult, Tail]] = {}
+    with tqdm(total=len(jobs), desc="rerank", unit="q") as bar:
+        for start in range(0, len(jobs), BATCH_QUERIES):
+            chunk = jobs[start : start + BATCH_QUERIES]
+            results = reranker.rerank_batch([q for q, _, _ in chunk], [c for _, c, _ in chunk])
+            for (q, _, tail), res in zip(chunk, results, strict=True):
+                rankings[q.id] = (res, tail)
+            bar.update(len(chunk))
+    return rankings
+
+
+def _run_order(res: RankedResult, tail: Tail) -> list[tuple[str, float]]:
+    """The TREC run of one query: the reranked documents, then the tail; scored n for the first of n."""
+    order = res.doc_ids + [d for d, _ in tail]
+    return [(d, float(len(order) - i)) for i, d in enumerate(order)]
+
+
+def _jsonl_ranking(res: RankedResult, tail: Tail) -> list[dict[str, Any]]:
+    """The JSONL ranking of one query, the same documents in the same order as :func:`_run_order`: the reranked ones
+    with the reranker's score and relevance (and the head's metadata), then the tail with both null (not scored)."""
+    ranked = [{"id": r.doc.id, "score": r.score, "relevance": r.relevance, "rank": r.rank, "text": r.doc.text,
+               **({"metadata": r.metadata} if r.metadata else {})} for r in res.results]
+    return ranked + [{"id": d, "score": None, "relevance": None, "rank": len(ranked) + i,
+                      "text": doc.text if doc is not None else None} for i, (d, doc) in enumerate(tail, 1)]

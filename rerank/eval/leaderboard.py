@@ -89,16 +89,30 @@ class RowSpec:
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"row {self.name!r}: top_k must be >= 1")
-        if self.interpolate is not None and self.reranker is None:
-            raise ValueError(f"row {self.name!r}: interpolate needs a reranker")
+        if self.reranker is None:  # as rerank eval refuses them, but before the first cell runs
+            unused = [k for k in ("model", "reranker_options", "top_k", "interpolate")
+                      if getattr(self, k) not in (None, {})]
+            if unused:
+                raise ValueError(f"row {self.name!r}: {' and '.join(unused)} {'needs' if len(unused) == 1 else 'need'} "
+                                 "a reranker and none is given: set reranker or drop "
+                                 f"{'it' if len(unused) == 1 else 'them'}")
         check_interpolate(self.interpolate)
 
 
 @dataclass
 class SignificanceSpec:
+    """The randomization test's threshold ``p`` (a † below it) and its number of sign flips ``samples``."""
+
     p: float = 0.05
     samples: int = 10000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p < 1:
+            raise ValueError(f"significance.p must be a number between 0 and 1 (exclusive, e.g. 0.05), got {self.p}")
+        if self.samples < 1:
+            raise ValueError(f"significance.samples must be an integer >= 1 (sign flips, e.g. 10000), "
+                             f"got {self.samples}")
 
 
 @dataclass
@@ -183,6 +197,8 @@ def randomization_test(a: list[float], b: list[float], samples: int = 10000, see
     """Two-sided paired randomization test of mean(a) = mean(b): p = (#|flipped mean| >= |observed| + 1)/(samples + 1)."""
     if len(a) != len(b):
         raise ValueError("paired samples must have equal length")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ConfigError(f"samples must be an integer >= 1 (sign flips), got {samples!r}")
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.size == 0:
         return 1.0
@@ -208,9 +224,10 @@ _HASHES: dict[str, tuple[int, int, str]] = {}
 
 
 def _stamp(path: Path) -> list[Any]:
-    """Name and content hash of a file, or of the files of a folder (one level deep): a copy of the same files (a
-    dataset downloaded or copied again, a model moved) keeps its cells, a changed file reruns them. Hashes are
-    remembered by size and mtime within the process."""
+    """Name and content hash of a file, or of the files of a folder (one level deep, subfolders not read): the same
+    bytes written again at the same path (a dataset downloaded or copied again in place, new file times) keep their
+    cells, a changed or added file reruns them. The path itself is in the cell's config (:func:`_cell_hash`), so a
+    copy elsewhere or a moved model reruns. Hashes are remembered by size and mtime within the process."""
     if path.is_file():
         st = path.stat()
         key = str(path.resolve())
@@ -244,6 +261,11 @@ def _cell_config(row: RowSpec, col: ColumnSpec, dataset_root: Path) -> EvalConfi
 
 
 def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
+    """The key a cell is reused by: its eval options, paths included (the dataset folder and its run resolved, model
+    folders as the row gives them once placeholders expand: the same files elsewhere are another key); the
+    :func:`_stamp` of every top-level file of the dataset folder (any of them, even a run only another retriever
+    reads, reruns every cell of that dataset), of ``qrels/``, ``excluded/``, the first-stage run and local model
+    folders; and the rerank version. A model named by its hub id is keyed by the name alone."""
     from rerank import __version__
 
     key = {k: v for k, v in to_dict(cfg).items() if k != "output"}
@@ -402,14 +424,16 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
             if b is not None and b != r.name:
                 p = next(x["p"] for x in pairwise[col.label] if {x["a"], x["b"]} == {b, r.name})
             values[col.label] = {"value": rc[col.label]["value"], "p_vs_baseline": p, "baseline": b,
-                                 "significant": p is not None and p < sig.p}
+                                 "significant": p is not None and p < sig.p,
+                                 "top_k": (r.top_k or col.top_k) if r.reranker else None}
         avg = (sum(rc[c]["value"] for c in avg_cols) / len(avg_cols)) if avg_cols and all(c in rc for c in avg_cols) \
             else None
         secs = sum(v["seconds"] for v in rc.values())
         nq = sum(v["num_queries"] for v in rc.values())
         rows_out.append({
             "name": r.name, "first_stage": r.retriever, "reranker": r.reranker, "backend": r.backend if r.reranker
-            else None, "model": r.model or r.retriever_options.get("model"), "columns": values, "average": avg,
+            else None, "model": r.model or r.retriever_options.get("model"), "top_k": r.top_k,
+            "interpolate": r.interpolate, "columns": values, "average": avg,
             "queries_per_s": (nq / secs) if secs > 0 else None, "note": r.note,
         })
     for rname, d in cells.items():
@@ -451,11 +475,31 @@ def model_label(model: str) -> str:
     return f"{path.parent.name}/{path.name}" if path.name == "model" and path.parent.name else path.name
 
 
+def _own_top_k(row: dict[str, Any], cols: list[dict[str, Any]]) -> list[str]:
+    """The column labels where ``row`` reranks another top-k than the column's (its own ``top_k``)."""
+    col_k = {c["label"]: c["top_k"] for c in cols}
+    return [label for label, v in row["columns"].items()
+            if v.get("top_k") is not None and v["top_k"] != col_k.get(label)]
+
+
+def _reranker_cell(row: dict[str, Any], cols: list[dict[str, Any]]) -> str:
+    """The reranker's name, with its own ``top-N`` where it differs from a column's and its interpolation weight
+    ``α=A``: two rows of one model that rerank differently must not read the same."""
+    if not row["reranker"]:
+        return "—"
+    setting = [f"top-{row['top_k']}"] if row.get("top_k") is not None and _own_top_k(row, cols) else []
+    if row.get("interpolate") is not None:
+        setting.append(f"α={row['interpolate']:g}")
+    return row["reranker"] + (f" ({', '.join(setting)})" if setting else "")
+
+
 def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: str | None) -> str:
     """The leaderboard as Markdown: measured table, cost, notes, published figures, pairwise p-values."""
     m = report["measure"]
     cols = report["columns"]
     sig = report["significance"]
+    own_k = {label for r in report["rows"] for label in _own_top_k(r, cols)}
+    interpolated = any(r.get("interpolate") is not None for r in report["rows"])
     lines = [
         f"# Leaderboard: {report['name']}",
         "",
@@ -475,7 +519,7 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
             cells.append("—" if v is None else _fmt(v["value"]) + (" †" if v["significant"] else ""))
         model = f"`{model_label(r['model'])}`" if r["model"] else "—"
         lines.append(
-            f"| {i} | {r['name']} | {r['first_stage']} | {r['reranker'] or '—'} | {r['backend'] or '—'} | {model} | "
+            f"| {i} | {r['name']} | {r['first_stage']} | {_reranker_cell(r, cols)} | {r['backend'] or '—'} | {model} | "
             + " | ".join(cells) + f" | {_fmt(r['average'])} | {_qps(r['queries_per_s'])} |"
         )
     lines += [
@@ -484,7 +528,10 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
          f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
          f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
          "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
-         "where a column gives a precomputed run, its first-stage time is reading that run file."),
+         "where a column gives a precomputed run, its first-stage time is reading that run file."
+         + (" reranker (top-N): it reranks the first stage's top N, not the column's top-k." if own_k else "")
+         + (" α=A: the reranked top-k ordered by A × the reranker's scores + (1 − A) × the first stage's, each "
+            "min-max normalised per query (`rerank eval --interpolate`)." if interpolated else "")),
         "",
         "Columns:",
         "",
@@ -492,14 +539,15 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
     for c in cols:
         sl = f"first {c['max_queries']} queries" if c["max_queries"] else "all queries"
         runs = ", ".join(f"{k} = `{v}`" for k, v in c["runs"].items())
-        lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}"
+        own = " (rows marked top-N: their N)" if c["label"] in own_k else ""
+        lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}{own}"
                      + (f"; precomputed runs: {runs}" if runs else "") + (f". {c['note']}" if c["note"] else ""))
     loads = [x["load_avg_1min"] for d in report["cells"].values() for x in d.values() if x.get("load_avg_1min")]
     if loads:
         hi = max(max(x) for x in loads)
-        lines += ["", f"Machine load while cells ran: 1-minute load average up to {hi:.1f} on {os.cpu_count()} "
-                  "CPU(s) (per cell in `leaderboard.json`); queries/s measured under different loads are not "
-                  "comparable."]
+        lines += ["", (f"Machine load while cells ran: 1-minute load average up to {hi:.1f} on {os.cpu_count()} "
+                       "CPU(s) (per cell in `leaderboard.json`); queries/s measured under different loads are not "
+                       "comparable.")]
     pooled: dict[str, int] = {}
     for rname, d in report["cells"].items():
         for x in d.values():

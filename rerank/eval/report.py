@@ -18,17 +18,36 @@ def summary_line(metrics: dict[str, Any]) -> str:
     return f"{metrics['dataset']}/{metrics['split']} ({metrics['num_queries']} queries): {shown}"
 
 
+def _rerank_setting(config: dict[str, Any]) -> list[str]:
+    """How the reranker was applied (``--top-k``, ``--interpolate``): two runs of one model that differ there must not
+    read the same."""
+    lines = []
+    if config.get("top_k") is not None:
+        lines.append(f"- reranked: each query's first-stage top {config['top_k']} (`--top-k`); the rest follow in "
+                     "first-stage order")
+    alpha = config.get("interpolate")
+    if alpha is not None:
+        lines.append(f"- order: {alpha:g} × the reranker's scores + {1 - alpha:g} × the first stage's, each min-max "
+                     f"normalised per query (`--interpolate {alpha:g}`)")
+    else:
+        lines.append("- order: the reranker's scores alone")
+    return lines
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """Markdown: setup, aggregate metrics, conventions, timing and parse statistics."""
     fs = metrics["first_stage"]
     rr = metrics.get("reranker")
+    reranker = (f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend_name')}`" if rr
+                else "- reranker: none")
     lines = [
         f"# {metrics['dataset']} ({metrics['split']})",
         "",
         f"- first stage: `{fs.get('name')}`" + (f" ({fs['path']})" if fs.get("path") else ""),
-        f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend_name')}`" if rr else "- reranker: none",
-        f"- queries: {metrics['num_queries']} (mean over all judged queries; "
-        f"{len(metrics['missing_queries'])} absent from the run count as 0)",
+        reranker,
+        *(_rerank_setting(metrics.get("config") or {}) if rr else []),
+        (f"- queries: {metrics['num_queries']} (mean over all judged queries; "
+         f"{len(metrics['missing_queries'])} absent from the run count as 0)"),
         f"- relevance level for binary measures: >= {metrics['rel_level']} (nDCG uses graded judgements)",
         "",
         "| measure | value |",

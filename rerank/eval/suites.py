@@ -12,7 +12,9 @@
   DL judging: graded nDCG, binary measures at relevance >= 2; MS MARCO dev reports RR@10 (MRR@10).
 
 A suite run without ``--datasets`` evaluates the members it finds and names the missing ones (a warning, and
-``missing`` in ``summary.json``); a member named in ``--datasets`` must exist.
+``missing`` in ``summary.json``); a member named in ``--datasets`` must exist. An output folder holds one suite run:
+the results of members an earlier suite run wrote there and this one does not include are removed (see
+:func:`_clear_other_members`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve
 from rerank.data.registry import DATASETS
 from rerank.errors import ConfigError, DatasetNotFoundError
 from rerank.eval.pipeline import (
+    OUTPUT_FILES,
     EvalConfig,
     check_given_reranker,
     check_llm_io,
@@ -303,6 +306,44 @@ def _render_summary(suite: str, summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _member_folder(name: str) -> str:
+    return name.replace("/", "__")
+
+
+def _clear_other_members(out: Path, suite: str, entries: Sequence[SuiteEntry]) -> None:
+    """Results in ``out`` of suite members this run does not include (an earlier run of more members, or of another
+    suite) would sit beside this run's with a complete-looking ``metrics.json``. When ``out`` holds an earlier suite
+    run's ``summary.json``, their eval files are removed (logged; files eval does not write are kept, as ``rerank
+    eval`` keeps them); otherwise, not knowing where they come from, the run is refused before any work. The earlier
+    ``summary.json`` / ``summary.md`` go too: they are written again, last, once every member is done."""
+    summary_file = out / "summary.json"
+    earlier: dict[str, Any] | None = None
+    if summary_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            data = json.loads(summary_file.read_text(encoding="utf-8"))
+            earlier = data if isinstance(data, dict) and "suite" in data else None
+    names = {n for members in SUITES.values() for n in members} | {n for x in _SUITE_EXTRA.values() for n in x}
+    ours = {_member_folder(e.name) for e in entries}
+    others = sorted(f for f in {_member_folder(n) for n in names} - ours
+                    if any((out / f / name).is_file() for name in OUTPUT_FILES))
+    if others and earlier is None:
+        raise ConfigError(f"--output {out} holds results of {', '.join(others)} (e.g. {out / others[0]}/metrics.json) "
+                          f"that this {suite} suite run does not include, and no summary.json of an earlier suite "
+                          "run: give another --output folder, or move those folders away")
+    for f in others:
+        (out / f / "metrics.json").unlink(missing_ok=True)  # first: no complete-looking result is left half-removed
+        for name in OUTPUT_FILES:
+            (out / f / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # kept when it holds files of the user's
+            (out / f).rmdir()
+    if others:
+        log.warning("suite %s: removed the results of %s from %s (an earlier suite run's; this run does not include "
+                    "them)", suite, ", ".join(others), out)
+    if earlier is not None:
+        summary_file.unlink(missing_ok=True)
+        (out / "summary.md").unlink(missing_ok=True)
+
+
 def run_suite(
     suite: str,
     base: EvalConfig,
@@ -335,6 +376,7 @@ def run_suite(
         log.warning("suite %s: %s not found under the data root, skipped (name them with --datasets to require them)",
                     suite, ", ".join(missing))
     out = Path(output)
+    _clear_other_members(out, suite, entries)  # before the reranker loads
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         shared: Reranker | WorkerPool | None = reranker
@@ -346,7 +388,7 @@ def run_suite(
                 raise ConfigError(f"{e.name}: no first-stage run in {e.dataset.root} ({', '.join(RUN_FILES)}); "
                                   f"give --retriever")
             cfg = replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
-                          output=str(out / e.name.replace("/", "__")))
+                          output=str(out / _member_folder(e.name)))
             log.info("suite %s: %s", suite, e.name)
             results[e.name] = run_eval(cfg, reranker=shared, progress=progress)
     summary = {"suite": suite, **summarize(results), "missing": missing}

@@ -207,6 +207,9 @@ class TransformersBackend(LogitsBackend):
         path = resolve_model_path(model)
         device = resolve_device(cfg.device)
         check_causal_lm(model, architectures(path, cfg.trust_remote_code))
+        from rerank.trainers.common import check_safetensors
+
+        check_safetensors(path, "model")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         lm, info = AutoModelForCausalLM.from_pretrained(
             path,

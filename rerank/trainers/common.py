@@ -252,8 +252,10 @@ def check_safetensors(path: str | Path, what: str) -> None:
     (unpickling can run code), so a folder with only those is a one-line :class:`ConfigError`."""
     folder = Path(path)
     if folder.is_dir() and not any(folder.rglob("*.safetensors")):
-        raise ConfigError(f"{what} {path} holds no .safetensors weights (a pickled pytorch_model.bin is not loaded: "
-                          "it can run code); convert the weights to safetensors")
+        raise ConfigError(f"{what} {path} holds no .safetensors weights (a pickled pytorch_model.bin is refused on "
+                          "purpose: unpickling it can run code); convert the weights to safetensors: if you trust the "
+                          "file, load the folder once with transformers and save_pretrained() it, which writes "
+                          "model.safetensors")
 
 
 def cpu_only(cfg: TrainSchedule) -> bool:

@@ -116,6 +116,8 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from rerank.trainers.common import check_safetensors
+
         cfg = from_dict(CrossEncoderConfig, options, where="cross-encoder options")
         path = resolve_model_path(check_local_model(cls.method, backend, model))
         device = resolve_device(cfg.device if cfg.runtime == "torch" else cfg.device or "cpu")
@@ -124,6 +126,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
             check_classifier(f"cross-encoder: {model}", archs)
         # a new head (allow_new_head on a bare encoder) has one label, as sentence-transformers' CrossEncoder builds it
         new_head = {} if any(a.endswith("ForSequenceClassification") for a in archs) else {"num_labels": 1}
+        check_safetensors(path, "cross-encoder: model")
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         with torch.random.fork_rng(devices=[]):  # a new head is drawn the same every load (and the ONNX cache reused)
             torch.manual_seed(0)

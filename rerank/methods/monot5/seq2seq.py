@@ -56,12 +56,14 @@ class TransformersSeq2Seq(Seq2SeqModel):
         from rerank.backends.transformers import resolve_device, resolve_dtype
         from rerank.backends.util import check_no_new_weights
         from rerank.models import resolve_model_path
+        from rerank.trainers.common import check_safetensors
 
         path = resolve_model_path(model)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         if not getattr(config, "is_encoder_decoder", False):
             raise ConfigError(f"{model} is not an encoder-decoder (seq2seq) model ({config.model_type}); monot5 and "
                               f"duot5 need a T5-style checkpoint")
+        check_safetensors(path, "model")
         dev = resolve_device(device)
         net, info = AutoModelForSeq2SeqLM.from_pretrained(
             path, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code, use_safetensors=True,

@@ -1,0 +1,57 @@
+"""Loading and configuring heads (audit s38/api): pickled-only model folders, ``long_docs`` modes, GroupRank's
+fusion without first-stage scores, templates of other methods, backend options given to a head, and tokenizer noise
+on long seq2seq inputs. Each test names what used to go wrong."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rerank import Reranker
+from rerank.config import from_dict
+from rerank.errors import ConfigError
+
+
+def _pickled_only(src: Path, dst: Path) -> Path:
+    """A copy of the model folder ``src`` whose weights are a ``pytorch_model.bin`` only (never unpickled here: the
+    file is not even a pickle, so a loader that opened it would fail differently)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    (dst / "pytorch_model.bin").write_bytes(b"not a pickle")
+    return dst
+
+
+@pytest.mark.parametrize(("method", "fixture"), [
+    ("cross-encoder", "tiny_bert_dir"), ("yes-no", "tiny_llm_dir"), ("erank", "tiny_llm_dir"),
+    ("monot5", "tiny_t5_dir"), ("duot5", "tiny_t5_dir"),
+])
+def test_pickled_only_model_is_a_one_line_error(method: str, fixture: str, request: pytest.FixtureRequest,
+                                                tmp_path: Path) -> None:
+    """A folder with only ``pytorch_model.bin`` raised transformers' bare ``OSError`` (a traceback on the CLI)."""
+    model = _pickled_only(request.getfixturevalue(fixture), tmp_path / "model")
+    with pytest.raises(ConfigError, match=r"holds no \.safetensors weights \(a pickled pytorch_model\.bin is refused "
+                                          r"on purpose.*convert the weights to safetensors"):
+        Reranker.load(method, model=str(model))
+
+
+def test_pickled_only_model_on_the_cli_exits_2(tiny_bert_dir: Path, tmp_path: Path,
+                                                run_cli: Callable[..., tuple[int, str, str]]) -> None:
+    model = _pickled_only(tiny_bert_dir, tmp_path / "model")
+    docs = tmp_path / "in.jsonl"
+    docs.write_text('{"query": "q", "docs": ["a", "b"]}\n', encoding="utf-8")
+    rc, _, err = run_cli("rank", "--reranker", "cross-encoder", "--model", model, "--input", docs,
+                         "--output", tmp_path / "out.jsonl")
+    assert rc == 2 and "holds no .safetensors weights" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("method", ["cross-encoder", "yes-no", "erank"])
+def test_sump_is_gone(method: str) -> None:
+    """``long_docs: sump`` summed unbounded passage scores: it ranked by document length and saturated relevance."""
+    from rerank.heads.passages import LONG_DOCS
+    from rerank.heads.registry import get_reranker_class
+
+    assert "sump" not in LONG_DOCS
+    with pytest.raises(ConfigError, match=r"long_docs: must be one of \['truncate', 'maxp', 'firstp'\], got 'sump'"):
+        from_dict(get_reranker_class(method).config_class, {"long_docs": "sump"}, where=f"{method} options")

@@ -31,7 +31,7 @@ def test_passage_settings_need_a_passage_mode(method: str, options: dict[str, An
     cls = get_reranker_class(method).config_class
     with pytest.raises(ConfigError, match="only when documents are scored by passages: set long_docs to maxp"):
         from_dict(cls, options, where=f"{method} options")
-    for mode in ("maxp", "firstp", "sump"):
+    for mode in ("maxp", "firstp"):
         assert from_dict(cls, {**options, "long_docs": mode}, where="x").long_docs == mode
 
 

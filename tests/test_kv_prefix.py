@@ -163,7 +163,7 @@ def _docs(rng: random.Random, n: int) -> list[dict[str, Any]]:
     return out
 
 
-MODES = ("truncate", "maxp", "firstp", "sump")
+MODES = ("truncate", "maxp", "firstp")
 CASES = [("yes-no", {}, mode) for mode in MODES] + [("erank", {"scoring": "expectation"}, mode) for mode in MODES] + [
     ("qwen3-reranker", {}, "truncate"),
     ("qwen3-reranker", {}, "maxp"),

@@ -1,11 +1,13 @@
 """Long documents for heads whose scores are independent per document (cross-encoder, yes-no, ERank): ``long_docs``.
 
-``truncate`` (default) reads a document's start, as far as the head reads. ``maxp``, ``firstp`` and ``sump`` split
-each document's text into overlapping windows of ``passage_tokens`` tokens (the head's tokenizer), one every
-``stride`` tokens, score each window as a document of its own (the document's title kept in front), and give the
-document its best passage's score (``maxp``, Dai & Callan 2019), its first passage's (``firstp``) or their sum
-(``sump``). The result keeps one entry per input document; its metadata names the passage that scored
-(``{"passage": {"index", "start", "end"}, "passages": n}``, character offsets into the document's text).
+``truncate`` (default) reads a document's start, as far as the head reads. ``maxp`` and ``firstp`` split each
+document's text into overlapping windows of ``passage_tokens`` tokens (the head's tokenizer), one every ``stride``
+tokens, score each window as a document of its own (the document's title kept in front), and give the document its
+best passage's score (``maxp``, Dai & Callan 2019) or its first passage's (``firstp``). The result keeps one entry per
+input document; its metadata names the passage that scored (``{"passage": {"index", "start", "end"}, "passages": n}``,
+character offsets into the document's text). There is no sum of passage scores (Dai & Callan's SumP, their weakest
+variant): the heads' scores are mostly unbounded logits or log-odds, whose sum ranks by document length and has no
+calibrated relevance.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from rerank.types import Candidate, Document, Query
 
 __all__ = ["LONG_DOCS", "LongDocs", "ScoresByPassages", "check_long_docs", "score_by_passages"]
 
-LongDocs = Literal["truncate", "maxp", "firstp", "sump"]
-LONG_DOCS: tuple[str, ...] = ("truncate", "maxp", "firstp", "sump")
+LongDocs = Literal["truncate", "maxp", "firstp"]
+LONG_DOCS: tuple[str, ...] = ("truncate", "maxp", "firstp")
 
 ScoreFn = Callable[[list[Query], list[list[Candidate]]], list[list[float]]]
 Metadata = list[list[dict[str, Any] | None]]
@@ -35,7 +37,7 @@ def check_long_docs(cfg: Any, reads: int | None = None) -> None:
         raise ConfigError(f"long_docs must be one of {list(LONG_DOCS)}, got {cfg.long_docs!r}")
     if cfg.long_docs == "truncate":
         refuse_changed(cfg, ("passage_tokens", "stride"), "when documents are scored by passages",
-                       "set long_docs to maxp, firstp or sump")
+                       "set long_docs to maxp or firstp")
     if cfg.passage_tokens < 1 or not 1 <= cfg.stride <= cfg.passage_tokens:
         raise ConfigError(f"passage_tokens must be >= 1 and stride in 1..passage_tokens, got {cfg.passage_tokens} "
                           f"and {cfg.stride}")
@@ -67,21 +69,15 @@ def score_by_passages(
     metadata: Metadata = []
     for cands, own, ps in zip(candidate_lists, owners, passage_scores, strict=True):
         best: list[tuple[float, int, tuple[int, int], int] | None] = [None] * len(cands)
-        total = [0.0] * len(cands)
         for (i, k, span, n), s in zip(own, ps, strict=True):
-            total[i] += s
             cur = best[i]
             if cur is None or s > cur[0]:
                 best[i] = (s, k, span, n)
         row, meta = [], []
         for i in range(len(cands)):
             s, k, (a, b), n = best[i]  # type: ignore[misc]
-            if cfg.long_docs == "sump":
-                row.append(total[i])
-                meta.append({"passages": n})
-            else:
-                row.append(s)
-                meta.append({"passage": {"index": k, "start": a, "end": b}, "passages": n})
+            row.append(s)
+            meta.append({"passage": {"index": k, "start": a, "end": b}, "passages": n})
         scores.append(row)
         metadata.append(meta)
     return scores, metadata

@@ -24,7 +24,7 @@ __all__ = ["PointwiseConfig", "PointwiseLLMReranker", "continuation_ids"]
 
 @dataclass
 class PointwiseConfig(LLMHeadConfig):
-    """Options of the pointwise LLM heads: ``long_docs`` (``truncate`` | ``maxp`` | ``firstp`` | ``sump``) with
+    """Options of the pointwise LLM heads: ``long_docs`` (``truncate`` | ``maxp`` | ``firstp``) with
     passages of ``passage_tokens`` tokens every ``stride`` (at most ``max_doc_tokens``; see
     :mod:`rerank.heads.passages`)."""
 

@@ -4,15 +4,18 @@ on long seq2seq inputs. Each test names what used to go wrong."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rerank import Reranker
 from rerank.config import from_dict
 from rerank.errors import ConfigError
+from rerank.types import Candidate, Document
 
 
 def _pickled_only(src: Path, dst: Path) -> Path:
@@ -55,3 +58,36 @@ def test_sump_is_gone(method: str) -> None:
     assert "sump" not in LONG_DOCS
     with pytest.raises(ConfigError, match=r"long_docs: must be one of \['truncate', 'maxp', 'firstp'\], got 'sump'"):
         from_dict(get_reranker_class(method).config_class, {"long_docs": "sump"}, where=f"{method} options")
+
+
+def _grouprank(**options: Any) -> Any:
+    from rerank.backends.scripted import ScriptedBackend
+    from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker
+    from rerank.testing import build_tokenizer
+
+    def equal_scores(prompt: str) -> str:
+        ids = [k for k in range(1, 4) if f"[{k}]" in prompt]
+        return "<reason>ok</reason><answer>{" + ", ".join(f'"[{k}]": 5' for k in ids) + "}</answer>"
+
+    return GroupRankReranker(GroupRankConfig(group_size=3, repeats=1, **options),
+                             backend=ScriptedBackend(build_tokenizer(), generate_fn=equal_scores))
+
+
+def test_grouprank_warns_when_a_set_fusion_weight_cannot_apply(caplog: pytest.LogCaptureFixture) -> None:
+    """``fusion_weight=0.0`` asks for the first-stage order; a document without a first-stage score silently turned
+    fusion off (an INFO line only) and the list came back in input order."""
+    scored = [Candidate(Document("a", "a"), 1.0), Candidate(Document("b", "b"), 3.0), Candidate(Document("c", "c"), 2.0)]
+    unscored = [*scored[:2], Document("c", "c")]
+    head = _grouprank(fusion_weight=0.0)
+    with caplog.at_level(logging.INFO, logger="rerank.methods.grouprank.head"):
+        assert head.rerank("q", scored).doc_ids == ["b", "c", "a"]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        head.rerank_batch(["q1", "q2"], [unscored, unscored])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1  # once per call, not per query
+    assert "fusion_weight=0.0 is not applied to 2 of 2 queries: 2 of their documents have no first-stage score" \
+        in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rerank.methods.grouprank.head"):
+        _grouprank().rerank("q", unscored)  # the default weight: the user asked for nothing, an INFO line is enough
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -17,8 +17,8 @@ With ``constrained: true`` generation is restricted to the template's answer for
 
 Final score = ``fusion_weight`` · rerank + (1 − ``fusion_weight``) · retriever, the retriever score min-max
 normalised per query as hybrid interpolation does (``+inf`` -> 1, ``-inf`` -> 0; the rerank score is already on
-[0, 1]). ``fusion_weight: 1.0`` disables fusion, and so do
-documents without first-stage scores (logged once per query).
+[0, 1]). ``fusion_weight: 1.0`` disables fusion; so does a query with documents without first-stage scores (logged
+once per query, and a warning once per call when ``fusion_weight`` was set: the setting is not applied there).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.grammar import Exact, FreeText, Grammar, OneOf
+from rerank.config import changed_options
 from rerank.errors import ConfigError
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.sliding_window import passage_texts
@@ -287,19 +288,29 @@ class GroupRankReranker(LLMReranker):
         return [[s / c / 10.0 for s, c in zip(ss, cc, strict=True)] for ss, cc in zip(sums, counts, strict=True)]
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
+        """Group scores, fused with the first-stage scores by ``fusion_weight`` where every document of the query has
+        one; a ``fusion_weight`` the user set that some query cannot apply is a warning (once per call)."""
         cfg: GroupRankConfig = self.config  # type: ignore[assignment]
+        w = cfg.fusion_weight
         out = []
+        unfused, unscored = 0, 0
         for q, cands, rr in zip(queries, candidate_lists, self.rerank_scores(queries, candidate_lists), strict=True):
-            w = cfg.fusion_weight
             if w >= 1.0:
                 out.append(rr)
                 continue
-            if any(c.score is None for c in cands):
+            missing = sum(c.score is None for c in cands)
+            if missing:
                 log.info("grouprank: query %s has documents without first-stage scores; fusion disabled", q.id)
+                unfused, unscored = unfused + 1, unscored + missing
                 out.append(rr)
                 continue
             ret = minmax([float(c.score) for c in cands])  # type: ignore[arg-type]
             out.append([w * r + (1.0 - w) * s for r, s in zip(rr, ret, strict=True)])
+        if unfused and changed_options(cfg, ("fusion_weight",)):
+            log.warning("grouprank: fusion_weight=%s is not applied to %d of %d queries: %d of their documents have no "
+                        "first-stage score, so those queries are ranked by the group scores alone; give every "
+                        "document a score (a Candidate with score, or a run) or drop fusion_weight",
+                        w, unfused, len(queries), unscored)
         return out
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:

@@ -23,21 +23,30 @@ __all__ = [
     "RankedResult",
     "Run",
     "ScoredDocument",
+    "lone_surrogate",
     "sort_ranking",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A search query."""
+    """A search query; a non-string id or text is a ``TypeError`` naming the field (it would otherwise fail deep in a
+    head, or give a run keyed by ``None``)."""
 
     id: str
     text: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str):
+            raise TypeError(f"Query id must be a string, got {type(self.id).__name__} ({self.id!r})")
+        if not isinstance(self.text, str):
+            raise TypeError(f"Query {self.id!r}: text must be a string, got {type(self.text).__name__}")
+
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """A corpus document; ``title`` may be empty."""
+    """A corpus document; ``title`` may be empty. Its fields are not checked when it is built (a corpus builds
+    millions): the readers check each record naming its line, and a reranker each document naming its position."""
 
     id: str
     text: str
@@ -77,7 +86,9 @@ class ScoredDocument:
 
 @dataclass(slots=True)
 class RankedResult:
-    """The ranked list a reranker returns for one query: every input document exactly once."""
+    """The ranked list a reranker returns for one query: every input document exactly once, best first. Documents
+    with equal scores keep their input order (the first stage's, for a run), not trec_eval's doc-id order: evaluate
+    the order shown with :meth:`to_run`, not with the raw scores."""
 
     query: Query
     results: list[ScoredDocument]
@@ -89,6 +100,13 @@ class RankedResult:
 
     def top(self, k: int | None) -> list[ScoredDocument]:
         return self.results if k is None else self.results[:k]
+
+    def to_run(self) -> Run:
+        """This ranking as a one-query run with rank-derived scores (n for the first of n, as ``rerank eval`` writes
+        ``run.trec``), so :func:`~rerank.eval.metrics.evaluate_run` and trec_eval score exactly the order shown; the
+        raw scores can tie, and ties are then broken by doc id."""
+        n = len(self.results)
+        return {self.query.id: [(r.doc.id, float(n - i)) for i, r in enumerate(self.results)]}
 
 
 class ArrayRanking(Sequence[tuple[str, float]]):
@@ -142,7 +160,22 @@ _SCORE_THEN_ID = itemgetter(1, 0)  # (score, doc id): a C-level key, 1.3-1.5x fa
 def sort_ranking(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """Order (doc id, score) pairs as trec_eval does: score descending, ties by doc id descending.
 
-    Every run we read or produce is kept in this order, so "the top-k" means exactly the k documents that
-    trec_eval would score, and written run files reproduce our metrics.
+    Every run we read, every first stage's run and every run file we write is kept in this order, so "the top-k"
+    means exactly the k documents that trec_eval would score, and written run files reproduce our metrics. A
+    reranker's :class:`RankedResult` is not: its ties keep their input order (:meth:`RankedResult.to_run` gives it as
+    a run in this order).
     """
     return sorted(pairs, key=_SCORE_THEN_ID, reverse=True)
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Where ``text``'s first lone UTF-16 surrogate is (``"character 4 (\\ud800)"``), or None. JSON's ``\\ud800``
+    escape reads into one, yet such text is not valid Unicode: it cannot be encoded, and tokenizers refuse it. Costs
+    nothing on ASCII text (``str.isascii`` is O(1) in CPython) and one UTF-8 encoding otherwise."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"character {e.start} (\\u{ord(text[e.start]):04x})"
+    return None

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Union
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, RerankError
-from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument
+from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument, lone_surrogate
 
 __all__ = [
     "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model",
@@ -146,8 +146,9 @@ def _check_top_k(top_k: Any) -> int | None:
 
 def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
     """Normalise user input: strings get ids ``"0".."n-1"`` (their input positions). A text, title or id of the wrong
-    type, a mapping without ``text``, a NaN or non-numeric first-stage score, or an id given twice is an error naming
-    the document (``None`` would otherwise be ranked as the text "None", a NaN score order nothing)."""
+    type, a text or title holding a lone UTF-16 surrogate (tokenizers refuse it), a mapping without ``text``, a NaN or
+    non-numeric first-stage score, or an id given twice is an error naming the document (``None`` would otherwise be
+    ranked as the text "None", a NaN score order nothing)."""
     out: list[Candidate] = []
     for i, d in enumerate(docs):
         if isinstance(d, Candidate):
@@ -158,6 +159,7 @@ def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
             _check_document(d, i)
             out.append(Candidate(d))
         elif isinstance(d, str):
+            _check_unicode(d, f"documents[{i}]: text")
             out.append(Candidate(Document(str(i), d)))
         elif isinstance(d, Mapping):
             out.append(_mapping_candidate(d, i))
@@ -183,6 +185,15 @@ def _check_document(doc: Any, i: int) -> None:
         value = getattr(doc, name)
         if not isinstance(value, str):
             raise TypeError(f"documents[{i}] (id {doc.id!r}): {name} must be a string, got {type(value).__name__}")
+    _check_unicode(doc.text, f"documents[{i}] (id {doc.id!r}): text")
+    _check_unicode(doc.title, f"documents[{i}] (id {doc.id!r}): title")
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """A ``ValueError`` naming ``where`` (document or query, and field) when ``text`` holds a lone UTF-16 surrogate,
+    the wording ``rerank serve`` answers with; free on ASCII text."""
+    if (at := lone_surrogate(text)) is not None:
+        raise ValueError(f"{where} has a lone UTF-16 surrogate at {at}: text must be valid Unicode")
 
 
 def _mapping_candidate(d: Mapping[str, Any], i: int) -> Candidate:
@@ -197,6 +208,7 @@ def _mapping_candidate(d: Mapping[str, Any], i: int) -> Candidate:
     for name, value in (("text", text), ("title", title)):
         if not isinstance(value, str):
             raise TypeError(f"documents[{i}] (id {doc_id!r}): {name} must be a string, got {type(value).__name__}")
+        _check_unicode(value, f"documents[{i}] (id {doc_id!r}): {name}")
     doc = Document(str(doc_id), text, title)
     return Candidate(doc, _first_stage_score(d.get("score"), i, doc.id))
 
@@ -279,7 +291,9 @@ class Reranker(ABC):
         return self.score_batch(queries, candidate_lists), None
 
     def rerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
-        """Rank ``docs`` for ``query``; every input doc appears once (``top_k`` truncates the returned list)."""
+        """Rank ``docs`` for ``query``; every input doc appears once (``top_k`` truncates the returned list). Equal
+        scores keep their input order, not trec_eval's (doc id descending): to evaluate the order shown, pass
+        ``result.to_run()`` (rank-derived scores) to ``evaluate_run``, not the raw scores."""
         return self.rerank_batch([query], [_as_list(docs, "docs")], top_k=top_k)[0]
 
     def rerank_batch(
@@ -306,8 +320,10 @@ class Reranker(ABC):
         for i, q in enumerate(queries):
             if not isinstance(q, (str, Query)):
                 raise TypeError(f"a query must be a str or a Query, got {type(q).__name__}")
-            if not (q if isinstance(q, str) else q.text).strip():
+            text = q if isinstance(q, str) else q.text
+            if not text.strip():
                 raise ValueError(f"query {i} is empty: there is nothing to rank the documents against")
+            _check_unicode(text, f"query {i}" if isinstance(q, str) else f"query {i} (id {q.id!r})")
         qs = [q if isinstance(q, Query) else Query(str(i), q) for i, q in enumerate(queries)]
         cands = [as_candidates(_as_list(d, "docs")) for d in docs_lists]
         todo = [i for i, c in enumerate(cands) if c]
@@ -334,7 +350,7 @@ class Reranker(ABC):
                                   f"{nan[0]!r}), so its ranking is undefined: a float16 overflow? try dtype=float32 "
                                   "(--reranker-set dtype=float32)")
             rel = self.list_relevance(s, m) if s else []
-            order = sorted(range(len(c)), key=lambda j: -s[j])  # stable: ties keep input order
+            order = sorted(range(len(c)), key=lambda j: -s[j])  # stable: ties keep input order (RankedResult.to_run)
             ranked = [
                 ScoredDocument(c[j].doc, float(s[j]), r, c[j].score, m[j], float(rel[j]))
                 for r, j in enumerate(order, 1)

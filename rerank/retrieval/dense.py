@@ -25,7 +25,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +41,7 @@ from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage, Queries, retrieve_args
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model, hash_weights
+from rerank.types import Query, lone_surrogate, sort_ranking
 from rerank.utils.files import staged_dir, write_json
 
 __all__ = [
@@ -700,6 +701,16 @@ def _tmp_work_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="rerank-emb-"))
 
 
+def searchable_queries(queries: Mapping[str, Query]) -> list[str]:
+    """The ids of the queries an encoder is given: the blank ones left out (they get ``[]``, as with BM25); a text
+    holding a lone UTF-16 surrogate is a ``ValueError`` naming the query (tokenizers refuse it)."""
+    qids = [q for q, query in queries.items() if query.text.strip()]
+    for q in qids:
+        if (at := lone_surrogate(queries[q].text)) is not None:
+            raise ValueError(f"queries[{q!r}]: text has a lone UTF-16 surrogate at {at}: text must be valid Unicode")
+    return qids
+
+
 class DenseRetriever(FirstStage):
     """Bi-encoder first stage over a FAISS index: a saved ``--index`` folder, or the corpus encoded (cached) into flat IP."""
 
@@ -750,17 +761,20 @@ class DenseRetriever(FirstStage):
         return cls(encoder, index, cfg)
 
     def retrieve(self, queries: Queries, k: int) -> dict[str, list[tuple[str, float]]]:
-        from rerank.types import sort_ranking
-
+        """Top-``k`` per query in trec_eval order. An empty or whitespace-only query gets ``[]``, as with BM25 (its
+        embedding is no question, yet would rank the corpus); a query text holding a lone UTF-16 surrogate is a
+        ``ValueError`` naming the query (tokenizers refuse it)."""
         queries, k = retrieve_args(queries, k)
-        qids = list(queries)
+        qids = searchable_queries(queries)
+        run: dict[str, list[tuple[str, float]]] = {q: [] for q in queries}
         if not qids:
-            return {}
+            return run
         emb = self.encoder.encode_numpy(
             [queries[q].text for q in qids], "query", self.config.batch_size, self.config.progress, "encode queries"
         )
         hits = self.index.search(emb, k)
-        return {q: sort_ranking(h) for q, h in zip(qids, hits, strict=True)}
+        run.update((q, sort_ranking(h)) for q, h in zip(qids, hits, strict=True))
+        return run
 
     def describe(self) -> dict[str, Any]:
         m = self.index.manifest

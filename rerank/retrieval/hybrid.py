@@ -21,11 +21,13 @@ from typing import Any, Literal
 from rerank.config import changed_options
 from rerank.errors import ConfigError
 from rerank.retrieval.base import FirstStage, Queries, build_retriever, retrieve_args
-from rerank.retrieval.dense import DenseConfig, DenseRetriever
+from rerank.retrieval.dense import DenseConfig, DenseRetriever, searchable_queries
 from rerank.types import Run, sort_ranking
 from rerank.utils.scores import minmax_normalize
 
 __all__ = ["HybridConfig", "HybridRetriever", "rrf_fuse", "interpolate_fuse", "minmax_normalize"]
+
+_SHOW_PROGRESS = ("bm25", "pyserini")  # built-in sparse retrievers whose progress bars ``show_progress`` switches
 
 
 def rrf_fuse(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
@@ -60,7 +62,9 @@ def interpolate_fuse(dense: Run, sparse: Run, alpha: float = 0.5, depth: int | N
 
 @dataclass
 class HybridConfig(DenseConfig):
-    """Dense options plus the fusion and the sparse retriever (``sparse`` is a registered retriever name)."""
+    """Dense options plus the fusion and the sparse retriever (``sparse`` is a registered retriever name).
+    ``progress: false`` also turns off a built-in sparse retriever's bars unless ``sparse_options`` sets
+    ``show_progress``."""
 
     fusion: Literal["rrf", "interpolate"] = "rrf"
     rrf_k: int = 60
@@ -100,17 +104,26 @@ class HybridRetriever(FirstStage):
         if cfg.depth is not None and cfg.depth < 1:
             raise ConfigError("retriever options.depth: must be >= 1")
         dense_cfg = DenseConfig(**{f: getattr(cfg, f) for f in DenseConfig.__dataclass_fields__})
-        sparse = build_retriever(cfg.sparse, dataset, **cfg.sparse_options)
+        sparse_options = dict(cfg.sparse_options)
+        if not cfg.progress and cfg.sparse in _SHOW_PROGRESS:  # progress=False holds for both sides unless overridden
+            sparse_options.setdefault("show_progress", False)
+        sparse = build_retriever(cfg.sparse, dataset, **sparse_options)
         return cls(sparse, DenseRetriever.from_config(dataset, dense_cfg), cfg)
 
     def retrieve(self, queries: Queries, k: int) -> Run:
+        """Top-``k`` of the fused runs per query; an empty or whitespace-only query gets ``[]`` (as with BM25), and
+        one holding a lone UTF-16 surrogate is a ``ValueError`` before either side retrieves."""
         queries, k = retrieve_args(queries, k)
+        asked = {q: queries[q] for q in searchable_queries(queries)}
         depth = max(self.config.depth or k, k)
-        sparse_run = self.sparse.retrieve(queries, depth)
-        dense_run = self.dense.retrieve(queries, depth)
+        sparse_run = self.sparse.retrieve(asked, depth)
+        dense_run = self.dense.retrieve(asked, depth)
         if self.config.fusion == "rrf":
-            return rrf_fuse([sparse_run, dense_run], self.config.rrf_k, k)
-        return interpolate_fuse(dense_run, sparse_run, self.config.alpha, k)
+            fused = rrf_fuse([sparse_run, dense_run], self.config.rrf_k, k)
+        else:
+            fused = interpolate_fuse(dense_run, sparse_run, self.config.alpha, k)
+        fused.update((q, []) for q in queries if q not in asked)
+        return fused
 
     def describe(self) -> dict[str, Any]:
         return {

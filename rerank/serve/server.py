@@ -4,8 +4,9 @@ uvicorn closes idle keep-alive connections but has no limit on how long a client
 how many connections it holds, so clients that open connections and stall (slowloris) pin file descriptors until the
 process cannot accept anyone. :func:`guarded_protocol` adds both: a connection must deliver a whole request (headers
 and body) within ``read_timeout_s`` of its first byte (or of opening), else it is answered 408 and closed; above
-``max_connections`` open connections (capped below the process's file limit) a new one is answered 503 and closed at
-once. Both answers carry the JSON error body every error has, naming the limit. Repeated log lines (a flood of such
+``max_connections`` open connections (capped below the process's file limit) the longest-idle keep-alive connection
+is closed to make room, and when none is idle the new one is answered 503 and closed at once. Both answers carry the
+JSON error body every error has, naming the limit. Repeated log lines (a flood of such
 events) pass at most once per key and interval, with a count of those held back. ``workers > 1`` forks that many
 server processes sharing one listening socket, each with the model and its own batching queue.
 """
@@ -31,12 +32,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from rerank.serve.config import ServeConfig
 from rerank.serve.middleware import error_body
 
-__all__ = ["RateLimitFilter", "bound_socket", "guarded_protocol", "uvicorn_config", "connection_cap", "serve",
-           "install_log_limits"]
+__all__ = ["KEEP_ALIVE_S", "RateLimitFilter", "bound_socket", "guarded_protocol", "uvicorn_config", "connection_cap",
+           "serve", "install_log_limits"]
 
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 64  # descriptors kept free for the model, log files and the listening socket
+#: seconds an idle keep-alive connection stays open. Well above how long HTTP client pools keep one (httpx, and so the
+#: Cohere SDK, LangChain and LlamaIndex: 5 s; aiohttp: 15 s) and load balancers' idle timeouts (60 s): a server that
+#: closes first races the client's next request on that connection, which then fails ("connection reset by peer").
+#: Idle connections cannot starve new ones: at the connection cap the longest-idle one is closed to make room.
+KEEP_ALIVE_S = 65
 _DONE_STATES = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 
 
@@ -115,13 +121,28 @@ def guarded_protocol(read_timeout_s: float, max_connections: int,
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._deadline: Any = None
-            if len(self.connections) > max_connections:
+            if len(self.connections) > max_connections and not self._close_longest_idle():
                 log.warning("connection refused: %d connections open (the cap)", max_connections)
                 transport.write(busy_503)
                 count("too_many_connections")
                 transport.close()
                 return
             self._arm()
+
+        def _close_longest_idle(self) -> bool:
+            """Close the keep-alive connection idle the longest, as its keep-alive timeout would (a client pool
+            opens a new one when it next needs one); False when open connections, not counting those closing, are
+            still over the cap after that, or none is idle."""
+            live = [c for c in self.connections if c is not self and not c.transport.is_closing()]
+            if len(live) < max_connections:
+                return True
+            idle = [c for c in live if c.timeout_keep_alive_task is not None]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c.timeout_keep_alive_task.when())
+            victim._unset_keepalive_if_required()
+            victim.timeout_keep_alive_handler()
+            return True
 
         def _arm(self) -> None:
             if self._deadline is None:
@@ -176,7 +197,7 @@ def uvicorn_config(app: Any, cfg: ServeConfig, **overrides: Any) -> uvicorn.Conf
     options: dict[str, Any] = dict(
         host=cfg.host, port=cfg.port,
         http=guarded_protocol(cfg.read_timeout_s, connection_cap(cfg.max_connections), count),
-        log_config=None, access_log=False, server_header=False, timeout_keep_alive=5, lifespan="on",
+        log_config=None, access_log=False, server_header=False, timeout_keep_alive=KEEP_ALIVE_S, lifespan="on",
     )
     options.update(overrides)
     return uvicorn.Config(app, **options)

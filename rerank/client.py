@@ -6,6 +6,7 @@ head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,25 @@ from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
 from rerank.utils.http import post_with_retries
 
-__all__ = ["RemoteReranker", "RemoteRerankerConfig", "RemoteRerankError"]
+__all__ = ["RemoteReranker", "RemoteRerankerConfig", "RemoteRerankError", "api_key_problem"]
 
 
 _RETRY_STATUS = (429, 502, 503)
+#: the server closed the connection before answering: a pooled connection it had just closed as idle, or a server that
+#: went away mid-request. A rerank POST changes nothing on the server, so it is safe to send again.
+_CLOSED_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be sent as ``Authorization: Bearer KEY`` by HTTP clients (httpx encodes header values as
+    ASCII and refuses control characters), or None: it must be printable ASCII without surrounding whitespace."""
+    for i, ch in enumerate(key):
+        if not " " <= ch <= "~":
+            kind = "a non-ASCII character" if ord(ch) > 127 else "a control character (a newline, a tab, ...)"
+            return f"has {kind} at position {i + 1}"
+    if key != key.strip():
+        return "starts or ends with a space"
+    return None
 
 
 class RemoteRerankError(RerankError):
@@ -33,9 +49,9 @@ class RemoteRerankError(RerankError):
 @dataclass
 class RemoteRerankerConfig(RerankerConfig):
     """Server address, bearer token (default ``$RERANK_API_KEY``), timeout, parallel requests in ``score_batch``,
-    retries of a busy server (429, 502, 503 or a refused connection; ``Retry-After`` honoured, else 0.5 s doubling),
-    and ``raw_scores``: ask for the head's own scores (``rerank serve``'s extension of Cohere's API; set it false for
-    another Cohere-compatible server, whose ``relevance_score`` is then the score)."""
+    retries of a busy server (429, 502, 503, a refused connection, or one closed before the answer; ``Retry-After``
+    honoured, else 0.5 s doubling), and ``raw_scores``: ask for the head's own scores (``rerank serve``'s extension of
+    Cohere's API; set it false for another Cohere-compatible server, whose ``relevance_score`` is then the score)."""
 
     base_url: str = "http://127.0.0.1:8000"
     api_key: str | None = secret_field()
@@ -48,8 +64,8 @@ class RemoteRerankerConfig(RerankerConfig):
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"timeout must be a finite number > 0, got {self.timeout}")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.max_retries < 0:
@@ -71,6 +87,11 @@ class RemoteReranker(Reranker):
     def __init__(self, config: RemoteRerankerConfig | None = None) -> None:
         super().__init__(config)
         key = self.config.api_key if self.config.api_key is not None else os.environ.get("RERANK_API_KEY") or None
+        problem = key and api_key_problem(key)
+        if problem:
+            source = "api_key" if self.config.api_key is not None else "$RERANK_API_KEY"
+            raise ConfigError(f"{source} {problem}: it cannot be sent intact in an HTTP Authorization header; give the "
+                              "server's key as printable ASCII")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(
             base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers
@@ -120,22 +141,25 @@ class RemoteReranker(Reranker):
         return scores, rel  # type: ignore[return-value]
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
-        """POST ``/v1/rerank``, retrying a busy or not-yet-listening server ``max_retries`` times (a read timeout is
-        not retried: the server may still be working on it)."""
+        """POST ``/v1/rerank``, retrying ``max_retries`` times a busy or not-yet-listening server and a connection it
+        closed before answering (a read timeout is not retried: the server may still be working on it)."""
         return post_with_retries(
             self._client, "/v1/rerank", body, max_retries=self.config.max_retries,
-            retry_status=lambda status: status in _RETRY_STATUS, retry_errors=(httpx.ConnectError,),
+            retry_status=lambda status: status in _RETRY_STATUS, retry_errors=(httpx.ConnectError, *_CLOSED_ERRORS),
             unreachable=self._transport_error,
         )
 
     def _transport_error(self, e: httpx.HTTPError) -> RemoteRerankError:
-        """A request that got no answer: a read timeout (the server took longer than ``timeout``) is not a server that
-        cannot be reached."""
+        """A request that got no answer: a read timeout (the server took longer than ``timeout``) and a connection the
+        server closed before answering are not a server that cannot be reached."""
+        server = f"rerank server {redact_url(self.config.base_url)}"
         if isinstance(e, httpx.ReadTimeout):
-            return RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} did not answer within timeout="
-                                     f"{self.config.timeout:g} s (raise the reranker's timeout option for long "
-                                     "requests; a timed-out request is not retried)")
-        return RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} unreachable: {e}")
+            return RemoteRerankError(f"{server} did not answer within timeout={self.config.timeout:g} s (raise the "
+                                     "reranker's timeout option for long requests; a timed-out request is not retried)")
+        if isinstance(e, _CLOSED_ERRORS):
+            return RemoteRerankError(f"{server} closed the connection without answering (after "
+                                     f"{self.config.max_retries + 1} attempts): {e}")
+        return RemoteRerankError(f"{server} unreachable: {e}")
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Send the queries as parallel requests (the server batches them into model calls)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from rerank.client import api_key_problem
 from rerank.config import secret_field
 
 __all__ = ["ServeConfig"]
@@ -42,12 +44,16 @@ class ServeConfig:
                      "max_connections", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
         for name in ("timeout_s", "read_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be a non-empty string or None")
+        problem = self.api_key and api_key_problem(self.api_key)
+        if problem:
+            raise ValueError(f"api_key (--api-key or $RERANK_API_KEY) {problem}: HTTP clients cannot send "
+                             "it intact in an Authorization header; choose a key of printable ASCII characters")

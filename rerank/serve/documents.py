@@ -3,9 +3,11 @@
 A request's documents become *passages*: each document cut to ``max_tokens`` tokens (Cohere ``max_tokens_per_doc``),
 cut from the left to what the head reads (TEI ``truncation_direction: Left``), or split into at most ``max_chunks``
 windows of what the head reads (Cohere ``max_chunks_per_doc``; the document scores as its best passage, as Cohere
-does). Tokens are the head's own tokenizer's (``reranker.tokenizer`` when it is a fast tokenizer, which gives
-character offsets), else whitespace-separated words. Passages beyond the server's per-call limit are scored in parts
-when the head's scores are independent of the list (``Reranker.independent_scores``) and merged by score.
+does). The head reads a document's title (put before each of its passages) and then the passage, so the title's tokens
+come off each window and every token of the text is read by some passage. Tokens are the head's own tokenizer's
+(``reranker.tokenizer`` when it is a fast tokenizer, which gives character offsets), else whitespace-separated words.
+Passages beyond the server's per-call limit are scored in parts when the head's scores are independent of the list
+(``Reranker.independent_scores``) and merged by score.
 :func:`token_counter` counts texts' tokens for a response's ``usage``: the head's tokenizer's tokens (any Hugging Face
 tokenizer, no special tokens), else whitespace-separated words.
 """
@@ -63,22 +65,26 @@ def make_passages(
     limit = reranker.document_token_limit(query) if budget.needs_tokens else None
     cands: list[Candidate] = []
     owner: list[int] = []
+    tokenizer = getattr(reranker, "tokenizer", None) if budget.needs_tokens else None
     for i, (text, title) in enumerate(docs):
         pieces = [text]
         if budget.needs_tokens:
-            spans = token_spans(getattr(reranker, "tokenizer", None), text)
-            if not budget.truncate and limit is not None and len(spans) > limit:
+            spans = token_spans(tokenizer, text)
+            room = limit
+            if limit is not None and title:  # the head reads the title (and separator) before every passage
+                room = max(1, limit - len(token_spans(tokenizer, Document("", "", title).full_text())))
+            if not budget.truncate and room is not None and len(spans) > room:
                 raise TextTooLong(
-                    f"{names}[{i}] has {len(spans)} tokens and the model reads at most {limit} with this query; "
+                    f"{names}[{i}] has {len(spans)} tokens and the model reads at most {room} with this query; "
                     "send truncate: true to cut it"
                 )
             if budget.max_tokens is not None and len(spans) > budget.max_tokens:
                 spans = spans[: budget.max_tokens]
-            window = limit if limit is not None else len(spans)
+            window = room if room is not None else len(spans)
             if budget.max_chunks is not None and window:
                 spans_list = [spans[k : k + window] for k in range(0, len(spans), window)][: budget.max_chunks]
-            elif budget.keep == "end" and limit is not None and len(spans) > limit:
-                spans_list = [spans[-limit:]]
+            elif budget.keep == "end" and room is not None and len(spans) > room:
+                spans_list = [spans[-room:]]
             else:
                 spans_list = [spans]
             pieces = [text[s[0][0] : s[-1][1]] if s else "" for s in spans_list] or [""]

@@ -8,6 +8,11 @@ Conventions, stated once so reports can say them:
   e.g. ``AP(rel=2)``; nDCG always uses the graded judgements.
 * Every query in the qrels is evaluated; a qrels query absent from the run scores 0 on every measure (trec_eval
   ``-c``). Run queries without judgements are ignored. Ties are broken by doc id, as trec_eval does.
+* The aggregate is the mean over the qrels queries, except for the counts (``NumRet``, ``NumRel``, ``NumRelRet``,
+  ``NumQ``: trec_eval's ``num_ret``, ``num_rel``, ``num_rel_ret``, ``num_q``), which are summed over them as trec_eval
+  and ir-measures (its ``SumAgg`` aggregator) sum them; their per-query values are the query's own counts.
+* A cutoff (``nDCG@0``) or relevance level (``AP(rel=0)``) below 1 in a measure name is a
+  :class:`~rerank.errors.ConfigError` naming the measure (pytrec_eval aborts the process on the first).
 * Input trec_eval would misread is a ``ValueError`` naming the query (and document): a document listed twice in one
   query's ranking, a NaN score, a grade that is not an integer or lies outside the signed 32-bit range, a grade above
   :data:`EVAL_GRADE_MAX` (trec_eval allocates memory for every level up to the largest grade); an id that is
@@ -26,6 +31,7 @@ from operator import itemgetter
 
 import ir_measures
 import pytrec_eval
+from ir_measures.measures.base import SumAgg
 
 from rerank.data.io import GRADE_MAX, GRADE_MIN
 from rerank.errors import ConfigError
@@ -42,7 +48,8 @@ BINARY_MEASURES = {"AP", "R", "RR", "P", "SetP", "SetR", "SetF", "Success", "Rpr
 
 @dataclass
 class MetricResult:
-    """Aggregate (mean) and per-query values, plus which qrels queries the run lacked."""
+    """Aggregate (mean; a sum for the count measures such as ``NumRet``) and per-query values, plus which qrels queries
+    the run lacked."""
 
     aggregate: dict[str, float]
     per_query: dict[str, dict[str, float]]
@@ -63,10 +70,23 @@ def _parse_one(name: str, rel_level: int) -> list[ir_measures.Measure]:
                 f"unknown measure {name!r}: give an ir-measures name (nDCG@10, RR@10, AP, R@100, P@10) or a trec_eval "
                 f"one (ndcg_cut_10, recip_rank, map, recall_100, P_10)"
             ) from None
+        for x in found:
+            _check_params(name, x)
         # trec_eval's -l applies to every binary measure, including those its parser pins to rel=1 (num_rel_ret)
         return [x(rel=rel_level) if rel_level > 1 and x.params.get("rel") == 1 else _binary(x, rel_level)
                 for x in found]
+    _check_params(name, m)
     return [_binary(m, rel_level)]
+
+
+def _check_params(name: str, m: ir_measures.Measure) -> None:
+    """A cutoff or relevance level below 1 is refused: pytrec_eval aborts the process on cutoff 0 (a C assertion) and
+    raises on ``rel=0``, and neither means anything (``--rel-level`` is refused below 1 the same way)."""
+    for param, what in (("cutoff", "cutoff"), ("rel", "relevance level (rel)")):
+        value = m.params.get(param)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
+            shown = name if name == str(m) else f"{name} ({m})"
+            raise ConfigError(f"measure {shown!r}: {what} must be >= 1, got {value}")
 
 
 def _binary(m: ir_measures.Measure, rel_level: int) -> ir_measures.Measure:
@@ -77,7 +97,9 @@ def _binary(m: ir_measures.Measure, rel_level: int) -> ir_measures.Measure:
 
 def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, ir_measures.Measure]]:
     """Parse measure names (ir-measures or trec_eval spelling) into (canonical ir-measures name, measure), without
-    repeats; binary measures get ``rel=rel_level`` when it is above 1."""
+    repeats; binary measures get ``rel=rel_level`` when it is above 1. A single string is one name (``"nDCG@10"``)."""
+    if isinstance(names, str):
+        names = [names]
     out: dict[str, ir_measures.Measure] = {}
     for name in names:
         for m in _parse_one(name, rel_level):
@@ -98,7 +120,8 @@ def evaluate_run(
     rank and ``Judged@k`` counted against the k-th largest score, so the whole costs little more than one pytrec_eval
     call. Any other measure goes through ir-measures, on scores replaced by the trec_eval rank (its RR/Judged
     providers break ties by doc id ascending). Input that trec_eval would misread raises ``ValueError`` (or, for a
-    wrong type, ``TypeError``) naming the query and document (see the module notes).
+    wrong type, ``TypeError``) naming the query and document (see the module notes). ``measures`` may be a single
+    name (``"nDCG@10"``); the count measures (``NumRet``) are summed over the queries, not averaged.
     """
     parsed = parse_measures(measures, rel_level)
     names = [name for name, _ in parsed]
@@ -146,7 +169,9 @@ def evaluate_run(
             for metric in ir_measures.iter_calc([m for _, m in other], qrels_dict, ranked):
                 per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
     n = len(qids)
-    aggregate = {name: (sum(map(itemgetter(name), per_query.values())) / n if n else 0.0) for name in names}
+    summed = {name for name, m in parsed if isinstance(m.aggregator(), SumAgg)}  # counts: trec_eval sums them
+    aggregate = {name: (sum(map(itemgetter(name), per_query.values())) / (1 if name in summed else n) if n else 0.0)
+                 for name in names}
     missing = [q for q in qids if q not in lists]
     return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)
 

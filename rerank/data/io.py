@@ -5,8 +5,9 @@ BEIR folders (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``), TREC 
 and JSONL of ``{"query", "docs"}``. Every reader streams, accepts ``.gz`` and a leading UTF-8 byte-order mark, and
 raises :class:`~rerank.errors.DataFormatError` naming the file and line of anything it cannot read exactly: undecodable
 bytes, a corrupt or truncated ``.gz``, a control character or a byte-order mark after the file's start (two files
-joined with ``cat``) in a whitespace-separated format, a malformed record, a relevance grade outside the signed 32-bit
-range trec_eval reads, a query without text, and a record given twice (a qrels pair, a query or document id, a run's
+joined with ``cat``) in a whitespace-separated format, a malformed record (in JSONL, a lone UTF-16 surrogate escape
+such as ``\\ud800``: valid JSON, but no character, and tokenizers crash on it), a relevance grade outside the signed
+32-bit range trec_eval reads, a query without text, and a record given twice (a qrels pair, a query or document id, a run's
 document) -- an id twice is ambiguous, so it is never resolved silently.
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "read_qrels",
     "read_run",
     "check_ranked",
+    "check_rank_column",
     "write_run",
     "write_qrels",
     "write_jsonl",
@@ -174,7 +176,9 @@ def _bad_character(text: str, block: bytes) -> tuple[int, str] | None:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line number, object)`` for each non-blank line; bad JSON or a non-object is an error."""
+    """Yield ``(line number, object)`` for each non-blank line; bad JSON, a non-object or a lone UTF-16 surrogate
+    (``\\ud800`` unpaired: ``json.loads`` accepts it, but it is no character and every tokenizer fails on it) is an
+    error naming the line and field."""
     for lineno, line in iter_lines(path):
         if not line.strip(" \t"):  # blank; other whitespace (form feed, U+001C, ...) is an error below
             continue
@@ -186,7 +190,35 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise DataFormatError(path, lineno, "invalid JSON: nested too deeply") from None
         if not isinstance(obj, dict):
             raise DataFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        if "\\ud" in line or "\\uD" in line:  # the escapes of U+D000-DFFF: only then can a surrogate be in it
+            where = _surrogate_at(obj)
+            if where is not None:
+                raise DataFormatError(path, lineno, f"lone UTF-16 surrogate in {where} (an unpaired \\ud800-\\udfff "
+                                      "escape is no character): fix or drop the record")
         yield lineno, obj
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_at(value: Any, where: str = "") -> str | None:
+    """Where in a decoded JSON value a lone surrogate is (``field 'text'``, ``field 'docs'[1]``), None if nowhere
+    (paired escapes decode to one character)."""
+    if isinstance(value, str):
+        return (f"field {where}" if where else "the record") if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE.search(k):
+                return f"a field name{' in ' + where if where else ''}"
+            found = _surrogate_at(v, f"{where}[{k!r}]" if where else repr(k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_at(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _require(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts: str) -> Any:
@@ -271,14 +303,31 @@ def read_corpus(path: str | Path) -> dict[str, Document]:
     return corpus
 
 
+#: first fields of a BEIR-style header line (qrels: ``query-id corpus-id score``; queries TSV: ``query-id text``)
+_QUERY_ID_HEADERS = ("query-id", "query_id", "qid")
+#: a queries TSV header may also be ``id<TAB>text``: these second fields mark it
+_QUERY_TEXT_HEADERS = ("text", "query", "query-text", "query_text", "title", "question")
+
+
+def _is_queries_header(parts: list[str]) -> bool:
+    """Whether the fields of a queries TSV's first line are a header (``query-id<TAB>text``, ``id<TAB>query``)."""
+    first, second = parts[0].strip().lower(), parts[1].strip().lower()
+    return first in _QUERY_ID_HEADERS or (first in ("id", "_id") and second in _QUERY_TEXT_HEADERS)
+
+
 def _iter_query_lines(path: Path) -> Iterator[tuple[int, Query]]:
     if ".tsv" in path.suffixes:
+        first = True
         for lineno, line in iter_lines(path, controls=True):
             if not line.strip():
                 continue
             parts = line.split("\t", 1)
             if len(parts) != 2:
                 raise DataFormatError(path, lineno, "expected 'query-id<TAB>text'")
+            if first:
+                first = False
+                if _is_queries_header(parts):
+                    continue  # a header, as the qrels reader skips BEIR's
             qid = _id(parts[0], "query id", path, lineno)
             yield lineno, Query(qid, _query_text(parts[1], qid, path, lineno))
     else:
@@ -345,7 +394,7 @@ def _iter_qrels(path: Path) -> Iterator[tuple[int, str, str, int]]:
             if ncols not in (3, 4):
                 raise DataFormatError(path, lineno, f"qrels need 3 (BEIR) or 4 (TREC) columns, found {ncols}")
             doc_col, grade_col = (1, 2) if ncols == 3 else (2, 3)
-            if ncols == 3 and parts[0].lower() in ("query-id", "query_id", "qid"):
+            if ncols == 3 and parts[0].lower() in _QUERY_ID_HEADERS:
                 continue  # BEIR header
         if len(parts) != ncols:
             raise DataFormatError(path, lineno, f"expected {ncols} columns, found {len(parts)}")
@@ -456,6 +505,46 @@ def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None 
                f"--top-k {deepest}")
     log.warning("%s scores every document of a query the same: its order is trec_eval's tie order (doc id "
                 "descending), not a ranking%s", what, f"; {cut}" if cut else "")
+    return False
+
+
+def check_rank_column(path: str | Path, what: str, max_lines: int = 20_000) -> bool:
+    """Whether a 6-column run's rank column (4th field) agrees with its scores; when, in most queries of its first
+    ``max_lines`` lines (a cheap sample: a second read of the file), the smallest rank holds a smaller score than the
+    largest rank (a distance, where rank 1 is the smallest), warn once naming it ``what`` (``--run RUN``): trec_eval
+    orders by score, not by rank, so that run is scored upside down. Other forms, ties and malformed lines pass."""
+    ends: dict[str, list[float]] = {}  # query -> [smallest rank, its score, largest rank, its score]
+    lines = iter_lines(path)
+    try:
+        for lineno, line in lines:
+            if lineno > max_lines:
+                break
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                return True
+            try:
+                rank, score = int(parts[3]), float(parts[4])
+            except ValueError:
+                continue
+            end = ends.get(parts[0])
+            if end is None:
+                ends[parts[0]] = [rank, score, rank, score]
+            elif rank < end[0]:
+                end[0], end[1] = rank, score
+            elif rank > end[2]:
+                end[2], end[3] = rank, score
+    finally:
+        lines.close()
+    inverted = sum(1 for first, low, last, high in ends.values() if last > first and low < high)
+    agreeing = sum(1 for first, low, last, high in ends.values() if last > first and low > high)
+    if inverted <= agreeing:
+        return True
+    log.warning("%s: in %d of %d queries rank 1 has a lower score than the last rank (distances, not similarities?): "
+                "trec_eval, and this evaluation, order each query by score, not by the rank column, so its ranking "
+                "is scored upside down; negate the scores, or write scores that fall with the rank", what, inverted,
+                inverted + agreeing)
     return False
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from rerank.cli.common import add_allow_duplicates, check_input_file, positive_int
-from rerank.data.io import read_qrels, read_run
+from rerank.data.io import check_rank_column, check_ranked, read_qrels, read_run
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 
 
@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--measure", action="append", default=None,
                    help="measure, ir-measures (nDCG@10, RR@10) or trec_eval (ndcg_cut_10, recip_rank, map) name; "
                    "results are keyed by the ir-measures name (repeatable)")
-    p.add_argument("--rel-level", type=positive_int, default=1, help="min grade counted relevant for binary measures")
+    p.add_argument("--rel-level", type=positive_int, default=None,
+                   help="min grade counted relevant for binary measures (default 1; TREC DL uses 2)")
     add_allow_duplicates(p)
     p.add_argument("--per-query", action="store_true", help="also print per-query values")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -27,15 +28,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     measures = args.measure or DEFAULT_MEASURES
-    parse_measures(measures, args.rel_level)  # a misspelt measure fails before the files are read
+    rel_level = args.rel_level if args.rel_level is not None else 1
+    parse_measures(measures, rel_level)  # a misspelt measure fails before the files are read
     check_input_file(args.run, "--run")
     check_input_file(args.qrels, "--qrels")
-    from rerank.eval.pipeline import check_run_overlap
+    from rerank.eval.pipeline import check_run_docs, check_run_overlap, warn_rel_level
 
     qrels = read_qrels(args.qrels, args.allow_duplicates or "error")
     run = read_run(args.run)
     check_run_overlap(run, qrels, f"--run {args.run}", f"the {len(qrels)} judged queries of --qrels {args.qrels}")
-    result = evaluate_run(run, qrels, measures, args.rel_level)
+    judged = {d for docs in qrels.values() for d in docs}
+    check_run_docs(run, judged, f"--run {args.run}", f"the {len(judged)} documents judged in --qrels {args.qrels}")
+    warn_rel_level(qrels, rel_level, measures, args.rel_level is not None, f"--qrels {args.qrels}")
+    if check_ranked(run, f"--run {args.run}"):
+        check_rank_column(args.run, f"--run {args.run}")
+    result = evaluate_run(run, qrels, measures, rel_level)
     if args.json:
         out = {"metrics": result.aggregate, "num_queries": result.num_queries, "missing_queries": result.missing_queries}
         if args.per_query:

@@ -64,7 +64,9 @@ class Dataset:
 
     @property
     def rel_level(self) -> int:
-        """Minimum grade that counts as relevant for binary measures."""
+        """Minimum grade that counts as relevant for binary measures: the registry entry's (a folder named exactly as
+        a registered dataset inherits it) or a converted ``irds:`` folder's manifest's, else 1 (``rerank eval`` warns
+        when such a dataset's qrels grade above 1)."""
         return self.info.rel_level if self.info else 1
 
     @property

@@ -50,8 +50,8 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_overlap",
-           "rerank_run", "run_eval"]
+__all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_docs",
+           "check_run_overlap", "rerank_run", "run_eval", "warn_rel_level"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -130,6 +130,51 @@ def check_run_overlap(run: Run, query_ids: Collection[str], run_name: str, queri
             f"{run_name} shares no query id with {queries_name} (the run's ids: {_examples(run)}; the queries' ids: "
             f"{_examples(query_ids)}): is it a run over another dataset?"
         )
+
+
+def check_run_docs(run: Run, doc_ids: Collection[str], run_name: str, docs_name: str) -> None:
+    """A run naming none of ``doc_ids`` (the judged documents, the corpus) cannot be right: every measure would be a
+    silent 0. Raise naming both, with example ids of each, so a prefix or padding mismatch shows; a partial overlap
+    passes. The usual run names a known document first, so the check costs nothing there."""
+    for lst in run.values():
+        for d, _ in lst:
+            if d in doc_ids:
+                return
+    if not any(run.values()) or not doc_ids:
+        return
+    run_docs = {d for lst in run.values() for d, _ in lst}
+    raise ConfigError(
+        f"{run_name} shares no document id with {docs_name} (the run's ids: {_examples(run_docs)}; theirs: "
+        f"{_examples(doc_ids)}): are the ids written differently (a prefix, padding), or is it a run over another "
+        "collection?"
+    )
+
+
+def warn_rel_level(qrels: Qrels, rel_level: int, measures: Sequence[str], chosen: bool, qrels_name: str) -> bool:
+    """Warn (and return True) when the relevance level of the binary measures is likely not the one meant: it was not
+    ``chosen`` (no registry entry, ``irds.json`` manifest or ``--rel-level`` set it: the default 1) while the qrels
+    grade above 1, as TREC DL's do (which count grade >= 2 relevant), or it lies above every grade of the qrels, so
+    every binary measure is 0. Nothing is said when no measure asked for depends on the level (nDCG alone)."""
+    if [n for n, _ in parse_measures(measures, 2)] == [n for n, _ in parse_measures(measures, 1)]:
+        return False
+    top = max((max(judged.values()) for judged in qrels.values() if judged), default=None)
+    if top is None:
+        return False
+    if rel_level > top:
+        log.warning("relevance level %d for binary measures (--rel-level) is above every grade of %s (the largest "
+                    "is %s): every binary measure (AP, RR, P, R, ...) is 0; give a lower --rel-level",
+                    rel_level, qrels_name, top)
+        return True
+    if not chosen and rel_level == 1 and top > 1:
+        log.warning("%s grades up to %s and no relevance level is set for it: binary measures (AP, RR, P, R, ...) "
+                    "count grade >= 1 as relevant; TREC DL counts grade >= 2 (give --rel-level 2 for it, or "
+                    "--rel-level 1 to keep this and silence the warning)", qrels_name, top)
+        return True
+    return False
+
+
+#: (dataset folder, relevance level) pairs whose level was warned about: a suite or leaderboard warns once for each
+_REL_LEVEL_WARNED: set[tuple[str, int]] = set()
 
 
 def _check_given_run(run: Run, queries: dict[str, Query], cfg: EvalConfig, dataset: Dataset) -> None:
@@ -410,8 +455,16 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     if given_run is not None:
         _check_given_run(given_run, queries, cfg, dataset)
         check_ranked(given_run, f"--first-stage {cfg.first_stage}", cfg.top_k if reranking else None)
+        # the corpus is read for a given run anyway (its unknown documents are counted): a run naming none of its
+        # documents fails now, before the reranker loads
+        check_run_docs(_select(given_run, list(queries)), dataset.corpus, f"--first-stage {cfg.first_stage}",
+                       f"the {len(dataset.corpus)} documents of {dataset.corpus_path}")
     if reranking:
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
+    if (str(dataset.root), rel_level) not in _REL_LEVEL_WARNED and warn_rel_level(
+            qrels, rel_level, cfg.measures, cfg.rel_level is not None or dataset.info is not None,
+            f"the {cfg.split} qrels of dataset {dataset.name}"):
+        _REL_LEVEL_WARNED.add((str(dataset.root), rel_level))
     timing["load_s"] = time.perf_counter() - t0
 
     with contextlib.ExitStack() as stack:
@@ -515,9 +568,10 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         metrics["parse"] = stats.as_dict()  # this run's outputs only
     if corpus_ids_unknown:
         log.warning(
-            "%d doc ids in the first-stage run are not in the corpus (e.g. %s); they were not reranked",
+            "%d doc ids in the first-stage run are not in the corpus (e.g. %s); %s",
             metrics["unknown_doc_ids"]["count"],
             next(iter(corpus_ids_unknown.values()))[:3],
+            "they were not reranked" if reranker is not None or pool is not None else "they stay in the run",
         )
     if cfg.output:
         _write_outputs(Path(cfg.output), cfg, metrics, final, run, rerank_scores)

@@ -763,7 +763,7 @@ def test_closed_stdout_ends_quietly(dl19_dir: Path, tmp_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "rerank", "evaluate", "--run", str(dl19_dir / "bm25_top100.trec"), "--qrels",
-         str(dl19_dir / "qrels" / "test.tsv"), "--per-query"],
+         str(dl19_dir / "qrels" / "test.tsv"), "--rel-level", "2", "--per-query"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     proc.stdout.close()  # the reader leaves before the first line is written (as `head` does after its lines)

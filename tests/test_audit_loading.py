@@ -76,7 +76,7 @@ def _grouprank(**options: Any) -> Any:
 def test_grouprank_warns_when_a_set_fusion_weight_cannot_apply(caplog: pytest.LogCaptureFixture) -> None:
     """``fusion_weight=0.0`` asks for the first-stage order; a document without a first-stage score silently turned
     fusion off (an INFO line only) and the list came back in input order."""
-    scored = [Candidate(Document("a", "a"), 1.0), Candidate(Document("b", "b"), 3.0), Candidate(Document("c", "c"), 2.0)]
+    scored = [Candidate(Document(d, d), s) for d, s in (("a", 1.0), ("b", 3.0), ("c", 2.0))]
     unscored = [*scored[:2], Document("c", "c")]
     head = _grouprank(fusion_weight=0.0)
     with caplog.at_level(logging.INFO, logger="rerank.methods.grouprank.head"):
@@ -91,3 +91,49 @@ def test_grouprank_warns_when_a_set_fusion_weight_cannot_apply(caplog: pytest.Lo
     with caplog.at_level(logging.INFO, logger="rerank.methods.grouprank.head"):
         _grouprank().rerank("q", unscored)  # the default weight: the user asked for nothing, an INFO line is enough
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(("method", "template", "own"), [
+    ("erank", "yes_no", "erank, erank_reasoning"),  # ranked silently: a yes/no prompt read as 0-10 integers
+    ("yes-no", "listwise", "yes_no"),  # failed only at the first rerank call ("'num' is undefined")
+    ("first", "grouprank", "first"),
+    ("monot5", "duot5", "monot5"),
+    ("yes-no", "query_synthesis", "yes_no"),
+])
+def test_another_methods_template_is_refused_before_loading(method: str, template: str, own: str,
+                                                            tmp_path: Path) -> None:
+    """The model does not exist: the template is refused before anything loads."""
+    with pytest.raises(ConfigError, match=rf"^{method}: template '{template}' is .*'s prompt, not one the {method} "
+                                          rf"head reads; use its own \({own}\)"):
+        Reranker.load(method, model=str(tmp_path / "no-model"), template=template)
+
+
+def test_every_method_takes_its_own_templates() -> None:
+    from rerank.methods import all_methods
+    from rerank.prompts import head_template
+
+    for m in all_methods().values():
+        for t in m.templates:
+            assert head_template(Path(t).stem, m.name).name == Path(t).stem
+
+
+def test_a_template_file_is_checked_for_the_heads_variables(tmp_path: Path) -> None:
+    """A file is the user's own prompt (allowed), but a variable the head does not give failed at the first call."""
+    from rerank.backends.scripted import ScriptedBackend
+    from rerank.methods.yes_no.head import YesNoConfig, YesNoReranker
+    from rerank.prompts import shipped_templates
+    from rerank.testing import build_tokenizer
+
+    listwise = shipped_templates()["listwise"]
+    with pytest.raises(ConfigError, match=rf"^yes-no: template {listwise} reads num, passages, which the yes-no head "
+                                          r"does not give \(it gives document, query\)"):
+        Reranker.load("yes-no", model=str(tmp_path / "no-model"), template=str(listwise))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text('user: "Q: {{ query }} D: {{ document }"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^prompt template {broken}: line 1: "):
+        Reranker.load("yes-no", model=str(tmp_path / "no-model"), template=str(broken))
+    own = tmp_path / "mine.yaml"  # its own extra field is a variable it defines
+    own.write_text('user: "{{ task }}\\nQ: {{ query }}\\nD: {{ document }}"\ntask: Judge.\n', encoding="utf-8")
+    backend = ScriptedBackend(build_tokenizer(), lambda prompt, ids: [0.0, -1.0])
+    head = YesNoReranker(YesNoConfig(template=str(own)), backend=backend)
+    assert len(head.rerank("q", ["a", "b"]).results) == 2

@@ -26,7 +26,7 @@ from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.text import neutralise
-from rerank.prompts import PromptTemplate, load_template
+from rerank.prompts import PromptTemplate, head_template
 
 __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "token_cap"]
 
@@ -105,6 +105,8 @@ class LLMReranker(Reranker):
     ) -> None:
         super().__init__(config)
         cfg: LLMHeadConfig = self.config  # type: ignore[assignment]
+        # checked before the model loads: a template of another method or with variables the head lacks is refused
+        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.method)
         built = backend is None
         if backend is None:
             if model is None:
@@ -124,7 +126,6 @@ class LLMReranker(Reranker):
             raise ConfigError(f"{self.method}: constrained: true, but {error}")
         self.backend = backend
         self.model_name = model
-        self.template: PromptTemplate = load_template(cfg.template or self.default_template())
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:

@@ -4,22 +4,33 @@ given by path, or a template given inline as a mapping (how a trained model's ``
 A template has a ``system`` and a ``user`` Jinja2 text and optional extra fields a head reads (e.g. the identifier
 scheme), which the texts may use as variables. ``load_template("first")`` loads the shipped ``first.yaml``; a path
 loads that file instead. The shipped names are every method's templates plus the data recipes' ones in
-``rerank/prompts/templates``.
+``rerank/prompts/templates``. A head loads its template with :func:`head_template`, which refuses another method's
+shipped template and any template reading a variable the head does not give.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 
 from rerank.errors import ConfigError
 
-__all__ = ["PromptTemplate", "load_template", "available_templates", "shipped_templates", "TEMPLATE_DIR"]
+__all__ = [
+    "TEMPLATE_DIR",
+    "PromptTemplate",
+    "available_templates",
+    "head_template",
+    "load_template",
+    "shipped_templates",
+    "template_variables",
+]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
@@ -117,3 +128,51 @@ def load_template(spec: str | Path | Mapping[str, Any]) -> PromptTemplate:
     if not isinstance(data, Mapping):
         raise ConfigError(f"prompt template {path}: expected a mapping")
     return _from_mapping(data, str(path), str(path))
+
+
+def template_variables(template: PromptTemplate) -> set[str]:
+    """The variables the template's system and user texts read that its own extra fields do not define (what the
+    head must give when rendering); a text that is not valid Jinja2 is a one-line :class:`ConfigError`."""
+    found: set[str] = set()
+    for text in (template.system or "", template.user):
+        try:
+            found |= jinja2.meta.find_undeclared_variables(_ENV.parse(text))
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(f"prompt template {template.source}: line {e.lineno}: {e.message}") from None
+    return found - set(template.extra)
+
+
+@cache
+def _method_variables(method: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(variables the method's own templates read, their extra fields): what its head gives a template to render."""
+    from rerank.methods import get_method
+
+    own = [load_template(Path(t).stem) for t in get_method(method).templates]
+    return frozenset().union(*map(template_variables, own)), frozenset().union(*(t.extra for t in own))
+
+
+def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTemplate:
+    """The template of a ``method`` head (a shipped name, a file or a mapping, as :func:`load_template`). Another
+    method's shipped template is refused (its answer format is not what the head reads: ERank on the yes/no prompt
+    scored silently, yes-no on the listwise one failed at its first call), and so is a template reading a variable
+    the head does not give. A head of no registered method with prompts is not checked."""
+    from rerank.methods import all_methods
+
+    methods = all_methods()
+    if method not in methods or not methods[method].templates:
+        return load_template(spec)
+    own = [Path(t).stem for t in methods[method].templates]
+    if isinstance(spec, (str, Path)) and not Path(spec).suffix and str(spec) not in own:
+        owner = next((m.name for m in methods.values() if str(spec) in {Path(t).stem for t in m.templates}), None)
+        if owner is not None or str(spec) in shipped_templates():
+            whose = f"the {owner} method's prompt" if owner else "a data recipe's prompt"
+            raise ConfigError(f"{method}: template {str(spec)!r} is {whose}, not one the {method} head reads; use its "
+                              f"own ({', '.join(own)}) or a template file written for it")
+    template = load_template(spec)
+    gives, extras = _method_variables(method)
+    unknown = sorted(template_variables(template) - gives - extras)
+    if unknown:
+        raise ConfigError(f"{method}: template {template.source} reads {', '.join(unknown)}, which the {method} head "
+                          f"does not give (it gives {', '.join(sorted(gives))}); define them in the template or "
+                          f"remove them")
+    return template

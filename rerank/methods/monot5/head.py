@@ -17,7 +17,7 @@ from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.text import neutralise
 from rerank.methods.monot5.seq2seq import Seq2SeqModel, TransformersSeq2Seq
-from rerank.prompts import PromptTemplate, load_template
+from rerank.prompts import PromptTemplate, head_template
 from rerank.types import Candidate, Query
 
 __all__ = ["MonoT5Config", "MonoT5Reranker", "Seq2SeqConfig", "Seq2SeqReranker"]
@@ -56,7 +56,8 @@ class Seq2SeqReranker(Reranker):
         cfg: Seq2SeqConfig = self.config  # type: ignore[assignment]
         from rerank.methods import get_method
 
-        self.template: PromptTemplate = load_template(cfg.template or get_method(self.method).default_template)
+        self.template: PromptTemplate = head_template(cfg.template or get_method(self.method).default_template,
+                                                      self.method)
         if self.template.system or self.template.assistant_prefix:
             raise ConfigError(f"{self.method}: template {self.template.source} has a system text or an assistant "
                               f"prefix; a seq2seq template has a user text only")
@@ -66,6 +67,8 @@ class Seq2SeqReranker(Reranker):
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
         model = check_local_model(cls.method, backend, model)
+        if cfg.template:  # checked before the model loads (the head checks it again, as it does any template)
+            head_template(cfg.template, cls.method)  # type: ignore[attr-defined]
         s2s = TransformersSeq2Seq.load(
             model, cfg.dtype, cfg.device, cfg.trust_remote_code  # type: ignore[attr-defined]
         )

@@ -91,8 +91,6 @@ def test_output_help_says_what_the_candidates_past_top_k_carry(run_cli: Any) -> 
     assert "candidates past --top-k follow with score and relevance null" in " ".join(out.split())
 
 
-@pytest.mark.xfail(strict=True, reason="needs rerank/data/io.py's read_query_docs_jsonl to use _record_id (owned by "
-                                       "another fixer): drop this mark once it does")
 @pytest.mark.parametrize("record", [
     {"query": {"id": "a", "_id": "b", "text": "rain"}, "docs": ["x"]},
     {"query": "rain", "docs": [{"id": "x1", "_id": "zz", "text": "x"}]},

@@ -232,11 +232,16 @@ def _require(obj: dict[str, Any], key: str, path: str | Path, lineno: int, *alts
 def _record_id(obj: dict[str, Any], keys: tuple[str, ...], what: str, path: str | Path, lineno: int) -> str:
     """The id of a JSONL record from the first of ``keys`` it holds; two of them holding different ids is an error
     (a table export's row number beside the real id would otherwise silently become the id)."""
+    _ids_agree(obj, keys, what, path, lineno)
+    return _id(_require(obj, keys[0], path, lineno, *keys[1:]), what, path, lineno)
+
+
+def _ids_agree(obj: dict[str, Any], keys: tuple[str, ...], what: str, path: str | Path, lineno: int) -> None:
+    """Refuse a record whose id fields (``keys``) hold different ids."""
     present = [(k, obj[k]) for k in keys if obj.get(k) is not None]
     if len({str(v) for _, v in present}) > 1:
         shown = " and ".join(f"{k!r} ({json.dumps(v)[:40]})" for k, v in present)
         raise DataFormatError(path, lineno, f"fields {shown} disagree: which is the {what}? keep one of them")
-    return _id(_require(obj, keys[0], path, lineno, *keys[1:]), what, path, lineno)
 
 
 def _id(value: Any, what: str, path: str | Path, lineno: int) -> str:
@@ -600,6 +605,7 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
     for lineno, obj in iter_jsonl(path):
         q = _require(obj, "query", path, lineno)
         if isinstance(q, dict):
+            _ids_agree(q, ("id", "_id"), "query id", path, lineno)
             qid = _id(q.get("id", q.get("_id", f"q{lineno}")), "query id", path, lineno)
             query = Query(qid, _query_text(_text(q, "text", path, lineno), qid, path, lineno))
         elif isinstance(q, str):
@@ -620,6 +626,7 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
                     raise DataFormatError(path, lineno, f"docs[{i}] has no 'text'")
                 if not isinstance(text, str):
                     raise DataFormatError(path, lineno, f"docs[{i}].text must be a string")
+                _ids_agree(d, ("id", "_id", "docid"), f"docs[{i}] id", path, lineno)
                 did = _id(d.get("id", d.get("_id", d.get("docid", f"d{i}"))), f"docs[{i}] id", path, lineno)
                 title = d.get("title")
                 if title is not None and not isinstance(title, str):

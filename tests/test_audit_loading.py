@@ -137,3 +137,15 @@ def test_a_template_file_is_checked_for_the_heads_variables(tmp_path: Path) -> N
     backend = ScriptedBackend(build_tokenizer(), lambda prompt, ids: [0.0, -1.0])
     head = YesNoReranker(YesNoConfig(template=str(own)), backend=backend)
     assert len(head.rerank("q", ["a", "b"]).results) == 2
+
+
+@pytest.mark.parametrize(("method", "key"), [("yes-no", "trust_remote_code"), ("grouprank", "max_length"),
+                                             ("erank", "prefix_cache")])
+def test_a_backend_option_given_to_an_llm_head_names_backend_options(method: str, key: str, tmp_path: Path) -> None:
+    """``trust_remote_code=True`` on an LLM head was "unknown key ... for YesNoConfig", which did not say that
+    ``backend_options`` is the only route; checked before the model loads."""
+    with pytest.raises(ConfigError, match=rf"^{key} is an option of the transformers backend, not of the {method} "
+                                          rf"head: give it in backend_options \(backend_options=\{{'{key}': ...\}}\)$"):
+        Reranker.load(method, model=str(tmp_path / "no-model"), **{key: True})
+    with pytest.raises(ConfigError, match="unknown key 'no_such_option'"):  # other unknown keys: the generic error
+        Reranker.load(method, model=str(tmp_path / "no-model"), no_such_option=1)

@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.cache import maybe_cached
-from rerank.backends.registry import backend_accepts, build_backend
+from rerank.backends.registry import available_backends, backend_accepts, backend_class, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, head_template
 
-__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "token_cap"]
+__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys", "token_cap"]
 
 #: Renders a prompt's text from the (prepared) query and passage texts.
 Render = Callable[[str, list[str]], str]
@@ -69,6 +69,21 @@ class LLMHeadConfig(RerankerConfig):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def check_backend_keys(method: str, config_class: type, backend: str, options: Mapping[str, Any]) -> None:
+    """A head option that is not the head's but the backend's (``trust_remote_code``, ``max_length``, ...) is a
+    one-line :class:`ConfigError` naming its one route, ``backend_options`` (the generic unknown-key error did not)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    stray = [k for k in options if k not in known]
+    if not stray or backend not in available_backends():
+        return
+    backend_cfg = backend_class(backend).config_class
+    backend_keys = {f.name for f in dataclasses.fields(backend_cfg)} if backend_cfg is not None else set()
+    for key in stray:
+        if key in backend_keys:
+            raise ConfigError(f"{key} is an option of the {backend} backend, not of the {method} head: give it in "
+                              f"backend_options (backend_options={{'{key}': ...}})")
 
 
 class PromptOnlyBackend(Backend):
@@ -129,6 +144,7 @@ class LLMReranker(Reranker):
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
+        check_backend_keys(cls.method, cls.config_class, backend, options)
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
         return cls(cfg, model=model, backend_name=backend)  # type: ignore[arg-type]
 

@@ -149,3 +149,24 @@ def test_a_backend_option_given_to_an_llm_head_names_backend_options(method: str
         Reranker.load(method, model=str(tmp_path / "no-model"), **{key: True})
     with pytest.raises(ConfigError, match="unknown key 'no_such_option'"):  # other unknown keys: the generic error
         Reranker.load(method, model=str(tmp_path / "no-model"), no_such_option=1)
+
+
+@pytest.mark.parametrize("method", ["monot5", "duot5"])
+def test_seq2seq_long_document_prints_no_indexing_warning(method: str, tiny_t5_dir: Path) -> None:
+    """A document longer than the tokenizer's 512 tokens printed transformers' "Token indices sequence length is longer
+    than ... will result in indexing errors", although the head cuts it to ``max_doc_tokens`` first."""
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        head = Reranker.load(method, model=str(tiny_t5_dir), device="cpu")
+        assert len(head.rerank("q " * 600, ["word " * 2000, "short", "x " * 900]).results) == 3
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "indexing errors" in m]

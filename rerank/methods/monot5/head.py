@@ -92,9 +92,10 @@ class Seq2SeqReranker(Reranker):
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """User ``text`` as the input holds it: special-token strings neutralised (a ``</s>`` in a document must not
-        end the input), then cut to ``max_tokens`` tokens (whole tokens, decoded back)."""
+        end the input), then cut to ``max_tokens`` tokens (whole tokens, decoded back; the whole text is tokenised
+        without transformers' warning about inputs longer than the model reads, since it is cut here)."""
         text = neutralise(text, self.tokenizer)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
     def encode(self, **variables: str) -> list[int]:

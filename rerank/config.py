@@ -158,7 +158,7 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
     return out
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, path: str = "") -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -171,7 +171,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, where)
+                return _coerce(value, a, where, path)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
@@ -182,7 +182,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping")
-        return from_dict(tp, value, where)
+        return _from_dict(tp, value, where, path)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -223,6 +223,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise :class:`ConfigError` naming
     ``where`` (the file), or the ``--set`` override that gave the key (:func:`apply_overrides`)."""
+    return _from_dict(cls, data, where, "")
+
+
+def _from_dict(cls: type[T], data: Mapping[str, Any], where: str, path: str) -> T:
+    """:func:`from_dict` of the block at dotted ``path`` ("" at the top); ``where``: the block's own origin (the file
+    and key, or the override that gave the whole block or made it)."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
@@ -236,7 +242,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     for k, v in data.items():
         at = override_source(data, k) or f"{where}.{k}"
         try:
-            kwargs[k] = _coerce(v, hints[k], at)
+            kwargs[k] = _coerce(v, hints[k], at, f"{path}.{k}" if path else k)
         except ConfigError:
             if k in secret:  # the message would quote the value
                 raise ConfigError(f"{at}: expected a string") from None
@@ -244,21 +250,66 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # a check of the dataclass itself: "lr must be > 0, got -1" names its key
-        raise ConfigError(f"{_blamed_override(data, str(e)) or where}: {e}") from None
+        raise ConfigError(f"{_blamed_override(data, str(e), path) or _block_origin(data, where, path)}: {e}") from None
 
 
-def _blamed_override(data: Mapping[str, Any], message: str) -> str | None:
-    """The override that gave a key an error ``message`` is about: its leading word, else the first key an override
-    gave that the message names as a whole word (``ndcg_k must be >= 1 and temperature > 0``); None when none is."""
-    named = re.match(r"\w+", message)
-    if named and (source := override_source(data, named.group())):
-        return source
+def _block_origin(data: Mapping[str, Any], where: str, path: str) -> str:
+    """Where a block's check failed when its message names no key an override gave: the file at the top level; in a
+    nested block every origin of its keys (the file's block, the override that gave it whole, each key's override)."""
     given = getattr(data, "given", None)
-    if not isinstance(given, dict) or not given:
+    if not path or not isinstance(given, dict) or not given:
+        return where
+    origins = [where] if not data or any(k not in given for k in data) else []
+    return ", ".join(dict.fromkeys([*origins, *given.values()]))
+
+
+def _given_names(data: Mapping[str, Any], path: str = "") -> dict[str, str]:
+    """Dotted key name (``lora.r``) -> the override that gave it, for ``data`` and every block nested in it."""
+    given = getattr(data, "given", None)
+    given = given if isinstance(given, dict) else {}
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{path}.{key}" if path else str(key)
+        if key in given:
+            out[name] = given[key]
+        if isinstance(value, Mapping):
+            out.update(_given_names(value, name))
+    return out
+
+
+def _blamed_override(data: Mapping[str, Any], message: str, path: str = "") -> str | None:
+    """The override that gave a key an error ``message`` is about: its leading name (``lr``, or ``lora.r`` in block
+    ``lora`` and above it), else the key an override gave that the message names first as a whole word (``ndcg_k must
+    be >= 1 and temperature > 0``; the longest of names at one place: ``data.seed`` over ``data``), else the override
+    whose string value the message quotes (``unknown reranker 'nope'``); None when none is."""
+    names = _given_names(data)
+    if path:  # in a nested block the message may name a key bare (``r``) or by its path (``lora.r``)
+        names.update({f"{path}.{name}": source for name, source in list(names.items())})
+    if not names:
         return None
-    hits = [(m.start(), key) for key in given
-            if (m := re.search(rf"(?<![\w.'-]){re.escape(str(key))}(?![\w'-])", message))]
-    return given[min(hits)[1]] if hits else None
+    leading = re.match(r"[\w.]*\w", message)
+    if leading and leading.group() in names:
+        return names[leading.group()]
+    hits = [(m.start(), -len(name), name) for name in names
+            if (m := re.search(rf"(?<![\w.'-]){re.escape(name)}(?![\w'-])", message))]
+    if hits:
+        return names[min(hits)[2]]
+    quoted = []
+    for name in names:
+        value = _value_at(data, name)
+        if isinstance(value, str) and len(value) > 1 and not _SECRET_LIKE.search(name) and repr(value) in message:
+            quoted.append((message.index(repr(value)), name))
+    return names[min(quoted)[1]] if quoted else None
+
+
+def _value_at(data: Mapping[str, Any], name: str) -> Any:
+    """The value at dotted ``name`` in ``data`` (None when a part is missing or not a mapping)."""
+    value: Any = data
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def option_default(obj: Any, name: str) -> Any:

@@ -134,6 +134,12 @@ def method_from_model(args: argparse.Namespace) -> dict | None:
                           f"--model {Path(model) / 'model'}")
     if record is not None and args.reranker is None and record.get("kind") == "reranker":
         args.reranker = record["method"]
+    if record is None and model is not None and getattr(args, "reranker", None) is None:
+        from rerank.models import check_model_path
+
+        name = str(model)
+        if ("/" in name or name.startswith((".", "~"))) and not Path(name).expanduser().exists():
+            check_model_path(name)  # a mistyped folder is named as missing, not as a --model that needs --reranker
     return record
 
 

@@ -566,6 +566,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
     }
     if reranker is not None or pool is not None:
         metrics["parse"] = stats.as_dict()  # this run's outputs only
+        metrics["unranked_queries"] = _unranked_queries(rerank_scores or {})
     if corpus_ids_unknown:
         log.warning(
             "%d doc ids in the first-stage run are not in the corpus (e.g. %s); %s",
@@ -576,6 +577,18 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
     if cfg.output:
         _write_outputs(Path(cfg.output), cfg, metrics, final, run, rerank_scores)
     return metrics
+
+
+def _unranked_queries(scores: dict[str, list[tuple[str, float]]]) -> dict[str, Any]:
+    """The queries whose candidates (two or more) the reranker scored all the same: their order is the first stage's,
+    so the metrics are the first stage's there; a warning says how many (a model that learned a constant, a head whose
+    outputs all failed to parse)."""
+    tied = [q for q, lst in scores.items() if len(lst) > 1 and len({sc for _, sc in lst}) == 1]
+    scored = sum(1 for lst in scores.values() if len(lst) > 1)
+    if tied:
+        log.warning("the reranker scored every candidate the same in %d of %d queries (e.g. %s): their order is the "
+                    "first stage's, and so are their metrics", len(tied), scored, tied[:3])
+    return {"count": len(tied), "of": scored, "examples": tied[:5]}
 
 
 def _check_judged_in_corpus(run: Run, qrels: Qrels, dataset: Dataset, split: str) -> None:

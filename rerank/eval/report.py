@@ -68,6 +68,10 @@ def render_report(metrics: dict[str, Any]) -> str:
             fitted = (f"{p['fitted_prompts']} prompts were fitted to the model's context: {p['shortened_passages']} "
                       f"passages cut below max_doc_tokens, {p['shortened_queries']} queries below max_query_tokens.")
             lines += ["", fitted]
+    tied = metrics.get("unranked_queries") or {}
+    if tied.get("count"):
+        lines += ["", f"The reranker scored every candidate the same in {tied['count']} of {tied['of']} queries: their "
+                  "order, and their metrics, are the first stage's."]
     unk = metrics.get("unknown_doc_ids", {})
     if unk.get("count"):
         lines += ["", f"{unk['count']} doc ids in the first-stage run are not in the corpus (not reranked)."]

@@ -1,0 +1,68 @@
+"""Audit fixes made by the lead: a reranker that ranks nothing is reported, and a mistyped --model folder is named."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerank.eval.pipeline import EvalConfig, run_eval
+from rerank.heads.base import Reranker
+from rerank.types import Candidate, Query
+
+
+class _Constant(Reranker):
+    """Scores every candidate 0, or (``spread``) reverses the first stage's order with distinct scores."""
+
+    method = "constant"
+
+    def __init__(self, spread: bool = False) -> None:
+        super().__init__()
+        self.spread = spread
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return [float(i) if self.spread else 0.0 for i in range(len(candidates))]
+
+
+def test_a_reranker_scoring_every_candidate_the_same_is_warned_and_reported(
+        tiny_beir_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = EvalConfig(dataset=str(tiny_beir_dir), retriever="bm25", top_k=5, output=str(tmp_path / "flat"))
+    with caplog.at_level(logging.WARNING, logger="rerank"):
+        metrics = run_eval(cfg, reranker=_Constant())
+    tied = metrics["unranked_queries"]
+    assert tied["count"] == tied["of"] == metrics["num_queries"] > 0
+    assert "scored every candidate the same in" in caplog.text
+    report = (tmp_path / "flat" / "report.md").read_text()
+    assert f"scored every candidate the same in {tied['count']} of {tied['of']} queries" in report
+    assert json.loads((tmp_path / "flat" / "metrics.json").read_text())["unranked_queries"]["count"] == tied["count"]
+
+
+def test_a_reranker_that_separates_candidates_is_not_warned(
+        tiny_beir_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = EvalConfig(dataset=str(tiny_beir_dir), retriever="bm25", top_k=50, output=str(tmp_path / "lead"))
+    with caplog.at_level(logging.WARNING, logger="rerank"):
+        metrics = run_eval(cfg, reranker=_Constant(spread=True))
+    assert metrics["unranked_queries"]["count"] == 0
+    assert "scored every candidate the same" not in caplog.text
+    assert "scored every candidate the same" not in (tmp_path / "lead" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("command", [
+    ("rank", "--input", "IN", "--output", "OUT.jsonl"),
+    ("eval", "--dataset", "DATA", "--retriever", "bm25", "--output", "OUT"),
+    ("serve",),
+])
+def test_a_missing_model_folder_is_named(command: tuple[str, ...], tiny_beir_dir: Path, tmp_path: Path,
+                                         run_cli: Any) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
+    subst = {"IN": str(src), "DATA": str(tiny_beir_dir), "OUT.jsonl": str(tmp_path / "o.jsonl"),
+             "OUT": str(tmp_path / "o")}
+    missing = tmp_path / "runs" / "ce-typo" / "model"
+    rc, _, err = run_cli(*[subst.get(a, a) for a in command], "--model", str(missing))
+    assert rc == 2
+    assert f"--model {missing} does not exist" in err
+    assert len(err.strip().splitlines()) == 1

@@ -61,6 +61,7 @@ def test_randomization_test_refuses_fewer_than_one_sample() -> None:
     ({"top_k": 7}, "top_k needs a reranker"),
     ({"interpolate": 0.5}, "interpolate needs a reranker"),
     ({"model": "m"}, "model needs a reranker"),
+    ({"backend": "vllm"}, "backend needs a reranker"),
     ({"top_k": 7, "reranker_options": {"x": 1}}, "reranker_options and top_k need a reranker"),
 ])
 def test_reranker_settings_without_a_reranker_are_refused(tmp_path: Path, row: dict, named: str) -> None:

@@ -91,7 +91,7 @@ class RowSpec:
             raise ValueError(f"row {self.name!r}: top_k must be >= 1")
         if self.reranker is None:  # as rerank eval refuses them, but before the first cell runs
             unused = [k for k in ("model", "reranker_options", "top_k", "interpolate")
-                      if getattr(self, k) not in (None, {})]
+                      if getattr(self, k) not in (None, {})] + (["backend"] if self.backend != "transformers" else [])
             if unused:
                 raise ValueError(f"row {self.name!r}: {' and '.join(unused)} {'needs' if len(unused) == 1 else 'need'} "
                                  "a reranker and none is given: set reranker or drop "

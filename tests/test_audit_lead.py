@@ -66,3 +66,17 @@ def test_a_missing_model_folder_is_named(command: tuple[str, ...], tiny_beir_dir
     assert rc == 2
     assert f"--model {missing} does not exist" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_backend_option_given_as_a_head_option_names_its_command_line_route(tmp_path: Path, run_cli: Any,
+                                                                               tiny_llm_dir: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
+    args = ("rank", "--reranker", "yes-no", "--model", str(tiny_llm_dir), "--input", str(src), "--output",
+            str(tmp_path / "o.jsonl"))
+    rc, _, err = run_cli(*args, "--reranker-set", "trust_remote_code=false")
+    assert rc == 2
+    assert "trust_remote_code is an option of the transformers backend" in err
+    assert "--reranker-set backend_options.KEY=VALUE" in err
+    rc, _, err = run_cli(*args, "--reranker-set", "backend_options.trust_remote_code=false")
+    assert rc == 0, err

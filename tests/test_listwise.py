@@ -277,7 +277,7 @@ def test_first_token_ids_and_config_errors(tokenizer):
     assert [tokenizer.decode([t]) for t in ids] == list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     with pytest.raises(ConfigError, match="26"):
         FirstReranker(SlidingWindowConfig(window=27, stride=10), backend=backend)
-    with pytest.raises(ConfigError, match="letters"):
+    with pytest.raises(ConfigError, match="listwise method's prompt"):
         FirstReranker(SlidingWindowConfig(template="listwise"), backend=backend)
     with pytest.raises(ConfigError):
         FirstReranker(SlidingWindowConfig(window=4, stride=5), backend=backend)

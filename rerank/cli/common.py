@@ -97,14 +97,21 @@ def reranker_options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def check_reranker_options(method: str, model: str | None, options: dict) -> None:
+def check_reranker_options(method: str, model: str | None, options: dict, backend: str = "transformers") -> None:
     """Before any model loads: ``options`` (over the options a trained ``model`` folder records) fit ``method``'s
-    typed config; a mistake names the ``--reranker-set`` override or the ``--reranker-config`` file."""
+    typed config; a mistake names the ``--reranker-set`` override or the ``--reranker-config`` file, and a ``backend``
+    option given as a head option names its route (``--reranker-set backend_options.KEY=VALUE``)."""
     from rerank.config import from_dict, layered
+    from rerank.heads.llm import LLMReranker, check_backend_keys
     from rerank.heads.registry import get_reranker_class
     from rerank.methods.record import read_record
 
     cls = get_reranker_class(method)
+    if issubclass(cls, LLMReranker):
+        try:
+            check_backend_keys(method, cls.config_class, backend, options)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; on the command line: --reranker-set backend_options.KEY=VALUE") from None
     record = read_record(model)
     trained = record.get("options", {}) if record is not None and record.get("kind") == "reranker" else {}
     from_dict(cls.config_class, layered(trained, options), where=f"{method} options")

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     check_reranker_model(args.reranker, model, backend)
     options = reranker_options(args)
     if args.reranker is not None:
-        check_reranker_options(args.reranker, model, options)
+        check_reranker_options(args.reranker, model, options, backend)
         check_llm_flags(args.reranker, _given(args, {"--no-llm-cache": "no_llm_cache", "--log-llm-io": "log_llm_io"}))
     if ropts.get("model"):
         from rerank.models import check_model_path

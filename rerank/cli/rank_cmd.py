@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("rerank rank needs --reranker METHOD, or --model a trained reranker's folder (rerank.json)")
     check_reranker_model(args.reranker, args.model, args.backend)
     options = reranker_options(args)
-    check_reranker_options(args.reranker, args.model, options)
+    check_reranker_options(args.reranker, args.model, options, args.backend)
     check_llm_flags(args.reranker, ["--log-llm-io"] if args.log_llm_io is not None else [])
     if args.input:
         check_input_file(args.input, "--input")

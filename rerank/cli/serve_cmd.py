@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     get_reranker_class(args.reranker)  # an unknown name fails here, before any worker starts
     check_reranker_model(args.reranker, args.model, args.backend)
     options = reranker_options(args)
-    check_reranker_options(args.reranker, args.model, options)  # before any model loads or worker starts
+    check_reranker_options(args.reranker, args.model, options, args.backend)  # before any model loads or worker starts
     check_port(cfg.host, cfg.port)
     if cfg.host not in _LOOPBACK and cfg.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)

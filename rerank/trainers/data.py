@@ -14,6 +14,7 @@ Every row is validated before training starts; an error names the file and line 
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterable, Mapping
@@ -25,15 +26,19 @@ from rerank.config import changed_options
 from rerank.data.io import DUPLICATE_POLICIES, Duplicates
 from rerank.errors import ConfigError, DataFormatError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "BEIR_ONLY",
     "DataConfig",
+    "TeacherScale",
     "build_from_beir",
     "has_content",
     "load_examples",
     "load_training_data",
     "split_dev",
     "teacher_order",
+    "teacher_scale",
     "validate_example",
 ]
 
@@ -89,6 +94,33 @@ class DataConfig:
             raise ConfigError(f"data.max_queries must be >= 1 (or unset for all), got {self.max_queries}")
 
 
+@dataclass(frozen=True)
+class TeacherScale:
+    """The range a head's SFT reads ``teacher_scores`` on (ERank / GroupRank: integer 0-10 targets): a row outside it
+    is an error, since rounding and clipping it would train on wrong targets."""
+
+    head: str
+    lo: int = 0
+    hi: int = 10
+
+    def fix(self) -> str:
+        """What to do about scores on another scale."""
+        return (f"map the teacher's scores to {self.lo}-{self.hi} (rerank data build's teacher_labels with mode: "
+                f"{self.head} writes such targets)")
+
+
+def teacher_scale(head: str) -> TeacherScale | None:
+    """The :class:`TeacherScale` of ``head``'s SFT targets (its training task's ``teacher_scores_range``), or None
+    when the head reads ``teacher_scores`` on any scale (the cross-encoder's distillation) or not at all."""
+    from rerank.methods import get_method, resolve
+
+    method = get_method(head)
+    if method.task is None:
+        return None
+    rng = getattr(resolve(method.task), "teacher_scores_range", None)
+    return TeacherScale(head, *rng) if rng is not None else None
+
+
 def _num(x: Any) -> bool:
     """A finite number (JSON's NaN / Infinity literals and bools are not)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -109,8 +141,10 @@ def has_content(text: str, title: str = "") -> bool:
     return bool(text.strip() or title.strip())
 
 
-def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, Any]:
-    """Check one row against the schema and return it normalised (ids as str); errors name ``path:line``."""
+def validate_example(obj: Any, path: str | Path, line: int | None, scale: TeacherScale | None = None
+                     ) -> dict[str, Any]:
+    """Check one row against the schema and return it normalised (ids as str); errors name ``path:line``. ``scale``:
+    the range the training head reads ``teacher_scores`` on (a score outside it is an error)."""
 
     def fail(msg: str) -> DataFormatError:
         return DataFormatError(path, line, msg)
@@ -165,6 +199,12 @@ def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, 
             raise fail("'teacher_scores' must be numbers aligned with candidates")
         if not all(_num(v) for v in ts):
             raise fail("'teacher_scores' must be finite numbers")
+        if scale is not None:
+            bad_at = next((i for i, v in enumerate(ts) if not scale.lo <= v <= scale.hi), None)
+            if bad_at is not None:
+                raise fail(f"teacher_scores[{bad_at}] is {ts[bad_at]}, outside {scale.lo}-{scale.hi}: head "
+                           f"{scale.head} trains on integer {scale.lo}-{scale.hi} targets (a score is rounded, "
+                           f"never clipped); {scale.fix()}")
         out["teacher_scores"] = [float(v) for v in ts]
     if obj.get("reasoning") is not None:
         if not isinstance(obj["reasoning"], str):
@@ -175,6 +215,11 @@ def validate_example(obj: Any, path: str | Path, line: int | None) -> dict[str, 
 
 def _rows(path: Path) -> Iterable[tuple[int, Any]]:
     if path.is_dir():
+        beir = [n for n in ("corpus.jsonl", "queries.jsonl") if (path / n).is_file() or (path / f"{n}.gz").is_file()]
+        if beir:
+            raise ConfigError(f"data.path {path} is a BEIR dataset folder (it holds {' and '.join(beir)}), not "
+                              f"training rows: build the examples from it with data.beir "
+                              f"(--set 'data={{beir: {path}}}')")
         import datasets
 
         ds = datasets.load_from_disk(str(path))
@@ -187,8 +232,10 @@ def _rows(path: Path) -> Iterable[tuple[int, Any]]:
     return iter_jsonl(path)
 
 
-def load_examples(path: str | Path) -> list[dict[str, Any]]:
-    """Read and validate every row of a JSONL file (``.gz`` ok) or an HF dataset folder."""
+def load_examples(path: str | Path, scale: TeacherScale | None = None) -> list[dict[str, Any]]:
+    """Read and validate every row of a JSONL file (``.gz`` ok) or an HF dataset folder. ``scale``: the range the
+    training head reads ``teacher_scores`` on (:func:`teacher_scale`); scores outside it are an error, and a file
+    whose scores all lie in [0, 1] (probabilities) is warned about once."""
     p = Path(path)
     if not p.exists():
         raise DataFormatError(p, None, "training data not found")
@@ -196,14 +243,26 @@ def load_examples(path: str | Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for line, obj in _rows(p):
-        ex = validate_example(obj, where, line)
+        ex = validate_example(obj, where, line, scale)
         if ex["qid"] in seen:
             raise DataFormatError(where, line, f"duplicate qid {ex['qid']!r} (first at line {seen[ex['qid']]})")
         seen[ex["qid"]] = line
         out.append(ex)
     if not out:
         raise DataFormatError(p, None, "no training examples")
+    if scale is not None:
+        _warn_probabilities(out, p, scale)
     return out
+
+
+def _warn_probabilities(examples: list[dict[str, Any]], path: Path, scale: TeacherScale) -> None:
+    """Warn once when every teacher score lies in [0, 1] and some are fractions: probabilities (a sigmoid's), which
+    round to 0 or 1 on a 0-10 target scale."""
+    scores = [s for e in examples for s in e.get("teacher_scores") or ()]
+    if scores and all(0.0 <= s <= 1.0 for s in scores) and any(not s.is_integer() for s in scores):
+        log.warning("%s: every teacher_scores value lies in [0, 1] (probabilities?), but head %s trains on integer "
+                    "%d-%d targets: they round to 0 or 1; scale them to %d-%d (e.g. x %d)", path, scale.head,
+                    scale.lo, scale.hi, scale.lo, scale.hi, scale.hi)
 
 
 def split_dev(examples: list[dict[str, Any]], fraction: float, seed: int, dev_max: int | None = None
@@ -248,24 +307,31 @@ def build_from_beir(
     ds.duplicates_fix = "keep one grade with data.qrels_duplicates: last|max (or --set data.qrels_duplicates=max)"
     qrels = ds.qrels(split)
     queries = ds.split_queries(split)
-    qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
-    if max_queries is not None:
-        qids = qids[:max_queries]
-    if not qids:
-        raise DataFormatError(ds.qrels_path(split), None, "no query with a positive judgement")
-    run = build_retriever("bm25", ds).retrieve({q: queries[q] for q in qids}, bm25_depth)
+    qrels_path = ds.qrels_path(split)
+    judged_qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+    if not judged_qids:
+        raise DataFormatError(qrels_path, None, "no query with a positive judgement")
     corpus = ds.corpus
 
     def usable(d: str) -> bool:  # in the corpus, with text to score (an empty document is no training candidate)
         return d in corpus and has_content(corpus[d].text, corpus[d].title or "")
 
+    positives = {q: [d for d, g in sorted(qrels[q].items()) if g > 0 and usable(d)] for q in judged_qids}
+    qids = [q for q in judged_qids if positives[q]]
+    _warn_unusable_judgements(ds, split, judged_qids, qrels, len(judged_qids) - len(qids))
+    if not qids:
+        raise DataFormatError(qrels_path, None, f"none of the {len(judged_qids)} queries with a positive judgement has "
+                              f"a judged positive in {ds.corpus_path} with text (do the qrels' document ids match "
+                              "the corpus's?): no training example is left")
+    if max_queries is not None:
+        qids = qids[:max_queries]
+    run = build_retriever("bm25", ds).retrieve({q: queries[q] for q in qids}, bm25_depth)
+
     rng = random.Random(seed)
     out = []
     for q in qids:
         judged = qrels[q]
-        pos = [d for d, g in sorted(judged.items()) if g > 0 and usable(d)]
-        if not pos:
-            continue
+        pos = positives[q]
         negs = [d for d, _ in run.get(q, []) if judged.get(d, 0) <= 0 and usable(d)]
         n_neg = min(len(negs), negatives_per_positive * len(pos), max(0, max_candidates - len(pos)))
         chosen = rng.sample(negs, n_neg) if negatives == "random" else negs[:n_neg]
@@ -280,11 +346,29 @@ def build_from_beir(
     return out
 
 
-def load_training_data(cfg: DataConfig, data_root: str | None = None
+def _warn_unusable_judgements(ds: Any, split: str, qids: list[str], qrels: Mapping[str, Mapping[str, int]],
+                              dropped: int) -> None:
+    """Log, with counts, the judged documents of ``qids`` that cannot be candidates (not in the corpus, or without
+    text) and the ``dropped`` queries left without a positive (in the retriever trainers' words)."""
+    corpus = ds.corpus
+    judged = [d for q in qids for d in qrels[q]]
+    unknown = sum(1 for d in judged if d not in corpus)
+    empty = sum(1 for d in judged if d in corpus and not has_content(corpus[d].text, corpus[d].title or ""))
+    if unknown:
+        log.warning("%s/%s: %d judged documents are not in the corpus and were ignored", ds.name, split, unknown)
+    if empty:
+        log.warning("%s/%s: %d judged documents have no text and were ignored", ds.name, split, empty)
+    if dropped:
+        log.warning("%s/%s: %d of %d queries with a positive judgement have no positive left in the corpus and are "
+                    "skipped", ds.name, split, dropped, len(qids))
+
+
+def load_training_data(cfg: DataConfig, data_root: str | None = None, scale: TeacherScale | None = None
                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The (train, dev) examples a config names, validated before any model is loaded."""
+    """The (train, dev) examples a config names, validated before any model is loaded; ``scale``: the range the
+    training head reads ``teacher_scores`` on (:func:`teacher_scale`)."""
     if cfg.path:
-        examples = load_examples(cfg.path)
+        examples = load_examples(cfg.path, scale)
         if cfg.max_queries is not None:
             examples = examples[: cfg.max_queries]
     else:

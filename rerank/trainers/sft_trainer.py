@@ -26,7 +26,7 @@ from rerank.trainers.common import (
     check_negatives_per_positive,
     training_kwargs,
 )
-from rerank.trainers.data import load_training_data
+from rerank.trainers.data import load_training_data, teacher_scale
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,24 @@ def selection_metrics(trainer: Any, name: str, dev_size: int) -> tuple[dict[str,
              "for model selection; the model is the checkpoint with the best value."))
 
 
-def sft_dataset(task: Any, examples: list[dict[str, Any]]) -> Any:
-    """The prompt-completion dataset of ``examples`` (columns the trainer's collator or loss need are kept)."""
+def sft_dataset(task: Any, examples: list[dict[str, Any]], source: str = "the training data") -> Any:
+    """The prompt-completion dataset of ``examples`` (columns the trainer's collator or loss need are kept); none is
+    an error naming ``source`` (the data option) and why."""
     import datasets
 
     rows = [row for e in examples for row in task.sft_rows(e)]
     if not rows:
-        raise ConfigError("no SFT rows: every example was skipped by the head's task piece")
+        short = sum(1 for e in examples if len(e["candidates"]) < 2)
+        why = (f"each of its {len(examples)} queries has fewer than 2 candidates, and head {task.method} trains on "
+               f"windows of 2 to {task.cfg.window} of a query's candidates: give each query at least 2 candidates"
+               if examples and short == len(examples) else "every example was skipped by the head's task piece")
+        raise ConfigError(f"no SFT rows from {source}: {why}")
     return datasets.Dataset.from_list(rows)
+
+
+def _data_source(data: Any) -> str:
+    """How a message names the training data a config's ``data`` block reads."""
+    return f"data.path {data.path}" if data.path else f"data.beir {data.beir} (split {data.split})"
 
 
 class SFTTrainer:
@@ -210,7 +220,8 @@ class SFTTrainer:
 
         from rerank.methods import get_method, resolve
 
-        train, dev = load_training_data(config.data, ctx.data_root)
+        # ERank / GroupRank read teacher_scores as 0-10 targets: rows on another scale fail here, naming their line
+        train, dev = load_training_data(config.data, ctx.data_root, teacher_scale(config.head))
         check_dev_split(config, dev)
         # seeded before any model is built: a new head, or LoRA's adapter weights, are drawn from the RNG
         set_seed(config.seed)
@@ -228,10 +239,12 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
     from rerank.trainers.common import cpu_only
     from rerank.trainers.task import build_task
 
-    model, tok = load_causal_lm(cfg.model, cpu_only(cfg))
+    tok = load_tokenizer(cfg.model)  # the rows are built (and an empty set refused) before the model loads
     task = build_task(cfg.head, tok, cfg)
-    train_ds = sft_dataset(task, train)
-    dev_ds = sft_dataset(task, dev) if dev and cfg.eval_steps > 0 else None
+    where = _data_source(cfg.data)
+    train_ds = sft_dataset(task, train, where)
+    dev_ds = sft_dataset(task, dev, f"the dev split of {where}") if dev and cfg.eval_steps > 0 else None
+    model, tok = load_causal_lm(cfg.model, cpu_only(cfg), tok)
     kw = training_kwargs(cfg, ctx.output, has_dev=dev_ds is not None)
     if dev_ds is not None:
         kw.update(metric_for_best_model="eval_loss", greater_is_better=False)

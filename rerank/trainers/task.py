@@ -34,9 +34,13 @@ class Parsed:
 
 
 def target_scores(example: dict[str, Any]) -> list[int]:
-    """0-10 targets: teacher scores if present (rounded, clipped), else labels scaled by the example's top grade."""
+    """0-10 targets: teacher scores if present (rounded; the trainer's row validation refuses those outside 0-10, see
+    ``Task.teacher_scores_range``), else labels scaled by the example's top grade."""
     if example.get("teacher_scores"):
-        return [int(min(10, max(0, round(s)))) for s in example["teacher_scores"]]
+        bad = [s for s in example["teacher_scores"] if not 0 <= s <= 10]
+        if bad:  # rows reach here validated: a score outside 0-10 is a caller's bug, never clipped silently
+            raise ValueError(f"qid {example.get('qid')!r}: teacher score {bad[0]} is outside the 0-10 target scale")
+        return [round(s) for s in example["teacher_scores"]]
     top = max(example["labels"])
     return [round(10 * g / top) if top > 0 else 0 for g in example["labels"]]
 
@@ -46,11 +50,14 @@ class Task:
 
     Subclasses set ``method`` (the registered method name) and implement the row builders, parser and rewards, and
     declare in ``reward_fields`` the :class:`RewardConfig` options their reward reads (beside the reward code): a GRPO
-    config setting any other is refused.
+    config setting any other is refused, and in ``teacher_scores_range`` the scale their SFT targets read.
     """
 
     method: ClassVar[str] = ""
     reward_fields: ClassVar[frozenset[str]] = frozenset()
+    #: the range the SFT targets read ``teacher_scores`` on (ERank / GroupRank: 0-10 via :func:`target_scores`); the
+    #: trainer refuses rows outside it before the model loads (None: the task does not read them as targets)
+    teacher_scores_range: ClassVar[tuple[int, int] | None] = None
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         from rerank.heads.registry import get_reranker_class

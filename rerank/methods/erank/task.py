@@ -1,7 +1,7 @@
 """ERank task pieces: one prompt per (query, document); target ``<answer>s</answer>`` with s in 0-10.
 
-SFT target s: the example's ``teacher_scores`` (rounded, clipped to 0-10) if given, else the graded label scaled to
-0-10 by the example's top grade. With ``reasoning: true`` the prompt is ERank's reasoning template and the target
+SFT target s: the example's ``teacher_scores`` (0-10, rounded; a row outside 0-10 is refused when the data is read)
+if given, else the graded label scaled to 0-10 by the example's top grade. With ``reasoning: true`` the prompt is ERank's reasoning template and the target
 is ``<think>reasoning</think><answer>s</answer>`` (the example's ``reasoning`` text). GRPO: every row carries its
 query id, grade and the SFT model's reference score; the reward pools the rollouts of a query
 (:func:`rerank.methods.erank.reward.erank_listwise_rewards`).
@@ -27,6 +27,7 @@ class ERankTask(PointwiseTask):
 
     method: ClassVar[str] = "erank"
     reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
+    teacher_scores_range: ClassVar[tuple[int, int] | None] = (0, 10)
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)

@@ -1,7 +1,8 @@
 """GroupRank task pieces: a group of passages -> ``<reason>…</reason><answer>{"[1]": s, …}</answer>``.
 
-SFT target scores (0-10): ``teacher_scores`` (rounded, clipped) if given, else the graded labels scaled by the
-example's top grade; the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
+SFT target scores (0-10): ``teacher_scores`` (0-10, rounded; a row outside 0-10 is refused when the data is read; the
+``grouprank`` teacher-label recipe writes them) if given, else the graded labels scaled by the example's top grade;
+the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
 :func:`rerank.methods.grouprank.reward.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1 for
 invalid JSON, −0.5 for bad tags). Parsing is the head's own lenient
 :func:`rerank.methods.grouprank.head.parse_group_scores`; an answer it had to repair as JSON counts as invalid JSON.
@@ -27,6 +28,7 @@ class GroupRankTask(Task):
 
     method: ClassVar[str] = "grouprank"
     reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
+    teacher_scores_range: ClassVar[tuple[int, int] | None] = (0, 10)
 
     @classmethod
     def head_options(cls, cfg: Any) -> dict[str, Any]:

@@ -204,6 +204,10 @@ class Recipe(ABC):
         """What the data came from, for the manifest."""
         return {}
 
+    def empty_reason(self) -> str:
+        """Why every unit gave no row, for the error of a build that wrote none ("" when the recipe cannot tell)."""
+        return ""
+
     @classmethod
     def record(cls, config: Any) -> dict[str, Any]:
         """The config as the manifest records it: every option, unless a recipe leaves out those its settings do not
@@ -288,6 +292,7 @@ def build(
         units = r.units()  # reads the recipe's sources: a missing dataset fails here, before anything is written
         if len(set(units)) != len(units):
             raise ConfigError(f"recipe {kind}: duplicate unit keys")
+        made = not out.exists()
         if not prog.exists():
             out.mkdir(parents=True, exist_ok=True)
             write_json({"recipe_hash": rhash, "recipe": kind}, meta_path)
@@ -310,6 +315,14 @@ def build(
                 done_units.append({"unit": u, "rows": rows})
                 bar.update(1)
         bar.close()
+        if not any(d["rows"] for d in done_units):
+            why = (r.empty_reason() if units else "") or ("the source has no units" if not units else
+                                                          "every unit was skipped")
+            prog.unlink(missing_ok=True)  # nothing to resume: a fixed recipe reruns into the same --output
+            meta_path.unlink(missing_ok=True)
+            if made and not any(out.iterdir()):
+                out.rmdir()
+            raise ConfigError(f"recipe {kind} wrote no row from its {len(units)} units: {why}")
         source = r.source()
     finally:
         r.close()

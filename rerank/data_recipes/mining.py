@@ -7,15 +7,20 @@
 * ``teacher_labels``: the first-stage top-``candidates`` (judged positives added if missing) labelled by teachers.
   ``mode`` is a method with a teacher-label mode (its package's ``teacher.py``: ``erank`` integer 0-10 labels from a
   pointwise teacher, ``first`` the listwise teacher's permutation (``teacher_ranking``), ``grouprank`` groups of
-  ``group_size`` with ``teacher_scores`` = -0.5*ln(pointwise rank) - 0.5*ln(listwise rank)), ``scores``: the raw
+  ``group_size`` with 0-10 ``teacher_scores``: v = -0.5*ln(pointwise rank) - 0.5*ln(listwise rank) mapped from
+  [-ln n, 0] onto 0-10 over the query's n candidates, the scale GroupRank's SFT trains on), ``scores``: the raw
   teacher scores, or ``first_stage``: the first stage's own scores as teacher scores (e.g. a hybrid with
   ``fusion: interpolate``, whose scores are normalised fusions; a candidate the run does not score, a positive added
   from beyond its depth, gets the list's lowest score). ``labels`` are always the qrels grades (0 when unjudged), or
   with ``source.queries`` the labels of that file's rows.
+
+A ``first_stage.run`` that ranks none of the recipe's queries is an error (as ``rerank eval --first-stage``), its
+document ids missing from the corpus a warning with counts; a build that writes no row is an error saying why.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +46,8 @@ from rerank.types import Candidate, Document, Qrels, Query, Run, sort_ranking
 
 __all__ = ["HardNegativesRecipe", "TeacherLabelsRecipe", "rank_positions", "teacher_modes"]
 
+log = logging.getLogger(__name__)
+
 
 def _cand(doc: Document, score: float | None = None) -> dict[str, Any]:
     c: dict[str, Any] = {"id": doc.id, "text": doc.text}
@@ -52,13 +59,12 @@ def _cand(doc: Document, score: float | None = None) -> dict[str, Any]:
 
 
 def _rows_queries(path: str, max_queries: int | None) -> tuple[dict[str, Query], Qrels]:
-    """The queries of a built ``data.jsonl`` and their rows' labels as qrels (first ``max_queries`` rows)."""
-    from rerank.data_recipes.base import read_rows
+    """The queries of a built ``data.jsonl`` and their rows' labels as qrels (first ``max_queries`` rows), read with the
+    trainers' reader (a duplicate qid names its line and the first one)."""
+    from rerank.trainers.data import load_examples
 
-    rows = read_rows(path)[:max_queries]
+    rows = load_examples(path)[:max_queries]
     queries = {r["qid"]: Query(r["qid"], r["query"]) for r in rows}
-    if len(queries) != len(rows):
-        raise ConfigError(f"source queries {path}: duplicate qids")
     qrels = {r["qid"]: {str(c["id"]): int(g) for c, g in zip(r["candidates"], r["labels"], strict=True) if g > 0}
              for r in rows}
     return queries, qrels
@@ -78,13 +84,41 @@ class _OverRun(Recipe):
         self._fs = first_stage
         self._run: Run | None = None
 
+    def _queries_name(self) -> str:
+        """The recipe's queries as a message names them."""
+        src = self.config.source
+        first = "first " if src.max_queries is not None else ""
+        where = f"of {src.queries}" if src.queries is not None else f"{src.split} queries of dataset {self.dataset.name}"
+        return f"the {first}{len(self.queries)} {where}"
+
+    def _check_given_run(self, full: Run, name: str) -> None:
+        """A run file that ranks none of the recipe's queries is an error (``rerank eval --first-stage``'s); queries
+        it does not rank (no rows) and its documents missing from the corpus (skipped) are warned about with counts."""
+        from rerank.eval.pipeline import check_run_overlap
+
+        what = self._queries_name()
+        check_run_overlap(full, self.queries, name, what)
+        absent = [q for q in self.queries if q not in full]
+        if absent:
+            log.warning("%d of %s have no ranking in %s (e.g. %s): they get no first-stage candidates", len(absent),
+                        what, name, ", ".join(sorted(absent)[:3]))
+        corpus = self.dataset.corpus
+        ranked = [d for q in self.queries for d, _ in sort_ranking(full.get(q, []))[: self._fs.depth]]
+        unknown = sorted({d for d in ranked if d not in corpus})
+        if unknown:
+            log.warning("%s: %d of its %d document ids within first_stage.depth %d for %s are not in the corpus %s "
+                        "(e.g. %s) and are skipped", name, len(unknown), len(set(ranked)), self._fs.depth, what,
+                        self.dataset.corpus_path, ", ".join(unknown[:3]))
+
     @property
     def run(self) -> Run:
         if self._run is None:
             fs = self._fs
             if fs.run is not None:
                 full = read_run(fs.run)
-                check_ranked(full, f"first_stage.run {fs.run}",
+                name = f"first_stage.run {fs.run}"
+                self._check_given_run(full, name)
+                check_ranked(full, name,
                              cut=f"the recipe's rank cuts over it (first_stage.depth {fs.depth}, {self._cut()}) pick "
                              "arbitrary candidates: give a run that scores its candidates, or a first_stage retriever")
                 self._run = {q: sort_ranking(full.get(q, []))[: fs.depth] for q in self.queries}
@@ -100,7 +134,16 @@ class _OverRun(Recipe):
         return "its own cut"
 
     def units(self) -> list[str]:
+        if self._fs.run is not None:
+            self.run  # noqa: B018 - a given run file is read and checked now, before any model loads or row is written
         return list(self.queries)
+
+    def empty_reason(self) -> str:
+        """Why no unit gave a row (:meth:`Recipe.empty_reason`): the first stage ranks no usable document."""
+        if not any(self.usable(d) for q in self.queries for d, _ in self.run.get(q, [])):
+            return (f"the first stage ranks no document of the corpus {self.dataset.corpus_path} (with text) for "
+                    f"{self._queries_name()}")
+        return ""
 
     def source(self) -> dict[str, Any]:
         fs, src = self._fs, self.config.source
@@ -276,6 +319,19 @@ class HardNegativesRecipe(_OverRun):
         labels = [int(self.qrels[unit][d]) for d in pos] + [0] * len(negs)
         return [{"qid": unit, "query": self.queries[unit].text, "candidates": cands, "labels": labels}]
 
+    def empty_reason(self) -> str:
+        """Why no query gave a row: no first-stage document, no judged positive, or no negative left in the window."""
+        reason = super().empty_reason()
+        if reason:
+            return reason
+        cfg = self.config
+        if not any(self.positives(q, cfg.min_positive_grade) for q in self.queries):
+            return (f"no query of {self._queries_name()} has a judged positive (grade >= {cfg.min_positive_grade}) "
+                    f"in the corpus {self.dataset.corpus_path} (do the judgements' document ids match the corpus's?)")
+        filtered = " and the false_negative_filter" if cfg.false_negative_filter is not None else ""
+        return (f"no query with a positive has a negative left in window {cfg.window} of its first-stage ranking after "
+                f"removing judged positives{filtered}")
+
     def unit_stats(self, unit: str) -> dict[str, int]:
         """What ``unit`` added to the manifest's counts (kept with its rows, so a resumed build can add it back)."""
         n = self._unit_filtered.pop(unit, 0)
@@ -391,6 +447,11 @@ class TeacherLabelsRecipe(_OverRun):
         res = self._model(role).rerank(self.queries[unit], [Candidate(d) for d in docs])
         by_id = {r.doc.id: r.score for r in res.results}
         return [float(by_id[d.id]) for d in docs]
+
+    def empty_reason(self) -> str:
+        """Why no query gave a row: no first-stage document, or fewer than 2 candidates for every query."""
+        return super().empty_reason() or (f"every query has fewer than 2 candidates (its first-stage top "
+                                          f"{self.config.candidates} documents in the corpus, with positives added)")
 
     def rows_for(self, unit: str) -> list[dict[str, Any]]:
         docs = self._candidates(unit)

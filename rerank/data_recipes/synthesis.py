@@ -257,6 +257,11 @@ class QuerySynthesisRecipe(Recipe):
             del out["negative_window"], out["num_negatives"]
         return out
 
+    def empty_reason(self) -> str:
+        """Why no document gave a row: the generated queries dropped, by reason (counts)."""
+        dropped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in self.dropped.items() if n)
+        return f"every generated query was dropped ({dropped})" if dropped else ""
+
     def source(self) -> dict[str, Any]:
         g = self.config.generator
         llm = {"model": g.model, "backend": g.backend, "template": g.template} if g.kind == "llm" else {}

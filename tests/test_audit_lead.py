@@ -80,3 +80,14 @@ def test_a_backend_option_given_as_a_head_option_names_its_command_line_route(tm
     assert "--reranker-set backend_options.KEY=VALUE" in err
     rc, _, err = run_cli(*args, "--reranker-set", "backend_options.trust_remote_code=false")
     assert rc == 0, err
+
+
+def test_a_built_file_with_integer_qids_labels_as_source_queries(tmp_path: Path) -> None:
+    from rerank.data_recipes.mining import _rows_queries
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"qid": 7, "query": "rain", "candidates": [{"id": 1, "text": "a"}, {"id": "b", "text": "c"}],
+                                "labels": [1, 0]}) + "\n")
+    queries, qrels = _rows_queries(str(path), None)
+    assert list(queries) == ["7"] and queries["7"].id == "7" and queries["7"].text == "rain"
+    assert qrels == {"7": {"1": 1}}

@@ -64,8 +64,8 @@ def _rows_queries(path: str, max_queries: int | None) -> tuple[dict[str, Query],
     from rerank.trainers.data import load_examples
 
     rows = load_examples(path)[:max_queries]
-    queries = {r["qid"]: Query(r["qid"], r["query"]) for r in rows}
-    qrels = {r["qid"]: {str(c["id"]): int(g) for c, g in zip(r["candidates"], r["labels"], strict=True) if g > 0}
+    queries = {str(r["qid"]): Query(str(r["qid"]), r["query"]) for r in rows}  # the rows may hold integer qids
+    qrels = {str(r["qid"]): {str(c["id"]): int(g) for c, g in zip(r["candidates"], r["labels"], strict=True) if g > 0}
              for r in rows}
     return queries, qrels
 

@@ -6,17 +6,21 @@ Run as a script it registers the reranker as ``test-overlap`` and runs the real 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
+import uvicorn
 
 from rerank.heads.base import Reranker, RerankerConfig
+from rerank.serve import ServeConfig, create_app
+from rerank.serve.server import uvicorn_config
 from rerank.types import Candidate, Query
 
 _TOKEN = re.compile(r"\w+")
@@ -95,3 +99,22 @@ if __name__ == "__main__":
 
     register_reranker("test-overlap", OverlapReranker)
     sys.exit(main(sys.argv[1:]))
+
+
+@contextlib.contextmanager
+def serving(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[tuple[str, int]]:
+    """Serve ``create_app(reranker, config)`` with uvicorn in a thread on a free loopback port; yield (URL, port)."""
+    cfg = config or ServeConfig()
+    server = uvicorn.Server(uvicorn_config(create_app(reranker, cfg), cfg, port=0))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

@@ -3,30 +3,33 @@ and the documented relevance of every head."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
 import socket
 import struct
+import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.registry import available_rerankers
-from rerank.serve import ServeConfig, create_app
+from rerank.serve import ServeConfig
 from rerank.serve.documents import Budget, make_passages
 from rerank.serve.server import uvicorn_config
 from rerank.types import Candidate, Query
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from serve_support import serving  # noqa: E402
 
 
 class FirstWords(Reranker):
@@ -46,23 +49,7 @@ class FirstWords(Reranker):
         return [float(sum(w in words for w in c.doc.full_text().split()[: self.LIMIT])) for c in candidates]
 
 
-@contextlib.contextmanager
-def running(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[tuple[str, int]]:
-    """Serve ``create_app(reranker, config)`` with uvicorn in a thread on a free loopback port; yield (URL, port)."""
-    cfg = config or ServeConfig()
-    server = uvicorn.Server(uvicorn_config(create_app(reranker, cfg), cfg, port=0))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+running = serving  # (URL, port) of a server in a thread
 
 
 def read_request(conn: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes] | None:

@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from rerank.cli import build_parser
 from rerank.cli.serve_cmd import serve_config
@@ -28,8 +26,7 @@ from rerank.data.io import read_run, write_jsonl, write_qrels, write_run
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads.base import Reranker
 from rerank.heads.registry import available_rerankers, register_reranker
-from rerank.serve import ServeConfig, create_app
-from rerank.serve.server import uvicorn_config
+from rerank.serve import ServeConfig
 from rerank.types import Document
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +34,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from serve_support import OverlapConfig, OverlapReranker, wait_until_healthy  # noqa: E402
+from serve_support import OverlapConfig, OverlapReranker, serving, wait_until_healthy  # noqa: E402
 
 register_reranker("test-overlap", OverlapReranker)
 
@@ -60,21 +57,9 @@ DOCS = [
 
 @contextlib.contextmanager
 def running(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[str]:
-    """Serve ``create_app(reranker, config)`` with uvicorn in a thread on a free 127.0.0.1 port; yield its URL."""
-    cfg = config or ServeConfig()
-    server = uvicorn.Server(uvicorn_config(create_app(reranker, cfg), cfg, port=0))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    """Serve ``create_app(reranker, config)`` in a thread on a free 127.0.0.1 port; yield its URL."""
+    with serving(reranker, config) as (url, _):
+        yield url
 
 
 def local_ranking(

@@ -154,3 +154,24 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
         return int(rc or 0), out, err
 
     return _run
+
+
+ZEBRA_DOCS = [("d1", "zebra facts", "striped animals"), ("d2", "", "loyal dogs running"),
+              ("d3", "", "a zebra and a dog")]
+
+
+@pytest.fixture()
+def tiny_ds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a rerank.data.datasets.Dataset
+    """A 3-document BEIR folder (one titled), one query 'zebra' judging d1, with its own cache root."""
+    import json
+
+    from rerank.data.datasets import Dataset
+
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                               for i, t, x in ZEBRA_DOCS))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "zebra"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return Dataset(root)

@@ -7,7 +7,6 @@ the queries / ``k`` arguments of the BM25, dense and hybrid retrievers.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -155,20 +154,6 @@ def test_grouprank_fusion_with_an_infinite_first_stage_score(top: float) -> None
 
 
 # ---------------------------------------------------------------- retriever arguments
-
-
-DOCS = [("d1", "zebra facts", "striped animals"), ("d2", "", "loyal dogs running"), ("d3", "", "a zebra and a dog")]
-
-
-@pytest.fixture()
-def tiny_ds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
-    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "ds"
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS))
-    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "zebra"}) + "\n")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    return Dataset(root)
 
 
 BAD_K = [(5.0, TypeError, r"k \(the retrieval depth\) must be an integer >= 1, got 5.0 \(float\)"),

@@ -8,7 +8,6 @@ query retrieving nothing in every first stage; and ``progress=False`` reaching t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -127,21 +126,6 @@ def test_docstrings_no_longer_claim_every_run_is_in_trec_eval_order() -> None:
 
 
 # ---------------------------------------------------------------- blank queries and progress in first stages
-
-CORPUS = [("d1", "zebra facts", "striped animals"), ("d2", "", "loyal dogs running"), ("d3", "", "a zebra and a dog")]
-
-
-@pytest.fixture()
-def tiny_ds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
-    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "ds"
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
-                                               for i, t, x in CORPUS))
-    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "zebra"}) + "\n")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    return Dataset(root)
-
 
 BLANK = {"empty": "", "blank": " \t\n ", "q": "zebra"}
 

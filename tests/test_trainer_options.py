@@ -140,7 +140,9 @@ def test_seq2seq_heads_refuse_max_length(head: str) -> None:
     with pytest.raises(ConfigError, match=f"max_length is not an option of head '{head}': its input is bounded by "
                                           "max_query_tokens and max_doc_tokens"):
         _sft(head, max_length=8)
-    assert _sft(head, max_length=1024).max_length == 1024
+    assert _sft(head).max_length is None  # unset: no default of another head's (1024 was the LLM heads') is recorded
+    with pytest.raises(ConfigError, match="max_length is not an option"):
+        _sft(head, max_length=1024)
 
 
 # --- data options ----------------------------------------------------------------------------------------------------

@@ -566,7 +566,8 @@ def test_window_order_first_stage_keeps_the_data_order(work: Path) -> None:
 
 def test_grpo_epsilon_clips_only_with_several_iterations_per_generation(work: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With num_iterations 1 every step is on-policy (ratio 1): the clip range changes nothing. With 2, the second
+    """With num_iterations 1 every step is on-policy (ratio 1): the clip range changes nothing, so setting it there is
+    refused (it trained silently before, to bit-identical weights at 0.5 and 1e-4). With 2, the second
     step reuses the batch under moved weights, so a tight clip range gives other weights than a loose one. (The
     tiny random model's completions would all earn the format penalty, so a reward by completion length gives the
     rollouts of a prompt different advantages.)"""
@@ -594,7 +595,9 @@ def test_grpo_epsilon_clips_only_with_several_iterations_per_generation(work: Pa
     def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return all(bool((a[k] == b[k]).all()) for k in a)
 
-    assert same(weights("eps-wide", epsilon=0.5), weights("eps-tight", epsilon=1e-4))
+    for eps in (0.5, 1e-4):
+        with pytest.raises(ConfigError, match=f"epsilon {eps} clips the ratio .* set num_iterations > 1"):
+            from_dict(GRPOTrainConfig, _cfg(work, batch_size=10, num_generations=5, epsilon=eps))
     assert not same(weights("mu2-wide", epsilon=0.5, num_iterations=2),
                     weights("mu2-tight", epsilon=1e-4, num_iterations=2))
     for bad in ({"num_iterations": 0}, {"epsilon": 0.0}):

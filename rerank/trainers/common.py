@@ -44,6 +44,13 @@ _REPORTERS: dict[str, tuple[str, ...]] = {
     "comet_ml": ("comet_ml",), "clearml": ("clearml",), "trackio": ("trackio",),
 }
 
+#: the ``report_to`` names transformers knows (its ``INTEGRATION_TO_CALLBACK``, kept here so the config is checked
+#: without importing it; tests/test_audit_train_config.py compares them), besides ``all`` and ``none`` given alone
+_INTEGRATIONS = frozenset({
+    "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow", "neptune",
+    "swanlab", "tensorboard", "trackio", "wandb",
+})
+
 RENAMED_KEYS: dict[str, str] = {
     "lr": "learning_rate",
     "warmup_steps": "warmup_ratio (a fraction of the total steps)",
@@ -102,11 +109,25 @@ class TrainSchedule:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0 (0: none), got {self.weight_decay}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range, which transformers' set_seed uses
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be >= 1 or null (keep all), got {self.save_total_limit}")
         if self.eval_steps and self.eval_steps != self.save_steps:
             raise ConfigError(f"eval_steps ({self.eval_steps}) must equal save_steps ({self.save_steps}) so the best "
                               "checkpoint can be kept (or 0: no evaluation)")
+        alone = [name for name in self.report_to if name in ("all", "none")]
+        if alone and len(self.report_to) > 1:
+            raise ConfigError(f"report_to {alone[0]!r} stands alone, not in a list with others: report_to: {alone[0]}, "
+                              "or list the integrations")
+        unknown = [name for name in self.report_to if name not in _INTEGRATIONS and not alone]
+        if unknown:
+            raise ConfigError(f"report_to {unknown[0]!r} is not an integration transformers knows; use none, all or "
+                              f"some of: {', '.join(sorted(_INTEGRATIONS))}")
         for name in self.report_to:
             needs = _REPORTERS.get(name, ())
             if needs and not any(importlib.util.find_spec(pkg) for pkg in needs):
@@ -162,8 +183,10 @@ class LoraOptions:
 class CommonTrainConfig(TrainSchedule):
     """Fields shared by ``sft`` and ``grpo``; ``head`` is the reranker method trained (its task: prompts, targets,
     parser, rewards). ``max_query_tokens`` unset: 32, or for the cross-encoder its inference head's own default (the
-    query is cut as that head cuts it). ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to
-    select on), else 0 (every query trains)."""
+    query is cut as that head cuts it). ``max_length`` unset: 1024 for the LLM heads; for the cross-encoder 0, the
+    model's own as its inference head takes it (its trainer records the number); unset (None) for the heads that do not
+    read it. ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to select on), else 0 (every query
+    trains); ``data.dev_max`` and (with ``data.path``) ``data.seed`` are then refused: nothing reads them."""
 
     model: str = ""
     head: str = "erank"
@@ -173,7 +196,7 @@ class CommonTrainConfig(TrainSchedule):
     max_query_tokens: int | None = None
     window: int = 10
     window_order: Literal["shuffled", "first_stage"] = "shuffled"  # see Task.windows
-    max_length: int = 1024
+    max_length: int | None = None
     lora: LoraOptions = field(default_factory=LoraOptions)
 
     def __post_init__(self) -> None:
@@ -198,6 +221,7 @@ class CommonTrainConfig(TrainSchedule):
         for name in ("max_doc_tokens", "max_query_tokens"):  # a cut to <= 0 tokens drops the text
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._resolve_max_length()
         if self.data.dev_fraction is None:
             self.data.dev_fraction = 0.1 if self.eval_steps > 0 else 0.0
         elif self.data.dev_fraction > 0 and self.eval_steps == 0:
@@ -209,6 +233,31 @@ class CommonTrainConfig(TrainSchedule):
             raise ConfigError(f"eval_steps {self.eval_steps} selects the model on the dev split, but "
                               "data.dev_fraction is 0 (no dev split): set data.dev_fraction > 0, or eval_steps: 0 to "
                               "keep the last step")
+        if self.data.dev_fraction == 0:
+            # with data.beir the seed still draws the mined negatives and shuffles the candidates
+            unread = changed_options(self.data, ("dev_max", "seed") if self.data.path else ("dev_max",))
+            if unread:
+                seed = " (the training seed is the top-level key seed)" if unread[0] == "seed" else ""
+                raise ConfigError(f"data.{unread[0]} {getattr(self.data, unread[0])} is read only when a dev split is "
+                                  "carved (data.dev_fraction > 0 with eval_steps > 0), and there is none: drop "
+                                  f"data.{unread[0]}{seed}")
+
+    def _resolve_max_length(self) -> None:
+        """``max_length`` by who reads it: the shared LLM trainers (TRL) cut prompt and target to it (unset: 1024);
+        the cross-encoder's trainer cuts the pair by its inference head's rule (0 or unset: the model's own, else
+        >= 8; the model's position limit is checked by the trainer before the weights load); a method's own trainer
+        that reads none (monoT5, duoT5) leaves it unset."""
+        from rerank.methods import get_method
+
+        if self.head == "cross-encoder":
+            self.max_length = self.max_length or 0
+            if 0 < self.max_length < 8 or self.max_length < 0:
+                raise ConfigError(f"max_length must be >= 8 for the cross-encoder (its inference head refuses a shorter "
+                                  f"pair), or 0 / unset for the model's own limit; got {self.max_length}")
+        elif get_method(self.head).sft is None:
+            self.max_length = 1024 if self.max_length is None else self.max_length
+            if self.max_length < 1:
+                raise ConfigError(f"max_length must be >= 1 (tokens of prompt and target), got {self.max_length}")
 
 
 def trains_lora(head: str) -> bool:

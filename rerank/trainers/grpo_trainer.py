@@ -98,6 +98,18 @@ class GRPOTrainConfig(CommonTrainConfig):
             raise ConfigError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not 0 < self.epsilon < 1:
             raise ConfigError(f"epsilon (the clip range) must be in (0, 1), got {self.epsilon}")
+        if self.num_iterations == 1 and self.epsilon != option_default(self, "epsilon"):
+            raise ConfigError(f"epsilon {self.epsilon} clips the ratio to the generating policy, which is 1 with "
+                              "num_iterations 1 (every step on-policy): set num_iterations > 1, or drop epsilon")
+        if self.beta < 0:
+            raise ConfigError(f"beta (the KL coefficient) must be >= 0 (0: no KL term), got {self.beta}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_completion_length < 0:
+            raise ConfigError(f"max_completion_length must be >= 1 (tokens), or 0 for the head's bound; got "
+                              f"{self.max_completion_length}")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2 (GRPO compares rollouts of one prompt)")
         if self.batch_size % self.num_generations:

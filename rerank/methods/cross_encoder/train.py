@@ -6,7 +6,9 @@ per positive with ``data.negatives_per_positive`` of its query's negatives, soft
 those hard negatives and ``in_batch_negatives`` other rows' documents (default 4), scores as sigmoid x 10, the
 library's defaults; the localized contrastive estimation of Gao et al. 2021, plus in-batch negatives when > 0).
 On SciFact, BCE on a MiniLM-initialised cross-encoder learns only the base rate in one epoch; the contrastive loss
-learns to rank (docs/results.md). Queries are cut to ``max_query_tokens`` by the inference head's own rule (and
+learns to rank (docs/results.md). The pair is cut to ``max_length`` by the inference head's rule (0, the default:
+the model's own limit, as sentence-transformers takes it; a longer one than the position embeddings hold is refused
+before the weights load), and the number is recorded in ``rerank.json``. Queries are cut to ``max_query_tokens`` by the inference head's own rule (and
 recorded in ``rerank.json``), so the pairs trained on are the pairs scored. Model selection keeps the checkpoint with
 the best dev nDCG@10 (from sentence-transformers' reranking evaluator over the dev queries' candidates).
 ``OUTPUT/model`` is a plain ``AutoModelForSequenceClassification`` folder (one label, ``rerank.json`` and a model card
@@ -217,7 +219,6 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     )
     from transformers import AutoTokenizer, set_seed
 
-    from rerank.backends.transformers import position_limit
     from rerank.models import resolve_model_path
 
     loss_name, output = cfg.loss, ctx.output
@@ -225,7 +226,9 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     check_safetensors(path, "model")
     # the texts as inference sees them (special-token strings neutralised, the query cut as the head cuts it); before
     # the model: a row without teacher scores, or a dev split without a positive, fails in seconds
-    texts = PairTexts(AutoTokenizer.from_pretrained(path), cfg.max_query_tokens)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = PairTexts(tokenizer, cfg.max_query_tokens)
+    max_length = _pair_length(path, cfg.max_length, tokenizer)
     train_ds = _dataset(train, cfg, texts)
     skipped = skipped_queries(train, loss_name)
     samples = _dev_samples(dev, texts) if cfg.eval_steps > 0 else []
@@ -233,12 +236,8 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         raise ConfigError(f"eval_steps {cfg.eval_steps} selects the model on dev nDCG@10, but none of the "
                           f"{len(dev)} dev queries has a judged positive: set eval_steps: 0 to keep the last step")
     set_seed(cfg.seed)  # a new classifier head (a bi-encoder start) is drawn from the RNG: seeded, it is reproducible
-    model = CrossEncoder(path, num_labels=1, max_length=cfg.max_length, device="cpu" if cpu_only(cfg) else None,
+    model = CrossEncoder(path, num_labels=1, max_length=max_length, device="cpu" if cpu_only(cfg) else None,
                          model_kwargs={"use_safetensors": True})
-    limit = position_limit(model.model)  # the rule inference loads the model by (head.pair_length)
-    if limit is not None and cfg.max_length > limit:
-        raise ConfigError(f"max_length {cfg.max_length} exceeds this model's limit of {limit} tokens (its position "
-                          f"embeddings): the trained model could not be loaded; use max_length <= {limit}")
     if loss_name == "mnrl":
         loss = _mnrl_class(losses.MultipleNegativesRankingLoss)(model, num_negatives=cfg.in_batch_negatives)
     else:
@@ -268,13 +267,28 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         with staged_dir(output / "model") as tmp:
             model.save(str(tmp), safe_serialization=True)
             write_model_artifacts(tmp, method="cross-encoder", trainer="sft", config=cfg,
-                                  options={"max_length": cfg.max_length, "max_query_tokens": cfg.max_query_tokens},
+                                  options={"max_length": max_length, "max_query_tokens": cfg.max_query_tokens},
                                   metrics=dev_metrics or None,
                                   metrics_note=note)
     return {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint, "dev": dev_metrics,
             "selected_by": "dev nDCG@10" if evaluator is not None else "last step", **skipped,
             **({"dev_skipped_no_positive": len(dev) - len(samples)} if evaluator is not None else {})}
+
+
+def _pair_length(path: str, max_length: int, tokenizer: Any) -> int:
+    """The pair length trained (and recorded in ``rerank.json``), by the inference head's rule
+    (:func:`~rerank.methods.cross_encoder.head.pair_length`): ``max_length`` when set, refused beyond the model's
+    position embeddings, else (0) the model's own. The position limit is read from the model built from its config
+    on the meta device, before any weight loads."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from rerank.methods.cross_encoder.head import pair_length
+
+    with torch.device("meta"):
+        skeleton = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(path, num_labels=1))
+    return pair_length(max_length, skeleton, tokenizer)
 
 
 def _mnrl_class(base: type) -> type:

@@ -33,6 +33,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from rerank.data.datasets import Dataset  # noqa: E402
 from rerank.testing import shared_data_path  # noqa: E402
 
 torch.set_num_threads(1)
@@ -161,11 +162,9 @@ ZEBRA_DOCS = [("d1", "zebra facts", "striped animals"), ("d2", "", "loyal dogs r
 
 
 @pytest.fixture()
-def tiny_ds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a rerank.data.datasets.Dataset
+def tiny_ds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
     """A 3-document BEIR folder (one titled), one query 'zebra' judging d1, with its own cache root."""
     import json
-
-    from rerank.data.datasets import Dataset
 
     monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "ds"

@@ -29,7 +29,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from serve_support import serving  # noqa: E402
+from serve_support import serving
 
 
 class FirstWords(Reranker):

@@ -87,7 +87,7 @@ def test_distill_smollm2_chain(repo_root: Path, data_root: Path, tmp_path: Path,
     args = (str(out), "--sft", f"model={tiny_llm_dir}", "--sft", "max_steps=2", "--sft", "batch_size=2",
             "--sft", "save_steps=1", "--sft", "eval_steps=1", "--sft", "max_doc_tokens=24",
             "--grpo", "max_steps=1", "--grpo", "num_generations=2", "--grpo", "batch_size=2",
-            "--grpo", "save_steps=1", "--grpo", "eval_steps=0", "--grpo", "data.dev_fraction=0",
+            "--grpo", "save_steps=1", "--grpo", "eval_steps=1",
             "--grpo", "max_doc_tokens=24")
     r = _script(repo_root, data_root, tmp_path, "distill-smollm2.sh", *args)
     assert r.returncode == 0, r.stderr[-3000:]

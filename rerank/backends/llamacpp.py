@@ -223,8 +223,10 @@ class LlamaCppBackend(LogitsBackend):
 
     @property
     def context_length(self) -> int | None:
-        """The llama.cpp context allocated (``n_ctx``)."""
-        return int(self.llm.n_ctx())
+        """The ``n_ctx`` asked for: llama.cpp rounds its own context up (to a multiple of 256), but llama-cpp-python
+        sizes its token buffer by the requested value, so a longer prompt would overflow that buffer."""
+        requested = int(self.llm.context_params.n_ctx)
+        return min(requested, int(self.llm.n_ctx())) if requested > 0 else int(self.llm.n_ctx())
 
     def _check_length(self, prompt: Sequence[int], extra: int) -> None:
         limit = self.context_length

@@ -7,11 +7,19 @@ the tiny GGUF of :mod:`rerank.testing` and skips, saying why, without ``llama-cp
 
 from __future__ import annotations
 
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rerank.backends.registry import build_backend
+from rerank.errors import RerankError
 
 try:
     import llama_cpp  # noqa: F401
@@ -45,3 +53,221 @@ def test_llamacpp_fits_prompts_to_the_requested_n_ctx(tiny_llm_dir: Path, tmp_pa
             backend.next_token_logprobs([[1] * 301], [1])
     finally:
         backend.close()
+
+
+# ---------------------------------------------------------------- a scripted completions server
+
+
+class Server:
+    """A completions server on loopback whose reply is ``reply(body) -> (status, raw body)``; it records each
+    request's ``Authorization`` header, its prompts, and the most requests it held at once."""
+
+    def __init__(self) -> None:
+        self.reply: Callable[[dict[str, Any]], tuple[int, str]] = self.logprobs
+        self.delay = 0.0
+        self.auth: list[str | None] = []
+        self.prompts: list[list[Any]] = []
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.auth.append(self.headers.get("Authorization"))
+                    server.prompts.append(body["prompt"])
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                time.sleep(server.delay)
+                status, raw = server.reply(body)
+                with server.lock:
+                    server.in_flight -= 1
+                data = raw.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def logprobs(body: dict[str, Any], value: Callable[[list[int], int], Any] | None = None) -> tuple[int, str]:
+        """vLLM's answer: each requested id's log-prob keyed ``token_id:N`` (by default distinct per prompt)."""
+        value = value or (lambda p, t: -1.0 - (sum(p) * 7 + t) % 13 / 3)
+        choices = [{"index": i, "text": "x", "logprobs": {"top_logprobs": [
+            {f"token_id:{t}": value(p, t) for t in body.get("logprob_token_ids") or []}]}}
+            for i, p in enumerate(body["prompt"])]
+        return 200, json.dumps({"choices": choices})
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.close()
+
+
+def openai(server: Server, tok: Path, url: str | None = None, **options: Any) -> Any:
+    return build_backend("openai", "served", base_url=url or server.url, tokenizer=str(tok), **options)
+
+
+PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16], [17, 18, 19], [20, 21], [22]]
+
+
+# ---------------------------------------------------------------- #2, #6, #7a malformed 200 replies
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    ("<html>proxy login page</html>", r"200 with a non-JSON body: <html>proxy login page</html>$"),
+    ("[1,2,3]", r"an unexpected body \(not an object with a list of choice objects\): \[1, 2, 3\]$"),
+    ('{"choices": [1]}', r"an unexpected body \(not an object with a list of choice objects\)"),
+    ('{"choices": [{"index": 0, "logprobs": {"top_logprobs": [[1, 2]]}}]}', r"an unexpected body \(logprobs is not"),
+    ('{"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:4": "low"}]}}]}',
+     r"an unexpected body \(the log-prob of 'token_id:4' is 'low', not a number\): \{\"index\": 0"),
+])
+def test_malformed_logprob_replies_are_one_line_errors(server: Server, tiny_llm_dir: Path, raw: str,
+                                                       match: str) -> None:
+    server.reply = lambda body: (200, raw)
+    backend = openai(server, tiny_llm_dir, max_retries=0)
+    with pytest.raises(RerankError, match=r"^openai backend: http://127\.0\.0\.1:\d+/v1/completions answered " + match) \
+            as e:
+        backend.next_token_logprobs(PROMPTS[:1], [4])
+    assert "\n" not in str(e.value)
+    backend.close()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, -math.inf), (-0.5, -0.5), (1e-6, 0.0)])
+def test_null_logprob_reads_as_minus_infinity(server: Server, tiny_llm_dir: Path, value: Any,
+                                               expected: float) -> None:
+    server.reply = lambda body: Server.logprobs(body, lambda p, t: value)
+    backend = openai(server, tiny_llm_dir)
+    assert backend.next_token_logprobs(PROMPTS[:2], [4, 6]) == [[expected, expected]] * 2
+    backend.close()
+
+
+@pytest.mark.parametrize("value", [5.0, float("nan")])
+def test_positive_or_nan_logprob_is_refused(server: Server, tiny_llm_dir: Path, value: float) -> None:
+    server.reply = lambda body: Server.logprobs(body, lambda p, t: value)
+    backend = openai(server, tiny_llm_dir)
+    with pytest.raises(RerankError, match=rf"answered the log-prob {value} for 'token_id:4', but log-probs are <= 0"):
+        backend.next_token_logprobs(PROMPTS[:1], [4])
+    backend.close()
+
+
+@pytest.mark.parametrize(("choice", "match"), [
+    ({"index": 0, "text": None}, r"a choice's text is None, not a string"),
+    ({"index": 0}, r"a choice's text is None, not a string"),
+    ({"index": 0, "text": "x", "token_ids": ["a"]}, r"token_ids is not a list of integers"),
+])
+def test_null_text_is_a_one_line_error(server: Server, tiny_llm_dir: Path, choice: dict[str, Any],
+                                        match: str) -> None:
+    from rerank.backends.base import GenerationConfig
+
+    server.reply = lambda body: (200, json.dumps({"choices": [choice]}))
+    backend = openai(server, tiny_llm_dir)
+    with pytest.raises(RerankError, match=r"^openai backend: http://127\.0\.0\.1:\d+/v1/completions answered an "
+                                          r"unexpected body \(" + match):
+        backend.generate(PROMPTS[:1], GenerationConfig(max_new_tokens=4))
+    backend.close()
+
+
+def test_malformed_reply_through_the_cli_is_one_line_exit_2(server: Server, tiny_llm_dir: Path, tmp_path: Path,
+                                                            run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server.reply = lambda body: (200, "[1,2,3]")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"query": "cats", "docs": ["cats eat meat", "dogs bark"]}) + "\n")
+    rc, _, err = run_cli("rank", "--reranker", "yes-no", "--model", "fake", "--backend", "openai",
+                         "--base-url", f"http://alice:PASSWORD42@127.0.0.1:{server.port}/v1", "--reranker-set",
+                         f"backend_options.tokenizer={tiny_llm_dir}", "--input", src, "--output", tmp_path / "o.jsonl")
+    assert rc == 2 and "Traceback" not in err and "PASSWORD42" not in err
+    assert f"openai backend: http://alice:<redacted>@127.0.0.1:{server.port}/v1/completions answered an " \
+           "unexpected body" in err
+
+
+# ---------------------------------------------------------------- #3 a base URL's password in logs
+
+
+def test_url_password_goes_as_basic_auth_and_never_reaches_the_logs(server: Server, tiny_llm_dir: Path,
+                                                                    caplog: pytest.LogCaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import logging
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"http://alice:PASSWORD42@127.0.0.1:{server.port}/v1"
+    with caplog.at_level(logging.DEBUG):
+        backend = openai(server, tiny_llm_dir, url=url)
+        backend.next_token_logprobs(PROMPTS[:1], [4])
+        backend.close()
+    assert "HTTP Request: POST" in caplog.text and "PASSWORD42" not in caplog.text
+    assert server.auth == ["Basic " + base64.b64encode(b"alice:PASSWORD42").decode()]
+
+
+def test_url_password_beside_an_api_key_is_refused(server: Server, tiny_llm_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from rerank.errors import ConfigError
+
+    url = f"http://alice:PASSWORD42@127.0.0.1:{server.port}/v1"
+    with pytest.raises(ConfigError, match=r"base_url http://alice:<redacted>@.* carries a user:password and api_key "
+                                          r"is set.*drop one") as e:
+        openai(server, tiny_llm_dir, url=url, api_key="sk-1")
+    assert "PASSWORD42" not in str(e.value)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-2")
+    with pytest.raises(ConfigError, match=r"\$OPENAI_API_KEY is set"):
+        openai(server, tiny_llm_dir, url=url)
+    backend = openai(server, tiny_llm_dir)  # the key alone is still sent as a Bearer token
+    backend.next_token_logprobs(PROMPTS[:1], [4])
+    assert server.auth == ["Bearer sk-2"]
+    backend.close()
+
+
+@pytest.mark.parametrize("verbose", [True, False])
+def test_cli_log_handler_redacts_httpx_urls(verbose: bool) -> None:
+    import io
+    import logging
+
+    from rerank.cli import log_handler
+
+    stream = io.StringIO()
+    handler = log_handler(verbose, stream)
+    for name, level in (("httpx", logging.INFO), ("httpcore.http11", logging.WARNING)):
+        record = logging.LogRecord(name, level, __file__, 1, 'HTTP Request: %s %s "%s"', ("POST",
+                                   "http://alice:PASSWORD42@127.0.0.1:1/v1/completions", "HTTP/1.1 200 OK"), None)
+        if handler.filter(record):
+            handler.emit(record)
+    assert "PASSWORD42" not in stream.getvalue() and "http://alice:<redacted>@127.0.0.1:1/v1/completions" \
+        in stream.getvalue()
+
+
+# ---------------------------------------------------------------- #8 openai concurrency with the default options
+
+
+def test_a_head_call_is_spread_over_concurrent_requests_in_order(server: Server, tiny_llm_dir: Path) -> None:
+    """The head's batch of 8 prompts (its default batch_size, which it also gives the backend) goes as 4 requests of
+    2 at once with the default concurrency 4 (it was one request of 8); the answers keep the prompts' order."""
+    from rerank.methods.yes_no.head import YesNoConfig, YesNoReranker
+
+    server.delay = 0.2
+    head = YesNoReranker(YesNoConfig(backend_options={"base_url": server.url, "tokenizer": str(tiny_llm_dir)}),
+                         model="served", backend_name="openai")
+    assert head.backend.config.batch_size == 8 and head.backend.config.concurrency == 4
+    got = head.backend.next_token_logprobs(PROMPTS, [4, 6])
+    assert sorted(map(len, server.prompts)) == [2, 2, 2, 2] and server.most_in_flight == 4
+    assert sorted(map(tuple, (p for batch in server.prompts for p in batch))) == sorted(map(tuple, PROMPTS))
+    serial = openai(server, tiny_llm_dir, concurrency=1, batch_size=8)
+    assert serial.next_token_logprobs(PROMPTS, [4, 6]) == got
+    assert len(server.prompts[-1]) == 8
+    head.backend.close()
+    serial.close()

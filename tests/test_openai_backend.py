@@ -202,7 +202,7 @@ def test_plain_server_ambiguous_text_raises(server: FakeServer, tok_dir: Path) -
 
 
 def test_text_prompt_format(server: FakeServer, tok_dir: Path) -> None:
-    backend = make(server, tok_dir, prompt_format="text")
+    backend = make(server, tok_dir, prompt_format="text", concurrency=1)  # one request holds both prompts
     prompts = prompts_for(backend, TEXTS[:2])
     got = backend.next_token_logprobs(prompts, [7, 9])
     assert [b["prompt"] for _, b in server.requests] == [["the cat sat", "solar panels make power"]]

@@ -15,10 +15,23 @@ Log-probs of requested token ids (``max_tokens=1``, greedy):
   ``top_logprobs`` entries (OpenAI caps it at 5, vLLM at ``--max-logprobs``), keyed by token text. A requested id
   is read from them only when it is in that top list and its text is unambiguous in the vocabulary; otherwise the
   call raises a :class:`~rerank.errors.RerankError` naming the id. Nothing is ever guessed or floored.
+
+A log-prob the server writes as null (JSON has no -inf; servers write a log-prob of -inf that way) is read as -inf;
+a positive one or a NaN is refused by name (log-probs are <= 0; a tiny positive rounding error, at most
+:data:`LOGPROB_SLACK`, reads as 0). A 200 reply that is not JSON, or not the completions shape (a proxy's login page, a
+UI served at ``/v1``, a null text), is a one-line :class:`~rerank.errors.RerankError` naming the URL (its password
+redacted) and quoting the start of the body.
+
+Each call's prompts are sent ``batch_size`` per request at most, and spread over up to ``concurrency`` requests in
+flight at once (``ceil(n / concurrency)`` prompts each), so a head call of 8 prompts makes 4 requests of 2 with the
+defaults; the answers keep the prompts' order. A ``user:password@`` in ``base_url`` is sent as HTTP basic auth, taken
+out of the URL httpx logs; it cannot go with an API key (one ``Authorization`` header), so both together are refused.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +50,14 @@ from rerank.utils.http import post_with_retries
 __all__ = ["OpenAIBackend", "OpenAIBackendConfig"]
 
 TOKEN_ID_PREFIX = "token_id:"
+#: a positive log-prob up to this is a rounding error of the server's log-softmax and reads as 0; above, it is refused
+LOGPROB_SLACK = 1e-4
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """The start of a response body on one line (whitespace runs joined), at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
 @dataclass
@@ -87,8 +108,17 @@ class OpenAIBackend(Backend):
         self.config = config
         self.api_key = config.api_key if config.api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = httpx.URL(config.base_url.rstrip("/") + "/")
+        auth: httpx.BasicAuth | None = None
+        if url.userinfo:  # basic auth, kept out of the URL that httpx logs (`rerank -v`)
+            if self.api_key:
+                given = "api_key" if config.api_key is not None else "$OPENAI_API_KEY"
+                raise ConfigError(f"openai backend: base_url {redact_url(config.base_url)} carries a user:password and "
+                                  f"{given} is set, but a request sends one Authorization header; drop one of them")
+            auth = httpx.BasicAuth(url.username, url.password)
+            url = url.copy_with(username=None, password=None)
         self.requests = 0  # HTTP responses received, retried ones included
-        self.client = httpx.Client(base_url=config.base_url.rstrip("/") + "/", headers=headers, timeout=config.timeout,
+        self.client = httpx.Client(base_url=url, headers=headers, auth=auth, timeout=config.timeout,
                                    event_hooks={"response": [self._count_response]})
         self._text_to_ids: dict[str, list[int]] | None = None
 
@@ -123,6 +153,16 @@ class OpenAIBackend(Backend):
         """The ``max_model_len`` option (None: unknown, prompts are not fitted)."""
         return self.config.max_model_len
 
+    @property
+    def _endpoint(self) -> str:
+        """The completions URL as errors show it (a password in it redacted)."""
+        return f"{redact_url(self.config.base_url.rstrip('/'))}/completions"
+
+    def _unexpected(self, what: str, body: Any) -> RerankError:
+        """A one-line error: the server's 200 reply was not the completions shape (``what``), quoting ``body``."""
+        text = body if isinstance(body, str) else json.dumps(body, default=str)
+        return RerankError(f"openai backend: {self._endpoint} answered an unexpected body ({what}): {_excerpt(text)}")
+
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One completions request; retries transport errors, 429 and 5xx with exponential back-off."""
         response = post_with_retries(
@@ -131,27 +171,38 @@ class OpenAIBackend(Backend):
             unreachable=lambda e: RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e}"),
         )
         if response.status_code != 200:
-            raise RerankError(f"openai backend: {redact_url(self.config.base_url)}/completions answered {response.status_code}: "
+            raise RerankError(f"openai backend: {self._endpoint} answered {response.status_code}: "
                               f"{response.text[:500]}")
-        return response.json()
+        try:
+            body = response.json()
+        except ValueError:  # a proxy's login page, a UI served at /v1, a truncated reply
+            raise RerankError(f"openai backend: {self._endpoint} answered 200 with a non-JSON body: "
+                              f"{_excerpt(response.text)}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list) \
+                or not all(isinstance(c, dict) for c in body["choices"]):
+            raise self._unexpected("not an object with a list of choice objects", body)
+        return body
 
     def _choices(self, prompts: Sequence[Sequence[int]], fields: dict[str, Any]) -> list[dict[str, Any]]:
-        """Send prompts ``batch_size`` per request, ``concurrency`` at a time; one choice per prompt, in order."""
+        """Send prompts in up to ``concurrency`` requests at once (``batch_size`` per request at most, fewer so that a
+        call's prompts fill ``concurrency`` requests); one choice per prompt, in the prompts' order."""
         check_prompts(prompts)
         if self.config.prompt_format == "token_ids":
             sent: list[Any] = [[int(t) for t in p] for p in prompts]
         else:
             sent = [self._tokenizer.decode(list(p), skip_special_tokens=False) for p in prompts]
-        size = self.config.batch_size
+        size = max(1, min(self.config.batch_size, -(-len(sent) // self.config.concurrency)))
         batches = [sent[i : i + size] for i in range(0, len(sent), size)]
 
         def run(batch: list[Any]) -> list[dict[str, Any]]:
             body = self._post({"model": self.model, "prompt": batch, "n": 1, **fields})
-            choices = sorted(body.get("choices", []), key=lambda c: c.get("index", 0))
+            choices = sorted(body["choices"], key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
             if len(choices) != len(batch):
                 raise RerankError(f"openai backend: sent {len(batch)} prompts, got {len(choices)} choices")
             return choices
 
+        if not batches:
+            return []
         with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(batches))) as pool:
             return [c for batch_choices in pool.map(run, batches) for c in batch_choices]
 
@@ -164,20 +215,36 @@ class OpenAIBackend(Backend):
             self._text_to_ids = table
         return self._text_to_ids
 
+    def _logprob(self, key: str, value: Any, choice: dict[str, Any]) -> float:
+        """One log-prob as the server wrote it: null is -inf; a non-number, a NaN or a positive value is refused."""
+        if value is None:
+            return -math.inf
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._unexpected(f"the log-prob of {key!r} is {value!r}, not a number", choice)
+        if math.isnan(value) or value > LOGPROB_SLACK:
+            raise RerankError(f"openai backend: {self._endpoint} answered the log-prob {value} for {key!r}, but "
+                              "log-probs are <= 0 (a NaN or positive one is a broken server or model); check the server")
+        return min(float(value), 0.0)
+
     def _parse_logprobs(self, choice: dict[str, Any], wanted: Sequence[int], prompt_index: int) -> dict[int, float]:
         """Log-probs of ``wanted`` from one choice's first position; raises if one is absent or ambiguous."""
         lp = choice.get("logprobs") or {}
-        tops = lp.get("top_logprobs") or []
-        entries: dict[str, float] = dict(tops[0]) if tops and tops[0] else {}
-        if lp.get("tokens") and lp.get("token_logprobs"):
-            entries.setdefault(lp["tokens"][0], lp["token_logprobs"][0])
+        tops = lp.get("top_logprobs") if isinstance(lp, dict) else None
+        tokens = lp.get("tokens") if isinstance(lp, dict) else None
+        token_lps = lp.get("token_logprobs") if isinstance(lp, dict) else None
+        if not isinstance(lp, dict) or not isinstance(tops or [], list) or not isinstance(tokens or [], list) \
+                or not isinstance(token_lps or [], list) or (tops and not isinstance(tops[0] or {}, dict)):
+            raise self._unexpected("logprobs is not an object with top_logprobs as a list of objects", choice)
+        entries: dict[str, Any] = dict(tops[0]) if tops and tops[0] else {}
+        if tokens and token_lps and isinstance(tokens[0], str):
+            entries.setdefault(tokens[0], token_lps[0])
         by_id: dict[int, float] = {}
         by_text: dict[str, float] = {}
         for key, value in entries.items():
             if key.startswith(TOKEN_ID_PREFIX) and key[len(TOKEN_ID_PREFIX) :].isdigit():
-                by_id[int(key[len(TOKEN_ID_PREFIX) :])] = float(value)
+                by_id[int(key[len(TOKEN_ID_PREFIX) :])] = self._logprob(key, value, choice)
             else:
-                by_text[key] = float(value)
+                by_text[key] = self._logprob(key, value, choice)
         out: dict[int, float] = {}
         for t in wanted:
             if t in by_id:
@@ -236,7 +303,11 @@ class OpenAIBackend(Backend):
         texts = []
         for choice in self._choices(prompts, fields):
             ids = choice.get("token_ids")
-            text = self._tokenizer.decode(ids, skip_special_tokens=True) if ids is not None else choice.get("text", "")
+            if ids is not None and not (isinstance(ids, list) and all(type(t) is int for t in ids)):
+                raise self._unexpected("token_ids is not a list of integers", choice)
+            text = self._tokenizer.decode(ids, skip_special_tokens=True) if ids is not None else choice.get("text")
+            if not isinstance(text, str):
+                raise self._unexpected(f"a choice's text is {text!r}, not a string", choice)
             texts.append(cut_at_stop(text, config.stop))
         return texts
 

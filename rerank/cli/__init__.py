@@ -84,10 +84,25 @@ def _ours_or_warning(record: logging.LogRecord) -> bool:
             or record.name == "uvicorn.error")  # the server's lifecycle: running on, startup complete, shutdown
 
 
+def _redact_http_urls(record: logging.LogRecord) -> bool:
+    """A log filter: the password of a ``user:password@`` URL in an httpx or httpcore record (``HTTP Request: POST
+    http://alice:…@host``, shown with ``-v``) is written ``<redacted>``, as everywhere else."""
+    if record.name.split(".")[0] in ("httpx", "httpcore"):
+        from rerank.config import redact_url
+
+        message = record.getMessage()
+        redacted = redact_url(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+    return True
+
+
 def log_handler(verbose: bool, stream: object = None) -> logging.Handler:
-    """The stderr handler of the command line: every record with ``verbose``, else :func:`_ours_or_warning`."""
+    """The stderr handler of the command line: every record with ``verbose``, else :func:`_ours_or_warning`; URL
+    passwords in the HTTP clients' records redacted either way."""
     handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_redact_http_urls)
     if not verbose:
         handler.addFilter(_ours_or_warning)
     return handler

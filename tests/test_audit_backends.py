@@ -271,3 +271,27 @@ def test_a_head_call_is_spread_over_concurrent_requests_in_order(server: Server,
     assert len(server.prompts[-1]) == 8
     head.backend.close()
     serial.close()
+
+
+# ---------------------------------------------------------------- #7b the NaN hint follows the backend
+
+
+@pytest.mark.parametrize(("backend_name", "hint", "absent"), [
+    ("openai", "the server returned NaN log-probabilities", "--reranker-set dtype=float32"),
+    ("llamacpp", "backend_options.kv_cache_type=f32", "--reranker-set dtype=float32"),
+    ("transformers", "try dtype=float32 (--reranker-set dtype=float32)", "server"),
+])
+def test_nan_hint_suggests_only_what_the_backend_takes(tiny_llm_dir: Path, backend_name: str, hint: str,
+                                                       absent: str) -> None:
+    from transformers import AutoTokenizer
+
+    from rerank.backends.scripted import ScriptedBackend
+    from rerank.methods.yes_no.head import YesNoConfig, YesNoReranker
+
+    backend = ScriptedBackend(AutoTokenizer.from_pretrained(tiny_llm_dir),
+                              logprobs_fn=lambda text, ids: [math.nan] * len(ids))
+    backend.name = backend_name
+    head = YesNoReranker(YesNoConfig(), backend=backend)
+    with pytest.raises(RerankError, match="NaN") as e:
+        head.rerank("cats", ["cats eat meat", "dogs bark"])
+    assert hint in str(e.value) and absent not in str(e.value)

@@ -347,8 +347,7 @@ class Reranker(ABC):
             if any(map(math.isnan, s)):  # NaN compares false both ways: the order it gave would be arbitrary
                 nan = [c[j].doc.id for j, v in enumerate(s) if math.isnan(v)]
                 raise RerankError(f"the reranker scored {len(nan)} of {len(s)} documents of query {q.id!r} NaN (e.g. "
-                                  f"{nan[0]!r}), so its ranking is undefined: a float16 overflow? try dtype=float32 "
-                                  "(--reranker-set dtype=float32)")
+                                  f"{nan[0]!r}), so its ranking is undefined: {self.nan_hint()}")
             rel = self.list_relevance(s, m) if s else []
             order = sorted(range(len(c)), key=lambda j: -s[j])  # stable: ties keep input order (RankedResult.to_run)
             ranked = [
@@ -378,6 +377,11 @@ class Reranker(ABC):
         """:meth:`rerank_batch` in a worker thread; concurrent calls on one in-process model run one at a time (a
         model and its fast tokenizer are not thread-safe), the remote reranker's run side by side."""
         return await asyncio.to_thread(self.rerank_batch, queries, docs_lists, top_k)
+
+    def nan_hint(self) -> str:
+        """What the NaN-score error suggests; heads whose model runs elsewhere (a server) or cannot take
+        ``dtype=float32`` say so instead."""
+        return "a float16 overflow? try dtype=float32 (--reranker-set dtype=float32)"
 
     def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads

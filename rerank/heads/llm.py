@@ -148,6 +148,19 @@ class LLMReranker(Reranker):
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
         return cls(cfg, model=model, backend_name=backend)  # type: ignore[arg-type]
 
+    def nan_hint(self) -> str:
+        """The NaN-score advice for this head's backend: ``dtype=float32`` only where the backend takes it."""
+        name = self.backend.name
+        if name == "openai":
+            return ("the server returned NaN log-probabilities; check the served model (e.g. vLLM --dtype float32), "
+                    "the openai backend cannot change its dtype")
+        if name == "llamacpp":
+            return ("llama.cpp computed NaN; try the f32 KV cache (--reranker-set backend_options.kv_cache_type=f32) "
+                    "or a less quantised GGUF file (its dtype is the file's)")
+        if name in ("transformers", "vllm"):
+            return super().nan_hint()
+        return f"the {name} backend returned NaN; check its model"
+
     def default_template(self) -> str:
         """The template used when the config names none: the method's first shipped template."""
         from rerank.methods import get_method

@@ -25,7 +25,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rerank.backends.transformers import position_limit, resolve_device
-from rerank.config import refuse_changed
+from rerank.config import changed_options
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
@@ -663,38 +663,52 @@ class DenseConfig(EncoderOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.index:  # a saved index is searched as it is: no corpus is encoded, so nothing is cached or sharded
-            refuse_changed(self, ("cache", "shard_size"), f"when the corpus is encoded (the index {self.index} is "
-                           "loaded as saved)", "drop the index")
+        changed = changed_options(self, ("cache", "shard_size")) if self.index else []
+        if changed:  # a saved index is searched as it is: no corpus is encoded, so nothing is cached or sharded
+            given = " and ".join(f"{name}={getattr(self, name)}" for name in changed)
+            raise ConfigError(f"{given} appl{'y' if len(changed) > 1 else 'ies'} only when the corpus is encoded, and "
+                              f"the index {self.index} is searched as saved: drop {given}, or drop the index to "
+                              "encode the corpus")
 
 
 _ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
 
 
-def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None) -> dict[str, Any]:
-    """Encoder settings: explicit options, else the index's recorded ones; an explicit doc-side value must match it."""
+def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, model: str | None = None,
+                       dataset: str | None = None) -> dict[str, Any]:
+    """Encoder settings: explicit options, else the index's recorded ones; an explicit doc-side value (or ``dtype``)
+    must match it, else a one-line error naming the ``rerank index`` command (for ``model`` and ``dataset``) that
+    builds an index with it."""
+    from rerank.retrieval.index import rebuild_command
+
     out: dict[str, Any] = {k: getattr(cfg, k) for k in _ENCODER_KEYS if getattr(cfg, k) is not None}
     if manifest is None:
         return out
-    recorded = manifest.get("encoder", {})
-    for k in _ENCODER_KEYS:
-        if k not in recorded:
+    recorded = manifest.get("encoder")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    given = {**out, "dtype": cfg.dtype} if cfg.dtype is not None else out
+    for k in (*_ENCODER_KEYS, "dtype"):
+        if k not in recorded or k not in given or k in ("query_prefix", "query_max_length"):
             continue
-        if k in out and k not in ("query_prefix", "query_max_length") and out[k] != recorded[k]:
-            raise RerankError(
-                f"index {cfg.index}: built with {k}={recorded[k]!r}, but {k}={out[k]!r} was given; rebuild the index "
-                f"or drop the option"
-            )
-        out.setdefault(k, recorded[k])
+        if given[k] != recorded[k]:
+            index = getattr(cfg, "index", None) or "?"
+            redo = rebuild_command(index, manifest, model=model, dataset=dataset, settings=given)
+            raise RerankError(f"index {index}: built with {k}={recorded[k]!r}, but {k}={given[k]!r} was given; drop "
+                              f"the option, or rebuild the index with it: {redo}")
+    for k in _ENCODER_KEYS:
+        if k in recorded:
+            out.setdefault(k, recorded[k])
     if cfg.dtype is None and recorded.get("dtype") in _DTYPES:
         cfg.dtype = recorded["dtype"]
     return out
 
 
-def load_encoder(model: str, options: EncoderOptions, manifest: dict[str, Any] | None = None) -> BiEncoder:
-    """The bi-encoder ``model`` with ``options`` over its own settings (and an index manifest's, when given)."""
+def load_encoder(model: str, options: EncoderOptions, manifest: dict[str, Any] | None = None,
+                 dataset: str | None = None) -> BiEncoder:
+    """The bi-encoder ``model`` with ``options`` over its own settings (and an index manifest's, when given; a
+    mismatch names the ``rerank index`` command for ``dataset``)."""
     return BiEncoder.load(model, device=options.device, dtype=options.dtype, runtime=options.runtime,
-                          quantize=options.quantize, **_encoder_overrides(options, manifest))
+                          quantize=options.quantize, **_encoder_overrides(options, manifest, model, dataset))
 
 
 def _tmp_work_dir() -> Path:
@@ -711,15 +725,29 @@ def searchable_queries(queries: Mapping[str, Query]) -> list[str]:
     return qids
 
 
+def blank_doc_ids(dataset: Any) -> frozenset[str]:
+    """The ids of ``dataset``'s empty documents (no title or text, or whitespace only), which dense retrieval leaves
+    out (BM25 never returns them); logs a warning with their count when there are any."""
+    from rerank.retrieval.index import doc_text
+
+    docs = dataset.corpus.values() if "corpus" in vars(dataset) else dataset.iter_corpus()
+    blank = frozenset(d.id for d in docs if not doc_text(d))
+    if blank:
+        log.warning("%d documents are empty (no title or text, e.g. %r): dense retrieval never returns them, as BM25 "
+                    "does not", len(blank), min(blank))
+    return blank
+
+
 class DenseRetriever(FirstStage):
     """Bi-encoder first stage over a FAISS index: a saved ``--index`` folder, or the corpus encoded (cached) into flat IP."""
 
     name = "dense"
 
-    def __init__(self, encoder: BiEncoder, index: Any, config: DenseConfig) -> None:
+    def __init__(self, encoder: BiEncoder, index: Any, config: DenseConfig, blank: Collection[str] = ()) -> None:
         self.encoder = encoder
         self.index = index
         self.config = config
+        self.blank = frozenset(blank)  # ids of empty documents: never returned (see :meth:`retrieve`)
 
     @classmethod
     def from_dataset(cls, dataset: Any, **options: Any) -> DenseRetriever:
@@ -732,11 +760,13 @@ class DenseRetriever(FirstStage):
         """Load the encoder and the index (saved, or built from cached embeddings) for ``dataset``."""
         from rerank.retrieval.index import DenseIndex, IndexConfig, encode_corpus_cached, set_search_params
 
-        manifest = DenseIndex.read_manifest(cfg.index) if cfg.index else None
+        root = getattr(dataset, "root", None)
+        where = str(root) if root is not None else None  # for the `rerank index` command an error names
+        manifest = DenseIndex.read_manifest(cfg.index, model=cfg.model, dataset=where) if cfg.index else None
         model = cfg.model or (manifest or {}).get("model")
         if not model:
             raise ConfigError("the dense retriever needs a model (--model M or --retriever-set model=M) or an --index")
-        encoder = load_encoder(model, cfg, manifest)
+        encoder = load_encoder(model, cfg, manifest, where)
         if cfg.index:
             index = DenseIndex.load(
                 cfg.index,
@@ -744,6 +774,8 @@ class DenseRetriever(FirstStage):
                 corpus_ids=dataset.corpus.keys(),
                 model_hash=encoder.fingerprint("doc"),
                 dim=encoder.dim,
+                model=str(model),
+                dataset=where,
             )
         else:
             work = None if cfg.cache else _tmp_work_dir()
@@ -758,12 +790,13 @@ class DenseRetriever(FirstStage):
                 if work is not None:
                     shutil.rmtree(work, ignore_errors=True)
         set_search_params(index.index, cfg.ef_search, cfg.nprobe)
-        return cls(encoder, index, cfg)
+        return cls(encoder, index, cfg, blank_doc_ids(dataset))
 
     def retrieve(self, queries: Queries, k: int) -> dict[str, list[tuple[str, float]]]:
         """Top-``k`` per query in trec_eval order. An empty or whitespace-only query gets ``[]``, as with BM25 (its
-        embedding is no question, yet would rank the corpus); a query text holding a lone UTF-16 surrogate is a
-        ``ValueError`` naming the query (tokenizers refuse it)."""
+        embedding is no question, yet would rank the corpus); an empty document (no title or text) is never returned,
+        as with BM25 (its embedding holds no content, yet can outscore every document); a query text holding a lone
+        UTF-16 surrogate is a ``ValueError`` naming the query (tokenizers refuse it)."""
         queries, k = retrieve_args(queries, k)
         qids = searchable_queries(queries)
         run: dict[str, list[tuple[str, float]]] = {q: [] for q in queries}
@@ -772,8 +805,9 @@ class DenseRetriever(FirstStage):
         emb = self.encoder.encode_numpy(
             [queries[q].text for q in qids], "query", self.config.batch_size, self.config.progress, "encode queries"
         )
-        hits = self.index.search(emb, k)
-        run.update((q, sort_ranking(h)) for q, h in zip(qids, hits, strict=True))
+        hits = self.index.search(emb, k + len(self.blank))  # enough for k once the empty documents are dropped
+        run.update((q, sort_ranking([h for h in hit if h[0] not in self.blank])[:k])
+                   for q, hit in zip(qids, hits, strict=True))
         return run
 
     def describe(self) -> dict[str, Any]:

@@ -62,6 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "rerank-dense-index"
+INDEX_VERSION = 1  # the manifest format version this rerank writes and reads
 EMB_FORMAT = "rerank-embeddings"
 TITLE_SEP = " "
 LOCK_NAME = ".lock"  # in a work folder: held while a process encodes into it
@@ -166,6 +167,41 @@ def _rebuild_flags(settings: dict[str, Any]) -> str:
         elif flag is not None:
             flags.append(f"{flag} {shlex.quote(str(v))}")
     return " ".join(flags)
+
+
+#: the ``rerank index`` flag of each encoder setting a manifest records that a rebuild must repeat
+_REBUILD_SETTING_FLAGS = {"pooling": "--pooling", "normalize": "--normalize", "query_prefix": "--query-prefix",
+                          "doc_prefix": "--doc-prefix", "query_max_length": "--query-max-length",
+                          "doc_max_length": "--doc-max-length", "dtype": "--dtype"}
+
+
+def rebuild_command(path: str | Path, manifest: Any = None, *, model: str | None = None, dataset: str | None = None,
+                    settings: dict[str, Any] | None = None) -> str:
+    """The ``rerank index`` command (back-quoted) that rebuilds the index at ``path``: ``model`` (default: the one
+    the manifest records), ``dataset`` (default: a ``DATASET`` placeholder), and the encoder settings and index type
+    the manifest records, ``settings`` overriding them (an empty prefix is left out: the model's own applies)."""
+    import shlex
+
+    m = manifest if isinstance(manifest, dict) else {}
+    model = model or (m.get("model") if isinstance(m.get("model"), str) else None) or "MODEL"
+    parts = ["rerank index", "--model", shlex.quote(str(model)), "--dataset",
+             shlex.quote(str(dataset)) if dataset else "DATASET", "--output", shlex.quote(str(path))]
+    encoder = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
+    for key, flag in _REBUILD_SETTING_FLAGS.items():
+        value = (settings or {}).get(key, encoder.get(key))
+        if value is None or (key.endswith("_prefix") and value == ""):
+            continue
+        if key == "normalize":
+            parts.append("--normalize" if value else "--no-normalize")
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    index_type = m.get("index_type")
+    if index_type in INDEX_TYPE_OPTIONS and index_type != "flat":
+        parts += ["--index-type", index_type]
+        params = m.get("index_params") if isinstance(m.get("index_params"), dict) else {}
+        parts += [f"--{k.replace('_', '-')} {v}" for k, v in params.items()
+                  if k in INDEX_TYPE_OPTIONS[index_type] and isinstance(v, int)]
+    return "`" + " ".join(parts) + "`"
 
 
 def embedding_cache_dir(key: dict[str, Any], root: str | Path | None = None) -> Path:
@@ -499,7 +535,7 @@ class DenseIndex:
         key = emb.manifest["key"]
         manifest = {
             "format": INDEX_FORMAT,
-            "version": 1,
+            "version": INDEX_VERSION,
             "model": model or encoder.name_or_path,
             "model_hash": key["model_hash"],
             "corpus_sha256": key["corpus_sha256"],
@@ -540,17 +576,34 @@ class DenseIndex:
         return path
 
     @staticmethod
-    def read_manifest(path: str | Path) -> dict[str, Any]:
-        """The manifest of a saved index folder (an incomplete folder is an error)."""
+    def read_manifest(path: str | Path, *, model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+        """The manifest of a saved index folder. An incomplete folder, a damaged manifest, one of a newer format
+        version or one lacking a key :meth:`load` reads is a one-line :class:`RerankError` naming the file and the
+        ``rerank index`` command that rebuilds it (for ``model`` and ``dataset`` when given)."""
         mpath = Path(path) / "manifest.json"
         if not mpath.is_file():
-            raise RerankError(f"{path} is not a complete dense index folder: no manifest.json (rebuild with rerank index)")
+            raise RerankError(f"{path} is not a complete dense index folder: no manifest.json; rebuild it with "
+                              f"{rebuild_command(path, model=model, dataset=dataset)}")
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RerankError(f"{mpath}: invalid JSON: {e}") from None
-        if manifest.get("format") != INDEX_FORMAT:
-            raise RerankError(f"{mpath}: not a {INDEX_FORMAT} manifest (format={manifest.get('format')!r})")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RerankError(f"{mpath}: invalid JSON ({e}); rebuild the index with "
+                              f"{rebuild_command(path, model=model, dataset=dataset)}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+            fmt = manifest.get("format") if isinstance(manifest, dict) else None
+            raise RerankError(f"{mpath}: not a {INDEX_FORMAT} manifest (format={fmt!r}); rebuild the index with "
+                              f"{rebuild_command(path, model=model, dataset=dataset)}")
+        redo = rebuild_command(path, manifest, model=model, dataset=dataset)
+        version = manifest.get("version", INDEX_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version > INDEX_VERSION:
+            raise RerankError(f"{mpath}: format version {version!r}, and this rerank reads version {INDEX_VERSION} "
+                              f"(written by a newer rerank?): upgrade rerank, or rebuild the index with {redo}")
+        for key, kind in _MANIFEST_KEYS.items():
+            value = manifest.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                what = "no" if value is None else f"a malformed ({value!r})"
+                raise RerankError(f"{mpath}: {what} {key} (written by another rerank version?): rebuild the index "
+                                  f"with {redo}")
         return manifest
 
     @classmethod
@@ -563,47 +616,73 @@ class DenseIndex:
         model_hash: str | None = None,
         dim: int | None = None,
         encoder: dict[str, Any] | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
     ) -> DenseIndex:
-        """Load a saved folder; a corpus, id-map, dimension or model that does not match raises :class:`RerankError`,
-        and so do document-encoder settings (``encoder``, as :func:`doc_encoder_settings` gives them) other than those
-        the manifest records."""
+        """Load a saved folder; a damaged file, or a corpus, id-map, dimension or model that does not match, raises a
+        one-line :class:`RerankError` naming the ``rerank index`` command that rebuilds it (with ``model``, the model
+        searched with, and ``dataset``, the dataset's folder, when given); so do document-encoder settings
+        (``encoder``, as :func:`doc_encoder_settings` gives them) other than those the manifest records."""
         import faiss
 
         path = Path(path)
-        manifest = cls.read_manifest(path)
+        manifest = cls.read_manifest(path, model=model, dataset=dataset)
+        redo = rebuild_command(path, manifest, model=model, dataset=dataset)
         for name in ("index.faiss", "embeddings.npy", "ids.json"):
             if not (path / name).is_file():
-                raise RerankError(f"{path}: missing {name}; rebuild the index with rerank index")
-        ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-        index = faiss.read_index(str(path / "index.faiss"))
-        emb = np.load(path / "embeddings.npy", mmap_mode="r")
+                raise RerankError(f"{path}: missing {name}; rebuild the index with {redo}")
+        try:
+            ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RerankError(f"{path / 'ids.json'}: damaged ({e}); rebuild the index with {redo}") from None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise RerankError(f"{path / 'ids.json'}: not a list of document ids; rebuild the index with {redo}")
+        try:
+            index = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as e:
+            raise RerankError(f"{path / 'index.faiss'}: damaged or truncated ({_faiss_reason(e)}); rebuild the index "
+                              f"with {redo}") from None
+        try:
+            emb = np.load(path / "embeddings.npy", mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise RerankError(f"{path / 'embeddings.npy'}: damaged or truncated ({e}); rebuild the index with "
+                              f"{redo}") from None
+        if emb.ndim != 2:
+            raise RerankError(f"{path / 'embeddings.npy'}: shape {emb.shape}, not [documents, dim]; rebuild the index "
+                              f"with {redo}")
         if len(ids) != manifest["num_docs"] or index.ntotal != len(ids) or emb.shape[0] != len(ids):
             raise RerankError(
                 f"{path}: id map has {len(ids)} ids, index {index.ntotal} vectors, embeddings {emb.shape[0]} rows, "
-                f"manifest says {manifest['num_docs']} documents: the folder is inconsistent; rebuild it"
+                f"manifest says {manifest['num_docs']} documents: the folder is inconsistent; rebuild it with {redo}"
             )
         if index.d != manifest["dim"] or emb.shape[1] != manifest["dim"]:
-            raise RerankError(f"{path}: index dim {index.d} / embeddings dim {emb.shape[1]} != manifest dim {manifest['dim']}")
+            raise RerankError(f"{path}: index dim {index.d} / embeddings dim {emb.shape[1]} != manifest dim "
+                              f"{manifest['dim']}; rebuild it with {redo}")
+        built_with = manifest.get("model")
         if dim is not None and dim != manifest["dim"]:
-            raise RerankError(f"{path}: index dimension {manifest['dim']} does not match the model's dimension {dim}")
+            raise RerankError(f"{path}: index dimension {manifest['dim']} does not match the model's dimension {dim}: "
+                              f"search with the model it was built with ({built_with}), or rebuild it with {redo}")
         if corpus_ids is not None:
             have, want = set(ids), set(corpus_ids)
             if have != want:
+                missing, extra = sorted(want - have), sorted(have - want)
+                parts = [f"{len(missing)} corpus ids missing from the index, e.g. {missing[:3]}" if missing else "",
+                         f"{len(extra)} index ids not in the corpus, e.g. {extra[:3]}" if extra else ""]
                 raise RerankError(
-                    f"{path}: the index's document ids do not match the corpus: {len(want - have)} corpus ids missing "
-                    f"from the index (e.g. {sorted(want - have)[:3]}), {len(have - want)} index ids not in the corpus "
-                    f"(e.g. {sorted(have - want)[:3]})"
+                    f"{path}: the index's document ids do not match the corpus: {'; '.join(p for p in parts if p)}; "
+                    f"the corpus changed since it was built: rebuild it with {redo}"
                 )
         if corpus_sha256 is not None and corpus_sha256 != manifest["corpus_sha256"]:
             raise RerankError(
                 f"{path}: built for a corpus with sha256 {manifest['corpus_sha256'][:12]}…, this corpus has "
-                f"{corpus_sha256[:12]}…: the embeddings are stale; rebuild the index"
+                f"{corpus_sha256[:12]}…: the embeddings are stale; rebuild it with {redo}"
             )
         if model_hash is not None and model_hash != manifest["model_hash"]:
             raise RerankError(
-                f"{path}: built with model {manifest['model']!r} (fingerprint {manifest['model_hash'][:12]}…: weights, "
-                f"tokenizer and text handling), but the document encoder given has {model_hash[:12]}…: another model, "
-                "or an index built by an earlier rerank; use the same model or rebuild the index"
+                f"{path}: built with model {built_with!r} (fingerprint {manifest['model_hash'][:12]}…: weights, "
+                f"tokenizer and text handling), but the document encoder given has {model_hash[:12]}…: another "
+                "model, or an index built by an earlier rerank; search with the model it was built with, or rebuild it "
+                f"with {redo}"
             )
         if encoder is not None:
             _check_encoder_settings(path, manifest, encoder)
@@ -622,6 +701,20 @@ class DenseIndex:
             [(self.ids[j], float(s)) for j, s in zip(row_i, row_s, strict=True) if j >= 0]
             for row_i, row_s in zip(idx, scores, strict=True)
         ]
+
+
+#: the manifest keys :meth:`DenseIndex.load` reads, with their types
+_MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {"num_docs": int, "dim": int, "corpus_sha256": str,
+                                                      "model_hash": str}
+
+
+def _faiss_reason(error: RuntimeError) -> str:
+    """FAISS's own words from one of its multi-line C++ exceptions (what follows ``file.cpp:LINE:``)."""
+    import re
+
+    text = str(error).strip()
+    found = re.findall(r"\.(?:cpp|h):\d+: ([^\n]+)", text)
+    return (found[-1] if found else text.splitlines()[-1] if text else type(error).__name__).strip()
 
 
 def _check_encoder_settings(path: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -1,0 +1,143 @@
+"""Audit s38 / dense: damaged or stale index folders, empty documents, hybrid depth, conflicting index options."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rerank.config import from_dict
+from rerank.data.datasets import Dataset
+from rerank.errors import ConfigError, RerankError
+from rerank.retrieval.dense import DenseConfig, DenseRetriever, _encoder_overrides
+from rerank.retrieval.index import DenseIndex, IndexConfig, build_faiss
+
+DIM = 8
+IDS = [f"d{i}" for i in range(6)]
+ENCODER = {"pooling": "mean", "normalize": False, "query_prefix": "", "doc_prefix": "", "query_max_length": 256,
+           "doc_max_length": 256, "lowercase": False, "dtype": "float32", "title_sep": " "}
+
+
+def _manifest(**changes: Any) -> dict[str, Any]:
+    return {"format": "rerank-dense-index", "version": 1, "model": "/m/st", "model_hash": "a" * 64,
+            "corpus_sha256": "b" * 64, "num_docs": len(IDS), "dim": DIM, "metric": "inner_product",
+            "encoder": dict(ENCODER), "index_type": "flat", "index_params": {}, **changes}
+
+
+@pytest.fixture
+def saved_index(tmp_path: Path) -> Path:
+    """A small flat index folder written without a model (random vectors, a manifest like `rerank index`'s)."""
+    emb = np.random.default_rng(0).normal(size=(len(IDS), DIM)).astype(np.float32)
+    return DenseIndex(build_faiss(emb, IndexConfig()), IDS, emb, _manifest()).save(tmp_path / "idx")
+
+
+def _load_error(path: Path, **kwargs: Any) -> str:
+    with pytest.raises(RerankError) as info:
+        DenseIndex.load(path, dataset="/data/beir", **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def _command(path: Path, model: str = "/m/st") -> str:
+    return f"`rerank index --model {model} --dataset /data/beir --output {path} --pooling mean"
+
+
+@pytest.mark.parametrize("name, damage, said", [
+    ("index.faiss", b"garbage", "not recognized"),
+    ("index.faiss", None, "read error"),  # truncated: what an interrupted copy leaves
+    ("ids.json", b'["d0",\n', "damaged"),
+    ("embeddings.npy", None, "damaged or truncated"),
+])
+def test_damaged_index_file_is_one_line_naming_it_and_the_rebuild(saved_index: Path, name: str,
+                                                                  damage: bytes | None, said: str) -> None:
+    """A damaged index.faiss was a FAISS traceback; a damaged ids.json / embeddings.npy a line naming no file."""
+    target = saved_index / name
+    target.write_bytes(damage if damage is not None else target.read_bytes()[: target.stat().st_size // 2])
+    message = _load_error(saved_index)
+    assert message.startswith(f"{target}: ") and said in message
+    assert _command(saved_index) in message
+
+
+@pytest.mark.parametrize("key", ["num_docs", "dim", "corpus_sha256", "model_hash"])
+def test_manifest_lacking_a_key_is_one_line_not_a_key_error(saved_index: Path, key: str) -> None:
+    mpath = saved_index / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    del manifest[key]
+    mpath.write_text(json.dumps(manifest))
+    message = _load_error(saved_index)
+    assert message.startswith(f"{mpath}: no {key} (written by another rerank version?)")
+    assert _command(saved_index) in message
+
+
+def test_manifest_of_a_newer_version_is_refused(saved_index: Path) -> None:
+    mpath = saved_index / "manifest.json"
+    mpath.write_text(json.dumps(_manifest(version=99)))
+    message = _load_error(saved_index)
+    assert message.startswith(f"{mpath}: format version 99") and "upgrade rerank" in message
+    assert _command(saved_index) in message
+
+
+def test_missing_file_names_the_rebuild_command_with_the_index_settings(saved_index: Path) -> None:
+    (saved_index / "ids.json").unlink()
+    message = _load_error(saved_index)
+    assert ("--pooling mean --no-normalize --query-max-length 256 --doc-max-length 256 --dtype float32`"
+            in message)
+    assert _command(saved_index) in message
+
+
+def test_stale_index_errors_name_the_rebuild_command(saved_index: Path) -> None:
+    """Corpus changed or another model: the message said only "rebuild the index" (and printed ``e.g. []``)."""
+    added = _load_error(saved_index, corpus_ids=[*IDS, "dnew"])
+    assert "1 corpus ids missing from the index, e.g. ['dnew']" in added and "e.g. []" not in added
+    assert "not in the corpus" not in added and _command(saved_index) in added
+    assert _command(saved_index) in _load_error(saved_index, corpus_sha256="c" * 64)
+    other = _load_error(saved_index, model_hash="c" * 64, model="/m/st2")
+    assert "search with the model it was built with" in other and _command(saved_index, "/m/st2") in other
+
+
+def test_search_dtype_other_than_the_index_names_dtype_not_another_model(saved_index: Path) -> None:
+    cfg = DenseConfig(index=str(saved_index), dtype="bfloat16")
+    with pytest.raises(RerankError, match=r"built with dtype='float32', but dtype='bfloat16' was given; drop the "
+                                          r"option, or rebuild the index with it: `rerank index .*--dtype bfloat16`"):
+        _encoder_overrides(cfg, _manifest(), "/m/st", "/data/beir")
+    assert _encoder_overrides(DenseConfig(index=str(saved_index), dtype="float32"), _manifest())["pooling"] == "mean"
+
+
+def test_cache_with_an_index_names_both_things_to_drop() -> None:
+    """It read "drop the index, or drop it"."""
+    with pytest.raises(ConfigError, match=r"drop cache=False, or drop the index to encode the corpus$"):
+        from_dict(DenseConfig, {"index": "idx", "cache": False})
+    with pytest.raises(ConfigError, match=r"drop cache=False and shard_size=10, or drop the index"):
+        from_dict(DenseConfig, {"index": "idx", "cache": False, "shard_size": 10})
+
+
+def _blank_dataset(tmp_path: Path) -> Dataset:
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    docs = [("d1", "zebra facts", "striped animals"), ("d2", "", "loyal dogs running"), ("d3", "", "a zebra"),
+            ("dempty", "", ""), ("dws", " ", "   ")]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                               for i, t, x in docs))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "zebra"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return Dataset(root)
+
+
+def test_dense_retrieval_never_returns_empty_documents(tiny_st_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """With a dot-product model the empty documents ranked first for every query; BM25 never returns them."""
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
+    ds = _blank_dataset(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rerank.retrieval.dense"):
+        retriever = DenseRetriever.from_dataset(ds, model=str(tiny_st_dir), progress=False)
+    assert sum("2 documents are empty" in r.getMessage() for r in caplog.records) == 1
+    assert [d for d, _ in retriever.retrieve({"q1": "zebra"}, 10)["q1"]] != []
+    assert {d for d, _ in retriever.retrieve({"q1": "zebra"}, 10)["q1"]} == {"d1", "d2", "d3"}
+    assert len(retriever.retrieve({"q1": "zebra"}, 2)["q1"]) == 2  # k results remain once they are dropped
+    assert len(retriever.index.ids) == 5  # the index keeps them: existing indexes keep working

@@ -295,3 +295,84 @@ def test_nan_hint_suggests_only_what_the_backend_takes(tiny_llm_dir: Path, backe
     with pytest.raises(RerankError, match="NaN") as e:
         head.rerank("cats", ["cats eat meat", "dogs bark"])
     assert hint in str(e.value) and absent not in str(e.value)
+
+
+# ---------------------------------------------------------------- #4, #9, #5 the LLM-call cache key
+
+
+class _Described:
+    """A scripted backend that describes itself as a transformers run resolved to ``resolved``."""
+
+    @staticmethod
+    def make(tok: Any, value: float, **resolved: Any) -> Any:
+        from rerank.backends.scripted import ScriptedBackend
+
+        class Backend(ScriptedBackend):
+            def describe(self) -> dict[str, Any]:
+                return {"backend": "transformers", "dtype": "auto", "device": None, **resolved}
+
+        return Backend(tok, logprobs_fn=lambda text, ids: [value] * len(ids))
+
+
+def test_cache_key_holds_the_resolved_dtype_and_device_type(tiny_llm_dir: Path, tmp_path: Path) -> None:
+    """A bf16 GPU run and an fp32 CPU run of the same model no longer share answers; another GPU index, another
+    thread count do."""
+    from transformers import AutoTokenizer
+
+    from rerank.backends.cache import CachingBackend
+
+    tok, db, model = AutoTokenizer.from_pretrained(tiny_llm_dir), tmp_path / "c.sqlite", str(tiny_llm_dir)
+
+    def run(value: float, **resolved: Any) -> tuple[list[list[float]], int]:
+        be = CachingBackend(_Described.make(tok, value, **resolved), model, db)
+        out, hits = be.next_token_logprobs([[1, 2, 3]], [5]), be.hits
+        be.close()
+        return out, hits
+
+    assert run(-0.5, resolved_dtype="torch.bfloat16", resolved_device="cuda:0") == ([[-0.5]], 0)
+    assert run(-2.0, resolved_dtype="torch.float32", resolved_device="cuda:0") == ([[-2.0]], 0)
+    assert run(-3.0, resolved_dtype="torch.float32", resolved_device="cpu") == ([[-3.0]], 0)
+    assert run(-9.0, resolved_dtype="torch.bfloat16", resolved_device="cuda:1", resolved_threads=3) == ([[-0.5]], 1)
+
+
+def test_openai_transport_options_keep_the_cache(server: Server, tiny_llm_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from rerank.backends.cache import CachingBackend
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    db = tmp_path / "c.sqlite"
+
+    def run(**options: Any) -> int:
+        be = CachingBackend(openai(server, tiny_llm_dir, **options), "served", db)
+        be.next_token_logprobs(PROMPTS[:2], [4])
+        be.close()
+        return be.hits
+
+    assert run() == 0
+    sent = len(server.prompts)
+    assert run(timeout=60, max_retries=0, concurrency=1, batch_size=1, api_key="sk-1") == 2
+    assert len(server.prompts) == sent  # the second run made no request
+    assert run(top_logprobs=5) == 0  # an option that shapes the request still misses
+
+
+def test_hub_id_is_keyed_by_its_local_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id found in huggingface_hub's cache is keyed by its snapshot's files: a new revision misses; one not
+    in that cache (or a served name) is keyed by name."""
+    import huggingface_hub.constants
+
+    from rerank.backends.cache import model_fingerprint
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--tiny"
+    for sha, weights in (("a" * 40, b"old"), ("b" * 40, b"new")):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+        (repo / "snapshots" / sha / "model.safetensors").write_bytes(weights)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    old = model_fingerprint("org/tiny")
+    (repo / "refs" / "main").write_text("b" * 40)
+    new = model_fingerprint("org/tiny")
+    assert len(old) == len(new) == 64 and old != new
+    assert model_fingerprint("org/tiny", served=True) == "name:org/tiny"
+    assert model_fingerprint("org/absent") == "name:org/absent"

@@ -2,8 +2,14 @@
 
 :class:`CachingBackend` wraps any backend: each prompt's answer (the requested log-probabilities, or a greedy
 generation) is stored in SQLite (``<cache_root>/llm-calls.sqlite``) under a key of the model's fingerprint (the SHA-256
-of its weight, config and tokenizer files; a served model's name and address), the backend's options, the prompt's
-token ids and the request (token ids, or the decoding options). Sampled generations (temperature > 0) are never
+of its weight, config and tokenizer files: a local folder's or GGUF file's, or for a hub id the snapshot of its
+``main`` revision in huggingface_hub's local cache, so a new revision misses; a hub id not in that cache, and a served
+model, are keyed by name, the served one also by its address), the backend's options, the prompt's token ids and the
+request (token ids, or the decoding options). Of what the backend resolved (``resolved_*``), the dtype and the device
+type are in the key (``dtype: auto`` is bfloat16 on a GPU, float32 on a CPU: their answers differ), the rest (threads,
+context sizes) are not; options that only carry a request and cannot change an answer (the openai backend's
+``timeout``, ``max_retries``, ``concurrency``, ``batch_size``, whether an API key is set: a backend's
+``cache_ignored_options``) are left out, so tuning them keeps the cache. Sampled generations (temperature > 0) are never
 cached. Only misses reach the model, so a re-run of a cached evaluation makes no model calls (``calls`` counts the
 wrapped backend's). ``log_path`` appends one JSON line per prompt: the decoded prompt, the raw response, and whether
 it came from the cache; a generation's line also says how the head parsed it (``parse``: ``{"outcome": "clean" |
@@ -31,7 +37,8 @@ from typing import Any
 
 from rerank.backends.base import Backend, GenerationConfig
 
-__all__ = ["CachingBackend", "llm_cache_scope", "maybe_cached", "model_fingerprint", "uses_llm_backend"]
+__all__ = ["CachingBackend", "cache_key_options", "hub_snapshot", "llm_cache_scope", "maybe_cached", "model_fingerprint",
+           "uses_llm_backend"]
 
 _SCOPE: contextvars.ContextVar[tuple[bool, str | None] | None] = contextvars.ContextVar("llm_cache", default=None)
 _WEIGHTS = ("*.safetensors", "*.gguf", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json")
@@ -55,17 +62,33 @@ def _db(path: Path) -> sqlite3.Connection:
     return con
 
 
-def model_fingerprint(model: str, con: sqlite3.Connection | None = None) -> str:
+def hub_snapshot(model: str) -> Path | None:
+    """The folder of hub id ``model``'s ``main`` revision in huggingface_hub's local cache (read offline, no request),
+    or None when that revision is not there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "config.json")
+    except (ImportError, ValueError, OSError):  # no huggingface_hub, a name that cannot be a repo id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def model_fingerprint(model: str, con: sqlite3.Connection | None = None, served: bool = False) -> str:
     """SHA-256 over a local model's weight, config and tokenizer files (each file's hash remembered by path, size
-    and mtime; a GGUF model's own file, never its de-quantised copy); a name that is not a local path (a served
-    model) is its own fingerprint."""
+    and mtime; a GGUF model's own file, never its de-quantised copy; a hub id's snapshot in the local hub cache); a
+    ``served`` model, or a name found nowhere locally, is its own fingerprint."""
     from rerank.errors import ConfigError
     from rerank.models import local_model_path
 
+    if served:
+        return f"name:{model}"
     try:
         p = local_model_path(model)
     except ConfigError:  # a served model's name, not a local model (offline, a hub id is checked against the cache)
         p = None
+    if p is None:
+        p = hub_snapshot(model)
     if p is None or not p.exists():
         return f"name:{model}"
     files = [p] if p.is_file() else sorted({f for pat in _WEIGHTS for f in p.glob(pat)})
@@ -104,8 +127,8 @@ class CachingBackend(Backend):
         self.hits = 0
         self._con = _db(Path(path))
         self._lock = threading.Lock()
-        desc = {k: v for k, v in inner.describe().items() if not k.startswith("resolved_")}
-        self._base = {"model": model_fingerprint(model, self._con), "backend": desc}
+        self._base = {"model": model_fingerprint(model, self._con, served="base_url" in inner.describe()),
+                      "backend": cache_key_options(inner)}
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed in close()
         self._pending: list[dict[str, Any]] = []  # generation lines waiting for their parse outcome
 
@@ -207,6 +230,20 @@ class CachingBackend(Backend):
             self._log = None
         self._con.close()
         self.inner.close()
+
+
+def cache_key_options(backend: Backend) -> dict[str, Any]:
+    """What of ``backend.describe()`` keys its cached answers: its options less the transport-only ones (its
+    ``cache_ignored_options``), plus the dtype and the device type it resolved (not the device's index, threads or
+    context sizes, which do not change an answer)."""
+    described = backend.describe()
+    ignored = frozenset(getattr(backend, "cache_ignored_options", ()))
+    key = {k: v for k, v in described.items() if not k.startswith("resolved_") and k not in ignored}
+    if "resolved_dtype" in described:
+        key["resolved_dtype"] = described["resolved_dtype"]
+    if "resolved_device" in described:
+        key["resolved_device_type"] = str(described["resolved_device"]).split(":")[0]
+    return key
 
 
 def maybe_cached(backend: Backend, model: str | None) -> Backend:

@@ -36,7 +36,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 
@@ -100,6 +100,9 @@ class OpenAIBackend(Backend):
 
     name = "openai"
     config_class = OpenAIBackendConfig
+    #: options that only carry requests: the LLM-call cache leaves them out of its key (rerank.backends.cache)
+    cache_ignored_options: ClassVar[frozenset[str]] = frozenset(
+        {"timeout", "max_retries", "concurrency", "batch_size", "api_key"})
 
     def __init__(self, model: str, tokenizer: Any, config: OpenAIBackendConfig) -> None:
         super().__init__()

@@ -141,3 +141,28 @@ def test_dense_retrieval_never_returns_empty_documents(tiny_st_dir: Path, tmp_pa
     assert {d for d, _ in retriever.retrieve({"q1": "zebra"}, 10)["q1"]} == {"d1", "d2", "d3"}
     assert len(retriever.retrieve({"q1": "zebra"}, 2)["q1"]) == 2  # k results remain once they are dropped
     assert len(retriever.index.ids) == 5  # the index keeps them: existing indexes keep working
+
+
+def test_hybrid_depth_below_the_retrieval_depth_is_refused(tmp_path: Path, run_cli: Any) -> None:
+    """It was silently raised to the retrieval depth: runs with and without it were byte-identical."""
+    from rerank.retrieval.hybrid import HybridConfig, HybridRetriever
+
+    retriever = HybridRetriever(None, None, HybridConfig(depth=5))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^retriever option depth=5 is below the 10 documents retrieved .*give "
+                                          r"depth >= 10 to fuse deeper lists, or drop it$"):
+        retriever.retrieve({"q1": "zebra"}, 10)
+    code, _, err = run_cli("eval", "--dataset", str(tmp_path / "nope"), "--retriever", "hybrid", "--retriever-set",
+                           "depth=5", "--output", str(tmp_path / "out"))
+    assert code == 2 and "depth=5 is below the 1000 documents retrieved" in err  # before any work
+    code, _, err = run_cli("eval", "--dataset", str(tmp_path / "nope"), "--retriever", "hybrid", "--retriever-set",
+                           "depth=5", "--depth", "20", "--output", str(tmp_path / "out"))
+    assert code == 2 and "depth=5 is below the 20 documents retrieved" in err
+
+
+def test_eval_index_conflicting_with_retriever_set_index_is_refused(tmp_path: Path, run_cli: Any) -> None:
+    """--index silently won over --retriever-set index=, while the same conflict for model is refused."""
+    (tmp_path / "a").mkdir()
+    code, _, err = run_cli("eval", "--dataset", str(tmp_path / "nope"), "--retriever", "dense", "--index",
+                           str(tmp_path / "a"), "--retriever-set", f"index={tmp_path / 'b'}", "--output",
+                           str(tmp_path / "out"))
+    assert code == 2 and f"--index {tmp_path / 'a'} conflicts with retriever option index={tmp_path / 'b'}" in err

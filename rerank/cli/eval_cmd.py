@@ -172,7 +172,13 @@ def run(args: argparse.Namespace) -> int:
     if args.index is not None:
         if args.retriever is None:
             raise ConfigError("--index needs --retriever dense or hybrid")
+        if "index" in ropts and str(ropts["index"]) != args.index:
+            raise ConfigError(f"--index {args.index} conflicts with retriever option index={ropts['index']}")
         ropts["index"] = args.index
+    if args.retriever == "hybrid":  # each side retrieves at least the retrieval depth: a lower depth changes nothing
+        from rerank.retrieval.hybrid import check_depth
+
+        check_depth(ropts.get("depth"), args.depth or option_default(EvalConfig, "depth"))  # --depth >= --top-k
     if args.reranker is None and model is not None:
         problem = _model_without_reranker(args)
         if problem:

@@ -25,7 +25,7 @@ from rerank.retrieval.dense import DenseConfig, DenseRetriever, searchable_queri
 from rerank.types import Run, sort_ranking
 from rerank.utils.scores import minmax_normalize
 
-__all__ = ["HybridConfig", "HybridRetriever", "rrf_fuse", "interpolate_fuse", "minmax_normalize"]
+__all__ = ["HybridConfig", "HybridRetriever", "check_depth", "interpolate_fuse", "minmax_normalize", "rrf_fuse"]
 
 _SHOW_PROGRESS = ("bm25", "pyserini")  # built-in sparse retrievers whose progress bars ``show_progress`` switches
 
@@ -60,11 +60,21 @@ def interpolate_fuse(dense: Run, sparse: Run, alpha: float = 0.5, depth: int | N
     return fused
 
 
+def check_depth(depth: Any, k: int) -> None:
+    """Refuse a hybrid ``depth`` below the retrieval depth ``k``: each side retrieves at least ``k`` candidates, so it
+    would change nothing (one line naming both and what to do)."""
+    if isinstance(depth, int) and not isinstance(depth, bool) and depth < k:
+        raise ConfigError(f"retriever option depth={depth} is below the {k} documents retrieved (rerank eval: "
+                          f"--depth): each side of the hybrid retrieves at least {k} before fusion, so it would change "
+                          f"nothing; give depth >= {k} to fuse deeper lists, or drop it")
+
+
 @dataclass
 class HybridConfig(DenseConfig):
     """Dense options plus the fusion and the sparse retriever (``sparse`` is a registered retriever name).
-    ``progress: false`` also turns off a built-in sparse retriever's bars unless ``sparse_options`` sets
-    ``show_progress``."""
+    ``depth``: how many candidates each side retrieves before fusion, at least the ``k`` asked for (unset: ``k``); one
+    below ``k`` would change nothing and is refused. ``progress: false`` also turns off a built-in sparse retriever's
+    bars unless ``sparse_options`` sets ``show_progress``."""
 
     fusion: Literal["rrf", "interpolate"] = "rrf"
     rrf_k: int = 60
@@ -111,11 +121,13 @@ class HybridRetriever(FirstStage):
         return cls(sparse, DenseRetriever.from_config(dataset, dense_cfg), cfg)
 
     def retrieve(self, queries: Queries, k: int) -> Run:
-        """Top-``k`` of the fused runs per query; an empty or whitespace-only query gets ``[]`` (as with BM25), and
-        one holding a lone UTF-16 surrogate is a ``ValueError`` before either side retrieves."""
+        """Top-``k`` of the fused runs per query, each side retrieving ``depth`` (>= ``k``, else a one-line
+        :class:`ConfigError`) or ``k``; an empty or whitespace-only query gets ``[]`` (as with BM25), and one holding a
+        lone UTF-16 surrogate is a ``ValueError`` before either side retrieves."""
         queries, k = retrieve_args(queries, k)
+        check_depth(self.config.depth, k)
         asked = {q: queries[q] for q in searchable_queries(queries)}
-        depth = max(self.config.depth or k, k)
+        depth = self.config.depth or k
         sparse_run = self.sparse.retrieve(asked, depth)
         dense_run = self.dense.retrieve(asked, depth)
         if self.config.fusion == "rrf":

@@ -376,3 +376,27 @@ def test_hub_id_is_keyed_by_its_local_snapshot(tmp_path: Path, monkeypatch: pyte
     assert len(old) == len(new) == 64 and old != new
     assert model_fingerprint("org/tiny", served=True) == "name:org/tiny"
     assert model_fingerprint("org/absent") == "name:org/absent"
+
+
+# ---------------------------------------------------------------- #10 a warning beside a progress bar
+
+
+def test_cli_log_lines_start_their_own_line_beside_a_progress_bar() -> None:
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from rerank.cli import log_handler
+
+    stream = io.StringIO()
+    handler = log_handler(False, stream)
+    with tqdm(total=2, desc="rerank", file=stream, ncols=60) as bar:
+        bar.update(1)
+        record = logging.LogRecord("rerank.heads.base", logging.WARNING, __file__, 1, "listwise: 2 of 2 outputs failed",
+                                   (), None)
+        handler.handle(record)
+        bar.update(1)
+    before = stream.getvalue().split("WARNING rerank.heads.base")[0]
+    assert "rerank:" in before and before.split("\r")[-1].strip() == ""  # the bar was cleared first, then redrawn
+    assert "2/2" in stream.getvalue().split("outputs failed")[1]

@@ -97,10 +97,21 @@ def _redact_http_urls(record: logging.LogRecord) -> bool:
     return True
 
 
+class _BesideProgressBars(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that clears the progress bars drawn on its stream before a record and redraws them after
+    (as ``tqdm.write``), so a warning starts its own line instead of ending a bar's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def log_handler(verbose: bool, stream: object = None) -> logging.Handler:
     """The stderr handler of the command line: every record with ``verbose``, else :func:`_ours_or_warning`; URL
-    passwords in the HTTP clients' records redacted either way."""
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    passwords in the HTTP clients' records redacted either way; progress bars on the stream step aside."""
+    handler = _BesideProgressBars(stream)  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(_redact_http_urls)
     if not verbose:

@@ -166,3 +166,25 @@ def test_eval_index_conflicting_with_retriever_set_index_is_refused(tmp_path: Pa
                            str(tmp_path / "a"), "--retriever-set", f"index={tmp_path / 'b'}", "--output",
                            str(tmp_path / "out"))
     assert code == 2 and f"--index {tmp_path / 'a'} conflicts with retriever option index={tmp_path / 'b'}" in err
+
+
+def test_no_cache_build_whose_work_folder_another_build_removed_is_one_line(
+        tiny_st_dir: Path, tiny_ds: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: Any) -> None:
+    """Two `rerank index --no-cache` into one folder: the one that waited read OUTPUT/.encoding, which the first
+    removed when it swapped its index in, and failed with `[Errno 2] ... .encoding/embeddings.npy`."""
+    import rerank.retrieval.index as index_module
+
+    real = index_module.encode_corpus_cached
+    out = tmp_path / "idx"
+
+    def then_the_other_build_finishes(*args: Any, **kwargs: Any) -> Any:
+        emb = real(*args, **kwargs)
+        (out / ".encoding" / "embeddings.npy").unlink()  # what the other build's swap of OUTPUT does
+        return emb
+
+    monkeypatch.setattr(index_module, "encode_corpus_cached", then_the_other_build_finishes)
+    code, _, err = run_cli("index", "--model", str(tiny_st_dir), "--dataset", str(tiny_ds.root), "--output", str(out),
+                           "--no-cache", "--no-progress")
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and line.startswith(f"error: {out}: another `rerank index` wrote this folder meanwhile")
+    assert "(embeddings.npy)" in line

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rerank.cli.common import add_data_root, check_output_dir, positive_int
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, RerankError
 
 if TYPE_CHECKING:
     from rerank.retrieval.index import IndexConfig
@@ -110,14 +110,23 @@ def run(args: argparse.Namespace) -> int:
     cfg.check_dim(encoder.dim)  # before the corpus is encoded
     out = Path(args.output)
     work = out / ".encoding"
-    emb = encode_corpus_cached(
-        encoder, dataset, cache=not args.no_cache, work_dir=work, shard_size=args.shard_size,
-        batch_size=args.batch_size, progress=not args.no_progress, workers=args.workers,
-    )
-    t_enc = time.perf_counter() - t0
-    model = Path(args.model).resolve() if Path(args.model).exists() else args.model
-    index = DenseIndex.build(emb, encoder, cfg, model=str(model))
-    index.save(out, embeddings_source=emb.path)
+    try:
+        emb = encode_corpus_cached(
+            encoder, dataset, cache=not args.no_cache, work_dir=work, shard_size=args.shard_size,
+            batch_size=args.batch_size, progress=not args.no_progress, workers=args.workers,
+        )
+        t_enc = time.perf_counter() - t0
+        model = Path(args.model).resolve() if Path(args.model).exists() else args.model
+        index = DenseIndex.build(emb, encoder, cfg, model=str(model))
+        index.save(out, embeddings_source=emb.path)
+    except FileNotFoundError as e:
+        # --no-cache: a build into the same folder that finished first swapped its index in, and with it removed
+        # the .encoding work folder this one waited for and was reading
+        if not args.no_cache or e.filename is None or work.resolve() not in Path(e.filename).resolve().parents:
+            raise
+        raise RerankError(f"{out}: another `rerank index` wrote this folder meanwhile and removed its work folder "
+                          f"{work} that this build was reading ({Path(e.filename).name}); its index is in {out}: run "
+                          "this command again to rebuild it with these options") from None
     if args.no_cache:
         shutil.rmtree(work, ignore_errors=True)
     print(

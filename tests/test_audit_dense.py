@@ -188,3 +188,18 @@ def test_no_cache_build_whose_work_folder_another_build_removed_is_one_line(
     line = err.strip().splitlines()[-1]
     assert code == 2 and line.startswith(f"error: {out}: another `rerank index` wrote this folder meanwhile")
     assert "(embeddings.npy)" in line
+
+
+def test_research_doc_lists_every_dense_and_hybrid_retriever_option() -> None:
+    """docs/research.md gave `rerank index`'s --ef-search / --nprobe as `rerank eval` options and documented none of
+    the search-time keys; its table now lists each HybridConfig (hence DenseConfig) key, and only those."""
+    import dataclasses
+    import re
+
+    from rerank.retrieval.hybrid import HybridConfig
+
+    doc = (Path(__file__).parent.parent / "docs" / "research.md").read_text(encoding="utf-8")
+    rows = [line for line in doc.splitlines() if re.match(r"\| `\w+`.*\| (dense, hybrid|hybrid) \|", line)]
+    keys = {k for row in rows for k in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert keys == {f.name for f in dataclasses.fields(HybridConfig)}
+    assert "--retriever-set ef_search=N" in doc and "--retriever-set \"query_prefix='query: '\"" in doc

@@ -127,7 +127,9 @@ def override_source(data: Mapping[str, Any], key: str) -> str | None:
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str = "--set") -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested mapping, returning a copy.
+    """Apply ``a.b=value`` overrides (values parsed as YAML: scalars, ``[...]`` lists, ``{...}`` mappings; a value
+    that YAML would read as a block mapping, such as ``query: ``, stays the text given) to a nested mapping, returning a
+    copy.
 
     The copy remembers which keys each override gave (:func:`override_source`), so :func:`from_dict` blames an unknown
     key or a bad value on ``{flag} a.b=value`` rather than on the file the rest came from (a key in
@@ -146,6 +148,8 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
         except yaml.YAMLError as e:
             problem = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
             raise ConfigError(f"{source}: invalid YAML value: {problem or ' '.join(str(e).split())}") from None
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+            value = raw  # 'query: ' is text (an E5 prefix), not a block mapping: a mapping is {...}, nested keys a.b
         node = out
         for p in parts[:-1]:
             child = node.get(p)

@@ -202,4 +202,4 @@ def test_research_doc_lists_every_dense_and_hybrid_retriever_option() -> None:
     rows = [line for line in doc.splitlines() if re.match(r"\| `\w+`.*\| (dense, hybrid|hybrid) \|", line)]
     keys = {k for row in rows for k in re.findall(r"`(\w+)`", row.split("|")[1])}
     assert keys == {f.name for f in dataclasses.fields(HybridConfig)}
-    assert "--retriever-set ef_search=N" in doc and "--retriever-set \"query_prefix='query: '\"" in doc
+    assert "--retriever-set ef_search=N" in doc and '--retriever-set "query_prefix=query: "' in doc

@@ -91,3 +91,11 @@ def test_a_built_file_with_integer_qids_labels_as_source_queries(tmp_path: Path)
     queries, qrels = _rows_queries(str(path), None)
     assert list(queries) == ["7"] and queries["7"].id == "7" and queries["7"].text == "rain"
     assert qrels == {"7": {"1": 1}}
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("query: ", "query: "), ("passage: x", "passage: x"), ("{beir: d}", {"beir": "d"}), ("[1, 2]", [1, 2]), ("3", 3)])
+def test_an_override_value_with_a_colon_is_text_unless_written_as_a_flow_mapping(raw: str, value: Any) -> None:
+    from rerank.config import apply_overrides
+
+    assert apply_overrides({}, [f"retriever_options.query_prefix={raw}"])["retriever_options"]["query_prefix"] == value

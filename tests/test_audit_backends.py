@@ -17,20 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_llamacpp_backend import needs_llama_cpp
 
 from rerank.backends.registry import build_backend
 from rerank.errors import RerankError
-
-try:
-    import llama_cpp  # noqa: F401
-
-    HAVE_LLAMA_CPP = True
-except ImportError:  # not installed, or installed without its library
-    HAVE_LLAMA_CPP = False
-needs_llama_cpp = pytest.mark.skipif(
-    not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed (pip install 'rerank[llamacpp]'; builds from source)"
-)
-
 
 # ---------------------------------------------------------------- #1 llama.cpp n_ctx not a multiple of 256
 

@@ -55,7 +55,7 @@ def test_remote_batch_size_is_a_config_error_built_directly_too() -> None:
     ("rerank.trainers.data:DataConfig", {"path": "d.jsonl", "negatives": "random"}, "drop data.negatives"),
     ("rerank.retrieval.index:IndexConfig", {"nprobe": 4}, "index option nprobe=4 applies to ivfpq indexes only"),
     ("rerank.retrieval.hybrid:HybridConfig", {"alpha": 0.3}, "alpha=0.3 applies to fusion: interpolate.*, or drop it"),
-    ("rerank.retrieval.dense:DenseConfig", {"index": "i", "shard_size": 4}, "shard_size=4 applies only when .*, or drop it"),
+    ("rerank.retrieval.dense:DenseConfig", {"index": "i", "shard_size": 4}, "shard_size=4 applies only when .*: drop shard_size=4, or drop the index"),
     ("rerank.methods.erank.head:ERankConfig", {"max_reasoning_tokens": 8}, "set reasoning: true, or drop it"),
     ("rerank.data_recipes.mining:HardNegativesConfig",
      {"source": {"dataset": "d"}, "first_stage": {"retriever": "bm25"}, "seed": 3}, "or drop seed"),

@@ -97,6 +97,10 @@ class RemoteReranker(Reranker):
             base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers
         )
 
+    def nan_hint(self) -> str:
+        """A NaN score came from the server's model, whose dtype is chosen where it runs."""
+        return "the server returned a NaN score; check the served model (e.g. rerank serve's --reranker-set dtype=float32)"
+
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> RemoteReranker:
         """``model`` (if given) is sent as the request's ``model`` field; the server's backend is its own, so naming

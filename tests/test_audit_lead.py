@@ -99,3 +99,19 @@ def test_an_override_value_with_a_colon_is_text_unless_written_as_a_flow_mapping
     from rerank.config import apply_overrides
 
     assert apply_overrides({}, [f"retriever_options.query_prefix={raw}"])["retriever_options"]["query_prefix"] == value
+
+
+@pytest.mark.parametrize("level", [0, -1, True, 1.5, "2"])
+def test_evaluate_run_refuses_a_relevance_level_below_1_in_one_line(level: Any) -> None:
+    from rerank.errors import ConfigError
+    from rerank.eval.metrics import evaluate_run
+
+    with pytest.raises(ConfigError, match="rel_level must be an integer >= 1"):
+        evaluate_run({"q": [("d", 1.0)]}, {"q": {"d": 1}}, ["AP"], rel_level=level)
+
+
+def test_the_remote_reranker_nan_hint_points_at_the_server() -> None:
+    from rerank.client import RemoteReranker, RemoteRerankerConfig
+
+    hint = RemoteReranker(RemoteRerankerConfig(base_url="http://127.0.0.1:9")).nan_hint()
+    assert "server" in hint and "try dtype=float32 (--reranker-set dtype=float32)" not in hint

@@ -100,6 +100,8 @@ def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, 
     repeats; binary measures get ``rel=rel_level`` when it is above 1. A single string is one name (``"nDCG@10"``)."""
     if isinstance(names, str):
         names = [names]
+    if isinstance(rel_level, bool) or not isinstance(rel_level, int) or rel_level < 1:
+        raise ConfigError(f"rel_level must be an integer >= 1 (the lowest grade counted relevant), got {rel_level!r}")
     out: dict[str, ir_measures.Measure] = {}
     for name in names:
         for m in _parse_one(name, rel_level):

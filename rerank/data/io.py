@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from rerank.errors import DataFormatError
-from rerank.types import Document, Qrels, Query, Run, sort_ranking
+from rerank.types import Document, Qrels, Query, Run, lone_surrogate, sort_ranking
 from rerank.utils.files import atomic_write
 
 __all__ = [
@@ -198,17 +198,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, obj
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 def _surrogate_at(value: Any, where: str = "") -> str | None:
     """Where in a decoded JSON value a lone surrogate is (``field 'text'``, ``field 'docs'[1]``), None if nowhere
     (paired escapes decode to one character)."""
     if isinstance(value, str):
-        return (f"field {where}" if where else "the record") if _SURROGATE.search(value) else None
+        return (f"field {where}" if where else "the record") if lone_surrogate(value) is not None else None
     if isinstance(value, dict):
         for k, v in value.items():
-            if _SURROGATE.search(k):
+            if lone_surrogate(k) is not None:
                 return f"a field name{' in ' + where if where else ''}"
             found = _surrogate_at(v, f"{where}[{k!r}]" if where else repr(k))
             if found is not None:

@@ -49,6 +49,7 @@ from rerank.serve.documents import Budget, Passages, TextTooLong, make_passages,
 from rerank.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from rerank.serve.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware, error_body
 from rerank.serve.schemas import CohereRerankRequest, TeiRerankRequest
+from rerank.types import lone_surrogate
 
 __all__ = ["create_app", "ApiError"]
 
@@ -88,11 +89,8 @@ class _Abandoned(Exception):
 def _first_surrogate(value: Any, path: str) -> str | None:
     """Where the first lone surrogate in the parsed JSON ``value`` is (``documents[3] character 5``), if any."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"{path or 'body'} character {e.start} (\\u{ord(value[e.start]):04x})"
-        return None
+        at = lone_surrogate(value)
+        return None if at is None else f"{path or 'body'} {at}"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         if isinstance(key, str) and (hit := _first_surrogate(key, f"{path}.<key>" if path else "<key>")):

@@ -4,8 +4,9 @@ Every recipe turns *units* (source queries, or documents for query synthesis) in
 schema ``{"qid", "query", "candidates": [{"id", "text", "title"?, "score"?}], "labels": [int], "teacher_ranking"?,
 "teacher_scores"?, "reasoning"?}``. While running, each finished unit is appended (and flushed) as one line
 ``{"unit", "rows"}`` to ``progress.jsonl``; an interrupted build continues with ``resume=True`` from the units done
-(a torn last line is dropped). At the end ``data.jsonl`` and ``manifest.json`` (source, recipe hash, counts) are
-written atomically and the progress file is removed.
+(a torn last line is dropped), unless an input the finished units were read from changed since the build started
+(:meth:`Recipe.inputs`, recorded in ``progress.meta.json``). At the end ``data.jsonl`` and ``manifest.json`` (source,
+recipe hash, counts) are written atomically and the progress file is removed.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any, ClassVar
 from tqdm.auto import tqdm
 
 from rerank.config import changed_options, from_dict, to_dict
-from rerank.errors import ConfigError, DataFormatError
+from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.models import check_model_path
-from rerank.utils.files import atomic_write, hash_obj, write_json
+from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
 
 __all__ = [
     "FirstStageSpec",
@@ -36,7 +37,9 @@ __all__ = [
     "SourceSpec",
     "build",
     "check_reranker",
+    "file_input",
     "load_hf_dataset",
+    "path_inputs",
     "read_rows",
     "unit_rng",
     "validate_row",
@@ -172,6 +175,81 @@ def load_hf_dataset(path: str | Path) -> Any:
     return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
+def file_input(path: str | Path, sha256: str | None = None) -> dict[str, str]:
+    """The fingerprint of a data file a recipe reads (corpus, queries, qrels, run): its sha256 (``sha256`` when the
+    caller has it already, e.g. the dataset's cached corpus hash), with its path for messages."""
+    return {"path": str(path), "fingerprint": "sha256:" + (sha256 or sha256_file(path))}
+
+
+#: options whose value names a model or index even as a bare relative name (other values count as paths when they
+#: look like one: a ``/`` in them, or a leading ``~``)
+_PATH_OPTIONS = ("model", "index")
+
+
+def _local_path(value: str, option: str) -> Path | None:
+    """The local file or folder the value of ``option`` names (a packaged model's folder included), or None (a hub
+    id, a served model's name, a retriever or mode name, any other text)."""
+    from rerank.models import PACKAGED_MODELS, packaged_model_path
+
+    if not value.strip() or (option not in _PATH_OPTIONS and "/" not in value and os.sep not in value
+                             and not value.startswith("~")):
+        return None
+    if value in PACKAGED_MODELS:
+        try:
+            return packaged_model_path(value)
+        except RerankError:  # not installed: the model check names it; nothing here to fingerprint
+            return None
+    try:
+        path = Path(value).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError):  # a long prompt text or one with a NUL is no path
+        return None
+
+
+def _stat_fingerprint(path: Path) -> str:
+    """Sizes and modification times of a file or of every file under a folder: cheap for model weights, which a
+    rewrite (a retrained model saved to the same folder) changes."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return "stat:" + hash_obj([(p.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns)
+                               for p in files for st in [p.stat()]])
+
+
+def path_inputs(config: Any, skip: Iterable[str] = ()) -> dict[str, dict[str, str]]:
+    """Fingerprints of the local files and folders a recipe's options name (models, a template file, a saved index),
+    keyed by the dotted option name; ``skip``: options the recipe fingerprints by content itself (its data files)."""
+    out: dict[str, dict[str, str]] = {}
+    skipped = set(skip)
+
+    def walk(value: Any, name: str) -> None:
+        if name in skipped:
+            return
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{name}.{f.name}" if name else f.name)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, f"{name}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{name}[{i}]")
+        elif isinstance(value, str) and (path := _local_path(value, name.rpartition(".")[2])) is not None:
+            out[name] = {"path": str(path), "fingerprint": _stat_fingerprint(path)}
+
+    walk(config, "")
+    return out
+
+
+def _check_inputs(out: Path, old: Mapping[str, Any], new: Mapping[str, Any], done: int) -> None:
+    """Refuse a resume whose inputs differ from those the unfinished build started with (one line naming each)."""
+    changed = [name for name in sorted(set(old) | set(new))
+               if (old.get(name) or {}).get("fingerprint") != (new.get(name) or {}).get("fingerprint")]
+    if changed:
+        what = ", ".join(f"{name} {(new.get(name) or old.get(name))['path']}" for name in changed)
+        raise ConfigError(f"{out}: cannot resume: {what} changed since the unfinished build started, so its {done} "
+                          f"finished units were built from other data; remove {out} (or choose another --output) and "
+                          "rerun without --resume")
+
+
 class Recipe(ABC):
     """One recipe kind: a typed config, the ordered units, and rows per unit."""
 
@@ -203,6 +281,12 @@ class Recipe(ABC):
     def source(self) -> dict[str, Any]:
         """What the data came from, for the manifest."""
         return {}
+
+    def inputs(self) -> dict[str, dict[str, str]]:
+        """Fingerprints of everything the rows are read from by path, by name (``{"path", "fingerprint"}``): a
+        resumed build refuses when one changed since the build started. Here: the local paths the options name
+        (:func:`path_inputs`); recipes add their data files by content."""
+        return path_inputs(self.config)
 
     def empty_reason(self) -> str:
         """Why every unit gave no row, for the error of a build that wrote none ("" when the recipe cannot tell)."""
@@ -285,17 +369,26 @@ def build(
             raise ConfigError(f"{out}: the unfinished build is of another recipe (hash {meta.get('recipe_hash')} "
                               f"vs {rhash}); remove the folder to start again")
         done_units, good = _read_progress(prog)
-        with open(prog, "r+b") as f:  # drop a torn last line
-            f.truncate(good)
+        if done_units and not isinstance(meta.get("inputs"), dict):
+            raise ConfigError(f"{out}: cannot resume: the unfinished build recorded no fingerprints of its inputs (an "
+                              f"older rerank started it), so its {len(done_units)} finished units cannot be checked "
+                              f"against the data now; remove {out} (or choose another --output) and rerun without "
+                              "--resume")
     r = recipe_obj if recipe_obj is not None else cls(config, data_root)
     try:
         units = r.units()  # reads the recipe's sources: a missing dataset fails here, before anything is written
         if len(set(units)) != len(units):
             raise ConfigError(f"recipe {kind}: duplicate unit keys")
+        inputs = r.inputs()  # the corpus hash is the manifest's (cached): hashed once per build
+        if done_units:
+            _check_inputs(out, meta["inputs"], inputs, len(done_units))
+            with open(prog, "r+b") as f:  # drop a torn last line
+                f.truncate(good)
         made = not out.exists()
-        if not prog.exists():
+        if not done_units:  # a new build, or one stopped before its first unit: nothing read yet to compare with
             out.mkdir(parents=True, exist_ok=True)
-            write_json({"recipe_hash": rhash, "recipe": kind}, meta_path)
+            prog.unlink(missing_ok=True)
+            write_json({"recipe_hash": rhash, "recipe": kind, "inputs": inputs}, meta_path)
         done = {d["unit"] for d in done_units}
         r.restore(row for d in done_units for row in d["rows"])
         r.restore_stats(d["stats"] for d in done_units if d.get("stats"))

@@ -37,6 +37,8 @@ from rerank.data_recipes.base import (
     Recipe,
     SourceSpec,
     check_reranker,
+    file_input,
+    path_inputs,
     unit_rng,
 )
 from rerank.errors import ConfigError
@@ -156,6 +158,21 @@ class _OverRun(Recipe):
             "first_stage": {"retriever": fs.retriever, "run": fs.run, "options": fs.options, "depth": fs.depth},
         }
 
+    def inputs(self) -> dict[str, dict[str, str]]:
+        """What the rows are read from (:meth:`Recipe.inputs`): the corpus (the manifest's sha256), the queries and
+        qrels of the split or the ``source.queries`` file, a ``first_stage.run`` (by content), the local models and
+        files the options name."""
+        src, fs, ds = self.config.source, self._fs, self.dataset
+        out = {"corpus": file_input(ds.corpus_path, ds.corpus_hash)}
+        if src.queries is not None:
+            out["source.queries"] = file_input(src.queries)
+        else:
+            out["queries"] = file_input(ds.queries_path)
+            out["qrels"] = file_input(ds.qrels_path(src.split))
+        if fs.run is not None:
+            out["first_stage.run"] = file_input(fs.run)
+        return {**out, **path_inputs(self.config, skip=("source", "first_stage.run"))}
+
     def usable(self, doc_id: str) -> bool:
         """Whether ``doc_id`` is in the corpus with text to score (an empty document is no training candidate)."""
         doc = self.dataset.corpus.get(doc_id)
@@ -214,6 +231,10 @@ class HardNegativesConfig:
             raise ValueError(f"window must be [start, end] 1-based ranks with start <= end, got {self.window}")
         if self.num_negatives < 1:
             raise ValueError("num_negatives must be >= 1")
+        if self.window[1] > self.first_stage.depth and changed_options(self, ("window",)):
+            raise ValueError(f"window {self.window} ends past first_stage depth {self.first_stage.depth} (the first "
+                             f"stage ranks only {self.first_stage.depth} documents per query): end the window at "
+                             f"{self.first_stage.depth} or below, or raise first_stage depth to {self.window[1]}")
         if self.sampling == "top" and changed_options(self, ("seed",)):
             raise ValueError(f"seed={self.seed} applies to sampling: random (sampling: top takes the window's best "
                              "negatives, with nothing drawn): set sampling: random, or drop seed")
@@ -405,6 +426,10 @@ class TeacherLabelsConfig:
             raise ValueError("group_size must be >= 2")
         if self.candidates < 2:
             raise ValueError("candidates must be >= 2")
+        if self.candidates > self.first_stage.depth and changed_options(self, ("candidates",)):
+            raise ValueError(f"candidates {self.candidates} is above first_stage depth {self.first_stage.depth} (the "
+                             f"first stage ranks only {self.first_stage.depth} documents per query): give candidates "
+                             f"<= {self.first_stage.depth}, or raise first_stage depth to {self.candidates}")
 
 
 def rank_positions(ids: list[str], scores: list[float]) -> dict[str, int]:

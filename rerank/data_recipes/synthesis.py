@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from rerank.config import changed_options, to_dict
 from rerank.data.datasets import resolve_dataset
-from rerank.data_recipes.base import FirstStageSpec, Recipe, unit_rng
+from rerank.data_recipes.base import FirstStageSpec, Recipe, file_input, path_inputs, unit_rng
 from rerank.trainers.data import has_content
 from rerank.types import Document, Query, sort_ranking
 
@@ -89,6 +89,11 @@ class QuerySynthesisConfig:
                                  f"got {self.consistency_k}")
         if len(self.negative_window) != 2 or not 1 <= self.negative_window[0] <= self.negative_window[1]:
             raise ValueError(f"negative_window must be [start, end] 1-based ranks, got {self.negative_window}")
+        depth = self.first_stage.depth if self.first_stage is not None else None
+        if depth is not None and self.negative_window[1] > depth and changed_options(self, ("negative_window",)):
+            raise ValueError(f"negative_window {self.negative_window} ends past first_stage depth {depth} (the first "
+                             f"stage ranks only {depth} documents per query): end the window at {depth} or below, or "
+                             f"raise first_stage depth to {self.negative_window[1]}")
         if self.first_stage is None:  # negatives are drawn from the first stage's ranking of each query
             changed = changed_options(self, ("negative_window", "num_negatives"))
             if changed:
@@ -256,6 +261,12 @@ class QuerySynthesisRecipe(Recipe):
         if config.first_stage is None:
             del out["negative_window"], out["num_negatives"]
         return out
+
+    def inputs(self) -> dict[str, dict[str, str]]:
+        """What the rows are read from (:meth:`Recipe.inputs`): the corpus (the manifest's sha256), the local models
+        and files the options name (the generator's model, a template file, a first-stage model or index)."""
+        ds = self.dataset
+        return {"corpus": file_input(ds.corpus_path, ds.corpus_hash), **path_inputs(self.config, skip=("dataset",))}
 
     def empty_reason(self) -> str:
         """Why no document gave a row: the generated queries dropped, by reason (counts)."""

@@ -47,6 +47,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PUBLISHED_PATH = Path(__file__).with_name("published.yaml")
+#: what the relevance-level warning (:func:`~rerank.eval.pipeline.warn_rel_level`) advises here: a leaderboard has no
+#: ``--rel-level``
+REL_LEVEL_FIX = ("a leaderboard column cannot set the relevance level: its binary measures use the dataset's own (a "
+                 "registered dataset's, such as dl19-bm25-top100's 2, or an irds: dataset's), else 1; graded nDCG is "
+                 "not affected, and `rerank eval --rel-level N` scores the dataset at another level")
 
 
 @dataclass
@@ -179,7 +184,77 @@ def load_config(path: str | Path) -> tuple[LeaderboardConfig, Path]:
             except ConfigError as e:
                 requires.append(str(e))
         r.requires = requires
+    for kind, given in (("column labels", labels), ("row names", names)):
+        _check_folder_names(path, kind, given)
+    for r in cfg.rows:
+        retrieves = _check_runs(path, r, [c for c in cfg.columns if r.columns is None or c.label in r.columns])
+        if _runnable(r):  # a skipped row's names may come from the package it requires
+            _check_row_names(path, r, retrieves)
     return cfg, path
+
+
+def _check_folder_names(path: Path, kind: str, given: list[str]) -> None:
+    """Two rows (or columns) whose names give one result folder (:func:`_slug`; letter case aside, as some file
+    systems ignore it) would write each other's cells: refused when the config is read, naming both."""
+    seen: dict[str, str] = {}
+    for name in given:
+        folder = _slug(name)
+        other = seen.setdefault(folder.casefold(), name)
+        if other != name:
+            raise ConfigError(f"{path}: {kind} {other!r} and {name!r} give one result folder {folder!r}: rename one "
+                              "(letters, digits, '.', '_' and '-' name the folder; the rest becomes '_')")
+
+
+def _check_runs(path: Path, row: RowSpec, columns: list[ColumnSpec]) -> bool:
+    """A row's ``retriever_options`` cannot act where a column gives its retriever's run (read as it is, as ``rerank
+    eval`` refuses ``--retriever-set`` beside ``--first-stage``): refused naming the row and column. Returns whether
+    the row retrieves anywhere (a column of it without such a run)."""
+    for col in columns:
+        if row.retriever in col.runs and row.retriever_options:
+            raise ConfigError(f"{path}: row {row.name!r}: retriever_options ({', '.join(map(str, row.retriever_options))}"
+                              f") cannot act in column {col.label!r}, whose runs read {row.retriever} from "
+                              f"{col.runs[row.retriever]} as it is: drop them, or leave that column out of the "
+                              "row's columns (a row without them reads the run)")
+    return any(row.retriever not in col.runs for col in columns)
+
+
+def _runnable(row: RowSpec) -> bool:
+    """Whether every path the row ``requires`` exists (else it is skipped with a note)."""
+    return all(Path(p).exists() for p in row.requires)
+
+
+def _check_row_names(path: Path, row: RowSpec, retrieves: bool) -> None:
+    """Before the first cell runs: the row's reranker name and its options (as ``rerank eval`` checks them, over a
+    trained model folder's recorded options), and, where it retrieves, its retriever name and option keys."""
+    from rerank.cli.common import check_reranker_options
+    from rerank.data_recipes.base import check_reranker
+
+    try:
+        if retrieves:
+            _check_retriever_options(row.retriever, row.retriever_options, "retriever_options")
+        if row.reranker is not None:
+            check_reranker(row.reranker)
+            check_reranker_options(row.reranker, row.model, row.reranker_options, row.backend)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: row {row.name!r}: {e}") from None
+
+
+def _check_retriever_options(name: str, options: dict[str, Any], where: str) -> None:
+    """The registered retriever ``name`` exists (else the registry's error listing the known ones) and ``options``
+    fill its typed config (the ``config`` argument of its ``__init__``, which ``from_dataset`` builds), checked
+    without building it; a retriever without such a config is not checked."""
+    import dataclasses
+    import typing
+
+    from rerank.retrieval.base import RETRIEVERS
+
+    cls = RETRIEVERS.get(name)
+    try:
+        config_class = typing.get_type_hints(cls.__init__).get("config")
+    except (NameError, TypeError):
+        return
+    if config_class is not None and dataclasses.is_dataclass(config_class):
+        from_dict(config_class, options, where=f"{where} of {name}")
 
 
 def load_published(path: str | Path = PUBLISHED_PATH) -> list[dict[str, Any]]:
@@ -326,7 +401,7 @@ def run_leaderboard(
         for name, run_file in col.runs.items():
             if not (roots[col.label] / run_file).is_file():
                 raise ConfigError(f"column {col.label!r}: the {name} run {roots[col.label] / run_file} does not exist")
-    runnable = [r for r in cfg.rows if all(Path(p).exists() for p in r.requires)]
+    runnable = [r for r in cfg.rows if _runnable(r)]
     for row in runnable:
         if row.reranker is not None and row.reranker != "remote" and row.backend != "openai" and row.model:
             check_model_path(row.model, f"row {row.name!r}: model")
@@ -373,7 +448,7 @@ def run_leaderboard(
                 cell_file.unlink(missing_ok=True)  # a kill before the new one is written must not pair it with new metrics
                 log.info("running %s / %s", row.name, col.label)
                 load0 = os.getloadavg()[0]
-                metrics = run_eval(ecfg, reranker=reranker, progress=progress)
+                metrics = run_eval(ecfg, reranker=reranker, progress=progress, rel_level_fix=REL_LEVEL_FIX)
                 saved = {"hash": h, "row": to_dict(row), "column": to_dict(col),
                          "load_avg_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count(),
                          "workers": ecfg.workers}

@@ -150,25 +150,27 @@ def check_run_docs(run: Run, doc_ids: Collection[str], run_name: str, docs_name:
     )
 
 
-def warn_rel_level(qrels: Qrels, rel_level: int, measures: Sequence[str], chosen: bool, qrels_name: str) -> bool:
+def warn_rel_level(qrels: Qrels, rel_level: int, measures: Sequence[str], chosen: bool, qrels_name: str,
+                   fix: str | None = None) -> bool:
     """Warn (and return True) when the relevance level of the binary measures is likely not the one meant: it was not
     ``chosen`` (no registry entry, ``irds.json`` manifest or ``--rel-level`` set it: the default 1) while the qrels
     grade above 1, as TREC DL's do (which count grade >= 2 relevant), or it lies above every grade of the qrels, so
-    every binary measure is 0. Nothing is said when no measure asked for depends on the level (nDCG alone)."""
+    every binary measure is 0. Nothing is said when no measure asked for depends on the level (nDCG alone). ``fix``:
+    what the warning tells the user to do, for a caller without ``--rel-level`` (default: give ``--rel-level``)."""
     if [n for n, _ in parse_measures(measures, 2)] == [n for n, _ in parse_measures(measures, 1)]:
         return False
     top = max((max(judged.values()) for judged in qrels.values() if judged), default=None)
     if top is None:
         return False
     if rel_level > top:
-        log.warning("relevance level %d for binary measures (--rel-level) is above every grade of %s (the largest "
-                    "is %s): every binary measure (AP, RR, P, R, ...) is 0; give a lower --rel-level",
-                    rel_level, qrels_name, top)
+        log.warning("relevance level %d for binary measures%s is above every grade of %s (the largest is %s): every "
+                    "binary measure (AP, RR, P, R, ...) is 0; %s", rel_level, "" if fix else " (--rel-level)",
+                    qrels_name, top, fix or "give a lower --rel-level")
         return True
     if not chosen and rel_level == 1 and top > 1:
         log.warning("%s grades up to %s and no relevance level is set for it: binary measures (AP, RR, P, R, ...) "
-                    "count grade >= 1 as relevant; TREC DL counts grade >= 2 (give --rel-level 2 for it, or "
-                    "--rel-level 1 to keep this and silence the warning)", qrels_name, top)
+                    "count grade >= 1 as relevant; TREC DL counts grade >= 2 (%s)", qrels_name, top,
+                    fix or "give --rel-level 2 for it, or --rel-level 1 to keep this and silence the warning")
         return True
     return False
 
@@ -418,12 +420,14 @@ def check_llm_io(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None)
                               "load it inside that scope")
 
 
-def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, progress: bool = True) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, progress: bool = True,
+             rel_level_fix: str | None = None) -> dict[str, Any]:
     """Run one evaluation and write ``run.trec``, ``metrics.json`` and ``report.md`` under ``cfg.output``.
 
     ``reranker``: a loaded reranker to use instead of loading ``cfg.reranker``, or a pool of them
     (:func:`reranker_pool`, as a suite shares one over its datasets). With neither ``retriever`` nor ``first_stage``
-    the dataset folder's own run (:func:`folder_run`) is the first stage, recorded as ``first_stage``."""
+    the dataset folder's own run (:func:`folder_run`) is the first stage, recorded as ``first_stage``.
+    ``rel_level_fix``: the advice of :func:`warn_rel_level` for a caller that has no ``--rel-level`` to give."""
     if cfg.retriever is not None and cfg.first_stage is not None:
         raise ConfigError(EXACTLY_ONE)
     _check_used(cfg, reranker is not None or cfg.reranker is not None)
@@ -463,7 +467,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
         dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
     if (str(dataset.root), rel_level) not in _REL_LEVEL_WARNED and warn_rel_level(
             qrels, rel_level, cfg.measures, cfg.rel_level is not None or dataset.info is not None,
-            f"the {cfg.split} qrels of dataset {dataset.name}"):
+            f"the {cfg.split} qrels of dataset {dataset.name}", rel_level_fix):
         _REL_LEVEL_WARNED.add((str(dataset.root), rel_level))
     timing["load_s"] = time.perf_counter() - t0
 

@@ -13,8 +13,8 @@
 
 A suite run without ``--datasets`` evaluates the members it finds and names the missing ones (a warning, and
 ``missing`` in ``summary.json``); a member named in ``--datasets`` must exist. An output folder holds one suite run:
-the results of members an earlier suite run wrote there and this one does not include are removed (see
-:func:`_clear_other_members`).
+the results of members an earlier suite run wrote there and this one does not include are removed once this run's
+first member is written (see :func:`_other_members`). Every member's files are looked for before the reranker loads.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from rerank.config import changed_options
 from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve_dataset
 from rerank.data.registry import DATASETS
-from rerank.errors import ConfigError, DatasetNotFoundError
+from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
 from rerank.eval.pipeline import (
     OUTPUT_FILES,
     EvalConfig,
@@ -112,7 +112,11 @@ def _bright_source_dir(data_root: str | Path | None) -> Path | None:
     return None
 
 
-def _iter_local(source: Path, config: str, subset: str) -> Iterator[dict[str, Any]]:
+#: one source row: where it comes from (a parquet file, or the hub's config/subset), its 1-based number, its fields
+_Row = tuple[str, int, dict[str, Any]]
+
+
+def _iter_local(source: Path, config: str, subset: str) -> Iterator[_Row]:
     import pyarrow.parquet as pq
 
     files = sorted((source / config).glob(f"{subset}-*.parquet"))
@@ -122,10 +126,11 @@ def _iter_local(source: Path, config: str, subset: str) -> Iterator[dict[str, An
             f"documents/, long_documents/, examples/ with one parquet file set per subset)"
         )
     for f in files:
-        yield from pq.read_table(f).to_pylist()
+        for i, row in enumerate(pq.read_table(f).to_pylist(), 1):
+            yield str(f), i, row
 
 
-def _iter_hub(config: str, subset: str) -> Iterator[dict[str, Any]]:
+def _iter_hub(config: str, subset: str) -> Iterator[_Row]:
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is in the train extra
@@ -137,13 +142,21 @@ def _iter_hub(config: str, subset: str) -> Iterator[dict[str, Any]]:
             f"BRIGHT {config}/{subset}: could not load {BRIGHT_HUB_ID} from the hub ({type(e).__name__}: {e}). "
             f"Offline, put the dataset's files under <data-root>/bright (documents/, examples/, long_documents/)."
         ) from None
-    yield from ds
+    for i, row in enumerate(ds, 1):
+        yield f"{BRIGHT_HUB_ID} {config}/{subset}", i, row
 
 
-def _field(row: dict[str, Any], key: str, where: str) -> Any:
-    if key not in row or row[key] is None:
-        raise DatasetNotFoundError(f"{where}: row without {key!r} (fields: {sorted(row)})")
-    return row[key]
+def _bad_row(row: _Row, subset: str, message: str) -> DataFormatError:
+    """Malformed BRIGHT data: an error naming the subset and the file (and row) it is in, never a "not found" (a
+    suite skips an absent subset only)."""
+    return DataFormatError(row[0], None, f"BRIGHT {subset}, row {row[1]}: {message}")
+
+
+def _field(row: _Row, key: str, subset: str) -> Any:
+    fields = row[2]
+    if key not in fields or fields[key] is None:
+        raise _bad_row(row, subset, f"row without {key!r} (fields: {sorted(fields)})")
+    return fields[key]
 
 
 def bright_dataset(
@@ -182,14 +195,14 @@ def bright_dataset(
     if current != stamp or not (folder / "DONE").exists():
         rows_docs = _iter_local(src, doc_config, subset) if src is not None else _iter_hub(doc_config, subset)
         rows_q = list(_iter_local(src, query_config, subset) if src is not None else _iter_hub(query_config, subset))
-        _write_bright_folder(folder, rows_docs, rows_q, long_documents, f"BRIGHT {query_config}/{subset}")
+        _write_bright_folder(folder, rows_docs, rows_q, long_documents, subset)
         write_json(stamp, folder / "source.json")
         (folder / "DONE").write_text("ok\n", encoding="utf-8")
     return Dataset(folder, name=name)
 
 
 def _write_bright_folder(
-    folder: Path, docs: Iterator[dict[str, Any]], examples: list[dict[str, Any]], long_documents: bool, where: str
+    folder: Path, docs: Iterator[_Row], examples: list[_Row], long_documents: bool, subset: str
 ) -> None:
     gold_key = "gold_ids_long" if long_documents else "gold_ids"
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -198,13 +211,15 @@ def _write_bright_folder(
         (tmp / "qrels").mkdir()
         (tmp / "excluded").mkdir()
         doc_ids: set[str] = set()
+        docs_from: set[str] = set()
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as f:
             for row in docs:
-                did = str(_field(row, "id", where))
+                did = str(_field(row, "id", subset))
                 if did in doc_ids:
-                    raise DatasetNotFoundError(f"{where}: duplicate document id {did!r}")
+                    raise _bad_row(row, subset, f"duplicate document id {did!r}")
                 doc_ids.add(did)
-                f.write(json.dumps({"_id": did, "title": "", "text": str(_field(row, "content", where))}) + "\n")
+                docs_from.add(row[0])
+                f.write(json.dumps({"_id": did, "title": "", "text": str(_field(row, "content", subset))}) + "\n")
         with (
             open(tmp / "queries.jsonl", "w", encoding="utf-8") as fq,
             open(tmp / "qrels" / "test.tsv", "w", encoding="utf-8") as fr,
@@ -212,14 +227,15 @@ def _write_bright_folder(
         ):
             fr.write("query-id\tcorpus-id\tscore\n")
             for row in examples:
-                qid = str(_field(row, "id", where))
-                fq.write(json.dumps({"_id": qid, "text": str(_field(row, "query", where))}) + "\n")
-                gold = [str(g) for g in _field(row, gold_key, where)]
+                qid = str(_field(row, "id", subset))
+                fq.write(json.dumps({"_id": qid, "text": str(_field(row, "query", subset))}) + "\n")
+                gold = [str(g) for g in _field(row, gold_key, subset)]
                 unknown = [g for g in gold if g not in doc_ids]
                 if unknown:
-                    raise DatasetNotFoundError(f"{where}: query {qid} has gold ids not in the corpus: {unknown[:3]}")
+                    raise _bad_row(row, subset, f"query {qid} has {gold_key} not in the documents "
+                                                f"({', '.join(sorted(docs_from)) or 'none'}): {unknown[:3]}")
                 fr.writelines(f"{qid}\t{g}\t1\n" for g in dict.fromkeys(gold))
-                for x in dict.fromkeys(str(e) for e in (row.get("excluded_ids") or [])):
+                for x in dict.fromkeys(str(e) for e in (row[2].get("excluded_ids") or [])):
                     if x != "N/A" and x not in gold:
                         fx.write(f"{qid}\t{x}\n")
         if folder.exists():
@@ -248,18 +264,26 @@ def suite_entries(
     long_documents: bool = False,
     missing: list[str] | None = None,
 ) -> list[SuiteEntry]:
-    """Resolve a suite's datasets; unknown names raise. Without ``names`` (the suite's default list) a member that is
-    not found is skipped and its name appended to ``missing`` (none found at all raises); a member named in
-    ``names`` must be found."""
+    """Resolve a suite's datasets; unknown names raise. Without ``names`` (the suite's default list; with
+    ``long_documents`` the BRIGHT subsets that have them) a member that is not found is skipped and its name appended
+    to ``missing`` (none found at all raises); a member named in ``names`` must be found. A member whose files are
+    there but malformed is an error, not a missing member."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
+    if long_documents and suite != "bright":
+        raise ConfigError("--long-documents applies to the bright suite only")
+    if bright_source is not None and suite != "bright":
+        raise ConfigError(f"--bright-source applies to the bright suite only, not {suite}: drop it")
     allowed = SUITES[suite] + _SUITE_EXTRA.get(suite, ())
-    chosen = list(names) if names else list(SUITES[suite])
+    chosen = list(names) if names else list(BRIGHT_LONG_SUBSETS if long_documents else SUITES[suite])
     bad = [n for n in chosen if n not in allowed]
     if bad:
         raise ConfigError(f"suite {suite!r} has no dataset(s) {bad}; its datasets: {', '.join(allowed)}")
-    if long_documents and suite != "bright":
-        raise ConfigError("--long-documents applies to the bright suite only")
+    short = [n for n in chosen if long_documents and n not in BRIGHT_LONG_SUBSETS]
+    if short:  # before any subset is converted
+        raise ConfigError(f"--long-documents: BRIGHT {', '.join(short)} ha{'s' if len(short) == 1 else 've'} no "
+                          f"long_documents; those with: {', '.join(BRIGHT_LONG_SUBSETS)} (the default without "
+                          "--datasets): drop the others from --datasets")
     out = []
     skipped: list[tuple[str, str]] = []
     for n in chosen:
@@ -283,26 +307,34 @@ def suite_entries(
 
 
 def summarize(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Mean of every measure over the datasets (each dataset weighs the same, as the papers report)."""
-    measures = [m for m in next(iter(per_dataset.values()))["metrics"]] if per_dataset else []
+    """Mean of every measure measured on all the datasets (each dataset weighs the same, as the papers report);
+    ``not_in_mean`` lists the measures some datasets lack (another name, such as ``RR@10`` beside ``RR(rel=2)@10``)."""
+    measures = list(dict.fromkeys(m for d in per_dataset.values() for m in d["metrics"]))
     common = [m for m in measures if all(m in d["metrics"] for d in per_dataset.values())]
     mean = {m: sum(d["metrics"][m] for d in per_dataset.values()) / len(per_dataset) for m in common}
     return {
         "datasets": {n: {"metrics": d["metrics"], "num_queries": d["num_queries"]} for n, d in per_dataset.items()},
         "mean": mean,
+        "not_in_mean": [m for m in measures if m not in mean],
         "num_datasets": len(per_dataset),
     }
 
 
 def _render_summary(suite: str, summary: dict[str, Any]) -> str:
-    measures = list(summary["mean"])
+    """The summary table: every measure of any dataset (the mean's first), ``—`` where a dataset or the mean has
+    none, and a line naming the measures left out of the mean."""
+    others = list(summary.get("not_in_mean", []))
+    measures = list(summary["mean"]) + others
     lines = [f"# Suite `{suite}`", "", "| dataset | queries | " + " | ".join(measures) + " |",
              "|---|---|" + "---|" * len(measures)]
     for n, d in summary["datasets"].items():
-        lines.append(f"| {n} | {d['num_queries']} | " + " | ".join(f"{d['metrics'][m]:.4f}" for m in measures) + " |")
+        lines.append(f"| {n} | {d['num_queries']} | "
+                     + " | ".join(f"{d['metrics'][m]:.4f}" if m in d["metrics"] else "—" for m in measures) + " |")
     lines.append(f"| **mean ({summary['num_datasets']} datasets)** | | "
-                 + " | ".join(f"**{summary['mean'][m]:.4f}**" for m in measures) + " |")
-    lines += ["", "The mean weighs every dataset equally (macro average over datasets).", ""]
+                 + " | ".join(f"**{summary['mean'][m]:.4f}**" if m in summary["mean"] else "—" for m in measures)
+                 + " |")
+    lines += ["", "The mean weighs every dataset equally (macro average over datasets)."
+              + (f" Not in the mean (not measured on every dataset): {', '.join(others)}." if others else ""), ""]
     return "\n".join(lines)
 
 
@@ -310,26 +342,33 @@ def _member_folder(name: str) -> str:
     return name.replace("/", "__")
 
 
-def _clear_other_members(out: Path, suite: str, entries: Sequence[SuiteEntry]) -> None:
+def _other_members(out: Path, suite: str, entries: Sequence[SuiteEntry]) -> tuple[list[str], bool]:
     """Results in ``out`` of suite members this run does not include (an earlier run of more members, or of another
-    suite) would sit beside this run's with a complete-looking ``metrics.json``. When ``out`` holds an earlier suite
-    run's ``summary.json``, their eval files are removed (logged; files eval does not write are kept, as ``rerank
-    eval`` keeps them); otherwise, not knowing where they come from, the run is refused before any work. The earlier
-    ``summary.json`` / ``summary.md`` go too: they are written again, last, once every member is done."""
+    suite) would sit beside this run's with a complete-looking ``metrics.json``: their folders, and whether ``out``
+    holds an earlier suite run's ``summary.json``. Without one, not knowing where they come from, the run is refused
+    here, before any work; with one, :func:`_clear_other_members` removes them once this run has written a result."""
     summary_file = out / "summary.json"
-    earlier: dict[str, Any] | None = None
+    earlier = False
     if summary_file.is_file():
         with contextlib.suppress(ValueError, OSError):
             data = json.loads(summary_file.read_text(encoding="utf-8"))
-            earlier = data if isinstance(data, dict) and "suite" in data else None
+            earlier = isinstance(data, dict) and "suite" in data
     names = {n for members in SUITES.values() for n in members} | {n for x in _SUITE_EXTRA.values() for n in x}
     ours = {_member_folder(e.name) for e in entries}
     others = sorted(f for f in {_member_folder(n) for n in names} - ours
                     if any((out / f / name).is_file() for name in OUTPUT_FILES))
-    if others and earlier is None:
+    if others and not earlier:
         raise ConfigError(f"--output {out} holds results of {', '.join(others)} (e.g. {out / others[0]}/metrics.json) "
                           f"that this {suite} suite run does not include, and no summary.json of an earlier suite "
                           "run: give another --output folder, or move those folders away")
+    return others, earlier
+
+
+def _clear_other_members(out: Path, suite: str, others: Sequence[str], earlier: bool) -> None:
+    """Remove the eval files of ``others`` (:func:`_other_members`; logged; files eval does not write are kept, as
+    ``rerank eval`` keeps them) and an earlier run's ``summary.json`` / ``summary.md`` (written again, last, once every
+    member is done). Called once this run's first member is written: a run that fails before (the reranker does not
+    load, the first member fails) leaves the earlier run as it was."""
     for f in others:
         (out / f / "metrics.json").unlink(missing_ok=True)  # first: no complete-looking result is left half-removed
         for name in OUTPUT_FILES:
@@ -339,9 +378,24 @@ def _clear_other_members(out: Path, suite: str, entries: Sequence[SuiteEntry]) -
     if others:
         log.warning("suite %s: removed the results of %s from %s (an earlier suite run's; this run does not include "
                     "them)", suite, ", ".join(others), out)
-    if earlier is not None:
-        summary_file.unlink(missing_ok=True)
+    if earlier:
+        (out / "summary.json").unlink(missing_ok=True)
         (out / "summary.md").unlink(missing_ok=True)
+
+
+def _check_members(entries: Sequence[SuiteEntry], base: EvalConfig) -> None:
+    """Before the reranker loads and the first member runs: every member has its queries, its split's qrels, its
+    corpus and, without a retriever, its own first-stage run (the files' contents are read when its turn comes)."""
+    for e in entries:
+        if base.retriever is None and e.first_stage is None:
+            raise ConfigError(f"{e.name}: no first-stage run in {e.dataset.root} ({', '.join(RUN_FILES)}); "
+                              f"give --retriever")
+        try:
+            e.dataset.queries_path  # noqa: B018 - raises when absent
+            e.dataset.qrels_path(e.split)
+            e.dataset.corpus_path  # noqa: B018
+        except FileNotFoundError as err:
+            raise ConfigError(f"suite member {e.name}: {err}") from None
 
 
 def run_suite(
@@ -375,8 +429,9 @@ def run_suite(
     if missing:
         log.warning("suite %s: %s not found under the data root, skipped (name them with --datasets to require them)",
                     suite, ", ".join(missing))
+    _check_members(entries, base)
     out = Path(output)
-    _clear_other_members(out, suite, entries)  # before the reranker loads
+    others, earlier = _other_members(out, suite, entries)  # refused before any work
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         shared: Reranker | WorkerPool | None = reranker
@@ -384,13 +439,12 @@ def run_suite(
             shared = stack.enter_context(reranker_pool(base)) if base.workers > 1 else load_reranker(base)
         for e in entries:
             first_stage = e.first_stage if base.retriever is None else None
-            if base.retriever is None and first_stage is None:
-                raise ConfigError(f"{e.name}: no first-stage run in {e.dataset.root} ({', '.join(RUN_FILES)}); "
-                                  f"give --retriever")
             cfg = replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
                           output=str(out / _member_folder(e.name)))
             log.info("suite %s: %s", suite, e.name)
             results[e.name] = run_eval(cfg, reranker=shared, progress=progress)
+            if len(results) == 1:  # this run has written a result: the earlier run's other members go
+                _clear_other_members(out, suite, others, earlier)
     summary = {"suite": suite, **summarize(results), "missing": missing}
     write_json(summary, out / "summary.json")
     with atomic_write(out / "summary.md") as f:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Collection, Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -446,6 +447,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     if cfg.retriever is None and cfg.first_stage is None:
         cfg = replace(cfg, first_stage=folder_run(dataset))
         log.info("first stage: %s, the dataset folder's own run (--retriever NAME retrieves instead)", cfg.first_stage)
+    _check_output_keeps_input(cfg)
     queries = dataset.split_queries(cfg.split, cfg.max_queries)
     qrels_all = dataset.qrels(cfg.split)
     qrels: Qrels = {q: qrels_all[q] for q in queries}
@@ -609,6 +611,19 @@ def _check_judged_in_corpus(run: Run, qrels: Qrels, dataset: Dataset, split: str
                                   f"(e.g. {sorted(judged)[:3]}) is in {dataset.corpus_path.name} (e.g. "
                                   f"{sorted(corpus_ids)[:3]}): the two name documents differently, and every measure "
                                   "would be 0")
+
+
+def _check_output_keeps_input(cfg: EvalConfig) -> None:
+    """Refuse an output folder where this run would replace or remove its own first-stage run (``--first-stage
+    runs/x/run.trec --output runs/x``): the input would be lost and ``metrics.json`` would name a changed file."""
+    if cfg.first_stage is None or not cfg.output:
+        return
+    given = Path(cfg.first_stage)
+    for name in OUTPUT_FILES:
+        target = Path(cfg.output) / name
+        if target.exists() and given.exists() and os.path.samefile(target, given):
+            raise ConfigError(f"--output {cfg.output} would replace the --first-stage run {cfg.first_stage} (this "
+                              f"command writes or removes {name} there): give another --output folder")
 
 
 def _write_outputs(

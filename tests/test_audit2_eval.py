@@ -34,3 +34,17 @@ def test_eval_refuses_an_output_folder_holding_its_first_stage_run(tmp_path: Pat
     assert run.read_text() == text and not (out / "metrics.json").exists()
     rc, _, err = run_cli("eval", "--dataset", ds, "--first-stage", run, "--output", tmp_path / "elsewhere")
     assert rc == 0 and run.read_text() == text, err
+
+
+def test_a_damaged_config_json_is_one_line_naming_the_file(tmp_path: Path, tiny_bert_dir: Path, run_cli) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    (model / "config.json").write_text('{"architectures": ["BertForSequenceClassification"],\n  "hidden_size": }\n')
+    ds = _dataset(tmp_path / "ds")
+    rc, _, err = run_cli("eval", "--dataset", ds, "--retriever", "bm25", "--reranker", "cross-encoder", "--model",
+                         model, "--top-k", "3", "--output", tmp_path / "out")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "config.json: not valid JSON" in lines[0] and "line 2" in lines[0], err
+    assert "Traceback" not in err

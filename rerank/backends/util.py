@@ -3,7 +3,9 @@ holds)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rerank.errors import ConfigError
@@ -27,7 +29,18 @@ def architectures(path: str, trust_remote_code: bool = False) -> list[str]:
     """The architectures the model config at ``path`` records (``config.json``'s ``architectures``; may be empty)."""
     from transformers import AutoConfig
 
-    return list(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or [])
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            raise
+        try:  # name the line json finds, rather than transformers' traceback
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as bad:
+            raise ConfigError(f"{file}: not valid JSON ({bad}); the model folder's config is damaged") from None
+        raise ConfigError(f"{file}: transformers cannot read it ({str(e).splitlines()[0]})") from None
+    return list(config.architectures or [])
 
 
 def check_causal_lm(shown: str, archs: Sequence[str]) -> None:

@@ -5,10 +5,13 @@ identifier is one token). Parsing reads the model's final answer: the last line 
 by ``>``), so a ranking quoted from a passage on an earlier line is not read (that counts as a repair). Without such a
 line the ids are read from the whole text (a repair), if it names at least two distinct valid ids and does not refuse:
 a lone id, as in a refusal ("I cannot rank these 5 passages."), is no ranking, nor is prose that says it cannot rank
-("Sorry, I cannot rank [4] and [7]: they are empty"), and the output is a failure (the window keeps its input
-order). Otherwise ids the model forgot are appended in their input order, duplicates and unknown ids are dropped, and
-every repair or failure is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer
-format as a grammar, for constrained decoding (then no repair is ever needed).
+("Sorry, I cannot rank [4] and [7]: they are empty"), nor an output that only lists passages, each line an id and
+then text (``[2] BM25 is a ranking function``, next line ``[3] TF-IDF weighs terms``: an echo of the prompt), and the
+output is a failure (the window keeps its input order). Unbracketed letters are identifiers only next to ``>`` or
+``,`` (``C > A``, ``C, A``), so the words "I" and "A" are not. Otherwise ids the model forgot are appended in their
+input order, duplicates and unknown ids are dropped, and every repair or failure is reported so ``metrics.json`` can
+count them. :func:`permutation_grammar` is the answer format as a grammar, for constrained decoding (then no repair
+is ever needed).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ _REFUSAL = re.compile(r"\b(?:cannot|can ?not|can't|can’t|unable to|won't|won�
                       re.IGNORECASE)
 _BRACKETED = re.compile(r"\[\s*([A-Za-z]|\d+)\s*\]")
 _BARE = {"numbers": re.compile(r"(?<![\w.])(\d+)(?![\w.])"), "letters": re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")}
+_ECHO = ("no ranking: the output lists passages (an identifier, then text, on each line) and does not rank them; "
+         "the window keeps its input order")
+_SEPARATORS = (">", ",")  # a bare letter next to one of these is an identifier
 
 
 def check_scheme(scheme: str, window: int | None = None) -> Scheme:
@@ -75,6 +81,7 @@ class ParsedPermutation:
     unbracketed: bool = False
     skipped_rankings: int = 0
     no_ranking_line: bool = False
+    echo: bool = False
 
     @property
     def repaired(self) -> bool:
@@ -84,6 +91,8 @@ class ParsedPermutation:
     def fixes(self) -> list[str]:
         """What parsing had to do, in words (empty: the output was a clean permutation)."""
         if self.failed:
+            if self.echo:
+                return [_ECHO]
             if self.missing < len(self.order):  # one valid id, outside any ranking line
                 return ["no ranking: one valid identifier outside a ranking line; the window keeps its input order"]
             return ["no valid identifier: the window keeps its input order"]
@@ -115,13 +124,42 @@ def _index(token: str, scheme: str, n: int) -> int | None:
     return i if 0 <= i < n else None
 
 
-def _tokens(text: str, scheme: str) -> tuple[list[str], bool]:
+def _bare(text: str, scheme: str) -> list[re.Match[str]]:
+    """Unbracketed ids in ``text``; a letter only next to ``>`` or ``,`` (a lone capital in prose is a word)."""
+    found = list(_BARE[scheme].finditer(text))
+    if scheme == "letters":
+        found = [m for m in found if text[: m.start()].rstrip()[-1:] in _SEPARATORS
+                 or text[m.end() :].lstrip()[:1] in _SEPARATORS]
+    return found
+
+
+def _id_matches(text: str, scheme: str) -> tuple[list[re.Match[str]], bool]:
     """The ids written in ``text``: bracketed ones, else bare ones (then ``True``: unbracketed)."""
-    tokens = _BRACKETED.findall(text)
-    if tokens:
-        return tokens, False
-    tokens = _BARE[scheme].findall(text)
-    return tokens, bool(tokens)
+    found = list(_BRACKETED.finditer(text))
+    if found:
+        return found, False
+    found = _bare(text, scheme)
+    return found, bool(found)
+
+
+def _tokens(text: str, scheme: str) -> tuple[list[str], bool]:
+    """The ids written in ``text`` (:func:`_id_matches`), as strings."""
+    found, unbracketed = _id_matches(text, scheme)
+    return [m.group(1) for m in found], unbracketed
+
+
+def _echoes(text: str, scheme: str) -> bool:
+    """Whether ``text`` only lists passages: every id in it opens a line, at least two lines open with one, and text
+    follows the id on at least one (``[2] BM25 is…\n[3] TF-IDF…``: the prompt's passages echoed, not ranked)."""
+    found, _ = _id_matches(text, scheme)
+    lines = {}
+    for m in found:
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if text[line_start : m.start()].strip() or line_start in lines:
+            return False
+        line_end = text.find("\n", m.end())
+        lines[line_start] = bool(text[m.end() : None if line_end < 0 else line_end].strip())
+    return len(lines) >= 2 and any(lines.values())
 
 
 def _forms_ranking(line: str, n: int, scheme: str) -> bool:
@@ -136,8 +174,9 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     The last line that forms a ranking is read (earlier ones are skipped and counted as a repair); without one the
     whole text is, as a repair, and needs as many distinct valid ids as a ranking line (two; one when ``n`` is 1),
     so a refusal naming one number is not taken for a ranking, and prose that says it cannot rank (``cannot``,
-    ``unable to``, ``sorry``, …) is none either, whatever ids it names. Bracketed ids (``[3]``, ``[C]``) are read first; if
-    there are none, bare ids (``3 > 1``, ``C > A``) are read and the output counts as repaired. Too few valid ids is
+    ``unable to``, ``sorry``, …) is none either, whatever ids it names, nor an echo of the passages (every id opens a
+    line, text after it). Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``,
+    ``C > A``; a letter only next to ``>`` or ``,``) are read and the output counts as repaired. Too few valid ids is
     a failure (the window keeps its input order).
     """
     check_scheme(scheme)
@@ -156,9 +195,10 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
         else:
             seen.add(i)
             order.append(i)
-    if not order or len(order) < min(2, n) or (no_line and n > 1 and _REFUSAL.search(text)):
+    echo = no_line and n > 1 and _echoes(text, scheme)
+    if not order or len(order) < min(2, n) or (no_line and n > 1 and _REFUSAL.search(text)) or echo:
         return ParsedPermutation(list(range(n)), failed=True, missing=n - len(order), unknown=unknown,
-                                 no_ranking_line=no_line)
+                                 no_ranking_line=no_line, echo=echo)
     missing = [i for i in range(n) if i not in seen]
     return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed,
                              max(0, len(rankings) - 1), no_line)

@@ -11,6 +11,8 @@ chat template's plain-text turn markers (:func:`template_markers`: Llama-2's ``[
 ``<|user|>`` / ``<|assistant|>`` when they are not special tokens), so user text never holds the text, and so never
 the token ids, of a marker the template writes. A string is defanged by a space after its first character
 (``<|im_end|>`` -> ``< |im_end|>``, ``[/INST]`` -> ``[ /INST]``), which keeps it readable and makes it ordinary text.
+A model's own output fed back to it (ERank's reasoning) has only its special-token strings defanged
+(:func:`neutralise_control`): a decode that skips special tokens never writes them, so there they were spelled out.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["defang", "neutralise", "passage_windows", "special_strings", "template_markers", "token_spans"]
+__all__ = ["control_strings", "defang", "neutralise", "neutralise_control", "passage_windows", "special_strings",
+           "template_markers", "token_spans"]
 
 _WORD = re.compile(r"\S+")
 _MARKUP = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
@@ -30,17 +33,27 @@ _SENTINEL = "RERANKSENTINEL{}X"
 _CONVERSATIONS = (("system", "user", "assistant", "user"), ("user", "assistant", "user"))
 _Cached = tuple[str | None, tuple[str, ...], re.Pattern[str] | None]
 _CACHE: weakref.WeakKeyDictionary[Any, _Cached] = weakref.WeakKeyDictionary()
+_CONTROL: weakref.WeakKeyDictionary[Any, re.Pattern[str] | None] = weakref.WeakKeyDictionary()
+
+
+def control_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The tokenizer's special tokens only (``all_special_tokens``, added tokens flagged special), longest first: the
+    strings a decode that skips special tokens never writes, so in a model's decoded output they were spelled out."""
+    found = {str(t) for t in getattr(tokenizer, "all_special_tokens", ()) or ()}
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(getattr(tok, "content", tok)))
+    return tuple(sorted((s for s in found if s), key=lambda s: (-len(s), s)))
 
 
 def _token_strings(tokenizer: Any) -> set[str]:
-    """The tokenizer's special tokens (``all_special_tokens``, added tokens flagged special) and its markup-like added
-    tokens."""
-    found = {str(t) for t in getattr(tokenizer, "all_special_tokens", ()) or ()}
+    """The tokenizer's special tokens (:func:`control_strings`) and its markup-like added tokens."""
+    found = set(control_strings(tokenizer))
     for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
         content = str(getattr(tok, "content", tok))
-        if getattr(tok, "special", False) or _MARKUP.fullmatch(content):
+        if content and _MARKUP.fullmatch(content):
             found.add(content)
-    return {s for s in found if s}
+    return found
 
 
 def template_markers(tokenizer: Any) -> tuple[str, ...]:
@@ -83,6 +96,21 @@ def special_strings(tokenizer: Any) -> tuple[str, ...]:
     (:func:`template_markers`), longest first."""
     found = _token_strings(tokenizer) | set(template_markers(tokenizer))
     return tuple(sorted(found, key=lambda s: (-len(s), s)))
+
+
+def neutralise_control(text: str, tokenizer: Any) -> str:
+    """``text`` with the tokenizer's special-token strings (:func:`control_strings`) defanged, and nothing else: for
+    a model's own output fed back to it, whose other added tokens (``<answer>``) and plain text are what it wrote."""
+    try:
+        pattern = _CONTROL[tokenizer]
+    except (KeyError, TypeError):  # not cached yet, or not weak-referenceable (then computed every time)
+        strings = control_strings(tokenizer)
+        pattern = re.compile("|".join(map(re.escape, strings))) if strings else None
+        try:
+            _CONTROL[tokenizer] = pattern
+        except TypeError:
+            pass
+    return defang(text, pattern)
 
 
 def _pattern(tokenizer: Any) -> re.Pattern[str] | None:

@@ -11,7 +11,9 @@ Reasoning mode generates ``<think>…</think><answer>`` within ``max_reasoning_t
 ``<answer>`` after the reasoning closes (``</think>``); an ``<answer>`` inside the reasoning (e.g. quoted from the
 document) is never read. An output whose reasoning does not close, or that closes without an answer, is closed by
 appending the missing tags (counted as repaired; so is an answer after an ``<answer>`` inside the reasoning); an answer
-that is not an integer in 0-10 is a parse failure (counted) and falls back to the argmax integer. With
+that is not an integer in 0-10 is a parse failure (counted) and falls back to the argmax integer. The scoring prompt
+is the generation prompt's token ids, the generated text's (a special-token string in it, which the model spelled
+out of plain tokens, defanged: a spelled ``<|im_end|>`` stays text) and the closing tags. With
 ``constrained: true`` (reasoning mode only: without reasoning nothing is generated, and the score is read from the
 probabilities of exactly the integers 0-10) the generation is restricted to free reasoning without ``<answer>``, then
 ``</think><answer>``, an integer 0-10 and ``</answer>``, closed within ``max_reasoning_tokens``; it then always parses.
@@ -31,6 +33,7 @@ from rerank.config import changed_options
 from rerank.errors import ConfigError
 from rerank.heads.base import RerankerConfig
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker, continuation_ids
+from rerank.heads.text import neutralise_control
 from rerank.types import Candidate, Query
 
 __all__ = ["ERankConfig", "ERankReranker", "IntegerDistribution"]
@@ -147,10 +150,14 @@ class ERankReranker(PointwiseLLMReranker):
         return (str(extra.get("think_close", "</think>")), str(extra.get("answer_open", "<answer>")),
                 str(extra.get("answer_close", "</answer>")))
 
+    def reserve_digits(self) -> int:
+        """The most tokens an integer 0-10 takes after the answer tag (read after the scoring prompt)."""
+        return max(len(seq) for seq in self.distribution.seqs.values())
+
     def reserve(self) -> int:
         """The integer's tokens read after the prompt; in reasoning mode also the reasoning budget, the closing tags
         and a margin for re-tokenising the generated text."""
-        digits = max(len(seq) for seq in self.distribution.seqs.values())
+        digits = self.reserve_digits()
         if not self.config.reasoning:  # type: ignore[attr-defined]
             return digits
         think_close, answer_open, _ = self._tags()
@@ -165,38 +172,50 @@ class ERankReranker(PointwiseLLMReranker):
                         Exact(answer_close)), self.template.assistant_prefix)
 
     def _reason(self, prompts: list[tuple[str, list[int]]]) -> tuple[list[list[int]], list[int | None]]:
-        """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers."""
+        """Generate the reasoning, close it if needed, and return prompts ending at the answer tag + parsed integers.
+
+        A scoring prompt is the generation prompt's token ids, then the generated text's, then the closing tags. The
+        backends decode without special tokens, so a special-token string in the text was spelled out of plain
+        tokens: it is defanged (:func:`~rerank.heads.text.neutralise_control`) and the text tokenised on its own, so
+        a spelled ``<|im_end|>`` never becomes the control token, nor does the prompt's text merge with the
+        reasoning; the model's other added tokens (``<answer>`` in its reasoning) stay its own."""
         think_close, answer_open, answer_close = self._tags()
         gen = GenerationConfig(max_new_tokens=self.config.max_reasoning_tokens,  # type: ignore[attr-defined]
                                stop=(answer_close,) if answer_close else (),
                                constraint=self.grammar() if self.constrained else None)
         texts = self.backend.generate([ids for _, ids in prompts], gen)
         out, parsed = [], []
-        for (prompt, _), text in zip(prompts, texts, strict=True):
+        for (_, ids), text in zip(prompts, texts, strict=True):
             k = text.rfind(think_close)
             final = text[k + len(think_close) :] if k >= 0 else ""
             j = final.rfind(answer_open)
             value: int | None = None
             fixes: list[str] = []
+            reasoning = text[:k] if k >= 0 else text  # the model's, before the tags the scoring prompt ends with
+            between = ""  # the model's, from the closing tag to the answer tag read
+            failed = False
             if j >= 0:
-                end = k + len(think_close) + j + len(answer_open)
-                reasoning = text[:end]
-                value = _answer_integer(text[end:], answer_close)
-                ok = value is not None and value in SCORES
+                between = final[:j]
+                value = _answer_integer(final[j + len(answer_open) :], answer_close)
+                failed = value is None or value not in SCORES
                 if answer_open in text[:k]:
                     fixes.append(f"{answer_open} inside the reasoning ignored")
                 if final.count(answer_open) > 1:
                     fixes.append(f"{final.count(answer_open)} {answer_open} after the reasoning, the last read")
-                if not ok:
+                if failed:
                     fixes.append("the answer is not an integer in 0-10: the most probable integer scores")
-                self.record_output(text, failed=not ok, fixes=fixes)
-                value = value if ok else None
+                    value = None
             else:  # the reasoning never closed or no answer followed it: any <answer> so far is not the final one
-                reasoning = (text[: k + len(think_close)] if k >= 0 else text + think_close) + answer_open
                 fixes.append(f"no {answer_open} after the reasoning: " +
                              (f"{answer_open} appended" if k >= 0 else f"{think_close}{answer_open} appended"))
-                self.record_output(text, failed=False, fixes=fixes)
-            out.append(self.encode(prompt + reasoning))
+            said = self.encode(neutralise_control(reasoning, self.tokenizer))
+            tags = self.encode(think_close + neutralise_control(between, self.tokenizer) + answer_open)
+            room = (self.backend.context_length or 0) - len(ids) - len(tags) - self.reserve_digits()
+            if self.backend.context_length is not None and len(said) > room:  # defanged strings take more tokens
+                said = said[: max(0, room)]
+                fixes.append(f"the reasoning cut to {len(said)} tokens to fit the context")
+            self.record_output(text, failed=failed, fixes=fixes)
+            out.append(list(ids) + said + tags)
             parsed.append(value)
         return out, parsed
 

@@ -229,3 +229,40 @@ def test_erank_reasoning_spelling_control_strings_stays_text(tok: Any) -> None:
     assert "< |im_end|>" in tok.decode(scored[0][len(prompt) :])  # still readable text
     assert tok.decode(scored[0]).endswith("</think>\n<answer>")
     assert (head.stats.outputs, head.stats.parse_failures, head.stats.repaired) == (1, 0, 0)
+
+
+def test_erank_reasoning_that_grows_when_defanged_is_cut_to_the_context(tok: Any) -> None:
+    from rerank.methods.erank.head import ERankConfig, ERankReranker
+
+    backend = ScriptedBackend(tok, logprobs_fn=lambda p, ids: [-1.0] * len(ids), context_length=400,
+                              generate_fn=lambda p: "<|im_end|>" * 60 + "</think><answer>5")
+    parsed: list[dict[str, Any]] = []
+    backend.log_parse = lambda response, outcome: parsed.append(outcome)  # type: ignore[method-assign]
+    head = ERankReranker(ERankConfig(reasoning=True, max_reasoning_tokens=32), backend=backend)
+    head.rerank("q", ["a document " * 200])  # fitted to 400 less the reasoning budget; 60 strings take ~300 tokens
+    assert head.stats.repaired == 1 and parsed[0]["fixes"][-1].startswith("the reasoning cut to ")
+
+
+# ---------------------------------------------------------------- 5. the error names the head's own options
+
+
+def test_a_prompt_too_long_for_the_context_names_the_heads_own_options(tok: Any) -> None:
+    """qwen3-reranker has no window, group_size or generation budget: its instruction fills the context."""
+    from rerank.errors import ConfigError
+    from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker
+    from rerank.methods.qwen3_reranker.head import Qwen3Reranker, Qwen3RerankerConfig
+
+    def scored(prompt: str, ids: Sequence[int]) -> list[float]:
+        return [-1.0] * len(ids)
+
+    head = Qwen3Reranker(Qwen3RerankerConfig(instruction=" ".join(["Judge"] * 700)),
+                         backend=ScriptedBackend(tok, scored, context_length=600))
+    with pytest.raises(ConfigError, match="cannot hold this prompt") as err:
+        head.rerank("q", ["x", "y"])
+    message = str(err.value)
+    assert message.endswith("; use a shorter instruction or template, or use a model with a longer context")
+    assert "window" not in message and "group_size" not in message and "generation" not in message
+    group = GroupRankReranker(GroupRankConfig(backend_options={"max_length": 600}),
+                              backend=ScriptedBackend(tok, scored, context_length=600))
+    assert group.room_options(512) == ("use a shorter template, lower group_size / max_new_tokens, raise "
+                                       "backend_options.max_length, or use a model with a longer context")

@@ -32,6 +32,12 @@ __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check
 
 #: Renders a prompt's text from the (prepared) query and passage texts.
 Render = Callable[[str, list[str]], str]
+#: head options whose text the template holds (a long one fills the context), and those that set how many passages
+#: a prompt shows and how many tokens are generated after it; backend options that set the context
+_TEMPLATE_TEXTS = ("instruction", "prompt")
+_PASSAGES_PER_PROMPT = ("window", "group_size", "set_size")
+_GENERATION_BUDGETS = ("max_new_tokens", "max_reasoning_tokens")
+_CONTEXT_OPTIONS = ("max_length", "max_model_len")
 
 
 def token_cap(lengths: Sequence[int], room: int) -> int:
@@ -230,8 +236,8 @@ class LLMReranker(Reranker):
         if free < 2 * max(1, len(passages)):
             raise ConfigError(
                 f"{self.method}: the model's context of {limit} tokens cannot hold this prompt: its template takes "
-                f"{base} tokens with {len(passages)} passage(s) and {reserve} more are generated; lower window / "
-                "group_size or the generation budget, or use a model with a longer context"
+                f"{base} tokens with {len(passages)} passage(s) and {reserve} more are generated; "
+                f"{self.room_options(reserve)}"
             )
         self.stats.fitted_prompts += 1
         if len(ids_of(query, empty)) - base > free // 2:
@@ -262,11 +268,28 @@ class LLMReranker(Reranker):
                 break
             if cap == 1:
                 raise ConfigError(f"{self.method}: the prompt does not fit the model's context of {limit} tokens even "
-                                  "with one token a passage; lower window / group_size or the generation budget")
+                                  f"with one token a passage; {self.room_options(reserve)}")
             capped = sum(len(p) > cap for p in p_ids) or 1
             cap = max(1, cap - max(1, math.ceil(over / capped)))
         self.stats.shortened_passages += sum(len(p) > cap for p in p_ids)
         return text, ids
+
+    def room_options(self, reserve: int) -> str:
+        """What the "cannot hold this prompt" error advises: only this head's options that make its template, its
+        passages per prompt or what it generates after the prompt (``reserve`` tokens) smaller, and a longer context
+        (e.g. qwen3-reranker: "use a shorter instruction or template, or use a model with a longer context")."""
+        cfg = self.config
+        names = {f.name for f in dataclasses.fields(cfg)}
+        advice = [f"use a shorter {' or '.join([n for n in _TEMPLATE_TEXTS if n in names] + ['template'])}"]
+        lower = [n for n in _PASSAGES_PER_PROMPT if n in names]
+        if reserve and getattr(cfg, "reasoning", True):  # ERank generates only with reasoning
+            lower += [n for n in _GENERATION_BUDGETS if n in names]
+        if lower:
+            advice.append(f"lower {' / '.join(lower)}")
+        context = [f"backend_options.{n}" for n in _CONTEXT_OPTIONS if n in cfg.backend_options]  # type: ignore[attr-defined]
+        if context:
+            advice.append(f"raise {' / '.join(context)}")
+        return ", ".join(advice) + ", or use a model with a longer context"
 
     def document_token_limit(self, query: str) -> int | None:
         """``max_doc_tokens``: each document is cut to it before the prompt is rendered."""

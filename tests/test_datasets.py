@@ -104,6 +104,7 @@ def _leftovers(root: Path) -> list[str]:
 
 def test_download_verify_extract_then_reuse(tiny_info: DatasetInfo, server: _Server, tmp_path: Path) -> None:
     root = tmp_path / "data"
+    root.mkdir()  # a data root given must exist (tests/test_audit2_newcomer.py)
     ds = resolve_dataset(NAME, root)
     assert ds.root == root / NAME
     assert ds.info is tiny_info
@@ -121,6 +122,7 @@ def test_checksum_mismatch_raises_and_leaves_nothing(
 ) -> None:
     monkeypatch.setitem(DATASETS, NAME, DatasetInfo(name=NAME, url=tiny_info.url, md5="0" * 32))
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(RerankError) as err:
         resolve_dataset(NAME, root)
     msg = str(err.value)
@@ -137,6 +139,7 @@ def test_unreachable_server_says_where_to_put_files(
         port = s.getsockname()[1]
     monkeypatch.setenv("RERANK_BEIR_URL", f"http://127.0.0.1:{port}")
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(DatasetNotFoundError) as err:
         resolve_dataset(NAME, root)
     msg = str(err.value)
@@ -229,23 +232,27 @@ def test_subfolder_of_a_shared_archive(tmp_path: Path, monkeypatch: pytest.Monke
 def test_a_failed_download_creates_no_data_root(
     tiny_info: DatasetInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An offline `rerank eval --dataset scifact --data-root /tmp/x/noroot/deep` left /tmp/x/noroot/deep behind."""
+    """An offline `rerank eval --dataset scifact` with RERANK_DATA=/tmp/x/noroot/deep left /tmp/x/noroot/deep behind
+    (a --data-root given must exist: tests/test_audit2_newcomer.py)."""
+    monkeypatch.setenv("RERANK_DATA", str(tmp_path / "noroot" / "deep"))
     with _Server({}) as srv:  # 404: the download fails
         monkeypatch.setenv("RERANK_BEIR_URL", srv.url)
         with pytest.raises(DatasetNotFoundError, match="404"):
-            resolve_dataset(NAME, tmp_path / "noroot" / "deep")
+            resolve_dataset(NAME)
     assert _leftovers(tmp_path) == []
     body = _fixture_zip(top="other")  # verified, but unpacks to the wrong folder: the folders it made go again
     monkeypatch.setitem(DATASETS, NAME, DatasetInfo(name=NAME, url=tiny_info.url, md5=hashlib.md5(body).hexdigest()))
     with _Server({f"{NAME}.zip": body}) as srv:
         monkeypatch.setenv("RERANK_BEIR_URL", srv.url)
         with pytest.raises(RerankError, match="no top-level folder"):
-            resolve_dataset(NAME, tmp_path / "noroot" / "deep")
+            resolve_dataset(NAME)
     assert _leftovers(tmp_path) == []
 
 
-def test_a_download_creates_the_data_root_it_needs(tiny_info: DatasetInfo, server: _Server, tmp_path: Path) -> None:
-    root = tmp_path / "new" / "deep"
-    ds = resolve_dataset(NAME, root)
+def test_a_download_creates_the_data_root_it_needs(tiny_info: DatasetInfo, server: _Server, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "new" / "deep"  # the default root ($RERANK_DATA); a --data-root given must exist
+    monkeypatch.setenv("RERANK_DATA", str(root))
+    ds = resolve_dataset(NAME)
     assert ds.root == root / NAME and sorted(ds.corpus) == ["d0", "d1", "d2"]
     assert _leftovers(root) == [NAME] and _leftovers(tmp_path) == ["new"]  # no temporary zip left in an ancestor

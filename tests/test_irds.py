@@ -123,6 +123,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 def test_scoreddocs_convert_to_the_reranking_form(registered: dict[str, str], tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "data").mkdir()  # a data root given must exist
     ds = resolve_dataset(f"irds:{SCORED}", tmp_path / "data")
     folder = tmp_path / "data" / "irds" / SCORED.replace("/", "__")
     assert ds.root == folder and ds.name == f"irds:{SCORED}"
@@ -218,6 +219,7 @@ def test_eval_cli_on_irds_datasets(registered: dict[str, str], tmp_path: Path, r
     """Without a first stage the scoreddocs' run.trec is reranked (named in metrics.json as --first-stage would be);
     a dataset without scoreddocs takes --retriever bm25."""
     out = tmp_path / "scored"
+    (tmp_path / "data").mkdir()  # a --data-root given must exist
     rc, _, err = run_cli("eval", "--dataset", f"irds:{SCORED}", "--data-root", tmp_path / "data",
                          "-m", "nDCG@10", "-m", "RR@10", "--output", out)
     assert rc == 0, err

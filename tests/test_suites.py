@@ -215,6 +215,7 @@ def test_dl_suite_runs_the_members_present_and_names_the_missing(tmp_path: Path,
     rc, _, se = run_cli("eval", "--suite", "dl", "--datasets", "dl19-bm25-top100,dl20-bm25-top100",
                         "--data-root", tmp_path / "data", "--output", tmp_path / "o2")
     assert rc == 2 and "dataset 'dl20-bm25-top100' not found" in se and len(se.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()  # an empty data root (one that does not exist is refused as such)
     rc, _, se = run_cli("eval", "--suite", "dl", "--data-root", tmp_path / "empty", "--output", tmp_path / "o3")
     assert rc == 2 and "none of its datasets was found" in se
 

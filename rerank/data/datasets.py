@@ -4,6 +4,7 @@ folder."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from rerank.types import Document, Qrels, Query
 from rerank.utils.files import sha256_file
 
 __all__ = ["Dataset", "check_max_queries", "default_data_root", "resolve_dataset"]
+
+log = logging.getLogger(__name__)
 
 
 def default_data_root() -> Path:
@@ -176,20 +179,31 @@ def resolve_dataset(
     registered/plain name under ``data_root``.
 
     A registered BEIR dataset that is absent locally is downloaded (verified, atomic) when ``download`` is true and
-    the network allows, and an ``irds:`` one converted; otherwise the error says where to put the files.
+    the network allows, and an ``irds:`` one converted; otherwise the error says where to put the files. A
+    ``data_root`` given that does not exist is a :class:`ConfigError` (a mistyped root would be downloaded into); the
+    default root (``$RERANK_DATA`` or the cache) is created when needed. With a root given (``data_root`` or
+    ``$RERANK_DATA``), a bare name found under it wins over a same-named folder in the current directory (a warning
+    names that folder; ``./NAME`` reads it).
     """
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        _check_data_root(name_or_path, Path(data_root).expanduser(), data_root)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if isinstance(name_or_path, str) and name_or_path.startswith(irds.PREFIX):
         folder, name, info = irds.load_irds(name_or_path[len(irds.PREFIX):], root, convert=download)
         return Dataset(folder, name=name, info=info, qrels_duplicates=qrels_duplicates)
     path = Path(name_or_path).expanduser()
+    name = str(name_or_path)
+    local = root / name
+    if (data_root is not None or os.environ.get("RERANK_DATA")) and _bare_name(name_or_path) and local.is_dir():
+        if path.is_dir() and path.resolve() != local.resolve():
+            log.warning("dataset %r: reading %s under the data root, not the folder %s in the current directory "
+                        "(give ./%s to read that one)", name, local, path, name)
+        return Dataset(local, name=name, qrels_duplicates=qrels_duplicates)
     if path.is_dir():
         converted = irds.converted_info(path)  # a converted irds: folder given by its path keeps its name and grading
         if converted is not None:
             return Dataset(path, name=converted[0], info=converted[1], qrels_duplicates=qrels_duplicates)
         return Dataset(path, qrels_duplicates=qrels_duplicates)
-    name = str(name_or_path)
-    local = root / name
     if local.is_dir():
         return Dataset(local, name=name, qrels_duplicates=qrels_duplicates)
     info = get_dataset_info(name)
@@ -205,3 +219,20 @@ def resolve_dataset(
         f"(corpus.jsonl, queries.jsonl, qrels/<split>.tsv) there, or give an ir_datasets id as irds:ID; set the data "
         "root with --data-root or RERANK_DATA."
     )
+
+
+def _bare_name(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` is a dataset name rather than a path: a string without a folder separator that does
+    not start with ``.`` or ``~`` (``./scifact`` is the folder in the current directory)."""
+    return (isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path
+            and not name_or_path.startswith((".", "~")))
+
+
+def _check_data_root(name_or_path: str | Path, root: Path, given: str | Path) -> None:
+    """A ``data_root`` given that does not exist is an error whenever the dataset would be looked up (or downloaded,
+    or converted) under it: an existing folder given by its path does not need it."""
+    is_irds = isinstance(name_or_path, str) and name_or_path.startswith(irds.PREFIX)
+    if is_irds or _bare_name(name_or_path) or not Path(name_or_path).expanduser().is_dir():
+        where = f" ({root.resolve()})" if str(root.resolve()) != str(given) else ""
+        raise ConfigError(f"--data-root {given} does not exist{where}: fix the path, create the folder, or leave "
+                          f"--data-root out for the default ({default_data_root()})")

@@ -2,6 +2,9 @@
 head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``) by configuration::
 
     rr = Reranker.load("remote", base_url="http://127.0.0.1:8000", api_key="...")
+
+Loading it so sends one ``GET /health`` (:meth:`RemoteReranker.check_server`): a server that cannot be reached fails
+there, before a pipeline's first stage runs.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
 from rerank.utils.http import post_with_retries
 
-__all__ = ["RemoteReranker", "RemoteRerankerConfig", "RemoteRerankError", "api_key_problem"]
+__all__ = ["RemoteRerankError", "RemoteReranker", "RemoteRerankerConfig", "api_key_problem"]
 
 
 _RETRY_STATUS = (429, 502, 503)
+#: the longest the health request at load waits (the request ``timeout``, when shorter)
+HEALTH_TIMEOUT_S = 5.0
 #: the server closed the connection before answering: a pooled connection it had just closed as idle, or a server that
 #: went away mid-request. A rerank POST changes nothing on the server, so it is safe to send again.
 _CLOSED_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -110,7 +115,21 @@ class RemoteReranker(Reranker):
                               "backend where the server runs: rerank serve --backend ...)")
         if model is not None:
             options = {**options, "model": model}
-        return super().from_options(**options)  # type: ignore[return-value]
+        reranker: RemoteReranker = super().from_options(**options)  # type: ignore[assignment]
+        reranker.check_server()
+        return reranker
+
+    def check_server(self) -> None:
+        """One ``GET /health`` when the reranker loads (``Reranker.load``): a server that cannot be reached is a
+        :class:`RemoteRerankError` then, not after a pipeline's first stage. One attempt, waiting at most
+        ``HEALTH_TIMEOUT_S`` (5 s) or ``timeout`` when shorter, without the retries of a rerank request; any HTTP
+        answer passes (another Cohere-compatible server may have no ``/health``)."""
+        try:
+            self._client.get("/health", timeout=min(self.config.timeout, HEALTH_TIMEOUT_S))
+        except httpx.HTTPError as e:
+            self.close()
+            raise RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} unreachable when the reranker "
+                                    f"loaded (GET /health, one try): {e}") from None
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         """One request; returns the server's scores aligned with ``candidates``."""

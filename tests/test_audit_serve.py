@@ -155,7 +155,10 @@ def test_remote_reranker_resends_a_request_the_server_closed_unanswered(reset: b
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The second call goes out on the pooled connection, which the server closes unanswered
     (``RemoteProtocolError`` / ``ReadError``): it is sent again on a new connection, not reported unreachable."""
+    from rerank.client import RemoteReranker
+
     monkeypatch.setattr("rerank.utils.http.time.sleep", lambda s: None)
+    monkeypatch.setattr(RemoteReranker, "check_server", lambda self: None)  # the scripted server answers rerank POSTs
     server = ClosingServer(reset)
     rr = Reranker.load("remote", base_url=f"http://127.0.0.1:{server.port}", max_retries=1)
     try:
@@ -170,9 +173,10 @@ def test_remote_reranker_resends_a_request_the_server_closed_unanswered(reset: b
 @pytest.mark.parametrize("error", [httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError])
 def test_a_connection_closed_before_the_answer_is_retried_and_not_called_unreachable(
         error: type[httpx.TransportError], monkeypatch: pytest.MonkeyPatch) -> None:
-    from rerank.client import RemoteRerankError
+    from rerank.client import RemoteReranker, RemoteRerankError
 
     monkeypatch.setattr("rerank.utils.http.time.sleep", lambda s: None)
+    monkeypatch.setattr(RemoteReranker, "check_server", lambda self: None)  # no server: a scripted transport
     calls: list[int] = []
 
     def script(fail: int) -> Callable[[httpx.Request], httpx.Response]:

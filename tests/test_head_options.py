@@ -19,7 +19,10 @@ def test_remote_refuses_a_backend_and_a_batch_size() -> None:
         Reranker.load("remote", backend="no-such")
     with pytest.raises(ConfigError, match="batch_size=1 is not read by the remote reranker"):
         Reranker.load("remote", batch_size=1)
-    Reranker.load("remote", base_url="http://127.0.0.1:9", backend="transformers", max_concurrency=2).close()
+    from rerank.client import RemoteRerankError
+
+    with pytest.raises(RemoteRerankError, match="unreachable"):  # the options pass; the server check at load runs
+        Reranker.load("remote", base_url="http://127.0.0.1:9", backend="transformers", max_concurrency=2)
 
 
 @pytest.mark.parametrize("method", ["cross-encoder", "yes-no", "erank", "qwen3-reranker"])

@@ -38,8 +38,13 @@ def test_config_records_and_errors_never_hold_a_url_password() -> None:
 
 
 def test_remote_errors_do_not_show_a_url_password() -> None:
-    rr = Reranker.load("remote", base_url="http://u:pw_in_url@127.0.0.1:9", max_retries=0, timeout=2)
-    with pytest.raises(RerankError) as e:
+    with pytest.raises(RerankError) as e:  # the server check when it loads
+        Reranker.load("remote", base_url="http://u:pw_in_url@127.0.0.1:9", max_retries=0, timeout=2)
+    assert "pw_in_url" not in str(e.value) and "unreachable" in str(e.value)
+    from rerank.client import RemoteReranker, RemoteRerankerConfig
+
+    rr = RemoteReranker(RemoteRerankerConfig(base_url="http://u:pw_in_url@127.0.0.1:9", max_retries=0, timeout=2))
+    with pytest.raises(RerankError) as e:  # a request
         rr.rerank("q", ["a"])
     assert "pw_in_url" not in str(e.value) and "unreachable" in str(e.value)
 

@@ -596,9 +596,11 @@ def test_tiny_cross_encoder_served_equals_in_process(request: pytest.FixtureRequ
             assert [i for i, _ in got] == [i for i, _ in want[q]]
 
 
-def test_remote_reranker_retries_a_busy_server() -> None:
+def test_remote_reranker_retries_a_busy_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """429 / 503 are retried (``Retry-After`` honoured) up to ``max_retries``; other errors are not retried."""
-    from rerank.client import RemoteRerankError
+    from rerank.client import RemoteReranker, RemoteRerankError
+
+    monkeypatch.setattr(RemoteReranker, "check_server", lambda self: None)  # no server: a scripted transport
 
     def client(statuses: list[int], **options: Any) -> tuple[Any, list[int]]:
         calls: list[int] = []
@@ -638,9 +640,10 @@ def test_remote_reranker_retries_a_refused_connection_not_a_timeout(error: type,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused connection (a server still starting) is retried and ends 'unreachable'; a read timeout is not
     retried (the server may still be working on the request) and says so, naming the timeout."""
-    from rerank.client import RemoteRerankError
+    from rerank.client import RemoteReranker, RemoteRerankError
 
     monkeypatch.setattr("rerank.utils.http.time.sleep", lambda s: None)
+    monkeypatch.setattr(RemoteReranker, "check_server", lambda self: None)  # no server: a scripted transport
     calls: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -350,7 +350,7 @@ def test_rank_and_eval_cli_take_a_20000_character_query(tmp_path: Path, run_cli:
     for method, model in (("cross-encoder", tiny_bert_dir), ("yes-no", tiny_llm_dir)):
         rc, out, err = run_cli("rank", "--reranker", method, "--model", model, "--input", tmp_path / "in.jsonl",
                                "--output", tmp_path / f"{method}.jsonl")
-        assert rc == 0 and "ranked 1 queries" in out, err
+        assert rc == 0 and "ranked 1 query" in out, err
         (rec,) = [json.loads(line) for line in (tmp_path / f"{method}.jsonl").read_text().splitlines()]
         assert len(rec["query"]) > 20_000 and len(rec["ranking"]) == 6
         assert all("metadata" not in d for d in rec["ranking"])

@@ -33,7 +33,8 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-root",
         default=None,
-        help="folder holding datasets by name (default: $RERANK_DATA or ~/.cache/rerank/data)",
+        help="folder holding datasets by name (default: $RERANK_DATA or ~/.cache/rerank/data); it must exist. A "
+        "bare name found there wins over a same-named folder in the current directory (write ./NAME for that one)",
     )
 
 
@@ -93,8 +94,26 @@ def reranker_options(args: argparse.Namespace) -> dict:
     if getattr(args, "allow_new_head", False):
         opts["allow_new_head"] = True
     if getattr(args, "base_url", None):
+        check_base_url(getattr(args, "reranker", None), getattr(args, "backend", None) or "transformers")
         opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}
     return opts
+
+
+def check_base_url(method: str | None, backend: str) -> None:
+    """``--base-url`` is the openai backend's server: with another backend, or a head that runs no LLM backend, it
+    is a one-line error naming the flag and the fix (it became ``backend_options.base_url``, which the config check
+    named instead)."""
+    from rerank.backends.cache import uses_llm_backend
+
+    if method == "remote":
+        raise ConfigError("--base-url applies to --backend openai; the remote reranker's server is "
+                          "--reranker-set base_url=URL: give it there, and drop --base-url")
+    if method is not None and not uses_llm_backend(method):
+        raise ConfigError(f"--base-url applies to --backend openai, and reranker {method} runs on the transformers "
+                          "backend only (it is not an LLM head): drop --base-url")
+    if backend != "openai":
+        raise ConfigError(f"--base-url applies to --backend openai (the backend is {backend}): add --backend openai, "
+                          "or drop --base-url")
 
 
 def check_reranker_options(method: str, model: str | None, options: dict, backend: str = "transformers") -> None:
@@ -113,6 +132,9 @@ def check_reranker_options(method: str, model: str | None, options: dict, backen
         except ConfigError as e:
             raise ConfigError(f"{e}; on the command line: --reranker-set backend_options.KEY=VALUE") from None
     record = read_record(model)
+    if record is not None and record.get("kind") == "reranker" and record.get("method") != method:
+        raise ConfigError(f"{model} was trained as {record.get('method')!r}; load it with that method or none "
+                          f"(--reranker {record.get('method')}, or no --reranker)")
     trained = record.get("options", {}) if record is not None and record.get("kind") == "reranker" else {}
     from_dict(cls.config_class, layered(trained, options), where=f"{method} options")
 
@@ -157,6 +179,27 @@ def check_reranker_model(reranker: str | None, model: str | None, backend: str) 
 
     if model and reranker != "remote" and backend != "openai":
         check_model_path(model)
+
+
+def check_distinct_files(outputs: list[tuple[str, str | None]], inputs: list[tuple[str, str | None]]) -> None:
+    """Before any work: no output file (option, path) is one of the input files, nor another output (the same file
+    through a link counts), which writing it would replace; a one-line error naming both options."""
+    given_outputs = [(o, p) for o, p in outputs if p is not None]
+    for i, (option, path) in enumerate(given_outputs):
+        for other, other_path in [*(x for x in inputs if x[1] is not None), *given_outputs[i + 1:]]:
+            if _same_file(path, other_path):  # type: ignore[arg-type]
+                role = "input" if (other, other_path) in inputs else "output"
+                raise ConfigError(f"{option} {path} is the {other} file {other_path}: writing it would replace that "
+                                  f"{role}; give another file name")
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file: both exist and are the same file (a symbolic or hard link included),
+    or neither exists yet and they resolve to one path."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
 
 
 def check_input_file(path: str | os.PathLike[str], option: str) -> None:

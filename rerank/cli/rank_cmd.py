@@ -16,6 +16,7 @@ from rerank.cli.common import (
     add_data_root,
     add_max_queries,
     add_reranker,
+    check_distinct_files,
     check_input_file,
     check_llm_flags,
     check_output_file,
@@ -27,7 +28,7 @@ from rerank.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from rerank.heads.base import Reranker
+    from rerank.heads.base import Reranker, RerankStats
     from rerank.types import Candidate, Document, Query, RankedResult
 
     #: the documents after the reranked ones, in their input order: id, and the document (None: not in the corpus)
@@ -44,12 +45,14 @@ BATCH_QUERIES = 8
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rank", help="rerank candidates and write the ranking (TREC run or JSONL)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records')
-    src.add_argument("--first-stage", metavar="RUN", help="TREC run to rerank (needs --dataset for the texts)")
+    src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records; the output keeps their order')
+    src.add_argument("--first-stage", metavar="RUN",
+                     help="TREC run to rerank (needs --dataset for the texts); the output is in sorted query-id order")
     p.add_argument("--dataset", default=None,
                    help="dataset holding the corpus and queries of --first-stage: a BEIR-layout folder, a dataset "
                    "name under the data root, or irds:ID (an ir_datasets id)")
-    add_max_queries(p, "rerank only the first N >= 1 queries in sorted query-id order")
+    add_max_queries(p, "rerank only the first N >= 1 queries: the first N records of --input, or the first N in "
+                    "sorted query-id order of --first-stage")
     add_data_root(p)
     add_reranker(p)
     p.add_argument("--top-k", type=positive_int, default=100,
@@ -99,7 +102,7 @@ def _open_output(path: Path, gzipped: bool) -> Iterator[TextIO]:
 def run(args: argparse.Namespace) -> int:
     from rerank.backends.cache import llm_cache_scope
     from rerank.data.datasets import resolve_dataset
-    from rerank.data.io import check_ranked, format_run, read_query_docs_jsonl, read_run
+    from rerank.data.io import check_ranked, format_run, read_run
     from rerank.errors import ConfigError
     from rerank.eval.pipeline import check_run_overlap
     from rerank.heads.base import Reranker
@@ -127,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(args.input, "--input")
     else:
         check_input_file(args.first_stage, "--first-stage")
+    check_distinct_files([("--output", args.output), ("--log-llm-io", args.log_llm_io)],
+                         [("--input", args.input), ("--first-stage", args.first_stage)])
     # the input is read (and checked) before the model loads
     if args.input:
-        records = read_query_docs_jsonl(args.input)
-        records.sort(key=lambda r: r[0].id)
+        records = _read_input(args.input)
         if args.max_queries is not None:
             records = records[: args.max_queries]
         jobs = [(q, [Candidate(d, s) for d, s in docs[: args.top_k]], [(d.id, d) for d, _ in docs[args.top_k :]])
@@ -156,21 +160,55 @@ def run(args: argparse.Namespace) -> int:
     with llm_cache_scope(enabled=False, log_path=args.log_llm_io):  # no cache: only the log, when asked for
         reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
     rankings = _rerank_jobs(reranker, jobs)
-    with _open_output(out, gzipped) as f:
-        if kind == ".jsonl":
-            for qid in sorted(rankings):
-                res, tail = rankings[qid]
+    with _open_output(out, gzipped) as f:  # in the jobs' order: --input's records, --first-stage's sorted ids
+        for qid, (res, tail) in rankings.items():
+            if kind == ".jsonl":
                 f.write(json.dumps({"qid": qid, "query": res.query.text, "ranking": _jsonl_ranking(res, tail)},
                                    ensure_ascii=False) + "\n")
-        else:
-            f.writelines(format_run({qid: _run_order(res, tail) for qid, (res, tail) in rankings.items()},
-                                    tag=args.reranker))
-    stats = reranker.stats
-    fitted = (f"; {stats.fitted_prompts} prompts fitted to the context, {stats.shortened_passages} passages "
-              f"shortened" if stats.fitted_prompts else "")
-    print(f"ranked {len(rankings)} queries with {args.reranker} -> {out} "
-          f"({stats.outputs} model outputs, {stats.parse_failures} parse failures, {stats.repaired} repaired{fitted})")
+            else:
+                f.writelines(format_run({qid: _run_order(res, tail)}, tag=args.reranker))
+    print(f"ranked {len(rankings)} quer{'y' if len(rankings) == 1 else 'ies'} with {args.reranker} -> {out}"
+          f"{_stats_note(reranker.stats)}")
     return 0
+
+
+def _stats_note(stats: RerankStats) -> str:
+    """The summary line's parse counts, only where the head parsed generated text (it recorded outputs: listwise,
+    grouprank, erank's reasoning; a head that scores, such as a cross-encoder or yes-no, parses none), and how many
+    prompts were fitted to the model's context."""
+    parts = []
+    if stats.outputs:
+        parts.append(f"{stats.outputs} model outputs, {stats.parse_failures} parse failures, {stats.repaired} repaired")
+    if stats.fitted_prompts:
+        parts.append(f"{stats.fitted_prompts} prompts fitted to the context, {stats.shortened_passages} passages "
+                     "shortened")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+#: a JSONL row of another of the project's formats, by the field that tells it: what it is
+_OTHER_FORMATS = {
+    "ranking": "rerank rank's own JSONL output (a 'ranking' field)",
+    "candidates": "training data, such as a data recipe's data.jsonl (a 'candidates' field)",
+}
+
+
+def _read_input(path: str) -> list[tuple[Query, list[tuple[Document, float | None]]]]:
+    """``--input``'s records; a file of another of the project's JSONL formats (rank's output, training rows) is a
+    one-line error naming the fields expected and the format it looks like (neither is read as input)."""
+    from rerank.data.io import iter_jsonl, read_query_docs_jsonl
+    from rerank.errors import ConfigError, DataFormatError
+
+    try:
+        return read_query_docs_jsonl(path)
+    except DataFormatError as e:
+        if not str(e).endswith("missing required field 'docs'"):
+            raise
+        row = next((obj for lineno, obj in iter_jsonl(path) if lineno == e.line), {})
+        looks = next((what for field, what in _OTHER_FORMATS.items() if field in row), None)
+        if looks is None:
+            raise
+        raise ConfigError(f"{e}: --input takes records {{\"query\": ..., \"docs\": [...]}}, and this looks like {looks}, "
+                          "which rerank rank does not read") from None
 
 
 def _first_stage_jobs(queries: dict[str, Query], run: dict[str, list[tuple[str, float]]], corpus: dict[str, Document],

@@ -10,8 +10,10 @@ from rerank.cli.common import add_data_root, check_input_file, check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from rerank.trainers.base import available_trainers  # the registry reads the method descriptors: no model code
+
     p = sub.add_parser("train", help="train a reranker or retriever (sft, grpo, contrastive, star, adore, pgrank, …)")
-    p.add_argument("trainer", help="registered trainer name")
+    p.add_argument("trainer", help=f"registered trainer name: {', '.join(available_trainers())}")
     p.add_argument("--config", default=None, help="YAML config; the starting model is the key 'model'")
     p.add_argument("--output", required=True,
                    help="run folder: OUTPUT/model (the trained model, its card and rerank.json), "

@@ -15,7 +15,8 @@ def summary_line(metrics: dict[str, Any]) -> str:
     """One line for the end of a CLI run."""
     m = metrics["metrics"]
     shown = ", ".join(f"{k}={v:.4f}" for k, v in list(m.items())[:4])
-    return f"{metrics['dataset']}/{metrics['split']} ({metrics['num_queries']} queries): {shown}"
+    n = metrics["num_queries"]
+    return f"{metrics['dataset']}/{metrics['split']} ({n} quer{'y' if n == 1 else 'ies'}): {shown}"
 
 
 def _rerank_setting(config: dict[str, Any]) -> list[str]:
@@ -35,7 +36,8 @@ def _rerank_setting(config: dict[str, Any]) -> list[str]:
 
 
 def render_report(metrics: dict[str, Any]) -> str:
-    """Markdown: setup, aggregate metrics, conventions, timing and parse statistics."""
+    """Markdown: setup, aggregate metrics, conventions, timing and parse statistics (those of generated text only
+    where the head parsed some: a cross-encoder or yes-no has none to show)."""
     fs = metrics["first_stage"]
     rr = metrics.get("reranker")
     reranker = (f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend_name')}`" if rr
@@ -56,22 +58,20 @@ def render_report(metrics: dict[str, Any]) -> str:
     lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics["metrics"].items()]
     lines += ["", "## Timing", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k.removesuffix('_s')} | {v:.2f} |" for k, v in metrics["timing_s"].items()]
-    if metrics.get("parse"):
-        p = metrics["parse"]
-        lines += [
-            "",
-            "## Model outputs",
-            "",
-            f"{p['outputs']} outputs, {p['parse_failures']} failed to parse, {p['repaired']} repaired.",
-        ]
-        if p.get("fitted_prompts"):
-            fitted = (f"{p['fitted_prompts']} prompts were fitted to the model's context: {p['shortened_passages']} "
-                      f"passages cut below max_doc_tokens, {p['shortened_queries']} queries below max_query_tokens.")
-            lines += ["", fitted]
+    p = metrics.get("parse") or {}
+    if p.get("outputs"):  # only a head that parsed generated text has any
+        lines += ["", "## Model outputs", "",
+                  f"{p['outputs']} outputs, {p['parse_failures']} failed to parse, {p['repaired']} repaired."]
+    if p.get("fitted_prompts"):
+        if not p.get("outputs"):
+            lines += ["", "## Prompts"]
+        fitted = (f"{p['fitted_prompts']} prompts were fitted to the model's context: {p['shortened_passages']} "
+                  f"passages cut below max_doc_tokens, {p['shortened_queries']} queries below max_query_tokens.")
+        lines += ["", fitted]
     tied = metrics.get("unranked_queries") or {}
     if tied.get("count"):
-        lines += ["", f"The reranker scored every candidate the same in {tied['count']} of {tied['of']} queries: their "
-                  "order, and their metrics, are the first stage's."]
+        lines += ["", (f"The reranker scored every candidate the same in {tied['count']} of {tied['of']} queries: "
+                       "their order, and their metrics, are the first stage's.")]
     unk = metrics.get("unknown_doc_ids", {})
     if unk.get("count"):
         lines += ["", f"{unk['count']} doc ids in the first-stage run are not in the corpus (not reranked)."]

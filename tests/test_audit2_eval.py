@@ -48,3 +48,23 @@ def test_a_damaged_config_json_is_one_line_naming_the_file(tmp_path: Path, tiny_
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and "config.json: not valid JSON" in lines[0] and "line 2" in lines[0], err
     assert "Traceback" not in err
+
+
+def test_metrics_record_the_dataset_folder_read(tmp_path: Path, run_cli) -> None:
+    ds = _dataset(tmp_path / "ds")
+    rc, _, err = run_cli("eval", "--dataset", ds, "--retriever", "bm25", "--output", tmp_path / "out")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["dataset_root"] == str(ds.resolve())
+
+
+def test_passages_cut_without_a_fitted_prompt_are_still_reported() -> None:
+    from rerank.cli.rank_cmd import _stats_note
+    from rerank.eval.report import render_report
+    from rerank.heads.base import RerankStats
+
+    stats = RerankStats(shortened_passages=3)
+    assert "3 passages shortened" in _stats_note(stats)
+    metrics = {"dataset": "d", "split": "test", "first_stage": {"name": "bm25"}, "reranker": {"method": "yes-no"},
+               "metrics": {"nDCG@10": 0.5}, "num_queries": 1, "missing_queries": [], "rel_level": 1,
+               "timing_s": {"total_s": 1.0}, "config": {}, "parse": stats.as_dict()}
+    assert "3 passages cut" in render_report(metrics)

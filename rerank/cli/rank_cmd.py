@@ -179,7 +179,7 @@ def _stats_note(stats: RerankStats) -> str:
     parts = []
     if stats.outputs:
         parts.append(f"{stats.outputs} model outputs, {stats.parse_failures} parse failures, {stats.repaired} repaired")
-    if stats.fitted_prompts:
+    if stats.fitted_prompts or stats.shortened_passages:  # long_docs passages are cut without a fitted prompt
         parts.append(f"{stats.fitted_prompts} prompts fitted to the context, {stats.shortened_passages} passages "
                      "shortened")
     return f" ({'; '.join(parts)})" if parts else ""

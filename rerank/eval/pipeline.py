@@ -552,6 +552,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
 
     metrics: dict[str, Any] = {
         "dataset": dataset.name,
+        "dataset_root": str(dataset.root.resolve()),  # the folder read (a bare name resolves under the data root)
         "split": cfg.split,
         "first_stage": first_stage_desc,
         "reranker": reranker_desc,

@@ -62,7 +62,7 @@ def render_report(metrics: dict[str, Any]) -> str:
     if p.get("outputs"):  # only a head that parsed generated text has any
         lines += ["", "## Model outputs", "",
                   f"{p['outputs']} outputs, {p['parse_failures']} failed to parse, {p['repaired']} repaired."]
-    if p.get("fitted_prompts"):
+    if p.get("fitted_prompts") or p.get("shortened_passages"):  # long_docs passages are cut without a fitted prompt
         if not p.get("outputs"):
             lines += ["", "## Prompts"]
         fitted = (f"{p['fitted_prompts']} prompts were fitted to the model's context: {p['shortened_passages']} "

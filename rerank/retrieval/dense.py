@@ -46,7 +46,7 @@ from rerank.utils.files import staged_dir, write_json
 
 __all__ = [
     "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "encoder_pool", "load_encoder",
-    "Pooling", "pool",
+    "Pooling", "check_max_lengths", "pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _model_max_length(tokenizer: Any, model: torch.nn.Module) -> int:
     return min(candidates) if candidates else 512
 
 
-def _check_max_lengths(settings: EncoderSettings, explicit: dict[str, Any], query_model: torch.nn.Module,
+def check_max_lengths(settings: EncoderSettings, explicit: dict[str, Any], query_model: torch.nn.Module,
                        doc_model: torch.nn.Module) -> EncoderSettings:
     """``settings`` with each side's max length within its model's position limit: an explicit one beyond it is a
     one-line :class:`ConfigError` (it would fail at the first long text), a folder's own is capped."""
@@ -466,7 +466,7 @@ class BiEncoder(torch.nn.Module):
         base.update({k: v for k, v in explicit.items() if v is not None})
         fields = {f.name for f in dataclasses.fields(EncoderSettings)}
         settings = EncoderSettings(**{k: v for k, v in base.items() if k in fields})
-        settings = _check_max_lengths(settings, explicit, qmodel, dmodel if dmodel is not None else qmodel)
+        settings = check_max_lengths(settings, explicit, qmodel, dmodel if dmodel is not None else qmodel)
         enc = cls(qmodel, qtok, settings, dmodel, dtok, name_or_path=str(name_or_path))
         enc.to(dev)
         enc.eval()

@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from rerank.config import option_default
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, Duplicates
 from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
-from rerank.retrieval.dense import BiEncoder
+from rerank.retrieval.dense import BiEncoder, check_max_lengths
 from rerank.retrieval.index import doc_text
 from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
@@ -120,6 +121,12 @@ class RetrieverTrainConfig(TrainSchedule):
         for name in ("query_max_length", "doc_max_length", "dev_depth", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.scale) or self.scale <= 0:
+            raise ConfigError(f"scale must be a finite number > 0 (it multiplies the scores: 0 trains nothing, a "
+                              f"negative one ranks positives last), got {self.scale}")
+        if self.split == "test":
+            raise ConfigError("split test is the evaluation split, which training never reads (its scores would be "
+                              "meaningless): set split to a training split (e.g. train)")
         if self.gradient_checkpointing:
             raise ConfigError("gradient_checkpointing is not available to the retriever trainers")
         self._check_dev_selection()
@@ -168,7 +175,13 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
     """Judged queries of ``cfg.split``; no-positive queries reported and dropped; dev carved with ``cfg.seed``."""
     if not cfg.dataset:
         raise ConfigError("the training dataset is required (key 'dataset', or --set dataset=NAME_OR_PATH)")
-    ds = resolve_dataset(cfg.dataset, data_root, qrels_duplicates=cfg.qrels_duplicates)
+    try:
+        ds = resolve_dataset(cfg.dataset, data_root, qrels_duplicates=cfg.qrels_duplicates)
+    except DatasetNotFoundError:
+        if Path(cfg.dataset).expanduser().is_file():
+            raise ConfigError(f"dataset {cfg.dataset} is a file, not a BEIR folder: give the folder holding "
+                              "corpus.jsonl, queries.jsonl and qrels/<split>.tsv") from None
+        raise
     ds.duplicates_fix = "keep one grade with the key qrels_duplicates: last|max (or --set qrels_duplicates=max)"
     try:
         ds.qrels_path(cfg.split)
@@ -607,9 +620,10 @@ class RetrieverTrainer:
         self.save_settings = start.settings
         self.trains_docs = bool(cfg.train_doc_encoder)
         self.encoder = start if self.trains_docs else start.untie()
-        self.encoder.settings = dataclasses.replace(
-            self.save_settings, query_max_length=cfg.query_max_length, doc_max_length=cfg.doc_max_length
-        )
+        lengths = {k: getattr(cfg, k) for k in ("query_max_length", "doc_max_length")}
+        given = {k: v for k, v in lengths.items() if v != option_default(cfg, k)}  # beyond the limit: an error
+        self.encoder.settings = check_max_lengths(dataclasses.replace(self.save_settings, **lengths), given,
+                                                  self.encoder.query_model, self.encoder.doc_model)
         if cfg.disable_dropout:
             for m in self.encoder.modules():
                 if isinstance(m, torch.nn.Dropout):

@@ -14,8 +14,8 @@ start from a STAR output (``model: STAR_OUTPUT``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,36 +93,49 @@ class AdoreTrainer(RetrieverTrainer):
             def build() -> None:
                 if (Path(path) / "manifest.json").is_file():
                     return
-                with self.saved_settings(enc):
+                with self.saved_settings(enc):  # the manifest records them too, as `rerank index` would
                     emb = encode_corpus_cached(enc, ds, batch_size=cfg.encode_batch_size, progress=cfg.progress)
-                DenseIndex.build(emb, enc, IndexConfig("flat"), model=cfg.model).save(path, emb.path)
+                    DenseIndex.build(emb, enc, IndexConfig("flat"), model=cfg.model).save(path, emb.path)
 
             self.main_first(build, "build ADORE's document index")
-        self.check_index_model(path, doc_hash, cfg, ctx)
+        where = str(ds.root)  # the dataset's folder: the rebuild commands errors name run without --data-root
+        self.check_index(path, doc_hash, doc_settings, cfg, where)
         self.use_index(DenseIndex.load(
             path, corpus_sha256=ds.corpus_hash, corpus_ids=ds.corpus.keys(), model_hash=doc_hash, dim=enc.dim,
-            encoder=doc_settings,
+            encoder=doc_settings, model=cfg.model, dataset=where,
         ))
 
-    @staticmethod
-    def check_index_model(path: str, doc_hash: str, cfg: AdoreConfig, ctx: TrainContext) -> None:
-        """Refuse an index built with another model than the starting one, naming the ``rerank index`` command that
-        builds the right one (the other mismatches: :meth:`DenseIndex.load`)."""
+    def check_index(self, path: str, doc_hash: str, doc_settings: dict[str, Any], cfg: AdoreConfig,
+                    dataset: str) -> None:
+        """Refuse an index built with another model than the starting one, or with other document-encoder settings
+        than the model's own, naming the ``rerank index`` command (for ``dataset``, a folder) that builds the right one
+        (the other mismatches: :meth:`DenseIndex.load`)."""
+        from rerank.retrieval.index import rebuild_command
+
         try:
             manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return  # DenseIndex.load names what the folder lacks
-        recorded = manifest.get("model_hash") if isinstance(manifest, dict) else None
-        if recorded is None or recorded == doc_hash:
+        if not isinstance(manifest, dict):
             return
-        root = f" --data-root {shlex.quote(str(ctx.data_root))}" if ctx.data_root else ""
         other = ", or drop index to build one into OUTPUT/index" if cfg.index else ""
-        raise RerankError(
-            f"{path}: built with model {manifest.get('model')!r} (fingerprint {str(recorded)[:12]}…), not the "
-            f"starting model {cfg.model!r} ({doc_hash[:12]}…), whose document embeddings ADORE trains against: "
-            f"rebuild it with `rerank index --model {shlex.quote(cfg.model)} --dataset {shlex.quote(cfg.dataset)}"
-            f"{root} --output {shlex.quote(str(path))}`{other}"
-        )
+        own = {**dataclasses.asdict(self.save_settings), "dtype": doc_settings["dtype"]}
+        redo = rebuild_command(path, manifest, model=cfg.model, dataset=dataset, settings=own)
+        recorded = manifest.get("model_hash")
+        if recorded is not None and recorded != doc_hash:
+            raise RerankError(
+                f"{path}: built with model {manifest.get('model')!r} (fingerprint {str(recorded)[:12]}…), not the "
+                f"starting model {cfg.model!r} ({doc_hash[:12]}…), whose document embeddings ADORE trains against: "
+                f"rebuild it with {redo}{other}"
+            )
+        encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
+        diff = {k: v for k, v in doc_settings.items() if encoder.get(k, "<not recorded>") != v}
+        if diff:
+            shown = ", ".join(f"{k}={encoder.get(k, '<not recorded>')!r} (the model: {v!r})" for k, v in diff.items())
+            raise RerankError(
+                f"{path}: built with other document-encoder settings than the model's: {shown}; its embeddings do not "
+                f"match the model's documents: rebuild it with the model's own settings: {redo}{other}"
+            )
 
     def loss(self, model: Any, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: AdoreConfig = self.cfg  # type: ignore[assignment]

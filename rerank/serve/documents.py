@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rerank.heads.base import Reranker
+from rerank.heads.passages import fitted_windows, read_tokens
 from rerank.heads.text import token_spans
 from rerank.types import Candidate, Document
 
@@ -73,18 +74,26 @@ def make_passages(
             room = limit
             if limit is not None and title:  # the head reads the title (and separator) before every passage
                 room = max(1, limit - len(token_spans(tokenizer, Document("", "", title).full_text())))
-            if not budget.truncate and room is not None and len(spans) > room:
-                raise TextTooLong(
-                    f"{names}[{i}] has {len(spans)} tokens and the model reads at most {room} with this query; "
-                    "send truncate: true to cut it"
-                )
+            if not budget.truncate and limit is not None:
+                reads = _reads(tokenizer, text, title, spans, limit - (room or 0))
+                if reads > limit:
+                    raise TextTooLong(
+                        f"{names}[{i}] has {reads} tokens as the model reads it (title included) and the model "
+                        f"reads at most {limit} with this query; send truncate: true to cut it"
+                    )
             if budget.max_tokens is not None and len(spans) > budget.max_tokens:
                 spans = spans[: budget.max_tokens]
             window = room if room is not None else len(spans)
-            if budget.max_chunks is not None and window:
+            if budget.max_chunks is not None and window and tokenizer is not None and limit is not None and spans:
+                # windows measured as the head reads them (title in front, special strings defanged)
+                kept = Document("", text[: spans[-1][1]], title)
+                spans_list = [[(a, b)] for a, b in fitted_windows(tokenizer, kept, limit, limit, limit)[0]]
+                spans_list = spans_list[: budget.max_chunks]
+            elif budget.max_chunks is not None and window:
                 spans_list = [spans[k : k + window] for k in range(0, len(spans), window)][: budget.max_chunks]
-            elif budget.keep == "end" and room is not None and len(spans) > room:
-                spans_list = [spans[-room:]]
+            elif (budget.keep == "end" and limit is not None and room is not None and spans
+                  and _reads(tokenizer, text[: spans[-1][1]], title, spans, limit - room) > limit):
+                spans_list = [_last_read(tokenizer, text, title, spans, room, limit)]
             else:
                 spans_list = [spans]
             pieces = [text[s[0][0] : s[-1][1]] if s else "" for s in spans_list] or [""]
@@ -92,6 +101,27 @@ def make_passages(
             cands.append(Candidate(Document(str(len(cands)), piece, title)))
             owner.append(i)
     return Passages(cands, owner, len(docs))
+
+
+def _reads(tokenizer: Any, text: str, title: str, spans: list[tuple[int, int]], title_tokens: int) -> int:
+    """Tokens the head reads of ``text`` behind ``title``: with a tokenizer as the head tokenises it (special strings
+    defanged, :func:`read_tokens`), else the text's words plus the title's (``title_tokens``)."""
+    if tokenizer is None:
+        return len(spans) + title_tokens
+    return read_tokens(tokenizer, Document("", text, title))
+
+
+def _last_read(tokenizer: Any, text: str, title: str, spans: list[tuple[int, int]], room: int,
+               limit: int | None) -> list[tuple[int, int]]:
+    """The last tokens of ``text`` the head reads whole behind ``title``: ``room`` of them, fewer where defanging
+    special strings makes the passage longer as the head reads it (a cut there would drop the end it should keep)."""
+    k = min(room, len(spans))
+    while tokenizer is not None and limit is not None and k > 1:
+        cost = read_tokens(tokenizer, Document("", text[spans[-k][0] : spans[-1][1]], title))
+        if cost <= limit:
+            break
+        k = max(1, min(k - 1, k * limit // cost))
+    return spans[-k:]
 
 
 def merge(passages: Passages, raw: Sequence[float], relevance: Sequence[float]) -> list[tuple[int, float, float]]:

@@ -6,7 +6,8 @@ is data: its special-token strings (``[SEP]``, ``</s>``) are neutralised (:func:
 tokenisation, as every reranker head does, so they never become control tokens. Queries and documents
 share one transformer unless :meth:`BiEncoder.untie` gives documents their own copy (ADORE trains the query side only).
 
-Saved layout (loads with ``SentenceTransformer(path)``, embeddings equal to ours: tests/test_dense.py)::
+Saved layout (loads with ``SentenceTransformer(path)``, embeddings equal to ours for text without special-token
+strings, which sentence-transformers does not neutralise: tests/test_dense.py)::
 
     modules.json  config_sentence_transformers.json (prompts: query / document)  rerank_biencoder.json
     0_Transformer/ (weights as safetensors, tokenizer, sentence_bert_config.json)  1_Pooling/  [2_Normalize/]
@@ -675,10 +676,10 @@ _ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_ma
 
 
 def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, model: str | None = None,
-                       dataset: str | None = None) -> dict[str, Any]:
-    """Encoder settings: explicit options, else the index's recorded ones; an explicit doc-side value (or ``dtype``)
-    must match it, else a one-line error naming the ``rerank index`` command (for ``model`` and ``dataset``) that
-    builds an index with it."""
+                       dataset: str | None = None, fill: bool = True) -> dict[str, Any]:
+    """Encoder settings: explicit options, else (``fill``) the index's recorded ones; an explicit doc-side value (or
+    ``dtype``) must match it, else a one-line error naming the ``rerank index`` command (for ``model`` and
+    ``dataset``) that builds an index with it."""
     from rerank.retrieval.index import rebuild_command
 
     out: dict[str, Any] = {k: getattr(cfg, k) for k in _ENCODER_KEYS if getattr(cfg, k) is not None}
@@ -696,7 +697,7 @@ def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, mod
             raise RerankError(f"index {index}: built with {k}={recorded[k]!r}, but {k}={given[k]!r} was given; drop "
                               f"the option, or rebuild the index with it: {redo}")
     for k in _ENCODER_KEYS:
-        if k in recorded:
+        if k in recorded and fill:
             out.setdefault(k, recorded[k])
     if cfg.dtype is None and recorded.get("dtype") in _DTYPES:
         cfg.dtype = recorded["dtype"]
@@ -704,11 +705,33 @@ def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, mod
 
 
 def load_encoder(model: str, options: EncoderOptions, manifest: dict[str, Any] | None = None,
-                 dataset: str | None = None) -> BiEncoder:
-    """The bi-encoder ``model`` with ``options`` over its own settings (and an index manifest's, when given; a
-    mismatch names the ``rerank index`` command for ``dataset``)."""
+                 dataset: str | None = None, own: bool = False) -> BiEncoder:
+    """The bi-encoder ``model`` with ``options`` over its own settings (and, unless ``own``, an index manifest's, when
+    given; a mismatch names the ``rerank index`` command for ``dataset``)."""
     return BiEncoder.load(model, device=options.device, dtype=options.dtype, runtime=options.runtime,
-                          quantize=options.quantize, **_encoder_overrides(options, manifest, model, dataset))
+                          quantize=options.quantize,
+                          **_encoder_overrides(options, manifest, model, dataset, fill=not own))
+
+
+def _check_model_settings(index: str, manifest: dict[str, Any], cfg: EncoderOptions, encoder: BiEncoder,
+                          model: str, dataset: str | None) -> None:
+    """Refuse an index whose recorded encoder settings differ from those of the model folder searched with (its own,
+    and the options given), in one line naming both and the ``rerank index`` command that rebuilds it with the
+    model's: the index's would otherwise silently replace the model's, query side included."""
+    from rerank.retrieval.index import rebuild_command
+
+    recorded = manifest.get("encoder")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    own = dataclasses.asdict(encoder.settings)
+    diff = [k for k in _ENCODER_KEYS if k in recorded and getattr(cfg, k) is None and recorded[k] != own[k]]
+    if not diff:
+        return
+    built = ", ".join(f"{k}={recorded[k]!r}" for k in diff)
+    says = ", ".join(f"{k}={own[k]!r}" for k in diff)
+    redo = rebuild_command(index, manifest, model=model, dataset=dataset, settings=own)
+    raise RerankError(f"index {index}: built with {built}, but the model {model} says {says}: the index's settings "
+                      f"would replace the model's; set {built} (--retriever-set KEY=VALUE) to search with the "
+                      f"index's, or rebuild the index with the model's own: {redo}")
 
 
 def _tmp_work_dir() -> Path:
@@ -766,7 +789,8 @@ class DenseRetriever(FirstStage):
         model = cfg.model or (manifest or {}).get("model")
         if not model:
             raise ConfigError("the dense retriever needs a model (--model M or --retriever-set model=M) or an --index")
-        encoder = load_encoder(model, cfg, manifest, where)
+        own = manifest is not None and bool(cfg.model)  # a model named: its own settings, checked against the index's
+        encoder = load_encoder(model, cfg, manifest, where, own=own)
         if cfg.index:
             index = DenseIndex.load(
                 cfg.index,
@@ -777,6 +801,8 @@ class DenseRetriever(FirstStage):
                 model=str(model),
                 dataset=where,
             )
+            if own:
+                _check_model_settings(cfg.index, index.manifest, cfg, encoder, str(model), where)
         else:
             work = None if cfg.cache else _tmp_work_dir()
             try:

@@ -119,10 +119,9 @@ class AdoreTrainer(RetrieverTrainer):
         if not isinstance(manifest, dict):
             return
         other = ", or drop index to build one into OUTPUT/index" if cfg.index else ""
-        own = {**dataclasses.asdict(self.save_settings), "dtype": doc_settings["dtype"]}
-        redo = rebuild_command(path, manifest, model=cfg.model, dataset=dataset, settings=own)
         recorded = manifest.get("model_hash")
         if recorded is not None and recorded != doc_hash:
+            redo = rebuild_command(path, {**manifest, "encoder": {}}, model=cfg.model, dataset=dataset)
             raise RerankError(
                 f"{path}: built with model {manifest.get('model')!r} (fingerprint {str(recorded)[:12]}…), not the "
                 f"starting model {cfg.model!r} ({doc_hash[:12]}…), whose document embeddings ADORE trains against: "
@@ -131,6 +130,8 @@ class AdoreTrainer(RetrieverTrainer):
         encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
         diff = {k: v for k, v in doc_settings.items() if encoder.get(k, "<not recorded>") != v}
         if diff:
+            own = {**dataclasses.asdict(self.save_settings), "dtype": doc_settings["dtype"]}
+            redo = rebuild_command(path, manifest, model=cfg.model, dataset=dataset, settings=own)
             shown = ", ".join(f"{k}={encoder.get(k, '<not recorded>')!r} (the model: {v!r})" for k, v in diff.items())
             raise RerankError(
                 f"{path}: built with other document-encoder settings than the model's: {shown}; its embeddings do not "

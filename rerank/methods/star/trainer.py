@@ -2,8 +2,9 @@
 
 Hard negatives are mined once, before training, by the warm-start model: its top-``negatives_depth`` (FAISS flat
 inner product over the corpus) minus the positives. They are written to ``OUTPUT/negatives.json`` (corpus hash,
-model fingerprint and depth recorded) and can be reused by another run with ``negatives_file``. A run into a folder
-whose ``negatives.json`` was mined with another model or depth (or does not fit its corpus and queries) mines again,
+model fingerprint, its encoder settings and depth recorded) and can be reused by another run with ``negatives_file``.
+A run into a folder whose ``negatives.json`` was mined with another model, encoder settings (pooling, normalisation,
+prefixes, max lengths) or depth (or does not fit its corpus and queries) mines again,
 saying why; a ``--resume`` keeps the run's negatives, so there such a file is an error. Each query of a batch brings one
 positive and one hard negative drawn at random from its list; every other document of the global batch (the other
 queries' positives and hard negatives, all processes) is a negative too, except documents relevant to the query.
@@ -13,6 +14,7 @@ Loss: for each (query, negative) pair the two-way softmax cross-entropy of the p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,19 +76,32 @@ class StarTrainer(RetrieverTrainer):
     config_class = StarConfig
 
     def misfit(self, path: Path, cfg: StarConfig, model_hash: str) -> str | None:
-        """Why the mined negatives in ``path`` cannot serve this run (another starting model or depth, another corpus,
-        a training query missing, a malformed file), or None when they can: then they are this run's negatives."""
+        """Why the mined negatives in ``path`` cannot serve this run (another starting model, encoder settings or
+        depth, another corpus, a training query missing, a malformed file), or None when they can: then they are this
+        run's negatives."""
         try:
             raw = read_negatives_file(path)
             if raw.get("model_hash") != model_hash:
                 return (f"mined with model {raw.get('model')!r} (fingerprint {str(raw.get('model_hash'))[:12]}…), not "
                         f"the starting model {cfg.model!r} ({model_hash[:12]}…)")
+            encoder, own = raw.get("encoder"), self.mining_settings()
+            if encoder != own:
+                if not isinstance(encoder, dict):
+                    return ("its encoder settings (pooling, normalisation, prefixes, lengths) are not recorded (mined "
+                            "by an earlier rerank)")
+                diff = ", ".join(f"{k}={encoder.get(k, '<not recorded>')!r} (the starting model: {v!r})"
+                                 for k, v in own.items() if encoder.get(k, "<not recorded>") != v)
+                return f"mined with other encoder settings than the starting model's: {diff}"
             if raw.get("depth") != cfg.negatives_depth:
                 return f"mined to depth {raw.get('depth')}, not negatives_depth {cfg.negatives_depth}"
             self.negatives = load_negatives(path, self.data, self.data.train_qids, raw)
         except RerankError as e:
             return str(e).removeprefix(f"{path}: ")
         return None
+
+    def mining_settings(self) -> dict[str, Any]:
+        """The starting model's own encoder settings, which mine the negatives (and ``negatives.json`` records)."""
+        return dataclasses.asdict(self.save_settings)
 
     def setup(self, cfg: StarConfig, ctx: TrainContext) -> None:
         self.corpus_ids = sorted(self.data.dataset.corpus)
@@ -110,7 +125,8 @@ class StarTrainer(RetrieverTrainer):
                 why = self.misfit(path, cfg, model_hash)
                 if why is None:
                     if self.args.process_index == 0:
-                        log.info("%s: reusing the negatives mined with this starting model and depth", path)
+                        log.info("%s: reusing the negatives mined with this starting model, its encoder settings and "
+                                 "depth", path)
                     return
                 log.warning("%s: %s; mining the negatives again", path, why)
             warm = self.start_encoder()
@@ -118,7 +134,7 @@ class StarTrainer(RetrieverTrainer):
                                         cfg.progress)
             negs = {q: v[: cfg.negatives_depth] for q, v in negs.items()}
             save_negatives(path, negs, {
-                "model": cfg.model, "model_hash": model_hash,
+                "model": cfg.model, "model_hash": model_hash, "encoder": self.mining_settings(),
                 "corpus_sha256": self.data.dataset.corpus_hash,
                 "depth": cfg.negatives_depth, "split": cfg.split,
             })

@@ -42,7 +42,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     written (:func:`rerank.trainers.resume.prepare_output`). A run that fails or is stopped (Ctrl-C, SIGTERM) before
     its first checkpoint removes its run record (and an empty ``checkpoints/``), so the folder takes a plain run again.
     """
-    from rerank.trainers.resume import _checkpoints, check_same_run, main_process, prepare_output
+    from rerank.trainers.resume import _checkpoints, check_same_run, input_paths, main_process, prepare_output
 
     trainer = get_trainer(name)
     if isinstance(config, (str, Path)):
@@ -52,7 +52,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     else:
         cfg = config
     out = Path(output)
-    prepare_output(out, resume, overwrite)
+    prepare_output(out, resume, overwrite, input_paths(cfg, data_root))
     previous = check_same_run(out, name, cfg) if resume else None
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

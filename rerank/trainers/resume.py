@@ -28,11 +28,14 @@ from rerank.config import option_default, to_dict
 from rerank.errors import ConfigError
 
 __all__ = [
+    "INPUT_OPTIONS",
     "RUN_FILES",
     "LossLedger",
+    "check_overwrite_inputs",
     "check_same_run",
     "checkpoint_problems",
     "fit",
+    "input_paths",
     "last_checkpoint",
     "main_process",
     "prepare_output",
@@ -248,13 +251,62 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
     return record
 
 
-def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+#: the config options that name files or folders a run reads (the starting model, the data, a retriever's index,
+#: teacher or negatives file): ``--overwrite`` never removes one of them
+INPUT_OPTIONS = ("model", "data.path", "data.beir", "dataset", "index", "distill_model", "negatives_file")
+
+
+def input_paths(config: Any, data_root: str | None = None) -> list[tuple[str, Path]]:
+    """(option, path) of every file or folder ``config`` reads that exists here (:data:`INPUT_OPTIONS`; a dataset
+    name also under ``data_root``)."""
+    out: list[tuple[str, Path]] = []
+    for name in INPUT_OPTIONS:
+        value: Any = config
+        for part in name.split("."):
+            value = getattr(value, part, None)
+        if not isinstance(value, (str, Path)) or not str(value):
+            continue
+        places = [Path(value).expanduser()]
+        if name in ("dataset", "data.beir") and data_root:
+            places.append(Path(data_root).expanduser() / str(value))
+        out += [(name, p) for p in places if p.exists() or p.is_symlink()]
+    return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, as written (absolute) or with links resolved."""
+    pairs = [(Path(os.path.abspath(path)), Path(os.path.abspath(folder)))]
+    if not folder.is_symlink():  # removing a link leaves its target alone: only a real folder's content is lost
+        pairs.append((path.resolve(), folder.resolve()))
+    return any(p == f or f in p.parents for p, f in pairs)
+
+
+def _removed(output: Path) -> list[Path]:
+    """What ``--overwrite`` removes from ``output``: the :data:`RUN_FILES` and their staging leftovers."""
+    return [path for name in RUN_FILES for path in [output / name, *output.glob(f".{name}.*")]
+            if path.exists() or path.is_symlink()]
+
+
+def check_overwrite_inputs(output: Path, inputs: list[tuple[str, Path]]) -> None:
+    """``--overwrite`` would remove a file the run reads (its starting model, its data, …): a one-line error naming
+    both paths, before anything is removed."""
+    for path in _removed(output):
+        for name, given in inputs:
+            if _inside(given, path):
+                raise ConfigError(f"--overwrite would remove {path}, which holds the run's {name} {given}: write the "
+                                  f"run to a new --output, or move {given} out of {output} first")
+
+
+def prepare_output(output: Path, resume: bool, overwrite: bool, inputs: list[tuple[str, Path]] | None = None
+                   ) -> None:
     """Check the run folder before anything is written or loaded: a folder holding a trained model or checkpoints is
     continued (``resume``, which needs a complete checkpoint), replaced (``overwrite``: the files of
-    :data:`RUN_FILES` removed, nothing else) or refused."""
+    :data:`RUN_FILES` removed, nothing else, and refused when one of them holds one of ``inputs``, the (option, path)
+    of what the run reads: :func:`input_paths`) or refused."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run in --output, or replace it")
     if overwrite:
+        check_overwrite_inputs(output, inputs or [])
         if main_process():
             for name in RUN_FILES:
                 for path in [output / name, *output.glob(f".{name}.*")]:

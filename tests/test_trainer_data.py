@@ -44,7 +44,7 @@ def test_load_valid_and_teacher_order(tmp_path: Path) -> None:
         (_ex(teacher_ranking=["a", "zz"]), 2, "teacher_ranking"),
         (_ex(teacher_scores=[1.0]), 2, "teacher_scores"),
         (_ex(extra=1), 2, "unknown field 'extra'"),
-        (_ex(candidates=[{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]), 2, "duplicate candidate ids"),
+        (_ex(candidates=[{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]), 2, "duplicate candidate id 'a'"),
         (_ex(candidates=[{"id": "a"}, {"id": "b", "text": "u"}]), 2, "candidates[0]"),
     ],
 )

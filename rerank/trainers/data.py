@@ -83,6 +83,9 @@ class DataConfig:
                                   f"dataset); data.path's examples are used as the file holds them: drop "
                                   f"data.{changed[0]} (on the command line, replace the whole block: "
                                   f"--set 'data={{path: {self.path}}}')")
+        if self.beir and self.split == "test":
+            raise ConfigError("data.split test is the evaluation split, which training never reads (a model trained "
+                              "on it scores meaninglessly there): set data.split to a training split (e.g. train)")
         if self.negatives not in ("top", "random"):
             raise ConfigError(f"data.negatives must be 'top' or 'random', got {self.negatives!r}")
         if self.qrels_duplicates not in DUPLICATE_POLICIES:
@@ -136,6 +139,12 @@ def _grade(x: Any) -> bool:
     return _num(x) and x >= 0 and float(x).is_integer() and float(x) == x  # _num: float(x) cannot overflow
 
 
+def _id(x: Any) -> bool:
+    """An id as rows give one: a string, or an integer (``7`` and ``"7"`` are the same id); not a bool, a float, a
+    list or a mapping, which ``str()`` would turn into an id silently."""
+    return isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool))
+
+
 def has_content(text: str, title: str = "") -> bool:
     """Whether a document has any text to score (its text or its title is not blank)."""
     return bool(text.strip() or title.strip())
@@ -157,6 +166,8 @@ def validate_example(obj: Any, path: str | Path, line: int | None, scale: Teache
     for key in ("qid", "query", "candidates", "labels"):
         if obj.get(key) is None:
             raise fail(f"missing required field {key!r}")
+    if not _id(obj["qid"]):
+        raise fail(f"'qid' must be a string (or an integer), got {type(obj['qid']).__name__}")
     if not isinstance(obj["query"], str) or not obj["query"].strip():
         raise fail("'query' must be a non-empty string")
     cands = obj["candidates"]
@@ -169,6 +180,10 @@ def validate_example(obj: Any, path: str | Path, line: int | None, scale: Teache
         extra = sorted(k for k, v in c.items() if k not in _CANDIDATE_KEYS and v is not None)
         if extra:
             raise fail(f"candidates[{i}]: unknown field {extra[0]!r}; known fields: {', '.join(_CANDIDATE_KEYS)}")
+        if not _id(c["id"]):
+            raise fail(f"candidates[{i}].id must be a string (or an integer), got {type(c['id']).__name__}")
+        if c.get("title") is not None and not isinstance(c["title"], str):
+            raise fail(f"candidates[{i}].title must be a string, got {type(c['title']).__name__}")
         cand = {"id": str(c["id"]), "text": c["text"], "title": str(c.get("title") or "")}
         if not has_content(cand["text"], cand["title"]):
             raise fail(f"candidates[{i}] ({cand['id']!r}) has an empty 'text' (and no title)")
@@ -178,8 +193,11 @@ def validate_example(obj: Any, path: str | Path, line: int | None, scale: Teache
             cand["score"] = float(c["score"])
         out_cands.append(cand)
     ids = [c["id"] for c in out_cands]
-    if len(set(ids)) != len(ids):
-        raise fail("duplicate candidate ids")
+    first: dict[str, int] = {}
+    for i, d in enumerate(ids):
+        if d in first:
+            raise fail(f"duplicate candidate id {d!r} (candidates[{first[d]}] and candidates[{i}])")
+        first[d] = i
     labels = obj["labels"]
     if not isinstance(labels, list) or len(labels) != len(cands):
         raise fail(f"'labels' must be a list aligned with candidates ({len(cands)} entries)")
@@ -188,6 +206,10 @@ def validate_example(obj: Any, path: str | Path, line: int | None, scale: Teache
     out: dict[str, Any] = {"qid": str(obj["qid"]), "query": obj["query"], "candidates": out_cands,
                            "labels": [int(v) for v in labels]}
     if obj.get("teacher_ranking") is not None:
+        if not isinstance(obj["teacher_ranking"], list) or not all(_id(x) for x in obj["teacher_ranking"]):
+            raise fail("'teacher_ranking' must be a list of candidate ids (best first), got "
+                       f"{type(obj['teacher_ranking']).__name__}"
+                       + (" holding other values" if isinstance(obj["teacher_ranking"], list) else ""))
         tr = [str(x) for x in obj["teacher_ranking"]]
         bad = [x for x in tr if x not in set(ids)]
         if bad or len(set(tr)) != len(tr):

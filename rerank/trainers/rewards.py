@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from rerank.errors import ConfigError
 
 __all__ = [
     "RewardConfig",
@@ -48,6 +50,35 @@ class RewardConfig:
     bad_format_penalty: float = -1.0
     erank_negative_above_positive_penalty: float = -1.0
     erank_scale: float = 10.0
+
+    def __post_init__(self) -> None:
+        """Values a reward cannot compute with (a division by ``erank_scale`` or ``rbo_p``), or that turn it around
+        (a penalty that rewards, a negative weight), are refused with the config, naming the option."""
+        v = vars(self)  # the values as given (read through the instance's dict, not attribute access)
+        for f in fields(self):
+            if not isinstance(v[f.name], bool) and isinstance(v[f.name], (int, float)) and not math.isfinite(v[f.name]):
+                raise ConfigError(f"rewards.{f.name} must be a finite number, got {v[f.name]}")
+        if v["k"] < 1:
+            raise ConfigError(f"rewards.k (the cutoff of nDCG@k and Recall@k) must be >= 1, got {v['k']}")
+        if v["rel_threshold"] < 1:
+            raise ConfigError(f"rewards.rel_threshold (the lowest grade that counts as relevant) must be >= 1 (grade 0 "
+                              f"is not relevant), got {v['rel_threshold']}")
+        for name in ("recall_weight", "js_weight", "rbo_weight"):
+            if v[name] < 0:
+                raise ConfigError(f"rewards.{name} must be >= 0 (0: the term is off), got {v[name]}")
+        if not 0 < v["rbo_p"] < 1:
+            raise ConfigError(f"rewards.rbo_p (RBO's persistence) must be in (0, 1), got {v['rbo_p']}")
+        for name in ("invalid_json_penalty", "bad_tags_penalty", "bad_format_penalty",
+                     "erank_negative_above_positive_penalty"):
+            if v[name] > 0:
+                raise ConfigError(f"rewards.{name} is a penalty, the reward of a bad output: it must be <= 0, got "
+                                  f"{v[name]}")
+        if v["missing_penalty"] < 0:
+            raise ConfigError(f"rewards.missing_penalty (subtracted per missing id) must be >= 0, got "
+                              f"{v['missing_penalty']}")
+        if v["erank_scale"] <= 0:
+            raise ConfigError(f"rewards.erank_scale (ERank divides a score distance by it) must be > 0, got "
+                              f"{v['erank_scale']}")
 
 
 def ranking_from_scores(scores: Mapping[str, float]) -> list[str]:

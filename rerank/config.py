@@ -283,9 +283,10 @@ def _given_names(data: Mapping[str, Any], path: str = "") -> dict[str, str]:
 
 def _blamed_override(data: Mapping[str, Any], message: str, path: str = "") -> str | None:
     """The override that gave a key an error ``message`` is about: its leading name (``lr``, or ``lora.r`` in block
-    ``lora`` and above it), else the key an override gave that the message names first as a whole word (``ndcg_k must
-    be >= 1 and temperature > 0``; the longest of names at one place: ``data.seed`` over ``data``), else the override
-    whose string value the message quotes (``unknown reranker 'nope'``); None when none is."""
+    ``lora`` and above it), else the key an override gave that the message names most specifically: a dotted name
+    (``data.dev_fraction``) before a bare word (``model``, which may be prose), then the first named as a whole word
+    (``ndcg_k must be >= 1 and temperature > 0``; the longest of names at one place: ``data.seed`` over ``data``),
+    else the override whose string value the message quotes (``unknown reranker 'nope'``); None when none is."""
     names = _given_names(data)
     if path:  # in a nested block the message may name a key bare (``r``) or by its path (``lora.r``)
         names.update({f"{path}.{name}": source for name, source in list(names.items())})
@@ -294,10 +295,10 @@ def _blamed_override(data: Mapping[str, Any], message: str, path: str = "") -> s
     leading = re.match(r"[\w.]*\w", message)
     if leading and leading.group() in names:
         return names[leading.group()]
-    hits = [(m.start(), -len(name), name) for name in names
+    hits = [("." not in name, m.start(), -len(name), name) for name in names
             if (m := re.search(rf"(?<![\w.'-]){re.escape(name)}(?![\w'-])", message))]
     if hits:
-        return names[min(hits)[2]]
+        return names[min(hits)[3]]
     quoted = []
     for name in names:
         value = _value_at(data, name)

@@ -22,7 +22,10 @@ from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
 __all__ = [
+    "DATA_KEY_HINTS",
     "RENAMED_KEYS",
+    "RERANKER_KEY_HINTS",
+    "RETRIEVER_KEY_HINTS",
     "CommonTrainConfig",
     "LoraOptions",
     "TrainSchedule",
@@ -70,6 +73,8 @@ class TrainSchedule:
     """
 
     renamed_keys: ClassVar[Mapping[str, str]] = RENAMED_KEYS
+    #: unknown keys that are another trainer family's name for an option -> (the key to use, why)
+    key_hints: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
     epochs: float = 1.0
     max_steps: int = -1
@@ -135,14 +140,55 @@ class TrainSchedule:
                                   f"(pip install {needs[0]}, or report_to: [none])")
 
 
+#: the other family's names for the reranker trainers' options (the retrievers' ``query_max_length``, ``dataset``, …,
+#: and the head option ``group_size``): an unknown key among them is an error naming the key to use
+RERANKER_KEY_HINTS: dict[str, tuple[str, str]] = {
+    "query_max_length": ("max_query_tokens", "query_max_length is the retriever trainers' name"),
+    "doc_max_length": ("max_doc_tokens", "doc_max_length is the retriever trainers' name"),
+    "dataset": ("data.beir", ("the reranker trainers read a BEIR dataset as data: {beir: NAME}, a file as "
+                              "data: {path: FILE}")),
+    "beir": ("data.beir", "the data options are in the block data"),
+    "path": ("data.path", "the data options are in the block data"),
+    "split": ("data.split", "the data options are in the block data"),
+    "dev_fraction": ("data.dev_fraction", "the data options are in the block data"),
+    "qrels_duplicates": ("data.qrels_duplicates", "the data options are in the block data"),
+    "group_size": ("window", "the trainers' window is GroupRank's group_size (rerank.json), listwise / FIRST's window"),
+}
+#: the same for the block ``data`` of the reranker trainers
+DATA_KEY_HINTS: dict[str, tuple[str, str]] = {
+    "dataset": ("beir", "a BEIR dataset name or folder is data.beir; a file of training rows is data.path"),
+}
+#: the reranker trainers' names for the retriever trainers' options
+RETRIEVER_KEY_HINTS: dict[str, tuple[str, str]] = {
+    "max_query_tokens": ("query_max_length", "max_query_tokens is the reranker trainers' name"),
+    "max_doc_tokens": ("doc_max_length", "max_doc_tokens is the reranker trainers' name"),
+    "data": ("dataset", ("the retriever trainers take dataset, split, dev_fraction and qrels_duplicates at the top "
+                         "level")),
+    "beir": ("dataset", "beir is the reranker trainers' data.beir"),
+}
+
+
 def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -> None:
-    """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use, and
-    ``where`` (the file) or the ``--set`` override that gave it."""
+    """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use, and so
+    is an unknown key that is the other trainer family's name for an option (``key_hints``: the retrievers'
+    ``query_max_length`` in a reranker trainer's config, …); each names ``where`` (the file) or the ``--set``
+    override that gave it."""
     renamed = getattr(config_class, "renamed_keys", {})
     for key in raw:
         if key in renamed:
             raise ConfigError(f"{override_source(raw, key) or where}: key {key!r} is now {renamed[key]!r} (one "
                               "vocabulary for every trainer)")
+    known = {f.name for f in dataclasses.fields(config_class)}
+    blocks = [(raw, getattr(config_class, "key_hints", {}), config_class.__name__, known)]
+    data = raw.get("data")
+    if "data" in known and isinstance(data, Mapping):
+        blocks.append((data, DATA_KEY_HINTS, "DataConfig", {f.name for f in dataclasses.fields(DataConfig)}))
+    for block, hints, name, fields in blocks:
+        for key in block:
+            if key in hints and key not in fields:
+                use, why = hints[key]
+                raise ConfigError(f"{override_source(block, key) or override_source(raw, 'data') or where}: unknown "
+                                  f"key {key!r} for {name}: did you mean {use!r}? ({why})")
 
 
 @dataclass
@@ -188,6 +234,8 @@ class CommonTrainConfig(TrainSchedule):
     read it. ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to select on), else 0 (every query
     trains); ``data.dev_max`` and (with ``data.path``) ``data.seed`` are then refused: nothing reads them."""
 
+    key_hints: ClassVar[Mapping[str, tuple[str, str]]] = RERANKER_KEY_HINTS
+
     model: str = ""
     head: str = "erank"
     data: DataConfig = field(default_factory=lambda: DataConfig(path="-"))
@@ -206,10 +254,11 @@ class CommonTrainConfig(TrainSchedule):
         get_method(self.head, kind="reranker")
         if self.lora.enabled and not trains_lora(self.head):
             raise ConfigError(f"lora is for the LLM heads; {self.head} is fine-tuned in full: drop lora.enabled")
-        if self.window < 2:
+        if self.window is not None and self.window < 2:  # None: GRPO's unset window, resolved by its config
             raise ConfigError(f"window must be >= 2, got {self.window}")
-        if not get_method(self.head).windowed:
-            changed = changed_options(self, ("window", "window_order"))
+        if not get_method(self.head).windowed:  # against the shared defaults (GRPO's unset window is None)
+            changed = [n for n in ("window", "window_order")
+                       if getattr(self, n) not in (None, option_default(CommonTrainConfig, n))]
             if changed:
                 windowed = ", ".join(n for n, m in all_methods().items() if m.windowed)
                 raise ConfigError(f"{changed[0]} is an option of the heads that train on windows ({windowed}), not "

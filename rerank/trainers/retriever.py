@@ -40,7 +40,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +57,7 @@ from rerank.retrieval.dense import BiEncoder, check_max_lengths
 from rerank.retrieval.index import doc_text
 from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
-from rerank.trainers.common import TrainSchedule, check_dev_split, cpu_only, training_kwargs
+from rerank.trainers.common import RETRIEVER_KEY_HINTS, TrainSchedule, check_dev_split, cpu_only, training_kwargs
 from rerank.trainers.resume import fit, resume_arg
 from rerank.utils.files import atomic_write, staged_dir, write_json
 
@@ -91,6 +91,7 @@ class RetrieverTrainConfig(TrainSchedule):
     #: how errors about options unused with fixed document embeddings name the cause, and the way out
     fixed_docs_cause: ClassVar[str] = "with train_doc_encoder: false"
     fixed_docs_fix: ClassVar[str] = ", or set train_doc_encoder: true"
+    key_hints: ClassVar[Mapping[str, tuple[str, str]]] = RETRIEVER_KEY_HINTS
 
     learning_rate: float = 2e-5
     batch_size: int = 16

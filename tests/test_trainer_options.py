@@ -277,8 +277,9 @@ def test_rewards_a_head_does_not_read_are_refused(head: str) -> None:
     batch = {"batch_size": 40}
     assert read and read <= set(_REWARD_FIELDS)
     for name in _REWARD_FIELDS:
-        if name in read:
-            assert getattr(_grpo(head, rewards={name: _ODD[name]}, **batch).rewards, name) == _ODD[name]
+        if name in read:  # missing_penalty is read only with repair_incomplete (alone it is refused)
+            extra = {"repair_incomplete": True} if name == "missing_penalty" else {}
+            assert getattr(_grpo(head, rewards={name: _ODD[name], **extra}, **batch).rewards, name) == _ODD[name]
         else:
             with pytest.raises(ConfigError, match=f"rewards.{name} is not read by the reward of head '{head}'"):
                 _grpo(head, rewards={name: _ODD[name]}, **batch)
@@ -314,7 +315,7 @@ def _completions(task: Any, row: dict[str, Any], j: int) -> list[str]:
 @pytest.mark.parametrize("head", GRPO_HEADS)
 def test_declared_reward_options_are_the_ones_read(head: str) -> None:
     """Each head's reward_fields (declared beside its reward) are exactly the options its reward reads, over every
-    kind of completion and with repair_incomplete off and on, including the fallback for a reward that raised."""
+    kind of completion and with repair_incomplete off and on."""
     tok = build_tokenizer()
     window = {"window": 4} if get_method(head).windowed else {}
     cfg = _grpo(head, **window)
@@ -332,23 +333,22 @@ def test_declared_reward_options_are_the_ones_read(head: str) -> None:
             for j, row in enumerate(rows):
                 texts = _completions(task, row, j)
                 task.rewards(texts, [row] * len(texts))
-        task.failure_reward()
     assert _SEEN == set(task.reward_fields), (head, sorted(_SEEN ^ set(task.reward_fields)))
 
 
-def test_a_reward_that_raises_earns_the_heads_own_penalty() -> None:
-    """The fallback for a reward bug read bad_format_penalty for every head; GroupRank's penalty is bad_tags_penalty
-    (the option it reads)."""
+def test_a_reward_that_raises_stops_the_run() -> None:
+    """A reward bug was turned into every rollout's penalty (a run that trains nothing and exits 0); it now stops the
+    run, naming the head and the exception."""
     from rerank.trainers.grpo_trainer import reward_function
 
     tok = build_tokenizer()
-    for head, rewards, expected in (("grouprank", {"bad_tags_penalty": -0.3}, -0.3),
-                                    ("yes-no", {"bad_format_penalty": -0.4}, -0.4)):
+    for head in ("grouprank", "yes-no"):
         window = {"window": 4} if get_method(head).windowed else {}
-        task = build_task(head, tok, _grpo(head, rewards=rewards, **window))
+        task = build_task(head, tok, _grpo(head, **window))
 
         def broken(*args: Any) -> list[float]:
-            raise RuntimeError("a bug in the reward")
+            raise ValueError("a bug in the reward")
 
         task.rewards = broken  # type: ignore[method-assign]
-        assert reward_function(task, [])(["p"], ["c"]) == [expected]
+        with pytest.raises(RuntimeError, match=f"reward of head '{head}' raised ValueError: a bug in the reward"):
+            reward_function(task, [])(["p"], ["c"])

@@ -587,8 +587,8 @@ def test_grpo_epsilon_clips_only_with_several_iterations_per_generation(work: Pa
     monkeypatch.setattr(grpo_trainer, "reward_function", by_length)
 
     def weights(name: str, **over: Any) -> dict[str, Any]:
-        cfg = _cfg(work, batch_size=10, num_generations=5, max_steps=2, save_steps=2, learning_rate=5e-3,
-                   temperature=1.0, **over)
+        cfg = _cfg(work, batch_size=20, num_generations=5, max_steps=2, save_steps=2, learning_rate=5e-3,
+                   temperature=1.0, **over)  # 20: one whole query (4 documents x 5 rollouts) a batch
         run_trainer("grpo", cfg, work / name)
         return load_file(str(work / name / "model" / "model.safetensors"))
 

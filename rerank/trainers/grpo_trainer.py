@@ -8,7 +8,9 @@ left is an error), as SFT drops its too-long examples.
 Defaults follow ANCHORS.md: ERank G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank 8 rollouts, lr 1e-5, β=0.001,
 temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major (queries shuffled
 once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a
-multiple of (documents per query × G). ``num_iterations`` (μ, default 1)
+multiple of (documents per query × G), checked before the model loads (:func:`check_whole_queries`). Unset
+``max_doc_tokens``, ``max_query_tokens`` and ``window`` take the starting model's (its ``rerank.json``, same head), as
+the template does: GRPO from an SFT model keeps the SFT's prompt. ``num_iterations`` (μ, default 1)
 optimisation steps reuse each generation batch; the ratio against the generating policy, clipped to 1 ± ``epsilon``,
 differs from 1 only when μ > 1 (with μ = 1 every step is on-policy and ``epsilon`` has nothing to clip). ERank's
 reference score t (for negatives below every positive) is the
@@ -37,11 +39,16 @@ from rerank.trainers.common import (
 )
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
-from rerank.trainers.sft_trainer import load_causal_lm, load_tokenizer, save_final, selection_metrics
+from rerank.trainers.sft_trainer import data_source, load_causal_lm, load_tokenizer, save_final, selection_metrics
 
-__all__ = ["GRPOTrainConfig", "GRPOTrainer", "check_reward_options", "fit_prompts", "reward_function"]
+__all__ = ["GRPOTrainConfig", "GRPOTrainer", "check_reward_options", "check_whole_queries", "fit_prompts",
+           "reward_function"]
 
 log = logging.getLogger(__name__)
+
+#: the ``rewards`` options a Plackett-Luce rollout never reaches: it is always a complete, readable permutation, so the
+#: incomplete-permutation and unreadable-output branches of the permutation reward never run
+PLACKETT_LUCE_UNREAD = ("repair_incomplete", "missing_penalty", "wrong_count_reward", "bad_format_penalty")
 
 
 @dataclass
@@ -50,6 +57,9 @@ class GRPOTrainConfig(CommonTrainConfig):
     descriptor's ``grpo``: ERank G=5, lr 1e-6; GroupRank, and the others, 8 rollouts, lr 1e-5)."""
 
     learning_rate: float | None = None  # type: ignore[assignment]
+    # unset: the starting model's own (its rerank.json, same head), else the shared defaults (64 tokens, window 10)
+    max_doc_tokens: int | None = None  # type: ignore[assignment]
+    window: int | None = None  # type: ignore[assignment]
     num_generations: int = 0
     beta: float = 0.001
     epsilon: float = 0.2
@@ -68,7 +78,10 @@ class GRPOTrainConfig(CommonTrainConfig):
     def __post_init__(self) -> None:
         from rerank.methods import get_method, method_names
 
+        self._inherit_head_options()
         super().__post_init__()
+        if self.window is None:  # a head that trains on no windows: the shared default, never read
+            self.window = int(option_default(CommonTrainConfig, "window"))
         method = get_method(self.head)
         if method.grpo is None or not method.trains_with("grpo"):
             raise ConfigError(f"grpo trains the generative LLM heads ({', '.join(method_names(trains_with='grpo'))}); "
@@ -89,10 +102,20 @@ class GRPOTrainConfig(CommonTrainConfig):
             if self.max_completion_length != option_default(self, "max_completion_length"):
                 raise ConfigError("max_completion_length is not read by rollout 'plackett-luce' (each rollout is a "
                                   "whole permutation of the window, never generated or cut): drop it")
+            dead = changed_options(self.rewards, PLACKETT_LUCE_UNREAD)
+            if dead:
+                raise ConfigError(f"rewards.{dead[0]} is not read with rollout 'plackett-luce' (each rollout is a "
+                                  "complete, readable permutation of the window: no id is missing, repeated or "
+                                  f"unreadable): drop rewards.{dead[0]}")
         if not self.use_vllm and self.vllm_mode != option_default(self, "vllm_mode"):
             raise ConfigError("vllm_mode is an option of use_vllm: true (with use_vllm false transformers generates): "
                               "set use_vllm: true, or drop vllm_mode")
         check_reward_options(self.head, self.rewards)
+        if not self.rewards.repair_incomplete and changed_options(self.rewards, ("missing_penalty",)):
+            raise ConfigError(f"rewards.missing_penalty {self.rewards.missing_penalty} is read only with "
+                              "rewards.repair_incomplete: true (without it an incomplete permutation earns "
+                              "rewards.wrong_count_reward): set rewards.repair_incomplete: true, or drop "
+                              "rewards.missing_penalty")
         check_negatives_per_positive(self, False, "grpo")
         if self.num_iterations < 1:
             raise ConfigError(f"num_iterations must be >= 1, got {self.num_iterations}")
@@ -115,6 +138,45 @@ class GRPOTrainConfig(CommonTrainConfig):
         if self.batch_size % self.num_generations:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                               f"({self.num_generations})")
+
+    def _inherit_head_options(self) -> None:
+        """Unset prompt options (``max_doc_tokens``, ``max_query_tokens``, the window / group size) take the values
+        the starting model's ``rerank.json`` records when it was trained as this head (GRPO from an SFT model keeps
+        the SFT's prompt; the template is inherited by the task, :meth:`Task.head_options`), else the defaults; a set
+        value that differs from the recorded one is logged once."""
+        from rerank.methods import get_method, resolve
+        from rerank.methods.record import read_record
+
+        method = get_method(self.head)
+        record = read_record(self.model) if self.model else None
+        recorded = record.get("options", {}) if record is not None and record.get("method") == self.head else {}
+        names = {"max_doc_tokens": "max_doc_tokens", "max_query_tokens": "max_query_tokens"}
+        window_option = getattr(resolve(method.task), "window_option", None) if method.task else None
+        if window_option:
+            names["window"] = window_option
+        differ = []
+        for name, key in names.items():
+            mine, theirs = getattr(self, name), recorded.get(key)
+            if mine is None:
+                if isinstance(theirs, int) and not isinstance(theirs, bool):
+                    setattr(self, name, theirs)
+                elif name != "max_query_tokens":  # resolved by the head (CommonTrainConfig)
+                    setattr(self, name, option_default(CommonTrainConfig, name))
+            elif theirs is not None and mine != theirs:
+                differ.append(f"{name} {mine} (it was trained with {key} {theirs})")
+        if self.template and isinstance(recorded.get("template"), dict):
+            from rerank.prompts import load_template
+
+            try:
+                given = load_template(self.template).to_dict()
+            except ConfigError:  # refused with the head's own message when the task loads it
+                given = recorded["template"]
+            if given != recorded["template"]:
+                differ.append(f"template {self.template} (it was trained with template "
+                              f"{recorded['template'].get('name')!r})")
+        if differ:
+            log.warning("grpo: %s: the prompts differ from those the starting model %s was trained on (its "
+                        "rerank.json); unset, each is the model's own", "; ".join(differ), self.model)
 
 
 def check_reward_options(head: str, rewards: RewardConfig) -> None:
@@ -150,24 +212,64 @@ def fit_prompts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, spl
 
 
 def reward_function(task: Any, columns: list[str]) -> Any:
-    """A TRL reward function: rebuilds each completion's row from the dataset columns and asks the task."""
+    """A TRL reward function: rebuilds each completion's row from the dataset columns and asks the task. A completion
+    that cannot be parsed earns the format penalty inside the task's reward; an exception from the reward code itself
+    (a bug, or ``rewards`` options it cannot compute with) stops the run, naming the head and the exception, never
+    turned into a penalty for every rollout (which trains nothing and looks like a run)."""
 
     def ranking_reward(prompts: list[str], completions: list[Any], **kwargs: Any) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         rows = [{k: kwargs[k][i] for k in columns} for i in range(len(texts))]
         try:
             return [float(r) for r in task.rewards(texts, rows)]
-        except Exception:  # noqa: BLE001 - never stop a run on a reward bug in one batch: penalise and go on
-            return [float(task.failure_reward())] * len(texts)
+        except Exception as e:
+            raise RuntimeError(f"the GRPO reward of head {task.method!r} raised {type(e).__name__}: {e} (the reward "
+                               "code or its rewards options, not a completion: an unreadable completion earns the "
+                               "format penalty)") from e
 
     return ranking_reward
 
 
-def grpo_rows(task: Any, examples: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Prompt rows, query-major, queries in a seeded order (so one query's rows stay together)."""
+def grpo_rows(task: Any, examples: list[dict[str, Any]], seed: int, source: str = "the training data"
+              ) -> list[dict[str, Any]]:
+    """Prompt rows, query-major, queries in a seeded order (so one query's rows stay together); none is a one-line
+    error naming ``source`` (:func:`rerank.trainers.task.task_rows`)."""
+    from rerank.trainers.task import task_rows
+
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    return [row for i in order for row in task.grpo_rows(examples[i])]
+    return task_rows(task, [examples[i] for i in order], "grpo", source)
+
+
+def check_whole_queries(rows: list[dict[str, Any]], prompts_per_batch: int, num_generations: int, head: str,
+                        batch: str) -> None:
+    """A reward that pools a query's rollouts (ERank) must see the query whole: the query-major ``rows`` are cut into
+    batches of ``prompts_per_batch`` prompts (each with ``num_generations`` rollouts; ``batch`` says which option sets
+    it). With one number of prompts per query, a cut query is an error saying which ``batch_size`` works; with
+    numbers that vary (no batch size keeps every query whole) a warning gives the count of cut queries."""
+    runs: list[int] = []
+    last = object()
+    for r in rows:
+        if r.get("qid") != last:
+            runs.append(0)
+            last = r.get("qid")
+        runs[-1] += 1
+    cut, start = 0, 0
+    for n in runs:
+        cut += start // prompts_per_batch != (start + n - 1) // prompts_per_batch
+        start += n
+    if not cut:
+        return
+    sizes = sorted(set(runs))
+    if len(sizes) == 1:
+        n = sizes[0]
+        raise ConfigError(f"head {head}'s GRPO reward pools the rollouts of a query's {n} prompts, but {batch} puts "
+                          f"{prompts_per_batch} prompts ({prompts_per_batch * num_generations} rollouts at "
+                          f"num_generations {num_generations}) in a reward batch, which cuts {cut} of {len(runs)} "
+                          f"queries: set batch_size to a multiple of {n} x {num_generations} = {n * num_generations}")
+    log.warning("head %s's GRPO reward pools the rollouts of a query, but the queries have %d to %d prompts, so no "
+                "batch size keeps each whole: %d of %d queries are cut by %s (%d prompts a reward batch), and their "
+                "reward sees part of the query", head, sizes[0], sizes[-1], cut, len(runs), batch, prompts_per_batch)
 
 
 class GRPOTrainer:
@@ -190,9 +292,18 @@ class GRPOTrainer:
         check_dev_split(config, dev)
         tok = load_tokenizer(config.model)
         task = build_task(config.head, tok, config)
-        rows = fit_prompts(grpo_rows(task, train, config.seed), tok, config.max_length, "training")
-        dev_rows = grpo_rows(task, dev, config.seed) if dev and config.eval_steps > 0 else []
+        where = data_source(config.data)
+        rows = fit_prompts(grpo_rows(task, train, config.seed, where), tok, config.max_length, "training")
+        dev_rows = (grpo_rows(task, dev, config.seed, f"the dev split of {where}")
+                    if dev and config.eval_steps > 0 else [])
         dev_rows = fit_prompts(dev_rows, tok, config.max_length, "dev")
+        if task.pools_query:
+            g = config.num_generations
+            check_whole_queries(rows, config.batch_size * config.grad_accum // g, g, config.head,
+                                f"batch_size {config.batch_size} x grad_accum {config.grad_accum}")
+            if dev_rows:
+                check_whole_queries(dev_rows, config.batch_size // g, g, config.head,
+                                    f"batch_size {config.batch_size} (the dev batch)")
         model, tok = load_causal_lm(config.model, cpu_only(config), tokenizer=tok)
         task.prepare_grpo_rows(model, rows + dev_rows)
         columns = [k for k in rows[0] if k != "prompt"]

@@ -30,7 +30,7 @@ from rerank.trainers.data import load_training_data, teacher_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SFTTrainConfig", "SFTTrainer", "load_causal_lm", "load_tokenizer", "save_final"]
+__all__ = ["SFTTrainConfig", "SFTTrainer", "data_source", "load_causal_lm", "load_tokenizer", "save_final"]
 
 
 @dataclass
@@ -78,8 +78,10 @@ class SFTTrainConfig(CommonTrainConfig):
         if self.loss not in ("margin-mse", "listwise-kl"):
             given = [k for k, v in distill.items() if v is not None]
             if given:
+                hint = (f" (head {self.head}'s group size is the key window)" if given[0] == "group_size"
+                        and self.head == "grouprank" else "")
                 raise ConfigError(f"{given[0]} is an option of the cross-encoder's distillation losses "
-                                  f"(margin-mse, listwise-kl), not of loss {self.loss!r}")
+                                  f"(margin-mse, listwise-kl), not of loss {self.loss!r}{hint}")
         else:
             self.group_size = 0 if self.group_size is None else self.group_size
             self.distill_temperature = 1.0 if self.distill_temperature is None else self.distill_temperature
@@ -97,6 +99,13 @@ class SFTTrainConfig(CommonTrainConfig):
                               f"not {self.loss!r}")
         if self.reasoning and self.head != "erank":
             raise ConfigError("reasoning (reasoning targets) is an option of head 'erank' only")
+        if self.reasoning and self.template:
+            from rerank.prompts import load_template
+
+            if not load_template(self.template).extra.get("think_close"):
+                raise ConfigError(f"reasoning: true trains <think>…</think> targets, but template {self.template!r} "
+                                  "closes no reasoning (no think_close): drop template (reasoning: true takes "
+                                  "erank_reasoning), or give a template with think_close")
         self._check_head_options()
         # read with data.path by: the contrastive / margin losses' rows (cross-encoder), duoT5's pairs
         check_negatives_per_positive(self, self.head == "duot5" or self.loss in ("mnrl", "margin-mse"),
@@ -195,17 +204,12 @@ def sft_dataset(task: Any, examples: list[dict[str, Any]], source: str = "the tr
     an error naming ``source`` (the data option) and why."""
     import datasets
 
-    rows = [row for e in examples for row in task.sft_rows(e)]
-    if not rows:
-        short = sum(1 for e in examples if len(e["candidates"]) < 2)
-        why = (f"each of its {len(examples)} queries has fewer than 2 candidates, and head {task.method} trains on "
-               f"windows of 2 to {task.cfg.window} of a query's candidates: give each query at least 2 candidates"
-               if examples and short == len(examples) else "every example was skipped by the head's task piece")
-        raise ConfigError(f"no SFT rows from {source}: {why}")
-    return datasets.Dataset.from_list(rows)
+    from rerank.trainers.task import task_rows
+
+    return datasets.Dataset.from_list(task_rows(task, examples, "sft", source))
 
 
-def _data_source(data: Any) -> str:
+def data_source(data: Any) -> str:
     """How a message names the training data a config's ``data`` block reads."""
     return f"data.path {data.path}" if data.path else f"data.beir {data.beir} (split {data.split})"
 
@@ -241,7 +245,8 @@ def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[s
 
     tok = load_tokenizer(cfg.model)  # the rows are built (and an empty set refused) before the model loads
     task = build_task(cfg.head, tok, cfg)
-    where = _data_source(cfg.data)
+    where = data_source(cfg.data)
+    task.check_sft_examples(train + dev, where)
     train_ds = sft_dataset(task, train, where)
     dev_ds = sft_dataset(task, dev, f"the dev split of {where}") if dev and cfg.eval_steps > 0 else None
     model, tok = load_causal_lm(cfg.model, cpu_only(cfg), tok)

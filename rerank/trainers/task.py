@@ -9,6 +9,7 @@ head's prompt methods, so what a model trains on is what it is asked at inferenc
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,7 +21,9 @@ from rerank.prompts import PromptTemplate
 from rerank.trainers.rewards import RewardConfig
 from rerank.types import Candidate, Document, Query
 
-__all__ = ["Parsed", "PointwiseTask", "Task", "build_task", "target_scores"]
+__all__ = ["Parsed", "PointwiseTask", "Task", "build_task", "target_scores", "task_rows"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +61,11 @@ class Task:
     #: the range the SFT targets read ``teacher_scores`` on (ERank / GroupRank: 0-10 via :func:`target_scores`); the
     #: trainer refuses rows outside it before the model loads (None: the task does not read them as targets)
     teacher_scores_range: ClassVar[tuple[int, int] | None] = None
+    #: the head option the training ``window`` is (``rerank.json``: listwise / FIRST ``window``, GroupRank
+    #: ``group_size``); None: the head trains on no windows
+    window_option: ClassVar[str | None] = None
+    #: whether the GRPO reward pools the rollouts of one query (ERank): a generation batch must then hold whole queries
+    pools_query: ClassVar[bool] = False
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         from rerank.heads.registry import get_reranker_class
@@ -140,10 +148,9 @@ class Task:
         """A bound on a well-formed completion's length in tokens (the GRPO generation cap)."""
         raise NotImplementedError
 
-    def failure_reward(self) -> float:
-        """The reward of a batch whose reward raised (a bug, never a completion's fault): the method's penalty for an
-        unreadable completion."""
-        return float(self.reward_config.bad_format_penalty)
+    def check_sft_examples(self, examples: list[dict[str, Any]], source: str) -> None:
+        """Refuse (or warn about) examples the task's SFT targets cannot be built from as configured, before the
+        model loads (ERank with a reasoning template: rows without a ``reasoning`` text); most tasks need none."""
 
     def prepare_grpo_rows(self, model: Any, rows: list[dict[str, Any]]) -> None:
         """Fill GRPO row state that needs the starting model (ERank's reference scores); most methods need none."""
@@ -170,6 +177,30 @@ class PointwiseTask(Task):
     def prompt(self, example: dict[str, Any], j: int) -> str:
         """The head's rendered prompt for the example's ``j``-th candidate."""
         return self.head.pair_prompts(self.query(example), self.candidates(example, [j]))[0]  # type: ignore[attr-defined]
+
+
+def task_rows(task: Task, examples: list[dict[str, Any]], kind: str, source: str) -> list[dict[str, Any]]:
+    """The ``kind`` (``sft`` / ``grpo``) rows of ``examples``, in their order. Queries that give none (fewer than 2
+    candidates for a head that trains on windows) are warned about with the count; none at all is a one-line error
+    naming ``source`` (the data option) and why, before the model loads."""
+    build = task.sft_rows if kind == "sft" else task.grpo_rows
+    rows: list[dict[str, Any]] = []
+    empty = 0
+    for e in examples:
+        got = build(e)
+        empty += not got
+        rows += got
+    short = sum(1 for e in examples if len(e["candidates"]) < 2)
+    if not rows:
+        why = (f"each of its {len(examples)} queries has fewer than 2 candidates, and head {task.method} trains on "
+               f"windows of 2 to {task.cfg.window} of a query's candidates: give each query at least 2 candidates"
+               if examples and short == len(examples) else "every example was skipped by the head's task piece")
+        raise ConfigError(f"no {kind.upper()} rows from {source}: {why}")
+    if empty:
+        reason = " (fewer than 2 candidates: a window needs 2)" if short == empty else ""
+        log.warning("%d of %d queries of %s give no %s rows%s and are not trained on", empty, len(examples), source,
+                    kind.upper(), reason)
+    return rows
 
 
 def build_task(head: str, tokenizer: Any, cfg: Any) -> Task:

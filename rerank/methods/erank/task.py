@@ -1,22 +1,27 @@
 """ERank task pieces: one prompt per (query, document); target ``<answer>s</answer>`` with s in 0-10.
 
 SFT target s: the example's ``teacher_scores`` (0-10, rounded; a row outside 0-10 is refused when the data is read)
-if given, else the graded label scaled to 0-10 by the example's top grade. With ``reasoning: true`` the prompt is ERank's reasoning template and the target
-is ``<think>reasoning</think><answer>s</answer>`` (the example's ``reasoning`` text). GRPO: every row carries its
-query id, grade and the SFT model's reference score; the reward pools the rollouts of a query
-(:func:`rerank.methods.erank.reward.erank_listwise_rewards`).
+if given, else the graded label scaled to 0-10 by the example's top grade. With ``reasoning: true`` the prompt is
+ERank's reasoning template and the target is ``<think>reasoning</think><answer>s</answer>`` (the example's
+``reasoning`` text); any template with ``think_close`` trains so, and ``rerank.json`` records ``reasoning`` from the
+template. GRPO: every row carries its query id, grade and the SFT model's reference score; the reward pools the
+rollouts of a query (:func:`rerank.methods.erank.reward.erank_listwise_rewards`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from typing import Any, ClassVar
 
+from rerank.errors import ConfigError
 from rerank.methods.erank.reward import REWARD_FIELDS, erank_listwise_rewards
 from rerank.trainers.task import Parsed, PointwiseTask, target_scores
 
 __all__ = ["ERankTask"]
+
+log = logging.getLogger(__name__)
 
 REASONING_TOKENS = 256  # generation budget for the reasoning text in GRPO rollouts
 _INT = re.compile(r"\s*(\d+)\s*$")
@@ -28,6 +33,7 @@ class ERankTask(PointwiseTask):
     method: ClassVar[str] = "erank"
     reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
     teacher_scores_range: ClassVar[tuple[int, int] | None] = (0, 10)
+    pools_query: ClassVar[bool] = True
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)
@@ -39,6 +45,26 @@ class ERankTask(PointwiseTask):
     @classmethod
     def head_options(cls, cfg: Any) -> dict[str, Any]:
         return {**super().head_options(cfg), "reasoning": bool(getattr(cfg, "reasoning", False))}
+
+    def record_options(self) -> dict[str, Any]:
+        """As :meth:`Task.record_options`, with ``reasoning`` what the model was trained to do: true when its template
+        closes a reasoning (``think_close``, as the targets, rollouts and parser read it), whatever the flag said."""
+        return {**super().record_options(), "reasoning": bool(self.think_close)}
+
+    def check_sft_examples(self, examples: list[dict[str, Any]], source: str) -> None:
+        """A reasoning template trains ``<think>reasoning</think>`` targets from each row's ``reasoning`` text: none
+        with one is an error (every target would be an empty reasoning), some without one a warning with the count."""
+        if not self.think_close or not examples:
+            return
+        missing = sum(1 for e in examples if not str(e.get("reasoning") or "").strip())
+        if missing == len(examples):
+            raise ConfigError(f"reasoning (template {self.template.name!r}) trains <think>reasoning{self.think_close} "
+                              f"targets from each row's 'reasoning' text, but none of the {len(examples)} examples of "
+                              f"{source} has one (data.beir rows never do): give rows a 'reasoning' field, or train "
+                              "without reasoning (reasoning: false and a template without think_close)")
+        if missing:
+            log.warning("%d of %d examples of %s have no 'reasoning' text: their targets hold an empty reasoning "
+                        "(%s)", missing, len(examples), source, self.think_close)
 
     def completion(self, score: int, reasoning: str = "") -> str:
         head = f"{reasoning}{self.think_close}{self.answer_open}" if self.think_close else ""

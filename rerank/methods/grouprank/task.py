@@ -29,6 +29,7 @@ class GroupRankTask(Task):
     method: ClassVar[str] = "grouprank"
     reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
     teacher_scores_range: ClassVar[tuple[int, int] | None] = (0, 10)
+    window_option: ClassVar[str | None] = "group_size"
 
     @classmethod
     def head_options(cls, cfg: Any) -> dict[str, Any]:
@@ -73,10 +74,6 @@ class GroupRankTask(Task):
             pred = dict(zip(r["ids"], p.scores, strict=True)) if p.valid and p.scores is not None else None
             out.append(grouprank_reward(pred, gold, tags_ok=p.valid or p.order is not None, config=self.reward_config))
         return out
-
-    def failure_reward(self) -> float:
-        """GroupRank's penalty for an unreadable completion is the bad-tags one (it has no format penalty)."""
-        return float(self.reward_config.bad_tags_penalty)
 
     def max_completion_tokens(self) -> int:
         return len(self.tokenizer.encode(self.target([10] * self.cfg.window), add_special_tokens=False)) + 8

@@ -27,6 +27,7 @@ class ListwiseTask(Task):
 
     method: ClassVar[str] = "listwise"
     reward_fields: ClassVar[frozenset[str]] = REWARD_FIELDS
+    window_option: ClassVar[str | None] = "window"
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         super().__init__(tokenizer, cfg)

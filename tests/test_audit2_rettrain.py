@@ -185,3 +185,18 @@ def test_docs_state_the_special_token_caveat_and_a_plain_starts_settings(repo_ro
            "tokens, so those texts' embeddings differ" in text
     assert "a plain Hugging Face checkpoint starts mean-pooled (last-token for a `*ForCausalLM` architecture), " \
            "unnormalised and without prefixes" in text
+
+
+def test_an_index_fills_what_a_plain_model_does_not_record(plain_bert: Path, beir: Path, tmp_path: Path,
+                                                            run_cli: Any) -> None:
+    """A plain HF encoder states no pooling or prefixes of its own: an index built with E5-style prefixes and CLS
+    pooling is searched with them (research.md: "with index: the index's"), not refused."""
+    from rerank.data.datasets import resolve_dataset
+
+    idx = tmp_path / "idx"
+    rc, _, err = run_cli("index", "--model", plain_bert, "--dataset", beir, "--output", idx, "--no-progress",
+                         "--pooling", "cls", "--query-prefix", "query: ", "--doc-prefix", "passage: ")
+    assert rc == 0, err
+    got = DenseRetriever.from_config(resolve_dataset(str(beir)),
+                                     DenseConfig(model=str(plain_bert), index=str(idx), progress=False))
+    assert (got.encoder.settings.pooling, got.encoder.settings.query_prefix) == ("cls", "query: ")

@@ -723,8 +723,12 @@ def _check_model_settings(index: str, manifest: dict[str, Any], cfg: EncoderOpti
     recorded = manifest.get("encoder")
     recorded = recorded if isinstance(recorded, dict) else {}
     own = dataclasses.asdict(encoder.settings)
-    diff = [k for k in _ENCODER_KEYS if k in recorded and getattr(cfg, k) is None and recorded[k] != own[k]]
-    if not diff:
+    differ = [k for k in _ENCODER_KEYS if k in recorded and getattr(cfg, k) is None and recorded[k] != own[k]]
+    st_folder = (Path(resolve_model_path(model)) / "modules.json").is_file()
+    diff = [k for k in differ if _model_records(k, own, st_folder)]
+    if not diff:  # what the model does not record itself is the index's, as documented
+        if differ:
+            encoder.settings = dataclasses.replace(encoder.settings, **{k: recorded[k] for k in differ})
         return
     built = ", ".join(f"{k}={recorded[k]!r}" for k in diff)
     says = ", ".join(f"{k}={own[k]!r}" for k in diff)
@@ -732,6 +736,17 @@ def _check_model_settings(index: str, manifest: dict[str, Any], cfg: EncoderOpti
     raise RerankError(f"index {index}: built with {built}, but the model {model} says {says}: the index's settings "
                       f"would replace the model's; set {built} (--retriever-set KEY=VALUE) to search with the "
                       f"index's, or rebuild the index with the model's own: {redo}")
+
+
+def _model_records(key: str, own: Mapping[str, Any], st_folder: bool) -> bool:
+    """Whether a model folder states encoder setting ``key`` itself (so an index's other value is a conflict, not a
+    default to fill): pooling and normalisation in a sentence-transformers folder, a prefix when it has one (its
+    prompts); lengths never (an index may record shorter ones)."""
+    if key in ("pooling", "normalize"):
+        return st_folder
+    if key in ("query_prefix", "doc_prefix"):
+        return bool(own[key])
+    return False
 
 
 def _tmp_work_dir() -> Path:

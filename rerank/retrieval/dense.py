@@ -46,8 +46,16 @@ from rerank.types import Query, lone_surrogate, sort_ranking
 from rerank.utils.files import staged_dir, write_json
 
 __all__ = [
-    "BiEncoder", "EncoderSettings", "EncoderOptions", "DenseConfig", "DenseRetriever", "encoder_pool", "load_encoder",
-    "Pooling", "check_max_lengths", "pool",
+    "BiEncoder",
+    "DenseConfig",
+    "DenseRetriever",
+    "EncoderOptions",
+    "EncoderSettings",
+    "Pooling",
+    "check_max_lengths",
+    "encoder_pool",
+    "load_encoder",
+    "pool",
 ]
 
 log = logging.getLogger(__name__)

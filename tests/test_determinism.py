@@ -56,7 +56,7 @@ def test_sft_twice_is_identical_and_the_seed_matters(work: Path) -> None:
 
 
 def test_grpo_twice_is_identical(work: Path) -> None:
-    over = {"batch_size": 10, "num_generations": 5, "max_steps": 2, "learning_rate": 1e-3, "temperature": 1.0}
+    over = {"batch_size": 20, "num_generations": 5, "max_steps": 2, "learning_rate": 1e-3, "temperature": 1.0}
     a = grpo(_erank(work, 0, **over), work / "grpo-a")
     b = grpo(_erank(work, 0, **over), work / "grpo-b")
     assert a["logged_rewards"] == b["logged_rewards"]

@@ -129,6 +129,7 @@ class _FakeEncoder(torch.nn.Module):
         from rerank.retrieval.dense import EncoderSettings
 
         self.settings = EncoderSettings()
+        self.query_model = self.doc_model = torch.nn.Identity()  # no position table: no length limit to check
 
 
 class _RecordingEncoder:

@@ -79,6 +79,17 @@ class OverlapReranker(Reranker):
         ]
 
 
+class LongestFirst(Reranker):
+    """Scores a document by its text length: deterministic, model-free, parses nothing, and unlike a first stage
+    that lists the shortest first (the CLI tests of ``rerank rank`` register it as ``test-length``)."""
+
+    method = "test-length"
+    config_class = RerankerConfig
+
+    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
+        return [float(len(c.doc.text)) for c in candidates]
+
+
 def wait_until_healthy(base: str, proc: subprocess.Popen, timeout_s: float, output: Callable[[], str]) -> None:
     """Poll ``base``/health until it answers 200; fail with ``output()`` if ``proc`` exits or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s

@@ -30,26 +30,15 @@ import pytest
 from rerank import Reranker
 from rerank.data.datasets import resolve_dataset
 from rerank.errors import ConfigError
-from rerank.heads.base import RerankerConfig
 from rerank.heads.registry import register_reranker
 from rerank.testing import make_tiny_beir
-from rerank.types import Candidate, Query
+from tests.serve_support import LongestFirst
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _LengthHead(Reranker):
-    """Scores a document by its text length; loads nothing and parses nothing."""
-
-    method = "test-audit2-length"
-    config_class = RerankerConfig
-
-    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
-        return [float(len(c.doc.text)) for c in candidates]
-
-
-register_reranker(_LengthHead.method, _LengthHead)
-HEAD = ("--reranker", _LengthHead.method)
+register_reranker(LongestFirst.method, LongestFirst)
+HEAD = ("--reranker", LongestFirst.method)
 
 
 def _records(path: Path, n: int) -> None:
@@ -246,7 +235,7 @@ def test_rank_summary_shows_no_parse_counts_for_a_scoring_head(tmp_path: Path, r
     _records(src, 1)
     rc, out, err = run_cli("rank", *HEAD, "--input", src, "--output", tmp_path / "o.jsonl")
     assert rc == 0, err
-    assert f"ranked 1 query with {_LengthHead.method} -> " in out and "model outputs" not in out
+    assert f"ranked 1 query with {LongestFirst.method} -> " in out and "model outputs" not in out
 
 
 def test_report_shows_parse_counts_only_for_a_head_that_parsed_text() -> None:

@@ -10,20 +10,8 @@ from typing import Any
 import pytest
 
 from rerank.data.io import read_run, write_jsonl, write_qrels, write_run
-from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.registry import register_reranker
-from rerank.types import Candidate, Query
-
-
-class LongestFirst(Reranker):
-    """Scores a document by its text length: deterministic, model-free and unlike the first-stage order below."""
-
-    method = "test-audit-rank-length"
-    config_class = RerankerConfig
-
-    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
-        return [float(len(c.doc.text)) for c in candidates]
-
+from tests.serve_support import LongestFirst
 
 register_reranker(LongestFirst.method, LongestFirst)
 

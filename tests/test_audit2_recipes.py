@@ -19,6 +19,7 @@ from rerank.data_recipes.base import _recipe_class, build
 from rerank.data_recipes.mining import HardNegativesConfig, TeacherLabelsConfig
 from rerank.data_recipes.synthesis import QuerySynthesisConfig
 from rerank.errors import ConfigError
+from rerank.heads.registry import get_reranker_class
 from tests.test_data_recipes import OverlapTeacher
 from tests.test_suites import OverlapRetriever
 
@@ -55,13 +56,19 @@ def setup(tiny_beir_dir: Path, tmp_path: Path) -> dict[str, Any]:
     return {"ds": ds, "tmp": tmp_path, "recipe": recipe}
 
 
+def _teacher() -> type:
+    """The class registered as the overlap teacher: pytest may import test_data_recipes twice (as a test module and
+    through the import above), each copy registering its own class with its own call counter."""
+    return get_reranker_class(OverlapTeacher.method)
+
+
 def _interrupted(recipe: dict[str, Any], out: Path) -> None:
     """Build until the teacher's 4th query interrupts it: 3 finished units stay in the progress file."""
-    OverlapTeacher.calls = 0
+    _teacher().calls = 0
     with pytest.raises(KeyboardInterrupt):
         build(recipe, out, progress=False)
     assert len((out / "progress.jsonl").read_text().splitlines()) == 3
-    OverlapTeacher.calls = -10**9  # no more interruptions
+    _teacher().calls = -10**9  # no more interruptions
 
 
 _EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -126,11 +133,11 @@ def test_resume_of_a_build_stopped_before_its_first_unit_takes_the_new_inputs(se
     """No finished unit: nothing was read from the old input, so the resume starts over with the new one."""
     recipe = {**setup["recipe"], "teacher": {**setup["recipe"]["teacher"], "options": {"fail_after": 0}}}
     out = setup["tmp"] / "out"
-    OverlapTeacher.calls = 0
+    _teacher().calls = 0
     with pytest.raises(KeyboardInterrupt):
         build(recipe, out, progress=False)
     _prefix_first_line(setup["ds"] / "corpus.jsonl")
-    OverlapTeacher.calls = -10**9
+    _teacher().calls = -10**9
     m = build(recipe, out, resume=True, progress=False)
     assert m["resumed_units"] == 0 and m["counts"]["rows"] > 0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -127,6 +128,13 @@ def evaluate_run(
     """
     parsed = parse_measures(measures, rel_level)
     names = [name for name, _ in parsed]
+    for what, value, form in (("run", run, "{query id: [(doc id, score), ...]}"),
+                              ("qrels", qrels, "{query id: {doc id: grade}}")):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{what} must be a mapping {form}, got {type(value).__name__}")
+    if not qrels:
+        raise ValueError("qrels: no judged queries: every measure would be undefined (is it the wrong split, or were "
+                         "the queries filtered by ids of another type?)")
     _check_ids(qrels, "qrels")
     qids = sorted(qrels)
     zeros = dict.fromkeys(names, 0.0)
@@ -166,16 +174,34 @@ def evaluate_run(
             for q, v in values.items():
                 per_query[q][name] = v
         if other:
-            by_measure = {m: name for name, m in other}
-            ranked = {q: {d: float(-rank) for rank, (d, _) in enumerate(sort_ranking(lst))} for q, lst in lists.items()}
-            for metric in ir_measures.iter_calc([m for _, m in other], qrels_dict, ranked):
-                per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
+            _other_measures(other, qrels_dict, lists, per_query)
     n = len(qids)
     summed = {name for name, m in parsed if isinstance(m.aggregator(), SumAgg)}  # counts: trec_eval sums them
-    aggregate = {name: (sum(map(itemgetter(name), per_query.values())) / (1 if name in summed else n) if n else 0.0)
+    aggregate = {name: sum(map(itemgetter(name), per_query.values())) / (1 if name in summed else n)
                  for name in names}
     missing = [q for q in qids if q not in lists]
     return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)
+
+
+def _other_measures(other: list[tuple[str, ir_measures.Measure]], qrels: Qrels,
+                    lists: Mapping[str, Sequence[tuple[str, float]]], per_query: dict[str, dict[str, float]]) -> None:
+    """The measures pytrec_eval does not compute here, through ir-measures, into ``per_query``. Query ids are passed
+    as numbers (``1``, ``2``, ...) and mapped back, as some providers (gdeval's ``ERR@k``) read only numeric ids; a
+    provider that fails anyway (perl missing, a grade gdeval refuses) is a :class:`ConfigError` naming the measures."""
+    by_measure = {m: name for name, m in other}
+    number = {q: str(i) for i, q in enumerate(sorted(qrels), 1)}
+    back = {v: q for q, v in number.items()}
+    ranked = {number[q]: {d: float(-rank) for rank, (d, _) in enumerate(sort_ranking(lst))} for q, lst in lists.items()}
+    judged = {number[q]: docs for q, docs in qrels.items()}
+    try:
+        for metric in ir_measures.iter_calc([m for _, m in other], judged, ranked):
+            per_query[back[metric.query_id]][by_measure[metric.measure]] = float(metric.value)
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+        shown = (f"{e.cmd[0]} exited with status {e.returncode}" if isinstance(e, subprocess.CalledProcessError)
+                 else (str(e).splitlines() or [type(e).__name__])[0])
+        them = "them" if len(other) > 1 else "it"
+        raise ConfigError(f"measure {', '.join(by_measure.values())}: ir-measures could not compute {them} ({shown}; "
+                          f"gdeval's ERR and nDCG take grades 0-4 and need perl): drop {them} or use another") from None
 
 
 #: ir-measures name -> (trec_eval measure with a cutoff, without one); RR's cutoff is applied to ``recip_rank``
@@ -260,6 +286,8 @@ def _check_grades(qrels: Mapping[str, Mapping[str, object]]) -> None:
     if distinct is not None and all(map(_grade_ok, distinct)):
         return
     for q, judged in qrels.items():
+        if not isinstance(judged, Mapping):
+            raise TypeError(f"qrels: query {q!r}: expected a mapping {{doc id: grade}}, got {type(judged).__name__}")
         for d, g in judged.items():
             _grade(q, d, g)
 
@@ -283,13 +311,16 @@ def _run_rows(lists: Mapping[str, Sequence[tuple[str, float]]], qrels: Qrels,
             if relevant:
                 for name, k in judged.items():
                     shares[name][q] = _judged_share(row, relevant, k)
-    except TypeError:  # a score that does not add up or compare: the scan below names it, or it is another number
+    except (TypeError, ValueError):  # a score that does not add up or compare (the scan below names it, or it is
+        _check_pairs(lists)  # another number), or an entry that is not a (doc id, score) pair
         rows, total, shares = {q: dict(lst) for q, lst in lists.items()}, math.nan, {}
     if sum(map(len, rows.values())) != sum(map(len, lists.values())):
+        _check_pairs(lists)
         for q, lst in lists.items():
             if len(rows[q]) != len(lst):
                 _raise_duplicate(q, lst)
     if math.isnan(total):
+        _check_pairs(lists)
         for q, lst in lists.items():
             for d, s in lst:
                 try:
@@ -302,6 +333,22 @@ def _run_rows(lists: Mapping[str, Sequence[tuple[str, float]]], qrels: Qrels,
         shares = {name: {q: _judged_share(row, qrels[q], k) for q, row in rows.items() if qrels.get(q)}
                   for name, k in judged.items()}
     return rows, shares
+
+
+def _check_pairs(lists: Mapping[str, Sequence[tuple[str, float]]]) -> None:
+    """Each query's ranking is ``(doc id, score)`` pairs (or a ``{doc id: score}`` mapping): a bare doc id string
+    would be read as a pair of its characters, naming a document that does not exist; a ``TypeError`` says so."""
+    for q, lst in lists.items():
+        if isinstance(lst, Mapping):
+            continue
+        if isinstance(lst, (str, bytes)) or not isinstance(lst, Iterable):
+            raise TypeError(f"run: query {q!r}: expected a ranking of (doc id, score) pairs, got {lst!r}")
+        for item in lst:
+            if isinstance(item, (str, bytes)):
+                raise TypeError(f"run: query {q!r}: expected (doc id, score) pairs, got the string {item!r} (give "
+                                "each document its score, e.g. RankedResult.to_run())")
+            if not isinstance(item, Sequence) or len(item) != 2:
+                raise TypeError(f"run: query {q!r}: expected (doc id, score) pairs, got {item!r}")
 
 
 def _raise_duplicate(q: str, lst: Sequence[tuple[str, float]]) -> None:

@@ -412,7 +412,8 @@ def run_leaderboard(
     for row in cfg.rows:
         if row not in runnable:
             missing = [p for p in row.requires if not Path(p).exists()]
-            notes.append(f"row '{row.name}' skipped: required path(s) absent: {', '.join(missing)}")
+            how = f" ({row.note})" if row.note else ""  # e.g. "train it first: …"
+            notes.append(f"row '{row.name}' skipped: required path(s) absent: {', '.join(missing)}{how}")
             continue
         reranker = None
         for col in cfg.columns:

@@ -6,7 +6,9 @@ schema ``{"qid", "query", "candidates": [{"id", "text", "title"?, "score"?}], "l
 ``{"unit", "rows"}`` to ``progress.jsonl``; an interrupted build continues with ``resume=True`` from the units done
 (a torn last line is dropped), unless an input the finished units were read from changed since the build started
 (:meth:`Recipe.inputs`, recorded in ``progress.meta.json``). At the end ``data.jsonl`` and ``manifest.json`` (source,
-recipe hash, counts) are written atomically and the progress file is removed.
+input fingerprints, recipe hash, counts) are written atomically and the progress file is removed; a resume of a
+finished build keeps it only while those inputs are unchanged. The recipe hash reads files named by path by content
+(``source.queries``, ``first_stage.run``) and a dataset folder by its resolved path, not by how the path is spelled.
 """
 
 from __future__ import annotations
@@ -239,15 +241,58 @@ def path_inputs(config: Any, skip: Iterable[str] = ()) -> dict[str, dict[str, st
     return out
 
 
-def _check_inputs(out: Path, old: Mapping[str, Any], new: Mapping[str, Any], done: int) -> None:
-    """Refuse a resume whose inputs differ from those the unfinished build started with (one line naming each)."""
+def _check_inputs(out: Path, old: Mapping[str, Any], new: Mapping[str, Any], built: str) -> None:
+    """Refuse a resume whose inputs differ from those recorded when the build in ``out`` started (one line naming
+    each); ``built``: what of that build would be stale ("the unfinished build started, so its 4 finished units")."""
     changed = [name for name in sorted(set(old) | set(new))
                if (old.get(name) or {}).get("fingerprint") != (new.get(name) or {}).get("fingerprint")]
     if changed:
         what = ", ".join(f"{name} {(new.get(name) or old.get(name))['path']}" for name in changed)
-        raise ConfigError(f"{out}: cannot resume: {what} changed since the unfinished build started, so its {done} "
-                          f"finished units were built from other data; remove {out} (or choose another --output) and "
-                          "rerun without --resume")
+        raise ConfigError(f"{out}: cannot resume: {what} changed since {built} were built from other data; remove "
+                          f"{out} (or choose another --output) and rerun without --resume")
+
+
+def _recorded_inputs(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The input fingerprints a finished build's manifest holds; a manifest of an older rerank records only its
+    corpus's sha256 (in ``source``)."""
+    if isinstance(manifest.get("inputs"), dict):
+        return dict(manifest["inputs"])
+    source = manifest.get("source") or {}
+    if source.get("corpus_sha256"):
+        return {"corpus": {"path": f"{source.get('root', '?')}/corpus.jsonl",
+                           "fingerprint": f"sha256:{source['corpus_sha256']}"}}
+    return {}
+
+
+def _spelling_free(kind: str, config: Any) -> dict[str, Any]:
+    """The config as the recipe hash covers it: the files ``source.queries`` and ``first_stage.run`` by content, a
+    dataset given as a folder path by its resolved path, so ``./OUT/x`` and ``OUT/x`` (or a copied OUT) hash the same."""
+    view = {"recipe": kind, **to_dict(config)}
+    for block, key in (("source", "queries"), ("first_stage", "run"), ("source", "dataset"), (None, "dataset")):
+        holder = view if block is None else view.get(block)
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        if key == "dataset":
+            if ("/" in value or os.sep in value or value.startswith((".", "~"))) and path.is_dir():
+                holder[key] = str(path.resolve())
+        elif path.is_file():
+            holder[key] = "sha256:" + sha256_file(path)
+    return view
+
+
+def _load_recipe(recipe: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """A recipe mapping, or a shipped recipe's name or a YAML path read as ``rerank data build`` reads it."""
+    if isinstance(recipe, Mapping):
+        return dict(recipe)
+    if isinstance(recipe, (str, Path)):
+        from rerank.config import load_yaml
+        from rerank.data_recipes import recipe_path
+
+        return dict(load_yaml(recipe_path(str(recipe))))
+    raise TypeError(f"recipe must be a mapping (a parsed recipe YAML), a shipped recipe's name or a YAML path, got "
+                    f"{type(recipe).__name__}")
 
 
 class Recipe(ABC):
@@ -330,22 +375,25 @@ def _read_progress(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def build(
-    recipe: dict[str, Any],
+    recipe: Mapping[str, Any] | str | Path,
     output: str | Path,
-    data_root: str | None = None,
+    data_root: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
     recipe_obj: Recipe | None = None,
 ) -> dict[str, Any]:
-    """Run ``recipe`` (a parsed YAML mapping with a ``recipe`` kind) into ``output``; returns the manifest."""
-    spec = dict(recipe)
+    """Run ``recipe`` (a parsed YAML mapping with a ``recipe`` kind, a shipped recipe's name or a YAML path) into
+    ``output``; returns the manifest. With ``resume`` a finished build is kept when its recipe and inputs are the same."""
+    spec = _load_recipe(recipe)
+    data_root = str(data_root) if data_root is not None else None
     kind = spec.pop("recipe", None)
     if not kind:
         raise ConfigError("a recipe needs a 'recipe' key naming its kind")
     cls = _recipe_class(str(kind))
     config = from_dict(cls.config_class, spec, where=f"recipe {kind}")
     _check_models(config)
-    rhash = hash_obj({"recipe": kind, **to_dict(config)})
+    rhash = hash_obj(_spelling_free(kind, config))
+    hashes = {rhash, hash_obj({"recipe": kind, **to_dict(config)})}  # and the hash of builds before paths were resolved
     out = Path(output)
     prog, meta_path = out / "progress.jsonl", out / "progress.meta.json"
     manifest_path = out / "manifest.json"
@@ -354,18 +402,25 @@ def build(
                           "--output, or move that file")
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if resume and old.get("recipe_hash") == rhash:
-            log.info("%s is already complete (recipe hash %s)", out, rhash)
+        if resume and old.get("recipe_hash") in hashes:
+            r = recipe_obj if recipe_obj is not None else cls(config, data_root)
+            try:
+                now = r.inputs()
+            finally:
+                r.close()
+            recorded = _recorded_inputs(old)  # an older manifest's corpus hash only: compared alone
+            _check_inputs(out, recorded, now if "inputs" in old else {k: now.get(k) for k in recorded},
+                          f"the finished build was made, so its {old.get('counts', {}).get('rows', '?')} rows")
+            log.info("%s is already complete (recipe hash %s)", out, old.get("recipe_hash"))
             return old
-        if not resume or old.get("recipe_hash") != rhash:
-            raise ConfigError(f"{out} already holds a finished build (recipe hash {old.get('recipe_hash')}); "
-                              f"choose another --output or remove it")
+        raise ConfigError(f"{out} already holds a finished build (recipe hash {old.get('recipe_hash')}); "
+                          f"choose another --output or remove it")
     done_units: list[dict[str, Any]] = []
     if prog.exists():
         if not resume:
             raise ConfigError(f"{out} holds an unfinished build; pass --resume to continue it or remove the folder")
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        if meta.get("recipe_hash") != rhash:
+        if meta.get("recipe_hash") not in hashes:
             raise ConfigError(f"{out}: the unfinished build is of another recipe (hash {meta.get('recipe_hash')} "
                               f"vs {rhash}); remove the folder to start again")
         done_units, good = _read_progress(prog)
@@ -381,7 +436,8 @@ def build(
             raise ConfigError(f"recipe {kind}: duplicate unit keys")
         inputs = r.inputs()  # the corpus hash is the manifest's (cached): hashed once per build
         if done_units:
-            _check_inputs(out, meta["inputs"], inputs, len(done_units))
+            _check_inputs(out, meta["inputs"], inputs,
+                          f"the unfinished build started, so its {len(done_units)} finished units")
             with open(prog, "r+b") as f:  # drop a torn last line
                 f.truncate(good)
         made = not out.exists()
@@ -432,6 +488,7 @@ def build(
         "source": source,
         "schema": SCHEMA_VERSION,
         "data": "data.jsonl",
+        "inputs": inputs,
         "counts": {
             "units": len(units),
             "units_without_rows": sum(1 for d in done_units if not d["rows"]),

@@ -78,6 +78,10 @@ class _OverRun(Recipe):
     def _setup(self, source: SourceSpec, first_stage: FirstStageSpec) -> None:
         self.dataset: Dataset = resolve_dataset(source.dataset, self.data_root)
         self.dataset.duplicates_fix = "keep one of its lines (a recipe reads each judgement once)"
+        if source.queries is None and source.split == "test" and set(self.dataset.splits()) - {"test"}:
+            raise ConfigError(f"source.split test is the evaluation split of {self.dataset.name}, which training never "
+                              "reads (rows built from it leak the test queries into training): set source.split to a "
+                              "training split (e.g. train)")
         if source.queries is not None:
             self.queries, self.qrels = _rows_queries(source.queries, source.max_queries)
         else:

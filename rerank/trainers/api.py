@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,41 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _typed_config(name: str, config_class: type, config: Any) -> Any:
+    """``config`` (a YAML path, a mapping or a config object) as a new, checked ``config_class``: an object goes through
+    the same checks as a mapping (its fields read as one: types, the required model), so a field set after it was
+    built, or a config of another trainer, fails here and not deep in training; the caller's object is not changed."""
+    where = f"{name} config"
+    if isinstance(config, (str, os.PathLike)):
+        return load_train_config(config_class, config)  # type: ignore[arg-type]
+    if isinstance(config, Mapping):
+        return build_train_config(config_class, dict(config), where=where)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"{name}: config must be a {config_class.__name__}, a dict or a YAML path, got "
+                        f"{type(config).__name__}")
+    if not isinstance(config, config_class):
+        raise TypeError(f"{name}: config is a {type(config).__name__}, but trainer {name} takes a "
+                        f"{config_class.__name__} (or a dict or YAML path)")
+    raw = {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+    return build_train_config(config_class, raw, where=where)
+
+
+def _plain(value: Any) -> Any:
+    """A config field's value as :func:`~rerank.config.from_dict` reads it: nested configs as dicts (secrets kept,
+    unlike :func:`~rerank.config.to_dict`), containers copied, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, os.PathLike) else value
+
+
 def run_trainer(name: str, config: Any, output: str | Path, data_root: str | None = None,
                 resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train with the registered trainer ``name``; ``config`` is its config object, a dict or a YAML path.
+    """Train with the registered trainer ``name``; ``config`` is its config object, a dict or a YAML path, checked
+    the same way whichever it is (an object is read anew, so the caller's is never changed).
 
     An ``output`` holding a trained model or checkpoints is continued (``resume``: with the config it was started
     with, :func:`~rerank.trainers.resume.check_same_run`), replaced (``overwrite``) or refused, before anything is
@@ -45,12 +79,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     from rerank.trainers.resume import _checkpoints, check_same_run, input_paths, main_process, prepare_output
 
     trainer = get_trainer(name)
-    if isinstance(config, (str, Path)):
-        cfg = load_train_config(trainer.config_class, config)
-    elif isinstance(config, dict):
-        cfg = build_train_config(trainer.config_class, config, where=f"{name} config")
-    else:
-        cfg = config
+    cfg = _typed_config(name, trainer.config_class, config)
     out = Path(output)
     prepare_output(out, resume, overwrite, input_paths(cfg, data_root))
     previous = check_same_run(out, name, cfg) if resume else None

@@ -9,9 +9,11 @@ written to ``OUTPUT/model``.
 from __future__ import annotations
 
 import dataclasses
+import copy
 import importlib.util
 import logging
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "LoraOptions",
     "TrainSchedule",
     "check_dev_split",
+    "check_field_types",
     "check_negatives_per_positive",
     "check_renamed_keys",
     "check_safetensors",
@@ -95,6 +98,7 @@ class TrainSchedule:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if isinstance(self.report_to, str):  # --set report_to=wandb
             self.report_to = [self.report_to]
         for name in ("epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
@@ -138,6 +142,28 @@ class TrainSchedule:
             if needs and not any(importlib.util.find_spec(pkg) for pkg in needs):
                 raise ConfigError(f"report_to {name!r} needs the package {needs[0]!r}, which is not installed "
                                   f"(pip install {needs[0]}, or report_to: [none])")
+
+
+#: the field annotations :func:`check_field_types` checks -> (the types a value may have, how the error names them)
+_SCALAR_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((numbers.Integral,), "an integer"), "float": ((numbers.Real,), "a number"), "bool": ((bool,), "true or false"),
+}
+
+
+def check_field_types(cfg: Any) -> None:
+    """The int, float and bool fields of a config dataclass hold values of their type (a bool is no number): a
+    config object built in Python, not read through :func:`~rerank.config.from_dict` (which converts and checks
+    them), fails here in one line instead of deep in the trainer (``max_steps=2.5``, ``learning_rate="3e-3"``)."""
+    for f in dataclasses.fields(cfg):
+        kind, _, rest = str(f.type).partition(" | ")
+        if kind not in _SCALAR_TYPES or rest not in ("", "None"):
+            continue
+        value = getattr(cfg, f.name)
+        if value is None and (rest or f.default is None):
+            continue
+        types, what = _SCALAR_TYPES[kind]
+        if not isinstance(value, types) or (kind != "bool" and isinstance(value, bool)):
+            raise ConfigError(f"{f.name} must be {what}{' or null' if rest else ''}, got {value!r}")
 
 
 #: the other family's names for the reranker trainers' options (the retrievers' ``query_max_length``, ``dataset``, …,
@@ -251,6 +277,7 @@ class CommonTrainConfig(TrainSchedule):
         from rerank.methods import all_methods, get_method
 
         super().__post_init__()
+        self._own_blocks()
         get_method(self.head, kind="reranker")
         if self.lora.enabled and not trains_lora(self.head):
             raise ConfigError(f"lora is for the LLM heads; {self.head} is fine-tuned in full: drop lora.enabled")
@@ -273,6 +300,7 @@ class CommonTrainConfig(TrainSchedule):
         self._resolve_max_length()
         if self.data.dev_fraction is None:
             self.data.dev_fraction = 0.1 if self.eval_steps > 0 else 0.0
+            self.data._dev_fraction_default = self.data.dev_fraction  # type: ignore[attr-defined]
         elif self.data.dev_fraction > 0 and self.eval_steps == 0:
             raise ConfigError(f"data.dev_fraction {self.data.dev_fraction} holds queries out for model selection, but "
                               "eval_steps is 0 (no selection, the last step is kept): they would never be used; set "
@@ -290,6 +318,24 @@ class CommonTrainConfig(TrainSchedule):
                 raise ConfigError(f"data.{unread[0]} {getattr(self.data, unread[0])} is read only when a dev split is "
                                   "carved (data.dev_fraction > 0 with eval_steps > 0), and there is none: drop "
                                   f"data.{unread[0]}{seed}")
+
+    def _own_blocks(self) -> None:
+        """``data`` and ``lora`` as this config's own objects: a mapping is read as the block's config, and a given
+        ``DataConfig`` is copied, so resolving its defaults leaves the caller's as it was (a config reused, or
+        ``dataclasses.replace``\ d, resolves them again: a ``dev_fraction`` another config resolved counts as unset)."""
+        from rerank.config import from_dict
+
+        for name, cls in (("data", DataConfig), ("lora", LoraOptions)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                value = from_dict(cls, dict(value), where=name)
+            elif not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__} or a mapping of its options, got "
+                                f"{type(value).__name__}")
+            setattr(self, name, copy.copy(value))
+        resolved = getattr(self.data, "_dev_fraction_default", None)
+        if resolved is not None and self.data.dev_fraction == resolved:
+            self.data.dev_fraction = None
 
     def _resolve_max_length(self) -> None:
         """``max_length`` by who reads it: the shared LLM trainers (TRL) cut prompt and target to it (unset: 1024);

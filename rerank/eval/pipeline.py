@@ -27,11 +27,12 @@ write are removed; other files in the folder are left alone. Secrets in the conf
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,7 +48,7 @@ from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, par
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker, RerankStats
 from rerank.parallel import WorkerPool
-from rerank.retrieval.base import FirstStage, build_retriever
+from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, write_json
 
@@ -91,9 +92,7 @@ class EvalConfig:
         for name in ("top_k", "depth", "batch_queries", "workers"):
             check_positive_int(getattr(self, name), name.replace("_", "-"))
         check_max_queries(self.max_queries)
-        check_interpolate(self.interpolate)
-        if self.interpolate is not None and self.reranker is None:
-            raise ConfigError("interpolate weighs a reranker's scores against the first stage's: give a reranker")
+        check_interpolate(self.interpolate)  # that a reranker comes with it is checked by check_given_reranker
         if self.rel_level is not None and (not isinstance(self.rel_level, int) or self.rel_level < 1):
             raise ConfigError(f"rel-level must be an integer >= 1, got {self.rel_level!r}")
         if self.qrels_duplicates not in DUPLICATE_POLICIES:
@@ -389,10 +388,88 @@ def _check_used(cfg: EvalConfig, has_reranker: bool) -> None:
 
 
 def check_given_reranker(cfg: EvalConfig, reranker: Reranker | WorkerPool | None) -> None:
-    """A loaded reranker given with ``workers`` > 1 is refused: the workers load their own copies from the method and
-    model, not from an object in this process."""
+    """The reranker given (or none) fits ``cfg``: it is a :class:`Reranker` or a pool of them; ``interpolate`` has a
+    reranker (given, or ``cfg.reranker``); a loaded reranker is refused with ``workers`` > 1 (the workers load their
+    own copies from the method and model, not from an object in this process), and so are ``cfg.reranker``,
+    ``model``, ``backend`` and ``reranker_options`` that differ from the given reranker's own (they would be recorded
+    but unused; a suite or leaderboard passes the reranker it loaded from them, which agrees)."""
+    if reranker is not None and not isinstance(reranker, (Reranker, WorkerPool)):
+        hint = (f": set cfg.reranker={reranker!r} to load it by name, or pass Reranker.load({reranker!r}, ...)"
+                if isinstance(reranker, str) else "")
+        raise TypeError(f"reranker must be a loaded Reranker (Reranker.load(...)) or None, got "
+                        f"{type(reranker).__name__}{hint}")
+    if cfg.interpolate is not None and reranker is None and cfg.reranker is None:
+        raise ConfigError("interpolate weighs a reranker's scores against the first stage's: give a reranker")
     if isinstance(reranker, Reranker) and cfg.workers > 1:
         raise ConfigError("workers > 1 loads the reranker in each worker: give its method and model, not a reranker")
+    if isinstance(reranker, Reranker):
+        differ = _given_differs(cfg, reranker)
+        if differ:
+            raise ConfigError(f"{'; '.join(differ)}: with a loaded reranker given these would be recorded but unused; "
+                              "drop them (the given reranker is what ranks, and metrics.json records its own)")
+
+
+def described_model(desc: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(model, backend name) of a reranker's :meth:`~Reranker.describe`: its own ``model``, else its backend's, and
+    the backend's name (None where the description has none: a cross-encoder names no backend)."""
+    model, backend = desc.get("model"), desc.get("backend")
+    if isinstance(backend, dict):
+        model = model if model is not None else backend.get("model")
+        backend = backend.get("backend")
+    return (str(model) if model is not None else None), (backend if isinstance(backend, str) else None)
+
+
+def _same_model(given: str, own: str | None) -> bool:
+    """Whether ``given`` (a model name or folder) is the model ``own`` a reranker reports."""
+    if own is None:
+        return False
+    if given == own:
+        return True
+    a, b = Path(given).expanduser(), Path(own).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _option_matches(given: Any, own: Any) -> bool:
+    """Whether option value ``given`` is what the reranker's config holds (``own``): equal, or, for a mapping, each
+    of its keys matching ``own``'s (a nested config, a dict of backend options) in the same way."""
+    if isinstance(given, Mapping):
+        if dataclasses.is_dataclass(own) and not isinstance(own, type):
+            own = {f.name: getattr(own, f.name) for f in dataclasses.fields(own)}
+        return isinstance(own, Mapping) and all(k in own and _option_matches(v, own[k]) for k, v in given.items())
+    if isinstance(own, Path) or isinstance(given, Path):
+        return str(given) == str(own)
+    if isinstance(own, (list, tuple)) and isinstance(given, (list, tuple)):
+        return len(own) == len(given) and all(map(_option_matches, given, own))
+    return bool(given == own)
+
+
+def _given_differs(cfg: EvalConfig, reranker: Reranker) -> list[str]:
+    """The settings of ``cfg`` that configure a reranker and differ from the given ``reranker``'s own, each with
+    what the reranker has; a method, model or backend its description does not name cannot be compared, and passes
+    (a test reranker ignores the backend it was loaded with)."""
+    from rerank.methods.record import read_record
+
+    method = reranker.method or type(reranker).__name__
+    own_model, own_backend = described_model(reranker.describe())
+    out: list[str] = []
+    model = cfg.model
+    if cfg.reranker is not None and reranker.method and cfg.reranker != reranker.method:
+        record = read_record(cfg.reranker) if cfg.model is None else None  # a trained folder, as Reranker.load reads it
+        if record is not None and record.get("method") == reranker.method:
+            model = cfg.reranker
+        else:
+            out.append(f"reranker {cfg.reranker!r} is not the given reranker's method ({method})")
+    if model is not None and own_model is not None and not _same_model(str(model), own_model):
+        out.append(f"model {model} is not the given reranker's ({own_model})")
+    default_backend = next(f.default for f in dataclasses.fields(EvalConfig) if f.name == "backend")
+    if cfg.backend != default_backend and own_backend is not None and cfg.backend != own_backend:
+        out.append(f"backend {cfg.backend!r} is not the given reranker's ({own_backend})")
+    config = getattr(reranker, "config", None)
+    wrong = [k for k, v in cfg.reranker_options.items()
+             if not hasattr(config, k) or not _option_matches(v, getattr(config, k))]
+    if wrong:
+        out.append(f"reranker_options {', '.join(wrong)} differ from the given reranker's config")
+    return out
 
 
 def check_llm_io(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None) -> None:
@@ -434,6 +511,7 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     _check_used(cfg, reranker is not None or cfg.reranker is not None)
     check_given_reranker(cfg, reranker)
     check_llm_io(cfg, reranker)
+    given = reranker is not None
     given_pool = reranker if isinstance(reranker, WorkerPool) else None
     if given_pool is not None:
         reranker = None
@@ -483,13 +561,15 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
             else:
                 reranker = load_reranker(cfg)
             timing["reranker_load_s"] = time.perf_counter() - t
-        return _evaluate(cfg, dataset, queries, qrels, rel_level, given_run, reranker, pool, timing, t0, progress)
+        return _evaluate(cfg, dataset, queries, qrels, rel_level, given_run, reranker, pool, timing, t0, progress,
+                         given)
 
 
 def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrels: Qrels, rel_level: int,
               given_run: Run | None, reranker: Reranker | None, pool: WorkerPool | None, timing: dict[str, float],
-              t0: float, progress: bool) -> dict[str, Any]:
-    """:func:`run_eval` once the dataset is read and the reranker (or its worker pool) is loaded."""
+              t0: float, progress: bool, given: bool) -> dict[str, Any]:
+    """:func:`run_eval` once the dataset is read and the reranker (or its worker pool) is loaded; ``given``: the
+    caller passed it (its own description names the model), rather than ``cfg`` naming it."""
 
     t = time.perf_counter()
     first_stage_desc: dict[str, Any]
@@ -497,7 +577,8 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         run = _select(given_run, list(queries))
         first_stage_desc = {"name": "run", "path": str(cfg.first_stage)}
     else:
-        retriever: FirstStage = build_retriever(cfg.retriever, dataset, **cfg.retriever_options)  # type: ignore[arg-type]
+        options = progress_options(cfg.retriever, cfg.retriever_options, progress)  # type: ignore[arg-type]
+        retriever: FirstStage = build_retriever(cfg.retriever, dataset, **options)  # type: ignore[arg-type]
         reranking = reranker is not None or pool is not None  # it needs top_k candidates; else depth is the run's
         run = retriever.retrieve(queries, k=max(cfg.depth, cfg.top_k) if reranking else cfg.depth)
         first_stage_desc = retriever.describe()
@@ -533,7 +614,12 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             )
         desc = _counted_since(before, describe())
         timing["rerank_s"] = time.perf_counter() - t
-        reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
+        if given:  # what ranked is the given reranker: its own model and backend, not the config's (none, or agreeing)
+            own_model, own_backend = described_model(desc)
+            reranker_desc = {**desc, "model": own_model if own_model is not None else cfg.model,
+                             "backend_name": own_backend or cfg.backend}
+        else:
+            reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
         if pool is not None:
             reranker_desc["workers"] = {"processes": pool.workers, "threads_each": pool.threads}
     elif cfg.first_stage is not None:
@@ -642,7 +728,8 @@ def _write_outputs(
     (out / "metrics.json").unlink(missing_ok=True)
     for name in set(OUTPUT_FILES) - written:
         (out / name).unlink(missing_ok=True)
-    write_run(final, out / "run.trec", tag=cfg.reranker or (cfg.retriever or "run"))
+    method = (metrics.get("reranker") or {}).get("method")
+    write_run(final, out / "run.trec", tag=cfg.reranker or method or cfg.retriever or "run")
     if "first_stage.trec" in written:
         write_run(run, out / "first_stage.trec", tag=cfg.retriever)
     if rerank_scores is not None:

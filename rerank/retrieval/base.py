@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -14,7 +15,8 @@ from rerank.utils.registry import Registry
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
 
-__all__ = ["FirstStage", "Queries", "available_retrievers", "build_retriever", "register_retriever", "retrieve_args"]
+__all__ = ["PROGRESS_OPTIONS", "FirstStage", "Queries", "available_retrievers", "build_retriever", "progress_options",
+           "register_retriever", "retrieve_args"]
 
 #: What :meth:`FirstStage.retrieve` takes as queries: ``{query id: Query}`` (the run is keyed by the mapping's ids),
 #: ``{query id: text}``, or a sequence of :class:`~rerank.types.Query` with distinct ids.
@@ -106,9 +108,33 @@ def available_retrievers() -> list[str]:
     return RETRIEVERS.names()
 
 
-def build_retriever(name: str, dataset: Dataset, **options: Any) -> FirstStage:
-    """Construct the registered retriever ``name`` over ``dataset``."""
-    return RETRIEVERS.get(name).from_dataset(dataset, **options)
+def build_retriever(name: str, dataset: Dataset | str | os.PathLike[str], **options: Any) -> FirstStage:
+    """Construct the registered retriever ``name`` over ``dataset``: a :class:`~rerank.data.datasets.Dataset`, or a
+    dataset name or folder, which is read with :func:`~rerank.data.datasets.resolve_dataset` (default data root)."""
+    from rerank.data.datasets import Dataset, resolve_dataset
+
+    cls = RETRIEVERS.get(name)
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = resolve_dataset(dataset)
+    elif not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be a Dataset (resolve_dataset(name or folder)), a name or a folder, got "
+                        f"{type(dataset).__name__}")
+    return cls.from_dataset(dataset, **options)
+
+
+#: the option of each built-in retriever that switches its progress bars
+PROGRESS_OPTIONS = {"bm25": "show_progress", "pyserini": "show_progress", "dense": "progress", "hybrid": "progress"}
+
+
+def progress_options(name: str, options: Mapping[str, Any], progress: bool) -> dict[str, Any]:
+    """``options`` for retriever ``name`` with its progress bars off when ``progress`` is false, unless the options
+    set them themselves (``show_progress`` / ``progress``, :data:`PROGRESS_OPTIONS`); a retriever without such an
+    option gets ``options`` as they are."""
+    out = dict(options)
+    key = PROGRESS_OPTIONS.get(name)
+    if not progress and key is not None:
+        out.setdefault(key, False)
+    return out
 
 
 # built-in retrievers

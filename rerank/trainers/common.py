@@ -321,8 +321,8 @@ class CommonTrainConfig(TrainSchedule):
 
     def _own_blocks(self) -> None:
         """``data`` and ``lora`` as this config's own objects: a mapping is read as the block's config, and a given
-        ``DataConfig`` is copied, so resolving its defaults leaves the caller's as it was (a config reused, or
-        ``dataclasses.replace``\ d, resolves them again: a ``dev_fraction`` another config resolved counts as unset)."""
+        ``DataConfig`` is copied, so resolving its defaults leaves the caller's as it was (a config reused, or copied by
+        ``dataclasses.replace``, resolves them again: a ``dev_fraction`` another config resolved counts as unset)."""
         from rerank.config import from_dict
 
         for name, cls in (("data", DataConfig), ("lora", LoraOptions)):

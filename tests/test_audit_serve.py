@@ -282,7 +282,7 @@ def test_a_printable_key_is_accepted_and_sent() -> None:
 def test_non_finite_float_options_are_refused(name: str, value: float) -> None:
     floats = [f for f, t in ServeConfig.__annotations__.items() if t == "float"]
     assert sorted(floats) == sorted(["max_wait_ms", "timeout_s", "read_timeout_s"])  # every float option is covered
-    with pytest.raises(ValueError, match=rf"^{name} must be a finite number"):
+    with pytest.raises(ValueError, match=rf"^--{name.replace('_', '-')} must be a finite number"):  # the flag
         ServeConfig(**{name: value})
 
 

@@ -500,7 +500,7 @@ def test_cli_flags_map_to_serve_config(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as e:  # refused when the command line is parsed (one line, exit 2)
         build_parser().parse_args(["serve", "--reranker", "x", "--max-queue", "0"])
     assert e.value.code == 2
-    with pytest.raises(ValueError, match="max_queue"):  # and by the typed config itself
+    with pytest.raises(ValueError, match="--max-queue"):  # and by the typed config itself
         ServeConfig(max_queue=0)
 
 

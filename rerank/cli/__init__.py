@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from rerank.errors import RerankError
 
-__all__ = ["main", "build_parser", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE"]
+__all__ = ["main", "build_parser", "model_file_error", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE"]
 
 #: exit status of every error the user can fix (as argparse uses for bad arguments)
 USAGE_ERROR = 2
@@ -70,11 +70,37 @@ def _one_line(error: BaseException) -> str:
 
 
 def _user_error(error: BaseException) -> bool:
-    """Errors a user fixes by changing their input: ours, bad values, and files that are absent or unreadable."""
+    """Errors a user fixes by changing their input: ours, bad values, files that are absent or unreadable, and model
+    files that do not load (:func:`model_file_error`)."""
     if isinstance(error, (RerankError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                           PermissionError)):
         return True
-    return isinstance(error, OSError) and error.filename is not None
+    return isinstance(error, OSError) and error.filename is not None or model_file_error(error) is not None
+
+
+_LOADER_PACKAGES = ("transformers", "huggingface_hub")
+
+
+def model_file_error(error: BaseException) -> str | None:
+    """What is wrong with a model's files, one line naming the file where it can be found, when ``error`` is the
+    weights or model loader's refusal of them: safetensors' ``SafetensorError`` (a truncated or corrupt file), or an
+    ``OSError`` raised by transformers or huggingface_hub themselves (a damaged checkpoint, missing weights). Else None:
+    other errors are not blamed on the files."""
+    kind = type(error)
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    if kind.__name__ == "SafetensorError" and kind.__module__.split(".")[0] == "safetensors":
+        path = next((str(v) for v in (frame.f_locals.values() if frame is not None else ())
+                     if isinstance(v, (str, os.PathLike)) and str(v).endswith(".safetensors")
+                     and os.path.isfile(v)), None)
+        return (f"{path or 'a .safetensors file'}: {_one_line(error).removeprefix('Error while deserializing header: ')}"
+                " (the weights file is truncated or corrupt: copy, download or save it again)")
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    if isinstance(error, OSError) and module.split(".")[0] in _LOADER_PACKAGES:
+        return _one_line(error)
+    return None
 
 
 def _ours_or_warning(record: logging.LogRecord) -> bool:
@@ -173,5 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug or not _user_error(e):
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        problem = None if isinstance(e, RerankError) else model_file_error(e)
+        print(f"error: {'cannot load the model: ' + problem if problem else _one_line(e)}", file=sys.stderr)
         return USAGE_ERROR

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING
 
+from rerank.cli import model_file_error
 from rerank.cli.common import (
     add_reranker,
     check_reranker_model,
@@ -98,6 +100,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     from rerank.serve import ServeConfig
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get("RERANK_API_KEY") or None)
+    if args.served_model_name is not None:
+        check_served_model_name(args.served_model_name)
     return ServeConfig(
         host=args.host,
         port=args.port,
@@ -109,19 +113,35 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         timeout_s=args.timeout_s,
         max_docs=args.max_docs,
         max_doc_chars=args.max_doc_chars,
-        model_name=args.served_model_name or args.model,
+        model_name=args.served_model_name if args.served_model_name is not None else args.model,
         read_timeout_s=args.read_timeout_s,
         max_connections=args.max_connections,
         workers=args.workers,
     )
 
 
-def check_port(host: str, port: int) -> None:
-    """Refuse, before a model loads, an address this process cannot listen on (in use, or not this machine's)."""
+def check_served_model_name(name: str) -> None:
+    """Refuse a ``--served-model-name`` that the ``x-model-id`` header cannot carry as given (the name as ``--model``
+    gives it is sent as is in JSON and with such characters replaced in the header: a path is what it is)."""
+    if not name:
+        raise ConfigError("--served-model-name is empty: give the name clients should see, or leave it out to report "
+                          "--model")
+    for i, ch in enumerate(name):
+        if ch < " " or ch == "\x7f":
+            raise ConfigError(f"--served-model-name has a control character (a newline, a tab, ...) at position "
+                              f"{i + 1}: responses send the name in the x-model-id header; choose a name without one")
+    if name != name.strip():
+        raise ConfigError(f"--served-model-name {name!r} starts or ends with whitespace: responses send the name in "
+                          "the x-model-id header, which cannot; remove it")
+
+
+def check_port(host: str, port: int) -> socket.socket:
+    """Bind, before a model loads, the address to serve on, refusing one this process cannot listen on (in use, or
+    not this machine's); the caller hands the socket to the server, so nothing can take the port while it loads."""
     from rerank.serve.server import bound_socket
 
     try:
-        bound_socket(host, port).close()
+        return bound_socket(host, port)
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
@@ -141,28 +161,38 @@ def run(args: argparse.Namespace) -> int:
     check_reranker_model(args.reranker, args.model, args.backend)
     options = reranker_options(args)
     check_reranker_options(args.reranker, args.model, options, args.backend)  # before any model loads or worker starts
-    check_port(cfg.host, cfg.port)
-    if cfg.host not in _LOOPBACK and cfg.api_key is None:
-        log.warning("serving on %s without an API key: anyone who can reach this address can use the model", cfg.host)
-    install_log_limits()
-
-    threads = args.threads or thread_share(cfg.workers)
-
-    def load() -> Reranker:  # in each worker process: its share of the cores, then its copy of the model
-        import torch
-
-        torch.set_num_threads(threads)
-        return Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
-
-    where = f"{args.reranker} ({args.model or '-'}) on http://{cfg.host}:{cfg.port}"
-    if cfg.workers > 1:  # each worker process loads its own copy of the model
-        log.info("starting %s: %d processes of %d thread(s)", where, cfg.workers, threads)
-        serve(lambda: create_app(load(), cfg), cfg, workers=cfg.workers)
-        return 0
-    reranker = load()  # before the port opens, so a bad model fails first
-    log.info("serving %s, %d thread(s)", where, threads)
+    sock = check_port(cfg.host, cfg.port)  # held from here on: the server listens on it once the model is loaded
     try:
-        serve(lambda: create_app(reranker, cfg), cfg)
+        if cfg.host not in _LOOPBACK and cfg.api_key is None:
+            log.warning("serving on %s without an API key: anyone who can reach this address can use the model",
+                        cfg.host)
+        install_log_limits()
+
+        threads = args.threads or thread_share(cfg.workers)
+
+        def load() -> Reranker:  # in each worker process: its share of the cores, then its copy of the model
+            import torch
+
+            torch.set_num_threads(threads)
+            try:
+                return Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
+            except Exception as e:
+                problem = model_file_error(e)
+                if problem is None:
+                    raise
+                raise ConfigError(f"cannot load --model {args.model}: {problem}") from e
+
+        where = f"{args.reranker} ({args.model or '-'}) on http://{cfg.host}:{sock.getsockname()[1]}"
+        if cfg.workers > 1:  # each worker process loads its own copy of the model
+            log.info("starting %s: %d processes of %d thread(s)", where, cfg.workers, threads)
+            serve(lambda: create_app(load(), cfg), cfg, workers=cfg.workers, sock=sock)
+            return 0
+        reranker = load()  # before the server listens, so a bad model fails first
+        log.info("serving %s, %d thread(s)", where, threads)
+        try:
+            serve(lambda: create_app(reranker, cfg), cfg, sock=sock)
+        finally:
+            reranker.close()
+        return 0
     finally:
-        reranker.close()
-    return 0
+        sock.close()

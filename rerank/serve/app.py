@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -101,13 +102,24 @@ def _first_surrogate(value: Any, path: str) -> str | None:
     return None
 
 
-def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
-    """Decode and validate a JSON request body: 415 a body sent as another media type; 400 names invalid UTF-8 (byte
-    offset), bad JSON (line, column; too deep; a number too long) or a lone surrogate (field, character); 422 names
-    the invalid or unknown fields."""
+def header_value(text: str) -> str:
+    """``text`` as an HTTP header value every client and h11 accept: non-ASCII and control characters become ``?``,
+    surrounding whitespace is dropped (h11 refuses to send the response otherwise); ``-`` where nothing is left."""
+    safe = "".join(ch if " " <= ch <= "~" else "?" for ch in text).strip()
+    return safe or "-"
+
+
+def parse_body(body: bytes, content_type: str, model: type[M], content_encoding: str = "") -> M:
+    """Decode and validate a JSON request body: 415 a body sent as another media type or compressed
+    (``Content-Encoding``); 400 names invalid UTF-8 (byte offset), bad JSON (line, column; too deep; a number too
+    long) or a lone surrogate (field, character); 422 names the invalid or unknown fields."""
     media_type = content_type.split(";")[0].strip().lower()
     if media_type not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type", f"{_NOT_AN_OBJECT} (got {media_type!r})")
+    encoding = content_encoding.strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, "unsupported_media_type", f"Content-Encoding: {header_value(encoding)} is not supported: "
+                       "send the JSON body uncompressed")
     if not body:
         raise ApiError(422, "invalid_request", "request body is required")
     try:
@@ -120,8 +132,11 @@ def parse_body(body: bytes, content_type: str, model: type[M]) -> M:
         data = json.loads(text)
     except RecursionError:
         raise too_deep from None
-    except ValueError as e:  # JSONDecodeError (line, column), or an integer beyond Python's digit limit
+    except json.JSONDecodeError as e:  # line, column
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from None
+    except ValueError:  # an integer beyond Python's digit limit (its message is advice for Python programmers)
+        raise ApiError(400, "invalid_json", "request body has a number of more than "
+                       f"{sys.get_int_max_str_digits()} digits") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", _NOT_AN_OBJECT)
     try:
@@ -234,7 +249,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         count_tokens=token_counter(reranker),
     )
     model_name = cfg.model_name or reranker.describe().get("model") or reranker.method or type(reranker).__name__
-    model_header = {"x-model-id": str(model_name).encode("ascii", "replace").decode()}
+    model_header = {"x-model-id": header_value(str(model_name))}
     import torch
 
     threads = torch.get_num_threads()  # this process's model threads (rerank serve --threads)
@@ -291,7 +306,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             body = await request.body()
         except ClientDisconnect:
             raise _Abandoned() from None
-        return parse_body(body, request.headers.get("content-type", ""), model)
+        return parse_body(body, request.headers.get("content-type", ""), model,
+                          request.headers.get("content-encoding", ""))
 
     async def unless_abandoned(request: Request, work: Awaitable[T]) -> T:
         """Await ``work`` unless the client disconnects first; then cancel it (queued requests leave the queue)."""
@@ -320,12 +336,12 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         if len(query) > limit:
             raise ApiError(413, "text_too_long", f"query has {len(query)} characters; the limit is {limit}")
         docs, cut = _cut_documents(docs, budget, names)
-        if cut:
-            metrics.documents_cut.inc(len(cut))
-            log.info("cut %d document(s) longer than %d characters (--max-doc-chars) to %d", len(cut), limit, limit)
         scored, n, tokens = await unless_abandoned(
             request, _passages_and_scores(query, docs, budget, priority, names, count)
         )
+        if cut:  # counted once scored: a request refused (429, 413, 504, ...) or abandoned had nothing cut
+            metrics.documents_cut.inc(len(cut))
+            log.info("cut %d document(s) longer than %d characters (--max-doc-chars) to %d", len(cut), limit, limit)
         warnings = [f"{names} {', '.join(map(str, cut))} had more than {limit} characters and were cut to their first "
                     f"{limit} (the server's --max-doc-chars)"] if cut else []
         depth = reranker.ranked_depth()

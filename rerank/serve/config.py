@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rerank.client import api_key_problem
 from rerank.config import secret_field
 
-__all__ = ["ServeConfig"]
+__all__ = ["ServeConfig", "flag"]
 
 
 @dataclass
@@ -43,17 +43,27 @@ class ServeConfig:
         for name in ("max_batch_size", "max_batch_docs", "max_queue", "max_docs", "max_doc_chars", "max_body_bytes",
                      "max_connections", "workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
-            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms}")
+            raise ValueError(f"{flag('max_wait_ms')} must be a finite number >= 0, got {self.max_wait_ms}")
         for name in ("timeout_s", "read_timeout_s"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be a finite number > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+            raise ValueError(f"{flag('port')} must be in 0..65535, got {self.port}")
         if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must be a non-empty string or None")
+            raise ValueError(f"{flag('api_key')} is empty: give a key, or leave both unset to serve without one")
         problem = self.api_key and api_key_problem(self.api_key)
         if problem:
-            raise ValueError(f"api_key (--api-key or $RERANK_API_KEY) {problem}: HTTP clients cannot send "
+            raise ValueError(f"{flag('api_key')} {problem}: HTTP clients cannot send "
                              "it intact in an Authorization header; choose a key of printable ASCII characters")
+
+
+def flag(name: str) -> str:
+    """The ``rerank serve`` option of a :class:`ServeConfig` field, as its errors name it (``max_wait_ms`` ->
+    ``--max-wait-ms``): the service is configured on the command line."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+_FLAGS = {"api_key": "--api-key (or $RERANK_API_KEY)", "model_name": "--served-model-name",
+          "max_body_bytes": "max_body_bytes"}

@@ -77,8 +77,9 @@ def make_passages(
             if not budget.truncate and limit is not None:
                 reads = _reads(tokenizer, text, title, spans, limit - (room or 0))
                 if reads > limit:
+                    with_title = " (title included)" if title else ""
                     raise TextTooLong(
-                        f"{names}[{i}] has {reads} tokens as the model reads it (title included) and the model "
+                        f"{names}[{i}] has {reads} tokens as the model reads it{with_title} and the model "
                         f"reads at most {limit} with this query; send truncate: true to cut it"
                     )
             if budget.max_tokens is not None and len(spans) > budget.max_tokens:

@@ -5,8 +5,13 @@ how many connections it holds, so clients that open connections and stall (slowl
 process cannot accept anyone. :func:`guarded_protocol` adds both: a connection must deliver a whole request (headers
 and body) within ``read_timeout_s`` of its first byte (or of opening), else it is answered 408 and closed; above
 ``max_connections`` open connections (capped below the process's file limit) the longest-idle keep-alive connection
-is closed to make room, and when none is idle the new one is answered 503 and closed at once. Both answers carry the
-JSON error body every error has, naming the limit. Repeated log lines (a flood of such
+is closed to make room, and when none is idle the new one is answered 503 and closed. A request h11 cannot parse
+(a malformed request line or header, such as ``Content-Length: abc``), which uvicorn would answer with a plain-text
+400 before any app sees it, is answered 400 ``invalid_http``. These answers carry the JSON error body every error
+has, naming the limit, and count in ``rerank_errors_total``; after one the server reads and discards what the client
+still sends for up to :data:`LINGER_S` (or until it closes) before closing, since closing a socket with unread
+request bytes makes the kernel reset the connection, and the client then loses the answer. Repeated log lines (a
+flood of such
 events) pass at most once per key and interval, with a count of those held back. ``workers > 1`` forks that many
 server processes sharing one listening socket, each with the model and its own batching queue.
 """
@@ -29,6 +34,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from rerank.errors import RerankError
 from rerank.serve.config import ServeConfig
 from rerank.serve.middleware import error_body
 
@@ -37,6 +43,7 @@ __all__ = ["KEEP_ALIVE_S", "RateLimitFilter", "bound_socket", "guarded_protocol"
 
 log = logging.getLogger(__name__)
 
+USAGE_ERROR = 2  # the command line's exit status of an error the user can fix (rerank.cli.USAGE_ERROR)
 FD_RESERVE = 64  # descriptors kept free for the model, log files and the listening socket
 #: seconds an idle keep-alive connection stays open. Well above how long HTTP client pools keep one (httpx, and so the
 #: Cohere SDK, LangChain and LlamaIndex: 5 s; aiohttp: 15 s) and load balancers' idle timeouts (60 s): a server that
@@ -44,6 +51,8 @@ FD_RESERVE = 64  # descriptors kept free for the model, log files and the listen
 #: Idle connections cannot starve new ones: at the connection cap the longest-idle one is closed to make room.
 KEEP_ALIVE_S = 65
 _DONE_STATES = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+#: seconds a connection answered 503 (over the cap) or 400 (unparsable) is read and discarded before it is closed
+LINGER_S = 1.0
 
 
 class RateLimitFilter(logging.Filter):
@@ -116,18 +125,37 @@ def guarded_protocol(read_timeout_s: float, max_connections: int,
         "under a low file limit); retry shortly",
         b"retry-after: 1\r\n",
     )
+    invalid_400 = _raw_response(
+        400, "Bad Request", "invalid_http",
+        "malformed HTTP request: the request line or a header could not be parsed (for example a Content-Length "
+        "that is not a non-negative integer, or headers over 16 KiB)",
+    )
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._deadline: Any = None
+            self._lingering: Any = None
             if len(self.connections) > max_connections and not self._close_longest_idle():
                 log.warning("connection refused: %d connections open (the cap)", max_connections)
-                transport.write(busy_503)
                 count("too_many_connections")
-                transport.close()
+                self._answer_and_linger(busy_503)
                 return
             self._arm()
+
+        def _answer_and_linger(self, response: bytes) -> None:
+            """Write ``response``, end this side of the connection, and discard what the client still sends until it
+            closes or :data:`LINGER_S` passes; then close (see the module doc)."""
+            self._disarm()
+            self.transport.write(response)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._lingering = self.loop.call_later(LINGER_S, self.transport.close)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request h11 cannot parse, as JSON and counted (uvicorn has logged ``msg``)."""
+            count("invalid_http")
+            self._answer_and_linger(invalid_400)
 
         def _close_longest_idle(self) -> bool:
             """Close the keep-alive connection idle the longest, as its keep-alive timeout would (a client pool
@@ -154,6 +182,8 @@ def guarded_protocol(read_timeout_s: float, max_connections: int,
                 self._deadline = None
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:
+                return  # answered already: read and discarded
             self._arm()
             super().data_received(data)
             if self.conn.their_state in _DONE_STATES:
@@ -167,6 +197,8 @@ def guarded_protocol(read_timeout_s: float, max_connections: int,
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._lingering is not None:
+                self._lingering.cancel()
             super().connection_lost(exc)
 
         def _expired(self) -> None:
@@ -234,16 +266,31 @@ def _stop_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="rerank-parent-watch", daemon=True).start()
 
 
-def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> None:
-    """Serve ``make_app()`` on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing one
-    listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM and, if
-    a worker dies, stops the others and exits 1 (leave restarts to the supervisor: systemd, Kubernetes, ...); a
-    worker whose parent was killed stops by itself."""
-    if workers <= 1:
-        uvicorn.Server(uvicorn_config(make_app(), cfg)).run()
-        return
-    sock = bound_socket(cfg.host, cfg.port)
+class _AddressLoggingServer(uvicorn.Server):
+    """uvicorn's server, logging where it listens also when given its socket (uvicorn logs it only when it binds)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            where = f"[{host}]" if ":" in host else host
+            logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", where,
+                                                    port)
+
+
+def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock: socket.socket | None = None) -> None:
+    """Serve ``make_app()`` on ``sock`` (bound by :func:`bound_socket` before the model loaded, so that nothing can
+    take the port meanwhile), else on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing
+    the listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM and,
+    if a worker dies, stops the others and exits 1, or 2 where a worker's model could not load (leave restarts to the
+    supervisor: systemd, Kubernetes, ...); a worker whose parent was killed stops by itself."""
+    if sock is None:
+        sock = bound_socket(cfg.host, cfg.port)
     sock.listen(2048)
+    if workers <= 1:
+        with sock:
+            _AddressLoggingServer(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
+        return
     sock.set_inheritable(True)
     children: list[int] = []
     parent = os.getpid()
@@ -255,6 +302,9 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> No
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _stop_with_parent(parent)
                 uvicorn.Server(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
+            except RerankError as e:  # a user error (a damaged model file): one line, and the parent exits 2
+                log.error("worker %d failed: %s", os.getpid(), e)
+                code = USAGE_ERROR
             except BaseException as e:  # noqa: BLE001 - a worker reports and exits; the parent sees the status
                 log.error("worker %d failed: %s: %s", os.getpid(), type(e).__name__, e)
                 code = 1
@@ -275,7 +325,7 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> No
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    failed = False
+    failed = 0
     alive = set(children)
     while alive:
         try:
@@ -283,9 +333,10 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1) -> No
         except ChildProcessError:
             break
         alive.discard(pid)
-        if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM) and not failed:
-            log.error("worker %d exited with status %d; stopping the others", pid, os.waitstatus_to_exitcode(status))
-            failed = True
+        code = os.waitstatus_to_exitcode(status)
+        if code not in (0, -signal.SIGTERM) and not failed:
+            log.error("worker %d exited with status %d; stopping the others", pid, code)
+            failed = USAGE_ERROR if code == USAGE_ERROR else 1
             stop(signal.SIGTERM, None)
     if failed:
-        raise SystemExit(1)
+        raise SystemExit(failed)

@@ -25,13 +25,14 @@ CE_TRAIN = "configs/distill/ce-train.yaml"
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "RERANK_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
-    env.pop("RERANK_DATA", None)
-    env.update(extra)
+    if "RERANK_DATA" not in extra:
+        env.pop("RERANK_DATA", None)
     return env
 
 
 def _sh(script: Path, *args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", str(script), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
 
 
 def _finished_run(repo_root: Path, out: Path, data_path: str, *overrides: str) -> None:

@@ -81,9 +81,9 @@ class OverlapReranker(Reranker):
 
 class LongestFirst(Reranker):
     """Scores a document by its text length: deterministic, model-free, parses nothing, and unlike a first stage
-    that lists the shortest first (the CLI tests of ``rerank rank`` register it as ``test-length``)."""
+    that lists the shortest first (the CLI tests of ``rerank rank`` register it as ``test-longest-first``)."""
 
-    method = "test-length"
+    method = "test-longest-first"
     config_class = RerankerConfig
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:

@@ -168,7 +168,7 @@ def test_a_malformed_content_length_is_a_json_400_and_counted(length: str) -> No
 def test_the_port_checked_at_start_is_the_socket_served_on(monkeypatch: pytest.MonkeyPatch,
                                                            run_cli: Callable[..., tuple[int, str, str]]) -> None:
     """The port was checked, released, and bound again after the model loaded: taken meanwhile, uvicorn exited 3."""
-    import rerank.serve.server as server
+    from rerank.serve import server
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -8,8 +8,8 @@ written to ``OUTPUT/model``.
 
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import importlib.util
 import logging
 import math

@@ -188,6 +188,11 @@ def test_recipe_hash_does_not_depend_on_path_spelling(tiny_beir_dir: Path, tmp_p
     shutil.copytree(tmp_path / "OUT", tmp_path / "OUT2")  # a copied OUT resumes too
     moved = build(labels("OUT2/ict/data.jsonl", "run.trec"), tmp_path / "OUT2" / "lab", resume=True, progress=False)
     assert moved["recipe_hash"] == made["recipe_hash"]
+    with open(tmp_path / "OUT2" / "ict" / "data.jsonl", "a", encoding="utf-8") as f:  # other queries: not kept
+        f.write((tmp_path / "OUT2" / "ict" / "data.jsonl").read_text().splitlines()[0].replace('"synth-', '"x-') + "\n")
+    with pytest.raises(ConfigError, match="OUT2/lab: cannot resume: source.queries OUT2/ict/data.jsonl changed since "
+                                          "the finished build was made"):
+        build(labels("OUT2/ict/data.jsonl", "run.trec"), tmp_path / "OUT2" / "lab", resume=True, progress=False)
 
 
 def test_build_takes_a_recipe_path_or_name(tiny_beir_dir: Path, tmp_path: Path) -> None:

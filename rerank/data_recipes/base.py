@@ -7,8 +7,9 @@ schema ``{"qid", "query", "candidates": [{"id", "text", "title"?, "score"?}], "l
 (a torn last line is dropped), unless an input the finished units were read from changed since the build started
 (:meth:`Recipe.inputs`, recorded in ``progress.meta.json``). At the end ``data.jsonl`` and ``manifest.json`` (source,
 input fingerprints, recipe hash, counts) are written atomically and the progress file is removed; a resume of a
-finished build keeps it only while those inputs are unchanged. The recipe hash reads files named by path by content
-(``source.queries``, ``first_stage.run``) and a dataset folder by its resolved path, not by how the path is spelled.
+finished build keeps it only while those inputs are unchanged. The recipe hash leaves out the paths of the files
+``source.queries`` and ``first_stage.run`` (inputs, compared by content) and reads a dataset folder by its resolved
+path, so it does not depend on how a path is spelled.
 """
 
 from __future__ import annotations
@@ -265,20 +266,21 @@ def _recorded_inputs(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _spelling_free(kind: str, config: Any) -> dict[str, Any]:
-    """The config as the recipe hash covers it: the files ``source.queries`` and ``first_stage.run`` by content, a
-    dataset given as a folder path by its resolved path, so ``./OUT/x`` and ``OUT/x`` (or a copied OUT) hash the same."""
+    """The config as the recipe hash covers it, whatever the spelling of its paths: a dataset given as a folder path by
+    its resolved path, the files ``source.queries`` and ``first_stage.run`` not at all (their content is an input the
+    resume checks compare, :meth:`Recipe.inputs`), so ``./OUT/x``, ``OUT/x`` and a copied OUT hash the same."""
     view = {"recipe": kind, **to_dict(config)}
     for block, key in (("source", "queries"), ("first_stage", "run"), ("source", "dataset"), (None, "dataset")):
         holder = view if block is None else view.get(block)
         value = holder.get(key) if isinstance(holder, dict) else None
         if not isinstance(value, str):
             continue
-        path = Path(value).expanduser()
         if key == "dataset":
+            path = Path(value).expanduser()
             if ("/" in value or os.sep in value or value.startswith((".", "~"))) and path.is_dir():
                 holder[key] = str(path.resolve())
-        elif path.is_file():
-            holder[key] = "sha256:" + sha256_file(path)
+        else:
+            holder[key] = "(a file, compared by content)"
     return view
 
 

@@ -5,6 +5,7 @@ compressed bodies, the documents-cut counter and the wording of startup and requ
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import socket
@@ -85,6 +86,8 @@ def test_a_truncated_safetensors_file_is_one_line_exit_2_naming_it(
     rc, _, err = run_cli("serve", "--reranker", "cross-encoder", "--model", broken, "--port", "0", "--threads", "1")
     assert rc == 2 and err.strip().count("\n") == 0, err
     assert f"cannot load --model {broken}: {weights}: " in err and "truncated or corrupt" in err, err
+    from rerank.serve.server import RateLimitFilter  # the serve command's log limit ends with it (a test session's
+    assert not [f for h in logging.getLogger().handlers for f in h.filters if isinstance(f, RateLimitFilter)]  # logs)
     (tmp_path / "in.jsonl").write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
     rc, _, err = run_cli("rank", "--input", tmp_path / "in.jsonl", "--reranker", "cross-encoder", "--model", broken,
                          "--output", tmp_path / "out.jsonl")

@@ -162,11 +162,12 @@ def run(args: argparse.Namespace) -> int:
     options = reranker_options(args)
     check_reranker_options(args.reranker, args.model, options, args.backend)  # before any model loads or worker starts
     sock = check_port(cfg.host, cfg.port)  # held from here on: the server listens on it once the model is loaded
+    remove_log_limits = None
     try:
         if cfg.host not in _LOOPBACK and cfg.api_key is None:
             log.warning("serving on %s without an API key: anyone who can reach this address can use the model",
                         cfg.host)
-        install_log_limits()
+        remove_log_limits = install_log_limits()
 
         threads = args.threads or thread_share(cfg.workers)
 
@@ -196,3 +197,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         sock.close()
+        if remove_log_limits is not None:
+            remove_log_limits()

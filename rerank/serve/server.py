@@ -81,11 +81,20 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def install_log_limits(interval: float = 10.0) -> None:
-    """Rate-limit every record that reaches the root logger's handlers (uvicorn's and asyncio's propagate there)."""
+def install_log_limits(interval: float = 10.0) -> Callable[[], None]:
+    """Rate-limit every record that reaches the root logger's handlers (uvicorn's and asyncio's propagate there);
+    returns the function that removes the limit again (when the server stops, so a process that goes on, such as a
+    test session, keeps its handlers as they were)."""
     limiter = RateLimitFilter(interval)
-    for handler in logging.getLogger().handlers:
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
         handler.addFilter(limiter)
+
+    def remove() -> None:
+        for handler in handlers:
+            handler.removeFilter(limiter)
+
+    return remove
 
 
 def connection_cap(requested: int) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 from rerank.config import to_dict
 from rerank.errors import RerankError
 from rerank.trainers.base import get_trainer, load_train_config
-from rerank.trainers.resume import INPUT_OPTIONS, _differences
+from rerank.trainers.resume import INPUT_OPTIONS, config_differences
 
 
 def fail(message: str) -> None:
@@ -68,7 +68,7 @@ for name in INPUT_OPTIONS:  # a path spelt another way (./OUT, an absolute OUT) 
     if isinstance(o, dict) and isinstance(n, dict) and isinstance(o.get(last), str) and isinstance(n.get(last), str) \
             and os.path.realpath(os.path.expanduser(o[last])) == os.path.realpath(os.path.expanduser(n[last])):
         n[last] = o[last]
-diffs = _differences(old, new, cfg)
+diffs = config_differences(old, new, cfg)
 length = [d for d in diffs if d.split(":", 1)[0] in ("max_steps", "epochs")]
 other = [d for d in diffs if d.split(":", 1)[0] not in ("max_steps", "epochs", "save_total_limit", "logging_steps",
                                                         "report_to")]  # the last three leave the weights alone

@@ -34,6 +34,7 @@ __all__ = [
     "check_overwrite_inputs",
     "check_same_run",
     "checkpoint_problems",
+    "config_differences",
     "fit",
     "input_paths",
     "last_checkpoint",
@@ -201,7 +202,7 @@ def _default_at(config: Any, path: list[str]) -> Any:
     return _NO_DEFAULT
 
 
-def _differences(old: Any, new: Any, config: Any, path: tuple[str, ...] = ()) -> list[str]:
+def config_differences(old: Any, new: Any, config: Any, path: tuple[str, ...] = ()) -> list[str]:
     """``key: old -> new`` for every option whose value differs between the run's recorded config and ``new`` (both
     JSON-like). An option the record lacks (added since) counts as its default; one the config lacks (removed since)
     is no longer an option and is skipped."""
@@ -216,7 +217,7 @@ def _differences(old: Any, new: Any, config: Any, path: tuple[str, ...] = ()) ->
                 if default is _NO_DEFAULT or default != new[key]:
                     out.append(f"{'.'.join(sub)}: absent -> {json.dumps(new[key])}")
             else:
-                out += _differences(old[key], new[key], config, sub)
+                out += config_differences(old[key], new[key], config, sub)
         return out
     return [] if old == new else [f"{'.'.join(path)}: {json.dumps(old)} -> {json.dumps(new)}"]
 
@@ -239,7 +240,7 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
     if record["trainer"] != trainer:
         raise ConfigError(f"--resume: {output} holds a {record.get('trainer')!r} run, not {trainer!r}; resume it with "
                           f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
-    diffs = _differences(record.get("config", {}), json.loads(json.dumps(to_dict(config))), config)
+    diffs = config_differences(record.get("config", {}), json.loads(json.dumps(to_dict(config))), config)
     allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
     if allowed:
         log.warning("--resume with %s (the learning-rate schedule follows the new length)", "; ".join(allowed))

@@ -309,12 +309,11 @@ def prepare_output(output: Path, resume: bool, overwrite: bool, inputs: list[tup
     if overwrite:
         check_overwrite_inputs(output, inputs or [])
         if main_process():
-            for name in RUN_FILES:
-                for path in [output / name, *output.glob(f".{name}.*")]:
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path)
-                    elif path.exists() or path.is_symlink():
-                        path.unlink()
+            for path in _removed(output):  # the files check_overwrite_inputs looked at, and no others
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         return
     if resume:
         resume_arg(output, True)

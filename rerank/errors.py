@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: the exit status of an error the user can fix (one line, no traceback): the CLI's and ``rerank serve``'s workers'
+USAGE_ERROR = 2
+
 
 class RerankError(Exception):
     """Base class for errors the toolkit reports to users (the CLI prints them without a traceback)."""

@@ -18,12 +18,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from rerank.errors import RerankError
+from rerank.errors import USAGE_ERROR, RerankError
 
 __all__ = ["main", "build_parser", "model_file_error", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE"]
 
-#: exit status of every error the user can fix (as argparse uses for bad arguments)
-USAGE_ERROR = 2
 #: exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended
 BROKEN_PIPE = 141
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"

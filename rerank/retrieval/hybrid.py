@@ -20,15 +20,12 @@ from typing import Any, Literal
 
 from rerank.config import changed_options
 from rerank.errors import ConfigError
-from rerank.retrieval.base import FirstStage, Queries, build_retriever, retrieve_args
+from rerank.retrieval.base import FirstStage, Queries, build_retriever, progress_options, retrieve_args
 from rerank.retrieval.dense import DenseConfig, DenseRetriever, searchable_queries
 from rerank.types import Run, sort_ranking
 from rerank.utils.scores import minmax_normalize
 
 __all__ = ["HybridConfig", "HybridRetriever", "check_depth", "interpolate_fuse", "minmax_normalize", "rrf_fuse"]
-
-_SHOW_PROGRESS = ("bm25", "pyserini")  # built-in sparse retrievers whose progress bars ``show_progress`` switches
-
 
 def rrf_fuse(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
     """Reciprocal-rank fusion of ``runs``; each ranked list is put in trec_eval order first, ``depth`` cuts the result."""
@@ -114,10 +111,8 @@ class HybridRetriever(FirstStage):
         if cfg.depth is not None and cfg.depth < 1:
             raise ConfigError("retriever options.depth: must be >= 1")
         dense_cfg = DenseConfig(**{f: getattr(cfg, f) for f in DenseConfig.__dataclass_fields__})
-        sparse_options = dict(cfg.sparse_options)
-        if not cfg.progress and cfg.sparse in _SHOW_PROGRESS:  # progress=False holds for both sides unless overridden
-            sparse_options.setdefault("show_progress", False)
-        sparse = build_retriever(cfg.sparse, dataset, **sparse_options)
+        # progress=False holds for both sides unless the sparse options set their own
+        sparse = build_retriever(cfg.sparse, dataset, **progress_options(cfg.sparse, cfg.sparse_options, cfg.progress))
         return cls(sparse, DenseRetriever.from_config(dataset, dense_cfg), cfg)
 
     def retrieve(self, queries: Queries, k: int) -> Run:

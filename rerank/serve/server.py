@@ -34,7 +34,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from rerank.errors import RerankError
+from rerank.errors import USAGE_ERROR, RerankError
 from rerank.serve.config import ServeConfig
 from rerank.serve.middleware import error_body
 
@@ -43,7 +43,6 @@ __all__ = ["KEEP_ALIVE_S", "RateLimitFilter", "bound_socket", "guarded_protocol"
 
 log = logging.getLogger(__name__)
 
-USAGE_ERROR = 2  # the command line's exit status of an error the user can fix (rerank.cli.USAGE_ERROR)
 FD_RESERVE = 64  # descriptors kept free for the model, log files and the listening socket
 #: seconds an idle keep-alive connection stays open. Well above how long HTTP client pools keep one (httpx, and so the
 #: Cohere SDK, LangChain and LlamaIndex: 5 s; aiohttp: 15 s) and load balancers' idle timeouts (60 s): a server that

@@ -76,16 +76,11 @@ def _retriever_takes_model(name: str) -> bool | None:
     """Whether the registered retriever ``name`` takes a ``model`` option: its config dataclass (the ``config``
     argument of its ``__init__``) has a ``model`` field. None when that cannot be told (no such annotation)."""
     import dataclasses
-    import typing
 
-    from rerank.retrieval.base import RETRIEVERS
+    from rerank.retrieval.base import retriever_config_class
 
-    cls = RETRIEVERS.get(name)  # an unknown name raises listing the known ones
-    try:
-        config_class = typing.get_type_hints(cls.__init__).get("config")
-    except (NameError, TypeError):
-        return None
-    if config_class is None or not dataclasses.is_dataclass(config_class):
+    config_class = retriever_config_class(name)  # an unknown name raises listing the known ones
+    if config_class is None:
         return None
     return "model" in {f.name for f in dataclasses.fields(config_class)}
 

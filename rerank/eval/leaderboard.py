@@ -243,17 +243,10 @@ def _check_retriever_options(name: str, options: dict[str, Any], where: str) -> 
     """The registered retriever ``name`` exists (else the registry's error listing the known ones) and ``options``
     fill its typed config (the ``config`` argument of its ``__init__``, which ``from_dataset`` builds), checked
     without building it; a retriever without such a config is not checked."""
-    import dataclasses
-    import typing
+    from rerank.retrieval.base import retriever_config_class
 
-    from rerank.retrieval.base import RETRIEVERS
-
-    cls = RETRIEVERS.get(name)
-    try:
-        config_class = typing.get_type_hints(cls.__init__).get("config")
-    except (NameError, TypeError):
-        return
-    if config_class is not None and dataclasses.is_dataclass(config_class):
+    config_class = retriever_config_class(name)
+    if config_class is not None:
         from_dict(config_class, options, where=f"{where} of {name}")
 
 

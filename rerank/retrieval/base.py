@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
 
 __all__ = ["PROGRESS_OPTIONS", "FirstStage", "Queries", "available_retrievers", "build_retriever", "progress_options",
-           "register_retriever", "retrieve_args"]
+           "register_retriever", "retrieve_args", "retriever_config_class"]
 
 #: What :meth:`FirstStage.retrieve` takes as queries: ``{query id: Query}`` (the run is keyed by the mapping's ids),
 #: ``{query id: text}``, or a sequence of :class:`~rerank.types.Query` with distinct ids.
@@ -102,6 +102,21 @@ RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever")
 def register_retriever(name: str, target: str | type[FirstStage]) -> None:
     """Register ``name`` -> ``"module:Class"`` (imported on first use)."""
     RETRIEVERS.register(name, target)
+
+
+def retriever_config_class(name: str) -> type | None:
+    """The typed config of the registered retriever ``name`` (the dataclass annotated as its ``__init__``'s
+    ``config``, which ``from_dataset`` builds from the options), or None when it has none that can be told; an
+    unknown name raises listing the known ones."""
+    import dataclasses
+    import typing
+
+    cls = RETRIEVERS.get(name)
+    try:
+        config_class = typing.get_type_hints(cls.__init__).get("config")
+    except (NameError, TypeError):
+        return None
+    return config_class if config_class is not None and dataclasses.is_dataclass(config_class) else None
 
 
 def available_retrievers() -> list[str]:

@@ -24,7 +24,7 @@ from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
 from rerank.types import Document, Qrels, Query
 from rerank.utils.files import sha256_file
 
-__all__ = ["Dataset", "check_max_queries", "default_data_root", "resolve_dataset"]
+__all__ = ["Dataset", "check_max_queries", "default_data_root", "is_dataset_name", "resolve_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def resolve_dataset(
     path = Path(name_or_path).expanduser()
     name = str(name_or_path)
     local = root / name
-    if (data_root is not None or os.environ.get("RERANK_DATA")) and _bare_name(name_or_path) and local.is_dir():
+    if (data_root is not None or os.environ.get("RERANK_DATA")) and is_dataset_name(name_or_path) and local.is_dir():
         if path.is_dir() and path.resolve() != local.resolve():
             log.warning("dataset %r: reading %s under the data root, not the folder %s in the current directory "
                         "(give ./%s to read that one)", name, local, path, name)
@@ -221,7 +221,7 @@ def resolve_dataset(
     )
 
 
-def _bare_name(name_or_path: str | Path) -> bool:
+def is_dataset_name(name_or_path: str | Path) -> bool:
     """Whether ``name_or_path`` is a dataset name rather than a path: a string without a folder separator that does
     not start with ``.`` or ``~`` (``./scifact`` is the folder in the current directory)."""
     return (isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path
@@ -232,7 +232,7 @@ def _check_data_root(name_or_path: str | Path, root: Path, given: str | Path) ->
     """A ``data_root`` given that does not exist is an error whenever the dataset would be looked up (or downloaded,
     or converted) under it: an existing folder given by its path does not need it."""
     is_irds = isinstance(name_or_path, str) and name_or_path.startswith(irds.PREFIX)
-    if is_irds or _bare_name(name_or_path) or not Path(name_or_path).expanduser().is_dir():
+    if is_irds or is_dataset_name(name_or_path) or not Path(name_or_path).expanduser().is_dir():
         where = f" ({root.resolve()})" if str(root.resolve()) != str(given) else ""
         raise ConfigError(f"--data-root {given} does not exist{where}: fix the path, create the folder, or leave "
                           f"--data-root out for the default ({default_data_root()})")

@@ -269,6 +269,8 @@ def _spelling_free(kind: str, config: Any) -> dict[str, Any]:
     """The config as the recipe hash covers it, whatever the spelling of its paths: a dataset given as a folder path by
     its resolved path, the files ``source.queries`` and ``first_stage.run`` not at all (their content is an input the
     resume checks compare, :meth:`Recipe.inputs`), so ``./OUT/x``, ``OUT/x`` and a copied OUT hash the same."""
+    from rerank.data.datasets import is_dataset_name
+
     view = {"recipe": kind, **to_dict(config)}
     for block, key in (("source", "queries"), ("first_stage", "run"), ("source", "dataset"), (None, "dataset")):
         holder = view if block is None else view.get(block)
@@ -277,7 +279,7 @@ def _spelling_free(kind: str, config: Any) -> dict[str, Any]:
             continue
         if key == "dataset":
             path = Path(value).expanduser()
-            if ("/" in value or os.sep in value or value.startswith((".", "~"))) and path.is_dir():
+            if not is_dataset_name(value) and path.is_dir():  # a name is looked up under the data root
                 holder[key] = str(path.resolve())
         else:
             holder[key] = "(a file, compared by content)"

@@ -685,39 +685,38 @@ _ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_ma
 
 def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, model: str | None = None,
                        dataset: str | None = None, fill: bool = True) -> dict[str, Any]:
-    """Encoder settings: explicit options, else (``fill``) the index's recorded ones; an explicit doc-side value (or
+    """Encoder settings and ``dtype``: explicit options, else the index's recorded ones (the settings with ``fill``;
+    the dtype always, as no model folder states the one its documents were encoded in); an explicit doc-side value (or
     ``dtype``) must match it, else a one-line error naming the ``rerank index`` command (for ``model`` and
     ``dataset``) that builds an index with it."""
     from rerank.retrieval.index import rebuild_command
 
-    out: dict[str, Any] = {k: getattr(cfg, k) for k in _ENCODER_KEYS if getattr(cfg, k) is not None}
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in (*_ENCODER_KEYS, "dtype") if getattr(cfg, k) is not None}
     if manifest is None:
         return out
     recorded = manifest.get("encoder")
     recorded = recorded if isinstance(recorded, dict) else {}
-    given = {**out, "dtype": cfg.dtype} if cfg.dtype is not None else out
     for k in (*_ENCODER_KEYS, "dtype"):
-        if k not in recorded or k not in given or k in ("query_prefix", "query_max_length"):
+        if k not in recorded or k not in out or k in ("query_prefix", "query_max_length"):
             continue
-        if given[k] != recorded[k]:
+        if out[k] != recorded[k]:
             index = getattr(cfg, "index", None) or "?"
-            redo = rebuild_command(index, manifest, model=model, dataset=dataset, settings=given)
-            raise RerankError(f"index {index}: built with {k}={recorded[k]!r}, but {k}={given[k]!r} was given; drop "
+            redo = rebuild_command(index, manifest, model=model, dataset=dataset, settings=out)
+            raise RerankError(f"index {index}: built with {k}={recorded[k]!r}, but {k}={out[k]!r} was given; drop "
                               f"the option, or rebuild the index with it: {redo}")
     for k in _ENCODER_KEYS:
         if k in recorded and fill:
             out.setdefault(k, recorded[k])
-    if cfg.dtype is None and recorded.get("dtype") in _DTYPES:
-        cfg.dtype = recorded["dtype"]
+    if recorded.get("dtype") in _DTYPES:
+        out.setdefault("dtype", recorded["dtype"])
     return out
 
 
 def load_encoder(model: str, options: EncoderOptions, manifest: dict[str, Any] | None = None,
                  dataset: str | None = None, own: bool = False) -> BiEncoder:
     """The bi-encoder ``model`` with ``options`` over its own settings (and, unless ``own``, an index manifest's, when
-    given; a mismatch names the ``rerank index`` command for ``dataset``)."""
-    return BiEncoder.load(model, device=options.device, dtype=options.dtype, runtime=options.runtime,
-                          quantize=options.quantize,
+    given; its dtype in any case; a mismatch names the ``rerank index`` command for ``dataset``)."""
+    return BiEncoder.load(model, device=options.device, runtime=options.runtime, quantize=options.quantize,
                           **_encoder_overrides(options, manifest, model, dataset, fill=not own))
 
 

@@ -1,4 +1,5 @@
-"""Audit s40 / dense indexes: the index's dtype reaches the query encoder."""
+"""Audit s40 / dense indexes: the index's dtype reaches the query encoder, and the embedding-cache key names the
+text handling the encoder applies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 
 from rerank.data.datasets import resolve_dataset
 from rerank.errors import RerankError
+from rerank.retrieval import dense
 from rerank.retrieval.dense import BiEncoder, DenseConfig, DenseRetriever
+from rerank.retrieval.index import doc_encoding_key
 
 # ---------------------------------------------------------------------------------- 1. the index's dtype
 
@@ -47,3 +50,36 @@ def test_a_dtype_given_other_than_the_index_records_is_refused(bf16_index: Path,
     with pytest.raises(RerankError, match=r"built with dtype='bfloat16', but dtype='float32' was given; drop the "
                                           r"option, or rebuild the index with it: `rerank index .*--dtype float32`"):
         DenseRetriever.from_config(ds, DenseConfig(index=str(bf16_index), dtype="float32", progress=False))
+
+
+# ---------------------------------------------------------------------------------- 3. text handling in the key
+
+LLAMA2 = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + "
+          "' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' }}{% endif %}"
+          "{% endfor %}")
+#: texts holding a special-token string and a Llama-2 template's plain-text turn markers
+PROBES = ["a [SEP] b", "c [INST] d [/INST] e"]
+#: what the encoder hands its tokenizer for PROBES under each text handling the embedding-cache key has named. A change
+#: to that text is a new entry under a new ``dense._TEXT_HANDLING``, never an edit of an entry: embeddings cached or
+#: indexed under the old name were encoded from the old text and must not be reused.
+TEXT_HANDLINGS = {
+    "special-strings-neutralised": ["a [ SEP] b", "c [INST] d [/INST] e"],
+    "special-strings-and-turn-markers-neutralised": ["a [ SEP] b", "c [ INST] d [ /INST] e"],
+}
+
+
+def test_the_cache_key_names_the_text_handling_the_encoder_applies(tiny_st_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn markers became defanged while the key still said "special-strings-neutralised", so embeddings cached
+    before, of documents holding ``[INST]``, were reused although the text now encodes differently."""
+    enc = BiEncoder.load(tiny_st_dir, device="cpu")
+    enc.doc_tokenizer.chat_template = LLAMA2
+    prepared = enc._prepare(PROBES, "doc")
+    named = [name for name, texts in TEXT_HANDLINGS.items() if texts == prepared]
+    assert named == [dense._TEXT_HANDLING], (f"the encoder hands the tokenizer {prepared} (TEXT_HANDLINGS: {named}) "
+                                             f"and the cache key says {dense._TEXT_HANDLING!r}: new text handling "
+                                             "needs a new _TEXT_HANDLING and a new entry here")
+    key = doc_encoding_key(enc, "corpus")
+    for name in set(TEXT_HANDLINGS) - {dense._TEXT_HANDLING}:
+        monkeypatch.setattr(dense, "_TEXT_HANDLING", name)
+        assert doc_encoding_key(enc, "corpus")["model_hash"] != key["model_hash"]

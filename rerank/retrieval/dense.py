@@ -66,9 +66,8 @@ ROUTER_CONFIG = "router_config.json"
 SETTINGS_FILE = "rerank_biencoder.json"
 _ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# how text reaches the tokenizer, part of the fingerprint: embeddings (caches, indexes) made before special-token
-# strings were neutralised differ for texts holding one, so they must not be reused
-_TEXT_HANDLING = "special-strings-neutralised"
+# text handling (in the fingerprint): special-token strings, markup-like tokens, chat-template turn markers defanged
+_TEXT_HANDLING = "special-strings-and-turn-markers-neutralised"
 
 
 @dataclass
@@ -365,7 +364,7 @@ class BiEncoder(torch.nn.Module):
     # ------------------------------------------------------------------ identity
     def fingerprint(self, side: Side = "doc") -> str:
         """SHA-256 of one side's weights (as float32, so storage dtype does not matter), tokenizer, and how text is
-        given to it (special-token strings neutralised).
+        given to it (special-token strings and chat-template turn markers neutralised).
 
         The model part of index manifests and embedding-cache keys; independent of where or how the folder was saved.
         """

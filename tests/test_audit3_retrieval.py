@@ -13,7 +13,7 @@ from rerank.data.datasets import resolve_dataset
 from rerank.errors import RerankError
 from rerank.retrieval import dense
 from rerank.retrieval.dense import BiEncoder, DenseConfig, DenseRetriever
-from rerank.retrieval.index import doc_encoding_key
+from rerank.retrieval.index import doc_encoding_key, settings_differences
 
 # ---------------------------------------------------------------------------------- 1. the index's dtype
 
@@ -83,3 +83,16 @@ def test_the_cache_key_names_the_text_handling_the_encoder_applies(tiny_st_dir: 
     for name in set(TEXT_HANDLINGS) - {dense._TEXT_HANDLING}:
         monkeypatch.setattr(dense, "_TEXT_HANDLING", name)
         assert doc_encoding_key(enc, "corpus")["model_hash"] != key["model_hash"]
+
+
+# ---------------------------------------------------------------------------------- 4. one settings comparison
+
+
+def test_settings_differences_names_each_differing_setting() -> None:
+    """The index check, ADORE's and STAR's each had a copy of this comparison."""
+    expected = {"pooling": "cls", "normalize": True, "dtype": "float32"}
+    assert settings_differences({"pooling": "cls", "normalize": True, "dtype": "float32", "extra": 1}, expected) == ""
+    assert settings_differences({"pooling": "mean", "dtype": "float32"}, expected) == (
+        "pooling='mean' (the model: 'cls'), normalize='<not recorded>' (the model: True)")
+    assert settings_differences(None, {"pooling": "cls"}, "the starting model") == (
+        "pooling='<not recorded>' (the starting model: 'cls')")

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +57,7 @@ __all__ = [
     "embedding_cache_dir",
     "encode_corpus",
     "encode_corpus_cached",
+    "settings_differences",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,14 @@ def _rebuild_flags(settings: dict[str, Any]) -> str:
         elif flag is not None:
             flags.append(f"{flag} {shlex.quote(str(v))}")
     return " ".join(flags)
+
+
+def settings_differences(recorded: Any, expected: Mapping[str, Any], whose: str = "the model") -> str:
+    """The settings in ``expected`` that ``recorded`` (a manifest's ``encoder`` block; not a dict: none recorded) has
+    otherwise, as ``key=recorded (whose: expected)`` joined by commas; ``""`` when every one matches."""
+    have = recorded if isinstance(recorded, dict) else {}
+    return ", ".join(f"{k}={have.get(k, '<not recorded>')!r} ({whose}: {v!r})" for k, v in expected.items()
+                     if have.get(k, "<not recorded>") != v)
 
 
 #: the ``rerank index`` flag of each encoder setting a manifest records that a rebuild must repeat
@@ -720,13 +729,12 @@ def _faiss_reason(error: RuntimeError) -> str:
 def _check_encoder_settings(path: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:
     """Refuse an index whose manifest records document-encoder settings other than ``expected``, in one line naming
     each differing setting and the ``rerank index`` command that rebuilds it."""
-    recorded = manifest.get("encoder")
-    recorded = recorded if isinstance(recorded, dict) else {}
-    diff = {k: v for k, v in expected.items() if recorded.get(k, "<not recorded>") != v}
-    if not diff:
+    shown = settings_differences(manifest.get("encoder"), expected)
+    if not shown:
         return
-    shown = ", ".join(f"{k}={recorded.get(k, '<not recorded>')!r} (the model: {v!r})" for k, v in diff.items())
-    flags = _rebuild_flags(diff)
+    recorded = manifest.get("encoder")
+    flags = _rebuild_flags({k: v for k, v in expected.items()
+                            if not isinstance(recorded, dict) or recorded.get(k, "<not recorded>") != v})
     raise RerankError(
         f"{path}: built with other document-encoder settings than the model's: {shown}; its embeddings do not match "
         f"the model's documents: rebuild it with `rerank index --model {manifest.get('model')}"

@@ -110,7 +110,7 @@ class AdoreTrainer(RetrieverTrainer):
         """Refuse an index built with another model than the starting one, or with other document-encoder settings
         than the model's own, naming the ``rerank index`` command (for ``dataset``, a folder) that builds the right one
         (the other mismatches: :meth:`DenseIndex.load`)."""
-        from rerank.retrieval.index import rebuild_command
+        from rerank.retrieval.index import rebuild_command, settings_differences
 
         try:
             manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
@@ -127,12 +127,10 @@ class AdoreTrainer(RetrieverTrainer):
                 f"starting model {cfg.model!r} ({doc_hash[:12]}…), whose document embeddings ADORE trains against: "
                 f"rebuild it with {redo}{other}"
             )
-        encoder = manifest.get("encoder") if isinstance(manifest.get("encoder"), dict) else {}
-        diff = {k: v for k, v in doc_settings.items() if encoder.get(k, "<not recorded>") != v}
-        if diff:
+        shown = settings_differences(manifest.get("encoder"), doc_settings)
+        if shown:
             own = {**dataclasses.asdict(self.save_settings), "dtype": doc_settings["dtype"]}
             redo = rebuild_command(path, manifest, model=cfg.model, dataset=dataset, settings=own)
-            shown = ", ".join(f"{k}={encoder.get(k, '<not recorded>')!r} (the model: {v!r})" for k, v in diff.items())
             raise RerankError(
                 f"{path}: built with other document-encoder settings than the model's: {shown}; its embeddings do not "
                 f"match the model's documents: rebuild it with the model's own settings: {redo}{other}"

@@ -25,6 +25,7 @@ import torch
 from rerank.config import option_default
 from rerank.errors import ConfigError, RerankError
 from rerank.methods.contrastive.trainer import draw_negatives
+from rerank.retrieval.index import settings_differences
 from rerank.trainers.base import TrainContext
 from rerank.trainers.retriever import (
     RetrieverTrainConfig,
@@ -89,8 +90,7 @@ class StarTrainer(RetrieverTrainer):
                 if not isinstance(encoder, dict):
                     return ("its encoder settings (pooling, normalisation, prefixes, lengths) are not recorded (mined "
                             "by an earlier rerank)")
-                diff = ", ".join(f"{k}={encoder.get(k, '<not recorded>')!r} (the starting model: {v!r})"
-                                 for k, v in own.items() if encoder.get(k, "<not recorded>") != v)
+                diff = settings_differences(encoder, own, "the starting model")
                 return f"mined with other encoder settings than the starting model's: {diff}"
             if raw.get("depth") != cfg.negatives_depth:
                 return f"mined to depth {raw.get('depth')}, not negatives_depth {cfg.negatives_depth}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Callable
@@ -56,6 +57,12 @@ def minilm_path() -> Path:
 # files one of which every model folder we load holds: transformers (config.json), sentence-transformers
 # (modules.json), a PEFT adapter (adapter_config.json), an untied bi-encoder (biencoder.json)
 _MODEL_FILES = ("config.json", "modules.json", "adapter_config.json", "biencoder.json")
+# the JSON files transformers reads a folder's tokenizer from (vocab.txt, merges.txt and the like are plain text: no cut
+# makes them unreadable)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.json")
+# tokenizer files found readable: (path, size, modification time), so a folder checked twice is parsed once
+_READABLE: set[tuple[str, int, int]] = set()
 # a Hugging Face hub id: "name" or "owner/name" (letters, digits, '-', '_', '.'; no leading '-' or '.')
 _HUB_ID = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*/)?[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -70,16 +77,47 @@ def _in_hub_cache(repo_id: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in _MODEL_FILES)
 
 
+def _check_tokenizer_files(folder: Path) -> None:
+    """Each tokenizer JSON file in ``folder`` parses and holds what the loaders read, else a one-line
+    :class:`ConfigError` naming the file and what is wrong (transformers' own error names neither: a truncated
+    ``tokenizer.json`` reads ``Expecting value: line 2282 column 8``)."""
+    for name in _TOKENIZER_FILES:
+        file = folder / name
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        key = (str(file), stat.st_size, stat.st_mtime_ns)
+        if key in _READABLE:
+            continue
+        fix = "the model folder's tokenizer is damaged: copy, download or save it again"
+        try:
+            data = json.loads(file.read_bytes())
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ConfigError(f"{file}: not valid JSON ({e}); {fix}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: holds a JSON {type(data).__name__}, not an object; {fix}")
+        if name == "tokenizer.json":
+            if "model" not in data:  # the one key the tokenizers library cannot do without
+                raise ConfigError(f"{file}: no key 'model' (every tokenizer.json has its model there); {fix}")
+            if not isinstance(data["model"], dict):
+                raise ConfigError(f"{file}: 'model' holds a JSON {type(data['model']).__name__}, not an object; {fix}")
+        _READABLE.add(key)
+
+
 def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
     """Fail fast, before any expensive work, when ``name_or_path`` cannot be a model to load here.
 
     Accepted: a registered packaged model, a folder holding one of ``_MODEL_FILES`` or a ``.gguf``, a ``.gguf``
     file, and a hub id (``owner/name``) unless the hub is offline (``HF_HUB_OFFLINE=1``) and it is not in the local
-    cache. Anything else raises a one-line :class:`ConfigError`.
+    cache. Anything else raises a one-line :class:`ConfigError`, and so does a damaged tokenizer JSON file of a folder
+    (``tokenizer.json``, ``tokenizer_config.json``, …: cut, not JSON, no tokenizer in it), naming the file.
     """
     name = str(name_or_path)
     if name in PACKAGED_MODELS:
-        packaged_model_path(name)
+        packaged = packaged_model_path(name)
+        if packaged.is_dir():
+            _check_tokenizer_files(packaged)
         return
     path = Path(name).expanduser()
     if path.is_file():
@@ -91,6 +129,7 @@ def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
         if not any((path / f).is_file() for f in _MODEL_FILES) and not any(path.glob("*.gguf")):
             raise ConfigError(f"{what} {name} is a folder without a model in it (no {', '.join(_MODEL_FILES)} "
                               f"or .gguf file); give the folder the model was saved to")
+        _check_tokenizer_files(path)
         return
     if not _HUB_ID.fullmatch(name) or name.startswith(("./", "../", "~")):
         raise ConfigError(f"{what} {name} does not exist (neither a folder nor a Hugging Face hub id)")

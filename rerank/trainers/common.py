@@ -15,7 +15,7 @@ import logging
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -258,7 +258,12 @@ class CommonTrainConfig(TrainSchedule):
     query is cut as that head cuts it). ``max_length`` unset: 1024 for the LLM heads; for the cross-encoder 0, the
     model's own as its inference head takes it (its trainer records the number); unset (None) for the heads that do not
     read it. ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to select on), else 0 (every query
-    trains); ``data.dev_max`` and (with ``data.path``) ``data.seed`` are then refused: nothing reads them."""
+    trains); ``data.dev_max`` and (with ``data.path``) ``data.seed`` are then refused: nothing reads them.
+
+    An unset option whose default follows the head or the starting model (these, ``loss``, GRPO's
+    ``num_generations``, …) is derived again in a copy made with ``dataclasses.replace``: ``replace(cfg,
+    head="first")`` equals the config built with ``head="first"``. A value the user gave is kept, unless it equals the
+    one derived before (it then counts as unset)."""
 
     key_hints: ClassVar[Mapping[str, tuple[str, str]]] = RERANKER_KEY_HINTS
 
@@ -272,10 +277,14 @@ class CommonTrainConfig(TrainSchedule):
     window_order: Literal["shuffled", "first_stage"] = "shuffled"  # see Task.windows
     max_length: int | None = None
     lora: LoraOptions = field(default_factory=LoraOptions)
+    #: the options ``__post_init__`` derived (name -> value), kept on the instance under this name so that
+    #: ``dataclasses.replace`` passes them to the copy; no option (never read from or written to a config file)
+    _derived: InitVar[dict[str, Any] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
         from rerank.methods import all_methods, get_method
 
+        self._forget_derived(_derived)
         super().__post_init__()
         self._own_blocks()
         get_method(self.head, kind="reranker")
@@ -293,7 +302,7 @@ class CommonTrainConfig(TrainSchedule):
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
         if self.max_query_tokens is None:
-            self.max_query_tokens = _query_tokens_default(self.head)
+            self._derive("max_query_tokens", _query_tokens_default(self.head))
         for name in ("max_doc_tokens", "max_query_tokens"):  # a cut to <= 0 tokens drops the text
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -318,6 +327,21 @@ class CommonTrainConfig(TrainSchedule):
                 raise ConfigError(f"data.{unread[0]} {getattr(self.data, unread[0])} is read only when a dev split is "
                                   "carved (data.dev_fraction > 0 with eval_steps > 0), and there is none: drop "
                                   f"data.{unread[0]}{seed}")
+
+    def _forget_derived(self, derived: dict[str, Any] | None) -> None:
+        """Unset again the options that still hold the value an earlier build ``derived`` for them (this config is a
+        ``dataclasses.replace`` copy), so that they follow this config's head and model; once per build."""
+        if "_derived" in vars(self):
+            return
+        for name, value in (derived or {}).items():
+            if getattr(self, name) == value:
+                setattr(self, name, option_default(self, name))
+        self._derived: dict[str, Any] = {}
+
+    def _derive(self, name: str, value: Any) -> None:
+        """Set the unset option ``name`` to ``value``, its default for this head or starting model."""
+        setattr(self, name, value)
+        self._derived[name] = value
 
     def _own_blocks(self) -> None:
         """``data`` and ``lora`` as this config's own objects: a mapping is read as the block's config, and a given
@@ -345,12 +369,14 @@ class CommonTrainConfig(TrainSchedule):
         from rerank.methods import get_method
 
         if self.head == "cross-encoder":
-            self.max_length = self.max_length or 0
+            if self.max_length is None:
+                self._derive("max_length", 0)
             if 0 < self.max_length < 8 or self.max_length < 0:
                 raise ConfigError(f"max_length must be >= 8 for the cross-encoder (its inference head refuses a shorter "
                                   f"pair), or 0 / unset for the model's own limit; got {self.max_length}")
         elif get_method(self.head).sft is None:
-            self.max_length = 1024 if self.max_length is None else self.max_length
+            if self.max_length is None:
+                self._derive("max_length", 1024)
             if self.max_length < 1:
                 raise ConfigError(f"max_length must be >= 1 (tokens of prompt and target), got {self.max_length}")
 

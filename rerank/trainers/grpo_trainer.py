@@ -75,20 +75,22 @@ class GRPOTrainConfig(CommonTrainConfig):
     vllm_mode: Literal["colocate", "server"] = "colocate"
     log_completions: bool = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
         from rerank.methods import get_method, method_names
 
+        self._forget_derived(_derived)
         self._inherit_head_options()
-        super().__post_init__()
+        super().__post_init__(_derived)
         if self.window is None:  # a head that trains on no windows: the shared default, never read
-            self.window = int(option_default(CommonTrainConfig, "window"))
+            self._derive("window", int(option_default(CommonTrainConfig, "window")))
         method = get_method(self.head)
         if method.grpo is None or not method.trains_with("grpo"):
             raise ConfigError(f"grpo trains the generative LLM heads ({', '.join(method_names(trains_with='grpo'))}); "
                               f"{self.head!r} trains with 'sft'")
-        self.num_generations = self.num_generations or method.grpo.num_generations
+        if not self.num_generations:
+            self._derive("num_generations", method.grpo.num_generations)
         if self.learning_rate is None:
-            self.learning_rate = method.grpo.learning_rate
+            self._derive("learning_rate", method.grpo.learning_rate)
         if self.erank_reference != "model" and self.head != "erank":
             raise ConfigError("erank_reference is an option of head 'erank' only")
         if self.rollout == "plackett-luce":
@@ -159,9 +161,9 @@ class GRPOTrainConfig(CommonTrainConfig):
             mine, theirs = getattr(self, name), recorded.get(key)
             if mine is None:
                 if isinstance(theirs, int) and not isinstance(theirs, bool):
-                    setattr(self, name, theirs)
+                    self._derive(name, theirs)
                 elif name != "max_query_tokens":  # resolved by the head (CommonTrainConfig)
-                    setattr(self, name, option_default(CommonTrainConfig, name))
+                    self._derive(name, option_default(CommonTrainConfig, name))
             elif theirs is not None and mine != theirs:
                 differ.append(f"{name} {mine} (it was trained with {key} {theirs})")
         if self.template and isinstance(recorded.get("template"), dict):

@@ -54,15 +54,16 @@ class SFTTrainConfig(CommonTrainConfig):
     distill_temperature: float | None = None
     positive_bonus: float | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
         from rerank.methods import get_method, method_names
 
-        super().__post_init__()
+        super().__post_init__(_derived)
         method = get_method(self.head)
         if not method.trains_with("sft"):
             trained = ", ".join(method_names(trains_with="sft"))
             raise ConfigError(f"sft does not train {self.head!r}; it trains: {trained}")
-        self.loss = self.loss or method.sft_losses[0]
+        if not self.loss:
+            self._derive("loss", method.sft_losses[0])
         if self.loss not in method.sft_losses:
             raise ConfigError(f"loss for {self.head} must be one of {list(method.sft_losses)}, got {self.loss!r}")
         if self.loss == "mnrl" and self.data.negatives_per_positive < 1:
@@ -70,7 +71,8 @@ class SFTTrainConfig(CommonTrainConfig):
         if self.in_batch_negatives is not None and self.loss != "mnrl":
             raise ConfigError("in_batch_negatives is an option of the cross-encoder's loss 'mnrl' only")
         if self.loss == "mnrl":
-            self.in_batch_negatives = 4 if self.in_batch_negatives is None else self.in_batch_negatives
+            if self.in_batch_negatives is None:
+                self._derive("in_batch_negatives", 4)
             if self.in_batch_negatives < 0:
                 raise ConfigError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
         distill = {"group_size": self.group_size, "distill_temperature": self.distill_temperature,
@@ -83,9 +85,9 @@ class SFTTrainConfig(CommonTrainConfig):
                 raise ConfigError(f"{given[0]} is an option of the cross-encoder's distillation losses "
                                   f"(margin-mse, listwise-kl), not of loss {self.loss!r}{hint}")
         else:
-            self.group_size = 0 if self.group_size is None else self.group_size
-            self.distill_temperature = 1.0 if self.distill_temperature is None else self.distill_temperature
-            self.positive_bonus = 0.0 if self.positive_bonus is None else self.positive_bonus
+            for name, value in (("group_size", 0), ("distill_temperature", 1.0), ("positive_bonus", 0.0)):
+                if getattr(self, name) is None:
+                    self._derive(name, value)
             if self.group_size < 0 or self.group_size == 1:
                 raise ConfigError(f"group_size must be 0 (all candidates) or >= 2, got {self.group_size}")
             if self.distill_temperature <= 0:

@@ -1,19 +1,28 @@
-"""Audit s40 / dense indexes: the index's dtype reaches the query encoder, and the embedding-cache key names the
-text handling the encoder applies."""
+"""Audit s40 / dense indexes: the index's dtype reaches the query encoder, every printed ``rerank index`` command is
+complete and runs, and the embedding-cache key names the text handling the encoder applies."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from rerank.cli import build_parser
 from rerank.data.datasets import resolve_dataset
 from rerank.errors import RerankError
 from rerank.retrieval import dense
 from rerank.retrieval.dense import BiEncoder, DenseConfig, DenseRetriever
-from rerank.retrieval.index import doc_encoding_key, settings_differences
+from rerank.retrieval.index import (
+    DenseIndex,
+    doc_encoder_settings,
+    doc_encoding_key,
+    rebuild_command,
+    settings_differences,
+)
 
 # ---------------------------------------------------------------------------------- 1. the index's dtype
 
@@ -50,6 +59,49 @@ def test_a_dtype_given_other_than_the_index_records_is_refused(bf16_index: Path,
     with pytest.raises(RerankError, match=r"built with dtype='bfloat16', but dtype='float32' was given; drop the "
                                           r"option, or rebuild the index with it: `rerank index .*--dtype float32`"):
         DenseRetriever.from_config(ds, DenseConfig(index=str(bf16_index), dtype="float32", progress=False))
+
+
+# ---------------------------------------------------------------------------------- 2. complete rebuild commands
+
+
+def _command(message: str) -> list[str]:
+    """The back-quoted ``rerank index`` command of a one-line error, split as a shell would."""
+    assert "\n" not in message and message.count("`") == 2, message
+    words = shlex.split(message.split("`")[1])
+    assert words[:2] == ["rerank", "index"]
+    return words[1:]
+
+
+def test_settings_mismatch_names_a_complete_rebuild_command_that_runs(tiny_st_dir: Path, tiny_beir_dir: Path,
+                                                                      tmp_path: Path, run_cli: Any) -> None:
+    """DenseIndex.load's own settings check printed `rerank index --model M --pooling cls --dtype float32`: no
+    --dataset and no --output, so argparse refused it."""
+    idx = tmp_path / "idx"
+    rc, _, err = run_cli("index", "--model", tiny_st_dir, "--dataset", tiny_beir_dir, "--output", idx, "--no-progress",
+                         "--dtype", "bfloat16")
+    assert rc == 0, err
+    encoder = BiEncoder.load(tiny_st_dir, device="cpu", pooling="cls")
+    with pytest.raises(RerankError) as info:
+        DenseIndex.load(idx, encoder=doc_encoder_settings(encoder), model=str(tiny_st_dir),
+                        dataset=str(tiny_beir_dir))
+    message = str(info.value)
+    assert "pooling='mean' (the model: 'cls'), dtype='bfloat16' (the model: 'float32')" in message
+    argv = _command(message)
+    args = build_parser().parse_args(argv)
+    assert (args.model, args.dataset, args.output) == (str(tiny_st_dir), str(tiny_beir_dir), str(idx))
+    assert (args.pooling, args.dtype) == ("cls", "float32")
+    rc, _, err = run_cli(*argv, "--no-progress")
+    assert rc == 0, err
+    recorded = json.loads((idx / "manifest.json").read_text())["encoder"]
+    assert (recorded["pooling"], recorded["dtype"]) == ("cls", "float32")
+    DenseIndex.load(idx, encoder=doc_encoder_settings(encoder))  # what the model's own settings give, now
+
+
+def test_a_prefix_that_looks_like_an_option_is_given_with_equals(tmp_path: Path) -> None:
+    manifest = {"model": "/m", "encoder": {"query_prefix": "-q", "doc_prefix": "--d x", "pooling": "mean"}}
+    args = build_parser().parse_args(_command(rebuild_command(tmp_path / "i", manifest, dataset="/data/b")))
+    assert (args.query_prefix, args.doc_prefix, args.dataset, args.output) == ("-q", "--d x", "/data/b",
+                                                                              str(tmp_path / "i"))
 
 
 # ---------------------------------------------------------------------------------- 3. text handling in the key

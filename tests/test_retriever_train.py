@@ -329,7 +329,9 @@ def test_dense_index_load_compares_encoder_settings(tiny_st_dir: Path, beir: Pat
     assert DenseIndex.load(path, encoder=settings).manifest["encoder"]["pooling"] == settings["pooling"]
     enc.settings = dataclasses.replace(enc.settings, doc_max_length=17, doc_prefix="passage: ")
     with pytest.raises(RerankError, match=r"doc_prefix='' \(the model: 'passage: '\), doc_max_length=\d+ \(the model: "
-                                          r"17\).*--doc-prefix 'passage: ' --doc-max-length 17`"):
+                                          r"17\).*`rerank index --model .* --dataset DATASET --output .*idx .*"
+                                          r"--doc-prefix 'passage: ' --query-max-length \d+ --doc-max-length 17 "
+                                          r"--dtype float32`"):
         DenseIndex.load(path, encoder=doc_encoder_settings(enc))
 
 

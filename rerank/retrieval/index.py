@@ -140,13 +140,6 @@ def doc_encoding_key(encoder: BiEncoder, corpus_sha256: str) -> dict[str, Any]:
             **doc_encoder_settings(encoder)}
 
 
-#: the document-side settings an index manifest's ``encoder`` block records, and the ``rerank index`` flag of each
-DOC_SETTING_FLAGS: dict[str, str | None] = {
-    "pooling": "--pooling", "normalize": "--normalize", "doc_prefix": "--doc-prefix",
-    "doc_max_length": "--doc-max-length", "lowercase": None, "dtype": "--dtype", "title_sep": None,
-}
-
-
 def doc_encoder_settings(encoder: BiEncoder) -> dict[str, Any]:
     """How ``encoder`` turns documents into vectors, as an index manifest's ``encoder`` block records it (pooling,
     normalisation, prefix, max length, lowercasing, dtype, title separator): what :meth:`DenseIndex.load` compares."""
@@ -154,20 +147,6 @@ def doc_encoder_settings(encoder: BiEncoder) -> dict[str, Any]:
     return {"pooling": s.pooling, "normalize": s.normalize, "doc_prefix": s.doc_prefix,
             "doc_max_length": s.doc_max_length, "lowercase": s.lowercase,
             "dtype": str(encoder.dtype).removeprefix("torch."), "title_sep": TITLE_SEP}
-
-
-def _rebuild_flags(settings: dict[str, Any]) -> str:
-    """``rerank index`` flags that give ``settings`` (those that have a flag)."""
-    import shlex
-
-    flags = []
-    for k, v in settings.items():
-        flag = DOC_SETTING_FLAGS.get(k)
-        if flag == "--normalize":
-            flags.append("--normalize" if v else "--no-normalize")
-        elif flag is not None:
-            flags.append(f"{flag} {shlex.quote(str(v))}")
-    return " ".join(flags)
 
 
 def settings_differences(recorded: Any, expected: Mapping[str, Any], whose: str = "the model") -> str:
@@ -202,6 +181,8 @@ def rebuild_command(path: str | Path, manifest: Any = None, *, model: str | None
             continue
         if key == "normalize":
             parts.append("--normalize" if value else "--no-normalize")
+        elif str(value).startswith("-"):  # `--doc-prefix -x` would read -x as an option
+            parts.append(f"{flag}={shlex.quote(str(value))}")
         else:
             parts += [flag, shlex.quote(str(value))]
     index_type = m.get("index_type")
@@ -694,7 +675,7 @@ class DenseIndex:
                 f"with {redo}"
             )
         if encoder is not None:
-            _check_encoder_settings(path, manifest, encoder)
+            _check_encoder_settings(path, manifest, encoder, model, dataset)
         return cls(index, ids, emb, manifest)
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
@@ -726,18 +707,15 @@ def _faiss_reason(error: RuntimeError) -> str:
     return (found[-1] if found else text.splitlines()[-1] if text else type(error).__name__).strip()
 
 
-def _check_encoder_settings(path: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:
+def _check_encoder_settings(path: Path, manifest: dict[str, Any], expected: dict[str, Any], model: str | None,
+                            dataset: str | None) -> None:
     """Refuse an index whose manifest records document-encoder settings other than ``expected``, in one line naming
-    each differing setting and the ``rerank index`` command that rebuilds it."""
+    each differing setting and the ``rerank index`` command (for ``model`` and ``dataset``) that rebuilds it."""
     shown = settings_differences(manifest.get("encoder"), expected)
     if not shown:
         return
-    recorded = manifest.get("encoder")
-    flags = _rebuild_flags({k: v for k, v in expected.items()
-                            if not isinstance(recorded, dict) or recorded.get(k, "<not recorded>") != v})
+    redo = rebuild_command(path, manifest, model=model, dataset=dataset, settings=expected)
     raise RerankError(
         f"{path}: built with other document-encoder settings than the model's: {shown}; its embeddings do not match "
-        f"the model's documents: rebuild it with `rerank index --model {manifest.get('model')}"
-        f"{' ' + flags if flags else ''}` (the model's own settings)"
+        f"the model's documents: rebuild it with the model's own settings: {redo}"
     )
-

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "found; the missing ones are named and skipped)")
     p.add_argument("--bright-source", default=None, help="with --suite bright: folder in the xlangai/BRIGHT layout")
     p.add_argument("--long-documents", action="store_true", help="with --suite bright: the long-document corpus")
+    p.add_argument("--resume", action="store_true",
+                   help="with --suite: keep each member whose folder in --output holds a complete run with these "
+                        "settings and run the rest (one under other settings is refused)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--retriever", help="first-stage retriever (e.g. bm25, pyserini); without it or --first-stage, "
                                          "the dataset folder's own run (bm25_top100.trec or run.trec; an irds: "
@@ -184,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
         ropts["model"], model = model, None  # without a reranker, --model is the retriever's model
     if args.suite is None and (args.datasets or args.bright_source or args.long_documents):
         raise ConfigError("--datasets, --bright-source and --long-documents need --suite")
+    if args.suite is None and args.resume:
+        raise ConfigError("--resume needs --suite: it keeps a suite's finished members; one dataset's eval has no "
+                          "parts to keep (rerun it): drop --resume")
     check_reranker_model(args.reranker, model, backend)
     options = reranker_options(args)
     if args.reranker is not None:
@@ -222,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
         names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
         summary = run_suite(args.suite, cfg, args.output, names, bright_source=args.bright_source,
-                            long_documents=args.long_documents)
+                            long_documents=args.long_documents, resume=args.resume)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in list(summary["mean"].items())[:4])
         skipped = f"; not found, skipped: {', '.join(summary['missing'])}" if summary["missing"] else ""
         print(f"suite {args.suite} ({summary['num_datasets']} datasets) mean: {shown}{skipped} -> "

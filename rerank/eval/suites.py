@@ -15,6 +15,11 @@ A suite run without ``--datasets`` evaluates the members it finds and names the 
 ``missing`` in ``summary.json``); a member named in ``--datasets`` must exist. An output folder holds one suite run:
 the results of members an earlier suite run wrote there and this one does not include are removed once this run's
 first member is written (see :func:`_other_members`). Every member's files are looked for before the reranker loads.
+
+``resume=True`` (``rerank eval --suite ... --resume``) keeps a member whose folder holds a complete run (its
+``metrics.json``) recorded with this run's settings (:func:`_kept_members`) and runs the others; a complete run under
+other settings is refused before any work. A member that fails names itself and says that ``--resume`` continues
+from it; the finished members' results stay.
 """
 
 from __future__ import annotations
@@ -29,15 +34,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rerank.config import changed_options
+from rerank.config import changed_options, to_dict
 from rerank.data.datasets import Dataset, cache_root, default_data_root, resolve_dataset
 from rerank.data.registry import DATASETS
-from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
+from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
 from rerank.eval.pipeline import (
     OUTPUT_FILES,
     EvalConfig,
     check_given_reranker,
     check_llm_io,
+    described_model,
     load_reranker,
     reranker_pool,
     run_eval,
@@ -367,8 +373,9 @@ def _other_members(out: Path, suite: str, entries: Sequence[SuiteEntry]) -> tupl
 def _clear_other_members(out: Path, suite: str, others: Sequence[str], earlier: bool) -> None:
     """Remove the eval files of ``others`` (:func:`_other_members`; logged; files eval does not write are kept, as
     ``rerank eval`` keeps them) and an earlier run's ``summary.json`` / ``summary.md`` (written again, last, once every
-    member is done). Called once this run's first member is written: a run that fails before (the reranker does not
-    load, the first member fails) leaves the earlier run as it was."""
+    member is done). Called once this run's first member is written (when ``resume`` keeps every member: before its
+    summary is written): a run that fails before (the reranker does not load, the first member it runs fails) leaves
+    the earlier run as it was, members kept by ``resume`` included."""
     for f in others:
         (out / f / "metrics.json").unlink(missing_ok=True)  # first: no complete-looking result is left half-removed
         for name in OUTPUT_FILES:
@@ -398,6 +405,138 @@ def _check_members(entries: Sequence[SuiteEntry], base: EvalConfig) -> None:
             raise ConfigError(f"suite member {e.name}: {err}") from None
 
 
+#: EvalConfig fields ``--resume`` does not compare (data_root acts through the dataset folder, compared resolved)
+# none changes results: where they go, how work is spread (workers) or logged, the LLM cache (it replays same answers)
+_NOT_SETTINGS = ("output", "data_root", "workers", "log_llm_io", "llm_cache")
+
+
+def _member_config(base: EvalConfig, e: SuiteEntry, out: Path) -> EvalConfig:
+    """The config member ``e`` is evaluated with: its dataset folder, split, first-stage run and result folder."""
+    first_stage = e.first_stage if base.retriever is None else None
+    return replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
+                   output=str(out / _member_folder(e.name)))
+
+
+def _resolved(value: Any) -> Any:
+    """A model or index named as a path that exists here, as its resolved path (``./m``, ``m`` and ``/abs/m`` are one
+    model); anything else (a hub name, an absent path) as it is."""
+    if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+        return os.path.realpath(os.path.expanduser(value))
+    return value
+
+
+def _settings(config: dict[str, Any], dataset_root: str) -> dict[str, Any]:
+    """A member's config as ``metrics.json`` records it, as ``--resume`` compares it: without :data:`_NOT_SETTINGS`,
+    the dataset as its resolved folder, a folder's own run as its path in that folder, and model and index paths
+    resolved (:func:`_resolved`), however each was spelt."""
+    out = {k: v for k, v in config.items() if k not in _NOT_SETTINGS}
+    out["dataset"] = dataset_root
+    if config.get("first_stage") is not None and config.get("dataset"):
+        out["first_stage"] = os.path.relpath(config["first_stage"], config["dataset"])
+    out["model"] = _resolved(config.get("model"))
+    if isinstance(config.get("retriever_options"), dict):
+        out["retriever_options"] = {k: _resolved(v) if k in ("model", "index") else v
+                                    for k, v in config["retriever_options"].items()}
+    return out
+
+
+def _ranker(desc: dict[str, Any] | None, model: str | None = None) -> dict[str, Any] | None:
+    """What identifies a reranker in its description (``metrics.json``'s ``reranker``): method, model, typed config
+    (not its counters); ``model`` stands in where the description names none."""
+    if desc is None:
+        return None
+    own = described_model(desc)[0]
+    return json.loads(json.dumps({"method": desc.get("method"), "model": own if own is not None else model,
+                                  "config": desc.get("config")}))
+
+
+def _complete_run(folder: Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a complete run in a member's folder (written last, so its presence marks one), or None
+    (none there, or one that does not parse as a run's: the member is run again, which replaces it)."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("%s does not parse (%s): that member is run again", path, e)
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("config", "metrics")) \
+            or "num_queries" not in data:
+        log.warning("%s is not a rerank eval result (no config, metrics, num_queries): that member is run again", path)
+        return None
+    return data
+
+
+def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
+                  reranker: Reranker | None) -> dict[str, dict[str, Any]]:
+    """``--resume``: the recorded ``metrics.json`` of every member whose folder holds a complete run with this run's
+    settings (its EvalConfig but :data:`_NOT_SETTINGS`, and a given reranker's method, model and config). A complete
+    run under other settings is a :class:`ConfigError` naming the members and what differs; before any work."""
+    from rerank.trainers.resume import config_differences  # imports transformers: only when resuming
+
+    given = None
+    if reranker is not None:
+        given = _ranker(reranker.describe(), base.model)
+    kept: dict[str, dict[str, Any]] = {}
+    differ: dict[str, list[str]] = {}
+    for e in entries:
+        recorded = _complete_run(out / _member_folder(e.name))
+        if recorded is None:
+            continue
+        cfg = _member_config(base, e, out)
+        old = _settings(recorded["config"], str(recorded.get("dataset_root") or recorded["config"].get("dataset")))
+        new = _settings(json.loads(json.dumps(to_dict(cfg))), str(e.dataset.root.resolve()))
+        diffs = config_differences(old, new, cfg)
+        if reranker is not None or base.reranker is None:  # else the config names the reranker it loads
+            was = _ranker(recorded.get("reranker"))
+            if was is None or given is None:
+                if was != given:
+                    diffs.append(f"reranker: {_ranker_name(was)} -> {_ranker_name(given)}")
+            else:
+                diffs += config_differences(was, given, None, ("reranker",))
+        if diffs:
+            differ[e.name] = diffs
+        else:
+            kept[e.name] = recorded
+    if differ:
+        name, diffs = next(iter(differ.items()))
+        also = f" (and so do {', '.join(list(differ)[1:])})" if len(differ) > 1 else ""
+        raise ConfigError(f"--resume: {out / _member_folder(name)} holds a complete run of {name} under other settings "
+                          f"(recorded -> this run: {'; '.join(diffs[:3])}{'; …' if len(diffs) > 3 else ''}){also}: "
+                          "drop --resume to evaluate every member again, give another --output, or remove those "
+                          "member folders to evaluate only them again")
+    return kept
+
+
+def _ranker_name(ranker: dict[str, Any] | None) -> str:
+    """A reranker's identity (:func:`_ranker`) in a message: its method and model, or ``none``."""
+    return "none" if ranker is None else f"{ranker['method']} ({ranker['model']})"
+
+
+def _log_kept(suite: str, entries: Sequence[SuiteEntry], kept: dict[str, dict[str, Any]], out: Path) -> None:
+    """One line: which members ``--resume`` keeps and which it runs."""
+    rest = [e.name for e in entries if e.name not in kept]
+    if not kept:
+        log.info("suite %s: --resume: no member folder in %s holds a complete run with these settings; running all "
+                 "%d members", suite, out, len(entries))
+        return
+    log.info("suite %s: --resume keeps %d of %d members (complete runs with these settings in %s: %s); %s", suite,
+             len(kept), len(entries), out, ", ".join(kept), f"running {', '.join(rest)}" if rest else "none to run")
+
+
+def _member_failed(err: BaseException, suite: str, name: str, out: Path, finished: Sequence[str]) -> None:
+    """Say which member failed and that ``--resume`` continues from it: in a :class:`RerankError`'s own one-line
+    message (the CLI prints it), else in a log line, the exception going on as it is. Finished members' results stay."""
+    done = (f"the results of the {len(finished)} finished member{'s' if len(finished) > 1 else ''} stay in {out}"
+            if finished else "no member has finished")
+    hint = f"rerun with --resume to continue from {name} ({done})"
+    if isinstance(err, RerankError) and len(err.args) == 1:
+        err.args = (f"suite {suite}: {name} failed: {err.args[0]}; {hint}",)
+    else:
+        log.error("suite %s: %s did not finish (%s); %s", suite, name, type(err).__name__, hint)
+
+
 def run_suite(
     suite: str,
     base: EvalConfig,
@@ -407,13 +546,18 @@ def run_suite(
     bright_source: str | Path | None = None,
     long_documents: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``base`` (retriever / reranker settings) on every dataset of ``suite``; writes ``summary.json/.md``.
 
     The reranker is loaded once for every dataset as ``rerank eval`` loads it (its LLM calls cached and logged as
     ``base`` says; with ``base.workers`` > 1 in that many processes); each dataset's ``metrics.json`` counts that
     dataset's outputs, forward passes and cache hits only. Each dataset is scored on its own split, so ``base.split``
-    must be left at its default."""
+    must be left at its default.
+
+    ``resume``: keep each member whose folder in ``output`` holds a complete run with these settings (its recorded
+    metrics join the summary; a complete run under other settings is refused before any work) and run the others;
+    the reranker loads only when one is left to run."""
     if base.first_stage is not None:
         raise ConfigError("a suite takes --retriever (or, for dl, each folder's own run), not one --first-stage file")
     if changed_options(base, ("split",)):  # each member is scored on its own split
@@ -432,19 +576,30 @@ def run_suite(
     _check_members(entries, base)
     out = Path(output)
     others, earlier = _other_members(out, suite, entries)  # refused before any work
+    kept = _kept_members(out, entries, base, reranker) if resume else {}
+    if resume:
+        _log_kept(suite, entries, kept, out)
     results: dict[str, dict[str, Any]] = {}
+    cleared = False
     with contextlib.ExitStack() as stack:
         shared: Reranker | WorkerPool | None = reranker
-        if reranker is None and base.reranker is not None:  # loaded once for every dataset, as rerank eval loads it
+        if reranker is None and base.reranker is not None and len(kept) < len(entries):  # loaded once, as eval does
             shared = stack.enter_context(reranker_pool(base)) if base.workers > 1 else load_reranker(base)
         for e in entries:
-            first_stage = e.first_stage if base.retriever is None else None
-            cfg = replace(base, dataset=str(e.dataset.root), split=e.split, first_stage=first_stage,
-                          output=str(out / _member_folder(e.name)))
+            if e.name in kept:
+                results[e.name] = kept[e.name]
+                continue
             log.info("suite %s: %s", suite, e.name)
-            results[e.name] = run_eval(cfg, reranker=shared, progress=progress)
-            if len(results) == 1:  # this run has written a result: the earlier run's other members go
+            try:
+                results[e.name] = run_eval(_member_config(base, e, out), reranker=shared, progress=progress)
+            except BaseException as err:
+                _member_failed(err, suite, e.name, out, list(results))
+                raise
+            if not cleared:  # this run has written a result: the earlier run's other members go
                 _clear_other_members(out, suite, others, earlier)
+                cleared = True
+    if not cleared:  # every member kept: the summary is this run's first result
+        _clear_other_members(out, suite, others, earlier)
     summary = {"suite": suite, **summarize(results), "missing": missing}
     write_json(summary, out / "summary.json")
     with atomic_write(out / "summary.md") as f:

@@ -1,12 +1,15 @@
 """``rerank train TRAINER --config FILE.yaml --output DIR [--set key=value …] [--data-root DIR]
-[--resume | --overwrite]``."""
+[--resume | --overwrite] [--check [--inputs-later]]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
 from rerank.cli.common import add_data_root, check_input_file, check_output_dir
+from rerank.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,24 +28,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="continue the run in --output from its newest complete checkpoint")
     again.add_argument("--overwrite", action="store_true",
                        help="replace the run in --output (removes its model, adapter, checkpoints and run files)")
+    p.add_argument("--check", action="store_true",
+                   help="check the run without training or writing anything: the config with --set, the starting "
+                        "model and data files, and the run in --output; prints a line and then 'state: train', "
+                        "'state: done' (a finished model of this config) or 'state: resume' (continue with --resume)")
+    p.add_argument("--inputs-later", action="store_true",
+                   help="with --check: do not look for the starting model and the data files (for a script whose "
+                        "earlier step makes them)")
     add_data_root(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_inputs(cfg: Any) -> None:
+    """The files and models ``cfg`` reads exist here (a model also as a packaged model or hub id), before any data is
+    read or mined: the starting model, the data file (``data.path``), a teacher, an index or a negatives file."""
     from rerank.models import check_model_path
-    from rerank.trainers.api import run_trainer
+
+    check_model_path(cfg.model, "model")  # the config key (or --set model=…)
+    if getattr(cfg, "distill_model", None):
+        check_model_path(cfg.distill_model, "distill_model")
+    data_path = getattr(getattr(cfg, "data", None), "path", None)
+    for name, value in (("data.path", data_path), ("index", getattr(cfg, "index", None)),
+                        ("negatives_file", getattr(cfg, "negatives_file", None))):
+        if isinstance(value, str) and value and not Path(value).expanduser().exists():
+            raise ConfigError(f"{name} {value} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
     from rerank.trainers.base import get_trainer, load_train_config
-    from rerank.trainers.resume import main_process
 
     trainer = get_trainer(args.trainer)
+    if args.inputs_later and not args.check:
+        raise ConfigError("--inputs-later is an option of --check (training needs its inputs)")
     check_output_dir(args.output)
     if args.config is not None:
         check_input_file(args.config, "--config")
     cfg = load_train_config(trainer.config_class, args.config, args.overrides)
-    check_model_path(cfg.model, "model")  # the config key (or --set model=…); before any data is read or mined
+    if args.check:
+        return _check(args, cfg)
+    check_inputs(cfg)
+    from rerank.trainers.api import run_trainer
+    from rerank.trainers.resume import main_process
+
     result = run_trainer(args.trainer, cfg, args.output, args.data_root, args.resume, args.overwrite)
     if not main_process():  # under torchrun every rank returns the same result: rank 0 prints it once
         return 0
     print(json.dumps({"trainer": args.trainer, "output": args.output, **(result or {})}, default=str))
+    return 0
+
+
+def _check(args: argparse.Namespace, cfg: Any) -> int:
+    """``--check``: what the run would do with --output, then its inputs when it would train; nothing written."""
+    from rerank.trainers.resume import check_run, input_paths
+
+    state, line = check_run(Path(args.output), args.trainer, cfg, args.resume, args.overwrite,
+                            input_paths(cfg, args.data_root))
+    if state != "done" and not args.inputs_later:
+        check_inputs(cfg)
+    print(line)
+    print(f"state: {state}")
     return 0

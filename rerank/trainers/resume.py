@@ -32,6 +32,7 @@ __all__ = [
     "RUN_FILES",
     "LossLedger",
     "check_overwrite_inputs",
+    "check_run",
     "check_same_run",
     "checkpoint_problems",
     "config_differences",
@@ -41,6 +42,7 @@ __all__ = [
     "main_process",
     "prepare_output",
     "resume_arg",
+    "run_differences",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,16 +166,18 @@ def last_checkpoint(output: Path, drop_partial: bool = False) -> str | None:
     return str(found) if found is not None else None
 
 
-def resume_arg(output: Path, resume: bool) -> str | None:
+def resume_arg(output: Path, resume: bool, drop_partial: bool = True) -> str | None:
     """The checkpoint to resume from: the newest complete one. ``--resume`` without a complete checkpoint is an error,
-    not a silent fresh start, and a fresh run into a folder holding checkpoints is refused, not mixed with them."""
+    not a silent fresh start, and a fresh run into a folder holding checkpoints is refused, not mixed with them.
+    ``drop_partial``: remove a newer partial checkpoint (:func:`last_checkpoint`); false for a check that writes
+    nothing."""
     if not resume:
         found = _checkpoints(output)
         if found:
             raise ConfigError(f"{output} already holds checkpoints ({found[0][1].name}); pass --resume to continue "
                               f"that run, --overwrite to replace it, or use a new --output")
         return None
-    ckpt = last_checkpoint(output, drop_partial=True)
+    ckpt = last_checkpoint(output, drop_partial=drop_partial)
     if ckpt is None:
         found = _checkpoints(output)
         what = f"none of {', '.join(p.name for _, p in found)} is complete" if found else "none found"
@@ -240,7 +244,7 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
     if record["trainer"] != trainer:
         raise ConfigError(f"--resume: {output} holds a {record.get('trainer')!r} run, not {trainer!r}; resume it with "
                           f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
-    diffs = config_differences(record.get("config", {}), json.loads(json.dumps(to_dict(config))), config)
+    diffs = run_differences(record.get("config", {}), config)
     allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
     if allowed:
         log.warning("--resume with %s (the learning-rate schedule follows the new length)", "; ".join(allowed))
@@ -255,6 +259,26 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
 #: the config options that name files or folders a run reads (the starting model, the data, a retriever's index,
 #: teacher or negatives file): ``--overwrite`` never removes one of them
 INPUT_OPTIONS = ("model", "data.path", "data.beir", "dataset", "index", "distill_model", "negatives_file")
+
+
+def run_differences(recorded: Any, config: Any) -> list[str]:
+    """:func:`config_differences` between a run's recorded config (``rerank_train.json``'s ``config``) and ``config``.
+    An input path (:data:`INPUT_OPTIONS`) spelt another way that names the same file or folder here (``./OUT/x`` and
+    an absolute ``OUT/x``, ``~``) is no difference."""
+    new = json.loads(json.dumps(to_dict(config)))
+    for name in INPUT_OPTIONS:
+        *parents, last = name.split(".")
+        old_at, new_at = recorded, new
+        for part in parents:
+            old_at = old_at.get(part) if isinstance(old_at, dict) else None
+            new_at = new_at.get(part) if isinstance(new_at, dict) else None
+        if not (isinstance(old_at, dict) and isinstance(new_at, dict)):
+            continue
+        was, now = old_at.get(last), new_at.get(last)
+        if isinstance(was, str) and isinstance(now, str) and was != now and \
+                os.path.realpath(os.path.expanduser(was)) == os.path.realpath(os.path.expanduser(now)):
+            new_at[last] = was
+    return config_differences(recorded, new, config)
 
 
 def input_paths(config: Any, data_root: str | None = None) -> list[tuple[str, Path]]:
@@ -298,17 +322,17 @@ def check_overwrite_inputs(output: Path, inputs: list[tuple[str, Path]]) -> None
                                   f"run to a new --output, or move {given} out of {output} first")
 
 
-def prepare_output(output: Path, resume: bool, overwrite: bool, inputs: list[tuple[str, Path]] | None = None
-                   ) -> None:
+def prepare_output(output: Path, resume: bool, overwrite: bool, inputs: list[tuple[str, Path]] | None = None,
+                   dry_run: bool = False) -> None:
     """Check the run folder before anything is written or loaded: a folder holding a trained model or checkpoints is
     continued (``resume``, which needs a complete checkpoint), replaced (``overwrite``: the files of
     :data:`RUN_FILES` removed, nothing else, and refused when one of them holds one of ``inputs``, the (option, path)
-    of what the run reads: :func:`input_paths`) or refused."""
+    of what the run reads: :func:`input_paths`) or refused. ``dry_run``: the same checks, nothing removed."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run in --output, or replace it")
     if overwrite:
         check_overwrite_inputs(output, inputs or [])
-        if main_process():
+        if main_process() and not dry_run:
             for path in _removed(output):  # the files check_overwrite_inputs looked at, and no others
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
@@ -316,8 +340,8 @@ def prepare_output(output: Path, resume: bool, overwrite: bool, inputs: list[tup
                     path.unlink()
         return
     if resume:
-        resume_arg(output, True)
-        if main_process():  # staged model folders a killed save left: the resumed run writes its own
+        resume_arg(output, True, drop_partial=not dry_run)
+        if main_process() and not dry_run:  # staged model folders a killed save left: the resumed run writes its own
             for name in ("model", "adapter"):
                 for path in output.glob(f".{name}.*"):
                     shutil.rmtree(path, ignore_errors=True)
@@ -327,6 +351,81 @@ def prepare_output(output: Path, resume: bool, overwrite: bool, inputs: list[tup
     if held:
         raise ConfigError(f"{output} already holds a training run ({', '.join(held)}); pass --resume to continue it, "
                           f"--overwrite to replace it, or use a new --output")
+
+
+def _trained_length(output: Path, config: Any) -> bool:
+    """Whether the newest checkpoint under ``output`` (its ``trainer_state.json``) ran to the ``max_steps`` (or, with
+    ``max_steps`` unset, the ``epochs``) of ``config``: a resumed run keeps its first record, so the checkpoint tells
+    how long the model trained."""
+    for _step, ckpt in _checkpoints(output):
+        try:
+            state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(state, dict):
+            return False
+        max_steps = getattr(config, "max_steps", 0) or 0
+        if max_steps > 0:
+            return state.get("max_steps") == max_steps
+        return state.get("num_train_epochs") == getattr(config, "epochs", None)
+    return False
+
+
+def _resumable(output: Path, trainer: str, config: Any) -> tuple[str, str]:
+    """``--resume``'s checks of ``output`` (:func:`prepare_output`'s complete checkpoint, nothing removed, then
+    :func:`check_same_run`) and the line naming the checkpoint it continues from."""
+    ckpt = resume_arg(output, True, drop_partial=False)
+    check_same_run(output, trainer, config)
+    return "resume", f"{output}: --resume continues the run from {Path(str(ckpt)).name}"
+
+
+def check_run(output: Path, trainer: str, config: Any, resume: bool = False, overwrite: bool = False,
+              inputs: list[tuple[str, Path]] | None = None) -> tuple[str, str]:
+    """What ``rerank train`` would do with the run folder ``output`` (``rerank train --check``), writing and removing
+    nothing: ``(state, line)``, state ``train``, ``done`` or ``resume`` (continue with ``--resume``); a run it would
+    refuse raises a one-line :class:`ConfigError`.
+
+    With ``resume`` or ``overwrite``: that run's own checks (:func:`prepare_output`, :func:`check_same_run`). Without:
+    a finished model (``model/``) is ``done`` when its record names this config (:func:`run_differences`; one without
+    a record is kept as it is), ``resume`` when only a longer ``max_steps`` or ``epochs`` is asked for, refused when
+    other options differ; an interrupted run (checkpoints, no model) is ``resume``; an empty folder is ``train``.
+    """
+    if overwrite:
+        prepare_output(output, False, True, inputs, dry_run=True)
+        held = [p.name for p in _removed(output)]
+        return "train", (f"{output}: --overwrite replaces the run there ({', '.join(held)}) and trains from the start"
+                         if held else f"{output}: no run there yet: training starts from the beginning")
+    if resume:
+        return _resumable(output, trainer, config)
+    model = output / "model"
+    if not model.is_dir():
+        if not _checkpoints(output):
+            prepare_output(output, False, False, inputs, dry_run=True)  # refuses an adapter/ without its model
+            return "train", f"{output}: no run there yet: training starts from the beginning"
+        return _resumable(output, trainer, config)
+    path = output / "rerank_train.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or "trainer" not in record or "config" not in record:
+        return "done", f"{model} exists (no run record in {path} to compare with): training is done"
+    if record["trainer"] != trainer:
+        raise ConfigError(f"{model} is a {record['trainer']!r} run, not {trainer!r}: write to another --output")
+    diffs = run_differences(record["config"], config)
+    other = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
+    if other:
+        more = f" (and {len(other) - 4} more)" if len(other) > 4 else ""
+        raise ConfigError(f"{model} was trained with other options ({path}): {'; '.join(other[:4])}{more}: rerun "
+                          f"with those, write to another --output, or remove {model}, {output / 'checkpoints'} and "
+                          f"{path} to train it again")
+    longer = [d for d in diffs if d.split(":", 1)[0] in ("max_steps", "epochs")]
+    if not longer or _trained_length(output, config):
+        return "done", f"{model} exists: training is done"
+    if not _checkpoints(output):
+        raise ConfigError(f"{model} was trained with {'; '.join(longer)} and keeps no checkpoint to continue from: "
+                          f"write to another --output, or remove {model} and {path} to train it again")
+    return _resumable(output, trainer, config)
 
 
 class LossLedger(TrainerCallback, ExportableState):

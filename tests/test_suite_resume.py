@@ -196,3 +196,21 @@ def test_every_member_kept_still_clears_the_earlier_runs_others(data: Path, tmp_
     assert _stamp(out, DL19) == before and not (out / DL20 / "metrics.json").exists()
     assert f"removed the results of {DL20}" in caplog.text
     assert list(json.loads((out / "summary.json").read_text())["datasets"]) == [DL19]
+
+
+def test_a_member_whose_inputs_changed_after_its_run_is_refused(data: Path, tmp_path: Path, run_cli) -> None:
+    """A file a kept member was computed from (its qrels, its folder's run; a model trained again in place) modified
+    after its metrics.json: refused by name, not kept with results of the old inputs."""
+    import os
+
+    out = tmp_path / "o"
+    base = ("eval", "--suite", "dl", "--data-root", data, "--reranker", "test-resume", "--output", out)
+    assert run_cli(*base)[0] == 0
+    assert run_cli(*base, "--resume")[0] == 0  # unchanged: kept
+    written = (out / DL19 / "metrics.json").stat().st_mtime_ns
+    run_file = data / DL19 / "bm25_top100.trec"
+    os.utime(run_file, ns=(written + 10**9, written + 10**9))
+    rc, _, err = run_cli(*base, "--resume")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"holds a complete run of {DL19} under other settings" in err and \
+        f"{run_file} was modified after that run" in err and DL20 not in err.split("(recorded")[1], err

@@ -471,8 +471,9 @@ def _complete_run(folder: Path) -> dict[str, Any] | None:
 def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                   reranker: Reranker | None) -> dict[str, dict[str, Any]]:
     """``--resume``: the recorded ``metrics.json`` of every member whose folder holds a complete run with this run's
-    settings (its EvalConfig but :data:`_NOT_SETTINGS`, and a given reranker's method, model and config). A complete
-    run under other settings is a :class:`ConfigError` naming the members and what differs; before any work."""
+    settings (its EvalConfig but :data:`_NOT_SETTINGS`, and a given reranker's method, model and config) and whose
+    inputs (:func:`_member_inputs`) were not modified after it. A complete run under other settings or on modified
+    inputs is a :class:`ConfigError` naming the members and what differs; before any work."""
     from rerank.trainers.resume import config_differences  # imports transformers: only when resuming
 
     given = None
@@ -495,6 +496,9 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                     diffs.append(f"reranker: {_ranker_name(was)} -> {_ranker_name(given)}")
             else:
                 diffs += config_differences(was, given, None, ("reranker",))
+        changed = _changed_since(_member_inputs(e, cfg), out / _member_folder(e.name) / "metrics.json")
+        if changed is not None:
+            diffs.append(f"{changed} was modified after that run")
         if diffs:
             differ[e.name] = diffs
         else:
@@ -507,6 +511,28 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                           "drop --resume to evaluate every member again, give another --output, or remove those "
                           "member folders to evaluate only them again")
     return kept
+
+
+def _member_inputs(e: SuiteEntry, cfg: EvalConfig) -> list[Path]:
+    """The files and folders a member's result was computed from, that a path names here: its dataset's corpus,
+    queries, qrels and first-stage run, the reranker's model and the retriever's model or index."""
+    paths = [e.dataset.corpus_path, e.dataset.qrels_path(e.split)]  # both checked present (_check_members)
+    with contextlib.suppress(FileNotFoundError):
+        paths.append(e.dataset.queries_path)
+    named = [cfg.first_stage, cfg.model, *(cfg.retriever_options.get(k) for k in ("model", "index"))]
+    return paths + [Path(os.path.expanduser(p)) for p in named if isinstance(p, str) and p]
+
+
+def _changed_since(paths: Sequence[Path], result: Path) -> str | None:
+    """The first of ``paths`` (a file, or a file under a folder) modified after ``result`` was written, or None: a
+    model trained again in place, or a dataset file replaced, since a member was evaluated."""
+    written = result.stat().st_mtime_ns
+    for path in paths:
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+        for f in files:
+            if f.stat().st_mtime_ns > written:
+                return str(f)
+    return None
 
 
 def _ranker_name(ranker: dict[str, Any] | None) -> str:

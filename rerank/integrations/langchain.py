@@ -12,7 +12,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("rerank.integrations.langchain needs langchain-core: pip install 'rerank[langchain]'") from e
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rerank.heads.base import Reranker
 from rerank.types import Document
@@ -28,10 +28,30 @@ class RerankCompressor(BaseDocumentCompressor):
     ``metadata["rerank_rank"]``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    reranker: Any
+    reranker: Reranker
     top_n: int | None = Field(default=3, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, data: Any) -> Any:
+        """Refuse an unknown argument (``top_k``, ``topn``) with a one-line TypeError instead of ignoring it."""
+        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; it takes "
+                            f"{', '.join(cls.model_fields)}")
+        return data
+
+    @field_validator("reranker", mode="before")
+    @classmethod
+    def _is_reranker(cls, value: Any) -> Any:
+        """Refuse anything but a rerank Reranker (a remote one included) when the compressor is built."""
+        if not isinstance(value, Reranker):
+            raise TypeError(f"{cls.__name__}: reranker must be a rerank.Reranker, e.g. Reranker.load(method, "
+                            f"model=...) or Reranker.load('remote', base_url=...), got {type(value).__name__}; "
+                            f"or build both with {cls.__name__}.load(method, model=...)")
+        return value
 
     @classmethod
     def load(cls, method: str, model: str | None = None, top_n: int | None = 3, **options: Any) -> RerankCompressor:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 try:
-    from llama_index.core.bridge.pydantic import Field
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
+    from llama_index.core.callbacks import CBEventType, EventPayload
+    from llama_index.core.callbacks.base import EventContext
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -16,31 +21,74 @@ from rerank.types import Document
 
 __all__ = ["RerankNodePostprocessor"]
 
+dispatcher = get_dispatcher(__name__)
+
 
 class RerankNodePostprocessor(BaseNodePostprocessor):
     """Reorders retrieved nodes with a reranker; each node's score becomes the reranker's relevance in [0, 1] (as
     LlamaIndex's Cohere and sentence-transformers rerankers set it), so a score threshold means the same for any
-    head."""
+    head. Each call reports a ``CBEventType.RERANKING`` event and ``ReRankStartEvent`` / ``ReRankEndEvent``, as
+    LlamaIndex's own rerankers do; ``to_json`` writes the reranker's ``describe()``."""
 
-    reranker: Any = Field(description="a rerank.Reranker")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    reranker: Reranker = Field(description="a rerank.Reranker")
     top_n: int | None = Field(default=3, ge=1, description="keep this many nodes (None keeps all)")
+    keep_retrieval_score: bool = Field(
+        default=False, description="keep each node's retrieval score in metadata['retrieval_score']"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, data: Any) -> Any:
+        """Refuse an unknown argument (``top_k``, ``topn``) with a one-line TypeError instead of ignoring it."""
+        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; it takes "
+                            f"{', '.join(cls.model_fields)}")
+        return data
+
+    @field_validator("reranker", mode="before")
+    @classmethod
+    def _is_reranker(cls, value: Any) -> Any:
+        """Refuse anything but a rerank Reranker (a remote one included) when the postprocessor is built."""
+        if isinstance(value, dict):
+            raise TypeError(f"{cls.__name__}: reranker is a description (to_json output); pass the reranker "
+                            f"itself: {cls.__name__}.from_json(text, reranker=Reranker.load(method, model=...))")
+        if not isinstance(value, Reranker):
+            raise TypeError(f"{cls.__name__}: reranker must be a rerank.Reranker, e.g. Reranker.load(method, "
+                            f"model=...) or Reranker.load('remote', base_url=...), got {type(value).__name__}; "
+                            f"or build both with {cls.__name__}.load(method, model=...)")
+        return value
+
+    @field_serializer("reranker")
+    def _describe_reranker(self, reranker: Reranker) -> dict[str, Any]:
+        return reranker.describe()
 
     @classmethod
     def class_name(cls) -> str:
         return "RerankNodePostprocessor"
 
     @classmethod
-    def load(cls, method: str, model: str | None = None, top_n: int | None = 3, **options: Any) -> RerankNodePostprocessor:
+    def load(
+        cls, method: str, model: str | None = None, top_n: int | None = 3, keep_retrieval_score: bool = False,
+        **options: Any,
+    ) -> RerankNodePostprocessor:
         """Build the reranker by registered method name, as ``Reranker.load`` does."""
-        return cls(reranker=Reranker.load(method, model=model, **options), top_n=top_n)
+        return cls(reranker=Reranker.load(method, model=model, **options), top_n=top_n,
+                   keep_retrieval_score=keep_retrieval_score)
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         if not nodes:
             return []
-        result = self.reranker.rerank(_query(query_bundle), _docs(nodes), top_k=self.top_n)
-        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.relevance) for r in result.results]
+        query = _query(query_bundle)
+        with self._reranking(nodes, query_bundle) as event:
+            out = self._ranked(nodes, self.reranker.rerank(query, _docs(nodes), top_k=self.top_n))
+            event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -48,8 +96,39 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
         """:meth:`_postprocess_nodes` through the reranker's ``arerank`` (the event loop is not blocked)."""
         if not nodes:
             return []
-        result = await self.reranker.arerank(_query(query_bundle), _docs(nodes), top_k=self.top_n)
-        return [NodeWithScore(node=nodes[int(r.doc.id)].node, score=r.relevance) for r in result.results]
+        query = _query(query_bundle)
+        with self._reranking(nodes, query_bundle) as event:
+            out = self._ranked(nodes, await self.reranker.arerank(query, _docs(nodes), top_k=self.top_n))
+            event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
+
+    def _reranking(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> AbstractContextManager[EventContext]:
+        """Dispatch ``ReRankStartEvent`` and open the ``CBEventType.RERANKING`` callback event."""
+        model_name = _model_name(self.reranker)
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes),
+                                          model_name=model_name))
+        return self.callback_manager.event(CBEventType.RERANKING, payload={
+            EventPayload.NODES: nodes, EventPayload.MODEL_NAME: model_name,
+            EventPayload.QUERY_STR: query_bundle.query_str, EventPayload.TOP_K: self.top_n})
+
+    def _ranked(self, nodes: list[NodeWithScore], result: Any) -> list[NodeWithScore]:
+        out = []
+        for r in result.results:
+            src = nodes[int(r.doc.id)]
+            node = src.node
+            if self.keep_retrieval_score:  # on a copy: the input node is left as it was
+                node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": src.score}})
+            out.append(NodeWithScore(node=node, score=r.relevance))
+        return out
+
+
+def _model_name(reranker: Reranker) -> str:
+    """The model a reranker runs (its method name when it names none), for the rerank events."""
+    desc = reranker.describe()
+    backend = desc.get("backend")
+    model = desc.get("model") or (backend.get("model") if isinstance(backend, dict) else None)
+    return str(model or desc.get("method") or type(reranker).__name__)
 
 
 def _query(query_bundle: QueryBundle | None) -> str:

@@ -15,6 +15,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rerank.heads.base import Reranker
+from rerank.integrations import check_reranker, refuse_unknown_arguments
 from rerank.types import Document
 
 __all__ = ["RerankCompressor"]
@@ -36,22 +37,13 @@ class RerankCompressor(BaseDocumentCompressor):
     @model_validator(mode="before")
     @classmethod
     def _known_arguments(cls, data: Any) -> Any:
-        """Refuse an unknown argument (``top_k``, ``topn``) with a one-line TypeError instead of ignoring it."""
-        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
-        if unknown:
-            raise TypeError(f"{cls.__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; it takes "
-                            f"{', '.join(cls.model_fields)}")
-        return data
+        return refuse_unknown_arguments(cls, data)
 
     @field_validator("reranker", mode="before")
     @classmethod
     def _is_reranker(cls, value: Any) -> Any:
         """Refuse anything but a rerank Reranker (a remote one included) when the compressor is built."""
-        if not isinstance(value, Reranker):
-            raise TypeError(f"{cls.__name__}: reranker must be a rerank.Reranker, e.g. Reranker.load(method, "
-                            f"model=...) or Reranker.load('remote', base_url=...), got {type(value).__name__}; "
-                            f"or build both with {cls.__name__}.load(method, model=...)")
-        return value
+        return check_reranker(cls, value)
 
     @classmethod
     def load(cls, method: str, model: str | None = None, top_n: int | None = 3, **options: Any) -> RerankCompressor:

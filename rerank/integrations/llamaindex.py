@@ -17,6 +17,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("rerank.integrations.llamaindex needs llama-index-core: pip install 'rerank[llamaindex]'") from e
 
 from rerank.heads.base import Reranker
+from rerank.integrations import check_reranker, refuse_unknown_arguments
 from rerank.types import Document
 
 __all__ = ["RerankNodePostprocessor"]
@@ -41,12 +42,7 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
     @model_validator(mode="before")
     @classmethod
     def _known_arguments(cls, data: Any) -> Any:
-        """Refuse an unknown argument (``top_k``, ``topn``) with a one-line TypeError instead of ignoring it."""
-        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
-        if unknown:
-            raise TypeError(f"{cls.__name__} got unknown argument(s) {', '.join(map(repr, unknown))}; it takes "
-                            f"{', '.join(cls.model_fields)}")
-        return data
+        return refuse_unknown_arguments(cls, data)
 
     @field_validator("reranker", mode="before")
     @classmethod
@@ -55,11 +51,7 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
         if isinstance(value, dict):
             raise TypeError(f"{cls.__name__}: reranker is a description (to_json output); pass the reranker "
                             f"itself: {cls.__name__}.from_json(text, reranker=Reranker.load(method, model=...))")
-        if not isinstance(value, Reranker):
-            raise TypeError(f"{cls.__name__}: reranker must be a rerank.Reranker, e.g. Reranker.load(method, "
-                            f"model=...) or Reranker.load('remote', base_url=...), got {type(value).__name__}; "
-                            f"or build both with {cls.__name__}.load(method, model=...)")
-        return value
+        return check_reranker(cls, value)
 
     @field_serializer("reranker")
     def _describe_reranker(self, reranker: Reranker) -> dict[str, Any]:

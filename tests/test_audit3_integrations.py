@@ -12,22 +12,10 @@ from typing import Any
 import pytest
 
 from rerank.client import RemoteReranker
-from rerank.heads.base import Reranker, RerankerConfig, sigmoid
-from rerank.types import Candidate, Query
+from rerank.heads.base import Reranker, sigmoid
+from tests.test_integrations import TEXTS, OverlapReranker
 
-TEXTS = ["cats sleep a lot", "the bm25 ranking function", "bm25 ranking for search engines ranking", "paris"]
 QUERY = "bm25 ranking search"
-
-
-class OverlapReranker(Reranker):
-    """Scores by the number of query words in the document (deterministic, order-changing)."""
-
-    method = "test-overlap"
-    config_class = RerankerConfig
-
-    def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
-        words = set(query.text.lower().split())
-        return [float(len(words & set(c.doc.text.lower().split()))) for c in candidates]
 
 
 def _langchain() -> Any:

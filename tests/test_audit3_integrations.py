@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from rerank.client import RemoteReranker
-from rerank.heads.base import Reranker, sigmoid
+from rerank.heads.base import sigmoid
 from tests.test_integrations import TEXTS, OverlapReranker
 
 QUERY = "bm25 ranking search"

@@ -269,10 +269,15 @@ class _BiEncoderScorer:
         self._docs: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def scores(self, query: str, docs: list[Document]) -> list[float]:
-        q = self.model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+        """Cosine similarity of ``query`` with each of ``docs``; both are data, their special-token strings
+        (``[SEP]``, ``</s>``) neutralised (:func:`rerank.heads.text.neutralise`) as the dense retriever does."""
+        from rerank.heads.text import neutralise
+
+        tok = self.model.tokenizer
+        q = self.model.encode([neutralise(query, tok)], normalize_embeddings=True, convert_to_numpy=True)[0]
         new = {x.id: x for x in docs if x.id not in self._docs}
         if new:
-            emb = self.model.encode([x.full_text() for x in new.values()], normalize_embeddings=True,
+            emb = self.model.encode([neutralise(x.full_text(), tok) for x in new.values()], normalize_embeddings=True,
                                     convert_to_numpy=True)
             self._docs.update(zip(new, emb, strict=True))
         out = []

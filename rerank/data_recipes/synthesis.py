@@ -1,13 +1,16 @@
 """Query synthesis for unlabeled corpora: an LLM (any registered backend) writes a query per document, or
 (``generator.kind: sentence``) one of the document's sentences is the query.
 
-Documents are sampled (seeded) from the corpus; each generated query is cleaned (first line, quotes and a leading
-``Query:`` removed), then de-duplicated: exact duplicates after normalisation and near-duplicates whose word-set
-Jaccard similarity with an already kept query reaches ``dedup_jaccard`` are dropped. With ``consistency_k`` a query
-is kept only when the first stage ranks its source document within its top k (the round-trip consistency filter of
-Promptagator and InPars: a query that does not find its own document is more likely noise than a hard query). Each
-kept query becomes a row with its source document as the positive (label 1) and, when a first stage is given,
-negatives from its ranks ``negative_window`` for that query (the source document excluded; label 0).
+Documents are sampled (seeded) from the corpus. A document (title and text) enters the prompt as the heads give user
+text: its special-token strings and chat-template turn markers neutralised (:func:`rerank.heads.text.neutralise`),
+then cut to ``max_doc_tokens``, so corpus text never adds a control token or a turn to the prompt. Each generated
+query is cleaned (first line, quotes and a leading ``Query:`` removed), then de-duplicated: exact duplicates after
+normalisation and near-duplicates whose word-set Jaccard similarity with an already kept query reaches
+``dedup_jaccard`` are dropped. With ``consistency_k`` a query is kept only when the first stage ranks its source
+document within its top k (the round-trip consistency filter of Promptagator and InPars: a query that does not find
+its own document is more likely noise than a hard query). Each kept query becomes a row with its source document as
+the positive (label 1) and, when a first stage is given, negatives from its ranks ``negative_window`` for that query
+(the source document excluded; label 0).
 """
 
 from __future__ import annotations
@@ -197,6 +200,7 @@ class QuerySynthesisRecipe(Recipe):
 
     def _generate(self, doc: Document) -> str:
         from rerank.backends.base import GenerationConfig
+        from rerank.heads.text import neutralise
         from rerank.prompts import load_template
 
         g = self.config.generator
@@ -205,9 +209,10 @@ class QuerySynthesisRecipe(Recipe):
         if self._template is None:
             self._template = load_template(g.template)
         tok = self.backend.tokenizer
-        ids = tok.encode(doc.full_text(), add_special_tokens=False)
-        text = tok.decode(ids[: g.max_doc_tokens], skip_special_tokens=True) if len(ids) > g.max_doc_tokens \
-            else doc.full_text()
+        text = neutralise(doc.full_text(), tok)  # corpus text is data: never a special token or a chat-turn marker
+        ids = tok.encode(text, add_special_tokens=False)
+        if len(ids) > g.max_doc_tokens:
+            text = tok.decode(ids[: g.max_doc_tokens], skip_special_tokens=True)
         messages = self._template.messages(document=text)
         prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompt_ids = tok.encode(prompt + self._template.assistant_prefix, add_special_tokens=False)

@@ -1,7 +1,10 @@
-"""Data recipes give corpus text to models as data (audit s40, contributor finding 4): in query synthesis a document
-or title holding special-token strings (``<|im_end|>``, ``<|im_start|>``) or a chat template's plain-text turn markers
-(``[INST]``) adds no control token and no turn to the generator's prompt, which holds exactly the template's own; the
-mining recipe's bi-encoder false-negative filter reads ``[SEP]`` in a query or document as text."""
+"""Data recipes give corpus text to models as data, and each method's pieces live in its own folder (audit s40,
+contributor findings 4 and 11).
+
+In query synthesis a document or title holding special-token strings (``<|im_end|>``, ``<|im_start|>``) or a chat
+template's plain-text turn markers (``[INST]``) adds no control token and no turn to the generator's prompt, which
+holds exactly the template's own; the mining recipe's bi-encoder false-negative filter reads ``[SEP]`` in a query or
+document as text. Every descriptor piece is defined in its method's package, in the file the docs name for it."""
 
 from __future__ import annotations
 
@@ -110,3 +113,37 @@ def test_bi_encoder_false_negative_filter_reads_special_strings_as_text(tiny_st_
     raw = ref.encode([query, doc.full_text()], normalize_embeddings=True)
     assert got == pytest.approx([float(as_text[1] @ as_text[0])], abs=1e-5)
     assert abs(float(raw[1] @ raw[0]) - got[0]) > 1e-4  # the raw strings would give another score
+
+
+#: the file of a method package that defines each descriptor piece (docs/research.md, "Writing a new method")
+PIECE_FILES = {"head": "head", "task": "task", "sft": "train", "trainer": "trainer", "teacher_labels": "teacher"}
+
+
+def test_every_method_piece_is_defined_in_its_own_package_file() -> None:
+    """duoT5's SFT is in ``duot5/train.py`` (not monoT5's folder), Qwen3-Reranker's task in ``task.py``: each piece is
+    ``<package>.<file>:Attr`` and defined there, not imported from another method."""
+    import importlib
+
+    from rerank.methods import all_methods
+
+    seen = set()
+    for name, m in all_methods().items():
+        for piece, file in PIECE_FILES.items():
+            target = getattr(m, piece)
+            if target is None:
+                continue
+            module, _, attr = target.partition(":")
+            assert module == f"{m.package}.{file}", (name, piece, target)
+            assert getattr(importlib.import_module(module), attr).__module__ == module, (name, piece, target)
+            seen.add((name, piece))
+    assert {("duot5", "sft"), ("monot5", "sft"), ("qwen3-reranker", "task")} <= seen
+
+
+def test_duot5_training_keeps_its_old_import_path() -> None:
+    """``rerank.methods.monot5.train`` still gives ``duot5_rows`` and ``train_duot5`` (the same functions)."""
+    from rerank.methods.duot5 import train as duo
+    from rerank.methods.monot5.train import duot5_rows, train_duot5
+
+    assert (duot5_rows, train_duot5) == (duo.duot5_rows, duo.train_duot5)
+    with pytest.raises(ImportError, match="cannot import name 'nope'"):
+        from rerank.methods.monot5.train import nope  # noqa: F401

@@ -5,17 +5,17 @@ and GroupRank: one per window / group) plus the state the reward needs, and scor
 reward (``rerank/methods/<name>/reward.py``); a completion that cannot be parsed earns the format penalty, never an
 exception. Prompts longer than ``max_length`` tokens are dropped before the model loads (a warning gives the count; none
 left is an error), as SFT drops its too-long examples.
-Defaults follow ANCHORS.md: ERank G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank 8 rollouts, lr 1e-5, β=0.001,
-temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major (queries shuffled
-once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when ``batch_size`` is a
-multiple of (documents per query × G), checked before the model loads (:func:`check_whole_queries`). Unset
-``max_doc_tokens``, ``max_query_tokens`` and ``window`` take the starting model's (its ``rerank.json``, same head), as
-the template does: GRPO from an SFT model keeps the SFT's prompt. ``num_iterations`` (μ, default 1)
-optimisation steps reuse each generation batch; the ratio against the generating policy, clipped to 1 ± ``epsilon``,
-differs from 1 only when μ > 1 (with μ = 1 every step is on-policy and ``epsilon`` has nothing to clip). ERank's
-reference score t (for negatives below every positive) is the
-starting (SFT) model's greedy answer (``erank_reference: model``) or 0 (``zero``). Model selection: highest mean dev
-reward every ``eval_steps`` (0 = keep the last step). FIRST may take ``rollout: plackett-luce``: rollouts drawn from its
+Defaults are the papers': ERank (2025) G=5, β=0.001, lr 1e-6, clip 0.2; GroupRank (AQ-MedAI, 2025) 8 rollouts,
+lr 1e-5, β=0.001, temperature 1.0. ERank's reward pools the rollouts of one query, so prompts are kept query-major
+(queries shuffled once with the seed, ``shuffle_dataset`` off) and a generation batch holds whole queries when
+``batch_size`` is a multiple of (documents per query × G), checked before the model loads
+(:func:`check_whole_queries`). Unset ``max_doc_tokens``, ``max_query_tokens`` and ``window`` take the starting model's
+(its ``rerank.json``, same head), as the template does: GRPO from an SFT model keeps the SFT's prompt.
+``num_iterations`` (μ, default 1) optimisation steps reuse each generation batch; the ratio against the generating
+policy, clipped to 1 ± ``epsilon``, differs from 1 only when μ > 1 (with μ = 1 every step is on-policy and ``epsilon``
+has nothing to clip). ERank's reference score t (for negatives below every positive) is the starting (SFT) model's
+greedy answer (``erank_reference: model``) or 0 (``zero``). Model selection: highest mean dev reward every
+``eval_steps`` (0 = keep the last step). FIRST may take ``rollout: plackett-luce``: rollouts drawn from its
 first-identifier logits instead of generated text (:class:`rerank.methods.first.training.PlackettLuceGRPOTrainer`).
 """
 

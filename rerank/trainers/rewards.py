@@ -34,7 +34,9 @@ __all__ = [
 
 @dataclass
 class RewardConfig:
-    """Reward constants; defaults follow ANCHORS.md (GroupRank, ReasonRank, ERank)."""
+    """Reward constants; the defaults are the papers' values: GroupRank (AQ-MedAI, 2025) for the recall and JS
+    weights and its invalid-JSON and bad-tags penalties, ReasonRank (2025) for the RBO weight, the wrong-count reward
+    and the bad-format penalty, ERank (2025) for its 0-10 scale."""
 
     k: int = 10
     rel_threshold: int = 1

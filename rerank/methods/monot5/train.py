@@ -1,15 +1,16 @@
 """SFT of the seq2seq heads through the shared ``rerank train sft``: the target is the answer word (then ``</s>``),
 cross-entropy on the decoder (``loss: ce``), as monoT5 / duoT5 were trained.
 
-monoT5 rows: every (query, candidate) with target ``true`` for grade >= 1, else ``false``. duoT5 rows: each positive
-with up to ``data.negatives_per_positive`` of its query's negatives (in candidate order), in both orders: (positive,
-negative) -> ``true``, (negative, positive) -> ``false``. Encoder inputs are built by the inference head itself (its
-template, truncation and special tokens), so a trained model sees at inference exactly what it was trained on;
-``rerank.json`` records the template and token limits.
+This module holds monoT5's rows and training and the seq2seq fine-tuning both heads share (:func:`train_seq2seq`);
+duoT5's rows and training are in :mod:`rerank.methods.duot5.train`. monoT5 rows: every (query, candidate) with target
+``true`` for grade >= 1, else ``false``. Encoder inputs are built by the inference head itself (its template,
+truncation and special tokens), so a trained model sees at inference exactly what it was trained on; ``rerank.json``
+records the template and token limits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
@@ -19,10 +20,14 @@ if TYPE_CHECKING:
     from rerank.trainers.base import TrainContext
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-__all__ = ["duot5_rows", "monot5_rows", "train_duot5", "train_monot5"]
+__all__ = ["candidate_text", "monot5_rows", "target_ids", "train_monot5", "train_seq2seq"]
+
+#: a head's training rows, (encoder input, target) token ids, from training examples
+RowBuilder = Callable[["Seq2SeqReranker", list[dict[str, Any]]], list[dict[str, list[int]]]]
 
 
-def _text(c: dict[str, Any]) -> str:
+def candidate_text(c: dict[str, Any]) -> str:
+    """A training candidate's title and text as the head reads a document (:meth:`Document.full_text`)."""
     from rerank.types import Document
 
     return Document("", c["text"], c.get("title") or "").full_text()
@@ -38,7 +43,8 @@ def _head(method: str, cfg: SFTTrainConfig, tokenizer: Any) -> Seq2SeqReranker:
     return cls(head_cfg, PromptOnlySeq2Seq(tokenizer))  # type: ignore[call-arg, return-value]
 
 
-def _target(head: Seq2SeqReranker, positive: bool) -> list[int]:
+def target_ids(head: Seq2SeqReranker, positive: bool) -> list[int]:
+    """Token ids of the head's positive or negative answer word (the template's ``positive`` / ``negative``)."""
     word = str(head.template.extra.get("positive" if positive else "negative", "true" if positive else "false"))
     return head.tokenizer(word)["input_ids"]
 
@@ -50,32 +56,16 @@ def monot5_rows(head: Seq2SeqReranker, examples: list[dict[str, Any]]) -> list[d
     for e in examples:
         q = head.truncate(e["query"], cfg.max_query_tokens)  # type: ignore[attr-defined]
         for c, grade in zip(e["candidates"], e["labels"], strict=True):
-            doc = head.truncate(_text(c), cfg.max_doc_tokens)  # type: ignore[attr-defined]
-            rows.append({"input_ids": head.encode(query=q, document=doc), "labels": _target(head, grade >= 1)})
+            doc = head.truncate(candidate_text(c), cfg.max_doc_tokens)  # type: ignore[attr-defined]
+            rows.append({"input_ids": head.encode(query=q, document=doc), "labels": target_ids(head, grade >= 1)})
     return rows
 
 
-def duot5_rows(head: Seq2SeqReranker, examples: list[dict[str, Any]], negatives: int) -> list[dict[str, list[int]]]:
-    """(encoder input, target) token ids of (positive, negative) -> true and (negative, positive) -> false."""
-    cfg = head.config
-    yes, no = _target(head, True), _target(head, False)
-    rows = []
-    for e in examples:
-        q = head.truncate(e["query"], cfg.max_query_tokens)  # type: ignore[attr-defined]
-        docs = [head.truncate(_text(c), cfg.max_doc_tokens) for c in e["candidates"]]  # type: ignore[attr-defined]
-        pos = [d for d, g in zip(docs, e["labels"], strict=True) if g >= 1]
-        neg = [d for d, g in zip(docs, e["labels"], strict=True) if g < 1][:negatives]
-        for p in pos:
-            for n in neg:
-                rows.append({"input_ids": head.encode(query=q, document0=p, document1=n), "labels": yes})
-                rows.append({"input_ids": head.encode(query=q, document0=n, document1=p), "labels": no})
-    return rows
-
-
-def _train(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
-           ctx: TrainContext) -> dict[str, Any]:
-    """Fine-tune on ``train``; with ``eval_steps`` > 0 the checkpoint with the lowest loss on ``dev``'s rows is
-    kept (as the LLM heads' SFT selects)."""
+def train_seq2seq(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
+                  ctx: TrainContext, build_rows: RowBuilder, needs: str) -> dict[str, Any]:
+    """Fine-tune the seq2seq head ``method`` on the rows ``build_rows`` makes of ``train`` (``needs``: what a query
+    must hold to give rows, for the error when none does); with ``eval_steps`` > 0 the checkpoint with the lowest loss
+    on ``dev``'s rows is kept (as the LLM heads' SFT selects)."""
     import datasets
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -87,19 +77,13 @@ def _train(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     path = resolve_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     head = _head(method, cfg, tok)
-    def build(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if method == "monot5":
-            return monot5_rows(head, examples)
-        return duot5_rows(head, examples, cfg.data.negatives_per_positive)
-
-    rows = build(train)
+    rows = build_rows(head, train)
     if not rows:
-        raise ConfigError(f"{method}: no training rows (duot5 needs queries with a positive and a negative candidate)")
-    dev_rows = build(dev) if dev and cfg.eval_steps > 0 else []
+        raise ConfigError(f"{method}: no training rows ({method} needs {needs})")
+    dev_rows = build_rows(head, dev) if dev and cfg.eval_steps > 0 else []
     if cfg.eval_steps > 0 and not dev_rows:
         raise ConfigError(f"eval_steps {cfg.eval_steps} selects the model on the dev split, but its queries give no "
-                          f"{method} rows (duot5 needs a positive and a negative candidate): set eval_steps: 0 to keep "
-                          "the last step")
+                          f"{method} rows ({method} needs {needs}): set eval_steps: 0 to keep the last step")
     model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True)
     if cpu_only(cfg):
         model = model.to("cpu")
@@ -122,10 +106,14 @@ def _train(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
 def train_monot5(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
                  ctx: TrainContext) -> dict[str, Any]:
     """Fine-tune a T5 checkpoint as monoT5 (true / false per pair); the model goes to ``OUTPUT/model``."""
-    return _train("monot5", cfg, train, dev, ctx)
+    return train_seq2seq("monot5", cfg, train, dev, ctx, monot5_rows, "queries with candidates")
 
 
-def train_duot5(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
-                ctx: TrainContext) -> dict[str, Any]:
-    """Fine-tune a T5 checkpoint as duoT5 (true / false per ordered (positive, negative) pair)."""
-    return _train("duot5", cfg, train, dev, ctx)
+def __getattr__(name: str) -> Any:
+    """duoT5's ``duot5_rows`` and ``train_duot5``, which live in :mod:`rerank.methods.duot5.train`, still import from
+    here as before."""
+    if name in ("duot5_rows", "train_duot5"):
+        from rerank.methods.duot5 import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

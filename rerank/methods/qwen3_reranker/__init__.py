@@ -10,7 +10,7 @@ METHOD = Method(
     package=__name__,
     summary="Qwen3-Reranker's yes/no prompt with an instruction; P(yes) from the yes/no logits",
     head="rerank.methods.qwen3_reranker.head:Qwen3Reranker",
-    task="rerank.methods.qwen3_reranker.head:Qwen3RerankerTask",
+    task="rerank.methods.qwen3_reranker.task:Qwen3RerankerTask",
     sft_losses=("lm",),
     grpo=GRPODefaults(num_generations=8, learning_rate=1e-5),
     templates=("qwen3_reranker.yaml",),

@@ -8,9 +8,8 @@ from typing import Any, ClassVar
 
 from rerank.heads.base import RerankerConfig
 from rerank.methods.yes_no.head import YesNoConfig, YesNoReranker
-from rerank.methods.yes_no.task import YesNoTask
 
-__all__ = ["Qwen3Reranker", "Qwen3RerankerConfig", "Qwen3RerankerTask"]
+__all__ = ["Qwen3Reranker", "Qwen3RerankerConfig"]
 
 
 @dataclass
@@ -30,8 +29,3 @@ class Qwen3Reranker(YesNoReranker):
         super().__init__(*args, **kwargs)
         self.override_template_field("instruction", self.config.instruction)  # type: ignore[attr-defined]
 
-
-class Qwen3RerankerTask(YesNoTask):
-    """Training rows of the Qwen3-Reranker prompt (the yes/no targets and reward of yes-no)."""
-
-    method: ClassVar[str] = "qwen3-reranker"

@@ -9,7 +9,7 @@ values at the narrowest seam that consumes it and checks the exact outcome, so i
 * GRPO: ``loss_type``, ``max_completion_length``, ``log_completions`` reach TRL's ``GRPOConfig``; ``erank_reference``
   sets the reference score ERank's reward pulls negatives toward.
 * ``rewards``: every option below changes the reward of a completion, through the task of a head that reads it, to
-  the value the reward's definition (ANCHORS.md: ReasonRank, GroupRank, ERank) gives by hand.
+  the value the reward's definition (the ReasonRank, GroupRank and ERank papers) gives by hand.
 """
 
 from __future__ import annotations

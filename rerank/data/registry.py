@@ -67,7 +67,7 @@ _register(
         splits=("dev",),
         rel_level=1,
         num_test_queries=6980,
-        reference={"bm25_rr@10": 0.1840},  # Anserini MS MARCO passage regressions (ANCHORS.md: BM25 MRR@10 0.184)
+        reference={"bm25_rr@10": 0.1840},  # Anserini's MS MARCO passage regressions: BM25 MRR@10 0.184
         description="MS MARCO passage dev (small, 6,980 queries, MRR@10), Anserini BM25 top-100 (reranking form).",
     )
 )

@@ -127,7 +127,7 @@ class LLMReranker(Reranker):
         super().__init__(config)
         cfg: LLMHeadConfig = self.config  # type: ignore[assignment]
         # checked before the model loads: a template of another method or with variables the head lacks is refused
-        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.method)
+        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.prompt_method())
         built = backend is None
         if backend is None:
             if model is None:
@@ -167,11 +167,28 @@ class LLMReranker(Reranker):
             return super().nan_hint()
         return f"the {name} backend returned NaN; check its model"
 
+    @classmethod
+    def prompt_method(cls) -> str:
+        """The method whose templates the head reads: its own, or for a head registered from user code
+        (``register_reranker``) the method of the nearest base class that is a method's head ('' for none)."""
+        from rerank.methods import all_methods
+
+        methods = all_methods()
+        names = (getattr(k, "method", "") for k in cls.__mro__)
+        return next((n for n in names if n in methods), "")
+
     def default_template(self) -> str:
-        """The template used when the config names none: the method's first shipped template."""
+        """The template used when the config names none: the first shipped template of :meth:`prompt_method`."""
         from rerank.methods import get_method
 
-        return get_method(self.method).default_template
+        owner = self.prompt_method()
+        if not owner:
+            raise ConfigError(f"{self.method}: the head subclasses no method's head, so it has no default prompt "
+                              f"template: give template= (a template file or mapping)")
+        method = get_method(owner)
+        if not method.templates:
+            raise ConfigError(f"{owner}: the method declares no prompt template (templates= in {method.source})")
+        return method.default_template
 
     def override_template_field(self, name: str, value: str) -> None:
         """Replace the template's extra field ``name`` (a variable its texts use) by ``value`` unless it is empty:

@@ -5,7 +5,8 @@ A template has a ``system`` and a ``user`` Jinja2 text and optional extra fields
 scheme), which the texts may use as variables. ``load_template("first")`` loads the shipped ``first.yaml``; a path
 loads that file instead. The shipped names are every method's templates plus the data recipes' ones in
 ``rerank/prompts/templates``. A head loads its template with :func:`head_template`, which refuses another method's
-shipped template and any template reading a variable the head does not give.
+shipped template (and lists only the head's own for an unknown name) and any template reading a variable the head
+does not give.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class PromptTemplate:
 
 
 def shipped_templates() -> dict[str, Path]:
-    """Shipped template name -> file: every method's templates and the data recipes' ones."""
+    """Shipped template name -> file: every method's templates and the data recipes' ones (each name is one file:
+    loading the method descriptors refuses a name shipped twice, naming both files)."""
     from rerank.methods import template_files
 
     out = {p.stem: p for p in sorted(TEMPLATE_DIR.glob("*.yaml"))}
@@ -168,6 +170,8 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
             whose = f"the {owner} method's prompt" if owner else "a data recipe's prompt"
             raise ConfigError(f"{method}: template {str(spec)!r} is {whose}, not one the {method} head reads; use its "
                               f"own ({', '.join(own)}) or a template file written for it")
+        raise ConfigError(f"{method}: unknown prompt template {str(spec)!r}; the {method} head's own: "
+                          f"{', '.join(own)} (or a template file written for it)")
     template = load_template(spec)
     gives, extras = _method_variables(method)
     unknown = sorted(template_variables(template) - gives - extras)

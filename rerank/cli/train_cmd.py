@@ -13,10 +13,14 @@ from rerank.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rerank.trainers.base import available_trainers  # the registry reads the method descriptors: no model code
+    try:  # the registry reads the method descriptors (no model code); a broken one is reported when a command runs
+        from rerank.trainers.base import available_trainers
 
+        names = ", ".join(available_trainers())
+    except ConfigError as e:
+        names = f"(the method descriptors do not load: {e})"
     p = sub.add_parser("train", help="train a reranker or retriever (sft, grpo, contrastive, star, adore, pgrank, …)")
-    p.add_argument("trainer", help=f"registered trainer name: {', '.join(available_trainers())}")
+    p.add_argument("trainer", help=f"registered trainer name: {names}")
     p.add_argument("--config", default=None, help="YAML config; the starting model is the key 'model'")
     p.add_argument("--output", required=True,
                    help="run folder: OUTPUT/model (the trained model, its card and rerank.json), "
@@ -29,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     again.add_argument("--overwrite", action="store_true",
                        help="replace the run in --output (removes its model, adapter, checkpoints and run files)")
     p.add_argument("--check", action="store_true",
-                   help="check the run without training or writing anything: the config with --set, the starting "
-                        "model and data files, and the run in --output; prints a line and then 'state: train', "
+                   help="check the run without training or writing anything: the config with --set, the method's "
+                        "head, task and prompt template, the starting model and data files, and the run in --output; "
+                        "prints a line and then 'state: train', "
                         "'state: done' (a finished model of this config) or 'state: resume' (continue with --resume)")
     p.add_argument("--inputs-later", action="store_true",
                    help="with --check: do not look for the starting model and the data files (for a script whose "
@@ -54,6 +59,25 @@ def check_inputs(cfg: Any) -> None:
             raise ConfigError(f"{name} {value} does not exist")
 
 
+def check_method(cfg: Any) -> None:
+    """The pieces of the method a reranker trainer's config names (``head``) resolve: its inference head, its task or
+    own SFT function, and the prompt template (the configured one, else the method's default); a piece that does not
+    is a one-line error naming the descriptor field, before any data is read. Other trainers' configs have no head."""
+    head = getattr(cfg, "head", None)
+    if not isinstance(head, str):
+        return
+    from rerank.methods import get_method
+    from rerank.prompts import head_template
+
+    method = get_method(head, kind="reranker")
+    for piece in ("head", "task", "sft"):
+        if getattr(method, piece) is not None:
+            method.resolve(piece)
+    template = getattr(cfg, "template", "")
+    if template or method.templates:
+        head_template(template or method.default_template, head)
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.trainers.base import get_trainer, load_train_config
 
@@ -64,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         check_input_file(args.config, "--config")
     cfg = load_train_config(trainer.config_class, args.config, args.overrides)
+    check_method(cfg)
     if args.check:
         return _check(args, cfg)
     check_inputs(cfg)

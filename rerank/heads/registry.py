@@ -1,11 +1,20 @@
 """Explicit name -> implementation registry for rerankers (no routing by model-path substrings).
 
 The names are the reranker methods of :mod:`rerank.methods` (each method's ``head``) plus ``remote`` (the client of a
-``rerank serve`` endpoint). Entries point at ``module:Class`` so importing the registry imports no torch or head.
+``rerank serve`` endpoint): built-in names, which another class cannot take. Entries point at ``module:Class`` and
+are registered on first use, so importing the registry reads no descriptor and imports no torch or head; a method's
+head is imported through its descriptor (:meth:`rerank.methods.Method.resolve`), which checks that the class's
+``method`` is the method's name.
+
+:func:`register_reranker` adds a head class of user code under a new name, which ``Reranker.load(name, ...)`` (and
+so the Python eval pipeline and suites) builds in that process. An LLM head subclassing a method's head (e.g.
+``YesNoReranker``) reads that method's templates (its default when none is given, and refuses another method's);
+one that subclasses no method's head needs ``template=`` (a file or mapping).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from rerank.methods import all_methods
@@ -16,11 +25,21 @@ if TYPE_CHECKING:
 
 __all__ = ["RERANKERS", "available_rerankers", "get_reranker_class", "register_reranker"]
 
-RERANKERS: Registry[type[Reranker]] = Registry("reranker")
+
+def _builtins(registry: Registry[type[Reranker]]) -> None:
+    """The client of a served reranker, then every reranker method's head (a method cannot take a built-in name)."""
+    registry.register("remote", "rerank.client:RemoteReranker", builtin=True)
+    for method in all_methods().values():
+        if method.kind == "reranker":
+            registry.register(method.name, method.head, builtin=True, load=partial(method.resolve, "head"))
+
+
+RERANKERS: Registry[type[Reranker]] = Registry("reranker", fill=_builtins)
 
 
 def register_reranker(name: str, target: str | type) -> None:
-    """Register ``name`` -> ``"module:Class"`` (or a class). Re-registering a name replaces it."""
+    """Register ``name`` -> ``"module:Class"`` (or a class). Re-registering a name replaces it; a built-in name (a
+    method, ``remote``) is refused unless it is the same class."""
     RERANKERS.register(name, target)
 
 
@@ -32,10 +51,3 @@ def available_rerankers() -> list[str]:
 def get_reranker_class(name: str) -> type[Reranker]:
     """Resolve a registered method name; an unknown name raises, listing the known ones."""
     return RERANKERS.get(name)
-
-
-# every reranker method's head, then the client of a served reranker
-for _method in all_methods().values():
-    if _method.head is not None:
-        register_reranker(_method.name, _method.head)
-register_reranker("remote", "rerank.client:RemoteReranker")

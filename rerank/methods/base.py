@@ -1,22 +1,58 @@
 """The descriptor every method package declares once: what its name is and where its pieces live.
 
-Pieces are ``"module:Attr"`` strings, imported on first use, so reading every descriptor imports no model code.
+Pieces are ``"module:Attr"`` strings, imported on first use, so reading every descriptor imports no model code. A
+descriptor checks its own fields when built (the kind, the shape of every piece and template name, which pieces go
+with which kind); :meth:`Method.resolve` imports a piece, and a piece that does not import, or a head / task / trainer
+class that names another method, is a one-line :class:`~rerank.errors.ConfigError` naming the descriptor field.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["GRPODefaults", "Method", "resolve"]
+from rerank.errors import ConfigError
+from rerank.utils.registry import import_target
+
+__all__ = ["KINDS", "PIECES", "GRPODefaults", "Kind", "Method", "resolve"]
+
+Kind = Literal["reranker", "retriever"]
+#: the method kinds (a reranker has an inference head, a retriever its own trainer)
+KINDS: tuple[str, ...] = get_args(Kind)
+#: the descriptor fields that name a piece as ``"module:Attr"``
+PIECES = ("head", "task", "sft", "trainer", "teacher_labels")
+#: the class attribute of a head / task (``method``) or a trainer (``name``) that must equal the method's name
+_NAMED_BY = {"head": "method", "task": "method", "trainer": "name"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve(target: str) -> Any:
-    """Import ``"module:Attr"`` and return the attribute."""
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    """Import ``"module:Attr"`` and return the attribute. A piece of a method descriptor goes through
+    :meth:`Method.resolve` (its checks, errors naming the field); a target that does not exist is a one-line
+    :class:`ConfigError`."""
+    from rerank.methods import all_methods
+
+    for method in all_methods().values():
+        for piece in PIECES:
+            if getattr(method, piece) == target:
+                return method.resolve(piece)
+    return import_target(target, "cannot resolve")
+
+
+def shown_path(path: str | Path) -> str:
+    """A file as messages show it: relative to the checkout holding ``rerank/`` when inside it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(_ROOT))
+    except ValueError:
+        return str(p)
 
 
 @dataclass(frozen=True)
@@ -45,7 +81,7 @@ class Method:
     """
 
     name: str
-    kind: Literal["reranker", "retriever"]
+    kind: Kind
     package: str
     summary: str
     head: str | None = None
@@ -61,6 +97,71 @@ class Method:
     lora: bool = True
     pipeline_tag: str | None = None
     library_name: str = "transformers"
+
+    def __post_init__(self) -> None:
+        """Check the fields that need no import: a mistake is one line naming the descriptor, not a half-registered
+        method or a traceback at first use."""
+        where = f"method {self.name!r} ({self.source})"
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"method {self.name!r} ({self.source}): a method name is letters, digits, '.', '_' and "
+                              f"'-', starting with a letter or digit")
+        if self.kind not in KINDS:
+            raise ConfigError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        for piece in PIECES:
+            target = getattr(self, piece)
+            if target is not None and (not isinstance(target, str) or not _TARGET.fullmatch(target)):
+                raise ConfigError(f"{where}: {piece}={target!r} is not 'package.module:Attr'")
+        for name in ("sft_losses", "teacher_roles", "templates"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: {name} must be a tuple of names, got {value!r} (one name: ('x',))")
+        bad = [t for t in self.templates if not t.endswith(".yaml") or "/" in t or "\\" in t]
+        if bad:
+            raise ConfigError(f"{where}: templates: {bad[0]!r} is not a .yaml file name in the method's folder")
+        if self.grpo is not None and not isinstance(self.grpo, GRPODefaults):
+            raise ConfigError(f"{where}: grpo must be a GRPODefaults or None, got {self.grpo!r}")
+        if self.kind == "reranker":
+            if self.head is None:
+                raise ConfigError(f"{where}: a reranker method needs head= (its inference head)")
+            if self.trainer is not None:
+                raise ConfigError(f"{where}: trainer= is a retriever method's own trainer; a reranker trains "
+                                  f"through task= or sft=")
+        else:
+            given = [p for p in ("head", "task", "sft", "grpo", "teacher_labels") if getattr(self, p) is not None]
+            given += ["templates"] if self.templates else []
+            if self.trainer is None:
+                raise ConfigError(f"{where}: a retriever method needs trainer= (its own trainer class)")
+            if given:
+                raise ConfigError(f"{where}: {given[0]}= is a reranker method's piece; a retriever method has "
+                                  f"trainer= only")
+        if self.grpo is not None and self.task is None:
+            raise ConfigError(f"{where}: grpo= needs task= (GRPO trains through the method's task)")
+
+    @property
+    def source(self) -> str:
+        """The file that declares the method (its package's ``__init__.py``), for messages."""
+        module = sys.modules.get(self.package) if isinstance(self.package, str) else None
+        file = getattr(module, "__file__", None)
+        return shown_path(file) if file else str(self.package)
+
+    def resolve(self, piece: str) -> Any:
+        """The descriptor's ``piece`` (head, task, sft, trainer, teacher_labels) imported. A piece that does not
+        exist, or a head / task (``method``) or trainer (``name``) class naming another method, is a one-line
+        :class:`ConfigError` naming the descriptor field and, for a wrong name, the class's file and both names."""
+        target = getattr(self, piece)
+        if target is None:
+            raise ConfigError(f"method {self.name!r} ({self.source}) has no {piece}")
+        obj = import_target(target, f"method {self.name!r} ({self.source}): {piece}")
+        attr = _NAMED_BY.get(piece)
+        if attr is not None and getattr(obj, attr, None) != self.name:
+            try:
+                file = shown_path(inspect.getfile(obj))
+            except TypeError:
+                file = target
+            raise ConfigError(f"{file}: {getattr(obj, '__name__', target)}.{attr} is {getattr(obj, attr, None)!r}, "
+                              f"but it is the {piece}= of method {self.name!r} ({self.source}): set "
+                              f"{attr} = {self.name!r} in the class")
+        return obj
 
     @property
     def folder(self) -> Path:

@@ -3,7 +3,8 @@ name, and the run record (config, git hash, versions) saved next to the model.
 
 A trainer is a class with a ``config_class`` (a dataclass with a required ``model`` field: the starting model) and
 a ``train(config, ctx)`` method. The registered names are the shared reranker trainers ``sft`` and ``grpo`` plus
-every method of :mod:`rerank.methods` that has its own trainer (the retrievers), under the method's name.
+every method of :mod:`rerank.methods` that has its own trainer (the retrievers), under the method's name: built-in
+names, registered on first use, which :func:`register_trainer` refuses to give another class.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -49,14 +51,27 @@ class Trainer(Protocol):
     def train(self, config: Any, ctx: TrainContext) -> dict[str, Any]: ...
 
 
-TRAINERS: Registry[type] = Registry("trainer")
+def _builtins(registry: Registry[type]) -> None:
+    """The shared reranker trainers, then every method's own trainer under the method's name (built-in names: a
+    method cannot take ``sft`` or ``grpo``, :data:`rerank.methods.RESERVED_NAMES`)."""
+    registry.register("sft", "rerank.trainers.sft_trainer:SFTTrainer", builtin=True)
+    registry.register("grpo", "rerank.trainers.grpo_trainer:GRPOTrainer", builtin=True)
+    for method in all_methods().values():
+        if method.trainer is not None:
+            registry.register(method.name, method.trainer, builtin=True, load=partial(method.resolve, "trainer"))
+
+
+TRAINERS: Registry[type] = Registry("trainer", fill=_builtins)
 
 
 def register_trainer(name: str, target: str | type) -> None:
+    """Register ``name`` -> ``"module:Class"`` (or a class); a built-in name (``sft``, ``grpo``, a method's) is
+    refused unless it is the same class, another name is replaced."""
     TRAINERS.register(name, target)
 
 
 def available_trainers() -> list[str]:
+    """Registered trainer names, sorted."""
     return TRAINERS.names()
 
 
@@ -126,11 +141,3 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
     }
     write_json(record, path)
     return path
-
-
-# the shared reranker trainers, then every method's own trainer under the method's name
-register_trainer("sft", "rerank.trainers.sft_trainer:SFTTrainer")
-register_trainer("grpo", "rerank.trainers.grpo_trainer:GRPOTrainer")
-for _method in all_methods().values():
-    if _method.trainer is not None:
-        register_trainer(_method.name, _method.trainer)

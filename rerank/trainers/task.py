@@ -51,9 +51,10 @@ def target_scores(example: dict[str, Any]) -> list[int]:
 class Task:
     """Shared plumbing: the method's head (prompt rendering), example -> query / candidates, seeded windows.
 
-    Subclasses set ``method`` (the registered method name) and implement the row builders, parser and rewards, and
-    declare in ``reward_fields`` the :class:`RewardConfig` options their reward reads (beside the reward code): a GRPO
-    config setting any other is refused, and in ``teacher_scores_range`` the scale their SFT targets read.
+    Subclasses set ``method`` (the registered method name: :func:`build_task` refuses another) and implement the row
+    builders, parser and rewards, and declare in ``reward_fields`` the :class:`RewardConfig` options their reward
+    reads (beside the reward code): a GRPO config setting any other is refused, and in ``teacher_scores_range`` the
+    scale their SFT targets read.
     """
 
     method: ClassVar[str] = ""
@@ -204,11 +205,12 @@ def task_rows(task: Task, examples: list[dict[str, Any]], kind: str, source: str
 
 
 def build_task(head: str, tokenizer: Any, cfg: Any) -> Task:
-    """The training task of LLM method ``head`` for ``tokenizer``; a method without one raises, listing those with."""
-    from rerank.methods import get_method, method_names, resolve
+    """The training task of LLM method ``head`` for ``tokenizer``; a method without one raises, listing those with,
+    and a task class whose ``method`` is not ``head`` raises naming both (it would train on another method's prompt)."""
+    from rerank.methods import get_method, method_names
 
     method = get_method(head, kind="reranker")
     if method.task is None:
         raise ConfigError(f"method {head!r} has no LLM training task; methods with one: "
                           f"{', '.join(n for n in method_names('reranker') if get_method(n).task)}")
-    return resolve(method.task)(tokenizer, cfg)
+    return method.resolve("task")(tokenizer, cfg)

@@ -267,3 +267,22 @@ def test_a_method_package_line_naming_no_package_is_one_line(monkeypatch: pytest
     with pytest.raises(ConfigError, match=r"METHOD_PACKAGES \(rerank/methods/__init__.py\) names 'no_such_method', "
                                           r"but there is no package rerank/methods/no_such_method"):
         all_methods()
+
+
+def test_builtin_retriever_and_backend_names_cannot_be_replaced() -> None:
+    """register_retriever("bm25", X) / register_backend("vllm", X) refuse another class (a silent replacement would
+    send every bm25 run or vllm head to X); the same target again is a no-op."""
+    from rerank.backends.registry import backend_class, register_backend
+    from rerank.retrieval.base import RETRIEVERS, register_retriever
+
+    class Other:
+        pass
+
+    with pytest.raises(ConfigError, match=r"retriever name 'bm25' is taken by the built-in "
+                                          r"rerank\.retrieval\.bm25:BM25Retriever"):
+        register_retriever("bm25", Other)
+    with pytest.raises(ConfigError, match=r"backend name 'vllm' is taken by the built-in"):
+        register_backend("vllm", Other)
+    register_retriever("bm25", "rerank.retrieval.bm25:BM25Retriever")  # the same target: a no-op
+    assert RETRIEVERS.get("bm25").__name__ == "BM25Retriever"
+    assert backend_class("transformers").__name__ == "TransformersBackend"

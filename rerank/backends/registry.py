@@ -16,6 +16,7 @@ BACKENDS: Registry[type[Backend]] = Registry("backend")
 
 
 def register_backend(name: str, target: str | type) -> None:
+    """Register backend ``name`` -> ``"module:Class"`` or a class; a built-in name is refused for another class."""
     BACKENDS.register(name, target)
 
 
@@ -40,7 +41,7 @@ def build_backend(name: str, model: str | None, **options: Any) -> Backend:
 
 
 # built-in backends
-register_backend("transformers", "rerank.backends.transformers:TransformersBackend")
-register_backend("vllm", "rerank.backends.vllm:VLLMBackend")
-register_backend("openai", "rerank.backends.openai:OpenAIBackend")
-register_backend("llamacpp", "rerank.backends.llamacpp:LlamaCppBackend")
+BACKENDS.register("transformers", "rerank.backends.transformers:TransformersBackend", builtin=True)
+BACKENDS.register("vllm", "rerank.backends.vllm:VLLMBackend", builtin=True)
+BACKENDS.register("openai", "rerank.backends.openai:OpenAIBackend", builtin=True)
+BACKENDS.register("llamacpp", "rerank.backends.llamacpp:LlamaCppBackend", builtin=True)

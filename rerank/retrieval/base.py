@@ -100,7 +100,8 @@ RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever")
 
 
 def register_retriever(name: str, target: str | type[FirstStage]) -> None:
-    """Register ``name`` -> ``"module:Class"`` (imported on first use)."""
+    """Register ``name`` -> ``"module:Class"`` (imported on first use); a built-in name (``bm25``, ``dense``, ...) is
+    refused for another class."""
     RETRIEVERS.register(name, target)
 
 
@@ -153,7 +154,7 @@ def progress_options(name: str, options: Mapping[str, Any], progress: bool) -> d
 
 
 # built-in retrievers
-register_retriever("bm25", "rerank.retrieval.bm25:BM25Retriever")
-register_retriever("pyserini", "rerank.retrieval.pyserini:PyseriniBM25")
-register_retriever("dense", "rerank.retrieval.dense:DenseRetriever")
-register_retriever("hybrid", "rerank.retrieval.hybrid:HybridRetriever")
+RETRIEVERS.register("bm25", "rerank.retrieval.bm25:BM25Retriever", builtin=True)
+RETRIEVERS.register("pyserini", "rerank.retrieval.pyserini:PyseriniBM25", builtin=True)
+RETRIEVERS.register("dense", "rerank.retrieval.dense:DenseRetriever", builtin=True)
+RETRIEVERS.register("hybrid", "rerank.retrieval.hybrid:HybridRetriever", builtin=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import bm25s
 import numpy as np
 import Stemmer
+from tqdm.auto import tqdm
 
 from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
@@ -184,26 +187,36 @@ class BM25Retriever(FirstStage):
         }
 
 
-def _corpus_texts(dataset: Dataset, include_title: bool) -> tuple[list[str], list[str]]:
-    """Stream the corpus into (doc ids, texts to index); a duplicate id is an error naming both lines (the reader's)."""
+def _tokenize_corpus(dataset: Dataset, config: BM25Config) -> tuple[list[str], bm25s.tokenization.Tokenized]:
+    """Tokenize the corpus as it streams into doc ids and ``bm25s`` token ids (int32 arrays); texts are never all held.
+
+    Analysis matches :meth:`BM25Retriever.tokenize_queries` (lowercase, words of two or more word characters,
+    stopwords, stemmer); a document with no token is empty and the vocabulary has no ``""`` (``bm25s.BM25.index`` adds
+    it). A duplicate id is an error naming both lines (the reader's), an empty corpus a :class:`DataFormatError`.
+    """
+    stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
+    tokenizer = bm25s.tokenization.Tokenizer(stopwords=config.stopwords, stemmer=stemmer)
     doc_ids: list[str] = []
-    texts: list[str] = []
-    for doc in dataset.iter_corpus():
-        doc_ids.append(doc.id)
-        texts.append(doc.full_text() if include_title else doc.text)
+
+    def texts() -> Iterator[str]:
+        for doc in tqdm(dataset.iter_corpus(), desc="bm25 read + tokenize corpus", unit="doc",
+                        disable=not config.show_progress):
+            doc_ids.append(doc.id)
+            yield doc.full_text() if config.include_title else doc.text
+
+    # an int32 array per document: 4 bytes a token instead of a list's 8-byte pointers
+    ids = [array("i", d) for d in tokenizer.streaming_tokenize(texts(), update_vocab=True, allow_empty=False)]
     if not doc_ids:
         raise DataFormatError(dataset.corpus_path, None, "empty corpus: no documents found")
-    return doc_ids, texts
+    return doc_ids, bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict())
 
 
 def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25, list[str]]:
     """Tokenize and index the corpus, save it into a temporary folder and rename that into ``path``."""
-    doc_ids, texts = _corpus_texts(dataset, config.include_title)
-    stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
-    tokens = bm25s.tokenize(texts, stopwords=config.stopwords, stemmer=stemmer, show_progress=config.show_progress)
-    del texts
+    doc_ids, tokens = _tokenize_corpus(dataset, config)
     model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
     model.index(tokens, show_progress=config.show_progress)
+    del tokens
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -6,16 +6,20 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from rerank.data import irds
 from rerank.data.io import (
     DUPLICATES_FIX,
+    CorpusPart,
     Duplicates,
+    count_records,
     find_file,
     iter_corpus,
     iter_lines,
     read_corpus,
+    read_corpus_part,
     read_qrels,
     read_queries,
 )
@@ -107,6 +111,23 @@ class Dataset:
     def iter_corpus(self):
         """Stream the corpus without keeping it (for encoders over big corpora)."""
         return iter_corpus(self.corpus_path)
+
+    def documents(self, ids: AbstractSet[str], ask: AbstractSet[str] = frozenset()) -> CorpusPart:
+        """The documents ``ids`` (and which of ``ask`` the corpus holds): from :attr:`corpus` when it is already in
+        memory, else from one checked pass over the file that holds only those (:func:`read_corpus_part`)."""
+        if "corpus" not in vars(self):
+            part = read_corpus_part(self.corpus_path, ids, ask)
+            self.__dict__.setdefault("corpus_size", part.size)
+            return part
+        corpus = self.corpus
+        docs = {d: corpus[d] for d in ids if d in corpus}
+        return CorpusPart(docs, frozenset(docs).union(d for d in ask if d in corpus), len(corpus))
+
+    @functools.cached_property
+    def corpus_size(self) -> int:
+        """How many documents the corpus holds: counted in memory when it is read, else its non-blank lines (a pass
+        over the bytes, not parsed)."""
+        return len(self.corpus) if "corpus" in vars(self) else count_records(self.corpus_path)
 
     @functools.cached_property
     def queries(self) -> dict[str, Query]:

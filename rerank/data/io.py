@@ -19,7 +19,8 @@ import logging
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -37,6 +38,9 @@ __all__ = [
     "iter_jsonl",
     "iter_corpus",
     "read_corpus",
+    "CorpusPart",
+    "read_corpus_part",
+    "count_records",
     "read_queries",
     "read_qrels",
     "read_run",
@@ -269,14 +273,20 @@ def _first_line(lines: Iterable[tuple[int, Any]], match: Callable[[Any], bool]) 
     return next((lineno for lineno, rec in lines if match(rec)), None)
 
 
+def _corpus_record(obj: dict[str, Any], path: str | Path, lineno: int) -> tuple[str, str, str]:
+    """The checked ``(id, text, title)`` of one corpus record."""
+    doc_id = _record_id(obj, ("_id", "id", "docid"), "document id", path, lineno)
+    text = _text(obj, "text", path, lineno, "contents")
+    title = obj.get("title")
+    if title is not None and not isinstance(title, str):
+        raise DataFormatError(path, lineno, f"field 'title' must be a string, got {type(title).__name__}")
+    return doc_id, text, title or ""
+
+
 def _iter_corpus_lines(path: str | Path) -> Iterator[tuple[int, Document]]:
     for lineno, obj in iter_jsonl(path):
-        doc_id = _record_id(obj, ("_id", "id", "docid"), "document id", path, lineno)
-        text = _text(obj, "text", path, lineno, "contents")
-        title = obj.get("title")
-        if title is not None and not isinstance(title, str):
-            raise DataFormatError(path, lineno, f"field 'title' must be a string, got {type(title).__name__}")
-        yield lineno, Document(id=doc_id, text=text, title=title or "")
+        doc_id, text, title = _corpus_record(obj, path, lineno)
+        yield lineno, Document(id=doc_id, text=text, title=title)
 
 
 def _corpus_duplicate(path: str | Path, lineno: int, doc_id: str) -> DataFormatError:
@@ -304,6 +314,41 @@ def read_corpus(path: str | Path) -> dict[str, Document]:
     if not corpus:
         raise DataFormatError(path, None, "empty corpus: no documents found")
     return corpus
+
+
+@dataclass(frozen=True)
+class CorpusPart:
+    """What one pass of :func:`read_corpus_part` kept of a corpus."""
+
+    docs: dict[str, Document]  #: the documents asked for that the corpus holds
+    found: frozenset[str]  #: the ids asked for or about that the corpus holds
+    size: int  #: how many documents the corpus holds
+
+
+def read_corpus_part(path: str | Path, keep: Set[str], ask: Set[str] = frozenset()) -> CorpusPart:
+    """Read a corpus once, every line checked as :func:`read_corpus` checks it (a malformed record anywhere, a
+    duplicate id, an empty corpus are errors), holding only the documents in ``keep``; ``ask``: ids whose presence
+    is recorded too (``found``), without their documents."""
+    docs: dict[str, Document] = {}
+    seen: set[str] = set()
+    for lineno, obj in iter_jsonl(path):
+        doc_id, text, title = _corpus_record(obj, path, lineno)
+        if doc_id in seen:
+            raise _corpus_duplicate(path, lineno, doc_id)
+        seen.add(doc_id)
+        if doc_id in keep:
+            docs[doc_id] = Document(id=doc_id, text=text, title=title)
+    if not seen:
+        raise DataFormatError(path, None, "empty corpus: no documents found")
+    return CorpusPart(docs, frozenset(docs).union(d for d in ask if d in seen), len(seen))
+
+
+def count_records(path: str | Path) -> int:
+    """The non-blank lines of a JSONL file (``.gz`` decompressed), read as bytes and not parsed: a cheap count of
+    its records, e.g. for a progress bar's total."""
+    path = Path(path)
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 #: first fields of a BEIR-style header line (qrels: ``query-id corpus-id score``; queries TSV: ``query-id text``)

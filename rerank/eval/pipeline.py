@@ -22,6 +22,10 @@ qrels, a given first-stage run, and the reranker (built, options and model) all 
 retrieves. The result folder holds the files of one run only: ``metrics.json`` is removed first and written last
 (it marks a complete run), and the other files this command writes (:data:`OUTPUT_FILES`) that this run does not
 write are removed; other files in the folder are left alone. Secrets in the config are written as ``<redacted>``.
+
+Reranking holds only the documents it reranks, not the corpus: one pass over ``corpus.jsonl`` checks every line (a
+malformed line anywhere is an error naming it) and keeps the candidates' documents, after retrieval (a given run's
+candidates are known before the reranker loads, and are read then); a corpus already in memory is not read again.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from tqdm.auto import tqdm
 
 from rerank.config import to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
-from rerank.data.io import DUPLICATE_POLICIES, check_ranked, read_run, write_run
+from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_run, write_run
 from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
@@ -539,12 +543,15 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
     if given_run is not None:
         _check_given_run(given_run, queries, cfg, dataset)
         check_ranked(given_run, f"--first-stage {cfg.first_stage}", cfg.top_k if reranking else None)
-        # the corpus is read for a given run anyway (its unknown documents are counted): a run naming none of its
-        # documents fails now, before the reranker loads
-        check_run_docs(_select(given_run, list(queries)), dataset.corpus, f"--first-stage {cfg.first_stage}",
-                       f"the {len(dataset.corpus)} documents of {dataset.corpus_path}")
-    if reranking:
-        dataset.corpus  # noqa: B018 - read (and checked) now: reranking needs it, and it is cheaper than the model
+        # one checked pass over the corpus, before the reranker loads, holds the candidates' documents and notes which
+        # of the run's documents exist (its unknown ones are counted): a run naming none of them fails now
+        selected = _select(given_run, list(queries))
+        keep = _candidate_ids(_drop_excluded(selected, dataset, cfg.split), queries, cfg.top_k) if reranking else set()
+        given_docs = dataset.documents(keep, {d for lst in selected.values() for d, _ in lst})
+        check_run_docs(selected, given_docs.found or {d.id for d in dataset.iter_corpus()},
+                       f"--first-stage {cfg.first_stage}", f"the {given_docs.size} documents of {dataset.corpus_path}")
+    else:
+        given_docs = None
     if (str(dataset.root), rel_level) not in _REL_LEVEL_WARNED and warn_rel_level(
             qrels, rel_level, cfg.measures, cfg.rel_level is not None or dataset.info is not None,
             f"the {cfg.split} qrels of dataset {dataset.name}", rel_level_fix):
@@ -561,15 +568,33 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
             else:
                 reranker = load_reranker(cfg)
             timing["reranker_load_s"] = time.perf_counter() - t
-        return _evaluate(cfg, dataset, queries, qrels, rel_level, given_run, reranker, pool, timing, t0, progress,
-                         given)
+        return _evaluate(cfg, dataset, queries, qrels, rel_level, given_run, given_docs, reranker, pool, timing, t0,
+                         progress, given)
+
+
+def _drop_excluded(run: Run, dataset: Dataset, split: str) -> Run:
+    """``run`` without the documents a query may not rank: the query itself where the dataset ignores identical ids,
+    and BRIGHT's excluded ids (they leave the ranking before reranking and scoring)."""
+    if dataset.info is not None and dataset.info.ignore_identical_ids:
+        run = {q: [(d, s) for d, s in lst if d != q] for q, lst in run.items()}
+    excluded = dataset.excluded_ids(split)
+    if excluded:
+        run = {q: [(d, s) for d, s in lst if d not in excluded.get(q, ())] for q, lst in run.items()}
+    return run
+
+
+def _candidate_ids(run: Run, queries: Collection[str], top_k: int) -> set[str]:
+    """The ids of the documents reranking reads: each query's top ``top_k``."""
+    return {d for q in queries for d, _ in run.get(q, [])[:top_k]}
 
 
 def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrels: Qrels, rel_level: int,
-              given_run: Run | None, reranker: Reranker | None, pool: WorkerPool | None, timing: dict[str, float],
-              t0: float, progress: bool, given: bool) -> dict[str, Any]:
-    """:func:`run_eval` once the dataset is read and the reranker (or its worker pool) is loaded; ``given``: the
-    caller passed it (its own description names the model), rather than ``cfg`` naming it."""
+              given_run: Run | None, given_docs: CorpusPart | None, reranker: Reranker | None,
+              pool: WorkerPool | None, timing: dict[str, float], t0: float, progress: bool,
+              given: bool) -> dict[str, Any]:
+    """:func:`run_eval` once the dataset is read and the reranker (or its worker pool) is loaded; ``given_docs``: what
+    the pass over the corpus for a given run kept (its candidates' documents, which of its documents exist);
+    ``given``: the caller passed the reranker (its own description names the model), rather than ``cfg`` naming it."""
 
     t = time.perf_counter()
     first_stage_desc: dict[str, Any]
@@ -582,11 +607,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         reranking = reranker is not None or pool is not None  # it needs top_k candidates; else depth is the run's
         run = retriever.retrieve(queries, k=max(cfg.depth, cfg.top_k) if reranking else cfg.depth)
         first_stage_desc = retriever.describe()
-    if dataset.info is not None and dataset.info.ignore_identical_ids:
-        run = {q: [(d, s) for d, s in lst if d != q] for q, lst in run.items()}
-    excluded = dataset.excluded_ids(cfg.split)
-    if excluded:  # BRIGHT: excluded ids leave the ranking before reranking and scoring
-        run = {q: [(d, s) for d, s in lst if d not in excluded.get(q, ())] for q, lst in run.items()}
+    run = _drop_excluded(run, dataset, cfg.split)
     timing["first_stage_s"] = time.perf_counter() - t
 
     corpus_ids_unknown: dict[str, list[str]] = {}
@@ -596,7 +617,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
     stats = RerankStats()
     if reranker is not None or pool is not None:
         t = time.perf_counter()
-        doc_ids = {d for q in queries for d, _ in run.get(q, [])[: cfg.top_k]}
+        doc_ids = _candidate_ids(run, queries, cfg.top_k)
 
         def describe() -> dict[str, Any]:
             return (_pooled_description(pool.broadcast(_describe, None)) if pool is not None
@@ -608,8 +629,11 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
                 pool.broadcast(_prepare, (cfg, doc_ids))
             else:
                 reranker.prepare_corpus(dataset, doc_ids)  # type: ignore[union-attr]
+            # only the candidates' documents are held (read after prepare_corpus: a head that read the whole corpus
+            # there is not read twice)
+            docs = given_docs.docs if given_docs is not None else dataset.documents(doc_ids).docs
             final, rerank_scores, corpus_ids_unknown = rerank_run(
-                pool if pool is not None else reranker, queries, run, dataset.corpus,  # type: ignore[arg-type]
+                pool if pool is not None else reranker, queries, run, docs,  # type: ignore[arg-type]
                 cfg.top_k, cfg.batch_queries, progress, stats, cfg.interpolate,
             )
         desc = _counted_since(before, describe())
@@ -622,10 +646,9 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
         if pool is not None:
             reranker_desc["workers"] = {"processes": pool.workers, "threads_each": pool.threads}
-    elif cfg.first_stage is not None:
-        corpus = dataset.corpus
+    elif given_docs is not None:
         for q, lst in run.items():
-            missing = [d for d, _ in lst if d not in corpus]
+            missing = [d for d, _ in lst if d not in given_docs.found]
             if missing:
                 corpus_ids_unknown[q] = missing
 

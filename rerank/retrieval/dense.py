@@ -769,13 +769,20 @@ def searchable_queries(queries: Mapping[str, Query]) -> list[str]:
     return qids
 
 
-def blank_doc_ids(dataset: Any) -> frozenset[str]:
+def blank_doc_ids(dataset: Any, ids: set[str] | None = None) -> frozenset[str]:
     """The ids of ``dataset``'s empty documents (no title or text, or whitespace only), which dense retrieval leaves
-    out (BM25 never returns them); logs a warning with their count when there are any."""
+    out (BM25 never returns them); logs a warning with their count when there are any. ``ids``: a set that every
+    document id is added to in the same pass."""
     from rerank.retrieval.index import doc_text
 
     docs = dataset.corpus.values() if "corpus" in vars(dataset) else dataset.iter_corpus()
-    blank = frozenset(d.id for d in docs if not doc_text(d))
+    found: set[str] = set()
+    for d in docs:
+        if ids is not None:
+            ids.add(d.id)
+        if not doc_text(d):
+            found.add(d.id)
+    blank = frozenset(found)
     if blank:
         log.warning("%d documents are empty (no title or text, e.g. %r): dense retrieval never returns them, as BM25 "
                     "does not", len(blank), min(blank))
@@ -812,11 +819,14 @@ class DenseRetriever(FirstStage):
             raise ConfigError("the dense retriever needs a model (--model M or --retriever-set model=M) or an --index")
         own = manifest is not None and bool(cfg.model)  # a model named: its own settings, checked against the index's
         encoder = load_encoder(model, cfg, manifest, where, own=own)
+        blank = None
         if cfg.index:
+            corpus_ids: set[str] = set()  # one streamed pass finds the ids and the empty documents; nothing is held
+            blank = blank_doc_ids(dataset, corpus_ids)
             index = DenseIndex.load(
                 cfg.index,
                 corpus_sha256=dataset.corpus_hash,
-                corpus_ids=dataset.corpus.keys(),
+                corpus_ids=corpus_ids,
                 model_hash=encoder.fingerprint("doc"),
                 dim=encoder.dim,
                 model=str(model),
@@ -837,7 +847,7 @@ class DenseRetriever(FirstStage):
                 if work is not None:
                     shutil.rmtree(work, ignore_errors=True)
         set_search_params(index.index, cfg.ef_search, cfg.nprobe)
-        return cls(encoder, index, cfg, blank_doc_ids(dataset))
+        return cls(encoder, index, cfg, blank if blank is not None else blank_doc_ids(dataset))
 
     def retrieve(self, queries: Queries, k: int) -> dict[str, list[tuple[str, float]]]:
         """Top-``k`` per query in trec_eval order. An empty or whitespace-only query gets ``[]``, as with BM25 (its

@@ -25,11 +25,11 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: how many documents an encoding covers, for its progress bar: a count, a function giving it, or unknown
+NumDocs: TypeAlias = int | Callable[[], int] | None
 
 INDEX_FORMAT = "rerank-dense-index"
 INDEX_VERSION = 1  # the manifest format version this rerank writes and reads
@@ -234,7 +236,7 @@ def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
 
 
 def _encode_shards(encoder: BiEncoder, docs: Iterable[Document], shards: Path, shard_size: int, batch_size: int,
-                   progress: bool, num_docs: int | None, pool: Any | None) -> tuple[list[str], list[Path], int]:
+                   progress: bool, num_docs: NumDocs, pool: Any | None) -> tuple[list[str], list[Path], int]:
     """Encode ``docs`` shard by shard into ``shards``, skipping complete shards (resumption); returns the ids in order,
     the shard files, and how many documents were resumed."""
     from tqdm.auto import tqdm
@@ -243,7 +245,8 @@ def _encode_shards(encoder: BiEncoder, docs: Iterable[Document], shards: Path, s
     seen: set[str] = set()
     shard_files: list[Path] = []
     resumed = 0
-    bar = tqdm(total=num_docs, desc="encode corpus", unit="doc", disable=not progress)
+    total = (num_docs() if progress else None) if callable(num_docs) else num_docs
+    bar = tqdm(total=total, desc="encode corpus", unit="doc", disable=not progress)
     for i, chunk in enumerate(_chunks(docs, shard_size)):
         for d in chunk:
             if d.id in seen:
@@ -273,12 +276,13 @@ def encode_corpus(
     shard_size: int = 8192,
     batch_size: int = 64,
     progress: bool = True,
-    num_docs: int | None = None,
+    num_docs: NumDocs = None,
     workers: int = 1,
 ) -> EmbeddingSet:
     """Encode ``docs`` into ``work_dir`` shard by shard; resumes after the last complete shard, reuses a finished one.
 
     ``key`` identifies the encoding (see :func:`doc_encoding_key`); shards written under another key are discarded.
+    ``num_docs``: the progress bar's total, or a function giving it (called only when there is something to encode).
     ``workers`` > 1: that many processes with a copy of the encoder each (:func:`~rerank.retrieval.dense.encoder_pool`)
     encode each shard's batches, started only when there is something to encode (the embeddings are one process's).
 
@@ -312,7 +316,7 @@ def encode_corpus(
 
 
 def _encode_and_publish(encoder: BiEncoder, docs: Iterable[Document], work_dir: Path, key: dict[str, Any],
-                        shard_size: int, batch_size: int, progress: bool, num_docs: int | None,
+                        shard_size: int, batch_size: int, progress: bool, num_docs: NumDocs,
                         workers: int) -> EmbeddingSet:
     """The body of :func:`encode_corpus`, run under its lock: encode (resuming) into ``work_dir/shards``, join the
     shards into ``embeddings.npy`` through a temporary file of this process's own, write ``manifest.json`` last."""
@@ -411,8 +415,10 @@ def encode_corpus_cached(
         target = Path(work_dir)
     else:
         raise ConfigError("cache=False needs a work_dir to encode into")
-    n = len(dataset.corpus) if "corpus" in vars(dataset) else None  # known only if already read
-    return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, n, workers)
+    def count() -> int:  # the bar's total, taken only when encoding: in memory, else the corpus file's lines
+        return dataset.corpus_size
+
+    return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, count, workers)
 
 
 def _check_pq_m(pq_m: int, dim: int) -> None:

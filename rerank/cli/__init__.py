@@ -3,27 +3,35 @@
 Errors a user can fix (bad input, a missing file or model, an invalid option) print one line, ``error: …`` naming
 the thing and the fix, and exit with status 2; ``--debug`` (or ``RERANK_DEBUG=1``) shows the traceback instead.
 Output piped into a reader that stops early (``rerank evaluate … | head``) ends the command quietly, with the
-status a shell gives a process that SIGPIPE ended (141). The log shows our own INFO messages, and only the warnings
+status a shell gives a process that SIGPIPE ended (141). SIGTERM (``kill``, a scheduler's stop) unwinds as Ctrl-C
+does, so temporary files are removed, and ends the command with one line, ``terminated``, and status 143. The log shows our own INFO messages, and only the warnings
 and errors of other libraries (``-v``: everything, from DEBUG up).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
 import os
 import select
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 from rerank.errors import USAGE_ERROR, RerankError
 
-__all__ = ["main", "build_parser", "model_file_error", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE"]
+__all__ = ["main", "build_parser", "model_file_error", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE", "TERMINATED",
+           "Terminated"]
 
 #: exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended
 BROKEN_PIPE = 141
+#: exit status after SIGTERM: 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+TERMINATED = 128 + signal.SIGTERM
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 # subcommand name -> module under rerank.cli (explicit; the order is the order of `rerank --help`)
@@ -61,6 +69,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM while a command runs: it unwinds like ``SystemExit(143)`` (``finally`` and
+    ``except BaseException`` clean up, ``except Exception`` does not catch it)."""
+
+    def __init__(self) -> None:
+        super().__init__(TERMINATED)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in this process's main thread (a forked child that
+    inherited the handler dies of the signal as before). A handler someone else installed is left alone, and the
+    default is put back after."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    owner = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked worker: the default action, as if no handler were set
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+#: errno -> (what went wrong, what joins it to the file named): a full disk, a read-only file system, a refusal
+_OS_ERRORS = {
+    errno.ENOSPC: ("no space left on device", " writing "),
+    errno.EDQUOT: ("disk quota exceeded", " writing "),
+    errno.EROFS: ("read-only file system", ": cannot write "),
+    errno.EACCES: ("permission denied", ": "),
+    errno.EPERM: ("operation not permitted", ": "),
+}
+
+
+def _os_error_line(error: OSError) -> str | None:
+    """A plain line for a full disk, a read-only file system or a refused permission (naming the file where the
+    error does), else None."""
+    if error.errno not in _OS_ERRORS:
+        return None
+    what, joiner = _OS_ERRORS[error.errno]
+    return what if error.filename is None else f"{what}{joiner}{os.fsdecode(error.filename)}"
+
+
 def _one_line(error: BaseException) -> str:
     """An exception's message on one line (a multi-line library message is joined with ' | ')."""
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
@@ -72,6 +132,8 @@ def _user_error(error: BaseException) -> bool:
     files that do not load (:func:`model_file_error`)."""
     if isinstance(error, (RerankError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                           PermissionError)):
+        return True
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is never a bug
         return True
     return isinstance(error, OSError) and error.filename is not None or model_file_error(error) is not None
 
@@ -182,8 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("RERANK_DEBUG", "").strip().lower() in ("1", "true", "yes")
     _configure_logging(args.verbose)
     try:
-        rc = int(args.func(args) or 0)
-        sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
+        with _sigterm_raises():
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
         return rc
     except BrokenPipeError:
         if not _stdout_closed():
@@ -194,9 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        if debug:
+            raise
+        print("terminated", file=sys.stderr)
+        return TERMINATED
     except Exception as e:
         if debug or not _user_error(e):
             raise
         problem = None if isinstance(e, RerankError) else model_file_error(e)
-        print(f"error: {'cannot load the model: ' + problem if problem else _one_line(e)}", file=sys.stderr)
+        line = _os_error_line(e) if isinstance(e, OSError) and problem is None else None
+        print(f"error: {'cannot load the model: ' + problem if problem else line or _one_line(e)}", file=sys.stderr)
         return USAGE_ERROR

@@ -242,3 +242,21 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--output") ->
     if p.is_dir():
         raise ConfigError(f"{option} {path} is a folder; give a file name")
     _check_creatable(p.parent, path, option)
+
+
+def check_cache_writable() -> None:
+    """Before any expensive work: the cache folder (``$RERANK_CACHE``, :func:`rerank.data.datasets.cache_root`) can
+    be written into or created, else a one-line error naming it and the variable that moves it."""
+    from rerank.data.datasets import cache_root
+    from rerank.utils.files import nearest_existing
+
+    root = cache_root()
+    fix = "(set RERANK_CACHE to a writable folder)"
+    existing = nearest_existing(root)
+    if root.is_symlink() and not root.exists():
+        raise ConfigError(f"cache folder {root} is a broken link {fix}")
+    if not existing.is_dir():
+        raise ConfigError(f"cache folder {root} cannot be created: {existing} is a file {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == root else f": it would be made in {existing}, which is not writable"
+        raise ConfigError(f"cache folder {root} is not writable{where} {fix}")

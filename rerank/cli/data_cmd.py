@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rerank.cli.common import add_data_root, check_output_dir
+from rerank.cli.common import add_data_root, check_cache_writable, check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def run_build(args: argparse.Namespace) -> int:
     path = recipe_path(args.recipe)
     out = args.output or str(cache_root() / "data" / path.stem)
     check_output_dir(out)
+    check_cache_writable()  # the recipe's BM25 index and LLM teacher answers are cached
     recipe = apply_overrides(load_yaml(path), args.overrides)
     manifest = build(recipe, out, data_root=args.data_root, resume=args.resume)
     c = manifest["counts"]

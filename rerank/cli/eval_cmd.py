@@ -9,6 +9,7 @@ from rerank.cli.common import (
     add_allow_duplicates,
     add_dataset,
     add_reranker,
+    check_cache_writable,
     check_input_file,
     check_llm_flags,
     check_output_dir,
@@ -148,6 +149,24 @@ def check_unused_options(args: argparse.Namespace) -> None:
                           f"msmarco-dev-bm25-top100: dev); drop --split {args.split}")
 
 
+#: the built-in retrievers that keep an index or embeddings in the cache folder
+CACHING_RETRIEVERS = ("bm25", "pyserini", "dense", "hybrid")
+
+
+def uses_cache(args: argparse.Namespace, ropts: dict) -> bool:
+    """Whether this eval writes into the cache folder: a BM25 index or dense embeddings (not a dense search of a
+    saved ``--index``, nor ``cache=false``), an LLM head's answers (unless ``--no-llm-cache``), the BRIGHT suite's
+    converted datasets."""
+    from rerank.backends.cache import uses_llm_backend
+
+    if args.suite == "bright":
+        return True
+    if args.retriever in CACHING_RETRIEVERS and not (
+            args.retriever == "dense" and (args.index is not None or ropts.get("cache", True) is False)):
+        return True
+    return args.reranker is not None and not args.no_llm_cache and uses_llm_backend(args.reranker)
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.eval.metrics import DEFAULT_MEASURES
     from rerank.eval.pipeline import EvalConfig, run_eval
@@ -201,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         check_model_path(str(ropts["model"]), "the retriever's model")
     if args.index is not None and not Path(args.index).is_dir():
         raise ConfigError(f"--index {args.index} is not a folder; build one with `rerank index`")
+    if uses_cache(args, ropts):
+        check_cache_writable()
     cfg = EvalConfig(
         dataset=args.dataset or "",
         output=args.output,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rerank.cli.common import add_data_root, check_output_dir, positive_int
+from rerank.cli.common import add_data_root, check_cache_writable, check_output_dir, positive_int
 from rerank.errors import ConfigError, RerankError
 
 if TYPE_CHECKING:
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = index_config(args)
     check_index_folder(Path(args.output))  # saving replaces the folder: refuse one holding other files first
     check_model_path(args.model)
+    if not args.no_cache or args.runtime != "torch":  # the embedding cache; an ONNX / OpenVINO export's
+        check_cache_writable()
     dataset = resolve_dataset(args.dataset, args.data_root)
     encoder = BiEncoder.load(
         args.model,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from rerank.cli.common import add_data_root, check_input_file, check_output_dir, check_output_file, positive_int
+from rerank.cli.common import (
+    add_data_root,
+    check_cache_writable,
+    check_input_file,
+    check_output_dir,
+    check_output_file,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(args.results_dir, "--results-dir")
     if args.output_md is not None:
         check_output_file(args.output_md, "--output-md")
+    if not (args.only_cached and args.results_dir is not None):  # cells' indexes and answers; the default results
+        check_cache_writable()
     report = run_leaderboard(args.config, data_root=args.data_root, results_dir=args.results_dir, force=args.force,
                              output_md=args.output_md, only_cached=args.only_cached, workers=args.workers)
     ran = sum(1 for d in report["cells"].values() for c in d.values() if not c["reused"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -19,6 +21,7 @@ __all__ = [
     "atomic_write",
     "file_lock",
     "hash_obj",
+    "named_write",
     "nearest_existing",
     "publish_dir",
     "sha256_file",
@@ -77,25 +80,36 @@ def _chmod(path: str | Path | int, mode: int) -> None:
             os.chmod(path, mode)
 
 
-#: how old a killed process's leftover must be before :func:`sweep_stale` removes it: a process on another machine
-#: sharing the folder may hold the same pid, but not for this long without touching its staging folder
+#: how old a leftover of a killed process on another machine (or of an untagged name) must be before
+#: :func:`sweep_stale` removes it: a process there sharing the folder may hold the same pid, but not for this long
+#: without touching its staging folder
 STALE_AGE_S = 3600.0
+
+#: this machine in the names of temporary files and folders (with the pid), so that a leftover of a process that is
+#: gone from this machine is removed at once, and one of another machine only when it is old
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tag() -> str:
+    """``{pid}-{host}``: the owner of a temporary name."""
+    return f"{os.getpid()}-{_HOST}"
 
 
 def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
-    """A new temporary folder under ``parent`` that is published by a rename: named ``{prefix}{pid}-…`` (what a killed
-    run leaves is swept by the next: :func:`sweep_stale`), made with the mode an ordinary ``mkdir`` gets (``0o777``
-    less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
+    """A new temporary folder under ``parent`` that is published by a rename: named ``{prefix}{pid}-{host}-…`` (what a
+    killed run leaves is swept by the next: :func:`sweep_stale`), made with the mode an ordinary ``mkdir`` gets
+    (``0o777`` less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
     sweep_stale(parent, prefix)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=suffix, dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{_tag()}-", suffix=suffix, dir=parent))
     _chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 
 def sweep_stale(parent: str | Path, prefix: str) -> None:
-    """Remove what killed processes left under ``parent``: entries named ``{prefix}{pid}-…`` or ``{prefix}{pid}.…``
-    whose process is gone and that are older than :data:`STALE_AGE_S` (a 0.5 GB half-converted model stayed for
-    good). Best-effort: an entry that cannot be inspected or removed is left."""
+    """Remove what killed processes left under ``parent``: entries named ``{prefix}{pid}-{host}-…`` /
+    ``{prefix}{pid}-{host}.…`` of a process of this machine that is gone, and ``{prefix}{pid}-…`` / ``{prefix}{pid}.…``
+    (or another machine's) whose process is gone and that are older than :data:`STALE_AGE_S` (a 0.5 GB half-converted
+    model stayed for good). Best-effort: an entry that cannot be inspected or removed is left."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return
     try:
@@ -104,21 +118,51 @@ def sweep_stale(parent: str | Path, prefix: str) -> None:
         return
     now = time.time()
     for p in entries:
-        m = _PID_NAME.match(p.name[len(prefix):]) if p.name.startswith(prefix) else None
-        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+        if not p.name.startswith(prefix):
             continue
-        try:
-            if now - p.lstat().st_mtime < STALE_AGE_S:
-                continue
-            if p.is_dir() and not p.is_symlink():
+        rest = p.name[len(prefix):]
+        m = _TAGGED_NAME.match(rest) or _PID_NAME.match(rest)
+        if m is not None:
+            _remove_leftover(p, int(m.group(1)), m.group(2) if m.re is _TAGGED_NAME else None, now)
+
+
+def _sweep_temp_files(parent: Path) -> None:
+    """Remove the :func:`atomic_write` temporary files (``.NAME.{pid}-{host}.….tmp``) that processes now gone left in
+    ``parent`` (a SIGKILL mid-write): at once for this machine's, when old for another's. Best-effort."""
+    if os.name == "nt":
+        return
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for p in entries:
+        m = _TEMP_FILE.fullmatch(p.name)
+        if m is not None:
+            _remove_leftover(p, int(m.group(1)), m.group(2), now, files_only=True)
+
+
+def _remove_leftover(p: Path, pid: int, host: str | None, now: float, files_only: bool = False) -> None:
+    """Remove ``p``, named for process ``pid`` on machine ``host`` (None: untagged), when that process is gone: a
+    process of this machine is asked (``kill(pid, 0)``); another machine's, or an untagged name, must be older than
+    :data:`STALE_AGE_S` too. Errors leave it."""
+    if pid == os.getpid() or (host in (None, _HOST) and _alive(pid)):
+        return
+    try:
+        if host != _HOST and now - p.lstat().st_mtime < STALE_AGE_S:
+            return
+        if p.is_dir() and not p.is_symlink():
+            if not files_only:
                 shutil.rmtree(p)
-            else:
-                p.unlink()
-        except OSError:
-            continue
+        else:
+            p.unlink()
+    except OSError:
+        return
 
 
 _PID_NAME = re.compile(r"(\d+)[-.]")
+_TAGGED_NAME = re.compile(r"(\d+)-([0-9a-f]{8})[-.]")
+_TEMP_FILE = re.compile(r"\..+\.(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+\.tmp")
 
 
 def _alive(pid: int) -> bool:
@@ -131,14 +175,65 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _named_error(error: BaseException, path: Path) -> OSError | None:
+    """``error`` as an ``OSError`` whose ``filename`` is ``path`` (errno kept), when it is a write failure that names
+    no file; else None. A short write without an errno (numpy) is ENOSPC when the disk has less room than was asked
+    (else EIO); faiss's ``RuntimeError`` is read for the system's error text it ends with."""
+    if isinstance(error, OSError):
+        if error.filename is not None:
+            return None
+        code = error.errno
+        if code is None:
+            short = re.search(r"(\d+) requested and (\d+) written", str(error))
+            if short is None:
+                return None
+            code = errno.ENOSPC if _free_bytes(path) < int(short.group(1)) else errno.EIO
+        return OSError(code, os.strerror(code), str(path))
+    if isinstance(error, RuntimeError):  # faiss: "... write error in FILE: 2097107 != 10240000 (No space left ...)"
+        text = str(error)
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG, errno.EIO):
+            if f"({os.strerror(code)})" in text:
+                return OSError(code, os.strerror(code), str(path))
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes free on the file system that ``path`` is (to be) on; a large number when that cannot be told."""
+    try:
+        return shutil.disk_usage(nearest_existing(path)).free
+    except OSError:
+        return 1 << 62
+
+
+@contextlib.contextmanager
+def named_write(path: str | Path) -> Iterator[None]:
+    """Writing ``path`` in the block: a failure that names no file (``ENOSPC`` from a write, numpy's short
+    ``tofile``, faiss's ``RuntimeError`` ending ``(No space left on device)``) is raised as an ``OSError`` naming
+    ``path``, its errno kept, so the command line can say which file could not be written."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        named = _named_error(e, Path(path))
+        if named is None:
+            raise
+        raise named from e
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    """Write to a temporary file beside ``path`` (``.NAME.{pid}-{host}.….tmp``) and rename it into place only on
+    success; the temporary files that killed processes left there are removed first. A failure to write is an
+    ``OSError`` naming ``path`` (:func:`named_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:  # the mode of the file replaced, else an ordinary new file's (mkstemp's 0o600 would hide results)
+    with named_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_temp_files(path.parent)
         try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_tag()}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:  # it names the temporary file: name the one asked for
+            raise OSError(e.errno, e.strerror, str(path)) from e
+    with _removed_on_error(tmp), named_write(path):  # named while the partial file still fills the disk
+        try:  # the mode of the file replaced, else an ordinary new file's (mkstemp's 0o600 would hide results)
             perms = path.stat().st_mode & 0o7777
         except OSError:
             perms = 0o666 & ~_umask()
@@ -148,6 +243,13 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp: str) -> Iterator[None]:
+    """Delete the file ``tmp`` when the block fails (or is interrupted)."""
+    try:
+        yield
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -169,12 +271,14 @@ def _open_private_modes(folder: Path) -> None:
 @contextlib.contextmanager
 def staged_dir(path: str | Path) -> Iterator[Path]:
     """Build a folder in a temporary sibling and move it to ``path`` only on success (an older ``path`` is replaced),
-    so a reader never sees a half-written folder."""
+    so a reader never sees a half-written folder; a write failure in the block that names no file names ``path``
+    (:func:`named_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, prefix=f".{path.name}.")
     try:
-        yield tmp
+        with named_write(path):  # a writer that names no file (faiss on a full disk): name the folder
+            yield tmp
         _open_private_modes(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))

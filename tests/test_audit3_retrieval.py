@@ -112,8 +112,8 @@ LLAMA2 = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ '[I
 #: texts holding a special-token string and a Llama-2 template's plain-text turn markers
 PROBES = ["a [SEP] b", "c [INST] d [/INST] e"]
 #: what the encoder hands its tokenizer for PROBES under each text handling the embedding-cache key has named. A change
-#: to that text is a new entry under a new ``dense._TEXT_HANDLING``, never an edit of an entry: embeddings cached or
-#: indexed under the old name were encoded from the old text and must not be reused.
+#: to that text is a new entry under a new name in ``dense._text_handling``, never an edit of an entry: embeddings
+#: cached or indexed under the old name were encoded from the old text and must not be reused.
 TEXT_HANDLINGS = {
     "special-strings-neutralised": ["a [ SEP] b", "c [INST] d [/INST] e"],
     "special-strings-and-turn-markers-neutralised": ["a [ SEP] b", "c [ INST] d [ /INST] e"],
@@ -123,17 +123,22 @@ TEXT_HANDLINGS = {
 def test_the_cache_key_names_the_text_handling_the_encoder_applies(tiny_st_dir: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Turn markers became defanged while the key still said "special-strings-neutralised", so embeddings cached
-    before, of documents holding ``[INST]``, were reused although the text now encodes differently."""
+    before, of documents holding ``[INST]``, were reused although the text now encodes differently. A tokenizer
+    without such markers is given the text it always was: its key keeps the old name (its caches stay valid)."""
     enc = BiEncoder.load(tiny_st_dir, device="cpu")
+    plain_key = doc_encoding_key(enc, "corpus")
+    assert dense._text_handling(enc.doc_tokenizer) == "special-strings-neutralised"
+    assert enc._prepare(PROBES, "doc") == TEXT_HANDLINGS["special-strings-neutralised"]
     enc.doc_tokenizer.chat_template = LLAMA2
     prepared = enc._prepare(PROBES, "doc")
     named = [name for name, texts in TEXT_HANDLINGS.items() if texts == prepared]
-    assert named == [dense._TEXT_HANDLING], (f"the encoder hands the tokenizer {prepared} (TEXT_HANDLINGS: {named}) "
-                                             f"and the cache key says {dense._TEXT_HANDLING!r}: new text handling "
-                                             "needs a new _TEXT_HANDLING and a new entry here")
+    assert named == [dense._text_handling(enc.doc_tokenizer)], (
+        f"the encoder hands the tokenizer {prepared} (TEXT_HANDLINGS: {named}) and the cache key says "
+        f"{dense._text_handling(enc.doc_tokenizer)!r}: new text handling needs a new name and a new entry here")
     key = doc_encoding_key(enc, "corpus")
-    for name in set(TEXT_HANDLINGS) - {dense._TEXT_HANDLING}:
-        monkeypatch.setattr(dense, "_TEXT_HANDLING", name)
+    assert key["model_hash"] != plain_key["model_hash"]
+    for name in set(TEXT_HANDLINGS) - {dense._text_handling(enc.doc_tokenizer)}:
+        monkeypatch.setattr(dense, "_text_handling", lambda tok, name=name: name)
         assert doc_encoding_key(enc, "corpus")["model_hash"] != key["model_hash"]
 
 

@@ -66,8 +66,19 @@ ROUTER_CONFIG = "router_config.json"
 SETTINGS_FILE = "rerank_biencoder.json"
 _ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last": "pooling_mode_lasttoken"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# text handling (in the fingerprint): special-token strings, markup-like tokens, chat-template turn markers defanged
-_TEXT_HANDLING = "special-strings-and-turn-markers-neutralised"
+#: text handling (in the fingerprint): special-token strings and markup-like tokens defanged ...
+_TEXT_HANDLING = "special-strings-neutralised"
+#: ... and the chat template's plain-text turn markers too, for a tokenizer whose template has them
+_TEXT_HANDLING_MARKERS = "special-strings-and-turn-markers-neutralised"
+
+
+def _text_handling(tokenizer: Any) -> str:
+    """The text handling a tokenizer's input gets, as named in the fingerprint: a tokenizer whose chat template has no
+    plain-text turn markers (every BERT-style encoder) is given the text it was given before turn markers were
+    defanged, so its cached embeddings and indexes stay valid; one whose template has them is named apart."""
+    from rerank.heads.text import template_markers
+
+    return _TEXT_HANDLING_MARKERS if template_markers(tokenizer) else _TEXT_HANDLING
 
 
 @dataclass
@@ -378,7 +389,7 @@ class BiEncoder(torch.nn.Module):
             spec = tok.get_vocab()
         h.update(json.dumps(spec, sort_keys=True).encode())
         h.update(f"pad={tok.pad_token_id}".encode())
-        h.update(f"text={_TEXT_HANDLING}".encode())
+        h.update(f"text={_text_handling(tok)}".encode())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:

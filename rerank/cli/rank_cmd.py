@@ -152,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
                         len(unknown), len(run_in), args.first_stage, ds.name, ", ".join(unknown[:3]))
         if args.max_queries is not None:
             qids = qids[: args.max_queries]
-        jobs, missing = _first_stage_jobs({q: ds.queries[q] for q in qids}, run_in, ds.corpus, args.top_k)
+        # one checked pass over the corpus holds only the documents the output needs: the reranked candidates, and
+        # for JSONL (which carries their text) the rest of each selected query's run
+        needed = {d for q in qids for d, _ in (run_in[q] if kind == ".jsonl" else run_in[q][: args.top_k])}
+        corpus = ds.documents(needed).docs
+        jobs, missing = _first_stage_jobs({q: ds.queries[q] for q in qids}, run_in, corpus, args.top_k)
         if missing:
             log.warning("%d doc ids of --first-stage %s are not in dataset %s's corpus (e.g. %s): they are not "
                         "reranked and follow the reranked ones", sum(map(len, missing.values())), args.first_stage,
@@ -214,8 +218,9 @@ def _read_input(path: str) -> list[tuple[Query, list[tuple[Document, float | Non
 def _first_stage_jobs(queries: dict[str, Query], run: dict[str, list[tuple[str, float]]], corpus: dict[str, Document],
                       top_k: int) -> tuple[list[Job], dict[str, list[str]]]:
     """One job per query of ``queries`` with candidates in ``run``: its first ``top_k`` that ``corpus`` holds are
-    reranked, those it lacks follow them, then the rest of the run (as ``rerank eval`` orders them); also returns
-    the ids missing from the corpus per query."""
+    reranked, those it lacks follow them, then the rest of the run (as ``rerank eval`` orders them; a tail document
+    ``corpus`` does not hold is None); also returns the ids missing from the corpus per query. ``corpus`` may hold
+    only the run's documents."""
     from rerank.types import Candidate
 
     jobs: list[Job] = []

@@ -1,0 +1,94 @@
+"""Audit 3 leftovers: ``rerank rank --first-stage`` holds only the documents its run names (output unchanged); the
+bi-encoder's ``prepare_corpus`` reads only the candidates; a BM25 corpus with no token is a one-line error; the
+adapters' ``.load`` refuses ``top_k`` pointing at ``top_n``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerank.data import datasets as datasets_mod
+from rerank.data.datasets import Dataset
+from rerank.heads.registry import register_reranker
+from rerank.testing import make_tiny_beir
+from tests.serve_support import LongestFirst
+
+register_reranker(LongestFirst.method, LongestFirst)
+
+
+@pytest.fixture
+def beir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
+    return make_tiny_beir(tmp_path / "beir", num_docs=120, num_queries=12, splits=("test",), seed=1)
+
+
+def _first_stage(tmp_path: Path) -> Path:
+    """A run of 4 queries, 4 documents each, one of them not in the corpus."""
+    run = tmp_path / "first.trec"
+    run.write_text("".join(f"q{q:03d} Q0 {d} {r} {10 - r} bm25\n" for q in range(0, 12, 3)
+                           for r, d in enumerate([f"d{q:03d}", "ghost", f"d{q + 40:03d}", f"d{q + 80:03d}"], 1)))
+    return run
+
+
+def _rank(run_cli: Any, beir: Path, run: Path, out: Path) -> None:
+    code, _, err = run_cli("rank", "--first-stage", run, "--dataset", beir, "--reranker", LongestFirst.method,
+                           "--top-k", "2", "--output", out)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["out.trec", "out.jsonl"])
+def test_rank_first_stage_holds_only_the_run_documents_and_output_is_unchanged(
+    beir: Path, tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    name: str
+) -> None:
+    run = _first_stage(tmp_path)
+    real = Dataset.documents
+    asked: list[set[str]] = []
+
+    def from_memory(self: Dataset, ids: Any, ask: Any = frozenset()) -> Any:
+        self.corpus  # noqa: B018 - the whole corpus in memory first, as rank held it before
+        return real(self, ids, ask)
+
+    with monkeypatch.context() as m:
+        m.setattr(Dataset, "documents", from_memory)
+        _rank(run_cli, beir, run, tmp_path / "full" / name)
+
+    def spy(self: Dataset, ids: Any, ask: Any = frozenset()) -> Any:
+        part = real(self, ids, ask)
+        asked.append(set(part.docs))
+        return part
+
+    def no_full_read(path: Any) -> Any:
+        raise AssertionError(f"the whole corpus {path} was read into memory")
+
+    monkeypatch.setattr(Dataset, "documents", spy)
+    monkeypatch.setattr(datasets_mod, "read_corpus", no_full_read)
+    caplog.clear()
+    _rank(run_cli, beir, run, tmp_path / "part" / name)
+    assert "4 doc ids of --first-stage" in caplog.text and "(e.g. ['ghost'])" in caplog.text
+    assert (tmp_path / "part" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    heads = {f"d{q:03d}" for q in range(0, 12, 3)}  # top 2: d0xx and ghost (not in the corpus)
+    tails = {f"d{q + k:03d}" for q in range(0, 12, 3) for k in (40, 80)}
+    assert asked == [heads | tails if name.endswith(".jsonl") else heads]
+    if name.endswith(".jsonl"):
+        rows = [json.loads(line) for line in (tmp_path / "part" / name).read_text().splitlines()]
+        assert all(r["text"] is not None for row in rows for r in row["ranking"] if r["id"] != "ghost")
+
+
+@pytest.mark.parametrize(("bad", "error"), [
+    ('{"_id": "zz", "text": 3}', r"corpus\.jsonl:121: field 'text' must be a string"),
+    ('{oops', r"corpus\.jsonl:121: invalid JSON"),
+])
+def test_rank_malformed_line_of_an_unranked_document_is_one_line(
+    beir: Path, tmp_path: Path, run_cli: Any, bad: str, error: str
+) -> None:
+    with (beir / "corpus.jsonl").open("a") as f:
+        f.write(bad + "\n")
+    code, _, err = run_cli("rank", "--first-stage", _first_stage(tmp_path), "--dataset", beir, "--reranker",
+                           LongestFirst.method, "--top-k", "2", "--output", tmp_path / "out.trec")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(error, err), err

@@ -92,3 +92,29 @@ def test_rank_malformed_line_of_an_unranked_document_is_one_line(
                            LongestFirst.method, "--top-k", "2", "--output", tmp_path / "out.trec")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert re.search(error, err), err
+
+
+@pytest.mark.parametrize("corpus_cache", [False, True])
+def test_bi_encoder_prepare_corpus_reads_only_the_candidates(
+    beir: Path, tiny_st_dir: Path, monkeypatch: pytest.MonkeyPatch, corpus_cache: bool
+) -> None:
+    """The embeddings prepared are those of the whole-corpus read; the corpus is not read into memory, and a corpus
+    already in memory is not read again. With the cache, 60 of 120 candidates encode (and cache) the corpus."""
+    from rerank.data import io as io_mod
+    from rerank.heads.base import Reranker
+
+    ids = {f"d{i:03d}" for i in range(0, 120, 2)} | {"ghost"}
+    full = Dataset(beir)
+    full.corpus  # noqa: B018 - in memory: the head must take it from there
+    monkeypatch.setattr(datasets_mod, "read_corpus_part", lambda *a: pytest.fail("an in-memory corpus was re-read"))
+    before = Reranker.load("bi-encoder", model=str(tiny_st_dir), device="cpu", corpus_cache=corpus_cache)
+    before.prepare_corpus(full, ids)  # type: ignore[attr-defined]
+    monkeypatch.setattr(datasets_mod, "read_corpus_part", io_mod.read_corpus_part)
+    monkeypatch.setattr(datasets_mod, "read_corpus", lambda path: pytest.fail(f"the whole corpus {path} was read"))
+    head = Reranker.load("bi-encoder", model=str(tiny_st_dir), device="cpu", corpus_cache=corpus_cache)
+    ds = Dataset(beir)
+    head.prepare_corpus(ds, ids)  # type: ignore[attr-defined]
+    assert "corpus" not in vars(ds)
+    got, want = head._prepared, before._prepared  # type: ignore[attr-defined]
+    assert len(got) == 60 and got.keys() == want.keys()
+    assert all(got[t].tolist() == want[t].tolist() for t in got)

@@ -77,16 +77,18 @@ class BiEncoderReranker(Reranker):
 
     def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Embed the documents ``eval`` will rerank before it starts: from the corpus embedding cache when it exists
-        or the candidates are at least half the corpus (then it is written), else only the candidates."""
+        or the candidates are at least half the corpus (then it is written), else only the candidates. Only the
+        candidates' documents are read (:meth:`~rerank.data.datasets.Dataset.documents`)."""
         from rerank.retrieval.index import cached_corpus_embeddings, doc_text, encode_corpus_cached
 
         cfg: BiEncoderConfig = self.config  # type: ignore[assignment]
-        corpus = dataset.corpus
-        ids = sorted(d for d in doc_ids if d in corpus)
+        part = dataset.documents(doc_ids)  # from the corpus when it is in memory, else one pass keeping only these
+        corpus = part.docs
+        ids = sorted(corpus)
         if not ids:
             return
         emb = cached_corpus_embeddings(self.encoder, dataset.corpus_hash) if cfg.corpus_cache else None
-        if emb is None and cfg.corpus_cache and 2 * len(ids) >= len(corpus):
+        if emb is None and cfg.corpus_cache and 2 * len(ids) >= part.size:
             emb = encode_corpus_cached(self.encoder, dataset, True, None, batch_size=cfg.batch_size, progress=False)
         if emb is not None:
             row = {d: i for i, d in enumerate(emb.ids)}

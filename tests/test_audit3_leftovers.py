@@ -118,3 +118,31 @@ def test_bi_encoder_prepare_corpus_reads_only_the_candidates(
     got, want = head._prepared, before._prepared  # type: ignore[attr-defined]
     assert len(got) == 60 and got.keys() == want.keys()
     assert all(got[t].tolist() == want[t].tolist() for t in got)
+
+
+@pytest.mark.parametrize(("texts", "options", "settings"), [
+    (["", "  "], {}, "stopwords=None, stemmer='english'"),
+    (["the a", "I", "of the"], {"stopwords": "en", "stemmer": None}, "stopwords='en', stemmer=None"),
+])
+def test_bm25_corpus_without_any_token_is_one_line(
+    tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch, texts: list[str], options: dict[str, Any],
+    settings: str
+) -> None:
+    from rerank.data.io import write_jsonl, write_qrels
+    from rerank.errors import DataFormatError
+    from rerank.retrieval.bm25 import BM25Retriever
+
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
+    ds = tmp_path / "ds"
+    write_jsonl([{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(texts)], ds / "corpus.jsonl")
+    write_jsonl([{"_id": "q1", "text": "rain"}], ds / "queries.jsonl")
+    write_qrels({"q1": {"d0": 1}}, ds / "qrels" / "test.tsv", beir=True)
+    with pytest.raises(DataFormatError, match=re.escape(f"none of its {len(texts)} documents has a token after "
+                                                        "tokenisation")) as e:
+        BM25Retriever.from_dataset(Dataset(ds), show_progress=False, **options)
+    assert str(e.value).startswith(str(ds / "corpus.jsonl")) and settings in str(e.value)
+    sets = [a for k, v in options.items() for a in ("--retriever-set", f"{k}={'null' if v is None else v}")]
+    code, _, err = run_cli("eval", "--dataset", ds, "--retriever", "bm25", *sets, "--output", tmp_path / "out")
+    lines = [ln for ln in err.splitlines() if ln.strip() and "bm25 read + tokenize" not in ln]  # not the bar
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "has a token after tokenisation" in lines[0]

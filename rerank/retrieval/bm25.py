@@ -192,7 +192,8 @@ def _tokenize_corpus(dataset: Dataset, config: BM25Config) -> tuple[list[str], b
 
     Analysis matches :meth:`BM25Retriever.tokenize_queries` (lowercase, words of two or more word characters,
     stopwords, stemmer); a document with no token is empty and the vocabulary has no ``""`` (``bm25s.BM25.index`` adds
-    it). A duplicate id is an error naming both lines (the reader's), an empty corpus a :class:`DataFormatError`.
+    it). A duplicate id is an error naming both lines (the reader's); an empty corpus, or one where no document has a
+    token, a :class:`DataFormatError`.
     """
     stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
     tokenizer = bm25s.tokenization.Tokenizer(stopwords=config.stopwords, stemmer=stemmer)
@@ -208,7 +209,17 @@ def _tokenize_corpus(dataset: Dataset, config: BM25Config) -> tuple[list[str], b
     ids = [array("i", d) for d in tokenizer.streaming_tokenize(texts(), update_vocab=True, allow_empty=False)]
     if not doc_ids:
         raise DataFormatError(dataset.corpus_path, None, "empty corpus: no documents found")
+    if not any(ids):
+        raise DataFormatError(dataset.corpus_path, None, _no_token_message(len(doc_ids), config))
     return doc_ids, bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict())
+
+
+def _no_token_message(num_docs: int, config: BM25Config) -> str:
+    """Why a corpus of ``num_docs`` documents has no BM25 token at all: the analysis settings that removed them."""
+    fields = "title and text" if config.include_title else "text"
+    return (f"none of its {num_docs} documents has a token after tokenisation (the {fields} lowercased, words of two "
+            f"or more characters, stopwords={config.stopwords!r}, stemmer={config.stemmer!r}): BM25 cannot index "
+            f"it; check the corpus' text fields, or the bm25 stopwords setting")
 
 
 def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25, list[str]]:

@@ -146,3 +146,30 @@ def test_bm25_corpus_without_any_token_is_one_line(
     lines = [ln for ln in err.splitlines() if ln.strip() and "bm25 read + tokenize" not in ln]  # not the bar
     assert code == 2 and "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith("error: ") and "has a token after tokenisation" in lines[0]
+
+
+@pytest.mark.parametrize("adapter", ["langchain", "llamaindex"])
+def test_adapter_load_refuses_top_k_pointing_at_top_n(adapter: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``.load(method, top_k=8)`` is refused naming top_n before any model loads; a method whose options have top_k
+    (setwise) still gets it."""
+    from rerank.heads.base import Reranker
+    from tests.test_integrations import OverlapReranker
+
+    if adapter == "langchain":
+        pytest.importorskip("langchain_core", reason="langchain-core (extra 'langchain') not installed")
+        from rerank.integrations.langchain import RerankCompressor as cls
+    else:
+        pytest.importorskip("llama_index.core", reason="llama-index-core (extra 'llamaindex') not installed")
+        from rerank.integrations.llamaindex import RerankNodePostprocessor as cls
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\.load: top_k is not an option of cross-encoder; the "
+                                        rf"number of documents the adapter keeps is top_n, e.g\. .*top_n=8\)$"):
+        cls.load("cross-encoder", model="/nowhere", top_k=8)
+    given: list[dict[str, Any]] = []
+
+    def load(method: str, model: str | None = None, **options: Any) -> Reranker:
+        given.append({"method": method, **options})
+        return OverlapReranker()
+
+    monkeypatch.setattr(Reranker, "load", staticmethod(load))
+    assert cls.load("setwise", model="/nowhere", top_k=5, top_n=2).top_n == 2
+    assert given == [{"method": "setwise", "top_k": 5}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rerank.heads.base import Reranker
@@ -25,3 +26,29 @@ def check_reranker(adapter: Any, value: Any) -> Reranker:
                         f"model=...) or Reranker.load('remote', base_url=...), got {type(value).__name__}; "
                         f"or build both with {adapter.__name__}.load(method, model=...)")
     return value
+
+
+def load_reranker(adapter: Any, method: str, model: str | None, options: dict[str, Any]) -> Reranker:
+    """``Reranker.load(method, model=model, **options)`` for an adapter's ``.load``; ``top_k``, which the method's
+    options lack (it is the adapters' ``top_n``), is refused with a one-line TypeError naming ``top_n``."""
+    if "top_k" in options and not _takes_top_k(method, model):
+        raise TypeError(f"{adapter.__name__}.load: top_k is not an option of {method}; the number of documents the "
+                        f"adapter keeps is top_n, e.g. {adapter.__name__}.load({method!r}, ..., "
+                        f"top_n={options['top_k']!r})")
+    return Reranker.load(method, model=model, **options)
+
+
+def _takes_top_k(method: str, model: str | None) -> bool:
+    """Whether the reranker ``Reranker.load(method, model=model)`` builds has a ``top_k`` option (setwise, duot5 do);
+    True when the method cannot be told here (``Reranker.load`` then says what is wrong)."""
+    from rerank.heads.registry import available_rerankers, get_reranker_class
+    from rerank.methods.record import read_record
+
+    name: Any = method
+    if method not in available_rerankers():
+        record = read_record(model if model is not None else method)
+        name = record.get("method") if record is not None else None
+        if name not in available_rerankers():
+            return True
+    config = get_reranker_class(name).config_class
+    return not dataclasses.is_dataclass(config) or any(f.name == "top_k" for f in dataclasses.fields(config))

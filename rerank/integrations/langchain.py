@@ -15,7 +15,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rerank.heads.base import Reranker
-from rerank.integrations import check_reranker, refuse_unknown_arguments
+from rerank.integrations import check_reranker, load_reranker, refuse_unknown_arguments
 from rerank.types import Document
 
 __all__ = ["RerankCompressor"]
@@ -48,7 +48,7 @@ class RerankCompressor(BaseDocumentCompressor):
     @classmethod
     def load(cls, method: str, model: str | None = None, top_n: int | None = 3, **options: Any) -> RerankCompressor:
         """Build the reranker by registered method name, as ``Reranker.load`` does."""
-        return cls(reranker=Reranker.load(method, model=model, **options), top_n=top_n)
+        return cls(reranker=load_reranker(cls, method, model, options), top_n=top_n)
 
     def compress_documents(
         self, documents: Sequence[LCDocument], query: str, callbacks: Callbacks | None = None

@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("rerank.integrations.llamaindex needs llama-index-core: pip install 'rerank[llamaindex]'") from e
 
 from rerank.heads.base import Reranker
-from rerank.integrations import check_reranker, refuse_unknown_arguments
+from rerank.integrations import check_reranker, load_reranker, refuse_unknown_arguments
 from rerank.types import Document
 
 __all__ = ["RerankNodePostprocessor"]
@@ -67,7 +67,7 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
         **options: Any,
     ) -> RerankNodePostprocessor:
         """Build the reranker by registered method name, as ``Reranker.load`` does."""
-        return cls(reranker=Reranker.load(method, model=model, **options), top_n=top_n,
+        return cls(reranker=load_reranker(cls, method, model, options), top_n=top_n,
                    keep_retrieval_score=keep_retrieval_score)
 
     def _postprocess_nodes(

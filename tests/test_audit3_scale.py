@@ -139,3 +139,26 @@ def test_dense_index_reads_ids_only_and_encoding_bar_has_total(
     monkeypatch.setattr(datasets_mod, "read_corpus", lambda path: pytest.fail(f"{path} read into memory"))
     retriever = DenseRetriever.from_dataset(ds, index=str(tmp_path / "idx"), progress=False)
     assert "corpus" not in vars(ds) and len(retriever.index.ids) == 120
+
+
+def test_a_request_within_the_last_part_read_reads_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head's prepare_corpus reads its candidates, then the pipeline asks for the same (or fewer): one pass over the
+    corpus file, not two."""
+    import rerank.data.datasets as datasets_module
+    from rerank.data.datasets import resolve_dataset
+
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": f"text {i}"}) + "\n"
+                                               for i in range(6)))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "text"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td1\t1\n")
+    reads = []
+    real = datasets_module.read_corpus_part
+    monkeypatch.setattr(datasets_module, "read_corpus_part", lambda *a, **k: reads.append(a) or real(*a, **k))
+    ds = resolve_dataset(str(root))
+    first = ds.documents({"d1", "d2", "d9"})
+    again = ds.documents({"d1", "d9"}, ask={"d2"})
+    assert len(reads) == 1 and set(first.docs) == {"d1", "d2"}
+    assert set(again.docs) == {"d1"} and again.found == frozenset({"d1", "d2"}) and again.size == 6
+    assert set(ds.documents({"d3"}).docs) == {"d3"} and len(reads) == 2  # beyond the last part: read again

@@ -114,10 +114,17 @@ class Dataset:
 
     def documents(self, ids: AbstractSet[str], ask: AbstractSet[str] = frozenset()) -> CorpusPart:
         """The documents ``ids`` (and which of ``ask`` the corpus holds): from :attr:`corpus` when it is already in
-        memory, else from one checked pass over the file that holds only those (:func:`read_corpus_part`)."""
+        memory, else from one checked pass over the file that holds only those (:func:`read_corpus_part`). The last
+        part read is kept: a request within it (a head's ``prepare_corpus`` ids, then the pipeline's) reads nothing."""
         if "corpus" not in vars(self):
+            last = self.__dict__.get("_last_part")
+            if last is not None and ids <= last[0] and ask <= last[0] | last[1]:
+                kept: CorpusPart = last[2]
+                docs = {d: kept.docs[d] for d in ids if d in kept.docs}
+                return CorpusPart(docs, frozenset(docs).union(d for d in ask if d in kept.found), kept.size)
             part = read_corpus_part(self.corpus_path, ids, ask)
             self.__dict__.setdefault("corpus_size", part.size)
+            self.__dict__["_last_part"] = (frozenset(ids), frozenset(ask), part)
             return part
         corpus = self.corpus
         docs = {d: corpus[d] for d in ids if d in corpus}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import bm25s
@@ -15,6 +14,7 @@ from rerank.data.datasets import Dataset
 from rerank.retrieval import build_retriever
 from rerank.retrieval.bm25 import BM25Config
 from rerank.types import Query
+from tests.test_bm25 import write_beir
 
 DOCS = [
     {"_id": "d1", "title": "Zebra facts", "text": "Striped animals of the savanna; zebras run and ran."},
@@ -26,15 +26,6 @@ DOCS = [
     {"_id": "d7", "title": "", "text": "Savanna dogs: wild dogs running across the savanna at dawn"},
 ]
 QUERIES = ["zebra runs", "loyal dogs", "the park", "library books", "savanna dogs running", "of the", "unicorn"]
-
-
-def write_beir(root: Path, docs: list[dict]) -> Dataset:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "zebra"}) + "\n")
-    (root / "qrels").mkdir(exist_ok=True)
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    return Dataset(root)
 
 
 @pytest.fixture()

@@ -286,3 +286,30 @@ def test_builtin_retriever_and_backend_names_cannot_be_replaced() -> None:
     register_retriever("bm25", "rerank.retrieval.bm25:BM25Retriever")  # the same target: a no-op
     assert RETRIEVERS.get("bm25").__name__ == "BM25Retriever"
     assert backend_class("transformers").__name__ == "TransformersBackend"
+
+
+def test_threads_looking_up_a_reranker_first_all_find_it() -> None:
+    """The registries fill on first use: a second thread looking a name up while the first fills waited for nothing
+    and found only 'remote' ("unknown reranker 'yes-no'"); now every thread finds the built-in names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from rerank.heads.registry import get_reranker_class\n"
+        "from rerank.trainers.base import get_trainer\n"
+        "errors = []\n"
+        "def look(i):\n"
+        "    try:\n"
+        "        get_reranker_class('yes-no') if i % 2 else get_trainer('sft')\n"
+        "        get_reranker_class('cross-encoder')\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "ts = [threading.Thread(target=look, args=(i,)) for i in range(8)]\n"
+        "[t.start() for t in ts]\n"
+        "[t.join() for t in ts]\n"
+        "print(errors)\n"
+    )
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]", out

@@ -9,6 +9,7 @@ target under its name is a one-line :class:`ConfigError` naming both; registerin
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -17,6 +18,8 @@ from rerank.errors import ConfigError
 __all__ = ["Registry", "import_target", "target_path"]
 
 T = TypeVar("T")
+#: held while a registry fills its built-in entries (re-entrant: a fill may look up another registry, or its own)
+_FILL_LOCK = threading.RLock()
 
 
 def target_path(target: Any) -> str:
@@ -55,15 +58,23 @@ class Registry(Generic[T]):
         self._resolved: dict[str, T] = {}
         self._builtin: set[str] = set()
         self._fill = fill
+        self._filling = False
 
     def _filled(self) -> None:
-        fill, self._fill = self._fill, None
-        if fill is not None:
+        """Run ``fill`` once, before any lookup or registration. Under a lock and marked done only once it returns,
+        so another thread waits for the built-in entries instead of finding a half-filled table; the filling thread's
+        own lookups (a fill registers into the table) pass; a failed fill is run again on the next use."""
+        if self._fill is None:
+            return
+        with _FILL_LOCK:
+            if self._fill is None or self._filling:
+                return
+            self._filling = True
             try:
-                fill(self)
-            except BaseException:
-                self._fill = fill  # raised again on the next use (entries already in are registered again as no-ops)
-                raise
+                self._fill(self)  # entries already in when it fails are registered again as no-ops next time
+                self._fill = None
+            finally:
+                self._filling = False
 
     def register(self, name: str, target: str | T, *, builtin: bool = False,
                  load: Callable[[], T] | None = None) -> None:

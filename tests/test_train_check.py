@@ -236,3 +236,20 @@ def test_train_stage_acts_on_the_check(repo_root: Path, work: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (work / "args.txt").read_text().split() == ["train", "sft", "--config", str(cfg), "--data-root",
                                                        str(work), "--output", "out", "--resume"]
+
+
+def test_a_run_already_trained_past_the_asked_length_is_refused(work: Path, run_cli) -> None:
+    """A finished 4-step run checked (or resumed) with max_steps 2: resuming would train nothing and keep the 4-step
+    model as the 2-step one; both --check and --resume refuse, naming both lengths."""
+    out = work / "out"
+    _finished(out)  # max_steps 4
+    make_checkpoint(out, 4)
+    rc, _, err = _check(run_cli, out, "--set", "max_steps=2")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "already trained 4 steps (checkpoint-4), more than the max_steps 2 asked: a run cannot be shortened" in err
+    rc, _, err = run_cli("train", "test-check", "--set", "model=./m0", "--set", "data.path=d.jsonl", "--set",
+                         "max_steps=2", "--output", out, "--resume")
+    assert rc == 2 and "--resume: " in err and "more than the max_steps 2 asked" in err, err
+    assert not (out / "ran.json").exists()
+    rc, so, err = _check(run_cli, out, "--set", "max_steps=4")
+    assert rc == 0 and so.splitlines()[-1] == "state: done", err

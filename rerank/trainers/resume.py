@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import logging
 import os
 import re
@@ -253,7 +254,34 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
         raise ConfigError(f"--resume: the config differs from the run's ({path.name}): {'; '.join(diffs[:4])}{more}; "
                           "resume with the run's config, or start again with --overwrite")
+    check_not_shorter(output, config, "--resume")
     return record
+
+
+def check_not_shorter(output: Path, config: Any, where: str) -> None:
+    """A run whose newest checkpoint already trained past the ``max_steps`` (or, with ``max_steps`` unset, the
+    ``epochs``) of ``config`` cannot be cut back to it: resuming would train nothing and keep the longer model as the
+    shorter one. Refused in one line naming both lengths."""
+    for _step, ckpt in _checkpoints(output):
+        try:
+            state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(state, dict):
+            return
+        max_steps = getattr(config, "max_steps", 0) or 0
+        done_steps, done_epochs = state.get("global_step"), state.get("epoch")
+        if max_steps > 0 and isinstance(done_steps, int) and done_steps > max_steps:
+            asked, done = f"max_steps {max_steps}", f"{done_steps} steps"
+        elif max_steps <= 0 and isinstance(done_epochs, (int, float)) \
+                and done_epochs > (getattr(config, "epochs", None) or math.inf) + 1e-6:
+            asked, done = f"epochs {config.epochs}", f"{done_epochs:g} epochs"
+        else:
+            return
+        raise ConfigError(f"{where}: {output} already trained {done} ({ckpt.name}), more than the {asked} asked: a run "
+                          f"cannot be shortened; ask for at least that, write to another --output, or start again "
+                          f"with --overwrite")
+    return
 
 
 #: the config options that name files or folders a run reads (the starting model, the data, a retriever's index,
@@ -419,6 +447,7 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
         raise ConfigError(f"{model} was trained with other options ({path}): {'; '.join(other[:4])}{more}: rerun "
                           f"with those, write to another --output, or remove {model}, {output / 'checkpoints'} and "
                           f"{path} to train it again")
+    check_not_shorter(output, config, "--check")
     longer = [d for d in diffs if d.split(":", 1)[0] in ("max_steps", "epochs")]
     if not longer or _trained_length(output, config):
         return "done", f"{model} exists: training is done"

@@ -149,13 +149,15 @@ def test_sigterm_ends_a_command_with_one_line_and_no_temp_file(tmp_path: Path) -
 
 
 def test_a_cache_folder_that_cannot_be_written_is_refused_first(run_cli, tiny_ds, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A cache folder that cannot be made is refused before any work; one that exists read-only is a warning, as
+    what it holds (an index built before) is read and needs no write."""
     import rerank.cli.common as common
     import rerank.eval.pipeline as pipeline
 
     cache = tmp_path / "ro-cache"
     cache.mkdir()
-    monkeypatch.setenv("RERANK_CACHE", str(cache))
     real = os.access
     monkeypatch.setattr(common.os, "access", lambda p, mode: False if Path(p) == cache else real(p, mode))
 
@@ -163,22 +165,40 @@ def test_a_cache_folder_that_cannot_be_written_is_refused_first(run_cli, tiny_ds
         raise AssertionError("the eval started")
 
     monkeypatch.setattr(pipeline, "run_eval", no_eval)
+    monkeypatch.setenv("RERANK_CACHE", str(cache / "sub"))
     rc, _, err = run_cli("eval", "--dataset", tiny_ds.root, "--retriever", "bm25", "--output", tmp_path / "out")
-    assert (rc, err.strip()) == (2, f"error: cache folder {cache} is not writable (set RERANK_CACHE to a writable "
-                                    "folder)")
+    assert (rc, err.strip()) == (2, f"error: cache folder {cache / 'sub'} is not writable: it would be made in "
+                                    f"{cache}, which is not writable (set RERANK_CACHE to a writable folder)")
     import rerank.models as models
 
     monkeypatch.setattr(models, "check_model_path", lambda *a, **k: None)
     rc, _, err = run_cli("index", "--model", tmp_path, "--dataset", tiny_ds.root, "--output", tmp_path / "idx")
-    assert rc == 2 and err.strip().startswith(f"error: cache folder {cache} is not writable"), err
-    monkeypatch.setenv("RERANK_CACHE", str(cache / "sub"))
-    rc, _, err = run_cli("eval", "--dataset", tiny_ds.root, "--retriever", "bm25", "--output", tmp_path / "out")
-    assert rc == 2 and f"cache folder {cache / 'sub'} is not writable: it would be made in {cache}" in err
-    # a run that writes nothing into the cache (the dataset's own run, no LLM head) is not refused for it
-    (tiny_ds.root / "run.trec").write_text("q1 Q0 d1 1 1.0 x\n")
-    monkeypatch.setattr(pipeline, "run_eval", lambda cfg: {"ndcg@10": 1.0})
+    assert rc == 2 and err.strip().startswith(f"error: cache folder {cache / 'sub'} is not writable"), err
+    monkeypatch.setenv("RERANK_CACHE", str(cache))
+    ran = []
+    monkeypatch.setattr(pipeline, "run_eval", lambda cfg: ran.append(cfg) or {"ndcg@10": 1.0})
     import rerank.eval.report as report
 
     monkeypatch.setattr(report, "summary_line", lambda metrics: "ok")
+    with caplog.at_level("WARNING"):
+        rc, _, err = run_cli("eval", "--dataset", tiny_ds.root, "--retriever", "bm25", "--output", tmp_path / "out")
+    assert rc == 0 and ran, err
+    assert f"cache folder {cache} is not writable: what it holds is read" in caplog.text + err
+    # a run that writes nothing into the cache (the dataset's own run, no LLM head) is not refused for it
+    (tiny_ds.root / "run.trec").write_text("q1 Q0 d1 1 1.0 x\n")
+    monkeypatch.setenv("RERANK_CACHE", str(cache / "sub"))
     rc, out, err = run_cli("eval", "--dataset", tiny_ds.root, "--output", tmp_path / "out")
     assert rc == 0, err
+
+
+def test_a_full_disk_during_a_copy_names_the_target() -> None:
+    """shutil's sendfile copy raises ENOSPC naming the source first (filename) and the target second (filename2):
+    the line names the target, the file that could not be written, not the source on a disk with room."""
+    import errno
+
+    from rerank.cli import _os_error_line
+
+    err = OSError(errno.ENOSPC, "No space left on device", "/cache/emb.npy", None, "/full/idx/emb.npy")
+    line = _os_error_line(err)
+    assert line is not None and "/full/idx/emb.npy (from /cache/emb.npy)" in line and line.index("/full") < \
+        line.index("/cache")

@@ -118,7 +118,11 @@ def _os_error_line(error: OSError) -> str | None:
     if error.errno not in _OS_ERRORS:
         return None
     what, joiner = _OS_ERRORS[error.errno]
-    return what if error.filename is None else f"{what}{joiner}{os.fsdecode(error.filename)}"
+    if error.filename is None:
+        return what
+    if error.filename2 is not None:  # a copy or a rename (shutil's sendfile names the source first): the target
+        return f"{what}{joiner}{os.fsdecode(error.filename2)} (from {os.fsdecode(error.filename)})"
+    return f"{what}{joiner}{os.fsdecode(error.filename)}"
 
 
 def _one_line(error: BaseException) -> str:

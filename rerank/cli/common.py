@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from rerank.config import apply_overrides, load_yaml
 from rerank.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -246,7 +249,8 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--output") ->
 
 def check_cache_writable() -> None:
     """Before any expensive work: the cache folder (``$RERANK_CACHE``, :func:`rerank.data.datasets.cache_root`) can
-    be written into or created, else a one-line error naming it and the variable that moves it."""
+    be created, else a one-line error naming it and the variable that moves it; one that exists read-only is a
+    warning (a run that finds everything cached there needs no write; a new entry then fails naming its file)."""
     from rerank.data.datasets import cache_root
     from rerank.utils.files import nearest_existing
 
@@ -258,5 +262,9 @@ def check_cache_writable() -> None:
     if not existing.is_dir():
         raise ConfigError(f"cache folder {root} cannot be created: {existing} is a file {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == root else f": it would be made in {existing}, which is not writable"
-        raise ConfigError(f"cache folder {root} is not writable{where} {fix}")
+        if existing == root:  # what is cached there is read; only something new would fail to be saved
+            log.warning("cache folder %s is not writable: what it holds is read, but anything new (an index, "
+                        "embeddings) cannot be saved %s", root, fix)
+            return
+        raise ConfigError(f"cache folder {root} is not writable: it would be made in {existing}, which is not "
+                          f"writable {fix}")

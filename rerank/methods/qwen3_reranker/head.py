@@ -29,3 +29,11 @@ class Qwen3Reranker(YesNoReranker):
         super().__init__(*args, **kwargs)
         self.override_template_field("instruction", self.config.instruction)  # type: ignore[attr-defined]
 
+
+def __getattr__(name: str) -> object:
+    """``Qwen3RerankerTask`` as this module gave it before it moved to ``task.py`` (imported on use: no cycle)."""
+    if name == "Qwen3RerankerTask":
+        from rerank.methods.qwen3_reranker.task import Qwen3RerankerTask
+
+        return Qwen3RerankerTask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

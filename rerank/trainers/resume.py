@@ -262,26 +262,34 @@ def check_not_shorter(output: Path, config: Any, where: str) -> None:
     """A run whose newest checkpoint already trained past the ``max_steps`` (or, with ``max_steps`` unset, the
     ``epochs``) of ``config`` cannot be cut back to it: resuming would train nothing and keep the longer model as the
     shorter one. Refused in one line naming both lengths."""
+    newest = _newest_state(output)
+    if newest is None:
+        return
+    ckpt, state = newest
+    max_steps = getattr(config, "max_steps", 0) or 0
+    done_steps, done_epochs = state.get("global_step"), state.get("epoch")
+    if max_steps > 0 and isinstance(done_steps, int) and done_steps > max_steps:
+        asked, done = f"max_steps {max_steps}", f"{done_steps} steps"
+    elif max_steps <= 0 and isinstance(done_epochs, (int, float)) \
+            and done_epochs > (getattr(config, "epochs", None) or math.inf) + 1e-6:
+        asked, done = f"epochs {config.epochs}", f"{done_epochs:g} epochs"
+    else:
+        return
+    raise ConfigError(f"{where}: {output} already trained {done} ({ckpt.name}), more than the {asked} asked: a run "
+                      f"cannot be shortened; ask for at least that, write to another --output, or start again "
+                      f"with --overwrite")
+
+
+def _newest_state(output: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint under ``output`` whose ``trainer_state.json`` reads, with that state (None: none, or
+    a state that is not a mapping)."""
     for _step, ckpt in _checkpoints(output):
         try:
             state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(state, dict):
-            return
-        max_steps = getattr(config, "max_steps", 0) or 0
-        done_steps, done_epochs = state.get("global_step"), state.get("epoch")
-        if max_steps > 0 and isinstance(done_steps, int) and done_steps > max_steps:
-            asked, done = f"max_steps {max_steps}", f"{done_steps} steps"
-        elif max_steps <= 0 and isinstance(done_epochs, (int, float)) \
-                and done_epochs > (getattr(config, "epochs", None) or math.inf) + 1e-6:
-            asked, done = f"epochs {config.epochs}", f"{done_epochs:g} epochs"
-        else:
-            return
-        raise ConfigError(f"{where}: {output} already trained {done} ({ckpt.name}), more than the {asked} asked: a run "
-                          f"cannot be shortened; ask for at least that, write to another --output, or start again "
-                          f"with --overwrite")
-    return
+        return (ckpt, state) if isinstance(state, dict) else None
+    return None
 
 
 #: the config options that name files or folders a run reads (the starting model, the data, a retriever's index,
@@ -385,18 +393,14 @@ def _trained_length(output: Path, config: Any) -> bool:
     """Whether the newest checkpoint under ``output`` (its ``trainer_state.json``) ran to the ``max_steps`` (or, with
     ``max_steps`` unset, the ``epochs``) of ``config``: a resumed run keeps its first record, so the checkpoint tells
     how long the model trained."""
-    for _step, ckpt in _checkpoints(output):
-        try:
-            state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(state, dict):
-            return False
-        max_steps = getattr(config, "max_steps", 0) or 0
-        if max_steps > 0:
-            return state.get("max_steps") == max_steps
-        return state.get("num_train_epochs") == getattr(config, "epochs", None)
-    return False
+    newest = _newest_state(output)
+    if newest is None:
+        return False
+    state = newest[1]
+    max_steps = getattr(config, "max_steps", 0) or 0
+    if max_steps > 0:
+        return state.get("max_steps") == max_steps
+    return state.get("num_train_epochs") == getattr(config, "epochs", None)
 
 
 def _resumable(output: Path, trainer: str, config: Any) -> tuple[str, str]:

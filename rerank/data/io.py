@@ -273,20 +273,14 @@ def _first_line(lines: Iterable[tuple[int, Any]], match: Callable[[Any], bool]) 
     return next((lineno for lineno, rec in lines if match(rec)), None)
 
 
-def _corpus_record(obj: dict[str, Any], path: str | Path, lineno: int) -> tuple[str, str, str]:
-    """The checked ``(id, text, title)`` of one corpus record."""
-    doc_id = _record_id(obj, ("_id", "id", "docid"), "document id", path, lineno)
-    text = _text(obj, "text", path, lineno, "contents")
-    title = obj.get("title")
-    if title is not None and not isinstance(title, str):
-        raise DataFormatError(path, lineno, f"field 'title' must be a string, got {type(title).__name__}")
-    return doc_id, text, title or ""
-
-
 def _iter_corpus_lines(path: str | Path) -> Iterator[tuple[int, Document]]:
     for lineno, obj in iter_jsonl(path):
-        doc_id, text, title = _corpus_record(obj, path, lineno)
-        yield lineno, Document(id=doc_id, text=text, title=title)
+        doc_id = _record_id(obj, ("_id", "id", "docid"), "document id", path, lineno)
+        text = _text(obj, "text", path, lineno, "contents")
+        title = obj.get("title")
+        if title is not None and not isinstance(title, str):
+            raise DataFormatError(path, lineno, f"field 'title' must be a string, got {type(title).__name__}")
+        yield lineno, Document(id=doc_id, text=text, title=title or "")
 
 
 def _corpus_duplicate(path: str | Path, lineno: int, doc_id: str) -> DataFormatError:
@@ -330,17 +324,17 @@ def read_corpus_part(path: str | Path, keep: Set[str], ask: Set[str] = frozenset
     duplicate id, an empty corpus are errors), holding only the documents in ``keep``; ``ask``: ids whose presence
     is recorded too (``found``), without their documents."""
     docs: dict[str, Document] = {}
-    seen: set[str] = set()
-    for lineno, obj in iter_jsonl(path):
-        doc_id, text, title = _corpus_record(obj, path, lineno)
-        if doc_id in seen:
-            raise _corpus_duplicate(path, lineno, doc_id)
-        seen.add(doc_id)
-        if doc_id in keep:
-            docs[doc_id] = Document(id=doc_id, text=text, title=title)
-    if not seen:
+    asked: set[str] = set()
+    size = 0
+    for doc in iter_corpus(path):  # each line checked, a duplicate id refused
+        size += 1
+        if doc.id in keep:
+            docs[doc.id] = doc
+        if doc.id in ask:
+            asked.add(doc.id)
+    if not size:
         raise DataFormatError(path, None, "empty corpus: no documents found")
-    return CorpusPart(docs, frozenset(docs).union(d for d in ask if d in seen), len(seen))
+    return CorpusPart(docs, frozenset(docs).union(asked), size)
 
 
 def count_records(path: str | Path) -> int:

@@ -502,9 +502,9 @@ class TeacherLabelsRecipe(_OverRun):
             known = [fs[d.id] for d in docs if d.id in fs]
             floor = min(known) if known else 0.0
             return [{**row, "teacher_scores": [float(fs.get(d.id, floor)) for d in docs]}]
-        from rerank.methods import get_method, resolve
+        from rerank.methods import get_method
 
-        return resolve(get_method(self.config.mode).teacher_labels)(self, unit, docs, row)  # type: ignore[arg-type]
+        return get_method(self.config.mode).resolve("teacher_labels")(self, unit, docs, row)
 
     def source(self) -> dict[str, Any]:
         from rerank.config import to_dict

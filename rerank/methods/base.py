@@ -34,15 +34,8 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve(target: str) -> Any:
-    """Import ``"module:Attr"`` and return the attribute. A piece of a method descriptor goes through
-    :meth:`Method.resolve` (its checks, errors naming the field); a target that does not exist is a one-line
-    :class:`ConfigError`."""
-    from rerank.methods import all_methods
-
-    for method in all_methods().values():
-        for piece in PIECES:
-            if getattr(method, piece) == target:
-                return method.resolve(piece)
+    """Import ``"module:Attr"`` and return the attribute; a target that does not exist is a one-line
+    :class:`ConfigError`. A method's own piece is imported with :meth:`Method.resolve`, which also checks it."""
     return import_target(target, "cannot resolve")
 
 

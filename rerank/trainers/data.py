@@ -115,12 +115,12 @@ class TeacherScale:
 def teacher_scale(head: str) -> TeacherScale | None:
     """The :class:`TeacherScale` of ``head``'s SFT targets (its training task's ``teacher_scores_range``), or None
     when the head reads ``teacher_scores`` on any scale (the cross-encoder's distillation) or not at all."""
-    from rerank.methods import get_method, resolve
+    from rerank.methods import get_method
 
     method = get_method(head)
     if method.task is None:
         return None
-    rng = getattr(resolve(method.task), "teacher_scores_range", None)
+    rng = getattr(method.resolve("task"), "teacher_scores_range", None)
     return TeacherScale(head, *rng) if rng is not None else None
 
 

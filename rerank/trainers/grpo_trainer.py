@@ -146,14 +146,14 @@ class GRPOTrainConfig(CommonTrainConfig):
         the starting model's ``rerank.json`` records when it was trained as this head (GRPO from an SFT model keeps
         the SFT's prompt; the template is inherited by the task, :meth:`Task.head_options`), else the defaults; a set
         value that differs from the recorded one is logged once."""
-        from rerank.methods import get_method, resolve
+        from rerank.methods import get_method
         from rerank.methods.record import read_record
 
         method = get_method(self.head)
         record = read_record(self.model) if self.model else None
         recorded = record.get("options", {}) if record is not None and record.get("method") == self.head else {}
         names = {"max_doc_tokens": "max_doc_tokens", "max_query_tokens": "max_query_tokens"}
-        window_option = getattr(resolve(method.task), "window_option", None) if method.task else None
+        window_option = getattr(method.resolve("task"), "window_option", None) if method.task else None
         if window_option:
             names["window"] = window_option
         differ = []
@@ -184,9 +184,9 @@ class GRPOTrainConfig(CommonTrainConfig):
 def check_reward_options(head: str, rewards: RewardConfig) -> None:
     """A ``rewards`` option the head's reward does not read (its task's ``reward_fields``, declared beside the reward
     code), set to other than its default, is an error listing the options that head does read."""
-    from rerank.methods import get_method, resolve
+    from rerank.methods import get_method
 
-    read = resolve(get_method(head).task).reward_fields  # type: ignore[arg-type]
+    read = get_method(head).resolve("task").reward_fields
     unread = changed_options(rewards, [f.name for f in fields(rewards) if f.name not in read])
     if unread:
         raise ConfigError(f"rewards.{unread[0]} is not read by the reward of head {head!r} (it reads "

@@ -224,7 +224,7 @@ class SFTTrainer:
     def train(self, config: SFTTrainConfig, ctx: TrainContext) -> dict[str, Any]:
         from transformers import set_seed
 
-        from rerank.methods import get_method, resolve
+        from rerank.methods import get_method
 
         # ERank / GroupRank read teacher_scores as 0-10 targets: rows on another scale fail here, naming their line
         train, dev = load_training_data(config.data, ctx.data_root, teacher_scale(config.head))
@@ -233,7 +233,7 @@ class SFTTrainer:
         set_seed(config.seed)
         method = get_method(config.head)
         if method.sft is not None:
-            return resolve(method.sft)(config, train, dev, ctx)
+            return method.resolve("sft")(config, train, dev, ctx)
         return _train_lm(config, train, dev, ctx)
 
 

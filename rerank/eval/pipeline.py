@@ -54,7 +54,7 @@ from rerank.heads.base import Reranker, RerankStats
 from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
-from rerank.utils.files import atomic_write, write_json
+from rerank.utils.files import atomic_write, resolved_path, write_json
 
 __all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_docs",
            "check_run_overlap", "rerank_run", "run_eval", "warn_rel_level"]
@@ -425,12 +425,7 @@ def described_model(desc: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def _same_model(given: str, own: str | None) -> bool:
     """Whether ``given`` (a model name or folder) is the model ``own`` a reranker reports."""
-    if own is None:
-        return False
-    if given == own:
-        return True
-    a, b = Path(given).expanduser(), Path(own).expanduser()
-    return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return own is not None and (given == own or resolved_path(given) == resolved_path(own))
 
 
 def _option_matches(given: Any, own: Any) -> bool:

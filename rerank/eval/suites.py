@@ -50,7 +50,7 @@ from rerank.eval.pipeline import (
 )
 from rerank.heads.base import Reranker
 from rerank.parallel import WorkerPool
-from rerank.utils.files import atomic_write, temp_dir, write_json
+from rerank.utils.files import atomic_write, resolved_path, temp_dir, write_json
 
 __all__ = [
     "BRIGHT_LONG_SUBSETS",
@@ -417,25 +417,17 @@ def _member_config(base: EvalConfig, e: SuiteEntry, out: Path) -> EvalConfig:
                    output=str(out / _member_folder(e.name)))
 
 
-def _resolved(value: Any) -> Any:
-    """A model or index named as a path that exists here, as its resolved path (``./m``, ``m`` and ``/abs/m`` are one
-    model); anything else (a hub name, an absent path) as it is."""
-    if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
-        return os.path.realpath(os.path.expanduser(value))
-    return value
-
-
 def _settings(config: dict[str, Any], dataset_root: str) -> dict[str, Any]:
     """A member's config as ``metrics.json`` records it, as ``--resume`` compares it: without :data:`_NOT_SETTINGS`,
     the dataset as its resolved folder, a folder's own run as its path in that folder, and model and index paths
-    resolved (:func:`_resolved`), however each was spelt."""
+    resolved (:func:`~rerank.utils.files.resolved_path`), however each was spelt."""
     out = {k: v for k, v in config.items() if k not in _NOT_SETTINGS}
     out["dataset"] = dataset_root
     if config.get("first_stage") is not None and config.get("dataset"):
         out["first_stage"] = os.path.relpath(config["first_stage"], config["dataset"])
-    out["model"] = _resolved(config.get("model"))
+    out["model"] = resolved_path(config.get("model"))
     if isinstance(config.get("retriever_options"), dict):
-        out["retriever_options"] = {k: _resolved(v) if k in ("model", "index") else v
+        out["retriever_options"] = {k: resolved_path(v) if k in ("model", "index") else v
                                     for k, v in config["retriever_options"].items()}
     return out
 

@@ -23,6 +23,7 @@ __all__ = [
     "hash_obj",
     "named_write",
     "nearest_existing",
+    "resolved_path",
     "publish_dir",
     "sha256_file",
     "staged_dir",
@@ -70,6 +71,14 @@ def _umask() -> int:
     return _START_UMASK if mask is None else mask
 
 
+def resolved_path(value: Any) -> Any:
+    """``value`` naming a file or folder that exists here, as its resolved path (``./m``, ``m``, ``~/m`` and an
+    absolute ``m`` are one); anything else (a hub id, an absent path, not a string) as it is."""
+    if isinstance(value, (str, os.PathLike)) and str(value) and os.path.exists(os.path.expanduser(value)):
+        return os.path.realpath(os.path.expanduser(value))
+    return value
+
+
 def _chmod(path: str | Path | int, mode: int) -> None:
     """Set ``mode`` where the platform and file system allow it (no ``fchmod`` on Windows, ``EPERM`` on some mounts):
     a mode is a courtesy to other readers, never a reason to lose a result."""
@@ -110,26 +119,31 @@ def sweep_stale(parent: str | Path, prefix: str) -> None:
     ``{prefix}{pid}-{host}.…`` of a process of this machine that is gone, and ``{prefix}{pid}-…`` / ``{prefix}{pid}.…``
     (or another machine's) whose process is gone and that are older than :data:`STALE_AGE_S` (a 0.5 GB half-converted
     model stayed for good). Best-effort: an entry that cannot be inspected or removed is left."""
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
-        return
-    try:
-        entries = list(Path(parent).iterdir())
-    except OSError:
-        return
-    now = time.time()
-    for p in entries:
-        if not p.name.startswith(prefix):
-            continue
-        rest = p.name[len(prefix):]
-        m = _TAGGED_NAME.match(rest) or _PID_NAME.match(rest)
-        if m is not None:
-            _remove_leftover(p, int(m.group(1)), m.group(2) if m.re is _TAGGED_NAME else None, now)
+
+    def owner(name: str) -> tuple[int, str | None] | None:
+        if not name.startswith(prefix):
+            return None
+        m = _TAGGED_NAME.match(name[len(prefix):]) or _PID_NAME.match(name[len(prefix):])
+        return None if m is None else (int(m.group(1)), m.group(2) if m.re is _TAGGED_NAME else None)
+
+    _sweep(Path(parent), owner)
 
 
 def _sweep_temp_files(parent: Path) -> None:
     """Remove the :func:`atomic_write` temporary files (``.NAME.{pid}-{host}.….tmp``) that processes now gone left in
     ``parent`` (a SIGKILL mid-write): at once for this machine's, when old for another's. Best-effort."""
-    if os.name == "nt":
+
+    def owner(name: str) -> tuple[int, str | None] | None:
+        m = _TEMP_FILE.fullmatch(name)
+        return None if m is None else (int(m.group(1)), m.group(2))
+
+    _sweep(parent, owner, files_only=True)
+
+
+def _sweep(parent: Path, owner: Callable[[str], tuple[int, str | None] | None], files_only: bool = False) -> None:
+    """Remove each entry of ``parent`` whose name ``owner`` reads as (pid, host or None) of a process that is gone
+    (:func:`_remove_leftover`). Best-effort: a folder that cannot be listed is left."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return
     try:
         entries = list(parent.iterdir())
@@ -137,9 +151,9 @@ def _sweep_temp_files(parent: Path) -> None:
         return
     now = time.time()
     for p in entries:
-        m = _TEMP_FILE.fullmatch(p.name)
-        if m is not None:
-            _remove_leftover(p, int(m.group(1)), m.group(2), now, files_only=True)
+        found = owner(p.name)
+        if found is not None:
+            _remove_leftover(p, *found, now, files_only=files_only)
 
 
 def _remove_leftover(p: Path, pid: int, host: str | None, now: float, files_only: bool = False) -> None:

@@ -50,7 +50,7 @@ from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_ru
 from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
-from rerank.heads.base import Reranker, RerankStats
+from rerank.heads.base import Reranker, RerankStats, described_model
 from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
@@ -411,16 +411,6 @@ def check_given_reranker(cfg: EvalConfig, reranker: Reranker | WorkerPool | None
         if differ:
             raise ConfigError(f"{'; '.join(differ)}: with a loaded reranker given these would be recorded but unused; "
                               "drop them (the given reranker is what ranks, and metrics.json records its own)")
-
-
-def described_model(desc: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(model, backend name) of a reranker's :meth:`~Reranker.describe`: its own ``model``, else its backend's, and
-    the backend's name (None where the description has none: a cross-encoder names no backend)."""
-    model, backend = desc.get("model"), desc.get("backend")
-    if isinstance(backend, dict):
-        model = model if model is not None else backend.get("model")
-        backend = backend.get("backend")
-    return (str(model) if model is not None else None), (backend if isinstance(backend, str) else None)
 
 
 def _same_model(given: str, own: str | None) -> bool:

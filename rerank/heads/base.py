@@ -26,7 +26,7 @@ from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocumen
 
 __all__ = [
     "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model",
-    "position_scores", "sigmoid", "split_scores",
+    "described_model", "position_scores", "sigmoid", "split_scores",
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
@@ -413,3 +413,13 @@ class Reranker(ABC):
 
     def close(self) -> None:
         """Release model resources (backends with servers or GPU memory override this)."""
+
+
+def described_model(desc: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(model, backend name) of a reranker's :meth:`~Reranker.describe`: its own ``model``, else its backend's, and
+    the backend's name (None where the description has none: a cross-encoder names no backend)."""
+    model, backend = desc.get("model"), desc.get("backend")
+    if isinstance(backend, dict):
+        model = model if model is not None else backend.get("model")
+        backend = backend.get("backend")
+    return (str(model) if model is not None else None), (backend if isinstance(backend, str) else None)

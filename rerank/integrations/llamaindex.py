@@ -16,7 +16,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("rerank.integrations.llamaindex needs llama-index-core: pip install 'rerank[llamaindex]'") from e
 
-from rerank.heads.base import Reranker
+from rerank.heads.base import Reranker, described_model
 from rerank.integrations import check_reranker, load_reranker, refuse_unknown_arguments
 from rerank.types import Document
 
@@ -118,9 +118,7 @@ class RerankNodePostprocessor(BaseNodePostprocessor):
 def _model_name(reranker: Reranker) -> str:
     """The model a reranker runs (its method name when it names none), for the rerank events."""
     desc = reranker.describe()
-    backend = desc.get("backend")
-    model = desc.get("model") or (backend.get("model") if isinstance(backend, dict) else None)
-    return str(model or desc.get("method") or type(reranker).__name__)
+    return described_model(desc)[0] or str(desc.get("method") or type(reranker).__name__)
 
 
 def _query(query_bundle: QueryBundle | None) -> str:

@@ -153,18 +153,22 @@ def check_unused_options(args: argparse.Namespace) -> None:
 CACHING_RETRIEVERS = ("bm25", "pyserini", "dense", "hybrid")
 
 
-def uses_cache(args: argparse.Namespace, ropts: dict) -> bool:
+def uses_cache(args: argparse.Namespace, ropts: dict, options: dict) -> bool:
     """Whether this eval writes into the cache folder: a BM25 index or dense embeddings (not a dense search of a
-    saved ``--index``, nor ``cache=false``), an LLM head's answers (unless ``--no-llm-cache``), the BRIGHT suite's
-    converted datasets."""
+    saved ``--index``, nor ``cache=false``), an LLM head's answers (unless ``--no-llm-cache``), what the head itself
+    saves there with its ``options`` (the bi-encoder's corpus embeddings), the BRIGHT suite's converted datasets."""
     from rerank.backends.cache import uses_llm_backend
+    from rerank.heads.registry import get_reranker_class
 
     if args.suite == "bright":
         return True
     if args.retriever in CACHING_RETRIEVERS and not (
             args.retriever == "dense" and (args.index is not None or ropts.get("cache", True) is False)):
         return True
-    return args.reranker is not None and not args.no_llm_cache and uses_llm_backend(args.reranker)
+    if args.reranker is None:
+        return False
+    return get_reranker_class(args.reranker).writes_cache(options) or (
+        not args.no_llm_cache and uses_llm_backend(args.reranker))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         check_model_path(str(ropts["model"]), "the retriever's model")
     if args.index is not None and not Path(args.index).is_dir():
         raise ConfigError(f"--index {args.index} is not a folder; build one with `rerank index`")
-    if uses_cache(args, ropts):
+    if uses_cache(args, ropts, options):
         check_cache_writable()
     cfg = EvalConfig(
         dataset=args.dataset or "",

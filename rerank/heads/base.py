@@ -383,6 +383,13 @@ class Reranker(ABC):
         ``dtype=float32`` say so instead."""
         return "a float16 overflow? try dtype=float32 (--reranker-set dtype=float32)"
 
+    @classmethod
+    def writes_cache(cls, options: Mapping[str, Any]) -> bool:
+        """Whether this head, built with ``options``, may save into the cache folder (``$RERANK_CACHE``) during
+        ``eval``, so the CLI checks that folder before the model loads. Default: no (LLM heads' answers are checked
+        through their backend)."""
+        return False
+
     def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Called by ``eval`` with the dataset and the ids of every document it will rerank, before it reranks: heads
         whose document side does not depend on the query (the bi-encoder) embed them here, once. Default: nothing."""

@@ -10,7 +10,7 @@ corpus; otherwise only the candidates are embedded, once for the run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set as AbstractSet
+from collections.abc import Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -74,6 +74,12 @@ class BiEncoderReranker(Reranker):
         cfg: BiEncoderConfig = self.config  # type: ignore[assignment]
         self.encoded_docs += len(texts)
         return self.encoder.encode_numpy(texts, "doc", cfg.batch_size)
+
+    @classmethod
+    def writes_cache(cls, options: Mapping[str, Any]) -> bool:
+        """The corpus embedding cache is written when the candidates are half the corpus, unless ``corpus_cache``
+        is off."""
+        return options.get("corpus_cache", True) is not False
 
     def prepare_corpus(self, dataset: Any, doc_ids: AbstractSet[str]) -> None:
         """Embed the documents ``eval`` will rerank before it starts: from the corpus embedding cache when it exists

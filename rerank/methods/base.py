@@ -25,7 +25,7 @@ Kind = Literal["reranker", "retriever"]
 #: the method kinds (a reranker has an inference head, a retriever its own trainer)
 KINDS: tuple[str, ...] = get_args(Kind)
 #: the descriptor fields that name a piece as ``"module:Attr"``
-PIECES = ("head", "task", "sft", "trainer", "teacher_labels")
+PIECES = ("head", "task", "sft", "trainer", "teacher_labels", "configure_train")
 #: the class attribute of a head / task (``method``) or a trainer (``name``) that must equal the method's name
 _NAMED_BY = {"head": "method", "task": "method", "trainer": "name"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -65,6 +65,10 @@ class Method:
     (examples -> SFT / GRPO rows, completion parser, rewards) used by the shared ``sft`` and ``grpo`` trainers.
     ``sft``: a method's own SFT function ``(config, train, dev, ctx) -> summary`` when it does not train through a
     task (the cross-encoder). ``trainer``: a method's own trainer class, registered as ``rerank train NAME``.
+    ``configure_train``: a function ``(config, trainer) -> None`` the shared ``sft`` / ``grpo`` configs call while
+    they resolve their options (``trainer`` is ``"sft"`` or ``"grpo"``): it derives the method's own defaults with
+    ``config._derive(name, value)`` and refuses values its training cannot take (a one-line ``ConfigError``), before
+    the shared defaults fill what it left unset (``max_query_tokens`` 32, ``max_length`` 1024 for a ``task``).
     ``sft_losses``: the accepted SFT ``loss`` values, the first the default. ``grpo``: present when GRPO trains the
     method. ``teacher_labels``: the data recipe's teacher-label mode of the method (``(recipe, unit, docs, row) ->
     rows``) and ``teacher_roles`` the teacher models it needs. ``templates``: prompt files in the package, the
@@ -85,6 +89,7 @@ class Method:
     sft_losses: tuple[str, ...] = ()
     grpo: GRPODefaults | None = None
     teacher_labels: str | None = None
+    configure_train: str | None = None
     teacher_roles: tuple[str, ...] = ("teacher",)
     templates: tuple[str, ...] = ()
     windowed: bool = False
@@ -121,7 +126,8 @@ class Method:
                 raise ConfigError(f"{where}: trainer= is a retriever method's own trainer; a reranker trains "
                                   f"through task= or sft=")
         else:
-            given = [p for p in ("head", "task", "sft", "grpo", "teacher_labels") if getattr(self, p) is not None]
+            given = [p for p in ("head", "task", "sft", "grpo", "teacher_labels", "configure_train")
+                     if getattr(self, p) is not None]
             given += ["templates"] if self.templates else []
             if self.trainer is None:
                 raise ConfigError(f"{where}: a retriever method needs trainer= (its own trainer class)")
@@ -139,9 +145,10 @@ class Method:
         return shown_path(file) if file else str(self.package)
 
     def resolve(self, piece: str) -> Any:
-        """The descriptor's ``piece`` (head, task, sft, trainer, teacher_labels) imported. A piece that does not
-        exist, or a head / task (``method``) or trainer (``name``) class naming another method, is a one-line
-        :class:`ConfigError` naming the descriptor field and, for a wrong name, the class's file and both names."""
+        """The descriptor's ``piece`` (head, task, sft, trainer, teacher_labels, configure_train) imported. A piece
+        that does not exist, or a head / task (``method``) or trainer (``name``) class naming another method, is a
+        one-line :class:`ConfigError` naming the descriptor field and, for a wrong name, the class's file and both
+        names."""
         target = getattr(self, piece)
         if target is None:
             raise ConfigError(f"method {self.name!r} ({self.source}) has no {piece}")

@@ -254,11 +254,12 @@ class LoraOptions:
 @dataclass
 class CommonTrainConfig(TrainSchedule):
     """Fields shared by ``sft`` and ``grpo``; ``head`` is the reranker method trained (its task: prompts, targets,
-    parser, rewards). ``max_query_tokens`` unset: 32, or for the cross-encoder its inference head's own default (the
-    query is cut as that head cuts it). ``max_length`` unset: 1024 for the LLM heads; for the cross-encoder 0, the
-    model's own as its inference head takes it (its trainer records the number); unset (None) for the heads that do not
-    read it. ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to select on), else 0 (every query
-    trains); ``data.dev_max`` and (with ``data.path``) ``data.seed`` are then refused: nothing reads them.
+    parser, rewards). The method's ``configure_train`` (its descriptor) derives its own defaults first: the
+    cross-encoder's unset ``max_query_tokens`` is its inference head's own default and its ``max_length`` 0, the
+    model's own as that head takes it. What it leaves unset: ``max_query_tokens`` 32; ``max_length`` 1024 for a method
+    trained through its task (the LLM heads), unset (None) for a method whose own ``sft`` reads none.
+    ``data.dev_fraction`` unset: 0.1 when ``eval_steps`` > 0 (a dev split to select on), else 0 (every query trains);
+    ``data.dev_max`` and (with ``data.path``) ``data.seed`` are then refused: nothing reads them.
 
     An unset option whose default follows the head or the starting model (these, ``loss``, GRPO's
     ``num_generations``, …) is derived again in a copy made with ``dataclasses.replace``: ``replace(cfg,
@@ -266,6 +267,8 @@ class CommonTrainConfig(TrainSchedule):
     one derived before (it then counts as unset)."""
 
     key_hints: ClassVar[Mapping[str, tuple[str, str]]] = RERANKER_KEY_HINTS
+    #: the trainer this config is for, passed to the method's ``configure_train`` ("" for the shared base alone)
+    trainer_name: ClassVar[str] = ""
 
     model: str = ""
     head: str = "erank"
@@ -301,8 +304,11 @@ class CommonTrainConfig(TrainSchedule):
                                   f"{self.head!r}: drop it")
         if self.data.path == "-":
             raise ConfigError("config: the training data is required (key 'data' with 'path' or 'beir')")
+        method = get_method(self.head)
+        if method.configure_train is not None:
+            method.resolve("configure_train")(self, self.trainer_name)
         if self.max_query_tokens is None:
-            self._derive("max_query_tokens", _query_tokens_default(self.head))
+            self._derive("max_query_tokens", 32)
         for name in ("max_doc_tokens", "max_query_tokens"):  # a cut to <= 0 tokens drops the text
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -362,19 +368,12 @@ class CommonTrainConfig(TrainSchedule):
             self.data.dev_fraction = None
 
     def _resolve_max_length(self) -> None:
-        """``max_length`` by who reads it: the shared LLM trainers (TRL) cut prompt and target to it (unset: 1024);
-        the cross-encoder's trainer cuts the pair by its inference head's rule (0 or unset: the model's own, else
-        >= 8; the model's position limit is checked by the trainer before the weights load); a method's own trainer
-        that reads none (monoT5, duoT5) leaves it unset."""
+        """``max_length`` of a method trained through its task: the shared LLM trainers (TRL) cut prompt and target to
+        it (unset: 1024). A method with its own ``sft`` keeps what its ``configure_train`` made of it (unset: None,
+        nothing reads it)."""
         from rerank.methods import get_method
 
-        if self.head == "cross-encoder":
-            if self.max_length is None:
-                self._derive("max_length", 0)
-            if 0 < self.max_length < 8 or self.max_length < 0:
-                raise ConfigError(f"max_length must be >= 8 for the cross-encoder (its inference head refuses a shorter "
-                                  f"pair), or 0 / unset for the model's own limit; got {self.max_length}")
-        elif get_method(self.head).sft is None:
+        if get_method(self.head).sft is None:
             if self.max_length is None:
                 self._derive("max_length", 1024)
             if self.max_length < 1:
@@ -387,16 +386,6 @@ def trains_lora(head: str) -> bool:
     from rerank.methods import get_method
 
     return get_method(head).lora
-
-
-def _query_tokens_default(head: str) -> int:
-    """The ``max_query_tokens`` of an unset option: the cross-encoder's inference head's own (it cuts the query, the
-    pair's ``max_length`` bounds the rest; before the option was read, training cut no query), else 32."""
-    if head == "cross-encoder":
-        from rerank.methods.cross_encoder.head import CrossEncoderConfig
-
-        return int(option_default(CrossEncoderConfig, "max_query_tokens"))
-    return 32
 
 
 def check_negatives_per_positive(cfg: CommonTrainConfig, reads: bool, what: str) -> None:

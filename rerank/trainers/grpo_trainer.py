@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import random
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from rerank.config import changed_options, option_default
 from rerank.errors import ConfigError
@@ -55,6 +55,8 @@ PLACKETT_LUCE_UNREAD = ("repair_incomplete", "missing_penalty", "wrong_count_rew
 class GRPOTrainConfig(CommonTrainConfig):
     """GRPO options; ``num_generations`` 0 and ``learning_rate`` unset take the method's GRPO defaults (its
     descriptor's ``grpo``: ERank G=5, lr 1e-6; GroupRank, and the others, 8 rollouts, lr 1e-5)."""
+
+    trainer_name: ClassVar[str] = "grpo"
 
     learning_rate: float | None = None  # type: ignore[assignment]
     # unset: the starting model's own (its rerank.json, same head), else the shared defaults (64 tokens, window 10)

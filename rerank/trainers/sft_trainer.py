@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rerank.config import option_default
 from rerank.errors import ConfigError
@@ -45,6 +45,8 @@ class SFTTrainConfig(CommonTrainConfig):
     targets = teacher score / ``distill_temperature`` + ``positive_bonus`` for a judged positive (label >= 1);
     ``group_size`` (``listwise-kl``): candidates per query, judged positives kept and the rest drawn with the seed
     (0 = all); ``margin-mse`` pairs each query's best candidate with ``data.negatives_per_positive`` others."""
+
+    trainer_name: ClassVar[str] = "sft"
 
     loss: str = ""
     ranking_weight: float | None = None

@@ -11,6 +11,7 @@ METHOD = Method(
     summary="AutoModelForSequenceClassification logit over (query, document) pairs",
     head="rerank.methods.cross_encoder.head:CrossEncoderReranker",
     sft="rerank.methods.cross_encoder.train:train_cross_encoder",
+    configure_train="rerank.methods.cross_encoder.training:configure_train",
     lora=False,
     sft_losses=("bce", "listnet", "lambdaloss", "mnrl", "margin-mse", "listwise-kl"),
     pipeline_tag="text-ranking",

@@ -125,3 +125,57 @@ def test_the_query_cut_follows_the_copys_own_head_config(copy_method: Callable[.
     copy_method("cross-encoder", "short-ce", "short_ce", files={"head.py": head})
     assert _sft("short-ce").max_query_tokens == 100
     assert _sft("short-ce", max_query_tokens=7).max_query_tokens == 7
+
+
+# --- findings 7 and 8: the options a method reads are its descriptor's train_reads -----------------------------------
+
+_NEGATIVES = {"data": {"path": "t.jsonl", "negatives_per_positive": 3}}
+#: (built-in, its copy's name and package, trainer, options): the copy accepts and refuses exactly what the built-in does
+_SAME_AS_BUILTIN = [
+    ("cross-encoder", "my-ce", "my_ce", "sft", {"template": "yes_no"}),
+    ("cross-encoder", "my-ce", "my_ce", "sft", {"max_doc_tokens": 128}),
+    ("cross-encoder", "my-ce", "my_ce", "sft", {"max_length": 4}),
+    ("cross-encoder", "my-ce", "my_ce", "sft", {"loss": "bce", **_NEGATIVES}),
+    ("cross-encoder", "my-ce", "my_ce", "sft", {"loss": "mnrl", **_NEGATIVES}),
+    ("duot5", "pairjudge", "pairjudge", "sft", {"max_length": 512}),
+    ("duot5", "pairjudge", "pairjudge", "sft", _NEGATIVES),
+    ("monot5", "pointjudge", "pointjudge", "sft", {"max_length": 512}),
+    ("erank", "judge", "judge", "sft", {"reasoning": True}),
+    ("erank", "judge", "judge", "grpo", {"erank_reference": "zero"}),
+]
+
+
+@pytest.mark.parametrize(("builtin", "name", "pkg", "trainer", "options"), _SAME_AS_BUILTIN)
+def test_a_copy_accepts_and_refuses_what_its_builtin_does(copy_method: Callable[..., str], builtin: str, name: str,
+                                                          pkg: str, trainer: str, options: dict[str, Any]) -> None:
+    """pairjudge took max_length 512 and my-ce template / max_doc_tokens, which nothing read (duot5 and the
+    cross-encoder refuse them); judge's reasoning and erank_reference and pairjudge's negatives_per_positive, which
+    their copied pieces read, were refused as "an option of head 'erank' only" / "not read by head 'pairjudge'"."""
+    copy_method(builtin, name, pkg)
+    build = {"sft": _sft, "grpo": _grpo}[trainer]
+    theirs = _error(lambda: build(builtin, **options))
+    ours = _error(lambda: build(name, **options))
+    assert ours == (theirs.replace(repr(builtin), repr(name)) if theirs else None)
+
+
+def test_options_a_method_does_not_read_are_refused_naming_what_it_reads() -> None:
+    """One shared check, one message: the option, the head, what bounds its input or who reads the option, and what
+    to do."""
+    with pytest.raises(ConfigError, match=r"^config: max_doc_tokens is not an option of head 'cross-encoder': its input is "
+                                          r"bounded by max_query_tokens and max_length; drop max_doc_tokens, or set "
+                                          r"max_query_tokens / max_length$"):
+        _sft("cross-encoder", max_doc_tokens=128)
+    with pytest.raises(ConfigError, match=r"^config: reasoning is not an option of head 'yes-no': it is read by erank; drop "
+                                          r"reasoning$"):
+        _sft("yes-no", reasoning=True)
+    with pytest.raises(ConfigError, match=r"^config: erank_reference is not an option of head 'grouprank': it is read by "
+                                          r"erank; drop erank_reference$"):
+        _grpo("grouprank", erank_reference="zero")
+    assert _sft("erank", reasoning=True).reasoning and _grpo("erank", erank_reference="zero").erank_reference == "zero"
+
+
+def test_train_reads_names_only_options_some_methods_read(copy_method: Callable[..., str]) -> None:
+    copy_method("yes-no", "judge", "judge", train_reads="('template', 'batch_size')")
+    with pytest.raises(ConfigError, match=r"method 'judge' \(.*judge/__init__.py\): train_reads: 'batch_size' is not "
+                                          r"one of the options only some methods read \(template, "):
+        get_method("judge")

@@ -19,13 +19,19 @@ from typing import Any, Literal, get_args
 from rerank.errors import ConfigError
 from rerank.utils.registry import import_target
 
-__all__ = ["KINDS", "PIECES", "GRPODefaults", "Kind", "Method", "resolve"]
+__all__ = ["KINDS", "PIECES", "PROMPT_OPTIONS", "TRAIN_OPTIONS", "GRPODefaults", "Kind", "Method", "resolve"]
 
 Kind = Literal["reranker", "retriever"]
 #: the method kinds (a reranker has an inference head, a retriever its own trainer)
 KINDS: tuple[str, ...] = get_args(Kind)
 #: the descriptor fields that name a piece as ``"module:Attr"``
 PIECES = ("head", "task", "sft", "trainer", "teacher_labels", "configure_train")
+#: the shared ``sft`` / ``grpo`` options that only some methods' training reads: a method declares those it reads in
+#: ``train_reads``, and the others, set to other than their defaults, are refused for it
+TRAIN_OPTIONS = ("template", "max_doc_tokens", "max_query_tokens", "max_length", "reasoning", "erank_reference",
+                 "data.negatives_per_positive")
+#: what a method trained through its task reads (its prompt, cut by the shared LLM trainers): ``train_reads``' default
+PROMPT_OPTIONS = ("template", "max_doc_tokens", "max_query_tokens", "max_length")
 #: the class attribute of a head / task (``method``) or a trainer (``name``) that must equal the method's name
 _NAMED_BY = {"head": "method", "task": "method", "trainer": "name"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -69,7 +75,8 @@ class Method:
     they resolve their options (``trainer`` is ``"sft"`` or ``"grpo"``): it derives the method's own defaults with
     ``config._derive(name, value)`` and refuses values its training cannot take (a one-line ``ConfigError``), before
     the shared defaults fill what it left unset (``max_query_tokens`` 32, ``max_length`` 1024 for a ``task``).
-    ``sft_losses``: the accepted SFT ``loss`` values, the first the default. ``grpo``: present when GRPO trains the
+    ``train_reads``: those of :data:`TRAIN_OPTIONS` its training reads (default :data:`PROMPT_OPTIONS`); the shared
+    configs refuse the others when set. ``sft_losses``: the accepted SFT ``loss`` values, the first the default. ``grpo``: present when GRPO trains the
     method. ``teacher_labels``: the data recipe's teacher-label mode of the method (``(recipe, unit, docs, row) ->
     rows``) and ``teacher_roles`` the teacher models it needs. ``templates``: prompt files in the package, the
     first the head's default. ``windowed``: its training task cuts candidates into windows (``window``,
@@ -90,6 +97,7 @@ class Method:
     grpo: GRPODefaults | None = None
     teacher_labels: str | None = None
     configure_train: str | None = None
+    train_reads: tuple[str, ...] = PROMPT_OPTIONS
     teacher_roles: tuple[str, ...] = ("teacher",)
     templates: tuple[str, ...] = ()
     windowed: bool = False
@@ -110,10 +118,14 @@ class Method:
             target = getattr(self, piece)
             if target is not None and (not isinstance(target, str) or not _TARGET.fullmatch(target)):
                 raise ConfigError(f"{where}: {piece}={target!r} is not 'package.module:Attr'")
-        for name in ("sft_losses", "teacher_roles", "templates"):
+        for name in ("sft_losses", "teacher_roles", "templates", "train_reads"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(f"{where}: {name} must be a tuple of names, got {value!r} (one name: ('x',))")
+        unknown = [o for o in self.train_reads if o not in TRAIN_OPTIONS]
+        if unknown:
+            raise ConfigError(f"{where}: train_reads: {unknown[0]!r} is not one of the options only some methods read "
+                              f"({', '.join(TRAIN_OPTIONS)})")
         bad = [t for t in self.templates if not t.endswith(".yaml") or "/" in t or "\\" in t]
         if bad:
             raise ConfigError(f"{where}: templates: {bad[0]!r} is not a .yaml file name in the method's folder")

@@ -36,6 +36,7 @@ __all__ = [
     "check_negatives_per_positive",
     "check_renamed_keys",
     "check_safetensors",
+    "check_train_reads",
     "cpu_only",
     "training_kwargs",
     "trains_lora",
@@ -313,6 +314,7 @@ class CommonTrainConfig(TrainSchedule):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         self._resolve_max_length()
+        check_train_reads(self)
         if self.data.dev_fraction is None:
             self.data.dev_fraction = 0.1 if self.eval_steps > 0 else 0.0
             self.data._dev_fraction_default = self.data.dev_fraction  # type: ignore[attr-defined]
@@ -388,14 +390,52 @@ def trains_lora(head: str) -> bool:
     return get_method(head).lora
 
 
+#: the size options of :data:`~rerank.methods.base.TRAIN_OPTIONS`, in the order a message lists those a method reads
+_BOUNDS = ("max_query_tokens", "max_doc_tokens", "max_length")
+
+
+def _readers(option: str) -> str:
+    """The reranker methods whose ``train_reads`` hold ``option``, for messages."""
+    from rerank.methods import all_methods
+
+    return ", ".join(m.name for m in all_methods().values() if m.kind == "reranker" and option in m.train_reads)
+
+
+def check_train_reads(cfg: CommonTrainConfig) -> None:
+    """An option only some methods read (:data:`~rerank.methods.base.TRAIN_OPTIONS`) that the trained method's
+    ``train_reads`` does not hold, set to other than its default, is a one-line error naming the option, the head,
+    what the head reads instead and what to do (``data.negatives_per_positive``: :func:`check_negatives_per_positive`)."""
+    from rerank.methods import get_method
+    from rerank.methods.base import TRAIN_OPTIONS
+
+    reads = get_method(cfg.head).train_reads
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    for name in TRAIN_OPTIONS:
+        if name in reads or name not in fields or name in cfg._derived:
+            continue
+        if getattr(cfg, name) == option_default(cfg, name):
+            continue
+        bounds = [b for b in _BOUNDS if b in reads]
+        if name in _BOUNDS:
+            why = (f"its input is bounded by {' and '.join(bounds)}; drop {name}, or set {' / '.join(bounds)}"
+                   if bounds else f"nothing bounds its input; drop {name}")
+        elif name == "template":
+            why = "its training renders no prompt (it reads the texts as they are); drop template"
+        else:
+            why = f"it is read by {_readers(name) or 'no head'}; drop {name}"
+        raise ConfigError(f"{name} is not an option of head {cfg.head!r}: {why}")
+
+
 def check_negatives_per_positive(cfg: CommonTrainConfig, reads: bool, what: str) -> None:
     """``data.negatives_per_positive`` with ``data.path``: a value other than its default where nothing reads it (the
-    examples are used as the file holds them; with ``beir`` it also sets how many negatives are mined) is an error."""
+    examples are used as the file holds them; with ``beir`` it also sets how many negatives are mined) is an error
+    naming the losses and the heads (``train_reads``) that read it."""
     data = cfg.data
     if data.path and not reads and data.negatives_per_positive != option_default(data, "negatives_per_positive"):
+        heads = _readers("data.negatives_per_positive")
         raise ConfigError(f"data.negatives_per_positive is not read by {what} with data.path (the candidates are used "
-                          "as the file lists them; it is read by the cross-encoder's losses mnrl and margin-mse, by "
-                          "duot5, and when building from data.beir): drop it")
+                          "as the file lists them; it is read by the losses mnrl and margin-mse"
+                          f"{f', by head {heads}' if heads else ''}, and when building from data.beir): drop it")
 
 
 def check_dev_split(cfg: TrainSchedule, dev: list[Any]) -> None:

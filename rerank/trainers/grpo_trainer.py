@@ -93,8 +93,6 @@ class GRPOTrainConfig(CommonTrainConfig):
             self._derive("num_generations", method.grpo.num_generations)
         if self.learning_rate is None:
             self._derive("learning_rate", method.grpo.learning_rate)
-        if self.erank_reference != "model" and self.head != "erank":
-            raise ConfigError("erank_reference is an option of head 'erank' only")
         if self.rollout == "plackett-luce":
             if self.head != "first":
                 raise ConfigError("rollout 'plackett-luce' samples FIRST's first-identifier ranking; it needs head 'first'")

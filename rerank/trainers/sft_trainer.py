@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rerank.config import option_default
 from rerank.errors import ConfigError
 from rerank.trainers.base import TrainContext
 from rerank.trainers.common import (
@@ -82,8 +81,9 @@ class SFTTrainConfig(CommonTrainConfig):
         if self.loss not in ("margin-mse", "listwise-kl"):
             given = [k for k, v in distill.items() if v is not None]
             if given:
+                window = getattr(method.resolve("task"), "window_option", None) if method.task else None
                 hint = (f" (head {self.head}'s group size is the key window)" if given[0] == "group_size"
-                        and self.head == "grouprank" else "")
+                        and window == "group_size" else "")
                 raise ConfigError(f"{given[0]} is an option of the cross-encoder's distillation losses "
                                   f"(margin-mse, listwise-kl), not of loss {self.loss!r}{hint}")
         else:
@@ -101,8 +101,6 @@ class SFTTrainConfig(CommonTrainConfig):
         if self.ranking_weight is not None and not self.loss.startswith("lm+"):
             raise ConfigError(f"ranking_weight scales a ranking loss (lm+ranknet|listnet|lambdarank), "
                               f"not {self.loss!r}")
-        if self.reasoning and self.head != "erank":
-            raise ConfigError("reasoning (reasoning targets) is an option of head 'erank' only")
         if self.reasoning and self.template:
             from rerank.prompts import load_template
 
@@ -110,27 +108,10 @@ class SFTTrainConfig(CommonTrainConfig):
                 raise ConfigError(f"reasoning: true trains <think>…</think> targets, but template {self.template!r} "
                                   "closes no reasoning (no think_close): drop template (reasoning: true takes "
                                   "erank_reasoning), or give a template with think_close")
-        self._check_head_options()
-        # read with data.path by: the contrastive / margin losses' rows (cross-encoder), duoT5's pairs
-        check_negatives_per_positive(self, self.head == "duot5" or self.loss in ("mnrl", "margin-mse"),
-                                     f"head {self.head!r} with loss {self.loss!r}")
-
-    def _check_head_options(self) -> None:
-        """Options this head's SFT does not read, set to other than their defaults, are errors saying what bounds its
-        input instead (a cross-encoder has no prompt and cuts the pair to ``max_length``; monoT5 / duoT5 cut the query
-        and each document to ``max_query_tokens`` / ``max_doc_tokens``)."""
-        if self.head == "cross-encoder":
-            if self.template:
-                raise ConfigError("template is not an option of head 'cross-encoder': it reads the (query, document) "
-                                  "pair, with no prompt; drop template")
-            if self.max_doc_tokens != option_default(self, "max_doc_tokens"):
-                raise ConfigError("max_doc_tokens is not an option of head 'cross-encoder': the document is cut with "
-                                  "the pair to max_length tokens (the query first to max_query_tokens); drop "
-                                  "max_doc_tokens, or set max_length")
-        if self.head in ("monot5", "duot5") and self.max_length != option_default(self, "max_length"):
-            raise ConfigError(f"max_length is not an option of head {self.head!r}: its input is bounded by "
-                              "max_query_tokens and max_doc_tokens (the query and each document are cut to them); "
-                              "drop max_length")
+        # with data.path read by the contrastive / margin losses' rows (the cross-encoder's) and by the methods whose
+        # train_reads hold it (duoT5's pairs)
+        reads = "data.negatives_per_positive" in method.train_reads or self.loss in ("mnrl", "margin-mse")
+        check_negatives_per_positive(self, reads, f"head {self.head!r} with loss {self.loss!r}")
 
 
 def load_tokenizer(path: str) -> Any:

@@ -12,6 +12,8 @@ METHOD = Method(
     head="rerank.methods.cross_encoder.head:CrossEncoderReranker",
     sft="rerank.methods.cross_encoder.train:train_cross_encoder",
     configure_train="rerank.methods.cross_encoder.training:configure_train",
+    # no prompt: the pair is cut to max_length, the query first to max_query_tokens
+    train_reads=("max_query_tokens", "max_length"),
     lora=False,
     sft_losses=("bce", "listnet", "lambdaloss", "mnrl", "margin-mse", "listwise-kl"),
     pipeline_tag="text-ranking",

@@ -11,6 +11,7 @@ METHOD = Method(
     sft="rerank.methods.duot5.train:train_duot5",
     lora=False,
     sft_losses=("ce",),
+    train_reads=("template", "max_doc_tokens", "max_query_tokens", "data.negatives_per_positive"),
     head="rerank.methods.duot5.head:DuoT5Reranker",
     templates=("duot5.yaml",),
     pipeline_tag="text-ranking",

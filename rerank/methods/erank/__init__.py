@@ -1,7 +1,7 @@
 """ERank: pointwise 0-10 integer relevance from the answer-token probabilities; SFT on teacher integers, GRPO on
 ERank's pooled listwise-derived reward (G=5, lr 1e-6 as the paper)."""
 
-from rerank.methods.base import GRPODefaults, Method
+from rerank.methods.base import PROMPT_OPTIONS, GRPODefaults, Method
 
 METHOD = Method(
     name="erank",
@@ -11,6 +11,7 @@ METHOD = Method(
     head="rerank.methods.erank.head:ERankReranker",
     task="rerank.methods.erank.task:ERankTask",
     sft_losses=("lm",),
+    train_reads=(*PROMPT_OPTIONS, "reasoning", "erank_reference"),
     grpo=GRPODefaults(num_generations=5, learning_rate=1e-6),
     teacher_labels="rerank.methods.erank.teacher:label_rows",
     templates=("erank.yaml", "erank_reasoning.yaml"),

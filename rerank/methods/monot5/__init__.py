@@ -11,6 +11,8 @@ METHOD = Method(
     sft="rerank.methods.monot5.train:train_monot5",
     lora=False,
     sft_losses=("ce",),
+    # the query and each document are cut to max_query_tokens / max_doc_tokens: no max_length
+    train_reads=("template", "max_doc_tokens", "max_query_tokens"),
     head="rerank.methods.monot5.head:MonoT5Reranker",
     templates=("monot5.yaml",),
     pipeline_tag="text-ranking",

@@ -275,6 +275,30 @@ class Reranker(ABC):
         """Default construction: typed config from ``options``. Model-backed heads override this."""
         return cls(from_dict(cls.config_class, options, where=f"{cls.method or cls.__name__} options"))
 
+    @classmethod
+    def prompt_method(cls) -> str:
+        """The method whose templates the head reads: its own, or for a head registered from user code
+        (``register_reranker``) the method of the nearest base class that is a method's head ('' for none)."""
+        from rerank.methods import all_methods
+
+        methods = all_methods()
+        names = (getattr(k, "method", "") for k in cls.__mro__)
+        return next((n for n in names if n in methods), "")
+
+    def default_template(self) -> str:
+        """The template a prompt-rendering head uses when its config names none: the first shipped template of
+        :meth:`prompt_method`; a head of no method with templates is a one-line error asking for ``template=``."""
+        from rerank.methods import get_method
+
+        owner = self.prompt_method()
+        if not owner:
+            raise ConfigError(f"{self.method}: the head subclasses no method's head, so it has no default prompt "
+                              f"template: give template= (a template file or mapping)")
+        method = get_method(owner)
+        if not method.templates:
+            raise ConfigError(f"{owner}: the method declares no prompt template (templates= in {method.source})")
+        return method.default_template
+
     @abstractmethod
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         """Scores aligned with ``candidates``; higher is better. Listwise heads return position-derived scores."""

@@ -32,11 +32,7 @@ __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check
 
 #: Renders a prompt's text from the (prepared) query and passage texts.
 Render = Callable[[str, list[str]], str]
-#: head options whose text the template holds (a long one fills the context), and those that set how many passages
-#: a prompt shows and how many tokens are generated after it; backend options that set the context
-_TEMPLATE_TEXTS = ("instruction", "prompt")
-_PASSAGES_PER_PROMPT = ("window", "group_size", "set_size")
-_GENERATION_BUDGETS = ("max_new_tokens", "max_reasoning_tokens")
+#: backend options that set the context
 _CONTEXT_OPTIONS = ("max_length", "max_model_len")
 
 
@@ -116,6 +112,12 @@ class LLMReranker(Reranker):
     """Base for heads that drive a :class:`~rerank.backends.base.Backend`."""
 
     config_class: ClassVar[type[RerankerConfig]] = LLMHeadConfig
+    #: the head's options whose text the template holds (a long one fills the context, e.g. qwen3-reranker's
+    #: instruction), which the "cannot hold this prompt" advice names beside the template (:meth:`room_options`)
+    template_texts: ClassVar[tuple[str, ...]] = ()
+    #: the head's options that, lowered, leave its prompt more room: passages per prompt (e.g. window) and tokens
+    #: generated after it (e.g. max_new_tokens), which that advice names
+    shrink_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -166,29 +168,6 @@ class LLMReranker(Reranker):
         if name in ("transformers", "vllm"):
             return super().nan_hint()
         return f"the {name} backend returned NaN; check its model"
-
-    @classmethod
-    def prompt_method(cls) -> str:
-        """The method whose templates the head reads: its own, or for a head registered from user code
-        (``register_reranker``) the method of the nearest base class that is a method's head ('' for none)."""
-        from rerank.methods import all_methods
-
-        methods = all_methods()
-        names = (getattr(k, "method", "") for k in cls.__mro__)
-        return next((n for n in names if n in methods), "")
-
-    def default_template(self) -> str:
-        """The template used when the config names none: the first shipped template of :meth:`prompt_method`."""
-        from rerank.methods import get_method
-
-        owner = self.prompt_method()
-        if not owner:
-            raise ConfigError(f"{self.method}: the head subclasses no method's head, so it has no default prompt "
-                              f"template: give template= (a template file or mapping)")
-        method = get_method(owner)
-        if not method.templates:
-            raise ConfigError(f"{owner}: the method declares no prompt template (templates= in {method.source})")
-        return method.default_template
 
     def override_template_field(self, name: str, value: str) -> None:
         """Replace the template's extra field ``name`` (a variable its texts use) by ``value`` unless it is empty:
@@ -292,21 +271,24 @@ class LLMReranker(Reranker):
         return text, ids
 
     def room_options(self, reserve: int) -> str:
-        """What the "cannot hold this prompt" error advises: only this head's options that make its template, its
-        passages per prompt or what it generates after the prompt (``reserve`` tokens) smaller, and a longer context
-        (e.g. qwen3-reranker: "use a shorter instruction or template, or use a model with a longer context")."""
+        """What the "cannot hold this prompt" error advises: only this head's options that make its template
+        (:attr:`template_texts`), its passages per prompt or what it generates after the prompt (``reserve`` tokens;
+        :meth:`lowered_options`) smaller, and a longer context (e.g. qwen3-reranker: "use a shorter instruction or
+        template, or use a model with a longer context")."""
         cfg = self.config
-        names = {f.name for f in dataclasses.fields(cfg)}
-        advice = [f"use a shorter {' or '.join([n for n in _TEMPLATE_TEXTS if n in names] + ['template'])}"]
-        lower = [n for n in _PASSAGES_PER_PROMPT if n in names]
-        if reserve and getattr(cfg, "reasoning", True):  # ERank generates only with reasoning
-            lower += [n for n in _GENERATION_BUDGETS if n in names]
+        advice = [f"use a shorter {' or '.join([*self.template_texts, 'template'])}"]
+        lower = self.lowered_options(reserve)
         if lower:
             advice.append(f"lower {' / '.join(lower)}")
         context = [f"backend_options.{n}" for n in _CONTEXT_OPTIONS if n in cfg.backend_options]  # type: ignore[attr-defined]
         if context:
             advice.append(f"raise {' / '.join(context)}")
         return ", ".join(advice) + ", or use a model with a longer context"
+
+    def lowered_options(self, reserve: int) -> tuple[str, ...]:
+        """The options :meth:`room_options` says to lower for a prompt followed by ``reserve`` tokens:
+        :attr:`shrink_options`; a head with an option read only in one mode overrides this to leave it out."""
+        return self.shrink_options
 
     def document_token_limit(self, query: str) -> int | None:
         """``max_doc_tokens``: each document is cut to it before the prompt is rendered."""

@@ -124,6 +124,7 @@ class SlidingWindowHead(PositionScored, LLMReranker):
     """Shared machinery of the window-based listwise heads; subclasses rank one step's windows."""
 
     config_class: ClassVar[type] = SlidingWindowConfig
+    shrink_options = ("window",)
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ class BGEGemmaReranker(PointwiseLLMReranker):
 
     method = "bge-reranker-v2-gemma"
     config_class: ClassVar[type[RerankerConfig]] = BGEGemmaConfig
+    template_texts = ("prompt",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

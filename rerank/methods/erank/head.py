@@ -112,10 +112,15 @@ class ERankReranker(PointwiseLLMReranker):
 
     method = "erank"
     config_class: ClassVar[type[RerankerConfig]] = ERankConfig
+    shrink_options = ("max_reasoning_tokens",)
 
     def __init__(self, config: ERankConfig | None = None, **kwargs: object) -> None:
         super().__init__(config if config is not None else ERankConfig(), **kwargs)  # type: ignore[arg-type]
         self._dist: IntegerDistribution | None = None
+
+    def lowered_options(self, reserve: int) -> tuple[str, ...]:
+        """``max_reasoning_tokens`` in reasoning mode only (without reasoning nothing is generated)."""
+        return self.shrink_options if self.config.reasoning else ()  # type: ignore[attr-defined]
 
     def default_template(self) -> str:
         """``erank``, or ``erank_reasoning`` in reasoning mode."""

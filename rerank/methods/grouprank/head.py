@@ -215,6 +215,7 @@ class GroupRankReranker(LLMReranker):
 
     method = "grouprank"
     config_class: ClassVar[type] = GroupRankConfig
+    shrink_options = ("group_size", "max_new_tokens")
 
     def __init__(
         self,

@@ -2,7 +2,9 @@
 
 A seq2seq template has a user text only; it is rendered with the query and the document(s) cut to their token
 limits, then tokenised with the tokenizer's own special tokens (T5 appends ``</s>``). The answer words are template
-options (``positive`` / ``negative``: "true" / "false"); their ids are the first token the tokenizer gives each.
+options (``positive`` / ``negative``: "true" / "false"); their ids are the first token the tokenizer gives each. A
+subclass registered from user code reads the templates of the method whose head it subclasses
+(:meth:`~rerank.heads.base.Reranker.prompt_method`), as the LLM heads do.
 """
 
 from __future__ import annotations
@@ -54,10 +56,7 @@ class Seq2SeqReranker(Reranker):
         self.model = model
         self.model_name = model_name
         cfg: Seq2SeqConfig = self.config  # type: ignore[assignment]
-        from rerank.methods import get_method
-
-        self.template: PromptTemplate = head_template(cfg.template or get_method(self.method).default_template,
-                                                      self.method)
+        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.prompt_method())
         if self.template.system or self.template.assistant_prefix:
             raise ConfigError(f"{self.method}: template {self.template.source} has a system text or an assistant "
                               f"prefix; a seq2seq template has a user text only")
@@ -68,7 +67,7 @@ class Seq2SeqReranker(Reranker):
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
         model = check_local_model(cls.method, backend, model)
         if cfg.template:  # checked before the model loads (the head checks it again, as it does any template)
-            head_template(cfg.template, cls.method)  # type: ignore[attr-defined]
+            head_template(cfg.template, cls.prompt_method())  # type: ignore[attr-defined]
         s2s = TransformersSeq2Seq.load(
             model, cfg.dtype, cfg.device, cfg.trust_remote_code  # type: ignore[attr-defined]
         )

@@ -24,6 +24,7 @@ class Qwen3Reranker(YesNoReranker):
 
     method = "qwen3-reranker"
     config_class: ClassVar[type[RerankerConfig]] = Qwen3RerankerConfig
+    template_texts = ("instruction",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -48,6 +48,7 @@ class SetwiseReranker(PositionScored, LLMReranker):
 
     method = "setwise"
     config_class: ClassVar[type[RerankerConfig]] = SetwiseConfig
+    shrink_options = ("set_size",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

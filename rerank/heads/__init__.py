@@ -1,8 +1,8 @@
 """Reranker heads behind one interface: :class:`Reranker`, constructed by registered method name.
 
-:func:`register_reranker` adds a head class of user code under a new name (a built-in name is refused), which
-:meth:`Reranker.load` then builds; an LLM head subclassing a method's head reads that method's prompt templates
-(see :mod:`rerank.heads.registry`)."""
+:func:`register_reranker` adds a head class of user code under a new name, its ``method`` (a built-in name is
+refused), which :meth:`Reranker.load` then builds; a head subclassing a method's head reads that method's prompt
+templates (see :mod:`rerank.heads.registry`)."""
 
 from rerank.heads.base import Reranker, RerankerConfig, RerankStats
 from rerank.heads.registry import available_rerankers, get_reranker_class, register_reranker

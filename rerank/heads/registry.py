@@ -7,18 +7,20 @@ head is imported through its descriptor (:meth:`rerank.methods.Method.resolve`),
 ``method`` is the method's name.
 
 :func:`register_reranker` adds a head class of user code under a new name, which ``Reranker.load(name, ...)`` (and
-so the Python eval pipeline and suites) builds in that process. An LLM head subclassing a method's head (e.g.
-``YesNoReranker``) reads that method's templates (its default when none is given, and refuses another method's);
+so the Python eval pipeline and suites) builds in that process; the class's ``method`` must be that name (what its
+results record), another is a one-line error naming both. A head subclassing a method's head (e.g. ``YesNoReranker``,
+``MonoT5Reranker``) reads that method's templates (its default when none is given, and refuses another method's);
 one that subclasses no method's head needs ``template=`` (a file or mapping).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rerank.errors import ConfigError
 from rerank.methods import all_methods
-from rerank.utils.registry import Registry
+from rerank.utils.registry import Registry, import_target, target_path
 
 if TYPE_CHECKING:
     from rerank.heads.base import Reranker
@@ -37,10 +39,27 @@ def _builtins(registry: Registry[type[Reranker]]) -> None:
 RERANKERS: Registry[type[Reranker]] = Registry("reranker", fill=_builtins)
 
 
+def _named(name: str, cls: Any) -> type[Reranker]:
+    """``cls`` when its ``method`` is ``name`` (what ``describe()`` and so ``metrics.json`` record); otherwise a
+    one-line :class:`ConfigError` naming both, as a method's descriptor refuses a head class naming another method."""
+    method = getattr(cls, "method", None)
+    if method != name:
+        raise ConfigError(f"reranker {target_path(cls)} has method {method!r} but is registered as {name!r}: set "
+                          f"method = {name!r} in the class (it is the name its results record)")
+    return cls
+
+
 def register_reranker(name: str, target: str | type) -> None:
-    """Register ``name`` -> ``"module:Class"`` (or a class). Re-registering a name replaces it; a built-in name (a
-    method, ``remote``) is refused unless it is the same class."""
-    RERANKERS.register(name, target)
+    """Register ``name`` -> ``"module:Class"`` (or a class) whose ``method`` is ``name`` (another is refused: a class
+    is checked now, a ``"module:Class"`` when it is first imported). Re-registering a name replaces it; a built-in name
+    (a method, ``remote``) is refused unless it is the same class."""
+    if name in RERANKERS.builtin_names():
+        RERANKERS.register(name, target)  # the same target is a no-op, another one is refused naming both
+        return
+    if isinstance(target, str):
+        RERANKERS.register(name, target, load=lambda: _named(name, import_target(target, f"reranker {name!r}")))
+    else:
+        RERANKERS.register(name, _named(name, target))
 
 
 def available_rerankers() -> list[str]:

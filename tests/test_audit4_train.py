@@ -55,7 +55,8 @@ def copy_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         templates = []
         for t in base.templates:
             new = t.replace(Path(base.folder).name, pkg, 1) if t.startswith(Path(base.folder).name) else f"{pkg}_{t}"
-            (folder / new).write_text((base.folder / t).read_text())
+            text = (base.folder / t).read_text().replace(f"name: {Path(t).stem}", f"name: {Path(new).stem}", 1)
+            (folder / new).write_text(text)
             templates.append(new)
         if templates:
             over["templates"] = repr(tuple(templates))
@@ -179,3 +180,53 @@ def test_train_reads_names_only_options_some_methods_read(copy_method: Callable[
     with pytest.raises(ConfigError, match=r"method 'judge' \(.*judge/__init__.py\): train_reads: 'batch_size' is not "
                                           r"one of the options only some methods read \(template, "):
         get_method("judge")
+
+
+# --- finding 5: a method's own sft function records the method trained ------------------------------------------------
+
+
+def _examples(tmp_path: Path) -> Path:
+    from rerank.data.io import write_jsonl
+    from rerank.testing import synthetic_ranking_examples
+
+    write_jsonl(synthetic_ranking_examples(6, num_candidates=3, seed=4), tmp_path / "t.jsonl")
+    return tmp_path / "t.jsonl"
+
+
+@pytest.mark.parametrize(("builtin", "name", "pkg", "model", "options"), [
+    ("cross-encoder", "my-ce", "my_ce", "tiny_bert_dir", {"max_length": 64}),
+    ("monot5", "pointjudge", "pointjudge", "tiny_t5_dir", {}),
+    ("duot5", "pairjudge", "pairjudge", "tiny_t5_dir", {}),
+])
+def test_a_copied_sft_function_records_the_copy(copy_method: Callable[..., str], request: pytest.FixtureRequest,
+                                                tmp_path: Path, builtin: str, name: str, pkg: str, model: str,
+                                                options: dict[str, Any]) -> None:
+    """my-ce's train.py (the cross-encoder's function, as a verbatim copy keeps it) wrote "method": "cross-encoder"
+    into rerank.json, so the model loaded as the cross-encoder; monoT5 / duoT5 copies trained the built-in's head."""
+    from rerank.methods.record import read_record
+    from rerank.trainers import sft
+
+    copy_method(builtin, name, pkg)
+    out = tmp_path / "out"
+    sft({"model": str(request.getfixturevalue(model)), "head": name, "max_steps": 1, "save_steps": 1,
+         "batch_size": 2, "use_cpu": True, "data": {"path": str(_examples(tmp_path))}, **options}, out)
+    record = read_record(out / "model")
+    assert record["method"] == name
+    if "template" in record["options"]:  # the rows were built by the copy's own head, with its own template
+        assert record["options"]["template"]["name"] == pkg
+
+
+def test_an_sft_function_recording_another_method_is_refused(copy_method: Callable[..., str],
+                                                             tmp_path: Path) -> None:
+    """A train.py that writes a method name of its own (a literal kept from the copied file) is a one-line error."""
+    from rerank.trainers import sft
+
+    train = ("def train_copy(cfg, train, dev, ctx):\n"
+             "    from rerank.trainers.artifacts import write_model_artifacts\n"
+             "    (ctx.output / 'model').mkdir(parents=True)\n"
+             "    write_model_artifacts(ctx.output / 'model', method='cross-encoder', trainer='sft', config=cfg)\n"
+             "    return {}\n")
+    copy_method("cross-encoder", "my-ce", "my_ce", files={"train.py": train})
+    with pytest.raises(ConfigError, match=r"rerank.json records method 'cross-encoder', but the model was trained as "
+                                          r"'my-ce' by rerank.methods.my_ce.train:train_copy: pass cfg.head"):
+        sft({"model": "m", "head": "my-ce", "data": {"path": str(_examples(tmp_path))}}, tmp_path / "out")

@@ -216,8 +216,23 @@ class SFTTrainer:
         set_seed(config.seed)
         method = get_method(config.head)
         if method.sft is not None:
-            return method.resolve("sft")(config, train, dev, ctx)
+            summary = method.resolve("sft")(config, train, dev, ctx)
+            _check_recorded_method(ctx.output / "model", config.head, method.sft)
+            return summary
         return _train_lm(config, train, dev, ctx)
+
+
+def _check_recorded_method(model_dir: Path, head: str, sft: str) -> None:
+    """A method's own ``sft`` function records the method it trained (``cfg.head``) in ``rerank.json``: another name
+    (a literal kept in a copied ``train.py``) would load the model as that method, so it is a one-line error."""
+    from rerank.methods.record import read_record
+
+    record = read_record(model_dir)
+    recorded = record.get("method") if record is not None else None
+    if recorded is not None and recorded != head:
+        raise ConfigError(f"{model_dir}/rerank.json records method {recorded!r}, but the model was trained as "
+                          f"{head!r} by {sft}: pass cfg.head (not a method name) as the method it writes, then "
+                          "train again")
 
 
 def _train_lm(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],

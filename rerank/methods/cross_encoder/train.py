@@ -266,7 +266,7 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
                 f"seed; sentence-transformers' reranking evaluator over their candidates), for model selection.")
         with staged_dir(output / "model") as tmp:
             model.save(str(tmp), safe_serialization=True)
-            write_model_artifacts(tmp, method="cross-encoder", trainer="sft", config=cfg,
+            write_model_artifacts(tmp, method=cfg.head, trainer="sft", config=cfg,
                                   options={"max_length": max_length, "max_query_tokens": cfg.max_query_tokens},
                                   metrics=dev_metrics or None,
                                   metrics_note=note)

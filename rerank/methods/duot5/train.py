@@ -38,5 +38,5 @@ def train_duot5(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict
                 ctx: TrainContext) -> dict[str, Any]:
     """Fine-tune a T5 checkpoint as duoT5 (true / false per ordered (positive, negative) pair)."""
     n = cfg.data.negatives_per_positive
-    return train_seq2seq("duot5", cfg, train, dev, ctx, lambda head, examples: duot5_rows(head, examples, n),
+    return train_seq2seq(cfg.head, cfg, train, dev, ctx, lambda head, examples: duot5_rows(head, examples, n),
                          "queries with a positive and a negative candidate")

@@ -34,10 +34,11 @@ def candidate_text(c: dict[str, Any]) -> str:
 
 
 def _head(method: str, cfg: SFTTrainConfig, tokenizer: Any) -> Seq2SeqReranker:
-    from rerank.heads.registry import get_reranker_class
+    """The inference head of ``method`` (its descriptor's ``head=``) over the tokenizer alone, to build the rows."""
+    from rerank.methods import get_method
     from rerank.methods.monot5.seq2seq import PromptOnlySeq2Seq
 
-    cls = get_reranker_class(method)
+    cls = get_method(method).resolve("head")
     head_cfg = cls.config_class(template=cfg.template, max_doc_tokens=cfg.max_doc_tokens,  # type: ignore[call-arg]
                                 max_query_tokens=cfg.max_query_tokens)
     return cls(head_cfg, PromptOnlySeq2Seq(tokenizer))  # type: ignore[call-arg, return-value]
@@ -63,7 +64,7 @@ def monot5_rows(head: Seq2SeqReranker, examples: list[dict[str, Any]]) -> list[d
 
 def train_seq2seq(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
                   ctx: TrainContext, build_rows: RowBuilder, needs: str) -> dict[str, Any]:
-    """Fine-tune the seq2seq head ``method`` on the rows ``build_rows`` makes of ``train`` (``needs``: what a query
+    """Fine-tune the seq2seq head ``method`` (the config's ``head``) on the rows ``build_rows`` makes of ``train`` (``needs``: what a query
     must hold to give rows, for the error when none does); with ``eval_steps`` > 0 the checkpoint with the lowest loss
     on ``dev``'s rows is kept (as the LLM heads' SFT selects)."""
     import datasets
@@ -106,7 +107,7 @@ def train_seq2seq(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]],
 def train_monot5(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: list[dict[str, Any]],
                  ctx: TrainContext) -> dict[str, Any]:
     """Fine-tune a T5 checkpoint as monoT5 (true / false per pair); the model goes to ``OUTPUT/model``."""
-    return train_seq2seq("monot5", cfg, train, dev, ctx, monot5_rows, "queries with candidates")
+    return train_seq2seq(cfg.head, cfg, train, dev, ctx, monot5_rows, "queries with candidates")
 
 
 def __getattr__(name: str) -> Any:

@@ -27,8 +27,10 @@ from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, head_template
+from rerank.types import Candidate
 
-__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys", "token_cap"]
+__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys", "passage_texts",
+           "token_cap"]
 
 #: Renders a prompt's text from the (prepared) query and passage texts.
 Render = Callable[[str, list[str]], str]
@@ -318,3 +320,10 @@ class LLMReranker(Reranker):
 
     def close(self) -> None:
         self.backend.close()
+
+
+def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: int) -> list[str]:
+    """Each candidate's title and text on one line (every run of whitespace, newlines included, one space: a document
+    cannot start a line of the prompt that looks like another passage's label), prepared (special strings
+    neutralised) and cut to ``max_tokens`` tokens (the instruction never is)."""
+    return [head.prepare(" ".join(c.doc.full_text(" ").split()), max_tokens) for c in candidates]

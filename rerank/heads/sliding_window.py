@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from rerank.backends.base import Backend
 from rerank.errors import ConfigError
 from rerank.heads.base import PositionScored, position_scores
-from rerank.heads.llm import LLMHeadConfig, LLMReranker
+from rerank.heads.llm import LLMHeadConfig, LLMReranker, passage_texts
 from rerank.heads.permutation import Scheme, check_scheme, identifiers
 from rerank.types import Candidate, Query
 
@@ -92,12 +92,6 @@ def sliding_window_rerank(
             start, end = plans[i][step]
             orders[i][start:end] = [items[j] for j in perm]
     return orders
-
-
-def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: int) -> list[str]:
-    """Each candidate's title and text on one line, prepared (special strings neutralised) and cut to ``max_tokens``
-    tokens (the instruction never is)."""
-    return [head.prepare(" ".join(c.doc.full_text(" ").split()), max_tokens) for c in candidates]
 
 
 @dataclass

@@ -36,8 +36,7 @@ from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.grammar import Exact, FreeText, Grammar, OneOf
 from rerank.config import changed_options
 from rerank.errors import ConfigError
-from rerank.heads.llm import LLMHeadConfig, LLMReranker
-from rerank.heads.sliding_window import passage_texts
+from rerank.heads.llm import LLMHeadConfig, LLMReranker, passage_texts
 from rerank.types import Candidate, Query
 from rerank.utils.scores import minmax_normalize
 

@@ -1,6 +1,7 @@
 """setwise: rank by repeatedly asking which passage of a set of ``set_size`` is the most relevant.
 
-One prompt per set (its passages labelled A, B, ...); the answer is the label with the highest log-probability as the
+One prompt per set (its passages labelled A, B, ..., each passage's title and text on one line, so a document cannot
+lay out a ``Passage X:`` entry of its own); the answer is the label with the highest log-probability as the
 first answer token (one forward pass, nothing generated), so any backend with log-probabilities runs it. The sort
 (:mod:`rerank.methods.setwise.sorting`) decides the sets; queries of a batch advance together, one set each per
 backend call. ``forward_passes`` counts the prompts scored (the method's efficiency figure).
@@ -14,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from rerank.errors import ConfigError
 from rerank.heads.base import PositionScored, RerankerConfig, position_scores
-from rerank.heads.llm import LLMHeadConfig, LLMReranker
+from rerank.heads.llm import LLMHeadConfig, LLMReranker, passage_texts
 from rerank.heads.pointwise import continuation_ids
 from rerank.methods.setwise.sorting import Sort, bubblesort, heapsort
 from rerank.types import Candidate, Query
@@ -85,7 +86,7 @@ class SetwiseReranker(PositionScored, LLMReranker):
         cfg: SetwiseConfig = self.config  # type: ignore[assignment]
         ids = self.label_ids()
         qtexts = [self.prepare(q.text, cfg.max_query_tokens) for q in queries]
-        dtexts = [[self.prepare(c.doc.full_text(), cfg.max_doc_tokens) for c in cs] for cs in candidate_lists]
+        dtexts = [passage_texts(self, cs, cfg.max_doc_tokens) for cs in candidate_lists]
         sorts: dict[int, Sort] = {}
         asked: dict[int, list[int]] = {}
         orders: dict[int, list[int]] = {}

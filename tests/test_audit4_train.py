@@ -230,3 +230,44 @@ def test_an_sft_function_recording_another_method_is_refused(copy_method: Callab
     with pytest.raises(ConfigError, match=r"rerank.json records method 'cross-encoder', but the model was trained as "
                                           r"'my-ce' by rerank.methods.my_ce.train:train_copy: pass cfg.head"):
         sft({"model": "m", "head": "my-ce", "data": {"path": str(_examples(tmp_path))}}, tmp_path / "out")
+
+
+# --- finding 1: teacher roles and the teacher-label options come from the descriptors -------------------------------
+
+_TEACHER = {"source": {"dataset": "scifact"}, "first_stage": {"retriever": "bm25"},
+            "teacher": {"reranker": "cross-encoder", "model": "m"}}
+
+
+def _teacher_labels(**spec: Any) -> Any:
+    from rerank.data_recipes.mining import TeacherLabelsConfig
+
+    return from_dict(TeacherLabelsConfig, {**_TEACHER, **spec}, where="recipe teacher_labels")
+
+
+def test_a_copied_teacher_mode_reads_the_options_of_the_mode_it_copies(copy_method: Callable[..., str]) -> None:
+    """judge's teacher labels with score_map: minmax were refused ("score_map only by mode erank"), although its
+    copied teacher reads it and its own error for off-scale scores says to set it."""
+    copy_method("erank", "judge", "judge")
+    assert _teacher_labels(mode="judge", score_map="minmax").score_map == "minmax"
+    with pytest.raises(ConfigError, match=r"group_size is not read by mode judge \(group_size only by mode "
+                                          r"grouprank\)"):
+        _teacher_labels(mode="judge", group_size=4)
+    with pytest.raises(ConfigError, match=r"score_map is not read by mode first \(score_map only by mode erank or "
+                                          r"judge\)"):
+        _teacher_labels(mode="first", score_map="minmax")
+
+
+def test_a_teacher_role_the_recipe_has_no_key_for_is_refused_in_one_line(copy_method: Callable[..., str], run_cli,
+                                                                         tmp_path: Path) -> None:
+    """teacher_roles=("judge_teacher",) passed the descriptor check, then rerank data build raised AttributeError
+    (a traceback); the recipe has no key for it, so the descriptor is refused when it loads."""
+    copy_method("erank", "judge", "judge", teacher_roles="('judge_teacher',)")
+    with pytest.raises(ConfigError, match=r"method 'judge' \(.*judge/__init__.py\): teacher_roles: 'judge_teacher' "
+                                          r"is not a teacher key of rerank data build's teacher_labels recipe "
+                                          r"\(teacher, pointwise_teacher, listwise_teacher\)"):
+        get_method("judge")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("recipe: teacher_labels\nmode: judge\nsource: {dataset: scifact}\n"
+                      "first_stage: {retriever: bm25}\nteacher: {reranker: cross-encoder, model: m}\n")
+    rc, _, err = run_cli("data", "build", recipe, "--output", tmp_path / "out")
+    assert rc == 2 and err.count("\n") == 1 and "teacher_roles: 'judge_teacher'" in err, err

@@ -42,6 +42,7 @@ from rerank.data_recipes.base import (
     unit_rng,
 )
 from rerank.errors import ConfigError
+from rerank.methods.base import TEACHER_OPTIONS, TEACHER_ROLES
 from rerank.models import check_model_path
 from rerank.trainers.data import has_content
 from rerank.types import Candidate, Document, Qrels, Query, Run, sort_ranking
@@ -386,10 +387,12 @@ def teacher_modes() -> list[str]:
     return [*method_names(teacher_labels=True), "scores", "first_stage"]
 
 
-_ROLES = ("teacher", "pointwise_teacher", "listwise_teacher")
-#: the options of ``teacher_labels`` that only some modes read, and those modes (the methods' ``teacher.py``)
-_MODE_OPTIONS: dict[str, tuple[str, ...]] = {"score_map": ("erank",), "group_size": ("grouprank",),
-                                             "seed": ("grouprank",)}
+def _option_modes(option: str) -> tuple[str, ...]:
+    """The modes that read ``teacher_labels`` option ``option``: the methods whose descriptor's ``teacher_options``
+    name it (the modes ``scores`` and ``first_stage`` read none)."""
+    from rerank.methods import all_methods
+
+    return tuple(m.name for m in all_methods().values() if m.teacher_labels is not None and option in m.teacher_options)
 
 
 def _roles(mode: str) -> tuple[str, ...]:
@@ -420,15 +423,15 @@ class TeacherLabelsConfig:
         missing = [r for r in _roles(self.mode) if getattr(self, r) is None]
         if missing:
             raise ValueError(f"mode {self.mode} needs {' and '.join(repr(r) for r in missing)}")
-        unused = [r for r in _ROLES if r not in _roles(self.mode) and getattr(self, r) is not None]
+        unused = [r for r in TEACHER_ROLES if r not in _roles(self.mode) and getattr(self, r) is not None]
         if unused:
             raise ValueError(f"{' and '.join(unused)} {'are' if len(unused) > 1 else 'is'} not used by mode "
                              f"{self.mode} (it uses {' and '.join(_roles(self.mode)) or 'no teacher'}): drop "
                              f"{'them' if len(unused) > 1 else 'it'}")
-        changed = changed_options(self, [name for name, modes in _MODE_OPTIONS.items() if self.mode not in modes])
+        changed = changed_options(self, [name for name in TEACHER_OPTIONS if self.mode not in _option_modes(name)])
         if changed:
             many = len(changed) > 1
-            only = "; ".join(f"{name} only by mode {' or '.join(_MODE_OPTIONS[name])}" for name in changed)
+            only = "; ".join(f"{name} only by mode {' or '.join(_option_modes(name))}" for name in changed)
             raise ValueError(f"{', '.join(changed)} {'are' if many else 'is'} not read by mode {self.mode} ({only}): "
                              f"drop {'them' if many else 'it'}")
         if self.group_size < 2:

@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args
 from rerank.errors import ConfigError
 from rerank.utils.registry import import_target
 
-__all__ = ["KINDS", "PIECES", "PROMPT_OPTIONS", "TRAIN_OPTIONS", "GRPODefaults", "Kind", "Method", "resolve"]
+__all__ = ["KINDS", "PIECES", "PROMPT_OPTIONS", "TEACHER_OPTIONS", "TEACHER_ROLES", "TRAIN_OPTIONS", "GRPODefaults",
+           "Kind", "Method", "resolve"]
 
 Kind = Literal["reranker", "retriever"]
 #: the method kinds (a reranker has an inference head, a retriever its own trainer)
@@ -32,6 +33,10 @@ TRAIN_OPTIONS = ("template", "max_doc_tokens", "max_query_tokens", "max_length",
                  "data.negatives_per_positive")
 #: what a method trained through its task reads (its prompt, cut by the shared LLM trainers): ``train_reads``' default
 PROMPT_OPTIONS = ("template", "max_doc_tokens", "max_query_tokens", "max_length")
+#: the teacher models a ``teacher_labels`` recipe can give (its keys): a method's ``teacher_roles`` are some of them
+TEACHER_ROLES = ("teacher", "pointwise_teacher", "listwise_teacher")
+#: the ``teacher_labels`` options only some modes read: a method's ``teacher_options`` names those its mode reads
+TEACHER_OPTIONS = ("score_map", "group_size", "seed")
 #: the class attribute of a head / task (``method``) or a trainer (``name``) that must equal the method's name
 _NAMED_BY = {"head": "method", "task": "method", "trainer": "name"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -76,13 +81,15 @@ class Method:
     ``config._derive(name, value)`` and refuses values its training cannot take (a one-line ``ConfigError``), before
     the shared defaults fill what it left unset (``max_query_tokens`` 32, ``max_length`` 1024 for a ``task``).
     ``train_reads``: those of :data:`TRAIN_OPTIONS` its training reads (default :data:`PROMPT_OPTIONS`); the shared
-    configs refuse the others when set. ``sft_losses``: the accepted SFT ``loss`` values, the first the default. ``grpo``: present when GRPO trains the
-    method. ``teacher_labels``: the data recipe's teacher-label mode of the method (``(recipe, unit, docs, row) ->
-    rows``) and ``teacher_roles`` the teacher models it needs. ``templates``: prompt files in the package, the
-    first the head's default. ``windowed``: its training task cuts candidates into windows (``window``,
-    ``window_order``). ``lora``: its SFT takes the ``lora`` options (the shared LLM trainers do; a method whose own
-    ``sft`` fine-tunes in full says False, and ``lora.enabled`` is refused for it). ``pipeline_tag`` /
-    ``library_name``: the model card's Hub metadata.
+    configs refuse the others when set. ``sft_losses``: the accepted SFT ``loss`` values, the first the default.
+    ``grpo``: present when GRPO trains the method. ``teacher_labels``: the data recipe's teacher-label mode of the
+    method (``(recipe, unit, docs, row) -> rows``), ``teacher_roles`` the teacher models it needs (of
+    :data:`TEACHER_ROLES`, the recipe's keys) and ``teacher_options`` the recipe options only some modes read that
+    it reads (of :data:`TEACHER_OPTIONS`). ``templates``: prompt files in the package, the first the head's default.
+    ``windowed``: its training task cuts candidates into windows (``window``, ``window_order``). ``lora``: its SFT
+    takes the ``lora`` options (the shared LLM trainers do; a method whose own ``sft`` fine-tunes in full says
+    False, and ``lora.enabled`` is refused for it). ``pipeline_tag`` / ``library_name``: the model card's Hub
+    metadata.
     """
 
     name: str
@@ -99,6 +106,7 @@ class Method:
     configure_train: str | None = None
     train_reads: tuple[str, ...] = PROMPT_OPTIONS
     teacher_roles: tuple[str, ...] = ("teacher",)
+    teacher_options: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
     windowed: bool = False
     lora: bool = True
@@ -118,7 +126,7 @@ class Method:
             target = getattr(self, piece)
             if target is not None and (not isinstance(target, str) or not _TARGET.fullmatch(target)):
                 raise ConfigError(f"{where}: {piece}={target!r} is not 'package.module:Attr'")
-        for name in ("sft_losses", "teacher_roles", "templates", "train_reads"):
+        for name in ("sft_losses", "teacher_roles", "teacher_options", "templates", "train_reads"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(f"{where}: {name} must be a tuple of names, got {value!r} (one name: ('x',))")
@@ -126,6 +134,12 @@ class Method:
         if unknown:
             raise ConfigError(f"{where}: train_reads: {unknown[0]!r} is not one of the options only some methods read "
                               f"({', '.join(TRAIN_OPTIONS)})")
+        for name, known, what in (("teacher_roles", TEACHER_ROLES, "a teacher key of rerank data build's "
+                                   "teacher_labels recipe"),
+                                  ("teacher_options", TEACHER_OPTIONS, "an option only some teacher-label modes read")):
+            unknown = [v for v in getattr(self, name) if v not in known]
+            if unknown:
+                raise ConfigError(f"{where}: {name}: {unknown[0]!r} is not {what} ({', '.join(known)}); use those")
         bad = [t for t in self.templates if not t.endswith(".yaml") or "/" in t or "\\" in t]
         if bad:
             raise ConfigError(f"{where}: templates: {bad[0]!r} is not a .yaml file name in the method's folder")

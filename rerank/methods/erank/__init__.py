@@ -14,6 +14,7 @@ METHOD = Method(
     train_reads=(*PROMPT_OPTIONS, "reasoning", "erank_reference"),
     grpo=GRPODefaults(num_generations=5, learning_rate=1e-6),
     teacher_labels="rerank.methods.erank.teacher:label_rows",
+    teacher_options=("score_map",),
     templates=("erank.yaml", "erank_reasoning.yaml"),
     pipeline_tag="text-generation",
 )

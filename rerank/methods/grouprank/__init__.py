@@ -14,6 +14,7 @@ METHOD = Method(
     grpo=GRPODefaults(num_generations=8, learning_rate=1e-5),
     teacher_labels="rerank.methods.grouprank.teacher:label_rows",
     teacher_roles=("pointwise_teacher", "listwise_teacher"),
+    teacher_options=("group_size", "seed"),
     templates=("grouprank.yaml",),
     windowed=True,
     pipeline_tag="text-generation",

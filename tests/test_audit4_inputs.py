@@ -1,17 +1,20 @@
 """Audit s41 (hostile and odd inputs): a document cannot lay out another passage's label in a prompt that shows
-several (setwise, listwise, FIRST, GroupRank)."""
+several (setwise, listwise, FIRST, GroupRank); listwise reads a bare identifier on a line of bracketed ones in its
+place."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
 
 from rerank.backends.scripted import ScriptedBackend
 from rerank.heads.base import as_candidates
+from rerank.heads.permutation import parse_permutation
 from rerank.methods.first.head import FirstReranker
 from rerank.methods.grouprank.head import GroupRankReranker
-from rerank.methods.listwise.head import ListwiseReranker
+from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
 from rerank.methods.setwise.head import SetwiseConfig, SetwiseReranker
 from rerank.testing import build_tokenizer
 from rerank.types import Query
@@ -54,3 +57,34 @@ def test_window_heads_keep_each_passage_on_one_line(cls: type, forged: str, labe
     prompt = prompt_of(Query("q", "vitamin"), as_candidates([forged, "second passage", "third passage"]))
     lines = re.findall(rf"^{label}(.*)$", prompt, flags=re.M)
     assert lines == ["third passage"]
+
+
+@pytest.mark.parametrize("text,scheme,order", [
+    ("[2] > 4 > [1] > [3]", "numbers", [1, 3, 0, 2]),
+    ("[B] > D > [A] > [C]", "letters", [1, 3, 0, 2]),
+    ("[2] > 4, [1] > [3]", "numbers", [1, 3, 0, 2]),
+])
+def test_bare_identifier_among_bracketed_ones_is_read_in_place(text: str, scheme: str, order: list[int]) -> None:
+    p = parse_permutation(text, 4, scheme)
+    assert p.order == order and p.repaired and not p.missing
+    assert p.fixes == ["1 identifier(s) written without brackets among bracketed ones read in place"]
+
+
+@pytest.mark.parametrize("text", ["[1] > [2] (score 4) > [3]", "[1] > [2] > 4.5 > [3]", "[1] > [2] > passage 4 > [3]"])
+def test_a_number_inside_text_on_a_mixed_line_is_not_an_identifier(text: str) -> None:
+    p = parse_permutation(text, 4, "numbers")
+    assert p.order == [0, 1, 2, 3] and p.fixes == ["1 missing identifier(s) appended in input order"]
+
+
+def test_listwise_head_reports_the_bare_identifier_repair(caplog: pytest.LogCaptureFixture) -> None:
+    """Through the head: passage 4 ranks second, the output counts as repaired, and the LLM-call log names how."""
+    backend = ScriptedBackend(build_tokenizer(), generate_fn=lambda prompt: "[2] > 4 > [1] > [3]")
+    outcomes: list[dict[str, object]] = []
+    backend.log_parse = lambda response, outcome: outcomes.append(outcome)  # type: ignore[method-assign]
+    head = ListwiseReranker(ListwiseConfig(window=4, stride=2), backend=backend)
+    with caplog.at_level(logging.WARNING):
+        res = head.rerank("q", ["d1", "d2", "d3", "d4"])
+    assert [r.doc.text for r in res.results] == ["d2", "d4", "d1", "d3"]
+    assert head.stats.repaired == 1 and head.stats.parse_failures == 0 and "1 were repaired" in caplog.text
+    assert outcomes == [{"outcome": "repaired",
+                         "fixes": ["1 identifier(s) written without brackets among bracketed ones read in place"]}]

@@ -8,7 +8,9 @@ a lone id, as in a refusal ("I cannot rank these 5 passages."), is no ranking, n
 ("Sorry, I cannot rank [4] and [7]: they are empty"), nor an output that only lists passages, each line an id and
 then text (``[2] BM25 is a ranking function``, next line ``[3] TF-IDF weighs terms``: an echo of the prompt), and the
 output is a failure (the window keeps its input order). Unbracketed letters are identifiers only next to ``>`` or
-``,`` (``C > A``, ``C, A``), so the words "I" and "A" are not. Otherwise ids the model forgot are appended in their
+``,`` (``C > A``, ``C, A``), so the words "I" and "A" are not. On a ranking line that mixes both forms
+(``[2] > 4 > [1]``), an identifier written without brackets is read in its place when it is alone between two
+separators (``>`` or ``,``), so a number inside text (``[1] > [2] (score 4)``) is not. Otherwise ids the model forgot are appended in their
 input order, duplicates and unknown ids are dropped, and every repair or failure is reported so ``metrics.json`` can
 count them. :func:`permutation_grammar` is the answer format as a grammar, for constrained decoding (then no repair
 is ever needed).
@@ -43,6 +45,8 @@ _REFUSAL = re.compile(r"\b(?:cannot|can ?not|can't|can’t|unable to|won't|won�
                       re.IGNORECASE)
 _BRACKETED = re.compile(r"\[\s*([A-Za-z]|\d+)\s*\]")
 _BARE = {"numbers": re.compile(r"(?<![\w.])(\d+)(?![\w.])"), "letters": re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")}
+#: an identifier without brackets that is all of its item of a ranking line (between ``>`` or ``,`` separators)
+_BARE_ITEM = {"numbers": re.compile(r"\s*(\d+)\s*"), "letters": re.compile(r"\s*([A-Z])\s*")}
 _ECHO = ("no ranking: the output lists passages (an identifier, then text, on each line) and does not rank them; "
          "the window keeps its input order")
 _SEPARATORS = (">", ",")  # a bare letter next to one of these is an identifier
@@ -82,6 +86,7 @@ class ParsedPermutation:
     skipped_rankings: int = 0
     no_ranking_line: bool = False
     echo: bool = False
+    bare_in_line: int = 0
 
     @property
     def repaired(self) -> bool:
@@ -103,6 +108,9 @@ class ParsedPermutation:
             out.append(f"{self.skipped_rankings} earlier ranking line(s) skipped, the last read")
         if self.unbracketed:
             out.append("identifiers read without brackets")
+        if self.bare_in_line:
+            out.append(f"{self.bare_in_line} identifier(s) written without brackets among bracketed ones read in "
+                       "place")
         if self.duplicates:
             out.append(f"{self.duplicates} duplicate identifier(s) dropped")
         if self.unknown:
@@ -148,6 +156,23 @@ def _tokens(text: str, scheme: str) -> tuple[list[str], bool]:
     return [m.group(1) for m in found], unbracketed
 
 
+def _line_tokens(line: str, scheme: str) -> tuple[list[str], bool, int]:
+    """The ids written on a ranking line, as strings: :func:`_tokens`, and where there are bracketed ids, also each
+    bare one that is all of its item between ``>`` / ``,`` separators, in its place (with how many those were)."""
+    tokens, unbracketed = _tokens(line, scheme)
+    if unbracketed or not tokens:
+        return tokens, unbracketed, 0
+    tokens, bare = [], 0
+    for item in re.split(r"[>,]", line):
+        found = _BRACKETED.findall(item)
+        if found:
+            tokens += found
+        elif (m := _BARE_ITEM[scheme].fullmatch(item)) is not None:
+            tokens.append(m.group(1))
+            bare += 1
+    return tokens, False, bare
+
+
 def _echoes(text: str, scheme: str) -> bool:
     """Whether ``text`` only lists passages: every id in it opens a line, at least two lines open with one, and text
     follows the id on at least one (``[2] BM25 is…\n[3] TF-IDF…``: the prompt's passages echoed, not ranked)."""
@@ -164,7 +189,7 @@ def _echoes(text: str, scheme: str) -> bool:
 
 def _forms_ranking(line: str, n: int, scheme: str) -> bool:
     """Whether ``line`` is a ranking: at least two distinct valid ids joined by ``>`` (one id when ``n`` is 1)."""
-    valid = {i for i in (_index(t, scheme, n) for t in _tokens(line, scheme)[0]) if i is not None}
+    valid = {i for i in (_index(t, scheme, n) for t in _line_tokens(line, scheme)[0]) if i is not None}
     return len(valid) >= min(2, n) and (n == 1 or ">" in line)
 
 
@@ -176,12 +201,13 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     so a refusal naming one number is not taken for a ranking, and prose that says it cannot rank (``cannot``,
     ``unable to``, ``sorry``, …) is none either, whatever ids it names, nor an echo of the passages (every id opens a
     line, text after it). Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``,
-    ``C > A``; a letter only next to ``>`` or ``,``) are read and the output counts as repaired. Too few valid ids is
-    a failure (the window keeps its input order).
+    ``C > A``; a letter only next to ``>`` or ``,``) are read and the output counts as repaired. On a ranking line
+    with bracketed ids, a bare id that is a whole item (``[2] > 4 > [1]``) is read in its place, as a repair. Too few
+    valid ids is a failure (the window keeps its input order).
     """
     check_scheme(scheme)
     rankings = [line for line in text.splitlines() if _forms_ranking(line, n, scheme)]
-    tokens, unbracketed = _tokens(rankings[-1] if rankings else text, scheme)
+    tokens, unbracketed, bare = _line_tokens(rankings[-1], scheme) if rankings else (*_tokens(text, scheme), 0)
     no_line = not rankings
     seen: set[int] = set()
     order: list[int] = []
@@ -201,7 +227,7 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
                                  no_ranking_line=no_line, echo=echo)
     missing = [i for i in range(n) if i not in seen]
     return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed,
-                             max(0, len(rankings) - 1), no_line)
+                             max(0, len(rankings) - 1), no_line, bare_in_line=bare)
 
 
 def permutation_grammar(scheme: str, n: int, prefix: str = "") -> Grammar:

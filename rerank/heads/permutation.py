@@ -10,9 +10,9 @@ then text (``[2] BM25 is a ranking function``, next line ``[3] TF-IDF weighs ter
 output is a failure (the window keeps its input order). Unbracketed letters are identifiers only next to ``>`` or
 ``,`` (``C > A``, ``C, A``), so the words "I" and "A" are not. On a ranking line that mixes both forms
 (``[2] > 4 > [1]``), an identifier written without brackets is read in its place when it is alone between two
-separators (``>`` or ``,``), so a number inside text (``[1] > [2] (score 4)``) is not. Otherwise ids the model forgot are appended in their
-input order, duplicates and unknown ids are dropped, and every repair or failure is reported so ``metrics.json`` can
-count them. :func:`permutation_grammar` is the answer format as a grammar, for constrained decoding (then no repair
+separators (``>`` or ``,``), so a number inside text (``[1] > [2] (score 4)``) is not. Otherwise ids the model
+forgot are appended in their input order, duplicates and unknown ids are dropped, and every repair or failure is
+reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer format as a grammar, for constrained decoding (then no repair
 is ever needed).
 """
 

@@ -271,3 +271,39 @@ def test_a_teacher_role_the_recipe_has_no_key_for_is_refused_in_one_line(copy_me
                       "first_stage: {retriever: bm25}\nteacher: {reranker: cross-encoder, model: m}\n")
     rc, _, err = run_cli("data", "build", recipe, "--output", tmp_path / "out")
     assert rc == 2 and err.count("\n") == 1 and "teacher_roles: 'judge_teacher'" in err, err
+
+
+# --- rollouts: the GRPO rollouts a task draws are its own (Task.rollouts, Task.sample_completions) -------------------
+
+
+def test_a_copied_first_takes_the_plackett_luce_rollout(copy_method: Callable[..., str]) -> None:
+    """my-first's task (FIRST's, subclassed) draws Plackett-Luce rollouts, but the config refused them: "needs head
+    'first'"."""
+    copy_method("first", "my-first", "my_first")
+    pl = {"rollout": "plackett-luce", "batch_size": 8}
+    assert _grpo("my-first", **pl).rollout == _grpo("first", **pl).rollout == "plackett-luce"
+    with pytest.raises(ConfigError, match=r"rollout 'plackett-luce' is not drawn by the task of head 'erank' \(it "
+                                          r"draws generate; plackett-luce is drawn by first, my-first\)"):
+        _grpo("erank", **pl)
+
+
+def test_the_held_out_reward_samples_through_the_task(copy_method: Callable[..., str], tiny_llm_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """per_query_reward imported FIRST's first-identifier sampling into shared code; it asks the method's task."""
+    from rerank.testing import synthetic_ranking_examples
+    from rerank.trainers.evaluate import per_query_reward
+
+    copy_method("first", "my-first", "my_first")
+    task_cls = get_method("my-first").resolve("task")
+    calls: list[int] = []
+
+    def sample(self: Any, model: Any, row: dict[str, Any], samples: int, generator: Any) -> list[str]:
+        calls.append(samples)
+        return ["[A] > [B]"] * samples
+
+    monkeypatch.setattr(task_cls, "sample_completions", sample)
+    examples = synthetic_ranking_examples(2, num_candidates=2, seed=1)
+    rewards = per_query_reward(str(tiny_llm_dir), {"head": "my-first", "window": 2, "batch_size": 8,
+                                                   "data": {"path": "t.jsonl"}, "rollout": "plackett-luce"},
+                               examples, samples=3)
+    assert len(rewards) == 2 and calls == [3, 3]

@@ -45,16 +45,14 @@ def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict
     """The mean GRPO reward of each example's rollouts under ``model_dir``: what GRPO maximises, measured on held-out
     examples. ``config`` is a ``grpo`` config (head, template, rewards, temperature, rollout, ...); each prompt gets
     ``samples`` rollouts drawn as training draws them (generated text, or FIRST's Plackett-Luce rankings), from a
-    generator seeded by (seed, query id) so two models are compared on common random numbers. Row state that needs a
-    starting model (ERank's reference scores) comes from ``reference_model`` (default: ``model_dir``), so a trained
-    model and its start are scored against the same references."""
+    generator seeded by (seed, query id) so two models are compared on common random numbers (the task's
+    :meth:`~rerank.trainers.task.Task.sample_completions`). Row state that needs a starting model (ERank's reference
+    scores) comes from ``reference_model`` (default: ``model_dir``), so a trained model and its start are scored
+    against the same references."""
     import torch
 
     from rerank.config import from_dict
-    from rerank.heads.permutation import format_permutation
-    from rerank.methods.first.training import first_position_logits
     from rerank.trainers.grpo_trainer import GRPOTrainConfig
-    from rerank.trainers.plackett_luce import gumbel_topk_sample
     from rerank.trainers.sft_trainer import load_causal_lm
     from rerank.trainers.task import build_task
 
@@ -66,27 +64,13 @@ def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict
     ref = load_causal_lm(reference_model, cpu=True)[0] if reference_model not in (None, model_dir) else model
     task.prepare_grpo_rows(ref, [r for rs in rows for r in rs])
     model.eval()
-    cap = cfg.max_completion_length or task.max_completion_tokens()
     out = []
     for e, rs in zip(examples, rows, strict=True):
         gen = torch.Generator().manual_seed(hash_seed(seed, str(e["qid"])))
         completions: list[str] = []
         for r in rs:
-            enc = tok([r["prompt"]], return_tensors="pt", add_special_tokens=False)
             with torch.no_grad():
-                if cfg.rollout == "plackett-luce":
-                    logits = first_position_logits(model, enc["input_ids"], enc["attention_mask"])[0]
-                    ids = torch.tensor(task.identifier_token_ids()[: len(r["ids"])])
-                    orders = gumbel_topk_sample(logits[ids].unsqueeze(0), samples, temperature=cfg.temperature,
-                                                generator=gen)[0]
-                    prefix = task.template.assistant_prefix
-                    completions += [format_permutation(task.scheme, o)[len(prefix):] for o in orders.tolist()]
-                else:
-                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-                    ids = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                                         num_return_sequences=samples, max_new_tokens=cap,
-                                         pad_token_id=tok.pad_token_id)
-                    completions += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                completions += task.sample_completions(model, r, samples, gen)
         rewards = task.rewards(completions, [r for r in rs for _ in range(samples)])
         out.append(sum(rewards) / len(rewards))
     return out

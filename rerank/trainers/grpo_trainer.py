@@ -78,7 +78,7 @@ class GRPOTrainConfig(CommonTrainConfig):
     log_completions: bool = False
 
     def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
-        from rerank.methods import get_method, method_names
+        from rerank.methods import all_methods, get_method, method_names
 
         self._forget_derived(_derived)
         self._inherit_head_options()
@@ -93,9 +93,14 @@ class GRPOTrainConfig(CommonTrainConfig):
             self._derive("num_generations", method.grpo.num_generations)
         if self.learning_rate is None:
             self._derive("learning_rate", method.grpo.learning_rate)
+        rollouts = method.resolve("task").rollouts
+        if self.rollout not in rollouts:
+            drawn = [m.name for m in all_methods().values() if m.trains_with("grpo")
+                     and self.rollout in m.resolve("task").rollouts]
+            raise ConfigError(f"rollout {self.rollout!r} is not drawn by the task of head {self.head!r} (it draws "
+                              f"{', '.join(rollouts)}; {self.rollout} is drawn by {', '.join(drawn) or 'no head'}): "
+                              "drop rollout, or train one of those heads")
         if self.rollout == "plackett-luce":
-            if self.head != "first":
-                raise ConfigError("rollout 'plackett-luce' samples FIRST's first-identifier ranking; it needs head 'first'")
             if self.use_vllm:
                 raise ConfigError("rollout 'plackett-luce' scores prompts with the training model; use_vllm does not apply")
             if self.top_p != option_default(self, "top_p"):

@@ -67,6 +67,9 @@ class Task:
     window_option: ClassVar[str | None] = None
     #: whether the GRPO reward pools the rollouts of one query (ERank): a generation batch must then hold whole queries
     pools_query: ClassVar[bool] = False
+    #: the GRPO ``rollout`` values the task draws (``generate``: sampled text; FIRST adds ``plackett-luce``); a GRPO
+    #: config with another is refused, and :meth:`grpo_trainer` / :meth:`sample_completions` draw the one configured
+    rollouts: ClassVar[tuple[str, ...]] = ("generate",)
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
         from rerank.heads.registry import get_reranker_class
@@ -163,6 +166,19 @@ class Task:
     def grpo_trainer(self, cfg: Any, rows: list[dict[str, Any]]) -> tuple[type | None, dict[str, Any]]:
         """A TRL ``GRPOTrainer`` subclass and its extra keywords for the configured rollouts (None: TRL's own)."""
         return None, {}
+
+    def sample_completions(self, model: Any, row: dict[str, Any], samples: int, generator: Any) -> list[str]:
+        """``samples`` completions of ``row``'s prompt drawn by ``model`` as GRPO draws its rollouts (``generate``:
+        sampled text at the config's temperature / top_p), seeded from ``generator`` (a torch Generator)."""
+        import torch
+
+        tok, cfg = self.tokenizer, self.cfg
+        enc = tok([row["prompt"]], return_tensors="pt", add_special_tokens=False)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        ids = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                             num_return_sequences=samples, max_new_tokens=cfg.max_completion_length
+                             or self.max_completion_tokens(), pad_token_id=tok.pad_token_id)
+        return tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def safe_parse(self, text: str, row: dict[str, Any]) -> Parsed:
         """``parse`` that never raises: anything unexpected is a malformed completion."""

@@ -20,6 +20,7 @@ class FirstTask(ListwiseTask):
     """FIRST: listwise targets + first-identifier ranking-loss columns."""
 
     method: ClassVar[str] = "first"
+    rollouts: ClassVar[tuple[str, ...]] = ("generate", "plackett-luce")
 
     def identifier_token_ids(self) -> list[int]:
         """Token ids of ``A``.. as they follow ``[`` (the ids the FIRST head reads); each must be one token."""
@@ -49,3 +50,22 @@ class FirstTask(ListwiseTask):
 
         return PlackettLuceGRPOTrainer, {"identifier_token_ids": self.identifier_token_ids(), "scheme": self.scheme,
                                          "window_sizes": {r["prompt"]: len(r["ids"]) for r in rows}}
+
+    def sample_completions(self, model: Any, row: dict[str, Any], samples: int, generator: Any) -> list[str]:
+        """``rollout: plackett-luce``: rankings drawn from the first-identifier logits at the config's temperature
+        (Gumbel top-k), written as the completion the head would generate; else sampled text."""
+        if self.cfg.rollout != "plackett-luce":
+            return super().sample_completions(model, row, samples, generator)
+        import torch
+
+        from rerank.heads.permutation import format_permutation
+        from rerank.methods.first.training import first_position_logits
+        from rerank.trainers.plackett_luce import gumbel_topk_sample
+
+        enc = self.tokenizer([row["prompt"]], return_tensors="pt", add_special_tokens=False)
+        logits = first_position_logits(model, enc["input_ids"], enc["attention_mask"])[0]
+        ids = torch.tensor(self.identifier_token_ids()[: len(row["ids"])])
+        orders = gumbel_topk_sample(logits[ids].unsqueeze(0), samples, temperature=self.cfg.temperature,
+                                    generator=generator)[0]
+        prefix = self.template.assistant_prefix
+        return [format_permutation(self.scheme, o)[len(prefix):] for o in orders.tolist()]

@@ -307,3 +307,17 @@ def test_the_held_out_reward_samples_through_the_task(copy_method: Callable[...,
                                                    "data": {"path": "t.jsonl"}, "rollout": "plackett-luce"},
                                examples, samples=3)
     assert len(rewards) == 2 and calls == [3, 3]
+
+
+def test_a_copied_cross_encoders_card_shows_the_cross_encoder_usage(copy_method: Callable[..., str],
+                                                                    tmp_path: Path) -> None:
+    """The model card's sentence-transformers CrossEncoder snippet followed the name 'cross-encoder'; it follows the
+    descriptor's Hub metadata (a sentence-transformers text-ranking model), which the copy keeps."""
+    from rerank.trainers.artifacts import write_model_artifacts
+
+    copy_method("cross-encoder", "my-ce", "my_ce")
+    for name in ("cross-encoder", "my-ce", "monot5"):
+        (tmp_path / name).mkdir()
+        write_model_artifacts(tmp_path / name, method=name, trainer="sft", config={"model": "m"}, options={})
+        card = (tmp_path / name / "README.md").read_text()
+        assert ("CrossEncoder(" in card) == (name != "monot5"), name

@@ -68,7 +68,8 @@ rerank eval --dataset scifact --retriever dense --model path/to/model --output r
 ```
 """
     extra = ""
-    if method.name == "cross-encoder":
+    # a sentence-transformers text-ranking model (its Hub metadata) is what sentence-transformers' CrossEncoder loads
+    if method.library_name == "sentence-transformers" and method.pipeline_tag == "text-ranking":
         extra = """
 ```python
 from sentence_transformers import CrossEncoder

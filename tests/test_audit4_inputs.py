@@ -1,9 +1,10 @@
 """Audit s41 (hostile and odd inputs): a document cannot lay out another passage's label in a prompt that shows
 several (setwise, listwise, FIRST, GroupRank); listwise reads a bare identifier on a line of bracketed ones in its
-place."""
+place; GroupRank reads an answer written before its reasoning and names that repair."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -13,7 +14,7 @@ from rerank.backends.scripted import ScriptedBackend
 from rerank.heads.base import as_candidates
 from rerank.heads.permutation import parse_permutation
 from rerank.methods.first.head import FirstReranker
-from rerank.methods.grouprank.head import GroupRankReranker
+from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker, parse_group_scores
 from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
 from rerank.methods.setwise.head import SetwiseConfig, SetwiseReranker
 from rerank.testing import build_tokenizer
@@ -88,3 +89,44 @@ def test_listwise_head_reports_the_bare_identifier_repair(caplog: pytest.LogCapt
     assert head.stats.repaired == 1 and head.stats.parse_failures == 0 and "1 were repaired" in caplog.text
     assert outcomes == [{"outcome": "repaired",
                          "fixes": ["1 identifier(s) written without brackets among bracketed ones read in place"]}]
+
+
+ANSWER_FIRST = '<answer>{"[1]": 7, "[2]": 3}</answer><reason>no wait</reason>'
+
+
+def test_grouprank_answer_before_reasoning_is_read_and_named() -> None:
+    g = parse_group_scores(ANSWER_FIRST, 2, answer_first=True)
+    assert g.scores == [7.0, 3.0] and g.repaired and g.fixes == ["<answer> before <reason> read (none after it)"]
+    g = parse_group_scores(ANSWER_FIRST + '<answer>{"[1]": 1, "[2]": 9}</answer>', 2, answer_first=True)
+    assert g.scores == [1.0, 9.0] and g.fixes == ["<answer> before <reason> ignored, the one after it read"]
+    quoted = '<reason>it says <answer>{"[1]": 7, "[2]": 3}</answer></reason>'
+    g = parse_group_scores(quoted, 2, answer_first=True)
+    assert g.failed and "<answer> inside <reason> ignored" in g.fixes  # a quotation in the reasoning stays unread
+
+
+def test_grouprank_answer_first_stays_a_failure_for_the_grpo_reward() -> None:
+    """Without ``answer_first`` (the training task's call) the answer before the reasoning is not read, and the
+    reason given says where it was."""
+    g = parse_group_scores(ANSWER_FIRST, 2)
+    assert g.failed and g.fixes[0] == "<answer> before <reason> ignored"
+    assert not any("inside <reason>" in f for f in g.fixes)
+
+
+def test_grouprank_head_reads_an_answer_before_its_reasoning() -> None:
+    """The head scores the group from the answer written first (7 for the good passage, whatever its place in the
+    shuffled group) and counts a repair, not a failure."""
+
+    def answer_first(prompt: str) -> str:
+        ids = dict(re.findall(r"^\[(\d)\]\. (.*)$", prompt, flags=re.M))
+        scores = {f"[{i}]": 7 if "good" in text else 3 for i, text in ids.items()}
+        return f"<answer>{json.dumps(scores)}</answer><reason>no wait</reason>"
+
+    outcomes: list[dict[str, object]] = []
+    backend = ScriptedBackend(build_tokenizer(), generate_fn=answer_first)
+    backend.log_parse = lambda response, outcome: outcomes.append(outcome)  # type: ignore[method-assign]
+    head = GroupRankReranker(GroupRankConfig(group_size=2, repeats=1, fusion_weight=1.0), backend=backend)
+    res = head.rerank("q", ["plain passage", "good passage"])
+    assert [r.doc.text for r in res.results] == ["good passage", "plain passage"]
+    assert [r.score for r in res.results] == pytest.approx([0.7, 0.3])
+    assert head.stats.parse_failures == 0 and head.stats.repaired == 1
+    assert outcomes == [{"outcome": "repaired", "fixes": ["<answer> before <reason> read (none after it)"]}]

@@ -4,11 +4,14 @@ Candidates are shuffled (seeded, per query) into groups of ``group_size``; the m
 ``<reason>…</reason><answer>{"[1]": 5, …}</answer>`` for each group. The grouping is repeated ``repeats`` times with
 new shuffles and each document's scores are averaged, then divided by 10. The answer read is the model's final one:
 the last ``<answer>`` after the reasoning closes (an ``<answer>`` inside ``<reason>``, e.g. quoted from a passage, is
-ignored; several answers, or an unclosed ``<reason>``, count as repairs). The JSON is parsed leniently (single
-quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids missing from the answer scored 0;
-a score that is not a finite number — NaN, Infinity, ``true`` — and an id repeated after its first score are dropped,
-that id scoring 0); an answer with no usable score scores every document of its group 0. Both cases are counted in
-``stats``.
+ignored; several answers, or an unclosed ``<reason>``, count as repairs). An ``<answer>`` written before ``<reason>``
+opens is the model's answer in the wrong order, not a quotation: without an answer after the reasoning the head reads
+it (a repair), as a parser that takes any ``<answer>`` would; with one, it is ignored. The GRPO reward parses without
+this (:func:`parse_group_scores`' ``answer_first``), so there an answer before the reasoning is a failed parse. The
+JSON is parsed leniently (single quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids
+missing from the answer scored 0; a score that is not a finite number — NaN, Infinity, ``true`` — and an id repeated
+after its first score are dropped, that id scoring 0); an answer with no usable score scores every document of its
+group 0. Both cases are counted in ``stats``.
 
 With ``constrained: true`` generation is restricted to the template's answer format (:func:`grouprank_grammar`:
 ``<reason>`` free text without ``<answer>`` ``</reason>``, then ``<answer>`` and a JSON object with the keys
@@ -116,16 +119,29 @@ def _score(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScores:
-    """Read the ``<answer>`` JSON of one group of ``n`` documents leniently; see the module docstring."""
+def parse_group_scores(text: str, n: int, max_score: float = 10.0, answer_first: bool = False) -> GroupScores:
+    """Read the ``<answer>`` JSON of one group of ``n`` documents leniently; see the module docstring.
+    ``answer_first``: read an ``<answer>`` written before ``<reason>`` when none follows the reasoning (the head does;
+    the GRPO reward does not, so a policy gains nothing by answering before it reasons)."""
     fixes: list[str] = []
     close = text.rfind(_REASON_CLOSE)
     final = text[close + len(_REASON_CLOSE) :] if close >= 0 else text
-    if close >= 0 and _ANSWER.search(text[:close]) is not None:
-        fixes.append("<answer> inside <reason> ignored")
-    elif close < 0 and _REASON_OPEN in text and _ANSWER.search(text) is not None:
+    region, answers = final, list(_ANSWER.finditer(final))
+    if close >= 0:
+        opening = text.find(_REASON_OPEN)
+        before = text[:opening] if 0 <= opening < close else ""  # text ahead of the reasoning
+        early = list(_ANSWER.finditer(before))
+        if _ANSWER.search(text[len(before) : close]) is not None:
+            fixes.append("<answer> inside <reason> ignored")
+        if early and answers:
+            fixes.append("<answer> before <reason> ignored, the one after it read")
+        elif early and answer_first:
+            region, answers = before, early
+            fixes.append("<answer> before <reason> read (none after it)")
+        elif early:
+            fixes.append("<answer> before <reason> ignored")
+    elif _REASON_OPEN in text and answers:
         fixes.append("unclosed <reason>")
-    answers = list(_ANSWER.finditer(final))
     if not answers:
         body = final
         fixes.append("no <answer> tag")
@@ -134,7 +150,7 @@ def parse_group_scores(text: str, n: int, max_score: float = 10.0) -> GroupScore
         body = m.group(1)
         if len(answers) > 1:
             fixes.append(f"{len(answers)} <answer> blocks, the last read")
-        if "</answer>" not in final[m.start() :]:
+        if "</answer>" not in region[m.start() :]:
             fixes.append("unclosed <answer>")
     fence = _FENCE.search(body)
     if fence is not None:
@@ -279,7 +295,7 @@ class GroupRankReranker(LLMReranker):
                 chunk = members[b : b + size]
                 outputs = self.backend.generate([p for _, _, p in chunk], gen)
                 for (qi, group, _), text in zip(chunk, outputs, strict=True):
-                    parsed = parse_group_scores(text, len(group))
+                    parsed = parse_group_scores(text, len(group), answer_first=True)
                     fixes = [*parsed.fixes, "no score read: the group scores 0"] if parsed.failed else parsed.fixes
                     self.record_output(text, failed=parsed.failed, fixes=fixes)
                     for j, s in zip(group, parsed.scores, strict=True):

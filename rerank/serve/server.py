@@ -286,12 +286,25 @@ class _AddressLoggingServer(uvicorn.Server):
                                                     port)
 
 
+def _exit_status(code: int) -> str:
+    """A worker's wait status in words: ``killed by SIGTERM`` or ``exited with status 3``."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
 def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock: socket.socket | None = None) -> None:
     """Serve ``make_app()`` on ``sock`` (bound by :func:`bound_socket` before the model loaded, so that nothing can
     take the port meanwhile), else on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing
-    the listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM and,
-    if a worker dies, stops the others and exits 1, or 2 where a worker's model could not load (leave restarts to the
-    supervisor: systemd, Kubernetes, ...); a worker whose parent was killed stops by itself."""
+    the listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM as
+    SIGTERM, waits for the workers, and then raises ``KeyboardInterrupt`` after a SIGINT or returns after a SIGTERM.
+    A worker that exits while the parent was not told to stop (whatever its status, a SIGTERM sent to it alone
+    included) is a death: the parent logs it, stops the others and exits 1, or 2 where a worker's model could not
+    load (leave restarts to the supervisor: systemd, Kubernetes, ...); a worker whose parent was killed stops by
+    itself."""
     if sock is None:
         sock = bound_socket(cfg.host, cfg.port)
     sock.listen(2048)
@@ -302,37 +315,64 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock:
     sock.set_inheritable(True)
     children: list[int] = []
     parent = os.getpid()
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _stop_with_parent(parent)
-                uvicorn.Server(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
-            except RerankError as e:  # a user error (a damaged model file): one line, and the parent exits 2
-                log.error("worker %d failed: %s", os.getpid(), e)
-                code = USAGE_ERROR
-            except BaseException as e:  # noqa: BLE001 - a worker reports and exits; the parent sees the status
-                log.error("worker %d failed: %s: %s", os.getpid(), type(e).__name__, e)
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-    sock.close()
-    log.info("serving with %d worker processes: %s", workers, ", ".join(map(str, children)))
+    requested: list[int] = []  # the stop signals the parent received
 
-    def stop(signum: int, _frame: Any) -> None:
+    def forward() -> None:
         for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def stop(signum: int, _frame: Any) -> None:
+        if os.getpid() != parent:  # a worker just forked, before it reset its handlers: the default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        requested.append(signum)
+        forward()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for _ in range(workers):
+            if requested:
+                break
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    for sig in previous:  # a worker dies of them until uvicorn handles them (a graceful stop)
+                        signal.signal(sig, signal.SIG_DFL)
+                    _stop_with_parent(parent)
+                    uvicorn.Server(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
+                except RerankError as e:  # a user error (a damaged model file): one line, and the parent exits 2
+                    log.error("worker %d failed: %s", os.getpid(), e)
+                    code = USAGE_ERROR
+                except BaseException as e:  # noqa: BLE001 - a worker reports and exits; the parent sees the status
+                    log.error("worker %d failed: %s: %s", os.getpid(), type(e).__name__, e)
+                    code = 1
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            children.append(pid)
+        sock.close()
+        if requested:
+            forward()  # a worker forked while the signal was being handled
+        else:
+            log.info("serving with %d worker processes: %s", workers, ", ".join(map(str, children)))
+        failed = _wait_for_workers(children, requested, forward)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed:
+        raise SystemExit(failed)
+    if signal.SIGINT in requested:
+        raise KeyboardInterrupt
+
+
+def _wait_for_workers(children: list[int], requested: list[int], forward: Callable[[], None]) -> int:
+    """Wait until every worker has exited; the exit status the parent owes (0, or 1 / 2 after a worker death)."""
     failed = 0
     alive = set(children)
     while alive:
@@ -340,11 +380,13 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock:
             pid, status = os.wait()
         except ChildProcessError:
             break
+        if pid not in alive:
+            continue
         alive.discard(pid)
         code = os.waitstatus_to_exitcode(status)
-        if code not in (0, -signal.SIGTERM) and not failed:
-            log.error("worker %d exited with status %d; stopping the others", pid, code)
-            failed = USAGE_ERROR if code == USAGE_ERROR else 1
-            stop(signal.SIGTERM, None)
-    if failed:
-        raise SystemExit(failed)
+        if failed or requested:
+            continue  # stopping: the others exit as they were told to
+        log.error("worker %d %s; stopping the others", pid, _exit_status(code))
+        failed = USAGE_ERROR if code == USAGE_ERROR else 1
+        forward()
+    return failed

@@ -1,0 +1,153 @@
+"""Audit s41 of ``rerank serve``: worker deaths and stops under ``--workers N``, the port while workers load, exit
+statuses on SIGTERM / SIGINT, and queries with no character the model reads.
+
+Run as a script, this file registers ``test-slow-load`` (the word-overlap head of ``serve_support``, whose load
+sleeps ``$SLOW_LOAD_S`` seconds) and runs the real ``rerank`` CLI, as ``serve_support.py`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from serve_support import OverlapReranker, wait_until_healthy  # noqa: E402
+
+SERVING = "serving with 2 worker processes"
+LOADING = "test-slow-load: loading"
+
+
+class SlowLoad(OverlapReranker):
+    """The word-overlap head, whose load takes ``$SLOW_LOAD_S`` seconds (a model being read)."""
+
+    method = "test-slow-load"
+
+    @classmethod
+    def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> OverlapReranker:
+        print(LOADING, file=sys.stderr, flush=True)
+        time.sleep(float(os.environ.get("SLOW_LOAD_S", "0")))
+        return super().from_options(model=model, backend=backend, **options)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _server(tmp_path: Path, workers: int, load_s: float = 0.0, *args: str) -> Iterator[tuple[subprocess.Popen, str,
+                                                                                              Path]]:
+    """``rerank serve --reranker test-slow-load --workers N`` in its own process group (as a terminal's job: a
+    Ctrl-C reaches every process of it); yields the process, its URL and its log, and kills what is left after."""
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "SLOW_LOAD_S": str(load_s)}
+    env.pop("RERANK_API_KEY", None)
+    cmd = [sys.executable, __file__, "serve", "--reranker", "test-slow-load", "--port", str(port), "--threads", "1",
+           "--workers", str(workers), *args]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc, f"http://127.0.0.1:{port}", log
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _wait_for_log(proc: subprocess.Popen, log: Path, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def _worker_pids(base: str) -> set[int]:
+    """The pids of both workers, from /health over new connections (the kernel spreads them)."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + 20
+    while len(pids) < 2 and time.monotonic() < deadline:
+        with httpx.Client(timeout=5) as c:
+            pids.add(c.get(f"{base}/health").json()["pid"])
+    assert len(pids) == 2, pids
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------- 1. a worker SIGTERMed alone is a death
+
+
+def test_a_worker_stopped_alone_by_sigterm_stops_the_service_with_status_1(tmp_path: Path) -> None:
+    """The parent did not ask for it: it logs the death in one line, stops the other worker and exits 1 (it used to
+    go on with one worker, silently, and exit 0 later)."""
+    with _server(tmp_path, 2) as (proc, base, log):
+        wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
+        victim, other = sorted(_worker_pids(base))
+        os.kill(victim, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 1, log.read_text()[-3000:]
+        text = log.read_text()
+        assert f"worker {victim} was killed by SIGTERM; stopping the others" in text, text[-3000:]
+        assert text.count("ERROR") == 1, text[-3000:]
+        deadline = time.monotonic() + 10
+        while not _gone(other):
+            assert time.monotonic() < deadline, f"worker {other} still runs"
+            time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- 2. Ctrl-C while the model loads, or once serving
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_while_the_model_loads_is_interrupted_130(tmp_path: Path, workers: int) -> None:
+    """SIGINT to the process group (Ctrl-C) during the load: ``interrupted`` and 130 with one worker or two (two used
+    to give an ERROR line, 'worker exited with status -2', and 1)."""
+    with _server(tmp_path, workers, 30) as (proc, _, log):
+        _wait_for_log(proc, log, LOADING)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 130, log.read_text()[-3000:]
+        text = log.read_text()
+        assert text.rstrip().endswith("interrupted") and "ERROR" not in text and "Traceback" not in text, text[-3000:]
+
+
+def test_ctrl_c_once_serving_is_interrupted_130_with_workers(tmp_path: Path) -> None:
+    """Ctrl-C once both workers serve: ``interrupted`` and 130, as one worker gives (it used to be 0)."""
+    with _server(tmp_path, 2) as (proc, base, log):
+        wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 130, log.read_text()[-3000:]
+        text = log.read_text()
+        assert text.rstrip().endswith("interrupted") and "ERROR" not in text, text[-3000:]
+
+
+if __name__ == "__main__":
+    from rerank.cli import main
+    from rerank.heads.registry import register_reranker
+
+    register_reranker("test-slow-load", SlowLoad)
+    sys.exit(main(sys.argv[1:]))

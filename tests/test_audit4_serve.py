@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,7 +120,7 @@ def test_a_worker_stopped_alone_by_sigterm_stops_the_service_with_status_1(tmp_p
             time.sleep(0.1)
 
 
-# ---------------------------------------------------------------- 2. Ctrl-C while the model loads, or once serving
+# ---------------------------------------------------------------- 2. and minor: stops and their exit statuses
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -133,6 +134,32 @@ def test_ctrl_c_while_the_model_loads_is_interrupted_130(tmp_path: Path, workers
         assert proc.wait(timeout=30) == 130, log.read_text()[-3000:]
         text = log.read_text()
         assert text.rstrip().endswith("interrupted") and "ERROR" not in text and "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_answers_requests_in_flight_refuses_new_ones_and_exits_0(tmp_path: Path, workers: int) -> None:
+    """A supervisor's stop (SIGTERM to the main process): the request in flight is answered, a new connection is
+    refused at once, and the exit status is 0 with one worker or several (one worker used to exit 143)."""
+    with _server(tmp_path, workers, 0, "--reranker-set", "delay_s=2") as (proc, base, log):
+        wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
+        answer: dict[str, Any] = {}
+
+        def call() -> None:
+            answer["r"] = httpx.post(f"{base}/v1/rerank", json={"query": "a", "documents": ["a", "b"]}, timeout=30)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.7)  # the request is being scored
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert caller.is_alive()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=2).close()
+        caller.join(timeout=30)
+        assert answer["r"].status_code == 200, answer["r"].text
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "stopped on SIGTERM" in text and "ERROR" not in text and "terminated" not in text, text[-3000:]
 
 
 def test_ctrl_c_once_serving_is_interrupted_130_with_workers(tmp_path: Path) -> None:

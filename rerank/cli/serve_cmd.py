@@ -147,6 +147,18 @@ def check_port(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until stopped: SIGTERM (a supervisor's stop) ends with status 0 once the requests in flight are answered
+    (at once while the model loads); SIGINT (Ctrl-C) ends as in every command, ``interrupted`` and 130."""
+    from rerank.cli import Terminated
+
+    try:
+        return _serve(args)
+    except Terminated:
+        log.info("stopped on SIGTERM")
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     from rerank.heads.base import Reranker
     from rerank.heads.registry import get_reranker_class
     from rerank.parallel import thread_share
@@ -187,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.workers > 1:  # each worker process loads its own copy of the model
             log.info("starting %s: %d processes of %d thread(s)", where, cfg.workers, threads)
             serve(lambda: create_app(load(), cfg), cfg, workers=cfg.workers, sock=sock)
+            log.info("stopped on SIGTERM")  # the workers' parent returns only then
             return 0
         reranker = load()  # before the server listens, so a bad model fails first
         log.info("serving %s, %d thread(s)", where, threads)

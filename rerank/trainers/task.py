@@ -72,11 +72,11 @@ class Task:
     rollouts: ClassVar[tuple[str, ...]] = ("generate",)
 
     def __init__(self, tokenizer: Any, cfg: Any) -> None:
-        from rerank.heads.registry import get_reranker_class
+        from rerank.methods import get_method
 
         self.tokenizer = tokenizer
         self.cfg = cfg
-        head_cls = get_reranker_class(self.method)
+        head_cls = get_method(self.method).resolve("head")  # the method's own inference head (its descriptor)
         options = self.head_options(cfg)
         head_cfg = from_dict(head_cls.config_class, options, where=f"{self.method} head options")
         self.head: LLMReranker = head_cls(head_cfg, backend=PromptOnlyBackend(tokenizer))  # type: ignore[call-arg]

@@ -1,6 +1,7 @@
 """Audit s41 (hostile and odd inputs): a document cannot lay out another passage's label in a prompt that shows
 several (setwise, listwise, FIRST, GroupRank); listwise reads a bare identifier on a line of bracketed ones in its
-place; GroupRank reads an answer written before its reasoning and names that repair."""
+place; GroupRank reads an answer written before its reasoning and names that repair; a call that fitted prompts to
+the context logs one warning with its own counts."""
 
 from __future__ import annotations
 
@@ -130,3 +131,47 @@ def test_grouprank_head_reads_an_answer_before_its_reasoning() -> None:
     assert [r.score for r in res.results] == pytest.approx([0.7, 0.3])
     assert head.stats.parse_failures == 0 and head.stats.repaired == 1
     assert outcomes == [{"outcome": "repaired", "fixes": ["<answer> before <reason> read (none after it)"]}]
+
+
+def _fitting_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "fitted to the model's context" in r.getMessage()]
+
+
+def test_fitted_prompts_log_one_warning_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    """Each call that fitted prompts logs one warning with that call's counts (not the running totals); a call that
+    fitted none logs nothing."""
+    tok = build_tokenizer()
+    backend = ScriptedBackend(tok, lambda text, ids: [0.0] * len(ids), context_length=160)
+    head = SetwiseReranker(SetwiseConfig(set_size=2, top_k=1), backend=backend)
+    long_docs = [" ".join(f"word{j}" for j in range(60)), "short passage", "short text", "brief one", "tiny two"]
+    with caplog.at_level(logging.WARNING):
+        head.rerank("q", long_docs)
+        first = (head.stats.fitted_prompts, head.stats.shortened_passages)
+        head.rerank("q", long_docs)
+    prompts = len(backend.log)
+    assert 1 <= first[0] < prompts // 2 and head.stats.fitted_prompts == 2 * first[0]  # only the long one's sets
+    expected = (f"setwise: {first[0]} of {prompts // 2} prompts were fitted to the model's context of 160 tokens in "
+                f"this call: {first[1]} passages cut below max_doc_tokens, 0 queries below max_query_tokens")
+    assert _fitting_warnings(caplog) == [expected + " (how prompts are fitted: docs/backends.md)"] * 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        head.rerank("q", ["short one", "short two"])
+    assert _fitting_warnings(caplog) == []
+
+
+def test_fitting_warning_counts_only_fitted_windows_and_queries(caplog: pytest.LogCaptureFixture) -> None:
+    """listwise with a long query: the query cut counts too, and no warning at all without a context limit."""
+    tok = build_tokenizer()
+    head = ListwiseReranker(ListwiseConfig(window=4, stride=2),
+                            backend=ScriptedBackend(tok, generate_fn=lambda p: "[1] > [2]", context_length=200))
+    with caplog.at_level(logging.WARNING):
+        head.rerank(" ".join(f"q{i}" for i in range(120)), ["a b c " * 40, "d e f " * 40])
+    (msg,) = _fitting_warnings(caplog)
+    assert msg.startswith("listwise: 1 of 1 prompts were fitted to the model's context of 200 tokens in this call: ")
+    assert head.stats.shortened_queries == 1 and "1 queries below max_query_tokens" in msg
+    caplog.clear()
+    free = ListwiseReranker(ListwiseConfig(window=4, stride=2),
+                            backend=ScriptedBackend(tok, generate_fn=lambda p: "[1] > [2]"))
+    with caplog.at_level(logging.WARNING):
+        free.rerank("q", ["a b c " * 40, "d e f " * 40])
+    assert _fitting_warnings(caplog) == [] and free.stats.fitted_prompts == 0

@@ -6,7 +6,8 @@ tokenised once. User text (query, documents) first has its special-token strings
 (:func:`rerank.heads.text.neutralise`) and is cut to ``max_query_tokens`` / ``max_doc_tokens`` tokens, so the
 instruction and the chat template's tail are never cut. A prompt that still exceeds the backend's context (less the
 tokens to generate) is fitted (:meth:`LLMReranker.fit`): the query to at most half the room left for text, then one
-per-passage token cap for that prompt, the largest that fits. The training tasks render their prompts with these
+per-passage token cap for that prompt, the largest that fits; a call that fitted prompts logs one warning saying how
+many, and how many passages and queries were cut (the running counts: ``stats``). The training tasks render their prompts with these
 same methods (a head on a :class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was
 trained on.
 """
@@ -14,6 +15,7 @@ trained on.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +26,10 @@ from rerank.backends.cache import maybe_cached
 from rerank.backends.registry import available_backends, backend_accepts, backend_class, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig
+from rerank.heads.base import DocInput, Reranker, RerankerConfig
 from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, head_template
-from rerank.types import Candidate
+from rerank.types import Candidate, Query, RankedResult
 
 __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys", "passage_texts",
            "token_cap"]
@@ -36,6 +38,8 @@ __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check
 Render = Callable[[str, list[str]], str]
 #: backend options that set the context
 _CONTEXT_OPTIONS = ("max_length", "max_model_len")
+
+log = logging.getLogger(__name__)
 
 
 def token_cap(lengths: Sequence[int], room: int) -> int:
@@ -151,6 +155,7 @@ class LLMReranker(Reranker):
             raise ConfigError(f"{self.method}: constrained: true, but {error}")
         self.backend = backend
         self.model_name = model
+        self._fits = [0, 0]  # prompts fit() was given, passages it cut (the per-call warning's counts)
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
@@ -225,6 +230,7 @@ class LLMReranker(Reranker):
 
         text = render(query, passages)
         ids = ids_of(query, passages)
+        self._fits[0] += 1
         limit = self.backend.context_length
         if limit is None or len(ids) + reserve <= limit:
             return text, ids
@@ -269,8 +275,29 @@ class LLMReranker(Reranker):
                                   f"with one token a passage; {self.room_options(reserve)}")
             capped = sum(len(p) > cap for p in p_ids) or 1
             cap = max(1, cap - max(1, math.ceil(over / capped)))
-        self.stats.shortened_passages += sum(len(p) > cap for p in p_ids)
+        cut_passages = sum(len(p) > cap for p in p_ids)
+        self.stats.shortened_passages += cut_passages
+        self._fits[1] += cut_passages
         return text, ids
+
+    def _rerank_batch(self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]],
+                      top_k: int | None) -> list[RankedResult]:
+        st = self.stats
+        before = (*self._fits, st.fitted_prompts, st.shortened_queries)
+        results = super()._rerank_batch(queries, docs_lists, top_k)
+        self._warn_fitted(*before)
+        return results
+
+    def _warn_fitted(self, prompts: int, passages: int, fitted: int, queries: int) -> None:
+        """Log the prompts of one call that were fitted to the context (:meth:`fit`), worded as the parse-failure
+        warning; the passages ``long_docs`` cuts have their own warning."""
+        st = self.stats
+        if st.fitted_prompts > fitted:
+            log.warning("%s: %d of %d prompts were fitted to the model's context of %s tokens in this call: %d "
+                        "passages cut below max_doc_tokens, %d queries below max_query_tokens (how prompts are "
+                        "fitted: docs/backends.md)", self.method or type(self).__name__, st.fitted_prompts - fitted,
+                        self._fits[0] - prompts, self.backend.context_length, self._fits[1] - passages,
+                        st.shortened_queries - queries)
 
     def room_options(self, reserve: int) -> str:
         """What the "cannot hold this prompt" error advises: only this head's options that make its template

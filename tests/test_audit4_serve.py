@@ -172,6 +172,21 @@ def test_ctrl_c_once_serving_is_interrupted_130_with_workers(tmp_path: Path) -> 
         assert text.rstrip().endswith("interrupted") and "ERROR" not in text, text[-3000:]
 
 
+# ---------------------------------------------------------------- 3. the port while workers load
+
+
+def test_with_workers_the_port_refuses_connections_until_a_worker_can_answer(tmp_path: Path) -> None:
+    """As with one worker: while the workers load, a connection is refused (it used to be accepted and left
+    hanging, so a TCP readiness probe passed and requests waited for the load)."""
+    with _server(tmp_path, 2, 4) as (proc, base, log):
+        _wait_for_log(proc, log, LOADING)
+        port = int(base.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
+        assert httpx.post(f"{base}/v1/rerank", json={"query": "a", "documents": ["a"]}, timeout=10).status_code == 200
+
+
 if __name__ == "__main__":
     from rerank.cli import main
     from rerank.heads.registry import register_reranker

@@ -11,9 +11,9 @@ is closed to make room, and when none is idle the new one is answered 503 and cl
 has, naming the limit, and count in ``rerank_errors_total``; after one the server reads and discards what the client
 still sends for up to :data:`LINGER_S` (or until it closes) before closing, since closing a socket with unread
 request bytes makes the kernel reset the connection, and the client then loses the answer. Repeated log lines (a
-flood of such
-events) pass at most once per key and interval, with a count of those held back. ``workers > 1`` forks that many
-server processes sharing one listening socket, each with the model and its own batching queue.
+flood of such events) pass at most once per key and interval, with a count of those held back. ``workers > 1`` forks
+that many server processes sharing one socket (listening once the first has loaded the model), each with the model
+and its own batching queue.
 """
 
 from __future__ import annotations
@@ -298,16 +298,16 @@ def _exit_status(code: int) -> str:
 
 def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock: socket.socket | None = None) -> None:
     """Serve ``make_app()`` on ``sock`` (bound by :func:`bound_socket` before the model loaded, so that nothing can
-    take the port meanwhile), else on ``cfg.host:cfg.port``; with ``workers > 1``, fork that many processes sharing
-    the listening socket, each calling ``make_app`` (its own model and queue). The parent forwards SIGINT/SIGTERM as
-    SIGTERM, waits for the workers, and then raises ``KeyboardInterrupt`` after a SIGINT or returns after a SIGTERM.
-    A worker that exits while the parent was not told to stop (whatever its status, a SIGTERM sent to it alone
-    included) is a death: the parent logs it, stops the others and exits 1, or 2 where a worker's model could not
-    load (leave restarts to the supervisor: systemd, Kubernetes, ...); a worker whose parent was killed stops by
-    itself."""
+    take the port meanwhile), else on ``cfg.host:cfg.port``. The socket is not listening yet: uvicorn listens on it
+    after the app's startup, so a connection is refused until a server can answer. With ``workers > 1``, fork that
+    many processes sharing the socket, each calling ``make_app`` (its own model and queue): the port listens once the
+    first worker has loaded its model. The parent forwards SIGINT/SIGTERM as SIGTERM, waits for the workers, and then
+    raises ``KeyboardInterrupt`` after a SIGINT or returns after a SIGTERM. A worker that exits while the parent was
+    not told to stop (whatever its status, a SIGTERM sent to it alone included) is a death: the parent logs it, stops
+    the others and exits 1, or 2 where a worker's model could not load (leave restarts to the supervisor: systemd,
+    Kubernetes, ...); a worker whose parent was killed stops by itself."""
     if sock is None:
         sock = bound_socket(cfg.host, cfg.port)
-    sock.listen(2048)
     if workers <= 1:
         with sock:
             _AddressLoggingServer(uvicorn_config(make_app(), cfg)).run(sockets=[sock])

@@ -187,6 +187,25 @@ def test_with_workers_the_port_refuses_connections_until_a_worker_can_answer(tmp
         assert httpx.post(f"{base}/v1/rerank", json={"query": "a", "documents": ["a"]}, timeout=10).status_code == 200
 
 
+# ---------------------------------------------------------------- 4. where a 503 unavailable comes from
+
+
+def test_health_and_rerank_answer_503_unavailable_only_without_the_batcher() -> None:
+    """The 503 ``unavailable`` docs/serve.md names: an app served without its lifespan (no batcher). ``rerank serve``
+    never answers it: it refuses connections while loading and once a stop begins (the tests above)."""
+    from fastapi.testclient import TestClient
+
+    from rerank.serve import create_app
+
+    client = TestClient(create_app(OverlapReranker()))  # no ``with``: the lifespan, and so the batcher, never starts
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "unavailable", health.text
+    r = client.post("/v1/rerank", json={"query": "a", "documents": ["a"]})
+    assert r.status_code == 503 and r.json()["error_type"] == "unavailable", r.text
+    with client:
+        assert client.get("/health").status_code == 200
+
+
 if __name__ == "__main__":
     from rerank.cli import main
     from rerank.heads.registry import register_reranker

@@ -5,8 +5,9 @@ Every error answers a JSON body ``{"message", "error", "detail", "error_type"}``
 number too long), invalid UTF-8 or a lone surrogate (the message names where); 401 missing/wrong bearer token
 (checked on the headers, before the body is read); 413 too long text (a query, or a document when truncation is
 refused) / body too large / too many documents for a head that must see them together or for the queue; 415 a body
-that is not sent as JSON; 422 invalid request (naming the field); 429 queue full; 500 reranker failure; 503 not
-ready / shutting down; 504 request timeout. A document longer than ``max_doc_chars`` is cut to that many characters
+that is not sent as JSON; 422 invalid request (naming the field); 429 queue full; 500 reranker failure; 503 the
+batcher is not running (an app served without its lifespan: ``rerank serve`` listens only while it runs); 504 request
+timeout. A document longer than ``max_doc_chars`` is cut to that many characters
 (its start, or its end for TEI's ``truncation_direction: Left``) unless TEI's ``truncate: false`` refuses it; Cohere
 responses say so in ``meta.warnings``. ``relevance_score`` (Cohere) and TEI's ``score`` are the head's calibrated
 relevance in [0, 1] (:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_scores: true`` adds (Cohere
@@ -530,8 +531,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
-        """Liveness and readiness (unauthenticated, for load balancers): 200 while the batcher runs, else 503. It names
-        no model (``/info`` does, behind the key)."""
+        """Liveness and readiness (unauthenticated, for load balancers): 200 while the batcher runs, else 503 (the
+        app served without its lifespan). It names no model (``/info`` does, behind the key)."""
         ready = batcher.running
         return JSONResponse(
             {

@@ -27,7 +27,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from serve_support import OverlapReranker, wait_until_healthy  # noqa: E402
+from serve_support import OverlapReranker, serving, wait_until_healthy  # noqa: E402
 
 SERVING = "serving with 2 worker processes"
 LOADING = "test-slow-load: loading"
@@ -204,6 +204,33 @@ def test_health_and_rerank_answer_503_unavailable_only_without_the_batcher() -> 
     assert r.status_code == 503 and r.json()["error_type"] == "unavailable", r.text
     with client:
         assert client.get("/health").status_code == 200
+
+
+# ---------------------------------------------------------------- 5. a query with nothing the model reads
+
+
+UNREADABLE = ["\u200b\u200b", "\x00", "\ufeff", "\u00ad", "\u2060", " \u200b\t", "\u202e\u2028"]
+
+
+def test_a_query_with_no_readable_character_is_a_422_like_an_empty_one() -> None:
+    """Zero-width, format and control characters only: 422 ``query must not be empty`` on the Cohere and TEI routes
+    (they used to be ranked against nothing). A readable character among them passes, and a document with nothing
+    readable is still a candidate."""
+    with serving(OverlapReranker()) as (url, _):
+        for query in UNREADABLE:
+            for path, body in (("/v1/rerank", {"query": query, "documents": ["a", "b"]}),
+                               ("/v2/rerank", {"query": query, "documents": ["a", "b"]}),
+                               ("/rerank", {"query": query, "texts": ["a", "b"]})):
+                r = httpx.post(url + path, json=body)
+                assert r.status_code == 422 and r.json()["error_type"] == "invalid_request", (query, path, r.text)
+                assert r.json()["message"].startswith("query must not be empty"), r.text
+        ok = httpx.post(f"{url}/v1/rerank", json={"query": "\u200b bm25", "documents": ["bm25", "cats"]})
+        assert ok.status_code == 200 and ok.json()["results"][0]["index"] == 0, ok.text
+        blank_doc = httpx.post(f"{url}/v1/rerank", json={"query": "bm25", "documents": ["\u200b\x00", "bm25 x"]})
+        assert blank_doc.status_code == 200, blank_doc.text
+        assert sorted(x["index"] for x in blank_doc.json()["results"]) == [0, 1]
+        named = httpx.post(f"{url}/rerank", json={"query": "\u200b\ufeff", "texts": ["a"]}).json()["error"]
+        assert "U+200B, U+FEFF" in named, named
 
 
 if __name__ == "__main__":

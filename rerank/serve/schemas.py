@@ -9,6 +9,7 @@ as ``topn`` is not silently ignored.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,6 +19,16 @@ __all__ = ["CohereRerankRequest", "TeiRerankRequest", "RerankOptions"]
 # Cohere documents: a string, or an object whose fields are strings (``text`` ranked unless ``rank_fields`` says
 # which fields to rank); other JSON values in an object are ranked as their JSON text.
 CohereDocument = Union[str, dict[str, Any]]
+
+#: Unicode categories no model reads: controls (NUL, tabs), format characters (zero-width spaces and joiners, the
+#: byte-order mark, the soft hyphen, direction marks) and separators (spaces, line and paragraph separators)
+_UNREAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_EMPTY_QUERY = "query must not be empty: there is nothing to rank the documents against"
+
+
+def _has_readable_text(text: str) -> bool:
+    """Whether ``text`` has a character a model reads: one that is not a control, format or separator character."""
+    return any(unicodedata.category(ch) not in _UNREAD_CATEGORIES for ch in text)
 
 
 class RerankOptions(BaseModel):
@@ -32,7 +43,12 @@ class RerankOptions(BaseModel):
     @classmethod
     def _query_has_text(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("query must not be empty: there is nothing to rank the documents against")
+            raise ValueError(_EMPTY_QUERY)
+        if not _has_readable_text(v):
+            shown = ", ".join(list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in v if not ch.isspace()))[:5])
+            raise ValueError(f"query must not be empty: it has only characters the model does not read ({shown}: "
+                             "control or invisible format characters), so there is nothing to rank the documents "
+                             "against")
         return v
 
 

@@ -4,8 +4,9 @@ Errors a user can fix (bad input, a missing file or model, an invalid option) pr
 the thing and the fix, and exit with status 2; ``--debug`` (or ``RERANK_DEBUG=1``) shows the traceback instead.
 Output piped into a reader that stops early (``rerank evaluate … | head``) ends the command quietly, with the
 status a shell gives a process that SIGPIPE ended (141). SIGTERM (``kill``, a scheduler's stop) unwinds as Ctrl-C
-does, so temporary files are removed, and ends the command with one line, ``terminated``, and status 143. The log shows our own INFO messages, and only the warnings
-and errors of other libraries (``-v``: everything, from DEBUG up).
+does, so temporary files are removed, and ends the command with one line, ``terminated``, and status 143
+(``serve``, a service a supervisor stops, answers what it holds and exits 0). The log shows our own INFO messages,
+and only the warnings and errors of other libraries (``-v``: everything, from DEBUG up).
 """
 
 from __future__ import annotations

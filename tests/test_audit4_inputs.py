@@ -72,6 +72,83 @@ def test_bare_identifier_among_bracketed_ones_is_read_in_place(text: str, scheme
     assert p.fixes == ["1 identifier(s) written without brackets among bracketed ones read in place"]
 
 
+_MISSING = "missing identifier(s) appended in input order"
+_IN_PLACE = "identifier(s) written without brackets among bracketed ones read in place"
+#: outputs the parser read right before bare identifiers were read in place (bc17f3e): (text, n, scheme, order,
+#: fixes), each parse as it was then; explanation lines, scores and years in comma lists or parentheses, decimal
+#: commas, thousands separators, ids that are unknown or already bracketed, the word "I"
+OLD_PARSES = [
+    ("[2] > [1] > [3]", 3, "numbers", [1, 0, 2], []),
+    ("2 > 1 > 3", 3, "numbers", [1, 0, 2], ["identifiers read without brackets"]),
+    ("1. [2]\n2. [1]\n3. [3]", 3, "numbers", [1, 0, 2], ["no ranking line: identifiers read from the text"]),
+    ("Passage 4 is about 2 topics. [2] > [1] > [3] > [4]", 4, "numbers", [1, 0, 2, 3], []),
+    ("[1] > [2] (score 4) > [3]", 4, "numbers", [0, 1, 2, 3], [f"1 {_MISSING}"]),
+    ("[3] > [1] > [2] (2023-05-01)", 3, "numbers", [2, 0, 1], []),
+    ("[3] > [1] > [2] > 1-3", 4, "numbers", [2, 0, 1, 3], [f"1 {_MISSING}"]),
+    ("[4] > [2] > [1] > [3]\n\nExplanation: [4] answers it directly.", 4, "numbers", [3, 1, 0, 2], []),
+    ("[1] > [2] > [3]\n[3] > [2] > [1]", 3, "numbers", [2, 1, 0], ["1 earlier ranking line(s) skipped, the last read"]),
+    ("[2] > [1] > [3], 4", 4, "numbers", [1, 0, 2, 3], [f"1 {_MISSING}"]),
+    ("[2] > [1], 4, [3]", 4, "numbers", [1, 0, 2, 3], [f"1 {_MISSING}"]),
+    ("[3] > [1] > [2] (relevance scores 9, 7, 5)", 10, "numbers", [2, 0, 1, *range(3, 10)], [f"7 {_MISSING}"]),
+    ("[3] > [1] > [2] (scores: 0.9, 0.7, 0.5)", 10, "numbers", [2, 0, 1, *range(3, 10)], [f"7 {_MISSING}"]),
+    ("[3] > [1] > [2]   # scores 3, 2, 1", 10, "numbers", [2, 0, 1, *range(3, 10)], [f"7 {_MISSING}"]),
+    ("[4] > [2] > [1] > [3] (ties: 2, 3)", 10, "numbers", [3, 1, 0, 2, *range(4, 10)], [f"6 {_MISSING}"]),
+    ("[3] > [1] (cited 1,004,000 times) > [2] > [4]", 4, "numbers", [2, 0, 1, 3], []),
+    ("[3] > [1] (see also 2, 5, 7) > [2]", 10, "numbers", [2, 0, 1, *range(3, 10)], [f"7 {_MISSING}"]),
+    ("[3] > [1] > [2] (from 2019, 2020, 2021)", 3, "numbers", [2, 0, 1], []),
+    ("[2] > [1] > [3] > [4]; 4 of 4 ranked, 3 relevant", 4, "numbers", [1, 0, 2, 3], []),
+    ("[3] 0,9 > [1] 0,7 > [2] 0,5", 10, "numbers", [2, 0, 1, *range(3, 10)], [f"7 {_MISSING}"]),
+    ("[3] (0,9) > [1] (0,7) > [2] (0,5)", 10, "numbers", [2, 0, 1, *range(3, 10)], [f"7 {_MISSING}"]),
+    ("[3] > [1] > (4) > [2]", 4, "numbers", [2, 0, 1, 3], [f"1 {_MISSING}"]),
+    ("[2] > [1] > [3] > [4]\nSo [3] > 1, since it is newer", 4, "numbers", [1, 0, 2, 3], []),
+    ("[2] > [3] > [1]\nIn short: [1] > 2", 3, "numbers", [1, 2, 0], []),
+    ("[2] > [1] > [3]\n\nTop 3 > [2], 1", 3, "numbers", [1, 0, 2], []),
+    ("[4] > [2] > [1] > [3]\nPassage [4] wins since its score is 9 > 3", 4, "numbers", [3, 1, 0, 2], []),
+    ("[5] > [2] > [8] > [1] > [3] > [4] > [6] > [7]\n\n[5] is the most relevant as it mentions 2 > 1 ratio", 8,
+     "numbers", [4, 1, 7, 0, 2, 3, 5, 6], []),
+    ("[1] > [2] > [3] > 20", 4, "numbers", [0, 1, 2, 3], [f"1 {_MISSING}"]),
+    ("[1] > [2] > 0 > [3]", 3, "numbers", [0, 1, 2], []),
+    ("[2] > 2 > [1] > [3]", 3, "numbers", [1, 0, 2], []),
+    ("C > A > B", 3, "letters", [2, 0, 1], ["identifiers read without brackets"]),
+    ("[C] > [A] > [B]", 3, "letters", [2, 0, 1], []),
+    ("[C] > [A] > [B], I think", 3, "letters", [2, 0, 1], []),
+    ("[C] > [A], A > [B]", 3, "letters", [2, 0, 1], []),
+    ("[C] > [A] > [B] (grade: A, B)", 4, "letters", [2, 0, 1, 3], [f"1 {_MISSING}"]),
+    ("[B] > [A] > [C], I, [D]", 4, "letters", [1, 0, 2, 3], []),
+]
+
+
+@pytest.mark.parametrize("text,n,scheme,order,fixes", OLD_PARSES)
+def test_outputs_read_right_before_parse_the_same(text: str, n: int, scheme: str, order: list[int],
+                                                  fixes: list[str]) -> None:
+    """A bare identifier is read in place only as a whole item next to ``>``, outside parentheses and comma runs, on a
+    line that is a ranking by its bracketed ids: none of these outputs changes order or repairs."""
+    p = parse_permutation(text, n, scheme)
+    assert (p.order, p.failed, p.fixes) == (order, False, fixes)
+
+
+@pytest.mark.parametrize("text,n,scheme,order,fixes", [
+    ("[2] > 4 > [1] > [3]", 4, "numbers", [1, 3, 0, 2], [f"1 {_IN_PLACE}"]),
+    ("RankGPT: [2] > [1] > [3] > 5 > 4", 5, "numbers", [1, 0, 2, 4, 3], [f"2 {_IN_PLACE}"]),
+    ("[2] > 4 > [1] > 4", 4, "numbers", [1, 3, 0, 2], [f"1 {_IN_PLACE}", f"1 {_MISSING}"]),
+    ("[C] > A > [B]", 3, "letters", [2, 0, 1], [f"1 {_IN_PLACE}"]),
+    ("[B] > [A] > [C] > D, E", 5, "letters", [1, 0, 2, 3, 4], [f"1 {_IN_PLACE}", f"1 {_MISSING}"]),
+])
+def test_bare_identifiers_next_to_a_separator_improve(text: str, n: int, scheme: str, order: list[int],
+                                                      fixes: list[str]) -> None:
+    p = parse_permutation(text, n, scheme)
+    assert (p.order, p.failed, p.fixes) == (order, False, fixes)
+
+
+def test_listwise_head_keeps_a_ranking_followed_by_an_explanation() -> None:
+    """Through the head: a later line with one bracketed id and a number is no ranking; the output is clean."""
+    out = "[4] > [2] > [1] > [3]\nPassage [4] wins since its score is 9 > 3"
+    head = ListwiseReranker(ListwiseConfig(window=4, stride=2),
+                            backend=ScriptedBackend(build_tokenizer(), generate_fn=lambda p: out))
+    res = head.rerank("q", ["d1", "d2", "d3", "d4"])
+    assert [r.doc.text for r in res.results] == ["d4", "d2", "d1", "d3"] and head.stats.repaired == 0
+
+
 @pytest.mark.parametrize("text", ["[1] > [2] (score 4) > [3]", "[1] > [2] > 4.5 > [3]", "[1] > [2] > passage 4 > [3]"])
 def test_a_number_inside_text_on_a_mixed_line_is_not_an_identifier(text: str) -> None:
     p = parse_permutation(text, 4, "numbers")

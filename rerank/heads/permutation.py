@@ -8,12 +8,13 @@ a lone id, as in a refusal ("I cannot rank these 5 passages."), is no ranking, n
 ("Sorry, I cannot rank [4] and [7]: they are empty"), nor an output that only lists passages, each line an id and
 then text (``[2] BM25 is a ranking function``, next line ``[3] TF-IDF weighs terms``: an echo of the prompt), and the
 output is a failure (the window keeps its input order). Unbracketed letters are identifiers only next to ``>`` or
-``,`` (``C > A``, ``C, A``), so the words "I" and "A" are not. On a ranking line that mixes both forms
-(``[2] > 4 > [1]``), an identifier written without brackets is read in its place when it is alone between two
-separators (``>`` or ``,``), so a number inside text (``[1] > [2] (score 4)``) is not. Otherwise ids the model
-forgot are appended in their input order, duplicates and unknown ids are dropped, and every repair or failure is
-reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer format as a grammar, for constrained decoding (then no repair
-is ever needed).
+``,`` (``C > A``, ``C, A``), so the words "I" and "A" are not. On a line that is a ranking by its bracketed ids
+(``[2] > 4 > [1]``), an identifier written without brackets is read in its place when it is a whole item with ``>``
+on at least one side, outside parentheses, valid and not written bracketed on that line; a number inside text, in
+parentheses or in a comma list (``[1] > [2] (score 4)``, ``(scores 9, 7, 5)``, ``0,9``) is not. Otherwise ids the
+model forgot are appended in their input order, duplicates and unknown ids are dropped, and every repair or failure
+is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer format as a grammar, for
+constrained decoding (then no repair is ever needed).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ _REFUSAL = re.compile(r"\b(?:cannot|can ?not|can't|can’t|unable to|won't|won�
                       re.IGNORECASE)
 _BRACKETED = re.compile(r"\[\s*([A-Za-z]|\d+)\s*\]")
 _BARE = {"numbers": re.compile(r"(?<![\w.])(\d+)(?![\w.])"), "letters": re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")}
-#: an identifier without brackets that is all of its item of a ranking line (between ``>`` or ``,`` separators)
+#: the separators of a ranking line's items: ``>``, and a comma that is not between two digits (``0,9``, ``1,004``)
+_SEPARATOR = re.compile(r">|(?<!\d),|,(?!\d)")
+#: an identifier without brackets that is all of its item of a ranking line
 _BARE_ITEM = {"numbers": re.compile(r"\s*(\d+)\s*"), "letters": re.compile(r"\s*([A-Z])\s*")}
 _ECHO = ("no ranking: the output lists passages (an identifier, then text, on each line) and does not rank them; "
          "the window keeps its input order")
@@ -156,21 +159,33 @@ def _tokens(text: str, scheme: str) -> tuple[list[str], bool]:
     return [m.group(1) for m in found], unbracketed
 
 
-def _line_tokens(line: str, scheme: str) -> tuple[list[str], bool, int]:
+def _line_tokens(line: str, scheme: str, n: int) -> tuple[list[str], bool, int]:
     """The ids written on a ranking line, as strings: :func:`_tokens`, and where there are bracketed ids, also each
-    bare one that is all of its item between ``>`` / ``,`` separators, in its place (with how many those were)."""
+    bare one read in place (:func:`_bare_items`), with how many those were."""
     tokens, unbracketed = _tokens(line, scheme)
     if unbracketed or not tokens:
         return tokens, unbracketed, 0
-    tokens, bare = [], 0
-    for item in re.split(r"[>,]", line):
-        found = _BRACKETED.findall(item)
-        if found:
-            tokens += found
-        elif (m := _BARE_ITEM[scheme].fullmatch(item)) is not None:
-            tokens.append(m.group(1))
-            bare += 1
-    return tokens, False, bare
+    bracketed = [(m.start(), m.group(1)) for m in _BRACKETED.finditer(line)]
+    bare = _bare_items(line, scheme, n, {_index(t, scheme, n) for _, t in bracketed})
+    return [t for _, t in sorted(bracketed + bare)], False, len(bare)
+
+
+def _bare_items(line: str, scheme: str, n: int, written: set[int | None]) -> list[tuple[int, str]]:
+    """The bare ids of a line with bracketed ones that are read in place, with their positions: each a whole item
+    between separators (``>``, or a ``,`` not between two digits) with ``>`` on at least one side, outside
+    parentheses, and a valid id not already written on the line."""
+    cuts = [(m.start(), m.group(0)) for m in _SEPARATOR.finditer(line)]
+    bounds = [(-1, "")] + cuts + [(len(line), "")]
+    found: list[tuple[int, str]] = []
+    for (start, before), (end, after) in zip(bounds, bounds[1:]):
+        bare = _BARE_ITEM[scheme].fullmatch(line, start + 1, end)
+        if bare is None or ">" not in (before, after) or line.count("(", 0, end) > line.count(")", 0, end):
+            continue
+        i = _index(bare.group(1), scheme, n)
+        if i is not None and i not in written:
+            written.add(i)
+            found.append((bare.start(1), bare.group(1)))
+    return found
 
 
 def _echoes(text: str, scheme: str) -> bool:
@@ -189,7 +204,7 @@ def _echoes(text: str, scheme: str) -> bool:
 
 def _forms_ranking(line: str, n: int, scheme: str) -> bool:
     """Whether ``line`` is a ranking: at least two distinct valid ids joined by ``>`` (one id when ``n`` is 1)."""
-    valid = {i for i in (_index(t, scheme, n) for t in _line_tokens(line, scheme)[0]) if i is not None}
+    valid = {i for i in (_index(t, scheme, n) for t in _tokens(line, scheme)[0]) if i is not None}
     return len(valid) >= min(2, n) and (n == 1 or ">" in line)
 
 
@@ -201,13 +216,14 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     so a refusal naming one number is not taken for a ranking, and prose that says it cannot rank (``cannot``,
     ``unable to``, ``sorry``, …) is none either, whatever ids it names, nor an echo of the passages (every id opens a
     line, text after it). Bracketed ids (``[3]``, ``[C]``) are read first; if there are none, bare ids (``3 > 1``,
-    ``C > A``; a letter only next to ``>`` or ``,``) are read and the output counts as repaired. On a ranking line
-    with bracketed ids, a bare id that is a whole item (``[2] > 4 > [1]``) is read in its place, as a repair. Too few
-    valid ids is a failure (the window keeps its input order).
+    ``C > A``; a letter only next to ``>`` or ``,``) are read and the output counts as repaired. On a line that is
+    a ranking by its bracketed ids, a bare id that is a whole item next to ``>``, outside parentheses
+    (``[2] > 4 > [1]``), is read in its place, as a repair (:func:`_bare_items`). Too few valid ids is a failure (the
+    window keeps its input order).
     """
     check_scheme(scheme)
     rankings = [line for line in text.splitlines() if _forms_ranking(line, n, scheme)]
-    tokens, unbracketed, bare = _line_tokens(rankings[-1], scheme) if rankings else (*_tokens(text, scheme), 0)
+    tokens, unbracketed, bare = _line_tokens(rankings[-1], scheme, n) if rankings else (*_tokens(text, scheme), 0)
     no_line = not rankings
     seen: set[int] = set()
     order: list[int] = []

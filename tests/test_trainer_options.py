@@ -308,7 +308,7 @@ def _completions(task: Any, row: dict[str, Any], j: int) -> list[str]:
         n = len(row["ids"])
         return [task.target(list(range(n))), task.target([1, 0]), "nothing to read"]
     if method == "grouprank":
-        return [task.target([3] * len(row["ids"])), "<answer>not json at all</answer>", "no tags"]
+        return [task.target([3] * len(row["ids"])), "<reason>r</reason><answer>not json at all</answer>", "no tags"]
     raise AssertionError(f"no completions for {method}")
 
 

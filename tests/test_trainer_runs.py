@@ -189,7 +189,7 @@ def test_good_completions_score_higher_than_bad(work: Path) -> None:
     good = task.rewards([f"<reason>x</reason><answer>{json.dumps(gold)}</answer>"], [row])[0]
     bad = task.rewards([f"<reason>x</reason><answer>{json.dumps(worst)}</answer>"], [row])[0]
     assert good > bad > -0.1
-    assert task.rewards(["<answer>{not json</answer>"], [row])[0] == pytest.approx(-0.1)
+    assert task.rewards(["<reason>x</reason><answer>{not json</answer>"], [row])[0] == pytest.approx(-0.1)
     assert task.rewards(["no tags at all"], [row])[0] == pytest.approx(-0.5)
     cfg = from_dict(GRPOTrainConfig, _cfg(work, head="erank", batch_size=10))
     task = build_task("erank", tok, cfg)

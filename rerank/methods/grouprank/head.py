@@ -5,9 +5,11 @@ Candidates are shuffled (seeded, per query) into groups of ``group_size``; the m
 new shuffles and each document's scores are averaged, then divided by 10. The answer read is the model's final one:
 the last ``<answer>`` after the reasoning closes (an ``<answer>`` inside ``<reason>``, e.g. quoted from a passage, is
 ignored; several answers, or an unclosed ``<reason>``, count as repairs). An ``<answer>`` written before ``<reason>``
-opens is the model's answer in the wrong order, not a quotation: without an answer after the reasoning the head reads
-it (a repair), as a parser that takes any ``<answer>`` would; with one, it is ignored. The GRPO reward parses without
-this (:func:`parse_group_scores`' ``answer_first``), so there an answer before the reasoning is a failed parse. The
+opens is the model's answer in the wrong order, not a quotation: without an answer after the reasoning (closed or
+not) the head reads it (a repair), as a parser that takes any ``<answer>`` would; with one, it is ignored. The GRPO
+reward (:mod:`rerank.methods.grouprank.task`) takes only the paper's format, ``<reason>…</reason>`` then
+``<answer>…</answer>`` with each tag once: an answer before the reasoning, closed or not, or with no reasoning at all
+gets the bad-tags penalty, as low as any output without the tags. The
 JSON is parsed leniently (single quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids
 missing from the answer scored 0; a score that is not a finite number — NaN, Infinity, ``true`` — and an id repeated
 after its first score are dropped, that id scoring 0); an answer with no usable score scores every document of its
@@ -122,25 +124,27 @@ def _score(value: Any) -> float | None:
 def parse_group_scores(text: str, n: int, max_score: float = 10.0, answer_first: bool = False) -> GroupScores:
     """Read the ``<answer>`` JSON of one group of ``n`` documents leniently; see the module docstring.
     ``answer_first``: read an ``<answer>`` written before ``<reason>`` when none follows the reasoning (the head does;
-    the GRPO reward does not, so a policy gains nothing by answering before it reasons)."""
+    the GRPO reward refuses that order before it parses: :mod:`rerank.methods.grouprank.task`)."""
     fixes: list[str] = []
-    close = text.rfind(_REASON_CLOSE)
-    final = text[close + len(_REASON_CLOSE) :] if close >= 0 else text
-    region, answers = final, list(_ANSWER.finditer(final))
+    close, opening = text.rfind(_REASON_CLOSE), text.find(_REASON_OPEN)
     if close >= 0:
-        opening = text.find(_REASON_OPEN)
+        final = text[close + len(_REASON_CLOSE) :]
         before = text[:opening] if 0 <= opening < close else ""  # text ahead of the reasoning
-        early = list(_ANSWER.finditer(before))
         if _ANSWER.search(text[len(before) : close]) is not None:
             fixes.append("<answer> inside <reason> ignored")
-        if early and answers:
-            fixes.append("<answer> before <reason> ignored, the one after it read")
-        elif early and answer_first:
-            region, answers = before, early
-            fixes.append("<answer> before <reason> read (none after it)")
-        elif early:
-            fixes.append("<answer> before <reason> ignored")
-    elif _REASON_OPEN in text and answers:
+    else:  # no reasoning, or reasoning never closed: an answer after ``<reason>`` is read (a repair)
+        final = text[opening:] if opening >= 0 else text
+        before = text[:opening] if opening >= 0 else ""
+    region, answers = final, list(_ANSWER.finditer(final))
+    early = list(_ANSWER.finditer(before))
+    if early and answers:
+        fixes.append("<answer> before <reason> ignored, the one after it read")
+    elif early and answer_first:
+        region, answers = before, early
+        fixes.append("<answer> before <reason> read (none after it)")
+    elif early:
+        fixes.append("<answer> before <reason> ignored")
+    if close < 0 <= opening and answers:
         fixes.append("unclosed <reason>")
     if not answers:
         body = final

@@ -4,8 +4,10 @@ SFT target scores (0-10): ``teacher_scores`` (0-10, rounded; a row outside 0-10 
 ``grouprank`` teacher-label recipe writes them) if given, else the graded labels scaled by the example's top grade;
 the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
 :func:`rerank.methods.grouprank.reward.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1 for
-invalid JSON, −0.5 for bad tags). Parsing is the head's own lenient
-:func:`rerank.methods.grouprank.head.parse_group_scores`; an answer it had to repair as JSON counts as invalid JSON.
+invalid JSON, −0.5 for bad tags). The tags are good only in the paper's format: ``<reason>``, ``</reason>``,
+``<answer>``, ``</answer>``, each once and in that order, so an answer before the reasoning (closed or not) or without
+any is bad tags. Parsing is the head's own lenient :func:`rerank.methods.grouprank.head.parse_group_scores`; an
+answer it had to repair as JSON counts as invalid JSON.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ from typing import Any, ClassVar
 
 from rerank.methods.grouprank.head import parse_group_scores
 from rerank.methods.grouprank.reward import REWARD_FIELDS, grouprank_reward
-from rerank.trainers.rewards import format_validity
 from rerank.trainers.task import Parsed, Task, target_scores
 
 __all__ = ["GroupRankTask"]
 
+_TAGS = ("<reason>", "</reason>", "<answer>", "</answer>")
 _JSON_FIXES = ("invalid JSON", "quotes/trailing comma", "missing '{'", "missing '}'", "non-numeric")
+
+
+def _tags_in_order(text: str) -> bool:
+    """Whether ``text`` has the paper's tags: ``<reason>…</reason>`` then ``<answer>…</answer>``, each tag once."""
+    if any(text.count(tag) != 1 for tag in _TAGS):
+        return False
+    places = [text.index(tag) for tag in _TAGS]
+    return places == sorted(places)
 
 
 class GroupRankTask(Task):
@@ -58,8 +68,7 @@ class GroupRankTask(Task):
 
     def parse(self, text: str, row: dict[str, Any]) -> Parsed:
         full = self.template.assistant_prefix + text
-        tags_ok = format_validity(full, "<answer>", "</answer>") == 1.0
-        if not tags_ok:
+        if not _tags_in_order(full):
             return Parsed(valid=False)
         g = parse_group_scores(full, len(row["ids"]))
         if g.failed or any(f.startswith(_JSON_FIXES) for f in g.fixes):

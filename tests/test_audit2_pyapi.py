@@ -159,7 +159,7 @@ def _sft(**kw: Any) -> Any:
     from rerank.trainers.data import DataConfig
     from rerank.trainers.sft_trainer import SFTTrainConfig
 
-    return SFTTrainConfig(**{"model": "m", "data": DataConfig(path="x"), **kw})
+    return SFTTrainConfig(**{"model": "m", "head": "erank", "data": DataConfig(path="x"), **kw})
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

@@ -115,11 +115,11 @@ def test_an_intact_folder_is_parsed_once(tmp_path: Path, tiny_bert_dir: Path, mo
 
 
 def _sft(**kw: Any) -> SFTTrainConfig:
-    return SFTTrainConfig(**{"model": "m", "data": {"path": "t.jsonl"}, **kw})
+    return SFTTrainConfig(**{"model": "m", "head": "erank", "data": {"path": "t.jsonl"}, **kw})
 
 
 def _grpo(**kw: Any) -> GRPOTrainConfig:
-    return GRPOTrainConfig(**{"model": "m", "data": {"path": "t.jsonl"}, "batch_size": 40, **kw})
+    return GRPOTrainConfig(**{"model": "m", "head": "erank", "data": {"path": "t.jsonl"}, "batch_size": 40, **kw})
 
 
 @pytest.mark.parametrize(("first", "then"), [

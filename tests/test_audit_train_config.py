@@ -122,7 +122,7 @@ def test_grpo_accepts_what_acts() -> None:
 ])
 def test_schedule_ranges_are_checked_with_the_config(key: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{re.escape(f'--set {key}={value}: ')}{message}"):
-        load_train_config(SFTTrainConfig, None, ["model=m", "data.path=t.jsonl", f"{key}={value}"])
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=erank", "data.path=t.jsonl", f"{key}={value}"])
 
 
 def test_schedule_accepts_zero_and_the_known_integrations() -> None:
@@ -147,11 +147,11 @@ def test_dev_options_without_a_dev_split_are_refused() -> None:
     for key, value in (("seed", 7), ("dev_max", 3)):
         with pytest.raises(ConfigError, match=rf"^--set data\.{key}={value}: data\.{key} {value} is read only when a "
                                               "dev split is carved"):
-            load_train_config(SFTTrainConfig, None, ["model=m", "data.path=t.jsonl", f"data.{key}={value}"])
+            load_train_config(SFTTrainConfig, None, ["model=m", "head=erank", "data.path=t.jsonl", f"data.{key}={value}"])
     with pytest.raises(ConfigError, match="data.dev_max 3 is read only"):
-        from_dict(SFTTrainConfig, {"model": "m", "data": {"beir": "d", "dev_max": 3}})
+        from_dict(SFTTrainConfig, {"model": "m", "head": "erank", "data": {"beir": "d", "dev_max": 3}})
     # read: the seed draws BEIR negatives and shuffles candidates; both shape a dev split
-    assert from_dict(SFTTrainConfig, {"model": "m", "data": {"beir": "d", "seed": 7}}).data.seed == 7
+    assert from_dict(SFTTrainConfig, {"model": "m", "head": "erank", "data": {"beir": "d", "seed": 7}}).data.seed == 7
     cfg = _sft("erank", eval_steps=5, save_steps=5, data={"path": "t.jsonl", "seed": 7, "dev_max": 3})
     assert (cfg.data.seed, cfg.data.dev_max, cfg.data.dev_fraction) == (7, 3, 0.1)
 

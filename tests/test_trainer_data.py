@@ -122,11 +122,11 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'learning_rte'"):
         load_train_config(SFTTrainConfig, cfg)
     with pytest.raises(ConfigError, match="unknown key 'paht'"):
-        load_train_config(SFTTrainConfig, None, ["model=m", "data.paht=x"])
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=erank", "data.paht=x"])
     with pytest.raises(ConfigError, match="training data is required"):
-        load_train_config(SFTTrainConfig, None, ["model=m"])
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=erank"])
     with pytest.raises(ConfigError, match=r"loss for erank must be one of \['lm'\]"):
-        load_train_config(SFTTrainConfig, None, ["model=m", "data.path=x", "loss=lm+ranknet"])
+        load_train_config(SFTTrainConfig, None, ["model=m", "head=erank", "data.path=x", "loss=lm+ranknet"])
     with pytest.raises(ConfigError, match="needs data.negatives_per_positive >= 1"):
         load_train_config(SFTTrainConfig, None, ["model=m", "head=cross-encoder", "loss=mnrl",
                                                  "data.beir=scifact", "data.negatives_per_positive=0"])
@@ -135,8 +135,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"grpo trains the generative LLM heads .*'cross-encoder' trains with 'sft'"):
         load_train_config(GRPOTrainConfig, None, ["model=m", "data.path=x", "head=cross-encoder"])
     with pytest.raises(ConfigError, match="multiple of num_generations"):
-        load_train_config(GRPOTrainConfig, None, ["model=m", "data.path=x", "batch_size=7"])
-    g = load_train_config(GRPOTrainConfig, None, ["model=m", "data.path=x", "batch_size=10"])
+        load_train_config(GRPOTrainConfig, None, ["model=m", "head=erank", "data.path=x", "batch_size=7"])
+    g = load_train_config(GRPOTrainConfig, None, ["model=m", "head=erank", "data.path=x", "batch_size=10"])
     assert (g.num_generations, g.learning_rate, g.beta, g.epsilon) == (5, 1e-6, 0.001, 0.2)
     g = load_train_config(GRPOTrainConfig, None, ["model=m", "head=grouprank", "data.path=x", "batch_size=8"])
     assert (g.num_generations, g.learning_rate) == (8, 1e-5)

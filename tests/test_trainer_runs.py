@@ -252,7 +252,7 @@ def test_bf16_on_a_cpu_without_native_bfloat16_is_warned(bf16: bool, native: boo
 
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
     with caplog.at_level("WARNING", logger="rerank.trainers.common"):
-        cfg = CommonTrainConfig(model="m", use_cpu=True, bf16=bf16, data=DataConfig(path="t.jsonl"))
+        cfg = CommonTrainConfig(model="m", head="erank", use_cpu=True, bf16=bf16, data=DataConfig(path="t.jsonl"))
         kw = training_kwargs(cfg, tmp_path, has_dev=False)
     assert kw["bf16"] is bf16
     assert any("set bf16: false" in r.getMessage() for r in caplog.records) is warned

@@ -272,7 +272,7 @@ class CommonTrainConfig(TrainSchedule):
     trainer_name: ClassVar[str] = ""
 
     model: str = ""
-    head: str = "erank"
+    head: str = ""
     data: DataConfig = field(default_factory=lambda: DataConfig(path="-"))
     template: str = ""
     max_doc_tokens: int = 64
@@ -291,6 +291,10 @@ class CommonTrainConfig(TrainSchedule):
         self._forget_derived(_derived)
         super().__post_init__()
         self._own_blocks()
+        if not self.head:
+            names = ", ".join(sorted(n for n, m in all_methods().items()
+                                     if m.kind == "reranker" and m.trains_with(self.trainer_name or "sft")))
+            raise ConfigError(f"key 'head' is required: the reranker method to train (one of: {names})")
         get_method(self.head, kind="reranker")
         if self.lora.enabled and not trains_lora(self.head):
             raise ConfigError(f"lora is for the LLM heads; {self.head} is fine-tuned in full: drop lora.enabled")

@@ -154,6 +154,8 @@ class GRPOTrainConfig(CommonTrainConfig):
         from rerank.methods import get_method
         from rerank.methods.record import read_record
 
+        if not self.head:  # required: the shared config's check says so
+            return
         method = get_method(self.head)
         record = read_record(self.model) if self.model else None
         recorded = record.get("options", {}) if record is not None and record.get("method") == self.head else {}

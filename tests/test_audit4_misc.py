@@ -1,5 +1,5 @@
 """``rerank eval --reranker bi-encoder`` checks the cache folder its corpus embeddings go to before the model loads,
-unless ``corpus_cache=false``."""
+unless ``corpus_cache=false``; a training config names the reranker method it trains (``head`` is required)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,13 @@ def test_bi_encoder_eval_checks_the_cache_before_loading(
     else:
         assert code == 0, err
         assert loaded and (tmp_path / "out" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["sft", "grpo"])
+def test_a_training_config_without_head_names_the_key(tmp_path: Path, run_cli: Any, kind: str) -> None:
+    """``head`` defaulted to erank: a config that forgot it trained an ERank model without a word."""
+    config = tmp_path / "c.yaml"
+    config.write_text("model: m\ndata: {path: t.jsonl}\n")
+    code, _, err = run_cli("train", kind, "--config", config, "--output", tmp_path / "o", "--check", "--inputs-later")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "key 'head' is required" in err and "erank" in err and "first" in err

@@ -259,7 +259,8 @@ def test_fitted_prompts_log_one_warning_per_call(caplog: pytest.LogCaptureFixtur
     prompts = len(backend.log)
     assert 1 <= first[0] < prompts // 2 and head.stats.fitted_prompts == 2 * first[0]  # only the long one's sets
     expected = (f"setwise: {first[0]} of {prompts // 2} prompts were fitted to the model's context of 160 tokens in "
-                f"this call: {first[1]} passages cut below max_doc_tokens, 0 queries below max_query_tokens")
+                f"this call, with {first[1]} passage cut(s) below max_doc_tokens and 0 query cut(s) below "
+                "max_query_tokens, one per passage or query per prompt it is cut in")
     assert _fitting_warnings(caplog) == [expected + " (how prompts are fitted: docs/backends.md)"] * 2
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -275,11 +276,24 @@ def test_fitting_warning_counts_only_fitted_windows_and_queries(caplog: pytest.L
     with caplog.at_level(logging.WARNING):
         head.rerank(" ".join(f"q{i}" for i in range(120)), ["a b c " * 40, "d e f " * 40])
     (msg,) = _fitting_warnings(caplog)
-    assert msg.startswith("listwise: 1 of 1 prompts were fitted to the model's context of 200 tokens in this call: ")
-    assert head.stats.shortened_queries == 1 and "1 queries below max_query_tokens" in msg
+    assert msg.startswith("listwise: 1 of 1 prompts were fitted to the model's context of 200 tokens in this call, ")
+    assert head.stats.shortened_queries == 1 and "1 query cut(s) below max_query_tokens" in msg
     caplog.clear()
     free = ListwiseReranker(ListwiseConfig(window=4, stride=2),
                             backend=ScriptedBackend(tok, generate_fn=lambda p: "[1] > [2]"))
     with caplog.at_level(logging.WARNING):
         free.rerank("q", ["a b c " * 40, "d e f " * 40])
     assert _fitting_warnings(caplog) == [] and free.stats.fitted_prompts == 0
+
+
+def test_fitting_warning_counts_cuts_per_prompt_as_stats_do(caplog: pytest.LogCaptureFixture) -> None:
+    """One long document in both windows of a sliding window is two passage cuts, in ``stats`` (documented: one per
+    passage per prompt) and in the warning, which says so instead of calling them passages."""
+    head = ListwiseReranker(ListwiseConfig(window=2, stride=1), backend=ScriptedBackend(
+        build_tokenizer(), generate_fn=lambda p: "[1] > [2]", context_length=240))
+    with caplog.at_level(logging.WARNING):
+        head.rerank("q", ["short one", "a b c " * 60, "short two"])
+    (msg,) = _fitting_warnings(caplog)
+    assert head.stats.fitted_prompts == 2 and head.stats.shortened_passages == 2
+    assert "2 of 2 prompts" in msg and "with 2 passage cut(s) below max_doc_tokens" in msg
+    assert "one per passage or query per prompt it is cut in" in msg

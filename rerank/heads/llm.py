@@ -7,9 +7,9 @@ tokenised once. User text (query, documents) first has its special-token strings
 instruction and the chat template's tail are never cut. A prompt that still exceeds the backend's context (less the
 tokens to generate) is fitted (:meth:`LLMReranker.fit`): the query to at most half the room left for text, then one
 per-passage token cap for that prompt, the largest that fits; a call that fitted prompts logs one warning saying how
-many, and how many passages and queries were cut (the running counts: ``stats``). The training tasks render their prompts with these
-same methods (a head on a :class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was
-trained on.
+many, and how many passage and query cuts that took, one per passage or query per prompt it is cut in (the running
+counts: ``stats``). The training tasks render their prompts with these same methods (a head on a
+:class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was trained on.
 """
 
 from __future__ import annotations
@@ -293,11 +293,11 @@ class LLMReranker(Reranker):
         warning; the passages ``long_docs`` cuts have their own warning."""
         st = self.stats
         if st.fitted_prompts > fitted:
-            log.warning("%s: %d of %d prompts were fitted to the model's context of %s tokens in this call: %d "
-                        "passages cut below max_doc_tokens, %d queries below max_query_tokens (how prompts are "
-                        "fitted: docs/backends.md)", self.method or type(self).__name__, st.fitted_prompts - fitted,
-                        self._fits[0] - prompts, self.backend.context_length, self._fits[1] - passages,
-                        st.shortened_queries - queries)
+            log.warning("%s: %d of %d prompts were fitted to the model's context of %s tokens in this call, with %d "
+                        "passage cut(s) below max_doc_tokens and %d query cut(s) below max_query_tokens, one per "
+                        "passage or query per prompt it is cut in (how prompts are fitted: docs/backends.md)",
+                        self.method or type(self).__name__, st.fitted_prompts - fitted, self._fits[0] - prompts,
+                        self.backend.context_length, self._fits[1] - passages, st.shortened_queries - queries)
 
     def room_options(self, reserve: int) -> str:
         """What the "cannot hold this prompt" error advises: only this head's options that make its template

@@ -143,7 +143,11 @@ def test_a_module_class_target_is_checked_when_it_is_imported(tmp_path: Path, mo
 def test_the_options_a_head_names_in_its_advice_are_its_own(name: str) -> None:
     cls = get_method(name).resolve("head")
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    assert set(cls.template_texts) | set(cls.shrink_options) <= fields
+    declared = set(cls.template_texts) | set(cls.shrink_options)
+    assert declared <= fields
+    # a built-in head with one of the options the advice named from a fixed list before declares it (none forgotten)
+    assert fields & {"instruction", "prompt", "window", "group_size", "set_size", "max_new_tokens",
+                     "max_reasoning_tokens"} <= declared
 
 
 @dataclasses.dataclass

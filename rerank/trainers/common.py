@@ -295,7 +295,7 @@ class CommonTrainConfig(TrainSchedule):
             names = ", ".join(sorted(n for n, m in all_methods().items()
                                      if m.kind == "reranker" and m.trains_with(self.trainer_name or "sft")))
             raise ConfigError(f"key 'head' is required: the reranker method to train (one of: {names})")
-        get_method(self.head, kind="reranker")
+        self._check_trained(get_method(self.head, kind="reranker"))
         if self.lora.enabled and not trains_lora(self.head):
             raise ConfigError(f"lora is for the LLM heads; {self.head} is fine-tuned in full: drop lora.enabled")
         if self.window is not None and self.window < 2:  # None: GRPO's unset window, resolved by its config
@@ -339,6 +339,19 @@ class CommonTrainConfig(TrainSchedule):
                 raise ConfigError(f"data.{unread[0]} {getattr(self.data, unread[0])} is read only when a dev split is "
                                   "carved (data.dev_fraction > 0 with eval_steps > 0), and there is none: drop "
                                   f"data.{unread[0]}{seed}")
+
+    def _check_trained(self, method: Any) -> None:
+        """The trainer (``trainer_name``) trains the head, checked before any option the head reads or refuses, so
+        that a head no option makes trainable is named first."""
+        from rerank.methods import method_names
+
+        if not self.trainer_name or method.trains_with(self.trainer_name):
+            return
+        trained = ", ".join(method_names(trains_with=self.trainer_name))
+        if self.trainer_name == "grpo":
+            other = "trains with 'sft'" if method.trains_with("sft") else "is trained by neither sft nor grpo"
+            raise ConfigError(f"grpo trains the generative LLM heads ({trained}); {self.head!r} {other}")
+        raise ConfigError(f"{self.trainer_name} does not train {self.head!r}; it trains: {trained}")
 
     def _forget_derived(self, derived: dict[str, Any] | None) -> None:
         """Unset again the options that still hold the value an earlier build ``derived`` for them (this config is a

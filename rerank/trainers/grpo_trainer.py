@@ -78,7 +78,7 @@ class GRPOTrainConfig(CommonTrainConfig):
     log_completions: bool = False
 
     def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
-        from rerank.methods import all_methods, get_method, method_names
+        from rerank.methods import all_methods, get_method
 
         self._forget_derived(_derived)
         self._inherit_head_options()
@@ -86,9 +86,7 @@ class GRPOTrainConfig(CommonTrainConfig):
         if self.window is None:  # a head that trains on no windows: the shared default, never read
             self._derive("window", int(option_default(CommonTrainConfig, "window")))
         method = get_method(self.head)
-        if method.grpo is None or not method.trains_with("grpo"):
-            raise ConfigError(f"grpo trains the generative LLM heads ({', '.join(method_names(trains_with='grpo'))}); "
-                              f"{self.head!r} trains with 'sft'")
+        assert method.grpo is not None  # the shared config checked that grpo trains the head
         if not self.num_generations:
             self._derive("num_generations", method.grpo.num_generations)
         if self.learning_rate is None:

@@ -56,13 +56,10 @@ class SFTTrainConfig(CommonTrainConfig):
     positive_bonus: float | None = None
 
     def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
-        from rerank.methods import get_method, method_names
+        from rerank.methods import get_method
 
         super().__post_init__(_derived)
         method = get_method(self.head)
-        if not method.trains_with("sft"):
-            trained = ", ".join(method_names(trains_with="sft"))
-            raise ConfigError(f"sft does not train {self.head!r}; it trains: {trained}")
         if not self.loss:
             self._derive("loss", method.sft_losses[0])
         if self.loss not in method.sft_losses:

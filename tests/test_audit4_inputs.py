@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -297,3 +298,94 @@ def test_fitting_warning_counts_cuts_per_prompt_as_stats_do(caplog: pytest.LogCa
     assert head.stats.fitted_prompts == 2 and head.stats.shortened_passages == 2
     assert "2 of 2 prompts" in msg and "with 2 passage cut(s) below max_doc_tokens" in msg
     assert "one per passage or query per prompt it is cut in" in msg
+
+
+def _per_call_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "in this call" in r.getMessage()]
+
+
+def _failing_fitted_listwise() -> ListwiseReranker:
+    """A listwise head whose every window is fitted to a short context and whose every output fails to parse."""
+    return ListwiseReranker(ListwiseConfig(window=2, stride=1), backend=ScriptedBackend(
+        build_tokenizer(), generate_fn=lambda p: "no ranking here", context_length=240))
+
+
+_LONG = ["short one", "a b c " * 60, "short two"]
+
+
+def test_call_warnings_first_then_one_per_interval_with_a_count(monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A server's filter: the first of each kind, then none until the interval passed, and that one says how many
+    were held back; the stats count every call."""
+    import rerank.heads.llm as llm
+
+    clock = [1000.0]
+    monkeypatch.setattr(llm.time, "monotonic", lambda: clock[0])
+    head = _failing_fitted_listwise()
+    with caplog.at_level(logging.WARNING), llm.held_call_warnings(every=600):
+        for _ in range(4):
+            head.rerank("q", _LONG)
+        clock[0] += 601
+        head.rerank("q", _LONG)
+    got = _per_call_warnings(caplog)
+    assert len(got) == 4 and sum("fitted to the model's context" in m for m in got) == 2
+    assert sum("failed to parse" in m for m in got) == 2
+    assert [m.endswith("; 3 more such warning(s) held back since the last one") for m in got] == [False] * 2 + [True] * 2
+    assert head.stats.fitted_prompts == 10 and head.stats.parse_failures == 10
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        head.rerank("q", _LONG)  # outside the block: a warning per call again
+    assert len(_per_call_warnings(caplog)) == 2
+
+
+def test_rerank_serve_logs_the_per_call_warnings_once(caplog: pytest.LogCaptureFixture) -> None:
+    from fastapi.testclient import TestClient
+
+    from rerank.serve import create_app
+
+    head = _failing_fitted_listwise()
+    with caplog.at_level(logging.WARNING), TestClient(create_app(head)) as c:
+        for _ in range(6):
+            assert c.post("/v1/rerank", json={"query": "q", "documents": _LONG}).status_code == 200
+    got = _per_call_warnings(caplog)
+    assert len(got) == 2 and head.stats.fitted_prompts == 12 and head.stats.parse_failures == 12
+
+
+def test_rerank_rank_holds_the_per_chunk_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """rank's chunks of BATCH_QUERIES queries log nothing per call; its summary line has the totals."""
+    from rerank.cli.rank_cmd import BATCH_QUERIES, _rerank_jobs, _stats_note
+
+    head = _failing_fitted_listwise()
+    jobs = [(Query(f"q{i}", "q"), as_candidates(_LONG), []) for i in range(2 * BATCH_QUERIES + 1)]
+    with caplog.at_level(logging.WARNING):
+        assert len(_rerank_jobs(head, jobs)) == len(jobs)  # type: ignore[arg-type]
+    assert _per_call_warnings(caplog) == []
+    n = 2 * len(jobs)
+    assert f"{n} model outputs, {n} parse failures" in _stats_note(head.stats)
+    assert f"{n} prompts fitted to the context" in _stats_note(head.stats)
+
+
+def test_rerank_eval_logs_one_warning_with_the_run_totals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """eval's chunks log nothing per call (nor do pool workers: _rerank_chunk); one warning has the run's totals."""
+    from rerank.data.io import write_jsonl, write_qrels, write_run
+    from rerank.eval.pipeline import EvalConfig, _rerank_chunk, run_eval
+
+    root = tmp_path / "mini"
+    texts = ["short one", "a b c " * 60, "short two"]
+    write_jsonl([{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(texts)], root / "corpus.jsonl")
+    write_jsonl([{"_id": f"q{i}", "text": "q"} for i in range(5)], root / "queries.jsonl")
+    write_qrels({f"q{i}": {"d1": 1} for i in range(5)}, root / "qrels" / "test.tsv", beir=True)
+    write_run({f"q{i}": [(f"d{j}", 3.0 - j) for j in range(3)] for i in range(5)}, root / "run.trec")
+    cfg = EvalConfig(dataset=str(root), first_stage=str(root / "run.trec"), top_k=3, batch_queries=2,
+                     llm_cache=False)
+    with caplog.at_level(logging.WARNING):
+        metrics = run_eval(cfg, reranker=_failing_fitted_listwise(), progress=False)
+    assert metrics["parse"]["fitted_prompts"] == 10 and metrics["parse"]["parse_failures"] == 10
+    assert _per_call_warnings(caplog) == []
+    (total,) = [r.getMessage() for r in caplog.records if "in this run" in r.getMessage()]
+    assert total.startswith("listwise in this run: 10 of 10 model outputs failed to parse and 0 were repaired")
+    assert "10 prompts were fitted to the model's context, with 10 passage cut(s)" in total
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, stats = _rerank_chunk(_failing_fitted_listwise(), ([Query("q", "q")], [as_candidates(_LONG)]))
+    assert _per_call_warnings(caplog) == [] and stats.fitted_prompts == 2

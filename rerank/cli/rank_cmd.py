@@ -238,11 +238,14 @@ def _first_stage_jobs(queries: dict[str, Query], run: dict[str, list[tuple[str, 
 
 
 def _rerank_jobs(reranker: Reranker, jobs: list[Job]) -> dict[str, tuple[RankedResult, Tail]]:
-    """Each job's candidates reranked, ``BATCH_QUERIES`` queries per call, keyed by query id with the job's tail."""
+    """Each job's candidates reranked, ``BATCH_QUERIES`` queries per call, keyed by query id with the job's tail; the
+    per-call warnings (outputs that failed to parse, prompts fitted) are held back: the summary line has the totals."""
     from tqdm.auto import tqdm
 
+    from rerank.heads.llm import held_call_warnings
+
     rankings: dict[str, tuple[RankedResult, Tail]] = {}
-    with tqdm(total=len(jobs), desc="rerank", unit="q") as bar:
+    with held_call_warnings(), tqdm(total=len(jobs), desc="rerank", unit="q") as bar:
         for start in range(0, len(jobs), BATCH_QUERIES):
             chunk = jobs[start : start + BATCH_QUERIES]
             results = reranker.rerank_batch([q for q, _, _ in chunk], [c for _, c, _ in chunk])

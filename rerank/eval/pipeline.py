@@ -51,6 +51,7 @@ from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import Reranker, RerankStats, described_model
+from rerank.heads.llm import held_call_warnings
 from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
@@ -217,7 +218,8 @@ def rerank_run(
 ) -> tuple[Run, dict[str, list[tuple[str, float]]], dict[str, list[str]]]:
     """Rerank each query's top-``top_k`` candidates, ``batch_queries`` queries per call; returns (final run, reranker
     scores, unknown doc ids). ``reranker`` may be a pool of reranker workers (:func:`reranker_pool`): the same
-    chunks are scored there, in parallel, and their parse statistics added to ``stats``.
+    chunks are scored there, in parallel, and their parse statistics added to ``stats`` (the workers hold back their
+    per-call warnings: :func:`run_eval` logs one with the run's totals).
 
     ``interpolate`` (alpha in [0, 1]): the top-k are ordered by ``alpha * minmax(reranker score) + (1 - alpha) *
     minmax(first-stage score)`` per query instead of by the reranker alone (score interpolation: a reranker that is
@@ -285,7 +287,25 @@ def _rerank_chunk(reranker: Reranker, chunk: tuple[list[Query], list[list[Candid
                   ) -> tuple[list[list[tuple[str, float]]], RerankStats]:
     """A worker's part of :func:`rerank_run`: one chunk's rankings and the parse statistics it added."""
     reranker.stats = RerankStats()
-    return _ranked(reranker.rerank_batch(*chunk)), reranker.stats
+    with held_call_warnings():  # the parent warns once with the run's totals (run_eval)
+        return _ranked(reranker.rerank_batch(*chunk)), reranker.stats
+
+
+def _warn_run_outputs(method: str, stats: RerankStats) -> None:
+    """One warning for a run's model outputs that failed to parse or were repaired and its prompts fitted to the
+    context, the per-call warnings' totals (held back while it reranks)."""
+    parts = []
+    if stats.parse_failures or stats.repaired:
+        first = f" (first: {stats.failure_examples[0][:120]!r})" if stats.failure_examples else ""
+        parts.append(f"{stats.parse_failures} of {stats.outputs} model outputs failed to parse and {stats.repaired} "
+                     f"were repaired{first}")
+    if stats.fitted_prompts:
+        parts.append(f"{stats.fitted_prompts} prompts were fitted to the model's context, with "
+                     f"{stats.shortened_passages} passage cut(s) below max_doc_tokens and {stats.shortened_queries} "
+                     "query cut(s) below max_query_tokens, one per passage or query per prompt it is cut in")
+    if parts:
+        log.warning("%s in this run: %s (metrics.json 'parse' and report.md count them; how heads repair and fit "
+                    "prompts: docs/backends.md)", method, "; ".join(parts))
 
 
 def _prepare(reranker: Reranker, job: tuple[EvalConfig, AbstractSet[str]]) -> None:
@@ -617,11 +637,13 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             # only the candidates' documents are held (read after prepare_corpus: a head that read the whole corpus
             # there is not read twice)
             docs = given_docs.docs if given_docs is not None else dataset.documents(doc_ids).docs
-            final, rerank_scores, corpus_ids_unknown = rerank_run(
-                pool if pool is not None else reranker, queries, run, docs,  # type: ignore[arg-type]
-                cfg.top_k, cfg.batch_queries, progress, stats, cfg.interpolate,
-            )
+            with held_call_warnings():  # one warning with the run's totals below, not one per chunk
+                final, rerank_scores, corpus_ids_unknown = rerank_run(
+                    pool if pool is not None else reranker, queries, run, docs,  # type: ignore[arg-type]
+                    cfg.top_k, cfg.batch_queries, progress, stats, cfg.interpolate,
+                )
         desc = _counted_since(before, describe())
+        _warn_run_outputs(str(desc.get("method") or cfg.reranker), stats)
         timing["rerank_s"] = time.perf_counter() - t
         if given:  # what ranked is the given reranker: its own model and backend, not the config's (none, or agreeing)
             own_model, own_backend = described_model(desc)

@@ -14,7 +14,8 @@ relevance in [0, 1] (:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_score
 ``raw_score``) or returns (TEI) the head's own score. Cohere responses carry Jina's ``usage`` (``prompt_tokens`` =
 ``total_tokens``: the query's and the scored passages' tokens under the head's tokenizer,
 :func:`~rerank.serve.documents.token_counter`). A request whose client disconnects while it waits is dropped before
-it is scored.
+it is scored. The reranker's per-call warnings (outputs that failed to parse, prompts fitted to the context) are
+logged once, then at most every :data:`CALL_WARNINGS_EVERY_S` seconds with how many were held back.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from starlette.requests import ClientDisconnect
 
 from rerank import __version__
 from rerank.heads.base import Reranker
+from rerank.heads.llm import held_call_warnings
 from rerank.serve.batcher import (
     Batcher,
     ModelError,
@@ -61,6 +63,9 @@ T = TypeVar("T")
 
 ENDPOINTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/info", "/health", "/metrics")
 OPEN_PATHS = ("/health",)
+#: the reranker's per-call warnings (outputs that failed to parse, prompts fitted to the context): the first of each
+#: kind, then at most one this often, saying how many were held back (its ``stats`` count them all)
+CALL_WARNINGS_EVERY_S = 600.0
 _HTTP_ERROR_TYPES = {
     401: "unauthorized",
     404: "not_found",
@@ -259,7 +264,8 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         try:
-            yield
+            with held_call_warnings(CALL_WARNINGS_EVERY_S):  # not one per request
+                yield
         finally:
             await batcher.stop()
 

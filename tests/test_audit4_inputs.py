@@ -389,3 +389,18 @@ def test_rerank_eval_logs_one_warning_with_the_run_totals(tmp_path: Path, caplog
     with caplog.at_level(logging.WARNING):
         _, stats = _rerank_chunk(_failing_fitted_listwise(), ([Query("q", "q")], [as_candidates(_LONG)]))
     assert _per_call_warnings(caplog) == [] and stats.fitted_prompts == 2
+
+
+def test_setwise_prompt_collapses_every_run_of_whitespace() -> None:
+    """As documented (setwise's docstring, docs/backends.md): line breaks, tabs, repeated and Unicode spaces become one
+    space, none at either end, and a whitespace-only document is empty."""
+    from rerank.types import Document
+
+    backend = ScriptedBackend(build_tokenizer(), lambda text, ids: [0.0] * len(ids))
+    head = SetwiseReranker(SetwiseConfig(set_size=3, top_k=1), backend=backend)
+    docs = [Document("a", " price:\xa0100\tEUR \u3000 now\r\nor  never ", title="Offer\n"), Document("b", "   "),
+            Document("c", "plain text")]
+    head.rerank("price", docs)
+    (prompt,) = [p for kind, p in backend.log if kind == "next_token_logprobs"]
+    assert re.findall(r'^Passage ([A-C]): "(.*)"$', prompt, flags=re.M) == [
+        ("A", "Offer price: 100 EUR now or never"), ("B", ""), ("C", "plain text")]

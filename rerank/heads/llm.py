@@ -405,7 +405,8 @@ def held_call_warnings(every: float | None = None) -> Iterator[CallWarnings]:
 
 
 def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: int) -> list[str]:
-    """Each candidate's title and text on one line (every run of whitespace, newlines included, one space: a document
-    cannot start a line of the prompt that looks like another passage's label), prepared (special strings
-    neutralised) and cut to ``max_tokens`` tokens (the instruction never is)."""
+    """Each candidate's title and text on one line, joined by a space, every run of whitespace (``str.split``'s: line
+    breaks, tabs, Unicode spaces such as U+00A0 included) one space and none at either end, so a document cannot start
+    a line of the prompt that looks like another passage's label; prepared (special strings neutralised) and cut to
+    ``max_tokens`` tokens (the instruction never is)."""
     return [head.prepare(" ".join(c.doc.full_text(" ").split()), max_tokens) for c in candidates]

@@ -211,8 +211,8 @@ def _read_input(path: str) -> list[tuple[Query, list[tuple[Document, float | Non
         looks = next((what for field, what in _OTHER_FORMATS.items() if field in row), None)
         if looks is None:
             raise
-        raise ConfigError(f"{e}: --input takes records {{\"query\": ..., \"docs\": [...]}}, and this looks like {looks}, "
-                          "which rerank rank does not read") from None
+        raise ConfigError(f"{e}: --input takes records {{\"query\": ..., \"docs\": [...]}}, and this looks like "
+                          f"{looks}, which rerank rank does not read") from None
 
 
 def _first_stage_jobs(queries: dict[str, Query], run: dict[str, list[tuple[str, float]]], corpus: dict[str, Document],

@@ -313,7 +313,8 @@ class LLMReranker(Reranker):
         lower = self.lowered_options(reserve)
         if lower:
             advice.append(f"lower {' / '.join(lower)}")
-        context = [f"backend_options.{n}" for n in _CONTEXT_OPTIONS if n in cfg.backend_options]  # type: ignore[attr-defined]
+        options = cfg.backend_options  # type: ignore[attr-defined]
+        context = [f"backend_options.{n}" for n in _CONTEXT_OPTIONS if n in options]
         if context:
             advice.append(f"raise {' / '.join(context)}")
         return ", ".join(advice) + ", or use a model with a longer context"

@@ -83,7 +83,8 @@ def sliding_window_rerank(
     plans = [window_plan(len(o), window, stride, depth) for o in orders]
     steps = max((len(p) for p in plans), default=0)
     for step in range(steps):
-        batch = [(i, orders[i][plans[i][step][0] : plans[i][step][1]]) for i in range(len(orders)) if step < len(plans[i])]
+        batch = [(i, orders[i][plans[i][step][0] : plans[i][step][1]]) for i in range(len(orders))
+                 if step < len(plans[i])]
         perms = rank_windows(batch)
         if len(perms) != len(batch):
             raise RuntimeError(f"window ranker returned {len(perms)} permutations for {len(batch)} windows")

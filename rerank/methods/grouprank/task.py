@@ -3,8 +3,8 @@
 SFT target scores (0-10): ``teacher_scores`` (0-10, rounded; a row outside 0-10 is refused when the data is read; the
 ``grouprank`` teacher-label recipe writes them) if given, else the graded labels scaled by the example's top grade;
 the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
-:func:`rerank.methods.grouprank.reward.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1 for
-invalid JSON, −0.5 for bad tags). The tags are good only in the paper's format: ``<reason>``, ``</reason>``,
+:func:`rerank.methods.grouprank.reward.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1
+for invalid JSON, −0.5 for bad tags). The tags are good only in the paper's format: ``<reason>``, ``</reason>``,
 ``<answer>``, ``</answer>``, each once and in that order, so an answer before the reasoning (closed or not) or without
 any is bad tags. Parsing is the head's own lenient :func:`rerank.methods.grouprank.head.parse_group_scores`; an
 answer it had to repair as JSON counts as invalid JSON.
@@ -48,7 +48,8 @@ class GroupRankTask(Task):
 
     def group_prompt(self, example: dict[str, Any], group: list[int]) -> str:
         """The head's rendered prompt for the example's candidates ``group`` (in that order)."""
-        return self.head.group_prompt(self.query(example), self.candidates(example, group))  # type: ignore[attr-defined]
+        head: Any = self.head
+        return head.group_prompt(self.query(example), self.candidates(example, group))
 
     @staticmethod
     def target(scores: list[int], reasoning: str = "") -> str:

@@ -3,10 +3,11 @@
 One prompt per set (its passages labelled A, B, ..., each passage's title and text on one line, so a document cannot
 lay out a ``Passage X:`` entry of its own: as in listwise, FIRST and GroupRank, every run of whitespace, line breaks,
 tabs and Unicode spaces such as U+00A0 and U+3000 included, becomes one space, leading and trailing whitespace is
-dropped, so a whitespace-only document is empty; :func:`~rerank.heads.llm.passage_texts`); the answer is the label with the highest log-probability as the
-first answer token (one forward pass, nothing generated), so any backend with log-probabilities runs it. The sort
-(:mod:`rerank.methods.setwise.sorting`) decides the sets; queries of a batch advance together, one set each per
-backend call. ``forward_passes`` counts the prompts scored (the method's efficiency figure).
+dropped, so a whitespace-only document is empty; :func:`~rerank.heads.llm.passage_texts`); the answer is the label
+with the highest log-probability as the first answer token (one forward pass, nothing generated), so any backend with
+log-probabilities runs it. The sort (:mod:`rerank.methods.setwise.sorting`) decides the sets; queries of a batch
+advance together, one set each per backend call. ``forward_passes`` counts the prompts scored (the method's
+efficiency figure).
 """
 
 from __future__ import annotations

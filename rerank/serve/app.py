@@ -1,4 +1,5 @@
-"""The FastAPI app behind ``rerank serve``: Cohere v1/v2 and TEI ``/rerank`` shapes, health, Prometheus metrics.
+"""The FastAPI app behind ``rerank serve``: Cohere v1/v2, and at ``/rerank`` TEI's body (``texts``) or Infinity's
+(``documents``), each answered in its own shape; health, Prometheus metrics.
 
 Every error answers a JSON body ``{"message", "error", "detail", "error_type"}`` (``message`` is Cohere's field,
 ``error`` TEI's, ``detail`` Jina's, the same text) and never a stack trace: 400 malformed JSON (nested too deeply, a
@@ -26,8 +27,9 @@ import logging
 import math
 import os
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -115,10 +117,13 @@ def header_value(text: str) -> str:
     return safe or "-"
 
 
-def parse_body(body: bytes, content_type: str, model: type[M], content_encoding: str = "") -> M:
+def parse_body(
+    body: bytes, content_type: str, model: type[M] | Callable[[dict[str, Any]], type[M]], content_encoding: str = ""
+) -> M:
     """Decode and validate a JSON request body: 415 a body sent as another media type or compressed
     (``Content-Encoding``); 400 names invalid UTF-8 (byte offset), bad JSON (line, column; too deep; a number too
-    long) or a lone surrogate (field, character); 422 names the invalid or unknown fields."""
+    long) or a lone surrogate (field, character); 422 names the invalid or unknown fields. ``model`` is the body's
+    model, or a function choosing it from the decoded object (:func:`root_body_model`)."""
     media_type = content_type.split(";")[0].strip().lower()
     if media_type not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type", f"{_NOT_AN_OBJECT} (got {media_type!r})")
@@ -149,11 +154,22 @@ def parse_body(body: bytes, content_type: str, model: type[M], content_encoding:
         where = _first_surrogate(data, "")
         if where:
             raise ApiError(400, "invalid_text", f"lone UTF-16 surrogate in {where}: text must be valid Unicode")
-        return model.model_validate(data)
+        return (model if isinstance(model, type) else model(data)).model_validate(data)
     except RecursionError:
         raise too_deep from None
     except ValidationError as e:
         raise ApiError(422, "invalid_request", _validation_message(e)) from None
+
+
+def root_body_model(data: dict[str, Any]) -> type[TeiRerankRequest] | type[CohereRerankRequest]:
+    """Which API a ``POST /rerank`` body speaks: TEI's (``texts``) or Infinity's, Cohere-shaped (``documents``); 422
+    naming the two forms for a body with both fields or neither."""
+    has_texts, has_documents = "texts" in data, "documents" in data
+    if has_texts != has_documents:
+        return TeiRerankRequest if has_texts else CohereRerankRequest
+    found = "both 'texts' and 'documents'" if has_texts else "neither 'texts' nor 'documents'"
+    raise ApiError(422, "invalid_request", f"POST /rerank takes TEI's body {{query, texts, ...}} or Infinity's "
+                   f"{{query, documents, ...}}; this body has {found}")
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -308,7 +324,7 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
     app.add_middleware(AuthMiddleware, api_key=cfg.api_key, open_paths=OPEN_PATHS, on_error=count_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
 
-    async def read(request: Request, model: type[M]) -> M:
+    async def read(request: Request, model: type[M] | Callable[[dict[str, Any]], type[M]]) -> M:
         try:
             body = await request.body()
         except ClientDisconnect:
@@ -456,13 +472,20 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         except ModelError as e:
             raise ApiError(500, "model_error", f"the reranker failed on this request ({e})") from None
 
-    async def cohere(request: Request, version: str) -> JSONResponse:
-        body = await read(request, CohereRerankRequest)
+    async def cohere_ranking(
+        request: Request, body: CohereRerankRequest
+    ) -> tuple[list[tuple[str, str]], list[tuple[int, float, float]], list[str], int | None]:
+        """A Cohere-shaped body's ``(text, title)`` per document, its top ``top_n`` ``(index, raw, relevance)``, the
+        warnings for the client and the tokens counted."""
         docs = _cohere_docs(body)
         budget = Budget(max_tokens=body.max_tokens_per_doc, max_chunks=body.max_chunks_per_doc)
         scored, warnings, tokens = await rank(request, body.query, docs, budget, body.priority or 0, "documents",
                                               count=True)
-        ranked = scored if body.top_n is None else scored[: body.top_n]
+        return docs, scored if body.top_n is None else scored[: body.top_n], warnings, tokens
+
+    async def cohere(request: Request, version: str) -> JSONResponse:
+        body = await read(request, CohereRerankRequest)
+        docs, ranked, warnings, tokens = await cohere_ranking(request, body)
         out = []
         for i, raw, rel in ranked:
             entry: dict[str, Any] = {"index": i, "relevance_score": rel}
@@ -487,6 +510,29 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
             answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         return JSONResponse(answer, headers=model_header)
 
+    async def infinity(request: Request, body: CohereRerankRequest) -> JSONResponse:
+        """Infinity's answer to a Cohere-shaped body: ``document`` is the ranked text as a plain string, and
+        ``raw_scores`` puts the head's own score in ``relevance_score``, as Infinity does."""
+        docs, ranked, _, tokens = await cohere_ranking(request, body)
+        out = []
+        for i, raw, rel in ranked:
+            entry: dict[str, Any] = {"index": i, "relevance_score": raw if body.raw_scores else rel}
+            if body.return_documents:
+                entry["document"] = docs[i][0]
+            out.append(entry)
+        used = tokens if tokens is not None else 0  # Infinity's clients require usage; 0 where counting failed
+        return JSONResponse(
+            {
+                "object": "rerank",
+                "results": out,
+                "model": model_name,
+                "usage": {"prompt_tokens": used, "total_tokens": used},
+                "id": f"infinity-{uuid.uuid4()}",
+                "created": int(time.time()),
+            },
+            headers=model_header,
+        )
+
     @app.post("/v1/rerank")
     async def rerank_v1(request: Request) -> JSONResponse:
         """Cohere v1 rerank: documents as strings or objects (objects echo back whole with ``return_documents``)."""
@@ -498,9 +544,13 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         return await cohere(request, "2")
 
     @app.post("/rerank")
-    async def rerank_tei(request: Request) -> JSONResponse:
-        """TEI rerank: ``[{index, score, text?}]`` best first."""
-        body = await read(request, TeiRerankRequest)
+    async def rerank_root(request: Request) -> JSONResponse:
+        """TEI's body (``texts``) answers TEI's ``[{index, score, text?}]`` best first; a Cohere-shaped body
+        (``documents``, as Infinity's and LiteLLM's ``infinity/`` clients send) answers Infinity's
+        ``{object, results: [{index, relevance_score, document?}], model, usage, id, created}``."""
+        body = await read(request, root_body_model)
+        if isinstance(body, CohereRerankRequest):
+            return await infinity(request, body)
         keep = "end" if (body.truncation_direction or "right").lower() == "left" else "start"
         budget = Budget(keep=keep, truncate=body.truncate is not False)
         scored, _, _ = await rank(request, body.query, [(t, "") for t in body.texts], budget, 0, "texts")

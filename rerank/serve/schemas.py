@@ -1,4 +1,5 @@
-"""Request bodies of the rerank endpoints: Cohere v1/v2 (``/v1/rerank``, ``/v2/rerank``) and TEI (``/rerank``).
+"""Request bodies of the rerank endpoints: Cohere v1/v2 (``/v1/rerank``, ``/v2/rerank``), and at ``/rerank`` TEI's
+(``texts``) or Infinity's, which is Cohere's (``documents``).
 
 Every field those APIs document is accepted (Cohere rerank v1 and v2, TEI ``/rerank``), plus the ones real clients
 send beyond them (``model`` and ``top_n`` from the ``rerankers`` TEI provider; ``raw_scores`` on Cohere bodies, this

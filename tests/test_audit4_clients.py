@@ -98,3 +98,27 @@ def test_infinity_body_errors_name_the_field(client: httpx.Client) -> None:
     """A documents body is validated as the Cohere body it is: a wrong field is a 422 naming it."""
     body = assert_error(client.post("/rerank", json={"query": QUERY, "documents": DOCS, "return_text": True}), 422)
     assert body["message"] == "unknown field 'return_text'"
+
+
+ROUTES = "POST /v1/rerank, /v2/rerank, /rerank (and GET /info, GET /metrics, GET or HEAD /health)"
+
+
+@pytest.mark.parametrize("path", ["/v1/v2/rerank", "/v1/v1/rerank", "/nope"])
+def test_a_wrong_path_is_a_404_naming_it_and_the_routes_served(client: httpx.Client, path: str) -> None:
+    """A base URL one path too deep (``cohere.ClientV2(base_url=URL + "/v1")`` posts to ``/v1/v2/rerank``) is told
+    what it asked for and what is served, not a bare "Not Found"."""
+    body = assert_error(client.post(path, json={"query": "a", "documents": ["a"]}), 404, "not_found")
+    assert body["message"] == f"no route POST {path}; this server answers {ROUTES}"
+
+
+def test_a_wrong_method_is_a_405_naming_it_and_what_the_path_answers(client: httpx.Client) -> None:
+    resp = client.get("/v1/rerank")
+    body = assert_error(resp, 405, "method_not_allowed")
+    assert body["message"] == f"no route GET /v1/rerank (/v1/rerank answers POST only); this server answers {ROUTES}"
+    assert resp.headers["allow"] == "POST"
+
+
+def test_a_404_repeats_at_most_200_characters_of_the_path(client: httpx.Client) -> None:
+    path = "/" + "x" * 500
+    body = assert_error(client.get(path), 404, "not_found")
+    assert body["message"] == f"no route GET {path[:200]}...; this server answers {ROUTES}"

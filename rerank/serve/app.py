@@ -4,7 +4,8 @@
 Every error answers a JSON body ``{"message", "error", "detail", "error_type"}`` (``message`` is Cohere's field,
 ``error`` TEI's, ``detail`` Jina's, the same text) and never a stack trace: 400 malformed JSON (nested too deeply, a
 number too long), invalid UTF-8 or a lone surrogate (the message names where); 401 missing/wrong bearer token
-(checked on the headers, before the body is read); 413 too long text (a query, or a document when truncation is
+(checked on the headers, before the body is read); 404 / 405 a path or method not served (naming the one asked
+for and the routes served); 413 too long text (a query, or a document when truncation is
 refused) / body too large / too many documents for a head that must see them together or for the queue; 415 a body
 that is not sent as JSON; 422 invalid request (naming the field); 429 queue full; 500 reranker failure; 503 the
 batcher is not running (an app served without its lifespan: ``rerank serve`` listens only while it runs); 504 request
@@ -64,6 +65,9 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 ENDPOINTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/info", "/health", "/metrics")
+#: the routes a 404 or 405 names
+SERVED_ROUTES = "POST /v1/rerank, /v2/rerank, /rerank (and GET /info, GET /metrics, GET or HEAD /health)"
+_PATH_SHOWN = 200  # characters of an unknown path a 404 repeats
 OPEN_PATHS = ("/health",)
 #: the reranker's per-call warnings (outputs that failed to parse, prompts fitted to the context): the first of each
 #: kind, then at most one this often, saying how many were held back (its ``stats`` count them all)
@@ -170,6 +174,14 @@ def root_body_model(data: dict[str, Any]) -> type[TeiRerankRequest] | type[Coher
     found = "both 'texts' and 'documents'" if has_texts else "neither 'texts' nor 'documents'"
     raise ApiError(422, "invalid_request", f"POST /rerank takes TEI's body {{query, texts, ...}} or Infinity's "
                    f"{{query, documents, ...}}; this body has {found}")
+
+
+def no_route_message(method: str, path: str, allow: str | None = None) -> str:
+    """A 404's or 405's message: the method and path asked for (``allow``: the methods that path answers) and the
+    routes this server answers."""
+    shown = path if len(path) <= _PATH_SHOWN else path[:_PATH_SHOWN] + "..."
+    answers = f" ({shown} answers {allow} only)" if allow else ""
+    return f"no route {method} {shown}{answers}; this server answers {SERVED_ROUTES}"
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -306,9 +318,13 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
         return error_response(exc.status, exc.error_type, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, error_type, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):  # the router's: say what was asked for and what is served
+            message = no_route_message(request.method, request.url.path, (headers or {}).get("Allow"))
+        return error_response(exc.status_code, error_type, message, headers)
 
     @app.exception_handler(_Abandoned)
     async def _abandoned(_: Request, exc: _Abandoned) -> Response:

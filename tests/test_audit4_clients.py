@@ -122,3 +122,19 @@ def test_a_404_repeats_at_most_200_characters_of_the_path(client: httpx.Client) 
     path = "/" + "x" * 500
     body = assert_error(client.get(path), 404, "not_found")
     assert body["message"] == f"no route GET {path[:200]}...; this server answers {ROUTES}"
+
+
+def test_serve_docs_give_each_litellm_provider_its_base_url() -> None:
+    """docs/serve.md's "Clients" lists LiteLLM's providers with the base URL each needs (Infinity's at the root, where
+    ``/rerank`` answers its shape), and the server's per-call warnings interval as the code has it."""
+    from rerank.serve.app import CALL_WARNINGS_EVERY_S
+
+    doc = (HERE.parent / "docs" / "serve.md").read_text()
+    section = doc.split("## Clients", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in section.splitlines() if line.startswith("| `")}
+    assert {"`cohere/`", "`jina_ai/`", "`huggingface/` (TEI)", "`infinity/`", "`hosted_vllm/`, `together_ai/`",
+            "`voyage/`"} <= set(rows)
+    assert "server root" in rows["`infinity/`"] and "/v1" in rows["`hosted_vllm/`, `together_ai/`"]
+    assert "not supported" in rows["`voyage/`"]
+    assert "Infinity-shaped requests are Cohere v1's" not in doc
+    assert CALL_WARNINGS_EVERY_S == 600 and "at most once every 10 minutes" in doc

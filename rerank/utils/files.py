@@ -386,3 +386,51 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
         yield
     finally:
         os.close(fd)
+
+
+#: files up to this size are stamped by their content (configs, tokenizers, small weights); larger ones by size and
+#: modification time, so that a multi-GB model is not read on every run
+STAMP_HASH_LIMIT = 16 << 20
+#: content hashes of this process, by resolved path -> (size, mtime_ns, sha256): each file is read once per change
+_STAMP_HASHES: dict[str, tuple[int, int, str]] = {}
+
+
+def path_stamp(path: str | Path, recursive: bool = True, hash_limit: int | None = STAMP_HASH_LIMIT) -> list[list[Any]]:
+    """What a cache key records of a file or of every file under a folder (``recursive=False``: its top level only;
+    hidden names such as ``.git/`` skipped; symlinks followed): ``[relative path, sha256]`` for a file up to
+    ``hash_limit`` bytes (every file when None), else ``[relative path, size, mtime_ns]``. ``[]`` when absent."""
+    root = Path(path)
+    if root.is_file():
+        files = [(root.name, root)]
+    elif root.is_dir():
+        files = []
+        seen: set[tuple[int, int]] = set()
+
+        def walk(folder: Path, prefix: str) -> None:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:  # a symlink back up the tree
+                return
+            seen.add((st.st_dev, st.st_ino))
+            for entry in os.scandir(folder):
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_file():
+                    files.append((prefix + entry.name, Path(entry.path)))
+                elif recursive and entry.is_dir():
+                    walk(Path(entry.path), prefix + entry.name + "/")
+
+        walk(root, "")
+    else:
+        return []
+    out: list[list[Any]] = []
+    for rel, file in sorted(files):
+        st = file.stat()
+        if hash_limit is not None and st.st_size > hash_limit:
+            out.append([rel, st.st_size, st.st_mtime_ns])
+            continue
+        key = str(file.resolve())
+        seen_hash = _STAMP_HASHES.get(key)
+        if seen_hash is None or seen_hash[:2] != (st.st_size, st.st_mtime_ns):
+            seen_hash = _STAMP_HASHES[key] = (st.st_size, st.st_mtime_ns, sha256_file(file))
+        out.append([rel, seen_hash[2]])
+    return out

@@ -4,18 +4,29 @@
 (``from_pretrained(dir, gguf_file=...)``, needs the ``gguf`` package) and saved as safetensors under
 ``cache_root()/gguf/<sha256>/``; later runs load that folder directly. :func:`gguf_tokenizer` converts only the
 tokenizer (for ``--backend llamacpp``, which runs the file itself), cached the same way.
+
+An entry is used only when it is complete: its config and tokenizer JSON parse and its safetensors files are whole.
+A damaged one (a half-built folder a killed older version left, a deleted or emptied file, a dangling symlink) is
+removed and converted again, with a warning naming it. Processes converting the same file take turns on
+``.<sha256>.lock`` beside the entry (:func:`~rerank.utils.files.file_lock`): a second one waits, then reuses the first's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError
-from rerank.utils.files import publish_dir, sha256_file, temp_dir
+from rerank.utils.files import file_lock, publish_dir, sha256_file, temp_dir
 
 __all__ = ["find_gguf_file", "gguf_to_hf", "gguf_tokenizer"]
 
@@ -38,6 +49,93 @@ def find_gguf_file(model: str | Path) -> Path | None:
     return None
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` is not whole (empty, a header that does not parse, tensors that run past the
+    end or bytes beyond them), else None; reads its header only."""
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path.name} is empty"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"{path.name} is truncated"
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            return f"{path.name} has a damaged header"
+    if not isinstance(header, dict):
+        return f"{path.name} has a damaged header"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2]
+    if 8 + n + max(ends, default=0) != size:
+        return f"{path.name} is truncated or damaged"
+    return None
+
+
+def _entry_problem(entry: Path, required: tuple[str, ...], weights: bool) -> str | None:
+    """Why the cache entry ``entry`` (which exists, or is a symlink) cannot be used: not a folder, a ``required`` file
+    missing, a JSON file empty or unparsable, (with ``weights``) no or damaged safetensors; None when complete."""
+    if not entry.is_dir():
+        return "it is a file or a dangling symlink, not a folder"
+    try:
+        for name in required:
+            if not (entry / name).is_file():
+                return f"{name} is missing"
+        for f in sorted(entry.glob("*.json")):
+            try:
+                json.loads(f.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                return f"{f.name} is empty" if f.stat().st_size == 0 else f"{f.name} is not valid JSON"
+        if weights:
+            shards = sorted(entry.glob("*.safetensors"))
+            index = entry / "model.safetensors.index.json"
+            named = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()) \
+                if index.is_file() else set()
+            if missing := sorted(named - {f.name for f in shards}):
+                return f"{missing[0]} is missing"
+            if not shards:
+                return "it holds no .safetensors weights"
+            for f in shards:
+                if problem := _safetensors_problem(f):
+                    return problem
+    except OSError as e:
+        return f"{e.filename or entry}: {e.strerror or e}"
+    return None
+
+
+@contextlib.contextmanager
+def _building(entry: Path, required: tuple[str, ...], weights: bool, source: Path) -> Iterator[bool]:
+    """Hold the entry's lock (``.<name>.lock`` beside it) for the block and yield whether ``entry`` is complete now
+    (another process built it while this one waited); a damaged entry is removed first, with a warning, so that the
+    block builds it again. An entry that cannot be removed raises :class:`ConfigError` naming it."""
+
+    def waiting() -> None:
+        log.info("another process is converting %s into %s; waiting for it to finish", source, entry)
+
+    with file_lock(entry.parent / f".{entry.name}.lock", on_wait=waiting):
+        if not os.path.lexists(entry):
+            yield False
+            return
+        problem = _entry_problem(entry, required, weights)
+        if problem is None:
+            yield True
+            return
+        log.warning("the GGUF cache entry %s is damaged (%s); converting %s into it again", entry, problem, source)
+        try:
+            if entry.is_symlink() or not entry.is_dir():
+                entry.unlink()
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.damaged.", dir=entry.parent))
+                os.replace(entry, old / "x")
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            raise ConfigError(f"the GGUF cache entry {entry} is damaged ({problem}) and cannot be replaced "
+                              f"({e.strerror or e}): remove that folder (or have its owner remove it), then run again; "
+                              "it is converted again from the .gguf file") from e
+        yield False
+
+
 def _save_atomically(target: Path, save: Any, marker: str) -> None:
     """Run ``save(folder)`` into a temporary folder beside ``target``, then publish it as ``target``
     (:func:`~rerank.utils.files.publish_dir`: another process whose copy, with its ``marker`` file, landed first keeps
@@ -51,6 +149,10 @@ def _save_atomically(target: Path, save: Any, marker: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_TOKENIZER_FILES = ("tokenizer_config.json",)
+_MODEL_FILES = ("config.json", "tokenizer_config.json")
+
+
 def gguf_tokenizer(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Any:
     """The Hugging Face tokenizer stored in ``gguf_file`` (vocabulary, merges, special tokens, chat template), read
     by transformers once and cached by the file's SHA-256 under ``cache_root()/gguf-tokenizer/``."""
@@ -59,22 +161,33 @@ def gguf_tokenizer(gguf_file: str | Path, cache_dir: str | Path | None = None) -
     gguf_file = Path(gguf_file)
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf-tokenizer"
     target = root / sha256_file(gguf_file)
-    if (target / "tokenizer_config.json").exists():
+    if target.is_dir() and _entry_problem(target, _TOKENIZER_FILES, weights=False) is None:
         return AutoTokenizer.from_pretrained(target)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    _save_atomically(target, tokenizer.save_pretrained, "tokenizer_config.json")
+    with _building(target, _TOKENIZER_FILES, weights=False, source=gguf_file) as ready:
+        if ready:
+            return AutoTokenizer.from_pretrained(target)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        _save_atomically(target, tokenizer.save_pretrained, "tokenizer_config.json")
     return tokenizer
 
 
 def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Convert ``gguf_file`` to a safetensors HF folder (model + tokenizer), cached by content hash."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_file = Path(gguf_file)
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "gguf"
     target = root / sha256_file(gguf_file)
-    if (target / "config.json").exists():
+    if target.is_dir() and _entry_problem(target, _MODEL_FILES, weights=True) is None:
         return target
+    with _building(target, _MODEL_FILES, weights=True, source=gguf_file) as ready:
+        if not ready:
+            _convert(gguf_file, target)
+    return target
+
+
+def _convert(gguf_file: Path, target: Path) -> None:
+    """De-quantise ``gguf_file`` with transformers and save model and tokenizer as the cache entry ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     log.info("converting %s to a Hugging Face folder at %s (once)", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
@@ -88,4 +201,3 @@ def gguf_to_hf(gguf_file: str | Path, cache_dir: str | Path | None = None) -> Pa
         (folder / "SOURCE").write_text(f"converted from {gguf_file.resolve()}\n", encoding="utf-8")
 
     _save_atomically(target, save, "config.json")
-    return target

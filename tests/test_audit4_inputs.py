@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,8 @@ from rerank.config import from_dict
 from rerank.heads.base import as_candidates
 from rerank.heads.permutation import parse_permutation
 from rerank.methods.first.head import FirstReranker
-from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker, parse_group_scores
+from rerank.methods import grouprank as grouprank_package
+from rerank.methods.grouprank.head import GroupRankConfig, GroupRankReranker, grouprank_grammar, parse_group_scores
 from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
 from rerank.methods.setwise.head import SetwiseConfig, SetwiseReranker
 from rerank.testing import build_tokenizer
@@ -213,6 +215,84 @@ def test_grouprank_reward_takes_only_reasoning_then_answer(completion: str, rewa
     task = build_task("grouprank", build_tokenizer(), cfg)
     row = {"prompt": "p", "ids": ["a", "b"], "gold": [2.0, 0.0]}
     assert task.rewards([completion], [row]) == [reward]
+
+
+def _grouprank_task(template: str = "") -> Any:
+    cfg = from_dict(GRPOTrainConfig, {"model": "m", "head": "grouprank", "data": {"path": "t.jsonl"}, "window": 2,
+                                      "template": template})
+    return build_task("grouprank", build_tokenizer(), cfg)
+
+
+@pytest.fixture
+def prefilled(tmp_path: Path) -> str:
+    """GroupRank's shipped template with an assistant prefix that opens the reasoning."""
+    shipped = Path(grouprank_package.__file__).parent / "grouprank.yaml"
+    text = shipped.read_text().replace("name: grouprank\n", 'name: prefilled\nassistant_prefix: "<reason>\\n"\n', 1)
+    path = tmp_path / "prefilled.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("prefix", ["", "<reason>\n"])
+@pytest.mark.parametrize("reasoning", ["", "[1] defines BM25.", "[2] is an HTML page full of <reason> tags; [1] is best."])
+def test_grouprank_sft_target_gets_the_full_reward(prefilled: str, prefix: str, reasoning: str) -> None:
+    """The completion the task trains on, read after the template's assistant prefix, is the paper's format: the
+    GRPO reward pays it as a correct answer, whether the prefix opens the reasoning or the reasoning quotes a tag."""
+    task = _grouprank_task(prefilled if prefix else "")
+    assert task.template.assistant_prefix == prefix
+    example = {"qid": "q", "query": "what is bm25", "reasoning": reasoning, "labels": [2, 0],
+               "candidates": [{"id": "a", "text": "bm25 is a ranking function"}, {"id": "b", "text": "a cake"}]}
+    [sft], [row] = task.sft_rows(example), task.grpo_rows(example)
+    assert sft["prompt"].endswith(prefix) and sft["completion"].count("<reason>") == reasoning.count("<reason>") + (
+        0 if prefix else 1)
+    assert task.rewards([sft["completion"]], [row]) == [pytest.approx(1.3)]
+
+
+_ROW = {"prompt": "p", "ids": ["a", "b"], "gold": [2.0, 0.0]}
+
+
+@pytest.mark.parametrize("completion,reward", [
+    (f"why</reason>\n{_SCORES}", pytest.approx(1.3)),
+    (f"it quotes <reason> and </answer></reason>{_SCORES}", pytest.approx(1.3)),
+    ("why</reason><answer>{not json</answer>", -0.1),
+    (f"{_SCORES}</reason>", -0.5),  # the answer inside the reasoning the prefix opened, then closed
+    (_SCORES, -0.5),  # the answer, reasoning never closed
+    (f"why</reason>\n{_SCORES}<reason>more</reason>", -0.5),  # reasoning again after the answer
+    (f"why</reason>\n{_SCORES}{_SCORES}", -0.5),  # two answers
+])
+def test_grouprank_reward_reads_after_a_prefix_that_opens_the_reasoning(prefilled: str, completion: str,
+                                                                        reward: object) -> None:
+    assert _grouprank_task(prefilled).rewards([completion], [_ROW]) == [reward]
+
+
+@pytest.mark.parametrize("completion", [
+    f"<reason>[1] quotes a <reason> tag from its page</reason>{_SCORES}",
+    f"<reason>[2] shows </answer> in its markup</reason>\n{_SCORES}",
+    '<reason>\nwhy\n</reason>\n<answer>\n{"[1]": 10, "[2]": 0}\n</answer>',
+    f"<reason>a <answer> tag</reason>{_SCORES}",
+    f"</reason><reason>why</reason>{_SCORES}",
+])
+def test_grouprank_grammar_valid_outputs_are_exactly_the_rewarded_ones(completion: str) -> None:
+    """A constrained (grammar-valid) output parses clean and gets the full reward; the grammar refuses ``<answer>``
+    inside the reasoning and a stray tag before it, which the reward calls bad tags."""
+    task = _grouprank_task()
+    valid = grouprank_grammar(2, task.template.assistant_prefix).matches(completion)
+    parsed = parse_group_scores(completion, 2)
+    assert task.rewards([completion], [_ROW]) == [pytest.approx(1.3) if valid else -0.5]
+    assert not valid or (parsed.scores == [10.0, 0.0] and parsed.fixes == [])
+
+
+def test_grouprank_head_reads_after_a_prefix_that_opens_the_reasoning(prefilled: str) -> None:
+    """The head parses the template's assistant prefix + the output, as the reward does: the continuation the
+    grammar expects is clean, an answer with the reasoning the prefix opened never closed is a repair."""
+    outputs = iter(['why</reason>\n<answer>{"[1]": 9, "[2]": 1}</answer>', '<answer>{"[1]": 9, "[2]": 1}</answer>'])
+    backend = ScriptedBackend(build_tokenizer(), generate_fn=lambda prompt: next(outputs))
+    head = GroupRankReranker(GroupRankConfig(group_size=2, repeats=1, fusion_weight=1.0, template=prefilled),
+                             backend=backend)
+    head.rerank("q", ["one", "two"])
+    assert head.stats.parse_failures == 0 and head.stats.repaired == 0
+    head.rerank("q", ["one", "two"])
+    assert head.stats.repaired == 1
 
 
 def test_grouprank_head_names_an_early_answer_before_an_unclosed_reasoning() -> None:

@@ -2,15 +2,16 @@
 
 Candidates are shuffled (seeded, per query) into groups of ``group_size``; the model writes
 ``<reason>…</reason><answer>{"[1]": 5, …}</answer>`` for each group. The grouping is repeated ``repeats`` times with
-new shuffles and each document's scores are averaged, then divided by 10. The answer read is the model's final one:
+new shuffles and each document's scores are averaged, then divided by 10. The output is read after the template's
+assistant prefix (a prefix ending in ``<reason>`` opens the reasoning), and the answer read is the model's final one:
 the last ``<answer>`` after the reasoning closes (an ``<answer>`` inside ``<reason>``, e.g. quoted from a passage, is
 ignored; several answers, or an unclosed ``<reason>``, count as repairs). An ``<answer>`` written before ``<reason>``
 opens is the model's answer in the wrong order, not a quotation: without an answer after the reasoning (closed or
 not) the head reads it (a repair), as a parser that takes any ``<answer>`` would; with one, it is ignored. The GRPO
-reward (:mod:`rerank.methods.grouprank.task`) takes only the paper's format, ``<reason>…</reason>`` then
-``<answer>…</answer>`` with each tag once: an answer before the reasoning, closed or not, or with no reasoning at all
-gets the bad-tags penalty, as low as any output without the tags. The
-JSON is parsed leniently (single quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids
+reward (:mod:`rerank.methods.grouprank.task`) reads the same text and takes only the paper's order, the reasoning
+closed by ``</reason>`` then one ``<answer>…</answer>``: an answer before the reasoning, closed or not, or with no
+reasoning at all gets the bad-tags penalty, as low as any output without the tags; reasoning that quotes ``<reason>``
+does not. The JSON is parsed leniently (single quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids
 missing from the answer scored 0; a score that is not a finite number — NaN, Infinity, ``true`` — and an id repeated
 after its first score are dropped, that id scoring 0); an answer with no usable score scores every document of its
 group 0. Both cases are counted in ``stats``.
@@ -299,9 +300,10 @@ class GroupRankReranker(LLMReranker):
                 chunk = members[b : b + size]
                 outputs = self.backend.generate([p for _, _, p in chunk], gen)
                 for (qi, group, _), text in zip(chunk, outputs, strict=True):
-                    parsed = parse_group_scores(text, len(group), answer_first=True)
+                    full = self.template.assistant_prefix + text
+                    parsed = parse_group_scores(full, len(group), answer_first=True)
                     fixes = [*parsed.fixes, "no score read: the group scores 0"] if parsed.failed else parsed.fixes
-                    self.record_output(text, failed=parsed.failed, fixes=fixes)
+                    self.record_output(text, failed=parsed.failed, fixes=fixes, example=full)
                     for j, s in zip(group, parsed.scores, strict=True):
                         sums[qi][j] += s
                         counts[qi][j] += 1

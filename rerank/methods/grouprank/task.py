@@ -4,10 +4,14 @@ SFT target scores (0-10): ``teacher_scores`` (0-10, rounded; a row outside 0-10 
 ``grouprank`` teacher-label recipe writes them) if given, else the graded labels scaled by the example's top grade;
 the reason text is the example's ``reasoning`` (empty if absent). GRPO reward:
 :func:`rerank.methods.grouprank.reward.grouprank_reward` (nDCG@10 + 0.2·Recall@10 + 0.1·(1 − JS) when valid, −0.1
-for invalid JSON, −0.5 for bad tags). The tags are good only in the paper's format: ``<reason>``, ``</reason>``,
-``<answer>``, ``</answer>``, each once and in that order, so an answer before the reasoning (closed or not) or without
-any is bad tags. Parsing is the head's own lenient :func:`rerank.methods.grouprank.head.parse_group_scores`; an
-answer it had to repair as JSON counts as invalid JSON.
+for invalid JSON, −0.5 for bad tags). The reward reads the completion as the head does, after the template's assistant
+prefix, and its tags are good only in the paper's order: ``<reason>`` opens the reasoning, the first ``</reason>``
+closes it, then one ``<answer>…</answer>``; no ``<answer>`` before that ``</reason>`` and no reasoning tag after it.
+So an answer before the reasoning (closed or not), reasoning never closed, or no reasoning is bad tags, while
+reasoning text that quotes ``<reason>`` or ``</answer>`` (as the constrained grammar allows) is not. The SFT completion
+is the target after the assistant prefix: a prefix ending in ``<reason>`` opens the reasoning, which is not opened again.
+Parsing is the head's own lenient :func:`rerank.methods.grouprank.head.parse_group_scores`; an answer it had to repair
+as JSON counts as invalid JSON.
 """
 
 from __future__ import annotations
@@ -21,16 +25,23 @@ from rerank.trainers.task import Parsed, Task, target_scores
 
 __all__ = ["GroupRankTask"]
 
-_TAGS = ("<reason>", "</reason>", "<answer>", "</answer>")
+_REASON_OPEN, _REASON_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE = "<reason>", "</reason>", "<answer>", "</answer>"
 _JSON_FIXES = ("invalid JSON", "quotes/trailing comma", "missing '{'", "missing '}'", "non-numeric")
 
 
 def _tags_in_order(text: str) -> bool:
-    """Whether ``text`` has the paper's tags: ``<reason>…</reason>`` then ``<answer>…</answer>``, each tag once."""
-    if any(text.count(tag) != 1 for tag in _TAGS):
+    """Whether ``text`` (assistant prefix + completion) is in the paper's order: ``<reason>`` with no tag before it,
+    the first ``</reason>`` after it with no ``<answer>`` between, then one ``<answer>…</answer>`` and no reasoning tag."""
+    opening = text.find(_REASON_OPEN)
+    if opening < 0 or any(tag in text[:opening] for tag in (_REASON_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)):
         return False
-    places = [text.index(tag) for tag in _TAGS]
-    return places == sorted(places)
+    close = text.find(_REASON_CLOSE, opening + len(_REASON_OPEN))
+    if close < 0 or _ANSWER_OPEN in text[opening:close]:
+        return False
+    tail = text[close + len(_REASON_CLOSE) :]
+    if tail.count(_ANSWER_OPEN) != 1 or tail.count(_ANSWER_CLOSE) != 1 or _REASON_OPEN in tail or _REASON_CLOSE in tail:
+        return False
+    return tail.index(_ANSWER_OPEN) < tail.index(_ANSWER_CLOSE)
 
 
 class GroupRankTask(Task):
@@ -53,13 +64,24 @@ class GroupRankTask(Task):
 
     @staticmethod
     def target(scores: list[int], reasoning: str = "") -> str:
+        """The whole answer in the paper's format: ``<reason>reasoning</reason>`` then the scores' ``<answer>``."""
         answer = json.dumps({f"[{k + 1}]": s for k, s in enumerate(scores)})
-        return f"<reason>{reasoning}</reason>\n<answer>{answer}</answer>"
+        return f"{_REASON_OPEN}{reasoning}{_REASON_CLOSE}\n{_ANSWER_OPEN}{answer}{_ANSWER_CLOSE}"
+
+    def completion(self, scores: list[int], reasoning: str = "") -> str:
+        """The SFT completion: :meth:`target` after the template's assistant prefix (the prompt ends with it); a prefix
+        that opens the reasoning is followed by the reasoning itself."""
+        text, prefix = self.target(scores, reasoning), self.template.assistant_prefix
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+        if prefix.rstrip().endswith(_REASON_OPEN):
+            return text[len(_REASON_OPEN) :]
+        return text
 
     def sft_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
         targets = target_scores(example)
         return [{"prompt": self.group_prompt(example, g),
-                 "completion": self.target([targets[j] for j in g], example.get("reasoning", ""))}
+                 "completion": self.completion([targets[j] for j in g], example.get("reasoning", ""))}
                 for g in self.windows(example, self.cfg.window)]
 
     def grpo_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,4 +108,4 @@ class GroupRankTask(Task):
         return out
 
     def max_completion_tokens(self) -> int:
-        return len(self.tokenizer.encode(self.target([10] * self.cfg.window), add_special_tokens=False)) + 8
+        return len(self.tokenizer.encode(self.completion([10] * self.cfg.window), add_special_tokens=False)) + 8

@@ -31,7 +31,7 @@ from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES
 from rerank.eval.pipeline import EvalConfig, check_interpolate, check_positive_int, run_eval
 from rerank.models import check_model_path
-from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
+from rerank.utils.files import atomic_write, hash_obj, path_stamp, write_json
 
 __all__ = [
     "ColumnSpec",
@@ -287,25 +287,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-#: file content hashes of this process, by resolved path -> (size, mtime_ns, sha256): each file is read once per change
-_HASHES: dict[str, tuple[int, int, str]] = {}
-
-
-def _stamp(path: Path) -> list[Any]:
-    """Name and content hash of a file, or of the files of a folder (one level deep, subfolders not read): the same
-    bytes written again at the same path (a dataset downloaded or copied again in place, new file times) keep their
-    cells, a changed or added file reruns them. The path itself is in the cell's config (:func:`_cell_hash`), so a
-    copy elsewhere or a moved model reruns. Hashes are remembered by size and mtime within the process."""
-    if path.is_file():
-        st = path.stat()
-        key = str(path.resolve())
-        seen = _HASHES.get(key)
-        if seen is None or seen[:2] != (st.st_size, st.st_mtime_ns):
-            seen = _HASHES[key] = (st.st_size, st.st_mtime_ns, sha256_file(path))
-        return [path.name, seen[2]]
-    if path.is_dir():
-        return sorted(_stamp(p) for p in path.iterdir() if p.is_file())
-    return []
+def _stamp(path: Path, model: bool = False) -> list[Any]:
+    """What a cell's key records of a file or folder (:func:`~rerank.utils.files.path_stamp`). Data: the content of a
+    file or of a folder's top-level files, so the same bytes written again at the same path (a dataset downloaded or
+    copied again in place, new file times) keep their cells. A ``model``: every file under the folder, subfolders
+    included (a saved bi-encoder's weights are in ``0_Transformer/``), files over 16 MiB by size and mtime so that a
+    multi-GB model is not read on every run. The path itself is in the cell's config (:func:`_cell_hash`), so a copy
+    elsewhere or a moved model reruns."""
+    stamp = path_stamp(path) if model else path_stamp(path, recursive=False, hash_limit=None)
+    return stamp[0] if stamp and path.is_file() else stamp
 
 
 def _cell_config(row: RowSpec, col: ColumnSpec, dataset_root: Path) -> EvalConfig:
@@ -332,8 +322,8 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     """The key a cell is reused by: its eval options, paths included (the dataset folder and its run resolved, model
     folders as the row gives them once placeholders expand: the same files elsewhere are another key); the
     :func:`_stamp` of every top-level file of the dataset folder (any of them, even a run only another retriever
-    reads, reruns every cell of that dataset), of ``qrels/``, ``excluded/``, the first-stage run and local model
-    folders; and the rerank version. A model named by its hub id is keyed by the name alone."""
+    reads, reruns every cell of that dataset), of ``qrels/``, ``excluded/``, the first-stage run, and of every file
+    under a local model folder; and the rerank version. A model named by its hub id is keyed by the name alone."""
     from rerank import __version__
 
     key = {k: v for k, v in to_dict(cfg).items() if k != "output"}
@@ -346,7 +336,7 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
         stamps["first_stage"] = _stamp(Path(cfg.first_stage))
     for name, model in (("model", cfg.model), ("retriever_model", cfg.retriever_options.get("model"))):
         if model and Path(str(model)).exists():
-            stamps[name] = _stamp(Path(str(model)))
+            stamps[name] = _stamp(Path(str(model)), model=True)
     return hash_obj({"config": key, "stamps": stamps})
 
 

@@ -1,8 +1,10 @@
 """Audit fixes: a leaderboard cell follows a model folder's files in its subfolders (a bi-encoder saved again in place
-reruns its cell)."""
+reruns its cell), and a damaged cached cell is run again with a warning naming the file instead of a traceback."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -87,6 +89,67 @@ def test_cell_hash_reads_model_subfolders_and_stamps_large_weights_by_size_and_t
     (model / "2_Dense" / "config.json").write_text("{}")
     assert _cell_hash(cfg, tiny_beir_dir) != added
     assert big not in hashed
+
+
+DAMAGE = {
+    "garbage cell.json": ("cell.json", lambda p: p.write_text("{oops"), "not valid JSON"),
+    "cell.json a list": ("cell.json", lambda p: p.write_text("[]"), "holds a JSON list"),
+    "hash not a string": ("cell.json", lambda p: p.write_text('{"hash": 1}'), "'hash' is not a JSON string"),
+    "empty metrics.json": ("metrics.json", lambda p: p.write_text(""), "not valid JSON"),
+    "metrics.json without per_query": (
+        "metrics.json", lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items()
+                                                           if k != "per_query"})), "no 'per_query'"),
+    "per_query entries not objects": (
+        "metrics.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "per_query": {"q1": 1}})),
+        "'per_query' entry is not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_a_damaged_cached_cell_runs_again_with_a_warning_naming_the_file(
+        case: str, tmp_path: Path, tiny_beir_dir: Path, run_cli, caplog: pytest.LogCaptureFixture) -> None:
+    """A garbage cell.json or an empty metrics.json gave 'Expecting value…' naming no file, a metrics.json without
+    per_query a KeyError traceback: a cell is derived from its inputs, so it runs again."""
+    args = _board(tmp_path, tiny_beir_dir, [{"name": "BM25", "retriever": "bm25"}])
+    rc, out, err = run_cli(*args)
+    assert rc == 0 and "1 cells run" in out, err
+    cell = tmp_path / "results" / "BM25" / "tiny"
+    want = json.loads((tmp_path / "results" / "leaderboard.json").read_text())["rows"][0]["columns"]
+    name, damage, why = DAMAGE[case]
+    damage(cell / name)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rerank.eval.leaderboard"):
+        rc, out, err = run_cli(*args)
+    assert rc == 0 and "1 cells run, 0 reused" in out and "Traceback" not in err, err
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and str(cell / name) in warned[0] and why in warned[0], warned
+    assert "\n" not in warned[0] and "running cell 'BM25' x 'tiny' again" in warned[0]
+    assert json.loads((tmp_path / "results" / "leaderboard.json").read_text())["rows"][0]["columns"] == want
+    rc, out, _ = run_cli(*args)
+    assert rc == 0 and "0 cells run, 1 reused" in out  # the cell was written whole again
+
+
+def test_only_cached_lists_a_damaged_cell_as_not_run(tmp_path: Path, tiny_beir_dir: Path, run_cli) -> None:
+    args = _board(tmp_path, tiny_beir_dir, [{"name": "BM25", "retriever": "bm25"}])
+    assert run_cli(*args)[0] == 0
+    (tmp_path / "results" / "BM25" / "tiny" / "metrics.json").write_text("")
+    rc, out, err = run_cli(*args, "--only-cached")
+    assert rc == 0 and "0 cells run, 0 reused" in out and "'BM25' x 'tiny' not run" in out, err
+
+
+def test_a_cell_of_another_config_is_not_called_damaged(tmp_path: Path, tiny_beir_dir: Path, run_cli,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Another hash is a plain miss: no warning, even when that cell's metrics.json is damaged too."""
+    args = _board(tmp_path, tiny_beir_dir, [{"name": "BM25", "retriever": "bm25"}])
+    assert run_cli(*args)[0] == 0
+    cell = tmp_path / "results" / "BM25" / "tiny"
+    saved = json.loads((cell / "cell.json").read_text())
+    (cell / "cell.json").write_text(json.dumps({**saved, "hash": "0" * 16}))
+    (cell / "metrics.json").write_text("")
+    with caplog.at_level(logging.WARNING, logger="rerank.eval.leaderboard"):
+        rc, out, err = run_cli(*args)
+    assert rc == 0 and "1 cells run" in out, err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_copied_model_folder_keeps_the_shape_of_its_stamp(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """``rerank leaderboard``: a matrix of (first stage, reranker, backend, model) rows x dataset columns.
 
 Each cell is one :func:`rerank.eval.pipeline.run_eval` written to ``<results>/<row>/<column>/`` with a ``cell.json``
-holding the cell's config hash; a later run reuses a cell whose hash matches (unless ``force``). The Markdown
+holding the cell's config hash; a later run reuses a cell whose hash matches (unless ``force``), and runs a cell
+whose ``cell.json`` or ``metrics.json`` is damaged again, with a warning naming the file. The Markdown
 leaderboard shows measured rows (primary measure per column, the average over the columns marked ``in_average``,
 queries/s) and, in a separate table, published reference figures from ``published.yaml``. Significance: a paired
 two-sided randomization test (sign flips of per-query differences) of every measured row against the first row that
@@ -355,6 +356,46 @@ def _cell_summary(metrics: dict[str, Any], measure: str) -> dict[str, Any]:
     }
 
 
+#: what a cached cell's files must hold to be reused: key -> JSON type (``_cell_summary`` reads these)
+_CELL_KEYS = {"cell.json": {"hash": str}, "metrics.json": {"metrics": dict, "per_query": dict, "timing_s": dict,
+                                                           "num_queries": int}}
+_JSON_TYPE = {dict: "object", str: "string", int: "integer"}
+
+
+def _read_cell_file(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``path`` (a cell's ``cell.json`` or ``metrics.json``) as a dict, or None and what is wrong with it."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        return None, f"not valid JSON ({e})"
+    if not isinstance(data, dict):
+        return None, f"holds a JSON {type(data).__name__}, not an object"
+    for key, kind in _CELL_KEYS[path.name].items():
+        if not isinstance(data.get(key), kind):
+            return None, f"no {key!r}" if key not in data else f"{key!r} is not a JSON {_JSON_TYPE[kind]}"
+    if path.name == "metrics.json" and not all(isinstance(v, dict) for v in data["per_query"].values()):
+        return None, "a 'per_query' entry is not a JSON object"
+    return data, ""
+
+
+def _cached_cell(out: Path, h: str, cell: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A finished cell's ``cell.json`` and ``metrics.json`` when its hash is ``h``, else ``(None, None)``. A cell is
+    derived from its inputs, so a damaged file of it is a miss: one warning names the file and the cell runs again."""
+    files = [out / "cell.json", out / "metrics.json"]
+    if not all(f.exists() for f in files):
+        return None, None
+    loaded = []
+    for f in files:
+        data, why = _read_cell_file(f)
+        if data is None:
+            log.warning("%s: damaged cached result, %s; running cell %s again", f, why, cell)
+            return None, None
+        if f.name == "cell.json" and data["hash"] != h:  # another config or other inputs: not this cell's result
+            return None, None
+        loaded.append(data)
+    return loaded[0], loaded[1]
+
+
 def run_leaderboard(
     config_path: str | Path,
     data_root: str | Path | None = None,
@@ -406,15 +447,9 @@ def run_leaderboard(
             h = _cell_hash(ecfg, roots[col.label])
             out = results / _slug(row.name) / _slug(col.label)
             cell_file = out / "cell.json"
-            metrics = None
-            saved = None
-            if not force and cell_file.exists() and (out / "metrics.json").exists():
-                saved = json.loads(cell_file.read_text(encoding="utf-8"))
-                if saved.get("hash") != h:
-                    saved = None
-                else:
-                    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-                    log.info("reusing %s / %s (hash %s)", row.name, col.label, h)
+            saved, metrics = (None, None) if force else _cached_cell(out, h, f"'{row.name}' x '{col.label}'")
+            if metrics is not None:
+                log.info("reusing %s / %s (hash %s)", row.name, col.label, h)
             reused = metrics is not None
             if metrics is None and only_cached:
                 notes.append(f"cell '{row.name}' x '{col.label}' not run (no cached result for its config)")

@@ -11,10 +11,10 @@ not) the head reads it (a repair), as a parser that takes any ``<answer>`` would
 reward (:mod:`rerank.methods.grouprank.task`) reads the same text and takes only the paper's order, the reasoning
 closed by ``</reason>`` then one ``<answer>…</answer>``: an answer before the reasoning, closed or not, or with no
 reasoning at all gets the bad-tags penalty, as low as any output without the tags; reasoning that quotes ``<reason>``
-does not. The JSON is parsed leniently (single quotes, trailing commas, missing braces or tags, out-of-range scores clipped, ids
-missing from the answer scored 0; a score that is not a finite number — NaN, Infinity, ``true`` — and an id repeated
-after its first score are dropped, that id scoring 0); an answer with no usable score scores every document of its
-group 0. Both cases are counted in ``stats``.
+does not. The JSON is parsed leniently (single quotes, trailing commas, missing braces or tags, out-of-range scores
+clipped, ids missing from the answer scored 0; a score that is not a finite number — NaN, Infinity, ``true`` — and an
+id repeated after its first score are dropped, that id scoring 0); an answer with no usable score scores every
+document of its group 0. Both cases are counted in ``stats``.
 
 With ``constrained: true`` generation is restricted to the template's answer format (:func:`grouprank_grammar`:
 ``<reason>`` free text without ``<answer>`` ``</reason>``, then ``<answer>`` and a JSON object with the keys

@@ -8,10 +8,10 @@ for invalid JSON, −0.5 for bad tags). The reward reads the completion as the h
 prefix, and its tags are good only in the paper's order: ``<reason>`` opens the reasoning, the first ``</reason>``
 closes it, then one ``<answer>…</answer>``; no ``<answer>`` before that ``</reason>`` and no reasoning tag after it.
 So an answer before the reasoning (closed or not), reasoning never closed, or no reasoning is bad tags, while
-reasoning text that quotes ``<reason>`` or ``</answer>`` (as the constrained grammar allows) is not. The SFT completion
-is the target after the assistant prefix: a prefix ending in ``<reason>`` opens the reasoning, which is not opened again.
-Parsing is the head's own lenient :func:`rerank.methods.grouprank.head.parse_group_scores`; an answer it had to repair
-as JSON counts as invalid JSON.
+reasoning text that quotes ``<reason>`` or ``</answer>`` (as the constrained grammar allows) is not. The SFT
+completion is the target after the assistant prefix: a prefix ending in ``<reason>`` opens the reasoning, which is not
+opened again. Parsing is the head's own lenient :func:`rerank.methods.grouprank.head.parse_group_scores`; an answer it
+had to repair as JSON counts as invalid JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ _JSON_FIXES = ("invalid JSON", "quotes/trailing comma", "missing '{'", "missing 
 
 
 def _tags_in_order(text: str) -> bool:
-    """Whether ``text`` (assistant prefix + completion) is in the paper's order: ``<reason>`` with no tag before it,
-    the first ``</reason>`` after it with no ``<answer>`` between, then one ``<answer>…</answer>`` and no reasoning tag."""
+    """Whether ``text`` (assistant prefix + completion) is in the paper's order: ``<reason>`` with no tag before it, the
+    first ``</reason>`` after it with no ``<answer>`` between, then one ``<answer>…</answer>`` and no reasoning tag."""
     opening = text.find(_REASON_OPEN)
     if opening < 0 or any(tag in text[:opening] for tag in (_REASON_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)):
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,8 @@ def prefilled(tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("prefix", ["", "<reason>\n"])
-@pytest.mark.parametrize("reasoning", ["", "[1] defines BM25.", "[2] is an HTML page full of <reason> tags; [1] is best."])
+@pytest.mark.parametrize("reasoning", ["", "[1] defines BM25.",
+                                       "[2] is an HTML page full of <reason> tags; [1] is best."])
 def test_grouprank_sft_target_gets_the_full_reward(prefilled: str, prefix: str, reasoning: str) -> None:
     """The completion the task trains on, read after the template's assistant prefix, is the paper's format: the
     GRPO reward pays it as a correct answer, whether the prefix opens the reasoning or the reasoning quotes a tag."""
@@ -395,24 +397,26 @@ _LONG = ["short one", "a b c " * 60, "short two"]
 
 def test_call_warnings_first_then_one_per_interval_with_a_count(monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    """A server's filter: the first of each kind, then none until the interval passed, and that one says how many
+    """A server's policy: the first of each kind, then none until the interval passed, and that one says how many
     were held back; the stats count every call."""
-    import rerank.heads.llm as llm
+    import rerank.heads.base as base
 
     clock = [1000.0]
-    monkeypatch.setattr(llm.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock[0])
     head = _failing_fitted_listwise()
-    with caplog.at_level(logging.WARNING), llm.held_call_warnings(every=600):
+    with caplog.at_level(logging.WARNING), head.warning_policy(base.CallWarnings(every=600)) as policy:
         for _ in range(4):
             head.rerank("q", _LONG)
         clock[0] += 601
+        head.rerank("q", _LONG)
         head.rerank("q", _LONG)
     got = _per_call_warnings(caplog)
     assert len(got) == 4 and sum("fitted to the model's context" in m for m in got) == 2
     assert sum("failed to parse" in m for m in got) == 2
     held = [m.endswith("; 3 more such warning(s) held back since the last one") for m in got]
     assert held == [False, False, True, True]
-    assert head.stats.fitted_prompts == 10 and head.stats.parse_failures == 10
+    assert head.stats.fitted_prompts == 12 and head.stats.parse_failures == 12
+    assert policy.held_back() == {"outputs": 1, "fitted": 1} and policy.held_back() == {}
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         head.rerank("q", _LONG)  # outside the block: a warning per call again
@@ -420,6 +424,7 @@ def test_call_warnings_first_then_one_per_interval_with_a_count(monkeypatch: pyt
 
 
 def test_rerank_serve_logs_the_per_call_warnings_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The first of each kind, then none within 10 minutes; at shutdown one warning counts those held back since."""
     from fastapi.testclient import TestClient
 
     from rerank.serve import create_app
@@ -428,14 +433,39 @@ def test_rerank_serve_logs_the_per_call_warnings_once(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING), TestClient(create_app(head)) as c:
         for _ in range(6):
             assert c.post("/v1/rerank", json={"query": "q", "documents": _LONG}).status_code == 200
+        assert len(_per_call_warnings(caplog)) == 2
     got = _per_call_warnings(caplog)
     assert len(got) == 2 and head.stats.fitted_prompts == 12 and head.stats.parse_failures == 12
+    (held,) = [r.getMessage() for r in caplog.records if "held back since the last one logged" in r.getMessage()]
+    assert held == ("listwise: per-call warnings held back since the last one logged, at shutdown: 5 on prompts fitted "
+                    "to the model's context, 5 on model outputs that failed to parse or were repaired (the reranker's "
+                    "stats count every call)")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        head.rerank("q", _LONG)  # the app stopped: its policy is gone
+    assert len(_per_call_warnings(caplog)) == 2
 
 
-def test_rerank_rank_holds_the_per_chunk_warnings(caplog: pytest.LogCaptureFixture) -> None:
-    """rank's chunks of BATCH_QUERIES queries log nothing per call; its summary line has the totals."""
+def test_two_apps_hold_only_their_own_rerankers_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """Two apps in one process: each logs its own reranker's first warnings (one app's interval held the other's)."""
+    from fastapi.testclient import TestClient
+
+    from rerank.serve import create_app
+
+    a, b = _failing_fitted_listwise(), _failing_fitted_listwise()
+    with caplog.at_level(logging.WARNING), TestClient(create_app(a)) as ca, TestClient(create_app(b)) as cb:
+        for c in (ca, cb, ca, cb):
+            assert c.post("/v1/rerank", json={"query": "q", "documents": _LONG}).status_code == 200
+    assert len(_per_call_warnings(caplog)) == 4
+
+
+def test_rerank_rank_holds_the_per_chunk_warnings(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """rank's chunks of BATCH_QUERIES queries log nothing per call, also where logging records no function names;
+    its summary line has the totals."""
     from rerank.cli.rank_cmd import BATCH_QUERIES, _rerank_jobs, _stats_note
 
+    monkeypatch.setattr(logging, "_srcfile", None)  # the logging docs' optimisation: every funcName is unknown
     head = _failing_fitted_listwise()
     jobs = [(Query(f"q{i}", "q"), as_candidates(_LONG), []) for i in range(2 * BATCH_QUERIES + 1)]
     with caplog.at_level(logging.WARNING):
@@ -446,21 +476,27 @@ def test_rerank_rank_holds_the_per_chunk_warnings(caplog: pytest.LogCaptureFixtu
     assert f"{n} prompts fitted to the context" in _stats_note(head.stats)
 
 
-def test_rerank_eval_logs_one_warning_with_the_run_totals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """eval's chunks log nothing per call (nor do pool workers: _rerank_chunk); one warning has the run's totals."""
+def _mini_eval(root: Path) -> Any:
+    """A five-query dataset and run whose middle document fills the listwise head's short context."""
     from rerank.data.io import write_jsonl, write_qrels, write_run
-    from rerank.eval.pipeline import EvalConfig, _rerank_chunk, run_eval
+    from rerank.eval.pipeline import EvalConfig
 
-    root = tmp_path / "mini"
-    texts = ["short one", "a b c " * 60, "short two"]
-    write_jsonl([{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(texts)], root / "corpus.jsonl")
+    write_jsonl([{"_id": f"d{i}", "title": "", "text": t} for i, t in enumerate(_LONG)], root / "corpus.jsonl")
     write_jsonl([{"_id": f"q{i}", "text": "q"} for i in range(5)], root / "queries.jsonl")
     write_qrels({f"q{i}": {"d1": 1} for i in range(5)}, root / "qrels" / "test.tsv", beir=True)
     write_run({f"q{i}": [(f"d{j}", 3.0 - j) for j in range(3)] for i in range(5)}, root / "run.trec")
-    cfg = EvalConfig(dataset=str(root), first_stage=str(root / "run.trec"), top_k=3, batch_queries=2,
-                     llm_cache=False)
+    return EvalConfig(dataset=str(root), first_stage=str(root / "run.trec"), top_k=3, batch_queries=2,
+                      llm_cache=False)
+
+
+def test_rerank_eval_logs_one_warning_with_the_run_totals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """eval's chunks log nothing per call (nor do pool workers: _rerank_chunk); one warning has the run's totals."""
+    from rerank.eval.pipeline import _rerank_chunk, run_eval
+
+    cfg = _mini_eval(tmp_path / "mini")
+    head = _failing_fitted_listwise()
     with caplog.at_level(logging.WARNING):
-        metrics = run_eval(cfg, reranker=_failing_fitted_listwise(), progress=False)
+        metrics = run_eval(cfg, reranker=head, progress=False)
     assert metrics["parse"]["fitted_prompts"] == 10 and metrics["parse"]["parse_failures"] == 10
     assert _per_call_warnings(caplog) == []
     (total,) = [r.getMessage() for r in caplog.records if "in this run" in r.getMessage()]
@@ -468,8 +504,61 @@ def test_rerank_eval_logs_one_warning_with_the_run_totals(tmp_path: Path, caplog
     assert "10 prompts were fitted to the model's context, with 10 passage cut(s)" in total
     caplog.clear()
     with caplog.at_level(logging.WARNING):
+        head.rerank("q", _LONG)  # the given reranker after the run: its warnings are its own again
+        assert len(_per_call_warnings(caplog)) == 2
         _, stats = _rerank_chunk(_failing_fitted_listwise(), ([Query("q", "q")], [as_candidates(_LONG)]))
-    assert _per_call_warnings(caplog) == [] and stats.fitted_prompts == 2
+    assert len(_per_call_warnings(caplog)) == 2 and stats.fitted_prompts == 2
+
+
+def _beside(warnings: list[str]) -> ListwiseReranker:
+    """A head like :func:`_failing_fitted_listwise` whose first model call waits for another reranker's call in another
+    thread, whose per-call warnings go to ``warnings``."""
+    other = _failing_fitted_listwise()
+
+    def generate(prompt: str) -> str:
+        if not warnings:
+            handler = _ListHandler(warnings)
+            logging.getLogger("rerank").addHandler(handler)
+            try:
+                thread = threading.Thread(target=other.rerank, args=("q", _LONG), name="api-user")
+                thread.start()
+                thread.join()
+            finally:
+                logging.getLogger("rerank").removeHandler(handler)
+        return "no ranking here"
+
+    return ListwiseReranker(ListwiseConfig(window=2, stride=1), backend=ScriptedBackend(
+        build_tokenizer(), generate_fn=generate, context_length=240))
+
+
+class _ListHandler(logging.Handler):
+    """Collects the per-call warnings logged from the thread named ``api-user``."""
+
+    def __init__(self, out: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.threadName == "api-user" and "in this call" in record.getMessage():
+            self.out.append(record.getMessage())
+
+
+@pytest.mark.parametrize("caller", ["rank", "eval", "eval worker"])
+def test_holding_one_rerankers_warnings_leaves_another_threads_alone(tmp_path: Path, caller: str) -> None:
+    """While rank or eval (or a pool worker) holds its reranker's per-call warnings, another reranker called in
+    another thread still logs its own."""
+    from rerank.cli.rank_cmd import _rerank_jobs
+    from rerank.eval.pipeline import _rerank_chunk, run_eval
+
+    warnings: list[str] = []
+    head = _beside(warnings)
+    if caller == "rank":
+        _rerank_jobs(head, [(Query("q", "q"), as_candidates(_LONG), [])])
+    elif caller == "eval":
+        run_eval(_mini_eval(tmp_path / "mini"), reranker=head, progress=False)
+    else:
+        _rerank_chunk(head, ([Query("q", "q")], [as_candidates(_LONG)]))
+    assert len(warnings) == 2 and sum("failed to parse" in m for m in warnings) == 1
 
 
 def test_setwise_prompt_collapses_every_run_of_whitespace() -> None:

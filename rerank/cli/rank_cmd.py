@@ -242,10 +242,10 @@ def _rerank_jobs(reranker: Reranker, jobs: list[Job]) -> dict[str, tuple[RankedR
     per-call warnings (outputs that failed to parse, prompts fitted) are held back: the summary line has the totals."""
     from tqdm.auto import tqdm
 
-    from rerank.heads.llm import held_call_warnings
+    from rerank.heads.base import CallWarnings
 
     rankings: dict[str, tuple[RankedResult, Tail]] = {}
-    with held_call_warnings(), tqdm(total=len(jobs), desc="rerank", unit="q") as bar:
+    with reranker.warning_policy(CallWarnings(hold=True)), tqdm(total=len(jobs), desc="rerank", unit="q") as bar:
         for start in range(0, len(jobs), BATCH_QUERIES):
             chunk = jobs[start : start + BATCH_QUERIES]
             results = reranker.rerank_batch([q for q, _, _ in chunk], [c for _, c, _ in chunk])

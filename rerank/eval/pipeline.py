@@ -50,8 +50,7 @@ from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_ru
 from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
-from rerank.heads.base import Reranker, RerankStats, described_model
-from rerank.heads.llm import held_call_warnings
+from rerank.heads.base import CallWarnings, Reranker, RerankStats, described_model
 from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
@@ -287,7 +286,7 @@ def _rerank_chunk(reranker: Reranker, chunk: tuple[list[Query], list[list[Candid
                   ) -> tuple[list[list[tuple[str, float]]], RerankStats]:
     """A worker's part of :func:`rerank_run`: one chunk's rankings and the parse statistics it added."""
     reranker.stats = RerankStats()
-    with held_call_warnings():  # the parent warns once with the run's totals (run_eval)
+    with reranker.warning_policy(CallWarnings(hold=True)):  # the parent warns once with the run's totals (run_eval)
         return _ranked(reranker.rerank_batch(*chunk)), reranker.stats
 
 
@@ -637,7 +636,9 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             # only the candidates' documents are held (read after prepare_corpus: a head that read the whole corpus
             # there is not read twice)
             docs = given_docs.docs if given_docs is not None else dataset.documents(doc_ids).docs
-            with held_call_warnings():  # one warning with the run's totals below, not one per chunk
+            held = (reranker.warning_policy(CallWarnings(hold=True)) if pool is None  # type: ignore[union-attr]
+                    else contextlib.nullcontext())
+            with held:  # one warning with the run's totals below, not one per chunk (pool workers hold their own)
                 final, rerank_scores, corpus_ids_unknown = rerank_run(
                     pool if pool is not None else reranker, queries, run, docs,  # type: ignore[arg-type]
                     cfg.top_k, cfg.batch_queries, progress, stats, cfg.interpolate,

@@ -8,14 +8,16 @@ A head implements :meth:`Reranker.score_candidates` (one query) and may override
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
 import numbers
 import operator
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -25,13 +27,63 @@ from rerank.errors import ConfigError, RerankError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument, lone_surrogate
 
 __all__ = [
-    "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates", "check_local_model",
-    "described_model", "position_scores", "sigmoid", "split_scores",
+    "CallWarnings", "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates",
+    "check_local_model", "described_model", "position_scores", "sigmoid", "split_scores",
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
 _LOCKS_GUARD = threading.Lock()  # creates each reranker's call lock once
 log = logging.getLogger(__name__)
+
+
+class CallWarnings:
+    """How one reranker logs its per-call warnings (model outputs that failed to parse or were repaired, prompts fitted
+    to the context; its ``stats`` count them all the same). Default: each one. ``hold=True``: none, for a caller that
+    reports the totals itself; ``every=s``: the first of each kind, then at most one every ``s`` seconds, which says
+    how many were held back since."""
+
+    #: the kinds of per-call warning, and what each is about
+    KINDS: ClassVar[dict[str, str]] = {"outputs": "model outputs that failed to parse or were repaired",
+                                       "fitted": "prompts fitted to the model's context"}
+
+    def __init__(self, *, hold: bool = False, every: float | None = None) -> None:
+        if hold and every is not None:
+            raise ValueError("CallWarnings: hold or every, not both")
+        self.hold, self.every = hold, every
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def admit(self, kind: str) -> str | None:
+        """Whether a warning of ``kind`` is logged now: None when it is held back, else the text to end it with (how
+        many of its kind were held back since the last one logged, or nothing)."""
+        if not self.hold and self.every is None:
+            return ""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if self.hold or (last is not None and now - last < self.every):  # type: ignore[operator]
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return None
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        return f"; {held} more such warning(s) held back since the last one" if held else ""
+
+    def held_back(self) -> dict[str, int]:
+        """How many warnings of each kind were held back since the last of their kind was logged; counting starts
+        again."""
+        with self._lock:
+            held, self._held = self._held, {}
+        return held
+
+
+_LOG_EACH = CallWarnings()  # the default policy: keeps no state
 
 
 @dataclass
@@ -240,6 +292,24 @@ class Reranker(ABC):
         self.config = config if config is not None else self.config_class()
         self.stats = RerankStats()
 
+    @property
+    def call_warnings(self) -> CallWarnings:
+        """How this reranker logs its per-call warnings (:class:`CallWarnings`); default: each one."""
+        return self.__dict__.get("_call_warnings", _LOG_EACH)
+
+    @call_warnings.setter
+    def call_warnings(self, policy: CallWarnings) -> None:
+        self.__dict__["_call_warnings"] = policy
+
+    @contextlib.contextmanager
+    def warning_policy(self, policy: CallWarnings) -> Iterator[CallWarnings]:
+        """Inside the block this reranker's per-call warnings follow ``policy``; after it, the policy before."""
+        before, self.call_warnings = self.call_warnings, policy
+        try:
+            yield policy
+        finally:
+            self.call_warnings = before
+
     @staticmethod
     def load(method: str | None = None, model: str | None = None, backend: str = "transformers",
              **options: Any) -> Reranker:
@@ -382,14 +452,18 @@ class Reranker(ABC):
         return results
 
     def _warn_parse_failures(self, outputs: int, failures: int, repaired: int, examples: int) -> None:
-        """Log the model outputs of one call that failed to parse or were repaired (heads say how they repair)."""
+        """Log the model outputs of one call that failed to parse or were repaired (heads say how they repair), as
+        :attr:`call_warnings` says."""
         st = self.stats
         failed, fixed = st.parse_failures - failures, st.repaired - repaired
-        if failed or fixed:
+        if not (failed or fixed):
+            return
+        held = self.call_warnings.admit("outputs")
+        if held is not None:
             shown = st.failure_examples[examples:examples + 1]
             log.warning("%s: %d of %d model outputs failed to parse and %d were repaired in this call (how each head "
-                        "repairs: docs/backends.md)%s", self.method or type(self).__name__, failed,
-                        st.outputs - outputs, fixed, f"; first: {shown[0][:120]!r}" if shown else "")
+                        "repairs: docs/backends.md)%s%s", self.method or type(self).__name__, failed,
+                        st.outputs - outputs, fixed, f"; first: {shown[0][:120]!r}" if shown else "", held)
 
     async def arerank(self, query: str | Query, docs: Sequence[DocInput], top_k: int | None = None) -> RankedResult:
         """:meth:`rerank` for asyncio code: the same ranking, computed without blocking the event loop."""

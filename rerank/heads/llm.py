@@ -8,20 +8,18 @@ instruction and the chat template's tail are never cut. A prompt that still exce
 tokens to generate) is fitted (:meth:`LLMReranker.fit`): the query to at most half the room left for text, then one
 per-passage token cap for that prompt, the largest that fits; a call that fitted prompts logs one warning saying how
 many, and how many passage and query cuts that took, one per passage or query per prompt it is cut in (the running
-counts: ``stats``). :class:`CallWarnings` holds such per-call warnings back for a caller that reports the totals
-itself or that would log them on every request. The training tasks render their prompts with these same methods (a
-head on a :class:`PromptOnlyBackend`), so a trained model sees at inference exactly the prompts it was trained on.
+counts: ``stats``). A reranker's :attr:`~rerank.heads.base.Reranker.call_warnings` holds such per-call warnings back
+for a caller that reports the totals itself or that would log them on every request. The training tasks render their
+prompts with these same methods (a head on a :class:`PromptOnlyBackend`), so a trained model sees at inference exactly
+the prompts it was trained on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,8 +33,8 @@ from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, head_template
 from rerank.types import Candidate, Query, RankedResult
 
-__all__ = ["CallWarnings", "LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys",
-           "held_call_warnings", "passage_texts", "token_cap"]
+__all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys", "passage_texts",
+           "token_cap"]
 
 #: Renders a prompt's text from the (prepared) query and passage texts.
 Render = Callable[[str, list[str]], str]
@@ -294,14 +292,18 @@ class LLMReranker(Reranker):
 
     def _warn_fitted(self, prompts: int, passages: int, fitted: int, queries: int) -> None:
         """Log the prompts of one call that were fitted to the context (:meth:`fit`), worded as the parse-failure
-        warning and held back with it (:class:`CallWarnings`); the passages ``long_docs`` cuts have their own."""
+        warning and held back with it (:attr:`~rerank.heads.base.Reranker.call_warnings`); the passages ``long_docs``
+        cuts have their own."""
         st = self.stats
-        if st.fitted_prompts > fitted:
+        if st.fitted_prompts <= fitted:
+            return
+        held = self.call_warnings.admit("fitted")
+        if held is not None:
             log.warning("%s: %d of %d prompts were fitted to the model's context of %s tokens in this call, with %d "
                         "passage cut(s) below max_doc_tokens and %d query cut(s) below max_query_tokens, one per "
-                        "passage or query per prompt it is cut in (how prompts are fitted: docs/backends.md)",
+                        "passage or query per prompt it is cut in (how prompts are fitted: docs/backends.md)%s",
                         self.method or type(self).__name__, st.fitted_prompts - fitted, self._fits[0] - prompts,
-                        self.backend.context_length, self._fits[1] - passages, st.shortened_queries - queries)
+                        self.backend.context_length, self._fits[1] - passages, st.shortened_queries - queries, held)
 
     def room_options(self, reserve: int) -> str:
         """What the "cannot hold this prompt" error advises: only this head's options that make its template
@@ -352,57 +354,6 @@ class LLMReranker(Reranker):
 
     def close(self) -> None:
         self.backend.close()
-
-
-#: (logger, function) of the warnings a reranker logs for each call: its model outputs that failed to parse or were
-#: repaired, and its prompts fitted to the context
-_CALL_WARNINGS = frozenset({("rerank.heads.base", "_warn_parse_failures"), (__name__, "_warn_fitted")})
-
-
-class CallWarnings(logging.Filter):
-    """Holds back the warnings rerankers log for each call (outputs that failed to parse or were repaired, prompts
-    fitted to the context; ``stats`` counts them all the same). ``every=None``: all of them, for a caller that reports
-    the totals itself; ``every=s``: the first of each kind, then at most one every ``s`` seconds, which says how many
-    were held back since."""
-
-    def __init__(self, every: float | None = None) -> None:
-        super().__init__()
-        self.every = every
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if (record.name, record.funcName) not in _CALL_WARNINGS:
-            return True
-        if self.every is None:
-            return False
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(record.funcName)
-            if last is not None and now - last < self.every:
-                self._held[record.funcName] = self._held.get(record.funcName, 0) + 1
-                return False
-            self._last[record.funcName] = now
-            held = self._held.pop(record.funcName, 0)
-        if held:
-            record.msg = f"{record.getMessage()}; {held} more such warning(s) held back since the last one"
-            record.args = None
-        return True
-
-
-@contextlib.contextmanager
-def held_call_warnings(every: float | None = None) -> Iterator[CallWarnings]:
-    """Inside the block the rerankers' per-call warnings go through a :class:`CallWarnings` filter (``every``)."""
-    held = CallWarnings(every)
-    loggers = [logging.getLogger(name) for name in {name for name, _ in _CALL_WARNINGS}]
-    for logger in loggers:
-        logger.addFilter(held)
-    try:
-        yield held
-    finally:
-        for logger in loggers:
-            logger.removeFilter(held)
 
 
 def passage_texts(head: LLMReranker, candidates: list[Candidate], max_tokens: int) -> list[str]:

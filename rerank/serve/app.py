@@ -17,7 +17,8 @@ relevance in [0, 1] (:meth:`~rerank.heads.base.Reranker.relevance`); ``raw_score
 ``total_tokens``: the query's and the scored passages' tokens under the head's tokenizer,
 :func:`~rerank.serve.documents.token_counter`). A request whose client disconnects while it waits is dropped before
 it is scored. The reranker's per-call warnings (outputs that failed to parse, prompts fitted to the context) are
-logged once, then at most every :data:`CALL_WARNINGS_EVERY_S` seconds with how many were held back.
+logged once, then at most every :data:`CALL_WARNINGS_EVERY_S` seconds with how many were held back; those held back
+since the last one logged are counted in one warning when the app stops.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rerank import __version__
-from rerank.heads.base import Reranker
-from rerank.heads.llm import held_call_warnings
+from rerank.heads.base import CallWarnings, Reranker
 from rerank.serve.batcher import (
     Batcher,
     ModelError,
@@ -269,6 +269,15 @@ def _field_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def _warn_held_back(name: str, policy: CallWarnings) -> None:
+    """At shutdown, one warning counting the per-call warnings held back since the last of their kind was logged."""
+    held = policy.held_back()
+    if held:
+        counts = ", ".join(f"{n} on {CallWarnings.KINDS.get(kind, kind)}" for kind, n in sorted(held.items()))
+        log.warning("%s: per-call warnings held back since the last one logged, at shutdown: %s (the reranker's stats "
+                    "count every call)", name, counts)
+
+
 def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI:
     """Build the service around a loaded ``reranker``; the batcher starts and stops with the app's lifespan."""
     cfg = config if config is not None else ServeConfig()
@@ -290,12 +299,13 @@ def create_app(reranker: Reranker, config: ServeConfig | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
-        try:
-            with held_call_warnings(CALL_WARNINGS_EVERY_S):  # not one per request
+        with reranker.warning_policy(CallWarnings(every=CALL_WARNINGS_EVERY_S)) as policy:  # not one per request
+            await batcher.start()
+            try:
                 yield
-        finally:
-            await batcher.stop()
+            finally:
+                await batcher.stop()
+        _warn_held_back(reranker.method or type(reranker).__name__, policy)
 
     # no /docs, /redoc or /openapi.json: the API is Cohere's and TEI's, documented in docs/serve.md
     app = FastAPI(title="rerank", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

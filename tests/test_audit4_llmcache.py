@@ -153,3 +153,162 @@ def test_concurrent_gguf_converters_convert_once(converted: tuple[Path, Path], t
         t.join()
     assert len(out) == 2 and out[0] == out[1] and _complete(out[0], pristine)
     assert loads == [gguf.name]
+
+
+# ---------------------------------------------------------------- the LLM answer cache (llm-calls.sqlite)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    from rerank.testing import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _scripted(tok: Any) -> Any:
+    from rerank.backends.scripted import ScriptedBackend
+
+    return ScriptedBackend(tok, lambda text, ids: [float(len(text)), -1.0][: len(ids)], lambda text: text[-3:])
+
+
+def _filled(tok: Any, path: Path, n: int = 1) -> list[list[int]]:
+    """Write ``n`` cached answers into a new cache at ``path`` (model 'served-m'); their prompts."""
+    from rerank.backends.cache import CachingBackend
+
+    prompts = [tok.encode(f"prompt number {i}") for i in range(n)]
+    be = CachingBackend(_scripted(tok), "served-m", path)
+    be.next_token_logprobs(prompts, [5, 6])
+    be.close()
+    return prompts
+
+
+def test_garbage_truncated_or_folder_llm_cache_is_one_error_naming_it(tok: Any, tmp_path: Path) -> None:
+    """Finding 4: sqlite3.DatabaseError / OperationalError tracebacks become one error naming the file and the fixes,
+    raised when the backend is built (not at the first answer)."""
+    from rerank.backends.cache import CachingBackend
+
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_text("garbage garbage garbage\n")
+    with pytest.raises(ConfigError, match=rf"LLM answer cache {garbage} is damaged \(file is not a database\): "
+                                          r"delete it .* or run with --no-llm-cache"):
+        CachingBackend(_scripted(tok), "served-m", garbage)
+    truncated = tmp_path / "truncated.sqlite"
+    _filled(tok, truncated, n=300)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=rf"LLM answer cache {truncated} is damaged \(database disk image is "
+                                          r"malformed\): delete it"):
+        CachingBackend(_scripted(tok), "served-m", truncated)
+    folder = tmp_path / "folder.sqlite"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=rf"LLM answer cache {folder} is a folder, not a SQLite file: remove it, "
+                                          r"or run with --no-llm-cache"):
+        CachingBackend(_scripted(tok), "served-m", folder)
+
+
+def test_eval_with_a_damaged_llm_cache_exits_2_and_no_llm_cache_avoids_it(tiny_llm_dir: Path, dl19_dir: Path,
+                                                                          tmp_path: Path, run_cli: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    db = tmp_path / "cache" / "llm-calls.sqlite"
+    db.write_text("garbage garbage garbage\n")
+    args = ["eval", "--dataset", dl19_dir, "--first-stage", dl19_dir / "bm25_top100.trec", "--reranker", "yes-no",
+            "--model", tiny_llm_dir, "--top-k", "3", "--max-queries", "1"]
+    rc, _, err = run_cli(*args, "--output", tmp_path / "a")
+    assert rc == 2 and "Traceback" not in err and not (tmp_path / "a" / "run.trec").exists()
+    assert f"error: the LLM answer cache {db} is damaged (file is not a database)" in err
+    rc, _, err = run_cli(*args, "--output", tmp_path / "b", "--no-llm-cache", "--log-llm-io", tmp_path / "io.jsonl")
+    assert rc == 0, err  # the log alone does not open the cache
+    assert db.read_text() == "garbage garbage garbage\n"
+
+
+def _as_other_user(fn: Any) -> Any:
+    """``fn()``'s result, run by a user who does not own the files (root: a forked child as nobody)."""
+    import json
+    import os
+
+    if os.geteuid() != 0:
+        return fn()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            out = {"ok": fn()}
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(e).__name__}: {e}"}
+        os.write(write, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert "ok" in out, out["error"]
+    return out["ok"]
+
+
+def test_read_only_llm_cache_serves_hits_and_stores_nothing_with_one_warning(tok: Any) -> None:
+    """Finding 6: another group member's cache file (umask 022: 644) used to fail at the first new answer, mid-run,
+    with 'attempt to write a readonly database'; its hits are used, new answers computed and not stored, and one
+    warning names the file and the fix."""
+    import os
+    import sqlite3
+    import tempfile
+
+    from rerank.backends.cache import CachingBackend
+
+    folder = Path(tempfile.mkdtemp(prefix="rerank-audit4-"))
+    try:
+        folder.chmod(0o755)
+        db = folder / "llm-calls.sqlite"
+        cached = _filled(tok, db)[0]
+        db.chmod(0o644 if os.geteuid() == 0 else 0o444)
+        fresh = tok.encode("a prompt nobody asked before")
+
+        def run() -> dict[str, Any]:
+            messages: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+            logger = logging.getLogger("rerank.backends.cache")
+            logger.addHandler(handler)
+            try:
+                inner = _scripted(tok)
+                be = CachingBackend(inner, "served-m", db)
+                got = [be.next_token_logprobs([cached, fresh], [5, 6]) for _ in range(2)]
+                be.close()
+                return {"got": got, "calls": inner.calls["next_token_logprobs"], "hits": be.hits,
+                        "messages": messages}
+            finally:
+                logger.removeHandler(handler)
+
+        out = _as_other_user(run)
+        expected = _scripted(tok).next_token_logprobs([cached, fresh], [5, 6])
+        assert out["got"] == [expected, expected]
+        assert out["calls"] == 2 and out["hits"] == 2  # the stored answer is read; the new one is asked twice
+        assert len(out["messages"]) == 1
+        assert f"LLM answer cache {db} is read-only here" in out["messages"][0]
+        assert f"chmod g+w {db}" in out["messages"][0]
+        with sqlite3.connect(db) as con:
+            assert con.execute("SELECT count(*) FROM calls").fetchone()[0] == 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_new_llm_cache_is_group_writable_under_a_group_writable_folder(tok: Any, tmp_path: Path,
+                                                                       shared: bool) -> None:
+    """Finding 6: with umask 022, a new llm-calls.sqlite in a shared (g+w) cache folder is made g+w so the group can
+    add to it; elsewhere its mode is the umask's."""
+    import os
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    folder.chmod(0o2775 if shared else 0o755)
+    old = os.umask(0o022)
+    try:
+        _filled(tok, folder / "llm-calls.sqlite")
+    finally:
+        os.umask(old)
+    assert (folder / "llm-calls.sqlite").stat().st_mode & 0o777 == (0o664 if shared else 0o644)

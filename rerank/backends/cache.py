@@ -11,10 +11,18 @@ context sizes) are not; options that only carry a request and cannot change an a
 ``timeout``, ``max_retries``, ``concurrency``, ``batch_size``, whether an API key is set: a backend's
 ``cache_ignored_options``) are left out, so tuning them keeps the cache. Sampled generations (temperature > 0) are never
 cached. Only misses reach the model, so a re-run of a cached evaluation makes no model calls (``calls`` counts the
-wrapped backend's). ``log_path`` appends one JSON line per prompt: the decoded prompt, the raw response, and whether
-it came from the cache; a generation's line also says how the head parsed it (``parse``: ``{"outcome": "clean" |
-"repaired" | "failed", "fixes": [...]}``, what had to be repaired; null when no head parsed it). Generation lines are
-written once their parse is known, in the order they were generated.
+wrapped backend's).
+
+The file is opened when the backend is built: a damaged file, or a folder in its place, is one error naming it
+(delete it, or ``--no-llm-cache``, which leaves it unopened). A file this user may not write (another group member's,
+made with umask 022) is read: its answers are used and new ones are not stored, with one warning naming the file
+(``chmod g+w`` by its owner fixes it); a write that fails later (a full disk) warns once and stores no more. A new file
+in a group-writable folder is made group-writable, so the group's members can add to it.
+
+``log_path`` appends one JSON line per prompt: the decoded prompt, the raw response, and whether it came from the
+cache; a generation's line also says how the head parsed it (``parse``: ``{"outcome": "clean" | "repaired" | "failed",
+"fixes": [...]}``, what had to be repaired; null when no head parsed it). Generation lines are written once their parse
+is known, in the order they were generated.
 
 ``rerank eval`` wraps the LLM heads' backends by default (``--no-llm-cache`` turns it off, ``--log-llm-io
 FILE.jsonl`` writes the log); ``rerank leaderboard`` (its cells are cached whole, and timed), ``serve`` and the Python
@@ -29,17 +37,22 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rerank.backends.base import Backend, GenerationConfig
+from rerank.errors import ConfigError
 
 __all__ = ["CachingBackend", "cache_key_options", "hub_snapshot", "llm_cache_scope", "maybe_cached", "model_fingerprint",
            "uses_llm_backend"]
 
+log = logging.getLogger(__name__)
 _SCOPE: contextvars.ContextVar[tuple[bool, str | None] | None] = contextvars.ContextVar("llm_cache", default=None)
 _WEIGHTS = ("*.safetensors", "*.gguf", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json")
 
@@ -54,12 +67,73 @@ def llm_cache_scope(enabled: bool = True, log_path: str | None = None) -> Iterat
         _SCOPE.reset(token)
 
 
-def _db(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(str(path), check_same_thread=False)
-    con.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stamp TEXT NOT NULL, sha256 TEXT NOT NULL)")
-    return con
+_FIX = "delete it (only cached LLM answers are lost) or run with --no-llm-cache"
+_WARNED: set[str] = set()  # caches already warned about in this process (read-only, a failed write)
+
+
+def _db(path: Path) -> tuple[sqlite3.Connection, str | None]:
+    """Open the answer cache at ``path``: the connection and, when this process may not write to it, why. A new file
+    under a group-writable folder is made group-writable. A folder in its place, a damaged file, or one that cannot
+    be opened raises :class:`ConfigError` naming it and the fixes."""
+    if path.is_dir():
+        raise ConfigError(f"the LLM answer cache {path} is a folder, not a SQLite file: remove it, or run with "
+                          "--no-llm-cache")
+    created = not path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(str(path), check_same_thread=False)
+    except (OSError, sqlite3.Error) as e:
+        raise ConfigError(f"cannot create the LLM answer cache {path} ({e}): fix the permissions of {path.parent}, "
+                          "or run with --no-llm-cache") from e
+    stage = "open"
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: a non-database fails here
+        stage = "write"
+        con.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stamp TEXT NOT NULL, "
+                    "sha256 TEXT NOT NULL)")
+    except sqlite3.OperationalError as e:  # cannot read it, or (a file without the tables) write it
+        con.close()
+        raise ConfigError(f"cannot {stage} the LLM answer cache {path} ({e}): fix its permissions "
+                          f"(its owner: chmod g+w {path}), {_FIX}") from e
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise ConfigError(f"the LLM answer cache {path} is damaged ({e}): {_FIX}") from e
+    if created:
+        _share_with_group(path)
+    return con, _write_problem(con)
+
+
+def _share_with_group(path: Path) -> None:
+    """Make the new file ``path`` group-writable when its folder is (a cache shared by a group, where members' umask
+    022 would leave it writable by its creator only). Best-effort."""
+    try:
+        if path.parent.stat().st_mode & stat.S_IWGRP:
+            os.chmod(path, stat.S_IMODE(path.stat().st_mode) | stat.S_IWGRP)
+    except OSError:
+        pass  # another user's file (created at the same moment): theirs to share
+
+
+def _write_problem(con: sqlite3.Connection) -> str | None:
+    """Why this connection cannot write to its database (a read-only file, or a folder where no journal can be
+    made), found by a write that is rolled back; None when it can (or another process holds the write lock)."""
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("INSERT OR REPLACE INTO files VALUES ('', '', '')")
+        finally:
+            con.rollback()
+    except sqlite3.OperationalError as e:
+        name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
+        busy = name in ("SQLITE_BUSY", "SQLITE_LOCKED") or (not name and "locked" in str(e))
+        return None if busy else str(e)
+    return None
+
+
+def _warn_once(path: Path, message: str) -> None:
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        log.warning(message)
 
 
 def hub_snapshot(model: str) -> Path | None:
@@ -78,7 +152,6 @@ def model_fingerprint(model: str, con: sqlite3.Connection | None = None, served:
     """SHA-256 over a local model's weight, config and tokenizer files (each file's hash remembered by path, size
     and mtime; a GGUF model's own file, never its de-quantised copy; a hub id's snapshot in the local hub cache); a
     ``served`` model, or a name found nowhere locally, is its own fingerprint."""
-    from rerank.errors import ConfigError
     from rerank.models import local_model_path
 
     if served:
@@ -107,7 +180,7 @@ def model_fingerprint(model: str, con: sqlite3.Connection | None = None, served:
                     fh.update(chunk)
             digest = fh.hexdigest()
             if con is not None:
-                with con:
+                with contextlib.suppress(sqlite3.OperationalError), con:  # a memo: a read-only cache goes without
                     con.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (str(f.resolve()), stamp, digest))
         h.update(f"{f.name}:{digest}\n".encode())
     return h.hexdigest()
@@ -125,10 +198,20 @@ class CachingBackend(Backend):
         self.use_cache = use_cache
         self.log_path = log_path
         self.hits = 0
-        self._con = _db(Path(path))
+        self.path = Path(path)
+        self._con, self._read_only = _db(self.path) if use_cache else (None, None)
+        if self._read_only is not None:
+            _warn_once(self.path, f"the LLM answer cache {self.path} is read-only here ({self._read_only}): its "
+                                  "answers are used, new ones are not stored; to store them, have its owner run "
+                                  f"'chmod g+w {self.path}' (and keep umask 002 in a shared cache), or set "
+                                  "RERANK_CACHE to a cache of your own")
         self._lock = threading.Lock()
-        self._base = {"model": model_fingerprint(model, self._con, served="base_url" in inner.describe()),
-                      "backend": cache_key_options(inner)}
+        try:  # keys only matter with a cache: a log-only wrapper hashes no model files
+            fingerprint = model_fingerprint(model, self._con, served="base_url" in inner.describe()) \
+                if self._con is not None else f"name:{model}"
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"cannot read the LLM answer cache {self.path} ({e}): {_FIX}") from e
+        self._base = {"model": fingerprint, "backend": cache_key_options(inner)}
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed in close()
         self._pending: list[dict[str, Any]] = []  # generation lines waiting for their parse outcome
 
@@ -153,18 +236,19 @@ class CachingBackend(Backend):
         self._flush()
         keys = [self._key(kind, p, request) for p in prompts]
         found: dict[int, Any] = {}
-        if self.use_cache and cacheable:
+        if self._con is not None and cacheable:
             with self._lock:
-                for i, k in enumerate(keys):
-                    row = self._con.execute("SELECT value FROM calls WHERE key = ?", (k,)).fetchone()
-                    if row is not None:
-                        found[i] = json.loads(row[0])
+                try:
+                    for i, k in enumerate(keys):
+                        row = self._con.execute("SELECT value FROM calls WHERE key = ?", (k,)).fetchone()
+                        if row is not None:
+                            found[i] = json.loads(row[0])
+                except sqlite3.DatabaseError as e:
+                    raise ConfigError(f"cannot read the LLM answer cache {self.path} ({e}): {_FIX}") from e
         todo = [i for i in range(len(prompts)) if i not in found]
         fresh = dict(zip(todo, compute([prompts[i] for i in todo]), strict=True)) if todo else {}
-        if self.use_cache and cacheable and fresh:
-            with self._lock, self._con:
-                self._con.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?)",
-                                      [(keys[i], json.dumps(v)) for i, v in fresh.items()])
+        if self._con is not None and cacheable and fresh and self._read_only is None:
+            self._store([(keys[i], json.dumps(v)) for i, v in fresh.items()])
         self.hits += len(found)
         out = [found[i] if i in found else fresh[i] for i in range(len(prompts))]
         if self._log is not None:
@@ -177,6 +261,18 @@ class CachingBackend(Backend):
                     self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
             self._log.flush()
         return out
+
+    def _store(self, rows: list[tuple[str, str]]) -> None:
+        """Store answers; a write that fails (a full disk, a file made read-only meanwhile) warns once and the run goes
+        on storing nothing more (its answers are right, only not kept)."""
+        assert self._con is not None
+        try:
+            with self._lock, self._con:
+                self._con.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?)", rows)
+        except sqlite3.OperationalError as e:
+            self._read_only = str(e)
+            _warn_once(self.path, f"cannot store answers in the LLM answer cache {self.path} ({e}); this run stores "
+                                  "no more (its answers are not affected)")
 
     def log_parse(self, response: str, outcome: dict[str, Any]) -> None:
         """Attach ``outcome`` to the oldest pending generation line with this response, then write the lines whose
@@ -228,7 +324,8 @@ class CachingBackend(Backend):
         if self._log is not None:
             self._log.close()
             self._log = None
-        self._con.close()
+        if self._con is not None:
+            self._con.close()
         self.inner.close()
 
 
@@ -256,7 +353,11 @@ def maybe_cached(backend: Backend, model: str | None) -> Backend:
         return backend
     from rerank.data.datasets import cache_root
 
-    return CachingBackend(backend, model, cache_root() / "llm-calls.sqlite", log_path, use_cache=enabled)
+    try:
+        return CachingBackend(backend, model, cache_root() / "llm-calls.sqlite", log_path, use_cache=enabled)
+    except ConfigError:
+        backend.close()
+        raise
 
 
 def uses_llm_backend(method: str | type) -> bool:

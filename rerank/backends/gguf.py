@@ -8,7 +8,8 @@ tokenizer (for ``--backend llamacpp``, which runs the file itself), cached the s
 An entry is used only when it is complete: its config and tokenizer JSON parse and its safetensors files are whole.
 A damaged one (a half-built folder a killed older version left, a deleted or emptied file, a dangling symlink) is
 removed and converted again, with a warning naming it. Processes converting the same file take turns on
-``.<sha256>.lock`` beside the entry (:func:`~rerank.utils.files.file_lock`): a second one waits, then reuses the first's.
+``.<sha256>.lock`` beside the entry (:func:`~rerank.utils.files.file_lock`): a second one waits, then reuses the
+first's.
 """
 
 from __future__ import annotations

@@ -445,6 +445,10 @@ def test_gguf_conversion_is_reused_from_cache(tmp_path: Path, monkeypatch: pytes
     cached = tmp_path / "cache" / sha256_file(gguf)
     cached.mkdir(parents=True)
     (cached / "config.json").write_text("{}")
+    (cached / "tokenizer_config.json").write_text("{}")
+    from safetensors.torch import save_file
+
+    save_file({}, cached / "model.safetensors")  # a complete entry: config, tokenizer and whole weights
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("converted again")

@@ -29,7 +29,7 @@ if str(HERE) not in sys.path:
 
 from serve_support import OverlapReranker, serving, wait_until_healthy  # noqa: E402
 
-SERVING = "serving with 2 worker processes"
+STARTED = "started 2 worker processes"
 LOADING = "test-slow-load: loading"
 
 
@@ -185,6 +185,23 @@ def test_with_workers_the_port_refuses_connections_until_a_worker_can_answer(tmp
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         wait_until_healthy(base, proc, 60, lambda: log.read_text()[-3000:])
         assert httpx.post(f"{base}/v1/rerank", json={"query": "a", "documents": ["a"]}, timeout=10).status_code == 200
+
+
+def test_with_workers_the_first_worker_ready_logs_where_it_listens(tmp_path: Path) -> None:
+    """Once, when the port starts accepting, as one worker logs it (the log used to say 'serving' at the fork, seconds
+    before the port listened, and nothing when it did)."""
+    with _server(tmp_path, 2, 2) as (proc, base, log):
+        _wait_for_log(proc, log, STARTED)
+        ready = f"INFO uvicorn.error: Uvicorn running on {base} (Press CTRL+C to quit)"
+        _wait_for_log(proc, log, ready)
+        socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=2).close()  # it listens
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Application startup complete") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        text = log.read_text()
+        assert text.count("Uvicorn running on") == 1 and "serving with" not in text, text[-3000:]
+        assert text.index(STARTED) < text.index(ready), text[-3000:]
 
 
 # ---------------------------------------------------------------- 4. where a 503 unavailable comes from

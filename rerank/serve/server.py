@@ -12,14 +12,15 @@ has, naming the limit, and count in ``rerank_errors_total``; after one the serve
 still sends for up to :data:`LINGER_S` (or until it closes) before closing, since closing a socket with unread
 request bytes makes the kernel reset the connection, and the client then loses the answer. Repeated log lines (a
 flood of such events) pass at most once per key and interval, with a count of those held back. ``workers > 1`` forks
-that many server processes sharing one socket (listening once the first has loaded the model), each with the model
-and its own batching queue.
+that many server processes sharing one socket (listening once the first has loaded the model, which logs where, as one
+worker does), each with the model and its own batching queue.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import resource
 import signal
@@ -275,11 +276,24 @@ def _stop_with_parent(parent: int) -> None:
 
 
 class _AddressLoggingServer(uvicorn.Server):
-    """uvicorn's server, logging where it listens also when given its socket (uvicorn logs it only when it binds)."""
+    """uvicorn's server, logging where it listens also when given its socket (uvicorn logs it only when it binds).
+    ``first``: a flag the forked workers share, so that only the first of them ready logs it."""
+
+    def __init__(self, config: uvicorn.Config, first: Any = None) -> None:
+        super().__init__(config)
+        self.first = first
+
+    def _claim(self) -> bool:
+        """Whether this server logs the address: always alone, the first to get here among workers."""
+        if self.first is None:
+            return True
+        with self.first.get_lock():
+            claimed, self.first.value = not self.first.value, True
+        return claimed
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if self.started and sockets:
+        if self.started and sockets and self._claim():
             host, port = sockets[0].getsockname()[:2]
             where = f"[{host}]" if ":" in host else host
             logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", where,
@@ -301,11 +315,12 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock:
     take the port meanwhile), else on ``cfg.host:cfg.port``. The socket is not listening yet: uvicorn listens on it
     after the app's startup, so a connection is refused until a server can answer. With ``workers > 1``, fork that
     many processes sharing the socket, each calling ``make_app`` (its own model and queue): the port listens once the
-    first worker has loaded its model. The parent forwards SIGINT/SIGTERM as SIGTERM, waits for the workers, and then
-    raises ``KeyboardInterrupt`` after a SIGINT or returns after a SIGTERM. A worker that exits while the parent was
-    not told to stop (whatever its status, a SIGTERM sent to it alone included) is a death: the parent logs it, stops
-    the others and exits 1, or 2 where a worker's model could not load (leave restarts to the supervisor: systemd,
-    Kubernetes, ...); a worker whose parent was killed stops by itself."""
+    first worker has loaded its model, and that worker logs where, as one worker does. The parent forwards
+    SIGINT/SIGTERM as SIGTERM, waits for the workers, and then raises ``KeyboardInterrupt`` after a SIGINT or
+    returns after a SIGTERM. A worker that exits while the parent was not told to stop (whatever its status, a
+    SIGTERM sent to it alone included) is a death: the parent logs it, stops the others and exits 1, or 2 where a
+    worker's model could not load (leave restarts to the supervisor: systemd, Kubernetes, ...); a worker whose
+    parent was killed stops by itself."""
     if sock is None:
         sock = bound_socket(cfg.host, cfg.port)
     if workers <= 1:
@@ -313,6 +328,7 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock:
             _AddressLoggingServer(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
         return
     sock.set_inheritable(True)
+    first = multiprocessing.Value("b", False)  # set by the first worker listening, which logs the address
     children: list[int] = []
     parent = os.getpid()
     requested: list[int] = []  # the stop signals the parent received
@@ -344,7 +360,7 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock:
                     for sig in previous:  # a worker dies of them until uvicorn handles them (a graceful stop)
                         signal.signal(sig, signal.SIG_DFL)
                     _stop_with_parent(parent)
-                    uvicorn.Server(uvicorn_config(make_app(), cfg)).run(sockets=[sock])
+                    _AddressLoggingServer(uvicorn_config(make_app(), cfg), first).run(sockets=[sock])
                 except RerankError as e:  # a user error (a damaged model file): one line, and the parent exits 2
                     log.error("worker %d failed: %s", os.getpid(), e)
                     code = USAGE_ERROR
@@ -360,7 +376,8 @@ def serve(make_app: Callable[[], Any], cfg: ServeConfig, workers: int = 1, sock:
         if requested:
             forward()  # a worker forked while the signal was being handled
         else:
-            log.info("serving with %d worker processes: %s", workers, ", ".join(map(str, children)))
+            log.info("started %d worker processes (%s), loading the model; the port listens once the first is ready",
+                     workers, ", ".join(map(str, children)))
         failed = _wait_for_workers(children, requested, forward)
     finally:
         for sig, handler in previous.items():

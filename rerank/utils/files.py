@@ -294,13 +294,9 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
         with named_write(path):  # a writer that names no file (faiss on a full disk): name the folder
             yield tmp
         _open_private_modes(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        if os.path.lexists(path):
+            _move_aside(path)
+        os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -327,21 +323,54 @@ def hash_obj(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _move_aside(path: Path) -> None:
+    """Remove the folder (or link, or file) ``path`` by renaming it into a temporary sibling first, so that ``path``
+    is free at once; what a killed process leaves there is swept like its other temporary folders."""
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_tag()}-old.", dir=path.parent))
+    try:
+        os.replace(path, old / "x")
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
     """Rename the fully written folder ``tmp`` to ``path`` (atomic on one filesystem).
 
     If another process published ``path`` first (its ``marker`` file exists), keep that copy, delete ``tmp`` and
-    return False; any other failure raises.
+    return False. A ``path`` without its marker (a folder a killed run left, its marker deleted, a dangling link) is
+    replaced; processes doing so take turns on ``.NAME.publish.lock`` beside it (:func:`file_lock`, removed after),
+    each looking for the marker again first. Any other failure raises.
     """
     tmp, path = Path(tmp), Path(path)
     try:
         os.rename(tmp, path)
         return True
-    except OSError:
-        if not (path / marker).is_file():
+    except OSError as e:
+        if e.errno not in _TAKEN and not os.path.lexists(path):
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
+    lock = path.parent / f".{path.name}.publish.lock"  # not a caller's own ``.NAME.lock``: that would wait on itself
+    with file_lock(lock):
+        try:
+            for _ in range(100):  # another replacer's folder is moved aside between two looks: look again
+                if (path / marker).is_file():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return False
+                if os.path.lexists(path):
+                    _move_aside(path)
+                try:
+                    os.rename(tmp, path)
+                    return True
+                except OSError as e:
+                    if e.errno not in _TAKEN and not os.path.lexists(path):
+                        raise
+                    error = e
+            raise error
+        finally:
+            lock.unlink(missing_ok=True)  # a waiter notices and locks a new file
+
+
+#: what ``rename`` of a folder onto a name that is taken fails with (a folder, a file or a link there)
+_TAKEN = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import threading
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from rerank.data.datasets import Dataset
+from rerank.errors import ConfigError
 from rerank.retrieval.bm25 import BM25Retriever
 from rerank.retrieval.index import encode_corpus
 from rerank.types import Document, Query
@@ -85,6 +87,44 @@ BM25_DAMAGE = {
     "meta garbage": _rewrite(META, lambda b: b"not json{"),
     "meta of another corpus": _rewrite(META, lambda b: b.replace(b'"corpus_sha256": "', b'"corpus_sha256": "0')),
 }
+
+
+@pytest.mark.parametrize("damage", list(BM25_DAMAGE))
+def test_damaged_bm25_entry_is_rebuilt_with_one_warning_naming_it(
+        corpus: Dataset, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Rotated doc ids gave exit 0 and a wrong run (nDCG 0.6567 -> 0); an empty .npy an EOFError traceback; an empty
+    doc_ids.json 'Expecting value' naming no file. Each is rebuilt, once, with a warning naming the entry."""
+    first = _bm25(corpus)
+    expected = _run(first)
+    BM25_DAMAGE[damage](first.cache_path)
+    caplog.set_level(logging.WARNING)
+    second = _bm25(corpus)
+    assert not second.cache_hit and _run(second) == expected
+    [warning] = _warnings(caplog)
+    assert str(first.cache_path) in warning and "damaged" in warning and "rebuilding" in warning
+    caplog.clear()
+    third = _bm25(corpus)
+    assert third.cache_hit and _run(third) == expected and not _warnings(caplog)
+    assert sorted(p.name for p in first.cache_path.parent.iterdir()) == [first.cache_path.name]
+
+
+def test_bm25_entry_of_an_older_version_still_loads(corpus: Dataset, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A meta written before sizes and the doc ids' hash were recorded is a cache hit (no rebuild); damage that its
+    files show (an empty .npy) is still rebuilt."""
+    first = _bm25(corpus)
+    meta_path = first.cache_path / META
+    meta = json.loads(meta_path.read_text())
+    assert set(meta["files"]) >= {"doc_ids.json", "data.csc.index.npy", "vocab.index.json"}
+    assert meta["doc_ids_sha256"] == hashlib.sha256((first.cache_path / "doc_ids.json").read_bytes()).hexdigest()
+    del meta["files"], meta["doc_ids_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    caplog.set_level(logging.WARNING)
+    again = _bm25(corpus)
+    assert again.cache_hit and _run(again) == _run(first) and not _warnings(caplog)
+    (first.cache_path / "indptr.csc.index.npy").write_bytes(b"")
+    rebuilt = _bm25(corpus)
+    assert not rebuilt.cache_hit and _run(rebuilt) == _run(first) and len(_warnings(caplog)) == 1
 
 
 def _drop_meta(entry: Path) -> None:
@@ -214,7 +254,53 @@ EMB_DAMAGE = {
 }
 
 
+@pytest.mark.parametrize("damage", list(EMB_DAMAGE))
+def test_damaged_embeddings_are_encoded_again_with_one_warning_naming_them(
+        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Reordered ids gave a silently different run; an empty embeddings.npy an EOFError traceback; a garbage
+    manifest 'Expecting value' naming no file. Each is encoded again, once, with a warning naming the folder."""
+    work = tmp_path / "cache" / "embeddings" / "key"
+    encoded, ids, emb = _encode(work)
+    assert encoded == len(EMB_DOCS)
+    EMB_DAMAGE[damage](work)
+    caplog.set_level(logging.WARNING)
+    encoded, ids2, emb2 = _encode(work)
+    assert encoded == len(EMB_DOCS) and ids2 == ids and np.array_equal(emb2, emb)
+    [warning] = _warnings(caplog)
+    assert str(work) in warning and "damaged" in warning
+    caplog.clear()
+    assert _encode(work)[0] == 0 and not _warnings(caplog)
+
+
+def test_embeddings_of_an_older_version_still_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    work = tmp_path / "work"
+    _, ids, emb = _encode(work)
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert manifest["files"]["ids.json"] == (work / "ids.json").stat().st_size
+    del manifest["files"], manifest["ids_sha256"]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    caplog.set_level(logging.WARNING)
+    encoded, ids2, emb2 = _encode(work)
+    assert encoded == 0 and ids2 == ids and np.array_equal(emb2, emb) and not _warnings(caplog)
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_damaged_entry_that_cannot_be_replaced_is_one_line_saying_delete_it(
+        corpus: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = _bm25(corpus).cache_path
+    (entry / "doc_ids.json").write_bytes(b"")
+    real_unlink = Path.unlink
+
+    def denied(self: Path, missing_ok: bool = False) -> None:
+        if self.name == META:
+            raise PermissionError(13, "Permission denied", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", denied)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(entry))} is damaged \(doc_ids.json is 0 bytes.*delete it$"):
+        _bm25(corpus)
 
 

@@ -5,12 +5,15 @@ Defaults follow Lucene/Anserini's BM25 (``method="lucene"``, k1=0.9, b=0.4) over
 (English stopwords ``"en"`` give 0.6762, no stemming 0.6569).
 
 The index is cached on disk at ``cache_root()/bm25/<corpus sha256>-<config hash>``; it is built in a temporary
-folder and renamed into place, so a cache entry is either complete or absent. Documents that share no term with a
+folder and renamed into place, so a cache entry is either complete or absent. Its ``rerank_meta.json`` records the
+corpus, the document count, each file's size and the sha256 of ``doc_ids.json``; an entry that does not match them, or
+does not load, is damaged: it is rebuilt with a warning naming it. Documents that share no term with a
 query score exactly 0 under ``lucene``/``atire``/``robertson`` and are not returned, as with Lucene.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -27,7 +30,7 @@ from tqdm.auto import tqdm
 
 from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
-from rerank.errors import DataFormatError
+from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage, Queries, retrieve_args
 from rerank.types import ArrayRanking, Run, sort_ranking
 from rerank.utils.files import hash_obj, publish_dir, temp_dir, write_json
@@ -111,10 +114,13 @@ class BM25Retriever(FirstStage):
         path = index_cache_path(dataset, config)
         if (path / _META).is_file():
             log.info("bm25 index cache hit: loading %s", path)
-            model = bm25s.BM25.load(str(path), show_progress=config.show_progress)
-            with open(path / _DOC_IDS, encoding="utf-8") as f:
-                doc_ids = json.load(f)
-            return cls(model, doc_ids, config, path, cache_hit=True)
+            try:
+                model, doc_ids = _load(path, dataset, config)
+            except _Damaged as e:
+                log.warning("bm25 index cache entry %s is damaged (%s); rebuilding it", path, e)
+                _discard(path, str(e))
+            else:
+                return cls(model, doc_ids, config, path, cache_hit=True)
         log.info("bm25 index cache miss: building the index of %s into %s", dataset.corpus_path, path)
         model, doc_ids = _build(dataset, config, path)
         return cls(model, doc_ids, config, path, cache_hit=False)
@@ -187,6 +193,73 @@ class BM25Retriever(FirstStage):
         }
 
 
+class _Damaged(Exception):
+    """A cache entry whose files do not match its ``rerank_meta.json`` or do not load (the message says how)."""
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``; a file that is absent, empty or not JSON is :class:`_Damaged`."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _Damaged(f"{path.name} is missing") from None
+    except ValueError as e:  # not JSON, not UTF-8
+        raise _Damaged(f"{path.name} is not valid JSON: {e}") from None
+
+
+def _load(path: Path, dataset: Dataset, config: BM25Config) -> tuple[bm25s.BM25, list[str]]:
+    """The index and doc ids of the cache entry ``path``, checked against its ``rerank_meta.json`` and ``dataset``;
+    :class:`_Damaged` when they do not match or do not load. Entries written before the meta recorded file sizes and
+    the doc ids' hash are checked for what their meta has."""
+    meta = _read_json(path / _META)
+    if not isinstance(meta, dict):
+        raise _Damaged(f"{_META} is not a JSON object")
+    if meta.get("corpus_sha256", dataset.corpus_hash) != dataset.corpus_hash:
+        raise _Damaged(f"it was built from another corpus (sha256 {meta['corpus_sha256']})")
+    sizes = meta.get("files")
+    for name, size in (sizes.items() if isinstance(sizes, dict) else ()):
+        try:
+            found = (path / name).stat().st_size
+        except FileNotFoundError:
+            raise _Damaged(f"{name} is missing") from None
+        if found != size:
+            raise _Damaged(f"{name} is {found} bytes, {size} when written")
+    try:
+        raw = (path / _DOC_IDS).read_bytes()
+    except FileNotFoundError:
+        raise _Damaged(f"{_DOC_IDS} is missing") from None
+    if "doc_ids_sha256" in meta and hashlib.sha256(raw).hexdigest() != meta["doc_ids_sha256"]:
+        raise _Damaged(f"{_DOC_IDS} differs from the one written")
+    try:
+        doc_ids = json.loads(raw)
+    except ValueError as e:
+        raise _Damaged(f"{_DOC_IDS} is not valid JSON: {e}") from None
+    if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+        raise _Damaged(f"{_DOC_IDS} is not a list of ids")
+    if meta.get("num_docs", len(doc_ids)) != len(doc_ids):
+        raise _Damaged(f"{_DOC_IDS} holds {len(doc_ids)} ids for {meta['num_docs']} documents")
+    try:
+        model = bm25s.BM25.load(str(path), show_progress=config.show_progress)
+    except PermissionError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise _Damaged(f"the index does not load: {type(e).__name__}: {e}") from None
+    indexed = model.scores.get("num_docs") if isinstance(model.scores, dict) else None
+    if indexed != len(doc_ids):
+        raise _Damaged(f"the index holds {indexed} documents, {_DOC_IDS} {len(doc_ids)}")
+    return model, doc_ids
+
+
+def _discard(path: Path, reason: str) -> None:
+    """Make the damaged cache entry ``path`` incomplete (its meta removed) so that the rebuild replaces it; a
+    one-line error naming it when that is not allowed here."""
+    try:
+        (path / _META).unlink(missing_ok=True)
+    except OSError as e:
+        raise ConfigError(f"bm25 index cache entry {path} is damaged ({reason}) and cannot be rebuilt here "
+                          f"({e.strerror}): delete it") from None
+
+
 def _tokenize_corpus(dataset: Dataset, config: BM25Config) -> tuple[list[str], bm25s.tokenization.Tokenized]:
     """Tokenize the corpus as it streams into doc ids and ``bm25s`` token ids (int32 arrays); texts are never all held.
 
@@ -232,11 +305,12 @@ def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25
     tmp = temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         model.save(str(tmp), show_progress=config.show_progress)
-        with open(tmp / _DOC_IDS, "w", encoding="utf-8") as f:
-            json.dump(doc_ids, f)
+        raw = json.dumps(doc_ids).encode()
+        (tmp / _DOC_IDS).write_bytes(raw)
+        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(
             {"corpus": str(dataset.corpus_path), "corpus_sha256": dataset.corpus_hash, "num_docs": len(doc_ids),
-             "index": config.index_key()},
+             "index": config.index_key(), "files": sizes, "doc_ids_sha256": hashlib.sha256(raw).hexdigest()},
             tmp / _META,
         )
         if not publish_dir(tmp, path, _META):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -221,17 +222,79 @@ def _save_npy(arr: np.ndarray, path: Path) -> None:
         np.save(f, arr)
 
 
+class _Damaged(Exception):
+    """Embeddings whose files do not match their manifest or do not load (the message says how)."""
+
+
 def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
+    """The finished embeddings in ``work_dir`` for ``key``, or None when there are none (no manifest, another key).
+    Damaged ones (:func:`_read_complete`) are dropped with a warning naming the folder, so that they are encoded
+    again; a one-line error naming it when they cannot be dropped here."""
     mpath = work_dir / "manifest.json"
     if not mpath.is_file():
         return None
-    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    try:
+        return _read_complete(work_dir, key)
+    except _Damaged as e:
+        log.warning("the embeddings in %s are damaged (%s); encoding the corpus again", work_dir, e)
+        try:
+            mpath.unlink(missing_ok=True)
+        except OSError as err:
+            raise ConfigError(f"the embeddings in {work_dir} are damaged ({e}) and cannot be replaced here "
+                              f"({err.strerror}): delete {work_dir}") from None
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``; a file that is absent, empty or not JSON is :class:`_Damaged`."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _Damaged(f"{path.name} is missing") from None
+    except ValueError as e:  # not JSON, not UTF-8
+        raise _Damaged(f"{path.name} is not valid JSON: {e}") from None
+
+
+def _read_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
+    """The embeddings in ``work_dir`` checked against its manifest: each file's recorded size, the sha256 of
+    ``ids.json``, the document count and the shape (manifests written before sizes and the hash were recorded are
+    checked for the rest); None when the manifest is another key's; :class:`_Damaged` when anything does not match
+    or load."""
+    manifest = _read_json(work_dir / "manifest.json")
+    if not isinstance(manifest, dict):
+        raise _Damaged("manifest.json is not a JSON object")
     if manifest.get("key") != key:
         return None
-    ids = json.loads((work_dir / "ids.json").read_text(encoding="utf-8"))
-    emb = np.load(work_dir / "embeddings.npy", mmap_mode="r")
-    if emb.shape != (len(ids), manifest["dim"]):
-        raise RerankError(f"{work_dir}: embeddings {emb.shape} do not match {len(ids)} ids x dim {manifest['dim']}")
+    sizes = manifest.get("files")
+    for name, size in (sizes.items() if isinstance(sizes, dict) else ()):
+        try:
+            found = (work_dir / name).stat().st_size
+        except FileNotFoundError:
+            raise _Damaged(f"{name} is missing") from None
+        if found != size:
+            raise _Damaged(f"{name} is {found} bytes, {size} when written")
+    try:
+        raw = (work_dir / "ids.json").read_bytes()
+    except FileNotFoundError:
+        raise _Damaged("ids.json is missing") from None
+    if "ids_sha256" in manifest and hashlib.sha256(raw).hexdigest() != manifest["ids_sha256"]:
+        raise _Damaged("ids.json differs from the one written")
+    try:
+        ids = json.loads(raw)
+    except ValueError as e:
+        raise _Damaged(f"ids.json is not valid JSON: {e}") from None
+    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+        raise _Damaged("ids.json is not a list of ids")
+    if manifest.get("num_docs", len(ids)) != len(ids):
+        raise _Damaged(f"ids.json holds {len(ids)} ids for {manifest['num_docs']} documents")
+    try:
+        emb = np.load(work_dir / "embeddings.npy", mmap_mode="r")
+    except PermissionError:
+        raise
+    except (OSError, EOFError, ValueError) as e:
+        raise _Damaged(f"embeddings.npy does not load: {type(e).__name__}: {e}") from None
+    if emb.shape != (len(ids), manifest.get("dim")):
+        raise _Damaged(f"embeddings {emb.shape} do not match {len(ids)} ids x dim {manifest.get('dim')}")
     return EmbeddingSet(ids, emb, manifest, work_dir / "embeddings.npy")
 
 
@@ -323,7 +386,7 @@ def _encode_and_publish(encoder: BiEncoder, docs: Iterable[Document], work_dir: 
     shards = work_dir / "shards"
     state_path = work_dir / "partial.json"
     state = {"key": key, "shard_size": shard_size}
-    if state_path.is_file() and json.loads(state_path.read_text(encoding="utf-8")) != state:
+    if state_path.is_file() and _state(state_path) != state:
         log.info("%s holds shards of another encoding; starting over", work_dir)
         shutil.rmtree(shards, ignore_errors=True)
     shards.mkdir(parents=True, exist_ok=True)
@@ -345,17 +408,28 @@ def _encode_and_publish(encoder: BiEncoder, docs: Iterable[Document], work_dir: 
     dim = encoder.dim
     path = work_dir / "embeddings.npy"
     _join_shards(shard_files, len(ids), dim, path)
-    with atomic_write(work_dir / "ids.json") as f:
-        json.dump(ids, f)
+    raw = json.dumps(ids).encode()
+    with atomic_write(work_dir / "ids.json", "wb") as f:
+        f.write(raw)
     manifest = {
         "format": EMB_FORMAT, "version": 1, "key": key, "dim": dim, "num_docs": len(ids),
         "model": encoder.name_or_path, "resumed_docs": resumed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": {name: (work_dir / name).stat().st_size for name in ("embeddings.npy", "ids.json")},
+        "ids_sha256": hashlib.sha256(raw).hexdigest(),
     }
     write_json(manifest, work_dir / "manifest.json")
     shutil.rmtree(shards, ignore_errors=True)
     state_path.unlink(missing_ok=True)
     return EmbeddingSet(ids, np.load(path, mmap_mode="r"), manifest, path)
+
+
+def _state(path: Path) -> Any:
+    """What a work folder's ``partial.json`` says was being encoded there; None when it is not readable JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError:
+        return None
 
 
 def _join_shards(shard_files: Sequence[Path], rows: int, dim: int, path: Path) -> None:

@@ -23,7 +23,8 @@ from rerank.errors import ConfigError
 from rerank.retrieval.bm25 import BM25Retriever
 from rerank.retrieval.index import encode_corpus
 from rerank.types import Document, Query
-from rerank.utils.files import publish_dir, staged_dir, temp_dir
+from rerank.utils import files
+from rerank.utils.files import publish_dir, staged_dir, temp_dir, write_json
 from tests.test_bm25 import write_beir
 
 DOCS = [{"_id": f"d{i:02d}", "title": f"topic {i % 4}", "text": f"word{i} shared{i % 3} common text {i}"}
@@ -286,6 +287,46 @@ def test_embeddings_of_an_older_version_still_load(tmp_path: Path, caplog: pytes
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_entries_in_a_group_writable_cache_are_group_writable(corpus: Dataset, cache: Path, tmp_path: Path,
+                                                              umask_022: None) -> None:
+    """With umask 022 in a 2775 cache root, entries were 755/644: a group member could not add an entry to bm25/
+    or replace a damaged one. Outputs outside the cache keep the umask's modes, in a group-writable folder too."""
+    cache.mkdir()
+    cache.chmod(0o2775)
+    entry = _bm25(corpus).cache_path
+    _encode(cache / "embeddings" / "key")
+    made = [cache / "bm25", entry, *entry.iterdir(), cache / "embeddings", *(cache / "embeddings").rglob("*")]
+    assert all(_mode(p) & 0o020 for p in made), {str(p): oct(_mode(p)) for p in made}
+    assert all(_mode(p) & stat.S_ISGID for p in made if p.is_dir())  # the group's ownership is inherited
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o2775)
+    write_json({"a": 1}, out / "metrics.json")
+    with staged_dir(out / "model") as d:
+        (d / "w").write_text("x")
+    assert (_mode(out / "metrics.json"), _mode(out / "model") & 0o777, _mode(out / "model" / "w")) == (
+        0o644, 0o755, 0o644)
+
+
+def test_entries_in_a_private_cache_follow_the_umask(corpus: Dataset, cache: Path, umask_022: None) -> None:
+    entry = _bm25(corpus).cache_path
+    assert _mode(entry) == 0o755 and _mode(entry / META) == 0o644 and _mode(cache / "bm25") == 0o755
+
+
+def test_permission_denied_names_the_entry_and_the_fix(corpus: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group member whose umask left bm25/ 755 got 'permission denied: …/bm25/.<hash>.<pid>-….tmp', a temporary
+    name and no fix."""
+    def denied(prefix: str = "", suffix: str = "", dir: Any = None) -> str:
+        raise PermissionError(13, "Permission denied", os.path.join(dir, f"{prefix}x{suffix}"))
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", denied)
+    with pytest.raises(ConfigError) as info:
+        _bm25(corpus)
+    message = str(info.value)
+    assert "bm25" in message and corpus.corpus_hash in message and ".tmp" not in message
+    assert "chmod -R g+w" in message and "umask 002" in message and "RERANK_CACHE" in message
 
 
 def test_damaged_entry_that_cannot_be_replaced_is_one_line_saying_delete_it(

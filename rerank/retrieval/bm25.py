@@ -33,7 +33,7 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage, Queries, retrieve_args
 from rerank.types import ArrayRanking, Run, sort_ranking
-from rerank.utils.files import hash_obj, publish_dir, temp_dir, write_json
+from rerank.utils.files import cache_permission_error, hash_obj, publish_dir, temp_dir, write_json
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -301,8 +301,10 @@ def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25
     model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
     model.index(tokens, show_progress=config.show_progress)
     del tokens
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        tmp = temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError as e:
+        raise cache_permission_error(path, e) from None
     try:
         model.save(str(tmp), show_progress=config.show_progress)
         raw = json.dumps(doc_ids).encode()
@@ -315,6 +317,9 @@ def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25
         )
         if not publish_dir(tmp, path, _META):
             log.info("bm25 index %s was written concurrently; keeping that copy", path)
+    except PermissionError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cache_permission_error(path, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,7 +37,7 @@ import numpy as np
 from rerank.config import changed_options
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.types import Document
-from rerank.utils.files import atomic_write, file_lock, hash_obj, staged_dir, write_json
+from rerank.utils.files import atomic_write, cache_permission_error, file_lock, hash_obj, staged_dir, write_json
 
 if TYPE_CHECKING:
     import faiss
@@ -389,8 +389,7 @@ def _encode_and_publish(encoder: BiEncoder, docs: Iterable[Document], work_dir: 
     if state_path.is_file() and _state(state_path) != state:
         log.info("%s holds shards of another encoding; starting over", work_dir)
         shutil.rmtree(shards, ignore_errors=True)
-    shards.mkdir(parents=True, exist_ok=True)
-    write_json(state, state_path)
+    write_json(state, state_path)  # the shards folder is made by the first shard's write
 
     with contextlib.ExitStack() as stack:
         pool = None
@@ -492,7 +491,14 @@ def encode_corpus_cached(
     def count() -> int:  # the bar's total, taken only when encoding: in memory, else the corpus file's lines
         return dataset.corpus_size
 
-    return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, count, workers)
+    try:
+        return encode_corpus(encoder, dataset.iter_corpus(), target, key, shard_size, batch_size, progress, count,
+                             workers)
+    except PermissionError as e:  # another user's entry, or its folder, in a shared cache
+        where = Path(os.fsdecode(e.filename)) if e.filename is not None else target
+        if not cache or (where != target.parent and target.parent not in where.parents):
+            raise
+        raise cache_permission_error(target, e) from None
 
 
 def _check_pq_m(pq_m: int, dim: int) -> None:

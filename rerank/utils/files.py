@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from rerank.errors import ConfigError
+
 __all__ = [
     "atomic_write",
+    "cache_permission_error",
     "file_lock",
     "hash_obj",
     "named_write",
@@ -89,6 +92,64 @@ def _chmod(path: str | Path | int, mode: int) -> None:
             os.chmod(path, mode)
 
 
+def _group_write(path: Path) -> int:
+    """``0o020`` (group write) for what is created at ``path`` when it lies in the cache folder
+    (:func:`~rerank.data.datasets.cache_root`) and that folder or ``path``'s parent is group-writable (a cache shared
+    by a group), else 0: elsewhere modes follow the umask alone."""
+    from rerank.data.datasets import cache_root
+
+    if _umask() & 0o040:  # the group may not even read: nothing to share
+        return 0
+    try:
+        root = cache_root().resolve()
+        parent = nearest_existing(path.parent).resolve()
+        if parent != root and root not in parent.parents:
+            return 0
+        return 0o020 if (root.stat().st_mode | parent.stat().st_mode) & 0o020 else 0
+    except OSError:
+        return 0
+
+
+def _mkdirs(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, each folder it creates given group write as
+    :func:`_group_write` says (a setgid parent's bit is inherited by the system)."""
+    if path.is_dir():
+        return
+    if path.parent != path:
+        _mkdirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    extra = _group_write(path)
+    if extra:
+        _chmod(path, stat.S_IMODE(path.stat().st_mode) | extra)
+
+
+def _add_group_write(folder: Path) -> None:
+    """Add group write to ``folder`` and everything under it when :func:`_group_write` says so for ``folder``."""
+    extra = _group_write(folder)
+    if not extra:
+        return
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            with contextlib.suppress(OSError):
+                _chmod(p, stat.S_IMODE(p.stat().st_mode) | extra)
+
+
+def cache_permission_error(entry: str | Path, error: OSError) -> ConfigError:
+    """``error`` (permission denied writing the cache entry ``entry`` or its folder) as a one-line error naming the
+    entry and the fix: the folder's owner makes it group-writable, or the user takes a cache of their own."""
+    entry = Path(entry)
+    where = nearest_existing(Path(os.fsdecode(error.filename)) if error.filename is not None else entry.parent)
+    return ConfigError(
+        f"permission denied writing the cache entry {entry} ({where} is not writable by this user): in a cache "
+        f"shared by a group, the owner of {entry.parent} runs `chmod -R g+w {entry.parent}` and everyone uses "
+        "`umask 002` (docs/scaling.md, The cache folder); or set RERANK_CACHE to a folder of your own")
+
+
 #: how old a leftover of a killed process on another machine (or of an untagged name) must be before
 #: :func:`sweep_stale` removes it: a process there sharing the folder may hold the same pid, but not for this long
 #: without touching its staging folder
@@ -107,10 +168,17 @@ def _tag() -> str:
 def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
     """A new temporary folder under ``parent`` that is published by a rename: named ``{prefix}{pid}-{host}-…`` (what a
     killed run leaves is swept by the next: :func:`sweep_stale`), made with the mode an ordinary ``mkdir`` gets
-    (``0o777`` less the umask), not ``mkdtemp``'s owner-only ``0o700``, so others may read what lands."""
+    (``0o777`` less the umask, plus group write in a group-writable cache: :func:`_group_write`), not ``mkdtemp``'s
+    owner-only ``0o700``, so others may read what lands; ``parent`` is created if absent."""
+    parent = Path(parent)
+    _mkdirs(parent)
     sweep_stale(parent, prefix)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{_tag()}-", suffix=suffix, dir=parent))
-    _chmod(tmp, 0o777 & ~_umask())
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{_tag()}-", suffix=suffix, dir=parent))
+    except OSError as e:  # it names the temporary folder: name the one it was to be made in
+        raise type(e)(e.errno, e.strerror, str(parent)) from e
+    setgid = stat.S_IMODE(tmp.stat().st_mode) & stat.S_ISGID  # inherited from a setgid parent: kept
+    _chmod(tmp, (0o777 & ~_umask()) | _group_write(tmp) | setgid)
     return tmp
 
 
@@ -240,7 +308,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     ``OSError`` naming ``path`` (:func:`named_write`)."""
     path = Path(path)
     with named_write(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdirs(path.parent)
         _sweep_temp_files(path.parent)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_tag()}.", suffix=".tmp", dir=path.parent)
@@ -250,7 +318,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         try:  # the mode of the file replaced, else an ordinary new file's (mkstemp's 0o600 would hide results)
             perms = path.stat().st_mode & 0o7777
         except OSError:
-            perms = 0o666 & ~_umask()
+            perms = (0o666 & ~_umask()) | _group_write(path)
         _chmod(fd, perms)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -288,12 +356,12 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     so a reader never sees a half-written folder; a write failure in the block that names no file names ``path``
     (:func:`named_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, prefix=f".{path.name}.")
     try:
         with named_write(path):  # a writer that names no file (faiss on a full disk): name the folder
             yield tmp
         _open_private_modes(tmp)
+        _add_group_write(tmp)
         if os.path.lexists(path):
             _move_aside(path)
         os.replace(tmp, path)
@@ -342,6 +410,7 @@ def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
     each looking for the marker again first. Any other failure raises.
     """
     tmp, path = Path(tmp), Path(path)
+    _add_group_write(tmp)
     try:
         os.rename(tmp, path)
         return True
@@ -391,9 +460,12 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
     path = Path(path)
     waited = False
     while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdirs(path.parent)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access: others' files lock too
         try:
+            st = os.fstat(fd)  # a lock file this user made in a group-writable cache: the group may remove it too
+            if not st.st_mode & 0o020 and st.st_uid == os.geteuid() and _group_write(path):
+                _chmod(fd, stat.S_IMODE(st.st_mode) | 0o020)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

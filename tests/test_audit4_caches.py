@@ -345,3 +345,10 @@ def test_damaged_entry_that_cannot_be_replaced_is_one_line_saying_delete_it(
         _bm25(corpus)
 
 
+def test_cache_docs_describe_the_layout_sharing_and_cleanup() -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
+    text = docs.read_text(encoding="utf-8")
+    section = text[text.index("## The cache folder"):]
+    for name in ("bm25/", "embeddings/", "gguf/", "gguf-tokenizer/", "llm-calls.sqlite", "leaderboard", "umask 002",
+                 "chmod", "-mtime"):
+        assert name in section, name

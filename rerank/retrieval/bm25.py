@@ -33,7 +33,16 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
 from rerank.retrieval.base import FirstStage, Queries, retrieve_args
 from rerank.types import ArrayRanking, Run, sort_ranking
-from rerank.utils.files import cache_permission_error, hash_obj, publish_dir, temp_dir, write_json
+from rerank.utils.files import (
+    DamagedEntry,
+    cache_permission_error,
+    checked_entry_ids,
+    hash_obj,
+    publish_dir,
+    read_entry_json,
+    temp_dir,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -116,7 +125,7 @@ class BM25Retriever(FirstStage):
             log.info("bm25 index cache hit: loading %s", path)
             try:
                 model, doc_ids = _load(path, dataset, config)
-            except _Damaged as e:
+            except DamagedEntry as e:
                 log.warning("bm25 index cache entry %s is damaged (%s); rebuilding it", path, e)
                 _discard(path, str(e))
             else:
@@ -193,60 +202,25 @@ class BM25Retriever(FirstStage):
         }
 
 
-class _Damaged(Exception):
-    """A cache entry whose files do not match its ``rerank_meta.json`` or do not load (the message says how)."""
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON in ``path``; a file that is absent, empty or not JSON is :class:`_Damaged`."""
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise _Damaged(f"{path.name} is missing") from None
-    except ValueError as e:  # not JSON, not UTF-8
-        raise _Damaged(f"{path.name} is not valid JSON: {e}") from None
-
-
 def _load(path: Path, dataset: Dataset, config: BM25Config) -> tuple[bm25s.BM25, list[str]]:
     """The index and doc ids of the cache entry ``path``, checked against its ``rerank_meta.json`` and ``dataset``;
-    :class:`_Damaged` when they do not match or do not load. Entries written before the meta recorded file sizes and
-    the doc ids' hash are checked for what their meta has."""
-    meta = _read_json(path / _META)
+    :class:`DamagedEntry` when they do not match or do not load. Entries written before the meta recorded file sizes
+    and the doc ids' hash are checked for what their meta has."""
+    meta = read_entry_json(path / _META)
     if not isinstance(meta, dict):
-        raise _Damaged(f"{_META} is not a JSON object")
+        raise DamagedEntry(f"{_META} is not a JSON object")
     if meta.get("corpus_sha256", dataset.corpus_hash) != dataset.corpus_hash:
-        raise _Damaged(f"it was built from another corpus (sha256 {meta['corpus_sha256']})")
-    sizes = meta.get("files")
-    for name, size in (sizes.items() if isinstance(sizes, dict) else ()):
-        try:
-            found = (path / name).stat().st_size
-        except FileNotFoundError:
-            raise _Damaged(f"{name} is missing") from None
-        if found != size:
-            raise _Damaged(f"{name} is {found} bytes, {size} when written")
-    try:
-        raw = (path / _DOC_IDS).read_bytes()
-    except FileNotFoundError:
-        raise _Damaged(f"{_DOC_IDS} is missing") from None
-    if "doc_ids_sha256" in meta and hashlib.sha256(raw).hexdigest() != meta["doc_ids_sha256"]:
-        raise _Damaged(f"{_DOC_IDS} differs from the one written")
-    try:
-        doc_ids = json.loads(raw)
-    except ValueError as e:
-        raise _Damaged(f"{_DOC_IDS} is not valid JSON: {e}") from None
-    if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
-        raise _Damaged(f"{_DOC_IDS} is not a list of ids")
-    if meta.get("num_docs", len(doc_ids)) != len(doc_ids):
-        raise _Damaged(f"{_DOC_IDS} holds {len(doc_ids)} ids for {meta['num_docs']} documents")
+        raise DamagedEntry(f"it was built from another corpus (sha256 {meta['corpus_sha256']})")
+    doc_ids = checked_entry_ids(path, meta, _DOC_IDS, "doc_ids_sha256")
     try:
         model = bm25s.BM25.load(str(path), show_progress=config.show_progress)
     except PermissionError:
         raise
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise _Damaged(f"the index does not load: {type(e).__name__}: {e}") from None
+        raise DamagedEntry(f"the index does not load: {type(e).__name__}: {e}") from None
     indexed = model.scores.get("num_docs") if isinstance(model.scores, dict) else None
     if indexed != len(doc_ids):
-        raise _Damaged(f"the index holds {indexed} documents, {_DOC_IDS} {len(doc_ids)}")
+        raise DamagedEntry(f"the index holds {indexed} documents, {_DOC_IDS} {len(doc_ids)}")
     return model, doc_ids
 
 

@@ -37,7 +37,17 @@ import numpy as np
 from rerank.config import changed_options
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.types import Document
-from rerank.utils.files import atomic_write, cache_permission_error, file_lock, hash_obj, staged_dir, write_json
+from rerank.utils.files import (
+    DamagedEntry,
+    atomic_write,
+    cache_permission_error,
+    checked_entry_ids,
+    file_lock,
+    hash_obj,
+    read_entry_json,
+    staged_dir,
+    write_json,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -222,10 +232,6 @@ def _save_npy(arr: np.ndarray, path: Path) -> None:
         np.save(f, arr)
 
 
-class _Damaged(Exception):
-    """Embeddings whose files do not match their manifest or do not load (the message says how)."""
-
-
 def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
     """The finished embeddings in ``work_dir`` for ``key``, or None when there are none (no manifest, another key).
     Damaged ones (:func:`_read_complete`) are dropped with a warning naming the folder, so that they are encoded
@@ -235,7 +241,7 @@ def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
         return None
     try:
         return _read_complete(work_dir, key)
-    except _Damaged as e:
+    except DamagedEntry as e:
         log.warning("the embeddings in %s are damaged (%s); encoding the corpus again", work_dir, e)
         try:
             mpath.unlink(missing_ok=True)
@@ -245,56 +251,25 @@ def _load_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
         return None
 
 
-def _read_json(path: Path) -> Any:
-    """The JSON in ``path``; a file that is absent, empty or not JSON is :class:`_Damaged`."""
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise _Damaged(f"{path.name} is missing") from None
-    except ValueError as e:  # not JSON, not UTF-8
-        raise _Damaged(f"{path.name} is not valid JSON: {e}") from None
-
-
 def _read_complete(work_dir: Path, key: dict[str, Any]) -> EmbeddingSet | None:
     """The embeddings in ``work_dir`` checked against its manifest: each file's recorded size, the sha256 of
     ``ids.json``, the document count and the shape (manifests written before sizes and the hash were recorded are
-    checked for the rest); None when the manifest is another key's; :class:`_Damaged` when anything does not match
+    checked for the rest); None when the manifest is another key's; :class:`DamagedEntry` when anything does not match
     or load."""
-    manifest = _read_json(work_dir / "manifest.json")
+    manifest = read_entry_json(work_dir / "manifest.json")
     if not isinstance(manifest, dict):
-        raise _Damaged("manifest.json is not a JSON object")
+        raise DamagedEntry("manifest.json is not a JSON object")
     if manifest.get("key") != key:
         return None
-    sizes = manifest.get("files")
-    for name, size in (sizes.items() if isinstance(sizes, dict) else ()):
-        try:
-            found = (work_dir / name).stat().st_size
-        except FileNotFoundError:
-            raise _Damaged(f"{name} is missing") from None
-        if found != size:
-            raise _Damaged(f"{name} is {found} bytes, {size} when written")
-    try:
-        raw = (work_dir / "ids.json").read_bytes()
-    except FileNotFoundError:
-        raise _Damaged("ids.json is missing") from None
-    if "ids_sha256" in manifest and hashlib.sha256(raw).hexdigest() != manifest["ids_sha256"]:
-        raise _Damaged("ids.json differs from the one written")
-    try:
-        ids = json.loads(raw)
-    except ValueError as e:
-        raise _Damaged(f"ids.json is not valid JSON: {e}") from None
-    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
-        raise _Damaged("ids.json is not a list of ids")
-    if manifest.get("num_docs", len(ids)) != len(ids):
-        raise _Damaged(f"ids.json holds {len(ids)} ids for {manifest['num_docs']} documents")
+    ids = checked_entry_ids(work_dir, manifest, "ids.json", "ids_sha256")
     try:
         emb = np.load(work_dir / "embeddings.npy", mmap_mode="r")
     except PermissionError:
         raise
     except (OSError, EOFError, ValueError) as e:
-        raise _Damaged(f"embeddings.npy does not load: {type(e).__name__}: {e}") from None
+        raise DamagedEntry(f"embeddings.npy does not load: {type(e).__name__}: {e}") from None
     if emb.shape != (len(ids), manifest.get("dim")):
-        raise _Damaged(f"embeddings {emb.shape} do not match {len(ids)} ids x dim {manifest.get('dim')}")
+        raise DamagedEntry(f"embeddings {emb.shape} do not match {len(ids)} ids x dim {manifest.get('dim')}")
     return EmbeddingSet(ids, emb, manifest, work_dir / "embeddings.npy")
 
 

@@ -20,14 +20,17 @@ from typing import IO, Any
 from rerank.errors import ConfigError
 
 __all__ = [
+    "DamagedEntry",
     "atomic_write",
     "cache_permission_error",
+    "checked_entry_ids",
     "file_lock",
     "hash_obj",
     "named_write",
     "nearest_existing",
     "resolved_path",
     "publish_dir",
+    "read_entry_json",
     "sha256_file",
     "staged_dir",
     "sweep_stale",
@@ -535,3 +538,48 @@ def path_stamp(path: str | Path, recursive: bool = True, hash_limit: int | None 
             seen_hash = _STAMP_HASHES[key] = (st.st_size, st.st_mtime_ns, sha256_file(file))
         out.append([rel, seen_hash[2]])
     return out
+
+
+class DamagedEntry(Exception):
+    """A cache entry whose files do not match what was recorded when it was written, or do not load (the message
+    says how); the entry can be built again."""
+
+
+def read_entry_json(path: Path) -> Any:
+    """The JSON in the cache entry file ``path``; one that is absent, empty or not JSON is :class:`DamagedEntry`."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise DamagedEntry(f"{Path(path).name} is missing") from None
+    except ValueError as e:  # not JSON, not UTF-8
+        raise DamagedEntry(f"{Path(path).name} is not valid JSON: {e}") from None
+
+
+def checked_entry_ids(folder: Path, record: dict[str, Any], ids_name: str, hash_key: str) -> list[str]:
+    """The document ids of the cache entry ``folder`` (the JSON list ``ids_name``), after checking what ``record``
+    (its manifest) wrote down: each file's size (``files``), the sha256 of the id list (``hash_key``) and the document
+    count (``num_docs``); a record written before these were kept is checked for what it has. A mismatch, or ids
+    that do not load, is :class:`DamagedEntry`."""
+    sizes = record.get("files")
+    for name, size in (sizes.items() if isinstance(sizes, dict) else ()):
+        try:
+            found = (folder / name).stat().st_size
+        except FileNotFoundError:
+            raise DamagedEntry(f"{name} is missing") from None
+        if found != size:
+            raise DamagedEntry(f"{name} is {found} bytes, {size} when written")
+    try:
+        raw = (folder / ids_name).read_bytes()
+    except FileNotFoundError:
+        raise DamagedEntry(f"{ids_name} is missing") from None
+    if hash_key in record and hashlib.sha256(raw).hexdigest() != record[hash_key]:
+        raise DamagedEntry(f"{ids_name} differs from the one written")
+    try:
+        ids = json.loads(raw)
+    except ValueError as e:
+        raise DamagedEntry(f"{ids_name} is not valid JSON: {e}") from None
+    if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+        raise DamagedEntry(f"{ids_name} is not a list of ids")
+    if record.get("num_docs", len(ids)) != len(ids):
+        raise DamagedEntry(f"{ids_name} holds {len(ids)} ids for {record['num_docs']} documents")
+    return ids

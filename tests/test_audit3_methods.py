@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from rerank.methods import Method, all_methods, get_method
 from rerank.methods.yes_no.head import YesNoReranker
 from rerank.prompts import _method_variables
 from rerank.trainers.base import TRAINERS, register_trainer
+from tests.method_support import add_method_package, forget_method_packages, kept_registries
 
 YES_NO = Path(methods_pkg.__file__).parent / "yes_no"
 JUDGE_YAML = (YES_NO / "yes_no.yaml").read_text().replace('"yes"', '"true"').replace('"no"', '"false"')
@@ -60,31 +60,20 @@ def add_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
                                         f"class JudgeTask(YesNoTask):\n    method = {task_method or name!r}\n")
         for file, text in (files if files is not None else {"judge.yaml": JUDGE_YAML}).items():
             (folder / file).write_text(text)
-        importlib.invalidate_caches()
-        added.append(pkg)
-        monkeypatch.setattr(methods_pkg, "METHOD_PACKAGES", (*methods_pkg.METHOD_PACKAGES, pkg))
-        monkeypatch.setattr(methods_pkg, "_METHODS", None)
+        add_method_package(monkeypatch, added, pkg)
         importlib.reload(reranker_registry)
         return str(folder)
 
     yield add
-    for pkg in added:
-        for mod in [m for m in sys.modules if m == f"rerank.methods.{pkg}" or m.startswith(f"rerank.methods.{pkg}.")]:
-            del sys.modules[mod]
-        if hasattr(methods_pkg, pkg):
-            delattr(methods_pkg, pkg)
+    forget_method_packages(added)
     _method_variables.cache_clear()
 
 
 @pytest.fixture
 def keep_registries() -> Iterator[None]:
     """Put the reranker and trainer registries back as they were (a replaced built-in included)."""
-    saved = [(r, {k: (v.copy() if isinstance(v, (dict, set)) else v) for k, v in vars(r).items()})
-             for r in (reranker_registry.RERANKERS, TRAINERS)]
-    yield
-    for registry, state in saved:
-        vars(registry).clear()
-        vars(registry).update(state)
+    with kept_registries():
+        yield
 
 
 def test_a_template_name_shipped_twice_is_refused_naming_both_files(add_method: Callable[..., str], run_cli,

@@ -5,8 +5,6 @@ own name in the trained model's ``rerank.json``, and its own teacher roles in ``
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from rerank.errors import ConfigError
 from rerank.methods import get_method
 from rerank.trainers.grpo_trainer import GRPOTrainConfig
 from rerank.trainers.sft_trainer import SFTTrainConfig
+from tests.method_support import add_method_package, forget_method_packages, kept_registries
 
 #: the pieces a copy subclasses under its own name (the class attribute that names the method)
 _CLASSES = {"head": "method", "task": "method"}
@@ -66,18 +65,12 @@ def copy_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         body = ", ".join(f"{k}={v}" for k, v in over.items())
         (folder / "__init__.py").write_text(f"import dataclasses\nfrom {base.package} import METHOD as BASE\n"
                                             f"METHOD = dataclasses.replace(BASE, {body})\n")
-        importlib.invalidate_caches()
-        added.append(pkg)
-        monkeypatch.setattr(methods_pkg, "METHOD_PACKAGES", (*methods_pkg.METHOD_PACKAGES, pkg))
-        monkeypatch.setattr(methods_pkg, "_METHODS", None)
+        add_method_package(monkeypatch, added, pkg)
         return str(folder)
 
-    yield copy
-    for pkg in added:
-        for mod in [m for m in sys.modules if m == f"rerank.methods.{pkg}" or m.startswith(f"rerank.methods.{pkg}.")]:
-            del sys.modules[mod]
-        if hasattr(methods_pkg, pkg):
-            delattr(methods_pkg, pkg)
+    with kept_registries():  # the registries filled while a copy exists list it as a built-in
+        yield copy
+    forget_method_packages(added)
     monkeypatch.setattr(methods_pkg, "_METHODS", None)
 
 

@@ -43,7 +43,8 @@ def default_data_root() -> Path:
 
 
 def cache_root() -> Path:
-    """Where derived artefacts (BM25 indexes, embeddings) are cached: ``$RERANK_CACHE`` or ``~/.cache/rerank``."""
+    """Where derived artefacts (BM25 indexes, embeddings) are cached: ``$RERANK_CACHE``, else ``$XDG_CACHE_HOME/rerank``,
+    else ``~/.cache/rerank``."""
     env = os.environ.get("RERANK_CACHE")
     if env:
         return Path(env).expanduser()

@@ -99,3 +99,54 @@ def test_a_head_the_trainer_does_not_train_is_named_before_its_options(tmp_path:
     config.write_text(f"model: m\nhead: {head}\nmax_length: 512\nmax_doc_tokens: 99\ndata: {{path: t.jsonl}}\n")
     code, _, err = run_cli("train", kind, "--config", config, "--output", tmp_path / "o", "--check", "--inputs-later")
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_predict_and_rank_are_sentence_transformers_cross_encoders(tiny_bert_dir: Path) -> None:
+    """Code written against sentence-transformers' ``CrossEncoder.predict`` / ``.rank`` runs on a reranker: the same
+    scores (in input order, pairs of several queries interleaved) and the same ranking dicts."""
+    import numpy as np
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from rerank.heads.base import Reranker, sigmoid
+
+    head = Reranker.load("cross-encoder", model=str(tiny_bert_dir), max_length=64)
+    st = CrossEncoder(str(tiny_bert_dir), max_length=64, device="cpu")
+    docs = ["rain falls on the plain", "a cat sat", "the rain in spain stays mainly in the plain", "dogs bark"]
+    pairs = [(q, d) for d in docs for q in ("rain in spain", "cats and dogs")]  # the two queries interleaved
+    want = st.predict(pairs, activation_fn=torch.nn.Identity())
+    got = head.predict(pairs)
+    assert isinstance(got, np.ndarray) and got.shape == (8,)
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
+    assert head.predict(pairs[3]) == pytest.approx(float(want[3]), abs=1e-5)  # one pair: one value
+    assert head.predict(pairs, relevance=True).tolist() == pytest.approx([sigmoid(s) for s in want], abs=1e-5)
+    assert head.predict([]).shape == (0,)
+    ranked = head.rank("rain in spain", docs, top_k=3, return_documents=True)
+    expect = st.rank("rain in spain", docs, top_k=3, return_documents=True, activation_fn=torch.nn.Identity())
+    assert [(r["corpus_id"], r["text"]) for r in ranked] == [(r["corpus_id"], r["text"]) for r in expect]
+    assert [r["score"] for r in ranked] == pytest.approx([float(r["score"]) for r in expect], abs=1e-5)
+    assert set(head.rank("rain in spain", docs)[0]) == {"corpus_id", "score"}
+
+
+def test_predict_scores_each_querys_pairs_as_one_list_and_names_a_bad_pair() -> None:
+    from rerank.heads.base import Reranker
+    from tests.serve_support import LongestFirst
+
+    class ShareOfList(LongestFirst):
+        """A list-dependent score: the document's length over its list's total."""
+
+        method = "test-audit4-share"
+
+        def score_candidates(self, query: Any, candidates: list[Any]) -> list[float]:
+            total = sum(len(c.doc.text) for c in candidates)
+            return [len(c.doc.text) / total for c in candidates]
+
+    head = ShareOfList()
+    got = head.predict([("q1", "aaa"), ("q2", "b"), ("q1", "a"), ("q2", "bbb")]).tolist()
+    assert got == pytest.approx([0.75, 0.25, 0.25, 0.75])
+    assert isinstance(head, Reranker)
+    for bad in ([("q", "d", "x")], [("q", 3)], ["q d"]):
+        with pytest.raises(TypeError, match=r"pairs\[0\]: expected a \(query, document\) pair of strings"):
+            head.predict(bad)
+    with pytest.raises(TypeError, match="rank takes a query string and a list of document strings"):
+        head.rank("q", [{"text": "d"}])

@@ -390,6 +390,40 @@ class Reranker(ABC):
         ``result.to_run()`` (rank-derived scores) to ``evaluate_run``, not the raw scores."""
         return self.rerank_batch([query], [_as_list(docs, "docs")], top_k=top_k)[0]
 
+    def predict(self, pairs: Sequence[tuple[str, str]] | tuple[str, str], relevance: bool = False) -> Any:
+        """sentence-transformers' ``CrossEncoder.predict`` for any head: a numpy array of the score of each (query,
+        document) pair in input order (one pair: one value), raw as the head ranks by, or with ``relevance=True`` in
+        [0, 1] (:attr:`ScoredDocument.relevance`, what Cohere clients get). The pairs of one query are scored as one
+        list, so a head whose scores depend on the list (listwise) scores each document among that query's others."""
+        import numpy as np
+
+        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        items = [pairs] if single else _as_list(pairs, "pairs")
+        groups: dict[str, list[int]] = {}
+        for i, pair in enumerate(items):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise TypeError(f"pairs[{i}]: expected a (query, document) pair of strings, got {pair!r}")
+            groups.setdefault(pair[0], []).append(i)
+        ranked = self.rerank_batch(list(groups), [[items[i][1] for i in at] for at in groups.values()])
+        out = np.zeros(len(items), dtype=np.float64)
+        for at, result in zip(groups.values(), ranked, strict=True):
+            for r in result.results:  # string documents get their positions in the query's list as ids
+                out[at[int(r.doc.id)]] = r.relevance if relevance else r.score
+        return out[0] if single else out
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
+             return_documents: bool = False) -> list[dict[str, Any]]:
+        """sentence-transformers' ``CrossEncoder.rank``: ``{"corpus_id": position in documents, "score": raw score}``
+        (plus ``"text"`` with ``return_documents``) best first, cut to ``top_k``; :meth:`rerank` gives the full
+        result (relevance, metadata)."""
+        docs = _as_list(documents, "documents")
+        if not isinstance(query, str) or any(not isinstance(d, str) for d in docs):
+            raise TypeError("rank takes a query string and a list of document strings (rerank() takes documents "
+                            "with ids, titles or Document objects)")
+        result = self.rerank(query, docs, top_k=top_k)
+        return [{"corpus_id": int(r.doc.id), "score": r.score, **({"text": r.doc.text} if return_documents else {})}
+                for r in result.results]
+
     def rerank_batch(
         self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
     ) -> list[RankedResult]:

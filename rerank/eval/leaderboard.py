@@ -29,7 +29,7 @@ import yaml
 from rerank.config import from_dict, load_yaml, to_dict
 from rerank.data.datasets import cache_root, check_max_queries, resolve_dataset
 from rerank.errors import ConfigError
-from rerank.eval.metrics import DEFAULT_MEASURES
+from rerank.eval.metrics import DEFAULT_MEASURES, parse_measures
 from rerank.eval.pipeline import EvalConfig, check_interpolate, check_positive_int, run_eval
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, path_stamp, write_json
@@ -341,13 +341,20 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     return hash_obj({"config": key, "stamps": stamps})
 
 
-def _cell_summary(metrics: dict[str, Any], measure: str) -> dict[str, Any]:
+def _cell_summary(metrics: dict[str, Any], measure: str, cell: str) -> dict[str, Any]:
+    """What the table reads of a cell's ``metrics.json``: ``measure`` under the name the cell's metrics gave it (a
+    binary measure at the dataset's relevance level 2 is ``AP(rel=2)``); a cell lacking it is a ConfigError."""
     t = metrics["timing_s"]
     n = metrics["num_queries"]
     secs = t.get("first_stage_s", 0.0) + t.get("rerank_s", 0.0)
-    per_query = {q: v.get(measure, 0.0) for q, v in metrics["per_query"].items()}
+    key = parse_measures(measure, metrics.get("rel_level", 1))[0][0]
+    if key not in metrics["metrics"] or not all(key in v for v in metrics["per_query"].values()):
+        raise ConfigError(f"cell {cell}: its metrics.json holds no {key!r} (the leaderboard's measure {measure!r} at "
+                          f"relevance level {metrics.get('rel_level', 1)}; a damaged file?): rerun with --force")
+    per_query = {q: v[key] for q, v in metrics["per_query"].items()}
     return {
-        "value": metrics["metrics"].get(measure),
+        "value": metrics["metrics"][key],
+        "measure_key": key,
         "per_query": per_query,
         "num_queries": n,
         "seconds": secs,
@@ -473,7 +480,8 @@ def run_leaderboard(
                          "workers": ecfg.workers}
                 write_json(saved, cell_file)
             load = saved.get("load_avg_1min") if saved else None
-            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure), "reused": reused, "dir": str(out),
+            cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure, f"'{row.name}' x '{col.label}'"),
+                                          "reused": reused, "dir": str(out),
                                           "load_avg_1min": load, "workers": (saved or {}).get("workers", 1)}
         if reranker is not None:
             reranker.close()
@@ -634,7 +642,10 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         sl = f"first {c['max_queries']} queries" if c["max_queries"] else "all queries"
         runs = ", ".join(f"{k} = `{v}`" for k, v in c["runs"].items())
         own = " (rows marked top-N: their N)" if c["label"] in own_k else ""
-        lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}{own}"
+        keys = sorted({x.get("measure_key", m) for d in report["cells"].values() for label, x in d.items()
+                       if label == c["label"]} - {m})
+        scored = f"; {m} is scored as {', '.join(f'`{k}`' for k in keys)} (the dataset's relevance level)" if keys else ""
+        lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}{own}{scored}"
                      + (f"; precomputed runs: {runs}" if runs else "") + (f". {c['note']}" if c["note"] else ""))
     loads = [x["load_avg_1min"] for d in report["cells"].values() for x in d.values() if x.get("load_avg_1min")]
     if loads:

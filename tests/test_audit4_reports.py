@@ -1,0 +1,71 @@
+"""Audit s41: the numbers and words of `rerank leaderboard`, `rerank eval` / `evaluate` and report.md."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rerank.eval.leaderboard import randomization_test
+from tests.test_leaderboard import ShortestFirst  # noqa: F401 - registers the "test-shortest" reranker
+from tests.test_suites import OverlapRetriever  # noqa: F401 - registers the "test-overlap" first stage
+
+
+def _dl19_board(tmp_path: Path, tiny_beir_dir: Path, measure: str) -> tuple[Path, Path, Path]:
+    """A leaderboard over a tiny graded BEIR folder named as DL19 (so binary measures count grade >= 2), in the
+    average, with two rows; returns (config, data root, results folder)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_beir_dir, data / "dl19-bm25-top100")
+    cfg = {"name": "rel2", "measure": measure, "published": False,
+           "columns": [{"label": "dl19", "dataset": "dl19-bm25-top100", "top_k": 10}],
+           "rows": [{"name": "overlap", "retriever": "test-overlap"},
+                    {"name": "overlap > shortest", "retriever": "test-overlap", "reranker": "test-shortest",
+                     "backend": "none"}],
+           "significance": {"samples": 500}}
+    path = tmp_path / "lb.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path, data, tmp_path / "res"
+
+
+@pytest.mark.parametrize("measure", ["AP", "RR@10"])
+def test_leaderboard_reads_a_binary_measure_at_the_datasets_relevance_level(
+        tmp_path: Path, tiny_beir_dir: Path, run_cli, measure: str) -> None:
+    """The cells, the average and the p-value of a DL19 column use the metrics' ``AP(rel=2)``, not missing zeros."""
+    path, data, res = _dl19_board(tmp_path, tiny_beir_dir, measure)
+    rc, _, err = run_cli("leaderboard", "--config", path, "--data-root", data, "--results-dir", res)
+    assert rc == 0, err
+    key = measure.replace("@", "(rel=2)@") if "@" in measure else f"{measure}(rel=2)"
+    board = json.loads((res / "leaderboard.json").read_text())
+    per_query, shown = {}, []
+    for row, folder in (("overlap", "overlap"), ("overlap > shortest", "overlap_shortest")):
+        m = json.loads((res / folder / "dl19" / "metrics.json").read_text())
+        assert m["rel_level"] == 2
+        per_query[row] = [m["per_query"][q][key] for q in sorted(m["per_query"])]
+        got = next(r for r in board["rows"] if r["name"] == row)
+        assert got["columns"]["dl19"]["value"] == pytest.approx(m["metrics"][key])
+        assert got["average"] == pytest.approx(m["metrics"][key])
+        shown.append(f"{m['metrics'][key]:.4f}")
+    assert per_query["overlap"] != per_query["overlap > shortest"]
+    (pair,) = board["pairwise"]["dl19"]
+    assert pair["p"] == randomization_test(per_query["overlap"], per_query["overlap > shortest"], 500, 0) < 1.0
+    text = (res / "leaderboard.md").read_text()
+    assert f"{measure} is scored as `{key}`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert [line.split(" | ")[6].removesuffix(" †") for line in rows] == shown
+
+
+def test_leaderboard_refuses_a_cell_whose_metrics_lack_the_measure(tmp_path: Path, tiny_beir_dir: Path,
+                                                                    run_cli) -> None:
+    """A cached cell's metrics.json without the measure is a one-line error naming the cell, not zeros."""
+    path, data, res = _dl19_board(tmp_path, tiny_beir_dir, "AP")
+    assert run_cli("leaderboard", "--config", path, "--data-root", data, "--results-dir", res)[0] == 0
+    file = res / "overlap" / "dl19" / "metrics.json"
+    m = json.loads(file.read_text())
+    del m["metrics"]["AP(rel=2)"]
+    file.write_text(json.dumps(m))
+    rc, _, err = run_cli("leaderboard", "--config", path, "--data-root", data, "--results-dir", res, "--only-cached")
+    assert rc == 2 and "Traceback" not in err
+    assert "'overlap' x 'dl19'" in err and "'AP(rel=2)'" in err

@@ -69,3 +69,27 @@ def test_leaderboard_refuses_a_cell_whose_metrics_lack_the_measure(tmp_path: Pat
     rc, _, err = run_cli("leaderboard", "--config", path, "--data-root", data, "--results-dir", res, "--only-cached")
     assert rc == 2 and "Traceback" not in err
     assert "'overlap' x 'dl19'" in err and "'AP(rel=2)'" in err
+
+
+@pytest.mark.parametrize(("measure", "named"), [("nDCG(rel=2)@10", "nDCG does not take rel (nDCG always uses the graded"),
+                                                ("Judged(rel=2)@10", "Judged does not take rel; its parameters: cutoff"),
+                                                ("RR(foo=1)@10", "RR does not take foo; its parameters: cutoff, rel")])
+def test_a_parameter_the_measure_does_not_take_is_a_one_line_error(tmp_path: Path, tiny_beir_dir: Path, run_cli,
+                                                                    measure: str, named: str) -> None:
+    """`rerank evaluate` and `rerank eval` refuse it naming the measure and what it takes (was a KeyError)."""
+    from rerank.errors import ConfigError
+    from rerank.eval.metrics import parse_measures
+
+    with pytest.raises(ConfigError, match=r"measure '.*': ") as e:
+        parse_measures(measure, 2)
+    assert named in str(e.value) and repr(measure) in str(e.value)
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 1.0 x\n", encoding="utf-8")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("q1\t0\td1\t2\n", encoding="utf-8")
+    for args in (("evaluate", "--run", run, "--qrels", qrels, "-m", measure),
+                 ("eval", "--dataset", tiny_beir_dir, "--retriever", "test-overlap", "-m", measure,
+                  "--output", tmp_path / "out")):
+        rc, _, err = run_cli(*args)
+        assert rc == 2 and "Traceback" not in err and named in err, err
+        assert len(err.strip().splitlines()) == 1, err

@@ -12,7 +12,8 @@ Conventions, stated once so reports can say them:
   ``NumQ``: trec_eval's ``num_ret``, ``num_rel``, ``num_rel_ret``, ``num_q``), which are summed over them as trec_eval
   and ir-measures (its ``SumAgg`` aggregator) sum them; their per-query values are the query's own counts.
 * A cutoff (``nDCG@0``) or relevance level (``AP(rel=0)``) below 1 in a measure name is a
-  :class:`~rerank.errors.ConfigError` naming the measure (pytrec_eval aborts the process on the first).
+  :class:`~rerank.errors.ConfigError` naming the measure (pytrec_eval aborts the process on the first), and so is a
+  parameter the measure does not take (``nDCG(rel=2)@10``, ``Judged(rel=2)@10``), naming those it takes.
 * Input trec_eval would misread is a ``ValueError`` naming the query (and document): a document listed twice in one
   query's ranking, a NaN score, a grade that is not an integer or lies outside the signed 32-bit range, a grade above
   :data:`EVAL_GRADE_MAX` (trec_eval allocates memory for every level up to the largest grade); an id that is
@@ -82,7 +83,15 @@ def _parse_one(name: str, rel_level: int) -> list[ir_measures.Measure]:
 
 def _check_params(name: str, m: ir_measures.Measure) -> None:
     """A cutoff or relevance level below 1 is refused: pytrec_eval aborts the process on cutoff 0 (a C assertion) and
-    raises on ``rel=0``, and neither means anything (``--rel-level`` is refused below 1 the same way)."""
+    raises on ``rel=0``, and neither means anything (``--rel-level`` is refused below 1 the same way). A parameter the
+    measure does not take (``nDCG(rel=2)@10``) is refused naming those it takes."""
+    unsupported = [p for p in m.params if p not in m.SUPPORTED_PARAMS]
+    if unsupported:
+        takes = ", ".join(m.SUPPORTED_PARAMS) or "none"
+        why = (" (nDCG always uses the graded judgements: a relevance level applies to binary measures only)"
+               if m.NAME == "nDCG" and "rel" in unsupported else "")
+        raise ConfigError(f"measure {name!r}: {m.NAME} does not take {', '.join(unsupported)}{why}; "
+                          f"its parameters: {takes}")
     for param, what in (("cutoff", "cutoff"), ("rel", "relevance level (rel)")):
         value = m.params.get(param)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:

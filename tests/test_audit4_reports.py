@@ -93,3 +93,22 @@ def test_a_parameter_the_measure_does_not_take_is_a_one_line_error(tmp_path: Pat
         rc, _, err = run_cli(*args)
         assert rc == 2 and "Traceback" not in err and named in err, err
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_report_says_when_max_queries_kept_only_the_first_queries(tmp_path: Path, tiny_beir_dir: Path,
+                                                                   run_cli) -> None:
+    """report.md states that --max-queries kept the first N judged queries, not 'all judged queries'."""
+    from rerank.data.datasets import Dataset
+
+    judged = len(Dataset(tiny_beir_dir).qrels("test"))
+    assert judged > 3
+    for cap, words in ((3, "the first 3 judged queries of the split, by query id (--max-queries 3)"),
+                       (judged + 5, f"all judged queries: the split has fewer than --max-queries {judged + 5}"),
+                       (None, "(mean over all judged queries;")):
+        out = tmp_path / f"out{cap}"
+        rc, _, err = run_cli("eval", "--dataset", tiny_beir_dir, "--retriever", "test-overlap", "--output", out,
+                             *(("--max-queries", cap) if cap else ()))
+        assert rc == 0, err
+        text = (out / "report.md").read_text()
+        assert words in text, text
+        assert ("all judged queries" in text) == (cap != 3)

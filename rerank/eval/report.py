@@ -35,6 +35,17 @@ def _rerank_setting(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _which_queries(metrics: dict[str, Any]) -> str:
+    """Which judged queries the mean is over: all of the split's, or its first N by id under ``--max-queries N``."""
+    cap = (metrics.get("config") or {}).get("max_queries")
+    n = metrics["num_queries"]
+    if cap is None:
+        return "all judged queries"
+    if n < cap:
+        return f"all judged queries: the split has fewer than --max-queries {cap}"
+    return f"the first {n} judged queries of the split, by query id (--max-queries {cap})"
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """Markdown: setup, aggregate metrics, conventions, timing and parse statistics (those of generated text only
     where the head parsed some: a cross-encoder or yes-no has none to show)."""
@@ -48,7 +59,7 @@ def render_report(metrics: dict[str, Any]) -> str:
         f"- first stage: `{fs.get('name')}`" + (f" ({fs['path']})" if fs.get("path") else ""),
         reranker,
         *(_rerank_setting(metrics.get("config") or {}) if rr else []),
-        (f"- queries: {metrics['num_queries']} (mean over all judged queries; "
+        (f"- queries: {metrics['num_queries']} (mean over {_which_queries(metrics)}; "
          f"{len(metrics['missing_queries'])} absent from the run count as 0)"),
         f"- relevance level for binary measures: >= {metrics['rel_level']} (nDCG uses graded judgements)",
         "",

@@ -112,3 +112,16 @@ def test_report_says_when_max_queries_kept_only_the_first_queries(tmp_path: Path
         text = (out / "report.md").read_text()
         assert words in text, text
         assert ("all judged queries" in text) == (cap != 3)
+
+
+def test_a_p_value_printed_never_disagrees_with_the_significance_mark() -> None:
+    """p = 100/2001 = 0.049975 (†, p < 0.05, 99 hits in 2000 flips) is printed 0.04998, not 0.0500; other p-values keep 4 decimals."""
+    from rerank.eval.leaderboard import render_markdown
+
+    pairs = [{"a": "A", "b": "B", "queries": 15, "p": p} for p in (100 / 2001, 0.05, 0.0500004, 0.3571, 0.0004998)]
+    report = {"name": "p", "measure": "nDCG@10", "columns": [], "average_over": [], "rows": [], "cells": {},
+              "pairwise": {"c": pairs}, "significance": {"p": 0.05, "samples": 2000, "seed": 0}, "published": [],
+              "notes": [], "generated": "now", "machine": "here"}
+    text = render_markdown(report, "lb.yaml", None)
+    shown = [line.split(" | ")[-1].rstrip(" |") for line in text.splitlines() if line.startswith("| c |")]
+    assert shown == ["0.04998", "0.0500", "0.0500", "0.3571", "0.0005"]

@@ -566,6 +566,15 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _fmt_p(p: float, alpha: float) -> str:
+    """``p`` to 4 decimals, or more where those would put it on the other side of ``alpha`` than the ``†`` mark
+    (0.049975 is 0.04998, not 0.0500, beside p < 0.05)."""
+    digits = 4
+    while (float(f"{p:.{digits}f}") < alpha) != (p < alpha) and digits < 17:
+        digits += 1
+    return f"{p:.{digits}f}"
+
+
 def _qps(v: float | None) -> str:
     return "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.3g}")
 
@@ -644,7 +653,8 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         own = " (rows marked top-N: their N)" if c["label"] in own_k else ""
         keys = sorted({x.get("measure_key", m) for d in report["cells"].values() for label, x in d.items()
                        if label == c["label"]} - {m})
-        scored = f"; {m} is scored as {', '.join(f'`{k}`' for k in keys)} (the dataset's relevance level)" if keys else ""
+        scored = (f"; {m} is scored as {', '.join(f'`{k}`' for k in keys)} (the dataset's relevance level)"
+                  if keys else "")
         lines.append(f"- **{c['label']}**: `{c['dataset']}` ({c['split']}), {sl}, rerank top-{c['top_k']}{own}{scored}"
                      + (f"; precomputed runs: {runs}" if runs else "") + (f". {c['note']}" if c["note"] else ""))
     loads = [x["load_avg_1min"] for d in report["cells"].values() for x in d.values() if x.get("load_avg_1min")]
@@ -683,7 +693,7 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
     if pw:
         lines += ["", "## Pairwise significance (p-values)", "", "| column | row A | row B | queries | p |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {c} | {p['a']} | {p['b']} | {p['queries']} | {p['p']:.4f} |" for c, p in pw]
+        lines += [f"| {c} | {p['a']} | {p['b']} | {p['queries']} | {_fmt_p(p['p'], sig['p'])} |" for c, p in pw]
     lines.append("")
     return "\n".join(lines)
 

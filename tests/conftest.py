@@ -27,7 +27,7 @@ if "RERANK_CACHE" not in os.environ:  # indexes, embeddings and LLM calls of thi
     os.environ["RERANK_CACHE"] = tempfile.mkdtemp(prefix="rerank-test-cache-")
     atexit.register(shutil.rmtree, os.environ["RERANK_CACHE"], True)
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -174,3 +174,13 @@ def tiny_ds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dataset:
     (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "zebra"}) + "\n")
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     return Dataset(root)
+
+
+@pytest.fixture()
+def umask_022() -> Iterator[None]:
+    """The usual umask (022) for the test, whatever the process had, restored afterwards."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

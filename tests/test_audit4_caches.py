@@ -11,7 +11,7 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,6 @@ DOCS = [{"_id": f"d{i:02d}", "title": f"topic {i % 4}", "text": f"word{i} shared
         for i in range(20)]
 QUERIES = {f"q{i}": Query(f"q{i}", f"word{i} shared{i % 3}") for i in range(8)}
 META = "rerank_meta.json"
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.fixture

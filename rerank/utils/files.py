@@ -404,6 +404,18 @@ def _move_aside(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _taken(tmp: Path, path: Path) -> OSError | None:
+    """Rename ``tmp`` to ``path``: None when done, the error when something stands at ``path`` (another process's
+    folder, a link); any other failure raises."""
+    try:
+        os.rename(tmp, path)
+        return None
+    except OSError as e:
+        if e.errno not in _TAKEN and not os.path.lexists(path):
+            raise
+        return e
+
+
 def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
     """Rename the fully written folder ``tmp`` to ``path`` (atomic on one filesystem).
 
@@ -414,12 +426,9 @@ def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
     """
     tmp, path = Path(tmp), Path(path)
     _add_group_write(tmp)
-    try:
-        os.rename(tmp, path)
+    error = _taken(tmp, path)
+    if error is None:
         return True
-    except OSError as e:
-        if e.errno not in _TAKEN and not os.path.lexists(path):
-            raise
     lock = path.parent / f".{path.name}.publish.lock"  # not a caller's own ``.NAME.lock``: that would wait on itself
     with file_lock(lock):
         try:
@@ -429,13 +438,10 @@ def publish_dir(tmp: str | Path, path: str | Path, marker: str) -> bool:
                     return False
                 if os.path.lexists(path):
                     _move_aside(path)
-                try:
-                    os.rename(tmp, path)
+                taken = _taken(tmp, path)
+                if taken is None:
                     return True
-                except OSError as e:
-                    if e.errno not in _TAKEN and not os.path.lexists(path):
-                        raise
-                    error = e
+                error = taken
             raise error
         finally:
             lock.unlink(missing_ok=True)  # a waiter notices and locks a new file

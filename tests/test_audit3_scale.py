@@ -45,6 +45,7 @@ def _outputs(out: Path) -> tuple[bytes, dict[str, Any]]:
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.pop("timing_s")
     metrics.pop("throughput")
+    metrics.pop("provenance")  # when the run was made
     metrics["config"].pop("output")
     metrics["first_stage"].pop("cache_hit", None)  # the first run built the BM25 index, the second reads it
     return (out / "run.trec").read_bytes(), metrics

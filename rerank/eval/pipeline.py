@@ -32,9 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
+import importlib.metadata
 import json
 import logging
 import os
+import platform
+import sys
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -57,7 +61,7 @@ from rerank.types import Candidate, Qrels, Query, RankedResult, Run
 from rerank.utils.files import atomic_write, resolved_path, write_json
 
 __all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_docs",
-           "check_run_overlap", "rerank_run", "run_eval", "warn_rel_level"]
+           "check_run_overlap", "provenance", "rerank_run", "run_eval", "warn_rel_level"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
@@ -576,6 +580,49 @@ def run_eval(cfg: EvalConfig, reranker: Reranker | WorkerPool | None = None, pro
                          progress, given)
 
 
+def _version(package: str) -> str | None:
+    """The installed version of ``package``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _find_key(value: Any, key: str) -> Any:
+    """The first non-None value of ``key`` in nested dicts (depth first), or None."""
+    if isinstance(value, dict):
+        if value.get(key) is not None:
+            return value[key]
+        for v in value.values():
+            if (hit := _find_key(v, key)) is not None:
+                return hit
+    return None
+
+
+def provenance(reranker_desc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """When and where a result was computed, for ``metrics.json``: the UTC date-time, the machine (as the leaderboard
+    writes it, plus the GPU's name where torch sees CUDA), the Python, rerank, torch and transformers versions, and
+    the dtype the reranker's backend resolved where its description has one (``resolved_dtype``)."""
+    from rerank import __version__
+
+    machine = f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}"
+    torch = sys.modules.get("torch")  # not imported: nothing ran on a GPU (and importing it here costs seconds)
+    if torch is not None and torch.cuda.is_available():
+        machine += f", GPU {torch.cuda.get_device_name()}"
+    out: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine,
+        "python": platform.python_version(),
+        "rerank": __version__,
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+    }
+    dtype = _find_key(reranker_desc, "resolved_dtype")
+    if dtype is not None:
+        out["resolved_dtype"] = str(dtype)
+    return out
+
+
 def _drop_excluded(run: Run, dataset: Dataset, split: str) -> Run:
     """``run`` without the documents a query may not rank: the query itself where the dataset ignores identical ids,
     and BRIGHT's excluded ids (they leave the ranking before reranking and scoring)."""
@@ -609,8 +656,10 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         options = progress_options(cfg.retriever, cfg.retriever_options, progress)  # type: ignore[arg-type]
         retriever: FirstStage = build_retriever(cfg.retriever, dataset, **options)  # type: ignore[arg-type]
         reranking = reranker is not None or pool is not None  # it needs top_k candidates; else depth is the run's
-        run = retriever.retrieve(queries, k=max(cfg.depth, cfg.top_k) if reranking else cfg.depth)
-        first_stage_desc = retriever.describe()
+        depth = max(cfg.depth, cfg.top_k) if reranking else cfg.depth
+        run = retriever.retrieve(queries, k=depth)
+        # the depth retrieved per query (--depth, at least --top-k); hybrid's own "depth" is each of its two stages'
+        first_stage_desc = {**retriever.describe(), "retrieval_depth": depth}
     run = _drop_excluded(run, dataset, cfg.split)
     timing["first_stage_s"] = time.perf_counter() - t
 
@@ -687,6 +736,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             "queries_per_s": (n_reranked / timing["rerank_s"]) if timing.get("rerank_s") else None,
         },
         "config": to_dict(cfg),
+        "provenance": provenance(reranker_desc),
     }
     if reranker is not None or pool is not None:
         metrics["parse"] = stats.as_dict()  # this run's outputs only

@@ -46,6 +46,28 @@ def _which_queries(metrics: dict[str, Any]) -> str:
     return f"the first {n} judged queries of the split, by query id (--max-queries {cap})"
 
 
+def _first_stage(fs: dict[str, Any]) -> str:
+    """The first stage, with a given run's path, or a retriever's depth and BM25's k1 and b as it resolved them."""
+    line = f"- first stage: `{fs.get('name')}`" + (f" ({fs['path']})" if fs.get("path") else "")
+    details = []
+    if fs.get("retrieval_depth") is not None:
+        details.append(f"top {fs['retrieval_depth']} per query")
+    config = fs.get("config") or {}
+    if fs.get("name") == "bm25" and "k1" in config and "b" in config:
+        details.append(f"k1 {config['k1']:g}, b {config['b']:g}")
+    return line + (f" ({'; '.join(details)})" if details else "")
+
+
+def _provenance(metrics: dict[str, Any]) -> list[str]:
+    """When, where and with which versions the run was computed (``metrics.json``'s ``provenance``), if recorded."""
+    p = metrics.get("provenance")
+    if not p:
+        return []
+    versions = ", ".join(f"{name} {p[name]}" for name in ("rerank", "torch", "transformers") if p.get(name))
+    dtype = f"; dtype {p['resolved_dtype']}" if p.get("resolved_dtype") else ""
+    return [f"- computed: {p['date']} on {p['machine']}; Python {p['python']}, {versions}{dtype}"]
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """Markdown: setup, aggregate metrics, conventions, timing and parse statistics (those of generated text only
     where the head parsed some: a cross-encoder or yes-no has none to show)."""
@@ -56,12 +78,13 @@ def render_report(metrics: dict[str, Any]) -> str:
     lines = [
         f"# {metrics['dataset']} ({metrics['split']})",
         "",
-        f"- first stage: `{fs.get('name')}`" + (f" ({fs['path']})" if fs.get("path") else ""),
+        _first_stage(fs),
         reranker,
         *(_rerank_setting(metrics.get("config") or {}) if rr else []),
         (f"- queries: {metrics['num_queries']} (mean over {_which_queries(metrics)}; "
          f"{len(metrics['missing_queries'])} absent from the run count as 0)"),
         f"- relevance level for binary measures: >= {metrics['rel_level']} (nDCG uses graded judgements)",
+        *_provenance(metrics),
         "",
         "| measure | value |",
         "|---|---|",

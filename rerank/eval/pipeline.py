@@ -54,7 +54,7 @@ from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_ru
 from rerank.errors import ConfigError, DataFormatError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
-from rerank.heads.base import CallWarnings, Reranker, RerankStats, described_model
+from rerank.heads.base import CallWarnings, Reranker, RerankStats, described_model, described_value
 from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
@@ -588,17 +588,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _find_key(value: Any, key: str) -> Any:
-    """The first non-None value of ``key`` in nested dicts (depth first), or None."""
-    if isinstance(value, dict):
-        if value.get(key) is not None:
-            return value[key]
-        for v in value.values():
-            if (hit := _find_key(v, key)) is not None:
-                return hit
-    return None
-
-
 def provenance(reranker_desc: dict[str, Any] | None = None) -> dict[str, Any]:
     """When and where a result was computed, for ``metrics.json``: the UTC date-time, the machine (as the leaderboard
     writes it, plus the GPU's name where torch sees CUDA), the Python, rerank, torch and transformers versions, and
@@ -617,7 +606,7 @@ def provenance(reranker_desc: dict[str, Any] | None = None) -> dict[str, Any]:
         "torch": _version("torch"),
         "transformers": _version("transformers"),
     }
-    dtype = _find_key(reranker_desc, "resolved_dtype")
+    dtype = described_value(reranker_desc, "resolved_dtype")
     if dtype is not None:
         out["resolved_dtype"] = str(dtype)
     return out

@@ -28,7 +28,7 @@ from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocumen
 
 __all__ = [
     "CallWarnings", "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates",
-    "check_local_model", "described_model", "position_scores", "sigmoid", "split_scores",
+    "check_local_model", "described_model", "described_value", "position_scores", "sigmoid", "split_scores",
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
@@ -552,6 +552,18 @@ class Reranker(ABC):
 
     def close(self) -> None:
         """Release model resources (backends with servers or GPU memory override this)."""
+
+
+def described_value(desc: Any, key: str) -> Any:
+    """The first non-None value of ``key`` in a reranker's :meth:`~Reranker.describe` (nested dicts, depth first),
+    e.g. the ``resolved_dtype`` its backend reports; None when there is none."""
+    if isinstance(desc, dict):
+        if desc.get(key) is not None:
+            return desc[key]
+        for v in desc.values():
+            if (hit := described_value(v, key)) is not None:
+                return hit
+    return None
 
 
 def described_model(desc: dict[str, Any]) -> tuple[str | None, str | None]:

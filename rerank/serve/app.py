@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rerank import __version__
-from rerank.heads.base import CallWarnings, Reranker
+from rerank.heads.base import CallWarnings, Reranker, described_value
 from rerank.serve.batcher import (
     Batcher,
     ModelError,
@@ -224,22 +224,11 @@ def model_dtype(reranker: Reranker, described: dict[str, Any]) -> str:
             found += [v for name in ("model", "encoder", "backend", "inner")
                       if (v := getattr(obj, name, None)) is not None and not isinstance(v, str)]
         layer = found
-    resolved = _find_key(described, "resolved_dtype")
+    resolved = described_value(described, "resolved_dtype")
     if resolved:
         return str(resolved).removeprefix("torch.")
     option = described.get("config", {}).get("dtype")
     return str(option) if option and option != "auto" else "unknown"
-
-
-def _find_key(value: Any, key: str) -> Any:
-    """The first value of ``key`` in nested dicts (depth first), or None."""
-    if isinstance(value, dict):
-        if value.get(key) is not None:
-            return value[key]
-        for v in value.values():
-            if (hit := _find_key(v, key)) is not None:
-                return hit
-    return None
 
 
 def _cohere_docs(body: CohereRerankRequest) -> list[tuple[str, str]]:

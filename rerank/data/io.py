@@ -33,6 +33,7 @@ __all__ = [
     "DUPLICATE_POLICIES",
     "GRADE_MAX",
     "GRADE_MIN",
+    "gzipped",
     "open_text",
     "iter_lines",
     "iter_jsonl",
@@ -77,10 +78,16 @@ _MID_BOM = ("byte-order mark (U+FEFF) in the line: only the very start of a file
 GRADE_MIN, GRADE_MAX = -(2**31), 2**31 - 1
 
 
+def gzipped(path: str | Path) -> bool:
+    """Whether ``path`` names a gzip file: its name ends in ``.gz``, in any case (``run.TREC.GZ``), as every reader and
+    writer decides."""
+    return Path(path).suffix.lower() == ".gz"
+
+
 def open_text(path: str | Path) -> IO[str]:
     """Open a text file for reading (``.gz`` decompressed, a leading byte-order mark dropped)."""
     path = Path(path)
-    if path.suffix == ".gz":
+    if gzipped(path):
         return gzip.open(path, "rt", encoding="utf-8-sig")
     return open(path, encoding="utf-8-sig")
 
@@ -123,9 +130,10 @@ def iter_lines(
     """
     path = Path(path)
     lineno = 0
+    gz = gzipped(path)
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            read = f.read1 if path.suffix == ".gz" else f.read  # read1: what one inflate gives, so a cut stream
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            read = f.read1 if gz else f.read  # read1: what one inflate gives, so a cut stream
             pending = b""                                       # fails after the lines that came before the cut
             while True:
                 block = read(block_size)
@@ -341,7 +349,7 @@ def count_records(path: str | Path) -> int:
     """The non-blank lines of a JSONL file (``.gz`` decompressed), read as bytes and not parsed: a cheap count of
     its records, e.g. for a progress bar's total."""
     path = Path(path)
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+    with gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
 
@@ -358,7 +366,7 @@ def _is_queries_header(parts: list[str]) -> bool:
 
 
 def _iter_query_lines(path: Path) -> Iterator[tuple[int, Query]]:
-    if ".tsv" in path.suffixes:
+    if ".tsv" in (s.lower() for s in path.suffixes):
         first = True
         for lineno, line in iter_lines(path, controls=True):
             if not line.strip():

@@ -10,12 +10,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rerank.cli.rank_cmd import output_kind
-from rerank.data.io import count_records, iter_lines, open_text, read_qrels, read_run
+from rerank.data.io import count_records, iter_lines, open_text, read_qrels, read_query_docs_jsonl, read_run
+from rerank.errors import DataFormatError
 from rerank.heads.registry import register_reranker
 from tests.serve_support import LongestFirst
 
 register_reranker(LongestFirst.method, LongestFirst)
+
+
+def _one_error_line(rc: int, err: str) -> str:
+    """The one stderr line of a command that failed as a user error (exit 2)."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, (rc, err)
+    return lines[0]
 
 
 def _rank_input(tmp_path: Path) -> Path:
@@ -52,3 +62,17 @@ def test_rank_writes_upper_case_gz_that_evaluate_reads_back(tmp_path: Path, run_
     rc, stdout, err = run_cli("evaluate", "--run", out, "--qrels", qrels, "--measure", "nDCG@10")
     assert rc == 0, err
     assert "nDCG@10\tall\t1.0000" in stdout
+
+
+# files #5: an empty or all-blank rank --input
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\t\n"])
+def test_empty_rank_input_is_refused_naming_the_file(tmp_path: Path, run_cli: Any, content: str) -> None:
+    inp = tmp_path / "empty.jsonl"
+    inp.write_text(content)
+    with pytest.raises(DataFormatError, match="no queries found"):
+        read_query_docs_jsonl(inp)
+    out = tmp_path / "out.trec"
+    line = _one_error_line(*run_cli("rank", "--reranker", LongestFirst.method, "--input", inp, "--output", out)[::2])
+    assert line.startswith(f"error: {inp}: no queries found") and not out.exists()

@@ -643,7 +643,7 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
     """Read plain JSONL of ``{"query": str|{"id","text"}, "docs": [str | {"id"?, "text", "title"?, "score"?}]}``.
 
     Missing ids are filled with the line number (``q{line}``) and position (``d{i}``); a query id given twice and a
-    query without text (empty or only whitespace) are errors naming the line.
+    query without text (empty or only whitespace) are errors naming the line, and a file without records is an error.
     """
     out: list[tuple[Query, list[tuple[Document, float | None]]]] = []
     lines: dict[str, int] = {}
@@ -687,4 +687,6 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
             raise _duplicate(path, lineno, f"query id {query.id!r}", lines[query.id])
         lines[query.id] = lineno
         out.append((query, docs))
+    if not out:
+        raise DataFormatError(path, None, 'no queries found: expected JSON lines {"query": ..., "docs": [...]}')
     return out

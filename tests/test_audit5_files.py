@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from rerank.heads.registry import register_reranker
 from tests.serve_support import LongestFirst
 
 register_reranker(LongestFirst.method, LongestFirst)
+
+UPSIDE_DOWN = "the third column falls as the file goes on"
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def _one_error_line(rc: int, err: str) -> str:
@@ -33,6 +40,67 @@ def _rank_input(tmp_path: Path) -> Path:
     inp.write_text(json.dumps({"query": {"id": "q1", "text": "rain"},
                                "docs": [{"id": "a", "text": "x"}, {"id": "b", "text": "xxx"}]}) + "\n")
     return inp
+
+
+# files #2: a 3-column run whose third column holds scores
+
+
+def _three_columns(path: Path, scores: bool) -> Path:
+    """Two queries of four documents, d0 listed first: ``qid<TAB>docid<TAB>rank`` (1, 2, ...) or, as ``rerank eval``
+    scores reranked runs, ``n - rank + 1`` (4, 3, ...)."""
+    path.write_text("".join(f"q{q}\td{i}\t{4 - i if scores else i + 1}\n" for q in (1, 2) for i in range(4)))
+    return path
+
+
+def test_three_column_scores_warn_that_the_run_is_read_upside_down(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rerank")
+    run = read_run(_three_columns(tmp_path / "scores.tsv", scores=True))
+    assert [d for d, _ in run["q1"]] == ["d3", "d2", "d1", "d0"]  # still read as ranks: what the form says
+    (warning,) = [w for w in _warnings(caplog) if UPSIDE_DOWN in w]
+    assert str(tmp_path / "scores.tsv") in warning and "in 2 of 2 queries" in warning and "6-column" in warning
+
+
+def test_msmarco_rank_files_read_exactly_as_before_and_without_a_warning(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rerank")
+    run = read_run(_three_columns(tmp_path / "ranks.tsv", scores=False))
+    assert run == {q: [(f"d{i}", float(-(i + 1))) for i in range(4)] for q in ("q1", "q2")}
+    one_falls = tmp_path / "mixed.tsv"  # one query of three listed backwards: not most
+    one_falls.write_text("q1\ta\t2\nq1\tb\t1\nq2\ta\t1\nq2\tb\t2\nq3\ta\t1\nq3\tb\t2\n")
+    assert read_run(one_falls)["q1"] == [("b", -1.0), ("a", -2.0)]
+    assert _warnings(caplog) == []
+
+
+def test_pyserini_msmarco_run_reads_without_a_warning(dl19_dir: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The DL19 BM25 run in Pyserini's 3-column form reads as the 6-column run orders it, with no warning."""
+    caplog.set_level(logging.WARNING, logger="rerank")
+    lines = (dl19_dir / "bm25_top100.trec").read_text().splitlines()
+    msmarco = tmp_path / "run.msmarco.tsv"
+    msmarco.write_text("".join(f"{p[0]}\t{p[2]}\t{p[3]}\n" for p in map(str.split, lines)))
+    six = read_run(dl19_dir / "bm25_top100.trec")
+    three = read_run(msmarco)
+    assert {q: [d for d, _ in v] for q, v in three.items()} == {q: [d for d, _ in v] for q, v in six.items()}
+    assert _warnings(caplog) == []
+
+
+def test_evaluate_warns_about_a_three_column_run_of_scores(tmp_path: Path, run_cli: Any,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rerank")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 d3 1\nq2 0 d3 1\n")
+    run = _three_columns(tmp_path / "scores.tsv", scores=True)
+    rc, _, err = run_cli("evaluate", "--run", run, "--qrels", qrels)
+    assert rc == 0, err
+    assert len([w for w in _warnings(caplog) if UPSIDE_DOWN in w and str(run) in w]) == 1, _warnings(caplog)
+
+
+def test_three_column_tied_scores_name_the_six_column_form(tmp_path: Path) -> None:
+    path = tmp_path / "ties.tsv"
+    path.write_text("q1\ta\t7\nq1\tb\t7\n")
+    with pytest.raises(DataFormatError, match=r"duplicate rank 7 .*6-column TREC form"):
+        read_run(path)
 
 
 # files #4: .GZ in upper case is gzip for the readers as for rank's writer

@@ -488,8 +488,10 @@ def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
 
     The tab-separated 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score
-    ``-rank``; its rank must be a positive integer, unique within a query. The form is detected from the first line's
-    column count. A document listed twice for one query is an error (trec_eval would silently count it twice).
+    ``-rank``; its rank must be a positive integer, unique within a query. When in most queries that rank falls as the
+    file goes on (the third column holds scores, higher is better?), a warning says the run is read upside down. The
+    form is detected from the first line's column count. A document listed twice for one query is an error (trec_eval
+    would silently count it twice).
     """
     path = Path(path)
     run: Run = {}
@@ -528,7 +530,9 @@ def read_run(path: str | Path) -> Run:
                                       "qid docid rank)")
             at = ranks.setdefault(qid, {})
             if rank in at:
-                raise _duplicate(path, lineno, f"rank {rank} for query {qid!r}", at[rank])
+                raise _duplicate(path, lineno, f"rank {rank} for query {qid!r}", at[rank],
+                                 "a 3-column run holds ranks (qid docid rank); scores need the 6-column TREC form "
+                                 "(qid Q0 docid rank score tag)")
             at[rank] = lineno
             value = float(-rank)
         first = seen.setdefault(qid, {})
@@ -538,7 +542,26 @@ def read_run(path: str | Path) -> Run:
         run.setdefault(qid, []).append((docid, value))
     if not run:
         raise DataFormatError(path, None, "empty run: no lines found")
+    if ncols == 3:
+        _check_rank_order(path, ranks)
     return {qid: sort_ranking(pairs) for qid, pairs in run.items()}
+
+
+def _check_rank_order(path: Path, ranks: dict[str, dict[int, int]]) -> None:
+    """Warn when, in most queries of a 3-column run (``ranks``: query -> rank -> line, in file order), the rank
+    listed last is smaller than the one listed first: scores written where the form holds ranks, so rank 1 (read as
+    best) is the lowest score and the run is scored upside down (as :func:`check_rank_column` warns for 6 columns)."""
+    falling = rising = 0
+    for at in ranks.values():
+        if len(at) > 1:
+            first, last = next(iter(at)), next(reversed(at))
+            falling += last < first
+            rising += last > first
+    if falling > rising:
+        log.warning("%s: in %d of %d queries the third column falls as the file goes on: it looks like scores "
+                    "(higher is better), but a 3-column run holds ranks (qid docid rank, 1 = best), so this run is "
+                    "read upside down; write scores as a 6-column TREC run (qid Q0 docid rank score tag)",
+                    path, falling, falling + rising)
 
 
 def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None = None) -> bool:

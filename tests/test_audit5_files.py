@@ -8,14 +8,16 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rerank.cli.common import check_distinct_files
 from rerank.cli.rank_cmd import output_kind
 from rerank.data.io import count_records, iter_lines, open_text, read_qrels, read_query_docs_jsonl, read_run
-from rerank.errors import DataFormatError
+from rerank.errors import DataFormatError, RerankError
 from rerank.heads.registry import register_reranker
 from tests.serve_support import LongestFirst
 
@@ -33,6 +35,13 @@ def _one_error_line(rc: int, err: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1, (rc, err)
     return lines[0]
+
+
+def _loop(folder: Path, name: str = "loop") -> Path:
+    """A symbolic link to itself (``ln -s loop loop``)."""
+    link = folder / name
+    os.symlink(name, link)
+    return link
 
 
 def _rank_input(tmp_path: Path) -> Path:
@@ -101,6 +110,33 @@ def test_three_column_tied_scores_name_the_six_column_form(tmp_path: Path) -> No
     path.write_text("q1\ta\t7\nq1\tb\t7\n")
     with pytest.raises(DataFormatError, match=r"duplicate rank 7 .*6-column TREC form"):
         read_run(path)
+
+
+# files #3: a symbolic link loop as --output (and as any path _same_file compares)
+
+
+def test_rank_output_symlink_loop_is_one_line(tmp_path: Path, run_cli: Any) -> None:
+    loop = _loop(tmp_path)
+    line = _one_error_line(*run_cli("rank", "--reranker", LongestFirst.method, "--input", _rank_input(tmp_path),
+                                    "--output", loop)[::2])
+    assert line == f"error: --output {loop} is a symlink loop; give another file name"
+    line = _one_error_line(*run_cli("rank", "--reranker", LongestFirst.method, "--input", _rank_input(tmp_path),
+                                    "--output", loop / "out.trec")[::2])
+    assert "symlink loop" in line and f"--output {loop / 'out.trec'}" in line
+
+
+def test_distinct_files_check_names_a_loop_instead_of_crashing(tmp_path: Path) -> None:
+    loop = _loop(tmp_path)
+    with pytest.raises(RerankError, match=r"^--first-stage .*loop is a symlink loop"):
+        check_distinct_files([("--output", str(tmp_path / "out.trec"))], [("--first-stage", str(loop))])
+    with pytest.raises(RerankError, match=r"^--log-llm-io .*loop is a symlink loop"):
+        check_distinct_files([("--output", str(tmp_path / "o.trec")), ("--log-llm-io", str(loop))], [])
+
+
+def test_eval_output_folder_symlink_loop_is_named(tmp_path: Path, run_cli: Any, tiny_ds: Any) -> None:
+    loop = _loop(tmp_path)
+    line = _one_error_line(*run_cli("eval", "--dataset", tiny_ds.root, "--retriever", "bm25", "--output", loop)[::2])
+    assert line == f"error: --output {loop}: {loop} is a symlink loop"
 
 
 # files #4: .GZ in upper case is gzip for the readers as for rank's writer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -186,7 +187,11 @@ def check_reranker_model(reranker: str | None, model: str | None, backend: str) 
 
 def check_distinct_files(outputs: list[tuple[str, str | None]], inputs: list[tuple[str, str | None]]) -> None:
     """Before any work: no output file (option, path) is one of the input files, nor another output (the same file
-    through a link counts), which writing it would replace; a one-line error naming both options."""
+    through a link counts), which writing it would replace; a one-line error naming both options (or the option
+    whose path is a symbolic link loop)."""
+    for option, path in [*outputs, *inputs]:
+        if path is not None and symlink_loop(path):
+            raise ConfigError(f"{option} {path} is a symlink loop; give another path")
     given_outputs = [(o, p) for o, p in outputs if p is not None]
     for i, (option, path) in enumerate(given_outputs):
         for other, other_path in [*(x for x in inputs if x[1] is not None), *given_outputs[i + 1:]]:
@@ -198,11 +203,21 @@ def check_distinct_files(outputs: list[tuple[str, str | None]], inputs: list[tup
 
 def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether ``a`` and ``b`` name one file: both exist and are the same file (a symbolic or hard link included),
-    or neither exists yet and they resolve to one path."""
+    or neither exists yet and they resolve to one path (a symbolic link loop resolves to itself, never raising)."""
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     if pa.exists() and pb.exists():
         return os.path.samefile(pa, pb)
-    return pa.resolve() == pb.resolve()
+    return os.path.realpath(pa) == os.path.realpath(pb)
+
+
+def symlink_loop(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is, or passes through, a symbolic link loop (``ln -s loop loop``): it neither exists nor can
+    be created, so it is named as a loop, not as missing."""
+    try:
+        os.stat(Path(path).expanduser())
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def check_input_file(path: str | os.PathLike[str], option: str) -> None:
@@ -210,12 +225,16 @@ def check_input_file(path: str | os.PathLike[str], option: str) -> None:
     p = Path(path).expanduser()
     if p.is_dir():
         raise ConfigError(f"{option} {path} is a folder; give a file")
+    if symlink_loop(p):
+        raise ConfigError(f"{option} {path} is a symlink loop; give a file")
     if not p.exists():
         raise ConfigError(f"{option} {path} does not exist")
 
 
 def _check_creatable(path: Path, shown: str | os.PathLike[str], option: str) -> None:
     """``path`` (a folder, existing or not) is one this process can write into, or create and write into."""
+    if symlink_loop(path):
+        raise ConfigError(f"{option} {shown}: {path} is a symlink loop")
     if path.is_symlink() and not path.exists():
         raise ConfigError(f"{option} {shown}: {path} is a broken link")
     from rerank.utils.files import nearest_existing
@@ -244,6 +263,8 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--output") ->
     p = Path(path).expanduser()
     if p.is_dir():
         raise ConfigError(f"{option} {path} is a folder; give a file name")
+    if p.is_symlink() and symlink_loop(p):
+        raise ConfigError(f"{option} {path} is a symlink loop; give another file name")
     _check_creatable(p.parent, path, option)
 
 

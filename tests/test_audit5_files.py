@@ -16,8 +16,9 @@ import pytest
 
 from rerank.cli.common import check_distinct_files
 from rerank.cli.rank_cmd import output_kind
+from rerank.data.datasets import resolve_dataset
 from rerank.data.io import count_records, iter_lines, open_text, read_qrels, read_query_docs_jsonl, read_run
-from rerank.errors import DataFormatError, RerankError
+from rerank.errors import DataFormatError, DatasetNotFoundError, RerankError
 from rerank.heads.registry import register_reranker
 from tests.serve_support import LongestFirst
 
@@ -180,3 +181,55 @@ def test_empty_rank_input_is_refused_naming_the_file(tmp_path: Path, run_cli: An
     out = tmp_path / "out.trec"
     line = _one_error_line(*run_cli("rank", "--reranker", LongestFirst.method, "--input", inp, "--output", out)[::2])
     assert line.startswith(f"error: {inp}: no queries found") and not out.exists()
+
+
+# files #6: messages that say what a path is
+
+
+def test_trec_qrels_header_hint_names_the_four_column_form(tmp_path: Path) -> None:
+    path = tmp_path / "qrels.txt"
+    path.write_text("query-id Q0 corpus-id score\nq1 0 a 1\n")
+    with pytest.raises(DataFormatError, match=r":1: relevance grade 'score' is not an integer \(TREC qrels are 4 "
+                                              r"columns, qid iter docid grade, with no header line"):
+        read_qrels(path)
+    beir = tmp_path / "beir.tsv"  # a 3-column first line that is no known header keeps the BEIR hint
+    beir.write_text("id\tdoc\tgrade\n")
+    with pytest.raises(DataFormatError, match="a BEIR header line starts with 'query-id'"):
+        read_qrels(beir)
+
+
+def test_a_file_as_dataset_or_data_root_is_named_a_file(tmp_path: Path, run_cli: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "d1", "text": "x"}\n')
+    with pytest.raises(DatasetNotFoundError, match=r"is a file, not a dataset folder"):
+        resolve_dataset(str(corpus))
+    monkeypatch.chdir(tmp_path)  # a bare name that is a file here
+    (tmp_path / "root").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"^dataset corpus.jsonl is a file, not a dataset folder"):
+        resolve_dataset("corpus.jsonl", data_root=tmp_path / "root")
+    line = _one_error_line(*run_cli("eval", "--dataset", corpus, "--retriever", "bm25",
+                                    "--output", tmp_path / "o")[::2])
+    assert line.startswith(f"error: dataset {corpus} is a file, not a dataset folder")
+    line = _one_error_line(*run_cli("eval", "--dataset", "scifact", "--data-root", corpus, "--retriever", "bm25",
+                                    "--output", tmp_path / "o")[::2])
+    assert line == f"error: --data-root {corpus} is a file, not the folder holding datasets by name"
+
+
+def test_symlink_loops_are_named_as_loops(tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = _loop(tmp_path)
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 a 1\n")
+    line = _one_error_line(*run_cli("evaluate", "--run", loop, "--qrels", qrels)[::2])
+    assert line == f"error: --run {loop} is a symlink loop; give a file"
+    line = _one_error_line(*run_cli("leaderboard", "--config", loop)[::2])
+    assert line == f"error: --config {loop} is a symlink loop; give a file"
+    line = _one_error_line(*run_cli("eval", "--dataset", loop, "--retriever", "bm25", "--output", tmp_path / "o")[::2])
+    assert line.startswith(f"error: dataset {loop} is a symlink loop")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"^dataset loop is a symlink loop"):
+        resolve_dataset("loop", data_root=tmp_path / "root")
+    line = _one_error_line(*run_cli("eval", "--dataset", "scifact", "--data-root", loop, "--retriever", "bm25",
+                                    "--output", tmp_path / "o")[::2])
+    assert line.startswith(f"error: --data-root {loop} is a symlink loop")

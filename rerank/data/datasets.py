@@ -3,6 +3,7 @@ folder."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -24,7 +25,7 @@ from rerank.data.io import (
     read_queries,
 )
 from rerank.data.registry import DatasetInfo, get_dataset_info
-from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError
+from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
 from rerank.types import Document, Qrels, Query
 from rerank.utils.files import sha256_file
 
@@ -240,6 +241,8 @@ def resolve_dataset(
         from rerank.data.download import download_dataset
 
         return Dataset(download_dataset(info, root), name=name, info=info, qrels_duplicates=qrels_duplicates)
+    _check_not_folder(path, f"dataset {name_or_path}", "a dataset folder (corpus.jsonl, queries.jsonl, qrels/)",
+                      DatasetNotFoundError)
     if os.sep in name or name.startswith("."):
         raise DatasetNotFoundError(f"dataset folder {path} does not exist")
     hint = f" (registered; no public download: place its BEIR folder at {local})" if info else ""
@@ -257,11 +260,25 @@ def is_dataset_name(name_or_path: str | Path) -> bool:
             and not name_or_path.startswith((".", "~")))
 
 
+def _check_not_folder(path: Path, shown: str, wanted: str, error: type[RerankError] = ConfigError) -> None:
+    """A ``path`` that exists but is no folder, or is a symbolic link loop, is an ``error`` saying which (``shown``
+    names it, ``wanted`` says what folder was expected), not a missing folder."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise error(f"{shown} is a symlink loop; give {wanted}") from None
+        return
+    if not path.is_dir():
+        raise error(f"{shown} is a file, not {wanted}")
+
+
 def _check_data_root(name_or_path: str | Path, root: Path, given: str | Path) -> None:
     """A ``data_root`` given that does not exist is an error whenever the dataset would be looked up (or downloaded,
     or converted) under it: an existing folder given by its path does not need it."""
     is_irds = isinstance(name_or_path, str) and name_or_path.startswith(irds.PREFIX)
     if is_irds or is_dataset_name(name_or_path) or not Path(name_or_path).expanduser().is_dir():
+        _check_not_folder(root, f"--data-root {given}", "the folder holding datasets by name")
         where = f" ({root.resolve()})" if str(root.resolve()) != str(given) else ""
         raise ConfigError(f"--data-root {given} does not exist{where}: fix the path, create the folder, or leave "
                           f"--data-root out for the default ({default_data_root()})")

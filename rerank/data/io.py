@@ -411,8 +411,16 @@ def read_queries(path: str | Path) -> dict[str, Query]:
     return queries
 
 
-def _parse_grade(value: str, path: str | Path, lineno: int, header_hint: bool) -> int:
-    """An integral grade (``1``, ``+1``, ``1.0``, ``1e0``) in trec_eval's signed 32-bit range."""
+#: what a non-integer grade on a qrels file's first data line may be, by column count: a header line
+_HEADER_HINTS = {
+    3: " (a BEIR header line starts with 'query-id')",
+    4: " (TREC qrels are 4 columns, qid iter docid grade, with no header line: if this line is one, delete it)",
+}
+
+
+def _parse_grade(value: str, path: str | Path, lineno: int, header_hint: str = "") -> int:
+    """An integral grade (``1``, ``+1``, ``1.0``, ``1e0``) in trec_eval's signed 32-bit range; ``header_hint``
+    follows the error when the value is not one (the file's first line: a header?)."""
     try:
         grade = int(value)
     except ValueError:
@@ -421,8 +429,7 @@ def _parse_grade(value: str, path: str | Path, lineno: int, header_hint: bool) -
         except ValueError:
             f = math.nan
         if not f.is_integer():
-            hint = " (a BEIR header line starts with 'query-id')" if header_hint else ""
-            raise DataFormatError(path, lineno, f"relevance grade {value!r} is not an integer{hint}") from None
+            raise DataFormatError(path, lineno, f"relevance grade {value!r} is not an integer{header_hint}") from None
         grade = int(f)
     if not GRADE_MIN <= grade <= GRADE_MAX:
         raise DataFormatError(path, lineno, f"relevance grade {value!r} is outside the signed 32-bit range "
@@ -453,7 +460,7 @@ def _iter_qrels(path: Path) -> Iterator[tuple[int, str, str, int]]:
                                   _THREE_COLUMNS.format(form="BEIR qrels", cols="query-id corpus-id score"))
         grade = parts[grade_col]
         fast = grade.isdigit() and grade.isascii() and len(grade) < 10  # at most 999999999: in range
-        value = int(grade) if fast else _parse_grade(grade, path, lineno, first)
+        value = int(grade) if fast else _parse_grade(grade, path, lineno, _HEADER_HINTS[ncols] if first else "")
         yield lineno, parts[0], parts[doc_col], value
 
 

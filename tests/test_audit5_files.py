@@ -5,6 +5,7 @@ their whole name only, an unknown one naming its subcommand's help."""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rerank.cli import build_parser
 from rerank.cli.common import check_distinct_files
 from rerank.cli.rank_cmd import output_kind
 from rerank.data.datasets import resolve_dataset
@@ -233,3 +235,40 @@ def test_symlink_loops_are_named_as_loops(tmp_path: Path, run_cli: Any, monkeypa
     line = _one_error_line(*run_cli("eval", "--dataset", "scifact", "--data-root", loop, "--retriever", "bm25",
                                     "--output", tmp_path / "o")[::2])
     assert line.startswith(f"error: --data-root {loop} is a symlink loop")
+
+
+# newcomer #1 and #12: whole option names only; an unknown option names its subcommand's help
+
+
+def test_no_command_matches_an_abbreviated_option() -> None:
+    stack, seen = [build_parser()], 0
+    while stack:
+        parser = stack.pop()
+        assert parser.allow_abbrev is False, parser.prog
+        seen += 1
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    assert seen > 8  # the top level, every command and data's actions
+
+
+def test_leaderboard_output_is_unrecognized_not_output_md(tmp_path: Path, run_cli: Any) -> None:
+    """``--output DIR`` was taken as ``--output-md DIR``: a Markdown file named DIR, exit 0."""
+    config = tmp_path / "lb.yaml"
+    config.write_text("name: x\n")
+    out = tmp_path / "out"
+    line = _one_error_line(*run_cli("leaderboard", "--config", config, "--output", out)[::2])
+    assert line == f"rerank leaderboard: error: unrecognized arguments: --output {out} (see rerank leaderboard --help)"
+    assert not out.exists()
+    line = _one_error_line(*run_cli("eval", "--dataset", "x", "--output", out, "--max-q", "3")[::2])
+    assert "unrecognized arguments: --max-q 3" in line
+
+
+def test_unknown_option_names_the_subcommand_help(tmp_path: Path, run_cli: Any) -> None:
+    line = _one_error_line(*run_cli("index", "--model", "m", "--dataset", "d", "--output", tmp_path / "i",
+                                    "--bogus", "1")[::2])
+    assert line == "rerank index: error: unrecognized arguments: --bogus 1 (see rerank index --help)"
+    line = _one_error_line(*run_cli("data", "build", "hard_negatives", "--output", tmp_path / "d", "--bogus")[::2])
+    assert line == "rerank data build: error: unrecognized arguments: --bogus (see rerank data build --help)"
+    line = _one_error_line(*run_cli("--bogus", "evaluate", "--run", "r", "--qrels", "q")[::2])
+    assert line == "rerank: error: unrecognized arguments: --bogus (see rerank --help)"

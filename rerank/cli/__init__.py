@@ -49,10 +49,34 @@ COMMANDS: dict[str, str] = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (the usage is one ``--help`` away), exit status 2."""
+    """An argument parser whose errors are one line (the usage is one ``--help`` away), exit status 2. Options are
+    matched by their whole name only (no prefix abbreviations: ``--output`` never silently means ``--output-md``),
+    and its subcommands' parsers (made by ``add_subparsers``) are of this class too."""
+
+    #: whether this parser is a subcommand's, which refuses unknown arguments itself
+    _subcommand = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """As argparse's, but a subcommand's parser refuses what it does not know itself, so the error names that
+        subcommand's help (``see rerank index --help``), not the top level's."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subcommand:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+class _SubcommandParser(_Parser):
+    """The parser of one subcommand (``rerank index``, ``rerank data build``)."""
+
+    _subcommand = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error instead of one line (or RERANK_DEBUG=1)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_SubcommandParser)
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
     return parser

@@ -4,13 +4,15 @@ given by path, or a template given inline as a mapping (how a trained model's ``
 A template has a ``system`` and a ``user`` Jinja2 text and optional extra fields a head reads (e.g. the identifier
 scheme), which the texts may use as variables. ``load_template("first")`` loads the shipped ``first.yaml``; a path
 loads that file instead. The shipped names are every method's templates plus the data recipes' ones in
-``rerank/prompts/templates``. A head loads its template with :func:`head_template`, which refuses another method's
-shipped template (and lists only the head's own for an unknown name) and any template reading a variable the head
-does not give.
+``rerank/prompts/templates``. A template file is read as a YAML config is (:func:`rerank.config.load_yaml`): a key
+given twice, invalid YAML or a byte that is not UTF-8 is a one-line error naming the file. A head loads its template
+with :func:`head_template`, which refuses another method's shipped template (and lists only the head's own for an
+unknown name), any template reading a variable the head does not give, and any leaving out one the head ranks by.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,11 +21,12 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
-import yaml
 
+from rerank.config import load_yaml
 from rerank.errors import ConfigError
 
 __all__ = [
+    "RANKED_INPUTS",
     "TEMPLATE_DIR",
     "PromptTemplate",
     "available_templates",
@@ -36,6 +39,10 @@ __all__ = [
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 _KNOWN = ("name", "system", "user", "assistant_prefix")
+#: the variables that carry what a head ranks: the query and the candidates' text (a document, a pair of them, a
+#: window's passages). A head needs those of them that every one of its own shipped templates reads
+#: (:func:`head_template`): a template without one gives every candidate (or every query) the same prompt
+RANKED_INPUTS = frozenset({"query", "document", "document0", "document1", "passages"})
 
 
 @dataclass
@@ -126,22 +133,26 @@ def load_template(spec: str | Path | Mapping[str, Any]) -> PromptTemplate:
         path = shipped[str(spec)]
     elif not path.exists():
         raise ConfigError(f"prompt template file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"prompt template {path}: expected a mapping")
-    return _from_mapping(data, str(path), str(path))
+    elif not path.is_file():
+        raise ConfigError(f"prompt template {path} is not a file: give a template YAML file")
+    return _from_mapping(load_yaml(path), str(path), str(path))
 
 
-def template_variables(template: PromptTemplate) -> set[str]:
-    """The variables the template's system and user texts read that its own extra fields do not define (what the
-    head must give when rendering); a text that is not valid Jinja2 is a one-line :class:`ConfigError`."""
+def _read_variables(template: PromptTemplate) -> set[str]:
+    """Every variable the template's system and user texts read (its extra fields included)."""
     found: set[str] = set()
     for text in (template.system or "", template.user):
         try:
             found |= jinja2.meta.find_undeclared_variables(_ENV.parse(text))
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(f"prompt template {template.source}: line {e.lineno}: {e.message}") from None
-    return found - set(template.extra)
+    return found
+
+
+def template_variables(template: PromptTemplate) -> set[str]:
+    """The variables the template's system and user texts read that its own extra fields do not define (what the
+    head must give when rendering); a text that is not valid Jinja2 is a one-line :class:`ConfigError`."""
+    return _read_variables(template) - set(template.extra)
 
 
 @cache
@@ -153,11 +164,35 @@ def _method_variables(method: str) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset().union(*map(template_variables, own)), frozenset().union(*(t.extra for t in own))
 
 
+@cache
+def _method_needs(method: str) -> frozenset[str]:
+    """The :data:`RANKED_INPUTS` every one of the method's own templates reads: what its head ranks by, so what any
+    template for it must read (a head whose own prompts leave out the query needs none)."""
+    from rerank.methods import get_method
+
+    own = [_read_variables(load_template(Path(t).stem)) for t in get_method(method).templates]
+    return frozenset(RANKED_INPUTS.intersection(*own))
+
+
+def _missing_hint(template: PromptTemplate, names: list[str]) -> str:
+    """How to read the left-out variables ``names``: those written Python-style (``{query}``, which Jinja2 leaves as
+    text) in Jinja2's style, the others added to the template's text."""
+    texts = (template.system or "", template.user)
+    slips = [n for n in names
+             if any(re.search(r"(?<!\{)\{\s*" + re.escape(n) + r"\s*\}(?!\})", text) for text in texts)]
+    if slips:
+        return (f"it writes {', '.join(f'{{{n}}}' for n in slips)} in Python's style, which Jinja2 leaves as text: "
+                f"write {', '.join(f'{{{{ {n} }}}}' for n in slips)}")
+    return f"add {', '.join(f'{{{{ {n} }}}}' for n in names)} to its system or user text"
+
+
 def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTemplate:
     """The template of a ``method`` head (a shipped name, a file or a mapping, as :func:`load_template`). Another
     method's shipped template is refused (its answer format is not what the head reads: ERank on the yes/no prompt
     scored silently, yes-no on the listwise one failed at its first call), and so is a template reading a variable
-    the head does not give. A head of no registered method with prompts is not checked."""
+    the head does not give or leaving out one it ranks by (:data:`RANKED_INPUTS` its own templates all read: a
+    Python-style ``{query}`` is text to Jinja2, and every candidate then gets the same prompt and score). A head of no
+    registered method with prompts is not checked."""
     from rerank.methods import all_methods
 
     methods = all_methods()
@@ -179,4 +214,9 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
         raise ConfigError(f"{method}: template {template.source} reads {', '.join(unknown)}, which the {method} head "
                           f"does not give (it gives {', '.join(sorted(gives))}); define them in the template or "
                           f"remove them")
+    missing = sorted(_method_needs(method) - _read_variables(template))
+    if missing:
+        raise ConfigError(f"{method}: template {template.source} never reads {', '.join(missing)}, which the {method} "
+                          f"head ranks by (without it each candidate or query gets the same prompt); "
+                          f"{_missing_hint(template, missing)}")
     return template

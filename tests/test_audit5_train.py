@@ -1,0 +1,154 @@
+"""LLM training lifecycle and prompt-template files (audit s42, llmtrain findings 1, 2, 4, 5, 6 and files finding 1):
+a template file is read as a config is; a template that leaves out what the head ranks by is refused at load; the
+template is compared by content on ``--resume`` and ``--check``; a LoRA ``OUTPUT/adapter`` is refused as a model;
+GRPO from another head's SFT says its prompt options are not used; ``base_model`` is never a local path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from train_support import ERANK_TPL, erank_workdir
+
+import rerank.methods as methods_pkg
+import rerank.prompts as prompts
+from rerank.config import from_dict
+from rerank.errors import ConfigError
+from rerank.methods import all_methods
+from rerank.methods.record import record_payload
+from rerank.prompts import head_template
+from rerank.trainers import sft
+from rerank.trainers.artifacts import write_model_artifacts
+from rerank.trainers.grpo_trainer import GRPOTrainConfig
+from tests.method_support import add_method_package, forget_method_packages, kept_registries
+
+YES_NO = Path(methods_pkg.__file__).parent / "yes_no" / "yes_no.yaml"
+ERANK = Path(methods_pkg.__file__).parent / "erank" / "erank.yaml"
+TEMPLATE_KEY = "template_sha256"  # rerank.trainers.resume.TEMPLATE_KEY
+
+
+def _one_error_line(err: str) -> str:
+    """The CLI's error: exactly one line on stderr starting ``error:`` (log lines aside), no traceback."""
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("rerank:")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+# --- files#1: a template file is read by the config reader -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tail", "expected"), [
+    (b'positive: "no"\nnegative: "yes"\n', r"dupkey\.yaml:\d+: invalid YAML: duplicate key 'positive' \(first at line"),
+    (b"# caf\xe9\n", r"dupkey\.yaml: invalid YAML: .*(utf-8|continuation byte)"),
+    (b'user: "unterminated\n', r"dupkey\.yaml:\d+: invalid YAML"),
+])
+def test_a_template_file_with_a_duplicate_key_bad_yaml_or_latin1_is_one_line(
+        tail: bytes, expected: str, tmp_path: Path, tiny_llm_dir: Path, run_cli) -> None:
+    """The duplicate key was read silently (the last value won: the yes/no answer swapped, the ranking reversed);
+    invalid YAML was an 80-line traceback (exit 1), a Latin-1 byte a message naming no file."""
+    bad = tmp_path / "dupkey.yaml"
+    bad.write_bytes(YES_NO.read_bytes() + tail)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
+    rc, _, err = run_cli("rank", "--reranker", "yes-no", "--model", tiny_llm_dir, "--reranker-set",
+                         f"template={bad}", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "out.jsonl")
+    assert rc == 2
+    assert re.search(expected, _one_error_line(err)), err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_folder_as_template_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "t.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"t\.yaml is not a file"):
+        head_template(str(tmp_path / "t.yaml"), "yes-no")
+
+
+# --- llmtrain#1: a template must read what the head ranks by ---------------------------------------------------------
+
+
+def _pyfmt(folder: Path) -> Path:
+    """erank.yaml with the Python-style slip: ``{query}`` / ``{document}`` (Jinja2 keeps them as text)."""
+    path = folder / "pyfmt.yaml"
+    path.write_text(ERANK.read_text().replace("{{ query }}", "{query}").replace("{{ document }}", "{document}"))
+    return path
+
+
+def test_a_python_style_template_is_refused_with_the_jinja_spelling(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^erank: template .*pyfmt\.yaml never reads document, query, which the "
+                                          r"erank head ranks by .*write \{\{ document \}\}, \{\{ query \}\}$"):
+        head_template(str(_pyfmt(tmp_path)), "erank")
+
+
+def test_a_template_without_the_document_is_refused_at_check_and_load(tmp_path: Path, tiny_llm_dir: Path,
+                                                                       run_cli) -> None:
+    """--check said `state: train`, training ran, and the model gave every document the same score."""
+    from rerank.heads.base import Reranker
+
+    erank_workdir(tmp_path, data_seed=1)
+    nodoc = tmp_path / "nodoc.yaml"
+    nodoc.write_text(ERANK_TPL.replace("\\nD: {{ document }}", ""))
+    rc, out, err = run_cli("train", "sft", "--set", f"model={tmp_path / 'llm'}", "--set", "head=erank",
+                           "--set", f"data.path={tmp_path / 'train.jsonl'}", "--set", f"template={nodoc}",
+                           "--output", tmp_path / "out", "--check")
+    assert rc == 2 and "state:" not in out
+    assert "never reads document" in _one_error_line(err) and "add {{ document }}" in err
+    with pytest.raises(ConfigError, match="never reads document"):
+        Reranker.load("erank", model=str(tiny_llm_dir), template=str(nodoc), device="cpu")
+    listwise = {"name": "lw", "user": "Rank these for the query.\n{{ passages }}"}
+    with pytest.raises(ConfigError, match=r"^listwise: template 'lw' \(inline\) never reads query"):
+        head_template(listwise, "listwise")
+
+
+def test_every_shipped_template_reads_what_its_head_ranks_by() -> None:
+    needs = {}
+    for m in all_methods().values():
+        for t in m.templates:
+            assert head_template(Path(t).stem, m.name).name == Path(t).stem
+        if m.templates:
+            needs[m.name] = prompts._method_needs(m.name)
+    assert needs["erank"] == needs["yes-no"] == {"query", "document"}
+    assert needs["listwise"] == needs["grouprank"] == {"query", "passages"}  # the count (num) is no ranked input
+    assert needs["duot5"] == {"query", "document0", "document1"}
+
+
+DOCJUDGE_YAML = 'name: docjudge\nuser: "Is this document well written?\\n{{ document }}"\npositive: "yes"\n' \
+                'negative: "no"\n'
+
+
+@pytest.fixture
+def docjudge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A contributed method (the yes-no pieces) whose own template reads the document and no query."""
+    root = tmp_path / "extra_methods"
+    (root / "docjudge").mkdir(parents=True)
+    monkeypatch.setattr(methods_pkg, "__path__", [*methods_pkg.__path__, str(root)])
+    (root / "docjudge" / "__init__.py").write_text(
+        "from rerank.methods.base import Method\n"
+        "METHOD = Method(name='docjudge', kind='reranker', package=__name__, summary='judge',\n"
+        "                head='rerank.methods.docjudge.head:Judge', templates=('docjudge.yaml',))\n")
+    (root / "docjudge" / "head.py").write_text("from rerank.methods.yes_no.head import YesNoReranker\n"
+                                               "class Judge(YesNoReranker):\n    method = 'docjudge'\n")
+    (root / "docjudge" / "docjudge.yaml").write_text(DOCJUDGE_YAML)
+    added: list[str] = []
+    with kept_registries():
+        add_method_package(monkeypatch, added, "docjudge")
+        yield "docjudge"
+    forget_method_packages(added)
+    prompts._method_needs.cache_clear()
+    prompts._method_variables.cache_clear()
+
+
+def test_a_head_whose_own_templates_read_no_query_needs_none(docjudge: str, tmp_path: Path) -> None:
+    """What a head needs is what its own templates all read: no name of a method in the shared check."""
+    mine = {"name": "mine", "user": "Rate the writing: {{ document }}", "positive": "yes", "negative": "no"}
+    assert prompts._method_needs(docjudge) == {"document"}
+    assert head_template(mine, docjudge).name == "mine"
+    with pytest.raises(ConfigError, match="never reads query"):
+        head_template(mine, "yes-no")
+    with pytest.raises(ConfigError, match="never reads document"):
+        head_template({**mine, "user": "Rate it."}, docjudge)

@@ -152,3 +152,57 @@ def test_a_head_whose_own_templates_read_no_query_needs_none(docjudge: str, tmp_
         head_template(mine, "yes-no")
     with pytest.raises(ConfigError, match="never reads document"):
         head_template({**mine, "user": "Rate it."}, docjudge)
+
+
+# --- llmtrain#2: the template is compared by content -----------------------------------------------------------------
+
+
+def _sft_config(work: Path, template: Path | str, max_steps: int = 2) -> dict[str, Any]:
+    return {"model": str(work / "llm"), "head": "erank", "template": str(template),
+            "data": {"path": str(work / "train.jsonl")}, "max_doc_tokens": 16, "max_query_tokens": 8,
+            "batch_size": 4, "max_steps": max_steps, "save_steps": 2, "learning_rate": 1e-3}
+
+
+def _train_args(cfg: dict[str, Any], out: Path, *more: str) -> list[str]:
+    sets = [f"model={cfg['model']}", "head=erank", f"template={cfg['template']}",
+            f"data.path={cfg['data']['path']}", "max_doc_tokens=16", "max_query_tokens=8", "batch_size=4",
+            f"max_steps={cfg['max_steps']}", "save_steps=2", "learning_rate=0.001"]
+    return ["train", "sft", *[a for s in sets for a in ("--set", s)], "--output", str(out), *more]
+
+
+def test_an_edited_template_is_a_config_change_for_resume_and_check(tmp_path: Path, run_cli,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Steps 1-10 trained on one prompt and 11-30 on another, and --check said `state: done` after an edit."""
+    work = erank_workdir(tmp_path, data_seed=2)
+    tpl = work / "erank.yaml"
+    cfg = _sft_config(work, tpl)
+    out = work / "run"
+    sft(cfg, out)
+    record = json.loads((out / "rerank_train.json").read_text())
+    assert len(record[TEMPLATE_KEY]) == 64
+    rc, stdout, err = run_cli(*_train_args(cfg, out, "--check"))
+    assert rc == 0 and stdout.endswith("state: done\n"), err
+    moved = work / "same.yaml"  # the same template under another path is no change
+    moved.write_text(tpl.read_text())
+    rc, stdout, err = run_cli(*_train_args({**cfg, "template": str(moved)}, out, "--check"))
+    assert rc == 0 and stdout.endswith("state: done\n"), err
+
+    tpl.write_text(tpl.read_text().replace("Score 0-10:", "You are a pirate. Score 0-10:"))
+    rc, stdout, err = run_cli(*_train_args(cfg, out, "--check"))
+    assert rc == 2 and "state:" not in stdout
+    line = _one_error_line(err)
+    assert "was trained with other options" in line and f"template: {tpl} is not the template the run trained " \
+        "on (its content differs" in line
+    (out / "model").rename(work / "model-aside")  # an interrupted run: checkpoints, no model
+    for extra in (["--check", "--resume"], ["--resume"]):
+        rc, stdout, err = run_cli(*_train_args({**cfg, "max_steps": 4}, out, *extra))
+        assert rc == 2 and "state:" not in stdout, err
+        assert "--resume: the config differs" in _one_error_line(err) and "its content differs" in err
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
+
+    del record[TEMPLATE_KEY]  # a run recorded before the hash: compared by path as then, saying so
+    (out / "rerank_train.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="rerank.trainers.resume"):
+        rc, stdout, err = run_cli(*_train_args({**cfg, "max_steps": 4}, out, "--check", "--resume"))
+    assert rc == 0 and stdout.endswith("state: resume\n"), err
+    assert "records no hash of the template" in caplog.text and "compared by its path only" in caplog.text

@@ -7,11 +7,14 @@ training loss over every step of a resumed run. Every trainer (sft, grpo, the re
   partial one, which is skipped with a warning naming what it lacks, and removed (the resumed run writes it again).
 * The summary's ``train_loss`` is the mean over all steps of the run: the running sum travels in each checkpoint's
   ``trainer_state.json`` (:class:`LossLedger`).
+* The prompt template is compared by content: a run records the sha256 of the template its ``template`` option names
+  (:data:`TEMPLATE_KEY` in ``rerank_train.json``), so a template file edited between runs is a change of config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -27,10 +30,12 @@ from transformers.trainer_callback import ExportableState
 
 from rerank.config import option_default, to_dict
 from rerank.errors import ConfigError
+from rerank.utils.files import write_json
 
 __all__ = [
     "INPUT_OPTIONS",
     "RUN_FILES",
+    "TEMPLATE_KEY",
     "LossLedger",
     "check_overwrite_inputs",
     "check_run",
@@ -42,8 +47,10 @@ __all__ = [
     "last_checkpoint",
     "main_process",
     "prepare_output",
+    "record_differences",
     "resume_arg",
     "run_differences",
+    "template_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,7 +252,7 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
     if record["trainer"] != trainer:
         raise ConfigError(f"--resume: {output} holds a {record.get('trainer')!r} run, not {trainer!r}; resume it with "
                           f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
-    diffs = run_differences(record.get("config", {}), config)
+    diffs = record_differences(record, config, path)
     allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
     if allowed:
         log.warning("--resume with %s (the learning-rate schedule follows the new length)", "; ".join(allowed))
@@ -315,6 +322,61 @@ def run_differences(recorded: Any, config: Any) -> list[str]:
                 os.path.realpath(os.path.expanduser(was)) == os.path.realpath(os.path.expanduser(now)):
             new_at[last] = was
     return config_differences(recorded, new, config)
+
+
+#: the ``rerank_train.json`` key holding the sha256 of the run's prompt template (:func:`template_digest`)
+TEMPLATE_KEY = "template_sha256"
+
+
+def template_digest(spec: Any) -> str | None:
+    """The sha256 of the prompt template a ``template`` option names (a shipped name or a file), in full as
+    ``rerank.json`` records it (:meth:`~rerank.prompts.PromptTemplate.to_dict`); None when the option is unset."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    from rerank.prompts import load_template
+
+    text = json.dumps(load_template(spec).to_dict(), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def record_differences(record: dict[str, Any], config: Any, where: Path | str = "rerank_train.json") -> list[str]:
+    """:func:`run_differences` between a run's record (``rerank_train.json``, at ``where``) and ``config``, with the
+    template compared by content where the record holds its hash (:data:`TEMPLATE_KEY`): an edited file is a change,
+    the same template under another path is none. A record without one (written before rerank recorded it) compares
+    the template by its path, as then, and says so."""
+    recorded = record.get("config", {})
+    diffs = run_differences(recorded, config)
+    was = recorded.get("template") if isinstance(recorded, dict) else None
+    now = getattr(config, "template", None)
+    if not (isinstance(was, str) and was and isinstance(now, str) and now):
+        return diffs  # a template set on one side only: the path difference says so
+    digest = record.get(TEMPLATE_KEY)
+    if not isinstance(digest, str):
+        log.warning("%s records no hash of the template %s (a run started by an older rerank): the template is "
+                    "compared by its path only, not by its content", where, was)
+        return diffs
+    diffs = [d for d in diffs if d.split(":", 1)[0] != "template"]
+    current = template_digest(now)
+    if current != digest:
+        diffs.append(f"template: {now} is not the template the run trained on (its content differs: sha256 "
+                     f"{digest[:12]} -> {str(current)[:12]})")
+    return diffs
+
+
+def _record_template(trainer: Any) -> None:
+    """Add the hash of the run's template (:func:`template_digest` of its recorded ``template`` option) to the run's
+    ``rerank_train.json`` as it starts, once: the record is ``OUTPUT/rerank_train.json`` beside the trainer's
+    ``OUTPUT/checkpoints``; a run without a record or without a template records nothing."""
+    path = Path(str(trainer.args.output_dir)).parent / "rerank_train.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or TEMPLATE_KEY in record:
+        return
+    digest = template_digest(record["config"].get("template"))
+    if digest is not None:
+        write_json({**record, TEMPLATE_KEY: digest}, path)
 
 
 def input_paths(config: Any, data_root: str | None = None) -> list[tuple[str, Path]]:
@@ -418,9 +480,10 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
     refuse raises a one-line :class:`ConfigError`.
 
     With ``resume`` or ``overwrite``: that run's own checks (:func:`prepare_output`, :func:`check_same_run`). Without:
-    a finished model (``model/``) is ``done`` when its record names this config (:func:`run_differences`; one without
-    a record is kept as it is), ``resume`` when only a longer ``max_steps`` or ``epochs`` is asked for, refused when
-    other options differ; an interrupted run (checkpoints, no model) is ``resume``; an empty folder is ``train``.
+    a finished model (``model/``) is ``done`` when its record names this config (:func:`record_differences`, the
+    template by content; one without a record is kept as it is), ``resume`` when only a longer ``max_steps`` or
+    ``epochs`` is asked for, refused when other options differ; an interrupted run (checkpoints, no model) is
+    ``resume``; an empty folder is ``train``.
     """
     if overwrite:
         prepare_output(output, False, True, inputs, dry_run=True)
@@ -444,7 +507,7 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
         return "done", f"{model} exists (no run record in {path} to compare with): training is done"
     if record["trainer"] != trainer:
         raise ConfigError(f"{model} is a {record['trainer']!r} run, not {trainer!r}: write to another --output")
-    diffs = run_differences(record["config"], config)
+    diffs = record_differences(record, config, path)
     other = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
     if other:
         more = f" (and {len(other) - 4} more)" if len(other) > 4 else ""
@@ -500,10 +563,13 @@ class LossLedger(TrainerCallback, ExportableState):
 
 
 def fit(trainer: Any, checkpoint: str | None) -> Any:
-    """``trainer.train()`` from ``checkpoint`` (None: from the start) with a :class:`LossLedger`; the result's
-    ``training_loss`` (and ``metrics['train_loss']``) is the mean over every step of the run, resumed or not.
+    """``trainer.train()`` from ``checkpoint`` (None: from the start, whose run record then gets the hash of its
+    template, :data:`TEMPLATE_KEY`) with a :class:`LossLedger`; the result's ``training_loss`` (and
+    ``metrics['train_loss']``) is the mean over every step of the run, resumed or not.
     A checkpoint at ``max_steps`` (a run killed while writing its final model) is loaded, not trained on:
     transformers would run one step past the end when ``max_steps`` falls inside an epoch."""
+    if checkpoint is None and main_process():  # a run from the start: record its template's content
+        _record_template(trainer)
     ledger = LossLedger(trainer)
     trainer.add_callback(ledger)
     if checkpoint is not None and 0 < trainer.args.max_steps <= _checkpoint_step(checkpoint):

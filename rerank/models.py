@@ -105,10 +105,27 @@ def _check_tokenizer_files(folder: Path) -> None:
         _READABLE.add(key)
 
 
+def _check_adapter(folder: Path, name: str, what: str) -> None:
+    """A PEFT adapter folder (``adapter_config.json``, no model config, no tokenizer), such as the ``OUTPUT/adapter``
+    a LoRA run of ``rerank train`` keeps, is a one-line :class:`ConfigError` pointing at the merged model (the run's
+    ``OUTPUT/model``): loading it fails later, naming a missing tokenizer library."""
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file() \
+            or (folder / "modules.json").is_file() or any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return
+    merged = folder.parent / "model"
+    if merged != folder and (merged / "config.json").is_file():
+        hint = f"give the merged model {Path(name).parent / 'model'} (rerank train writes it beside adapter/)"
+    else:
+        hint = "give the merged model (a LoRA run of rerank train writes it to OUTPUT/model, beside OUTPUT/adapter)"
+    raise ConfigError(f"{what} {name} is a LoRA adapter (adapter_config.json, no model or tokenizer), not a model to "
+                      f"load: {hint}")
+
+
 def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
     """Fail fast, before any expensive work, when ``name_or_path`` cannot be a model to load here.
 
-    Accepted: a registered packaged model, a folder holding one of ``_MODEL_FILES`` or a ``.gguf``, a ``.gguf``
+    Accepted: a registered packaged model, a folder holding one of ``_MODEL_FILES`` or a ``.gguf`` (a LoRA adapter
+    without a tokenizer, such as a training run's ``OUTPUT/adapter``, is refused, naming the merged model), a ``.gguf``
     file, and a hub id (``owner/name``) unless the hub is offline (``HF_HUB_OFFLINE=1``) and it is not in the local
     cache. Anything else raises a one-line :class:`ConfigError`, and so does a damaged tokenizer JSON file of a folder
     (``tokenizer.json``, ``tokenizer_config.json``, …: cut, not JSON, no tokenizer in it), naming the file.
@@ -129,6 +146,7 @@ def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
         if not any((path / f).is_file() for f in _MODEL_FILES) and not any(path.glob("*.gguf")):
             raise ConfigError(f"{what} {name} is a folder without a model in it (no {', '.join(_MODEL_FILES)} "
                               f"or .gguf file); give the folder the model was saved to")
+        _check_adapter(path, name, what)
         _check_tokenizer_files(path)
         return
     if not _HUB_ID.fullmatch(name) or name.startswith(("./", "../", "~")):

@@ -206,3 +206,34 @@ def test_an_edited_template_is_a_config_change_for_resume_and_check(tmp_path: Pa
         rc, stdout, err = run_cli(*_train_args({**cfg, "max_steps": 4}, out, "--check", "--resume"))
     assert rc == 0 and stdout.endswith("state: resume\n"), err
     assert "records no hash of the template" in caplog.text and "compared by its path only" in caplog.text
+
+
+# --- llmtrain#4: OUTPUT/adapter is not a model -----------------------------------------------------------------------
+
+
+def _lora_output(out: Path) -> Path:
+    """A LoRA run's output as rerank train leaves it: model/ (merged, tokenizer) and adapter/ (the adapter alone)."""
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
+                                                                     "base_model_name_or_path": "/abs/llm"}))
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    return out / "adapter"
+
+
+def test_a_lora_adapter_folder_is_refused_pointing_at_the_merged_model(tmp_path: Path, run_cli) -> None:
+    """--check said `state: train`; training then failed on a tokenizer library the folder never needed."""
+    adapter = _lora_output(tmp_path / "lora-sft")
+    erank_workdir(tmp_path, data_seed=3)
+    rc, out, err = run_cli("train", "grpo", "--set", f"model={adapter}", "--set", "head=erank", "--set",
+                           f"data.path={tmp_path / 'train.jsonl'}", "--set", "batch_size=20",
+                           "--output", tmp_path / "grpo", "--check")
+    assert rc == 2 and "state:" not in out
+    line = _one_error_line(err)
+    assert f"model {adapter} is a LoRA adapter" in line and f"give the merged model {tmp_path / 'lora-sft' / 'model'}" \
+        in line
+    (tmp_path / "in.jsonl").write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
+    rc, _, err = run_cli("rank", "--reranker", "erank", "--model", adapter, "--input", tmp_path / "in.jsonl",
+                         "--output", tmp_path / "ranked.jsonl")
+    assert rc == 2 and "is a LoRA adapter" in _one_error_line(err)

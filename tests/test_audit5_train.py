@@ -237,3 +237,23 @@ def test_a_lora_adapter_folder_is_refused_pointing_at_the_merged_model(tmp_path:
     rc, _, err = run_cli("rank", "--reranker", "erank", "--model", adapter, "--input", tmp_path / "in.jsonl",
                          "--output", tmp_path / "ranked.jsonl")
     assert rc == 2 and "is a LoRA adapter" in _one_error_line(err)
+
+
+# --- llmtrain#5: GRPO from another head's SFT ------------------------------------------------------------------------
+
+
+def test_grpo_from_another_heads_model_warns_once_naming_both(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    sft_model = tmp_path / "first-sft" / "model"
+    sft_model.mkdir(parents=True)
+    (sft_model / "rerank.json").write_text(json.dumps(record_payload(
+        "first", "reranker", {"window": 6, "template": {"name": "t", "user": "{{ query }} {{ passages }}"}},
+        "sft", "Qwen/Qwen3-0.6B")))
+    with caplog.at_level(logging.WARNING, logger="rerank.trainers.grpo_trainer"):
+        for _ in range(2):  # a run builds its config more than once
+            cfg = from_dict(GRPOTrainConfig, {"model": str(sft_model), "head": "listwise", "batch_size": 8,
+                                              "data": {"path": "t.jsonl"}})
+    warned = [r.getMessage() for r in caplog.records if "trained as head" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "'first'" in warned[0] and "'listwise'" in warned[0] and "are not used" in warned[0]
+    assert cfg.window == 10  # listwise's own default, not the recorded 6

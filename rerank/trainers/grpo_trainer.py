@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import random
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -148,7 +149,8 @@ class GRPOTrainConfig(CommonTrainConfig):
         """Unset prompt options (``max_doc_tokens``, ``max_query_tokens``, the window / group size) take the values
         the starting model's ``rerank.json`` records when it was trained as this head (GRPO from an SFT model keeps
         the SFT's prompt; the template is inherited by the task, :meth:`Task.head_options`), else the defaults; a set
-        value that differs from the recorded one is logged once."""
+        value that differs from the recorded one is logged once, and so is a model recorded as another head (whose
+        options are then not used)."""
         from rerank.methods import get_method
         from rerank.methods.record import read_record
 
@@ -157,6 +159,8 @@ class GRPOTrainConfig(CommonTrainConfig):
         method = get_method(self.head)
         record = read_record(self.model) if self.model else None
         recorded = record.get("options", {}) if record is not None and record.get("method") == self.head else {}
+        if record is not None and record.get("method") != self.head:
+            _warn_other_head(self.model, str(record.get("method")), self.head)
         names = {"max_doc_tokens": "max_doc_tokens", "max_query_tokens": "max_query_tokens"}
         window_option = getattr(method.resolve("task"), "window_option", None) if method.task else None
         if window_option:
@@ -184,6 +188,21 @@ class GRPOTrainConfig(CommonTrainConfig):
         if differ:
             log.warning("grpo: %s: the prompts differ from those the starting model %s was trained on (its "
                         "rerank.json); unset, each is the model's own", "; ".join(differ), self.model)
+
+
+#: (starting model, its recorded head, the head trained) already warned of: a config is built more than once a run
+_WARNED_HEADS: set[tuple[str, str, str]] = set()
+
+
+def _warn_other_head(model: str, recorded: str, head: str) -> None:
+    """Log once that the starting model was trained as another head, so its recorded prompt options are not used."""
+    key = (os.path.realpath(os.path.expanduser(model)), recorded, head)
+    if key in _WARNED_HEADS:
+        return
+    _WARNED_HEADS.add(key)
+    log.warning("grpo: the starting model %s was trained as head %r (its rerank.json), not %r: the prompt options it "
+                "records (template, max_doc_tokens, max_query_tokens, window) are not used; GRPO trains the %s head "
+                "on its own defaults and the options set here", model, recorded, head, head)
 
 
 def check_reward_options(head: str, rewards: RewardConfig) -> None:

@@ -257,3 +257,53 @@ def test_grpo_from_another_heads_model_warns_once_naming_both(tmp_path: Path,
     assert len(warned) == 1, caplog.text
     assert "'first'" in warned[0] and "'listwise'" in warned[0] and "are not used" in warned[0]
     assert cfg.window == 10  # listwise's own default, not the recorded 6
+
+
+# --- llmtrain#6: base_model is a hub id, never a path of the training machine ---------------------------------------
+
+
+@dataclass
+class _Data:
+    path: str = "train.jsonl"
+
+
+@dataclass
+class _Config:
+    model: str = ""
+    data: _Data = field(default_factory=_Data)
+
+
+def _artifacts(folder: Path, model: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    folder.mkdir(parents=True)
+    write_model_artifacts(folder, method="erank", trainer="sft", config=_Config(model=model),
+                          options={"max_doc_tokens": 16})
+    text = (folder / "README.md").read_text()
+    meta_text, body = text[4:].split("\n---\n", 1)
+    return json.loads((folder / "rerank.json").read_text())["trained_with"], yaml.safe_load(meta_text), body
+
+
+def test_base_model_records_a_hub_id_and_never_a_local_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model=/abs/runs/tiny-llm` under the working folder was recorded as base_model `runs/tiny-llm`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "tiny-llm").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny-llm" / "config.json").write_text("{}")
+    trained, meta, body = _artifacts(tmp_path / "a", str(tmp_path / "runs" / "tiny-llm"))
+    assert "base_model" not in trained and trained["base_model_local"] == "tiny-llm"
+    assert "base_model" not in meta and "runs/tiny-llm" not in json.dumps(trained)
+    assert "A local model folder, `tiny-llm`" in body.split("## Data")[0]
+
+    trained, meta, _ = _artifacts(tmp_path / "b", "Qwen/Qwen3-0.6B")  # a hub id, as given
+    assert trained["base_model"] == meta["base_model"] == "Qwen/Qwen3-0.6B"
+
+    trained, meta, _ = _artifacts(tmp_path / "c", "b")  # a folder rerank trained: the base model it records
+    assert trained["base_model"] == meta["base_model"] == "Qwen/Qwen3-0.6B" and "base_model_local" not in trained
+
+    trained, meta, _ = _artifacts(tmp_path / "d", str(tmp_path / "a"))  # its local base model is named alike
+    assert "base_model" not in meta and trained["base_model_local"] == "tiny-llm"
+    trained, meta, _ = _artifacts(tmp_path / "e", str(tmp_path / "runs" / "tiny-llm" / "."))
+    assert trained["base_model_local"] == "tiny-llm"
+
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    trained, meta, _ = _artifacts(tmp_path / "f", str(snapshot))  # the hub cache: its hub id
+    assert trained["base_model"] == meta["base_model"] == "Qwen/Qwen3-0.6B"

@@ -2,13 +2,17 @@
 prompt template) and a model card ``README.md`` (Hub metadata, method, base model, the training config, the data,
 the trainer's own evaluation, how to use it).
 
-Nothing written here holds an absolute path of the training machine: a local path is recorded relative to the working
-directory when it lies under it, else by its last component (a hub id or a packaged model name is kept as given).
+Nothing written here holds an absolute path of the training machine: a local path in the training configuration is
+recorded relative to the working directory when it lies under it, else by its last component (a hub id or a packaged
+model name is kept as given). The base model (``trained_with`` in ``rerank.json``, ``base_model`` in the card's Hub
+metadata) is a hub id or packaged name only (:func:`base_model_fields`): a local folder is named by the base model
+it records, else by its folder name alone under ``base_model_local``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,13 @@ import yaml
 
 from rerank.config import to_dict
 from rerank.methods import get_method
-from rerank.methods.record import RECORD_FILE, record_payload
+from rerank.methods.record import RECORD_FILE, read_record, record_payload
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["portable", "scrub_paths", "write_model_artifacts"]
+__all__ = ["base_model_fields", "portable", "scrub_paths", "write_model_artifacts"]
+
+#: a folder of the Hugging Face hub cache: ``…/models--OWNER--NAME/snapshots/REVISION``
+_HUB_CACHE = re.compile(r"models--(?P<id>[^/]+)")
 
 
 def portable(value: str) -> str:
@@ -43,6 +50,35 @@ def scrub_paths(obj: Any) -> Any:
     return portable(obj) if isinstance(obj, str) else obj
 
 
+def base_model_fields(model: str) -> dict[str, str]:
+    """How ``rerank.json`` and the model card name the starting ``model``: ``{"base_model": ID}`` for a hub id or a
+    packaged model name (as given), a folder rerank trained (the base model its ``rerank.json`` records) or a folder
+    of the hub cache (its hub id); else ``{"base_model_local": NAME}``, the local folder's name alone, never a path
+    of the training machine (nor one the Hub would read as a model id)."""
+    from rerank.models import PACKAGED_MODELS
+
+    if not model:
+        return {}
+    path = Path(model).expanduser()
+    if model in PACKAGED_MODELS or not (path.exists() or path.is_symlink()):
+        return {"base_model": model}
+    try:
+        record = read_record(path) if path.is_dir() else None
+    except ValueError:  # a damaged rerank.json: the folder is named as any local one
+        record = None
+    trained_with = record.get("trained_with") if record is not None else None
+    if isinstance(trained_with, dict):
+        for key in ("base_model", "base_model_local"):
+            if isinstance(trained_with.get(key), str) and trained_with[key]:
+                return {key: trained_with[key]}
+    resolved = path.resolve()
+    for part in reversed(resolved.parts[:-1]):
+        m = _HUB_CACHE.fullmatch(part)
+        if m and "snapshots" in resolved.parts:
+            return {"base_model": m.group("id").replace("--", "/", 1)}
+    return {"base_model_local": resolved.name}
+
+
 def _data_text(config: dict[str, Any]) -> str:
     data = config.get("data")
     if isinstance(data, dict):
@@ -51,6 +87,14 @@ def _data_text(config: dict[str, Any]) -> str:
         return (f"Built from the BEIR dataset `{data.get('beir')}` (split `{data.get('split')}`): qrels positives and "
                 f"BM25 hard negatives, as configured under `data` below.")
     return f"The judged queries of `{config.get('dataset')}` (split `{config.get('split', 'train')}`)."
+
+
+def _base_text(base: dict[str, str]) -> str:
+    if "base_model" in base:
+        return f"`{base['base_model']}`"
+    if "base_model_local" in base:
+        return f"A local model folder, `{base['base_model_local']}` (not a hub model)."
+    return "Not recorded."
 
 
 def _use_text(method: Any) -> str:
@@ -107,13 +151,17 @@ def write_model_artifacts(
     ``metrics``: what the trainer measured on its dev split for model selection (None: it did not evaluate).
     """
     m = get_method(method)
-    cfg = scrub_paths(to_dict(config))
+    given = to_dict(config)
+    cfg = scrub_paths(given)
     if isinstance(cfg.get("max_steps"), int) and cfg["max_steps"] > 0:  # max_steps overrides epochs: the card
         cfg.pop("epochs", None)  # shows the schedule that ran, not a default nobody used
-    base = str(cfg.get("model", ""))
-    write_json(record_payload(method, m.kind, options or {}, trainer, base), model_dir / RECORD_FILE)
-    meta: dict[str, Any] = {"base_model": base, "library_name": m.library_name,
-                            "tags": ["rerank", m.kind, method, f"rerank-train-{trainer}"]}
+    base = base_model_fields(str(given.get("model") or ""))
+    payload = record_payload(method, m.kind, options or {}, trainer, base.get("base_model", ""))
+    payload["trained_with"] = {k: v for k, v in payload["trained_with"].items() if k != "base_model" or v}
+    payload["trained_with"].update({k: v for k, v in base.items() if k != "base_model"})
+    write_json(payload, model_dir / RECORD_FILE)
+    meta: dict[str, Any] = {"base_model": base["base_model"]} if "base_model" in base else {}
+    meta.update({"library_name": m.library_name, "tags": ["rerank", m.kind, method, f"rerank-train-{trainer}"]})
     if m.pipeline_tag:
         meta["pipeline_tag"] = m.pipeline_tag
     if metrics:
@@ -135,7 +183,7 @@ trained with (the prompt template in full), so `rerank` loads it without being t
 
 ## Base model
 
-`{base}`
+{_base_text(base)}
 
 ## Data
 

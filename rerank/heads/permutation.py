@@ -15,6 +15,12 @@ parentheses or in a comma list (``[1] > [2] (score 4)``, ``(scores 9, 7, 5)``, `
 model forgot are appended in their input order, duplicates and unknown ids are dropped, and every repair or failure
 is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer format as a grammar, for
 constrained decoding (then no repair is ever needed).
+
+Reasoning (``<think>…</think>``; also ``<thinking>``, ``<reasoning>``, ``<reason>``) is never read: only the text after
+the last closing tag is. A reasoning block left open (a thinking model cut off by the token limit, which listwise
+caps at one permutation's length) hides everything after its opening tag, so a guess written inside it is not an
+answer: without a ranking before that tag the output is a failure (the window keeps its input order), whatever
+finish reason the backend saw, so every backend behaves alike.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "Scheme",
     "format_permutation",
     "identifiers",
+    "outside_reasoning",
     "parse_permutation",
     "permutation_grammar",
 ]
@@ -53,6 +60,10 @@ _BARE_ITEM = {"numbers": re.compile(r"\s*(\d+)\s*"), "letters": re.compile(r"\s*
 _ECHO = ("no ranking: the output lists passages (an identifier, then text, on each line) and does not rank them; "
          "the window keeps its input order")
 _SEPARATORS = (">", ",")  # a bare letter next to one of these is an identifier
+#: the tags of a model's reasoning, whose text is never read as the answer
+_REASONING_TAGS: tuple[str, ...] = ("think", "thinking", "reasoning", "reason")
+_REASONING_OPEN = re.compile(r"<(" + "|".join(_REASONING_TAGS) + r")>")
+_REASONING_CLOSE = re.compile(r"</(" + "|".join(_REASONING_TAGS) + r")>")
 
 
 def check_scheme(scheme: str, window: int | None = None) -> Scheme:
@@ -90,6 +101,7 @@ class ParsedPermutation:
     no_ranking_line: bool = False
     echo: bool = False
     bare_in_line: int = 0
+    unclosed_reasoning: str = ""
 
     @property
     def repaired(self) -> bool:
@@ -99,12 +111,17 @@ class ParsedPermutation:
     def fixes(self) -> list[str]:
         """What parsing had to do, in words (empty: the output was a clean permutation)."""
         if self.failed:
+            if self.unclosed_reasoning:
+                return [f"no ranking outside the reasoning: <{self.unclosed_reasoning}> was never closed (the output "
+                        "ends inside the reasoning), which holds no answer; the window keeps its input order"]
             if self.echo:
                 return [_ECHO]
             if self.missing < len(self.order):  # one valid id, outside any ranking line
                 return ["no ranking: one valid identifier outside a ranking line; the window keeps its input order"]
             return ["no valid identifier: the window keeps its input order"]
         out = []
+        if self.unclosed_reasoning:
+            out.append(f"text after an unclosed <{self.unclosed_reasoning}> ignored")
         if self.no_ranking_line:
             out.append("no ranking line: identifiers read from the text")
         if self.skipped_rankings:
@@ -202,6 +219,17 @@ def _echoes(text: str, scheme: str) -> bool:
     return len(lines) >= 2 and any(lines.values())
 
 
+def outside_reasoning(text: str) -> tuple[str, str]:
+    """The part of ``text`` that can hold the answer, and the name of a reasoning tag left open ('' if none): the
+    text after the last closing reasoning tag, cut at a reasoning tag opened after it and never closed."""
+    closes = list(_REASONING_CLOSE.finditer(text))
+    final = text[closes[-1].end() :] if closes else text
+    opened = _REASONING_OPEN.search(final)
+    if opened is None:
+        return final, ""
+    return final[: opened.start()], opened.group(1)
+
+
 def _forms_ranking(line: str, n: int, scheme: str) -> bool:
     """Whether ``line`` is a ranking: at least two distinct valid ids joined by ``>`` (one id when ``n`` is 1)."""
     valid = {i for i in (_index(t, scheme, n) for t in _tokens(line, scheme)[0]) if i is not None}
@@ -219,9 +247,11 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     ``C > A``; a letter only next to ``>`` or ``,``) are read and the output counts as repaired. On a line that is
     a ranking by its bracketed ids, a bare id that is a whole item next to ``>``, outside parentheses
     (``[2] > 4 > [1]``), is read in its place, as a repair (:func:`_bare_items`). Too few valid ids is a failure (the
-    window keeps its input order).
+    window keeps its input order). Only the text outside reasoning is read (:func:`outside_reasoning`): a ranking
+    inside ``<think>…</think>``, or after a ``<think>`` never closed, is not the answer.
     """
     check_scheme(scheme)
+    text, unclosed = outside_reasoning(text)
     rankings = [line for line in text.splitlines() if _forms_ranking(line, n, scheme)]
     tokens, unbracketed, bare = _line_tokens(rankings[-1], scheme, n) if rankings else (*_tokens(text, scheme), 0)
     no_line = not rankings
@@ -240,10 +270,10 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     echo = no_line and n > 1 and _echoes(text, scheme)
     if not order or len(order) < min(2, n) or (no_line and n > 1 and _REFUSAL.search(text)) or echo:
         return ParsedPermutation(list(range(n)), failed=True, missing=n - len(order), unknown=unknown,
-                                 no_ranking_line=no_line, echo=echo)
+                                 no_ranking_line=no_line, echo=echo, unclosed_reasoning=unclosed)
     missing = [i for i in range(n) if i not in seen]
     return ParsedPermutation(order + missing, False, len(missing), duplicates, unknown, unbracketed,
-                             max(0, len(rankings) - 1), no_line, bare_in_line=bare)
+                             max(0, len(rankings) - 1), no_line, bare_in_line=bare, unclosed_reasoning=unclosed)
 
 
 def permutation_grammar(scheme: str, n: int, prefix: str = "") -> Grammar:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -45,13 +46,50 @@ from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
 from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict
 from rerank.errors import ConfigError, RerankError
-from rerank.utils.http import post_with_retries
+from rerank.utils.http import Tries, post_with_retries
 
 __all__ = ["OpenAIBackend", "OpenAIBackendConfig"]
 
 TOKEN_ID_PREFIX = "token_id:"
+#: the request fields of vLLM's extensions, sent with ``extensions: true``
+EXTENSION_FIELDS = ("logprob_token_ids", "return_tokens_as_token_ids", "return_token_ids")
 #: a positive log-prob up to this is a rounding error of the server's log-softmax and reads as 0; above, it is refused
 LOGPROB_SLACK = 1e-4
+
+
+def _in_daemon_threads(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` run by up to ``workers`` daemon threads, in order; the first error is raised (no
+    item is started once it is). The threads are daemons and nobody joins them, so a request stuck in a read never
+    holds up Ctrl-C, SIGTERM or the process's exit (a thread pool's workers would: it joins them)."""
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for k in range(len(items)):
+        todo.put(k)
+    done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
+    failed = threading.Event()
+
+    def work() -> None:
+        while not failed.is_set():
+            try:
+                k = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((k, True, fn(items[k])))
+            except BaseException as e:  # noqa: BLE001 - handed to the calling thread, which raises it
+                done.put((k, False, e))
+
+    for _ in range(min(workers, len(items))):
+        threading.Thread(target=work, name="rerank-openai", daemon=True).start()
+    out: dict[int, Any] = {}
+    try:
+        while len(out) < len(items):
+            k, ok, value = done.get()
+            if not ok:
+                raise value
+            out[k] = value
+    finally:
+        failed.set()  # an error, Ctrl-C or SIGTERM here: the threads start no more items
+    return [out[k] for k in range(len(items))]
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
@@ -167,15 +205,20 @@ class OpenAIBackend(Backend):
         return RerankError(f"openai backend: {self._endpoint} answered an unexpected body ({what}): {_excerpt(text)}")
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """One completions request; retries transport errors, 429 and 5xx with exponential back-off."""
+        """One completions request, answered in full within ``timeout`` seconds a try; retries transport errors
+        (a timeout included), 429 and 5xx with exponential back-off or the server's ``Retry-After``."""
+        tries = Tries()
         response = post_with_retries(
             self.client, "completions", payload, max_retries=self.config.max_retries,
             retry_status=lambda status: status == 429 or status >= 500, retry_errors=(httpx.TransportError,),
-            unreachable=lambda e: RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e}"),
+            unreachable=lambda e: RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e} "
+                                              f"({tries})"),
+            deadline=self.config.timeout, tries=tries,
         )
         if response.status_code != 200:
-            raise RerankError(f"openai backend: {self._endpoint} answered {response.status_code}: "
-                              f"{response.text[:500]}")
+            retried = f" ({tries})" if tries.count > 1 else ""
+            raise RerankError(f"openai backend: {self._endpoint} answered {response.status_code}{retried}: "
+                              f"{response.text[:500]}{self._hint(response)}")
         try:
             body = response.json()
         except ValueError:  # a proxy's login page, a UI served at /v1, a truncated reply
@@ -185,6 +228,18 @@ class OpenAIBackend(Backend):
                 or not all(isinstance(c, dict) for c in body["choices"]):
             raise self._unexpected("not an object with a list of choice objects", body)
         return body
+
+    def _hint(self, response: httpx.Response) -> str:
+        """What to do about a refused request, where the status says: a 404 (no completions endpoint, or no such
+        model), a 400 naming one of vLLM's extension fields (a server without them)."""
+        if response.status_code == 404:
+            return (f" (this backend needs a completions endpoint, {self._endpoint}, serving the model "
+                    f"{self.model!r}; a server with only /chat/completions cannot run it: serve the model with "
+                    "vLLM, SGLang or llama.cpp's llama-server)")
+        if response.status_code in (400, 422) and self.config.extensions \
+                and any(field in response.text for field in EXTENSION_FIELDS):
+            return " (a server without vLLM's extensions: set backend_options.extensions=false)"
+        return ""
 
     def _choices(self, prompts: Sequence[Sequence[int]], fields: dict[str, Any]) -> list[dict[str, Any]]:
         """Send prompts in up to ``concurrency`` requests at once (``batch_size`` per request at most, fewer so that a
@@ -206,8 +261,9 @@ class OpenAIBackend(Backend):
 
         if not batches:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(batches))) as pool:
-            return [c for batch_choices in pool.map(run, batches) for c in batch_choices]
+        if len(batches) == 1:
+            return run(batches[0])
+        return [c for batch_choices in _in_daemon_threads(run, batches, self.config.concurrency) for c in batch_choices]
 
     def _vocab_text(self) -> dict[str, list[int]]:
         """Decoded text -> token ids over the whole vocabulary (to map text-keyed log-probs back to ids)."""
@@ -263,13 +319,24 @@ class OpenAIBackend(Backend):
                     )
                 out[t] = by_text[text]
                 continue
-            raise RerankError(
-                f"openai backend: token id {t} ({text!r}) is not among the {len(entries)} log-probs the server "
-                f"returned for prompt {prompt_index}; servers return only their top-N (top_logprobs="
-                f"{self.config.top_logprobs}). Use vLLM with extensions: true for exact ids, or raise top_logprobs "
-                "up to the server's cap"
-            )
+            raise RerankError(self._missing_logprob(t, text, len(entries), prompt_index))
         return out
+
+    def _missing_logprob(self, token: int, text: str, returned: int, prompt_index: int) -> str:
+        """Why ``token``'s log-prob is not among the ``returned`` ones of a choice, and what helps."""
+        asked = self.config.top_logprobs
+        exact = "vLLM with extensions: true gives the log-prob of any token id"
+        if returned == 0:
+            return (f"openai backend: {self._endpoint} returned no log-probs for prompt {prompt_index} (asked for "
+                    f"logprobs={asked}), so the log-prob of token id {token} ({text!r}) is unknown; this head needs a "
+                    f"server that returns them ({exact}); raising top_logprobs does not help")
+        if returned < asked:
+            return (f"openai backend: token id {token} ({text!r}) is not among the {returned} log-probs "
+                    f"{self._endpoint} returned for prompt {prompt_index} (asked for {asked}: the server returned "
+                    f"fewer, so raising top_logprobs does not help); {exact}")
+        return (f"openai backend: token id {token} ({text!r}) is not among the top {returned} log-probs "
+                f"{self._endpoint} returned for prompt {prompt_index}; {exact}, or raise top_logprobs (the server "
+                "may cap it)")
 
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
         self.calls["next_token_logprobs"] += 1

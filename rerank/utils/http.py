@@ -1,36 +1,125 @@
 """One retry loop for the HTTP clients (the remote reranker, the OpenAI-compatible backend): back-off, ``Retry-After``
-and which failures are worth another try are the caller's policy; the loop is shared."""
+and which failures are worth another try are the caller's policy; the loop is shared.
+
+A server's wait is read from ``retry-after-ms`` (milliseconds; OpenAI, Azure) or ``Retry-After`` (seconds, or an
+HTTP-date), at most :data:`MAX_WAIT` seconds. With a ``deadline`` each try must be answered in full within that many
+seconds (connecting, sending, the headers and the whole body: a server that trickles its body a byte at a time is cut
+off), else it fails with :class:`DeadlineExceeded`, a timeout. Such a try runs in a daemon thread that the caller
+waits on, so a stuck read neither delays the caller past the deadline nor keeps the process alive at exit.
+"""
 
 from __future__ import annotations
 
+import email.utils
+import queue
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-__all__ = ["post_with_retries", "retry_after"]
+__all__ = ["MAX_WAIT", "DeadlineExceeded", "Tries", "post_with_retries", "retry_after"]
+
+#: the longest wait a server's Retry-After can ask for, in seconds
+MAX_WAIT = 60.0
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """A try that was not answered in full within its deadline."""
+
+
+@dataclass
+class Tries:
+    """How many requests a :func:`post_with_retries` call sent, and since when (for its caller's error message)."""
+
+    count: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def __str__(self) -> str:
+        seconds = time.monotonic() - self.started
+        return f"{self.count} attempt{'s' if self.count != 1 else ''} over {seconds:.1f} s"
 
 
 def retry_after(resp: httpx.Response, default: float) -> float:
-    """Seconds to wait before the next try: the server's ``Retry-After`` (in seconds, at most 60), else ``default``."""
+    """Seconds to wait before the next try: the server's ``retry-after-ms``, else its ``Retry-After`` (seconds or
+    an HTTP-date), at most :data:`MAX_WAIT`; ``default`` when it gives neither (or an unreadable one)."""
+    wait: float | None = None
     try:
-        return min(max(float(resp.headers.get("Retry-After", "")), 0.0), 60.0)
-    except ValueError:
+        wait = float(resp.headers["retry-after-ms"]) / 1000.0
+    except (KeyError, ValueError):
+        value = resp.headers.get("Retry-After", "").strip()
+        try:
+            wait = float(value)
+        except ValueError:
+            try:
+                wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                wait = None
+    if wait is None or wait != wait:  # absent, unreadable or NaN
         return default
+    return min(max(wait, 0.0), MAX_WAIT)
+
+
+def _read_by(client: httpx.Client, path: str, body: dict[str, Any], end: float) -> httpx.Response:
+    """POST and read the whole response, giving up (:class:`DeadlineExceeded`) once ``time.monotonic()`` passes
+    ``end``; each phase's own timeout is the time left."""
+    left = max(end - time.monotonic(), 0.001)
+    request = client.build_request("POST", path, json=body, timeout=httpx.Timeout(left))
+    resp = client.send(request, stream=True)
+    try:
+        chunks = []
+        for chunk in resp.iter_raw():
+            chunks.append(chunk)
+            if time.monotonic() > end:
+                raise DeadlineExceeded("the answer did not arrive in full in time", request=request)
+    finally:
+        resp.close()
+    return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks), request=request,
+                          extensions={"http_version": resp.extensions.get("http_version", b"HTTP/1.1")})
+
+
+def _post_within(client: httpx.Client, path: str, body: dict[str, Any], deadline: float) -> httpx.Response:
+    """One try that returns or raises within ``deadline`` seconds: it runs in a daemon thread (which stops by
+    itself at its next read once the deadline has passed) and this one waits for it that long at most."""
+    end = time.monotonic() + deadline
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def attempt() -> None:
+        try:
+            box.put((True, _read_by(client, path, body, end)))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            box.put((False, e))
+
+    threading.Thread(target=attempt, name="rerank-http", daemon=True).start()
+    try:
+        ok, value = box.get(timeout=max(end - time.monotonic(), 0.0))
+    except queue.Empty:
+        raise DeadlineExceeded(f"no complete answer within timeout={deadline:g} s") from None
+    if not ok:
+        if isinstance(value, httpx.TimeoutException):
+            raise DeadlineExceeded(f"no complete answer within timeout={deadline:g} s") from None
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def post_with_retries(
     client: httpx.Client, path: str, body: dict[str, Any], *, max_retries: int, retry_status: Callable[[int], bool],
     retry_errors: tuple[type[httpx.HTTPError], ...], unreachable: Callable[[httpx.HTTPError], Exception],
+    deadline: float | None = None, tries: Tries | None = None,
 ) -> httpx.Response:
     """POST ``body`` as JSON to ``path`` and return the last response, retrying up to ``max_retries`` times a status
     for which ``retry_status`` holds or a transport error in ``retry_errors`` (back-off 0.5 s doubling; a status's
-    ``Retry-After`` wins). Any other transport error, or a retryable one on the last try, raises ``unreachable(e)``."""
+    :func:`retry_after` wins). Any other transport error, or a retryable one on the last try, raises
+    ``unreachable(e)``. ``deadline``: seconds each try may take in all (:class:`DeadlineExceeded` past it, a
+    timeout); ``tries`` counts the requests sent."""
+    tries = tries if tries is not None else Tries()
     for attempt in range(max_retries + 1):
         last = attempt == max_retries
+        tries.count += 1
         try:
-            resp = client.post(path, json=body)
+            resp = client.post(path, json=body) if deadline is None else _post_within(client, path, body, deadline)
         except httpx.HTTPError as e:
             if last or not isinstance(e, retry_errors):
                 raise unreachable(e) from None

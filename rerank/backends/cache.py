@@ -11,7 +11,10 @@ context sizes) are not; options that only carry a request and cannot change an a
 ``timeout``, ``max_retries``, ``concurrency``, ``batch_size``, whether an API key is set: a backend's
 ``cache_ignored_options``) are left out, so tuning them keeps the cache. Sampled generations (temperature > 0) are never
 cached. Only misses reach the model, so a re-run of a cached evaluation makes no model calls (``calls`` counts the
-wrapped backend's).
+wrapped backend's). A generation its head failed to parse (``parse`` outcome ``failed``: an empty answer, one cut off
+inside its reasoning, a refusal) is taken out of the cache once the head says so, so the next run asks the model
+again instead of repeating a transient failure for ever (a model that always fails is asked again each run); answers
+that parsed, repaired or clean, are kept.
 
 The file is opened when the backend is built: a damaged file, or a folder in its place, is one error naming it
 (delete it, or ``--no-llm-cache``, which leaves it unopened). A file this user may not write (another group member's,
@@ -19,7 +22,7 @@ made with umask 022) is read: its answers are used and new ones are not stored, 
 (``chmod g+w`` by its owner fixes it); a write that fails later (a full disk) warns once and stores no more. A new file
 in a group-writable folder is made group-writable, so the group's members can add to it.
 
-``log_path`` appends one JSON line per prompt: the decoded prompt, the raw response, and whether it came from the
+``log_path`` (its folder is made, as ``--output`` folders are) appends one JSON line per prompt: the decoded prompt, the raw response, and whether it came from the
 cache; a generation's line also says how the head parsed it (``parse``: ``{"outcome": "clean" | "repaired" | "failed",
 "fixes": [...]}``, what had to be repaired; null when no head parsed it). Generation lines are written once their parse
 is known, in the order they were generated.
@@ -186,6 +189,17 @@ def model_fingerprint(model: str, con: sqlite3.Connection | None = None, served:
     return h.hexdigest()
 
 
+def _open_log(log_path: str) -> Any:
+    """The LLM-call log ``log_path`` opened for appending, its folder made first (as ``--output`` folders are); one
+    that cannot be made or opened is a :class:`ConfigError` naming it."""
+    path = Path(log_path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in CachingBackend.close()
+    except OSError as e:
+        raise ConfigError(f"cannot write the LLM-call log {log_path}: {e.strerror or e}") from e
+
+
 class CachingBackend(Backend):
     """``inner`` with a persistent per-prompt answer cache and an optional JSONL log of every prompt and response."""
 
@@ -212,8 +226,9 @@ class CachingBackend(Backend):
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"cannot read the LLM answer cache {self.path} ({e}): {_FIX}") from e
         self._base = {"model": fingerprint, "backend": cache_key_options(inner)}
-        self._log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed in close()
-        self._pending: list[dict[str, Any]] = []  # generation lines waiting for their parse outcome
+        self._log = _open_log(log_path) if log_path else None
+        #: generation lines waiting for their parse outcome, with their answers' cache keys (None: not stored)
+        self._pending: list[tuple[str | None, dict[str, Any]]] = []
 
     @property
     def tokenizer(self) -> Any:
@@ -251,14 +266,17 @@ class CachingBackend(Backend):
             self._store([(keys[i], json.dumps(v)) for i, v in fresh.items()])
         self.hits += len(found)
         out = [found[i] if i in found else fresh[i] for i in range(len(prompts))]
-        if self._log is not None:
+        stored = self._con is not None and cacheable
+        if self._log is not None or (stored and kind == "generate"):
             for p, v, i in zip(prompts, out, range(len(prompts)), strict=True):
-                line = {"kind": kind, "prompt": self.tokenizer.decode(list(p), skip_special_tokens=False),
-                        "request": request, "response": v, "cached": i in found}
+                shown = {"prompt": self.tokenizer.decode(list(p), skip_special_tokens=False), "request": request} \
+                    if self._log is not None else {}
+                line = {"kind": kind, **shown, "response": v, "cached": i in found}
                 if kind == "generate":
-                    self._pending.append(line)
+                    self._pending.append((keys[i] if stored else None, line))
                 else:
-                    self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    self._write(line)
+        if self._log is not None:
             self._log.flush()
         return out
 
@@ -276,15 +294,30 @@ class CachingBackend(Backend):
 
     def log_parse(self, response: str, outcome: dict[str, Any]) -> None:
         """Attach ``outcome`` to the oldest pending generation line with this response, then write the lines whose
-        parse is known."""
-        line = next((x for x in self._pending if "parse" not in x and x["response"] == response), None)
+        parse is known. A failed parse takes the answer out of the cache, so the next run asks the model again."""
+        key, line = next(((k, x) for k, x in self._pending if "parse" not in x and x["response"] == response),
+                         (None, None))
         if line is None:
             return
         line["parse"] = outcome
-        while self._pending and "parse" in self._pending[0]:
-            self._write(self._pending.pop(0))
+        if key is not None and outcome.get("outcome") == "failed":
+            self._forget(key)
+        while self._pending and "parse" in self._pending[0][1]:
+            self._write(self._pending.pop(0)[1])
         if self._log is not None:
             self._log.flush()
+
+    def _forget(self, key: str) -> None:
+        """Remove one stored answer (one that failed to parse); a cache that cannot be written keeps it."""
+        if self._con is None or self._read_only is not None:
+            return
+        try:
+            with self._lock, self._con:
+                self._con.execute("DELETE FROM calls WHERE key = ?", (key,))
+        except sqlite3.OperationalError as e:
+            self._read_only = str(e)
+            _warn_once(self.path, f"cannot update the LLM answer cache {self.path} ({e}); this run stores no more "
+                                  "(its answers are not affected)")
 
     def _write(self, line: dict[str, Any]) -> None:
         if self._log is not None:
@@ -292,7 +325,7 @@ class CachingBackend(Backend):
 
     def _flush(self) -> None:
         """Write every pending generation line (``parse`` null where no head reported one)."""
-        for line in self._pending:
+        for _, line in self._pending:
             line.setdefault("parse", None)
             self._write(line)
         self._pending.clear()

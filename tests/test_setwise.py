@@ -91,7 +91,7 @@ def test_bad_options_are_errors() -> None:
     with pytest.raises(ConfigError, match="strategy"):
         SetwiseConfig(strategy="quicksort")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="distinct labels"):
-        SetwiseReranker(SetwiseConfig(set_size=3, template={"user": "{{ query }}", "labels": "AB"}),
+        SetwiseReranker(SetwiseConfig(set_size=3, template={"user": "{{ query }} {{ passages }}", "labels": "AB"}),
                         backend=scripted(build_tokenizer(), {}))
 
 

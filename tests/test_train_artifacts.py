@@ -50,7 +50,7 @@ def check_clean_and_portable(out: Path, base_temp: Path) -> None:
 def check_card(model_dir: Path, method: str, library: str, pipeline: str, evaluated: bool) -> str:
     meta, body = card(model_dir)
     assert meta["library_name"] == library and meta["pipeline_tag"] == pipeline
-    assert method in meta["tags"] and meta["base_model"]
+    assert method in meta["tags"] and "base_model" not in meta  # local starting folders are no Hub ids
     for section in ("## Method", "## Base model", "## Data", "## Training configuration", "## Evaluation", "## Use"):
         assert section in body, section
     evaluation = body.split("## Evaluation")[1].split("## Use")[0]
@@ -132,7 +132,7 @@ def test_llm_sft_then_grpo_artifacts(tmp_path: Path, tmp_path_factory: pytest.Te
     check_card(grpo_out / "model", "erank", "transformers", "text-generation", evaluated=False)
     inherited = json.loads((grpo_out / "model" / "rerank.json").read_text())
     assert inherited["options"]["template"] == record["options"]["template"]
-    assert inherited["trained_with"]["trainer"] == "grpo" and inherited["trained_with"]["base_model"] == "model"
+    assert inherited["trained_with"]["trainer"] == "grpo" and inherited["trained_with"]["base_model_local"] == "llm"
 
     rc, _, err = run_cli("eval", "--dataset", tiny_beir_dir, "--retriever", "bm25", "--model", grpo_out / "model",
                          "--top-k", "3", "--max-queries", "2", "--reranker-set", "device=cpu",

@@ -24,8 +24,10 @@ redacted) and quoting the start of the body.
 
 Each call's prompts are sent ``batch_size`` per request at most, and spread over up to ``concurrency`` requests in
 flight at once (``ceil(n / concurrency)`` prompts each), so a head call of 8 prompts makes 4 requests of 2 with the
-defaults; the answers keep the prompts' order. A ``user:password@`` in ``base_url`` is sent as HTTP basic auth, taken
-out of the URL httpx logs; it cannot go with an API key (one ``Authorization`` header), so both together are refused.
+defaults; the answers keep the prompts' order. ``timeout`` bounds each request's whole answer, not each read
+(:mod:`rerank.utils.http`), and requests run in daemon threads, so Ctrl-C or SIGTERM stops a run whose requests hang.
+A ``user:password@`` in ``base_url`` is sent as HTTP basic auth, taken out of the URL httpx logs; it cannot go
+with an API key (one ``Authorization`` header), so both together are refused.
 """
 
 from __future__ import annotations

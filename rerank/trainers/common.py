@@ -525,8 +525,9 @@ def training_kwargs(cfg: TrainSchedule, output: Path, has_dev: bool) -> dict[str
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
-    if cfg.gradient_checkpointing:
-        kw["activation_checkpointing"] = True  # transformers 5: gradient_checkpointing is its deprecated alias
+    # always given: TRL's SFTConfig / GRPOConfig default it to True (transformers 5: gradient_checkpointing is its
+    # deprecated alias)
+    kw["activation_checkpointing"] = cfg.gradient_checkpointing
     if evaluate:
         kw.update(load_best_model_at_end=True)
     return kw

@@ -1,5 +1,5 @@
-"""Training vocabulary: ``gradient_checkpointing`` reaches the trainer and the model both ways (TRL defaults it
-on)."""
+"""Training vocabulary: the retriever trainers' hints for a reranker-style ``data.*`` key name the right key, and
+``gradient_checkpointing`` reaches the trainer and the model both ways (TRL defaults it on)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,36 @@ import pytest
 
 from rerank.config import from_dict
 from rerank.data.io import write_jsonl
+from rerank.errors import ConfigError
 from rerank.testing import synthetic_ranking_examples
+from rerank.trainers.base import get_trainer, load_train_config
+
+
+# ------------------------------------------------------------------- newcomer #5: the retriever trainers' data.* hints
+@pytest.mark.parametrize(("trainer", "key", "use"), [
+    ("contrastive", "seed", "seed"),
+    ("pgrank", "seed", "seed"),
+    ("contrastive", "negatives_per_positive", "hard_negatives"),
+    ("pgrank", "negatives_per_positive", "num_candidates"),
+    ("adore", "negatives_per_positive", "top_k"),
+    ("star", "bm25_depth", "negatives_depth"),
+    ("contrastive", "split", "split"),
+    ("star", "beir", "dataset"),
+])
+def test_a_reranker_data_key_names_the_retriever_trainers_own(trainer: str, key: str, use: str) -> None:
+    cls = get_trainer(trainer).config_class
+    with pytest.raises(ConfigError, match=rf"^--set data.{key}=1: unknown key 'data.{key}' for {cls.__name__}: did "
+                                          rf"you mean '{use}'\?"):
+        load_train_config(cls, None, ["model=m", "dataset=d", f"data.{key}=1"])
+
+
+def test_a_data_key_without_a_retriever_counterpart_names_none() -> None:
+    cls = get_trainer("star").config_class
+    with pytest.raises(ConfigError, match=r"^--set data.negatives_per_positive=2: unknown key "
+                                          r"'data.negatives_per_positive' for StarConfig: the retriever trainers have "
+                                          r"no block data \(.*STAR draws one per query\)$") as caught:
+        load_train_config(cls, None, ["model=m", "dataset=d", "data.negatives_per_positive=2"])
+    assert "dataset" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------- llmtrain #3: gradient_checkpointing

@@ -27,6 +27,7 @@ __all__ = [
     "DATA_KEY_HINTS",
     "RENAMED_KEYS",
     "RERANKER_KEY_HINTS",
+    "RETRIEVER_DATA_KEY_HINTS",
     "RETRIEVER_KEY_HINTS",
     "CommonTrainConfig",
     "LoraOptions",
@@ -193,21 +194,37 @@ RETRIEVER_KEY_HINTS: dict[str, tuple[str, str]] = {
                          "level")),
     "beir": ("dataset", "beir is the reranker trainers' data.beir"),
 }
+#: the reranker trainers' keys of the block ``data`` given to a retriever trainer -> (the retriever trainers' keys for
+#: the same thing, the first the trainer has named, why); the retriever trainers have no block ``data``
+RETRIEVER_DATA_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
+    **{key: (("dataset",), "a BEIR dataset name or folder is the top-level key dataset") for key in ("beir", "path")},
+    **{key: ((key,), f"the retriever trainers take {key} at the top level")
+       for key in ("split", "dev_fraction", "qrels_duplicates", "seed")},
+    "negatives_per_positive": (("hard_negatives", "num_candidates", "top_k"), (
+        "the negatives per query are contrastive's hard_negatives, PG-Rank's num_candidates (the judged documents "
+        "filled up with negatives) and ADORE's top_k; STAR draws one per query")),
+    "bm25_depth": (("negatives_depth", "top_k"), (
+        "the depth negatives are drawn from is contrastive's and STAR's negatives_depth, ADORE's top_k; PG-Rank "
+        "fills num_candidates from the top of negatives_from")),
+    "max_candidates": (("num_candidates",), "PG-Rank's candidates per query are num_candidates"),
+}
 
 
 def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -> None:
     """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use, and so
     is an unknown key that is the other trainer family's name for an option (``key_hints``: the retrievers'
-    ``query_max_length`` in a reranker trainer's config, …); each names ``where`` (the file) or the ``--set``
-    override that gave it."""
+    ``query_max_length`` in a reranker trainer's config, …; a block ``data`` in a retriever trainer's: each of its
+    keys); each names ``where`` (the file) or the ``--set`` override that gave it."""
     renamed = getattr(config_class, "renamed_keys", {})
     for key in raw:
         if key in renamed:
             raise ConfigError(f"{override_source(raw, key) or where}: key {key!r} is now {renamed[key]!r} (one "
                               "vocabulary for every trainer)")
     known = {f.name for f in dataclasses.fields(config_class)}
-    blocks = [(raw, getattr(config_class, "key_hints", {}), config_class.__name__, known)]
     data = raw.get("data")
+    if "data" not in known and isinstance(data, Mapping):  # a retriever trainer given the reranker trainers' block
+        _check_retriever_data_block(config_class, raw, data, known, where)
+    blocks = [(raw, getattr(config_class, "key_hints", {}), config_class.__name__, known)]
     if "data" in known and isinstance(data, Mapping):
         blocks.append((data, DATA_KEY_HINTS, "DataConfig", {f.name for f in dataclasses.fields(DataConfig)}))
     for block, hints, name, fields in blocks:
@@ -216,6 +233,23 @@ def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -
                 use, why = hints[key]
                 raise ConfigError(f"{override_source(block, key) or override_source(raw, 'data') or where}: unknown "
                                   f"key {key!r} for {name}: did you mean {use!r}? ({why})")
+
+
+def _check_retriever_data_block(config_class: type, raw: Mapping[str, Any], data: Mapping[str, Any],
+                                known: set[str], where: str) -> None:
+    """A block ``data`` given to a retriever trainer (which has none): its first key is an error naming this
+    trainer's own key for it (:data:`RETRIEVER_DATA_KEY_HINTS`), and the override or file that gave it."""
+    key = next(iter(data), None)
+    if key is None:
+        return  # an empty block: the hint for the key data names the key dataset
+    uses, why = RETRIEVER_DATA_KEY_HINTS.get(key, ((), ""))
+    use = next((u for u in uses if u in known), None)
+    source = override_source(data, key) or override_source(raw, "data") or where
+    unknown = f"{source}: unknown key 'data.{key}' for {config_class.__name__}"
+    if use is not None:
+        raise ConfigError(f"{unknown}: did you mean {use!r}? ({why})")
+    why = why or "their data options dataset, split, dev_fraction, qrels_duplicates and seed are top-level keys"
+    raise ConfigError(f"{unknown}: the retriever trainers have no block data ({why})")
 
 
 @dataclass

@@ -27,7 +27,8 @@ def main() -> int:
     ap.add_argument("--dataset", default=None, help="BEIR folder (corpus + queries); default ../shared/data/scifact")
     ap.add_argument("--docs", type=int, default=1000, help="encode the first N corpus documents")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-length", type=int, default=None, help="token limit for both (default: the model's)")
+    ap.add_argument("--max-doc-tokens", type=int, default=None,
+                    help="document token limit for both (default: the model's)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch / FAISS threads")
     ap.add_argument("--device", default=None, help="torch device for both (default cuda if available, else cpu)")
@@ -65,12 +66,12 @@ def main() -> int:
     queries = [q.text for q in read_queries(find_file(root / "queries.jsonl")).values()]
 
     path = resolve_model_path(args.model)
-    ours = BiEncoder.load(path, device=device, dtype=args.dtype, doc_max_length=args.max_length)
+    ours = BiEncoder.load(path, device=device, dtype=args.dtype, max_doc_tokens=args.max_doc_tokens)
     st_kwargs = {"model_kwargs": {"dtype": getattr(torch, args.dtype)}} if args.dtype else {}
     theirs = SentenceTransformer(path, device=device, **st_kwargs)
-    if args.max_length:
-        theirs.max_seq_length = args.max_length
-    max_len = ours.settings.doc_max_length
+    if args.max_doc_tokens:
+        theirs.max_seq_length = args.max_doc_tokens
+    max_len = ours.settings.max_doc_tokens
     assert theirs.max_seq_length == max_len, (theirs.max_seq_length, max_len)
 
     def run_ours() -> np.ndarray:
@@ -100,7 +101,8 @@ def main() -> int:
     ours_dps, theirs_dps = len(texts) / min(t_ours), len(texts) / min(t_theirs)
     max_diff = float(np.abs(emb - ref).max())
     cos = float(np.min(np.sum(emb * ref, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))))
-    print(f"encoding {len(texts)} docs, batch {args.batch_size}, max_length {max_len}, {device}, {args.threads} threads")
+    print(f"encoding {len(texts)} docs, batch {args.batch_size}, max_doc_tokens {max_len}, {device}, "
+          f"{args.threads} threads")
     print(f"  ours                  {ours_dps:8.1f} docs/s  (runs {', '.join(f'{x:.2f}s' for x in t_ours)})")
     print(f"  sentence-transformers {theirs_dps:8.1f} docs/s  (runs {', '.join(f'{x:.2f}s' for x in t_theirs)})")
     print(f"  ratio ours/st         {ours_dps / theirs_dps:8.3f}x   max |diff| {max_diff:.2e}, min cosine {cos:.6f}")
@@ -141,7 +143,7 @@ def main() -> int:
         "threads": args.threads,
         "docs": len(texts),
         "batch_size": args.batch_size,
-        "max_length": max_len,
+        "max_doc_tokens": max_len,
         "ours_docs_per_s": round(ours_dps, 2),
         "st_docs_per_s": round(theirs_dps, 2),
         "ratio": round(ours_dps / theirs_dps, 3),

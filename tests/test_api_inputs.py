@@ -78,9 +78,9 @@ def test_roberta_style_positions_reserve_the_padding_offset(roberta_dir: Path) -
 
 
 def test_bi_encoder_max_length_beyond_the_models_positions_is_a_config_error(bert_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="doc_max_length 1024 exceeds this model's limit of 512 tokens"):
-        Reranker.load("bi-encoder", model=str(bert_dir), doc_max_length=1024)
-    head = Reranker.load("bi-encoder", model=str(bert_dir), doc_max_length=512)
+    with pytest.raises(ConfigError, match="max_doc_tokens 1024 exceeds this model's limit of 512 tokens"):
+        Reranker.load("bi-encoder", model=str(bert_dir), max_doc_tokens=1024)
+    head = Reranker.load("bi-encoder", model=str(bert_dir), max_doc_tokens=512)
     assert len(head.rerank("q", [LONG_DOC]).results) == 1
 
 

@@ -43,7 +43,7 @@ def plain_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pst(tiny_st_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-st's weights as a folder with other settings: CLS pooling, normalised, prefixes, max length 128."""
     enc = BiEncoder.load(tiny_st_dir, pooling="cls", normalize=True, query_prefix="query: ", doc_prefix="passage: ",
-                         query_max_length=128, doc_max_length=128, device="cpu")
+                         max_query_tokens=128, max_doc_tokens=128, device="cpu")
     return enc.save(tmp_path_factory.mktemp("a2rt-pst") / "pst")
 
 
@@ -66,10 +66,10 @@ def _cfg(name: str, **opts: Any) -> Any:
 def test_adore_own_index_records_the_models_settings_and_searches_as_the_model(plain_bert: Path, beir: Path,
                                                                                  tmp_path: Path) -> None:
     out = tmp_path / "a"
-    train("adore", plain_bert, beir, out, top_k=10)  # was: refused its own index (doc_max_length=256, the model: 512)
+    train("adore", plain_bert, beir, out, top_k=10)  # was: refused its own index (max_doc_tokens=256, the model: 512)
     own = BiEncoder.load(plain_bert, device="cpu").settings
     recorded = json.loads((out / "index" / "manifest.json").read_text())["encoder"]
-    assert recorded["query_max_length"] == own.query_max_length == 512 and recorded["doc_max_length"] == 512
+    assert recorded["max_query_tokens"] == own.max_query_tokens == 512 and recorded["max_doc_tokens"] == 512
     from rerank.data.datasets import resolve_dataset
 
     ds = resolve_dataset(str(beir))
@@ -97,7 +97,7 @@ def test_adore_index_settings_error_names_a_rebuild_command_that_runs(tiny_st_di
 
 
 # ---------------------------------------------------------------------------------- 3. lengths beyond the model's
-@pytest.mark.parametrize("key", ["query_max_length", "doc_max_length"])
+@pytest.mark.parametrize("key", ["max_query_tokens", "max_doc_tokens"])
 def test_a_length_beyond_the_position_limit_is_refused_before_training(tiny_st_dir: Path, beir: Path, tmp_path: Path,
                                                                        key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key} 1024 exceeds this model's limit of 512 tokens") as e:
@@ -122,7 +122,7 @@ def test_an_index_built_with_other_settings_than_the_models_own_is_refused(tiny_
     assert f"rebuild the index with the model's own: `rerank index --model {pst} --dataset {beir} --output {idx}" in msg
     # the index's settings, given explicitly, are searched with; --index alone uses them as before
     given = DenseConfig(model=str(pst), index=str(idx), pooling="mean", normalize=False, query_prefix="",
-                        doc_prefix="", query_max_length=256, doc_max_length=256, progress=False)
+                        doc_prefix="", max_query_tokens=256, max_doc_tokens=256, progress=False)
     assert DenseRetriever.from_config(ds, given).encoder.settings.pooling == "mean"
     assert DenseRetriever.from_config(ds, DenseConfig(index=str(idx), progress=False)).encoder.settings.pooling == "mean"
 

@@ -318,12 +318,9 @@ def test_grpo_inherits_grouprank_group_size_and_defaults_without_a_record(tmp_pa
 
 @pytest.mark.parametrize(("cls", "override", "use"), [
     ("grpo", "group_size=6", "window"),
-    ("sft", "query_max_length=16", "max_query_tokens"),
-    ("grpo", "doc_max_length=16", "max_doc_tokens"),
     ("sft", "dataset=scifact", "data.beir"),
     ("sft", "data.dataset=scifact", "beir"),
     ("sft", "split=train", "data.split"),
-    ("contrastive", "max_query_tokens=16", "query_max_length"),
     ("contrastive", "beir=scifact", "dataset"),
 ])
 def test_the_other_familys_key_gets_did_you_mean(cls: str, override: str, use: str) -> None:
@@ -332,6 +329,20 @@ def test_the_other_familys_key_gets_did_you_mean(cls: str, override: str, use: s
     config_class = get_trainer(cls).config_class
     base = ["model=m", "head=grouprank", "data.path=x"] if cls in ("sft", "grpo") else ["model=m", "dataset=d"]
     with pytest.raises(ConfigError, match=rf"--set {override}: unknown key .* did you mean '{use}'\?"):
+        load_train_config(config_class, None, [*base, override])
+
+
+@pytest.mark.parametrize(("cls", "override", "use"), [
+    ("sft", "query_max_length=16", "max_query_tokens"),
+    ("grpo", "doc_max_length=16", "max_doc_tokens"),
+    ("contrastive", "query_max_length=16", "max_query_tokens"),
+])
+def test_the_former_token_limit_names_name_the_one_name(cls: str, override: str, use: str) -> None:
+    from rerank.trainers.base import get_trainer
+
+    config_class = get_trainer(cls).config_class
+    base = ["model=m", "head=grouprank", "data.path=x"] if cls in ("sft", "grpo") else ["model=m", "dataset=d"]
+    with pytest.raises(ConfigError, match=rf"^--set {override}: key '\w+' is now '{use}'"):
         load_train_config(config_class, None, [*base, override])
 
 

@@ -18,8 +18,8 @@ from rerank.retrieval.index import DenseIndex, IndexConfig, build_faiss
 
 DIM = 8
 IDS = [f"d{i}" for i in range(6)]
-ENCODER = {"pooling": "mean", "normalize": False, "query_prefix": "", "doc_prefix": "", "query_max_length": 256,
-           "doc_max_length": 256, "lowercase": False, "dtype": "float32", "title_sep": " "}
+ENCODER = {"pooling": "mean", "normalize": False, "query_prefix": "", "doc_prefix": "", "max_query_tokens": 256,
+           "max_doc_tokens": 256, "lowercase": False, "dtype": "float32", "title_sep": " "}
 
 
 def _manifest(**changes: Any) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def test_manifest_of_a_newer_version_is_refused(saved_index: Path) -> None:
 def test_missing_file_names_the_rebuild_command_with_the_index_settings(saved_index: Path) -> None:
     (saved_index / "ids.json").unlink()
     message = _load_error(saved_index)
-    assert ("--pooling mean --no-normalize --query-max-length 256 --doc-max-length 256 --dtype float32`"
+    assert ("--pooling mean --no-normalize --max-query-tokens 256 --max-doc-tokens 256 --dtype float32`"
             in message)
     assert _command(saved_index) in message
 

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_sentence_synthesis_manifest_records_only_what_it_reads(tiny_beir_dir: Path, tmp_path: Path) -> None:
     """``generator.kind: sentence`` loads no model: the manifest records no generator model, backend or template, and
     without a first stage no negatives' options."""
-    recipe = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "max_docs": 3, "min_doc_chars": 10,
-              "generator": {"kind": "sentence"}}
+    recipe = {"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)}, "max_docs": 3,
+              "min_doc_chars": 10, "generator": {"kind": "sentence"}}
     m = build(recipe, tmp_path / "q", progress=False)
     assert m["config"]["generator"] == {"kind": "sentence"} and m["source"]["generator"] == {"kind": "sentence"}
     assert "negative_window" not in m["config"] and "num_negatives" not in m["config"]
@@ -38,7 +38,7 @@ def test_sentence_synthesis_manifest_records_only_what_it_reads(tiny_beir_dir: P
 
 
 def test_llm_synthesis_manifest_keeps_the_generator() -> None:
-    cfg = from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"model": "m"},
+    cfg = from_dict(QuerySynthesisConfig, {"source": {"dataset": "d"}, "generator": {"model": "m"},
                                            "first_stage": {"retriever": "bm25"}})
     rec = QuerySynthesisRecipe.record(cfg)
     assert rec["generator"]["model"] == "m" and rec["generator"]["template"] == "query_synthesis"
@@ -143,7 +143,7 @@ def _variants(cls: type, raw: dict[str, Any]) -> Iterator[tuple[str, dict[str, A
 @pytest.mark.parametrize("path", _config_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_set_no_option_they_do_not_read(path: Path) -> None:
     """Every key a shipped config sets is read in that config: changing its value is never refused as an option the
-    config does not read (e.g. ``doc_max_length`` with ``train_doc_encoder: false``, accepted at its default only)."""
+    config does not read (e.g. ``max_doc_tokens`` with ``train_doc_encoder: false``, accepted at its default only)."""
     raw = dict(load_yaml(path))
     cls = _config_class(path, raw)
     if cls is None:

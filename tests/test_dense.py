@@ -140,7 +140,7 @@ def test_normalisation_and_prefixes(encoder_dir: Path) -> None:
     pre = BiEncoder.load(encoder_dir, query_prefix="query: ", doc_prefix="a ", device="cpu")
     np.testing.assert_allclose(pre.encode_queries(["virus"]), raw.encode_queries(["query: virus"]), atol=1e-6)
     np.testing.assert_allclose(pre.encode_docs(["virus"]), raw.encode_docs(["a virus"]), atol=1e-6)
-    short = BiEncoder.load(encoder_dir, doc_max_length=4, device="cpu")
+    short = BiEncoder.load(encoder_dir, max_doc_tokens=4, device="cpu")
     a, b = short.encode_docs([TEXTS[0], TEXTS[0] + " and more words"])
     np.testing.assert_allclose(a, b, atol=1e-6)  # both cut to the same 4 tokens
     assert not np.allclose(a, raw.encode_docs([TEXTS[0]])[0], atol=1e-4)
@@ -222,7 +222,7 @@ def test_untied_model_is_a_sentence_transformers_router(encoder_dir: Path, tmp_p
     from sentence_transformers import SentenceTransformer
 
     enc = BiEncoder.load(encoder_dir, normalize=True, query_prefix="query: ", doc_prefix="passage: ",
-                         query_max_length=6, doc_max_length=12, device="cpu").untie()
+                         max_query_tokens=6, max_doc_tokens=12, device="cpu").untie()
     assert not enc.tied
     with torch.no_grad():
         w = enc.query_model.embeddings.word_embeddings.weight
@@ -656,17 +656,17 @@ def test_cli_index_ivfpq_and_encoder_flags(encoder_dir: Path, tiny_beir_dir: Pat
     idx = tmp_path / "ivf"
     assert main(["index", "--model", str(encoder_dir), "--dataset", tiny_beir_dir.name, "--data-root",
                  str(tiny_beir_dir.parent), "--output", str(idx), "--index-type", "ivfpq", "--nlist", "4", "--pq-m", "8",
-                 "--pq-nbits", "4", "--nprobe", "2", "--pooling", "cls", "--doc-max-length", "24",
-                 "--query-max-length", "12", "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+                 "--pq-nbits", "4", "--nprobe", "2", "--pooling", "cls", "--max-doc-tokens", "24",
+                 "--max-query-tokens", "12", "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
     man = json.loads((idx / "manifest.json").read_text())
     assert man["index_params"] | {"nlist": 4, "pq_m": 8, "pq_nbits": 4, "nprobe": 2} == man["index_params"]
-    assert man["encoder"]["pooling"] == "cls" and man["encoder"]["doc_max_length"] == 24
-    assert man["encoder"]["query_max_length"] == 12 and man["encoder"]["dtype"] == "float32"
+    assert man["encoder"]["pooling"] == "cls" and man["encoder"]["max_doc_tokens"] == 24
+    assert man["encoder"]["max_query_tokens"] == 12 and man["encoder"]["dtype"] == "float32"
     import faiss
 
     ivf = faiss.extract_index_ivf(faiss.read_index(str(idx / "index.faiss")))
     assert ivf.nlist == 4 and ivf.nprobe == 2
-    enc = BiEncoder.load(encoder_dir, pooling="cls", doc_max_length=24, device="cpu")
+    enc = BiEncoder.load(encoder_dir, pooling="cls", max_doc_tokens=24, device="cpu")
     emb = np.load(idx / "embeddings.npy")
     first = json.loads((tiny_beir_dir / "corpus.jsonl").read_text().splitlines()[0])
     np.testing.assert_allclose(emb[0], enc.encode_docs([f"{first['title']} {first['text']}"])[0], atol=1e-5)
@@ -674,7 +674,7 @@ def test_cli_index_ivfpq_and_encoder_flags(encoder_dir: Path, tiny_beir_dir: Pat
     assert main(["eval", "--dataset", str(tiny_beir_dir), "--retriever", "dense", "--index", str(idx),
                  "--retriever-set", "nprobe=4", "--output", str(out), "-m", "R@100"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["first_stage"]["nprobe"] == 4 and m["first_stage"]["encoder"]["query_max_length"] == 12
+    assert m["first_stage"]["nprobe"] == 4 and m["first_stage"]["encoder"]["max_query_tokens"] == 12
     idx2 = tmp_path / "hnsw"
     assert main(["index", "--model", str(encoder_dir), "--dataset", str(tiny_beir_dir), "--output", str(idx2),
                  "--index-type", "hnsw", "--ef-construction", "50", "--no-progress"]) == 0

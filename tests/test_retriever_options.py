@@ -93,7 +93,7 @@ def test_example_configs_load_and_record_a_resumable_dev_fraction(repo_root: Pat
 
 # ----------------------------------------------------------------------------------------- fixed document embeddings
 @pytest.mark.parametrize("name", ["contrastive", "star", "pgrank"])
-@pytest.mark.parametrize(("key", "value"), [("doc_max_length", 128), ("dev_depth", 50)])
+@pytest.mark.parametrize(("key", "value"), [("max_doc_tokens", 128), ("dev_depth", 50)])
 def test_document_options_with_fixed_documents_are_refused(name: str, key: str, value: int) -> None:
     sel = {"eval_steps": 5, "save_steps": 5}
     with pytest.raises(ConfigError, match=rf"^config: {key} {value} is unused with train_doc_encoder: false .*drop "
@@ -104,7 +104,7 @@ def test_document_options_with_fixed_documents_are_refused(name: str, key: str, 
     assert getattr(config(name, train_doc_encoder=False, **sel, **{key: default}), key) == default
 
 
-@pytest.mark.parametrize(("key", "value"), [("doc_max_length", 128), ("dev_depth", 50)])
+@pytest.mark.parametrize(("key", "value"), [("max_doc_tokens", 128), ("dev_depth", 50)])
 def test_adore_refuses_document_options(key: str, value: int) -> None:
     with pytest.raises(ConfigError, match=rf"^config: {key} {value} is unused in ADORE \(the query encoder trains "
                                           rf"alone against the fixed index\) .*drop {key}$"):

@@ -99,7 +99,7 @@ def test_contrastive_learns_selects_on_dev_and_evaluates(tiny_st_dir: Path, beir
     chosen = weights(out / "checkpoints" / f"checkpoint-{best['step']}")
     assert all(torch.equal(v, chosen[k]) for k, v in weights(out / "model").items())
     rec = json.loads((out / "model" / "rerank_biencoder.json").read_text())
-    assert rec["doc_max_length"] == BiEncoder.load(tiny_st_dir).settings.doc_max_length
+    assert rec["max_doc_tokens"] == BiEncoder.load(tiny_st_dir).settings.max_doc_tokens
     rc, _, err = run_cli("eval", "--dataset", beir, "--retriever", "dense", "--model", out / "model",
                          "--output", tmp_path / "ev", "--retriever-set", "progress=false")
     assert rc == 0, err
@@ -327,10 +327,10 @@ def test_dense_index_load_compares_encoder_settings(tiny_st_dir: Path, beir: Pat
     path = DenseIndex.build(emb, enc, IndexConfig("flat")).save(tmp_path / "idx", emb.path)
     settings = doc_encoder_settings(enc)
     assert DenseIndex.load(path, encoder=settings).manifest["encoder"]["pooling"] == settings["pooling"]
-    enc.settings = dataclasses.replace(enc.settings, doc_max_length=17, doc_prefix="passage: ")
-    with pytest.raises(RerankError, match=r"doc_prefix='' \(the model: 'passage: '\), doc_max_length=\d+ \(the model: "
+    enc.settings = dataclasses.replace(enc.settings, max_doc_tokens=17, doc_prefix="passage: ")
+    with pytest.raises(RerankError, match=r"doc_prefix='' \(the model: 'passage: '\), max_doc_tokens=\d+ \(the model: "
                                           r"17\).*`rerank index --model .* --dataset DATASET --output .*idx .*"
-                                          r"--doc-prefix 'passage: ' --query-max-length \d+ --doc-max-length 17 "
+                                          r"--doc-prefix 'passage: ' --max-query-tokens \d+ --max-doc-tokens 17 "
                                           r"--dtype float32`"):
         DenseIndex.load(path, encoder=doc_encoder_settings(enc))
 

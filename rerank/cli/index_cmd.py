@@ -7,7 +7,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rerank.cli.common import add_data_root, check_cache_writable, check_output_dir, positive_int
 from rerank.errors import ConfigError, RerankError
@@ -16,6 +16,19 @@ if TYPE_CHECKING:
     from rerank.retrieval.index import IndexConfig
 
 log = logging.getLogger(__name__)
+
+
+class _Renamed(argparse.Action):
+    """A former flag (hidden from ``--help``): giving it is a one-line usage error naming the flag it became."""
+
+    def __init__(self, option_strings: list[str], dest: str, now: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.now = now
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is now {self.now} (one name for the token limits everywhere)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,9 +56,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
     e.add_argument("--query-prefix", default=None, help="text put before each query (recorded for search)")
     e.add_argument("--doc-prefix", default=None, help="text put before each document")
-    e.add_argument("--query-max-length", type=positive_int, default=None,
+    e.add_argument("--max-query-tokens", type=positive_int, default=None,
                    help="query token limit (recorded for search)")
-    e.add_argument("--doc-max-length", type=positive_int, default=None, help="document token limit")
+    e.add_argument("--max-doc-tokens", type=positive_int, default=None, help="document token limit")
+    for flag, now in (("--query-max-length", "--max-query-tokens"), ("--doc-max-length", "--max-doc-tokens")):
+        e.add_argument(flag, action=_Renamed, now=now)
     e.add_argument("--batch-size", type=positive_int, default=64, help="documents per forward pass (default 64)")
     e.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="model dtype")
@@ -102,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         query_prefix=args.query_prefix,
         doc_prefix=args.doc_prefix,
-        query_max_length=args.query_max_length,
-        doc_max_length=args.doc_max_length,
+        max_query_tokens=args.max_query_tokens,
+        max_doc_tokens=args.max_doc_tokens,
         device=args.device,
         dtype=args.dtype,
         runtime=args.runtime,

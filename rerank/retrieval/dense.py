@@ -36,11 +36,12 @@ import torch
 from tqdm.auto import tqdm
 
 from rerank.backends.transformers import position_limit, resolve_device
-from rerank.config import changed_options
+from rerank.config import changed_options, override_source
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
 from rerank.retrieval.base import FirstStage, Queries, retrieve_args
+from rerank.retrieval.index import RENAMED_ENCODER_KEYS, upgrade_encoder_keys
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model, hash_weights
 from rerank.types import Query, lone_surrogate, sort_ranking
 from rerank.utils.files import staged_dir, write_json
@@ -53,6 +54,7 @@ __all__ = [
     "EncoderSettings",
     "Pooling",
     "check_max_lengths",
+    "check_renamed_options",
     "encoder_pool",
     "load_encoder",
     "pool",
@@ -81,6 +83,16 @@ def _text_handling(tokenizer: Any) -> str:
     return _TEXT_HANDLING_MARKERS if template_markers(tokenizer) else _TEXT_HANDLING
 
 
+def check_renamed_options(options: Mapping[str, Any], where: str) -> None:
+    """A former encoder option name (:data:`~rerank.retrieval.index.RENAMED_ENCODER_KEYS`: ``doc_max_length``) is a
+    one-line :class:`ConfigError` naming the current one, and the override that gave it (``--reranker-set
+    doc_max_length=…``), else ``where``."""
+    for key in options:
+        if key in RENAMED_ENCODER_KEYS:
+            raise ConfigError(f"{override_source(options, key) or where}: key {key!r} is now "
+                              f"{RENAMED_ENCODER_KEYS[key]!r} (one name for the token limits everywhere)")
+
+
 @dataclass
 class EncoderSettings:
     """How texts become vectors; everything here changes the embeddings and so is part of the cache key."""
@@ -89,15 +101,15 @@ class EncoderSettings:
     normalize: bool = False
     query_prefix: str = ""
     doc_prefix: str = ""
-    query_max_length: int = 512
-    doc_max_length: int = 512
+    max_query_tokens: int = 512
+    max_doc_tokens: int = 512
     lowercase: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in _ST_POOLING:
             raise ConfigError(f"pooling must be one of {sorted(_ST_POOLING)}, got {self.pooling!r}")
-        if self.query_max_length < 1 or self.doc_max_length < 1:
-            raise ConfigError("query_max_length and doc_max_length must be >= 1")
+        if self.max_query_tokens < 1 or self.max_doc_tokens < 1:
+            raise ConfigError("max_query_tokens and max_doc_tokens must be >= 1")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -144,7 +156,7 @@ def check_max_lengths(settings: EncoderSettings, explicit: dict[str, Any], query
     """``settings`` with each side's max length within its model's position limit: an explicit one beyond it is a
     one-line :class:`ConfigError` (it would fail at the first long text), a folder's own is capped."""
     fixed = {}
-    for key, model in (("query_max_length", query_model), ("doc_max_length", doc_model)):
+    for key, model in (("max_query_tokens", query_model), ("max_doc_tokens", doc_model)):
         limit, value = position_limit(model), getattr(settings, key)
         if limit is None or value <= limit:
             continue
@@ -217,9 +229,9 @@ class BiEncoder(torch.nn.Module):
     def _side(self, side: Side) -> tuple[torch.nn.Module, Any, int, str]:
         s = self.settings
         if side == "query":
-            return self.query_model, self.query_tokenizer, s.query_max_length, s.query_prefix
+            return self.query_model, self.query_tokenizer, s.max_query_tokens, s.query_prefix
         if side == "doc":
-            return self.doc_model, self.doc_tokenizer, s.doc_max_length, s.doc_prefix
+            return self.doc_model, self.doc_tokenizer, s.max_doc_tokens, s.doc_prefix
         raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
 
     def _prepare(self, texts: Sequence[str], side: Side) -> list[str]:
@@ -413,12 +425,12 @@ class BiEncoder(torch.nn.Module):
         s = self.settings
         modules: list[dict[str, Any]] = []
         if self.tied:
-            _save_transformer(folder / "0_Transformer", self.query_model, self.query_tokenizer, s.doc_max_length, s)
+            _save_transformer(folder / "0_Transformer", self.query_model, self.query_tokenizer, s.max_doc_tokens, s)
             _save_pooling(folder / "1_Pooling", self.query_model, s.pooling)
             modules += [_module(0, "0_Transformer", "Transformer"), _module(1, "1_Pooling", "Pooling")]
         else:
-            routes = {"query": (self.query_model, self.query_tokenizer, s.query_max_length),
-                      "document": (self.doc_model, self.doc_tokenizer, s.doc_max_length)}
+            routes = {"query": (self.query_model, self.query_tokenizer, s.max_query_tokens),
+                      "document": (self.doc_model, self.doc_tokenizer, s.max_doc_tokens)}
             types, structure = {}, {}
             for route, (model, tok, max_len) in routes.items():
                 _save_transformer(folder / f"{route}_0_Transformer", model, tok, max_len, s)
@@ -450,8 +462,8 @@ class BiEncoder(torch.nn.Module):
         normalize: bool | None = None,
         query_prefix: str | None = None,
         doc_prefix: str | None = None,
-        query_max_length: int | None = None,
-        doc_max_length: int | None = None,
+        max_query_tokens: int | None = None,
+        max_doc_tokens: int | None = None,
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         runtime: Runtime = "torch",
@@ -464,7 +476,7 @@ class BiEncoder(torch.nn.Module):
         ``runtime`` / ``quantize``: what runs inference (:meth:`use_runtime`).
         """
         spec = {"pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
-                "query_max_length": query_max_length, "doc_max_length": doc_max_length, "device": device,
+                "max_query_tokens": max_query_tokens, "max_doc_tokens": max_doc_tokens, "device": device,
                 "dtype": dtype if dtype is None or isinstance(dtype, str) else str(dtype).removeprefix("torch."),
                 "runtime": runtime, "quantize": quantize}
         path = resolve_model_path(name_or_path)
@@ -480,7 +492,7 @@ class BiEncoder(torch.nn.Module):
             dmodel, dtok = None, None
         explicit = {
             "pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
-            "query_max_length": query_max_length, "doc_max_length": doc_max_length,
+            "max_query_tokens": max_query_tokens, "max_doc_tokens": max_doc_tokens,
         }
         base.update({k: v for k, v in explicit.items() if v is not None})
         fields = {f.name for f in dataclasses.fields(EncoderSettings)}
@@ -564,13 +576,13 @@ def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, A
             raise RerankError(f"{cfg_file}: the query and document routes pool differently "
                               f"({qset['pooling']} / {dset['pooling']}); one pooling for both sides is supported")
         settings["normalize"] = settings["normalize"] or (qset["normalize"] and dset["normalize"])
-        settings.update(pooling=qset["pooling"], lowercase=qset["lowercase"], query_max_length=qset["max_length"],
-                        doc_max_length=dset["max_length"])
+        settings.update(pooling=qset["pooling"], lowercase=qset["lowercase"], max_query_tokens=qset["max_length"],
+                        max_doc_tokens=dset["max_length"])
         query, doc = (qm, qt), (dm, dt)
     else:
         m, t, side = _load_pipeline(root, [(m["path"], k) for m, k in zip(modules, kinds, strict=True)], dtype, root)
-        settings.update(pooling=side["pooling"], lowercase=side["lowercase"], query_max_length=side["max_length"],
-                        doc_max_length=side["max_length"])
+        settings.update(pooling=side["pooling"], lowercase=side["lowercase"], max_query_tokens=side["max_length"],
+                        max_doc_tokens=side["max_length"])
         settings["normalize"] = settings["normalize"] or side["normalize"]
         query, doc = (m, t), None
     cst = root / "config_sentence_transformers.json"
@@ -579,8 +591,8 @@ def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, A
         settings["query_prefix"] = prompts.get("query", "")
         settings["doc_prefix"] = prompts.get("document", prompts.get("passage", ""))
     if (root / SETTINGS_FILE).is_file():
-        saved = _read_json(root / SETTINGS_FILE)
-        settings.update({k: saved[k] for k in ("query_max_length", "doc_max_length") if k in saved})
+        saved = upgrade_encoder_keys(_read_json(root / SETTINGS_FILE))  # a folder saved before the rename too
+        settings.update({k: saved[k] for k in ("max_query_tokens", "max_doc_tokens") if k in saved})
     return query, doc, settings
 
 
@@ -622,7 +634,7 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.M
     settings["max_length"] = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model)
     settings["pooling"] = "last" if _is_causal_lm(model.config) else "mean"
     settings["normalize"] = False
-    settings["query_max_length"] = settings["doc_max_length"] = settings["max_length"]
+    settings["max_query_tokens"] = settings["max_doc_tokens"] = settings["max_length"]
     return model, tokenizer, settings
 
 
@@ -656,8 +668,8 @@ class EncoderOptions:
     normalize: bool | None = None
     query_prefix: str | None = None
     doc_prefix: str | None = None
-    query_max_length: int | None = None
-    doc_max_length: int | None = None
+    max_query_tokens: int | None = None
+    max_doc_tokens: int | None = None
     device: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     runtime: Runtime = "torch"
@@ -690,7 +702,7 @@ class DenseConfig(EncoderOptions):
                               "encode the corpus")
 
 
-_ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "query_max_length", "doc_max_length")
+_ENCODER_KEYS = ("pooling", "normalize", "query_prefix", "doc_prefix", "max_query_tokens", "max_doc_tokens")
 
 
 def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, model: str | None = None,
@@ -707,7 +719,7 @@ def _encoder_overrides(cfg: EncoderOptions, manifest: dict[str, Any] | None, mod
     recorded = manifest.get("encoder")
     recorded = recorded if isinstance(recorded, dict) else {}
     for k in (*_ENCODER_KEYS, "dtype"):
-        if k not in recorded or k not in out or k in ("query_prefix", "query_max_length"):
+        if k not in recorded or k not in out or k in ("query_prefix", "max_query_tokens"):
             continue
         if out[k] != recorded[k]:
             index = getattr(cfg, "index", None) or "?"
@@ -815,6 +827,7 @@ class DenseRetriever(FirstStage):
     def from_dataset(cls, dataset: Any, **options: Any) -> DenseRetriever:
         from rerank.config import from_dict
 
+        check_renamed_options(options, "retriever options")
         return cls.from_config(dataset, from_dict(DenseConfig, options, "retriever options"))
 
     @classmethod

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INDEX_TYPE_OPTIONS",
+    "RENAMED_ENCODER_KEYS",
     "DenseIndex",
     "EmbeddingSet",
     "IndexConfig",
@@ -69,6 +70,7 @@ __all__ = [
     "encode_corpus",
     "encode_corpus_cached",
     "settings_differences",
+    "upgrade_encoder_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,24 @@ class EmbeddingSet:
     path: Path | None = None
 
 
+#: the token limits' former names -> their names (one for every trainer, head and retriever); files written before
+#: the rename (``rerank_biencoder.json``, index manifests, STAR's ``negatives.json``) still record the former ones
+RENAMED_ENCODER_KEYS: dict[str, str] = {"query_max_length": "max_query_tokens", "doc_max_length": "max_doc_tokens"}
+
+
+def upgrade_encoder_keys(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Recorded encoder settings with each former key name (:data:`RENAMED_ENCODER_KEYS`) replaced by the current
+    one, in place in the order (a current name also present keeps its value)."""
+    out: dict[str, Any] = {}
+    for key, value in recorded.items():
+        new = RENAMED_ENCODER_KEYS.get(key)
+        if new is None:
+            out[key] = value
+        elif new not in recorded:
+            out[new] = value
+    return out
+
+
 def doc_text(doc: Document) -> str:
     """The text a dense encoder reads for a document: title and body joined by a space (as BEIR/MTEB)."""
     return doc.full_text(TITLE_SEP).strip()
@@ -147,10 +167,12 @@ def doc_text(doc: Document) -> str:
 
 def doc_encoding_key(encoder: BiEncoder, corpus_sha256: str) -> dict[str, Any]:
     """Everything that determines the document embeddings: doc-encoder hash, corpus hash, settings, dtype, and the
-    runtime when it is not torch (torch's keys are those of before runtimes existed, so their caches stay valid)."""
+    runtime when it is not torch (torch's keys are those of before runtimes existed, so their caches stay valid). The
+    document token limit keeps its former name here, ``doc_max_length``, so embeddings cached before the option was
+    renamed ``max_doc_tokens`` are still found."""
     runtime = {} if encoder.runtime == ("torch", "none") else {"runtime": list(encoder.runtime)}
-    return {**runtime, "model_hash": encoder.fingerprint("doc"), "corpus_sha256": corpus_sha256,
-            **doc_encoder_settings(encoder)}
+    settings = {("doc_max_length" if k == "max_doc_tokens" else k): v for k, v in doc_encoder_settings(encoder).items()}
+    return {**runtime, "model_hash": encoder.fingerprint("doc"), "corpus_sha256": corpus_sha256, **settings}
 
 
 def doc_encoder_settings(encoder: BiEncoder) -> dict[str, Any]:
@@ -158,22 +180,22 @@ def doc_encoder_settings(encoder: BiEncoder) -> dict[str, Any]:
     normalisation, prefix, max length, lowercasing, dtype, title separator): what :meth:`DenseIndex.load` compares."""
     s = encoder.settings
     return {"pooling": s.pooling, "normalize": s.normalize, "doc_prefix": s.doc_prefix,
-            "doc_max_length": s.doc_max_length, "lowercase": s.lowercase,
+            "max_doc_tokens": s.max_doc_tokens, "lowercase": s.lowercase,
             "dtype": str(encoder.dtype).removeprefix("torch."), "title_sep": TITLE_SEP}
 
 
 def settings_differences(recorded: Any, expected: Mapping[str, Any], whose: str = "the model") -> str:
     """The settings in ``expected`` that ``recorded`` (a manifest's ``encoder`` block; not a dict: none recorded) has
     otherwise, as ``key=recorded (whose: expected)`` joined by commas; ``""`` when every one matches."""
-    have = recorded if isinstance(recorded, dict) else {}
+    have = upgrade_encoder_keys(recorded) if isinstance(recorded, dict) else {}
     return ", ".join(f"{k}={have.get(k, '<not recorded>')!r} ({whose}: {v!r})" for k, v in expected.items()
                      if have.get(k, "<not recorded>") != v)
 
 
 #: the ``rerank index`` flag of each encoder setting a manifest records that a rebuild must repeat
 _REBUILD_SETTING_FLAGS = {"pooling": "--pooling", "normalize": "--normalize", "query_prefix": "--query-prefix",
-                          "doc_prefix": "--doc-prefix", "query_max_length": "--query-max-length",
-                          "doc_max_length": "--doc-max-length", "dtype": "--dtype"}
+                          "doc_prefix": "--doc-prefix", "max_query_tokens": "--max-query-tokens",
+                          "max_doc_tokens": "--max-doc-tokens", "dtype": "--dtype"}
 
 
 def rebuild_command(path: str | Path, manifest: Any = None, *, model: str | None = None, dataset: str | None = None,
@@ -187,7 +209,7 @@ def rebuild_command(path: str | Path, manifest: Any = None, *, model: str | None
     model = model or (m.get("model") if isinstance(m.get("model"), str) else None) or "MODEL"
     parts = ["rerank index", "--model", shlex.quote(str(model)), "--dataset",
              shlex.quote(str(dataset)) if dataset else "DATASET", "--output", shlex.quote(str(path))]
-    encoder = m.get("encoder") if isinstance(m.get("encoder"), dict) else {}
+    encoder = upgrade_encoder_keys(m["encoder"]) if isinstance(m.get("encoder"), dict) else {}
     for key, flag in _REBUILD_SETTING_FLAGS.items():
         value = (settings or {}).get(key, encoder.get(key))
         if value is None or (key.endswith("_prefix") and value == ""):
@@ -628,7 +650,8 @@ class DenseIndex:
 
     @staticmethod
     def read_manifest(path: str | Path, *, model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
-        """The manifest of a saved index folder. An incomplete folder, a damaged manifest, one of a newer format
+        """The manifest of a saved index folder (an ``encoder`` block recorded under the token limits' former names
+        read under their current ones). An incomplete folder, a damaged manifest, one of a newer format
         version or one lacking a key :meth:`load` reads is a one-line :class:`RerankError` naming the file and the
         ``rerank index`` command that rebuilds it (for ``model`` and ``dataset`` when given)."""
         mpath = Path(path) / "manifest.json"
@@ -644,6 +667,8 @@ class DenseIndex:
             fmt = manifest.get("format") if isinstance(manifest, dict) else None
             raise RerankError(f"{mpath}: not a {INDEX_FORMAT} manifest (format={fmt!r}); rebuild the index with "
                               f"{rebuild_command(path, model=model, dataset=dataset)}")
+        if isinstance(manifest.get("encoder"), dict):  # an index built before the token limits were renamed too
+            manifest["encoder"] = upgrade_encoder_keys(manifest["encoder"])
         redo = rebuild_command(path, manifest, model=model, dataset=dataset)
         version = manifest.get("version", INDEX_VERSION)
         if not isinstance(version, int) or isinstance(version, bool) or version > INDEX_VERSION:

@@ -65,6 +65,8 @@ RENAMED_KEYS: dict[str, str] = {
     "checkpoint_every": "save_steps",
     "eval_every": "eval_steps",
     "keep_checkpoints": "save_total_limit",
+    "query_max_length": "max_query_tokens",
+    "doc_max_length": "max_doc_tokens",
 }
 
 
@@ -168,11 +170,9 @@ def check_field_types(cfg: Any) -> None:
             raise ConfigError(f"{f.name} must be {what}{' or null' if rest else ''}, got {value!r}")
 
 
-#: the other family's names for the reranker trainers' options (the retrievers' ``query_max_length``, ``dataset``, …,
-#: and the head option ``group_size``): an unknown key among them is an error naming the key to use
+#: the other family's names for the reranker trainers' options (the retrievers' ``dataset``, ``split``, …, and the
+#: head option ``group_size``): an unknown key among them is an error naming the key to use
 RERANKER_KEY_HINTS: dict[str, tuple[str, str]] = {
-    "query_max_length": ("max_query_tokens", "query_max_length is the retriever trainers' name"),
-    "doc_max_length": ("max_doc_tokens", "doc_max_length is the retriever trainers' name"),
     "dataset": ("data.beir", ("the reranker trainers read a BEIR dataset as data: {beir: NAME}, a file as "
                               "data: {path: FILE}")),
     "beir": ("data.beir", "the data options are in the block data"),
@@ -188,8 +188,6 @@ DATA_KEY_HINTS: dict[str, tuple[str, str]] = {
 }
 #: the reranker trainers' names for the retriever trainers' options
 RETRIEVER_KEY_HINTS: dict[str, tuple[str, str]] = {
-    "max_query_tokens": ("query_max_length", "max_query_tokens is the reranker trainers' name"),
-    "max_doc_tokens": ("doc_max_length", "max_doc_tokens is the reranker trainers' name"),
     "data": ("dataset", ("the retriever trainers take dataset, split, dev_fraction and qrels_duplicates at the top "
                          "level")),
     "beir": ("dataset", "beir is the reranker trainers' data.beir"),
@@ -213,8 +211,8 @@ RETRIEVER_DATA_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
 def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -> None:
     """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use, and so
     is an unknown key that is the other trainer family's name for an option (``key_hints``: the retrievers'
-    ``query_max_length`` in a reranker trainer's config, …; a block ``data`` in a retriever trainer's: each of its
-    keys); each names ``where`` (the file) or the ``--set`` override that gave it."""
+    ``dataset`` in a reranker trainer's config, …; a block ``data`` in a retriever trainer's: each of its keys); each
+    names ``where`` (the file) or the ``--set`` override that gave it."""
     renamed = getattr(config_class, "renamed_keys", {})
     for key in raw:
         if key in renamed:

@@ -25,7 +25,7 @@
   resume step again. Without selection the last step is kept.
 * ``train_doc_encoder: false`` unties the encoders and trains the query side only: documents keep the starting
   model's embeddings (the cached corpus encoding, also what ``rerank eval`` reuses), so a step encodes no documents
-  and dev selection searches the whole corpus; ``doc_max_length`` and ``dev_depth`` are then unused, and a value
+  and dev selection searches the whole corpus; ``max_doc_tokens`` and ``dev_depth`` are then unused, and a value
   other than their default is an error (as ``dev_depth`` is with ``eval_steps`` 0).
 * Outputs: ``OUTPUT/model`` (a sentence-transformers folder, untied models as a query/document ``Router``; training
   uses the configured max lengths, the saved model keeps the starting model's settings), ``train_log.jsonl`` (one
@@ -54,7 +54,7 @@ from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, Duplicates
 from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
 from rerank.retrieval.dense import BiEncoder, check_max_lengths
-from rerank.retrieval.index import doc_text
+from rerank.retrieval.index import doc_text, upgrade_encoder_keys
 from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
 from rerank.trainers.common import RETRIEVER_KEY_HINTS, TrainSchedule, check_dev_split, cpu_only, training_kwargs
@@ -103,8 +103,8 @@ class RetrieverTrainConfig(TrainSchedule):
     split: str = "train"
     qrels_duplicates: Duplicates = "error"
     dev_fraction: float | None = None  # 0.1 with eval_steps > 0, else 0 (a dev split serves selection only)
-    query_max_length: int = 64
-    doc_max_length: int = 256
+    max_query_tokens: int = 64
+    max_doc_tokens: int = 256
     scale: float = 1.0
     dev_depth: int = 30
     encode_batch_size: int = 64
@@ -119,7 +119,7 @@ class RetrieverTrainConfig(TrainSchedule):
         if self.qrels_duplicates not in DUPLICATE_POLICIES:
             raise ConfigError(f"qrels_duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, "
                               f"got {self.qrels_duplicates!r}")
-        for name in ("query_max_length", "doc_max_length", "dev_depth", "encode_batch_size"):
+        for name in ("max_query_tokens", "max_doc_tokens", "dev_depth", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not math.isfinite(self.scale) or self.scale <= 0:
@@ -132,7 +132,7 @@ class RetrieverTrainConfig(TrainSchedule):
             raise ConfigError("gradient_checkpointing is not available to the retriever trainers")
         self._check_dev_selection()
         if not self.train_doc_encoder:
-            unused = {"doc_max_length": "documents keep the starting model's embeddings, encoded with its own settings",
+            unused = {"max_doc_tokens": "documents keep the starting model's embeddings, encoded with its own settings",
                       "dev_depth": "dev selection searches the whole corpus, not BM25 candidates"}
             for name, what in unused.items():
                 value = getattr(self, name)
@@ -272,6 +272,8 @@ def read_negatives_file(path: str | Path) -> dict[str, Any]:
             if not isinstance(d, str):
                 raise DataFormatError(path, None, f"query {q!r}: negative {i} is {_kind(d)}, not a document id "
                                                   f"(ids only, no scores): expected {NEGATIVES_SHAPE}")
+    if isinstance(raw.get("encoder"), dict):  # mined before the token limits were renamed too
+        raw["encoder"] = upgrade_encoder_keys(raw["encoder"])
     return raw
 
 
@@ -621,7 +623,7 @@ class RetrieverTrainer:
         self.save_settings = start.settings
         self.trains_docs = bool(cfg.train_doc_encoder)
         self.encoder = start if self.trains_docs else start.untie()
-        lengths = {k: getattr(cfg, k) for k in ("query_max_length", "doc_max_length")}
+        lengths = {k: getattr(cfg, k) for k in ("max_query_tokens", "max_doc_tokens")}
         given = {k: v for k, v in lengths.items() if v != option_default(cfg, k)}  # beyond the limit: an error
         self.encoder.settings = check_max_lengths(dataclasses.replace(self.save_settings, **lengths), given,
                                                   self.encoder.query_model, self.encoder.doc_model)

@@ -32,7 +32,7 @@ __all__ = ["AdoreConfig", "AdoreTrainer", "adore_query_loss"]
 @dataclass
 class AdoreConfig(RetrieverTrainConfig):
     """ADORE options on top of the shared ones (DRhard: lr 5e-6, batch 32, top 200, cut 200); the document options
-    (``doc_max_length``, ``dev_depth``) are unused: documents keep the index's embeddings."""
+    (``max_doc_tokens``, ``dev_depth``) are unused: documents keep the index's embeddings."""
 
     fixed_docs_cause: ClassVar[str] = "in ADORE (the query encoder trains alone against the fixed index)"
     fixed_docs_fix: ClassVar[str] = ""

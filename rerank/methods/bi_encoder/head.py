@@ -19,7 +19,7 @@ import numpy as np
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, sigmoid
-from rerank.retrieval.dense import BiEncoder, EncoderOptions, load_encoder
+from rerank.retrieval.dense import BiEncoder, EncoderOptions, check_renamed_options, load_encoder
 from rerank.types import Candidate, Query
 
 __all__ = ["BiEncoderConfig", "BiEncoderReranker"]
@@ -61,6 +61,7 @@ class BiEncoderReranker(Reranker):
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
+        check_renamed_options(options, "bi-encoder options")
         cfg = from_dict(BiEncoderConfig, options, where="bi-encoder options")
         model = check_local_model(cls.method, backend, model)
         return cls(cfg, load_encoder(model, cfg), model_name=model)
@@ -138,7 +139,7 @@ class BiEncoderReranker(Reranker):
         """The document side's maximum length less its prefix and special tokens."""
         tok = self.encoder.doc_tokenizer
         prefix = len(tok.encode(self.encoder.settings.doc_prefix, add_special_tokens=False))
-        return max(1, self.encoder.settings.doc_max_length - prefix - tok.num_special_tokens_to_add())
+        return max(1, self.encoder.settings.max_doc_tokens - prefix - tok.num_special_tokens_to_add())
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "config": to_dict(self.config), "model": self.model_name,

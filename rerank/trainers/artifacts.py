@@ -5,8 +5,9 @@ the trainer's own evaluation, how to use it).
 Nothing written here holds an absolute path of the training machine: a local path in the training configuration is
 recorded relative to the working directory when it lies under it, else by its last component (a hub id or a packaged
 model name is kept as given). The base model (``trained_with`` in ``rerank.json``, ``base_model`` in the card's Hub
-metadata) is a hub id or packaged name only (:func:`base_model_fields`): a local folder is named by the base model
-it records, else by its folder name alone under ``base_model_local``.
+metadata) is a hub id only (:func:`base_model_fields`): a packaged model by its hub id (none: its name under
+``base_model_local``), a local folder by the base model it records, else by its folder name alone under
+``base_model_local``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rerank.methods import get_method
 from rerank.methods.record import RECORD_FILE, read_record, record_payload
 from rerank.utils.files import atomic_write, write_json
 
-__all__ = ["base_model_fields", "portable", "scrub_paths", "write_model_artifacts"]
+__all__ = ["HUB_ID_KEY", "base_model_fields", "portable", "scrub_paths", "write_model_artifacts"]
 
 #: a folder of the Hugging Face hub cache: ``…/models--OWNER--NAME/snapshots/REVISION``
 _HUB_CACHE = re.compile(r"models--(?P<id>[^/]+)")
@@ -50,27 +51,75 @@ def scrub_paths(obj: Any) -> Any:
     return portable(obj) if isinstance(obj, str) else obj
 
 
+#: ``trained_with`` key of a ``rerank.json`` whose ``base_model`` rerank wrote as a hub id (:func:`base_model_fields`);
+#: a record without it (written before rerank checked) may hold a relative path of the machine that trained it
+HUB_ID_KEY = "base_model_is_hub_id"
+
+
+def _packaged_fields(name: str) -> dict[str, str]:
+    """A packaged model by its hub id: its registered ``owner/name`` (``all-MiniLM-L6-v2``: the
+    ``sentence-transformers/all-MiniLM-L6-v2`` registered for the same model); one without (the SmolLM2 GGUF, a
+    quantised file the Hub does not hold as a model of its own) by its name under ``base_model_local``."""
+    from rerank.models import PACKAGED_MODELS
+
+    if "/" in name:
+        return {"base_model": name}
+    same = [other for other, path in PACKAGED_MODELS.items() if "/" in other and path is PACKAGED_MODELS[name]]
+    return {"base_model": same[0]} if same else {"base_model_local": name}
+
+
+def _hub_id_here(value: str) -> bool:
+    """Whether ``value`` is a hub id this machine's Hugging Face cache holds a model of."""
+    from rerank.models import _HUB_ID, _in_hub_cache
+
+    if not _HUB_ID.fullmatch(value):
+        return False
+    try:
+        return _in_hub_cache(value)
+    except ValueError:  # a name the hub library refuses as a repo id ("a--b", "x.")
+        return False
+
+
+def _recorded_fields(trained_with: dict[str, Any]) -> dict[str, str]:
+    """The base model a folder rerank trained records: its ``base_model`` when rerank wrote it as a hub id
+    (:data:`HUB_ID_KEY`), names a packaged model or is a hub id in this machine's cache; any other (an older record's
+    relative path, ``runs/tiny-llm``) by its last component under ``base_model_local``, as is ``base_model_local``."""
+    from rerank.models import PACKAGED_MODELS
+
+    value, local = trained_with.get("base_model"), trained_with.get("base_model_local")
+    if isinstance(value, str) and value:
+        if value in PACKAGED_MODELS:
+            return _packaged_fields(value)
+        if trained_with.get(HUB_ID_KEY) is True or _hub_id_here(value):
+            return {"base_model": value}
+        local = value
+    if isinstance(local, str) and Path(local).name:
+        return {"base_model_local": Path(local).name}
+    return {}
+
+
 def base_model_fields(model: str) -> dict[str, str]:
-    """How ``rerank.json`` and the model card name the starting ``model``: ``{"base_model": ID}`` for a hub id or a
-    packaged model name (as given), a folder rerank trained (the base model its ``rerank.json`` records) or a folder
-    of the hub cache (its hub id); else ``{"base_model_local": NAME}``, the local folder's name alone, never a path
-    of the training machine (nor one the Hub would read as a model id)."""
+    """How ``rerank.json`` and the model card name the starting ``model``: ``{"base_model": ID}`` for a hub id (as
+    given), a packaged model (its hub id), a folder rerank trained (the base model its ``rerank.json`` records, see
+    :func:`_recorded_fields`) or a folder of the hub cache (its hub id); else ``{"base_model_local": NAME}``, the local
+    folder's name alone, never a path of the training machine (nor one the Hub would read as a model id)."""
     from rerank.models import PACKAGED_MODELS
 
     if not model:
         return {}
+    if model in PACKAGED_MODELS:
+        return _packaged_fields(model)
     path = Path(model).expanduser()
-    if model in PACKAGED_MODELS or not (path.exists() or path.is_symlink()):
+    if not (path.exists() or path.is_symlink()):
         return {"base_model": model}
     try:
         record = read_record(path) if path.is_dir() else None
     except ValueError:  # a damaged rerank.json: the folder is named as any local one
         record = None
     trained_with = record.get("trained_with") if record is not None else None
-    if isinstance(trained_with, dict):
-        for key in ("base_model", "base_model_local"):
-            if isinstance(trained_with.get(key), str) and trained_with[key]:
-                return {key: trained_with[key]}
+    recorded = _recorded_fields(trained_with) if isinstance(trained_with, dict) else {}
+    if recorded:
+        return recorded
     resolved = path.resolve()
     for part in reversed(resolved.parts[:-1]):
         m = _HUB_CACHE.fullmatch(part)
@@ -90,8 +139,12 @@ def _data_text(config: dict[str, Any]) -> str:
 
 
 def _base_text(base: dict[str, str]) -> str:
+    from rerank.models import PACKAGED_MODELS
+
     if "base_model" in base:
         return f"`{base['base_model']}`"
+    if base.get("base_model_local") in PACKAGED_MODELS:
+        return f"The packaged model `{base['base_model_local']}` (not a hub model)."
     if "base_model_local" in base:
         return f"A local model folder, `{base['base_model_local']}` (not a hub model)."
     return "Not recorded."
@@ -159,6 +212,8 @@ def write_model_artifacts(
     payload = record_payload(method, m.kind, options or {}, trainer, base.get("base_model", ""))
     payload["trained_with"] = {k: v for k, v in payload["trained_with"].items() if k != "base_model" or v}
     payload["trained_with"].update({k: v for k, v in base.items() if k != "base_model"})
+    if "base_model" in base:
+        payload["trained_with"][HUB_ID_KEY] = True
     write_json(payload, model_dir / RECORD_FILE)
     meta: dict[str, Any] = {"base_model": base["base_model"]} if "base_model" in base else {}
     meta.update({"library_name": m.library_name, "tags": ["rerank", m.kind, method, f"rerank-train-{trainer}"]})

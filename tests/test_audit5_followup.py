@@ -1,0 +1,129 @@
+"""Review A of audit 5, findings 2 and 4-7: a folder trained by an older rerank never passes a machine path on as the
+Hub ``base_model`` (and a packaged model is named by its hub id); a 3-column rank run in doc-id order is not warned
+of as upside down; the docs say which paths ``model/`` may hold; a window head's template without passages is shown
+its head's loop; SFT from a model recorded as another head warns as GRPO does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rerank.config import from_dict
+from rerank.data.io import read_run
+from rerank.errors import ConfigError
+from rerank.methods.record import record_payload
+from rerank.prompts import head_template
+from rerank.trainers.artifacts import base_model_fields, write_model_artifacts
+from rerank.trainers.grpo_trainer import GRPOTrainConfig
+from rerank.trainers.sft_trainer import SFTTrainConfig
+
+UPSIDE_DOWN = "the third column falls as the file goes on"
+HUB_ID_KEY = "base_model_is_hub_id"  # rerank.trainers.artifacts.HUB_ID_KEY
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+# --- #2: base_model from a folder an older rerank trained, and packaged models ----------------------------------------
+
+
+@dataclass
+class _Data:
+    path: str = "train.jsonl"
+
+
+@dataclass
+class _Config:
+    model: str = ""
+    template: str = ""
+    data: _Data = field(default_factory=_Data)
+
+
+def _artifacts(folder: Path, model: str, template: str = "") -> tuple[dict[str, Any], dict[str, Any], str]:
+    """``rerank.json``'s ``trained_with``, the card's Hub metadata and the card's text of a model trained from
+    ``model``."""
+    folder.mkdir(parents=True)
+    write_model_artifacts(folder, method="erank", trainer="grpo", config=_Config(model=model, template=template),
+                          options={"max_doc_tokens": 16})
+    text = (folder / "README.md").read_text()
+    meta_text, body = text[4:].split("\n---\n", 1)
+    return json.loads((folder / "rerank.json").read_text())["trained_with"], yaml.safe_load(meta_text), body
+
+
+def _old_model(folder: Path, base_model: str) -> Path:
+    """A model folder as rerank wrote it before it checked ``base_model``: whatever the config named, as written."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "rerank.json").write_text(json.dumps(record_payload("erank", "reranker", {}, "sft", base_model)))
+    return folder
+
+
+def _hub_cache(root: Path, repo_id: str) -> Path:
+    """A Hugging Face hub cache holding ``repo_id``'s config.json at ``main``."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    return root
+
+
+def test_an_older_records_relative_path_is_never_the_hub_base_model(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRPO from an SFT model whose rerank.json (written before base_model was checked) says ``runs/tiny-llm`` wrote
+    it as the card's Hub ``base_model`` and under "## Base model"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    old = _old_model(tmp_path / "erank-sft" / "model", "runs/tiny-llm")
+    trained, meta, body = _artifacts(tmp_path / "grpo", str(old))
+    assert "base_model" not in meta and "base_model" not in trained and trained["base_model_local"] == "tiny-llm"
+    assert HUB_ID_KEY not in trained
+    assert "runs/tiny-llm" not in (tmp_path / "grpo" / "README.md").read_text()
+    assert "runs/tiny-llm" not in (tmp_path / "grpo" / "rerank.json").read_text()
+    assert "A local model folder, `tiny-llm`" in body.split("## Data")[0]
+    # and a model trained from that one names it alike
+    trained, meta, _ = _artifacts(tmp_path / "grpo2", str(tmp_path / "grpo"))
+    assert "base_model" not in meta and trained["base_model_local"] == "tiny-llm"
+
+
+def test_a_recorded_hub_id_counts_when_rerank_checked_it_or_this_machine_has_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    old = _old_model(tmp_path / "old", "Qwen/Qwen3-0.6B")
+    trained, meta, _ = _artifacts(tmp_path / "a", str(old))  # an older record: nothing says it is a hub id
+    assert "base_model" not in meta and trained["base_model_local"] == "Qwen3-0.6B"
+    _hub_cache(cache, "Qwen/Qwen3-0.6B")  # the machine that trained from the hub id has it in its cache
+    trained, meta, _ = _artifacts(tmp_path / "b", str(old))
+    assert trained["base_model"] == meta["base_model"] == "Qwen/Qwen3-0.6B"
+    assert base_model_fields(str(_old_model(tmp_path / "old-dashes", "a--b"))) == {"base_model_local": "a--b"}
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    trained, meta, _ = _artifacts(tmp_path / "c", "Qwen/Qwen3-0.6B")  # as given: rerank records that it checked it
+    assert trained["base_model"] == "Qwen/Qwen3-0.6B" and trained[HUB_ID_KEY] is True
+    (tmp_path / "c" / "config.json").write_text("{}")
+    trained, meta, _ = _artifacts(tmp_path / "d", str(tmp_path / "c"))  # copied to a machine without it cached
+    assert trained["base_model"] == meta["base_model"] == "Qwen/Qwen3-0.6B"
+
+
+def test_a_packaged_model_is_named_by_its_hub_id_or_kept_out_of_the_hub_field(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``all-MiniLM-L6-v2`` (no repo id on the Hub) was written as the Hub base_model."""
+    monkeypatch.chdir(tmp_path)
+    trained, meta, _ = _artifacts(tmp_path / "a", "all-MiniLM-L6-v2")
+    assert trained["base_model"] == meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    trained, meta, body = _artifacts(tmp_path / "b", "SmolLM2-135M-Instruct-Q4_1-gguf")  # a GGUF: no hub id known
+    assert "base_model" not in meta and trained["base_model_local"] == "SmolLM2-135M-Instruct-Q4_1-gguf"
+    assert "The packaged model `SmolLM2-135M-Instruct-Q4_1-gguf`" in body.split("## Data")[0]
+    old = _old_model(tmp_path / "old", "all-MiniLM-L6-v2")  # an older record of the packaged name
+    assert base_model_fields(str(old)) == {"base_model": "sentence-transformers/all-MiniLM-L6-v2"}

@@ -127,3 +127,27 @@ def test_a_packaged_model_is_named_by_its_hub_id_or_kept_out_of_the_hub_field(tm
     assert "The packaged model `SmolLM2-135M-Instruct-Q4_1-gguf`" in body.split("## Data")[0]
     old = _old_model(tmp_path / "old", "all-MiniLM-L6-v2")  # an older record of the packaged name
     assert base_model_fields(str(old)) == {"base_model": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+# --- #5: the paths model/ may hold, as docs/train-your-own.md states them ---------------------------------------------
+
+
+def test_the_docs_state_the_paths_the_model_folder_holds(repo_root: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """train-your-own.md said no file in model/ holds a path; the card keeps relative paths (docs/training.md)."""
+    text = " ".join((repo_root / "docs" / "train-your-own.md").read_text().split())
+    assert "No file in `model/` holds a path" not in text
+    assert "No file in `model/` holds an absolute path of the training machine" in text
+    assert "keeps a path you gave relative as you wrote it (`template: tpl/mine.yaml`)" in text
+    assert "writes an absolute one relative to the folder you trained in, or by its name alone when outside it" in text
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "tiny-llm").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny-llm" / "config.json").write_text("{}")
+    outside = tmp_path.parent / "elsewhere.yaml"
+    for template, shown in (("tpl/mine.yaml", "tpl/mine.yaml"), (str(tmp_path / "tpl" / "mine.yaml"), "tpl/mine.yaml"),
+                            (str(outside), "elsewhere.yaml")):
+        folder = tmp_path / f"m{len(list(tmp_path.glob('m*')))}"
+        _artifacts(folder, str(tmp_path / "runs" / "tiny-llm"), template)
+        card = (folder / "README.md").read_text()
+        assert f"template: {shown}\n" in card and str(tmp_path) not in card
+        assert str(tmp_path) not in (folder / "rerank.json").read_text()

@@ -151,3 +151,60 @@ def test_the_docs_state_the_paths_the_model_folder_holds(repo_root: Path, tmp_pa
         card = (folder / "README.md").read_text()
         assert f"template: {shown}\n" in card and str(tmp_path) not in card
         assert str(tmp_path) not in (folder / "rerank.json").read_text()
+
+
+# --- #4: a 3-column rank run in any line order ------------------------------------------------------------------------
+
+
+def test_a_rank_run_listed_in_doc_id_order_is_not_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lines sorted by doc id (merged or deduplicated runs) fell from first to last in about half the queries."""
+    caplog.set_level(logging.WARNING, logger="rerank")
+    rng = random.Random(0)
+    lines = []
+    for q in range(20):
+        docs = [f"d{q}-{i:02d}" for i in range(rng.randint(2, 12))]
+        ranks = list(range(1, len(docs) + 1))
+        rng.shuffle(ranks)
+        if ranks[0] < ranks[-1]:  # the last line's rank below the first's in every query: yet not falling line by line
+            ranks[0], ranks[-1] = ranks[-1], ranks[0]
+        lines += [f"q{q}\t{d}\t{r}\n" for d, r in zip(docs, ranks)]
+    path = tmp_path / "by-docid.tsv"
+    path.write_text("".join(lines))
+    assert all(v[0][1] == -1.0 for v in read_run(path).values())
+    assert _warnings(caplog, UPSIDE_DOWN) == []
+    scores = tmp_path / "scores.tsv"  # the same documents, values n..1 listed best first: the misuse
+    scores.write_text("".join(f"{q}\t{d}\t{len(group) - i}\n" for q, group in _by_query(lines).items()
+                              for i, d in enumerate(group)))
+    read_run(scores)
+    (warning,) = _warnings(caplog, UPSIDE_DOWN)
+    assert "in 20 of 20 queries" in warning and "6-column" in warning
+
+
+def _by_query(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        q, d, _ = line.split("\t")
+        out.setdefault(q, []).append(d)
+    return out
+
+
+@pytest.mark.shared_data
+def test_dl19_as_three_columns_warns_only_when_the_third_column_holds_scores(
+        dl19_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Pyserini's form as written and sorted by doc id read without a warning; 101 - rank listed best first warns."""
+    caplog.set_level(logging.WARNING, logger="rerank")
+    rows = [line.split() for line in (dl19_dir / "bm25_top100.trec").read_text().splitlines()]
+    six = read_run(dl19_dir / "bm25_top100.trec")
+    pyserini = tmp_path / "run.msmarco.tsv"
+    pyserini.write_text("".join(f"{r[0]}\t{r[2]}\t{r[3]}\n" for r in rows))
+    by_docid = tmp_path / "by-docid.tsv"  # LC_ALL=C sort -k1,1 -k2,2
+    by_docid.write_text("".join(f"{r[0]}\t{r[2]}\t{r[3]}\n" for r in sorted(rows, key=lambda r: (r[0], r[2]))))
+    for path in (pyserini, by_docid):
+        assert {q: [d for d, _ in v] for q, v in read_run(path).items()} == \
+            {q: [d for d, _ in v] for q, v in six.items()}
+    assert _warnings(caplog, UPSIDE_DOWN) == []
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("".join(f"{r[0]}\t{r[2]}\t{101 - int(r[3])}\n" for r in rows))
+    read_run(scores)
+    (warning,) = _warnings(caplog, UPSIDE_DOWN)
+    assert f"in {len(six)} of {len(six)} queries" in warning

@@ -495,9 +495,10 @@ def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
 
     The tab-separated 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score
-    ``-rank``; its rank must be a positive integer, unique within a query. When in most queries that rank falls as the
-    file goes on (the third column holds scores, higher is better?), a warning says the run is read upside down. The
-    form is detected from the first line's column count. A document listed twice for one query is an error (trec_eval
+    ``-rank``; its rank must be a positive integer, unique within a query. When in nearly every query that rank falls
+    from each line to the next (scores listed best first, where the form holds ranks), a warning says the run is read
+    upside down; ranks listed in any other order (by doc id, as merged runs are) are not warned of. The form is
+    detected from the first line's column count. A document listed twice for one query is an error (trec_eval
     would silently count it twice).
     """
     path = Path(path)
@@ -555,20 +556,17 @@ def read_run(path: str | Path) -> Run:
 
 
 def _check_rank_order(path: Path, ranks: dict[str, dict[int, int]]) -> None:
-    """Warn when, in most queries of a 3-column run (``ranks``: query -> rank -> line, in file order), the rank
-    listed last is smaller than the one listed first: scores written where the form holds ranks, so rank 1 (read as
-    best) is the lowest score and the run is scored upside down (as :func:`check_rank_column` warns for 6 columns)."""
-    falling = rising = 0
-    for at in ranks.values():
-        if len(at) > 1:
-            first, last = next(iter(at)), next(reversed(at))
-            falling += last < first
-            rising += last > first
-    if falling > rising:
-        log.warning("%s: in %d of %d queries the third column falls as the file goes on: it looks like scores "
-                    "(higher is better), but a 3-column run holds ranks (qid docid rank, 1 = best), so this run is "
-                    "read upside down; write scores as a 6-column TREC run (qid Q0 docid rank score tag)",
-                    path, falling, falling + rising)
+    """Warn when in at least 9 of 10 queries of a 3-column run (``ranks``: query -> rank -> line, in file order) with
+    two lines or more the rank falls from each line to the next (n, ..., 1): scores written best first where the form
+    holds ranks, so rank 1 (read as best) is the lowest score and the run is read upside down (as
+    :func:`check_rank_column` warns for 6 columns). Ranks in any other order (by doc id, as text) pass."""
+    listed = [list(at) for at in ranks.values() if len(at) > 1]
+    falling = sum(all(a > b for a, b in zip(order, order[1:])) for order in listed)
+    if listed and 10 * falling >= 9 * len(listed):
+        log.warning("%s: in %d of %d queries the third column falls as the file goes on, line after line: it looks "
+                    "like scores (higher is better) listed best first, but a 3-column run holds ranks (qid docid "
+                    "rank, 1 = best), so this run is read upside down; write scores as a 6-column TREC run (qid Q0 "
+                    "docid rank score tag)", path, falling, len(listed))
 
 
 def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None = None) -> bool:

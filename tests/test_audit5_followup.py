@@ -208,3 +208,23 @@ def test_dl19_as_three_columns_warns_only_when_the_third_column_holds_scores(
     read_run(scores)
     (warning,) = _warnings(caplog, UPSIDE_DOWN)
     assert f"in {len(six)} of {len(six)} queries" in warning
+
+
+# --- #6: a window head's template without passages --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["listwise", "first", "grouprank", "setwise"])
+def test_a_template_without_passages_is_shown_its_heads_loop(method: str) -> None:
+    """The hint said "add {{ passages }}", which renders the Python list of dicts."""
+    user = "Rank these for the query {{ query }}."
+    with pytest.raises(ConfigError, match=r"never reads passages") as info:
+        head_template({"user": user, "labels": "ABCD"}, method)
+    message = str(info.value)
+    assert "{{ passages }}" not in message and "\n" not in message
+    loop = re.search(r"add (\{% for (\w+) in passages %\}.*?\{% endfor %\}) to its system or user text", message)
+    assert loop is not None, message
+    assert f"looped over as the {method} head's own template does" in message
+    fixed = head_template({"user": f"{user}\n{loop.group(1)}", "labels": "ABCD"}, method)  # the hint, followed
+    passages = [{"id": "A", "label": "A", "text": "alpha text"}, {"id": "B", "label": "B", "text": "beta text"}]
+    rendered = fixed.render_text(fixed.user, query="q", passages=passages, num=2)
+    assert "alpha text" in rendered and "beta text" in rendered and "{'" not in rendered

@@ -174,16 +174,41 @@ def _method_needs(method: str) -> frozenset[str]:
     return frozenset(RANKED_INPUTS.intersection(*own))
 
 
-def _missing_hint(template: PromptTemplate, names: list[str]) -> str:
+#: a Jinja2 loop over one variable, ``{% for p in passages %}…{% endfor %}`` (group 1: the variable looped over)
+_LOOP = re.compile(r"\{%-?\s*for\s+\w+\s+in\s+(\w+)\s*-?%\}.*?\{%-?\s*endfor\s*-?%\}", re.DOTALL)
+
+
+@cache
+def _method_loops(method: str) -> dict[str, str]:
+    """Variable -> the loop over it in the method's own templates, on one line (``{% for p in passages %}[{{ p.id }}]
+    {{ p.text }} {% endfor %}``): how a template of that head reads a list."""
+    from rerank.methods import get_method
+
+    loops: dict[str, str] = {}
+    for t in get_method(method).templates:
+        own = load_template(Path(t).stem)
+        for text in (own.system or "", own.user):
+            for m in _LOOP.finditer(text):
+                loops.setdefault(m.group(1), " ".join(m.group(0).split()))
+    return loops
+
+
+def _missing_hint(template: PromptTemplate, names: list[str], method: str) -> str:
     """How to read the left-out variables ``names``: those written Python-style (``{query}``, which Jinja2 leaves as
-    text) in Jinja2's style, the others added to the template's text."""
+    text) in Jinja2's style, a list the ``method``'s own templates loop over by that loop, the others added as
+    ``{{ name }}`` to the template's text."""
     texts = (template.system or "", template.user)
     slips = [n for n in names
              if any(re.search(r"(?<!\{)\{\s*" + re.escape(n) + r"\s*\}(?!\})", text) for text in texts)]
+    shown = names if not slips else slips
+    loops = _method_loops(method)
+    jinja = ", ".join(loops.get(n, f"{{{{ {n} }}}}") for n in shown)
+    lists = [n for n in shown if n in loops]
+    how = f" ({', '.join(lists)}: a list, looped over as the {method} head's own template does)" if lists else ""
     if slips:
         return (f"it writes {', '.join(f'{{{n}}}' for n in slips)} in Python's style, which Jinja2 leaves as text: "
-                f"write {', '.join(f'{{{{ {n} }}}}' for n in slips)}")
-    return f"add {', '.join(f'{{{{ {n} }}}}' for n in names)} to its system or user text"
+                f"write {jinja}{how}")
+    return f"add {jinja} to its system or user text{how}"
 
 
 def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTemplate:
@@ -218,5 +243,5 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
     if missing:
         raise ConfigError(f"{method}: template {template.source} never reads {', '.join(missing)}, which the {method} "
                           f"head ranks by (without it each candidate or query gets the same prompt); "
-                          f"{_missing_hint(template, missing)}")
+                          f"{_missing_hint(template, missing, method)}")
     return template

@@ -228,3 +228,33 @@ def test_a_template_without_passages_is_shown_its_heads_loop(method: str) -> Non
     passages = [{"id": "A", "label": "A", "text": "alpha text"}, {"id": "B", "label": "B", "text": "beta text"}]
     rendered = fixed.render_text(fixed.user, query="q", passages=passages, num=2)
     assert "alpha text" in rendered and "beta text" in rendered and "{'" not in rendered
+
+
+# --- #7: SFT from a model recorded as another head --------------------------------------------------------------------
+
+
+def _recorded(folder: Path, method: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "rerank.json").write_text(json.dumps(record_payload(
+        method, "reranker", {"max_doc_tokens": 40, "template": {"name": "t", "user": "{{ query }} {{ document }}"}},
+        "sft", "Qwen/Qwen3-0.6B")))
+    return folder
+
+
+def test_sft_from_another_heads_model_warns_once_as_grpo_does(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """`train sft --set head=yes-no --set model=<an erank model>` dropped the recorded prompt without a word."""
+    model = _recorded(tmp_path / "erank-sft" / "model", "erank")
+    caplog.set_level(logging.WARNING, logger="rerank")
+    for _ in range(2):  # a run builds its config more than once
+        from_dict(SFTTrainConfig, {"model": str(model), "head": "yes-no", "data": {"path": "t.jsonl"}})
+    (sft,) = _warnings(caplog, "trained as head")
+    assert sft.startswith("sft: ") and "'erank'" in sft and "'yes-no'" in sft and "are not used" in sft
+    from_dict(GRPOTrainConfig, {"model": str(model), "head": "yes-no", "batch_size": 8, "data": {"path": "t.jsonl"}})
+    grpo = _warnings(caplog, "trained as head")[1]
+    assert grpo.replace("grpo", "sft").replace("GRPO", "SFT") == sft  # one message, one helper
+
+    caplog.clear()
+    same = _recorded(tmp_path / "yes-no-sft" / "model", "yes-no")
+    from_dict(SFTTrainConfig, {"model": str(same), "head": "yes-no", "data": {"path": "t.jsonl"}})
+    assert _warnings(caplog, "trained as head") == []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import random
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -40,7 +39,14 @@ from rerank.trainers.common import (
 )
 from rerank.trainers.data import load_training_data
 from rerank.trainers.rewards import RewardConfig
-from rerank.trainers.sft_trainer import data_source, load_causal_lm, load_tokenizer, save_final, selection_metrics
+from rerank.trainers.sft_trainer import (
+    data_source,
+    load_causal_lm,
+    load_tokenizer,
+    save_final,
+    selection_metrics,
+    warn_other_head,
+)
 
 __all__ = ["GRPOTrainConfig", "GRPOTrainer", "check_reward_options", "check_whole_queries", "fit_prompts",
            "reward_function"]
@@ -159,8 +165,7 @@ class GRPOTrainConfig(CommonTrainConfig):
         method = get_method(self.head)
         record = read_record(self.model) if self.model else None
         recorded = record.get("options", {}) if record is not None and record.get("method") == self.head else {}
-        if record is not None and record.get("method") != self.head:
-            _warn_other_head(self.model, str(record.get("method")), self.head)
+        warn_other_head(self.trainer_name, self.model, record, self.head)
         names = {"max_doc_tokens": "max_doc_tokens", "max_query_tokens": "max_query_tokens"}
         window_option = getattr(method.resolve("task"), "window_option", None) if method.task else None
         if window_option:
@@ -188,21 +193,6 @@ class GRPOTrainConfig(CommonTrainConfig):
         if differ:
             log.warning("grpo: %s: the prompts differ from those the starting model %s was trained on (its "
                         "rerank.json); unset, each is the model's own", "; ".join(differ), self.model)
-
-
-#: (starting model, its recorded head, the head trained) already warned of: a config is built more than once a run
-_WARNED_HEADS: set[tuple[str, str, str]] = set()
-
-
-def _warn_other_head(model: str, recorded: str, head: str) -> None:
-    """Log once that the starting model was trained as another head, so its recorded prompt options are not used."""
-    key = (os.path.realpath(os.path.expanduser(model)), recorded, head)
-    if key in _WARNED_HEADS:
-        return
-    _WARNED_HEADS.add(key)
-    log.warning("grpo: the starting model %s was trained as head %r (its rerank.json), not %r: the prompt options it "
-                "records (template, max_doc_tokens, max_query_tokens, window) are not used; GRPO trains the %s head "
-                "on its own defaults and the options set here", model, recorded, head, head)
 
 
 def check_reward_options(head: str, rewards: RewardConfig) -> None:

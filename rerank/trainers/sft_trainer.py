@@ -13,6 +13,7 @@ best dev nDCG@10 (cross-encoder), evaluated every ``eval_steps`` (0 = no selecti
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +30,27 @@ from rerank.trainers.data import load_training_data, teacher_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SFTTrainConfig", "SFTTrainer", "data_source", "load_causal_lm", "load_tokenizer", "save_final"]
+__all__ = ["SFTTrainConfig", "SFTTrainer", "data_source", "load_causal_lm", "load_tokenizer", "save_final",
+           "warn_other_head"]
+
+#: (trainer, starting model, its recorded head, the head trained) already warned of: a config is built more than once
+#: a run
+_WARNED_HEADS: set[tuple[str, str, str, str]] = set()
+
+
+def warn_other_head(trainer: str, model: str, record: dict[str, Any] | None, head: str) -> None:
+    """Log once when the starting ``model``'s ``record`` (its ``rerank.json``) names a head other than ``head``: the
+    prompt options it records are then not used by ``trainer`` (SFT and GRPO inherit them for the same head only)."""
+    recorded = record.get("method") if record is not None else None
+    if recorded is None or recorded == head:
+        return
+    key = (trainer, os.path.realpath(os.path.expanduser(model)), str(recorded), head)
+    if key in _WARNED_HEADS:
+        return
+    _WARNED_HEADS.add(key)
+    log.warning("%s: the starting model %s was trained as head %r (its rerank.json), not %r: the prompt options it "
+                "records (template, max_doc_tokens, max_query_tokens, window) are not used; %s trains the %s head "
+                "on its own defaults and the options set here", trainer, model, recorded, head, trainer.upper(), head)
 
 
 @dataclass
@@ -58,7 +79,11 @@ class SFTTrainConfig(CommonTrainConfig):
     def __post_init__(self, _derived: dict[str, Any] | None = None) -> None:
         from rerank.methods import get_method
 
+        from rerank.methods.record import read_record
+
         super().__post_init__(_derived)
+        if self.model:
+            warn_other_head(self.trainer_name, self.model, read_record(self.model), self.head)
         method = get_method(self.head)
         if not self.loss:
             self._derive("loss", method.sft_losses[0])

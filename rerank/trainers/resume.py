@@ -304,11 +304,32 @@ def _newest_state(output: Path) -> tuple[Path, dict[str, Any]] | None:
 INPUT_OPTIONS = ("model", "data.path", "data.beir", "dataset", "index", "distill_model", "negatives_file")
 
 
+def _current_names(recorded: Any, config: Any) -> Any:
+    """A recorded config (a mapping) with each key of a former name (``renamed_keys`` of ``config``'s class, former ->
+    current, where the current name is one of its options) under its current name, in place in the order; a current
+    name also recorded keeps its value. Anything else is returned as it is."""
+    renamed = getattr(config, "renamed_keys", {})
+    if not isinstance(recorded, dict) or not renamed or not dataclasses.is_dataclass(config):
+        return recorded
+    names = {f.name for f in dataclasses.fields(config)}
+    out: dict[str, Any] = {}
+    for key, value in recorded.items():
+        now = renamed.get(key)
+        if now not in names:
+            out[key] = value
+        elif now not in recorded:
+            out[now] = value
+    return out
+
+
 def run_differences(recorded: Any, config: Any) -> list[str]:
     """:func:`config_differences` between a run's recorded config (``rerank_train.json``'s ``config``) and ``config``.
     An input path (:data:`INPUT_OPTIONS`) spelt another way that names the same file or folder here (``./OUT/x`` and
-    an absolute ``OUT/x``, ``~``) is no difference."""
+    an absolute ``OUT/x``, ``~``) is no difference. A key the record holds under a former name (the config class's
+    ``renamed_keys``: a run started before ``query_max_length`` became ``max_query_tokens``) is compared under its
+    current one."""
     new = json.loads(json.dumps(to_dict(config)))
+    recorded = _current_names(recorded, config)
     for name in INPUT_OPTIONS:
         *parents, last = name.split(".")
         old_at, new_at = recorded, new

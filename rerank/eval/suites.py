@@ -420,7 +420,10 @@ def _member_config(base: EvalConfig, e: SuiteEntry, out: Path) -> EvalConfig:
 def _settings(config: dict[str, Any], dataset_root: str) -> dict[str, Any]:
     """A member's config as ``metrics.json`` records it, as ``--resume`` compares it: without :data:`_NOT_SETTINGS`,
     the dataset as its resolved folder, a folder's own run as its path in that folder, and model and index paths
-    resolved (:func:`~rerank.utils.files.resolved_path`), however each was spelt."""
+    resolved (:func:`~rerank.utils.files.resolved_path`), however each was spelt, and the reranker and retriever
+    options under the token limits' current names (a member run before ``doc_max_length`` became ``max_doc_tokens``)."""
+    from rerank.retrieval.index import upgrade_encoder_keys
+
     out = {k: v for k, v in config.items() if k not in _NOT_SETTINGS}
     out["dataset"] = dataset_root
     if config.get("first_stage") is not None and config.get("dataset"):
@@ -428,18 +431,24 @@ def _settings(config: dict[str, Any], dataset_root: str) -> dict[str, Any]:
     out["model"] = resolved_path(config.get("model"))
     if isinstance(config.get("retriever_options"), dict):
         out["retriever_options"] = {k: resolved_path(v) if k in ("model", "index") else v
-                                    for k, v in config["retriever_options"].items()}
+                                    for k, v in upgrade_encoder_keys(config["retriever_options"]).items()}
+    if isinstance(config.get("reranker_options"), dict):
+        out["reranker_options"] = upgrade_encoder_keys(config["reranker_options"])
     return out
 
 
 def _ranker(desc: dict[str, Any] | None, model: str | None = None) -> dict[str, Any] | None:
     """What identifies a reranker in its description (``metrics.json``'s ``reranker``): method, model, typed config
-    (not its counters); ``model`` stands in where the description names none."""
+    (not its counters, the token limits under their current names); ``model`` stands in where the description names
+    none."""
+    from rerank.retrieval.index import upgrade_encoder_keys
+
     if desc is None:
         return None
     own = described_model(desc)[0]
+    config = desc.get("config")
     return json.loads(json.dumps({"method": desc.get("method"), "model": own if own is not None else model,
-                                  "config": desc.get("config")}))
+                                  "config": upgrade_encoder_keys(config) if isinstance(config, dict) else config}))
 
 
 def _complete_run(folder: Path) -> dict[str, Any] | None:
@@ -480,7 +489,7 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
         cfg = _member_config(base, e, out)
         old = _settings(recorded["config"], str(recorded.get("dataset_root") or recorded["config"].get("dataset")))
         new = _settings(json.loads(json.dumps(to_dict(cfg))), str(e.dataset.root.resolve()))
-        diffs = config_differences(old, new, cfg)
+        diffs = config_differences(old, new, cfg) + _dropped_options(old, new)
         if reranker is not None or base.reranker is None:  # else the config names the reranker it loads
             was = _ranker(recorded.get("reranker"))
             if was is None or given is None:
@@ -503,6 +512,18 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                           "drop --resume to evaluate every member again, give another --output, or remove those "
                           "member folders to evaluate only them again")
     return kept
+
+
+def _dropped_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``name.key: value -> absent`` for each reranker or retriever option a member was run with that this run does
+    not give (:func:`config_differences` skips a key the new side lacks: for a typed option, one removed since; here,
+    one no longer given, whose value now comes from the model or the default)."""
+    out = []
+    for name in ("reranker_options", "retriever_options"):
+        was, now = old.get(name), new.get(name)
+        if isinstance(was, dict) and isinstance(now, dict):
+            out += [f"{name}.{k}: {json.dumps(was[k])} -> absent" for k in sorted(was, key=str) if k not in now]
+    return out
 
 
 def _member_inputs(e: SuiteEntry, cfg: EvalConfig) -> list[Path]:

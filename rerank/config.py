@@ -2,7 +2,9 @@
 
 Unknown keys are errors that name the key, so a typo never silently falls back to a default; an error about a key a
 ``--set`` override gave names that override (``--set foo=1: unknown key 'foo' …``), not the file. A number option
-must be finite (``.nan`` / ``.inf`` pass no range check, so they are refused where they are read). Secrets (API keys) are
+must be finite (``.nan`` / ``.inf`` pass no range check, so they are refused where they are read). A config class
+whose keys were renamed declares ``renamed_keys`` (former -> current, :class:`Renamed`): a former key is a one-line
+error naming the current one, from :func:`from_dict` and from the class's own constructor. Secrets (API keys) are
 fields made with :func:`secret_field`: :func:`to_dict`, which every writer of a config uses (``metrics.json``, run
 records, leaderboard cells, model folders), writes them as ``<redacted>``, and so it does any option named in
 :data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``). An option the setting in
@@ -13,13 +15,14 @@ force does not read is refused where it differs from its dataclass default (:fun
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -27,7 +30,7 @@ from rerank.errors import ConfigError, DataFormatError
 
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
-    "layered", "option_default", "changed_options", "refuse_changed",
+    "layered", "option_default", "changed_options", "refuse_changed", "Renamed", "check_renamed", "renamed_arguments",
     "SECRET_KEYS", "REDACTED", "redact_url",
 ]
 
@@ -162,6 +165,43 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
     return out
 
 
+def check_renamed(renamed: Mapping[str, str], given: Iterable[str], where: str, note: str = "") -> None:
+    """A former key name among ``given`` (``renamed``: former -> current) is a one-line :class:`ConfigError` naming
+    the current one and the override that gave it (:func:`override_source`, when ``given`` is such a mapping), else
+    ``where``; ``note``: why, in brackets after it."""
+    for key in given:
+        if key in renamed:
+            source = override_source(given, key) if isinstance(given, Mapping) else None
+            why = f" ({note})" if note else ""
+            raise ConfigError(f"{source or where}: key {key!r} is now {renamed[key]!r}{why}")
+
+
+def renamed_arguments(renamed: Mapping[str, str], where: str, note: str = "") -> Callable[[Callable[..., T]],
+                                                                                           Callable[..., T]]:
+    """Decorator: a call of the function with a former keyword argument (``renamed``: former -> current) is the
+    one-line :class:`ConfigError` of :func:`check_renamed` naming ``where``, not a ``TypeError``."""
+    def wrap(func: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(func)
+        def call(*args: Any, **kwargs: Any) -> T:
+            check_renamed(renamed, kwargs, where, note)
+            return func(*args, **kwargs)
+        return call
+    return wrap
+
+
+class Renamed:
+    """Base of a config dataclass whose keys were renamed: ``renamed_keys`` (former -> current, with ``renamed_note``
+    saying why) makes a former key a one-line :class:`ConfigError` naming the current one, in :func:`from_dict` and
+    when the class (or a subclass) is constructed with it as a keyword, instead of a ``TypeError``."""
+
+    renamed_keys: ClassVar[Mapping[str, str]] = {}
+    renamed_note: ClassVar[str] = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # noqa: ARG004 - the dataclass __init__ takes them
+        check_renamed(cls.renamed_keys, kwargs, cls.__name__, cls.renamed_note)
+        return super().__new__(cls)
+
+
 def _coerce(value: Any, tp: Any, where: str, path: str = "") -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -237,6 +277,10 @@ def _from_dict(cls: type[T], data: Mapping[str, Any], where: str, path: str) -> 
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:
+        renamed = getattr(cls, "renamed_keys", {})
+        former = next((k for k in unknown if k in renamed), None)
+        if former is not None:
+            check_renamed(renamed, [former], override_source(data, former) or where, getattr(cls, "renamed_note", ""))
         raise ConfigError(
             f"{override_source(data, unknown[0]) or where}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: "
             f"{', '.join(sorted(fields))}"

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rerank.backends.transformers import position_limit, resolve_device
-from rerank.config import changed_options, override_source
+from rerank.config import Renamed, changed_options, renamed_arguments
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.text import neutralise
 from rerank.models import resolve_model_path
@@ -54,7 +54,6 @@ __all__ = [
     "EncoderSettings",
     "Pooling",
     "check_max_lengths",
-    "check_renamed_options",
     "encoder_pool",
     "load_encoder",
     "pool",
@@ -83,19 +82,17 @@ def _text_handling(tokenizer: Any) -> str:
     return _TEXT_HANDLING_MARKERS if template_markers(tokenizer) else _TEXT_HANDLING
 
 
-def check_renamed_options(options: Mapping[str, Any], where: str) -> None:
-    """A former encoder option name (:data:`~rerank.retrieval.index.RENAMED_ENCODER_KEYS`: ``doc_max_length``) is a
-    one-line :class:`ConfigError` naming the current one, and the override that gave it (``--reranker-set
-    doc_max_length=…``), else ``where``."""
-    for key in options:
-        if key in RENAMED_ENCODER_KEYS:
-            raise ConfigError(f"{override_source(options, key) or where}: key {key!r} is now "
-                              f"{RENAMED_ENCODER_KEYS[key]!r} (one name for the token limits everywhere)")
+#: why a former token-limit name is refused (:class:`~rerank.config.Renamed`)
+_TOKEN_LIMITS_NOTE = "one name for the token limits everywhere"
 
 
 @dataclass
-class EncoderSettings:
-    """How texts become vectors; everything here changes the embeddings and so is part of the cache key."""
+class EncoderSettings(Renamed):
+    """How texts become vectors; everything here changes the embeddings and so is part of the cache key (a former
+    token-limit name, :data:`~rerank.retrieval.index.RENAMED_ENCODER_KEYS`, is a one-line :class:`ConfigError`)."""
+
+    renamed_keys = RENAMED_ENCODER_KEYS  # class attributes (Renamed's), not dataclass fields
+    renamed_note = _TOKEN_LIMITS_NOTE
 
     pooling: Pooling = "mean"
     normalize: bool = False
@@ -454,6 +451,7 @@ class BiEncoder(torch.nn.Module):
         write_json({"format": "rerank-biencoder-settings", "version": 1, **dataclasses.asdict(s)}, folder / SETTINGS_FILE)
 
     @classmethod
+    @renamed_arguments(RENAMED_ENCODER_KEYS, "BiEncoder.load", _TOKEN_LIMITS_NOTE)
     def load(
         cls,
         name_or_path: str | Path,
@@ -660,9 +658,13 @@ def _read_st_pooling(path: Path) -> str:
 
 
 @dataclass
-class EncoderOptions:
+class EncoderOptions(Renamed):
     """How to load a bi-encoder (the dense retriever's and the bi-encoder reranker's options); ``None`` means: as the
-    model (or the index) says."""
+    model (or the index) says. A former token-limit name (``doc_max_length``) is a one-line :class:`ConfigError`
+    naming the current one, and the override that gave it (``--reranker-set doc_max_length=…``)."""
+
+    renamed_keys = RENAMED_ENCODER_KEYS  # class attributes (Renamed's), not dataclass fields
+    renamed_note = _TOKEN_LIMITS_NOTE
 
     pooling: Pooling | None = None
     normalize: bool | None = None
@@ -827,7 +829,6 @@ class DenseRetriever(FirstStage):
     def from_dataset(cls, dataset: Any, **options: Any) -> DenseRetriever:
         from rerank.config import from_dict
 
-        check_renamed_options(options, "retriever options")
         return cls.from_config(dataset, from_dict(DenseConfig, options, "retriever options"))
 
     @classmethod

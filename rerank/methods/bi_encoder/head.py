@@ -19,7 +19,7 @@ import numpy as np
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, sigmoid
-from rerank.retrieval.dense import BiEncoder, EncoderOptions, check_renamed_options, load_encoder
+from rerank.retrieval.dense import BiEncoder, EncoderOptions, load_encoder
 from rerank.types import Candidate, Query
 
 __all__ = ["BiEncoderConfig", "BiEncoderReranker"]
@@ -61,7 +61,6 @@ class BiEncoderReranker(Reranker):
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
-        check_renamed_options(options, "bi-encoder options")
         cfg = from_dict(BiEncoderConfig, options, where="bi-encoder options")
         model = check_local_model(cls.method, backend, model)
         return cls(cfg, load_encoder(model, cfg), model_name=model)

@@ -145,11 +145,19 @@ PROGRESS_OPTIONS = {"bm25": "show_progress", "pyserini": "show_progress", "dense
 def progress_options(name: str, options: Mapping[str, Any], progress: bool) -> dict[str, Any]:
     """``options`` for retriever ``name`` with its progress bars off when ``progress`` is false, unless the options
     set them themselves (``show_progress`` / ``progress``, :data:`PROGRESS_OPTIONS`); a retriever without such an
-    option gets ``options`` as they are."""
-    out = dict(options)
+    option gets ``options`` as they are. The copy keeps the record of which override gave each key
+    (``--retriever-set``, :func:`~rerank.config.override_source`); where there is one, the options are checked against
+    the retriever's typed config (:func:`retriever_config_class`) here, as the retriever builds it from a plain
+    mapping, so that an error about a key names the override that gave it."""
+    from rerank.config import from_dict, layered
+
+    out = layered({}, options)
     key = PROGRESS_OPTIONS.get(name)
     if not progress and key is not None:
         out.setdefault(key, False)
+    config_class = retriever_config_class(name) if getattr(options, "given", None) else None
+    if config_class is not None:
+        from_dict(config_class, out, where="retriever options")
     return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from rerank.errors import ConfigError, RerankError
 
 __all__ = [
+    "check_adapter",
     "check_model_path",
     "local_model_path",
     "minilm_path",
@@ -105,7 +106,7 @@ def _check_tokenizer_files(folder: Path) -> None:
         _READABLE.add(key)
 
 
-def _check_adapter(folder: Path, name: str, what: str) -> None:
+def check_adapter(folder: Path, name: str, what: str = "--model") -> None:
     """A PEFT adapter folder (``adapter_config.json``, no model config, no tokenizer), such as the ``OUTPUT/adapter``
     a LoRA run of ``rerank train`` keeps, is a one-line :class:`ConfigError` pointing at the merged model (the run's
     ``OUTPUT/model``): loading it fails later, naming a missing tokenizer library."""
@@ -146,7 +147,7 @@ def check_model_path(name_or_path: str | Path, what: str = "--model") -> None:
         if not any((path / f).is_file() for f in _MODEL_FILES) and not any(path.glob("*.gguf")):
             raise ConfigError(f"{what} {name} is a folder without a model in it (no {', '.join(_MODEL_FILES)} "
                               f"or .gguf file); give the folder the model was saved to")
-        _check_adapter(path, name, what)
+        check_adapter(path, name, what)
         _check_tokenizer_files(path)
         return
     if not _HUB_ID.fullmatch(name) or name.startswith(("./", "../", "~")):

@@ -157,7 +157,8 @@ def check_llm_flags(method: str, given: list[str]) -> None:
 
 def method_from_model(args: argparse.Namespace) -> dict | None:
     """Fill ``args.reranker`` from a trained ``--model`` folder's ``rerank.json`` when no ``--reranker`` is given;
-    returns that record (None when ``--model`` is not such a folder)."""
+    returns that record (None when ``--model`` is not such a folder). Without either, a LoRA adapter folder (a
+    training run's ``OUTPUT/adapter``) is a one-line :class:`ConfigError` naming the merged ``OUTPUT/model``."""
     from rerank.methods.record import RECORD_FILE, read_record
 
     model = getattr(args, "model", None)
@@ -168,10 +169,13 @@ def method_from_model(args: argparse.Namespace) -> dict | None:
     if record is not None and args.reranker is None and record.get("kind") == "reranker":
         args.reranker = record["method"]
     if record is None and model is not None and getattr(args, "reranker", None) is None:
-        from rerank.models import check_model_path
+        from rerank.models import check_adapter, check_model_path
 
         name = str(model)
-        if ("/" in name or name.startswith((".", "~"))) and not Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if path.is_dir():
+            check_adapter(path, name)  # a LoRA OUTPUT/adapter names the merged OUTPUT/model, not --reranker
+        elif ("/" in name or name.startswith((".", "~"))) and not path.exists():
             check_model_path(name)  # a mistyped folder is named as missing, not as a --model that needs --reranker
     return record
 

@@ -145,7 +145,7 @@ def test_the_dense_retriever_refuses_a_former_name(old: str, new: str, tiny_st_d
     rc, _, err = run_cli("eval", "--dataset", beir, "--retriever", "dense", "--model", tiny_st_dir, "--output",
                          tmp_path / "ev", "--retriever-set", f"{old}=24")
     assert rc == 2
-    assert f"retriever options: key '{old}' is now '{new}'" in _error_line(err)
+    assert f"--retriever-set {old}=24: key '{old}' is now '{new}'" in _error_line(err)
     from rerank.data.datasets import resolve_dataset
 
     with pytest.raises(ConfigError, match=rf"^retriever options: key '{old}' is now '{new}'"):

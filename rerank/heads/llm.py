@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,6 +30,7 @@ from rerank.backends.registry import available_backends, backend_accepts, backen
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import DocInput, Reranker, RerankerConfig
+from rerank.heads.permutation import reasoning_left_open
 from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, head_template
 from rerank.types import Candidate, Query, RankedResult
@@ -158,6 +160,7 @@ class LLMReranker(Reranker):
         self.backend = backend
         self.model_name = model
         self._fits = [0, 0]  # prompts fit() was given, passages it cut (the per-call warning's counts)
+        self._prompt_reasoning: dict[str, str] = {}  # assistant prefix -> the reasoning tag prompts end inside
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
@@ -334,6 +337,18 @@ class LLMReranker(Reranker):
         """The chat-templated prompt text with the generation prompt, plus an assistant prefix."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + assistant_prefix
+
+    def prompt_reasoning(self, assistant_prefix: str = "") -> str:
+        """The reasoning tag (``think``, ...) that rendered prompts end inside, so the output starts inside it ('' if
+        none): read from what the chat template adds for the generation prompt (QwQ's and DeepSeek-R1's end in
+        ``<think>\n``) followed by ``assistant_prefix`` (:func:`~rerank.heads.permutation.reasoning_left_open`)."""
+        if assistant_prefix not in self._prompt_reasoning:
+            probe = [{"role": "user", "content": "x"}]
+            with_prompt = self.render(probe, assistant_prefix)
+            without = self.tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+            tail = with_prompt[len(os.path.commonprefix([with_prompt, without])) :]
+            self._prompt_reasoning[assistant_prefix] = reasoning_left_open(tail)
+        return self._prompt_reasoning[assistant_prefix]
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a rendered prompt or a piece of one (no special tokens added: the chat template has them; no

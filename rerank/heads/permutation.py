@@ -16,17 +16,23 @@ model forgot are appended in their input order, duplicates and unknown ids are d
 is reported so ``metrics.json`` can count them. :func:`permutation_grammar` is the answer format as a grammar, for
 constrained decoding (then no repair is ever needed).
 
-Reasoning (``<think>…</think>``; also ``<thinking>``, ``<reasoning>``, ``<reason>``) is never read: only the text after
-the last closing tag is. A reasoning block left open (a thinking model cut off by the token limit, which listwise
-caps at one permutation's length) hides everything after its opening tag, so a guess written inside it is not an
-answer: without a ranking before that tag the output is a failure (the window keeps its input order), whatever
-finish reason the backend saw, so every backend behaves alike.
+Reasoning (``<think>…</think>``; also ``<thinking>``, ``<reasoning>``, ``<reason>``; any case, spaces allowed inside
+the brackets: ``<THINK>``, ``</think >``) is never read: only the text after the last closing tag is
+(:func:`outside_reasoning`). An opening tag starts reasoning where it begins a line (a tag written inside a sentence,
+``Passage [2] quotes the <think> tag.``, is a mention); a closing tag with no reasoning open is a mention, and
+ignored, when a ranking line comes before it and none after it. A prompt that ends inside reasoning (a chat template
+whose generation prompt opens ``<think>``, as QwQ's and DeepSeek-R1's do) makes the output start inside it
+(``in_reasoning``): nothing before its closing tag is read. A reasoning block left open (a thinking model cut off by
+the token limit, which listwise caps at one permutation's length) hides everything after its opening tag, so a guess
+written inside it is not an answer: without a ranking before that tag the output is a failure (the window keeps its
+input order), whatever finish reason the backend saw, so every backend behaves alike.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +48,7 @@ __all__ = [
     "outside_reasoning",
     "parse_permutation",
     "permutation_grammar",
+    "reasoning_left_open",
 ]
 
 Scheme = Literal["numbers", "letters"]
@@ -62,8 +69,8 @@ _ECHO = ("no ranking: the output lists passages (an identifier, then text, on ea
 _SEPARATORS = (">", ",")  # a bare letter next to one of these is an identifier
 #: the tags of a model's reasoning, whose text is never read as the answer
 _REASONING_TAGS: tuple[str, ...] = ("think", "thinking", "reasoning", "reason")
-_REASONING_OPEN = re.compile(r"<(" + "|".join(_REASONING_TAGS) + r")>")
-_REASONING_CLOSE = re.compile(r"</(" + "|".join(_REASONING_TAGS) + r")>")
+#: an opening (group 1 empty) or closing (group 1 ``/``) reasoning tag, in any case, with spaces inside the brackets
+_REASONING_TAG = re.compile(r"<\s*(/?)\s*(" + "|".join(_REASONING_TAGS) + r")\s*>", re.IGNORECASE)
 
 
 def check_scheme(scheme: str, window: int | None = None) -> Scheme:
@@ -219,15 +226,41 @@ def _echoes(text: str, scheme: str) -> bool:
     return len(lines) >= 2 and any(lines.values())
 
 
-def outside_reasoning(text: str) -> tuple[str, str]:
+def reasoning_left_open(text: str) -> str:
+    """The reasoning tag ``text`` ends inside, lower-cased ('' if none): its last reasoning tag when that one opens
+    (a chat template's generation prompt such as QwQ's ``<|im_start|>assistant\n<think>\n``)."""
+    tags = list(_REASONING_TAG.finditer(text))
+    return tags[-1].group(2).lower() if tags and not tags[-1].group(1) else ""
+
+
+def _begins_line(text: str, pos: int) -> bool:
+    """Whether only whitespace precedes ``pos`` on its line."""
+    return not text[text.rfind("\n", 0, pos) + 1 : pos].strip()
+
+
+def outside_reasoning(text: str, in_reasoning: str = "",
+                      is_answer: Callable[[str], bool] | None = None) -> tuple[str, str]:
     """The part of ``text`` that can hold the answer, and the name of a reasoning tag left open ('' if none): the
-    text after the last closing reasoning tag, cut at a reasoning tag opened after it and never closed."""
-    closes = list(_REASONING_CLOSE.finditer(text))
-    final = text[closes[-1].end() :] if closes else text
-    opened = _REASONING_OPEN.search(final)
-    if opened is None:
-        return final, ""
-    return final[: opened.start()], opened.group(1)
+    text after the last closing reasoning tag, cut at a reasoning tag opened after it and never closed.
+
+    ``in_reasoning``: the tag the prompt left open, so ``text`` starts inside it. An opening tag counts where it
+    begins a line (elsewhere it is a mention); inside reasoning only a closing tag counts. A closing tag with no
+    reasoning open is a mention, and ignored, when a line ``is_answer`` holds comes before it and none after it."""
+    has_answer = is_answer if is_answer is not None else (lambda line: False)
+
+    def answers(part: str) -> bool:
+        return any(has_answer(line) for line in part.splitlines())
+
+    opened, opened_at, start = in_reasoning.lower(), 0, 0
+    for tag in _REASONING_TAG.finditer(text):
+        closing, name = bool(tag.group(1)), tag.group(2).lower()
+        if closing and (opened or answers(text[tag.end() :]) or not answers(text[: tag.start()])):
+            opened, start = "", tag.end()
+        elif not closing and not opened and _begins_line(text, tag.start()):
+            opened, opened_at = name, tag.start()
+    if not opened:
+        return text[start:], ""
+    return text[start : max(start, opened_at)], opened
 
 
 def _forms_ranking(line: str, n: int, scheme: str) -> bool:
@@ -236,7 +269,7 @@ def _forms_ranking(line: str, n: int, scheme: str) -> bool:
     return len(valid) >= min(2, n) and (n == 1 or ">" in line)
 
 
-def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
+def parse_permutation(text: str, n: int, scheme: str, in_reasoning: str = "") -> ParsedPermutation:
     """Parse ``text`` into a permutation of ``n`` local indices (input order for anything the model left out).
 
     The last line that forms a ranking is read (earlier ones are skipped and counted as a repair); without one the
@@ -248,10 +281,11 @@ def parse_permutation(text: str, n: int, scheme: str) -> ParsedPermutation:
     a ranking by its bracketed ids, a bare id that is a whole item next to ``>``, outside parentheses
     (``[2] > 4 > [1]``), is read in its place, as a repair (:func:`_bare_items`). Too few valid ids is a failure (the
     window keeps its input order). Only the text outside reasoning is read (:func:`outside_reasoning`): a ranking
-    inside ``<think>…</think>``, or after a ``<think>`` never closed, is not the answer.
+    inside ``<think>…</think>``, or after a ``<think>`` never closed, is not the answer; ``in_reasoning`` names the
+    reasoning tag the prompt left open (:func:`reasoning_left_open`), so ``text`` starts inside it.
     """
     check_scheme(scheme)
-    text, unclosed = outside_reasoning(text)
+    text, unclosed = outside_reasoning(text, in_reasoning, lambda line: _forms_ranking(line, n, scheme))
     rankings = [line for line in text.splitlines() if _forms_ranking(line, n, scheme)]
     tokens, unbracketed, bare = _line_tokens(rankings[-1], scheme, n) if rankings else (*_tokens(text, scheme), 0)
     no_line = not rankings

@@ -3,7 +3,10 @@
 The model reads a window of passages labelled ``[1]..[n]`` (``numbers``) or ``[A]..`` (``letters``; the identifier
 scheme comes from the template) and writes the permutation, e.g. ``[2] > [1] > [3]``. Decoding is greedy and
 ``max_new_tokens`` is capped at the canonical permutation's length in tokens, so a window never generates more than
-its answer needs. Output is parsed robustly (:mod:`rerank.heads.permutation`); repairs and failures are counted.
+its answer needs. Output is parsed robustly (:mod:`rerank.heads.permutation`); repairs and failures are counted. A
+prompt whose chat template opens reasoning in its generation prompt (QwQ, DeepSeek-R1: ``<think>\n``) makes the output
+start inside it (:meth:`~rerank.heads.llm.LLMReranker.prompt_reasoning`): a ranking before the closing tag is not
+read, and an output cut off before it is a counted failure that keeps the window's order.
 With ``constrained: true`` generation is restricted to exactly that answer format (each identifier once, bracketed,
 joined by `` > ``; :mod:`rerank.backends.grammar`), so every output parses as it stands. Windows of different queries
 at the same sliding step go to the backend together (``batch_size`` prompts a call).
@@ -87,6 +90,7 @@ class ListwiseReranker(SlidingWindowHead):
         for k, size in enumerate(sizes):
             by_size.setdefault(size, []).append(k)
         out: dict[int, list[int]] = {}
+        in_reasoning = self.prompt_reasoning(self.template.assistant_prefix)
         for size, members in by_size.items():
             gen = GenerationConfig(max_new_tokens=self.max_new_tokens(size), temperature=0.0,
                                    constraint=self.grammar(size) if self.constrained else None)
@@ -94,7 +98,7 @@ class ListwiseReranker(SlidingWindowHead):
                 texts = self.backend.generate([prompts[k] for k in chunk], gen)
                 for k, text in zip(chunk, texts, strict=True):
                     full = self.template.assistant_prefix + text
-                    parsed = parse_permutation(full, size, self.scheme)
+                    parsed = parse_permutation(full, size, self.scheme, in_reasoning)
                     self.record_output(text, failed=parsed.failed, fixes=parsed.fixes, example=full)
                     out[k] = parsed.order
         return [out[k] for k in range(len(prompts))]

@@ -25,7 +25,9 @@ redacted) and quoting the start of the body.
 Each call's prompts are sent ``batch_size`` per request at most, and spread over up to ``concurrency`` requests in
 flight at once (``ceil(n / concurrency)`` prompts each), so a head call of 8 prompts makes 4 requests of 2 with the
 defaults; the answers keep the prompts' order. ``timeout`` bounds each request's whole answer, not each read
-(:mod:`rerank.utils.http`), and requests run in daemon threads, so Ctrl-C or SIGTERM stops a run whose requests hang.
+(:mod:`rerank.utils.http`); a request that reaches it is retried at most once, and not at all when the server had
+begun its answer (another try pays for the same generation again), and the error says to raise ``timeout``. Requests
+run in daemon threads, so Ctrl-C or SIGTERM stops a run whose requests hang.
 A ``user:password@`` in ``base_url`` is sent as HTTP basic auth, taken out of the URL httpx logs; it cannot go
 with an API key (one ``Authorization`` header), so both together are refused.
 """
@@ -48,7 +50,7 @@ from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
 from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict
 from rerank.errors import ConfigError, RerankError
-from rerank.utils.http import Tries, post_with_retries
+from rerank.utils.http import DeadlineExceeded, Tries, post_with_retries
 
 __all__ = ["OpenAIBackend", "OpenAIBackendConfig"]
 
@@ -207,15 +209,14 @@ class OpenAIBackend(Backend):
         return RerankError(f"openai backend: {self._endpoint} answered an unexpected body ({what}): {_excerpt(text)}")
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """One completions request, answered in full within ``timeout`` seconds a try; retries transport errors
-        (a timeout included), 429 and 5xx with exponential back-off or the server's ``Retry-After``."""
+        """One completions request, answered in full within ``timeout`` seconds a try; retries connection failures,
+        429 and 5xx with exponential back-off or the server's ``Retry-After``, and a try that ran out of time at most
+        once (never one the server had begun to answer: :mod:`rerank.utils.http`)."""
         tries = Tries()
         response = post_with_retries(
             self.client, "completions", payload, max_retries=self.config.max_retries,
             retry_status=lambda status: status == 429 or status >= 500, retry_errors=(httpx.TransportError,),
-            unreachable=lambda e: RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e} "
-                                              f"({tries})"),
-            deadline=self.config.timeout, tries=tries,
+            unreachable=lambda e: self._transport_error(e, tries), deadline=self.config.timeout, tries=tries,
         )
         if response.status_code != 200:
             retried = f" ({tries})" if tries.count > 1 else ""
@@ -230,6 +231,16 @@ class OpenAIBackend(Backend):
                 or not all(isinstance(c, dict) for c in body["choices"]):
             raise self._unexpected("not an object with a list of choice objects", body)
         return body
+
+    def _transport_error(self, e: httpx.HTTPError, tries: Tries) -> RerankError:
+        """The one-line error of a request that got no complete answer: a try that reached the ``timeout`` deadline
+        says so and to raise it (the server was reached), any other transport error says the server is unreachable."""
+        if isinstance(e, DeadlineExceeded):
+            what = "began its answer but did not finish it" if e.answered else "did not answer"
+            return RerankError(f"openai backend: {self._endpoint} {what} within backend_options.timeout="
+                               f"{e.deadline:g} s ({tries}); a slow generation needs a longer deadline: raise "
+                               "backend_options.timeout")
+        return RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e} ({tries})")
 
     def _hint(self, response: httpx.Response) -> str:
         """What to do about a refused request, where the status says: a 404 (no completions endpoint, or no such

@@ -2,15 +2,20 @@
 and which failures are worth another try are the caller's policy; the loop is shared.
 
 A server's wait is read from ``retry-after-ms`` (milliseconds; OpenAI, Azure) or ``Retry-After`` (seconds, or an
-HTTP-date), at most :data:`MAX_WAIT` seconds. With a ``deadline`` each try must be answered in full within that many
-seconds (connecting, sending, the headers and the whole body: a server that trickles its body a byte at a time is cut
-off), else it fails with :class:`DeadlineExceeded`, a timeout. Such a try runs in a daemon thread that the caller
-waits on, so a stuck read neither delays the caller past the deadline nor keeps the process alive at exit.
+HTTP-date, read as UTC), at most :data:`MAX_WAIT` seconds. With a ``deadline`` each try must be answered in full
+within that many seconds (connecting, sending, the headers and the whole body: a server that trickles its body a byte
+at a time is cut off), else it fails with :class:`DeadlineExceeded`, a timeout that says whether the server had begun
+its answer (sent its headers). Such a try runs in a daemon thread that the caller waits on, so a stuck read neither
+delays the caller past the deadline nor keeps the process alive at exit. A try that ran out of time is retried at
+most once, and not at all once the server had begun its answer: the server is generating it, and another try would
+pay for the same generation again under the same deadline.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import queue
 import threading
 import time
@@ -27,7 +32,14 @@ MAX_WAIT = 60.0
 
 
 class DeadlineExceeded(httpx.TimeoutException):
-    """A try that was not answered in full within its deadline."""
+    """A try that was not answered in full within its ``deadline`` seconds; ``answered``: the server had sent its
+    headers (it was working on the answer, not unreachable)."""
+
+    def __init__(self, message: str, *, deadline: float, answered: bool,
+                 request: httpx.Request | None = None) -> None:
+        super().__init__(message, request=request)
+        self.deadline = deadline
+        self.answered = answered
 
 
 @dataclass
@@ -49,12 +61,17 @@ def retry_after(resp: httpx.Response, default: float) -> float:
     try:
         wait = float(resp.headers["retry-after-ms"]) / 1000.0
     except (KeyError, ValueError):
+        pass
+    if wait is None or not math.isfinite(wait):  # absent, unreadable, NaN or infinite: Retry-After says
         value = resp.headers.get("Retry-After", "").strip()
         try:
             wait = float(value)
         except ValueError:
             try:
-                wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+                when = email.utils.parsedate_to_datetime(value)
+                if when.tzinfo is None:  # no zone, or -0000 (asctime form): HTTP dates are UTC (RFC 9110)
+                    when = when.replace(tzinfo=datetime.timezone.utc)
+                wait = when.timestamp() - time.time()
             except (TypeError, ValueError, IndexError, OverflowError):
                 wait = None
     if wait is None or wait != wait:  # absent, unreadable or NaN
@@ -62,18 +79,21 @@ def retry_after(resp: httpx.Response, default: float) -> float:
     return min(max(wait, 0.0), MAX_WAIT)
 
 
-def _read_by(client: httpx.Client, path: str, body: dict[str, Any], end: float) -> httpx.Response:
+def _read_by(client: httpx.Client, path: str, body: dict[str, Any], end: float, answered: threading.Event,
+             deadline: float) -> httpx.Response:
     """POST and read the whole response, giving up (:class:`DeadlineExceeded`) once ``time.monotonic()`` passes
-    ``end``; each phase's own timeout is the time left."""
+    ``end``; each phase's own timeout is the time left. ``answered`` is set once the headers have arrived."""
     left = max(end - time.monotonic(), 0.001)
     request = client.build_request("POST", path, json=body, timeout=httpx.Timeout(left))
     resp = client.send(request, stream=True)
+    answered.set()
     try:
         chunks = []
         for chunk in resp.iter_raw():
             chunks.append(chunk)
             if time.monotonic() > end:
-                raise DeadlineExceeded("the answer did not arrive in full in time", request=request)
+                raise DeadlineExceeded("the answer did not arrive in full in time", deadline=deadline, answered=True,
+                                       request=request)
     finally:
         resp.close()
     return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks), request=request,
@@ -85,22 +105,28 @@ def _post_within(client: httpx.Client, path: str, body: dict[str, Any], deadline
     itself at its next read once the deadline has passed) and this one waits for it that long at most."""
     end = time.monotonic() + deadline
     box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    answered = threading.Event()
 
     def attempt() -> None:
         try:
-            box.put((True, _read_by(client, path, body, end)))
+            box.put((True, _read_by(client, path, body, end, answered, deadline)))
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
             box.put((False, e))
+
+    def late() -> DeadlineExceeded:
+        began = "the server began its answer but did not finish it" if answered.is_set() else "no answer"
+        return DeadlineExceeded(f"{began} within timeout={deadline:g} s", deadline=deadline,
+                                answered=answered.is_set())
 
     threading.Thread(target=attempt, name="rerank-http", daemon=True).start()
     try:
         ok, value = box.get(timeout=max(end - time.monotonic(), 0.0))
     except queue.Empty:
-        raise DeadlineExceeded(f"no complete answer within timeout={deadline:g} s") from None
+        raise late() from None
     if not ok:
-        if isinstance(value, httpx.TimeoutException):
-            raise DeadlineExceeded(f"no complete answer within timeout={deadline:g} s") from None
-        raise value
+        if isinstance(value, httpx.TimeoutException) and not isinstance(value, httpx.ConnectTimeout):
+            raise late() from None
+        raise value  # a connection that could not be made in time is a connection failure
     return value  # type: ignore[no-any-return]
 
 
@@ -113,14 +139,18 @@ def post_with_retries(
     for which ``retry_status`` holds or a transport error in ``retry_errors`` (back-off 0.5 s doubling; a status's
     :func:`retry_after` wins). Any other transport error, or a retryable one on the last try, raises
     ``unreachable(e)``. ``deadline``: seconds each try may take in all (:class:`DeadlineExceeded` past it, a
-    timeout); ``tries`` counts the requests sent."""
+    timeout), retried at most once and not at all when the server had begun its answer; ``tries`` counts the
+    requests sent."""
     tries = tries if tries is not None else Tries()
+    late = False  # a try has run out of time
     for attempt in range(max_retries + 1):
         last = attempt == max_retries
         tries.count += 1
         try:
             resp = client.post(path, json=body) if deadline is None else _post_within(client, path, body, deadline)
         except httpx.HTTPError as e:
+            if isinstance(e, DeadlineExceeded):
+                last, late = last or late or e.answered, True
             if last or not isinstance(e, retry_errors):
                 raise unreachable(e) from None
             time.sleep(0.5 * 2**attempt)

@@ -14,7 +14,8 @@ cached. Only misses reach the model, so a re-run of a cached evaluation makes no
 wrapped backend's). A generation its head failed to parse (``parse`` outcome ``failed``: an empty answer, one cut off
 inside its reasoning, a refusal) is taken out of the cache once the head says so, so the next run asks the model
 again instead of repeating a transient failure for ever (a model that always fails is asked again each run); answers
-that parsed, repaired or clean, are kept.
+that parsed, repaired or clean, are kept, and so is an answer another run stored under the same key meanwhile (only
+the value this run read or stored is removed).
 
 The file is opened when the backend is built: a damaged file, or a folder in its place, is one error naming it
 (delete it, or ``--no-llm-cache``, which leaves it unopened). A file this user may not write (another group member's,
@@ -227,8 +228,9 @@ class CachingBackend(Backend):
             raise ConfigError(f"cannot read the LLM answer cache {self.path} ({e}): {_FIX}") from e
         self._base = {"model": fingerprint, "backend": cache_key_options(inner)}
         self._log = _open_log(log_path) if log_path else None
-        #: generation lines waiting for their parse outcome, with their answers' cache keys (None: not stored)
-        self._pending: list[tuple[str | None, dict[str, Any]]] = []
+        #: generation lines waiting for their parse outcome, with their answers' cache keys (None: not stored) and
+        #: the stored value this run read or wrote under that key
+        self._pending: list[tuple[str | None, str, dict[str, Any]]] = []
 
     @property
     def tokenizer(self) -> Any:
@@ -251,19 +253,21 @@ class CachingBackend(Backend):
         self._flush()
         keys = [self._key(kind, p, request) for p in prompts]
         found: dict[int, Any] = {}
+        stored_as: dict[int, str] = {}  # the stored value of each answer, as the cache holds it
         if self._con is not None and cacheable:
             with self._lock:
                 try:
                     for i, k in enumerate(keys):
                         row = self._con.execute("SELECT value FROM calls WHERE key = ?", (k,)).fetchone()
                         if row is not None:
-                            found[i] = json.loads(row[0])
+                            found[i], stored_as[i] = json.loads(row[0]), row[0]
                 except sqlite3.DatabaseError as e:
                     raise ConfigError(f"cannot read the LLM answer cache {self.path} ({e}): {_FIX}") from e
         todo = [i for i in range(len(prompts)) if i not in found]
         fresh = dict(zip(todo, compute([prompts[i] for i in todo]), strict=True)) if todo else {}
+        stored_as.update((i, json.dumps(v)) for i, v in fresh.items())
         if self._con is not None and cacheable and fresh and self._read_only is None:
-            self._store([(keys[i], json.dumps(v)) for i, v in fresh.items()])
+            self._store([(keys[i], stored_as[i]) for i in fresh])
         self.hits += len(found)
         out = [found[i] if i in found else fresh[i] for i in range(len(prompts))]
         stored = self._con is not None and cacheable
@@ -273,7 +277,7 @@ class CachingBackend(Backend):
                     if self._log is not None else {}
                 line = {"kind": kind, **shown, "response": v, "cached": i in found}
                 if kind == "generate":
-                    self._pending.append((keys[i] if stored else None, line))
+                    self._pending.append((keys[i] if stored else None, stored_as.get(i, ""), line))
                 else:
                     self._write(line)
         if self._log is not None:
@@ -295,25 +299,27 @@ class CachingBackend(Backend):
     def log_parse(self, response: str, outcome: dict[str, Any]) -> None:
         """Attach ``outcome`` to the oldest pending generation line with this response, then write the lines whose
         parse is known. A failed parse takes the answer out of the cache, so the next run asks the model again."""
-        key, line = next(((k, x) for k, x in self._pending if "parse" not in x and x["response"] == response),
-                         (None, None))
+        key, value, line = next(((k, v, x) for k, v, x in self._pending
+                                 if "parse" not in x and x["response"] == response), (None, "", None))
         if line is None:
             return
         line["parse"] = outcome
         if key is not None and outcome.get("outcome") == "failed":
-            self._forget(key)
-        while self._pending and "parse" in self._pending[0][1]:
-            self._write(self._pending.pop(0)[1])
+            self._forget(key, value)
+        while self._pending and "parse" in self._pending[0][2]:
+            self._write(self._pending.pop(0)[2])
         if self._log is not None:
             self._log.flush()
 
-    def _forget(self, key: str) -> None:
-        """Remove one stored answer (one that failed to parse); a cache that cannot be written keeps it."""
+    def _forget(self, key: str, value: str) -> None:
+        """Remove one stored answer (one that failed to parse) if the cache still holds ``value`` under ``key``, the
+        answer this run read or stored (another run may have stored a good one since); a cache that cannot be
+        written keeps it."""
         if self._con is None or self._read_only is not None:
             return
         try:
             with self._lock, self._con:
-                self._con.execute("DELETE FROM calls WHERE key = ?", (key,))
+                self._con.execute("DELETE FROM calls WHERE key = ? AND value = ?", (key, value))
         except sqlite3.OperationalError as e:
             self._read_only = str(e)
             _warn_once(self.path, f"cannot update the LLM answer cache {self.path} ({e}); this run stores no more "
@@ -325,7 +331,7 @@ class CachingBackend(Backend):
 
     def _flush(self) -> None:
         """Write every pending generation line (``parse`` null where no head reported one)."""
-        for _, line in self._pending:
+        for _, _, line in self._pending:
             line.setdefault("parse", None)
             self._write(line)
         self._pending.clear()

@@ -243,7 +243,7 @@ def test_retries_then_succeeds_and_client_errors_do_not_retry(server: FakeServer
 def test_timeout_and_unreachable(server: FakeServer, tok_dir: Path) -> None:
     server.delay = 1.0
     slow = make(server, tok_dir, timeout=0.2, max_retries=0)
-    with pytest.raises(RerankError, match="unreachable"):
+    with pytest.raises(RerankError, match=r"did not answer within backend_options\.timeout=0\.2 s"):
         slow.next_token_logprobs(prompts_for(slow, ["a"]), [4])
     closed = make(server, tok_dir, max_retries=0)
     server.close()

@@ -77,7 +77,8 @@ class ListwiseTask(Task):
     def parse(self, text: str, row: dict[str, Any]) -> Parsed:
         """The ids the model wrote, in its order (``order`` holds only those; valid = a complete permutation)."""
         n = len(row["ids"])
-        p = parse_permutation(self.template.assistant_prefix + text, n, self.scheme)
+        prefix = self.template.assistant_prefix  # read as the head reads it, reasoning the chat template opens too
+        p = parse_permutation(prefix + text, n, self.scheme, self.head.prompt_reasoning(prefix))  # type: ignore[attr-defined]
         if p.failed:
             return Parsed(valid=False)
         written = p.order[: n - p.missing]

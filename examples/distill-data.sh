@@ -32,8 +32,8 @@ build() {  # build OUTPUT_NAME RECIPE [--set ...]
   rerank data build "$recipe" --data-root "$root" --output "$dir" --resume "$@"
 }
 
-build ict-scifact "$cfg/ict-queries.yaml" --set dataset=scifact
-build ict-dl19 "$cfg/ict-queries.yaml" --set dataset=dl19-bm25-top100
+build ict-scifact "$cfg/ict-queries.yaml" --set source.dataset=scifact
+build ict-dl19 "$cfg/ict-queries.yaml" --set source.dataset=dl19-bm25-top100
 build "$tag-scifact-train" "$labels"
 build "$tag-ict-scifact" "$labels" --set source.dataset=scifact --set "source.queries=$data/ict-scifact/data.jsonl"
 build "$tag-ict-dl19" "$labels" --set source.dataset=dl19-bm25-top100 \

@@ -146,8 +146,8 @@ def test_the_training_file_is_joined_again_when_a_part_was_rebuilt(repo_root: Pa
 
 
 def _synth(dataset: Path) -> dict:
-    return {"recipe": "query_synthesis", "dataset": str(dataset), "generator": {"kind": "sentence"}, "max_docs": 6,
-            "min_doc_chars": 10, "min_query_words": 2}
+    return {"recipe": "query_synthesis", "source": {"dataset": str(dataset)}, "generator": {"kind": "sentence"},
+            "max_docs": 6, "min_doc_chars": 10, "min_query_words": 2}
 
 
 def test_a_finished_build_is_not_kept_when_its_inputs_changed(tiny_beir_dir: Path, tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ def test_teacher_labels_first_stage_scores_and_synthetic_queries(tiny_beir_dir: 
         known = [run[c["id"]] for c in row["candidates"] if c["id"] in run]
         assert row["teacher_scores"] == [run.get(c["id"], min(known)) for c in row["candidates"]]
 
-    synth = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "max_docs": 6, "min_doc_chars": 10,
+    synth = {"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)}, "max_docs": 6, "min_doc_chars": 10,
              "generator": {"kind": "sentence"}}
     build(synth, tmp_path / "q", progress=False)
     queries = read_rows(tmp_path / "q" / "data.jsonl")
@@ -350,7 +350,7 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
     assert clean_query('The question is: "why do bees hum?') == "why do bees hum?"
     assert clean_query("Questionable claims about bees") == "Questionable claims about bees"
     assert clean_query("what is 1. in a list") == "what is 1. in a list"
-    recipe = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir),
+    recipe = {"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)},
               "generator": {"backend": "test-echo", "max_new_tokens": 8}, "max_docs": 12, "min_doc_chars": 10,
               "first_stage": {"retriever": "test-overlap", "depth": 10}, "num_negatives": 2}
     path = tmp_path / "s.yaml"
@@ -368,7 +368,7 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
     assert len({r["query"].lower() for r in rows}) == len(rows)
 
     # a generator that always says the same thing keeps one query; near-duplicates are dropped too
-    cfg = from_dict(QuerySynthesisConfig, {"dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+    cfg = from_dict(QuerySynthesisConfig, {"source": {"dataset": str(tiny_beir_dir)}, "generator": {"backend": "x"},
                                            "max_docs": 5, "min_doc_chars": 10})
     from rerank.testing import build_tokenizer
 
@@ -376,7 +376,7 @@ def test_query_synthesis_dedup_and_negatives(tiny_beir_dir: Path, tmp_path: Path
                     "zeta eta theta", "x"])
     backend = ScriptedBackend(build_tokenizer(), generate_fn=lambda p: next(answers))
     recipe_obj = QuerySynthesisRecipe(cfg, backend=backend)
-    m = build({"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+    m = build({"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)}, "generator": {"backend": "x"},
                                               "max_docs": 5, "min_doc_chars": 10},
               tmp_path / "d", progress=False, recipe_obj=recipe_obj)
     assert [r["query"] for r in read_rows(tmp_path / "d" / "data.jsonl")] == ["alpha beta gamma delta",
@@ -389,7 +389,7 @@ def test_query_synthesis_consistency_filter(tiny_beir_dir: Path, tmp_path: Path)
     """consistency_k keeps a query only when the first stage finds its source document in the top k."""
     from rerank.testing import build_tokenizer
 
-    spec = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"},
+    spec = {"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)}, "generator": {"backend": "x"},
             "max_docs": 8, "min_doc_chars": 10, "first_stage": {"retriever": "test-overlap", "depth": 5},
             "num_negatives": 2, "consistency_k": 1}
     cfg = from_dict(QuerySynthesisConfig, {k: v for k, v in spec.items() if k != "recipe"})
@@ -413,12 +413,12 @@ def test_query_synthesis_consistency_filter(tiny_beir_dir: Path, tmp_path: Path)
     assert m["source"]["consistency_k"] == 1
     assert all(r["labels"] == [1, 0, 0] for r in rows)
     with pytest.raises(ValueError, match="consistency_k needs a first_stage retriever"):
-        from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"}, "consistency_k": 1})
+        from_dict(QuerySynthesisConfig, {"source": {"dataset": "d"}, "generator": {"backend": "x"}, "consistency_k": 1})
     with pytest.raises(ValueError, match="consistency_k must be in"):
-        from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"}, "consistency_k": 6,
+        from_dict(QuerySynthesisConfig, {"source": {"dataset": "d"}, "generator": {"backend": "x"}, "consistency_k": 6,
                                          "first_stage": {"retriever": "test-overlap", "depth": 5}})
     with pytest.raises(ValueError, match="not a run"):  # refused with the config, before any generation
-        from_dict(QuerySynthesisConfig, {"dataset": "d", "generator": {"backend": "x"},
+        from_dict(QuerySynthesisConfig, {"source": {"dataset": "d"}, "generator": {"backend": "x"},
                                          "first_stage": {"run": "bm25.trec"}})
 
 
@@ -509,8 +509,8 @@ def test_recipes_with_real_heads_on_tiny_models(tiny_beir_dir: Path, tiny_bert_d
                "teacher": {"reranker": "erank", "model": str(tiny_llm_dir)}}, tmp_path / "er", progress=False)
     rows = read_rows(tmp_path / "er" / "data.jsonl")
     assert len(rows) == 3 and all(0 <= s <= 10 and s == int(s) for r in rows for s in r["teacher_scores"])
-    synth = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "max_docs": 3, "min_query_words": 1,
-             "dedup_jaccard": 1.0, "generator": {"model": str(tiny_llm_dir), "max_new_tokens": 6}}
+    synth = {"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)}, "max_docs": 3,
+             "min_query_words": 1, "dedup_jaccard": 1.0, "generator": {"model": str(tiny_llm_dir), "max_new_tokens": 6}}
     # the random model generates on the transformers backend, and its 3 queries are all dropped by the cleaning: a
     # build of no row is an error counting the drops
     with pytest.raises(ConfigError, match=r"recipe query_synthesis wrote no row from its 3 units: every generated "
@@ -544,8 +544,9 @@ def test_distill_llm_queries_config_builds(repo_root: Path, tiny_beir_dir: Path,
     """configs/distill/llm-queries.yaml as shipped (the shipped query_synthesis template, its cleaning and filters) on
     a tiny corpus, with the echo backend standing in for SmolLM2: one question row per kept document, no qrels."""
     config = repo_root / "configs" / "distill" / "llm-queries.yaml"
-    rc, _out, err = run_cli("data", "build", config, "--output", tmp_path / "q", "--set", f"dataset={tiny_beir_dir}",
-                            "--set", "generator.backend=test-echo", "--set", "generator.model=null",
+    rc, _out, err = run_cli("data", "build", config, "--output", tmp_path / "q",
+                            "--set", f"source.dataset={tiny_beir_dir}", "--set", "generator.backend=test-echo",
+                            "--set", "generator.model=null",
                             "--set", "max_docs=6", "--set", "min_doc_chars=10")
     assert rc == 0, err
     rows = read_rows(tmp_path / "q" / "data.jsonl")
@@ -582,7 +583,8 @@ def test_recipes_keep_per_unit_counts_to_restore(tiny_beir_dir: Path, tmp_path: 
     from rerank.data_recipes.mining import HardNegativesConfig, HardNegativesRecipe
     from rerank.testing import build_tokenizer
 
-    spec = {"dataset": str(tiny_beir_dir), "generator": {"backend": "x"}, "max_docs": 10, "min_doc_chars": 10}
+    spec = {"source": {"dataset": str(tiny_beir_dir)}, "generator": {"backend": "x"}, "max_docs": 10,
+            "min_doc_chars": 10}
     cfg = from_dict(QuerySynthesisConfig, spec)
     built = QuerySynthesisRecipe(cfg, backend=ScriptedBackend(build_tokenizer(), generate_fn=_split_answer))
     stats = []
@@ -627,8 +629,8 @@ def test_resumed_build_reports_the_counts_of_the_whole_build(tiny_beir_dir: Path
     assert m["resumed_units"] == 3
     assert m["source"]["false_negatives_filtered"] == whole["source"]["false_negatives_filtered"] > 0
 
-    qs = {"recipe": "query_synthesis", "dataset": str(tiny_beir_dir), "generator": {"backend": "x"}, "max_docs": 10,
-          "min_doc_chars": 10}
+    qs = {"recipe": "query_synthesis", "source": {"dataset": str(tiny_beir_dir)}, "generator": {"backend": "x"},
+          "max_docs": 10, "min_doc_chars": 10}
     cfg = from_dict(QuerySynthesisConfig, {k: v for k, v in qs.items() if k != "recipe"})
 
     def recipe(answer: Any) -> QuerySynthesisRecipe:

@@ -91,7 +91,7 @@ def _recipe_config(recipe: dict[str, Any]) -> Any:
     return from_dict(_recipe_class(kind).config_class, spec, where=f"recipe {kind}")
 
 
-SYNTH = {"recipe": "query_synthesis", "dataset": "scifact", "generator": {"kind": "sentence"}}
+SYNTH = {"recipe": "query_synthesis", "source": {"dataset": "scifact"}, "generator": {"kind": "sentence"}}
 
 
 @pytest.mark.parametrize("option", [{"model": "m"}, {"backend": "openai"}, {"backend_options": {"a": 1}},
@@ -180,7 +180,8 @@ def test_source_queries_refuse_a_split(tiny_beir_dir: Path, tmp_path: Path) -> N
     queries = {"dataset": "scifact", "queries": "q.jsonl"}
     with pytest.raises(ConfigError, match="source: split 'test' is not read with 'queries'"):
         _recipe_config({**HARD, "source": {**queries, "split": "test"}})
-    build({**SYNTH, "dataset": str(tiny_beir_dir), "max_docs": 4, "min_doc_chars": 10}, tmp_path / "q", progress=False)
+    build({**SYNTH, "source": {"dataset": str(tiny_beir_dir)}, "max_docs": 4, "min_doc_chars": 10}, tmp_path / "q",
+          progress=False)
     source = {"dataset": str(tiny_beir_dir), "queries": str(tmp_path / "q" / "data.jsonl")}
     m = build({**HARD, "source": source, "first_stage": {"retriever": "bm25", "depth": 10}, "num_negatives": 2},
               tmp_path / "hn", progress=False)

@@ -153,7 +153,7 @@ def test_teacher_labels_include_positives(beir: Path, tmp_path: Path) -> None:
 def _synthesis_row(beir: Path, **over: Any) -> dict[str, Any]:
     from rerank.data_recipes.synthesis import QuerySynthesisConfig, QuerySynthesisRecipe
 
-    spec = {"dataset": str(beir), "generator": {"kind": "sentence"},
+    spec = {"source": {"dataset": str(beir)}, "generator": {"kind": "sentence"},
             "first_stage": {"retriever": "test-option-effects-fixed", "depth": 10}, **over}
     rows = QuerySynthesisRecipe(from_dict(QuerySynthesisConfig, spec, "recipe query_synthesis")).rows_for("d3")
     assert len(rows) == 1

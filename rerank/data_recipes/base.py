@@ -9,7 +9,10 @@ schema ``{"qid", "query", "candidates": [{"id", "text", "title"?, "score"?}], "l
 input fingerprints, recipe hash, counts) are written atomically and the progress file is removed; a resume of a
 finished build keeps it only while those inputs are unchanged. The recipe hash leaves out the paths of the files
 ``source.queries`` and ``first_stage.run`` (inputs, compared by content) and reads a dataset folder by its resolved
-path, so it does not depend on how a path is spelled.
+path, so it does not depend on how a path is spelled. Every recipe reads its dataset as ``source.dataset``; an unknown
+key that is another command's name for a recipe option (the trainers' ``data.beir``, ``negatives_per_positive``, …)
+is an error naming the recipe's key (:data:`RECIPE_KEY_HINTS`), and an error about a key a ``--set`` override gave
+names that override.
 """
 
 from __future__ import annotations
@@ -28,17 +31,19 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from rerank.config import changed_options, from_dict, to_dict
+from rerank.config import changed_options, from_dict, layered, override_source, to_dict
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
 
 __all__ = [
+    "RECIPE_KEY_HINTS",
     "FirstStageSpec",
     "ModelSpec",
     "Recipe",
     "SourceSpec",
     "build",
+    "check_recipe_keys",
     "check_reranker",
     "file_input",
     "load_hf_dataset",
@@ -272,8 +277,8 @@ def _spelling_free(kind: str, config: Any) -> dict[str, Any]:
     from rerank.data.datasets import is_dataset_name
 
     view = {"recipe": kind, **to_dict(config)}
-    for block, key in (("source", "queries"), ("first_stage", "run"), ("source", "dataset"), (None, "dataset")):
-        holder = view if block is None else view.get(block)
+    for block, key in (("source", "queries"), ("first_stage", "run"), ("source", "dataset")):
+        holder = view.get(block)
         value = holder.get(key) if isinstance(holder, dict) else None
         if not isinstance(value, str):
             continue
@@ -286,10 +291,77 @@ def _spelling_free(kind: str, config: Any) -> dict[str, Any]:
     return view
 
 
+#: other commands' names for a recipe option (the reranker trainers' ``data.beir``, ``data.negatives_per_positive``,
+#: …, the retriever trainers' ``dataset``, eval's ``--rel-level``) -> (the recipe keys it may be, why): an unknown key
+#: among them is an error naming the first of those keys the recipe has; a recipe with none gets the plain error
+RECIPE_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
+    **{key: (("source.dataset",), "every recipe reads its dataset as source: {dataset: NAME}")
+       for key in ("dataset", "beir", "data.beir", "data.dataset")},
+    **{key: (("source.split",), "a recipe reads the queries of source.split") for key in ("split", "data.split")},
+    **{key: (("source.max_queries", "max_docs"), "a recipe's first N queries are source.max_queries; query_synthesis "
+             "samples max_docs documents") for key in ("max_queries", "data.max_queries", "source.max_queries")},
+    **{key: (("source.queries",), "the rows of another build's data.jsonl are read as queries with source.queries")
+       for key in ("queries", "data.path")},
+    **{key: (("num_negatives",), "a recipe's negatives per query are num_negatives")
+       for key in ("negatives_per_positive", "data.negatives_per_positive", "hard_negatives")},
+    **{key: (("candidates",), "teacher_labels labels the first stage's top candidates of each query")
+       for key in ("max_candidates", "data.max_candidates", "num_candidates")},
+    **{key: (("first_stage.depth",), "the first stage ranks first_stage.depth documents per query")
+       for key in ("depth", "bm25_depth", "data.bm25_depth", "negatives_depth")},
+    **{key: (("sampling",), "hard_negatives takes the window's top negatives or a random draw with sampling: "
+             "top|random") for key in ("negatives", "data.negatives")},
+    **{key: (("min_positive_grade",), "the lowest grade hard_negatives counts as a positive is min_positive_grade")
+       for key in ("rel_level", "rel_threshold")},
+}
+
+
+def _has_key(cls: type, dotted: str) -> bool:
+    """Whether the config class ``cls`` has the (dotted) key: ``source.dataset`` is a key of the block ``source``."""
+    import typing
+
+    head, _, rest = dotted.partition(".")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    if head not in names:
+        return False
+    if not rest:
+        return True
+    hint = typing.get_type_hints(cls)[head]
+    blocks = [t for t in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(t)]
+    return any(_has_key(t, rest) for t in blocks)
+
+
+def check_recipe_keys(cls: type, spec: Mapping[str, Any], where: str) -> None:
+    """An unknown key of a recipe (at the top, in a block of the recipe or in a block it does not have, such as the
+    trainers' ``data``) that :data:`RECIPE_KEY_HINTS` knows is an error naming the recipe's key for it and ``where``
+    (the recipe) or the ``--set`` override that gave it; other unknown keys are left to :func:`from_dict`."""
+    import typing
+
+    def walk(block_cls: type | None, block: Mapping[str, Any], prefix: str, origin: str) -> None:
+        fields = {f.name for f in dataclasses.fields(block_cls)} if block_cls is not None else set()
+        hints = typing.get_type_hints(block_cls) if block_cls is not None else {}
+        for key, value in block.items():
+            name = f"{prefix}{key}"
+            at = override_source(block, key) or origin
+            if key in fields:
+                inner = [t for t in (typing.get_args(hints[key]) or (hints[key],)) if dataclasses.is_dataclass(t)]
+                if inner and isinstance(value, Mapping):
+                    walk(inner[0], value, f"{name}.", at)
+                continue
+            uses, why = RECIPE_KEY_HINTS.get(name, ((), ""))
+            use = next((u for u in uses if _has_key(cls, u)), None)
+            if use is not None:
+                raise ConfigError(f"{at}: unknown key {name!r} for {cls.__name__}: did you mean {use!r}? ({why})")
+            if block_cls is not None and isinstance(value, Mapping) and not prefix:  # a block the recipe has not
+                walk(None, value, f"{name}.", at)
+
+    walk(cls, spec, "", where)
+
+
 def _load_recipe(recipe: Mapping[str, Any] | str | Path) -> dict[str, Any]:
-    """A recipe mapping, or a shipped recipe's name or a YAML path read as ``rerank data build`` reads it."""
+    """A recipe mapping (one from :func:`~rerank.config.apply_overrides` still names the override of each key it
+    gave), or a shipped recipe's name or a YAML path read as ``rerank data build`` reads it."""
     if isinstance(recipe, Mapping):
-        return dict(recipe)
+        return layered({}, recipe)
     if isinstance(recipe, (str, Path)):
         from rerank.config import load_yaml
         from rerank.data_recipes import recipe_path
@@ -340,6 +412,12 @@ class Recipe(ABC):
     def empty_reason(self) -> str:
         """Why every unit gave no row, for the error of a build that wrote none ("" when the recipe cannot tell)."""
         return ""
+
+    @classmethod
+    def former_views(cls, view: dict[str, Any]) -> list[dict[str, Any]]:
+        """The recipe hash's ``view`` of a config (``{"recipe": kind, **options}``) in the shapes earlier rerank
+        versions gave the same recipe, so a build started under them resumes (none by default)."""
+        return []
 
     @classmethod
     def record(cls, config: Any) -> dict[str, Any]:
@@ -394,10 +472,15 @@ def build(
     if not kind:
         raise ConfigError("a recipe needs a 'recipe' key naming its kind")
     cls = _recipe_class(str(kind))
+    check_recipe_keys(cls.config_class, spec, f"recipe {kind}")
     config = from_dict(cls.config_class, spec, where=f"recipe {kind}")
     _check_models(config)
-    rhash = hash_obj(_spelling_free(kind, config))
-    hashes = {rhash, hash_obj({"recipe": kind, **to_dict(config)})}  # and the hash of builds before paths were resolved
+    view = _spelling_free(kind, config)
+    rhash = hash_obj(view)
+    # and the hashes of the same recipe as earlier rerank versions hashed it: before paths were resolved, in the
+    # recipe's former shape (Recipe.former_views), so a build they started or finished resumes
+    hashes = {hash_obj(v) for base in (view, {"recipe": kind, **to_dict(config)})
+              for v in (base, *cls.former_views(base))}
     out = Path(output)
     prog, meta_path = out / "progress.jsonl", out / "progress.meta.json"
     manifest_path = out / "manifest.json"

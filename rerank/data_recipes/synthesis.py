@@ -1,16 +1,16 @@
 """Query synthesis for unlabeled corpora: an LLM (any registered backend) writes a query per document, or
 (``generator.kind: sentence``) one of the document's sentences is the query.
 
-Documents are sampled (seeded) from the corpus. A document (title and text) enters the prompt as the heads give user
-text: its special-token strings and chat-template turn markers neutralised (:func:`rerank.heads.text.neutralise`),
-then cut to ``max_doc_tokens``, so corpus text never adds a control token or a turn to the prompt. Each generated
-query is cleaned (first line, quotes and a leading ``Query:`` removed), then de-duplicated: exact duplicates after
-normalisation and near-duplicates whose word-set Jaccard similarity with an already kept query reaches
-``dedup_jaccard`` are dropped. With ``consistency_k`` a query is kept only when the first stage ranks its source
-document within its top k (the round-trip consistency filter of Promptagator and InPars: a query that does not find
-its own document is more likely noise than a hard query). Each kept query becomes a row with its source document as
-the positive (label 1) and, when a first stage is given, negatives from its ranks ``negative_window`` for that query
-(the source document excluded; label 0).
+Documents are sampled (seeded) from the corpus of ``source.dataset``. A document (title and text) enters the prompt as
+the heads give user text: its special-token strings and chat-template turn markers neutralised
+(:func:`rerank.heads.text.neutralise`), then cut to ``max_doc_tokens``, so corpus text never adds a control token or a
+turn to the prompt. Each generated query is cleaned (first line, quotes and a leading ``Query:`` removed), then
+de-duplicated: exact duplicates after normalisation and near-duplicates whose word-set Jaccard similarity with an
+already kept query reaches ``dedup_jaccard`` are dropped. With ``consistency_k`` a query is kept only when the first
+stage ranks its source document within its top k (the round-trip consistency filter of Promptagator and InPars: a
+query that does not find its own document is more likely noise than a hard query). Each kept query becomes a row with
+its source document as the positive (label 1) and, when a first stage is given, negatives from its ranks
+``negative_window`` for that query (the source document excluded; label 0).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rerank.data_recipes.base import FirstStageSpec, Recipe, file_input, path_in
 from rerank.trainers.data import has_content
 from rerank.types import Document, Query, sort_ranking
 
-__all__ = ["QuerySynthesisRecipe", "clean_query", "normalise", "pick_sentence"]
+__all__ = ["CorpusSource", "QuerySynthesisRecipe", "clean_query", "normalise", "pick_sentence"]
 
 
 @dataclass
@@ -65,8 +65,16 @@ class GeneratorSpec:
 
 
 @dataclass
-class QuerySynthesisConfig:
+class CorpusSource:
+    """Where query synthesis samples its documents: the corpus of ``dataset`` (a registered name or a BEIR folder);
+    the dataset's queries and qrels are never read."""
+
     dataset: str
+
+
+@dataclass
+class QuerySynthesisConfig:
+    source: CorpusSource
     generator: GeneratorSpec
     max_docs: int = 100
     min_doc_chars: int = 50
@@ -136,7 +144,7 @@ class QuerySynthesisRecipe(Recipe):
 
     def __init__(self, config: QuerySynthesisConfig, data_root: str | None = None, backend: Any = None) -> None:
         super().__init__(config, data_root)
-        self.dataset = resolve_dataset(config.dataset, data_root)
+        self.dataset = resolve_dataset(config.source.dataset, data_root)
         self._backend = backend
         self._template = None
         self._retriever = None
@@ -258,6 +266,13 @@ class QuerySynthesisRecipe(Recipe):
         return sort_ranking(self._retriever.retrieve({qid: Query(qid, q)}, k=fs.depth).get(qid, []))
 
     @classmethod
+    def former_views(cls, view: dict[str, Any]) -> list[dict[str, Any]]:
+        """The recipe as rerank hashed it when query synthesis took a top-level ``dataset`` (before
+        ``source.dataset``), so a build started then resumes."""
+        old = {key: value for key, value in view.items() if key != "source"}
+        return [{**old, "dataset": view["source"]["dataset"]}]
+
+    @classmethod
     def record(cls, config: QuerySynthesisConfig) -> dict[str, Any]:
         """The config without the options its settings do not read: the LLM's with ``kind: sentence``, the negatives'
         without a ``first_stage``."""
@@ -271,7 +286,7 @@ class QuerySynthesisRecipe(Recipe):
         """What the rows are read from (:meth:`Recipe.inputs`): the corpus (the manifest's sha256), the local models
         and files the options name (the generator's model, a template file, a first-stage model or index)."""
         ds = self.dataset
-        return {"corpus": file_input(ds.corpus_path, ds.corpus_hash), **path_inputs(self.config, skip=("dataset",))}
+        return {"corpus": file_input(ds.corpus_path, ds.corpus_hash), **path_inputs(self.config, skip=("source",))}
 
     def empty_reason(self) -> str:
         """Why no document gave a row: the generated queries dropped, by reason (counts)."""

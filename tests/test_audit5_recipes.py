@@ -1,6 +1,6 @@
 """Recipe vocabulary: every recipe reads its dataset as ``source.dataset`` (a top-level ``dataset`` is refused naming
 it), a recipe error caused by a ``--set`` override names the override, and other commands' names for a recipe option
-get a "did you mean"."""
+get a "did you mean"; a ``--flag`` the recipe and results docs name exists."""
 
 from __future__ import annotations
 
@@ -118,4 +118,35 @@ def test_a_hint_names_only_a_key_the_recipe_has() -> None:
                                           r"HardNegativesConfig; known keys: "):
         check_recipe_keys(_recipe_class("hard_negatives").config_class, spec, "recipe")
         from_dict(_recipe_class("hard_negatives").config_class, spec, where="recipe")
+
+
+# ---------------------------------------------------------------------------------- flags the docs name exist
+def _cli_options() -> set[str]:
+    """Every option string of ``rerank`` and its subcommands (nested ones included)."""
+    import argparse
+
+    from rerank.cli import build_parser
+
+    out: set[str] = set()
+    todo = [build_parser()]
+    while todo:
+        parser = todo.pop()
+        out.update(parser._option_string_actions)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return out
+
+
+@pytest.mark.parametrize("doc", ["results.md", "suites-leaderboard-recipes.md"])
+def test_a_flag_the_doc_names_exists(doc: str) -> None:
+    """A ``--flag`` in the prose is an option of ``rerank`` (some subcommand) or of a script the doc runs (a
+    benchmark's or an example's): ``--batch-queries`` was neither."""
+    import re
+
+    scripts = [*sorted((REPO / "benchmarks").glob("*.py")), *sorted((REPO / "examples").glob("*.sh"))]
+    known = _cli_options() | {m for p in scripts for m in re.findall(r"--[a-z][a-z0-9-]*", p.read_text())}
+    prose = re.sub(r"```.*?```", "", (REPO / "docs" / doc).read_text(encoding="utf-8"), flags=re.S)
+    named = set(re.findall(r"(?<![\w/-])--[a-z][a-z0-9-]+", prose))
+    assert named and not sorted(named - known)
 

@@ -75,18 +75,28 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     with, :func:`~rerank.trainers.resume.check_same_run`), replaced (``overwrite``) or refused, before anything is
     written (:func:`rerank.trainers.resume.prepare_output`). A run that fails or is stopped (Ctrl-C, SIGTERM) before
     its first checkpoint removes its run record (and an empty ``checkpoints/``), so the folder takes a plain run again.
+    The record holds the sha256 of the prompt template the run trains on, whatever gives it
+    (:func:`~rerank.trainers.resume.template_record`), which ``--resume`` and ``--check`` compare.
     """
-    from rerank.trainers.resume import _checkpoints, check_same_run, input_paths, main_process, prepare_output
+    from rerank.trainers.resume import (
+        _checkpoints,
+        check_same_run,
+        input_paths,
+        main_process,
+        prepare_output,
+        template_record,
+    )
 
     trainer = get_trainer(name)
     cfg = _typed_config(name, trainer.config_class, config)
     out = Path(output)
     prepare_output(out, resume, overwrite, input_paths(cfg, data_root))
     previous = check_same_run(out, name, cfg) if resume else None
+    extra = template_record(cfg) if previous is None else None  # a resumed run keeps its first record
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     main = main_process()  # every process of a torchrun run checks; one writes
-    record = save_run_record(out, name, cfg, previous=previous) if main else out / "rerank_train.json"
+    record = save_run_record(out, name, cfg, extra, previous) if main else out / "rerank_train.json"
     try:
         with _sigterm_exits():
             return trainer.train(cfg, TrainContext(output=out, data_root=data_root, resume=resume))

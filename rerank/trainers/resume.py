@@ -7,8 +7,9 @@ training loss over every step of a resumed run. Every trainer (sft, grpo, the re
   partial one, which is skipped with a warning naming what it lacks, and removed (the resumed run writes it again).
 * The summary's ``train_loss`` is the mean over all steps of the run: the running sum travels in each checkpoint's
   ``trainer_state.json`` (:class:`LossLedger`).
-* The prompt template is compared by content: a run records the sha256 of the template its ``template`` option names
-  (:data:`TEMPLATE_KEY` in ``rerank_train.json``), so a template file edited between runs is a change of config.
+* The prompt template is compared by content: a run records the sha256 of the template it trains on, whatever gives
+  it (the ``template`` option, the starting model's ``rerank.json``, the head's default; :data:`TEMPLATE_KEY` in
+  ``rerank_train.json``), so a template edited between runs is a change of config.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from rerank.config import option_default, to_dict
+from rerank.config import from_dict, option_default, to_dict
 from rerank.errors import ConfigError
-from rerank.utils.files import write_json
+
+if TYPE_CHECKING:
+    from rerank.prompts import PromptTemplate
 
 __all__ = [
     "INPUT_OPTIONS",
@@ -50,7 +53,9 @@ __all__ = [
     "record_differences",
     "resume_arg",
     "run_differences",
+    "run_template",
     "template_digest",
+    "template_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -349,55 +354,94 @@ def run_differences(recorded: Any, config: Any) -> list[str]:
 TEMPLATE_KEY = "template_sha256"
 
 
-def template_digest(spec: Any) -> str | None:
-    """The sha256 of the prompt template a ``template`` option names (a shipped name or a file), in full as
-    ``rerank.json`` records it (:meth:`~rerank.prompts.PromptTemplate.to_dict`); None when the option is unset."""
-    if not isinstance(spec, str) or not spec:
-        return None
-    from rerank.prompts import load_template
+def run_template(config: Any) -> tuple[PromptTemplate, str] | None:
+    """The prompt template a run of ``config`` trains on, whatever gives it, and where it comes from (for messages):
+    the ``template`` option (a shipped name or a file), else the starting model's own when its ``rerank.json`` records
+    one for this head (:meth:`~rerank.trainers.task.Task.head_options`), else the head's default, with the head's
+    options that stand in for template fields (``template_texts``) applied, as the head builds it. None for a config
+    without a ``template`` option (the retrievers) and a head without prompts whose option is unset."""
+    from rerank.methods import all_methods
+    from rerank.prompts import head_template, load_template
 
-    text = json.dumps(load_template(spec).to_dict(), sort_keys=True, ensure_ascii=False, default=str)
+    if not dataclasses.is_dataclass(config) or "template" not in {f.name for f in dataclasses.fields(config)}:
+        return None
+    spec = config.template
+    method = all_methods().get(str(getattr(config, "head", "") or ""))
+    if method is None or not method.templates:
+        return (load_template(spec), str(spec)) if spec else None
+    head_cls = method.resolve("head")
+    if method.task is not None and method.sft is None:  # trained through its task: the task's head options
+        options = method.resolve("task").head_options(config)
+    else:
+        options = {"template": spec} if spec else {}
+    head_cfg = from_dict(head_cls.config_class, options, where=f"{method.name} head options")
+    chosen = head_cfg.template
+    if not chosen:  # the head's default, which may follow its options: read on an instance holding only its config
+        probe = object.__new__(head_cls)
+        probe.config = head_cfg
+        chosen = probe.default_template()
+    template = head_template(chosen, head_cls.prompt_method())
+    for name in getattr(head_cls, "template_texts", ()):
+        value = getattr(head_cfg, name, "")
+        if value:
+            template = dataclasses.replace(template, extra={**template.extra, name: value})
+    if spec:
+        source = str(spec)
+    elif isinstance(options.get("template"), dict):
+        source = f"the template {Path(str(config.model)) / 'rerank.json'} records"
+    else:
+        source = f"the {method.name} head's default template {chosen!r}"
+    return template, source
+
+
+def template_digest(template: PromptTemplate | str | None) -> str | None:
+    """The sha256 of a prompt template in full as ``rerank.json`` records it
+    (:meth:`~rerank.prompts.PromptTemplate.to_dict`); a shipped name or a file is loaded first. None for no template."""
+    if not template:
+        return None
+    if isinstance(template, str):
+        from rerank.prompts import load_template
+
+        template = load_template(template)
+    text = json.dumps(template.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def template_record(config: Any) -> dict[str, str]:
+    """What a run's ``rerank_train.json`` records of the template it trains on (:func:`run_template`): its hash
+    under :data:`TEMPLATE_KEY`; nothing for a run without a template."""
+    used = run_template(config)
+    digest = template_digest(used[0]) if used is not None else None
+    return {TEMPLATE_KEY: digest} if digest is not None else {}
 
 
 def record_differences(record: dict[str, Any], config: Any, where: Path | str = "rerank_train.json") -> list[str]:
     """:func:`run_differences` between a run's record (``rerank_train.json``, at ``where``) and ``config``, with the
-    template compared by content where the record holds its hash (:data:`TEMPLATE_KEY`): an edited file is a change,
-    the same template under another path is none. A record without one (written before rerank recorded it) compares
-    the template by its path, as then, and says so."""
+    template the run trains on (:func:`run_template`: the option's, the starting model's recorded one or the head's
+    default) compared by content where the record holds its hash (:data:`TEMPLATE_KEY`): an edited file or starting
+    model's prompt is a change, the same template under another path is none. A record without one
+    (written before rerank recorded it) compares the ``template`` option only, as then, and says so."""
     recorded = record.get("config", {})
     diffs = run_differences(recorded, config)
-    was = recorded.get("template") if isinstance(recorded, dict) else None
-    now = getattr(config, "template", None)
-    if not (isinstance(was, str) and was and isinstance(now, str) and now):
-        return diffs  # a template set on one side only: the path difference says so
+    used = run_template(config)
+    if used is None:
+        return diffs
     digest = record.get(TEMPLATE_KEY)
     if not isinstance(digest, str):
-        log.warning("%s records no hash of the template %s (a run started by an older rerank): the template is "
-                    "compared by its path only, not by its content", where, was)
+        was = recorded.get("template") if isinstance(recorded, dict) else None
+        if isinstance(was, str) and was:
+            log.warning("%s records no hash of the template %s (a run started by an older rerank): the template is "
+                        "compared by its path only, not by its content", where, was)
+        else:
+            log.warning("%s records no hash of the template the run trained on (a run started by an older rerank): "
+                        "%s is not compared with it", where, used[1])
         return diffs
     diffs = [d for d in diffs if d.split(":", 1)[0] != "template"]
-    current = template_digest(now)
+    current = template_digest(used[0])
     if current != digest:
-        diffs.append(f"template: {now} is not the template the run trained on (its content differs: sha256 "
+        diffs.append(f"template: {used[1]} is not the template the run trained on (its content differs: sha256 "
                      f"{digest[:12]} -> {str(current)[:12]})")
     return diffs
-
-
-def _record_template(trainer: Any) -> None:
-    """Add the hash of the run's template (:func:`template_digest` of its recorded ``template`` option) to the run's
-    ``rerank_train.json`` as it starts, once: the record is ``OUTPUT/rerank_train.json`` beside the trainer's
-    ``OUTPUT/checkpoints``; a run without a record or without a template records nothing."""
-    path = Path(str(trainer.args.output_dir)).parent / "rerank_train.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or TEMPLATE_KEY in record:
-        return
-    digest = template_digest(record["config"].get("template"))
-    if digest is not None:
-        write_json({**record, TEMPLATE_KEY: digest}, path)
 
 
 def input_paths(config: Any, data_root: str | None = None) -> list[tuple[str, Path]]:
@@ -584,13 +628,10 @@ class LossLedger(TrainerCallback, ExportableState):
 
 
 def fit(trainer: Any, checkpoint: str | None) -> Any:
-    """``trainer.train()`` from ``checkpoint`` (None: from the start, whose run record then gets the hash of its
-    template, :data:`TEMPLATE_KEY`) with a :class:`LossLedger`; the result's ``training_loss`` (and
-    ``metrics['train_loss']``) is the mean over every step of the run, resumed or not.
+    """``trainer.train()`` from ``checkpoint`` (None: from the start) with a :class:`LossLedger`; the result's
+    ``training_loss`` (and ``metrics['train_loss']``) is the mean over every step of the run, resumed or not.
     A checkpoint at ``max_steps`` (a run killed while writing its final model) is loaded, not trained on:
     transformers would run one step past the end when ``max_steps`` falls inside an epoch."""
-    if checkpoint is None and main_process():  # a run from the start: record its template's content
-        _record_template(trainer)
     ledger = LossLedger(trainer)
     trainer.add_callback(ledger)
     if checkpoint is not None and 0 < trainer.args.max_steps <= _checkpoint_step(checkpoint):

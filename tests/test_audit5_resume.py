@@ -1,6 +1,7 @@
-"""The template a run trains on is what ``--resume`` and ``--check`` compare (audit s42, review A finding 1):
+"""The template a run trains on is what ``--resume`` and ``--check`` compare (audit s42, review A findings 1 and 3):
 whatever gives it (the ``template`` option, the starting model's ``rerank.json``, the head's default) its content is
-hashed into ``rerank_train.json``, so a starting model whose recorded prompt changed is a change of config."""
+hashed into ``rerank_train.json``, so a starting model whose recorded prompt changed is a change of config, and a
+byte-identical template under another file name is none."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from train_support import erank_workdir
+from train_support import ERANK_TPL, erank_workdir
 
 import rerank.prompts as prompts
 from rerank.config import to_dict
@@ -19,6 +20,9 @@ from rerank.trainers import sft
 from rerank.trainers.base import build_train_config
 from rerank.trainers.resume import TEMPLATE_KEY, record_differences, template_record
 from rerank.trainers.sft_trainer import SFTTrainConfig
+
+UNNAMED_TPL = ERANK_TPL.replace("name: erank-tiny\n", "")  # its name is then its file's stem
+
 
 def _one_error_line(err: str) -> str:
     """The CLI's error: exactly one line on stderr starting ``error:`` (log lines aside), no traceback."""
@@ -40,6 +44,29 @@ def _config(sets: dict[str, Any]) -> dict[str, Any]:
 
 def _args(sets: dict[str, Any], out: Path, *more: str) -> list[str]:
     return ["train", "sft", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], "--output", str(out), *more]
+
+
+def test_a_template_copied_to_another_file_name_is_no_change(tmp_path: Path, run_cli) -> None:
+    """finding 3: the name a template without ``name:`` takes from its file was hashed, so the same bytes under
+    another file name were refused as "its content differs"."""
+    work = erank_workdir(tmp_path, data_seed=3)
+    (work / "a").mkdir()
+    (work / "b").mkdir()
+    mine = work / "a" / "mine.yaml"
+    mine.write_text(UNNAMED_TPL)
+    sets = _sets(work / "llm", work / "train.jsonl", mine)
+    out = work / "run"
+    sft(_config(sets), out)
+    assert len(json.loads((out / "rerank_train.json").read_text())[TEMPLATE_KEY]) == 64
+    for copy in (work / "b" / "mine.yaml", work / "b" / "renamed.yaml"):
+        shutil.copyfile(mine, copy)
+        rc, stdout, err = run_cli(*_args({**sets, "template": copy}, out, "--check"))
+        assert rc == 0 and stdout.endswith("state: done\n"), err
+    edited = work / "b" / "edited.yaml"
+    edited.write_text(UNNAMED_TPL.replace("Score 0-10:", "You are a pirate. Score 0-10:"))
+    rc, stdout, err = run_cli(*_args({**sets, "template": edited}, out, "--check"))
+    assert rc == 2 and "state:" not in stdout
+    assert f"template: {edited} is not the template the run trained on (its content differs" in _one_error_line(err)
 
 
 def test_a_template_inherited_from_the_starting_model_is_compared(tmp_path: Path, run_cli) -> None:

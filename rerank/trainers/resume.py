@@ -395,15 +395,17 @@ def run_template(config: Any) -> tuple[PromptTemplate, str] | None:
 
 
 def template_digest(template: PromptTemplate | str | None) -> str | None:
-    """The sha256 of a prompt template in full as ``rerank.json`` records it
-    (:meth:`~rerank.prompts.PromptTemplate.to_dict`); a shipped name or a file is loaded first. None for no template."""
+    """The sha256 of what of a prompt template shapes the prompts and their answers: its texts and fields as
+    ``rerank.json`` records them (:meth:`~rerank.prompts.PromptTemplate.to_dict`) without ``name``, which only labels
+    it (a file's name when the template sets none); a shipped name or a file is loaded first. None for no template."""
     if not template:
         return None
     if isinstance(template, str):
         from rerank.prompts import load_template
 
         template = load_template(template)
-    text = json.dumps(template.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
+    content = {k: v for k, v in template.to_dict().items() if k != "name"}
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -419,7 +421,7 @@ def record_differences(record: dict[str, Any], config: Any, where: Path | str = 
     """:func:`run_differences` between a run's record (``rerank_train.json``, at ``where``) and ``config``, with the
     template the run trains on (:func:`run_template`: the option's, the starting model's recorded one or the head's
     default) compared by content where the record holds its hash (:data:`TEMPLATE_KEY`): an edited file or starting
-    model's prompt is a change, the same template under another path is none. A record without one
+    model's prompt is a change, the same template under another path or file name is none. A record without one
     (written before rerank recorded it) compares the ``template`` option only, as then, and says so."""
     recorded = record.get("config", {})
     diffs = run_differences(recorded, config)

@@ -1,5 +1,8 @@
 """The pieces ranking rewards are made of (the methods' GRPO rewards live in their packages, ``reward.py``): pure
-functions of a predicted ranking / scores and the gold labels, and the reward constants (:class:`RewardConfig`).
+functions of a predicted ranking / scores and the gold labels, and the reward constants: ``RewardConfig``, the
+options several rewards read (:class:`SharedRewardOptions`) joined with those each method declares in its own package
+(``REWARD_OPTIONS`` in its ``__init__.py``), so a method's constant is set as ``rewards.<name>`` without editing this
+module.
 
 Conventions (stated once, used everywhere):
 
@@ -12,14 +15,20 @@ Conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
+from typing import Any
 
 from rerank.errors import ConfigError
 
 __all__ = [
     "RewardConfig",
+    "SharedRewardOptions",
+    "check_penalties",
+    "check_weights",
     "format_validity",
     "js_divergence",
     "ndcg_at_k",
@@ -27,35 +36,26 @@ __all__ = [
     "rbo",
     "recall_at_k",
     "reciprocal_rank",
+    "reward_config_class",
     "tie_aware_ndcg_at_k",
     "tie_aware_recall_at_k",
 ]
 
 
 @dataclass
-class RewardConfig:
-    """Reward constants; the defaults are the papers' values: GroupRank (AQ-MedAI, 2025) for the recall and JS
-    weights and its invalid-JSON and bad-tags penalties, ReasonRank (2025) for the RBO weight, the wrong-count reward
-    and the bad-format penalty, ERank (2025) for its 0-10 scale."""
+class SharedRewardOptions:
+    """The reward options more than one method's reward reads; the defaults are the papers' values: GroupRank
+    (AQ-MedAI, 2025) for the recall weight, ReasonRank (2025) for the bad-format penalty. A method's own options are
+    declared in its package (``REWARD_OPTIONS`` in its ``__init__.py``) and joined to these in :data:`RewardConfig`."""
 
     k: int = 10
     rel_threshold: int = 1
     recall_weight: float = 0.2
-    js_weight: float = 0.1
-    rbo_weight: float = 0.1
-    rbo_p: float = 0.9
-    invalid_json_penalty: float = -0.1
-    bad_tags_penalty: float = -0.5
-    wrong_count_reward: float = 0.0
-    repair_incomplete: bool = False
-    missing_penalty: float = 1.0
     bad_format_penalty: float = -1.0
-    erank_negative_above_positive_penalty: float = -1.0
-    erank_scale: float = 10.0
 
     def __post_init__(self) -> None:
-        """Values a reward cannot compute with (a division by ``erank_scale`` or ``rbo_p``), or that turn it around
-        (a penalty that rewards, a negative weight), are refused with the config, naming the option."""
+        """Values a reward cannot compute with, or that turn it around (a penalty that rewards, a negative weight), are
+        refused with the config, naming the option; every numeric option of the config must be finite."""
         v = vars(self)  # the values as given (read through the instance's dict, not attribute access)
         for f in fields(self):
             if not isinstance(v[f.name], bool) and isinstance(v[f.name], (int, float)) and not math.isfinite(v[f.name]):
@@ -65,22 +65,89 @@ class RewardConfig:
         if v["rel_threshold"] < 1:
             raise ConfigError(f"rewards.rel_threshold (the lowest grade that counts as relevant) must be >= 1 (grade 0 "
                               f"is not relevant), got {v['rel_threshold']}")
-        for name in ("recall_weight", "js_weight", "rbo_weight"):
-            if v[name] < 0:
-                raise ConfigError(f"rewards.{name} must be >= 0 (0: the term is off), got {v[name]}")
-        if not 0 < v["rbo_p"] < 1:
-            raise ConfigError(f"rewards.rbo_p (RBO's persistence) must be in (0, 1), got {v['rbo_p']}")
-        for name in ("invalid_json_penalty", "bad_tags_penalty", "bad_format_penalty",
-                     "erank_negative_above_positive_penalty"):
-            if v[name] > 0:
-                raise ConfigError(f"rewards.{name} is a penalty, the reward of a bad output: it must be <= 0, got "
-                                  f"{v[name]}")
-        if v["missing_penalty"] < 0:
-            raise ConfigError(f"rewards.missing_penalty (subtracted per missing id) must be >= 0, got "
-                              f"{v['missing_penalty']}")
-        if v["erank_scale"] <= 0:
-            raise ConfigError(f"rewards.erank_scale (ERank divides a score distance by it) must be > 0, got "
-                              f"{v['erank_scale']}")
+        check_weights(self, "recall_weight")
+        check_penalties(self, "bad_format_penalty")
+
+
+def check_weights(options: Any, *names: str) -> None:
+    """Each of ``names`` (a reward's weight) is >= 0 (0 turns its term off)."""
+    for name in names:
+        value = vars(options)[name]
+        if value < 0:
+            raise ConfigError(f"rewards.{name} must be >= 0 (0: the term is off), got {value}")
+
+
+def check_penalties(options: Any, *names: str) -> None:
+    """Each of ``names`` (the reward of a bad output) is <= 0."""
+    for name in names:
+        value = vars(options)[name]
+        if value > 0:
+            raise ConfigError(f"rewards.{name} is a penalty, the reward of a bad output: it must be <= 0, got {value}")
+
+
+def reward_config_class(methods: Iterable[Any]) -> type:
+    """The ``rewards`` config of these methods (:class:`~rerank.methods.base.Method` descriptors): the
+    :class:`SharedRewardOptions` and each method's own options, the dataclass ``REWARD_OPTIONS`` its package's
+    ``__init__.py`` declares beside ``METHOD`` (each field an option with its default; its ``__post_init__`` checks
+    the values, run with the config's). An option declared twice (by two methods, or by a method and the shared
+    ones), a declaration that is no dataclass or a field without a default is a one-line ``ConfigError``."""
+    owner = {f.name: "rerank/trainers/rewards.py (SharedRewardOptions)" for f in fields(SharedRewardOptions)}
+    specs: list[tuple[str, Any, Any]] = []
+    declared: list[type] = []
+    for method in methods:
+        module = importlib.import_module(method.package)
+        options = getattr(module, "REWARD_OPTIONS", None)
+        if options is None:
+            continue
+        where = f"method {method.name!r} ({method.source}): REWARD_OPTIONS"
+        if not (isinstance(options, type) and is_dataclass(options)):
+            raise ConfigError(f"{where} must be a dataclass of the method's reward options (name: type = default), "
+                              f"got {options!r}")
+        hints = typing.get_type_hints(options)
+        for f in fields(options):
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{where}: option {f.name!r} needs a default")
+            if f.name in owner:
+                raise ConfigError(f"reward option {f.name!r} is declared twice: {owner[f.name]} and {method.source}; "
+                                  "rename one (every rewards option is one key of the GRPO config's rewards block)")
+            owner[f.name] = method.source
+            specs.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
+        declared.append(options)
+
+    def __post_init__(self: Any) -> None:
+        SharedRewardOptions.__post_init__(self)
+        v = vars(self)
+        for options in declared:  # each method's own checks, on the values of its options
+            options(**{f.name: v[f.name] for f in fields(options)})
+
+    return make_dataclass("RewardConfig", specs, bases=(SharedRewardOptions,), namespace={
+        "__post_init__": __post_init__, "__module__": __name__, "__doc__": _REWARD_CONFIG_DOC})
+
+
+_REWARD_CONFIG_DOC = """The ``rewards`` block of a GRPO config: :class:`SharedRewardOptions` and the options each method
+    declares in its package (``REWARD_OPTIONS``), as :func:`reward_config_class` joins them for the registered
+    methods."""
+_composing = False
+
+
+def __getattr__(name: str) -> Any:
+    """``RewardConfig``: :func:`reward_config_class` of the registered methods, made on first use (reading the
+    methods' packages, which may import this module's functions) and kept."""
+    global _composing
+    if name != "RewardConfig":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _composing:
+        raise ConfigError("RewardConfig was read while the method packages load: a method's __init__.py declares "
+                          "REWARD_OPTIONS without importing its reward code (which reads RewardConfig)")
+    from rerank.methods import all_methods
+
+    _composing = True
+    try:
+        cls = reward_config_class(all_methods().values())
+    finally:
+        _composing = False
+    globals()["RewardConfig"] = cls
+    return cls
 
 
 def ranking_from_scores(scores: Mapping[str, float]) -> list[str]:

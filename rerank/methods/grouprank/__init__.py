@@ -1,7 +1,10 @@
 """GroupRank: groupwise 0-10 JSON scores over shuffled groups, repeated and fused with the first stage; SFT on
 teacher scores, GRPO on the group reward (8 rollouts, lr 1e-5 as the paper)."""
 
+from dataclasses import dataclass
+
 from rerank.methods.base import GRPODefaults, Method
+from rerank.trainers.rewards import check_penalties, check_weights
 
 METHOD = Method(
     name="grouprank",
@@ -19,3 +22,21 @@ METHOD = Method(
     windowed=True,
     pipeline_tag="text-generation",
 )
+
+
+@dataclass
+class GroupRankRewardOptions:
+    """GroupRank's own ``rewards`` options (AQ-MedAI, 2025): the weight of 1 - JS(predicted, gold scores), and the
+    rewards of an answer whose JSON cannot be read or whose tags are wrong."""
+
+    js_weight: float = 0.1
+    invalid_json_penalty: float = -0.1
+    bad_tags_penalty: float = -0.5
+
+    def __post_init__(self) -> None:
+        check_weights(self, "js_weight")
+        check_penalties(self, "invalid_json_penalty", "bad_tags_penalty")
+
+
+#: the ``rewards`` options only GroupRank's reward reads, joined to the shared ones in ``rerank.trainers.rewards``
+REWARD_OPTIONS = GroupRankRewardOptions

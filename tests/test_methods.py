@@ -51,8 +51,11 @@ def test_registries_are_derived_from_the_descriptors() -> None:
     assert all(TRAINERS.get(n) is resolve(get_method(n).trainer) for n in method_names("retriever"))
     inference_only = {"bi-encoder", "setwise", "colbert", "bge-reranker-v2-gemma"}  # no training path (yet)
     assert method_names(trains_with="sft") == [n for n in rerankers if n not in inference_only]
-    assert method_names(trains_with="grpo") == ["yes-no", "erank", "listwise", "first", "grouprank", "qwen3-reranker"]
-    assert teacher_modes() == ["erank", "first", "grouprank", "scores", "first_stage"]
+    # the methods each table holds (their order is METHOD_PACKAGES', wherever a method's line is: tested above)
+    assert set(method_names(trains_with="grpo")) == {"yes-no", "erank", "listwise", "first", "grouprank",
+                                                     "qwen3-reranker"}
+    modes = teacher_modes()
+    assert set(modes[:-2]) == {"erank", "first", "grouprank"} and modes[-2:] == ["scores", "first_stage"]
     assert set(template_files()) <= set(available_templates())
     for name in template_files():
         assert load_template(name).user  # every shipped template loads by name
@@ -61,15 +64,28 @@ def test_registries_are_derived_from_the_descriptors() -> None:
     assert get_method("first").sft_losses[0] == "lm+ranknet" and get_method("cross-encoder").sft_losses[0] == "bce"
 
 
+def _listed(message: str, before: str, after: str = "") -> set[str]:
+    """The comma-separated names ``message`` lists between ``before`` and ``after`` (or its end)."""
+    assert before in message, message
+    names = message.split(before, 1)[1]
+    return set((names.split(after, 1)[0] if after else names).split(", "))
+
+
 def test_unknown_names_raise_listing_the_known_ones() -> None:
+    """Each listing holds every known name (in whatever order the methods are listed, so a method's line can go
+    anywhere in ``METHOD_PACKAGES``)."""
     from rerank.heads.base import Reranker
-    from rerank.trainers.base import get_trainer
+    from rerank.prompts import available_templates, load_template
+    from rerank.trainers.base import available_trainers, get_trainer
     from rerank.trainers.task import build_task
 
-    with pytest.raises(ConfigError, match="unknown method 'nope'; known: cross-encoder, yes-no, erank"):
+    with pytest.raises(ConfigError, match="^unknown method 'nope'; known: ") as caught:
         get_method("nope")
-    with pytest.raises(ConfigError, match="unknown retriever 'erank'; known: contrastive, star, adore, pgrank"):
+    assert _listed(str(caught.value), "known: ") == set(all_methods()) >= {"cross-encoder", "yes-no", "erank"}
+    with pytest.raises(ConfigError, match="^unknown retriever 'erank'; known: ") as caught:
         get_method("erank", kind="retriever")
+    assert _listed(str(caught.value), "known: ") == set(method_names("retriever")) >= {"contrastive", "star", "adore",
+                                                                                        "pgrank"}
     with pytest.raises(ConfigError, match="unknown reranker 'nope'; known rerankers: .*grouprank"):
         Reranker.load("nope")
     with pytest.raises(ConfigError, match="unknown reranker 'cross-encodr'; known rerankers"):  # before the model
@@ -82,14 +98,19 @@ def test_unknown_names_raise_listing_the_known_ones() -> None:
         Reranker.load("cross-encoder", model="m", backend="foo")
     with pytest.raises(ConfigError, match="cross-encoder runs on the transformers backend only, not 'vllm'"):
         Reranker.load("cross-encoder", model="m", backend="vllm")
-    with pytest.raises(ConfigError, match="unknown trainer 'nope'; known trainers: adore, contrastive, grpo"):
+    with pytest.raises(ConfigError, match="^unknown trainer 'nope'; known trainers: ") as caught:
         get_trainer("nope")
-    with pytest.raises(ConfigError, match="'cross-encoder' has no LLM training task; methods with one: yes-no"):
+    assert _listed(str(caught.value), "known trainers: ") == set(available_trainers()) >= {"adore", "contrastive",
+                                                                                            "grpo", "sft"}
+    no_task = "^method 'cross-encoder' has no LLM training task; methods with one: "
+    with pytest.raises(ConfigError, match=no_task) as caught:
         build_task("cross-encoder", None, None)
-    with pytest.raises(ConfigError, match="unknown prompt template 'nope'; shipped: bge_reranker_v2_gemma, duot5, erank"):
-        from rerank.prompts import load_template
-
+    with_task = {n for n, m in all_methods().items() if m.task}
+    assert _listed(str(caught.value), "methods with one: ") == with_task >= {"yes-no", "erank", "grouprank"}
+    with pytest.raises(ConfigError, match="^unknown prompt template 'nope'; shipped: ") as caught:
         load_template("nope")
+    assert _listed(str(caught.value), "shipped: ") == set(available_templates()) >= {"bge_reranker_v2_gemma",
+                                                                                      "duot5", "erank"}
 
 
 def test_reading_the_registries_imports_no_torch(repo_root: Path) -> None:

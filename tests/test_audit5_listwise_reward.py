@@ -35,3 +35,30 @@ def test_a_guess_inside_the_prompts_open_reasoning_is_no_answer() -> None:
     assert reward_guess < reward_answer
     plain = _task(None)  # ChatML opens no reasoning: the same ranking is the answer
     assert plain.parse("[3] > [1] > [2] > [4]", ROW).valid
+
+
+#: chat templates that refuse the old probe (one user message, rendered without the generation prompt too)
+SYSTEM_REQUIRED = ("{% if messages[0].role != 'system' %}{{ raise_exception('a system message is required') }}"
+                   "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+ASSISTANT_LAST = ("{% if not add_generation_prompt and messages[-1].role != 'assistant' %}"
+                  "{{ raise_exception('the last message must be the assistant\\'s') }}{% endif %}"
+                  "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_prompt_reasoning_probes_the_conversation_the_head_renders() -> None:
+    """A chat template that requires a system message still has its open <think> found, and one that refuses a
+    render without the generation prompt opens none; neither raises (GRPO would turn that into a format penalty
+    for every completion)."""
+    import dataclasses
+
+    with_system = _task(SYSTEM_REQUIRED)
+    head = with_system.head  # type: ignore[attr-defined]
+    if not head.template.system:  # listwise's shipped template may have none: give the probe a system message
+        head.template = dataclasses.replace(head.template, system="You rank passages.")
+        head._prompt_reasoning.clear()
+    assert head.prompt_reasoning(head.template.assistant_prefix) == "think"
+    last = _task(ASSISTANT_LAST)
+    assert last.head.prompt_reasoning("") == ""  # type: ignore[attr-defined]
+    assert last.parse("[3] > [1] > [2] > [4]", ROW).valid

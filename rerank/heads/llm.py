@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -340,14 +339,25 @@ class LLMReranker(Reranker):
 
     def prompt_reasoning(self, assistant_prefix: str = "") -> str:
         """The reasoning tag (``think``, ...) that rendered prompts end inside, so the output starts inside it ('' if
-        none): read from what the chat template adds for the generation prompt (QwQ's and DeepSeek-R1's end in
-        ``<think>\n``) followed by ``assistant_prefix`` (:func:`~rerank.heads.permutation.reasoning_left_open`)."""
+        none): read from what follows the last message of a probe conversation rendered with the generation prompt
+        (QwQ's and DeepSeek-R1's end in ``<think>\n``) and ``assistant_prefix``
+        (:func:`~rerank.heads.permutation.reasoning_left_open`). The probe has the head's own shape (a system message
+        when the template has one) and falls back to the other; a chat template that renders neither opens none."""
         if assistant_prefix not in self._prompt_reasoning:
-            probe = [{"role": "user", "content": "x"}]
-            with_prompt = self.render(probe, assistant_prefix)
-            without = self.tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
-            tail = with_prompt[len(os.path.commonprefix([with_prompt, without])) :]
-            self._prompt_reasoning[assistant_prefix] = reasoning_left_open(tail)
+            shapes = [("system", "user"), ("user",)]
+            if not self.template.system:
+                shapes.reverse()
+            found = ""
+            for roles in shapes:
+                marker = "RERANKPROBE0X"
+                try:
+                    text = self.render([{"role": r, "content": marker} for r in roles], assistant_prefix)
+                except Exception:  # noqa: BLE001, S112 - a chat template that refuses this conversation
+                    continue
+                if isinstance(text, str) and marker in text:
+                    found = reasoning_left_open(text[text.rindex(marker) + len(marker) :])
+                    break
+            self._prompt_reasoning[assistant_prefix] = found
         return self._prompt_reasoning[assistant_prefix]
 
     def encode(self, prompt: str) -> list[int]:

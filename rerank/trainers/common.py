@@ -14,6 +14,8 @@ import importlib.util
 import logging
 import math
 import numbers
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from rerank.trainers.data import DataConfig
 __all__ = [
     "DATA_KEY_HINTS",
     "RENAMED_KEYS",
+    "RENAMED_KEY_ALTERNATIVES",
     "RERANKER_KEY_HINTS",
     "RETRIEVER_DATA_KEY_HINTS",
     "RETRIEVER_KEY_HINTS",
@@ -45,7 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# keys of the retrievers' former own vocabulary -> the key that replaced it
 #: ``report_to`` integrations -> the packages any one of which it needs (transformers fails on the first step else)
 _REPORTERS: dict[str, tuple[str, ...]] = {
     "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
@@ -59,6 +61,7 @@ _INTEGRATIONS = frozenset({
     "swanlab", "tensorboard", "trackio", "wandb",
 })
 
+#: the trainers' former key names -> the key that replaced it
 RENAMED_KEYS: dict[str, str] = {
     "lr": "learning_rate",
     "warmup_steps": "warmup_ratio (a fraction of the total steps)",
@@ -80,8 +83,8 @@ class TrainSchedule:
     """
 
     renamed_keys: ClassVar[Mapping[str, str]] = RENAMED_KEYS
-    #: unknown keys that are another trainer family's name for an option -> (the key to use, why)
-    key_hints: ClassVar[Mapping[str, tuple[str, str]]] = {}
+    #: unknown keys that are another trainer family's name for an option -> (the keys to suggest, why)
+    key_hints: ClassVar[Mapping[str, tuple[tuple[str, ...], str]]] = {}
 
     epochs: float = 1.0
     max_steps: int = -1
@@ -170,84 +173,264 @@ def check_field_types(cfg: Any) -> None:
             raise ConfigError(f"{f.name} must be {what}{' or null' if rest else ''}, got {value!r}")
 
 
-#: the other family's names for the reranker trainers' options (the retrievers' ``dataset``, ``split``, …, and the
-#: head option ``group_size``): an unknown key among them is an error naming the key to use
-RERANKER_KEY_HINTS: dict[str, tuple[str, str]] = {
-    "dataset": ("data.beir", ("the reranker trainers read a BEIR dataset as data: {beir: NAME}, a file as "
-                              "data: {path: FILE}")),
-    "beir": ("data.beir", "the data options are in the block data"),
-    "path": ("data.path", "the data options are in the block data"),
-    "split": ("data.split", "the data options are in the block data"),
-    "dev_fraction": ("data.dev_fraction", "the data options are in the block data"),
-    "qrels_duplicates": ("data.qrels_duplicates", "the data options are in the block data"),
-    "group_size": ("window", "the trainers' window is GroupRank's group_size (rerank.json), listwise / FIRST's window"),
+#: why a key of the block ``data`` given at the top level names ``data.KEY``
+_IN_DATA = "the data options are in the block data"
+#: the depth and count of mined negatives in the retriever trainers' words and the reranker trainers'
+_NEGATIVES_WHY = ("the reranker trainers take data.negatives_per_positive per judged positive; the negatives per "
+                  "query are contrastive's hard_negatives, PG-Rank's num_candidates, the judged documents filled up "
+                  "with negatives, and ADORE's top_k; STAR draws one per query")
+_DEPTH_WHY = ("the depth negatives are drawn from is contrastive's and STAR's negatives_depth, ADORE's top_k; PG-Rank "
+              "fills num_candidates from the top of negatives_from; the reranker trainers mine data.beir's BM25 top "
+              "data.bm25_depth")
+
+#: keys of the other trainer family (the retriever trainers' ``dataset``, ``hard_negatives``, …, and the head option
+#: ``group_size``) given to the reranker trainers -> (the keys to suggest, the first this configuration reads; why).
+#: A key is suggested only when this configuration reads it (see :func:`check_renamed_keys`), else the why is shown
+#: with the reason it is refused.
+RERANKER_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "dataset": (("data.beir",), ("the reranker trainers read a BEIR dataset as data: {beir: NAME}, a file as "
+                                 "data: {path: FILE}")),
+    **{key: ((f"data.{key}",), _IN_DATA)
+       for key in ("beir", "path", "split", "dev_fraction", "qrels_duplicates", "negatives_per_positive",
+                   "bm25_depth", "max_candidates", "max_queries", "negatives", "dev_max")},
+    "group_size": (("window",), ("the trainers' window is GroupRank's group_size (rerank.json), listwise / FIRST's "
+                                 "window")),
+    "hard_negatives": (("data.negatives_per_positive",), _NEGATIVES_WHY),
+    "negatives_depth": (("data.bm25_depth",), _DEPTH_WHY),
+    "num_candidates": (("data.max_candidates",), "PG-Rank's candidates per query are data.max_candidates here"),
+    "distill_model": ((), ("contrastive's teacher model; the reranker trainers distil from teacher_scores stored in "
+                           "the training rows (the cross-encoder's loss margin-mse or listwise-kl), which a rerank "
+                           "data build teacher_labels recipe writes")),
 }
-#: the same for the block ``data`` of the reranker trainers
-DATA_KEY_HINTS: dict[str, tuple[str, str]] = {
-    "dataset": ("beir", "a BEIR dataset name or folder is data.beir; a file of training rows is data.path"),
+#: the same for the block ``data`` of the reranker trainers (keys relative to the block)
+DATA_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "dataset": (("beir",), "a BEIR dataset name or folder is data.beir; a file of training rows is data.path"),
+    "hard_negatives": (("negatives_per_positive",), _NEGATIVES_WHY),
+    "negatives_depth": (("bm25_depth",), _DEPTH_WHY),
+    "num_candidates": (("max_candidates",), "PG-Rank's candidates per query are data.max_candidates here"),
 }
-#: the reranker trainers' names for the retriever trainers' options
-RETRIEVER_KEY_HINTS: dict[str, tuple[str, str]] = {
-    "data": ("dataset", ("the retriever trainers take dataset, split, dev_fraction and qrels_duplicates at the top "
-                         "level")),
-    "beir": ("dataset", "beir is the reranker trainers' data.beir"),
+#: why the retriever trainers take no file of training rows
+_BEIR_ONLY_WHY = ("the retriever trainers read only BEIR folders (the key dataset: a folder holding corpus.jsonl, "
+                  "queries.jsonl and qrels/SPLIT.tsv); a file of training rows is read by sft and grpo (data.path)")
+#: the reranker trainers' names for the retriever trainers' options, given to a retriever trainer at the top level
+RETRIEVER_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "data": (("dataset",), ("the retriever trainers take dataset, split, dev_fraction and qrels_duplicates at the top "
+                            "level")),
+    "beir": (("dataset",), "beir is the reranker trainers' data.beir"),
+    "path": ((), _BEIR_ONLY_WHY),
+    "negatives_per_positive": (("hard_negatives", "num_candidates", "top_k"), _NEGATIVES_WHY),
+    "bm25_depth": (("negatives_depth", "top_k"), _DEPTH_WHY),
+    "max_candidates": (("num_candidates",), "PG-Rank's candidates per query are num_candidates"),
+    "max_length": (("max_doc_tokens",), ("a bi-encoder encodes queries and documents apart, each cut to its own "
+                                         "limit: max_query_tokens and max_doc_tokens")),
 }
 #: the reranker trainers' keys of the block ``data`` given to a retriever trainer -> (the retriever trainers' keys for
-#: the same thing, the first the trainer has named, why); the retriever trainers have no block ``data``
+#: the same thing, the first this configuration reads, why); the retriever trainers have no block ``data``
 RETRIEVER_DATA_KEY_HINTS: dict[str, tuple[tuple[str, ...], str]] = {
-    **{key: (("dataset",), "a BEIR dataset name or folder is the top-level key dataset") for key in ("beir", "path")},
+    "beir": (("dataset",), "a BEIR dataset name or folder is the top-level key dataset"),
+    "path": ((), _BEIR_ONLY_WHY),
     **{key: ((key,), f"the retriever trainers take {key} at the top level")
        for key in ("split", "dev_fraction", "qrels_duplicates", "seed")},
-    "negatives_per_positive": (("hard_negatives", "num_candidates", "top_k"), (
-        "the negatives per query are contrastive's hard_negatives, PG-Rank's num_candidates (the judged documents "
-        "filled up with negatives) and ADORE's top_k; STAR draws one per query")),
-    "bm25_depth": (("negatives_depth", "top_k"), (
-        "the depth negatives are drawn from is contrastive's and STAR's negatives_depth, ADORE's top_k; PG-Rank "
-        "fills num_candidates from the top of negatives_from")),
+    "negatives_per_positive": (("hard_negatives", "num_candidates", "top_k"), _NEGATIVES_WHY),
+    "bm25_depth": (("negatives_depth", "top_k"), _DEPTH_WHY),
     "max_candidates": (("num_candidates",), "PG-Rank's candidates per query are num_candidates"),
 }
+#: a former key whose current name the configured head may not read -> (the keys to suggest instead, why)
+RENAMED_KEY_ALTERNATIVES: dict[str, tuple[tuple[str, ...], str]] = {
+    "doc_max_length": (("max_length",), ("a head with no document limit cuts its whole input, the query and "
+                                         "document pair or the prompt, to max_length tokens")),
+}
+#: a refusal of an option the configuration does not read says to drop it (rerank.config's convention)
+_DROP = re.compile(r"\bdrop\b")
 
 
 def check_renamed_keys(config_class: type, raw: Mapping[str, Any], where: str) -> None:
     """A former key name (``lr``, ``warmup_steps``, ``checkpoint_every``, …) is an error naming the key to use, and so
     is an unknown key that is the other trainer family's name for an option (``key_hints``: the retrievers'
     ``dataset`` in a reranker trainer's config, …; a block ``data`` in a retriever trainer's: each of its keys); each
-    names ``where`` (the file) or the ``--set`` override that gave it."""
+    names ``where`` (the file) or the ``--set`` override that gave it. A key is suggested only where this
+    configuration reads it (the config built with it in place of the unknown key does not refuse it): a key the head
+    does not read is named with the reason it is refused, and the next candidate that is read suggested instead."""
     renamed = getattr(config_class, "renamed_keys", {})
     for key in raw:
         if key in renamed:
-            raise ConfigError(f"{override_source(raw, key) or where}: key {key!r} is now {renamed[key]!r} (one "
-                              "vocabulary for every trainer)")
-    known = {f.name for f in dataclasses.fields(config_class)}
+            _refuse_renamed(config_class, raw, key, renamed[key], where)
+    known = _init_fields(config_class)
     data = raw.get("data")
     if "data" not in known and isinstance(data, Mapping):  # a retriever trainer given the reranker trainers' block
         _check_retriever_data_block(config_class, raw, data, known, where)
-    blocks = [(raw, getattr(config_class, "key_hints", {}), config_class.__name__, known)]
+    blocks = [((), raw, getattr(config_class, "key_hints", {}), config_class.__name__, known)]
     if "data" in known and isinstance(data, Mapping):
-        blocks.append((data, DATA_KEY_HINTS, "DataConfig", {f.name for f in dataclasses.fields(DataConfig)}))
-    for block, hints, name, fields in blocks:
+        blocks.append((("data",), data, DATA_KEY_HINTS, "DataConfig", _init_fields(DataConfig)))
+    for prefix, block, hints, name, fields in blocks:
         for key in block:
             if key in hints and key not in fields:
-                use, why = hints[key]
-                raise ConfigError(f"{override_source(block, key) or override_source(raw, 'data') or where}: unknown "
-                                  f"key {key!r} for {name}: did you mean {use!r}? ({why})")
+                uses, why = hints[key]
+                source = override_source(block, key) or override_source(raw, "data") or where
+                unknown = f"{source}: unknown key {key!r} for {name}"
+                use, refused = _first_read(config_class, raw, (*prefix, key), [(prefix, u) for u in uses],
+                                           block[key])
+                if use is not None:
+                    raise ConfigError(f"{unknown}: did you mean {use!r}? ({why})")
+                if refused is not None:
+                    raise ConfigError(f"{unknown} ({why}); its counterpart here, {refused[0]}, is refused by this "
+                                      f"configuration: {refused[1]}")
+                raise ConfigError(f"{unknown}: {why}")
+
+
+def _refuse_renamed(config_class: type, raw: Mapping[str, Any], key: str, renamed: str, where: str) -> None:
+    """The error for the former key ``key`` of ``raw``, now ``renamed``: where this configuration refuses the current
+    key (the cross-encoder reads no ``max_doc_tokens``), it says why and suggests an alternative it reads."""
+    message = f"{override_source(raw, key) or where}: key {key!r} is now {renamed!r} (one vocabulary for every trainer)"
+    current = renamed.split(" ")[0]
+    if current not in _init_fields(config_class):
+        raise ConfigError(message)
+    _, refused = _first_read(config_class, raw, (key,), [((), current)], raw[key])
+    if refused is None:
+        raise ConfigError(message)
+    uses, why = RENAMED_KEY_ALTERNATIVES.get(key, ((), ""))
+    use, _ = _first_read(config_class, raw, (key,), [((), u) for u in uses], raw[key])
+    if use is None:
+        raise ConfigError(f"{message}, which this configuration refuses: {refused[1]}")
+    raise ConfigError(f"{message}, which this configuration refuses ({refused[1]}): did you mean {use!r}? ({why})")
 
 
 def _check_retriever_data_block(config_class: type, raw: Mapping[str, Any], data: Mapping[str, Any],
                                 known: set[str], where: str) -> None:
     """A block ``data`` given to a retriever trainer (which has none): its first key is an error naming this
-    trainer's own key for it (:data:`RETRIEVER_DATA_KEY_HINTS`), and the override or file that gave it."""
+    trainer's own key for it that this configuration reads (:data:`RETRIEVER_DATA_KEY_HINTS`), and the override or
+    file that gave it."""
     key = next(iter(data), None)
     if key is None:
         return  # an empty block: the hint for the key data names the key dataset
     uses, why = RETRIEVER_DATA_KEY_HINTS.get(key, ((), ""))
-    use = next((u for u in uses if u in known), None)
+    use, refused = _first_read(config_class, raw, ("data",), [((), u) for u in uses if u in known], data[key])
     source = override_source(data, key) or override_source(raw, "data") or where
     unknown = f"{source}: unknown key 'data.{key}' for {config_class.__name__}"
     if use is not None:
         raise ConfigError(f"{unknown}: did you mean {use!r}? ({why})")
+    if refused is not None:
+        raise ConfigError(f"{unknown}: the retriever trainers have no block data ({why}), and this trainer's "
+                          f"{refused[0]} is refused by this configuration: {refused[1]}")
     why = why or "their data options dataset, split, dev_fraction, qrels_duplicates and seed are top-level keys"
     raise ConfigError(f"{unknown}: the retriever trainers have no block data ({why})")
+
+
+def _init_fields(config_class: type) -> set[str]:
+    """The keys a config dataclass takes."""
+    return {f.name for f in dataclasses.fields(config_class) if f.init}
+
+
+def _first_read(config_class: type, raw: Mapping[str, Any], given: tuple[str, ...],
+                candidates: list[tuple[tuple[str, ...], str]], value: Any) -> tuple[str | None, tuple[str, str] | None]:
+    """The first of ``candidates`` (``(block, key)``: a key, dotted for one in a block, of the block ``block`` of
+    ``raw``) that ``config_class`` takes and reads when it replaces the key at ``given`` with ``value``, as the
+    candidate is named; and the first one taken but refused (its dotted name, why), for the message."""
+    refused = None
+    for block, use in candidates:
+        target = (*block, *use.split("."))
+        if not _takes(config_class, target):
+            continue
+        why = _refusal(config_class, raw, given, target, value)
+        if why is None:
+            return use, refused
+        refused = refused or (".".join(target), why)
+    return None, refused
+
+
+def _takes(config_class: type, target: tuple[str, ...]) -> bool:
+    """Whether ``config_class`` has the key at ``target`` (``data.X``: a key of its block ``data``)."""
+    if len(target) == 1:
+        return target[0] in _init_fields(config_class)
+    return target[0] == "data" and "data" in _init_fields(config_class) and len(target) == 2 and \
+        target[1] in _init_fields(DataConfig)
+
+
+def _refusal(config_class: type, raw: Mapping[str, Any], given: tuple[str, ...], target: tuple[str, ...],
+             value: Any) -> str | None:
+    """Why ``config_class`` built from ``raw`` with the key at ``given`` replaced by ``target`` refuses ``target`` as
+    an option this configuration does not read (the error that says to drop it), or None when it reads it. The key
+    is set to ``value``, or to another value where that is its default (a default is never refused); a value out of
+    range is the value's fault, not the key's. Keys ``raw``'s class does not take are left out of both builds."""
+    base = _known_part(config_class, raw)
+    trial = copy.deepcopy(base)
+    _drop_key(trial, given)
+    _drop_key(base, given)
+    if target[0] == "data" and target[1:] in (("beir",), ("path",)):  # a new source replaces the block
+        trial["data"] = {target[1]: value}
+    else:
+        node = trial
+        for part in target[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[target[-1]] = _probe(config_class, target, value)
+    error = _build_error(config_class, trial)
+    if error is None or not _DROP.search(error) or error == _build_error(config_class, base):
+        return None
+    return error
+
+
+def _known_part(config_class: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy of ``raw`` holding only the keys ``config_class`` takes (in its block ``data``, those of
+    :class:`DataConfig`)."""
+    known = _init_fields(config_class)
+    out = {k: _plain(v) for k, v in raw.items() if k in known}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if k in _init_fields(DataConfig)}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping in it a plain dict (no record of the overrides that gave its keys)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _drop_key(raw: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove the key at dotted ``path`` from ``raw`` when it is there."""
+    node: Any = raw
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def _probe(config_class: type, target: tuple[str, ...], value: Any) -> Any:
+    """``value``, or a value other than the default of the key at ``target`` where ``value`` is that default."""
+    default = option_default(DataConfig if len(target) == 2 else config_class, target[-1])
+    if value != default:
+        return value
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 1
+    return value
+
+
+def _build_error(config_class: type, raw: dict[str, Any]) -> str | None:
+    """The message of the error building ``config_class`` from ``raw`` raises (without the place it names), or None
+    when it builds; its log messages and warnings are not shown (this build only tests a key)."""
+    from rerank.config import from_dict
+
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from_dict(config_class, raw, where=_TRIAL)
+    except Exception as e:  # noqa: BLE001 - any refusal, of whatever type, is the answer sought
+        return re.sub(rf"^{_TRIAL}\S*: ", "", str(e))
+    finally:
+        logging.disable(disabled)
+    return None
+
+
+#: the place :func:`_build_error` names to its builds, removed from their messages
+_TRIAL = "TRIAL"
 
 
 @dataclass
@@ -299,7 +482,7 @@ class CommonTrainConfig(TrainSchedule):
     head="first")`` equals the config built with ``head="first"``. A value the user gave is kept, unless it equals the
     one derived before (it then counts as unset)."""
 
-    key_hints: ClassVar[Mapping[str, tuple[str, str]]] = RERANKER_KEY_HINTS
+    key_hints: ClassVar[Mapping[str, tuple[tuple[str, ...], str]]] = RERANKER_KEY_HINTS
     #: the trainer this config is for, passed to the method's ``configure_train`` ("" for the shared base alone)
     trainer_name: ClassVar[str] = ""
 

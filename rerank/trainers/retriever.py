@@ -91,7 +91,7 @@ class RetrieverTrainConfig(TrainSchedule):
     #: how errors about options unused with fixed document embeddings name the cause, and the way out
     fixed_docs_cause: ClassVar[str] = "with train_doc_encoder: false"
     fixed_docs_fix: ClassVar[str] = ", or set train_doc_encoder: true"
-    key_hints: ClassVar[Mapping[str, tuple[str, str]]] = RETRIEVER_KEY_HINTS
+    key_hints: ClassVar[Mapping[str, tuple[tuple[str, ...], str]]] = RETRIEVER_KEY_HINTS
 
     learning_rate: float = 2e-5
     batch_size: int = 16

@@ -1,9 +1,12 @@
-"""Own-data audit, finding 3.
+"""Own-data audit, findings 3 and 4.
 
-Every key a trainer suggests ("did you mean 'X'?", "key 'old' is now 'X'") is one it accepts for the configured head
-and data: fed back in place of the key given, the config builds (a table-driven test over every hint of every table,
-for every trainer, head and data source, so a hint added later to a key some setting refuses fails here); the other
-family's names get a hint both ways (sft/grpo <-> the retriever trainers).
+3. Every key a trainer suggests ("did you mean 'X'?", "key 'old' is now 'X'") is one it accepts for the configured
+   head and data: fed back in place of the key given, the config builds (a table-driven test over every hint of every
+   table, for every trainer, head and data source, so a hint added later to a key some setting refuses fails here);
+   the other family's names get a hint both ways (sft/grpo <-> the retriever trainers).
+4. ``data.path`` reads FlagEmbedding's and Tevatron's rows, converted on read; a row of no shape read, or a TSV, is one
+   line naming ``file:line`` and the shapes read; the snippet in docs/train-your-own.md turns a TSV into rows; a file
+   of rows given to a retriever trainer says it reads only BEIR folders.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Any
 
 import pytest
 
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, DataFormatError
 from rerank.methods import method_names
 from rerank.trainers import common
 from rerank.trainers.base import available_trainers, get_trainer, load_train_config
+from rerank.trainers.data import load_examples
 
+REPO = Path(__file__).resolve().parents[1]
 RERANKER_TRAINERS = ("sft", "grpo")
 RETRIEVER_TRAINERS = tuple(t for t in available_trainers() if t not in RERANKER_TRAINERS)
 
@@ -193,3 +198,137 @@ def test_a_hint_search_shows_no_log_of_its_trial_builds(tmp_path: Path, caplog: 
         _build("sft", [f"model={model}", "head=cross-encoder", "data.beir=scifact", "negatives_depth=40"])
     assert caplog.text == ""
     assert logging.root.manager.disable == logging.NOTSET
+
+
+# ---------------------------------------------------------------------------------------------------- 4. row shapes
+OURS = [
+    {"qid": "line-1", "query": "what is bm25?",
+     "candidates": [{"id": "pos-0", "text": "BM25 ranks"}, {"id": "neg-0", "text": "Paris"},
+                    {"id": "neg-1", "text": "Rome"}],
+     "labels": [1, 0, 0], "teacher_scores": [9.0, 2.0, 1.5]},
+    {"qid": "line-2", "query": "capital of france",
+     "candidates": [{"id": "pos-0", "text": "Paris is"}, {"id": "pos-1", "text": "France's capital"},
+                    {"id": "neg-0", "text": "BM25"}],
+     "labels": [1, 1, 0], "teacher_scores": [8.0, 7.0, 0.0]},
+]
+FLAG = [
+    {"query": "what is bm25?", "pos": ["BM25 ranks"], "neg": ["Paris", "Rome"], "pos_scores": [9],
+     "neg_scores": [2, 1.5]},
+    {"query": "capital of france", "pos": ["Paris is", "France's capital"], "neg": ["BM25"], "pos_scores": [8, 7],
+     "neg_scores": [0]},
+]
+TEVATRON = [
+    {"query_id": "q1", "query": "what is bm25?",
+     "positive_passages": [{"docid": "d1", "title": "BM25", "text": "ranks"}],
+     "negative_passages": [{"docid": "d2", "title": "", "text": "Paris"}, {"docid": 3, "text": "Rome"}],
+     "answers": ["a ranking function"]},
+    {"query_id": 2, "query": "capital of france", "positive_passages": [{"docid": "d2", "text": "Paris"}],
+     "negative_passages": []},
+]
+
+
+def _write(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_flagembedding_rows_read_as_ours_with_their_scores_as_teacher_scores(tmp_path: Path) -> None:
+    assert load_examples(_write(tmp_path / "flag.jsonl", FLAG)) == load_examples(_write(tmp_path / "ours.jsonl", OURS))
+
+
+def test_tevatron_rows_read_with_their_ids_and_titles(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        rows = load_examples(_write(tmp_path / "tev.jsonl", TEVATRON))
+    assert [r["qid"] for r in rows] == ["q1", "2"]
+    assert rows[0]["candidates"] == [{"id": "d1", "text": "ranks", "title": "BM25"},
+                                     {"id": "d2", "text": "Paris", "title": ""},
+                                     {"id": "3", "text": "Rome", "title": ""}]
+    assert [r["labels"] for r in rows] == [[1, 0, 0], [1]]
+    assert caplog.text.count("which no trainer reads") == 1 and "'answers'" in caplog.text
+
+
+def test_an_hf_dataset_of_flagembedding_rows_reads_too(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_list(FLAG).save_to_disk(str(tmp_path / "hf"))
+    rows = load_examples(tmp_path / "hf")
+    assert [r["qid"] for r in rows] == ["row-1", "row-2"]
+    assert [r["teacher_scores"] for r in rows] == [r["teacher_scores"] for r in OURS]
+
+
+@pytest.mark.parametrize(("rows", "line", "pattern"), [
+    ([OURS[0], {"query": "q", "positives": ["a"], "negatives": ["b"]}], 2,
+     r"not a training row of a shape rerank reads \(its fields: negatives, positives, query\); it reads rerank's "
+     r"\{qid, query, candidates, labels\}, FlagEmbedding's \{query, pos, neg\} and Tevatron's \{query_id, query, "
+     r"positive_passages, negative_passages\}: see docs/train-your-own\.md#other-row-shapes-and-tsv$"),
+    ([{"_id": "d1", "title": "", "text": "a corpus line"}], 1, r"not a training row of a shape rerank reads"),
+    ([{"query": "q", "pos": ["a"], "neg": ["b"], "pos_scores": [1.0]}], 1,
+     r"FlagEmbedding row: neg_scores is missing: give both pos_scores and neg_scores"),
+    ([{"query": "q", "pos": ["a"], "neg": ["b", "c"], "pos_scores": [1], "neg_scores": [1]}], 1,
+     r"FlagEmbedding row: neg_scores must be finite numbers aligned with 'neg' \(2\)"),
+    ([{"query": "q", "pos": "a", "neg": []}], 1, r"FlagEmbedding row: 'pos' must be a list of passage texts"),
+    ([{"query": "q", "pos": ["a"], "neg": ["b"], "instruction": "x"}], 1,
+     r"unknown field 'instruction' of a FlagEmbedding row; its fields: query, pos, neg, pos_scores, neg_scores"),
+    ([{"query": "", "pos": ["a"], "neg": ["b"]}], 1, r"'query' must be a non-empty string \(in this FlagEmbedding row"),
+    ([{"query": "q", "positive_passages": [{"docid": "a", "text": "x", "score": 2}]}], 1,
+     r"Tevatron row: positive_passages\[0\]: unknown field 'score'; known fields: docid, title, text"),
+    ([{"query": "q", "positive_passages": [{"docid": "a", "text": "x"}],
+       "negative_passages": [{"docid": "a", "text": "y"}]}], 1, r"duplicate candidate id 'a'.*Tevatron row"),
+])
+def test_a_row_of_no_shape_read_or_a_bad_converted_row_is_one_line_at_its_line(tmp_path: Path, rows: list[Any],
+                                                                              line: int, pattern: str) -> None:
+    path = _write(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}:{line}: {pattern}") as e:
+        load_examples(path)
+    assert "\n" not in str(e.value)
+
+
+def _pairs_tsv(path: Path) -> Path:
+    path.write_text("query\tpassage\tlabel\nwhat is bm25?\tBM25 ranks\t1\nwhat is bm25?\tParis\t0\n"
+                    "capital of france\tParis is\t2\n", encoding="utf-8")
+    return path
+
+
+def test_a_tsv_of_pairs_is_refused_naming_the_file_and_the_snippet(tmp_path: Path) -> None:
+    path = _pairs_tsv(tmp_path / "pairs.tsv")
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}:1: tab-separated text, and TSV is not a "
+                                              r"training format: convert .* docs/train-your-own\.md#other-row-shapes"):
+        load_examples(path)
+
+
+def test_the_docs_snippet_turns_the_tsv_into_rows_that_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (REPO / "docs" / "train-your-own.md").read_text(encoding="utf-8")
+    section = text.split("### Other row shapes and TSV", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    _pairs_tsv(tmp_path / "pairs.tsv")
+    exec(compile(snippet, "train-your-own.md", "exec"), {})  # noqa: S102 - the docs' own snippet
+    rows = load_examples(tmp_path / "train.jsonl")
+    assert [(r["query"], [c["text"] for c in r["candidates"]], r["labels"]) for r in rows] == [
+        ("what is bm25?", ["BM25 ranks", "Paris"], [1, 0]), ("capital of france", ["Paris is"], [2])]
+
+
+def test_a_file_of_rows_as_a_retriever_dataset_says_they_read_only_beir_folders(tmp_path: Path) -> None:
+    from rerank.config import from_dict
+    from rerank.trainers.retriever import load_train_data
+
+    path = _write(tmp_path / "flag.jsonl", FLAG)
+    cfg = from_dict(get_trainer("contrastive").config_class, {"model": "m", "dataset": str(path)})
+    with pytest.raises(ConfigError, match=r"is a file of training rows \(FlagEmbedding's shape\), which the retriever "
+                                          r"trainers do not read: they read only BEIR folders .*rerank train sft"):
+        load_train_data(cfg, None)
+    tsv = _pairs_tsv(tmp_path / "pairs.tsv")
+    cfg = from_dict(get_trainer("star").config_class, {"model": "m", "dataset": str(tsv)})
+    with pytest.raises(ConfigError, match=r"^the retriever trainers read only BEIR folders: dataset .*pairs\.tsv is a "
+                                          r"file, not a BEIR folder: give the folder holding corpus\.jsonl"):
+        load_train_data(cfg, None)
+
+
+def test_sft_trains_a_cross_encoder_on_flagembedding_rows(tmp_path: Path, tiny_bert_dir: Path,
+                                                          run_cli: Any) -> None:
+    rows = _write(tmp_path / "flag.jsonl", [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in FLAG])
+    rc, out, err = run_cli("train", "sft", "--set", f"model={tiny_bert_dir}", "--set", "head=cross-encoder",
+                           "--set", f"data={{path: {rows}}}", "--set", "max_steps=1", "--set", "save_steps=1",
+                           "--set", "batch_size=2", "--set", "use_cpu=true", "--output", tmp_path / "out")
+    assert rc == 0, err
+    assert (tmp_path / "out" / "model" / "rerank.json").is_file()

@@ -9,6 +9,18 @@ A training example (a JSONL line, or a row of an HF dataset saved with ``save_to
      "teacher_scores"?: [float, ...],           # aligned with candidates (ERank / GroupRank SFT targets)
      "reasoning"?: str}                         # optional reasoning text (ERank SFT with reasoning)
 
+Rows in two other common shapes are read too, converted on read into rows of this schema:
+
+* FlagEmbedding's ``{"query", "pos": [text, ...], "neg": [text, ...], "pos_scores"?, "neg_scores"?}``: qid
+  ``line-N`` (``row-N`` in an HF dataset), candidates the ``pos`` texts (ids ``pos-0``, ``pos-1``, …; label 1) then the
+  ``neg`` texts (``neg-0``, …; label 0), ``pos_scores`` + ``neg_scores`` (both, aligned) as ``teacher_scores``;
+* Tevatron's ``{"query_id"?, "query", "positive_passages": [{"docid", "title"?, "text"}], "negative_passages": [...]}``:
+  qid ``query_id`` (else as above), candidates the positive passages (label 1) then the negative ones (label 0), id
+  ``docid``.
+
+Their fields no trainer reads (FlagEmbedding's ``prompt`` and ``type``, Tevatron's ``answers``) are named in a
+warning, once per file. A row of none of the three shapes, or a tab-separated file, is an error naming the shapes
+read.
 Every row is validated before training starts; an error names the file and line (or dataset row).
 """
 
@@ -17,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,12 +42,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BEIR_ONLY",
+    "SHAPES",
     "DataConfig",
     "TeacherScale",
     "build_from_beir",
     "has_content",
     "load_examples",
     "load_training_data",
+    "row_shape",
     "split_dev",
     "teacher_order",
     "teacher_scale",
@@ -45,6 +59,21 @@ __all__ = [
 _OPTIONAL = {"teacher_ranking", "teacher_scores", "reasoning"}
 _KNOWN = {"qid", "query", "candidates", "labels", *_OPTIONAL}
 _CANDIDATE_KEYS = ("id", "text", "title", "score")
+
+#: the training-row shapes :func:`load_examples` reads, as its errors name them
+SHAPES = ("rerank's {qid, query, candidates, labels}, FlagEmbedding's {query, pos, neg} and Tevatron's {query_id, "
+          "query, positive_passages, negative_passages}")
+#: where the docs describe them
+_SHAPES_DOC = "docs/train-your-own.md#other-row-shapes-and-tsv"
+#: the fields of each other shape (a row's other fields are an error), and those of them no trainer reads -> what
+#: they are (a warning names them)
+_FLAG_FIELDS = ("query", "pos", "neg", "pos_scores", "neg_scores")
+_TEVATRON_FIELDS = ("query_id", "query", "positive_passages", "negative_passages")
+_PASSAGE_KEYS = ("docid", "title", "text")
+_UNREAD: dict[str, dict[str, str]] = {
+    "FlagEmbedding": {"prompt": "an instruction: the trained head's template gives the prompt", "type": "a task type"},
+    "Tevatron": {"answers": "answer strings"},
+}
 
 
 #: the options that build examples from a BEIR dataset (``beir``); a file (``path``) is used as it is
@@ -235,6 +264,80 @@ def validate_example(obj: Any, path: str | Path, line: int | None, scale: Teache
     return out
 
 
+def row_shape(obj: Any) -> str | None:
+    """The shape of a training row: ``"rerank"`` (this module's schema), ``"FlagEmbedding"``, ``"Tevatron"``, or None
+    for a row of none of them."""
+    if not isinstance(obj, Mapping):
+        return None
+    if any(k in obj for k in ("qid", "candidates", "labels")):
+        return "rerank"
+    if "pos" in obj or "neg" in obj:
+        return "FlagEmbedding"
+    if "positive_passages" in obj or "negative_passages" in obj:
+        return "Tevatron"
+    return None
+
+
+def _convert_row(obj: Any, path: str | Path, line: int, qid: str) -> tuple[Any, str, list[str]]:
+    """A row of a shape :func:`load_examples` reads -> (the row in this module's schema, its shape, the fields of its
+    shape no trainer reads); ``qid``: the id a row without one gets. A row of no shape read is an error naming them."""
+    shape = row_shape(obj)
+    if shape == "rerank" or not isinstance(obj, Mapping):
+        return obj, "rerank", []
+    if shape is None:
+        fields = ", ".join(sorted(map(str, obj))[:8]) or "none"
+        raise DataFormatError(path, line, f"not a training row of a shape rerank reads (its fields: {fields}); it "
+                              f"reads {SHAPES}: see {_SHAPES_DOC}")
+    unread = [k for k in obj if k in _UNREAD[shape]]
+    known = _FLAG_FIELDS if shape == "FlagEmbedding" else _TEVATRON_FIELDS
+    extra = sorted(str(k) for k in obj if k not in known and k not in unread and obj[k] is not None)
+    if extra:
+        raise DataFormatError(path, line, f"unknown field {extra[0]!r} of a {shape} row; its fields: "
+                              f"{', '.join(known)} ({', '.join(_UNREAD[shape])}: not read)")
+
+    def fail(msg: str) -> DataFormatError:
+        return DataFormatError(path, line, f"{shape} row: {msg}")
+
+    out: dict[str, Any] = {"query": obj.get("query")}
+    if shape == "FlagEmbedding":
+        lists = {}
+        for key in ("pos", "neg"):
+            texts = obj.get(key) or []
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise fail(f"{key!r} must be a list of passage texts")
+            lists[key] = texts
+        out["qid"] = qid
+        out["candidates"] = [{"id": f"{key}-{i}", "text": text}
+                             for key in ("pos", "neg") for i, text in enumerate(lists[key])]
+        out["labels"] = [1] * len(lists["pos"]) + [0] * len(lists["neg"])
+        scores = {key: obj.get(f"{key}_scores") for key in ("pos", "neg")}
+        if any(v is not None for v in scores.values()):
+            for key, values in scores.items():
+                if values is None and lists[key]:
+                    raise fail(f"{key}_scores is missing: give both pos_scores and neg_scores (the teacher's scores "
+                               "of every passage), or neither")
+                values = values or []
+                if not isinstance(values, list) or len(values) != len(lists[key]) or not all(_num(v) for v in values):
+                    raise fail(f"{key}_scores must be finite numbers aligned with {key!r} ({len(lists[key])})")
+            out["teacher_scores"] = [*(scores["pos"] or []), *(scores["neg"] or [])]
+    else:
+        out["qid"] = obj["query_id"] if obj.get("query_id") is not None else qid
+        out["candidates"], out["labels"] = [], []
+        for key, label in (("positive_passages", 1), ("negative_passages", 0)):
+            passages = obj.get(key) or []
+            if not isinstance(passages, list):
+                raise fail(f"{key!r} must be a list of passages {{docid, title, text}}")
+            for i, p in enumerate(passages):
+                if not isinstance(p, Mapping) or p.get("docid") is None:
+                    raise fail(f"{key}[{i}] must be an object with 'docid' and 'text'")
+                bad = sorted(str(k) for k, v in p.items() if k not in _PASSAGE_KEYS and v is not None)
+                if bad:
+                    raise fail(f"{key}[{i}]: unknown field {bad[0]!r}; known fields: {', '.join(_PASSAGE_KEYS)}")
+                out["candidates"].append({"id": p["docid"], "text": p.get("text"), "title": p.get("title")})
+                out["labels"].append(label)
+    return out, shape, unread
+
+
 def _rows(path: Path) -> Iterable[tuple[int, Any]]:
     if path.is_dir():
         beir = [n for n in ("corpus.jsonl", "queries.jsonl") if (path / n).is_file() or (path / f"{n}.gz").is_file()]
@@ -249,13 +352,33 @@ def _rows(path: Path) -> Iterable[tuple[int, Any]]:
             raise DataFormatError(path, None, f"is a DatasetDict ({list(ds)}); point at one split's folder")
         # HF rows are 0-based; report them 1-based like lines
         return ((i + 1, {k: v for k, v in row.items() if v is not None}) for i, row in enumerate(ds))
-    from rerank.data.io import iter_jsonl
+    return _jsonl_rows(path)
 
-    return iter_jsonl(path)
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """The objects of a JSONL file; a file whose first line is tab-separated text is an error saying how to make
+    training rows of it."""
+    from rerank.data.io import iter_jsonl, iter_lines
+
+    rows = iter_jsonl(path)
+    try:
+        first = next(rows, None)
+    except DataFormatError as e:
+        if e.line is not None and "invalid JSON" in str(e):
+            text = next((t for n, t in iter_lines(path) if n == e.line), "")
+            if "\t" in text and not text.lstrip().startswith(("{", "[")):
+                raise DataFormatError(path, e.line, "tab-separated text, and TSV is not a training format: convert "
+                                      "its (query, passage, label) lines to JSONL training rows with the snippet in "
+                                      f"{_SHAPES_DOC}, or give a BEIR folder as data.beir") from None
+        raise
+    if first is not None:
+        yield first
+        yield from rows
 
 
 def load_examples(path: str | Path, scale: TeacherScale | None = None) -> list[dict[str, Any]]:
-    """Read and validate every row of a JSONL file (``.gz`` ok) or an HF dataset folder. ``scale``: the range the
+    """Read and validate every row of a JSONL file (``.gz`` ok) or an HF dataset folder (FlagEmbedding's and
+    Tevatron's rows converted, as the module docstring says). ``scale``: the range the
     training head reads ``teacher_scores`` on (:func:`teacher_scale`); scores outside it are an error, and a file
     whose scores all lie in [0, 1] (probabilities) is warned about once."""
     p = Path(path)
@@ -264,14 +387,28 @@ def load_examples(path: str | Path, scale: TeacherScale | None = None) -> list[d
     where = f"{p} row" if p.is_dir() else p
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    unread: dict[tuple[str, str], int] = {}
     for line, obj in _rows(p):
-        ex = validate_example(obj, where, line, scale)
+        row, shape, fields = _convert_row(obj, where, line, f"{'row' if p.is_dir() else 'line'}-{line}")
+        for name in fields:
+            unread[shape, name] = unread.get((shape, name), 0) + 1
+        try:
+            ex = validate_example(row, where, line, scale)
+        except DataFormatError as e:
+            if shape == "rerank":
+                raise
+            said = str(e).removeprefix(f"{where}:{line}: ")
+            raise DataFormatError(where, line, f"{said} (in this {shape} row read as rerank's: see "
+                                  f"{_SHAPES_DOC})") from None
         if ex["qid"] in seen:
             raise DataFormatError(where, line, f"duplicate qid {ex['qid']!r} (first at line {seen[ex['qid']]})")
         seen[ex["qid"]] = line
         out.append(ex)
     if not out:
         raise DataFormatError(p, None, "no training examples")
+    for (shape, name), count in unread.items():
+        log.warning("%s: %d %s rows hold the field %r (%s), which no trainer reads", p, count, shape, name,
+                    _UNREAD[shape][name])
     if scale is not None:
         _warn_probabilities(out, p, scale)
     return out

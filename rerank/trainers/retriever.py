@@ -172,6 +172,24 @@ class TrainData:
     skipped: list[str]
 
 
+def _file_as_dataset(dataset: str) -> str:
+    """The error for a file given as ``dataset``: a file of training rows (a shape ``rerank train sft`` reads) is
+    named as such, since the retriever trainers read only BEIR folders."""
+    from rerank.data.io import iter_jsonl
+    from rerank.trainers.data import row_shape
+
+    try:
+        shape = row_shape(next(iter(iter_jsonl(Path(dataset).expanduser())), (0, None))[1])
+    except (RerankError, OSError):  # not JSONL: a file all the same
+        shape = None
+    if shape is None:
+        return (f"the retriever trainers read only BEIR folders: dataset {dataset} is a file, not a BEIR folder: give "
+                "the folder holding corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    return (f"dataset {dataset} is a file of training rows ({shape}'s shape), which the retriever trainers do not "
+            "read: they read only BEIR folders (corpus.jsonl, queries.jsonl and qrels/<split>.tsv); such rows train a "
+            "reranker (rerank train sft --set 'data={path: FILE}'): see docs/train-your-own.md#1-your-data")
+
+
 def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainData:
     """Judged queries of ``cfg.split``; no-positive queries reported and dropped; dev carved with ``cfg.seed``."""
     if not cfg.dataset:
@@ -180,8 +198,7 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
         ds = resolve_dataset(cfg.dataset, data_root, qrels_duplicates=cfg.qrels_duplicates)
     except DatasetNotFoundError:
         if Path(cfg.dataset).expanduser().is_file():
-            raise ConfigError(f"dataset {cfg.dataset} is a file, not a BEIR folder: give the folder holding "
-                              "corpus.jsonl, queries.jsonl and qrels/<split>.tsv") from None
+            raise ConfigError(_file_as_dataset(cfg.dataset)) from None
         raise
     ds.duplicates_fix = "keep one grade with the key qrels_duplicates: last|max (or --set qrels_duplicates=max)"
     try:

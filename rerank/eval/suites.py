@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -472,7 +472,8 @@ def _complete_run(folder: Path) -> dict[str, Any] | None:
 def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                   reranker: Reranker | None) -> dict[str, dict[str, Any]]:
     """``--resume``: the recorded ``metrics.json`` of every member whose folder holds a complete run with this run's
-    settings (its EvalConfig but :data:`_NOT_SETTINGS`, and a given reranker's method, model and config) and whose
+    settings (its EvalConfig but :data:`_NOT_SETTINGS`, the reranker and retriever options as the typed configs they
+    build (:func:`_option_differences`), and a given reranker's method, model and config) and whose
     inputs (:func:`_member_inputs`) were not modified after it. A complete run under other settings or on modified
     inputs is a :class:`ConfigError` naming the members and what differs; before any work."""
     from rerank.trainers.resume import config_differences  # imports transformers: only when resuming
@@ -489,7 +490,7 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
         cfg = _member_config(base, e, out)
         old = _settings(recorded["config"], str(recorded.get("dataset_root") or recorded["config"].get("dataset")))
         new = _settings(json.loads(json.dumps(to_dict(cfg))), str(e.dataset.root.resolve()))
-        diffs = config_differences(old, new, cfg) + _dropped_options(old, new)
+        diffs = _option_differences(old, new, base, reranker) + config_differences(old, new, cfg)
         if reranker is not None or base.reranker is None:  # else the config names the reranker it loads
             was = _ranker(recorded.get("reranker"))
             if was is None or given is None:
@@ -514,16 +515,115 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
     return kept
 
 
-def _dropped_options(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``name.key: value -> absent`` for each reranker or retriever option a member was run with that this run does
-    not give (:func:`config_differences` skips a key the new side lacks: for a typed option, one removed since; here,
-    one no longer given, whose value now comes from the model or the default)."""
+def _option_differences(old: dict[str, Any], new: dict[str, Any], base: EvalConfig,
+                        reranker: Reranker | None) -> list[str]:
+    """``name.key: old -> new`` for each reranker or retriever option whose value differs between a member's recorded
+    settings and this run's, each side read as the typed config it builds (:func:`_typed_options`), so an option
+    given at its default (or a trained model's value) is the option left out; ``absent`` shows a side that does not
+    give it. Both blocks are taken out of ``old`` and ``new`` (what :func:`config_differences` compares)."""
     out = []
     for name in ("reranker_options", "retriever_options"):
-        was, now = old.get(name), new.get(name)
-        if isinstance(was, dict) and isinstance(now, dict):
-            out += [f"{name}.{k}: {json.dumps(was[k])} -> absent" for k in sorted(was, key=str) if k not in now]
+        if not (isinstance(old.get(name), dict) and isinstance(new.get(name), dict)):
+            continue  # a record without the block: config_differences compares it with the field's default
+        was, now = old.pop(name), new.pop(name)
+        typed = _typed_options(name, base, reranker)
+        if typed is not None:
+            try:
+                was_typed, now_typed = typed(was), typed(now)
+            except (RerankError, TypeError, ValueError):  # a record no config builds now: compared as given
+                typed = None
+        if typed is None:
+            was_typed, now_typed = was, now
+        out += _differing((name,), was_typed, now_typed, was, now, _result_neutral(name, base))
     return out
+
+
+def _typed_options(name: str, base: EvalConfig,
+                   reranker: Reranker | None) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """How ``base``'s ``name`` block (``reranker_options`` or ``retriever_options``) becomes the config the reranker
+    or retriever builds from it, every field filled (over a trained model folder's recorded options, as
+    :meth:`Reranker.load` layers them); None when no typed config can be told (an unknown name, a class without one)."""
+    from rerank.config import from_dict
+
+    trained: dict[str, Any] = {}
+    try:
+        if name == "retriever_options":
+            from rerank.retrieval.base import retriever_config_class
+
+            config_class = retriever_config_class(base.retriever) if base.retriever is not None else None
+        elif reranker is not None:
+            config_class = type(reranker).config_class
+        else:
+            config_class, trained = _reranker_config(base)
+    except RerankError:
+        return None
+    if config_class is None:
+        return None
+
+    def typed(options: dict[str, Any]) -> dict[str, Any]:
+        out = json.loads(json.dumps(to_dict(from_dict(config_class, {**trained, **options}, where=name))))
+        if name == "retriever_options":
+            out = {k: resolved_path(v) if k in ("model", "index") else v for k, v in out.items()}
+        return out
+    return typed
+
+
+def _reranker_config(base: EvalConfig) -> tuple[type | None, dict[str, Any]]:
+    """The typed config class of the reranker ``base`` loads and the options its trained model folder records (as
+    :meth:`Reranker.load` finds them: ``--reranker`` a registered method or a trained folder, ``--model`` a folder)."""
+    from rerank.heads.registry import available_rerankers, get_reranker_class
+    from rerank.methods.record import read_record
+
+    method, model = base.reranker, base.model
+    if method is None:
+        return None, {}
+    if model is None and method not in available_rerankers():
+        method, model = None, method
+    record = read_record(model)
+    trained: dict[str, Any] = {}
+    if record is not None and record.get("kind") == "reranker":
+        method, trained = method or record.get("method"), dict(record.get("options") or {})
+    if not isinstance(method, str):
+        return None, {}
+    return get_reranker_class(method).config_class, trained
+
+
+def _result_neutral(name: str, base: EvalConfig) -> set[tuple[str, ...]]:
+    """Option paths within ``name`` that cannot change a result, so ``--resume`` does not compare them: the
+    retriever's progress-bar switch (:data:`~rerank.retrieval.base.PROGRESS_OPTIONS`) and the LLM backend's options
+    its cached answers are not keyed by (``cache_ignored_options``: the openai backend's timeout, retries, ...)."""
+    if name == "retriever_options":
+        from rerank.retrieval.base import PROGRESS_OPTIONS
+
+        key = PROGRESS_OPTIONS.get(base.retriever or "")
+        return {(key,)} if key else set()
+    from rerank.backends.registry import available_backends, backend_class
+
+    if base.backend not in available_backends():
+        return set()
+    return {("backend_options", k) for k in getattr(backend_class(base.backend), "cache_ignored_options", ())}
+
+
+_ABSENT = object()
+
+
+def _differing(path: tuple[str, ...], old: Any, new: Any, old_given: Any, new_given: Any,
+               neutral: set[tuple[str, ...]]) -> list[str]:
+    """``a.b: old -> new`` for each value that differs between typed ``old`` and ``new`` (nested mappings key by key,
+    a key on one side only included), ``absent`` where the side as given (``*_given``) lacks the key."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            if (*path[1:], key) in neutral:
+                continue
+            sub = [x.get(key, _ABSENT) if isinstance(x, dict) else _ABSENT for x in (old, new, old_given, new_given)]
+            out += _differing((*path, str(key)), *sub, neutral)
+        return out
+    if old == new:
+        return []
+    shown = ["absent" if value is _ABSENT or given is _ABSENT else json.dumps(value)
+             for value, given in ((old, old_given), (new, new_given))]
+    return [f"{'.'.join(path)}: {shown[0]} -> {shown[1]}"]
 
 
 def _member_inputs(e: SuiteEntry, cfg: EvalConfig) -> list[Path]:

@@ -1,19 +1,24 @@
-"""Review D of audit 5, finding 1: ``rerank eval --suite ... --resume`` compares the reranker and retriever options
-as the typed configs they build (an option given at its default, or at a trained model's value, is the option left
-out, both ways; a value that changes results is refused naming it)."""
+"""Review D of audit 5, findings 1 and 3: ``rerank eval --suite ... --resume`` compares the reranker and retriever
+options as the typed configs they build (an option given at its default, or at a trained model's value, is the
+option left out, both ways; a value that changes results is refused naming it); a 3-column rank run too small to tell
+is not warned of as read upside down."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rerank.data.io import read_run
 from rerank.eval.pipeline import EvalConfig
 from rerank.eval.suites import _option_differences
 from tests.test_suites import _dl_folder
+
+UPSIDE_DOWN = "the third column falls as the file goes on"
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +119,53 @@ def test_backend_options_are_compared_key_by_key_but_the_openai_transport_ones()
     assert old == {} and new == {}  # taken out of what config_differences compares
     same = {"reranker_options": {"batch_size": 8, "backend_options": {"concurrency": 2}}}
     assert _option_differences(same, {"reranker_options": {}}, base, None) == []  # 8: LLMHeadConfig's default
+
+
+# --- #3: the upside-down warning needs queries of 3 lines or more, 2 of them at least -------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and UPSIDE_DOWN in r.getMessage()]
+
+
+@pytest.mark.parametrize("text", [
+    "q1\ta\t2\nq1\tb\t1\n",  # 1 query, 2 lines, correct ranks listed by doc id
+    "q1\ta\t3\nq1\tb\t2\nq1\tc\t1\n",  # 1 query, 3 lines
+    "q1\ta\t2\nq1\tb\t1\nq2\ta\t2\nq2\tb\t1\n",  # 2 queries of 2 lines
+    "".join(f"q{i}\ta\t2\nq{i}\tb\t1\n" for i in range(9)) + "q9\ta\t1\nq9\tb\t2\n",  # 9 of 10 queries of 2 lines
+    "q1\ta\t3\nq1\tb\t2\nq1\tc\t1\nq2\ta\t2\nq2\tb\t1\n",  # one query of 3 lines, one of 2
+])
+def test_a_rank_run_too_small_to_tell_is_not_warned_of(text: str, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rerank")
+    path = tmp_path / "run.tsv"
+    path.write_text(text)
+    assert read_run(path)["q1"][0][1] == -1.0
+    assert _warnings(caplog) == []
+
+
+def test_two_queries_of_three_lines_listed_best_first_warn_naming_the_rule(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rerank")
+    path = tmp_path / "scores.tsv"
+    path.write_text("".join(f"q{q}\td{i}\t{3 - i}\n" for q in (1, 2) for i in range(3)) + "q3\ta\t2\nq3\tb\t1\n")
+    read_run(path)
+    (warning,) = _warnings(caplog)
+    assert "in 2 of 2 queries (of those with 3 lines or more)" in warning and "6-column" in warning
+
+
+@pytest.mark.shared_data
+def test_dl19_written_as_101_minus_rank_best_first_warns_for_every_query(
+        dl19_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The audit's case: the DL19 BM25 run as ``qid docid 101-rank``, best first; sorted by doc id it is silent."""
+    caplog.set_level(logging.WARNING, logger="rerank")
+    rows = [line.split() for line in (dl19_dir / "bm25_top100.trec").read_text().splitlines()]
+    by_docid = tmp_path / "by-docid.tsv"
+    by_docid.write_text("".join(f"{r[0]}\t{r[2]}\t{r[3]}\n" for r in sorted(rows, key=lambda r: (r[0], r[2]))))
+    read_run(by_docid)
+    assert _warnings(caplog) == []
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("".join(f"{r[0]}\t{r[2]}\t{101 - int(r[3])}\n" for r in rows))
+    read_run(scores)
+    (warning,) = _warnings(caplog)
+    assert "in 43 of 43 queries (of those with 3 lines or more)" in warning

@@ -495,11 +495,11 @@ def read_run(path: str | Path) -> Run:
     """Read a TREC run (``qid Q0 docid rank score tag``), sorted as trec_eval sorts it.
 
     The tab-separated 3-column MS MARCO form (``qid docid rank``, as Pyserini writes it) is read too, with score
-    ``-rank``; its rank must be a positive integer, unique within a query. When in nearly every query that rank falls
-    from each line to the next (scores listed best first, where the form holds ranks), a warning says the run is read
-    upside down; ranks listed in any other order (by doc id, as merged runs are) are not warned of. The form is
-    detected from the first line's column count. A document listed twice for one query is an error (trec_eval
-    would silently count it twice).
+    ``-rank``; its rank must be a positive integer, unique within a query. When in nearly every query of 3 lines or
+    more (2 such queries at least) that rank falls from each line to the next (scores listed best first, where the
+    form holds ranks), a warning says the run is read upside down; ranks listed in any other order (by doc id, as
+    merged runs are) are not warned of. The form is detected from the first line's column count. A document listed
+    twice for one query is an error (trec_eval would silently count it twice).
     """
     path = Path(path)
     run: Run = {}
@@ -555,18 +555,25 @@ def read_run(path: str | Path) -> Run:
     return {qid: sort_ranking(pairs) for qid, pairs in run.items()}
 
 
+#: a query counts for the upside-down warning from this many lines (2 fall by chance half the time when ranks are
+#: listed by doc id, 3 a sixth of it), and the warning needs this many such queries
+_RANK_ORDER_LINES = 3
+_RANK_ORDER_QUERIES = 2
+
+
 def _check_rank_order(path: Path, ranks: dict[str, dict[int, int]]) -> None:
     """Warn when in at least 9 of 10 queries of a 3-column run (``ranks``: query -> rank -> line, in file order) with
-    two lines or more the rank falls from each line to the next (n, ..., 1): scores written best first where the form
-    holds ranks, so rank 1 (read as best) is the lowest score and the run is read upside down (as
-    :func:`check_rank_column` warns for 6 columns). Ranks in any other order (by doc id, as text) pass."""
-    listed = [list(at) for at in ranks.values() if len(at) > 1]
+    3 lines or more, 2 such queries at least, the rank falls from each line to the next (n, ..., 1): scores written
+    best first where the form holds ranks, so rank 1 (read as best) is the lowest score and the run is read upside
+    down (as :func:`check_rank_column` warns for 6 columns). Ranks in any other order (by doc id, as text) pass, and
+    so does a run too small to tell (a docid-sorted correct run falls in a query of n lines once in n!)."""
+    listed = [list(at) for at in ranks.values() if len(at) >= _RANK_ORDER_LINES]
     falling = sum(all(a > b for a, b in zip(order, order[1:])) for order in listed)
-    if listed and 10 * falling >= 9 * len(listed):
-        log.warning("%s: in %d of %d queries the third column falls as the file goes on, line after line: it looks "
-                    "like scores (higher is better) listed best first, but a 3-column run holds ranks (qid docid "
-                    "rank, 1 = best), so this run is read upside down; write scores as a 6-column TREC run (qid Q0 "
-                    "docid rank score tag)", path, falling, len(listed))
+    if len(listed) >= _RANK_ORDER_QUERIES and 10 * falling >= 9 * len(listed):
+        log.warning("%s: in %d of %d queries (of those with %d lines or more) the third column falls as the file goes "
+                    "on, line after line: it looks like scores (higher is better) listed best first, but a 3-column "
+                    "run holds ranks (qid docid rank, 1 = best), so this run is read upside down; write scores as a "
+                    "6-column TREC run (qid Q0 docid rank score tag)", path, falling, len(listed), _RANK_ORDER_LINES)
 
 
 def check_ranked(run: Run, what: str, top_k: int | None = None, cut: str | None = None) -> bool:

@@ -5,8 +5,11 @@ schema ``{"qid", "query", "candidates": [{"id", "text", "title"?, "score"?}], "l
 "teacher_scores"?, "reasoning"?}``. While running, each finished unit is appended (and flushed) as one line
 ``{"unit", "rows"}`` to ``progress.jsonl``; an interrupted build continues with ``resume=True`` from the units done
 (a torn last line is dropped), unless an input the finished units were read from changed since the build started
-(:meth:`Recipe.inputs`, recorded in ``progress.meta.json``). At the end ``data.jsonl`` and ``manifest.json`` (source,
-input fingerprints, recipe hash, counts) are written atomically and the progress file is removed; a resume of a
+(:meth:`Recipe.inputs`, recorded in ``progress.meta.json``). A unit that gives no row is recorded with its reason
+(:meth:`Recipe.skip`); at the end one warning counts them by reason with a few example ids. ``data.jsonl``,
+``skipped.jsonl`` (one ``{"unit", "reason"}`` line per unit without a row, when there is one) and ``manifest.json``
+(source, input fingerprints, recipe hash, counts, those per skip reason included) are written atomically and the
+progress file is removed; a resume of a
 finished build keeps it only while those inputs are unchanged. The recipe hash leaves out the paths of the files
 ``source.queries`` and ``first_stage.run`` (inputs, compared by content) and reads a dataset folder by its resolved
 path, so it does not depend on how a path is spelled. Every recipe reads its dataset as ``source.dataset``; an unknown
@@ -38,6 +41,7 @@ from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
 
 __all__ = [
     "RECIPE_KEY_HINTS",
+    "SKIPPED_FILE",
     "FirstStageSpec",
     "ModelSpec",
     "Recipe",
@@ -55,6 +59,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "rerank-train-v1"
+#: the file of a build's units without a row, each with its reason
+SKIPPED_FILE = "skipped.jsonl"
+#: the skip reasons of a unit whose recipe gave none, and of one an interrupted build finished without recording it
+NO_ROW, NOT_RECORDED = "no_row", "not_recorded"
+#: how many example ids the warning about skipped units names per reason
+_SKIP_EXAMPLES = 3
 
 
 @dataclass
@@ -371,6 +381,13 @@ def _load_recipe(recipe: Mapping[str, Any] | str | Path) -> dict[str, Any]:
                     f"{type(recipe).__name__}")
 
 
+#: skip reasons every recipe may record -> how the warning counts them (:meth:`Recipe.skip_reasons`)
+_GENERIC_SKIPS = {
+    NO_ROW: "gave no row (the recipe gives no reason)",
+    NOT_RECORDED: "gave no row in the interrupted build, which recorded no reason (an earlier rerank started it)",
+}
+
+
 class Recipe(ABC):
     """One recipe kind: a typed config, the ordered units, and rows per unit."""
 
@@ -380,6 +397,7 @@ class Recipe(ABC):
     def __init__(self, config: Any, data_root: str | None = None) -> None:
         self.config = config
         self.data_root = data_root
+        self._skips: dict[str, str] = {}
 
     @abstractmethod
     def units(self) -> list[str]:
@@ -387,7 +405,27 @@ class Recipe(ABC):
 
     @abstractmethod
     def rows_for(self, unit: str) -> list[dict[str, Any]]:
-        """Training rows for one unit (may be empty: the unit is recorded as skipped)."""
+        """Training rows for one unit (may be empty: the unit is recorded as skipped, with :meth:`skip`'s reason)."""
+
+    def skip(self, unit: str, reason: str) -> list[dict[str, Any]]:
+        """Record why ``unit`` gives no row (a key of :meth:`skip_reasons`); returns no rows, for ``rows_for`` to
+        return."""
+        self._skips[unit] = reason
+        return []
+
+    def skip_reason(self, unit: str) -> str:
+        """Why ``unit`` gave no row, asked once after :meth:`rows_for` returned none (``no_row``: the recipe did not
+        say)."""
+        return self._skips.pop(unit, NO_ROW)
+
+    def skip_reasons(self) -> dict[str, str]:
+        """Each reason a unit of this recipe can give no row -> how the build's warning counts it, after "N of the M
+        queries" ("have no positive judgement")."""
+        return dict(_GENERIC_SKIPS)
+
+    def units_name(self, count: int) -> str:
+        """The ``count`` units as a message names them ("the 253 train queries of dataset mybeir")."""
+        return f"the {count} units"
 
     def restore(self, rows: Iterable[dict[str, Any]]) -> None:
         """Re-establish state from rows already written (e.g. the de-duplication set) before resuming."""
@@ -454,6 +492,36 @@ def _read_progress(path: Path) -> tuple[list[dict[str, Any]], int]:
                 break
             good += len(raw)
     return done, good
+
+
+def _write_skipped(skipped: list[tuple[str, str]], path: Path) -> dict[str, int]:
+    """Write the ``(unit, reason)`` of each unit without a row to ``path`` (atomically; a build without any leaves no
+    such file) and return the count per reason."""
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return {}
+    with atomic_write(path) as f:
+        for unit, reason in skipped:
+            f.write(json.dumps({"unit": unit, "reason": reason}, ensure_ascii=False) + "\n")
+    by_reason: dict[str, int] = {}
+    for _, reason in skipped:
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    return by_reason
+
+
+def _warn_skipped(kind: str, skipped: list[tuple[str, str]], units_name: str, phrases: Mapping[str, str],
+                  path: Path) -> None:
+    """One warning for the units that gave no row: how many, per reason (the recipe's phrase, its code and a few
+    example ids), and the file listing each."""
+    ids: dict[str, list[str]] = {}
+    for unit, reason in skipped:
+        ids.setdefault(reason, []).append(unit)
+    parts = []
+    for reason, units in ids.items():
+        examples = ", ".join(units[:_SKIP_EXAMPLES]) + (", …" if len(units) > _SKIP_EXAMPLES else "")
+        parts.append(f"{len(units)} {phrases.get(reason, 'gave no row')} ({reason}: {examples})")
+    log.warning("recipe %s: %d of %s gave no row and are skipped (each with its reason in %s): %s", kind,
+                len(skipped), units_name, path, "; ".join(parts))
 
 
 def build(
@@ -544,11 +612,11 @@ def build(
                 for i, row in enumerate(rows):
                     validate_row(row, f"recipe {kind}, unit {u}, row {i}")
                 stats = r.unit_stats(u)
-                f.write(json.dumps({"unit": u, "rows": rows, **({"stats": stats} if stats else {})},
-                                   ensure_ascii=False) + "\n")
+                done_unit = {"unit": u, "rows": rows, **({} if rows else {"skipped": r.skip_reason(u)})}
+                f.write(json.dumps({**done_unit, **({"stats": stats} if stats else {})}, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-                done_units.append({"unit": u, "rows": rows})
+                done_units.append(done_unit)
                 bar.update(1)
         bar.close()
         if not any(d["rows"] for d in done_units):
@@ -560,6 +628,8 @@ def build(
                 out.rmdir()
             raise ConfigError(f"recipe {kind} wrote no row from its {len(units)} units: {why}")
         source = r.source()
+        reasons = r.skip_reasons()
+        units_name = r.units_name(len(units))
     finally:
         r.close()
     order = {u: i for i, u in enumerate(units)}
@@ -568,6 +638,10 @@ def build(
     with atomic_write(out / "data.jsonl") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    skipped = [(str(d["unit"]), str(d.get("skipped") or NOT_RECORDED)) for d in done_units if not d["rows"]]
+    by_reason = _write_skipped(skipped, out / SKIPPED_FILE)
+    if skipped:
+        _warn_skipped(kind, skipped, units_name, reasons, out / SKIPPED_FILE)
     manifest = {
         "recipe": kind,
         "recipe_hash": rhash,
@@ -578,11 +652,13 @@ def build(
         "inputs": inputs,
         "counts": {
             "units": len(units),
-            "units_without_rows": sum(1 for d in done_units if not d["rows"]),
+            "units_without_rows": len(skipped),
+            "skipped_by_reason": by_reason,
             "rows": len(rows),
             "candidates": sum(len(x["candidates"]) for x in rows),
             "positive_labels": sum(1 for x in rows for g in x["labels"] if g > 0),
         },
+        **({"skipped": SKIPPED_FILE} if skipped else {}),
         "resumed_units": len(done),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -15,7 +15,10 @@
   with ``source.queries`` the labels of that file's rows.
 
 A ``first_stage.run`` that ranks none of the recipe's queries is an error (as ``rerank eval --first-stage``), its
-document ids missing from the corpus a warning with counts; a build that writes no row is an error saying why.
+document ids missing from the corpus a warning with counts; a build that writes no row is an error saying why. A query
+that gives no row is recorded with its reason (:meth:`~rerank.data_recipes.base.Recipe.skip`): ``no_judged_positive``,
+``positive_not_in_corpus``, ``positive_without_text``, ``no_negative_in_window``, ``negatives_filtered``
+(``hard_negatives``) or ``fewer_than_2_candidates`` (``teacher_labels``).
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ class _OverRun(Recipe):
         first = "first " if src.max_queries is not None else ""
         where = f"of {src.queries}" if src.queries is not None else f"{src.split} queries of dataset {self.dataset.name}"
         return f"the {first}{len(self.queries)} {where}"
+
+    def units_name(self, count: int) -> str:
+        """The queries as the warning about those without a row names them (:meth:`Recipe.units_name`)."""
+        return self._queries_name()
 
     def _check_given_run(self, full: Run, name: str) -> None:
         """A run file that ranks none of the recipe's queries is an error (``rerank eval --first-stage``'s); queries
@@ -320,17 +327,44 @@ class HardNegativesRecipe(_OverRun):
     def _cut(self) -> str:
         return f"window {self.config.window}"
 
+    def skip_reasons(self) -> dict[str, str]:
+        """Why a query gives no row (:meth:`Recipe.skip_reasons`); the corpus reasons in the words of the trainers'
+        ``data.beir`` warning."""
+        cfg = self.config
+        return {
+            **super().skip_reasons(),
+            "no_judged_positive": f"have no positive judgement of grade >= {cfg.min_positive_grade}",
+            "positive_not_in_corpus": "with a positive judgement have no positive left in the corpus: the judged "
+                                      "documents are not in it",
+            "positive_without_text": "with a positive judgement have no positive left in the corpus: the judged "
+                                     "documents have no text",
+            "no_negative_in_window": f"have no negative in window {cfg.window} of their first-stage ranking once "
+                                     "judged positives and documents without text are removed",
+            "negatives_filtered": "had every negative of their window removed by the false_negative_filter",
+        }
+
+    def _no_positive(self, unit: str) -> str:
+        """Why ``unit`` has no positive: no judgement of grade >= ``min_positive_grade``, or none of its judged
+        positives in the corpus with text."""
+        judged = [d for d, g in self.qrels.get(unit, {}).items() if g >= self.config.min_positive_grade]
+        if not judged:
+            return "no_judged_positive"
+        corpus = self.dataset.corpus
+        return "positive_without_text" if any(d in corpus for d in judged) else "positive_not_in_corpus"
+
     def rows_for(self, unit: str) -> list[dict[str, Any]]:
         cfg = self.config
         corpus = self.dataset.corpus
         pos = self.positives(unit, cfg.min_positive_grade)
         if not pos:
-            return []
+            return self.skip(unit, self._no_positive(unit))
         judged_pos = {d for d, g in self.qrels.get(unit, {}).items() if g >= 1}
         ranked = sort_ranking(self.run.get(unit, []))
         lo, hi = cfg.window
         window = [(d, s) for d, s in ranked[lo - 1 : hi] if d not in judged_pos and self.usable(d)]
-        if cfg.false_negative_filter is not None and window:
+        if not window:
+            return self.skip(unit, "no_negative_in_window")
+        if cfg.false_negative_filter is not None:
             docs = [corpus[d] for d in pos] + [corpus[d] for d, _ in window]
             scores = self._filter_scores(unit, docs)
             threshold = min(scores[: len(pos)]) - cfg.false_negative_filter.margin
@@ -338,13 +372,13 @@ class HardNegativesRecipe(_OverRun):
             self.filtered += len(window) - len(keep)
             self._unit_filtered[unit] = len(window) - len(keep)
             window = keep
+            if not window:
+                return self.skip(unit, "negatives_filtered")
         if cfg.sampling == "random":
             rng = unit_rng(cfg.seed, unit)
             negs = sorted(rng.sample(window, min(cfg.num_negatives, len(window))), key=lambda x: window.index(x))
         else:
             negs = window[: cfg.num_negatives]
-        if not negs:
-            return []
         fs_scores = dict(ranked)
         cands = [_cand(corpus[d], fs_scores.get(d)) for d in pos] + [_cand(corpus[d], s) for d, s in negs]
         labels = [int(self.qrels[unit][d]) for d in pos] + [0] * len(negs)
@@ -490,10 +524,17 @@ class TeacherLabelsRecipe(_OverRun):
         return super().empty_reason() or (f"every query has fewer than 2 candidates (its first-stage top "
                                           f"{self.config.candidates} documents in the corpus, with positives added)")
 
+    def skip_reasons(self) -> dict[str, str]:
+        """Why a query gives no row (:meth:`Recipe.skip_reasons`)."""
+        with_pos = ", with positives added" if self.config.include_positives else ""
+        return {**super().skip_reasons(),
+                "fewer_than_2_candidates": f"have fewer than 2 candidates: their first-stage top "
+                                           f"{self.config.candidates} documents in the corpus with text{with_pos}"}
+
     def rows_for(self, unit: str) -> list[dict[str, Any]]:
         docs = self._candidates(unit)
         if len(docs) < 2:
-            return []
+            return self.skip(unit, "fewer_than_2_candidates")
         grades = self.qrels.get(unit, {})
         fs = dict(self.run.get(unit, []))
         row: dict[str, Any] = {"qid": unit, "query": self.queries[unit].text,

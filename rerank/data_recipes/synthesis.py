@@ -10,7 +10,9 @@ already kept query reaches ``dedup_jaccard`` are dropped. With ``consistency_k``
 stage ranks its source document within its top k (the round-trip consistency filter of Promptagator and InPars: a
 query that does not find its own document is more likely noise than a hard query). Each kept query becomes a row with
 its source document as the positive (label 1) and, when a first stage is given, negatives from its ranks
-``negative_window`` for that query (the source document excluded; label 0).
+``negative_window`` for that query (the source document excluded; label 0). A document whose query is dropped gives no
+row and is recorded with the reason its drop is counted under (``empty_or_short``, ``duplicate``, ``near_duplicate``,
+``inconsistent``).
 """
 
 from __future__ import annotations
@@ -188,7 +190,22 @@ class QuerySynthesisRecipe(Recipe):
     def _drop(self, unit: str, why: str) -> list[dict[str, Any]]:
         self.dropped[why] += 1
         self._unit_dropped[unit] = why
-        return []
+        return self.skip(unit, why)
+
+    def skip_reasons(self) -> dict[str, str]:
+        """Why a document gives no row (:meth:`Recipe.skip_reasons`): its query was dropped, by the reason the
+        manifest's ``dropped_queries`` counts."""
+        cfg = self.config
+        return {**super().skip_reasons(),
+                "empty_or_short": f"gave a query of fewer than {cfg.min_query_words} words",
+                "duplicate": "gave a query already kept (after normalisation)",
+                "near_duplicate": f"gave a near duplicate of a kept query (word-set Jaccard >= {cfg.dedup_jaccard})",
+                "inconsistent": f"gave a query whose first stage does not rank the document in its top "
+                                f"{cfg.consistency_k}"}
+
+    def units_name(self, count: int) -> str:
+        """The sampled documents as the warning about those without a row names them (:meth:`Recipe.units_name`)."""
+        return f"the {count} documents sampled from dataset {self.dataset.name}"
 
     def _keep(self, q: str) -> None:
         self.kept_norm.add(normalise(q))

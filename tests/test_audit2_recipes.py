@@ -154,7 +154,7 @@ _FS = {"retriever": "bm25", "depth": 50}
      r"window \[60, 90\] ends past first_stage depth 50"),
     (TeacherLabelsConfig, {"source": {"dataset": "scifact"}, "first_stage": _FS, "mode": "first_stage",
                            "candidates": 51}, r"candidates 51 is above first_stage depth 50 .*candidates <= 50"),
-    (QuerySynthesisConfig, {"dataset": "scifact", "generator": {"kind": "sentence"}, "first_stage": _FS,
+    (QuerySynthesisConfig, {"source": {"dataset": "scifact"}, "generator": {"kind": "sentence"}, "first_stage": _FS,
                             "negative_window": [5, 51]}, r"negative_window \[5, 51\] ends past first_stage depth 50"),
 ])
 def test_cut_past_the_first_stage_depth_is_refused(cls: type, spec: dict[str, Any], message: str) -> None:
@@ -170,7 +170,7 @@ def test_cut_past_the_first_stage_depth_is_refused(cls: type, spec: dict[str, An
                            "candidates": 50}),
     (TeacherLabelsConfig, {"source": {"dataset": "scifact"}, "first_stage": {"retriever": "bm25", "depth": 10},
                            "mode": "first_stage"}),  # the default 20: the first stage's 10
-    (QuerySynthesisConfig, {"dataset": "scifact", "generator": {"kind": "sentence"}, "first_stage": _FS,
+    (QuerySynthesisConfig, {"source": {"dataset": "scifact"}, "generator": {"kind": "sentence"}, "first_stage": _FS,
                             "negative_window": [5, 50]}),
 ])
 def test_cut_within_the_depth_or_left_at_its_default_loads(cls: type, spec: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ def _dataset(root: Path, docs: dict[str, tuple[str, str]]) -> Path:
 
 
 def _prompt_ids(dataset: Path, backend: Any, unit: str, **generator: Any) -> list[int]:
-    cfg = from_dict(QuerySynthesisConfig, {"dataset": str(dataset), "generator": {"model": "x", **generator},
+    cfg = from_dict(QuerySynthesisConfig, {"source": {"dataset": str(dataset)}, "generator": {"model": "x", **generator},
                                            "min_doc_chars": 1, "min_query_words": 1}, where="cfg")
     recipe = QuerySynthesisRecipe(cfg, backend=backend)
     sent: list[list[int]] = []

@@ -76,11 +76,13 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     written (:func:`rerank.trainers.resume.prepare_output`). A run that fails or is stopped (Ctrl-C, SIGTERM) before
     its first checkpoint removes its run record (and an empty ``checkpoints/``), so the folder takes a plain run again.
     The record holds the sha256 of the prompt template the run trains on, whatever gives it
-    (:func:`~rerank.trainers.resume.template_record`), which ``--resume`` and ``--check`` compare.
+    (:func:`~rerank.trainers.resume.template_record`), and of each data file it trains on
+    (:func:`~rerank.trainers.resume.data_record`), which ``--resume`` and ``--check`` compare.
     """
     from rerank.trainers.resume import (
         _checkpoints,
         check_same_run,
+        data_record,
         input_paths,
         main_process,
         prepare_output,
@@ -91,11 +93,13 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     cfg = _typed_config(name, trainer.config_class, config)
     out = Path(output)
     prepare_output(out, resume, overwrite, input_paths(cfg, data_root))
-    previous = check_same_run(out, name, cfg) if resume else None
+    previous = check_same_run(out, name, cfg, data_root) if resume else None
+    main = main_process()  # every process of a torchrun run checks; one writes
     extra = template_record(cfg) if previous is None else None  # a resumed run keeps its first record
+    if extra is not None and main:
+        extra.update(data_record(cfg, data_root))
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    main = main_process()  # every process of a torchrun run checks; one writes
     record = save_run_record(out, name, cfg, extra, previous) if main else out / "rerank_train.json"
     try:
         with _sigterm_exits():

@@ -10,6 +10,9 @@ training loss over every step of a resumed run. Every trainer (sft, grpo, the re
 * The prompt template is compared by content: a run records the sha256 of the template it trains on, whatever gives
   it (the ``template`` option, the starting model's ``rerank.json``, the head's default; :data:`TEMPLATE_KEY` in
   ``rerank_train.json``), so a template edited between runs is a change of config.
+* The training data is compared by content: a run records the sha256 of each file it trains on (``data.path``, the
+  corpus, queries and qrels a BEIR dataset resolves to, a ``negatives_file``; :data:`DATA_KEY`), as ``rerank data
+  build`` records its inputs, so a file rewritten between runs refuses ``--resume`` and ``--check``, naming it.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from rerank.config import from_dict, option_default, to_dict
-from rerank.errors import ConfigError
+from rerank.errors import ConfigError, RerankError
+from rerank.utils.files import path_stamp
 
 if TYPE_CHECKING:
     from rerank.prompts import PromptTemplate
 
 __all__ = [
+    "DATA_KEY",
+    "DATA_OPTIONS",
     "INPUT_OPTIONS",
     "RUN_FILES",
     "TEMPLATE_KEY",
@@ -45,6 +51,9 @@ __all__ = [
     "check_same_run",
     "checkpoint_problems",
     "config_differences",
+    "data_changes",
+    "data_inputs",
+    "data_record",
     "fit",
     "input_paths",
     "last_checkpoint",
@@ -239,11 +248,12 @@ def config_differences(old: Any, new: Any, config: Any, path: tuple[str, ...] = 
     return [] if old == new else [f"{'.'.join(path)}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | None:
+def check_same_run(output: Path, trainer: str, config: Any, data_root: str | None = None) -> dict[str, Any] | None:
     """``--resume`` continues the run recorded in ``OUTPUT/rerank_train.json``: another trainer or another value of
     an option that shapes the weights is refused, naming what differs (weights trained under two configs would be
     neither run's); the options of :data:`RESUMABLE_CHANGES` (how long, what to log) may change, with a warning.
-    Returns the record (None when the folder has none)."""
+    Training data whose content changed since the run started (:func:`data_changes`, datasets resolved under
+    ``data_root``) is refused, naming each file. Returns the record (None when the folder has none)."""
     path = output / "rerank_train.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -266,6 +276,11 @@ def check_same_run(output: Path, trainer: str, config: Any) -> dict[str, Any] | 
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
         raise ConfigError(f"--resume: the config differs from the run's ({path.name}): {'; '.join(diffs[:4])}{more}; "
                           "resume with the run's config, or start again with --overwrite")
+    changed = data_changes(record, config, data_root, path)
+    if changed:
+        raise ConfigError(f"--resume: cannot resume: {_changed_data(changed)} changed since the run in {output} "
+                          "started, so its checkpoints were trained on other data; restore the data it started with, "
+                          "or start again with --overwrite (or choose another --output)")
     check_not_shorter(output, config, "--resume")
     return record
 
@@ -446,15 +461,109 @@ def record_differences(record: dict[str, Any], config: Any, where: Path | str = 
     return diffs
 
 
+#: the ``rerank_train.json`` key holding the fingerprints of the files a run trains on (:func:`data_inputs`)
+DATA_KEY = "data_inputs"
+#: the options naming what a run trains on: a file (or HF dataset folder) of rows, a BEIR dataset, mined negatives
+DATA_OPTIONS = ("data.path", "data.beir", "dataset", "negatives_file")
+
+
+def _option_value(config: Any, name: str) -> str | None:
+    """The non-empty path or text the dotted option ``name`` of ``config`` holds, or None."""
+    value: Any = config
+    for part in name.split("."):
+        value = getattr(value, part, None)
+    return str(value) if isinstance(value, (str, Path)) and str(value) else None
+
+
+def _data_sources(config: Any, data_root: str | None, download: bool) -> dict[str, list[tuple[str, Path]]]:
+    """By option of :data:`DATA_OPTIONS` that ``config`` sets and that names data here: (name, file or folder) of what
+    the run reads. ``data.path`` and ``negatives_file`` as given; ``data.beir`` and ``dataset`` as the trainers resolve
+    them (a folder, or a registered name under ``data_root``, fetched when ``download``): the corpus, queries and the
+    qrels of the split trained on. An option whose data is not found here is left out."""
+    from rerank.data.datasets import resolve_dataset
+
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for option in DATA_OPTIONS:
+        value = _option_value(config, option)
+        if value is None:
+            continue
+        if option in ("data.path", "negatives_file"):
+            path = Path(value).expanduser()
+            if path.exists():
+                out[option] = [(option, path)]
+            continue
+        split = getattr(config.data if option == "data.beir" else config, "split", "train")
+        try:
+            ds = resolve_dataset(value, data_root, download=download)
+            out[option] = [(f"{option} corpus", ds.corpus_path), (f"{option} queries", ds.queries_path),
+                           (f"{option} qrels", ds.qrels_path(split))]
+        except (RerankError, OSError, ValueError):  # not there: the trainer names what is missing
+            continue
+    return out
+
+
+def data_inputs(config: Any, data_root: str | None = None,
+                download: bool = False) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """Fingerprints of the files a run of ``config`` trains on (:func:`_data_sources`), by name, as ``rerank data
+    build`` records its inputs (``{"path", "fingerprint": "sha256:…"}``; each file of a folder under ``OPTION FILE``),
+    and the options whose data was found here."""
+    sources = _data_sources(config, data_root, download)
+    entries: dict[str, dict[str, str]] = {}
+    for found in sources.values():
+        for name, path in found:
+            for rel, digest in path_stamp(path, hash_limit=None):
+                key, file = (f"{name} {rel}", path / rel) if path.is_dir() else (name, path)
+                entries[key] = {"path": str(file), "fingerprint": f"sha256:{digest}"}
+    return entries, set(sources)
+
+
+def data_record(config: Any, data_root: str | None = None) -> dict[str, Any]:
+    """What a starting run's ``rerank_train.json`` records of the data it trains on: :func:`data_inputs` under
+    :data:`DATA_KEY`, a registered dataset fetched first as the trainer would."""
+    return {DATA_KEY: data_inputs(config, data_root, download=True)[0]}
+
+
+def data_changes(record: dict[str, Any], config: Any, data_root: str | None = None,
+                 where: Path | str = "rerank_train.json") -> list[str]:
+    """``OPTION PATH`` of each file the run of ``config`` trains on whose content differs from the fingerprint the
+    run's record (``rerank_train.json``, at ``where``) holds under :data:`DATA_KEY` (a file added to or gone from a
+    folder of rows counts). An option whose data is not found here is not compared (training then says it is
+    missing); a record without fingerprints (a run started by an older rerank) compares nothing, with a warning."""
+    old = record.get(DATA_KEY)
+    if not isinstance(old, dict):
+        sources = _data_sources(config, data_root, download=False)
+        if sources:
+            what = ", ".join(f"{o} {_option_value(config, o)}" for o in DATA_OPTIONS if o in sources)
+            log.warning("%s records no fingerprint of the data the run trained on (a run started by an older "
+                        "rerank): %s is not compared with it", where, what)
+        return []
+    new, found = data_inputs(config, data_root)
+    recorded = {name.split(" ", 1)[0] for name in old}
+    changed: list[str] = []
+    for name in sorted(set(old) | set(new)):
+        option = name.split(" ", 1)[0]
+        if option not in found or option not in recorded:
+            continue
+        was, now = old.get(name), new.get(name, {})
+        was = was if isinstance(was, dict) else {}
+        if was.get("fingerprint") != now.get("fingerprint"):
+            changed.append(f"{option} {now.get('path') or was.get('path')}")
+    return changed
+
+
+def _changed_data(changed: list[str]) -> str:
+    """The files of :func:`data_changes` for a message: the first four, and how many more."""
+    more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+    return ", ".join(changed[:4]) + more
+
+
 def input_paths(config: Any, data_root: str | None = None) -> list[tuple[str, Path]]:
     """(option, path) of every file or folder ``config`` reads that exists here (:data:`INPUT_OPTIONS`; a dataset
     name also under ``data_root``)."""
     out: list[tuple[str, Path]] = []
     for name in INPUT_OPTIONS:
-        value: Any = config
-        for part in name.split("."):
-            value = getattr(value, part, None)
-        if not isinstance(value, (str, Path)) or not str(value):
+        value = _option_value(config, name)
+        if value is None:
             continue
         places = [Path(value).expanduser()]
         if name in ("dataset", "data.beir") and data_root:
@@ -532,25 +641,26 @@ def _trained_length(output: Path, config: Any) -> bool:
     return state.get("num_train_epochs") == getattr(config, "epochs", None)
 
 
-def _resumable(output: Path, trainer: str, config: Any) -> tuple[str, str]:
+def _resumable(output: Path, trainer: str, config: Any, data_root: str | None) -> tuple[str, str]:
     """``--resume``'s checks of ``output`` (:func:`prepare_output`'s complete checkpoint, nothing removed, then
     :func:`check_same_run`) and the line naming the checkpoint it continues from."""
     ckpt = resume_arg(output, True, drop_partial=False)
-    check_same_run(output, trainer, config)
+    check_same_run(output, trainer, config, data_root)
     return "resume", f"{output}: --resume continues the run from {Path(str(ckpt)).name}"
 
 
 def check_run(output: Path, trainer: str, config: Any, resume: bool = False, overwrite: bool = False,
-              inputs: list[tuple[str, Path]] | None = None) -> tuple[str, str]:
+              inputs: list[tuple[str, Path]] | None = None, data_root: str | None = None) -> tuple[str, str]:
     """What ``rerank train`` would do with the run folder ``output`` (``rerank train --check``), writing and removing
     nothing: ``(state, line)``, state ``train``, ``done`` or ``resume`` (continue with ``--resume``); a run it would
     refuse raises a one-line :class:`ConfigError`.
 
     With ``resume`` or ``overwrite``: that run's own checks (:func:`prepare_output`, :func:`check_same_run`). Without:
     a finished model (``model/``) is ``done`` when its record names this config (:func:`record_differences`, the
-    template by content; one without a record is kept as it is), ``resume`` when only a longer ``max_steps`` or
-    ``epochs`` is asked for, refused when other options differ; an interrupted run (checkpoints, no model) is
-    ``resume``; an empty folder is ``train``.
+    template by content) and data (:func:`data_changes`, datasets resolved under ``data_root``; one without a record
+    is kept as it is), ``resume`` when only a longer ``max_steps`` or ``epochs`` is asked for, refused when other
+    options or the data differ; an interrupted run (checkpoints, no model) is ``resume``; an empty folder is
+    ``train``.
     """
     if overwrite:
         prepare_output(output, False, True, inputs, dry_run=True)
@@ -558,13 +668,13 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
         return "train", (f"{output}: --overwrite replaces the run there ({', '.join(held)}) and trains from the start"
                          if held else f"{output}: no run there yet: training starts from the beginning")
     if resume:
-        return _resumable(output, trainer, config)
+        return _resumable(output, trainer, config, data_root)
     model = output / "model"
     if not model.is_dir():
         if not _checkpoints(output):
             prepare_output(output, False, False, inputs, dry_run=True)  # refuses an adapter/ without its model
             return "train", f"{output}: no run there yet: training starts from the beginning"
-        return _resumable(output, trainer, config)
+        return _resumable(output, trainer, config, data_root)
     path = output / "rerank_train.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -581,6 +691,11 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
         raise ConfigError(f"{model} was trained with other options ({path}): {'; '.join(other[:4])}{more}: rerun "
                           f"with those, write to another --output, or remove {model}, {output / 'checkpoints'} and "
                           f"{path} to train it again")
+    changed = data_changes(record, config, data_root, path)
+    if changed:
+        raise ConfigError(f"{model} was trained on other data: {_changed_data(changed)} changed since the run started "
+                          f"({path}); restore the data it started with, write to another --output, or train it again "
+                          "with --overwrite")
     check_not_shorter(output, config, "--check")
     longer = [d for d in diffs if d.split(":", 1)[0] in ("max_steps", "epochs")]
     if not longer or _trained_length(output, config):
@@ -588,7 +703,7 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
     if not _checkpoints(output):
         raise ConfigError(f"{model} was trained with {'; '.join(longer)} and keeps no checkpoint to continue from: "
                           f"write to another --output, or remove {model} and {path} to train it again")
-    return _resumable(output, trainer, config)
+    return _resumable(output, trainer, config, data_root)
 
 
 class LossLedger(TrainerCallback, ExportableState):

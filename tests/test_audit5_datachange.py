@@ -242,6 +242,23 @@ def test_check_on_the_command_line_refuses_changed_data(work: Path, run_cli) -> 
         _one_error_line(err)
 
 
+def test_check_on_the_command_line_reads_a_registered_name_under_the_data_root(work: Path, run_cli) -> None:
+    """``--check --data-root`` resolves a dataset given by name as the run does, so its changed corpus is refused
+    too."""
+    args = ["train", "test-datachange", "--set", "model=m0", "--set", "dataset=scifact", "--data-root", "data",
+            "--output", "out"]
+    rc, _, err = run_cli(*args)
+    assert rc == 0, err
+    rc, stdout, err = run_cli(*args, "--check")
+    assert rc == 0 and stdout.endswith("state: resume\n"), err
+    corpus = work / "data" / "scifact" / "corpus.jsonl"
+    _rewrite(corpus, corpus.read_text().replace('"text": "', '"text": "changed '))
+    rc, stdout, err = run_cli(*args, "--check")
+    assert rc == 2 and "state:" not in stdout
+    assert "cannot resume: dataset data/scifact/corpus.jsonl changed since the run in out started" in \
+        _one_error_line(err)
+
+
 def test_a_record_without_fingerprints_resumes_with_a_warning(work: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A run started by an older rerank recorded no fingerprints: it resumes, and the warning says the data is not
     compared."""

@@ -107,7 +107,7 @@ def _check(args: argparse.Namespace, cfg: Any) -> int:
     from rerank.trainers.resume import check_run, input_paths
 
     state, line = check_run(Path(args.output), args.trainer, cfg, args.resume, args.overwrite,
-                            input_paths(cfg, args.data_root))
+                            input_paths(cfg, args.data_root), data_root=args.data_root)
     if state != "done" and not args.inputs_later:
         check_inputs(cfg)
     print(line)

@@ -24,6 +24,7 @@ import pytest
 from rerank.backends.base import GenerationConfig
 from rerank.backends.registry import build_backend
 from rerank.errors import ConfigError, RerankError
+from tests.test_openai_backend import tok_dir  # noqa: F401 - the tokenizer fixture, shared
 
 REPO = Path(__file__).resolve().parents[1]
 #: what a thinking model writes when listwise's cap (one permutation's length) cuts it off inside its reasoning
@@ -129,15 +130,6 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rerank.testing import build_tokenizer
-
-    path = tmp_path_factory.mktemp("tok")
-    build_tokenizer(path)
-    return path
 
 
 @pytest.fixture

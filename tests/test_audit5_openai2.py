@@ -19,7 +19,7 @@ import yaml
 
 from rerank.backends.base import GenerationConfig
 from rerank.errors import RerankError
-from tests.test_audit5_openai import Reply, Server, ids, make
+from tests.test_audit5_openai import Reply, Server, ids, make, server, tok_dir  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 #: QwQ-32B's generation prompt (DeepSeek-R1's ends in the same ``<think>\n``): the model writes only ``</think>``
@@ -31,24 +31,6 @@ DEEPSEEK_TEMPLATE = ("{% for m in messages %}<｜{{ m.role }}｜>{{ m.content }}
 RANKING = "[3] > [1] > [4] > [2]"
 #: what the model writes after the prefilled <think>, cut off by listwise's cap
 CUT = "First guess:\n[4] > [2] > [1] > [3]\nBut wait, passage 3"
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rerank.testing import build_tokenizer
-
-    path = tmp_path_factory.mktemp("tok")
-    build_tokenizer(path)
-    return path
-
-
-@pytest.fixture
-def server(tok_dir: Path) -> Iterator[Server]:
-    from transformers import AutoTokenizer
-
-    srv = Server(AutoTokenizer.from_pretrained(tok_dir))
-    yield srv
-    srv.close()
 
 
 def listwise(chat_template: str | None, output: str, template: str = "") -> Any:

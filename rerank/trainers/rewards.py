@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
@@ -127,26 +128,29 @@ def reward_config_class(methods: Iterable[Any]) -> type:
 _REWARD_CONFIG_DOC = """The ``rewards`` block of a GRPO config: :class:`SharedRewardOptions` and the options each method
     declares in its package (``REWARD_OPTIONS``), as :func:`reward_config_class` joins them for the registered
     methods."""
-_composing = False
+_composing = threading.local()  # set while this thread builds RewardConfig (a read then is a method package's)
+_compose_lock = threading.RLock()  # one thread builds it; the others wait and read the class it made
 
 
 def __getattr__(name: str) -> Any:
     """``RewardConfig``: :func:`reward_config_class` of the registered methods, made on first use (reading the
     methods' packages, which may import this module's functions) and kept."""
-    global _composing
     if name != "RewardConfig":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _composing:
+    if getattr(_composing, "active", False):
         raise ConfigError("RewardConfig was read while the method packages load: a method's __init__.py declares "
                           "REWARD_OPTIONS without importing its reward code (which reads RewardConfig)")
-    from rerank.methods import all_methods
+    with _compose_lock:
+        if "RewardConfig" in globals():  # another thread made it while this one waited
+            return globals()["RewardConfig"]
+        from rerank.methods import all_methods
 
-    _composing = True
-    try:
-        cls = reward_config_class(all_methods().values())
-    finally:
-        _composing = False
-    globals()["RewardConfig"] = cls
+        _composing.active = True
+        try:
+            cls = reward_config_class(all_methods().values())
+        finally:
+            _composing.active = False
+        globals()["RewardConfig"] = cls
     return cls
 
 

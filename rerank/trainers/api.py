@@ -75,8 +75,9 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     with, :func:`~rerank.trainers.resume.check_same_run`), replaced (``overwrite``) or refused, before anything is
     written (:func:`rerank.trainers.resume.prepare_output`). A run that fails or is stopped (Ctrl-C, SIGTERM) before
     its first checkpoint removes its run record (and an empty ``checkpoints/``), so the folder takes a plain run again.
-    The record holds the sha256 of the prompt template the run trains on, whatever gives it
-    (:func:`~rerank.trainers.resume.template_record`), and of each data file it trains on
+    The record holds the prompt template the run trains on, whatever gives it, in full and as a versioned sha256
+    (:func:`~rerank.trainers.resume.template_record`; a resume refused for another template writes the run's own to
+    ``OUTPUT/template-at-start.yaml``), and the sha256 of each data file it trains on
     (:func:`~rerank.trainers.resume.data_record`), which ``--resume`` and ``--check`` compare.
     """
     from rerank.trainers.resume import (
@@ -93,7 +94,7 @@ def run_trainer(name: str, config: Any, output: str | Path, data_root: str | Non
     cfg = _typed_config(name, trainer.config_class, config)
     out = Path(output)
     prepare_output(out, resume, overwrite, input_paths(cfg, data_root))
-    previous = check_same_run(out, name, cfg, data_root) if resume else None
+    previous = check_same_run(out, name, cfg, data_root, write_template=True) if resume else None
     main = main_process()  # every process of a torchrun run checks; one writes
     extra = template_record(cfg) if previous is None else None  # a resumed run keeps its first record
     if extra is not None and main:

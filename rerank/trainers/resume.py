@@ -7,9 +7,11 @@ training loss over every step of a resumed run. Every trainer (sft, grpo, the re
   partial one, which is skipped with a warning naming what it lacks, and removed (the resumed run writes it again).
 * The summary's ``train_loss`` is the mean over all steps of the run: the running sum travels in each checkpoint's
   ``trainer_state.json`` (:class:`LossLedger`).
-* The prompt template is compared by content: a run records the sha256 of the template it trains on, whatever gives
-  it (the ``template`` option, the starting model's ``rerank.json``, the head's default; :data:`TEMPLATE_KEY` in
-  ``rerank_train.json``), so a template edited between runs is a change of config.
+* The prompt template is compared by content: a run records the template it trains on, whatever gives it (the
+  ``template`` option, the starting model's ``rerank.json``, the head's default), in full and as a versioned sha256
+  (:data:`TEMPLATE_COPY_KEY`, :data:`TEMPLATE_KEY`, :data:`TEMPLATE_HASH_VERSION_KEY` in ``rerank_train.json``), so a
+  template edited between runs is a change of config, and a refused ``--resume`` writes the run's own template to
+  :data:`TEMPLATE_PIN` to be given again.
 * The training data is compared by content: a run records the sha256 of each file it trains on (``data.path``, the
   corpus, queries and qrels a BEIR dataset resolves to, a ``negatives_file``; :data:`DATA_KEY`), as ``rerank data
   build`` records its inputs, so a file rewritten between runs refuses ``--resume`` and ``--check``, naming it.
@@ -34,7 +36,7 @@ from transformers.trainer_callback import ExportableState
 
 from rerank.config import from_dict, option_default, to_dict
 from rerank.errors import ConfigError, RerankError
-from rerank.utils.files import path_stamp
+from rerank.utils.files import atomic_write, path_stamp
 
 if TYPE_CHECKING:
     from rerank.prompts import PromptTemplate
@@ -44,7 +46,11 @@ __all__ = [
     "DATA_OPTIONS",
     "INPUT_OPTIONS",
     "RUN_FILES",
+    "TEMPLATE_COPY_KEY",
+    "TEMPLATE_HASH_VERSION",
+    "TEMPLATE_HASH_VERSION_KEY",
     "TEMPLATE_KEY",
+    "TEMPLATE_PIN",
     "LossLedger",
     "check_overwrite_inputs",
     "check_run",
@@ -248,10 +254,13 @@ def config_differences(old: Any, new: Any, config: Any, path: tuple[str, ...] = 
     return [] if old == new else [f"{'.'.join(path)}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-def check_same_run(output: Path, trainer: str, config: Any, data_root: str | None = None) -> dict[str, Any] | None:
+def check_same_run(output: Path, trainer: str, config: Any, data_root: str | None = None,
+                   write_template: bool = False) -> dict[str, Any] | None:
     """``--resume`` continues the run recorded in ``OUTPUT/rerank_train.json``: another trainer or another value of
     an option that shapes the weights is refused, naming what differs (weights trained under two configs would be
     neither run's); the options of :data:`RESUMABLE_CHANGES` (how long, what to log) may change, with a warning.
+    A refused template names how to give the run's own again; ``write_template`` (a resume, not a check) writes it
+    to ``OUTPUT/``:data:`TEMPLATE_PIN` first (:func:`_template_pin`).
     Training data whose content changed since the run started (:func:`data_changes`, datasets resolved under
     ``data_root``) is refused, naming each file. Returns the record (None when the folder has none)."""
     path = output / "rerank_train.json"
@@ -274,8 +283,9 @@ def check_same_run(output: Path, trainer: str, config: Any, data_root: str | Non
     diffs = [d for d in diffs if d not in allowed]
     if diffs:
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        pin = _template_pin(output, record, diffs, write_template)
         raise ConfigError(f"--resume: the config differs from the run's ({path.name}): {'; '.join(diffs[:4])}{more}; "
-                          "resume with the run's config, or start again with --overwrite")
+                          f"resume with the run's config{pin}, or start again with --overwrite")
     changed = data_changes(record, config, data_root, path)
     if changed:
         raise ConfigError(f"--resume: cannot resume: {_changed_data(changed)} changed since the run in {output} "
@@ -367,6 +377,14 @@ def run_differences(recorded: Any, config: Any) -> list[str]:
 
 #: the ``rerank_train.json`` key holding the sha256 of the run's prompt template (:func:`template_digest`)
 TEMPLATE_KEY = "template_sha256"
+#: the key naming the formula of that hash; a hash without it was written by the first formula (version 1)
+TEMPLATE_HASH_VERSION_KEY = "template_hash_version"
+#: the formula :func:`template_digest` computes: 1 also hashed the template's ``name``, 2 leaves it out
+TEMPLATE_HASH_VERSION = 2
+#: the key holding the run's prompt template in full (:meth:`~rerank.prompts.PromptTemplate.to_dict`)
+TEMPLATE_COPY_KEY = "template"
+#: the file in OUTPUT a refused ``--resume`` writes the run's own template to (from :data:`TEMPLATE_COPY_KEY`)
+TEMPLATE_PIN = "template-at-start.yaml"
 
 
 def run_template(config: Any) -> tuple[PromptTemplate, str] | None:
@@ -375,6 +393,13 @@ def run_template(config: Any) -> tuple[PromptTemplate, str] | None:
     one for this head (:meth:`~rerank.trainers.task.Task.head_options`), else the head's default, with the head's
     options that stand in for template fields (``template_texts``) applied, as the head builds it. None for a config
     without a ``template`` option (the retrievers) and a head without prompts whose option is unset."""
+    used = _run_template(config)
+    return None if used is None else used[:2]
+
+
+def _run_template(config: Any) -> tuple[PromptTemplate, str, str] | None:
+    """:func:`run_template` and what gives the template: ``option``, ``model`` (the starting model's ``rerank.json``)
+    or ``default`` (the head's)."""
     from rerank.methods import all_methods
     from rerank.prompts import head_template, load_template
 
@@ -383,7 +408,7 @@ def run_template(config: Any) -> tuple[PromptTemplate, str] | None:
     spec = config.template
     method = all_methods().get(str(getattr(config, "head", "") or ""))
     if method is None or not method.templates:
-        return (load_template(spec), str(spec)) if spec else None
+        return (load_template(spec), str(spec), "option") if spec else None
     head_cls = method.resolve("head")
     if method.task is not None and method.sft is None:  # trained through its task: the task's head options
         options = method.resolve("task").head_options(config)
@@ -401,46 +426,118 @@ def run_template(config: Any) -> tuple[PromptTemplate, str] | None:
         if value:
             template = dataclasses.replace(template, extra={**template.extra, name: value})
     if spec:
-        source = str(spec)
-    elif isinstance(options.get("template"), dict):
-        source = f"the template {Path(str(config.model)) / 'rerank.json'} records"
-    else:
-        source = f"the {method.name} head's default template {chosen!r}"
-    return template, source
+        return template, str(spec), "option"
+    if isinstance(options.get("template"), dict):
+        return template, f"the template {Path(str(config.model)) / 'rerank.json'} records", "model"
+    return template, f"the {method.name} head's default template {chosen!r}", "default"
 
 
-def template_digest(template: PromptTemplate | str | None) -> str | None:
+def template_digest(template: PromptTemplate | str | None, version: int = TEMPLATE_HASH_VERSION) -> str | None:
     """The sha256 of what of a prompt template shapes the prompts and their answers: its texts and fields as
     ``rerank.json`` records them (:meth:`~rerank.prompts.PromptTemplate.to_dict`) without ``name``, which only labels
-    it (a file's name when the template sets none); a shipped name or a file is loaded first. None for no template."""
+    it (a file's name when the template sets none); ``version`` 1 (:data:`TEMPLATE_HASH_VERSION`) with it. A shipped
+    name or a file is loaded first. None for no template."""
     if not template:
         return None
     if isinstance(template, str):
         from rerank.prompts import load_template
 
         template = load_template(template)
-    content = {k: v for k, v in template.to_dict().items() if k != "name"}
+    content = {k: v for k, v in template.to_dict().items() if k != "name" or version == 1}
     text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def template_record(config: Any) -> dict[str, str]:
+def template_record(config: Any) -> dict[str, Any]:
     """What a run's ``rerank_train.json`` records of the template it trains on (:func:`run_template`): its hash
-    under :data:`TEMPLATE_KEY`; nothing for a run without a template."""
+    (:data:`TEMPLATE_KEY`), the hash's formula (:data:`TEMPLATE_HASH_VERSION_KEY`) and the template in full
+    (:data:`TEMPLATE_COPY_KEY`); nothing for a run without a template."""
     used = run_template(config)
-    digest = template_digest(used[0]) if used is not None else None
-    return {TEMPLATE_KEY: digest} if digest is not None else {}
+    if used is None:
+        return {}
+    copy = json.loads(json.dumps(used[0].to_dict(), ensure_ascii=False, default=str))
+    return {TEMPLATE_KEY: template_digest(used[0]), TEMPLATE_HASH_VERSION_KEY: TEMPLATE_HASH_VERSION,
+            TEMPLATE_COPY_KEY: copy}
+
+
+def _template_change(record: dict[str, Any], config: Any, used: tuple[PromptTemplate, str, str]) -> str | None:
+    """Why the template ``used`` (:func:`_run_template` of ``config``) is not the one a run's ``record`` hashed, or
+    None when it is. The hash is compared by the formula the record names (:data:`TEMPLATE_HASH_VERSION_KEY`): a
+    hash without one is version 1's, written by either unversioned formula (of the ``template`` option's template,
+    then of the template trained on), both with its ``name``; a formula this rerank does not know compares the
+    recorded template (:data:`TEMPLATE_COPY_KEY`) by content."""
+    from rerank import __version__
+    from rerank.prompts import load_template
+
+    template, source, kind = used
+    digest = str(record[TEMPLATE_KEY])
+    version = record.get(TEMPLATE_HASH_VERSION_KEY, 1)
+    copy = record.get(TEMPLATE_COPY_KEY)
+    how = ""
+    if version == TEMPLATE_HASH_VERSION:
+        current = template_digest(template)
+        same = current == digest
+    elif version == 1:
+        current = template_digest(template, 1)
+        spec = getattr(config, "template", "")
+        same = digest in {current, template_digest(load_template(spec), 1) if spec else None}
+        how = ", by the hash formula of the rerank that started the run, which also hashed the template's name"
+    elif isinstance(copy, dict):
+        digest, current = str(template_digest(load_template(copy))), template_digest(template)
+        same = current == digest
+    else:
+        return (f"template: the run's record hashes its template by formula {version!r}, which rerank {__version__} "
+                f"does not know: check or resume it with the rerank that started it ({record.get('rerank_version')})")
+    if same:
+        return None
+    if kind == "default":
+        started = record.get("rerank_version")
+        by = f"rerank {started} started the run; this is {__version__}" if started and started != __version__ \
+            else "the run started"
+        how += f": the head's default template changed since {by}"
+    elif kind == "model":
+        how += ": the starting model's recorded template changed since the run was started"
+    return (f"template: {source} is not the template the run trained on (its content differs: sha256 "
+            f"{digest[:12]} -> {str(current)[:12]}{how})")
+
+
+def _template_pin(output: Path, record: dict[str, Any], diffs: list[str], write: bool) -> str:
+    """How to give a refused run its own template again, for the error naming ``diffs``: when the template differs
+    and the record holds it in full (:data:`TEMPLATE_COPY_KEY`), ``write`` puts it in ``OUTPUT/``:data:`TEMPLATE_PIN`
+    (atomically) and the advice names the ``--set`` that passes it; a check that writes nothing names it when it is
+    there with that content, else where the record keeps it. Empty otherwise."""
+    import yaml
+
+    copy = record.get(TEMPLATE_COPY_KEY)
+    if not isinstance(copy, dict) or not any(d.split(":", 1)[0] == "template" for d in diffs):
+        return ""
+    pin = output / TEMPLATE_PIN
+    text = yaml.safe_dump(copy, sort_keys=False, allow_unicode=True)
+    if write and main_process():
+        with atomic_write(pin) as f:
+            f.write(text)
+    elif not write:
+        try:
+            held = pin.read_text(encoding="utf-8")
+        except OSError:
+            held = None
+        if held != text:
+            return (f" and --set template=FILE, FILE a YAML file of the template the run started with (its record's "
+                    f"{TEMPLATE_COPY_KEY!r}; a --resume without --check writes it to {pin})")
+    what = "just written there" if write else "there"
+    return f" and --set template={pin} (the template the run started with, {what} from its record)"
 
 
 def record_differences(record: dict[str, Any], config: Any, where: Path | str = "rerank_train.json") -> list[str]:
     """:func:`run_differences` between a run's record (``rerank_train.json``, at ``where``) and ``config``, with the
     template the run trains on (:func:`run_template`: the option's, the starting model's recorded one or the head's
-    default) compared by content where the record holds its hash (:data:`TEMPLATE_KEY`): an edited file or starting
-    model's prompt is a change, the same template under another path or file name is none. A record without one
-    (written before rerank recorded it) compares the ``template`` option only, as then, and says so."""
+    default) compared by content where the record holds its hash (:data:`TEMPLATE_KEY`, by the formula it names:
+    :func:`_template_change`): an edited file, starting model's prompt or head default is a change, the same template
+    under another path or file name is none. A record without a hash (written before rerank recorded it) compares
+    the ``template`` option only, as then, and says so."""
     recorded = record.get("config", {})
     diffs = run_differences(recorded, config)
-    used = run_template(config)
+    used = _run_template(config)
     if used is None:
         return diffs
     digest = record.get(TEMPLATE_KEY)
@@ -454,11 +551,8 @@ def record_differences(record: dict[str, Any], config: Any, where: Path | str = 
                         "%s is not compared with it", where, used[1])
         return diffs
     diffs = [d for d in diffs if d.split(":", 1)[0] != "template"]
-    current = template_digest(used[0])
-    if current != digest:
-        diffs.append(f"template: {used[1]} is not the template the run trained on (its content differs: sha256 "
-                     f"{digest[:12]} -> {str(current)[:12]})")
-    return diffs
+    change = _template_change(record, config, used)
+    return diffs if change is None else [*diffs, change]
 
 
 #: the ``rerank_train.json`` key holding the fingerprints of the files a run trains on (:func:`data_inputs`)
@@ -688,9 +782,10 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
     other = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
     if other:
         more = f" (and {len(other) - 4} more)" if len(other) > 4 else ""
+        pin = _template_pin(output, record, other, write=False)
         raise ConfigError(f"{model} was trained with other options ({path}): {'; '.join(other[:4])}{more}: rerun "
-                          f"with those, write to another --output, or remove {model}, {output / 'checkpoints'} and "
-                          f"{path} to train it again")
+                          f"with those{pin}, write to another --output, or remove {model}, {output / 'checkpoints'} "
+                          f"and {path} to train it again")
     changed = data_changes(record, config, data_root, path)
     if changed:
         raise ConfigError(f"{model} was trained on other data: {_changed_data(changed)} changed since the run started "

@@ -11,16 +11,18 @@ A training example (a JSONL line, or a row of an HF dataset saved with ``save_to
 
 Rows in two other common shapes are read too, converted on read into rows of this schema:
 
-* FlagEmbedding's ``{"query", "pos": [text, ...], "neg": [text, ...], "pos_scores"?, "neg_scores"?}``: qid
-  ``line-N`` (``row-N`` in an HF dataset), candidates the ``pos`` texts (ids ``pos-0``, ``pos-1``, …; label 1) then the
-  ``neg`` texts (``neg-0``, …; label 0), ``pos_scores`` + ``neg_scores`` (both, aligned) as ``teacher_scores``;
+* FlagEmbedding's ``{"query", "pos": [text, ...], "neg": [text, ...], "pos_scores"?, "neg_scores"?}``: qid the
+  row's ``qid`` if it has one, else ``line-N`` (``row-N`` in an HF dataset), candidates the ``pos`` texts (ids
+  ``pos-0``, ``pos-1``, …; label 1) then the ``neg`` texts (``neg-0``, …; label 0), ``pos_scores`` + ``neg_scores``
+  (both, aligned) as ``teacher_scores`` (for a head that reads them as 0-10 grades, only integers 0-10: FlagEmbedding's
+  scores are a teacher's raw logits); a text in both ``pos`` and ``neg`` is an error;
 * Tevatron's ``{"query_id"?, "query", "positive_passages": [{"docid", "title"?, "text"}], "negative_passages": [...]}``:
   qid ``query_id`` (else as above), candidates the positive passages (label 1) then the negative ones (label 0), id
   ``docid``.
 
 Their fields no trainer reads (FlagEmbedding's ``prompt`` and ``type``, Tevatron's ``answers``) are named in a
-warning, once per file. A row of none of the three shapes, or a tab-separated file, is an error naming the shapes
-read.
+warning, once per file. A row of none of the three shapes, a row mixing two of them, or a tab- or comma-separated
+file, is an error naming the shapes read.
 Every row is validated before training starts; an error names the file and line (or dataset row).
 """
 
@@ -67,9 +69,12 @@ SHAPES = ("rerank's {qid, query, candidates, labels}, FlagEmbedding's {query, po
 _SHAPES_DOC = "docs/train-your-own.md#other-row-shapes-and-tsv"
 #: the fields of each other shape (a row's other fields are an error), and those of them no trainer reads -> what
 #: they are (a warning names them)
-_FLAG_FIELDS = ("query", "pos", "neg", "pos_scores", "neg_scores")
+_FLAG_FIELDS = ("query", "pos", "neg", "pos_scores", "neg_scores", "qid")
 _TEVATRON_FIELDS = ("query_id", "query", "positive_passages", "negative_passages")
 _PASSAGE_KEYS = ("docid", "title", "text")
+#: the fields that tell each shape's rows apart (a row holding those of two shapes is an error naming both)
+_SHAPE_KEYS = {"rerank": ("candidates", "labels"), "FlagEmbedding": ("pos", "neg"),
+               "Tevatron": ("positive_passages", "negative_passages")}
 _UNREAD: dict[str, dict[str, str]] = {
     "FlagEmbedding": {"prompt": "an instruction: the trained head's template gives the prompt", "type": "a task type"},
     "Tevatron": {"answers": "answer strings"},
@@ -269,18 +274,22 @@ def row_shape(obj: Any) -> str | None:
     for a row of none of them."""
     if not isinstance(obj, Mapping):
         return None
-    if any(k in obj for k in ("qid", "candidates", "labels")):
-        return "rerank"
-    if "pos" in obj or "neg" in obj:
-        return "FlagEmbedding"
-    if "positive_passages" in obj or "negative_passages" in obj:
-        return "Tevatron"
-    return None
+    shape = next((s for s, keys in _SHAPE_KEYS.items() if any(k in obj for k in keys)), None)
+    return shape or ("rerank" if "qid" in obj else None)
 
 
-def _convert_row(obj: Any, path: str | Path, line: int, qid: str) -> tuple[Any, str, list[str]]:
+def _convert_row(obj: Any, path: str | Path, line: int, qid: str, scale: TeacherScale | None = None
+                 ) -> tuple[Any, str, list[str]]:
     """A row of a shape :func:`load_examples` reads -> (the row in this module's schema, its shape, the fields of its
-    shape no trainer reads); ``qid``: the id a row without one gets. A row of no shape read is an error naming them."""
+    shape no trainer reads); ``qid``: the id a row without one gets; ``scale``: as :func:`validate_example`'s. A row of
+    no shape read, or one mixing two shapes' fields, is an error naming them."""
+    if isinstance(obj, Mapping):
+        mixed = {s: [k for k in keys if k in obj] for s, keys in _SHAPE_KEYS.items()}
+        mixed = {s: keys for s, keys in mixed.items() if keys}
+        if len(mixed) > 1:
+            said = " and ".join(f"{s}'s ({', '.join(keys)})" for s, keys in mixed.items())
+            raise DataFormatError(path, line, f"the row mixes the fields of {said}: a row has one shape; rerank reads "
+                                  f"{SHAPES}: see {_SHAPES_DOC}")
     shape = row_shape(obj)
     if shape == "rerank" or not isinstance(obj, Mapping):
         return obj, "rerank", []
@@ -305,8 +314,16 @@ def _convert_row(obj: Any, path: str | Path, line: int, qid: str) -> tuple[Any, 
             texts = obj.get(key) or []
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise fail(f"{key!r} must be a list of passage texts")
+            empty = next((i for i, t in enumerate(texts) if not has_content(t)), None)
+            if empty is not None:
+                raise fail(f"{key}[{empty}] is an empty text")
             lists[key] = texts
-        out["qid"] = qid
+        in_pos = {t: i for i, t in reversed(list(enumerate(lists["pos"])))}
+        both = next((j for j, t in enumerate(lists["neg"]) if t in in_pos), None)
+        if both is not None:
+            raise fail(f"neg[{both}] is the text of pos[{in_pos[lists['neg'][both]]}]: a passage cannot be both "
+                       "relevant and not; drop it from one of the lists")
+        out["qid"] = obj["qid"] if obj.get("qid") is not None else qid
         out["candidates"] = [{"id": f"{key}-{i}", "text": text}
                              for key in ("pos", "neg") for i, text in enumerate(lists[key])]
         out["labels"] = [1] * len(lists["pos"]) + [0] * len(lists["neg"])
@@ -319,6 +336,15 @@ def _convert_row(obj: Any, path: str | Path, line: int, qid: str) -> tuple[Any, 
                 values = values or []
                 if not isinstance(values, list) or len(values) != len(lists[key]) or not all(_num(v) for v in values):
                     raise fail(f"{key}_scores must be finite numbers aligned with {key!r} ({len(lists[key])})")
+                if scale is not None:
+                    bad = next((i for i, v in enumerate(values)
+                                if not (scale.lo <= v <= scale.hi and float(v).is_integer())), None)
+                    if bad is not None:
+                        raise fail(f"{key}_scores[{bad}] is {values[bad]}, not a {scale.lo}-{scale.hi} grade: head "
+                                   f"{scale.head} trains on pos_scores / neg_scores as integer {scale.lo}-{scale.hi} "
+                                   f"targets, and FlagEmbedding's scores are a teacher's raw logits, which it would "
+                                   f"round into wrong grades; map them to {scale.lo}-{scale.hi} grades, or drop "
+                                   "pos_scores and neg_scores to train on the labels")
             out["teacher_scores"] = [*(scores["pos"] or []), *(scores["neg"] or [])]
     else:
         out["qid"] = obj["query_id"] if obj.get("query_id") is not None else qid
@@ -328,11 +354,18 @@ def _convert_row(obj: Any, path: str | Path, line: int, qid: str) -> tuple[Any, 
             if not isinstance(passages, list):
                 raise fail(f"{key!r} must be a list of passages {{docid, title, text}}")
             for i, p in enumerate(passages):
-                if not isinstance(p, Mapping) or p.get("docid") is None:
-                    raise fail(f"{key}[{i}] must be an object with 'docid' and 'text'")
+                if not isinstance(p, Mapping) or p.get("docid") is None or not isinstance(p.get("text"), str):
+                    raise fail(f"{key}[{i}] must be an object with 'docid' and a string 'text' (a Tevatron passage: "
+                               f"{{{', '.join(_PASSAGE_KEYS)}}})")
                 bad = sorted(str(k) for k, v in p.items() if k not in _PASSAGE_KEYS and v is not None)
                 if bad:
                     raise fail(f"{key}[{i}]: unknown field {bad[0]!r}; known fields: {', '.join(_PASSAGE_KEYS)}")
+                if not _id(p["docid"]):
+                    raise fail(f"{key}[{i}].docid must be a string (or an integer), got {type(p['docid']).__name__}")
+                if p.get("title") is not None and not isinstance(p["title"], str):
+                    raise fail(f"{key}[{i}].title must be a string, got {type(p['title']).__name__}")
+                if not has_content(p["text"], p.get("title") or ""):
+                    raise fail(f"{key}[{i}] (docid {str(p['docid'])!r}) has an empty 'text' (and no title)")
                 out["candidates"].append({"id": p["docid"], "text": p.get("text"), "title": p.get("title")})
                 out["labels"].append(label)
     return out, shape, unread
@@ -356,8 +389,8 @@ def _rows(path: Path) -> Iterable[tuple[int, Any]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """The objects of a JSONL file; a file whose first line is tab-separated text is an error saying how to make
-    training rows of it."""
+    """The objects of a JSONL file; a file whose first line is tab- or comma-separated text (or a ``.csv`` file that
+    is not JSONL) is an error saying how to make training rows of it."""
     from rerank.data.io import iter_jsonl, iter_lines
 
     rows = iter_jsonl(path)
@@ -366,14 +399,31 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     except DataFormatError as e:
         if e.line is not None and "invalid JSON" in str(e):
             text = next((t for n, t in iter_lines(path) if n == e.line), "")
-            if "\t" in text and not text.lstrip().startswith(("{", "[")):
-                raise DataFormatError(path, e.line, "tab-separated text, and TSV is not a training format: convert "
-                                      "its (query, passage, label) lines to JSONL training rows with the snippet in "
-                                      f"{_SHAPES_DOC}, or give a BEIR folder as data.beir") from None
+            kind = _separated(path, text)
+            if kind is not None:
+                raise DataFormatError(path, e.line, f"{kind[0]}, and {kind[1]} is not a training format: "
+                                      "convert its (query, passage, label) lines to JSONL training rows with the "
+                                      f"snippet in {_SHAPES_DOC}, or give a BEIR folder as data.beir") from None
         raise
     if first is not None:
         yield first
         yield from rows
+
+
+def _separated(path: Path, text: str) -> tuple[str, str] | None:
+    """What a training file whose line ``text`` is no JSON holds, and the format's name: tab-separated text (TSV),
+    comma-separated text (CSV: a ``.csv`` name, or a line of 2 or more comma-separated fields), or None (broken
+    JSON)."""
+    import csv
+
+    if text.lstrip().startswith(("{", "[")):
+        return None
+    if "\t" in text:
+        return "tab-separated text", "TSV"
+    suffixes = [s.lower() for s in path.suffixes]
+    if ".csv" in suffixes[-2:] or len(next(csv.reader([text]), [])) >= 2:
+        return "comma-separated text", "CSV"
+    return None
 
 
 def load_examples(path: str | Path, scale: TeacherScale | None = None) -> list[dict[str, Any]]:
@@ -389,7 +439,7 @@ def load_examples(path: str | Path, scale: TeacherScale | None = None) -> list[d
     seen: dict[str, int] = {}
     unread: dict[tuple[str, str], int] = {}
     for line, obj in _rows(p):
-        row, shape, fields = _convert_row(obj, where, line, f"{'row' if p.is_dir() else 'line'}-{line}")
+        row, shape, fields = _convert_row(obj, where, line, f"{'row' if p.is_dir() else 'line'}-{line}", scale)
         for name in fields:
             unread[shape, name] = unread.get((shape, name), 0) + 1
         try:

@@ -1,5 +1,8 @@
-"""Converted training rows (FlagEmbedding, Tevatron), review F findings 4, 5 and 6.
+"""Converted training rows (FlagEmbedding, Tevatron), review F findings 1, 4, 5 and 6.
 
+1. ``window_order: first_stage`` on data with no first-stage order (converted rows list their positives first and
+   carry no score; rows of ours without scores that all list their positives first) is one line naming the data and
+   the option, for SFT and GRPO, before the model loads; scored rows and rows in another order still train.
 4. A FlagEmbedding text in both ``pos`` and ``neg`` is a ``file:line`` error, as a Tevatron docid in both lists is.
 5. For ERank / GroupRank (0-10 grades) FlagEmbedding's ``pos_scores`` / ``neg_scores`` must be integer grades: raw
    logits are refused naming the field written (``neg_scores[0]``); the cross-encoder reads any scale.
@@ -17,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from rerank.errors import DataFormatError
+from rerank.errors import ConfigError, DataFormatError
 from rerank.trainers.data import load_examples, teacher_scale
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +41,78 @@ def _one_line_error(path: Path, line: int, pattern: str, scale: Any = None) -> s
         load_examples(path, scale)
     assert "\n" not in str(e.value)
     return str(e.value)
+
+
+# ------------------------------------------------------------------------------- 1. window_order: first_stage
+def _task(tiny_llm_dir: Path, head: str, data: Path, order: str, trainer: str = "sft") -> Any:
+    from transformers import AutoTokenizer
+
+    from rerank.config import from_dict
+    from rerank.trainers.base import get_trainer
+    from rerank.trainers.task import build_task
+
+    cfg = from_dict(get_trainer(trainer).config_class,
+                    {"model": str(tiny_llm_dir), "head": head, "data": {"path": str(data)}, "window": 3,
+                     "window_order": order})
+    return build_task(head, AutoTokenizer.from_pretrained(str(tiny_llm_dir)), cfg)
+
+
+@pytest.mark.parametrize("head", ["listwise", "grouprank"])
+def test_first_stage_on_converted_rows_is_refused_naming_the_data_and_the_option(tiny_llm_dir: Path, tmp_path: Path,
+                                                                                 head: str) -> None:
+    from rerank.trainers.sft_trainer import data_source, sft_dataset
+
+    data = _write(tmp_path / "flag.jsonl", _flag(3))
+    task = _task(tiny_llm_dir, head, data, "first_stage")
+    where = data_source(task.cfg.data)
+    with pytest.raises(ConfigError, match=rf"^window_order first_stage keeps .* each of the 3 queries of "
+                                          rf"{re.escape(where)} .* lists its positives first .*FlagEmbedding and "
+                                          r"Tevatron rows .* use window_order: shuffled \(the default\)") as e:
+        sft_dataset(task, load_examples(data), where)
+    assert str(data) in str(e.value) and "\n" not in str(e.value)
+    assert len(sft_dataset(_task(tiny_llm_dir, head, data, "shuffled"), load_examples(data), where)) > 0
+
+
+def test_first_stage_on_converted_rows_is_refused_for_grpo_too(tiny_llm_dir: Path, tmp_path: Path) -> None:
+    from rerank.trainers.grpo_trainer import grpo_rows
+
+    tev = [{"query_id": f"q{i}", "query": f"query {i}", "positive_passages": [{"docid": f"p{i}", "text": "yes"}],
+            "negative_passages": [{"docid": f"n{i}.{j}", "text": f"no {j}"} for j in range(3)]} for i in range(2)]
+    data = _write(tmp_path / "tev.jsonl", tev)
+    with pytest.raises(ConfigError, match=r"window_order first_stage .*e\.g\. qid 'q0'"):
+        grpo_rows(_task(tiny_llm_dir, "first", data, "first_stage", "grpo"), load_examples(data), 0, "data.path x")
+
+
+def test_the_cli_refuses_it_in_one_line_before_the_model_loads(tiny_llm_dir: Path, tmp_path: Path,
+                                                               run_cli: Any) -> None:
+    data = _write(tmp_path / "flag.jsonl", _flag(2))
+    code, _, err = run_cli("train", "sft", "--output", tmp_path / "run", "--set", f"model={tiny_llm_dir}",
+                           "--set", "head=listwise", "--set", f"data.path={data}", "--set", "window=3",
+                           "--set", "window_order=first_stage", "--set", "max_steps=1")
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert f"data.path {data}" in line and "window_order: shuffled" in line
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_one_rule_for_our_rows_without_scores(tiny_llm_dir: Path, tmp_path: Path) -> None:
+    """Our rows are read by the same rule: unscored rows that all list their positives first are refused; unscored
+    rows in another order, or rows with first-stage scores (as rerank data build writes them), keep their order."""
+    from rerank.trainers.task import task_rows
+
+    def row(qid: str, labels: list[int], scored: bool = False) -> dict[str, Any]:
+        cands = [{"id": f"{qid}-{j}", "text": f"passage {j}", **({"score": 10.0 - j} if scored else {})}
+                 for j in range(len(labels))]
+        return {"qid": qid, "query": f"query {qid}", "candidates": cands, "labels": labels}
+
+    data = tmp_path / "ours.jsonl"
+    task = _task(tiny_llm_dir, "listwise", _write(data, [row("a", [1, 0, 0])]), "first_stage")
+    with pytest.raises(ConfigError, match="each of the 2 queries .* lists its positives first .*qid 'a'"):
+        task_rows(task, load_examples(_write(data, [row("a", [2, 1, 0, 0]), row("b", [1, 0, 0]),
+                                                     row("c", [1, 1])])), "sft", "data.path ours.jsonl")
+    for rows in ([row("a", [1, 0, 0]), row("b", [0, 1, 0])],   # one unscored query lists a negative first
+                 [row("a", [1, 0, 0], scored=True)]):         # a first-stage order, with its scores
+        assert task_rows(task, load_examples(_write(data, rows)), "sft", "data.path ours.jsonl")
 
 
 # ------------------------------------------------------------------------------- 4. a text in pos and neg

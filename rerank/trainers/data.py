@@ -20,9 +20,11 @@ Rows in two other common shapes are read too, converted on read into rows of thi
   qid ``query_id`` (else as above), candidates the positive passages (label 1) then the negative ones (label 0), id
   ``docid``.
 
-Their fields no trainer reads (FlagEmbedding's ``prompt`` and ``type``, Tevatron's ``answers``) are named in a
-warning, once per file. A row of none of the three shapes, a row mixing two of them, or a tab- or comma-separated
-file, is an error naming the shapes read.
+Converted rows list their positives first and carry no first-stage score: they hold no first-stage order
+(:func:`rerank.trainers.task.task_rows` refuses ``window_order: first_stage`` on such data). Their fields no trainer
+reads (FlagEmbedding's ``prompt`` and ``type``, Tevatron's ``answers``) are named in a warning, once per file. A row
+of none of the three shapes, a row mixing two of them, or a tab- or comma-separated file, is an error naming the
+shapes read.
 Every row is validated before training starts; an error names the file and line (or dataset row).
 """
 

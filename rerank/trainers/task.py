@@ -21,7 +21,7 @@ from rerank.prompts import PromptTemplate
 from rerank.trainers.rewards import RewardConfig
 from rerank.types import Candidate, Document, Query
 
-__all__ = ["Parsed", "PointwiseTask", "Task", "build_task", "target_scores", "task_rows"]
+__all__ = ["Parsed", "PointwiseTask", "Task", "build_task", "check_first_stage_order", "target_scores", "task_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class Task:
         ``shuffled``: a seeded shuffle per query. ``first_stage``: the order the data lists the candidates (a
         first-stage ranking, as ``rerank data build`` writes it), except that candidates the first stage did not
         return (no ``score``: qrels positives added by ``include_positives``, appended at the end) go to seeded random
-        places, so a window's last passage is not a tell; with no scores at all, the data's order as it is."""
+        places, so a window's last passage is not a tell; with no scores at all, the data's order as it is
+        (:func:`task_rows` refuses data whose every such query lists its positives first)."""
         cands = example["candidates"]
         idx = list(range(len(cands)))
         rng = random.Random(f"{self.cfg.seed}\x00{example['qid']}")
@@ -196,10 +197,37 @@ class PointwiseTask(Task):
         return self.head.pair_prompts(self.query(example), self.candidates(example, [j]))[0]  # type: ignore[attr-defined]
 
 
+def _labels_first(example: dict[str, Any]) -> bool | None:
+    """Whether a query with no first-stage ``score`` lists its candidates best label first (its listed order is then
+    the labels', not a first stage's); None when it has a score or a single label value (its order tells nothing)."""
+    labels = example["labels"]
+    if any(c.get("score") is not None for c in example["candidates"]) or len(set(labels)) < 2:
+        return None
+    return all(a >= b for a, b in zip(labels, labels[1:]))
+
+
+def check_first_stage_order(task: Task, examples: list[dict[str, Any]], source: str) -> None:
+    """With ``window_order: first_stage``, refuse data whose queries without a first-stage ``score`` all list their
+    positives first (converted FlagEmbedding and Tevatron rows always do): every window would then teach the model to
+    keep the input order. A query with a score, or whose list has a positive after a non-positive, passes."""
+    if getattr(task.cfg, "window_order", "shuffled") != "first_stage":
+        return
+    said = [(e["qid"], first) for e in examples if (first := _labels_first(e)) is not None]
+    if said and all(first for _, first in said):
+        raise ConfigError(f"window_order first_stage keeps each query's candidates in the order its row lists them, "
+                          f"but each of the {len(said)} queries of {source} with positives and negatives and no "
+                          f"first-stage score lists its positives first (e.g. qid {said[0][0]!r}; FlagEmbedding and "
+                          "Tevatron rows are converted so: they hold no first-stage order): every window would teach "
+                          "the model to keep the input order; use window_order: shuffled (the default), or list each "
+                          "query's candidates in its first stage's order with their scores (candidates[].score)")
+
+
 def task_rows(task: Task, examples: list[dict[str, Any]], kind: str, source: str) -> list[dict[str, Any]]:
     """The ``kind`` (``sft`` / ``grpo``) rows of ``examples``, in their order. Queries that give none (fewer than 2
     candidates for a head that trains on windows) are warned about with the count; none at all is a one-line error
-    naming ``source`` (the data option) and why, before the model loads."""
+    naming ``source`` (the data option) and why, before the model loads, as is ``window_order: first_stage`` on data
+    that holds no first-stage order (:func:`check_first_stage_order`)."""
+    check_first_stage_order(task, examples, source)
     build = task.sft_rows if kind == "sft" else task.grpo_rows
     rows: list[dict[str, Any]] = []
     empty = 0

@@ -14,18 +14,21 @@ finished build keeps it only while those inputs are unchanged. The recipe hash l
 ``source.queries`` and ``first_stage.run`` (inputs, compared by content) and reads a dataset folder by its resolved
 path, so it does not depend on how a path is spelled. Every recipe reads its dataset as ``source.dataset``; an unknown
 key that is another command's name for a recipe option (the trainers' ``data.beir``, ``negatives_per_positive``, …)
-is an error naming the recipe's key (:data:`RECIPE_KEY_HINTS`), and an error about a key a ``--set`` override gave
-names that override.
+is an error naming the recipe's key (:data:`RECIPE_KEY_HINTS`) where the recipe reads it as configured, else saying
+why it refuses that key, and an error about a key a ``--set`` override gave names that override.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import json
 import logging
 import os
 import random
+import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from rerank.config import changed_options, from_dict, layered, override_source, to_dict
+from rerank.config import changed_options, from_dict, layered, option_default, override_source, to_dict
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
@@ -81,6 +84,8 @@ class SourceSpec:
     queries: str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ValueError(f"max_queries must be >= 1 (or left out for every query), got {self.max_queries}")
         if self.queries is not None and changed_options(self, ("split",)):
             raise ValueError(f"split {self.split!r} is not read with 'queries' (the queries and their labels come from "
                              "that file, the dataset gives only the corpus): drop split")
@@ -343,7 +348,9 @@ def _has_key(cls: type, dotted: str) -> bool:
 def check_recipe_keys(cls: type, spec: Mapping[str, Any], where: str) -> None:
     """An unknown key of a recipe (at the top, in a block of the recipe or in a block it does not have, such as the
     trainers' ``data``) that :data:`RECIPE_KEY_HINTS` knows is an error naming the recipe's key for it and ``where``
-    (the recipe) or the ``--set`` override that gave it; other unknown keys are left to :func:`from_dict`."""
+    (the recipe) or the ``--set`` override that gave it; other unknown keys are left to :func:`from_dict`. A key is
+    suggested only where this recipe config reads it (built with it in place of the unknown key, it is not refused);
+    a key it refuses (``num_negatives`` without a ``first_stage``) is named with the reason instead."""
     import typing
 
     def walk(block_cls: type | None, block: Mapping[str, Any], prefix: str, origin: str) -> None:
@@ -358,13 +365,139 @@ def check_recipe_keys(cls: type, spec: Mapping[str, Any], where: str) -> None:
                     walk(inner[0], value, f"{name}.", at)
                 continue
             uses, why = RECIPE_KEY_HINTS.get(name, ((), ""))
-            use = next((u for u in uses if _has_key(cls, u)), None)
+            use, refused = _first_read(cls, spec, tuple(name.split(".")), [u for u in uses if _has_key(cls, u)],
+                                       value)
+            unknown = f"{at}: unknown key {name!r} for {cls.__name__}"
             if use is not None:
-                raise ConfigError(f"{at}: unknown key {name!r} for {cls.__name__}: did you mean {use!r}? ({why})")
+                raise ConfigError(f"{unknown}: did you mean {use!r}? ({why})")
+            if refused is not None:
+                raise ConfigError(f"{unknown} ({why}); this recipe refuses {refused[0]!r}: {refused[1]}")
             if block_cls is not None and isinstance(value, Mapping) and not prefix:  # a block the recipe has not
                 walk(None, value, f"{name}.", at)
 
     walk(cls, spec, "", where)
+
+
+def _first_read(cls: type, spec: Mapping[str, Any], given: tuple[str, ...], uses: list[str],
+                value: Any) -> tuple[str | None, tuple[str, str] | None]:
+    """The first of the (dotted) keys ``uses`` that the recipe config ``cls`` built from ``spec`` reads when it
+    replaces the key at ``given`` with ``value``; and the first one refused (its name, why), for the message."""
+    refused = None
+    for use in uses:
+        why = _refusal(cls, spec, given, tuple(use.split(".")), value)
+        if why is None:
+            return use, refused
+        refused = refused or (use, why)
+    return None, refused
+
+
+def _refusal(cls: type, spec: Mapping[str, Any], given: tuple[str, ...], target: tuple[str, ...],
+             value: Any) -> str | None:
+    """Why ``cls`` built from ``spec`` with the key at ``given`` replaced by ``target`` refuses ``target``, or None
+    when it reads it: a key of an optional block the recipe does not set (``first_stage.depth`` without a
+    ``first_stage``) whose block is refused, or an option the settings do not read (the error that says to drop it).
+    ``target`` is set to ``value`` (another value where that is its default: a default is never refused) and, when
+    that value is out of range (the value's fault, not the key's), to a value next to its default. Keys ``cls`` does
+    not take are left out of the builds."""
+    base = _known_part(cls, spec)
+    _drop_key(base, given)
+    owner = cls
+    for part in target[:-1]:
+        owner = _block_class(owner, part)
+    default = option_default(owner, target[-1])
+    probes = [_probe(default, _plain(value))]
+    neutral = _probe(default, default)
+    if neutral is not dataclasses.MISSING and neutral != probes[0]:
+        probes.append(neutral)
+    for probe in probes:
+        trial = copy.deepcopy(base)
+        node = trial
+        for part in target[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[target[-1]] = probe
+        error = _build_error(cls, trial)
+        if error is None:
+            return None
+        if len(target) > 1 and not isinstance(base.get(target[0]), dict):
+            return f"it needs a {target[0]} block, which this recipe does not have ({error})"
+        if re.search(r"\bdrop\b", error) and error != _build_error(cls, base):
+            return error
+    return None
+
+
+def _block_class(cls: type, name: str) -> type:
+    """The dataclass of the block ``name`` of the config class ``cls`` (``FirstStageSpec`` for ``first_stage``)."""
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    return next(t for t in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(t))
+
+
+def _known_part(cls: type, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy of ``spec`` holding only the keys the config class ``cls`` and its blocks take."""
+    import typing
+
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key not in fields:
+            continue
+        hint = typing.get_type_hints(cls)[key]
+        inner = [t for t in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(t)]
+        out[key] = _known_part(inner[0], value) if inner and isinstance(value, Mapping) else _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping in it a plain dict (no record of the overrides that gave its keys)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _drop_key(spec: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove the key at dotted ``path`` from ``spec`` when it is there."""
+    node: Any = spec
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def _probe(default: Any, value: Any) -> Any:
+    """``value``, or a value other than ``default`` (an option's default) where ``value`` is that default, so a
+    setting that does not read the option refuses it."""
+    if value != default:
+        return value
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 1
+    return value
+
+
+def _build_error(cls: type, spec: dict[str, Any]) -> str | None:
+    """The message of the error building ``cls`` from ``spec`` raises (without the place it names), or None when it
+    builds; its log messages and warnings are not shown (this build only tests a key)."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from_dict(cls, spec, where=_TRIAL)
+    except Exception as e:  # noqa: BLE001 - any refusal, of whatever type, is the answer sought
+        return re.sub(rf"^{_TRIAL}\S*: ", "", str(e))
+    finally:
+        logging.disable(disabled)
+    return None
+
+
+#: the place :func:`_build_error` names to its builds, removed from their messages
+_TRIAL = "TRIAL"
 
 
 def _load_recipe(recipe: Mapping[str, Any] | str | Path) -> dict[str, Any]:

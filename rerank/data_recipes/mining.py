@@ -243,6 +243,8 @@ class HardNegativesConfig:
             raise ValueError(f"window must be [start, end] 1-based ranks with start <= end, got {self.window}")
         if self.num_negatives < 1:
             raise ValueError("num_negatives must be >= 1")
+        if self.min_positive_grade < 1:  # grade 0 is a judged non-relevant document: a negative, never a positive
+            raise ValueError(f"min_positive_grade must be >= 1, got {self.min_positive_grade}")
         if self.window[1] > self.first_stage.depth and changed_options(self, ("window",)):
             raise ValueError(f"window {self.window} ends past first_stage depth {self.first_stage.depth} (the first "
                              f"stage ranks only {self.first_stage.depth} documents per query): end the window at "

@@ -53,6 +53,9 @@ class GeneratorSpec:
                 raise ValueError(f"{', '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} to kind: llm; "
                                  "kind: sentence uses no model: drop "
                                  f"{'them' if len(changed) > 1 else 'it'} or set kind: llm")
+        for name in ("max_new_tokens", "max_doc_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def recorded(self) -> dict[str, Any]:
         """The options this kind reads, for the manifest: ``kind: sentence`` reads none but its kind (no model)."""
@@ -89,6 +92,9 @@ class QuerySynthesisConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, low in (("max_docs", 1), ("min_doc_chars", 0), ("min_query_words", 1), ("num_negatives", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 0 < self.dedup_jaccard <= 1:
             raise ValueError("dedup_jaccard must be in (0, 1]")
         if self.first_stage is not None and self.first_stage.retriever is None:

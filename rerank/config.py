@@ -31,7 +31,7 @@ from rerank.errors import ConfigError, DataFormatError
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
     "layered", "option_default", "changed_options", "refuse_changed", "Renamed", "check_renamed", "renamed_arguments",
-    "SECRET_KEYS", "REDACTED", "redact_url",
+    "SECRET_KEYS", "REDACTED", "redact_url", "plain", "drop_key",
 ]
 
 T = TypeVar("T")
@@ -120,6 +120,24 @@ def layered(base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     out = _Overridden({**base, **data})
     out.given = dict(getattr(data, "given", {}))
     return out
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every mapping in it a plain dict (no record of the overrides that gave its keys)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def drop_key(spec: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove the key at dotted ``path`` (a tuple of keys) from the nested dict ``spec`` when it is there."""
+    node: Any = spec
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
 
 
 def override_source(data: Mapping[str, Any], key: str) -> str | None:

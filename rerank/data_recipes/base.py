@@ -37,7 +37,16 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from rerank.config import changed_options, from_dict, layered, option_default, override_source, to_dict
+from rerank.config import (
+    changed_options,
+    drop_key,
+    from_dict,
+    layered,
+    option_default,
+    override_source,
+    plain,
+    to_dict,
+)
 from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, sha256_file, write_json
@@ -400,12 +409,12 @@ def _refusal(cls: type, spec: Mapping[str, Any], given: tuple[str, ...], target:
     that value is out of range (the value's fault, not the key's), to a value next to its default. Keys ``cls`` does
     not take are left out of the builds."""
     base = _known_part(cls, spec)
-    _drop_key(base, given)
+    drop_key(base, given)
     owner = cls
     for part in target[:-1]:
         owner = _block_class(owner, part)
     default = option_default(owner, target[-1])
-    probes = [_probe(default, _plain(value))]
+    probes = [_probe(default, plain(value))]
     neutral = _probe(default, default)
     if neutral is not dataclasses.MISSING and neutral != probes[0]:
         probes.append(neutral)
@@ -446,26 +455,8 @@ def _known_part(cls: type, spec: Mapping[str, Any]) -> dict[str, Any]:
             continue
         hint = typing.get_type_hints(cls)[key]
         inner = [t for t in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(t)]
-        out[key] = _known_part(inner[0], value) if inner and isinstance(value, Mapping) else _plain(value)
+        out[key] = _known_part(inner[0], value) if inner and isinstance(value, Mapping) else plain(value)
     return out
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with every mapping in it a plain dict (no record of the overrides that gave its keys)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _drop_key(spec: dict[str, Any], path: tuple[str, ...]) -> None:
-    """Remove the key at dotted ``path`` from ``spec`` when it is there."""
-    node: Any = spec
-    for part in path[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(path[-1], None)
 
 
 def _probe(default: Any, value: Any) -> Any:

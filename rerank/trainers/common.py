@@ -21,7 +21,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from rerank.config import changed_options, option_default, override_source
+from rerank.config import changed_options, drop_key, option_default, override_source, plain
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
@@ -354,8 +354,8 @@ def _refusal(config_class: type, raw: Mapping[str, Any], given: tuple[str, ...],
     range is the value's fault, not the key's. Keys ``raw``'s class does not take are left out of both builds."""
     base = _known_part(config_class, raw)
     trial = copy.deepcopy(base)
-    _drop_key(trial, given)
-    _drop_key(base, given)
+    drop_key(trial, given)
+    drop_key(base, given)
     if target[0] == "data" and target[1:] in (("beir",), ("path",)):  # a new source replaces the block
         trial["data"] = {target[1]: value}
     else:
@@ -375,28 +375,10 @@ def _known_part(config_class: type, raw: Mapping[str, Any]) -> dict[str, Any]:
     """A plain copy of ``raw`` holding only the keys ``config_class`` takes (in its block ``data``, those of
     :class:`DataConfig`)."""
     known = _init_fields(config_class)
-    out = {k: _plain(v) for k, v in raw.items() if k in known}
+    out = {k: plain(v) for k, v in raw.items() if k in known}
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if k in _init_fields(DataConfig)}
     return out
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with every mapping in it a plain dict (no record of the overrides that gave its keys)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _drop_key(raw: dict[str, Any], path: tuple[str, ...]) -> None:
-    """Remove the key at dotted ``path`` from ``raw`` when it is there."""
-    node: Any = raw
-    for part in path[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(path[-1], None)
 
 
 def _probe(config_class: type, target: tuple[str, ...], value: Any) -> Any:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import re
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -32,6 +34,7 @@ __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
     "layered", "option_default", "changed_options", "refuse_changed", "Renamed", "check_renamed", "renamed_arguments",
     "SECRET_KEYS", "REDACTED", "redact_url", "plain", "drop_key",
+    "build_error",
 ]
 
 T = TypeVar("T")
@@ -138,6 +141,26 @@ def drop_key(spec: dict[str, Any], path: tuple[str, ...]) -> None:
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict):
         node.pop(path[-1], None)
+
+
+def build_error(cls: type, spec: Mapping[str, Any]) -> str | None:
+    """The message of the error building ``cls`` from ``spec`` raises (without the place it names), or None when it
+    builds; its log messages and warnings are not shown (this build only tests a key, for a "did you mean" hint)."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from_dict(cls, spec, where=_TRIAL)
+    except Exception as e:  # noqa: BLE001 - any refusal, of whatever type, is the answer sought
+        return re.sub(rf"^{_TRIAL}\S*: ", "", str(e))
+    finally:
+        logging.disable(disabled)
+    return None
+
+
+#: the place :func:`build_error` names to its builds, removed from their messages
+_TRIAL = "TRIAL"
 
 
 def override_source(data: Mapping[str, Any], key: str) -> str | None:

@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import re
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any, ClassVar
 from tqdm.auto import tqdm
 
 from rerank.config import (
+    build_error,
     changed_options,
     drop_key,
     from_dict,
@@ -426,12 +426,12 @@ def _refusal(cls: type, spec: Mapping[str, Any], given: tuple[str, ...], target:
                 node[part] = {}
             node = node[part]
         node[target[-1]] = probe
-        error = _build_error(cls, trial)
+        error = build_error(cls, trial)
         if error is None:
             return None
         if len(target) > 1 and not isinstance(base.get(target[0]), dict):
             return f"it needs a {target[0]} block, which this recipe does not have ({error})"
-        if re.search(r"\bdrop\b", error) and error != _build_error(cls, base):
+        if re.search(r"\bdrop\b", error) and error != build_error(cls, base):
             return error
     return None
 
@@ -469,26 +469,6 @@ def _probe(default: Any, value: Any) -> Any:
     if isinstance(default, (int, float)):
         return default + 1
     return value
-
-
-def _build_error(cls: type, spec: dict[str, Any]) -> str | None:
-    """The message of the error building ``cls`` from ``spec`` raises (without the place it names), or None when it
-    builds; its log messages and warnings are not shown (this build only tests a key)."""
-    disabled = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from_dict(cls, spec, where=_TRIAL)
-    except Exception as e:  # noqa: BLE001 - any refusal, of whatever type, is the answer sought
-        return re.sub(rf"^{_TRIAL}\S*: ", "", str(e))
-    finally:
-        logging.disable(disabled)
-    return None
-
-
-#: the place :func:`_build_error` names to its builds, removed from their messages
-_TRIAL = "TRIAL"
 
 
 def _load_recipe(recipe: Mapping[str, Any] | str | Path) -> dict[str, Any]:

@@ -15,13 +15,12 @@ import logging
 import math
 import numbers
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from rerank.config import changed_options, drop_key, option_default, override_source, plain
+from rerank.config import build_error, changed_options, drop_key, option_default, override_source, plain
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
@@ -365,8 +364,8 @@ def _refusal(config_class: type, raw: Mapping[str, Any], given: tuple[str, ...],
                 node[part] = {}
             node = node[part]
         node[target[-1]] = _probe(config_class, target, value)
-    error = _build_error(config_class, trial)
-    if error is None or not _DROP.search(error) or error == _build_error(config_class, base):
+    error = build_error(config_class, trial)
+    if error is None or not _DROP.search(error) or error == build_error(config_class, base):
         return None
     return error
 
@@ -391,28 +390,6 @@ def _probe(config_class: type, target: tuple[str, ...], value: Any) -> Any:
     if isinstance(default, (int, float)):
         return default + 1
     return value
-
-
-def _build_error(config_class: type, raw: dict[str, Any]) -> str | None:
-    """The message of the error building ``config_class`` from ``raw`` raises (without the place it names), or None
-    when it builds; its log messages and warnings are not shown (this build only tests a key)."""
-    from rerank.config import from_dict
-
-    disabled = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from_dict(config_class, raw, where=_TRIAL)
-    except Exception as e:  # noqa: BLE001 - any refusal, of whatever type, is the answer sought
-        return re.sub(rf"^{_TRIAL}\S*: ", "", str(e))
-    finally:
-        logging.disable(disabled)
-    return None
-
-
-#: the place :func:`_build_error` names to its builds, removed from their messages
-_TRIAL = "TRIAL"
 
 
 @dataclass

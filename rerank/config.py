@@ -34,7 +34,7 @@ __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
     "layered", "option_default", "changed_options", "refuse_changed", "Renamed", "check_renamed", "renamed_arguments",
     "SECRET_KEYS", "REDACTED", "redact_url", "plain", "drop_key",
-    "build_error",
+    "build_error", "probe_value",
 ]
 
 T = TypeVar("T")
@@ -141,6 +141,18 @@ def drop_key(spec: dict[str, Any], path: tuple[str, ...]) -> None:
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, dict):
         node.pop(path[-1], None)
+
+
+def probe_value(default: Any, value: Any) -> Any:
+    """``value``, or a value other than ``default`` (an option's default) where ``value`` is that default, so a trial
+    build (:func:`build_error`) of a setting that does not read the option refuses it."""
+    if value != default:
+        return value
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 1
+    return value
 
 
 def build_error(cls: type, spec: Mapping[str, Any]) -> str | None:

@@ -45,6 +45,7 @@ from rerank.config import (
     option_default,
     override_source,
     plain,
+    probe_value,
     to_dict,
 )
 from rerank.errors import ConfigError, DataFormatError, RerankError
@@ -414,8 +415,8 @@ def _refusal(cls: type, spec: Mapping[str, Any], given: tuple[str, ...], target:
     for part in target[:-1]:
         owner = _block_class(owner, part)
     default = option_default(owner, target[-1])
-    probes = [_probe(default, plain(value))]
-    neutral = _probe(default, default)
+    probes = [probe_value(default, plain(value))]
+    neutral = probe_value(default, default)
     if neutral is not dataclasses.MISSING and neutral != probes[0]:
         probes.append(neutral)
     for probe in probes:
@@ -457,18 +458,6 @@ def _known_part(cls: type, spec: Mapping[str, Any]) -> dict[str, Any]:
         inner = [t for t in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(t)]
         out[key] = _known_part(inner[0], value) if inner and isinstance(value, Mapping) else plain(value)
     return out
-
-
-def _probe(default: Any, value: Any) -> Any:
-    """``value``, or a value other than ``default`` (an option's default) where ``value`` is that default, so a
-    setting that does not read the option refuses it."""
-    if value != default:
-        return value
-    if isinstance(default, bool):
-        return not default
-    if isinstance(default, (int, float)):
-        return default + 1
-    return value
 
 
 def _load_recipe(recipe: Mapping[str, Any] | str | Path) -> dict[str, Any]:

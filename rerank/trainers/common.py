@@ -20,7 +20,15 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from rerank.config import build_error, changed_options, drop_key, option_default, override_source, plain
+from rerank.config import (
+    build_error,
+    changed_options,
+    drop_key,
+    option_default,
+    override_source,
+    plain,
+    probe_value,
+)
 from rerank.errors import ConfigError
 from rerank.trainers.data import DataConfig
 
@@ -382,14 +390,7 @@ def _known_part(config_class: type, raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _probe(config_class: type, target: tuple[str, ...], value: Any) -> Any:
     """``value``, or a value other than the default of the key at ``target`` where ``value`` is that default."""
-    default = option_default(DataConfig if len(target) == 2 else config_class, target[-1])
-    if value != default:
-        return value
-    if isinstance(default, bool):
-        return not default
-    if isinstance(default, (int, float)):
-        return default + 1
-    return value
+    return probe_value(option_default(DataConfig if len(target) == 2 else config_class, target[-1]), value)
 
 
 @dataclass

@@ -28,7 +28,9 @@ from rerank.trainers.data import load_examples
 
 REPO = Path(__file__).resolve().parents[1]
 RERANKER_TRAINERS = ("sft", "grpo")
-RETRIEVER_TRAINERS = tuple(t for t in available_trainers() if t not in RERANKER_TRAINERS)
+#: the toolkit's own (not a trainer another test module registered, which may be imported first)
+RETRIEVER_TRAINERS = tuple(t for t in available_trainers()
+                           if t not in RERANKER_TRAINERS and get_trainer(t).__module__.startswith("rerank."))
 
 #: a value for each key a hint table names or suggests, valid for every key it may be suggested as
 VALUES: dict[str, Any] = {

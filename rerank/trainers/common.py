@@ -30,6 +30,7 @@ from rerank.config import (
     probe_value,
 )
 from rerank.errors import ConfigError
+from rerank.retrieval.index import RENAMED_ENCODER_KEYS
 from rerank.trainers.data import DataConfig
 
 __all__ = [
@@ -75,8 +76,7 @@ RENAMED_KEYS: dict[str, str] = {
     "checkpoint_every": "save_steps",
     "eval_every": "eval_steps",
     "keep_checkpoints": "save_total_limit",
-    "query_max_length": "max_query_tokens",
-    "doc_max_length": "max_doc_tokens",
+    **RENAMED_ENCODER_KEYS,  # the token limits, renamed as in the dense retriever and rerank index
 }
 
 

@@ -6,8 +6,10 @@ whose ``cell.json`` or ``metrics.json`` is damaged again, with a warning naming 
 leaderboard shows measured rows (primary measure per column, the average over the columns marked ``in_average``,
 queries/s) and, in a separate table, published reference figures from ``published.yaml``. Significance: a paired
 two-sided randomization test (sign flips of per-query differences) of every measured row against the first row that
-has the column, on the queries both cells scored; ``†`` marks p < ``significance.p``. All pairwise p-values are
-written to ``leaderboard.json`` and listed in the Markdown.
+has the column, on the queries both cells scored; ``▲`` / ``▼`` mark a row significantly above / below that baseline
+(p < ``significance.p`` after ``significance.correction``: none, holm or bonferroni over the rows compared with the
+baseline in one column). All pairwise p-values are written to ``leaderboard.json`` and listed in the Markdown. A cell
+whose run lacks judged queries (they count as 0) carries their count in the JSON and says "n/N missing" in the table.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -35,9 +37,11 @@ from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, path_stamp, write_json
 
 __all__ = [
+    "CORRECTIONS",
     "ColumnSpec",
     "LeaderboardConfig",
     "RowSpec",
+    "adjust_p_values",
     "load_config",
     "load_published",
     "model_label",
@@ -105,15 +109,24 @@ class RowSpec:
         check_interpolate(self.interpolate)
 
 
+#: ``significance.correction``: how the p-values of the rows compared with one column's baseline are corrected
+CORRECTIONS = ("none", "holm", "bonferroni")
+
+
 @dataclass
 class SignificanceSpec:
-    """The randomization test's threshold ``p`` (a † below it) and its number of sign flips ``samples``."""
+    """The randomization test's threshold ``p`` (a mark below it), its sign flips ``samples`` and ``seed``, and the
+    multiple-comparison ``correction`` over the rows compared with one column's baseline."""
 
     p: float = 0.05
     samples: int = 10000
     seed: int = 0
+    correction: Literal["none", "holm", "bonferroni"] = "none"
 
     def __post_init__(self) -> None:
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"significance.correction must be one of {', '.join(CORRECTIONS)}, "
+                             f"got {self.correction!r}")
         if not 0 < self.p < 1:
             raise ValueError(f"significance.p must be a number between 0 and 1 (exclusive, e.g. 0.05), got {self.p}")
         if self.samples < 1:
@@ -284,6 +297,24 @@ def randomization_test(a: list[float], b: list[float], samples: int = 10000, see
     return (hits + 1) / (samples + 1)
 
 
+def adjust_p_values(p_values: list[float], correction: str) -> list[float]:
+    """``p_values`` (one family, in their order) corrected for multiple comparisons: ``none`` as they are,
+    ``bonferroni`` min(1, m·p), ``holm`` Holm's step-down (the i-th smallest: max over j <= i of min(1, (m-j+1)·p_j))."""
+    m = len(p_values)
+    if correction == "none":
+        return list(p_values)
+    if correction == "bonferroni":
+        return [min(1.0, m * p) for p in p_values]
+    if correction == "holm":
+        adjusted = [0.0] * m
+        running = 0.0
+        for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+            running = max(running, min(1.0, (m - rank) * p_values[i]))
+            adjusted[i] = running
+        return adjusted
+    raise ConfigError(f"unknown p-value correction {correction!r}; known: {', '.join(CORRECTIONS)}")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
@@ -352,11 +383,13 @@ def _cell_summary(metrics: dict[str, Any], measure: str, cell: str) -> dict[str,
         raise ConfigError(f"cell {cell}: its metrics.json holds no {key!r} (the leaderboard's measure {measure!r} at "
                           f"relevance level {metrics.get('rel_level', 1)}; a damaged file?): rerun with --force")
     per_query = {q: v[key] for q, v in metrics["per_query"].items()}
+    missing = metrics.get("missing_queries")  # absent from a cell's metrics.json written before it was recorded
     return {
         "value": metrics["metrics"][key],
         "measure_key": key,
         "per_query": per_query,
         "num_queries": n,
+        "missing_queries": len(missing) if isinstance(missing, list) else None,
         "seconds": secs,
         "queries_per_s": (n / secs) if secs > 0 else None,
         "parse": metrics.get("parse"),
@@ -511,22 +544,39 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
                 p = randomization_test([ca[q] for q in common], [cb[q] for q in common], sig.samples, sig.seed)
                 pairs.append({"a": a, "b": b, "queries": len(common), "p": p})
         pairwise[col.label] = pairs
+    base = {c.label: next((n for n in cells if c.label in cells[n]), None) for c in cfg.columns}
+    versus: dict[str, dict[str, dict[str, Any]]] = {}  # column -> row -> its pair with the column's baseline
+    for col in cfg.columns:
+        family = [x for x in pairwise[col.label] if base[col.label] in (x["a"], x["b"])]
+        for x in pairwise[col.label]:
+            x["p_adjusted"] = None  # only the pairs with the baseline form the corrected family
+        for x, q in zip(family, adjust_p_values([x["p"] for x in family], sig.correction), strict=True):
+            x["p_adjusted"] = q
+        versus[col.label] = {x["b"] if x["a"] == base[col.label] else x["a"]: x for x in family}
     avg_cols = [c.label for c in cfg.columns if c.in_average]
     for r in cfg.rows:
         rc = cells.get(r.name, {})
         if not rc:
             continue
-        base = {c.label: next((n for n in cells if c.label in cells[n]), None) for c in cfg.columns}
         values = {}
         for col in cfg.columns:
             if col.label not in rc:
                 continue
             b = base[col.label]
-            p = None
-            if b is not None and b != r.name:
-                p = next(x["p"] for x in pairwise[col.label] if {x["a"], x["b"]} == {b, r.name})
-            values[col.label] = {"value": rc[col.label]["value"], "p_vs_baseline": p, "baseline": b,
-                                 "significant": p is not None and p < sig.p,
+            pair = versus[col.label].get(r.name)
+            diff = direction = None
+            if pair is not None:
+                mine, theirs = rc[col.label]["per_query"], cells[b][col.label]["per_query"]
+                common = set(mine) & set(theirs)
+                diff = (sum(mine[q] - theirs[q] for q in common) / len(common)) if common else 0.0
+                if pair["p_adjusted"] < sig.p and diff != 0:
+                    direction = "above" if diff > 0 else "below"
+            values[col.label] = {"value": rc[col.label]["value"], "baseline": b,
+                                 "p_vs_baseline": pair["p"] if pair else None,
+                                 "p_adjusted": pair["p_adjusted"] if pair else None,
+                                 "mean_difference": diff, "significant": direction is not None,
+                                 "direction": direction, "num_queries": rc[col.label]["num_queries"],
+                                 "missing_queries": rc[col.label].get("missing_queries"),
                                  "top_k": (r.top_k or col.top_k) if r.reranker else None}
         avg = (sum(rc[c]["value"] for c in avg_cols) / len(avg_cols)) if avg_cols and all(c in rc for c in avg_cols) \
             else None
@@ -540,6 +590,9 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
         })
     for rname, d in cells.items():
         for cname, c in d.items():
+            if c.get("missing_queries"):
+                notes.append(f"'{rname}' x '{cname}': {c['missing_queries']} of {c['num_queries']} judged queries are "
+                             f"absent from the run and count as 0 in its {cfg.measure}, its average and its p-values")
             p = c.get("parse") or {}
             if p.get("parse_failures"):
                 notes.append(f"'{rname}' x '{cname}': {p['parse_failures']} of {p['outputs']} model outputs failed "
@@ -562,12 +615,34 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
     }
 
 
+#: a cell's mark by its direction against the column's baseline (significant only)
+_MARKS = {"above": " ▲", "below": " ▼"}
+_CORRECTION_WORDS = {
+    "none": "p-values not corrected for multiple comparisons (`significance.correction: holm` or `bonferroni` "
+            "corrects them)",
+    "holm": "p-values Holm-corrected over the rows compared with that baseline in the column",
+    "bonferroni": "p-values Bonferroni-corrected over the rows compared with that baseline in the column",
+}
+
+
+def _direction(cell: dict[str, Any], values: dict[str, float]) -> str | None:
+    """``above`` / ``below`` where a cell is significantly better / worse than its baseline, else None. A cell of a
+    ``leaderboard.json`` written before directions were recorded is compared by value with its baseline's
+    (``values``: row name -> value in the cell's column)."""
+    if not cell.get("significant"):
+        return None
+    if "direction" in cell:
+        return cell["direction"]
+    theirs = values.get(cell.get("baseline"))
+    return None if theirs is None or theirs == cell["value"] else ("above" if cell["value"] > theirs else "below")
+
+
 def _fmt(v: float | None, digits: int = 4) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def _fmt_p(p: float, alpha: float) -> str:
-    """``p`` to 4 decimals, or more where those would put it on the other side of ``alpha`` than the ``†`` mark
+    """``p`` to 4 decimals, or more where those would put it on the other side of ``alpha`` than the ``▲``/``▼`` mark
     (0.049975 is 0.04998, not 0.0500, beside p < 0.05)."""
     digits = 4
     while (float(f"{p:.{digits}f}") < alpha) != (p < alpha) and digits < 17:
@@ -623,11 +698,21 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         + " | ".join(c["label"] for c in cols) + " | avg | queries/s |",
         "|---|---|---|---|---|---|" + "---|" * (len(cols) + 2),
     ]
+    correction = sig.get("correction", "none")  # a leaderboard.json written before corrections were offered
+    missing = False
+    by_column = {c["label"]: {r["name"]: r["columns"][c["label"]]["value"] for r in report["rows"]
+                              if c["label"] in r["columns"]} for c in cols}
     for i, r in enumerate(report["rows"], 1):
         cells = []
         for c in cols:
             v = r["columns"].get(c["label"])
-            cells.append("—" if v is None else _fmt(v["value"]) + (" †" if v["significant"] else ""))
+            if v is None:
+                cells.append("—")
+                continue
+            cells.append(_fmt(v["value"]) + _MARKS.get(_direction(v, by_column[c["label"]]) or "", ""))
+            if v.get("missing_queries"):
+                missing = True
+                cells[-1] += f" ({v['missing_queries']}/{v['num_queries']} missing)"
         model = f"`{model_label(r['model'])}`" if r["model"] else "—"
         lines.append(
             f"| {i} | {r['name']} | {r['first_stage']} | {_reranker_cell(r, cols)} | {r['backend'] or '—'} | {model} | "
@@ -635,9 +720,12 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         )
     lines += [
         "",
-        (f"† p < {sig['p']} against the first row that has the column (row 1 where present), paired two-sided "
-         f"randomization test on per-query {m} ({sig['samples']} sign flips, seed {sig['seed']}). "
-         f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
+        (f"▲ / ▼: significantly above / below (better / worse than) the first row that has the column (row 1 where "
+         f"present): p < {sig['p']} in a paired two-sided randomization test on per-query {m} ({sig['samples']} "
+         f"sign flips, seed {sig['seed']}), {_CORRECTION_WORDS[correction]}; no mark: not significant. "
+         + ("(n/N missing): n of the column's N judged queries are absent from the row's run and count as 0 "
+            "(see Notes). " if missing else "")
+         + f"avg: mean over {', '.join(report['average_over']) or 'no columns'} (only rows with all of them). "
          "queries/s: judged queries / (first-stage + rerank seconds) over the row's cells, model loading excluded; "
          "where a column gives a precomputed run, its first-stage time is reading that run file."
          + (" reranker (top-N): it reranks the first stage's top N, not the column's top-k." if own_k else "")
@@ -691,9 +779,18 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
                              f"{f['value']:.4f} | {e['source']} |")
     pw = [(c, p) for c, ps in report["pairwise"].items() for p in ps]
     if pw:
-        lines += ["", "## Pairwise significance (p-values)", "", "| column | row A | row B | queries | p |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {c} | {p['a']} | {p['b']} | {p['queries']} | {_fmt_p(p['p'], sig['p'])} |" for c, p in pw]
+        corrected = correction != "none"
+        name = correction.capitalize()
+        lines += ["", "## Pairwise significance (p-values)", "",
+                  ("p: every pair tested alone (uncorrected)"
+                   + (f"; p ({name}): corrected over the rows compared with the column's baseline, which the marks "
+                      "use" if corrected else "") + "."), "",
+                  "| column | row A | row B | queries | p |" + (f" p ({name}) |" if corrected else ""),
+                  "|---|---|---|---|---|" + ("---|" if corrected else "")]
+        for c, p in pw:
+            adjusted = p.get("p_adjusted")
+            extra = (f" {'—' if adjusted is None else _fmt_p(adjusted, sig['p'])} |" if corrected else "")
+            lines.append(f"| {c} | {p['a']} | {p['b']} | {p['queries']} | {_fmt_p(p['p'], sig['p'])} |{extra}")
     lines.append("")
     return "\n".join(lines)
 

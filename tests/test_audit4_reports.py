@@ -54,7 +54,7 @@ def test_leaderboard_reads_a_binary_measure_at_the_datasets_relevance_level(
     text = (res / "leaderboard.md").read_text()
     assert f"{measure} is scored as `{key}`" in text
     rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
-    assert [line.split(" | ")[6].removesuffix(" †") for line in rows] == shown
+    assert [line.split(" | ")[6].removesuffix(" ▲").removesuffix(" ▼") for line in rows] == shown
 
 
 def test_leaderboard_refuses_a_cell_whose_metrics_lack_the_measure(tmp_path: Path, tiny_beir_dir: Path,

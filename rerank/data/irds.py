@@ -305,9 +305,11 @@ def _write_lines(path: Path, lines: Iterable[str], header: str | None = None) ->
 
 def _rel_level(ds: Any, dataset_id: str) -> int:
     """The grade binary measures count as relevant: N when every binary official measure of the dataset (RR, AP, P,
-    R, Success, …: :data:`~rerank.eval.metrics.BINARY_MEASURES`) names the same ``rel=N`` (TREC DL's ``RR(rel=2)``,
-    ``AP(rel=2)``, as ``dl19-bm25-top100`` is judged), else 1 (one without ``rel=`` counts from 1); nDCG's graded gain
-    needs no level."""
+    R, Bpref, …: :data:`~rerank.eval.metrics.BINARY_MEASURES`, by ir-measures' name, aliases such as ``MRR`` too, or
+    any naming ``rel=``) names the same ``rel=N`` (TREC DL's ``RR(rel=2)``, ``AP(rel=2)``, as ``dl19-bm25-top100`` is
+    judged), else 1 (one without ``rel=`` counts from 1); nDCG's graded gain needs no level."""
+    import ir_measures
+
     from rerank.eval.metrics import BINARY_MEASURES
 
     try:
@@ -317,10 +319,13 @@ def _rel_level(ds: Any, dataset_id: str) -> int:
         return 1
     levels: dict[str, int] = {}
     for measure in map(str, measures):
-        name = re.match(r"\s*(\w+)", measure)
-        if name is not None and name.group(1) in BINARY_MEASURES:
-            rel = re.search(r"\brel=(\d+)", measure)
-            levels[measure] = int(rel.group(1)) if rel else 1
+        try:
+            m = ir_measures.parse_measure(measure.strip())
+        except (ValueError, NameError, SyntaxError, TypeError):
+            continue
+        rel = m.params.get("rel")
+        if isinstance(rel, int) or m.NAME in BINARY_MEASURES:
+            levels[measure] = rel if isinstance(rel, int) else 1
     if len(set(levels.values())) > 1:
         log.warning("%s: its official binary measures name different relevance levels (%s): binary measures count "
                     "grades >= 1 (--rel-level N sets another)", dataset_id,

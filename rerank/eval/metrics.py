@@ -3,17 +3,23 @@
 Conventions, stated once so reports can say them:
 
 * Measures are named in ir-measures' (``nDCG@10``) or trec_eval's (``ndcg_cut_10``, ``recip_rank``, ``map``) spelling.
-* Keys are ir-measures' canonical names (``nDCG@10``, ``RR@10``, ``R@100``, ``AP``, ``P@10``, ``Judged@10``). With a
-  relevance level (TREC DL: binary measures at grade >= 2) binary measures are named as ir-measures prints them,
-  e.g. ``AP(rel=2)``; nDCG always uses the graded judgements.
+* Keys are ir-measures' canonical names (``nDCG@10``, ``RR@10``, ``R@100``, ``AP``, ``P@10``, ``Judged@10``). A
+  relevance level N above 1 (TREC DL: grade >= 2) binarises every measure in :data:`BINARY_MEASURES`, as trec_eval's
+  ``-l N`` does (AP, P, R, RR, Bpref, infAP, IPrec, NumRel, Rprec, Success, the set measures, ...), and the count of
+  relevant retrieved documents (``NumRelRet``, ``num_rel_ret``); they are named as ir-measures prints them, e.g.
+  ``AP(rel=2)``, ``Bpref(rel=2)``. nDCG always uses the graded judgements, and a measure given its own ``rel=`` keeps
+  it.
 * Every query in the qrels is evaluated; a qrels query absent from the run scores 0 on every measure (trec_eval
   ``-c``). Run queries without judgements are ignored. Ties are broken by doc id, as trec_eval does.
 * The aggregate is the mean over the qrels queries, except for the counts (``NumRet``, ``NumRel``, ``NumRelRet``,
   ``NumQ``: trec_eval's ``num_ret``, ``num_rel``, ``num_rel_ret``, ``num_q``), which are summed over them as trec_eval
   and ir-measures (its ``SumAgg`` aggregator) sum them; their per-query values are the query's own counts.
-* A cutoff (``nDCG@0``) or relevance level (``AP(rel=0)``) below 1 in a measure name is a
-  :class:`~rerank.errors.ConfigError` naming the measure (pytrec_eval aborts the process on the first), and so is a
-  parameter the measure does not take (``nDCG(rel=2)@10``, ``Judged(rel=2)@10``), naming those it takes.
+* A cutoff that is not a whole number (``nDCG@10.5``, ``P@1e3``) or a cutoff (``nDCG@0``) or relevance level
+  (``AP(rel=0)``) below 1 in a measure name is a :class:`~rerank.errors.ConfigError` naming the measure (pytrec_eval
+  aborts the process on cutoff 0), and so is a parameter the measure does not take (``nDCG(rel=2)@10``,
+  ``Judged(rel=2)@10``), naming those it takes, one it needs but lacks (``SDCG@10`` needs ``max_rel``) or of the wrong
+  type (``BPM(T=1000)@10``: ``T`` is a float), and a measure no installed ir-measures provider computes
+  (``RBP(p=0.8)``; ``alpha_nDCG@10`` without pyndeval).
 * Input trec_eval would misread is a ``ValueError`` naming the query (and document): a document listed twice in one
   query's ranking, a NaN score, a grade that is not an integer or lies outside the signed 32-bit range, a grade above
   :data:`EVAL_GRADE_MAX` (trec_eval allocates memory for every level up to the largest grade); an id that is
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,18 +41,26 @@ from operator import itemgetter
 import ir_measures
 import pytrec_eval
 from ir_measures.measures.base import SumAgg
+from ir_measures.providers.base import NOT_PROVIDED
 
 from rerank.data.io import GRADE_MAX, GRADE_MIN
 from rerank.errors import ConfigError
 from rerank.types import Qrels, Run, sort_ranking
 
-__all__ = ["DEFAULT_MEASURES", "EVAL_GRADE_MAX", "MetricResult", "check_qrels", "evaluate_run", "parse_measures"]
+__all__ = ["BINARY_MEASURES", "DEFAULT_MEASURES", "EVAL_GRADE_MAX", "MetricResult", "check_qrels", "evaluate_run",
+           "parse_measures"]
 
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP", "P@10", "Judged@10")
 #: the largest grade evaluated: trec_eval allocates memory for every level up to the largest grade (~8 bytes each:
 #: 2**31 - 1 takes 16 GB and half a minute), so a grade above this is refused rather than left to exhaust memory
 EVAL_GRADE_MAX = 1_000_000
-BINARY_MEASURES = {"AP", "R", "RR", "P", "SetP", "SetR", "SetF", "Success", "Rprec", "NumRelRet", "BPM"}
+#: the ir-measures measures (by ``NAME``) a relevance level binarises, as trec_eval's ``-l`` does: those whose ``rel``
+#: parameter defaults to 1 (AP, P, R, RR, Bpref, infAP, IPrec, NumRel, Rprec, Success, SetP, ...). Not RBP (graded
+#: without ``rel``), NumRet (every retrieved document without ``rel``; ``NumRelRet`` pins ``rel=1`` and follows the
+#: level) or nDCG (graded, no ``rel``)
+BINARY_MEASURES: frozenset[str] = frozenset(
+    m.NAME for m in ir_measures.measures.registry.values()
+    if "rel" in m.SUPPORTED_PARAMS and m.SUPPORTED_PARAMS["rel"].default == 1)
 
 
 @dataclass
@@ -66,8 +81,10 @@ def _parse_one(name: str, rel_level: int) -> list[ir_measures.Measure]:
         m = ir_measures.parse_measure(name)
     except (ValueError, NameError, SyntaxError, TypeError):
         try:
-            found = list(ir_measures.parse_trec_measure(name))
+            found = list(ir_measures.parse_trec_measure(name)) if _trec_name_whole(name) else []
         except (ValueError, NameError, SyntaxError, TypeError, KeyError):
+            found = []
+        if not found:
             raise ConfigError(
                 f"unknown measure {name!r}: give an ir-measures name (nDCG@10, RR@10, AP, R@100, P@10) or a trec_eval "
                 f"one (ndcg_cut_10, recip_rank, map, recall_100, P_10)"
@@ -75,16 +92,37 @@ def _parse_one(name: str, rel_level: int) -> list[ir_measures.Measure]:
         for x in found:
             _check_params(name, x)
         # trec_eval's -l applies to every binary measure, including those its parser pins to rel=1 (num_rel_ret)
-        return [x(rel=rel_level) if rel_level > 1 and x.params.get("rel") == 1 else _binary(x, rel_level)
-                for x in found]
+        return [_computable(name, _binary(x, rel_level, pinned=x.params.get("rel") == 1)) for x in found]
     _check_params(name, m)
-    return [_binary(m, rel_level)]
+    return [_computable(name, _binary(m, rel_level, pinned=_pinned_rel(name)))]
+
+
+#: a trec_eval name with parameters: the measure, then ``.`` or ``_`` and numbers separated by commas
+_TREC_WITH_PARAMS = re.compile(r"(?P<base>\w+?)[._][0-9]+(?:\.[0-9]+)?(?:,[0-9]+(?:\.[0-9]+)?)*")
+
+
+def _trec_name_whole(name: str) -> bool:
+    """Whether ``name`` is a trec_eval measure or nickname, or one followed by its numbers as a whole: ir-measures'
+    parser reads a prefix and drops the rest (``P.1e3`` would be ``P@1``, ``P_10x`` ``P@10``)."""
+    if name in pytrec_eval.supported_measures or name in pytrec_eval.supported_nicknames:
+        return True
+    match = _TREC_WITH_PARAMS.fullmatch(name)
+    return match is not None and match.group("base") in pytrec_eval.supported_measures
+
+
+def _pinned_rel(name: str) -> bool:
+    """Whether the ir-measures name ``name`` is an alias that fixes ``rel`` itself (``NumRelRet`` is ``NumRet(rel=1)``)
+    rather than naming it (``NumRet(rel=1)``, ``NumRelRet(rel=1)``): a relevance level replaces a fixed one."""
+    alias = ir_measures.measures.registry.get(name.split("(")[0].split("@")[0].strip())
+    return alias is not None and "rel" in alias.params and re.search(r"\brel\s*=", name) is None
 
 
 def _check_params(name: str, m: ir_measures.Measure) -> None:
-    """A cutoff or relevance level below 1 is refused: pytrec_eval aborts the process on cutoff 0 (a C assertion) and
-    raises on ``rel=0``, and neither means anything (``--rel-level`` is refused below 1 the same way). A parameter the
-    measure does not take (``nDCG(rel=2)@10``) is refused naming those it takes."""
+    """A cutoff that is not a whole number, or a cutoff or relevance level below 1, is refused: pytrec_eval aborts the
+    process on cutoff 0 (a C assertion) and raises on ``rel=0``, neither means anything (``--rel-level`` is refused
+    below 1 the same way) and ir-measures refuses ``@10.5``. A parameter the measure does not take (``nDCG(rel=2)@10``)
+    is refused naming those it takes, and one it needs but lacks, or of the wrong type, as ir-measures' own check of
+    the parameters (an ``assert`` inside its computation) would refuse it."""
     unsupported = [p for p in m.params if p not in m.SUPPORTED_PARAMS]
     if unsupported:
         takes = ", ".join(m.SUPPORTED_PARAMS) or "none"
@@ -92,17 +130,48 @@ def _check_params(name: str, m: ir_measures.Measure) -> None:
                if m.NAME == "nDCG" and "rel" in unsupported else "")
         raise ConfigError(f"measure {name!r}: {m.NAME} does not take {', '.join(unsupported)}{why}; "
                           f"its parameters: {takes}")
+    shown = name if name == str(m) else f"{name} ({m})"
     for param, what in (("cutoff", "cutoff"), ("rel", "relevance level (rel)")):
         value = m.params.get(param)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
-            shown = name if name == str(m) else f"{name} ({m})"
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"measure {shown!r}: {what} must be a whole number, got {value!r}")
+        if value < 1:
             raise ConfigError(f"measure {shown!r}: {what} must be >= 1, got {value}")
+    for param, info in m.SUPPORTED_PARAMS.items():
+        value = m.params.get(param, NOT_PROVIDED)
+        if info.validate(value):
+            continue
+        if value is NOT_PROVIDED:
+            raise ConfigError(f"measure {shown!r}: {m.NAME} needs {param} ({info.desc}), e.g. "
+                              f"{m.NAME}({param}=...)")
+        takes = (f"one of {', '.join(map(repr, info.choices))}" if info.choices is not NOT_PROVIDED
+                 else f"a {getattr(info.dtype, '__name__', 'value')}")
+        like = f" ({param}={float(value)!r})" if info.dtype is float and isinstance(value, int) else ""
+        raise ConfigError(f"measure {shown!r}: {param}={value!r} is not valid for {m.NAME} ({info.desc}): it takes "
+                          f"{takes}{like}")
 
 
-def _binary(m: ir_measures.Measure, rel_level: int) -> ir_measures.Measure:
-    if rel_level > 1 and m.NAME in BINARY_MEASURES and "rel" in m.SUPPORTED_PARAMS and "rel" not in m.params:
+def _binary(m: ir_measures.Measure, rel_level: int, pinned: bool) -> ir_measures.Measure:
+    """``m`` at relevance level ``rel_level`` when that is above 1 and ``m`` is binary (:data:`BINARY_MEASURES`)
+    without a ``rel`` of its own, or its ``rel`` is ``pinned`` by the name (``NumRelRet``, trec_eval's names)."""
+    if rel_level > 1 and (pinned or (m.NAME in BINARY_MEASURES and "rel" not in m.params)):
         return m(rel=rel_level)
     return m
+
+
+def _computable(name: str, m: ir_measures.Measure) -> ir_measures.Measure:
+    """``m`` when it is computed here (pytrec_eval directly, ``Judged@k``) or an installed ir-measures provider
+    computes it (at its relevance level); else a :class:`ConfigError` before any work, naming a provider to install
+    where ir-measures knows one."""
+    if _trec_spec(m) is not None or _is_judged_at(m) or ir_measures.DefaultPipeline.supports(m):
+        return m
+    shown = name if name == str(m) else f"{name} ({m})"
+    would = [p for p in ir_measures.DefaultPipeline.providers if not p.is_available() and p.supports(m)]
+    hint = "; ".join(f"{p.NAME}: {p.install_instructions() or 'install it'}" for p in would)
+    raise ConfigError(f"measure {shown!r}: no installed ir-measures provider computes it"
+                      f"{f' ({hint})' if hint else ''}: drop it or use another")
 
 
 def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, ir_measures.Measure]]:
@@ -130,10 +199,11 @@ def evaluate_run(
     trec_eval's measures go to pytrec_eval in one call per relevance level, fed the run's own scores (trec_eval
     orders by score, ties by doc id descending, as :func:`sort_ranking` does); ``RR@k`` is cut from its reciprocal
     rank and ``Judged@k`` counted against the k-th largest score, so the whole costs little more than one pytrec_eval
-    call. Any other measure goes through ir-measures, on scores replaced by the trec_eval rank (its RR/Judged
-    providers break ties by doc id ascending). Input that trec_eval would misread raises ``ValueError`` (or, for a
-    wrong type, ``TypeError``) naming the query and document (see the module notes). ``measures`` may be a single
-    name (``"nDCG@10"``); the count measures (``NumRet``) are summed over the queries, not averaged.
+    call. Any other measure goes through ir-measures, on scores replaced by ``n, n - 1, ..., 1`` in trec_eval order
+    (its RR/Judged providers would break ties by doc id ascending; Compat scores a document the run lacks 0). Input
+    that trec_eval would misread raises ``ValueError`` (or, for a wrong type, ``TypeError``) naming the query and
+    document (see the module notes). ``measures`` may be a single name (``"nDCG@10"``); the count measures
+    (``NumRet``) are summed over the queries, not averaged.
     """
     parsed = parse_measures(measures, rel_level)
     names = [name for name, _ in parsed]
@@ -196,26 +266,37 @@ def _other_measures(other: list[tuple[str, ir_measures.Measure]], qrels: Qrels,
                     lists: Mapping[str, Sequence[tuple[str, float]]], per_query: dict[str, dict[str, float]]) -> None:
     """The measures pytrec_eval does not compute here, through ir-measures, into ``per_query``. Query ids are passed
     as numbers (``1``, ``2``, ...) and mapped back, as some providers (gdeval's ``ERR@k``) read only numeric ids; a
-    provider that fails anyway (perl missing, a grade gdeval refuses) is a :class:`ConfigError` naming the measures."""
+    provider that fails anyway (perl missing, a grade gdeval refuses, Accuracy's division by zero when the top k hold
+    no non-relevant document) is a :class:`ConfigError` naming the measures."""
     by_measure = {m: name for name, m in other}
     number = {q: str(i) for i, q in enumerate(sorted(qrels), 1)}
     back = {v: q for q, v in number.items()}
-    ranked = {number[q]: {d: float(-rank) for rank, (d, _) in enumerate(sort_ranking(lst))} for q, lst in lists.items()}
+    ranked = {number[q]: _rank_scores(lst) for q, lst in lists.items()}
     judged = {number[q]: docs for q, docs in qrels.items()}
     try:
         for metric in ir_measures.iter_calc([m for _, m in other], judged, ranked):
             per_query[back[metric.query_id]][by_measure[metric.measure]] = float(metric.value)
-    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+    except (subprocess.CalledProcessError, OSError, RuntimeError, ZeroDivisionError) as e:
         shown = (f"{e.cmd[0]} exited with status {e.returncode}" if isinstance(e, subprocess.CalledProcessError)
                  else (str(e).splitlines() or [type(e).__name__])[0])
+        gdeval = any(m.NAME == "ERR" or m["dcg"] == "exp-log2" for _, m in other if m.NAME in ("ERR", "nDCG"))
+        why = "; gdeval's ERR and nDCG take grades 0-4 and need perl" if gdeval else ""
         them = "them" if len(other) > 1 else "it"
-        raise ConfigError(f"measure {', '.join(by_measure.values())}: ir-measures could not compute {them} ({shown}; "
-                          f"gdeval's ERR and nDCG take grades 0-4 and need perl): drop {them} or use another") from None
+        raise ConfigError(f"measure {', '.join(by_measure.values())}: ir-measures could not compute {them} "
+                          f"({shown}{why}): drop {them} or use another") from None
 
 
-#: ir-measures name -> (trec_eval measure with a cutoff, without one); RR's cutoff is applied to ``recip_rank``
+def _rank_scores(lst: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Scores ``n, n - 1, ..., 1`` down one ranking in trec_eval order: positive, so a document the run lacks, which
+    a provider scores 0 (Compat's ideal ranking), ranks below every retrieved one, as in the run itself."""
+    ranked = sort_ranking(lst)
+    return {d: float(len(ranked) - i) for i, (d, _) in enumerate(ranked)}
+
+
+#: ir-measures name -> (trec_eval measure with a cutoff, without one); RR's cutoff is applied to ``recip_rank``.
+#: NumRel is here as ir-measures computes it at rel=1 only (pytrec_eval's num_rel follows the relevance level)
 _TREC_NAMES = {"nDCG": ("ndcg_cut", "ndcg"), "P": ("P", None), "R": ("recall", None), "AP": ("map_cut", "map"),
-               "RR": (None, "recip_rank")}
+               "RR": (None, "recip_rank"), "NumRel": (None, "num_rel")}
 
 
 def _trec_spec(m: ir_measures.Measure) -> tuple[str, str, int | None] | None:

@@ -17,18 +17,22 @@ import operator
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, RerankError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument, lone_surrogate
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = [
-    "CallWarnings", "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig", "as_candidates",
-    "check_local_model", "described_model", "described_value", "position_scores", "sigmoid", "split_scores",
+    "MAPPING_KEYS", "CallWarnings", "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig",
+    "as_candidates", "check_local_model", "described_model", "described_value", "position_scores", "sigmoid",
+    "split_scores",
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
@@ -196,28 +200,29 @@ def _check_top_k(top_k: Any) -> int | None:
     return value
 
 
-def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
+def as_candidates(docs: Sequence[DocInput], where: str = "documents") -> list[Candidate]:
     """Normalise user input: strings get ids ``"0".."n-1"`` (their input positions). A text, title or id of the wrong
-    type, a text or title holding a lone UTF-16 surrogate (tokenizers refuse it), a mapping without ``text``, a NaN or
-    non-numeric first-stage score, or an id given twice is an error naming the document (``None`` would otherwise be
-    ranked as the text "None", a NaN score order nothing)."""
+    type, a text or title holding a lone UTF-16 surrogate (tokenizers refuse it), a mapping without ``text`` or with a
+    key other than :data:`MAPPING_KEYS`, a NaN or non-numeric first-stage score, or an id given twice is an error
+    naming the document as ``where[i]`` (``None`` would otherwise be ranked as the text "None", a NaN score order
+    nothing)."""
     out: list[Candidate] = []
     for i, d in enumerate(docs):
+        at = f"{where}[{i}]"
         if isinstance(d, Candidate):
-            _check_document(d.doc, i)
-            score = _first_stage_score(d.score, i, d.doc.id)
+            _check_document(d.doc, at)
+            score = _first_stage_score(d.score, at, d.doc.id)
             out.append(d if score is d.score else Candidate(d.doc, score))
         elif isinstance(d, Document):
-            _check_document(d, i)
+            _check_document(d, at)
             out.append(Candidate(d))
         elif isinstance(d, str):
-            _check_unicode(d, f"documents[{i}]: text")
+            _check_unicode(d, f"{at}: text")
             out.append(Candidate(Document(str(i), d)))
         elif isinstance(d, Mapping):
-            out.append(_mapping_candidate(d, i))
+            out.append(_mapping_candidate(d, i, at))
         else:
-            raise TypeError(f"documents[{i}]: documents must be str, Document, Candidate or mapping, "
-                            f"got {type(d).__name__}")
+            raise TypeError(f"{at}: documents must be str, Document, Candidate or mapping, got {type(d).__name__}")
     ids = [c.doc.id for c in out]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
@@ -225,20 +230,20 @@ def as_candidates(docs: Sequence[DocInput]) -> list[Candidate]:
             if doc_id in seen:
                 hint = (" (plain strings get their positions as ids: give every document an id, or none)"
                         if any(isinstance(d, str) for d in docs) else "")
-                raise ValueError(f"documents[{i}]: document id {doc_id!r} is given twice in one request{hint}")
+                raise ValueError(f"{where}[{i}]: document id {doc_id!r} is given twice in one request{hint}")
             seen.add(doc_id)
     return out
 
 
-def _check_document(doc: Any, i: int) -> None:
+def _check_document(doc: Any, at: str) -> None:
     if not isinstance(doc, Document):
-        raise TypeError(f"documents[{i}]: a Candidate's doc must be a Document, got {type(doc).__name__}")
+        raise TypeError(f"{at}: a Candidate's doc must be a Document, got {type(doc).__name__}")
     for name in ("id", "text", "title"):
         value = getattr(doc, name)
         if not isinstance(value, str):
-            raise TypeError(f"documents[{i}] (id {doc.id!r}): {name} must be a string, got {type(value).__name__}")
-    _check_unicode(doc.text, f"documents[{i}] (id {doc.id!r}): text")
-    _check_unicode(doc.title, f"documents[{i}] (id {doc.id!r}): title")
+            raise TypeError(f"{at} (id {doc.id!r}): {name} must be a string, got {type(value).__name__}")
+    _check_unicode(doc.text, f"{at} (id {doc.id!r}): text")
+    _check_unicode(doc.title, f"{at} (id {doc.id!r}): title")
 
 
 def _check_unicode(text: str, where: str) -> None:
@@ -248,33 +253,74 @@ def _check_unicode(text: str, where: str) -> None:
         raise ValueError(f"{where} has a lone UTF-16 surrogate at {at}: text must be valid Unicode")
 
 
-def _mapping_candidate(d: Mapping[str, Any], i: int) -> Candidate:
-    """A ``{"id"/"_id", "text", "title", "score"}`` mapping as a Candidate; an int id is read as its string."""
+#: the keys a document mapping may hold: ``text`` (required), ``id`` or ``_id`` (default: its position), ``title``
+#: and the first-stage ``score``
+MAPPING_KEYS = ("id", "_id", "text", "title", "score")
+
+
+def _mapping_candidate(d: Mapping[str, Any], i: int, at: str) -> Candidate:
+    """A ``{"id"/"_id", "text", "title", "score"}`` mapping as a Candidate; an int id is read as its string. Another
+    key is refused, not dropped: a :class:`Document` holds no metadata, and a misspelt key would be lost."""
     doc_id = d.get("id", d.get("_id", str(i)))
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-        raise TypeError(f"documents[{i}]: id must be a string or an integer, got {type(doc_id).__name__}")
+        raise TypeError(f"{at}: id must be a string or an integer, got {type(doc_id).__name__}")
     if "text" not in d:
-        raise ValueError(f"documents[{i}] (id {doc_id!r}): a document mapping needs a 'text' key "
+        raise ValueError(f"{at} (id {doc_id!r}): a document mapping needs a 'text' key "
                          f"(it has {', '.join(map(repr, d)) or 'none'})")
+    other = [k for k in d if k not in MAPPING_KEYS]
+    if other:
+        keep = (" (a Document carries no metadata: keep it by id and join it back on result.doc.id)"
+                if "metadata" in other else "")
+        raise ValueError(f"{at} (id {doc_id!r}): unknown key(s) {', '.join(map(repr, other))} in a document mapping; "
+                         f"the keys read are {', '.join(MAPPING_KEYS)}{keep}")
     text, title = d["text"], d.get("title") or ""
     for name, value in (("text", text), ("title", title)):
         if not isinstance(value, str):
-            raise TypeError(f"documents[{i}] (id {doc_id!r}): {name} must be a string, got {type(value).__name__}")
-        _check_unicode(value, f"documents[{i}] (id {doc_id!r}): {name}")
+            raise TypeError(f"{at} (id {doc_id!r}): {name} must be a string, got {type(value).__name__}")
+        _check_unicode(value, f"{at} (id {doc_id!r}): {name}")
     doc = Document(str(doc_id), text, title)
-    return Candidate(doc, _first_stage_score(d.get("score"), i, doc.id))
+    return Candidate(doc, _first_stage_score(d.get("score"), at, doc.id))
 
 
-def _first_stage_score(score: Any, i: int, doc_id: str) -> float | None:
+def _first_stage_score(score: Any, at: str, doc_id: str) -> float | None:
     """A first-stage score as a float (None: unknown); ±inf is defined wherever scores are fused, NaN orders nothing."""
     if score is None:
         return None
     if isinstance(score, bool) or not isinstance(score, numbers.Real):
-        raise TypeError(f"documents[{i}] (id {doc_id!r}): first-stage score {score!r} is not a number")
+        raise TypeError(f"{at} (id {doc_id!r}): first-stage score {score!r} is not a number")
     value = float(score)
     if math.isnan(value):
-        raise ValueError(f"documents[{i}] (id {doc_id!r}): first-stage score is NaN")
+        raise ValueError(f"{at} (id {doc_id!r}): first-stage score is NaN")
     return value
+
+
+#: the keywords of sentence-transformers' ``CrossEncoder.predict`` that :meth:`Reranker.predict` takes (``rank``: the
+#: first two)
+_ST_KEYWORDS = ("batch_size", "show_progress_bar", "convert_to_numpy")
+
+
+def _refuse_keywords(call: str, given: Mapping[str, Any], supported: Sequence[str]) -> None:
+    """A one-line ``TypeError`` for keywords ``call`` does not take, naming those it does."""
+    if given:
+        raise TypeError(f"{call}() does not take {', '.join(map(repr, given))}; its keywords are "
+                        f"{', '.join(supported)} (the raw scores of any head: rerank())")
+
+
+def _folder_hint(path: str) -> str:
+    """For a model folder without rerank.json, the method that loads it, from its config.json ('' when unknown)."""
+    import json
+
+    try:
+        archs = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    names = [a for a in archs if isinstance(a, str)]
+    if any(a.endswith("ForSequenceClassification") for a in names):
+        return (f"it holds a sequence-classification model: load it with Reranker.load('cross-encoder', "
+                f"model={path!r}); ")
+    if any(a.endswith("ForCausalLM") for a in names):
+        return f"it holds a causal LM: load it with an LLM head, e.g. Reranker.load('yes-no', model={path!r}); "
+    return ""
 
 
 class Reranker(ABC):
@@ -324,7 +370,8 @@ class Reranker(ABC):
         if method is not None and method not in available_rerankers():
             if model is None and ("/" in method or Path(method).exists()):
                 raise ConfigError(f"{method} is neither a trained model folder (one holding rerank.json) nor a "
-                                  f"registered method; known methods: {', '.join(available_rerankers())}")
+                                  f"registered method; {_folder_hint(method)}known methods: "
+                                  f"{', '.join(available_rerankers())}")
             get_reranker_class(method)  # raises: unknown name, listing the known ones
         record = read_record(model)
         if record is not None:
@@ -390,39 +437,133 @@ class Reranker(ABC):
         ``result.to_run()`` (rank-derived scores) to ``evaluate_run``, not the raw scores."""
         return self.rerank_batch([query], [_as_list(docs, "docs")], top_k=top_k)[0]
 
-    def predict(self, pairs: Sequence[tuple[str, str]] | tuple[str, str], relevance: bool = False) -> Any:
-        """sentence-transformers' ``CrossEncoder.predict`` for any head: a numpy array of the score of each (query,
-        document) pair in input order (one pair: one value), raw as the head ranks by, or with ``relevance=True`` in
-        [0, 1] (:attr:`ScoredDocument.relevance`, what Cohere clients get). The pairs of one query are scored as one
-        list, so a head whose scores depend on the list (listwise) scores each document among that query's others."""
-        import numpy as np
+    def st_activation(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """What sentence-transformers' ``CrossEncoder`` applies to this head's raw scores on the same model folder, as a
+        function of a numpy array; :meth:`predict` and :meth:`rank` apply it. None (the default): their scores are
+        raw."""
+        return None
 
+    def predict(self, pairs: Sequence[tuple[str, str]] | tuple[str, str], *, relevance: bool = False,
+                batch_size: int | None = None, show_progress_bar: bool | None = None, convert_to_numpy: bool = True,
+                **unsupported: Any) -> Any:
+        """sentence-transformers' ``CrossEncoder.predict`` for any head: a numpy array (``convert_to_numpy=False``: a
+        list of floats) of the score of each (query, document) pair in input order (one pair: one value). The score is
+        the head's raw score through :meth:`st_activation` (on a cross-encoder folder: what ``CrossEncoder.predict``
+        returns), or with ``relevance=True`` in [0, 1] (:attr:`ScoredDocument.relevance`, what Cohere clients get).
+        ``batch_size`` sets the head's ``batch_size`` for this call; ``show_progress_bar`` shows a bar over the pairs;
+        another keyword is a ``TypeError``. The pairs of one query are scored as one list, so a head whose scores
+        depend on the list (listwise) scores each document among that query's others."""
+        _refuse_keywords("predict", unsupported, ("relevance", *_ST_KEYWORDS))
         single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
         items = [pairs] if single else _as_list(pairs, "pairs")
-        groups: dict[str, list[int]] = {}
         for i, pair in enumerate(items):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
                 raise TypeError(f"pairs[{i}]: expected a (query, document) pair of strings, got {pair!r}")
-            groups.setdefault(pair[0], []).append(i)
-        ranked = self.rerank_batch(list(groups), [[items[i][1] for i in at] for at in groups.values()])
-        out = np.zeros(len(items), dtype=np.float64)
-        for at, result in zip(groups.values(), ranked, strict=True):
-            for r in result.results:  # string documents get their positions in the query's list as ids
-                out[at[int(r.doc.id)]] = r.relevance if relevance else r.score
-        return out[0] if single else out
+        checked: set[str] = set()
+        for i, (query, doc) in enumerate(items):
+            if query not in checked:
+                checked.add(query)
+                if not query.strip():
+                    raise ValueError(f"pairs[{i}]: the query is empty: there is nothing to rank the document against")
+                _check_unicode(query, f"pairs[{i}]: query")
+            _check_unicode(doc, f"pairs[{i}]: document")
+        raw, rel = self._pair_scores(items, batch_size, bool(show_progress_bar), "predict")
+        out = rel if relevance else self._st_scores(raw)
+        result: Any = out if convert_to_numpy else [float(x) for x in out]
+        return result[0] if single else result
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict[str, Any]]:
-        """sentence-transformers' ``CrossEncoder.rank``: ``{"corpus_id": position in documents, "score": raw score}``
-        (plus ``"text"`` with ``return_documents``) best first, cut to ``top_k``; :meth:`rerank` gives the full
-        result (relevance, metadata)."""
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
+             *, batch_size: int | None = None, show_progress_bar: bool | None = None,
+             **unsupported: Any) -> list[dict[str, Any]]:
+        """sentence-transformers' ``CrossEncoder.rank``: ``{"corpus_id": position in documents, "score": score}`` (plus
+        ``"text"`` with ``return_documents``) best first, equal scores in input order, cut to ``top_k``; the score is
+        :meth:`predict`'s (on a cross-encoder folder: what ``CrossEncoder.rank`` returns). ``batch_size`` and
+        ``show_progress_bar`` as for :meth:`predict`; :meth:`rerank` gives the full result (raw score, relevance,
+        metadata)."""
+        _refuse_keywords("rank", unsupported, _ST_KEYWORDS[:2])
         docs = _as_list(documents, "documents")
         if not isinstance(query, str) or any(not isinstance(d, str) for d in docs):
             raise TypeError("rank takes a query string and a list of document strings (rerank() takes documents "
                             "with ids, titles or Document objects)")
-        result = self.rerank(query, docs, top_k=top_k)
-        return [{"corpus_id": int(r.doc.id), "score": r.score, **({"text": r.doc.text} if return_documents else {})}
-                for r in result.results]
+        top_k = _check_top_k(top_k)
+        if not query.strip():
+            raise ValueError("the query is empty: there is nothing to rank the documents against")
+        _check_unicode(query, "query")
+        for i, d in enumerate(docs):
+            _check_unicode(d, f"documents[{i}]: text")
+        raw, _ = self._pair_scores([(query, d) for d in docs], batch_size, bool(show_progress_bar), "rank")
+        scores = self._st_scores(raw).tolist()
+        order = sorted(range(len(docs)), key=lambda j: -scores[j])  # stable: ties keep input order, as ST's
+        return [{"corpus_id": j, "score": scores[j], **({"text": docs[j]} if return_documents else {})}
+                for j in order[:top_k]]
+
+    def _st_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Raw scores through :meth:`st_activation` (unchanged where it is None)."""
+        import numpy as np
+
+        act = self.st_activation()
+        return raw if act is None or not len(raw) else np.asarray(act(raw), dtype=np.float64).reshape(raw.shape)
+
+    def _pair_scores(self, items: list[Sequence[str]], batch_size: Any, progress: bool,
+                     desc: str) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores and relevance of checked (query, document) pairs, each query's pairs ranked as one list (a
+        head with :attr:`independent_scores` in pieces of ``batch_size`` when a bar named ``desc`` shows progress)."""
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        groups: dict[str, list[int]] = {}
+        for i, (query, _) in enumerate(items):
+            groups.setdefault(query, []).append(i)
+        raw, rel = np.zeros(len(items), dtype=np.float64), np.zeros(len(items), dtype=np.float64)
+        with self._call_batch_size(batch_size) as size, \
+                tqdm(total=len(items), desc=desc, unit="pair", disable=not progress) as bar:
+            units = list(groups.values())
+            if progress and self.independent_scores:
+                units = [at[s : s + size] for at in units for s in range(0, len(at), size)]
+            calls, call = [], []
+            for at in units:  # one call without a bar; with one, calls of at least batch_size pairs each
+                call.append(at)
+                if progress and sum(map(len, call)) >= size:
+                    calls.append(call)
+                    call = []
+            calls += [call] if call else []
+            for call in calls:
+                ranked = self.rerank_batch([items[at[0]][0] for at in call],
+                                           [[items[i][1] for i in at] for at in call])
+                for at, result in zip(call, ranked, strict=True):
+                    for r in result.results:  # string documents get their positions in the list as ids
+                        raw[at[int(r.doc.id)]], rel[at[int(r.doc.id)]] = r.score, r.relevance
+                bar.update(sum(map(len, call)))
+        return raw, rel
+
+    @contextlib.contextmanager
+    def _call_batch_size(self, batch_size: Any) -> Iterator[int]:
+        """Inside the block the head's ``batch_size`` option is ``batch_size`` (None: its own), its calls from other
+        threads waiting; yields the batch size in force."""
+        if batch_size is None:
+            yield int(getattr(self.config, "batch_size", 1) or 1)
+            return
+        try:
+            size = None if isinstance(batch_size, bool) else operator.index(batch_size)
+        except TypeError:
+            size = None
+        if size is None or size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        config = dataclasses.replace(self.config, batch_size=size)  # the head's own checks run on it
+        if not self.serialise_calls:
+            raise ConfigError(f"{self.method or type(self).__name__}: batch_size cannot be set per call (calls run "
+                              f"side by side); set it when loading")
+        with self._serialising_lock():
+            before, self.config = self.config, config
+            try:
+                yield size
+            finally:
+                self.config = before
+
+    def _serialising_lock(self) -> threading.RLock:
+        """The lock that runs this reranker's calls one at a time (created once)."""
+        with _LOCKS_GUARD:
+            return self.__dict__.setdefault("_call_lock", threading.RLock())
 
     def rerank_batch(
         self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None
@@ -433,9 +574,7 @@ class Reranker(ABC):
         running counts: :attr:`stats`)."""
         if not self.serialise_calls:
             return self._rerank_batch(queries, docs_lists, top_k)
-        with _LOCKS_GUARD:
-            lock = self.__dict__.setdefault("_call_lock", threading.RLock())
-        with lock:
+        with self._serialising_lock():
             return self._rerank_batch(queries, docs_lists, top_k)
 
     def _rerank_batch(
@@ -453,7 +592,9 @@ class Reranker(ABC):
                 raise ValueError(f"query {i} is empty: there is nothing to rank the documents against")
             _check_unicode(text, f"query {i}" if isinstance(q, str) else f"query {i} (id {q.id!r})")
         qs = [q if isinstance(q, Query) else Query(str(i), q) for i, q in enumerate(queries)]
-        cands = [as_candidates(_as_list(d, "docs")) for d in docs_lists]
+        one = len(docs_lists) == 1  # several lists: an error names the list too (docs_lists[k][i])
+        cands = [as_candidates(_as_list(d, "docs" if one else f"docs_lists[{k}]"), "documents" if one else
+                               f"docs_lists[{k}]") for k, d in enumerate(docs_lists)]
         todo = [i for i, c in enumerate(cands) if c]
         scores: list[list[float]] = [[] for _ in cands]
         meta: list[list[dict[str, Any] | None]] = [[None] * len(c) for c in cands]
@@ -513,7 +654,8 @@ class Reranker(ABC):
     def nan_hint(self) -> str:
         """What the NaN-score error suggests; heads whose model runs elsewhere (a server) or cannot take
         ``dtype=float32`` say so instead."""
-        return "a float16 overflow? try dtype=float32 (--reranker-set dtype=float32)"
+        return ("a float16 overflow? try dtype=float32 (--reranker-set dtype=float32) on the command line, "
+                "Reranker.load(..., dtype='float32') in Python")
 
     @classmethod
     def writes_cache(cls, options: Mapping[str, Any]) -> bool:

@@ -32,7 +32,14 @@ import torch
 from rerank.backends.base import GenerationConfig, LogitsBackend
 from rerank.backends.grammar import ConstrainedDecoding, check_budget, compile_grammar, eos_token_ids
 from rerank.backends.prefix import PrefixStore, attention_weight, prefix_groups
-from rerank.backends.util import architectures, check_causal_lm, check_no_new_weights, cut_at_stop
+from rerank.backends.util import (
+    architectures,
+    check_causal_lm,
+    check_no_new_weights,
+    cut_at_stop,
+    load_tokenizer,
+    weights_errors,
+)
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.models import resolve_model_path
@@ -199,7 +206,7 @@ class TransformersBackend(LogitsBackend):
     @classmethod
     def from_options(cls, model: str | None, **options: Any) -> TransformersBackend:
         """Load ``model`` (hub name, folder, ``.gguf`` file or a folder with one) with typed options."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         cfg = from_dict(TransformersBackendConfig, options, where="transformers backend options")
         if not model:
@@ -210,14 +217,15 @@ class TransformersBackend(LogitsBackend):
         from rerank.trainers.common import check_safetensors
 
         check_safetensors(path, "model")
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        lm, info = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=resolve_dtype(cfg.dtype, device),
-            trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=True,
-            output_loading_info=True,
-        )
+        tokenizer = load_tokenizer(path, "model", trust_remote_code=cfg.trust_remote_code)
+        with weights_errors(path, "model"):
+            lm, info = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=resolve_dtype(cfg.dtype, device),
+                trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=True,
+                output_loading_info=True,
+            )
         check_no_new_weights(model, info, "an LLM reranker needs a causal LM checkpoint with its language-model head")
         return cls(lm.to(device), tokenizer, cfg, model_name=model)
 

@@ -1,10 +1,11 @@
 """Small helpers shared by the backends (prompt checks, requested ids, stop strings, what kind of model a folder
-holds)."""
+holds, loading a folder's tokenizer and weights with one-line errors)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,14 @@ __all__ = [
     "check_no_new_weights",
     "check_prompts",
     "cut_at_stop",
+    "load_tokenizer",
     "unique_ids",
+    "weights_errors",
 ]
 
 _LM_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-ALLOW_NEW_HEAD = "pass --allow-new-head (option allow_new_head) to start from it anyway"
+ALLOW_NEW_HEAD = "pass allow_new_head=True (--allow-new-head) to start from it anyway"
+_TOKENIZER_CONFIGS = ("tokenizer.json", "tokenizer_config.json")
 
 
 def architectures(path: str, trust_remote_code: bool = False) -> list[str]:
@@ -63,7 +67,7 @@ def check_classifier(shown: str, archs: Sequence[str]) -> None:
     kind = ", ".join(archs) or "no architecture recorded"
     if any(a.endswith(_LM_HEADS) for a in archs):
         raise ConfigError(f"{shown} is a causal language model ({kind}), not a sequence-classification checkpoint; "
-                          f"rank with an LLM reranker (e.g. --reranker yes-no), or {ALLOW_NEW_HEAD}")
+                          f"rank with an LLM reranker (e.g. method 'yes-no', --reranker yes-no), or {ALLOW_NEW_HEAD}")
     raise ConfigError(f"{shown} is not a sequence-classification checkpoint ({kind}): its classification head would "
                       f"be new and random; load a trained cross-encoder, or {ALLOW_NEW_HEAD}")
 
@@ -76,6 +80,62 @@ def check_no_new_weights(shown: str, info: Mapping[str, Any], fix: str) -> None:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ConfigError(f"{shown}: {', '.join(missing[:3])}{more} are not in the checkpoint and would start "
                           f"random; {fix}")
+
+
+def load_tokenizer(path: str | Path, what: str = "model", **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained(path, **kwargs)``; a local folder that holds no tokenizer is a one-line
+    :class:`ConfigError` (transformers would build a placeholder that reads every word as unknown). Hub ids load as is."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    local = folder.is_dir()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError):
+        if local and not any((folder / name).is_file() for name in _TOKENIZER_CONFIGS):
+            raise ConfigError(_no_tokenizer(what, folder, _TOKENIZER_CONFIGS)) from None
+        raise
+    if local:  # the files the tokenizer's class reads its vocabulary from
+        names = [n for n in (getattr(tokenizer, "vocab_files_names", None) or {}).values() if isinstance(n, str)]
+        if names and not any((folder / name).is_file() for name in names):
+            raise ConfigError(_no_tokenizer(what, folder, names))
+    return tokenizer
+
+
+def _no_tokenizer(what: str, folder: Path, names: Sequence[str]) -> str:
+    files = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+    return (f"{what} {folder} holds no tokenizer (no {files}); save the model's tokenizer into it with "
+            f"tokenizer.save_pretrained({str(folder)!r})")
+
+
+@contextmanager
+def weights_errors(path: str | Path, what: str = "model") -> Iterator[None]:
+    """Turn a damaged ``.safetensors`` file met in the block (safetensors' ``SafetensorError``, which transformers
+    passes on as it is: empty, truncated or corrupt) into a one-line :class:`ConfigError` naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        found = _damaged_weights(Path(path))
+        shown = f"weights file {found[0]}" if found else f"{path}: a .safetensors weights file"
+        detail = (found[1] if found else str(e)).splitlines()[0].removeprefix("Error while deserializing header: ")
+        raise ConfigError(f"{what} {shown} is damaged or incomplete ({detail}); download or save it again") from None
+
+
+def _damaged_weights(path: Path) -> tuple[Path, str] | None:
+    """The first ``.safetensors`` file at ``path`` (the file, or the files of the folder) whose header safetensors
+    refuses, with its reason; None when none is refused or ``path`` is not local."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path] if path.is_file() else []
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as e:
+            return file, str(e)
+    return None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -611,7 +611,9 @@ def _load_pipeline(base: Path, parts: list[tuple[str, str]], dtype: torch.dtype 
 
 def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """An HF encoder folder (or hub id): model, tokenizer, and what it says about pooling, case and max length."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from rerank.backends.util import load_tokenizer, weights_errors
 
     settings: dict[str, Any] = {}
     st_max_len: int | None = None
@@ -621,11 +623,12 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.M
         st_max_len = sbc.get("max_seq_length")
         settings["lowercase"] = bool(sbc.get("do_lower_case", False))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = load_tokenizer(path, "encoder", trust_remote_code=False)
         kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}  # never unpickle weights
         if dtype is not None:
             kwargs["dtype"] = dtype
-        model = AutoModel.from_pretrained(str(path), **kwargs)
+        with weights_errors(path, "encoder"):
+            model = AutoModel.from_pretrained(str(path), **kwargs)
     except OSError as e:
         raise RerankError(f"cannot load encoder {path}: {e}") from None
     settings.setdefault("lowercase", False)

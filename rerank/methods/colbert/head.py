@@ -94,9 +94,10 @@ class ColBERTEncoder(torch.nn.Module):
     def load(cls, model: str, dtype: str = "auto", device: str | None = None) -> ColBERTEncoder:
         """Load a PyLate ColBERT folder (Transformer -> Dense...); anything else is a one-line error."""
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         from rerank.backends.transformers import resolve_device, resolve_dtype
+        from rerank.backends.util import load_tokenizer, weights_errors
         from rerank.models import resolve_model_path
 
         root = Path(resolve_model_path(model))
@@ -115,8 +116,9 @@ class ColBERTEncoder(torch.nn.Module):
             settings.update({k: saved[k] for k in settings if k in saved})
         dev = resolve_device(device)
         tpath = root / modules[0]["path"] if modules[0]["path"] else root
-        tok = AutoTokenizer.from_pretrained(str(tpath))
-        net = AutoModel.from_pretrained(str(tpath), dtype=resolve_dtype(dtype, dev), use_safetensors=True)
+        tok = load_tokenizer(tpath, "colbert: model")
+        with weights_errors(tpath, "colbert: model"):
+            net = AutoModel.from_pretrained(str(tpath), dtype=resolve_dtype(dtype, dev), use_safetensors=True)
         dense = []
         for m in modules[1:]:
             cfg = json.loads((root / m["path"] / "config.json").read_text(encoding="utf-8"))
@@ -127,7 +129,9 @@ class ColBERTEncoder(torch.nn.Module):
             weights = root / m["path"] / "model.safetensors"
             if not weights.is_file():
                 raise ConfigError(f"colbert: {model}: {weights} is missing (safetensors weights only)")
-            layer.load_state_dict({k.removeprefix("linear."): v for k, v in load_file(str(weights)).items()})
+            with weights_errors(weights, "colbert: model"):
+                state = load_file(str(weights))
+            layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
             dense.append(layer)
         return cls(net, tok, dense, settings).to(dev)
 

@@ -21,7 +21,14 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from rerank.backends.transformers import position_limit, resolve_device, resolve_dtype
-from rerank.backends.util import ALLOW_NEW_HEAD, architectures, check_classifier, check_no_new_weights
+from rerank.backends.util import (
+    ALLOW_NEW_HEAD,
+    architectures,
+    check_classifier,
+    check_no_new_weights,
+    load_tokenizer,
+    weights_errors,
+)
 from rerank.config import changed_options, from_dict, to_dict
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
@@ -114,7 +121,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         from rerank.trainers.common import check_safetensors
 
@@ -127,8 +134,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         # a new head (allow_new_head on a bare encoder) has one label, as sentence-transformers' CrossEncoder builds it
         new_head = {} if any(a.endswith("ForSequenceClassification") for a in archs) else {"num_labels": 1}
         check_safetensors(path, "cross-encoder: model")
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        with torch.random.fork_rng(devices=[]):  # a new head is drawn the same every load (and the ONNX cache reused)
+        tok = load_tokenizer(path, "cross-encoder: model", trust_remote_code=cfg.trust_remote_code)
+        with torch.random.fork_rng(devices=[]), weights_errors(path, "cross-encoder: model"):
+            # a new head is drawn the same every load (and the ONNX cache reused)
             torch.manual_seed(0)
             net, info = AutoModelForSequenceClassification.from_pretrained(
                 path, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code,

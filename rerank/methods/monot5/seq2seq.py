@@ -51,10 +51,10 @@ class TransformersSeq2Seq(Seq2SeqModel):
     def load(cls, model: str, dtype: str = "auto", device: str | None = None,
              trust_remote_code: bool = False) -> TransformersSeq2Seq:
         """Load a seq2seq checkpoint; a decoder-only or encoder-only model is a clear error, not a new random head."""
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
         from rerank.backends.transformers import resolve_device, resolve_dtype
-        from rerank.backends.util import check_no_new_weights
+        from rerank.backends.util import check_no_new_weights, load_tokenizer, weights_errors
         from rerank.models import resolve_model_path
         from rerank.trainers.common import check_safetensors
 
@@ -65,12 +65,13 @@ class TransformersSeq2Seq(Seq2SeqModel):
                               f"duot5 need a T5-style checkpoint")
         check_safetensors(path, "model")
         dev = resolve_device(device)
-        net, info = AutoModelForSeq2SeqLM.from_pretrained(
-            path, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code, use_safetensors=True,
-            output_loading_info=True,
-        )
+        tok = load_tokenizer(path, "model", trust_remote_code=trust_remote_code)
+        with weights_errors(path, "model"):
+            net, info = AutoModelForSeq2SeqLM.from_pretrained(
+                path, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code, use_safetensors=True,
+                output_loading_info=True,
+            )
         check_no_new_weights(str(model), info, "load a trained seq2seq checkpoint")
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         return cls(net.to(dev), tok)
 
     def first_step_logprobs(self, inputs: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:

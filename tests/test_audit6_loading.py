@@ -1,0 +1,107 @@
+"""Loading model folders (audit s43/pyapi): a folder saved without its tokenizer, damaged ``.safetensors`` weights,
+and messages that named CLI flags to Python users. Each test names what used to go wrong."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rerank import Reranker
+from rerank.backends.util import check_classifier
+from rerank.errors import ConfigError
+from rerank.testing import tiny_colbert, tiny_llm
+
+
+def _copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*drop) if drop else None)
+    return dst
+
+
+NO_TOKENIZER = r"holds no tokenizer \(no [^)]*\); save the model's tokenizer into it with tokenizer\.save_pretrained\("
+
+
+@pytest.mark.parametrize(("method", "fixture"), [
+    ("cross-encoder", "tiny_bert_dir"), ("bi-encoder", "tiny_st_dir"), ("yes-no", "tiny_llm_dir"),
+    ("monot5", "tiny_t5_dir"),
+])
+def test_folder_without_tokenizer_is_a_one_line_error(method: str, fixture: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path) -> None:
+    """``model.save_pretrained(dir)`` alone: transformers 5 built a placeholder tokenizer (5 tokens for BERT), every
+    word read as [UNK] and the ranking followed text length (yes-no failed with an unrelated 'merges them')."""
+    model = _copy(request.getfixturevalue(fixture), tmp_path / "model", ("tokenizer*", "spiece.model", "vocab*"))
+    with pytest.raises(ConfigError, match=NO_TOKENIZER) as e:
+        Reranker.load(method, model=str(model))
+    assert str(model) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tokenizer_config_without_vocabulary_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """tokenizer_config.json alone (no tokenizer.json or vocab.txt) also gave the 5-token placeholder."""
+    model = _copy(tiny_bert_dir, tmp_path / "model", ("tokenizer.json",))
+    with pytest.raises(ConfigError, match=r"holds no tokenizer \(no vocab\.txt or tokenizer\.json\)"):
+        Reranker.load("cross-encoder", model=str(model))
+
+
+def test_llama_folder_without_tokenizer_is_refused_not_a_transformers_error(tmp_path: Path) -> None:
+    """Where transformers cannot build a placeholder it raised a long ValueError ('Couldn't instantiate the backend
+    tokenizer')."""
+    model = _copy(tiny_llm(tmp_path / "src", arch="llama", seed=0), tmp_path / "model", ("tokenizer*",))
+    with pytest.raises(ConfigError, match=r"holds no tokenizer \(no tokenizer\.json or tokenizer_config\.json\)"):
+        Reranker.load("yes-no", model=str(model))
+
+
+def test_colbert_folder_without_tokenizer_is_refused(tmp_path: Path) -> None:
+    model = _copy(tiny_colbert(tmp_path / "src", seed=0), tmp_path / "model", ("tokenizer*",))
+    with pytest.raises(ConfigError, match=NO_TOKENIZER):
+        Reranker.load("colbert", model=str(model))
+
+
+def test_hub_ids_are_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a local folder is checked: a hub id loads as transformers gives it."""
+    from transformers import AutoTokenizer
+
+    from rerank.backends.util import load_tokenizer
+
+    tok = object()
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: tok)
+    assert load_tokenizer("some-org/some-model") is tok
+
+
+def _damage(folder: Path, how: str) -> Path:
+    file = folder / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes({"header": data[:1000], "data": data[: len(data) * 9 // 10], "empty": b""}[how])
+    return file
+
+
+@pytest.mark.parametrize("how", ["header", "data", "empty"])
+@pytest.mark.parametrize(("method", "fixture"), [
+    ("cross-encoder", "tiny_bert_dir"), ("bi-encoder", "tiny_st_dir"), ("yes-no", "tiny_llm_dir"),
+])
+def test_damaged_safetensors_is_a_one_line_error(method: str, fixture: str, how: str,
+                                                 request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A truncated or corrupt model.safetensors raised safetensors' bare SafetensorError ('invalid header length'),
+    naming neither the file nor a fix."""
+    model = _copy(request.getfixturevalue(fixture), tmp_path / "model")
+    file = _damage(model, how)
+    with pytest.raises(ConfigError, match=r"is damaged or incomplete \(.+\); download or save it again") as e:
+        Reranker.load(method, model=str(model))
+    assert f"weights file {file} " in str(e.value) and "\n" not in str(e.value)
+
+
+def test_damaged_colbert_dense_weights_name_the_file(tmp_path: Path) -> None:
+    model = tiny_colbert(tmp_path / "model", seed=0)
+    file = _damage(model / "1_Dense", "data")
+    with pytest.raises(ConfigError, match=rf"weights file {file} is damaged or incomplete"):
+        Reranker.load("colbert", model=str(model))
+
+
+def test_model_kind_messages_name_the_python_option_too() -> None:
+    """The hints named only CLI flags (--reranker yes-no, --allow-new-head) to Python users."""
+    with pytest.raises(ConfigError) as e:
+        check_classifier("cross-encoder: m", ["Qwen2ForCausalLM"])
+    assert "method 'yes-no', --reranker yes-no" in str(e.value)
+    assert "allow_new_head=True (--allow-new-head)" in str(e.value)
+    with pytest.raises(ConfigError, match=r"allow_new_head=True \(--allow-new-head\)"):
+        check_classifier("cross-encoder: m", ["BertModel"])

@@ -1,11 +1,14 @@
-"""Loading model folders (audit s43/pyapi): a folder saved without its tokenizer, damaged ``.safetensors`` weights,
-and messages that named CLI flags to Python users. Each test names what used to go wrong."""
+"""Loading model folders and scoring pairs (audit s43/pyapi): a folder saved without its tokenizer, damaged
+``.safetensors`` weights, messages that named CLI flags to Python users, and identical pairs that did not tie. Each
+test names what used to go wrong."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from rerank import Reranker
@@ -105,3 +108,30 @@ def test_model_kind_messages_name_the_python_option_too() -> None:
     assert "allow_new_head=True (--allow-new-head)" in str(e.value)
     with pytest.raises(ConfigError, match=r"allow_new_head=True \(--allow-new-head\)"):
         check_classifier("cross-encoder: m", ["BertModel"])
+
+
+DUP = "the duplicated passage about bm25"
+FILL = ["a long first document " * 20, "medium length passage " * 5]
+
+
+def test_identical_pairs_tie_and_keep_input_order(tiny_bert_dir: Path) -> None:
+    """Identical pairs were scored separately and differed in the 9th digit with their place in the padded,
+    length-sorted batch, so a later copy could rank above an earlier one."""
+    head: Any = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
+    docs = [DUP] * 4 + FILL
+    scores = head.score_pairs([("what is bm25", d) for d in docs])
+    assert len({scores[i] for i in range(4)}) == 1
+    ranked = [int(r.doc.id) for r in head.rerank("what is bm25", docs).results if r.doc.text == DUP]
+    assert ranked == [0, 1, 2, 3]
+    alone = [head.score_pairs([("what is bm25", d)])[0] for d in docs]  # other scores as before, up to float32 noise
+    np.testing.assert_allclose(scores, alone, rtol=1e-5)
+
+
+def test_each_distinct_pair_is_scored_once(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    head: Any = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
+    rows: list[int] = []
+    forward = head.model.forward
+    monkeypatch.setattr(head.model, "forward", lambda **k: rows.append(len(k["input_ids"])) or forward(**k))
+    pairs = [("q", DUP), ("q", FILL[0]), ("q", DUP), ("other", DUP), ("q", DUP)]
+    scores = head.score_pairs(pairs)
+    assert sum(rows) == 3 and scores[0] == scores[2] == scores[4]

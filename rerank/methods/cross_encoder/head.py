@@ -153,21 +153,24 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         return pair_query(query, self.tokenizer, self.config.max_query_tokens)  # type: ignore[attr-defined]
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Scores of (query, document) text pairs, in input order."""
+        """Scores of (query, document) text pairs, in input order; each distinct pair is scored once, so identical
+        pairs tie."""
         cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]
         if not pairs:
             return []
+        keys = [(q, d) for q, d in pairs]
+        distinct = list(dict.fromkeys(keys))  # each pair scored once: identical pairs get identical scores (ties)
         queries: dict[str, str] = {}
-        for q, _ in pairs:
+        for q, _ in distinct:
             if q not in queries:
                 queries[q] = self.query_text(q)
         enc = self.tokenizer(
-            [queries[q] for q, _ in pairs], [neutralise(d, self.tokenizer) for _, d in pairs],
+            [queries[q] for q, _ in distinct], [neutralise(d, self.tokenizer) for _, d in distinct],
             truncation="longest_first", max_length=self.max_length,
         )
-        features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(pairs))]
-        order = sorted(range(len(pairs)), key=lambda i: -len(features[i]["input_ids"]))
-        out = [0.0] * len(pairs)
+        features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(distinct))]
+        order = sorted(range(len(distinct)), key=lambda i: -len(features[i]["input_ids"]))
+        scores: dict[tuple[str, str], float] = {}
         with torch.inference_mode():
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
@@ -177,8 +180,8 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
                 else:
                     logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
                 for i, s in zip(idx, self._reduce(logits).tolist(), strict=True):
-                    out[i] = s
-        return out
+                    scores[distinct[i]] = s
+        return [scores[k] for k in keys]
 
     def _reduce(self, logits: torch.Tensor) -> torch.Tensor:
         cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]

@@ -84,7 +84,8 @@ def check_no_new_weights(shown: str, info: Mapping[str, Any], fix: str) -> None:
 
 def load_tokenizer(path: str | Path, what: str = "model", **kwargs: Any) -> Any:
     """``AutoTokenizer.from_pretrained(path, **kwargs)``; a local folder that holds no tokenizer is a one-line
-    :class:`ConfigError` (transformers would build a placeholder that reads every word as unknown). Hub ids load as is."""
+    :class:`ConfigError` (transformers would build a placeholder that reads every word as unknown). Hub ids load as
+    is."""
     from transformers import AutoTokenizer
 
     folder = Path(path)

@@ -1,20 +1,23 @@
 """Loading model folders and scoring pairs (audit s43/pyapi): a folder saved without its tokenizer, damaged
-``.safetensors`` weights, messages that named CLI flags to Python users, and identical pairs that did not tie. Each
-test names what used to go wrong."""
+``.safetensors`` weights, messages that named CLI flags to Python users, identical pairs that did not tie, and the
+activation sentence-transformers' CrossEncoder applies to a cross-encoder folder. Each test names what used to go
+wrong."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from rerank import Reranker
 from rerank.backends.util import check_classifier
 from rerank.errors import ConfigError
-from rerank.testing import tiny_colbert, tiny_llm
+from rerank.testing import tiny_bert, tiny_colbert, tiny_llm
 
 
 def _copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
@@ -135,3 +138,61 @@ def test_each_distinct_pair_is_scored_once(tiny_bert_dir: Path, monkeypatch: pyt
     pairs = [("q", DUP), ("q", FILL[0]), ("q", DUP), ("other", DUP), ("q", DUP)]
     scores = head.score_pairs(pairs)
     assert sum(rows) == 3 and scores[0] == scores[2] == scores[4]
+
+
+def _st_activation(folder: Path) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(folder), device="cpu").activation_fn
+
+
+def _declare(folder: Path, where: str, dotted: str) -> None:
+    """Declare the activation ``dotted`` in ``config.json`` (``sentence_transformers.activation_fn``, or the older
+    ``sbert_ce_default_activation_function``) or in a ``config_sentence_transformers.json`` without ``modules.json``
+    (where sentence-transformers does not read it)."""
+    if where == "st":
+        (folder / "config_sentence_transformers.json").write_text(json.dumps({"activation_fn": dotted}), "utf-8")
+        return
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if where == "config":
+        config["sentence_transformers"] = {"activation_fn": dotted}
+    else:
+        config["sbert_ce_default_activation_function"] = dotted
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+@pytest.mark.parametrize(("labels", "where", "dotted", "identity"), [
+    (1, None, None, False),  # nothing declared, one label: Sigmoid
+    (2, None, None, True),  # nothing declared, two labels: Identity
+    (1, "config", "torch.nn.modules.linear.Identity", True),  # as ms-marco-MiniLM declares
+    (1, "config", "torch.nn.modules.activation.Tanh", False),
+    (1, "legacy", "torch.nn.modules.linear.Identity", True),  # sentence-transformers < 4
+    (1, "st", "torch.nn.modules.linear.Identity", False),  # no modules.json: not a sentence-transformers folder
+    (1, "config", "os.path.Identity", False),  # outside torch, no trust_remote_code: the default, as there
+])
+def test_st_activation_matches_sentence_transformers(labels: int, where: str | None, dotted: str | None,
+                                                     identity: bool, tmp_path: Path) -> None:
+    """The head ignored the activation the folder declares, so its predict differed from CrossEncoder.predict."""
+    folder = tiny_bert(tmp_path / "model", num_labels=labels, seed=0)
+    if where is not None and dotted is not None:
+        _declare(folder, where, dotted)
+    _same_activation(folder, identity)
+
+
+def _same_activation(folder: Path, identity: bool) -> None:
+    head: Any = Reranker.load("cross-encoder", model=str(folder))
+    ours, theirs = head.st_activation(), _st_activation(folder)
+    assert (ours is None) == identity == isinstance(theirs, torch.nn.Identity)
+    x = np.array([-3.0, -0.0861, 0.0, 0.5, 4.0])
+    expected = theirs(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(x if ours is None else ours(x), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("activation", [torch.nn.Identity, torch.nn.Tanh])
+def test_st_activation_of_a_folder_sentence_transformers_saved(activation: type, tmp_path: Path) -> None:
+    """sentence-transformers 6 records the activation only in config_sentence_transformers.json (with modules.json)."""
+    from sentence_transformers import CrossEncoder
+
+    CrossEncoder(str(tiny_bert(tmp_path / "src", num_labels=1, seed=0)), device="cpu",
+                 activation_fn=activation()).save_pretrained(str(tmp_path / "model"))
+    _same_activation(tmp_path / "model", activation is torch.nn.Identity)

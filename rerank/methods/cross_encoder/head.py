@@ -1,23 +1,30 @@
 """cross-encoder: ``AutoModelForSequenceClassification`` over (query, document) pairs, batched and length-sorted.
 
 All pairs of a batch of queries are tokenised once, sorted by length so each forward batch carries little padding,
-and scored in one pass. A pair longer than ``max_length`` is cut as sentence-transformers cuts it (``longest_first``:
-the longer of query and document loses tokens first, so a long document is cut and a long query keeps at most half
-the pair); the query is first cut to ``max_query_tokens``. Special-token strings in the texts (``[SEP]``, …) are
-neutralised, so a text can never end its segment. One label -> that logit; two labels -> ``two_label_score``
-(diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1)); ``sigmoid`` maps the score to (0, 1)
-(rank-preserving). Scores equal sentence-transformers ``CrossEncoder.predict`` on the same model for every query of
-at most ``max_query_tokens`` tokens. Long documents can be scored by passages (``long_docs``,
-:mod:`rerank.heads.passages`). ``runtime`` (``torch`` | ``onnx`` | ``openvino``) and ``quantize`` (``none`` | ``int8``,
-onnx only) pick what runs the forward pass on the CPU (:mod:`rerank.runtime`); tokenisation and batching stay these.
+and scored in one pass; identical pairs are scored once, so they tie. A pair longer than ``max_length`` is cut as
+sentence-transformers cuts it (``longest_first``: the longer of query and document loses tokens first, so a long
+document is cut and a long query keeps at most half the pair); the query is first cut to ``max_query_tokens``.
+Special-token strings in the texts (``[SEP]``, …) are neutralised, so a text can never end its segment. One label ->
+that logit; two labels -> ``two_label_score`` (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1));
+``sigmoid`` maps the score to (0, 1) (rank-preserving). For every query of at most ``max_query_tokens`` tokens, a
+one-label model's scores equal sentence-transformers' ``CrossEncoder`` logits on the same model, and
+:meth:`~CrossEncoderReranker.st_activation` maps them to what its ``predict`` returns (the activation the model folder
+declares). Long documents can be scored by passages (``long_docs``, :mod:`rerank.heads.passages`). ``runtime``
+(``torch`` | ``onnx`` | ``openvino``) and ``quantize`` (``none`` | ``int8``, onnx only) pick what runs the forward pass
+on the CPU (:mod:`rerank.runtime`); tokenisation and batching stay these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import json
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from rerank.backends.transformers import position_limit, resolve_device, resolve_dtype
@@ -38,7 +45,9 @@ from rerank.models import resolve_model_path
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model
 from rerank.types import Candidate, Query
 
-__all__ = ["CrossEncoderConfig", "CrossEncoderReranker", "pair_query"]
+__all__ = ["CrossEncoderConfig", "CrossEncoderReranker", "declared_activations", "pair_query"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +87,31 @@ def pair_query(query: str, tokenizer: Any, max_query_tokens: int) -> str:
     return text[: spans[max_query_tokens - 1][1]] if len(spans) > max_query_tokens else text
 
 
+def declared_activations(model: Any) -> list[str]:
+    """The activations sentence-transformers' ``CrossEncoder`` would try on ``model``'s output, first to last, as dotted
+    class paths: the ``activation_fn`` of the folder's ``config_sentence_transformers.json`` when it is a
+    sentence-transformers folder (``modules.json``: how sentence-transformers 6 saves one), then ``config.json``'s
+    ``sentence_transformers.activation_fn`` (versions 4 and 5) or else ``sbert_ce_default_activation_function``
+    (older); the folder is the one the model was loaded from, if local."""
+    found: list[str] = []
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    cst = folder / "config_sentence_transformers.json"
+    if folder.name and (folder / "modules.json").is_file() and cst.is_file():
+        try:
+            saved = json.loads(cst.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{cst}: not valid JSON ({e})") from None
+        if isinstance(saved, dict) and isinstance(saved.get("activation_fn"), str):
+            found.append(saved["activation_fn"])
+    config = model.config
+    st = getattr(config, "sentence_transformers", None)
+    if isinstance(st, dict) and "activation_fn" in st:
+        found += [st["activation_fn"]] if isinstance(st["activation_fn"], str) else []
+    elif isinstance(getattr(config, "sbert_ce_default_activation_function", None), str):
+        found.append(config.sbert_ce_default_activation_function)
+    return found
+
+
 def pair_length(max_length: int, model: Any, tokenizer: Any) -> int:
     """The pair length scored: ``max_length`` when set (a one-line :class:`ConfigError` when the model's position
     embeddings cannot encode that many tokens: it would fail at the first long pair), else the tokenizer's
@@ -109,6 +143,8 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.runner = runner  # the compiled forward (runtime onnx / openvino); None: the torch model runs
+        self.declared_activations = declared_activations(model)
+        self._activation: torch.nn.Module | None = None
         self.device = next(model.parameters()).device
         self.num_labels = int(model.config.num_labels)
         self.max_length: int = pair_length(self.config.max_length, model, tokenizer)  # type: ignore[attr-defined]
@@ -147,6 +183,38 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         head = cls(cfg, net.to(device), tok, model_name=model)  # checks max_length before any export
         head.runner = compile_model(head.model, tok, "sequence-classification", cfg.runtime, cfg.quantize)
         return head
+
+    def st_activation(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """What sentence-transformers' ``CrossEncoder.predict`` applies to this model's output, as a function of a
+        numpy array (None: the identity): the activation the model folder declares (:func:`declared_activations`; a
+        class outside ``torch.`` only with ``trust_remote_code``, as there), else Sigmoid for one label, the identity
+        for two."""
+        if self._activation is None:
+            self._activation = self._resolve_activation()
+        act = self._activation
+        if isinstance(act, torch.nn.Identity):
+            return None
+
+        def apply(scores: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return act(torch.as_tensor(np.asarray(scores, dtype=np.float64))).numpy()
+
+        return apply
+
+    def _resolve_activation(self) -> torch.nn.Module:
+        trusted: bool = self.config.trust_remote_code  # type: ignore[attr-defined]
+        for dotted in self.declared_activations:
+            if not (trusted or dotted.startswith("torch.")):
+                log.warning("cross-encoder: %s declares the activation %s, which sentence-transformers applies only "
+                            "with trust_remote_code; it uses its default", self.model_name, dotted)
+                continue
+            module, _, name = dotted.rpartition(".")
+            try:
+                return getattr(importlib.import_module(module), name)()
+            except (ImportError, AttributeError, ValueError) as e:
+                raise ConfigError(f"cross-encoder: {self.model_name}: its declared activation {dotted!r} cannot be "
+                                  f"imported ({e})") from None
+        return torch.nn.Sigmoid() if self.num_labels == 1 else torch.nn.Identity()
 
     def query_text(self, query: str) -> str:
         """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens."""

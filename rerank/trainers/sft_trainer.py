@@ -138,11 +138,10 @@ class SFTTrainConfig(CommonTrainConfig):
 
 def load_tokenizer(path: str) -> Any:
     """The tokenizer of a starting point (no remote code; its EOS pads when it has no pad token)."""
-    from transformers import AutoTokenizer
-
+    from rerank.backends.util import load_tokenizer as load_checked
     from rerank.models import resolve_model_path
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=False)
+    tok = load_checked(resolve_model_path(path), "model", trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

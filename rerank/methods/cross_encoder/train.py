@@ -217,8 +217,9 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
         CrossEncoderTrainingArguments,
         losses,
     )
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
+    from rerank.backends.util import load_tokenizer
     from rerank.models import resolve_model_path
 
     loss_name, output = cfg.loss, ctx.output
@@ -226,7 +227,7 @@ def train_cross_encoder(cfg: SFTTrainConfig, train: list[dict[str, Any]], dev: l
     check_safetensors(path, "model")
     # the texts as inference sees them (special-token strings neutralised, the query cut as the head cuts it); before
     # the model: a row without teacher scores, or a dev split without a positive, fails in seconds
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path, "model", trust_remote_code=False)
     texts = PairTexts(tokenizer, cfg.max_query_tokens)
     max_length = _pair_length(path, cfg.max_length, tokenizer)
     train_ds = _dataset(train, cfg, texts)

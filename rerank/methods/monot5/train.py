@@ -68,15 +68,16 @@ def train_seq2seq(method: str, cfg: SFTTrainConfig, train: list[dict[str, Any]],
     must hold to give rows, for the error when none does); with ``eval_steps`` > 0 the checkpoint with the lowest loss
     on ``dev``'s rows is kept (as the LLM heads' SFT selects)."""
     import datasets
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    from rerank.backends.util import load_tokenizer
     from rerank.models import resolve_model_path
     from rerank.trainers.common import cpu_only, training_kwargs
     from rerank.trainers.resume import fit, resume_arg
     from rerank.trainers.sft_trainer import save_final, selection_metrics
 
     path = resolve_model_path(cfg.model)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer(path, "model", trust_remote_code=False)
     head = _head(method, cfg, tok)
     rows = build_rows(head, train)
     if not rows:

@@ -196,3 +196,29 @@ def test_evaluate_cli_rel_level_2_scores_bpref_and_num_rel_at_2(tmp_path: Path, 
     want = {"Bpref(rel=2)": sum(v["bpref"] for v in ref.values()) / len(ref),
             "NumRel(rel=2)": sum(v["num_rel"] for v in ref.values())}
     assert json.loads(out)["metrics"] == pytest.approx(want) and want["Bpref(rel=2)"] > 0
+
+
+@pytest.mark.parametrize("rel_level", [1, 2])
+def test_a_query_the_run_lacks_still_counts_its_relevant_documents(rel_level: int) -> None:
+    """trec_eval -c counts a judged query the run lacks in num_q and num_rel; rerank counted it 0 in both, so NumRel and
+    NumQ fell with every missing query (review s43/reviewB)."""
+    qrels = {"q1": {"a": 2, "b": 1, "c": 0}, "q2": {"d": 2, "e": 1, "f": 2}}
+    full = {"q1": [("a", 3.0), ("x", 2.0)], "q2": [("d", 1.0), ("y", 0.5)]}
+    lacking = {"q1": full["q1"]}
+    names = ["NumQ", "NumRel", "NumRet"]
+    whole = evaluate_run(full, qrels, names, rel_level=rel_level)
+    part = evaluate_run(lacking, qrels, names, rel_level=rel_level)
+    relevant = {1: 5.0, 2: 3.0}[rel_level]
+    num_rel = next(k for k in whole.aggregate if k.startswith("NumRel"))
+    assert whole.aggregate[num_rel] == part.aggregate[num_rel] == relevant
+    assert part.aggregate["NumQ"] == 2.0 and part.aggregate["NumRet"] == 2.0
+    assert part.per_query["q2"][num_rel] == {1: 3.0, 2: 2.0}[rel_level] and part.missing_queries == ["q2"]
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"num_rel"}, relevance_level=rel_level).evaluate(
+        {q: dict(lst) for q, lst in full.items()})
+    assert sum(v["num_rel"] for v in per_query.values()) == relevant
+
+
+@pytest.mark.parametrize("name", ["ndcg_cut_10 ", " P.5,10", "P_10\t", "ndcg_cut.10,20\n", " nDCG@10 "])
+def test_measure_names_with_surrounding_whitespace_read_as_without(name: str) -> None:
+    """A trec_eval name with parameters and a trailing space was refused while ir-measures names were read."""
+    assert parse_measures([name]) == parse_measures([name.strip()])

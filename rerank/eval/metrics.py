@@ -183,7 +183,7 @@ def parse_measures(names: Sequence[str], rel_level: int = 1) -> list[tuple[str, 
         raise ConfigError(f"rel_level must be an integer >= 1 (the lowest grade counted relevant), got {rel_level!r}")
     out: dict[str, ir_measures.Measure] = {}
     for name in names:
-        for m in _parse_one(name, rel_level):
+        for m in _parse_one(name.strip() if isinstance(name, str) else name, rel_level):
             out.setdefault(str(m), m)
     return list(out.items())
 
@@ -254,12 +254,28 @@ def evaluate_run(
                 per_query[q][name] = v
         if other:
             _other_measures(other, qrels_dict, lists, per_query)
+    missing = [q for q in qids if q not in lists]
+    if missing:
+        _count_missing(parsed, missing, qrels_dict, per_query)
     n = len(qids)
     summed = {name for name, m in parsed if isinstance(m.aggregator(), SumAgg)}  # counts: trec_eval sums them
     aggregate = {name: sum(map(itemgetter(name), per_query.values())) / (1 if name in summed else n)
                  for name in names}
-    missing = [q for q in qids if q not in lists]
     return MetricResult(aggregate=aggregate, per_query=per_query, num_queries=n, missing_queries=missing)
+
+
+def _count_missing(parsed: list[tuple[str, ir_measures.Measure]], missing: list[str], qrels: Qrels,
+                   per_query: dict[str, dict[str, float]]) -> None:
+    """A qrels query the run lacks still counts as a query (``NumQ`` 1) with its relevant documents (``NumRel``), as
+    trec_eval ``-c`` counts it; its other measures stay 0."""
+    for name, m in parsed:
+        if m.NAME == "NumQ":
+            for q in missing:
+                per_query[q][name] = 1.0
+        elif m.NAME == "NumRel":
+            level = int(m.params.get("rel", 1))
+            for q in missing:
+                per_query[q][name] = float(sum(1 for g in qrels[q].values() if int(g) >= level))
 
 
 def _other_measures(other: list[tuple[str, ir_measures.Measure]], qrels: Qrels,

@@ -222,3 +222,15 @@ def test_a_query_the_run_lacks_still_counts_its_relevant_documents(rel_level: in
 def test_measure_names_with_surrounding_whitespace_read_as_without(name: str) -> None:
     """A trec_eval name with parameters and a trailing space was refused while ir-measures names were read."""
     assert parse_measures([name]) == parse_measures([name.strip()])
+
+
+def test_a_failing_measure_is_named_alone_among_several() -> None:
+    """Accuracy@10's division by zero was reported as the failure of every ir-measures measure asked with it, with
+    gdeval's hint (review s43/reviewB)."""
+    qrels = {"q1": {"a": 1, "b": 1}, "q2": {"c": 1, "d": 0}}
+    run = {"q1": [("a", 2.0), ("b", 1.0)], "q2": [("c", 1.0), ("d", 0.5)]}
+    assert evaluate_run(run, qrels, ["nDCG(dcg='exp-log2')@10"]).aggregate
+    with pytest.raises(ConfigError) as e:
+        evaluate_run(run, qrels, ["Accuracy@10", "nDCG(dcg='exp-log2')@10"])
+    message = str(e.value)
+    assert message.startswith("measure Accuracy@10: ir-measures could not compute it") and "gdeval" not in message

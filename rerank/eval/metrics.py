@@ -292,14 +292,30 @@ def _other_measures(other: list[tuple[str, ir_measures.Measure]], qrels: Qrels,
     try:
         for metric in ir_measures.iter_calc([m for _, m in other], judged, ranked):
             per_query[back[metric.query_id]][by_measure[metric.measure]] = float(metric.value)
-    except (subprocess.CalledProcessError, OSError, RuntimeError, ZeroDivisionError) as e:
+    except _PROVIDER_ERRORS as e:
+        failing = [(name, m) for name, m in other if _fails(m, judged, ranked)] if len(other) > 1 else other
+        failing = failing or other
         shown = (f"{e.cmd[0]} exited with status {e.returncode}" if isinstance(e, subprocess.CalledProcessError)
                  else (str(e).splitlines() or [type(e).__name__])[0])
-        gdeval = any(m.NAME == "ERR" or m["dcg"] == "exp-log2" for _, m in other if m.NAME in ("ERR", "nDCG"))
+        gdeval = any(m.NAME == "ERR" or m["dcg"] == "exp-log2" for _, m in failing if m.NAME in ("ERR", "nDCG"))
         why = "; gdeval's ERR and nDCG take grades 0-4 and need perl" if gdeval else ""
-        them = "them" if len(other) > 1 else "it"
-        raise ConfigError(f"measure {', '.join(by_measure.values())}: ir-measures could not compute {them} "
+        them = "them" if len(failing) > 1 else "it"
+        raise ConfigError(f"measure {', '.join(name for name, _ in failing)}: ir-measures could not compute {them} "
                           f"({shown}{why}): drop {them} or use another") from None
+
+
+_PROVIDER_ERRORS = (subprocess.CalledProcessError, OSError, RuntimeError, ZeroDivisionError)
+
+
+def _fails(m: ir_measures.Measure, qrels: Mapping[str, Mapping[str, int]],
+           run: Mapping[str, Mapping[str, float]]) -> bool:
+    """Whether ir-measures fails to compute ``m`` alone (to name the measure that failed among several)."""
+    try:
+        for _ in ir_measures.iter_calc([m], qrels, run):
+            pass
+    except _PROVIDER_ERRORS:
+        return True
+    return False
 
 
 def _rank_scores(lst: Sequence[tuple[str, float]]) -> dict[str, float]:

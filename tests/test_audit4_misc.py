@@ -114,15 +114,15 @@ def test_predict_and_rank_are_sentence_transformers_cross_encoders(tiny_bert_dir
     st = CrossEncoder(str(tiny_bert_dir), max_length=64, device="cpu")
     docs = ["rain falls on the plain", "a cat sat", "the rain in spain stays mainly in the plain", "dogs bark"]
     pairs = [(q, d) for d in docs for q in ("rain in spain", "cats and dogs")]  # the two queries interleaved
-    want = st.predict(pairs, activation_fn=torch.nn.Identity())
+    want, logits = st.predict(pairs), st.predict(pairs, activation_fn=torch.nn.Identity())  # ST's default: Sigmoid
     got = head.predict(pairs)
     assert isinstance(got, np.ndarray) and got.shape == (8,)
     assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
     assert head.predict(pairs[3]) == pytest.approx(float(want[3]), abs=1e-5)  # one pair: one value
-    assert head.predict(pairs, relevance=True).tolist() == pytest.approx([sigmoid(s) for s in want], abs=1e-5)
+    assert head.predict(pairs, relevance=True).tolist() == pytest.approx([sigmoid(s) for s in logits], abs=1e-5)
     assert head.predict([]).shape == (0,)
     ranked = head.rank("rain in spain", docs, top_k=3, return_documents=True)
-    expect = st.rank("rain in spain", docs, top_k=3, return_documents=True, activation_fn=torch.nn.Identity())
+    expect = st.rank("rain in spain", docs, top_k=3, return_documents=True)
     assert [(r["corpus_id"], r["text"]) for r in ranked] == [(r["corpus_id"], r["text"]) for r in expect]
     assert [r["score"] for r in ranked] == pytest.approx([float(r["score"]) for r in expect], abs=1e-5)
     assert set(head.rank("rain in spain", docs)[0]) == {"corpus_id", "score"}

@@ -196,3 +196,25 @@ def test_st_activation_of_a_folder_sentence_transformers_saved(activation: type,
     CrossEncoder(str(tiny_bert(tmp_path / "src", num_labels=1, seed=0)), device="cpu",
                  activation_fn=activation()).save_pretrained(str(tmp_path / "model"))
     _same_activation(tmp_path / "model", activation is torch.nn.Identity)
+
+
+def test_the_sigmoid_option_is_not_applied_twice_by_predict(tiny_bert_dir: Path) -> None:
+    """With ``sigmoid=True`` the head's scores are probabilities already; predict passed them through ST's Sigmoid
+    again (0.617 where sentence-transformers gives 0.478; review of fix-pyapi)."""
+    from sentence_transformers import CrossEncoder
+
+    pairs = [("rain in spain", "the rain in spain"), ("rain in spain", "dogs bark")]
+    head = Reranker.load("cross-encoder", model=str(tiny_bert_dir), sigmoid=True)
+    assert head.st_activation() is None
+    want = CrossEncoder(str(tiny_bert_dir), device="cpu").predict(pairs)
+    assert head.predict(pairs).tolist() == pytest.approx(want.tolist(), abs=1e-5)
+
+
+def test_a_declared_activation_that_is_not_a_module_is_one_line(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """``torch.save`` declared as the activation raised a TypeError traceback when called without arguments."""
+    model = _copy(tiny_bert_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["sentence_transformers"] = {"activation_fn": "torch.save"}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="declared activation 'torch.save' cannot be imported"):
+        Reranker.load("cross-encoder", model=str(model)).st_activation()

@@ -188,7 +188,9 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         """What sentence-transformers' ``CrossEncoder.predict`` applies to this model's output, as a function of a
         numpy array (None: the identity): the activation the model folder declares (:func:`declared_activations`; a
         class outside ``torch.`` only with ``trust_remote_code``, as there), else Sigmoid for one label, the identity
-        for two."""
+        for two. With the ``sigmoid`` option the scores are probabilities already and pass unchanged."""
+        if self.config.sigmoid:  # type: ignore[attr-defined]
+            return None
         if self._activation is None:
             self._activation = self._resolve_activation()
         act = self._activation
@@ -210,8 +212,11 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
                 continue
             module, _, name = dotted.rpartition(".")
             try:
-                return getattr(importlib.import_module(module), name)()
-            except (ImportError, AttributeError, ValueError) as e:
+                activation = getattr(importlib.import_module(module), name)()
+                if not callable(activation):
+                    raise TypeError("not a callable module")
+                return activation
+            except (ImportError, AttributeError, ValueError, TypeError) as e:
                 raise ConfigError(f"cross-encoder: {self.model_name}: its declared activation {dotted!r} cannot be "
                                   f"imported ({e})") from None
         return torch.nn.Sigmoid() if self.num_labels == 1 else torch.nn.Identity()

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(trainer.config_class, args.config, args.overrides)
     check_method(cfg)
     if args.check:
-        return _check(args, cfg)
+        return _check(args, trainer, cfg)
     check_inputs(cfg)
     from rerank.trainers.api import run_trainer
     from rerank.trainers.resume import main_process
@@ -102,14 +102,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace, cfg: Any) -> int:
-    """``--check``: what the run would do with --output, then its inputs when it would train; nothing written."""
+def _check(args: argparse.Namespace, trainer: Any, cfg: Any) -> int:
+    """``--check``: what the run would do with --output, then its inputs when it would train (a retriever trainer's
+    data, batch and token limits by the run's own checks: :meth:`RetrieverTrainer.check_inputs`); nothing written."""
     from rerank.trainers.resume import check_run, input_paths
+    from rerank.trainers.retriever import RetrieverTrainer
 
     state, line = check_run(Path(args.output), args.trainer, cfg, args.resume, args.overwrite,
                             input_paths(cfg, args.data_root), data_root=args.data_root)
     if state != "done" and not args.inputs_later:
         check_inputs(cfg)
+        if isinstance(trainer, RetrieverTrainer):
+            trainer.check_inputs(cfg, args.data_root)
     print(line)
     print(f"state: {state}")
     return 0

@@ -466,12 +466,15 @@ class BiEncoder(torch.nn.Module):
         dtype: str | torch.dtype | None = None,
         runtime: Runtime = "torch",
         quantize: Quantize = "none",
+        weights: bool = True,
     ) -> BiEncoder:
         """Load a sentence-transformers folder (an untied one as a query/document ``Router``) or a plain HF encoder.
 
         Settings come from the folder (pooling, Normalize module, prompts, max lengths); explicit arguments override.
         A plain checkpoint gets mean pooling (last-token for ``*ForCausalLM`` architectures) and no normalisation.
-        ``runtime`` / ``quantize``: what runs inference (:meth:`use_runtime`).
+        ``runtime`` / ``quantize``: what runs inference (:meth:`use_runtime`). ``weights`` false: each transformer is
+        built from its config on the meta device (no weights read, nothing placed on a device): an encoder for checks
+        of its settings and position limits (``rerank train --check``), which cannot encode.
         """
         spec = {"pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
                 "max_query_tokens": max_query_tokens, "max_doc_tokens": max_doc_tokens, "device": device,
@@ -483,10 +486,10 @@ class BiEncoder(torch.nn.Module):
             "cuda" if torch.cuda.is_available() and runtime == "torch" else "cpu")
         root = Path(path)
         if (root / "modules.json").is_file():
-            (qmodel, qtok), doc, base = _load_st_folder(root, torch_dtype)
+            (qmodel, qtok), doc, base = _load_st_folder(root, torch_dtype, weights)
             dmodel, dtok = doc if doc is not None else (None, None)
         else:
-            qmodel, qtok, base = _load_plain(root if root.exists() else path, torch_dtype)
+            qmodel, qtok, base = _load_plain(root if root.exists() else path, torch_dtype, weights)
             dmodel, dtok = None, None
         explicit = {
             "pooling": pooling, "normalize": normalize, "query_prefix": query_prefix, "doc_prefix": doc_prefix,
@@ -497,6 +500,8 @@ class BiEncoder(torch.nn.Module):
         settings = EncoderSettings(**{k: v for k, v in base.items() if k in fields})
         settings = check_max_lengths(settings, explicit, qmodel, dmodel if dmodel is not None else qmodel)
         enc = cls(qmodel, qtok, settings, dmodel, dtok, name_or_path=str(name_or_path))
+        if not weights:
+            return enc
         enc.to(dev)
         enc.eval()
         enc.use_runtime(runtime, quantize)
@@ -549,7 +554,8 @@ def _kind(type_name: str) -> str:
     return type_name.rsplit(".", 1)[-1]
 
 
-def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, Any], tuple[Any, Any] | None, dict[str, Any]]:
+def _load_st_folder(root: Path, dtype: torch.dtype | None,
+                    weights: bool = True) -> tuple[tuple[Any, Any], tuple[Any, Any] | None, dict[str, Any]]:
     """A sentence-transformers folder: Transformer -> Pooling -> [Normalize], or a Router of a ``query`` and a
     ``document`` route of that shape followed by [Normalize]. Returns (query side, document side or None, settings)."""
     modules = _read_json(root / "modules.json")
@@ -568,7 +574,8 @@ def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, A
                               f"found routes {sorted(structure)}")
         sides = {}
         for route in ("query", "document"):
-            sides[route] = _load_pipeline(rdir, [(mid, _kind(types[mid])) for mid in structure[route]], dtype, root)
+            sides[route] = _load_pipeline(rdir, [(mid, _kind(types[mid])) for mid in structure[route]], dtype, root,
+                                          weights)
         (qm, qt, qset), (dm, dt, dset) = sides["query"], sides["document"]
         if qset["pooling"] != dset["pooling"]:
             raise RerankError(f"{cfg_file}: the query and document routes pool differently "
@@ -578,7 +585,8 @@ def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, A
                         max_doc_tokens=dset["max_length"])
         query, doc = (qm, qt), (dm, dt)
     else:
-        m, t, side = _load_pipeline(root, [(m["path"], k) for m, k in zip(modules, kinds, strict=True)], dtype, root)
+        m, t, side = _load_pipeline(root, [(m["path"], k) for m, k in zip(modules, kinds, strict=True)], dtype, root,
+                                    weights)
         settings.update(pooling=side["pooling"], lowercase=side["lowercase"], max_query_tokens=side["max_length"],
                         max_doc_tokens=side["max_length"])
         settings["normalize"] = settings["normalize"] or side["normalize"]
@@ -595,13 +603,13 @@ def _load_st_folder(root: Path, dtype: torch.dtype | None) -> tuple[tuple[Any, A
 
 
 def _load_pipeline(base: Path, parts: list[tuple[str, str]], dtype: torch.dtype | None,
-                   root: Path) -> tuple[Any, Any, dict[str, Any]]:
+                   root: Path, weights: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """One encoder from its modules ``[(path under base, kind)]``: Transformer -> Pooling -> [Normalize]."""
     kinds = [k for _, k in parts]
     if kinds[:1] != ["Transformer"] or any(k not in ("Pooling", "Normalize") for k in kinds[1:]):
         raise RerankError(f"{root}: only Transformer -> Pooling -> [Normalize] models are supported; found {kinds}")
     tpath = base / parts[0][0] if parts[0][0] else base
-    model, tok, side = _load_plain(tpath, dtype)
+    model, tok, side = _load_plain(tpath, dtype, weights)
     side["normalize"] = "Normalize" in kinds
     pool_parts = [p for p, k in parts if k == "Pooling"]
     if pool_parts:
@@ -609,9 +617,11 @@ def _load_pipeline(base: Path, parts: list[tuple[str, str]], dtype: torch.dtype 
     return model, tok, side
 
 
-def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """An HF encoder folder (or hub id): model, tokenizer, and what it says about pooling, case and max length."""
-    from transformers import AutoModel
+def _load_plain(path: str | Path, dtype: torch.dtype | None,
+                weights: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """An HF encoder folder (or hub id): model, tokenizer, and what it says about pooling, case and max length
+    (``weights`` false: the model built from its config on the meta device, no weights read)."""
+    from transformers import AutoConfig, AutoModel
 
     from rerank.backends.util import load_tokenizer, weights_errors
 
@@ -627,8 +637,12 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None) -> tuple[torch.nn.M
         kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}  # never unpickle weights
         if dtype is not None:
             kwargs["dtype"] = dtype
-        with weights_errors(path, "encoder"):
-            model = AutoModel.from_pretrained(str(path), **kwargs)
+        if weights:
+            with weights_errors(path, "encoder"):
+                model = AutoModel.from_pretrained(str(path), **kwargs)
+        else:
+            with torch.device("meta"):
+                model = AutoModel.from_config(AutoConfig.from_pretrained(str(path), trust_remote_code=False))
     except OSError as e:
         raise RerankError(f"cannot load encoder {path}: {e}") from None
     settings.setdefault("lowercase", False)

@@ -201,12 +201,17 @@ _REBUILD_SETTING_FLAGS = {"pooling": "--pooling", "normalize": "--normalize", "q
 def rebuild_command(path: str | Path, manifest: Any = None, *, model: str | None = None, dataset: str | None = None,
                     settings: dict[str, Any] | None = None) -> str:
     """The ``rerank index`` command (back-quoted) that rebuilds the index at ``path``: ``model`` (default: the one
-    the manifest records), ``dataset`` (default: a ``DATASET`` placeholder), and the encoder settings and index type
+    the manifest records), ``dataset`` (the dataset's folder, written so that it names that folder under any data
+    root: ``./NAME`` for a bare name; default: a ``DATASET`` placeholder), and the encoder settings and index type
     the manifest records, ``settings`` overriding them (an empty prefix is left out: the model's own applies)."""
     import shlex
 
+    from rerank.data.datasets import is_dataset_name
+
     m = manifest if isinstance(manifest, dict) else {}
     model = model or (m.get("model") if isinstance(m.get("model"), str) else None) or "MODEL"
+    if dataset and is_dataset_name(str(dataset)):  # a bare name would be read under --data-root / $RERANK_DATA first
+        dataset = f"./{dataset}"
     parts = ["rerank index", "--model", shlex.quote(str(model)), "--dataset",
              shlex.quote(str(dataset)) if dataset else "DATASET", "--output", shlex.quote(str(path))]
     encoder = upgrade_encoder_keys(m["encoder"]) if isinstance(m.get("encoder"), dict) else {}
@@ -561,6 +566,8 @@ def set_search_params(index: faiss.Index, ef_search: int | None = None, nprobe: 
 
 
 INDEX_FILES = ("manifest.json", "index.faiss", "embeddings.npy", "ids.json")
+#: files that make a folder given as an index a model folder (sentence-transformers', Hugging Face's) instead
+_MODEL_FOLDER_FILES = ("modules.json", "config.json")
 
 
 def check_index_folder(path: Path) -> None:
@@ -656,6 +663,11 @@ class DenseIndex:
         ``rerank index`` command that rebuilds it (for ``model`` and ``dataset`` when given)."""
         mpath = Path(path) / "manifest.json"
         if not mpath.is_file():
+            marker = next((f for f in _MODEL_FOLDER_FILES if (Path(path) / f).is_file()), None)
+            if marker is not None:  # rebuilding "it" would overwrite someone's model: say what it is instead
+                build = rebuild_command("NEW_INDEX_FOLDER", model=str(path), dataset=dataset)
+                raise RerankError(f"{path} is a model folder (it holds {marker}), not a dense index: pass it as the "
+                                  f"model (--model {path}), or build an index from it into a new folder with {build}")
             raise RerankError(f"{path} is not a complete dense index folder: no manifest.json; rebuild it with "
                               f"{rebuild_command(path, model=model, dataset=dataset)}")
         try:

@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from rerank.config import option_default
 from rerank.data.datasets import Dataset, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, Duplicates
 from rerank.errors import ConfigError, DataFormatError, DatasetNotFoundError, RerankError
-from rerank.retrieval.dense import BiEncoder, check_max_lengths
+from rerank.retrieval.dense import BiEncoder, EncoderSettings, check_max_lengths
 from rerank.retrieval.index import doc_text, upgrade_encoder_keys
 from rerank.trainers.artifacts import write_model_artifacts
 from rerank.trainers.base import TrainContext
@@ -190,12 +191,13 @@ def _file_as_dataset(dataset: str) -> str:
             "reranker (rerank train sft --set 'data={path: FILE}'): see docs/train-your-own.md#1-your-data")
 
 
-def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainData:
-    """Judged queries of ``cfg.split``; no-positive queries reported and dropped; dev carved with ``cfg.seed``."""
+def open_train_dataset(cfg: RetrieverTrainConfig, data_root: str | None, download: bool = True) -> Dataset:
+    """The BEIR folder ``cfg.dataset`` names (a registered one fetched when absent and ``download``), with qrels for
+    ``cfg.split``: no dataset, a missing or empty folder, a file, or no qrels for the split is a one-line error."""
     if not cfg.dataset:
         raise ConfigError("the training dataset is required (key 'dataset', or --set dataset=NAME_OR_PATH)")
     try:
-        ds = resolve_dataset(cfg.dataset, data_root, qrels_duplicates=cfg.qrels_duplicates)
+        ds = resolve_dataset(cfg.dataset, data_root, download=download, qrels_duplicates=cfg.qrels_duplicates)
     except DatasetNotFoundError:
         if Path(cfg.dataset).expanduser().is_file():
             raise ConfigError(_file_as_dataset(cfg.dataset)) from None
@@ -205,9 +207,34 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
         ds.qrels_path(cfg.split)
     except DatasetNotFoundError as e:
         raise ConfigError(f"{e}: set the key split (or --set split=NAME) to the split to train on") from None
+    return ds
+
+
+def _fetched_by_the_run(dataset: str) -> bool:
+    """Whether ``dataset``, not found here, is one the run fetches: an ``irds:`` id, or a registered name with a
+    download (:func:`~rerank.data.datasets.resolve_dataset` with ``download``)."""
+    from rerank.data.datasets import is_dataset_name
+    from rerank.data.irds import PREFIX
+    from rerank.data.registry import get_dataset_info
+
+    if dataset.startswith(PREFIX):
+        return True
+    info = get_dataset_info(dataset) if is_dataset_name(dataset) else None
+    return info is not None and bool(info.url)
+
+
+def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainData:
+    """Judged queries of ``cfg.split``; no-positive queries reported and dropped; dev carved with ``cfg.seed``."""
+    return read_train_data(cfg, open_train_dataset(cfg, data_root))
+
+
+def read_train_data(cfg: RetrieverTrainConfig, ds: Dataset, keep_corpus: bool = True) -> TrainData:
+    """:func:`load_train_data` of the opened dataset ``ds``; ``keep_corpus`` false: one pass over the corpus finds the
+    judged documents it holds, and the corpus is not kept in memory (``--check``)."""
     qrels = ds.qrels(cfg.split)
     queries = ds.split_queries(cfg.split)
-    corpus_ids = ds.corpus.keys()
+    corpus_ids = (ds.corpus.keys() if keep_corpus
+                  else ds.documents(frozenset(), {d for q in queries for d in qrels[q]}).found)
     rel = ds.rel_level
     grades: dict[str, dict[str, int]] = {}
     positives: dict[str, list[str]] = {}
@@ -243,6 +270,25 @@ def load_train_data(cfg: RetrieverTrainConfig, data_root: str | None) -> TrainDa
     texts = {q: queries[q].text for q in usable}
     return TrainData(ds, texts, grades, positives, train, dev, skipped)
 
+
+def check_batch_fits(cfg: RetrieverTrainConfig, data: TrainData, world: int) -> None:
+    """One global batch (``batch_size`` per process x ``world`` processes) needs that many training queries: fewer is
+    a one-line :class:`ConfigError` naming the count."""
+    n_train = len(data.train_qids)
+    if n_train < cfg.batch_size * world:
+        held = f" ({len(data.dev_qids)} held out for dev by dev_fraction)" if data.dev_qids else ""
+        raise ConfigError(f"{n_train} training queries{held} cannot fill one batch of batch_size {cfg.batch_size} "
+                          f"x {world} process{'es' if world > 1 else ''}: lower batch_size (per process)")
+
+
+def train_settings(cfg: RetrieverTrainConfig, settings: EncoderSettings, query_model: torch.nn.Module,
+                   doc_model: torch.nn.Module) -> EncoderSettings:
+    """``settings`` (the starting model's) with the token limits training uses: ``max_query_tokens`` /
+    ``max_doc_tokens`` set beyond the model's position limit are a one-line :class:`ConfigError`, the defaults capped
+    (:func:`check_max_lengths`)."""
+    lengths = {k: getattr(cfg, k) for k in ("max_query_tokens", "max_doc_tokens")}
+    given = {k: v for k, v in lengths.items() if v != option_default(cfg, k)}  # beyond the limit: an error
+    return check_max_lengths(dataclasses.replace(settings, **lengths), given, query_model, doc_model)
 
 
 def mine_dense_negatives(
@@ -485,6 +531,26 @@ class RetrieverTrainer:
         """Checks of the method's own inputs (files, models) that fail fast, before the data is read or anything is
         written."""
 
+    def check_inputs(self, cfg: Any, data_root: str | None) -> None:
+        """What ``rerank train --check`` verifies before training, with the checks the run makes: the dataset and split
+        (:func:`open_train_dataset`, :func:`read_train_data`, the dev split), the batch against the training queries
+        (:func:`check_batch_fits`, for ``$WORLD_SIZE`` processes) and token limits set against the model's position
+        limits (:func:`train_settings`); no weights are read, nothing is downloaded (a registered dataset that is not
+        here yet, which the run fetches, is not checked) and the corpus is not kept."""
+        try:
+            ds = open_train_dataset(cfg, data_root, download=False)
+        except DatasetNotFoundError:
+            if not _fetched_by_the_run(cfg.dataset):
+                raise
+            log.info("dataset %s is not here yet (the run downloads it): its data is not checked", cfg.dataset)
+        else:
+            data = read_train_data(cfg, ds, keep_corpus=False)
+            check_dev_split(cfg, data.dev_qids)
+            check_batch_fits(cfg, data, int(os.environ.get("WORLD_SIZE", "1")))
+        if any(getattr(cfg, k) != option_default(cfg, k) for k in ("max_query_tokens", "max_doc_tokens")):
+            shape = BiEncoder.load(cfg.model, weights=False)
+            train_settings(cfg, shape.settings, shape.query_model, shape.doc_model)
+
     def setup(self, cfg: Any, ctx: TrainContext) -> None:
         """Method-specific preparation after the model and data are loaded (mining, indexes)."""
 
@@ -624,10 +690,7 @@ class RetrieverTrainer:
         self.args = TrainingArguments(**kw)
         main = self.args.process_index == 0
         n_train, world = len(self.data.train_qids), self.args.world_size
-        if n_train < cfg.batch_size * world:
-            held = f" ({len(self.data.dev_qids)} held out for dev by dev_fraction)" if self.data.dev_qids else ""
-            raise ConfigError(f"{n_train} training queries{held} cannot fill one batch of batch_size {cfg.batch_size} "
-                              f"x {world} process{'es' if world > 1 else ''}: lower batch_size (per process)")
+        check_batch_fits(cfg, self.data, world)
         if world > 1 and n_train % (cfg.batch_size * world) and main:
             log.info("%d training queries do not fill whole global batches of %d: accelerate fills the last batch of "
                      "each epoch by repeating queries", n_train, cfg.batch_size * world)
@@ -640,10 +703,8 @@ class RetrieverTrainer:
         self.save_settings = start.settings
         self.trains_docs = bool(cfg.train_doc_encoder)
         self.encoder = start if self.trains_docs else start.untie()
-        lengths = {k: getattr(cfg, k) for k in ("max_query_tokens", "max_doc_tokens")}
-        given = {k: v for k, v in lengths.items() if v != option_default(cfg, k)}  # beyond the limit: an error
-        self.encoder.settings = check_max_lengths(dataclasses.replace(self.save_settings, **lengths), given,
-                                                  self.encoder.query_model, self.encoder.doc_model)
+        self.encoder.settings = train_settings(cfg, self.save_settings, self.encoder.query_model,
+                                               self.encoder.doc_model)
         if cfg.disable_dropout:
             for m in self.encoder.modules():
                 if isinstance(m, torch.nn.Dropout):

@@ -84,18 +84,22 @@ def test_a_finished_run_recorded_under_the_former_names_is_done_with_the_same_va
         check_run(tmp_path / "run", "contrastive", _contrastive())
 
 
-def test_train_check_resume_of_a_run_recorded_under_the_former_names(tmp_path: Path, run_cli: Any) -> None:
+def test_train_check_resume_of_a_run_recorded_under_the_former_names(tmp_path: Path, run_cli: Any, tiny_st_dir: Path,
+                                                                     tiny_beir_dir: Path) -> None:
+    import shutil
+
     from train_support import make_checkpoint
 
     out = tmp_path / "run"
     _old_run(out)
     make_checkpoint(out, 2)
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text("{}")
-    base = ["train", "contrastive", "--set", f"model={tmp_path / 'm'}", "--set", "dataset=d", "--set", "max_steps=4",
-            "--set", "save_steps=2", "--output", out, "--check", "--resume"]
+    shutil.copytree(tiny_beir_dir, tmp_path / "data" / "d")  # --check reads the dataset and the model's limits too
+    base = ["train", "contrastive", "--set", f"model={tiny_st_dir}", "--set", "dataset=d", "--set", "max_steps=4",
+            "--set", "save_steps=2", "--set", "batch_size=2", "--data-root", tmp_path / "data", "--output", out,
+            "--check", "--resume"]
     record = json.loads((out / "rerank_train.json").read_text())
-    record["config"]["model"] = str(tmp_path / "m")
+    record["config"]["model"] = str(tiny_st_dir)
+    record["config"]["batch_size"] = 2
     (out / "rerank_train.json").write_text(json.dumps(record))
     rc, stdout, err = run_cli(*base, "--set", "max_query_tokens=8", "--set", "max_doc_tokens=24")
     assert rc == 0 and stdout.endswith("state: resume\n"), err

@@ -3,7 +3,10 @@
 ``--model path.gguf`` (or a directory holding exactly one ``.gguf``) is de-quantised by transformers
 (``from_pretrained(dir, gguf_file=...)``, needs the ``gguf`` package) and saved as safetensors under
 ``cache_root()/gguf/<sha256>/``; later runs load that folder directly. :func:`gguf_tokenizer` converts only the
-tokenizer (for ``--backend llamacpp``, which runs the file itself), cached the same way.
+tokenizer (for ``--backend llamacpp``, which runs the file itself), cached the same way. Converting needs the ``gguf``
+package (the model's weights also ``accelerate``): without it, a one-line :class:`ConfigError` says what to install. A
+file transformers cannot read (truncated, damaged, an architecture it does not convert) is a one-line
+:class:`ConfigError` naming the file.
 
 An entry is used only when it is complete: its config and tokenizer JSON parse and its safetensors files are whole.
 A damaged one (a half-built folder a killed older version left, a deleted or emptied file, a dangling symlink) is
@@ -29,9 +32,12 @@ from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError
 from rerank.utils.files import file_lock, publish_dir, sha256_file, temp_dir
 
-__all__ = ["find_gguf_file", "gguf_to_hf", "gguf_tokenizer"]
+__all__ = ["find_gguf_file", "gguf_to_hf", "gguf_tokenizer", "require_gguf"]
 
 log = logging.getLogger(__name__)
+
+#: the oldest ``gguf`` package transformers reads GGUF files with (its ``GGUF_MIN_VERSION``)
+GGUF_MIN_VERSION = "0.10.0"
 
 
 def find_gguf_file(model: str | Path) -> Path | None:
@@ -48,6 +54,67 @@ def find_gguf_file(model: str | Path) -> Path | None:
         if files:
             return files[0]
     return None
+
+
+def require_gguf() -> None:
+    """Raise a one-line :class:`ConfigError` when the ``gguf`` package that transformers converts GGUF files with is
+    not installed (or older than :data:`GGUF_MIN_VERSION`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        import gguf  # noqa: F401
+        installed = version("gguf")
+    except (ImportError, PackageNotFoundError):
+        raise ConfigError(f"reading a .gguf model needs the `gguf` package, which is not installed: "
+                          f"pip install 'gguf>={GGUF_MIN_VERSION}'") from None
+    if Version(installed) < Version(GGUF_MIN_VERSION):
+        raise ConfigError(f"reading a .gguf model needs the `gguf` package {GGUF_MIN_VERSION} or newer, installed: "
+                          f"{installed}; pip install 'gguf>={GGUF_MIN_VERSION}'")
+
+
+def _require_accelerate() -> None:
+    """Raise a one-line :class:`ConfigError` when ``accelerate``, which transformers loads a GGUF model's weights
+    with, is not installed (transformers' own refusal reads like a problem with the file)."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ConfigError("de-quantising a .gguf model needs the `accelerate` package, which is not installed: "
+                          "pip install accelerate (or run the file as it is with --backend llamacpp)") from None
+
+
+#: modules that read a GGUF file's bytes: the ``gguf`` package and transformers' GGUF readers
+_READERS = ("gguf", "transformers.integrations.gguf", "transformers.modeling_gguf_pytorch_utils")
+
+
+def _raised_reading(error: BaseException) -> bool:
+    """Whether ``error`` was raised while a GGUF reader (:data:`_READERS`) was running."""
+    tb = error.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if any(module == r or module.startswith(r + ".") for r in _READERS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def _reading(gguf_file: Path) -> Iterator[None]:
+    """Turn a GGUF reader's refusal of ``gguf_file`` in the block (``struct.error`` or ``OverflowError`` on a cut or
+    damaged header, ``ValueError`` on bytes it cannot interpret or an architecture transformers does not convert) into
+    a one-line :class:`ConfigError` naming the file; other errors pass unchanged."""
+    try:
+        yield
+    except (struct.error, OverflowError, ValueError) as e:
+        if not _raised_reading(e):
+            raise
+        detail = " ".join(str(e).split())
+        if isinstance(e, (struct.error, OverflowError, UnicodeDecodeError)):
+            raise ConfigError(f"the GGUF file {gguf_file} is truncated or damaged ({detail}): copy or download it "
+                              "again") from e
+        raise ConfigError(f"transformers cannot read the GGUF file {gguf_file} ({detail}): it is truncated or "
+                          "damaged, or holds a model transformers does not convert") from e
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -167,7 +234,9 @@ def gguf_tokenizer(gguf_file: str | Path, cache_dir: str | Path | None = None) -
     with _building(target, _TOKENIZER_FILES, weights=False, source=gguf_file) as ready:
         if ready:
             return AutoTokenizer.from_pretrained(target)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        require_gguf()
+        with _reading(gguf_file):
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
         _save_atomically(target, tokenizer.save_pretrained, "tokenizer_config.json")
     return tokenizer
 
@@ -189,9 +258,12 @@ def _convert(gguf_file: Path, target: Path) -> None:
     """De-quantise ``gguf_file`` with transformers and save model and tokenizer as the cache entry ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    require_gguf()
+    _require_accelerate()
     log.info("converting %s to a Hugging Face folder at %s (once)", gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    with _reading(gguf_file):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     model.hf_quantizer = None  # weights are de-quantised; save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -37,6 +37,8 @@ from rerank.errors import ConfigError
 
 __all__ = ["DEFAULT_MAX_CTX", "LlamaCppBackend", "LlamaCppBackendConfig"]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_CTX = 8192
 """Context allocated when ``n_ctx`` is unset: the model's training context, at most this (the KV cache of a 128k
 context would take gigabytes; FIRST's windows of 20 passages take about 2,300 tokens)."""
@@ -49,9 +51,10 @@ class LlamaCppBackendConfig:
     """Options of the llama.cpp backend.
 
     ``n_ctx``: tokens of context (prompt plus generated); unset = the model's training context, at most
-    :data:`DEFAULT_MAX_CTX`. ``n_threads``: CPU threads; unset = torch's intra-op thread count (``OMP_NUM_THREADS``),
-    so one variable sizes both backends. ``kv_cache_type``: llama.cpp's default ``f16`` halves the KV cache and
-    moves log-probs slightly; ``f32`` computes as the transformers backend does (to ~1e-4 on F32 weights).
+    :data:`DEFAULT_MAX_CTX`; one above the training context is used with a warning naming both. ``n_threads``: CPU
+    threads; unset = torch's intra-op thread count (``OMP_NUM_THREADS``), so one variable sizes both backends.
+    ``kv_cache_type``: llama.cpp's default ``f16`` halves the KV cache and moves log-probs slightly; ``f32`` computes
+    as the transformers backend does (to ~1e-4 on F32 weights).
     ``repack``: whether llama.cpp may move quantised weights into its CPU-specific layouts (its "extra buffer types":
     AVX2/AVX-512 repacking, Intel AMX tiles), as its ``--no-repack`` flag turns off; unset = on, except on a CPU
     with AMX, where llama.cpp's AMX matrix product crashes the process (ggml-org/llama.cpp#20824: a segmentation
@@ -210,11 +213,15 @@ class LlamaCppBackend(LogitsBackend):
 
         threads = cfg.n_threads or torch.get_num_threads()
         kv = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[cfg.kv_cache_type]
-        n_ctx = cfg.n_ctx or min(_trained_context(llama_cpp, gguf) or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+        trained = _trained_context(llama_cpp, gguf)  # also: a file llama.cpp cannot read is refused here
+        if cfg.n_ctx is not None and trained is not None and cfg.n_ctx > trained:
+            log.warning("backend_options.n_ctx %d is above the %d tokens of context %s was trained on: positions "
+                        "past %d are outside its training and may rank worse", cfg.n_ctx, trained, gguf.name, trained)
+        n_ctx = cfg.n_ctx or min(trained or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
         repack = cfg.repack if cfg.repack is not None else not _cpu_has_amx(llama_cpp)
+        tokenizer = gguf_tokenizer(gguf)  # before the weights: no `gguf` package or an unreadable file fails fast
         llm = _load(llama_cpp, repack, model_path=str(gguf), n_ctx=n_ctx, n_threads=threads,
                     n_threads_batch=threads, type_k=kv, type_v=kv, logits_all=False, verbose=False)
-        tokenizer = gguf_tokenizer(gguf)
         return cls(llm, tokenizer, cfg, model_name=model, threads=threads)
 
     @property

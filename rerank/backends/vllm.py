@@ -75,14 +75,13 @@ class VLLMBackend(Backend):
 
     @classmethod
     def from_options(cls, model: str | None, **options: Any) -> VLLMBackend:
-        """Start an engine for ``model`` (hub id or folder) with typed options; raises if vLLM is not installed."""
+        """Start an engine for ``model`` (hub id, folder, packaged model, or a ``.gguf`` file de-quantised once as on
+        the transformers backend) with typed options; raises if vLLM is not installed."""
         cfg = from_dict(VLLMBackendConfig, options, where="vllm backend options")
         if not model:
-            raise ConfigError("the vllm backend needs --model (a hub id or a folder)")
+            raise ConfigError("the vllm backend needs --model (a hub id, a folder or a .gguf file)")
         if "enable_prefix_caching" in cfg.engine_args:
             raise ConfigError("vllm backend: set the prefix_cache option, not engine_args.enable_prefix_caching")
-        if Path(model).is_dir():  # a folder is checked before the engine starts; a hub id is vLLM's to fetch
-            check_causal_lm(model, architectures(model, cfg.trust_remote_code))
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -103,11 +102,17 @@ class VLLMBackend(Backend):
             )
         from transformers import AutoTokenizer
 
+        from rerank.models import resolve_model_path
+
+        # a path that cannot be a model is one line; a GGUF file is de-quantised once as on the transformers backend
+        path = resolve_model_path(model)
+        if Path(path).is_dir():  # a folder is checked before the engine starts; a hub id is vLLM's to fetch
+            check_causal_lm(model, architectures(path, cfg.trust_remote_code))
         engine_kwargs: dict[str, Any] = {
             "max_logprobs": MAX_LOGPROB_IDS,
             **cfg.engine_args,
-            "model": model,
-            "tokenizer": cfg.tokenizer or model,
+            "model": path,
+            "tokenizer": cfg.tokenizer or path,
             "dtype": cfg.dtype,
             "seed": cfg.seed,
             "enforce_eager": cfg.enforce_eager,
@@ -119,7 +124,7 @@ class VLLMBackend(Backend):
         if cfg.constrained_decoding:
             engine_kwargs["logits_processors"] = [*(engine_kwargs.get("logits_processors") or []), GRAMMAR_PROCESSOR]
         llm = vllm.LLM(**engine_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or model, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or path, trust_remote_code=cfg.trust_remote_code)
         return cls(llm, tokenizer, cfg, model_name=model)
 
     @property

@@ -26,8 +26,8 @@ from typing import Any, NoReturn
 
 from rerank.errors import USAGE_ERROR, RerankError
 
-__all__ = ["main", "build_parser", "model_file_error", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE", "TERMINATED",
-           "Terminated"]
+__all__ = ["main", "build_parser", "missing_dependency", "model_file_error", "COMMANDS", "USAGE_ERROR", "BROKEN_PIPE",
+           "TERMINATED", "Terminated"]
 
 #: exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for a process SIGPIPE ended
 BROKEN_PIPE = 141
@@ -266,9 +266,48 @@ def _quiet_broken_pipe() -> int:
     return BROKEN_PIPE
 
 
+#: import name -> distribution name, where they differ by more than ``-`` / ``_`` and case
+_DISTRIBUTIONS = {"Stemmer": "PyStemmer", "pytrec_eval": "pytrec-eval-terrier", "faiss": "faiss-cpu", "yaml": "pyyaml"}
+
+
+def missing_dependency(error: BaseException) -> str | None:
+    """One line naming the package and how to install it when ``error`` is the import of one of rerank's core
+    dependencies failing (a venv that installed rerank with ``--no-deps``), else None."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    module = error.name.split(".")[0]
+    try:
+        from importlib.metadata import PackageNotFoundError, requires
+
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+
+        core = {canonicalize_name(r.name): r for r in map(Requirement, requires("rerank") or []) if r.marker is None}
+    except (ImportError, PackageNotFoundError):
+        return None
+    requirement = core.get(canonicalize_name(_DISTRIBUTIONS.get(module, module)))
+    if requirement is None:
+        return None
+    return (f"rerank needs the {requirement.name} package (import {module}), which is not installed: "
+            f"pip install '{requirement}' (README's install brings every core dependency)")
+
+
+def _debug_asked(argv: Sequence[str] | None) -> bool:
+    """Whether ``--debug`` or ``RERANK_DEBUG`` asks for tracebacks (read before the parser exists)."""
+    given = sys.argv[1:] if argv is None else argv
+    return "--debug" in given or os.environ.get("RERANK_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rerank`` console script; user errors print one line and exit 2."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as e:  # a subcommand's module imports a core dependency that is not installed
+        line = missing_dependency(e)
+        if line is None or _debug_asked(argv):
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return USAGE_ERROR
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("RERANK_DEBUG", "").strip().lower() in ("1", "true", "yes")
     _configure_logging(args.verbose)
@@ -292,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("terminated", file=sys.stderr)
         return TERMINATED
     except Exception as e:
+        missing = missing_dependency(e)
+        if missing is not None and not debug:
+            print(f"error: {missing}", file=sys.stderr)
+            return USAGE_ERROR
         if debug or not _user_error(e):
             raise
         problem = None if isinstance(e, RerankError) else model_file_error(e)

@@ -40,7 +40,7 @@ __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check
 #: Renders a prompt's text from the (prepared) query and passage texts.
 Render = Callable[[str, list[str]], str]
 #: backend options that set the context
-_CONTEXT_OPTIONS = ("max_length", "max_model_len")
+_CONTEXT_OPTIONS = ("max_length", "max_model_len", "n_ctx")
 
 log = logging.getLogger(__name__)
 

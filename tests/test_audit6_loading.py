@@ -218,3 +218,61 @@ def test_a_declared_activation_that_is_not_a_module_is_one_line(tiny_bert_dir: P
     (model / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="declared activation 'torch.save' cannot be imported"):
         Reranker.load("cross-encoder", model=str(model)).st_activation()
+
+
+def test_a_folder_holding_only_tokenizer_json_loads(tmp_path: Path) -> None:
+    """GPT-2's tokenizer class (also OPT, phi, codegen) lists vocab.json and merges.txt as its files, and transformers 5
+    saves it as tokenizer.json alone: such a folder was refused as holding no tokenizer (review s43/reviewC)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from rerank.backends.util import load_tokenizer
+    from rerank.testing.tokenizer import build_tokenizer
+
+    root = tmp_path / "gpt2"
+    build_tokenizer().save_pretrained(root)
+    config = json.loads((root / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class", None)
+    config["add_prefix_space"] = False
+    (root / "tokenizer_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=1, n_head=2, n_positions=256)).save_pretrained(root)
+    tokenizer = AutoTokenizer.from_pretrained(str(root))
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+        (root / name).unlink(missing_ok=True)
+    tokenizer.save_pretrained(root)
+    assert not (root / "vocab.json").exists() and (root / "tokenizer.json").exists()
+    assert "vocab.json" in tokenizer.vocab_files_names.values()
+    loaded = load_tokenizer(root, "model")
+    assert loaded("what is bm25")["input_ids"] == tokenizer("what is bm25")["input_ids"]
+
+
+def test_a_declared_activation_applies_to_each_pair_alone(tmp_path: Path) -> None:
+    """A declared Softmax was applied across every pair of the call, so a pair's score depended on the others."""
+    from sentence_transformers import CrossEncoder
+
+    folder = tiny_bert(tmp_path / "model", num_labels=1, seed=0)
+    _declare(folder, "config", "torch.nn.modules.activation.Softmax")
+    pairs = [("rain in spain", "the rain in spain"), ("rain in spain", "dogs bark"), ("cats", "a cat sat")]
+    head: Any = Reranker.load("cross-encoder", model=str(folder))
+    want = CrossEncoder(str(folder), device="cpu").predict(pairs)
+    assert head.predict(pairs).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    assert head.predict(pairs[:1]).tolist() == pytest.approx(want[:1].tolist(), abs=1e-6)
+
+
+def test_two_label_models_keep_their_one_score_in_predict(tmp_path: Path) -> None:
+    """sentence-transformers returns two columns for a two-label model; the head's one score a pair is returned as it
+    is rather than passed through an activation meant for those columns."""
+    folder = tiny_bert(tmp_path / "model", num_labels=2, seed=0)
+    _declare(folder, "config", "torch.nn.modules.activation.Softmax")
+    head: Any = Reranker.load("cross-encoder", model=str(folder))
+    pairs = [("rain in spain", "the rain in spain"), ("rain in spain", "dogs bark")]
+    assert head.st_activation() is None
+    raw = [r.score for r in head.rerank("rain in spain", ["the rain in spain", "dogs bark"]).results]
+    assert sorted(head.predict(pairs).tolist()) == pytest.approx(sorted(raw), abs=1e-6)
+
+
+def test_predict_takes_one_pair_given_as_a_list(tiny_bert_dir: Path) -> None:
+    """sentence-transformers takes ``predict(["q", "d"])`` as one pair; it was a TypeError here."""
+    head: Any = Reranker.load("cross-encoder", model=str(tiny_bert_dir))
+    assert head.predict(["rain in spain", "the rain in spain"]) == pytest.approx(
+        float(head.predict(("rain in spain", "the rain in spain"))), abs=1e-9)

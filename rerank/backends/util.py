@@ -98,7 +98,7 @@ def load_tokenizer(path: str | Path, what: str = "model", **kwargs: Any) -> Any:
         raise
     if local:  # the files the tokenizer's class reads its vocabulary from
         names = [n for n in (getattr(tokenizer, "vocab_files_names", None) or {}).values() if isinstance(n, str)]
-        if names and not any((folder / name).is_file() for name in names):
+        if names and not any((folder / name).is_file() for name in [*names, "tokenizer.json"]):
             raise ConfigError(_no_tokenizer(what, folder, names))
     return tokenizer
 

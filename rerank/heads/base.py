@@ -454,7 +454,7 @@ class Reranker(ABC):
         another keyword is a ``TypeError``. The pairs of one query are scored as one list, so a head whose scores
         depend on the list (listwise) scores each document among that query's others."""
         _refuse_keywords("predict", unsupported, ("relevance", *_ST_KEYWORDS))
-        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        single = isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
         items = [pairs] if single else _as_list(pairs, "pairs")
         for i, pair in enumerate(items):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):

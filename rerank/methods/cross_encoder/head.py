@@ -188,8 +188,11 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         """What sentence-transformers' ``CrossEncoder.predict`` applies to this model's output, as a function of a
         numpy array (None: the identity): the activation the model folder declares (:func:`declared_activations`; a
         class outside ``torch.`` only with ``trust_remote_code``, as there), else Sigmoid for one label, the identity
-        for two. With the ``sigmoid`` option the scores are probabilities already and pass unchanged."""
-        if self.config.sigmoid:  # type: ignore[attr-defined]
+        for two. With the ``sigmoid`` option the scores are probabilities already and pass unchanged, and a two-label
+        model's one score a pair (``two_label_score``) has no sentence-transformers counterpart (its two columns): both
+        give None. The activation is applied to each pair's score alone, as to each row of sentence-transformers'
+        logits."""
+        if self.config.sigmoid or self.num_labels != 1:  # type: ignore[attr-defined]
             return None
         if self._activation is None:
             self._activation = self._resolve_activation()
@@ -199,7 +202,8 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
 
         def apply(scores: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return act(torch.as_tensor(np.asarray(scores, dtype=np.float64))).numpy()
+                column = torch.as_tensor(np.asarray(scores, dtype=np.float64)).reshape(-1, 1)
+                return act(column).reshape(np.shape(scores)).numpy()
 
         return apply
 

@@ -206,11 +206,22 @@ class LLMReranker(Reranker):
         self.backend.log_parse(response, {"outcome": outcome, "fixes": list(fixes)})
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """Cut ``text`` to at most ``max_tokens`` tokens of the model's tokenizer (whole tokens, decoded back)."""
+        """Cut ``text`` to at most ``max_tokens`` tokens of the model's tokenizer (whole tokens, decoded back). A cut
+        through a character a byte-level tokenizer spreads over several tokens would decode to U+FFFD, which the model
+        would read: the cut moves back to the last whole character."""
         ids = self.encode(text)
         if len(ids) <= max_tokens:
             return text
-        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+        return self.decode_prefix(ids, max_tokens, text)
+
+    def decode_prefix(self, ids: Sequence[int], end: int, text: str) -> str:
+        """The first ``end`` of ``text``'s token ids ``ids`` decoded, less a trailing character they hold only part of
+        (U+FFFD where ``text`` has none)."""
+        cut = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+        while end > 0 and cut.endswith("\ufffd") and cut.count("\ufffd") > text.count("\ufffd"):
+            end -= 1
+            cut = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
+        return cut
 
     def prepare(self, text: str, max_tokens: int) -> str:
         """User text as a prompt holds it: special-token strings neutralised, then cut to ``max_tokens`` tokens."""
@@ -252,7 +263,7 @@ class LLMReranker(Reranker):
             q_ids = self.encode(query)
 
             def head(k: int) -> str:
-                return self.tokenizer.decode(q_ids[:k], skip_special_tokens=True)
+                return self.decode_prefix(q_ids, k, query)
 
             lo, hi = 0, len(q_ids) - 1  # the longest query prefix whose copies take at most half the room
             while lo < hi:
@@ -267,8 +278,7 @@ class LLMReranker(Reranker):
         p_ids = [self.encode(p) for p in passages]
         cap = max(1, token_cap([len(p) for p in p_ids], room))
         while True:
-            cut = [self.tokenizer.decode(p[:cap], skip_special_tokens=True) if len(p) > cap else t
-                   for p, t in zip(p_ids, passages, strict=True)]
+            cut = [self.decode_prefix(p, cap, t) if len(p) > cap else t for p, t in zip(p_ids, passages, strict=True)]
             text = render(query, cut)
             ids = ids_of(query, cut)
             over = len(ids) + reserve - limit

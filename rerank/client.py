@@ -68,7 +68,7 @@ class RemoteRerankerConfig(RerankerConfig):
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ValueError(f"base_url must start with http:// or https://, got {redact_url(repr(self.base_url))}")
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ValueError(f"timeout must be a finite number > 0, got {self.timeout}")
         if self.max_concurrency < 1:
@@ -128,8 +128,8 @@ class RemoteReranker(Reranker):
             self._client.get("/health", timeout=min(self.config.timeout, HEALTH_TIMEOUT_S))
         except httpx.HTTPError as e:
             self.close()
-            raise RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} unreachable when the reranker "
-                                    f"loaded (GET /health, one try): {e}") from None
+            raise RemoteRerankError(redact_url(f"{self._server} unreachable when the reranker loaded (GET /health, "
+                                               f"one try): {e}")) from None
 
     def score_candidates(self, query: Query, candidates: list[Candidate]) -> list[float]:
         """One request; returns the server's scores aligned with ``candidates``."""
@@ -153,14 +153,14 @@ class RemoteReranker(Reranker):
             except ValueError:
                 msg = resp.text
             tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
-            raise RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} answered {resp.status_code}{tries}: {msg}")
+            raise RemoteRerankError(redact_url(f"{self._server} answered {resp.status_code}{tries}: {msg}"))
         scores: list[float | None] = [None] * len(candidates)
         rel: list[float] = [0.0] * len(candidates)
         for r in resp.json()["results"]:  # the head's own score where the server gives it (rerank serve does)
             i = int(r["index"])
             scores[i], rel[i] = float(r.get("raw_score", r["relevance_score"])), float(r["relevance_score"])
         if any(s is None for s in scores):
-            raise RemoteRerankError(f"rerank server {redact_url(self.config.base_url)} returned an incomplete ranking")
+            raise RemoteRerankError(f"{self._server} returned an incomplete ranking")
         return scores, rel  # type: ignore[return-value]
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
@@ -175,14 +175,14 @@ class RemoteReranker(Reranker):
     def _transport_error(self, e: httpx.HTTPError) -> RemoteRerankError:
         """A request that got no answer: a read timeout (the server took longer than ``timeout``) and a connection the
         server closed before answering are not a server that cannot be reached."""
-        server = f"rerank server {redact_url(self.config.base_url)}"
+        server = self._server
         if isinstance(e, httpx.ReadTimeout):
             return RemoteRerankError(f"{server} did not answer within timeout={self.config.timeout:g} s (raise the "
                                      "reranker's timeout option for long requests; a timed-out request is not retried)")
         if isinstance(e, _CLOSED_ERRORS):
-            return RemoteRerankError(f"{server} closed the connection without answering (after "
-                                     f"{self.config.max_retries + 1} attempts): {e}")
-        return RemoteRerankError(f"{server} unreachable: {e}")
+            return RemoteRerankError(redact_url(f"{server} closed the connection without answering (after "
+                                                f"{self.config.max_retries + 1} attempts): {e}"))
+        return RemoteRerankError(redact_url(f"{server} unreachable: {e}"))
 
     def score_batch(self, queries: list[Query], candidate_lists: list[list[Candidate]]) -> list[list[float]]:
         """Send the queries as parallel requests (the server batches them into model calls)."""
@@ -211,9 +211,14 @@ class RemoteReranker(Reranker):
                              "ScoredDocument.relevance (the server's), or load it with raw_scores=False")
         return [min(max(float(s), 0.0), 1.0) for s in scores]
 
+    @property
+    def _server(self) -> str:
+        """The server as errors name it, credentials in its URL redacted (:func:`~rerank.config.redact_url`)."""
+        return f"rerank server {redact_url(self.config.base_url)}"
+
     def describe(self) -> dict[str, Any]:
-        """Method, server address and model; the API key is never included."""
-        return {"method": self.method, "base_url": self.config.base_url, "model": self.config.model}
+        """Method, server address (credentials in the URL redacted) and model; the API key is never included."""
+        return {"method": self.method, "base_url": redact_url(self.config.base_url), "model": self.config.model}
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

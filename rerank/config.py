@@ -7,7 +7,9 @@ whose keys were renamed declares ``renamed_keys`` (former -> current, :class:`Re
 error naming the current one, from :func:`from_dict` and from the class's own constructor. Secrets (API keys) are
 fields made with :func:`secret_field`: :func:`to_dict`, which every writer of a config uses (``metrics.json``, run
 records, leaderboard cells, model folders), writes them as ``<redacted>``, and so it does any option named in
-:data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``). An option the setting in
+:data:`SECRET_KEYS` inside an untyped mapping (``--reranker-set backend_options.api_key=…``), and the credentials of
+a URL in any string (:func:`redact_url`: ``user:<redacted>@``, ``<redacted>@`` for a token as the user, a token in
+the query string). An option the setting in
 force does not read is refused where it differs from its dataclass default (:func:`option_default`,
 :func:`changed_options`), with a one-line :class:`ConfigError` saying "drop" it.
 """
@@ -33,7 +35,7 @@ from rerank.errors import ConfigError, DataFormatError
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
     "layered", "option_default", "changed_options", "refuse_changed", "Renamed", "check_renamed", "renamed_arguments",
-    "SECRET_KEYS", "REDACTED", "redact_url", "plain", "drop_key",
+    "SECRET_KEYS", "REDACTED", "redact_url", "redact_urls", "URL_SECRET_PARAMS", "plain", "drop_key",
     "build_error", "probe_value",
 ]
 
@@ -49,13 +51,72 @@ SECRET_KEYS = frozenset({"api_key"})
 #: a key that looks like a secret (a misspelt ``api-key``, a ``token``, ``hf_token``): its value is not quoted in an
 #: error either; token counts (``max_doc_tokens``, ``max_new_tokens``) and ``tokenizer`` are not secrets
 _SECRET_LIKE = re.compile(r"api[-_ ]?key|token(?!s|iz)|secret|passw", re.IGNORECASE)
-#: the password of a URL's ``user:password@`` part
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):([^/@\s]+)@")
+#: query-string (and fragment) parameter names whose values :func:`redact_url` writes as ``<redacted>``, compared
+#: case-insensitively with ``-`` and ``.`` read as ``_`` (``X-Amz-Signature`` is ``x_amz_signature``)
+URL_SECRET_PARAMS = frozenset({
+    "key", "apikey", "api_key", "token", "access_token", "refresh_token", "id_token", "auth", "auth_token",
+    "authorization", "password", "passwd", "pwd", "pass", "secret", "client_secret", "sig", "signature",
+    "x_amz_signature", "x_amz_credential", "x_amz_security_token", "x_goog_signature", "x_goog_credential", "code",
+    "credential", "credentials", "jwt", "session", "sessionid", "jsessionid",
+})
+#: a parameter named ``…_key``, ``…_token``, ``…_secret``, ``…_password`` or ``…_signature`` (``hf_token``,
+#: ``subscription-key``) is secret too
+URL_SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "_signature")
+#: a URL's userinfo: everything between ``://`` and the last ``@`` before the host's end (``/``, ``?``, ``#``, a space,
+#: a quote)
+_URL_USERINFO = re.compile(r"(?<=://)([^/?#\s\"'`]*)@")
+#: a URL from its ``://`` to its end (a space, a quote, ``<`` or ``>``; a ``<redacted>`` already in it is kept)
+_URL_REST = re.compile(r"://(?:<redacted>|[^\s\"'<>`])*")
+#: a ``name=value`` parameter of a query string, a fragment or a path's ``;`` parameters
+_URL_PARAM = re.compile(r"(?<=[?&;#])([^=&;#?]+)=([^&;#]*)")
+
+
+def _secret_param(name: str) -> bool:
+    from urllib.parse import unquote
+
+    name = unquote(name).lower().replace("-", "_").replace(".", "_")
+    return name in URL_SECRET_PARAMS or name.endswith(URL_SECRET_SUFFIXES)
+
+
+def _hide_userinfo(m: re.Match[str]) -> str:
+    user, colon, password = m[1].partition(":")
+    if colon:  # user:password: the user stays readable
+        return f"{user}:{REDACTED}@" if password else m[0]
+    return f"{REDACTED}@" if user else m[0]  # a bare user name cannot be told from a token (http://TOKEN@host)
+
+
+def _hide_params(text: str) -> str:
+    def hide(p: re.Match[str]) -> str:
+        if p[2] and _secret_param(p[1]):
+            return f"{p[1]}={REDACTED}"
+        return f"{p[1]}={_hide_params(p[2])}" if "=" in p[2] else p[0]  # a URL in a value (?next=http://h/?key=K)
+    return _URL_PARAM.sub(hide, text)
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the password of any ``scheme://user:password@host`` in it written as ``<redacted>``."""
-    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text) if "@" in text else text
+    """``text`` with the credentials of every ``scheme://…`` URL in it written as ``<redacted>``: the password of a
+    ``user:password@`` (the user kept), a userinfo with no colon (``http://TOKEN@host``) whole, and the value of a
+    query or fragment parameter named in :data:`URL_SECRET_PARAMS` or ending in :data:`URL_SECRET_SUFFIXES`; hosts,
+    ports, paths and other parameters stay as they were."""
+    if "://" not in text:
+        return text
+    if "@" in text:
+        text = _URL_USERINFO.sub(_hide_userinfo, text)
+    if "=" in text:
+        text = _URL_REST.sub(lambda m: _hide_params(m[0]), text)
+    return text
+
+
+def redact_urls(value: Any) -> Any:
+    """``value`` (mappings and lists, recursively) with :func:`redact_url` applied to every string and every key in
+    :data:`SECRET_KEYS` that is set written as ``<redacted>``: for a record built from a plain dict (a description)."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {k: (None if v is None else REDACTED) if k in SECRET_KEYS else redact_urls(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_urls(v) for v in value]
+    return value
 
 
 def secret_field(default: Any = None) -> Any:
@@ -457,7 +518,7 @@ def _secret_fields(obj: Any) -> set[str]:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass config as a plain JSON-serialisable dict (for ``metrics.json`` and saved configs), with every
     secret (a :func:`secret_field`, or a mapping key in :data:`SECRET_KEYS`) that is set written as ``<redacted>``, and so
-    the password of a ``user:password@`` URL."""
+    the credentials of any URL in a string (:func:`redact_url`)."""
     def hide(value: Any) -> Any:
         return None if value is None else REDACTED
 

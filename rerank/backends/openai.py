@@ -19,7 +19,7 @@ Log-probs of requested token ids (``max_tokens=1``, greedy):
 A log-prob the server writes as null (JSON has no -inf; servers write a log-prob of -inf that way) is read as -inf;
 a positive one or a NaN is refused by name (log-probs are <= 0; a tiny positive rounding error, at most
 :data:`LOGPROB_SLACK`, reads as 0). A 200 reply that is not JSON, or not the completions shape (a proxy's login page, a
-UI served at ``/v1``, a null text), is a one-line :class:`~rerank.errors.RerankError` naming the URL (its password
+UI served at ``/v1``, a null text), is a one-line :class:`~rerank.errors.RerankError` naming the URL (its credentials
 redacted) and quoting the start of the body.
 
 Each call's prompts are sent ``batch_size`` per request at most, and spread over up to ``concurrency`` requests in
@@ -28,8 +28,9 @@ defaults; the answers keep the prompts' order. ``timeout`` bounds each request's
 (:mod:`rerank.utils.http`); a request that reaches it is retried at most once, and not at all when the server had
 begun its answer (another try pays for the same generation again), and the error says to raise ``timeout``. Requests
 run in daemon threads, so Ctrl-C or SIGTERM stops a run whose requests hang.
-A ``user:password@`` in ``base_url`` is sent as HTTP basic auth, taken out of the URL httpx logs; it cannot go
-with an API key (one ``Authorization`` header), so both together are refused.
+A ``user:password@`` (or a bare ``user@``/``TOKEN@``) in ``base_url`` is sent as HTTP basic auth, taken out of the URL
+httpx logs; it cannot go with an API key (one ``Authorization`` header), so both together are refused. Every error
+names the URL with its credentials redacted (:func:`~rerank.config.redact_url`).
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ class OpenAIBackend(Backend):
         if url.userinfo:  # basic auth, kept out of the URL that httpx logs (`rerank -v`)
             if self.api_key:
                 given = "api_key" if config.api_key is not None else "$OPENAI_API_KEY"
-                raise ConfigError(f"openai backend: base_url {redact_url(config.base_url)} carries a user:password and "
-                                  f"{given} is set, but a request sends one Authorization header; drop one of them")
+                what = "a user:password" if b":" in url.userinfo \
+                    else "a user name or token before '@' (sent as HTTP basic auth)"
+                raise ConfigError(f"openai backend: base_url {redact_url(config.base_url)} carries {what} and {given} "
+                                  "is set, but a request sends one Authorization header; drop one of them")
             auth = httpx.BasicAuth(url.username, url.password)
             url = url.copy_with(username=None, password=None)
         self.requests = 0  # HTTP responses received, retried ones included
@@ -200,13 +203,14 @@ class OpenAIBackend(Backend):
 
     @property
     def _endpoint(self) -> str:
-        """The completions URL as errors show it (a password in it redacted)."""
+        """The completions URL as errors show it (credentials in it redacted: :func:`~rerank.config.redact_url`)."""
         return f"{redact_url(self.config.base_url.rstrip('/'))}/completions"
 
     def _unexpected(self, what: str, body: Any) -> RerankError:
         """A one-line error: the server's 200 reply was not the completions shape (``what``), quoting ``body``."""
         text = body if isinstance(body, str) else json.dumps(body, default=str)
-        return RerankError(f"openai backend: {self._endpoint} answered an unexpected body ({what}): {_excerpt(text)}")
+        return RerankError(redact_url(f"openai backend: {self._endpoint} answered an unexpected body ({what}): "
+                                      f"{_excerpt(text)}"))
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One completions request, answered in full within ``timeout`` seconds a try; retries connection failures,
@@ -220,13 +224,13 @@ class OpenAIBackend(Backend):
         )
         if response.status_code != 200:
             retried = f" ({tries})" if tries.count > 1 else ""
-            raise RerankError(f"openai backend: {self._endpoint} answered {response.status_code}{retried}: "
-                              f"{response.text[:500]}{self._hint(response)}")
+            raise RerankError(redact_url(f"openai backend: {self._endpoint} answered {response.status_code}{retried}: "
+                                         f"{response.text[:500]}{self._hint(response)}"))
         try:
             body = response.json()
         except ValueError:  # a proxy's login page, a UI served at /v1, a truncated reply
-            raise RerankError(f"openai backend: {self._endpoint} answered 200 with a non-JSON body: "
-                              f"{_excerpt(response.text)}") from None
+            raise RerankError(redact_url(f"openai backend: {self._endpoint} answered 200 with a non-JSON body: "
+                                         f"{_excerpt(response.text)}")) from None
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) \
                 or not all(isinstance(c, dict) for c in body["choices"]):
             raise self._unexpected("not an object with a list of choice objects", body)
@@ -240,7 +244,7 @@ class OpenAIBackend(Backend):
             return RerankError(f"openai backend: {self._endpoint} {what} within backend_options.timeout="
                                f"{e.deadline:g} s ({tries}); a slow generation needs a longer deadline: raise "
                                "backend_options.timeout")
-        return RerankError(f"openai backend: {redact_url(self.config.base_url)} unreachable: {e} ({tries})")
+        return RerankError(redact_url(f"openai backend: {self.config.base_url} unreachable: {e} ({tries})"))
 
     def _hint(self, response: httpx.Response) -> str:
         """What to do about a refused request, where the status says: a 404 (no completions endpoint, or no such

@@ -1,0 +1,191 @@
+"""Audit s43/repro findings 1-2: credentials in a URL (``user:password@``, a token as the user, a token in the query
+string) never reach a record, an error message or an httpx log line.
+
+:func:`rerank.config.redact_url` is checked on its own and through its users: the remote reranker's ``describe()`` and
+errors (a scripted transport, or a closed loopback port), the openai backend's errors and refusal (a scripted
+completions server on loopback, the tiny Qwen2 tokenizer) and the command line's log handler.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_audit_backends import PROMPTS, Server
+
+from rerank.backends.registry import build_backend
+from rerank.config import REDACTED, redact_url, redact_urls, to_dict
+from rerank.errors import ConfigError, RerankError
+
+SECRET = "sk-FAKESECRET123"
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    (f"http://u:{SECRET}@127.0.0.1:8766", "http://u:<redacted>@127.0.0.1:8766"),
+    (f"http://{SECRET}@127.0.0.1:8766/v1", "http://<redacted>@127.0.0.1:8766/v1"),
+    (f"redis://:{SECRET}@db:6379/0", "redis://:<redacted>@db:6379/0"),
+    (f"http://u:p@{SECRET}@h/x", "http://u:<redacted>@h/x"),  # an unencoded '@' in the password
+    (f"http://127.0.0.1:9/v1?api_key={SECRET}", "http://127.0.0.1:9/v1?api_key=<redacted>"),
+    (f"http://h/v1?model=m&Token={SECRET}&page=2", "http://h/v1?model=m&Token=<redacted>&page=2"),
+    (f"https://b.s3.amazonaws.com/o?X-Amz-Date=2026&X-Amz-Signature={SECRET}",
+     "https://b.s3.amazonaws.com/o?X-Amz-Date=2026&X-Amz-Signature=<redacted>"),
+    (f"https://a.blob.core.windows.net/c?sv=2021&sig={SECRET}",
+     "https://a.blob.core.windows.net/c?sv=2021&sig=<redacted>"),
+    (f"http://h/cb?code={SECRET}&state=s#access_token={SECRET}",
+     "http://h/cb?code=<redacted>&state=s#access_token=<redacted>"),
+    (f"http://h/?hf_token={SECRET}&subscription-key={SECRET}&max_tokens=3",
+     "http://h/?hf_token=<redacted>&subscription-key=<redacted>&max_tokens=3"),
+    (f"http://h/?next=http://i/?key={SECRET}", "http://h/?next=http://i/?key=<redacted>"),  # a URL in a value
+])
+def test_redact_url_hides_every_credential_form_and_keeps_the_rest(url: str, expected: str) -> None:
+    """Only ``user:password@`` was redacted: a token as the user or in the query string was kept in full."""
+    assert redact_url(url) == expected
+    assert redact_url(expected) == expected  # redacting twice changes nothing
+
+
+def test_redact_url_finds_urls_inside_a_longer_text() -> None:
+    text = (f'error: rerank server http://{SECRET}@127.0.0.1:8766 answered 401: bad key; '
+            f'{{"url":"http://127.0.0.1:9/v1?api_key={SECRET}","mail":"a@b.com"}} (http://x:{SECRET}@h:1/p)')
+    out = redact_url(text)
+    assert SECRET not in out
+    assert out == ('error: rerank server http://<redacted>@127.0.0.1:8766 answered 401: bad key; '
+                   '{"url":"http://127.0.0.1:9/v1?api_key=<redacted>","mail":"a@b.com"} (http://x:<redacted>@h:1/p)')
+
+
+@pytest.mark.parametrize("plain", [
+    "http://127.0.0.1:8000/v1", "https://host/path?model=m&max_tokens=3", "mail me at a@b.com", "token=abc",
+    "see http://h/ or a@b.c", "http://u:@h/",
+])
+def test_redact_url_leaves_text_without_credentials_alone(plain: str) -> None:
+    assert redact_url(plain) == plain
+
+
+def test_redact_urls_walks_a_description() -> None:
+    desc = {"method": "remote", "base_url": f"http://{SECRET}@h:1", "api_key": SECRET, "none": None,
+            "stages": [{"url": f"http://h/?token={SECRET}", "k": 5}], "t": ("a", f"http://u:{SECRET}@h")}
+    out = redact_urls(desc)
+    assert SECRET not in json.dumps(out)
+    assert out == {"method": "remote", "base_url": "http://<redacted>@h:1", "api_key": REDACTED, "none": None,
+                   "stages": [{"url": "http://h/?token=<redacted>", "k": 5}], "t": ["a", "http://u:<redacted>@h"]}
+
+
+# ---------------------------------------------------------------- the remote reranker
+
+
+@pytest.mark.parametrize("url", [f"http://u:{SECRET}@127.0.0.1:9", f"http://{SECRET}@127.0.0.1:9",
+                                 f"http://127.0.0.1:9/?token={SECRET}"])
+def test_remote_describe_and_config_record_no_url_credential(url: str) -> None:
+    """``describe()`` returned the raw ``base_url``, which ``rerank eval`` wrote to ``metrics.json``."""
+    from rerank.client import RemoteReranker, RemoteRerankerConfig
+
+    rr = RemoteReranker(RemoteRerankerConfig(base_url=url, api_key="k"))
+    try:
+        record = json.dumps({"reranker": rr.describe(), "config": to_dict(rr.config)})
+    finally:
+        rr.close()
+    assert SECRET not in record and "127.0.0.1:9" in record and REDACTED in record
+
+
+def test_remote_errors_name_the_server_without_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rerank.client import RemoteReranker, RemoteRerankerConfig, RemoteRerankError
+
+    monkeypatch.setattr("rerank.utils.http.time.sleep", lambda s: None)
+    url = f"http://{SECRET}@127.0.0.1:9"
+    rr = RemoteReranker(RemoteRerankerConfig(base_url=url, max_retries=0))
+    try:
+        with pytest.raises(RemoteRerankError, match=r"^rerank server http://<redacted>@127\.0\.0\.1:9 unreachable") \
+                as e:
+            rr.check_server()
+        assert SECRET not in str(e.value)
+        echo = f"no access for {url}/v1/rerank?api_key={SECRET}"  # a server that quotes the request
+        rr._client = httpx.Client(base_url=url, transport=httpx.MockTransport(
+            lambda request: httpx.Response(401, json={"message": echo})))
+        with pytest.raises(RemoteRerankError, match=r"^rerank server http://<redacted>@127\.0\.0\.1:9 answered 401: "
+                                                    r"no access for http://<redacted>@") as e:
+            rr.rerank("q", ["a"])
+        assert SECRET not in str(e.value)
+
+        def refuse(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError(f"cannot connect to {request.url}", request=request)
+        rr._client = httpx.Client(base_url=f"http://127.0.0.1:9/?key={SECRET}", transport=httpx.MockTransport(refuse))
+        with pytest.raises(RemoteRerankError, match=r"unreachable: cannot connect to") as e:
+            rr.rerank("q", ["a"])
+        assert SECRET not in str(e.value)
+    finally:
+        rr.close()
+
+
+# ---------------------------------------------------------------- the openai backend
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A scripted completions server on loopback."""
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"http://tok-{SECRET}@127.0.0.1:9/v1", "http://<redacted>@127.0.0.1:9/v1"),
+    (f"http://127.0.0.1:9/v1?api_key={SECRET}", "http://127.0.0.1:9/v1?api_key=<redacted>"),
+])
+def test_openai_unreachable_error_redacts_the_url(url: str, shown: str, tiny_llm_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = build_backend("openai", "served", base_url=url, tokenizer=str(tiny_llm_dir), max_retries=0)
+    try:
+        with pytest.raises(RerankError, match="unreachable") as e:
+            backend.next_token_logprobs(PROMPTS[:1], [4])
+    finally:
+        backend.close()
+    assert SECRET not in str(e.value) and str(e.value).startswith(f"openai backend: {shown} unreachable: ")
+
+
+def test_openai_status_error_redacts_a_url_the_server_echoes(server: Server, tiny_llm_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"{server.url}?api_key={SECRET}"
+    server.reply = lambda body: (403, f"forbidden: {url}")
+    backend = build_backend("openai", "served", base_url=url, tokenizer=str(tiny_llm_dir), max_retries=0)
+    try:
+        with pytest.raises(RerankError, match=r"answered 403: forbidden: http://127\.0\.0\.1:\d+/v1\?api_key="
+                                              "<redacted>") as e:
+            backend.next_token_logprobs(PROMPTS[:1], [4])
+    finally:
+        backend.close()
+    assert SECRET not in str(e.value)
+
+
+def test_openai_refusal_names_a_token_as_the_user_as_such(tiny_llm_dir: Path) -> None:
+    """A base_url with a user and no password beside an API key was refused as carrying "a user:password"."""
+    with pytest.raises(ConfigError, match=r"^openai backend: base_url http://<redacted>@127\.0\.0\.1:9/v1 carries a "
+                                          r"user name or token before '@' \(sent as HTTP basic auth\) and api_key is "
+                                          r"set.*drop one of them$") as e:
+        build_backend("openai", "served", base_url=f"http://{SECRET}@127.0.0.1:9/v1", tokenizer=str(tiny_llm_dir),
+                      api_key="sk-1")
+    assert SECRET not in str(e.value) and "user:password" not in str(e.value)
+
+
+# ---------------------------------------------------------------- the command line's log handler
+
+
+@pytest.mark.parametrize("url", [f"http://{SECRET}@127.0.0.1:8766/v1/rerank",
+                                 f"http://127.0.0.1:9/v1?api_key={SECRET}/completions"])
+def test_cli_log_handler_redacts_tokens_in_httpx_lines(url: str) -> None:
+    """``rerank -v`` logged ``HTTP Request: POST http://sk-…@127.0.0.1:8766/v1/rerank`` on every request."""
+    from rerank.cli import log_handler
+
+    stream = io.StringIO()
+    handler = log_handler(True, stream)
+    args: Any = ("POST", url, "HTTP/1.1 200 OK")
+    record = logging.LogRecord("httpx", logging.INFO, __file__, 1, 'HTTP Request: %s %s "%s"', args, None)
+    assert handler.filter(record)
+    handler.emit(record)
+    assert SECRET not in stream.getvalue() and "127.0.0.1" in stream.getvalue() and REDACTED in stream.getvalue()

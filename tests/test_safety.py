@@ -14,9 +14,10 @@ from rerank.config import REDACTED, apply_overrides, from_dict, redact_url, to_d
 from rerank.errors import ConfigError, RerankError
 
 
-def test_redact_url_hides_only_the_password() -> None:
+def test_redact_url_hides_only_the_credentials() -> None:
     assert redact_url("http://svc:pa55@127.0.0.1:8000/v1") == f"http://svc:{REDACTED}@127.0.0.1:8000/v1"
-    for plain in ("http://127.0.0.1:8000", "mail me@host", "http://h/a@b", "https://user@host/x"):
+    assert redact_url("https://tok3n@host/x") == f"https://{REDACTED}@host/x"  # a bare user name may be a token
+    for plain in ("http://127.0.0.1:8000", "mail me@host", "http://h/a@b"):
         assert redact_url(plain) == plain
 
 

@@ -200,8 +200,8 @@ def _ours_or_warning(record: logging.LogRecord) -> bool:
 
 
 def _redact_http_urls(record: logging.LogRecord) -> bool:
-    """A log filter: the password of a ``user:password@`` URL in an httpx or httpcore record (``HTTP Request: POST
-    http://alice:…@host``, shown with ``-v``) is written ``<redacted>``, as everywhere else."""
+    """A log filter: the credentials of a URL (:func:`rerank.config.redact_url`) in an httpx or httpcore record
+    (``HTTP Request: POST http://alice:…@host``, shown with ``-v``) are written ``<redacted>``, as everywhere else."""
     if record.name.split(".")[0] in ("httpx", "httpcore"):
         from rerank.config import redact_url
 

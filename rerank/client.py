@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from rerank.config import changed_options, redact_url, secret_field
+from rerank.config import changed_options, redact_url, secret_field, url_query_problem
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -69,6 +69,8 @@ class RemoteRerankerConfig(RerankerConfig):
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {redact_url(repr(self.base_url))}")
+        if (problem := url_query_problem(self.base_url)) is not None:
+            raise ValueError(problem)
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ValueError(f"timeout must be a finite number > 0, got {self.timeout}")
         if self.max_concurrency < 1:

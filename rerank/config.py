@@ -93,6 +93,15 @@ def _hide_params(text: str) -> str:
     return _URL_PARAM.sub(hide, text)
 
 
+def url_query_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an HTTP client's base URL: a query string or fragment, after which httpx would append
+    each request's path (``/?token=X/v1/rerank``); None when it has neither."""
+    if "?" in url or "#" in url:
+        return (f"base_url {redact_url(url)} carries a query string or fragment, which the request path would be "
+                "appended to: drop it (give a key as api_key)")
+    return None
+
+
 def redact_url(text: str) -> str:
     """``text`` with the credentials of every ``scheme://…`` URL in it written as ``<redacted>``: the password of a
     ``user:password@`` (the user kept), a userinfo with no colon (``http://TOKEN@host``) whole, and the value of a

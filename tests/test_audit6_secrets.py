@@ -78,8 +78,7 @@ def test_redact_urls_walks_a_description() -> None:
 # ---------------------------------------------------------------- the remote reranker
 
 
-@pytest.mark.parametrize("url", [f"http://u:{SECRET}@127.0.0.1:9", f"http://{SECRET}@127.0.0.1:9",
-                                 f"http://127.0.0.1:9/?token={SECRET}"])
+@pytest.mark.parametrize("url", [f"http://u:{SECRET}@127.0.0.1:9", f"http://{SECRET}@127.0.0.1:9"])
 def test_remote_describe_and_config_record_no_url_credential(url: str) -> None:
     """``describe()`` returned the raw ``base_url``, which ``rerank eval`` wrote to ``metrics.json``."""
     from rerank.client import RemoteReranker, RemoteRerankerConfig
@@ -134,7 +133,6 @@ def server() -> Iterator[Server]:
 
 @pytest.mark.parametrize(("url", "shown"), [
     (f"http://tok-{SECRET}@127.0.0.1:9/v1", "http://<redacted>@127.0.0.1:9/v1"),
-    (f"http://127.0.0.1:9/v1?api_key={SECRET}", "http://127.0.0.1:9/v1?api_key=<redacted>"),
 ])
 def test_openai_unreachable_error_redacts_the_url(url: str, shown: str, tiny_llm_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,9 +149,9 @@ def test_openai_unreachable_error_redacts_the_url(url: str, shown: str, tiny_llm
 def test_openai_status_error_redacts_a_url_the_server_echoes(server: Server, tiny_llm_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    url = f"{server.url}?api_key={SECRET}"
-    server.reply = lambda body: (403, f"forbidden: {url}")
-    backend = build_backend("openai", "served", base_url=url, tokenizer=str(tiny_llm_dir), max_retries=0)
+    echoed = f"{server.url}?api_key={SECRET}"  # the server quotes a URL holding a key
+    server.reply = lambda body: (403, f"forbidden: {echoed}")
+    backend = build_backend("openai", "served", base_url=server.url, tokenizer=str(tiny_llm_dir), max_retries=0)
     try:
         with pytest.raises(RerankError, match=r"answered 403: forbidden: http://127\.0\.0\.1:\d+/v1\?api_key="
                                               "<redacted>") as e:
@@ -189,3 +187,18 @@ def test_cli_log_handler_redacts_tokens_in_httpx_lines(url: str) -> None:
     assert handler.filter(record)
     handler.emit(record)
     assert SECRET not in stream.getvalue() and "127.0.0.1" in stream.getvalue() and REDACTED in stream.getvalue()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8796/?token=abc123", "http://127.0.0.1:8796/v1#frag"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_in_one_line(url: str) -> None:
+    """httpx appends the request path after the query (``POST /?token=X/v1/rerank``), so such a base_url could only
+    answer 404; the token must not be echoed either."""
+    from rerank.backends.openai import OpenAIBackendConfig
+    from rerank.client import RemoteRerankerConfig
+
+    with pytest.raises(ValueError, match="carries a query string or fragment") as e:
+        RemoteRerankerConfig(base_url=url)
+    assert "abc123" not in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="openai backend: base_url .* carries a query string or fragment") as e2:
+        OpenAIBackendConfig(base_url=url)
+    assert "abc123" not in str(e2.value)

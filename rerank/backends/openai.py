@@ -49,7 +49,7 @@ import httpx
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
-from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict
+from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict, url_query_problem
 from rerank.errors import ConfigError, RerankError
 from rerank.utils.http import DeadlineExceeded, Tries, post_with_retries
 
@@ -129,6 +129,8 @@ class OpenAIBackendConfig:
             raise ConfigError(f"openai backend: max_model_len must be >= 1, got {self.max_model_len}")
         if not self.base_url:
             raise ConfigError("openai backend: base_url is required (e.g. --base-url http://127.0.0.1:8000/v1)")
+        if (problem := url_query_problem(self.base_url)) is not None:
+            raise ConfigError(f"openai backend: {problem}")
         for key in ("top_logprobs", "concurrency", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"openai backend: {key} must be >= 1, got {getattr(self, key)}")

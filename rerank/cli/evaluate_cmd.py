@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="min grade counted relevant for binary measures (default 1; TREC DL uses 2)")
     add_allow_duplicates(p)
     p.add_argument("--per-query", action="store_true", help="also print per-query values")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table, with the relevance level and the provenance rerank eval "
+                   "records: the --run and --qrels paths and sha256, the rerank version, code revision and command")
     p.set_defaults(func=run)
 
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     parse_measures(measures, rel_level)  # a misspelt measure fails before the files are read
     check_input_file(args.run, "--run")
     check_input_file(args.qrels, "--qrels")
-    from rerank.eval.pipeline import check_run_docs, check_run_overlap, warn_rel_level
+    from rerank.eval.pipeline import check_run_docs, check_run_overlap, file_input, provenance, warn_rel_level
 
     qrels = read_qrels(args.qrels, args.allow_duplicates or "error")
     run = read_run(args.run)
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         out = {"metrics": result.aggregate, "num_queries": result.num_queries, "missing_queries": result.missing_queries}
         if args.per_query:
             out["per_query"] = result.per_query
+        out["rel_level"] = rel_level
+        files = {"run": file_input(args.run), "qrels": file_input(args.qrels)}  # None: not a file (a pipe)
+        out["provenance"] = provenance(data={name: entry for name, entry in files.items() if entry is not None})
         print(json.dumps(out, indent=2))
         return 0
     if args.per_query:

@@ -28,6 +28,7 @@ from rerank.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from rerank.data.datasets import Dataset
     from rerank.heads.base import Reranker, RerankStats
     from rerank.types import Candidate, Document, Query, RankedResult
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: queries per ``rerank_batch`` call
 BATCH_QUERIES = 8
+#: what the record of a ranking is named: ``OUTPUT`` + this (``ranked.jsonl.meta.json``)
+META_SUFFIX = ".meta.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output file: NAME.jsonl (JSON lines, one record per query ranking every candidate: id, rank, "
                    "the reranker's score and relevance, text; candidates past --top-k follow with score and "
                    "relevance null) or any other name, such as run.trec or run.txt (a TREC run of the same order, "
-                   "scored n for the first of n); add .gz to gzip either")
+                   "scored n for the first of n); add .gz to gzip either. How it was made (reranker, options, "
+                   "versions, command, fingerprints of the model and the data read) is written beside it to "
+                   f"OUTPUT{META_SUFFIX}")
     p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
                    help="append every LLM prompt and raw response, with how it was parsed, to this file (LLM heads)")
     p.set_defaults(func=run)
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.pipeline import check_run_overlap
     from rerank.heads.base import Reranker
     from rerank.types import Candidate
+    from rerank.utils.files import write_json
 
     out = Path(args.output)
     check_output_file(out)
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     check_distinct_files([("--output", args.output), ("--log-llm-io", args.log_llm_io)],
                          [("--input", args.input), ("--first-stage", args.first_stage)])
     # the input is read (and checked) before the model loads
+    ds: Dataset | None = None
     if args.input:
         records = _read_input(args.input)
         if args.max_queries is not None:
@@ -164,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     with llm_cache_scope(enabled=False, log_path=args.log_llm_io):  # no cache: only the log, when asked for
         reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
     rankings = _rerank_jobs(reranker, jobs)
+    meta = Path(f"{out}{META_SUFFIX}")
+    meta.unlink(missing_ok=True)  # an earlier ranking's record never sits beside this one
     with _open_output(out, gzipped) as f:  # in the jobs' order: --input's records, --first-stage's sorted ids
         for qid, (res, tail) in rankings.items():
             if kind == ".jsonl":
@@ -171,9 +180,32 @@ def run(args: argparse.Namespace) -> int:
                                    ensure_ascii=False) + "\n")
             else:
                 f.writelines(format_run({qid: _run_order(res, tail)}, tag=args.reranker))
+    if out.is_file():  # not a device such as /dev/stdout
+        write_json(_record(args, options, reranker, len(rankings), ds), meta)
     print(f"ranked {len(rankings)} quer{'y' if len(rankings) == 1 else 'ies'} with {args.reranker} -> {out}"
           f"{_stats_note(reranker.stats)}")
     return 0
+
+
+def _record(args: argparse.Namespace, options: dict[str, Any], reranker: Reranker, num_queries: int,
+            dataset: Dataset | None) -> dict[str, Any]:
+    """What ``OUTPUT.meta.json`` holds: the output, the options, the reranker's description, the parse counts and the
+    provenance ``rerank eval`` records (:func:`~rerank.eval.pipeline.provenance`: versions, code revision, command,
+    threads, device, model fingerprint, and the data read: ``--input``, or ``--first-stage`` with the dataset's corpus
+    and queries); secrets and URL credentials redacted."""
+    from rerank.config import to_dict
+    from rerank.eval.pipeline import data_inputs, file_input, provenance, reranker_record
+
+    desc = reranker_record(reranker.describe(), args.model, args.backend)
+    if dataset is not None:
+        data = data_inputs(dataset, None, args.first_stage)
+    else:
+        data = {"input": entry} if (entry := file_input(args.input)) is not None else {}
+    config = {"input": args.input, "first_stage": args.first_stage, "dataset": args.dataset,
+              "data_root": args.data_root, "max_queries": args.max_queries, "top_k": args.top_k,
+              "reranker": args.reranker, "model": args.model, "backend": args.backend, "reranker_options": options}
+    return {"output": str(Path(args.output).resolve()), "num_queries": num_queries, "config": to_dict(config),
+            "reranker": desc, "parse": reranker.stats.as_dict(), "provenance": provenance(desc, data)}
 
 
 def _stats_note(stats: RerankStats) -> str:

@@ -32,7 +32,7 @@ from rerank.config import from_dict, load_yaml, to_dict
 from rerank.data.datasets import cache_root, check_max_queries, resolve_dataset
 from rerank.errors import ConfigError
 from rerank.eval.metrics import DEFAULT_MEASURES, parse_measures
-from rerank.eval.pipeline import EvalConfig, check_interpolate, check_positive_int, run_eval
+from rerank.eval.pipeline import REMOTE, EvalConfig, check_interpolate, check_positive_int, run_eval, versions
 from rerank.models import check_model_path
 from rerank.utils.files import atomic_write, hash_obj, path_stamp, write_json
 
@@ -515,7 +515,8 @@ def run_leaderboard(
             load = saved.get("load_avg_1min") if saved else None
             cells[row.name][col.label] = {**_cell_summary(metrics, cfg.measure, f"'{row.name}' x '{col.label}'"),
                                           "reused": reused, "dir": str(out),
-                                          "load_avg_1min": load, "workers": (saved or {}).get("workers", 1)}
+                                          "load_avg_1min": load, "workers": (saved or {}).get("workers", 1),
+                                          "computed": _computed(metrics)}
         if reranker is not None:
             reranker.close()
     report = _assemble(cfg, cells, notes)
@@ -528,6 +529,40 @@ def run_leaderboard(
     report["markdown"] = str(md_path)
     report["plot"] = str(png_path)
     return report
+
+
+#: the versions compared with this run's (:func:`~rerank.eval.pipeline.versions`): a cell's hash holds only rerank's
+VERSION_KEYS = ("rerank", "torch", "transformers")
+#: what ``leaderboard.json`` records of when, where and with what each cell was computed (its ``metrics.json``'s)
+_COMPUTED_KEYS = ("date", "machine", *VERSION_KEYS, "git_hash")
+
+
+def _computed(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """When, on which machine and with which versions and code a cell was computed (its ``metrics.json``'s
+    ``provenance``); None for a cell written before that was recorded."""
+    p = metrics.get("provenance")
+    return {k: p.get(k) for k in _COMPUTED_KEYS} if isinstance(p, dict) else None
+
+
+def _version_note(cells: dict[str, dict[str, dict[str, Any]]], current: dict[str, Any]) -> str | None:
+    """One note naming the cells computed under other versions than ``current`` (this run's), with theirs, or None.
+    A reused cell keeps its result while torch or transformers changed (its hash holds only rerank's version)."""
+    other = []
+    for rname, d in cells.items():
+        for cname, c in d.items():
+            if "computed" not in c:
+                continue
+            computed = c["computed"]
+            if computed is None:
+                other.append(f"'{rname}' x '{cname}' (versions not recorded)")
+                continue
+            differ = [f"{k} {computed.get(k)}" for k in VERSION_KEYS if computed.get(k) != current.get(k)]
+            if differ:
+                other.append(f"'{rname}' x '{cname}' ({', '.join(differ)})")
+    if not other:
+        return None
+    now = ", ".join(f"{k} {current.get(k)}" for k in VERSION_KEYS)
+    return f"cells computed under other versions than this run's ({now}): {'; '.join(other)}"
 
 
 def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]], notes: list[str]) -> dict:
@@ -583,8 +618,9 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
         secs = sum(v["seconds"] for v in rc.values())
         nq = sum(v["num_queries"] for v in rc.values())
         rows_out.append({
-            "name": r.name, "first_stage": r.retriever, "reranker": r.reranker, "backend": r.backend if r.reranker
-            else None, "model": r.model or r.retriever_options.get("model"), "top_k": r.top_k,
+            "name": r.name, "first_stage": r.retriever, "reranker": r.reranker,
+            "backend": r.backend if r.reranker and r.reranker != REMOTE else None,  # remote: the server's
+            "model": r.model or r.retriever_options.get("model"), "top_k": r.top_k,
             "interpolate": r.interpolate, "columns": values, "average": avg,
             "queries_per_s": (nq / secs) if secs > 0 else None, "note": r.note,
         })
@@ -597,6 +633,10 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
             if p.get("parse_failures"):
                 notes.append(f"'{rname}' x '{cname}': {p['parse_failures']} of {p['outputs']} model outputs failed "
                              "to parse (scored as the head's documented fallback)")
+    current = versions()
+    version_note = _version_note(cells, current)
+    if version_note is not None:
+        notes.append(version_note)
     published = load_published() if cfg.published else []
     return {
         "name": cfg.name,
@@ -612,6 +652,7 @@ def _assemble(cfg: LeaderboardConfig, cells: dict[str, dict[str, dict[str, Any]]
         "notes": notes,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}",
+        "versions": current,
     }
 
 
@@ -679,6 +720,18 @@ def _reranker_cell(row: dict[str, Any], cols: list[dict[str, Any]]) -> str:
     return row["reranker"] + (f" ({', '.join(setting)})" if setting else "")
 
 
+def _reused_sentence(report: dict[str, Any]) -> str:
+    """How many cells were reused from earlier runs and when those were computed: the date above is this run's."""
+    cells = [x for d in report["cells"].values() for x in d.values()]
+    reused = [x for x in cells if x.get("reused")]
+    if not reused:
+        return ""
+    dates = sorted(x["computed"]["date"] for x in reused if (x.get("computed") or {}).get("date"))
+    when = (f", computed {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "")) if dates else ""
+    return (f" {len(reused)} of {len(cells)} cells were reused from earlier runs{when} (each cell's date, machine and "
+            "versions are in `leaderboard.json`).")
+
+
 def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: str | None) -> str:
     """The leaderboard as Markdown: measured table, cost, notes, published figures, pairwise p-values."""
     m = report["measure"]
@@ -690,7 +743,8 @@ def render_markdown(report: dict[str, Any], config_path: str | Path, plot_name: 
         f"# Leaderboard: {report['name']}",
         "",
         (f"Generated {report['generated']} on {report['machine']} by "
-         f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries)."),
+         f"`rerank leaderboard --config {config_path}`. Measure: **{m}** (mean over each column's judged queries)."
+         + _reused_sentence(report)),
         "",
         "## Measured",
         "",

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rerank.config import to_dict
+from rerank.config import REDACTED, SECRET_KEYS, redact_url, to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_run, write_run
 from rerank.errors import ConfigError, DataFormatError
@@ -58,15 +59,19 @@ from rerank.heads.base import CallWarnings, Reranker, RerankStats, described_mod
 from rerank.parallel import WorkerPool
 from rerank.retrieval.base import FirstStage, build_retriever, progress_options
 from rerank.types import Candidate, Qrels, Query, RankedResult, Run
-from rerank.utils.files import atomic_write, resolved_path, write_json
+from rerank.utils.files import STAMP_HASH_LIMIT, atomic_write, hash_obj, path_stamp, resolved_path, write_json
 
 __all__ = ["COUNTERS", "OUTPUT_FILES", "EvalConfig", "check_given_reranker", "check_llm_io", "check_run_docs",
-           "check_run_overlap", "provenance", "rerank_run", "run_eval", "warn_rel_level"]
+           "check_run_overlap", "command_line", "data_inputs", "file_input", "model_input", "provenance",
+           "reranker_record", "rerank_run", "run_eval", "versions", "warn_rel_level"]
 
 #: every file ``run_eval`` may write into its output folder (a re-run removes those it does not write again)
 OUTPUT_FILES = ("run.trec", "first_stage.trec", "scores.jsonl", "report.md", "metrics.json")
 
 log = logging.getLogger(__name__)
+
+#: the registered name of the client of a rerank server (:mod:`rerank.client`): its model and backend are the server's
+REMOTE = "remote"
 
 
 @dataclass
@@ -588,12 +593,93 @@ def _version(package: str) -> str | None:
         return None
 
 
-def provenance(reranker_desc: dict[str, Any] | None = None) -> dict[str, Any]:
-    """When and where a result was computed, for ``metrics.json``: the UTC date-time, the machine (as the leaderboard
-    writes it, plus the GPU's name where torch sees CUDA), the Python, rerank, torch and transformers versions, and
-    the dtype the reranker's backend resolved where its description has one (``resolved_dtype``)."""
+def versions() -> dict[str, str | None]:
+    """The rerank, torch and transformers versions installed (None: not installed), as records write them."""
     from rerank import __version__
 
+    return {"rerank": __version__, "torch": _version("torch"), "transformers": _version("transformers")}
+
+
+def command_line(argv: Sequence[str] | None = None) -> list[str]:
+    """``argv`` (default ``sys.argv``) as records write it: a URL's password, and the value of a ``KEY=VALUE`` whose
+    key names a secret (``--reranker-set api_key=…``, :data:`~rerank.config.SECRET_KEYS`), as ``<redacted>``."""
+    out = []
+    for item in sys.argv if argv is None else argv:
+        parts = item.split("=")
+        for i, key in enumerate(parts[:-1]):
+            if SECRET_KEYS.intersection(key.lstrip("-").split(".")):
+                item = "=".join(parts[: i + 1]) + f"={REDACTED}"
+                break
+        out.append(redact_url(item))
+    return out
+
+
+@functools.cache
+def _code_revision() -> str | None:
+    """The git commit (``-dirty`` with local changes) of the rerank checkout this process imported, as training
+    records it; None outside a checkout. Taken once per process: the code that runs is the code imported."""
+    from rerank.trainers.base import git_hash
+
+    return git_hash()
+
+
+def file_input(path: str | Path, whole: bool = True, sha256: str | None = None) -> dict[str, str] | None:
+    """A data file's path and fingerprint, for a record: ``sha256:HEX`` of its content (``sha256`` when the caller
+    has it; ``whole`` false: only up to 16 MiB, else ``size:N,mtime_ns:M``, as cache keys stamp large files);
+    None when it is not a file. Each file is read once per process and change (:func:`path_stamp`)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if sha256 is None:
+        _, *stamp = path_stamp(p, hash_limit=None if whole else STAMP_HASH_LIMIT)[0]
+        fingerprint = f"sha256:{stamp[0]}" if len(stamp) == 1 else f"size:{stamp[0]},mtime_ns:{stamp[1]}"
+    else:
+        fingerprint = f"sha256:{sha256}"
+    return {"path": str(p.resolve()), "fingerprint": fingerprint}
+
+
+def data_inputs(dataset: Dataset, split: str | None, first_stage: str | None = None) -> dict[str, dict[str, str]]:
+    """:func:`file_input` of each data file an evaluation reads: the dataset's queries, the ``split``'s qrels and
+    excluded ids (none without a split: ``rerank rank``), a given first-stage run (each read whole, so hashed whole)
+    and its corpus (hashed whole when the first stage computed its sha256, as BM25 and dense retrieval do; else up to
+    16 MiB, a larger one by size and modification time, so a multi-GB corpus is not read again for its record)."""
+    files: dict[str, dict[str, str] | None] = {
+        "corpus": file_input(dataset.corpus_path, whole=False, sha256=vars(dataset).get("corpus_hash")),
+        "queries": file_input(dataset.queries_path),
+        "qrels": file_input(dataset.qrels_path(split)) if split is not None else None,
+        "excluded": file_input(dataset.root / "excluded" / f"{split}.tsv") if split is not None else None,
+        "first_stage": file_input(first_stage) if first_stage is not None else None,
+    }
+    return {name: entry for name, entry in files.items() if entry is not None}
+
+
+def model_input(model: str) -> dict[str, Any]:
+    """What a record holds of the model a reranker loaded: a local folder or file its resolved path and a
+    ``fingerprint`` (``stamp:HEX``) over the :func:`path_stamp` of its files (each up to 16 MiB by content, larger
+    ones, the weights, by size and modification time: the stamp the leaderboard keys its cells by, so multi-GB weights
+    are not read on every run); a hub id its name and the revision (commit) of its snapshot in the local hub cache,
+    where there is one (read offline)."""
+    from rerank.backends.cache import hub_snapshot
+    from rerank.models import local_model_path
+
+    try:
+        path = local_model_path(model)
+    except ConfigError:  # a name no local model has: a hub id
+        path = None
+    if path is not None and path.exists():
+        return {"model": model, "path": str(path.resolve()), "fingerprint": f"stamp:{hash_obj(path_stamp(path))}"}
+    snapshot = hub_snapshot(model)
+    return {"model": model, "hub_revision": snapshot.name if snapshot is not None else None}
+
+
+def provenance(reranker_desc: dict[str, Any] | None = None,
+               data: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """How and where a result was computed, for ``metrics.json``: the UTC date-time, the machine (as the leaderboard
+    writes it, plus the GPU's name where torch sees CUDA), the Python, rerank, torch and transformers versions, the
+    code revision (``git_hash``, from a checkout), the command line (:func:`command_line`), torch's threads and
+    ``OMP_NUM_THREADS``, and from the reranker's description its device, the dtype its backend resolved
+    (``resolved_dtype``) and its model's :func:`model_input` (``model_inputs``; not for a served model, whose files
+    are the server's); ``data``: the :func:`data_inputs` read (``data_inputs``)."""
     machine = f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}"
     torch = sys.modules.get("torch")  # not imported: nothing ran on a GPU (and importing it here costs seconds)
     if torch is not None and torch.cuda.is_available():
@@ -602,14 +688,41 @@ def provenance(reranker_desc: dict[str, Any] | None = None) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine,
         "python": platform.python_version(),
-        "rerank": __version__,
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
+        **versions(),
+        "git_hash": _code_revision(),
+        "command": command_line(),
+        "threads": {"torch": torch.get_num_threads() if torch is not None else None,
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
     }
     dtype = described_value(reranker_desc, "resolved_dtype")
     if dtype is not None:
         out["resolved_dtype"] = str(dtype)
+    if reranker_desc is not None:
+        device = described_value(reranker_desc, "resolved_device") or described_value(reranker_desc, "device")
+        out["device"] = str(device) if device is not None else None
+        model = reranker_desc.get("model")
+        if model is not None and described_value(reranker_desc, "base_url") is None:
+            out["model_inputs"] = {"model": model_input(str(model))}
+    if data is not None:
+        out["data_inputs"] = data
     return out
+
+
+def reranker_record(desc: dict[str, Any], model: str | None, backend: str, own: bool = False) -> dict[str, Any]:
+    """A reranker's :meth:`~Reranker.describe` as records write it (secrets and URL credentials redacted, as
+    :func:`~rerank.config.to_dict` writes the config), with the ``model`` and ``backend`` (``backend_name``) it was
+    loaded with; ``own``: a reranker given loaded, whose own model and backend are recorded where it names them. A
+    ``remote`` reranker records the model it asks the server for (None: the server's own) and no backend (the
+    server's)."""
+    own_model, own_backend = described_model(desc)
+    if desc.get("method") == REMOTE:
+        record = {**desc, "model": own_model, "backend_name": None}
+    elif own:
+        record = {**desc, "model": own_model if own_model is not None else model,
+                  "backend_name": own_backend or backend}
+    else:
+        record = {**desc, "model": model, "backend_name": backend}  # describe() has details
+    return to_dict(record)
 
 
 def _drop_excluded(run: Run, dataset: Dataset, split: str) -> Run:
@@ -648,7 +761,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         depth = max(cfg.depth, cfg.top_k) if reranking else cfg.depth
         run = retriever.retrieve(queries, k=depth)
         # the depth retrieved per query (--depth, at least --top-k); hybrid's own "depth" is each of its two stages'
-        first_stage_desc = {**retriever.describe(), "retrieval_depth": depth}
+        first_stage_desc = to_dict({**retriever.describe(), "retrieval_depth": depth})  # secrets redacted
     run = _drop_excluded(run, dataset, cfg.split)
     timing["first_stage_s"] = time.perf_counter() - t
 
@@ -684,12 +797,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         desc = _counted_since(before, describe())
         _warn_run_outputs(str(desc.get("method") or cfg.reranker), stats)
         timing["rerank_s"] = time.perf_counter() - t
-        if given:  # what ranked is the given reranker: its own model and backend, not the config's (none, or agreeing)
-            own_model, own_backend = described_model(desc)
-            reranker_desc = {**desc, "model": own_model if own_model is not None else cfg.model,
-                             "backend_name": own_backend or cfg.backend}
-        else:
-            reranker_desc = {**desc, "model": cfg.model, "backend_name": cfg.backend}  # describe() has details
+        reranker_desc = reranker_record(desc, cfg.model, cfg.backend, own=given)
         if pool is not None:
             reranker_desc["workers"] = {"processes": pool.workers, "threads_each": pool.threads}
     elif given_docs is not None:
@@ -725,7 +833,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             "queries_per_s": (n_reranked / timing["rerank_s"]) if timing.get("rerank_s") else None,
         },
         "config": to_dict(cfg),
-        "provenance": provenance(reranker_desc),
+        "provenance": provenance(reranker_desc, data_inputs(dataset, cfg.split, cfg.first_stage)),
     }
     if reranker is not None or pool is not None:
         metrics["parse"] = stats.as_dict()  # this run's outputs only

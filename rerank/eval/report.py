@@ -58,14 +58,47 @@ def _first_stage(fs: dict[str, Any]) -> str:
     return line + (f" ({'; '.join(details)})" if details else "")
 
 
+def _short(fingerprint: str) -> str:
+    """A fingerprint cut for a line of text: its kind and the first 12 hex digits (``sha256:0123456789ab``)."""
+    kind, _, value = fingerprint.partition(":")
+    return f"{kind}:{value[:12]}" if value and "," not in value else fingerprint
+
+
 def _provenance(metrics: dict[str, Any]) -> list[str]:
-    """When, where and with which versions the run was computed (``metrics.json``'s ``provenance``), if recorded."""
+    """When, where, with which versions, code, threads and command the run was computed, and the fingerprints of
+    its model and data files (``metrics.json``'s ``provenance``), where recorded."""
     p = metrics.get("provenance")
     if not p:
         return []
     versions = ", ".join(f"{name} {p[name]}" for name in ("rerank", "torch", "transformers") if p.get(name))
+    code = f" (git {p['git_hash']})" if p.get("git_hash") else ""
     dtype = f"; dtype {p['resolved_dtype']}" if p.get("resolved_dtype") else ""
-    return [f"- computed: {p['date']} on {p['machine']}; Python {p['python']}, {versions}{dtype}"]
+    device = f"; device {p['device']}" if p.get("device") else ""
+    threads = p.get("threads") or {}
+    torch_threads = f"torch {threads['torch']}, " if threads.get("torch") is not None else ""
+    thread_text = (f"; threads: {torch_threads}OMP_NUM_THREADS {threads.get('OMP_NUM_THREADS') or 'unset'}"
+                   if threads else "")
+    lines = [f"- computed: {p['date']} on {p['machine']}; Python {p['python']}, {versions}{code}{dtype}{device}"
+             f"{thread_text}"]
+    if p.get("command"):
+        lines.append(f"- command: `{' '.join(p['command'])}`")
+    files = [f"model {_short(m['fingerprint'])}" if m.get("fingerprint") else f"model {m['model']} (hub revision "
+             f"{m.get('hub_revision') or 'not in the local cache'})"
+             for m in (p.get("model_inputs") or {}).values()]
+    files += [f"{name} {_short(entry['fingerprint'])}" for name, entry in (p.get("data_inputs") or {}).items()]
+    if files:
+        lines.append(f"- fingerprints: {', '.join(files)}")
+    return lines
+
+
+def _reranker(rr: dict[str, Any] | None) -> str:
+    """The reranker line: method, model and backend; a remote reranker's server, whose own model and backend ranked."""
+    if not rr:
+        return "- reranker: none"
+    if rr.get("method") == "remote":
+        model = f"model `{rr['model']}` asked of it" if rr.get("model") else "its own model and backend"
+        return f"- reranker: `remote`, the rerank server at `{rr.get('base_url')}` ({model})"
+    return f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend_name')}`"
 
 
 def render_report(metrics: dict[str, Any]) -> str:
@@ -73,8 +106,7 @@ def render_report(metrics: dict[str, Any]) -> str:
     where the head parsed some: a cross-encoder or yes-no has none to show)."""
     fs = metrics["first_stage"]
     rr = metrics.get("reranker")
-    reranker = (f"- reranker: `{rr['method']}` model `{rr.get('model')}` backend `{rr.get('backend_name')}`" if rr
-                else "- reranker: none")
+    reranker = _reranker(rr)
     lines = [
         f"# {metrics['dataset']} ({metrics['split']})",
         "",

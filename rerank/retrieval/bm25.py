@@ -2,7 +2,9 @@
 
 Defaults follow Lucene/Anserini's BM25 (``method="lucene"``, k1=0.9, b=0.4) over title + text with English
 (Snowball) stemming and no stopword list: on SciFact test this gives nDCG@10 0.6792 against pyserini's 0.6789
-(English stopwords ``"en"`` give 0.6762, no stemming 0.6569).
+(English stopwords ``"en"`` give 0.6762, no stemming 0.6569). Documents and queries are analysed alike by
+:func:`rerank.retrieval.analysis.words` (NFKC, words that keep their combining marks, CJK unigrams and bigrams), then
+stopwords and the stemmer. A retrieval where most queries have no term, or match no document, logs a warning.
 
 The index is cached on disk at ``cache_root()/bm25/<corpus sha256>-<config hash>``; it is built in a temporary
 folder and renamed into place, so a cache entry is either complete or absent. Its ``rerank_meta.json`` records the
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+import unicodedata
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 from rerank.config import from_dict, to_dict
 from rerank.data.datasets import cache_root
 from rerank.errors import ConfigError, DataFormatError
+from rerank.retrieval.analysis import ANALYZER_VERSION, words
 from rerank.retrieval.base import FirstStage, Queries, retrieve_args
 from rerank.types import ArrayRanking, Run, sort_ranking
 from rerank.utils.files import (
@@ -83,7 +87,8 @@ class BM25Config:
             bm25s.tokenization.Tokenizer(stopwords=self.stopwords)  # raises ValueError naming the supported lists
 
     def index_key(self) -> dict[str, Any]:
-        """The options that change the index (retrieval-time options excluded), plus the bm25s version."""
+        """The options that change the index (retrieval-time options excluded), plus the versions of bm25s, of the
+        text analysis and of the Unicode data it normalises with."""
         return {
             "k1": self.k1,
             "b": self.b,
@@ -93,6 +98,8 @@ class BM25Config:
             "include_title": self.include_title,
             "bm25s": bm25s.__version__,
             "format": _CACHE_FORMAT,
+            "analyzer": ANALYZER_VERSION,
+            "unicode": unicodedata.unidata_version,
         }
 
 
@@ -115,6 +122,8 @@ class BM25Retriever(FirstStage):
         self.cache_path = cache_path
         self.cache_hit = cache_hit
         self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
+        self._stopwords = frozenset(_tokenizer(config).stopwords)
+        self._warned = False
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, **options: Any) -> BM25Retriever:
@@ -139,14 +148,12 @@ class BM25Retriever(FirstStage):
         return len(self.doc_ids)
 
     def tokenize_queries(self, texts: list[str]) -> list[list[str]]:
-        """Queries as token strings, analysed exactly as the corpus was (lowercase, stopwords, stemmer)."""
-        return bm25s.tokenize(
-            texts,
-            stopwords=self.config.stopwords,
-            stemmer=self._stemmer,
-            return_ids=False,
-            show_progress=self.config.show_progress,
-        )
+        """Queries as token strings, analysed exactly as the corpus was (:func:`words`, stopwords, stemmer)."""
+        out = []
+        for text in texts:
+            terms = [w for w in words(text) if w not in self._stopwords]
+            out.append(self._stemmer.stemWords(terms) if self._stemmer else terms)
+        return out
 
     def retrieve(self, queries: Queries, k: int) -> Run:
         """Top-``k`` (capped at the corpus size) per query, in trec_eval order; zero-score non-matches dropped."""
@@ -159,7 +166,28 @@ class BM25Retriever(FirstStage):
         docs, scores = self.model.retrieve(
             tokens, k=k, n_threads=self.config.n_threads, show_progress=self.config.show_progress
         )
-        return self._to_run(qids, docs, scores)
+        run = self._to_run(qids, docs, scores)
+        self._warn_if_mostly_empty(tokens, [len(run[q]) for q in qids])
+        return run
+
+    def _warn_if_mostly_empty(self, tokens: list[list[str]], hits: list[int]) -> None:
+        """Log a warning, once per retriever, when more than half the queries have no term or match no document,
+        naming the counts and the likely cause."""
+        n = len(tokens)
+        no_term = sum(not t for t in tokens)
+        no_match = sum(bool(t) and not h for t, h in zip(tokens, hits))
+        if self._warned or 2 * (no_term + no_match) <= n:
+            return
+        self._warned = True
+        c = self.config
+        causes = []
+        if no_term:
+            causes.append(f"{no_term} have no term (none of their words has two or more characters, or all are "
+                          f"stopwords={c.stopwords!r})")
+        if no_match:
+            causes.append(f"{no_match} share no term with the corpus (check that queries and corpus are in one "
+                          f"language and that stemmer={c.stemmer!r} is that language's, e.g. stemmer=german)")
+        log.warning("bm25: %d of %d queries retrieved no document: %s", no_term + no_match, n, "; ".join(causes))
 
     def _to_run(self, qids: list[str], docs: np.ndarray, scores: np.ndarray) -> Run:
         """bm25s' score-sorted arrays -> a Run in trec_eval order, zero-score non-matches dropped.
@@ -237,13 +265,11 @@ def _discard(path: Path, reason: str) -> None:
 def _tokenize_corpus(dataset: Dataset, config: BM25Config) -> tuple[list[str], bm25s.tokenization.Tokenized]:
     """Tokenize the corpus as it streams into doc ids and ``bm25s`` token ids (int32 arrays); texts are never all held.
 
-    Analysis matches :meth:`BM25Retriever.tokenize_queries` (lowercase, words of two or more word characters,
-    stopwords, stemmer); a document with no token is empty and the vocabulary has no ``""`` (``bm25s.BM25.index`` adds
-    it). A duplicate id is an error naming both lines (the reader's); an empty corpus, or one where no document has a
-    token, a :class:`DataFormatError`.
+    Analysis matches :meth:`BM25Retriever.tokenize_queries` (:func:`words`, stopwords, stemmer); a document with no
+    token is empty and the vocabulary has no ``""`` (``bm25s.BM25.index`` adds it). A duplicate id is an error naming
+    both lines (the reader's); an empty corpus, or one where no document has a token, a :class:`DataFormatError`.
     """
-    stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
-    tokenizer = bm25s.tokenization.Tokenizer(stopwords=config.stopwords, stemmer=stemmer)
+    tokenizer = _tokenizer(config)
     doc_ids: list[str] = []
 
     def texts() -> Iterator[str]:
@@ -261,12 +287,19 @@ def _tokenize_corpus(dataset: Dataset, config: BM25Config) -> tuple[list[str], b
     return doc_ids, bm25s.tokenization.Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict())
 
 
+def _tokenizer(config: BM25Config) -> bm25s.tokenization.Tokenizer:
+    """A bm25s tokenizer that splits with :func:`words` and applies ``config``'s stopwords and stemmer."""
+    stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
+    return bm25s.tokenization.Tokenizer(lower=False, splitter=words, stopwords=config.stopwords, stemmer=stemmer)
+
+
 def _no_token_message(num_docs: int, config: BM25Config) -> str:
     """Why a corpus of ``num_docs`` documents has no BM25 token at all: the analysis settings that removed them."""
     fields = "title and text" if config.include_title else "text"
-    return (f"none of its {num_docs} documents has a token after tokenisation (the {fields} lowercased, words of two "
-            f"or more characters, stopwords={config.stopwords!r}, stemmer={config.stemmer!r}): BM25 cannot index "
-            f"it; check the corpus' text fields, or the bm25 stopwords setting")
+    return (f"none of its {num_docs} documents has a token after tokenisation (the {fields} NFKC-normalised and "
+            f"lowercased, words of two or more characters, CJK characters, stopwords={config.stopwords!r}, "
+            f"stemmer={config.stemmer!r}): BM25 cannot index it; check the corpus' text fields, or the bm25 stopwords "
+            f"setting")
 
 
 def _build(dataset: Dataset, config: BM25Config, path: Path) -> tuple[bm25s.BM25, list[str]]:

@@ -163,3 +163,16 @@ def test_marks_are_found_in_the_planes_scanned() -> None:
     from rerank.retrieval.analysis import mark_ranges
 
     assert mark_ranges() == mark_ranges(tuple(range((sys.maxunicode + 1) >> 16)))
+
+
+def test_research_doc_lists_every_bm25_option() -> None:
+    """docs/research.md's retriever options table documents each BM25Config key (none were documented but k1)."""
+    import dataclasses
+
+    from rerank.retrieval.bm25 import BM25Config
+
+    doc = (Path(__file__).parent.parent / "docs" / "research.md").read_text(encoding="utf-8")
+    rows = [line for line in doc.splitlines() if re.match(r"\| `\w+`.*\| bm25 \|", line)]
+    assert {k for row in rows for k in re.findall(r"`(\w+)`", row.split("|")[1])} == {
+        f.name for f in dataclasses.fields(BM25Config)}
+    assert "stemmer=german stopwords=de" in doc and "multilingual" in doc

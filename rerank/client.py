@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from rerank.config import changed_options, redact_url, secret_field, url_query_problem
+from rerank.config import changed_options, redact_url, secret_field, url_parse_problem, url_query_problem
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
@@ -69,7 +69,7 @@ class RemoteRerankerConfig(RerankerConfig):
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {redact_url(repr(self.base_url))}")
-        if (problem := url_query_problem(self.base_url)) is not None:
+        if (problem := url_parse_problem(self.base_url) or url_query_problem(self.base_url)) is not None:
             raise ValueError(problem)
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ValueError(f"timeout must be a finite number > 0, got {self.timeout}")
@@ -155,6 +155,8 @@ class RemoteReranker(Reranker):
             except ValueError:
                 msg = resp.text
             tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
+            msg = " ".join(str(msg).split())  # one line, and at most 300 characters of what the server wrote
+            msg = msg if len(msg) <= 300 else msg[:300] + "…"
             raise RemoteRerankError(redact_url(f"{self._server} answered {resp.status_code}{tries}: {msg}"))
         scores: list[float | None] = [None] * len(candidates)
         rel: list[float] = [0.0] * len(candidates)

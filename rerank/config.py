@@ -57,16 +57,18 @@ URL_SECRET_PARAMS = frozenset({
     "key", "apikey", "api_key", "token", "access_token", "refresh_token", "id_token", "auth", "auth_token",
     "authorization", "password", "passwd", "pwd", "pass", "secret", "client_secret", "sig", "signature",
     "x_amz_signature", "x_amz_credential", "x_amz_security_token", "x_goog_signature", "x_goog_credential", "code",
-    "credential", "credentials", "jwt", "session", "sessionid", "jsessionid",
+    "credential", "credentials", "jwt", "session", "sessionid", "jsessionid", "bearer",
 })
 #: a parameter named ``…_key``, ``…_token``, ``…_secret``, ``…_password`` or ``…_signature`` (``hf_token``,
 #: ``subscription-key``) is secret too
 URL_SECRET_SUFFIXES = ("_key", "_token", "_secret", "_password", "_signature")
-#: a URL's userinfo: everything between ``://`` and the last ``@`` before the host's end (``/``, ``?``, ``#``, a space,
-#: a quote)
-_URL_USERINFO = re.compile(r"(?<=://)([^/?#\s\"'`]*)@")
+#: a URL's userinfo: everything between ``://`` (or JSON's ``:\/\/``) and the last ``@`` before a ``/``, a space or a
+#: quote (a ``?`` or ``#`` a password holds unencoded counts as the password's)
+_URL_USERINFO = re.compile(r"(?:(?<=://)|(?<=:\\/\\/))([^/\\\s\"'`]*)@")
 #: a URL from its ``://`` to its end (a space, a quote, ``<`` or ``>``; a ``<redacted>`` already in it is kept)
 _URL_REST = re.compile(r"://(?:<redacted>|[^\s\"'<>`])*")
+#: how deep URLs nested in parameter values (``?next=http://h/?key=K``) are followed
+_URL_NESTING = 4
 #: a ``name=value`` parameter of a query string, a fragment or a path's ``;`` parameters
 _URL_PARAM = re.compile(r"(?<=[?&;#])([^=&;#?]+)=([^&;#]*)")
 
@@ -74,7 +76,8 @@ _URL_PARAM = re.compile(r"(?<=[?&;#])([^=&;#?]+)=([^&;#]*)")
 def _secret_param(name: str) -> bool:
     from urllib.parse import unquote
 
-    name = unquote(name).lower().replace("-", "_").replace(".", "_")
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", unquote(name))  # camelCase: accessToken is access_token
+    name = name.lower().replace("-", "_").replace(".", "_")
     return name in URL_SECRET_PARAMS or name.endswith(URL_SECRET_SUFFIXES)
 
 
@@ -85,11 +88,13 @@ def _hide_userinfo(m: re.Match[str]) -> str:
     return f"{REDACTED}@" if user else m[0]  # a bare user name cannot be told from a token (http://TOKEN@host)
 
 
-def _hide_params(text: str) -> str:
+def _hide_params(text: str, depth: int = 0) -> str:
     def hide(p: re.Match[str]) -> str:
         if p[2] and _secret_param(p[1]):
             return f"{p[1]}={REDACTED}"
-        return f"{p[1]}={_hide_params(p[2])}" if "=" in p[2] else p[0]  # a URL in a value (?next=http://h/?key=K)
+        if "=" in p[2] and "://" in p[2] and depth < _URL_NESTING:  # a URL in a value (?next=http://h/?key=K)
+            return f"{p[1]}={_hide_params(p[2], depth + 1)}"
+        return p[0]
     return _URL_PARAM.sub(hide, text)
 
 
@@ -97,8 +102,21 @@ def url_query_problem(url: str) -> str | None:
     """Why ``url`` cannot be an HTTP client's base URL: a query string or fragment, after which httpx would append
     each request's path (``/?token=X/v1/rerank``); None when it has neither."""
     if "?" in url or "#" in url:
-        return (f"base_url {redact_url(url)} carries a query string or fragment, which the request path would be "
-                "appended to: drop it (give a key as api_key)")
+        return (f"base_url {redact_url(url)} carries '?' or '#' (a query string or fragment, which the request path "
+                "would be appended to, or a password's character to percent-encode): drop it (give a key as api_key)")
+    return None
+
+
+def url_parse_problem(url: str) -> str | None:
+    """Why httpx cannot parse ``url`` (a ``/`` in a password read as the host's end), worded without the URL, whose
+    credentials the parser's own message would show; None when it parses."""
+    import httpx
+
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        return ("base_url is not a valid URL (a '/', '?', '#' or '@' in a user name or password must be "
+                "percent-encoded, e.g. %2F for '/')")
     return None
 
 
@@ -107,7 +125,7 @@ def redact_url(text: str) -> str:
     ``user:password@`` (the user kept), a userinfo with no colon (``http://TOKEN@host``) whole, and the value of a
     query or fragment parameter named in :data:`URL_SECRET_PARAMS` or ending in :data:`URL_SECRET_SUFFIXES`; hosts,
     ports, paths and other parameters stay as they were."""
-    if "://" not in text:
+    if "://" not in text and ":\\/\\/" not in text:
         return text
     if "@" in text:
         text = _URL_USERINFO.sub(_hide_userinfo, text)
@@ -276,6 +294,8 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
             raise ConfigError(f"{source}: invalid YAML value: {problem or ' '.join(str(e).split())}") from None
         if isinstance(value, dict) and not raw.lstrip().startswith("{"):
             value = raw  # 'query: ' is text (an E5 prefix), not a block mapping: a mapping is {...}, nested keys a.b
+        if "#" in raw and ("" if value is None else str(value)).count("#") < raw.count("#"):
+            value = raw.strip()  # ' #' would start a YAML comment: 'out/exp #3/data' is a path, not 'out/exp'
         node = out
         for p in parts[:-1]:
             child = node.get(p)

@@ -196,9 +196,75 @@ def test_a_base_url_with_a_query_or_fragment_is_refused_in_one_line(url: str) ->
     from rerank.backends.openai import OpenAIBackendConfig
     from rerank.client import RemoteRerankerConfig
 
-    with pytest.raises(ValueError, match="carries a query string or fragment") as e:
+    with pytest.raises(ValueError, match="carries '\\?' or '#' \\(a query string or fragment") as e:
         RemoteRerankerConfig(base_url=url)
     assert "abc123" not in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="openai backend: base_url .* carries a query string or fragment") as e2:
+    with pytest.raises(ConfigError, match="openai backend: base_url .* carries '\\?' or '#'") as e2:
         OpenAIBackendConfig(base_url=url)
     assert "abc123" not in str(e2.value)
+
+
+# ---------------------------------------------------------------- review s43/reviewF of the redaction
+
+
+@pytest.mark.parametrize("url", [f"http://u:pa#{SECRET}@127.0.0.1:9", f"http://u:pa?{SECRET}@127.0.0.1:9"])
+def test_a_password_holding_a_hash_or_question_mark_is_redacted_whole(url: str) -> None:
+    from rerank.client import RemoteRerankerConfig
+
+    assert SECRET not in redact_url(f"error: {url} failed")
+    with pytest.raises(ValueError) as e:
+        RemoteRerankerConfig(base_url=url)
+    assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["accessToken", "apiToken", "authToken", "sessionToken", "clientSecret", "privateKey",
+                                  "bearer"])
+def test_camel_case_credential_parameters_are_redacted(name: str) -> None:
+    assert redact_url(f"http://h/x?{name}={SECRET}&page=2") == f"http://h/x?{name}={REDACTED}&page=2"
+
+
+def test_many_parameters_do_not_exhaust_the_recursion_limit() -> None:
+    text = "http://h/" + "?a=x" * 5000 + f"&token={SECRET}"
+    assert SECRET not in redact_url(text)
+    nested = "http://h/?next=" * 50 + f"http://h/?token={SECRET}"
+    redact_url(nested)  # bounded nesting: no RecursionError
+
+
+def test_json_escaped_url_credentials_are_redacted() -> None:
+    assert redact_url(f'{{"url": "http:\\/\\/u:{SECRET}@h\\/v1"}}') == f'{{"url": "http:\\/\\/u:{REDACTED}@h\\/v1"}}'
+
+
+@pytest.mark.parametrize("url", [f"http://u:{SECRET[:6]}/x{SECRET[6:]}@127.0.0.1:9"])
+def test_a_slash_in_a_password_is_one_line_without_the_password(url: str) -> None:
+    from rerank.backends.openai import OpenAIBackendConfig
+    from rerank.client import RemoteRerankerConfig
+
+    with pytest.raises(ValueError, match="percent-encoded") as e:
+        RemoteRerankerConfig(base_url=url)
+    assert SECRET[:6] not in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="percent-encoded") as e2:
+        OpenAIBackendConfig(base_url=url)
+    assert SECRET[:6] not in str(e2.value)
+
+
+def test_a_long_server_answer_is_quoted_on_one_short_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rerank.client import RemoteReranker, RemoteRerankerConfig, RemoteRerankError
+
+    rr = RemoteReranker(RemoteRerankerConfig(base_url="http://127.0.0.1:9", max_retries=0))
+    try:
+        rr._client = httpx.Client(base_url="http://127.0.0.1:9", transport=httpx.MockTransport(
+            lambda request: httpx.Response(400, json={"message": "bad\nrequest " + "x" * 5000})))
+        with pytest.raises(RemoteRerankError) as e:
+            rr.rerank("q", ["a"])
+    finally:
+        rr.close()
+    assert "\n" not in str(e.value) and len(str(e.value)) < 500
+
+
+@pytest.mark.parametrize(("raw", "value"), [("out/exp #3/data.jsonl", "out/exp #3/data.jsonl"),
+                                            ("#tag", "#tag"), ('"a #b"', "a #b"), ("a#b", "a#b"), ("5", 5)])
+def test_a_set_value_holding_a_hash_is_not_cut_as_a_yaml_comment(raw: str, value: Any) -> None:
+    """``--set "data.path=out/exp #3/x"`` became ``out/exp`` (audit s43/shipped, finding 1)."""
+    from rerank.config import apply_overrides
+
+    assert apply_overrides({}, [f"data.path={raw}"])["data"]["path"] == value

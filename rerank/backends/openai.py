@@ -49,7 +49,7 @@ import httpx
 from rerank.backends.base import Backend, GenerationConfig
 from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
-from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict, url_query_problem
+from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict, url_parse_problem, url_query_problem
 from rerank.errors import ConfigError, RerankError
 from rerank.utils.http import DeadlineExceeded, Tries, post_with_retries
 
@@ -129,7 +129,7 @@ class OpenAIBackendConfig:
             raise ConfigError(f"openai backend: max_model_len must be >= 1, got {self.max_model_len}")
         if not self.base_url:
             raise ConfigError("openai backend: base_url is required (e.g. --base-url http://127.0.0.1:8000/v1)")
-        if (problem := url_query_problem(self.base_url)) is not None:
+        if (problem := url_parse_problem(self.base_url) or url_query_problem(self.base_url)) is not None:
             raise ConfigError(f"openai backend: {problem}")
         for key in ("top_logprobs", "concurrency", "batch_size"):
             if getattr(self, key) < 1:
@@ -227,7 +227,7 @@ class OpenAIBackend(Backend):
         if response.status_code != 200:
             retried = f" ({tries})" if tries.count > 1 else ""
             raise RerankError(redact_url(f"openai backend: {self._endpoint} answered {response.status_code}{retried}: "
-                                         f"{response.text[:500]}{self._hint(response)}"))
+                                         f"{_excerpt(response.text, 500)}{self._hint(response)}"))
         try:
             body = response.json()
         except ValueError:  # a proxy's login page, a UI served at /v1, a truncated reply

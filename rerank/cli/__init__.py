@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an error instead of one line (or RERANK_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_SubcommandParser)
+    add = sub.add_parser
+
+    def add_described(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))  # `rerank CMD --help` opens with its one-line summary
+        return add(name, **kwargs)
+
+    sub.add_parser = add_described  # type: ignore[method-assign]
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
     return parser

@@ -97,6 +97,7 @@ def reranker_options(args: argparse.Namespace) -> dict:
     opts = apply_overrides(opts, args.reranker_set, flag="--reranker-set")
     if getattr(args, "allow_new_head", False):
         opts["allow_new_head"] = True
+        opts.given["allow_new_head"] = "--allow-new-head"  # an error about the key names the flag typed
     if getattr(args, "base_url", None):
         check_base_url(getattr(args, "reranker", None), getattr(args, "backend", None) or "transformers")
         opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}

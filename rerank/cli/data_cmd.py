@@ -10,7 +10,8 @@ from rerank.cli.common import add_data_root, check_cache_writable, check_output_
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build training data with a recipe (hard negatives, teacher labels, queries)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    b = dsub.add_parser("build", help="run a recipe into JSONL in the training schema + manifest.json")
+    summary = "run a recipe into JSONL in the training schema + manifest.json"
+    b = dsub.add_parser("build", help=summary, description=summary)
     b.add_argument("recipe", help="recipe YAML path, or the name of a shipped recipe")
     b.add_argument("--output", default=None,
                    help="output folder (data.jsonl, manifest.json; default: <cache>/data/<recipe name>)")
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe key (dotted keys for nested options)")
     add_data_root(b)
     b.set_defaults(func=run_build)
-    ls = dsub.add_parser("recipes", help="list the shipped recipes")
+    ls = dsub.add_parser("recipes", help="list the shipped recipes", description="list the shipped recipes")
     ls.set_defaults(func=run_list)
 
 

@@ -191,8 +191,9 @@ def run(args: argparse.Namespace) -> int:
     backend = args.backend or option_default(EvalConfig, "backend")
     model = args.model
     if args.index is not None:
-        if args.retriever is None:
-            raise ConfigError("--index needs --retriever dense or hybrid")
+        if args.retriever not in ("dense", "hybrid"):
+            raise ConfigError(f"--index needs --retriever dense or hybrid"
+                              f"{'' if args.retriever is None else f' (--retriever {args.retriever} builds its own)'}")
         if "index" in ropts and str(ropts["index"]) != args.index:
             raise ConfigError(f"--index {args.index} conflicts with retriever option index={ropts['index']}")
         ropts["index"] = args.index

@@ -160,3 +160,25 @@ def test_a_model_folder_as_index_is_named_a_model_folder(tiny_st_dir: Path, tiny
     with pytest.raises(RerankError, match=r"not a complete dense index folder: no manifest\.json; rebuild it with "
                                           r"`rerank index --model MODEL --dataset /data/b --output "):
         DenseIndex.read_manifest(tmp_path / "half", dataset="/data/b")
+
+
+def test_a_model_folder_with_a_space_is_quoted_in_the_hint(tiny_st_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "my model"
+    shutil.copytree(tiny_st_dir, model)
+    with pytest.raises(RerankError) as info:
+        DenseIndex.read_manifest(model, dataset="/data/b")
+    assert f"(--model {shlex.quote(str(model))})" in str(info.value)
+
+
+def test_check_writes_no_converted_gguf_model(tiny_llm_dir: Path, tiny_beir_dir: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    """With a token limit set, --check de-quantised a .gguf starting model into the cache (review s43/reviewD)."""
+    from rerank.testing.gguf import tiny_gguf
+
+    gguf = tiny_gguf(tiny_llm_dir, tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RERANK_CACHE", str(cache))
+    rc, out, err = _train(run_cli, tmp_path / "o", Path(gguf), f"dataset={tiny_beir_dir}", "max_query_tokens=100",
+                          check=True)
+    assert rc == 0, err
+    assert not (cache / "gguf").exists()

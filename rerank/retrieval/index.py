@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -204,8 +205,6 @@ def rebuild_command(path: str | Path, manifest: Any = None, *, model: str | None
     the manifest records), ``dataset`` (the dataset's folder, written so that it names that folder under any data
     root: ``./NAME`` for a bare name; default: a ``DATASET`` placeholder), and the encoder settings and index type
     the manifest records, ``settings`` overriding them (an empty prefix is left out: the model's own applies)."""
-    import shlex
-
     from rerank.data.datasets import is_dataset_name
 
     m = manifest if isinstance(manifest, dict) else {}
@@ -667,7 +666,7 @@ class DenseIndex:
             if marker is not None:  # rebuilding "it" would overwrite someone's model: say what it is instead
                 build = rebuild_command("NEW_INDEX_FOLDER", model=str(path), dataset=dataset)
                 raise RerankError(f"{path} is a model folder (it holds {marker}), not a dense index: pass it as the "
-                                  f"model (--model {path}), or build an index from it into a new folder with {build}")
+                                  f"model (--model {shlex.quote(str(path))}), or build an index from it into a new folder with {build}")
             raise RerankError(f"{path} is not a complete dense index folder: no manifest.json; rebuild it with "
                               f"{rebuild_command(path, model=model, dataset=dataset)}")
         try:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from rerank.cli.common import add_data_root, check_input_file, check_output_dir
 from rerank.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         names = f"(the method descriptors do not load: {e})"
     p = sub.add_parser("train", help="train a reranker or retriever (sft, grpo, contrastive, star, adore, pgrank, …)")
     p.add_argument("trainer", help=f"registered trainer name: {names}")
-    p.add_argument("--config", default=None, help="YAML config; the starting model is the key 'model'")
+    p.add_argument("--config", default=None,
+                   help="YAML config; the starting model is the key 'model'. Or a run's record OLD/rerank_train.json: "
+                        "its config, to train that run again (its trainer must be TRAINER)")
     p.add_argument("--output", required=True,
                    help="run folder: OUTPUT/model (the trained model, its card and rerank.json), "
                         "OUTPUT/checkpoints/checkpoint-N, the run record rerank_train.json")
@@ -87,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output)
     if args.config is not None:
         check_input_file(args.config, "--config")
-    cfg = load_train_config(trainer.config_class, args.config, args.overrides)
+    cfg = load_train_config(trainer.config_class, args.config, args.overrides, trainer=args.trainer)
     check_method(cfg)
     if args.check:
         return _check(args, trainer, cfg)
     check_inputs(cfg)
+    if args.config is not None:
+        _warn_rerun_changes(Path(args.config), cfg, args.data_root)
     from rerank.trainers.api import run_trainer
     from rerank.trainers.resume import main_process
 
@@ -100,6 +107,40 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps({"trainer": args.trainer, "output": args.output, **(result or {})}, default=str))
     return 0
+
+
+def _warn_rerun_changes(path: Path, cfg: Any, data_root: str | None) -> None:
+    """A run trained again from its record (``--config OLD/rerank_train.json``) warns, naming each, when a starting
+    model or data file it names as the record does has other content (or another package version or hub revision)
+    than the record's: the same config would train other weights. Files are hashed once: the new record reuses it."""
+    from rerank.config import load_yaml, to_dict
+    from rerank.trainers.base import MODEL_KEY, is_run_record, model_record
+    from rerank.trainers.resume import data_changes
+
+    record = load_yaml(path)
+    if not is_run_record(record):
+        return
+    changed = []
+    for option, was in (record.get(MODEL_KEY) or {}).items():
+        value = getattr(cfg, option, None)
+        if not isinstance(was, dict) or not value or str(value) != was.get("model"):
+            continue
+        now = model_record(value)
+        if any(now.get(k) != was.get(k) for k in ("fingerprint", "version", "hub_revision") if k in was or k in now):
+            changed.append(f"{option} {value}")
+    same = [o for o in ("data.path", "data.beir", "dataset", "negatives_file")
+            if _value(record["config"], o) == _value(json.loads(json.dumps(to_dict(cfg))), o)]
+    changed += [c for c in data_changes(record, cfg, data_root, path) if c.split(" ", 1)[0] in same]
+    if changed:
+        log.warning("%s: %s changed since that run (its record holds another fingerprint): this run trains from "
+                    "other inputs than it did", path, ", ".join(changed))
+
+
+def _value(config: Any, option: str) -> Any:
+    """The value of the dotted ``option`` in a config mapping, or None."""
+    for part in option.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def _check(args: argparse.Namespace, trainer: Any, cfg: Any) -> int:

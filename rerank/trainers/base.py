@@ -1,5 +1,6 @@
 """What every ``rerank train TRAINER`` shares: strict configs with ``--set`` overrides, a registry of trainers by
-name, and the run record (config, git hash, versions) saved next to the model.
+name, and the run record (config, git hash, versions, the starting model's fingerprint, the device and threads) saved
+next to the model, which ``--config`` also takes to train the same run again.
 
 A trainer is a class with a ``config_class`` (a dataclass with a required ``model`` field: the starting model) and
 a ``train(config, ctx)`` method. The registered names are the shared reranker trainers ``sft`` and ``grpo`` plus
@@ -9,6 +10,9 @@ names, registered on first use, which :func:`register_trainer` refuses to give a
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -17,20 +21,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from rerank.config import apply_overrides, from_dict, load_yaml, to_dict
+from rerank.config import REDACTED, apply_overrides, from_dict, load_yaml, to_dict
 from rerank.errors import ConfigError
 from rerank.methods import all_methods
-from rerank.utils.files import write_json
+from rerank.utils.files import path_stamp, write_json
 from rerank.utils.registry import Registry
 
 __all__ = [
+    "MODEL_KEY",
     "TrainContext",
     "Trainer",
     "available_trainers",
     "build_train_config",
     "get_trainer",
     "git_hash",
+    "is_run_record",
     "load_train_config",
+    "machine_record",
+    "model_record",
     "register_trainer",
     "save_run_record",
 ]
@@ -92,11 +100,58 @@ def build_train_config(config_class: type, raw: dict[str, Any], where: str = "co
     return cfg
 
 
-def load_train_config(config_class: type, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """YAML file + ``key=value`` overrides -> the trainer's typed config (see :func:`build_train_config`)."""
+def load_train_config(config_class: type, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                      trainer: str | None = None) -> Any:
+    """YAML file + ``key=value`` overrides -> the trainer's typed config (see :func:`build_train_config`). The file
+    may be a run record (``OUTPUT/rerank_train.json``): its ``config`` is read, for the ``trainer`` it records
+    (:func:`_record_config`)."""
     raw = load_yaml(path) if path else {}
+    where = str(path) if path else "config"
+    record = bool(path) and is_run_record(raw)
+    if record:
+        raw = _record_config(raw, path, config_class, trainer)  # type: ignore[arg-type]
+        where = f"{path} (its config)"
     raw = apply_overrides(raw, list(overrides))
-    return build_train_config(config_class, raw, str(path) if path else "config")
+    if record:
+        _refuse_redacted(raw, where)
+    return build_train_config(config_class, raw, where)
+
+
+def is_run_record(raw: Any) -> bool:
+    """Whether a mapping read from a file is a run record (``rerank_train.json``: a ``trainer`` name and a
+    ``config`` mapping), not a trainer's config."""
+    return isinstance(raw, dict) and isinstance(raw.get("trainer"), str) and isinstance(raw.get("config"), dict)
+
+
+def _record_config(record: dict[str, Any], path: str | Path, config_class: type, trainer: str | None) -> dict[str, Any]:
+    """The ``config`` of the run record at ``path``, with keys recorded under a former name under their current one.
+    The record's trainer must be ``trainer`` (one line naming the command that reruns it otherwise); without a name
+    (the Python API), the record's trainer must take ``config_class``."""
+    from rerank.trainers.resume import _current_names
+
+    recorded = record["trainer"]
+    if trainer is not None and recorded != trainer:
+        raise ConfigError(f"--config {path} is the record of a {recorded!r} run, not {trainer!r}: rerun it with "
+                          f"`rerank train {recorded} --config {path} --output NEW`")
+    if trainer is None and (recorded not in TRAINERS.names()
+                            or TRAINERS.get(recorded).config_class is not config_class):
+        raise ConfigError(f"{path} is the record of a {recorded!r} run, which a {config_class.__name__} does not "
+                          f"configure: rerun it with `rerank train {recorded} --config {path} --output NEW`")
+    return dict(_current_names(record["config"], config_class))
+
+
+def _refuse_redacted(raw: Any, where: str, key: str = "") -> None:
+    """A value a run record wrote as ``<redacted>`` (a secret, a URL's password) and no ``--set`` replaced cannot be
+    trained with: one line naming the key and the ``--set`` that gives it."""
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            _refuse_redacted(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(raw, list):
+        for v in raw:
+            _refuse_redacted(v, where, key)
+    elif isinstance(raw, str) and REDACTED in raw:
+        raise ConfigError(f"{where}: {key} holds a secret the record does not keep ({REDACTED}): give it with "
+                          f"--set {key}=VALUE")
 
 
 def git_hash() -> str | None:
@@ -112,10 +167,76 @@ def git_hash() -> str | None:
         return None
 
 
+#: the ``rerank_train.json`` key holding what a run records of the models it starts from (:func:`model_record`), by
+#: option: ``model``, and ``distill_model`` where one is set
+MODEL_KEY = "model_inputs"
+
+
+def _package_of(path: Path) -> tuple[str, str] | None:
+    """(distribution, version) of the installed package whose files hold ``path``, or None."""
+    import importlib.metadata
+
+    roots = {Path(p).resolve() for p in sys.path if p}
+    resolved = path.resolve()
+    for parent in resolved.parents:
+        if parent.parent in roots:
+            for dist in importlib.metadata.packages_distributions().get(parent.name, []):
+                return dist, importlib.metadata.version(dist)
+            return None
+    return None
+
+
+def model_record(model: str | Path) -> dict[str, Any]:
+    """What a run record holds of a model it starts from: a packaged model its name, package and version; a local
+    folder or file the sha256 of each file (:func:`~rerank.utils.files.path_stamp`: each file read once per process
+    and change) and one ``fingerprint`` over them; a hub id its name and, where the local hub cache holds it, the
+    revision (commit) of its snapshot there."""
+    from rerank.models import PACKAGED_MODELS, packaged_model_path
+
+    name = str(model)
+    if name in PACKAGED_MODELS:
+        package = _package_of(packaged_model_path(name))
+        if package is not None:
+            return {"model": name, "package": package[0], "version": package[1]}
+    path = packaged_model_path(name) if name in PACKAGED_MODELS else Path(name).expanduser()
+    if path.exists():
+        files = {rel: f"sha256:{digest}" for rel, digest in path_stamp(path, hash_limit=None)}
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return {"model": name, "path": str(path.resolve()), "fingerprint": f"sha256:{digest}", "files": files}
+    from rerank.backends.cache import hub_snapshot
+
+    snapshot = hub_snapshot(name)
+    return {"model": name, "hub_revision": snapshot.name if snapshot is not None else None}
+
+
+def _models(config: Any) -> dict[str, Any]:
+    """:func:`model_record` of the starting model and a teacher (``distill_model``), by option."""
+    return {option: model_record(value) for option in ("model", "distill_model")
+            if (value := getattr(config, option, None))}
+
+
+def machine_record(config: Any) -> dict[str, Any]:
+    """Where a run of ``config`` trains: the device (``cpu``, ``cuda`` with the visible GPUs' names, or ``mps``), as
+    its ``use_cpu`` (unset: a GPU when one is visible) chooses, the number of processes (``WORLD_SIZE`` under
+    torchrun), and torch's intra-op threads with the ``OMP_NUM_THREADS`` that set them."""
+    import torch
+
+    use_cpu = getattr(config, "use_cpu", None)
+    device: dict[str, Any] = {"type": "cpu"}
+    if not use_cpu and torch.cuda.is_available():
+        device = {"type": "cuda", "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    elif not use_cpu and torch.backends.mps.is_available():
+        device = {"type": "mps"}
+    device["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    return {"device": device,
+            "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}}
+
+
 def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[str, Any] | None = None,
                     previous: dict[str, Any] | None = None) -> Path:
-    """Write ``rerank_train.json`` (trainer, config, git hash, versions) into ``output``; a resumed run keeps the
-    ``previous`` record and adds its own command and versions under ``resumed``."""
+    """Write ``rerank_train.json`` (trainer, config, git hash, versions, the starting models' fingerprints under
+    :data:`MODEL_KEY`, the device and threads) into ``output``; a resumed run keeps the ``previous`` record and adds
+    its own command, versions, device and threads under ``resumed``."""
     import torch
     import transformers
 
@@ -124,7 +245,7 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
     path = Path(output) / "rerank_train.json"
     if previous is not None:
         resumed = {"command": sys.argv, "git_hash": git_hash(), "rerank_version": __version__,
-                   "torch": torch.__version__, "transformers": transformers.__version__}
+                   "torch": torch.__version__, "transformers": transformers.__version__, **machine_record(config)}
         write_json({**previous, "resumed": [*previous.get("resumed", []), resumed]}, path)
         return path
     record = {
@@ -136,7 +257,9 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
         "platform": platform.platform(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        **machine_record(config),
         "command": sys.argv,
+        MODEL_KEY: _models(config),
         **(extra or {}),
     }
     write_json(record, path)

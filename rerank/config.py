@@ -134,6 +134,30 @@ def redact_url(text: str) -> str:
     return text
 
 
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """A command line as records write it: URL credentials, the value of a ``KEY=VALUE`` whose key names a secret
+    (``--reranker-set api_key=…``, ``--set backend_options.api_key=…``, a ``token`` or ``password`` key) and the value
+    after a secret-named flag (``--api-key VALUE``) as ``<redacted>``."""
+    out: list[str] = []
+    hide_next = False
+    for item in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag, eq, value = item.partition("=")
+        if item.startswith("--") and _SECRET_LIKE.search(flag):
+            out.append(f"{flag}={REDACTED}" if eq else item)
+            hide_next = not eq
+            continue
+        key = flag.rsplit(".", 1)[-1]
+        if eq and value and (key in SECRET_KEYS or _SECRET_LIKE.search(key)):
+            out.append(f"{flag}={REDACTED}")
+            continue
+        out.append(redact_url(item))
+    return out
+
+
 def redact_urls(value: Any) -> Any:
     """``value`` (mappings and lists, recursively) with :func:`redact_url` applied to every string and every key in
     :data:`SECRET_KEYS` that is set written as ``<redacted>``: for a record built from a plain dict (a description)."""

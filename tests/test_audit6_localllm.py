@@ -265,3 +265,21 @@ def test_n_ctx_above_the_trained_context_warns_with_both_numbers(tiny_gguf_file:
         above.close()
     [record] = caplog.records
     assert f"n_ctx {trained + 256} is above the {trained} tokens" in record.getMessage()
+
+
+def test_a_missing_submodule_of_an_installed_package_is_not_called_a_missing_package() -> None:
+    """A remote-code model importing ``transformers.onnx`` (gone in transformers 5) was told to pip install
+    transformers (review s43/reviewE)."""
+    from rerank.cli import missing_dependency
+
+    for name in ("transformers.onnx", "torch._C", "faiss.swigfaiss", "sentence_transformers.sentence_transformer"):
+        assert missing_dependency(ModuleNotFoundError(f"No module named '{name}'", name=name)) is None
+
+
+@pytest.mark.parametrize("address", ["s3://bucket/qwen3", "gs://bucket/model", "az://container/model"])
+def test_vllm_takes_cloud_storage_addresses_as_they_are(address: str, tiny_llm_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM loads s3:// / gs:// / az:// models itself; rerank refused them as missing paths (review s43/reviewE)."""
+    started = _fake_vllm(monkeypatch)
+    build_backend("vllm", address, tokenizer=str(tiny_llm_dir))
+    assert started[0]["model"] == address

@@ -268,3 +268,33 @@ def test_a_set_value_holding_a_hash_is_not_cut_as_a_yaml_comment(raw: str, value
     from rerank.config import apply_overrides
 
     assert apply_overrides({}, [f"data.path={raw}"])["data"]["path"] == value
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["rerank", "serve", "--api-key", SECRET], ["rerank", "serve", "--api-key", REDACTED]),
+    (["rerank", "serve", f"--api-key={SECRET}"], ["rerank", "serve", f"--api-key={REDACTED}"]),
+    (["--reranker-set", f"backend_options.api_key={SECRET}"], ["--reranker-set", f"backend_options.api_key={REDACTED}"]),
+    (["--set", f"hf_token={SECRET}", "--set", "max_doc_tokens=5"], ["--set", f"hf_token={REDACTED}", "--set",
+                                                                   "max_doc_tokens=5"]),
+    (["--base-url", f"http://u:{SECRET}@h/v1", "--tokenizer", "t"], ["--base-url", f"http://u:{REDACTED}@h/v1",
+                                                                      "--tokenizer", "t"]),
+])
+def test_command_lines_in_records_hide_secrets(argv: list[str], shown: list[str]) -> None:
+    """Training wrote sys.argv as typed into rerank_train.json, an ``--set api_key=…`` included (review of the eval
+    provenance); eval's record missed a secret flag followed by its value."""
+    from rerank.config import redact_argv
+
+    assert redact_argv(argv) == shown
+
+
+def test_the_training_record_hides_a_secret_given_on_the_command_line(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from rerank.config import from_dict
+    from rerank.trainers.base import save_run_record
+    from rerank.trainers.sft_trainer import SFTTrainConfig
+
+    monkeypatch.setattr("sys.argv", ["rerank", "train", "sft", "--set", f"backend_options.api_key={SECRET}"])
+    config = from_dict(SFTTrainConfig, {"model": "m", "head": "cross-encoder", "data": {"path": "d.jsonl"}})
+    path = save_run_record(tmp_path, "sft", config)
+    text = Path(path).read_text()
+    assert SECRET not in text and REDACTED in text

@@ -23,6 +23,7 @@ in this process (faster start, no ``if __name__ == "__main__"`` guard needed), `
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ class VLLMBackend(Backend):
         from rerank.models import resolve_model_path
 
         # a path that cannot be a model is one line; a GGUF file is de-quantised once as on the transformers backend
-        path = resolve_model_path(model)
+        path = model if re.match(r"^[a-z][a-z0-9+.-]*://", str(model)) else resolve_model_path(model)  # s3:// is vLLM's
         if Path(path).is_dir():  # a folder is checked before the engine starts; a hub id is vLLM's to fetch
             check_causal_lm(model, architectures(path, cfg.trust_remote_code))
         engine_kwargs: dict[str, Any] = {

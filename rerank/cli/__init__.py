@@ -280,9 +280,9 @@ _DISTRIBUTIONS = {"Stemmer": "PyStemmer", "pytrec_eval": "pytrec-eval-terrier", 
 def missing_dependency(error: BaseException) -> str | None:
     """One line naming the package and how to install it when ``error`` is the import of one of rerank's core
     dependencies failing (a venv that installed rerank with ``--no-deps``), else None."""
-    if not isinstance(error, ModuleNotFoundError) or not error.name:
-        return None
-    module = error.name.split(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or not error.name or "." in error.name:
+        return None  # a submodule missing from an installed package (an old import in a model's own code) is not this
+    module = error.name
     try:
         from importlib.metadata import PackageNotFoundError, requires
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rerank.config import REDACTED, SECRET_KEYS, redact_url, to_dict
+from rerank.config import redact_argv, to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_run, write_run
 from rerank.errors import ConfigError, DataFormatError
@@ -601,17 +601,9 @@ def versions() -> dict[str, str | None]:
 
 
 def command_line(argv: Sequence[str] | None = None) -> list[str]:
-    """``argv`` (default ``sys.argv``) as records write it: a URL's password, and the value of a ``KEY=VALUE`` whose
-    key names a secret (``--reranker-set api_key=…``, :data:`~rerank.config.SECRET_KEYS`), as ``<redacted>``."""
-    out = []
-    for item in sys.argv if argv is None else argv:
-        parts = item.split("=")
-        for i, key in enumerate(parts[:-1]):
-            if SECRET_KEYS.intersection(key.lstrip("-").split(".")):
-                item = "=".join(parts[: i + 1]) + f"={REDACTED}"
-                break
-        out.append(redact_url(item))
-    return out
+    """``argv`` (default ``sys.argv``) as records write it (:func:`rerank.config.redact_argv`: URL credentials and
+    secret option values as ``<redacted>``)."""
+    return redact_argv(sys.argv if argv is None else argv)
 
 
 @functools.cache

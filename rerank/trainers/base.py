@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from rerank.config import REDACTED, apply_overrides, from_dict, load_yaml, to_dict
+from rerank.config import REDACTED, apply_overrides, from_dict, load_yaml, redact_argv, to_dict
 from rerank.errors import ConfigError
 from rerank.methods import all_methods
 from rerank.utils.files import path_stamp, write_json
@@ -244,7 +244,7 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
 
     path = Path(output) / "rerank_train.json"
     if previous is not None:
-        resumed = {"command": sys.argv, "git_hash": git_hash(), "rerank_version": __version__,
+        resumed = {"command": redact_argv(sys.argv), "git_hash": git_hash(), "rerank_version": __version__,
                    "torch": torch.__version__, "transformers": transformers.__version__, **machine_record(config)}
         write_json({**previous, "resumed": [*previous.get("resumed", []), resumed]}, path)
         return path
@@ -258,7 +258,7 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         **machine_record(config),
-        "command": sys.argv,
+        "command": redact_argv(sys.argv),
         MODEL_KEY: _models(config),
         **(extra or {}),
     }

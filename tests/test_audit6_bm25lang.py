@@ -176,3 +176,13 @@ def test_research_doc_lists_every_bm25_option() -> None:
     assert {k for row in rows for k in re.findall(r"`(\w+)`", row.split("|")[1])} == {
         f.name for f in dataclasses.fields(BM25Config)}
     assert "stemmer=german stopwords=de" in doc and "multilingual" in doc
+
+
+@pytest.mark.parametrize("text", ["´Hello´ world, the ¨umlaut¨ and ¸cedilla¸", "Windows™ and Service℠ marks",
+                                  "1½ cups, ¼ inch, ⅓ of it", "ZÃ¼rcher Ã¤rger (mis-decoded UTF-8)"])
+def test_symbols_nfkc_would_make_letters_stay_word_breaks(text: str) -> None:
+    """A spacing accent became a combining mark that started the next word (``´hello``), ``Windows™`` became
+    ``windowstm`` and ``1½`` became ``11`` (review s43/reviewG): these terms are bm25s' splitter's again."""
+    from rerank.retrieval.analysis import words
+
+    assert words(text) == BM25S_SPLIT(text.lower())

@@ -6,14 +6,17 @@ and queries:
 1. Invisible format characters are removed (soft hyphen, zero-width joiner and non-joiner, word joiner, byte order
    mark, bidi controls, variation selectors: Unicode's Default_Ignorable_Code_Point); a zero-width space is a word
    break.
-2. NFKC normalisation: NFD text is composed (``Mu`` + U+0308 + ``ller`` is ``Müller``), full-width and half-width
+2. NFKC normalisation, except that ``™`` and ``℠`` stay word breaks and vulgar fractions (``½``, also met in
+   mis-decoded text: ``Ã¼``) stay word characters, as they were to bm25s' splitter (NFKC would glue ``tm`` or
+   ``1⁄2`` to the word): NFD text is composed (``Mu`` + U+0308 + ``ller`` is ``Müller``), full-width and half-width
    forms, ligatures and presentation forms become their plain characters (``ＡＰＰＬＥ`` is ``APPLE``, ``ﾗｰﾒﾝ`` is
    ``ラーメン``, ``ﬁ`` is ``fi``).
 3. Arabic harakat and tatweel, Hebrew niqqud and cantillation are removed: these vowel points are optional in
    writing, so a pointed and an unpointed spelling of a word become the same term (as Lucene's Arabic normaliser
    does).
-4. Lowercasing, then words: maximal runs of word characters (Python's ``\\w``) and combining marks (Unicode
-   categories Mn, Mc, Me), so Devanagari or Tamil vowel signs stay inside their word; a word must have two or more
+4. Lowercasing, then words: a word character (Python's ``\\w``) followed by word characters and combining marks
+   (Unicode categories Mn, Mc, Me), so Devanagari or Tamil vowel signs stay inside their word and a spacing accent
+   (``´``, which NFKC makes a space and a combining mark) does not start one; a word must have two or more
    characters.
 5. Within a word, each run of Han, Hiragana, Katakana or Hangul characters gives its characters and its overlapping
    character bigrams (``東京都`` gives ``東``, ``東京``, ``京``, ``京都``, ``都``), as Lucene's CJKAnalyzer
@@ -34,9 +37,13 @@ from typing import NamedTuple
 __all__ = ["ANALYZER_VERSION", "words"]
 
 # Bump when ``words`` gives other terms for some text: it keys the BM25 index cache.
-ANALYZER_VERSION = 1
+ANALYZER_VERSION = 2
 
 _ASCII_WORDS = re.compile(r"(?u)\b\w\w+\b").findall  # bm25s' default splitter
+#: word breaks: the zero-width space, and the symbols NFKC would make letters of (™ ℠)
+_BREAKS = re.compile("[\u200b\u2120\u2122]")
+#: vulgar fractions, which NFKC would split into digits and a fraction slash: kept as they are (word characters)
+_FRACTIONS = re.compile("([\u00bc-\u00be\u2150-\u215f\u2189]+)")
 
 # Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties.txt), removed; ZERO WIDTH SPACE breaks words instead.
 _IGNORABLE = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200c-\u200f\u202a-\u202e\u2060-\u206f"
@@ -76,8 +83,8 @@ def _patterns() -> _Patterns:
     astral = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges if b > 0xFFFF)
     return _Patterns(
         ignorable=re.compile(f"[{_IGNORABLE}]"), pointing=re.compile(f"[{_POINTING}]"),
-        astral=re.compile("[\U00010000-\U0010ffff]"), word_bmp=re.compile(rf"[\w{bmp}]+"),
-        word=re.compile(rf"[\w{bmp}{astral}]+"), cjk_bmp=re.compile(f"[{_CJK_BMP}]+"),
+        astral=re.compile("[\U00010000-\U0010ffff]"), word_bmp=re.compile(rf"\w[\w{bmp}]*"),
+        word=re.compile(rf"\w[\w{bmp}{astral}]*"), cjk_bmp=re.compile(f"[{_CJK_BMP}]+"),
         cjk=re.compile(f"[{_CJK_BMP}{_CJK_ASTRAL}]+"),
     )
 
@@ -100,8 +107,10 @@ def words(text: str) -> list[str]:
     if text.isascii():
         return _ASCII_WORDS(text.lower())
     p = _patterns()
-    text = p.ignorable.sub("", text.replace("\u200b", " "))
-    text = p.pointing.sub("", unicodedata.normalize("NFKC", text)).lower()
+    text = p.ignorable.sub("", _BREAKS.sub(" ", text))
+    pieces = _FRACTIONS.split(text)  # the fractions at odd positions
+    text = "".join(x if i % 2 else unicodedata.normalize("NFKC", x) for i, x in enumerate(pieces))
+    text = p.pointing.sub("", text).lower()
     bmp = p.astral.search(text) is None
     runs = (p.word_bmp if bmp else p.word).findall(text)
     cjk = p.cjk_bmp if bmp else p.cjk

@@ -135,9 +135,9 @@ def redact_url(text: str) -> str:
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
-    """A command line as records write it: URL credentials, the value of a ``KEY=VALUE`` whose key names a secret
-    (``--reranker-set api_key=…``, ``--set backend_options.api_key=…``, a ``token`` or ``password`` key) and the value
-    after a secret-named flag (``--api-key VALUE``) as ``<redacted>``."""
+    """A command line as records write it: URL credentials, everything after a secret-named key's ``=`` or ``:``
+    (``--reranker-set api_key=…``, ``--set=backend_options.api_key=…``, ``{api_key: …}``, a ``token`` or ``password``
+    key) and the value after a secret-named flag (``--api-key VALUE``) as ``<redacted>``."""
     out: list[str] = []
     hide_next = False
     for item in argv:
@@ -145,17 +145,18 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             out.append(REDACTED)
             hide_next = False
             continue
-        flag, eq, value = item.partition("=")
-        if item.startswith("--") and _SECRET_LIKE.search(flag):
-            out.append(f"{flag}={REDACTED}" if eq else item)
-            hide_next = not eq
+        if item.startswith("--") and "=" not in item and _SECRET_LIKE.search(item):
+            out.append(item)
+            hide_next = True
             continue
-        key = flag.rsplit(".", 1)[-1]
-        if eq and value and (key in SECRET_KEYS or _SECRET_LIKE.search(key)):
-            out.append(f"{flag}={REDACTED}")
-            continue
-        out.append(redact_url(item))
+        out.append(_ARG_SECRET.sub(lambda m: m[1] + REDACTED, redact_url(item), count=1))
     return out
+
+
+#: a secret-named key with its ``=`` or ``:`` (``api_key=``, ``--api-key=``, ``hf_token:``), then the rest of the
+#: argument, which :func:`redact_argv` hides
+_ARG_SECRET = re.compile(r"((?:api[-_ ]?key|token(?!s|iz)|secret|passw)[\w-]*['\"]?\s*[=:]\s*).+",
+                         re.IGNORECASE | re.DOTALL)
 
 
 def redact_urls(value: Any) -> Any:

@@ -298,3 +298,15 @@ def test_the_training_record_hides_a_secret_given_on_the_command_line(tmp_path: 
     path = save_run_record(tmp_path, "sft", config)
     text = Path(path).read_text()
     assert SECRET not in text and REDACTED in text
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    ([f"--reranker-set=api_key={SECRET}"], [f"--reranker-set=api_key={REDACTED}"]),
+    ([f"--set=backend_options.api_key={SECRET}"], [f"--set=backend_options.api_key={REDACTED}"]),
+    (["--reranker-set", f"backend_options={{api_key: {SECRET}}}"], ["--reranker-set", f"backend_options={{api_key: {REDACTED}"]),
+])
+def test_secrets_given_as_flag_equals_key_value_are_hidden(argv: list[str], shown: list[str]) -> None:
+    """``--reranker-set=api_key=KEY`` was written in clear (review s43/reviewI)."""
+    from rerank.config import redact_argv
+
+    assert redact_argv(argv) == shown

@@ -187,3 +187,22 @@ def test_use_cpu_is_recorded_as_a_cpu_run(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert machine_record(cfg)["device"] == {"type": "cpu", "world_size": 2}
+
+
+def test_a_rerun_of_a_resumed_run_trains_as_long_as_it_finally_did(first_run, tmp_path: Path, run_cli,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A run resumed to max_steps 6 kept max_steps 4 in its record's config, and a rerun from the record trained 4
+    steps without a word (review s43/reviewI); the resume now records the length it resumed to."""
+    out, data, model = first_run
+    rc, _, err = run_cli("train", "sft", *_sft_args(data, model), "--set", "max_steps=6", "--output", out, "--resume")
+    assert rc == 0, err
+    record = json.loads((out / "rerank_train.json").read_text())
+    assert record["config"]["max_steps"] == 4 and record["resumed"][-1]["length"]["max_steps"] == 6
+    cls = TRAINERS.get("sft").config_class
+    assert load_train_config(cls, out / "rerank_train.json", trainer="sft").max_steps == 6
+    del record["resumed"][-1]["length"]  # as an older rerank wrote it
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING):
+        assert load_train_config(cls, older, trainer="sft").max_steps == 4
+    assert "did not record the length it resumed to" in caplog.text

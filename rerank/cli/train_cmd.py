@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(args, trainer, cfg)
     check_inputs(cfg)
-    if args.config is not None:
+    if args.config is not None and not args.resume:  # a resume compares what it must itself, without hashing models
         _warn_rerun_changes(Path(args.config), cfg, args.data_root)
     from rerank.trainers.api import run_trainer
     from rerank.trainers.resume import main_process

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -26,6 +27,8 @@ from rerank.errors import ConfigError
 from rerank.methods import all_methods
 from rerank.utils.files import path_stamp, write_json
 from rerank.utils.registry import Registry
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_KEY",
@@ -137,7 +140,21 @@ def _record_config(record: dict[str, Any], path: str | Path, config_class: type,
                             or TRAINERS.get(recorded).config_class is not config_class):
         raise ConfigError(f"{path} is the record of a {recorded!r} run, which a {config_class.__name__} does not "
                           f"configure: rerun it with `rerank train {recorded} --config {path} --output NEW`")
-    return dict(_current_names(record["config"], config_class))
+    config = dict(_current_names(record["config"], config_class))
+    resumes = [r for r in record.get("resumed") or [] if isinstance(r, dict)]
+    for entry in resumes:  # a resume may have lengthened the run: the rerun trains as long as it finally did
+        length = entry.get(RESUMED_LENGTH_KEY)
+        if isinstance(length, dict):
+            config.update({k: v for k, v in length.items() if k in RESUMABLE_LENGTH and k in config})
+    if any(not isinstance(r.get(RESUMED_LENGTH_KEY), dict) for r in resumes):
+        log.warning("%s: the run was resumed by a rerank that did not record the length it resumed to; if a resume "
+                    "raised max_steps or epochs, give them with --set", path)
+    return config
+
+
+#: the options a resume may raise (a longer run), recorded with each resume under :data:`RESUMED_LENGTH_KEY`
+RESUMABLE_LENGTH = ("max_steps", "epochs")
+RESUMED_LENGTH_KEY = "length"
 
 
 def _refuse_redacted(raw: Any, where: str, key: str = "") -> None:
@@ -245,7 +262,8 @@ def save_run_record(output: str | Path, trainer: str, config: Any, extra: dict[s
     path = Path(output) / "rerank_train.json"
     if previous is not None:
         resumed = {"command": redact_argv(sys.argv), "git_hash": git_hash(), "rerank_version": __version__,
-                   "torch": torch.__version__, "transformers": transformers.__version__, **machine_record(config)}
+                   "torch": torch.__version__, "transformers": transformers.__version__, **machine_record(config),
+                   RESUMED_LENGTH_KEY: {k: getattr(config, k) for k in RESUMABLE_LENGTH if hasattr(config, k)}}
         write_json({**previous, "resumed": [*previous.get("resumed", []), resumed]}, path)
         return path
     record = {

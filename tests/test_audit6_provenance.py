@@ -254,3 +254,31 @@ def test_a_remote_rows_backend_is_not_the_config_default() -> None:
     report = _assemble(cfg, {"R": {"a": cell}}, [])
     assert report["rows"][0]["backend"] is None
     assert "| 1 | R | bm25 | remote | — |" in render_markdown(report, "lb.yaml", None)
+
+
+def test_rank_refuses_an_output_name_too_long_for_its_record(tmp_path: Path, run_cli) -> None:
+    """A 222-character output name was ranked into, then its OUTPUT.meta.json failed (name too long), leaving a
+    ranking without its record (review s43/reviewH)."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"query": "q", "docs": ["a", "b"]}\n')
+    out = tmp_path / ("r" * 240 + ".jsonl")  # fits; with .meta.json (256 bytes) it does not
+    rc, _, err = run_cli("rank", "--reranker", "cross-encoder", "--model", "m", "--input", source, "--output", out)
+    assert rc == 2 and "too long a name for its record .meta.json" in err and not out.exists()
+
+
+def test_the_git_hash_is_rerank_s_own_checkout_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rerank installed inside another project's repository recorded that project's commit (review s43/reviewH)."""
+    import subprocess
+
+    from rerank.trainers import base
+
+    project = tmp_path / "project"
+    installed = project / ".venv" / "lib" / "site-packages" / "rerank" / "trainers" / "base.py"
+    installed.parent.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True)
+    own = base.git_hash()
+    assert own is None or len(own.removesuffix("-dirty")) == 40
+    monkeypatch.setattr(base, "__file__", str(installed))
+    assert base.git_hash() is None

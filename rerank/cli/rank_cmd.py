@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -43,6 +44,24 @@ log = logging.getLogger(__name__)
 BATCH_QUERIES = 8
 #: what the record of a ranking is named: ``OUTPUT`` + this (``ranked.jsonl.meta.json``)
 META_SUFFIX = ".meta.json"
+
+
+def _check_meta_name(out: Path) -> None:
+    """Before any work: the record's name ``OUTPUT.meta.json`` fits the file system (a ranking written without its
+    record would be half a result)."""
+    folder = out.expanduser().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return
+    name = f"{out.name}{META_SUFFIX}"
+    if len(os.fsencode(name)) > limit:
+        from rerank.errors import ConfigError
+
+        raise ConfigError(f"--output {out.name!r} is too long a name for its record {META_SUFFIX} beside it "
+                          f"({len(os.fsencode(name))} bytes, the file system takes {limit}): give a shorter name")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -116,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output_file(out)
+    _check_meta_name(out)
     if args.log_llm_io is not None:
         check_output_file(args.log_llm_io, "--log-llm-io")
     kind, gzipped = output_kind(out)

@@ -144,16 +144,15 @@ def _value(config: Any, option: str) -> Any:
 
 
 def _check(args: argparse.Namespace, trainer: Any, cfg: Any) -> int:
-    """``--check``: what the run would do with --output, then its inputs when it would train (a retriever trainer's
-    data, batch and token limits by the run's own checks: :meth:`RetrieverTrainer.check_inputs`); nothing written."""
+    """``--check``: what the run would do with --output, then its inputs when it would train (the trainer's own
+    ``check_inputs``: a retriever trainer's data, batch and token limits, GRPO's vLLM); nothing written."""
     from rerank.trainers.resume import check_run, input_paths
-    from rerank.trainers.retriever import RetrieverTrainer
 
     state, line = check_run(Path(args.output), args.trainer, cfg, args.resume, args.overwrite,
                             input_paths(cfg, args.data_root), data_root=args.data_root)
     if state != "done" and not args.inputs_later:
         check_inputs(cfg)
-        if isinstance(trainer, RetrieverTrainer):
+        if callable(getattr(trainer, "check_inputs", None)):  # the trainer's own checks (data, environment)
             trainer.check_inputs(cfg, args.data_root)
     print(line)
     print(f"state: {state}")

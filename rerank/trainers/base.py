@@ -172,13 +172,22 @@ def _refuse_redacted(raw: Any, where: str, key: str = "") -> None:
 
 
 def git_hash() -> str | None:
-    """The commit of the rerank checkout (plus '-dirty'), or None outside a git checkout."""
+    """The commit of the rerank checkout (plus '-dirty' when a tracked file differs from it), or None when rerank
+    does not run from its own checkout (an installed copy inside another project's repository is not that project's
+    commit)."""
     root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], check=False, cwd=root, capture_output=True, text=True, timeout=10)
+
     try:
-        h = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=root, capture_output=True, text=True, timeout=10)
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root or not (root / "pyproject.toml").is_file():
+            return None
+        h = git("rev-parse", "HEAD")
         if h.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain"], check=False, cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return h.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -293,6 +293,13 @@ class GRPOTrainer:
 
     config_class = GRPOTrainConfig
 
+    def check_inputs(self, config: GRPOTrainConfig, data_root: str | None) -> None:
+        """What the run needs of this environment beyond its files (``rerank train grpo --check`` runs it too):
+        vLLM for ``use_vllm``."""
+        if config.use_vllm and importlib.util.find_spec("vllm") is None:
+            raise ConfigError("use_vllm needs vLLM in this environment (pip install vllm, on a CUDA machine); "
+                              "leave it false to generate with transformers")
+
     def build(self, config: GRPOTrainConfig, ctx: TrainContext) -> Any:
         """The configured TRL trainer (rows, rewards and rollouts wired), ready to ``train``."""
         import datasets
@@ -301,9 +308,7 @@ class GRPOTrainer:
 
         from rerank.trainers.task import build_task
 
-        if config.use_vllm and importlib.util.find_spec("vllm") is None:  # before any data or model work
-            raise ConfigError("use_vllm needs vLLM in this environment (pip install vllm, on a CUDA machine); "
-                              "leave it false to generate with transformers")
+        self.check_inputs(config, ctx.data_root)  # before any data or model work
         train, dev = load_training_data(config.data, ctx.data_root)
         check_dev_split(config, dev)
         tok = load_tokenizer(config.model)

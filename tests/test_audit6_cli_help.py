@@ -39,3 +39,18 @@ def test_allow_new_head_on_a_method_without_it_names_the_flag(run_cli, tiny_llm_
     rc, _, err = run_cli("rank", "--reranker", "erank", "--model", tiny_llm_dir, "--allow-new-head",
                          "--input", source, "--output", tmp_path / "o.jsonl")
     assert rc == 2 and "error: --allow-new-head: unknown key 'allow_new_head'" in err, err
+
+
+def test_grpo_check_refuses_use_vllm_without_vllm_as_the_run_does(tiny_llm_dir: Path, tiny_beir_dir: Path,
+                                                                  tmp_path: Path, run_cli) -> None:
+    """--check printed `state: train` for use_vllm without vLLM installed; the run then stopped at once (audit
+    s43/shipped, finding 2)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.fail("this test needs an environment without vLLM (the main venv)")
+    config = tmp_path / "g.yaml"
+    config.write_text(f"model: {tiny_llm_dir}\nhead: first\ndata: {{beir: {tiny_beir_dir}, split: train}}\n"
+                      "use_vllm: true\nbf16: false\nuse_cpu: true\n")
+    rc, out, err = run_cli("train", "grpo", "--config", config, "--output", tmp_path / "o", "--check")
+    assert rc == 2 and "use_vllm needs vLLM in this environment" in err and "state:" not in out, err

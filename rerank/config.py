@@ -35,7 +35,7 @@ from rerank.errors import ConfigError, DataFormatError
 __all__ = [
     "load_yaml", "apply_overrides", "from_dict", "to_dict", "secret_field", "without_secrets", "override_source",
     "layered", "option_default", "changed_options", "refuse_changed", "Renamed", "check_renamed", "renamed_arguments",
-    "SECRET_KEYS", "REDACTED", "redact_url", "redact_urls", "URL_SECRET_PARAMS", "plain", "drop_key",
+    "SECRET_KEYS", "REDACTED", "redact_url", "URL_SECRET_PARAMS", "plain", "drop_key",
     "build_error", "probe_value",
 ]
 
@@ -157,18 +157,6 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 #: argument, which :func:`redact_argv` hides
 _ARG_SECRET = re.compile(r"((?:api[-_ ]?key|token(?!s|iz)|secret|passw)[\w-]*['\"]?\s*[=:]\s*).+",
                          re.IGNORECASE | re.DOTALL)
-
-
-def redact_urls(value: Any) -> Any:
-    """``value`` (mappings and lists, recursively) with :func:`redact_url` applied to every string and every key in
-    :data:`SECRET_KEYS` that is set written as ``<redacted>``: for a record built from a plain dict (a description)."""
-    if isinstance(value, str):
-        return redact_url(value)
-    if isinstance(value, Mapping):
-        return {k: (None if v is None else REDACTED) if k in SECRET_KEYS else redact_urls(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact_urls(v) for v in value]
-    return value
 
 
 def secret_field(default: Any = None) -> Any:

@@ -69,8 +69,11 @@ _URL_USERINFO = re.compile(r"(?:(?<=://)|(?<=:\\/\\/))([^/\\\s\"'`]*)@")
 _URL_REST = re.compile(r"://(?:<redacted>|[^\s\"'<>`])*")
 #: how deep URLs nested in parameter values (``?next=http://h/?key=K``) are followed
 _URL_NESTING = 4
-#: a ``name=value`` parameter of a query string, a fragment or a path's ``;`` parameters
-_URL_PARAM = re.compile(r"(?<=[?&;#])([^=&;#?]+)=([^&;#]*)")
+#: a ``name=value`` parameter of a query string, a fragment or a path's ``;`` parameters, then what follows it up to
+#: the next ``&`` or ``#`` (``;``-separated parameters, or the rest of a value holding a ``;``)
+_URL_PARAM = re.compile(r"(?<=[?&;#])([^=&;#?]+)=([^&;#]*)((?:;[^&#]*)?)")
+#: a ``;``-separated parameter within that rest
+_URL_SEMI_PARAM = re.compile(r"(?<=;)([^=&;#?]+)=([^&;#]*)")
 
 
 def _secret_param(name: str) -> bool:
@@ -89,12 +92,16 @@ def _hide_userinfo(m: re.Match[str]) -> str:
 
 
 def _hide_params(text: str, depth: int = 0) -> str:
+    def semi(q: re.Match[str]) -> str:
+        return f"{q[1]}={REDACTED}" if q[2] and _secret_param(q[1]) else q[0]
+
     def hide(p: re.Match[str]) -> str:
         if p[2] and _secret_param(p[1]):
-            return f"{p[1]}={REDACTED}"
-        if "=" in p[2] and "://" in p[2] and depth < _URL_NESTING:  # a URL in a value (?next=http://h/?key=K)
-            return f"{p[1]}={_hide_params(p[2], depth + 1)}"
-        return p[0]
+            return f"{p[1]}={REDACTED}"  # with what follows up to the next & or #: a ';' may be the secret's own
+        value = p[2]
+        if "=" in value and "://" in value and depth < _URL_NESTING:  # a URL in a value (?next=http://h/?key=K)
+            value = _hide_params(value, depth + 1)
+        return f"{p[1]}={value}{_URL_SEMI_PARAM.sub(semi, p[3]) if p[3] else ''}"
     return _URL_PARAM.sub(hide, text)
 
 

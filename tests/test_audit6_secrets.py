@@ -301,3 +301,18 @@ def test_secrets_given_as_flag_equals_key_value_are_hidden(argv: list[str], show
     from rerank.config import redact_argv
 
     assert redact_argv(argv) == shown
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"http://h/?token=ab;{SECRET}&page=2", f"http://h/?token={REDACTED}&page=2"),
+    (f"http://h/?a=1;token={SECRET}&b=2", f"http://h/?a=1;token={REDACTED}&b=2"),
+    ("http://h/?x=1;y=2;z=3&page=4#top", "http://h/?x=1;y=2;z=3&page=4#top"),
+])
+def test_semicolons_in_a_query_neither_leak_nor_lose_parameters(url: str, shown: str) -> None:
+    """``?token=ab;SECRET`` kept the part after the ';' (review s43/reviewF)."""
+    assert redact_url(url) == shown
+
+
+def test_many_semicolon_parameters_are_redacted_without_recursion() -> None:
+    text = "http://h/" + ";a=x" * 5000 + f";token={SECRET}"
+    assert SECRET not in redact_url(text)

@@ -22,7 +22,7 @@ from rerank.config import changed_options, redact_url, secret_field, url_parse_p
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
-from rerank.utils.http import post_with_retries
+from rerank.utils.http import excerpt, post_with_retries
 
 __all__ = ["RemoteRerankError", "RemoteReranker", "RemoteRerankerConfig", "api_key_problem"]
 
@@ -155,8 +155,7 @@ class RemoteReranker(Reranker):
             except ValueError:
                 msg = resp.text
             tries = f" (after {self.config.max_retries + 1} attempts)" if resp.status_code in _RETRY_STATUS else ""
-            msg = " ".join(str(msg).split())  # one line, and at most 300 characters of what the server wrote
-            msg = msg if len(msg) <= 300 else msg[:300] + "…"
+            msg = excerpt(str(msg), 300)  # one line, and at most 300 characters of what the server wrote
             raise RemoteRerankError(redact_url(f"{self._server} answered {resp.status_code}{tries}: {msg}"))
         scores: list[float | None] = [None] * len(candidates)
         rel: list[float] = [0.0] * len(candidates)

@@ -51,7 +51,7 @@ from rerank.backends.util import check_prompts, cut_at_stop, unique_ids
 from rerank.backends.vllm import MAX_LOGPROB_IDS
 from rerank.config import REDACTED, from_dict, redact_url, secret_field, to_dict, url_parse_problem, url_query_problem
 from rerank.errors import ConfigError, RerankError
-from rerank.utils.http import DeadlineExceeded, Tries, post_with_retries
+from rerank.utils.http import DeadlineExceeded, Tries, excerpt, post_with_retries
 
 __all__ = ["OpenAIBackend", "OpenAIBackendConfig"]
 
@@ -95,12 +95,6 @@ def _in_daemon_threads(fn: Callable[[Any], Any], items: list[Any], workers: int)
     finally:
         failed.set()  # an error, Ctrl-C or SIGTERM here: the threads start no more items
     return [out[k] for k in range(len(items))]
-
-
-def _excerpt(text: str, limit: int = 200) -> str:
-    """The start of a response body on one line (whitespace runs joined), at most ``limit`` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
 @dataclass
@@ -212,7 +206,7 @@ class OpenAIBackend(Backend):
         """A one-line error: the server's 200 reply was not the completions shape (``what``), quoting ``body``."""
         text = body if isinstance(body, str) else json.dumps(body, default=str)
         return RerankError(redact_url(f"openai backend: {self._endpoint} answered an unexpected body ({what}): "
-                                      f"{_excerpt(text)}"))
+                                      f"{excerpt(text)}"))
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One completions request, answered in full within ``timeout`` seconds a try; retries connection failures,
@@ -227,12 +221,12 @@ class OpenAIBackend(Backend):
         if response.status_code != 200:
             retried = f" ({tries})" if tries.count > 1 else ""
             raise RerankError(redact_url(f"openai backend: {self._endpoint} answered {response.status_code}{retried}: "
-                                         f"{_excerpt(response.text, 500)}{self._hint(response)}"))
+                                         f"{excerpt(response.text, 500)}{self._hint(response)}"))
         try:
             body = response.json()
         except ValueError:  # a proxy's login page, a UI served at /v1, a truncated reply
             raise RerankError(redact_url(f"openai backend: {self._endpoint} answered 200 with a non-JSON body: "
-                                         f"{_excerpt(response.text)}")) from None
+                                         f"{excerpt(response.text)}")) from None
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) \
                 or not all(isinstance(c, dict) for c in body["choices"]):
             raise self._unexpected("not an object with a list of choice objects", body)

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["MAX_WAIT", "DeadlineExceeded", "Tries", "post_with_retries", "retry_after"]
+__all__ = ["MAX_WAIT", "DeadlineExceeded", "Tries", "excerpt", "post_with_retries", "retry_after"]
 
 #: the longest wait a server's Retry-After can ask for, in seconds
 MAX_WAIT = 60.0
@@ -52,6 +52,13 @@ class Tries:
     def __str__(self) -> str:
         seconds = time.monotonic() - self.started
         return f"{self.count} attempt{'s' if self.count != 1 else ''} over {seconds:.1f} s"
+
+
+def excerpt(text: str, limit: int = 200) -> str:
+    """The start of a server's answer on one line (whitespace runs joined), at most ``limit`` characters, for an
+    error message."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
 def retry_after(resp: httpx.Response, default: float) -> float:

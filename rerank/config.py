@@ -143,8 +143,8 @@ def redact_url(text: str) -> str:
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """A command line as records write it: URL credentials, everything after a secret-named key's ``=`` or ``:``
-    (``--reranker-set api_key=…``, ``--set=backend_options.api_key=…``, ``{api_key: …}``, a ``token`` or ``password``
-    key) and the value after a secret-named flag (``--api-key VALUE``) as ``<redacted>``."""
+    (``--reranker-set api_key=…``, ``--set=backend_options.api_key=…``, ``{api_key: …}``, a ``token`` or
+    ``password`` key) and the value after a secret-named flag (``--api-key VALUE``) as ``<redacted>``."""
     out: list[str] = []
     hide_next = False
     for item in argv:
@@ -162,8 +162,7 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 
 #: a secret-named key with its ``=`` or ``:`` (``api_key=``, ``--api-key=``, ``hf_token:``), then the rest of the
 #: argument, which :func:`redact_argv` hides
-_ARG_SECRET = re.compile(r"((?:api[-_ ]?key|token(?!s|iz)|secret|passw)[\w-]*['\"]?\s*[=:]\s*).+",
-                         re.IGNORECASE | re.DOTALL)
+_ARG_SECRET = re.compile(rf"((?:{_SECRET_LIKE.pattern})[\w-]*['\"]?\s*[=:]\s*).+", re.IGNORECASE | re.DOTALL)
 
 
 def secret_field(default: Any = None) -> Any:

@@ -49,11 +49,10 @@ META_SUFFIX = ".meta.json"
 def _check_meta_name(out: Path) -> None:
     """Before any work: the record's name ``OUTPUT.meta.json`` fits the file system (a ranking written without its
     record would be half a result)."""
-    folder = out.expanduser().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    from rerank.utils.files import nearest_existing
+
     try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
+        limit = os.pathconf(nearest_existing(out.expanduser().parent), "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         return
     name = f"{out.name}{META_SUFFIX}"

@@ -187,15 +187,21 @@ def _as_list(items: Any, name: str) -> list[Any]:
     return list(items)
 
 
+def _positive_int(value: Any) -> int | None:
+    """``value`` as an int >= 1 (numpy integers included; not a bool), or None when it is not one."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        return None
+    return number if number is not None and number >= 1 else None
+
+
 def _check_top_k(top_k: Any) -> int | None:
     """``top_k`` as an int >= 1 (numpy integers included), or None for all documents."""
     if top_k is None:
         return None
-    try:
-        value = None if isinstance(top_k, bool) else operator.index(top_k)
-    except TypeError:
-        value = None
-    if value is None or value < 1:
+    value = _positive_int(top_k)
+    if value is None:
         raise ValueError(f"top_k must be an integer >= 1 or None (all documents), got {top_k!r}")
     return value
 
@@ -543,11 +549,8 @@ class Reranker(ABC):
         if batch_size is None:
             yield int(getattr(self.config, "batch_size", 1) or 1)
             return
-        try:
-            size = None if isinstance(batch_size, bool) else operator.index(batch_size)
-        except TypeError:
-            size = None
-        if size is None or size < 1:
+        size = _positive_int(batch_size)
+        if size is None:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         config = dataclasses.replace(self.config, batch_size=size)  # the head's own checks run on it
         if not self.serialise_calls:

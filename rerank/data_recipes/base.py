@@ -587,20 +587,6 @@ def _read_progress(path: Path) -> tuple[list[dict[str, Any]], int]:
     return done, good
 
 
-def _changed_options(before: object, now: object, prefix: str = "") -> list[str]:
-    """The dotted option names whose values differ between two recorded recipe configs (at most a few named)."""
-    if not (isinstance(before, dict) and isinstance(now, dict)):
-        return [prefix.rstrip(".")] if before != now and prefix else []
-    out: list[str] = []
-    for key in sorted(set(before) | set(now), key=str):
-        a, b = before.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_options(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}")
-    return out
-
-
 def _write_skipped(skipped: list[tuple[str, str]], path: Path) -> dict[str, int]:
     """Write the ``(unit, reason)`` of each unit without a row to ``path`` (atomically; a build without any leaves no
     such file) and return the count per reason."""
@@ -678,7 +664,10 @@ def build(
         if old.get("recipe_hash") in hashes:
             raise ConfigError(f"{out} already holds this recipe's finished build: pass --resume to reuse it, or remove "
                               "the folder (or choose another --output) to build it again")
-        changed = _changed_options(old.get("config"), cls.record(config)) if old.get("recipe") == kind else []
+        from rerank.trainers.resume import config_differences  # "key: old -> new" per option that differs
+
+        changed = ([d.split(":", 1)[0] for d in config_differences(old.get("config"), cls.record(config), config)]
+                   if old.get("recipe") == kind else [])
         what = (f"with other options ({', '.join(changed)})" if changed
                 else f"of another recipe ({old.get('recipe')}, hash {old.get('recipe_hash')} vs {rhash})")
         raise ConfigError(f"{out} already holds a finished build {what}; remove the folder to build this config there, "

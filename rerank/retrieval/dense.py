@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -164,6 +165,17 @@ def check_max_lengths(settings: EncoderSettings, explicit: dict[str, Any], query
     return dataclasses.replace(settings, **fixed) if fixed else settings
 
 
+def _mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[B, L]`` counted over each row's real tokens (0 at its first one, pads 0), as ``generate`` derives
+    them: a left-padded row reads the positions it has alone."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _takes_position_ids(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward names a ``position_ids`` argument (decoders, BERT; not T5's relative positions)."""
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
 def _is_causal_lm(config: Any) -> bool:
     """Sentence-transformers' rule for a plain checkpoint: a ``*ForCausalLM`` architecture gets last-token pooling."""
     archs = getattr(config, "architectures", None) or []
@@ -249,10 +261,14 @@ class BiEncoder(torch.nn.Module):
         return dict(enc)
 
     def forward_features(self, features: dict[str, torch.Tensor], side: Side) -> torch.Tensor:
-        """Pooled (and normalised) embeddings ``[B, dim]`` of tokenized inputs, with autograd when enabled."""
-        model = self._side(side)[0]
+        """Pooled (and normalised) embeddings ``[B, dim]`` of tokenized inputs, with autograd when enabled. Left-padded
+        inputs get position ids counted from each row's first real token, so a text's embedding does not depend on the
+        longer texts beside it; right-padded ones run as they are."""
+        model, tok, _, _ = self._side(side)
         dev = next(model.parameters()).device
         feats = {k: v.to(dev) for k, v in features.items()}
+        if tok.padding_side == "left" and "position_ids" not in feats and _takes_position_ids(model):
+            feats["position_ids"] = _mask_positions(feats["attention_mask"])
         return self._pool(model(**feats).last_hidden_state, feats["attention_mask"])
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

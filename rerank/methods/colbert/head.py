@@ -132,7 +132,7 @@ class ColBERTEncoder(torch.nn.Module):
             with weights_errors(weights, "colbert: model"):
                 state = load_file(str(weights))
             layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-            dense.append(layer)
+            dense.append(layer.to(net.dtype))  # in the transformer's dtype (bfloat16, float16), as PyLate casts both
         return cls(net, tok, dense, settings).to(dev)
 
     @property

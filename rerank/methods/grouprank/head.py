@@ -1,6 +1,6 @@
 """GroupRank (AQ-MedAI, 2025; inference as in AQ-MedAI/Diver): groupwise 0-10 scoring, repeated and fused.
 
-Candidates are shuffled (seeded, per query) into groups of ``group_size``; the model writes
+Candidates are shuffled (seeded by ``seed`` and the query text) into groups of ``group_size``; the model writes
 ``<reason>…</reason><answer>{"[1]": 5, …}</answer>`` for each group. The grouping is repeated ``repeats`` times with
 new shuffles and each document's scores are averaged, then divided by 10. The output is read after the template's
 assistant prefix (a prefix ending in ``<reason>`` opens the reasoning), and the answer read is the model's final one:
@@ -247,10 +247,11 @@ class GroupRankReranker(LLMReranker):
         super().__init__(config, backend=backend, model=model, backend_name=backend_name)
 
     def groups(self, query: Query, n: int) -> list[list[int]]:
-        """The ``repeats`` groupings of candidate indices: seeded by (seed, query) so a query's groups never depend
-        on which other queries share its batch."""
+        """The ``repeats`` groupings of candidate indices, seeded by ``seed`` and the query text only (not its id, which
+        a string query gets from its batch position): a query ranks the same alone, anywhere in a batch, or from the
+        CLI, and in every process (``random.Random`` seeds a string through SHA-512, not the salted ``hash``)."""
         cfg: GroupRankConfig = self.config  # type: ignore[assignment]
-        rng = random.Random(f"{cfg.seed}\x00{query.id}\x00{query.text}")
+        rng = random.Random(f"{cfg.seed}\x00{query.text}")
         out: list[list[int]] = []
         for _ in range(cfg.repeats):
             order = list(range(n))

@@ -17,12 +17,15 @@ has nothing to clip). ERank's reference score t (for negatives below every posit
 greedy answer (``erank_reference: model``) or 0 (``zero``). Model selection: highest mean dev reward every
 ``eval_steps`` (0 = keep the last step). FIRST may take ``rollout: plackett-luce``: rollouts drawn from its
 first-identifier logits instead of generated text (:class:`rerank.methods.first.training.PlackettLuceGRPOTrainer`).
+``extra_rewards`` adds a user's reward functions (``"module:function"``), each times its weight, to the method's reward
+(TRL's ``reward_funcs`` / ``reward_weights``; :func:`extra_reward_function` says what each is called with).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import random
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -38,7 +41,7 @@ from rerank.trainers.common import (
     training_kwargs,
 )
 from rerank.trainers.data import load_training_data
-from rerank.trainers.rewards import RewardConfig
+from rerank.trainers.rewards import ExtraReward, RewardConfig, extra_reward_callable, resolve_extra_rewards
 from rerank.trainers.sft_trainer import (
     data_source,
     load_causal_lm,
@@ -48,8 +51,8 @@ from rerank.trainers.sft_trainer import (
     warn_other_head,
 )
 
-__all__ = ["GRPOTrainConfig", "GRPOTrainer", "check_reward_options", "check_whole_queries", "fit_prompts",
-           "reward_function"]
+__all__ = ["GRPOTrainConfig", "GRPOTrainer", "check_reward_options", "check_whole_queries", "extra_reward_function",
+           "fit_prompts", "reward_context", "reward_function"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class GRPOTrainConfig(CommonTrainConfig):
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
     max_completion_length: int = 0
     rewards: RewardConfig = field(default_factory=RewardConfig)
+    extra_rewards: list[ExtraReward] = field(default_factory=list)
     erank_reference: Literal["model", "zero"] = "model"
     rollout: Literal["generate", "plackett-luce"] = "generate"
     use_vllm: bool = False
@@ -123,6 +127,7 @@ class GRPOTrainConfig(CommonTrainConfig):
             raise ConfigError("vllm_mode is an option of use_vllm: true (with use_vllm false transformers generates): "
                               "set use_vllm: true, or drop vllm_mode")
         check_reward_options(self.head, self.rewards)
+        self.extra_rewards = resolve_extra_rewards(self.extra_rewards)
         if not self.rewards.repair_incomplete and changed_options(self.rewards, ("missing_penalty",)):
             raise ConfigError(f"rewards.missing_penalty {self.rewards.missing_penalty} is read only with "
                               "rewards.repair_incomplete: true (without it an incomplete permutation earns "
@@ -246,15 +251,94 @@ def reward_function(task: Any, columns: list[str]) -> Any:
     return ranking_reward
 
 
-def grpo_rows(task: Any, examples: list[dict[str, Any]], seed: int, source: str = "the training data"
-              ) -> list[dict[str, Any]]:
+#: the row columns that give an ``extra_rewards`` function its ``queries``, ``doc_ids`` and ``labels``
+#: (:func:`reward_context`), added to the rows only when the config has extra rewards
+CONTEXT_COLUMNS = {"reward_query": "queries", "reward_doc_ids": "doc_ids", "reward_labels": "labels"}
+
+
+def reward_context(task: Any, example: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Add to each of ``example``'s GRPO ``rows`` the query text, the ids of the documents its prompt shows (in the
+    prompt's order) and their labels (:data:`CONTEXT_COLUMNS`): a pointwise task's rows are the example's candidates in
+    order, a window task's rows name theirs (``ids``); a task whose rows do neither is a one-line error."""
+    from rerank.trainers.task import PointwiseTask
+
+    ids = [str(c["id"]) for c in example["candidates"]]
+    grade = {d: float(g) for d, g in zip(ids, example["labels"], strict=True)}
+    pointwise = isinstance(task, PointwiseTask)
+    if (pointwise and len(rows) != len(ids)) or (not pointwise and any("ids" not in r for r in rows)):
+        raise ConfigError(f"extra_rewards: the GRPO rows of head {task.method!r} do not say which documents their "
+                          "prompts show (one row a candidate, or an 'ids' column), so an extra reward cannot be given "
+                          "doc_ids and labels: drop extra_rewards")
+    for j, r in enumerate(rows):
+        docs = [ids[j]] if pointwise else [str(d) for d in r["ids"]]
+        r.update(reward_query=str(example["query"]), reward_doc_ids=docs, reward_labels=[grade[d] for d in docs])
+
+
+class _ContextRows:
+    """``task`` whose ``grpo_rows`` also carry the extra rewards' context (:func:`reward_context`)."""
+
+    def __init__(self, task: Any) -> None:
+        self._task = task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def grpo_rows(self, example: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = self._task.grpo_rows(example)
+        reward_context(self._task, example, rows)
+        return rows
+
+
+def grpo_rows(task: Any, examples: list[dict[str, Any]], seed: int, source: str = "the training data",
+              context: bool = False) -> list[dict[str, Any]]:
     """Prompt rows, query-major, queries in a seeded order (so one query's rows stay together); none is a one-line
-    error naming ``source`` (:func:`rerank.trainers.task.task_rows`)."""
+    error naming ``source`` (:func:`rerank.trainers.task.task_rows`). ``context``: each row also carries what an
+    ``extra_rewards`` function is given (:func:`reward_context`)."""
     from rerank.trainers.task import task_rows
 
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    return task_rows(task, [examples[i] for i in order], "grpo", source)
+    return task_rows(_ContextRows(task) if context else task, [examples[i] for i in order], "grpo", source)
+
+
+def extra_reward_function(task: Any, columns: list[str], entry: ExtraReward, index: int) -> Any:
+    """A TRL reward function calling the user's ``extra_rewards[index]`` function (``entry``) as documented, once a
+    reward batch: ``fn(completions, *, prompts, queries, doc_ids, labels, parsed, step) -> list[float]``, every
+    argument a list aligned with ``completions`` (``parsed``: the head's reading of each completion,
+    :class:`rerank.trainers.task.Parsed`) but ``step``, the trainer's global step. It raising, or returning other than
+    one finite number a completion, stops the run with a one-line ``ConfigError`` naming the function and the step.
+    Its ``__name__`` is the function's path, the name TRL logs its mean under (``rewards/<path>/mean``)."""
+    fn = extra_reward_callable(entry, f"extra_rewards[{index}].function")
+
+    def reward(prompts: list[str], completions: list[Any], **kwargs: Any) -> list[float]:
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        rows = [{k: kwargs[k][i] for k in columns} for i in range(len(texts))]
+        state = kwargs.get("trainer_state")
+        step = int(getattr(state, "global_step", 0) or 0)
+        where = f"extra_rewards[{index}] {entry.function} at step {step}"
+        given = {name: [r[column] for r in rows] for column, name in CONTEXT_COLUMNS.items()}
+        try:
+            out = fn(texts, prompts=[p if isinstance(p, str) else p[-1]["content"] for p in prompts], **given,
+                     parsed=[task.safe_parse(t, r) for t, r in zip(texts, rows, strict=True)], step=step)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"{where} raised {type(e).__name__}: {first}") from e
+        try:
+            values = [float(v) for v in out]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} returned {type(out).__name__} {str(out)[:80]!r}: it must return a list of "
+                              f"{len(texts)} numbers, one a completion") from None
+        if len(values) != len(texts):
+            raise ConfigError(f"{where} returned {len(values)} rewards for {len(texts)} completions: it must return "
+                              "one a completion")
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ConfigError(f"{where} returned {values[bad]} for completion {bad}: every reward must be a finite "
+                              "number")
+        return values
+
+    reward.__name__ = entry.function
+    return reward
 
 
 def check_whole_queries(rows: list[dict[str, Any]], prompts_per_batch: int, num_generations: int, head: str,
@@ -314,8 +398,9 @@ class GRPOTrainer:
         tok = load_tokenizer(config.model)
         task = build_task(config.head, tok, config)
         where = data_source(config.data)
-        rows = fit_prompts(grpo_rows(task, train, config.seed, where), tok, config.max_length, "training")
-        dev_rows = (grpo_rows(task, dev, config.seed, f"the dev split of {where}")
+        context = bool(config.extra_rewards)
+        rows = fit_prompts(grpo_rows(task, train, config.seed, where, context), tok, config.max_length, "training")
+        dev_rows = (grpo_rows(task, dev, config.seed, f"the dev split of {where}", context)
                     if dev and config.eval_steps > 0 else [])
         dev_rows = fit_prompts(dev_rows, tok, config.max_length, "dev")
         if task.pools_query:
@@ -346,13 +431,15 @@ class GRPOTrainer:
             use_vllm=config.use_vllm,
             vllm_mode=config.vllm_mode,
             log_completions=config.log_completions,
+            reward_weights=[1.0, *(e.weight for e in config.extra_rewards)] if config.extra_rewards else None,
         )
         tok.padding_side = "left"
         trainer_class, extra = task.grpo_trainer(config, rows + dev_rows)
         trainer = (trainer_class or TRLGRPOTrainer)(
             **extra,
             model=model,
-            reward_funcs=[reward_function(task, columns)],
+            reward_funcs=[reward_function(task, columns), *(extra_reward_function(task, columns, e, i)
+                                                            for i, e in enumerate(config.extra_rewards))],
             args=args,
             train_dataset=datasets.Dataset.from_list(rows),
             eval_dataset=datasets.Dataset.from_list(dev_rows) if dev_rows else None,

@@ -16,20 +16,26 @@ Conventions (stated once, used everywhere):
 from __future__ import annotations
 
 import importlib
+import inspect
+import logging
 import math
 import threading
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any
 
 from rerank.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "ExtraReward",
     "RewardConfig",
     "SharedRewardOptions",
     "check_penalties",
     "check_weights",
+    "extra_reward_callable",
     "format_validity",
     "js_divergence",
     "ndcg_at_k",
@@ -37,6 +43,7 @@ __all__ = [
     "rbo",
     "recall_at_k",
     "reciprocal_rank",
+    "resolve_extra_rewards",
     "reward_config_class",
     "tie_aware_ndcg_at_k",
     "tie_aware_recall_at_k",
@@ -68,6 +75,98 @@ class SharedRewardOptions:
                               f"is not relevant), got {v['rel_threshold']}")
         check_weights(self, "recall_weight")
         check_penalties(self, "bad_format_penalty")
+
+
+@dataclass
+class ExtraReward:
+    """One ``extra_rewards`` entry of a GRPO config: a user's reward function, imported by its explicit
+    ``"module:function"`` path, added to the method's reward times ``weight`` (finite, not 0). ``source_sha256`` is
+    filled with the config (:func:`resolve_extra_rewards`): the sha256 of the function's source file, so the run record
+    pins the code that gave the rewards."""
+
+    function: str = ""
+    weight: float = 1.0
+    source_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        """The path's form and the weight, checked without importing anything."""
+        module, sep, attr = self.function.partition(":")
+        if not sep or not module.strip() or not attr.strip() or ":" in attr:
+            raise ConfigError(f"function must be 'module:function' (e.g. 'mypkg.rewards:my_reward'), got "
+                              f"{self.function!r}")
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ConfigError(f"the weight of {self.function} must be a finite number, got {weight!r}")
+        if weight == 0:
+            raise ConfigError(f"the weight of {self.function} is 0, which adds nothing to the reward: "
+                              "drop the entry, or give it a weight")
+
+
+def extra_reward_callable(entry: ExtraReward, where: str) -> Callable[..., Any]:
+    """The function ``entry`` names, imported (:func:`rerank.utils.registry.import_target`); a module that is not there
+    or fails to import, a missing name or one that is not callable is a one-line ``ConfigError`` starting with
+    ``where``."""
+    from rerank.utils.registry import import_target
+
+    try:
+        fn = import_target(entry.function, where)
+    except ConfigError:
+        raise
+    except Exception as e:  # the user's module raised while it was imported
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{where}: importing {entry.function!r} raised {type(e).__name__}: {first}") from e
+    if not callable(fn):
+        raise ConfigError(f"{where}: {entry.function!r} is a {type(fn).__name__}, not a function: name a callable "
+                          "fn(completions, *, prompts, queries, doc_ids, labels, parsed, step) -> list[float]")
+    return fn
+
+
+def _source_file(fn: Any, module: str) -> str | None:
+    """The file that defines ``fn`` (a class instance: its class), else the file of ``module``; None for neither."""
+    for obj in (fn, fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn), importlib.import_module(module)):
+        try:
+            found = inspect.getsourcefile(obj)
+        except TypeError:  # a builtin has no source file
+            found = None
+        if found:
+            return found
+    return None
+
+
+def resolve_extra_rewards(entries: Sequence[Any]) -> list[ExtraReward]:
+    """``extra_rewards`` as checked entries, each the config's own copy: a mapping read as an :class:`ExtraReward`,
+    the function imported and callable (:func:`extra_reward_callable`), a function named twice refused, and
+    ``source_sha256`` set to the sha256 of its source file (a value given, a rerun from a run's record, that differs
+    is warned about: the function's code changed since)."""
+    import copy
+
+    from rerank.config import from_dict
+    from rerank.utils.files import sha256_file
+
+    out: list[ExtraReward] = []
+    for i, entry in enumerate(entries):
+        where = f"extra_rewards[{i}]"
+        if isinstance(entry, Mapping):
+            entry = from_dict(ExtraReward, dict(entry), where=where)
+        elif not isinstance(entry, ExtraReward):
+            raise ConfigError(f"{where}: expected a mapping with 'function' (module:function) and 'weight', got "
+                              f"{entry!r}")
+        entry = copy.copy(entry)
+        if any(e.function == entry.function for e in out):
+            raise ConfigError(f"{where}: {entry.function} is named twice in extra_rewards: give it once, with the sum "
+                              "of the weights")
+        fn = extra_reward_callable(entry, f"{where}.function")
+        source = _source_file(fn, entry.function.partition(":")[0])
+        digest = sha256_file(source) if source else ""
+        if not source:
+            log.warning("%s: %s has no source file: a change to it is not noticed by --resume", where, entry.function)
+        if entry.source_sha256 and entry.source_sha256 != digest:
+            log.warning("%s: the source of %s (%s) differs from the one the config records (sha256 %s, now %s): this "
+                        "run trains with the reward as it is now", where, entry.function, source, entry.source_sha256,
+                        digest)
+        entry.source_sha256 = digest
+        out.append(entry)
+    return out
 
 
 def check_weights(options: Any, *names: str) -> None:

@@ -245,7 +245,8 @@ def test_an_unknown_template_lists_the_heads_own_only(tiny_llm_dir: Path) -> Non
     with pytest.raises(ConfigError, match=r"^yes-no: unknown prompt template 'nope'; the yes-no head's own: yes_no "
                                           r"\(or a template file written for it\)$"):
         Reranker.load("yes-no", model=str(tiny_llm_dir), template="nope")
-    with pytest.raises(ConfigError, match=r"the listwise head's own: listwise, listwise-letters \("):
+    with pytest.raises(ConfigError, match=r"the listwise head's own: listwise, listwise-letters, listwise-compact, "
+                                          r"listwise-letters-compact \("):
         Reranker.load("listwise", model=str(tiny_llm_dir), template="nope")
     assert get_method("yes-no").default_template == "yes_no"
 

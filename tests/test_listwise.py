@@ -224,7 +224,7 @@ def test_long_document_truncated_not_instruction(tokenizer):
     head.rerank("q", [long_text, "short zqbq"])
     prompt = backend.log[0][1]
     assert prompt.count("filler") < 25
-    assert prompt.rstrip().endswith("Answer with the ranking only, without any explanation.<|im_end|>\n<|im_start|>assistant")
+    assert prompt.rstrip().endswith("Only respond with the ranking results, do not say any word or explain.<|im_end|>\n<|im_start|>assistant")
 
 
 # ---------------------------------------------------------------- FIRST

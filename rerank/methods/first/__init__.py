@@ -13,7 +13,7 @@ METHOD = Method(
     sft_losses=("lm+ranknet", "lm", "lm+listnet", "lm+lambdarank"),
     grpo=GRPODefaults(num_generations=8, learning_rate=1e-5),
     teacher_labels="rerank.methods.first.teacher:label_rows",
-    templates=("first.yaml",),
+    templates=("first.yaml", "first-compact.yaml"),
     windowed=True,
     pipeline_tag="text-generation",
 )

@@ -16,7 +16,7 @@ METHOD = Method(
     task="rerank.methods.listwise.task:ListwiseTask",
     sft_losses=("lm",),
     grpo=GRPODefaults(num_generations=8, learning_rate=1e-5),
-    templates=("listwise.yaml", "listwise-letters.yaml"),
+    templates=("listwise.yaml", "listwise-letters.yaml", "listwise-compact.yaml", "listwise-letters-compact.yaml"),
     windowed=True,
     pipeline_tag="text-generation",
 )

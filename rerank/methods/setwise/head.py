@@ -4,10 +4,11 @@ One prompt per set (its passages labelled A, B, ..., each passage's title and te
 lay out a ``Passage X:`` entry of its own: as in listwise, FIRST and GroupRank, every run of whitespace, line breaks,
 tabs and Unicode spaces such as U+00A0 and U+3000 included, becomes one space, leading and trailing whitespace is
 dropped, so a whitespace-only document is empty; :func:`~rerank.heads.llm.passage_texts`); the answer is the label
-with the highest log-probability as the first answer token (one forward pass, nothing generated), so any backend with
-log-probabilities runs it. The sort (:mod:`rerank.methods.setwise.sorting`) decides the sets; queries of a batch
-advance together, one set each per backend call. ``forward_passes`` counts the prompts scored (the method's
-efficiency figure).
+with the highest log-probability as it follows the template's ``assistant_prefix`` (as llm-rankers reads a causal LM:
+the answer opened with `` Passage:``, then the first token of ``label_prefix`` + label, `` A``): one forward pass,
+nothing generated, so any backend with log-probabilities runs it. The sort (:mod:`rerank.methods.setwise.sorting`)
+decides the sets; queries of a batch advance together, one set each per backend call. ``forward_passes`` counts the
+prompts scored (the method's efficiency figure).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class SetwiseReranker(PositionScored, LLMReranker):
         super().__init__(*args, **kwargs)
         cfg: SetwiseConfig = self.config  # type: ignore[assignment]
         self.labels = str(self.template.extra.get("labels", string.ascii_uppercase))
+        self.label_prefix = str(self.template.extra.get("label_prefix", ""))
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < cfg.set_size:
             raise ConfigError(f"setwise: template {self.template.source} needs {cfg.set_size} distinct labels "
                               f"(set_size), it has {self.labels!r}")
@@ -65,13 +67,17 @@ class SetwiseReranker(PositionScored, LLMReranker):
         self._label_ids: list[int] | None = None
 
     def label_ids(self) -> list[int]:
-        """The first token of each of the ``set_size`` labels as the first answer token."""
+        """The first token of each of the ``set_size`` labels as it follows the assistant prefix (written
+        ``label_prefix`` + label, e.g. `` A``): one distinct token a label, or a one-line :class:`ConfigError`."""
         if self._label_ids is None:
             context = self.render([{"role": "user", "content": "x"}], self.template.assistant_prefix)
-            labels = self.labels[: self.config.set_size]  # type: ignore[attr-defined]
-            ids = [continuation_ids(self.tokenizer, context, lab)[0] for lab in labels]
+            size: int = self.config.set_size  # type: ignore[attr-defined]
+            written = [self.label_prefix + lab for lab in self.labels[:size]]
+            ids = [continuation_ids(self.tokenizer, context, w)[0] for w in written]
             if len(set(ids)) != len(ids):
-                raise ConfigError(f"setwise: labels {self.labels[: len(ids)]!r} do not start with distinct tokens")
+                raise ConfigError(f"setwise: template {self.template.source}: the labels {written} do not start with "
+                                  f"distinct tokens after {self.template.assistant_prefix!r} in this tokenizer; give "
+                                  f"other labels or label_prefix in a template of your own")
             self._label_ids = ids
         return self._label_ids
 

@@ -8,6 +8,11 @@ computation as in one process (the same query chunks, the same encoding batches)
 one process's; chunks go to whichever worker is free. An error in a worker (its model fails to load, a chunk raises)
 is raised in the parent as the same exception when it can be pickled, a worker that dies is reported, and a worker
 whose parent died exits once it is idle.
+
+The rerankers and retrievers the parent registered from user code (``register_reranker`` / ``register_retriever``)
+are registered again in each worker by their ``module:Class``, imported when a worker looks the name up; a class the
+worker cannot import that way (defined in the ``__main__`` of a script, or inside a function) is a one-line error
+there, saying to move it into a module or run one process.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from rerank.errors import ConfigError, RerankError
 
-__all__ = ["WorkerPool", "usable_cores", "thread_share", "worker_devices"]
+__all__ = ["WorkerPool", "register_in_worker", "thread_share", "usable_cores", "user_registrations", "worker_devices"]
 
 _STATE: Any = None  # the worker's state (built once by its build function)
 #: how often an idle worker checks that its parent is alive: a parent killed without closing the pool (``kill -9``, the
@@ -57,8 +62,47 @@ def worker_devices(workers: int) -> list[str | None]:
     return ids[:workers]
 
 
+def user_registrations() -> list[tuple[str, str, str]]:
+    """The (kind, name, ``module:Class``) of every reranker and retriever this process registered from user code."""
+    from rerank.heads.registry import RERANKERS
+    from rerank.retrieval.base import RETRIEVERS
+
+    return [(registry.kind, name, path) for registry in (RERANKERS, RETRIEVERS)
+            for name, path in registry.user_paths().items()]
+
+
+def _import_in_worker(kind: str, name: str, path: str) -> Any:
+    """``path`` imported in a worker; a class the worker cannot reach by its path is a one-line error saying why."""
+    from rerank.utils.registry import import_target
+
+    module, _, attr = path.partition(":")
+    try:
+        return import_target(path, f"{kind} {name!r}")
+    except ConfigError:
+        if module in ("__main__", "__mp_main__"):
+            where = "in the script run as __main__"
+        elif "<locals>" in attr:
+            where = "inside a function"
+        else:
+            raise
+    raise ConfigError(f"{kind} {name!r} ({path}) is defined {where}, which a worker process cannot import: move the "
+                      f"class into a module, or use workers=1") from None
+
+
+def register_in_worker(registrations: Sequence[tuple[str, str, str]]) -> None:
+    """Register the parent's :func:`user_registrations` again in this process, each imported when looked up."""
+    from functools import partial
+
+    from rerank.heads.registry import RERANKERS
+    from rerank.retrieval.base import RETRIEVERS
+
+    registries = {r.kind: r for r in (RERANKERS, RETRIEVERS)}
+    for kind, name, path in registrations:
+        registries[kind].register(name, path, replace=True, load=partial(_import_in_worker, kind, name, path))
+
+
 def _worker(index: int, threads: int, device: str | None, build: Callable[..., Any], build_args: tuple,
-            tasks: Any, results: Any) -> None:
+            tasks: Any, results: Any, registrations: Sequence[tuple[str, str, str]] = ()) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
@@ -66,6 +110,7 @@ def _worker(index: int, threads: int, device: str | None, build: Callable[..., A
 
     torch.set_num_threads(threads)
     try:
+        register_in_worker(registrations)
         state = build(*build_args)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         results.put((index, -1, "error", _picklable(e)))
@@ -113,9 +158,10 @@ class WorkerPool:
         self.threads = thread_share(workers)
         self._tasks = [ctx.Queue() for _ in range(workers)]
         self._results = ctx.Queue()
+        registrations = user_registrations()
         self._procs = [
             ctx.Process(target=_worker, args=(i, self.threads, dev, build, tuple(build_args), self._tasks[i],
-                                              self._results), daemon=True)
+                                              self._results, registrations), daemon=True)
             for i, dev in enumerate(worker_devices(workers))
         ]
         for p in self._procs:

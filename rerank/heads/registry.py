@@ -7,10 +7,15 @@ head is imported through its descriptor (:meth:`rerank.methods.Method.resolve`),
 ``method`` is the method's name.
 
 :func:`register_reranker` adds a head class of user code under a new name, which ``Reranker.load(name, ...)`` (and
-so the Python eval pipeline and suites) builds in that process; the class's ``method`` must be that name (what its
-results record), another is a one-line error naming both. A head subclassing a method's head (e.g. ``YesNoReranker``,
-``MonoT5Reranker``) reads that method's templates (its default when none is given, and refuses another method's);
-one that subclasses no method's head needs ``template=`` (a file or mapping).
+so the Python eval pipeline and suites) builds in that process (and in its eval workers, which import it by its
+``module:Class``); the class's ``method`` must be that name (what its results record), another is a one-line error
+naming both. A head subclassing a method's head (e.g. ``YesNoReranker``, ``MonoT5Reranker``) reads that method's
+templates (its default when none is given, and refuses another method's); one that subclasses no method's head needs
+``template=`` (a file or mapping).
+
+Installed packages add heads through the entry-point group ``rerank.rerankers`` (``name = "module:Class"``), and a
+``"module:Class"`` given as the reranker name (``--reranker mypkg.heads:MyHead``) imports that class: user code, run
+as naming a module runs it. Both are checked as a registration is.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank.errors import ConfigError
 from rerank.methods import all_methods
-from rerank.utils.registry import Registry, import_target, target_path
+from rerank.utils.registry import NAME_RULE, Registry, target_path, valid_name
 
 if TYPE_CHECKING:
     from rerank.heads.base import Reranker
@@ -36,30 +41,41 @@ def _builtins(registry: Registry[type[Reranker]]) -> None:
             registry.register(method.name, method.head, builtin=True, load=partial(method.resolve, "head"))
 
 
-RERANKERS: Registry[type[Reranker]] = Registry("reranker", fill=_builtins)
+def _check(name: str | None, cls: Any) -> type[Reranker]:
+    """``cls`` when it is a :class:`Reranker` subclass whose ``method`` is ``name`` (what ``describe()`` and so
+    ``metrics.json`` record), or, for a ``"module:Class"`` name (``name`` None), a valid name that no other registered
+    class holds; otherwise a one-line :class:`ConfigError`."""
+    from rerank.heads.base import Reranker
 
-
-def _named(name: str, cls: Any) -> type[Reranker]:
-    """``cls`` when its ``method`` is ``name`` (what ``describe()`` and so ``metrics.json`` record); otherwise a
-    one-line :class:`ConfigError` naming both, as a method's descriptor refuses a head class naming another method."""
+    if not (isinstance(cls, type) and issubclass(cls, Reranker)):
+        kind = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError(f"reranker {target_path(cls)} is {kind}, not a subclass of rerank.Reranker")
     method = getattr(cls, "method", None)
-    if method != name:
-        raise ConfigError(f"reranker {target_path(cls)} has method {method!r} but is registered as {name!r}: set "
-                          f"method = {name!r} in the class (it is the name its results record)")
+    if name is not None:
+        if method != name:
+            raise ConfigError(f"reranker {target_path(cls)} has method {method!r} but is registered as {name!r}: "
+                              f"set method = {name!r} in the class (it is the name its results record)")
+        return cls
+    if not valid_name(method):
+        raise ConfigError(f"reranker {target_path(cls)} has method {method!r}: set method = 'a-name' in the class (it "
+                          f"is the name its results record; a name is {NAME_RULE})")
+    holder = RERANKERS.entry_path(method)
+    if holder is not None and holder != target_path(cls):
+        raise ConfigError(f"reranker {target_path(cls)} has method {method!r}, the name of {holder}: set a method "
+                          f"of its own in the class (it is the name its results record)")
     return cls
 
 
-def register_reranker(name: str, target: str | type) -> None:
-    """Register ``name`` -> ``"module:Class"`` (or a class) whose ``method`` is ``name`` (another is refused: a class
-    is checked now, a ``"module:Class"`` when it is first imported). Re-registering a name replaces it; a built-in name
-    (a method, ``remote``) is refused unless it is the same class."""
-    if name in RERANKERS.builtin_names():
-        RERANKERS.register(name, target)  # the same target is a no-op, another one is refused naming both
-        return
-    if isinstance(target, str):
-        RERANKERS.register(name, target, load=lambda: _named(name, import_target(target, f"reranker {name!r}")))
-    else:
-        RERANKERS.register(name, _named(name, target))
+RERANKERS: Registry[type[Reranker]] = Registry("reranker", fill=_builtins, check=_check, group="rerank.rerankers",
+                                               paths=True, exclusive=True)
+
+
+def register_reranker(name: str, target: str | type, *, replace: bool = False) -> None:
+    """Register ``name`` -> ``"module:Class"`` (or a class): a :class:`Reranker` subclass whose ``method`` is ``name``
+    (a class is checked now, a ``"module:Class"`` when it is first imported). Another target under a name taken
+    from user code raises unless ``replace``; a built-in name (a method, ``remote``) is refused unless it is the same
+    class."""
+    RERANKERS.register(name, target, replace=replace)
 
 
 def available_rerankers() -> list[str]:

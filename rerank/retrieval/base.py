@@ -1,4 +1,9 @@
-"""The first-stage interface and its explicit name registry (``--retriever NAME``)."""
+"""The first-stage interface and its explicit name registry (``--retriever NAME``).
+
+Besides the built-in names and :func:`register_retriever`'s, installed packages add retrievers through the entry-point
+group ``rerank.retrievers`` (``name = "module:Class"``), and ``--retriever mypkg.fs:MyRetriever`` imports that class
+(user code, as naming a module runs it); each is checked to be a :class:`FirstStage` subclass.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rerank.errors import ConfigError
 from rerank.types import Query, Run
-from rerank.utils.registry import Registry
+from rerank.utils.registry import Registry, target_path
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -96,13 +101,32 @@ def _check_text(query: Query, where: str) -> None:
         raise TypeError(f"{where}: query text must be a string, got {type(query.text).__name__}")
 
 
-RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever")
+def _builtins(registry: Registry[type[FirstStage]]) -> None:
+    """The built-in retrievers (names a user's or an installed package's class cannot take)."""
+    registry.register("bm25", "rerank.retrieval.bm25:BM25Retriever", builtin=True)
+    registry.register("pyserini", "rerank.retrieval.pyserini:PyseriniBM25", builtin=True)
+    registry.register("dense", "rerank.retrieval.dense:DenseRetriever", builtin=True)
+    registry.register("hybrid", "rerank.retrieval.hybrid:HybridRetriever", builtin=True)
 
 
-def register_retriever(name: str, target: str | type[FirstStage]) -> None:
-    """Register ``name`` -> ``"module:Class"`` (imported on first use); a built-in name (``bm25``, ``dense``, ...) is
-    refused for another class."""
-    RETRIEVERS.register(name, target)
+def _check(name: str | None, cls: Any) -> type[FirstStage]:
+    """``cls`` when it is a :class:`FirstStage` subclass, else a one-line :class:`ConfigError`."""
+    if not (isinstance(cls, type) and issubclass(cls, FirstStage)):
+        kind = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError(f"retriever {target_path(cls)} is {kind}, not a subclass of "
+                          f"rerank.retrieval.base.FirstStage")
+    return cls
+
+
+RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever", fill=_builtins, check=_check,
+                                                  group="rerank.retrievers", paths=True, exclusive=True)
+
+
+def register_retriever(name: str, target: str | type[FirstStage], *, replace: bool = False) -> None:
+    """Register ``name`` -> ``"module:Class"`` (imported on first use) or a :class:`FirstStage` subclass (checked
+    now). Another target under a name taken from user code raises unless ``replace``; a built-in name (``bm25``,
+    ``dense``, ...) is refused for another class."""
+    RETRIEVERS.register(name, target, replace=replace)
 
 
 def retriever_config_class(name: str) -> type | None:
@@ -121,6 +145,7 @@ def retriever_config_class(name: str) -> type | None:
 
 
 def available_retrievers() -> list[str]:
+    """Registered retriever names (built-in, an installed package's, registered from user code), sorted."""
     return RETRIEVERS.names()
 
 
@@ -135,7 +160,11 @@ def build_retriever(name: str, dataset: Dataset | str | os.PathLike[str], **opti
     elif not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a Dataset (resolve_dataset(name or folder)), a name or a folder, got "
                         f"{type(dataset).__name__}")
-    return cls.from_dataset(dataset, **options)
+    retriever = cls.from_dataset(dataset, **options)
+    if not isinstance(retriever, FirstStage):
+        raise ConfigError(f"retriever {name!r}: {target_path(cls)}.from_dataset returned "
+                          f"{type(retriever).__name__}, not a FirstStage (does it return the retriever it builds?)")
+    return retriever
 
 
 #: the option of each built-in retriever that switches its progress bars
@@ -160,9 +189,3 @@ def progress_options(name: str, options: Mapping[str, Any], progress: bool) -> d
         from_dict(config_class, out, where="retriever options")
     return out
 
-
-# built-in retrievers
-RETRIEVERS.register("bm25", "rerank.retrieval.bm25:BM25Retriever", builtin=True)
-RETRIEVERS.register("pyserini", "rerank.retrieval.pyserini:PyseriniBM25", builtin=True)
-RETRIEVERS.register("dense", "rerank.retrieval.dense:DenseRetriever", builtin=True)
-RETRIEVERS.register("hybrid", "rerank.retrieval.hybrid:HybridRetriever", builtin=True)

@@ -90,10 +90,12 @@ def add_reranker(
 
 
 def reranker_options(args: argparse.Namespace) -> dict:
-    """The reranker's options: ``--reranker-config``, then ``--reranker-set``, ``--allow-new-head``, ``--base-url``."""
+    """The reranker's options: ``--reranker-config`` (a relative ``template`` file path in it read against the file's
+    folder), then ``--reranker-set``, ``--allow-new-head``, ``--base-url``."""
     if args.reranker_config:
         check_input_file(args.reranker_config, "--reranker-config")
-    opts = load_yaml(args.reranker_config) if args.reranker_config else {}
+    opts = _config_template_beside(load_yaml(args.reranker_config), args.reranker_config) \
+        if args.reranker_config else {}
     opts = apply_overrides(opts, args.reranker_set, flag="--reranker-set")
     if getattr(args, "allow_new_head", False):
         opts["allow_new_head"] = True
@@ -102,6 +104,21 @@ def reranker_options(args: argparse.Namespace) -> dict:
         check_base_url(getattr(args, "reranker", None), getattr(args, "backend", None) or "transformers")
         opts["backend_options"] = {**opts.get("backend_options", {}), "base_url": args.base_url}
     return opts
+
+
+def _config_template_beside(opts: dict, config: str) -> dict:
+    """``opts`` of the ``--reranker-config`` file ``config`` with a relative ``template`` file path resolved against
+    that file's folder (a shipped template name or an inline mapping stays); a missing file is a one-line error naming
+    the path tried."""
+    spec = opts.get("template")
+    if not isinstance(spec, str) or not Path(spec).suffix:
+        return opts
+    given = Path(os.path.expanduser(spec))
+    path = given if given.is_absolute() else Path(config).parent / given
+    if not path.is_file():
+        raise ConfigError(f"--reranker-config {config}: template {spec}: {path} is not a file (a relative template "
+                          f"path in a config file is read against the file's folder)")
+    return {**opts, "template": str(path)}
 
 
 def check_base_url(method: str | None, backend: str) -> None:

@@ -355,8 +355,11 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     folders as the row gives them once placeholders expand: the same files elsewhere are another key); the
     :func:`_stamp` of every top-level file of the dataset folder (any of them, even a run only another retriever
     reads, reruns every cell of that dataset), of ``qrels/``, ``excluded/``, the first-stage run, and of every file
-    under a local model folder; and the rerank version. A model named by its hub id is keyed by the name alone."""
+    under a local model folder; the content of a prompt template the row's ``template`` option names (a file, a
+    shipped name or a mapping: :meth:`~rerank.prompts.PromptTemplate.sha256`, so a template file edited in place reruns
+    its cells); and the rerank version. A model named by its hub id is keyed by the name alone."""
     from rerank import __version__
+    from rerank.prompts import load_template
 
     key = {k: v for k, v in to_dict(cfg).items() if k != "output"}
     key["measures"] = list(cfg.measures)
@@ -369,6 +372,9 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     for name, model in (("model", cfg.model), ("retriever_model", cfg.retriever_options.get("model"))):
         if model and Path(str(model)).exists():
             stamps[name] = _stamp(Path(str(model)), model=True)
+    template = cfg.reranker_options.get("template") if cfg.reranker else None
+    if template:
+        stamps["template"] = load_template(template).sha256()
     return hash_obj({"config": key, "stamps": stamps})
 
 

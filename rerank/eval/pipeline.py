@@ -664,14 +664,32 @@ def model_input(model: str) -> dict[str, Any]:
     return {"model": model, "hub_revision": snapshot.name if snapshot is not None else None}
 
 
+def template_input(template: Any) -> dict[str, str] | None:
+    """What a record holds of the prompt template a reranker rendered (its ``template``): its name, where it came
+    from (a file, or the name of one given inline) and a ``fingerprint`` (``sha256:HEX``,
+    :meth:`~rerank.prompts.PromptTemplate.sha256`); None for a head that renders none."""
+    from rerank.prompts import PromptTemplate
+
+    if not isinstance(template, PromptTemplate):
+        return None
+    return {"name": template.name, "source": template.source, "fingerprint": f"sha256:{template.sha256()}"}
+
+
+def _template_of(reranker: Reranker, _: Any) -> dict[str, str] | None:
+    """A worker's :func:`template_input` of its reranker's template."""
+    return template_input(getattr(reranker, "template", None))
+
+
 def provenance(reranker_desc: dict[str, Any] | None = None,
-               data: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+               data: dict[str, dict[str, str]] | None = None,
+               template: dict[str, str] | None = None) -> dict[str, Any]:
     """How and where a result was computed, for ``metrics.json``: the UTC date-time, the machine (as the leaderboard
     writes it, plus the GPU's name where torch sees CUDA), the Python, rerank, torch and transformers versions, the
     code revision (``git_hash``, from a checkout), the command line (:func:`command_line`), torch's threads and
     ``OMP_NUM_THREADS``, and from the reranker's description its device, the dtype its backend resolved
     (``resolved_dtype``) and its model's :func:`model_input` (``model_inputs``; not for a served model, whose files
-    are the server's); ``data``: the :func:`data_inputs` read (``data_inputs``)."""
+    are the server's); ``data``: the :func:`data_inputs` read (``data_inputs``); ``template``: the
+    :func:`template_input` of the prompt template the reranker rendered (``template_input``)."""
     machine = f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}"
     torch = sys.modules.get("torch")  # not imported: nothing ran on a GPU (and importing it here costs seconds)
     if torch is not None and torch.cuda.is_available():
@@ -697,6 +715,8 @@ def provenance(reranker_desc: dict[str, Any] | None = None,
             out["model_inputs"] = {"model": model_input(str(model))}
     if data is not None:
         out["data_inputs"] = data
+    if template is not None:
+        out["template_input"] = template
     return out
 
 
@@ -760,6 +780,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
     corpus_ids_unknown: dict[str, list[str]] = {}
     rerank_scores: dict[str, list[tuple[str, float]]] | None = None
     reranker_desc: dict[str, Any] | None = None
+    template: dict[str, str] | None = None
     final = run
     stats = RerankStats()
     if reranker is not None or pool is not None:
@@ -790,6 +811,8 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         _warn_run_outputs(str(desc.get("method") or cfg.reranker), stats)
         timing["rerank_s"] = time.perf_counter() - t
         reranker_desc = reranker_record(desc, cfg.model, cfg.backend, own=given)
+        template = (pool.broadcast(_template_of, None)[0] if pool is not None
+                    else template_input(getattr(reranker, "template", None)))
         if pool is not None:
             reranker_desc["workers"] = {"processes": pool.workers, "threads_each": pool.threads}
     elif given_docs is not None:
@@ -825,7 +848,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
             "queries_per_s": (n_reranked / timing["rerank_s"]) if timing.get("rerank_s") else None,
         },
         "config": to_dict(cfg),
-        "provenance": provenance(reranker_desc, data_inputs(dataset, cfg.split, cfg.first_stage)),
+        "provenance": provenance(reranker_desc, data_inputs(dataset, cfg.split, cfg.first_stage), template),
     }
     if reranker is not None or pool is not None:
         metrics["parse"] = stats.as_dict()  # this run's outputs only

@@ -47,6 +47,7 @@ from rerank.eval.pipeline import (
     load_reranker,
     reranker_pool,
     run_eval,
+    template_input,
 )
 from rerank.heads.base import Reranker
 from rerank.parallel import WorkerPool
@@ -473,7 +474,8 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                   reranker: Reranker | None) -> dict[str, dict[str, Any]]:
     """``--resume``: the recorded ``metrics.json`` of every member whose folder holds a complete run with this run's
     settings (its EvalConfig but :data:`_NOT_SETTINGS`, the reranker and retriever options as the typed configs they
-    build (:func:`_option_differences`), and a given reranker's method, model and config) and whose
+    build (:func:`_option_differences`), and a given reranker's method, model, config and prompt template's content)
+    and whose
     inputs (:func:`_member_inputs`) were not modified after it. A complete run under other settings or on modified
     inputs is a :class:`ConfigError` naming the members and what differs; before any work."""
     from rerank.trainers.resume import config_differences  # imports transformers: only when resuming
@@ -498,6 +500,8 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                     diffs.append(f"reranker: {_ranker_name(was)} -> {_ranker_name(given)}")
             else:
                 diffs += config_differences(was, given, None, ("reranker",))
+        if reranker is not None:
+            diffs += _template_difference(recorded, reranker)
         changed = _changed_since(_member_inputs(e, cfg), out / _member_folder(e.name) / "metrics.json")
         if changed is not None:
             diffs.append(f"{changed} was modified after that run")
@@ -626,13 +630,31 @@ def _differing(path: tuple[str, ...], old: Any, new: Any, old_given: Any, new_gi
     return [f"{'.'.join(path)}: {shown[0]} -> {shown[1]}"]
 
 
+def _template_difference(recorded: dict[str, Any], reranker: Reranker) -> list[str]:
+    """``template: old -> new`` when a member's recorded prompt template (its ``provenance.template_input``) is not,
+    by content, the one the given ``reranker`` renders; nothing for a record without one (written before rerank
+    recorded it, or by a head without a template)."""
+    was = (recorded.get("provenance") or {}).get("template_input")
+    now = template_input(getattr(reranker, "template", None))
+    if not isinstance(was, dict) or was.get("fingerprint") == (now or {}).get("fingerprint"):
+        return []
+    shown = now["fingerprint"][:19] if now else "none"
+    return [f"template: {str(was.get('fingerprint'))[:19]} -> {shown} (its content differs)"]
+
+
 def _member_inputs(e: SuiteEntry, cfg: EvalConfig) -> list[Path]:
     """The files and folders a member's result was computed from, that a path names here: its dataset's corpus,
-    queries, qrels and first-stage run, the reranker's model and the retriever's model or index."""
+    queries, qrels and first-stage run, the reranker's model and prompt template file (a path or a shipped name's file;
+    an inline one is compared as an option) and the retriever's model or index."""
+    from rerank.prompts import template_file
+
     paths = [e.dataset.corpus_path, e.dataset.qrels_path(e.split)]  # both checked present (_check_members)
     with contextlib.suppress(FileNotFoundError):
         paths.append(e.dataset.queries_path)
     named = [cfg.first_stage, cfg.model, *(cfg.retriever_options.get(k) for k in ("model", "index"))]
+    template = cfg.reranker_options.get("template") if cfg.reranker else None
+    if isinstance(template, (str, Path)) and template and (file := template_file(template)) is not None:
+        named.append(str(file))
     return paths + [Path(os.path.expanduser(p)) for p in named if isinstance(p, str) and p]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import numbers
@@ -265,9 +266,15 @@ MAPPING_KEYS = ("id", "_id", "text", "title", "score")
 
 
 def _mapping_candidate(d: Mapping[str, Any], i: int, at: str) -> Candidate:
-    """A ``{"id"/"_id", "text", "title", "score"}`` mapping as a Candidate; an int id is read as its string. Another
-    key is refused, not dropped: a :class:`Document` holds no metadata, and a misspelt key would be lost."""
-    doc_id = d.get("id", d.get("_id", str(i)))
+    """A ``{"id"/"_id", "text", "title", "score"}`` mapping as a Candidate; an int id is read as its string; an id
+    that is None gives way to the other key's (alone, it is refused). ``id`` and ``_id`` holding different ids is
+    refused, as the file readers refuse it; so is another key, not dropped: a :class:`Document` holds no metadata, and
+    a misspelt key would be lost."""
+    given = [(k, d[k]) for k in ("id", "_id") if d.get(k) is not None]
+    if len({str(v) for _, v in given}) > 1:  # as the file readers refuse it: a row number beside the real id
+        shown = " and ".join(f"{k!r} ({json.dumps(v, default=str)[:40]})" for k, v in given)
+        raise ValueError(f"{at}: fields {shown} disagree: which is the document id? keep one of them")
+    doc_id = given[0][1] if given else d.get("id", d.get("_id", str(i)))  # an id given only as None is refused
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
         raise TypeError(f"{at}: id must be a string or an integer, got {type(doc_id).__name__}")
     if "text" not in d:
@@ -314,8 +321,6 @@ def _refuse_keywords(call: str, given: Mapping[str, Any], supported: Sequence[st
 
 def _folder_hint(path: str) -> str:
     """For a model folder without rerank.json, the method that loads it, from its config.json ('' when unknown)."""
-    import json
-
     try:
         archs = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("architectures") or []
     except (OSError, ValueError, AttributeError):
@@ -329,10 +334,44 @@ def _folder_hint(path: str) -> str:
     return ""
 
 
+class _CheckedTemplate:
+    """A head's ``template`` attribute: a prompt template set on a head whose class declares
+    :attr:`Reranker.ranked_inputs` must read each of them (:func:`rerank.prompts.require_reads`), else the head
+    refuses it with a one-line :class:`ConfigError`. A head that has set none has no ``template``."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__["template"]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute 'template'") from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        needs = type(obj).ranked_inputs
+        if needs:
+            from rerank.prompts import PromptTemplate, require_reads
+
+            if isinstance(value, PromptTemplate):
+                method = type(obj).prompt_method()
+                require_reads(value, needs, obj.method or type(obj).__name__, method)
+        obj.__dict__["template"] = value
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop("template", None)
+
+
 class Reranker(ABC):
     """Rerank candidate documents for a query; construct with :meth:`Reranker.load` by method name."""
 
     method: ClassVar[str] = ""
+    #: the template variables a prompt-rendering head ranks by (e.g. ``frozenset({"query", "document"})``): a
+    #: template set on the head (``self.template = ...``, as :class:`~rerank.heads.llm.LLMReranker` does) that leaves
+    #: one of them out is refused, naming it. A method's head is also checked against its method's own templates
+    #: (:func:`rerank.prompts.head_template`); a head registered from user code that subclasses no method's head is
+    #: checked only by these. Default: none.
+    ranked_inputs: ClassVar[frozenset[str]] = frozenset()
+    template = _CheckedTemplate()
     config_class: ClassVar[type[RerankerConfig]] = RerankerConfig
     #: True when a document's score does not depend on the other documents of its list (pointwise heads): a server
     #: may then score an oversized list in parts, or a long document by passages, and merge by score.

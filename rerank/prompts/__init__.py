@@ -7,13 +7,18 @@ loads that file instead. The shipped names are every method's templates plus the
 ``rerank/prompts/templates``. A template file is read as a YAML config is (:func:`rerank.config.load_yaml`): a key
 given twice, invalid YAML or a byte that is not UTF-8 is a one-line error naming the file. A head loads its template
 with :func:`head_template`, which refuses another method's shipped template (and lists only the head's own for an
-unknown name), any template reading a variable the head does not give, and any leaving out one the head ranks by.
+unknown name), any template reading a variable the head does not give, any leaving out one the head ranks by, and any
+key that neither the head's own templates have nor its texts read (a misspelt ``positve:`` would be dropped).
+:meth:`PromptTemplate.sha256` is the content hash results record and are reused by.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -32,7 +37,9 @@ __all__ = [
     "available_templates",
     "head_template",
     "load_template",
+    "require_reads",
     "shipped_templates",
+    "template_file",
     "template_variables",
 ]
 
@@ -92,6 +99,13 @@ class PromptTemplate:
         out.update(self.extra)
         return out
 
+    def sha256(self) -> str:
+        """The sha256 of what shapes the prompts and their answers: :meth:`to_dict` without ``name``, which only labels
+        it, as sorted JSON (training's ``template_digest``, formula 2): the key a result is recorded and reused by."""
+        content = {k: v for k, v in self.to_dict().items() if k != "name"}
+        text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
 
 def shipped_templates() -> dict[str, Path]:
     """Shipped template name -> file: every method's templates and the data recipes' ones (each name is one file:
@@ -136,6 +150,15 @@ def load_template(spec: str | Path | Mapping[str, Any]) -> PromptTemplate:
     elif not path.is_file():
         raise ConfigError(f"prompt template {path} is not a file: give a template YAML file")
     return _from_mapping(load_yaml(path), str(path), str(path))
+
+
+def template_file(spec: str | Path | Mapping[str, Any]) -> Path | None:
+    """The file a template ``spec`` is read from (a shipped name's file, a path as given), or None for an inline
+    mapping or an unknown name."""
+    if isinstance(spec, Mapping):
+        return None
+    path = Path(spec)
+    return shipped_templates().get(str(spec)) if not path.suffix else path
 
 
 def _read_variables(template: PromptTemplate) -> set[str]:
@@ -201,7 +224,7 @@ def _missing_hint(template: PromptTemplate, names: list[str], method: str) -> st
     slips = [n for n in names
              if any(re.search(r"(?<!\{)\{\s*" + re.escape(n) + r"\s*\}(?!\})", text) for text in texts)]
     shown = names if not slips else slips
-    loops = _method_loops(method)
+    loops = _method_loops(method) if method else {}
     jinja = ", ".join(loops.get(n, f"{{{{ {n} }}}}") for n in shown)
     lists = [n for n in shown if n in loops]
     how = f" ({', '.join(lists)}: a list, looped over as the {method} head's own template does)" if lists else ""
@@ -216,8 +239,10 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
     method's shipped template is refused (its answer format is not what the head reads: ERank on the yes/no prompt
     scored silently, yes-no on the listwise one failed at its first call), and so is a template reading a variable
     the head does not give or leaving out one it ranks by (:data:`RANKED_INPUTS` its own templates all read: a
-    Python-style ``{query}`` is text to Jinja2, and every candidate then gets the same prompt and score). A head of no
-    registered method with prompts is not checked."""
+    Python-style ``{query}`` is text to Jinja2, and every candidate then gets the same prompt and score), and so is a
+    key none of its own templates has that the texts do not read (a typo the head would silently not read). A head of
+    no registered method with prompts is checked by the variables it declares (:attr:`Reranker.ranked_inputs
+    <rerank.heads.base.Reranker.ranked_inputs>`), when it sets its template."""
     from rerank.methods import all_methods
 
     methods = all_methods()
@@ -239,9 +264,33 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
         raise ConfigError(f"{method}: template {template.source} reads {', '.join(unknown)}, which the {method} head "
                           f"does not give (it gives {', '.join(sorted(gives))}); define them in the template or "
                           f"remove them")
-    missing = sorted(_method_needs(method) - _read_variables(template))
+    require_reads(template, _method_needs(method), method, method)
+    _check_keys(template, method, extras)
+    return template
+
+
+def _check_keys(template: PromptTemplate, method: str, extras: frozenset[str]) -> None:
+    """Refuse a key of ``template`` that no own template of ``method`` has (``extras``: their fields besides
+    ``name/system/user/assistant_prefix``) and that its texts do not read: the head would never read it, so a misspelt
+    ``positve:`` or ``identifier:`` would be dropped and the head's default used. Names the closest valid key."""
+    read = _read_variables(template)
+    for key in template.extra:
+        if key in extras or key in read:
+            continue
+        valid = sorted({*_KNOWN, *extras})
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{method}: template {template.source} has key {key!r}, which the {method} head does not "
+                          f"read and its texts do not use; {guess}its keys: {', '.join(valid)} (or read it in the "
+                          f"system or user text)")
+
+
+def require_reads(template: PromptTemplate, names: Iterable[str], head: str, method: str = "") -> None:
+    """Refuse ``template`` when its texts leave out one of ``names``, the variables the ``head`` ranks by (without
+    one, each candidate or query gets the same prompt and score), saying how to read it (by ``method``'s own
+    templates where the head has one)."""
+    missing = sorted(set(names) - _read_variables(template))
     if missing:
-        raise ConfigError(f"{method}: template {template.source} never reads {', '.join(missing)}, which the {method} "
+        raise ConfigError(f"{head}: template {template.source} never reads {', '.join(missing)}, which the {head} "
                           f"head ranks by (without it each candidate or query gets the same prompt); "
                           f"{_missing_hint(template, missing, method)}")
-    return template

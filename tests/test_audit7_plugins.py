@@ -296,3 +296,21 @@ def test_a_head_defined_in_a_scripts_main_is_a_one_line_error_with_workers(beir:
     error = [line for line in lines if line.startswith("ERROR")]
     assert error == ["ERROR reranker 'test-a7-main' (__main__:InMain) is defined in the script run as __main__, which "
                      "a worker process cannot import: move the class into a module, or use workers=1"], done.stdout
+
+
+def test_a_reranker_factory_returning_none_is_a_one_line_error(fresh: None) -> None:
+    class ForgotHead(Reranker):
+        method = "test-a7-forgot-head"
+        config_class = RerankerConfig
+
+        @classmethod
+        def from_options(cls, model=None, backend="transformers", **options):  # type: ignore[no-untyped-def]
+            cls(RerankerConfig())  # forgot the return
+
+        def score_candidates(self, query, candidates):  # type: ignore[no-untyped-def]
+            return [0.0 for _ in candidates]
+
+    heads_registry.register_reranker("test-a7-forgot-head", ForgotHead)
+    with pytest.raises(ConfigError, match=r"reranker 'test-a7-forgot-head': .*ForgotHead\.from_options returned "
+                                          r"NoneType, not a Reranker"):
+        Reranker.load("test-a7-forgot-head")

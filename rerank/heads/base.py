@@ -430,7 +430,11 @@ class Reranker(ABC):
         if method is None:
             raise ConfigError("give a registered method name or a trained model folder (one holding rerank.json)")
         cls = get_reranker_class(method)
-        return cls.from_options(model=model, backend=backend, **options)
+        reranker = cls.from_options(model=model, backend=backend, **options)
+        if not isinstance(reranker, Reranker):
+            raise ConfigError(f"reranker {method!r}: {cls.__module__}:{cls.__qualname__}.from_options returned "
+                              f"{type(reranker).__name__}, not a Reranker (does it return the reranker it builds?)")
+        return reranker
 
     @classmethod
     def from_options(cls, model: str | None = None, backend: str = "transformers", **options: Any) -> Reranker:

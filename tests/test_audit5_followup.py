@@ -217,14 +217,15 @@ def test_dl19_as_three_columns_warns_only_when_the_third_column_holds_scores(
 def test_a_template_without_passages_is_shown_its_heads_loop(method: str) -> None:
     """The hint said "add {{ passages }}", which renders the Python list of dicts."""
     user = "Rank these for the query {{ query }}."
+    labels = {"labels": "ABCD"} if method == "setwise" else {}  # a key only setwise's templates have
     with pytest.raises(ConfigError, match=r"never reads passages") as info:
-        head_template({"user": user, "labels": "ABCD"}, method)
+        head_template({"user": user, **labels}, method)
     message = str(info.value)
     assert "{{ passages }}" not in message and "\n" not in message
     loop = re.search(r"add (\{% for (\w+) in passages %\}.*?\{% endfor %\}) to its system or user text", message)
     assert loop is not None, message
     assert f"looped over as the {method} head's own template does" in message
-    fixed = head_template({"user": f"{user}\n{loop.group(1)}", "labels": "ABCD"}, method)  # the hint, followed
+    fixed = head_template({"user": f"{user}\n{loop.group(1)}", **labels}, method)  # the hint, followed
     passages = [{"id": "A", "label": "A", "text": "alpha text"}, {"id": "B", "label": "B", "text": "beta text"}]
     rendered = fixed.render_text(fixed.user, query="q", passages=passages, num=2)
     assert "alpha text" in rendered and "beta text" in rendered and "{'" not in rendered

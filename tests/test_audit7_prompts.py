@@ -21,7 +21,7 @@ from rerank.methods.first.head import FirstReranker
 from rerank.methods.listwise.head import ListwiseConfig, ListwiseReranker
 from rerank.methods.setwise.head import SetwiseConfig, SetwiseReranker
 from rerank.heads.sliding_window import SlidingWindowConfig
-from rerank.prompts import load_template
+from rerank.prompts import head_template, load_template
 from rerank.testing import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +145,22 @@ def test_setwise_reads_the_labels_after_passage_as_llm_rankers_does() -> None:
     assert set(seen[0]).isdisjoint(bare)  # not the first-answer-token "A", "B", "C"
 
 
+def test_setwise_unprefixed_reads_the_labels_at_the_first_answer_position() -> None:
+    """The template the documented setwise figures were measured with: nothing opens the answer, bare labels read."""
+    tok = build_tokenizer()
+    seen: list[list[int]] = []
+
+    def logprobs(text: str, ids: Any) -> list[float]:
+        seen.append(list(ids))
+        return [-float(i) for i in range(len(ids))]
+
+    backend = ScriptedBackend(tok, logprobs)
+    head = SetwiseReranker(SetwiseConfig(set_size=3, top_k=1, template="setwise-unprefixed"), backend=backend)
+    head.rerank("what is x", DOCS)
+    assert _logged(backend).endswith("<|im_start|>assistant\n")
+    assert seen == [[tok.encode(lab, add_special_tokens=False)[0] for lab in "ABC"]]
+
+
 def test_setwise_labels_without_distinct_first_tokens_are_one_line_errors(tmp_path: Path) -> None:
     data = yaml.safe_load((REPO / "rerank/methods/setwise/setwise.yaml").read_text(encoding="utf-8"))
     data["label_prefix"] = " zq"  # every label then starts with the same token
@@ -188,3 +204,12 @@ def test_results_beir_folder_block_runs_twice(tmp_path: Path, monkeypatch: pytes
     out = work / "runs/dq/dl19-synth"
     assert (out / "qrels/train.tsv").read_text(encoding="utf-8") == "query-id\tcorpus-id\tscore\nq1\td1\t1\n"
     assert os.path.realpath(out / "corpus.jsonl") == str((pool / "corpus.jsonl").resolve())
+
+
+def test_the_cpu_leaderboards_llm_rows_name_the_templates_their_figures_were_measured_with() -> None:
+    rows = yaml.safe_load((REPO / "configs/examples/leaderboard-cpu.yaml").read_text(encoding="utf-8"))["rows"]
+    by_method = {row["reranker"]: row for row in rows if "SmolLM2-135M-Instruct" in str(row.get("model", ""))}
+    expected = {"first": "first-compact", "listwise": "listwise-compact", "setwise": "setwise-unprefixed"}
+    for method, template in expected.items():
+        assert by_method[method]["reranker_options"]["template"] == template
+        head_template(template, method)  # a shipped template of that method

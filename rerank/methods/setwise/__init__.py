@@ -10,6 +10,6 @@ METHOD = Method(
     package=__name__,
     summary="sets of c passages, best one by label log-probs; heapsort / bubble sort to the top-k",
     head="rerank.methods.setwise.head:SetwiseReranker",
-    templates=("setwise.yaml",),
+    templates=("setwise.yaml", "setwise-unprefixed.yaml"),
     pipeline_tag="text-generation",
 )

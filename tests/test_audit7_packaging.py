@@ -96,3 +96,10 @@ def test_serve_md_python_blocks_compile_and_define_what_they_read(index: int) ->
 
 def test_serve_md_has_its_client_block() -> None:
     assert any("cohere.ClientV2" in block for block in SERVE_BLOCKS)
+
+
+def test_manifest_keeps_local_secrets_and_logs_out_of_the_sdist() -> None:
+    """``graft`` takes untracked files too: a ``tests/.env`` with a token must not ship."""
+    text = (ROOT / "MANIFEST.in").read_text()
+    excluded = {word for line in text.splitlines() if line.startswith("global-exclude") for word in line.split()[1:]}
+    assert {".env", ".env.*", "*.log"} <= excluded

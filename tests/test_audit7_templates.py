@@ -103,6 +103,22 @@ def test_metrics_json_records_the_template_s_fingerprint(tmp_path: Path, tiny_ds
     assert "template_input" not in bm25["provenance"]
 
 
+def test_rank_s_record_holds_the_template_s_fingerprint(tmp_path: Path, tiny_llm_dir: Path, run_cli: Any) -> None:
+    import json
+
+    from rerank.data.io import write_jsonl
+
+    template = tmp_path / "t.yaml"
+    template.write_text(YES_NO)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "ranked.jsonl"
+    write_jsonl([{"query": "rain", "docs": [{"id": "a", "text": "wet"}, {"id": "b", "text": "dry"}]}], inp)
+    rc, _, err = run_cli("rank", "--reranker", "yes-no", "--model", tiny_llm_dir, "--reranker-set",
+                         f"template={template}", "--input", inp, "--output", out)
+    assert rc == 0, err
+    got = json.loads((tmp_path / "ranked.jsonl.meta.json").read_text())["provenance"]["template_input"]
+    assert got["fingerprint"] == f"sha256:{load_template(template).sha256()}"
+
+
 # --- #2: a misspelt key is refused ----------------------------------------------------------------------------------
 
 

@@ -213,7 +213,7 @@ def _record(args: argparse.Namespace, options: dict[str, Any], reranker: Reranke
     threads, device, model fingerprint, and the data read: ``--input``, or ``--first-stage`` with the dataset's corpus
     and queries); secrets and URL credentials redacted."""
     from rerank.config import to_dict
-    from rerank.eval.pipeline import data_inputs, file_input, provenance, reranker_record
+    from rerank.eval.pipeline import data_inputs, file_input, provenance, reranker_record, template_input
 
     desc = reranker_record(reranker.describe(), args.model, args.backend)
     if dataset is not None:
@@ -224,7 +224,7 @@ def _record(args: argparse.Namespace, options: dict[str, Any], reranker: Reranke
               "data_root": args.data_root, "max_queries": args.max_queries, "top_k": args.top_k,
               "reranker": args.reranker, "model": args.model, "backend": args.backend, "reranker_options": options}
     return {"output": str(Path(args.output).resolve()), "num_queries": num_queries, "config": to_dict(config),
-            "reranker": desc, "parse": reranker.stats.as_dict(), "provenance": provenance(desc, data)}
+            "reranker": desc, "parse": reranker.stats.as_dict(), "provenance": provenance(desc, data, template_input(getattr(reranker, "template", None)))}
 
 
 def _stats_note(stats: RerankStats) -> str:

@@ -443,8 +443,9 @@ def template_digest(template: PromptTemplate | str | None, version: int = TEMPLA
         from rerank.prompts import load_template
 
         template = load_template(template)
-    content = {k: v for k, v in template.to_dict().items() if k != "name" or version == 1}
-    text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
+    if version != 1:
+        return template.sha256()
+    text = json.dumps(template.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -6,6 +6,8 @@ quantization of that export (int8 weights, activations quantized per batch), the
 ``export_dynamic_quantized_onnx_model`` offers (per-channel int8 weights). ``runtime: openvino`` compiles the same ONNX file with OpenVINO (float
 only). Exports are cached under ``<cache_root>/onnx/<key>/`` where the key hashes the model's weights (as float32),
 the output exported and the input names, so a second load of the same weights reads the file instead of exporting.
+The dense encoder of a left-padded model exports ``position_ids`` as an input too and feeds the mask-derived positions
+torch gets, so a text embeds the same on every runtime and wherever it sits in a batch.
 Both runtimes use as many threads as torch does (``torch.get_num_threads()``), so thread shares
 (``OMP_NUM_THREADS``, ``--workers``) apply to them alike. The tokenisation, batching and scoring around the model are
 the head's own, so only the forward pass changes: float ONNX scores equal torch's to float rounding (tests: 1e-4);
@@ -109,7 +111,8 @@ def _example_inputs(names: tuple[str, ...], vocab: int) -> tuple[torch.Tensor, .
     mask[1, 10:] = 0
     types = torch.zeros(2, 16, dtype=torch.long)
     types[:, 8:] = 1
-    made = {"input_ids": ids.long(), "attention_mask": mask, "token_type_ids": types}
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    made = {"input_ids": ids.long(), "attention_mask": mask, "token_type_ids": types, "position_ids": positions}
     return tuple(made[n] for n in names)
 
 
@@ -204,9 +207,12 @@ class Runner:
         return {"runtime": self.runtime, "quantize": self.quantize, "file": str(self.path)}
 
 
-def compile_model(model: torch.nn.Module, tokenizer: Any, kind: str, runtime: str, quantize: str) -> Runner | None:
+def compile_model(model: torch.nn.Module, tokenizer: Any, kind: str, runtime: str, quantize: str,
+                  position_ids: bool = False) -> Runner | None:
     """``model`` compiled for ``runtime`` (None for torch: the caller runs the model itself). ``kind``:
-    ``sequence-classification`` (logits) or ``feature-extraction`` (last hidden states)."""
+    ``sequence-classification`` (logits) or ``feature-extraction`` (last hidden states). ``position_ids``: the export
+    takes them as an input too (the caller feeds them; an input of the cache key, so it never reuses an export
+    without it)."""
     check_runtime(runtime, quantize)
     if runtime == "torch":
         return None
@@ -215,4 +221,6 @@ def compile_model(model: torch.nn.Module, tokenizer: Any, kind: str, runtime: st
     names = tuple(n for n in INPUTS if n in getattr(tokenizer, "model_input_names", ("input_ids", "attention_mask")))
     if "input_ids" not in names:
         raise ConfigError(f"runtime: {runtime} needs a tokenizer that gives input_ids (it gives {names})")
+    if position_ids:
+        names += ("position_ids",)
     return Runner(runtime, quantize, exported_file(model, kind, names, quantize), names)

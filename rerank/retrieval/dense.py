@@ -165,15 +165,44 @@ def check_max_lengths(settings: EncoderSettings, explicit: dict[str, Any], query
     return dataclasses.replace(settings, **fixed) if fixed else settings
 
 
-def _mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids ``[B, L]`` counted over each row's real tokens (0 at its first one, pads 0), as ``generate`` derives
-    them: a left-padded row reads the positions it has alone."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def _mask_positions(attention_mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids ``[B, L]`` counted over each row's real tokens, from ``offset`` at its first one, as the model
+    numbers a text alone: a left-padded row reads the positions it has alone. Pads get 0 (``offset`` 0, as
+    ``generate`` does) or ``offset - 1``, the padding row of a table that has one (RoBERTa's own rule)."""
+    mask = attention_mask.long()
+    if offset == 0:
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+    return mask.cumsum(-1) * mask + (offset - 1)
 
 
 def _takes_position_ids(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward names a ``position_ids`` argument (decoders, BERT; not T5's relative positions)."""
     return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def _position_offset(model: torch.nn.Module) -> int:
+    """The position of a text's first token: ``padding_idx + 1`` for a position table with a padding row (RoBERTa,
+    XLM-R, CamemBERT, MPNet, Longformer, ESM: they number positions past it from their input ids), else 0."""
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            return 0 if table.padding_idx is None else table.padding_idx + 1
+    return 0
+
+
+def _passes_positions(model: torch.nn.Module, tokenizer: Any) -> bool:
+    """Whether the encoder passes ``model`` mask-derived position ids: its tokenizer pads on the left and its forward
+    takes them (on the right, pads follow the text and the model's own positions are already right)."""
+    return tokenizer.padding_side == "left" and _takes_position_ids(model)
+
+
+def _positions_changed(model: torch.nn.Module, tokenizer: Any) -> bool:
+    """Whether the passed positions differ from the model's own numbering (then embeddings differ from those before
+    position ids were passed): counted from 0, or past a padding row the tokenizer does not pad with."""
+    if not _passes_positions(model, tokenizer):
+        return False
+    offset = _position_offset(model)
+    return offset == 0 or tokenizer.pad_token_id != offset - 1
 
 
 def _is_causal_lm(config: Any) -> bool:
@@ -267,8 +296,8 @@ class BiEncoder(torch.nn.Module):
         model, tok, _, _ = self._side(side)
         dev = next(model.parameters()).device
         feats = {k: v.to(dev) for k, v in features.items()}
-        if tok.padding_side == "left" and "position_ids" not in feats and _takes_position_ids(model):
-            feats["position_ids"] = _mask_positions(feats["attention_mask"])
+        if "position_ids" not in feats and _passes_positions(model, tok):
+            feats["position_ids"] = _mask_positions(feats["attention_mask"], _position_offset(model))
         return self._pool(model(**feats).last_hidden_state, feats["attention_mask"])
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -280,7 +309,10 @@ class BiEncoder(torch.nn.Module):
         runner = self.runners.get(side)
         if runner is None:
             return self.forward_features(features, side)
-        return self._pool(runner(features), features["attention_mask"])
+        feats = dict(features)
+        if "position_ids" in runner.names and "position_ids" not in feats:  # exported for a left-padded model
+            feats["position_ids"] = _mask_positions(feats["attention_mask"], _position_offset(self._side(side)[0]))
+        return self._pool(runner(feats), feats["attention_mask"])
 
     def use_runtime(self, runtime: Runtime = "torch", quantize: Quantize = "none") -> BiEncoder:
         """Run inference (:meth:`encode_numpy`) on ``runtime`` (:mod:`rerank.runtime`); training stays on torch."""
@@ -292,7 +324,8 @@ class BiEncoder(torch.nn.Module):
             if side == "doc" and self.tied and "query" in self.runners:
                 self.runners["doc"] = self.runners["query"]
             else:
-                runner = compile_model(model, tok, "feature-extraction", runtime, quantize)
+                runner = compile_model(model, tok, "feature-extraction", runtime, quantize,
+                                       position_ids=_passes_positions(model, tok))
                 if runner is not None:
                     self.runners[side] = runner
         self.runtime = (runtime, quantize)
@@ -400,7 +433,8 @@ class BiEncoder(torch.nn.Module):
     # ------------------------------------------------------------------ identity
     def fingerprint(self, side: Side = "doc") -> str:
         """SHA-256 of one side's weights (as float32, so storage dtype does not matter), tokenizer, and how text is
-        given to it (special-token strings and chat-template turn markers neutralised).
+        given to it (special-token strings and chat-template turn markers neutralised, and the mask-derived positions a
+        left-padded model is given where they differ from its own).
 
         The model part of index manifests and embedding-cache keys; independent of where or how the folder was saved.
         """
@@ -415,6 +449,8 @@ class BiEncoder(torch.nn.Module):
         h.update(json.dumps(spec, sort_keys=True).encode())
         h.update(f"pad={tok.pad_token_id}".encode())
         h.update(f"text={_text_handling(tok)}".encode())
+        if _positions_changed(model, tok):  # left-padded: mask-derived positions (right-padded keys stay as they were)
+            h.update(b"positions=mask")
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ lay out a ``Passage X:`` entry of its own: as in listwise, FIRST and GroupRank, 
 tabs and Unicode spaces such as U+00A0 and U+3000 included, becomes one space, leading and trailing whitespace is
 dropped, so a whitespace-only document is empty; :func:`~rerank.heads.llm.passage_texts`); the answer is the label
 with the highest log-probability as it follows the template's ``assistant_prefix`` (as llm-rankers reads a causal LM:
-the answer opened with `` Passage:``, then the first token of ``label_prefix`` + label, `` A``): one forward pass,
+the answer opened with `` Passage:``, then ``label_prefix`` + label, `` A``, one token a label): one forward pass,
 nothing generated, so any backend with log-probabilities runs it. The sort (:mod:`rerank.methods.setwise.sorting`)
 decides the sets; queries of a batch advance together, one set each per backend call. ``forward_passes`` counts the
 prompts scored (the method's efficiency figure).
@@ -67,17 +67,25 @@ class SetwiseReranker(PositionScored, LLMReranker):
         self._label_ids: list[int] | None = None
 
     def label_ids(self) -> list[int]:
-        """The first token of each of the ``set_size`` labels as it follows the assistant prefix (written
-        ``label_prefix`` + label, e.g. `` A``): one distinct token a label, or a one-line :class:`ConfigError`."""
+        """The token of each of the ``set_size`` labels as it follows the assistant prefix (written ``label_prefix`` +
+        label, e.g. `` A``): exactly one token a label, distinct, or a one-line :class:`ConfigError`."""
         if self._label_ids is None:
             context = self.render([{"role": "user", "content": "x"}], self.template.assistant_prefix)
             size: int = self.config.set_size  # type: ignore[attr-defined]
             written = [self.label_prefix + lab for lab in self.labels[:size]]
-            ids = [continuation_ids(self.tokenizer, context, w)[0] for w in written]
+            tokens = [continuation_ids(self.tokenizer, context, w) for w in written]
+            ids = [t[0] for t in tokens]
             if len(set(ids)) != len(ids):
                 raise ConfigError(f"setwise: template {self.template.source}: the labels {written} do not start with "
                                   f"distinct tokens after {self.template.assistant_prefix!r} in this tokenizer; give "
                                   f"other labels or label_prefix in a template of your own")
+            for w, t in zip(written, tokens, strict=True):
+                if len(t) != 1:
+                    shown = getattr(self.tokenizer, "convert_ids_to_tokens", lambda ids: ids)(t)
+                    raise ConfigError(f"setwise: template {self.template.source}: the label {w!r} is {len(t)} tokens "
+                                      f"{shown} after {self.template.assistant_prefix!r} in this tokenizer, and the "
+                                      "head reads one token a label; give other labels or label_prefix in a template "
+                                      "of your own")
             self._label_ids = ids
         return self._label_ids
 

@@ -160,8 +160,9 @@ class GRPOTrainConfig(CommonTrainConfig):
         """Unset prompt options (``max_doc_tokens``, ``max_query_tokens``, the window / group size) take the values
         the starting model's ``rerank.json`` records when it was trained as this head (GRPO from an SFT model keeps
         the SFT's prompt; the template is inherited by the task, :meth:`Task.head_options`), else the defaults; a set
-        value that differs from the recorded one is logged once, and so is a model recorded as another head (whose
-        options are then not used)."""
+        value that differs from the recorded one is logged once (a template compared by its content,
+        :meth:`PromptTemplate.sha256`, not its name), and so is a model recorded as another head (whose options are
+        then not used)."""
         from rerank.methods import get_method
         from rerank.methods.record import read_record
 
@@ -188,11 +189,14 @@ class GRPOTrainConfig(CommonTrainConfig):
         if self.template and isinstance(recorded.get("template"), dict):
             from rerank.prompts import load_template
 
-            try:
-                given = load_template(self.template).to_dict()
-            except ConfigError:  # refused with the head's own message when the task loads it
-                given = recorded["template"]
-            if given != recorded["template"]:
+            def content(spec: Any) -> str | None:  # the template's sha256 (its name left out); None: unreadable
+                try:
+                    return load_template(spec).sha256()
+                except ConfigError:  # the given one is refused with the head's own message when the task loads it
+                    return None
+
+            given = content(self.template)
+            if given is not None and given != content(recorded["template"]):
                 differ.append(f"template {self.template} (it was trained with template "
                               f"{recorded['template'].get('name')!r})")
         if differ:
@@ -303,8 +307,9 @@ def grpo_rows(task: Any, examples: list[dict[str, Any]], seed: int, source: str 
 
 def extra_reward_function(task: Any, columns: list[str], entry: ExtraReward, index: int) -> Any:
     """A TRL reward function calling the user's ``extra_rewards[index]`` function (``entry``) as documented, once a
-    reward batch: ``fn(completions, *, prompts, queries, doc_ids, labels, parsed, step) -> list[float]``, every
-    argument a list aligned with ``completions`` (``parsed``: the head's reading of each completion,
+    reward batch, every argument by keyword: ``fn(*, completions, prompts, queries, doc_ids, labels, parsed, step)
+    -> list[float]`` (checked with the config), every argument a list aligned with ``completions`` (``parsed``: the
+    head's reading of each completion,
     :class:`rerank.trainers.task.Parsed`) but ``step``, the trainer's global step. It raising, or returning other than
     one finite number a completion, stops the run with a one-line ``ConfigError`` naming the function and the step.
     Its ``__name__`` is the function's path, the name TRL logs its mean under (``rewards/<path>/mean``)."""
@@ -317,8 +322,9 @@ def extra_reward_function(task: Any, columns: list[str], entry: ExtraReward, ind
         step = int(getattr(state, "global_step", 0) or 0)
         where = f"extra_rewards[{index}] {entry.function} at step {step}"
         given = {name: [r[column] for r in rows] for column, name in CONTEXT_COLUMNS.items()}
+        texts_of_prompts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
         try:
-            out = fn(texts, prompts=[p if isinstance(p, str) else p[-1]["content"] for p in prompts], **given,
+            out = fn(completions=texts, prompts=texts_of_prompts, **given,
                      parsed=[task.safe_parse(t, r) for t, r in zip(texts, rows, strict=True)], step=step)
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]

@@ -33,6 +33,7 @@ __all__ = [
     "ExtraReward",
     "RewardConfig",
     "SharedRewardOptions",
+    "check_extra_reward_signature",
     "check_penalties",
     "check_weights",
     "extra_reward_callable",
@@ -104,8 +105,8 @@ class ExtraReward:
 
 def extra_reward_callable(entry: ExtraReward, where: str) -> Callable[..., Any]:
     """The function ``entry`` names, imported (:func:`rerank.utils.registry.import_target`); a module that is not there
-    or fails to import, a missing name or one that is not callable is a one-line ``ConfigError`` starting with
-    ``where``."""
+    or fails to import, a missing name, one that is not callable or cannot be called with the documented keywords
+    (:func:`check_extra_reward_signature`) is a one-line ``ConfigError`` starting with ``where``."""
     from rerank.utils.registry import import_target
 
     try:
@@ -117,8 +118,40 @@ def extra_reward_callable(entry: ExtraReward, where: str) -> Callable[..., Any]:
         raise ConfigError(f"{where}: importing {entry.function!r} raised {type(e).__name__}: {first}") from e
     if not callable(fn):
         raise ConfigError(f"{where}: {entry.function!r} is a {type(fn).__name__}, not a function: name a callable "
-                          "fn(completions, *, prompts, queries, doc_ids, labels, parsed, step) -> list[float]")
+                          f"{EXTRA_REWARD_SIGNATURE} -> list[float]")
+    check_extra_reward_signature(fn, entry.function, where)
     return fn
+
+
+#: the keyword arguments an ``extra_rewards`` function is called with, every one by keyword
+EXTRA_REWARD_ARGUMENTS = ("completions", "prompts", "queries", "doc_ids", "labels", "parsed", "step")
+EXTRA_REWARD_SIGNATURE = f"fn(*, {', '.join(EXTRA_REWARD_ARGUMENTS)}, **kwargs)"
+
+
+def check_extra_reward_signature(fn: Callable[..., Any], name: str, where: str) -> None:
+    """``fn`` accepts every one of :data:`EXTRA_REWARD_ARGUMENTS` by keyword and needs no other argument
+    (``inspect.signature(fn).bind``), else a one-line ``ConfigError`` naming ``name`` and what it lacks; a callable
+    whose signature Python cannot read is not checked."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or extension callable without a readable signature
+        return
+    try:
+        signature.bind(**{a: [] for a in EXTRA_REWARD_ARGUMENTS[:-1]}, step=0)
+    except TypeError:
+        params = signature.parameters.values()
+        keyword = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
+        lacks = [] if any_keyword else [a for a in EXTRA_REWARD_ARGUMENTS if a not in keyword]
+        positional = [p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]
+        needs = [p.name for p in params if p.name in keyword and p.default is p.empty
+                 and p.name not in EXTRA_REWARD_ARGUMENTS]
+        problems = ([f"does not accept {', '.join(lacks)}"] if lacks else []) + (
+            [f"takes {', '.join(positional)} by position only"] if positional else []) + (
+            [f"requires {', '.join(needs)}, which is not passed"] if needs else [])
+        raise ConfigError(f"{where}: {name}{signature} {' and '.join(problems) or 'cannot be called'}: it is called "
+                          f"as {EXTRA_REWARD_SIGNATURE}, every argument by keyword (add **kwargs to take only "
+                          "some)") from None
 
 
 def _source_file(fn: Any, module: str) -> str | None:

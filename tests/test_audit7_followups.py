@@ -190,3 +190,21 @@ def test_methods_page_states_where_the_passages_differ_and_the_qwen3_score() -> 
     for said in ("`title. text`", "`Title: title Content: text`", "`[n]` inside a passage is rewritten `(n)`",
                  "a causal LM generates one greedy token after ` Passage:`"):
         assert said in text
+
+
+def test_per_query_reward_leaves_extra_rewards_out_without_importing_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It measures the method's own reward: a config's extra_rewards (here a module that does not exist) are not read."""
+    import rerank.trainers.sft_trainer as sft_trainer
+    from rerank.trainers.evaluate import per_query_reward
+
+    class Loaded(Exception):
+        pass
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Loaded
+
+    monkeypatch.setattr(sft_trainer, "load_causal_lm", stop)
+    config = {"head": "erank", "data": {"path": "unused.jsonl"}, "batch_size": 5,
+              "extra_rewards": [{"function": "no_such_module_a7:reward", "weight": 1.0}]}
+    with pytest.raises(Loaded):  # the config was accepted and the model load reached
+        per_query_reward("unused-model-dir", config, [])

@@ -42,10 +42,11 @@ def mean_ndcg(model_dir: str, head: str, examples: list[dict[str, Any]], k: int 
 
 def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict[str, Any]], samples: int = 8,
                      seed: int = 0, reference_model: str | None = None) -> list[float]:
-    """The mean GRPO reward of each example's rollouts under ``model_dir``: what GRPO maximises, measured on held-out
-    examples. ``config`` is a ``grpo`` config (head, template, rewards, temperature, rollout, ...); each prompt gets
-    ``samples`` rollouts drawn as training draws them (generated text, or FIRST's Plackett-Luce rankings), from a
-    generator seeded by (seed, query id) so two models are compared on common random numbers (the task's
+    """The mean of the method's own GRPO reward (``task.rewards``; a config's ``extra_rewards`` are left out and not
+    imported) over each example's rollouts under ``model_dir``, measured on held-out examples. ``config`` is a
+    ``grpo`` config (head, template, rewards, temperature, rollout, ...); each prompt gets ``samples`` rollouts
+    drawn as training draws them (generated text, or FIRST's Plackett-Luce rankings), from a generator seeded by
+    (seed, query id) so two models are compared on common random numbers (the task's
     :meth:`~rerank.trainers.task.Task.sample_completions`). Row state that needs a starting model (ERank's reference
     scores) comes from ``reference_model`` (default: ``model_dir``), so a trained model and its start are scored
     against the same references."""
@@ -56,7 +57,8 @@ def per_query_reward(model_dir: str, config: dict[str, Any], examples: list[dict
     from rerank.trainers.sft_trainer import load_causal_lm
     from rerank.trainers.task import build_task
 
-    cfg = from_dict(GRPOTrainConfig, {**config, "model": model_dir}, where="per_query_reward config")
+    own = {k: v for k, v in config.items() if k != "extra_rewards"}
+    cfg = from_dict(GRPOTrainConfig, {**own, "model": model_dir}, where="per_query_reward config")
     model, tok = load_causal_lm(model_dir, cpu=True)
     tok.padding_side = "left"
     task = build_task(cfg.head, tok, cfg)

@@ -355,10 +355,13 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     folders as the row gives them once placeholders expand: the same files elsewhere are another key); the
     :func:`_stamp` of every top-level file of the dataset folder (any of them, even a run only another retriever
     reads, reruns every cell of that dataset), of ``qrels/``, ``excluded/``, the first-stage run, and of every file
-    under a local model folder; the content of a prompt template the row's ``template`` option names (a file, a
-    shipped name or a mapping: :meth:`~rerank.prompts.PromptTemplate.sha256`, so a template file edited in place reruns
-    its cells); and the rerank version. A model named by its hub id is keyed by the name alone."""
+    under a local model folder; the content (:meth:`~rerank.prompts.PromptTemplate.sha256`) of the prompt template
+    the row's head renders (:func:`~rerank.eval.suites.reranker_template`: the one its ``template`` option names, a
+    file, a shipped name or a mapping, else the head's default), in place of the ``template`` option, so a template
+    file edited in place or a reworded default reruns its cells and a template named or left to the default is one
+    key; and the rerank version. A model named by its hub id is keyed by the name alone."""
     from rerank import __version__
+    from rerank.eval.suites import reranker_template
     from rerank.prompts import load_template
 
     key = {k: v for k, v in to_dict(cfg).items() if k != "output"}
@@ -372,9 +375,13 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     for name, model in (("model", cfg.model), ("retriever_model", cfg.retriever_options.get("model"))):
         if model and Path(str(model)).exists():
             stamps[name] = _stamp(Path(str(model)), model=True)
-    template = cfg.reranker_options.get("template") if cfg.reranker else None
-    if template:
-        stamps["template"] = load_template(template).sha256()
+    template = reranker_template(cfg) if cfg.reranker else None
+    named = cfg.reranker_options.get("template") if cfg.reranker else None
+    if template is not None:
+        stamps["template"] = template.sha256()
+        key["reranker_options"] = {k: v for k, v in key["reranker_options"].items() if k != "template"}
+    elif named:  # a head that sets its template itself: the one its option names
+        stamps["template"] = load_template(named).sha256()
     return hash_obj({"config": key, "stamps": stamps})
 
 

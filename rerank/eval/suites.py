@@ -25,6 +25,7 @@ from it; the finished members' results stay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from rerank.eval.pipeline import (
 )
 from rerank.heads.base import Reranker
 from rerank.parallel import WorkerPool
+from rerank.prompts import PromptTemplate
 from rerank.utils.files import atomic_write, resolved_path, temp_dir, write_json
 
 __all__ = [
@@ -474,15 +476,16 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                   reranker: Reranker | None) -> dict[str, dict[str, Any]]:
     """``--resume``: the recorded ``metrics.json`` of every member whose folder holds a complete run with this run's
     settings (its EvalConfig but :data:`_NOT_SETTINGS`, the reranker and retriever options as the typed configs they
-    build (:func:`_option_differences`), and a given reranker's method, model, config and prompt template's content)
-    and whose
-    inputs (:func:`_member_inputs`) were not modified after it. A complete run under other settings or on modified
-    inputs is a :class:`ConfigError` naming the members and what differs; before any work."""
+    build (:func:`_option_differences`), a given reranker's method, model and config, and the content of the prompt
+    template the reranker renders (:func:`_template_difference`)) and whose inputs (:func:`_member_inputs`) were not
+    modified after it. A complete run under other settings or on modified inputs is a :class:`ConfigError` naming the
+    members and what differs; before any work."""
     from rerank.trainers.resume import config_differences  # imports transformers: only when resuming
 
     given = None
     if reranker is not None:
         given = _ranker(reranker.describe(), base.model)
+    template = getattr(reranker, "template", None) if reranker is not None else reranker_template(base)
     kept: dict[str, dict[str, Any]] = {}
     differ: dict[str, list[str]] = {}
     for e in entries:
@@ -492,7 +495,7 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
         cfg = _member_config(base, e, out)
         old = _settings(recorded["config"], str(recorded.get("dataset_root") or recorded["config"].get("dataset")))
         new = _settings(json.loads(json.dumps(to_dict(cfg))), str(e.dataset.root.resolve()))
-        diffs = _option_differences(old, new, base, reranker) + config_differences(old, new, cfg)
+        diffs = _option_differences(old, new, base, reranker, template is not None) + config_differences(old, new, cfg)
         if reranker is not None or base.reranker is None:  # else the config names the reranker it loads
             was = _ranker(recorded.get("reranker"))
             if was is None or given is None:
@@ -500,8 +503,7 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                     diffs.append(f"reranker: {_ranker_name(was)} -> {_ranker_name(given)}")
             else:
                 diffs += config_differences(was, given, None, ("reranker",))
-        if reranker is not None:
-            diffs += _template_difference(recorded, reranker)
+        diffs += _template_difference(recorded, template)
         changed = _changed_since(_member_inputs(e, cfg), out / _member_folder(e.name) / "metrics.json")
         if changed is not None:
             diffs.append(f"{changed} was modified after that run")
@@ -520,11 +522,13 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
 
 
 def _option_differences(old: dict[str, Any], new: dict[str, Any], base: EvalConfig,
-                        reranker: Reranker | None) -> list[str]:
+                        reranker: Reranker | None, template_by_content: bool = False) -> list[str]:
     """``name.key: old -> new`` for each reranker or retriever option whose value differs between a member's recorded
     settings and this run's, each side read as the typed config it builds (:func:`_typed_options`), so an option
     given at its default (or a trained model's value) is the option left out; ``absent`` shows a side that does not
-    give it. Both blocks are taken out of ``old`` and ``new`` (what :func:`config_differences` compares)."""
+    give it. Both blocks are taken out of ``old`` and ``new`` (what :func:`config_differences` compares).
+    ``template_by_content``: the reranker's ``template`` option is not compared (its content is:
+    :func:`_template_difference`), so a template named, given by path or left to the head's default is one template."""
     out = []
     for name in ("reranker_options", "retriever_options"):
         if not (isinstance(old.get(name), dict) and isinstance(new.get(name), dict)):
@@ -538,6 +542,9 @@ def _option_differences(old: dict[str, Any], new: dict[str, Any], base: EvalConf
                 typed = None
         if typed is None:
             was_typed, now_typed = was, now
+        if name == "reranker_options" and template_by_content:
+            was_typed, now_typed, was, now = ({k: v for k, v in d.items() if k != "template"} if isinstance(d, dict)
+                                              else d for d in (was_typed, now_typed, was, now))
         out += _differing((name,), was_typed, now_typed, was, now, _result_neutral(name, base))
     return out
 
@@ -573,8 +580,15 @@ def _typed_options(name: str, base: EvalConfig,
 
 
 def _reranker_config(base: EvalConfig) -> tuple[type | None, dict[str, Any]]:
-    """The typed config class of the reranker ``base`` loads and the options its trained model folder records (as
-    :meth:`Reranker.load` finds them: ``--reranker`` a registered method or a trained folder, ``--model`` a folder)."""
+    """The typed config class of the reranker ``base`` loads and the options its trained model folder records
+    (:func:`_reranker_class`)."""
+    cls, trained = _reranker_class(base)
+    return (None if cls is None else cls.config_class), trained
+
+
+def _reranker_class(base: EvalConfig) -> tuple[type[Reranker] | None, dict[str, Any]]:
+    """The reranker class ``base`` loads and the options its trained model folder records (as :meth:`Reranker.load`
+    finds them: ``--reranker`` a registered method or a trained folder, ``--model`` a folder)."""
     from rerank.heads.registry import available_rerankers, get_reranker_class
     from rerank.methods.record import read_record
 
@@ -589,7 +603,37 @@ def _reranker_config(base: EvalConfig) -> tuple[type | None, dict[str, Any]]:
         method, trained = method or record.get("method"), dict(record.get("options") or {})
     if not isinstance(method, str):
         return None, {}
-    return get_reranker_class(method).config_class, trained
+    return get_reranker_class(method), trained
+
+
+def reranker_template(base: EvalConfig) -> PromptTemplate | None:
+    """The prompt template the reranker of ``base`` renders, found as its head finds it but without loading a model:
+    the ``template`` option (over a trained model folder's recorded one), else the head's default for these options,
+    with the options standing in for template fields (``template_texts``, e.g. ``instruction``) applied. None without
+    a reranker, for a head without prompts, and for a head of no method with prompts given no ``template``."""
+    from rerank.config import from_dict
+    from rerank.prompts import head_template
+
+    cls, trained = _reranker_class(base)
+    config_class = getattr(cls, "config_class", None)
+    if cls is None or not dataclasses.is_dataclass(config_class) \
+            or "template" not in {f.name for f in dataclasses.fields(config_class)}:
+        return None
+    config = from_dict(config_class, {**trained, **base.reranker_options}, where=f"{base.reranker} options")
+    owner = cls.prompt_method()
+    chosen = config.template
+    if not chosen:
+        if not owner:  # a user head that sets its template itself (or asks for template= when it loads)
+            return None
+        probe = object.__new__(cls)  # the default may follow the options (listwise's identifiers): read on the config
+        probe.config = config
+        chosen = probe.default_template()
+    template = head_template(chosen, owner)
+    for name in getattr(cls, "template_texts", ()):
+        value = getattr(config, name, "")
+        if value:
+            template = dataclasses.replace(template, extra={**template.extra, name: value})
+    return template
 
 
 def _result_neutral(name: str, base: EvalConfig) -> set[tuple[str, ...]]:
@@ -630,31 +674,30 @@ def _differing(path: tuple[str, ...], old: Any, new: Any, old_given: Any, new_gi
     return [f"{'.'.join(path)}: {shown[0]} -> {shown[1]}"]
 
 
-def _template_difference(recorded: dict[str, Any], reranker: Reranker) -> list[str]:
-    """``template: old -> new`` when a member's recorded prompt template (its ``provenance.template_input``) is not,
-    by content, the one the given ``reranker`` renders; nothing for a record without one (written before rerank
-    recorded it, or by a head without a template)."""
+def _template_difference(recorded: dict[str, Any], source: Reranker | PromptTemplate | None) -> list[str]:
+    """``template: old -> new`` when a member's recorded prompt template (its ``provenance.template_input``) is not, by
+    content (:meth:`~rerank.prompts.PromptTemplate.sha256`), the one this run renders: ``source``, a template or a
+    given reranker's (:func:`reranker_template` finds it from the options). A record without one differs from a
+    template: it was written before rerank recorded it, so its content cannot be told."""
     was = (recorded.get("provenance") or {}).get("template_input")
-    now = template_input(getattr(reranker, "template", None))
-    if not isinstance(was, dict) or was.get("fingerprint") == (now or {}).get("fingerprint"):
+    now = template_input(source if isinstance(source, PromptTemplate) else getattr(source, "template", None))
+    was_print = was.get("fingerprint") if isinstance(was, dict) else None
+    if was_print == (now or {}).get("fingerprint"):
         return []
     shown = now["fingerprint"][:19] if now else "none"
-    return [f"template: {str(was.get('fingerprint'))[:19]} -> {shown} (its content differs)"]
+    if was_print is None:
+        return [f"template: not recorded -> {shown} (a run before rerank recorded its template)"]
+    return [f"template: {str(was_print)[:19]} -> {shown} (its content differs)"]
 
 
 def _member_inputs(e: SuiteEntry, cfg: EvalConfig) -> list[Path]:
     """The files and folders a member's result was computed from, that a path names here: its dataset's corpus,
-    queries, qrels and first-stage run, the reranker's model and prompt template file (a path or a shipped name's file;
-    an inline one is compared as an option) and the retriever's model or index."""
-    from rerank.prompts import template_file
-
+    queries, qrels and first-stage run, the reranker's model and the retriever's model or index. The prompt template
+    is compared by content (:func:`_template_difference`), not by its file's time."""
     paths = [e.dataset.corpus_path, e.dataset.qrels_path(e.split)]  # both checked present (_check_members)
     with contextlib.suppress(FileNotFoundError):
         paths.append(e.dataset.queries_path)
     named = [cfg.first_stage, cfg.model, *(cfg.retriever_options.get(k) for k in ("model", "index"))]
-    template = cfg.reranker_options.get("template") if cfg.reranker else None
-    if isinstance(template, (str, Path)) and template and (file := template_file(template)) is not None:
-        named.append(str(file))
     return paths + [Path(os.path.expanduser(p)) for p in named if isinstance(p, str) and p]
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +19,7 @@ from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads.base import Reranker, as_candidates
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker
 from rerank.methods import all_methods
-from rerank.prompts import head_template, load_template, shipped_templates
+from rerank.prompts import head_template, load_template
 
 YES_NO = "name: mine\nuser: \"Q: {{ query }} D: {{ document }} Relevant?\"\npositive: \"yes\"\nnegative: \"no\"\n"
 SWAPPED = YES_NO.replace('positive: "yes"', 'positive: "no"').replace('negative: "no"', 'negative: "yes"')
@@ -43,7 +41,7 @@ def test_a_leaderboard_cell_key_follows_the_template_file_s_content(tmp_path: Pa
     assert _cell_hash(cfg, tiny_ds.root) != before
     shipped = dataclasses.replace(cfg, reranker_options={"template": "yes_no"})
     inline = dataclasses.replace(cfg, reranker_options={"template": load_template("yes_no").to_dict()})
-    assert _cell_hash(shipped, tiny_ds.root) != _cell_hash(inline, tiny_ds.root)  # the option differs, not the stamp
+    assert _cell_hash(shipped, tiny_ds.root) == _cell_hash(inline, tiny_ds.root)  # one content, one key
     assert load_template("yes_no").sha256() == load_template(load_template("yes_no").to_dict()).sha256()
 
 
@@ -52,26 +50,6 @@ def test_the_stamp_is_training_s_template_digest() -> None:
 
     for name in ("yes_no", "listwise", "erank_reasoning"):
         assert load_template(name).sha256() == template_digest(load_template(name))
-
-
-def test_a_suite_member_s_inputs_hold_its_template_file(tmp_path: Path, tiny_ds: Dataset) -> None:
-    from rerank.eval.suites import SuiteEntry, _changed_since, _member_inputs
-
-    template = tmp_path / "t.yaml"
-    template.write_text(YES_NO)
-    entry = SuiteEntry("tiny", tiny_ds)
-    cfg = EvalConfig(dataset=str(tiny_ds.root), retriever="bm25", reranker="yes-no", model="some/hub-id",
-                     reranker_options={"template": str(template)})
-    assert template in _member_inputs(entry, cfg)
-    shipped = dataclasses.replace(cfg, reranker_options={"template": "yes_no"})
-    assert shipped_templates()["yes_no"] in _member_inputs(entry, shipped)
-    result = tmp_path / "metrics.json"
-    result.write_text("{}")
-    old = time.time() - 60
-    os.utime(template, (old, old))
-    assert _changed_since(_member_inputs(entry, cfg), result) is None
-    template.write_text(SWAPPED)  # edited after the member's result
-    assert _changed_since(_member_inputs(entry, cfg), result) == str(template)
 
 
 def test_a_given_reranker_s_template_content_is_compared_with_the_member_s_record() -> None:

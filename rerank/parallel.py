@@ -11,8 +11,8 @@ whose parent died exits once it is idle.
 
 The rerankers and retrievers the parent registered from user code (``register_reranker`` / ``register_retriever``)
 are registered again in each worker by their ``module:Class``, imported when a worker looks the name up; a class the
-worker cannot import that way (defined in the ``__main__`` of a script, or inside a function) is a one-line error
-there, saying to move it into a module or run one process.
+worker cannot import that way (defined in the ``__main__`` of a script, inside a function, or in a module loaded from
+a file, not importable by its name) is a one-line error there, saying to move it into a module or run one process.
 """
 
 from __future__ import annotations
@@ -83,10 +83,22 @@ def _import_in_worker(kind: str, name: str, path: str) -> Any:
             where = "in the script run as __main__"
         elif "<locals>" in attr:
             where = "inside a function"
+        elif not _importable(module):
+            where = f"in module {module!r}, loaded from a file or made at run time (not importable by name)"
         else:
             raise
     raise ConfigError(f"{kind} {name!r} ({path}) is defined {where}, which a worker process cannot import: move the "
                       f"class into a module, or use workers=1") from None
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported by its name from ``sys.path``."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def register_in_worker(registrations: Sequence[tuple[str, str, str]]) -> None:

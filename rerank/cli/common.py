@@ -147,13 +147,14 @@ def check_reranker_options(method: str, model: str | None, options: dict, backen
     from rerank.heads.registry import get_reranker_class
     from rerank.methods.record import read_record
 
-    cls = get_reranker_class(method)
+    record = read_record(model)
+    # a method the folder's rerank.json gave (method_from_model) is a registered name, never an import
+    cls = get_reranker_class(method, paths=record is None or record.get("method") != method)
     if issubclass(cls, LLMReranker):
         try:
             check_backend_keys(method, cls.config_class, backend, options)
         except ConfigError as e:
             raise ConfigError(f"{e}; on the command line: --reranker-set backend_options.KEY=VALUE") from None
-    record = read_record(model)
     if record is not None and record.get("kind") == "reranker" and record.get("method") != method:
         raise ConfigError(f"{model} was trained as {record.get('method')!r}; load it with that method or none "
                           f"(--reranker {record.get('method')}, or no --reranker)")
@@ -185,7 +186,7 @@ def method_from_model(args: argparse.Namespace) -> dict | None:
         raise ConfigError(f"--model {model} is a training run folder; give the trained model in it: "
                           f"--model {Path(model) / 'model'}")
     if record is not None and args.reranker is None and record.get("kind") == "reranker":
-        args.reranker = record["method"]
+        args.reranker = record["method"]  # a plain name (read_record refuses a 'module:Class'): never an import
     if record is None and model is not None and getattr(args, "reranker", None) is None:
         from rerank.models import check_adapter, check_model_path
 

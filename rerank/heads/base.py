@@ -371,6 +371,11 @@ class Reranker(ABC):
     #: (:func:`rerank.prompts.head_template`); a head registered from user code that subclasses no method's head is
     #: checked only by these. Default: none.
     ranked_inputs: ClassVar[frozenset[str]] = frozenset()
+    #: template keys the head reads besides those of its method's own templates (e.g. a subclass of ``YesNoReranker``
+    #: reading ``self.template.extra["answer_language"]`` declares ``frozenset({"answer_language"})``): a template key
+    #: that neither its method's templates have nor this declares, and that its texts do not read, is refused as a
+    #: typo (:func:`rerank.prompts.head_template`). Default: none.
+    template_keys: ClassVar[frozenset[str]] = frozenset()
     template = _CheckedTemplate()
     config_class: ClassVar[type[RerankerConfig]] = RerankerConfig
     #: True when a document's score does not depend on the other documents of its list (pointwise heads): a server
@@ -405,8 +410,9 @@ class Reranker(ABC):
     def load(method: str | None = None, model: str | None = None, backend: str = "transformers",
              **options: Any) -> Reranker:
         """Build a reranker: the registered method ``method`` on ``model``, or a trained model folder on its own
-        (``Reranker.load("path/to/model")``), whose ``rerank.json`` names the method and the options it was trained
-        with (prompt template included); options given here fill the typed config over those."""
+        (``Reranker.load("path/to/model")``), whose ``rerank.json`` names the method (a registered name, never code to
+        import) and the options it was trained with (prompt template included); options given here fill the typed
+        config over those."""
         from rerank.heads.registry import available_rerankers, get_reranker_class
         from rerank.methods.record import read_record
 
@@ -419,6 +425,7 @@ class Reranker(ABC):
                                   f"{', '.join(available_rerankers())}")
             get_reranker_class(method)  # raises: unknown name, listing the known ones
         record = read_record(model)
+        recorded = record is not None
         if record is not None:
             if record.get("kind") != "reranker":
                 raise ConfigError(f"{model} is a trained {record.get('kind')} ({record['method']}), not a reranker; "
@@ -429,7 +436,7 @@ class Reranker(ABC):
             options = {**record.get("options", {}), **options}
         if method is None:
             raise ConfigError("give a registered method name or a trained model folder (one holding rerank.json)")
-        cls = get_reranker_class(method)
+        cls = get_reranker_class(method, paths=not recorded)  # a folder's method is a registered name, never an import
         reranker = cls.from_options(model=model, backend=backend, **options)
         if not isinstance(reranker, Reranker):
             raise ConfigError(f"reranker {method!r}: {cls.__module__}:{cls.__qualname__}.from_options returned "

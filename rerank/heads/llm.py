@@ -138,7 +138,8 @@ class LLMReranker(Reranker):
         super().__init__(config)
         cfg: LLMHeadConfig = self.config  # type: ignore[assignment]
         # checked before the model loads: a template of another method or with variables the head lacks is refused
-        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.prompt_method())
+        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.prompt_method(),
+                                                      type(self))
         built = backend is None
         if backend is None:
             if model is None:

@@ -15,7 +15,8 @@ templates (its default when none is given, and refuses another method's); one th
 
 Installed packages add heads through the entry-point group ``rerank.rerankers`` (``name = "module:Class"``), and a
 ``"module:Class"`` given as the reranker name (``--reranker mypkg.heads:MyHead``) imports that class: user code, run
-as naming a module runs it. Both are checked as a registration is.
+as naming a module runs it. Both are checked as a registration is. A method a model folder's ``rerank.json`` names is
+looked up as a registered name only (``get_reranker_class(name, paths=False)``): a folder never chooses code to run.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def available_rerankers() -> list[str]:
     return RERANKERS.names()
 
 
-def get_reranker_class(name: str) -> type[Reranker]:
-    """Resolve a registered method name; an unknown name raises, listing the known ones."""
-    return RERANKERS.get(name)
+def get_reranker_class(name: str, *, paths: bool = True) -> type[Reranker]:
+    """Resolve a registered method name (or a ``"module:Class"``, unless ``paths=False``: a name read from a model
+    folder's ``rerank.json``, which never names code to import); an unknown name raises, listing the known ones."""
+    return RERANKERS.get(name, paths=paths)

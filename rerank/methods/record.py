@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.errors import ConfigError
+from rerank.utils.registry import NAME_RULE, valid_name
 
 __all__ = ["RECORD_FILE", "USER_ONLY_OPTIONS", "read_record", "record_payload"]
 
@@ -52,7 +53,8 @@ def record_payload(method: str, kind: str, options: dict[str, Any], trainer: str
 
 
 def read_record(model: str | Path | None) -> dict[str, Any] | None:
-    """The ``rerank.json`` of model folder ``model`` (None when ``model`` is not a folder holding one)."""
+    """The ``rerank.json`` of model folder ``model`` (None when ``model`` is not a folder holding one). Its ``method``
+    must be a plain name (:data:`~rerank.utils.registry.NAME_RULE`), never a ``"module:Class"`` to import."""
     if model is None:
         return None
     path = Path(str(model)).expanduser() / RECORD_FILE
@@ -64,10 +66,19 @@ def read_record(model: str | Path | None) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: cannot read the model record: {e}") from None
     if not isinstance(data, dict) or data.get("format") != _FORMAT or "method" not in data:
         raise ConfigError(f"{path}: not a rerank model record (format {_FORMAT!r} with a 'method')")
+    if not valid_name(data["method"]):
+        raise ConfigError(f"{path}: method {data['method']!r} is not a method name ({NAME_RULE}): a model folder names "
+                          "a registered method, never code to import (give a 'module:Class' yourself: "
+                          "--reranker / Reranker.load('module:Class', model=...), if you trust it)")
     if data["method"] == "remote":
         raise ConfigError(f"{path}: a model folder cannot name the remote reranker (load it with "
                           "Reranker.load('remote', base_url=...) yourself)")
     data["options"], dropped = _without_user_only(data.get("options", {}))
+    template = data["options"].get("template") if isinstance(data["options"], dict) else None
+    if isinstance(template, dict):  # loaded as recorded: the model was trained with it (rerank.prompts.head_template)
+        from rerank.prompts import mark_recorded
+
+        mark_recorded(template, path)
     if dropped and str(path.resolve()) not in _WARNED:  # once per folder: a command reads it more than once
         _WARNED.add(str(path.resolve()))
         log.warning("%s sets %s, which only the user may choose (what code runs, where requests go): ignored; give "

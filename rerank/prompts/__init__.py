@@ -8,8 +8,11 @@ loads that file instead. The shipped names are every method's templates plus the
 given twice, invalid YAML or a byte that is not UTF-8 is a one-line error naming the file. A head loads its template
 with :func:`head_template`, which refuses another method's shipped template (and lists only the head's own for an
 unknown name), any template reading a variable the head does not give, any leaving out one the head ranks by, and any
-key that neither the head's own templates have nor its texts read (a misspelt ``positve:`` would be dropped).
-:meth:`PromptTemplate.sha256` is the content hash results record and are reused by.
+key that neither the head's own templates have, nor its class declares (``template_keys``), nor its texts read (a
+misspelt ``positve:`` would be dropped). A template a trained model folder's ``rerank.json`` records
+(:func:`mark_recorded`) is loaded as recorded: such a key is a warning naming that file (the model was trained with it),
+and any other refusal names the file. :meth:`PromptTemplate.sha256` is the content hash results record and are reused
+by.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -37,11 +42,14 @@ __all__ = [
     "available_templates",
     "head_template",
     "load_template",
+    "mark_recorded",
     "require_reads",
     "shipped_templates",
     "template_file",
     "template_variables",
 ]
+
+log = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
@@ -234,7 +242,35 @@ def _missing_hint(template: PromptTemplate, names: list[str], method: str) -> st
     return f"add {jinja} to its system or user text{how}"
 
 
-def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTemplate:
+#: a recorded template's content (:func:`_content_key`) -> the ``rerank.json`` that records it; and the (file, key)
+#: pairs already warned about
+_RECORDED: dict[str, str] = {}
+_WARNED_KEYS: set[tuple[str, str]] = set()
+_RECORDED_LOCK = threading.Lock()
+
+
+def _content_key(spec: Mapping[str, Any]) -> str:
+    return json.dumps(dict(spec), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def mark_recorded(spec: Any, record_file: str | Path) -> None:
+    """Note that the template mapping ``spec`` is the one the trained model folder's ``record_file`` (its
+    ``rerank.json``) records: :func:`head_template` loads it as recorded (a key its head does not read is a warning
+    naming the file, not an error). Anything but a mapping is ignored."""
+    if isinstance(spec, Mapping):
+        with _RECORDED_LOCK:
+            _RECORDED.setdefault(_content_key(spec), str(record_file))
+
+
+def _recorded_in(spec: Any) -> str | None:
+    """The ``rerank.json`` that records the template mapping ``spec`` (by content), or None."""
+    if not isinstance(spec, Mapping) or not _RECORDED:
+        return None
+    with _RECORDED_LOCK:
+        return _RECORDED.get(_content_key(spec))
+
+
+def head_template(spec: str | Path | Mapping[str, Any], method: str, head: type | None = None) -> PromptTemplate:
     """The template of a ``method`` head (a shipped name, a file or a mapping, as :func:`load_template`). Another
     method's shipped template is refused (its answer format is not what the head reads: ERank on the yes/no prompt
     scored silently, yes-no on the listwise one failed at its first call), and so is a template reading a variable
@@ -242,7 +278,10 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
     Python-style ``{query}`` is text to Jinja2, and every candidate then gets the same prompt and score), and so is a
     key none of its own templates has that the texts do not read (a typo the head would silently not read). A head of
     no registered method with prompts is checked by the variables it declares (:attr:`Reranker.ranked_inputs
-    <rerank.heads.base.Reranker.ranked_inputs>`), when it sets its template."""
+    <rerank.heads.base.Reranker.ranked_inputs>`), when it sets its template. ``head`` (the head class, optional) is
+    named in the messages, and the keys its :attr:`~rerank.heads.base.Reranker.template_keys` declares are accepted.
+    A mapping a model folder's ``rerank.json`` records (:func:`mark_recorded`) keeps a stray key with a warning
+    naming that file, and any other refusal of it names the file."""
     from rerank.methods import all_methods
 
     methods = all_methods()
@@ -257,22 +296,31 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str) -> PromptTe
                               f"own ({', '.join(own)}) or a template file written for it")
         raise ConfigError(f"{method}: unknown prompt template {str(spec)!r}; the {method} head's own: "
                           f"{', '.join(own)} (or a template file written for it)")
+    recorded = _recorded_in(spec)
     template = load_template(spec)
-    gives, extras = _method_variables(method)
-    unknown = sorted(template_variables(template) - gives - extras)
-    if unknown:
-        raise ConfigError(f"{method}: template {template.source} reads {', '.join(unknown)}, which the {method} head "
-                          f"does not give (it gives {', '.join(sorted(gives))}); define them in the template or "
-                          f"remove them")
-    require_reads(template, _method_needs(method), method, method)
-    _check_keys(template, method, extras)
+    who = (getattr(head, "method", "") or head.__name__) if head is not None else method
+    try:
+        gives, extras = _method_variables(method)
+        unknown = sorted(template_variables(template) - gives - extras)
+        if unknown:
+            raise ConfigError(f"{who}: template {template.source} reads {', '.join(unknown)}, which the {who} head "
+                              f"does not give (it gives {', '.join(sorted(gives))}); define them in the template or "
+                              f"remove them")
+        require_reads(template, _method_needs(method), who, method)
+        _check_keys(template, who, extras | frozenset(getattr(head, "template_keys", ())), recorded)
+    except ConfigError as e:
+        if recorded is None:
+            raise
+        raise ConfigError(f"{recorded}: the template this model was trained with: {e}") from None
     return template
 
 
-def _check_keys(template: PromptTemplate, method: str, extras: frozenset[str]) -> None:
-    """Refuse a key of ``template`` that no own template of ``method`` has (``extras``: their fields besides
-    ``name/system/user/assistant_prefix``) and that its texts do not read: the head would never read it, so a misspelt
-    ``positve:`` or ``identifier:`` would be dropped and the head's default used. Names the closest valid key."""
+def _check_keys(template: PromptTemplate, who: str, extras: frozenset[str], recorded: str | None = None) -> None:
+    """Refuse a key of ``template`` that the ``who`` head does not read (``extras``: its method's own templates'
+    fields besides ``name/system/user/assistant_prefix``, and its class's ``template_keys``) and that its texts do not
+    read: a misspelt ``positve:`` or ``identifier:`` would be dropped and the head's default used. Names the closest
+    valid key. A template ``recorded`` in a model folder's ``rerank.json`` is only warned about, once per file and key,
+    naming that file: the model was trained with it as it is."""
     read = _read_variables(template)
     for key in template.extra:
         if key in extras or key in read:
@@ -280,9 +328,17 @@ def _check_keys(template: PromptTemplate, method: str, extras: frozenset[str]) -
         valid = sorted({*_KNOWN, *extras})
         close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
         guess = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"{method}: template {template.source} has key {key!r}, which the {method} head does not "
+        if recorded is not None:
+            with _RECORDED_LOCK:
+                if (recorded, str(key)) in _WARNED_KEYS:
+                    continue
+                _WARNED_KEYS.add((recorded, str(key)))
+            log.warning("%s: its template has key %r, which the %s head does not read and its texts do not use; "
+                        "loaded as recorded (the model was trained with it)", recorded, key, who)
+            continue
+        raise ConfigError(f"{who}: template {template.source} has key {key!r}, which the {who} head does not "
                           f"read and its texts do not use; {guess}its keys: {', '.join(valid)} (or read it in the "
-                          f"system or user text)")
+                          f"system or user text; a head class that reads it declares it in template_keys)")
 
 
 def require_reads(template: PromptTemplate, names: Iterable[str], head: str, method: str = "") -> None:

@@ -8,7 +8,8 @@ In an ``exclusive`` registry (rerankers, retrievers) a user's name holds one tar
 unless ``replace=True``. A registry with an entry-point ``group`` (e.g. ``rerank.rerankers``) also lists the installed
 packages' entries of that group (``name = "module:Class"``), read on first use and imported when their name is looked
 up; a registry with ``paths`` also takes a ``"module:Class"`` as a name, which imports that class (user code, as
-naming a module does).
+naming a module does). A name read from a file (a model folder's ``rerank.json``) is looked up with ``paths=False``:
+what code runs is the user's choice, never a downloaded folder's, so such a name is a registered name only.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def import_target(target: str, where: str) -> Any:
     except ModuleNotFoundError as e:
         if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
             raise
-        raise ConfigError(f"{where}: {target!r} cannot be imported: there is no module {e.name!r}") from None
+        raise ConfigError(f"{where}: {target!r} cannot be imported: there is no module {e.name!r} (is its folder on "
+                          f"PYTHONPATH? the `rerank` command does not add the current folder to it; `python -m "
+                          f"rerank` does)") from None
     obj: Any = mod
     for part in attr.split("."):
         try:
@@ -233,14 +236,16 @@ class Registry(Generic[T]):
         return {name: target_path(target) for name, target in self._entries.items()
                 if name not in self._builtin and name not in self._plugins}
 
-    def get(self, name: str) -> T:
-        """The implementation registered as ``name`` (or, where the registry takes them, named by a
-        ``"module:Class"``), imported on first use. A user's string target that fails its check is taken out."""
+    def get(self, name: str, *, paths: bool = True) -> T:
+        """The implementation registered as ``name`` (or, where the registry takes them and ``paths``, named by a
+        ``"module:Class"``), imported on first use. ``paths=False`` for a name read from a file (a model folder's
+        ``rerank.json``): a registered name only, never an import. A user's string target that fails its check is
+        taken out."""
         self._filled()
         if name in self._refused:
             raise ConfigError(self._refused[name][0])
         if name not in self._entries:
-            if self.paths and isinstance(name, str) and ":" in name:
+            if self.paths and paths and isinstance(name, str) and ":" in name:
                 return self._path(name)
             known = ", ".join(self.names()) or "(none)"
             raise ConfigError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")

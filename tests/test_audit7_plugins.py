@@ -314,3 +314,35 @@ def test_a_reranker_factory_returning_none_is_a_one_line_error(fresh: None) -> N
     with pytest.raises(ConfigError, match=r"reranker 'test-a7-forgot-head': .*ForgotHead\.from_options returned "
                                           r"NoneType, not a Reranker"):
         Reranker.load("test-a7-forgot-head")
+
+
+def test_a_suite_resolves_a_module_class_reranker_and_a_folders_name_as_plain(user_pkg: str, tmp_path: Path) -> None:
+    """A suite checks a module:Class head's options (it was taken for a model folder); a folder's recorded method
+    is never imported."""
+    from rerank.eval.suites import _reranker_class
+
+    cls, trained = _reranker_class(EvalConfig(dataset="unused", reranker=f"{user_pkg}:LongFirst"))
+    assert cls is not None and cls.__name__ == "LongFirst" and trained == {}
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    (folder / "rerank.json").write_text(json.dumps({"kind": "reranker", "method": f"{user_pkg}:LongFirst"}))
+    with pytest.raises(ConfigError, match="rerank.json"):
+        _reranker_class(EvalConfig(dataset="unused", reranker=str(folder)))
+
+
+def test_a_monot5_subclass_declares_template_keys_of_its_own(tmp_path: Path) -> None:
+    """Seq2seq heads pass their class to the template check, so a subclass's ``template_keys`` count."""
+    from typing import ClassVar
+
+    from rerank.methods.monot5.head import MonoT5Reranker
+
+    class Tagged(MonoT5Reranker):
+        template_keys: ClassVar[frozenset[str]] = frozenset({"tag"})
+
+    template = {"user": "Query: {{ query }} Document: {{ document }} Relevant:", "positive": "true",
+                "negative": "false", "tag": "x"}
+    with pytest.raises(ConfigError) as info:
+        Tagged.from_options(model=str(tmp_path / "no-model"), template=template)
+    assert "tag" not in str(info.value)  # refused for the missing model, not for its declared key
+    with pytest.raises(ConfigError, match="tag"):
+        MonoT5Reranker.from_options(model=str(tmp_path / "no-model"), template=template)

@@ -96,7 +96,7 @@ def test_grouprank_warns_when_a_set_fusion_weight_cannot_apply(caplog: pytest.Lo
 @pytest.mark.parametrize(("method", "template", "own"), [
     ("erank", "yes_no", "erank, erank_reasoning"),  # ranked silently: a yes/no prompt read as 0-10 integers
     ("yes-no", "listwise", "yes_no"),  # failed only at the first rerank call ("'num' is undefined")
-    ("first", "grouprank", "first"),
+    ("first", "grouprank", "first, first-compact"),
     ("monot5", "duot5", "monot5"),
     ("yes-no", "query_synthesis", "yes_no"),
 ])

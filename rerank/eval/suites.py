@@ -595,15 +595,17 @@ def _reranker_class(base: EvalConfig) -> tuple[type[Reranker] | None, dict[str, 
     method, model = base.reranker, base.model
     if method is None:
         return None, {}
-    if model is None and method not in available_rerankers():
+    if model is None and method not in available_rerankers() and read_record(method):  # a trained folder, as load
         method, model = None, method
     record = read_record(model)
     trained: dict[str, Any] = {}
+    from_record = False  # a name a model folder records is looked up as a plain name, never imported as module:Class
     if record is not None and record.get("kind") == "reranker":
+        from_record = method is None
         method, trained = method or record.get("method"), dict(record.get("options") or {})
     if not isinstance(method, str):
         return None, {}
-    return get_reranker_class(method), trained
+    return get_reranker_class(method, paths=not from_record), trained
 
 
 def reranker_template(base: EvalConfig) -> PromptTemplate | None:

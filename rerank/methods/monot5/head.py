@@ -56,7 +56,8 @@ class Seq2SeqReranker(Reranker):
         self.model = model
         self.model_name = model_name
         cfg: Seq2SeqConfig = self.config  # type: ignore[assignment]
-        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.prompt_method())
+        self.template: PromptTemplate = head_template(cfg.template or self.default_template(), self.prompt_method(),
+                                                      type(self))
         if self.template.system or self.template.assistant_prefix:
             raise ConfigError(f"{self.method}: template {self.template.source} has a system text or an assistant "
                               f"prefix; a seq2seq template has a user text only")
@@ -67,7 +68,7 @@ class Seq2SeqReranker(Reranker):
         cfg = from_dict(cls.config_class, options, where=f"{cls.method} options")
         model = check_local_model(cls.method, backend, model)
         if cfg.template:  # checked before the model loads (the head checks it again, as it does any template)
-            head_template(cfg.template, cls.prompt_method())  # type: ignore[attr-defined]
+            head_template(cfg.template, cls.prompt_method(), cls)  # type: ignore[attr-defined]
         s2s = TransformersSeq2Seq.load(
             model, cfg.dtype, cfg.device, cfg.trust_remote_code  # type: ignore[attr-defined]
         )

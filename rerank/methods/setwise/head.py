@@ -75,17 +75,19 @@ class SetwiseReranker(PositionScored, LLMReranker):
             written = [self.label_prefix + lab for lab in self.labels[:size]]
             tokens = [continuation_ids(self.tokenizer, context, w) for w in written]
             ids = [t[0] for t in tokens]
-            if len(set(ids)) != len(ids):
-                raise ConfigError(f"setwise: template {self.template.source}: the labels {written} do not start with "
-                                  f"distinct tokens after {self.template.assistant_prefix!r} in this tokenizer; give "
-                                  f"other labels or label_prefix in a template of your own")
-            for w, t in zip(written, tokens, strict=True):
+            same = (f"the labels {written} do not start with distinct tokens after "
+                    f"{self.template.assistant_prefix!r} in this tokenizer")
+            for w, t in zip(written, tokens, strict=True):  # a label of several tokens first: the usual cause
                 if len(t) != 1:
                     shown = getattr(self.tokenizer, "convert_ids_to_tokens", lambda ids: ids)(t)
+                    also = f" ({same} either)" if len(set(ids)) != len(ids) else ""
                     raise ConfigError(f"setwise: template {self.template.source}: the label {w!r} is {len(t)} tokens "
                                       f"{shown} after {self.template.assistant_prefix!r} in this tokenizer, and the "
-                                      "head reads one token a label; give other labels or label_prefix in a template "
-                                      "of your own")
+                                      f"head reads one token a label{also}; give other labels or label_prefix in a "
+                                      "template of your own")
+            if len(set(ids)) != len(ids):
+                raise ConfigError(f"setwise: template {self.template.source}: {same}; give other labels or "
+                                  "label_prefix in a template of your own")
             self._label_ids = ids
         return self._label_ids
 

@@ -189,16 +189,18 @@ class GRPOTrainConfig(CommonTrainConfig):
         if self.template and isinstance(recorded.get("template"), dict):
             from rerank.prompts import load_template
 
-            def content(spec: Any) -> str | None:  # the template's sha256 (its name left out); None: unreadable
+            def loaded(spec: Any) -> Any:  # None: unreadable
                 try:
-                    return load_template(spec).sha256()
+                    return load_template(spec)
                 except ConfigError:  # the given one is refused with the head's own message when the task loads it
                     return None
 
-            given = content(self.template)
-            if given is not None and given != content(recorded["template"]):
-                differ.append(f"template {self.template} (it was trained with template "
-                              f"{recorded['template'].get('name')!r})")
+            given, trained = loaded(self.template), loaded(recorded["template"])
+            if given is not None and (trained is None or given.sha256() != trained.sha256()):  # sha256: content only
+                name = recorded["template"].get("name")
+                same = given.name == name  # then only the content tells them apart
+                note = " differs in content from the one it was trained with (same name)" if same else ""
+                differ.append(f"template {self.template} (it was trained with template {name!r}){note}")
         if differ:
             log.warning("grpo: %s: the prompts differ from those the starting model %s was trained on (its "
                         "rerank.json); unset, each is the model's own", "; ".join(differ), self.model)

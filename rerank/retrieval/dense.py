@@ -19,6 +19,7 @@ An untied model is sentence-transformers' ``Router``: ``router_config.json`` wit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -27,7 +28,8 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+import weakref
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -180,29 +182,101 @@ def _takes_position_ids(model: torch.nn.Module) -> bool:
     return "position_ids" in inspect.signature(model.forward).parameters
 
 
-def _position_offset(model: torch.nn.Module) -> int:
-    """The position of a text's first token: ``padding_idx + 1`` for a position table with a padding row (RoBERTa,
-    XLM-R, CamemBERT, MPNet, Longformer, ESM: they number positions past it from their input ids), else 0."""
+def _offset_candidates(model: torch.nn.Module) -> list[int]:
+    """Where a text's first position may be numbered from: 0, past the padding row of any position table that has one
+    (RoBERTa, MPNet, I-BERT's quantized table), and the start of a ``position_ids`` buffer (Nystromformer)."""
+    found = [0]
     for module in model.modules():
         table = getattr(module, "position_embeddings", None)
-        if isinstance(table, torch.nn.Embedding):
-            return 0 if table.padding_idx is None else table.padding_idx + 1
-    return 0
+        if isinstance(table, torch.nn.Module) and getattr(table, "padding_idx", None) is not None:
+            found.append(int(table.padding_idx) + 1)
+        ids = getattr(module, "position_ids", None)
+        if isinstance(ids, torch.Tensor) and ids.numel():
+            found.append(int(ids.reshape(-1)[0]))
+    return list(dict.fromkeys(found))
+
+
+@contextlib.contextmanager
+def _probing(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) without autograd for a probe forward; every module's own mode is restored after it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _probe_states(model: torch.nn.Module, tokenizer: Any, pad: int = 0,
+                  offset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of a short probe text behind ``pad`` left pads, by the model's own numbering (``offset`` None) or
+    with mask-derived positions from ``offset``, and the mask of its real tokens."""
+    dev = next(model.parameters()).device
+    feats = {k: v for k, v in tokenizer(["rerank position probe"], return_tensors="pt").items()
+             if k in ("input_ids", "attention_mask", "token_type_ids")}
+    if pad:
+        fill = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
+        feats = {k: torch.cat([torch.full((1, pad), fill[k], dtype=v.dtype), v], dim=1) for k, v in feats.items()}
+    feats = {k: v.to(dev) for k, v in feats.items()}
+    if offset is not None:
+        feats["position_ids"] = _mask_positions(feats["attention_mask"], offset)
+    return model(**feats).last_hidden_state, feats["attention_mask"].bool()
+
+
+#: per model, what its probe forwards found: the offset it numbers a text from and, per pad id, the positions marker
+_NUMBERING: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _position_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:
+    """The position ``model`` numbers an unpadded text's first token with: the first candidate (0, past a padding row,
+    a ``position_ids`` buffer's start) whose positions reproduce its own forward of a probe text, found once per model;
+    None when none does (then it is given no position ids and numbers them itself)."""
+    cache = _NUMBERING.setdefault(model, {})
+    if "offset" not in cache:
+        cache["offset"] = None
+        with _probing(model):
+            own, _ = _probe_states(model, tokenizer)
+            scale = float(own.abs().max()) or 1.0
+            for offset in _offset_candidates(model):
+                got, _ = _probe_states(model, tokenizer, offset=offset)
+                if float((got - own).abs().max()) <= 1e-4 * scale:
+                    cache["offset"] = offset
+                    break
+        if cache["offset"] is None:
+            log.warning("%s numbers positions from none of %s; left-padded texts get its own position numbering",
+                        type(model).__name__, _offset_candidates(model))
+    return cache["offset"]
+
+
+def _passed_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:
+    """Where the mask-derived position ids the encoder passes ``model`` start, None when it passes none: its tokenizer
+    pads on the right (pads follow the text and the model's own positions are already right), its forward takes no
+    position ids, or no probed offset reproduces its own numbering."""
+    if tokenizer.padding_side != "left" or not _takes_position_ids(model):
+        return None
+    return _position_offset(model, tokenizer)
 
 
 def _passes_positions(model: torch.nn.Module, tokenizer: Any) -> bool:
-    """Whether the encoder passes ``model`` mask-derived position ids: its tokenizer pads on the left and its forward
-    takes them (on the right, pads follow the text and the model's own positions are already right)."""
-    return tokenizer.padding_side == "left" and _takes_position_ids(model)
+    """Whether the encoder passes ``model`` mask-derived position ids (see :func:`_passed_offset`)."""
+    return _passed_offset(model, tokenizer) is not None
 
 
 def _positions_changed(model: torch.nn.Module, tokenizer: Any) -> bool:
-    """Whether the passed positions differ from the model's own numbering (then embeddings differ from those before
-    position ids were passed): counted from 0, or past a padding row the tokenizer does not pad with."""
-    if not _passes_positions(model, tokenizer):
+    """Whether the passed positions differ from the model's own numbering of a left-padded text (then embeddings
+    differ from those before position ids were passed): a probe text behind two pads, compared bit for bit."""
+    offset = _passed_offset(model, tokenizer)
+    if offset is None:
         return False
-    offset = _position_offset(model)
-    return offset == 0 or tokenizer.pad_token_id != offset - 1
+    cache, key = _NUMBERING[model], ("changed", tokenizer.pad_token_id)
+    if key not in cache:
+        with _probing(model):
+            own, real = _probe_states(model, tokenizer, pad=2)
+            passed, _ = _probe_states(model, tokenizer, pad=2, offset=offset)
+        cache[key] = not torch.equal(own[real], passed[real])
+    return cache[key]
 
 
 def _is_causal_lm(config: Any) -> bool:
@@ -296,8 +370,9 @@ class BiEncoder(torch.nn.Module):
         model, tok, _, _ = self._side(side)
         dev = next(model.parameters()).device
         feats = {k: v.to(dev) for k, v in features.items()}
-        if "position_ids" not in feats and _passes_positions(model, tok):
-            feats["position_ids"] = _mask_positions(feats["attention_mask"], _position_offset(model))
+        offset = None if "position_ids" in feats else _passed_offset(model, tok)
+        if offset is not None:
+            feats["position_ids"] = _mask_positions(feats["attention_mask"], offset)
         return self._pool(model(**feats).last_hidden_state, feats["attention_mask"])
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -310,8 +385,10 @@ class BiEncoder(torch.nn.Module):
         if runner is None:
             return self.forward_features(features, side)
         feats = dict(features)
-        if "position_ids" in runner.names and "position_ids" not in feats:  # exported for a left-padded model
-            feats["position_ids"] = _mask_positions(feats["attention_mask"], _position_offset(self._side(side)[0]))
+        model, tok, _, _ = self._side(side)
+        offset = _passed_offset(model, tok) if "position_ids" in runner.names else None  # exported when left-padded
+        if offset is not None and "position_ids" not in feats:
+            feats["position_ids"] = _mask_positions(feats["attention_mask"], offset)
         return self._pool(runner(feats), feats["attention_mask"])
 
     def use_runtime(self, runtime: Runtime = "torch", quantize: Quantize = "none") -> BiEncoder:

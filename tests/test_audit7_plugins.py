@@ -346,3 +346,22 @@ def test_a_monot5_subclass_declares_template_keys_of_its_own(tmp_path: Path) -> 
     assert "tag" not in str(info.value)  # refused for the missing model, not for its declared key
     with pytest.raises(ConfigError, match="tag"):
         MonoT5Reranker.from_options(model=str(tmp_path / "no-model"), template=template)
+
+
+def test_a_cell_key_reads_a_user_heads_declared_template_keys(fresh: None) -> None:
+    """The leaderboard/suite probe of the rendered template checks it as the head does, declared keys included."""
+    from typing import ClassVar
+
+    from rerank.eval.suites import reranker_template
+    from rerank.methods.yes_no.head import YesNoReranker
+
+    class Tagged(YesNoReranker):
+        method = "test-a7-tagged"
+        template_keys: ClassVar[frozenset[str]] = frozenset({"tag"})
+
+    heads_registry.register_reranker("test-a7-tagged", Tagged)
+    template = {"user": "Q: {{ query }} D: {{ document }}", "positive": "yes", "negative": "no", "tag": "x"}
+    got = reranker_template(EvalConfig(dataset="unused", reranker="test-a7-tagged", model="some/model",
+                                       reranker_options={"template": template}))
+    assert got is not None and got.extra["tag"] == "x"
+    assert Tagged.configured_template(Tagged.config_class()).name == "yes_no"  # the default, read without a model

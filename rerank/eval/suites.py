@@ -614,28 +614,14 @@ def reranker_template(base: EvalConfig) -> PromptTemplate | None:
     with the options standing in for template fields (``template_texts``, e.g. ``instruction``) applied. None without
     a reranker, for a head without prompts, and for a head of no method with prompts given no ``template``."""
     from rerank.config import from_dict
-    from rerank.prompts import head_template
 
     cls, trained = _reranker_class(base)
     config_class = getattr(cls, "config_class", None)
     if cls is None or not dataclasses.is_dataclass(config_class) \
             or "template" not in {f.name for f in dataclasses.fields(config_class)}:
         return None
-    config = from_dict(config_class, {**trained, **base.reranker_options}, where=f"{base.reranker} options")
-    owner = cls.prompt_method()
-    chosen = config.template
-    if not chosen:
-        if not owner:  # a user head that sets its template itself (or asks for template= when it loads)
-            return None
-        probe = object.__new__(cls)  # the default may follow the options (listwise's identifiers): read on the config
-        probe.config = config
-        chosen = probe.default_template()
-    template = head_template(chosen, owner)
-    for name in getattr(cls, "template_texts", ()):
-        value = getattr(config, name, "")
-        if value:
-            template = dataclasses.replace(template, extra={**template.extra, name: value})
-    return template
+    return cls.configured_template(from_dict(config_class, {**trained, **base.reranker_options},
+                                             where=f"{base.reranker} options"))
 
 
 def _result_neutral(name: str, base: EvalConfig) -> set[tuple[str, ...]]:

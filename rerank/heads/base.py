@@ -30,6 +30,8 @@ from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocumen
 if TYPE_CHECKING:
     import numpy as np
 
+    from rerank.prompts import PromptTemplate
+
 __all__ = [
     "MAPPING_KEYS", "CallWarnings", "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig",
     "as_candidates", "check_local_model", "described_model", "described_value", "position_scores", "sigmoid",
@@ -457,6 +459,28 @@ class Reranker(ABC):
         methods = all_methods()
         names = (getattr(k, "method", "") for k in cls.__mro__)
         return next((n for n in names if n in methods), "")
+
+    @classmethod
+    def configured_template(cls, config: Any) -> PromptTemplate | None:
+        """The template a head of this class renders under its typed ``config``, found without a model: the config's
+        ``template``, else the head's default for that config (which may follow options such as listwise's
+        ``identifiers``), with the options standing in for template fields (``template_texts``) applied. None for a
+        head of no method given no template (it sets its own when it loads)."""
+        from rerank.prompts import head_template
+
+        chosen = getattr(config, "template", None)
+        if not chosen:
+            if not cls.prompt_method():
+                return None
+            probe = object.__new__(cls)  # the default is read on an instance holding only its config
+            probe.config = config
+            chosen = probe.default_template()
+        template = head_template(chosen, cls.prompt_method(), cls)
+        for name in getattr(cls, "template_texts", ()):
+            value = getattr(config, name, "")
+            if value:
+                template = dataclasses.replace(template, extra={**template.extra, name: value})
+        return template
 
     def default_template(self) -> str:
         """The template a prompt-rendering head uses when its config names none: the first shipped template of

@@ -401,7 +401,7 @@ def _run_template(config: Any) -> tuple[PromptTemplate, str, str] | None:
     """:func:`run_template` and what gives the template: ``option``, ``model`` (the starting model's ``rerank.json``)
     or ``default`` (the head's)."""
     from rerank.methods import all_methods
-    from rerank.prompts import head_template, load_template
+    from rerank.prompts import load_template
 
     if not dataclasses.is_dataclass(config) or "template" not in {f.name for f in dataclasses.fields(config)}:
         return None
@@ -414,22 +414,13 @@ def _run_template(config: Any) -> tuple[PromptTemplate, str, str] | None:
         options = method.resolve("task").head_options(config)
     else:
         options = {"template": spec} if spec else {}
-    head_cfg = from_dict(head_cls.config_class, options, where=f"{method.name} head options")
-    chosen = head_cfg.template
-    if not chosen:  # the head's default, which may follow its options: read on an instance holding only its config
-        probe = object.__new__(head_cls)
-        probe.config = head_cfg
-        chosen = probe.default_template()
-    template = head_template(chosen, head_cls.prompt_method())
-    for name in getattr(head_cls, "template_texts", ()):
-        value = getattr(head_cfg, name, "")
-        if value:
-            template = dataclasses.replace(template, extra={**template.extra, name: value})
+    template = head_cls.configured_template(from_dict(head_cls.config_class, options,
+                                                      where=f"{method.name} head options"))
     if spec:
         return template, str(spec), "option"
     if isinstance(options.get("template"), dict):
         return template, f"the template {Path(str(config.model)) / 'rerank.json'} records", "model"
-    return template, f"the {method.name} head's default template {chosen!r}", "default"
+    return template, f"the {method.name} head's default template {template.name!r}", "default"
 
 
 def template_digest(template: PromptTemplate | str | None, version: int = TEMPLATE_HASH_VERSION) -> str | None:

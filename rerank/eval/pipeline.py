@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from rerank.config import redact_argv, to_dict
 from rerank.data.datasets import Dataset, check_max_queries, resolve_dataset
 from rerank.data.io import DUPLICATE_POLICIES, CorpusPart, check_ranked, read_run, write_run
-from rerank.errors import ConfigError, DataFormatError
+from rerank.errors import ConfigError, DataFormatError, RerankError
 from rerank.eval.metrics import DEFAULT_MEASURES, check_qrels, evaluate_run, parse_measures
 from rerank.eval.report import render_report
 from rerank.heads.base import CallWarnings, Reranker, RerankStats, described_model, described_value
@@ -460,6 +460,17 @@ def _option_matches(given: Any, own: Any) -> bool:
     return bool(given == own)
 
 
+def _names_class(name: str, reranker: Reranker) -> bool:
+    """Whether the reranker name the user gave (a registered name or a ``"module:Class"``) resolves to the given
+    ``reranker``'s class."""
+    from rerank.heads.registry import get_reranker_class
+
+    try:
+        return get_reranker_class(name) is type(reranker)
+    except RerankError:  # not a name (a trained folder) or unknown: the caller tells which
+        return False
+
+
 def _given_differs(cfg: EvalConfig, reranker: Reranker) -> list[str]:
     """The settings of ``cfg`` that configure a reranker and differ from the given ``reranker``'s own, each with
     what the reranker has; a method, model or backend its description does not name cannot be compared, and passes
@@ -470,7 +481,8 @@ def _given_differs(cfg: EvalConfig, reranker: Reranker) -> list[str]:
     own_model, own_backend = described_model(reranker.describe())
     out: list[str] = []
     model = cfg.model
-    if cfg.reranker is not None and reranker.method and cfg.reranker != reranker.method:
+    if cfg.reranker is not None and reranker.method and cfg.reranker != reranker.method \
+            and not _names_class(cfg.reranker, reranker):
         record = read_record(cfg.reranker) if cfg.model is None else None  # a trained folder, as Reranker.load reads it
         if record is not None and record.get("method") == reranker.method:
             model = cfg.reranker

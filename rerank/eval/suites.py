@@ -477,15 +477,16 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
     """``--resume``: the recorded ``metrics.json`` of every member whose folder holds a complete run with this run's
     settings (its EvalConfig but :data:`_NOT_SETTINGS`, the reranker and retriever options as the typed configs they
     build (:func:`_option_differences`), a given reranker's method, model and config, and the content of the prompt
-    template the reranker renders (:func:`_template_difference`)) and whose inputs (:func:`_member_inputs`) were not
-    modified after it. A complete run under other settings or on modified inputs is a :class:`ConfigError` naming the
-    members and what differs; before any work."""
+    template the reranker renders where that can be told without loading it (:func:`_template_difference`)) and
+    whose inputs (:func:`_member_inputs`) were not modified after it. A complete run under other settings or on
+    modified inputs is a :class:`ConfigError` naming the members and what differs; before any work."""
     from rerank.trainers.resume import config_differences  # imports transformers: only when resuming
 
     given = None
     if reranker is not None:
         given = _ranker(reranker.describe(), base.model)
     template = getattr(reranker, "template", None) if reranker is not None else reranker_template(base)
+    told = reranker is not None or template is not None  # else the head's template shows only once it loads
     kept: dict[str, dict[str, Any]] = {}
     differ: dict[str, list[str]] = {}
     for e in entries:
@@ -503,7 +504,8 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
                     diffs.append(f"reranker: {_ranker_name(was)} -> {_ranker_name(given)}")
             else:
                 diffs += config_differences(was, given, None, ("reranker",))
-        diffs += _template_difference(recorded, template)
+        if told:
+            diffs += _template_difference(recorded, template)
         changed = _changed_since(_member_inputs(e, cfg), out / _member_folder(e.name) / "metrics.json")
         if changed is not None:
             diffs.append(f"{changed} was modified after that run")
@@ -612,7 +614,9 @@ def reranker_template(base: EvalConfig) -> PromptTemplate | None:
     """The prompt template the reranker of ``base`` renders, found as its head finds it but without loading a model:
     the ``template`` option (over a trained model folder's recorded one), else the head's default for these options,
     with the options standing in for template fields (``template_texts``, e.g. ``instruction``) applied. None without
-    a reranker, for a head without prompts, and for a head of no method with prompts given no ``template``."""
+    a reranker, for a head whose config takes no template (a head without prompts, or a user head that sets its own
+    when it loads), and where the head's default cannot be told without loading it
+    (:meth:`~rerank.heads.base.Reranker.configured_template`)."""
     from rerank.config import from_dict
 
     cls, trained = _reranker_class(base)

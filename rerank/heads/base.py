@@ -464,8 +464,9 @@ class Reranker(ABC):
     def configured_template(cls, config: Any) -> PromptTemplate | None:
         """The template a head of this class renders under its typed ``config``, found without a model: the config's
         ``template``, else the head's default for that config (which may follow options such as listwise's
-        ``identifiers``), with the options standing in for template fields (``template_texts``) applied. None for a
-        head of no method given no template (it sets its own when it loads)."""
+        ``identifiers``), with the options standing in for template fields (``template_texts``) applied. None where
+        it cannot be told: a head of no method given no template (it sets its own when it loads), or a default that
+        reads more of the head than its config (a user head's ``default_template`` reading what ``__init__`` sets)."""
         from rerank.prompts import head_template
 
         chosen = getattr(config, "template", None)
@@ -474,7 +475,12 @@ class Reranker(ABC):
                 return None
             probe = object.__new__(cls)  # the default is read on an instance holding only its config
             probe.config = config
-            chosen = probe.default_template()
+            try:
+                chosen = probe.default_template()
+            except RerankError:
+                raise
+            except Exception:  # noqa: BLE001 - it reads what only __init__ sets: the probe cannot tell
+                return None
         template = head_template(chosen, cls.prompt_method(), cls)
         for name in getattr(cls, "template_texts", ()):
             value = getattr(config, name, "")

@@ -74,11 +74,10 @@ def read_record(model: str | Path | None) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: a model folder cannot name the remote reranker (load it with "
                           "Reranker.load('remote', base_url=...) yourself)")
     data["options"], dropped = _without_user_only(data.get("options", {}))
-    template = data["options"].get("template") if isinstance(data["options"], dict) else None
-    if isinstance(template, dict):  # loaded as recorded: the model was trained with it (rerank.prompts.head_template)
-        from rerank.prompts import mark_recorded
+    if isinstance(data["options"], dict) and isinstance(data["options"].get("template"), dict):
+        from rerank.prompts import mark_recorded  # loaded as recorded: the model was trained with it (head_template)
 
-        mark_recorded(template, path)
+        data["options"]["template"] = mark_recorded(data["options"]["template"], path)
     if dropped and str(path.resolve()) not in _WARNED:  # once per folder: a command reads it more than once
         _WARNED.add(str(path.resolve()))
         log.warning("%s sets %s, which only the user may choose (what code runs, where requests go): ignored; give "

@@ -17,6 +17,7 @@ by.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -31,6 +32,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import yaml
 
 from rerank.config import load_yaml
 from rerank.errors import ConfigError
@@ -39,6 +41,7 @@ __all__ = [
     "RANKED_INPUTS",
     "TEMPLATE_DIR",
     "PromptTemplate",
+    "RecordedKey",
     "available_templates",
     "head_template",
     "load_template",
@@ -242,32 +245,46 @@ def _missing_hint(template: PromptTemplate, names: list[str], method: str) -> st
     return f"add {jinja} to its system or user text{how}"
 
 
-#: a recorded template's content (:func:`_content_key`) -> the ``rerank.json`` that records it; and the (file, key)
-#: pairs already warned about
-_RECORDED: dict[str, str] = {}
+#: the (rerank.json, key) pairs already warned about
 _WARNED_KEYS: set[tuple[str, str]] = set()
-_RECORDED_LOCK = threading.Lock()
+_WARNED_LOCK = threading.Lock()
 
 
-def _content_key(spec: Mapping[str, Any]) -> str:
-    return json.dumps(dict(spec), sort_keys=True, ensure_ascii=False, default=str)
+class RecordedKey(str):
+    """A key of a template mapping a model folder's ``rerank.json`` records, carrying that file and the key's
+    recorded value: a config's copy of the mapping keeps its keys, a user's own mapping of the same content has none."""
+
+    record_file: str
+    value: Any
+
+    def __new__(cls, key: str, record_file: str, value: Any) -> RecordedKey:
+        self = super().__new__(cls, key)
+        self.record_file, self.value = record_file, copy.deepcopy(value)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RecordedKey, (str(self), self.record_file, self.value)
 
 
-def mark_recorded(spec: Any, record_file: str | Path) -> None:
-    """Note that the template mapping ``spec`` is the one the trained model folder's ``record_file`` (its
-    ``rerank.json``) records: :func:`head_template` loads it as recorded (a key its head does not read is a warning
-    naming the file, not an error). Anything but a mapping is ignored."""
-    if isinstance(spec, Mapping):
-        with _RECORDED_LOCK:
-            _RECORDED.setdefault(_content_key(spec), str(record_file))
+yaml.SafeDumper.add_representer(RecordedKey, yaml.representer.SafeRepresenter.represent_str)
+
+
+def mark_recorded(spec: Any, record_file: str | Path) -> Any:
+    """The template mapping ``spec`` marked as the one the trained model folder's ``record_file`` (its
+    ``rerank.json``) records (each key a :class:`RecordedKey`): :func:`head_template` loads it as recorded (a key its
+    head does not read is a warning naming the file, not an error). Anything but a mapping is returned as is."""
+    if not isinstance(spec, Mapping):
+        return spec
+    return {RecordedKey(str(k), str(record_file), v): v for k, v in spec.items()}
 
 
 def _recorded_in(spec: Any) -> str | None:
-    """The ``rerank.json`` that records the template mapping ``spec`` (by content), or None."""
-    if not isinstance(spec, Mapping) or not _RECORDED:
+    """The ``rerank.json`` that records the template mapping ``spec`` (:func:`mark_recorded`): every key marked by
+    that one file and holding its recorded value; else None (a user's mapping, or a recorded one changed)."""
+    if not isinstance(spec, Mapping) or not spec:
         return None
-    with _RECORDED_LOCK:
-        return _RECORDED.get(_content_key(spec))
+    files = {k.record_file if isinstance(k, RecordedKey) and k.value == v else None for k, v in spec.items()}
+    return next(iter(files)) if len(files) == 1 else None
 
 
 def head_template(spec: str | Path | Mapping[str, Any], method: str, head: type | None = None) -> PromptTemplate:
@@ -329,7 +346,7 @@ def _check_keys(template: PromptTemplate, who: str, extras: frozenset[str], reco
         close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
         guess = f"did you mean {close[0]!r}? " if close else ""
         if recorded is not None:
-            with _RECORDED_LOCK:
+            with _WARNED_LOCK:
                 if (recorded, str(key)) in _WARNED_KEYS:
                     continue
                 _WARNED_KEYS.add((recorded, str(key)))

@@ -4,13 +4,15 @@ head for a ``rerank serve`` instance (or any Cohere-v1-compatible ``/v1/rerank``
     rr = Reranker.load("remote", base_url="http://127.0.0.1:8000", api_key="...")
 
 Loading it so sends one ``GET /health`` (:meth:`RemoteReranker.check_server`): a server that cannot be reached fails
-there, before a pipeline's first stage runs.
+there, before a pipeline's first stage runs. A reranker loaded before ``os.fork`` (gunicorn ``--preload``) opens its own
+connections in each child process: the parent's pooled connections are left to the parent.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +35,18 @@ HEALTH_TIMEOUT_S = 5.0
 #: the server closed the connection before answering: a pooled connection it had just closed as idle, or a server that
 #: went away mid-request. A rerank POST changes nothing on the server, so it is safe to send again.
 _CLOSED_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+#: held while a forked child replaces an inherited HTTP client; a child gets a fresh one (it may fork mid-replacement)
+_rebuild_lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    """A forked child's own rebuild lock (the parent's may have been held by another thread at the fork)."""
+    global _rebuild_lock
+    _rebuild_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def api_key_problem(key: str) -> str | None:
@@ -99,10 +113,25 @@ class RemoteReranker(Reranker):
             source = "api_key" if self.config.api_key is not None else "$RERANK_API_KEY"
             raise ConfigError(f"{source} {problem}: it cannot be sent intact in an HTTP Authorization header; give the "
                               "server's key as printable ASCII")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(
-            base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers
-        )
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = self._new_client()
+        self._pid = os.getpid()
+
+    def _new_client(self) -> httpx.Client:
+        """An HTTP client with this reranker's server, timeout and key."""
+        return httpx.Client(base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout,
+                            headers=self._headers)
+
+    @property
+    def _http(self) -> httpx.Client:
+        """This process's HTTP client: in a process forked after the reranker was built (gunicorn ``--preload``), a
+        new one; the inherited client is dropped unused and unclosed, its sockets being the parent's connections."""
+        if self._pid != os.getpid():
+            with _rebuild_lock:
+                if self._pid != os.getpid():
+                    self._client = self._new_client()
+                    self._pid = os.getpid()
+        return self._client
 
     def nan_hint(self) -> str:
         """A NaN score came from the server's model, whose dtype is chosen where it runs."""
@@ -127,7 +156,7 @@ class RemoteReranker(Reranker):
         ``HEALTH_TIMEOUT_S`` (5 s) or ``timeout`` when shorter, without the retries of a rerank request; any HTTP
         answer passes (another Cohere-compatible server may have no ``/health``)."""
         try:
-            self._client.get("/health", timeout=min(self.config.timeout, HEALTH_TIMEOUT_S))
+            self._http.get("/health", timeout=min(self.config.timeout, HEALTH_TIMEOUT_S))
         except httpx.HTTPError as e:
             self.close()
             raise RemoteRerankError(redact_url(f"{self._server} unreachable when the reranker loaded (GET /health, "
@@ -159,9 +188,16 @@ class RemoteReranker(Reranker):
             raise RemoteRerankError(redact_url(f"{self._server} answered {resp.status_code}{tries}: {msg}"))
         scores: list[float | None] = [None] * len(candidates)
         rel: list[float] = [0.0] * len(candidates)
-        for r in resp.json()["results"]:  # the head's own score where the server gives it (rerank serve does)
-            i = int(r["index"])
-            scores[i], rel[i] = float(r.get("raw_score", r["relevance_score"])), float(r["relevance_score"])
+        try:  # the head's own score where the server gives it (rerank serve does)
+            got = [(int(r["index"]), float(r.get("raw_score", r["relevance_score"])), float(r["relevance_score"]))
+                   for r in resp.json()["results"]]
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or JSON of another shape
+            raise RemoteRerankError(redact_url(f"{self._server} answered 200 without a rerank answer (JSON with a "
+                                               f"results list): {excerpt(resp.text, 300)}")) from None
+        for i, score, relevance in got:
+            if not 0 <= i < len(candidates):
+                raise RemoteRerankError(f"{self._server} returned index {i} for {len(candidates)} documents")
+            scores[i], rel[i] = score, relevance
         if any(s is None for s in scores):
             raise RemoteRerankError(f"{self._server} returned an incomplete ranking")
         return scores, rel  # type: ignore[return-value]
@@ -170,7 +206,7 @@ class RemoteReranker(Reranker):
         """POST ``/v1/rerank``, retrying ``max_retries`` times a busy or not-yet-listening server and a connection it
         closed before answering (a read timeout is not retried: the server may still be working on it)."""
         return post_with_retries(
-            self._client, "/v1/rerank", body, max_retries=self.config.max_retries,
+            self._http, "/v1/rerank", body, max_retries=self.config.max_retries,
             retry_status=lambda status: status in _RETRY_STATUS, retry_errors=(httpx.ConnectError, *_CLOSED_ERRORS),
             unreachable=self._transport_error,
         )
@@ -224,5 +260,7 @@ class RemoteReranker(Reranker):
         return {"method": self.method, "base_url": redact_url(self.config.base_url), "model": self.config.model}
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+        """Close this process's HTTP connection pool (in a forked child, one inherited from the parent is left open
+        for the parent)."""
+        if self._pid == os.getpid():
+            self._client.close()

@@ -15,6 +15,7 @@ import logging
 import math
 import numbers
 import operator
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -40,7 +41,19 @@ __all__ = [
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
 _LOCKS_GUARD = threading.Lock()  # creates each reranker's call lock once
+_POLICY_GUARD = threading.Lock()  # guards each reranker's open warning_policy blocks
+_PER_PROCESS = ("_call_lock", "_policy_blocks")  # a reranker's state that a pickle or deep copy leaves out
 log = logging.getLogger(__name__)
+
+
+def _new_guards() -> None:
+    """A forked child's own module locks: a thread of the parent may have held one at the fork."""
+    global _LOCKS_GUARD, _POLICY_GUARD
+    _LOCKS_GUARD, _POLICY_GUARD = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_guards)
 
 
 class CallWarnings:
@@ -390,9 +403,20 @@ class Reranker(ABC):
         self.config = config if config is not None else self.config_class()
         self.stats = RerankStats()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The state a pickle or deep copy keeps: all but the call lock and the open ``warning_policy`` blocks (the
+        copy makes its own lock and follows the policy set on it)."""
+        return {k: v for k, v in self.__dict__.items() if k not in _PER_PROCESS}
+
     @property
     def call_warnings(self) -> CallWarnings:
-        """How this reranker logs its per-call warnings (:class:`CallWarnings`); default: each one."""
+        """How this reranker logs its per-call warnings (:class:`CallWarnings`): the policy of the last entered
+        :meth:`warning_policy` block still open (from any thread), else the one set here; default: each one."""
+        blocks = self.__dict__.get("_policy_blocks")
+        if blocks:
+            with _POLICY_GUARD:
+                if blocks:
+                    return next(reversed(blocks.values()))
         return self.__dict__.get("_call_warnings", _LOG_EACH)
 
     @call_warnings.setter
@@ -401,12 +425,16 @@ class Reranker(ABC):
 
     @contextlib.contextmanager
     def warning_policy(self, policy: CallWarnings) -> Iterator[CallWarnings]:
-        """Inside the block this reranker's per-call warnings follow ``policy``; after it, the policy before."""
-        before, self.call_warnings = self.call_warnings, policy
+        """Inside the block this reranker's per-call warnings follow ``policy`` (blocks overlapping from several threads:
+        the last entered still open); after every block has exited, the policy set on the reranker again."""
+        token = object()
+        with _POLICY_GUARD:
+            self.__dict__.setdefault("_policy_blocks", {})[token] = policy
         try:
             yield policy
         finally:
-            self.call_warnings = before
+            with _POLICY_GUARD:
+                self.__dict__["_policy_blocks"].pop(token, None)
 
     @staticmethod
     def load(method: str | None = None, model: str | None = None, backend: str = "transformers",
@@ -644,9 +672,16 @@ class Reranker(ABC):
                 self.config = before
 
     def _serialising_lock(self) -> threading.RLock:
-        """The lock that runs this reranker's calls one at a time (created once)."""
-        with _LOCKS_GUARD:
-            return self.__dict__.setdefault("_call_lock", threading.RLock())
+        """The lock that runs this reranker's calls one at a time (created once per process: a forked child makes its
+        own, as a call in another thread of the parent may have held it at the fork)."""
+        pid = os.getpid()
+        held = self.__dict__.get("_call_lock")
+        if held is None or held[0] != pid:
+            with _LOCKS_GUARD:
+                held = self.__dict__.get("_call_lock")
+                if held is None or held[0] != pid:
+                    held = self.__dict__["_call_lock"] = (pid, threading.RLock())
+        return held[1]
 
     def rerank_batch(
         self, queries: Sequence[str | Query], docs_lists: Sequence[Sequence[DocInput]], top_k: int | None = None

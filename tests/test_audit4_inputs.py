@@ -354,7 +354,7 @@ def test_fitted_prompts_log_one_warning_per_call(caplog: pytest.LogCaptureFixtur
 def test_fitting_warning_counts_only_fitted_windows_and_queries(caplog: pytest.LogCaptureFixture) -> None:
     """listwise with a long query: the query cut counts too, and no warning at all without a context limit."""
     tok = build_tokenizer()
-    head = ListwiseReranker(ListwiseConfig(window=4, stride=2),
+    head = ListwiseReranker(ListwiseConfig(window=4, stride=2, template="listwise-compact"),  # the shorter wording
                             backend=ScriptedBackend(tok, generate_fn=lambda p: "[1] > [2]", context_length=200))
     with caplog.at_level(logging.WARNING):
         head.rerank(" ".join(f"q{i}" for i in range(120)), ["a b c " * 40, "d e f " * 40])

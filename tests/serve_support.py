@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import uvicorn
@@ -113,10 +114,13 @@ if __name__ == "__main__":
 
 
 @contextlib.contextmanager
-def serving(reranker: Reranker, config: ServeConfig | None = None) -> Iterator[tuple[str, int]]:
-    """Serve ``create_app(reranker, config)`` with uvicorn in a thread on a free loopback port; yield (URL, port)."""
+def serving(reranker: Reranker, config: ServeConfig | None = None,
+            wrap: Callable[[Any], Any] | None = None) -> Iterator[tuple[str, int]]:
+    """Serve ``create_app(reranker, config)`` (passed through ``wrap``, an ASGI middleware, when given) with uvicorn
+    in a thread on a free loopback port; yield (URL, port)."""
     cfg = config or ServeConfig()
-    server = uvicorn.Server(uvicorn_config(create_app(reranker, cfg), cfg, port=0))
+    app = create_app(reranker, cfg)
+    server = uvicorn.Server(uvicorn_config(wrap(app) if wrap is not None else app, cfg, port=0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -8,26 +8,21 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from rerank.client import RemoteReranker, RemoteRerankError
 from rerank.heads.base import Reranker
-from rerank.serve import ServeConfig, create_app
-from rerank.serve.server import uvicorn_config
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from serve_support import OverlapReranker  # noqa: E402
+from serve_support import OverlapReranker, serving  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork exists only on POSIX")
 
@@ -51,25 +46,16 @@ def recording_server() -> Iterator[tuple[str, list[tuple[str, int]]]]:
     """``rerank serve``'s app on the word-overlap head in a uvicorn thread; yields its URL and the (path, client
     port) of every request it received."""
     seen: list[tuple[str, int]] = []
-    app = create_app(OverlapReranker(), ServeConfig())
 
-    async def recorded(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            seen.append((scope["path"], scope["client"][1]))
-        await app(scope, receive, send)
+    def recording(app: Any) -> Any:
+        async def recorded(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append((scope["path"], scope["client"][1]))
+            await app(scope, receive, send)
+        return recorded
 
-    server = uvicorn.Server(uvicorn_config(recorded, ServeConfig(), port=0))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", seen
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving(OverlapReranker(), wrap=recording) as (url, _):
+        yield url, seen
 
 
 def run_child(rr: Reranker, c: int, want: list[tuple[str, float]], go: int, out: int) -> None:

@@ -5,17 +5,17 @@ content."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import yaml
+
+from dense_position_support import make_encoder, old_fingerprint, plain, rel
 
 from rerank.backends.scripted import ScriptedBackend
 from rerank.config import from_dict
@@ -23,8 +23,7 @@ from rerank.errors import ConfigError
 from rerank.methods.record import RECORD_FILE, record_payload
 from rerank.methods.setwise.head import SetwiseConfig, SetwiseReranker
 from rerank.prompts import load_template
-from rerank.retrieval.dense import BiEncoder, EncoderSettings, _position_offset, _text_handling, pool
-from rerank.runtime import hash_weights
+from rerank.retrieval.dense import BiEncoder, _position_offset
 from rerank.testing import build_tokenizer, corpus_lines
 from rerank.trainers.grpo_trainer import GRPOTrainConfig
 
@@ -73,78 +72,58 @@ MODELS: dict[str, Callable[[Any], torch.nn.Module]] = {"ibert": _ibert, "nystrom
                                                        "from_five": _FromFive}
 
 
-def _encoder(name: str, padding_side: str = "left") -> BiEncoder:
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    tok.padding_side = padding_side
-    model = MODELS[name](tok).eval()
-    return BiEncoder(model, tok, settings=EncoderSettings(pooling="mean", max_doc_tokens=120), name_or_path=name)
+def _enc(name: str, padding_side: str = "left") -> BiEncoder:
+    return make_encoder(MODELS[name], name, padding_side)
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def _plain(enc: BiEncoder, text: str) -> np.ndarray:
-    """A plain transformers forward of ``text`` alone (the model numbers its positions itself), mean-pooled."""
-    feats = enc.doc_tokenizer([text], truncation=True, max_length=120, return_tensors="pt")
-    with torch.inference_mode():
-        hidden = enc.doc_model(**feats).last_hidden_state
-    return pool(hidden, feats["attention_mask"], "mean")[0].numpy()
 
 
-def _old_fingerprint(enc: BiEncoder) -> str:
-    """The fingerprint without the positions marker (weights, tokenizer, pad id, text handling)."""
-    model, tok = enc.doc_model, enc.doc_tokenizer
-    h = hashlib.sha256()
-    hash_weights(h, model)
-    spec = {k: v for k, v in json.loads(tok.backend_tokenizer.to_str()).items() if k not in ("truncation", "padding")}
-    h.update(json.dumps(spec, sort_keys=True).encode())
-    h.update(f"pad={tok.pad_token_id}".encode())
-    h.update(f"text={_text_handling(tok)}".encode())
-    return h.hexdigest()
+
+
 
 
 @pytest.mark.parametrize(("name", "offset"), [("ibert", 1), ("nystromformer", 2)])
 def test_probed_offset_embeds_a_left_padded_text_as_the_model_alone(name: str, offset: int) -> None:
-    enc = _encoder(name)
+    enc = _enc(name)
     assert _position_offset(enc.doc_model, enc.doc_tokenizer) == offset  # I-BERT pads with its padding row 0
     alone = enc.encode_numpy([SHORT], "doc")[0]
     batched = enc.encode_numpy([SHORT, LONG], "doc", batch_size=8)
-    assert _rel(alone, _plain(enc, SHORT)) < 1e-5
-    assert _rel(batched[0], alone) < 1e-4
-    assert _rel(batched[1], _plain(enc, LONG)) < 1e-4
+    assert rel(alone, plain(enc, SHORT)) < 1e-5
+    assert rel(batched[0], alone) < 1e-4
+    assert rel(batched[1], plain(enc, LONG)) < 1e-4
     with torch.no_grad():
-        assert _rel(enc.embed([SHORT, LONG], "doc")[0].numpy(), alone) < 1e-4
+        assert rel(enc.embed([SHORT, LONG], "doc")[0].numpy(), alone) < 1e-4
 
 
 def test_marker_only_where_passed_positions_differ_from_the_models_own() -> None:
-    ibert = _encoder("ibert")  # pads with its padding row: numbers a left-padded text as the positions passed
-    assert ibert.fingerprint() == _old_fingerprint(ibert)
-    nystromformer = _encoder("nystromformer")  # counts the pads: the positions passed differ
-    assert nystromformer.fingerprint() != _old_fingerprint(nystromformer)
-    assert nystromformer.fingerprint() == _encoder("nystromformer").fingerprint()
+    ibert = _enc("ibert")  # pads with its padding row: numbers a left-padded text as the positions passed
+    assert ibert.fingerprint() == old_fingerprint(ibert)
+    nystromformer = _enc("nystromformer")  # counts the pads: the positions passed differ
+    assert nystromformer.fingerprint() != old_fingerprint(nystromformer)
+    assert nystromformer.fingerprint() == _enc("nystromformer").fingerprint()
 
 
 def test_no_offset_found_passes_no_positions(caplog: pytest.LogCaptureFixture) -> None:
-    enc = _encoder("from_five")
+    enc = _enc("from_five")
     with caplog.at_level(logging.WARNING):
         assert _position_offset(enc.doc_model, enc.doc_tokenizer) is None
     assert "_FromFive numbers positions from none of [0]" in caplog.text
     enc.doc_model.seen.clear()
     enc.encode_numpy([SHORT, LONG], "doc", batch_size=8)
     assert enc.doc_model.seen == [None]
-    assert enc.fingerprint() == _old_fingerprint(enc)
+    assert enc.fingerprint() == old_fingerprint(enc)
     assert "position_ids" not in enc.use_runtime("onnx").runners["doc"].names
 
 
 def test_right_padding_runs_no_probe_and_probes_keep_training_modes() -> None:
-    enc = _encoder("from_five", "right")
+    enc = _enc("from_five", "right")
     enc.doc_model.seen.clear()
     enc.fingerprint()
     enc.encode_numpy([SHORT, LONG], "doc", batch_size=8)
     assert enc.doc_model.seen == [None]  # the encoding forward only
-    left = _encoder("ibert")
+    left = _enc("ibert")
     left.doc_model.train()
     left.doc_model.pooler.eval()
     left.fingerprint()

@@ -687,9 +687,28 @@ def template_input(template: Any) -> dict[str, str] | None:
     return {"name": template.name, "source": template.source, "fingerprint": f"sha256:{template.sha256()}"}
 
 
+def reranker_template_input(reranker: Reranker) -> dict[str, str] | None:
+    """:func:`template_input` of the template ``reranker`` rendered, with ``probe: differs`` where its head's
+    :meth:`~rerank.heads.base.Reranker.configured_template` (what ``--resume`` and leaderboard cell keys read, without
+    loading a model) does not tell that template's content under the head's config (a head that sets its own template
+    when it loads: its template cannot be told before it loads)."""
+    out = template_input(getattr(reranker, "template", None))
+    if out is None:
+        return None
+    probe = None
+    if hasattr(reranker, "config"):
+        try:
+            probe = type(reranker).configured_template(reranker.config)
+        except RerankError:  # options the probe refuses: it tells nothing of this template
+            probe = None
+    if probe is None or f"sha256:{probe.sha256()}" != out["fingerprint"]:
+        out["probe"] = "differs"
+    return out
+
+
 def _template_of(reranker: Reranker, _: Any) -> dict[str, str] | None:
-    """A worker's :func:`template_input` of its reranker's template."""
-    return template_input(getattr(reranker, "template", None))
+    """A worker's :func:`reranker_template_input` of its reranker."""
+    return reranker_template_input(reranker)
 
 
 def provenance(reranker_desc: dict[str, Any] | None = None,
@@ -701,7 +720,8 @@ def provenance(reranker_desc: dict[str, Any] | None = None,
     ``OMP_NUM_THREADS``, and from the reranker's description its device, the dtype its backend resolved
     (``resolved_dtype``) and its model's :func:`model_input` (``model_inputs``; not for a served model, whose files
     are the server's); ``data``: the :func:`data_inputs` read (``data_inputs``); ``template``: the
-    :func:`template_input` of the prompt template the reranker rendered (``template_input``)."""
+    :func:`template_input` of the prompt template the reranker rendered (``template_input``; an eval's also says
+    whether its head's probe tells it, :func:`reranker_template_input`)."""
     machine = f"{platform.machine()} {os.cpu_count()} CPU(s), {platform.system()}"
     torch = sys.modules.get("torch")  # not imported: nothing ran on a GPU (and importing it here costs seconds)
     if torch is not None and torch.cuda.is_available():
@@ -824,7 +844,7 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         timing["rerank_s"] = time.perf_counter() - t
         reranker_desc = reranker_record(desc, cfg.model, cfg.backend, own=given)
         template = (pool.broadcast(_template_of, None)[0] if pool is not None
-                    else template_input(getattr(reranker, "template", None)))
+                    else reranker_template_input(reranker))
         if pool is not None:
             reranker_desc["workers"] = {"processes": pool.workers, "threads_each": pool.threads}
     elif given_docs is not None:

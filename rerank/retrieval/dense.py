@@ -28,6 +28,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -227,27 +228,35 @@ def _probe_states(model: torch.nn.Module, tokenizer: Any, pad: int = 0,
 
 #: per model, what its probe forwards found: the offset it numbers a text from and, per pad id, the positions marker
 _NUMBERING: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+#: held while a probe runs and its finding is stored: a thread's first call waits for another's probe to finish
+_NUMBERING_LOCK = threading.RLock()
 
 
 def _position_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:
     """The position ``model`` numbers an unpadded text's first token with: the first candidate (0, past a padding row,
-    a ``position_ids`` buffer's start) whose positions reproduce its own forward of a probe text, found once per model;
-    None when none does (then it is given no position ids and numbers them itself)."""
-    cache = _NUMBERING.setdefault(model, {})
-    if "offset" not in cache:
-        cache["offset"] = None
-        with _probing(model):
-            own, _ = _probe_states(model, tokenizer)
-            scale = float(own.abs().max()) or 1.0
-            for offset in _offset_candidates(model):
-                got, _ = _probe_states(model, tokenizer, offset=offset)
-                if float((got - own).abs().max()) <= 1e-4 * scale:
-                    cache["offset"] = offset
-                    break
-        if cache["offset"] is None:
-            log.warning("%s numbers positions from none of %s; left-padded texts get its own position numbering",
-                        type(model).__name__, _offset_candidates(model))
-    return cache["offset"]
+    a ``position_ids`` buffer's start) whose positions reproduce its own forward of a probe text, found once per model
+    (stored only once found: a probe that raises is tried again at the next call); None when none does (then it is
+    given no position ids and numbers them itself)."""
+    cache = _NUMBERING.get(model)
+    if cache is not None and "offset" in cache:
+        return cache["offset"]
+    with _NUMBERING_LOCK:
+        cache = _NUMBERING.setdefault(model, {})
+        if "offset" not in cache:
+            found = None
+            with _probing(model):
+                own, _ = _probe_states(model, tokenizer)
+                scale = float(own.abs().max()) or 1.0
+                for offset in _offset_candidates(model):
+                    got, _ = _probe_states(model, tokenizer, offset=offset)
+                    if float((got - own).abs().max()) <= 1e-4 * scale:
+                        found = offset
+                        break
+            if found is None:
+                log.warning("%s numbers positions from none of %s; left-padded texts get its own position numbering",
+                            type(model).__name__, _offset_candidates(model))
+            cache["offset"] = found
+        return cache["offset"]
 
 
 def _passed_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:
@@ -272,10 +281,10 @@ def _positions_changed(model: torch.nn.Module, tokenizer: Any) -> bool:
         return False
     cache, key = _NUMBERING[model], ("changed", tokenizer.pad_token_id)
     if key not in cache:
-        with _probing(model):
+        with _NUMBERING_LOCK, _probing(model):
             own, real = _probe_states(model, tokenizer, pad=2)
             passed, _ = _probe_states(model, tokenizer, pad=2, offset=offset)
-        cache[key] = not torch.equal(own[real], passed[real])
+            cache[key] = not torch.equal(own[real], passed[real])
     return cache[key]
 
 

@@ -159,3 +159,20 @@ def test_a_probe_that_raises_is_not_stored_and_runs_again(monkeypatch: pytest.Mo
         dense._position_offset(model, tok)
     assert "offset" not in dense._NUMBERING.get(model, {})
     assert dense._position_offset(model, tok) == 0  # BERT numbers a text from 0: found on the retry
+
+
+# ---------------------------------------------------------------- 3: a recorded template dumps as plain YAML
+
+
+def test_a_recorded_template_dumps_as_plain_yaml() -> None:
+    spec = {**load_template("yes_no").to_dict(), "description": "a note kept by the trained model"}
+    marked = mark_recorded(spec, "/models/yn/rerank.json")
+    template = head_template(marked, "yes-no")
+    assert all(type(k) is str for k in (*template.extra, *template.to_dict()))
+    for dumper in (yaml.Dumper, yaml.SafeDumper, getattr(yaml, "CDumper", None), getattr(yaml, "CSafeDumper", None)):
+        if dumper is None:
+            continue
+        for data in (marked, template.to_dict()):
+            text = yaml.dump(data, Dumper=dumper)
+            assert "!!python" not in text and yaml.safe_load(text) == spec, dumper
+    assert any(isinstance(k, RecordedKey) for k in marked)  # the mark stays on the mapping the config holds

@@ -141,7 +141,7 @@ def _from_mapping(data: Mapping[str, Any], where: str, path: str | None) -> Prom
         user=str(data["user"]),
         system=data.get("system"),
         assistant_prefix=str(data.get("assistant_prefix", "")),
-        extra={k: v for k, v in data.items() if k not in _KNOWN},
+        extra={str(k): v for k, v in data.items() if k not in _KNOWN},  # plain keys: no recorded mark
         path=path,
     )
 
@@ -266,7 +266,14 @@ class RecordedKey(str):
         return RecordedKey, (str(self), self.record_file, self.value)
 
 
-yaml.SafeDumper.add_representer(RecordedKey, yaml.representer.SafeRepresenter.represent_str)
+def _represent_recorded(dumper: yaml.representer.SafeRepresenter, key: RecordedKey) -> yaml.Node:
+    """A :class:`RecordedKey` as the plain string it is (libyaml's emitter takes only a plain ``str``)."""
+    return dumper.represent_str(str(key))
+
+
+for _dumper in (yaml.Dumper, yaml.SafeDumper, getattr(yaml, "CDumper", None), getattr(yaml, "CSafeDumper", None)):
+    if _dumper is not None:  # a recorded mapping dumps as plain YAML by any dumper (the C ones where libyaml is)
+        _dumper.add_representer(RecordedKey, _represent_recorded)
 
 
 def mark_recorded(spec: Any, record_file: str | Path) -> Any:
@@ -314,7 +321,7 @@ def head_template(spec: str | Path | Mapping[str, Any], method: str, head: type 
         raise ConfigError(f"{method}: unknown prompt template {str(spec)!r}; the {method} head's own: "
                           f"{', '.join(own)} (or a template file written for it)")
     recorded = _recorded_in(spec)
-    template = load_template(spec)
+    template = load_template({str(k): v for k, v in spec.items()} if isinstance(spec, Mapping) else spec)
     who = (getattr(head, "method", "") or head.__name__) if head is not None else method
     try:
         gives, extras = _method_variables(method)

@@ -191,7 +191,7 @@ class RemoteReranker(Reranker):
         try:  # the head's own score where the server gives it (rerank serve does)
             got = [(int(r["index"]), float(r.get("raw_score", r["relevance_score"])), float(r["relevance_score"]))
                    for r in resp.json()["results"]]
-        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or JSON of another shape
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):  # not JSON, or not a rerank answer
             raise RemoteRerankError(redact_url(f"{self._server} answered 200 without a rerank answer (JSON with a "
                                                f"results list): {excerpt(resp.text, 300)}")) from None
         for i, score, relevance in got:

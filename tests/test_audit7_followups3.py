@@ -176,3 +176,16 @@ def test_a_recorded_template_dumps_as_plain_yaml() -> None:
             text = yaml.dump(data, Dumper=dumper)
             assert "!!python" not in text and yaml.safe_load(text) == spec, dumper
     assert any(isinstance(k, RecordedKey) for k in marked)  # the mark stays on the mapping the config holds
+
+
+# ---------------------------------------------------------------- 4: a score no float holds
+
+
+def test_a_score_no_float_holds_is_one_line() -> None:
+    rr = RemoteReranker()
+    body = b'{"results": [{"index": 0, "relevance_score": 1' + b"0" * 400 + b"}]}"
+    rr._client = httpx.Client(base_url="http://test", transport=httpx.MockTransport(
+        lambda request: httpx.Response(200, content=body, headers={"content-type": "application/json"})))
+    with pytest.raises(RemoteRerankError, match="answered 200 without a rerank answer") as err:
+        rr.rerank("q", ["a"])
+    assert "\n" not in str(err.value)

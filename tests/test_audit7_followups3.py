@@ -189,3 +189,15 @@ def test_a_score_no_float_holds_is_one_line() -> None:
     with pytest.raises(RemoteRerankError, match="answered 200 without a rerank answer") as err:
         rr.rerank("q", ["a"])
     assert "\n" not in str(err.value)
+
+
+def test_a_built_in_heads_failing_default_is_not_hidden_as_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a user head's default may read __init__ state; a built-in one that fails is a bug, raised as it is."""
+    from rerank.methods.yes_no.head import YesNoReranker
+
+    def broken(self: object) -> str:
+        raise ValueError("a bug in a built-in default")
+
+    monkeypatch.setattr(YesNoReranker, "default_template", broken)
+    with pytest.raises(ValueError, match="a bug in a built-in default"):
+        YesNoReranker.configured_template(YesNoReranker.config_class())

@@ -507,7 +507,9 @@ class Reranker(ABC):
                 chosen = probe.default_template()
             except RerankError:
                 raise
-            except Exception:  # noqa: BLE001 - it reads what only __init__ sets: the probe cannot tell
+            except Exception:  # noqa: BLE001 - a user head's default reads what only __init__ sets: cannot tell
+                if cls.__module__.split(".")[0] == "rerank":  # a built-in head's default reads its config only
+                    raise
                 return None
         template = head_template(chosen, cls.prompt_method(), cls)
         for name in getattr(cls, "template_texts", ()):

@@ -359,7 +359,9 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
     the row's head renders (:func:`~rerank.eval.suites.reranker_template`: the one its ``template`` option names, a
     file, a shipped name or a mapping, else the head's default), in place of the ``template`` option, so a template
     file edited in place or a reworded default reruns its cells and a template named or left to the default is one
-    key; and the rerank version. A model named by its hub id is keyed by the name alone."""
+    key; the rerank version; and, for a head or retriever class from outside rerank, its :func:`_code_stamp` (so a
+    plugin whose code changed, or another package's class of the same name, reruns its cells; a built-in's key holds
+    none). A model named by its hub id is keyed by the name alone."""
     from rerank import __version__
     from rerank.eval.suites import reranker_template
     from rerank.prompts import load_template
@@ -382,7 +384,60 @@ def _cell_hash(cfg: EvalConfig, dataset_root: Path) -> str:
         key["reranker_options"] = {k: v for k, v in key["reranker_options"].items() if k != "template"}
     elif named:  # a head that sets its template itself: the one its option names
         stamps["template"] = load_template(named).sha256()
+    stamps.update(_user_code_stamps(cfg))
     return hash_obj({"config": key, "stamps": stamps})
+
+
+def _user_code_stamps(cfg: EvalConfig) -> dict[str, Any]:
+    """``{"reranker_code": ..., "retriever_code": ...}`` (:func:`_code_stamp`) for the head and the retriever of
+    ``cfg`` whose classes come from outside the ``rerank`` package; empty for built-ins."""
+    from rerank.eval.suites import _reranker_class
+    from rerank.retrieval.base import RETRIEVERS
+
+    out: dict[str, Any] = {}
+    head = _reranker_class(cfg)[0] if cfg.reranker else None
+    retriever = RETRIEVERS.get(cfg.retriever) if cfg.retriever else None
+    for name, cls in (("reranker_code", head), ("retriever_code", retriever)):
+        if cls is not None and not _is_rerank_module(cls.__module__):
+            out[name] = _code_stamp(cls)
+    return out
+
+
+def _is_rerank_module(module: str) -> bool:
+    return module == "rerank" or module.startswith("rerank.")
+
+
+def _code_stamp(cls: type) -> dict[str, Any]:
+    """A user class's identity (``module:qualname``) and the fingerprint of its code: for each class of its MRO from
+    outside rerank, the sha256 of the module's source file (:func:`inspect.getsourcefile`), or, where that cannot be
+    read, the version of the installed distribution holding the module (``"?"`` when none is known)."""
+    import importlib.metadata
+    import inspect
+    import sys
+
+    from rerank.utils.files import sha256_file
+    from rerank.utils.registry import target_path
+
+    code: dict[str, str] = {}
+    for klass in cls.__mro__:
+        module = klass.__module__
+        if module in code or module == "builtins" or _is_rerank_module(module):
+            continue
+        try:
+            source = inspect.getsourcefile(sys.modules[module])
+            code[module] = "sha256:" + sha256_file(source) if source else ""
+        except (KeyError, TypeError, OSError):
+            code[module] = ""
+        if not code[module]:
+            dists = importlib.metadata.packages_distributions().get(module.partition(".")[0], [])
+            versions = []
+            for dist in sorted(dists):
+                try:
+                    versions.append(f"{dist}=={importlib.metadata.version(dist)}")
+                except importlib.metadata.PackageNotFoundError:
+                    continue
+            code[module] = ",".join(versions) or "?"
+    return {"class": target_path(cls), "code": code}
 
 
 def _cell_summary(metrics: dict[str, Any], measure: str, cell: str) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rerank.errors import ConfigError
-from rerank.heads.base import split_scores
+from rerank.heads.base import RerankerConfig, split_scores
 from rerank.heads.llm import LLMHeadConfig, LLMReranker
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.types import Candidate, Query
@@ -50,8 +50,10 @@ def continuation_ids(tokenizer: Any, context: str, continuation: str) -> list[in
 
 class PointwiseLLMReranker(ScoresByPassages, LLMReranker):
     """Base of heads that score each (query, document) pair independently from one prompt; subclasses implement
-    :meth:`score_passages` (the scores of the candidates as given)."""
+    :meth:`score_passages` (the scores of the candidates as given). Its options are :class:`PointwiseConfig`'s
+    (what the base reads, ``long_docs`` included); a head with options of its own subclasses that config."""
 
+    config_class: ClassVar[type[RerankerConfig]] = PointwiseConfig
     independent_scores = True
 
     def reserve(self) -> int:

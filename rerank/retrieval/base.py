@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rerank.errors import ConfigError
 from rerank.types import Query, Run
-from rerank.utils.registry import Registry, target_path
+from rerank.utils.registry import NAME_RULE, Registry, target_path, valid_name
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -110,11 +111,26 @@ def _builtins(registry: Registry[type[FirstStage]]) -> None:
 
 
 def _check(name: str | None, cls: Any) -> type[FirstStage]:
-    """``cls`` when it is a :class:`FirstStage` subclass, else a one-line :class:`ConfigError`."""
+    """``cls`` when it is a :class:`FirstStage` subclass whose ``name`` (what ``describe()`` and so ``metrics.json``
+    record) is ``name``, or, for a ``"module:Class"`` name (``name`` None), a valid name that no other registered class
+    holds (a built-in's included); otherwise a one-line :class:`ConfigError`."""
     if not (isinstance(cls, type) and issubclass(cls, FirstStage)):
         kind = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}"
         raise ConfigError(f"retriever {target_path(cls)} is {kind}, not a subclass of "
                           f"rerank.retrieval.base.FirstStage")
+    own = getattr(cls, "name", None)
+    if name is not None:
+        if own != name:
+            raise ConfigError(f"retriever {target_path(cls)} has name {own!r} but is registered as {name!r}: set "
+                              f"name = {name!r} in the class (it is the name its results record)")
+        return cls
+    if not valid_name(own):
+        raise ConfigError(f"retriever {target_path(cls)} has name {own!r}: set name = 'a-name' in the class (it is "
+                          f"the name its results record; a name is {NAME_RULE})")
+    holder = RETRIEVERS.entry_path(own)
+    if holder is not None and holder != target_path(cls):
+        raise ConfigError(f"retriever {target_path(cls)} has name {own!r}, the name of {holder}: set a name of its "
+                          f"own in the class (it is the name its results record)")
     return cls
 
 
@@ -160,11 +176,43 @@ def build_retriever(name: str, dataset: Dataset | str | os.PathLike[str], **opti
     elif not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a Dataset (resolve_dataset(name or folder)), a name or a folder, got "
                         f"{type(dataset).__name__}")
-    retriever = cls.from_dataset(dataset, **options)
+    try:
+        retriever = cls.from_dataset(dataset, **options)
+    except TypeError as e:  # a retriever without a typed config: its __init__ or from_dataset refused a keyword
+        unknown = _UNEXPECTED.search(str(e))
+        if unknown is None or unknown.group(1) not in options:
+            raise
+        accepted = _plain_options(cls)
+        known = f"; its options: {', '.join(accepted) or '(none)'}" if accepted is not None else ""
+        raise ConfigError(f"retriever {name!r}: unknown option {unknown.group(1)!r} (--retriever-set / "
+                          f"retriever_options){known}") from None
     if not isinstance(retriever, FirstStage):
         raise ConfigError(f"retriever {name!r}: {target_path(cls)}.from_dataset returned "
                           f"{type(retriever).__name__}, not a FirstStage (does it return the retriever it builds?)")
     return retriever
+
+
+#: what Python's TypeError says of a keyword argument a function does not take
+_UNEXPECTED = re.compile(r"got an unexpected keyword argument '([^']+)'")
+
+
+def _plain_options(cls: type[FirstStage]) -> list[str] | None:
+    """The options a retriever without a typed config takes, read from its signatures: ``from_dataset``'s keywords
+    after the dataset, or, where it takes ``**options``, ``__init__``'s keyword-only arguments and those with a
+    default; None where they cannot be told (``**kwargs`` in both, an unannotated ``config``, no signature)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(cls.from_dataset).parameters.values())[1:]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD or p.name == "config" for p in params):
+        return None
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY
+            or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)]
 
 
 #: the option of each built-in retriever that switches its progress bars

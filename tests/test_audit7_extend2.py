@@ -1,0 +1,211 @@
+"""Extending rerank from a user's own package, second audit (extend2): the leaderboard keys a user head's and
+retriever's code, the pointwise base has the config it reads, a user retriever's ``name`` is checked as a head's
+``method`` is, and a retriever without a typed config refuses an unknown option in one line."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rerank.data.io import write_jsonl, write_qrels
+from rerank.errors import ConfigError
+from rerank.eval import leaderboard
+from rerank.eval.pipeline import EvalConfig
+from rerank.heads import registry as heads_registry
+from rerank.heads.base import Reranker
+from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker
+from rerank.retrieval import base as retrieval_base
+from rerank.retrieval.base import FirstStage, build_retriever, register_retriever, retrieve_args
+from rerank.utils.registry import Registry
+
+USER_MODULE = '''
+from rerank.heads.base import Reranker, RerankerConfig
+from rerank.retrieval.base import FirstStage, retrieve_args
+
+
+class Longest(Reranker):
+    method = "test-e2-longest"
+    config_class = RerankerConfig
+
+    def score_candidates(self, query, candidates):
+        return [float(len(c.doc.text)) for c in candidates]
+
+
+class ShortFirst(FirstStage):
+    name = "test-e2-short"
+
+    def __init__(self, docs):
+        self.docs = docs
+
+    @classmethod
+    def from_dataset(cls, dataset, **options):
+        return cls({d.id: d.text for d in dataset.iter_corpus()})
+
+    def retrieve(self, queries, k):
+        queries, k = retrieve_args(queries, k)
+        ranked = sorted(self.docs, key=lambda d: (len(self.docs[d]), d))[:k]
+        return {q: [(d, float(-i)) for i, d in enumerate(ranked)] for q in queries}
+'''
+
+
+@pytest.fixture()
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Empty reranker and retriever registries (built-ins and entry points read again on first use)."""
+    monkeypatch.setattr(heads_registry, "RERANKERS", Registry(
+        "reranker", fill=heads_registry._builtins, check=heads_registry._check, group="rerank.rerankers", paths=True,
+        exclusive=True))
+    monkeypatch.setattr(retrieval_base, "RETRIEVERS", Registry(
+        "retriever", fill=retrieval_base._builtins, check=retrieval_base._check, group="rerank.retrievers",
+        paths=True, exclusive=True))
+    yield
+
+
+@pytest.fixture()
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file of a user module ``e2user`` importable from ``sys.path``."""
+    path = tmp_path / "pkgs" / "e2user.py"
+    path.parent.mkdir()
+    path.write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(path.parent))
+    monkeypatch.delitem(sys.modules, "e2user", raising=False)
+    return path
+
+
+@pytest.fixture()
+def beir(tmp_path: Path) -> Path:
+    root = tmp_path / "mini"
+    write_jsonl([{"_id": f"d{i}", "title": "", "text": "x" * (i + 1)} for i in range(6)], root / "corpus.jsonl")
+    write_jsonl([{"_id": f"q{i}", "text": f"query {i}"} for i in range(3)], root / "queries.jsonl")
+    write_qrels({f"q{i}": {"d5": 1} for i in range(3)}, root / "qrels" / "test.tsv", beir=True)
+    return root
+
+
+# ---------------------------------------------------------------- 1. the leaderboard keys user code
+
+
+def _cell(root: Path, reranker: str | None, retriever: str = "bm25") -> EvalConfig:
+    return EvalConfig(dataset=str(root), split="test", retriever=retriever, reranker=reranker, top_k=5, depth=10)
+
+
+def test_a_user_heads_or_retrievers_cells_rerun_after_its_code_changes(fresh: None, user_module: Path,
+                                                                       beir: Path) -> None:
+    head_cell = _cell(beir, "e2user:Longest")
+    retriever_cell = _cell(beir, None, retriever="e2user:ShortFirst")
+    before = leaderboard._cell_hash(head_cell, beir), leaderboard._cell_hash(retriever_cell, beir)
+    assert before == (leaderboard._cell_hash(head_cell, beir), leaderboard._cell_hash(retriever_cell, beir))
+    stamps = leaderboard._user_code_stamps(head_cell)
+    assert stamps["reranker_code"]["class"] == "e2user:Longest"
+    assert stamps["reranker_code"]["code"]["e2user"].startswith("sha256:")
+    user_module.write_text(USER_MODULE.replace("float(len(c.doc.text))", "-float(len(c.doc.text))"))
+    after = leaderboard._cell_hash(head_cell, beir), leaderboard._cell_hash(retriever_cell, beir)
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_registered_user_head_is_keyed_by_its_class(fresh: None, user_module: Path, beir: Path) -> None:
+    import e2user
+
+    heads_registry.register_reranker("test-e2-longest", e2user.Longest)
+    stamps = leaderboard._user_code_stamps(_cell(beir, "test-e2-longest"))
+    assert stamps["reranker_code"]["class"] == "e2user:Longest"  # the name alone does not say which package
+
+
+def test_a_built_in_rows_key_is_unchanged(fresh: None, beir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cell = _cell(beir, "yes-no")
+    assert leaderboard._user_code_stamps(cell) == {}
+    new = leaderboard._cell_hash(cell, beir)
+    monkeypatch.setattr(leaderboard, "_user_code_stamps", lambda cfg: {})  # the key as it was computed before
+    assert leaderboard._cell_hash(cell, beir) == new
+
+
+# ---------------------------------------------------------------- 2. the pointwise base's config
+
+
+class _PromptLength(PointwiseLLMReranker):
+    """A pointwise head of no method built as research.md says: ``score_passages`` only."""
+
+    method = "test-e2-prompt-length"
+    ranked_inputs = frozenset({"query", "document"})
+
+    def score_passages(self, queries, candidate_lists):  # type: ignore[no-untyped-def]
+        flat = [float(len(ids)) for _, ids in self.flat_inputs(queries, candidate_lists)]
+        return self.split(flat, candidate_lists)
+
+
+def test_a_head_on_the_pointwise_base_reranks(fresh: None, tiny_llm_dir: Path) -> None:
+    assert PointwiseLLMReranker.config_class is PointwiseConfig
+    heads_registry.register_reranker(_PromptLength.method, _PromptLength)
+    template = {"name": "e2-plain", "system": "Judge.", "user": "Query: {{ query }}\nPassage: {{ document }}",
+                "assistant_prefix": ""}
+    head = Reranker.load(_PromptLength.method, model=str(tiny_llm_dir), template=template)
+    ranked = head.rerank("q", ["a", "a b c d e f", "a b"]).results
+    assert [r.doc.text for r in ranked] == ["a b c d e f", "a b", "a"]
+
+
+# ---------------------------------------------------------------- 3. a user retriever's name
+
+
+class _Named(FirstStage):
+    name = "test-e2-named"
+
+    @classmethod
+    def from_dataset(cls, dataset, **options):  # type: ignore[no-untyped-def]
+        return cls()
+
+    def retrieve(self, queries, k):  # type: ignore[no-untyped-def]
+        queries, k = retrieve_args(queries, k)
+        return {q: [] for q in queries}
+
+
+def test_a_user_retrievers_name_is_the_one_it_is_registered_and_no_built_ins(
+        fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"has name 'test-e2-named' but is registered as 'test-e2-other'"):
+        register_retriever("test-e2-other", _Named)
+    assert "test-e2-other" not in retrieval_base.available_retrievers()
+    register_retriever("test-e2-named", _Named)
+    (tmp_path / "e2fake.py").write_text(textwrap.dedent('''
+        from rerank.retrieval.base import FirstStage
+
+
+        class FakeBM25(FirstStage):
+            name = "bm25"
+
+
+        class Nameless(FirstStage):
+            pass
+        '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "e2fake", raising=False)
+    with pytest.raises(ConfigError, match=r"FakeBM25 has name 'bm25', the name of rerank\.retrieval\.bm25"):
+        retrieval_base.RETRIEVERS.get("e2fake:FakeBM25")
+    with pytest.raises(ConfigError, match=r"Nameless has name '': set name = 'a-name'"):
+        retrieval_base.RETRIEVERS.get("e2fake:Nameless")
+
+
+# ---------------------------------------------------------------- 4. options of a retriever without a typed config
+
+
+class _NoAnnotation(FirstStage):
+    name = "test-e2-noann"
+
+    def __init__(self, docs, bias=0.0, *, scale=1.0):  # type: ignore[no-untyped-def]
+        self.docs, self.bias = docs, bias
+
+    @classmethod
+    def from_dataset(cls, dataset, **options):  # type: ignore[no-untyped-def]
+        return cls([d.id for d in dataset.iter_corpus()], **options)
+
+    def retrieve(self, queries, k):  # type: ignore[no-untyped-def]
+        queries, k = retrieve_args(queries, k)
+        return {q: [(d, self.bias) for d in self.docs[:k]] for q in queries}
+
+
+def test_an_unknown_option_of_a_retriever_without_a_typed_config_is_one_line(fresh: None, beir: Path) -> None:
+    register_retriever(_NoAnnotation.name, _NoAnnotation)
+    assert build_retriever(_NoAnnotation.name, str(beir), bias=1.0).bias == 1.0
+    with pytest.raises(ConfigError, match=r"retriever 'test-e2-noann': unknown option 'bais' .*its options: bias, "
+                                          r"scale$"):
+        build_retriever(_NoAnnotation.name, str(beir), bais=1.0)

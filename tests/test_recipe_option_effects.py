@@ -48,7 +48,7 @@ def _cand(d: str, score: float | None = None) -> dict[str, Any]:
 class _FixedRun(FirstStage):
     """A first stage returning a fixed ranked list for every query."""
 
-    name = "fixed"
+    name = "test-option-effects-fixed"
 
     def __init__(self, ranked: list[tuple[str, float]]) -> None:
         self.ranked = ranked

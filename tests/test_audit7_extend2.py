@@ -209,3 +209,15 @@ def test_an_unknown_option_of_a_retriever_without_a_typed_config_is_one_line(fre
     with pytest.raises(ConfigError, match=r"retriever 'test-e2-noann': unknown option 'bais' .*its options: bias, "
                                           r"scale$"):
         build_retriever(_NoAnnotation.name, str(beir), bais=1.0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_json_names_a_user_heads_and_retrievers_class(fresh: None, user_module: Path, beir: Path,
+                                                               workers: int) -> None:
+    from rerank.eval.pipeline import run_eval
+
+    got = run_eval(EvalConfig(dataset=str(beir), retriever="e2user:ShortFirst", reranker="e2user:Longest",
+                              workers=workers), progress=False)
+    assert got["reranker"]["class"] == "e2user:Longest" and got["first_stage"]["class"] == "e2user:ShortFirst"
+    built_in = run_eval(EvalConfig(dataset=str(beir), retriever="bm25"), progress=False)
+    assert "class" not in built_in["first_stage"]

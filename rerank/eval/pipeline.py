@@ -769,6 +769,21 @@ def reranker_record(desc: dict[str, Any], model: str | None, backend: str, own: 
     return to_dict(record)
 
 
+def _plugin_class(obj: Any) -> dict[str, str]:
+    """``{"class": "module:Class"}`` for a reranker or first stage whose class comes from outside rerank (a plugin, a
+    ``module:Class`` name, a user registration), so a record names the code behind its method name; empty for rerank's
+    own."""
+    from rerank.utils.registry import target_path
+
+    cls = type(obj)
+    return {} if cls.__module__.split(".")[0] == "rerank" else {"class": target_path(cls)}
+
+
+def _class_of(reranker: Reranker, _: Any) -> dict[str, str]:
+    """A worker's :func:`_plugin_class` of its reranker."""
+    return _plugin_class(reranker)
+
+
 def _drop_excluded(run: Run, dataset: Dataset, split: str) -> Run:
     """``run`` without the documents a query may not rank: the query itself where the dataset ignores identical ids,
     and BRIGHT's excluded ids (they leave the ranking before reranking and scoring)."""
@@ -805,7 +820,8 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         depth = max(cfg.depth, cfg.top_k) if reranking else cfg.depth
         run = retriever.retrieve(queries, k=depth)
         # the depth retrieved per query (--depth, at least --top-k); hybrid's own "depth" is each of its two stages'
-        first_stage_desc = to_dict({**retriever.describe(), "retrieval_depth": depth})  # secrets redacted
+        first_stage_desc = to_dict({**retriever.describe(), **_plugin_class(retriever),
+                                    "retrieval_depth": depth})  # secrets redacted
     run = _drop_excluded(run, dataset, cfg.split)
     timing["first_stage_s"] = time.perf_counter() - t
 
@@ -842,7 +858,8 @@ def _evaluate(cfg: EvalConfig, dataset: Dataset, queries: dict[str, Query], qrel
         desc = _counted_since(before, describe())
         _warn_run_outputs(str(desc.get("method") or cfg.reranker), stats)
         timing["rerank_s"] = time.perf_counter() - t
-        reranker_desc = reranker_record(desc, cfg.model, cfg.backend, own=given)
+        plugin = pool.broadcast(_class_of, None)[0] if pool is not None else _plugin_class(reranker)
+        reranker_desc = {**reranker_record(desc, cfg.model, cfg.backend, own=given), **plugin}
         template = (pool.broadcast(_template_of, None)[0] if pool is not None
                     else reranker_template_input(reranker))
         if pool is not None:

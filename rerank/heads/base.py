@@ -408,6 +408,13 @@ class Reranker(ABC):
         copy makes its own lock and follows the policy set on it)."""
         return {k: v for k, v in self.__dict__.items() if k not in _PER_PROCESS}
 
+    def __copy__(self) -> Reranker:
+        """A shallow copy shares the model, so it shares the call lock too (calls into one model stay one at a
+        time); it leaves out the open ``warning_policy`` blocks."""
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_policy_blocks"})
+        return new
+
     @property
     def call_warnings(self) -> CallWarnings:
         """How this reranker logs its per-call warnings (:class:`CallWarnings`): the policy of the last entered

@@ -61,7 +61,7 @@ def _check(name: str | None, cls: Any) -> type[Reranker]:
         raise ConfigError(f"reranker {target_path(cls)} has method {method!r}: set method = 'a-name' in the class (it "
                           f"is the name its results record; a name is {NAME_RULE})")
     holder = RERANKERS.entry_path(method)
-    if holder is not None and holder != target_path(cls):
+    if holder is not None and not RERANKERS.holds(method, cls):
         raise ConfigError(f"reranker {target_path(cls)} has method {method!r}, the name of {holder}: set a method "
                           f"of its own in the class (it is the name its results record)")
     return cls

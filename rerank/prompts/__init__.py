@@ -271,9 +271,9 @@ def _represent_recorded(dumper: yaml.representer.SafeRepresenter, key: RecordedK
     return dumper.represent_str(str(key))
 
 
-for _dumper in (yaml.Dumper, yaml.SafeDumper, getattr(yaml, "CDumper", None), getattr(yaml, "CSafeDumper", None)):
-    if _dumper is not None:  # a recorded mapping dumps as plain YAML by any dumper (the C ones where libyaml is)
-        _dumper.add_representer(RecordedKey, _represent_recorded)
+# on the base class the safe dumpers share (``yaml.safe_dump``, libyaml's too): registering on each dumper would give
+# each its own table, which representers another library adds to the base later would no longer reach
+yaml.representer.SafeRepresenter.add_representer(RecordedKey, _represent_recorded)
 
 
 def mark_recorded(spec: Any, record_file: str | Path) -> Any:

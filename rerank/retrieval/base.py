@@ -128,7 +128,7 @@ def _check(name: str | None, cls: Any) -> type[FirstStage]:
         raise ConfigError(f"retriever {target_path(cls)} has name {own!r}: set name = 'a-name' in the class (it is "
                           f"the name its results record; a name is {NAME_RULE})")
     holder = RETRIEVERS.entry_path(own)
-    if holder is not None and holder != target_path(cls):
+    if holder is not None and not RETRIEVERS.holds(own, cls):
         raise ConfigError(f"retriever {target_path(cls)} has name {own!r}, the name of {holder}: set a name of its "
                           f"own in the class (it is the name its results record)")
     return cls

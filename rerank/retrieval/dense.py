@@ -28,6 +28,7 @@ import json
 import logging
 import shutil
 import tempfile
+import os
 import threading
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -230,6 +231,16 @@ def _probe_states(model: torch.nn.Module, tokenizer: Any, pad: int = 0,
 _NUMBERING: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
 #: held while a probe runs and its finding is stored: a thread's first call waits for another's probe to finish
 _NUMBERING_LOCK = threading.RLock()
+
+
+def _new_numbering_lock() -> None:
+    """A forked child's own probe lock: one held by a parent thread at the fork would never be released there."""
+    global _NUMBERING_LOCK
+    _NUMBERING_LOCK = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_numbering_lock)
 
 
 def _position_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:

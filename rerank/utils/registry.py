@@ -281,3 +281,16 @@ class Registry(Generic[T]):
         """``name``'s target as ``"module:Attr"``, without importing it; None when ``name`` is not registered."""
         self._filled()
         return target_path(self._entries[name]) if name in self._entries else None
+
+    def holds(self, name: str, obj: Any) -> bool:
+        """Whether ``name`` is registered to ``obj``: the same ``"module:Attr"``, or an entry that imports to it (a
+        package re-exporting a class from one of its modules); False for an unregistered name or a failing entry."""
+        path = self.entry_path(name)
+        if path is None:
+            return False
+        if path == target_path(obj):
+            return True
+        try:
+            return self.get(name) is obj
+        except (ConfigError, ImportError):
+            return False

@@ -24,9 +24,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from rerank.errors import ConfigError
 from rerank.methods import all_methods
-from rerank.utils.registry import NAME_RULE, Registry, target_path, valid_name
+from rerank.utils.registry import Registry, named_class
 
 if TYPE_CHECKING:
     from rerank.heads.base import Reranker
@@ -45,26 +44,10 @@ def _builtins(registry: Registry[type[Reranker]]) -> None:
 def _check(name: str | None, cls: Any) -> type[Reranker]:
     """``cls`` when it is a :class:`Reranker` subclass whose ``method`` is ``name`` (what ``describe()`` and so
     ``metrics.json`` record), or, for a ``"module:Class"`` name (``name`` None), a valid name that no other registered
-    class holds; otherwise a one-line :class:`ConfigError`."""
+    class holds; otherwise a one-line :class:`ConfigError` (:func:`~rerank.utils.registry.named_class`)."""
     from rerank.heads.base import Reranker
 
-    if not (isinstance(cls, type) and issubclass(cls, Reranker)):
-        kind = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}"
-        raise ConfigError(f"reranker {target_path(cls)} is {kind}, not a subclass of rerank.Reranker")
-    method = getattr(cls, "method", None)
-    if name is not None:
-        if method != name:
-            raise ConfigError(f"reranker {target_path(cls)} has method {method!r} but is registered as {name!r}: "
-                              f"set method = {name!r} in the class (it is the name its results record)")
-        return cls
-    if not valid_name(method):
-        raise ConfigError(f"reranker {target_path(cls)} has method {method!r}: set method = 'a-name' in the class (it "
-                          f"is the name its results record; a name is {NAME_RULE})")
-    holder = RERANKERS.entry_path(method)
-    if holder is not None and not RERANKERS.holds(method, cls):
-        raise ConfigError(f"reranker {target_path(cls)} has method {method!r}, the name of {holder}: set a method "
-                          f"of its own in the class (it is the name its results record)")
-    return cls
+    return named_class(RERANKERS, name, cls, Reranker, "rerank.Reranker", "method")
 
 
 RERANKERS: Registry[type[Reranker]] = Registry("reranker", fill=_builtins, check=_check, group="rerank.rerankers",

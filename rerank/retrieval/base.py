@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rerank.errors import ConfigError
 from rerank.types import Query, Run
-from rerank.utils.registry import NAME_RULE, Registry, target_path, valid_name
+from rerank.utils.registry import Registry, named_class, target_path
 
 if TYPE_CHECKING:
     from rerank.data.datasets import Dataset
@@ -113,25 +113,9 @@ def _builtins(registry: Registry[type[FirstStage]]) -> None:
 def _check(name: str | None, cls: Any) -> type[FirstStage]:
     """``cls`` when it is a :class:`FirstStage` subclass whose ``name`` (what ``describe()`` and so ``metrics.json``
     record) is ``name``, or, for a ``"module:Class"`` name (``name`` None), a valid name that no other registered class
-    holds (a built-in's included); otherwise a one-line :class:`ConfigError`."""
-    if not (isinstance(cls, type) and issubclass(cls, FirstStage)):
-        kind = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}"
-        raise ConfigError(f"retriever {target_path(cls)} is {kind}, not a subclass of "
-                          f"rerank.retrieval.base.FirstStage")
-    own = getattr(cls, "name", None)
-    if name is not None:
-        if own != name:
-            raise ConfigError(f"retriever {target_path(cls)} has name {own!r} but is registered as {name!r}: set "
-                              f"name = {name!r} in the class (it is the name its results record)")
-        return cls
-    if not valid_name(own):
-        raise ConfigError(f"retriever {target_path(cls)} has name {own!r}: set name = 'a-name' in the class (it is "
-                          f"the name its results record; a name is {NAME_RULE})")
-    holder = RETRIEVERS.entry_path(own)
-    if holder is not None and not RETRIEVERS.holds(own, cls):
-        raise ConfigError(f"retriever {target_path(cls)} has name {own!r}, the name of {holder}: set a name of its "
-                          f"own in the class (it is the name its results record)")
-    return cls
+    holds (a built-in's included); otherwise a one-line :class:`ConfigError`
+    (:func:`~rerank.utils.registry.named_class`)."""
+    return named_class(RETRIEVERS, name, cls, FirstStage, "rerank.retrieval.base.FirstStage", "name")
 
 
 RETRIEVERS: Registry[type[FirstStage]] = Registry("retriever", fill=_builtins, check=_check,

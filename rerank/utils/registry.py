@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from rerank.errors import ConfigError
 
-__all__ = ["NAME_RULE", "Registry", "import_target", "target_path", "valid_name"]
+__all__ = ["NAME_RULE", "Registry", "import_target", "named_class", "target_path", "valid_name"]
 
 T = TypeVar("T")
 #: held while a registry fills its built-in entries (re-entrant: a fill may look up another registry, or its own)
@@ -83,6 +83,31 @@ def _same(a: Any, b: Any) -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def named_class(registry: Registry[Any], name: str | None, cls: Any, base: type, base_name: str, attr: str) -> Any:
+    """``cls`` when it is a ``base`` subclass whose ``attr`` (``method``, ``name``: the name its results record) is
+    ``name``, or, for a ``"module:Class"`` name (``name`` None), a valid name that no other class of ``registry``
+    holds (a built-in's included); otherwise a one-line :class:`ConfigError` (``base_name`` names ``base``)."""
+    kind = registry.kind
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        what = "a class" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError(f"{kind} {target_path(cls)} is {what}, not a subclass of {base_name}")
+    own = getattr(cls, attr, None)
+    why = "it is the name its results record"
+    if name is not None:
+        if own != name:
+            raise ConfigError(f"{kind} {target_path(cls)} has {attr} {own!r} but is registered as {name!r}: set "
+                              f"{attr} = {name!r} in the class ({why})")
+        return cls
+    if not valid_name(own):
+        raise ConfigError(f"{kind} {target_path(cls)} has {attr} {own!r}: set {attr} = 'a-name' in the class ({why}; "
+                          f"a name is {NAME_RULE})")
+    holder = registry.entry_path(own)
+    if holder is not None and not registry.holds(own, cls):
+        raise ConfigError(f"{kind} {target_path(cls)} has {attr} {own!r}, the name of {holder}: set a {attr} of its "
+                          f"own in the class ({why})")
+    return cls
 
 
 class Registry(Generic[T]):

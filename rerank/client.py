@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from rerank.config import changed_options, redact_url, secret_field, url_parse_p
 from rerank.errors import ConfigError, RerankError
 from rerank.heads.base import Reranker, RerankerConfig
 from rerank.types import Candidate, Query
+from rerank.utils.forksafe import ForkSafeLock
 from rerank.utils.http import excerpt, post_with_retries
 
 __all__ = ["RemoteRerankError", "RemoteReranker", "RemoteRerankerConfig", "api_key_problem"]
@@ -36,17 +36,7 @@ HEALTH_TIMEOUT_S = 5.0
 #: went away mid-request. A rerank POST changes nothing on the server, so it is safe to send again.
 _CLOSED_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 #: held while a forked child replaces an inherited HTTP client; a child gets a fresh one (it may fork mid-replacement)
-_rebuild_lock = threading.Lock()
-
-
-def _fresh_lock_in_child() -> None:
-    """A forked child's own rebuild lock (the parent's may have been held by another thread at the fork)."""
-    global _rebuild_lock
-    _rebuild_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+_rebuild_lock = ForkSafeLock()
 
 
 def api_key_problem(key: str) -> str | None:

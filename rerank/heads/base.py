@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, RerankError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument, lone_surrogate
+from rerank.utils.forksafe import ForkSafeLock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,20 +41,10 @@ __all__ = [
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
-_LOCKS_GUARD = threading.Lock()  # creates each reranker's call lock once
-_POLICY_GUARD = threading.Lock()  # guards each reranker's open warning_policy blocks
+_LOCKS_GUARD = ForkSafeLock()  # creates each reranker's call lock once
+_POLICY_GUARD = ForkSafeLock()  # guards each reranker's open warning_policy blocks
 _PER_PROCESS = ("_call_lock", "_policy_blocks")  # a reranker's state that a pickle or deep copy leaves out
 log = logging.getLogger(__name__)
-
-
-def _new_guards() -> None:
-    """A forked child's own module locks: a thread of the parent may have held one at the fork."""
-    global _LOCKS_GUARD, _POLICY_GUARD
-    _LOCKS_GUARD, _POLICY_GUARD = threading.Lock(), threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_guards)
 
 
 class CallWarnings:

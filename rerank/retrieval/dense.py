@@ -28,7 +28,6 @@ import json
 import logging
 import shutil
 import tempfile
-import os
 import threading
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -50,6 +49,7 @@ from rerank.retrieval.index import RENAMED_ENCODER_KEYS, upgrade_encoder_keys
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model, hash_weights
 from rerank.types import Query, lone_surrogate, sort_ranking
 from rerank.utils.files import staged_dir, write_json
+from rerank.utils.forksafe import ForkSafeLock
 
 __all__ = [
     "BiEncoder",
@@ -230,17 +230,7 @@ def _probe_states(model: torch.nn.Module, tokenizer: Any, pad: int = 0,
 #: per model, what its probe forwards found: the offset it numbers a text from and, per pad id, the positions marker
 _NUMBERING: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
 #: held while a probe runs and its finding is stored: a thread's first call waits for another's probe to finish
-_NUMBERING_LOCK = threading.RLock()
-
-
-def _new_numbering_lock() -> None:
-    """A forked child's own probe lock: one held by a parent thread at the fork would never be released there."""
-    global _NUMBERING_LOCK
-    _NUMBERING_LOCK = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_numbering_lock)
+_NUMBERING_LOCK = ForkSafeLock(threading.RLock)
 
 
 def _position_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:

@@ -184,3 +184,20 @@ def umask_022() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+@pytest.fixture()
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Empty reranker and retriever registries for one test (built-ins and entry points read again on first use), so
+    a test's registrations do not outlive it."""
+    from rerank.heads import registry as heads_registry
+    from rerank.retrieval import base as retrieval_base
+    from rerank.utils.registry import Registry
+
+    monkeypatch.setattr(heads_registry, "RERANKERS", Registry(
+        "reranker", fill=heads_registry._builtins, check=heads_registry._check, group="rerank.rerankers", paths=True,
+        exclusive=True))
+    monkeypatch.setattr(retrieval_base, "RETRIEVERS", Registry(
+        "retriever", fill=retrieval_base._builtins, check=retrieval_base._check, group="rerank.retrievers",
+        paths=True, exclusive=True))
+    yield

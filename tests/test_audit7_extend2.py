@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from rerank.heads.base import Reranker
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker
 from rerank.retrieval import base as retrieval_base
 from rerank.retrieval.base import FirstStage, build_retriever, register_retriever, retrieve_args
-from rerank.utils.registry import Registry
 
 USER_MODULE = '''
 from rerank.heads.base import Reranker, RerankerConfig
@@ -51,17 +49,6 @@ class ShortFirst(FirstStage):
         return {q: [(d, float(-i)) for i, d in enumerate(ranked)] for q in queries}
 '''
 
-
-@pytest.fixture()
-def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Empty reranker and retriever registries (built-ins and entry points read again on first use)."""
-    monkeypatch.setattr(heads_registry, "RERANKERS", Registry(
-        "reranker", fill=heads_registry._builtins, check=heads_registry._check, group="rerank.rerankers", paths=True,
-        exclusive=True))
-    monkeypatch.setattr(retrieval_base, "RETRIEVERS", Registry(
-        "retriever", fill=retrieval_base._builtins, check=retrieval_base._check, group="rerank.retrievers",
-        paths=True, exclusive=True))
-    yield
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from rerank.heads.base import Reranker, RerankerConfig
 from rerank.retrieval import base as retrieval_base
 from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Query
-from rerank.utils.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,17 +82,6 @@ def user_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delitem(sys.modules, "a7user", raising=False)
     return "a7user"
 
-
-@pytest.fixture()
-def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Empty reranker and retriever registries (built-ins and entry points read again on first use)."""
-    monkeypatch.setattr(heads_registry, "RERANKERS", Registry(
-        "reranker", fill=heads_registry._builtins, check=heads_registry._check, group="rerank.rerankers", paths=True,
-        exclusive=True))
-    monkeypatch.setattr(retrieval_base, "RETRIEVERS", Registry(
-        "retriever", fill=retrieval_base._builtins, check=retrieval_base._check, group="rerank.retrievers",
-        paths=True, exclusive=True))
-    yield
 
 
 @pytest.fixture()

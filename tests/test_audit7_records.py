@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +21,7 @@ from rerank.heads.base import Reranker
 from rerank.methods.record import read_record, record_payload
 from rerank.methods.yes_no.head import YesNoReranker
 from rerank.prompts import load_template
-from rerank.utils.registry import Registry, import_target
+from rerank.utils.registry import import_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,14 +39,6 @@ class H(Reranker):
         return [0.0] * len(candidates)
 '''
 
-
-@pytest.fixture()
-def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """An empty reranker registry (built-ins and entry points read again on first use)."""
-    monkeypatch.setattr(heads_registry, "RERANKERS", Registry(
-        "reranker", fill=heads_registry._builtins, check=heads_registry._check, group="rerank.rerankers", paths=True,
-        exclusive=True))
-    yield
 
 
 @pytest.fixture()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank.data.io import write_jsonl, write_qrels
+from plugin_support import USER_MODULE, write_length_beir
+
 from rerank.errors import ConfigError
 from rerank.eval import leaderboard
 from rerank.eval.pipeline import EvalConfig
@@ -19,37 +20,6 @@ from rerank.heads.base import Reranker
 from rerank.heads.pointwise import PointwiseConfig, PointwiseLLMReranker
 from rerank.retrieval import base as retrieval_base
 from rerank.retrieval.base import FirstStage, build_retriever, register_retriever, retrieve_args
-
-USER_MODULE = '''
-from rerank.heads.base import Reranker, RerankerConfig
-from rerank.retrieval.base import FirstStage, retrieve_args
-
-
-class Longest(Reranker):
-    method = "test-e2-longest"
-    config_class = RerankerConfig
-
-    def score_candidates(self, query, candidates):
-        return [float(len(c.doc.text)) for c in candidates]
-
-
-class ShortFirst(FirstStage):
-    name = "test-e2-short"
-
-    def __init__(self, docs):
-        self.docs = docs
-
-    @classmethod
-    def from_dataset(cls, dataset, **options):
-        return cls({d.id: d.text for d in dataset.iter_corpus()})
-
-    def retrieve(self, queries, k):
-        queries, k = retrieve_args(queries, k)
-        ranked = sorted(self.docs, key=lambda d: (len(self.docs[d]), d))[:k]
-        return {q: [(d, float(-i)) for i, d in enumerate(ranked)] for q in queries}
-'''
-
-
 
 @pytest.fixture()
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -64,11 +34,7 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture()
 def beir(tmp_path: Path) -> Path:
-    root = tmp_path / "mini"
-    write_jsonl([{"_id": f"d{i}", "title": "", "text": "x" * (i + 1)} for i in range(6)], root / "corpus.jsonl")
-    write_jsonl([{"_id": f"q{i}", "text": f"query {i}"} for i in range(3)], root / "queries.jsonl")
-    write_qrels({f"q{i}": {"d5": 1} for i in range(3)}, root / "qrels" / "test.tsv", beir=True)
-    return root
+    return write_length_beir(tmp_path / "mini", 6, 3)
 
 
 # ---------------------------------------------------------------- 1. the leaderboard keys user code
@@ -80,12 +46,12 @@ def _cell(root: Path, reranker: str | None, retriever: str = "bm25") -> EvalConf
 
 def test_a_user_heads_or_retrievers_cells_rerun_after_its_code_changes(fresh: None, user_module: Path,
                                                                        beir: Path) -> None:
-    head_cell = _cell(beir, "e2user:Longest")
-    retriever_cell = _cell(beir, None, retriever="e2user:ShortFirst")
+    head_cell = _cell(beir, "e2user:LongFirst")
+    retriever_cell = _cell(beir, None, retriever="e2user:ShortFirstRetriever")
     before = leaderboard._cell_hash(head_cell, beir), leaderboard._cell_hash(retriever_cell, beir)
     assert before == (leaderboard._cell_hash(head_cell, beir), leaderboard._cell_hash(retriever_cell, beir))
     stamps = leaderboard._user_code_stamps(head_cell)
-    assert stamps["reranker_code"]["class"] == "e2user:Longest"
+    assert stamps["reranker_code"]["class"] == "e2user:LongFirst"
     assert stamps["reranker_code"]["code"]["e2user"].startswith("sha256:")
     user_module.write_text(USER_MODULE.replace("float(len(c.doc.text))", "-float(len(c.doc.text))"))
     after = leaderboard._cell_hash(head_cell, beir), leaderboard._cell_hash(retriever_cell, beir)
@@ -95,9 +61,9 @@ def test_a_user_heads_or_retrievers_cells_rerun_after_its_code_changes(fresh: No
 def test_a_registered_user_head_is_keyed_by_its_class(fresh: None, user_module: Path, beir: Path) -> None:
     import e2user
 
-    heads_registry.register_reranker("test-e2-longest", e2user.Longest)
-    stamps = leaderboard._user_code_stamps(_cell(beir, "test-e2-longest"))
-    assert stamps["reranker_code"]["class"] == "e2user:Longest"  # the name alone does not say which package
+    heads_registry.register_reranker("test-a7-long", e2user.LongFirst)
+    stamps = leaderboard._user_code_stamps(_cell(beir, "test-a7-long"))
+    assert stamps["reranker_code"]["class"] == "e2user:LongFirst"  # the name alone does not say which package
 
 
 def test_a_built_in_rows_key_is_unchanged(fresh: None, beir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,8 +169,9 @@ def test_metrics_json_names_a_user_heads_and_retrievers_class(fresh: None, user_
                                                                workers: int) -> None:
     from rerank.eval.pipeline import run_eval
 
-    got = run_eval(EvalConfig(dataset=str(beir), retriever="e2user:ShortFirst", reranker="e2user:Longest",
+    got = run_eval(EvalConfig(dataset=str(beir), retriever="e2user:ShortFirstRetriever", reranker="e2user:LongFirst",
                               workers=workers), progress=False)
-    assert got["reranker"]["class"] == "e2user:Longest" and got["first_stage"]["class"] == "e2user:ShortFirst"
+    assert got["reranker"]["class"] == "e2user:LongFirst"
+    assert got["first_stage"]["class"] == "e2user:ShortFirstRetriever"
     built_in = run_eval(EvalConfig(dataset=str(beir), retriever="bm25"), progress=False)
     assert "class" not in built_in["first_stage"]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank.data.io import write_jsonl, write_qrels, write_run
+from plugin_support import USER_MODULE, write_length_beir
+
 from rerank.errors import ConfigError
 from rerank.eval.pipeline import EvalConfig, run_eval
 from rerank.heads import registry as heads_registry
@@ -22,49 +23,6 @@ from rerank.retrieval.base import FirstStage, build_retriever
 from rerank.types import Candidate, Query
 
 ROOT = Path(__file__).resolve().parents[1]
-
-USER_MODULE = '''
-from rerank.heads.base import Reranker, RerankerConfig
-from rerank.methods.yes_no.head import YesNoReranker
-from rerank.retrieval.base import FirstStage, retrieve_args
-
-
-class LongFirst(Reranker):
-    method = "test-a7-long"
-    config_class = RerankerConfig
-
-    def score_candidates(self, query, candidates):
-        return [float(len(c.doc.text)) for c in candidates]
-
-
-class WorkerHead(LongFirst):
-    method = "test-a7-workers"
-
-
-class KeepsYesNo(YesNoReranker):
-    pass
-
-
-class NotAHead:
-    method = "test-a7-not"
-
-
-class ShortFirstRetriever(FirstStage):
-    name = "test-a7-short"
-
-    def __init__(self, docs):
-        self.docs = docs
-
-    @classmethod
-    def from_dataset(cls, dataset, **options):
-        return cls({d.id: d.text for d in dataset.iter_corpus()})
-
-    def retrieve(self, queries, k):
-        queries, k = retrieve_args(queries, k)
-        ranked = sorted(self.docs, key=lambda d: (len(self.docs[d]), d))[:k]
-        return {q: [(d, float(-i)) for i, d in enumerate(ranked)] for q in queries}
-'''
-
 
 class Longest(Reranker):
     method = "test-a7-longest"
@@ -86,12 +44,7 @@ def user_pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture()
 def beir(tmp_path: Path) -> Path:
-    root = tmp_path / "mini"
-    write_jsonl([{"_id": f"d{i}", "title": "", "text": "x" * (i + 1)} for i in range(8)], root / "corpus.jsonl")
-    write_jsonl([{"_id": f"q{i}", "text": f"query {i}"} for i in range(4)], root / "queries.jsonl")
-    write_qrels({f"q{i}": {"d7": 1} for i in range(4)}, root / "qrels" / "test.tsv", beir=True)
-    write_run({f"q{i}": [(f"d{j}", 10.0 - j) for j in range(8)] for i in range(4)}, root / "run.trec")
-    return root
+    return write_length_beir(tmp_path / "mini", 8, 4, run=True)
 
 
 def _plugin_dist(where: Path, entry_points: str) -> None:

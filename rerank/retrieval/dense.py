@@ -269,11 +269,6 @@ def _passed_offset(model: torch.nn.Module, tokenizer: Any) -> int | None:
     return _position_offset(model, tokenizer)
 
 
-def _passes_positions(model: torch.nn.Module, tokenizer: Any) -> bool:
-    """Whether the encoder passes ``model`` mask-derived position ids (see :func:`_passed_offset`)."""
-    return _passed_offset(model, tokenizer) is not None
-
-
 def _positions_changed(model: torch.nn.Module, tokenizer: Any) -> bool:
     """Whether the passed positions differ from the model's own numbering of a left-padded text (then embeddings
     differ from those before position ids were passed): a probe text behind two pads, compared bit for bit."""
@@ -412,7 +407,7 @@ class BiEncoder(torch.nn.Module):
                 self.runners["doc"] = self.runners["query"]
             else:
                 runner = compile_model(model, tok, "feature-extraction", runtime, quantize,
-                                       position_ids=_passes_positions(model, tok))
+                                       position_ids=_passed_offset(model, tok) is not None)
                 if runner is not None:
                     self.runners[side] = runner
         self.runtime = (runtime, quantize)

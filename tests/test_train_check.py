@@ -65,6 +65,9 @@ def _finished(out: Path, *sets: str, model: bool = True) -> None:
         (out / "model").mkdir()
 
 
+_PLAN = "plan: trainer test-check, model ./m0, data d.jsonl, max_steps 4, learning_rate 0.0001"  # what it trains
+
+
 def _check(run_cli, out: Path | str, *more: str) -> tuple[int, str, str]:
     return run_cli("train", "test-check", "--set", "model=./m0", "--set", "data.path=d.jsonl", "--output", out,
                    "--check", *more)
@@ -78,6 +81,7 @@ def test_an_empty_output_is_trained_and_nothing_is_written(work: Path, run_cli) 
     rc, out, err = _check(run_cli, work / "out")
     assert rc == 0, err
     assert out.splitlines() == [f"{work / 'out'}: no run there yet: training starts from the beginning",
+                                _PLAN,
                                 "state: train"]
     assert not (work / "out").exists()
     (work / "out" / "adapter").mkdir(parents=True)  # a run killed between its adapter and its model: refused
@@ -137,7 +141,7 @@ def test_a_finished_run_is_done_refused_or_resumed(work: Path, run_cli) -> None:
     make_checkpoint(out, 4)
     rc, stdout, err = _check(run_cli, out, "--set", "max_steps=8")
     assert rc == 0 and stdout.splitlines() == [f"{out}: --resume continues the run from checkpoint-4",
-                                               "state: resume"], err
+                                               _PLAN.replace("max_steps 4", "max_steps 8"), "state: resume"], err
     # resumed to that length (the record keeps the first run's max_steps): done
     ckpt = make_checkpoint(out, 8)
     state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -155,7 +159,7 @@ def test_an_interrupted_run_is_resumed_with_the_real_resume_checks(work: Path, r
     (partial / "optimizer.pt").unlink()
     rc, stdout, err = _check(run_cli, out)
     assert rc == 0 and stdout.splitlines() == [f"{out}: --resume continues the run from checkpoint-2",
-                                               "state: resume"], err
+                                               _PLAN, "state: resume"], err
     assert partial.is_dir()  # a real --resume removes it; --check removes nothing
     rc, stdout, err = _check(run_cli, out, "--resume")
     assert rc == 0 and stdout.endswith("state: resume\n") and partial.is_dir(), err
@@ -192,7 +196,7 @@ def test_check_with_overwrite_checks_what_it_would_remove(work: Path, run_cli) -
     rc, stdout, err = _check(run_cli, out, "--overwrite")
     assert rc == 0 and stdout.splitlines() == [
         f"{out}: --overwrite replaces the run there (model, checkpoints, rerank_train.json) and trains from the start",
-        "state: train"], err
+        _PLAN, "state: train"], err
     assert _files(out) == before
     stand_in_model(out / "model" / "start")  # the run would start from a model --overwrite removes
     rc, _, err = run_cli("train", "test-check", "--set", f"model={out / 'model' / 'start'}", "--set",

@@ -144,12 +144,13 @@ def check_reranker_options(method: str, model: str | None, options: dict, backen
     option given as a head option names its route (``--reranker-set backend_options.KEY=VALUE``)."""
     from rerank.config import from_dict, layered
     from rerank.heads.llm import LLMReranker, check_backend_keys
-    from rerank.heads.registry import get_reranker_class
+    from rerank.heads.registry import get_reranker_class, recorded_reranker_class
     from rerank.methods.record import read_record
 
     record = read_record(model)
     # a method the folder's rerank.json gave (method_from_model) is a registered name, never an import
-    cls = get_reranker_class(method, paths=record is None or record.get("method") != method)
+    recorded = record is not None and record.get("method") == method
+    cls = recorded_reranker_class(method, model) if recorded else get_reranker_class(method)
     if issubclass(cls, LLMReranker):
         try:
             check_backend_keys(method, cls.config_class, backend, options)

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="check the run without training or writing anything: the config with --set, the method's "
                         "head, task and prompt template, the starting model and data files, and the run in --output; "
-                        "prints a line and then 'state: train', "
+                        "prints a line, the plan it resolved (trainer, method, template, model, data, loss, schedule) "
+                        "unless the run is done, and then 'state: train', "
                         "'state: done' (a finished model of this config) or 'state: resume' (continue with --resume)")
     p.add_argument("--inputs-later", action="store_true",
                    help="with --check: do not look for the starting model and the data files (for a script whose "
@@ -155,5 +156,33 @@ def _check(args: argparse.Namespace, trainer: Any, cfg: Any) -> int:
         if callable(getattr(trainer, "check_inputs", None)):  # the trainer's own checks (data, environment)
             trainer.check_inputs(cfg, args.data_root)
     print(line)
+    if state != "done":
+        print(_plan(args.trainer, cfg))
     print(f"state: {state}")
     return 0
+
+
+def _plan(trainer: str, cfg: Any) -> str:
+    """One line of what ``--check`` resolved and would train: the trainer, the method and its template (the
+    method's default when none is set), the starting model, the data, the loss and the schedule."""
+    from rerank.config import to_dict
+
+    config = json.loads(json.dumps(to_dict(cfg), default=str))
+    parts = [f"trainer {trainer}"]
+    head = config.get("head")
+    if isinstance(head, str):
+        from rerank.methods import get_method
+
+        template = config.get("template") or f"{get_method(head).default_template} (the method's default)"
+        parts += [f"method {head}", f"template {template}"]
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    source = data.get("path") or data.get("beir") or config.get("dataset")
+    split = None if data.get("path") else data.get("split") or config.get("split")  # a file is read whole
+    parts += [f"model {config.get('model')}", f"data {source}" + (f" (split {split})" if split and source else "")]
+    for key in ("loss", "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum"):
+        if config.get(key) is not None and not (key == "max_steps" and config[key] <= 0):  # -1: unset
+            parts.append(f"{key} {config[key]}")
+    lora = config.get("lora")
+    if isinstance(lora, dict):
+        parts.append(f"lora r {lora.get('r')}" if lora.get("enabled") else "lora off")
+    return "plan: " + ", ".join(parts)

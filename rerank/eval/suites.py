@@ -591,7 +591,7 @@ def _reranker_config(base: EvalConfig) -> tuple[type | None, dict[str, Any]]:
 def _reranker_class(base: EvalConfig) -> tuple[type[Reranker] | None, dict[str, Any]]:
     """The reranker class ``base`` loads and the options its trained model folder records (as :meth:`Reranker.load`
     finds them: ``--reranker`` a registered method or a trained folder, ``--model`` a folder)."""
-    from rerank.heads.registry import available_rerankers, get_reranker_class
+    from rerank.heads.registry import available_rerankers, get_reranker_class, recorded_reranker_class
     from rerank.methods.record import read_record
 
     method, model = base.reranker, base.model
@@ -607,7 +607,7 @@ def _reranker_class(base: EvalConfig) -> tuple[type[Reranker] | None, dict[str, 
         method, trained = method or record.get("method"), dict(record.get("options") or {})
     if not isinstance(method, str):
         return None, {}
-    return get_reranker_class(method, paths=not from_record), trained
+    return (recorded_reranker_class(method, model) if from_record else get_reranker_class(method)), trained
 
 
 def reranker_template(base: EvalConfig) -> PromptTemplate | None:

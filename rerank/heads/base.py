@@ -441,7 +441,7 @@ class Reranker(ABC):
         (``Reranker.load("path/to/model")``), whose ``rerank.json`` names the method (a registered name, never code to
         import) and the options it was trained with (prompt template included); options given here fill the typed
         config over those."""
-        from rerank.heads.registry import available_rerankers, get_reranker_class
+        from rerank.heads.registry import available_rerankers, get_reranker_class, recorded_reranker_class
         from rerank.methods.record import read_record
 
         if method is not None and model is None and method not in available_rerankers() and read_record(method):
@@ -464,7 +464,7 @@ class Reranker(ABC):
             options = {**record.get("options", {}), **options}
         if method is None:
             raise ConfigError("give a registered method name or a trained model folder (one holding rerank.json)")
-        cls = get_reranker_class(method, paths=not recorded)  # a folder's method is a registered name, never an import
+        cls = recorded_reranker_class(method, model) if recorded else get_reranker_class(method)
         reranker = cls.from_options(model=model, backend=backend, **options)
         if not isinstance(reranker, Reranker):
             raise ConfigError(f"reranker {method!r}: {cls.__module__}:{cls.__qualname__}.from_options returned "

@@ -24,13 +24,14 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from rerank.errors import ConfigError
 from rerank.methods import all_methods
 from rerank.utils.registry import Registry, named_class
 
 if TYPE_CHECKING:
     from rerank.heads.base import Reranker
 
-__all__ = ["RERANKERS", "available_rerankers", "get_reranker_class", "register_reranker"]
+__all__ = ["RERANKERS", "available_rerankers", "get_reranker_class", "recorded_reranker_class", "register_reranker"]
 
 
 def _builtins(registry: Registry[type[Reranker]]) -> None:
@@ -71,3 +72,15 @@ def get_reranker_class(name: str, *, paths: bool = True) -> type[Reranker]:
     """Resolve a registered method name (or a ``"module:Class"``, unless ``paths=False``: a name read from a model
     folder's ``rerank.json``, which never names code to import); an unknown name raises, listing the known ones."""
     return RERANKERS.get(name, paths=paths)
+
+
+def recorded_reranker_class(name: str, folder: Any) -> type[Reranker]:
+    """The class a trained ``folder``'s ``rerank.json`` names: a registered name only, never an import. A name not
+    registered here (a plugin package not installed, a class registered from code not yet run) is a one-line error
+    naming that file and what to do."""
+    if RERANKERS.entry_path(name) is None and name not in RERANKERS.names():
+        raise ConfigError(f"{folder}/rerank.json names the reranker {name!r}, which is not registered here: install "
+                          f"the package that provides it (its 'rerank.rerankers' entry point) or call "
+                          f"rerank.heads.register_reranker({name!r}, ...) before loading; known rerankers: "
+                          f"{', '.join(available_rerankers())}")
+    return RERANKERS.get(name, paths=False)

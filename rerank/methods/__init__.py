@@ -136,8 +136,20 @@ def get_method(name: str, kind: str | None = None) -> Method:
     methods = all_methods()
     if name not in methods or (kind is not None and methods[name].kind != kind):
         known = method_names(kind)
+        if name not in methods and kind in (None, "reranker") and _registered_head(name):
+            raise ConfigError(f"reranker {name!r} is a head without a method package: it ranks but does not train "
+                              f"(docs/research.md, 'A head can also live in your own package'); the methods that "
+                              f"train: {', '.join(method_names('reranker'))}")
         raise ConfigError(f"unknown {kind or 'method'} {name!r}; known: {', '.join(known)}")
     return methods[name]
+
+
+def _registered_head(name: str) -> bool:
+    """Whether ``name`` is a reranker registered outside the method packages (from user code, an installed plugin's
+    entry point, ``remote``) or a ``module:Class`` path: a head that ranks but has no trainer. Imports nothing."""
+    from rerank.heads.registry import RERANKERS
+
+    return (isinstance(name, str) and ":" in name) or RERANKERS.entry_path(name) is not None
 
 
 def template_files() -> dict[str, Path]:

@@ -10,10 +10,11 @@ as ``topn`` is not silently ignored.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rerank.utils.text import has_readable_text
 
 __all__ = ["CohereRerankRequest", "TeiRerankRequest", "RerankOptions"]
 
@@ -21,15 +22,7 @@ __all__ = ["CohereRerankRequest", "TeiRerankRequest", "RerankOptions"]
 # which fields to rank); other JSON values in an object are ranked as their JSON text.
 CohereDocument = Union[str, dict[str, Any]]
 
-#: Unicode categories no model reads: controls (NUL, tabs), format characters (zero-width spaces and joiners, the
-#: byte-order mark, the soft hyphen, direction marks) and separators (spaces, line and paragraph separators)
-_UNREAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 _EMPTY_QUERY = "query must not be empty: there is nothing to rank the documents against"
-
-
-def _has_readable_text(text: str) -> bool:
-    """Whether ``text`` has a character a model reads: one that is not a control, format or separator character."""
-    return any(unicodedata.category(ch) not in _UNREAD_CATEGORIES for ch in text)
 
 
 class RerankOptions(BaseModel):
@@ -45,7 +38,7 @@ class RerankOptions(BaseModel):
     def _query_has_text(cls, v: str) -> str:
         if not v.strip():
             raise ValueError(_EMPTY_QUERY)
-        if not _has_readable_text(v):
+        if not has_readable_text(v):
             shown = ", ".join(list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in v if not ch.isspace()))[:5])
             raise ValueError(f"query must not be empty: it has only characters the model does not read ({shown}: "
                              "control or invisible format characters), so there is nothing to rank the documents "

@@ -1,0 +1,35 @@
+"""Text helpers shared by the heads, the file readers and the server: whether a text has anything a model reads, and
+the part of a very long text that a token budget can reach (so a 200k-character document is not tokenised whole to
+keep its first 512 tokens)."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+__all__ = ["cut_to_tokens", "has_readable_text"]
+
+#: Unicode categories no model reads: controls (NUL, tabs), format characters (zero-width spaces and joiners, the
+#: byte-order mark, the soft hyphen, direction marks) and separators (spaces, line and paragraph separators)
+UNREAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def has_readable_text(text: str) -> bool:
+    """Whether ``text`` has a character a model reads: one that is not a control, format or separator character."""
+    return any(unicodedata.category(ch) not in UNREAD_CATEGORIES for ch in text)
+
+
+def cut_to_tokens(text: str, tokenizer: Any, budget: int, *, side: str = "right", margin: int = 16) -> str:
+    """A part of ``text`` (its start, or its end with ``side="left"``) whose tokens hold the same first (last)
+    ``budget`` tokens as the whole text's, so truncating it to ``budget`` tokens gives what truncating the whole text
+    would: the piece is grown (x4) until it holds ``budget + margin`` tokens (the margin covers the word cut at its
+    edge), and the whole text is returned when it never does. Only the piece is tokenised, never the whole."""
+    if budget <= 0 or len(text) <= 8 * (budget + margin):
+        return text
+    size = 8 * (budget + margin)
+    while size < len(text):
+        piece = text[:size] if side == "right" else text[-size:]
+        if len(tokenizer(piece, add_special_tokens=False)["input_ids"]) >= budget + margin:
+            return piece
+        size *= 4
+    return text

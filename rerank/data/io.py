@@ -27,6 +27,7 @@ from typing import IO, Any, Literal
 from rerank.errors import DataFormatError
 from rerank.types import Document, Qrels, Query, Run, lone_surrogate, sort_ranking
 from rerank.utils.files import atomic_write
+from rerank.utils.text import unreadable_query
 
 __all__ = [
     "DUPLICATES_FIX",
@@ -390,6 +391,8 @@ def _query_text(text: str, qid: str, path: str | Path, lineno: int) -> str:
     """A query's text, which must hold more than whitespace (a document's may be empty; a query's never ranks)."""
     if not text.strip():
         raise DataFormatError(path, lineno, f"query {qid!r} has no text (empty or only whitespace)")
+    if (why := unreadable_query(text)) is not None:
+        raise DataFormatError(path, lineno, f"query {qid!r} {why}: it would rank the documents by nothing")
     return text
 
 
@@ -674,11 +677,16 @@ def _score(value: Any, where: str, path: str | Path, lineno: int) -> float | Non
     return float(value)
 
 
+#: the keys a document object of :func:`read_query_docs_jsonl` may hold
+_DOC_KEYS = ("id", "_id", "docid", "text", "contents", "title", "score")
+
+
 def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Document, float | None]]]]:
     """Read plain JSONL of ``{"query": str|{"id","text"}, "docs": [str | {"id"?, "text", "title"?, "score"?}]}``.
 
-    Missing ids are filled with the line number (``q{line}``) and position (``d{i}``); a query id given twice and a
-    query without text (empty or only whitespace) are errors naming the line, and a file without records is an error.
+    Missing ids are filled with the line number (``q{line}``) and position (``d{i}``); a query id given twice, a
+    query without readable text and a document key that is not read (a misspelt ``titel``, ``metadata``) are errors
+    naming the line, and a file without records is an error.
     """
     out: list[tuple[Query, list[tuple[Document, float | None]]]] = []
     lines: dict[str, int] = {}
@@ -701,6 +709,10 @@ def read_query_docs_jsonl(path: str | Path) -> list[tuple[Query, list[tuple[Docu
             if isinstance(d, str):
                 docs.append((Document(f"d{i}", d), None))
             elif isinstance(d, dict):
+                other = [k for k in d if k not in _DOC_KEYS]
+                if other:  # a misspelt "titel" would never be read; a Document carries no metadata
+                    raise DataFormatError(path, lineno, f"docs[{i}]: unknown key(s) {', '.join(map(repr, other))}; "
+                                                        f"the keys read are {', '.join(_DOC_KEYS)}")
                 text = d.get("text", d.get("contents"))
                 if text is None:
                     raise DataFormatError(path, lineno, f"docs[{i}] has no 'text'")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, RerankError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument, lone_surrogate
+from rerank.utils.text import unreadable_query
 from rerank.utils.forksafe import ForkSafeLock
 
 if TYPE_CHECKING:
@@ -577,8 +578,8 @@ class Reranker(ABC):
         for i, (query, doc) in enumerate(items):
             if query not in checked:
                 checked.add(query)
-                if not query.strip():
-                    raise ValueError(f"pairs[{i}]: the query is empty: there is nothing to rank the document against")
+                if (why := unreadable_query(query)) is not None:
+                    raise ValueError(f"pairs[{i}]: the query {why}: there is nothing to rank the document against")
                 _check_unicode(query, f"pairs[{i}]: query")
             _check_unicode(doc, f"pairs[{i}]: document")
         raw, rel = self._pair_scores(items, batch_size, bool(show_progress_bar), "predict")
@@ -600,8 +601,8 @@ class Reranker(ABC):
             raise TypeError("rank takes a query string and a list of document strings (rerank() takes documents "
                             "with ids, titles or Document objects)")
         top_k = _check_top_k(top_k)
-        if not query.strip():
-            raise ValueError("the query is empty: there is nothing to rank the documents against")
+        if (why := unreadable_query(query)) is not None:
+            raise ValueError(f"the query {why}: there is nothing to rank the documents against")
         _check_unicode(query, "query")
         for i, d in enumerate(docs):
             _check_unicode(d, f"documents[{i}]: text")
@@ -706,8 +707,8 @@ class Reranker(ABC):
             if not isinstance(q, (str, Query)):
                 raise TypeError(f"a query must be a str or a Query, got {type(q).__name__}")
             text = q if isinstance(q, str) else q.text
-            if not text.strip():
-                raise ValueError(f"query {i} is empty: there is nothing to rank the documents against")
+            if (why := unreadable_query(text)) is not None:
+                raise ValueError(f"query {i} {why}: there is nothing to rank the documents against")
             _check_unicode(text, f"query {i}" if isinstance(q, str) else f"query {i} (id {q.id!r})")
         qs = [q if isinstance(q, Query) else Query(str(i), q) for i, q in enumerate(queries)]
         one = len(docs_lists) == 1  # several lists: an error names the list too (docs_lists[k][i])

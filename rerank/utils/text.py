@@ -7,7 +7,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-__all__ = ["cut_to_tokens", "has_readable_text"]
+__all__ = ["cut_to_tokens", "has_readable_text", "unreadable_query"]
 
 #: Unicode categories no model reads: controls (NUL, tabs), format characters (zero-width spaces and joiners, the
 #: byte-order mark, the soft hyphen, direction marks) and separators (spaces, line and paragraph separators)
@@ -17,6 +17,18 @@ UNREAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 def has_readable_text(text: str) -> bool:
     """Whether ``text`` has a character a model reads: one that is not a control, format or separator character."""
     return any(unicodedata.category(ch) not in UNREAD_CATEGORIES for ch in text)
+
+
+def unreadable_query(text: str) -> str | None:
+    """Why a query ``text`` cannot rank anything (``"is empty"``, or ``"has only characters no model reads (U+200B,
+    ...)"``), or None when it has a readable character: a query of zero-width spaces or NULs would rank documents by
+    nothing but their own text."""
+    if not text.strip():
+        return "is empty"
+    if has_readable_text(text):
+        return None
+    shown = ", ".join(list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in text if not ch.isspace()))[:5])
+    return f"has only characters no model reads ({shown})"
 
 
 def cut_to_tokens(text: str, tokenizer: Any, budget: int, *, side: str = "right", margin: int = 16) -> str:

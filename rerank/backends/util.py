@@ -4,6 +4,7 @@ holds, loading a folder's tokenizer and weights with one-line errors)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,12 +28,21 @@ __all__ = [
 _LM_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 ALLOW_NEW_HEAD = "pass allow_new_head=True (--allow-new-head) to start from it anyway"
 _TOKENIZER_CONFIGS = ("tokenizer.json", "tokenizer_config.json")
+_OPT_IN = ("to run it, if you trust it, set trust_remote_code=true (a cross-encoder's option: --reranker-set "
+           "trust_remote_code=true; an LLM reranker's backend option: --reranker-set "
+           "backend_options.trust_remote_code=true)")
+
+log = logging.getLogger(__name__)
 
 
 def architectures(path: str, trust_remote_code: bool = False) -> list[str]:
-    """The architectures the model config at ``path`` records (``config.json``'s ``architectures``; may be empty)."""
+    """The architectures the model config at ``path`` records (``config.json``'s ``architectures``; may be empty).
+    Without ``trust_remote_code``, a config declaring custom code (``auto_map``) is a one-line warning when
+    transformers has a stock class for its model type (the code is not run) and a :class:`ConfigError` when not."""
     from transformers import AutoConfig
 
+    if not trust_remote_code:
+        _check_custom_code(path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -45,6 +55,48 @@ def architectures(path: str, trust_remote_code: bool = False) -> list[str]:
             raise ConfigError(f"{file}: not valid JSON ({bad}); the model folder's config is damaged") from None
         raise ConfigError(f"{file}: transformers cannot read it ({str(e).splitlines()[0]})") from None
     return list(config.architectures or [])
+
+
+def _check_custom_code(path: str) -> None:
+    """Say that the custom code a model config declares (``auto_map``) is not run: a warning when the model loads
+    with transformers' stock class for its ``model_type``, a :class:`ConfigError` when there is none."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = _config_dict(path)
+    auto_map = config.get("auto_map") if config else None
+    if not auto_map or not isinstance(auto_map, Mapping):
+        return
+    model_type = config.get("model_type") if config else None
+    declared = f"{path} declares custom code (config.json auto_map: {', '.join(map(str, auto_map))})"
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        log.warning("%s, which is NOT run: the model loads with transformers' stock %r classes; %s", declared,
+                    model_type, _OPT_IN)
+        return
+    kind = f"model type {model_type!r}" if isinstance(model_type, str) else "no model_type"
+    raise ConfigError(f"{declared} and transformers has no stock class for its {kind}, so it cannot load without "
+                      f"running that code, which is off by default; {_OPT_IN}")
+
+
+def _config_dict(path: str) -> dict[str, Any] | None:
+    """The raw ``config.json`` of a local folder or hub id (read as data, no code run); None where there is no readable
+    one (the loader then says why)."""
+    folder = Path(path)
+    file = folder / "config.json"
+    if file.is_file():
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+    if folder.exists():
+        return None
+    from transformers import PretrainedConfig
+
+    try:
+        data = PretrainedConfig.get_config_dict(path)[0]
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def check_causal_lm(shown: str, archs: Sequence[str]) -> None:

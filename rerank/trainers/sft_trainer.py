@@ -163,8 +163,9 @@ def load_causal_lm(path: str, cpu: bool, tokenizer: Any = None) -> tuple[Any, An
 
 def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path, trainer_name: str, options: dict[str, Any],
                metrics: dict[str, Any] | None = None, note: str = "") -> None:
-    """Write the final model to ``OUTPUT/model`` (LoRA merged, its adapter kept beside it in ``OUTPUT/adapter``) with
-    its ``rerank.json`` and model card; checkpoints stay in ``OUTPUT/checkpoints``, never in the model folder."""
+    """Write the final model to ``OUTPUT/model`` (LoRA merged, its adapter kept beside it in ``OUTPUT/adapter``, naming
+    a local base model by its absolute path) with its ``rerank.json`` and model card; checkpoints stay in
+    ``OUTPUT/checkpoints``, never in the model folder."""
     from rerank.trainers.artifacts import write_model_artifacts
     from rerank.utils.files import staged_dir
 
@@ -174,6 +175,7 @@ def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path, trainer_name:
     model = trainer.model
     tok = trainer.processing_class
     if cfg.lora.enabled:
+        _absolute_base(model)
         with staged_dir(output / "adapter") as tmp:
             model.save_pretrained(str(tmp), safe_serialization=True)
         model = model.merge_and_unload()
@@ -182,6 +184,15 @@ def save_final(trainer: Any, cfg: CommonTrainConfig, output: Path, trainer_name:
         tok.save_pretrained(str(tmp))
         write_model_artifacts(tmp, method=cfg.head, trainer=trainer_name, config=cfg, options=options,
                               metrics=metrics, metrics_note=note)
+
+
+def _absolute_base(model: Any) -> None:
+    """Name a local base model in ``model``'s PEFT configs by its absolute path, so that the saved adapter loads from
+    any folder (a path relative to where training ran did not); a hub id stays as it is."""
+    for peft_config in (getattr(model, "peft_config", None) or {}).values():
+        base = getattr(peft_config, "base_model_name_or_path", None)
+        if base and Path(base).is_dir():
+            peft_config.base_model_name_or_path = str(Path(base).resolve())
 
 
 def _check_fits(kept: Any, given: int, cfg: Any) -> None:

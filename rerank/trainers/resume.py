@@ -278,8 +278,6 @@ def check_same_run(output: Path, trainer: str, config: Any, data_root: str | Non
                           f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
     diffs = record_differences(record, config, path)
     allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
-    if allowed:
-        log.warning("--resume with %s (the learning-rate schedule follows the new length)", "; ".join(allowed))
     diffs = [d for d in diffs if d not in allowed]
     if diffs:
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
@@ -292,19 +290,31 @@ def check_same_run(output: Path, trainer: str, config: Any, data_root: str | Non
                           "started, so its checkpoints were trained on other data; restore the data it started with, "
                           "or start again with --overwrite (or choose another --output)")
     check_not_shorter(output, config, "--resume")
+    if allowed:
+        longer = any(d.split(":", 1)[0] in ("max_steps", "epochs") for d in allowed)
+        log.warning("--resume with %s%s", "; ".join(allowed),
+                    " (the learning-rate schedule follows the new length from the resumed step on)" if longer else "")
     return record
 
 
 def check_not_shorter(output: Path, config: Any, where: str) -> None:
     """A run whose newest checkpoint already trained past the ``max_steps`` (or, with ``max_steps`` unset, the
     ``epochs``) of ``config`` cannot be cut back to it: resuming would train nothing and keep the longer model as the
-    shorter one. Refused in one line naming both lengths."""
+    shorter one. A finished run (``model/``) trained the length its checkpoints planned, even where model selection
+    kept only an earlier, better checkpoint. Refused in one line naming both lengths."""
     newest = _newest_state(output)
     if newest is None:
         return
     ckpt, state = newest
     max_steps = getattr(config, "max_steps", 0) or 0
     done_steps, done_epochs = state.get("global_step"), state.get("epoch")
+    if (output / "model").is_dir():  # a finished run trained the length it planned, whichever checkpoint it kept
+        planned_steps, planned_epochs = state.get("max_steps"), state.get("num_train_epochs")
+        if isinstance(planned_steps, int) and isinstance(done_steps, int) and planned_steps > done_steps:
+            done_steps = planned_steps
+        if isinstance(planned_epochs, (int, float)) and isinstance(done_epochs, (int, float)) \
+                and planned_epochs > done_epochs:
+            done_epochs = planned_epochs
     if max_steps > 0 and isinstance(done_steps, int) and done_steps > max_steps:
         asked, done = f"max_steps {max_steps}", f"{done_steps} steps"
     elif max_steps <= 0 and isinstance(done_epochs, (int, float)) \
@@ -312,7 +322,8 @@ def check_not_shorter(output: Path, config: Any, where: str) -> None:
         asked, done = f"epochs {config.epochs}", f"{done_epochs:g} epochs"
     else:
         return
-    raise ConfigError(f"{where}: {output} already trained {done} ({ckpt.name}), more than the {asked} asked: a run "
+    at = f"{ckpt.name}, then finished" if (output / "model").is_dir() else ckpt.name
+    raise ConfigError(f"{where}: {output} already trained {done} ({at}), more than the {asked} asked: a run "
                       f"cannot be shortened; ask for at least that, write to another --output, or start again "
                       f"with --overwrite")
 
@@ -797,28 +808,38 @@ class LossLedger(TrainerCallback, ExportableState):
     """Keeps the sum of the training loss over every step in each checkpoint's ``trainer_state.json``, so a resumed
     run reports the mean over all its steps, not only the resumed ones.
 
-    The sum is the trainer's own running total (``Trainer._total_loss_scalar``), restored when training resumes; a
-    checkpoint step is also a logging step, so no loss accumulated between two logs is left out of a checkpoint.
+    The sum is the steps before this session (restored from the checkpoint) plus the trainer's own running total of
+    this session (``Trainer._total_loss_scalar``, which transformers divides by this session's steps for the
+    ``train_loss`` it logs); a checkpoint step is also a logging step, so no loss accumulated between two logs is left
+    out of a checkpoint.
+
+    A resumed run also takes up what the checkpoint would otherwise override: ``logging_steps`` as now configured
+    (transformers restores the checkpoint's), and the learning rate of the schedule now configured at the resumed
+    step (the optimizer's restored rate is the old schedule's: 0 at the end of a finished run, for a lengthened one).
     """
 
     def __init__(self, trainer: Any = None) -> None:
         self.trainer = trainer
         self.first_step = 0  # the first step the sum covers (> 0: resumed from a checkpoint without a ledger)
+        self.before = 0.0  # the loss summed over the steps before this session
 
     def state(self) -> dict[str, Any]:
-        total = float(getattr(self.trainer, "_total_loss_scalar", 0.0))
+        total = self.before + float(getattr(self.trainer, "_total_loss_scalar", 0.0))
         return {"args": {}, "attributes": {"loss_sum": total, "first_step": self.first_step}}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.global_step:
             return
+        if hasattr(state, "compute_steps"):
+            state.compute_steps(args, state.max_steps)  # logging_steps as configured now, not the checkpoint's
+        _schedule_rate(kwargs.get("optimizer"), kwargs.get("lr_scheduler"))
         kept = (state.stateful_callbacks or {}).get(type(self).__name__)
         if not isinstance(kept, dict):
             log.warning("the checkpoint holds no loss sum (written by an older rerank): train_loss covers the steps "
                         "after step %d only", state.global_step)
             self.first_step = state.global_step
             return
-        self.trainer._total_loss_scalar = float(kept["attributes"]["loss_sum"])
+        self.before = float(kept["attributes"]["loss_sum"])
         self.first_step = int(kept["attributes"]["first_step"])
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -828,7 +849,19 @@ class LossLedger(TrainerCallback, ExportableState):
     def mean(self) -> float:
         """The mean training loss over the steps the sum covers (every step of the run)."""
         steps = self.trainer.state.global_step - self.first_step
-        return float(self.trainer._total_loss_scalar) / max(steps, 1)
+        return (self.before + float(self.trainer._total_loss_scalar)) / max(steps, 1)
+
+
+def _schedule_rate(optimizer: Any, scheduler: Any) -> None:
+    """Set each parameter group's learning rate to what ``scheduler`` (a ``LambdaLR``, as transformers' schedules
+    are, built for the length now configured) gives at its restored step; other schedulers are left as restored."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if optimizer is None or not lambdas or len(lambdas) != len(optimizer.param_groups):
+        return
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def fit(trainer: Any, checkpoint: str | None) -> Any:

@@ -1,14 +1,18 @@
 """Real inputs: a query with no readable character (zero-width spaces, NUL, a byte-order mark) is refused by the Python
 API and the file readers as the server refuses it, and a document key the rank file reader does not read is an error
-naming the line, as the Python API's is."""
+naming the line, as the Python API's is; a head tokenises only the part of a very long document its token budget
+reaches, with the scores of the whole document."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import rerank.heads.base as heads_base
 from rerank.data.io import read_query_docs_jsonl, read_queries
 from rerank.errors import DataFormatError
 from rerank.heads.base import Reranker
@@ -67,3 +71,73 @@ def test_a_cli_rank_of_an_unreadable_query_is_one_line_and_exit_2(tmp_path: Path
     rc, out, err = run_cli("rank", "--reranker", "test-s45-length", "--input", str(path), "--output",
                            str(tmp_path / "out.jsonl"))
     assert rc == 2 and "has only characters no model reads (U+0000)" in err and len(err.strip().splitlines()) == 1
+
+
+# Long documents: a head reads a document's first few hundred tokens, so only the part of a 200k-character document
+# that its token budget reaches is tokenised, and the scores are exactly what the whole documents give.
+
+_WORDS = "the zebra stripes 我昨天在市场买了苹果 🐼国宝 Frau Müller dogs [SEP] </s> <|im_end|> [D] a,b. x\ty".split(" ")
+
+
+def _long_docs() -> list[str]:
+    rng = random.Random(0)
+    words = " ".join(rng.choice(_WORDS) for _ in range(25_000))
+    sparse = ("a" + " " * 8) * 20 + "ab" * 75 + " "  # little text per character, and a 150-character word
+    return [words[:200_000], ("苹果 " * 70_000)[:200_000], (sparse * 1000)[:200_000], "zebra stripes", ""]
+
+
+@pytest.fixture(scope="module")
+def colbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rerank.testing import tiny_colbert
+
+    return tiny_colbert(tmp_path_factory.mktemp("s45-colbert") / "model")
+
+
+def _longest_text_tokenised(monkeypatch: pytest.MonkeyPatch, tokenizer: Any) -> list[int]:
+    """Record the length of every text ``tokenizer`` is given (``encode`` and calls, one text or a list)."""
+    seen = [0]
+    cls = type(tokenizer)
+    for name in ("encode", "__call__"):
+        def spy(self: Any, text: Any, *args: Any, _orig: Any = getattr(cls, name), **kwargs: Any) -> Any:
+            seen.extend(len(t) for t in ([text] if isinstance(text, str) else text) if isinstance(t, str))
+            return _orig(self, text, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize(("method", "model", "side"), [
+    ("yes-no", "tiny_llm_dir", "right"), ("monot5", "tiny_t5_dir", "right"), ("duot5", "tiny_t5_dir", "right"),
+    ("colbert", "colbert_dir", "right"), ("colbert", "colbert_dir", "left"),
+])
+def test_a_long_document_is_tokenised_only_as_far_as_the_head_reads(
+    method: str, model: str, side: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = Reranker.load(method, model=str(request.getfixturevalue(model)))
+    head.tokenizer.truncation_side = side  # colbert cuts from the side its tokenizer truncates
+    docs = _long_docs()
+    seen = _longest_text_tokenised(monkeypatch, head.tokenizer)
+    cut = {r.doc.id: r.score for r in head.rerank("zebra stripes", docs).results}
+    assert max(seen) < 50_000  # never a 200k-character document whole
+    monkeypatch.setattr(heads_base, "cut_to_tokens", lambda text, *args, **kwargs: text)
+    whole = {r.doc.id: r.score for r in head.rerank("zebra stripes", docs).results}
+    assert max(seen) >= 200_000  # the uncut path did tokenise them whole
+    assert cut == whole and len(cut) == len(docs)
+
+
+def test_a_long_word_cut_at_the_piece_edge_leaves_the_budget_tokens_as_they_were(colbert_dir: Path) -> None:
+    """WordPiece reads a word of at most 100 characters (a longer one is one [UNK]): a 400-character hash cut to 90
+    characters at the piece's edge gives dozens of tokens where the whole word gives one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(colbert_dir / "0_Transformer")
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False, verbose=False)
+
+    budget = 180
+    start = (("a" + " " * 8) * 1000)[: 8 * (budget + 16) - 90]  # about 165 tokens
+    text = start + "ab" * 200 + " " + "zebra stripes " * 10_000
+    piece = heads_base.reachable_text(text, tok, budget)
+    assert len(piece) < len(text) // 10 and ids(piece)[:budget] == ids(text)[:budget]
+    assert ids(heads_base.reachable_text(text[::-1], tok, budget, side="left"))[-budget:] == ids(text[::-1])[-budget:]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, reachable_text, split_scores
 from rerank.heads.text import neutralise
 from rerank.methods.monot5.seq2seq import Seq2SeqModel, TransformersSeq2Seq
 from rerank.prompts import PromptTemplate, head_template
@@ -92,10 +92,12 @@ class Seq2SeqReranker(Reranker):
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """User ``text`` as the input holds it: special-token strings neutralised (a ``</s>`` in a document must not
-        end the input), then cut to ``max_tokens`` tokens (whole tokens, decoded back; the whole text is tokenised
-        without transformers' warning about inputs longer than the model reads, since it is cut here)."""
+        end the input), then cut to ``max_tokens`` tokens (whole tokens, decoded back; only the part of a very long
+        text that ``max_tokens`` reaches is tokenised, without transformers' warning about inputs longer than the
+        model reads, since it is cut here)."""
         text = neutralise(text, self.tokenizer)
-        ids = self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
+        ids = self.tokenizer.encode(reachable_text(text, self.tokenizer, max_tokens), add_special_tokens=False,
+                                    verbose=False)
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
     def encode(self, **variables: str) -> list[int]:

@@ -43,3 +43,25 @@ def test_a_text_with_few_tokens_per_character_is_kept_whole() -> None:
                                                 ("\u200ba", True), ("日本", True), ("🙂", True)])
 def test_readable_text(text: str, readable: bool) -> None:
     assert has_readable_text(text) is readable
+
+
+class _WordPieceLike:
+    """A word over 100 characters is one unknown token, a shorter one a token per 4 characters (as WordPiece reads a
+    hash or base64 run): cut in two, a long word gives dozens of tokens instead of one."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        ids: list[int] = []
+        for w in text.split():
+            ids += [0] if len(w) > 100 else [hash(w[i:i + 4]) % 997 + 1 for i in range(0, len(w), 4)]
+        return {"input_ids": ids}
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_piece_ends_at_whitespace_so_no_long_word_is_split(side: str) -> None:
+    text = " ".join(["x" * 150] + ["ab"] * 3) * 4000  # every edge of a fixed-size piece can fall inside a long word
+    tok = _WordPieceLike()
+    for budget in range(20, 400, 7):
+        piece = cut_to_tokens(text, tok, budget, side=side, margin=1)
+        assert len(piece) < len(text)
+        whole, cut = tok(text)["input_ids"], tok(piece)["input_ids"]
+        assert (cut[:budget] == whole[:budget]) if side == "right" else (cut[-budget:] == whole[-budget:])

@@ -31,17 +31,29 @@ def unreadable_query(text: str) -> str | None:
     return f"has only characters no model reads ({shown})"
 
 
-def cut_to_tokens(text: str, tokenizer: Any, budget: int, *, side: str = "right", margin: int = 16) -> str:
+def cut_to_tokens(text: str, tokenizer: Any, budget: int, *, side: str = "right", margin: int = 128) -> str:
     """A part of ``text`` (its start, or its end with ``side="left"``) whose tokens hold the same first (last)
     ``budget`` tokens as the whole text's, so truncating it to ``budget`` tokens gives what truncating the whole text
-    would: the piece is grown (x4) until it holds ``budget + margin`` tokens (the margin covers the word cut at its
-    edge), and the whole text is returned when it never does. Only the piece is tokenised, never the whole."""
+    would: the piece ends at whitespace where there is some near its edge (a word cut in two may tokenise to many
+    pieces: WordPiece reads a 100-character word as one unknown token, its 90-character half as dozens), and it is
+    grown (x4) until it holds ``budget + margin`` tokens; the whole text is returned when it never does. Only the
+    piece is tokenised, never the whole."""
     if budget <= 0 or len(text) <= 8 * (budget + margin):
         return text
     size = 8 * (budget + margin)
     while size < len(text):
-        piece = text[:size] if side == "right" else text[-size:]
+        piece = _at_whitespace(text[:size] if side == "right" else text[-size:], side)
         if len(tokenizer(piece, add_special_tokens=False)["input_ids"]) >= budget + margin:
             return piece
         size *= 4
     return text
+
+
+def _at_whitespace(piece: str, side: str, reach: int = 256) -> str:
+    """``piece`` cut back to its last (``side="left"``: from its first) whitespace within ``reach`` characters of the
+    edge where the whole text goes on, so no word is split; as it is when there is none there."""
+    if side == "right":
+        at = max(piece.rfind(" ", len(piece) - reach), piece.rfind("\n", len(piece) - reach))
+        return piece[:at] if at > 0 else piece
+    ends = [i for i in (piece.find(" ", 0, reach), piece.find("\n", 0, reach)) if i >= 0]
+    return piece[min(ends) + 1:] if ends else piece

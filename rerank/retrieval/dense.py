@@ -50,6 +50,7 @@ from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_mod
 from rerank.types import Query, lone_surrogate, sort_ranking
 from rerank.utils.files import staged_dir, write_json
 from rerank.utils.forksafe import ForkSafeLock
+from rerank.utils.text import cut_to_tokens
 
 __all__ = [
     "BiEncoder",
@@ -361,11 +362,20 @@ class BiEncoder(torch.nn.Module):
             prefix, texts = prefix.lower(), [t.lower() for t in texts]
         return [prefix + neutralise(t, tok) for t in texts]
 
+    def _truncatable(self, texts: Sequence[str], side: Side) -> list[str]:
+        """:meth:`_prepare`'s texts, each cut to the part its side's max length can reach
+        (:func:`~rerank.utils.text.cut_to_tokens`), so truncating them gives the same tokens as truncating the whole
+        texts without tokenising all of a very long one."""
+        _, tok, max_len, _ = self._side(side)
+        cut = "left" if getattr(tok, "truncation_side", "right") == "left" else "right"
+        return [cut_to_tokens(t, tok, max_len, side=cut) for t in self._prepare(texts, side)]
+
     # ------------------------------------------------------------------ encoding
     def tokenize(self, texts: Sequence[str], side: Side) -> dict[str, torch.Tensor]:
         """Prefixed, truncated, padded model inputs for one side (for trainers that tokenize in a collator)."""
         _, tok, max_len, _ = self._side(side)
-        enc = tok(self._prepare(texts, side), truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        enc = tok(self._truncatable(texts, side), truncation=True, max_length=max_len, padding=True,
+                  return_tensors="pt")
         return dict(enc)
 
     def forward_features(self, features: dict[str, torch.Tensor], side: Side) -> torch.Tensor:
@@ -463,7 +473,7 @@ class BiEncoder(torch.nn.Module):
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
-        enc = tok(self._prepare(texts, side), truncation=True, max_length=max_len, padding=False)
+        enc = tok(self._truncatable(texts, side), truncation=True, max_length=max_len, padding=False)
         input_ids: list[list[int]] = enc["input_ids"]
         type_ids: list[list[int]] | None = enc.get("token_type_ids") if "token_type_ids" in tok.model_input_names else None
         lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=n)
@@ -727,7 +737,12 @@ def _load_st_folder(root: Path, dtype: torch.dtype | None,
         query, doc = (m, t), None
     cst = root / "config_sentence_transformers.json"
     if cst.is_file():
-        prompts = _read_json(cst).get("prompts") or {}
+        declared = _read_json(cst)
+        similarity = declared.get("similarity_fn_name")
+        if similarity not in (None, "cosine", "dot", "dot_product"):
+            raise RerankError(f"{cst}: similarity_fn_name {similarity!r} is not supported (the bi-encoder and the "
+                              "dense retriever rank by dot product or cosine)")
+        prompts = declared.get("prompts") or {}
         settings["query_prefix"] = prompts.get("query", "")
         settings["doc_prefix"] = prompts.get("document", prompts.get("passage", ""))
     if (root / SETTINGS_FILE).is_file():
@@ -766,6 +781,7 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None,
         sbc = _read_json(sb)
         st_max_len = sbc.get("max_seq_length")
         settings["lowercase"] = bool(sbc.get("do_lower_case", False))
+    _check_plain_folder(Path(path), weights)
     try:
         tokenizer = load_tokenizer(path, "encoder", trust_remote_code=False)
         kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}  # never unpickle weights
@@ -779,12 +795,42 @@ def _load_plain(path: str | Path, dtype: torch.dtype | None,
                 model = AutoModel.from_config(AutoConfig.from_pretrained(str(path), trust_remote_code=False))
     except OSError as e:
         raise RerankError(f"cannot load encoder {path}: {e}") from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):  # a hub id whose config asks for custom code: transformers' advice misleads
+            raise ConfigError(f"encoder {path} needs custom code to load (config.json auto_map); {_NO_REMOTE_CODE}") \
+                from None
+        raise
     settings.setdefault("lowercase", False)
     settings["max_length"] = int(st_max_len) if st_max_len else _model_max_length(tokenizer, model)
     settings["pooling"] = "last" if _is_causal_lm(model.config) else "mean"
     settings["normalize"] = False
     settings["max_query_tokens"] = settings["max_doc_tokens"] = settings["max_length"]
     return model, tokenizer, settings
+
+
+#: why a model that needs its own code is refused, and what to do instead
+_NO_REMOTE_CODE = ("the bi-encoder and the dense retriever never run a model's own code (they have no "
+                   "trust_remote_code option): use an encoder whose architecture transformers has built in")
+
+
+def _check_plain_folder(folder: Path, weights: bool) -> None:
+    """Refuse, in one line, a local encoder folder that needs its own code (``auto_map`` with a model type transformers
+    lacks; a known one is a warning that the code is not run) or, when ``weights`` are read, holds only pickled ones."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from rerank.trainers.common import check_safetensors
+
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        model_type = config.get("model_type")
+        declared = f"encoder {folder} declares custom code (config.json auto_map: {', '.join(map(str, auto_map))})"
+        if not (isinstance(model_type, str) and model_type in CONFIG_MAPPING):
+            raise ConfigError(f"{declared} and transformers has no built-in class for its model type {model_type!r}; "
+                              f"{_NO_REMOTE_CODE}")
+        log.warning("%s, which is NOT run: it loads with transformers' built-in %r classes", declared, model_type)
+    if weights:
+        check_safetensors(folder, "cannot load encoder")
 
 
 def _read_st_pooling(path: Path) -> str:

@@ -141,3 +141,60 @@ def test_a_long_word_cut_at_the_piece_edge_leaves_the_budget_tokens_as_they_were
     piece = heads_base.reachable_text(text, tok, budget)
     assert len(piece) < len(text) // 10 and ids(piece)[:budget] == ids(text)[:budget]
     assert ids(heads_base.reachable_text(text[::-1], tok, budget, side="left"))[-budget:] == ids(text[::-1])[-budget:]
+
+
+def test_atomic_write_follows_links_and_writes_streams_in_place(tmp_path: Path) -> None:
+    """``rank --output`` through a link to a stream replaced the link (as root, /dev/stdout became a file)."""
+    import os
+
+    from rerank.utils.files import atomic_write
+
+    target = tmp_path / "real.trec"
+    target.write_text("old\n")
+    link = tmp_path / "link.trec"
+    link.symlink_to(target)
+    with atomic_write(link) as f:
+        f.write("new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    stream_link = tmp_path / "out.trec"
+    stream_link.symlink_to(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with atomic_write(stream_link) as f:
+            f.write("q1 Q0 d1 1 1.0 x\n")
+        assert os.read(reader, 100) == b"q1 Q0 d1 1 1.0 x\n"
+    finally:
+        os.close(reader)
+    assert stream_link.is_symlink() and not fifo.is_file()
+
+
+@pytest.mark.usefixtures("fresh")
+def test_rank_output_dash_is_one_line(tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
+    rc, out, err = run_cli("rank", "--reranker", "cross-encoder", "--input", str(path), "--output", "-")
+    assert rc == 2 and "--output -: rank writes a file" in err and not (Path.cwd() / "-").exists()
+
+
+@pytest.mark.usefixtures("fresh")
+def test_rank_to_a_stream_keeps_stdout_for_the_run(tmp_path: Path, run_cli) -> None:
+    import os
+
+    from rerank.heads.registry import register_reranker
+
+    register_reranker("test-s45-length", _Length)
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"query": "q", "docs": ["a", "abc"]}) + "\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        rc, out, err = run_cli("rank", "--reranker", "test-s45-length", "--input", str(path), "--output", str(fifo))
+        written = os.read(reader, 1000).decode()
+    finally:
+        os.close(reader)
+    assert rc == 0, err
+    assert written.split()[:3] == ["q1", "Q0", "d1"] and "ranked 1 query" in err and "ranked" not in out
+    assert not Path(f"{fifo}.meta.json").exists()

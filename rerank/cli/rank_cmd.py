@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import io
 import json
+import sys
 import logging
 import os
 from collections.abc import Iterator
@@ -132,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
     from rerank.types import Candidate
     from rerank.utils.files import write_json
 
+    if args.output == "-":
+        raise ConfigError("--output -: rank writes a file, whose name chooses JSON lines (.jsonl) or a TREC run; to "
+                          "print a TREC run, give --output /dev/stdout (the summary line then goes to stderr)")
     out = Path(args.output)
     check_output_file(out)
     _check_meta_name(out)
@@ -199,10 +203,11 @@ def run(args: argparse.Namespace) -> int:
                                    ensure_ascii=False) + "\n")
             else:
                 f.writelines(format_run({qid: _run_order(res, tail)}, tag=args.reranker))
-    if out.is_file():  # not a device such as /dev/stdout
+    stream = not out.resolve().is_file()  # a device such as /dev/stdout, a pipe: no record beside it
+    if not stream:
         write_json(_record(args, options, reranker, len(rankings), ds), meta)
     print(f"ranked {len(rankings)} quer{'y' if len(rankings) == 1 else 'ies'} with {args.reranker} -> {out}"
-          f"{_stats_note(reranker.stats)}")
+          f"{_stats_note(reranker.stats)}", file=sys.stderr if stream else sys.stdout)
     return 0
 
 

@@ -308,8 +308,16 @@ def named_write(path: str | Path) -> Iterator[None]:
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` (``.NAME.{pid}-{host}.….tmp``) and rename it into place only on
     success; the temporary files that killed processes left there are removed first. A failure to write is an
-    ``OSError`` naming ``path`` (:func:`named_write`)."""
+    ``OSError`` naming ``path`` (:func:`named_write`). A symbolic link is followed (the file it names is replaced, the
+    link kept); a path that is not a regular file (``/dev/stdout``, a pipe, a FIFO) is written to directly, as there
+    is nothing to replace."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():  # a device, pipe or FIFO: a stream, not a file
+        with named_write(path), open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as stream:
+            yield stream
+        return
     with named_write(path):
         _mkdirs(path.parent)
         _sweep_temp_files(path.parent)

@@ -171,14 +171,6 @@ def test_atomic_write_follows_links_and_writes_streams_in_place(tmp_path: Path) 
 
 
 @pytest.mark.usefixtures("fresh")
-def test_rank_output_dash_is_one_line(tmp_path: Path, run_cli) -> None:
-    path = tmp_path / "in.jsonl"
-    path.write_text(json.dumps({"query": "q", "docs": ["a", "b"]}) + "\n")
-    rc, out, err = run_cli("rank", "--reranker", "cross-encoder", "--input", str(path), "--output", "-")
-    assert rc == 2 and "--output -: rank writes a file" in err and not (Path.cwd() / "-").exists()
-
-
-@pytest.mark.usefixtures("fresh")
 def test_rank_to_a_stream_keeps_stdout_for_the_run(tmp_path: Path, run_cli) -> None:
     import os
 
@@ -198,3 +190,14 @@ def test_rank_to_a_stream_keeps_stdout_for_the_run(tmp_path: Path, run_cli) -> N
     assert rc == 0, err
     assert written.split()[:3] == ["q1", "Q0", "d1"] and "ranked 1 query" in err and "ranked" not in out
     assert not Path(f"{fifo}.meta.json").exists()
+
+
+def test_train_keeps_stdout_for_its_result_line(tiny_bert_dir: Path, tiny_beir_dir: Path, tmp_path: Path,
+                                                run_cli) -> None:
+    """transformers' log dicts went to stdout before the JSON result, so ``rerank train ... | jq`` failed."""
+    rc, out, err = run_cli("train", "sft", "--set", "head=cross-encoder", "--set", f"model={tiny_bert_dir}",
+                           "--set", f"data.beir={tiny_beir_dir}", "--set", "max_steps=2", "--set", "batch_size=2",
+                           "--set", "logging_steps=1", "--output", str(tmp_path / "run"))
+    assert rc == 0, err
+    assert len(out.strip().splitlines()) == 1 and json.loads(out)["global_step"] == 2, out
+    assert "'loss'" in err

@@ -250,7 +250,8 @@ def test_a_run_already_trained_past_the_asked_length_is_refused(work: Path, run_
     make_checkpoint(out, 4)
     rc, _, err = _check(run_cli, out, "--set", "max_steps=2")
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
-    assert "already trained 4 steps (checkpoint-4), more than the max_steps 2 asked: a run cannot be shortened" in err
+    assert ("already trained 4 steps (checkpoint-4, then finished), more than the max_steps 2 asked: a run cannot be "
+            "shortened") in err
     rc, _, err = run_cli("train", "test-check", "--set", "model=./m0", "--set", "data.path=d.jsonl", "--set",
                          "max_steps=2", "--output", out, "--resume")
     assert rc == 2 and "--resume: " in err and "more than the max_steps 2 asked" in err, err

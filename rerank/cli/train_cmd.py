@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import logging
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from rerank.trainers.api import run_trainer
     from rerank.trainers.resume import main_process
 
-    result = run_trainer(args.trainer, cfg, args.output, args.data_root, args.resume, args.overwrite)
+    with contextlib.redirect_stdout(sys.stderr):  # transformers prints its log dicts: stdout holds the result only
+        result = run_trainer(args.trainer, cfg, args.output, args.data_root, args.resume, args.overwrite)
     if not main_process():  # under torchrun every rank returns the same result: rank 0 prints it once
         return 0
     print(json.dumps({"trainer": args.trainer, "output": args.output, **(result or {})}, default=str))

@@ -3,8 +3,9 @@
 All pairs of a batch of queries are tokenised once, sorted by length so each forward batch carries little padding,
 and scored in one pass; identical pairs are scored once, so they tie. A pair longer than ``max_length`` is cut as
 sentence-transformers cuts it (``longest_first``: the longer of query and document loses tokens first, so a long
-document is cut and a long query keeps at most half the pair); the query is first cut to ``max_query_tokens``.
-Special-token strings in the texts (``[SEP]``, …) are neutralised, so a text can never end its segment. One label ->
+document is cut and a long query keeps at most half the pair); the query is first cut to ``max_query_tokens``, and a
+sentence-transformers folder's default prompt (``prompts`` / ``default_prompt_name``) is put before it, as its
+``predict`` does; only the part of a very long document that ``max_length`` reaches is tokenised. Special-token strings in the texts (``[SEP]``, …) are neutralised, so a text can never end its segment. One label ->
 that logit; two labels -> ``two_label_score`` (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1));
 ``sigmoid`` maps the score to (0, 1) (rank-preserving). For every query of at most ``max_query_tokens`` tokens, a
 one-label model's scores equal sentence-transformers' ``CrossEncoder`` logits on the same model, and
@@ -38,16 +39,18 @@ from rerank.backends.util import (
 )
 from rerank.config import changed_options, from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, reachable_text, split_scores
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model
 from rerank.types import Candidate, Query
 
-__all__ = ["CrossEncoderConfig", "CrossEncoderReranker", "declared_activations", "pair_query"]
+__all__ = ["CrossEncoderConfig", "CrossEncoderReranker", "declared_activations", "declared_prompt", "pair_query"]
 
 log = logging.getLogger(__name__)
+
+_NO_LENGTH = 10**9  # a tokenizer's model_max_length at or above this is transformers' "unset" (int(1e30))
 
 
 @dataclass
@@ -56,7 +59,7 @@ class CrossEncoderConfig(RerankerConfig):
     (:mod:`rerank.heads.passages`); ``runtime`` and ``quantize`` as :mod:`rerank.runtime` says."""
 
     batch_size: int = 32
-    max_length: int = 0  # 0: the model's own (its tokenizer's model_max_length, at most 512 and its position limit)
+    max_length: int = 0  # 0: the model's own (its tokenizer's model_max_length, at most its position limit)
     max_query_tokens: int = 256
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None
@@ -87,6 +90,55 @@ def pair_query(query: str, tokenizer: Any, max_query_tokens: int) -> str:
     return text[: spans[max_query_tokens - 1][1]] if len(spans) > max_query_tokens else text
 
 
+def _st_config(folder: Path) -> dict[str, Any]:
+    """``folder``'s ``config_sentence_transformers.json`` when it is a sentence-transformers folder (``modules.json``:
+    how sentence-transformers 6 saves one, and the only case where it reads that file), else ``{}``."""
+    cst = folder / "config_sentence_transformers.json"
+    if not (folder.name and (folder / "modules.json").is_file() and cst.is_file()):
+        return {}
+    try:
+        saved = json.loads(cst.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{cst}: not valid JSON ({e})") from None
+    return saved if isinstance(saved, dict) else {}
+
+
+def declared_prompt(model: Any) -> str:
+    """The prompt sentence-transformers' ``CrossEncoder.predict`` puts before each query of ``model`` (loaded from a
+    local folder): its saved ``prompts[default_prompt_name]``; ``""`` when no default prompt is named (a prompt that is
+    not the default applies only when asked for by name, which rerank does not)."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    saved = _st_config(folder)
+    name = saved.get("default_prompt_name")
+    if name is None:
+        return ""
+    prompts = saved.get("prompts")
+    if not isinstance(prompts, dict) or name not in prompts:
+        raise ConfigError(f"{folder / 'config_sentence_transformers.json'}: default_prompt_name {name!r} is not one of "
+                          f"its prompts ({sorted(prompts) if isinstance(prompts, dict) else 'none'})")
+    prompt = prompts[name]
+    if prompt is not None and not isinstance(prompt, str):
+        raise ConfigError(f"{folder / 'config_sentence_transformers.json'}: prompt {name!r} is not a string")
+    return prompt or ""
+
+
+def check_st_modules(path: str | Path, shown: str) -> None:
+    """Refuse a modular sentence-transformers CrossEncoder (a Transformer followed by Pooling, Dense, … modules): the
+    head loads only a sequence-classification checkpoint, so its trained scoring modules would be dropped."""
+    folder = Path(path)
+    if _st_config(folder).get("model_type") != "CrossEncoder":
+        return
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{folder / 'modules.json'}: not valid JSON ({e})") from None
+    if isinstance(modules, list) and len(modules) > 1:
+        names = [str(m.get("type", "?")).rpartition(".")[2] if isinstance(m, dict) else "?" for m in modules]
+        raise ConfigError(f"{shown} is a modular sentence-transformers CrossEncoder ({' + '.join(names)}), which the "
+                          f"cross-encoder head does not load (its {', '.join(names[1:])} modules would be dropped); "
+                          f"score it with sentence-transformers, or use a sequence-classification checkpoint")
+
+
 def declared_activations(model: Any) -> list[str]:
     """The activations sentence-transformers' ``CrossEncoder`` would try on ``model``'s output, first to last, as dotted
     class paths: the ``activation_fn`` of the folder's ``config_sentence_transformers.json`` when it is a
@@ -94,15 +146,9 @@ def declared_activations(model: Any) -> list[str]:
     ``sentence_transformers.activation_fn`` (versions 4 and 5) or else ``sbert_ce_default_activation_function``
     (older); the folder is the one the model was loaded from, if local."""
     found: list[str] = []
-    folder = Path(str(getattr(model, "name_or_path", "") or ""))
-    cst = folder / "config_sentence_transformers.json"
-    if folder.name and (folder / "modules.json").is_file() and cst.is_file():
-        try:
-            saved = json.loads(cst.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{cst}: not valid JSON ({e})") from None
-        if isinstance(saved, dict) and isinstance(saved.get("activation_fn"), str):
-            found.append(saved["activation_fn"])
+    saved = _st_config(Path(str(getattr(model, "name_or_path", "") or "")))
+    if isinstance(saved.get("activation_fn"), str):
+        found.append(saved["activation_fn"])
     config = model.config
     st = getattr(config, "sentence_transformers", None)
     if isinstance(st, dict) and "activation_fn" in st:
@@ -116,7 +162,8 @@ def pair_length(max_length: int, model: Any, tokenizer: Any) -> int:
     """The pair length scored: ``max_length`` when set (a one-line :class:`ConfigError` when the model's position
     embeddings cannot encode that many tokens: it would fail at the first long pair), else the tokenizer's
     ``model_max_length`` as sentence-transformers' CrossEncoder takes it (a model trained at 256 tokens is scored at
-    256), at most 512 and the model's limit."""
+    256, one declaring 1024 at 1024), at most the config's ``max_position_embeddings`` and the model's limit; 512
+    when neither the tokenizer nor the model gives a length."""
     limit = position_limit(model)
     if max_length:
         if limit is not None and max_length > limit:
@@ -124,7 +171,9 @@ def pair_length(max_length: int, model: Any, tokenizer: Any) -> int:
                               f"(its position embeddings); use max_length <= {limit}, or 0 for the model's own")
         return max_length
     own = int(getattr(tokenizer, "model_max_length", 0) or 0)
-    return min(own or 512, 512, limit or 512)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    bounds = [n for n in (own, positions, limit) if isinstance(n, int) and 0 < n < _NO_LENGTH]
+    return min(bounds) if bounds else 512
 
 
 class CrossEncoderReranker(ScoresByPassages, Reranker):
@@ -144,6 +193,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         self.model_name = model_name
         self.runner = runner  # the compiled forward (runtime onnx / openvino); None: the torch model runs
         self.declared_activations = declared_activations(model)
+        self.prompt = declared_prompt(model)  # what sentence-transformers' predict puts before each query
         self._activation: torch.nn.Module | None = None
         self.device = next(model.parameters()).device
         self.num_labels = int(model.config.num_labels)
@@ -165,6 +215,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         path = resolve_model_path(check_local_model(cls.method, backend, model))
         device = resolve_device(cfg.device if cfg.runtime == "torch" else cfg.device or "cpu")
         archs = architectures(path, cfg.trust_remote_code)
+        check_st_modules(path, f"cross-encoder: {model}")
         if not cfg.allow_new_head:
             check_classifier(f"cross-encoder: {model}", archs)
         # a new head (allow_new_head on a bare encoder) has one label, as sentence-transformers' CrossEncoder builds it
@@ -226,8 +277,10 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         return torch.nn.Sigmoid() if self.num_labels == 1 else torch.nn.Identity()
 
     def query_text(self, query: str) -> str:
-        """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens."""
-        return pair_query(query, self.tokenizer, self.config.max_query_tokens)  # type: ignore[attr-defined]
+        """The query as the pair holds it: special strings neutralised, cut to ``max_query_tokens`` tokens, after the
+        model folder's default prompt (:func:`declared_prompt`)."""
+        cfg: CrossEncoderConfig = self.config  # type: ignore[assignment]
+        return self.prompt + pair_query(query, self.tokenizer, cfg.max_query_tokens)
 
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Scores of (query, document) text pairs, in input order; each distinct pair is scored once, so identical
@@ -241,8 +294,11 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
         for q, _ in distinct:
             if q not in queries:
                 queries[q] = self.query_text(q)
+        side = getattr(self.tokenizer, "truncation_side", "right")  # the end of a document the pair keeps
+        docs = [reachable_text(neutralise(d, self.tokenizer), self.tokenizer, self.max_length, side=side)
+                for _, d in distinct]
         enc = self.tokenizer(
-            [queries[q] for q, _ in distinct], [neutralise(d, self.tokenizer) for _, d in distinct],
+            [queries[q] for q, _ in distinct], docs,
             truncation="longest_first", max_length=self.max_length,
         )
         features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(distinct))]

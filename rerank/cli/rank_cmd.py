@@ -7,9 +7,9 @@ import contextlib
 import gzip
 import io
 import json
-import sys
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 BATCH_QUERIES = 8
 #: what the record of a ranking is named: ``OUTPUT`` + this (``ranked.jsonl.meta.json``)
 META_SUFFIX = ".meta.json"
+#: the ``--input`` / ``--output`` name of standard input / output
+STDIO = "-"
+#: what ``--input -`` reads
+STDIN = "/dev/stdin"
 
 
 def _check_meta_name(out: Path) -> None:
@@ -67,7 +71,8 @@ def _check_meta_name(out: Path) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rank", help="rerank candidates and write the ranking (TREC run or JSONL)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records; the output keeps their order')
+    src.add_argument("--input", help='JSONL of {"query": …, "docs": […]} records (- reads standard input); the '
+                     "output keeps their order")
     src.add_argument("--first-stage", metavar="RUN",
                      help="TREC run to rerank (needs --dataset for the texts); the output is in sorted query-id order")
     p.add_argument("--dataset", default=None,
@@ -78,14 +83,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_root(p)
     add_reranker(p)
     p.add_argument("--top-k", type=positive_int, default=100,
-                   help="rerank this many candidates per query (default 100); the rest follow, in their input order")
+                   help="rerank this many candidates per query (default 100); the rest follow unscored, in their "
+                   "input order (the summary line counts them)")
     p.add_argument("--output", required=True,
                    help="output file: NAME.jsonl (JSON lines, one record per query ranking every candidate: id, rank, "
                    "the reranker's score and relevance, text; candidates past --top-k follow with score and "
                    "relevance null) or any other name, such as run.trec or run.txt (a TREC run of the same order, "
                    "scored n for the first of n); add .gz to gzip either. How it was made (reranker, options, "
                    "versions, command, fingerprints of the model and the data read) is written beside it to "
-                   f"OUTPUT{META_SUFFIX}")
+                   f"OUTPUT{META_SUFFIX}. - prints the TREC run on standard output, as does a stream such as "
+                   "/dev/stdout or a pipe: no record is written then, and the summary line goes to standard error")
     p.add_argument("--log-llm-io", default=None, metavar="FILE.jsonl",
                    help="append every LLM prompt and raw response, with how it was parsed, to this file (LLM heads)")
     p.set_defaults(func=run)
@@ -109,11 +116,14 @@ def output_kind(path: str | Path) -> tuple[str, bool]:
 
 
 @contextlib.contextmanager
-def _open_output(path: Path, gzipped: bool) -> Iterator[TextIO]:
-    """A text file written atomically to ``path``, gzip-compressed when ``gzipped`` (no name or time in the header,
-    so the same ranking gives the same bytes)."""
+def _open_output(path: Path | None, gzipped: bool) -> Iterator[TextIO]:
+    """A text file written atomically to ``path`` (None: standard output), gzip-compressed when ``gzipped`` (no name
+    or time in the header, so the same ranking gives the same bytes)."""
     from rerank.utils.files import atomic_write
 
+    if path is None:
+        yield sys.stdout
+        return
     if not gzipped:
         with atomic_write(path) as f:
             yield f
@@ -131,14 +141,14 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.pipeline import check_run_overlap
     from rerank.heads.base import Reranker
     from rerank.types import Candidate
-    from rerank.utils.files import write_json
+    from rerank.utils.files import is_stream, write_json
 
-    if args.output == "-":
-        raise ConfigError("--output -: rank writes a file, whose name chooses JSON lines (.jsonl) or a TREC run; to "
-                          "print a TREC run, give --output /dev/stdout (the summary line then goes to stderr)")
     out = Path(args.output)
-    check_output_file(out)
-    _check_meta_name(out)
+    # standard output (-), or a device, pipe or FIFO given by name: written through, with no record beside it
+    stream = args.output == STDIO or is_stream(out)
+    if not stream:
+        check_output_file(out)
+        _check_meta_name(out)
     if args.log_llm_io is not None:
         check_output_file(args.log_llm_io, "--log-llm-io")
     kind, gzipped = output_kind(out)
@@ -155,20 +165,22 @@ def run(args: argparse.Namespace) -> int:
     options = reranker_options(args)
     check_reranker_options(args.reranker, args.model, options, args.backend)
     check_llm_flags(args.reranker, ["--log-llm-io"] if args.log_llm_io is not None else [])
-    if args.input:
+    if args.input and args.input != STDIO:
         check_input_file(args.input, "--input")
-    else:
+    elif not args.input:
         check_input_file(args.first_stage, "--first-stage")
-    check_distinct_files([("--output", args.output), ("--log-llm-io", args.log_llm_io)],
-                         [("--input", args.input), ("--first-stage", args.first_stage)])
+    check_distinct_files([("--output", None if stream else args.output), ("--log-llm-io", args.log_llm_io)],
+                         [("--input", None if args.input == STDIO else args.input),
+                          ("--first-stage", args.first_stage)])
     # the input is read (and checked) before the model loads
     ds: Dataset | None = None
     if args.input:
-        records = _read_input(args.input)
+        records = _read_input(STDIN if args.input == STDIO else args.input)
         if args.max_queries is not None:
             records = records[: args.max_queries]
         jobs = [(q, [Candidate(d, s) for d, s in docs[: args.top_k]], [(d.id, d) for d, _ in docs[args.top_k :]])
                 for q, docs in records]
+        past = [len(docs) - args.top_k for _, docs in records if len(docs) > args.top_k]
     else:
         ds = resolve_dataset(args.dataset, args.data_root)
         run_in = read_run(args.first_stage)
@@ -187,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         needed = {d for q in qids for d, _ in (run_in[q] if kind == ".jsonl" else run_in[q][: args.top_k])}
         corpus = ds.documents(needed).docs
         jobs, missing = _first_stage_jobs({q: ds.queries[q] for q in qids}, run_in, corpus, args.top_k)
+        past = [len(run_in[q]) - args.top_k for q in qids if len(run_in[q]) > args.top_k]
         if missing:
             log.warning("%d doc ids of --first-stage %s are not in dataset %s's corpus (e.g. %s): they are not "
                         "reranked and follow the reranked ones", sum(map(len, missing.values())), args.first_stage,
@@ -195,20 +208,33 @@ def run(args: argparse.Namespace) -> int:
         reranker = Reranker.load(args.reranker, model=args.model, backend=args.backend, **options)
     rankings = _rerank_jobs(reranker, jobs)
     meta = Path(f"{out}{META_SUFFIX}")
-    meta.unlink(missing_ok=True)  # an earlier ranking's record never sits beside this one
-    with _open_output(out, gzipped) as f:  # in the jobs' order: --input's records, --first-stage's sorted ids
+    if not stream:
+        meta.unlink(missing_ok=True)  # an earlier ranking's record never sits beside this one
+    # in the jobs' order: --input's records, --first-stage's sorted ids
+    with _open_output(None if args.output == STDIO else out, gzipped) as f:
         for qid, (res, tail) in rankings.items():
             if kind == ".jsonl":
                 f.write(json.dumps({"qid": qid, "query": res.query.text, "ranking": _jsonl_ranking(res, tail)},
                                    ensure_ascii=False) + "\n")
             else:
                 f.writelines(format_run({qid: _run_order(res, tail)}, tag=args.reranker))
-    stream = not out.resolve().is_file()  # a device such as /dev/stdout, a pipe: no record beside it
     if not stream:
         write_json(_record(args, options, reranker, len(rankings), ds), meta)
-    print(f"ranked {len(rankings)} quer{'y' if len(rankings) == 1 else 'ies'} with {args.reranker} -> {out}"
-          f"{_stats_note(reranker.stats)}", file=sys.stderr if stream else sys.stdout)
+    shown = "standard output" if args.output == STDIO else out
+    print(f"ranked {len(rankings)} quer{'y' if len(rankings) == 1 else 'ies'} with {args.reranker} -> {shown}"
+          f"{_stats_note(reranker.stats)}{_unscored_note(past, args.top_k)}",
+          file=sys.stderr if stream else sys.stdout)
     return 0
+
+
+def _unscored_note(past: list[int], top_k: int) -> str:
+    """The summary line's count of the candidates past ``--top-k`` (``past``: how many, per query that has any),
+    which follow the reranked ones unscored in their input order; ``""`` when there are none."""
+    if not past:
+        return ""
+    many = sum(past)
+    return (f"; {many} candidate{'' if many == 1 else 's'} of {len(past)} quer{'y' if len(past) == 1 else 'ies'} "
+            f"past --top-k {top_k} not reranked: they follow unscored, in their input order")
 
 
 def _record(args: argparse.Namespace, options: dict[str, Any], reranker: Reranker, num_queries: int,

@@ -304,20 +304,30 @@ def named_write(path: str | Path) -> Iterator[None]:
         raise named from e
 
 
+def is_stream(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is, or links to, an existing file that is neither a regular file nor a folder: a device
+    (``/dev/stdout``, ``/dev/null``), a pipe, a FIFO or a socket, which a write goes through rather than replaces."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` (``.NAME.{pid}-{host}.….tmp``) and rename it into place only on
     success; the temporary files that killed processes left there are removed first. A failure to write is an
-    ``OSError`` naming ``path`` (:func:`named_write`). A symbolic link is followed (the file it names is replaced, the
-    link kept); a path that is not a regular file (``/dev/stdout``, a pipe, a FIFO) is written to directly, as there
-    is nothing to replace."""
+    ``OSError`` naming ``path`` (:func:`named_write`). A symbolic link is followed: the regular file it names is
+    replaced and the link kept. A path that is, or links to, something other than a regular file or a folder (a
+    device such as ``/dev/stdout``, a pipe, a FIFO, a socket) is a stream: it is written to directly, never replaced."""
     path = Path(path)
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and not path.is_file() and not path.is_dir():  # a device, pipe or FIFO: a stream, not a file
+    if is_stream(path):
         with named_write(path), open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as stream:
             yield stream
         return
+    if path.is_symlink():  # the file it names is replaced, not the link
+        path = Path(os.path.realpath(path))
     with named_write(path):
         _mkdirs(path.parent)
         _sweep_temp_files(path.parent)

@@ -33,6 +33,20 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 
 
+def int_between(low: int, high: int | None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [``low``, ``high``] (``high`` None: no upper bound)."""
+    if high is None:
+        return int_at_least(low)
+
+    def parse(text: str) -> int:
+        value = int_at_least(low)(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    return parse
+
+
 def add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-root",
@@ -40,6 +54,33 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
         help="folder holding datasets by name (default: $RERANK_DATA or ~/.cache/rerank/data); it must exist. A "
         "bare name found there wins over a same-named folder in the current directory (write ./NAME for that one)",
     )
+
+
+def check_data_root(path: str | os.PathLike[str] | None) -> None:
+    """Before any work: a ``--data-root`` given is an existing folder, as its help says, whether or not the dataset
+    is looked up under it (one given as a path is not): else a one-line error naming it."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return
+    if symlink_loop(p):
+        raise ConfigError(f"--data-root {path} is a symlink loop; give the folder holding datasets by name")
+    if p.exists():
+        raise ConfigError(f"--data-root {path} is a file, not the folder holding datasets by name")
+    raise ConfigError(f"--data-root {path} does not exist: fix the path, create the folder, or leave --data-root out "
+                      "for the default")
+
+
+def warn_unused_rel_level(measures: list[str] | tuple[str, ...], rel_level: int | None) -> None:
+    """A ``--rel-level`` given while no measure asked for is binary (nDCG alone grades) changes nothing: say so."""
+    from rerank.eval.metrics import parse_measures
+
+    if rel_level is None or rel_level == 1:
+        return
+    if [n for n, _ in parse_measures(measures, rel_level)] == [n for n, _ in parse_measures(measures, 1)]:
+        log.warning("--rel-level %d changes nothing: it is the grade that binary measures (AP, RR, P, R, ...) count "
+                    "as relevant, and no measure asked for (%s) is binary", rel_level, ", ".join(measures))
 
 
 def add_max_queries(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rerank.cli.common import add_data_root, check_cache_writable, check_output_dir, positive_int
+from rerank.cli.common import add_data_root, check_cache_writable, check_output_dir, int_between, positive_int
 from rerank.errors import ConfigError, RerankError
 
 if TYPE_CHECKING:
+    from rerank.retrieval.dense import BiEncoder
     from rerank.retrieval.index import IndexConfig
 
 log = logging.getLogger(__name__)
@@ -41,15 +44,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("index")
     g.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat",
                    help="FAISS index (default flat IP); each of the options below applies to one type only")
-    # unset (None) unless given, so one given for an index type that does not read it is refused
-    g.add_argument("--hnsw-m", type=positive_int, default=None, help="hnsw: links per node (default 32)")
+    # unset (None) unless given, so one given for an index type that does not read it is refused; the bounds are
+    # FAISS's (rerank.retrieval.index.OPTION_RANGES)
+    g.add_argument("--hnsw-m", type=int_between(2, None), default=None, help="hnsw: links per node, >= 2 (default 32)")
     g.add_argument("--ef-construction", type=positive_int, default=None, help="hnsw: build beam (default 200)")
     g.add_argument("--ef-search", type=positive_int, default=None,
                    help="hnsw: search beam stored in the index (default 128)")
     g.add_argument("--nlist", type=positive_int, default=None, help="ivfpq: IVF lists (default min(4*sqrt(n), n/39))")
     g.add_argument("--pq-m", type=positive_int, default=None,
                    help="ivfpq: PQ sub-quantizers, must divide dim (default <= 64)")
-    g.add_argument("--pq-nbits", type=positive_int, default=None, help="ivfpq: bits per PQ code (default 8)")
+    g.add_argument("--pq-nbits", type=int_between(1, 24), default=None,
+                   help="ivfpq: bits per PQ code, 1 to 24 (default 8); the corpus needs at least 2**bits documents")
     g.add_argument("--nprobe", type=positive_int, default=None, help="ivfpq: IVF lists probed at search (default 16)")
     e = p.add_argument_group("encoder (default: as the model folder says)")
     e.add_argument("--pooling", choices=["cls", "mean", "last"], default=None)
@@ -77,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--workers", type=positive_int, default=1,
                    help="encoding processes, each with its own copy of the model and cores/N threads (with GPUs: one "
                         "per GPU); the embeddings are those of one process (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the model's loading bar included)")
     p.set_defaults(func=run)
 
 
@@ -97,6 +102,52 @@ def index_config(args: argparse.Namespace) -> IndexConfig:
     return IndexConfig(index_type=args.index_type, **given)
 
 
+def check_runtime_flags(args: argparse.Namespace) -> None:
+    """Before the model loads: ``--quantize``, ``--dtype`` and ``--device`` fit ``--runtime`` (a one-line error
+    naming the flags), and the runtime's package is installed."""
+    from rerank.runtime import check_runtime
+
+    if args.quantize == "int8" and args.runtime != "onnx":
+        raise ConfigError(f"--quantize int8 needs --runtime onnx (--runtime {args.runtime} runs the model as it is "
+                          "stored): add --runtime onnx, or drop --quantize")
+    if args.runtime != "torch":
+        if args.dtype not in (None, "float32"):
+            raise ConfigError(f"--dtype {args.dtype} applies to --runtime torch: --runtime {args.runtime} exports the "
+                              "float32 model; drop --dtype, or drop --runtime")
+        if args.device is not None and not str(args.device).startswith("cpu"):
+            raise ConfigError(f"--device {args.device} applies to --runtime torch: --runtime {args.runtime} runs on "
+                              "the CPU; drop --device, or drop --runtime")
+    check_runtime(args.runtime, args.quantize, args.device, args.dtype)
+
+
+def check_token_flags(args: argparse.Namespace, shape: BiEncoder) -> None:
+    """Before the weights load: ``--max-query-tokens`` / ``--max-doc-tokens`` within what the model's position
+    embeddings encode (``shape``: the model built without its weights), else a one-line error naming the flag."""
+    from rerank.backends.transformers import position_limit
+
+    for flag, value, model in (("--max-query-tokens", args.max_query_tokens, shape.query_model),
+                               ("--max-doc-tokens", args.max_doc_tokens, shape.doc_model)):
+        limit = position_limit(model)
+        if value is not None and limit is not None and value > limit:
+            raise ConfigError(f"{flag} {value} exceeds the limit of {args.model}, {limit} tokens (its position "
+                              f"embeddings): give {flag} {limit} or less")
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """transformers' progress bars (the model's "Loading weights") shown or not in the block, as before after it."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not shown:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not shown:
+            hf_logging.enable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
     from rerank.data.datasets import resolve_dataset
     from rerank.models import check_model_path
@@ -110,21 +161,20 @@ def run(args: argparse.Namespace) -> int:
     check_model_path(args.model)
     if not args.no_cache or args.runtime != "torch":  # the embedding cache; an ONNX / OpenVINO export's
         check_cache_writable()
+    check_runtime_flags(args)
     dataset = resolve_dataset(args.dataset, args.data_root)
-    encoder = BiEncoder.load(
-        args.model,
-        pooling=args.pooling,
-        normalize=args.normalize,
-        query_prefix=args.query_prefix,
-        doc_prefix=args.doc_prefix,
-        max_query_tokens=args.max_query_tokens,
-        max_doc_tokens=args.max_doc_tokens,
-        device=args.device,
-        dtype=args.dtype,
-        runtime=args.runtime,
-        quantize=args.quantize,
-    )
-    cfg.check_dim(encoder.dim)  # before the corpus is encoded
+    settings = {"pooling": args.pooling, "normalize": args.normalize, "query_prefix": args.query_prefix,
+                "doc_prefix": args.doc_prefix}
+    # the model built without its weights: its token limits and dimension, checked before the weights load
+    shape = BiEncoder.load(args.model, **settings, weights=False)
+    check_token_flags(args, shape)
+    cfg.check_dim(shape.dim)
+    cfg.check_num_docs(dataset.corpus_size)  # an ivfpq index the corpus is too small to train
+    with _progress_bars(not args.no_progress):
+        encoder = BiEncoder.load(
+            args.model, **settings, max_query_tokens=args.max_query_tokens, max_doc_tokens=args.max_doc_tokens,
+            device=args.device, dtype=args.dtype, runtime=args.runtime, quantize=args.quantize,
+        )
     out = Path(args.output)
     work = out / ".encoding"
     try:

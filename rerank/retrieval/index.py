@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INDEX_TYPE_OPTIONS",
+    "OPTION_RANGES",
     "RENAMED_ENCODER_KEYS",
     "DenseIndex",
     "EmbeddingSet",
@@ -93,6 +94,11 @@ INDEX_TYPE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the bounds FAISS takes for an option, where they are other than ``>= 1`` (an HNSW graph of one link per node
+#: crashes the process while it is built; a PQ code wider than 24 bits is refused by FAISS)
+OPTION_RANGES: dict[str, tuple[int, int | None]] = {"hnsw_m": (2, None), "pq_nbits": (1, 24)}
+
+
 @dataclass
 class IndexConfig:
     """FAISS index type and parameters (inner-product metric throughout). An option the index type does not read
@@ -110,8 +116,10 @@ class IndexConfig:
     def __post_init__(self) -> None:
         for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "pq_nbits", "nprobe"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"index option {name} must be >= 1, got {value}")
+            low, high = OPTION_RANGES.get(name, (1, None))
+            if value is not None and (value < low or (high is not None and value > high)):
+                within = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise ConfigError(f"index option {name} must be {within}, got {value}")
         if self.index_type not in INDEX_TYPE_OPTIONS:
             raise ConfigError(f"unknown index type {self.index_type!r}; known: {', '.join(INDEX_TYPE_OPTIONS)}")
         changed = changed_options(self, [f.name for f in dataclasses.fields(self)
@@ -131,6 +139,23 @@ class IndexConfig:
         the corpus is encoded): an ``ivfpq`` ``pq_m`` must divide ``dim``."""
         if self.index_type == "ivfpq" and self.pq_m is not None:
             _check_pq_m(self.pq_m, dim)
+
+    def nlist_for(self, num_docs: int) -> int:
+        """The IVF lists of an ``ivfpq`` index over ``num_docs`` documents: ``nlist``, else min(4*sqrt(n), n/39)."""
+        return self.nlist or max(1, min(int(4 * math.sqrt(num_docs)), num_docs // 39))
+
+    def check_num_docs(self, num_docs: int) -> None:
+        """An ``ivfpq`` index trains on its documents: fewer than ``nlist`` or ``2**pq_nbits`` of them is a one-line
+        error, checked as soon as the corpus size is known (before it is encoded)."""
+        if self.index_type != "ivfpq":
+            return
+        nlist = self.nlist_for(num_docs)
+        need = max(nlist, 2**self.pq_nbits)
+        if num_docs < need:
+            raise RerankError(
+                f"ivfpq needs at least {need} documents to train (nlist={nlist}, pq_nbits={self.pq_nbits}); the "
+                f"corpus has {num_docs}: use --index-type flat or hnsw, or lower --nlist / --pq-nbits"
+            )
 
 
 @dataclass
@@ -530,15 +555,10 @@ def build_faiss(embeddings: np.ndarray, cfg: IndexConfig) -> faiss.Index:
         index.hnsw.efConstruction = cfg.ef_construction
         index.hnsw.efSearch = cfg.ef_search
     elif cfg.index_type == "ivfpq":
-        nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = cfg.nlist_for(n)
         pq_m = cfg.pq_m or _auto_pq_m(dim)
         _check_pq_m(pq_m, dim)
-        need = max(nlist, 2**cfg.pq_nbits)
-        if n < need:
-            raise RerankError(
-                f"ivfpq needs at least {need} documents to train (nlist={nlist}, pq_nbits={cfg.pq_nbits}); the corpus "
-                f"has {n}: use --index-type flat or hnsw, or lower --nlist / --pq-nbits"
-            )
+        cfg.check_num_docs(n)
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, cfg.pq_nbits, faiss.METRIC_INNER_PRODUCT)
         index.train(x)

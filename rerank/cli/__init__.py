@@ -320,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         with _sigterm_raises():
+            from rerank.cli.common import check_data_root
+
+            check_data_root(getattr(args, "data_root", None))  # every command's, as its help says
             rc = int(args.func(args) or 0)
             sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
         return rc

@@ -19,6 +19,7 @@ from rerank.cli.common import (
     method_from_model,
     positive_int,
     reranker_options,
+    warn_unused_rel_level,
 )
 from rerank.config import apply_overrides, load_yaml, option_default
 from rerank.errors import ConfigError
@@ -55,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--measure", action="append", default=None,
                    help="measure, ir-measures (nDCG@10) or trec_eval (ndcg_cut_10) name (repeatable)")
     p.add_argument("--rel-level", type=positive_int, default=None,
-                   help="min grade counted relevant for binary measures")
+                   help="min grade counted relevant for binary measures; with none among -m (nDCG alone) it "
+                   "changes nothing, and a warning says so")
     p.add_argument("--no-llm-cache", action="store_true",
                    help="LLM heads: call the LLM for every prompt (default: answers are cached by model, prompt "
                         "and options)")
@@ -67,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "once and shares them over its datasets)")
     p.add_argument("--interpolate", type=float, default=None, metavar="ALPHA",
                    help="order the reranked top-k by ALPHA x the reranker's scores + (1 - ALPHA) x the first stage's, "
-                        "each min-max normalised per query (default: the reranker's order alone)")
+                        "each min-max normalised per query; ALPHA in [0, 1], with --reranker (default: the "
+                        "reranker's order alone)")
     add_allow_duplicates(p)
     p.add_argument("--output", required=True,
                    help="result folder (run.trec, metrics.json, report.md, …; files of an earlier run there are "
@@ -122,6 +125,11 @@ def check_unused_options(args: argparse.Namespace) -> None:
     reranker, retriever options without ``--retriever``, ``--split`` with ``--suite``."""
     from rerank.eval.pipeline import EvalConfig
 
+    if args.interpolate is not None and not 0.0 <= args.interpolate <= 1.0:
+        raise ConfigError(f"--interpolate must be a number in [0, 1], got {args.interpolate}")
+    if args.reranker is None and args.interpolate is not None:
+        raise ConfigError("--interpolate weighs a reranker's scores against the first stage's, and no reranker is "
+                          "given: add --reranker METHOD --model MODEL, or drop --interpolate")
     if args.reranker is None:
         given = _given(args, RERANKER_FLAGS)
         if given:
@@ -183,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     if record is not None and record.get("kind") == "retriever" and args.retriever is None and args.first_stage is None:
         args.retriever = "dense"  # a trained retriever folder is the dense first stage's model
     check_unused_options(args)
+    warn_unused_rel_level(tuple(args.measure) if args.measure else DEFAULT_MEASURES, args.rel_level)
     for option, path in (("--first-stage", args.first_stage), ("--retriever-config", args.retriever_config)):
         if path is not None:
             check_input_file(path, option)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rerank.cli.common import add_allow_duplicates, check_input_file, positive_int
+from rerank.cli.common import add_allow_duplicates, check_input_file, positive_int, warn_unused_rel_level
 from rerank.data.io import check_rank_column, check_ranked, read_qrels, read_run
 from rerank.eval.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 
@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="measure, ir-measures (nDCG@10, RR@10) or trec_eval (ndcg_cut_10, recip_rank, map) name; "
                    "results are keyed by the ir-measures name (repeatable)")
     p.add_argument("--rel-level", type=positive_int, default=None,
-                   help="min grade counted relevant for binary measures (default 1; TREC DL uses 2)")
+                   help="min grade counted relevant for binary measures (default 1; TREC DL uses 2); with none "
+                   "among -m (nDCG alone) it changes nothing, and a warning says so")
     add_allow_duplicates(p)
     p.add_argument("--per-query", action="store_true", help="also print per-query values")
     p.add_argument("--json", action="store_true",
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     measures = args.measure or DEFAULT_MEASURES
     rel_level = args.rel_level if args.rel_level is not None else 1
     parse_measures(measures, rel_level)  # a misspelt measure fails before the files are read
+    warn_unused_rel_level(measures, args.rel_level)
     check_input_file(args.run, "--run")
     check_input_file(args.qrels, "--qrels")
     from rerank.eval.pipeline import check_run_docs, check_run_overlap, file_input, provenance, warn_rel_level

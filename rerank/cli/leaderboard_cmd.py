@@ -12,6 +12,7 @@ from rerank.cli.common import (
     check_output_file,
     positive_int,
 )
+from rerank.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-md", default=None,
                    help="Markdown leaderboard path; the plot is written beside it as .png "
                    "(default: <results-dir>/leaderboard.md)")
-    p.add_argument("--workers", type=positive_int, default=1,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="reranking processes per cell, as rerank eval --workers (the same rankings; a cached cell is "
-                   "reused whatever count it ran with; default 1)")
+                   "reused whatever count it ran with; default 1; not with --only-cached, which runs none)")
     add_data_root(p)
     p.set_defaults(func=run)
 
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from rerank.eval.leaderboard import run_leaderboard
 
     check_input_file(args.config, "--config")
+    if args.only_cached and args.workers is not None:
+        raise ConfigError(f"--workers {args.workers} sets the processes of the cells that run, and --only-cached runs "
+                          "none: drop --workers, or drop --only-cached")
     if args.results_dir is not None:
         check_output_dir(args.results_dir, "--results-dir")
     if args.output_md is not None:
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.only_cached and args.results_dir is not None):  # cells' indexes and answers; the default results
         check_cache_writable()
     report = run_leaderboard(args.config, data_root=args.data_root, results_dir=args.results_dir, force=args.force,
-                             output_md=args.output_md, only_cached=args.only_cached, workers=args.workers)
+                             output_md=args.output_md, only_cached=args.only_cached, workers=args.workers or 1)
     ran = sum(1 for d in report["cells"].values() for c in d.values() if not c["reused"])
     reused = sum(1 for d in report["cells"].values() for c in d.values() if c["reused"])
     print(f"leaderboard {report['name']!r}: {ran} cells run, {reused} reused -> {report['markdown']}, "

@@ -811,7 +811,7 @@ def test_index_pq_m_is_checked_before_encoding(tiny_st_dir: Path, tiny_beir_dir:
     # a pq_m that divides it reaches the encoding (here: the fixture's failure)
     with pytest.raises(AssertionError, match="encoded before"):
         main(["index", "--model", str(tiny_st_dir), "--dataset", str(tiny_beir_dir), "--output", str(tmp_path / "i"),
-              "--index-type", "ivfpq", "--pq-m", str(dim // 2), "--no-progress"])
+              "--index-type", "ivfpq", "--pq-m", str(dim // 2), "--pq-nbits", "7", "--no-progress"])
 
 
 def test_override_errors_name_their_option_and_evaluate_checks_the_run_overlap(dl19_dir: Path, tmp_path: Path,

@@ -289,6 +289,11 @@ def override_source(data: Mapping[str, Any], key: str) -> str | None:
     return given.get(key) if isinstance(given, dict) else None
 
 
+#: integers YAML 1.1 reads in a base the user rarely means: a leading zero is octal (``010`` is 8), colons base 60
+#: (``1:30`` is 90); :func:`apply_overrides` refuses them
+_YAML11_INT = re.compile(r"[-+]?0[0-7_]+|[-+]?[1-9][0-9_]*(:[0-5]?[0-9])+")
+
+
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str = "--set") -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed as YAML: scalars, ``[...]`` lists, ``{...}`` mappings; a value
     that YAML would read as a block mapping, such as ``query: ``, stays the text given) to a nested mapping, returning a
@@ -311,6 +316,10 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
         except yaml.YAMLError as e:
             problem = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
             raise ConfigError(f"{source}: invalid YAML value: {problem or ' '.join(str(e).split())}") from None
+        if isinstance(value, int) and not isinstance(value, bool) and _YAML11_INT.fullmatch(raw.strip()):
+            kind = "base-60" if ":" in raw else "octal"
+            raise ConfigError(f"{source}: YAML reads {raw.strip()} as the {kind} number {value}: write the number "
+                              f"without {'colons' if kind == 'base-60' else 'its leading zero'} (or in quotes for text)")
         if isinstance(value, dict) and not raw.lstrip().startswith("{"):
             value = raw  # 'query: ' is text (an E5 prefix), not a block mapping: a mapping is {...}, nested keys a.b
         if "#" in raw and ("" if value is None else str(value)).count("#") < raw.count("#"):

@@ -74,4 +74,7 @@ def test_train_check_prints_the_plan_it_resolved(tmp_path: Path, run_cli, monkey
     lines = out.splitlines()
     assert lines[-1] == "state: train" and lines[-2].startswith("plan: trainer sft, method erank, template erank")
     assert "model ./m0, data d.jsonl" in lines[-2] and "max_steps 3" in lines[-2], lines[-2]
-    assert "lora off" in lines[-2]
+    assert "epochs" not in lines[-2]  # max_steps sets the length
+    for part in ("warmup_ratio ", "seed ", "save_steps ", "eval_steps ", "max_doc_tokens ", "max_length ", "bf16 ",
+                 "lora off"):
+        assert part in lines[-2], (part, lines[-2])

@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="check the run without training or writing anything: the config with --set, the method's "
                         "head, task and prompt template, the starting model and data files, and the run in --output; "
-                        "prints a line, the plan it resolved (trainer, method, template, model, data, loss, schedule) "
-                        "unless the run is done, and then 'state: train', "
+                        "prints a line, the plan it resolved on one line (trainer, method, template, model, data, "
+                        "loss, length, schedule, seed, checkpoints and model selection, token limits, bf16) unless the "
+                        "run is done, and then 'state: train', "
                         "'state: done' (a finished model of this config) or 'state: resume' (continue with --resume)")
     p.add_argument("--inputs-later", action="store_true",
                    help="with --check: do not look for the starting model and the data files (for a script whose "
@@ -52,19 +53,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_inputs(cfg: Any) -> None:
+def check_inputs(cfg: Any, data_root: str | None = None) -> None:
     """The files and models ``cfg`` reads exist here (a model also as a packaged model or hub id), before any data is
-    read or mined: the starting model, the data file (``data.path``), a teacher, an index or a negatives file."""
+    read or mined: the starting model, the data (``data.path``, or ``data.beir`` with qrels for ``data.split``, under
+    ``data_root`` when a name), a teacher, an index or a negatives file."""
     from rerank.models import check_model_path
 
     check_model_path(cfg.model, "model")  # the config key (or --set model=…)
     if getattr(cfg, "distill_model", None):
         check_model_path(cfg.distill_model, "distill_model")
-    data_path = getattr(getattr(cfg, "data", None), "path", None)
+    data = getattr(cfg, "data", None)
+    data_path = getattr(data, "path", None)
     for name, value in (("data.path", data_path), ("index", getattr(cfg, "index", None)),
                         ("negatives_file", getattr(cfg, "negatives_file", None))):
         if isinstance(value, str) and value and not Path(value).expanduser().exists():
             raise ConfigError(f"{name} {value} does not exist")
+    beir = getattr(data, "beir", None)
+    if isinstance(beir, str) and beir:
+        _check_beir(beir, str(getattr(data, "split", "train")), data_root)
+
+
+def _check_beir(name: str, split: str, data_root: str | None) -> None:
+    """``data.beir`` names a BEIR dataset here with qrels for ``split``, as training resolves it (nothing downloaded:
+    a registered dataset or an ``irds:`` id that the run fetches is left to the run)."""
+    from rerank.data.datasets import is_dataset_name, resolve_dataset
+    from rerank.data.irds import PREFIX
+    from rerank.data.registry import get_dataset_info
+    from rerank.errors import DatasetNotFoundError
+
+    try:
+        ds = resolve_dataset(name, data_root, download=False)
+    except DatasetNotFoundError as e:
+        info = get_dataset_info(name) if is_dataset_name(name) else None
+        if name.startswith(PREFIX) or (info is not None and info.url):
+            log.info("data.beir %s is not here yet (the run downloads it): its data is not checked", name)
+            return
+        raise ConfigError(f"data.beir: {e}") from None
+    try:
+        ds.qrels_path(split)
+    except DatasetNotFoundError as e:
+        raise ConfigError(f"data.beir: {e}: set data.split to the split to train on") from None
 
 
 def check_method(cfg: Any) -> None:
@@ -99,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     check_method(cfg)
     if args.check:
         return _check(args, trainer, cfg)
-    check_inputs(cfg)
+    check_inputs(cfg, args.data_root)
     if args.config is not None and not args.resume:  # a resume compares what it must itself, without hashing models
         _warn_rerun_changes(Path(args.config), cfg, args.data_root)
     from rerank.trainers.api import run_trainer
@@ -155,7 +183,7 @@ def _check(args: argparse.Namespace, trainer: Any, cfg: Any) -> int:
     state, line = check_run(Path(args.output), args.trainer, cfg, args.resume, args.overwrite,
                             input_paths(cfg, args.data_root), data_root=args.data_root)
     if state != "done" and not args.inputs_later:
-        check_inputs(cfg)
+        check_inputs(cfg, args.data_root)
         if callable(getattr(trainer, "check_inputs", None)):  # the trainer's own checks (data, environment)
             trainer.check_inputs(cfg, args.data_root)
     print(line)
@@ -166,25 +194,51 @@ def _check(args: argparse.Namespace, trainer: Any, cfg: Any) -> int:
 
 
 def _plan(trainer: str, cfg: Any) -> str:
-    """One line of what ``--check`` resolved and would train: the trainer, the method and its template (the
-    method's default when none is set), the starting model, the data, the loss and the schedule."""
+    """One line of what ``--check`` resolved and would train: the trainer, the method and its template (the method's
+    default when none is set; none for a head without prompts), the starting model, the data, the loss, the length
+    (``max_steps`` when set, else ``epochs``), the optimiser's schedule, the seed, the checkpoints and model selection,
+    the token limits the method reads, bf16, GRPO's rollouts and LoRA."""
     from rerank.config import to_dict
 
     config = json.loads(json.dumps(to_dict(cfg), default=str))
     parts = [f"trainer {trainer}"]
     head = config.get("head")
+    reads: tuple[str, ...] = ("max_query_tokens", "max_doc_tokens", "max_length")  # a retriever's own limits
     if isinstance(head, str):
         from rerank.methods import get_method
 
-        template = config.get("template") or f"{get_method(head).default_template} (the method's default)"
-        parts += [f"method {head}", f"template {template}"]
+        method = get_method(head)
+        reads = method.train_reads
+        parts.append(f"method {head}")
+        if config.get("template") or method.templates:  # a head without prompts has no template to name
+            default = f"{method.default_template} (the method's default)"
+            parts.append(f"template {config.get('template') or default}")
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     source = data.get("path") or data.get("beir") or config.get("dataset")
     split = None if data.get("path") else data.get("split") or config.get("split")  # a file is read whole
     parts += [f"model {config.get('model')}", f"data {source}" + (f" (split {split})" if split and source else "")]
-    for key in ("loss", "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum"):
-        if config.get(key) is not None and not (key == "max_steps" and config[key] <= 0):  # -1: unset
+    if config.get("loss"):
+        parts.append(f"loss {config['loss']}")
+    max_steps = config.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:  # -1: unset, the length is epochs
+        parts.append(f"max_steps {max_steps}")
+    elif config.get("epochs") is not None:
+        parts.append(f"epochs {config['epochs']}")
+    for key in ("learning_rate", "warmup_ratio", "batch_size", "grad_accum", "num_generations", "seed", "save_steps",
+                "save_total_limit"):
+        if config.get(key) is not None:
             parts.append(f"{key} {config[key]}")
+    if config.get("eval_steps"):
+        dev = data.get("dev_fraction", config.get("dev_fraction"))
+        parts.append(f"eval_steps {config['eval_steps']} (the best dev checkpoint is kept"
+                     + (f", dev_fraction {dev})" if dev is not None else ")"))
+    elif "eval_steps" in config:
+        parts.append("eval_steps 0 (the last step is kept)")
+    for key in ("max_query_tokens", "max_doc_tokens", "max_length"):
+        if key in reads and config.get(key) is not None:
+            parts.append(f"{key} {config[key]}" if config[key] else f"{key} the model's own")
+    if "bf16" in config:
+        parts.append(f"bf16 {str(bool(config['bf16'])).lower()}")
     lora = config.get("lora")
     if isinstance(lora, dict):
         parts.append(f"lora r {lora.get('r')}" if lora.get("enabled") else "lora off")

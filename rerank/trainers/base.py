@@ -36,6 +36,7 @@ __all__ = [
     "Trainer",
     "available_trainers",
     "build_train_config",
+    "check_foreign_keys",
     "get_trainer",
     "git_hash",
     "is_run_record",
@@ -97,6 +98,7 @@ def build_train_config(config_class: type, raw: dict[str, Any], where: str = "co
     from rerank.trainers.common import check_renamed_keys
 
     check_renamed_keys(config_class, raw, where)
+    check_foreign_keys(config_class, raw, where)
     cfg = from_dict(config_class, raw, where=where)
     if not getattr(cfg, "model", None):
         raise ConfigError(f"{where}: the starting model is required (key 'model', or --set model=PATH)")
@@ -118,6 +120,77 @@ def load_train_config(config_class: type, path: str | Path | None, overrides: li
     if record:
         _refuse_redacted(raw, where)
     return build_train_config(config_class, raw, where)
+
+
+#: transformers' and TRL's names for training options -> (rerank's keys for it, the first the config takes is
+#: suggested; what rerank does instead, when the config takes none of them or it has no such option)
+HF_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "num_train_epochs": (("epochs",), ""),
+    "per_device_train_batch_size": (("batch_size",), "per device, as in transformers"),
+    "train_batch_size": (("batch_size",), "per device"),
+    "gradient_accumulation_steps": (("grad_accum",), ""),
+    "max_seq_length": (("max_length", "max_doc_tokens"), "the token limit of the model's input"),
+    "max_prompt_length": (("max_length",), "the token limit of prompt and target"),
+    "fp16": (("bf16",), "rerank trains in float32, or bfloat16 with bf16: true; it has no float16 mixed precision"),
+    "lr_scheduler_type": ((), "the learning rate always decays linearly to 0 after a linear warmup of warmup_ratio "
+                              "of the steps; the schedule is not an option"),
+    "optim": ((), "the optimiser is always AdamW (weight_decay, max_grad_norm); it is not an option"),
+    **{key: ((), "the optimiser is AdamW with transformers' default betas and epsilon (0.9, 0.999, 1e-8); they are "
+                 "not options") for key in ("adam_beta1", "adam_beta2", "adam_epsilon")},
+    "per_device_eval_batch_size": (("batch_size",), "the dev split is evaluated in batches of batch_size too"),
+    "save_strategy": (("save_steps",), "checkpoints are saved every save_steps steps"),
+    "eval_strategy": (("eval_steps",), "the dev split is evaluated every eval_steps steps (0: never)"),
+    "evaluation_strategy": (("eval_steps",), "the dev split is evaluated every eval_steps steps (0: never)"),
+    "logging_strategy": (("logging_steps",), "the loss is logged every logging_steps steps"),
+    "load_best_model_at_end": (("eval_steps",), "eval_steps > 0 (equal to save_steps) keeps the best dev checkpoint"),
+    "output_dir": ((), "the run folder is rerank train's --output"),
+    "resume_from_checkpoint": ((), "continue a run with rerank train --resume (from its newest complete checkpoint)"),
+    "model_name_or_path": (("model",), "the starting model"),
+}
+
+
+def check_foreign_keys(config_class: type, raw: Any, where: str) -> None:
+    """An unknown top-level key that is transformers' or TRL's name for an option (:data:`HF_KEYS`) or an option of
+    another registered trainer (GRPO's ``beta`` given to ``sft``) is a one-line error naming rerank's key for it, or
+    saying what rerank does instead, and the ``--set`` override or file that gave it."""
+    import dataclasses
+
+    from rerank.config import override_source
+
+    if not isinstance(raw, dict):
+        return
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    for key in raw:
+        if key in fields:
+            continue
+        unknown = f"{override_source(raw, key) or where}: unknown key {key!r} for {config_class.__name__}"
+        if key in HF_KEYS:
+            uses, why = HF_KEYS[key]
+            use = next((u for u in uses if u in fields), None)
+            if use is not None:
+                raise ConfigError(f"{unknown}: did you mean {use!r}? (rerank's name for transformers' {key}"
+                                  f"{': ' + why if why else ''})")
+            raise ConfigError(f"{unknown} (transformers' {key}): {why or 'rerank has no such option'}")
+        owners = _trainers_with_option(key, config_class)
+        if owners:
+            raise ConfigError(f"{unknown}: {key} is an option of rerank train {' and '.join(owners)}, not of this "
+                              f"trainer")
+
+
+def _trainers_with_option(key: str, config_class: type) -> list[str]:
+    """The registered trainers, other than those configured by ``config_class``, whose config takes ``key``."""
+    import dataclasses
+
+    owners = []
+    for name in TRAINERS.names():
+        try:
+            other = TRAINERS.get(name).config_class
+        except (ConfigError, ImportError, AttributeError):  # a plugin trainer that does not load names nothing here
+            continue
+        if other is not config_class and dataclasses.is_dataclass(other) and \
+                key in {f.name for f in dataclasses.fields(other) if f.init}:
+            owners.append(name)
+    return owners
 
 
 def is_run_record(raw: Any) -> bool:

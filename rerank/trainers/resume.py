@@ -213,9 +213,26 @@ def resume_arg(output: Path, resume: bool, drop_partial: bool = True) -> str | N
     return ckpt
 
 
-#: options a resumed run may change: they say how long to train and what to log, not what the weights learn from
-RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "save_total_limit", "logging_steps", "report_to"})
+#: options a resumed run may change: they say how long to train, what to log and how much memory a step takes
+#: (``gradient_checkpointing`` recomputes activations in the backward pass), not what the weights learn from
+RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "save_total_limit", "logging_steps", "report_to",
+                               "gradient_checkpointing"})
 _NO_DEFAULT = object()
+
+
+def resumable_changes(diffs: list[str], record: dict[str, Any], config: Any) -> list[str]:
+    """Those of ``diffs`` (``key: old -> new``) a resume may make: :data:`RESUMABLE_CHANGES`, and a ``use_cpu`` that
+    keeps the device type the run last trained on (``null -> true`` on a machine without a GPU: null meant the CPU
+    there already)."""
+    allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
+    if any(d.split(":", 1)[0] == "use_cpu" for d in diffs):
+        from rerank.trainers.base import machine_record
+
+        sessions = [record, *[r for r in record.get("resumed") or [] if isinstance(r, dict)]]
+        last = next((s["device"] for s in reversed(sessions) if isinstance(s.get("device"), dict)), {})
+        if last.get("type") is not None and last.get("type") == machine_record(config)["device"]["type"]:
+            allowed += [d for d in diffs if d.split(":", 1)[0] == "use_cpu"]
+    return allowed
 
 
 def _default_at(config: Any, path: list[str]) -> Any:
@@ -258,7 +275,8 @@ def check_same_run(output: Path, trainer: str, config: Any, data_root: str | Non
                    write_template: bool = False) -> dict[str, Any] | None:
     """``--resume`` continues the run recorded in ``OUTPUT/rerank_train.json``: another trainer or another value of
     an option that shapes the weights is refused, naming what differs (weights trained under two configs would be
-    neither run's); the options of :data:`RESUMABLE_CHANGES` (how long, what to log) may change, with a warning.
+    neither run's); the options of :data:`RESUMABLE_CHANGES` (how long, what to log, the memory a step takes) and
+    a ``use_cpu`` that keeps the device (:func:`resumable_changes`) may change, with a warning.
     A refused template names how to give the run's own again; ``write_template`` (a resume, not a check) writes it
     to ``OUTPUT/``:data:`TEMPLATE_PIN` first (:func:`_template_pin`).
     Training data whose content changed since the run started (:func:`data_changes`, datasets resolved under
@@ -277,7 +295,7 @@ def check_same_run(output: Path, trainer: str, config: Any, data_root: str | Non
         raise ConfigError(f"--resume: {output} holds a {record.get('trainer')!r} run, not {trainer!r}; resume it with "
                           f"`rerank train {record.get('trainer')}`, or start again with --overwrite")
     diffs = record_differences(record, config, path)
-    allowed = [d for d in diffs if d.split(":", 1)[0] in RESUMABLE_CHANGES]
+    allowed = resumable_changes(diffs, record, config)
     diffs = [d for d in diffs if d not in allowed]
     if diffs:
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
@@ -782,7 +800,8 @@ def check_run(output: Path, trainer: str, config: Any, resume: bool = False, ove
     if record["trainer"] != trainer:
         raise ConfigError(f"{model} is a {record['trainer']!r} run, not {trainer!r}: write to another --output")
     diffs = record_differences(record, config, path)
-    other = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
+    allowed = resumable_changes(diffs, record, config)
+    other = [d for d in diffs if d not in allowed]
     if other:
         more = f" (and {len(other) - 4} more)" if len(other) > 4 else ""
         pin = _template_pin(output, record, other, write=False)

@@ -42,11 +42,13 @@ def test_train_cli_overrides_and_record(tmp_path: Path) -> None:
     m1 = stand_in_model(tmp_path / "m1")
     out = tmp_path / "out"
     make_checkpoint(out, 2)  # --resume needs a complete checkpoint (tests/test_train_restarts.py)
+    root = tmp_path / "d"  # --data-root must exist
+    root.mkdir()
     rc = main(["train", "test-echo", "--config", str(cfg), "--output", str(out), "--set", "steps=7",
-               "--set", f"model={m1}", "--data-root", "/d", "--resume"])
+               "--set", f"model={m1}", "--data-root", str(root), "--resume"])
     assert rc == 0
     echo = json.loads((out / "echo.json").read_text())
-    assert echo == {"lr": 0.5, "steps": 7, "resume": True, "data_root": "/d"}
+    assert echo == {"lr": 0.5, "steps": 7, "resume": True, "data_root": str(root)}
     record = json.loads((out / "rerank_train.json").read_text())
     assert record["trainer"] == "test-echo" and record["config"]["model"] == str(m1)
     assert "git_hash" in record

@@ -78,3 +78,16 @@ def test_train_check_prints_the_plan_it_resolved(tmp_path: Path, run_cli, monkey
     for part in ("warmup_ratio ", "seed ", "save_steps ", "eval_steps ", "max_doc_tokens ", "max_length ", "bf16 ",
                  "lora off"):
         assert part in lines[-2], (part, lines[-2])
+
+
+def test_verbose_and_debug_work_after_the_command(tmp_path: Path, run_cli) -> None:
+    """``rerank evaluate ... --debug`` was "unrecognized arguments": -v and --debug were read only before the command."""
+    from rerank.cli import main
+
+    args = ["evaluate", "--run", str(tmp_path / "none.trec"), "--qrels", str(tmp_path / "none.tsv")]
+    rc, _, err = run_cli(*args, "-v")
+    assert rc == 2 and "does not exist" in err and "unrecognized" not in err, err
+    with pytest.raises(ConfigError, match="does not exist"):  # --debug: the traceback, not one line
+        main([*args, "--debug"])
+    with pytest.raises(ConfigError, match="does not exist"):  # before the command, as before
+        main(["--debug", *args])

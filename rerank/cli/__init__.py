@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_described(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         kwargs.setdefault("description", kwargs.get("help"))  # `rerank CMD --help` opens with its one-line summary
-        return add(name, **kwargs)
+        command = add(name, **kwargs)
+        # also after the command (`rerank eval ... -v`); SUPPRESS keeps a value given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error instead of one line (or RERANK_DEBUG=1)")
+        return command
 
     sub.add_parser = add_described  # type: ignore[method-assign]
     for name, module in COMMANDS.items():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import rerank.heads.base as heads_base
+import rerank.methods.cross_encoder.head as ce_head
 from rerank.errors import ConfigError
 from rerank.heads.base import Reranker
 
@@ -179,7 +179,7 @@ def test_a_long_document_is_tokenised_only_as_far_as_the_pair_reads(
     seen = _longest_text_tokenised(monkeypatch, head.tokenizer)
     cut = head.score_pairs(pairs)
     assert max(seen) < 50_000  # never a 200k-character document whole
-    monkeypatch.setattr(heads_base, "cut_to_tokens", lambda text, *args, **kwargs: text)
+    monkeypatch.setattr(ce_head, "cut_to_tokens", lambda text, *args, **kwargs: text)
     whole = head.score_pairs(pairs)
     assert max(seen) >= 200_000  # the uncut path did tokenise them whole
     assert cut == whole and len(cut) == len(pairs)

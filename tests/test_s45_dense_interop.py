@@ -99,6 +99,10 @@ class _Recording:
         self.__dict__["longest"] = max([self.longest, *(len(t) for t in texts)])
         return self._tok(text, *args, **kwargs)
 
+    def encode(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__["longest"] = max(self.longest, len(text))
+        return self._tok.encode(text, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tok, name)
 

@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 
-import rerank.heads.base as heads_base
+import rerank.heads.llm as llm
+import rerank.methods.colbert.head as colbert_head
+import rerank.methods.monot5.head as monot5_head
 from rerank.data.io import read_query_docs_jsonl, read_queries
 from rerank.errors import DataFormatError
 from rerank.heads.base import Reranker
+from rerank.utils.text import cut_to_tokens
 
 
 class _Length(Reranker):
@@ -119,7 +122,8 @@ def test_a_long_document_is_tokenised_only_as_far_as_the_head_reads(
     seen = _longest_text_tokenised(monkeypatch, head.tokenizer)
     cut = {r.doc.id: r.score for r in head.rerank("zebra stripes", docs).results}
     assert max(seen) < 50_000  # never a 200k-character document whole
-    monkeypatch.setattr(heads_base, "cut_to_tokens", lambda text, *args, **kwargs: text)
+    for module in (llm, monot5_head, colbert_head):  # the uncut path
+        monkeypatch.setattr(module, "cut_to_tokens", lambda text, *args, **kwargs: text)
     whole = {r.doc.id: r.score for r in head.rerank("zebra stripes", docs).results}
     assert max(seen) >= 200_000  # the uncut path did tokenise them whole
     assert cut == whole and len(cut) == len(docs)
@@ -138,9 +142,9 @@ def test_a_long_word_cut_at_the_piece_edge_leaves_the_budget_tokens_as_they_were
     budget = 180
     start = (("a" + " " * 8) * 1000)[: 8 * (budget + 16) - 90]  # about 165 tokens
     text = start + "ab" * 200 + " " + "zebra stripes " * 10_000
-    piece = heads_base.reachable_text(text, tok, budget)
+    piece = cut_to_tokens(text, tok, budget)
     assert len(piece) < len(text) // 10 and ids(piece)[:budget] == ids(text)[:budget]
-    assert ids(heads_base.reachable_text(text[::-1], tok, budget, side="left"))[-budget:] == ids(text[::-1])[-budget:]
+    assert ids(cut_to_tokens(text[::-1], tok, budget, side="left"))[-budget:] == ids(text[::-1])[-budget:]
 
 
 def test_atomic_write_follows_links_and_writes_streams_in_place(tmp_path: Path) -> None:

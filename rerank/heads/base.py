@@ -28,7 +28,7 @@ from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError, RerankError
 from rerank.types import Candidate, Document, Query, RankedResult, ScoredDocument, lone_surrogate
 from rerank.utils.forksafe import ForkSafeLock
-from rerank.utils.text import cut_to_tokens, unreadable_query
+from rerank.utils.text import unreadable_query
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAPPING_KEYS", "CallWarnings", "DocInput", "PositionScored", "RerankStats", "Reranker", "RerankerConfig",
-    "as_candidates", "check_local_model", "described_model", "described_value", "position_scores",
-    "reachable_text", "sigmoid", "split_scores",
+    "as_candidates", "check_local_model", "described_model", "described_value", "position_scores", "sigmoid",
+    "split_scores",
 ]
 
 DocInput = Union[str, Document, Candidate, Mapping[str, Any]]
@@ -144,23 +144,6 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
-
-
-#: tokens a piece of :func:`reachable_text` holds past its budget: the word cut at its edge may tokenise to more than
-#: the whole word, up to 100 WordPiece tokens (WordPiece reads words of at most 100 characters, a longer one is one
-#: ``[UNK]``, so a 150-character hash cut to 90 would otherwise push the whole word's tokens out of the budget)
-EDGE_TOKENS = 128
-
-
-def reachable_text(text: str, tokenizer: Any, budget: int, side: str = "right") -> str:
-    """The part of ``text`` whose first (``side="left"``: last) ``budget`` tokens of ``tokenizer`` are the whole text's
-    (:func:`~rerank.utils.text.cut_to_tokens`), so a 200k-character document is not tokenised whole to keep 512 tokens;
-    pieces are counted without transformers' warning about a text longer than the model reads."""
-
-    def count(piece: str, **_: Any) -> dict[str, list[int]]:
-        return {"input_ids": tokenizer.encode(piece, add_special_tokens=False, verbose=False)}
-
-    return cut_to_tokens(text, count, budget, side=side, margin=EDGE_TOKENS)
 
 
 def split_scores(flat: Sequence[float], candidate_lists: Sequence[Sequence[Any]]) -> list[list[float]]:

@@ -28,10 +28,11 @@ from rerank.backends.cache import maybe_cached
 from rerank.backends.registry import available_backends, backend_accepts, backend_class, build_backend
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import DocInput, Reranker, RerankerConfig, reachable_text
+from rerank.heads.base import DocInput, Reranker, RerankerConfig
 from rerank.heads.permutation import reasoning_left_open
 from rerank.heads.text import neutralise
 from rerank.prompts import PromptTemplate, head_template
+from rerank.utils.text import cut_to_tokens
 from rerank.types import Candidate, Query, RankedResult
 
 __all__ = ["LLMHeadConfig", "LLMReranker", "PromptOnlyBackend", "Render", "check_backend_keys", "passage_texts",
@@ -210,8 +211,8 @@ class LLMReranker(Reranker):
         """Cut ``text`` to at most ``max_tokens`` tokens of the model's tokenizer (whole tokens, decoded back). A cut
         through a character a byte-level tokenizer spreads over several tokens would decode to U+FFFD, which the model
         would read: the cut moves back to the last whole character. Only the part of a very long text that
-        ``max_tokens`` reaches is tokenised (:func:`~rerank.heads.base.reachable_text`)."""
-        ids = self.encode(reachable_text(text, self.tokenizer, max_tokens))
+        ``max_tokens`` reaches is tokenised (:func:`~rerank.utils.text.cut_to_tokens`)."""
+        ids = self.encode(cut_to_tokens(text, self.tokenizer, max_tokens))
         if len(ids) <= max_tokens:
             return text
         return self.decode_prefix(ids, max_tokens, text)

@@ -35,15 +35,16 @@ def cut_to_tokens(text: str, tokenizer: Any, budget: int, *, side: str = "right"
     """A part of ``text`` (its start, or its end with ``side="left"``) whose tokens hold the same first (last)
     ``budget`` tokens as the whole text's, so truncating it to ``budget`` tokens gives what truncating the whole text
     would: the piece ends at whitespace where there is some near its edge (a word cut in two may tokenise to many
-    pieces: WordPiece reads a 100-character word as one unknown token, its 90-character half as dozens), and it is
-    grown (x4) until it holds ``budget + margin`` tokens; the whole text is returned when it never does. Only the
-    piece is tokenised, never the whole."""
+    pieces: WordPiece reads a 100-character word as one unknown token, its 90-character half as dozens, which the
+    ``margin`` covers), and it is grown (x4) until it holds ``budget + margin`` tokens of ``tokenizer`` (its
+    ``encode``, without transformers' warning about a text longer than the model reads); the whole text is returned
+    when it never does. Only the piece is tokenised, never the whole."""
     if budget <= 0 or len(text) <= 8 * (budget + margin):
         return text
     size = 8 * (budget + margin)
     while size < len(text):
         piece = _at_whitespace(text[:size] if side == "right" else text[-size:], side)
-        if len(tokenizer(piece, add_special_tokens=False)["input_ids"]) >= budget + margin:
+        if len(tokenizer.encode(piece, add_special_tokens=False, verbose=False)) >= budget + margin:
             return piece
         size *= 4
     return text

@@ -27,9 +27,10 @@ import torch
 from rerank.config import from_dict, to_dict
 from rerank.backends.transformers import position_limit
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, check_local_model, reachable_text, split_scores
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.text import defang, neutralise
 from rerank.types import Candidate, Query
+from rerank.utils.text import cut_to_tokens
 
 __all__ = ["ColBERTConfig", "ColBERTEncoder", "ColBERTReranker", "maxsim"]
 
@@ -144,7 +145,7 @@ class ColBERTEncoder(torch.nn.Module):
         neutralised) and the attention mask; queries with expansion are padded with the mask token to ``length``. Also
         ``score_mask``: the tokens MaxSim uses. Of a very long text only the part ``length`` reaches is tokenised."""
         tok = self.tokenizer
-        texts = [reachable_text(self.prepare(t), tok, length, tok.truncation_side) for t in texts]
+        texts = [cut_to_tokens(self.prepare(t), tok, length, side=tok.truncation_side) for t in texts]
         enc = tok(texts, truncation=True, max_length=length - 1, padding=False)
         rows = [[ids[0], self.prefix_ids[side], *ids[1:]] for ids in enc["input_ids"]]
         expand = side == "query" and self.settings["do_query_expansion"]

@@ -39,12 +39,13 @@ from rerank.backends.util import (
 )
 from rerank.config import changed_options, from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, check_local_model, reachable_text, split_scores
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.passages import LongDocs, ScoresByPassages, check_long_docs
 from rerank.heads.text import neutralise, token_spans
 from rerank.models import resolve_model_path
 from rerank.runtime import Quantize, Runner, Runtime, check_runtime, compile_model
 from rerank.types import Candidate, Query
+from rerank.utils.text import cut_to_tokens
 
 __all__ = ["CrossEncoderConfig", "CrossEncoderReranker", "declared_activations", "declared_prompt", "pair_query"]
 
@@ -295,7 +296,7 @@ class CrossEncoderReranker(ScoresByPassages, Reranker):
             if q not in queries:
                 queries[q] = self.query_text(q)
         side = getattr(self.tokenizer, "truncation_side", "right")  # the end of a document the pair keeps
-        docs = [reachable_text(neutralise(d, self.tokenizer), self.tokenizer, self.max_length, side=side)
+        docs = [cut_to_tokens(neutralise(d, self.tokenizer), self.tokenizer, self.max_length, side=side)
                 for _, d in distinct]
         enc = self.tokenizer(
             [queries[q] for q, _ in distinct], docs,

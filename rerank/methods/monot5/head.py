@@ -16,10 +16,11 @@ from typing import Any, ClassVar, Literal
 
 from rerank.config import from_dict, to_dict
 from rerank.errors import ConfigError
-from rerank.heads.base import Reranker, RerankerConfig, check_local_model, reachable_text, split_scores
+from rerank.heads.base import Reranker, RerankerConfig, check_local_model, split_scores
 from rerank.heads.text import neutralise
 from rerank.methods.monot5.seq2seq import Seq2SeqModel, TransformersSeq2Seq
 from rerank.prompts import PromptTemplate, head_template
+from rerank.utils.text import cut_to_tokens
 from rerank.types import Candidate, Query
 
 __all__ = ["MonoT5Config", "MonoT5Reranker", "Seq2SeqConfig", "Seq2SeqReranker"]
@@ -96,7 +97,7 @@ class Seq2SeqReranker(Reranker):
         text that ``max_tokens`` reaches is tokenised, without transformers' warning about inputs longer than the
         model reads, since it is cut here)."""
         text = neutralise(text, self.tokenizer)
-        ids = self.tokenizer.encode(reachable_text(text, self.tokenizer, max_tokens), add_special_tokens=False,
+        ids = self.tokenizer.encode(cut_to_tokens(text, self.tokenizer, max_tokens), add_special_tokens=False,
                                     verbose=False)
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rerank.utils.text import has_readable_text
+from rerank.utils.text import has_readable_text, unread_characters
 
 __all__ = ["CohereRerankRequest", "TeiRerankRequest", "RerankOptions"]
 
@@ -39,7 +39,7 @@ class RerankOptions(BaseModel):
         if not v.strip():
             raise ValueError(_EMPTY_QUERY)
         if not has_readable_text(v):
-            shown = ", ".join(list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in v if not ch.isspace()))[:5])
+            shown = unread_characters(v)
             raise ValueError(f"query must not be empty: it has only characters the model does not read ({shown}: "
                              "control or invisible format characters), so there is nothing to rank the documents "
                              "against")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-__all__ = ["cut_to_tokens", "has_readable_text", "unreadable_query"]
+__all__ = ["cut_to_tokens", "has_readable_text", "unread_characters", "unreadable_query"]
 
 #: Unicode categories no model reads: controls (NUL, tabs), format characters (zero-width spaces and joiners, the
 #: byte-order mark, the soft hyphen, direction marks) and separators (spaces, line and paragraph separators)
@@ -27,8 +27,13 @@ def unreadable_query(text: str) -> str | None:
         return "is empty"
     if has_readable_text(text):
         return None
-    shown = ", ".join(list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in text if not ch.isspace()))[:5])
-    return f"has only characters no model reads ({shown})"
+    return f"has only characters no model reads ({unread_characters(text)})"
+
+
+def unread_characters(text: str) -> str:
+    """The first five distinct characters of ``text`` other than whitespace, as code points (``U+200B, U+0000``): how
+    an error shows a text made of characters no model reads."""
+    return ", ".join(list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in text if not ch.isspace()))[:5])
 
 
 def cut_to_tokens(text: str, tokenizer: Any, budget: int, *, side: str = "right", margin: int = 128) -> str:

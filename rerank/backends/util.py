@@ -19,6 +19,7 @@ __all__ = [
     "check_classifier",
     "check_no_new_weights",
     "check_prompts",
+    "custom_code",
     "cut_at_stop",
     "load_tokenizer",
     "unique_ids",
@@ -57,18 +58,28 @@ def architectures(path: str, trust_remote_code: bool = False) -> list[str]:
     return list(config.architectures or [])
 
 
+def custom_code(config: Mapping[str, Any] | None) -> tuple[str, Any, bool] | None:
+    """The custom code a model's ``config.json`` (as data) declares: ``(its auto_map entries, joined; its model_type;
+    whether transformers has a stock class for that type, so the model loads without the code)``, or None when it
+    declares none."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    auto_map = config.get("auto_map") if config else None
+    if not auto_map or not isinstance(auto_map, Mapping):
+        return None
+    model_type = config.get("model_type")  # type: ignore[union-attr]
+    return ", ".join(map(str, auto_map)), model_type, isinstance(model_type, str) and model_type in CONFIG_MAPPING
+
+
 def _check_custom_code(path: str) -> None:
     """Say that the custom code a model config declares (``auto_map``) is not run: a warning when the model loads
     with transformers' stock class for its ``model_type``, a :class:`ConfigError` when there is none."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    config = _config_dict(path)
-    auto_map = config.get("auto_map") if config else None
-    if not auto_map or not isinstance(auto_map, Mapping):
+    declared_code = custom_code(_config_dict(path))
+    if declared_code is None:
         return
-    model_type = config.get("model_type") if config else None
-    declared = f"{path} declares custom code (config.json auto_map: {', '.join(map(str, auto_map))})"
-    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+    entries, model_type, known = declared_code
+    declared = f"{path} declares custom code (config.json auto_map: {entries})"
+    if known:
         log.warning("%s, which is NOT run: the model loads with transformers' stock %r classes; %s", declared,
                     model_type, _OPT_IN)
         return

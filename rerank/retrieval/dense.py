@@ -816,16 +816,15 @@ _NO_REMOTE_CODE = ("the bi-encoder and the dense retriever never run a model's o
 def _check_plain_folder(folder: Path, weights: bool) -> None:
     """Refuse, in one line, a local encoder folder that needs its own code (``auto_map`` with a model type transformers
     lacks; a known one is a warning that the code is not run) or, when ``weights`` are read, holds only pickled ones."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
+    from rerank.backends.util import custom_code
     from rerank.trainers.common import check_safetensors
 
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    auto_map = config.get("auto_map") if isinstance(config, dict) else None
-    if auto_map:
-        model_type = config.get("model_type")
-        declared = f"encoder {folder} declares custom code (config.json auto_map: {', '.join(map(str, auto_map))})"
-        if not (isinstance(model_type, str) and model_type in CONFIG_MAPPING):
+    declared_code = custom_code(config if isinstance(config, dict) else None)
+    if declared_code is not None:
+        entries, model_type, known = declared_code
+        declared = f"encoder {folder} declares custom code (config.json auto_map: {entries})"
+        if not known:
             raise ConfigError(f"{declared} and transformers has no built-in class for its model type {model_type!r}; "
                               f"{_NO_REMOTE_CODE}")
         log.warning("%s, which is NOT run: it loads with transformers' built-in %r classes", declared, model_type)

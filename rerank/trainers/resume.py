@@ -326,7 +326,8 @@ def check_not_shorter(output: Path, config: Any, where: str) -> None:
     ckpt, state = newest
     max_steps = getattr(config, "max_steps", 0) or 0
     done_steps, done_epochs = state.get("global_step"), state.get("epoch")
-    if (output / "model").is_dir():  # a finished run trained the length it planned, whichever checkpoint it kept
+    finished = (output / "model").is_dir()
+    if finished:  # a finished run trained the length it planned, whichever checkpoint it kept
         planned_steps, planned_epochs = state.get("max_steps"), state.get("num_train_epochs")
         if isinstance(planned_steps, int) and isinstance(done_steps, int) and planned_steps > done_steps:
             done_steps = planned_steps
@@ -340,7 +341,7 @@ def check_not_shorter(output: Path, config: Any, where: str) -> None:
         asked, done = f"epochs {config.epochs}", f"{done_epochs:g} epochs"
     else:
         return
-    at = f"{ckpt.name}, then finished" if (output / "model").is_dir() else ckpt.name
+    at = f"{ckpt.name}, then finished" if finished else ckpt.name
     raise ConfigError(f"{where}: {output} already trained {done} ({at}), more than the {asked} asked: a run "
                       f"cannot be shortened; ask for at least that, write to another --output, or start again "
                       f"with --overwrite")

@@ -318,8 +318,9 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str], flag: str 
             raise ConfigError(f"{source}: invalid YAML value: {problem or ' '.join(str(e).split())}") from None
         if isinstance(value, int) and not isinstance(value, bool) and _YAML11_INT.fullmatch(raw.strip()):
             kind = "base-60" if ":" in raw else "octal"
+            without = "colons" if kind == "base-60" else "its leading zero"
             raise ConfigError(f"{source}: YAML reads {raw.strip()} as the {kind} number {value}: write the number "
-                              f"without {'colons' if kind == 'base-60' else 'its leading zero'} (or in quotes for text)")
+                              f"without {without} (or in quotes for text)")
         if isinstance(value, dict) and not raw.lstrip().startswith("{"):
             value = raw  # 'query: ' is text (an E5 prefix), not a block mapping: a mapping is {...}, nested keys a.b
         if "#" in raw and ("" if value is None else str(value)).count("#") < raw.count("#"):

@@ -45,7 +45,8 @@ def test_a_folder_naming_an_unregistered_reranker_names_its_rerank_json(tmp_path
 
     folder = tmp_path / "downloaded"
     folder.mkdir()
-    (folder / "rerank.json").write_text(json.dumps({"format": "rerank-model", "kind": "reranker", "method": "test-s45-missing"}))
+    record = {"format": "rerank-model", "kind": "reranker", "method": "test-s45-missing"}
+    (folder / "rerank.json").write_text(json.dumps(record))
     needle = f"{folder}/rerank.json names the reranker 'test-s45-missing', which is not registered here"
     with pytest.raises(ConfigError, match="install the package that provides it") as info:
         Reranker.load(str(folder))
@@ -81,7 +82,8 @@ def test_train_check_prints_the_plan_it_resolved(tmp_path: Path, run_cli, monkey
 
 
 def test_verbose_and_debug_work_after_the_command(tmp_path: Path, run_cli) -> None:
-    """``rerank evaluate ... --debug`` was "unrecognized arguments": -v and --debug were read only before the command."""
+    """``rerank evaluate ... --debug`` was "unrecognized arguments": -v and --debug were read only before the
+    command."""
     from rerank.cli import main
 
     args = ["evaluate", "--run", str(tmp_path / "none.trec"), "--qrels", str(tmp_path / "none.tsv")]

@@ -5,8 +5,9 @@ and scored in one pass; identical pairs are scored once, so they tie. A pair lon
 sentence-transformers cuts it (``longest_first``: the longer of query and document loses tokens first, so a long
 document is cut and a long query keeps at most half the pair); the query is first cut to ``max_query_tokens``, and a
 sentence-transformers folder's default prompt (``prompts`` / ``default_prompt_name``) is put before it, as its
-``predict`` does; only the part of a very long document that ``max_length`` reaches is tokenised. Special-token strings in the texts (``[SEP]``, …) are neutralised, so a text can never end its segment. One label ->
-that logit; two labels -> ``two_label_score`` (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1));
+``predict`` does; only the part of a very long document that ``max_length`` reaches is tokenised. Special-token
+strings in the texts (``[SEP]``, …) are neutralised, so a text can never end its segment. One label -> that logit;
+two labels -> ``two_label_score`` (diff = logit[1] - logit[0], positive = logit[1], softmax = P(label 1));
 ``sigmoid`` maps the score to (0, 1) (rank-preserving). For every query of at most ``max_query_tokens`` tokens, a
 one-label model's scores equal sentence-transformers' ``CrossEncoder`` logits on the same model, and
 :meth:`~CrossEncoderReranker.st_activation` maps them to what its ``predict`` returns (the activation the model folder
